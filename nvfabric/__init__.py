@@ -1,0 +1,1 @@
+"""nvfabric: the `nvfabric` command, which gathers the subcommands of every component."""
