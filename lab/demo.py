@@ -1,0 +1,60 @@
+"""The demo (`make demo`): bring the default topology up, show who reaches whom, tear it down.
+
+Later components add their scenes (tenants across hypervisors, through the gateway); each scene returns
+rows for the summary, and the demo fails when any expectation does not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from lab import reach, runner
+from lab.topology import Topology
+
+
+def underlay_table(probes: list[reach.Probe], nodes: list[str]) -> Table:
+    table = Table(title="Underlay: ping from row to column (4 = IPv4, 6 = IPv6)")
+    table.add_column("from \\ to", style="bold")
+    for node in nodes:
+        table.add_column(node, justify="center")
+    cells: dict[tuple[str, str], list[str]] = {}
+    for p in probes:
+        mark = ("[green]" if p.reached else "[red]") + str(p.address.version) + ("" if p.reached else "✗") + "[/]"
+        cells.setdefault((p.source, p.target), []).append(mark)
+    for src in nodes:
+        row = [src]
+        for dst in nodes:
+            row.append("·" if src == dst else " ".join(sorted(set(cells.get((src, dst), ["-"])))))
+        table.add_row(*row)
+    return table
+
+
+def run(topology: Topology, console: Console | None = None) -> int:
+    console = console or Console()
+    started = time.monotonic()
+    console.rule(f"nvfabric demo: lab {topology.name}")
+    runner.up(topology)
+    try:
+        console.print(f"lab up: {len(topology.nodes)} nodes, {len(topology.links)} links "
+                      f"({time.monotonic() - started:.1f} s)")
+        namespaces = {n: topology.namespace(n) for n in topology.nodes}
+        addresses = {n: reach.global_addresses(ns) for n, ns in namespaces.items()}
+        hosts = [n for n, addrs in addresses.items() if addrs]  # a pure switch has no address to reach
+        probes = asyncio.run(reach.probe_all({n: namespaces[n] for n in hosts}, {n: addresses[n] for n in hosts}))
+        console.print(underlay_table(probes, hosts))
+        failed = reach.failures(probes)
+        for p in failed:
+            console.print(f"[red]unreachable[/]: {p.source} -> {p.target} {p.address}: {p.detail}")
+        verdict = "[green]PASS[/]" if not failed else "[red]FAIL[/]"
+        console.print(
+            f"{verdict}: {len(probes) - len(failed)}/{len(probes)} probes answered "
+            f"between {len(hosts)} nodes over IPv4 and IPv6 ({time.monotonic() - started:.1f} s)"
+        )
+        return 0 if not failed else 1
+    finally:
+        runner.down(topology.name)
+        console.print(f"lab {topology.name} torn down")
