@@ -9,23 +9,33 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bgp import cli as bgp_cli
 from lab import cli as lab_cli
 
-COMPONENTS = (lab_cli,)
+COMPONENTS = (lab_cli, bgp_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nvfabric", description="Network virtualization (NVGRE, HNV semantics) with a BGP EVPN control plane."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="component", required=True, metavar="COMMAND")
     for component in COMPONENTS:
         component.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is a command to run, never options of ours: argparse's REMAINDER
+    # would otherwise swallow options that follow a positional (`lab run FILE --vm never -- CMD`).
+    trailing: list[str] | None = None
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, trailing = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
+    if trailing is not None:
+        args.command = trailing
     return args.func(args)
 
 

@@ -1,0 +1,290 @@
+"""Typed BGP speaker configuration from YAML; every error names the field (`neighbours[1].asn: ...`).
+
+Parsed once at the boundary into frozen dataclasses; nothing downstream reads a dict. The file format is
+documented in docs/bgp.md ("Configuration").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bgp.errors import RouteValueError
+from bgp.routes import Family, MacIpRoute, PrefixRoute, Route, UnicastRoute
+
+FAMILY_NAMES = {
+    "l2vpn-evpn": Family.L2VPN_EVPN,
+    "ipv4-unicast": Family.IPV4_UNICAST,
+    "ipv6-unicast": Family.IPV6_UNICAST,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; `field` is its path in the file."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class GracefulRestartConfig:
+    """RFC 4724. `restart_time` is what we ask peers to wait for us; `forwarding_preserved` sets the F bit
+    (our dataplane keeps forwarding across a restart). `stale_time` caps how long we, as helper, keep a
+    restarted peer's stale routes while waiting for its End-of-RIB."""
+
+    enabled: bool = True
+    restart_time: int = 120
+    forwarding_preserved: bool = True
+    stale_time: int = 360
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    address: str
+    asn: int
+    port: int = 179
+    passive: bool = False
+    md5_password: str | None = None
+    local_address: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DynamicNeighbours:
+    """Accept any peer inside `prefix` (passive only; RFC 4271 leaves who may connect to configuration)."""
+
+    prefix: ipaddress.IPv4Network | ipaddress.IPv6Network
+    asn: int
+    md5_password: str | None = None
+
+
+@dataclass(frozen=True)
+class Listen:
+    address: str
+    port: int = 179
+
+
+@dataclass(frozen=True)
+class SpeakerConfig:
+    asn: int
+    router_id: str
+    hold_time: int = 90
+    families: tuple[Family, ...] = (Family.L2VPN_EVPN,)
+    listen: Listen | None = None
+    neighbours: tuple[Neighbour, ...] = ()
+    dynamic_neighbours: tuple[DynamicNeighbours, ...] = ()
+    graceful_restart: GracefulRestartConfig = field(default_factory=GracefulRestartConfig)
+    # Route targets to import, as "ASN:NN" strings; empty imports everything.
+    import_route_targets: frozenset[str] = frozenset()
+    # Locally originated routes (what `nvfabric bgp speak` announces).
+    routes: tuple[Route, ...] = ()
+
+
+class _Reader:
+    """Reads one mapping and remembers the path, so each error names its field."""
+
+    def __init__(self, data: object, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path or "(top level)", f"expected a mapping, got {type(data).__name__}")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if default is ...:
+                raise ConfigError(self.name(key), "is required")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and kind in (int, (int,)):
+            raise ConfigError(self.name(key), f"expected an integer, got {value!r}")
+        if not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise ConfigError(self.name(key), f"expected {want}, got {value!r}")
+        return value
+
+    def integer(self, key: str, low: int, high: int, default: Any = ...) -> int:
+        value = self.get(key, int, default)
+        if not low <= value <= high:
+            raise ConfigError(self.name(key), f"{value} is outside {low}..{high}")
+        return value
+
+    def address(self, key: str, default: Any = ..., version: int | None = None) -> Any:
+        value = self.get(key, str, default)
+        if value is None or value is default:
+            return value
+        try:
+            parsed = ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(self.name(key), f"{value!r} is not an IP address") from None
+        if version is not None and parsed.version != version:
+            raise ConfigError(self.name(key), f"{value!r} is not an IPv{version} address")
+        return str(parsed)
+
+    def items(self, key: str) -> list[tuple[str, Any]]:
+        values = self.get(key, list, [])
+        return [(f"{self.name(key)}[{i}]", v) for i, v in enumerate(values)]
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(self.name(unknown[0]), "unknown field")
+
+
+def parse(data: object) -> SpeakerConfig:
+    top = _Reader(data, "")
+    asn = top.integer("asn", 1, 0xFFFFFFFF)
+    router_id = top.address("router_id", version=4)
+    hold_time = top.integer("hold_time", 0, 0xFFFF, 90)
+    if hold_time in (1, 2):
+        raise ConfigError("hold_time", "must be 0 or at least 3 seconds (RFC 4271 4.2)")
+    families = []
+    for path, name in top.items("families") or [("families[0]", "l2vpn-evpn")]:
+        if name not in FAMILY_NAMES:
+            raise ConfigError(path, f"unknown family {name!r}; known: {', '.join(FAMILY_NAMES)}")
+        families.append(FAMILY_NAMES[name])
+    listen = None
+    if top.get("listen", dict, None) is not None:
+        r = _Reader(top.data["listen"], "listen")
+        listen = Listen(r.address("address"), r.integer("port", 0, 65535, 179))
+        r.done()
+    neighbours = tuple(_neighbour(_Reader(v, p)) for p, v in top.items("neighbours"))
+    seen: set[str] = set()
+    for i, n in enumerate(neighbours):
+        if n.address in seen:
+            raise ConfigError(f"neighbours[{i}].address", f"{n.address} is configured twice")
+        seen.add(n.address)
+    dynamic = tuple(_dynamic(_Reader(v, p)) for p, v in top.items("dynamic_neighbours"))
+    if dynamic and listen is None:
+        raise ConfigError("dynamic_neighbours", "needs `listen` (dynamic neighbours only connect to us)")
+    gr = GracefulRestartConfig()
+    if top.get("graceful_restart", dict, None) is not None:
+        r = _Reader(top.data["graceful_restart"], "graceful_restart")
+        gr = GracefulRestartConfig(
+            enabled=r.get("enabled", bool, True),
+            # RFC 4724 3: the Restart Time field has 12 bits.
+            restart_time=r.integer("restart_time", 0, 4095, 120),
+            forwarding_preserved=r.get("forwarding_preserved", bool, True),
+            stale_time=r.integer("stale_time", 1, 86400, 360),
+        )
+        r.done()
+    rts = []
+    for path, rt in top.items("import_route_targets"):
+        rts.append(_route_target(path, rt))
+    routes = []
+    for path, entry in top.items("routes"):
+        routes.append(parse_route(_Reader(entry, path)))
+    top.done()
+    return SpeakerConfig(
+        asn=asn,
+        router_id=router_id,
+        hold_time=hold_time,
+        families=tuple(dict.fromkeys(families)),
+        listen=listen,
+        neighbours=neighbours,
+        dynamic_neighbours=dynamic,
+        graceful_restart=gr,
+        import_route_targets=frozenset(rts),
+        routes=tuple(routes),
+    )
+
+
+def load(path: str | Path) -> SpeakerConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError("(file)", f"cannot read {path}: {err.strerror}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError("(file)", f"{path} is not valid YAML: {err}") from err
+    return parse(data)
+
+
+def _neighbour(r: _Reader) -> Neighbour:
+    n = Neighbour(
+        address=r.address("address"),
+        asn=r.integer("asn", 1, 0xFFFFFFFF),
+        port=r.integer("port", 1, 65535, 179),
+        passive=r.get("passive", bool, False),
+        md5_password=_password(r),
+        local_address=r.address("local_address", None),
+        description=r.get("description", str, ""),
+    )
+    r.done()
+    return n
+
+
+def _dynamic(r: _Reader) -> DynamicNeighbours:
+    raw = r.get("prefix", str)
+    try:
+        prefix = ipaddress.ip_network(raw, strict=True)
+    except ValueError as err:
+        raise ConfigError(r.name("prefix"), str(err)) from None
+    d = DynamicNeighbours(prefix, r.integer("asn", 1, 0xFFFFFFFF), _password(r))
+    r.done()
+    return d
+
+
+def _password(r: _Reader) -> str | None:
+    value = r.get("md5_password", str, None)
+    if value is not None and not 1 <= len(value.encode()) <= 80:
+        raise ConfigError(r.name("md5_password"), "must be 1..80 bytes (Linux TCP_MD5SIG_MAXKEYLEN)")
+    return value
+
+
+def _route_target(path: str, value: object) -> str:
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ConfigError(path, f"expected 'ASN:NUMBER', got {value!r}")
+    asn, number = value.split(":")
+    if not (asn.isdigit() and number.isdigit()):
+        raise ConfigError(path, f"expected 'ASN:NUMBER', got {value!r}")
+    return f"{int(asn)}:{int(number)}"
+
+
+def parse_route(r: _Reader) -> Route:
+    """One `routes[i]` entry; the route constructors validate, we translate their errors to field paths."""
+    kind = r.get("type", str)
+    try:
+        if kind == "mac-ip":
+            route: Route = MacIpRoute(
+                rd=r.get("rd", str),
+                mac=r.get("mac", str),
+                ip=r.get("ip", str, None),
+                vsid=r.get("vsid", int),
+                next_hop=r.get("next_hop", str),
+                route_targets=tuple(_route_target(p, v) for p, v in r.items("route_targets")),
+                router_mac=r.get("router_mac", str, None),
+                mobility_seq=r.get("mobility_seq", int, 0),
+                sticky=r.get("sticky", bool, False),
+                ethernet_tag=r.get("ethernet_tag", int, 0),
+            )
+        elif kind == "prefix":
+            route = PrefixRoute(
+                rd=r.get("rd", str),
+                prefix=r.get("prefix", str),
+                vsid=r.get("vsid", int),
+                next_hop=r.get("next_hop", str),
+                route_targets=tuple(_route_target(p, v) for p, v in r.items("route_targets")),
+                router_mac=r.get("router_mac", str, None),
+                gateway_ip=r.get("gateway_ip", str, None),
+                ethernet_tag=r.get("ethernet_tag", int, 0),
+            )
+        elif kind == "unicast":
+            route = UnicastRoute(prefix=r.get("prefix", str), next_hop=r.get("next_hop", str))
+        else:
+            raise ConfigError(r.name("type"), f"unknown route type {kind!r}; known: mac-ip, prefix, unicast")
+    except RouteValueError as err:
+        raise ConfigError(r.name(err.field), err.reason) from None
+    r.done()
+    return route

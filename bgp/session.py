@@ -1,0 +1,438 @@
+"""Asyncio adapter around `bgp.fsm`: sockets, timers, connect-retry, listening, TCP-MD5, collisions.
+
+Thin on purpose: each `Connection` moves bytes between a transport and its `Fsm` and re-arms one timer
+after every call into the machine; a `Peer` owns the (at most two, RFC 4271 6.8) connections to one
+neighbour and the connect-retry loop. Events go to ONE owner (`bgp/speaker.py`) through a bounded inbox:
+when the owner falls behind, reading from the socket pauses, so TCP itself pushes back on the sender.
+
+Outgoing UPDATEs are written by the owner with `Peer.send(bytes)`: the same bytes object can go to every
+peer of an update group, encoded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from bgp import fsm, wire
+
+log = logging.getLogger(__name__)
+
+# <linux/tcp.h>: TCP_MD5SIG takes a struct tcp_md5sig (RFC 2385 keys are per remote address);
+# TCP_MD5SIG_EXT with TCP_MD5SIG_FLAG_PREFIX keys a whole prefix (dynamic neighbours on the listener).
+TCP_MD5SIG = 14
+TCP_MD5SIG_EXT = 32
+TCP_MD5SIG_FLAG_PREFIX = 1
+TCP_MD5SIG_MAXKEYLEN = 80
+
+CONNECT_TIMEOUT = 5.0
+INBOX_SIZE = 4096  # events, not bytes: an UPDATE is at most 4096 bytes (RFC 4271 4.1)
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a task we own and wait until it has finished."""
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
+class Md5Error(OSError):
+    """Setting a TCP-MD5 key failed; names the peer so the operator knows which neighbour's key."""
+
+
+def set_md5(sock: socket.socket, peer: str, key: str, prefixlen: int | None = None) -> None:
+    """Install (or with an empty key, remove) the RFC 2385 key for `peer` (or `peer/prefixlen`) on `sock`."""
+    raw = key.encode()
+    if len(raw) > TCP_MD5SIG_MAXKEYLEN:
+        raise Md5Error(errno.EINVAL, f"TCP-MD5 key for {peer} is longer than {TCP_MD5SIG_MAXKEYLEN} bytes")
+    addr = ipaddress.ip_address(peer)
+    if sock.family == socket.AF_INET6 and addr.version == 4:
+        addr = ipaddress.IPv6Address(f"::ffff:{addr}")
+        if prefixlen is not None:
+            prefixlen += 96
+    if addr.version == 4:
+        sockaddr = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 0) + addr.packed
+    else:
+        sockaddr = struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", 0, 0) + addr.packed + b"\0" * 4
+    sockaddr = sockaddr.ljust(128, b"\0")
+    flags = TCP_MD5SIG_FLAG_PREFIX if prefixlen is not None else 0
+    option = TCP_MD5SIG_EXT if prefixlen is not None else TCP_MD5SIG
+    value = sockaddr + struct.pack("=BBHi", flags, prefixlen or 0, len(raw), 0) + raw.ljust(TCP_MD5SIG_MAXKEYLEN, b"\0")
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError as err:
+        raise Md5Error(err.errno, f"setting TCP-MD5 key for {peer}: {err.strerror}") from err
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """What the session layer needs about one neighbour (built from `bgp.config` by the speaker)."""
+
+    address: str
+    port: int
+    peer_asn: int
+    local: wire.Capabilities
+    md5_password: str | None = None
+    local_address: str | None = None
+    passive: bool = False  # never connect, only accept
+    connect_retry_initial: float = 1.0
+    connect_retry_max: float = 30.0
+
+
+@dataclass(frozen=True)
+class PeerEvent:
+    """What the owner task receives: which peer, and what happened on its chosen connection."""
+
+    peer: "Peer"
+    event: fsm.Event
+
+
+class Inbox:
+    """The owner's bounded, counted queue. Producers that find it full pause their socket (`Connection`)."""
+
+    def __init__(self, maxsize: int = INBOX_SIZE) -> None:
+        # PeerEvents, and the owner's own commands (typed by the owner).
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self.delivered = 0
+        self.producer_pauses = 0
+
+    async def get(self) -> Any:
+        item = await self.queue.get()
+        self.delivered += 1
+        return item
+
+
+class Connection:
+    """One TCP connection and its FSM; an asyncio Protocol that stays a byte pump."""
+
+    def __init__(self, peer: "Peer", side: fsm.Side, loop: asyncio.AbstractEventLoop) -> None:
+        self.peer = peer
+        self.side = side
+        self.loop = loop
+        self.fsm: fsm.Fsm | None = None
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending: deque[fsm.Event] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> fsm.State:
+        return self.fsm.state if self.fsm else fsm.State.CONNECT
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        settings = self.peer.settings
+        config = fsm.FsmConfig(settings.local, settings.peer_asn, ipaddress.ip_address(settings.address))
+        self.fsm = fsm.Fsm(config, self.loop.time())
+        self._after(())
+
+    def data_received(self, data: bytes) -> None:
+        if self.fsm is not None:
+            self._after(self.fsm.receive(data, self.loop.time()))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.fsm is not None:
+            self._after(self.fsm.connection_lost(str(exc) if exc else "closed by peer"))
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # driven by the Peer / owner
+    def stop(self, code: int, subcode: int, text: str = "") -> None:
+        if self.fsm is not None:
+            self._after(self.fsm.stop(code, subcode, b"", text))
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.fsm is not None:
+            self._after(self.fsm.handle_timer(self.loop.time()))
+
+    def _after(self, events: list[fsm.Event] | tuple[()]) -> None:
+        """Flush what the FSM wants sent, re-arm its timer, hand its events on (aioquic's `transmit()`)."""
+        assert self.fsm is not None and self.transport is not None
+        out = self.fsm.data_to_send()
+        if out:
+            self.write(out)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.fsm.state is fsm.State.IDLE:
+            if not self.transport.is_closing():
+                self.transport.close()  # close() flushes the NOTIFICATION first
+        else:
+            when = self.fsm.next_timer()
+            if when is not None:
+                self._timer = self.loop.call_at(when, self._on_timer)
+        for event in events:
+            self.peer._on_event(self, event)
+
+    def deliver(self, event: fsm.Event) -> None:
+        """Queue an event for the owner, in order; pause reading while the inbox is full."""
+        inbox = self.peer.inbox
+        if not self._pending:
+            try:
+                inbox.queue.put_nowait(PeerEvent(self.peer, event))
+                return
+            except asyncio.QueueFull:
+                inbox.producer_pauses += 1
+        self._pending.append(event)
+        if self._flusher is None:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.pause_reading()
+            self._flusher = self.loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            await self.peer.inbox.queue.put(PeerEvent(self.peer, self._pending.popleft()))
+        self._flusher = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+class Peer:
+    """One neighbour: its connect-retry loop, its connections, collision resolution (RFC 4271 6.8)."""
+
+    def __init__(self, settings: PeerSettings, inbox: Inbox, name: str | None = None) -> None:
+        self.settings = settings
+        self.inbox = inbox
+        self.name = name or settings.address
+        self.connections: list[Connection] = []
+        self.established: Connection | None = None
+        self.negotiated: wire.Negotiated | None = None
+        self.remote: wire.Capabilities | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._wake = asyncio.Event()
+        self.backoff = fsm.Backoff(settings.connect_retry_initial, settings.connect_retry_max)
+        self.connect_attempts = 0
+        self.establishments = 0
+
+    def __repr__(self) -> str:
+        return f"Peer({self.name})"
+
+    @property
+    def state(self) -> fsm.State:
+        if self.established is not None:
+            return fsm.State.ESTABLISHED
+        states = [c.state for c in self.connections]
+        for s in (fsm.State.OPEN_CONFIRM, fsm.State.OPEN_SENT, fsm.State.CONNECT):
+            if s in states:
+                return s
+        return fsm.State.ACTIVE if not self._stopped else fsm.State.IDLE
+
+    def start(self) -> None:
+        if self._task is None and not self.settings.passive:
+            self._task = asyncio.get_running_loop().create_task(self._connect_loop(), name=f"bgp-connect-{self.name}")
+
+    async def stop(self, subcode: int = fsm.CEASE_ADMIN_SHUTDOWN) -> None:
+        self._stopped = True
+        self._wake.set()
+        await cancel(self._task)
+        for conn in list(self.connections):
+            conn.stop(fsm.ERR_CEASE, subcode, "administrative stop")
+
+    def send(self, data: bytes) -> bool:
+        """Write encoded messages to the established connection; False if there is none."""
+        if self.established is None:
+            return False
+        self.established.write(data)
+        return True
+
+    def write_buffer_size(self) -> int:
+        conn = self.established
+        return conn.transport.get_write_buffer_size() if conn and conn.transport else 0
+
+    # -- accepting ----------------------------------------------------------------------------------------
+
+    def accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        conn = Connection(self, fsm.Side.INCOMING, loop)
+        self.connections.append(conn)
+        loop.create_task(loop.connect_accepted_socket(lambda: conn, sock))
+
+    # -- connecting ---------------------------------------------------------------------------------------
+
+    async def _connect_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopped:
+            if self.established is None and not any(c.side is fsm.Side.OUTGOING for c in self.connections):
+                self.connect_attempts += 1
+                conn = Connection(self, fsm.Side.OUTGOING, loop)
+                try:
+                    sock = await self._connect_socket()
+                except OSError as err:
+                    delay = self.backoff.next_delay()
+                    log.info("peer %s: connect failed (%s); retry in %.1f s", self.name, err, delay)
+                    await self._sleep(delay)
+                    continue
+                self.connections.append(conn)
+                await loop.connect_accepted_socket(lambda: conn, sock)
+            # Wait until our connection goes away, then back off before dialling again.
+            self._wake.clear()
+            await self._wake.wait()
+            if not self._stopped and self.established is None:
+                await self._sleep(self.backoff.next_delay())
+
+    async def _sleep(self, delay: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop_event(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _stop_event(self) -> None:
+        while not self._stopped:
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _connect_socket(self) -> socket.socket:
+        s = self.settings
+        family = socket.AF_INET6 if ipaddress.ip_address(s.address).version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if s.md5_password:
+                set_md5(sock, s.address, s.md5_password)
+            if s.local_address:
+                sock.bind((s.local_address, 0))
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (s.address, s.port)), CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as err:
+            sock.close()
+            if isinstance(err, asyncio.TimeoutError):
+                raise OSError(errno.ETIMEDOUT, "connect timed out") from None
+            raise
+        return sock
+
+    # -- events from connections --------------------------------------------------------------------------
+
+    def _on_event(self, conn: Connection, event: fsm.Event) -> None:
+        if isinstance(event, fsm.OpenReceived):
+            self._check_collision(conn, event.capabilities)
+            return
+        if isinstance(event, fsm.Established):
+            if self.established is not None:
+                conn.stop(fsm.ERR_CEASE, fsm.CEASE_COLLISION, "already established")
+                return
+            self.established = conn
+            self.negotiated = event.negotiated
+            self.remote = event.remote
+            self.establishments += 1
+            self.backoff.reset()
+            conn.deliver(event)
+            return
+        if isinstance(event, fsm.Closed):
+            if conn in self.connections:
+                self.connections.remove(conn)
+            if conn is self.established:
+                self.established = None
+                conn.deliver(event)
+            else:
+                log.info("peer %s: %s connection closed before Established: %s", self.name, conn.side.value, event.reason)
+            self._wake.set()
+            return
+        if conn is self.established:
+            conn.deliver(event)
+
+    def _check_collision(self, conn: Connection, remote: wire.Capabilities) -> None:
+        for other in self.connections:
+            if other is conn or other.fsm is None:
+                continue
+            if other.state is fsm.State.ESTABLISHED:
+                # RFC 4271 6.8: a collision with an Established connection closes the new one.
+                conn.stop(fsm.ERR_CEASE, fsm.CEASE_COLLISION, "collision with established connection")
+                return
+            if other.state is fsm.State.OPEN_CONFIRM:
+                loser_side = fsm.collision_loser(self.settings.local.router_id, remote.router_id)
+                loser = conn if conn.side is loser_side else other
+                log.info("peer %s: connection collision, closing the %s one", self.name, loser_side.value)
+                loser.stop(fsm.ERR_CEASE, fsm.CEASE_COLLISION, "connection collision resolution")
+                return
+
+
+class Listener:
+    """A passive endpoint: accepts, finds the peer with `lookup`, and refuses the rest with a NOTIFICATION."""
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        lookup: Callable[[str], Peer | None],
+    ) -> None:
+        self.address = address
+        self.port = port
+        self.lookup = lookup
+        self.sock: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.rejected = 0
+
+    def open(self) -> None:
+        family = socket.AF_INET6 if ipaddress.ip_address(self.address).version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.address, self.port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.sock = sock
+        if self.port == 0:
+            self.port = sock.getsockname()[1]
+
+    def set_md5(self, peer: str, password: str, prefixlen: int | None = None) -> None:
+        assert self.sock is not None
+        set_md5(self.sock, peer, password, prefixlen)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._accept_loop(), name=f"bgp-listen-{self.address}")
+
+    async def close(self) -> None:
+        await cancel(self._task)
+        if self.sock is not None:
+            self.sock.close()
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.sock is not None
+        while True:
+            conn, addr = await loop.sock_accept(self.sock)
+            remote = addr[0]
+            if remote.startswith("::ffff:"):
+                remote = remote[7:]
+            peer = self.lookup(remote)
+            if peer is None:
+                self.rejected += 1
+                log.warning("refusing BGP connection from %s: not a configured or dynamic neighbour", remote)
+                # RFC 4486 Cease/Connection Rejected rather than a silent close, so the peer's log says why.
+                loop.create_task(_refuse(conn))
+                continue
+            conn.setblocking(False)
+            peer.accept(conn)
+
+
+async def _refuse(conn: socket.socket) -> None:
+    try:
+        notification = wire.encode_notification(fsm.ERR_CEASE, fsm.CEASE_CONNECTION_REJECTED, b"")
+        await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(conn, notification), 2.0)
+    except (OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        conn.close()

@@ -1,0 +1,418 @@
+"""The BGP speaker: ONE owner task that owns every session's events, the RIB and the outbound tables.
+
+Everything that changes state runs in `_run()`, one item at a time: events from sessions (through the
+bounded `session.Inbox`) and commands from API callers (closures with a future, GoBGP's `mgmtCh` shape).
+No locks, no shared mutation. The route reflector (issue 4) reuses this class: it subscribes to RIB
+changes and re-advertises them through the same update groups.
+
+Graceful restart (RFC 4724), both roles:
+- restarting speaker: our OPEN carries the R bit on the first session to each peer after start, and the
+  F bit per family when `forwarding_preserved`; we send our table and End-of-RIB at once (we originate, we
+  have nothing to wait for);
+- helper: when a GR-capable peer's session drops without a NOTIFICATION, its routes stay, marked stale,
+  for its Restart Time; after it comes back they stay until its End-of-RIB (or `stale_time`), then the
+  ones it did not re-announce are swept. Re-announced identical routes change nothing downstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass
+from dataclasses import replace
+from typing import Any, Callable, Iterable, Sequence
+
+from bgp import fsm, rib, wire
+from bgp.config import SpeakerConfig
+from bgp.routes import Family, MacIpRoute, Path, PeerRef, PrefixRoute, Route, RouteKey, UnicastRoute
+from bgp.session import Inbox, Listener, Peer, PeerEvent, PeerSettings, cancel
+from bgp.updgroup import UpdateGroups, encode_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """A peer's session came up or went down, or it finished sending its table (End-of-RIB)."""
+
+    peer: str
+    state: str  # "established" | "down" | "end-of-rib"
+    family: Family | None = None
+    reason: str = ""
+
+
+Notice = rib.RibChange | PeerStatus
+Subscriber = Callable[[Sequence[Notice]], None]
+
+
+@dataclass
+class _Command:
+    run: Callable[[], Any]
+    done: asyncio.Future[Any]
+
+
+@dataclass
+class Counters:
+    updates_in: int = 0
+    routes_in: int = 0
+    withdrawals_in: int = 0
+    update_errors: int = 0
+    refused: int = 0
+
+
+@dataclass
+class _GracefulState:
+    """Helper-side state for one peer whose routes are stale."""
+
+    families: set[Family]
+    timer: asyncio.TimerHandle | None = None
+
+
+class Speaker:
+    def __init__(self, config: SpeakerConfig, *, inbox_size: int = 4096) -> None:
+        self.config = config
+        self.inbox = Inbox(inbox_size)
+        self.peers: dict[str, Peer] = {}
+        self.listener: Listener | None = None
+        self.groups = UpdateGroups()
+        self.rib = rib.Rib(config.asn)
+        # The PeerRef (address, BGP identifier, AS) each peer's paths carry, from its last OPEN.
+        self._refs: dict[str, PeerRef] = {}
+        self.local: dict[RouteKey, Path] = {}
+        self.counters = Counters()
+        self._subscribers: list[Subscriber] = []
+        self._task: asyncio.Task[None] | None = None
+        self._graceful: dict[str, _GracefulState] = {}
+        self._started_sessions: set[str] = set()
+        self._dynamic = [(d.prefix, d) for d in config.dynamic_neighbours]
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.config.listen is not None:
+            self.listener = Listener(self.config.listen.address, self.config.listen.port, self._lookup)
+            self.listener.open()
+            for n in self.config.neighbours:
+                if n.md5_password:
+                    self.listener.set_md5(n.address, n.md5_password)
+            for d in self.config.dynamic_neighbours:
+                if d.md5_password:
+                    self.listener.set_md5(str(d.prefix.network_address), d.md5_password, d.prefix.prefixlen)
+            self.listener.start()
+        for n in self.config.neighbours:
+            peer = Peer(
+                PeerSettings(
+                    address=n.address,
+                    port=n.port,
+                    peer_asn=n.asn,
+                    local=self._capabilities(n.address),
+                    md5_password=n.md5_password,
+                    local_address=n.local_address,
+                    passive=n.passive,
+                ),
+                self.inbox,
+            )
+            self.peers[n.address] = peer
+            peer.start()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="bgp-speaker")
+
+    async def stop(self) -> None:
+        for peer in self.peers.values():
+            await peer.stop()
+        if self.listener is not None:
+            await self.listener.close()
+        await cancel(self._task)
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """`subscriber` is called from the owner task with each batch of changes; it must not block."""
+        self._subscribers.append(subscriber)
+
+    @property
+    def listen_port(self) -> int | None:
+        return self.listener.port if self.listener else None
+
+    # -- API: every call runs inside the owner task -------------------------------------------------------
+
+    async def announce(self, routes: Iterable[Route | Path]) -> None:
+        paths = [r if isinstance(r, Path) else Path(r) for r in routes]
+        await self._call(lambda: self._announce(paths))
+
+    async def withdraw(self, routes: Iterable[Route | RouteKey]) -> None:
+        keys = [r.key if isinstance(r, (MacIpRoute, PrefixRoute, UnicastRoute)) else r for r in routes]
+        await self._call(lambda: self._withdraw(keys))
+
+    async def refresh(self, family: Family | None = None) -> None:
+        """Ask every established peer to resend its routes (RFC 2918), e.g. after widening an import filter."""
+        await self._call(lambda: self._send_refresh(family))
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` in the owner task (for readers that want a consistent view, e.g. tests and the reflector)."""
+        return await self._call(fn)
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        if self._task is None:
+            return fn()  # not started: nothing else can be changing state
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # Same queue as the sessions' events: one order of everything that changes state.
+        await self.inbox.queue.put(_Command(fn, done))
+        return await done
+
+    # -- the owner task -----------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        inbox = self.inbox
+        while True:
+            item = await inbox.get()
+            if isinstance(item, _Command):
+                self._run_command(item)
+            else:
+                self._handle(item)
+
+    def _run_command(self, command: _Command) -> None:
+        try:
+            result = command.run()
+        except Exception as err:  # noqa: BLE001 - the caller gets its own error back
+            if not command.done.done():
+                command.done.set_exception(err)
+            return
+        if not command.done.done():
+            command.done.set_result(result)
+
+    def _publish(self, notices: Sequence[Notice]) -> None:
+        if notices:
+            for subscriber in self._subscribers:
+                subscriber(notices)
+
+    def _handle(self, item: PeerEvent) -> None:
+        peer, event = item.peer, item.event
+        if isinstance(event, fsm.UpdateReceived):
+            self._on_update(peer, event)
+        elif isinstance(event, fsm.Established):
+            self._on_established(peer, event)
+        elif isinstance(event, fsm.Closed):
+            self._on_closed(peer, event)
+        elif isinstance(event, fsm.RouteRefreshReceived):
+            self._on_route_refresh(peer, event)
+
+    # -- sessions -----------------------------------------------------------------------------------------
+
+    def _capabilities(self, address: str) -> wire.Capabilities:
+        gr_cfg = self.config.graceful_restart
+        graceful = None
+        if gr_cfg.enabled:
+            # RFC 4724 3: R bit on the first session after we (re)started; on a cold start it is harmless
+            # (the peer holds nothing of ours), after a crash it tells the peer we lost our state.
+            graceful = wire.GracefulRestart(
+                restart_time=gr_cfg.restart_time,
+                restarting=address not in self._started_sessions,
+                families=frozenset((f, gr_cfg.forwarding_preserved) for f in self.config.families),
+            )
+        return wire.Capabilities(
+            asn=self.config.asn,
+            router_id=ipaddress.IPv4Address(self.config.router_id),
+            hold_time=self.config.hold_time,
+            families=frozenset(self.config.families),
+            graceful_restart=graceful,
+        )
+
+    def _lookup(self, address: str) -> Peer | None:
+        """The listener's question: who is this? Configured first, then dynamic prefixes (first match)."""
+        peer = self.peers.get(address)
+        if peer is not None:
+            return peer
+        ip = ipaddress.ip_address(address)
+        for prefix, dynamic in self._dynamic:
+            if ip in prefix:
+                peer = Peer(
+                    PeerSettings(
+                        address=address,
+                        port=0,
+                        peer_asn=dynamic.asn,
+                        local=self._capabilities(address),
+                        md5_password=dynamic.md5_password,
+                        passive=True,
+                    ),
+                    self.inbox,
+                    name=f"{address} (dynamic {prefix})",
+                )
+                self.peers[address] = peer
+                return peer
+        self.counters.refused += 1
+        return None
+
+    def _on_established(self, peer: Peer, event: fsm.Established) -> None:
+        negotiated = event.negotiated
+        address = peer.settings.address
+        self._started_sessions.add(address)
+        ref = PeerRef(ipaddress.ip_address(address), event.remote.router_id, event.remote.asn)
+        old_ref = self._refs.get(address)
+        notices: list[Notice] = [PeerStatus(peer.name, "established")]
+        if old_ref is not None and old_ref != ref:
+            # The peer came back as another speaker (new identifier or AS): its old routes are not its.
+            notices += self._rib_drop(peer, None)
+            self._graceful.pop(address, None)
+        self._refs[address] = ref
+        # Later OPENs to this peer no longer carry the R bit.
+        peer.settings = _with_local(peer.settings, self._capabilities(peer.settings.address))
+        log.info("peer %s: established (families %s, hold %d s)", peer.name,
+                 ",".join(sorted(f.name for f in negotiated.families)), negotiated.hold_time)
+        notices += self._graceful_reconnect(peer, negotiated)
+        # Initial table, then End-of-RIB per family (RFC 4724 2), encoded for this peer alone; from now on
+        # changes reach it through its update group.
+        paths = list(self.local.values())
+        data = b"".join(encode_for(negotiated, paths, ()))
+        data += b"".join(wire.encode_eor(f) for f in sorted(negotiated.families, key=lambda f: f.value))
+        peer.send(data)
+        self.groups.join(peer, negotiated)
+        self._publish(notices)
+
+    def _on_closed(self, peer: Peer, event: fsm.Closed) -> None:
+        self.groups.leave(peer)
+        log.warning("peer %s: session down: %s", peer.name, event.reason)
+        notices: list[Notice] = [PeerStatus(peer.name, "down", reason=str(event.reason))]
+        negotiated = peer.negotiated
+        graceful = negotiated.graceful_restart if negotiated is not None else None
+        if self._ref(peer) is not None:
+            # RFC 4724 4.2: only a session lost without a NOTIFICATION is a restart we wait for.
+            if graceful is not None and event.reason.kind is fsm.CloseKind.CONNECTION_LOST and graceful.restart_time:
+                families = {f for f, _ in graceful.families} & set(negotiated.families)
+                notices += self._rib_mark_stale(peer, families)
+                notices += self._rib_drop(peer, set(negotiated.families) - families)
+                state = self._graceful.setdefault(peer.settings.address, _GracefulState(set()))
+                state.families |= families
+                self._arm_graceful_timer(peer, state, graceful.restart_time)
+                log.info("peer %s: keeping its routes stale for up to %d s (graceful restart)", peer.name, graceful.restart_time)
+            else:
+                notices += self._rib_drop(peer, None)
+        self._publish(notices)
+
+    def _arm_graceful_timer(self, peer: Peer, state: _GracefulState, seconds: float) -> None:
+        if state.timer is not None:
+            state.timer.cancel()
+        loop = asyncio.get_running_loop()
+        state.timer = loop.call_later(seconds, lambda: loop.create_task(self._call(lambda: self._graceful_expired(peer))))
+
+    def _graceful_expired(self, peer: Peer) -> None:
+        state = self._graceful.pop(peer.settings.address, None)
+        if state is None:
+            return
+        log.warning("peer %s: graceful restart timer expired; removing its stale routes", peer.name)
+        self._publish(self._rib_sweep(peer, state.families))
+
+    def _graceful_reconnect(self, peer: Peer, negotiated: wire.Negotiated) -> list[Notice]:
+        """RFC 4724 4.2 on re-establishment: families without GR or without the F bit lose their stale
+        routes now; the others keep them until End-of-RIB (or `stale_time`)."""
+        state = self._graceful.get(peer.settings.address)
+        if state is None:
+            return []
+        graceful = negotiated.graceful_restart
+        preserved = {f for f, forwarding in graceful.families if forwarding} if graceful else set()
+        gone = state.families - preserved
+        state.families &= preserved
+        notices = self._rib_sweep(peer, gone) if gone else []
+        if state.families:
+            self._arm_graceful_timer(peer, state, self.config.graceful_restart.stale_time)
+        else:
+            self._graceful.pop(peer.settings.address, None)
+        return notices
+
+    def _on_route_refresh(self, peer: Peer, event: fsm.RouteRefreshReceived) -> None:
+        # RFC 2918 3: resend the Adj-RIB-Out for that family.
+        if len(event.body) != 4 or peer.negotiated is None:
+            return
+        afi, safi = int.from_bytes(event.body[:2], "big"), event.body[3]
+        family = Family.from_afi_safi(afi, safi)
+        if family is None or family not in peer.negotiated.families:
+            return
+        paths = [p for p in self.local.values() if p.family is family]
+        peer.send(b"".join(encode_for(peer.negotiated, paths, ())))
+
+    def _send_refresh(self, family: Family | None) -> None:
+        for peer in self.peers.values():
+            n = peer.negotiated
+            if peer.established is None or n is None or not n.route_refresh:
+                continue
+            for f in sorted(n.families, key=lambda f: f.value):
+                if family is None or f is family:
+                    peer.send(wire.encode_route_refresh(f))
+
+    # -- routes in ----------------------------------------------------------------------------------------
+
+    def _on_update(self, peer: Peer, event: fsm.UpdateReceived) -> None:
+        result = event.result
+        self.counters.updates_in += 1
+        if result.errors:
+            # RFC 7606: the session stays up; say who sent what, with the bytes, once per UPDATE.
+            self.counters.update_errors += 1
+            for error in result.errors:
+                log.warning("peer %s: malformed UPDATE, %s: %s; raw %s; update %s",
+                            peer.name, error.action, error.reason, error.raw, event.body.hex())
+        notices: list[Notice] = []
+        if result.announced or result.withdrawn:
+            self.counters.routes_in += len(result.announced)
+            self.counters.withdrawals_in += len(result.withdrawn)
+            notices += self._rib_update(peer, result.announced, result.withdrawn)
+        if result.eor is not None:
+            notices += self._on_eor(peer, result.eor)
+        self._publish(notices)
+
+    def _on_eor(self, peer: Peer, family: Family) -> list[Notice]:
+        notices: list[Notice] = []
+        state = self._graceful.get(peer.settings.address)
+        if state is not None and family in state.families:
+            # RFC 4724 4.2: End-of-RIB ends the wait; what is still stale was not re-announced.
+            state.families.discard(family)
+            notices += self._rib_sweep(peer, {family})
+            if not state.families:
+                if state.timer is not None:
+                    state.timer.cancel()
+                self._graceful.pop(peer.settings.address, None)
+        notices.append(PeerStatus(peer.name, "end-of-rib", family))
+        return notices
+
+    # -- routes out ---------------------------------------------------------------------------------------
+
+    def _announce(self, paths: list[Path]) -> None:
+        for path in paths:
+            self.local[path.key] = path
+        self.groups.broadcast(paths, ())
+
+    def _withdraw(self, keys: list[RouteKey]) -> None:
+        gone = [k for k in keys if self.local.pop(k, None) is not None]
+        if gone:
+            self.groups.broadcast((), gone)
+
+    # -- the RIB (bgp/rib.py) -----------------------------------------------------------------------------
+
+    def _ref(self, peer: Peer) -> PeerRef | None:
+        return self._refs.get(peer.settings.address)
+
+    def _rib_update(self, peer: Peer, announced: list[Path], withdrawn: list[RouteKey]) -> list[Notice]:
+        ref = self._ref(peer)
+        return list(self.rib.receive(ref, announced, withdrawn)) if ref else []
+
+    def _rib_mark_stale(self, peer: Peer, families: set[Family]) -> list[Notice]:
+        ref = self._ref(peer)
+        if ref and families:
+            self.rib.mark_stale(ref, families)
+        return []
+
+    def _rib_sweep(self, peer: Peer, families: set[Family]) -> list[Notice]:
+        ref = self._ref(peer)
+        if ref is None:
+            return []
+        return [c for f in sorted(families, key=lambda f: f.value) for c in self.rib.sweep_stale(ref, f)]
+
+    def _rib_drop(self, peer: Peer, families: set[Family] | None) -> list[Notice]:
+        ref = self._ref(peer)
+        if ref is None:
+            return []
+        if families is None:
+            return list(self.rib.peer_down(ref))
+        self.rib.mark_stale(ref, families)
+        return self._rib_sweep(peer, families)
+
+
+def _with_local(settings: PeerSettings, local: wire.Capabilities) -> PeerSettings:
+    return replace(settings, local=local)

@@ -1,0 +1,161 @@
+"""Our speakers and clients talking to each other over real TCP on loopback (interop with FRR and GoBGP is
+in tests/integration). Every check looks at what a client delivers, never at internals being called."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from bgp import config, fsm, wire
+from bgp.client import Client, RouteUpdate
+from bgp.routes import MacIpRoute
+from bgp.speaker import PeerStatus
+
+ROUTE = MacIpRoute(rd="198.51.100.1:1", mac="00:15:5d:01:02:03", ip="10.1.0.5", vsid=5001,
+                   next_hop="198.51.100.1", route_targets=("65000:5001",), router_mac="02:00:5e:10:00:01",
+                   mobility_seq=3)
+
+
+def cfg(router_id: str, **extra: Any) -> config.SpeakerConfig:
+    return config.parse({"asn": 65000, "router_id": router_id, "hold_time": 9, **extra})
+
+
+async def next_event(client: Client, it, want, timeout: float = 10.0):
+    async def find():
+        async for event in it:
+            if want(event):
+                return event
+    return await asyncio.wait_for(find(), timeout)
+
+
+@pytest.fixture
+async def server():
+    """A passive client on 127.0.0.1 accepting 127.0.0.2 and 127.0.0.3 (configured) and 127.0.1.0/24 (dynamic)."""
+    c = Client(cfg("198.51.100.100", listen={"address": "127.0.0.1", "port": 0},
+                   neighbours=[{"address": "127.0.0.2", "asn": 65000, "passive": True},
+                               {"address": "127.0.0.3", "asn": 65000, "passive": True}],
+                   dynamic_neighbours=[{"prefix": "127.0.1.0/24", "asn": 65000}]))
+    await c.start()
+    yield c
+    await c.stop()
+
+
+def active(router_id: str, local: str, port: int, **extra: Any) -> Client:
+    return Client(cfg(router_id, neighbours=[{"address": "127.0.0.1", "asn": 65000, "port": port,
+                                              "local_address": local}], **extra))
+
+
+async def test_route_goes_across_and_is_withdrawn(server: Client):
+    a = active("198.51.100.1", "127.0.0.2", server.speaker.listen_port)
+    await a.start()
+    try:
+        await a.announce([ROUTE])
+        it = server.events()
+        got = await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+        assert got.route == ROUTE
+        await a.withdraw([ROUTE])
+        gone = await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+        assert gone.key == ROUTE.key and gone.route is None
+    finally:
+        await a.stop()
+
+
+async def test_same_route_from_two_peers_is_one_route_until_both_withdraw(server: Client):
+    a = active("198.51.100.1", "127.0.0.2", server.speaker.listen_port)
+    b = active("198.51.100.2", "127.0.0.3", server.speaker.listen_port)
+    await a.start()
+    await b.start()
+    try:
+        it = server.events()
+        await a.announce([ROUTE])
+        await next_event(server, it, lambda e: isinstance(e, RouteUpdate) and e.route == ROUTE)
+        await b.announce([ROUTE])
+        # b's copy arrives (seen by its End-of-RIB after it) without a second announce in the stream.
+        await b.stop()
+        await a.withdraw([ROUTE])
+        gone = await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+        assert gone.route is None
+    finally:
+        await a.stop()
+
+
+async def test_dedup_across_peers_delivers_one_update(server: Client):
+    a = active("198.51.100.1", "127.0.0.2", server.speaker.listen_port)
+    b = active("198.51.100.2", "127.0.0.3", server.speaker.listen_port)
+    await a.announce([ROUTE])
+    await b.announce([ROUTE])
+    await a.start()
+    await b.start()
+    try:
+        it = server.events()
+        eors = 0
+        updates = []
+        async def collect():
+            nonlocal eors
+            async for e in it:
+                if isinstance(e, RouteUpdate):
+                    updates.append(e)
+                elif e.state == "end-of-rib":
+                    eors += 1
+                    if eors == 2:
+                        return
+        await asyncio.wait_for(collect(), 10)
+        assert [u.route for u in updates] == [ROUTE]
+        await a.withdraw([ROUTE])
+        # b still has it: the stream is ordered, so the next update is b's marker, not a withdrawal.
+        marker = MacIpRoute(rd="198.51.100.2:1", mac="00:15:5d:0f:0f:0f", ip=None, vsid=5001,
+                            next_hop="198.51.100.2", route_targets=("65000:5001",))
+        await b.announce([marker])
+        nxt = await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+        assert nxt.route == marker
+        await b.withdraw([ROUTE])
+        gone = await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+        assert gone.route is None
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_route_target_filter(server: Client):
+    other = MacIpRoute(rd="198.51.100.1:2", mac="00:15:5d:09:09:09", ip="10.2.0.5", vsid=6001,
+                       next_hop="198.51.100.1", route_targets=("65000:6001",))
+    c = Client(cfg("198.51.100.3", neighbours=[{"address": "127.0.0.1", "asn": 65000,
+                                                 "port": server.speaker.listen_port, "local_address": "127.0.0.2"}],
+                   import_route_targets=["65000:5001"]))
+    await c.start()
+    try:
+        await server.announce([other, ROUTE])
+        it = c.events()
+        got = await next_event(c, it, lambda e: isinstance(e, RouteUpdate))
+        assert got.route == ROUTE
+        await next_event(c, it, lambda e: isinstance(e, PeerStatus) and e.state == "end-of-rib")
+        assert list(c.routes()) == [ROUTE.key]
+    finally:
+        await c.stop()
+
+
+async def test_dynamic_neighbour_accepted(server: Client):
+    d = active("198.51.100.7", "127.0.1.7", server.speaker.listen_port)
+    await d.start()
+    try:
+        it = server.events()
+        up = await next_event(server, it, lambda e: isinstance(e, PeerStatus) and e.state == "established")
+        assert "127.0.1.7" in up.peer
+    finally:
+        await d.stop()
+
+
+async def test_unknown_peer_gets_cease_connection_rejected(server: Client):
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.bind(("127.0.0.9", 0))
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", server.speaker.listen_port))
+    data = await asyncio.wait_for(loop.sock_recv(sock, 100), 5)
+    sock.close()
+    (msg_type, body), = wire.split_messages(data)[0]
+    assert msg_type == wire.MessageType.NOTIFICATION
+    assert wire.decode_notification(body)[:2] == (fsm.ERR_CEASE, fsm.CEASE_CONNECTION_REJECTED)
