@@ -4,7 +4,7 @@ Output is JSON lines on stdout, one per change of the client's deduplicated stre
     {"action": "announce", "key": "...", "route": {...}}
     {"action": "withdraw", "key": "...", "route": {...key fields...}}
     {"event": "established" | "down" | "end-of-rib", "peer": "...", "family": ..., "reason": ...}
-Logs go to stderr.
+Logs go to stderr. SIGHUP re-reads the file's routes and announces/withdraws the difference.
 """
 
 from __future__ import annotations
@@ -41,17 +41,32 @@ def _speak(args: argparse.Namespace) -> int:
     except bgp_config.ConfigError as err:
         print(f"nvfabric bgp speak: {args.config}: {err}", file=sys.stderr)
         return 2
-    return asyncio.run(speak(cfg))
+    return asyncio.run(speak(cfg, args.config))
 
 
-async def speak(cfg: bgp_config.SpeakerConfig) -> int:
+async def speak(cfg: bgp_config.SpeakerConfig, path: str) -> int:
     client = Client(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    announced = {route.key: route for route in cfg.routes}
+    await client.announce(announced.values())
     await client.start()
-    await client.announce(cfg.routes)
+
+    async def reload() -> None:
+        # SIGHUP: re-read the routes (only the routes) and announce/withdraw the difference.
+        nonlocal announced
+        try:
+            fresh = {route.key: route for route in bgp_config.load(path).routes}
+        except bgp_config.ConfigError as err:
+            logging.getLogger(__name__).error("reload of %s failed, keeping the old routes: %s", path, err)
+            return
+        await client.withdraw([key for key in announced if key not in fresh])
+        await client.announce([route for key, route in fresh.items() if announced.get(key) != route])
+        announced = fresh
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
 
     async def printer() -> None:
         async for event in client.events():
