@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -80,6 +82,7 @@ class Lab:
     prefix: str
     namespaces: list[str] = field(default_factory=list)
     processes: list[Any] = field(default_factory=list)
+    cleanup_dirs: list[Path] = field(default_factory=list)
 
     def namespace(self, name: str) -> str:
         full = f"{self.prefix}{name}"
@@ -106,6 +109,8 @@ class Lab:
                 pass
         for ns in reversed(self.namespaces):
             netns.destroy(ns)
+        for directory in self.cleanup_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def logs(self) -> str:
         parts = []
@@ -164,6 +169,11 @@ class Speaker:
                 self.lines.append(json.loads(raw))
             except json.JSONDecodeError:
                 self.lines.append({"unparsed": raw.decode(errors="replace")})
+
+    def reload(self) -> None:
+        """SIGHUP: the speaker re-reads its routes from the (rewritten) config file."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         """SIGKILL: no NOTIFICATION, no TCP FIN from the BGP layer's point of view of a clean stop."""
@@ -238,9 +248,10 @@ class Frr:
 
     def __init__(self, lab: Lab, ns: str, name: str, bgpd_conf: str) -> None:
         self.ns = ns
-        self.dir = lab.tmp / name
-        self.dir.mkdir()
+        # Not under pytest's tmp dir: that is 0700 root and FRR runs as user frr.
+        self.dir = Path(tempfile.mkdtemp(prefix=f"nvfabric-frr-{name}-"))
         self.dir.chmod(0o777)
+        lab.cleanup_dirs.append(self.dir)
         (self.dir / "zebra.conf").write_text(f"hostname {name}-zebra\n")
         (self.dir / "bgpd.conf").write_text(bgpd_conf)
         common = ["-u", "frr", "-g", "frr", "-z", str(self.dir / "zserv.api"), "--vty_socket", str(self.dir)]
