@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,18 +29,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("exec", help="run a command in a node: nvfabric lab exec LAB NODE -- CMD...")
     p.add_argument("lab")
     p.add_argument("node")
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("command", nargs="*", help="after --: the command and its arguments")
     p.set_defaults(func=_exec)
 
     p = sub.add_parser("run", help="bring a lab up, run CMD on the host, tear it down; exits with CMD's status")
     p.add_argument("file", type=Path)
     _add_vm_flag(p)
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("command", nargs="*", help="after --: the command and its arguments")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("vm", help="run CMD in one VM with a full kernel (VRF, GRE), same paths and venv")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_vm)
+    p = sub.add_parser(
+        "kernel", help="run CMD on a kernel with VRF and GRE: this one if it has them, else one VM (same paths)"
+    )
+    _add_vm_flag(p)
+    p.add_argument("command", nargs="*", help="after --: the command and its arguments")
+    p.set_defaults(func=_kernel)
 
     p = sub.add_parser("demo", help="the demo: the default topology, who reaches whom, a summary")
     p.add_argument("--file", type=Path, default=DEFAULT_TOPOLOGY)
@@ -127,14 +131,18 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
-def _vm(args: argparse.Namespace) -> int:
+def _kernel(args: argparse.Namespace) -> int:
     command = _command(args)
     if not command:
-        return _fail("no command given: nvfabric lab vm -- CMD...", 2)
+        return _fail("no command given: nvfabric lab kernel -- CMD...", 2)
     try:
-        return vm.run(command)
+        if _needs_vm(args.vm):
+            return vm.run(command)
+        return subprocess.run(command).returncode
     except vm.VmError as exc:
         return _fail(str(exc))
+    except FileNotFoundError:
+        return _fail(f"{command[0]}: command not found", 127)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Sequence
 
 from lab import netns
-from lab.topology import Topology, check_name, namespace_name
+from lab.topology import Node, Topology, check_name, namespace_name
 
 
 class LabError(RuntimeError):
@@ -45,23 +45,40 @@ def up(topology: Topology) -> None:
             f"run `nvfabric lab down {topology.name}` first"
         )
     try:
-        for node in topology.nodes:
-            netns.create(topology.namespace(node))
-        for link in topology.links:
-            netns.add_veth(
-                topology.namespace(link.a.node), link.a.interface, topology.namespace(link.b.node), link.b.interface
-            )
+        netns.ip_batch(
+            [f"netns add {topology.namespace(n)}" for n in topology.nodes]
+            + [netns.veth_line(topology.namespace(link.a.node), link.a.interface,
+                               topology.namespace(link.b.node), link.b.interface) for link in topology.links]
+        )
         for node in topology.nodes.values():
-            for argv in node.exec:
-                ns = topology.namespace(node.name)
-                try:
-                    netns.run(netns.in_netns(ns, argv), where=f"node {node.name}")
-                except netns.CommandFailed as failure:
-                    failure = netns.CommandFailed(argv, failure.returncode, failure.output, failure.where)
-                    raise ExecFailed(topology.name, node.name, failure) from None
+            _start_node(topology, node)
     except BaseException:
         down(topology.name)
         raise
+
+
+def _start_node(topology: Topology, node: Node) -> None:
+    """Bring the node's interfaces up, then run its exec commands in order.
+
+    Consecutive plain `ip` commands share one `ip -n NS -batch` process; anything else runs on its own.
+    """
+    ns = topology.namespace(node.name)
+    pending = ["link set lo up"] + [
+        f"link set {end.interface} up" for link in topology.links for end in (link.a, link.b) if end.node == node.name
+    ]
+    try:
+        for argv in node.exec:
+            if netns.batchable(argv):
+                pending.append(" ".join(argv[1:]))
+                continue
+            netns.ip_batch(pending, ns, where=f"node {node.name}")
+            pending = []
+            netns.run(netns.in_netns(ns, argv), where=f"node {node.name}")
+        netns.ip_batch(pending, ns, where=f"node {node.name}")
+    except netns.CommandFailed as failure:
+        argv = failure.argv[4:] if failure.argv[:3] == ("ip", "netns", "exec") else failure.argv
+        raise ExecFailed(topology.name, node.name,
+                         netns.CommandFailed(argv, failure.returncode, failure.output, failure.where)) from None
 
 
 def down(lab: str) -> list[str]:

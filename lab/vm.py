@@ -194,8 +194,10 @@ def run(argv: Sequence[str], settings: VmSettings = VmSettings(), cwd: Path | No
         cmd = [vng, "--run", str(kernel), "--memory", settings.memory, "--cpus", str(settings.cpus)]
         if accel == "tcg":
             cmd.append("--disable-kvm")
-        for image in images:
-            cmd += ["--disk", str(image)]
+        # Raw read-only virtio drives (vng's --disk makes qemu guess the format, and warn about it).
+        drives = [f"-drive file={image},format=raw,if=virtio,readonly=on" for image in images]
+        if drives:
+            cmd.append("--qemu-opts=" + " ".join(drives))
         cmd += ["--exec", str(script)]
         # vng looks for its helper `virtme-run` on PATH.
         vng_env = dict(os.environ, PATH=f"{Path(vng).parent}:{os.environ.get('PATH', '')}")

@@ -1,0 +1,64 @@
+"""Kernel phase (inside the VM): the dataplane devices exist, and the default topology is fully reachable."""
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab import netns, reach, runner
+from lab.cli import DEFAULT_TOPOLOGY
+from lab.topology import load, parse
+from lab.vm import kernel_has_dataplane
+
+pytestmark = pytest.mark.kernel
+NVFABRIC = str(Path(sys.executable).parent / "nvfabric")
+
+
+def test_kernel_creates_vrf_gretap_and_ip6gretap():
+    ok, why = kernel_has_dataplane()
+    assert ok, why
+
+
+@pytest.fixture
+def hnv():
+    topology = load(DEFAULT_TOPOLOGY)
+    runner.up(topology)
+    yield topology
+    runner.down(topology.name)
+
+
+def test_default_topology_every_node_pings_every_other_over_ipv4_and_ipv6(hnv):
+    namespaces = {n: hnv.namespace(n) for n in hnv.nodes if n != "fabric"}
+    addresses = {n: reach.global_addresses(ns) for n, ns in namespaces.items()}
+    for node, addrs in addresses.items():
+        assert {a.version for a in addrs} == {4, 6}, f"{node} lacks an IPv4 or IPv6 address: {addrs}"
+    probes = asyncio.run(reach.probe_all(namespaces, addresses))
+    assert len(probes) == sum(len(a) for a in addresses.values()) * (len(namespaces) - 1)
+    assert reach.failures(probes) == []
+
+
+def test_exec_failure_is_reported_and_nothing_is_left():
+    topo = parse("""
+name: kfail
+topology:
+  nodes:
+    a: {exec: ["ip link add v0 type vrf table 10", "ip link add g0 type gretap external", "ip link set nosuchdev up"]}
+""")
+    with pytest.raises(runner.ExecFailed) as info:
+        runner.up(topo)
+    assert "node a" in str(info.value) and "ip link set nosuchdev up" in str(info.value)
+    assert "Cannot find device" in str(info.value)
+    assert runner.namespaces_of("kfail") == []
+
+
+def test_lab_run_exec_ping_and_unknown_node():
+    base = [NVFABRIC, "lab", "run", str(DEFAULT_TOPOLOGY), "--", NVFABRIC, "lab", "exec", "hnv"]
+    ok = subprocess.run([*base, "hv1", "--", "ping", "-c1", "-W3", "198.51.100.13"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "1 received" in ok.stdout
+    bad = subprocess.run([*base, "hv9", "--", "true"], capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert "lab hnv has no node 'hv9'" in bad.stderr
+    assert not netns.exists("hnv.hv1")
