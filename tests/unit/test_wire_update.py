@@ -1,0 +1,307 @@
+"""UPDATE encode/decode: round trips, hand-checked bytes, RFC 7606 error handling, packing."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from ipaddress import IPv4Address, IPv6Address, ip_network
+
+import pytest
+
+from bgp import wire
+from bgp.routes import (
+    AsSegment, Family, MacIpKey, Origin, Path, PathAttributes, PeerRef, PrefixKey, UnicastKey, UnicastRoute,
+)
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures"))
+from bgp_samples import EBGP, IBGP, RD, TWO_OCTET, body, fixture_bytes, mac_route, prefix_route  # noqa: E402
+
+PEER = PeerRef(IPv4Address("192.0.2.2"), IPv4Address("192.0.2.2"), 65000)
+
+
+def roundtrip(route, negotiated=IBGP, attrs=None):
+    path = Path(route, attrs) if attrs else route
+    messages = wire.encode_update(negotiated, [path])
+    assert len(messages) == 1
+    result = wire.decode_update(negotiated, body(messages[0]), PEER)
+    assert result.errors == [] and result.withdrawn == []
+    assert len(result.announced) == 1
+    return result.announced[0]
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        mac_route(),
+        mac_route(ip="2001:db8:1::5"),
+        mac_route(ip=None),
+        mac_route(next_hop="2001:db8::11"),
+        mac_route(ip="2001:db8:1::5", next_hop="2001:db8::11", router_mac="02:AA:00:00:00:01"),
+        mac_route(mobility_seq=7, sticky=True, ethernet_tag=12, esi=bytes(range(10))),
+        mac_route(vsid=0xFFFFFF, route_targets=("65000:5001", "4200000000:7", "192.0.2.1:9")),
+        prefix_route(),
+        prefix_route(prefix="2001:db8:1::/64", next_hop="2001:db8::11"),
+        prefix_route(prefix="2001:db8:1::/64", gateway_ip="2001:db8:1::1", router_mac="02:00:00:00:00:aa"),
+        prefix_route(next_hop="2001:db8::11"),
+    ],
+    ids=["t2-v4", "t2-v6ca", "t2-noip", "t2-v6nh", "t2-v6-v6nh-rmac", "t2-mobility", "t2-rts",
+         "t5-v4", "t5-v6", "t5-v6-gw", "t5-v4-v6nh"],
+)
+def test_evpn_roundtrip(route):
+    path = roundtrip(route)
+    assert path.route == route
+    assert path.source == PEER
+    assert path.attrs.tunnel_type == wire.NVGRE_TUNNEL_TYPE
+    assert path.attrs.local_pref == 100  # iBGP default added on send (RFC 4271 5.1.5)
+
+
+@pytest.mark.parametrize("route", [mac_route(), prefix_route(prefix="2001:db8:1::/64", next_hop="2001:db8::11")])
+def test_reference_decoder_agrees(route):
+    message = wire.encode_update(IBGP, [route])[0]
+    assert wire.reference_decode_update(IBGP, body(message)).announced[0].route == route
+
+
+def test_unicast_roundtrip_v4_and_v6():
+    for route in (UnicastRoute("203.0.113.0/24", "198.51.100.1"), UnicastRoute("2001:db8:f::/48", "2001:db8::1")):
+        assert roundtrip(route).route == route
+
+
+def test_attributes_roundtrip():
+    attrs = PathAttributes(
+        origin=Origin.INCOMPLETE, as_path=(AsSegment(2, (65001, 4200000000)), AsSegment(1, (1, 2))),
+        med=5, local_pref=200, originator_id=IPv4Address("192.0.2.9"),
+        cluster_list=(IPv4Address("192.0.2.10"), IPv4Address("192.0.2.11")), communities=(0xFDE80001,),
+    )
+    path = roundtrip(mac_route(), attrs=attrs)
+    assert path.attrs == PathAttributes(**{**_fields(attrs), "tunnel_type": 9})
+
+
+def _fields(attrs):
+    return {name: getattr(attrs, name) for name in attrs.__slots__}
+
+
+def test_two_octet_as_path_roundtrip():
+    attrs = PathAttributes(as_path=(AsSegment(2, (65001, 65002)),))
+    assert roundtrip(mac_route(), TWO_OCTET, attrs).attrs.as_path == attrs.as_path
+
+
+def test_ebgp_ignores_received_local_pref():
+    # RFC 4271 5.1.5: LOCAL_PREF is not sent to, and ignored from, external peers.
+    path = roundtrip(mac_route(), EBGP, PathAttributes(as_path=(AsSegment(2, (65000,)),), local_pref=300))
+    assert path.attrs.local_pref is None
+
+
+# ---------------------------------------------------------------- hand-checked bytes
+
+
+def test_type2_fixture_decodes_and_our_encoder_produces_it():
+    fixture = fixture_bytes("evpn_type2_ipv4.hex")
+    route = mac_route(router_mac="02:00:00:00:00:aa")
+    result = wire.decode_update(IBGP, body(fixture))
+    assert [p.route for p in result.announced] == [route]
+    assert wire.encode_update(IBGP, [route]) == [fixture]
+
+
+def test_type5_fixture_decodes_and_our_encoder_produces_it():
+    fixture = fixture_bytes("evpn_type5_ipv6.hex")
+    route = prefix_route(prefix="2001:db8:1::/64", next_hop="2001:db8::11")
+    assert [p.route for p in wire.decode_update(IBGP, body(fixture)).announced] == [route]
+    assert wire.encode_update(IBGP, [route]) == [fixture]
+
+
+def test_vsid_is_the_raw_24_bit_label_and_encapsulation_is_nvgre():
+    message = wire.encode_update(IBGP, [mac_route(vsid=0x123456)])[0]
+    # RFC 8365 5.1.3: the label field holds the VSID unshifted: 12 34 56, no MPLS BoS bit.
+    assert message.endswith(bytes.fromhex("0a010005" "123456"))
+    assert bytes.fromhex("030c000000000009") in message
+
+
+def test_mac_mobility_bytes():
+    message = wire.encode_update(IBGP, [mac_route(mobility_seq=0x01020304, sticky=True)])[0]
+    assert bytes.fromhex("0600" "01" "00" "01020304") in message  # RFC 7432 7.7, sticky flag 0x01
+
+
+def test_withdraw_by_key_and_route():
+    messages = wire.encode_update(IBGP, [], [mac_route().key, prefix_route(), UnicastKey(ip_network("203.0.113.0/24"))])
+    withdrawn = []
+    for message in messages:
+        result = wire.decode_update(IBGP, body(message))
+        assert result.announced == [] and result.errors == []
+        withdrawn += result.withdrawn
+    assert set(withdrawn) == {mac_route().key, prefix_route().key, UnicastKey(ip_network("203.0.113.0/24"))}
+
+
+def test_keys_exclude_label_and_next_hop():
+    # RFC 7432 7.2 / RFC 9136 3.2: VSID (label), next hop, ESI and gateway are not part of the key.
+    assert mac_route(vsid=1, next_hop="192.0.2.1").key == mac_route(vsid=2, next_hop="192.0.2.2").key
+    assert prefix_route(vsid=1, gateway_ip="10.1.0.1").key == prefix_route(vsid=2).key
+    assert mac_route().key != mac_route(ip=None).key
+
+
+# ---------------------------------------------------------------- packing
+
+
+def test_packing_groups_equal_attributes_and_respects_4096():
+    routes = [mac_route(mac=f"02:00:00:00:{i // 256:02x}:{i % 256:02x}", ip=None) for i in range(500)]
+    routes += [mac_route(mac="02:00:00:01:00:00", route_targets=("65000:9",))]
+    messages = wire.encode_update(IBGP, routes)
+    assert all(len(m) <= 4096 for m in messages)
+    # 500 routes of 35 bytes need at least 5 messages; the odd one out needs its own.
+    assert 5 <= len(messages) <= 7
+    decoded = [p.route for m in messages for p in wire.decode_update(IBGP, body(m)).announced]
+    assert sorted(decoded, key=lambda r: r.mac) == sorted(routes, key=lambda r: r.mac)
+
+
+def test_family_not_negotiated_is_refused():
+    only_evpn = wire.negotiate(
+        wire.Capabilities(65000, IPv4Address("192.0.2.1"), 90, frozenset({Family.L2VPN_EVPN})),
+        wire.Capabilities(65000, IPv4Address("192.0.2.2"), 90, frozenset(Family)),
+    )
+    with pytest.raises(wire.RouteValueError) as info:
+        wire.encode_update(only_evpn, [UnicastRoute("203.0.113.0/24", "198.51.100.1")])
+    assert info.value.field == "family"
+
+
+# ---------------------------------------------------------------- End-of-RIB
+
+
+@pytest.mark.parametrize("family", list(Family))
+def test_eor_roundtrip(family):
+    result = wire.decode_update(IBGP, body(wire.encode_eor(family)))
+    assert result.eor is family and result.announced == [] and result.withdrawn == []
+
+
+def test_eor_bytes():
+    assert wire.encode_eor(Family.IPV4_UNICAST)[16:] == bytes.fromhex("0017 02 0000 0000")
+    assert wire.encode_eor(Family.L2VPN_EVPN)[19:] == bytes.fromhex("0000 0006 800f03 0019 46")
+
+
+# ---------------------------------------------------------------- RFC 7606 error handling
+
+
+def _update_body(attributes: bytes, nlri: bytes = b"", withdrawn: bytes = b"") -> bytes:
+    return struct.pack("!H", len(withdrawn)) + withdrawn + struct.pack("!H", len(attributes)) + attributes + nlri
+
+
+def _evpn_reach(*nlris: bytes, next_hop: bytes = bytes([198, 51, 100, 11])) -> bytes:
+    value = struct.pack("!HBB", 25, 70, len(next_hop)) + next_hop + b"\x00" + b"".join(nlris)
+    return struct.pack("!BBB", 0x80, 14, len(value)) + value
+
+
+BASE = bytes.fromhex("40010100" "400200" "40050400000064")  # ORIGIN, AS_PATH, LOCAL_PREF
+
+
+def _type2(mac_last: int, ip_length_bits: int = 32, mac_length_bits: int = 48) -> bytes:
+    value = (bytes.fromhex("0001c633640b1389") + bytes(10) + bytes(4) + bytes([mac_length_bits])
+             + bytes.fromhex("0200000000") + bytes([mac_last]) + bytes([ip_length_bits]) + bytes([10, 1, 0, mac_last])
+             + (5001).to_bytes(3, "big"))
+    return bytes([2, len(value)]) + value
+
+
+def test_hand_built_helpers_decode_cleanly():
+    result = wire.decode_update(IBGP, _update_body(BASE + _evpn_reach(_type2(1), _type2(2))))
+    assert result.errors == []
+    assert [p.route.mac for p in result.announced] == ["02:00:00:00:00:01", "02:00:00:00:00:02"]
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (_type2(2, ip_length_bits=24), "type-2"),  # IP length must be 0, 32 or 128 (RFC 7432 7.2)
+        (_type2(2, mac_length_bits=40), "type-2"),  # MAC length must be 48
+    ],
+)
+def test_malformed_evpn_route_is_treat_as_withdraw(bad, reason):
+    result = wire.decode_update(IBGP, _update_body(BASE + _evpn_reach(_type2(1), bad)))
+    assert result.session_reset is None
+    assert result.announced == []
+    assert MacIpKey(RD, 0, "02:00:00:00:00:01", IPv4Address("10.1.0.1")) in result.withdrawn
+    assert [e.action for e in result.errors] == [wire.TREAT_AS_WITHDRAW]
+    assert reason in result.errors[0].reason and result.errors[0].raw == bad.hex()
+
+
+def test_exabgp_itself_raises_on_that_route():
+    # The reason we do not decode with ExaBGP: it resets the session where RFC 7606 does not.
+    with pytest.raises(Exception):
+        wire.reference_decode_update(IBGP, _update_body(BASE + _evpn_reach(_type2(1), _type2(2, 24))))
+
+
+@pytest.mark.parametrize(
+    "attribute",
+    [
+        bytes.fromhex("400101" "07"),  # ORIGIN value 7
+        bytes.fromhex("40010200 00"),  # ORIGIN length 2
+        bytes.fromhex("c0100700 02fde8000013"),  # EXTENDED_COMMUNITIES length 7
+        bytes.fromhex("800a03 c00002"),  # CLUSTER_LIST length 3
+        bytes.fromhex("800903 c00002"),  # ORIGINATOR_ID length 3
+        bytes.fromhex("80040300 0000"),  # MED length 3
+        bytes.fromhex("c0080300 0000"),  # COMMUNITIES length 3
+        bytes.fromhex("000a04 c0000201"),  # CLUSTER_LIST without the optional flag (RFC 7606 3 c)
+    ],
+    ids=["origin-value", "origin-length", "extcomm", "cluster", "originator", "med", "communities", "flags"],
+)
+def test_malformed_attribute_is_treat_as_withdraw(attribute):
+    base = BASE[4:] if attribute[1] == 1 else BASE
+    result = wire.decode_update(IBGP, _update_body(attribute + base + _evpn_reach(_type2(1))))
+    assert result.session_reset is None
+    assert result.announced == []
+    assert result.withdrawn == [MacIpKey(RD, 0, "02:00:00:00:00:01", IPv4Address("10.1.0.1"))]
+    assert result.errors[0].action == wire.TREAT_AS_WITHDRAW and result.errors[0].raw == attribute.hex()
+
+
+def test_missing_mandatory_attribute_is_treat_as_withdraw():
+    result = wire.decode_update(IBGP, _update_body(BASE[4:] + _evpn_reach(_type2(1))))  # no ORIGIN
+    assert result.announced == [] and len(result.withdrawn) == 1
+    assert "ORIGIN" in result.errors[0].reason
+
+
+def test_malformed_atomic_aggregate_is_discarded_and_route_kept():
+    result = wire.decode_update(IBGP, _update_body(bytes.fromhex("400601ff") + BASE + _evpn_reach(_type2(1))))
+    assert [e.action for e in result.errors] == [wire.ATTRIBUTE_DISCARD]
+    assert len(result.announced) == 1
+
+
+def test_repeated_attribute_keeps_the_first():
+    result = wire.decode_update(IBGP, _update_body(BASE + bytes.fromhex("40010102") + _evpn_reach(_type2(1))))
+    assert result.announced[0].attrs.origin is Origin.IGP
+    assert [e.action for e in result.errors] == [wire.ATTRIBUTE_DISCARD]
+
+
+def test_unknown_evpn_route_type_is_ignored():
+    type3 = bytes([3, 17]) + bytes(17)  # RFC 7606 5.4: unrecognised types are discarded
+    result = wire.decode_update(IBGP, _update_body(BASE + _evpn_reach(type3, _type2(1))))
+    assert result.errors == [] and result.ignored == 1 and len(result.announced) == 1
+
+
+@pytest.mark.parametrize(
+    "payload, subcode",
+    [
+        (b"\x00", 1),  # shorter than its length fields
+        (b"\x00\x05\x00\x00", 1),  # withdrawn length overruns
+        (b"\x00\x00\x00\x09\x40\x01\x01\x00", 1),  # attribute length overruns
+        (_update_body(BASE + bytes.fromhex("40010a00")), 1),  # an attribute overruns the list
+        (_update_body(BASE + _evpn_reach(_type2(1))[:-3]), 1),  # MP_REACH cut (the list is short)
+        (_update_body(BASE + _evpn_reach(bytes([2, 40]) + bytes(20))), 9),  # EVPN route length overruns
+        (_update_body(BASE + _evpn_reach(_type2(1), next_hop=bytes(5))), 9),  # next-hop length 5
+        (_update_body(BASE + _evpn_reach(_type2(1)) * 2), 1),  # MP_REACH twice (RFC 7606 3 g)
+        (_update_body(BASE, nlri=bytes([33, 1, 2, 3, 4, 5])), 10),  # /33 IPv4 prefix
+    ],
+    ids=["short", "withdrawn", "attr-total", "attr-overrun", "mp-cut", "evpn-overrun", "nh-len", "mp-twice", "v4-33"],
+)
+def test_unparsable_update_is_session_reset(payload, subcode):
+    result = wire.decode_update(IBGP, payload)
+    error = result.session_reset
+    assert error is not None and error.subcode == subcode
+    assert result.announced == [] and result.withdrawn == []
+
+
+def test_garbage_never_raises():
+    import random
+
+    rng = random.Random(7)
+    good = body(wire.encode_update(IBGP, [mac_route(), mac_route(mac="02:00:00:00:00:09")])[0])
+    for _ in range(3000):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        wire.decode_update(IBGP, bytes(data))  # must not raise
