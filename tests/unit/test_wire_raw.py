@@ -1,0 +1,80 @@
+"""The reflector's raw path: split an UPDATE into raw attributes + (key, raw NLRI), rebuild it."""
+
+from __future__ import annotations
+
+import sys
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from bgp import wire
+from bgp.routes import Family, Path as RoutePath, PathAttributes, UnicastRoute
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from bgp_samples import IBGP, body, fixture_bytes, mac_route, prefix_route  # noqa: E402
+
+ORIGINATOR = IPv4Address("198.51.100.11")
+CLUSTER = IPv4Address("192.0.2.100")
+
+
+def test_raw_split_matches_the_typed_decoder():
+    message = fixture_bytes("evpn_type2_ipv4.hex")
+    raw = wire.decode_raw_update(IBGP, body(message))
+    typed = wire.decode_update(IBGP, body(message))
+    assert raw.errors == [] and raw.family is Family.L2VPN_EVPN
+    assert [n.key for n in raw.announced] == [p.key for p in typed.announced]
+    assert raw.announced[0].raw == message[-39:]  # type, length and the 37-byte route
+    assert raw.next_hop == bytes([198, 51, 100, 11])
+    assert raw.attrs == typed.announced[0].attrs
+    assert b"\x80\x0e" not in raw.attributes  # MP_REACH is rebuilt, not copied
+
+
+def test_reflect_attributes_adds_originator_and_prepends_cluster():
+    attributes = bytes.fromhex("40010100" "800a04 01020304")
+    out = wire.reflect_attributes(attributes, ORIGINATOR, CLUSTER)
+    # RFC 4456 section 8: ORIGINATOR_ID (optional non-transitive, 9) and CLUSTER_LIST (10) with ours first.
+    assert out == bytes.fromhex("40010100" "800904 c633640b" "800a08 c0000264 01020304")
+    # An ORIGINATOR_ID already present is kept.
+    assert wire.reflect_attributes(bytes.fromhex("800904 0a000001"), ORIGINATOR, None) == bytes.fromhex("800904 0a000001")
+
+
+def test_reflected_update_decodes_to_the_same_routes():
+    routes = [mac_route(mac=f"02:00:00:00:{i // 256:02x}:{i % 256:02x}") for i in range(300)]
+    routes.append(prefix_route())
+    raw_nlri = []
+    attributes = next_hop = b""
+    for message in wire.encode_update(IBGP, routes):
+        raw = wire.decode_raw_update(IBGP, body(message))
+        raw_nlri += [n.raw for n in raw.announced]
+        attributes, next_hop = raw.attributes, raw.next_hop
+    reflected_attributes = wire.reflect_attributes(attributes, ORIGINATOR, CLUSTER)
+    messages = wire.encode_raw_update(Family.L2VPN_EVPN, reflected_attributes, next_hop, raw_nlri)
+    assert all(len(m) <= 4096 for m in messages) and len(messages) >= 3
+    decoded = [p for m in messages for p in wire.decode_update(IBGP, body(m)).announced]
+    assert len(decoded) == len(routes) and {p.route.key for p in decoded} == {r.key for r in routes}
+    assert {p.attrs.originator_id for p in decoded} == {ORIGINATOR}
+    assert {p.attrs.cluster_list for p in decoded} == {(CLUSTER,)}
+
+
+def test_raw_withdraw_and_ipv4_unicast():
+    route = UnicastRoute("203.0.113.0/24", "198.51.100.1")
+    message = wire.encode_update(IBGP, [RoutePath(route, PathAttributes(local_pref=100))])[0]
+    raw = wire.decode_raw_update(IBGP, body(message))
+    assert raw.family is Family.IPV4_UNICAST and raw.announced[0].raw == bytes([24, 203, 0, 113])
+    again = wire.encode_raw_update(Family.IPV4_UNICAST, raw.attributes, b"", [n.raw for n in raw.announced])
+    assert wire.decode_update(IBGP, body(again[0])).announced[0].route == route
+    withdrawal = wire.encode_raw_update(Family.L2VPN_EVPN, b"", b"", [], [wire.decode_raw_update(
+        IBGP, body(fixture_bytes("evpn_type2_ipv4.hex"))).announced[0].raw])
+    assert wire.decode_update(IBGP, body(withdrawal[0])).withdrawn == [mac_route(router_mac="02:00:00:00:00:aa").key]
+
+
+def test_raw_treat_as_withdraw():
+    message = bytearray(body(fixture_bytes("evpn_type2_ipv4.hex")))
+    message[message.index(bytes.fromhex("400101")) + 3] = 9  # ORIGIN 9
+    raw = wire.decode_raw_update(IBGP, bytes(message))
+    assert raw.announced == [] and [n.key for n in raw.withdrawn] == [mac_route().key]
+    assert raw.errors[0].action == wire.TREAT_AS_WITHDRAW
+
+
+def test_raw_eor():
+    assert wire.decode_raw_update(IBGP, body(wire.encode_eor(Family.L2VPN_EVPN))).eor is Family.L2VPN_EVPN
+    assert wire.decode_raw_update(IBGP, body(wire.encode_eor(Family.IPV4_UNICAST))).eor is Family.IPV4_UNICAST
