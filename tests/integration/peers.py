@@ -5,6 +5,8 @@ reports (its RIB, our JSON lines) with a deadline instead of sleeping.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -16,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import yaml
 
@@ -87,7 +89,8 @@ class Lab:
     def namespace(self, name: str) -> str:
         full = f"{self.prefix}{name}"
         netns.destroy(full)
-        netns.create(full)
+        netns.run(["ip", "netns", "add", full])
+        netns.run(["ip", "-n", full, "link", "set", "lo", "up"])
         self.namespaces.append(full)
         return full
 
@@ -95,7 +98,7 @@ class Lab:
         """A veth between two namespaces with the given addresses (CIDR strings), IPv6 without DAD."""
         if_a, if_b = f"v{len(self.namespaces)}{ns_b[-3:]}"[:15], f"v{len(self.namespaces)}{ns_a[-3:]}"[:15]
         if_a, if_b = _unique_if(ns_a, if_a), _unique_if(ns_b, if_b)
-        netns.add_veth(ns_a, if_a, ns_b, if_b)
+        add_veth(ns_a, if_a, ns_b, if_b)
         for ns, ifname, addrs in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
             for addr in addrs:
                 extra = ["nodad"] if ":" in addr else []
@@ -119,6 +122,13 @@ class Lab:
                 if log.exists():
                     parts.append(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)
+
+
+def add_veth(ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
+    # Created directly inside both namespaces: nothing appears in the root namespace.
+    netns.run(["ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns", ns_b])
+    netns.run(["ip", "-n", ns_a, "link", "set", if_a, "up"])
+    netns.run(["ip", "-n", ns_b, "link", "set", if_b, "up"])
 
 
 def _unique_if(ns: str, name: str) -> str:
@@ -235,9 +245,14 @@ class GoBgp:
         data = self.json("global", "rib", "-a", "evpn")
         return [path for paths in (data or {}).values() for path in paths]
 
+    # GoBGP's API enum PeerState.SessionState.
+    SESSION_STATES = {0: "unknown", 1: "idle", 2: "connect", 3: "active", 4: "opensent", 5: "openconfirm",
+                      6: "established"}
+
     def neighbor_state(self, address: str) -> str:
         data = self.json("neighbor", address)
-        return data.get("state", {}).get("session_state", "")
+        state = data.get("state", {}).get("session_state", 0)
+        return self.SESSION_STATES.get(state, str(state))
 
 
 # -------------------------------------------------------------------------------------------- FRR
@@ -295,7 +310,23 @@ def segment(lab: Lab, hub: str, members: dict[str, list[str]], bridge: str = "br
                 netns.run(["ip", "-n", hub, "addr", "add", addr, "dev", bridge, *(["nodad"] if ":" in addr else [])])
             continue
         port, inside = f"p{i}", "eth0"
-        netns.add_veth(hub, port, ns, inside)
+        add_veth(hub, port, ns, inside)
         netns.run(["ip", "-n", hub, "link", "set", port, "master", bridge])
         for addr in addrs:
             netns.run(["ip", "-n", ns, "addr", "add", addr, "dev", inside, *(["nodad"] if ":" in addr else [])])
+
+
+@contextlib.contextmanager
+def inside(namespace: str) -> Iterator[None]:
+    """Run the block with this thread in `namespace` (setns(2)); sockets made inside stay there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{namespace}") as target:
+        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {namespace}")
+        try:
+            yield
+        finally:
+            libc.setns(home.fileno(), CLONE_NEWNET)
+
+
+CLONE_NEWNET = 0x40000000
