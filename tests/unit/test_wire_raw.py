@@ -22,7 +22,8 @@ def test_raw_split_matches_the_typed_decoder():
     typed = wire.decode_update(IBGP, body(message))
     assert raw.errors == [] and raw.family is Family.L2VPN_EVPN
     assert [n.key for n in raw.announced] == [p.key for p in typed.announced]
-    assert raw.announced[0].raw == message[-39:]  # type, length and the 37-byte route
+    nlri = raw.announced[0].raw  # type, length and the 37-byte route
+    assert len(nlri) == 39 and nlri[:2] == bytes([2, 37]) and nlri in message
     assert raw.next_hop == bytes([198, 51, 100, 11])
     assert raw.attrs == typed.announced[0].attrs
     assert b"\x80\x0e" not in raw.attributes  # MP_REACH is rebuilt, not copied
