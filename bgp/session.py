@@ -33,6 +33,7 @@ TCP_MD5SIG_FLAG_PREFIX = 1
 TCP_MD5SIG_MAXKEYLEN = 80
 
 CONNECT_TIMEOUT = 5.0
+COLLISION_WAIT = 2.0  # how long an Established connection waits for a colliding one's OPEN
 INBOX_SIZE = 4096  # events, not bytes: an UPDATE is at most 4096 bytes (RFC 4271 4.1)
 
 
@@ -123,6 +124,8 @@ class Connection:
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pending: deque[fsm.Event] = deque()
+        # Events of an Established connection the peer holds back during a possible collision.
+        self.held: list[fsm.Event] | None = None
         self._flusher: asyncio.Task[None] | None = None
 
     @property
@@ -159,6 +162,13 @@ class Connection:
     def stop(self, code: int, subcode: int, text: str = "") -> None:
         if self.fsm is not None:
             self._after(self.fsm.stop(code, subcode, b"", text))
+
+    def abort(self, text: str) -> None:
+        """Drop the connection without a NOTIFICATION (seen by the owner as a lost connection)."""
+        if self.fsm is not None:
+            self._after(self.fsm.connection_lost(text))
+        if self.transport is not None:
+            self.transport.abort()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -223,6 +233,7 @@ class Peer:
         self.negotiated: wire.Negotiated | None = None
         self.remote: wire.Capabilities | None = None
         self._task: asyncio.Task[None] | None = None
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._stopped = False
         self._wake = asyncio.Event()
         self.backoff = fsm.Backoff(settings.connect_retry_initial, settings.connect_retry_max)
@@ -334,12 +345,15 @@ class Peer:
             if self.established is not None:
                 conn.stop(fsm.ERR_CEASE, fsm.CEASE_COLLISION, "already established")
                 return
-            self.established = conn
-            self.negotiated = event.negotiated
-            self.remote = event.remote
-            self.establishments += 1
-            self.backoff.reset()
-            conn.deliver(event)
+            if any(c is not conn and c.state in (fsm.State.OPEN_SENT, fsm.State.OPEN_CONFIRM) for c in self.connections):
+                # RFC 4271 6.8: the other connection may still turn out to be the one to keep (its OPEN is
+                # not in yet). Hold this one back briefly, so the owner never sees a session that the
+                # collision rule then closes.
+                conn.held = [event]
+                loop = asyncio.get_running_loop()
+                self._hold_timer = loop.call_later(COLLISION_WAIT, self._promote, conn)
+                return
+            self._promote(conn, [event])
             return
         if isinstance(event, fsm.Closed):
             if conn in self.connections:
@@ -348,26 +362,57 @@ class Peer:
                 self.established = None
                 conn.deliver(event)
             else:
+                conn.held = None
                 log.info("peer %s: %s connection closed before Established: %s", self.name, conn.side.value, event.reason)
+                for other in self.connections:
+                    if other.held is not None:
+                        self._promote(other)
             self._wake.set()
             return
-        if conn is self.established:
+        if conn.held is not None:
+            conn.held.append(event)
+        elif conn is self.established:
+            conn.deliver(event)
+
+    def _promote(self, conn: Connection, events: list[fsm.Event] | None = None) -> None:
+        """Make `conn` the peer's session and hand its (held) events to the owner, in order."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        if events is None:
+            events, conn.held = conn.held or [], None
+        if conn not in self.connections or conn.state is not fsm.State.ESTABLISHED or self.established is not None:
+            return
+        first = events[0]
+        assert isinstance(first, fsm.Established)
+        self.established = conn
+        self.negotiated = first.negotiated
+        self.remote = first.remote
+        self.establishments += 1
+        self.backoff.reset()
+        for event in events:
             conn.deliver(event)
 
     def _check_collision(self, conn: Connection, remote: wire.Capabilities) -> None:
         for other in self.connections:
-            if other is conn or other.fsm is None:
+            if other is conn or other.fsm is None or other.state not in (fsm.State.OPEN_CONFIRM, fsm.State.ESTABLISHED):
                 continue
-            if other.state is fsm.State.ESTABLISHED:
-                # RFC 4271 6.8: a collision with an Established connection closes the new one.
-                conn.stop(fsm.ERR_CEASE, fsm.CEASE_COLLISION, "collision with established connection")
-                return
-            if other.state is fsm.State.OPEN_CONFIRM:
-                loser_side = fsm.collision_loser(self.settings.local.router_id, remote.router_id)
-                loser = conn if conn.side is loser_side else other
-                log.info("peer %s: connection collision, closing the %s one", self.name, loser_side.value)
-                loser.stop(fsm.ERR_CEASE, fsm.CEASE_COLLISION, "connection collision resolution")
-                return
+            if other.side is conn.side:
+                # The peer opened a new connection while we still hold the old one: it restarted. RFC 4724
+                # 4.2: close the old connection without a NOTIFICATION and treat it as a restart (its
+                # routes stay, stale, if it has graceful restart).
+                log.info("peer %s: new %s connection replaces the old one", self.name, conn.side.value)
+                other.abort("replaced by a new connection from the peer")
+                continue
+            # RFC 4271 6.8: keep the connection initiated by the higher BGP Identifier. We apply the rule
+            # also when the other connection already reached Established (rather than always closing
+            # the new one), because the peer may have reached Established on the other connection: only
+            # the identifier rule makes both sides close the same one.
+            loser_side = fsm.collision_loser(self.settings.local.router_id, remote.router_id)
+            loser = conn if conn.side is loser_side else other
+            log.info("peer %s: connection collision, closing the %s one", self.name, loser_side.value)
+            loser.stop(fsm.ERR_CEASE, fsm.CEASE_COLLISION, "connection collision resolution")
+            return
 
 
 class Listener:

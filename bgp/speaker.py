@@ -318,15 +318,13 @@ class Speaker:
         return notices
 
     def _on_route_refresh(self, peer: Peer, event: fsm.RouteRefreshReceived) -> None:
-        # RFC 2918 3: resend the Adj-RIB-Out for that family.
-        if len(event.body) != 4 or peer.negotiated is None:
-            return
-        afi, safi = int.from_bytes(event.body[:2], "big"), event.body[3]
-        family = Family.from_afi_safi(afi, safi)
-        if family is None or family not in peer.negotiated.families:
+        # RFC 2918 section 4: resend the Adj-RIB-Out for that family; an unknown family is ignored.
+        negotiated = peer.negotiated
+        family = wire.decode_route_refresh(event.body)
+        if negotiated is None or family is None or family not in negotiated.families:
             return
         paths = [p for p in self.local.values() if p.family is family]
-        peer.send(b"".join(encode_for(peer.negotiated, paths, ())))
+        peer.send(b"".join(encode_for(negotiated, paths, ())))
 
     def _send_refresh(self, family: Family | None) -> None:
         for peer in self.peers.values():

@@ -11,7 +11,7 @@ import pytest
 
 from bgp import config, fsm, wire
 from bgp.client import Client, RouteUpdate
-from bgp.routes import MacIpRoute
+from bgp.routes import Family, MacIpRoute
 from bgp.speaker import PeerStatus
 
 ROUTE = MacIpRoute(rd="198.51.100.1:1", mac="00:15:5d:01:02:03", ip="10.1.0.5", vsid=5001,
@@ -159,3 +159,62 @@ async def test_unknown_peer_gets_cease_connection_rejected(server: Client):
     (msg_type, body), = wire.split_messages(data)[0]
     assert msg_type == wire.MessageType.NOTIFICATION
     assert wire.decode_notification(body)[:2] == (fsm.ERR_CEASE, fsm.CEASE_CONNECTION_REJECTED)
+
+
+async def raw_handshake(port: int, local: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, wire.Negotiated]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+    mine = wire.Capabilities(asn=65000, router_id="198.51.100.50", hold_time=30,
+                             families=frozenset({Family.L2VPN_EVPN}))
+    writer.write(wire.encode_open(mine))
+    (kind, body), = await read(reader, 1)
+    negotiated = wire.negotiate(mine, wire.decode_open(body))
+    writer.write(wire.encode_keepalive())
+    return reader, writer, negotiated
+
+
+async def read(reader: asyncio.StreamReader, count: int) -> list[tuple[int, bytes]]:
+    buffer, out = b"", []
+    while len(out) < count:
+        messages, buffer = wire.split_messages(buffer + await asyncio.wait_for(reader.read(65536), 10))
+        out += messages
+    return out[:count]
+
+
+async def test_route_refresh_resends_the_table(server: Client):
+    await server.announce([ROUTE])
+    reader, writer, negotiated = await raw_handshake(server.speaker.listen_port, "127.0.0.2")
+    kinds = [k for k, _ in await read(reader, 3)]  # KEEPALIVE, the route, End-of-RIB
+    assert kinds == [wire.MessageType.KEEPALIVE, wire.MessageType.UPDATE, wire.MessageType.UPDATE]
+    writer.write(wire.encode_route_refresh(Family.L2VPN_EVPN))
+    (kind, body), = await read(reader, 1)
+    assert kind == wire.MessageType.UPDATE
+    assert [p.route for p in wire.decode_update(negotiated, body).announced] == [ROUTE]
+    writer.close()
+
+
+async def test_connection_collision_leaves_one_session():
+    """Both sides dial and listen (RFC 4271 6.8): one connection survives, the session is stable."""
+    ports = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        ports.append(s.getsockname()[1])
+        s.close()
+    a = Client(cfg("198.51.100.1", listen={"address": "127.0.0.11", "port": ports[0]},
+                   neighbours=[{"address": "127.0.0.12", "asn": 65000, "port": ports[1], "local_address": "127.0.0.11"}]))
+    b = Client(cfg("198.51.100.2", listen={"address": "127.0.0.12", "port": ports[1]},
+                   neighbours=[{"address": "127.0.0.11", "asn": 65000, "port": ports[0], "local_address": "127.0.0.12"}]))
+    await a.start()
+    await b.start()
+    try:
+        await b.announce([ROUTE])
+        got = await next_event(a, a.events(), lambda e: isinstance(e, RouteUpdate))
+        assert got.route == ROUTE
+        await asyncio.sleep(1.0)  # a collision loser would be closed in this time
+        peer_a, peer_b = a.speaker.peers["127.0.0.12"], b.speaker.peers["127.0.0.11"]
+        assert peer_a.state is fsm.State.ESTABLISHED and peer_b.state is fsm.State.ESTABLISHED
+        assert peer_a.establishments == 1 and peer_b.establishments == 1
+        assert len(peer_a.connections) == 1 and len(peer_b.connections) == 1
+    finally:
+        await a.stop()
+        await b.stop()
