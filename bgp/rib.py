@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Callable, Iterable, Sequence
 
-from bgp.routes import Family, MacIpRoute, Path, PeerRef, RouteKey
+from bgp.routes import Family, MacIpKey, MacIpRoute, Path, PeerRef, RouteKey
 
 DEFAULT_LOCAL_PREF = 100  # RFC 4271 section 5.1.5 leaves the default to configuration; 100 is customary
 
@@ -32,6 +32,7 @@ class BestPathReason(enum.Enum):
     ROUTER_ID = "lower ORIGINATOR_ID or BGP identifier"
     CLUSTER_LIST_LENGTH = "shorter CLUSTER_LIST (RFC 4456 section 9)"
     PEER_ADDRESS = "lower peer address"
+    LOWEST_NEXT_HOP = "same sequence: lowest PE address (RFC 7432 section 15.1)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,30 @@ def select_best(paths: Sequence[Path], local_asn: int) -> tuple[Path | None, Bes
     return candidates[0], BestPathReason.PEER_ADDRESS
 
 
+def select_mac_owner(paths: Sequence[Path]) -> tuple[Path | None, BestPathReason | None]:
+    """Which of the best type-2 paths of one MAC under different RDs (hosts) owns it.
+
+    RFC 7432 section 15: a MAC that moved is advertised by the new host with a higher sequence
+    number while the old host's route may linger; the highest sequence wins, a sticky (static) MAC
+    is never displaced, and at equal sequence "the PE with the lowest IP address" wins. Ties after
+    that (one host, several RDs) go to the lowest RD text, so the answer never depends on order.
+    """
+    if not paths:
+        return None, None
+    candidates = sorted(paths, key=lambda p: (_address_order(p.route.next_hop), p.route.rd))
+    if len(candidates) == 1:
+        return candidates[0], BestPathReason.ONLY_PATH
+    for reason, step in (
+        (BestPathReason.STICKY_MAC, _sticky),
+        (BestPathReason.MAC_MOBILITY_SEQUENCE, _mobility),
+        (BestPathReason.LOWEST_NEXT_HOP, lambda ps: _keep_min(ps, lambda p: _address_order(p.route.next_hop))),
+    ):
+        candidates = step(candidates)
+        if len(candidates) == 1:
+            return candidates[0], reason
+    return candidates[0], BestPathReason.LOWEST_NEXT_HOP
+
+
 # ---------------------------------------------------------------- Adj-RIB-In
 
 
@@ -230,9 +255,19 @@ class LocRib:
         self.local_asn = local_asn
         self._candidates: dict[RouteKey, dict[PeerRef | None, Path]] = {}
         self._best: dict[RouteKey, tuple[Path, BestPathReason]] = {}
+        # (vsid, ethernet tag, MAC) -> type-2 keys whose best path carries them, for mac_owner().
+        self._macs: dict[tuple[int, int, str], set[MacIpKey]] = {}
 
     def __len__(self) -> int:
         return len(self._best)
+
+    def mac_owner(self, vsid: int, mac: str, ethernet_tag: int = 0) -> tuple[Path, BestPathReason] | None:
+        """The type-2 path that owns MAC in VSID across all hosts (RDs), per select_mac_owner."""
+        keys = self._macs.get((vsid, ethernet_tag, mac.lower()))
+        if not keys:
+            return None
+        owner, reason = select_mac_owner([self._best[k][0] for k in keys])
+        return (owner, reason) if owner is not None else None
 
     def best(self, key: RouteKey) -> Path | None:
         entry = self._best.get(key)
@@ -272,7 +307,20 @@ class LocRib:
         old_best = old[0] if old else None
         if old_best == new_best:
             return None
+        if isinstance(key, MacIpKey):
+            self._index_mac(key, old_best, new_best)
         return RibChange(key, old_best, new_best, reason)
+
+    def _index_mac(self, key: MacIpKey, old: Path | None, new: Path | None) -> None:
+        if old is not None:
+            slot = (old.route.vsid, key.ethernet_tag, key.mac)
+            keys = self._macs.get(slot)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._macs[slot]
+        if new is not None:
+            self._macs.setdefault((new.route.vsid, key.ethernet_tag, key.mac), set()).add(key)
 
 
 # ---------------------------------------------------------------- the whole RIB

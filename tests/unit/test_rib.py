@@ -198,3 +198,38 @@ def test_originate_and_withdraw_local():
     learned = path(peer(1), local_pref=100)
     assert rib.receive(peer(1), [learned], []) == []
     assert rib.withdraw_local([mine.key]) == [RibChange(mine.key, mine, learned, BestPathReason.ONLY_PATH)]
+
+
+# ---------------------------------------------------------------- MAC ownership across hosts
+
+
+def host_route(host: int, **changes):
+    return mac_route(rd=f"198.51.100.{host}:5001", next_hop=f"198.51.100.{host}", **changes)
+
+
+def test_moved_mac_is_owned_by_the_higher_sequence():
+    # RFC 7432 15.1: the VM moved from host 11 to host 12, whose route carries sequence 1; host 11's
+    # route lingers until withdrawn.
+    loc = LocRib(LOCAL_AS)
+    old = path(peer(1), host_route(11))
+    new = path(peer(1), host_route(12, mobility_seq=1))
+    loc.add(old)
+    assert loc.mac_owner(5001, "02:00:00:00:00:01") == (old, BestPathReason.ONLY_PATH)
+    loc.add(new)
+    assert loc.mac_owner(5001, "02:00:00:00:00:01") == (new, BestPathReason.MAC_MOBILITY_SEQUENCE)
+    loc.remove(new.key, peer(1))
+    assert loc.mac_owner(5001, "02:00:00:00:00:01") == (old, BestPathReason.ONLY_PATH)
+    loc.remove(old.key, peer(1))
+    assert loc.mac_owner(5001, "02:00:00:00:00:01") is None
+
+
+def test_mac_owner_equal_sequence_lowest_pe_and_sticky():
+    loc = LocRib(LOCAL_AS)
+    high, low = path(peer(1), host_route(20, mobility_seq=2)), path(peer(1), host_route(13, mobility_seq=2))
+    loc.add(high)
+    loc.add(low)
+    assert loc.mac_owner(5001, "02:00:00:00:00:01") == (low, BestPathReason.LOWEST_NEXT_HOP)
+    pinned = path(peer(1), host_route(30, sticky=True))
+    loc.add(pinned)
+    assert loc.mac_owner(5001, "02:00:00:00:00:01") == (pinned, BestPathReason.STICKY_MAC)
+    assert loc.mac_owner(5002, "02:00:00:00:00:01") is None  # another virtual subnet
