@@ -70,8 +70,18 @@ class _GracefulState:
 
 
 class Speaker:
-    def __init__(self, config: SpeakerConfig, *, inbox_size: int = 4096) -> None:
+    def __init__(
+        self,
+        config: SpeakerConfig,
+        *,
+        inbox_size: int = 4096,
+        outbound: Callable[[Peer], Iterable[Path]] | None = None,
+    ) -> None:
+        """`outbound(peer)` is the table a peer gets when its session comes up (and on ROUTE-REFRESH); by
+        default our own routes. The route reflector passes its Loc-RIB view and broadcasts RIB changes
+        through `groups` itself."""
         self.config = config
+        self._outbound = outbound or (lambda peer: self.local.values())
         self.inbox = Inbox(inbox_size)
         self.peers: dict[str, Peer] = {}
         self.listener: Listener | None = None
@@ -260,7 +270,7 @@ class Speaker:
         notices += self._graceful_reconnect(peer, negotiated)
         # Initial table, then End-of-RIB per family (RFC 4724 2), encoded for this peer alone; from now on
         # changes reach it through its update group.
-        paths = list(self.local.values())
+        paths = list(self._outbound(peer))
         data = b"".join(encode_for(negotiated, paths, ()))
         data += b"".join(wire.encode_eor(f) for f in sorted(negotiated.families, key=lambda f: f.value))
         peer.send(data)
@@ -323,7 +333,7 @@ class Speaker:
         family = wire.decode_route_refresh(event.body)
         if negotiated is None or family is None or family not in negotiated.families:
             return
-        paths = [p for p in self.local.values() if p.family is family]
+        paths = [p for p in self._outbound(peer) if p.family is family]
         peer.send(b"".join(encode_for(negotiated, paths, ())))
 
     def _send_refresh(self, family: Family | None) -> None:

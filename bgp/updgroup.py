@@ -50,16 +50,19 @@ class UpdateGroups:
         if not group.members:
             del self.groups[group.key]
 
-    def broadcast(self, announce: Sequence[Path], withdraw: Sequence[RouteKey]) -> None:
-        """Encode once per group, send to each member of it (no per-route work per peer)."""
+    def broadcast(self, announce: Sequence[Path], withdraw: Sequence[RouteKey], exclude: Member | None = None) -> None:
+        """Encode once per group, send to each member of it (no per-route work per peer). `exclude` skips
+        one member (a reflector not echoing a path to the peer it came from)."""
         for group in self.groups.values():
+            if exclude is not None and group.members == [exclude]:
+                continue
             messages = encode_for(group.negotiated, announce, withdraw)
             if not messages:
                 continue
             data = b"".join(messages)
             group.updates_encoded += len(messages)
             for member in group.members:
-                if member.send(data):
+                if member is not exclude and member.send(data):
                     group.messages_sent += len(messages)
 
 
