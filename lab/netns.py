@@ -92,6 +92,12 @@ def batchable(argv: tuple[str, ...] | list[str]) -> bool:
     )
 
 
+def create(namespace: str) -> None:
+    """A namespace with its loopback up (tests that build their own namespaces use this)."""
+    run(["ip", "netns", "add", namespace])
+    run(["ip", "-n", namespace, "link", "set", "lo", "up"])
+
+
 def veth_line(ns_a: str, if_a: str, ns_b: str, if_b: str) -> str:
     # Created directly inside both namespaces: no transient name in the root namespace that could
     # collide with the host's own interfaces or another lab's.
