@@ -324,23 +324,33 @@ def encode_open(caps: Capabilities) -> bytes:
     return message.message()
 
 
-def _tlvs(data: bytes, what: str) -> list[tuple[int, bytes]]:
-    """(type, value) of 1-octet type, 1-octet length items: optional parameters and capabilities
-    (RFC 4271 section 4.2, RFC 5492 section 4). A length overrun is OPEN error 0 (unspecific)."""
+def _tlvs(data: bytes, what: str, length_octets: int = 1) -> list[tuple[int, bytes]]:
+    """(type, value) of 1-octet type, 1- or 2-octet length items: optional parameters and capabilities
+    (RFC 4271 section 4.2, RFC 5492 section 4, RFC 9072 section 2). An overrun is OPEN error 0."""
     items = []
     pos = 0
+    head = 1 + length_octets
     while pos < len(data):
-        if pos + 2 > len(data) or pos + 2 + data[pos + 1] > len(data):
+        if pos + head > len(data):
+            raise OpenError(0, b"", f"{what} header truncated")
+        end = pos + head + int.from_bytes(data[pos + 1 : pos + head], "big")
+        if end > len(data):
             raise OpenError(0, b"", f"{what} length overruns its container")
-        items.append((data[pos], data[pos + 2 : pos + 2 + data[pos + 1]]))
-        pos += 2 + data[pos + 1]
+        items.append((data[pos], data[pos + head : end]))
+        pos = end
     return items
 
 
-def _parse_optional_parameters(params: bytes) -> dict[int, list[bytes]]:
-    """Capability code -> values (a code may repeat, RFC 5492 section 4)."""
+def _parse_optional_parameters(body: bytes) -> dict[int, list[bytes]]:
+    """Capability code -> values (a code may repeat, RFC 5492 section 4) from an OPEN body."""
+    length, params, length_octets = body[9], body[10:], 1
+    if length == 255 and params[:1] == b"\xff":
+        # RFC 9072 section 2: the extended form, a 2-octet total length and 2-octet parameter lengths.
+        length, params, length_octets = int.from_bytes(params[1:3], "big"), params[3:], 2
+    if len(params) != length:
+        raise OpenError(0, b"", "optional parameters length does not match the OPEN length")
     caps: dict[int, list[bytes]] = {}
-    for kind, value in _tlvs(params, "optional parameter"):
+    for kind, value in _tlvs(params, "optional parameter", length_octets):
         if kind != _PARAM_CAPABILITIES:
             # RFC 4271 section 6.2: an unrecognised optional parameter is subcode 4.
             raise OpenError(4, b"", f"unsupported optional parameter type {kind}")
@@ -372,23 +382,16 @@ def decode_open(body: bytes, expected_asn: int | None = None) -> Capabilities:
     """
     if len(body) < 10:
         raise OpenError(0, b"", "OPEN shorter than its fixed fields")
-    version, my_as, hold_time, router_id, params_length = struct.unpack("!BHH4sB", body[:10])
+    version, my_as, hold_time, router_id = struct.unpack("!BHH4s", body[:9])
     if version != 4:
         # RFC 4271 section 6.2: the data is the largest version we support, as 2 octets.
         raise OpenError(1, struct.pack("!H", 4), f"unsupported BGP version {version}")
-    params = body[10:]
-    if params_length == 255 and params[:1] == b"\xff":
-        # RFC 9072: extended optional parameters length (type 255 marks it, 2-octet lengths follow).
-        params_length = int.from_bytes(params[1:3], "big")
-        params = _widen_extended_parameters(params[3:])
-    if len(params) != params_length and not (body[9] == 255 and body[10:11] == b"\xff"):
-        raise OpenError(0, b"", "optional parameters length does not match the OPEN length")
     if hold_time in (1, 2):
         raise OpenError(6, b"", f"hold time {hold_time} is below 3 seconds (RFC 4271 section 4.2)")
     identifier = IPv4Address(router_id)
     if int(identifier) == 0:
         raise OpenError(3, b"", "BGP identifier 0.0.0.0 (RFC 6286 section 2.2)")
-    caps = _parse_optional_parameters(params)
+    caps = _parse_optional_parameters(body)
     asn = my_as
     four_octet = _CAP_FOUR_OCTET_AS in caps
     if four_octet:
@@ -419,20 +422,6 @@ def decode_open(body: bytes, expected_asn: int | None = None) -> Capabilities:
         four_octet=four_octet,
         graceful_restart=graceful,
     )
-
-
-def _widen_extended_parameters(params: bytes) -> bytes:
-    """Rewrite RFC 9072 parameters (type 1, length 2) into the classic form (type 1, length 1)."""
-    out = bytearray()
-    pos = 0
-    while pos + 3 <= len(params):
-        kind, length = params[pos], int.from_bytes(params[pos + 1 : pos + 3], "big")
-        value = params[pos + 3 : pos + 3 + length]
-        for start in range(0, len(value), 255):
-            chunk = value[start : start + 255]
-            out += bytes([kind, len(chunk)]) + chunk
-        pos += 3 + length
-    return bytes(out)
 
 
 def negotiate(local: Capabilities, remote: Capabilities) -> Negotiated:

@@ -174,3 +174,19 @@ def test_route_refresh_roundtrip():
 
 def test_keepalive():
     assert wire.encode_keepalive() == b"\xff" * 16 + bytes.fromhex("0013 04")
+
+
+def test_extended_optional_parameters_rfc9072():
+    # Type 255 + 2-octet total length, then parameters with 2-octet lengths (RFC 9072 section 2).
+    capability = bytes.fromhex("4104 0000fde8") + bytes.fromhex("0104 00190046")
+    params = bytes([2]) + len(capability).to_bytes(2, "big") + capability
+    body = _open(params=b"")[:9] + bytes([255, 255]) + len(params).to_bytes(2, "big") + params
+    decoded = wire.decode_open(body)
+    assert decoded.asn == 65000 and decoded.families == frozenset({Family.L2VPN_EVPN})
+
+
+def test_optional_parameters_length_mismatch_is_unspecific():
+    body = _open(params=bytes.fromhex("0206 4104 0000fde8"))
+    with pytest.raises(OpenError) as info:
+        wire.decode_open(body + b"\x00")
+    assert info.value.subcode == 0

@@ -334,3 +334,30 @@ def test_garbage_never_raises():
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] = rng.randrange(256)
         wire.decode_update(IBGP, bytes(data))  # must not raise
+
+
+def test_second_label_is_accepted_and_ignored():
+    # RFC 7432 7.2: Label2 (3 more bytes) may follow, e.g. FRR's L3 VNI; the VSID is Label1.
+    two_labels = _type2(1)[:-3] + (5001).to_bytes(3, "big") + (9999).to_bytes(3, "big")
+    two_labels = bytes([2, len(two_labels) - 2]) + two_labels[2:]
+    result = wire.decode_update(IBGP, _update_body(BASE + _evpn_reach(two_labels)))
+    assert result.errors == [] and result.announced[0].route.vsid == 5001
+
+
+def test_extended_length_and_unknown_attributes():
+    # PMSI tunnel (22, optional transitive) with the Extended Length bit: ignored by the typed
+    # decoder, carried as is by the raw one.
+    pmsi = bytes.fromhex("d016 0009 00 06 000000 c633640b")  # flags, ingress replication, label, IP
+    reach = _evpn_reach(_type2(1))
+    result = wire.decode_update(IBGP, _update_body(BASE + pmsi + reach))
+    assert result.errors == [] and len(result.announced) == 1
+    raw = wire.decode_raw_update(IBGP, _update_body(BASE + pmsi + reach))
+    assert raw.attributes == BASE + pmsi
+
+
+def test_withdrawal_only_update_carries_no_attributes():
+    message = wire.encode_update(IBGP, [], [mac_route().key])[0]
+    payload = body(message)
+    attributes_length = int.from_bytes(payload[2:4], "big")
+    assert payload[4:6] == bytes.fromhex("800f") and attributes_length == len(payload) - 4
+    assert payload[4 + 3 : 4 + 6] == bytes.fromhex("0019 46")  # only MP_UNREACH_NLRI (RFC 4760 4)
