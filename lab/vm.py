@@ -135,10 +135,14 @@ def squashfs_image(tree: Path) -> Path:
         raise VmError("mksquashfs is not installed (Debian package squashfs-tools; `make setup` installs it)")
     image = cache_dir() / f"{tree.name}-{_digest(str(tree))}-{_tree_fingerprint(tree)}.sqfs"
     if image.exists():
+        image.touch()  # keeps it from expiring while in use
         return image
-    for stale in cache_dir().glob(f"{tree.name}-{_digest(str(tree))}-*.sqfs"):
-        stale.unlink()
-    partial = image.with_suffix(".partial")
+    # Older images of this tree are superseded; images of other trees (other clones) expire after a week.
+    week_ago = time.time() - 7 * 86400
+    for old in cache_dir().glob("*.sqfs"):
+        if old.name.startswith(f"{tree.name}-{_digest(str(tree))}-") or old.stat().st_mtime < week_ago:
+            old.unlink(missing_ok=True)
+    partial = image.with_suffix(f".{os.getpid()}.partial")  # concurrent runs each build their own
     netns.run(["mksquashfs", str(tree), str(partial), "-comp", "lz4", "-noappend", "-quiet", "-no-progress"],
               timeout=600)
     partial.rename(image)
