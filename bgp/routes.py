@@ -211,7 +211,20 @@ class UnicastKey(NamedTuple):
         return Family.IPV4_UNICAST if self.prefix.version == 4 else Family.IPV6_UNICAST
 
 
-RouteKey = Union[MacIpKey, PrefixKey, UnicastKey]
+class OpaqueEvpnKey(NamedTuple):
+    """NLRI identity of an EVPN route type we do not model (1, 3, 4, 6, ...), so a route reflector can
+    forward and withdraw it. value is the route's bytes without its label where RFC 7432 makes the
+    label an attribute (type 1, section 7.1); for other types the whole route."""
+
+    route_type: int
+    value: bytes
+
+    @property
+    def family(self) -> Family:
+        return Family.L2VPN_EVPN
+
+
+RouteKey = Union[MacIpKey, PrefixKey, UnicastKey, OpaqueEvpnKey]
 
 
 # ---------------------------------------------------------------- routes
@@ -441,6 +454,7 @@ __all__ = [
     "MacIpKey",
     "MacIpRoute",
     "Network",
+    "OpaqueEvpnKey",
     "Origin",
     "Path",
     "PathAttributes",

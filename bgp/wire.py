@@ -82,6 +82,7 @@ from bgp.routes import (
     Family,
     MacIpKey,
     MacIpRoute,
+    OpaqueEvpnKey,
     Origin,
     Path,
     PathAttributes,
@@ -1100,8 +1101,16 @@ def _evpn_type5(data: bytes, s: int, length: int) -> _EvpnItem | None:
 _EVPN_PARSERS = {2: _evpn_type2, 5: _evpn_type5}
 
 
-def _walk_evpn(data: bytes) -> tuple[list[tuple[int, int, int]], int]:
+def _evpn_opaque(data: bytes, s: int, length: int) -> _EvpnItem:
+    kind = data[s - 2]
+    # RFC 7432 section 7.1: the Ethernet A-D route's MPLS label (its last 3 bytes) is not key.
+    key_end = s + length - 3 if kind == 1 and length >= 3 else s + length
+    return (kind, OpaqueEvpnKey(kind, data[s:key_end]))
+
+
+def _walk_evpn(data: bytes, keep_all: bool = False) -> tuple[list[tuple[int, int, int]], int]:
     """EVPN NLRI framing (RFC 7432 section 7): [(route type, value start, value end)], ignored count.
+    Route types other than 2 and 5 are listed only with keep_all (the reflector forwards them).
 
     A route whose length overruns the field makes the rest unlocatable: session reset (RFC 7606 5.3).
     """
@@ -1113,21 +1122,25 @@ def _walk_evpn(data: bytes) -> tuple[list[tuple[int, int, int]], int]:
             raise _Reset(SUBCODE_OPTIONAL_ATTRIBUTE_ERROR, "EVPN NLRI length overruns the attribute", data[pos:])
         kind, start = data[pos], pos + 2
         pos = start + data[pos + 1]
-        if kind in _EVPN_PARSERS:
+        if keep_all or kind in _EVPN_PARSERS:
             spans.append((kind, start, pos))
         else:
             ignored += 1  # RFC 7606 section 5.4: unrecognised route types are discarded
     return spans, ignored
 
 
-def _parse_evpn(data: bytes, errors: list[UpdateError]) -> tuple[list[tuple[_EvpnItem, int, int]], int, bool]:
+def _parse_evpn(
+    data: bytes, errors: list[UpdateError], keep_all: bool = False
+) -> tuple[list[tuple[_EvpnItem, int, int]], int, bool]:
     """[(parsed item, start, end)], ignored count, and whether some route was malformed (the UPDATE is
-    then treat-as-withdraw). data[start - 2:end] is the route's raw NLRI."""
-    spans, ignored = _walk_evpn(data)
+    then treat-as-withdraw). data[start - 2:end] is the route's raw NLRI. With keep_all, types we do
+    not model come as (type, OpaqueEvpnKey)."""
+    spans, ignored = _walk_evpn(data, keep_all)
     items = []
     malformed = False
     for kind, start, end in spans:
-        item = _EVPN_PARSERS[kind](data, start, end - start)
+        parser = _EVPN_PARSERS.get(kind, _evpn_opaque)
+        item = parser(data, start, end - start)
         if item is None:
             malformed = True
             errors.append(_malformed_route(kind, data, start, end))
@@ -1161,7 +1174,9 @@ def _parse_prefixes(data: bytes, version: int) -> list[IPv4Network | IPv6Network
 def _evpn_key(item: _EvpnItem) -> RouteKey:
     if item[0] == 2:
         return MacIpKey(item[1], item[3], item[4], item[5])
-    return PrefixKey(item[1], item[3], item[4])
+    if item[0] == 5:
+        return PrefixKey(item[1], item[3], item[4])
+    return item[1]
 
 
 def _keys(family: Family, data: bytes, errors: list[UpdateError]) -> tuple[list[RouteKey], int]:
@@ -1390,7 +1405,8 @@ class RawUpdate:
 
 
 def _raw_evpn(data: bytes, errors: list[UpdateError]) -> tuple[list[RawNlri], bool]:
-    items, _ignored, malformed = _parse_evpn(data, errors)
+    # A reflector forwards every route type, including those we do not model (RFC 4456 section 8).
+    items, _ignored, malformed = _parse_evpn(data, errors, keep_all=True)
     return [RawNlri(_evpn_key(item), data[start - 2 : end]) for item, start, end in items], malformed
 
 

@@ -7,7 +7,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from bgp import wire
-from bgp.routes import Family, Path as RoutePath, PathAttributes, UnicastRoute
+from bgp.routes import Family, OpaqueEvpnKey, Path as RoutePath, PathAttributes, UnicastRoute
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
 from bgp_samples import IBGP, body, fixture_bytes, mac_route, prefix_route  # noqa: E402
@@ -79,3 +79,21 @@ def test_raw_treat_as_withdraw():
 def test_raw_eor():
     assert wire.decode_raw_update(IBGP, body(wire.encode_eor(Family.L2VPN_EVPN))).eor is Family.L2VPN_EVPN
     assert wire.decode_raw_update(IBGP, body(wire.encode_eor(Family.IPV4_UNICAST))).eor is Family.IPV4_UNICAST
+
+
+def test_raw_path_carries_route_types_we_do_not_model():
+    # A type-3 (Inclusive Multicast, RFC 7432 7.3) and a type-1 (Ethernet A-D, 7.1) route: the typed
+    # decoder ignores them, the reflector's raw path keys and forwards them.
+    type3 = bytes([3, 17]) + bytes.fromhex("0001c633640b1389 00000000 20 c633640b")
+    type1 = bytes([1, 25]) + bytes.fromhex("0001c633640b1389") + bytes(range(10)) + bytes(4) + bytes.fromhex("001389")
+    attributes = bytes.fromhex("40010100 400200 40050400000064")
+    reach = bytes.fromhex("0019 46 04 c633640b 00") + type3 + type1
+    payload = (b"\x00\x00" + (len(attributes) + 3 + len(reach)).to_bytes(2, "big")
+               + attributes + bytes([0x80, 14, len(reach)]) + reach)
+    assert wire.decode_update(IBGP, payload).ignored == 2
+    raw = wire.decode_raw_update(IBGP, payload)
+    assert [n.raw for n in raw.announced] == [type3, type1]
+    keys = [n.key for n in raw.announced]
+    assert keys[0] == OpaqueEvpnKey(3, type3[2:]) and keys[1] == OpaqueEvpnKey(1, type1[2:-3])  # label not key
+    again = wire.encode_raw_update(Family.L2VPN_EVPN, raw.attributes, raw.next_hop, [n.raw for n in raw.announced])
+    assert [n.key for n in wire.decode_raw_update(IBGP, body(again[0])).announced] == keys
