@@ -1,0 +1,139 @@
+import ipaddress
+
+import pytest
+
+from vnet.catalog import Catalog, NotFound
+from vnet.errors import ConflictError, ModelError
+from vnet.model import CustomerRoute, Port, RoutingDomain, VirtualSubnet
+
+BLUE = {
+    "route_targets": ["65000:100"],
+    "subnets": [
+        {"vsid": 5001, "prefixes": ["10.0.0.0/24", "fd00:b::/64"]},
+        {"vsid": 5002, "prefixes": ["10.0.1.0/24"], "gateways": ["10.0.1.254"]},
+    ],
+}
+RED = {"route_targets": ["65000:200"], "subnets": [{"vsid": 6001, "prefixes": ["10.0.0.0/24"]}]}
+
+
+def port(**over):
+    body = {"interface": "tap1", "mac": "02:00:00:00:00:01", "vsid": 5001, "addresses": ["10.0.0.5", "fd00:b::5"]}
+    body.update(over)
+    return Port.from_dict(body, name=over.pop("name", "vm1"))
+
+
+def catalog():
+    return Catalog().with_routing_domain(RoutingDomain.from_dict(BLUE, "blue")).with_routing_domain(
+        RoutingDomain.from_dict(RED, "red")
+    )
+
+
+def test_subnet_gateway_defaults_to_the_first_host_address():
+    rd = RoutingDomain.from_dict(BLUE, "blue")
+    assert rd.subnet(5001).gateways == (ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("fd00:b::1"))
+    assert rd.subnet(5002).gateways == (ipaddress.ip_address("10.0.1.254"),)
+
+
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        ({"vsid": 4095, "prefixes": ["10.0.0.0/24"]}, "subnets[0].vsid", "4096..16777214"),
+        ({"vsid": 16_777_215, "prefixes": ["10.0.0.0/24"]}, "subnets[0].vsid", "reserved"),
+        ({"vsid": "5001", "prefixes": ["10.0.0.0/24"]}, "subnets[0].vsid", "integer"),
+        ({"vsid": 5001, "prefixes": ["10.0.0.1/24"]}, "subnets[0].prefixes[0]", "host bits"),
+        ({"vsid": 5001, "prefixes": []}, "subnets[0].prefixes", "needs an IPv4"),
+        ({"vsid": 5001, "prefixes": ["10.0.0.0/24", "10.1.0.0/24"]}, "subnets[0].prefixes", "at most one"),
+        ({"vsid": 5001, "prefixes": ["10.0.0.0/24"], "gateways": ["10.9.0.1"]}, "subnets[0].gateways[0]",
+         "not a host address"),
+        ({"vsid": 5001, "prefixes": ["10.0.0.0/24"], "vlan": 3}, "subnets[0].vlan", "unknown field"),
+    ],
+)
+def test_bad_subnets_name_the_field(body, field, words):
+    with pytest.raises(ModelError) as info:
+        RoutingDomain.from_dict({"route_targets": ["65000:1"], "subnets": [body]}, "blue")
+    assert info.value.field == field
+    assert words in str(info.value)
+
+
+def test_routing_domain_checks():
+    with pytest.raises(ModelError, match="route_targets: a routing domain needs"):
+        RoutingDomain.from_dict({"route_targets": []}, "blue")
+    with pytest.raises(ModelError, match=r"route_targets\[0\]"):
+        RoutingDomain.from_dict({"route_targets": ["nope"]}, "blue")
+    with pytest.raises(ModelError, match="name"):
+        RoutingDomain.from_dict({"route_targets": ["65000:1"]}, "Blue Team")
+    with pytest.raises(ModelError, match="does not match the name in the path"):
+        RoutingDomain.from_dict({"name": "red", "route_targets": ["65000:1"]}, "blue")
+    two = {"route_targets": ["65000:1"], "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/16"]},
+                                                     {"vsid": 5002, "prefixes": ["10.0.1.0/24"]}]}
+    with pytest.raises(ModelError, match=r"subnets\[1\]\.prefixes: overlaps subnets\[0\]"):
+        RoutingDomain.from_dict(two, "blue")
+
+
+@pytest.mark.parametrize(
+    "over, field, words",
+    [
+        ({"mac": "01:00:5e:00:00:01"}, "mac", "multicast"),
+        ({"mac": "ff:ff:ff:ff:ff:ff"}, "mac", "multicast"),
+        ({"mac": "02:00:00:00:00"}, "mac", "not a MAC"),
+        ({"vsid": 12}, "vsid", "4096"),
+        ({"addresses": ["10.0.0.300"]}, "addresses[0]", "not an IPv4 or IPv6"),
+        ({"addresses": []}, "addresses", "at least one"),
+        ({"interface": "a-very-long-interface-name"}, "interface", "must match"),
+        ({"mtu": 100}, "mtu", "1280"),
+        ({"vlan": 7}, "vlan", "unknown field"),
+    ],
+)
+def test_bad_ports_name_the_field(over, field, words):
+    with pytest.raises(ModelError) as info:
+        port(**over)
+    assert info.value.field == field
+    assert words in str(info.value)
+
+
+def test_catalog_accepts_overlapping_tenants_and_finds_ports():
+    cat = catalog().with_port(port()).with_port(port(name="red1", interface="tap2", vsid=6001, addresses=["10.0.0.5"]))
+    assert cat.port_with("blue", ipaddress.ip_address("10.0.0.5")).name == "vm1"
+    assert cat.port_with("red", ipaddress.ip_address("10.0.0.5")).name == "red1"
+    assert cat.subnet(6001)[0].name == "red"
+
+
+def test_catalog_refuses_what_does_not_fit_and_keeps_the_old_one():
+    cat = catalog().with_port(port())
+    with pytest.raises(ModelError, match=r"addresses\[0\].*outside virtual subnet 5002"):
+        cat.with_port(port(name="vm2", interface="tap2", vsid=5002))
+    with pytest.raises(ConflictError, match="CA already used by port vm1 in routing domain blue"):
+        cat.with_port(port(name="vm2", interface="tap2", addresses=["10.0.0.5"]))
+    with pytest.raises(ConflictError, match="already used by port vm1"):
+        cat.with_port(port(name="vm2", addresses=["10.0.0.6"]))
+    with pytest.raises(ModelError, match="gateway"):
+        cat.with_port(port(name="vm2", interface="tap2", addresses=["10.0.0.1"]))
+    with pytest.raises(ConflictError, match="no routing domain has this VSID"):
+        cat.with_port(port(name="vm2", interface="tap2", vsid=7777))
+    with pytest.raises(ModelError, match="no such interface"):
+        cat.with_port(port(name="vm2", interface="tap9", addresses=["10.0.0.9"]), interface_exists=lambda n: False)
+    with pytest.raises(ConflictError, match="still has ports: vm1"):
+        cat.without_routing_domain("blue")
+    shrunk = RoutingDomain.from_dict({"route_targets": ["65000:100"],
+                                      "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"]}]}, "blue")
+    with pytest.raises(ModelError, match=r"addresses\[1\].*outside virtual subnet 5001"):
+        cat.with_routing_domain(shrunk)  # vm1's IPv6 CA would lose its prefix
+    stolen = RoutingDomain.from_dict({"route_targets": ["65000:3"],
+                                      "subnets": [{"vsid": 5001, "prefixes": ["10.9.0.0/24"]}]}, "green")
+    with pytest.raises(ConflictError, match="VSID already in routing domain blue"):
+        cat.with_routing_domain(stolen)
+    assert list(cat.ports) == ["vm1"]  # every refusal left the catalog as it was
+    with pytest.raises(NotFound, match="no port named 'vm9'"):
+        cat.without_port("vm9")
+    assert cat.without_port("vm1").ports == {}
+
+
+def test_customer_route_families_must_match():
+    with pytest.raises(ModelError, match="next_hop"):
+        CustomerRoute(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_address("fd00::1"))
+    assert CustomerRoute(ipaddress.ip_network("::/0")).next_hop is None
+
+
+def test_subnet_direct_construction_validates():
+    with pytest.raises(ModelError, match="gateways"):
+        VirtualSubnet(5001, (ipaddress.ip_network("10.0.0.0/24"),), (ipaddress.ip_address("10.0.0.0"),))

@@ -1,0 +1,123 @@
+"""The desired virtual network of one host (or gateway): routing domains and local ports, validated together.
+
+A Catalog is immutable: a change computes a new Catalog (or raises, naming the field) and the caller swaps
+it in only when everything downstream accepted it, so a refused change leaves nothing half-applied.
+Each change copies the two dictionaries: O(routing domains + ports) per change, which is a few hundred
+entries on a hypervisor; lookups (VSID -> routing domain, CA -> port) are O(1) through the indexes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from vnet.errors import ConflictError, ModelError
+from vnet.model import Address, Port, RoutingDomain, VirtualSubnet
+
+
+class NotFound(KeyError):
+    """A named object does not exist; `kind` and `name` say which."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"no {kind} named {name!r}")
+        self.kind, self.name = kind, name
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    routing_domains: Mapping[str, RoutingDomain] = field(default_factory=dict)
+    ports: Mapping[str, Port] = field(default_factory=dict)
+    # Indexes derived from the above, rebuilt on every change.
+    _vsids: Mapping[int, tuple[RoutingDomain, VirtualSubnet]] = field(default_factory=dict, repr=False)
+    _cas: Mapping[tuple[str, Address], str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, routing_domains: Mapping[str, RoutingDomain], ports: Mapping[str, Port]) -> Catalog:
+        vsids: dict[int, tuple[RoutingDomain, VirtualSubnet]] = {}
+        for rd in routing_domains.values():
+            for i, subnet in enumerate(rd.subnets):
+                if subnet.vsid in vsids:
+                    other = vsids[subnet.vsid][0].name
+                    raise ConflictError(f"subnets[{i}].vsid", subnet.vsid, f"VSID already in routing domain {other}")
+                vsids[subnet.vsid] = (rd, subnet)
+        cas: dict[tuple[str, Address], str] = {}
+        interfaces: dict[str, str] = {}
+        for port in ports.values():
+            if port.vsid not in vsids:
+                raise ConflictError("vsid", port.vsid, f"port {port.name}: no routing domain has this VSID")
+            rd, subnet = vsids[port.vsid]
+            if port.interface in interfaces:
+                raise ConflictError(
+                    "interface", port.interface, f"port {port.name}: already used by port {interfaces[port.interface]}"
+                )
+            interfaces[port.interface] = port.name
+            for i, address in enumerate(port.addresses):
+                prefix = subnet.prefix_of(address)
+                if prefix is None:
+                    raise ModelError(
+                        f"addresses[{i}]", str(address),
+                        f"port {port.name}: outside virtual subnet {port.vsid} "
+                        f"({', '.join(str(p) for p in subnet.prefixes)})",
+                    )
+                if address in subnet.gateways or address == prefix.network_address:
+                    raise ModelError(
+                        f"addresses[{i}]", str(address), f"port {port.name}: the subnet's gateway or network address"
+                    )
+                owner = cas.get((rd.name, address))
+                if owner is not None:
+                    raise ConflictError(
+                        f"addresses[{i}]", str(address),
+                        f"port {port.name}: CA already used by port {owner} in routing domain {rd.name}",
+                    )
+                cas[(rd.name, address)] = port.name
+        return cls(MappingProxyType(dict(routing_domains)), MappingProxyType(dict(ports)),
+                   MappingProxyType(vsids), MappingProxyType(cas))
+
+    # ---------------------------------------------------------------- queries
+
+    def subnet(self, vsid: int) -> tuple[RoutingDomain, VirtualSubnet] | None:
+        return self._vsids.get(vsid)
+
+    def port_with(self, routing_domain: str, ca: Address) -> Port | None:
+        name = self._cas.get((routing_domain, ca))
+        return self.ports[name] if name else None
+
+    def routing_domain(self, name: str) -> RoutingDomain:
+        try:
+            return self.routing_domains[name]
+        except KeyError:
+            raise NotFound("routing domain", name) from None
+
+    def port(self, name: str) -> Port:
+        try:
+            return self.ports[name]
+        except KeyError:
+            raise NotFound("port", name) from None
+
+    # ---------------------------------------------------------------- changes (each returns a new Catalog)
+
+    def with_routing_domain(self, rd: RoutingDomain) -> Catalog:
+        """Add or replace a routing domain; refused if a port would lose its subnet or address."""
+        return Catalog.build({**self.routing_domains, rd.name: rd}, self.ports)
+
+    def without_routing_domain(self, name: str) -> Catalog:
+        rd = self.routing_domain(name)
+        vsids = {s.vsid for s in rd.subnets}
+        users = sorted(p.name for p in self.ports.values() if p.vsid in vsids)
+        if users:
+            raise ConflictError("name", name, f"routing domain still has ports: {', '.join(users[:5])}")
+        return Catalog.build({k: v for k, v in self.routing_domains.items() if k != name}, self.ports)
+
+    def with_port(self, port: Port, interface_exists: Callable[[str], bool] | None = None) -> Catalog:
+        """Add or replace a port; `interface_exists` checks the host interface (the kernel's view)."""
+        if interface_exists is not None and not interface_exists(port.interface):
+            raise ModelError("interface", port.interface, "no such interface on this host")
+        return Catalog.build(self.routing_domains, {**self.ports, port.name: port})
+
+    def without_port(self, name: str) -> Catalog:
+        self.port(name)
+        return Catalog.build(self.routing_domains, {k: v for k, v in self.ports.items() if k != name})

@@ -1,0 +1,266 @@
+"""The virtual-network model shared by the host agent and the gateway, in HNV's terms.
+
+- routing domain: a tenant's isolated address space (HNV's RDID); a VRF on every host that has a port in it.
+- virtual subnet: a VSID (24 bits, 4096..16,777,214) with its IPv4 and/or IPv6 prefix and gateway address.
+- port: a VM's interface on a host (tap/veth), with its MAC and customer addresses (CAs).
+- customer route: a prefix in a routing domain, to a next-hop CA or on-link (HNV's customer route).
+- lookup record: CA + VSID -> MAC and provider address (PA) of the host that has it (HNV's lookup record).
+
+Values are frozen and validated on construction; a bad value raises ModelError naming the field. Checks
+that involve several objects (an address inside its subnet, a CA unique in its routing domain) live in
+vnet/catalog.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vnet.errors import ModelError
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# RFC 7637 section 3.2: VSIDs 0-4095 are reserved, 0xFFFFFF is reserved for vendor use.
+VSID_MIN = 4096
+VSID_MAX = 16_777_214
+# Routing-domain names become part of kernel device names (VRF "rd-<name>", at most 15 bytes).
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,11}$")
+PORT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+ROUTE_TARGET_RE = re.compile(r"^(\d{1,10}|\d{1,3}(\.\d{1,3}){3}):\d{1,10}$")
+
+
+def check_vsid(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(where, value, "must be an integer")
+    if not VSID_MIN <= value <= VSID_MAX:
+        raise ModelError(where, value, f"a VSID must be in {VSID_MIN}..{VSID_MAX} (RFC 7637: 0-4095 reserved)")
+    return value
+
+
+def check_mac(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ModelError(where, value, "must be a MAC address string like 02:00:00:00:00:01")
+    mac = value.strip().lower().replace("-", ":")
+    if not MAC_RE.match(mac):
+        raise ModelError(where, value, "is not a MAC address (six hex octets separated by ':')")
+    if int(mac[:2], 16) & 1:
+        raise ModelError(where, value, "is a multicast/broadcast MAC; a port needs a unicast MAC")
+    if mac == "00:00:00:00:00:00":
+        raise ModelError(where, value, "the all-zero MAC is not a valid port MAC")
+    return mac
+
+
+def check_address(value: Any, where: str) -> Address:
+    try:
+        return ipaddress.ip_address(value)
+    except (ValueError, TypeError):
+        raise ModelError(where, value, "is not an IPv4 or IPv6 address") from None
+
+
+def check_network(value: Any, where: str) -> Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(where, value, f"is not a network prefix ({exc})") from None
+
+
+def check_name(value: Any, where: str, pattern: re.Pattern[str] = NAME_RE) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ModelError(where, value, f"must match {pattern.pattern}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ModelError(where, value, "must be a list")
+    return value
+
+
+def _reject_unknown(body: Mapping[str, Any], known: set[str], where: str) -> None:
+    # A misspelt key silently ignored is a setting silently lost.
+    unknown = sorted(set(body) - known)
+    if unknown:
+        first = unknown[0]
+        raise ModelError(_at(where, first), body[first], f"unknown field (known: {', '.join(sorted(known))})")
+
+
+def _mapping(body: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise ModelError(where or "body", body, "must be an object")
+    return body
+
+
+def _at(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+@dataclass(frozen=True)
+class VirtualSubnet:
+    vsid: int
+    prefixes: tuple[Network, ...]  # at most one IPv4 and one IPv6
+    gateways: tuple[Address, ...]  # one per prefix, in the same order
+
+    def __post_init__(self) -> None:
+        check_vsid(self.vsid, "vsid")
+        versions = [p.version for p in self.prefixes]
+        if not self.prefixes:
+            raise ModelError("prefixes", [], "a virtual subnet needs an IPv4 and/or an IPv6 prefix")
+        if len(set(versions)) != len(versions):
+            raise ModelError("prefixes", [str(p) for p in self.prefixes], "at most one IPv4 and one IPv6 prefix")
+        for i, (prefix, gateway) in enumerate(zip(self.prefixes, self.gateways, strict=True)):
+            if gateway not in prefix or gateway in (prefix.network_address, prefix.broadcast_address):
+                raise ModelError(f"gateways[{i}]", str(gateway), f"is not a host address of {prefix}")
+
+    def prefix_of(self, address: Address) -> Network | None:
+        return next((p for p in self.prefixes if address in p), None)
+
+    @classmethod
+    def from_dict(cls, body: Any, where: str = "") -> VirtualSubnet:
+        body = _mapping(body, where)
+        _reject_unknown(body, {"vsid", "prefixes", "gateways"}, where)
+        vsid = check_vsid(body.get("vsid"), _at(where, "vsid"))
+        prefixes = tuple(
+            check_network(p, f"{_at(where, 'prefixes')}[{i}]") for i, p in enumerate(_list(body.get("prefixes"), where))
+        )
+        given = {}
+        for i, g in enumerate(_list(body.get("gateways"), _at(where, "gateways"))):
+            address = check_address(g, f"{_at(where, 'gateways')}[{i}]")
+            given[address.version] = address
+        # HNV's default: the subnet's first host address is the gateway every host answers for.
+        gateways = tuple(given.get(p.version, p.network_address + 1) for p in prefixes)
+        try:
+            return cls(vsid=vsid, prefixes=prefixes, gateways=gateways)
+        except ModelError as exc:
+            raise exc.within(where) from None
+
+
+@dataclass(frozen=True)
+class RoutingDomain:
+    name: str
+    route_targets: tuple[str, ...]
+    subnets: tuple[VirtualSubnet, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "name")
+        if not self.route_targets:
+            raise ModelError("route_targets", [], "a routing domain needs at least one route target")
+        for i, rt in enumerate(self.route_targets):
+            if not ROUTE_TARGET_RE.match(rt):
+                raise ModelError(f"route_targets[{i}]", rt, "must be 'ASN:number' or 'IPv4:number'")
+        seen: dict[int, int] = {}
+        for i, subnet in enumerate(self.subnets):
+            if subnet.vsid in seen:
+                raise ModelError(f"subnets[{i}].vsid", subnet.vsid, f"already used by subnets[{seen[subnet.vsid]}]")
+            seen[subnet.vsid] = i
+        for i, a in enumerate(self.subnets):
+            for j, b in enumerate(self.subnets[:i]):
+                for pa in a.prefixes:
+                    for pb in b.prefixes:
+                        if pa.overlaps(pb):
+                            raise ModelError(f"subnets[{i}].prefixes", str(pa), f"overlaps subnets[{j}] ({pb})")
+
+    def subnet(self, vsid: int) -> VirtualSubnet | None:
+        return next((s for s in self.subnets if s.vsid == vsid), None)
+
+    @classmethod
+    def from_dict(cls, body: Any, name: str | None = None, where: str = "") -> RoutingDomain:
+        body = _mapping(body, where)
+        _reject_unknown(body, {"name", "route_targets", "subnets"}, where)
+        if name is not None and body.get("name", name) != name:
+            raise ModelError(_at(where, "name"), body.get("name"), f"does not match the name in the path ({name})")
+        rd_name = check_name(body.get("name", name), _at(where, "name"))
+        rts = _list(body.get("route_targets"), _at(where, "route_targets"))
+        if not all(isinstance(rt, str) for rt in rts):
+            raise ModelError(_at(where, "route_targets"), rts, "must be a list of strings")
+        subnets = tuple(
+            VirtualSubnet.from_dict(s, f"{_at(where, 'subnets')}[{i}]")
+            for i, s in enumerate(_list(body.get("subnets"), _at(where, "subnets")))
+        )
+        try:
+            return cls(name=rd_name, route_targets=tuple(rts), subnets=subnets)
+        except ModelError as exc:
+            raise exc.within(where) from None
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    interface: str  # the host side of the VM's interface (tap or veth)
+    mac: str
+    vsid: int
+    addresses: tuple[Address, ...]  # the VM's customer addresses (CAs)
+    mtu: int | None = None  # None: derived from the underlay MTU and the encapsulation overhead
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "name", PORT_NAME_RE)
+        check_name(self.interface, "interface", IFNAME_RE)
+        check_mac(self.mac, "mac")
+        check_vsid(self.vsid, "vsid")
+        if not self.addresses:
+            raise ModelError("addresses", [], "a port needs at least one customer address")
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ModelError("addresses", [str(a) for a in self.addresses], "contains a duplicate")
+        if self.mtu is not None and not 1280 <= self.mtu <= 9000:
+            raise ModelError("mtu", self.mtu, "must be in 1280..9000 (1280: the IPv6 minimum)")
+
+    @classmethod
+    def from_dict(cls, body: Any, name: str | None = None, where: str = "") -> Port:
+        body = _mapping(body, where)
+        _reject_unknown(body, {"name", "interface", "mac", "vsid", "addresses", "mtu"}, where)
+        if name is not None and body.get("name", name) != name:
+            raise ModelError(_at(where, "name"), body.get("name"), f"does not match the name in the path ({name})")
+        port_name = check_name(body.get("name", name), _at(where, "name"), PORT_NAME_RE)
+        addresses = tuple(
+            check_address(a, f"{_at(where, 'addresses')}[{i}]")
+            for i, a in enumerate(_list(body.get("addresses"), _at(where, "addresses")))
+        )
+        mtu = body.get("mtu")
+        if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)):
+            raise ModelError(_at(where, "mtu"), mtu, "must be an integer")
+        try:
+            return cls(
+                name=port_name,
+                interface=check_name(body.get("interface"), _at(where, "interface"), IFNAME_RE),
+                mac=check_mac(body.get("mac"), _at(where, "mac")),
+                vsid=check_vsid(body.get("vsid"), _at(where, "vsid")),
+                addresses=addresses,
+                mtu=mtu,
+            )
+        except ModelError as exc:
+            raise exc.within(where) from None
+
+
+@dataclass(frozen=True)
+class CustomerRoute:
+    """A prefix routed inside a routing domain: to a next-hop CA, or on-link when next_hop is None."""
+
+    prefix: Network
+    next_hop: Address | None = None
+    metric: int = 0
+
+    def __post_init__(self) -> None:
+        if self.next_hop is not None and self.next_hop.version != self.prefix.version:
+            raise ModelError("next_hop", str(self.next_hop), f"is not of the same family as {self.prefix}")
+        if not 0 <= self.metric <= 0xFFFFFFFF:
+            raise ModelError("metric", self.metric, "must be in 0..4294967295")
+
+
+@dataclass(frozen=True)
+class LookupRecord:
+    """What a host knows about one customer address: HNV's Get-NetVirtualizationLookupRecord row."""
+
+    routing_domain: str
+    vsid: int
+    ca: Address
+    mac: str
+    pa: Address | None = None  # the provider address of the host that has the CA; None for local ports
+    local: bool = False
+    port: str | None = None  # the local port's name, for local records
