@@ -14,7 +14,7 @@ from bgp.routes import (
 )
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures"))
-from bgp_samples import EBGP, IBGP, RD, TWO_OCTET, body, fixture_bytes, mac_route, prefix_route  # noqa: E402
+from bgp_samples import EBGP, FIXTURES, IBGP, RD, TWO_OCTET, body, fixture_bytes, mac_route, prefix_route  # noqa: E402
 
 PEER = PeerRef(IPv4Address("192.0.2.2"), IPv4Address("192.0.2.2"), 65000)
 
@@ -361,3 +361,44 @@ def test_withdrawal_only_update_carries_no_attributes():
     attributes_length = int.from_bytes(payload[2:4], "big")
     assert payload[4:6] == bytes.fromhex("800f") and attributes_length == len(payload) - 4
     assert payload[4 + 3 : 4 + 6] == bytes.fromhex("0019 46")  # only MP_UNREACH_NLRI (RFC 4760 4)
+
+
+# ---------------------------------------------------------------- messages captured from GoBGP
+
+
+def gobgp_messages() -> list[tuple[str, bytes]]:
+    text = (FIXTURES / "gobgp_evpn.txt").read_text()
+    return [(kind, bytes.fromhex(data)) for kind, data in
+            (line.split() for line in text.splitlines() if line and not line.startswith("#"))]
+
+
+GOBGP_ROUTES = [
+    mac_route(),
+    prefix_route(router_mac="02:00:00:00:00:aa"),
+    mac_route(mac="02:00:00:00:00:02", ip="2001:db8:1::5", next_hop="2001:db8::11"),
+    prefix_route(prefix="2001:db8:1::/64", next_hop="2001:db8::11"),
+]
+
+
+def test_gobgp_updates_decode_to_the_routes_it_was_given():
+    updates = [payload for kind, payload in gobgp_messages() if kind == "UPDATE"]
+    decoded = [wire.decode_update(IBGP, payload) for payload in updates]
+    assert all(result.errors == [] for result in decoded)
+    assert [p.route for result in decoded for p in result.announced] == GOBGP_ROUTES
+    assert {p.attrs.origin for result in decoded for p in result.announced} == {Origin.INCOMPLETE}
+    assert {p.attrs.tunnel_type for result in decoded for p in result.announced} == {wire.NVGRE_TUNNEL_TYPE}
+
+
+def test_our_nlri_bytes_equal_gobgps():
+    updates = [payload for kind, payload in gobgp_messages() if kind == "UPDATE"]
+    for route, payload in zip(GOBGP_ROUTES, updates):
+        ours = wire.decode_raw_update(IBGP, body(wire.encode_update(IBGP, [route])[0]))
+        theirs = wire.decode_raw_update(IBGP, payload)
+        assert ours.announced == theirs.announced and ours.next_hop == theirs.next_hop
+
+
+def test_gobgp_open():
+    [payload] = [payload for kind, payload in gobgp_messages() if kind == "OPEN"]
+    caps = wire.decode_open(payload, expected_asn=65000)
+    assert caps.router_id == IPv4Address("198.51.100.11") and caps.hold_time == 90
+    assert caps.families == frozenset({Family.L2VPN_EVPN}) and caps.four_octet and caps.route_refresh
