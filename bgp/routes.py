@@ -12,12 +12,12 @@ import enum
 import ipaddress
 from dataclasses import dataclass, fields
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from bgp.errors import RouteValueError
 
-Address = Union[IPv4Address, IPv6Address]
-Network = Union[IPv4Network, IPv6Network]
+Address = IPv4Address | IPv6Address
+Network = IPv4Network | IPv6Network
 
 VSID_MAX = (1 << 24) - 1  # RFC 7637 section 3.2 / RFC 8365 5.1.3: the VSID is 24 bits
 ZERO_ESI = bytes(10)  # RFC 7432 section 5: ESI 0 means single-homed
@@ -224,7 +224,7 @@ class OpaqueEvpnKey(NamedTuple):
         return Family.L2VPN_EVPN
 
 
-RouteKey = Union[MacIpKey, PrefixKey, UnicastKey, OpaqueEvpnKey]
+RouteKey = MacIpKey | PrefixKey | UnicastKey | OpaqueEvpnKey
 
 
 # ---------------------------------------------------------------- routes
@@ -330,7 +330,7 @@ class UnicastRoute:
         return UnicastKey(self.prefix)
 
 
-Route = Union[MacIpRoute, PrefixRoute, UnicastRoute]
+Route = MacIpRoute | PrefixRoute | UnicastRoute
 
 
 def _unchecked_constructor(cls):

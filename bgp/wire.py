@@ -18,7 +18,8 @@ import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
+from collections.abc import Iterable, Sequence
 
 from exabgp.bgp.message import Open as _ExaOpen
 from exabgp.bgp.message import Update as _ExaUpdate
@@ -432,7 +433,9 @@ def negotiate(local: Capabilities, remote: Capabilities) -> Negotiated:
         raise OpenError(3, b"", f"peer uses our BGP identifier {local.router_id} inside AS {local.asn}")
     families = local.families & remote.families
     if not families:
-        wanted = b"".join(struct.pack("!BBHBB", 1, 4, f.afi, 0, f.safi) for f in sorted(local.families, key=lambda f: f.value))
+        # RFC 5492 section 5: the data lists the capabilities we wanted (our multiprotocol ones).
+        ours = sorted(local.families, key=lambda f: f.value)
+        wanted = b"".join(struct.pack("!BBHBB", 1, 4, f.afi, 0, f.safi) for f in ours)
         raise OpenError(7, wanted, "no address family in common")
     four_octet = local.four_octet and remote.four_octet
     hold_time = min(local.hold_time, remote.hold_time)
@@ -836,7 +839,7 @@ def _as_path(value: bytes, width: int) -> tuple[AsSegment, ...] | None:
     """AS_PATH segments (RFC 4271 section 4.3), or None if malformed (RFC 7606 section 7.2)."""
     segments = []
     pos = 0
-    fmt = "!%d" + ("I" if width == 4 else "H")
+    fmt = "!{}" + ("I" if width == 4 else "H")
     while pos < len(value):
         if pos + 2 > len(value):
             return None
@@ -844,7 +847,7 @@ def _as_path(value: bytes, width: int) -> tuple[AsSegment, ...] | None:
         end = pos + 2 + count * width
         if kind not in (AS_SET, AS_SEQUENCE, 3, 4) or count == 0 or end > len(value):
             return None
-        asns = struct.unpack(fmt % count, value[pos + 2 : end])
+        asns = struct.unpack(fmt.format(count), value[pos + 2 : end])
         if kind in (AS_SET, AS_SEQUENCE):  # confederation segments (3, 4) do not count (RFC 5065 5.3)
             segments.append(AsSegment(kind, asns))
         pos = end
@@ -905,7 +908,7 @@ def _read_attribute(negotiated: Negotiated, attrs: _Attrs, code: int, value: byt
     elif code == _COMMUNITIES:
         if length == 0 or length % 4:
             return "COMMUNITIES length is not a non-zero multiple of 4 (RFC 7606 section 7.8)"
-        attrs.communities = struct.unpack("!%dI" % (length // 4), value)
+        attrs.communities = struct.unpack(f"!{length // 4}I", value)
     elif code == _ORIGINATOR_ID:
         if length != 4:
             return "ORIGINATOR_ID length is not 4 (RFC 7606 section 7.9)"
@@ -980,7 +983,8 @@ def _walk_attributes(negotiated: Negotiated, body: bytes, start: int, end: int, 
         if code in seen:
             if code in (_MP_REACH, _MP_UNREACH):
                 raise _Reset(SUBCODE_MALFORMED_ATTRIBUTE_LIST, "MP_REACH/MP_UNREACH repeated (RFC 7606 3 g)", raw)
-            errors.append(UpdateError(ATTRIBUTE_DISCARD, f"attribute {code} repeated (RFC 7606 section 3 g)", raw.hex()))
+            reason = f"attribute {code} repeated (RFC 7606 section 3 g)"
+            errors.append(UpdateError(ATTRIBUTE_DISCARD, reason, raw.hex()))
             continue
         seen.add(code)
         if code != _MP_REACH and code != _MP_UNREACH:
@@ -1269,7 +1273,8 @@ def _decode_update(negotiated: Negotiated, body: bytes, source: PeerRef | None, 
         result.eor = Family.IPV4_UNICAST  # RFC 4724 section 2: an empty UPDATE
         return
     if nlri and Family.IPV4_UNICAST not in negotiated.families:
-        errors.append(UpdateError(ATTRIBUTE_DISCARD, "IPv4 NLRI but IPv4 unicast not negotiated", body[attributes_end:].hex()))
+        reason = "IPv4 NLRI but IPv4 unicast not negotiated"
+        errors.append(UpdateError(ATTRIBUTE_DISCARD, reason, body[attributes_end:].hex()))
         nlri = []
     reaches = attrs.reach is not None and bool(attrs.reach[2])
     if not reaches and not nlri:

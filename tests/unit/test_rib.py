@@ -108,7 +108,8 @@ def test_shorter_cluster_list_then_lower_peer_address():
     b = path(peer(2, router_id="10.0.0.5"), originator_id=IPv4Address("10.0.0.5"),
              cluster_list=(IPv4Address("3.3.3.3"),))
     assert best(a, b) == (b, BestPathReason.CLUSTER_LIST_LENGTH)
-    c = path(peer(3, router_id="10.0.0.5"), originator_id=IPv4Address("10.0.0.5"), cluster_list=(IPv4Address("4.4.4.4"),))
+    c = path(peer(3, router_id="10.0.0.5"), originator_id=IPv4Address("10.0.0.5"),
+             cluster_list=(IPv4Address("4.4.4.4"),))
     assert best(c, b) == (b, BestPathReason.PEER_ADDRESS)
 
 

@@ -47,5 +47,5 @@ def test_without_the_fix_exabgp_rejects_it(monkeypatch):
     assert table[key] == (wire.EVPN_NEXT_HOP_LENGTHS, 0)
     monkeypatch.setitem(table, key, ((4,), 0))
     message = wire.encode_update(IBGP, [mac_route(next_hop="2001:db8::11")])[0]
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="next-hop length 16"):
         wire.reference_decode_update(IBGP, body(message))

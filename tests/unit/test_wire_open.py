@@ -11,7 +11,9 @@ from bgp import wire
 from bgp.errors import MessageHeaderError, OpenError
 from bgp.routes import Family
 
-GR = wire.GracefulRestart(120, restarting=True, families=frozenset({(Family.L2VPN_EVPN, True), (Family.IPV4_UNICAST, False)}))
+GR = wire.GracefulRestart(
+    120, restarting=True, families=frozenset({(Family.L2VPN_EVPN, True), (Family.IPV4_UNICAST, False)})
+)
 
 
 def caps(**changes) -> wire.Capabilities:

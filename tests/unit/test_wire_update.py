@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import struct
 import sys
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from ipaddress import IPv4Address, ip_network
 
 import pytest
 
 from bgp import wire
 from bgp.routes import (
-    AsSegment, Family, MacIpKey, Origin, Path, PathAttributes, PeerRef, PrefixKey, UnicastKey, UnicastRoute,
+    AsSegment, Family, MacIpKey, Origin, Path, PathAttributes, PeerRef, UnicastKey, UnicastRoute,
 )
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures"))
@@ -251,7 +251,7 @@ def test_malformed_evpn_route_is_treat_as_withdraw(bad, reason):
 
 def test_exabgp_itself_raises_on_that_route():
     # The reason we do not decode with ExaBGP: it resets the session where RFC 7606 does not.
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="IP field length is given as 24 bits"):
         wire.reference_decode_update(IBGP, _update_body(BASE + _evpn_reach(_type2(1), _type2(2, 24))))
 
 
@@ -391,7 +391,7 @@ def test_gobgp_updates_decode_to_the_routes_it_was_given():
 
 def test_our_nlri_bytes_equal_gobgps():
     updates = [payload for kind, payload in gobgp_messages() if kind == "UPDATE"]
-    for route, payload in zip(GOBGP_ROUTES, updates):
+    for route, payload in zip(GOBGP_ROUTES, updates, strict=True):
         ours = wire.decode_raw_update(IBGP, body(wire.encode_update(IBGP, [route])[0]))
         theirs = wire.decode_raw_update(IBGP, payload)
         assert ours.announced == theirs.announced and ours.next_hop == theirs.next_hop
