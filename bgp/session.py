@@ -19,7 +19,8 @@ import socket
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from bgp import fsm, wire
 
@@ -94,7 +95,7 @@ class PeerSettings:
 class PeerEvent:
     """What the owner task receives: which peer, and what happened on its chosen connection."""
 
-    peer: "Peer"
+    peer: Peer
     event: fsm.Event
 
 
@@ -116,7 +117,7 @@ class Inbox:
 class Connection:
     """One TCP connection and its FSM; an asyncio Protocol that stays a byte pump."""
 
-    def __init__(self, peer: "Peer", side: fsm.Side, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, peer: Peer, side: fsm.Side, loop: asyncio.AbstractEventLoop) -> None:
         self.peer = peer
         self.side = side
         self.loop = loop
@@ -299,7 +300,7 @@ class Peer:
                     await self._sleep(delay)
                     continue
                 self.connections.append(conn)
-                await loop.connect_accepted_socket(lambda: conn, sock)
+                await loop.connect_accepted_socket(lambda conn=conn: conn, sock)
             # Wait until our connection goes away, then back off before dialling again.
             self._wake.clear()
             await self._wake.wait()
@@ -309,7 +310,7 @@ class Peer:
     async def _sleep(self, delay: float) -> None:
         try:
             await asyncio.wait_for(self._stop_event(), delay)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _stop_event(self) -> None:
@@ -328,7 +329,7 @@ class Peer:
             if s.local_address:
                 sock.bind((s.local_address, 0))
             await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (s.address, s.port)), CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, OSError) as err:
             sock.close()
             if isinstance(err, asyncio.TimeoutError):
                 raise OSError(errno.ETIMEDOUT, "connect timed out") from None
@@ -345,7 +346,8 @@ class Peer:
             if self.established is not None:
                 conn.stop(fsm.ERR_CEASE, fsm.CEASE_COLLISION, "already established")
                 return
-            if any(c is not conn and c.state in (fsm.State.OPEN_SENT, fsm.State.OPEN_CONFIRM) for c in self.connections):
+            opening = (fsm.State.OPEN_SENT, fsm.State.OPEN_CONFIRM)
+            if any(c is not conn and c.state in opening for c in self.connections):
                 # RFC 4271 6.8: the other connection may still turn out to be the one to keep (its OPEN is
                 # not in yet). Hold this one back briefly, so the owner never sees a session that the
                 # collision rule then closes.
@@ -363,7 +365,8 @@ class Peer:
                 conn.deliver(event)
             else:
                 conn.held = None
-                log.info("peer %s: %s connection closed before Established: %s", self.name, conn.side.value, event.reason)
+                log.info("peer %s: %s connection closed before Established: %s",
+                         self.name, conn.side.value, event.reason)
                 for other in self.connections:
                     if other.held is not None:
                         self._promote(other)
@@ -477,7 +480,7 @@ async def _refuse(conn: socket.socket) -> None:
     try:
         notification = wire.encode_notification(fsm.ERR_CEASE, fsm.CEASE_CONNECTION_REJECTED, b"")
         await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(conn, notification), 2.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         pass
     finally:
         conn.close()

@@ -21,7 +21,8 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 from dataclasses import replace
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 from bgp import fsm, rib, wire
 from bgp.config import SpeakerConfig
@@ -292,7 +293,8 @@ class Speaker:
                 state = self._graceful.setdefault(peer.settings.address, _GracefulState(set()))
                 state.families |= families
                 self._arm_graceful_timer(peer, state, graceful.restart_time)
-                log.info("peer %s: keeping its routes stale for up to %d s (graceful restart)", peer.name, graceful.restart_time)
+                log.info("peer %s: keeping its routes stale for up to %d s (graceful restart)",
+                         peer.name, graceful.restart_time)
             else:
                 notices += self._rib_drop(peer, None)
         self._publish(notices)
@@ -301,7 +303,8 @@ class Speaker:
         if state.timer is not None:
             state.timer.cancel()
         loop = asyncio.get_running_loop()
-        state.timer = loop.call_later(seconds, lambda: loop.create_task(self._call(lambda: self._graceful_expired(peer))))
+        expire = lambda: self._graceful_expired(peer)  # noqa: E731
+        state.timer = loop.call_later(seconds, lambda: loop.create_task(self._call(expire)))
 
     def _graceful_expired(self, peer: Peer) -> None:
         state = self._graceful.pop(peer.settings.address, None)

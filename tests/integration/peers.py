@@ -18,7 +18,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
 
 import yaml
 
@@ -118,7 +119,7 @@ class Lab:
     def logs(self) -> str:
         parts = []
         for proc in self.processes:
-            for log in getattr(proc, "logs", lambda: [proc.log])():
+            for log in (proc.logs() if hasattr(proc, "logs") else [proc.log]):
                 if log.exists():
                     parts.append(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)
@@ -158,7 +159,7 @@ class Speaker:
         self._reader: threading.Thread | None = None
         lab.processes.append(self)
 
-    def start(self, *extra: str) -> "Speaker":
+    def start(self, *extra: str) -> Speaker:
         argv = [sys.executable, "-m", "nvfabric.cli", "bgp", "speak", "--config", str(self.config_path), *extra]
         self._stderr = open(self.log, "ab")
         self.proc = subprocess.Popen(

@@ -27,7 +27,7 @@ def gr_config(router_id: str, neighbours: list[dict], routes: list[dict], listen
 
 def assert_no_storm(speaker: Speaker, since: int) -> None:
     later = speaker.lines[since:]
-    assert [l for l in later if "action" in l] == [], later
+    assert [line for line in later if "action" in line] == [], later
 
 
 def test_graceful_restart_with_our_speaker_as_helper(lab: Lab):
@@ -41,11 +41,11 @@ def test_graceful_restart_with_our_speaker_as_helper(lab: Lab):
     mark = len(h2.lines)
 
     h1.kill()
-    wait_for(lambda: any(l.get("event") == "down" for l in h2.lines[mark:]), 10, what="h2 notices h1 is gone")
+    wait_for(lambda: any(line.get("event") == "down" for line in h2.lines[mark:]), 10, what="h2 notices h1 is gone")
     assert h2.routes(), "the helper must keep the restarting peer's routes"
 
     h1.start()
-    wait_for(lambda: any(l.get("event") == "end-of-rib" for l in h2.lines[mark:]), 20, what="h1 back, End-of-RIB")
+    wait_for(lambda: any(line.get("event") == "end-of-rib" for line in h2.lines[mark:]), 20, what="h1 back, End-of-RIB")
     time.sleep(0.5)  # let anything that would follow the End-of-RIB arrive
     assert h2.routes() and len(h2.routes()) == 1
     assert_no_storm(h2, mark)
@@ -145,7 +145,7 @@ def test_malformed_evpn_nlri_does_not_bring_the_session_down(lab: Lab):
     # The session is still up: our speaker keeps talking (no NOTIFICATION, keepalives keep coming).
     for kind, _ in read_messages(sock, 3, timeout=15):
         assert kind != wire.MessageType.NOTIFICATION
-    assert not any(l.get("event") == "down" for l in h1.lines)
+    assert not any(line.get("event") == "down" for line in h1.lines)
     log = h1.log.read_text()
     assert "malformed UPDATE" in log and RAW in log and malformed_evpn_update()[19:].hex() in log
     sock.close()
@@ -166,7 +166,7 @@ def test_dynamic_neighbour_accepted_and_outsider_gets_notification(lab: Lab):
     h1 = Speaker(lab, h1_ns, "h1", cfg).start()
     h2 = Speaker(lab, h2_ns, "h2", gr_config(H2, [{"address": H1, "asn": 65000}], [ROUTE])).start()
     wait_for(lambda: h1.routes(), 20, what="route from the dynamic neighbour")
-    assert any(l.get("event") == "established" and H2 in l["peer"] for l in h1.lines)
+    assert any(line.get("event") == "established" and H2 in line["peer"] for line in h1.lines)
 
     def refused() -> tuple[int, bytes] | None:
         try:

@@ -49,7 +49,7 @@ def test_route_from_two_reflectors_is_one_route_until_both_withdraw(lab: Lab):
     # One reflector goes away: the route stays (the other still has it).
     gobgp_proc = next(p for p in lab.processes if getattr(p, "argv", [""])[0] == "gobgpd")
     gobgp_proc.stop()
-    wait_for(lambda: any(l.get("event") == "down" for l in h2.lines), 15, what="h2 loses the GoBGP session")
+    wait_for(lambda: any(line.get("event") == "down" for line in h2.lines), 15, what="h2 loses the GoBGP session")
     assert h2.routes() and h2.changes("withdraw") == []
 
     # The origin withdraws: the remaining reflector carries it, the stream says so once.

@@ -135,7 +135,7 @@ def test_collision_keeps_the_connection_from_the_higher_identifier():
 def test_backoff_grows_exponentially_with_jitter_and_resets():
     backoff = fsm.Backoff(initial=1.0, maximum=8.0, jitter=0.5, rng=random.Random(1))
     delays = [backoff.next_delay() for _ in range(6)]
-    for delay, base in zip(delays, [1, 2, 4, 8, 8, 8]):
+    for delay, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
         assert base * 0.5 <= delay <= base
     backoff.reset()
     assert backoff.next_delay() <= 1.0

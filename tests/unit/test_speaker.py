@@ -200,10 +200,12 @@ async def test_connection_collision_leaves_one_session():
         s.bind(("127.0.0.1", 0))
         ports.append(s.getsockname()[1])
         s.close()
-    a = Client(cfg("198.51.100.1", listen={"address": "127.0.0.11", "port": ports[0]},
-                   neighbours=[{"address": "127.0.0.12", "asn": 65000, "port": ports[1], "local_address": "127.0.0.11"}]))
-    b = Client(cfg("198.51.100.2", listen={"address": "127.0.0.12", "port": ports[1]},
-                   neighbours=[{"address": "127.0.0.11", "asn": 65000, "port": ports[0], "local_address": "127.0.0.12"}]))
+    def both_ways(router_id: str, me: str, my_port: int, other: str, other_port: int) -> Client:
+        return Client(cfg(router_id, listen={"address": me, "port": my_port},
+                          neighbours=[{"address": other, "asn": 65000, "port": other_port, "local_address": me}]))
+
+    a = both_ways("198.51.100.1", "127.0.0.11", ports[0], "127.0.0.12", ports[1])
+    b = both_ways("198.51.100.2", "127.0.0.12", ports[1], "127.0.0.11", ports[0])
     await a.start()
     await b.start()
     try:
