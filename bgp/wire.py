@@ -636,6 +636,10 @@ def _nlri_bytes(item: Route | RouteKey) -> bytes:
     if isinstance(item, (UnicastRoute, UnicastKey)):
         prefix = item.prefix  # RFC 4271 section 4.3: length in bits, then the minimal octets
         return bytes([prefix.prefixlen]) + prefix.network_address.packed[: (prefix.prefixlen + 7) // 8]
+    if isinstance(item, OpaqueEvpnKey):
+        # A type-1 key lacks its label (RFC 7432 7.1); a zero label is as good for a withdrawal.
+        value = item.value + (b"\x00\x00\x00" if item.route_type == 1 else b"")
+        return bytes([item.route_type, len(value)]) + value
     full = isinstance(item, (MacIpRoute, PrefixRoute))
     esi = item.esi if full else ZERO_ESI
     # RFC 8365 section 5.1.3: the 24-bit VSID fills the MPLS label field as is (no shift, no BoS bit).
@@ -779,12 +783,13 @@ class _Reset(Exception):
 # Attribute type codes (RFC 4271 section 5, RFC 4456, RFC 4760, RFC 4360).
 _ORIGIN, _AS_PATH, _NEXT_HOP, _MED, _LOCAL_PREF, _ATOMIC_AGGREGATE, _AGGREGATOR = 1, 2, 3, 4, 5, 6, 7
 _COMMUNITIES, _ORIGINATOR_ID, _CLUSTER_LIST, _MP_REACH, _MP_UNREACH, _EXT_COMMUNITIES = 8, 9, 10, 14, 15, 16
+_AS4_PATH = 17  # RFC 6793
 
 # RFC 7606 section 3 (c): the Optional bit must match the attribute's category, else treat-as-withdraw.
 _OPTIONAL_BIT = {
     _ORIGIN: False, _AS_PATH: False, _NEXT_HOP: False, _LOCAL_PREF: False, _ATOMIC_AGGREGATE: False,
     _MED: True, _AGGREGATOR: True, _COMMUNITIES: True, _ORIGINATOR_ID: True, _CLUSTER_LIST: True,
-    _MP_REACH: True, _MP_UNREACH: True, _EXT_COMMUNITIES: True,
+    _MP_REACH: True, _MP_UNREACH: True, _EXT_COMMUNITIES: True, _AS4_PATH: True,
 }
 
 # Next-hop lengths we accept per family (RFC 4760 section 3, RFC 2545 section 3, RFC 8365 5.1.3).
@@ -801,6 +806,7 @@ class _Attrs:
     __slots__ = (
         "origin", "as_path", "next_hop", "med", "local_pref", "originator_id", "cluster_list",
         "communities", "ext", "reach", "unreach", "withdraw_reason", "count", "passthrough", "reach_next_hop",
+        "as4_path",
     )
 
     def __init__(self) -> None:
@@ -819,6 +825,7 @@ class _Attrs:
         self.count = 0
         self.passthrough: list[bytes] = []  # raw attributes other than MP_REACH/MP_UNREACH, for reflection
         self.reach_next_hop = b""  # the raw MP_REACH next-hop field
+        self.as4_path: tuple[AsSegment, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -999,6 +1006,8 @@ def _walk_attributes(negotiated: Negotiated, body: bytes, start: int, end: int, 
             error = _read_mp_reach(negotiated, attrs, value, raw)
         elif code == _MP_UNREACH:
             error = _read_mp_unreach(negotiated, attrs, value, raw)
+        elif code == _AS4_PATH:
+            error = _read_as4_path(negotiated, attrs, value, raw)
         elif code == _ATOMIC_AGGREGATE or code == _AGGREGATOR:
             error = _check_discardable(negotiated, code, value, raw)
         else:
@@ -1008,7 +1017,39 @@ def _walk_attributes(negotiated: Negotiated, body: bytes, start: int, end: int, 
                 attrs.withdraw_reason = reason
         if error is not None:
             errors.append(error)
+    if attrs.as4_path is not None and attrs.as_path is not None:
+        attrs.as_path = _merge_as4_path(attrs.as_path, attrs.as4_path)
     return attrs
+
+
+def _read_as4_path(negotiated: Negotiated, attrs: _Attrs, value: bytes, raw: bytes) -> UpdateError | None:
+    # RFC 6793 section 4.2.2: AS4_PATH matters only on a 2-octet session (a 4-octet speaker ignores
+    # it); a malformed one is discarded (section 6), the AS_PATH then stands alone.
+    if negotiated.four_octet:
+        return None
+    attrs.as4_path = _as_path(value, 4)
+    if attrs.as4_path is None:
+        return UpdateError(ATTRIBUTE_DISCARD, "AS4_PATH malformed (RFC 6793 section 6)", raw.hex())
+    return None
+
+
+def _merge_as4_path(as_path: tuple[AsSegment, ...], as4_path: tuple[AsSegment, ...]) -> tuple[AsSegment, ...]:
+    """RFC 6793 section 4.2.3: keep as many leading ASes of AS_PATH as AS4_PATH lacks, then AS4_PATH.
+    If AS_PATH is the shorter, AS4_PATH is ignored. An AS_SET counts as one AS."""
+    def length(path: tuple[AsSegment, ...]) -> int:
+        return sum(len(s.asns) if s.kind == AS_SEQUENCE else 1 for s in path)
+
+    missing = length(as_path) - length(as4_path)
+    if missing < 0:
+        return as_path
+    leading: list[AsSegment] = []
+    for segment in as_path:
+        if missing <= 0:
+            break
+        size = len(segment.asns) if segment.kind == AS_SEQUENCE else 1
+        leading.append(segment if size <= missing else AsSegment(segment.kind, segment.asns[:missing]))
+        missing -= size
+    return tuple(leading) + as4_path
 
 
 def _check_discardable(negotiated: Negotiated, code: int, value: bytes, raw: bytes) -> UpdateError | None:

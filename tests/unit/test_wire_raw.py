@@ -98,3 +98,5 @@ def test_raw_path_carries_route_types_we_do_not_model():
     assert keys[0] == OpaqueEvpnKey(3, type3[2:]) and keys[1] == OpaqueEvpnKey(1, type1[2:-3])  # label not key
     again = wire.encode_raw_update(Family.L2VPN_EVPN, raw.attributes, raw.next_hop, [n.raw for n in raw.announced])
     assert [n.key for n in wire.decode_raw_update(IBGP, body(again[0])).announced] == keys
+    withdrawal = wire.encode_update(IBGP, [], keys)
+    assert [n.key for n in wire.decode_raw_update(IBGP, body(withdrawal[0])).withdrawn] == keys

@@ -402,3 +402,24 @@ def test_gobgp_open():
     caps = wire.decode_open(payload, expected_asn=65000)
     assert caps.router_id == IPv4Address("198.51.100.11") and caps.hold_time == 90
     assert caps.families == frozenset({Family.L2VPN_EVPN}) and caps.four_octet and caps.route_refresh
+
+
+def test_as4_path_restores_four_octet_ases_on_a_two_octet_session():
+    # RFC 6793 4.2.3: AS_PATH 65001 AS_TRANS AS_TRANS + AS4_PATH (4200000000 4200000001).
+    attrs = PathAttributes(as_path=(AsSegment(2, (65001, 4200000000, 4200000001)),))
+    path = roundtrip(mac_route(), TWO_OCTET, attrs)
+    assert path.attrs.as_path == attrs.as_path
+
+
+def test_as4_path_longer_than_as_path_is_ignored():
+    as_path = bytes.fromhex("400204 0201 fde9")  # one AS: 65001
+    as4_path = bytes.fromhex("c0110a 0202 fa56ea00 fa56ea01")  # two ASes
+    payload = _update_body(bytes.fromhex("40010100") + as_path + as4_path + _evpn_reach(_type2(1)))
+    result = wire.decode_update(TWO_OCTET, payload)
+    assert result.errors == [] and result.announced[0].attrs.as_path == (AsSegment(2, (65001,)),)
+
+
+def test_malformed_as4_path_is_discarded():
+    payload = _update_body(bytes.fromhex("40010100 400204 0201 fde9 c01103 0205 00") + _evpn_reach(_type2(1)))
+    result = wire.decode_update(TWO_OCTET, payload)
+    assert [e.action for e in result.errors] == [wire.ATTRIBUTE_DISCARD] and len(result.announced) == 1
