@@ -261,6 +261,8 @@ class Peer:
     async def stop(self, subcode: int = fsm.CEASE_ADMIN_SHUTDOWN) -> None:
         self._stopped = True
         self._wake.set()
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
         await cancel(self._task)
         for conn in list(self.connections):
             conn.stop(fsm.ERR_CEASE, subcode, "administrative stop")
@@ -461,7 +463,13 @@ class Listener:
         loop = asyncio.get_running_loop()
         assert self.sock is not None
         while True:
-            conn, addr = await loop.sock_accept(self.sock)
+            try:
+                conn, addr = await loop.sock_accept(self.sock)
+            except OSError as err:
+                # e.g. EMFILE: keep listening rather than silently stop accepting.
+                log.error("accept on %s:%d failed: %s", self.address, self.port, err)
+                await asyncio.sleep(1.0)
+                continue
             remote = addr[0]
             if remote.startswith("::ffff:"):
                 remote = remote[7:]

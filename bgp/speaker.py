@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from dataclasses import dataclass
-from dataclasses import replace
-from typing import Any
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from bgp import fsm, rib, wire
 from bgp.config import SpeakerConfig
