@@ -423,3 +423,28 @@ def test_malformed_as4_path_is_discarded():
     payload = _update_body(bytes.fromhex("40010100 400204 0201 fde9 c01103 0205 00") + _evpn_reach(_type2(1)))
     result = wire.decode_update(TWO_OCTET, payload)
     assert [e.action for e in result.errors] == [wire.ATTRIBUTE_DISCARD] and len(result.announced) == 1
+
+
+# ---------------------------------------------------------------- messages reflected by FRR
+
+
+def test_frr_reflected_updates_decode_to_what_we_sent():
+    text = (FIXTURES / "frr_reflected_evpn.txt").read_text()
+    messages = [line.split() for line in text.splitlines() if line and not line.startswith("#")]
+    sent = [
+        mac_route(router_mac="02:00:00:00:00:aa", mobility_seq=3),
+        mac_route(mac="02:00:00:00:00:02", ip="2001:db8:1::5", next_hop="2001:db8::11"),
+        prefix_route(prefix="2001:db8:1::/64", next_hop="2001:db8::11"),
+    ]
+    updates = [wire.decode_update(IBGP, bytes.fromhex(data)) for kind, data in messages if kind == "UPDATE"]
+    assert all(result.errors == [] for result in updates)
+    paths = [p for result in updates for p in result.announced]
+    assert [p.route for p in paths] == sent
+    # RFC 4456 section 8: the reflector names the originator and prepends its cluster id.
+    assert {(p.attrs.originator_id, p.attrs.cluster_list, p.attrs.med) for p in paths} == {
+        (IPv4Address("198.51.100.11"), (IPv4Address("192.0.2.100"),), 0)
+    }
+    [open_body] = [bytes.fromhex(data) for kind, data in messages if kind == "OPEN"]
+    caps = wire.decode_open(open_body, expected_asn=65000)
+    assert caps.families == frozenset({Family.L2VPN_EVPN}) and caps.hold_time == 180
+    assert caps.graceful_restart == wire.GracefulRestart(120, restarting=True)  # R bit, no families
