@@ -16,8 +16,8 @@ consumer can wait for End-of-RIB before deleting what it did not relearn.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
 
 from bgp import rib
 from bgp.config import SpeakerConfig

@@ -7,8 +7,9 @@ An UPDATE is encoded once per group and the same bytes object is written to ever
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Protocol, Sequence
+from typing import Protocol
 
 from bgp import wire
 from bgp.routes import Family, Path, RouteKey
