@@ -127,6 +127,7 @@ __all__ = [
     "reference_decode_update",
     "reference_encode_update",
     "reflect_attributes",
+    "typed_key",
     "split_messages",
 ]
 
@@ -1426,11 +1427,17 @@ def _route_from_exa(nlri, ext: _ExtInfo) -> Route | None:
 # raw attribute bytes + (key, raw NLRI bytes) pairs and rebuild UPDATEs from them.
 
 
-@dataclass(frozen=True, slots=True)
-class RawNlri:
-    """One NLRI as received (EVPN: type, length, value; unicast: length, prefix) and its key."""
+class RawNlri(NamedTuple):
+    """One NLRI as received (EVPN: type, length, value; unicast: length, prefix) and its key bytes.
 
-    key: RouteKey
+    key identifies the route within its family with the fields RFC 7432 section 7 and RFC 9136
+    section 3.2 make the key, as on the wire, without building objects: type 2 = route type, RD,
+    Ethernet Tag, MAC, IP length and IP (not ESI, not labels); type 5 = route type, RD, Ethernet Tag,
+    prefix length and prefix; type 1 = the route without its label; other types and unicast = the whole
+    NLRI. typed_key(family, raw) gives the RouteKey when one is wanted (display, the typed RIB).
+    """
+
+    key: bytes
     raw: bytes
 
 
@@ -1450,21 +1457,62 @@ class RawUpdate:
     errors: list[UpdateError] = field(default_factory=list)
 
 
+def _type2_key(data: bytes, s: int, length: int) -> bytes | None:
+    ip_bits = data[s + 29] if length > 29 else -1
+    # The same checks as _evpn_type2 (RFC 7432 section 7.2), on bytes only.
+    if data[s + 22] != 48 or length not in _TYPE2_LENGTHS.get(ip_bits, ()) or data[s] or data[s + 1] > 2:
+        return None
+    return b"\x02" + data[s : s + 8] + data[s + 18 : s + 22] + data[s + 23 : s + 30 + ip_bits // 8]
+
+
+def _type5_key(data: bytes, s: int, length: int) -> bytes | None:
+    width = 4 if length == 34 else 16 if length == 58 else 0
+    # The same checks as _evpn_type5 (RFC 9136 section 3.1), on bytes only.
+    if not width or data[s + 22] > width * 8 or data[s] or data[s + 1] > 2:
+        return None
+    return b"\x05" + data[s : s + 8] + data[s + 18 : s + 23 + width]
+
+
 def _raw_evpn(data: bytes, errors: list[UpdateError]) -> tuple[list[RawNlri], bool]:
     # A reflector forwards every route type, including those we do not model (RFC 4456 section 8).
-    items, _ignored, malformed = _parse_evpn(data, errors, keep_all=True)
-    return [RawNlri(_evpn_key(item), data[start - 2 : end]) for item, start, end in items], malformed
+    spans, _ = _walk_evpn(data, keep_all=True)
+    out = []
+    malformed = False
+    for kind, start, end in spans:
+        if kind == 2:
+            key = _type2_key(data, start, end - start)
+        elif kind == 5:
+            key = _type5_key(data, start, end - start)
+        else:
+            # RFC 7432 section 7.1: a type-1 route's label (its last 3 bytes) is not key.
+            key = data[start - 2 : end - 3 if kind == 1 and end - start >= 3 else end]
+        if key is None:
+            malformed = True
+            errors.append(_malformed_route(kind, data, start, end))
+        else:
+            out.append(RawNlri(key, data[start - 2 : end]))
+    return out, malformed
 
 
 def _raw_prefixes(data: bytes, family: Family) -> list[RawNlri]:
-    prefixes = _parse_prefixes(data, 4 if family is Family.IPV4_UNICAST else 6)
+    prefixes = _parse_prefixes(data, 4 if family is Family.IPV4_UNICAST else 6)  # validates the framing
     out = []
     pos = 0
     for prefix in prefixes:
-        size = 1 + (prefix.prefixlen + 7) // 8
-        out.append(RawNlri(UnicastKey(prefix), data[pos : pos + size]))
-        pos += size
+        raw = data[pos : pos + 1 + (prefix.prefixlen + 7) // 8]
+        out.append(RawNlri(raw, raw))
+        pos += len(raw)
     return out
+
+
+def typed_key(family: Family, raw: bytes) -> RouteKey:
+    """The RouteKey of one raw NLRI (as in RawNlri.raw) of family."""
+    if family is not Family.L2VPN_EVPN:
+        return UnicastKey(_parse_prefixes(raw, 4 if family is Family.IPV4_UNICAST else 6)[0])
+    item = _EVPN_PARSERS.get(raw[0], _evpn_opaque)(raw, 2, len(raw) - 2)
+    if item is None:
+        raise RouteValueError("nlri", raw.hex(), "malformed EVPN route")
+    return _evpn_key(item)
 
 
 def _raw_nlri(family: Family, data: bytes, errors: list[UpdateError]) -> tuple[list[RawNlri], bool]:

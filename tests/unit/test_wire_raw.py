@@ -21,7 +21,9 @@ def test_raw_split_matches_the_typed_decoder():
     raw = wire.decode_raw_update(IBGP, body(message))
     typed = wire.decode_update(IBGP, body(message))
     assert raw.errors == [] and raw.family is Family.L2VPN_EVPN
-    assert [n.key for n in raw.announced] == [p.key for p in typed.announced]
+    assert [wire.typed_key(Family.L2VPN_EVPN, n.raw) for n in raw.announced] == [p.key for p in typed.announced]
+    # The key bytes: route type, RD, Ethernet Tag, MAC, IP length, IP (RFC 7432 7.2; no ESI, no label).
+    assert raw.announced[0].key == bytes.fromhex("02 0001c633640b1389 00000000 020000000001 20 0a010005")
     nlri = raw.announced[0].raw  # type, length and the 37-byte route
     assert len(nlri) == 39 and nlri[:2] == bytes([2, 37]) and nlri in message
     assert raw.next_hop == bytes([198, 51, 100, 11])
@@ -53,6 +55,7 @@ def test_reflected_update_decodes_to_the_same_routes():
     assert all(len(m) <= 4096 for m in messages) and len(messages) >= 3
     decoded = [p for m in messages for p in wire.decode_update(IBGP, body(m)).announced]
     assert len(decoded) == len(routes) and {p.route.key for p in decoded} == {r.key for r in routes}
+    assert len({n for n in raw_nlri}) == len(routes)
     assert {p.attrs.originator_id for p in decoded} == {ORIGINATOR}
     assert {p.attrs.cluster_list for p in decoded} == {(CLUSTER,)}
 
@@ -73,7 +76,8 @@ def test_raw_treat_as_withdraw():
     message = bytearray(body(fixture_bytes("evpn_type2_ipv4.hex")))
     message[message.index(bytes.fromhex("400101")) + 3] = 9  # ORIGIN 9
     raw = wire.decode_raw_update(IBGP, bytes(message))
-    assert raw.announced == [] and [n.key for n in raw.withdrawn] == [mac_route().key]
+    assert raw.announced == []
+    assert [wire.typed_key(Family.L2VPN_EVPN, n.raw) for n in raw.withdrawn] == [mac_route().key]
     assert raw.errors[0].action == wire.TREAT_AS_WITHDRAW
 
 
@@ -94,9 +98,28 @@ def test_raw_path_carries_route_types_we_do_not_model():
     assert wire.decode_update(IBGP, payload).ignored == 2
     raw = wire.decode_raw_update(IBGP, payload)
     assert [n.raw for n in raw.announced] == [type3, type1]
-    keys = [n.key for n in raw.announced]
-    assert keys[0] == OpaqueEvpnKey(3, type3[2:]) and keys[1] == OpaqueEvpnKey(1, type1[2:-3])  # label not key
+    assert [n.key for n in raw.announced] == [type3, type1[:-3]]  # type 1's label is not key
+    keys = [wire.typed_key(Family.L2VPN_EVPN, n.raw) for n in raw.announced]
+    assert keys[0] == OpaqueEvpnKey(3, type3[2:]) and keys[1] == OpaqueEvpnKey(1, type1[2:-3])
     again = wire.encode_raw_update(Family.L2VPN_EVPN, raw.attributes, raw.next_hop, [n.raw for n in raw.announced])
-    assert [n.key for n in wire.decode_raw_update(IBGP, body(again[0])).announced] == keys
+    assert [n.key for n in wire.decode_raw_update(IBGP, body(again[0])).announced] == [type3, type1[:-3]]
     withdrawal = wire.encode_update(IBGP, [], keys)
-    assert [n.key for n in wire.decode_raw_update(IBGP, body(withdrawal[0])).withdrawn] == keys
+    assert [n.key for n in wire.decode_raw_update(IBGP, body(withdrawal[0])).withdrawn] == [type3, type1[:-3]]
+
+
+def test_raw_keys_ignore_what_is_not_key():
+    # Same MAC/IP under the same RD with another VSID, ESI or next hop is the same route (RFC 7432 7.2).
+    variants = [mac_route(), mac_route(vsid=7, esi=bytes(range(10)), next_hop="2001:db8::11")]
+    keys = {wire.decode_raw_update(IBGP, body(wire.encode_update(IBGP, [r])[0])).announced[0].key for r in variants}
+    assert len(keys) == 1
+    assert len({wire.decode_raw_update(IBGP, body(wire.encode_update(IBGP, [mac_route(ip=None)])[0])).announced[0].key}
+               | keys) == 2
+
+
+def test_raw_malformed_evpn_route_is_treat_as_withdraw():
+    good = wire.decode_raw_update(IBGP, body(wire.encode_update(IBGP, [mac_route(), prefix_route()])[0]))
+    payload = bytearray(body(wire.encode_update(IBGP, [mac_route(), prefix_route()])[0]))
+    payload[payload.index(bytes.fromhex("30020000000001")) ] = 40  # MAC length 40
+    raw = wire.decode_raw_update(IBGP, bytes(payload))
+    assert raw.announced == [] and [n.key for n in raw.withdrawn] == [good.announced[1].key]
+    assert [e.action for e in raw.errors] == [wire.TREAT_AS_WITHDRAW]
