@@ -1175,24 +1175,18 @@ def _walk_evpn(data: bytes, keep_all: bool = False) -> tuple[list[tuple[int, int
     return spans, ignored
 
 
-def _parse_evpn(
-    data: bytes, errors: list[UpdateError], keep_all: bool = False
-) -> tuple[list[tuple[_EvpnItem, int, int]], int, bool]:
-    """[(parsed item, start, end)], ignored count, and whether some route was malformed (the UPDATE is
-    then treat-as-withdraw). data[start - 2:end] is the route's raw NLRI. With keep_all, types we do
-    not model come as (type, OpaqueEvpnKey)."""
-    spans, ignored = _walk_evpn(data, keep_all)
-    items = []
-    malformed = False
+def _evpn_keys(data: bytes, errors: list[UpdateError]) -> tuple[list[RouteKey], int]:
+    """Keys of the type-2 and type-5 routes of an EVPN NLRI field (withdrawals, treat-as-withdraw),
+    and how many routes of other types were ignored. Malformed routes are reported and skipped."""
+    spans, ignored = _walk_evpn(data)
+    keys = []
     for kind, start, end in spans:
-        parser = _EVPN_PARSERS.get(kind, _evpn_opaque)
-        item = parser(data, start, end - start)
+        item = _EVPN_PARSERS[kind](data, start, end - start)
         if item is None:
-            malformed = True
             errors.append(_malformed_route(kind, data, start, end))
         else:
-            items.append((item, start, end))
-    return items, ignored, malformed
+            keys.append(_evpn_key(item))
+    return keys, ignored
 
 
 def _malformed_route(kind: int, data: bytes, start: int, end: int) -> UpdateError:
@@ -1227,8 +1221,7 @@ def _evpn_key(item: _EvpnItem) -> RouteKey:
 
 def _keys(family: Family, data: bytes, errors: list[UpdateError]) -> tuple[list[RouteKey], int]:
     if family is Family.L2VPN_EVPN:
-        items, ignored, _ = _parse_evpn(data, errors)
-        return [_evpn_key(item) for item, _, _ in items], ignored
+        return _evpn_keys(data, errors)
     return [UnicastKey(p) for p in _parse_prefixes(data, 4 if family is Family.IPV4_UNICAST else 6)], 0
 
 
