@@ -259,6 +259,8 @@ class Capabilities:
         if not (self.hold_time == 0 or 3 <= self.hold_time <= 0xFFFF):
             raise RouteValueError("hold_time", self.hold_time, "expected 0 or 3..65535 (RFC 4271 section 4.2)")
         object.__setattr__(self, "families", frozenset(self.families))
+        if not all(isinstance(f, Family) for f in self.families):
+            raise RouteValueError("families", self.families, "expected bgp.routes.Family members")
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,7 @@ def test_negotiate_errors():
 @pytest.mark.parametrize(
     "changes, field",
     [({"asn": 0}, "asn"), ({"hold_time": 2}, "hold_time"), ({"router_id": IPv4Address(0)}, "router_id"),
-     ({"asn": 70000, "four_octet": False}, "four_octet")],
+     ({"asn": 70000, "four_octet": False}, "four_octet"), ({"families": frozenset({(25, 70)})}, "families")],
 )
 def test_capabilities_validation_names_the_field(changes, field):
     with pytest.raises(wire.RouteValueError) as info:
