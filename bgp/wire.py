@@ -1004,7 +1004,8 @@ def _walk_attributes(negotiated: Negotiated, body: bytes, start: int, end: int, 
             reason = f"attribute {code} has flags {flags:#04x} conflicting with its type (RFC 7606 section 3 c)"
             errors.append(UpdateError(TREAT_AS_WITHDRAW, reason, raw.hex()))
             attrs.withdraw_reason = reason
-            continue
+            if code != _MP_REACH and code != _MP_UNREACH:
+                continue  # MP_* are still read: their NLRI are what treat-as-withdraw withdraws
         if code == _MP_REACH:
             error = _read_mp_reach(negotiated, attrs, value, raw)
         elif code == _MP_UNREACH:

@@ -448,3 +448,12 @@ def test_frr_reflected_updates_decode_to_what_we_sent():
     caps = wire.decode_open(open_body, expected_asn=65000)
     assert caps.families == frozenset({Family.L2VPN_EVPN}) and caps.hold_time == 180
     assert caps.graceful_restart == wire.GracefulRestart(120, restarting=True)  # R bit, no families
+
+
+def test_mp_reach_with_wrong_flags_withdraws_its_routes():
+    # RFC 7606 3 (c): wrong flags make the UPDATE treat-as-withdraw; the NLRI must still be found.
+    reach = bytearray(_evpn_reach(_type2(1)))
+    reach[0] = 0x40  # well-known instead of optional
+    result = wire.decode_update(IBGP, _update_body(BASE + bytes(reach)))
+    assert result.announced == []
+    assert result.withdrawn == [MacIpKey(RD, 0, "02:00:00:00:00:01", IPv4Address("10.1.0.1"))]
