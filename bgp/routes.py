@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import NamedTuple
@@ -148,10 +149,15 @@ def _uint(value: object, field_name: str, maximum: int) -> int:
 def _route_targets(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         raise RouteValueError("route_targets", value, "expected a sequence of 'ASN:number' strings")
-    targets = tuple(value)  # type: ignore[arg-type]
-    for target in targets:
-        parse_admin_pair(target, "route_targets")
-    return targets
+    # Route targets are a set (RFC 4360 section 4, RFC 4364 section 4.3.1); a canonical order, the
+    # one the decoder produces, keeps equal routes equal whatever order a peer sent them in.
+    pairs = {parse_admin_pair(target, "route_targets") for target in value}  # type: ignore[union-attr]
+    return canonical_route_targets(pairs)
+
+
+def canonical_route_targets(pairs: Iterable[tuple[int, int, int]]) -> tuple[str, ...]:
+    """(kind, administrator, number) triples -> route target strings, sorted and without repeats."""
+    return tuple(format_admin_pair(*pair) for pair in sorted(set(pairs)))
 
 
 def _set(obj: object, name: str, value: object) -> None:
@@ -468,6 +474,7 @@ __all__ = [
     "UnicastRoute",
     "VSID_MAX",
     "ZERO_ESI",
+    "canonical_route_targets",
     "format_admin_pair",
     "parse_admin_pair",
 ]

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import NamedTuple
-from collections.abc import Iterable, Sequence
 
 from exabgp.bgp.message import Open as _ExaOpen
 from exabgp.bgp.message import Update as _ExaUpdate
@@ -36,10 +36,10 @@ from exabgp.bgp.message.open.capability.asn4 import ASN4 as _ExaASN4
 from exabgp.bgp.message.open.capability.graceful import Graceful as _ExaGraceful
 from exabgp.bgp.message.open.capability.mp import MultiProtocol as _ExaMultiProtocol
 from exabgp.bgp.message.open.capability.refresh import RouteRefresh as _ExaRouteRefresh
-from exabgp.bgp.message.update.attribute import ASPath as _ExaASPath
 from exabgp.bgp.message.update.attribute import MED as _ExaMED
 from exabgp.bgp.message.update.attribute import SEQUENCE as _ExaSEQUENCE
 from exabgp.bgp.message.update.attribute import SET as _ExaSET
+from exabgp.bgp.message.update.attribute import ASPath as _ExaASPath
 from exabgp.bgp.message.update.attribute import Attributes as _ExaAttributes
 from exabgp.bgp.message.update.attribute import ClusterID as _ExaClusterID
 from exabgp.bgp.message.update.attribute import ClusterList as _ExaClusterList
@@ -76,9 +76,9 @@ from bgp.errors import MessageHeaderError, NotificationDecodeError, OpenError, R
 from bgp.routes import (
     AS_SEQUENCE,
     AS_SET,
+    DEFAULT_ATTRIBUTES,
     ZERO_ESI,
     Address,
-    DEFAULT_ATTRIBUTES,
     AsSegment,
     Family,
     MacIpKey,
@@ -94,6 +94,7 @@ from bgp.routes import (
     RouteKey,
     UnicastKey,
     UnicastRoute,
+    canonical_route_targets,
     format_admin_pair,
     parse_admin_pair,
 )
@@ -877,7 +878,7 @@ def _ext_info(value: bytes) -> _ExtInfo:
             # RFC 4360 section 4 route target: AS2:number4, IPv4:number2, AS4:number2 (RFC 5668).
             layout = ("!HI", "!IH", "!IH")[kind]
             admin, number = struct.unpack(layout, value[pos + 2 : pos + 8])
-            targets.append(format_admin_pair(kind, admin, number))
+            targets.append((kind, admin, number))
         elif kind == 0x03 and sub == 0x0C:
             # RFC 9012 section 4.1 (was RFC 5512): Encapsulation, tunnel type in the last 2 octets.
             tunnel_type = int.from_bytes(value[pos + 6 : pos + 8], "big")
@@ -888,7 +889,7 @@ def _ext_info(value: bytes) -> _ExtInfo:
         elif kind == 0x06 and sub == 0x03:
             # RFC 9135 section 8.1: EVPN Router's MAC.
             router_mac = value[pos + 2 : pos + 8].hex(":")
-    return _ExtInfo(tuple(targets), tunnel_type, mobility_seq, sticky, router_mac)
+    return _ExtInfo(canonical_route_targets(targets), tunnel_type, mobility_seq, sticky, router_mac)
 
 
 def _read_attribute(negotiated: Negotiated, attrs: _Attrs, code: int, value: bytes) -> str | None:

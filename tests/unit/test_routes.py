@@ -102,3 +102,9 @@ def test_path_attributes():
     with pytest.raises(RouteValueError) as info:
         PathAttributes(as_path=((2, (1,)),))
     assert info.value.field == "as_path"
+
+
+def test_route_targets_are_a_set():
+    a = MacIpRoute(**GOOD, route_targets=("65000:2", "198.51.100.1:7", "65000:1", "65000:2"))
+    b = MacIpRoute(**GOOD, route_targets=("65000:1", "198.51.100.1:7", "65000:2"))
+    assert a == b and a.route_targets == ("65000:1", "65000:2", "198.51.100.1:7")  # by RT type, then value

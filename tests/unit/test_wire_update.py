@@ -457,3 +457,41 @@ def test_mp_reach_with_wrong_flags_withdraws_its_routes():
     result = wire.decode_update(IBGP, _update_body(BASE + bytes(reach)))
     assert result.announced == []
     assert result.withdrawn == [MacIpKey(RD, 0, "02:00:00:00:00:01", IPv4Address("10.1.0.1"))]
+
+
+def _random_route(rng):
+    from ipaddress import IPv6Address as V6
+
+    rd = rng.choice([f"198.51.100.{rng.randint(1, 254)}:{rng.randint(0, 65535)}", f"{rng.randint(1, 65535)}:7",
+                     f"{rng.randint(65536, 4294967295)}:{rng.randint(0, 65535)}"])
+    next_hop = rng.choice([f"203.0.113.{rng.randint(1, 254)}", str(V6(rng.getrandbits(128)))])
+    targets = tuple(f"65000:{rng.randint(0, 2**32 - 1)}" for _ in range(rng.randint(0, 3)))
+    common = dict(rd=rd, vsid=rng.randint(0, 2**24 - 1), next_hop=next_hop, route_targets=targets,
+                  router_mac=rng.choice([None, "02:00:00:00:00:aa"]), ethernet_tag=rng.choice([0, 2**32 - 1]))
+    if rng.random() < 0.6:
+        ip = rng.choice([None, str(IPv4Address(rng.getrandbits(32))), str(V6(rng.getrandbits(128)))])
+        mac = ":".join(f"{rng.getrandbits(8):02x}" for _ in range(6))
+        return mac_route(mac=mac, ip=ip, mobility_seq=rng.choice([0, 1, 2**32 - 1]), sticky=rng.random() < 0.2,
+                         **common)
+    if rng.random() < 0.5:
+        plen = rng.randint(0, 32)
+        prefix = ip_network((rng.getrandbits(32) >> (32 - plen) << (32 - plen) if plen else 0, plen))
+    else:
+        plen = rng.randint(0, 128)
+        prefix = ip_network((rng.getrandbits(128) >> (128 - plen) << (128 - plen) if plen else 0, plen))
+    return prefix_route(prefix=prefix, **common)
+
+
+def test_random_routes_roundtrip_and_agree_with_exabgp():
+    import random
+
+    rng = random.Random(2026)
+    routes = [_random_route(rng) for _ in range(300)]
+    messages = wire.encode_update(IBGP, routes)
+    ours = [p.route for m in messages for p in wire.decode_update(IBGP, body(m)).announced]
+    assert sorted(map(repr, ours)) == sorted(map(repr, routes))
+    for route in routes[:60]:
+        [message] = wire.encode_update(IBGP, [route])
+        assert wire.reference_decode_update(IBGP, body(message)).announced[0].route == route
+        theirs = wire.decode_raw_update(IBGP, body(wire.reference_encode_update(IBGP, [route])[0]))
+        assert wire.decode_raw_update(IBGP, body(message)).announced == theirs.announced
