@@ -1,0 +1,232 @@
+"""Keyed, frozen value types for every kernel object vnet owns (docs/dataplane.md).
+
+Each object has a `key` (its identity in the kernel: what a `replace` overwrites) and is otherwise a
+plain value, so desired and observed states are sets that `diff` can compare. Ownership tags, so that a
+restarted agent adopts its own objects and never touches anyone else's:
+- routes, neighbours and rules carry protocol `PROTO` (RTPROT / NDA_PROTOCOL / FRA_PROTOCOL);
+- devices we create are named with `DEVICE_PREFIX`; ports are ours while enslaved to one of our VRFs;
+- rules use priorities in `RULE_PRIORITIES`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+# 0x4e ('N'): unassigned in iproute2's rt_protos (0-4 kernel, 8-19 routing daemons/bagpipe, 42 babel,
+# 186-192 FRR, 99 keepalived's default is configurable); documented in docs/dataplane.md.
+PROTO = 0x4E
+DEVICE_PREFIX = "nvf-"
+RULE_PRIORITIES = range(900, 1000)  # before the l3mdev rule (1000) so tun_id steering wins
+ROUTER_NEXTHOP = {4: "169.254.0.1", 6: "fe80::1"}  # the fixed on-link next hop of every encap route
+DEFAULT_METRIC = 1024  # IPv6 turns metric 0 into 1024; use it for both families so dumps read back equal
+UNREACHABLE_METRIC = 4278198272  # the VRF documentation's value: below every real default route
+
+
+def _owned_name(name: str) -> None:
+    if not name.startswith(DEVICE_PREFIX) or len(name) > 15:
+        raise ValueError(f"device name {name!r} must start with {DEVICE_PREFIX!r} and fit 15 characters")
+
+
+@dataclass(frozen=True)
+class Vrf:
+    """One routing domain: a VRF device bound to its table."""
+
+    name: str
+    table: int
+    order: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        _owned_name(self.name)
+
+    @property
+    def key(self) -> tuple:
+        return ("vrf", self.name)
+
+
+@dataclass(frozen=True)
+class NvgreDevice:
+    """The host's flow-based NVGRE device for one underlay family: `gretap|ip6gretap external`,
+    outside every VRF, its MAC the fabric-wide router MAC (every inner frame is addressed to it)."""
+
+    name: str
+    family: int  # 4: gretap (IPv4 PAs), 6: ip6gretap (IPv6 PAs)
+    router_mac: str
+    order: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        _owned_name(self.name)
+        object.__setattr__(self, "router_mac", self.router_mac.lower())
+
+    @property
+    def key(self) -> tuple:
+        return ("nvgre", self.name)
+
+    @property
+    def kind(self) -> str:
+        return "gretap" if self.family == 4 else "ip6gretap"
+
+
+@dataclass(frozen=True)
+class Port:
+    """A local VM port (tap/veth created by the VM manager, not by us) as a routed port in the VRF,
+    with an MTU that leaves room for the encapsulation (42 bytes IPv4 outer, 62 IPv6 outer)."""
+
+    name: str
+    vrf: str
+    mtu: int
+    order: ClassVar[int] = 1
+
+    @property
+    def key(self) -> tuple:
+        return ("port", self.name)
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    """A sysctl under /proc/sys/net in the namespace: forwarding, proxy_arp, proxy_ndp, proxy_delay."""
+
+    path: str  # relative to /proc/sys, e.g. "net/ipv4/conf/tap1/proxy_arp"
+    value: str
+    order: ClassVar[int] = 2
+
+    @property
+    def key(self) -> tuple:
+        return ("sysctl", self.path)
+
+
+@dataclass(frozen=True)
+class TunIdRule:
+    """Receive steering: `ip rule iif <nvgre dev> tun_id VSID<<8 lookup <routing domain table>`."""
+
+    family: int  # the rule table's family (CA family), not the PA's
+    iif: str
+    tun_id: int
+    table: int
+    priority: int
+    order: ClassVar[int] = 3
+
+    def __post_init__(self) -> None:
+        if self.priority not in RULE_PRIORITIES:
+            raise ValueError(f"rule priority {self.priority} outside {RULE_PRIORITIES}")
+
+    @property
+    def key(self) -> tuple:
+        return ("rule", self.family, self.iif, self.tun_id)
+
+
+@dataclass(frozen=True)
+class PermanentNeighbour:
+    """The fixed on-link next hop (169.254.0.1 / fe80::1) -> router MAC on an NVGRE device."""
+
+    dev: str
+    address: str
+    lladdr: str
+    order: ClassVar[int] = 3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lladdr", self.lladdr.lower())
+
+    @property
+    def key(self) -> tuple:
+        return ("neigh", self.dev, self.address)
+
+
+@dataclass(frozen=True)
+class ProxyNeighbour:
+    """An IPv6 proxy NDP entry: the port answers neighbour solicitations for this (remote or gateway) CA."""
+
+    dev: str
+    address: str
+    order: ClassVar[int] = 3
+
+    @property
+    def key(self) -> tuple:
+        return ("proxy", self.dev, self.address)
+
+
+def _set_prefix(obj: LocalPortRoute | EncapRoute) -> None:
+    """Normalise the prefix once (parsing is the dominant cost at 100k routes) and derive the family."""
+    net = ipaddress.ip_network(obj.prefix, strict=True)
+    object.__setattr__(obj, "prefix", str(net))
+    object.__setattr__(obj, "family", net.version)
+
+
+@dataclass(frozen=True)
+class LocalPortRoute:
+    """CA/32 (/128) -> the local port, in the routing domain's table."""
+
+    table: int
+    prefix: str
+    dev: str
+    metric: int = DEFAULT_METRIC
+    family: int = field(init=False, repr=False, compare=False)  # derived from the prefix
+    order: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        _set_prefix(self)
+
+    @property
+    def key(self) -> tuple:
+        return ("route", self.family, self.table, self.prefix, self.metric)
+
+
+@dataclass(frozen=True)
+class EncapRoute:
+    """A remote CA: `CA/32 encap ip|ip6 id VSID<<8 dst PA ttl 64 key via <fixed next hop> dev <nvgre of
+    the PA's family> onlink` in the routing domain's table. No per-CA neighbour: the next hop's
+    permanent neighbour (router MAC) serves every CA of every tenant."""
+
+    table: int
+    prefix: str
+    vsid: int
+    pa: str
+    dev: str  # the NvgreDevice of the PA's family
+    ttl: int = 64
+    metric: int = DEFAULT_METRIC
+    family: int = field(init=False, repr=False, compare=False)  # of the CA prefix
+    pa_family: int = field(init=False, repr=False, compare=False)  # of the underlay
+    order: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        _set_prefix(self)
+        pa = ipaddress.ip_address(self.pa)
+        object.__setattr__(self, "pa", str(pa))
+        object.__setattr__(self, "pa_family", pa.version)
+        if not 0 < self.vsid < 1 << 24:
+            raise ValueError(f"VSID {self.vsid} is not a 24-bit value")
+
+    @property
+    def tun_id(self) -> int:
+        return self.vsid << 8  # RFC 7637: key = VSID << 8 | FlowID; we send FlowID 0
+
+    @property
+    def via(self) -> str:
+        return ROUTER_NEXTHOP[self.family]
+
+    @property
+    def key(self) -> tuple:
+        return ("route", self.family, self.table, self.prefix, self.metric)
+
+
+@dataclass(frozen=True)
+class UnreachableRoute:
+    """Everything else in the routing domain is dropped with an ICMP unreachable: `unreachable default`."""
+
+    table: int
+    family: int
+    metric: int = UNREACHABLE_METRIC
+    order: ClassVar[int] = 4
+
+    @property
+    def prefix(self) -> str:
+        return "0.0.0.0/0" if self.family == 4 else "::/0"
+
+    @property
+    def key(self) -> tuple:
+        return ("route", self.family, self.table, self.prefix, self.metric)
+
+
+KernelObject = Vrf | NvgreDevice | Port | Sysctl | TunIdRule | PermanentNeighbour | ProxyNeighbour | \
+    LocalPortRoute | EncapRoute | UnreachableRoute

@@ -1,0 +1,162 @@
+"""The actual state: one dump per object class -> the set of objects that are OURS (objects.py tags).
+
+Everything else in the namespace (other protocols' routes, other VRFs, neighbours learnt by the kernel)
+is invisible here, so `diff` can never plan to touch it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from pyroute2.netlink.rtnl.fibmsg import fibmsg
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+from vnet.kernel import messages as m
+from vnet.kernel.netns import RtnlSocket, read_sysctl
+from vnet.kernel.objects import (
+    DEVICE_PREFIX,
+    PROTO,
+    RULE_PRIORITIES,
+    EncapRoute,
+    KernelObject,
+    LocalPortRoute,
+    NvgreDevice,
+    PermanentNeighbour,
+    Port,
+    ProxyNeighbour,
+    Sysctl,
+    TunIdRule,
+    UnreachableRoute,
+    Vrf,
+)
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None
+    master: int
+    mtu: int
+    address: str | None
+    vrf_table: int | None
+    collect_md: bool
+
+
+async def links(sock: RtnlSocket) -> AsyncIterator[Link]:
+    async for raw in sock.dump(m.RTM_GETLINK, struct.pack("=BBHiII", 0, 0, 0, 0, 0, 0)):
+        msg = m.LinkMessage(raw)
+        msg.decode()
+        info = msg.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info else None
+        data = info.get_attr("IFLA_INFO_DATA") if info else None
+        table = md = None
+        if data is not None and not isinstance(data, (str, bytes)):
+            table = data.get_attr("IFLA_VRF_TABLE") if kind == "vrf" else None
+            md = data.get_attr("IFLA_GRE_COLLECT_METADATA") or data.get_attr("IFLA_IP6GRE_COLLECT_METADATA")
+        yield Link(
+            index=msg["index"], name=msg.get_attr("IFLA_IFNAME"), kind=kind, master=msg.get_attr("IFLA_MASTER") or 0,
+            mtu=msg.get_attr("IFLA_MTU"), address=msg.get_attr("IFLA_ADDRESS"), vrf_table=table, collect_md=bool(md),
+        )
+
+
+async def devices(sock: RtnlSocket) -> tuple[list[KernelObject], dict[int, str]]:
+    """Our VRFs and NVGRE devices, the ports enslaved to our VRFs, and every ifindex -> name."""
+    all_links = [link async for link in links(sock)]
+    names = {link.index: link.name for link in all_links}
+    out: list[KernelObject] = []
+    our_vrfs: dict[int, str] = {}
+    for link in all_links:
+        if not link.name.startswith(DEVICE_PREFIX):
+            continue
+        if link.kind == "vrf" and link.vrf_table is not None:
+            out.append(Vrf(link.name, link.vrf_table))
+            our_vrfs[link.index] = link.name
+        elif link.kind in ("gretap", "ip6gretap") and link.collect_md:
+            out.append(NvgreDevice(link.name, 4 if link.kind == "gretap" else 6, link.address))
+    out.extend(Port(link.name, our_vrfs[link.master], link.mtu) for link in all_links if link.master in our_vrfs)
+    return out, names
+
+
+async def rules(sock: RtnlSocket) -> AsyncIterator[TunIdRule]:
+    for family in (4, 6):
+        async for raw in sock.dump(m.RTM_GETRULE, struct.pack("=BBBBBBBBI", m.FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)):
+            msg = fibmsg(raw)
+            msg.decode()
+            if msg.get_attr("FRA_PROTOCOL") != PROTO or msg.get_attr("FRA_PRIORITY") not in RULE_PRIORITIES:
+                continue
+            tun_id = msg.get_attr("FRA_TUN_ID")
+            if tun_id is None:
+                continue
+            yield TunIdRule(family, msg.get_attr("FRA_IIFNAME"), tun_id, msg.get_attr("FRA_TABLE"),
+                            msg.get_attr("FRA_PRIORITY"))
+
+
+async def neighbours(sock: RtnlSocket, names: dict[int, str], ports: set[str]) -> AsyncIterator[KernelObject]:
+    for flags in (0, m.NTF_PROXY):
+        body = struct.pack("=BBHiHBB", socket.AF_UNSPEC, 0, 0, 0, 0, flags, 0)
+        async for raw in sock.dump(m.RTM_GETNEIGH, body):
+            msg = ndmsg(raw)
+            msg.decode()
+            dev = names.get(msg["ifindex"])
+            proto = msg.get_attr("NDA_PROTOCOL")
+            if msg["flags"] & m.NTF_PROXY:
+                # proxy entries carry NDA_PROTOCOL on kernels that keep it; otherwise a proxy entry on
+                # one of our ports is ours (the port belongs to our routing domain)
+                if proto == PROTO or (proto is None and dev in ports):
+                    yield ProxyNeighbour(dev, msg.get_attr("NDA_DST"))
+            elif proto == PROTO and msg["state"] & m.NUD_PERMANENT:
+                yield PermanentNeighbour(dev, msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR"))
+
+
+def _route(msg: m.RouteMessage, names: dict[int, str]) -> KernelObject | None:
+    family = 4 if msg["family"] == socket.AF_INET else 6
+    table = msg.get_attr("RTA_TABLE") or msg["table"]
+    dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == 4 else "::")
+    prefix = str(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
+    metric = msg.get_attr("RTA_PRIORITY") or 0
+    if msg["type"] == m.RTN_UNREACHABLE and msg["dst_len"] == 0:
+        return UnreachableRoute(table, family, metric)
+    dev = names.get(msg.get_attr("RTA_OIF"))
+    encap = msg.get_attr("RTA_ENCAP")
+    if encap is not None and msg.get_attr("RTA_ENCAP_TYPE") in (m.LWTUNNEL_ENCAP_IP, m.LWTUNNEL_ENCAP_IP6):
+        p = "LWTUNNEL_IP_" if msg.get_attr("RTA_ENCAP_TYPE") == m.LWTUNNEL_ENCAP_IP else "LWTUNNEL_IP6_"
+        ttl = encap.get_attr(p + ("TTL" if p == "LWTUNNEL_IP_" else "HOPLIMIT"))
+        return EncapRoute(table, prefix, encap.get_attr(p + "ID") >> 8, encap.get_attr(p + "DST"), dev, ttl, metric)
+    if dev is not None and msg["type"] == m.RTN_UNICAST:
+        return LocalPortRoute(table, prefix, dev, metric)
+    return None
+
+
+async def routes(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[KernelObject]:
+    for family in (4, 6):
+        # strict dump checking lets the kernel filter by protocol: others' routes never reach us
+        body = struct.pack("=BBBBBBBBI", m.FAMILY[family], 0, 0, 0, 0, PROTO, 0, 0, 0)
+        async for raw in sock.dump(m.RTM_GETROUTE, body):
+            msg = m.RouteMessage(raw)
+            msg.decode()
+            if msg["proto"] != PROTO:
+                continue
+            obj = _route(msg, names)
+            if obj is not None:
+                yield obj
+
+
+async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[KernelObject]:
+    """All our objects in the socket's namespace, plus the current values of the given sysctl paths."""
+    out: set[KernelObject] = set()
+    devs, names = await devices(sock)
+    out.update(devs)
+    ports = {d.name for d in devs if isinstance(d, Port)}
+    out.update([r async for r in rules(sock)])
+    out.update([n async for n in neighbours(sock, names, ports)])
+    out.update([r async for r in routes(sock, names)])
+    for path in sysctls:
+        value = read_sysctl(sock.netns, path)
+        if value is not None:
+            out.add(Sysctl(path, value))
+    return out
