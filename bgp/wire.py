@@ -1455,7 +1455,9 @@ class RawUpdate:
 
 
 def _type2_key(data: bytes, s: int, length: int) -> bytes | None:
-    ip_bits = data[s + 29] if length > 29 else -1
+    if length < 33:
+        return None
+    ip_bits = data[s + 29]
     # The same checks as _evpn_type2 (RFC 7432 section 7.2), on bytes only.
     if data[s + 22] != 48 or length not in _TYPE2_LENGTHS.get(ip_bits, ()) or data[s] or data[s + 1] > 2:
         return None

@@ -123,3 +123,14 @@ def test_raw_malformed_evpn_route_is_treat_as_withdraw():
     raw = wire.decode_raw_update(IBGP, bytes(payload))
     assert raw.announced == [] and [n.key for n in raw.withdrawn] == [good.announced[1].key]
     assert [e.action for e in raw.errors] == [wire.TREAT_AS_WITHDRAW]
+
+
+def test_short_evpn_routes_at_the_end_of_the_field_are_malformed_not_exceptions():
+    attributes = bytes.fromhex("40010100 400200")
+    for route in (bytes([2, 5]) + bytes(5), bytes([5, 3]) + bytes(3), bytes([2, 0])):
+        reach = bytes.fromhex("0019 46 04 c633640b 00") + route
+        payload = (b"\x00\x00" + (len(attributes) + 3 + len(reach)).to_bytes(2, "big")
+                   + attributes + bytes([0x80, 14, len(reach)]) + reach)
+        for decode in (wire.decode_update, wire.decode_raw_update):
+            result = decode(IBGP, payload)
+            assert result.announced == [] and [e.action for e in result.errors] == [wire.TREAT_AS_WITHDRAW]

@@ -328,12 +328,15 @@ def test_garbage_never_raises():
     import random
 
     rng = random.Random(7)
-    good = body(wire.encode_update(IBGP, [mac_route(), mac_route(mac="02:00:00:00:00:09")])[0])
+    good = body(wire.encode_update(IBGP, [mac_route(), mac_route(mac="02:00:00:00:00:09", ip="2001:db8::9")])[0])
     for _ in range(3000):
         data = bytearray(good)
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            del data[rng.randrange(len(data)) :]  # truncated
         wire.decode_update(IBGP, bytes(data))  # must not raise
+        wire.decode_raw_update(IBGP, bytes(data))
 
 
 def test_second_label_is_accepted_and_ignored():
