@@ -57,55 +57,81 @@ def _source_order(path: Path) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- the decision steps
-# Each step keeps the subset of candidates that are best by one criterion. They run in order and stop
-# when one candidate is left; the step that got there is the reason.
+# Each step is a preference: a value where higher is better. Selection keeps, step by step, the
+# candidates with the best value until one is left; the step that got there is the reason. MED is the
+# exception (compared only between routes from the same neighbour AS), handled by _med_survivors.
 
 
-def _keep_max(paths: list[Path], score: Callable[[Path], object]) -> list[Path]:
-    best = max(score(p) for p in paths)
-    return [p for p in paths if score(p) == best]
-
-
-def _keep_min(paths: list[Path], score: Callable[[Path], object]) -> list[Path]:
-    best = min(score(p) for p in paths)
-    return [p for p in paths if score(p) == best]
-
-
-def _is_mac_ip(paths: list[Path]) -> bool:
-    return isinstance(paths[0].route, MacIpRoute)
-
-
-def _sticky(paths: list[Path]) -> list[Path]:
+def _sticky(p: Path, local_asn: int) -> object:
     # RFC 7432 section 15.2: a static (sticky) MAC must not be displaced by a moving one.
-    return _keep_max(paths, lambda p: p.route.sticky) if _is_mac_ip(paths) else paths
+    return p.route.sticky if isinstance(p.route, MacIpRoute) else False
 
 
-def _mobility(paths: list[Path]) -> list[Path]:
+def _mobility(p: Path, local_asn: int) -> object:
     # RFC 7432 section 15.1: "the route with the highest sequence number wins" (no community = 0).
-    return _keep_max(paths, lambda p: p.route.mobility_seq) if _is_mac_ip(paths) else paths
+    return p.route.mobility_seq if isinstance(p.route, MacIpRoute) else 0
 
 
-def _local_pref(paths: list[Path]) -> list[Path]:
-    # RFC 4271 section 9.1.2.2 (preference, 9.1.1): highest LOCAL_PREF.
-    return _keep_max(paths, lambda p: DEFAULT_LOCAL_PREF if p.attrs.local_pref is None else p.attrs.local_pref)
+def _local_pref(p: Path, local_asn: int) -> object:
+    # RFC 4271 section 9.1.1 / 9.1.2.2: highest LOCAL_PREF.
+    return DEFAULT_LOCAL_PREF if p.attrs.local_pref is None else p.attrs.local_pref
 
 
-def _locally_originated(paths: list[Path]) -> list[Path]:
+def _locally_originated(p: Path, local_asn: int) -> object:
     # Our own routes beat learned copies of equal preference (as FRR and GoBGP do).
-    return _keep_max(paths, lambda p: p.source is None)
+    return p.source is None
 
 
-def _as_path_length(paths: list[Path]) -> list[Path]:
-    # RFC 4271 section 9.1.2.2 a.
-    return _keep_min(paths, lambda p: p.attrs.as_path_length)
+def _as_path_length(p: Path, local_asn: int) -> object:
+    # RFC 4271 section 9.1.2.2 a: shortest AS_PATH.
+    return -p.attrs.as_path_length
 
 
-def _origin(paths: list[Path]) -> list[Path]:
+def _origin(p: Path, local_asn: int) -> object:
     # RFC 4271 section 9.1.2.2 b: IGP < EGP < INCOMPLETE.
-    return _keep_min(paths, lambda p: int(p.attrs.origin))
+    return -int(p.attrs.origin)
 
 
-def _med(paths: list[Path]) -> list[Path]:
+def _ebgp(p: Path, local_asn: int) -> object:
+    # RFC 4271 section 9.1.2.2 d: routes learned by eBGP beat those learned by iBGP.
+    return p.source is not None and p.source.asn != local_asn
+
+
+def _router_id(p: Path, local_asn: int) -> object:
+    # RFC 4271 section 9.1.2.2 f, with RFC 4456 section 9: ORIGINATOR_ID stands for the BGP identifier.
+    if p.attrs.originator_id is not None:
+        return -int(p.attrs.originator_id)
+    return -int(p.source.router_id) if p.source else 0
+
+
+def _cluster_list(p: Path, local_asn: int) -> object:
+    # RFC 4456 section 9: between steps f and g, prefer the shorter CLUSTER_LIST.
+    return -len(p.attrs.cluster_list)
+
+
+def _peer_address(p: Path, local_asn: int) -> object:
+    # RFC 4271 section 9.1.2.2 g: lowest peer address.
+    version, value = _source_order(p)
+    return (-version, -value)
+
+
+_MED = None  # marks the MED step in _STEPS
+_STEPS: tuple[tuple[BestPathReason, Callable[[Path, int], object] | None], ...] = (
+    (BestPathReason.STICKY_MAC, _sticky),
+    (BestPathReason.MAC_MOBILITY_SEQUENCE, _mobility),
+    (BestPathReason.LOCAL_PREF, _local_pref),
+    (BestPathReason.LOCALLY_ORIGINATED, _locally_originated),
+    (BestPathReason.AS_PATH_LENGTH, _as_path_length),
+    (BestPathReason.ORIGIN, _origin),
+    (BestPathReason.MED, _MED),
+    (BestPathReason.EBGP_OVER_IBGP, _ebgp),
+    (BestPathReason.ROUTER_ID, _router_id),
+    (BestPathReason.CLUSTER_LIST_LENGTH, _cluster_list),
+    (BestPathReason.PEER_ADDRESS, _peer_address),
+)
+
+
+def _med_survivors(paths: list[Path]) -> list[Path]:
     # RFC 4271 section 9.1.2.2 c: MED is compared only among routes from the same neighbouring AS;
     # a route is removed if another from its neighbour AS has a lower MED. Missing MED counts as 0.
     lowest: dict[int | None, int] = {}
@@ -116,57 +142,48 @@ def _med(paths: list[Path]) -> list[Path]:
     return [p for p in paths if (p.attrs.med or 0) == lowest[p.attrs.neighbor_as]]
 
 
-def _ebgp(paths: list[Path], local_asn: int) -> list[Path]:
-    # RFC 4271 section 9.1.2.2 d: routes learned by eBGP beat those learned by iBGP.
-    return _keep_max(paths, lambda p: p.source is not None and p.source.asn != local_asn)
-
-
-def _router_id(paths: list[Path]) -> list[Path]:
-    # RFC 4271 section 9.1.2.2 f, with RFC 4456 section 9: ORIGINATOR_ID stands for the BGP identifier.
-    def identifier(p: Path) -> int:
-        if p.attrs.originator_id is not None:
-            return int(p.attrs.originator_id)
-        return int(p.source.router_id) if p.source else 0
-
-    return _keep_min(paths, identifier)
-
-
-def _cluster_list(paths: list[Path]) -> list[Path]:
-    # RFC 4456 section 9: between steps f and g, prefer the shorter CLUSTER_LIST.
-    return _keep_min(paths, lambda p: len(p.attrs.cluster_list))
-
-
-def _peer_address(paths: list[Path]) -> list[Path]:
-    # RFC 4271 section 9.1.2.2 g: lowest peer address.
-    return _keep_min(paths, _source_order)
+def _select_pair(a: Path, b: Path, local_asn: int) -> tuple[Path, BestPathReason]:
+    """select_best for two candidates (the common case: one route via two reflectors), a before b
+    in source order. The same steps, without building lists."""
+    for reason, preference in _STEPS:
+        if preference is None:
+            if a.attrs.neighbor_as == b.attrs.neighbor_as and (a.attrs.med or 0) != (b.attrs.med or 0):
+                return (a if (a.attrs.med or 0) < (b.attrs.med or 0) else b), reason
+            continue
+        pa, pb = preference(a, local_asn), preference(b, local_asn)
+        if pa != pb:
+            return (a if pa > pb else b), reason
+    return a, BestPathReason.PEER_ADDRESS
 
 
 def select_best(paths: Sequence[Path], local_asn: int) -> tuple[Path | None, BestPathReason | None]:
     """The best of the candidate paths for one key, and why. Deterministic for any input order."""
-    if not paths:
-        return None, None
+    if len(paths) <= 1:
+        return (paths[0], BestPathReason.ONLY_PATH) if paths else (None, None)
     candidates = sorted(paths, key=_source_order)
-    if len(candidates) == 1:
-        return candidates[0], BestPathReason.ONLY_PATH
-    steps: list[tuple[BestPathReason, Callable[[list[Path]], list[Path]]]] = [
-        (BestPathReason.STICKY_MAC, _sticky),
-        (BestPathReason.MAC_MOBILITY_SEQUENCE, _mobility),
-        (BestPathReason.LOCAL_PREF, _local_pref),
-        (BestPathReason.LOCALLY_ORIGINATED, _locally_originated),
-        (BestPathReason.AS_PATH_LENGTH, _as_path_length),
-        (BestPathReason.ORIGIN, _origin),
-        (BestPathReason.MED, _med),
-        (BestPathReason.EBGP_OVER_IBGP, lambda ps: _ebgp(ps, local_asn)),
-        (BestPathReason.ROUTER_ID, _router_id),
-        (BestPathReason.CLUSTER_LIST_LENGTH, _cluster_list),
-        (BestPathReason.PEER_ADDRESS, _peer_address),
-    ]
-    for reason, step in steps:
-        candidates = step(candidates)
+    if len(candidates) == 2:
+        return _select_pair(candidates[0], candidates[1], local_asn)
+    return _eliminate(candidates, local_asn)
+
+
+def _eliminate(candidates: list[Path], local_asn: int) -> tuple[Path, BestPathReason]:
+    """RFC 4271 section 9.1.2.2 elimination over candidates sorted in source order."""
+    for reason, preference in _STEPS:
+        if preference is None:
+            candidates = _med_survivors(candidates)
+        else:
+            scores = [preference(p, local_asn) for p in candidates]
+            best = max(scores)
+            candidates = [p for p, score in zip(candidates, scores, strict=True) if score == best]
         if len(candidates) == 1:
             return candidates[0], reason
     # Only equal sources are left (e.g. one peer address twice): the first in address order.
     return candidates[0], BestPathReason.PEER_ADDRESS
+
+
+def _keep_max(paths: list[Path], score: Callable[[Path], object]) -> list[Path]:
+    best = max(score(p) for p in paths)
+    return [p for p in paths if score(p) == best]
 
 
 def select_mac_owner(paths: Sequence[Path]) -> tuple[Path | None, BestPathReason | None]:
@@ -182,12 +199,12 @@ def select_mac_owner(paths: Sequence[Path]) -> tuple[Path | None, BestPathReason
     candidates = sorted(paths, key=lambda p: (_address_order(p.route.next_hop), p.route.rd))
     if len(candidates) == 1:
         return candidates[0], BestPathReason.ONLY_PATH
-    for reason, step in (
-        (BestPathReason.STICKY_MAC, _sticky),
-        (BestPathReason.MAC_MOBILITY_SEQUENCE, _mobility),
-        (BestPathReason.LOWEST_NEXT_HOP, lambda ps: _keep_min(ps, lambda p: _address_order(p.route.next_hop))),
+    for reason, preference in (
+        (BestPathReason.STICKY_MAC, lambda p: p.route.sticky),
+        (BestPathReason.MAC_MOBILITY_SEQUENCE, lambda p: p.route.mobility_seq),
+        (BestPathReason.LOWEST_NEXT_HOP, lambda p: tuple(-v for v in _address_order(p.route.next_hop))),
     ):
-        candidates = step(candidates)
+        candidates = _keep_max(candidates, preference)
         if len(candidates) == 1:
             return candidates[0], reason
     return candidates[0], BestPathReason.LOWEST_NEXT_HOP
@@ -213,11 +230,16 @@ class AdjRibIn:
     def paths(self) -> list[Path]:
         return list(self._paths.values())
 
-    def add(self, path: Path) -> Path | None:
-        """Store path (replacing and un-staling its key); return the path it replaced."""
-        key = path.route.key
-        self._stale.discard(key)
-        old = self._paths.get(key)
+    def add(self, path: Path, key: RouteKey | None = None) -> Path | None:
+        """Store path (replacing and un-staling its key); return the path it replaced. key, if given,
+        is path.route.key (computed once by the caller)."""
+        if key is None:
+            key = path.route.key
+        if self._stale:
+            self._stale.discard(key)
+        old = self._paths.setdefault(key, path)
+        if old is path:
+            return None
         self._paths[key] = path
         return old
 
@@ -248,70 +270,82 @@ class AdjRibIn:
 # ---------------------------------------------------------------- Loc-RIB
 
 
+class _Entry:
+    """One key in the Loc-RIB: its candidate paths by source and the current best."""
+
+    __slots__ = ("paths", "best", "reason")
+
+    def __init__(self) -> None:
+        self.paths: dict[PeerRef | None, Path] = {}
+        self.best: Path | None = None
+        self.reason: BestPathReason | None = None
+
+
 class LocRib:
     """Candidate paths per key from every source, and the best of them (RFC 4271 section 9.1.2)."""
 
     def __init__(self, local_asn: int) -> None:
         self.local_asn = local_asn
-        self._candidates: dict[RouteKey, dict[PeerRef | None, Path]] = {}
-        self._best: dict[RouteKey, tuple[Path, BestPathReason]] = {}
+        self._entries: dict[RouteKey, _Entry] = {}
         # (vsid, ethernet tag, MAC) -> type-2 keys whose best path carries them, for mac_owner().
         self._macs: dict[tuple[int, int, str], set[MacIpKey]] = {}
 
     def __len__(self) -> int:
-        return len(self._best)
+        return len(self._entries)
 
     def mac_owner(self, vsid: int, mac: str, ethernet_tag: int = 0) -> tuple[Path, BestPathReason] | None:
         """The type-2 path that owns MAC in VSID across all hosts (RDs), per select_mac_owner."""
         keys = self._macs.get((vsid, ethernet_tag, mac.lower()))
         if not keys:
             return None
-        owner, reason = select_mac_owner([self._best[k][0] for k in keys])
+        owner, reason = select_mac_owner([self._entries[k].best for k in keys])
         return (owner, reason) if owner is not None else None
 
     def best(self, key: RouteKey) -> Path | None:
-        entry = self._best.get(key)
-        return entry[0] if entry else None
+        entry = self._entries.get(key)
+        return entry.best if entry else None
 
     def best_with_reason(self, key: RouteKey) -> tuple[Path, BestPathReason] | None:
-        return self._best.get(key)
+        entry = self._entries.get(key)
+        return (entry.best, entry.reason) if entry else None
 
     def best_paths(self) -> list[Path]:
-        return [path for path, _ in self._best.values()]
+        return [entry.best for entry in self._entries.values()]
 
     def candidates(self, key: RouteKey) -> list[Path]:
-        return sorted(self._candidates.get(key, {}).values(), key=_source_order)
+        entry = self._entries.get(key)
+        return sorted(entry.paths.values(), key=_source_order) if entry else []
 
-    def add(self, path: Path) -> RibChange | None:
-        """Add or replace the path from path.source for its key; the change of best path, if any."""
-        key = path.route.key
-        self._candidates.setdefault(key, {})[path.source] = path
-        return self._reselect(key)
+    def add(self, path: Path, key: RouteKey | None = None) -> RibChange | None:
+        """Add or replace the path from path.source for its key; the change of best path, if any.
+        key, if given, is path.route.key (computed once by the caller)."""
+        if key is None:
+            key = path.route.key
+        entry = self._entries.setdefault(key, _Entry())  # one hash of the key, new or not
+        entry.paths[path.source] = path
+        return self._reselect(key, entry)
 
     def remove(self, key: RouteKey, source: PeerRef | None) -> RibChange | None:
         """Remove the path from source for key; the change of best path, if any."""
-        paths = self._candidates.get(key)
-        if not paths or paths.pop(source, None) is None:
+        entry = self._entries.get(key)
+        if entry is None or entry.paths.pop(source, None) is None:
             return None
-        if not paths:
-            del self._candidates[key]
-        return self._reselect(key)
+        if not entry.paths:
+            del self._entries[key]
+        return self._reselect(key, entry)
 
-    def _reselect(self, key: RouteKey) -> RibChange | None:
-        old = self._best.get(key)
-        new_best, reason = select_best(list(self._candidates.get(key, {}).values()), self.local_asn)
-        if new_best is None:
-            self._best.pop(key, None)
-        else:
-            self._best[key] = (new_best, reason)
-        old_best = old[0] if old else None
-        if old_best == new_best:
+    def _reselect(self, key: RouteKey, entry: _Entry) -> RibChange | None:
+        old_best = entry.best
+        entry.best, entry.reason = select_best(list(entry.paths.values()), self.local_asn)
+        if old_best is entry.best or old_best == entry.best:
             return None
         if isinstance(key, MacIpKey):
-            self._index_mac(key, old_best, new_best)
-        return RibChange(key, old_best, new_best, reason)
+            self._index_mac(key, old_best, entry.best)
+        return RibChange(key, old_best, entry.best, entry.reason)
 
     def _index_mac(self, key: MacIpKey, old: Path | None, new: Path | None) -> None:
+        if old is not None and new is not None and old.route.vsid == new.route.vsid:
+            return
         if old is not None:
             slot = (old.route.vsid, key.ethernet_tag, key.mac)
             keys = self._macs.get(slot)
@@ -347,10 +381,11 @@ class Rib:
             if adj.withdraw(key) is not None:
                 changes.append(self.loc.remove(key, peer))
         for path in announced:
-            if path.source != peer:
+            if path.source is not peer and path.source != peer:
                 raise ValueError(f"path source {path.source} is not the receiving peer {peer}")
-            adj.add(path)
-            changes.append(self.loc.add(path))
+            key = path.route.key
+            adj.add(path, key)
+            changes.append(self.loc.add(path, key))
         return [c for c in changes if c is not None]
 
     def originate(self, paths: Iterable[Path]) -> list[RibChange]:

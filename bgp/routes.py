@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import NamedTuple
 
@@ -427,6 +427,14 @@ class PeerRef:
     address: Address
     router_id: IPv4Address
     asn: int
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A PeerRef keys every candidate path in the RIB; ipaddress hashes in Python, so hash once.
+        _set(self, "_hash", hash((self.address, self.router_id, self.asn)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,3 +234,26 @@ def test_mac_owner_equal_sequence_lowest_pe_and_sticky():
     loc.add(pinned)
     assert loc.mac_owner(5001, "02:00:00:00:00:01") == (pinned, BestPathReason.STICKY_MAC)
     assert loc.mac_owner(5002, "02:00:00:00:00:01") is None  # another virtual subnet
+
+
+def test_the_two_candidate_fast_path_agrees_with_the_general_elimination():
+    import random
+
+    from bgp.rib import _eliminate, _select_pair, _source_order
+
+    rng = random.Random(5)
+
+    def random_path():
+        source = rng.choice([None, peer(rng.randint(1, 4), asn=rng.choice([LOCAL_AS, 65010]),
+                                         router_id=f"10.0.0.{rng.randint(1, 3)}")])
+        attrs = dict(local_pref=rng.choice([None, 100, 200]), med=rng.choice([None, 0, 5]),
+                     origin=rng.choice(list(Origin)),
+                     as_path=rng.choice([(), (AsSegment(2, (65010,)),), (AsSegment(2, (65020, 1)),)]),
+                     originator_id=rng.choice([None, IPv4Address("10.0.0.2")]),
+                     cluster_list=rng.choice([(), (IPv4Address("1.1.1.1"),)]))
+        route = mac_route(mobility_seq=rng.choice([0, 0, 1]), sticky=rng.random() < 0.1)
+        return path(source, route, **attrs)
+
+    for _ in range(3000):
+        a, b = sorted([random_path(), random_path()], key=_source_order)
+        assert _select_pair(a, b, LOCAL_AS) == _eliminate([a, b], LOCAL_AS)
