@@ -125,6 +125,7 @@ __all__ = [
     "encode_raw_update",
     "encode_route_refresh",
     "encode_update",
+    "exabgp_parse_update",
     "negotiate",
     "reference_decode_update",
     "reference_encode_update",
@@ -1398,6 +1399,12 @@ def reference_decode_update(negotiated: Negotiated, body: bytes) -> UpdateResult
     return result
 
 
+def exabgp_parse_update(negotiated: Negotiated, body: bytes) -> int:
+    """ExaBGP's own UPDATE parse (objects, no JSON, no conversion), for the benchmark. Returns the
+    number of NLRI."""
+    update = _ExaUpdate.unpack_message(body, _ExaDirection.IN, negotiated._exa)
+    return len(getattr(update, "nlris", ()))
+
 def _route_from_exa(nlri, ext: _ExtInfo) -> Route | None:
     if isinstance(nlri, _ExaINET):
         return UnicastRoute(nlri.cidr.prefix(), nlri.nexthop.top() if nlri.nexthop else "0.0.0.0")
@@ -1650,9 +1657,3 @@ def encode_raw_update(
         messages.append(_update(b"", reach + attributes))
     return messages
 
-
-def exabgp_parse_update(negotiated: Negotiated, body: bytes) -> int:
-    """ExaBGP's own UPDATE parse (objects, no JSON, no conversion), for the benchmark. Returns the
-    number of NLRI."""
-    update = _ExaUpdate.unpack_message(body, _ExaDirection.IN, negotiated._exa)
-    return len(getattr(update, "nlris", ()))
