@@ -1392,9 +1392,11 @@ def reference_decode_update(negotiated: Negotiated, body: bytes) -> UpdateResult
     )
     for nlri in update.nlris:
         route = _route_from_exa(nlri, ext)
-        if nlri.action == _ExaAction.WITHDRAW:
-            result.withdrawn.append(route.key if route is not None else None)
-        elif route is not None:
+        if route is None:
+            result.ignored += 1
+        elif nlri.action == _ExaAction.WITHDRAW:
+            result.withdrawn.append(route.key)
+        else:
             result.announced.append(Path(route, path_attrs))
     return result
 
@@ -1404,6 +1406,7 @@ def exabgp_parse_update(negotiated: Negotiated, body: bytes) -> int:
     number of NLRI."""
     update = _ExaUpdate.unpack_message(body, _ExaDirection.IN, negotiated._exa)
     return len(getattr(update, "nlris", ()))
+
 
 def _route_from_exa(nlri, ext: _ExtInfo) -> Route | None:
     if isinstance(nlri, _ExaINET):
