@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from exabgp.bgp.message import Open as _ExaOpen
 from exabgp.bgp.message import Update as _ExaUpdate
+from exabgp.bgp.message.update.eor import EOR as _ExaEOR
 from exabgp.bgp.message.action import Action as _ExaAction
 from exabgp.bgp.message.direction import Direction as _ExaDirection
 from exabgp.bgp.message.open import ASN as _ExaASN
@@ -1377,7 +1378,7 @@ def reference_decode_update(negotiated: Negotiated, body: bytes) -> UpdateResult
     independent parser for cross-checking ours in tests. Raises what ExaBGP raises on bad input."""
     update = _ExaUpdate.unpack_message(body, _ExaDirection.IN, negotiated._exa)
     result = UpdateResult()
-    if not hasattr(update, "nlris") or not hasattr(update, "attributes"):  # an ExaBGP EOR object
+    if isinstance(update, _ExaEOR):
         result.eor = Family.from_afi_safi(int(update.nlris[0].afi), int(update.nlris[0].safi))
         return result
     attributes = update.attributes

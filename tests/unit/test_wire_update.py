@@ -198,6 +198,7 @@ def test_family_not_negotiated_is_refused():
 def test_eor_roundtrip(family):
     result = wire.decode_update(IBGP, body(wire.encode_eor(family)))
     assert result.eor is family and result.announced == [] and result.withdrawn == []
+    assert wire.reference_decode_update(IBGP, body(wire.encode_eor(family))).eor is family  # ExaBGP agrees
 
 
 def test_eor_bytes():
