@@ -113,7 +113,10 @@ def orchestrate(count: int) -> int:
                 summary = gobgp.json("global", "rib", "summary", "-a", "evpn")
                 return int(summary.get("num_destination", 0)) >= count
 
-            wait_for(loaded, 1200, interval=1.0, what=f"GoBGP holding {count} routes")
+            # GoBGP 3.10 checks MAC mobility against its whole EVPN table for every received type-2 route
+            # (table_manager.go handleMacMobility), so loading N routes over BGP takes time in N^2:
+            # about 25 minutes for 100,000 on the reference machine. Only the sink phase is measured.
+            wait_for(loaded, 7200, interval=2.0, what=f"GoBGP holding {count} routes")
             print(f"GoBGP loaded {count} routes from our feeder in {time.monotonic() - t0:.1f} s", flush=True)
             result = subprocess.run(["ip", "netns", "exec", sink_ns, *me, "--role", "sink", "--routes", str(count)],
                                     stdout=subprocess.PIPE, text=True, timeout=1200, check=True)

@@ -139,3 +139,29 @@ def test_backoff_grows_exponentially_with_jitter_and_resets():
         assert base * 0.5 <= delay <= base
     backoff.reset()
     assert backoff.next_delay() <= 1.0
+
+
+def test_hold_time_zero_means_no_keepalives_and_no_hold_timer():
+    a, b = established_pair(hold_a=0, hold_b=9)
+    assert a.negotiated is not None and a.negotiated.hold_time == 0
+    assert a.next_timer() is None and b.next_timer() is None
+    assert a.handle_timer(10_000.0) == [] and a.state is fsm.State.ESTABLISHED
+
+
+def test_route_refresh_and_administrative_stop():
+    a, b = established_pair()
+    (event,) = a.receive(wire.encode_route_refresh(Family.L2VPN_EVPN), 1.0)
+    assert isinstance(event, fsm.RouteRefreshReceived)
+    assert wire.decode_route_refresh(event.body) is Family.L2VPN_EVPN
+    (closed,) = a.stop(fsm.ERR_CEASE, fsm.CEASE_ADMIN_SHUTDOWN)
+    assert isinstance(closed, fsm.Closed) and closed.was_established
+    (peer_closed,) = b.receive(a.data_to_send(), 1.0)
+    assert isinstance(peer_closed, fsm.Closed)
+    assert (peer_closed.reason.kind, peer_closed.reason.code, peer_closed.reason.subcode) == (
+        fsm.CloseKind.NOTIFICATION_RECEIVED, 6, 2)
+
+
+def test_connection_lost_is_not_a_notification():
+    a, _ = established_pair()
+    (closed,) = a.connection_lost("reset")
+    assert closed.reason.kind is fsm.CloseKind.CONNECTION_LOST and a.data_to_send() == b""
