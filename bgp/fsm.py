@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import enum
 import random
-from ipaddress import IPv4Address
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
 
 from bgp import wire
-from bgp.wire import MessageType
 from bgp.errors import MessageHeaderError, OpenError
 from bgp.routes import Address, PeerRef
+from bgp.wire import MessageType
 
 # RFC 4271 section 4.5 error codes, and the subcodes we send.
 ERR_HEADER = 1
@@ -90,7 +92,7 @@ class Established:
 
 @dataclass(frozen=True)
 class UpdateReceived:
-    result: wire.UpdateResult
+    result: Any  # what FsmConfig.decoder returns: wire.UpdateResult unless the owner chose otherwise
     body: bytes  # kept so RFC 7606 errors can be logged with the bytes
 
 
@@ -108,6 +110,15 @@ class Closed:
 Event = OpenReceived | Established | UpdateReceived | RouteRefreshReceived | Closed
 
 
+def typed_decoder(negotiated: wire.Negotiated, body: bytes, source: PeerRef | None) -> wire.UpdateResult:
+    return wire.decode_update(negotiated, body, source)
+
+
+# How UPDATE bodies become what the owner receives: typed paths by default; the route reflector can pass
+# a decoder that keeps NLRI raw (`wire.decode_raw_update`). Its result needs `.errors` (RFC 7606 actions).
+UpdateDecoder = Callable[[wire.Negotiated, bytes, PeerRef | None], Any]
+
+
 @dataclass(frozen=True)
 class FsmConfig:
     local: wire.Capabilities
@@ -115,6 +126,7 @@ class FsmConfig:
     peer_asn: int | None
     # The peer's transport address, recorded as the source of every path it sends.
     peer_address: Address | None = None
+    decoder: UpdateDecoder = typed_decoder
 
 
 @dataclass
@@ -239,8 +251,8 @@ class Fsm:
             self._restart_hold(now)
             self.counters.updates_in += 1
             assert self.negotiated is not None
-            result = wire.decode_update(self.negotiated, body, self._source)
-            fatal = result.session_reset
+            result = self.config.decoder(self.negotiated, body, self._source)
+            fatal = next((e for e in result.errors if e.action == wire.SESSION_RESET), None)
             if fatal is not None:
                 # RFC 7606 keeps the session for everything else; these few errors still reset it.
                 return self._fail(ERR_UPDATE, fatal.subcode, b"", f"{fatal.reason} (bytes {fatal.raw})")

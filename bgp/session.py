@@ -89,6 +89,7 @@ class PeerSettings:
     passive: bool = False  # never connect, only accept
     connect_retry_initial: float = 1.0
     connect_retry_max: float = 30.0
+    decoder: fsm.UpdateDecoder = fsm.typed_decoder
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ class Connection:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         settings = self.peer.settings
-        config = fsm.FsmConfig(settings.local, settings.peer_asn, ipaddress.ip_address(settings.address))
+        config = fsm.FsmConfig(settings.local, settings.peer_asn, ipaddress.ip_address(settings.address),
+                               settings.decoder)
         self.fsm = fsm.Fsm(config, self.loop.time())
         self._after(())
 

@@ -3,7 +3,9 @@
 Everything that changes state runs in `_run()`, one item at a time: events from sessions (through the
 bounded `session.Inbox`) and commands from API callers (closures with a future, GoBGP's `mgmtCh` shape).
 No locks, no shared mutation. The route reflector (issue 4) reuses this class: it subscribes to RIB
-changes and re-advertises them through the same update groups.
+changes and re-advertises them through the same update groups (`groups.broadcast(..., exclude=peer)`),
+hands its Loc-RIB view as `outbound`, and can give sessions a raw decoder (`PeerSettings.decoder`,
+`wire.decode_raw_update`) so forwarded NLRI need not be decoded into objects.
 
 Graceful restart (RFC 4724), both roles:
 - restarting speaker: our OPEN carries the R bit on the first session to each peer after start, and the
