@@ -1,6 +1,6 @@
 """Typed, immutable BGP route values: EVPN type 2 and 5 for NVGRE, IPv4/IPv6 unicast.
 
-Nothing here knows the wire format (that is bgp/wire.py). Constructors validate and normalise their
+Nothing here knows the wire format (that is bgp/wire/). Constructors validate and normalise their
 input and raise RouteValueError naming the field. Each route has a `.key`: the NLRI identity used for
 announce/withdraw and RIB indexing. What is not part of the key (label/VSID, next hop, ESI, gateway,
 communities) is a route attribute: a new value under the same key replaces the old one.

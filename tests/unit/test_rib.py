@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from ipaddress import IPv4Address, ip_address
-from pathlib import Path as FilePath
 
 from bgp.rib import AdjRibIn, BestPathReason, LocRib, Rib, RibChange, select_best
 from bgp.routes import AsSegment, Family, Origin, Path, PathAttributes, PeerRef, UnicastRoute
-
-sys.path.insert(0, str(FilePath(__file__).resolve().parents[1] / "fixtures"))
-from bgp_samples import mac_route, prefix_route  # noqa: E402
+from tests.fixtures.bgp_samples import mac_route, prefix_route
 
 LOCAL_AS = 65000
 

@@ -1,19 +1,16 @@
-"""The EVPN IPv6 next-hop fix in bgp/wire.py (ExaBGP 5.0.15 allows only 4-byte EVPN next hops).
+"""The EVPN IPv6 next-hop fix in bgp/wire/exa.py (ExaBGP 5.0.15 allows only 4-byte EVPN next hops).
 
 These fail if the fix stops applying (removed, or a new ExaBGP reads another table)."""
 
 from __future__ import annotations
 
-import sys
 from ipaddress import IPv6Address
-from pathlib import Path
 
 import pytest
 
 from bgp import wire
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-from bgp_samples import IBGP, body, fixture_bytes, mac_route  # noqa: E402
+from bgp.wire import exa
+from tests.fixtures.bgp_samples import IBGP, body, fixture_bytes, mac_route
 
 
 def test_exabgp_decodes_a_type2_route_with_a_16_byte_next_hop():
@@ -42,8 +39,8 @@ def test_a_32_byte_next_hop_uses_the_global_address():
 
 def test_without_the_fix_exabgp_rejects_it(monkeypatch):
     # Shows the tests above can fail: put ExaBGP's own table entry back and the decode raises.
-    table = wire._exa_family.Family.size
-    key = (wire._ExaAFI.l2vpn, wire._ExaSAFI.evpn)
+    table = exa._exa_family.Family.size
+    key = (exa._ExaAFI.l2vpn, exa._ExaSAFI.evpn)
     assert table[key] == (wire.EVPN_NEXT_HOP_LENGTHS, 0)
     monkeypatch.setitem(table, key, ((4,), 0))
     message = wire.encode_update(IBGP, [mac_route(next_hop="2001:db8::11")])[0]

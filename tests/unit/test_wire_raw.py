@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from ipaddress import IPv4Address
-from pathlib import Path
 
 from bgp import wire
 from bgp.routes import Family, OpaqueEvpnKey, Path as RoutePath, PathAttributes, UnicastRoute
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-from bgp_samples import IBGP, body, fixture_bytes, mac_route, prefix_route  # noqa: E402
+from tests.fixtures.bgp_samples import IBGP, body, fixture_bytes, mac_route, prefix_route
 
 ORIGINATOR = IPv4Address("198.51.100.11")
 CLUSTER = IPv4Address("192.0.2.100")

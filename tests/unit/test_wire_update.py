@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import sys
 from ipaddress import IPv4Address, ip_network
 
 import pytest
@@ -12,9 +11,9 @@ from bgp import wire
 from bgp.routes import (
     AsSegment, Family, MacIpKey, Origin, Path, PathAttributes, PeerRef, UnicastKey, UnicastRoute,
 )
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures"))
-from bgp_samples import EBGP, FIXTURES, IBGP, RD, TWO_OCTET, body, fixture_bytes, mac_route, prefix_route  # noqa: E402
+from tests.fixtures.bgp_samples import (
+    EBGP, FIXTURES, IBGP, RD, TWO_OCTET, body, fixture_bytes, mac_route, prefix_route,
+)
 
 PEER = PeerRef(IPv4Address("192.0.2.2"), IPv4Address("192.0.2.2"), 65000)
 
