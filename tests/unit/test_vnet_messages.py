@@ -97,3 +97,39 @@ def test_vrf_link_and_rule_and_neighbour_decode_with_pyroute2():
     assert neigh["state"] == m.NUD_PERMANENT and neigh["ifindex"] == 7
     assert neigh.get_attr("NDA_DST") == "fe80::1" and neigh.get_attr("NDA_LLADDR") == "02:00:5e:10:00:01"
     assert neigh.get_attr("NDA_PROTOCOL") == 78
+
+
+def test_the_one_pack_encap_route_is_byte_identical_to_the_composed_encoder():
+    for family, pa_family, dst, gateway, pa in [
+        (4, 4, "10.1.0.20", "169.254.0.1", "198.51.100.2"), (6, 4, "fd00::20", "fe80::1", "198.51.100.2"),
+        (4, 6, "10.1.0.20", "169.254.0.1", "2001:db8::2"), (6, 6, "fd00::20", "fe80::1", "2001:db8::2"),
+    ]:
+        plen = 32 if family == 4 else 128
+        composed = m.message(m.RTM_NEWROUTE, 0x505, 9, m.route_body(
+            family, 1000, dst, plen, 78, flags=m.RTNH_F_ONLINK, metric=1024, oif=5, gateway=gateway,
+            extra=m.tunnel_encap(pa_family, 5001 << 8, pa, 64)))
+        assert m.encap_route(9, 0x505, family, 1000, dst, plen, 78, 1024, 5, gateway, pa_family, 5001 << 8, pa,
+                             64) == composed
+
+
+def test_the_hand_parser_agrees_with_route_message_on_iproute2s_bytes():
+    msg = m.RouteMessage(IPROUTE2_ENCAP_IP)
+    msg.decode()
+    fields = m.parse_route(IPROUTE2_ENCAP_IP)
+    encap = msg.get_attr("RTA_ENCAP")
+    assert (fields.family, fields.table, fields.dst, fields.dst_len, fields.proto, fields.oif) == (
+        4, msg.get_attr("RTA_TABLE"), msg.get_attr("RTA_DST"), msg["dst_len"], msg["proto"], msg.get_attr("RTA_OIF"))
+    assert (fields.encap_type, fields.tun_id, fields.tun_dst, fields.tun_ttl, fields.tun_flags) == (
+        msg.get_attr("RTA_ENCAP_TYPE"), encap.get_attr("LWTUNNEL_IP_ID"), encap.get_attr("LWTUNNEL_IP_DST"),
+        encap.get_attr("LWTUNNEL_IP_TTL"), encap.get_attr("LWTUNNEL_IP_FLAGS"))
+    assert fields.metric == 0  # IPv4 omits RTA_PRIORITY for metric 0
+
+
+def test_the_hand_parser_reads_an_ip6_encap_of_an_ipv6_route():
+    raw = m.message(m.RTM_NEWROUTE, 0, 1, m.route_body(
+        6, 1000, "fd00::20", 128, 78, flags=m.RTNH_F_ONLINK, metric=1024, oif=5, gateway="fe80::1",
+        extra=m.tunnel_encap(6, 5001 << 8, "2001:db8::2", 64)))
+    f = m.parse_route(raw)
+    assert (f.family, f.table, f.dst, f.dst_len, f.metric, f.oif) == (6, 1000, "fd00::20", 128, 1024, 5)
+    assert (f.encap_type, f.tun_id, f.tun_dst, f.tun_ttl, f.tun_flags) == (
+        m.LWTUNNEL_ENCAP_IP6, 5001 << 8, "2001:db8::2", 64, m.TUNNEL_KEY)

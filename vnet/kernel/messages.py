@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from dataclasses import dataclass
 
 from pyroute2.netlink import nla
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -319,3 +320,108 @@ class LinkMessage(ifinfmsg):
     nla_map = tuple(("IFLA_LINKINFO", "_ifinfo") if e[0] == "IFLA_LINKINFO" else e for e in ifinfmsg.nla_map)
     _ifinfo = _ifinfo
     locals().update(_FRESH)
+
+
+# --- the hot path: one struct.pack per remote-CA route --------------------------------------------------
+_ENCAP_ROUTE: dict[tuple[int, int], struct.Struct] = {}
+_KEY_FLAG = struct.pack(">H", TUNNEL_KEY)
+
+
+def _encap_route_struct(family: int, pa_family: int) -> struct.Struct:
+    a = "4s" if family == 4 else "16s"
+    p = "4s" if pa_family == 4 else "16s"
+    return struct.Struct(
+        "=IHHII"  # nlmsghdr
+        "BBBBBBBBI"  # rtmsg
+        "HHI" "HH" + a + "HHI" "HHI" "HH" + a +  # RTA_TABLE, RTA_DST, RTA_PRIORITY, RTA_OIF, RTA_GATEWAY
+        "HHH2x" "HH"  # RTA_ENCAP_TYPE, RTA_ENCAP header
+        "HH8s" "HH" + p + "HHB3x" "HH2s2x"  # ID, DST, TTL, FLAGS
+    )
+
+
+def encap_route(
+    seq: int, flags: int, family: int, table: int, dst: str, dst_len: int, proto: int, metric: int, oif: int,
+    gateway: str, pa_family: int, tun_id: int, pa: str, ttl: int,
+) -> bytes:
+    """The whole RTM_NEWROUTE of `route_body(..., extra=tunnel_encap(...))` in one pack: the same bytes
+    (tested), ~5x cheaper; it is most of the writer's CPU time at 100k routes."""
+    key = (family, pa_family)
+    st = _ENCAP_ROUTE.get(key) or _ENCAP_ROUTE.setdefault(key, _encap_route_struct(family, pa_family))
+    alen, plen = (4 if family == 4 else 16), (4 if pa_family == 4 else 16)
+    encap_len = 4 + 12 + 4 + plen + 8 + 8
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    return st.pack(
+        st.size, RTM_NEWROUTE, flags | NLM_F_REQUEST, seq, 0,
+        FAMILY[family], dst_len, 0, 0, table if table < 256 else RT_TABLE_COMPAT, proto, RT_SCOPE_UNIVERSE,
+        RTN_UNICAST, RTNH_F_ONLINK,
+        8, RTA_TABLE, table,
+        4 + alen, RTA_DST, socket.inet_pton(af, dst),
+        8, RTA_PRIORITY, metric,
+        8, RTA_OIF, oif,
+        4 + alen, RTA_GATEWAY, socket.inet_pton(af, gateway),
+        6, RTA_ENCAP_TYPE, LWTUNNEL_ENCAP_IP if pa_family == 4 else LWTUNNEL_ENCAP_IP6,
+        encap_len, RTA_ENCAP | 0x8000,
+        12, LWTUNNEL_IP_ID, tun_id.to_bytes(8, "big"),
+        4 + plen, LWTUNNEL_IP_DST, socket.inet_pton(socket.AF_INET if pa_family == 4 else socket.AF_INET6, pa),
+        5, LWTUNNEL_IP_TTL, ttl,
+        6, LWTUNNEL_IP_FLAGS, _KEY_FLAG,
+    )
+
+
+@dataclass(frozen=True)
+class RouteFields:
+    """What `observe` needs of one route message."""
+
+    family: int  # 4 or 6
+    table: int
+    dst: str | None
+    dst_len: int
+    proto: int
+    rtype: int
+    metric: int
+    oif: int | None
+    encap_type: int | None
+    tun_id: int | None
+    tun_dst: str | None
+    tun_ttl: int | None
+    tun_flags: int | None
+
+
+def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    while offset + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = data[offset + 4 : offset + length]  # without NLA_F_NESTED / NET_BYTEORDER
+        offset += (length + 3) & ~3
+    return out
+
+
+def _ntop(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def parse_route(msg: bytes) -> RouteFields:
+    """A route message parsed by hand: the same answers as `RouteMessage` (tested on iproute2's bytes),
+    but pyroute2's generic decoder costs ~5 ms per route in the emulated VM, i.e. minutes for the
+    100k routes an agent must read back on restart."""
+    family, dst_len, _src, _tos, table8, proto, _scope, rtype, _flags = _RTMSG.unpack_from(msg, 16)
+    a = _attrs(msg, 16 + _RTMSG.size, len(msg))
+    encap_type = struct.unpack("=H", a[RTA_ENCAP_TYPE])[0] if RTA_ENCAP_TYPE in a else None
+    tun_id = tun_dst = tun_ttl = tun_flags = None
+    if encap_type in (LWTUNNEL_ENCAP_IP, LWTUNNEL_ENCAP_IP6) and RTA_ENCAP in a:
+        e = _attrs(a[RTA_ENCAP], 0, len(a[RTA_ENCAP]))
+        tun_id = struct.unpack(">Q", e[LWTUNNEL_IP_ID])[0] if LWTUNNEL_IP_ID in e else None
+        tun_dst = _ntop(e[LWTUNNEL_IP_DST]) if LWTUNNEL_IP_DST in e else None
+        tun_ttl = e[LWTUNNEL_IP_TTL][0] if LWTUNNEL_IP_TTL in e else None
+        tun_flags = struct.unpack(">H", e[LWTUNNEL_IP_FLAGS])[0] if LWTUNNEL_IP_FLAGS in e else None
+    return RouteFields(
+        family=4 if family == socket.AF_INET else 6,
+        table=struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else table8,
+        dst=_ntop(a[RTA_DST]) if RTA_DST in a else None,
+        dst_len=dst_len, proto=proto, rtype=rtype,
+        metric=struct.unpack("=I", a[RTA_PRIORITY])[0] if RTA_PRIORITY in a else 0,
+        oif=struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else None,
+        encap_type=encap_type, tun_id=tun_id, tun_dst=tun_dst, tun_ttl=tun_ttl, tun_flags=tun_flags,
+    )

@@ -10,7 +10,7 @@ restarted agent adopts its own objects and never touches anyone else's:
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -146,11 +146,31 @@ class ProxyNeighbour:
         return ("proxy", self.dev, self.address)
 
 
+def _address(text: str) -> tuple[bytes, int]:
+    # inet_pton instead of ipaddress: building 100k routes is ~10x cheaper, which matters in the VM
+    family = 6 if ":" in text else 4
+    try:
+        return socket.inet_pton(socket.AF_INET6 if family == 6 else socket.AF_INET, text), family
+    except OSError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
+def normal_address(text: str) -> tuple[str, int]:
+    packed, family = _address(text)
+    return socket.inet_ntop(socket.AF_INET6 if family == 6 else socket.AF_INET, packed), family
+
+
 def _set_prefix(obj: LocalPortRoute | EncapRoute) -> None:
-    """Normalise the prefix once (parsing is the dominant cost at 100k routes) and derive the family."""
-    net = ipaddress.ip_network(obj.prefix, strict=True)
-    object.__setattr__(obj, "prefix", str(net))
-    object.__setattr__(obj, "family", net.version)
+    """Normalise the prefix once (canonical text, host bits must be zero) and derive the family."""
+    text, _, length = obj.prefix.partition("/")
+    packed, family = _address(text)
+    bits = len(packed) * 8
+    plen = int(length) if length else bits
+    if not 0 <= plen <= bits or int.from_bytes(packed, "big") & ((1 << (bits - plen)) - 1):
+        raise ValueError(f"{obj.prefix!r} is not a prefix (length out of range or host bits set)")
+    address = socket.inet_ntop(socket.AF_INET6 if family == 6 else socket.AF_INET, packed)
+    object.__setattr__(obj, "prefix", f"{address}/{plen}")
+    object.__setattr__(obj, "family", family)
 
 
 @dataclass(frozen=True)
@@ -191,9 +211,9 @@ class EncapRoute:
 
     def __post_init__(self) -> None:
         _set_prefix(self)
-        pa = ipaddress.ip_address(self.pa)
-        object.__setattr__(self, "pa", str(pa))
-        object.__setattr__(self, "pa_family", pa.version)
+        pa, pa_family = normal_address(self.pa)
+        object.__setattr__(self, "pa", pa)
+        object.__setattr__(self, "pa_family", pa_family)
         if not 0 < self.vsid < 1 << 24:
             raise ValueError(f"VSID {self.vsid} is not a 24-bit value")
 

@@ -6,7 +6,6 @@ is invisible here, so `diff` can never plan to touch it.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 from collections.abc import AsyncIterator, Iterable
@@ -113,22 +112,15 @@ async def neighbours(sock: RtnlSocket, names: dict[int, str], ports: set[str]) -
                 yield PermanentNeighbour(dev, msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR"))
 
 
-def _route(msg: m.RouteMessage, names: dict[int, str]) -> KernelObject | None:
-    family = 4 if msg["family"] == socket.AF_INET else 6
-    table = msg.get_attr("RTA_TABLE") or msg["table"]
-    dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == 4 else "::")
-    prefix = str(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
-    metric = msg.get_attr("RTA_PRIORITY") or 0
-    if msg["type"] == m.RTN_UNREACHABLE and msg["dst_len"] == 0:
-        return UnreachableRoute(table, family, metric)
-    dev = names.get(msg.get_attr("RTA_OIF"))
-    encap = msg.get_attr("RTA_ENCAP")
-    if encap is not None and msg.get_attr("RTA_ENCAP_TYPE") in (m.LWTUNNEL_ENCAP_IP, m.LWTUNNEL_ENCAP_IP6):
-        p = "LWTUNNEL_IP_" if msg.get_attr("RTA_ENCAP_TYPE") == m.LWTUNNEL_ENCAP_IP else "LWTUNNEL_IP6_"
-        ttl = encap.get_attr(p + ("TTL" if p == "LWTUNNEL_IP_" else "HOPLIMIT"))
-        return EncapRoute(table, prefix, encap.get_attr(p + "ID") >> 8, encap.get_attr(p + "DST"), dev, ttl, metric)
-    if dev is not None and msg["type"] == m.RTN_UNICAST:
-        return LocalPortRoute(table, prefix, dev, metric)
+def _route(r: m.RouteFields, names: dict[int, str]) -> KernelObject | None:
+    prefix = f"{r.dst or ('0.0.0.0' if r.family == 4 else '::')}/{r.dst_len}"
+    if r.rtype == m.RTN_UNREACHABLE and r.dst_len == 0:
+        return UnreachableRoute(r.table, r.family, r.metric)
+    dev = names.get(r.oif) if r.oif is not None else None
+    if r.encap_type in (m.LWTUNNEL_ENCAP_IP, m.LWTUNNEL_ENCAP_IP6) and r.tun_id is not None:
+        return EncapRoute(r.table, prefix, r.tun_id >> 8, r.tun_dst, dev, r.tun_ttl, r.metric)
+    if dev is not None and r.rtype == m.RTN_UNICAST:
+        return LocalPortRoute(r.table, prefix, dev, r.metric)
     return None
 
 
@@ -137,11 +129,10 @@ async def routes(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[Kerne
         # strict dump checking lets the kernel filter by protocol: others' routes never reach us
         body = struct.pack("=BBBBBBBBI", m.FAMILY[family], 0, 0, 0, 0, PROTO, 0, 0, 0)
         async for raw in sock.dump(m.RTM_GETROUTE, body):
-            msg = m.RouteMessage(raw)
-            msg.decode()
-            if msg["proto"] != PROTO:
+            fields = m.parse_route(raw)
+            if fields.proto != PROTO:
                 continue
-            obj = _route(msg, names)
+            obj = _route(fields, names)
             if obj is not None:
                 yield obj
 

@@ -1,0 +1,83 @@
+"""apply on this machine's own kernel (no VRF/GRE needed): namespaces, veth, policy-routing tables.
+
+Pipelining and error matching: many requests go out in few buffers; each ack is matched to its op."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from lab import netns
+from vnet.kernel.apply import apply
+from vnet.kernel.diff import Action, Op, Plan, diff
+from vnet.kernel.netns import RtnlSocket
+from vnet.kernel.objects import LocalPortRoute, PermanentNeighbour, ProxyNeighbour, TunIdRule, UnreachableRoute
+from vnet.kernel.observe import observe
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+
+@pytest.fixture
+def ns():
+    name = f"vnu-{uuid.uuid4().hex[:8]}"
+    netns.create(name)
+    netns.ip_batch(["link add up0 type veth peer name up1", "link set up0 up", "link set up1 up",
+                    "link add down0 type veth peer name down1"], name)
+    try:
+        with RtnlSocket(name) as sock:
+            yield sock
+    finally:
+        netns.destroy(name)
+
+
+async def test_thousands_of_routes_in_few_buffers_are_all_acknowledged_and_read_back(ns):
+    want = {LocalPortRoute(100, f"10.{n >> 8}.{n & 255}.1/32", "up0") for n in range(3000)}
+    plan = diff(want, await observe(ns))
+    report = await apply(ns, plan)
+    assert report.ok and report.requests == 3000 and len(report.applied) == 3000
+    assert await observe(ns) == want
+    assert diff(want, await observe(ns)) == Plan(())
+
+
+async def test_an_error_is_matched_to_its_own_op_with_the_kernels_message_and_the_rest_apply(ns):
+    good = [LocalPortRoute(100, "10.0.0.1/32", "up0"), LocalPortRoute(100, "10.0.0.3/32", "up0")]
+    bad = LocalPortRoute(100, "10.0.0.2/32", "down0")
+    report = await apply(ns, diff({good[0], bad, good[1]}, set()))
+    assert [e.op.obj for e in report.errors] == [bad]
+    assert report.errors[0].errno == 100 and "not up" in report.errors[0].message  # ENETDOWN, extended ack
+    assert bad.prefix in str(report.errors[0])
+    assert {o for o in await observe(ns)} == set(good)
+
+
+async def test_deleting_what_is_already_gone_is_done_and_replace_is_one_request(ns):
+    route = LocalPortRoute(100, "10.0.0.1/32", "up0")
+    gone = await apply(ns, Plan((Op(Action.DELETE, route),)))
+    assert gone.ok
+    await apply(ns, diff({route}, set()))
+    moved = LocalPortRoute(100, "10.0.0.1/32", "up1")
+    plan = diff({moved}, await observe(ns))
+    report = await apply(ns, plan)
+    assert [op.action for op in plan.ops] == [Action.REPLACE] and report.requests == 1 and report.ok
+    assert await observe(ns) == {moved}
+
+
+async def test_rules_neighbours_and_unreachable_routes_round_trip(ns):
+    want = {
+        TunIdRule(4, "nvf-gre4", 5001 << 8, 100, 900), TunIdRule(6, "nvf-gre6", 5001 << 8, 100, 900),
+        PermanentNeighbour("up0", "169.254.0.1", "02:00:5e:10:00:01"),
+        PermanentNeighbour("up0", "fe80::1", "02:00:5e:10:00:01"),
+        ProxyNeighbour("up0", "fd00:b::20"), UnreachableRoute(100, 4), UnreachableRoute(100, 6),
+    }
+    report = await apply(ns, diff(want, await observe(ns)))
+    assert report.ok, report.errors
+    assert await observe(ns) == want
+    changed = (want - {TunIdRule(4, "nvf-gre4", 5001 << 8, 100, 900)}) | {TunIdRule(4, "nvf-gre4", 5001 << 8, 101, 901)}
+    plan = diff(changed, await observe(ns))
+    report = await apply(ns, plan)
+    # rules cannot be replaced in place: one op, two requests (delete old, add new)
+    assert [op.action for op in plan.ops] == [Action.REPLACE] and report.requests == 2 and report.ok
+    assert await observe(ns) == changed
+    report = await apply(ns, diff(set(), await observe(ns)))
+    assert report.ok and await observe(ns) == set()
