@@ -279,3 +279,22 @@ def test_objects_that_are_not_ours_are_left_alone(hosts):
         netns.ip_batch(["route del 10.7.0.0/24 table 100", "link del blue", "rule del pref 950",
                         "neigh del 169.254.0.9 dev nvf-gre4"], H[1])
         hosts.reconcile(1, state)
+
+
+def test_a_hand_made_device_with_our_name_is_replaced_by_a_flow_based_one():
+    ns = f"{TAG}-dev"
+    netns.create(ns)
+    try:
+        netns.ip_batch(["link add nvf-gre4 type gretap key 7 nocsum"], ns)  # ours by name, but keyed
+        want = {NvgreDevice("nvf-gre4", 4, RMAC)}
+        with RtnlSocket(ns) as sock:
+            async def go() -> tuple[Plan, Report, set]:
+                plan = diff(want, await observe(sock))
+                report = await apply(sock, plan)
+                return plan, report, await observe(sock)
+            plan, report, after = asyncio.run(go())
+        assert [op.action for op in plan.ops] == [Action.REPLACE] and plan.ops[0].old.external is False
+        assert report.ok and after == want
+        assert "gretap external" in netns.run(["ip", "-n", ns, "-d", "link", "show", "nvf-gre4"]).output
+    finally:
+        netns.destroy(ns)

@@ -87,3 +87,25 @@ def test_objects_validate_and_normalise():
     assert (r.prefix, r.pa, r.tun_id, r.via, r.pa_family, r.family) == (
         "fd00:b::20/128", "2001:db8::2", 0x138900, "fe80::1", 6, 6)
     assert NvgreDevice("nvf-gre4", 4, "02:00:5E:10:00:01").router_mac == RMAC
+
+
+def test_a_device_with_our_name_that_is_not_flow_based_is_replaced_by_delete_and_create():
+    from vnet.kernel import messages as m
+    from vnet.kernel.apply import _Encoder
+
+    class Seq:
+        n = 0
+
+        def next_seq(self) -> int:
+            self.n += 1
+            return self.n
+
+    by_hand = NvgreDevice("nvf-gre4", 4, RMAC, external=False)  # what observe reports for a keyed gretap
+    plan = diff({NvgreDevice("nvf-gre4", 4, RMAC)}, {by_hand})
+    assert [op.action for op in plan.ops] == [Action.REPLACE]
+    msgs = _Encoder(Seq(), {"nvf-gre4": 7}).encode(plan.ops[0])
+    assert [int.from_bytes(raw[4:6], "little") for _, raw in msgs] == [m.RTM_DELLINK, m.RTM_NEWLINK]
+    # only the MAC changed: modified in place, one request
+    plan = diff({NvgreDevice("nvf-gre4", 4, RMAC)}, {NvgreDevice("nvf-gre4", 4, "02:00:5e:10:00:02")})
+    msgs = _Encoder(Seq(), {"nvf-gre4": 7}).encode(plan.ops[0])
+    assert [int.from_bytes(raw[4:6], "little") for _, raw in msgs] == [m.RTM_NEWLINK]

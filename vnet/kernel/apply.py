@@ -116,13 +116,22 @@ class _Encoder:
             # a VRF's table cannot change in place: replace is delete + create
             return [delete] if action is Action.DELETE else [delete, create]
         if isinstance(obj, NvgreDevice):
-            if action is Action.CREATE:
+            def create() -> tuple[int, bytes]:
                 body = m.link_body(
                     name=obj.name, kind=obj.kind, info_data=m.collect_md_info(), address=obj.router_mac, up=True
                 )
-                return [self._msg(m.RTM_NEWLINK, CREATE_NEW, body)]
+                return self._msg(m.RTM_NEWLINK, CREATE_NEW, body)
+
+            def delete() -> tuple[int, bytes]:
+                return self._msg(m.RTM_DELLINK, m.NLM_F_ACK, m.link_body(ifindex=self._ifindex(obj.name)))
+
+            if action is Action.CREATE:
+                return [create()]
             if action is Action.DELETE:
-                return [self._msg(m.RTM_DELLINK, m.NLM_F_ACK, m.link_body(ifindex=self._ifindex(obj.name)))]
+                return [delete()]
+            assert isinstance(op.old, NvgreDevice)
+            if (op.old.family, op.old.external) != (obj.family, obj.external):
+                return [delete(), create()]  # the kind and collect_md cannot change in place
             body = m.link_body(ifindex=self._ifindex(obj.name), address=obj.router_mac, up=True)
             return [self._msg(m.RTM_NEWLINK, m.NLM_F_ACK, body)]
         if isinstance(obj, Port):

@@ -53,6 +53,9 @@ class NvgreDevice:
     name: str
     family: int  # 4: gretap (IPv4 PAs), 6: ip6gretap (IPv6 PAs)
     router_mac: str
+    # always True when desired; observe reports False for a device with our name that is not flow-based
+    # (made by hand, say), so that diff plans a replace (delete + create) instead of trusting it
+    external: bool = True
     order: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
