@@ -27,8 +27,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # RFC 7637 section 3.2: VSIDs 0-4095 are reserved, 0xFFFFFF is reserved for vendor use.
 VSID_MIN = 4096
 VSID_MAX = 16_777_214
-# Routing-domain names become part of kernel device names (VRF "rd-<name>", at most 15 bytes).
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,11}$")
+# Routing-domain names become kernel device names: the VRF is "nvf-<name>" (vnet/kernel/objects.py owns
+# the "nvf-" prefix), and a Linux device name has at most 15 bytes.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,10}$")
 PORT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
