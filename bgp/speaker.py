@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from bgp import fsm, rib, wire
-from bgp.config import SpeakerConfig
+from bgp.config import Neighbour, SpeakerConfig
 from bgp.routes import Family, MacIpRoute, Path, PeerRef, PrefixRoute, Route, RouteKey, UnicastRoute
 from bgp.session import Inbox, Listener, Peer, PeerEvent, PeerSettings, cancel
 from bgp.updgroup import UpdateGroups, encode_for
@@ -78,11 +78,14 @@ class Speaker:
         *,
         inbox_size: int = 4096,
         outbound: Callable[[Peer], Iterable[Path]] | None = None,
+        decoder: fsm.UpdateDecoder = fsm.typed_decoder,
     ) -> None:
         """`outbound(peer)` is the table a peer gets when its session comes up (and on ROUTE-REFRESH); by
         default our own routes. The route reflector passes its Loc-RIB view and broadcasts RIB changes
-        through `groups` itself."""
+        through `groups` itself. `decoder` is given to every session (configured and dynamic); a subclass
+        that passes a raw decoder overrides `_on_update`, `_table_messages` and `_group_policy`."""
         self.config = config
+        self.decoder = decoder
         self._outbound = outbound or (lambda peer: self.local.values())
         self.inbox = Inbox(inbox_size)
         self.peers: dict[str, Peer] = {}
@@ -113,21 +116,27 @@ class Speaker:
                     self.listener.set_md5(str(d.prefix.network_address), d.md5_password, d.prefix.prefixlen)
             self.listener.start()
         for n in self.config.neighbours:
-            peer = Peer(
-                PeerSettings(
-                    address=n.address,
-                    port=n.port,
-                    peer_asn=n.asn,
-                    local=self._capabilities(n.address),
-                    md5_password=n.md5_password,
-                    local_address=n.local_address,
-                    passive=n.passive,
-                ),
-                self.inbox,
-            )
-            self.peers[n.address] = peer
-            peer.start()
+            self.add_neighbour(n)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="bgp-speaker")
+
+    def add_neighbour(self, n: Neighbour) -> Peer:
+        """Create and start the session of one configured neighbour (at start, or on a reload)."""
+        peer = Peer(
+            PeerSettings(
+                address=n.address,
+                port=n.port,
+                peer_asn=n.asn,
+                local=self._capabilities(n.address),
+                md5_password=n.md5_password,
+                local_address=n.local_address,
+                passive=n.passive,
+                decoder=self.decoder,
+            ),
+            self.inbox,
+        )
+        self.peers[n.address] = peer
+        peer.start()
+        return peer
 
     async def stop(self) -> None:
         for peer in self.peers.values():
@@ -244,6 +253,7 @@ class Speaker:
                         local=self._capabilities(address),
                         md5_password=dynamic.md5_password,
                         passive=True,
+                        decoder=self.decoder,
                     ),
                     self.inbox,
                     name=f"{address} (dynamic {prefix})",
@@ -272,12 +282,20 @@ class Speaker:
         notices += self._graceful_reconnect(peer, negotiated)
         # Initial table, then End-of-RIB per family (RFC 4724 2), encoded for this peer alone; from now on
         # changes reach it through its update group.
-        paths = list(self._outbound(peer))
-        data = b"".join(encode_for(negotiated, paths, ()))
+        data = self._table_messages(peer, negotiated, None)
         data += b"".join(wire.encode_eor(f) for f in sorted(negotiated.families, key=lambda f: f.value))
         peer.send(data)
-        self.groups.join(peer, negotiated)
+        self.groups.join(peer, negotiated, self._group_policy(peer))
         self._publish(notices)
+
+    def _table_messages(self, peer: Peer, negotiated: wire.Negotiated, family: Family | None) -> bytes:
+        """The UPDATEs carrying the table `peer` gets on Established and on ROUTE-REFRESH (one family)."""
+        paths = [p for p in self._outbound(peer) if family is None or p.family is family]
+        return b"".join(encode_for(negotiated, paths, ()))
+
+    def _group_policy(self, peer: Peer) -> Hashable:
+        """The outbound policy part of the peer's update group key (peers with equal keys get equal bytes)."""
+        return None
 
     def _on_closed(self, peer: Peer, event: fsm.Closed) -> None:
         self.groups.leave(peer)
@@ -337,8 +355,7 @@ class Speaker:
         family = wire.decode_route_refresh(event.body)
         if negotiated is None or family is None or family not in negotiated.families:
             return
-        paths = [p for p in self._outbound(peer) if p.family is family]
-        peer.send(b"".join(encode_for(negotiated, paths, ())))
+        peer.send(self._table_messages(peer, negotiated, family))
 
     def _send_refresh(self, family: Family | None) -> None:
         for peer in self.peers.values():
