@@ -265,3 +265,16 @@ class LookupRecord:
     pa: Address | None = None  # the provider address of the host that has the CA; None for local ports
     local: bool = False
     port: str | None = None  # the local port's name, for local records
+
+
+@dataclass(frozen=True)
+class RemotePrefix:
+    """A prefix learned from another host or gateway (EVPN type 5, RFC 9136), e.g. the gateway's default
+    route: routed inside `routing_domain` to the host with provider address `pa`, in virtual subnet `vsid`."""
+
+    routing_domain: str
+    prefix: Network
+    vsid: int
+    pa: Address
+    router_mac: str | None = None
+    gateway_ip: Address | None = None

@@ -1,0 +1,59 @@
+"""Pure: the local ports of a catalog -> the EVPN type-2 routes this host announces (RFC 7432, RFC 8365).
+
+One MAC/IP route per customer address of every active port:
+- RD = router_id:N with N = VSID mod 65536 (RFC 7432 section 7.9: type-1 RD, unique per host and EVI; the
+  low 16 bits of the VSID are enough to keep the routes of one host apart, because the route key also
+  carries MAC and IP: two VSIDs congruent mod 65536 would share a key only for the same MAC and IP);
+- label = VSID (RFC 8365 section 5.1.3), next hop = the host's first provider address;
+- route targets of the port's routing domain, the fabric-wide Router's MAC, and the MAC mobility
+  sequence (hostagent/mobility.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from bgp.routes import MacIpKey, MacIpRoute
+from vnet.catalog import Catalog
+from vnet.model import Address
+
+
+@dataclass(frozen=True)
+class Identity:
+    router_id: str
+    provider_addresses: tuple[Address, ...]
+    router_mac: str
+
+    @property
+    def next_hop(self) -> Address:
+        return self.provider_addresses[0]
+
+
+def route_distinguisher(router_id: str, vsid: int) -> str:
+    return f"{router_id}:{vsid & 0xFFFF}"
+
+
+def local_routes(
+    catalog: Catalog,
+    identity: Identity,
+    seqs: Mapping[tuple[int, str], int],
+    inactive: Collection[tuple[int, str]] = (),
+) -> dict[MacIpKey, MacIpRoute]:
+    out: dict[MacIpKey, MacIpRoute] = {}
+    for port in catalog.ports.values():
+        key = (port.vsid, port.mac)
+        if key in inactive:
+            continue  # moved to another host (higher sequence there): not ours to announce
+        found = catalog.subnet(port.vsid)
+        if found is None:
+            continue
+        rd, _subnet = found
+        for address in port.addresses:
+            route = MacIpRoute(
+                rd=route_distinguisher(identity.router_id, port.vsid), mac=port.mac, ip=address, vsid=port.vsid,
+                next_hop=identity.next_hop, route_targets=rd.route_targets, router_mac=identity.router_mac,
+                mobility_seq=seqs.get(key, 0),
+            )
+            out[route.key] = route
+    return out

@@ -1,0 +1,156 @@
+"""`nvfabric agent --config agent.yaml`: the host agent's configuration, typed, every error naming its field.
+
+```yaml
+asn: 65001
+router_id: 198.51.100.11
+provider_addresses: [198.51.100.11, "2001:db8::11"]   # the first is the next hop we announce
+router_mac: "02:00:5e:10:00:01"                       # fabric-wide: every inner frame is addressed to it
+route_reflectors:
+  - {address: 198.51.100.100, asn: 65001, md5_password: s3cret}
+  - {address: 198.51.100.101}                         # asn defaults to ours (iBGP)
+api: {listen: "127.0.0.1:8500", token: change-me}
+state_dir: /var/lib/nvfabric/agent
+underlay_mtu: 1500
+routing_domains: [{name: blue, route_targets: ["65001:1"], subnets: [{vsid: 5001, prefixes: [10.0.0.0/24]}]}]
+netns: hv1          # optional: lab and tests only (netlink, BGP and API sockets in this namespace)
+```
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bgp.config import ConfigError, _Reader
+from vnet.errors import ModelError
+from vnet.model import Address, RoutingDomain, check_mac
+
+DEFAULT_LISTEN = "127.0.0.1:8500"
+DEFAULT_ROUTER_MAC = "02:00:5e:10:00:01"
+
+__all__ = ["AgentConfig", "ApiConfig", "ConfigError", "Reflector", "load", "DEFAULT_LISTEN"]
+
+
+@dataclass(frozen=True)
+class Reflector:
+    address: str
+    asn: int
+    md5_password: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str = DEFAULT_LISTEN
+    token: str | None = None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    asn: int
+    router_id: str
+    provider_addresses: tuple[Address, ...]
+    route_reflectors: tuple[Reflector, ...]
+    state_dir: Path
+    router_mac: str = DEFAULT_ROUTER_MAC
+    api: ApiConfig = field(default_factory=ApiConfig)
+    underlay_mtu: int = 1500
+    routing_domains: tuple[RoutingDomain, ...] = ()
+    netns: str | None = None
+    # Seconds to hold deletes of learned state after a (re)start when no End-of-RIB arrives.
+    eor_timeout: float = 60.0
+    # Periodic full resync (observe the kernel again): level-triggered safety net.
+    resync_interval: float = 60.0
+
+    @property
+    def next_hop(self) -> Address:
+        return self.provider_addresses[0]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AgentConfig:
+        return parse(data)
+
+
+def _listen(value: str, where: str) -> str:
+    host, sep, port = value.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        ok = bool(sep) and 0 < int(port) < 65536
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(where, f"{value!r} is not 'address:port' (e.g. {DEFAULT_LISTEN} or [::1]:8500)")
+    return value
+
+
+def parse(data: Any) -> AgentConfig:
+    top = _Reader(data, "")
+    asn = top.integer("asn", 1, 0xFFFFFFFF)
+    router_id = top.address("router_id", version=4)
+    pas: list[Address] = []
+    for where, value in top.items("provider_addresses"):
+        try:
+            pas.append(ipaddress.ip_address(value))
+        except ValueError:
+            raise ConfigError(where, f"{value!r} is not an IPv4 or IPv6 address") from None
+    if not pas:
+        raise ConfigError("provider_addresses", "at least one provider address is required (the first is the next hop)")
+    if len({pa.version for pa in pas}) != len(pas):
+        raise ConfigError("provider_addresses", "at most one IPv4 and one IPv6 address (one NVGRE device per family)")
+    try:
+        router_mac = check_mac(top.get("router_mac", str, DEFAULT_ROUTER_MAC), "router_mac")
+    except ModelError as exc:
+        raise ConfigError("router_mac", exc.problem) from None
+    reflectors: list[Reflector] = []
+    for where, value in top.items("route_reflectors"):
+        r = _Reader(value, where)
+        reflectors.append(Reflector(
+            address=r.address("address"), asn=r.integer("asn", 1, 0xFFFFFFFF, asn),
+            md5_password=r.get("md5_password", str, None),
+        ))
+        r.done()
+    if not reflectors:
+        raise ConfigError("route_reflectors", "at least one route reflector is required")
+    api_data = top.get("api", dict, {})
+    a = _Reader(api_data, "api")
+    api = ApiConfig(listen=_listen(a.get("listen", str, DEFAULT_LISTEN), "api.listen"), token=a.get("token", str, None))
+    a.done()
+    state_dir = Path(top.get("state_dir", str))
+    mtu = top.integer("underlay_mtu", 1280, 65535, 1500)
+    rds: list[RoutingDomain] = []
+    for where, value in top.items("routing_domains"):
+        try:
+            rds.append(RoutingDomain.from_dict(value, where=where))
+        except ModelError as exc:
+            raise ConfigError(exc.within(where).field, f"{exc.problem} (got {exc.value!r})") from None
+        if rds[-1].name in {rd.name for rd in rds[:-1]}:
+            raise ConfigError(f"{where}.name", f"routing domain {rds[-1].name!r} is defined twice")
+    netns = top.get("netns", str, None)
+    eor_timeout = float(top.get("eor_timeout", (int, float), 60.0))
+    resync = float(top.get("resync_interval", (int, float), 60.0))
+    top.done()
+    return AgentConfig(
+        asn=asn, router_id=router_id, provider_addresses=tuple(pas), route_reflectors=tuple(reflectors),
+        state_dir=state_dir, router_mac=router_mac, api=api, underlay_mtu=mtu, routing_domains=tuple(rds),
+        netns=netns, eor_timeout=eor_timeout, resync_interval=resync,
+    )
+
+
+def load(path: str | Path) -> AgentConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    return parse(data)

@@ -1,0 +1,86 @@
+"""Pure: routes learned from the reflectors (plus the local catalog) -> lookup records and remote prefixes.
+
+- A type-2 route (MAC/IP) with an IP in a VSID of one of our routing domains is a remote CA: a LookupRecord
+  (HNV's lookup record: CA + VSID -> MAC, PA). Several hosts may announce the same CA during a move: the
+  highest MAC mobility sequence wins, then the lower PA (RFC 7432 section 15.1's tie-break), so every host
+  picks the same one.
+- A CA of an active local port is always local (a remote claim with a higher sequence first makes the port
+  inactive, hostagent/mobility.py).
+- A type-5 route (IP prefix, RFC 9136) whose VSID, or else route target, belongs to one of our routing
+  domains is a RemotePrefix (e.g. the gateway's default route).
+- Our own routes (next hop = one of our PAs) are never learned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from bgp.routes import MacIpRoute, PrefixRoute, Route
+from vnet.catalog import Catalog
+from vnet.model import Address, LookupRecord, RemotePrefix
+
+
+def _rank(route: MacIpRoute) -> tuple[int, int, bytes]:
+    # higher sequence first, then lower PA (IPv4 before IPv6, then numerically)
+    return (-route.mobility_seq, route.next_hop.version, route.next_hop.packed)
+
+
+def remote_macs(routes: Iterable[Route], our_pas: Collection[Address]) -> dict[tuple[int, str], MacIpRoute]:
+    """(VSID, MAC) -> the winning remote route for it (for mobility decisions)."""
+    best: dict[tuple[int, str], MacIpRoute] = {}
+    for route in routes:
+        if isinstance(route, MacIpRoute) and route.next_hop not in our_pas:
+            key = (route.vsid, route.mac)
+            if key not in best or _rank(route) < _rank(best[key]):
+                best[key] = route
+    return best
+
+
+def lookup_records(
+    catalog: Catalog,
+    routes: Iterable[Route],
+    our_pas: Collection[Address],
+    inactive: Collection[tuple[int, str]] = (),
+) -> list[LookupRecord]:
+    records: dict[tuple[str, Address], LookupRecord] = {}
+    for port in catalog.ports.values():
+        found = catalog.subnet(port.vsid)
+        if found is None or (port.vsid, port.mac) in inactive:
+            continue
+        for ca in port.addresses:
+            records[(found[0].name, ca)] = LookupRecord(found[0].name, port.vsid, ca, port.mac, None, True, port.name)
+    remote: dict[tuple[str, Address], MacIpRoute] = {}
+    for route in routes:
+        if not isinstance(route, MacIpRoute) or route.ip is None or route.next_hop in our_pas:
+            continue
+        found = catalog.subnet(route.vsid)
+        if found is None or found[1].prefix_of(route.ip) is None:
+            continue  # not one of our routing domains, or outside the subnet: not routable here
+        key = (found[0].name, route.ip)
+        if key in records:
+            continue  # an active local port has it
+        if key not in remote or _rank(route) < _rank(remote[key]):
+            remote[key] = route
+    for (rd, ca), route in remote.items():
+        records[(rd, ca)] = LookupRecord(rd, route.vsid, ca, route.mac, route.next_hop)
+    return sorted(records.values(), key=lambda r: (r.routing_domain, r.ca.version, r.ca))
+
+
+def remote_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Collection[Address]) -> list[RemotePrefix]:
+    out: dict[tuple[str, object], RemotePrefix] = {}
+    for route in routes:
+        if not isinstance(route, PrefixRoute) or route.next_hop in our_pas:
+            continue
+        found = catalog.subnet(route.vsid)
+        rd_name = found[0].name if found else next(
+            (rd.name for rd in catalog.routing_domains.values() if set(rd.route_targets) & set(route.route_targets)),
+            None)
+        if rd_name is None:
+            continue
+        prefix = RemotePrefix(rd_name, route.prefix, route.vsid, route.next_hop, route.router_mac,
+                              route.gateway_ip if route.gateway_ip and not route.gateway_ip.is_unspecified else None)
+        key = (rd_name, route.prefix)
+        # deterministic when two hosts (two gateways) announce the same prefix: the lower PA
+        if key not in out or (prefix.pa.version, prefix.pa.packed) < (out[key].pa.version, out[key].pa.packed):
+            out[key] = prefix
+    return sorted(out.values(), key=lambda p: (p.routing_domain, p.prefix.version, p.prefix))

@@ -1,0 +1,96 @@
+"""MAC mobility (RFC 7432 section 15), pure: events in, new state out, time passed in.
+
+Per local MAC (keyed by VSID and MAC, the EVPN broadcast domain):
+- attach: a local port whose MAC is known remotely with sequence r announces r + 1 (section 15.1), so every
+  host prefers the new location;
+- a remote route for a local MAC with a higher sequence (or the same sequence from a lower PA, the RFC's
+  tie-break) means the VM moved away: the port stays configured but is no longer announced nor routed here;
+- duplicate detection (section 15.1, FRR's defaults): 5 moves within 180 s freeze the MAC where it is for
+  180 s: no more sequence bumps and no more giving way, and the freeze is reported, instead of
+  oscillating forever between two hosts that both claim it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+MAX_MOVES = 5
+WINDOW = 180.0
+FREEZE = 180.0
+
+MacKey = tuple[int, str]  # (VSID, MAC)
+
+
+@dataclass(frozen=True)
+class MacState:
+    seq: int = 0  # the sequence number we announce
+    active: bool = True  # False: the MAC moved to another host; we do not announce or route it
+    moves: tuple[float, ...] = ()  # times of moves within the window
+    frozen_until: float | None = None
+
+    def frozen(self, now: float) -> bool:
+        return self.frozen_until is not None and now < self.frozen_until
+
+
+@dataclass(frozen=True)
+class Freeze:
+    vsid: int
+    mac: str
+    moves: int
+    until: float
+
+
+@dataclass(frozen=True)
+class Mobility:
+    macs: Mapping[MacKey, MacState] = field(default_factory=lambda: MappingProxyType({}))
+
+    def _with(self, key: MacKey, state: MacState | None) -> Mobility:
+        macs = dict(self.macs)
+        if state is None:
+            macs.pop(key, None)
+        else:
+            macs[key] = state
+        return Mobility(MappingProxyType(macs))
+
+    def inactive(self) -> frozenset[MacKey]:
+        return frozenset(k for k, s in self.macs.items() if not s.active)
+
+    def seqs(self) -> dict[MacKey, int]:
+        return {k: s.seq for k, s in self.macs.items()}
+
+    def freezes(self, now: float) -> list[Freeze]:
+        return [Freeze(k[0], k[1], len(s.moves), s.frozen_until) for k, s in sorted(self.macs.items())
+                if s.frozen(now) and s.frozen_until is not None]
+
+    def attach(self, key: MacKey, remote_seq: int | None, now: float) -> Mobility:
+        """A local port with this MAC is (re)attached; `remote_seq` is the highest sequence another host
+        announces for it (None: nobody else has it)."""
+        state = self.macs.get(key, MacState())
+        if state.frozen(now):
+            return self
+        if remote_seq is None:
+            return self._with(key, replace(state, active=True))
+        if state.active and state.seq > remote_seq:
+            return self  # we already won: a stale remote route, not a move
+        return self._with(key, _moved(replace(state, seq=remote_seq + 1, active=True), now))
+
+    def remote(self, key: MacKey, remote_seq: int, remote_wins_tie: bool, now: float) -> Mobility:
+        """Another host announces a local MAC; `remote_wins_tie`: its PA is lower than ours (RFC 7432 15.1)."""
+        state = self.macs.get(key)
+        if state is None or not state.active or state.frozen(now):
+            return self
+        if remote_seq > state.seq or (remote_seq == state.seq and remote_wins_tie):
+            return self._with(key, _moved(replace(state, active=False, seq=max(state.seq, remote_seq)), now))
+        return self
+
+    def detach(self, key: MacKey) -> Mobility:
+        return self._with(key, None)
+
+
+def _moved(state: MacState, now: float) -> MacState:
+    moves = tuple(t for t in state.moves if now - t < WINDOW) + (now,)
+    if len(moves) >= MAX_MOVES:
+        return replace(state, moves=moves, frozen_until=now + FREEZE)
+    return replace(state, moves=moves)

@@ -1,0 +1,96 @@
+"""The agent's state directory: what it was told (catalog), what it allocated (routing tables) and the MAC
+mobility sequences it announced, in one JSON file replaced atomically (write, fsync, rename), so a restart
+(even after SIGKILL) finds either the old or the new state, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vnet.catalog import Catalog
+from vnet.model import Port, RoutingDomain
+
+FILE = "agent-state.json"
+VERSION = 1
+
+
+class StateError(RuntimeError):
+    """The state file exists but cannot be used; `path` says which."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class SavedState:
+    catalog: Catalog
+    tables: dict[str, int]
+    seqs: dict[tuple[int, str], int]
+
+
+def rd_to_dict(rd: RoutingDomain) -> dict[str, Any]:
+    return {"name": rd.name, "route_targets": list(rd.route_targets), "subnets": [
+        {"vsid": s.vsid, "prefixes": [str(p) for p in s.prefixes], "gateways": [str(g) for g in s.gateways]}
+        for s in rd.subnets]}
+
+
+def port_to_dict(port: Port) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": port.name, "interface": port.interface, "mac": port.mac, "vsid": port.vsid,
+                            "addresses": [str(a) for a in port.addresses]}
+    if port.mtu is not None:
+        body["mtu"] = port.mtu
+    return body
+
+
+def dumps(state: SavedState) -> str:
+    return json.dumps({
+        "version": VERSION,
+        "routing_domains": [rd_to_dict(rd) for _, rd in sorted(state.catalog.routing_domains.items())],
+        "ports": [port_to_dict(p) for _, p in sorted(state.catalog.ports.items())],
+        "tables": dict(sorted(state.tables.items())),
+        "mobility": [[vsid, mac, seq] for (vsid, mac), seq in sorted(state.seqs.items()) if seq],
+    }, indent=1)
+
+
+def loads(text: str, path: Path) -> SavedState:
+    try:
+        data = json.loads(text)
+        if data.get("version") != VERSION:
+            raise StateError(path, f"unknown version {data.get('version')!r}")
+        rds = {rd.name: rd for rd in (RoutingDomain.from_dict(b) for b in data["routing_domains"])}
+        ports = {p.name: p for p in (Port.from_dict(b) for b in data["ports"])}
+        catalog = Catalog.build(rds, ports)
+        tables = {str(k): int(v) for k, v in data["tables"].items()}
+        seqs = {(int(v), str(m)): int(s) for v, m, s in data.get("mobility", [])}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StateError(path, f"unreadable ({exc})") from None
+    return SavedState(catalog, tables, seqs)
+
+
+def load(directory: Path) -> SavedState | None:
+    path = directory / FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return loads(text, path)
+
+
+def save(directory: Path, state: SavedState) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / FILE
+    tmp = directory / f".{FILE}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(dumps(state))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)

@@ -1,0 +1,63 @@
+"""hostagent.mobility: RFC 7432 section 15 sequence numbers, moving away, duplicate detection."""
+
+from __future__ import annotations
+
+from hostagent.mobility import FREEZE, MAX_MOVES, Mobility
+
+KEY = (5001, "02:00:00:00:b1:01")
+
+
+def test_new_mac_starts_at_zero_and_a_known_remote_mac_gets_remote_plus_one():
+    assert Mobility().attach(KEY, None, 0).seqs() == {KEY: 0}
+    assert Mobility().attach(KEY, 4, 0).seqs() == {KEY: 5}
+
+
+def test_a_higher_remote_sequence_means_the_port_moved_away():
+    m = Mobility().attach(KEY, None, 0)
+    assert m.remote(KEY, 0, remote_wins_tie=False, now=1) is m  # same sequence, our PA is lower: ours
+    moved = m.remote(KEY, 1, remote_wins_tie=False, now=1)
+    assert moved.inactive() == {KEY}
+    # the orchestrator attaches it here again: it takes over with remote + 1
+    back = moved.attach(KEY, 1, 2)
+    assert back.inactive() == set() and back.seqs() == {KEY: 2}
+
+
+def test_equal_sequence_goes_to_the_lower_pa():
+    m = Mobility().attach(KEY, None, 0)
+    assert m.remote(KEY, 0, remote_wins_tie=True, now=1).inactive() == {KEY}
+
+
+def test_a_stale_lower_remote_sequence_is_not_a_move():
+    m = Mobility().attach(KEY, 3, 0)  # seq 4
+    assert m.attach(KEY, 2, 1) is m
+    assert m.remote(KEY, 3, False, 1) is m
+
+
+def test_five_moves_in_180_s_freeze_and_are_reported():
+    m, seq, now = Mobility(), None, 0.0
+    for _i in range(MAX_MOVES):
+        m = m.attach(KEY, seq, now)  # taking over from a remote host
+        seq = m.seqs()[KEY]
+        m = m.remote(KEY, seq + 1, False, now + 1)  # and losing it again
+        seq += 1
+        now += 10
+    frozen = m.freezes(now)
+    assert len(frozen) == 1 and frozen[0].vsid == 5001 and frozen[0].moves >= MAX_MOVES
+    # frozen: neither taking over nor giving way changes anything
+    assert m.attach(KEY, seq + 5, now) is m and m.remote(KEY, seq + 9, False, now) is m
+    assert m.freezes(now + FREEZE + 1000) == []
+
+
+def test_moves_spread_over_more_than_180_s_do_not_freeze():
+    m, seq = Mobility(), 0
+    for i in range(10):
+        now = i * 100.0
+        m = m.attach(KEY, seq, now)
+        seq = m.seqs()[KEY]
+        m = m.remote(KEY, seq + 1, False, now + 1)
+        seq += 1
+    assert m.freezes(1000.0) == []
+
+
+def test_detach_forgets_the_mac():
+    assert Mobility().attach(KEY, 1, 0).detach(KEY).seqs() == {}
