@@ -161,10 +161,12 @@ async def test_unknown_peer_gets_cease_connection_rejected(server: Client):
     assert wire.decode_notification(body)[:2] == (fsm.ERR_CEASE, fsm.CEASE_CONNECTION_REJECTED)
 
 
-async def raw_handshake(port: int, local: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, wire.Negotiated]:
+async def raw_handshake(
+    port: int, local: str, graceful: wire.GracefulRestart | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, wire.Negotiated]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
     mine = wire.Capabilities(asn=65000, router_id="198.51.100.50", hold_time=30,
-                             families=frozenset({Family.L2VPN_EVPN}))
+                             families=frozenset({Family.L2VPN_EVPN}), graceful_restart=graceful)
     writer.write(wire.encode_open(mine))
     (kind, body), = await read(reader, 1)
     negotiated = wire.negotiate(mine, wire.decode_open(body))
@@ -220,3 +222,34 @@ async def test_connection_collision_leaves_one_session():
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_peer_reconnecting_replaces_its_old_session_and_keeps_routes_until_end_of_rib(server: Client):
+    """RFC 4724 4.2: a new connection from a peer whose old session still looks Established is a restart:
+    the old connection goes without a NOTIFICATION, its routes stay (stale) and End-of-RIB sweeps the
+    ones not re-announced."""
+    graceful = wire.GracefulRestart(60, restarting=True, families=frozenset({(Family.L2VPN_EVPN, True)}))
+    kept = MacIpRoute(rd="198.51.100.50:1", mac="00:15:5d:00:00:01", ip="10.1.0.1", vsid=5001,
+                      next_hop="198.51.100.50", route_targets=("65000:5001",))
+    dropped = MacIpRoute(rd="198.51.100.50:1", mac="00:15:5d:00:00:02", ip="10.1.0.2", vsid=5001,
+                         next_hop="198.51.100.50", route_targets=("65000:5001",))
+    it = server.events()
+    reader1, writer1, negotiated = await raw_handshake(server.speaker.listen_port, "127.0.0.2", graceful)
+    writer1.write(b"".join(wire.encode_update(negotiated, [kept, dropped])))
+    got = {(await next_event(server, it, lambda e: isinstance(e, RouteUpdate))).route for _ in range(2)}
+    assert got == {kept, dropped}
+
+    # The "restarted" peer dials again from the same address; the old connection is closed silently.
+    reader2, writer2, negotiated = await raw_handshake(server.speaker.listen_port, "127.0.0.2", graceful)
+    try:
+        leftover = await asyncio.wait_for(reader1.read(), 10)  # until EOF
+    except ConnectionResetError:
+        leftover = b""  # aborted: a reset, and certainly no NOTIFICATION
+    assert wire.MessageType.NOTIFICATION not in [k for k, _ in wire.split_messages(leftover)[0]]
+    # Re-announce one route only, then End-of-RIB: the other is swept, the re-announced one never moved.
+    writer2.write(b"".join(wire.encode_update(negotiated, [kept])) + wire.encode_eor(Family.L2VPN_EVPN))
+    change = await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+    assert change.key == dropped.key and change.route is None
+    assert server.routes() == {kept.key: kept}
+    writer1.close()
+    writer2.close()
