@@ -253,3 +253,30 @@ async def test_a_peer_reconnecting_replaces_its_old_session_and_keeps_routes_unt
     assert server.routes() == {kept.key: kept}
     writer1.close()
     writer2.close()
+
+
+async def test_stale_routes_go_when_the_restart_time_passes(server: Client):
+    graceful = wire.GracefulRestart(1, families=frozenset({(Family.L2VPN_EVPN, True)}))
+    it = server.events()
+    reader, writer, negotiated = await raw_handshake(server.speaker.listen_port, "127.0.0.2", graceful)
+    writer.write(b"".join(wire.encode_update(negotiated, [ROUTE])))
+    await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+    writer.transport.abort()  # the peer vanishes without a NOTIFICATION
+    down = await next_event(server, it, lambda e: isinstance(e, PeerStatus) and e.state == "down")
+    lost_at = asyncio.get_running_loop().time()
+    assert "connection lost" in down.reason and server.routes() == {ROUTE.key: ROUTE}
+    gone = await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+    assert gone.route is None
+    assert asyncio.get_running_loop().time() - lost_at >= 0.9  # kept for the advertised restart time
+
+
+async def test_a_notification_ends_the_session_without_graceful_restart(server: Client):
+    graceful = wire.GracefulRestart(60, families=frozenset({(Family.L2VPN_EVPN, True)}))
+    it = server.events()
+    reader, writer, negotiated = await raw_handshake(server.speaker.listen_port, "127.0.0.2", graceful)
+    writer.write(b"".join(wire.encode_update(negotiated, [ROUTE])))
+    await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+    writer.write(wire.encode_notification(fsm.ERR_CEASE, fsm.CEASE_ADMIN_SHUTDOWN))
+    gone = await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+    assert gone.route is None  # RFC 4724 4.2 applies only to sessions lost without a NOTIFICATION
+    writer.close()
