@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from ipaddress import IPv4Address
+
+import yaml
 
 from bgp import wire
 from bgp.routes import Family, MacIpRoute
@@ -25,9 +26,23 @@ def gr_config(router_id: str, neighbours: list[dict], routes: list[dict], listen
     return cfg
 
 
+MARKER = {**ROUTE, "mac": "00:15:5d:0f:0f:0f", "ip": "10.1.0.99"}
+
+
+def announce_marker(origin: Speaker, observer: Speaker) -> None:
+    """Have `origin` announce one more route and wait until `observer` has it. Streams are ordered, so
+    whatever the restart caused at the observer is in its lines before the marker: no sleeping needed."""
+    config = yaml.safe_load(origin.config_path.read_text())
+    config["routes"].append(MARKER)
+    origin.config_path.write_text(yaml.safe_dump(config))
+    origin.reload()
+    wait_for(lambda: any(r["mac"] == MARKER["mac"] for r in observer.routes().values()), 20, what="the marker route")
+
+
 def assert_no_storm(speaker: Speaker, since: int) -> None:
-    later = speaker.lines[since:]
-    assert [line for line in later if "action" in line] == [], later
+    """Between `since` and the marker, no route was withdrawn or announced again."""
+    later = [line for line in speaker.lines[since:] if "action" in line]
+    assert [line["route"]["mac"] for line in later] == [MARKER["mac"]], later
 
 
 def test_graceful_restart_with_our_speaker_as_helper(lab: Lab):
@@ -46,8 +61,8 @@ def test_graceful_restart_with_our_speaker_as_helper(lab: Lab):
 
     h1.start()
     wait_for(lambda: any(line.get("event") == "end-of-rib" for line in h2.lines[mark:]), 20, what="h1 back, End-of-RIB")
-    time.sleep(0.5)  # let anything that would follow the End-of-RIB arrive
-    assert h2.routes() and len(h2.routes()) == 1
+    announce_marker(h1, h2)
+    assert len(h2.routes()) == 2
     assert_no_storm(h2, mark)
 
 
@@ -72,11 +87,11 @@ def test_graceful_restart_through_gobgp_helper(lab: Lab):
     h1.start()
     wait_for(lambda: gobgp.neighbor_state(H1) == "established", 20, what="h1 re-established")
     wait_for(lambda: not gobgp.evpn_rib()[0].get("stale"), 20, what="stale mark cleared by End-of-RIB")
-    time.sleep(0.5)
-    assert len(h2.routes()) == 1
+    announce_marker(h1, h2)
+    assert len(h2.routes()) == 2
     assert_no_storm(h2, mark)
-    # Nothing at all went from the reflector to h2 while h1 restarted.
-    assert gobgp_updates_sent(gobgp, H2) == updates_to_h2
+    # Nothing went from the reflector to h2 while h1 restarted: the marker is the only UPDATE since.
+    assert gobgp_updates_sent(gobgp, H2) == updates_to_h2 + 1
 
 
 def gobgp_updates_sent(gobgp: GoBgp, neighbor: str) -> int:
