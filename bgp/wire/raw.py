@@ -60,6 +60,21 @@ class RawUpdate:
     withdrawn: list[RawNlri] = field(default_factory=list)
     eor: Family | None = None
     errors: list[UpdateError] = field(default_factory=list)
+    # The family of each run of `withdrawn`, in order: (family, count). One UPDATE can withdraw IPv4
+    # prefixes in its Withdrawn Routes field and another family's routes in MP_UNREACH_NLRI (RFC 4760).
+    withdrawn_runs: list[tuple[Family, int]] = field(default_factory=list)
+
+    def withdrawn_by_family(self) -> list[tuple[Family, list[RawNlri]]]:
+        out, start = [], 0
+        for family, count in self.withdrawn_runs:
+            if count:
+                out.append((family, self.withdrawn[start : start + count]))
+            start += count
+        return out
+
+    def _withdraw(self, family: Family, nlri: list[RawNlri]) -> None:
+        self.withdrawn.extend(nlri)
+        self.withdrawn_runs.append((family, len(nlri)))
 
 
 def _type2_key(data: bytes, s: int, length: int) -> bytes | None:
@@ -136,20 +151,21 @@ def decode_raw_update(negotiated: Negotiated, body: bytes) -> RawUpdate:
     except _Reset as reset:
         result.announced.clear()
         result.withdrawn.clear()
+        result.withdrawn_runs.clear()
         result.errors.append(reset.error)
     return result
 
 
 def _decode_raw_update(negotiated: Negotiated, body: bytes, result: RawUpdate) -> None:
     withdrawn_end, attributes_start, attributes_end = _update_sections(body)
-    result.withdrawn.extend(_raw_prefixes(body[2:withdrawn_end], Family.IPV4_UNICAST))
+    result._withdraw(Family.IPV4_UNICAST, _raw_prefixes(body[2:withdrawn_end], Family.IPV4_UNICAST))
     attrs = _walk_attributes(negotiated, body, attributes_start, attributes_end, result.errors)
     if attrs.unreach is not None:
         family, data = attrs.unreach
         if not data and attrs.count == 1 and withdrawn_end == 2 and attributes_end == len(body):
             result.eor = family
             return
-        result.withdrawn.extend(_raw_nlri(family, data, result.errors)[0])
+        result._withdraw(family, _raw_nlri(family, data, result.errors)[0])
     if withdrawn_end == 2 and attributes_start == attributes_end == len(body):
         result.eor = Family.IPV4_UNICAST
         return
@@ -170,7 +186,7 @@ def _decode_raw_update(negotiated: Negotiated, body: bytes, result: RawUpdate) -
         attrs.withdraw_reason = attrs.withdraw_reason or "missing ORIGIN or AS_PATH (RFC 7606 section 3 d)"
         result.errors.append(UpdateError(TREAT_AS_WITHDRAW, attrs.withdraw_reason, ""))
     if attrs.withdraw_reason is not None:
-        result.withdrawn.extend(announced)
+        result._withdraw(result.family, announced)
         return
     result.announced = announced
     result.attributes = b"".join(attrs.passthrough)
