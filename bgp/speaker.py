@@ -4,8 +4,9 @@ Everything that changes state runs in `_run()`, one item at a time: events from 
 bounded `session.Inbox`) and commands from API callers (closures with a future, GoBGP's `mgmtCh` shape).
 No locks, no shared mutation. The route reflector (issue 4) reuses this class: it subscribes to RIB
 changes and re-advertises them through the same update groups (`groups.broadcast(..., exclude=peer)`),
-hands its Loc-RIB view as `outbound`, and can give sessions a raw decoder (`PeerSettings.decoder`,
-`wire.decode_raw_update`) so forwarded NLRI need not be decoded into objects.
+overrides `_table_messages` (a peer's whole table) and `_group_policy` (its update group key), and gives
+sessions a raw decoder (`decoder=`, e.g. `wire.decode_raw_update`) so forwarded NLRI are not decoded into
+objects.
 
 Graceful restart (RFC 4724), both roles:
 - restarting speaker: our OPEN carries the R bit on the first session to each peer after start, and the
@@ -77,16 +78,13 @@ class Speaker:
         config: SpeakerConfig,
         *,
         inbox_size: int = 4096,
-        outbound: Callable[[Peer], Iterable[Path]] | None = None,
         decoder: fsm.UpdateDecoder = fsm.typed_decoder,
     ) -> None:
-        """`outbound(peer)` is the table a peer gets when its session comes up (and on ROUTE-REFRESH); by
-        default our own routes. The route reflector passes its Loc-RIB view and broadcasts RIB changes
-        through `groups` itself. `decoder` is given to every session (configured and dynamic); a subclass
-        that passes a raw decoder overrides `_on_update`, `_table_messages` and `_group_policy`."""
+        """`decoder` is given to every session (configured and dynamic); a subclass that passes a raw
+        decoder overrides `_on_update`, `_table_messages` and `_group_policy`, and broadcasts its RIB
+        changes through `groups` itself."""
         self.config = config
         self.decoder = decoder
-        self._outbound = outbound or (lambda peer: self.local.values())
         self.inbox = Inbox(inbox_size)
         self.peers: dict[str, Peer] = {}
         self.listener: Listener | None = None
@@ -290,7 +288,7 @@ class Speaker:
 
     def _table_messages(self, peer: Peer, negotiated: wire.Negotiated, family: Family | None) -> bytes:
         """The UPDATEs carrying the table `peer` gets on Established and on ROUTE-REFRESH (one family)."""
-        paths = [p for p in self._outbound(peer) if family is None or p.family is family]
+        paths = [p for p in self.local.values() if family is None or p.family is family]
         return b"".join(encode_for(negotiated, paths, ()))
 
     def _group_policy(self, peer: Peer) -> Hashable:
