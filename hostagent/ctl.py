@@ -1,0 +1,362 @@
+"""`nvfabric ctl`: the operator's client of the host agent's REST API (docs/agent.md#nvfabric-ctl).
+
+It sends what it is given and prints what the API answers: the API is the one place where bodies are
+validated, so a refusal reads the same here, in curl and in an orchestrator (field, problem, status).
+Tables by default, `-o json` for the API's JSON. Exit status: 0 done, 1 the API refused (its message on
+stderr), 2 a usage error (no token, unreadable file), 3 the API cannot be reached.
+
+Plain urllib, not aiohttp: one request per run, and a quick start (Python starts slowly in the VM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hostagent.config import DEFAULT_LISTEN
+
+DEFAULT_API = f"http://{DEFAULT_LISTEN}"
+TIMEOUT = 120.0  # seconds: a PUT returns only once the port is programmed and announced
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class CtlError(Exception):
+    """A failure to report on stderr, with the exit status it means."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------- the command line
+
+Action = Callable[["Client", argparse.Namespace], None]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    # Common options are accepted before and after the subcommand (`ctl -o json ports`, `ctl ports -o json`):
+    # the leaves default to SUPPRESS so that a value given before is not overwritten by a default.
+    ctl = subparsers.add_parser("ctl", help="talk to the host agent's API: ports, routing domains, lookup records, "
+                                            "trace", parents=[_common(defaults=True)])
+    common = _common(defaults=False)
+    sub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="WHAT")
+
+    def leaf(name: str, help: str, action: Action, parent: Any = sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help, parents=[common])
+        p.set_defaults(func=_run, action=action)
+        return p
+
+    leaf("routing-domains", "list the routing domains", _list_routing_domains)
+    leaf("ports", "list the local ports", _list_ports)
+    p = leaf("lookup-records", "every CA this host knows (Get-NetVirtualizationLookupRecord)", _lookup_records)
+    p.add_argument("--routing-domain")
+    p.add_argument("--vsid")
+    p.add_argument("--ca")
+    p = leaf("customer-routes", "the routes of each routing domain (Get-NetVirtualizationCustomerRoute)",
+             _customer_routes)
+    p.add_argument("--routing-domain")
+    leaf("provider-addresses", "this host's underlay addresses (Get-NetVirtualizationProviderAddress)",
+         _provider_addresses)
+    p = leaf("trace", "where a packet from SRC to DST goes (Select-NetVirtualizationNextHop)", _trace)
+    p.add_argument("routing_domain")
+    p.add_argument("src")
+    p.add_argument("dst")
+    leaf("status", "the agent's status: BGP sessions, sync, last reconcile", _status)
+
+    rd = sub.add_parser("routing-domain", help="get, put or delete one routing domain")
+    rd_sub = rd.add_subparsers(dest="rd_command", required=True, metavar="ACTION")
+    leaf("get", "show one routing domain", _get("routing-domains"), rd_sub).add_argument("name")
+    p = leaf("put", "create or replace a routing domain from a file (-f) and/or flags", _put_routing_domain, rd_sub)
+    p.add_argument("name", nargs="?", help="default: the file's name")
+    p.add_argument("-f", "--file", help="JSON or YAML body ('-' for stdin)")
+    p.add_argument("--route-target", action="append", dest="route_targets", metavar="RT",
+                   help="ASN:number or IPv4:number; repeat for several")
+    p.add_argument("--subnet", action="append", dest="subnets", metavar="VSID=PREFIX[,PREFIX]",
+                   help="a virtual subnet, e.g. 5001=10.1.0.0/24,fd00:b::/64; repeat for several")
+    leaf("delete", "delete a routing domain (it must have no ports)", _delete("routing-domains"),
+         rd_sub).add_argument("name")
+
+    port = sub.add_parser("port", help="get, put or delete one port")
+    port_sub = port.add_subparsers(dest="port_command", required=True, metavar="ACTION")
+    leaf("get", "show one port", _get("ports"), port_sub).add_argument("name")
+    p = leaf("put", "create or replace a port from a file (-f) and/or flags; returns once programmed", _put_port,
+             port_sub)
+    p.add_argument("name", nargs="?", help="default: the file's name")
+    p.add_argument("-f", "--file", help="JSON or YAML body ('-' for stdin)")
+    p.add_argument("--interface", help="the VM's tap/veth on this host")
+    p.add_argument("--mac")
+    p.add_argument("--vsid")
+    p.add_argument("--address", action="append", dest="addresses", metavar="CA", help="repeat for several")
+    p.add_argument("--mtu")
+    leaf("delete", "delete a port", _delete("ports"), port_sub).add_argument("name")
+
+
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--api", default=default(None), help=f"the agent's API URL (env NVFABRIC_API; {DEFAULT_API})")
+    p.add_argument("--token", default=default(None), help="bearer token (env NVFABRIC_TOKEN)")
+    p.add_argument("-o", "--output", choices=("table", "json"), default=default("table"))
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        client = Client(args.api or os.environ.get("NVFABRIC_API") or DEFAULT_API,
+                        args.token or os.environ.get("NVFABRIC_TOKEN"))
+        args.action(client, args)
+    except CtlError as exc:
+        print(f"nvfabric ctl: {exc}", file=sys.stderr)
+        return exc.status
+    return 0
+
+
+# ---------------------------------------------------------------------- HTTP
+
+
+class Client:
+    def __init__(self, api: str, token: str | None) -> None:
+        if not token:
+            raise CtlError("no API token: pass --token or set NVFABRIC_TOKEN (the agent's api.token)", EXIT_USAGE)
+        self.api, self.token = api.rstrip("/"), token
+
+    def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> tuple[int, Any]:
+        url = self.api + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            raise CtlError(f"{method} {path}: {_refusal(exc.code, exc.read())}", EXIT_REFUSED) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CtlError(f"cannot reach the agent API at {self.api}: {reason} (is `nvfabric agent` running? "
+                           f"--api or NVFABRIC_API)", EXIT_UNREACHABLE) from None
+
+
+def _refusal(status: int, raw: bytes) -> str:
+    """The API's JSON error as one line: `400 invalid: addresses[0]: is not ... (got '10.1.0.300')`."""
+    try:
+        body = json.loads(raw)
+        error, problem = body["error"], body["problem"]
+    except (ValueError, KeyError, TypeError):
+        return f"{status}: {raw.decode(errors='replace')[:200] or 'no body'}"
+    if "field" in body:
+        problem = f"{body['field']}: {problem}" + (f" (got {body['value']})" if "value" in body else "")
+    for message in body.get("messages", []):
+        problem += f"\n  kernel: {message}"
+    return f"{status} {error}: {problem}"
+
+
+# ---------------------------------------------------------------------- actions
+
+
+def _list_routing_domains(client: Client, args: argparse.Namespace) -> None:
+    _, body = client.request("GET", "/v1/routing-domains")
+    _show(args, body, lambda: _table(
+        "routing domains", ["name", "route targets", "VSID", "prefixes", "gateways", "VRF", "ports"],
+        [[rd["name"] if i == 0 else "", " ".join(rd["route_targets"]) if i == 0 else "", str(s["vsid"]),
+          " ".join(s["prefixes"]), " ".join(s["gateways"]), rd["status"]["vrf"] if i == 0 else "",
+          " ".join(rd["status"]["ports"]) if i == 0 else ""]
+         for rd in body["routing_domains"] for i, s in enumerate(rd["subnets"] or [_NO_SUBNET])]))
+
+
+_NO_SUBNET = {"vsid": "-", "prefixes": [], "gateways": []}
+
+
+def _list_ports(client: Client, args: argparse.Namespace) -> None:
+    _, body = client.request("GET", "/v1/ports")
+    _show(args, body, lambda: _table(
+        "ports", ["name", "interface", "MAC", "VSID", "routing domain", "addresses", "MTU", "active"],
+        [[p["name"], p["interface"], p["mac"], str(p["vsid"]), p["status"]["routing_domain"] or "-",
+          " ".join(p["addresses"]), str(p.get("mtu") or "-"), "yes" if p["status"]["active"] else "no"]
+         for p in body["ports"]]))
+
+
+def _lookup_records(client: Client, args: argparse.Namespace) -> None:
+    query = {k: v for k, v in (("routing_domain", args.routing_domain), ("vsid", args.vsid), ("ca", args.ca))
+             if v is not None}
+    _, body = client.request("GET", "/v1/lookup-records", query=query)
+    _show(args, body, lambda: _table(
+        "lookup records", ["routing domain", "VSID", "CA", "MAC", "PA", "where"],
+        [[r["routing_domain"], str(r["vsid"]), r["ca"], r["mac"], r["pa"] or "-",
+          f"local port {r['port']}" if r["local"] else "remote"] for r in body["lookup_records"]]))
+
+
+def _customer_routes(client: Client, args: argparse.Namespace) -> None:
+    query = {"routing_domain": args.routing_domain} if args.routing_domain else None
+    _, body = client.request("GET", "/v1/customer-routes", query=query)
+    _show(args, body, lambda: _table(
+        "customer routes", ["routing domain", "prefix", "VSID", "next hop", "PA", "origin"],
+        [[r["routing_domain"], r["prefix"], str(r["vsid"]), r["next_hop"] or "-", r["pa"] or "-", r["origin"]]
+         for r in body["customer_routes"]]))
+
+
+def _provider_addresses(client: Client, args: argparse.Namespace) -> None:
+    _, body = client.request("GET", "/v1/provider-addresses")
+    _show(args, body, lambda: _table("provider addresses", ["address", "announced as next hop"],
+                                     [[a["address"], "yes" if a["next_hop"] else "no"]
+                                      for a in body["provider_addresses"]]))
+
+
+def _trace(client: Client, args: argparse.Namespace) -> None:
+    _, body = client.request("GET", "/v1/trace",
+                             query={"routing_domain": args.routing_domain, "src": args.src, "dst": args.dst})
+    fields = [("verdict", body["verdict"]), ("reason", body["reason"]), ("VSID", body["vsid"]),
+              ("GRE key", body["gre_key"]), ("PA", body["pa"]), ("MAC", body["mac"]), ("device", body["device"]),
+              ("route", body["route"]), ("enters by", body["ingress"]), ("source VSID", body["src_vsid"])]
+    _show(args, body, lambda: _table(f"trace {body['routing_domain']}: {body['src']} -> {body['dst']}",
+                                     ["", ""], [[k, "-" if v is None else str(v)] for k, v in fields]))
+
+
+def _status(client: Client, args: argparse.Namespace) -> None:
+    _, body = client.request("GET", "/v1/status")
+
+    def tables() -> list[Any]:
+        scalars = [[k, json.dumps(v) if isinstance(v, dict | list) else str(v)] for k, v in body.items()
+                   if k != "reflectors"]
+        peers = [[r["address"], r["state"], "yes" if r["end_of_rib"] else "no"] for r in body.get("reflectors", [])]
+        return [_table("agent", ["", ""], scalars), _table("route reflectors", ["address", "state", "End-of-RIB"],
+                                                          peers)]
+
+    _show(args, body, tables)
+
+
+def _get(collection: str) -> Action:
+    def get(client: Client, args: argparse.Namespace) -> None:
+        _, body = client.request("GET", f"/v1/{collection}/{_segment(args.name)}")
+        _show(args, body, lambda: _table(args.name, ["", ""], [[k, json.dumps(v)] for k, v in body.items()]))
+
+    return get
+
+
+def _delete(collection: str) -> Action:
+    def delete(client: Client, args: argparse.Namespace) -> None:
+        client.request("DELETE", f"/v1/{collection}/{_segment(args.name)}")
+        if args.output == "json":
+            _print_json({"deleted": args.name})
+        else:
+            print(f"{collection.rstrip('s').replace('-', ' ')} {args.name} deleted")
+
+    return delete
+
+
+def _put_routing_domain(client: Client, args: argparse.Namespace) -> None:
+    body = _file_body(args.file)
+    if args.route_targets:
+        body["route_targets"] = args.route_targets
+    if args.subnets:
+        body["subnets"] = [_subnet(text) for text in args.subnets]
+    _put(client, args, "routing-domains", body)
+
+
+def _put_port(client: Client, args: argparse.Namespace) -> None:
+    body = _file_body(args.file)
+    for key in ("interface", "mac", "addresses"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    for key in ("vsid", "mtu"):
+        if getattr(args, key) is not None:
+            body[key] = _number(getattr(args, key))
+    _put(client, args, "ports", body)
+
+
+def _put(client: Client, args: argparse.Namespace, collection: str, body: dict[str, Any]) -> None:
+    name = args.name or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise CtlError("a name is needed: as an argument or as `name` in the file", EXIT_USAGE)
+    status, answer = client.request("PUT", f"/v1/{collection}/{_segment(name)}", body)
+    if args.output == "json":
+        _print_json(answer)
+    else:
+        print(f"{collection.rstrip('s').replace('-', ' ')} {name} {'created' if status == 201 else 'replaced'}")
+
+
+def _subnet(text: str) -> dict[str, Any]:
+    vsid, sep, prefixes = text.partition("=")
+    if not sep or not prefixes:
+        raise CtlError(f"--subnet {text!r}: expected VSID=PREFIX[,PREFIX] (e.g. 5001=10.1.0.0/24,fd00:b::/64)",
+                       EXIT_USAGE)
+    # the API validates the values and names the field; a VSID that is no number goes as given
+    return {"vsid": _number(vsid), "prefixes": [p.strip() for p in prefixes.split(",")]}
+
+
+def _number(text: str) -> int | str:
+    try:
+        return int(text, 10)
+    except ValueError:
+        return text
+
+
+def _segment(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _file_body(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import yaml  # noqa: PLC0415 - only when a file is given
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise CtlError(f"{path}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+    try:
+        # JSON is (nearly) YAML; parse .json strictly so that a JSON file gets JSON's error messages
+        body = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise CtlError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}", EXIT_USAGE) from None
+    if not isinstance(body, dict):
+        raise CtlError(f"{path}: must hold one object (a mapping), not {type(body).__name__}", EXIT_USAGE)
+    return body
+
+
+# ---------------------------------------------------------------------- output
+
+
+def _show(args: argparse.Namespace, body: Any, tables: Callable[[], Any]) -> None:
+    if args.output == "json":
+        _print_json(body)
+        return
+    from rich.console import Console  # noqa: PLC0415 - tables only
+
+    made = tables()
+    # no emoji codes (":b:" in fd00:b::/64 is one), no markup or highlighting of the data
+    console = Console(width=None if sys.stdout.isatty() else 200, soft_wrap=False, emoji=False, markup=False,
+                      highlight=False)
+    for table in made if isinstance(made, list) else [made]:
+        console.print(table)
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Any:
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=title, show_header=any(columns), title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_json(body: Any) -> None:
+    print(json.dumps(body, indent=2))

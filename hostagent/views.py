@@ -1,0 +1,59 @@
+"""JSON views of the agent's values: the REST API's response bodies (docs/agent.md#rest-api).
+
+A routing domain's or port's view is exactly the body PUT accepts (hostagent/state.py's encoding), plus a
+read-only `status` object that PUT ignores, as Kubernetes does with spec and status: `GET` a port, edit it,
+`PUT` it back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hostagent.state import port_to_dict, rd_to_dict
+from hostagent.trace import Trace
+from vnet.catalog import Catalog
+from vnet.desired import vrf_name
+from vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
+
+STATUS = "status"  # the read-only key of routing domain and port views
+
+
+def routing_domain(rd: RoutingDomain, catalog: Catalog) -> dict[str, Any]:
+    vsids = {s.vsid for s in rd.subnets}
+    ports = sorted(p.name for p in catalog.ports.values() if p.vsid in vsids)
+    return {**rd_to_dict(rd), STATUS: {"vrf": vrf_name(rd.name), "ports": ports}}
+
+
+def port(p: Port, catalog: Catalog, records: list[LookupRecord]) -> dict[str, Any]:
+    found = catalog.subnet(p.vsid)
+    # active: this host routes the port (it has a local record); inactive after its MAC moved elsewhere
+    active = any(r.local and r.port == p.name for r in records)
+    return {**port_to_dict(p), STATUS: {"routing_domain": found[0].name if found else None, "active": active}}
+
+
+def lookup_record(r: LookupRecord) -> dict[str, Any]:
+    return {"routing_domain": r.routing_domain, "vsid": r.vsid, "ca": str(r.ca), "mac": r.mac,
+            "pa": str(r.pa) if r.pa is not None else None, "local": r.local, "port": r.port}
+
+
+def customer_routes(rd: RoutingDomain, prefixes: list[RemotePrefix]) -> list[dict[str, Any]]:
+    """HNV's customer routes of one routing domain: each subnet on-link, then the learned prefixes."""
+    out: list[dict[str, Any]] = [
+        {"routing_domain": rd.name, "prefix": str(prefix), "vsid": s.vsid, "next_hop": "on-link", "pa": None,
+         "origin": "subnet"}
+        for s in rd.subnets for prefix in s.prefixes
+    ]
+    out += [
+        {"routing_domain": p.routing_domain, "prefix": str(p.prefix), "vsid": p.vsid,
+         "next_hop": str(p.gateway_ip) if p.gateway_ip else None, "pa": str(p.pa), "origin": "bgp",
+         "router_mac": p.router_mac}
+        for p in prefixes if p.routing_domain == rd.name
+    ]
+    return out
+
+
+def trace(t: Trace) -> dict[str, Any]:
+    return {"routing_domain": t.routing_domain, "src": str(t.src), "dst": str(t.dst), "verdict": str(t.verdict),
+            "reason": t.reason, "vsid": t.vsid, "gre_key": t.vsid << 8 if t.vsid is not None else None,
+            "pa": str(t.pa) if t.pa is not None else None, "mac": t.mac, "device": t.device, "route": t.route,
+            "src_vsid": t.src_vsid, "ingress": t.ingress}
