@@ -88,12 +88,14 @@ class BenchPeer(asyncio.Protocol):
         self.negotiated: wire.Negotiated | None = None
         self.announced = 0
         self.withdrawn = 0
+        self.update_bytes = 0
         self.want_announced = -1
         self.want_withdrawn = -1
         self.reached = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
 
     def decode(self, negotiated: wire.Negotiated, body: bytes, source: Any) -> Counted:
+        self.update_bytes += len(body) + wire.HEADER_LENGTH
         attr_start = 4 + int.from_bytes(body[0:2], "big")
         end = attr_start + int.from_bytes(body[attr_start - 2 : attr_start], "big")
         pos = attr_start
@@ -176,7 +178,7 @@ async def connect(local: str, router_id: str, deadline: float) -> BenchPeer:
             await asyncio.sleep(0.2)
             continue
         peer = BenchPeer(local, router_id, loop)
-        await loop.connect_accepted_socket(lambda: peer, sock)
+        await loop.connect_accepted_socket(lambda peer=peer: peer, sock)
         try:
             await asyncio.wait_for(peer.established.wait(), max(1.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -187,7 +189,8 @@ async def connect(local: str, router_id: str, deadline: float) -> BenchPeer:
         return peer
 
 
-async def wait_all(peers: list[BenchPeer], attribute: str, count: int, timeout: float) -> tuple[float | None, list[int]]:
+async def wait_all(peers: list[BenchPeer], attribute: str, count: int,
+                   timeout: float) -> tuple[float | None, list[int]]:
     start = time.monotonic()
     for p in peers:
         setattr(p, "want_" + attribute, count)
@@ -204,7 +207,7 @@ async def wait_all(peers: list[BenchPeer], attribute: str, count: int, timeout: 
     return elapsed, [getattr(p, attribute) for p in peers]
 
 
-async def load(count: int, clients: int, timeout: float) -> dict[str, Any]:
+async def load(count: int, clients: int, timeout: float, filtered: bool) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     sinks = await asyncio.gather(*(connect(client_address(i), client_address(i), deadline) for i in range(clients)))
     injector = await connect(INJECTOR, INJECTOR, deadline)
@@ -213,17 +216,20 @@ async def load(count: int, clients: int, timeout: float) -> dict[str, Any]:
     announce = b"".join(wire.encode_update(injector.negotiated, table, []))
     withdraw = b"".join(wire.encode_update(injector.negotiated, [], [r.key for r in table]))
     await asyncio.sleep(0)
+    # With the route-target filter each client hosts one VSID of VSIDS: it should get count / VSIDS routes.
+    expected = count // VSIDS if filtered else count
     t0 = time.monotonic()
     injector.send(announce)
-    announce_s, got = await wait_all(sinks, "announced", count, timeout)
+    announce_s, got = await wait_all(sinks, "announced", expected, timeout)
     announce_s = None if announce_s is None else time.monotonic() - t0
     result: dict[str, Any] = {"announce_s": announce_s, "announced_at_clients": got,
-                              "announce_bytes": len(announce)}
+                              "announce_bytes": len(announce),
+                              "bytes_per_client": round(statistics.mean(p.update_bytes for p in sinks))}
     if announce_s is None:
         return result
     t1 = time.monotonic()
     injector.send(withdraw)
-    withdraw_s, got = await wait_all(sinks, "withdrawn", count, timeout)
+    withdraw_s, got = await wait_all(sinks, "withdrawn", expected, timeout)
     result.update(withdraw_s=None if withdraw_s is None else time.monotonic() - t1, withdrawn_at_clients=got)
     return result
 
@@ -231,10 +237,13 @@ async def load(count: int, clients: int, timeout: float) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ reflectors
 
 
-def ours_config(clients: int) -> dict[str, Any]:
+def ours_config(clients: int, filtered: bool) -> dict[str, Any]:
+    # Filtered: each client is a configured neighbour hosting one VSID (route target) of VSIDS.
+    hosts = [{"address": client_address(i), "asn": 65000, "passive": True,
+              "route_targets": [f"65000:{5001 + i % VSIDS}"]} for i in range(clients)] if filtered else []
     return {"asn": 65000, "router_id": RR, "cluster_id": RR, "hold_time": 180,
             "listen": {"address": RR, "port": 179},
-            "neighbors": [{"prefix": "198.51.100.0/24", "asn": 65000, "client": True}]}
+            "neighbors": [*hosts, {"prefix": "198.51.100.0/24", "asn": 65000, "client": True}]}
 
 
 def frr_config(clients: int) -> str:
@@ -267,7 +276,7 @@ def proc_status(pid: int) -> dict[str, Any]:
             "cpu_s": round((int(stat[11]) + int(stat[12])) / ticks, 2)}
 
 
-def one_run(impl: str, count: int, clients: int, timeout: float) -> dict[str, Any]:
+def one_run(impl: str, count: int, clients: int, timeout: float, filtered: bool = False) -> dict[str, Any]:
     from tests.integration.peers import Frr, GoBgp, Lab, Process, segment
 
     with tempfile.TemporaryDirectory(prefix="nvfabric-rrbench-") as tmp:
@@ -279,7 +288,7 @@ def one_run(impl: str, count: int, clients: int, timeout: float) -> dict[str, An
             extra: dict[str, Any] = {}
             if impl == "ours":
                 conf = Path(tmp) / "rr.yaml"
-                conf.write_text(yaml.safe_dump(ours_config(clients)))
+                conf.write_text(yaml.safe_dump(ours_config(clients, filtered)))
                 proc = Process(rr_ns, [sys.executable, "-m", "nvfabric.cli", "rr", "--config", str(conf),
                                        "--log-level", "WARNING"], Path(tmp) / "rr.log",
                                env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -295,7 +304,8 @@ def one_run(impl: str, count: int, clients: int, timeout: float) -> dict[str, An
                 del gobgp
             out = subprocess.run(
                 ["ip", "netns", "exec", load_ns, sys.executable, str(Path(__file__).resolve()), "--role", "load",
-                 "--routes", str(count), "--clients", str(clients), "--timeout", str(timeout)],
+                 "--routes", str(count), "--clients", str(clients), "--timeout", str(timeout),
+                 *(["--rt-filter"] if filtered else [])],
                 capture_output=True, text=True, timeout=timeout * 2 + 120, cwd=REPO)
             if out.returncode != 0:
                 raise RuntimeError(f"load process failed: {out.stderr[-2000:]}\n{lab.logs()[-3000:]}")
@@ -321,15 +331,17 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
+    parser.add_argument("--rt-filter", action="store_true",
+                        help="ours only: each client hosts one VSID and gets only its routes (route-target filter)")
     args = parser.parse_args()
     if args.role == "load":
-        print(json.dumps(asyncio.run(load(args.routes, args.clients, args.timeout))), flush=True)
+        print(json.dumps(asyncio.run(load(args.routes, args.clients, args.timeout, args.rt_filter))), flush=True)
         return 0
     summary = {}
     for impl in args.impl.split(","):
         runs = []
         for i in range(args.runs):
-            result = one_run(impl, args.routes, args.clients, args.timeout)
+            result = one_run(impl, args.routes, args.clients, args.timeout, args.rt_filter and impl == "ours")
             print(json.dumps({"impl": impl, "run": i + 1, "routes": args.routes, "clients": args.clients, **result}),
                   flush=True)
             runs.append(result)
@@ -340,6 +352,7 @@ def main() -> int:
             "withdraw_s": median([r.get("withdraw_s") for r in runs]),
             "peak_rss_mib": median([r["peak_rss_mib"] for r in runs]),
             "cpu_s": median([r["cpu_s"] for r in runs]),
+            "bytes_per_client": median([r.get("bytes_per_client") for r in runs]),
             "runs": len(runs),
         }
     print(json.dumps({"summary": summary, "routes": args.routes, "clients": args.clients}), flush=True)

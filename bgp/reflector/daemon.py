@@ -140,8 +140,13 @@ class Reflector(Speaker):
             for attrs, raws in runs.items():
                 if raws:
                     out += wire.encode_raw_update(f, attrs.out, attrs.next_hop, raws)
-        self.stats.peer(address).updates_out += len(out)
-        return b"".join(out)
+        data = b"".join(out)
+        counters = self.stats.peer(address)
+        counters.updates_out += len(out)
+        counters.bytes_out += len(data)
+        self.stats.updates_out += len(out)
+        self.stats.bytes_out += len(data)
+        return data
 
     def _on_update(self, peer: Peer, event: fsm.UpdateReceived) -> None:
         result: wire.RawUpdate = event.result

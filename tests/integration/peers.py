@@ -222,6 +222,48 @@ class Speaker:
         return [line for line in list(self.lines) if line.get("action") == action]
 
 
+# -------------------------------------------------------------------------------------------- our reflector
+
+
+class RouteReflector:
+    """`nvfabric rr --config` in a namespace, its REST API read from inside the namespace."""
+
+    def __init__(self, lab: Lab, ns: str, name: str, config: dict[str, Any], api_port: int = 8179) -> None:
+        self.ns = ns
+        self.config_path = lab.tmp / f"{name}.yaml"
+        self.api = f"http://127.0.0.1:{api_port}"
+        self.write_config({**config, "api": {"listen": f"127.0.0.1:{api_port}"}})
+        self.log = lab.tmp / f"{name}.log"
+        argv = [sys.executable, "-m", "nvfabric.cli", "rr", "--config", str(self.config_path)]
+        self.proc = Process(ns, argv, self.log, env={**os.environ, "PYTHONPATH": str(REPO)})
+        lab.processes.append(self.proc)
+        wait_for(lambda: self.get("/v1/summary"), 15, what=f"{name} API")
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration file."""
+        os.kill(self.proc.proc.pid, signal.SIGHUP)
+
+    def get(self, path: str) -> Any:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with inside(self.ns), urllib.request.urlopen(self.api + path, timeout=5) as response:
+                return json.load(response)
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def neighbor(self, address: str) -> dict[str, Any]:
+        return next((n for n in self.get("/v1/neighbors") or [] if n["address"] == address), {})
+
+    def established(self, *addresses: str) -> bool:
+        return all(self.neighbor(a).get("state") == "established" for a in addresses)
+
+
 # -------------------------------------------------------------------------------------------- GoBGP
 
 
