@@ -1,0 +1,178 @@
+"""The gateway's REST API (docs/gateway.md#rest-api): tenants PUT/GET/DELETE, each change atomic; a NAT trace;
+per-tenant Prometheus metrics.
+
+The request handling is the host agent's (hostagent/api.py): the same error middleware (a typed error ->
+its 4xx naming the field, a 500 only for bugs), bearer token, JSON body parsing and PUT responses. Those
+helpers are imported, not copied (a shared module for them is requested in .coordination-agent.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway import nat
+from gateway.gateway import Gateway, TenantStatus
+from gateway.tenants import Tenant
+from hostagent.api import MAX_BODY, ApiError, ApiServer, _auth, _json_body, _put_response, _www_authenticate, errors
+from hostagent.config import ApiConfig
+from vnet.errors import ModelError
+from vnet.model import check_address
+
+log = logging.getLogger(__name__)
+
+GATEWAY = web.AppKey("gateway", Gateway)
+TRACE_FIELDS = ("tenant", "proto", "src", "sport", "dst", "dport")
+
+
+def _gw(request: web.Request) -> Gateway:
+    return request.app[GATEWAY]
+
+
+def _view(tenant: Tenant, status: TenantStatus | None) -> dict[str, Any]:
+    out = tenant.as_dict()
+    if status is not None:
+        out["status"] = status.as_dict()  # read-only; a PUT of a GET body ignores it
+    return out
+
+
+async def _statuses(gw: Gateway) -> dict[str, TenantStatus]:
+    return {s.name: s for s in await gw.status()}
+
+
+async def list_tenants(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    statuses = await _statuses(gw)
+    return web.json_response({"tenants": [_view(t, statuses.get(n)) for n, t in sorted(gw.tenants.items())]})
+
+
+async def get_tenant(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    tenant = gw.tenant(request.match_info["name"])
+    return web.json_response(_view(tenant, (await _statuses(gw)).get(tenant.name)))
+
+
+async def put_tenant(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await _json_body(request)
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k != "status"}
+    tenant = Tenant.from_dict(body, name=name)
+    gw = _gw(request)
+    created = await gw.put_tenant(tenant)
+    return _put_response(request, created, _view(gw.tenant(name), None))
+
+
+async def delete_tenant(request: web.Request) -> web.Response:
+    await _gw(request).delete_tenant(request.match_info["name"])
+    return web.Response(status=204)
+
+
+def _port(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ModelError(name, value, "must be a port number 0..65535")
+    return value
+
+
+async def trace(request: web.Request) -> web.Response:
+    """The NAT decision for a flow's first packet: from a tenant (`tenant` set) or from outside (null)."""
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise ModelError("body", body, "must be an object")
+    unknown = sorted(set(body) - set(TRACE_FIELDS))
+    if unknown:
+        raise ModelError(unknown[0], body[unknown[0]], f"unknown field (known: {', '.join(TRACE_FIELDS)})")
+    gw = _gw(request)
+    tenant = body.get("tenant")
+    if tenant is not None:
+        gw.tenant(tenant)  # 404 when unknown
+    proto = body.get("proto", "tcp")
+    if proto not in ("tcp", "udp", "icmp", "icmpv6"):
+        raise ModelError("proto", proto, "must be tcp, udp, icmp or icmpv6")
+    flow = nat.FiveTuple(proto, check_address(body.get("src"), "src"), _port(body.get("sport", 0), "sport"),
+                         check_address(body.get("dst"), "dst"), _port(body.get("dport", 0), "dport"))
+    if flow.src.version != flow.dst.version:
+        raise ModelError("dst", str(flow.dst), f"is not of the same family as src {flow.src}")
+    return web.json_response(nat.trace(gw.nat_view(), flow, tenant).as_dict())
+
+
+class _TenantCollector(Collector):
+    def __init__(self, statuses: list[TenantStatus]) -> None:
+        self.statuses = statuses
+
+    def collect(self) -> Iterator[Any]:
+        labels = ["tenant"]
+        families = {
+            "packets": CounterMetricFamily("nvfabric_gateway_tenant_packets", "packets through the gateway",
+                                           labels=["tenant", "direction"]),
+            "bytes": CounterMetricFamily("nvfabric_gateway_tenant_bytes", "bytes through the gateway",
+                                         labels=["tenant", "direction"]),
+            "drops": CounterMetricFamily("nvfabric_gateway_tenant_drops", "tenant packets dropped (invalid "
+                                         "conntrack state, spoofed source)", labels=labels),
+            "sessions": GaugeMetricFamily("nvfabric_gateway_tenant_nat_sessions", "conntrack entries of the tenant",
+                                          labels=labels),
+        }
+        for s in self.statuses:
+            c = s.counters
+            families["packets"].add_metric([s.name, "out"], c.packets_out)
+            families["packets"].add_metric([s.name, "in"], c.packets_in)
+            families["bytes"].add_metric([s.name, "out"], c.bytes_out)
+            families["bytes"].add_metric([s.name, "in"], c.bytes_in)
+            families["drops"].add_metric([s.name], c.drops)
+            families["sessions"].add_metric([s.name], s.sessions)
+        tenants = GaugeMetricFamily("nvfabric_gateway_tenants", "tenants configured")
+        tenants.add_metric([], len(self.statuses))
+        yield tenants
+        yield from families.values()
+
+
+async def metrics(request: web.Request) -> web.Response:
+    # read at scrape time from nftables and conntrack: no copy of the counters to drift
+    registry = CollectorRegistry()
+    registry.register(_TenantCollector(await _gw(request).status()))
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(gateway: Gateway, token: str, *, metrics_token: bool = False) -> web.Application:
+    if not token:
+        raise ValueError("api.token: the API needs a bearer token (an empty one would let every local user in)")
+    public = frozenset() if metrics_token else frozenset({"/metrics"})
+    app = web.Application(middlewares=[errors, _auth(token, public)], client_max_size=MAX_BODY)
+    app[GATEWAY] = gateway
+    app.on_response_prepare.append(_www_authenticate)
+    app.router.add_get("/v1/tenants", list_tenants)
+    app.router.add_get("/v1/tenants/{name}", get_tenant)
+    app.router.add_put("/v1/tenants/{name}", put_tenant)
+    app.router.add_delete("/v1/tenants/{name}", delete_tenant)
+    app.router.add_post("/v1/trace", trace)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def start_api(gateway: Gateway, listen: str, token: str | None) -> ApiServer | None:
+    """As hostagent.api.start_api: no token, no API (logged)."""
+    if not token:
+        log.warning("api.token is not set: the REST API is disabled (the gateway runs from its configuration)")
+        return None
+    app = make_app(gateway, token)
+    host, port = ApiConfig(listen=listen).host_port
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_host, bound_port = runner.addresses[0][:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return ApiServer(runner, f"http://{shown}:{bound_port}")
+
+
+__all__ = ["ApiError", "make_app", "start_api", "ipaddress"]

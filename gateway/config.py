@@ -1,0 +1,158 @@
+"""`nvfabric gateway --config gateway.yaml`: the gateway's configuration, typed, every error naming its field.
+
+```yaml
+asn: 65001
+router_id: 198.51.100.21
+provider_addresses: [198.51.100.21, "2001:db8::21"]   # the PA announced with each tenant's default route
+router_mac: "02:00:5e:10:00:01"
+route_reflectors: [{address: 198.51.100.100}, {address: 198.51.100.101}]
+external: {interfaces: [eth2], next_hop4: 203.0.113.1, next_hop6: "2001:db8:113::1"}
+upstream: [{address: 203.0.113.1, asn: 64496}]          # eBGP, IPv4 + IPv6 unicast
+api: {listen: "127.0.0.1:8510", token: change-me}
+tenants:
+  - name: blue
+    route_targets: ["65001:1"]
+    subnets: [{vsid: 5001, prefixes: [10.0.0.0/24]}]
+    snat: [{address: 203.0.113.11, ports: 1024-65535}]
+    floating_ips: [{public: 203.0.113.31, private: 10.0.0.5}]
+netns: gw1          # optional: lab and tests only
+```
+The tenants' own fields are gateway/tenants.py's; a tenant error carries its path (`tenants[1].snat[0].address`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bgp.config import ConfigError, _Reader
+from gateway.tenants import Tenant, check_tenants
+from hostagent.config import ApiConfig, Reflector, _listen
+from vnet.errors import ModelError
+from vnet.model import IFNAME_RE, Address, check_mac
+
+DEFAULT_LISTEN = "127.0.0.1:8510"  # the host agent's is :8500; both may run on one machine in a lab
+DEFAULT_ROUTER_MAC = "02:00:5e:10:00:01"
+
+__all__ = ["ConfigError", "External", "GatewayConfig", "Upstream", "load", "parse"]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    address: Address
+    asn: int
+    md5_password: str | None = None
+
+
+@dataclass(frozen=True)
+class External:
+    interfaces: tuple[str, ...]
+    next_hop4: Address | None = None
+    next_hop6: Address | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    asn: int
+    router_id: str
+    external: External
+    provider_addresses: tuple[Address, ...] = ()
+    router_mac: str = DEFAULT_ROUTER_MAC
+    route_reflectors: tuple[Reflector, ...] = ()
+    upstream: tuple[Upstream, ...] = ()
+    api: ApiConfig = field(default_factory=lambda: ApiConfig(listen=DEFAULT_LISTEN))
+    tenants: tuple[Tenant, ...] = ()
+    netns: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GatewayConfig:
+        return parse(data)
+
+
+def _address(value: Any, where: str, version: int | None = None) -> Address:
+    try:
+        address = ipaddress.ip_address(value)
+    except (ValueError, TypeError):
+        raise ConfigError(where, f"{value!r} is not an IP address") from None
+    if version is not None and address.version != version:
+        raise ConfigError(where, f"{value!r} is not an IPv{version} address")
+    return address
+
+
+def parse(data: Any) -> GatewayConfig:
+    top = _Reader(data, "")
+    asn = top.integer("asn", 1, 0xFFFFFFFF)
+    router_id = top.address("router_id", version=4)
+    pas = [_address(v, w) for w, v in top.items("provider_addresses")]
+    if len({pa.version for pa in pas}) != len(pas):
+        raise ConfigError("provider_addresses", "at most one IPv4 and one IPv6 address (one NVGRE device per family)")
+    try:
+        router_mac = check_mac(top.get("router_mac", str, DEFAULT_ROUTER_MAC), "router_mac")
+    except ModelError as exc:
+        raise ConfigError("router_mac", exc.problem) from None
+    reflectors: list[Reflector] = []
+    for where, value in top.items("route_reflectors"):
+        r = _Reader(value, where)
+        reflectors.append(Reflector(address=r.address("address"), asn=r.integer("asn", 1, 0xFFFFFFFF, asn),
+                                    md5_password=r.get("md5_password", str, None)))
+        r.done()
+    ext = _Reader(top.get("external", dict), "external")
+    ifaces = []
+    for where, value in ext.items("interfaces"):
+        if not isinstance(value, str) or not IFNAME_RE.match(value):
+            raise ConfigError(where, f"{value!r} is not an interface name")
+        ifaces.append(value)
+    if not ifaces:
+        raise ConfigError("external.interfaces", "at least one external interface is required (SNAT leaves by it)")
+    nh4 = ext.get("next_hop4", str, None)
+    nh6 = ext.get("next_hop6", str, None)
+    external = External(tuple(ifaces), None if nh4 is None else _address(nh4, "external.next_hop4", 4),
+                        None if nh6 is None else _address(nh6, "external.next_hop6", 6))
+    ext.done()
+    upstream: list[Upstream] = []
+    for where, value in top.items("upstream"):
+        u = _Reader(value, where)
+        peer_asn = u.integer("asn", 1, 0xFFFFFFFF)
+        upstream.append(Upstream(_address(u.get("address", str), f"{where}.address"), peer_asn,
+                                 u.get("md5_password", str, None)))
+        u.done()
+    api_data = top.get("api", dict, {})
+    a = _Reader(api_data, "api")
+    api = ApiConfig(listen=_listen(a.get("listen", str, DEFAULT_LISTEN), "api.listen"), token=a.get("token", str, None))
+    a.done()
+    tenants: list[Tenant] = []
+    paths: dict[str, str] = {}
+    for where, value in top.items("tenants"):
+        try:
+            tenant = Tenant.from_dict(value, where=where)
+        except ModelError as exc:
+            raise ConfigError(exc.within(where).field, f"{exc.problem} (got {exc.value!r})") from None
+        if tenant.name in paths:
+            raise ConfigError(f"{where}.name", f"tenant {tenant.name!r} is already {paths[tenant.name]}")
+        paths[tenant.name] = where
+        tenants.append(tenant)
+    try:
+        check_tenants({t.name: t for t in tenants}, paths)
+    except ModelError as exc:
+        raise ConfigError(exc.field, f"{exc.problem} (got {exc.value!r})") from None
+    netns = top.get("netns", str, None)
+    top.done()
+    return GatewayConfig(asn=asn, router_id=router_id, external=external, provider_addresses=tuple(pas),
+                         router_mac=router_mac, route_reflectors=tuple(reflectors), upstream=tuple(upstream),
+                         api=api, tenants=tuple(tenants), netns=netns)
+
+
+def load(path: str | Path) -> GatewayConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+    return parse(data)

@@ -1,0 +1,294 @@
+"""The gateway's NAT on this machine's kernel: real nftables and conntrack in namespaces, no VRF.
+
+Like shared/recipes/tenant-nat-without-vrf.sh, per-tenant routing tables stand in for the VRFs: each
+tenant is attached by a veth (`Tenant.interfaces`), `iif` and `fwmark` rules select its table. Two tenants,
+blue and red, use the SAME addresses (10.0.0.5 with a floating IP, 10.0.0.6 without). The gateway (the real
+gateway.Gateway, in a thread inside the gateway namespace) writes only its per-tenant nftables tables.
+The public addresses (203.0.113.128/25) are routed to the gateway by the `internet` node, as the upstream
+router does once the gateway announces them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.tenants import Tenant
+from tests.gateway_net import GatewayThread, Server, connect, echo, in_ns
+from lab.netns import run
+from vnet.errors import ConflictError, ModelError
+
+T = TypeVar("T")
+SERVER = ("203.0.113.1", 8080)
+
+
+def tenant_body(name: str, vsid: int, snat: str, fip_public: str) -> dict[str, Any]:
+    return {"name": name, "route_targets": ["65001:1"], "subnets": [{"vsid": vsid, "prefixes": ["10.0.0.0/24"]}],
+            "snat": [{"address": snat}], "floating_ips": [{"public": fip_public, "private": "10.0.0.5"}],
+            "interfaces": [f"t-{name}"]}
+
+
+BLUE = tenant_body("blue", 5001, "203.0.113.140", "203.0.113.131")
+RED = tenant_body("red", 6001, "203.0.113.141", "203.0.113.132")
+
+
+@dataclass
+class Net:
+    gw: str
+    inet: str
+    blue: str
+    red: str
+    gateway: GatewayThread
+
+    def nft_table(self, tenant: str) -> list[dict]:
+        out = run(["ip", "netns", "exec", self.gw, "nft", "-j", "-a", "list", "table", "inet", f"nvfgw-{tenant}"])
+        return [x for x in json.loads(out.output)["nftables"] if "rule" in x or "chain" in x]
+
+
+def _batch(lines: list[str]) -> None:
+    for line in lines:  # a few dozen `ip` runs: milliseconds each on the host
+        run(["ip", *line.split()])
+
+
+@pytest.fixture
+def net(request: pytest.FixtureRequest) -> Iterator[Net]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    p = f"gwt{os.getpid() % 10000}{zlib.crc32(request.node.name.encode()) % 1000}-"
+    gw, inet, blue, red = (p + n for n in ("gw", "inet", "blue", "red"))
+    names = (gw, inet, blue, red)
+    gateway = None
+    try:
+        lines = [f"netns add {n}" for n in names]
+        lines += [f"-n {n} link set lo up" for n in names]
+        lines += [f"link add ext netns {gw} type veth peer name e0 netns {inet}",
+                  f"-n {gw} addr add 203.0.113.2/25 dev ext", f"-n {inet} addr add 203.0.113.1/25 dev e0",
+                  f"-n {gw} link set ext up", f"-n {inet} link set e0 up",
+                  # the upstream router's view: the public pool is behind the gateway
+                  f"-n {inet} route add 203.0.113.128/25 via 203.0.113.2"]
+        for ns, tenant in ((blue, "blue"), (red, "red")):
+            lines += [f"link add t-{tenant} netns {gw} type veth peer name v0 netns {ns}",
+                      f"-n {gw} addr add 10.0.0.1/24 dev t-{tenant} noprefixroute",
+                      f"-n {gw} link set t-{tenant} up",
+                      f"-n {ns} addr add 10.0.0.5/24 dev v0", f"-n {ns} addr add 10.0.0.6/24 dev v0",
+                      f"-n {ns} link set v0 up", f"-n {ns} route add default via 10.0.0.1"]
+        _batch(lines)
+        run(["ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+             "net.ipv4.conf.default.rp_filter=0"])
+        config = GatewayConfig.from_dict({"asn": 65001, "router_id": "198.51.100.21",
+                                          "external": {"interfaces": ["ext"]}, "tenants": [BLUE, RED]})
+        gateway = GatewayThread(config, gw)
+        gateway.call(lambda g: g.start())
+        # the VRF stand-in: per-tenant tables, chosen by the attachment or by the tenant's mark
+        routes = []
+        for tenant in ("blue", "red"):
+            tid = gateway.gateway.tenant_id(tenant)
+            routes += [f"-n {gw} route add 10.0.0.0/24 dev t-{tenant} src 10.0.0.1 table {tid}",
+                       f"-n {gw} route add default via 203.0.113.1 dev ext table {tid}",
+                       f"-n {gw} rule add iif t-{tenant} lookup {tid} pref 100",
+                       f"-n {gw} rule add fwmark {tid} lookup {tid} pref 110"]
+        _batch(routes)
+        yield Net(gw, inet, blue, red, gateway)
+    finally:
+        if gateway is not None:
+            gateway.close()
+        for n in names:
+            run(["ip", "netns", "del", n], check=False)
+
+
+# ---------------------------------------------------------------------- tests
+
+
+def test_overlapping_tenants_each_leave_with_their_own_snat_address(net: Net) -> None:
+    server = Server(net.inet, SERVER)
+    try:
+        seen = {}
+        for tenant, ns in (("blue", net.blue), ("red", net.red)):
+            s, line = connect(ns, SERVER, ("10.0.0.6", 0))
+            s.close()
+            seen[tenant] = line.split(":")[0]
+        assert seen == {"blue": "203.0.113.140", "red": "203.0.113.141"}
+    finally:
+        server.close()
+
+
+def test_concurrent_flows_with_the_same_source_address_and_port_both_work(net: Net) -> None:
+    server = Server(net.inet, SERVER)
+    try:
+        blue, blue_line = connect(net.blue, SERVER, ("10.0.0.6", 40000))
+        red, red_line = connect(net.red, SERVER, ("10.0.0.6", 40000))  # the same 5-tuple inside both tenants
+        assert {blue_line, red_line} == {"203.0.113.140:40000", "203.0.113.141:40000"}
+        # both established at once, each reply reaching its own tenant
+        assert echo(blue, "to-blue") == "to-blue"
+        assert echo(red, "to-red") == "to-red"
+        blue.close()
+        red.close()
+        status = {s.name: s for s in net.gateway.call(lambda g: g.status())}
+        assert status["blue"].counters.packets_out > 0 and status["red"].counters.packets_in > 0
+    finally:
+        server.close()
+
+
+def test_floating_ip_reaches_the_right_vm_and_its_outbound_leaves_with_it(net: Net) -> None:
+    vms = [Server(net.blue, ("10.0.0.5", 9000), "blue "), Server(net.red, ("10.0.0.5", 9000), "red ")]
+    server = Server(net.inet, SERVER)
+    try:
+        for public, tenant in (("203.0.113.131", "blue"), ("203.0.113.132", "red")):
+            s, line = connect(net.inet, (public, 9000))
+            s.close()
+            assert line.startswith(f"{tenant} 203.0.113.1:"), line  # the VM sees the real client (no SNAT inbound)
+        for ns, public in ((net.blue, "203.0.113.131"), (net.red, "203.0.113.132")):
+            s, line = connect(ns, SERVER, ("10.0.0.5", 0))
+            s.close()
+            assert line.split(":")[0] == public
+    finally:
+        for v in (*vms, server):
+            v.close()
+
+
+def _rules(table: list[dict]) -> list[tuple]:
+    return [(x["rule"]["chain"], x["rule"]["handle"], json.dumps(x["rule"]["expr"], sort_keys=True))
+            for x in table if "rule" in x]
+
+
+def test_a_change_to_one_tenant_leaves_the_others_rules_and_flows_untouched(net: Net) -> None:
+    server = Server(net.inet, SERVER)
+    try:
+        red_flow, _ = connect(net.red, SERVER, ("10.0.0.6", 0))
+        blue_flow, _ = connect(net.blue, SERVER, ("10.0.0.6", 0))
+        red_before = _rules(net.nft_table("red"))
+        changed = Tenant.from_dict({**BLUE, "floating_ips": [{"public": "203.0.113.133", "private": "10.0.0.5"}]})
+        assert net.gateway.call(lambda g: g.put_tenant(changed)) is False
+        assert _rules(net.nft_table("red")) == red_before  # same rules, same handles: not rewritten
+        blue_rules = json.dumps(_rules(net.nft_table("blue")))
+        assert "203.0.113.133" in blue_rules and "203.0.113.131" not in blue_rules
+        # established flows of both survive (NAT bindings live in conntrack, not in the table)
+        assert echo(red_flow, "still-red") == "still-red"
+        assert echo(blue_flow, "still-blue") == "still-blue"
+        # the new floating IP works at once
+        vm = Server(net.blue, ("10.0.0.5", 9000), "blue ")
+        s, line = connect(net.inet, ("203.0.113.133", 9000))
+        s.close()
+        vm.close()
+        assert line.startswith("blue ")
+        red_flow.close()
+        blue_flow.close()
+        # deleting a tenant removes its table only
+        net.gateway.call(lambda g: g.delete_tenant("blue"))
+        assert _rules(net.nft_table("red")) == red_before
+        out = run(["ip", "netns", "exec", net.gw, "nft", "list", "tables"]).output
+        assert "nvfgw-blue" not in out and "nvfgw-red" in out
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("change, field", [
+    ({**RED, "name": "green", "subnets": [{"vsid": 7001, "prefixes": ["10.9.0.0/24"]}],
+      "floating_ips": [], "interfaces": [], "snat": [{"address": "203.0.113.140"}]}, "snat[0].address"),
+    ({**RED, "floating_ips": [{"public": "203.0.113.131", "private": "10.0.0.5"}]}, "floating_ips[0].public"),
+    ({**RED, "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"]}]}, "subnets[0].vsid"),
+])
+def test_a_conflicting_tenant_is_refused_naming_the_field_and_nothing_is_applied(
+        net: Net, change: dict, field: str) -> None:
+    before = {t: _rules(net.nft_table(t)) for t in ("blue", "red")}
+    tables = run(["ip", "netns", "exec", net.gw, "nft", "list", "tables"]).output
+    tenant = Tenant.from_dict(change)
+    with pytest.raises(ConflictError) as refused:
+        net.gateway.call(lambda g: g.put_tenant(tenant))
+    assert refused.value.field == field
+    assert {t: _rules(net.nft_table(t)) for t in ("blue", "red")} == before
+    assert run(["ip", "netns", "exec", net.gw, "nft", "list", "tables"]).output == tables
+    assert net.gateway.gateway.tenants == {"blue": Tenant.from_dict(BLUE), "red": Tenant.from_dict(RED)}
+
+
+def test_an_invalid_tenant_is_refused_before_the_gateway_sees_it() -> None:
+    with pytest.raises(ModelError) as refused:
+        Tenant.from_dict({**BLUE, "floating_ips": [{"public": "203.0.113.131", "private": "10.7.0.5"}]})
+    assert refused.value.field == "floating_ips[0].private"
+
+
+# ---------------------------------------------------------------------- REST API, metrics, ctl
+
+
+def _http(ns: str, method: str, url: str, body: Any = None, token: str = "t0ken") -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    def go() -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                raw = r.read()
+                ctype = r.headers.get("Content-Type", "")
+                return r.status, (json.loads(raw) if "json" in ctype and raw else raw.decode())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+    return in_ns(ns, go)
+
+
+def test_rest_api_metrics_and_ctl(net: Net) -> None:
+    from gateway.api import start_api
+
+    api = net.gateway.call(lambda g: start_api(g, "127.0.0.1:0", "t0ken"))
+    try:
+        url = api.url
+        server = Server(net.inet, SERVER)
+        s, _ = connect(net.blue, SERVER, ("10.0.0.6", 0))
+        status, body = _http(net.gw, "GET", f"{url}/v1/tenants")
+        assert status == 200 and [t["name"] for t in body["tenants"]] == ["blue", "red"]
+        blue = body["tenants"][0]["status"]
+        assert blue["nat_sessions"] >= 1 and blue["packets_out"] > 0
+        assert blue["id"] == net.gateway.gateway.tenant_id("blue")
+        # a bad body: 400 naming the field; a conflict: 409; nothing applied
+        status, body = _http(net.gw, "PUT", f"{url}/v1/tenants/green", {**RED, "name": "green", "snat": ["bad"]})
+        assert (status, body["field"]) == (400, "snat[0].address")
+        status, body = _http(net.gw, "PUT", f"{url}/v1/tenants/green", {
+            "route_targets": ["65001:3"], "subnets": [{"vsid": 7001, "prefixes": ["10.0.0.0/24"]}],
+            "snat": ["203.0.113.141"]})
+        assert (status, body["error"], body["field"]) == (409, "conflict", "snat[0].address")
+        assert set(net.gateway.gateway.tenants) == {"blue", "red"}
+        # a valid one: 201, its table exists; GET body PUT back is accepted unchanged (200)
+        green = {"route_targets": ["65001:3"], "subnets": [{"vsid": 7001, "prefixes": ["10.0.0.0/24"]}],
+                 "snat": ["203.0.113.142"]}
+        status, body = _http(net.gw, "PUT", f"{url}/v1/tenants/green", green)
+        assert status == 201 and net.nft_table("green")
+        status, got = _http(net.gw, "GET", f"{url}/v1/tenants/green")
+        assert _http(net.gw, "PUT", f"{url}/v1/tenants/green", got)[0] == 200
+        assert _http(net.gw, "DELETE", f"{url}/v1/tenants/green")[0] == 204
+        assert _http(net.gw, "GET", f"{url}/v1/tenants/green")[0] == 404
+        # trace
+        status, body = _http(net.gw, "POST", f"{url}/v1/trace", {"proto": "tcp", "src": "203.0.113.1", "sport": 5000,
+                                                                 "dst": "203.0.113.132", "dport": 22})
+        assert (body["tenant"], body["action"], body["translated"]["dst"]) == ("red", "dnat", "10.0.0.5")
+        # metrics: per tenant, read from nftables and conntrack
+        status, text = _http(net.gw, "GET", f"{url}/metrics", token="")
+        assert status == 200
+        assert 'nvfabric_gateway_tenant_nat_sessions{tenant="blue"} ' in text
+        line = next(x for x in text.splitlines()
+                    if x.startswith('nvfabric_gateway_tenant_packets_total{direction="out",tenant="blue"}'))
+        assert float(line.split()[-1]) > 0
+        # the operator's table
+        port = url.rsplit(":", 1)[1]
+        out = run(["ip", "netns", "exec", net.gw, sys_nvfabric(), "gateway", "tenants", "--api",
+                   f"http://127.0.0.1:{port}", "--token", "t0ken"]).output
+        assert "blue" in out and "203.0.113.140" in out and "203.0.113.131->10.0.0.5" in out
+        s.close()
+        server.close()
+    finally:
+        net.gateway.call(lambda g: api.stop())
+
+
+def sys_nvfabric() -> str:
+    import sys
+    from pathlib import Path
+
+    return str(Path(sys.executable).parent / "nvfabric")
