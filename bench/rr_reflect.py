@@ -246,9 +246,12 @@ def ours_config(clients: int, filtered: bool) -> dict[str, Any]:
             "neighbors": [*hosts, {"prefix": "198.51.100.0/24", "asn": 65000, "client": True}]}
 
 
-def frr_config(clients: int) -> str:
+def frr_config(clients: int, coalesce_ms: int | None = None) -> str:
     lines = ["hostname rr", "router bgp 65000", f" bgp router-id {RR}", f" bgp cluster-id {RR}",
              " no bgp default ipv4-unicast", " no bgp ebgp-requires-policy"]
+    if coalesce_ms is not None:
+        # Update-group coalescing (FRR's default waits before the first UPDATEs of a new subgroup).
+        lines.append(f" coalesce-time {coalesce_ms}")
     peers = [INJECTOR] + [client_address(i) for i in range(clients)]
     for address in peers:
         lines += [f" neighbor {address} remote-as 65000", f" neighbor {address} timers 60 180",
@@ -276,7 +279,8 @@ def proc_status(pid: int) -> dict[str, Any]:
             "cpu_s": round((int(stat[11]) + int(stat[12])) / ticks, 2)}
 
 
-def one_run(impl: str, count: int, clients: int, timeout: float, filtered: bool = False) -> dict[str, Any]:
+def one_run(impl: str, count: int, clients: int, timeout: float, filtered: bool = False,
+            frr_coalesce_ms: int | None = None) -> dict[str, Any]:
     from tests.integration.peers import Frr, GoBgp, Lab, Process, segment
 
     with tempfile.TemporaryDirectory(prefix="nvfabric-rrbench-") as tmp:
@@ -295,7 +299,7 @@ def one_run(impl: str, count: int, clients: int, timeout: float, filtered: bool 
                 lab.processes.append(proc)
                 pid = proc.proc.pid
             elif impl == "frr":
-                frr = Frr(lab, rr_ns, "rr", frr_config(clients))
+                frr = Frr(lab, rr_ns, "rr", frr_config(clients, frr_coalesce_ms))
                 pid = frr.bgpd.proc.pid
                 extra["zebra_pid"] = frr.zebra.proc.pid
             else:
@@ -333,6 +337,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
     parser.add_argument("--rt-filter", action="store_true",
                         help="ours only: each client hosts one VSID and gets only its routes (route-target filter)")
+    parser.add_argument("--frr-coalesce-ms", type=int, default=None,
+                        help="FRR's update-group coalesce-time (default: FRR's own default)")
     args = parser.parse_args()
     if args.role == "load":
         print(json.dumps(asyncio.run(load(args.routes, args.clients, args.timeout, args.rt_filter))), flush=True)
@@ -341,7 +347,8 @@ def main() -> int:
     for impl in args.impl.split(","):
         runs = []
         for i in range(args.runs):
-            result = one_run(impl, args.routes, args.clients, args.timeout, args.rt_filter and impl == "ours")
+            result = one_run(impl, args.routes, args.clients, args.timeout, args.rt_filter and impl == "ours",
+                             args.frr_coalesce_ms)
             print(json.dumps({"impl": impl, "run": i + 1, "routes": args.routes, "clients": args.clients, **result}),
                   flush=True)
             runs.append(result)
