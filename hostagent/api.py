@@ -3,7 +3,8 @@
 Every request body and query is parsed here into vnet.model values (their from_dict names the field of any
 error) before the agent sees it. Errors are typed and each has its status: an invalid value 400, an unknown
 name 404, a conflict with existing state 409, malformed JSON 400, a wrong content type 415, no or a wrong
-token 401, an unknown path 404, a wrong method 405. BaGPipe answered such requests with HTTP 500
+token 401, an unknown path 404, a wrong method 405; a valid change the kernel refused (and the agent
+reverted) 422, a change while the agent is not running 503. BaGPipe answered bad requests with HTTP 500
 (shared/notes/anchors.md); here a 500 means a bug, and the outermost middleware turns any unexpected
 exception into a logged 500 with a JSON body that names the log entry.
 """
@@ -67,8 +68,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except AgentNotStarted as exc:
         return _json_error(503, {"error": "not-running", "problem": str(exc)})
     except KernelError as exc:
-        # the request was valid and the change reverted; the kernel's own words say why
-        return _json_error(500, {"error": "kernel-refused", "problem": str(exc), "messages": list(exc.messages)})
+        # Valid, but the kernel would not have it (lo as a port, say); the change was reverted. 422, not 500:
+        # 500 is reserved for our bugs, and a 5xx invites a blind retry that would be refused the same way.
+        return _json_error(422, {"error": "kernel-refused", "problem": str(exc), "messages": list(exc.messages)})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

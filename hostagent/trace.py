@@ -63,6 +63,7 @@ def trace(
     rd = catalog.routing_domain(routing_domain)
     vrf = vrf_name(rd.name)
     devices = {f: NVGRE_DEVICES[f] for f in pa_families}
+    records = list(records)
     mine = [r for r in records if r.routing_domain == rd.name]
     # Local routes exist only for ports with an active local record: a port whose MAC moved to another
     # host (MAC mobility) stays in the catalog but is not routed here (vnet/desired.py).
@@ -83,7 +84,7 @@ def trace(
         src_vsid, ingress = remote[src].vsid, devices.get(remote[src].pa.version)  # type: ignore[union-attr]
     else:
         return dropped(f"source not a CA of routing domain {rd.name}: no local port and no lookup record has "
-                       f"{src}{_elsewhere(catalog, rd, src)}")
+                       f"{src}{_elsewhere(catalog, records, rd, src)}")
     if src.version != dst.version:
         return dropped(f"source is IPv{src.version} and destination IPv{dst.version}", src_vsid=src_vsid,
                        ingress=ingress)
@@ -121,7 +122,7 @@ def trace(
     unreachable = "0.0.0.0/0" if dst.version == 4 else "::/0"
     return dropped(
         f"unknown destination CA (no lookup record): the unreachable route of routing domain {rd.name}"
-        f"{_inactive(catalog, rd, dst)}{_elsewhere(catalog, rd, dst)}",
+        f"{_inactive(catalog, rd, dst)}{_elsewhere(catalog, records, rd, dst)}",
         route=f"unreachable {unreachable} vrf {vrf}", src_vsid=src_vsid, ingress=ingress,
     )
 
@@ -158,9 +159,10 @@ def _inactive(catalog: Catalog, rd: RoutingDomain, address: Address) -> str:
     return f" (port {port.name} has it but is not active on this host)" if port is not None else ""
 
 
-def _elsewhere(catalog: Catalog, rd: RoutingDomain, address: Address) -> str:
-    """Name another local routing domain holding the address: the usual mistake is the wrong one."""
-    others = sorted(name for name in catalog.routing_domains if name != rd.name and catalog.port_with(name, address))
+def _elsewhere(catalog: Catalog, records: list[LookupRecord], rd: RoutingDomain, address: Address) -> str:
+    """Name another routing domain holding the address (a local port or a record): the usual mistake."""
+    others = {name for name in catalog.routing_domains if name != rd.name and catalog.port_with(name, address)}
+    others |= {r.routing_domain for r in records if r.ca == address and r.routing_domain != rd.name}
     if others:
-        return f" ({address} is a CA of routing domain {others[0]}: crossing routing domains needs a gateway)"
+        return f" ({address} is a CA of routing domain {min(others)}: crossing routing domains needs a gateway)"
     return ""

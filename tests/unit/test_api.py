@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from hostagent import state
-from hostagent.agent import Agent
+from hostagent.agent import Agent, KernelError
 from hostagent.api import make_app, start_api
 from hostagent.config import AgentConfig
 from vnet.catalog import Catalog
@@ -305,6 +305,17 @@ async def test_trace_answers_even_when_the_packet_is_dropped(client):
                                          headers=AUTH), 200)
     assert body["verdict"] == "dropped" and body["reason"].startswith("source not a CA of routing domain blue")
     assert set(body) >= {"vsid", "pa", "mac", "device", "route", "gre_key"}
+
+
+async def test_a_change_the_kernel_refused_is_422_with_the_kernel_words(client, agent, monkeypatch):
+    # the real refusal (lo as a port) needs a kernel: tests/kernel/test_api_agent.py; here the error path
+    async def refused(port):
+        raise KernelError(f"port {port.name}", ("Device does not allow enslaving to a master device",))
+
+    monkeypatch.setattr(agent, "put_port", refused)
+    body = await expect(await client.put("/v1/ports/vm2", headers=AUTH, json=VM2), 422, "kernel-refused")
+    assert body["messages"] == ["Device does not allow enslaving to a master device"]
+    assert "change reverted" in body["problem"]
 
 
 # ---------------------------------------------------------------- 500 only for bugs

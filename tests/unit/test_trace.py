@@ -109,6 +109,11 @@ def test_destination_in_another_routing_domain_is_named():
     assert "10.2.0.10 is a CA of routing domain blue: crossing routing domains needs a gateway" in t.reason
 
 
+def test_a_remote_ca_of_another_routing_domain_is_named_too():
+    t = run("red", "10.1.0.10", "10.2.0.30")
+    assert t.verdict is Verdict.DROPPED and "10.2.0.30 is a CA of routing domain blue" in t.reason
+
+
 def test_families_must_match():
     t = run("blue", "10.1.0.10", "fd00:b::20")
     assert t.verdict is Verdict.DROPPED and t.reason == "source is IPv4 and destination IPv6"
