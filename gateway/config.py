@@ -6,7 +6,7 @@ router_id: 198.51.100.21
 provider_addresses: [198.51.100.21, "2001:db8::21"]   # the PA announced with each tenant's default route
 router_mac: "02:00:5e:10:00:01"
 route_reflectors: [{address: 198.51.100.100}, {address: 198.51.100.101}]
-external: {interfaces: [eth2], next_hop4: 203.0.113.1, next_hop6: "2001:db8:113::1"}
+external: {interfaces: [eth2], next_hop4: 203.0.113.1, address4: 203.0.113.21}
 upstream: [{address: 203.0.113.1, asn: 64496}]          # eBGP, IPv4 + IPv6 unicast
 api: {listen: "127.0.0.1:8510", token: change-me}
 tenants:
@@ -51,8 +51,10 @@ class Upstream:
 @dataclass(frozen=True)
 class External:
     interfaces: tuple[str, ...]
-    next_hop4: Address | None = None
+    next_hop4: Address | None = None  # the upstream router: the tenants' default route leaks to it
     next_hop6: Address | None = None
+    address4: Address | None = None  # ours on the external link: the next hop announced upstream
+    address6: Address | None = None
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,12 @@ def parse(data: Any) -> GatewayConfig:
         raise ConfigError("external.interfaces", "at least one external interface is required (SNAT leaves by it)")
     nh4 = ext.get("next_hop4", str, None)
     nh6 = ext.get("next_hop6", str, None)
+    a4 = ext.get("address4", str, None)
+    a6 = ext.get("address6", str, None)
     external = External(tuple(ifaces), None if nh4 is None else _address(nh4, "external.next_hop4", 4),
-                        None if nh6 is None else _address(nh6, "external.next_hop6", 6))
+                        None if nh6 is None else _address(nh6, "external.next_hop6", 6),
+                        None if a4 is None else _address(a4, "external.address4", 4),
+                        None if a6 is None else _address(a6, "external.address6", 6))
     ext.done()
     upstream: list[Upstream] = []
     for where, value in top.items("upstream"):
@@ -120,6 +126,10 @@ def parse(data: Any) -> GatewayConfig:
         upstream.append(Upstream(_address(u.get("address", str), f"{where}.address"), peer_asn,
                                  u.get("md5_password", str, None)))
         u.done()
+        family = upstream[-1].address.version
+        if (external.address4 if family == 4 else external.address6) is None:
+            raise ConfigError(f"external.address{family}", f"required with an IPv{family} upstream ({where}): "
+                              "the next hop announced for the tenants' public addresses")
     api_data = top.get("api", dict, {})
     a = _Reader(api_data, "api")
     api = ApiConfig(listen=_listen(a.get("listen", str, DEFAULT_LISTEN), "api.listen"), token=a.get("token", str, None))

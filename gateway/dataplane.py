@@ -7,8 +7,9 @@ tenant CA (records: learned from the reflectors like a host does, once the BGP s
 
 Not yet vnet object kinds (requested in .coordination-agent.md), so applied here as one `ip -batch` and one
 `tc -batch` per change, not per packet or route:
-- `ip rule fwmark <id> lookup <id>` (IPv4 and IPv6), before the l3mdev rule (1000) and the tun_id rules (900):
-  replies and floating-IP traffic, marked by nat.py from the conntrack mark, are routed into the tenant;
+- `ip rule fwmark <id> iif <external> lookup <id>` (IPv4 and IPv6), before the l3mdev rule (1000) and the
+  tun_id rules (900): replies and floating-IP traffic, marked by nat.py from the conntrack mark, are routed
+  into the tenant;
 - the tenant's default route leaked to the external side, `default via <next hop> dev <external> metric 1`,
   which wins over vnet's `unreachable default` (metric UNREACHABLE_METRIC) in the same table;
 - tc on each NVGRE device: `flower enc_key_id VSID<<8 action skbedit mark <id>`, one filter per VSID with
@@ -45,20 +46,28 @@ class PlumbingError(RuntimeError):
 class Plumbing:
     """The per-tenant extras, as command lines (pure, so tests and the benchmark can count them)."""
 
-    ip: tuple[str, ...]
+    ip: tuple[tuple[int, str], ...]  # (family, line): `ip -batch` takes no -4/-6 per line
     tc: tuple[str, ...]
+
+    @staticmethod
+    def join(parts: Iterable[Plumbing]) -> Plumbing:
+        parts = list(parts)
+        return Plumbing(tuple(x for p in parts for x in p.ip), tuple(x for p in parts for x in p.tc))
 
 
 def tenant_plumbing(tenant: Tenant, tid: int, external: External, devices: Iterable[str]) -> Plumbing:
-    ip: list[str] = []
+    ip: list[tuple[int, str]] = []
     ext = external.interfaces[0]
     for family, nh in ((4, external.next_hop4), (6, external.next_hop6)):
-        # delete first: `ip rule add` is not idempotent (a second add makes a duplicate); -force ignores a miss
-        ip.append(f"-{family} rule del fwmark {tid} lookup {tid} pref {FWMARK_PRIORITY}")
-        ip.append(f"-{family} rule add fwmark {tid} lookup {tid} pref {FWMARK_PRIORITY}")
+        for iif in external.interfaces:
+            # delete first: `ip rule add` is not idempotent (a second add makes a duplicate); -force ignores a
+            # miss. `iif`: only what arrives from outside; the NVGRE packets the gateway itself encapsulates
+            # inherit the inner packet's mark and must find the underlay in the main table, not the tenant's
+            # (seen in the VM: replies left by the external side with its address as outer source)
+            ip.append((family, f"rule del fwmark {tid} iif {iif} lookup {tid} pref {FWMARK_PRIORITY}"))
+            ip.append((family, f"rule add fwmark {tid} iif {iif} lookup {tid} pref {FWMARK_PRIORITY}"))
         if nh is not None:
-            default = "default" if family == 4 else "::/0"
-            ip.append(f"-{family} route replace {default} via {nh} dev {ext} table {tid} metric {LEAK_METRIC}")
+            ip.append((family, f"route replace default via {nh} dev {ext} table {tid} metric {LEAK_METRIC}"))
     tc: list[str] = []
     for dev in devices:
         for vsid in tenant.vsids:
@@ -67,8 +76,9 @@ def tenant_plumbing(tenant: Tenant, tid: int, external: External, devices: Itera
     return Plumbing(tuple(ip), tuple(tc))
 
 
-def removal_plumbing(tenant: Tenant, tid: int, devices: Iterable[str]) -> Plumbing:
-    ip = tuple(f"-{f} rule del fwmark {tid} lookup {tid} pref {FWMARK_PRIORITY}" for f in (4, 6))
+def removal_plumbing(tenant: Tenant, tid: int, external: External, devices: Iterable[str]) -> Plumbing:
+    ip = tuple((f, f"rule del fwmark {tid} iif {iif} lookup {tid} pref {FWMARK_PRIORITY}")
+               for f in (4, 6) for iif in external.interfaces)
     tc = tuple(f"filter del dev {dev} ingress pref {TC_PREF} handle {vsid} protocol all flower"
                for dev in devices for vsid in tenant.vsids)
     return Plumbing(ip, tc)  # the VRF, its table and routes go with vnet's desired state
@@ -106,14 +116,15 @@ class Dataplane:
         return outcome
 
     async def plumb(self, plumbing: Plumbing) -> None:
-        await self._batch("ip", plumbing.ip)
+        for family in (4, 6):
+            await self._batch("ip", [line for f, line in plumbing.ip if f == family], f"-{family}")
         await self._batch("tc", plumbing.tc)
 
-    async def _batch(self, tool: str, lines: Iterable[str]) -> None:
+    async def _batch(self, tool: str, lines: Iterable[str], *options: str) -> None:
         lines = list(lines)
         if not lines:
             return
-        argv = [tool, "-force", "-batch", "-"]
+        argv = [tool, *options, "-force", "-batch", "-"]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,

@@ -28,8 +28,9 @@ from typing import Any
 from gateway import nat
 from gateway.config import GatewayConfig
 from gateway.tenants import Tenant, check_tenants
+from gateway.upstream import Upstream
 from vnet.catalog import NotFound
-from gateway.dataplane import Dataplane, PlumbingError, removal_plumbing, tenant_plumbing
+from gateway.dataplane import Dataplane, Plumbing, PlumbingError, removal_plumbing, tenant_plumbing
 from vnet.desired import HostIdentity, allocate_tables
 from vnet.model import LookupRecord
 # the host agent's error types: the REST layer (hostagent/api.py's middleware) maps them to 503 and 500
@@ -78,6 +79,7 @@ class Gateway:
         self._dp = None if not config.provider_addresses else Dataplane(
             config.netns, HostIdentity(config.router_mac, config.provider_addresses), config.external)
         self._records: tuple[LookupRecord, ...] = ()
+        self._upstream = Upstream(config) if config.upstream else None
         self._lock = asyncio.Lock()
         self._started = False
         self.last_change: dict[str, Any] | None = None
@@ -104,25 +106,29 @@ class Gateway:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Replace every tenant table with the configured one and delete tables of tenants we no longer have
-        (adopt, not flush: conntrack state, i.e. established flows, survives a restart)."""
+        """Replace the gateway's table with every configured tenant in one transaction (adopt, not flush:
+        conntrack state, i.e. established flows and their NAT bindings, survives a restart)."""
         async with self._lock:
-            present = nat.owned_tables(await _list(self._nft, "tables"))
-            changes: dict[str, nat.TenantNat | None] = {n: None for n in present - set(self._tenants)}
-            changes.update({n.tenant.name: n for n in self.nat_view()})
-            await self._apply("start", changes)
+            doc = nat.full_document(self.nat_view(), self.config.external.interfaces)
+            await self._load("start", doc)
             if self._dp is not None:
                 await self._dp.start()
                 await self._dp.reconcile(self._tenants, self._ids, self._records)
                 await self._dp.ensure_clsact()
-                for name, t in self._tenants.items():
-                    await self._dp.plumb(tenant_plumbing(t, self._ids[name], self.config.external,
-                                                         self._dp.devices))
+                # every tenant in one ip and one tc batch: a process start costs ~0.3 s in the VM
+                await self._dp.plumb(Plumbing.join(
+                    tenant_plumbing(t, self._ids[name], self.config.external, self._dp.devices)
+                    for name, t in self._tenants.items()))
+            if self._upstream is not None:
+                await self._upstream.start()
+                await self._upstream.sync(self._tenants.values())
             self._started = True
 
     async def stop(self) -> None:
         # The tables, VRFs and routes stay: forwarding and NAT keep working while the daemon restarts.
         self._started = False
+        if self._upstream is not None:
+            await self._upstream.stop()
         if self._dp is not None:
             self._dp.close()
 
@@ -134,16 +140,13 @@ class Gateway:
             if self._dp is not None and self._started:
                 await self._dp.reconcile(self._tenants, self._ids, self._records)
 
-    async def _apply(self, what: str, changes: Mapping[str, nat.TenantNat | None]) -> None:
-        if not changes:
-            return
-        doc = nat.transaction(changes, self.config.external.interfaces)
+    async def _load(self, what: str, doc: dict) -> None:
         began = time.monotonic()
         try:
             await _load(self._nft, what, doc)
         except NftError as exc:
             raise KernelError(what, (exc.message.strip(),)) from None
-        self.last_change = {"what": what, "tenants": sorted(changes), "rules": nat.rule_count(doc),
+        self.last_change = {"what": what, "rules": nat.rule_count(doc),
                             "seconds": round(time.monotonic() - began, 4)}
 
     # ------------------------------------------------------------------ changes
@@ -167,8 +170,12 @@ class Gateway:
                 except PlumbingError as exc:
                     await self._dp.reconcile(self._tenants, self._ids, self._records)  # revert the VRF side
                     raise KernelError(f"put tenant {tenant.name}", (str(exc),)) from None
-            await self._apply(f"put tenant {tenant.name}", {tenant.name: nat.TenantNat(tenant, ids[tenant.name])})
+            old = None if created else nat.TenantNat(self._tenants[tenant.name], self._ids[tenant.name])
+            await self._load(f"put tenant {tenant.name}", nat.transaction(
+                {tenant.name: (nat.TenantNat(tenant, ids[tenant.name]), old)}))
             self._tenants, self._ids = MappingProxyType(proposed), MappingProxyType(ids)
+            if self._upstream is not None:
+                await self._upstream.sync(self._tenants.values())  # after NAT is in place, not before
             return created
 
     async def delete_tenant(self, name: str) -> None:
@@ -176,18 +183,22 @@ class Gateway:
             self.tenant(name)
             if not self._started:
                 raise AgentNotStarted("the gateway is not running")
-            await self._apply(f"delete tenant {name}", {name: None})
+            old = nat.TenantNat(self._tenants[name], self._ids[name])
+            await self._load(f"delete tenant {name}", nat.transaction({name: (None, old)}))
             if self._dp is not None:
                 remaining = {n: t for n, t in self._tenants.items() if n != name}
-                await self._dp.plumb(removal_plumbing(self._tenants[name], self._ids[name], self._dp.devices))
+                await self._dp.plumb(removal_plumbing(self._tenants[name], self._ids[name], self.config.external,
+                                                      self._dp.devices))
                 await self._dp.reconcile(remaining, {n: self._ids[n] for n in remaining}, self._records)
             self._tenants = MappingProxyType({n: t for n, t in self._tenants.items() if n != name})
             self._ids = MappingProxyType({n: i for n, i in self._ids.items() if n != name})
+            if self._upstream is not None:
+                await self._upstream.sync(self._tenants.values())
 
     # ------------------------------------------------------------------ observing
 
     async def counters(self) -> dict[str, nat.TenantCounters]:
-        return nat.parse_counters(await _list(self._nft, "counters"))
+        return nat.parse_counters(await _list(self._nft, "counters", "table", nat.FAMILY, nat.TABLE))
 
     async def status(self) -> list[TenantStatus]:
         counters = await self.counters()

@@ -1,17 +1,26 @@
-"""Pure: tenants -> nftables JSON. One table per tenant, `inet nvfgw-<name>`, so a change to one tenant is a
-transaction that replaces that table only: no other tenant's rules, counters or flows are touched.
+"""Pure: tenants -> nftables JSON. One shared table, `inet nvfgw`, whose base chains only DISPATCH through
+verdict maps to per-tenant chains (`<tenant>_zone`, `_in`, `_mark`, `_dnat`, `_fwd`, `_snat`) and counters
+(`<tenant>_out`, `_in`, `_drops`). A change to one tenant is ONE transaction that flushes and refills that
+tenant's chains and adds/deletes only its own map elements: no other tenant's rule, counter or flow is
+touched, and a packet finds its tenant in O(1) whatever the number of tenants.
+
+Why not one table per tenant (the first version): every table brings its own base chains, and the kernel
+allows at most 1024 hooks per hook point (MAX_HOOK_COUNT in net/netfilter/core.c): three prerouting chains
+per tenant stopped at about 340 tenants ("Could not process rule: Argument list too long"), and every
+packet would have run through every tenant's base chains.
 
 Every tenant has one number `tid` (its routing table number, vnet.desired.allocate_tables) used as
-- the packet mark: set before netfilter for NVGRE traffic (gateway/mark.py, tc per VSID), or by this
-  table's raw chain for directly attached interfaces; `ip rule fwmark tid lookup tid` routes by it,
+- the packet mark: set before netfilter for NVGRE traffic (gateway/dataplane.py, tc per VSID), or by the
+  tenant's `_in` chain for directly attached interfaces; `ip rule fwmark tid lookup tid` routes by it,
 - the conntrack zone, in BOTH directions: the tenant's own traffic by its mark, traffic from outside by
   the destination (its SNAT addresses, floating IPs, public prefixes are its alone, tenants.check_tenants).
   Overlapping private addresses therefore never meet in one zone, not even in reply tuples (two tenants'
   VMs 10.0.0.5:9000 answering the same client through their floating IPs stay apart),
 - the conntrack mark: copied back to the packet mark for every later packet of a flow, so replies from
   outside and floating-IP traffic are routed into the tenant's table.
-SNAT and DNAT match the external interface (`oifname`/`iifname`): with VRFs, netfilter sees a packet
-once per device, and an unrestricted masquerade would NAT twice (shared/notes/dataplane.md).
+Marks MARK_MIN..ZONE_MAX are the gateway's; nothing else on the gateway may use them.
+SNAT and DNAT match the external interfaces (set `ext`): with VRFs, netfilter sees a packet once per
+device, and an unrestricted masquerade would NAT twice (shared/notes/dataplane.md).
 
 Hook priorities: raw (-300) zone and mark, mangle (-150) ct mark <-> meta mark, dstnat (-100) floating IPs,
 forward (0) counters and drops, srcnat (100) SNAT.
@@ -28,13 +37,12 @@ from gateway.tenants import Tenant
 from vnet.model import Address, Network
 
 FAMILY = "inet"
-TABLE_PREFIX = "nvfgw-"
+TABLE = "nvfgw"
+MARK_MIN = 1000  # vnet.desired.TABLE_MIN: tenant ids are routing table numbers
 ZONE_MAX = 0xFFFF  # conntrack zones are 16 bit
 COUNTERS = ("out", "in", "drops")
-
-
-def table_name(tenant: str) -> str:
-    return f"{TABLE_PREFIX}{tenant}"
+CHAINS = ("zone", "in", "mark", "dnat", "fwd", "snat")
+OWNED = {"family": FAMILY, "table": TABLE}
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,9 @@ class TenantNat:
     tid: int  # mark = zone = routing table number
 
     def __post_init__(self) -> None:
-        if not 1 <= self.tid <= ZONE_MAX:
-            raise ValueError(f"tenant {self.tenant.name}: id {self.tid} does not fit a conntrack zone (1..{ZONE_MAX})")
+        if not MARK_MIN <= self.tid <= ZONE_MAX:
+            raise ValueError(f"tenant {self.tenant.name}: id {self.tid} does not fit a conntrack zone "
+                             f"({MARK_MIN}..{ZONE_MAX})")
 
 
 # ---------------------------------------------------------------------- expression builders
@@ -96,108 +105,186 @@ def _zone_set(value: int) -> dict:
 
 NEW = {"match": {"op": "in", "left": _ct("state"), "right": "new"}}
 L4_PORTS = _eq(_meta("l4proto"), {"set": ["tcp", "udp"]})
+EXT_IN = _eq(_meta("iifname"), "@ext")
+EXT_OUT = _eq(_meta("oifname"), "@ext")
+OURS = {"range": [MARK_MIN, ZONE_MAX]}
 
-# ---------------------------------------------------------------------- one tenant's table
+# map name -> (key type, interval)
+MAPS = {"m_zone": ("mark", False), "i_in": ("ifname", False), "a4_zone": ("ipv4_addr", False),
+        "a6_zone": ("ipv6_addr", False), "p6_zone": ("ipv6_addr", True), "p6_mark": ("ipv6_addr", True),
+        "a4_dnat": ("ipv4_addr", False),
+        "a6_dnat": ("ipv6_addr", False), "c_fwd": ("mark", False), "c_snat": ("mark", False)}
 
 
-def tenant_commands(nat: TenantNat, external: Sequence[str]) -> list[dict]:
-    """The commands that (re)create one tenant's table: add, delete, add (a replace inside the transaction),
-    then its content. Nothing here names another tenant."""
-    t, tid = nat.tenant, nat.tid
-    name = table_name(t.name)
-    table = {"family": FAMILY, "name": name}
-    owned = {"family": FAMILY, "table": name}
-    ext_in = _eq(_meta("iifname"), _set_of(list(external)))
-    ext_out = _eq(_meta("oifname"), _set_of(list(external)))
-    mine = _eq(_meta("mark"), tid)
-    my_ct = _eq(_ct("mark"), tid)
-    cmds: list[dict] = [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}}]
-    for counter in COUNTERS:
-        cmds.append({"add": {"counter": {**owned, "name": counter}}})
-    chains = (("raw", "filter", "prerouting", -300), ("mangle", "filter", "prerouting", -150),
-              ("dnat", "nat", "prerouting", -100), ("fwd", "filter", "forward", 0),
-              ("snat", "nat", "postrouting", 100))
-    for chain, kind, hook, prio in chains:
-        cmds.append({"add": {"chain": {**owned, "name": chain, "type": kind, "hook": hook, "prio": prio,
+def _chain(tenant: str, kind: str) -> str:
+    return f"{tenant}_{kind}"
+
+
+def _rule(chain: str, *expr: dict) -> dict:
+    return {"add": {"rule": {**OWNED, "chain": chain, "expr": list(expr)}}}
+
+
+def _vmap(key: dict, name: str) -> dict:
+    return {"vmap": {"key": key, "data": f"@{name}"}}
+
+
+def base_commands(external: Sequence[str]) -> list[dict]:
+    """The shared table: replaced whole (start, resync). Dispatch only; nothing per tenant."""
+    table = {"family": FAMILY, "name": TABLE}
+    cmds: list[dict] = [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}},
+                        {"add": {"set": {**OWNED, "name": "ext", "type": "ifname"}}},
+                        {"add": {"element": {**OWNED, "name": "ext", "elem": list(external)}}}]
+    for name, (kind, interval) in MAPS.items():
+        cmds.append({"add": {"map": {**OWNED, "name": name, "type": kind, "map": "verdict",
+                                     **({"flags": ["interval"]} if interval else {})}}})
+    for chain, kind, hook, prio in (("raw", "filter", "prerouting", -300), ("mangle", "filter", "prerouting", -150),
+                                    ("dnat", "nat", "prerouting", -100), ("fwd", "filter", "forward", 0),
+                                    ("snat", "nat", "postrouting", 100)):
+        cmds.append({"add": {"chain": {**OWNED, "name": chain, "type": kind, "hook": hook, "prio": prio,
                                        "policy": "accept"}}})
+    cmds += [
+        _rule("raw", _vmap(_meta("iifname"), "i_in")),  # directly attached tenants: mark and zone
+        _rule("raw", _vmap(_meta("mark"), "m_zone")),  # NVGRE tenants, marked by tc: zone
+        _rule("raw", EXT_IN, _vmap({"payload": {"protocol": "ip", "field": "daddr"}}, "a4_zone")),
+        _rule("raw", EXT_IN, _vmap({"payload": {"protocol": "ip6", "field": "daddr"}}, "a6_zone")),
+        _rule("raw", EXT_IN, _vmap({"payload": {"protocol": "ip6", "field": "daddr"}}, "p6_zone")),
+        _rule("mangle", _eq(_meta("mark"), OURS), NEW, {"mangle": {"key": _ct("mark"), "value": _meta("mark")}}),
+        _rule("mangle", EXT_IN, NEW, _vmap({"payload": {"protocol": "ip6", "field": "daddr"}}, "p6_mark")),
+        _rule("mangle", _eq(_ct("mark"), OURS), {"mangle": {"key": _meta("mark"), "value": _ct("mark")}}),
+        _rule("dnat", EXT_IN, _vmap({"payload": {"protocol": "ip", "field": "daddr"}}, "a4_dnat")),
+        _rule("dnat", EXT_IN, _vmap({"payload": {"protocol": "ip6", "field": "daddr"}}, "a6_dnat")),
+        _rule("fwd", _vmap(_ct("mark"), "c_fwd")),
+        _rule("snat", EXT_OUT, _vmap(_ct("mark"), "c_snat")),
+    ]
+    return cmds
 
-    def rule(chain: str, *expr: dict) -> None:
-        cmds.append({"add": {"rule": {**owned, "chain": chain, "expr": list(expr)}}})
 
-    by_version: dict[int, list[Address | Network]] = {4: [], 6: []}
+def _elements(nat: TenantNat) -> dict[str, list[tuple[Any, str]]]:
+    """map name -> [(key, target chain)] for one tenant."""
+    t, name = nat.tenant, nat.tenant.name
+    pubs = {4: [], 6: []}  # type: dict[int, list[Any]]
     for a in t.public_addresses:
-        by_version[a.version].append(a)
-    for p in t.public_prefixes:
-        by_version[6].append(p)
+        pubs[a.version].append(str(a))
+    out: dict[str, list[tuple[Any, str]]] = {
+        "m_zone": [(nat.tid, _chain(name, "zone"))],
+        "i_in": [(i, _chain(name, "in")) for i in t.interfaces],
+        "a4_zone": [(a, _chain(name, "zone")) for a in pubs[4]],
+        "a6_zone": [(a, _chain(name, "zone")) for a in pubs[6]],
+        "p6_zone": [(_interval(p), _chain(name, "zone")) for p in t.public_prefixes],
+        "p6_mark": [(_interval(p), _chain(name, "mark")) for p in t.public_prefixes],
+        "a4_dnat": [(str(f.public), _chain(name, "dnat")) for f in t.floating_ips if f.public.version == 4],
+        "a6_dnat": [(str(f.public), _chain(name, "dnat")) for f in t.floating_ips if f.public.version == 6],
+        "c_fwd": [(nat.tid, _chain(name, "fwd"))],
+        "c_snat": [(nat.tid, _chain(name, "snat"))],
+    }
+    return out
 
-    # raw: which zone. Directly attached interfaces are marked here; NVGRE traffic arrives marked.
-    if t.interfaces:
-        rule("raw", _eq(_meta("iifname"), _set_of(list(t.interfaces))), _mark_set(tid))
-    rule("raw", mine, _zone_set(tid))
-    for version, dests in by_version.items():
-        if dests:
-            rule("raw", ext_in, _addr_match("daddr", version, dests), _zone_set(tid))
 
-    # mangle: new flows from the tenant get its ct mark; inbound to public prefixes too; then every
-    # packet of the tenant's flows carries the mark (replies from outside are routed into its table)
-    rule("mangle", mine, NEW, _ctmark_set(tid))
-    if t.public_prefixes:
-        rule("mangle", ext_in, _addr_match("daddr", 6, list(t.public_prefixes)), NEW, _ctmark_set(tid))
-    rule("mangle", my_ct, _mark_set(_ct("mark")))
+def _interval(value: Any) -> dict:
+    net = ipaddress.ip_network(value)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
-    # dnat: floating IPs, inbound
+
+def _key(value: Any) -> str:
+    return repr(value)
+
+
+def _tenant_rules(nat: TenantNat) -> list[dict]:
+    t, tid, name = nat.tenant, nat.tid, nat.tenant.name
+    cmds: list[dict] = []
+
+    def rule(kind: str, *expr: dict) -> None:
+        cmds.append(_rule(_chain(name, kind), *expr))
+
+    rule("zone", _zone_set(tid))
+    rule("in", _mark_set(tid), _zone_set(tid))
+    rule("mark", _ctmark_set(tid))
     for fip in t.floating_ips:
-        rule("dnat", ext_in, _addr_match("daddr", fip.public.version, [fip.public]), _mark_set(tid),
-             _ctmark_set(tid), {"dnat": {"family": _proto(fip.public.version), "addr": str(fip.private)}})
-
-    # forward: counters per direction; invalid state and leaks of unroutable sources are dropped
-    rule("fwd", my_ct, {"match": {"op": "in", "left": _ct("state"), "right": "invalid"}},
-         {"counter": "drops"}, {"drop": None})
-    own = [p for p in t.prefixes]
+        rule("dnat", _addr_match("daddr", fip.public.version, [fip.public]), _mark_set(tid), _ctmark_set(tid),
+             {"dnat": {"family": _proto(fip.public.version), "addr": str(fip.private)}})
+    rule("fwd", {"match": {"op": "in", "left": _ct("state"), "right": "invalid"}},
+         {"counter": _chain(name, "drops")}, {"drop": None})
+    own = list(t.prefixes)
     for version in (4, 6):
-        sources = [p for p in own if p.version == version]
+        sources = [p for p in own if p.version == version] + (list(t.public_prefixes) if version == 6 else [])
         if sources:
             # a tenant packet leaving by the external side from an address not its own is spoofed
-            rule("fwd", my_ct, ext_out, {"match": {"op": "!=", "left": {"payload": {
-                "protocol": _proto(version), "field": "saddr"}}, "right": _set_of(
-                [_addr(p) for p in sources])}}, _eq(_meta("nfproto"), "ipv4" if version == 4 else "ipv6"),
-                _eq({"ct": {"key": "direction"}}, "original"), {"counter": "drops"}, {"drop": None})
-    rule("fwd", my_ct, ext_out, {"counter": "out"})
-    rule("fwd", my_ct, ext_in, {"counter": "in"})
-
-    # snat: a floating IP's CA leaves with its public address; the rest of the tenant with its SNAT address
+            rule("fwd", EXT_OUT, _eq(_meta("nfproto"), "ipv4" if version == 4 else "ipv6"),
+                 {"match": {"op": "!=", "left": {"payload": {"protocol": _proto(version), "field": "saddr"}},
+                            "right": _set_of([_addr(p) for p in sources])}},
+                 _eq({"ct": {"key": "direction"}}, "original"), {"counter": _chain(name, "drops")}, {"drop": None})
+    rule("fwd", EXT_OUT, {"counter": _chain(name, "out")})
+    rule("fwd", EXT_IN, {"counter": _chain(name, "in")})
+    # snat (the base chain matched the external side): a floating IP's CA leaves with its public address,
+    # the rest of the tenant with its SNAT address
     for fip in t.floating_ips:
-        rule("snat", ext_out, my_ct, _addr_match("saddr", fip.private.version, [fip.private]),
+        rule("snat", _addr_match("saddr", fip.private.version, [fip.private]),
              {"snat": {"family": _proto(fip.private.version), "addr": str(fip.public)}})
     for version in (4, 6):
         sources = [p for p in own if p.version == version]
         if not sources:
             continue
         if version == 6 and t.public_prefixes:
-            rule("snat", ext_out, my_ct, _addr_match("saddr", 6, list(t.public_prefixes)), {"accept": None})
+            rule("snat", _addr_match("saddr", 6, list(t.public_prefixes)), {"accept": None})
         snat = t.snat_for(version)
         if snat is None:
             continue
         lo, hi = snat.ports
-        base = (ext_out, my_ct, _addr_match("saddr", version, sources))
-        rule("snat", *base, L4_PORTS, {"snat": {"family": _proto(version), "addr": str(snat.address),
+        match = _addr_match("saddr", version, sources)
+        rule("snat", match, L4_PORTS, {"snat": {"family": _proto(version), "addr": str(snat.address),
                                                 "port": {"range": [lo, hi]}}})
-        rule("snat", *base, {"snat": {"family": _proto(version), "addr": str(snat.address)}})  # ICMP etc.
+        rule("snat", match, {"snat": {"family": _proto(version), "addr": str(snat.address)}})  # ICMP etc.
     return cmds
 
 
-def delete_commands(tenant: str) -> list[dict]:
-    table = {"family": FAMILY, "name": table_name(tenant)}
-    # add first: deleting a table that was never created would fail the whole transaction
-    return [{"add": {"table": table}}, {"delete": {"table": table}}]
+def tenant_commands(name: str, new: TenantNat | None, old: TenantNat | None) -> list[dict]:
+    """Replace (or create, or delete for new=None) ONE tenant: its chains are flushed and refilled, its map
+    elements added/deleted by difference with `old` (what the kernel has for it), its counters kept."""
+    cmds: list[dict] = []
+    olds = _elements(old) if old is not None else {}
+    news = _elements(new) if new is not None else {}
+    # element deletes first: a chain can be deleted only once no map element jumps to it
+    for m in MAPS:
+        have = {_key(k): (k, c) for k, c in olds.get(m, [])}
+        want = {_key(k): (k, c) for k, c in news.get(m, [])}
+        gone = [have[k] for k in have if k not in want or want[k][1] != have[k][1]]
+        if gone:
+            cmds.append({"delete": {"element": {**OWNED, "name": m, "elem": [k for k, _ in gone]}}})
+    if new is None:
+        if old is not None:
+            for kind in CHAINS:
+                cmds.append({"delete": {"chain": {**OWNED, "name": _chain(name, kind)}}})
+            for c in COUNTERS:
+                cmds.append({"delete": {"counter": {**OWNED, "name": _chain(name, c)}}})
+        return cmds
+    for c in COUNTERS:
+        cmds.append({"add": {"counter": {**OWNED, "name": _chain(name, c)}}})  # kept when it exists
+    for kind in CHAINS:
+        chain = {**OWNED, "name": _chain(name, kind)}
+        cmds += [{"add": {"chain": chain}}, {"flush": {"chain": chain}}]
+    cmds += _tenant_rules(new)
+    for m in MAPS:
+        have = {_key(k): c for k, c in olds.get(m, [])}
+        add = [[k, {"jump": {"target": c}}] for k, c in news.get(m, []) if have.get(_key(k)) != c]
+        if add:
+            cmds.append({"add": {"element": {**OWNED, "name": m, "elem": add}}})
+    return cmds
 
 
-def transaction(changes: Mapping[str, TenantNat | None], external: Sequence[str]) -> dict:
-    """One atomic document: every tenant in `changes` replaced (or deleted, for None); nothing else."""
+def full_document(tenants: Iterable[TenantNat], external: Sequence[str]) -> dict:
+    """Start and resync: the whole table, every tenant."""
+    cmds = base_commands(external)
+    for nat in sorted(tenants, key=lambda n: n.tenant.name):
+        cmds += tenant_commands(nat.tenant.name, nat, None)
+    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
+
+
+def transaction(changes: Mapping[str, tuple[TenantNat | None, TenantNat | None]]) -> dict:
+    """One atomic document: each tenant in `changes` (name -> (new, old)) replaced or deleted; nothing else."""
     cmds: list[dict] = []
     for name in sorted(changes):
-        nat = changes[name]
-        cmds.extend(delete_commands(name) if nat is None else tenant_commands(nat, external))
+        new, old = changes[name]
+        cmds += tenant_commands(name, new, old)
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
 
 
@@ -218,26 +305,20 @@ class TenantCounters:
 
 
 def parse_counters(doc: dict) -> dict[str, TenantCounters]:
-    """`nft -j list counters` (or a table listing) -> tenant name -> counters; tables not ours are ignored."""
+    """`nft -j list counters table inet nvfgw` -> tenant name -> counters; other tables are ignored."""
     found: dict[str, dict[str, tuple[int, int]]] = {}
     for item in doc.get("nftables", []):
         c = item.get("counter")
-        if not c or not str(c.get("table", "")).startswith(TABLE_PREFIX) or c.get("family") != FAMILY:
+        if not c or c.get("table") != TABLE or c.get("family") != FAMILY:
             continue
-        tenant = c["table"][len(TABLE_PREFIX):]
-        found.setdefault(tenant, {})[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+        tenant, _, kind = str(c["name"]).rpartition("_")
+        if tenant and kind in COUNTERS:
+            found.setdefault(tenant, {})[kind] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
     out = {}
     for tenant, cs in found.items():
         o, i, d = cs.get("out", (0, 0)), cs.get("in", (0, 0)), cs.get("drops", (0, 0))
         out[tenant] = TenantCounters(o[0], o[1], i[0], i[1], d[0])
     return out
-
-
-def owned_tables(doc: dict) -> set[str]:
-    """Tenant names whose table exists, from `nft -j list tables`."""
-    return {t["table"]["name"][len(TABLE_PREFIX):] for t in doc.get("nftables", [])
-            if "table" in t and t["table"].get("family") == FAMILY
-            and t["table"].get("name", "").startswith(TABLE_PREFIX)}
 
 
 # ---------------------------------------------------------------------- trace (ovn-trace for NAT)

@@ -98,11 +98,15 @@ def connect(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None) -
     """Open a TCP connection from namespace ns; return it and the server's first line."""
     def go() -> socket.socket:
         s = socket.socket()
-        s.settimeout(5)
-        if src is not None:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(src)
-        s.connect(dst)
+        try:
+            s.settimeout(5)
+            if src is not None:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(src)
+            s.connect(dst)
+        except BaseException:
+            s.close()  # a half-open socket would keep the source port (EADDRNOTAVAIL on the retry)
+            raise
         return s
     s = in_ns(ns, go)
     return s, _line(s)

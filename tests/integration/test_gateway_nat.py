@@ -48,8 +48,11 @@ class Net:
     gateway: GatewayThread
 
     def nft_table(self, tenant: str) -> list[dict]:
-        out = run(["ip", "netns", "exec", self.gw, "nft", "-j", "-a", "list", "table", "inet", f"nvfgw-{tenant}"])
-        return [x for x in json.loads(out.output)["nftables"] if "rule" in x or "chain" in x]
+        """The tenant's chains and rules (with their handles) in the gateway's table."""
+        out = run(["ip", "netns", "exec", self.gw, "nft", "-j", "-a", "list", "table", "inet", "nvfgw"])
+        return [x for x in json.loads(out.output)["nftables"]
+                if ("rule" in x and x["rule"]["chain"].startswith(f"{tenant}_"))
+                or ("chain" in x and x["chain"]["name"].startswith(f"{tenant}_"))]
 
 
 def _batch(lines: list[str]) -> None:
@@ -183,8 +186,7 @@ def test_a_change_to_one_tenant_leaves_the_others_rules_and_flows_untouched(net:
         # deleting a tenant removes its table only
         net.gateway.call(lambda g: g.delete_tenant("blue"))
         assert _rules(net.nft_table("red")) == red_before
-        out = run(["ip", "netns", "exec", net.gw, "nft", "list", "tables"]).output
-        assert "nvfgw-blue" not in out and "nvfgw-red" in out
+        assert net.nft_table("blue") == [] and net.nft_table("red")
     finally:
         server.close()
 
@@ -198,13 +200,13 @@ def test_a_change_to_one_tenant_leaves_the_others_rules_and_flows_untouched(net:
 def test_a_conflicting_tenant_is_refused_naming_the_field_and_nothing_is_applied(
         net: Net, change: dict, field: str) -> None:
     before = {t: _rules(net.nft_table(t)) for t in ("blue", "red")}
-    tables = run(["ip", "netns", "exec", net.gw, "nft", "list", "tables"]).output
+    whole = run(["ip", "netns", "exec", net.gw, "nft", "-a", "list", "ruleset"]).output
     tenant = Tenant.from_dict(change)
     with pytest.raises(ConflictError) as refused:
         net.gateway.call(lambda g: g.put_tenant(tenant))
     assert refused.value.field == field
     assert {t: _rules(net.nft_table(t)) for t in ("blue", "red")} == before
-    assert run(["ip", "netns", "exec", net.gw, "nft", "list", "tables"]).output == tables
+    assert run(["ip", "netns", "exec", net.gw, "nft", "-a", "list", "ruleset"]).output == whole
     assert net.gateway.gateway.tenants == {"blue": Tenant.from_dict(BLUE), "red": Tenant.from_dict(RED)}
 
 

@@ -77,27 +77,57 @@ def _rules(doc: dict) -> list[dict]:
     return [c["add"]["rule"] for c in doc["nftables"] if "add" in c and "rule" in c["add"]]
 
 
-def test_a_tenant_change_touches_only_its_own_table() -> None:
-    blue = nat.TenantNat(Tenant.from_dict(body()), 1000)
-    doc = nat.transaction({"blue": blue}, ["eth2"])
-    tables = {c[verb][kind]["table" if kind != "table" else "name"]
-              for c in doc["nftables"] for verb in ("add", "delete") if verb in c for kind in c[verb]}
-    assert tables == {"nvfgw-blue"}
-    text = json.dumps(doc)
-    # SNAT by the external interface only, with the port range; ICMP SNAT without ports
-    snat = [r for r in _rules(doc) if r["chain"] == "snat"]
-    assert all({"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth2"}} in r["expr"]
-               for r in snat)
+def _targets(cmds: list[dict]) -> set[str]:
+    """Every chain, counter or map element target a list of commands touches."""
+    out = set()
+    for c in cmds:
+        for objs in c.values():
+            for kind, obj in objs.items():
+                if kind in ("chain", "counter"):
+                    out.add(obj["name"])
+                elif kind == "rule":
+                    out.add(obj["chain"])
+                elif kind == "element":
+                    for e in obj["elem"]:
+                        if isinstance(e, list):
+                            out.add(e[1]["jump"]["target"])
+    return out
+
+
+def test_a_tenant_change_touches_only_its_own_chains_and_elements() -> None:
+    old = nat.TenantNat(Tenant.from_dict(body()), 1000)
+    new = nat.TenantNat(Tenant.from_dict(body(floating_ips=[{"public": "203.0.113.22", "private": "10.0.0.5"}])),
+                        1000)
+    cmds = nat.transaction({"blue": (new, old)})["nftables"][1:]
+    assert all(t.startswith("blue_") for t in _targets(cmds))
+    assert not any("table" in c.get("add", {}) or "table" in c.get("delete", {}) for c in cmds)
+    # the old floating IP's elements are deleted, the new one's added; the SNAT address's element is kept
+    deleted = [e for c in cmds if "delete" in c for e in c["delete"]["element"]["elem"]]
+    added = [e[0] for c in cmds if "add" in c and "element" in c["add"] for e in c["add"]["element"]["elem"]]
+    assert sorted(deleted) == ["203.0.113.21", "203.0.113.21"]  # a4_zone and a4_dnat
+    assert "203.0.113.22" in added and "203.0.113.11" not in added
+    text = json.dumps(cmds)
     assert '"port": {"range": [2000, 3000]}' in text
     assert '"dnat": {"family": "ip", "addr": "10.0.0.5"}' in text
-    # the zone is set from the mark, in both directions (not only `ct original zone`)
-    assert {"mangle": {"key": {"ct": {"key": "zone"}}, "value": 1000}} in _rules(doc)[0]["expr"]
 
 
-def test_delete_is_one_table_and_safe_when_absent() -> None:
-    doc = nat.transaction({"gone": None}, ["eth2"])
-    assert doc["nftables"][1:] == [{"add": {"table": {"family": "inet", "name": "nvfgw-gone"}}},
-                                   {"delete": {"table": {"family": "inet", "name": "nvfgw-gone"}}}]
+def test_snat_and_dnat_only_on_the_external_side() -> None:
+    doc = nat.full_document([nat.TenantNat(Tenant.from_dict(body()), 1000)], ["eth2"])
+    base = {c["add"]["rule"]["chain"]: c["add"]["rule"]["expr"] for c in doc["nftables"]
+            if "add" in c and "rule" in c["add"] and c["add"]["rule"]["chain"] in ("snat", "dnat")}
+    assert {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@ext"}} in base["snat"]
+    assert {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@ext"}} in base["dnat"]
+    ext = {"add": {"element": {"family": "inet", "table": "nvfgw", "name": "ext", "elem": ["eth2"]}}}
+    assert ext in doc["nftables"]
+
+
+def test_delete_removes_elements_before_chains() -> None:
+    old = nat.TenantNat(Tenant.from_dict(body()), 1000)
+    cmds = nat.transaction({"blue": (None, old)})["nftables"][1:]
+    kinds = [next(iter(c["delete"])) for c in cmds]
+    assert kinds.index("chain") > max(i for i, k in enumerate(kinds) if k == "element")
+    assert {c["delete"]["chain"]["name"] for c in cmds if "chain" in c["delete"]} == {
+        f"blue_{k}" for k in nat.CHAINS}
 
 
 def test_a_tenant_id_must_fit_a_conntrack_zone() -> None:
@@ -126,9 +156,43 @@ def test_trace_explains_each_decision() -> None:
 
 
 def test_counters_are_read_per_tenant_table() -> None:
-    doc = {"nftables": [{"counter": {"family": "inet", "table": "nvfgw-blue", "name": "out", "packets": 3,
+    doc = {"nftables": [{"counter": {"family": "inet", "table": "nvfgw", "name": "blue_out", "packets": 3,
                                      "bytes": 300}},
-                        {"counter": {"family": "inet", "table": "nvfgw-blue", "name": "drops", "packets": 1,
+                        {"counter": {"family": "inet", "table": "nvfgw", "name": "blue_drops", "packets": 1,
                                      "bytes": 60}},
                         {"counter": {"family": "inet", "table": "other", "name": "out", "packets": 9, "bytes": 9}}]}
     assert nat.parse_counters(doc) == {"blue": nat.TenantCounters(packets_out=3, bytes_out=300, drops=1)}
+
+
+def test_public_routes_announced_upstream() -> None:
+    from gateway.upstream import public_routes
+
+    t = Tenant.from_dict(body(snat=["203.0.113.11", "2001:db8:113::11"]))
+    routes = public_routes([t], ipaddress.ip_address("203.0.113.2"), None)
+    assert sorted(str(r.prefix) for r in routes.values()) == ["203.0.113.11/32", "203.0.113.21/32"]
+    assert {str(r.next_hop) for r in routes.values()} == {"203.0.113.2"}
+    routes = public_routes([t], ipaddress.ip_address("203.0.113.2"), ipaddress.ip_address("2001:db8:113::2"))
+    assert "2001:db8:113::11/128" in {str(r.prefix) for r in routes.values()}
+
+
+def test_an_upstream_needs_our_external_address() -> None:
+    with pytest.raises(ConfigError, match=r"^external\.address4: required with an IPv4 upstream \(upstream\[0\]\)"):
+        GatewayConfig.from_dict({**config(), "upstream": [{"address": "203.0.113.1", "asn": 64496}]})
+
+
+def test_plumbing_marks_each_vsid_and_routes_only_outside_arrivals_by_mark() -> None:
+    from gateway.config import External
+    from gateway.dataplane import Plumbing, removal_plumbing, tenant_plumbing
+
+    t = Tenant.from_dict(body(subnets=[{"vsid": 5001, "prefixes": ["10.0.0.0/24"]},
+                                       {"vsid": 5002, "prefixes": ["10.0.1.0/24"]}]))
+    ext = External(("eth2",), ipaddress.ip_address("203.0.113.1"), None)
+    p = tenant_plumbing(t, 1000, ext, ["nvf-gre4"])
+    assert (4, "rule add fwmark 1000 iif eth2 lookup 1000 pref 899") in p.ip
+    assert (4, "route replace default via 203.0.113.1 dev eth2 table 1000 metric 1") in p.ip
+    assert not any("route" in line for f, line in p.ip if f == 6)  # no IPv6 next hop: no IPv6 default
+    assert [line.split(" enc_key_id ")[1] for line in p.tc] == [f"{5001 << 8} action skbedit mark 1000",
+                                                                 f"{5002 << 8} action skbedit mark 1000"]
+    gone = removal_plumbing(t, 1000, ext, ["nvf-gre4"])
+    assert all("del" in line for _, line in gone.ip) and all(" handle 500" in line for line in gone.tc)
+    assert len(Plumbing.join([p, p]).tc) == 4
