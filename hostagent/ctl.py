@@ -99,6 +99,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mtu")
     leaf("delete", "delete a port", _delete("ports"), port_sub).add_argument("name")
 
+    # `nvfabric ctl gateway ...`: the gateway's client reuses this one (imported here: gateway.ctl imports us)
+    from gateway import ctl as gateway_ctl  # noqa: PLC0415
+
+    gateway_ctl.register(sub, common)
+
 
 def _common(defaults: bool) -> argparse.ArgumentParser:
     def default(value: Any) -> Any:
@@ -172,7 +177,7 @@ def _refusal(status: int, raw: bytes) -> str:
 
 def _list_routing_domains(client: Client, args: argparse.Namespace) -> None:
     _, body = client.request("GET", "/v1/routing-domains")
-    _show(args, body, lambda: _table(
+    show(args, body, lambda: table(
         "routing domains", ["name", "route targets", "VSID", "prefixes", "gateways", "VRF", "ports"],
         [[rd["name"] if i == 0 else "", " ".join(rd["route_targets"]) if i == 0 else "", str(s["vsid"]),
           " ".join(s["prefixes"]), " ".join(s["gateways"]), rd["status"]["vrf"] if i == 0 else "",
@@ -185,7 +190,7 @@ _NO_SUBNET = {"vsid": "-", "prefixes": [], "gateways": []}
 
 def _list_ports(client: Client, args: argparse.Namespace) -> None:
     _, body = client.request("GET", "/v1/ports")
-    _show(args, body, lambda: _table(
+    show(args, body, lambda: table(
         "ports", ["name", "interface", "MAC", "VSID", "routing domain", "addresses", "MTU", "active"],
         [[p["name"], p["interface"], p["mac"], str(p["vsid"]), p["status"]["routing_domain"] or "-",
           " ".join(p["addresses"]), str(p.get("mtu") or "-"), "yes" if p["status"]["active"] else "no"]
@@ -196,7 +201,7 @@ def _lookup_records(client: Client, args: argparse.Namespace) -> None:
     query = {k: v for k, v in (("routing_domain", args.routing_domain), ("vsid", args.vsid), ("ca", args.ca))
              if v is not None}
     _, body = client.request("GET", "/v1/lookup-records", query=query)
-    _show(args, body, lambda: _table(
+    show(args, body, lambda: table(
         "lookup records", ["routing domain", "VSID", "CA", "MAC", "PA", "where"],
         [[r["routing_domain"], str(r["vsid"]), r["ca"], r["mac"], r["pa"] or "-",
           f"local port {r['port']}" if r["local"] else "remote"] for r in body["lookup_records"]]))
@@ -205,7 +210,7 @@ def _lookup_records(client: Client, args: argparse.Namespace) -> None:
 def _customer_routes(client: Client, args: argparse.Namespace) -> None:
     query = {"routing_domain": args.routing_domain} if args.routing_domain else None
     _, body = client.request("GET", "/v1/customer-routes", query=query)
-    _show(args, body, lambda: _table(
+    show(args, body, lambda: table(
         "customer routes", ["routing domain", "prefix", "VSID", "next hop", "PA", "origin"],
         [[r["routing_domain"], r["prefix"], str(r["vsid"]), r["next_hop"] or "-", r["pa"] or "-", r["origin"]]
          for r in body["customer_routes"]]))
@@ -213,7 +218,7 @@ def _customer_routes(client: Client, args: argparse.Namespace) -> None:
 
 def _provider_addresses(client: Client, args: argparse.Namespace) -> None:
     _, body = client.request("GET", "/v1/provider-addresses")
-    _show(args, body, lambda: _table("provider addresses", ["address", "announced as next hop"],
+    show(args, body, lambda: table("provider addresses", ["address", "announced as next hop"],
                                      [[a["address"], "yes" if a["next_hop"] else "no"]
                                       for a in body["provider_addresses"]]))
 
@@ -224,7 +229,7 @@ def _trace(client: Client, args: argparse.Namespace) -> None:
     fields = [("verdict", body["verdict"]), ("reason", body["reason"]), ("VSID", body["vsid"]),
               ("GRE key", body["gre_key"]), ("PA", body["pa"]), ("MAC", body["mac"]), ("device", body["device"]),
               ("route", body["route"]), ("enters by", body["ingress"]), ("source VSID", body["src_vsid"])]
-    _show(args, body, lambda: _table(f"trace {body['routing_domain']}: {body['src']} -> {body['dst']}",
+    show(args, body, lambda: table(f"trace {body['routing_domain']}: {body['src']} -> {body['dst']}",
                                      ["", ""], [[k, "-" if v is None else str(v)] for k, v in fields]))
 
 
@@ -235,16 +240,16 @@ def _status(client: Client, args: argparse.Namespace) -> None:
         scalars = [[k, json.dumps(v) if isinstance(v, dict | list) else str(v)] for k, v in body.items()
                    if k != "reflectors"]
         peers = [[r["address"], r["state"], "yes" if r["end_of_rib"] else "no"] for r in body.get("reflectors", [])]
-        return [_table("agent", ["", ""], scalars), _table("route reflectors", ["address", "state", "End-of-RIB"],
+        return [table("agent", ["", ""], scalars), table("route reflectors", ["address", "state", "End-of-RIB"],
                                                           peers)]
 
-    _show(args, body, tables)
+    show(args, body, tables)
 
 
 def _get(collection: str) -> Action:
     def get(client: Client, args: argparse.Namespace) -> None:
         _, body = client.request("GET", f"/v1/{collection}/{_segment(args.name)}")
-        _show(args, body, lambda: _table(args.name, ["", ""], [[k, json.dumps(v)] for k, v in body.items()]))
+        show(args, body, lambda: table(args.name, ["", ""], [[k, json.dumps(v)] for k, v in body.items()]))
 
     return get
 
@@ -261,7 +266,7 @@ def _delete(collection: str) -> Action:
 
 
 def _put_routing_domain(client: Client, args: argparse.Namespace) -> None:
-    body = _file_body(args.file)
+    body = file_body(args.file)
     if args.route_targets:
         body["route_targets"] = args.route_targets
     if args.subnets:
@@ -270,7 +275,7 @@ def _put_routing_domain(client: Client, args: argparse.Namespace) -> None:
 
 
 def _put_port(client: Client, args: argparse.Namespace) -> None:
-    body = _file_body(args.file)
+    body = file_body(args.file)
     for key in ("interface", "mac", "addresses"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
@@ -311,7 +316,7 @@ def _segment(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-def _file_body(path: str | None) -> dict[str, Any]:
+def file_body(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
     import yaml  # noqa: PLC0415 - only when a file is given
@@ -333,7 +338,7 @@ def _file_body(path: str | None) -> dict[str, Any]:
 # ---------------------------------------------------------------------- output
 
 
-def _show(args: argparse.Namespace, body: Any, tables: Callable[[], Any]) -> None:
+def show(args: argparse.Namespace, body: Any, tables: Callable[[], Any]) -> None:
     if args.output == "json":
         _print_json(body)
         return
@@ -343,20 +348,24 @@ def _show(args: argparse.Namespace, body: Any, tables: Callable[[], Any]) -> Non
     # no emoji codes (":b:" in fd00:b::/64 is one), no markup or highlighting of the data
     console = Console(width=None if sys.stdout.isatty() else 200, soft_wrap=False, emoji=False, markup=False,
                       highlight=False)
-    for table in made if isinstance(made, list) else [made]:
-        console.print(table)
+    for one in made if isinstance(made, list) else [made]:
+        console.print(one)
 
 
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> Any:
+def table(title: str, columns: list[str], rows: list[list[str]]) -> Any:
     from rich.table import Table  # noqa: PLC0415
 
-    table = Table(title=title, show_header=any(columns), title_justify="left")
+    out = Table(title=title, show_header=any(columns), title_justify="left")
     for column in columns:
-        table.add_column(column, overflow="fold")
+        out.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*row)
-    return table
+        out.add_row(*row)
+    return out
 
 
 def _print_json(body: Any) -> None:
     print(json.dumps(body, indent=2))
+
+
+# gateway/ctl.py imported these under their old names; kept until it uses the public ones
+_file_body, _show, _table = file_body, show, table

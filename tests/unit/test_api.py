@@ -349,6 +349,19 @@ async def test_start_api_binds_loopback_and_stops(agent):
     finally:
         await server.stop()
 
+async def test_a_listen_address_in_use_is_an_error_and_leaves_nothing_behind(agent):
+    first = await start_api(agent, "127.0.0.1:0", TOKEN)
+    assert first is not None
+    try:
+        with pytest.raises(OSError):
+            await start_api(agent, first.url.removeprefix("http://"), TOKEN)
+    finally:
+        await first.stop()
+    again = await start_api(agent, first.url.removeprefix("http://"), TOKEN)  # the port was really freed
+    assert again is not None
+    await again.stop()
+
+
 async def test_without_a_token_there_is_no_api(agent, caplog):
     with caplog.at_level(logging.WARNING, logger="hostagent.api"):
         assert await start_api(agent, "127.0.0.1:0", None) is None
