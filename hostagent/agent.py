@@ -113,8 +113,10 @@ class Agent:
             catalog = Catalog.build({rd.name: rd for rd in config.routing_domains}, {})
             self._view = _View(catalog, allocate_tables(catalog.routing_domains, {}))
         else:
-            # the sequences we announced before the restart (a restored sequence is not a move)
-            mobility = Mobility(MappingProxyType({k: MacState(seq=s) for k, s in saved.seqs.items()}))
+            # the sequences we announced before the restart (a restored sequence is not a move); every local
+            # port's MAC is tracked, so a higher sequence elsewhere is noticed after a restart too
+            seqs = {(p.vsid, p.mac): saved.seqs.get((p.vsid, p.mac), 0) for p in saved.catalog.ports.values()}
+            mobility = Mobility(MappingProxyType({k: MacState(seq=s) for k, s in seqs.items()}))
             self._view = _View(saved.catalog, allocate_tables(saved.catalog.routing_domains, saved.tables), mobility)
         self.registry = CollectorRegistry()
         self._m_ports = Gauge("nvfabric_agent_ports", "local ports configured", registry=self.registry)
@@ -292,6 +294,7 @@ class Agent:
         outcome = await self._reconciler.reconcile(desired.objects, self._hold())
         self._count(outcome)
         if not outcome.ok:
+            await self._reconciler.revert(outcome.applied)
             back, _, _ = self._compute(self._view)
             self._count(await self._reconciler.reconcile(back.objects, self._hold()))
             raise KernelError(what, outcome.errors)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from vnet.kernel.apply import ApplyError, apply
-from vnet.kernel.diff import Action, Plan, diff
+from vnet.kernel.diff import Action, Op, Plan, diff
 from vnet.kernel.netns import RtnlSocket, read_sysctl
 from vnet.kernel.objects import EncapRoute, KernelObject, ProxyNeighbour, Sysctl
 from vnet.kernel.observe import observe
@@ -32,6 +32,7 @@ class Outcome:
     held: int
     seconds: float
     full_observe: bool
+    applied: tuple[Op, ...] = ()  # what the kernel acknowledged, in order (for a revert)
 
     @property
     def ok(self) -> bool:
@@ -78,9 +79,11 @@ class Reconciler:
                         self.observed[("sysctl", path)] = Sysctl(path, value)
         plan, held = self.plan(desired, hold)
         errors: list[ApplyError] = []
+        applied: tuple[Op, ...] = ()
         if plan:
             report = await apply(self.sock, plan)
             errors = report.errors
+            applied = tuple(report.applied)
             failed = {id(e.op) for e in errors}
             for op in plan.ops:
                 if id(op) in failed:
@@ -95,5 +98,25 @@ class Reconciler:
         for k, v in counts.items():
             self.totals[k] += v
         self.totals["errors"] += len(errors)
-        self.last = Outcome(time.time(), counts, tuple(str(e) for e in errors), held, time.monotonic() - started, full)
+        self.last = Outcome(time.time(), counts, tuple(str(e) for e in errors), held, time.monotonic() - started, full,
+                            applied)
         return self.last
+
+    async def revert(self, applied: tuple[Op, ...]) -> list[ApplyError]:
+        """Undo acknowledged ops exactly (not by observing: an object the kernel half-accepted, such as a
+        route on a device that never joined our VRF, may be invisible to observe), then re-read the kernel."""
+        undo = [inv for op in applied if (inv := inverse(op)) is not None]
+        upserts = sorted((o for o in undo if o.action is not Action.DELETE), key=lambda o: (o.obj.order, o.obj.key))
+        deletes = sorted((o for o in undo if o.action is Action.DELETE), key=lambda o: (-o.obj.order, o.obj.key))
+        report = await apply(self.sock, Plan(tuple(upserts + deletes)))
+        self.observed = None
+        return report.errors
+
+
+def inverse(op: Op) -> Op | None:
+    if op.action is Action.CREATE:
+        # a sysctl we set for the first time has no earlier value we know of: leave it
+        return None if isinstance(op.obj, Sysctl) else Op(Action.DELETE, op.obj)
+    if op.action is Action.REPLACE:
+        return Op(Action.REPLACE, op.old, op.obj) if op.old is not None else None
+    return Op(Action.CREATE, op.obj)

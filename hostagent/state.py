@@ -52,7 +52,7 @@ def dumps(state: SavedState) -> str:
         "routing_domains": [rd_to_dict(rd) for _, rd in sorted(state.catalog.routing_domains.items())],
         "ports": [port_to_dict(p) for _, p in sorted(state.catalog.ports.items())],
         "tables": dict(sorted(state.tables.items())),
-        "mobility": [[vsid, mac, seq] for (vsid, mac), seq in sorted(state.seqs.items()) if seq],
+        "mobility": [[vsid, mac, seq] for (vsid, mac), seq in sorted(state.seqs.items())],
     }, indent=1)
 
 

@@ -33,6 +33,17 @@ def underlay_table(probes: list[reach.Probe], nodes: list[str]) -> Table:
     return table
 
 
+def tenants_table(rows: list[tuple[str, str, str, bool, bool]]) -> Table:
+    table = Table(title="Tenants blue and red (same addresses, VSIDs 5001/5002 and 6001): who reaches whom")
+    for column in ("from VM", "to", "what", "must", "observed"):
+        table.add_column(column)
+    for src, dst, what, expected, observed in rows:
+        ok = "[green]" if expected == observed else "[red]"
+        table.add_row(src, dst, what, "reach" if expected else "not reach",
+                      f"{ok}{'reached' if observed else 'no answer'}[/]")
+    return table
+
+
 def run(topology: Topology, console: Console | None = None) -> int:
     console = console or Console()
     started = time.monotonic()
@@ -54,7 +65,15 @@ def run(topology: Topology, console: Console | None = None) -> int:
             f"{verdict}: {len(probes) - len(failed)}/{len(probes)} probes answered "
             f"between {len(hosts)} nodes over IPv4 and IPv6 ({time.monotonic() - started:.1f} s)"
         )
-        return 0 if not failed else 1
+        # issue 5: two tenants with overlapping addresses across hv1-hv3 (hostagent/scenario.py)
+        from hostagent.scenario import tenants_scene
+
+        rows = tenants_scene(topology)
+        console.print(tenants_table(rows))
+        wrong = [r for r in rows if r[3] != r[4]]
+        console.print(f"{'[green]PASS[/]' if not wrong else '[red]FAIL[/]'}: tenants: "
+                      f"{len(rows) - len(wrong)}/{len(rows)} expectations hold ({time.monotonic() - started:.1f} s)")
+        return 0 if not failed and not wrong else 1
     finally:
         runner.down(topology.name)
         console.print(f"lab {topology.name} torn down")

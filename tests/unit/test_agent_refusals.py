@@ -85,3 +85,9 @@ async def test_gre_filter_is_one_table_replaced_atomically_and_read_back(namespa
     await nft.delete()
     assert await nft.allowed() is None
 
+
+
+def test_a_restored_agent_tracks_every_local_mac_for_mobility(tmp_path):
+    state.save(tmp_path, state.SavedState(catalog(VM_B1, VM_R1), {"blue": 1000, "red": 1001}, {(5001, VM_B1.mac): 2}))
+    mobility = Agent(config(tmp_path))._view.mobility
+    assert mobility.seqs() == {(5001, VM_B1.mac): 2, (6001, VM_R1.mac): 0}

@@ -1,0 +1,257 @@
+"""Two tenants on the default topology (lab/topologies/hnv.clab.yml), for the demo, the kernel tests and
+the attach benchmark.
+
+- Route reflectors: gobgpd on rr1 and rr2 (graceful restart on, so an agent's restart withdraws nothing).
+- Host agents on hv1, hv2, hv3: in this Python process, each in a thread inside its node's namespace
+  (hostagent/thread.py); one Python start-up in the VM instead of three.
+- VMs: a namespace each, its eth0 a veth to a tap-like port on its hypervisor.
+- Tenants with overlapping address space:
+  blue: VSID 5001 10.0.0.0/24 + fd00:b::/64, VSID 5002 10.0.1.0/24; red: VSID 6001 10.0.0.0/24.
+  b1 (hv1), b2 (hv2) in 5001, b3 (hv3) in 5002; r1 (hv1) in 6001 with b2's address, r3 (hv3) in 6001.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hostagent.config import AgentConfig
+from hostagent.thread import AgentThread
+from lab import netns
+from lab.topology import Topology
+from vnet.model import Port, RoutingDomain
+
+ASN = 65000
+RR = {"rr1": "198.51.100.100", "rr2": "198.51.100.101"}
+HV = {"hv1": "198.51.100.11", "hv2": "198.51.100.12", "hv3": "198.51.100.13"}
+HV6 = {"hv1": "2001:db8::11", "hv2": "2001:db8::12", "hv3": "2001:db8::13"}
+
+BLUE = RoutingDomain.from_dict({"name": "blue", "route_targets": ["65000:1"], "subnets": [
+    {"vsid": 5001, "prefixes": ["10.0.0.0/24", "fd00:b::/64"]}, {"vsid": 5002, "prefixes": ["10.0.1.0/24"]}]})
+RED = RoutingDomain.from_dict({"name": "red", "route_targets": ["65000:2"], "subnets": [
+    {"vsid": 6001, "prefixes": ["10.0.0.0/24"]}]})
+
+
+@dataclass(frozen=True)
+class Vm:
+    name: str
+    host: str
+    tenant: str
+    vsid: int
+    mac: str
+    addresses: tuple[str, ...]  # CIDR
+
+    @property
+    def cas(self) -> tuple[str, ...]:
+        return tuple(a.split("/")[0] for a in self.addresses)
+
+    @property
+    def tap(self) -> str:
+        return f"tap-{self.name}"
+
+    def port(self) -> Port:
+        return Port(self.name, self.tap, self.mac, self.vsid,
+                    tuple(ipaddress.ip_address(a) for a in self.cas))
+
+
+VMS = (
+    Vm("b1", "hv1", "blue", 5001, "02:00:00:00:0b:01", ("10.0.0.11/24", "fd00:b::11/64")),
+    Vm("b2", "hv2", "blue", 5001, "02:00:00:00:0b:02", ("10.0.0.12/24", "fd00:b::12/64")),
+    Vm("b3", "hv3", "blue", 5002, "02:00:00:00:0b:03", ("10.0.1.13/24",)),
+    Vm("r1", "hv1", "red", 6001, "02:00:00:00:0a:01", ("10.0.0.12/24",)),  # b2's address, other tenant
+    Vm("r3", "hv3", "red", 6001, "02:00:00:00:0a:03", ("10.0.0.13/24",)),
+)
+
+
+def gobgp_toml(me: str) -> str:
+    out = [f'[global.config]\n  as = {ASN}\n  router-id = "{me}"\n  port = 179\n  local-address-list = ["{me}"]\n']
+    for client in HV.values():
+        out.append(f"""
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "{client}"
+    peer-as = {ASN}
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.route-reflector.config]
+    route-reflector-client = true
+    route-reflector-cluster-id = "{me}"
+  [neighbors.timers.config]
+    hold-time = 9
+    keepalive-interval = 3
+  [neighbors.graceful-restart.config]
+    enabled = true
+    restart-time = 120
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "l2vpn-evpn"
+    [neighbors.afi-safis.mp-graceful-restart.config]
+      enabled = true
+""")
+    return "".join(out)
+
+
+def agent_config(topology: Topology, host: str, state_root: Path, **extra: object) -> AgentConfig:
+    return AgentConfig.from_dict({
+        "asn": ASN, "router_id": HV[host], "provider_addresses": [HV[host], HV6[host]],
+        "route_reflectors": [{"address": a} for a in RR.values()],
+        "state_dir": str(state_root / host), "netns": topology.namespace(host),
+        "routing_domains": [], "eor_timeout": 20, **extra,
+    })
+
+
+def wait_for(probe: Callable[[], object], timeout: float, what: str) -> object:
+    end = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+class Fabric:
+    """Reflectors, agents and VMs on an already running default topology; `close()` removes what it made."""
+
+    def __init__(self, topology: Topology, workdir: Path | None = None) -> None:
+        self.topology = topology
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix="nvfabric-tenants-"))
+        self.reflectors: dict[str, subprocess.Popen[bytes]] = {}
+        self.agents: dict[str, AgentThread] = {}
+        self.vm_ns = {vm.name: f"{topology.name}.vm-{vm.name}" for vm in VMS}
+
+    def ns(self, node: str) -> str:
+        return self.topology.namespace(node)
+
+    # -- reflectors ----------------------------------------------------------------------------------
+    def start_reflector(self, node: str) -> None:
+        conf = self.dir / f"{node}.toml"
+        conf.write_text(gobgp_toml(RR[node]))
+        log = open(self.dir / f"{node}.log", "ab")  # noqa: SIM115 - the process owns it
+        self.reflectors[node] = subprocess.Popen(
+            netns.in_netns(self.ns(node), ["gobgpd", "-f", str(conf), "-p", "--pprof-disable", "-l", "info"]),
+            stdout=log, stderr=subprocess.STDOUT)
+
+    def kill_reflector(self, node: str) -> None:
+        proc = self.reflectors.pop(node, None)
+        if proc is not None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+
+    # -- VMs -----------------------------------------------------------------------------------------
+    def plug(self, vm: Vm, host: str | None = None) -> None:
+        """Create (or move) the VM's interface: a veth from the VM namespace to `host`."""
+        host = host or vm.host
+        ns = self.vm_ns[vm.name]
+        if not netns.exists(ns):
+            netns.create(ns)
+        netns.run(["ip", "-n", ns, "link", "del", "eth0"], check=False)
+        netns.ip_batch([netns.veth_line(self.ns(host), vm.tap, ns, "eth0")])
+        gw4 = "10.0.1.1" if vm.vsid == 5002 else "10.0.0.1"
+        lines = [f"link set eth0 address {vm.mac}", "link set lo up", "link set eth0 up"]
+        lines += [f"addr add {a} dev eth0" + (" nodad" if ":" in a else "") for a in vm.addresses]
+        lines += [f"route add default via {gw4}"]
+        if any(":" in a for a in vm.addresses):
+            lines += ["route add ::/0 via fd00:b::1"]
+        netns.ip_batch(lines, ns)
+        netns.run(["ip", "-n", self.ns(host), "link", "set", vm.tap, "up"])
+
+    # -- agents --------------------------------------------------------------------------------------
+    def start_agent(self, host: str, **extra: object) -> AgentThread:
+        thread = AgentThread(agent_config(self.topology, host, self.dir, **extra)).start()
+        self.agents[host] = thread
+        return thread
+
+    def stop_agent(self, host: str) -> None:
+        thread = self.agents.pop(host, None)
+        if thread is not None:
+            thread.stop()
+
+    def up(self) -> None:
+        for node in RR:
+            self.start_reflector(node)
+        for vm in VMS:
+            self.plug(vm)
+        for host in HV:
+            self.start_agent(host)
+        for host, agent in self.agents.items():
+            for rd in (BLUE, RED):
+                agent.call(lambda a, rd=rd: a.put_routing_domain(rd))
+            for vm in VMS:
+                if vm.host == host:
+                    agent.call(lambda a, vm=vm: a.put_port(vm.port()))
+
+    def close(self) -> None:
+        for host in list(self.agents):
+            self.stop_agent(host)
+        for node in list(self.reflectors):
+            self.kill_reflector(node)
+        for ns in self.vm_ns.values():
+            netns.destroy(ns)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- probes --------------------------------------------------------------------------------------
+    def ping(self, src: str, dst: str, count: int = 1, wait: int = 2, extra: tuple[str, ...] = ()) -> bool:
+        family = "-6" if ":" in dst else "-4"
+        out = netns.run(netns.in_netns(self.vm_ns[src], ["ping", family, "-c", str(count), "-W", str(wait),
+                                                          *extra, dst]), check=False)
+        return out.returncode == 0
+
+    def reaches(self, src: str, dst: str, deadline: float = 20.0) -> bool:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.ping(src, dst):
+                return True
+        return False
+
+    def learned(self, host: str, ca: str) -> bool:
+        """The host's kernel has a route for `ca` in some nvfabric table (for polling)."""
+        out = netns.run(["ip", "-n", self.ns(host), "-4" if ":" not in ca else "-6", "route", "show", "table",
+                         "all", "proto", "78"], check=False).output
+        return any(line.startswith(ca + " ") for line in out.splitlines())
+
+
+# Who must reach whom (and who must not): (source VM, destination address, expected).
+EXPECTATIONS = (
+    ("b1", "10.0.0.12", True, "blue hv1 -> blue hv2, same subnet"),
+    ("b1", "fd00:b::12", True, "blue hv1 -> blue hv2, IPv6"),
+    ("b1", "10.0.1.13", True, "blue hv1 -> blue hv3, across subnets"),
+    ("b3", "10.0.0.11", True, "blue hv3 -> blue hv1, across subnets"),
+    ("r1", "10.0.0.13", True, "red hv1 -> red hv3"),
+    ("r3", "10.0.0.12", True, "red hv3 -> red hv1 (b2's address in red)"),
+    ("b1", "10.0.0.13", False, "blue -> red r3's address: not in blue"),
+    ("r3", "10.0.0.11", False, "red -> blue b1's address: not in red"),
+    ("r1", "10.0.1.13", False, "red -> blue b3's address: not in red"),
+)
+
+
+def check(fabric: Fabric) -> list[tuple[str, str, str, bool, bool]]:
+    """(source, destination, what, expected, observed) for every expectation."""
+    rows = []
+    for src, dst, expected, what in EXPECTATIONS:
+        observed = fabric.reaches(src, dst, deadline=15.0) if expected else fabric.ping(src, dst, count=2)
+        rows.append((src, dst, what, expected, observed))
+    return rows
+
+
+def tenants_scene(topology: Topology) -> list[tuple[str, str, str, bool, bool]]:
+    """For lab/demo.py: run the two tenants on the (running) default topology; rows as in `check`."""
+    fabric = Fabric(topology)
+    try:
+        fabric.up()
+        for vm in VMS:
+            for other in VMS:
+                if other.tenant == vm.tenant and other is not vm:
+                    for ca in vm.cas:
+                        wait_for(lambda h=other.host, ca=ca: fabric.learned(h, ca), 30, f"{ca} on {other.host}")
+        return check(fabric)
+    finally:
+        fabric.close()
