@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -41,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.set_defaults(func=_status)
 
 
+# bgp/speaker.py and bgp/session.py say "peer ADDRESS[ (dynamic PREFIX)]: what happened".
+_SPEAKER_PEER = re.compile(r"^peer (\S+?)(?: \([^)]*\))?: ")
+
+
 class JsonLines(logging.Formatter):
     """One JSON object per log record: time, level, logger, message, and the `extra` event fields."""
 
@@ -55,7 +60,11 @@ class JsonLines(logging.Formatter):
         for name in self.FIELDS:
             if hasattr(record, name):
                 out[name] = getattr(record, name)
-        out["msg"] = record.getMessage()
+        message = record.getMessage()
+        found = _SPEAKER_PEER.match(message) if "peer" not in out else None
+        if found:
+            out["peer"] = found.group(1)
+        out["msg"] = message
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out)
