@@ -98,30 +98,37 @@ def trace(
         return Trace(rd.name, src, dst, Verdict.DELIVERED_LOCALLY, f"local port {port.name} of VSID {port.vsid}",
                      vsid=port.vsid, mac=port.mac, device=port.interface,
                      route=f"{host} dev {port.interface} vrf {vrf}", src_vsid=src_vsid, ingress=ingress)
+    # A record behind a PA family this host has no device for is not installed (vnet/desired.py skips it):
+    # the packet falls through to the prefixes or the unreachable route, and the reason says why.
+    note = ""
     if dst in remote:
         record = remote[dst]
         assert record.pa is not None
-        what = f"lookup record: {dst} is {record.mac} in VSID {record.vsid} behind PA {record.pa}"
-        if record.pa.version not in devices:
-            return dropped(f"{what}, but this host has no IPv{record.pa.version} provider address (no NVGRE "
-                           f"device for it): the record is not installed", src_vsid=src_vsid, ingress=ingress)
-        return _encap(rd.name, src, dst, host, record.vsid, record.pa, vrf, devices, what + relayed,
-                      mac=record.mac, src_vsid=src_vsid, ingress=ingress)
+        if record.pa.version in devices:
+            return _encap(rd.name, src, dst, host, record.vsid, record.pa, vrf, devices,
+                          f"lookup record: {dst} is {record.mac} in VSID {record.vsid} behind PA {record.pa}{relayed}",
+                          mac=record.mac, src_vsid=src_vsid, ingress=ingress)
+        note = (f" (its lookup record, behind PA {record.pa}, is not installed: this host has no "
+                f"IPv{record.pa.version} provider address)")
     gateway_of = next((s.vsid for s in rd.subnets if dst in s.gateways), None)
-    if gateway_of is not None:
-        # vnet/desired.py: IPv4 gateways get a /32 to the NVGRE device so that proxy ARP answers for them;
+    if gateway_of is not None and dst.version == 4 and devices:
+        # vnet/desired.py: IPv4 gateways get a /32 to an NVGRE device so that proxy ARP answers for them;
         # no neighbour answers there, so packets to the gateway address itself go nowhere.
-        route = f"{host} dev {devices[4]} vrf {vrf}" if dst.version == 4 and 4 in devices else None
-        return dropped(f"{dst} is the gateway of VSID {gateway_of}: this host answers ARP/ND for it, "
-                       f"but nothing on this host is the gateway", route=route, src_vsid=src_vsid, ingress=ingress)
+        dev = devices.get(4) or devices[min(devices)]
+        return dropped(f"{dst} is the gateway of VSID {gateway_of}: this host answers ARP for it, but nothing on "
+                       f"this host is the gateway", route=f"{host} dev {dev} vrf {vrf}", src_vsid=src_vsid,
+                       ingress=ingress)
+    if gateway_of is not None:
+        note += f" ({dst} is the gateway of VSID {gateway_of}: answered for neighbour discovery only)"
     best = _longest_match(rd.name, dst, remote_prefixes, devices)
     if best is not None:
         return _encap(rd.name, src, dst, str(best.prefix), best.vsid, best.pa, vrf, devices,
-                      f"remote prefix {best.prefix} in VSID {best.vsid} behind PA {best.pa}{relayed}",
+                      f"remote prefix {best.prefix} in VSID {best.vsid} behind PA {best.pa}{relayed}{note}",
                       mac=None, src_vsid=src_vsid, ingress=ingress)
     unreachable = "0.0.0.0/0" if dst.version == 4 else "::/0"
+    what = "destination CA not routable here" if note else "unknown destination CA (no lookup record)"
     return dropped(
-        f"unknown destination CA (no lookup record): the unreachable route of routing domain {rd.name}"
+        f"{what}: the unreachable route of routing domain {rd.name}{note}"
         f"{_inactive(catalog, rd, dst)}{_elsewhere(catalog, records, rd, dst)}",
         route=f"unreachable {unreachable} vrf {vrf}", src_vsid=src_vsid, ingress=ingress,
     )

@@ -8,6 +8,8 @@ import pytest
 
 from hostagent.trace import Verdict, trace
 from vnet.catalog import Catalog, NotFound
+from vnet.desired import HostIdentity, desired_state
+from vnet.kernel.objects import EncapRoute, LocalPortRoute
 from vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
 
 BLUE = RoutingDomain.from_dict({
@@ -154,6 +156,16 @@ def test_a_local_record_of_an_unknown_port_is_not_a_route():
 def test_a_record_behind_a_pa_family_this_host_lacks_is_not_installed():
     t = run("blue", "10.1.0.10", "10.2.0.30", pa_families=(4,))
     assert t.verdict is Verdict.DROPPED and "no IPv6 provider address" in t.reason
+    # the packet falls through to what the table does have, e.g. a default route
+    t = run("blue", "10.1.0.10", "10.2.0.30", prefixes=[prefix("blue", "0.0.0.0/0", 5001, "198.51.100.21")],
+            pa_families=(4,))
+    assert t.verdict is Verdict.FORWARDED and str(t.pa) == "198.51.100.21" and "not installed" in t.reason
+
+
+def test_an_ipv6_gateway_has_no_route_and_follows_the_table():
+    t = run("blue", "fd00:b::10", "fd00:b::1")
+    assert t.verdict is Verdict.DROPPED and t.route == "unreachable ::/0 vrf nvf-blue"
+    assert "gateway of VSID 5001: answered for neighbour discovery only" in t.reason
 
 
 def test_remote_prefixes_longest_match_wins_and_host_routes_win_over_prefixes():
@@ -177,3 +189,45 @@ def test_equal_remote_prefixes_pick_the_same_one_in_any_order():
 def test_unknown_routing_domain_raises_not_found():
     with pytest.raises(NotFound):
         run("green", "10.1.0.10", "10.1.0.20")
+
+
+# ---------------------------------------------------------------- trace agrees with vnet/desired.py
+
+def _table_lookup(objects, table: int, dst):
+    """Longest-prefix match over the routes vnet.desired puts in one table (the kernel's choice)."""
+    best = None
+    for obj in objects:
+        if isinstance(obj, LocalPortRoute | EncapRoute) and obj.table == table:
+            prefix = ip_network(obj.prefix)
+            if prefix.version == dst.version and dst in prefix and (best is None or prefix.prefixlen >
+                                                                    ip_network(best.prefix).prefixlen):
+                best = obj
+    return best
+
+
+@pytest.mark.parametrize("pa_families", [(4, 6), (4,)])
+def test_every_trace_matches_the_route_desired_state_installs(pa_families):
+    prefixes = [prefix("blue", "0.0.0.0/0", 5001, "198.51.100.21"), prefix("blue", "192.0.2.0/24", 5002,
+                                                                            "2001:db8::22")]
+    pas = tuple(ip_address(a) for a in ("198.51.100.11", "2001:db8::11")[: len(pa_families)])
+    tables = {"blue": 1000, "red": 1001}
+    objects = desired_state(CATALOG, RECORDS, prefixes, {}, HostIdentity("02:00:5e:10:00:01", pas), tables).objects
+    destinations = ["10.1.0.10", "10.1.0.20", "10.2.0.10", "10.2.0.30", "10.1.0.1", "10.1.0.77", "192.0.2.9",
+                    "8.8.8.8", "fd00:b::20", "fd00:b::99", "fd00:b::1", "10.1.0.99"]
+    checked = 0
+    for rd, src in (("blue", "10.1.0.10"), ("blue", "fd00:b::10"), ("red", "10.1.0.99")):
+        for dst in destinations:
+            if ip_address(dst).version != ip_address(src).version:
+                continue
+            t = run(rd, src, dst, prefixes=prefixes, pa_families=pa_families)
+            route = _table_lookup(objects, tables[rd], t.dst)
+            if t.verdict is Verdict.DELIVERED_LOCALLY:
+                assert isinstance(route, LocalPortRoute) and route.dev == t.device, (dst, t, route)
+            elif t.verdict is Verdict.FORWARDED:
+                assert isinstance(route, EncapRoute), (dst, t, route)
+                assert (route.prefix, route.vsid, route.pa, route.dev) == (
+                    str(ip_network(t.route.split()[0])), t.vsid, str(t.pa), t.device), (dst, t, route)
+            elif route is not None:  # dropped by a route: the gateway's /32 to the NVGRE device
+                assert isinstance(route, LocalPortRoute) and t.route == f"{route.prefix} dev {route.dev} vrf nvf-{rd}"
+            checked += 1
+    assert checked >= 20
