@@ -30,6 +30,7 @@ from gateway.config import GatewayConfig
 from gateway.tenants import Tenant, check_tenants
 from gateway.upstream import Upstream
 from vnet.catalog import NotFound
+from gateway.evpn import Fabric
 from gateway.dataplane import Dataplane, Plumbing, PlumbingError, removal_plumbing, tenant_plumbing
 from vnet.desired import HostIdentity, allocate_tables
 from vnet.model import LookupRecord
@@ -80,6 +81,8 @@ class Gateway:
             config.netns, HostIdentity(config.router_mac, config.provider_addresses), config.external)
         self._records: tuple[LookupRecord, ...] = ()
         self._upstream = Upstream(config) if config.upstream else None
+        # the reflectors: learn tenant CAs, announce the tenants' default routes (needs the NVGRE side)
+        self._fabric = Fabric(config, self.set_records) if config.route_reflectors and self._dp else None
         self._lock = asyncio.Lock()
         self._started = False
         self.last_change: dict[str, Any] | None = None
@@ -123,10 +126,14 @@ class Gateway:
                 await self._upstream.start()
                 await self._upstream.sync(self._tenants.values())
             self._started = True
+        if self._fabric is not None:
+            await self._fabric.start(self._tenants)  # outside the lock: learned records take it
 
     async def stop(self) -> None:
         # The tables, VRFs and routes stay: forwarding and NAT keep working while the daemon restarts.
         self._started = False
+        if self._fabric is not None:
+            await self._fabric.stop()
         if self._upstream is not None:
             await self._upstream.stop()
         if self._dp is not None:
@@ -176,6 +183,8 @@ class Gateway:
             self._tenants, self._ids = MappingProxyType(proposed), MappingProxyType(ids)
             if self._upstream is not None:
                 await self._upstream.sync(self._tenants.values())  # after NAT is in place, not before
+            if self._fabric is not None:
+                await self._fabric.sync(self._tenants)
             return created
 
     async def delete_tenant(self, name: str) -> None:
@@ -194,6 +203,8 @@ class Gateway:
             self._ids = MappingProxyType({n: i for n, i in self._ids.items() if n != name})
             if self._upstream is not None:
                 await self._upstream.sync(self._tenants.values())
+            if self._fabric is not None:
+                await self._fabric.sync(self._tenants)
 
     # ------------------------------------------------------------------ observing
 

@@ -196,3 +196,17 @@ def test_plumbing_marks_each_vsid_and_routes_only_outside_arrivals_by_mark() -> 
     gone = removal_plumbing(t, 1000, ext, ["nvf-gre4"])
     assert all("del" in line for _, line in gone.ip) and all(" handle 500" in line for line in gone.tc)
     assert len(Plumbing.join([p, p]).tc) == 4
+
+
+def test_default_routes_into_each_tenant() -> None:
+    from gateway.evpn import default_routes
+
+    cfg = GatewayConfig.from_dict({**config(body()), "provider_addresses": ["198.51.100.21"],
+                                   "route_reflectors": [{"address": "198.51.100.100"}]})
+    routes = list(default_routes(cfg.tenants, cfg).values())
+    # IPv4 only: the tenant has an IPv6 subnet but no way out for it (no NAT66, no public prefix)
+    assert [(str(r.prefix), r.vsid, str(r.next_hop), r.route_targets, r.router_mac) for r in routes] == [
+        ("0.0.0.0/0", 5001, "198.51.100.21", ("65001:1",), "02:00:5e:10:00:01")]
+    cfg6 = GatewayConfig.from_dict({**config(body(snat=["203.0.113.11", "2001:db8:113::11"])),
+                                    "provider_addresses": ["198.51.100.21"]})
+    assert sorted(str(r.prefix) for r in default_routes(cfg6.tenants, cfg6).values()) == ["0.0.0.0/0", "::/0"]

@@ -1,0 +1,120 @@
+"""The gateway towards the fabric: the same EVPN sessions to the route reflectors as a host.
+
+- Announces, for every tenant, an EVPN type-5 default route (0.0.0.0/0, and ::/0 when the tenant has IPv6
+  subnets and a way out for them) with the gateway's PA as next hop, the fabric's router MAC and the VSID of
+  the tenant's first subnet (RFC 9136 interface-less model): hosts install it as the tenant's default
+  route towards the gateway (hostagent/learn.py remote_prefixes).
+- Learns the tenants' CAs from the type-2 routes exactly as a host does (hostagent/learn.py lookup_records,
+  with a catalog of the tenants' routing domains and no ports) and hands them to the gateway, whose
+  dataplane installs one encap route per CA: the return path of NAT and floating-IP traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+from bgp.client import Client
+from bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
+from bgp.routes import Family, PrefixKey, PrefixRoute
+from gateway.config import GatewayConfig
+from gateway.tenants import Tenant
+from hostagent import learn
+from hostagent.announce import route_distinguisher
+from vnet.catalog import Catalog
+from vnet.model import LookupRecord
+
+log = logging.getLogger(__name__)
+
+COALESCE = 0.02  # seconds: a burst of learned routes becomes one reconcile
+DEFAULTS = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
+
+
+def default_routes(tenants: Iterable[Tenant], config: GatewayConfig) -> dict[PrefixKey, PrefixRoute]:
+    """Pure: the type-5 default routes the gateway announces into its tenants."""
+    pa = config.provider_addresses[0]
+    out: dict[PrefixKey, PrefixRoute] = {}
+    for t in tenants:
+        if not t.vsids:
+            continue
+        vsid = t.vsids[0]
+        families = {p.version for p in t.prefixes}
+        for family in sorted(families):
+            way_out = (t.snat_for(family) is not None or any(f.public.version == family for f in t.floating_ips)
+                       or (family == 6 and bool(t.public_prefixes)))
+            if not way_out:
+                continue
+            route = PrefixRoute(rd=route_distinguisher(config.router_id, vsid), prefix=DEFAULTS[family], vsid=vsid,
+                                next_hop=pa, route_targets=t.routing_domain.route_targets,
+                                router_mac=config.router_mac)
+            out[route.key] = route
+    return out
+
+
+class Fabric:
+    def __init__(self, config: GatewayConfig, on_records: Callable[[tuple[LookupRecord, ...]], Awaitable[None]]):
+        self.config = config
+        self.on_records = on_records
+        self.client = Client(SpeakerConfig(
+            asn=config.asn, router_id=config.router_id, families=(Family.L2VPN_EVPN,),
+            neighbours=tuple(Neighbour(address=r.address, asn=r.asn, md5_password=r.md5_password)
+                             for r in config.route_reflectors),
+            graceful_restart=GracefulRestartConfig(enabled=True, forwarding_preserved=True)))
+        self.announced: dict[PrefixKey, PrefixRoute] = {}
+        self._tenants: Mapping[str, Tenant] = {}
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, tenants: Mapping[str, Tenant]) -> None:
+        self._tenants = tenants
+        await self.client.start()
+        await self.sync(tenants)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._consume(), name="gateway-bgp"),
+                       loop.create_task(self._learner(), name="gateway-learn")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.client.stop()
+
+    async def sync(self, tenants: Mapping[str, Tenant]) -> None:
+        """Announce/withdraw the default routes for this set of tenants, and relearn their CAs."""
+        self._tenants = tenants
+        want = default_routes(tenants.values(), self.config)
+        gone = [k for k in self.announced if k not in want]
+        new = [r for k, r in want.items() if self.announced.get(k) != r]
+        if gone:
+            await self.client.withdraw(gone)
+        if new:
+            await self.client.announce(new)
+        self.announced = want
+        self._dirty.set()
+
+    def records(self) -> tuple[LookupRecord, ...]:
+        catalog = Catalog.build({n: t.routing_domain for n, t in self._tenants.items()}, {})
+        return tuple(learn.lookup_records(catalog, self.client.routes().values(), self.config.provider_addresses))
+
+    async def _consume(self) -> None:
+        async for _event in self.client.events():
+            self._dirty.set()  # the client's delivered table is what is read
+
+    async def _learner(self) -> None:
+        last: tuple[LookupRecord, ...] | None = None
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(COALESCE)
+            self._dirty.clear()
+            records = self.records()
+            if records != last:
+                try:
+                    await self.on_records(records)
+                    last = records
+                except Exception:  # noqa: BLE001 - logged and retried on the next change
+                    log.exception("installing %d learned records failed", len(records))
