@@ -1,14 +1,13 @@
 """The gateway's REST API (docs/gateway.md#rest-api): tenants PUT/GET/DELETE, each change atomic; a NAT trace;
 per-tenant Prometheus metrics.
 
-The request handling is the host agent's (hostagent/api.py): the same error middleware (a typed error ->
-its 4xx naming the field, a 500 only for bugs), bearer token, JSON body parsing and PUT responses. Those
-helpers are imported, not copied (a shared module for them is requested in .coordination-agent.md).
+The request handling is nvfabric/rest.py's, shared with the host agent: the same error middleware (a typed
+error -> its 4xx naming the field, a 500 only for bugs), bearer token, JSON bodies, PUT responses, serving;
+the gateway's refusals (not running, nft/kernel refusal) are the agent's types, mapped by its middleware.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +20,8 @@ from prometheus_client.registry import Collector
 from gateway import nat
 from gateway.gateway import Gateway, TenantStatus
 from gateway.tenants import Tenant
-from hostagent.api import MAX_BODY, ApiError, ApiServer, _auth, _json_body, _put_response, _www_authenticate, errors
-from hostagent.config import ApiConfig
+from hostagent.api import agent_errors
+from nvfabric.rest import ApiError, ApiServer, application, json_body, put_response, serve
 from vnet.errors import ModelError
 from vnet.model import check_address
 
@@ -61,13 +60,13 @@ async def get_tenant(request: web.Request) -> web.Response:
 
 async def put_tenant(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    body = await _json_body(request)
+    body = await json_body(request)
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k != "status"}
     tenant = Tenant.from_dict(body, name=name)
     gw = _gw(request)
     created = await gw.put_tenant(tenant)
-    return _put_response(request, created, _view(gw.tenant(name), None))
+    return put_response(request, created, _view(gw.tenant(name), None))
 
 
 async def delete_tenant(request: web.Request) -> web.Response:
@@ -83,7 +82,7 @@ def _port(value: Any, name: str) -> int:
 
 async def trace(request: web.Request) -> web.Response:
     """The NAT decision for a flow's first packet: from a tenant (`tenant` set) or from outside (null)."""
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise ModelError("body", body, "must be an object")
     unknown = sorted(set(body) - set(TRACE_FIELDS))
@@ -143,10 +142,8 @@ async def metrics(request: web.Request) -> web.Response:
 def make_app(gateway: Gateway, token: str, *, metrics_token: bool = False) -> web.Application:
     if not token:
         raise ValueError("api.token: the API needs a bearer token (an empty one would let every local user in)")
-    public = frozenset() if metrics_token else frozenset({"/metrics"})
-    app = web.Application(middlewares=[errors, _auth(token, public)], client_max_size=MAX_BODY)
+    app = application(token, frozenset() if metrics_token else frozenset({"/metrics"}), agent_errors)
     app[GATEWAY] = gateway
-    app.on_response_prepare.append(_www_authenticate)
     app.router.add_get("/v1/tenants", list_tenants)
     app.router.add_get("/v1/tenants/{name}", get_tenant)
     app.router.add_put("/v1/tenants/{name}", put_tenant)
@@ -161,18 +158,7 @@ async def start_api(gateway: Gateway, listen: str, token: str | None) -> ApiServ
     if not token:
         log.warning("api.token is not set: the REST API is disabled (the gateway runs from its configuration)")
         return None
-    app = make_app(gateway, token)
-    host, port = ApiConfig(listen=listen).host_port
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound_host, bound_port = runner.addresses[0][:2]
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    return ApiServer(runner, f"http://{shown}:{bound_port}")
+    return await serve(make_app(gateway, token), listen)
 
 
-__all__ = ["ApiError", "make_app", "start_api", "ipaddress"]
+__all__ = ["ApiError", "make_app", "start_api"]

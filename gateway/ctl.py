@@ -2,8 +2,8 @@
 
 The same client as the host agent's `nvfabric ctl` (hostagent/ctl.py: its Client, refusal messages, exit
 statuses and table rendering); only the paths and the tables differ. `register(subparsers, common)` adds
-the `gateway` subtree under a parser (under `ctl` once hostagent/ctl.py calls it; `nvfabric gateway
-tenants` meanwhile, see gateway/cli.py).
+the `gateway` subtree under a parser: hostagent/ctl.py calls it for `nvfabric ctl gateway ...`, and
+gateway/cli.py for `nvfabric gateway ...` (the daemon's own command, with --config).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from hostagent.ctl import Client, CtlError, _file_body, _show, _table
+from hostagent.ctl import Client, CtlError, file_body, show, table
 from gateway.config import DEFAULT_LISTEN
 
 DEFAULT_API = f"http://{DEFAULT_LISTEN}"
@@ -81,21 +81,21 @@ COLUMNS = ["tenant", "id", "VSIDs", "SNAT", "floating IPs", "sessions", "out pkt
 
 def _tenants(client: Client, args: argparse.Namespace) -> None:
     _, body = client.request("GET", "/v1/tenants")
-    _show(args, body, lambda: _table("tenants", COLUMNS, [_row(t) for t in body["tenants"]]))
+    show(args, body, lambda: table("tenants", COLUMNS, [_row(t) for t in body["tenants"]]))
 
 
 def _get(client: Client, args: argparse.Namespace) -> None:
     _, body = client.request("GET", f"/v1/tenants/{args.name}")
-    _show(args, body, lambda: _table(f"tenant {args.name}", COLUMNS, [_row(body)]))
+    show(args, body, lambda: table(f"tenant {args.name}", COLUMNS, [_row(body)]))
 
 
 def _put(client: Client, args: argparse.Namespace) -> None:
-    body = _file_body(args.file)
+    body = file_body(args.file)
     name = args.name or body.get("name")
     if not name:
         raise CtlError("the tenant needs a name (argument or the file's `name`)", 2)
     status, answer = client.request("PUT", f"/v1/tenants/{name}", body)
-    _show(args, answer, lambda: _table(f"tenant {name} {'created' if status == 201 else 'replaced'}", COLUMNS,
+    show(args, answer, lambda: table(f"tenant {name} {'created' if status == 201 else 'replaced'}", COLUMNS,
                                        [_row(answer)]))
 
 
@@ -126,4 +126,4 @@ def _trace(client: Client, args: argparse.Namespace) -> None:
             ["zone / mark", f"{body['zone']} / {body['mark']}"],
             ["translated", f"{tr.get('src')}:{tr.get('sport')} -> {tr.get('dst')}:{tr.get('dport')}" if tr else "-"],
             ["reason", body["reason"]]]
-    _show(args, body, lambda: _table("NAT decision", ["", ""], rows))
+    show(args, body, lambda: table("NAT decision", ["", ""], rows))

@@ -280,7 +280,7 @@ def test_rest_api_metrics_and_ctl(net: Net) -> None:
         assert float(line.split()[-1]) > 0
         # the operator's table
         port = url.rsplit(":", 1)[1]
-        out = run(["ip", "netns", "exec", net.gw, sys_nvfabric(), "gateway", "tenants", "--api",
+        out = run(["ip", "netns", "exec", net.gw, sys_nvfabric(), "ctl", "gateway", "tenants", "--api",
                    f"http://127.0.0.1:{port}", "--token", "t0ken"]).output
         assert "blue" in out and "203.0.113.140" in out and "203.0.113.131->10.0.0.5" in out
         s.close()
