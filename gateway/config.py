@@ -69,6 +69,10 @@ class GatewayConfig:
     api: ApiConfig = field(default_factory=lambda: ApiConfig(listen=DEFAULT_LISTEN))
     tenants: tuple[Tenant, ...] = ()
     netns: str | None = None
+    # A standby gateway serves the same tenants (NAT, VRFs, learned CAs all ready) but announces nothing,
+    # neither the tenants' default routes nor the public addresses, while another gateway's default route
+    # is in the fabric; it announces as soon as there is none (docs/gateway.md "Failover").
+    standby: bool = False
 
     @classmethod
     def from_dict(cls, data: Any) -> GatewayConfig:
@@ -150,10 +154,13 @@ def parse(data: Any) -> GatewayConfig:
     except ModelError as exc:
         raise ConfigError(exc.field, f"{exc.problem} (got {exc.value!r})") from None
     netns = top.get("netns", str, None)
+    standby = top.get("standby", bool, False)
+    if standby and not reflectors:
+        raise ConfigError("standby", "a standby gateway needs route_reflectors (it watches the active one there)")
     top.done()
     return GatewayConfig(asn=asn, router_id=router_id, external=external, provider_addresses=tuple(pas),
                          router_mac=router_mac, route_reflectors=tuple(reflectors), upstream=tuple(upstream),
-                         api=api, tenants=tuple(tenants), netns=netns)
+                         api=api, tenants=tuple(tenants), netns=netns, standby=standby)
 
 
 def load(path: str | Path) -> GatewayConfig:

@@ -7,6 +7,10 @@
 - Learns the tenants' CAs from the type-2 routes exactly as a host does (hostagent/learn.py lookup_records,
   with a catalog of the tenants' routing domains and no ports) and hands them to the gateway, whose
   dataplane installs one encap route per CA: the return path of NAT and floating-IP traffic.
+- A standby gateway (config `standby`) announces nothing while another gateway's default route is in the
+  fabric, and takes over (announces, and tells the gateway to announce upstream) when there is none. It
+  decides only after End-of-RIB from a reflector (or STANDBY_WAIT), so it does not announce at start-up
+  just because it has not heard of the active gateway yet.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from bgp.client import Client
+from bgp.speaker import PeerStatus
 from bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
 from bgp.routes import Family, PrefixKey, PrefixRoute
 from gateway.config import GatewayConfig
@@ -30,6 +35,7 @@ from vnet.model import LookupRecord
 log = logging.getLogger(__name__)
 
 COALESCE = 0.02  # seconds: a burst of learned routes becomes one reconcile
+STANDBY_WAIT = 15.0  # seconds a standby waits for End-of-RIB before judging that no gateway is active
 DEFAULTS = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
@@ -54,10 +60,21 @@ def default_routes(tenants: Iterable[Tenant], config: GatewayConfig) -> dict[Pre
     return out
 
 
+def other_gateway_active(routes: Iterable[object], our_pas: Iterable[object]) -> bool:
+    """Pure: is a default route of another gateway in the fabric?"""
+    ours = set(our_pas)
+    return any(isinstance(r, PrefixRoute) and r.prefix.prefixlen == 0 and r.next_hop not in ours for r in routes)
+
+
 class Fabric:
-    def __init__(self, config: GatewayConfig, on_records: Callable[[tuple[LookupRecord, ...]], Awaitable[None]]):
+    def __init__(self, config: GatewayConfig, on_records: Callable[[tuple[LookupRecord, ...]], Awaitable[None]],
+                 on_serving: Callable[[bool], Awaitable[None]] | None = None):
         self.config = config
         self.on_records = on_records
+        self.on_serving = on_serving
+        self.serving = not config.standby
+        self._judged = not config.standby  # a standby judges after End-of-RIB or STANDBY_WAIT
+        self.takeovers: list[float] = []  # loop times at which this standby started serving
         self.client = Client(SpeakerConfig(
             asn=config.asn, router_id=config.router_id, families=(Family.L2VPN_EVPN,),
             neighbours=tuple(Neighbour(address=r.address, asn=r.asn, md5_password=r.md5_password)
@@ -75,6 +92,12 @@ class Fabric:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._consume(), name="gateway-bgp"),
                        loop.create_task(self._learner(), name="gateway-learn")]
+        if not self._judged:
+            loop.call_later(STANDBY_WAIT, self._judge_now)
+
+    def _judge_now(self) -> None:
+        self._judged = True
+        self._dirty.set()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -87,7 +110,7 @@ class Fabric:
     async def sync(self, tenants: Mapping[str, Tenant]) -> None:
         """Announce/withdraw the default routes for this set of tenants, and relearn their CAs."""
         self._tenants = tenants
-        want = default_routes(tenants.values(), self.config)
+        want = default_routes(tenants.values(), self.config) if self.serving else {}
         gone = [k for k in self.announced if k not in want]
         new = [r for k, r in want.items() if self.announced.get(k) != r]
         if gone:
@@ -102,8 +125,24 @@ class Fabric:
         return tuple(learn.lookup_records(catalog, self.client.routes().values(), self.config.provider_addresses))
 
     async def _consume(self) -> None:
-        async for _event in self.client.events():
+        async for event in self.client.events():
+            if isinstance(event, PeerStatus) and event.state == "end-of-rib":
+                self._judged = True
             self._dirty.set()  # the client's delivered table is what is read
+
+    async def _standby(self) -> None:
+        if not self.config.standby or not self._judged:
+            return
+        serve = not other_gateway_active(self.client.routes().values(), self.config.provider_addresses)
+        if serve != self.serving:
+            log.warning("standby gateway %s: %s", self.config.router_id,
+                        "no active gateway in the fabric: taking over" if serve else "an active gateway is back")
+            self.serving = serve
+            if serve:
+                self.takeovers.append(asyncio.get_running_loop().time())
+            await self.sync(self._tenants)
+            if self.on_serving is not None:
+                await self.on_serving(serve)
 
     async def _learner(self) -> None:
         last: tuple[LookupRecord, ...] | None = None
@@ -111,6 +150,10 @@ class Fabric:
             await self._dirty.wait()
             await asyncio.sleep(COALESCE)
             self._dirty.clear()
+            try:
+                await self._standby()
+            except Exception:  # noqa: BLE001 - logged; judged again on the next change
+                log.exception("standby decision failed")
             records = self.records()
             if records != last:
                 try:

@@ -82,7 +82,8 @@ class Gateway:
         self._records: tuple[LookupRecord, ...] = ()
         self._upstream = Upstream(config) if config.upstream else None
         # the reflectors: learn tenant CAs, announce the tenants' default routes (needs the NVGRE side)
-        self._fabric = Fabric(config, self.set_records) if config.route_reflectors and self._dp else None
+        self._fabric = Fabric(config, self.set_records, self._serving_changed) \
+            if config.route_reflectors and self._dp else None
         self._lock = asyncio.Lock()
         self._started = False
         self.last_change: dict[str, Any] | None = None
@@ -124,7 +125,7 @@ class Gateway:
                     for name, t in self._tenants.items()))
             if self._upstream is not None:
                 await self._upstream.start()
-                await self._upstream.sync(self._tenants.values())
+                await self._upstream.sync(self._public())
             self._started = True
         if self._fabric is not None:
             await self._fabric.start(self._tenants)  # outside the lock: learned records take it
@@ -138,6 +139,19 @@ class Gateway:
             await self._upstream.stop()
         if self._dp is not None:
             self._dp.close()
+
+    @property
+    def serving(self) -> bool:
+        """False while this is a standby gateway and another one is active: nothing is announced."""
+        return self._fabric is None or self._fabric.serving
+
+    def _public(self) -> list[Tenant]:
+        return list(self._tenants.values()) if self.serving else []
+
+    async def _serving_changed(self, serving: bool) -> None:
+        async with self._lock:
+            if self._upstream is not None:
+                await self._upstream.sync(self._public())
 
     async def set_records(self, records: tuple[LookupRecord, ...]) -> None:
         """The tenant CAs and the PAs of their hosts (from the reflectors, like a host learns them):
@@ -182,7 +196,7 @@ class Gateway:
                 {tenant.name: (nat.TenantNat(tenant, ids[tenant.name]), old)}))
             self._tenants, self._ids = MappingProxyType(proposed), MappingProxyType(ids)
             if self._upstream is not None:
-                await self._upstream.sync(self._tenants.values())  # after NAT is in place, not before
+                await self._upstream.sync(self._public())  # after NAT is in place, not before
             if self._fabric is not None:
                 await self._fabric.sync(self._tenants)
             return created
@@ -202,7 +216,7 @@ class Gateway:
             self._tenants = MappingProxyType({n: t for n, t in self._tenants.items() if n != name})
             self._ids = MappingProxyType({n: i for n, i in self._ids.items() if n != name})
             if self._upstream is not None:
-                await self._upstream.sync(self._tenants.values())
+                await self._upstream.sync(self._public())
             if self._fabric is not None:
                 await self._fabric.sync(self._tenants)
 

@@ -210,3 +210,19 @@ def test_default_routes_into_each_tenant() -> None:
     cfg6 = GatewayConfig.from_dict({**config(body(snat=["203.0.113.11", "2001:db8:113::11"])),
                                     "provider_addresses": ["198.51.100.21"]})
     assert sorted(str(r.prefix) for r in default_routes(cfg6.tenants, cfg6).values()) == ["0.0.0.0/0", "::/0"]
+
+
+def test_a_standby_sees_another_gateways_default_route() -> None:
+    from bgp.routes import PrefixRoute
+    from gateway.evpn import other_gateway_active
+
+    ours, other = ipaddress.ip_address("198.51.100.22"), ipaddress.ip_address("198.51.100.21")
+    default = PrefixRoute(rd="198.51.100.21:5001", prefix=ipaddress.ip_network("0.0.0.0/0"), vsid=5001,
+                          next_hop=other)
+    own = PrefixRoute(rd="198.51.100.22:5001", prefix=ipaddress.ip_network("0.0.0.0/0"), vsid=5001, next_hop=ours)
+    specific = PrefixRoute(rd="198.51.100.21:5001", prefix=ipaddress.ip_network("10.9.0.0/16"), vsid=5001,
+                           next_hop=other)
+    assert other_gateway_active([own, default], [ours])
+    assert not other_gateway_active([own, specific], [ours])
+    with pytest.raises(ConfigError, match="^standby"):
+        GatewayConfig.from_dict({**config(), "standby": True})
