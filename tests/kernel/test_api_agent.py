@@ -232,9 +232,6 @@ def _blue_record(host: Host, ca: str) -> bool:
     return bool(body["lookup_records"])
 
 
-@pytest.mark.xfail(strict=True, reason="the revert leaves the refused port's route (10.0.0.51 dev lo): vnet/kernel/"
-                   "apply.py deletes IPv4 routes with rtm_scope 0, so scope-link routes answer ESRCH, taken as gone "
-                   "(.coordination-agent.md 08:47); strict, so the fix turns this red: drop the marker then")
 def test_a_change_the_kernel_refuses_is_a_422_naming_it_and_is_reverted(fabric, capsys):
     _, hosts = fabric
     hv1 = hosts["hv1"]

@@ -81,3 +81,18 @@ async def test_rules_neighbours_and_unreachable_routes_round_trip(ns):
     assert await observe(ns) == changed
     report = await apply(ns, diff(set(), await observe(ns)))
     assert report.ok and await observe(ns) == set()
+
+
+async def test_deleting_our_routes_removes_them_whatever_their_scope(ns):
+    # A local port route is scope link; a delete that names scope universe would not match it in the
+    # kernel (ESRCH), be taken for "already gone", and leave the route behind.
+    want = {LocalPortRoute(100, "10.0.0.1/32", "up0"), LocalPortRoute(100, "fd00:b::1/128", "up0"),
+            UnreachableRoute(100, 4), UnreachableRoute(100, 6)}
+    assert (await apply(ns, diff(want, await observe(ns)))).ok
+    assert await observe(ns) == want
+    plan = diff(set(), await observe(ns))
+    report = await apply(ns, plan)
+    assert report.ok and len(report.applied) == 4
+    assert await observe(ns) == set()
+    leftover = netns.run(["ip", "-n", ns.netns, "route", "show", "table", "100"]).output
+    assert leftover.strip() == ""

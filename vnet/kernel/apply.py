@@ -172,10 +172,15 @@ class _Encoder:
     def route_body(self, obj: EncapRoute | LocalPortRoute | UnreachableRoute, delete: bool) -> bytes:
         address, _, length = obj.prefix.partition("/")  # prefixes are normalised by the objects
         plen = int(length)
+        # A delete is selected by its key (table, prefix, metric) and our protocol; the kernel also compares
+        # an IPv4 route's scope unless the request says RT_SCOPE_NOWHERE, and a scope-link local route
+        # would otherwise answer ESRCH, which reads as "already gone" and leaves the route in place.
+        scope = {"scope": m.RT_SCOPE_NOWHERE} if delete else {}
         if isinstance(obj, UnreachableRoute):
-            return m.route_body(obj.family, obj.table, address, 0, PROTO, rtype=m.RTN_UNREACHABLE, metric=obj.metric)
-        if delete:  # the key (table, prefix, metric) and our protocol select exactly our route
-            return m.route_body(obj.family, obj.table, address, plen, PROTO, metric=obj.metric)
+            return m.route_body(obj.family, obj.table, address, 0, PROTO, rtype=m.RTN_UNREACHABLE, metric=obj.metric,
+                                **scope)
+        if delete:
+            return m.route_body(obj.family, obj.table, address, plen, PROTO, metric=obj.metric, **scope)
         if isinstance(obj, LocalPortRoute):
             return m.route_body(obj.family, obj.table, address, plen, PROTO, scope=m.RT_SCOPE_LINK,
                                 oif=self._ifindex(obj.dev), metric=obj.metric)

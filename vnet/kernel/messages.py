@@ -68,6 +68,7 @@ RTN_UNICAST = 1
 RTN_UNREACHABLE = 7
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255  # in a delete request: match a route of any scope (what `ip route del` sends)
 RTNH_F_ONLINK = 0x4
 
 LWTUNNEL_ENCAP_IP = 2
