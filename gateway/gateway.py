@@ -104,6 +104,11 @@ class Gateway:
         self.tenant(name)
         return self._ids[name]
 
+    @property
+    def records(self) -> tuple[LookupRecord, ...]:
+        """The tenant CAs (and their hosts' PAs) the return routes are installed for."""
+        return self._records
+
     def nat_view(self) -> list[nat.TenantNat]:
         return [nat.TenantNat(t, self._ids[n]) for n, t in sorted(self._tenants.items())]
 

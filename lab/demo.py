@@ -73,7 +73,16 @@ def run(topology: Topology, console: Console | None = None) -> int:
         wrong = [r for r in rows if r[3] != r[4]]
         console.print(f"{'[green]PASS[/]' if not wrong else '[red]FAIL[/]'}: tenants: "
                       f"{len(rows) - len(wrong)}/{len(rows)} expectations hold ({time.monotonic() - started:.1f} s)")
-        return 0 if not failed and not wrong else 1
+        # issue 6: the gateway on gw1, both tenants to the internet and a floating IP inbound (gateway/scene.py)
+        from gateway.scene import gateway_scene, scene_table
+
+        gw_rows = gateway_scene(topology)
+        console.print(scene_table(gw_rows))
+        gw_wrong = [r for r in gw_rows if r[3] != r[4]]
+        console.print(f"{'[green]PASS[/]' if not gw_wrong else '[red]FAIL[/]'}: gateway: "
+                      f"{len(gw_rows) - len(gw_wrong)}/{len(gw_rows)} expectations hold "
+                      f"({time.monotonic() - started:.1f} s)")
+        return 0 if not failed and not wrong and not gw_wrong else 1
     finally:
         runner.down(topology.name)
         console.print(f"lab {topology.name} torn down")

@@ -1,0 +1,143 @@
+"""The gateway on the default topology, for the demo and the kernel tests: hostagent/scenario.py's fabric
+(reflectors, agents on hv1-hv3, tenants blue and red with overlapping addresses) plus the gateway on gw1.
+
+The GoBGP reflectors are scenario's, with the gateways as more clients. In the demo, `internet` routes the
+public pool 203.0.113.128/25 to gw1 statically (what the upstream router does once the gateway announces
+it; the failover kernel test runs FRR for that instead).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from rich.table import Table
+
+
+from gateway.config import GatewayConfig
+from gateway.probe import Server, connect
+from gateway.tenants import Tenant
+from gateway.thread import GatewayThread
+from hostagent import scenario
+from hostagent.scenario import BLUE, HV, RED, RR, VMS, Fabric
+from lab import netns
+from lab.topology import Topology
+from vnet.model import RoutingDomain
+
+GW1 = "198.51.100.21"
+SERVER = ("203.0.113.1", 8080)
+PUBLIC_POOL = "203.0.113.128/25"
+
+
+def tenant(rd: RoutingDomain, snat: str, fip: str, private: str) -> Tenant:
+    """A gateway tenant for one of scenario's routing domains: its SNAT address and one floating IP."""
+    body = {"name": rd.name, "route_targets": list(rd.route_targets),
+            "subnets": [{"vsid": s.vsid, "prefixes": [str(p) for p in s.prefixes]} for s in rd.subnets],
+            "snat": [snat], "floating_ips": [{"public": fip, "private": private}]}
+    return Tenant.from_dict(body)
+
+
+TENANTS = (tenant(BLUE, "203.0.113.140", "203.0.113.131", "10.0.0.11"),  # b1's floating IP
+           tenant(RED, "203.0.113.141", "203.0.113.132", "10.0.0.12"))  # r1's (b2's address in blue)
+
+
+def reflector_toml(me: str, gateways: tuple[str, ...] = (GW1,)) -> str:
+    """scenario's GoBGP reflector configuration with the gateways as more clients (same block as a host's)."""
+    toml = scenario.gobgp_toml(me)
+    _head, *blocks = toml.split("\n[[neighbors]]")
+    hv = next(iter(HV.values()))
+    return toml + "".join("\n[[neighbors]]" + blocks[0].replace(f'"{hv}"', f'"{gw}"') for gw in gateways)
+
+
+def start_fabric(fab: Fabric, gateways: tuple[str, ...] = (GW1,)) -> None:
+    """Reflectors (with the gateways as clients), VMs, agents with both tenants and their ports."""
+    for node, address in RR.items():
+        conf = fab.dir / f"{node}.toml"
+        conf.write_text(reflector_toml(address, gateways))
+        fab.reflectors[node] = subprocess.Popen(
+            netns.in_netns(fab.ns(node), ["gobgpd", "-f", str(conf), "-p", "--pprof-disable", "-l", "info"]),
+            stdout=open(fab.dir / f"{node}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    for vm in VMS:
+        fab.plug(vm)
+    for host in HV:
+        agent = fab.start_agent(host)
+        for rd in (BLUE, RED):
+            agent.call(lambda a, rd=rd: a.put_routing_domain(rd))
+        for vm in VMS:
+            if vm.host == host:
+                agent.call(lambda a, vm=vm: a.put_port(vm.port()))
+
+
+def gateway_config(fab: Fabric) -> GatewayConfig:
+    return GatewayConfig.from_dict({
+        "asn": scenario.ASN, "router_id": GW1, "provider_addresses": [GW1, "2001:db8::21"],
+        "route_reflectors": [{"address": a} for a in RR.values()],
+        "external": {"interfaces": ["eth2"], "next_hop4": "203.0.113.1"}, "netns": fab.ns("gw1"),
+        "tenants": [t.as_dict() for t in TENANTS]})
+
+
+def default_via(fab: Fabric, host: str, rd: str = "blue") -> bool:
+    out = netns.run(["ip", "-n", fab.ns(host), "route", "show", "vrf", f"nvf-{rd}"], check=False).output
+    return any(line.startswith("default") and "encap" in line for line in out.splitlines())
+
+
+def _seen(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None, tries: int = 5) -> str:
+    """The first line a server answers (the address it saw us as), or '' when it cannot be reached."""
+    for _ in range(tries):
+        try:
+            sock, line = connect(ns, dst, src)
+            sock.close()
+            return line
+        except OSError:
+            continue
+    return ""
+
+
+def gateway_scene(topology: Topology) -> list[tuple[str, str, str, str, str]]:
+    """For lab/demo.py: both tenants reach the internet server through gw1, which sees each tenant's public
+    address, and a floating IP is reached from outside. Rows: (from, to, what, expected, observed)."""
+    fab = Fabric(topology)
+    gw: GatewayThread | None = None
+    servers: list[Server] = []
+    try:
+        start_fabric(fab)
+        netns.run(["ip", "-n", fab.ns("internet"), "route", "add", PUBLIC_POOL, "via", "203.0.113.21"])
+        gw = GatewayThread(gateway_config(fab), fab.ns("gw1"))
+        gw.call(lambda g: g.start(), timeout=120)
+        for host in HV:
+            scenario.wait_for(lambda h=host: default_via(fab, h), 60, f"the gateway's default route on {host}")
+        scenario.wait_for(lambda: len(gw.gateway.records) >= len([ca for vm in VMS for ca in vm.cas if ":" not in ca]),
+                          60, "the gateway learns the tenants' CAs")
+        servers = [Server(fab.ns("internet"), SERVER), Server(fab.vm_ns["b1"], ("10.0.0.11", 9000), "b1 ")]
+        rows = []
+        for vm, src, want, what in (
+            ("b2", "10.0.0.12", "203.0.113.140", "blue b2 10.0.0.12 -> internet: blue's SNAT address"),
+            ("r1", "10.0.0.12", "203.0.113.132", "red r1 10.0.0.12 (same address) -> internet: its floating IP"),
+            ("r3", "10.0.0.13", "203.0.113.141", "red r3 -> internet: red's SNAT address"),
+            ("b1", "10.0.0.11", "203.0.113.131", "blue b1 -> internet: its floating IP"),
+        ):
+            seen = _seen(fab.vm_ns[vm], SERVER, (src, 0)).split(":")[0]
+            rows.append((vm, f"{SERVER[0]}:{SERVER[1]}", what, want, seen or "no answer"))
+        seen = _seen(fab.ns("internet"), ("203.0.113.131", 9000))
+        rows.append(("internet", "203.0.113.131:9000", "floating IP from outside -> blue b1",
+                     "b1", seen.split(" ")[0] if seen else "no answer"))
+        return rows
+    finally:
+        for server in servers:
+            server.close()
+        if gw is not None:
+            try:
+                gw.call(lambda g: g.stop(), timeout=30)
+            finally:
+                gw.close()
+        fab.close()
+        netns.run(["ip", "-n", fab.ns("internet"), "route", "del", PUBLIC_POOL], check=False)
+
+
+def scene_table(rows: list[tuple[str, str, str, str, str]]) -> Table:
+    table = Table(title="Gateway gw1: tenants blue and red (same addresses) to the internet, floating IP inbound")
+    for column in ("from", "to", "what", "must be seen as", "seen as"):
+        table.add_column(column)
+    for src, dst, what, expected, observed in rows:
+        ok = "[green]" if expected == observed else "[red]"
+        table.add_row(src, dst, what, expected, f"{ok}{observed}[/]")
+    return table

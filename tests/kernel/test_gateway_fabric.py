@@ -1,0 +1,102 @@
+"""The gateway in the default topology (VM phase): GoBGP reflectors on rr1/rr2, host agents on hv1-hv3 with
+the two tenants of hostagent/scenario.py (blue and red overlap: b2 and r1 are both 10.0.0.12), and the
+gateway on gw1, all in this process. The gateway learns the tenants' CAs from the reflectors and announces
+each tenant's default route (EVPN type 5); the hosts install it. `internet` routes the public pool
+203.0.113.128/25 to gw1, as the upstream router does after the gateway's announcements.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.scene import PUBLIC_POOL, SERVER, default_via, gateway_config, start_fabric
+from hostagent import scenario
+from hostagent.scenario import HV, Fabric
+from lab import netns, runner
+from lab.cli import DEFAULT_TOPOLOGY
+from lab.topology import load
+from tests.gateway_net import GatewayThread, Server, connect
+
+pytestmark = pytest.mark.kernel
+
+@pytest.fixture(scope="module")
+def fabric() -> Iterator[tuple[Fabric, GatewayThread]]:
+    topology = load(DEFAULT_TOPOLOGY)
+    runner.up(topology)
+    fab = Fabric(topology)
+    gw = None
+    try:
+        start_fabric(fab)
+        netns.run(["ip", "-n", fab.ns("internet"), "route", "add", PUBLIC_POOL, "via", "203.0.113.21"])
+        config = gateway_config(fab)
+        gw = GatewayThread(config, fab.ns("gw1"))
+        started = time.monotonic()
+        gw.call(lambda g: g.start(), timeout=120)
+        # the hosts have the gateway's default route, the gateway every CA
+        for host in HV:
+            scenario.wait_for(lambda h=host: default_via(fab, h), 60, f"blue's default route on {host}")
+        scenario.wait_for(lambda: len(gw.gateway.records) >= 6, 60, "the gateway learns the CAs")
+        print(f"[gateway-fabric] gateway up, defaults on every host, CAs learned in "
+              f"{time.monotonic() - started:.1f} s", flush=True)
+        yield fab, gw
+    finally:
+        if gw is not None:
+            try:
+                gw.call(lambda g: g.stop())
+            finally:
+                gw.close()
+        fab.close()
+        runner.down(topology.name)
+
+
+def _connect(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None, tries: int = 5):
+    errors = []
+    for _ in range(tries):
+        try:
+            return connect(ns, dst, src)
+        except OSError as exc:
+            errors.append(repr(exc))
+    raise AssertionError(f"{ns} cannot reach {dst}: {errors}")
+
+
+def test_tenants_reach_the_internet_through_the_gateway(fabric) -> None:
+    fab, gw = fabric
+    server = Server(fab.ns("internet"), SERVER)
+    vm_servers = [Server(fab.vm_ns["b1"], ("10.0.0.11", 9000), "b1 "),
+                  Server(fab.vm_ns["r1"], ("10.0.0.12", 9000), "r1 "),
+                  Server(fab.vm_ns["r3"], ("10.0.0.13", 9000), "r3 ")]
+    try:
+        # b2 (blue, hv2) and r1 (red, hv1) share 10.0.0.12 and the source port: b2 leaves with blue's SNAT
+        # address, r1 with red's floating IP (it is the floating IP's CA); r3 with red's SNAT address
+        s, line = _connect(fab.vm_ns["b2"], SERVER, ("10.0.0.12", 41000))
+        s.close()
+        assert line == "203.0.113.140:41000"
+        s, line = _connect(fab.vm_ns["r1"], SERVER, ("10.0.0.12", 41000))
+        s.close()
+        assert line == "203.0.113.132:41000"
+        s, line = _connect(fab.vm_ns["r3"], SERVER, ("10.0.0.13", 41000))
+        s.close()
+        assert line == "203.0.113.141:41000"
+        # b3 in blue's other subnet (VSID 5002, hv3)
+        s, line = _connect(fab.vm_ns["b3"], SERVER)
+        s.close()
+        assert line.startswith("203.0.113.140:")
+        # floating IPs from outside reach the right tenant's VM
+        for public, banner in (("203.0.113.131", "b1 "), ("203.0.113.132", "r1 ")):
+            s, line = _connect(fab.ns("internet"), (public, 9000))
+            s.close()
+            assert line.startswith(banner + "203.0.113.1:"), line
+        # b1 leaves with its floating IP
+        s, line = _connect(fab.vm_ns["b1"], SERVER, ("10.0.0.11", 0))
+        s.close()
+        assert line.startswith("203.0.113.131:")
+        # tenants cannot reach each other through the gateway: blue b1 -> red r3's 10.0.0.13
+        with pytest.raises(AssertionError, match="cannot reach"):
+            _connect(fab.vm_ns["b1"], ("10.0.0.13", 9000), tries=1)
+        assert vm_servers[2].seen == []
+    finally:
+        for v in (server, *vm_servers):
+            v.close()
