@@ -79,7 +79,10 @@ class Fabric:
             asn=config.asn, router_id=config.router_id, families=(Family.L2VPN_EVPN,),
             neighbours=tuple(Neighbour(address=r.address, asn=r.asn, md5_password=r.md5_password)
                              for r in config.route_reflectors),
-            graceful_restart=GracefulRestartConfig(enabled=True, forwarding_preserved=True)))
+            # No graceful restart towards the reflectors: a gateway that goes away must be replaced by the standby
+            # at once, not kept as a stale next hop for the restart time (seen in the VM: GoBGP kept the dead
+            # gateway's default routes for its 120 s restart time, so the standby never took over)
+            graceful_restart=GracefulRestartConfig(enabled=False)))
         self.announced: dict[PrefixKey, PrefixRoute] = {}
         self._tenants: Mapping[str, Tenant] = {}
         self._dirty = asyncio.Event()
