@@ -233,3 +233,21 @@ async def test_api_summary_neighbors_routes_and_metrics(lab):
         assert 'nvfabric_rr_neighbor_routes{neighbor="127.0.1.1"} 10.0' in metrics
         assert "nvfabric_rr_reflection_latency_seconds_count" in metrics
     assert isinstance(aiohttp.__version__, str)
+
+
+async def test_api_reload_answers_with_the_difference_or_the_bad_field(lab):
+    first = [{"address": "127.0.0.2", "asn": 65000, "passive": True}]
+    rr = await lab("rr", rr_cfg(first))
+    wanted: list[rr_config.ReflectorConfig] = []
+
+    async def reload():
+        return await rr.reload(wanted[-1])
+
+    async with TestClient(TestServer(api.build_app(rr, reload))) as http:
+        wanted.append(rr_cfg([*first, {"address": "127.0.0.3", "asn": 65000, "passive": True}]))
+        answer = await http.post("/v1/reload")
+        assert answer.status == 200 and await answer.json() == {"added": ["127.0.0.3"], "removed": []}
+        wanted.append(rr_cfg(first, router_id="198.51.100.99"))
+        answer = await http.post("/v1/reload")
+        assert answer.status == 400 and (await answer.json())["field"] == "router_id"
+    assert set(rr.peers) == {"127.0.0.2", "127.0.0.3"}

@@ -112,3 +112,26 @@ def test_withdrawn_routes_carry_their_family():
     raw = wire.decode_raw_update(IBGP, combined)
     runs = [(f, len(n)) for f, n in raw.withdrawn_by_family()]
     assert runs == [(Family.IPV4_UNICAST, 1), (Family.L2VPN_EVPN, 1)]
+
+
+def test_changes_keep_each_keys_order_across_withdrawal_runs():
+    """Withdrawals of several UPDATEs share one run, but never across an announcement: announce k,
+    withdraw k, announce k again must reach the peers in that order (the last state wins)."""
+    table, changes = RawTable(65000), Changes()
+    a, b = attrset(A), attrset(A, ext=bytes.fromhex("0002fde800001389"))
+    table.receive(a, [nlri(1)], changes)
+    table.receive(b, [nlri(2)], changes)
+    table.withdraw(str(A.address), Family.L2VPN_EVPN, [nlri(1)], changes)
+    table.withdraw(str(A.address), Family.L2VPN_EVPN, [nlri(2)], changes)  # other route targets: own run
+    table.receive(a, [nlri(1)], changes)
+    table.withdraw(str(A.address), Family.L2VPN_EVPN, [nlri(1)], changes)
+    assert [(s.kind, s.raws) for s in changes.segments if s.raws] == [
+        (Kind.ANNOUNCE, [b"raw1"]), (Kind.ANNOUNCE, [b"raw2"]), (Kind.WITHDRAW, [b"raw1"]),
+        (Kind.WITHDRAW, [b"raw2"]), (Kind.ANNOUNCE, [b"raw1"]), (Kind.WITHDRAW, [b"raw1"])]
+    more = Changes()
+    c = attrset(A)
+    table.receive(c, [nlri(3), nlri(4)], more)
+    table.withdraw(str(A.address), Family.L2VPN_EVPN, [nlri(3)], more)
+    table.withdraw(str(A.address), Family.L2VPN_EVPN, [nlri(4)], more)  # same run: merged
+    assert [(s.kind, s.raws) for s in more.segments if s.raws] == [
+        (Kind.ANNOUNCE, [b"raw3", b"raw4"]), (Kind.WITHDRAW, [b"raw3", b"raw4"])]
