@@ -1,0 +1,102 @@
+"""Attach latency (issue 5): `Agent.put_port` on hv1 until the CA's route is in hv3's kernel.
+
+Run inside the VM (the host kernel has no VRF/GRE):
+    nvfabric lab kernel --vm always -- .venv/bin/python bench/agent_attach.py [--count 50]
+
+The default topology with the two tenants of hostagent/scenario.py (GoBGP reflectors on rr1/rr2, agents
+on hv1-hv3 in this process). Then, one at a time, a new port on hv1 (a fresh veth, CA 10.0.0.100+i in
+blue's VSID 5001): t0 before `put_port`, t1 when it returns (kernel programmed on hv1 and the route
+handed to BGP), t2 when `ip monitor route` in hv3 prints the CA's route (a reader thread stamps each
+line as it arrives). Path: hv1 agent -> rr1/rr2 -> hv3 agent -> hv3 kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import statistics
+import subprocess
+import threading
+import time
+
+from hostagent.scenario import Fabric
+from lab import netns, runner
+from lab.cli import DEFAULT_TOPOLOGY
+from lab.topology import load
+from vnet.model import Port
+
+
+def ms(xs: list[float]) -> str:
+    p90 = sorted(xs)[int(len(xs) * 0.9)]
+    return (f"median {statistics.median(xs) * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms, "
+            f"min {min(xs) * 1000:.0f} ms, max {max(xs) * 1000:.0f} ms")
+
+
+class RouteWatch:
+    """`ip monitor route` in a namespace; remembers when each /32 first appeared."""
+
+    def __init__(self, ns: str) -> None:
+        self.seen: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(["ip", "-n", ns, "-4", "monitor", "route"], stdout=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            now = time.monotonic()
+            if line.startswith("Deleted"):
+                continue
+            ca = line.split(" ", 1)[0]
+            with self.cond:
+                self.seen.setdefault(ca, now)
+                self.cond.notify_all()
+
+    def wait(self, ca: str, timeout: float) -> float:
+        with self.cond:
+            if not self.cond.wait_for(lambda: ca in self.seen, timeout):
+                raise TimeoutError(f"{ca} did not reach hv3's kernel within {timeout} s")
+            return self.seen[ca]
+
+    def close(self) -> None:
+        self.proc.terminate()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=50)
+    args = parser.parse_args()
+    topology = load(DEFAULT_TOPOLOGY)
+    runner.up(topology)
+    fabric = Fabric(topology)
+    watch = None
+    try:
+        fabric.up()
+        hv1 = fabric.ns("hv1")
+        netns.ip_batch([f"link add tap-a{i} type veth peer name vm-a{i}" for i in range(args.count)]
+                       + [f"link set vm-a{i} up" for i in range(args.count)], hv1)
+        watch = RouteWatch(fabric.ns("hv3"))
+        time.sleep(1.0)
+        put, total = [], []
+        for i in range(args.count):
+            ca = str(ipaddress.ip_address("10.0.0.100") + i)
+            port = Port(f"a{i}", f"tap-a{i}", f"02:00:00:01:00:{i:02x}", 5001, (ipaddress.ip_address(ca),))
+            t0 = time.monotonic()
+            fabric.agents["hv1"].call(lambda a, port=port: a.put_port(port))
+            t1 = time.monotonic()
+            t2 = watch.wait(ca, 30)
+            put.append(t1 - t0)
+            total.append(t2 - t0)
+        print(f"ports attached: {args.count}")
+        print(f"put_port on hv1 returns (hv1 kernel programmed, route handed to BGP): {ms(put)}")
+        print(f"put_port on hv1 -> route in hv3's kernel: {ms(total)}")
+        return 0
+    finally:
+        if watch is not None:
+            watch.close()
+        fabric.close()
+        runner.down(topology.name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
