@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from bgp.client import Client
@@ -74,7 +75,7 @@ class Fabric:
         self.on_serving = on_serving
         self.serving = not config.standby
         self._judged = not config.standby  # a standby judges after End-of-RIB or STANDBY_WAIT
-        self.takeovers: list[float] = []  # loop times at which this standby started serving
+        self.takeovers: list[float] = []  # wall-clock times (time.time()) at which this standby started serving
         self.client = Client(SpeakerConfig(
             asn=config.asn, router_id=config.router_id, families=(Family.L2VPN_EVPN,),
             neighbours=tuple(Neighbour(address=r.address, asn=r.asn, md5_password=r.md5_password)
@@ -142,7 +143,7 @@ class Fabric:
                         "no active gateway in the fabric: taking over" if serve else "an active gateway is back")
             self.serving = serve
             if serve:
-                self.takeovers.append(asyncio.get_running_loop().time())
+                self.takeovers.append(time.time())
             await self.sync(self._tenants)
             if self.on_serving is not None:
                 await self.on_serving(serve)
