@@ -194,9 +194,6 @@ def test_bad_changes_are_refused_and_leave_nothing_half_applied(fabric):
     report(f"bad config: exit {out.returncode}: {out.stderr.strip()}")
 
 
-@pytest.mark.xfail(strict=True, reason="vnet/kernel/apply.py deletes IPv4 routes with rtm_scope 0 (universe); the "
-                   "kernel matches scope-link routes (local CA, gateway) only with scope NOWHERE (255), answers "
-                   "ESRCH, and apply tolerates that as 'already gone': the revert leaves the route")
 def test_a_kernel_refusal_is_reverted_completely(fabric):
     hv1 = fabric.agents["hv1"]
     before = netns.run(["ip", "-n", fabric.ns("hv1"), "route", "show", "table", "all", "proto", "78"]).output
