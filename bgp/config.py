@@ -199,16 +199,22 @@ def parse(data: object) -> SpeakerConfig:
     )
 
 
-def load(path: str | Path) -> SpeakerConfig:
+def read_yaml(path: str | Path) -> object:
+    """A config file's YAML document; an unreadable or malformed file is a ConfigError naming the file.
+
+    Every daemon's `load()` (speaker, reflector, agent, gateway) reads its file through this."""
     try:
         text = Path(path).read_text()
     except OSError as err:
-        raise ConfigError("(file)", f"cannot read {path}: {err.strerror}") from err
+        raise ConfigError(str(path), f"cannot read: {err.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError("(file)", f"{path} is not valid YAML: {err}") from err
-    return parse(data)
+        raise ConfigError(str(path), f"not valid YAML: {err}") from None
+
+
+def load(path: str | Path) -> SpeakerConfig:
+    return parse(read_yaml(path))
 
 
 def _neighbour(r: _Reader) -> Neighbour:

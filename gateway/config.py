@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from bgp.config import ConfigError, _Reader
+from bgp.config import ConfigError, _Reader, read_yaml
 from gateway.tenants import Tenant, check_tenants
 from hostagent.config import ApiConfig, Reflector, _listen
 from vnet.errors import ModelError
@@ -164,12 +163,4 @@ def parse(data: Any) -> GatewayConfig:
 
 
 def load(path: str | Path) -> GatewayConfig:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
-    return parse(data)
+    return parse(read_yaml(path))

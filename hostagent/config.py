@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from bgp.config import ConfigError, _Reader
+from bgp.config import ConfigError, _Reader, read_yaml
 from vnet.errors import ModelError
 from vnet.model import Address, RoutingDomain, check_mac
 
@@ -145,12 +144,4 @@ def parse(data: Any) -> AgentConfig:
 
 
 def load(path: str | Path) -> AgentConfig:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), f"not valid YAML: {exc}") from None
-    return parse(data)
+    return parse(read_yaml(path))

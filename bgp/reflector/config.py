@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-import yaml
-
 from bgp.config import (
     FAMILY_NAMES,
     ConfigError,
@@ -24,6 +22,7 @@ from bgp.config import (
     SpeakerConfig,
     _password,
     _Reader,
+    read_yaml,
 )
 from bgp.config import parse as parse_speaker
 from bgp.errors import RouteValueError
@@ -163,15 +162,7 @@ def parse(data: object) -> ReflectorConfig:
 
 
 def load(path: str | Path) -> ReflectorConfig:
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError("(file)", f"cannot read {path}: {err.strerror}") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError("(file)", f"{path} is not valid YAML: {err}") from err
-    return parse(data)
+    return parse(read_yaml(path))
 
 
 def _api(text: str, field_name: str) -> ApiConfig:
