@@ -205,4 +205,13 @@ def run(argv: Sequence[str], settings: VmSettings = VmSettings(), cwd: Path | No
         cmd += ["--exec", str(script)]
         # vng looks for its helper `virtme-run` on PATH.
         vng_env = dict(os.environ, PATH=f"{Path(vng).parent}:{os.environ.get('PATH', '')}")
-        return subprocess.run(cmd, env=vng_env, stdin=subprocess.DEVNULL).returncode
+        # qemu re-opens its standard output by path (/proc/self/fd/1) for the guest's console: were that our
+        # own stdout and a file, it would be truncated, erasing what came before (a test phase's summary).
+        # A pipe in between keeps the caller's output whole.
+        proc = subprocess.Popen(cmd, env=vng_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        out = sys.stdout.buffer
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            out.write(chunk)
+            out.flush()
+        return proc.wait()
