@@ -30,12 +30,11 @@ from typing import Any
 
 from bgp.config import ConfigError, _Reader, read_yaml
 from gateway.tenants import Tenant, check_tenants
-from hostagent.config import ApiConfig, Reflector, _listen
+from hostagent.config import DEFAULT_ROUTER_MAC, ApiConfig, Reflector, _listen
 from vnet.errors import ModelError
 from vnet.model import IFNAME_RE, Address, check_mac
 
 DEFAULT_LISTEN = "127.0.0.1:8510"  # the host agent's is :8500; both may run on one machine in a lab
-DEFAULT_ROUTER_MAC = "02:00:5e:10:00:01"
 
 __all__ = ["ConfigError", "External", "GatewayConfig", "Upstream", "load", "parse"]
 
