@@ -1,7 +1,9 @@
 """Two tenants on the default topology (lab/topologies/hnv.clab.yml), for the demo, the kernel tests and
 the attach benchmark.
 
-- Route reflectors: gobgpd on rr1 and rr2 (graceful restart on, so an agent's restart withdraws nothing).
+- Route reflectors: the product's own, `nvfabric rr` on rr1 and rr2 (bgp/reflector/), each accepting any
+  client in the fabric's PA prefix (hosts and gateways alike); graceful restart on, so an agent's restart
+  withdraws nothing; hold time 9 s, so a dead session is noticed within seconds in the lab.
 - Host agents on hv1, hv2, hv3: in this Python process, each in a thread inside its node's namespace
   (hostagent/thread.py); one Python start-up in the VM instead of three.
 - VMs: a namespace each, its eth0 a veth to a tap-like port on its hypervisor.
@@ -16,11 +18,14 @@ import ipaddress
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from hostagent.config import AgentConfig
 from hostagent.thread import AgentThread
@@ -29,6 +34,7 @@ from lab.topology import Topology
 from vnet.model import Port, RoutingDomain
 
 ASN = 65000
+NVFABRIC = str(Path(sys.executable).parent / "nvfabric")  # the console script of this environment
 RR = {"rr1": "198.51.100.100", "rr2": "198.51.100.101"}
 HV = {"hv1": "198.51.100.11", "hv2": "198.51.100.12", "hv3": "198.51.100.13"}
 HV6 = {"hv1": "2001:db8::11", "hv2": "2001:db8::12", "hv3": "2001:db8::13"}
@@ -70,7 +76,26 @@ VMS = (
 )
 
 
+FABRIC_PREFIX = "198.51.100.0/24"  # the PAs of every host and gateway of the default topology
+
+
+def rr_config(me: str, hold_time: int = 9) -> dict[str, object]:
+    """`nvfabric rr` configuration for a reflector of the default topology (docs/rr.md).
+
+    One dynamic neighbour for the whole PA prefix: a host or gateway added to the lab needs no reflector
+    change. The two reflectors do not peer with each other; every client peers with both (the design of
+    docs/rr.md), so each holds the whole table on its own."""
+    return {
+        "asn": ASN, "router_id": me, "cluster_id": me, "hold_time": hold_time, "families": ["l2vpn-evpn"],
+        "listen": {"address": me, "port": 179},
+        "neighbors": [{"prefix": FABRIC_PREFIX, "asn": ASN, "client": True}],
+        "graceful_restart": {"enabled": True, "restart_time": 120},
+        "api": {"listen": "127.0.0.1:8179"},  # inside the reflector's namespace
+    }
+
+
 def gobgp_toml(me: str) -> str:
+    """GoBGP as the reflector instead (gateway/scene.py still starts it; interop is tested in tests/integration)."""
     out = [f'[global.config]\n  as = {ASN}\n  router-id = "{me}"\n  port = 179\n  local-address-list = ["{me}"]\n']
     for client in HV.values():
         out.append(f"""
@@ -132,13 +157,15 @@ class Fabric:
         return self.topology.namespace(node)
 
     # -- reflectors ----------------------------------------------------------------------------------
-    def start_reflector(self, node: str) -> None:
-        conf = self.dir / f"{node}.toml"
-        conf.write_text(gobgp_toml(RR[node]))
-        log = open(self.dir / f"{node}.log", "ab")  # noqa: SIM115 - the process owns it
-        self.reflectors[node] = subprocess.Popen(
-            netns.in_netns(self.ns(node), ["gobgpd", "-f", str(conf), "-p", "--pprof-disable", "-l", "info"]),
-            stdout=log, stderr=subprocess.STDOUT)
+    def start_reflector(self, node: str, hold_time: int | None = None) -> None:
+        """`nvfabric rr` on `node`, as an operator runs it: its own process, its log in the work dir.
+        `hold_time`: None for the lab's 9 s (rr_config), e.g. 90 for BGP's default timers."""
+        conf = self.dir / f"{node}.yaml"
+        conf.write_text(yaml.safe_dump(rr_config(RR[node], **({} if hold_time is None else {"hold_time": hold_time}))))
+        with open(self.dir / f"{node}.log", "ab") as log:  # the child keeps its own descriptor
+            self.reflectors[node] = subprocess.Popen(
+                netns.in_netns(self.ns(node), [NVFABRIC, "rr", "--config", str(conf), "--log-level", "info"]),
+                stdout=log, stderr=subprocess.STDOUT)
 
     def kill_reflector(self, node: str) -> None:
         proc = self.reflectors.pop(node, None)
@@ -198,6 +225,14 @@ class Fabric:
             netns.destroy(ns)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def wait_converged(self, timeout: float) -> None:
+        """Until every VM's CAs are in the kernel of every other host of its tenant (TimeoutError)."""
+        for vm in VMS:
+            for other in VMS:
+                if other.tenant == vm.tenant and other.host != vm.host:
+                    for ca in vm.cas:
+                        wait_for(lambda h=other.host, ca=ca: self.learned(h, ca), timeout, f"{ca} on {other.host}")
+
     # -- probes --------------------------------------------------------------------------------------
     def ping(self, src: str, dst: str, count: int = 1, wait: int = 2, extra: tuple[str, ...] = ()) -> bool:
         family = "-6" if ":" in dst else "-4"
@@ -247,11 +282,7 @@ def tenants_scene(topology: Topology) -> list[tuple[str, str, str, bool, bool]]:
     fabric = Fabric(topology)
     try:
         fabric.up()
-        for vm in VMS:
-            for other in VMS:
-                if other.tenant == vm.tenant and other is not vm:
-                    for ca in vm.cas:
-                        wait_for(lambda h=other.host, ca=ca: fabric.learned(h, ca), 30, f"{ca} on {other.host}")
+        fabric.wait_converged(30)
         return check(fabric)
     finally:
         fabric.close()

@@ -1,0 +1,66 @@
+"""The GRE filter (vnet/nftables.py) with N provider addresses: the first write (the whole table) against one
+host coming and one going (two set elements), on this machine's nftables, in a scratch namespace.
+
+    sudo .venv/bin/python bench/gre_filter.py --pas 100,1000,10000 --runs 5
+
+Prints, per N: the transaction's size in bytes and the median wall time of `Nft.apply` (one `nft -j -f -`
+process each, so it includes the process start) for the full table and for the one-host change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import statistics
+import time
+
+from lab import netns
+from vnet.nftables import GreFilter, Nft
+
+
+def pas(n: int, start: int = 0) -> frozenset:
+    base = int(ipaddress.ip_address("10.128.0.0"))
+    return frozenset(ipaddress.ip_address(base + start + i) for i in range(n))
+
+
+async def one(ns: str, n: int, runs: int) -> dict[str, float]:
+    full_t, delta_t = [], []
+    old = GreFilter(pas(n))
+    new = GreFilter(pas(n, 1))  # 10.128.0.0 leaves, the address after the last comes
+    for _ in range(runs):
+        nft = Nft(ns)
+        await nft.delete()
+        started = time.perf_counter()
+        await nft.apply(old)
+        full_t.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await nft.apply(new)
+        delta_t.append(time.perf_counter() - started)
+        assert await nft.allowed() == new.allowed
+    return {"n": n, "full_bytes": len(json.dumps(old.ruleset())), "full_ms": statistics.median(full_t) * 1000,
+            "change_bytes": len(json.dumps(new.changes(old))), "change_ms": statistics.median(delta_t) * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pas", default="100,1000,10000")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    ns = f"nvf-grebench-{os.getpid()}"
+    netns.create(ns)
+    try:
+        print("| provider addresses | whole table: bytes, ms | one host comes, one goes: bytes, ms |")
+        print("| ---: | ---: | ---: |")
+        for n in (int(x) for x in args.pas.split(",")):
+            r = asyncio.run(one(ns, n, args.runs))
+            print(f"| {n:,} | {r['full_bytes']:,} B, {r['full_ms']:.1f} ms | "
+                  f"{r['change_bytes']:,} B, {r['change_ms']:.1f} ms |")
+    finally:
+        netns.destroy(ns)
+
+
+if __name__ == "__main__":
+    main()
