@@ -16,8 +16,8 @@ is dropped: the gateway answers ARP, not ping); IPv6 gets a proxy NDP entry on e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from vnet.catalog import Catalog
 from vnet.kernel.objects import (
@@ -33,14 +33,14 @@ from vnet.kernel.objects import (
     UnreachableRoute,
     Vrf,
 )
-from vnet.model import Address, CustomerRoute, LookupRecord, Network, RemotePrefix
+from vnet.kernel.objects import OVERHEAD
+from vnet.model import Address, CustomerRoute, LookupRecord, Network, RemotePrefix, RoutingDomain, VirtualSubnet
+from vnet.model import Port as PortModel
 
 NVGRE_DEVICES = {4: "nvf-gre4", 6: "nvf-gre6"}
 ROUTER_NEXTHOPS = ("169.254.0.1", "fe80::1")
 RULE_PRIORITY = 900
 TABLE_MIN, TABLE_MAX = 1000, 0x0FFFFFFF  # away from the kernel's (253-255) and the usual hand-made tables
-# RFC 7637 over IPv4: outer IPv4 20 + GRE with key 8 + inner Ethernet 14 = 42; over IPv6: 40 + 8 + 14 = 62.
-OVERHEAD = {4: 42, 6: 62}
 
 GLOBAL_SYSCTLS = (
     ("net/ipv4/ip_forward", "1"),
@@ -69,6 +69,9 @@ class Desired:
     objects: frozenset[KernelObject]
     # what could not be realised, with the reason (e.g. a remote PA of a family we have no device for)
     skipped: tuple[str, ...] = ()
+    # the same objects by partition (GLOBAL, then one per routing domain built): what vnet.reconcile takes
+    partitions: Mapping[str, frozenset[KernelObject]] = field(default_factory=dict)
+    skipped_in: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # `skipped` by routing domain
 
     @property
     def sysctl_paths(self) -> list[str]:
@@ -102,6 +105,9 @@ def port_mtu(requested: int | None, identity: HostIdentity) -> int:
     return requested if requested is not None else identity.underlay_mtu
 
 
+GLOBAL = ""  # the partition of what belongs to no routing domain (devices, their neighbours, global sysctls)
+
+
 def desired_state(
     catalog: Catalog,
     records: Iterable[LookupRecord],
@@ -109,44 +115,91 @@ def desired_state(
     customer_routes: Mapping[str, Iterable[CustomerRoute]],
     identity: HostIdentity,
     tables: Mapping[str, int],
+    domains: Collection[str] | None = None,
 ) -> Desired:
-    objects: set[KernelObject] = set()
-    skipped: list[str] = []
+    """The desired objects, partitioned: `GLOBAL` plus one partition per routing domain.
+
+    `domains`: build only these routing domains' partitions (and GLOBAL, which is small): what an
+    incremental change needs (vnet.reconcile applies only the partitions it is given). A named domain
+    that is not in the catalog gets an empty partition: its objects are to be removed."""
     families = identity.pa_families
     devices = {f: NVGRE_DEVICES[f] for f in families}
+    wanted = set(catalog.routing_domains) if domains is None else set(domains)
 
-    for path, value in GLOBAL_SYSCTLS:
-        objects.add(Sysctl(path, value))
+    glob: set[KernelObject] = {Sysctl(path, value) for path, value in GLOBAL_SYSCTLS}
     for family, dev in devices.items():
-        objects.add(NvgreDevice(dev, family, identity.router_mac))
+        glob.add(NvgreDevice(dev, family, identity.router_mac, mtu=identity.underlay_mtu - OVERHEAD[family]))
         for nh in ROUTER_NEXTHOPS:
-            objects.add(PermanentNeighbour(dev, nh, identity.router_mac))
+            glob.add(PermanentNeighbour(dev, nh, identity.router_mac))
 
-    records = list(records)
-    # local ports, per routing domain (for proxy NDP entries)
-    ports_in: dict[str, list[tuple[str, tuple[Network, ...]]]] = {}
-    for rd in catalog.routing_domains.values():
-        table = tables[rd.name]
-        vrf = vrf_name(rd.name)
-        objects.add(Vrf(vrf, table))
-        objects.add(UnreachableRoute(table, 4))
-        objects.add(UnreachableRoute(table, 6))
-        for subnet in rd.subnets:
-            for dev in devices.values():
-                for family in (4, 6):
-                    objects.add(TunIdRule(family, dev, subnet.vsid << 8, table, RULE_PRIORITY))
-            for gateway in subnet.gateways:
-                if gateway.version == 4 and devices:
-                    objects.add(LocalPortRoute(table, _host(gateway), devices.get(4) or devices[families[0]]))
-
-    active_ports = {r.port for r in records if r.local and r.port is not None}
+    # the inputs, grouped by routing domain in one pass each (only the wanted ones are kept)
+    records_in: dict[str, list[LookupRecord]] = {}
+    active_ports: set[str] = set()
+    for record in records:
+        if record.routing_domain in wanted:
+            records_in.setdefault(record.routing_domain, []).append(record)
+            if record.local and record.port is not None:
+                active_ports.add(record.port)
+    prefixes_in: dict[str, list[RemotePrefix]] = {}
+    for prefix in prefixes:
+        if prefix.routing_domain in wanted:
+            prefixes_in.setdefault(prefix.routing_domain, []).append(prefix)
+    ports_in: dict[str, list[tuple[PortModel, VirtualSubnet]]] = {}
     for port in catalog.ports.values():
         found = catalog.subnet(port.vsid)
-        if found is None or port.name not in active_ports:
-            continue  # moved away (mobility): not routed here
-        rd, subnet = found
+        if found is None or found[0].name not in wanted or port.name not in active_ports:
+            continue  # another routing domain's, or moved away (mobility): not routed here
+        ports_in.setdefault(found[0].name, []).append((port, found[1]))
+
+    partitions: dict[str, frozenset[KernelObject]] = {GLOBAL: frozenset(glob)}
+    skipped: dict[str, tuple[str, ...]] = {}
+    for name in sorted(wanted):
+        rd = catalog.routing_domains.get(name)
+        if rd is None or name not in tables:
+            partitions[name] = frozenset()
+            continue
+        why: list[str] = []
+        partitions[name] = frozenset(_domain(
+            rd, tables[name], ports_in.get(name, ()), records_in.get(name, ()), prefixes_in.get(name, ()),
+            customer_routes.get(name, ()), catalog, identity, devices, why,
+        ))
+        if why:
+            skipped[name] = tuple(why)
+    return Desired(frozenset().union(*partitions.values()), tuple(x for why in skipped.values() for x in why),
+                   partitions, skipped)
+
+
+def _domain(
+    rd: RoutingDomain,
+    table: int,
+    ports: Iterable[tuple[PortModel, VirtualSubnet]],
+    records: Iterable[LookupRecord],
+    prefixes: Iterable[RemotePrefix],
+    customer_routes: Iterable[CustomerRoute],
+    catalog: Catalog,
+    identity: HostIdentity,
+    devices: Mapping[int, str],
+    skipped: list[str],
+) -> set[KernelObject]:
+    """One routing domain's objects: everything here lives in its table, its VRF or on its ports."""
+    objects: set[KernelObject] = set()
+    families = sorted(devices)
+    vrf = vrf_name(rd.name)
+    objects.add(Vrf(vrf, table))
+    objects.add(UnreachableRoute(table, 4))
+    objects.add(UnreachableRoute(table, 6))
+    for subnet in rd.subnets:
+        for dev in devices.values():
+            for family in (4, 6):
+                objects.add(TunIdRule(family, dev, subnet.vsid << 8, table, RULE_PRIORITY))
+        for gateway in subnet.gateways:
+            if gateway.version == 4 and devices:
+                objects.add(LocalPortRoute(table, _host(gateway), devices.get(4) or devices[families[0]]))
+
+    port_prefixes: list[tuple[str, tuple[Network, ...]]] = []  # for proxy NDP entries
+    for port, subnet in ports:
         ifname = port.interface
-        objects.add(Port(ifname, vrf_name(rd.name), port_mtu(port.mtu, identity)))
+        objects.add(Port(ifname, vrf, port_mtu(port.mtu, identity)))
         for path, value in (
             (f"net/ipv4/conf/{ifname}/proxy_arp", "1"),
             (f"net/ipv4/neigh/{ifname}/proxy_delay", "0"),  # answer at once, not after up to 0.8 s
@@ -154,57 +207,47 @@ def desired_state(
             (f"net/ipv4/conf/{ifname}/rp_filter", "0"),
         ):
             objects.add(Sysctl(path, value))
-        ports_in.setdefault(rd.name, []).append((ifname, subnet.prefixes))
+        port_prefixes.append((ifname, subnet.prefixes))
         for gateway in subnet.gateways:
             if gateway.version == 6:
                 objects.add(ProxyNeighbour(ifname, str(gateway)))
 
-    def proxy_v6(rd_name: str, ca: Address, except_if: str | None = None) -> None:
+    def proxy_v6(ca: Address, except_if: str | None = None) -> None:
         # only ports whose subnet contains the CA: a VM solicits on-link neighbours only
-        for ifname, prefixes in ports_in.get(rd_name, ()):
-            if ifname != except_if and any(ca in p for p in prefixes):
+        for ifname, nets in port_prefixes:
+            if ifname != except_if and any(ca in p for p in nets):
                 objects.add(ProxyNeighbour(ifname, str(ca)))
 
-    by_ca: dict[tuple[str, Address], LookupRecord] = {}
+    by_ca: dict[Address, LookupRecord] = {}
     for record in records:
-        if record.routing_domain not in tables:
-            continue
-        by_ca[(record.routing_domain, record.ca)] = record
-        table = tables[record.routing_domain]
+        by_ca[record.ca] = record
         if record.local:
             port = catalog.ports.get(record.port or "")
             if port is None:
                 continue
             objects.add(LocalPortRoute(table, _host(record.ca), port.interface))
             if record.ca.version == 6:
-                proxy_v6(record.routing_domain, record.ca, except_if=port.interface)
+                proxy_v6(record.ca, except_if=port.interface)
             continue
         if record.pa is None or record.pa.version not in devices:
             skipped.append(f"{record.routing_domain} {record.ca}: no NVGRE device for PA {record.pa}")
             continue
         objects.add(EncapRoute(table, _host(record.ca), record.vsid, str(record.pa), devices[record.pa.version]))
         if record.ca.version == 6:
-            proxy_v6(record.routing_domain, record.ca)
+            proxy_v6(record.ca)
 
     for prefix in prefixes:
-        table = tables.get(prefix.routing_domain)
-        if table is None:
-            continue
         if prefix.pa.version not in devices:
             skipped.append(f"{prefix.routing_domain} {prefix.prefix}: no NVGRE device for PA {prefix.pa}")
             continue
         objects.add(EncapRoute(table, str(prefix.prefix), prefix.vsid, str(prefix.pa), devices[prefix.pa.version]))
 
-    for rd_name, routes in customer_routes.items():
-        table = tables.get(rd_name)
-        if table is None:
+    for route in customer_routes:
+        target = by_ca.get(route.next_hop) if route.next_hop is not None else None
+        if target is None or target.local or target.pa is None or target.pa.version not in devices:
+            # on-link and via-a-local-VM routes need a route kind vnet.kernel does not have yet
+            skipped.append(f"{rd.name} {route.prefix}: next hop {route.next_hop} is not a known remote CA")
             continue
-        for route in routes:
-            target = by_ca.get((rd_name, route.next_hop)) if route.next_hop is not None else None
-            if target is None or target.local or target.pa is None or target.pa.version not in devices:
-                # on-link and via-a-local-VM routes need a route kind vnet.kernel does not have yet
-                skipped.append(f"{rd_name} {route.prefix}: next hop {route.next_hop} is not a known remote CA")
-                continue
-            objects.add(EncapRoute(table, str(route.prefix), target.vsid, str(target.pa),
-                                   devices[target.pa.version], metric=route.metric or 1024))
-    return Desired(frozenset(objects), tuple(skipped))
+        objects.add(EncapRoute(table, str(route.prefix), target.vsid, str(target.pa),
+                               devices[target.pa.version], metric=route.metric or 1024))
+    return objects

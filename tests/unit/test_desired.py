@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vnet.desired import HostIdentity, NVGRE_DEVICES, allocate_tables, desired_state, vrf_name
+from vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, allocate_tables, desired_state, vrf_name
 from vnet.kernel.diff import diff
 from vnet.kernel.objects import (
     EncapRoute,
@@ -115,3 +115,27 @@ def test_table_allocation_keeps_known_numbers():
     assert allocate_tables(["red", "blue", "green"], {"red": 1000, "old": 1001}) == \
         {"red": 1000, "blue": 1002, "green": 1003}
     assert vrf_name("blue") == "nvf-blue" and NVGRE_DEVICES[6] == "nvf-gre6"
+
+
+def test_partitions_are_the_global_part_and_one_per_routing_domain_and_add_up_to_the_whole():
+    d = build()
+    assert set(d.partitions) == {GLOBAL, "blue", "red"}
+    assert frozenset().union(*d.partitions.values()) == d.objects
+    assert NvgreDevice("nvf-gre4", 4, RMAC) in d.partitions[GLOBAL]
+    assert all(getattr(o, "table", 1000) == 1000 for o in d.partitions["blue"])
+    assert Port("tap-r1", "nvf-red", 1500) in d.partitions["red"]
+
+
+def test_building_one_domain_gives_the_same_partition_as_building_all():
+    whole, blue = build(), desired_state(catalog(VM_B1, VM_R1), local(VM_B1, "blue") + local(VM_R1, "red") + REMOTE,
+                                         (), {}, HOST, TABLES, domains={"blue"})
+    assert set(blue.partitions) == {GLOBAL, "blue"} and blue.partitions["blue"] == whole.partitions["blue"]
+    gone = desired_state(catalog(VM_B1, VM_R1), [], (), {}, HOST, TABLES, domains={"green"})
+    assert gone.partitions["green"] == frozenset()  # not in the catalog: its objects are to be removed
+
+
+def test_nvgre_device_mtu_leaves_room_for_the_encapsulation_of_its_underlay_family():
+    objs = build(host=HostIdentity(RMAC, (PA1, ip("2001:db8::11")), underlay_mtu=9000)).objects
+    mtus = {o.family: o.mtu for o in objs if isinstance(o, NvgreDevice)}
+    assert mtus == {4: 9000 - 42, 6: 9000 - 62}
+    assert NvgreDevice("nvf-gre4", 4, RMAC).mtu == 1458 and NvgreDevice("nvf-gre6", 6, RMAC).mtu == 1438

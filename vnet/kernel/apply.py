@@ -118,7 +118,8 @@ class _Encoder:
         if isinstance(obj, NvgreDevice):
             def create() -> tuple[int, bytes]:
                 body = m.link_body(
-                    name=obj.name, kind=obj.kind, info_data=m.collect_md_info(), address=obj.router_mac, up=True
+                    name=obj.name, kind=obj.kind, info_data=m.collect_md_info(), address=obj.router_mac,
+                    mtu=obj.mtu, up=True,
                 )
                 return self._msg(m.RTM_NEWLINK, CREATE_NEW, body)
 
@@ -132,7 +133,7 @@ class _Encoder:
             assert isinstance(op.old, NvgreDevice)
             if (op.old.family, op.old.external) != (obj.family, obj.external):
                 return [delete(), create()]  # the kind and collect_md cannot change in place
-            body = m.link_body(ifindex=self._ifindex(obj.name), address=obj.router_mac, up=True)
+            body = m.link_body(ifindex=self._ifindex(obj.name), address=obj.router_mac, mtu=obj.mtu, up=True)
             return [self._msg(m.RTM_NEWLINK, m.NLM_F_ACK, body)]
         if isinstance(obj, Port):
             if action is Action.DELETE:  # release the port from the routing domain; the device is not ours

@@ -22,6 +22,9 @@ RULE_PRIORITIES = range(900, 1000)  # before the l3mdev rule (1000) so tun_id st
 ROUTER_NEXTHOP = {4: "169.254.0.1", 6: "fe80::1"}  # the fixed on-link next hop of every encap route
 DEFAULT_METRIC = 1024  # IPv6 turns metric 0 into 1024; use it for both families so dumps read back equal
 UNREACHABLE_METRIC = 4278198272  # the VRF documentation's value: below every real default route
+# RFC 7637 over IPv4: outer IPv4 20 + GRE with key 8 + inner Ethernet 14 = 42; over IPv6: 40 + 8 + 14 = 62.
+OVERHEAD = {4: 42, 6: 62}
+UNDERLAY_MTU = 1500
 
 
 def _owned_name(name: str) -> None:
@@ -56,11 +59,17 @@ class NvgreDevice:
     # always True when desired; observe reports False for a device with our name that is not flow-based
     # (made by hand, say), so that diff plans a replace (delete + create) instead of trusting it
     external: bool = True
+    # The largest inner IP packet: underlay MTU - OVERHEAD[family]. The kernel's own default (1462 for
+    # gretap) leaves out the 4-byte key and the inner Ethernet header's share, so DF packets of 1459-1462
+    # bytes would leave fragmented instead of the VM getting "fragmentation needed" (seen in the VM).
+    mtu: int | None = None  # None: for a 1500-byte underlay
     order: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
         _owned_name(self.name)
         object.__setattr__(self, "router_mac", self.router_mac.lower())
+        if self.mtu is None:
+            object.__setattr__(self, "mtu", UNDERLAY_MTU - OVERHEAD[self.family])
 
     @property
     def key(self) -> tuple:

@@ -76,7 +76,8 @@ async def devices(sock: RtnlSocket) -> tuple[list[KernelObject], dict[int, str]]
             out.append(Vrf(link.name, link.vrf_table))
             our_vrfs[link.index] = link.name
         elif link.kind in ("gretap", "ip6gretap"):
-            out.append(NvgreDevice(link.name, 4 if link.kind == "gretap" else 6, link.address, link.collect_md))
+            out.append(NvgreDevice(link.name, 4 if link.kind == "gretap" else 6, link.address, link.collect_md,
+                                   link.mtu))
     out.extend(Port(link.name, our_vrfs[link.master], link.mtu) for link in all_links if link.master in our_vrfs)
     return out, names
 

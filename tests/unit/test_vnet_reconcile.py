@@ -1,0 +1,122 @@
+"""vnet.reconcile: partitioned planning (pure parts: the cache, the plan, hold), and the exact inverse of ops."""
+
+from __future__ import annotations
+
+import pytest
+
+from vnet.desired import GLOBAL
+from vnet.kernel.diff import Action, Op
+from vnet.kernel.objects import (
+    EncapRoute,
+    LocalPortRoute,
+    NvgreDevice,
+    Port,
+    ProxyNeighbour,
+    Sysctl,
+    UnreachableRoute,
+    Vrf,
+)
+from vnet.reconcile import PartitionError, Reconciler, inverse
+
+RMAC = "02:00:5e:10:00:01"
+DEV = NvgreDevice("nvf-gre4", 4, RMAC)
+BLUE = {Vrf("nvf-blue", 1000), UnreachableRoute(1000, 4), LocalPortRoute(1000, "10.0.0.10/32", "tap1"),
+        Port("tap1", "nvf-blue", 1500)}
+RED = {Vrf("nvf-red", 1001), UnreachableRoute(1001, 4), LocalPortRoute(1001, "10.0.0.10/32", "tap2")}
+OLD = EncapRoute(1000, "10.0.0.20/32", 5001, "198.51.100.12", "nvf-gre4")
+MOVED = EncapRoute(1000, "10.0.0.20/32", 5001, "198.51.100.13", "nvf-gre4")
+PROXY = ProxyNeighbour("tap1", "fd00:b::20")
+LOCAL = LocalPortRoute(1000, "10.0.0.10/32", "tap1")
+UNREACH = UnreachableRoute(1000, 4)
+
+
+def synced(**parts) -> Reconciler:
+    """A reconciler after a full pass that left the kernel exactly as `parts` want it."""
+    r = Reconciler(sock=None)  # type: ignore[arg-type] - planning never touches the socket
+    r.update(parts)
+    r.observed = {o.key: o for objs in parts.values() for o in objs}
+    return r
+
+
+def step(r: Reconciler, hold: bool = False, **parts):
+    previous = r.update(parts)
+    plan, held = r.plan(previous, hold, full=False)
+    # what apply would leave in the kernel
+    for op in plan.ops:
+        if op.action is Action.DELETE:
+            r.observed.pop(op.obj.key)
+        else:
+            r.observed[op.obj.key] = op.obj
+    return {(op.action, op.obj) for op in plan.ops}, held
+
+
+def test_a_change_in_one_domain_plans_nothing_in_another():
+    r = synced(**{GLOBAL: {DEV}, "blue": BLUE, "red": RED})
+    r.observed.pop(UnreachableRoute(1001, 4).key)  # red is wrong in the kernel, but red is not dirty
+    new = EncapRoute(1000, "10.0.0.30/32", 5001, "198.51.100.13", "nvf-gre4")
+    ops, _ = step(r, blue=BLUE | {new})
+    assert ops == {(Action.CREATE, new)}
+    ops, _ = step(r, blue=BLUE)
+    assert ops == {(Action.DELETE, new)}
+
+
+def test_a_removed_domain_deletes_what_it_had_and_nothing_else():
+    r = synced(**{GLOBAL: {DEV}, "blue": BLUE, "red": RED})
+    ops, _ = step(r, red=set())
+    assert ops == {(Action.DELETE, o) for o in RED}
+    assert "red" not in r.desired and set(r.observed.values()) == BLUE | {DEV}
+
+
+def test_a_stray_is_left_by_partial_passes_and_removed_by_the_full_resync():
+    r = synced(**{GLOBAL: {DEV}, "blue": BLUE})
+    stray = EncapRoute(1000, "10.9.9.9/32", 5001, "198.51.100.99", "nvf-gre4")  # e.g. made by hand
+    r.observed[stray.key] = stray
+    assert step(r, blue=BLUE)[0] == set()
+    plan, _ = r.plan({}, hold=False, full=True)
+    assert [(op.action, op.obj) for op in plan.ops] == [(Action.DELETE, stray)]
+
+
+def test_a_port_moving_between_domains_is_one_replace_not_a_delete():
+    r = synced(blue=BLUE, red=RED)
+    port_red = Port("tap1", "nvf-red", 1500)
+    ops, _ = step(r, blue=BLUE - {Port("tap1", "nvf-blue", 1500)}, red=RED | {port_red})
+    assert ops == {(Action.REPLACE, port_red)}
+
+
+def test_two_domains_wanting_one_key_differently_is_refused_and_changes_nothing():
+    r = synced(blue=BLUE, red=RED)
+    with pytest.raises(PartitionError):
+        r.update({"red": RED | {Port("tap1", "nvf-red", 1500)}})  # blue still has tap1
+    assert r.desired["red"] == {o.key: o for o in RED}
+
+
+def test_without_hold_learned_state_absent_from_desired_is_deleted():
+    r = synced(blue={OLD, PROXY, UNREACH})
+    ops, held = step(r, blue={UNREACH})
+    assert ops == {(Action.DELETE, OLD), (Action.DELETE, PROXY)} and held == 0
+
+
+def test_hold_keeps_learned_state_but_not_local_state_and_still_follows_a_move():
+    r = synced(blue={OLD, PROXY, LOCAL, UNREACH})
+    ops, held = step(r, hold=True, blue={UNREACH})
+    assert ops == {(Action.DELETE, LOCAL)} and held == 2
+    ops, held = step(r, hold=True, blue={UNREACH, MOVED})
+    assert ops == {(Action.REPLACE, MOVED)} and held == 1  # the proxy entry is still held
+    # End-of-RIB: the next pass without hold, of any partition, deletes what was held
+    ops, held = step(r, hold=False, red=RED)
+    assert (Action.DELETE, PROXY) in ops and held == 0
+
+
+def test_a_full_pass_under_hold_keeps_unwanted_learned_state_from_before_a_restart():
+    r = Reconciler(sock=None)  # type: ignore[arg-type]
+    r.update({"blue": {UNREACH}})
+    r.observed = {o.key: o for o in (OLD, LOCAL, UNREACH)}  # what the kernel had before the restart
+    plan, held = r.plan({}, hold=True, full=True)
+    assert [(op.action, op.obj) for op in plan.ops] == [(Action.DELETE, LOCAL)] and held == 1
+
+
+def test_inverse_undoes_each_kind_of_op():
+    assert inverse(Op(Action.CREATE, LOCAL)) == Op(Action.DELETE, LOCAL)
+    assert inverse(Op(Action.DELETE, OLD)) == Op(Action.CREATE, OLD)
+    assert inverse(Op(Action.REPLACE, MOVED, OLD)) == Op(Action.REPLACE, OLD, MOVED)
+    assert inverse(Op(Action.CREATE, Sysctl("net/ipv4/conf/tap1/proxy_arp", "1"))) is None

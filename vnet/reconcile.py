@@ -1,0 +1,233 @@
+"""Level-triggered and partitioned: desired kernel state (plain data, by partition) against the observed state,
+applied as a difference. Shared by the host agent and the gateway (docs/dataplane.md, "Reconciling").
+
+- The desired state comes in partitions (vnet.desired: `GLOBAL` plus one per routing domain). A call to
+  `reconcile` names only the partitions that changed (dirty) with their new objects; the others keep the
+  objects they had (cached here). Planning costs O(size of the dirty partitions), not O(host): a new
+  port in one routing domain never looks at another's 10,000 routes.
+- Deletes of a dirty partition: keys in its previous desired set that are not in its new one (and not
+  now desired by another partition: a port that moved between routing domains), plus objects held
+  earlier that nobody wants any more. Nothing else can be in the kernel under that partition: after a
+  full pass the kernel holds exactly the desired objects plus the held ones, and in between it changes
+  only by our own acknowledged ops.
+- Full pass: at the first call, after `invalidate()` (the periodic resync, a failed op) the kernel is
+  read in full (vnet.kernel.observe) and every cached partition is diffed against it; that is what
+  removes strays (objects with our tags that nobody wants, e.g. left by a crashed earlier run or made
+  by hand). What is there and still right is never touched.
+- Deletes of learned state (encap routes, proxy NDP entries) are HELD while `hold` is set: after a
+  (re)start until End-of-RIB from the reflectors (or a timeout), and while no reflector is reachable
+  (headless). A held object stays in the kernel exactly as it is; replacing it by a newer value (a move)
+  still happens, because that is not a removal. The first call without hold deletes every held object
+  that is still unwanted.
+- A failed op makes the next call a full pass (the cached view may be wrong), so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from vnet.kernel.apply import ApplyError, apply
+from vnet.kernel.diff import Action, Op, Plan
+from vnet.kernel.netns import RtnlSocket, read_sysctl
+from vnet.kernel.objects import EncapRoute, KernelObject, ProxyNeighbour, Sysctl
+from vnet.kernel.observe import observe
+
+LEARNED_KINDS = (EncapRoute, ProxyNeighbour)
+
+
+class PartitionError(ValueError):
+    """Two partitions want different values under one key: the desired state is inconsistent."""
+
+    def __init__(self, key: tuple, first: str, second: str) -> None:
+        super().__init__(f"partitions {first!r} and {second!r} both want {key}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Outcome:
+    at: float  # time.time()
+    counts: dict[str, int]
+    errors: tuple[str, ...]
+    held: int
+    seconds: float
+    full_observe: bool
+    applied: tuple[Op, ...] = ()  # what the kernel acknowledged, in order (for a revert)
+    partitions: tuple[str, ...] = ()  # the dirty partitions planned (all of them on a full pass)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def order(ops: Iterable[Op]) -> Plan:
+    """Creates and replaces by dependency order, then deletes in reverse; by key within a level (determinism)."""
+    ops = list(ops)
+    upserts = sorted((o for o in ops if o.action is not Action.DELETE), key=lambda o: (o.obj.order, o.obj.key))
+    deletes = sorted((o for o in ops if o.action is Action.DELETE), key=lambda o: (-o.obj.order, o.obj.key))
+    return Plan(tuple(upserts + deletes))
+
+
+@dataclass
+class Reconciler:
+    sock: RtnlSocket
+    observed: dict[tuple, KernelObject] | None = None  # None: read the kernel in full before the next plan
+    last: Outcome | None = None
+    totals: dict[str, int] = field(default_factory=lambda: {"create": 0, "replace": 0, "delete": 0, "errors": 0})
+    # partition -> its desired objects by key, as last given; owner: key -> the partition that wants it
+    desired: dict[str, dict[tuple, KernelObject]] = field(default_factory=dict)
+    owner: dict[tuple, str] = field(default_factory=dict)
+    held: dict[tuple, KernelObject] = field(default_factory=dict)  # in the kernel, unwanted, kept by hold
+
+    def invalidate(self) -> None:
+        self.observed = None
+
+    @property
+    def full_pending(self) -> bool:
+        return self.observed is None
+
+    async def observe(self, sysctls: Iterable[str]) -> dict[tuple, KernelObject]:
+        return {o.key: o for o in await observe(self.sock, sysctls)}
+
+    def wanted(self) -> frozenset[KernelObject]:
+        """Every partition's desired objects (what a full pass compares the kernel with)."""
+        return frozenset(o for part in self.desired.values() for o in part.values())
+
+    # ------------------------------------------------------------------ pure planning
+
+    def update(self, parts: Mapping[str, Iterable[KernelObject]]) -> dict[str, dict[tuple, KernelObject]]:
+        """Take the dirty partitions' new objects; return their previous objects (for the deletes)."""
+        new = {name: _by_key(objs, name) for name, objs in parts.items()}
+        # check everything before changing anything: a refused update leaves the cache as it was
+        claimed: dict[tuple, str] = {}
+        for name, objs in new.items():
+            for key, obj in objs.items():
+                other = claimed.get(key) or self.owner.get(key)
+                if other is not None and other != name:
+                    value = new[other].get(key) if other in new else self.desired[other].get(key)
+                    if value is not None and value != obj:
+                        raise PartitionError(key, other, name)
+                claimed[key] = name
+        previous = {name: self.desired.get(name, {}) for name in new}
+        for name in new:
+            for key in previous[name]:
+                if self.owner.get(key) == name:
+                    del self.owner[key]
+        for name, objs in new.items():
+            for key in objs:
+                self.owner[key] = name
+            if objs:
+                self.desired[name] = objs
+            else:
+                self.desired.pop(name, None)
+        return previous
+
+    def plan(self, dirty: Mapping[str, dict[tuple, KernelObject]], hold: bool, full: bool) -> tuple[Plan, int]:
+        """Ops for the dirty partitions (`dirty`: their PREVIOUS objects), or for all of them on a full
+        pass. Pure: reads only the cached desired and observed state."""
+        assert self.observed is not None
+        ops: list[Op] = []
+        if full:
+            names = list(self.desired)
+            candidates: Iterable[tuple] = [k for k in self.observed if k not in self.owner]
+        else:
+            names = [n for n in dirty if n in self.desired]
+            candidates = {k for prev in dirty.values() for k in prev if k not in self.owner}
+            if not hold:
+                candidates |= {k for k in self.held if k not in self.owner}
+        for name in names:
+            for key, obj in self.desired[name].items():
+                old = self.observed.get(key)
+                if old is None:
+                    ops.append(Op(Action.CREATE, obj))
+                elif old != obj:
+                    ops.append(Op(Action.REPLACE, obj, old))
+        if full:
+            self.held = {}
+        for key in candidates:
+            obj = self.observed.get(key)
+            # a sysctl has no "absent" state to go back to: we only ever set the ones we want
+            if obj is None or isinstance(obj, Sysctl):
+                continue
+            if hold and isinstance(obj, LEARNED_KINDS):
+                self.held[key] = obj
+                continue
+            self.held.pop(key, None)
+            ops.append(Op(Action.DELETE, obj))
+        for key in [k for k in self.held if k in self.owner or k not in self.observed]:
+            del self.held[key]  # wanted again, or gone
+        held = len(self.held)
+        return order(ops), held
+
+    # ------------------------------------------------------------------ doing
+
+    async def reconcile(self, parts: Mapping[str, Iterable[KernelObject]], hold: bool = False) -> Outcome:
+        """Apply the dirty partitions' new desired objects (partition -> objects; an empty collection
+        removes the partition). Partitions not named keep their previous objects and are not planned,
+        except on a full pass, which plans them all."""
+        started = time.monotonic()
+        full = self.observed is None
+        previous = self.update(parts)
+        if full:
+            self.observed = await self.observe(sorted(k[1] for k in self.owner if k[0] == "sysctl"))
+        else:
+            # a sysctl we did not read yet (a new port): read it before planning
+            for name in previous:
+                for key in self.desired.get(name, {}):
+                    if key[0] == "sysctl" and key not in self.observed:
+                        value = read_sysctl(self.sock.netns, key[1])
+                        if value is not None:
+                            self.observed[key] = Sysctl(key[1], value)
+        plan, held = self.plan(previous, hold, full)
+        errors: list[ApplyError] = []
+        applied: tuple[Op, ...] = ()
+        if plan:
+            report = await apply(self.sock, plan)
+            errors = report.errors
+            applied = tuple(report.applied)
+            failed = {id(e.op) for e in errors}
+            assert self.observed is not None
+            for op in plan.ops:
+                if id(op) in failed:
+                    continue
+                if op.action is Action.DELETE:
+                    self.observed.pop(op.obj.key, None)
+                else:
+                    self.observed[op.obj.key] = op.obj
+            if errors:
+                self.observed = None  # read the kernel again next time
+        counts = plan.counts()
+        for k, v in counts.items():
+            self.totals[k] += v
+        self.totals["errors"] += len(errors)
+        self.last = Outcome(time.time(), counts, tuple(str(e) for e in errors), held, time.monotonic() - started, full,
+                            applied, tuple(sorted(self.desired if full else previous)))
+        return self.last
+
+    async def revert(self, applied: tuple[Op, ...]) -> list[ApplyError]:
+        """Undo acknowledged ops exactly (not by observing: an object the kernel half-accepted, such as a
+        route on a device that never joined our VRF, may be invisible to observe), then re-read the kernel
+        at the next call. The caller then reconciles the previous desired partitions again."""
+        undo = [inv for op in applied if (inv := inverse(op)) is not None]
+        report = await apply(self.sock, order(undo))
+        self.observed = None
+        return report.errors
+
+
+def inverse(op: Op) -> Op | None:
+    if op.action is Action.CREATE:
+        # a sysctl we set for the first time has no earlier value we know of: leave it
+        return None if isinstance(op.obj, Sysctl) else Op(Action.DELETE, op.obj)
+    if op.action is Action.REPLACE:
+        return Op(Action.REPLACE, op.old, op.obj) if op.old is not None else None
+    return Op(Action.CREATE, op.obj)
+
+
+def _by_key(objects: Iterable[KernelObject], where: str) -> dict[tuple, KernelObject]:
+    out: dict[tuple, KernelObject] = {}
+    for obj in objects:
+        if obj.key in out and out[obj.key] != obj:
+            raise PartitionError(obj.key, where, where)
+        out[obj.key] = obj
+    return out
