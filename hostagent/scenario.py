@@ -94,35 +94,6 @@ def rr_config(me: str, hold_time: int = 9) -> dict[str, object]:
     }
 
 
-def gobgp_toml(me: str) -> str:
-    """GoBGP as the reflector instead (gateway/scene.py still starts it; interop is tested in tests/integration)."""
-    out = [f'[global.config]\n  as = {ASN}\n  router-id = "{me}"\n  port = 179\n  local-address-list = ["{me}"]\n']
-    for client in HV.values():
-        out.append(f"""
-[[neighbors]]
-  [neighbors.config]
-    neighbor-address = "{client}"
-    peer-as = {ASN}
-  [neighbors.transport.config]
-    passive-mode = true
-  [neighbors.route-reflector.config]
-    route-reflector-client = true
-    route-reflector-cluster-id = "{me}"
-  [neighbors.timers.config]
-    hold-time = 9
-    keepalive-interval = 3
-  [neighbors.graceful-restart.config]
-    enabled = true
-    restart-time = 120
-  [[neighbors.afi-safis]]
-    [neighbors.afi-safis.config]
-      afi-safi-name = "l2vpn-evpn"
-    [neighbors.afi-safis.mp-graceful-restart.config]
-      enabled = true
-""")
-    return "".join(out)
-
-
 def agent_config(topology: Topology, host: str, state_root: Path, **extra: object) -> AgentConfig:
     return AgentConfig.from_dict({
         "asn": ASN, "router_id": HV[host], "provider_addresses": [HV[host], HV6[host]],
@@ -202,9 +173,10 @@ class Fabric:
         if thread is not None:
             thread.stop()
 
-    def up(self) -> None:
+    def up(self, hold_time: int | None = None) -> None:
+        """Reflectors (`hold_time` as in start_reflector), VMs, agents with both tenants and their ports."""
         for node in RR:
-            self.start_reflector(node)
+            self.start_reflector(node, hold_time)
         for vm in VMS:
             self.plug(vm)
         for host in HV:

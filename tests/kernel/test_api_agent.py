@@ -1,8 +1,8 @@
-"""The REST API and `nvfabric ctl` over real agents (VM phase): the default topology, GoBGP reflectors on rr1
-and rr2, started agents on hv1 and hv2 (each in a thread inside its namespace, hostagent/thread.py) with
-their API on 127.0.0.1 of that namespace. Everything is done through `nvfabric ctl` or HTTP, and checked
-against the kernel: a PUT returns once the kernel has the port's routes, a trace names the PA and device
-that `ip route get` in the VRF finds, and pings follow.
+"""The REST API and `nvfabric ctl` over real agents (VM phase): the default topology, our reflectors
+(`nvfabric rr`) on rr1 and rr2, started agents on hv1 and hv2 (each in a thread inside its namespace,
+hostagent/thread.py) with their API on 127.0.0.1 of that namespace. Everything is done through `nvfabric ctl`
+or HTTP, and checked against the kernel: a PUT returns once the kernel has the port's routes, a trace names
+the PA and device that `ip route get` in the VRF finds, and pings follow.
 """
 
 from __future__ import annotations
