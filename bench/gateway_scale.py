@@ -9,12 +9,19 @@ Python part (building the documents and desired state) against the kernel part (
 
     .venv/bin/nvfabric lab kernel -- .venv/bin/python bench/gateway_scale.py 10 100 1000      # in the VM (VRF)
     .venv/bin/python bench/gateway_scale.py --nat-only 10 100 1000                            # here: NAT only
+
+`--phases` also prints where the one-tenant change spends its time (vnet reconcile, ip/tc batches, the nft
+transaction, the rest) and `--profile` the change's cProfile (cumulative, top 25): Python against the
+time spent waiting for processes and netlink.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import functools
+import pstats
 import ipaddress
 import resource
 import subprocess
@@ -59,7 +66,28 @@ def rss_kib() -> int:
     return 0
 
 
-async def one(n: int, ns: str, nat_only: bool) -> dict:
+class Phases:
+    """Wall time per awaited step of a change (the methods of the gateway's dataplane and NAT loader)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.on = False
+
+    def wrap(self, obj: object, attr: str, name: str) -> None:
+        inner = getattr(obj, attr)
+
+        @functools.wraps(inner)
+        async def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return await inner(*args, **kwargs)
+            finally:
+                if self.on:
+                    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        setattr(obj, attr, timed)
+
+
+async def one(n: int, ns: str, nat_only: bool, phases: bool = False, profile: bool = False) -> dict:
     bodies = [tenant_body(i) for i in range(n)]
     config = GatewayConfig.from_dict({
         "asn": 65000, "router_id": "198.51.100.21", "external": {"interfaces": ["ext"], "next_hop4": "203.0.113.1"},
@@ -85,9 +113,30 @@ async def one(n: int, ns: str, nat_only: bool) -> dict:
     bring_up = time.perf_counter() - t0
     rss1, slab1 = rss_kib(), slab_kib()
     changed = Tenant.from_dict(tenant_body(n // 2, fip_shift=1_000_000))
+    timer = Phases()
+    if phases:
+        timer.wrap(gw, "_load", "nft transaction")
+        if gw._dp is not None:
+            for attr in vars(type(gw._dp)):
+                if attr in ("_reconcile", "plumb"):
+                    timer.wrap(gw._dp, attr, f"dataplane.{attr}")
+    prof = cProfile.Profile() if profile else None
+    timer.on = True
     t0 = time.perf_counter()
+    if prof is not None:
+        prof.enable()
     await gw.put_tenant(changed)
+    if prof is not None:
+        prof.disable()
     change = time.perf_counter() - t0
+    timer.on = False
+    if phases:
+        rest = change - sum(timer.seconds.values())
+        print(f"  {n} tenants, one-tenant change {change:.3f} s: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(timer.seconds.items())) + f", the rest {rest:.3f}", flush=True)
+    if prof is not None:
+        print(f"  cProfile of the one-tenant change at {n} tenants:", flush=True)
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
     t0 = time.perf_counter()
     await gw.put_tenant(Tenant.from_dict(tenant_body(n)))
     add = time.perf_counter() - t0
@@ -109,6 +158,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("sizes", nargs="+", type=int)
     p.add_argument("--nat-only", action="store_true", help="no VRF/NVGRE (this machine's kernel)")
+    p.add_argument("--phases", action="store_true", help="print where the one-tenant change spends its time")
+    p.add_argument("--profile", action="store_true", help="print the one-tenant change's cProfile")
     args = p.parse_args()
     ns = f"gwbench{time.time_ns() % 100000}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -124,7 +175,7 @@ def main() -> int:
               "kernel slab growth (MiB) |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for n in args.sizes:
-            r = asyncio.run(one(n, ns, args.nat_only))
+            r = asyncio.run(one(n, ns, args.nat_only, args.phases, args.profile))
             print(f"| {r['tenants']} | {r['bring_up_s']:.2f} | {r['python_s']:.2f} | {r['kernel_s']:.2f} | "
                   f"{r['change_s']:.3f} | {r['add_s']:.3f} | {r['rules']} | {r['ruleset_bytes'] / 1024:.0f} | "
                   f"{r['vnet_objects']} | {r['rss_mib']:.1f} | {r['slab_mib']:.1f} |", flush=True)

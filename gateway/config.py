@@ -15,6 +15,7 @@ tenants:
     subnets: [{vsid: 5001, prefixes: [10.0.0.0/24]}]
     snat: [{address: 203.0.113.11, ports: 1024-65535}]
     floating_ips: [{public: 203.0.113.31, private: 10.0.0.5}]
+hold_time: 90       # BGP hold time proposed to reflectors and upstream (failover detection bound)
 netns: gw1          # optional: lab and tests only
 ```
 The tenants' own fields are gateway/tenants.py's; a tenant error carries its path (`tenants[1].snat[0].address`).
@@ -71,6 +72,10 @@ class GatewayConfig:
     # neither the tenants' default routes nor the public addresses, while another gateway's default route
     # is in the fabric; it announces as soon as there is none (docs/gateway.md "Failover").
     standby: bool = False
+    # BGP hold time proposed on every session (reflectors and upstream); the session uses the lower of the
+    # two sides' values (RFC 4271 4.2), keepalives every third of it. What bounds failover detection: a dead
+    # gateway's sessions expire at most this long after its last keepalive (docs/gateway.md "Failover").
+    hold_time: int = 90
 
     @classmethod
     def from_dict(cls, data: Any) -> GatewayConfig:
@@ -153,12 +158,16 @@ def parse(data: Any) -> GatewayConfig:
         raise ConfigError(exc.field, f"{exc.problem} (got {exc.value!r})") from None
     netns = top.get("netns", str, None)
     standby = top.get("standby", bool, False)
+    hold_time = top.integer("hold_time", 0, 0xFFFF, 90)
+    if hold_time in (1, 2):
+        raise ConfigError("hold_time", "must be 0 or at least 3 seconds (RFC 4271 4.2)")
     if standby and not reflectors:
         raise ConfigError("standby", "a standby gateway needs route_reflectors (it watches the active one there)")
     top.done()
     return GatewayConfig(asn=asn, router_id=router_id, external=external, provider_addresses=tuple(pas),
                          router_mac=router_mac, route_reflectors=tuple(reflectors), upstream=tuple(upstream),
-                         api=api, tenants=tuple(tenants), netns=netns, standby=standby)
+                         api=api, tenants=tuple(tenants), netns=netns, standby=standby,
+                         hold_time=hold_time)
 
 
 def load(path: str | Path) -> GatewayConfig:

@@ -1,11 +1,12 @@
-"""The gateway's NVGRE side: the same dataplane as a host (vnet.desired + the host agent's reconciler), plus
+"""The gateway's NVGRE side: the same dataplane as a host (vnet.desired + vnet.reconcile), plus
 what only a gateway needs.
 
 Through vnet (pure desired state, observed and diffed, nothing flushed): per tenant a VRF whose table is the
 tenant id, `tun_id` rules from the NVGRE devices into it, `unreachable default`, and one encap route per
-tenant CA (records: learned from the reflectors like a host does, once the BGP side is built).
+tenant CA (records: learned from the reflectors like a host does, gateway/evpn.py). One partition per
+tenant: a one-tenant change computes and plans only that tenant's objects.
 
-Not yet vnet object kinds (requested in .coordination-agent.md), so applied here as one `ip -batch` and one
+Not vnet object kinds (yet), so applied here as one `ip -batch` and one
 `tc -batch` per change, not per packet or route:
 - `ip rule fwmark <id> iif <external> lookup <id>` (IPv4 and IPv6), before the l3mdev rule (1000) and the
   tun_id rules (900): replies and floating-IP traffic, marked by nat.py from the conntrack mark, are routed
@@ -20,16 +21,20 @@ Not yet vnet object kinds (requested in .coordination-agent.md), so applied here
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.config import External
 from gateway.tenants import Tenant
-from hostagent.reconciler import Outcome, Reconciler
 from vnet.catalog import Catalog
 from vnet.desired import NVGRE_DEVICES, HostIdentity, desired_state
 from vnet.kernel.netns import RtnlSocket
-from vnet.model import LookupRecord, RemotePrefix
+from vnet.kernel.objects import KernelObject
+from vnet.model import LookupRecord
+from vnet.reconcile import Outcome, Reconciler
+
+log = logging.getLogger(__name__)
 
 FWMARK_PRIORITY = 899  # before the tun_id rules (900) and the l3mdev rule (1000)
 LEAK_METRIC = 1
@@ -84,7 +89,24 @@ def removal_plumbing(tenant: Tenant, tid: int, external: External, devices: Iter
     return Plumbing(ip, tc)  # the VRF, its table and routes go with vnet's desired state
 
 
+def _vsid_gone_plumbing(new: Tenant | None, old: Tenant | None, tid: int, external: External,
+                        devices: Iterable[str]) -> Plumbing:
+    """What goes when `old` becomes `new`: all of old's plumbing for a deleted tenant, else the tc filters of
+    the VSIDs it no longer has (the fwmark rules and the leaked default are replaced in place)."""
+    if old is None:
+        return Plumbing((), ())
+    if new is None:
+        return removal_plumbing(old, tid, external, devices)
+    gone = tuple(v for v in old.vsids if v not in new.vsids)
+    return Plumbing((), tuple(f"filter del dev {dev} ingress pref {TC_PREF} handle {vsid} protocol all flower"
+                              for dev in devices for vsid in gone))
+
+
 class Dataplane:
+    """The gateway's VRF side on vnet's partitioned dataplane: one partition per tenant (its VRF, unreachable
+    defaults, tun_id rules, its CAs' encap routes) plus vnet's GLOBAL one (NVGRE devices, their neighbours,
+    sysctls). A one-tenant change computes and plans only that tenant's partition (vnet.reconcile)."""
+
     def __init__(self, netns: str | None, identity: HostIdentity, external: External) -> None:
         self.netns = netns
         self.identity = identity
@@ -105,15 +127,72 @@ class Dataplane:
         if self._sock is not None:
             self._sock.close()
 
-    async def reconcile(self, tenants: Mapping[str, Tenant], ids: Mapping[str, int],
-                        records: Iterable[LookupRecord] = (), prefixes: Iterable[RemotePrefix] = ()) -> Outcome:
+    def parts(self, tenants: Mapping[str, Tenant], ids: Mapping[str, int],
+              records: Mapping[str, Iterable[LookupRecord]], only: Iterable[str] | None = None,
+              ) -> Mapping[str, frozenset[KernelObject]]:
+        """Pure: vnet's partitions for these tenants (`only`: just those, an absent one empty; None: every
+        tenant and GLOBAL)."""
+        names = list(tenants) if only is None else list(only)
+        present = {n: tenants[n] for n in names if n in tenants}
+        catalog = Catalog.build({n: t.routing_domain for n, t in present.items()}, {})
+        desired = desired_state(catalog, (r for n in present for r in records.get(n, ())), (), {}, self.identity,
+                                {n: ids[n] for n in present}, domains=None if only is None else names)
+        if only is None:
+            return desired.partitions
+        return {n: desired.partitions[n] for n in names}
+
+    async def _reconcile(self, parts: Mapping[str, Iterable[KernelObject]]) -> Outcome:
+        """Apply these partitions; a refusal is undone (acknowledged ops reverted, the partitions' previous
+        objects reconciled again) and raised as PlumbingError."""
         assert self._reconciler is not None, "start() first"
-        catalog = Catalog.build({n: t.routing_domain for n, t in tenants.items()}, {})
-        desired = desired_state(catalog, records, prefixes, {}, self.identity, ids)
-        outcome = await self._reconciler.reconcile(desired.objects, hold=False)
+        previous = {n: tuple(self._reconciler.desired.get(n, {}).values()) for n in parts}
+        outcome = await self._reconciler.reconcile(parts, hold=False)
         if not outcome.ok:
+            errors = await self._reconciler.revert(outcome.applied)
+            back = await self._reconciler.reconcile(previous, hold=False)
+            if errors or not back.ok:
+                log.error("putting back %s failed: %s", ", ".join(parts), [*map(str, errors), *back.errors][:3])
             raise PlumbingError("vnet reconcile", "; ".join(outcome.errors[:3]))
         return outcome
+
+    async def reconcile(self, tenants: Mapping[str, Tenant], ids: Mapping[str, int],
+                        records: Mapping[str, Iterable[LookupRecord]]) -> Outcome:
+        """Every tenant (start): a full pass, which also removes what no tenant wants any more."""
+        return await self._reconcile(self.parts(tenants, ids, records))
+
+    async def records_changed(self, names: Iterable[str], tenants: Mapping[str, Tenant], ids: Mapping[str, int],
+                              records: Mapping[str, Iterable[LookupRecord]]) -> Outcome:
+        """The learned CAs of these tenants changed: only their partitions."""
+        return await self._reconcile(self.parts(tenants, ids, records, only=names))
+
+    async def put_tenant(self, name: str, new: Tenant | None, old: Tenant | None, ids: Mapping[str, int],
+                         records: Mapping[str, Iterable[LookupRecord]]) -> None:
+        """One tenant from `old` to `new` (None: absent): its partition of vnet's state, its tc filters,
+        fwmark rules and leaked default. A refusal puts back what was there and raises PlumbingError. `ids`
+        holds this tenant's id."""
+        tid = ids[name]
+        part = self.parts({} if new is None else {name: new}, ids, records, only=[name])
+        gone = _vsid_gone_plumbing(new, old, tid, self.external, self.devices)
+        if new is None:
+            await self.plumb(gone)
+            try:
+                await self._reconcile(part)
+            except PlumbingError:
+                if old is not None:  # the VRF side is back (_reconcile): so is the plumbing
+                    await self.plumb(tenant_plumbing(old, tid, self.external, self.devices))
+                raise
+            return
+        await self._reconcile(part)
+        try:
+            await self.plumb(Plumbing.join([gone, tenant_plumbing(new, tid, self.external, self.devices)]))
+        except PlumbingError:
+            try:  # the VRF side back as it was
+                await self._reconcile(self.parts({} if old is None else {name: old}, ids, records, only=[name]))
+                if old is not None:
+                    await self.plumb(tenant_plumbing(old, tid, self.external, self.devices))
+            except PlumbingError as exc:  # logged; the next change or the restart's full pass retries
+                log.error("tenant %s: putting back the VRF side failed: %s", name, exc)
+            raise
 
     async def plumb(self, plumbing: Plumbing) -> None:
         for family in (4, 6):

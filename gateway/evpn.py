@@ -83,8 +83,9 @@ class Fabric:
             # No graceful restart towards the reflectors: a gateway that goes away must be replaced by the standby
             # at once, not kept as a stale next hop for the restart time (seen in the VM: GoBGP kept the dead
             # gateway's default routes for its 120 s restart time, so the standby never took over)
-            graceful_restart=GracefulRestartConfig(enabled=False)))
+            hold_time=config.hold_time, graceful_restart=GracefulRestartConfig(enabled=False)))
         self.announced: dict[PrefixKey, PrefixRoute] = {}
+        self._by_tenant: dict[str, dict[PrefixKey, PrefixRoute]] = {}
         self._tenants: Mapping[str, Tenant] = {}
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -112,16 +113,30 @@ class Fabric:
         await self.client.stop()
 
     async def sync(self, tenants: Mapping[str, Tenant]) -> None:
-        """Announce/withdraw the default routes for this set of tenants, and relearn their CAs."""
+        """Announce/withdraw the default routes for this whole set of tenants (start, standby decisions)."""
+        await self.update({**{n: None for n in self._by_tenant if n not in tenants}, **tenants}, tenants)
+
+    async def update(self, changes: Mapping[str, Tenant | None], tenants: Mapping[str, Tenant]) -> None:
+        """Only the changed tenants' default routes (None: withdrawn): the work follows the change. `tenants`
+        is the whole new set, kept for relearning the CAs. Each tenant's routes carry its own VSID, hence
+        its own route distinguisher and key: tenants never share one (tenants.Claims)."""
         self._tenants = tenants
-        want = default_routes(tenants.values(), self.config) if self.serving else {}
-        gone = [k for k in self.announced if k not in want]
-        new = [r for k, r in want.items() if self.announced.get(k) != r]
+        gone: list[PrefixKey] = []
+        new: list[PrefixRoute] = []
+        for name, tenant in changes.items():
+            had = self._by_tenant.pop(name, {})
+            want = default_routes([tenant], self.config) if tenant is not None and self.serving else {}
+            gone += [k for k in had if k not in want]
+            new += [r for k, r in want.items() if had.get(k) != r]
+            if want:
+                self._by_tenant[name] = want
         if gone:
             await self.client.withdraw(gone)
         if new:
             await self.client.announce(new)
-        self.announced = want
+        for k in gone:
+            self.announced.pop(k, None)
+        self.announced.update((r.key, r) for r in new)
         self._dirty.set()
 
     def records(self) -> tuple[LookupRecord, ...]:

@@ -1,23 +1,21 @@
-"""The multi-tenant gateway: tenants (gateway/tenants.py) -> per-tenant NAT tables (gateway/nat.py) in nftables.
+"""The multi-tenant gateway (docs/gateway.md): tenants (gateway/tenants.py) served through NAT (gateway/nat.py),
+per-tenant VRFs behind NVGRE (gateway/dataplane.py, vnet's dataplane), EVPN towards the reflectors
+(gateway/evpn.py: the tenants' CAs learned, type-5 default routes announced, the standby's decision), and
+eBGP upstream for the public addresses (gateway/upstream.py).
 
-One asyncio owner: every change runs under one lock and follows the same steps: validate the new set of
-tenants as values (tenants.check_tenants) -> allocate its id -> ONE nftables transaction that replaces only
-the changed tenant's table -> swap. A refused change (invalid value, conflict, nft refusal) raises before
-the swap, and nft transactions are atomic: nothing is half-applied.
-
-Not built yet (docs/gateway.md "Status"): the VRF/NVGRE dataplane through vnet (per-tenant VRF, tun_id
-rules, tc marks per VSID, fwmark rules, the leaked default route), the EVPN type-5 default routes into the
-tenants, the eBGP upstream session, and two-gateway failover. This module is the NAT core they build on;
-tenants attached by interface (`Tenant.interfaces`) are fully served by it.
+One asyncio owner: every change runs under one lock and follows the same steps: validate the tenant as a
+value and against what the others hold (tenants.Claims) -> allocate its id -> the VRF side (vnet) and the
+tenant's plumbing -> ONE nftables transaction with only the changed tenant's chains and map elements ->
+swap -> announce (upstream, fabric) only that tenant's routes. A refused change (invalid value, conflict,
+kernel or nft refusal) raises before the swap, the VRF side is reverted and nft transactions are atomic:
+nothing is half-applied. Each step's work follows the changed tenant, not the number of tenants.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -27,16 +25,17 @@ from typing import Any
 
 from gateway import nat
 from gateway.config import GatewayConfig
-from gateway.tenants import Tenant, check_tenants
-from gateway.upstream import Upstream
-from vnet.catalog import NotFound
+from gateway.dataplane import Dataplane, Plumbing, PlumbingError, tenant_plumbing
 from gateway.evpn import Fabric
-from gateway.dataplane import Dataplane, Plumbing, PlumbingError, removal_plumbing, tenant_plumbing
-from vnet.desired import HostIdentity, allocate_tables
-from vnet.model import LookupRecord
+from gateway.tenants import Claims, Tenant
+from gateway.upstream import Upstream
+
 # the host agent's error types: the REST layer (hostagent/api.py's middleware) maps them to 503 and 500
 from hostagent.agent import AgentNotStarted, KernelError
-from hostagent.thread import CLONE_NEWNET
+from vnet.catalog import NotFound
+from vnet.desired import HostIdentity, allocate_tables
+from vnet.kernel.netns import inside
+from vnet.model import LookupRecord
 from vnet.nftables import Nft, NftError
 
 log = logging.getLogger(__name__)
@@ -74,12 +73,13 @@ class Gateway:
         self.config = config
         self._tenants: Mapping[str, Tenant] = MappingProxyType({t.name: t for t in config.tenants})
         self._ids: Mapping[str, int] = MappingProxyType(allocate_tables(self._tenants, {}))
+        self._claims = Claims.of(self._tenants)  # config.parse checked them
         self._nft = Nft(config.netns)
         # NVGRE-attached tenants need the vnet dataplane; a gateway without provider addresses serves only
         # tenants attached by interface (and the host tests, which have no VRF or GRE)
         self._dp = None if not config.provider_addresses else Dataplane(
             config.netns, HostIdentity(config.router_mac, config.provider_addresses), config.external)
-        self._records: tuple[LookupRecord, ...] = ()
+        self._records: dict[str, tuple[LookupRecord, ...]] = {}  # tenant -> its learned CAs
         self._upstream = Upstream(config) if config.upstream else None
         # the reflectors: learn tenant CAs, announce the tenants' default routes (needs the NVGRE side)
         self._fabric = Fabric(config, self.set_records, self._serving_changed) \
@@ -107,7 +107,7 @@ class Gateway:
     @property
     def records(self) -> tuple[LookupRecord, ...]:
         """The tenant CAs (and their hosts' PAs) the return routes are installed for."""
-        return self._records
+        return tuple(r for name in sorted(self._records) for r in self._records[name])
 
     def nat_view(self) -> list[nat.TenantNat]:
         return [nat.TenantNat(t, self._ids[n]) for n, t in sorted(self._tenants.items())]
@@ -159,12 +159,18 @@ class Gateway:
                 await self._upstream.sync(self._public())
 
     async def set_records(self, records: tuple[LookupRecord, ...]) -> None:
-        """The tenant CAs and the PAs of their hosts (from the reflectors, like a host learns them):
-        the return routes of every tenant."""
+        """The tenant CAs and the PAs of their hosts (from the reflectors, like a host learns them): the
+        return routes of every tenant. Only the tenants whose CAs changed are reconciled."""
+        by_tenant: dict[str, list[LookupRecord]] = {}
+        for r in records:
+            by_tenant.setdefault(r.routing_domain, []).append(r)
+        new = {name: tuple(rs) for name, rs in by_tenant.items()}
         async with self._lock:
-            self._records = records
-            if self._dp is not None and self._started:
-                await self._dp.reconcile(self._tenants, self._ids, self._records)
+            changed = {n for n in new.keys() | self._records.keys() if new.get(n) != self._records.get(n)}
+            self._records = new
+            if self._dp is not None and self._started and changed:
+                await self._dp.records_changed(changed & self._tenants.keys(), self._tenants, self._ids,
+                                               self._records)
 
     async def _load(self, what: str, doc: dict) -> None:
         began = time.monotonic()
@@ -178,52 +184,61 @@ class Gateway:
     # ------------------------------------------------------------------ changes
 
     async def put_tenant(self, tenant: Tenant) -> bool:
-        """Create or replace one tenant. True when it was created."""
+        """Create or replace one tenant. True when it was created. The work follows this tenant: the
+        others are neither rechecked, recomputed nor rewritten."""
         async with self._lock:
-            proposed = {**self._tenants, tenant.name: tenant}
-            check_tenants(proposed)  # raises ConflictError naming the field, before anything is applied
+            self._claims.check(tenant)  # raises ConflictError naming the field, before anything is applied
             if not self._started:
                 raise AgentNotStarted("the gateway is not running")
-            ids = allocate_tables(proposed, self._ids)
-            created = tenant.name not in self._tenants
-            if not created and self._tenants[tenant.name] == tenant:
+            name = tenant.name
+            before = self._tenants.get(name)
+            if before == tenant:
                 return False
+            tid = self._ids[name] if before is not None else allocate_tables([name], self._ids)[name]
+            proposed = {**self._tenants, name: tenant}
+            ids = {**self._ids, name: tid}
             if self._dp is not None:
                 try:
-                    await self._dp.reconcile(proposed, ids, self._records)
-                    await self._dp.plumb(tenant_plumbing(tenant, ids[tenant.name], self.config.external,
-                                                         self._dp.devices))
-                except PlumbingError as exc:
-                    await self._dp.reconcile(self._tenants, self._ids, self._records)  # revert the VRF side
-                    raise KernelError(f"put tenant {tenant.name}", (str(exc),)) from None
-            old = None if created else nat.TenantNat(self._tenants[tenant.name], self._ids[tenant.name])
-            await self._load(f"put tenant {tenant.name}", nat.transaction(
-                {tenant.name: (nat.TenantNat(tenant, ids[tenant.name]), old)}))
+                    await self._dp.put_tenant(name, tenant, before, ids, self._records)
+                except PlumbingError as exc:  # the dataplane reverted its side
+                    raise KernelError(f"put tenant {name}", (str(exc),)) from None
+            old = None if before is None else nat.TenantNat(before, tid)
+            try:
+                await self._load(f"put tenant {name}", nat.transaction({name: (nat.TenantNat(tenant, tid), old)}))
+            except KernelError:
+                if self._dp is not None:  # nft refused: the VRF side goes back to what it was
+                    await self._dp.put_tenant(name, before, tenant, ids, self._records)
+                raise
             self._tenants, self._ids = MappingProxyType(proposed), MappingProxyType(ids)
+            self._claims.put(tenant)
             if self._upstream is not None:
-                await self._upstream.sync(self._public())  # after NAT is in place, not before
+                await self._upstream.update({name: tenant if self.serving else None})  # after NAT is in place
             if self._fabric is not None:
-                await self._fabric.sync(self._tenants)
-            return created
+                await self._fabric.update({name: tenant}, self._tenants)
+            return before is None
 
     async def delete_tenant(self, name: str) -> None:
         async with self._lock:
-            self.tenant(name)
+            tenant = self.tenant(name)
             if not self._started:
                 raise AgentNotStarted("the gateway is not running")
-            old = nat.TenantNat(self._tenants[name], self._ids[name])
-            await self._load(f"delete tenant {name}", nat.transaction({name: (None, old)}))
+            tid = self._ids[name]
+            await self._load(f"delete tenant {name}", nat.transaction({name: (None, nat.TenantNat(tenant, tid))}))
+            remaining = {n: t for n, t in self._tenants.items() if n != name}
+            ids = {n: i for n, i in self._ids.items() if n != name}
             if self._dp is not None:
-                remaining = {n: t for n, t in self._tenants.items() if n != name}
-                await self._dp.plumb(removal_plumbing(self._tenants[name], self._ids[name], self.config.external,
-                                                      self._dp.devices))
-                await self._dp.reconcile(remaining, {n: self._ids[n] for n in remaining}, self._records)
-            self._tenants = MappingProxyType({n: t for n, t in self._tenants.items() if n != name})
-            self._ids = MappingProxyType({n: i for n, i in self._ids.items() if n != name})
+                try:
+                    await self._dp.put_tenant(name, None, tenant, self._ids, self._records)
+                except PlumbingError as exc:  # the dataplane put its side back: so does NAT
+                    await self._load(f"restore tenant {name}",
+                                     nat.transaction({name: (nat.TenantNat(tenant, tid), None)}))
+                    raise KernelError(f"delete tenant {name}", (str(exc),)) from None
+            self._tenants, self._ids = MappingProxyType(remaining), MappingProxyType(ids)
+            self._claims.remove(name)
             if self._upstream is not None:
-                await self._upstream.sync(self._public())
+                await self._upstream.update({name: None})
             if self._fabric is not None:
-                await self._fabric.sync(self._tenants)
+                await self._fabric.update({name: None}, self._tenants)
 
     # ------------------------------------------------------------------ observing
 
@@ -232,7 +247,7 @@ class Gateway:
 
     async def status(self) -> list[TenantStatus]:
         counters = await self.counters()
-        sessions = await _sessions_by_mark()
+        sessions = await _sessions_by_mark(self.config.netns)
         out = []
         for name, t in sorted(self._tenants.items()):
             tid = self._ids[name]
@@ -242,13 +257,12 @@ class Gateway:
         return out
 
 
-async def _sessions_by_mark() -> dict[int, int]:
-    """Conntrack entries per ct mark (= tenant id), in the calling thread's network namespace.
+async def _sessions_by_mark(netns: str | None) -> dict[int, int]:
+    """Conntrack entries per ct mark (= tenant id), in the gateway's network namespace.
 
     pyroute2's Conntrack is synchronous and runs its own event loop, so it cannot run on ours: it runs in a
-    fresh thread that first joins our thread's namespace (setns is per thread; a pooled worker would not be
-    in it, and would stay in it afterwards)."""
-    ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    fresh thread (which starts in the namespace of the thread that creates it, ours) and enters the
+    configured namespace by name when there is one."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[dict[int, int]] = loop.create_future()
 
@@ -256,11 +270,8 @@ async def _sessions_by_mark() -> dict[int, int]:
         try:
             from pyroute2 import Conntrack
 
-            # os.setns arrives in Python 3.12; hostagent.thread does the same by namespace name
-            if ctypes.CDLL(None, use_errno=True).setns(ns_fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns into the gateway's namespace")
             counts: dict[int, int] = {}
-            with Conntrack() as ct:
+            with inside(netns), Conntrack() as ct:
                 for entry in ct.dump_entries():
                     mark = entry.mark or 0
                     if mark:
@@ -269,8 +280,5 @@ async def _sessions_by_mark() -> dict[int, int]:
         except BaseException as exc:  # handed to the awaiting coroutine
             loop.call_soon_threadsafe(done.set_exception, exc)
 
-    try:
-        threading.Thread(target=count, name="conntrack-count", daemon=True).start()
-        return await asyncio.wait_for(done, 10)
-    finally:
-        os.close(ns_fd)
+    threading.Thread(target=count, name="conntrack-count", daemon=True).start()
+    return await asyncio.wait_for(done, 10)

@@ -15,7 +15,8 @@ class Server:
     lines until the peer closes (so a flow can be kept established across a change)."""
 
     def __init__(self, ns: str, address: tuple[str, int], banner: str = "") -> None:
-        self.sock: socket.socket = in_ns(ns, lambda: socket.create_server(address, reuse_port=False))
+        self.sock: socket.socket = in_ns(ns, lambda: socket.create_server(address, family=_family(address[0]),
+                                                                          reuse_port=False))
         self.banner = banner
         self.seen: list[tuple[str, int]] = []
         threading.Thread(target=self._serve, daemon=True).start()
@@ -40,9 +41,10 @@ class Server:
 
 
 def connect(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None) -> tuple[socket.socket, str]:
-    """Open a TCP connection from namespace ns; return it and the server's first line."""
+    """Open a TCP connection from namespace ns (IPv4 or IPv6, by dst); return it and the server's first line
+    (`ADDRESS:PORT` as the server saw us: split an IPv6 one with rsplit(":", 1))."""
     def go() -> socket.socket:
-        s = socket.socket()
+        s = socket.socket(_family(dst[0]))
         try:
             s.settimeout(5)
             if src is not None:
@@ -55,6 +57,10 @@ def connect(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None) -
         return s
     s = in_ns(ns, go)
     return s, _line(s)
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 def _line(s: socket.socket) -> str:

@@ -1,17 +1,14 @@
 """The gateway on the default topology, for the demo and the kernel tests: hostagent/scenario.py's fabric
 (reflectors, agents on hv1-hv3, tenants blue and red with overlapping addresses) plus the gateway on gw1.
 
-The GoBGP reflectors are scenario's, with the gateways as more clients. In the demo, `internet` routes the
-public pool 203.0.113.128/25 to gw1 statically (what the upstream router does once the gateway announces
-it; the failover kernel test runs FRR for that instead).
+The reflectors are scenario's (`nvfabric rr`, which accepts any client of the fabric's PA prefix). In the
+demo, `internet` routes the public pool 203.0.113.128/25 to gw1 statically (what the upstream router does
+once the gateway announces it; the failover and IPv6 kernel tests run FRR for that instead).
 """
 
 from __future__ import annotations
 
-import subprocess
-
 from rich.table import Table
-
 
 from gateway.config import GatewayConfig
 from gateway.probe import Server, connect
@@ -40,22 +37,11 @@ TENANTS = (tenant(BLUE, "203.0.113.140", "203.0.113.131", "10.0.0.11"),  # b1's 
            tenant(RED, "203.0.113.141", "203.0.113.132", "10.0.0.12"))  # r1's (b2's address in blue)
 
 
-def reflector_toml(me: str, gateways: tuple[str, ...] = (GW1,)) -> str:
-    """scenario's GoBGP reflector configuration with the gateways as more clients (same block as a host's)."""
-    toml = scenario.gobgp_toml(me)
-    _head, *blocks = toml.split("\n[[neighbors]]")
-    hv = next(iter(HV.values()))
-    return toml + "".join("\n[[neighbors]]" + blocks[0].replace(f'"{hv}"', f'"{gw}"') for gw in gateways)
-
-
-def start_fabric(fab: Fabric, gateways: tuple[str, ...] = (GW1,)) -> None:
-    """Reflectors (with the gateways as clients), VMs, agents with both tenants and their ports."""
-    for node, address in RR.items():
-        conf = fab.dir / f"{node}.toml"
-        conf.write_text(reflector_toml(address, gateways))
-        fab.reflectors[node] = subprocess.Popen(
-            netns.in_netns(fab.ns(node), ["gobgpd", "-f", str(conf), "-p", "--pprof-disable", "-l", "info"]),
-            stdout=open(fab.dir / f"{node}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+def start_fabric(fab: Fabric, hold_time: int | None = None) -> None:
+    """Reflectors (scenario's `nvfabric rr`: any client of the fabric's PA prefix, gateways included; hold
+    time `hold_time`, None for the lab's 9 s), VMs, agents with both tenants and their ports."""
+    for node in RR:
+        fab.start_reflector(node, hold_time)
     for vm in VMS:
         fab.plug(vm)
     for host in HV:
@@ -73,6 +59,23 @@ def gateway_config(fab: Fabric) -> GatewayConfig:
         "route_reflectors": [{"address": a} for a in RR.values()],
         "external": {"interfaces": ["eth2"], "next_hop4": "203.0.113.1"}, "netns": fab.ns("gw1"),
         "tenants": [t.as_dict() for t in TENANTS]})
+
+
+def frr_upstream_conf(router_id: str, gateway_asn: int, peers4: tuple[str, ...] = (), peers6: tuple[str, ...] = (),
+                      timers: tuple[int, int] | None = None) -> str:
+    """bgpd.conf for FRR as the gateways' upstream router (AS 64496): eBGP with each gateway address, IPv4
+    unicast with the IPv4 peers and IPv6 unicast with the IPv6 ones; `timers` (keepalive, hold), else FRR's
+    defaults (60 s, 180 s; the session uses the lower of the two sides' hold times)."""
+    lines = ["hostname upstream", "router bgp 64496", f" bgp router-id {router_id}", " no bgp ebgp-requires-policy"]
+    for peer in (*peers4, *peers6):
+        lines.append(f" neighbor {peer} remote-as {gateway_asn}")
+        if timers is not None:
+            lines.append(f" neighbor {peer} timers {timers[0]} {timers[1]}")
+    lines += [" address-family ipv4 unicast", *(f"  neighbor {p} activate" for p in peers4),
+              *(f"  no neighbor {p} activate" for p in peers6), " exit-address-family"]
+    if peers6:
+        lines += [" address-family ipv6 unicast", *(f"  neighbor {p} activate" for p in peers6), " exit-address-family"]
+    return "\n".join(lines) + "\n"
 
 
 def default_via(fab: Fabric, host: str, rd: str = "blue") -> bool:
@@ -125,10 +128,7 @@ def gateway_scene(topology: Topology) -> list[tuple[str, str, str, str, str]]:
         for server in servers:
             server.close()
         if gw is not None:
-            try:
-                gw.call(lambda g: g.stop(), timeout=30)
-            finally:
-                gw.close()
+            gw.stop()
         fab.close()
         netns.run(["ip", "-n", fab.ns("internet"), "route", "del", PUBLIC_POOL], check=False)
 

@@ -8,11 +8,13 @@ A tenant reaches the internet through the gateway with
 
 Values are frozen and validated on construction; every error is a vnet.errors.ModelError naming the field
 (`tenants[1].floating_ips[0].public`). Checks across tenants (an address used twice, a VSID in two
-tenants) are in `check_tenants`, so a refused change is refused before anything is computed or applied.
+tenants) are in `Claims` (an index: one tenant is checked in the time of what it holds) and `check_tenants`,
+so a refused change is refused before anything is computed or applied.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +98,7 @@ class Tenant:
     floating_ips: tuple[FloatingIp, ...] = ()
     public_prefixes: tuple[Network, ...] = ()  # IPv6 prefixes of the tenant routed as they are (no NAT66)
     # Interfaces that attach the tenant directly (a VLAN, a veth in tests) instead of NVGRE: traffic from
-    # them is the tenant's. NVGRE-attached traffic is marked per VSID before netfilter (gateway/mark.py).
+    # them is the tenant's. NVGRE-attached traffic is marked per VSID before netfilter (tc, gateway/dataplane.py).
     interfaces: tuple[str, ...] = ()
 
     @property
@@ -191,36 +193,104 @@ class Tenant:
         }
 
 
-def check_tenants(tenants: Mapping[str, Tenant], where: Mapping[str, str] | None = None) -> None:
-    """Refuse what two tenants cannot share: a public address (SNAT or floating), a VSID, an interface.
-    `where` maps a tenant name to the path its errors should carry (e.g. `tenants[3]`)."""
-    where = where or {}
-    owners: dict[object, tuple[str, str]] = {}
+class Claims:
+    """What each tenant holds that no other tenant may: its public addresses (SNAT and floating), its VSIDs,
+    its attaching interfaces, its public IPv6 prefixes (which may not overlap another tenant's).
 
-    def claim(key: object, tenant: str, field: str, shown: object) -> None:
-        if key in owners and owners[key][0] != tenant:
-            other, other_field = owners[key]
-            path = f"{where.get(tenant, '')}.{field}".lstrip(".")
-            raise ConflictError(path, str(shown), f"already used by tenant {other!r} ({other_field})")
-        owners.setdefault(key, (tenant, field))
+    An index, so that checking one tenant costs what that tenant holds, not the number of tenants (a
+    one-tenant change at 1,000 tenants must not rescan the others). Prefix overlap: prefixes are nested or
+    disjoint, so q overlaps p when q contains p (one dict lookup per prefix length of p) or q starts inside
+    p (one bisection in the sorted starts)."""
 
-    for name in sorted(tenants):
-        t = tenants[name]
+    def __init__(self) -> None:
+        self._owner: dict[object, tuple[str, str]] = {}  # key -> (tenant, field)
+        self._held: dict[str, list[object]] = {}  # tenant -> its keys
+        self._starts: list[tuple[int, int]] = []  # sorted (start, prefix length) of every claimed v6 prefix
+
+    @classmethod
+    def of(cls, tenants: Mapping[str, Tenant]) -> Claims:
+        claims = cls()
+        for name in sorted(tenants):
+            claims.put(tenants[name])
+        return claims
+
+    @staticmethod
+    def _keys(t: Tenant) -> list[tuple[object, str, object]]:
+        out: list[tuple[object, str, object]] = []
         for i, s in enumerate(t.snat):
-            claim(("public", s.address), name, f"snat[{i}].address", s.address)
+            out.append((("public", s.address), f"snat[{i}].address", s.address))
         for i, f in enumerate(t.floating_ips):
-            claim(("public", f.public), name, f"floating_ips[{i}].public", f.public)
+            out.append((("public", f.public), f"floating_ips[{i}].public", f.public))
         for i, subnet in enumerate(t.routing_domain.subnets):
-            claim(("vsid", subnet.vsid), name, f"subnets[{i}].vsid", subnet.vsid)
-        for i, p in enumerate(t.public_prefixes):
-            for key, (other, field) in list(owners.items()):
-                if (isinstance(key, tuple) and key[0] == "public6" and other != name
-                        and key[1].overlaps(p)):
-                    raise ConflictError(f"{where.get(name, '')}.public_prefixes[{i}]".lstrip("."), str(p),
-                                        f"overlaps tenant {other!r} ({field})")
-            owners[("public6", p)] = (name, f"public_prefixes[{i}]")
+            out.append((("vsid", subnet.vsid), f"subnets[{i}].vsid", subnet.vsid))
         for i, ifname in enumerate(t.interfaces):
-            claim(("if", ifname), name, f"interfaces[{i}]", ifname)
+            out.append((("if", ifname), f"interfaces[{i}]", ifname))
+        return out
+
+    @staticmethod
+    def _prefix_key(start: int, length: int) -> tuple[str, int, int]:
+        return ("public6", start >> (128 - length) if length else 0, length)
+
+    def check(self, tenant: Tenant, where: str = "") -> None:
+        """Raise ConflictError (the field as `where.field`) if another tenant holds what `tenant` claims."""
+        name = tenant.name
+
+        def path(field: str) -> str:
+            return f"{where}.{field}".lstrip(".")
+
+        for key, field, shown in self._keys(tenant):
+            owner = self._owner.get(key)
+            if owner is not None and owner[0] != name:
+                raise ConflictError(path(field), str(shown), f"already used by tenant {owner[0]!r} ({owner[1]})")
+        for i, p in enumerate(tenant.public_prefixes):
+            start, end = int(p.network_address), int(p.broadcast_address)
+            found = [self._owner.get(self._prefix_key(start, length)) for length in range(p.prefixlen + 1)]
+            at = bisect.bisect_left(self._starts, (start, -1))
+            while at < len(self._starts) and self._starts[at][0] <= end:
+                found.append(self._owner.get(self._prefix_key(*self._starts[at])))
+                at += 1
+            for owner in found:
+                if owner is not None and owner[0] != name:
+                    raise ConflictError(path(f"public_prefixes[{i}]"), str(p),
+                                        f"overlaps tenant {owner[0]!r} ({owner[1]})")
+
+    def put(self, tenant: Tenant) -> None:
+        """Record what `tenant` holds (replacing what it held before). Check first: this does not."""
+        self.remove(tenant.name)
+        keys: list[object] = []
+        for key, field, _ in self._keys(tenant):
+            self._owner.setdefault(key, (tenant.name, field))
+            keys.append(key)
+        for i, p in enumerate(tenant.public_prefixes):
+            start = int(p.network_address)
+            key = self._prefix_key(start, p.prefixlen)
+            if key not in self._owner:
+                self._owner[key] = (tenant.name, f"public_prefixes[{i}]")
+                bisect.insort(self._starts, (start, p.prefixlen))
+            keys.append(key)
+        self._held[tenant.name] = keys
+
+    def remove(self, name: str) -> None:
+        for key in self._held.pop(name, ()):
+            if self._owner.get(key, ("",))[0] == name:
+                del self._owner[key]
+                if isinstance(key, tuple) and key[0] == "public6":
+                    length = key[2]
+                    start = key[1] << (128 - length) if length else 0
+                    at = bisect.bisect_left(self._starts, (start, length))
+                    if at < len(self._starts) and self._starts[at] == (start, length):
+                        del self._starts[at]
+
+
+def check_tenants(tenants: Mapping[str, Tenant], where: Mapping[str, str] | None = None) -> None:
+    """Refuse what two tenants cannot share: a public address (SNAT or floating), a VSID, an interface, an
+    overlapping public IPv6 prefix. `where` maps a tenant name to the path its errors should carry (e.g.
+    `tenants[3]`); in name order, the later of two claimants is the one refused."""
+    where = where or {}
+    claims = Claims()
+    for name in sorted(tenants):
+        claims.check(tenants[name], where.get(name, ""))
+        claims.put(tenants[name])
 
 
 def tenants_by_name(tenants: Iterable[Tenant]) -> dict[str, Tenant]:

@@ -61,4 +61,11 @@ class GatewayThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the gateway (its sessions closed; tables, VRFs and routes stay), then the thread."""
+        try:
+            self.call(lambda g: g.stop(), timeout=timeout)
+        finally:
+            self.close()
+
 

@@ -10,7 +10,7 @@ project's own BGP speaker (bgp/client.py), as for the reflectors, with the unica
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from bgp.client import Client
 from bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
@@ -44,9 +44,10 @@ class Upstream:
         # No graceful restart towards the upstream: after a gateway restart the upstream should send the
         # traffic elsewhere (the other gateway) rather than keep stale routes to a gateway without state.
         self.client = Client(SpeakerConfig(asn=config.asn, router_id=config.router_id, families=FAMILIES,
-                                           neighbours=neighbours,
+                                           neighbours=neighbours, hold_time=config.hold_time,
                                            graceful_restart=GracefulRestartConfig(enabled=False)))
         self.announced: dict[UnicastKey, UnicastRoute] = {}
+        self._by_tenant: dict[str, dict[UnicastKey, UnicastRoute]] = {}
 
     async def start(self) -> None:
         await self.client.start()
@@ -55,11 +56,28 @@ class Upstream:
         await self.client.stop()
 
     async def sync(self, tenants: Iterable[Tenant]) -> None:
-        want = public_routes(tenants, *self.next_hops)
-        gone = [k for k in self.announced if k not in want]
-        new = [r for k, r in want.items() if self.announced.get(k) != r]
+        """Announce exactly these tenants' public addresses (start, and a standby taking over or giving
+        back): every tenant is recomputed."""
+        tenants = list(tenants)
+        names = {t.name for t in tenants}
+        await self.update({**{n: None for n in self._by_tenant if n not in names}, **{t.name: t for t in tenants}})
+
+    async def update(self, changes: Mapping[str, Tenant | None]) -> None:
+        """Only these tenants (None: withdraw its addresses): the work follows the change, not the number of
+        tenants. Public addresses belong to one tenant each (tenants.Claims), so tenants never share a key."""
+        gone: list[UnicastKey] = []
+        new: list[UnicastRoute] = []
+        for name, tenant in changes.items():
+            had = self._by_tenant.pop(name, {})
+            want = public_routes([tenant], *self.next_hops) if tenant is not None else {}
+            gone += [k for k in had if k not in want]
+            new += [r for k, r in want.items() if had.get(k) != r]
+            if want:
+                self._by_tenant[name] = want
         if gone:
             await self.client.withdraw(gone)
         if new:
             await self.client.announce(new)
-        self.announced = want
+        for k in gone:
+            self.announced.pop(k, None)
+        self.announced.update((r.key, r) for r in new)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config import GatewayConfig
+from gateway.scene import frr_upstream_conf
 from tests.gateway_net import GatewayThread
 from tests.integration.conftest import need
 from tests.integration.peers import Frr, Lab, wait_for
@@ -24,23 +25,7 @@ def tenant(name: str, vsid: int, snat: str, fip: str, snat6: str | None = None) 
             "snat": [snat] + ([snat6] if snat6 else []), "floating_ips": [{"public": fip, "private": "10.0.0.5"}]}
 
 
-FRR_CONF = f"""hostname upstream
-router bgp 64496
- bgp router-id {UP4}
- no bgp ebgp-requires-policy
- no bgp network import-check
- neighbor {GW4} remote-as 65001
- neighbor {GW4} timers 3 9
- neighbor {GW6} remote-as 65001
- neighbor {GW6} timers 3 9
- address-family ipv4 unicast
-  neighbor {GW4} activate
-  no neighbor {GW6} activate
- exit-address-family
- address-family ipv6 unicast
-  neighbor {GW6} activate
- exit-address-family
-"""
+FRR_CONF = frr_upstream_conf(UP4, 65001, (GW4,), (GW6,), timers=(3, 9))
 
 
 def frr_routes(frr: Frr, family: str) -> dict[str, list[str]]:

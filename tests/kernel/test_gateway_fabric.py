@@ -44,10 +44,7 @@ def fabric() -> Iterator[tuple[Fabric, GatewayThread]]:
         yield fab, gw
     finally:
         if gw is not None:
-            try:
-                gw.call(lambda g: g.stop())
-            finally:
-                gw.close()
+            gw.stop()
         fab.close()
         runner.down(topology.name)
 

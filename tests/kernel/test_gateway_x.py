@@ -5,8 +5,9 @@ IP, 10.0.0.6 without), red also has 10.0.9.9 (VSID 6002). The host's dataplane i
 each tenant's default route to the gateway's PA as a host installs it from the gateway's EVPN type-5 route.
 The gateway `gw` is gateway.Gateway with provider addresses, so it builds the VRF/NVGRE side through vnet and
 steers each VSID's decapsulated traffic to its tenant's mark with tc. The tenant CAs are given to the gateway
-with set_records (the BGP learning side is not built). `inet` is the internet: a server and, as an upstream
-router would after the gateway's announcements, a route to the public pool 203.0.113.128/25 via gw.
+with set_records (tests/kernel/test_gateway_fabric.py learns them from reflectors). `inet` is the internet: a
+server and, as an upstream router would after the gateway's announcements, a route to the public pool
+203.0.113.128/25 via gw.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.tenants import Tenant
-from hostagent.reconciler import Reconciler
 from lab import netns
 from tests.gateway_net import GatewayThread, Server, connect, echo
 from vnet.catalog import Catalog
 from vnet.desired import HostIdentity, desired_state
 from vnet.kernel.netns import RtnlSocket
 from vnet.model import LookupRecord, Port, RemotePrefix
+from vnet.reconcile import Reconciler
 
 pytestmark = pytest.mark.kernel
 
@@ -62,7 +63,7 @@ def hv_state(tables: dict[str, int]):
     # what a host installs from the gateway's type-5 0.0.0.0/0 (one per tenant, in its first VSID)
     prefixes = [RemotePrefix(name, ipaddress.ip_network("0.0.0.0/0"), t.vsids[0], _ip(GW_PA), RMAC)
                 for name, t in tenants.items()]
-    return desired_state(catalog, records, prefixes, {}, HostIdentity(RMAC, (_ip(HV_PA),)), tables).objects
+    return desired_state(catalog, records, prefixes, {}, HostIdentity(RMAC, (_ip(HV_PA),)), tables).partitions
 
 
 @dataclass
@@ -116,8 +117,7 @@ def lab() -> Iterator[Lab]:
         yield Lab(gateway)
     finally:
         if gateway is not None:
-            gateway.call(lambda g: g.stop())
-            gateway.close()
+            gateway.stop()
         for ns in NS.values():
             netns.destroy(ns)
 

@@ -1,0 +1,155 @@
+"""IPv6 out of the tenants through the gateway (VM phase, default topology): without NAT for a tenant with a
+global prefix, NAT66 for a tenant configured with an IPv6 SNAT address.
+
+The default topology with scenario's reflectors, agents and tenants, gw1 as the gateway, FRR on `internet`
+as the upstream router (eBGP over IPv4 and over IPv6, nothing static), and one more tenant, green, whose VM
+g1 on hv1 has only a global address, 2001:db8:b00::11 in green's public prefix 2001:db8:b00::/64. Blue's
+b2 (fd00:b::12, unique local) leaves by NAT66 as 2001:db8:113::140. Checked: the upstream's BGP table and
+kernel have green's prefix and blue's NAT66 address towards gw1; the internet server sees g1's own address
+and b2 as the NAT66 address; the internet reaches g1 by its own address (no NAT either way).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.scene import frr_upstream_conf, start_fabric, tenant
+from hostagent import scenario
+from hostagent.scenario import BLUE, RED, RR, Fabric
+from lab import netns, runner
+from lab.cli import DEFAULT_TOPOLOGY
+from lab.topology import load
+from tests.gateway_net import GatewayThread, Server
+from tests.integration.peers import Frr, Lab
+from tests.kernel.test_gateway_fabric import _connect
+from vnet.model import Port, RoutingDomain
+
+pytestmark = pytest.mark.kernel
+
+GW_PA, GW4, GW6 = "198.51.100.21", "203.0.113.21", "2001:db8:113::21"
+UP4, UP6 = "203.0.113.1", "2001:db8:113::1"
+SERVER6 = (UP6, 8080)
+NAT66 = "2001:db8:113::140"
+GREEN_PREFIX = "2001:db8:b00::/64"
+G1 = ("g1", "hv1", "02:00:00:00:0c:01", "2001:db8:b00::11")
+GREEN = RoutingDomain.from_dict({"name": "green", "route_targets": ["65000:3"],
+                                 "subnets": [{"vsid": 7001, "prefixes": [GREEN_PREFIX]}]})
+
+FRR_CONF = frr_upstream_conf(UP4, scenario.ASN, (GW4,), (GW6,))
+
+
+def upstream_v6(frr: Frr) -> dict[str, list[str]]:
+    """prefix -> the next hops of the upstream's best path (`show bgp ipv6 unicast json`)."""
+    data = frr.json("show bgp ipv6 unicast")
+    return {prefix: sorted(h.get("ip", "") for p in paths if p.get("bestpath") or p.get("best")
+                           for h in p.get("nexthops", []) if h.get("scope", "global") == "global")
+            for prefix, paths in (data.get("routes") or {}).items()}
+
+
+def plug_green(fab: Fabric) -> str:
+    """g1: a VM of green on hv1 with only its global address (scenario's VMs are blue and red)."""
+    name, host, mac, ca = G1
+    ns = f"{fab.topology.name}.vm-{name}"
+    fab.vm_ns[name] = ns  # Fabric.close destroys it
+    netns.create(ns)
+    netns.ip_batch([netns.veth_line(fab.ns(host), f"tap-{name}", ns, "eth0")])
+    netns.ip_batch([f"link set eth0 address {mac}", "link set lo up", "link set eth0 up",
+                    f"addr add {ca}/64 dev eth0 nodad", "route add ::/0 via 2001:db8:b00::1"], ns)
+    netns.run(["ip", "-n", fab.ns(host), "link", "set", f"tap-{name}", "up"])
+    agent = fab.agents[host]
+    agent.call(lambda a: a.put_routing_domain(GREEN))
+    agent.call(lambda a: a.put_port(Port(name, f"tap-{name}", mac, 7001, (ipaddress.ip_address(ca),))))
+    return ns
+
+
+@pytest.fixture(scope="module")
+def six(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fabric, GatewayThread, Frr, str]]:
+    topology = load(DEFAULT_TOPOLOGY)
+    runner.up(topology)
+    fab = Fabric(topology)
+    lab = Lab(tmp=Path(tmp_path_factory.mktemp("frr")), prefix="")
+    gw = None
+    try:
+        start_fabric(fab)
+        g1 = plug_green(fab)
+        frr = Frr(lab, fab.ns("internet"), "upstream", FRR_CONF)
+        blue = tenant(BLUE, "203.0.113.140", "203.0.113.131", "10.0.0.11").as_dict()
+        blue["snat"].append({"address": NAT66})  # NAT66 for blue's fd00:b::/64
+        green = {"name": "green", "route_targets": ["65000:3"],
+                 "subnets": [{"vsid": 7001, "prefixes": [GREEN_PREFIX]}], "public_prefixes": [GREEN_PREFIX]}
+        config = GatewayConfig.from_dict({
+            "asn": scenario.ASN, "router_id": GW_PA, "provider_addresses": [GW_PA],
+            "route_reflectors": [{"address": a} for a in RR.values()],
+            "external": {"interfaces": ["eth2"], "next_hop4": UP4, "next_hop6": UP6, "address4": GW4,
+                         "address6": GW6},
+            "upstream": [{"address": UP4, "asn": 64496}, {"address": UP6, "asn": 64496}],
+            "netns": fab.ns("gw1"),
+            "tenants": [blue, tenant(RED, "203.0.113.141", "203.0.113.132", "10.0.0.12").as_dict(), green]})
+        gw = GatewayThread(config, fab.ns("gw1"))
+        gw.call(lambda g: g.start(), timeout=120)
+        # the hosts' IPv6 default routes into blue and green, the gateway's return routes for b2 and g1
+        for host, rd in (("hv2", "blue"), ("hv1", "green")):
+            scenario.wait_for(lambda h=host, rd=rd: _default6(fab, h, rd), 90, f"{rd}'s ::/0 on {host}")
+        for ca in ("fd00:b::12", G1[3]):
+            scenario.wait_for(lambda ca=ca: any(str(r.ca) == ca for r in gw.gateway.records), 60,
+                              f"the gateway learns {ca}")
+        yield fab, gw, frr, g1
+    finally:
+        if gw is not None:
+            gw.stop()
+        lab.close()
+        fab.close()
+        runner.down(topology.name)
+
+
+def _default6(fab: Fabric, host: str, rd: str) -> bool:
+    out = netns.run(["ip", "-6", "-n", fab.ns(host), "route", "show", "vrf", f"nvf-{rd}"], check=False).output
+    return any(line.startswith("default") and "encap" in line for line in out.splitlines())
+
+
+def _diagnostics(fab: Fabric, frr: Frr) -> str:
+    out = [frr.vtysh("show bgp ipv6 unicast"), frr.vtysh("show bgp summary")]
+    for node, cmd in (("gw1", "ip -6 rule"), ("gw1", "ip -6 route show table all"), ("internet", "ip -6 route"),
+                      ("gw1", "nft list ruleset"), ("hv1", "ip -6 route show vrf nvf-green")):
+        out.append(f"== {node}: {cmd}\n" + netns.run(["ip", "netns", "exec", fab.ns(node), *cmd.split()],
+                                                     check=False).output[-3000:])
+    return "\n".join(out)
+
+
+def test_global_prefix_leaves_without_nat_and_nat66_with_its_address(six) -> None:
+    fab, gw, frr, g1 = six
+    server = Server(fab.ns("internet"), SERVER6)
+    vm = Server(g1, ("::", 9000), "g1 ")
+    try:
+        # the upstream learned green's prefix and blue's NAT66 address from gw1, and installed them
+        scenario.wait_for(lambda: upstream_v6(frr).get(GREEN_PREFIX) == [GW6]
+                          and upstream_v6(frr).get(f"{NAT66}/128") == [GW6], 60,
+                          "the upstream learns green's prefix and blue's NAT66 address")
+        kernel = json.loads(netns.run(["ip", "-6", "-j", "-n", fab.ns("internet"), "route", "show", "proto",
+                                       "bgp"]).output)
+        assert {(r["dst"], r.get("gateway")) for r in kernel} >= {(GREEN_PREFIX, GW6), (NAT66, GW6)}, kernel
+        # g1 leaves with its own global address: no NAT
+        s, line = _connect(g1, SERVER6)
+        s.close()
+        assert line.rsplit(":", 1)[0] == G1[3], line
+        # the internet reaches g1 by its own address, and g1 sees the client's own address
+        s, line = _connect(fab.ns("internet"), (G1[3], 9000))
+        s.close()
+        assert line.startswith("g1 ") and line[3:].rsplit(":", 1)[0] == UP6, line
+        # blue's b2 (unique local fd00:b::12) leaves by NAT66 as blue's IPv6 SNAT address
+        s, line = _connect(fab.vm_ns["b2"], SERVER6)
+        s.close()
+        assert line.rsplit(":", 1)[0] == NAT66, line
+        assert not [p for p in server.seen if p[0].startswith("fd00:")]
+    except AssertionError:
+        print(_diagnostics(fab, frr))
+        raise
+    finally:
+        server.close()
+        vm.close()
