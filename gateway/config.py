@@ -37,14 +37,7 @@ from vnet.model import IFNAME_RE, Address, check_mac
 
 DEFAULT_LISTEN = "127.0.0.1:8510"  # the host agent's is :8500; both may run on one machine in a lab
 
-__all__ = ["ConfigError", "External", "GatewayConfig", "Upstream", "load", "parse"]
-
-
-@dataclass(frozen=True)
-class Upstream:
-    address: Address
-    asn: int
-    md5_password: str | None = None
+__all__ = ["ConfigError", "External", "GatewayConfig", "load", "parse"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +57,7 @@ class GatewayConfig:
     provider_addresses: tuple[Address, ...] = ()
     router_mac: str = DEFAULT_ROUTER_MAC
     route_reflectors: tuple[Reflector, ...] = ()
-    upstream: tuple[Upstream, ...] = ()
+    upstream: tuple[Reflector, ...] = ()  # the same peer type: address, asn, md5_password
     api: ApiConfig = field(default_factory=lambda: ApiConfig(listen=DEFAULT_LISTEN))
     tenants: tuple[Tenant, ...] = ()
     netns: str | None = None
@@ -92,6 +85,18 @@ def _address(value: Any, where: str, version: int | None = None) -> Address:
     return address
 
 
+def _peers(top: _Reader, key: str, default_asn: int | None) -> tuple[Reflector, ...]:
+    """BGP peers (route reflectors, upstream routers): address, asn (the reflectors' defaults to ours),
+    md5_password."""
+    out: list[Reflector] = []
+    for where, value in top.items(key):
+        r = _Reader(value, where)
+        asn = r.integer("asn", 1, 0xFFFFFFFF) if default_asn is None else r.integer("asn", 1, 0xFFFFFFFF, default_asn)
+        out.append(Reflector(address=r.address("address"), asn=asn, md5_password=r.get("md5_password", str, None)))
+        r.done()
+    return tuple(out)
+
+
 def parse(data: Any) -> GatewayConfig:
     top = _Reader(data, "")
     asn = top.integer("asn", 1, 0xFFFFFFFF)
@@ -103,12 +108,7 @@ def parse(data: Any) -> GatewayConfig:
         router_mac = check_mac(top.get("router_mac", str, DEFAULT_ROUTER_MAC), "router_mac")
     except ModelError as exc:
         raise ConfigError("router_mac", exc.problem) from None
-    reflectors: list[Reflector] = []
-    for where, value in top.items("route_reflectors"):
-        r = _Reader(value, where)
-        reflectors.append(Reflector(address=r.address("address"), asn=r.integer("asn", 1, 0xFFFFFFFF, asn),
-                                    md5_password=r.get("md5_password", str, None)))
-        r.done()
+    reflectors = _peers(top, "route_reflectors", asn)
     ext = _Reader(top.get("external", dict), "external")
     ifaces = []
     for where, value in ext.items("interfaces"):
@@ -126,16 +126,11 @@ def parse(data: Any) -> GatewayConfig:
                         None if a4 is None else _address(a4, "external.address4", 4),
                         None if a6 is None else _address(a6, "external.address6", 6))
     ext.done()
-    upstream: list[Upstream] = []
-    for where, value in top.items("upstream"):
-        u = _Reader(value, where)
-        peer_asn = u.integer("asn", 1, 0xFFFFFFFF)
-        upstream.append(Upstream(_address(u.get("address", str), f"{where}.address"), peer_asn,
-                                 u.get("md5_password", str, None)))
-        u.done()
-        family = upstream[-1].address.version
+    upstream = _peers(top, "upstream", None)
+    for i, peer in enumerate(upstream):
+        family = ipaddress.ip_address(peer.address).version
         if (external.address4 if family == 4 else external.address6) is None:
-            raise ConfigError(f"external.address{family}", f"required with an IPv{family} upstream ({where}): "
+            raise ConfigError(f"external.address{family}", f"required with an IPv{family} upstream (upstream[{i}]): "
                               "the next hop announced for the tenants' public addresses")
     api_data = top.get("api", dict, {})
     a = _Reader(api_data, "api")
@@ -165,7 +160,7 @@ def parse(data: Any) -> GatewayConfig:
         raise ConfigError("standby", "a standby gateway needs route_reflectors (it watches the active one there)")
     top.done()
     return GatewayConfig(asn=asn, router_id=router_id, external=external, provider_addresses=tuple(pas),
-                         router_mac=router_mac, route_reflectors=tuple(reflectors), upstream=tuple(upstream),
+                         router_mac=router_mac, route_reflectors=reflectors, upstream=upstream,
                          api=api, tenants=tuple(tenants), netns=netns, standby=standby,
                          hold_time=hold_time)
 

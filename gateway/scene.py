@@ -37,22 +37,6 @@ TENANTS = (tenant(BLUE, "203.0.113.140", "203.0.113.131", "10.0.0.11"),  # b1's 
            tenant(RED, "203.0.113.141", "203.0.113.132", "10.0.0.12"))  # r1's (b2's address in blue)
 
 
-def start_fabric(fab: Fabric, hold_time: int | None = None) -> None:
-    """Reflectors (scenario's `nvfabric rr`: any client of the fabric's PA prefix, gateways included; hold
-    time `hold_time`, None for the lab's 9 s), VMs, agents with both tenants and their ports."""
-    for node in RR:
-        fab.start_reflector(node, hold_time)
-    for vm in VMS:
-        fab.plug(vm)
-    for host in HV:
-        agent = fab.start_agent(host)
-        for rd in (BLUE, RED):
-            agent.call(lambda a, rd=rd: a.put_routing_domain(rd))
-        for vm in VMS:
-            if vm.host == host:
-                agent.call(lambda a, vm=vm: a.put_port(vm.port()))
-
-
 def gateway_config(fab: Fabric) -> GatewayConfig:
     return GatewayConfig.from_dict({
         "asn": scenario.ASN, "router_id": GW1, "provider_addresses": [GW1, "2001:db8::21"],
@@ -102,7 +86,7 @@ def gateway_scene(topology: Topology) -> list[tuple[str, str, str, str, str]]:
     gw: GatewayThread | None = None
     servers: list[Server] = []
     try:
-        start_fabric(fab)
+        fab.up()
         netns.run(["ip", "-n", fab.ns("internet"), "route", "add", PUBLIC_POOL, "via", "203.0.113.21"])
         gw = GatewayThread(gateway_config(fab), fab.ns("gw1"))
         gw.call(lambda g: g.start(), timeout=120)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.scene import PUBLIC_POOL, SERVER, default_via, gateway_config, start_fabric
+from gateway.scene import PUBLIC_POOL, SERVER, default_via, gateway_config
 from hostagent import scenario
 from hostagent.scenario import HV, Fabric
 from lab import netns, runner
@@ -29,7 +29,7 @@ def fabric() -> Iterator[tuple[Fabric, GatewayThread]]:
     fab = Fabric(topology)
     gw = None
     try:
-        start_fabric(fab)
+        fab.up()
         netns.run(["ip", "-n", fab.ns("internet"), "route", "add", PUBLIC_POOL, "via", "203.0.113.21"])
         config = gateway_config(fab)
         gw = GatewayThread(config, fab.ns("gw1"))

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.scene import frr_upstream_conf, start_fabric, tenant
+from gateway.scene import frr_upstream_conf, tenant
 from hostagent import scenario
 from hostagent.scenario import BLUE, HV, RED, RR, Fabric
 from lab import netns, runner
@@ -78,7 +78,7 @@ def two_gateways(tmp: Path, hold_time: int | None, rr_hold_time: int | None = 90
     lab = Lab(tmp=tmp, prefix="")
     gws: dict[str, GatewayThread] = {}
     try:
-        start_fabric(fab, rr_hold_time)
+        fab.up(rr_hold_time)
         frr = Frr(lab, fab.ns("internet"), "upstream", FRR_CONF)
         for name, (pa, ext) in GW.items():
             config = GatewayConfig.from_dict({

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.scene import frr_upstream_conf, start_fabric, tenant
+from gateway.scene import frr_upstream_conf, tenant
 from hostagent import scenario
 from hostagent.scenario import BLUE, RED, RR, Fabric
 from lab import netns, runner
@@ -76,7 +76,7 @@ def six(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fabric, Gate
     lab = Lab(tmp=Path(tmp_path_factory.mktemp("frr")), prefix="")
     gw = None
     try:
-        start_fabric(fab)
+        fab.up()
         g1 = plug_green(fab)
         frr = Frr(lab, fab.ns("internet"), "upstream", FRR_CONF)
         blue = tenant(BLUE, "203.0.113.140", "203.0.113.131", "10.0.0.11").as_dict()
