@@ -1,10 +1,12 @@
 """The host agent: catalog (what the orchestrator asked for), BGP (what the fabric knows), kernel (what we did).
 
 One asyncio owner: every change, whether from the API or from BGP, runs under one lock and follows the same
-steps: compute the new state as values (catalog, mobility, learned routes) -> desired kernel objects ->
-reconcile -> persist -> swap -> announce. An API change whose kernel programming fails is reverted
-(the previous desired state is reconciled again) and raised as KernelError carrying the kernel's message:
-nothing half-applied.
+steps: compute the new state as values (catalog, mobility, learned routes) -> desired kernel objects of the
+routing domains the change touches (dirty) -> reconcile those partitions (vnet.reconcile) -> persist -> swap
+-> announce. A change costs O(size of the dirty routing domains), not O(host); the start and the periodic
+resync are full passes (every domain, the whole kernel read back). An API change whose kernel programming
+fails is reverted (the previous desired state is reconciled again) and raised as KernelError carrying the
+kernel's message: nothing half-applied.
 
 The agent must run in a thread that is inside `config.netns` when one is set (hostagent/thread.py for
 tests and the lab, hostagent/cli.py for the daemon): BGP and API sockets are created by that thread.
@@ -30,15 +32,16 @@ from bgp.speaker import PeerStatus
 from hostagent import announce, learn, state
 from hostagent.config import AgentConfig
 from hostagent.mobility import MacState, Mobility
-from hostagent.reconciler import Outcome, Reconciler
 from vnet.catalog import Catalog
-from vnet.desired import HostIdentity, allocate_tables, desired_state, vrf_name
+from vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, desired_state, vrf_name
 from vnet.errors import ModelError
 from vnet.kernel.apply import link_indexes
 from vnet.kernel.netns import RtnlSocket
 from vnet.kernel.objects import Vrf
 from vnet.model import Address, LookupRecord, Port, RemotePrefix, RoutingDomain
 from vnet.nftables import GreFilter, Nft, NftError
+from vnet.reconcile import Outcome, Reconciler
+from vnet.vrfmark import VrfMarks
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +142,10 @@ class Agent:
         self._announced: dict[MacIpKey, MacIpRoute] = {}
         self._records: list[LookupRecord] = []
         self._prefixes: list[RemotePrefix] = []
-        self._skipped: tuple[str, ...] = ()
+        self._skipped: dict[str, tuple[str, ...]] = {}  # by routing domain
+        self._everything = True  # the next reconcile builds every routing domain (start, resync, error)
         self._nft = Nft(config.netns)
+        self._vrf_marks = VrfMarks(self._nft)
         self._gre_allowed: frozenset[Address] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -209,14 +214,14 @@ class Agent:
             created = rd.name not in self._view.catalog.routing_domains
             catalog = self._view.catalog.with_routing_domain(rd)
             tables = allocate_tables(catalog.routing_domains, self._view.tables)
-            await self._commit(_View(catalog, tables, self._view.mobility), f"routing domain {rd.name}")
+            await self._commit(_View(catalog, tables, self._view.mobility), f"routing domain {rd.name}", {rd.name})
             return created
 
     async def delete_routing_domain(self, name: str) -> None:
         async with self._lock:
             catalog = self._view.catalog.without_routing_domain(name)
             tables = {k: v for k, v in self._view.tables.items() if k != name}
-            await self._commit(_View(catalog, tables, self._view.mobility), f"routing domain {name}")
+            await self._commit(_View(catalog, tables, self._view.mobility), f"routing domain {name}", {name})
 
     async def put_port(self, port: Port) -> bool:
         async with self._lock:
@@ -233,7 +238,10 @@ class Agent:
             remote = learn.remote_macs(self._learned(), self.config.provider_addresses).get((port.vsid, port.mac))
             mobility = mobility.attach((port.vsid, port.mac), remote.mobility_seq if remote else None,
                                        time.monotonic())
-            await self._commit(_View(catalog, self._view.tables, mobility), f"port {port.name}")
+            dirty = {_domain_of(catalog, port.vsid)}
+            if old is not None:
+                dirty.add(_domain_of(self._view.catalog, old.vsid))  # a port that changed routing domain
+            await self._commit(_View(catalog, self._view.tables, mobility), f"port {port.name}", dirty - {None})
             return old is None
 
     async def delete_port(self, name: str) -> None:
@@ -243,7 +251,8 @@ class Agent:
             mobility = self._view.mobility
             if not any((p.vsid, p.mac) == (port.vsid, port.mac) for p in catalog.ports.values()):
                 mobility = mobility.detach((port.vsid, port.mac))
-            await self._commit(_View(catalog, self._view.tables, mobility), f"port {name}")
+            await self._commit(_View(catalog, self._view.tables, mobility), f"port {name}",
+                               {_domain_of(self._view.catalog, port.vsid)} - {None})
 
     def lookup_records(self) -> list[LookupRecord]:
         return list(self._records)
@@ -262,7 +271,7 @@ class Agent:
             totals=dict(self._reconciler.totals) if self._reconciler else {},
             held_deletes=last.held if last else 0,
             mobility_freezes=tuple(asdict(f) for f in self._view.mobility.freezes(time.monotonic())),
-            skipped=self._skipped,
+            skipped=tuple(x for why in self._skipped.values() for x in why),
             local_routes=len(self._announced),
             learned_routes=len(self._client.routes()) if self._client else 0,
         )
@@ -278,29 +287,55 @@ class Agent:
     def _hold(self) -> bool:
         return not self._synced or self._headless()
 
-    def _compute(self, view: _View) -> tuple[Any, list[LookupRecord], list[RemotePrefix]]:
+    def _compute(self, view: _View, dirty: set[str]) -> tuple[Desired, list[LookupRecord], list[RemotePrefix]]:
+        """The desired objects of the dirty routing domains, plus those whose learned inputs changed since the
+        last reconcile (a BGP batch marks the domains it touches: their records or prefixes differ); every
+        domain after a start, a resync or an error."""
         routes = self._learned()
         inactive = view.mobility.inactive()
         records = learn.lookup_records(view.catalog, routes, self.config.provider_addresses, inactive)
         prefixes = learn.remote_prefixes(view.catalog, routes, self.config.provider_addresses)
-        desired = desired_state(view.catalog, records, prefixes, {}, self.host, view.tables)
+        assert self._reconciler is not None
+        if self._everything or self._reconciler.full_pending:
+            domains = None
+        else:
+            domains = set(dirty) | _changed(self._records, records) | _changed(self._prefixes, prefixes)
+        desired = desired_state(view.catalog, records, prefixes, {}, self.host, view.tables, domains)
         return desired, records, prefixes
 
-    async def _commit(self, view: _View, what: str) -> None:
+    async def _reconcile(self, desired: Desired) -> Outcome:
+        assert self._reconciler is not None
+        outcome = await self._reconciler.reconcile(desired.partitions, self._hold())
+        self._count(outcome)
+        self._everything = False
+        return outcome
+
+    def _swap_learned(self, desired: Desired, records: list[LookupRecord], prefixes: list[RemotePrefix]) -> None:
+        self._records, self._prefixes = records, prefixes
+        for name, part in desired.partitions.items():
+            if name != GLOBAL:
+                self._skipped.pop(name, None)
+                if part and name in desired.skipped_in:
+                    self._skipped[name] = desired.skipped_in[name]
+
+    async def _commit(self, view: _View, what: str, dirty: set[str]) -> None:
         """Program, persist, swap, announce; on a kernel refusal revert the kernel and raise."""
         if not self._started or self._reconciler is None:
             raise AgentNotStarted(f"{what}: the agent is not running")
-        desired, records, prefixes = self._compute(view)
-        outcome = await self._reconciler.reconcile(desired.objects, self._hold())
-        self._count(outcome)
+        desired, records, prefixes = self._compute(view, dirty)
+        outcome = await self._reconcile(desired)
         if not outcome.ok:
             await self._reconciler.revert(outcome.applied)
-            back, _, _ = self._compute(self._view)
-            self._count(await self._reconciler.reconcile(back.objects, self._hold()))
+            # the same partitions as they were (the revert makes this a full pass: the kernel is read back)
+            back, _, _ = self._compute(self._view, set(desired.partitions) - {GLOBAL})
+            # (a routing domain the change added is not in the old view: its partition is emptied)
+            back_parts = {**{n: frozenset() for n in desired.partitions}, **back.partitions}
+            self._count(await self._reconciler.reconcile(back_parts, self._hold()))
             raise KernelError(what, outcome.errors)
         state.save(self.config.state_dir, state.SavedState(view.catalog, view.tables, view.mobility.seqs()))
         self._view = view
-        self._records, self._prefixes, self._skipped = records, prefixes, desired.skipped
+        self._swap_learned(desired, records, prefixes)
+        await self._update_vrf_marks()
         await self._announce()
 
     async def _sync_locked(self) -> None:
@@ -318,14 +353,13 @@ class Agent:
             view = _View(view.catalog, view.tables, mobility)
             state.save(self.config.state_dir, state.SavedState(view.catalog, view.tables, mobility.seqs()))
             self._view = view
-        desired, records, prefixes = self._compute(view)
-        assert self._reconciler is not None
-        outcome = await self._reconciler.reconcile(desired.objects, self._hold())
-        self._count(outcome)
+        desired, records, prefixes = self._compute(view, set())
+        outcome = await self._reconcile(desired)
         if outcome.errors:
             log.warning("reconcile: %d errors: %s", len(outcome.errors), outcome.errors[:3])
-            self._dirty.set()  # retry (the reconciler observes the kernel again)
-        self._records, self._prefixes, self._skipped = records, prefixes, desired.skipped
+            self._dirty.set()  # retry (the reconciler observes the kernel again, a full pass)
+        self._swap_learned(desired, records, prefixes)
+        await self._update_vrf_marks()
         await self._update_gre_filter()
         await self._announce()
 
@@ -342,6 +376,17 @@ class Agent:
             except NftError as exc:
                 log.warning("%s", exc)
                 self._dirty.set()
+
+    async def _update_vrf_marks(self) -> None:
+        """Each routing domain's VRF marks its packets with its table number (vnet/vrfmark.py: the ICMPv6
+        Packet Too Big the host sends is routed back into the right tenant)."""
+        view = self._view
+        marks = {vrf_name(n): t for n, t in view.tables.items() if n in view.catalog.routing_domains}
+        try:
+            await self._vrf_marks.apply(marks)
+        except NftError as exc:
+            log.warning("%s", exc)
+            self._dirty.set()
 
     async def _announce(self) -> None:
         if self._client is None:
@@ -405,6 +450,7 @@ class Agent:
                     log.exception("sync failed")
                     assert self._reconciler is not None
                     self._reconciler.invalidate()
+                    self._everything = True
                     await asyncio.sleep(1.0)
                     self._dirty.set()
 
@@ -419,15 +465,32 @@ class Agent:
             if now - last_resync > self.config.resync_interval:
                 last_resync = now
                 assert self._reconciler is not None
-                self._reconciler.invalidate()
+                self._reconciler.invalidate()  # a full pass: what removes strays and repairs drift
+                self._everything = True  # and every routing domain's desired state recomputed
                 self._dirty.set()
+
+
+def _domain_of(catalog: Catalog, vsid: int) -> str | None:
+    found = catalog.subnet(vsid)
+    return found[0].name if found is not None else None
+
+
+def _changed(old: list[Any], new: list[Any]) -> set[str]:
+    """Routing domains whose items (records or prefixes, each with a `routing_domain`) differ."""
+    before: dict[str, set[Any]] = {}
+    after: dict[str, set[Any]] = {}
+    for item in old:
+        before.setdefault(item.routing_domain, set()).add(item)
+    for item in new:
+        after.setdefault(item.routing_domain, set()).add(item)
+    return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
 
 
 def _outcome(o: Outcome | None) -> dict[str, Any] | None:
     if o is None:
         return None
     return {"at": o.at, "ops": o.counts, "errors": list(o.errors), "held": o.held, "seconds": round(o.seconds, 4),
-            "full_observe": o.full_observe}
+            "full_observe": o.full_observe, "partitions": list(o.partitions)}
 
 
 __all__ = ["Agent", "AgentNotStarted", "AgentStatus", "KernelError", "ReflectorStatus", "vrf_name"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from vnet.catalog import Catalog
 from vnet.kernel.objects import (
     EncapRoute,
+    FwmarkRule,
     KernelObject,
     LocalPortRoute,
     NvgreDevice,
@@ -31,9 +32,10 @@ from vnet.kernel.objects import (
     Sysctl,
     TunIdRule,
     UnreachableRoute,
+    ViaRoute,
     Vrf,
 )
-from vnet.kernel.objects import OVERHEAD
+from vnet.kernel.objects import DEFAULT_METRIC, OVERHEAD
 from vnet.model import Address, CustomerRoute, LookupRecord, Network, RemotePrefix, RoutingDomain, VirtualSubnet
 from vnet.model import Port as PortModel
 
@@ -46,7 +48,11 @@ GLOBAL_SYSCTLS = (
     ("net/ipv4/ip_forward", "1"),
     ("net/ipv6/conf/all/forwarding", "1"),
     ("net/ipv4/conf/all/rp_filter", "0"),  # decapsulated frames arrive on the NVGRE device, not the port
+    # ICMPv6 errors carry the mark of the packet they are about: the routing domain's (vnet/vrfmark.py)
+    ("net/ipv6/fwmark_reflect", "1"),
 )
+ICMP6_RULE_PRIORITY = 910
+IPPROTO_ICMPV6 = 58
 
 
 def vrf_name(routing_domain: str) -> str:
@@ -99,9 +105,9 @@ def allocate_tables(names: Iterable[str], known: Mapping[str, int]) -> dict[str,
 
 def port_mtu(requested: int | None, identity: HostIdentity) -> int:
     """The port keeps the underlay MTU unless the orchestrator asks for one: the overlay's smaller MTU is
-    enforced where the packet is encapsulated (the NVGRE device's MTU, which the kernel derives from the
-    encapsulation), so a too-large DF packet from a VM gets ICMP "fragmentation needed" / "packet too big"
-    from the host instead of being dropped silently on the way into a smaller port."""
+    enforced where the packet is encapsulated (the NVGRE device's MTU: underlay MTU - OVERHEAD), so a
+    too-large DF packet from a VM gets ICMP "fragmentation needed" / "packet too big" from the host instead
+    of being dropped silently on the way into a smaller port."""
     return requested if requested is not None else identity.underlay_mtu
 
 
@@ -188,6 +194,9 @@ def _domain(
     objects.add(Vrf(vrf, table))
     objects.add(UnreachableRoute(table, 4))
     objects.add(UnreachableRoute(table, 6))
+    # the host's own ICMPv6 errors about this domain's packets (Packet Too Big), marked with the table number
+    # by vnet/vrfmark.py, are routed in this table, not the main one (docs/dataplane.md, "Packet Too Big")
+    objects.add(FwmarkRule(6, table, table, ICMP6_RULE_PRIORITY, "lo", IPPROTO_ICMPV6))
     for subnet in rd.subnets:
         for dev in devices.values():
             for family in (4, 6):
@@ -243,11 +252,30 @@ def _domain(
         objects.add(EncapRoute(table, str(prefix.prefix), prefix.vsid, str(prefix.pa), devices[prefix.pa.version]))
 
     for route in customer_routes:
-        target = by_ca.get(route.next_hop) if route.next_hop is not None else None
-        if target is None or target.local or target.pa is None or target.pa.version not in devices:
-            # on-link and via-a-local-VM routes need a route kind vnet.kernel does not have yet
-            skipped.append(f"{rd.name} {route.prefix}: next hop {route.next_hop} is not a known remote CA")
+        metric = route.metric or DEFAULT_METRIC
+        if route.next_hop is None:
+            # On-link (HNV's next hop 0.0.0.0): the prefix's addresses are reached like any CA, each by its
+            # lookup record (its own /32 or /128 above), and an address without one hits the unreachable
+            # default, as HNV drops an unknown CA. Nothing to add; only a prefix outside every subnet of the
+            # domain cannot work: no lookup record can exist there.
+            if not any(route.prefix.subnet_of(p) for sub in rd.subnets for p in sub.prefixes
+                       if p.version == route.prefix.version):
+                skipped.append(f"{rd.name} {route.prefix}: on-link, but outside every subnet of the domain")
             continue
+        target = by_ca.get(route.next_hop)
+        if target is not None and target.local:
+            port = catalog.ports.get(target.port or "")
+            if port is None:
+                skipped.append(f"{rd.name} {route.prefix}: next hop {route.next_hop} has no local port")
+                continue
+            # a VM on this host routes the prefix (an appliance): via its CA on its port, after its /32
+            objects.add(ViaRoute(table, str(route.prefix), str(route.next_hop), port.interface, metric))
+            continue
+        if target is None or target.pa is None or target.pa.version not in devices:
+            skipped.append(f"{rd.name} {route.prefix}: next hop {route.next_hop} is not a known CA")
+            continue
+        # a remote next hop: the prefix goes straight to the next hop's host (the kernel cannot resolve a
+        # gateway through an encap /32, so the route carries the next hop's VSID and PA itself)
         objects.add(EncapRoute(table, str(route.prefix), target.vsid, str(target.pa),
-                               devices[target.pa.version], metric=route.metric or 1024))
+                               devices[target.pa.version], metric=metric))
     return objects

@@ -150,8 +150,6 @@ def test_mtu_df_too_big_gets_frag_needed_and_tcp_moves_10_mb(fabric):
     report(f"TCP b1 -> b2 over NVGRE: 10 MiB in {time.monotonic() - started:.1f} s (incl. python start)")
 
 
-@pytest.mark.xfail(strict=True, reason="the host has no IPv6 address in the tenant VRF to send ICMPv6 "
-                   "Packet Too Big from (IPv4 falls back to 192.0.0.8); needs an address object in vnet/kernel")
 def test_ipv6_too_big_gets_packet_too_big(fabric):
     out6 = netns.run(netns.in_netns(fabric.vm_ns["b1"], ["ping", "-6", "-c", "2", "-W", "2", "-M", "do", "-s", "1452",
                                                         "fd00:b::12"]), check=False).output

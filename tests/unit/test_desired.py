@@ -14,6 +14,7 @@ from vnet.kernel.objects import (
     Sysctl,
     TunIdRule,
     UnreachableRoute,
+    ViaRoute,
     Vrf,
 )
 from vnet.model import CustomerRoute, LookupRecord, RemotePrefix
@@ -95,7 +96,24 @@ def test_remote_prefixes_and_customer_routes():
     d = build(prefixes=[gw], routes=routes)
     assert EncapRoute(1000, "0.0.0.0/0", 5001, "198.51.100.21", "nvf-gre4") in d.objects
     assert EncapRoute(1000, "192.168.0.0/16", 5001, "198.51.100.12", "nvf-gre4") in d.objects
-    assert any("172.16.0.0/12" in s for s in d.skipped)  # via a local VM: not expressible yet
+    # via a VM on this host (10.0.0.10 is b1's CA, on tap-b1): via its CA on its port
+    assert ViaRoute(1000, "172.16.0.0/12", "10.0.0.10", "tap-b1") in d.objects
+    assert not d.skipped
+
+
+def test_customer_route_metrics_next_hops_nobody_has_and_on_link_prefixes():
+    routes = {"blue": [CustomerRoute(net("192.168.0.0/16"), ip("10.0.0.10"), metric=50),
+                       CustomerRoute(net("192.168.1.0/24"), ip("10.0.0.99")),  # no lookup record
+                       CustomerRoute(net("10.0.0.128/25")),  # on-link, inside the 10.0.0.0/24 subnet
+                       CustomerRoute(net("10.5.0.0/16"))]}  # on-link, outside every subnet
+    d = build(routes=routes)
+    assert ViaRoute(1000, "192.168.0.0/16", "10.0.0.10", "tap-b1", 50) in d.objects
+    added = d.objects - build().objects
+    assert added == {ViaRoute(1000, "192.168.0.0/16", "10.0.0.10", "tap-b1", 50)}  # on-link adds nothing
+    assert sorted(s.split(":")[0] for s in d.skipped) == ["blue 10.5.0.0/16", "blue 192.168.1.0/24"]
+    # the red tenant's 10.0.0.10 is another VM: a blue route never resolves through it
+    d = build(routes={"red": [CustomerRoute(net("192.168.0.0/16"), ip("10.0.0.10"))]})
+    assert ViaRoute(1001, "192.168.0.0/16", "10.0.0.10", "tap-r1") in d.objects
 
 
 def test_inactive_port_is_not_routed_here():

@@ -23,6 +23,7 @@ from vnet.kernel.netns import GONE, RtnlSocket, write_sysctl
 from vnet.kernel.objects import (
     PROTO,
     EncapRoute,
+    FwmarkRule,
     LocalPortRoute,
     NvgreDevice,
     PermanentNeighbour,
@@ -31,6 +32,7 @@ from vnet.kernel.objects import (
     Sysctl,
     TunIdRule,
     UnreachableRoute,
+    ViaRoute,
     Vrf,
 )
 
@@ -143,16 +145,21 @@ class _Encoder:
                     ifindex=self._ifindex(obj.name), master=self._ifindex(obj.vrf), mtu=obj.mtu, up=True
                 )
             return [self._msg(m.RTM_NEWLINK, m.NLM_F_ACK, body)]
-        if isinstance(obj, TunIdRule):
-            def rule(r: TunIdRule, kind: int, flags: int) -> tuple[int, bytes]:
-                return self._msg(kind, flags, m.rule_body(r.family, r.iif, r.tun_id, r.table, r.priority, PROTO))
+        if isinstance(obj, (TunIdRule, FwmarkRule)):
+            def rule(r: TunIdRule | FwmarkRule, kind: int, flags: int) -> tuple[int, bytes]:
+                if isinstance(r, TunIdRule):
+                    body = m.rule_body(r.family, r.iif, r.tun_id, r.table, r.priority, PROTO)
+                else:
+                    body = m.rule_body(r.family, r.iif, None, r.table, r.priority, PROTO, fwmark=r.fwmark,
+                                       ip_proto=r.ip_proto)
+                return self._msg(kind, flags, body)
 
             if action is Action.CREATE:
                 return [rule(obj, m.RTM_NEWRULE, CREATE_NEW)]
             if action is Action.DELETE:
                 return [rule(obj, m.RTM_DELRULE, m.NLM_F_ACK)]
             # rules have no NLM_F_REPLACE: delete the old value, add the new one, back to back
-            assert isinstance(op.old, TunIdRule)
+            assert isinstance(op.old, (TunIdRule, FwmarkRule))
             return [rule(op.old, m.RTM_DELRULE, m.NLM_F_ACK), rule(obj, m.RTM_NEWRULE, CREATE_NEW)]
         if isinstance(obj, (PermanentNeighbour, ProxyNeighbour)):
             proxy = isinstance(obj, ProxyNeighbour)
@@ -163,14 +170,14 @@ class _Encoder:
             if action is Action.DELETE:
                 return [self._msg(m.RTM_DELNEIGH, m.NLM_F_ACK, body)]
             return [self._msg(m.RTM_NEWNEIGH, CREATE_OR_REPLACE, body)]
-        if isinstance(obj, (EncapRoute, LocalPortRoute, UnreachableRoute)):
+        if isinstance(obj, (EncapRoute, LocalPortRoute, ViaRoute, UnreachableRoute)):
             kind, flags = (
                 (m.RTM_DELROUTE, m.NLM_F_ACK) if action is Action.DELETE else (m.RTM_NEWROUTE, CREATE_OR_REPLACE)
             )
             return [self._msg(kind, flags, self.route_body(obj, action is Action.DELETE))]
         raise TypeError(f"no encoder for {type(obj).__name__}")
 
-    def route_body(self, obj: EncapRoute | LocalPortRoute | UnreachableRoute, delete: bool) -> bytes:
+    def route_body(self, obj: EncapRoute | LocalPortRoute | ViaRoute | UnreachableRoute, delete: bool) -> bytes:
         address, _, length = obj.prefix.partition("/")  # prefixes are normalised by the objects
         plen = int(length)
         # A delete is selected by its key (table, prefix, metric) and our protocol; the kernel also compares
@@ -185,6 +192,9 @@ class _Encoder:
         if isinstance(obj, LocalPortRoute):
             return m.route_body(obj.family, obj.table, address, plen, PROTO, scope=m.RT_SCOPE_LINK,
                                 oif=self._ifindex(obj.dev), metric=obj.metric)
+        if isinstance(obj, ViaRoute):
+            return m.route_body(obj.family, obj.table, address, plen, PROTO, oif=self._ifindex(obj.dev),
+                                gateway=obj.via, metric=obj.metric)
         return m.route_body(
             obj.family, obj.table, address, plen, PROTO, flags=m.RTNH_F_ONLINK, oif=self._ifindex(obj.dev),
             gateway=obj.via, extra=m.tunnel_encap(obj.pa_family, obj.tun_id, obj.pa, obj.ttl), metric=obj.metric,
@@ -211,7 +221,7 @@ def _tolerated(op: Op, errno: int) -> bool:
     if op.action is Action.DELETE:
         return errno in GONE
     # an object created meanwhile (or by an earlier, interrupted run) is what we wanted
-    return errno == errno_mod.EEXIST and isinstance(op.obj, (Vrf, NvgreDevice, TunIdRule))
+    return errno == errno_mod.EEXIST and isinstance(op.obj, (Vrf, NvgreDevice, TunIdRule, FwmarkRule))
 
 
 async def apply(sock: RtnlSocket, plan: Plan) -> Report:

@@ -93,9 +93,11 @@ NTF_PROXY = 0x08
 # --- rules (fib_rules.h) --------------------------------------------------------------------------------
 FRA_IIFNAME = 3
 FRA_PRIORITY = 6
+FRA_FWMARK = 10
 FRA_TUN_ID = 12
 FRA_TABLE = 15
 FRA_PROTOCOL = 21  # owner tag, since Linux 4.17
+FRA_IP_PROTO = 22  # since Linux 4.17
 FR_ACT_TO_TBL = 1
 
 _HDR = struct.Struct("=IHHII")
@@ -187,14 +189,22 @@ def neigh_body(family: int, ifindex: int, dst: str, *, lladdr: str | None, proxy
     return head + attrs
 
 
-def rule_body(family: int, iifname: str, tun_id: int, table: int, priority: int, proto: int) -> bytes:
+def rule_body(family: int, iifname: str | None, tun_id: int | None, table: int, priority: int, proto: int,
+              *, fwmark: int | None = None, ip_proto: int | None = None) -> bytes:
     head = _FIBHDR.pack(FAMILY[family], 0, 0, 0, table if table < 256 else 0, proto, 0, FR_ACT_TO_TBL, 0)
     # (byte 5 of fib_rule_hdr is res1; the protocol goes in FRA_PROTOCOL, so zero it)
     head = head[:5] + b"\0" + head[6:]
-    return head + (
-        nla_pack(FRA_IIFNAME, iifname.encode() + b"\0")
-        + nla_pack(FRA_TUN_ID, struct.pack(">Q", tun_id))
-        + nla_pack(FRA_TABLE, _u32(table))
+    attrs = b""
+    if iifname is not None:
+        attrs += nla_pack(FRA_IIFNAME, iifname.encode() + b"\0")
+    if tun_id is not None:
+        attrs += nla_pack(FRA_TUN_ID, struct.pack(">Q", tun_id))
+    if fwmark is not None:
+        attrs += nla_pack(FRA_FWMARK, _u32(fwmark))  # the kernel takes mask 0xffffffff when none is given
+    if ip_proto is not None:
+        attrs += nla_pack(FRA_IP_PROTO, _u8(ip_proto))
+    return head + attrs + (
+        nla_pack(FRA_TABLE, _u32(table))
         + nla_pack(FRA_PRIORITY, _u32(priority))
         + nla_pack(FRA_PROTOCOL, _u8(proto))
     )
@@ -386,6 +396,7 @@ class RouteFields:
     tun_dst: str | None
     tun_ttl: int | None
     tun_flags: int | None
+    gateway: str | None = None
 
 
 def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
@@ -425,4 +436,5 @@ def parse_route(msg: bytes) -> RouteFields:
         metric=struct.unpack("=I", a[RTA_PRIORITY])[0] if RTA_PRIORITY in a else 0,
         oif=struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else None,
         encap_type=encap_type, tun_id=tun_id, tun_dst=tun_dst, tun_ttl=tun_ttl, tun_flags=tun_flags,
+        gateway=_ntop(a[RTA_GATEWAY]) if RTA_GATEWAY in a else None,
     )

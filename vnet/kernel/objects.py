@@ -18,7 +18,7 @@ from typing import ClassVar
 # 186-192 FRR, 99 keepalived's default is configurable); documented in docs/dataplane.md.
 PROTO = 0x4E
 DEVICE_PREFIX = "nvf-"
-RULE_PRIORITIES = range(900, 1000)  # before the l3mdev rule (1000) so tun_id steering wins
+RULE_PRIORITIES = range(890, 1000)  # before the l3mdev rule (1000) so tun_id steering wins
 ROUTER_NEXTHOP = {4: "169.254.0.1", 6: "fe80::1"}  # the fixed on-link next hop of every encap route
 DEFAULT_METRIC = 1024  # IPv6 turns metric 0 into 1024; use it for both families so dumps read back equal
 UNREACHABLE_METRIC = 4278198272  # the VRF documentation's value: below every real default route
@@ -129,6 +129,32 @@ class TunIdRule:
 
 
 @dataclass(frozen=True)
+class FwmarkRule:
+    """Marked traffic into a routing domain's table: `ip rule fwmark <mark> [iif <dev>] [ipproto <n>] lookup
+    <table> pref <priority>`. Host: the ICMPv6 errors the host itself sends about a VM's packet (iif lo,
+    ipproto ipv6-icmp, the VM packet's mark reflected: docs/dataplane.md, "Packet Too Big"). Gateway:
+    replies and floating-IP traffic from the external interface."""
+
+    family: int
+    fwmark: int
+    table: int
+    priority: int
+    iif: str | None = None
+    ip_proto: int | None = None
+    order: ClassVar[int] = 3
+
+    def __post_init__(self) -> None:
+        if self.priority not in RULE_PRIORITIES:
+            raise ValueError(f"rule priority {self.priority} outside {RULE_PRIORITIES}")
+        if not 0 < self.fwmark < 1 << 32:
+            raise ValueError(f"fwmark {self.fwmark} is not a non-zero 32-bit value")
+
+    @property
+    def key(self) -> tuple:
+        return ("fwmark-rule", self.family, self.priority, self.fwmark, self.iif or "", self.ip_proto or 0)
+
+
+@dataclass(frozen=True)
 class PermanentNeighbour:
     """The fixed on-link next hop (169.254.0.1 / fe80::1) -> router MAC on an NVGRE device."""
 
@@ -172,7 +198,7 @@ def normal_address(text: str) -> tuple[str, int]:
     return socket.inet_ntop(socket.AF_INET6 if family == 6 else socket.AF_INET, packed), family
 
 
-def _set_prefix(obj: LocalPortRoute | EncapRoute) -> None:
+def _set_prefix(obj: LocalPortRoute | EncapRoute | ViaRoute) -> None:
     """Normalise the prefix once (canonical text, host bits must be zero) and derive the family."""
     text, _, length = obj.prefix.partition("/")
     packed, family = _address(text)
@@ -243,6 +269,32 @@ class EncapRoute:
 
 
 @dataclass(frozen=True)
+class ViaRoute:
+    """A prefix via a next hop on a device, in a table: `prefix via <address> dev <dev> table T metric M`.
+    Host: a customer route whose next hop is a VM on this host (`via CA dev <its port>`). Gateway: the
+    tenant's default route leaked to the external side (`default via <next hop> dev <external> metric 1`)."""
+
+    table: int
+    prefix: str
+    via: str
+    dev: str
+    metric: int = DEFAULT_METRIC
+    family: int = field(init=False, repr=False, compare=False)
+    order: ClassVar[int] = 5  # after the routes that may resolve its next hop (a local CA's /32)
+
+    def __post_init__(self) -> None:
+        _set_prefix(self)
+        via, family = normal_address(self.via)
+        if family != self.family:
+            raise ValueError(f"next hop {self.via} is not of the family of {self.prefix}")
+        object.__setattr__(self, "via", via)
+
+    @property
+    def key(self) -> tuple:
+        return ("route", self.family, self.table, self.prefix, self.metric)
+
+
+@dataclass(frozen=True)
 class UnreachableRoute:
     """Everything else in the routing domain is dropped with an ICMP unreachable: `unreachable default`."""
 
@@ -260,5 +312,5 @@ class UnreachableRoute:
         return ("route", self.family, self.table, self.prefix, self.metric)
 
 
-KernelObject = Vrf | NvgreDevice | Port | Sysctl | TunIdRule | PermanentNeighbour | ProxyNeighbour | \
-    LocalPortRoute | EncapRoute | UnreachableRoute
+KernelObject = Vrf | NvgreDevice | Port | Sysctl | TunIdRule | FwmarkRule | PermanentNeighbour | ProxyNeighbour | \
+    LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute

@@ -21,6 +21,7 @@ from vnet.kernel.objects import (
     PROTO,
     RULE_PRIORITIES,
     EncapRoute,
+    FwmarkRule,
     KernelObject,
     LocalPortRoute,
     NvgreDevice,
@@ -30,6 +31,7 @@ from vnet.kernel.objects import (
     Sysctl,
     TunIdRule,
     UnreachableRoute,
+    ViaRoute,
     Vrf,
 )
 
@@ -82,7 +84,7 @@ async def devices(sock: RtnlSocket) -> tuple[list[KernelObject], dict[int, str]]
     return out, names
 
 
-async def rules(sock: RtnlSocket) -> AsyncIterator[TunIdRule]:
+async def rules(sock: RtnlSocket) -> AsyncIterator[TunIdRule | FwmarkRule]:
     for family in (4, 6):
         async for raw in sock.dump(m.RTM_GETRULE, struct.pack("=BBBBBBBBI", m.FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)):
             msg = fibmsg(raw)
@@ -90,10 +92,13 @@ async def rules(sock: RtnlSocket) -> AsyncIterator[TunIdRule]:
             if msg.get_attr("FRA_PROTOCOL") != PROTO or msg.get_attr("FRA_PRIORITY") not in RULE_PRIORITIES:
                 continue
             tun_id = msg.get_attr("FRA_TUN_ID")
-            if tun_id is None:
-                continue
-            yield TunIdRule(family, msg.get_attr("FRA_IIFNAME"), tun_id, msg.get_attr("FRA_TABLE"),
-                            msg.get_attr("FRA_PRIORITY"))
+            fwmark = msg.get_attr("FRA_FWMARK")
+            if tun_id is not None:
+                yield TunIdRule(family, msg.get_attr("FRA_IIFNAME"), tun_id, msg.get_attr("FRA_TABLE"),
+                                msg.get_attr("FRA_PRIORITY"))
+            elif fwmark:
+                yield FwmarkRule(family, fwmark, msg.get_attr("FRA_TABLE"), msg.get_attr("FRA_PRIORITY"),
+                                 msg.get_attr("FRA_IIFNAME"), msg.get_attr("FRA_IP_PROTO") or None)
 
 
 async def neighbours(sock: RtnlSocket, names: dict[int, str], ports: set[str]) -> AsyncIterator[KernelObject]:
@@ -120,6 +125,8 @@ def _route(r: m.RouteFields, names: dict[int, str]) -> KernelObject | None:
     dev = names.get(r.oif) if r.oif is not None else None
     if r.encap_type in (m.LWTUNNEL_ENCAP_IP, m.LWTUNNEL_ENCAP_IP6) and r.tun_id is not None:
         return EncapRoute(r.table, prefix, r.tun_id >> 8, r.tun_dst, dev, r.tun_ttl, r.metric)
+    if dev is not None and r.rtype == m.RTN_UNICAST and r.gateway is not None:
+        return ViaRoute(r.table, prefix, r.gateway, dev, r.metric)
     if dev is not None and r.rtype == m.RTN_UNICAST:
         return LocalPortRoute(r.table, prefix, dev, r.metric)
     return None

@@ -1,0 +1,97 @@
+"""The routing-domain mark: every packet entering a routing domain's VRF is marked with the domain's table
+number, so that the ICMPv6 errors the host sends about it are routed back into that domain.
+
+Why (docs/dataplane.md, "Packet Too Big"): for a too-big packet, ip6_forward sets the packet's device to the
+OUTPUT device before icmpv6_send, and icmp6_send picks the routing table from that device's VRF. Our output
+device is the NVGRE device, outside every VRF, so the Packet Too Big was looked up in the main table, found
+no route to the VM and was never sent (IPv4 keeps the input device: "fragmentation needed" works). With
+`net.ipv6.fwmark_reflect=1` the error carries the packet's mark, and vnet.desired's `FwmarkRule` per routing
+domain (`fwmark T iif lo ipproto ipv6-icmp lookup T`) routes it in the tenant's own table: right even when
+tenants overlap. An address in the VRF does not help (tried in the VM: still nothing sent).
+
+The mark is set by nftables (rules cannot set marks): one table `inet nvfabric-vrf` of our own (the GRE
+filter's `inet nvfabric` is vnet/nftables.py's), one prerouting rule `meta mark set iifname map @vrf`, matched
+on the VRF device's own prerouting pass (the kernel runs the hook once for the port, once for the VRF). A
+packet of a device not in the map is left as it is. A routing domain added or removed is one element
+change; the outer NVGRE packet inherits the mark, which only the ICMPv6 rule (ipproto 58, iif lo) looks at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from vnet.nftables import FAMILY, Nft, NftError
+
+TABLE = "nvfabric-vrf"
+MAP = "vrf"
+_OWNED = {"family": FAMILY, "table": TABLE}
+_HEAD = {"metainfo": {"json_schema_version": 1}}
+
+
+def ruleset(marks: Mapping[str, int]) -> dict:
+    """The whole table (replacing whatever is there, in one transaction): VRF device name -> mark."""
+    table = {"family": FAMILY, "name": TABLE}
+    cmds: list[dict] = [
+        {"add": {"table": table}},
+        {"delete": {"table": table}},  # with the add before it: a replace, inside one transaction
+        {"add": {"table": table}},
+        {"add": {"map": {**_OWNED, "name": MAP, "type": "ifname", "map": "mark"}}},
+        # mangle priority: before conntrack and routing, like any mark that routing should see
+        {"add": {"chain": {**_OWNED, "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -150,
+                           "policy": "accept"}}},
+        {"add": {"rule": {**_OWNED, "chain": "prerouting", "expr": [
+            {"mangle": {"key": {"meta": {"key": "mark"}},
+                        "value": {"map": {"key": {"meta": {"key": "iifname"}}, "data": f"@{MAP}"}}}},
+        ]}}},
+    ]
+    if marks:
+        cmds.append({"add": {"element": {**_OWNED, "name": MAP, "elem": _elems(marks)}}})
+    return {"nftables": [_HEAD, *cmds]}
+
+
+def changes(old: Mapping[str, int], new: Mapping[str, int]) -> dict | None:
+    """Map elements only: deletes (and changed values) first, then adds; None when nothing differs."""
+    gone = {k: v for k, v in old.items() if new.get(k) != v}
+    added = {k: v for k, v in new.items() if old.get(k) != v}
+    cmds: list[dict] = []
+    if gone:
+        cmds.append({"delete": {"element": {**_OWNED, "name": MAP, "elem": _elems(gone)}}})
+    if added:
+        cmds.append({"add": {"element": {**_OWNED, "name": MAP, "elem": _elems(added)}}})
+    return {"nftables": [_HEAD, *cmds]} if cmds else None
+
+
+def _elems(marks: Mapping[str, int]) -> list:
+    return [[name, mark] for name, mark in sorted(marks.items())]
+
+
+class VrfMarks:
+    """Keeps the kernel's map equal to the given one: the whole table at the first write (and after a
+    refused one), then only the elements that changed."""
+
+    def __init__(self, nft: Nft) -> None:
+        self.nft = nft
+        self.applied: dict[str, int] | None = None
+
+    async def apply(self, marks: Mapping[str, int]) -> None:
+        doc = ruleset(marks) if self.applied is None else changes(self.applied, marks)
+        if doc is None:
+            return
+        try:
+            await self.nft.transaction("vrf marks", doc)
+        except NftError:
+            self.applied = None  # the table may not be what we think: replace it next time
+            raise
+        self.applied = dict(marks)
+
+    async def read(self) -> dict[str, int] | None:
+        """The map as the kernel has it; None when the table does not exist."""
+        try:
+            doc = await self.nft.list_json("map", FAMILY, TABLE, MAP)
+        except NftError:
+            return None
+        for item in doc.get("nftables", []):
+            found = item.get("map")
+            if found and found.get("name") == MAP:
+                return {str(k): int(v) for k, v in found.get("elem", [])}
+        return {}
