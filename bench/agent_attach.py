@@ -78,18 +78,26 @@ def main() -> int:
         watch = RouteWatch(fabric.ns("hv3"))
         time.sleep(1.0)
         put, total = [], []
+        parts: dict[str, list[float]] = {"seconds": [], "plan_seconds": [], "apply_seconds": [], "kernel_seconds": []}
         for i in range(args.count):
             ca = str(ipaddress.ip_address("10.0.0.100") + i)
             port = Port(f"a{i}", f"tap-a{i}", f"02:00:00:01:00:{i:02x}", 5001, (ipaddress.ip_address(ca),))
             t0 = time.monotonic()
             fabric.agents["hv1"].call(lambda a, port=port: a.put_port(port))
             t1 = time.monotonic()
+            last = fabric.agents["hv1"].read(lambda a: a.status().last_reconcile) or {}
+            for key, values in parts.items():
+                values.append(float(last.get(key, 0.0)))
             t2 = watch.wait(ca, 30)
             put.append(t1 - t0)
             total.append(t2 - t0)
         print(f"ports attached: {args.count}")
         print(f"put_port on hv1 returns (hv1 kernel programmed, route handed to BGP): {ms(put)}")
         print(f"put_port on hv1 -> route in hv3's kernel: {ms(total)}")
+        # hv1's reconcile of each put_port (vnet.reconcile.Outcome): read + plan in Python, apply, of which
+        # the kernel (sendmsg and acks)
+        for key, values in parts.items():
+            print(f"hv1 reconcile {key}: {ms(values)}")
         return 0
     finally:
         if watch is not None:

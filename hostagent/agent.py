@@ -129,6 +129,9 @@ class Agent:
         self._m_up = Gauge("nvfabric_agent_reflector_up", "BGP session established", ["reflector"],
                            registry=self.registry)
         self._m_held = Gauge("nvfabric_agent_held_deletes", "learned-state deletes held", registry=self.registry)
+        frozen = Gauge("nvfabric_agent_mobility_frozen_macs", "MACs frozen now (RFC 7432 15.1 duplicate detection)",
+                       registry=self.registry)
+        frozen.set_function(lambda: len(self._view.mobility.freezes(time.monotonic())))
         self._lock = asyncio.Lock()
         self._started = False
         self._sock: RtnlSocket | None = None
@@ -270,7 +273,7 @@ class Agent:
             last_reconcile=_outcome(last),
             totals=dict(self._reconciler.totals) if self._reconciler else {},
             held_deletes=last.held if last else 0,
-            mobility_freezes=tuple(asdict(f) for f in self._view.mobility.freezes(time.monotonic())),
+            mobility_freezes=tuple(_wall(asdict(f)) for f in self._view.mobility.freezes(time.monotonic())),
             skipped=tuple(x for why in self._skipped.values() for x in why),
             local_routes=len(self._announced),
             learned_routes=len(self._client.routes()) if self._client else 0,
@@ -470,6 +473,11 @@ class Agent:
                 self._dirty.set()
 
 
+def _wall(freeze: dict[str, Any]) -> dict[str, Any]:
+    """A freeze's end in wall-clock time (Unix seconds): a monotonic value means nothing to an operator."""
+    return {**freeze, "until": time.time() + (freeze["until"] - time.monotonic())}
+
+
 def _domain_of(catalog: Catalog, vsid: int) -> str | None:
     found = catalog.subnet(vsid)
     return found[0].name if found is not None else None
@@ -490,7 +498,9 @@ def _outcome(o: Outcome | None) -> dict[str, Any] | None:
     if o is None:
         return None
     return {"at": o.at, "ops": o.counts, "errors": list(o.errors), "held": o.held, "seconds": round(o.seconds, 4),
-            "full_observe": o.full_observe, "partitions": list(o.partitions)}
+            "full_observe": o.full_observe, "partitions": list(o.partitions),
+            "plan_seconds": round(o.plan_seconds, 4), "apply_seconds": round(o.apply_seconds, 4),
+            "kernel_seconds": round(o.kernel_seconds, 4)}
 
 
 __all__ = ["Agent", "AgentNotStarted", "AgentStatus", "KernelError", "ReflectorStatus", "vrf_name"]

@@ -55,6 +55,11 @@ class Outcome:
     full_observe: bool
     applied: tuple[Op, ...] = ()  # what the kernel acknowledged, in order (for a revert)
     partitions: tuple[str, ...] = ()  # the dirty partitions planned (all of them on a full pass)
+    # where `seconds` went: reading (observe, sysctls) and planning in Python; applying, of which the kernel
+    # (sendmsg and acks, sysctl writes excluded)
+    plan_seconds: float = 0.0
+    apply_seconds: float = 0.0
+    kernel_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -180,10 +185,13 @@ class Reconciler:
                         if value is not None:
                             self.observed[key] = Sysctl(key[1], value)
         plan, held = self.plan(previous, hold, full)
+        planned = time.monotonic()
         errors: list[ApplyError] = []
         applied: tuple[Op, ...] = ()
+        kernel = 0.0
         if plan:
             report = await apply(self.sock, plan)
+            kernel = report.kernel_seconds
             errors = report.errors
             applied = tuple(report.applied)
             failed = {id(e.op) for e in errors}
@@ -201,8 +209,10 @@ class Reconciler:
         for k, v in counts.items():
             self.totals[k] += v
         self.totals["errors"] += len(errors)
-        self.last = Outcome(time.time(), counts, tuple(str(e) for e in errors), held, time.monotonic() - started, full,
-                            applied, tuple(sorted(self.desired if full else previous)))
+        done = time.monotonic()
+        self.last = Outcome(time.time(), counts, tuple(str(e) for e in errors), held, done - started, full,
+                            applied, tuple(sorted(self.desired if full else previous)), planned - started,
+                            done - planned, kernel)
         return self.last
 
     async def revert(self, applied: tuple[Op, ...]) -> list[ApplyError]:

@@ -20,6 +20,7 @@ from vnet.kernel.diff import Action, Plan, diff
 from vnet.kernel.netns import RtnlSocket
 from vnet.kernel.objects import (
     EncapRoute,
+    FwmarkRule,
     KernelObject,
     LocalPortRoute,
     NvgreDevice,
@@ -29,6 +30,7 @@ from vnet.kernel.objects import (
     Sysctl,
     TunIdRule,
     UnreachableRoute,
+    ViaRoute,
     Vrf,
 )
 from vnet.kernel.observe import observe
@@ -298,3 +300,64 @@ def test_a_hand_made_device_with_our_name_is_replaced_by_a_flow_based_one():
         assert "gretap external" in netns.run(["ip", "-n", ns, "-d", "link", "show", "nvf-gre4"]).output
     finally:
         netns.destroy(ns)
+
+
+def _snmp_frag_creates(ns: str) -> int:
+    lines = [ln.split() for ln in netns.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]).output.splitlines()
+             if ln.startswith("Ip:")]
+    return int(lines[1][lines[0].index("FragCreates")])
+
+
+def test_nvgre_mtu_counts_the_whole_encapsulation_so_df_packets_get_frag_needed_not_fragmented(hosts):
+    """RFC 7637 over IPv4 costs 42 bytes: a 1500 underlay carries 1458-byte inner packets. The kernel's own
+    gretap MTU (1462) let 1459-1462-byte DF packets through as fragmented outer packets."""
+    def underlay_ports(i: int) -> set[KernelObject]:
+        # ports at the underlay MTU (as vnet.desired makes them): a 1438 port would drop the VM's 1458-byte
+        # packets silently on the way in (ENOBUFS in the VM), before the NVGRE device could answer
+        return {Port(o.name, o.vrf, 1500) if isinstance(o, Port) else o for o in host_state(i, STRAIGHT)}
+
+    for i in (1, 2):
+        hosts.reconcile(i, underlay_ports(i))
+    assert "mtu 1458" in sh("ip", "-n", H[1], "link", "show", "nvf-gre4")
+    assert "mtu 1438" in sh("ip", "-n", H[1], "link", "show", "nvf-gre6")
+    ping(4, CA[4][2])
+    frags = _snmp_frag_creates(H[1])
+    out = sh(*netns.in_netns(VM[1], ["ping", "-4", "-c1", "-W2", "-M", "do", "-s", "1430", CA[4][2]]))
+    assert "1438 bytes from" in out, out  # 1458-byte packet: fits
+    assert _snmp_frag_creates(H[1]) == frags  # and left whole
+    for size in (1431, 1432, 1433, 1434):  # 1459..1462-byte packets
+        sh(*netns.in_netns(VM[1], ["ip", "route", "flush", "cache"]))  # forget the learnt PMTU: ask the host again
+        out = sh(*netns.in_netns(VM[1], ["ping", "-4", "-c1", "-W2", "-M", "do", "-s", str(size), CA[4][2]]),
+                 check=False)
+        assert "Frag needed" in out and "mtu = 1458" in out, (size, out)
+    assert _snmp_frag_creates(H[1]) == frags
+    for i in (1, 2):
+        hosts.reconcile(i, host_state(i, STRAIGHT))
+
+
+def test_fwmark_rules_and_via_routes_read_back_and_a_customer_route_via_a_local_vm_forwards(hosts):
+    """Customer route 10.9.0.0/24 via vm1's CA: h1 `via 10.1.0.10 dev tap1`, h2 an encap route to h1's PA."""
+    extra1 = {ViaRoute(TABLE, "10.9.0.0/24", CA[4][1], "tap1"),
+              FwmarkRule(6, TABLE, TABLE, 910, "lo", 58), FwmarkRule(4, 7, TABLE, 899, "u1")}
+    # vm2's default gateway 10.1.0.1 is answered by proxy ARP once it has a route by another device
+    extra2 = {EncapRoute(TABLE, "10.9.0.0/24", VSID, PA[4][1], DEV[4]), LocalPortRoute(TABLE, "10.1.0.1/32", DEV[4])}
+    netns.ip_batch(["addr add 10.9.0.1/32 dev lo"], VM[1])
+    try:
+        hosts.reconcile(1, host_state(1, STRAIGHT) | extra1)
+        hosts.reconcile(2, host_state(2, STRAIGHT) | extra2)
+        assert hosts.pending(1, host_state(1, STRAIGHT) | extra1) == Plan(())
+        rules = sh("ip", "-n", H[1], "-6", "rule")
+        assert f"fwmark 0x{TABLE:x} iif lo ipproto ipv6-icmp lookup {TABLE}" in rules, rules
+        assert "10.9.0.0/24 via 10.1.0.10 dev tap1" in sh("ip", "-n", H[1], "route", "show", "table", str(TABLE))
+        out = netns.run(netns.in_netns(VM[2], ["ping", "-4", "-c1", "-W2", "10.9.0.1"]), check=False).output
+        for _ in range(10):
+            if " 0% packet loss" in out:
+                break
+            out = netns.run(netns.in_netns(VM[2], ["ping", "-4", "-c1", "-W2", "10.9.0.1"]), check=False).output
+        assert " 0% packet loss" in out, out
+    finally:
+        netns.ip_batch(["addr del 10.9.0.1/32 dev lo"], VM[1])
+        for i in (1, 2):
+            hosts.reconcile(i, host_state(i, STRAIGHT))
+    assert "10.9.0.0" not in sh("ip", "-n", H[1], "route", "show", "table", str(TABLE))
+    assert "fwmark" not in sh("ip", "-n", H[1], "-6", "rule")
