@@ -1,21 +1,21 @@
-"""The gateway's NVGRE side: the same dataplane as a host (vnet.desired + vnet.reconcile), plus
-what only a gateway needs.
+"""The gateway's NVGRE side: the same dataplane as a host (vnet.desired + vnet.reconcile), plus what only a
+gateway needs.
 
-Through vnet (pure desired state, observed and diffed, nothing flushed): per tenant a VRF whose table is the
-tenant id, `tun_id` rules from the NVGRE devices into it, `unreachable default`, and one encap route per
-tenant CA (records: learned from the reflectors like a host does, gateway/evpn.py). One partition per
-tenant: a one-tenant change computes and plans only that tenant's objects.
-
-Not vnet object kinds (yet), so applied here as one `ip -batch` and one
-`tc -batch` per change, not per packet or route:
+Through vnet (pure desired state, observed and diffed, nothing flushed), one partition per tenant, so a
+one-tenant change computes and plans only that tenant's objects: a VRF whose table is the tenant id, `tun_id`
+rules from the NVGRE devices into it, `unreachable default`, one encap route per tenant CA (records: learned
+from the reflectors like a host does, gateway/evpn.py), and the gateway's own (`tenant_extras`):
 - `ip rule fwmark <id> iif <external> lookup <id>` (IPv4 and IPv6), before the l3mdev rule (1000) and the
   tun_id rules (900): replies and floating-IP traffic, marked by nat.py from the conntrack mark, are routed
   into the tenant;
 - the tenant's default route leaked to the external side, `default via <next hop> dev <external> metric 1`,
-  which wins over vnet's `unreachable default` (metric UNREACHABLE_METRIC) in the same table;
-- tc on each NVGRE device: `flower enc_key_id VSID<<8 action skbedit mark <id>`, one filter per VSID with
-  handle = VSID, so a tenant change replaces only its own filters. Every tenant's traffic arrives on the same
-  flow-based device; the mark is what tells tenants apart in nftables (zones) before routing.
+  which wins over vnet's `unreachable default` (metric UNREACHABLE_METRIC) in the same table.
+
+Not a vnet kind (pyroute2 and vnet.kernel have no flower), so one `tc -batch` per change: on the NVGRE
+devices' shared ingress block (TC_BLOCK), `flower enc_key_id VSID<<8 action skbedit mark <id>`, one filter
+per VSID with handle = VSID, so a tenant change replaces only its own filters. Every tenant's traffic
+arrives on the same flow-based device; the mark is what tells tenants apart in nftables (zones) before
+routing.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from gateway.tenants import Tenant
 from vnet.catalog import Catalog
 from vnet.desired import NVGRE_DEVICES, HostIdentity, desired_state
 from vnet.kernel.netns import RtnlSocket
-from vnet.kernel.objects import KernelObject
+from vnet.kernel.objects import FwmarkRule, KernelObject, ViaRoute
 from vnet.model import LookupRecord
 from vnet.reconcile import Outcome, Reconciler
 
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 FWMARK_PRIORITY = 899  # before the tun_id rules (900) and the l3mdev rule (1000)
 LEAK_METRIC = 1
 TC_PREF = 10
+# One shared tc block for the NVGRE devices' ingress: filters name the block, not a device, so `tc` does not
+# resolve a device name (which dumps every link first: O(tenants) with a VRF each) and one filter per VSID
+# serves both devices.
+TC_BLOCK = 7637
 
 
 class PlumbingError(RuntimeError):
@@ -49,57 +53,52 @@ class PlumbingError(RuntimeError):
 
 @dataclass(frozen=True)
 class Plumbing:
-    """The per-tenant extras, as command lines (pure, so tests and the benchmark can count them)."""
+    """The per-tenant tc filters, as `tc -batch` lines (pure, so tests and the benchmark can count them)."""
 
-    ip: tuple[tuple[int, str], ...]  # (family, line): `ip -batch` takes no -4/-6 per line
     tc: tuple[str, ...]
 
     @staticmethod
     def join(parts: Iterable[Plumbing]) -> Plumbing:
-        parts = list(parts)
-        return Plumbing(tuple(x for p in parts for x in p.ip), tuple(x for p in parts for x in p.tc))
+        return Plumbing(tuple(x for p in parts for x in p.tc))
 
 
-def tenant_plumbing(tenant: Tenant, tid: int, external: External, devices: Iterable[str]) -> Plumbing:
-    ip: list[tuple[int, str]] = []
-    ext = external.interfaces[0]
-    for family, nh in ((4, external.next_hop4), (6, external.next_hop6)):
-        for iif in external.interfaces:
-            # delete first: `ip rule add` is not idempotent (a second add makes a duplicate); -force ignores a
-            # miss. `iif`: only what arrives from outside; the NVGRE packets the gateway itself encapsulates
-            # inherit the inner packet's mark and must find the underlay in the main table, not the tenant's
-            # (seen in the VM: replies left by the external side with its address as outer source)
-            ip.append((family, f"rule del fwmark {tid} iif {iif} lookup {tid} pref {FWMARK_PRIORITY}"))
-            ip.append((family, f"rule add fwmark {tid} iif {iif} lookup {tid} pref {FWMARK_PRIORITY}"))
-        if nh is not None:
-            ip.append((family, f"route replace default via {nh} dev {ext} table {tid} metric {LEAK_METRIC}"))
-    tc: list[str] = []
-    for dev in devices:
-        for vsid in tenant.vsids:
-            tc.append(f"filter replace dev {dev} ingress pref {TC_PREF} handle {vsid} protocol all flower "
-                      f"enc_key_id {vsid << 8} action skbedit mark {tid}")
-    return Plumbing(tuple(ip), tuple(tc))
+def _filter(verb: str, vsid: int, tid: int | None = None) -> str:
+    line = f"filter {verb} block {TC_BLOCK} pref {TC_PREF} handle {vsid} protocol all flower"
+    return line if tid is None else f"{line} enc_key_id {vsid << 8} action skbedit mark {tid}"
 
 
-def removal_plumbing(tenant: Tenant, tid: int, external: External, devices: Iterable[str]) -> Plumbing:
-    ip = tuple((f, f"rule del fwmark {tid} iif {iif} lookup {tid} pref {FWMARK_PRIORITY}")
-               for f in (4, 6) for iif in external.interfaces)
-    tc = tuple(f"filter del dev {dev} ingress pref {TC_PREF} handle {vsid} protocol all flower"
-               for dev in devices for vsid in tenant.vsids)
-    return Plumbing(ip, tc)  # the VRF, its table and routes go with vnet's desired state
+def tenant_plumbing(tenant: Tenant, tid: int) -> Plumbing:
+    return Plumbing(tuple(_filter("replace", vsid, tid) for vsid in tenant.vsids))
 
 
-def _vsid_gone_plumbing(new: Tenant | None, old: Tenant | None, tid: int, external: External,
-                        devices: Iterable[str]) -> Plumbing:
-    """What goes when `old` becomes `new`: all of old's plumbing for a deleted tenant, else the tc filters of
-    the VSIDs it no longer has (the fwmark rules and the leaked default are replaced in place)."""
+def removal_plumbing(tenant: Tenant) -> Plumbing:
+    return Plumbing(tuple(_filter("del", vsid) for vsid in tenant.vsids))
+
+
+def _vsid_gone_plumbing(new: Tenant | None, old: Tenant | None) -> Plumbing:
+    """What goes when `old` becomes `new`: all of old's filters for a deleted tenant, else the filters of the
+    VSIDs it no longer has."""
     if old is None:
-        return Plumbing((), ())
+        return Plumbing(())
     if new is None:
-        return removal_plumbing(old, tid, external, devices)
-    gone = tuple(v for v in old.vsids if v not in new.vsids)
-    return Plumbing((), tuple(f"filter del dev {dev} ingress pref {TC_PREF} handle {vsid} protocol all flower"
-                              for dev in devices for vsid in gone))
+        return removal_plumbing(old)
+    return Plumbing(tuple(_filter("del", v) for v in old.vsids if v not in new.vsids))
+
+
+def tenant_extras(tid: int, external: External) -> frozenset[KernelObject]:
+    """Pure: what a gateway tenant has beyond a host's routing domain, as vnet objects in its partition:
+    `ip rule fwmark <id> iif <external> lookup <id>` per family (before the tun_id rules and the l3mdev rule):
+    replies and floating-IP traffic, marked from the conntrack mark by nat.py, are routed into the tenant;
+    `iif`, because the NVGRE packets the gateway itself encapsulates inherit the inner packet's mark and must
+    find the underlay in the main table (seen in the VM: replies left by the external side with its address
+    as outer source). And the tenant's default route leaked to the external side, `default via <next hop>
+    dev <external> metric 1`, which wins over vnet's `unreachable default` in the same table."""
+    out: set[KernelObject] = {FwmarkRule(family, tid, tid, FWMARK_PRIORITY, iif=iif)
+                              for family in (4, 6) for iif in external.interfaces}
+    for prefix, nh in (("0.0.0.0/0", external.next_hop4), ("::/0", external.next_hop6)):
+        if nh is not None:
+            out.add(ViaRoute(tid, prefix, str(nh), external.interfaces[0], LEAK_METRIC))
+    return frozenset(out)
 
 
 class Dataplane:
@@ -120,8 +119,16 @@ class Dataplane:
         self._reconciler = Reconciler(self._sock)
 
     async def ensure_clsact(self) -> None:
-        """The tc hook on each NVGRE device (after vnet created the devices)."""
-        await self._batch("tc", [f"qdisc replace dev {d} clsact" for d in self.devices])
+        """The tc hook on each NVGRE device (after vnet created the devices): clsact with the shared ingress
+        block. A clsact without it (an earlier version's) is replaced: the block of a qdisc cannot change."""
+        lines = []
+        for dev in self.devices:
+            have = await self._run(["tc", "qdisc", "show", "dev", dev, "clsact"], b"")
+            if f"ingress_block {TC_BLOCK} " not in have + " ":
+                if "clsact" in have:
+                    lines.append(f"qdisc del dev {dev} clsact")
+                lines.append(f"qdisc add dev {dev} ingress_block {TC_BLOCK} clsact")
+        await self._batch("tc", lines)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -137,9 +144,9 @@ class Dataplane:
         catalog = Catalog.build({n: t.routing_domain for n, t in present.items()}, {})
         desired = desired_state(catalog, (r for n in present for r in records.get(n, ())), (), {}, self.identity,
                                 {n: ids[n] for n in present}, domains=None if only is None else names)
-        if only is None:
-            return desired.partitions
-        return {n: desired.partitions[n] for n in names}
+        parts = {n: desired.partitions[n] | tenant_extras(ids[n], self.external) if n in present
+                 else desired.partitions[n] for n in (desired.partitions if only is None else names)}
+        return parts
 
     async def _reconcile(self, parts: Mapping[str, Iterable[KernelObject]]) -> Outcome:
         """Apply these partitions; a refusal is undone (acknowledged ops reverted, the partitions' previous
@@ -172,50 +179,57 @@ class Dataplane:
         holds this tenant's id."""
         tid = ids[name]
         part = self.parts({} if new is None else {name: new}, ids, records, only=[name])
-        gone = _vsid_gone_plumbing(new, old, tid, self.external, self.devices)
+        gone = _vsid_gone_plumbing(new, old)
         if new is None:
             await self.plumb(gone)
             try:
                 await self._reconcile(part)
             except PlumbingError:
                 if old is not None:  # the VRF side is back (_reconcile): so is the plumbing
-                    await self.plumb(tenant_plumbing(old, tid, self.external, self.devices))
+                    await self.plumb(tenant_plumbing(old, tid))
                 raise
             return
         await self._reconcile(part)
         try:
-            await self.plumb(Plumbing.join([gone, tenant_plumbing(new, tid, self.external, self.devices)]))
+            await self.plumb(Plumbing.join([gone, tenant_plumbing(new, tid)]))
         except PlumbingError:
             try:  # the VRF side back as it was
                 await self._reconcile(self.parts({} if old is None else {name: old}, ids, records, only=[name]))
                 if old is not None:
-                    await self.plumb(tenant_plumbing(old, tid, self.external, self.devices))
+                    await self.plumb(tenant_plumbing(old, tid))
             except PlumbingError as exc:  # logged; the next change or the restart's full pass retries
                 log.error("tenant %s: putting back the VRF side failed: %s", name, exc)
             raise
 
     async def plumb(self, plumbing: Plumbing) -> None:
-        for family in (4, 6):
-            await self._batch("ip", [line for f, line in plumbing.ip if f == family], f"-{family}")
         await self._batch("tc", plumbing.tc)
 
     async def _batch(self, tool: str, lines: Iterable[str], *options: str) -> None:
         lines = list(lines)
         if not lines:
             return
-        argv = [tool, *options, "-force", "-batch", "-"]
+        text, status = await self._exec([tool, *options, "-force", "-batch", "-"], "\n".join(lines).encode() + b"\n")
+        # -force keeps going past errors; only the deletes of absent objects are expected to fail
+        real = [ln for ln in text.splitlines() if ln.strip() and not _expected_miss(ln)]
+        if status != 0 and real:
+            raise PlumbingError(f"{tool} -batch", "\n".join(real[:5]))
+
+    async def _run(self, argv: list[str], stdin: bytes) -> str:
+        text, status = await self._exec(argv, stdin)
+        if status != 0:
+            raise PlumbingError(" ".join(argv[:3]), text)
+        return text
+
+    async def _exec(self, argv: list[str], stdin: bytes) -> tuple[str, int]:
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await proc.communicate("\n".join(lines).encode() + b"\n")
-        text = out.decode(errors="replace")
-        # -force keeps going past errors; only the deletes of absent objects are expected to fail
-        real = [ln for ln in text.splitlines() if ln.strip() and not _expected_miss(ln)]
-        if proc.returncode != 0 and real:
-            raise PlumbingError(f"{tool} -batch", "\n".join(real[:5]))
+        out, _ = await proc.communicate(stdin)
+        return out.decode(errors="replace"), proc.returncode or 0
 
 
 def _expected_miss(line: str) -> bool:
     return any(s in line for s in ("No such file or directory", "Command failed -:", "Cannot find specified filter",
-                                   "RTNETLINK answers: No such", "Filter with specified priority/protocol not found"))
+                                   "RTNETLINK answers: No such", "Filter with specified priority/protocol not found",
+                                   "Cannot find specified qdisc"))

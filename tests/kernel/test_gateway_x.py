@@ -126,7 +126,7 @@ def diagnostics() -> str:
     """What the kernels hold, printed when a check fails (the VM run is too slow to guess twice)."""
     cmds = [("hv", "ip -d link show"), ("hv", "ip rule"), ("hv", "ip route show vrf nvf-blue"),
             ("hv", "ip -s link show nvf-gre4"), ("gw", "ip -d link show"), ("gw", "ip rule"),
-            ("gw", "ip route show table all"), ("gw", "ip neigh"), ("gw", "tc -s filter show dev nvf-gre4 ingress"),
+            ("gw", "ip route show table all"), ("gw", "ip neigh"), ("gw", "tc -s filter show block 7637"),
             ("gw", "ip -s link show nvf-gre4"), ("gw", "nft list ruleset"), ("gw", "cat /proc/net/nf_conntrack"),
             ("inet", "ip route")]
     out = []

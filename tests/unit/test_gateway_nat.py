@@ -182,19 +182,21 @@ def test_an_upstream_needs_our_external_address() -> None:
 
 def test_plumbing_marks_each_vsid_and_routes_only_outside_arrivals_by_mark() -> None:
     from gateway.config import External
-    from gateway.dataplane import Plumbing, removal_plumbing, tenant_plumbing
+    from gateway.dataplane import Plumbing, removal_plumbing, tenant_extras, tenant_plumbing
+    from vnet.kernel.objects import FwmarkRule, ViaRoute
 
     t = Tenant.from_dict(body(subnets=[{"vsid": 5001, "prefixes": ["10.0.0.0/24"]},
                                        {"vsid": 5002, "prefixes": ["10.0.1.0/24"]}]))
     ext = External(("eth2",), ipaddress.ip_address("203.0.113.1"), None)
-    p = tenant_plumbing(t, 1000, ext, ["nvf-gre4"])
-    assert (4, "rule add fwmark 1000 iif eth2 lookup 1000 pref 899") in p.ip
-    assert (4, "route replace default via 203.0.113.1 dev eth2 table 1000 metric 1") in p.ip
-    assert not any("route" in line for f, line in p.ip if f == 6)  # no IPv6 next hop: no IPv6 default
+    extras = tenant_extras(1000, ext)
+    assert FwmarkRule(4, 1000, 1000, 899, iif="eth2") in extras and FwmarkRule(6, 1000, 1000, 899, iif="eth2") in extras
+    assert [o for o in extras if isinstance(o, ViaRoute)] == [ViaRoute(1000, "0.0.0.0/0", "203.0.113.1", "eth2", 1)]
+    p = tenant_plumbing(t, 1000)
     assert [line.split(" enc_key_id ")[1] for line in p.tc] == [f"{5001 << 8} action skbedit mark 1000",
                                                                  f"{5002 << 8} action skbedit mark 1000"]
-    gone = removal_plumbing(t, 1000, ext, ["nvf-gre4"])
-    assert all("del" in line for _, line in gone.ip) and all(" handle 500" in line for line in gone.tc)
+    assert all(line.startswith("filter replace block ") for line in p.tc)  # the NVGRE devices' shared block
+    gone = removal_plumbing(t)
+    assert all(line.startswith("filter del ") for line in gone.tc) and all(" handle 500" in line for line in gone.tc)
     assert len(Plumbing.join([p, p]).tc) == 4
 
 
