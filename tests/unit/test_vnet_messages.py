@@ -133,3 +133,19 @@ def test_the_hand_parser_reads_an_ip6_encap_of_an_ipv6_route():
     assert (f.family, f.table, f.dst, f.dst_len, f.metric, f.oif) == (6, 1000, "fd00::20", 128, 1024, 5)
     assert (f.encap_type, f.tun_id, f.tun_dst, f.tun_ttl, f.tun_flags) == (
         m.LWTUNNEL_ENCAP_IP6, 5001 << 8, "2001:db8::2", 64, m.TUNNEL_KEY)
+
+
+def test_fwmark_rule_and_via_route_decode_with_pyroute2_and_the_hand_parser():
+    rule = fibmsg(m.message(m.RTM_NEWRULE, 0, 1, m.rule_body(6, "lo", None, 1000, 910, 78, fwmark=1000, ip_proto=58)))
+    rule.decode()
+    assert rule.get_attr("FRA_FWMARK") == 1000 and rule.get_attr("FRA_IP_PROTO") == 58
+    assert rule.get_attr("FRA_IIFNAME") == "lo" and rule.get_attr("FRA_TUN_ID") is None
+    assert (rule.get_attr("FRA_TABLE"), rule.get_attr("FRA_PRIORITY"), rule.get_attr("FRA_PROTOCOL")) == (1000, 910, 78)
+    raw = m.message(m.RTM_NEWROUTE, 0, 1, m.route_body(4, 1000, "192.168.0.0", 16, 78, oif=7, gateway="10.0.0.10",
+                                                        metric=50))
+    fields = m.parse_route(raw)
+    assert (fields.dst, fields.dst_len, fields.gateway, fields.oif, fields.metric) == ("192.168.0.0", 16, "10.0.0.10",
+                                                                                       7, 50)
+    route = rtmsg(raw)
+    route.decode()
+    assert route.get_attr("RTA_GATEWAY") == fields.gateway and route.get_attr("RTA_TABLE") == fields.table == 1000
