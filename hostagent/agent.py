@@ -142,6 +142,12 @@ class Agent:
         self._peers = {r.address: _Peer() for r in config.route_reflectors}
         self._synced = False
         self._start_time = 0.0
+        # End-of-RIB ends the hold of removals, or this deadline when it does not come (start + eor_timeout)
+        self._eor_deadline = 0.0
+        # back from headless: the reflectors may have restarted with empty tables, and a restarted reflector
+        # answers End-of-RIB before the other hosts are back and have re-announced (docs/rr.md): its End-of-RIB
+        # does not end the hold, only the deadline (the first reflector's return + eor_timeout) does
+        self._after_headless = False
         self._announced: dict[MacIpKey, MacIpRoute] = {}
         self._records: list[LookupRecord] = []
         self._prefixes: list[RemotePrefix] = []
@@ -171,6 +177,7 @@ class Agent:
     async def start(self) -> None:
         self._check_namespace()
         self._start_time = time.monotonic()
+        self._eor_deadline = self._start_time + self.config.eor_timeout
         self._sock = RtnlSocket(self.config.netns)
         self._reconciler = Reconciler(self._sock)
         # adopt the tables of VRFs already in the kernel (a restart without, or with a stale, state dir)
@@ -429,16 +436,19 @@ class Agent:
     def _on_peer(self, event: PeerStatus) -> None:
         peer = self._peers.setdefault(event.peer, _Peer())
         if event.state == "established":
+            if self._headless():  # the first reflector (back) after none was up: the deadline counts from now
+                self._eor_deadline = max(self._eor_deadline, time.monotonic() + self.config.eor_timeout)
             peer.state, peer.eor, peer.since = "established", False, time.time()
         elif event.state == "down":
             peer.state, peer.eor, peer.since = "down", False, time.time()
             if self._headless():
-                self._synced = False  # after the reflectors return, wait for their End-of-RIB again
+                self._synced = False  # after the reflectors return, hold removals again
+                self._after_headless = True
         elif event.state == "end-of-rib":
             peer.eor = True
         self._m_up.labels(event.peer).set(1 if peer.state == "established" else 0)
         up = [p for p in self._peers.values() if p.state == "established"]
-        if up and all(p.eor for p in up):
+        if up and all(p.eor for p in up) and not self._after_headless:
             self._synced = True
 
     async def _syncer(self) -> None:
@@ -462,8 +472,9 @@ class Agent:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            if not self._synced and not self._headless() and now - self._start_time > self.config.eor_timeout:
-                self._synced = True  # End-of-RIB did not come: stop holding (RFC 4724's selection deferral)
+            if not self._synced and not self._headless() and now > self._eor_deadline:
+                # End-of-RIB did not come (or, back from headless, cannot be trusted): stop holding
+                self._synced, self._after_headless = True, False
                 self._dirty.set()
             if now - last_resync > self.config.resync_interval:
                 last_resync = now
