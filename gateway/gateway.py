@@ -14,7 +14,6 @@ nothing is half-applied. Each step's work follows the changed tenant, not the nu
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -56,16 +55,6 @@ class TenantStatus:
         return {"name": self.name, "id": self.tid, "vsids": list(self.vsids), "snat": list(self.snat),
                 "floating_ips": self.floating_ips, "packets_out": c.packets_out, "bytes_out": c.bytes_out,
                 "packets_in": c.packets_in, "bytes_in": c.bytes_in, "drops": c.drops, "nat_sessions": self.sessions}
-
-
-async def _load(nft: Nft, what: str, doc: dict) -> None:
-    # vnet.nftables.Nft has no generic transaction yet (requested in .coordination-agent.md, 08:28): its
-    # runner is used as is, so the gateway has no nftables talker of its own.
-    await nft._run(what, json.dumps(doc).encode(), "-j", "-f", "-")
-
-
-async def _list(nft: Nft, *args: str) -> dict:
-    return json.loads(await nft._run("list", None, "-j", "list", *args))
 
 
 class Gateway:
@@ -175,7 +164,7 @@ class Gateway:
     async def _load(self, what: str, doc: dict) -> None:
         began = time.monotonic()
         try:
-            await _load(self._nft, what, doc)
+            await self._nft.transaction(what, doc)
         except NftError as exc:
             raise KernelError(what, (exc.message.strip(),)) from None
         self.last_change = {"what": what, "rules": nat.rule_count(doc),
@@ -243,7 +232,7 @@ class Gateway:
     # ------------------------------------------------------------------ observing
 
     async def counters(self) -> dict[str, nat.TenantCounters]:
-        return nat.parse_counters(await _list(self._nft, "counters", "table", nat.FAMILY, nat.TABLE))
+        return nat.parse_counters(await self._nft.list_json("counters", "table", nat.FAMILY, nat.TABLE))
 
     async def status(self) -> list[TenantStatus]:
         counters = await self.counters()

@@ -78,8 +78,8 @@ def two_gateways(tmp: Path, hold_time: int | None, rr_hold_time: int | None = 90
     lab = Lab(tmp=tmp, prefix="")
     gws: dict[str, GatewayThread] = {}
     try:
+        frr = Frr(lab, fab.ns("internet"), "upstream", FRR_CONF)  # first: while the VM is idle (zebra: 10 s)
         fab.up(rr_hold_time)
-        frr = Frr(lab, fab.ns("internet"), "upstream", FRR_CONF)
         for name, (pa, ext) in GW.items():
             config = GatewayConfig.from_dict({
                 "asn": scenario.ASN, "router_id": pa, "provider_addresses": [pa], "standby": name == "gw2",

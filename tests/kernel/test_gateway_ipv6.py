@@ -76,9 +76,11 @@ def six(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fabric, Gate
     lab = Lab(tmp=Path(tmp_path_factory.mktemp("frr")), prefix="")
     gw = None
     try:
+        # FRR first, while the VM is idle (its zebra must come up within peers.Frr's 10 s; it did not once,
+        # started while the agents and reflectors were converging)
+        frr = Frr(lab, fab.ns("internet"), "upstream", FRR_CONF)
         fab.up()
         g1 = plug_green(fab)
-        frr = Frr(lab, fab.ns("internet"), "upstream", FRR_CONF)
         blue = tenant(BLUE, "203.0.113.140", "203.0.113.131", "10.0.0.11").as_dict()
         blue["snat"].append({"address": NAT66})  # NAT66 for blue's fd00:b::/64
         green = {"name": "green", "route_targets": ["65000:3"],
