@@ -1,10 +1,11 @@
 """The GRE filter (vnet/nftables.py) with N provider addresses: the first write (the whole table) against one
-host coming and one going (two set elements), on this machine's nftables, in a scratch namespace.
+host coming and one going (two set elements), on this machine's nftables, in a scratch namespace, through
+libnftables in this process and through the `nft` command.
 
-    sudo .venv/bin/python bench/gre_filter.py --pas 100,1000,10000 --runs 5
+    sudo .venv/bin/python bench/gre_filter.py --pas 100,1000,10000 --runs 11
 
-Prints, per N: the transaction's size in bytes and the median wall time of `Nft.apply` (one `nft -j -f -`
-process each, so it includes the process start) for the full table and for the one-host change.
+Prints, per N and way: the transaction's size in bytes and the median wall time of `Nft.apply` for the
+whole table and for the one-host change (the command's time includes its process start).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ def pas(n: int, start: int = 0) -> frozenset:
     return frozenset(ipaddress.ip_address(base + start + i) for i in range(n))
 
 
-async def one(ns: str, n: int, runs: int) -> dict[str, float]:
+async def one(ns: str, n: int, runs: int, in_process: bool) -> dict[str, float]:
     full_t, delta_t = [], []
     old = GreFilter(pas(n))
     new = GreFilter(pas(n, 1))  # 10.128.0.0 leaves, the address after the last comes
     for _ in range(runs):
-        nft = Nft(ns)
+        nft = Nft(ns, in_process=in_process)
         await nft.delete()
         started = time.perf_counter()
         await nft.apply(old)
@@ -52,12 +53,13 @@ def main() -> None:
     ns = f"nvf-grebench-{os.getpid()}"
     netns.create(ns)
     try:
-        print("| provider addresses | whole table: bytes, ms | one host comes, one goes: bytes, ms |")
-        print("| ---: | ---: | ---: |")
+        print("| provider addresses | through | whole table: bytes, ms | one host comes, one goes: bytes, ms |")
+        print("| ---: | --- | ---: | ---: |")
         for n in (int(x) for x in args.pas.split(",")):
-            r = asyncio.run(one(ns, n, args.runs))
-            print(f"| {n:,} | {r['full_bytes']:,} B, {r['full_ms']:.1f} ms | "
-                  f"{r['change_bytes']:,} B, {r['change_ms']:.1f} ms |")
+            for in_process, way in ((True, "libnftables"), (False, "`nft` command")):
+                r = asyncio.run(one(ns, n, args.runs, in_process))
+                print(f"| {n:,} | {way} | {r['full_bytes']:,} B, {r['full_ms']:.1f} ms | "
+                      f"{r['change_bytes']:,} B, {r['change_ms']:.2f} ms |")
     finally:
         netns.destroy(ns)
 

@@ -15,20 +15,24 @@ the attach benchmark.
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from hostagent.config import AgentConfig
-from hostagent.thread import AgentThread
+from hostagent.thread import AgentThread, enter_namespace
 from lab import netns
 from lab.topology import Topology
 from vnet.model import Port, RoutingDomain
@@ -76,6 +80,7 @@ VMS = (
 )
 
 
+RR_API_PORT = 8179
 FABRIC_PREFIX = "198.51.100.0/24"  # the PAs of every host and gateway of the default topology
 
 
@@ -90,7 +95,7 @@ def rr_config(me: str, hold_time: int = 9) -> dict[str, object]:
         "listen": {"address": me, "port": 179},
         "neighbors": [{"prefix": FABRIC_PREFIX, "asn": ASN, "client": True}],
         "graceful_restart": {"enabled": True, "restart_time": 120},
-        "api": {"listen": "127.0.0.1:8179"},  # inside the reflector's namespace
+        "api": {"listen": f"127.0.0.1:{RR_API_PORT}"},  # inside the reflector's namespace
     }
 
 
@@ -134,9 +139,29 @@ class Fabric:
         conf = self.dir / f"{node}.yaml"
         conf.write_text(yaml.safe_dump(rr_config(RR[node], **({} if hold_time is None else {"hold_time": hold_time}))))
         with open(self.dir / f"{node}.log", "ab") as log:  # the child keeps its own descriptor
-            self.reflectors[node] = subprocess.Popen(
+            proc = subprocess.Popen(
                 netns.in_netns(self.ns(node), [NVFABRIC, "rr", "--config", str(conf), "--log-level", "info"]),
                 stdout=log, stderr=subprocess.STDOUT)
+        self.reflectors[node] = proc
+        # until it answers (it listens for BGP before its API): a client that dials a reflector still starting
+        # (Python takes seconds in the VM) backs off for longer each time, up to a minute
+        wait_for(lambda: proc.poll() is not None or self.reflector_api(node, "/v1/summary") is not None, 60,
+                 f"the reflector on {node}")
+        if proc.poll() is not None:
+            raise RuntimeError(f"the reflector on {node} exited ({proc.returncode}): see {self.dir / node}.log")
+
+    def reflector_api(self, node: str, path: str) -> Any:
+        """GET `path` from the reflector's REST API on `node` (127.0.0.1 inside its namespace); None when
+        it does not answer."""
+        def get() -> Any:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{RR_API_PORT}{path}", timeout=10) as response:
+                    return json.load(response)
+            except OSError:
+                return None
+
+        with ThreadPoolExecutor(1, initializer=enter_namespace, initargs=(self.ns(node),)) as pool:
+            return pool.submit(get).result(30)
 
     def kill_reflector(self, node: str) -> None:
         proc = self.reflectors.pop(node, None)
@@ -173,14 +198,15 @@ class Fabric:
         if thread is not None:
             thread.stop()
 
-    def up(self, hold_time: int | None = None) -> None:
-        """Reflectors (`hold_time` as in start_reflector), VMs, agents with both tenants and their ports."""
+    def up(self, hold_time: int | None = None, **agent: object) -> None:
+        """Reflectors (`hold_time` as in start_reflector), VMs, agents (`agent`: more of their configuration)
+        with both tenants and their ports."""
         for node in RR:
             self.start_reflector(node, hold_time)
         for vm in VMS:
             self.plug(vm)
         for host in HV:
-            self.start_agent(host)
+            self.start_agent(host, **agent)
         for host, agent in self.agents.items():
             for rd in (BLUE, RED):
                 agent.call(lambda a, rd=rd: a.put_routing_domain(rd))

@@ -7,6 +7,7 @@ rows for the summary, and the demo fails when any expectation does not hold.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from rich.console import Console
@@ -47,6 +48,9 @@ def tenants_table(rows: list[tuple[str, str, str, bool, bool]]) -> Table:
 def run(topology: Topology, console: Console | None = None) -> int:
     console = console or Console()
     started = time.monotonic()
+    # the summary, not the daemons' chatter: their warnings are sessions closing as each scene stops its
+    # agents and gateway (Python prints warnings on stderr when no handler is configured); errors still show
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s", force=True)
     console.rule(f"nvfabric demo: lab {topology.name}")
     runner.up(topology)
     try:

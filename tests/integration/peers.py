@@ -319,14 +319,15 @@ class Frr:
             self.dir / "zebra.log",
         )
         lab.processes.append(self.zebra)
-        wait_for(lambda: (self.dir / "zserv.api").exists(), 10, what="zebra socket")
+        # 30 s: in a loaded TCG VM zebra once took longer than 10 s to make its socket
+        wait_for(lambda: (self.dir / "zserv.api").exists(), 30, what="zebra socket")
         self.bgpd = Process(
             ns,
             ["/usr/lib/frr/bgpd", *common, "-i", str(self.dir / "bgpd.pid"), "-f", str(self.dir / "bgpd.conf")],
             self.dir / "bgpd.log",
         )
         lab.processes.append(self.bgpd)
-        wait_for(lambda: (self.dir / "bgpd.vty").exists(), 10, what="bgpd vty")
+        wait_for(lambda: (self.dir / "bgpd.vty").exists(), 30, what="bgpd vty")
 
     def vtysh(self, command: str) -> str:
         return netns.run(netns.in_netns(self.ns, ["vtysh", "--vty_socket", str(self.dir), "-c", command])).output

@@ -98,8 +98,14 @@ def net(request: pytest.FixtureRequest) -> Iterator[Net]:
             netns.destroy(ns)
 
 
-def test_set_changes_are_element_changes_and_leave_the_rest_of_the_table_alone(net: Net) -> None:
-    nft = Nft(net.rx)
+# both ways to nftables: libnftables in this process, and the `nft` command (when the library is missing)
+WAYS = pytest.mark.parametrize("in_process", [True, False], ids=["libnftables", "nft-command"])
+
+
+@WAYS
+def test_set_changes_are_element_changes_and_leave_the_rest_of_the_table_alone(net: Net, in_process: bool) -> None:
+    nft = Nft(net.rx, in_process=in_process)
+    assert nft.in_process == in_process
     first = GreFilter(ips("192.0.2.2", "2001:db8:1::2"))
     asyncio.run(nft.apply(first))
     skeleton = net.skeleton()
@@ -132,13 +138,15 @@ def test_set_changes_are_element_changes_and_leave_the_rest_of_the_table_alone(n
     assert net.drops() == {"pa4": 3, "pa6": 2}
 
 
-def test_a_table_changed_behind_our_back_is_replaced_on_the_next_change(net: Net) -> None:
-    nft = Nft(net.rx)
+@WAYS
+def test_a_table_changed_behind_our_back_is_replaced_on_the_next_change(net: Net, in_process: bool) -> None:
+    nft = Nft(net.rx, in_process=in_process)
     asyncio.run(nft.apply(GreFilter(ips("192.0.2.2", "192.0.2.3"))))
     # someone removes an element we hold: deleting it again is refused, and the table is not half-changed
     netns.run(["ip", "netns", "exec", net.rx, "nft", "delete", "element", FAMILY, TABLE, "pa4", "{ 192.0.2.3 }"])
-    with pytest.raises(NftError):
+    with pytest.raises(NftError) as refused:
         asyncio.run(nft.apply(GreFilter(ips("192.0.2.2", "192.0.2.4"))))
+    assert "No such file or directory" in str(refused.value)  # nft's own words
     assert asyncio.run(nft.allowed()) == ips("192.0.2.2")  # the refused transaction changed nothing
     # the next change replaces the table: the kernel has exactly what we want again
     asyncio.run(nft.apply(GreFilter(ips("192.0.2.2", "192.0.2.4"))))

@@ -202,9 +202,11 @@ def test_refusals_through_a_running_agent_leave_the_kernel_alone(fabric, capsys)
 def test_status_metrics_and_the_console_script(fabric, capsys):
     _, hosts = fabric
     hv1 = hosts["hv1"]
-    _wait(lambda: hv1.http("GET", "/v1/status")[1]["synced"], "hv1 synced", 90)
+    # synced with one reflector is synced; both sessions up is what this test wants to see
+    _wait(lambda: (b := hv1.http("GET", "/v1/status")[1])["synced"] and all(
+        r["state"] == "established" and r["end_of_rib"] for r in b["reflectors"]), "hv1 synced with both", 90)
     status, body = hv1.http("GET", "/v1/status")
-    assert status == 200 and all(r["state"] == "established" for r in body["reflectors"])
+    assert status == 200 and len(body["reflectors"]) == 2
     status, text = hv1.http("GET", "/metrics", token="")
     assert status == 200 and b"nvfabric_agent_ports 2.0" in text, text[:500]
     # the installed console script, as an operator runs it on the hypervisor
