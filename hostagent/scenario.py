@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,19 +136,26 @@ class Fabric:
     def start_reflector(self, node: str, hold_time: int | None = None) -> None:
         """`nvfabric rr` on `node`, as an operator runs it: its own process, its log in the work dir.
         `hold_time`: None for the lab's 9 s (rr_config), e.g. 90 for BGP's default timers."""
-        conf = self.dir / f"{node}.yaml"
-        conf.write_text(yaml.safe_dump(rr_config(RR[node], **({} if hold_time is None else {"hold_time": hold_time}))))
-        with open(self.dir / f"{node}.log", "ab") as log:  # the child keeps its own descriptor
-            proc = subprocess.Popen(
-                netns.in_netns(self.ns(node), [NVFABRIC, "rr", "--config", str(conf), "--log-level", "info"]),
-                stdout=log, stderr=subprocess.STDOUT)
-        self.reflectors[node] = proc
-        # until it answers (it listens for BGP before its API): a client that dials a reflector still starting
-        # (Python takes seconds in the VM) backs off for longer each time, up to a minute
-        wait_for(lambda: proc.poll() is not None or self.reflector_api(node, "/v1/summary") is not None, 60,
-                 f"the reflector on {node}")
-        if proc.poll() is not None:
-            raise RuntimeError(f"the reflector on {node} exited ({proc.returncode}): see {self.dir / node}.log")
+        self.start_reflectors(hold_time, (node,))
+
+    def start_reflectors(self, hold_time: int | None = None, nodes: Iterable[str] = tuple(RR)) -> None:
+        """Start them all, then wait until each answers (its API comes up after its BGP listener): a client
+        that dials a reflector still starting backs off for longer each time, up to a minute, and Python
+        takes tens of seconds to start in a loaded TCG VM, so they start side by side."""
+        for node in nodes:
+            conf = self.dir / f"{node}.yaml"
+            config = rr_config(RR[node], **({} if hold_time is None else {"hold_time": hold_time}))
+            conf.write_text(yaml.safe_dump(config))
+            with open(self.dir / f"{node}.log", "ab") as log:  # the child keeps its own descriptor
+                self.reflectors[node] = subprocess.Popen(
+                    netns.in_netns(self.ns(node), [NVFABRIC, "rr", "--config", str(conf), "--log-level", "info"]),
+                    stdout=log, stderr=subprocess.STDOUT)
+        for node in nodes:
+            proc = self.reflectors[node]
+            wait_for(lambda n=node, p=proc: p.poll() is not None or self.reflector_api(n, "/v1/summary") is not None,
+                     120, f"the reflector on {node}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"the reflector on {node} exited ({proc.returncode}): see {self.dir / node}.log")
 
     def reflector_api(self, node: str, path: str) -> Any:
         """GET `path` from the reflector's REST API on `node` (127.0.0.1 inside its namespace); None when
@@ -201,8 +208,7 @@ class Fabric:
     def up(self, hold_time: int | None = None, **agent: object) -> None:
         """Reflectors (`hold_time` as in start_reflector), VMs, agents (`agent`: more of their configuration)
         with both tenants and their ports."""
-        for node in RR:
-            self.start_reflector(node, hold_time)
+        self.start_reflectors(hold_time)
         for vm in VMS:
             self.plug(vm)
         for host in HV:

@@ -90,8 +90,7 @@ def fabric():
     fab = Fabric(topology)
     hosts: dict[str, Host] = {}
     try:
-        for node in scenario.RR:
-            fab.start_reflector(node)
+        fab.start_reflectors()
         for vm in ("b1", "b2", "r1"):
             fab.plug(VM[vm])
         for name in HOSTS:
