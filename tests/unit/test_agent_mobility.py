@@ -61,3 +61,18 @@ def test_moves_spread_over_more_than_180_s_do_not_freeze():
 
 def test_detach_forgets_the_mac():
     assert Mobility().attach(KEY, 1, 0).detach(KEY).seqs() == {}
+
+
+def test_after_the_freeze_a_claim_is_a_move_again_and_counting_starts_over():
+    m, seq, now = Mobility(), None, 0.0
+    for _i in range(MAX_MOVES):
+        m = m.attach(KEY, seq, now)
+        seq = m.seqs()[KEY]
+        m = m.remote(KEY, seq + 1, False, now + 1)
+        seq += 1
+        now += 10
+    assert m.inactive() == {KEY} and m.freezes(now)  # frozen where the last move took it: elsewhere
+    later = now + FREEZE
+    back = m.attach(KEY, seq, later)  # the orchestrator attaches it here again once the freeze is over
+    assert back.inactive() == set() and back.seqs() == {KEY: seq + 1}
+    assert back.freezes(later) == [] and back.macs[KEY].moves == (later,)  # the old moves left the window
