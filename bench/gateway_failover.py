@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.kernel.test_gateway_failover import REACTION, kill_gw1_during_a_ping, two_gateways  # noqa: E402
+from gateway.probe import Server  # noqa: E402
+from tests.kernel.test_gateway_failover import REACTION, SERVER, kill_gw1_during_a_ping, two_gateways  # noqa: E402
 
 
 def main() -> int:
@@ -39,7 +40,11 @@ def main() -> int:
     for run in range(1, args.runs + 1):
         with tempfile.TemporaryDirectory(prefix="nvfabric-failover-") as tmp, \
                 two_gateways(Path(tmp), args.hold, args.rr_hold) as two:
-            f = kill_gw1_during_a_ping(two, timeout=max(negotiated, min(hold, 180)) + REACTION + 60)
+            server = Server(two.fab.ns("internet"), SERVER)
+            try:
+                f = kill_gw1_during_a_ping(two, timeout=max(negotiated, min(hold, 180)) + REACTION + 60)
+            finally:
+                server.close()
         print(f"| {run} | {f.takeover:.1f} | {f.hosts:.1f} | {f.upstream:.1f} | {f.gap:.1f} | {f.lost} |", flush=True)
     return 0
 

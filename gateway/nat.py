@@ -207,6 +207,10 @@ def _tenant_rules(nat: TenantNat) -> list[dict]:
     own = list(t.prefixes)
     for version in (4, 6):
         sources = [p for p in own if p.version == version] + (list(t.public_prefixes) if version == 6 else [])
+        # each prefix once, and none inside another: nft refuses an anonymous interval set whose elements
+        # overlap (a public prefix is usually the subnet itself; seen as ENOENT "Could not process rule")
+        sources = [p for i, p in enumerate(sources)
+                   if not any(q != p and p.subnet_of(q) for q in sources) and p not in sources[:i]]
         if sources:
             # a tenant packet leaving by the external side from an address not its own is spoofed
             rule("fwd", EXT_OUT, _eq(_meta("nfproto"), "ipv4" if version == 4 else "ipv6"),
@@ -273,8 +277,13 @@ def tenant_commands(name: str, new: TenantNat | None, old: TenantNat | None) -> 
 
 def full_document(tenants: Iterable[TenantNat], external: Sequence[str]) -> dict:
     """Start and resync: the whole table, every tenant."""
+    tenants = sorted(tenants, key=lambda n: n.tenant.name)
     cmds = base_commands(external)
-    for nat in sorted(tenants, key=lambda n: n.tenant.name):
+    # every tenant chain declared before the maps: nft 1.0.6 refuses (ENOENT, "Could not process rule") an
+    # element of an INTERVAL verdict map created in the same transaction that jumps to a chain created
+    # after the map (seen with a public IPv6 prefix; a change to an existing table is not affected)
+    cmds[3:3] = [{"add": {"chain": {**OWNED, "name": _chain(n.tenant.name, kind)}}} for n in tenants for kind in CHAINS]
+    for nat in tenants:
         cmds += tenant_commands(nat.tenant.name, nat, None)
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
 

@@ -294,3 +294,33 @@ def sys_nvfabric() -> str:
     from pathlib import Path
 
     return str(Path(sys.executable).parent / "nvfabric")
+
+
+def test_ipv6_tenants_load_at_start_and_change(net: Net) -> None:
+    """A tenant with a public IPv6 prefix (interval maps) and one with NAT66, in the start transaction and as
+    changes; nft 1.0.6 once refused the start (an interval map's element jumping to a chain created after
+    the map in the same transaction)."""
+    green = {"name": "green", "route_targets": ["65001:3"], "public_prefixes": ["2001:db8:b00::/64"],
+             "subnets": [{"vsid": 7001, "prefixes": ["2001:db8:b00::/64"]}]}
+    nat66 = {**tenant_body("violet", 8001, "203.0.113.142", "203.0.113.133"),
+             "subnets": [{"vsid": 8001, "prefixes": ["10.0.0.0/24", "fd00:8::/64"]}], "interfaces": [],
+             "snat": [{"address": "203.0.113.142"}, {"address": "2001:db8:113::142"}]}
+    config = GatewayConfig.from_dict({"asn": 65001, "router_id": "198.51.100.21", "external": {"interfaces": ["ext"]},
+                                      "tenants": [BLUE, RED, green, nat66]})
+    restarted = GatewayThread(config, net.gw)  # a restart with more tenants: the whole table replaced
+    try:
+        restarted.call(lambda g: g.start())
+
+        def elements(name: str) -> list:
+            out = run(["ip", "netns", "exec", net.gw, "nft", "-j", "list", "map", "inet", "nvfgw", name]).output
+            return json.loads(out)["nftables"][1]["map"].get("elem", [])
+
+        assert [e[0]["prefix"] for e in elements("p6_zone")] == [{"addr": "2001:db8:b00::", "len": 64}]
+        assert [e[0] for e in elements("a6_zone")] == ["2001:db8:113::142"]
+        moved = Tenant.from_dict({**green, "public_prefixes": ["2001:db8:b00::/64"],
+                                  "subnets": [{"vsid": 7001, "prefixes": ["2001:db8:b00::/56"]}]})
+        restarted.call(lambda g: g.put_tenant(moved))
+        restarted.call(lambda g: g.delete_tenant("green"))
+        assert elements("p6_zone") == [] and elements("p6_mark") == []
+    finally:
+        restarted.close()

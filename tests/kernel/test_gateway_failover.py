@@ -17,6 +17,7 @@ with every timer at its default.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -117,7 +118,8 @@ class Failover:
 
 
 def kill_gw1_during_a_ping(two: TwoGateways, timeout: float) -> Failover:
-    """gw1's links cut during a 5 Hz ping from b2 through the gateway; polls (an `ip`/vtysh call each) until the hosts
+    """gw1's links cut during a 5 Hz ping from b2 to the internet server (SERVER, running) through the gateway;
+    polls (an `ip`/vtysh call each) until the hosts
     and the upstream follow to gw2 (each within `timeout` s of the cut), then measures the ping's gap."""
     fab, gws, frr = two.fab, two.gws, two.frr
     s, line = _connect(fab.vm_ns["b2"], SERVER)
@@ -141,7 +143,7 @@ def kill_gw1_during_a_ping(two: TwoGateways, timeout: float) -> Failover:
         upstream = time.time() - killed
         time.sleep(4)  # replies again: a little after the switch
     finally:
-        ping.terminate()
+        ping.send_signal(signal.SIGINT)  # ping prints its summary (transmitted, received) on SIGINT
         out, _ = ping.communicate(timeout=10)
     sent = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     replies = [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
