@@ -10,7 +10,9 @@
 - A standby gateway (config `standby`) announces nothing while another gateway's default route is in the
   fabric, and takes over (announces, and tells the gateway to announce upstream) when there is none. It
   decides only after End-of-RIB from a reflector (or STANDBY_WAIT), so it does not announce at start-up
-  just because it has not heard of the active gateway yet.
+  just because it has not heard of the active gateway yet; and not for STANDBY_WAIT after it had no
+  reflector session at all (restarted reflectors answer End-of-RIB with an empty table), during which no
+  learned CA is removed either.
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ def other_gateway_active(routes: Iterable[object], our_pas: Iterable[object]) ->
     return any(isinstance(r, PrefixRoute) and r.prefix.prefixlen == 0 and r.next_hop not in ours for r in routes)
 
 
+def keep_records(previous: Iterable[LookupRecord], learned: Iterable[LookupRecord]) -> tuple[LookupRecord, ...]:
+    """Pure: the learned records plus the previous ones they do not replace (same tenant and CA): while the
+    reflectors refill after a restart, a CA missing from their table is not yet a CA gone."""
+    out = {(r.routing_domain, r.ca): r for r in previous}
+    out.update({(r.routing_domain, r.ca): r for r in learned})
+    return tuple(sorted(out.values(), key=lambda r: (r.routing_domain, r.ca.version, r.ca)))
+
+
 class Fabric:
     def __init__(self, config: GatewayConfig, on_records: Callable[[tuple[LookupRecord, ...]], Awaitable[None]],
                  on_serving: Callable[[bool], Awaitable[None]] | None = None):
@@ -88,6 +98,9 @@ class Fabric:
         self._by_tenant: dict[str, dict[PrefixKey, PrefixRoute]] = {}
         self._tenants: Mapping[str, Tenant] = {}
         self._dirty = asyncio.Event()
+        self._up: set[str] = set()  # reflector sessions established now
+        self._ever_up = False
+        self._recovering_until = 0.0  # time.monotonic(): see on_status
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, tenants: Mapping[str, Tenant]) -> None:
@@ -145,9 +158,31 @@ class Fabric:
 
     async def _consume(self) -> None:
         async for event in self.client.events():
-            if isinstance(event, PeerStatus) and event.state == "end-of-rib":
-                self._judged = True
+            if isinstance(event, PeerStatus):
+                self.on_status(event, time.monotonic())
             self._dirty.set()  # the client's delivered table is what is read
+
+    def on_status(self, event: PeerStatus, now: float) -> None:
+        """A reflector session's news. After a time with no reflector session at all (both restarted, or our
+        links), a reflector's table may be empty or partial: it answers End-of-RIB at once and fills up as
+        the hosts and the other gateway reconnect. For STANDBY_WAIT from the first session back, a standby
+        does not judge (it would take over from a live active gateway) and no learned CA is removed."""
+        if event.state == "established":
+            if not self._up and self._ever_up:
+                self._recovering_until = now + STANDBY_WAIT
+                if self.config.standby:
+                    self._judged = False
+                    asyncio.get_running_loop().call_later(STANDBY_WAIT, self._judge_now)
+                asyncio.get_running_loop().call_later(STANDBY_WAIT, self._dirty.set)
+            self._up.add(event.peer)
+            self._ever_up = True
+        elif event.state == "down":
+            self._up.discard(event.peer)
+        elif event.state == "end-of-rib" and now >= self._recovering_until:
+            self._judged = True
+
+    def recovering(self, now: float) -> bool:
+        return now < self._recovering_until
 
     async def _standby(self) -> None:
         if not self.config.standby or not self._judged:
@@ -174,6 +209,8 @@ class Fabric:
             except Exception:  # noqa: BLE001 - logged; judged again on the next change
                 log.exception("standby decision failed")
             records = self.records()
+            if last is not None and self.recovering(time.monotonic()):
+                records = keep_records(last, records)
             if records != last:
                 try:
                     await self.on_records(records)

@@ -123,11 +123,12 @@ class Recorder:
         self.calls.append(("withdraw", list(keys)))
 
 
-CONFIG = GatewayConfig.from_dict({
+CONFIG_BODY = {
     "asn": 65001, "router_id": "198.51.100.21", "provider_addresses": ["198.51.100.21"],
     "route_reflectors": [{"address": "198.51.100.100"}],
     "external": {"interfaces": ["eth2"], "address4": "203.0.113.2"},
-    "upstream": [{"address": "203.0.113.1", "asn": 64496}]})
+    "upstream": [{"address": "203.0.113.1", "asn": 64496}]}
+CONFIG = GatewayConfig.from_dict(CONFIG_BODY)
 
 
 def test_upstream_update_announces_only_the_changed_tenant() -> None:
@@ -160,4 +161,38 @@ def test_fabric_update_announces_only_the_changed_tenants_default_routes() -> No
         assert {r.vsid for _, rs in fabric.client.calls for r in rs} == {7001}
         await fabric.update({"red": None}, {"blue": BLUE, "green": green})
         assert fabric.announced == default_routes([BLUE, green], CONFIG)
+    asyncio.run(go())
+
+
+def test_keep_records_while_the_reflectors_refill() -> None:
+    from gateway.evpn import keep_records
+
+    old = _records("blue", 5001, ["10.0.0.5", "10.0.0.6"])
+    moved = tuple(LookupRecord("blue", 5001, r.ca, r.mac, ipaddress.ip_address("198.51.100.13")) for r in old[:1])
+    assert keep_records(old, moved) == (moved[0], old[1])  # replaced where learned, kept where not (yet)
+    assert keep_records((), moved) == moved
+
+
+def test_a_standby_does_not_judge_on_the_end_of_rib_of_restarted_reflectors() -> None:
+    from bgp.speaker import PeerStatus
+    from gateway.evpn import STANDBY_WAIT
+
+    standby = GatewayConfig.from_dict({**CONFIG_BODY, "standby": True})
+
+    async def go() -> None:
+        fabric = Fabric(standby, on_records=lambda records: asyncio.sleep(0))
+        fabric.on_status(PeerStatus("rr1", "established"), 100.0)  # start: nothing to recover from
+        fabric.on_status(PeerStatus("rr1", "end-of-rib"), 101.0)
+        assert fabric._judged and not fabric.recovering(101.0)
+        fabric.on_status(PeerStatus("rr1", "down"), 200.0)  # no reflector session at all
+        fabric.on_status(PeerStatus("rr1", "established"), 210.0)  # back, its table empty
+        fabric.on_status(PeerStatus("rr1", "end-of-rib"), 210.5)
+        assert not fabric._judged and fabric.recovering(210.5)
+        fabric.on_status(PeerStatus("rr1", "end-of-rib"), 210.0 + STANDBY_WAIT)
+        assert fabric._judged and not fabric.recovering(210.0 + STANDBY_WAIT)
+        # one of two reflectors restarting is not a recovery: the other kept the table
+        fabric.on_status(PeerStatus("rr2", "established"), 300.0)
+        fabric.on_status(PeerStatus("rr1", "down"), 301.0)
+        fabric.on_status(PeerStatus("rr1", "established"), 302.0)
+        assert not fabric.recovering(302.0)
     asyncio.run(go())
