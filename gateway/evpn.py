@@ -28,6 +28,7 @@ from bgp.client import Client
 from bgp.speaker import PeerStatus
 from bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
 from bgp.routes import Family, PrefixKey, PrefixRoute
+from gateway.announced import Announced
 from gateway.config import GatewayConfig
 from gateway.tenants import Tenant
 from hostagent import learn
@@ -94,8 +95,7 @@ class Fabric:
             # at once, not kept as a stale next hop for the restart time (seen in the VM: GoBGP kept the dead
             # gateway's default routes for its 120 s restart time, so the standby never took over)
             hold_time=config.hold_time, graceful_restart=GracefulRestartConfig(enabled=False)))
-        self.announced: dict[PrefixKey, PrefixRoute] = {}
-        self._by_tenant: dict[str, dict[PrefixKey, PrefixRoute]] = {}
+        self._announced = Announced()
         self._tenants: Mapping[str, Tenant] = {}
         self._dirty = asyncio.Event()
         self._up: set[str] = set()  # reflector sessions established now
@@ -127,30 +127,19 @@ class Fabric:
 
     async def sync(self, tenants: Mapping[str, Tenant]) -> None:
         """Announce/withdraw the default routes for this whole set of tenants (start, standby decisions)."""
-        await self.update({**{n: None for n in self._by_tenant if n not in tenants}, **tenants}, tenants)
+        await self.update({**{n: None for n in self._announced.tenants if n not in tenants}, **tenants}, tenants)
 
     async def update(self, changes: Mapping[str, Tenant | None], tenants: Mapping[str, Tenant]) -> None:
         """Only the changed tenants' default routes (None: withdrawn): the work follows the change. `tenants`
-        is the whole new set, kept for relearning the CAs. Each tenant's routes carry its own VSID, hence
-        its own route distinguisher and key: tenants never share one (tenants.Claims)."""
+        is the whole new set, kept for relearning the CAs."""
         self._tenants = tenants
-        gone: list[PrefixKey] = []
-        new: list[PrefixRoute] = []
-        for name, tenant in changes.items():
-            had = self._by_tenant.pop(name, {})
-            want = default_routes([tenant], self.config) if tenant is not None and self.serving else {}
-            gone += [k for k in had if k not in want]
-            new += [r for k, r in want.items() if had.get(k) != r]
-            if want:
-                self._by_tenant[name] = want
-        if gone:
-            await self.client.withdraw(gone)
-        if new:
-            await self.client.announce(new)
-        for k in gone:
-            self.announced.pop(k, None)
-        self.announced.update((r.key, r) for r in new)
+        await self._announced.update(self.client, {
+            n: default_routes([t], self.config) if t is not None and self.serving else {} for n, t in changes.items()})
         self._dirty.set()
+
+    @property
+    def announced(self) -> dict[PrefixKey, PrefixRoute]:
+        return self._announced.routes
 
     def records(self) -> tuple[LookupRecord, ...]:
         catalog = Catalog.build({n: t.routing_domain for n, t in self._tenants.items()}, {})

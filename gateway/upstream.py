@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from bgp.client import Client
 from bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
 from bgp.routes import Family, UnicastKey, UnicastRoute
+from gateway.announced import Announced
 from gateway.config import GatewayConfig
 from gateway.tenants import Tenant
 
@@ -46,8 +47,7 @@ class Upstream:
         self.client = Client(SpeakerConfig(asn=config.asn, router_id=config.router_id, families=FAMILIES,
                                            neighbours=neighbours, hold_time=config.hold_time,
                                            graceful_restart=GracefulRestartConfig(enabled=False)))
-        self.announced: dict[UnicastKey, UnicastRoute] = {}
-        self._by_tenant: dict[str, dict[UnicastKey, UnicastRoute]] = {}
+        self._announced = Announced()
 
     async def start(self) -> None:
         await self.client.start()
@@ -58,26 +58,16 @@ class Upstream:
     async def sync(self, tenants: Iterable[Tenant]) -> None:
         """Announce exactly these tenants' public addresses (start, and a standby taking over or giving
         back): every tenant is recomputed."""
-        tenants = list(tenants)
-        names = {t.name for t in tenants}
-        await self.update({**{n: None for n in self._by_tenant if n not in names}, **{t.name: t for t in tenants}})
+        wanted: dict[str, Tenant | None] = {n: None for n in self._announced.tenants}
+        wanted.update((t.name, t) for t in tenants)
+        await self.update(wanted)
 
     async def update(self, changes: Mapping[str, Tenant | None]) -> None:
         """Only these tenants (None: withdraw its addresses): the work follows the change, not the number of
-        tenants. Public addresses belong to one tenant each (tenants.Claims), so tenants never share a key."""
-        gone: list[UnicastKey] = []
-        new: list[UnicastRoute] = []
-        for name, tenant in changes.items():
-            had = self._by_tenant.pop(name, {})
-            want = public_routes([tenant], *self.next_hops) if tenant is not None else {}
-            gone += [k for k in had if k not in want]
-            new += [r for k, r in want.items() if had.get(k) != r]
-            if want:
-                self._by_tenant[name] = want
-        if gone:
-            await self.client.withdraw(gone)
-        if new:
-            await self.client.announce(new)
-        for k in gone:
-            self.announced.pop(k, None)
-        self.announced.update((r.key, r) for r in new)
+        tenants."""
+        await self._announced.update(self.client, {n: public_routes([t], *self.next_hops) if t is not None else {}
+                                                   for n, t in changes.items()})
+
+    @property
+    def announced(self) -> dict[UnicastKey, UnicastRoute]:
+        return self._announced.routes
