@@ -196,7 +196,10 @@ class Gateway:
                 await self._load(f"put tenant {name}", nat.transaction({name: (nat.TenantNat(tenant, tid), old)}))
             except KernelError:
                 if self._dp is not None:  # nft refused: the VRF side goes back to what it was
-                    await self._dp.put_tenant(name, before, tenant, ids, self._records)
+                    try:
+                        await self._dp.put_tenant(name, before, tenant, ids, self._records)
+                    except PlumbingError as exc:  # logged: the refusal is what the caller must hear of
+                        log.error("tenant %s: putting back the VRF side after nft refused failed: %s", name, exc)
                 raise
             self._tenants, self._ids = MappingProxyType(proposed), MappingProxyType(ids)
             self._claims.put(tenant)
