@@ -13,6 +13,9 @@ line as it arrives). Path: hv1 agent -> rr1/rr2 -> hv3 agent -> hv3 kernel.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import ipaddress
 import statistics
 import subprocess
@@ -65,6 +68,8 @@ class RouteWatch:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile hv1's agent thread during the attaches (slows it: timings are not comparable)")
     args = parser.parse_args()
     topology = load(DEFAULT_TOPOLOGY)
     runner.up(topology)
@@ -77,6 +82,10 @@ def main() -> int:
                        + [f"link set vm-a{i} up" for i in range(args.count)], hv1)
         watch = RouteWatch(fabric.ns("hv3"))
         time.sleep(1.0)
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler is not None:
+            # enabled from inside hv1's event-loop thread: cProfile profiles the thread that enables it
+            fabric.agents["hv1"].read(lambda a: profiler.enable())
         put, total = [], []
         parts: dict[str, list[float]] = {"seconds": [], "plan_seconds": [], "apply_seconds": [], "kernel_seconds": []}
         for i in range(args.count):
@@ -91,6 +100,11 @@ def main() -> int:
             t2 = watch.wait(ca, 30)
             put.append(t1 - t0)
             total.append(t2 - t0)
+        if profiler is not None:
+            fabric.agents["hv1"].read(lambda a: profiler.disable())
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
+            print(out.getvalue())
         print(f"ports attached: {args.count}")
         print(f"put_port on hv1 returns (hv1 kernel programmed, route handed to BGP): {ms(put)}")
         print(f"put_port on hv1 -> route in hv3's kernel: {ms(total)}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from vnet.kernel.apply import ApplyError, apply
 from vnet.kernel.diff import Action, Op, Plan
-from vnet.kernel.netns import RtnlSocket, read_sysctl
+from vnet.kernel.netns import RtnlSocket, read_sysctls
 from vnet.kernel.objects import EncapRoute, KernelObject, ProxyNeighbour, Sysctl
 from vnet.kernel.observe import observe
 
@@ -178,12 +178,11 @@ class Reconciler:
             self.observed = await self.observe(sorted(k[1] for k in self.owner if k[0] == "sysctl"))
         else:
             # a sysctl we did not read yet (a new port): read it before planning
-            for name in previous:
-                for key in self.desired.get(name, {}):
-                    if key[0] == "sysctl" and key not in self.observed:
-                        value = read_sysctl(self.sock.netns, key[1])
-                        if value is not None:
-                            self.observed[key] = Sysctl(key[1], value)
+            missing = [key[1] for name in previous for key in self.desired.get(name, {})
+                       if key[0] == "sysctl" and key not in self.observed]
+            for path, value in (read_sysctls(self.sock.netns, missing) if missing else {}).items():
+                if value is not None:
+                    self.observed[("sysctl", path)] = Sysctl(path, value)
         plan, held = self.plan(previous, hold, full)
         planned = time.monotonic()
         errors: list[ApplyError] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from vnet.kernel import messages as m
 from vnet.kernel.diff import Action, Op, Plan
-from vnet.kernel.netns import GONE, RtnlSocket, write_sysctl
+from vnet.kernel.netns import GONE, RtnlSocket, write_sysctls
 from vnet.kernel.objects import (
     PROTO,
     EncapRoute,
@@ -230,12 +230,12 @@ async def apply(sock: RtnlSocket, plan: Plan) -> Report:
     index = await link_indexes(sock) if plan else {}
     for phase in _phases(plan):
         if isinstance(phase[0].obj, Sysctl):
-            for op in phase:
-                try:
-                    write_sysctl(sock.netns, op.obj.path, op.obj.value)
+            for op, error in zip(phase, write_sysctls(sock.netns, [(o.obj.path, o.obj.value) for o in phase]),
+                                 strict=True):
+                if error is None:
                     report.applied.append(op)
-                except OSError as e:
-                    report.errors.append(ApplyError(op, e.errno or 0, str(e)))
+                else:
+                    report.errors.append(ApplyError(op, error.errno or 0, str(error)))
             continue
         t0 = time.perf_counter()
         encoder = _Encoder(sock, index)

@@ -14,7 +14,7 @@ import errno as errno_mod
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 from vnet.kernel import messages as m
@@ -51,18 +51,41 @@ def inside(netns: str | None) -> Iterator[None]:
 
 
 def read_sysctl(netns: str | None, path: str) -> str | None:
+    return read_sysctls(netns, [path])[path]
+
+
+def read_sysctls(netns: str | None, paths: Iterable[str]) -> dict[str, str | None]:
+    """Current values (None: no such sysctl), read with ONE pair of namespace switches for all of them."""
+    out: dict[str, str | None] = {}
     with inside(netns):
-        try:
-            with open(f"/proc/sys/{path}") as f:
-                return f.read().strip()
-        except FileNotFoundError:
-            return None
+        for path in paths:
+            try:
+                with open(f"/proc/sys/{path}") as f:
+                    out[path] = f.read().strip()
+            except FileNotFoundError:
+                out[path] = None
+    return out
 
 
 def write_sysctl(netns: str | None, path: str, value: str) -> None:
+    error = write_sysctls(netns, [(path, value)])[0]
+    if error is not None:
+        raise error
+
+
+def write_sysctls(netns: str | None, items: Iterable[tuple[str, str]]) -> list[OSError | None]:
+    """Write each (path, value), in one namespace visit (a new port has four; a switch each cost more than
+    the writes under TCG); each item's error, or None, in order."""
+    out: list[OSError | None] = []
     with inside(netns):
-        with open(f"/proc/sys/{path}", "w") as f:
-            f.write(value)
+        for path, value in items:
+            try:
+                with open(f"/proc/sys/{path}", "w") as f:
+                    f.write(value)
+                out.append(None)
+            except OSError as e:
+                out.append(e)
+    return out
 
 
 @dataclass(frozen=True)

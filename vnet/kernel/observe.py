@@ -15,7 +15,7 @@ from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 from vnet.kernel import messages as m
-from vnet.kernel.netns import RtnlSocket, read_sysctl
+from vnet.kernel.netns import RtnlSocket, read_sysctls
 from vnet.kernel.objects import (
     DEVICE_PREFIX,
     PROTO,
@@ -154,8 +154,7 @@ async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[KernelOb
     out.update([r async for r in rules(sock)])
     out.update([n async for n in neighbours(sock, names, ports)])
     out.update([r async for r in routes(sock, names)])
-    for path in sysctls:
-        value = read_sysctl(sock.netns, path)
+    for path, value in read_sysctls(sock.netns, sysctls).items():
         if value is not None:
             out.add(Sysctl(path, value))
     return out
