@@ -176,6 +176,17 @@ _JSON_OUTPUT = 1 << 4  # NFT_CTX_OUTPUT_JSON (nftables/libnftables.h): lists com
 #                        recognised either way
 _loaded: ctypes.CDLL | None | bool = False  # False: not tried yet
 _LIB_LOCK = threading.Lock()
+# libnftables parses a large transaction (a gateway's start: ~1 MB of JSON at 1,000 tenants) into many small
+# allocations that glibc keeps after they are freed: measured 191 MiB more RSS at 1,000 tenants than with the
+# nft command. Giving them back after such a call costs ~1 ms (on the host: 71 -> 44 MiB after a 0.9 MB one).
+_TRIM_AFTER = 64 * 1024
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _libnftables() -> ctypes.CDLL | None:
@@ -223,6 +234,8 @@ class _LibNft:
                 err = lib.nft_ctx_get_error_buffer(ctx) or b""
             finally:
                 lib.nft_ctx_free(ctx)
+            if len(command) >= _TRIM_AFTER:
+                _malloc_trim()
         if rc != 0:
             raise NftError(what, err.decode(errors="replace") or f"libnftables returned {rc}")
         return out
