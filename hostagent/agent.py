@@ -35,8 +35,7 @@ from hostagent.mobility import MacState, Mobility
 from vnet.catalog import Catalog
 from vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, desired_state, vrf_name
 from vnet.errors import ModelError
-from vnet.kernel.apply import link_indexes
-from vnet.kernel.netns import RtnlSocket
+from vnet.kernel.netns import RtnlSocket, link_exists
 from vnet.kernel.objects import Vrf
 from vnet.model import Address, LookupRecord, Port, RemotePrefix, RoutingDomain
 from vnet.nftables import GreFilter, Nft, NftError
@@ -236,11 +235,11 @@ class Agent:
     async def put_port(self, port: Port) -> bool:
         async with self._lock:
             old = self._view.catalog.ports.get(port.name)
-            names: set[str] | None = None
-            if self._started and self._sock is not None:
-                names = set(await link_indexes(self._sock))
-            catalog = self._view.catalog.with_port(port, (lambda n: n in names) if names is not None else None)
-            if names is not None and port.interface.startswith("nvf-"):
+            running = self._started and self._sock is not None
+            netns = self.config.netns
+            # one device looked up by name, not every link of the host dumped (O(ports) per attach)
+            catalog = self._view.catalog.with_port(port, (lambda n: link_exists(netns, n)) if running else None)
+            if running and port.interface.startswith("nvf-"):
                 raise ModelError("interface", port.interface, "is a device of nvfabric, not a VM port")
             mobility = self._view.mobility
             if old is not None and (old.vsid, old.mac) != (port.vsid, port.mac):

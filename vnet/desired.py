@@ -205,7 +205,9 @@ def _domain(
             if gateway.version == 4 and devices:
                 objects.add(LocalPortRoute(table, _host(gateway), devices.get(4) or devices[families[0]]))
 
-    port_prefixes: list[tuple[str, tuple[Network, ...]]] = []  # for proxy NDP entries
+    # for proxy NDP entries: the ports by subnet (its IPv6 prefixes), so a CA is matched against each subnet
+    # once, not against every port of the domain
+    ports_on: dict[tuple[Network, ...], list[str]] = {}
     for port, subnet in ports:
         ifname = port.interface
         objects.add(Port(ifname, vrf, port_mtu(port.mtu, identity)))
@@ -216,16 +218,18 @@ def _domain(
             (f"net/ipv4/conf/{ifname}/rp_filter", "0"),
         ):
             objects.add(Sysctl(path, value))
-        port_prefixes.append((ifname, subnet.prefixes))
+        ports_on.setdefault(tuple(p for p in subnet.prefixes if p.version == 6), []).append(ifname)
         for gateway in subnet.gateways:
             if gateway.version == 6:
                 objects.add(ProxyNeighbour(ifname, str(gateway)))
 
     def proxy_v6(ca: Address, except_if: str | None = None) -> None:
         # only ports whose subnet contains the CA: a VM solicits on-link neighbours only
-        for ifname, nets in port_prefixes:
-            if ifname != except_if and any(ca in p for p in nets):
-                objects.add(ProxyNeighbour(ifname, str(ca)))
+        text = None
+        for nets, ifnames in ports_on.items():
+            if any(ca in p for p in nets):
+                text = text or str(ca)
+                objects.update(ProxyNeighbour(ifname, text) for ifname in ifnames if ifname != except_if)
 
     by_ca: dict[Address, LookupRecord] = {}
     for record in records:

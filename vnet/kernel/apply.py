@@ -201,7 +201,7 @@ class _Encoder:
         )
 
 
-_LINK_KINDS = (Vrf, NvgreDevice, Port)
+_DEVICE_KINDS = (Vrf, NvgreDevice)  # the kinds whose ops create or delete devices
 
 
 def _phases(plan: Plan) -> list[list[Op]]:
@@ -268,8 +268,10 @@ async def apply(sock: RtnlSocket, plan: Plan) -> Report:
                 report.errors.append(ApplyError(op, failed[0].errno, failed[0].message))
             else:
                 report.applied.append(op)
-        if isinstance(phase[0].obj, _LINK_KINDS):
-            index = await link_indexes(sock)  # later phases refer to devices this one made or removed
+        if any(isinstance(op.obj, _DEVICE_KINDS) for op in phase):
+            # later phases refer to devices this one made or removed (a port's master or MTU changes no index:
+            # a new port's attach re-read every link of the host for nothing)
+            index = await link_indexes(sock)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -50,6 +50,16 @@ def inside(netns: str | None) -> Iterator[None]:
         os.close(back)
 
 
+def link_exists(netns: str | None, name: str) -> bool:
+    """One device by name (an ioctl), instead of dumping every link of the host."""
+    with inside(netns):
+        try:
+            socket.if_nametoindex(name)
+            return True
+        except OSError:
+            return False
+
+
 def read_sysctl(netns: str | None, path: str) -> str | None:
     return read_sysctls(netns, [path])[path]
 
