@@ -32,6 +32,7 @@ from vnet.model import (
     check_address,
     check_name,
     check_network,
+    first_repeat,
 )
 
 PORT_MIN, PORT_MAX = 1024, 65535  # below 1024: the gateway's own services would compete for the ports
@@ -126,23 +127,22 @@ class Tenant:
         if len(set(versions)) != len(versions):
             raise ModelError("snat", [str(s.address) for s in self.snat], "at most one SNAT address per family")
         own = self.prefixes
-        seen: dict[Address, int] = {}
+        if (repeat := first_repeat(f.public for f in self.floating_ips)) is not None:
+            i, j = repeat
+            raise ModelError(f"floating_ips[{i}].public", str(self.floating_ips[i].public),
+                             f"already used by floating_ips[{j}]")
         for i, fip in enumerate(self.floating_ips):
-            if fip.public in seen:
-                raise ModelError(f"floating_ips[{i}].public", str(fip.public),
-                                 f"already used by floating_ips[{seen[fip.public]}]")
-            seen[fip.public] = i
             if not any(fip.private in p for p in own):
                 raise ModelError(f"floating_ips[{i}].private", str(fip.private),
                                  "is not inside any subnet of the tenant's routing domain")
             if any(fip.public in p for p in own):
                 raise ModelError(f"floating_ips[{i}].public", str(fip.public), "is inside the tenant's own subnets")
-        privates = [f.private for f in self.floating_ips]
-        for i, fip in enumerate(self.floating_ips):
-            if privates.index(fip.private) != i:
-                # two public addresses for one CA: which one its outbound leaves with would be arbitrary
-                raise ModelError(f"floating_ips[{i}].private", str(fip.private),
-                                 f"already has floating_ips[{privates.index(fip.private)}]")
+        if (repeat := first_repeat(f.private for f in self.floating_ips)) is not None:
+            # two public addresses for one CA: which one its outbound leaves with would be arbitrary
+            i, j = repeat
+            raise ModelError(f"floating_ips[{i}].private", str(self.floating_ips[i].private),
+                             f"already has floating_ips[{j}]")
+        seen = {f.public: i for i, f in enumerate(self.floating_ips)}
         for i, snat in enumerate(self.snat):
             if snat.address in seen:
                 raise ModelError(f"snat[{i}].address", str(snat.address),

@@ -309,7 +309,8 @@ class Agent:
             domains = None
         else:
             domains = set(dirty) | _changed(self._records, records) | _changed(self._prefixes, prefixes)
-        desired = desired_state(view.catalog, records, prefixes, {}, self.host, view.tables, domains)
+        routes = {name: rd.customer_routes for name, rd in view.catalog.routing_domains.items()}
+        desired = desired_state(view.catalog, records, prefixes, routes, self.host, view.tables, domains)
         return desired, records, prefixes
 
     async def _reconcile(self, desired: Desired) -> Outcome:

@@ -33,9 +33,12 @@ class SavedState:
 
 
 def rd_to_dict(rd: RoutingDomain) -> dict[str, Any]:
-    return {"name": rd.name, "route_targets": list(rd.route_targets), "subnets": [
+    body: dict[str, Any] = {"name": rd.name, "route_targets": list(rd.route_targets), "subnets": [
         {"vsid": s.vsid, "prefixes": [str(p) for p in s.prefixes], "gateways": [str(g) for g in s.gateways]}
         for s in rd.subnets]}
+    if rd.customer_routes:
+        body["customer_routes"] = [r.to_dict() for r in rd.customer_routes]
+    return body
 
 
 def port_to_dict(port: Port) -> dict[str, Any]:

@@ -5,9 +5,10 @@ Pure: the catalog (routing domains, local ports), the lookup records and the rem
 knows, in; a Trace value out. It follows the decision the kernel makes with the objects vnet/desired.py
 builds from the same inputs: longest-prefix match in the routing domain's VRF table over the local CA
 routes (/32, /128 to the port, for ports with an active local record), the remote CA routes (one encap
-route per lookup record), the subnet gateways' IPv4 routes, the remote prefixes (customer routes learned
-from other hosts) and the unreachable default. A "forwarded" trace names the route, the VSID in the GRE
-key, the PA and the device the packet leaves by; a "dropped" one says which rule dropped it.
+route per lookup record), the subnet gateways' IPv4 routes, the configured customer routes (via a CA), the
+remote prefixes (customer routes learned from other hosts) and the unreachable default. A "forwarded" trace
+names the route, the VSID in the GRE key, the PA and the device the packet leaves by; a "dropped" one says
+which rule dropped it.
 """
 
 from __future__ import annotations
@@ -121,6 +122,25 @@ def trace(
     if gateway_of is not None:
         note += f" ({dst} is the gateway of VSID {gateway_of}: answered for neighbour discovery only)"
     best = _longest_match(rd.name, dst, remote_prefixes, devices)
+    # A configured customer route (vnet/desired.py: via the next hop's port, or encapsulated to its host's PA)
+    # wins over a learned prefix when it is longer or as long (the longest match, as in the table).
+    route = max((r for r in rd.customer_routes if r.next_hop is not None and dst in r.prefix),
+                key=lambda r: r.prefix.prefixlen, default=None)
+    if route is not None and (best is None or route.prefix.prefixlen >= best.prefix.prefixlen):
+        assert route.next_hop is not None
+        why = f"customer route {route.prefix} via {route.next_hop}"
+        if route.next_hop in local:
+            port = local[route.next_hop].port
+            return Trace(rd.name, src, dst, Verdict.DELIVERED_LOCALLY, f"{why} on local port {port.name}{note}",
+                         vsid=port.vsid, mac=port.mac, device=port.interface,
+                         route=f"{route.prefix} via {route.next_hop} dev {port.interface} vrf {vrf}",
+                         src_vsid=src_vsid, ingress=ingress)
+        hop = remote.get(route.next_hop)
+        if hop is not None and hop.pa is not None and hop.pa.version in devices:
+            return _encap(rd.name, src, dst, str(route.prefix), hop.vsid, hop.pa, vrf, devices,
+                          f"{why}: {hop.mac} in VSID {hop.vsid} behind PA {hop.pa}{relayed}{note}",
+                          mac=hop.mac, src_vsid=src_vsid, ingress=ingress)
+        note += f" (customer route {route.prefix}: its next hop {route.next_hop} is not a known CA)"
     if best is not None:
         return _encap(rd.name, src, dst, str(best.prefix), best.vsid, best.pa, vrf, devices,
                       f"remote prefix {best.prefix} in VSID {best.vsid} behind PA {best.pa}{relayed}{note}",

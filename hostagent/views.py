@@ -37,12 +37,17 @@ def lookup_record(r: LookupRecord) -> dict[str, Any]:
 
 
 def customer_routes(rd: RoutingDomain, prefixes: list[RemotePrefix]) -> list[dict[str, Any]]:
-    """HNV's customer routes of one routing domain: each subnet on-link, then the learned prefixes."""
+    """HNV's customer routes of one routing domain: each subnet on-link, the configured ones, then the learned
+    prefixes."""
     out: list[dict[str, Any]] = [
         {"routing_domain": rd.name, "prefix": str(prefix), "vsid": s.vsid, "next_hop": "on-link", "pa": None,
          "origin": "subnet"}
         for s in rd.subnets for prefix in s.prefixes
     ]
+    for r in rd.customer_routes:
+        found = next((s for s in rd.subnets if r.next_hop is not None and s.prefix_of(r.next_hop)), None)
+        out.append({"routing_domain": rd.name, **r.to_dict(), "vsid": found.vsid if found else None, "pa": None,
+                    "origin": "config"})
     out += [
         {"routing_domain": p.routing_domain, "prefix": str(p.prefix), "vsid": p.vsid,
          "next_hop": str(p.gateway_ip) if p.gateway_ip else None, "pa": str(p.pa), "origin": "bgp",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,16 @@ def _mapping(body: Any, where: str) -> Mapping[str, Any]:
     return body
 
 
+def first_repeat(values: Iterable[Hashable]) -> tuple[int, int] | None:
+    """(i, j): values[i] is the first value equal to an earlier one, values[j]; None when all differ."""
+    seen: dict[Hashable, int] = {}
+    for i, value in enumerate(values):
+        if value in seen:
+            return i, seen[value]
+        seen[value] = i
+    return None
+
+
 def _at(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -144,10 +154,50 @@ class VirtualSubnet:
 
 
 @dataclass(frozen=True)
+class CustomerRoute:
+    """A prefix routed inside a routing domain: to a next-hop CA, or on-link when next_hop is None."""
+
+    prefix: Network
+    next_hop: Address | None = None
+    metric: int = 0
+
+    def __post_init__(self) -> None:
+        if self.next_hop is not None and self.next_hop.version != self.prefix.version:
+            raise ModelError("next_hop", str(self.next_hop), f"is not of the same family as {self.prefix}")
+        if not 0 <= self.metric <= 0xFFFFFFFF:
+            raise ModelError("metric", self.metric, "must be in 0..4294967295")
+
+    @classmethod
+    def from_dict(cls, body: Any, where: str = "") -> CustomerRoute:
+        body = _mapping(body, where)
+        _reject_unknown(body, {"prefix", "next_hop", "metric"}, where)
+        prefix = check_network(body.get("prefix"), _at(where, "prefix"))
+        # HNV writes an on-link route's next hop as 0.0.0.0 / ::; here it is "on-link" or absent
+        raw = body.get("next_hop", "on-link")
+        next_hop = None if raw in ("on-link", None) else check_address(raw, _at(where, "next_hop"))
+        metric = body.get("metric", 0)
+        if isinstance(metric, bool) or not isinstance(metric, int):
+            raise ModelError(_at(where, "metric"), metric, "must be an integer")
+        try:
+            return cls(prefix=prefix, next_hop=next_hop, metric=metric)
+        except ModelError as exc:
+            raise exc.within(where) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"prefix": str(self.prefix),
+                                "next_hop": str(self.next_hop) if self.next_hop is not None else "on-link"}
+        if self.metric:
+            body["metric"] = self.metric
+        return body
+
+
+@dataclass(frozen=True)
 class RoutingDomain:
     name: str
     route_targets: tuple[str, ...]
     subnets: tuple[VirtualSubnet, ...] = ()
+    # HNV's New-NetVirtualizationCustomerRoute: e.g. a prefix behind a virtual appliance (next hop: its CA)
+    customer_routes: tuple[CustomerRoute, ...] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
@@ -167,6 +217,15 @@ class RoutingDomain:
                     for pb in b.prefixes:
                         if pa.overlaps(pb):
                             raise ModelError(f"subnets[{i}].prefixes", str(pa), f"overlaps subnets[{j}] ({pb})")
+        if (repeat := first_repeat(r.prefix for r in self.customer_routes)) is not None:
+            i, j = repeat
+            raise ModelError(f"customer_routes[{i}].prefix", str(self.customer_routes[i].prefix),
+                             f"already routed by customer_routes[{j}]")
+        for i, route in enumerate(self.customer_routes):
+            if route.next_hop is not None and not any(
+                    route.next_hop in p for s in self.subnets for p in s.prefixes):
+                raise ModelError(f"customer_routes[{i}].next_hop", str(route.next_hop),
+                                 "is not in any virtual subnet of the routing domain (the next hop is a CA)")
 
     def subnet(self, vsid: int) -> VirtualSubnet | None:
         return next((s for s in self.subnets if s.vsid == vsid), None)
@@ -174,7 +233,7 @@ class RoutingDomain:
     @classmethod
     def from_dict(cls, body: Any, name: str | None = None, where: str = "") -> RoutingDomain:
         body = _mapping(body, where)
-        _reject_unknown(body, {"name", "route_targets", "subnets"}, where)
+        _reject_unknown(body, {"name", "route_targets", "subnets", "customer_routes"}, where)
         if name is not None and body.get("name", name) != name:
             raise ModelError(_at(where, "name"), body.get("name"), f"does not match the name in the path ({name})")
         rd_name = check_name(body.get("name", name), _at(where, "name"))
@@ -185,8 +244,12 @@ class RoutingDomain:
             VirtualSubnet.from_dict(s, f"{_at(where, 'subnets')}[{i}]")
             for i, s in enumerate(_list(body.get("subnets"), _at(where, "subnets")))
         )
+        routes = tuple(
+            CustomerRoute.from_dict(r, f"{_at(where, 'customer_routes')}[{i}]")
+            for i, r in enumerate(_list(body.get("customer_routes", []), _at(where, "customer_routes")))
+        )
         try:
-            return cls(name=rd_name, route_targets=tuple(rts), subnets=subnets)
+            return cls(name=rd_name, route_targets=tuple(rts), subnets=subnets, customer_routes=routes)
         except ModelError as exc:
             raise exc.within(where) from None
 
@@ -237,21 +300,6 @@ class Port:
             )
         except ModelError as exc:
             raise exc.within(where) from None
-
-
-@dataclass(frozen=True)
-class CustomerRoute:
-    """A prefix routed inside a routing domain: to a next-hop CA, or on-link when next_hop is None."""
-
-    prefix: Network
-    next_hop: Address | None = None
-    metric: int = 0
-
-    def __post_init__(self) -> None:
-        if self.next_hop is not None and self.next_hop.version != self.prefix.version:
-            raise ModelError("next_hop", str(self.next_hop), f"is not of the same family as {self.prefix}")
-        if not 0 <= self.metric <= 0xFFFFFFFF:
-            raise ModelError("metric", self.metric, "must be in 0..4294967295")
 
 
 @dataclass(frozen=True)

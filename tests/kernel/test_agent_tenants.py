@@ -1,4 +1,4 @@
-"""The host agent end to end (VM phase): default topology, GoBGP reflectors on rr1/rr2, agents on hv1-hv3
+"""The host agent end to end (VM phase): default topology, our reflectors (`nvfabric rr`) on rr1/rr2, agents on hv1-hv3
 (in this process, each in its namespace; hv2's also as a separate `nvfabric agent` process), two tenants
 with overlapping addresses (hostagent/scenario.py). Everything is checked by pings, packets on the
 underlay and kernel state.
@@ -6,6 +6,7 @@ underlay and kernel state.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from lab.cli import DEFAULT_TOPOLOGY
 from lab.topology import load
 from tests.kernel.test_vnet_dataplane import _gre_keys
 from vnet.errors import ModelError
-from vnet.model import Port
+from vnet.model import CustomerRoute, Port
 
 pytestmark = pytest.mark.kernel
 NVFABRIC = str(Path(sys.executable).parent / "nvfabric")
@@ -204,6 +205,30 @@ def test_a_kernel_refusal_is_reverted_completely(fabric):
     assert hv1.read(lambda a: a.catalog) == catalog
     after = netns.run(["ip", "-n", fabric.ns("hv1"), "route", "show", "table", "all", "proto", "78"]).output
     assert sorted(before.splitlines()) == sorted(after.splitlines())
+
+
+def test_customer_route_via_a_vm_on_another_host(fabric):
+    """HNV's customer route to an appliance: 192.168.50.0/24 via b3 (10.0.1.13, on hv3), given to every host
+    with the routing domain. hv1 encapsulates to hv3's PA; hv3 routes it to b3's port; red knows nothing."""
+    b3 = fabric.vm_ns["b3"]
+    netns.run(["ip", "-n", b3, "addr", "add", "192.168.50.1/32", "dev", "lo"])
+    before = fabric.agents["hv1"].read(lambda a: a.catalog.routing_domains["blue"])
+    with_route = dataclasses.replace(before, customer_routes=(
+        CustomerRoute(scenario.ipaddress.ip_network("192.168.50.0/24"), scenario.ipaddress.ip_address("10.0.1.13")),))
+    try:
+        assert not fabric.ping("b1", "192.168.50.1", count=1, wait=1)
+        for host in ("hv1", "hv2", "hv3"):
+            fabric.agents[host].call(lambda a: a.put_routing_domain(with_route))
+        assert fabric.reaches("b1", "192.168.50.1") and fabric.reaches("b2", "192.168.50.1")
+        route = netns.run(["ip", "-n", fabric.ns("hv3"), "route", "show", "vrf", "nvf-blue", "192.168.50.0/24"]).output
+        assert "via 10.0.1.13 dev tap-b3" in route, route
+        assert not fabric.ping("r1", "192.168.50.1", count=2, wait=1)
+        report(f"customer route 192.168.50.0/24 via b3 (hv3): reached from b1 (hv1) and b2 (hv2); hv3: {route.strip()}")
+    finally:
+        for host in ("hv1", "hv2", "hv3"):
+            fabric.agents[host].call(lambda a: a.put_routing_domain(before))
+        netns.run(["ip", "-n", b3, "addr", "del", "192.168.50.1/32", "dev", "lo"], check=False)
+    assert not fabric.ping("b1", "192.168.50.1", count=2, wait=1)  # removed with the route
 
 
 def _continuous_ping(fabric: Fabric, src: str, dst: str, seconds: float, interval: float = 0.05):

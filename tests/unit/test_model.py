@@ -137,3 +137,32 @@ def test_customer_route_families_must_match():
 def test_subnet_direct_construction_validates():
     with pytest.raises(ModelError, match="gateways"):
         VirtualSubnet(5001, (ipaddress.ip_network("10.0.0.0/24"),), (ipaddress.ip_address("10.0.0.0"),))
+
+
+@pytest.mark.parametrize("routes, field, words", [
+    ([{"prefix": "192.168.5.0/24", "next_hop": "10.9.9.9"}], "customer_routes[0].next_hop",
+     "not in any virtual subnet"),
+    ([{"prefix": "192.168.5.0/24", "next_hop": "fd00::5"}], "customer_routes[0].next_hop", "same family"),
+    ([{"prefix": "192.168.5.0/33"}], "customer_routes[0].prefix", ""),
+    ([{"prefix": "192.168.5.0/24", "metric": "low"}], "customer_routes[0].metric", "integer"),
+    ([{"prefix": "192.168.5.0/24", "via": "10.0.0.5"}], "customer_routes[0].via", ""),
+    ([{"prefix": "192.168.5.0/24", "next_hop": "10.0.0.5"}, {"prefix": "192.168.5.0/24"}],
+     "customer_routes[1].prefix", "already routed by customer_routes[0]"),
+])
+def test_bad_customer_routes_name_the_field(routes, field, words):
+    body = {"name": "blue", "route_targets": ["65000:1"], "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"]}],
+            "customer_routes": routes}
+    with pytest.raises(ModelError) as exc:
+        RoutingDomain.from_dict(body)
+    assert exc.value.field == field and words in str(exc.value)
+
+
+def test_customer_routes_round_trip_through_the_saved_form():
+    from hostagent.state import rd_to_dict
+
+    rd = RoutingDomain.from_dict({"name": "blue", "route_targets": ["65000:1"],
+                                  "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"]}],
+                                  "customer_routes": [{"prefix": "0.0.0.0/0", "next_hop": "10.0.0.5", "metric": 5},
+                                                      {"prefix": "10.0.0.128/25"}]})
+    assert rd.customer_routes[1] == CustomerRoute(ipaddress.ip_network("10.0.0.128/25"))
+    assert RoutingDomain.from_dict(rd_to_dict(rd)) == rd

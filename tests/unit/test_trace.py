@@ -231,3 +231,27 @@ def test_every_trace_matches_the_route_desired_state_installs(pa_families):
                 assert isinstance(route, LocalPortRoute) and t.route == f"{route.prefix} dev {route.dev} vrf nvf-{rd}"
             checked += 1
     assert checked >= 20
+
+
+def test_customer_routes_via_a_local_appliance_and_via_a_remote_ca():
+    appliance = RoutingDomain.from_dict({**_blue_body(), "customer_routes": [
+        {"prefix": "192.168.50.0/24", "next_hop": "10.1.0.10"},  # vm1, on this host
+        {"prefix": "192.168.60.0/24", "next_hop": "10.1.0.20", "metric": 10},  # a VM on 198.51.100.12
+    ]})
+    catalog = Catalog.build({"blue": appliance, "red": RED}, {"vm1": VM1, "vm2": VM2, "vm3": VM3})
+    here = trace(catalog, RECORDS, (), "blue", ip_address("10.2.0.10"), ip_address("192.168.50.7"))
+    assert (here.verdict, here.device, here.mac) == (Verdict.DELIVERED_LOCALLY, "tap1", VM1.mac)
+    assert here.route == "192.168.50.0/24 via 10.1.0.10 dev tap1 vrf nvf-blue"
+    there = trace(catalog, RECORDS, (), "blue", ip_address("10.1.0.10"), ip_address("192.168.60.7"))
+    assert (there.verdict, str(there.pa), there.vsid) == (Verdict.FORWARDED, "198.51.100.12", 5001)
+    # a learned default does not win over the longer configured route; red knows nothing of it
+    learned = [prefix("blue", "0.0.0.0/0", 5001, "198.51.100.21")]
+    assert trace(catalog, RECORDS, learned, "blue", ip_address("10.1.0.10"),
+                 ip_address("192.168.60.7")).pa == ip_address("198.51.100.12")
+    assert run("red", "10.1.0.10", "192.168.50.7").verdict is Verdict.DROPPED
+
+
+def _blue_body() -> dict:
+    return {"name": "blue", "route_targets": ["65000:1"],
+            "subnets": [{"vsid": 5001, "prefixes": ["10.1.0.0/24", "fd00:b::/64"]},
+                        {"vsid": 5002, "prefixes": ["10.2.0.0/24"]}]}
