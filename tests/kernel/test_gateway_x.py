@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -187,7 +188,27 @@ def _checks(lab: Lab, vms: list[Server]) -> None:
     s, line = _connect(NS["inet"], ("203.0.113.133", 9000))
     s.close()
     assert line.startswith("blue ")
-    # 5. per-tenant counters and sessions
+    # 5. a tenant added and deleted at run time (its own VRF, tc filter, NAT chains) disturbs neither the
+    # other tenants' rules nor their established flows
+    green = Tenant.from_dict({"name": "green", "route_targets": ["65000:3"],
+                              "subnets": [{"vsid": 7001, "prefixes": ["10.0.0.0/24"]}],
+                              "snat": [{"address": "203.0.113.142"}],
+                              "floating_ips": [{"public": "203.0.113.134", "private": "10.0.0.5"}]})
+    red_rules, blue_rules = lab.nft_rules("red"), lab.nft_rules("blue")
+
+    def green_in_kernel() -> tuple[bool, bool, bool]:
+        vrf = netns.run(["ip", "-n", NS["gw"], "link", "show", "nvf-green"], check=False).returncode == 0
+        tc = netns.run(["ip", "netns", "exec", NS["gw"], "tc", "filter", "show", "block", "7637"]).output
+        return bool(lab.nft_rules("green")), vrf, re.search(rf"handle {hex(7001)}\b", tc) is not None
+
+    assert lab.gateway.call(lambda g: g.put_tenant(green), timeout=60) is True
+    assert green_in_kernel() == (True, True, True)
+    assert echo(blue, "b2") == "b2" and echo(red, "r2") == "r2"
+    lab.gateway.call(lambda g: g.delete_tenant("green"), timeout=60)
+    assert green_in_kernel() == (False, False, False)
+    assert (lab.nft_rules("red"), lab.nft_rules("blue")) == (red_rules, blue_rules)
+    assert echo(blue, "b3") == "b3" and echo(red, "r3") == "r3"
+    # 6. per-tenant counters and sessions
     status = {st.name: st for st in lab.gateway.call(lambda g: g.status())}
     assert status["blue"].counters.packets_out > 0 and status["red"].counters.packets_in > 0
     assert status["red"].sessions >= 1
