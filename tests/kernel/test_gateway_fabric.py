@@ -1,4 +1,4 @@
-"""The gateway in the default topology (VM phase): GoBGP reflectors on rr1/rr2, host agents on hv1-hv3 with
+"""The gateway in the default topology (VM phase): `nvfabric rr` reflectors on rr1/rr2, host agents on hv1-hv3 with
 the two tenants of hostagent/scenario.py (blue and red overlap: b2 and r1 are both 10.0.0.12), and the
 gateway on gw1, all in this process. The gateway learns the tenants' CAs from the reflectors and announces
 each tenant's default route (EVPN type 5); the hosts install it. `internet` routes the public pool
