@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 
 from rich.console import Console
@@ -46,7 +47,9 @@ def tenants_table(rows: list[tuple[str, str, str, bool, bool]]) -> Table:
 
 
 def run(topology: Topology, console: Console | None = None) -> int:
-    console = console or Console()
+    # emoji=False: rich would turn the ':b:' of an address like fd00:b::12 into an emoji; 120 columns when
+    # the output is a file or a pipe (CI logs), so addresses are not cut
+    console = console or Console(emoji=False, width=None if sys.stdout.isatty() else 120)
     started = time.monotonic()
     # the summary, not the daemons' chatter: their warnings are sessions closing as each scene stops its
     # agents and gateway (Python prints warnings on stderr when no handler is configured); errors still show

@@ -146,5 +146,5 @@ def _status(args: argparse.Namespace) -> int:
         table.add_row(n["address"], n["state"], "yes" if n["client"] else "no", n.get("router_id") or "-",
                       str(n["routes_received"]), str(n["updates_in"]), str(n["updates_out"]),
                       ", ".join(rts) if rts is not None else "all")
-    Console(width=160).print(table)
+    Console(width=160, emoji=False).print(table)  # ':b:' in an IPv6 address is not an emoji
     return 0
