@@ -31,9 +31,17 @@ from typing import Any
 
 from bgp.config import ConfigError, _Reader, read_yaml
 from gateway.tenants import Tenant, check_tenants
-from hostagent.config import DEFAULT_ROUTER_MAC, ApiConfig, Reflector, _listen
+from hostagent.config import (
+    DEFAULT_ROUTER_MAC,
+    ApiConfig,
+    Reflector,
+    _listen,
+    read_peers,
+    read_provider_addresses,
+    read_router_mac,
+)
 from vnet.errors import ModelError
-from vnet.model import IFNAME_RE, Address, check_mac
+from vnet.model import IFNAME_RE, Address
 
 DEFAULT_LISTEN = "127.0.0.1:8510"  # the host agent's is :8500; both may run on one machine in a lab
 
@@ -85,30 +93,13 @@ def _address(value: Any, where: str, version: int | None = None) -> Address:
     return address
 
 
-def _peers(top: _Reader, key: str, default_asn: int | None) -> tuple[Reflector, ...]:
-    """BGP peers (route reflectors, upstream routers): address, asn (the reflectors' defaults to ours),
-    md5_password."""
-    out: list[Reflector] = []
-    for where, value in top.items(key):
-        r = _Reader(value, where)
-        asn = r.integer("asn", 1, 0xFFFFFFFF) if default_asn is None else r.integer("asn", 1, 0xFFFFFFFF, default_asn)
-        out.append(Reflector(address=r.address("address"), asn=asn, md5_password=r.get("md5_password", str, None)))
-        r.done()
-    return tuple(out)
-
-
 def parse(data: Any) -> GatewayConfig:
     top = _Reader(data, "")
     asn = top.integer("asn", 1, 0xFFFFFFFF)
     router_id = top.address("router_id", version=4)
-    pas = [_address(v, w) for w, v in top.items("provider_addresses")]
-    if len({pa.version for pa in pas}) != len(pas):
-        raise ConfigError("provider_addresses", "at most one IPv4 and one IPv6 address (one NVGRE device per family)")
-    try:
-        router_mac = check_mac(top.get("router_mac", str, DEFAULT_ROUTER_MAC), "router_mac")
-    except ModelError as exc:
-        raise ConfigError("router_mac", exc.problem) from None
-    reflectors = _peers(top, "route_reflectors", asn)
+    pas = read_provider_addresses(top)  # none: a gateway of interface-attached tenants only
+    router_mac = read_router_mac(top)
+    reflectors = read_peers(top, "route_reflectors", asn)
     ext = _Reader(top.get("external", dict), "external")
     ifaces = []
     for where, value in ext.items("interfaces"):
@@ -126,7 +117,7 @@ def parse(data: Any) -> GatewayConfig:
                         None if a4 is None else _address(a4, "external.address4", 4),
                         None if a6 is None else _address(a6, "external.address6", 6))
     ext.done()
-    upstream = _peers(top, "upstream", None)
+    upstream = read_peers(top, "upstream", None)
     for i, peer in enumerate(upstream):
         family = ipaddress.ip_address(peer.address).version
         if (external.address4 if family == 4 else external.address6) is None:

@@ -90,32 +90,47 @@ def _listen(value: str, where: str) -> str:
     return value
 
 
-def parse(data: Any) -> AgentConfig:
-    top = _Reader(data, "")
-    asn = top.integer("asn", 1, 0xFFFFFFFF)
-    router_id = top.address("router_id", version=4)
+
+def read_provider_addresses(top: _Reader) -> list[Address]:
+    """`provider_addresses`: at most one per family (one NVGRE device per family). Shared with the gateway."""
     pas: list[Address] = []
     for where, value in top.items("provider_addresses"):
         try:
             pas.append(ipaddress.ip_address(value))
         except ValueError:
             raise ConfigError(where, f"{value!r} is not an IPv4 or IPv6 address") from None
-    if not pas:
-        raise ConfigError("provider_addresses", "at least one provider address is required (the first is the next hop)")
     if len({pa.version for pa in pas}) != len(pas):
         raise ConfigError("provider_addresses", "at most one IPv4 and one IPv6 address (one NVGRE device per family)")
+    return pas
+
+
+def read_router_mac(top: _Reader) -> str:
     try:
-        router_mac = check_mac(top.get("router_mac", str, DEFAULT_ROUTER_MAC), "router_mac")
+        return check_mac(top.get("router_mac", str, DEFAULT_ROUTER_MAC), "router_mac")
     except ModelError as exc:
         raise ConfigError("router_mac", exc.problem) from None
-    reflectors: list[Reflector] = []
-    for where, value in top.items("route_reflectors"):
+
+
+def read_peers(top: _Reader, key: str, default_asn: int | None) -> tuple[Reflector, ...]:
+    """BGP peers (route reflectors, a gateway's upstream routers): address, asn (defaults to `default_asn`;
+    required when that is None), md5_password."""
+    out: list[Reflector] = []
+    for where, value in top.items(key):
         r = _Reader(value, where)
-        reflectors.append(Reflector(
-            address=r.address("address"), asn=r.integer("asn", 1, 0xFFFFFFFF, asn),
-            md5_password=r.get("md5_password", str, None),
-        ))
+        asn = r.integer("asn", 1, 0xFFFFFFFF) if default_asn is None else r.integer("asn", 1, 0xFFFFFFFF, default_asn)
+        out.append(Reflector(address=r.address("address"), asn=asn, md5_password=r.get("md5_password", str, None)))
         r.done()
+    return tuple(out)
+
+def parse(data: Any) -> AgentConfig:
+    top = _Reader(data, "")
+    asn = top.integer("asn", 1, 0xFFFFFFFF)
+    router_id = top.address("router_id", version=4)
+    pas = read_provider_addresses(top)
+    if not pas:
+        raise ConfigError("provider_addresses", "at least one provider address is required (the first is the next hop)")
+    router_mac = read_router_mac(top)
+    reflectors = read_peers(top, "route_reflectors", asn)
     if not reflectors:
         raise ConfigError("route_reflectors", "at least one route reflector is required")
     api_data = top.get("api", dict, {})
