@@ -22,11 +22,11 @@ import subprocess
 import threading
 import time
 
-from hostagent.scenario import Fabric
-from lab import netns, runner
-from lab.cli import DEFAULT_TOPOLOGY
-from lab.topology import load
-from vnet.model import Port
+from nvfabric.hostagent.scenario import Fabric
+from nvfabric.lab import netns, runner
+from nvfabric.lab.cli import DEFAULT_TOPOLOGY
+from nvfabric.lab.topology import load
+from nvfabric.vnet.model import Port
 
 
 def ms(xs: list[float]) -> str:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bgp import wire  # noqa: E402
-from bgp.routes import Family, MacIpRoute  # noqa: E402
+from nvfabric.bgp import wire  # noqa: E402
+from nvfabric.bgp.routes import Family, MacIpRoute  # noqa: E402
 
 
 def negotiated() -> wire.Negotiated:

@@ -25,9 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bgp import config as bgp_config  # noqa: E402
-from bgp.routes import MacIpRoute  # noqa: E402
-from bgp.speaker import PeerStatus, Speaker  # noqa: E402
+from nvfabric.bgp import config as bgp_config  # noqa: E402
+from nvfabric.bgp.routes import MacIpRoute  # noqa: E402
+from nvfabric.bgp.speaker import PeerStatus, Speaker  # noqa: E402
 
 RR, FEED, SINK = "198.51.100.254", "198.51.100.1", "198.51.100.2"
 

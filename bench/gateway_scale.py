@@ -32,14 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway import nat  # noqa: E402
-from gateway.config import GatewayConfig  # noqa: E402
-from gateway.dataplane import tenant_extras, tenant_plumbing  # noqa: E402
-from gateway.gateway import Gateway  # noqa: E402
-from gateway.tenants import Tenant  # noqa: E402
-from hostagent.thread import enter_namespace  # noqa: E402
-from vnet.catalog import Catalog  # noqa: E402
-from vnet.desired import HostIdentity, allocate_tables, desired_state  # noqa: E402
+from nvfabric.gateway import nat  # noqa: E402
+from nvfabric.gateway.config import GatewayConfig  # noqa: E402
+from nvfabric.gateway.dataplane import tenant_extras, tenant_plumbing  # noqa: E402
+from nvfabric.gateway.gateway import Gateway  # noqa: E402
+from nvfabric.gateway.tenants import Tenant  # noqa: E402
+from nvfabric.hostagent.thread import enter_namespace  # noqa: E402
+from nvfabric.vnet.catalog import Catalog  # noqa: E402
+from nvfabric.vnet.desired import HostIdentity, allocate_tables, desired_state  # noqa: E402
 
 CHANGES = 5
 PUBLIC = ipaddress.ip_network("100.64.0.0/10")  # room for 3 public addresses x 1000s of tenants in a bench

@@ -18,8 +18,8 @@ import os
 import statistics
 import time
 
-from lab import netns
-from vnet.nftables import GreFilter, Nft
+from nvfabric.lab import netns
+from nvfabric.vnet.nftables import GreFilter, Nft
 
 
 def pas(n: int, start: int = 0) -> frozenset:

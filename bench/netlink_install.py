@@ -20,11 +20,11 @@ import subprocess
 import tempfile
 import time
 
-from vnet.kernel.apply import apply
-from vnet.kernel.diff import diff
-from vnet.kernel.netns import RtnlSocket
-from vnet.kernel.objects import PROTO, EncapRoute, NvgreDevice, PermanentNeighbour, Vrf
-from vnet.kernel.observe import observe
+from nvfabric.vnet.kernel.apply import apply
+from nvfabric.vnet.kernel.diff import diff
+from nvfabric.vnet.kernel.netns import RtnlSocket
+from nvfabric.vnet.kernel.objects import PROTO, EncapRoute, NvgreDevice, PermanentNeighbour, Vrf
+from nvfabric.vnet.kernel.observe import observe
 
 TABLE = 100
 VSID = 5001

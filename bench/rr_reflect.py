@@ -37,8 +37,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bgp import fsm, wire  # noqa: E402
-from bgp.routes import Family, MacIpRoute  # noqa: E402
+from nvfabric.bgp import fsm, wire  # noqa: E402
+from nvfabric.bgp.routes import Family, MacIpRoute  # noqa: E402
 
 RR = "198.51.100.100"
 INJECTOR = "198.51.100.1"

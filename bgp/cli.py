@@ -18,10 +18,10 @@ import sys
 from ipaddress import IPv4Address, IPv6Address, IPv4Network, IPv6Network
 from typing import Any
 
-from bgp import config as bgp_config
-from bgp.client import Client, RouteUpdate
-from bgp.routes import MacIpKey, MacIpRoute, PrefixKey, PrefixRoute, RouteKey, UnicastKey, UnicastRoute
-from bgp.speaker import PeerStatus
+from nvfabric.bgp import config as bgp_config
+from nvfabric.bgp.client import Client, RouteUpdate
+from nvfabric.bgp.routes import MacIpKey, MacIpRoute, PrefixKey, PrefixRoute, RouteKey, UnicastKey, UnicastRoute
+from nvfabric.bgp.speaker import PeerStatus
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

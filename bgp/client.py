@@ -19,10 +19,10 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from bgp import rib
-from bgp.config import SpeakerConfig
-from bgp.routes import MacIpRoute, PrefixRoute, Route, RouteKey
-from bgp.speaker import Notice, PeerStatus, Speaker
+from nvfabric.bgp import rib
+from nvfabric.bgp.config import SpeakerConfig
+from nvfabric.bgp.routes import MacIpRoute, PrefixRoute, Route, RouteKey
+from nvfabric.bgp.speaker import Notice, PeerStatus, Speaker
 
 
 @dataclass(frozen=True)

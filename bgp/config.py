@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from bgp.errors import RouteValueError
-from bgp.routes import Family, MacIpRoute, PrefixRoute, Route, UnicastRoute
+from nvfabric.bgp.errors import RouteValueError
+from nvfabric.bgp.routes import Family, MacIpRoute, PrefixRoute, Route, UnicastRoute
 
 FAMILY_NAMES = {
     "l2vpn-evpn": Family.L2VPN_EVPN,

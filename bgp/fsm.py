@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
-from bgp import wire
-from bgp.errors import MessageHeaderError, OpenError
-from bgp.routes import Address, PeerRef
-from bgp.wire import MessageType
+from nvfabric.bgp import wire
+from nvfabric.bgp.errors import MessageHeaderError, OpenError
+from nvfabric.bgp.routes import Address, PeerRef
+from nvfabric.bgp.wire import MessageType
 
 # RFC 4271 section 4.5 error codes, and the subcodes we send.
 ERR_HEADER = 1

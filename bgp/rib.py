@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from collections.abc import Callable, Iterable, Sequence
 
-from bgp.routes import Family, MacIpKey, MacIpRoute, Path, PeerRef, RouteKey
+from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute, Path, PeerRef, RouteKey
 
 DEFAULT_LOCAL_PREF = 100  # RFC 4271 section 5.1.5 leaves the default to configuration; 100 is customary
 

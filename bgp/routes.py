@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import NamedTuple
 
-from bgp.errors import RouteValueError
+from nvfabric.bgp.errors import RouteValueError
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network

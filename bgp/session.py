@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable
 
-from bgp import fsm, wire
+from nvfabric.bgp import fsm, wire
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bgp import fsm, rib, wire
-from bgp.config import Neighbour, SpeakerConfig
-from bgp.routes import Family, MacIpRoute, Path, PeerRef, PrefixRoute, Route, RouteKey, UnicastRoute
-from bgp.session import Inbox, Listener, Peer, PeerEvent, PeerSettings, cancel
-from bgp.updgroup import UpdateGroups, encode_for
+from nvfabric.bgp import fsm, rib, wire
+from nvfabric.bgp.config import Neighbour, SpeakerConfig
+from nvfabric.bgp.routes import Family, MacIpRoute, Path, PeerRef, PrefixRoute, Route, RouteKey, UnicastRoute
+from nvfabric.bgp.session import Inbox, Listener, Peer, PeerEvent, PeerSettings, cancel
+from nvfabric.bgp.updgroup import UpdateGroups, encode_for
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bgp import wire
-from bgp.routes import Family, Path, RouteKey
+from nvfabric.bgp import wire
+from nvfabric.bgp.routes import Family, Path, RouteKey
 
 
 class Member(Protocol):

@@ -17,13 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway import nat
-from gateway.gateway import Gateway, TenantStatus
-from gateway.tenants import Tenant
-from hostagent.api import agent_errors
+from nvfabric.gateway import nat
+from nvfabric.gateway.gateway import Gateway, TenantStatus
+from nvfabric.gateway.tenants import Tenant
+from nvfabric.hostagent.api import agent_errors
 from nvfabric.rest import ApiError, ApiServer, application, json_body, put_response, serve
-from vnet.errors import ModelError
-from vnet.model import check_address
+from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.model import check_address
 
 log = logging.getLogger(__name__)
 

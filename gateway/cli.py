@@ -9,8 +9,8 @@ import logging
 import signal
 import sys
 
-from gateway import ctl
-from gateway.config import ConfigError, GatewayConfig, load
+from nvfabric.gateway import ctl
+from nvfabric.gateway.config import ConfigError, GatewayConfig, load
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def _run(config: GatewayConfig) -> int:
-    from gateway.api import start_api  # noqa: PLC0415 - keep `nvfabric --help` fast
-    from gateway.gateway import Gateway  # noqa: PLC0415
+    from nvfabric.gateway.api import start_api  # noqa: PLC0415 - keep `nvfabric --help` fast
+    from nvfabric.gateway.gateway import Gateway  # noqa: PLC0415
 
     gateway = Gateway(config)
     await gateway.start()
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"nvfabric gateway: config error: {exc}", file=sys.stderr)
         return 2
     if config.netns:
-        from hostagent.thread import enter_namespace  # noqa: PLC0415
+        from nvfabric.hostagent.thread import enter_namespace  # noqa: PLC0415
 
         enter_namespace(config.netns)  # before any socket exists: all are created inside
     try:

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 
-from bgp.config import ConfigError, _Reader, read_yaml
-from gateway.tenants import Tenant, check_tenants
-from hostagent.config import (
+from nvfabric.bgp.config import ConfigError, _Reader, read_yaml
+from nvfabric.gateway.tenants import Tenant, check_tenants
+from nvfabric.hostagent.config import (
     DEFAULT_ROUTER_MAC,
     ApiConfig,
     Reflector,
@@ -40,8 +40,8 @@ from hostagent.config import (
     read_provider_addresses,
     read_router_mac,
 )
-from vnet.errors import ModelError
-from vnet.model import IFNAME_RE, Address
+from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.model import IFNAME_RE, Address
 
 DEFAULT_LISTEN = "127.0.0.1:8510"  # the host agent's is :8500; both may run on one machine in a lab
 

@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Any
 
-from hostagent.ctl import Client, CtlError, file_body, show, table
-from gateway.config import DEFAULT_LISTEN
+from nvfabric.hostagent.ctl import Client, CtlError, file_body, show, table
+from nvfabric.gateway.config import DEFAULT_LISTEN
 
 DEFAULT_API = f"http://{DEFAULT_LISTEN}"
 

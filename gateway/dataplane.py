@@ -25,14 +25,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.config import External
-from gateway.tenants import Tenant
-from vnet.catalog import Catalog
-from vnet.desired import NVGRE_DEVICES, HostIdentity, desired_state
-from vnet.kernel.netns import RtnlSocket
-from vnet.kernel.objects import FwmarkRule, KernelObject, ViaRoute
-from vnet.model import LookupRecord
-from vnet.reconcile import Outcome, Reconciler
+from nvfabric.gateway.config import External
+from nvfabric.gateway.tenants import Tenant
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.desired import NVGRE_DEVICES, HostIdentity, desired_state
+from nvfabric.vnet.kernel.netns import RtnlSocket
+from nvfabric.vnet.kernel.objects import FwmarkRule, KernelObject, ViaRoute
+from nvfabric.vnet.model import LookupRecord
+from nvfabric.vnet.reconcile import Outcome, Reconciler
 
 log = logging.getLogger(__name__)
 

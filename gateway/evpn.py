@@ -24,17 +24,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
-from bgp.client import Client
-from bgp.speaker import PeerStatus
-from bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
-from bgp.routes import Family, PrefixKey, PrefixRoute
-from gateway.announced import Announced
-from gateway.config import GatewayConfig
-from gateway.tenants import Tenant
-from hostagent import learn
-from hostagent.announce import route_distinguisher
-from vnet.catalog import Catalog
-from vnet.model import LookupRecord
+from nvfabric.bgp.client import Client
+from nvfabric.bgp.speaker import PeerStatus
+from nvfabric.bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
+from nvfabric.bgp.routes import Family, PrefixKey, PrefixRoute
+from nvfabric.gateway.announced import Announced
+from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.tenants import Tenant
+from nvfabric.hostagent import learn
+from nvfabric.hostagent.announce import route_distinguisher
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.model import LookupRecord
 
 log = logging.getLogger(__name__)
 

@@ -22,20 +22,20 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from gateway import nat
-from gateway.config import GatewayConfig
-from gateway.dataplane import Dataplane, Plumbing, PlumbingError, tenant_plumbing
-from gateway.evpn import Fabric
-from gateway.tenants import Claims, Tenant
-from gateway.upstream import Upstream
+from nvfabric.gateway import nat
+from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.dataplane import Dataplane, Plumbing, PlumbingError, tenant_plumbing
+from nvfabric.gateway.evpn import Fabric
+from nvfabric.gateway.tenants import Claims, Tenant
+from nvfabric.gateway.upstream import Upstream
 
 # the host agent's error types: the REST layer (hostagent/api.py's middleware) maps them to 503 and 500
-from hostagent.agent import AgentNotStarted, KernelError
-from vnet.catalog import NotFound
-from vnet.desired import HostIdentity, allocate_tables
-from vnet.kernel.netns import inside
-from vnet.model import LookupRecord
-from vnet.nftables import Nft, NftError
+from nvfabric.hostagent.agent import AgentNotStarted, KernelError
+from nvfabric.vnet.catalog import NotFound
+from nvfabric.vnet.desired import HostIdentity, allocate_tables
+from nvfabric.vnet.kernel.netns import inside
+from nvfabric.vnet.model import LookupRecord
+from nvfabric.vnet.nftables import Nft, NftError
 
 log = logging.getLogger(__name__)
 

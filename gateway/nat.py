@@ -33,8 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.tenants import Tenant
-from vnet.model import Address, Network
+from nvfabric.gateway.tenants import Tenant
+from nvfabric.vnet.model import Address, Network
 
 FAMILY = "inet"
 TABLE = "nvfgw"

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from gateway.thread import in_ns
+from nvfabric.gateway.thread import in_ns
 
 
 class Server:

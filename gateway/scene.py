@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from gateway.config import GatewayConfig
-from gateway.probe import Server, connect
-from gateway.tenants import Tenant
-from gateway.thread import GatewayThread
-from hostagent import scenario
-from hostagent.scenario import BLUE, HV, RED, RR, VMS, Fabric
-from lab import netns
-from lab.topology import Topology
-from vnet.model import RoutingDomain
+from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.probe import Server, connect
+from nvfabric.gateway.tenants import Tenant
+from nvfabric.gateway.thread import GatewayThread
+from nvfabric.hostagent import scenario
+from nvfabric.hostagent.scenario import BLUE, HV, RED, RR, VMS, Fabric
+from nvfabric.lab import netns
+from nvfabric.lab.topology import Topology
+from nvfabric.vnet.model import RoutingDomain
 
 GW1 = "198.51.100.21"
 SERVER = ("203.0.113.1", 8080)

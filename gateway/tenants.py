@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vnet.errors import ConflictError, ModelError
-from vnet.model import (
+from nvfabric.vnet.errors import ConflictError, ModelError
+from nvfabric.vnet.model import (
     IFNAME_RE,
     Address,
     Network,

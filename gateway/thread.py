@@ -11,9 +11,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from gateway.config import GatewayConfig
-from gateway.gateway import Gateway
-from hostagent.thread import enter_namespace
+from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.gateway import Gateway
+from nvfabric.hostagent.thread import enter_namespace
 
 T = TypeVar("T")
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 
-from bgp.client import Client
-from bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
-from bgp.routes import Family, UnicastKey, UnicastRoute
-from gateway.announced import Announced
-from gateway.config import GatewayConfig
-from gateway.tenants import Tenant
+from nvfabric.bgp.client import Client
+from nvfabric.bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
+from nvfabric.bgp.routes import Family, UnicastKey, UnicastRoute
+from nvfabric.gateway.announced import Announced
+from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.tenants import Tenant
 
 FAMILIES = (Family.IPV4_UNICAST, Family.IPV6_UNICAST)
 

@@ -25,22 +25,22 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from bgp.client import Client, RouteUpdate
-from bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
-from bgp.routes import Family, MacIpKey, MacIpRoute
-from bgp.speaker import PeerStatus
-from hostagent import announce, learn, state
-from hostagent.config import AgentConfig
-from hostagent.mobility import MacState, Mobility
-from vnet.catalog import Catalog
-from vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, desired_state, vrf_name
-from vnet.errors import ModelError
-from vnet.kernel.netns import RtnlSocket, link_exists
-from vnet.kernel.objects import Vrf
-from vnet.model import Address, LookupRecord, Port, RemotePrefix, RoutingDomain
-from vnet.nftables import GreFilter, Nft, NftError
-from vnet.reconcile import Outcome, Reconciler
-from vnet.vrfmark import VrfMarks
+from nvfabric.bgp.client import Client, RouteUpdate
+from nvfabric.bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
+from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute
+from nvfabric.bgp.speaker import PeerStatus
+from nvfabric.hostagent import announce, learn, state
+from nvfabric.hostagent.config import AgentConfig
+from nvfabric.hostagent.mobility import MacState, Mobility
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, desired_state, vrf_name
+from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.kernel.netns import RtnlSocket, link_exists
+from nvfabric.vnet.kernel.objects import Vrf
+from nvfabric.vnet.model import Address, LookupRecord, Port, RemotePrefix, RoutingDomain
+from nvfabric.vnet.nftables import GreFilter, Nft, NftError
+from nvfabric.vnet.reconcile import Outcome, Reconciler
+from nvfabric.vnet.vrfmark import VrfMarks
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from bgp.routes import MacIpKey, MacIpRoute
-from vnet.catalog import Catalog
-from vnet.model import Address
+from nvfabric.bgp.routes import MacIpKey, MacIpRoute
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.model import Address
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hostagent import views
-from hostagent.agent import Agent, AgentNotStarted, KernelError
-from hostagent.config import DEFAULT_LISTEN
-from hostagent.trace import trace
+from nvfabric.hostagent import views
+from nvfabric.hostagent.agent import Agent, AgentNotStarted, KernelError
+from nvfabric.hostagent.config import DEFAULT_LISTEN
+from nvfabric.hostagent.trace import trace
 from nvfabric.rest import (
     MAX_BODY,
     ApiError,
@@ -33,8 +33,8 @@ from nvfabric.rest import (
     serve,
     www_authenticate,
 )
-from vnet.errors import ModelError
-from vnet.model import Port, RoutingDomain, check_address, check_vsid
+from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.model import Port, RoutingDomain, check_address, check_vsid
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from hostagent.config import ConfigError, load
+from nvfabric.hostagent.config import ConfigError, load
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,13 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def _run(config) -> int:
-    from hostagent.agent import Agent  # noqa: PLC0415 - keep `nvfabric --help` fast
+    from nvfabric.hostagent.agent import Agent  # noqa: PLC0415 - keep `nvfabric --help` fast
 
     agent = Agent(config)
     await agent.start()
     server = None
     try:
-        from hostagent.api import start_api  # noqa: PLC0415 - agent-api's module; the agent runs without it
+        from nvfabric.hostagent.api import start_api  # noqa: PLC0415 - agent-api's module; the agent runs without it
     except ImportError:
         start_api = None
     if start_api is not None:
@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"nvfabric agent: config error: {exc}", file=sys.stderr)
         return 2
     if config.netns:
-        from hostagent.thread import enter_namespace  # noqa: PLC0415
+        from nvfabric.hostagent.thread import enter_namespace  # noqa: PLC0415
 
         enter_namespace(config.netns)  # before any socket (and thread) exists: all are created inside
     try:

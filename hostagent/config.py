@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 
-from bgp.config import ConfigError, _Reader, read_yaml
-from vnet.errors import ModelError
-from vnet.model import Address, RoutingDomain, check_mac
+from nvfabric.bgp.config import ConfigError, _Reader, read_yaml
+from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.model import Address, RoutingDomain, check_mac
 
 DEFAULT_LISTEN = "127.0.0.1:8500"
 DEFAULT_ROUTER_MAC = "02:00:5e:10:00:01"

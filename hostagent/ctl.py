@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hostagent.config import DEFAULT_LISTEN
+from nvfabric.hostagent.config import DEFAULT_LISTEN
 
 DEFAULT_API = f"http://{DEFAULT_LISTEN}"
 TIMEOUT = 120.0  # seconds: a PUT returns only once the port is programmed and announced
@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     leaf("delete", "delete a port", _delete("ports"), port_sub).add_argument("name")
 
     # `nvfabric ctl gateway ...`: the gateway's client reuses this one (imported here: gateway.ctl imports us)
-    from gateway import ctl as gateway_ctl  # noqa: PLC0415
+    from nvfabric.gateway import ctl as gateway_ctl  # noqa: PLC0415
 
     gateway_ctl.register(sub, common)
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from bgp.routes import MacIpRoute, PrefixRoute, Route
-from vnet.catalog import Catalog
-from vnet.model import Address, LookupRecord, RemotePrefix
+from nvfabric.bgp.routes import MacIpRoute, PrefixRoute, Route
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.model import Address, LookupRecord, RemotePrefix
 
 
 def _rank(route: MacIpRoute) -> tuple[int, int, bytes]:

@@ -31,11 +31,11 @@ from typing import Any
 
 import yaml
 
-from hostagent.config import AgentConfig
-from hostagent.thread import AgentThread, enter_namespace
-from lab import netns
-from lab.topology import Topology
-from vnet.model import Port, RoutingDomain
+from nvfabric.hostagent.config import AgentConfig
+from nvfabric.hostagent.thread import AgentThread, enter_namespace
+from nvfabric.lab import netns
+from nvfabric.lab.topology import Topology
+from nvfabric.vnet.model import Port, RoutingDomain
 
 ASN = 65000
 NVFABRIC = str(Path(sys.executable).parent / "nvfabric")  # the console script of this environment

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vnet.catalog import Catalog
-from vnet.model import Port, RoutingDomain
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.model import Port, RoutingDomain
 
 FILE = "agent-state.json"
 VERSION = 1

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
-from hostagent.agent import Agent
-from hostagent.config import AgentConfig
+from nvfabric.hostagent.agent import Agent
+from nvfabric.hostagent.config import AgentConfig
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000

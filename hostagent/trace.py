@@ -17,9 +17,9 @@ import enum
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from vnet.catalog import Catalog
-from vnet.desired import NVGRE_DEVICES, ROUTER_NEXTHOPS, vrf_name
-from vnet.model import Address, LookupRecord, Port, RemotePrefix, RoutingDomain
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.desired import NVGRE_DEVICES, ROUTER_NEXTHOPS, vrf_name
+from nvfabric.vnet.model import Address, LookupRecord, Port, RemotePrefix, RoutingDomain
 
 
 class Verdict(enum.StrEnum):

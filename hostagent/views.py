@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostagent.state import port_to_dict, rd_to_dict
-from hostagent.trace import Trace
-from vnet.catalog import Catalog
-from vnet.desired import vrf_name
-from vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
+from nvfabric.hostagent.state import port_to_dict, rd_to_dict
+from nvfabric.hostagent.trace import Trace
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.desired import vrf_name
+from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
 
 STATUS = "status"  # the read-only key of routing domain and port views
 

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lab import runner, vm
-from lab.topology import TopologyError, load
+from nvfabric.lab import runner, vm
+from nvfabric.lab.topology import TopologyError, load
 
 DEFAULT_TOPOLOGY = Path(__file__).parent / "topologies" / "hnv.clab.yml"
 
@@ -146,7 +146,7 @@ def _kernel(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lab import demo
+    from nvfabric.lab import demo
 
     try:
         topology = load(args.file)

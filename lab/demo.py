@@ -14,8 +14,8 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from lab import reach, runner
-from lab.topology import Topology
+from nvfabric.lab import reach, runner
+from nvfabric.lab.topology import Topology
 
 
 def underlay_table(probes: list[reach.Probe], nodes: list[str]) -> Table:
@@ -73,7 +73,7 @@ def run(topology: Topology, console: Console | None = None) -> int:
             f"between {len(hosts)} nodes over IPv4 and IPv6 ({time.monotonic() - started:.1f} s)"
         )
         # issue 5: two tenants with overlapping addresses across hv1-hv3 (hostagent/scenario.py)
-        from hostagent.scenario import tenants_scene
+        from nvfabric.hostagent.scenario import tenants_scene
 
         rows = tenants_scene(topology)
         console.print(tenants_table(rows))
@@ -81,7 +81,7 @@ def run(topology: Topology, console: Console | None = None) -> int:
         console.print(f"{'[green]PASS[/]' if not wrong else '[red]FAIL[/]'}: tenants: "
                       f"{len(rows) - len(wrong)}/{len(rows)} expectations hold ({time.monotonic() - started:.1f} s)")
         # issue 6: the gateway on gw1, both tenants to the internet and a floating IP inbound (gateway/scene.py)
-        from gateway.scene import gateway_scene, scene_table
+        from nvfabric.gateway.scene import gateway_scene, scene_table
 
         gw_rows = gateway_scene(topology)
         console.print(scene_table(gw_rows))

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from lab import netns
+from nvfabric.lab import netns
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

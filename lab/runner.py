@@ -10,8 +10,8 @@ import os
 import subprocess
 from collections.abc import Sequence
 
-from lab import netns
-from lab.topology import Node, Topology, check_name, namespace_name
+from nvfabric.lab import netns
+from nvfabric.lab.topology import Node, Topology, check_name, namespace_name
 
 
 class LabError(RuntimeError):

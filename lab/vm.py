@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import netns
+from nvfabric.lab import netns
 
 
 class VmError(RuntimeError):

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bgp import cli as bgp_cli
-from bgp.reflector import cli as rr_cli
-from gateway import cli as gateway_cli
-from hostagent import cli as agent_cli
-from hostagent import ctl as ctl_cli
-from lab import cli as lab_cli
+from nvfabric.bgp import cli as bgp_cli
+from nvfabric.bgp.reflector import cli as rr_cli
+from nvfabric.gateway import cli as gateway_cli
+from nvfabric.hostagent import cli as agent_cli
+from nvfabric.hostagent import ctl as ctl_cli
+from nvfabric.lab import cli as lab_cli
 
 COMPONENTS = (lab_cli, bgp_cli, agent_cli, rr_cli, ctl_cli, gateway_cli)
 

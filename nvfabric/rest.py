@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from vnet.catalog import NotFound
-from vnet.errors import ConflictError, ModelError
+from nvfabric.vnet.catalog import NotFound
+from nvfabric.vnet.errors import ConflictError, ModelError
 
 log = logging.getLogger(__name__)
 

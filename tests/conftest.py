@@ -12,7 +12,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kernel_items = [item for item in items if item.get_closest_marker("kernel")]
     if not kernel_items:
         return
-    from lab.vm import kernel_has_dataplane
+    from nvfabric.lab.vm import kernel_has_dataplane
 
     ok, why = kernel_has_dataplane()
     if ok:

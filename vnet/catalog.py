@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from vnet.errors import ConflictError, ModelError
-from vnet.model import Address, Port, RoutingDomain, VirtualSubnet
+from nvfabric.vnet.errors import ConflictError, ModelError
+from nvfabric.vnet.model import Address, Port, RoutingDomain, VirtualSubnet
 
 
 class NotFound(KeyError):

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from vnet.catalog import Catalog
-from vnet.kernel.objects import (
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.kernel.objects import (
     EncapRoute,
     FwmarkRule,
     KernelObject,
@@ -35,9 +35,9 @@ from vnet.kernel.objects import (
     ViaRoute,
     Vrf,
 )
-from vnet.kernel.objects import DEFAULT_METRIC, OVERHEAD
-from vnet.model import Address, CustomerRoute, LookupRecord, Network, RemotePrefix, RoutingDomain, VirtualSubnet
-from vnet.model import Port as PortModel
+from nvfabric.vnet.kernel.objects import DEFAULT_METRIC, OVERHEAD
+from nvfabric.vnet.model import Address, CustomerRoute, LookupRecord, Network, RemotePrefix, RoutingDomain, VirtualSubnet
+from nvfabric.vnet.model import Port as PortModel
 
 NVGRE_DEVICES = {4: "nvf-gre4", 6: "nvf-gre6"}
 ROUTER_NEXTHOPS = ("169.254.0.1", "fe80::1")

@@ -23,8 +23,8 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vnet.kernel.netns import inside
-from vnet.model import Address
+from nvfabric.vnet.kernel.netns import inside
+from nvfabric.vnet.model import Address
 
 TABLE = "nvfabric"
 FAMILY = "inet"

@@ -28,11 +28,11 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from vnet.kernel.apply import ApplyError, apply
-from vnet.kernel.diff import Action, Op, Plan
-from vnet.kernel.netns import RtnlSocket, read_sysctls
-from vnet.kernel.objects import EncapRoute, KernelObject, ProxyNeighbour, Sysctl
-from vnet.kernel.observe import observe
+from nvfabric.vnet.kernel.apply import ApplyError, apply
+from nvfabric.vnet.kernel.diff import Action, Op, Plan
+from nvfabric.vnet.kernel.netns import RtnlSocket, read_sysctls
+from nvfabric.vnet.kernel.objects import EncapRoute, KernelObject, ProxyNeighbour, Sysctl
+from nvfabric.vnet.kernel.observe import observe
 
 LEARNED_KINDS = (EncapRoute, ProxyNeighbour)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from vnet.nftables import FAMILY, Nft, NftError
+from nvfabric.vnet.nftables import FAMILY, Nft, NftError
 
 TABLE = "nvfabric-vrf"
 MAP = "vrf"

@@ -21,12 +21,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from bgp import fsm, wire
-from bgp.config import ConfigError
-from bgp.reflector.config import route_target_bytes
-from bgp.reflector.daemon import Reflector, ReloadResult
-from bgp.reflector.table import AttrSet
-from bgp.routes import Family, MacIpKey, PrefixKey, UnicastKey
+from nvfabric.bgp import fsm, wire
+from nvfabric.bgp.config import ConfigError
+from nvfabric.bgp.reflector.config import route_target_bytes
+from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
+from nvfabric.bgp.reflector.table import AttrSet
+from nvfabric.bgp.routes import Family, MacIpKey, PrefixKey, UnicastKey
 
 FAMILY_NAMES = {Family.L2VPN_EVPN: "l2vpn-evpn", Family.IPV4_UNICAST: "ipv4-unicast",
                 Family.IPV6_UNICAST: "ipv6-unicast"}

@@ -22,12 +22,12 @@ from typing import Any
 
 from aiohttp import web
 
-from bgp.config import ConfigError
-from bgp.reflector import api
-from bgp.reflector import config as rr_config
-from bgp.reflector.daemon import Reflector, ReloadResult
+from nvfabric.bgp.config import ConfigError
+from nvfabric.bgp.reflector import api
+from nvfabric.bgp.reflector import config as rr_config
+from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
 
-log = logging.getLogger("bgp.reflector")
+log = logging.getLogger("nvfabric.bgp.reflector")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

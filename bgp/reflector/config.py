@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from bgp.config import (
+from nvfabric.bgp.config import (
     FAMILY_NAMES,
     ConfigError,
     DynamicNeighbours,
@@ -24,9 +24,9 @@ from bgp.config import (
     _Reader,
     read_yaml,
 )
-from bgp.config import parse as parse_speaker
-from bgp.errors import RouteValueError
-from bgp.routes import Family, parse_admin_pair
+from nvfabric.bgp.config import parse as parse_speaker
+from nvfabric.bgp.errors import RouteValueError
+from nvfabric.bgp.routes import Family, parse_admin_pair
 
 ALL_FAMILIES = (Family.L2VPN_EVPN, Family.IPV4_UNICAST, Family.IPV6_UNICAST)
 

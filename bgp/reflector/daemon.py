@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from bgp import fsm, wire
-from bgp.config import ConfigError, DynamicNeighbours, Neighbour
-from bgp.reflector import policy, rtc
-from bgp.reflector.config import MaxPrefixAction, PeerPolicy, ReflectorConfig
-from bgp.reflector.table import AttrSet, Changes, Kind, RawTable
-from bgp.routes import Family, PeerRef
-from bgp.session import Peer
-from bgp.speaker import Notice, PeerStatus, Speaker
+from nvfabric.bgp import fsm, wire
+from nvfabric.bgp.config import ConfigError, DynamicNeighbours, Neighbour
+from nvfabric.bgp.reflector import policy, rtc
+from nvfabric.bgp.reflector.config import MaxPrefixAction, PeerPolicy, ReflectorConfig
+from nvfabric.bgp.reflector.table import AttrSet, Changes, Kind, RawTable
+from nvfabric.bgp.routes import Family, PeerRef
+from nvfabric.bgp.session import Peer
+from nvfabric.bgp.speaker import Notice, PeerStatus, Speaker
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from bgp.routes import PathAttributes
+from nvfabric.bgp.routes import PathAttributes
 
 
 def reflects_to(source_is_client: bool, target_is_client: bool) -> bool:

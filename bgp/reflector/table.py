@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bgp import rib
-from bgp.routes import Family, PathAttributes, PeerRef
+from nvfabric.bgp import rib
+from nvfabric.bgp.routes import Family, PathAttributes, PeerRef
 
 Entry = tuple["AttrSet", bytes]
 

@@ -21,10 +21,10 @@ and RFC 7606 wants a malformed attribute or NLRI to degrade to treat-as-withdraw
 and the session would reset.
 """
 
-from bgp.errors import MessageHeaderError, NotificationDecodeError, OpenError, RouteValueError
-from bgp.wire.attributes import EVPN_NEXT_HOP_LENGTHS, NVGRE_TUNNEL_TYPE
-from bgp.wire.exa import exabgp_parse_update, reference_decode_update, reference_encode_update
-from bgp.wire.framing import (
+from nvfabric.bgp.errors import MessageHeaderError, NotificationDecodeError, OpenError, RouteValueError
+from nvfabric.bgp.wire.attributes import EVPN_NEXT_HOP_LENGTHS, NVGRE_TUNNEL_TYPE
+from nvfabric.bgp.wire.exa import exabgp_parse_update, reference_decode_update, reference_encode_update
+from nvfabric.bgp.wire.framing import (
     HEADER_LENGTH,
     MARKER,
     MAX_MESSAGE_LENGTH,
@@ -38,9 +38,9 @@ from bgp.wire.framing import (
     encode_route_refresh,
     split_messages,
 )
-from bgp.wire.open import AS_TRANS, Capabilities, GracefulRestart, Negotiated, decode_open, encode_open, negotiate
-from bgp.wire.raw import RawNlri, RawUpdate, decode_raw_update, encode_raw_update, reflect_attributes, typed_key
-from bgp.wire.result import (
+from nvfabric.bgp.wire.open import AS_TRANS, Capabilities, GracefulRestart, Negotiated, decode_open, encode_open, negotiate
+from nvfabric.bgp.wire.raw import RawNlri, RawUpdate, decode_raw_update, encode_raw_update, reflect_attributes, typed_key
+from nvfabric.bgp.wire.result import (
     ATTRIBUTE_DISCARD,
     SESSION_RESET,
     SUBCODE_INVALID_NETWORK_FIELD,
@@ -50,7 +50,7 @@ from bgp.wire.result import (
     UpdateError,
     UpdateResult,
 )
-from bgp.wire.update import decode_update, encode_update
+from nvfabric.bgp.wire.update import decode_update, encode_update
 
 __all__ = [
     "AS_TRANS",

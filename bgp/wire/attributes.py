@@ -11,8 +11,8 @@ from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
-from bgp.routes import AS_SEQUENCE, AS_SET, Address, AsSegment, Family, canonical_route_targets
-from bgp.wire.result import (
+from nvfabric.bgp.routes import AS_SEQUENCE, AS_SET, Address, AsSegment, Family, canonical_route_targets
+from nvfabric.bgp.wire.result import (
     ATTRIBUTE_DISCARD,
     SUBCODE_MALFORMED_ATTRIBUTE_LIST,
     SUBCODE_OPTIONAL_ATTRIBUTE_ERROR,
@@ -22,7 +22,7 @@ from bgp.wire.result import (
 )
 
 if TYPE_CHECKING:
-    from bgp.wire.open import Negotiated
+    from nvfabric.bgp.wire.open import Negotiated
 
 NVGRE_TUNNEL_TYPE = 9  # RFC 8365 section 5.1.3 / IANA BGP Tunnel Encapsulation Attribute Tunnel Types
 

@@ -68,7 +68,7 @@ from exabgp.protocol.family import AFI as _ExaAFI
 from exabgp.protocol.family import SAFI as _ExaSAFI
 from exabgp.protocol.ip import IP as _ExaIP
 
-from bgp.routes import (
+from nvfabric.bgp.routes import (
     AS_SEQUENCE,
     DEFAULT_ATTRIBUTES,
     ZERO_ESI,
@@ -86,7 +86,7 @@ from bgp.routes import (
     UnicastRoute,
     parse_admin_pair,
 )
-from bgp.wire.attributes import (
+from nvfabric.bgp.wire.attributes import (
     _EXT_COMMUNITIES,
     _LOCAL_PREF,
     _MED,
@@ -97,11 +97,11 @@ from bgp.wire.attributes import (
     _ext_info,
     _ExtInfo,
 )
-from bgp.wire.nlri import _rd_bytes, _rd_text
-from bgp.wire.result import UpdateResult
+from nvfabric.bgp.wire.nlri import _rd_bytes, _rd_text
+from nvfabric.bgp.wire.result import UpdateResult
 
 if TYPE_CHECKING:
-    from bgp.wire.open import Capabilities, Negotiated
+    from nvfabric.bgp.wire.open import Capabilities, Negotiated
 
 # ExaBGP's classes log through its logger, which must be initialised once per process.
 _exa_log.init(_exa_getenv())

@@ -9,9 +9,9 @@ import enum
 import struct
 from typing import NamedTuple
 
-from bgp.errors import MessageHeaderError, NotificationDecodeError
-from bgp.routes import Family
-from bgp.wire.result import SUBCODE_MALFORMED_ATTRIBUTE_LIST, _Reset
+from nvfabric.bgp.errors import MessageHeaderError, NotificationDecodeError
+from nvfabric.bgp.routes import Family
+from nvfabric.bgp.wire.result import SUBCODE_MALFORMED_ATTRIBUTE_LIST, _Reset
 
 MARKER = b"\xff" * 16
 HEADER_LENGTH = 19

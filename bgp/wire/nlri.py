@@ -10,7 +10,7 @@ from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING
 
-from bgp.routes import (
+from nvfabric.bgp.routes import (
     ZERO_ESI,
     Address,
     Family,
@@ -29,7 +29,7 @@ from bgp.routes import (
     format_admin_pair,
     parse_admin_pair,
 )
-from bgp.wire.result import (
+from nvfabric.bgp.wire.result import (
     SUBCODE_INVALID_NETWORK_FIELD,
     SUBCODE_OPTIONAL_ATTRIBUTE_ERROR,
     TREAT_AS_WITHDRAW,
@@ -38,7 +38,7 @@ from bgp.wire.result import (
 )
 
 if TYPE_CHECKING:
-    from bgp.wire.attributes import _ExtInfo
+    from nvfabric.bgp.wire.attributes import _ExtInfo
 
 @lru_cache(maxsize=65536)
 def _rd_bytes(rd: str) -> bytes:

@@ -9,9 +9,9 @@ import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from bgp.errors import OpenError, RouteValueError
-from bgp.routes import Family
-from bgp.wire import exa
+from nvfabric.bgp.errors import OpenError, RouteValueError
+from nvfabric.bgp.routes import Family
+from nvfabric.bgp.wire import exa
 
 AS_TRANS = 23456  # RFC 6793 section 9
 

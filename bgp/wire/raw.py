@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, NamedTuple
 
-from bgp.errors import RouteValueError
-from bgp.routes import Family, Origin, PathAttributes, RouteKey, UnicastKey
-from bgp.wire.attributes import _CLUSTER_LIST, _MP_REACH, _MP_UNREACH, _ORIGINATOR_ID, _attribute, _walk_attributes
-from bgp.wire.framing import HEADER_LENGTH, MAX_MESSAGE_LENGTH, MessageType, _frame, _update_sections
-from bgp.wire.nlri import (
+from nvfabric.bgp.errors import RouteValueError
+from nvfabric.bgp.routes import Family, Origin, PathAttributes, RouteKey, UnicastKey
+from nvfabric.bgp.wire.attributes import _CLUSTER_LIST, _MP_REACH, _MP_UNREACH, _ORIGINATOR_ID, _attribute, _walk_attributes
+from nvfabric.bgp.wire.framing import HEADER_LENGTH, MAX_MESSAGE_LENGTH, MessageType, _frame, _update_sections
+from nvfabric.bgp.wire.nlri import (
     _EVPN_PARSERS,
     _TYPE2_LENGTHS,
     _evpn_key,
@@ -26,10 +26,10 @@ from bgp.wire.nlri import (
     _parse_prefixes,
     _walk_evpn,
 )
-from bgp.wire.result import TREAT_AS_WITHDRAW, UpdateError, _Reset
+from nvfabric.bgp.wire.result import TREAT_AS_WITHDRAW, UpdateError, _Reset
 
 if TYPE_CHECKING:
-    from bgp.wire.open import Negotiated
+    from nvfabric.bgp.wire.open import Negotiated
 
 
 class RawNlri(NamedTuple):

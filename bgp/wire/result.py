@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bgp.routes import Family, Path, RouteKey
+from nvfabric.bgp.routes import Family, Path, RouteKey
 
 TREAT_AS_WITHDRAW = "treat-as-withdraw"
 ATTRIBUTE_DISCARD = "attribute-discard"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bgp.errors import RouteValueError
-from bgp.routes import (
+from nvfabric.bgp.errors import RouteValueError
+from nvfabric.bgp.routes import (
     DEFAULT_ATTRIBUTES,
     Address,
     Family,
@@ -23,13 +23,13 @@ from bgp.routes import (
     UnicastKey,
     UnicastRoute,
 )
-from bgp.wire.attributes import _Attrs, _walk_attributes
-from bgp.wire.exa import attributes_bytes
-from bgp.wire.framing import _update_sections
-from bgp.wire.nlri import _evpn_announced, _keys, _new_path, _nlri_bytes, _parse_prefixes
-from bgp.wire.open import Negotiated
-from bgp.wire.raw import encode_raw_update
-from bgp.wire.result import ATTRIBUTE_DISCARD, TREAT_AS_WITHDRAW, UpdateError, UpdateResult, _Reset
+from nvfabric.bgp.wire.attributes import _Attrs, _walk_attributes
+from nvfabric.bgp.wire.exa import attributes_bytes
+from nvfabric.bgp.wire.framing import _update_sections
+from nvfabric.bgp.wire.nlri import _evpn_announced, _keys, _new_path, _nlri_bytes, _parse_prefixes
+from nvfabric.bgp.wire.open import Negotiated
+from nvfabric.bgp.wire.raw import encode_raw_update
+from nvfabric.bgp.wire.result import ATTRIBUTE_DISCARD, TREAT_AS_WITHDRAW, UpdateError, UpdateResult, _Reset
 
 
 def _attribute_signature(route: Route, attrs: PathAttributes) -> tuple:

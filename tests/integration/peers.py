@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 import yaml
 
-from lab import netns
+from nvfabric.lab import netns
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

@@ -9,8 +9,8 @@ from ipaddress import IPv4Address
 
 import yaml
 
-from bgp import wire
-from bgp.routes import Family, MacIpRoute
+from nvfabric.bgp import wire
+from nvfabric.bgp.routes import Family, MacIpRoute
 from tests.integration.conftest import need
 from tests.integration.peers import GoBgp, Lab, Speaker, inside, segment, wait_for
 from tests.integration.test_bgp_gobgp import ROUTE, gobgp_rr_toml

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.tenants import Tenant
+from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.tenants import Tenant
 from tests.gateway_net import GatewayThread, Server, connect, echo, in_ns
-from lab.netns import run
-from vnet.errors import ConflictError, ModelError
+from nvfabric.lab.netns import run
+from nvfabric.vnet.errors import ConflictError, ModelError
 
 T = TypeVar("T")
 SERVER = ("203.0.113.1", 8080)
@@ -238,7 +238,7 @@ def _http(ns: str, method: str, url: str, body: Any = None, token: str = "t0ken"
 
 
 def test_rest_api_metrics_and_ctl(net: Net) -> None:
-    from gateway.api import start_api
+    from nvfabric.gateway.api import start_api
 
     api = net.gateway.call(lambda g: start_api(g, "127.0.0.1:0", "t0ken"))
     try:

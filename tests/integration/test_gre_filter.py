@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from hostagent.thread import enter_namespace
-from lab import netns
-from vnet.nftables import FAMILY, TABLE, GreFilter, Nft, NftError
+from nvfabric.hostagent.thread import enter_namespace
+from nvfabric.lab import netns
+from nvfabric.vnet.nftables import FAMILY, TABLE, GreFilter, Nft, NftError
 
 RX4, RX6 = "192.0.2.1", "2001:db8:1::1"
 SENDERS4 = ("192.0.2.2", "192.0.2.3", "192.0.2.4")

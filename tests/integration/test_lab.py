@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import netns, runner
-from lab.topology import parse
+from nvfabric.lab import netns, runner
+from nvfabric.lab.topology import parse
 
 NVFABRIC = str(Path(sys.executable).parent / "nvfabric")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.cli import DEFAULT_TOPOLOGY
-from lab.vm import kernel_has_dataplane
+from nvfabric.lab.cli import DEFAULT_TOPOLOGY
+from nvfabric.lab.vm import kernel_has_dataplane
 
 NVFABRIC = str(Path(sys.executable).parent / "nvfabric")
 

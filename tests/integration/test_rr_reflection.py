@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from lab import netns
+from nvfabric.lab import netns
 from tests.integration.conftest import need
 from tests.integration.peers import Frr, GoBgp, Lab, RouteReflector, Speaker, segment, wait_for
 from tests.integration.test_bgp_frr import FRR_BINARIES

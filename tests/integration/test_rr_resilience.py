@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import yaml
 
-from bgp import wire
-from bgp.routes import MacIpRoute
+from nvfabric.bgp import wire
+from nvfabric.bgp.routes import MacIpRoute
 from tests.integration.peers import Lab, RouteReflector, Speaker, segment, wait_for
 from tests.integration.test_bgp_gobgp import ROUTE
 from tests.integration.test_bgp_sessions import (

@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from hostagent import scenario, state
-from hostagent.scenario import HV, VMS, Fabric, Vm
-from lab import netns, runner
-from lab.cli import DEFAULT_TOPOLOGY
-from lab.topology import load
+from nvfabric.hostagent import scenario, state
+from nvfabric.hostagent.scenario import HV, VMS, Fabric, Vm
+from nvfabric.lab import netns, runner
+from nvfabric.lab.cli import DEFAULT_TOPOLOGY
+from nvfabric.lab.topology import load
 
 pytestmark = pytest.mark.kernel
 VM = {vm.name: vm for vm in VMS}

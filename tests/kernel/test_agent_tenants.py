@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hostagent import scenario
-from hostagent.agent import KernelError
-from hostagent.scenario import VMS, Fabric
-from lab import netns, runner
-from lab.cli import DEFAULT_TOPOLOGY
-from lab.topology import load
+from nvfabric.hostagent import scenario
+from nvfabric.hostagent.agent import KernelError
+from nvfabric.hostagent.scenario import VMS, Fabric
+from nvfabric.lab import netns, runner
+from nvfabric.lab.cli import DEFAULT_TOPOLOGY
+from nvfabric.lab.topology import load
 from tests.kernel.test_vnet_dataplane import _gre_keys
-from vnet.errors import ModelError
-from vnet.model import CustomerRoute, Port
+from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.model import CustomerRoute, Port
 
 pytestmark = pytest.mark.kernel
 NVFABRIC = str(Path(sys.executable).parent / "nvfabric")

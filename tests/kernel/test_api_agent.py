@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from hostagent import scenario
-from hostagent.api import start_api
-from hostagent.scenario import HV, VMS, Fabric
-from hostagent.thread import enter_namespace
-from lab import netns, runner
-from lab.cli import DEFAULT_TOPOLOGY
-from lab.topology import load
+from nvfabric.hostagent import scenario
+from nvfabric.hostagent.api import start_api
+from nvfabric.hostagent.scenario import HV, VMS, Fabric
+from nvfabric.hostagent.thread import enter_namespace
+from nvfabric.lab import netns, runner
+from nvfabric.lab.cli import DEFAULT_TOPOLOGY
+from nvfabric.lab.topology import load
 from nvfabric.cli import main
 
 pytestmark = pytest.mark.kernel

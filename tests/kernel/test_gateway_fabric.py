@@ -12,12 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.scene import PUBLIC_POOL, SERVER, default_via, gateway_config
-from hostagent import scenario
-from hostagent.scenario import HV, Fabric
-from lab import netns, runner
-from lab.cli import DEFAULT_TOPOLOGY
-from lab.topology import load
+from nvfabric.gateway.scene import PUBLIC_POOL, SERVER, default_via, gateway_config
+from nvfabric.hostagent import scenario
+from nvfabric.hostagent.scenario import HV, Fabric
+from nvfabric.lab import netns, runner
+from nvfabric.lab.cli import DEFAULT_TOPOLOGY
+from nvfabric.lab.topology import load
 from tests.gateway_net import GatewayThread, Server, connect
 
 pytestmark = pytest.mark.kernel

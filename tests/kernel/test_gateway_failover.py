@@ -27,13 +27,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.scene import frr_upstream_conf, tenant
-from hostagent import scenario
-from hostagent.scenario import BLUE, HV, RED, RR, Fabric
-from lab import netns, runner
-from lab.cli import DEFAULT_TOPOLOGY
-from lab.topology import load
+from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.scene import frr_upstream_conf, tenant
+from nvfabric.hostagent import scenario
+from nvfabric.hostagent.scenario import BLUE, HV, RED, RR, Fabric
+from nvfabric.lab import netns, runner
+from nvfabric.lab.cli import DEFAULT_TOPOLOGY
+from nvfabric.lab.topology import load
 from tests.gateway_net import GatewayThread, Server
 from tests.integration.peers import Frr, Lab
 from tests.kernel.test_gateway_fabric import _connect

@@ -22,15 +22,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.tenants import Tenant
-from lab import netns
+from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.tenants import Tenant
+from nvfabric.lab import netns
 from tests.gateway_net import GatewayThread, Server, connect, echo
-from vnet.catalog import Catalog
-from vnet.desired import HostIdentity, desired_state
-from vnet.kernel.netns import RtnlSocket
-from vnet.model import LookupRecord, Port, RemotePrefix
-from vnet.reconcile import Reconciler
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.desired import HostIdentity, desired_state
+from nvfabric.vnet.kernel.netns import RtnlSocket
+from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix
+from nvfabric.vnet.reconcile import Reconciler
 
 pytestmark = pytest.mark.kernel
 

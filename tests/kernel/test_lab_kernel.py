@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import netns, reach, runner
-from lab.cli import DEFAULT_TOPOLOGY
-from lab.topology import load, parse
-from lab.vm import kernel_has_dataplane
+from nvfabric.lab import netns, reach, runner
+from nvfabric.lab.cli import DEFAULT_TOPOLOGY
+from nvfabric.lab.topology import load, parse
+from nvfabric.lab.vm import kernel_has_dataplane
 
 pytestmark = pytest.mark.kernel
 NVFABRIC = str(Path(sys.executable).parent / "nvfabric")

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab import netns
-from vnet.kernel.apply import Report, apply
-from vnet.kernel.diff import Action, Plan, diff
-from vnet.kernel.netns import RtnlSocket
-from vnet.kernel.objects import (
+from nvfabric.lab import netns
+from nvfabric.vnet.kernel.apply import Report, apply
+from nvfabric.vnet.kernel.diff import Action, Plan, diff
+from nvfabric.vnet.kernel.netns import RtnlSocket
+from nvfabric.vnet.kernel.objects import (
     EncapRoute,
     FwmarkRule,
     KernelObject,
@@ -33,7 +33,7 @@ from vnet.kernel.objects import (
     ViaRoute,
     Vrf,
 )
-from vnet.kernel.observe import observe
+from nvfabric.vnet.kernel.observe import observe
 
 pytestmark = pytest.mark.kernel
 

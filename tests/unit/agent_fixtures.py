@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from vnet.catalog import Catalog
-from vnet.model import Port, RoutingDomain, VirtualSubnet
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.model import Port, RoutingDomain, VirtualSubnet
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

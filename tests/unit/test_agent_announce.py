@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hostagent.announce import Identity, local_routes, route_distinguisher
+from nvfabric.hostagent.announce import Identity, local_routes, route_distinguisher
 from tests.unit.agent_fixtures import PA1, VM_B1, VM_R1, catalog, ip
 
 ME = Identity("198.51.100.11", (PA1,), "02:00:5e:10:00:01")

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from hostagent.config import DEFAULT_LISTEN, AgentConfig, ConfigError, load
+from nvfabric.hostagent.config import DEFAULT_LISTEN, AgentConfig, ConfigError, load
 
 GOOD = {
     "asn": 65001, "router_id": "198.51.100.11", "provider_addresses": ["198.51.100.11", "2001:db8::11"],

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bgp.routes import MacIpRoute, PrefixRoute
-from hostagent.learn import lookup_records, remote_macs, remote_prefixes
+from nvfabric.bgp.routes import MacIpRoute, PrefixRoute
+from nvfabric.hostagent.learn import lookup_records, remote_macs, remote_prefixes
 from tests.unit.agent_fixtures import PA1, PA2, PA3, VM_B1, catalog, ip, net
 
 MAC2 = "02:00:00:00:b2:01"

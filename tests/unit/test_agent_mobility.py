@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hostagent.mobility import FREEZE, MAX_MOVES, Mobility
+from nvfabric.hostagent.mobility import FREEZE, MAX_MOVES, Mobility
 
 KEY = (5001, "02:00:00:00:b1:01")
 

@@ -9,13 +9,13 @@ import subprocess
 
 import pytest
 
-from hostagent import state
-from hostagent.agent import Agent, AgentNotStarted
-from hostagent.config import AgentConfig
-from vnet.catalog import NotFound
-from vnet.errors import ConflictError, ModelError
-from vnet.model import Port
-from vnet.nftables import GreFilter, Nft
+from nvfabric.hostagent import state
+from nvfabric.hostagent.agent import Agent, AgentNotStarted
+from nvfabric.hostagent.config import AgentConfig
+from nvfabric.vnet.catalog import NotFound
+from nvfabric.vnet.errors import ConflictError, ModelError
+from nvfabric.vnet.model import Port
+from nvfabric.vnet.nftables import GreFilter, Nft
 from tests.unit.agent_fixtures import BLUE, RED, VM_B1, VM_R1, catalog
 
 

@@ -14,12 +14,12 @@ import logging
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from hostagent import state
-from hostagent.agent import Agent, KernelError
-from hostagent.api import make_app, start_api
-from hostagent.config import AgentConfig
-from vnet.catalog import Catalog
-from vnet.model import Port, RoutingDomain
+from nvfabric.hostagent import state
+from nvfabric.hostagent.agent import Agent, KernelError
+from nvfabric.hostagent.api import make_app, start_api
+from nvfabric.hostagent.config import AgentConfig
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.model import Port, RoutingDomain
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -326,7 +326,7 @@ async def test_an_unexpected_exception_is_a_logged_500_with_a_json_body(client, 
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(agent, "status", broken)
-    with caplog.at_level(logging.ERROR, logger="hostagent.api"):
+    with caplog.at_level(logging.ERROR, logger="nvfabric.hostagent.api"):
         body = await expect(await client.get("/v1/status", headers=AUTH), 500, "internal")
     assert body["incident"] in body["problem"]
     assert any(body["incident"] in rec.getMessage() and rec.exc_info for rec in caplog.records)
@@ -363,6 +363,6 @@ async def test_a_listen_address_in_use_is_an_error_and_leaves_nothing_behind(age
 
 
 async def test_without_a_token_there_is_no_api(agent, caplog):
-    with caplog.at_level(logging.WARNING, logger="hostagent.api"):
+    with caplog.at_level(logging.WARNING, logger="nvfabric.hostagent.api"):
         assert await start_api(agent, "127.0.0.1:0", None) is None
     assert "REST API is disabled" in caplog.text

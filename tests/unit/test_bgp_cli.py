@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bgp import cli
-from bgp.client import RouteUpdate
-from bgp.routes import MacIpRoute
-from bgp.speaker import PeerStatus
+from nvfabric.bgp import cli
+from nvfabric.bgp.client import RouteUpdate
+from nvfabric.bgp.routes import MacIpRoute
+from nvfabric.bgp.speaker import PeerStatus
 from nvfabric.cli import main
 
 ROUTE = MacIpRoute(rd="198.51.100.1:1", mac="00:15:5d:01:02:03", ip="fd00:b::10", vsid=5001,

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from bgp import config
-from bgp.routes import Family, MacIpRoute, PrefixRoute
+from nvfabric.bgp import config
+from nvfabric.bgp.routes import Family, MacIpRoute, PrefixRoute
 
 GOOD = """
 asn: 65000

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from hostagent.api import start_api
+from nvfabric.hostagent.api import start_api
 from nvfabric.cli import main
 from tests.unit.test_api import TOKEN, VM1, make_agent
 

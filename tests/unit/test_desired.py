@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, allocate_tables, desired_state, vrf_name
-from vnet.kernel.diff import diff
-from vnet.kernel.objects import (
+from nvfabric.vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, allocate_tables, desired_state, vrf_name
+from nvfabric.vnet.kernel.diff import diff
+from nvfabric.vnet.kernel.objects import (
     EncapRoute,
     LocalPortRoute,
     NvgreDevice,
@@ -17,7 +17,7 @@ from vnet.kernel.objects import (
     ViaRoute,
     Vrf,
 )
-from vnet.model import CustomerRoute, LookupRecord, RemotePrefix
+from nvfabric.vnet.model import CustomerRoute, LookupRecord, RemotePrefix
 from tests.unit.agent_fixtures import PA1, PA2, VM_B1, VM_R1, catalog, ip, net
 
 RMAC = "02:00:5e:10:00:01"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from ipaddress import IPv4Address, ip_address
 
-from bgp import fsm, wire
-from bgp.routes import Family, MacIpRoute, PeerRef
+from nvfabric.bgp import fsm, wire
+from nvfabric.bgp.routes import Family, MacIpRoute, PeerRef
 
 FAMILIES = frozenset({Family.L2VPN_EVPN, Family.IPV4_UNICAST})
 

@@ -9,15 +9,15 @@ import ipaddress
 
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.dataplane import Dataplane, tenant_extras
-from gateway.evpn import Fabric, default_routes
-from gateway.tenants import Claims, Tenant, check_tenants
-from gateway.upstream import Upstream, public_routes
-from vnet.catalog import Catalog
-from vnet.desired import HostIdentity, allocate_tables, desired_state
-from vnet.errors import ConflictError
-from vnet.model import LookupRecord
+from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.dataplane import Dataplane, tenant_extras
+from nvfabric.gateway.evpn import Fabric, default_routes
+from nvfabric.gateway.tenants import Claims, Tenant, check_tenants
+from nvfabric.gateway.upstream import Upstream, public_routes
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.desired import HostIdentity, allocate_tables, desired_state
+from nvfabric.vnet.errors import ConflictError
+from nvfabric.vnet.model import LookupRecord
 
 
 def tenant(name: str, vsid: int, snat: str, fip: str | None = None, **extra: object) -> Tenant:
@@ -165,7 +165,7 @@ def test_fabric_update_announces_only_the_changed_tenants_default_routes() -> No
 
 
 def test_keep_records_while_the_reflectors_refill() -> None:
-    from gateway.evpn import keep_records
+    from nvfabric.gateway.evpn import keep_records
 
     old = _records("blue", 5001, ["10.0.0.5", "10.0.0.6"])
     moved = tuple(LookupRecord("blue", 5001, r.ca, r.mac, ipaddress.ip_address("198.51.100.13")) for r in old[:1])
@@ -174,8 +174,8 @@ def test_keep_records_while_the_reflectors_refill() -> None:
 
 
 def test_a_standby_does_not_judge_on_the_end_of_rib_of_restarted_reflectors() -> None:
-    from bgp.speaker import PeerStatus
-    from gateway.evpn import STANDBY_WAIT
+    from nvfabric.bgp.speaker import PeerStatus
+    from nvfabric.gateway.evpn import STANDBY_WAIT
 
     standby = GatewayConfig.from_dict({**CONFIG_BODY, "standby": True})
 

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from bgp.config import ConfigError
-from gateway import nat
-from gateway.config import GatewayConfig
-from gateway.tenants import Tenant, check_tenants
-from vnet.errors import ConflictError, ModelError
+from nvfabric.bgp.config import ConfigError
+from nvfabric.gateway import nat
+from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.tenants import Tenant, check_tenants
+from nvfabric.vnet.errors import ConflictError, ModelError
 
 
 def body(name: str = "blue", vsid: int = 5001, **extra: object) -> dict:
@@ -165,7 +165,7 @@ def test_counters_are_read_per_tenant_table() -> None:
 
 
 def test_public_routes_announced_upstream() -> None:
-    from gateway.upstream import public_routes
+    from nvfabric.gateway.upstream import public_routes
 
     t = Tenant.from_dict(body(snat=["203.0.113.11", "2001:db8:113::11"]))
     routes = public_routes([t], ipaddress.ip_address("203.0.113.2"), None)
@@ -181,9 +181,9 @@ def test_an_upstream_needs_our_external_address() -> None:
 
 
 def test_plumbing_marks_each_vsid_and_routes_only_outside_arrivals_by_mark() -> None:
-    from gateway.config import External
-    from gateway.dataplane import Plumbing, removal_plumbing, tenant_extras, tenant_plumbing
-    from vnet.kernel.objects import FwmarkRule, ViaRoute
+    from nvfabric.gateway.config import External
+    from nvfabric.gateway.dataplane import Plumbing, removal_plumbing, tenant_extras, tenant_plumbing
+    from nvfabric.vnet.kernel.objects import FwmarkRule, ViaRoute
 
     t = Tenant.from_dict(body(subnets=[{"vsid": 5001, "prefixes": ["10.0.0.0/24"]},
                                        {"vsid": 5002, "prefixes": ["10.0.1.0/24"]}]))
@@ -201,7 +201,7 @@ def test_plumbing_marks_each_vsid_and_routes_only_outside_arrivals_by_mark() -> 
 
 
 def test_default_routes_into_each_tenant() -> None:
-    from gateway.evpn import default_routes
+    from nvfabric.gateway.evpn import default_routes
 
     cfg = GatewayConfig.from_dict({**config(body()), "provider_addresses": ["198.51.100.21"],
                                    "route_reflectors": [{"address": "198.51.100.100"}]})
@@ -215,8 +215,8 @@ def test_default_routes_into_each_tenant() -> None:
 
 
 def test_a_standby_sees_another_gateways_default_route() -> None:
-    from bgp.routes import PrefixRoute
-    from gateway.evpn import other_gateway_active
+    from nvfabric.bgp.routes import PrefixRoute
+    from nvfabric.gateway.evpn import other_gateway_active
 
     ours, other = ipaddress.ip_address("198.51.100.22"), ipaddress.ip_address("198.51.100.21")
     default = PrefixRoute(rd="198.51.100.21:5001", prefix=ipaddress.ip_network("0.0.0.0/0"), vsid=5001,

@@ -2,9 +2,9 @@ import ipaddress
 
 import pytest
 
-from vnet.catalog import Catalog, NotFound
-from vnet.errors import ConflictError, ModelError
-from vnet.model import CustomerRoute, Port, RoutingDomain, VirtualSubnet
+from nvfabric.vnet.catalog import Catalog, NotFound
+from nvfabric.vnet.errors import ConflictError, ModelError
+from nvfabric.vnet.model import CustomerRoute, Port, RoutingDomain, VirtualSubnet
 
 BLUE = {
     "route_targets": ["65000:100"],
@@ -158,7 +158,7 @@ def test_bad_customer_routes_name_the_field(routes, field, words):
 
 
 def test_customer_routes_round_trip_through_the_saved_form():
-    from hostagent.state import rd_to_dict
+    from nvfabric.hostagent.state import rd_to_dict
 
     rd = RoutingDomain.from_dict({"name": "blue", "route_targets": ["65000:1"],
                                   "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"]}],

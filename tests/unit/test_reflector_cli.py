@@ -10,9 +10,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bgp.reflector import api
-from bgp.reflector.cli import JsonLines
-from bgp.reflector.daemon import Reflector
+from nvfabric.bgp.reflector import api
+from nvfabric.bgp.reflector.cli import JsonLines
+from nvfabric.bgp.reflector.daemon import Reflector
 from nvfabric.cli import main
 from tests.unit.test_reflector_daemon import DYNAMIC, held, route, rr_cfg, speaker, until
 

@@ -14,13 +14,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bgp import config as bgp_config
-from bgp.config import ConfigError
-from bgp.reflector import api
-from bgp.reflector import config as rr_config
-from bgp.reflector.daemon import Reflector
-from bgp.routes import MacIpRoute, Path, PathAttributes, UnicastRoute
-from bgp.speaker import Speaker
+from nvfabric.bgp import config as bgp_config
+from nvfabric.bgp.config import ConfigError
+from nvfabric.bgp.reflector import api
+from nvfabric.bgp.reflector import config as rr_config
+from nvfabric.bgp.reflector.daemon import Reflector
+from nvfabric.bgp.routes import MacIpRoute, Path, PathAttributes, UnicastRoute
+from nvfabric.bgp.speaker import Speaker
 
 RR_ID = "198.51.100.100"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from bgp import wire
-from bgp.reflector import policy, rtc
-from bgp.reflector.table import AttrSet, Changes, Kind, RawTable
-from bgp.routes import Family, Path, PathAttributes, PeerRef, UnicastRoute
+from nvfabric.bgp import wire
+from nvfabric.bgp.reflector import policy, rtc
+from nvfabric.bgp.reflector.table import AttrSet, Changes, Kind, RawTable
+from nvfabric.bgp.routes import Family, Path, PathAttributes, PeerRef, UnicastRoute
 from tests.fixtures.bgp_samples import IBGP, body, mac_route
 
 A = PeerRef(IPv4Address("192.0.2.11"), IPv4Address("192.0.2.11"), 65000)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 from ipaddress import IPv4Address, ip_address
 
-from bgp.rib import AdjRibIn, BestPathReason, LocRib, Rib, RibChange, select_best
-from bgp.routes import AsSegment, Family, Origin, Path, PathAttributes, PeerRef, UnicastRoute
+from nvfabric.bgp.rib import AdjRibIn, BestPathReason, LocRib, Rib, RibChange, select_best
+from nvfabric.bgp.routes import AsSegment, Family, Origin, Path, PathAttributes, PeerRef, UnicastRoute
 from tests.fixtures.bgp_samples import mac_route, prefix_route
 
 LOCAL_AS = 65000
@@ -235,7 +235,7 @@ def test_mac_owner_equal_sequence_lowest_pe_and_sticky():
 def test_the_two_candidate_fast_path_agrees_with_the_general_elimination():
     import random
 
-    from bgp.rib import _eliminate, _select_pair, _source_order
+    from nvfabric.bgp.rib import _eliminate, _select_pair, _source_order
 
     rng = random.Random(5)
 

@@ -6,8 +6,8 @@ from ipaddress import IPv4Address, IPv6Address, ip_network
 
 import pytest
 
-from bgp.errors import RouteValueError
-from bgp.routes import (
+from nvfabric.bgp.errors import RouteValueError
+from nvfabric.bgp.routes import (
     AsSegment, Family, MacIpKey, MacIpRoute, PathAttributes, PrefixRoute, UnicastRoute, format_admin_pair,
     parse_admin_pair,
 )

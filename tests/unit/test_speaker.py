@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from bgp import config, fsm, wire
-from bgp.client import Client, RouteUpdate
-from bgp.routes import Family, MacIpRoute
-from bgp.speaker import PeerStatus
+from nvfabric.bgp import config, fsm, wire
+from nvfabric.bgp.client import Client, RouteUpdate
+from nvfabric.bgp.routes import Family, MacIpRoute
+from nvfabric.bgp.speaker import PeerStatus
 
 ROUTE = MacIpRoute(rd="198.51.100.1:1", mac="00:15:5d:01:02:03", ip="10.1.0.5", vsid=5001,
                    next_hop="198.51.100.1", route_targets=("65000:5001",), router_mac="02:00:5e:10:00:01",

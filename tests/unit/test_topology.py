@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.cli import DEFAULT_TOPOLOGY
-from lab.topology import Endpoint, TopologyError, load, namespace_name, parse
+from nvfabric.lab.cli import DEFAULT_TOPOLOGY
+from nvfabric.lab.topology import Endpoint, TopologyError, load, namespace_name, parse
 
 GOOD = """
 name: t1

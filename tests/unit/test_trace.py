@@ -6,11 +6,11 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from hostagent.trace import Verdict, trace
-from vnet.catalog import Catalog, NotFound
-from vnet.desired import HostIdentity, desired_state
-from vnet.kernel.objects import EncapRoute, LocalPortRoute
-from vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
+from nvfabric.hostagent.trace import Verdict, trace
+from nvfabric.vnet.catalog import Catalog, NotFound
+from nvfabric.vnet.desired import HostIdentity, desired_state
+from nvfabric.vnet.kernel.objects import EncapRoute, LocalPortRoute
+from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
 
 BLUE = RoutingDomain.from_dict({
     "name": "blue", "route_targets": ["65000:1"],

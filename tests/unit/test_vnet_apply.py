@@ -9,12 +9,12 @@ import uuid
 
 import pytest
 
-from lab import netns
-from vnet.kernel.apply import apply
-from vnet.kernel.diff import Action, Op, Plan, diff
-from vnet.kernel.netns import RtnlSocket
-from vnet.kernel.objects import LocalPortRoute, PermanentNeighbour, ProxyNeighbour, TunIdRule, UnreachableRoute
-from vnet.kernel.observe import observe
+from nvfabric.lab import netns
+from nvfabric.vnet.kernel.apply import apply
+from nvfabric.vnet.kernel.diff import Action, Op, Plan, diff
+from nvfabric.vnet.kernel.netns import RtnlSocket
+from nvfabric.vnet.kernel.objects import LocalPortRoute, PermanentNeighbour, ProxyNeighbour, TunIdRule, UnreachableRoute
+from nvfabric.vnet.kernel.observe import observe
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

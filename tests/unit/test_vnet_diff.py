@@ -2,8 +2,8 @@
 
 import pytest
 
-from vnet.kernel.diff import Action, Plan, diff
-from vnet.kernel.objects import (
+from nvfabric.vnet.kernel.diff import Action, Plan, diff
+from nvfabric.vnet.kernel.objects import (
     EncapRoute,
     LocalPortRoute,
     NvgreDevice,
@@ -90,8 +90,8 @@ def test_objects_validate_and_normalise():
 
 
 def test_a_device_with_our_name_that_is_not_flow_based_is_replaced_by_delete_and_create():
-    from vnet.kernel import messages as m
-    from vnet.kernel.apply import _Encoder
+    from nvfabric.vnet.kernel import messages as m
+    from nvfabric.vnet.kernel.apply import _Encoder
 
     class Seq:
         n = 0

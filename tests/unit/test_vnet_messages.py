@@ -7,7 +7,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from vnet.kernel import messages as m
+from nvfabric.vnet.kernel import messages as m
 
 # `ip route add 10.1.0.20/32 encap ip id 1280256 dst 198.51.100.2 ttl 64 key via 169.254.0.1 dev d0 onlink
 #  table 100 proto 78` as the 6.1 kernel dumped it back (captured in the VM): the attribute numbers and

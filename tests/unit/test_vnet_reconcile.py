@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vnet.desired import GLOBAL
-from vnet.kernel.diff import Action, Op
-from vnet.kernel.objects import (
+from nvfabric.vnet.desired import GLOBAL
+from nvfabric.vnet.kernel.diff import Action, Op
+from nvfabric.vnet.kernel.objects import (
     EncapRoute,
     LocalPortRoute,
     NvgreDevice,
@@ -16,7 +16,7 @@ from vnet.kernel.objects import (
     UnreachableRoute,
     Vrf,
 )
-from vnet.reconcile import PartitionError, Reconciler, inverse
+from nvfabric.vnet.reconcile import PartitionError, Reconciler, inverse
 
 RMAC = "02:00:5e:10:00:01"
 DEV = NvgreDevice("nvf-gre4", 4, RMAC)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vnet.vrfmark import MAP, TABLE, changes, ruleset
+from nvfabric.vnet.vrfmark import MAP, TABLE, changes, ruleset
 
 
 def test_the_whole_table_replaces_itself_in_one_transaction_and_maps_vrfs_to_marks():

@@ -8,8 +8,8 @@ from ipaddress import IPv6Address
 
 import pytest
 
-from bgp import wire
-from bgp.wire import exa
+from nvfabric.bgp import wire
+from nvfabric.bgp.wire import exa
 from tests.fixtures.bgp_samples import IBGP, body, fixture_bytes, mac_route
 
 

@@ -7,9 +7,9 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from bgp import wire
-from bgp.errors import MessageHeaderError, OpenError
-from bgp.routes import Family
+from nvfabric.bgp import wire
+from nvfabric.bgp.errors import MessageHeaderError, OpenError
+from nvfabric.bgp.routes import Family
 
 GR = wire.GracefulRestart(
     120, restarting=True, families=frozenset({(Family.L2VPN_EVPN, True), (Family.IPV4_UNICAST, False)})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from bgp import wire
-from bgp.routes import Family, OpaqueEvpnKey, Path as RoutePath, PathAttributes, UnicastRoute
+from nvfabric.bgp import wire
+from nvfabric.bgp.routes import Family, OpaqueEvpnKey, Path as RoutePath, PathAttributes, UnicastRoute
 from tests.fixtures.bgp_samples import IBGP, body, fixture_bytes, mac_route, prefix_route
 
 ORIGINATOR = IPv4Address("198.51.100.11")

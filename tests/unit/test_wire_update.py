@@ -7,8 +7,8 @@ from ipaddress import IPv4Address, ip_network
 
 import pytest
 
-from bgp import wire
-from bgp.routes import (
+from nvfabric.bgp import wire
+from nvfabric.bgp.routes import (
     AsSegment, Family, MacIpKey, Origin, Path, PathAttributes, PeerRef, UnicastKey, UnicastRoute,
 )
 from tests.fixtures.bgp_samples import (

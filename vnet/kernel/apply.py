@@ -17,10 +17,10 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from vnet.kernel import messages as m
-from vnet.kernel.diff import Action, Op, Plan
-from vnet.kernel.netns import GONE, RtnlSocket, write_sysctls
-from vnet.kernel.objects import (
+from nvfabric.vnet.kernel import messages as m
+from nvfabric.vnet.kernel.diff import Action, Op, Plan
+from nvfabric.vnet.kernel.netns import GONE, RtnlSocket, write_sysctls
+from nvfabric.vnet.kernel.objects import (
     PROTO,
     EncapRoute,
     FwmarkRule,

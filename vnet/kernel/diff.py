@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from vnet.kernel.objects import KernelObject, Sysctl
+from nvfabric.vnet.kernel.objects import KernelObject, Sysctl
 
 
 class Action(Enum):

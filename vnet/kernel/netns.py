@@ -17,7 +17,7 @@ import struct
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
-from vnet.kernel import messages as m
+from nvfabric.vnet.kernel import messages as m
 
 CLONE_NEWNET = 0x40000000
 SOL_NETLINK = 270

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
-from vnet.kernel import messages as m
-from vnet.kernel.netns import RtnlSocket, read_sysctls
-from vnet.kernel.objects import (
+from nvfabric.vnet.kernel import messages as m
+from nvfabric.vnet.kernel.netns import RtnlSocket, read_sysctls
+from nvfabric.vnet.kernel.objects import (
     DEVICE_PREFIX,
     PROTO,
     RULE_PRIORITIES,
