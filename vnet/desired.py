@@ -36,7 +36,15 @@ from nvfabric.vnet.kernel.objects import (
     Vrf,
 )
 from nvfabric.vnet.kernel.objects import DEFAULT_METRIC, OVERHEAD
-from nvfabric.vnet.model import Address, CustomerRoute, LookupRecord, Network, RemotePrefix, RoutingDomain, VirtualSubnet
+from nvfabric.vnet.model import (
+    Address,
+    CustomerRoute,
+    LookupRecord,
+    Network,
+    RemotePrefix,
+    RoutingDomain,
+    VirtualSubnet,
+)
 from nvfabric.vnet.model import Port as PortModel
 
 NVGRE_DEVICES = {4: "nvf-gre4", 6: "nvf-gre6"}

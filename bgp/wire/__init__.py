@@ -38,8 +38,23 @@ from nvfabric.bgp.wire.framing import (
     encode_route_refresh,
     split_messages,
 )
-from nvfabric.bgp.wire.open import AS_TRANS, Capabilities, GracefulRestart, Negotiated, decode_open, encode_open, negotiate
-from nvfabric.bgp.wire.raw import RawNlri, RawUpdate, decode_raw_update, encode_raw_update, reflect_attributes, typed_key
+from nvfabric.bgp.wire.open import (
+    AS_TRANS,
+    Capabilities,
+    GracefulRestart,
+    Negotiated,
+    decode_open,
+    encode_open,
+    negotiate,
+)
+from nvfabric.bgp.wire.raw import (
+    RawNlri,
+    RawUpdate,
+    decode_raw_update,
+    encode_raw_update,
+    reflect_attributes,
+    typed_key,
+)
 from nvfabric.bgp.wire.result import (
     ATTRIBUTE_DISCARD,
     SESSION_RESET,

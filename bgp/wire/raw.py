@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from nvfabric.bgp.errors import RouteValueError
 from nvfabric.bgp.routes import Family, Origin, PathAttributes, RouteKey, UnicastKey
-from nvfabric.bgp.wire.attributes import _CLUSTER_LIST, _MP_REACH, _MP_UNREACH, _ORIGINATOR_ID, _attribute, _walk_attributes
+from nvfabric.bgp.wire.attributes import (
+    _CLUSTER_LIST,
+    _MP_REACH,
+    _MP_UNREACH,
+    _ORIGINATOR_ID,
+    _attribute,
+    _walk_attributes,
+)
 from nvfabric.bgp.wire.framing import HEADER_LENGTH, MAX_MESSAGE_LENGTH, MessageType, _frame, _update_sections
 from nvfabric.bgp.wire.nlri import (
     _EVPN_PARSERS,

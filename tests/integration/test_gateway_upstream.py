@@ -12,6 +12,7 @@ from typing import Any
 
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.scene import frr_upstream_conf
+from nvfabric.lab import netns
 from tests.gateway_net import GatewayThread
 from tests.integration.conftest import need
 from tests.integration.peers import Frr, Lab, wait_for
@@ -44,7 +45,7 @@ def test_upstream_learns_and_forgets_the_tenants_public_addresses(lab: Lab) -> N
     lab.link(gw, [f"{GW4}/24", f"{GW6}/64"], inet, [f"{UP4}/24", f"{UP6}/64"])
     frr = Frr(lab, inet, "upstream", FRR_CONF)
     ext = next(line.split(":")[1].strip().split("@")[0]
-               for line in __import__("nvfabric.lab.netns", fromlist=["run"]).run(["ip", "-n", gw, "-o", "link"]).output
+               for line in netns.run(["ip", "-n", gw, "-o", "link"]).output
                .splitlines() if "lo:" not in line)
     config = GatewayConfig.from_dict({
         "asn": 65001, "router_id": "198.51.100.21",
@@ -60,7 +61,7 @@ def test_upstream_learns_and_forgets_the_tenants_public_addresses(lab: Lab) -> N
         wait_for(lambda: list(frr_routes(frr, "ipv6")) == ["2001:db8:113::140/128"], 30,
                  what="FRR learns blue's NAT66 address")
         # installed in the upstream's kernel, towards the gateway
-        out = __import__("nvfabric.lab.netns", fromlist=["run"]).run(["ip", "-n", inet, "route", "show", "proto", "bgp"]).output
+        out = netns.run(["ip", "-n", inet, "route", "show", "proto", "bgp"]).output
         assert "203.0.113.131 " in out and f"via {GW4}" in out
         # a tenant deleted: its addresses withdrawn, the other tenant's kept
         gateway.call(lambda g: g.delete_tenant("red"))
