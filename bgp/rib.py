@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from collections.abc import Callable, Iterable, Sequence
 
+from nvfabric.bgp.mac import Mac
 from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute, Path, PeerRef, RouteKey
 
 DEFAULT_LOCAL_PREF = 100  # RFC 4271 section 5.1.5 leaves the default to configuration; 100 is customary
@@ -288,14 +289,14 @@ class LocRib:
         self.local_asn = local_asn
         self._entries: dict[RouteKey, _Entry] = {}
         # (vsid, ethernet tag, MAC) -> type-2 keys whose best path carries them, for mac_owner().
-        self._macs: dict[tuple[int, int, str], set[MacIpKey]] = {}
+        self._macs: dict[tuple[int, int, Mac], set[MacIpKey]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def mac_owner(self, vsid: int, mac: str, ethernet_tag: int = 0) -> tuple[Path, BestPathReason] | None:
-        """The type-2 path that owns MAC in VSID across all hosts (RDs), per select_mac_owner."""
-        keys = self._macs.get((vsid, ethernet_tag, mac.lower()))
+        """The type-2 path that owns MAC (any notation) in VSID across all hosts (RDs), per select_mac_owner."""
+        keys = self._macs.get((vsid, ethernet_tag, Mac(mac)))
         if not keys:
             return None
         owner, reason = select_mac_owner([self._entries[k].best for k in keys])

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import NamedTuple
 
 from nvfabric.bgp.errors import RouteValueError
+from nvfabric.bgp.mac import Mac, MacError
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
@@ -106,18 +107,11 @@ def format_admin_pair(kind: int, admin: int, number: int) -> str:
     return f"{admin}:{number}"
 
 
-def _mac(value: str, field_name: str = "mac") -> str:
-    """Normalise a MAC to lower-case colon form (what FRR and `ip neigh` print)."""
-    if isinstance(value, str):
-        text = value.lower().replace("-", ":")
-        parts = text.split(":")
-        if len(parts) == 6 and all(len(p) == 2 for p in parts):
-            try:
-                bytes.fromhex("".join(parts))
-                return text
-            except ValueError:
-                pass
-    raise RouteValueError(field_name, value, "expected a MAC address like 02:00:5e:00:53:01")
+def _mac(value: object, field_name: str = "mac") -> Mac:
+    try:
+        return Mac(value)
+    except MacError as exc:
+        raise RouteValueError(field_name, value, exc.problem) from None
 
 
 def _address(value: object, field_name: str, allow_none: bool = False) -> Address | None:
@@ -186,7 +180,7 @@ class MacIpKey(NamedTuple):
 
     rd: str
     ethernet_tag: int
-    mac: str
+    mac: Mac
     ip: Address | None
 
     @property
@@ -245,12 +239,12 @@ class MacIpRoute:
     """
 
     rd: str
-    mac: str
+    mac: Mac
     ip: Address | None
     vsid: int
     next_hop: Address
     route_targets: tuple[str, ...] = ()
-    router_mac: str | None = None
+    router_mac: Mac | None = None
     mobility_seq: int = 0
     sticky: bool = False
     ethernet_tag: int = 0
@@ -286,7 +280,7 @@ class PrefixRoute:
     vsid: int
     next_hop: Address
     route_targets: tuple[str, ...] = ()
-    router_mac: str | None = None
+    router_mac: Mac | None = None
     gateway_ip: Address | None = None
     ethernet_tag: int = 0
     esi: bytes = ZERO_ESI

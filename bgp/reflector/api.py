@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from nvfabric.bgp import fsm, wire
 from nvfabric.bgp.config import ConfigError
+from nvfabric.bgp.mac import Mac, MacError
 from nvfabric.bgp.reflector.config import route_target_bytes
 from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
 from nvfabric.bgp.reflector.table import AttrSet
@@ -150,7 +151,7 @@ def routes(rr: Reflector, query: dict[str, str]) -> Iterator[dict[str, Any]]:
         families = [wanted] if wanted in rr.rib.best else []
     vsid = _int(query, "vsid")
     rt = route_target_bytes(query["rt"], "rt") if "rt" in query else None
-    mac = query.get("mac", "").lower() or None
+    mac = _mac(query.get("mac"))
     ip = _ip(query.get("ip"))
     for family in families:
         for _key, (attrs, raw) in list(rr.rib.routes(family)):
@@ -181,6 +182,15 @@ def _int(query: dict[str, str], name: str) -> int | None:
     if not query[name].isdigit():
         raise ValueError(f"{name}: expected a non-negative integer, got {query[name]!r}")
     return int(query[name])
+
+
+def _mac(text: str | None) -> Mac | None:
+    if not text:
+        return None
+    try:
+        return Mac(text)
+    except MacError as exc:
+        raise ValueError(f"mac: {exc.problem}, got {text!r}") from None
 
 
 def _ip(text: str | None) -> str | None:

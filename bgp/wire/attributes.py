@@ -11,6 +11,7 @@ from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
+from nvfabric.bgp.mac import Mac
 from nvfabric.bgp.routes import AS_SEQUENCE, AS_SET, Address, AsSegment, Family, canonical_route_targets
 from nvfabric.bgp.wire.result import (
     ATTRIBUTE_DISCARD,
@@ -86,7 +87,7 @@ class _ExtInfo:
     tunnel_type: int | None = None
     mobility_seq: int = 0
     sticky: bool = False
-    router_mac: str | None = None
+    router_mac: Mac | None = None
 
 
 _NO_EXT = _ExtInfo()
@@ -134,7 +135,7 @@ def _ext_info(value: bytes) -> _ExtInfo:
             mobility_seq = int.from_bytes(value[pos + 4 : pos + 8], "big")
         elif kind == 0x06 and sub == 0x03:
             # RFC 9135 section 8.1: EVPN Router's MAC.
-            router_mac = value[pos + 2 : pos + 8].hex(":")
+            router_mac = Mac.from_packed(value[pos + 2 : pos + 8])
     return _ExtInfo(canonical_route_targets(targets), tunnel_type, mobility_seq, sticky, router_mac)
 
 

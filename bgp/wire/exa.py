@@ -68,6 +68,7 @@ from exabgp.protocol.family import AFI as _ExaAFI
 from exabgp.protocol.family import SAFI as _ExaSAFI
 from exabgp.protocol.ip import IP as _ExaIP
 
+from nvfabric.bgp.mac import Mac
 from nvfabric.bgp.routes import (
     AS_SEQUENCE,
     DEFAULT_ATTRIBUTES,
@@ -185,10 +186,10 @@ def _exa_ip(address: Address) -> _ExaIP:
     return _ExaIP.create(str(address))
 
 
-def _exa_router_mac(mac: str) -> _ExaExtCommunity:
+def _exa_router_mac(mac: Mac) -> _ExaExtCommunity:
     # RFC 9135 section 8.1: EVPN Router's MAC, type 0x06 sub-type 0x03, then the 6-byte MAC.
     # ExaBGP has no class for it, so it is built from its bytes.
-    return _ExaExtCommunity.unpack(bytes.fromhex("0603" + mac.replace(":", "")))
+    return _ExaExtCommunity.unpack(b"\x06\x03" + mac.packed)
 
 
 def _evpn_to_exa(route: MacIpRoute | PrefixRoute | RouteKey, action: int):
@@ -328,7 +329,7 @@ def _route_from_exa(nlri, ext: _ExtInfo) -> Route | None:
     vsid = int.from_bytes(nlri.label.pack()[:3], "big")
     if isinstance(nlri, _ExaEvpnMAC):
         return MacIpRoute(
-            rd=rd, mac=nlri.mac.pack().hex(":"), ip=nlri.ip.top() if nlri.ip else None, vsid=vsid,
+            rd=rd, mac=Mac.from_packed(nlri.mac.pack()), ip=nlri.ip.top() if nlri.ip else None, vsid=vsid,
             next_hop=next_hop, route_targets=ext.route_targets, router_mac=ext.router_mac,
             mobility_seq=ext.mobility_seq, sticky=ext.sticky, ethernet_tag=nlri.etag.tag, esi=nlri.esi.pack(),
         )

@@ -10,6 +10,7 @@ from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING
 
+from nvfabric.bgp.mac import Mac
 from nvfabric.bgp.routes import (
     ZERO_ESI,
     Address,
@@ -48,10 +49,6 @@ def _rd_bytes(rd: str) -> bytes:
     return struct.pack(layout, kind, admin, number)
 
 
-def _mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
 def _nlri_bytes(item: Route | RouteKey) -> bytes:
     """One NLRI as on the wire. For a key (a withdrawal) the non-key fields are zero: RFC 7432 7.2
     and RFC 9136 3.2 make label, ESI and gateway attributes, ignored when withdrawing."""
@@ -70,7 +67,7 @@ def _nlri_bytes(item: Route | RouteKey) -> bytes:
     if isinstance(item, (MacIpRoute, MacIpKey)):
         ip = item.ip.packed if item.ip is not None else b""
         # RFC 7432 section 7.2: MAC length 48, MAC, IP length in bits, IP, MPLS Label1.
-        value = head + b"\x30" + _mac_bytes(item.mac) + bytes([len(ip) * 8]) + ip + label
+        value = head + b"\x30" + Mac(item.mac).packed + bytes([len(ip) * 8]) + ip + label
         return b"\x02" + bytes([len(value)]) + value
     prefix = item.prefix
     gateway = item.gateway_ip if full else (IPv4Address(0) if prefix.version == 4 else IPv6Address(0))
@@ -127,7 +124,7 @@ def _evpn_type2(data: bytes, s: int, length: int) -> _EvpnItem | None:
         rd,
         ZERO_ESI if esi == ZERO_ESI else esi,
         int.from_bytes(data[s + 18 : s + 22], "big"),
-        data[s + 23 : s + 29].hex(":"),
+        Mac.from_packed(data[s + 23 : s + 29]),
         ip,
         # RFC 8365 section 5.1.3: the 24-bit VSID is the whole label field (no shift).
         int.from_bytes(data[label_at : label_at + 3], "big"),

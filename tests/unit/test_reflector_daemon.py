@@ -225,6 +225,9 @@ async def test_api_summary_neighbors_routes_and_metrics(lab):
         one = (await (await http.get("/v1/routes", params={"mac": "02:00:00:00:00:03"})).json())["routes"]
         assert one == [dict(one[0], ip="10.1.0.3", rd="198.51.100.1:1", route_targets=["65000:5002"],
                             source="127.0.1.1", originator_id="198.51.100.1")]
+        dotted = (await (await http.get("/v1/routes", params={"mac": "0200.0000.0003"})).json())["routes"]
+        assert dotted == one  # any common MAC notation filters the same
+        assert (await http.get("/v1/routes", params={"mac": "02:00"})).status == 400
         assert len((await (await http.get("/v1/routes", params={"rt": "65000:5001"})).json())["routes"]) == 5
         assert (await http.get("/v1/routes", params={"vsid": "x"})).status == 400
         metrics = await (await http.get("/metrics")).text()

@@ -24,6 +24,8 @@ def test_family_numbers():
 def test_normal_forms():
     route = MacIpRoute(**{**GOOD, "mac": "02-AA-BB-CC-DD-EE", "router_mac": "02:AA:00:00:00:01"})
     assert route.mac == "02:aa:bb:cc:dd:ee" and route.router_mac == "02:aa:00:00:00:01"
+    cisco = MacIpRoute(**{**GOOD, "mac": "02aa.bbcc.ddee", "router_mac": "02aa00000001"})
+    assert cisco == route and cisco.key == route.key
     assert route.ip == IPv4Address("10.1.0.5") and route.next_hop == IPv4Address("198.51.100.11")
     assert route.family is Family.L2VPN_EVPN
     assert route.key == MacIpKey("198.51.100.11:5001", 0, "02:aa:bb:cc:dd:ee", IPv4Address("10.1.0.5"))
@@ -37,6 +39,7 @@ def test_normal_forms():
         ({"vsid": True}, "vsid"),
         ({"mac": "02:00:00:00:00"}, "mac"),
         ({"mac": "zz:00:00:00:00:01"}, "mac"),
+        ({"mac": None}, "mac"),
         ({"ip": "10.1.0.300"}, "ip"),
         ({"next_hop": None}, "next_hop"),
         ({"rd": "198.51.100.11"}, "rd"),
