@@ -16,11 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from nvfabric.bgp.mac import Mac
+
 MAX_MOVES = 5
 WINDOW = 180.0
 FREEZE = 180.0
 
-MacKey = tuple[int, str]  # (VSID, MAC)
+MacKey = tuple[int, Mac]  # (VSID, MAC)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class MacState:
 @dataclass(frozen=True)
 class Freeze:
     vsid: int
-    mac: str
+    mac: Mac
     moves: int
     until: float
 

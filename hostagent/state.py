@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nvfabric.bgp.mac import Mac
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.model import Port, RoutingDomain
 
@@ -29,7 +30,7 @@ class StateError(RuntimeError):
 class SavedState:
     catalog: Catalog
     tables: dict[str, int]
-    seqs: dict[tuple[int, str], int]
+    seqs: dict[tuple[int, Mac], int]
 
 
 def rd_to_dict(rd: RoutingDomain) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def loads(text: str, path: Path) -> SavedState:
         ports = {p.name: p for p in (Port.from_dict(b) for b in data["ports"])}
         catalog = Catalog.build(rds, ports)
         tables = {str(k): int(v) for k, v in data["tables"].items()}
-        seqs = {(int(v), str(m)): int(s) for v, m, s in data.get("mobility", [])}
+        seqs = {(int(v), Mac(m)): int(s) for v, m, s in data.get("mobility", [])}
     except (ValueError, KeyError, TypeError) as exc:
         raise StateError(path, f"unreadable ({exc})") from None
     return SavedState(catalog, tables, seqs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from nvfabric.bgp.mac import Mac
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.kernel.objects import (
     EncapRoute,
@@ -69,7 +70,7 @@ def vrf_name(routing_domain: str) -> str:
 
 @dataclass(frozen=True)
 class HostIdentity:
-    router_mac: str
+    router_mac: Mac
     provider_addresses: tuple[Address, ...]
     underlay_mtu: int = 1500
 

@@ -19,6 +19,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nvfabric.bgp.mac import Mac, MacError
 from nvfabric.vnet.errors import ModelError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -32,7 +33,6 @@ VSID_MAX = 16_777_214
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,10}$")
 PORT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 ROUTE_TARGET_RE = re.compile(r"^(\d{1,10}|\d{1,3}(\.\d{1,3}){3}):\d{1,10}$")
 
 
@@ -44,17 +44,12 @@ def check_vsid(value: Any, where: str) -> int:
     return value
 
 
-def check_mac(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise ModelError(where, value, "must be a MAC address string like 02:00:00:00:00:01")
-    mac = value.strip().lower().replace("-", ":")
-    if not MAC_RE.match(mac):
-        raise ModelError(where, value, "is not a MAC address (six hex octets separated by ':')")
-    if int(mac[:2], 16) & 1:
-        raise ModelError(where, value, "is a multicast/broadcast MAC; a port needs a unicast MAC")
-    if mac == "00:00:00:00:00:00":
-        raise ModelError(where, value, "the all-zero MAC is not a valid port MAC")
-    return mac
+def check_mac(value: Any, where: str) -> Mac:
+    """A unicast MAC in any common notation (colon, dash, Cisco dotted, bare hex; any case), canonical."""
+    try:
+        return Mac.unicast(value)
+    except MacError as exc:
+        raise ModelError(where, value, exc.problem) from None
 
 
 def check_address(value: Any, where: str) -> Address:
@@ -258,7 +253,7 @@ class RoutingDomain:
 class Port:
     name: str
     interface: str  # the host side of the VM's interface (tap or veth)
-    mac: str
+    mac: Mac
     vsid: int
     addresses: tuple[Address, ...]  # the VM's customer addresses (CAs)
     mtu: int | None = None  # None: derived from the underlay MTU and the encapsulation overhead
@@ -266,7 +261,8 @@ class Port:
     def __post_init__(self) -> None:
         check_name(self.name, "name", PORT_NAME_RE)
         check_name(self.interface, "interface", IFNAME_RE)
-        check_mac(self.mac, "mac")
+        # built in code with another notation, a port still holds (and compares by) the canonical MAC
+        object.__setattr__(self, "mac", check_mac(self.mac, "mac"))
         check_vsid(self.vsid, "vsid")
         if not self.addresses:
             raise ModelError("addresses", [], "a port needs at least one customer address")
@@ -309,7 +305,7 @@ class LookupRecord:
     routing_domain: str
     vsid: int
     ca: Address
-    mac: str
+    mac: Mac
     pa: Address | None = None  # the provider address of the host that has the CA; None for local ports
     local: bool = False
     port: str | None = None  # the local port's name, for local records
@@ -324,5 +320,5 @@ class RemotePrefix:
     prefix: Network
     vsid: int
     pa: Address
-    router_mac: str | None = None
+    router_mac: Mac | None = None
     gateway_ip: Address | None = None

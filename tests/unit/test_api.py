@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from nvfabric.hostagent import state
-from nvfabric.hostagent.agent import Agent, KernelError
+from nvfabric.hostagent.agent import Agent, AgentNotStarted, KernelError
 from nvfabric.hostagent.api import make_app, start_api
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.vnet.catalog import Catalog
@@ -168,6 +168,9 @@ async def test_a_body_too_large_is_413_in_json(client):
     ({"vsid": "5001"}, "vsid", "integer"),
     ({"mac": "ff:ff:ff:ff:ff:ff"}, "mac", "unicast"),
     ({"mac": "nope"}, "mac", "MAC"),
+    ({"mac": "00:00:00:00:00:00"}, "mac", "all-zero"),
+    ({"mac": "00155d01020"}, "mac", "MAC"),  # one digit short
+    ({"mac": 17}, "mac", "string"),
     ({"addresses": ["10.1.0.300"]}, "addresses[0]", "IPv4 or IPv6"),
     ({"addresses": []}, "addresses", "at least one"),
     ({"addresses": "10.1.0.30"}, "addresses", "list"),
@@ -265,6 +268,33 @@ async def test_a_valid_change_reaches_the_agent_which_is_not_running_here(client
     assert "not running" in body["problem"]
     await expect(await client.delete("/v1/ports/vm1", headers=AUTH), 503)
     assert "vm2" not in agent.catalog.ports and "vm1" in agent.catalog.ports
+
+
+@pytest.mark.parametrize("mac", ["00-15-5D-01-02-03", "0015.5d01.0203", "00:15:5D:01:02:03"])
+async def test_a_port_mac_in_any_common_notation_reaches_the_agent_canonical(client, agent, monkeypatch, mac):
+    received = []
+
+    async def put_port(port):
+        received.append(port)
+        raise AgentNotStarted("not running")
+
+    monkeypatch.setattr(agent, "put_port", put_port)
+    await expect(await client.put("/v1/ports/vm2", headers=AUTH, json={**VM2, "mac": mac}), 503)
+    assert [p.mac for p in received] == ["00:15:5d:01:02:03"]
+
+
+async def test_a_port_stored_with_a_dashed_mac_reads_back_canonical(tmp_path):
+    config = AgentConfig.from_dict({
+        "asn": 65001, "router_id": "198.51.100.11", "provider_addresses": ["198.51.100.11"],
+        "route_reflectors": [{"address": "198.51.100.100"}], "state_dir": str(tmp_path),
+    })
+    vm1 = Port.from_dict({**VM1, "mac": "00-15-5D-01-02-03"})
+    state.save(tmp_path, state.SavedState(Catalog.build({"blue": RoutingDomain.from_dict(BLUE)}, {"vm1": vm1}),
+                                          {"blue": 1000}, {(5001, vm1.mac): 3}))
+    assert '"00:15:5d:01:02:03"' in (tmp_path / state.FILE).read_text()
+    async with TestClient(TestServer(make_app(Agent(config), TOKEN))) as c:
+        port = await expect(await c.get("/v1/ports/vm1", headers=AUTH), 200)
+    assert port["mac"] == "00:15:5d:01:02:03"
 
 
 async def test_reads(client):

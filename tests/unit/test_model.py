@@ -76,6 +76,8 @@ def test_routing_domain_checks():
         ({"mac": "01:00:5e:00:00:01"}, "mac", "multicast"),
         ({"mac": "ff:ff:ff:ff:ff:ff"}, "mac", "multicast"),
         ({"mac": "02:00:00:00:00"}, "mac", "not a MAC"),
+        ({"mac": "00:00:00:00:00:00"}, "mac", "all-zero"),
+        ({"mac": 17}, "mac", "string"),
         ({"vsid": 12}, "vsid", "4096"),
         ({"addresses": ["10.0.0.300"]}, "addresses[0]", "not an IPv4 or IPv6"),
         ({"addresses": []}, "addresses", "at least one"),
@@ -89,6 +91,13 @@ def test_bad_ports_name_the_field(over, field, words):
         port(**over)
     assert info.value.field == field
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("mac", ["00-15-5D-01-02-03", "0015.5d01.0203", "00:15:5D:01:02:03", "00155d010203"])
+def test_a_port_mac_in_any_common_notation_is_held_canonical(mac):
+    assert port(mac=mac).mac == "00:15:5d:01:02:03"
+    built = Port("vm1", "tap1", mac, 5001, (ipaddress.ip_address("10.0.0.5"),))  # not from JSON: the same
+    assert built.mac == "00:15:5d:01:02:03" and built == port(mac="00:15:5d:01:02:03", addresses=["10.0.0.5"])
 
 
 def test_catalog_accepts_overlapping_tenants_and_finds_ports():

@@ -23,6 +23,8 @@ from pyroute2.netlink import nla
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from nvfabric.bgp.mac import Mac
+
 # --- netlink header ---------------------------------------------------------------------------------
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -128,10 +130,6 @@ def _ip(address: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
 
 
-def _mac(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
 def message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
     return _HDR.pack(16 + len(body), kind, flags | NLM_F_REQUEST, seq, 0) + body
 
@@ -185,7 +183,7 @@ def neigh_body(family: int, ifindex: int, dst: str, *, lladdr: str | None, proxy
     head = _NDMSG.pack(FAMILY[family], 0, 0, ifindex, NUD_PERMANENT, NTF_PROXY if proxy else 0, 0)
     attrs = nla_pack(NDA_DST, _ip(dst)) + nla_pack(NDA_PROTOCOL, _u8(proto))
     if lladdr is not None:
-        attrs += nla_pack(NDA_LLADDR, _mac(lladdr))
+        attrs += nla_pack(NDA_LLADDR, Mac(lladdr).packed)
     return head + attrs
 
 
@@ -227,7 +225,7 @@ def link_body(
     if name is not None:
         attrs += nla_pack(IFLA_IFNAME, name.encode() + b"\0")
     if address is not None:
-        attrs += nla_pack(IFLA_ADDRESS, _mac(address))
+        attrs += nla_pack(IFLA_ADDRESS, Mac(address).packed)
     if mtu is not None:
         attrs += nla_pack(IFLA_MTU, _u32(mtu))
     if master is not None:

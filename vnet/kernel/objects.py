@@ -14,6 +14,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from nvfabric.bgp.mac import Mac
+
 # 0x4e ('N'): unassigned in iproute2's rt_protos (0-4 kernel, 8-19 routing daemons/bagpipe, 42 babel,
 # 186-192 FRR, 99 keepalived's default is configurable); documented in docs/dataplane.md.
 PROTO = 0x4E
@@ -55,7 +57,7 @@ class NvgreDevice:
 
     name: str
     family: int  # 4: gretap (IPv4 PAs), 6: ip6gretap (IPv6 PAs)
-    router_mac: str
+    router_mac: Mac
     # always True when desired; observe reports False for a device with our name that is not flow-based
     # (made by hand, say), so that diff plans a replace (delete + create) instead of trusting it
     external: bool = True
@@ -67,7 +69,7 @@ class NvgreDevice:
 
     def __post_init__(self) -> None:
         _owned_name(self.name)
-        object.__setattr__(self, "router_mac", self.router_mac.lower())
+        object.__setattr__(self, "router_mac", Mac(self.router_mac))
         if self.mtu is None:
             object.__setattr__(self, "mtu", UNDERLAY_MTU - OVERHEAD[self.family])
 
@@ -160,11 +162,11 @@ class PermanentNeighbour:
 
     dev: str
     address: str
-    lladdr: str
+    lladdr: Mac
     order: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lladdr", self.lladdr.lower())
+        object.__setattr__(self, "lladdr", Mac(self.lladdr))
 
     @property
     def key(self) -> tuple:
