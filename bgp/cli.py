@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 from ipaddress import IPv4Address, IPv6Address, IPv4Network, IPv6Network
 from typing import Any
@@ -22,6 +21,7 @@ from nvfabric.bgp import config as bgp_config
 from nvfabric.bgp.client import Client, RouteUpdate
 from nvfabric.bgp.routes import MacIpKey, MacIpRoute, PrefixKey, PrefixRoute, RouteKey, UnicastKey, UnicastRoute
 from nvfabric.bgp.speaker import PeerStatus
+from nvfabric.service import daemon
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,22 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _speak(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = bgp_config.load(args.config)
-    except bgp_config.ConfigError as err:
-        print(f"nvfabric bgp speak: {args.config}: {err}", file=sys.stderr)
-        return 2
-    return asyncio.run(speak(cfg, args.config))
+    return daemon.run("nvfabric bgp speak", args.config, bgp_config.load, bgp_config.ConfigError,
+                      lambda cfg: speak(cfg, args.config), log_level=args.log_level)
 
 
 async def speak(cfg: bgp_config.SpeakerConfig, path: str) -> int:
     client = Client(cfg)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     announced = {route.key: route for route in cfg.routes}
     await client.announce(announced.values())
     await client.start()
@@ -66,18 +56,16 @@ async def speak(cfg: bgp_config.SpeakerConfig, path: str) -> int:
         await client.announce([route for key, route in fresh.items() if announced.get(key) != route])
         announced = fresh
 
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
-
     async def printer() -> None:
         async for event in client.events():
             sys.stdout.write(json.dumps(event_json(event), sort_keys=True) + "\n")
             sys.stdout.flush()
 
-    task = loop.create_task(printer())
-    await stop.wait()
+    task = asyncio.get_running_loop().create_task(printer())
+    await daemon.until_stopped(reload)
     task.cancel()
     await client.stop()
-    return 0
+    return daemon.EXIT_OK
 
 
 def event_json(event: RouteUpdate | PeerStatus) -> dict[str, Any]:

@@ -1,7 +1,12 @@
-"""Typed BGP speaker configuration from YAML; every error names the field (`neighbours[1].asn: ...`).
+"""Typed BGP speaker configuration from YAML; every error names the field (`neighbors[1].asn: ...`).
 
 Parsed once at the boundary into frozen dataclasses; nothing downstream reads a dict. The file format is
-documented in docs/bgp.md ("Configuration").
+documented in docs/bgp.md ("Configuration"). The readers every daemon's configuration shares live here
+too: `Reader` (walk a mapping, name each field), `read_peers` (configured BGP peers), `read_api` (the
+REST API section), `read_yaml`.
+
+Spelling: `neighbors` and `dynamic_neighbors`; the British `neighbours` and `dynamic_neighbours` are
+accepted as aliases (one or the other in a file, not both).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import yaml
 
 from nvfabric.bgp.errors import RouteValueError
 from nvfabric.bgp.routes import Family, MacIpRoute, PrefixRoute, Route, UnicastRoute
+from nvfabric.service.config import ApiConfig, check_listen
 
 FAMILY_NAMES = {
     "l2vpn-evpn": Family.L2VPN_EVPN,
@@ -86,7 +92,7 @@ class SpeakerConfig:
     routes: tuple[Route, ...] = ()
 
 
-class _Reader:
+class Reader:
     """Reads one mapping and remembers the path, so each error names its field."""
 
     def __init__(self, data: object, path: str) -> None:
@@ -131,6 +137,12 @@ class _Reader:
             raise ConfigError(self.name(key), f"{value!r} is not an IPv{version} address")
         return str(parsed)
 
+    def spelling(self, key: str, alias: str) -> str:
+        """Which of two spellings of one key the mapping uses (`key` when neither); both is an error."""
+        if key in self.data and alias in self.data:
+            raise ConfigError(self.name(alias), f"the same as `{key}`: give one of the two")
+        return alias if alias in self.data else key
+
     def items(self, key: str) -> list[tuple[str, Any]]:
         values = self.get(key, list, [])
         return [(f"{self.name(key)}[{i}]", v) for i, v in enumerate(values)]
@@ -142,7 +154,7 @@ class _Reader:
 
 
 def parse(data: object) -> SpeakerConfig:
-    top = _Reader(data, "")
+    top = Reader(data, "")
     asn = top.integer("asn", 1, 0xFFFFFFFF)
     router_id = top.address("router_id", version=4)
     hold_time = top.integer("hold_time", 0, 0xFFFF, 90)
@@ -155,21 +167,23 @@ def parse(data: object) -> SpeakerConfig:
         families.append(FAMILY_NAMES[name])
     listen = None
     if top.get("listen", dict, None) is not None:
-        r = _Reader(top.data["listen"], "listen")
+        r = Reader(top.data["listen"], "listen")
         listen = Listen(r.address("address"), r.integer("port", 0, 65535, 179))
         r.done()
-    neighbours = tuple(_neighbour(_Reader(v, p)) for p, v in top.items("neighbours"))
+    key = top.spelling("neighbors", "neighbours")
+    neighbours = tuple(_neighbour(Reader(v, p)) for p, v in top.items(key))
     seen: set[str] = set()
     for i, n in enumerate(neighbours):
         if n.address in seen:
-            raise ConfigError(f"neighbours[{i}].address", f"{n.address} is configured twice")
+            raise ConfigError(f"{key}[{i}].address", f"{n.address} is configured twice")
         seen.add(n.address)
-    dynamic = tuple(_dynamic(_Reader(v, p)) for p, v in top.items("dynamic_neighbours"))
+    dynamic_key = top.spelling("dynamic_neighbors", "dynamic_neighbours")
+    dynamic = tuple(_dynamic(Reader(v, p)) for p, v in top.items(dynamic_key))
     if dynamic and listen is None:
-        raise ConfigError("dynamic_neighbours", "needs `listen` (dynamic neighbours only connect to us)")
+        raise ConfigError(dynamic_key, "needs `listen` (dynamic neighbors only connect to us)")
     gr = GracefulRestartConfig()
     if top.get("graceful_restart", dict, None) is not None:
-        r = _Reader(top.data["graceful_restart"], "graceful_restart")
+        r = Reader(top.data["graceful_restart"], "graceful_restart")
         gr = GracefulRestartConfig(
             enabled=r.get("enabled", bool, True),
             # RFC 4724 3: the Restart Time field has 12 bits.
@@ -183,7 +197,7 @@ def parse(data: object) -> SpeakerConfig:
         rts.append(_route_target(path, rt))
     routes = []
     for path, entry in top.items("routes"):
-        routes.append(parse_route(_Reader(entry, path)))
+        routes.append(parse_route(Reader(entry, path)))
     top.done()
     return SpeakerConfig(
         asn=asn,
@@ -217,13 +231,13 @@ def load(path: str | Path) -> SpeakerConfig:
     return parse(read_yaml(path))
 
 
-def _neighbour(r: _Reader) -> Neighbour:
+def _neighbour(r: Reader) -> Neighbour:
     n = Neighbour(
         address=r.address("address"),
         asn=r.integer("asn", 1, 0xFFFFFFFF),
         port=r.integer("port", 1, 65535, 179),
         passive=r.get("passive", bool, False),
-        md5_password=_password(r),
+        md5_password=read_password(r),
         local_address=r.address("local_address", None),
         description=r.get("description", str, ""),
     )
@@ -231,22 +245,55 @@ def _neighbour(r: _Reader) -> Neighbour:
     return n
 
 
-def _dynamic(r: _Reader) -> DynamicNeighbours:
+def _dynamic(r: Reader) -> DynamicNeighbours:
     raw = r.get("prefix", str)
     try:
         prefix = ipaddress.ip_network(raw, strict=True)
     except ValueError as err:
         raise ConfigError(r.name("prefix"), str(err)) from None
-    d = DynamicNeighbours(prefix, r.integer("asn", 1, 0xFFFFFFFF), _password(r))
+    d = DynamicNeighbours(prefix, r.integer("asn", 1, 0xFFFFFFFF), read_password(r))
     r.done()
     return d
 
 
-def _password(r: _Reader) -> str | None:
+def read_password(r: Reader) -> str | None:
     value = r.get("md5_password", str, None)
     if value is not None and not 1 <= len(value.encode()) <= 80:
         raise ConfigError(r.name("md5_password"), "must be 1..80 bytes (Linux TCP_MD5SIG_MAXKEYLEN)")
     return value
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A configured BGP peer of the agent or the gateway (a route reflector, an upstream router)."""
+
+    address: str
+    asn: int
+    md5_password: str | None = None
+
+
+def read_peers(top: Reader, key: str, default_asn: int | None) -> tuple[Peer, ...]:
+    """The peers listed under `key`: address, asn (defaults to `default_asn`; required when that is None),
+    md5_password."""
+    out: list[Peer] = []
+    for where, value in top.items(key):
+        r = Reader(value, where)
+        asn = r.integer("asn", 1, 0xFFFFFFFF) if default_asn is None else r.integer("asn", 1, 0xFFFFFFFF, default_asn)
+        out.append(Peer(address=r.address("address"), asn=asn, md5_password=read_password(r)))
+        r.done()
+    return tuple(out)
+
+
+def read_api(top: Reader, default_listen: str) -> ApiConfig:
+    """The `api` section: {listen: "ADDRESS:PORT", token: ...}; absent, the default address and no token."""
+    a = Reader(top.get("api", dict, {}), "api")
+    try:
+        listen = check_listen(a.get("listen", str, default_listen), default_listen)
+    except ValueError as exc:
+        raise ConfigError("api.listen", str(exc)) from None
+    api = ApiConfig(listen=listen, token=a.get("token", str, None))
+    a.done()
+    return api
 
 
 def _route_target(path: str, value: object) -> str:
@@ -258,7 +305,7 @@ def _route_target(path: str, value: object) -> str:
     return f"{int(asn)}:{int(number)}"
 
 
-def parse_route(r: _Reader) -> Route:
+def parse_route(r: Reader) -> Route:
     """One `routes[i]` entry; the route constructors validate, we translate their errors to field paths."""
     kind = r.get("type", str)
     try:

@@ -1,9 +1,10 @@
 """The gateway's REST API (docs/gateway.md#rest-api): tenants PUT/GET/DELETE, each change atomic; a NAT trace;
 per-tenant Prometheus metrics.
 
-The request handling is nvfabric/rest.py's, shared with the host agent: the same error middleware (a typed
-error -> its 4xx naming the field, a 500 only for bugs), bearer token, JSON bodies, PUT responses, serving;
-the gateway's refusals (not running, nft/kernel refusal) are the agent's types, mapped by its middleware.
+The request handling is service/rest.py's, shared with the host agent and the reflector: the same error
+middleware (a typed error -> its 4xx naming the field, a 500 only for bugs), bearer token, JSON bodies, PUT
+responses, serving; vnet's errors are refused as vnet/refusals.py says, the gateway's own (not running,
+nft/kernel refusal) below.
 """
 
 from __future__ import annotations
@@ -18,17 +19,27 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from nvfabric.gateway import nat
-from nvfabric.gateway.gateway import Gateway, TenantStatus
+from nvfabric.gateway.gateway import AgentNotStarted, Gateway, KernelError, TenantStatus
 from nvfabric.gateway.tenants import Tenant
-from nvfabric.hostagent.api import agent_errors
-from nvfabric.rest import ApiError, ApiServer, application, json_body, put_response, serve
+from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import check_address
+from nvfabric.vnet.refusals import model_refusal
 
 log = logging.getLogger(__name__)
 
 GATEWAY = web.AppKey("gateway", Gateway)
 TRACE_FIELDS = ("tenant", "proto", "src", "sport", "dst", "dport")
+
+
+def gateway_refusal(exc: Exception) -> ApiError | None:
+    """A change while the gateway is not running 503; one the kernel or nftables refused (and the gateway
+    reverted) 422: valid, but refused the same way on a blind retry."""
+    if isinstance(exc, AgentNotStarted):
+        return ApiError(503, "not-running", str(exc))
+    if isinstance(exc, KernelError):
+        return ApiError(422, "kernel-refused", str(exc), messages=list(exc.messages))
+    return None
 
 
 def _gw(request: web.Request) -> Gateway:
@@ -81,25 +92,37 @@ def _port(value: Any, name: str) -> int:
 
 
 async def trace(request: web.Request) -> web.Response:
-    """The NAT decision for a flow's first packet: from a tenant (`tenant` set) or from outside (null)."""
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise ModelError("body", body, "must be an object")
-    unknown = sorted(set(body) - set(TRACE_FIELDS))
-    if unknown:
-        raise ModelError(unknown[0], body[unknown[0]], f"unknown field (known: {', '.join(TRACE_FIELDS)})")
+    """The NAT decision for a flow's first packet: from a tenant (`tenant` set) or from outside (absent).
+    GET with the fields as query parameters, as the agent's trace; POST with them as a JSON body is kept."""
+    if request.method == "GET":
+        fields: dict[str, Any] = query(request, TRACE_FIELDS)
+        for name in ("sport", "dport"):
+            if name in fields:
+                fields[name] = _number(fields[name], name)
+    else:
+        fields = await json_body(request)
+        if not isinstance(fields, dict):
+            raise ModelError("body", fields, "must be an object")
+        unknown = sorted(set(fields) - set(TRACE_FIELDS))
+        if unknown:
+            raise ModelError(unknown[0], fields[unknown[0]], f"unknown field (known: {', '.join(TRACE_FIELDS)})")
     gw = _gw(request)
-    tenant = body.get("tenant")
+    tenant = fields.get("tenant")
     if tenant is not None:
         gw.tenant(tenant)  # 404 when unknown
-    proto = body.get("proto", "tcp")
+    proto = fields.get("proto", "tcp")
     if proto not in ("tcp", "udp", "icmp", "icmpv6"):
         raise ModelError("proto", proto, "must be tcp, udp, icmp or icmpv6")
-    flow = nat.FiveTuple(proto, check_address(body.get("src"), "src"), _port(body.get("sport", 0), "sport"),
-                         check_address(body.get("dst"), "dst"), _port(body.get("dport", 0), "dport"))
+    flow = nat.FiveTuple(proto, check_address(fields.get("src"), "src"), _port(fields.get("sport", 0), "sport"),
+                         check_address(fields.get("dst"), "dst"), _port(fields.get("dport", 0), "dport"))
     if flow.src.version != flow.dst.version:
         raise ModelError("dst", str(flow.dst), f"is not of the same family as src {flow.src}")
     return web.json_response(nat.trace(gw.nat_view(), flow, tenant).as_dict())
+
+
+def _number(text: str, name: str) -> int | str:
+    """A query parameter's port as an int; left as text (refused by _port naming it) when not a number."""
+    return int(text) if text.isdigit() else text
 
 
 class _TenantCollector(Collector):
@@ -140,25 +163,23 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def make_app(gateway: Gateway, token: str, *, metrics_token: bool = False) -> web.Application:
-    if not token:
-        raise ValueError("api.token: the API needs a bearer token (an empty one would let every local user in)")
-    app = application(token, frozenset() if metrics_token else frozenset({"/metrics"}), agent_errors)
+    """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
+    app = application(token, public=frozenset() if metrics_token else frozenset({"/metrics"}),
+                      refusals=(model_refusal, gateway_refusal))
     app[GATEWAY] = gateway
     app.router.add_get("/v1/tenants", list_tenants)
     app.router.add_get("/v1/tenants/{name}", get_tenant)
     app.router.add_put("/v1/tenants/{name}", put_tenant)
     app.router.add_delete("/v1/tenants/{name}", delete_tenant)
+    app.router.add_get("/v1/trace", trace)
     app.router.add_post("/v1/trace", trace)
     app.router.add_get("/metrics", metrics)
     return app
 
 
 async def start_api(gateway: Gateway, listen: str, token: str | None) -> ApiServer | None:
-    """As hostagent.api.start_api: no token, no API (logged)."""
-    if not token:
-        log.warning("api.token is not set: the REST API is disabled (the gateway runs from its configuration)")
-        return None
-    return await serve(make_app(gateway, token), listen)
+    """Serve the API on `listen` in the gateway's loop; no token, no API (logged)."""
+    return await serve_if_token(lambda t: make_app(gateway, t), listen, token, "gateway")
 
 
-__all__ = ["ApiError", "make_app", "start_api"]
+__all__ = ["ApiError", "gateway_refusal", "make_app", "start_api"]

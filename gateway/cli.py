@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 import sys
 
 from nvfabric.gateway import ctl
 from nvfabric.gateway.config import ConfigError, GatewayConfig, load
+from nvfabric.service import daemon
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,24 +23,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-async def _run(config: GatewayConfig) -> int:
+async def serve(config: GatewayConfig) -> int:
     from nvfabric.gateway.api import start_api  # noqa: PLC0415 - keep `nvfabric --help` fast
     from nvfabric.gateway.gateway import Gateway  # noqa: PLC0415
 
     gateway = Gateway(config)
     await gateway.start()
     server = await start_api(gateway, config.api.listen, config.api.token)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     print(f"nvfabric gateway {config.router_id}: running, {len(config.tenants)} tenants"
           + (f", API {server.url}" if server else ""), flush=True)
-    await stop.wait()
+    await daemon.until_stopped()
     if server is not None:
         await server.stop()
     await gateway.stop()
-    return 0
+    return daemon.EXIT_OK
+
+
+def _enter_namespace(config: GatewayConfig) -> None:
+    if config.netns:
+        from nvfabric.hostagent.thread import enter_namespace  # noqa: PLC0415
+
+        enter_namespace(config.netns)  # before any socket exists: all are created inside
 
 
 def main(args: argparse.Namespace) -> int:
@@ -50,19 +51,6 @@ def main(args: argparse.Namespace) -> int:
         return ctl.run(args)
     if not args.config:
         print("nvfabric gateway: --config FILE (run the daemon) or a command: tenants, tenant, trace", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        config = load(args.config)
-    except ConfigError as exc:
-        print(f"nvfabric gateway: config error: {exc}", file=sys.stderr)
-        return 2
-    if config.netns:
-        from nvfabric.hostagent.thread import enter_namespace  # noqa: PLC0415
-
-        enter_namespace(config.netns)  # before any socket exists: all are created inside
-    try:
-        return asyncio.run(_run(config))
-    except Exception as exc:  # noqa: BLE001 - a one-line reason for the operator
-        print(f"nvfabric gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return daemon.EXIT_CONFIG
+    return daemon.run("nvfabric gateway", args.config, load, ConfigError, serve, log_level=args.log_level,
+                      before_loop=_enter_namespace)

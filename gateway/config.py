@@ -29,17 +29,10 @@ from pathlib import Path
 from typing import Any
 
 
-from nvfabric.bgp.config import ConfigError, _Reader, read_yaml
+from nvfabric.bgp.config import ConfigError, Peer, Reader, read_api, read_peers, read_yaml
 from nvfabric.gateway.tenants import Tenant, check_tenants
-from nvfabric.hostagent.config import (
-    DEFAULT_ROUTER_MAC,
-    ApiConfig,
-    Reflector,
-    _listen,
-    read_peers,
-    read_provider_addresses,
-    read_router_mac,
-)
+from nvfabric.service.config import ApiConfig
+from nvfabric.vnet.config import DEFAULT_ROUTER_MAC, read_provider_addresses, read_router_mac
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import IFNAME_RE, Address
 
@@ -64,8 +57,8 @@ class GatewayConfig:
     external: External
     provider_addresses: tuple[Address, ...] = ()
     router_mac: str = DEFAULT_ROUTER_MAC
-    route_reflectors: tuple[Reflector, ...] = ()
-    upstream: tuple[Reflector, ...] = ()  # the same peer type: address, asn, md5_password
+    route_reflectors: tuple[Peer, ...] = ()
+    upstream: tuple[Peer, ...] = ()  # the same peer type: address, asn, md5_password
     api: ApiConfig = field(default_factory=lambda: ApiConfig(listen=DEFAULT_LISTEN))
     tenants: tuple[Tenant, ...] = ()
     netns: str | None = None
@@ -94,13 +87,13 @@ def _address(value: Any, where: str, version: int | None = None) -> Address:
 
 
 def parse(data: Any) -> GatewayConfig:
-    top = _Reader(data, "")
+    top = Reader(data, "")
     asn = top.integer("asn", 1, 0xFFFFFFFF)
     router_id = top.address("router_id", version=4)
     pas = read_provider_addresses(top)  # none: a gateway of interface-attached tenants only
     router_mac = read_router_mac(top)
     reflectors = read_peers(top, "route_reflectors", asn)
-    ext = _Reader(top.get("external", dict), "external")
+    ext = Reader(top.get("external", dict), "external")
     ifaces = []
     for where, value in ext.items("interfaces"):
         if not isinstance(value, str) or not IFNAME_RE.match(value):
@@ -123,10 +116,7 @@ def parse(data: Any) -> GatewayConfig:
         if (external.address4 if family == 4 else external.address6) is None:
             raise ConfigError(f"external.address{family}", f"required with an IPv{family} upstream (upstream[{i}]): "
                               "the next hop announced for the tenants' public addresses")
-    api_data = top.get("api", dict, {})
-    a = _Reader(api_data, "api")
-    api = ApiConfig(listen=_listen(a.get("listen", str, DEFAULT_LISTEN), "api.listen"), token=a.get("token", str, None))
-    a.done()
+    api = read_api(top, DEFAULT_LISTEN)
     tenants: list[Tenant] = []
     paths: dict[str, str] = {}
     for where, value in top.items("tenants"):

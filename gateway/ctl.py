@@ -1,22 +1,21 @@
 """`nvfabric ctl gateway ...`: the operator's client of the gateway's REST API (docs/gateway.md#nvfabric-ctl-gateway).
 
-The same client as the host agent's `nvfabric ctl` (hostagent/ctl.py: its Client, refusal messages, exit
-statuses and table rendering); only the paths and the tables differ. `register(subparsers, common)` adds
-the `gateway` subtree under a parser: hostagent/ctl.py calls it for `nvfabric ctl gateway ...`, and
-gateway/cli.py for `nvfabric gateway ...` (the daemon's own command, with --config).
+The client, its refusal messages, exit statuses and output are service/ctl.py's, shared with the host
+agent's `nvfabric ctl`; here are the gateway's paths and tables. `register(subparsers, common)` adds the
+`gateway` subtree under a parser: the command shell (nvfabric/cli.py) calls it for `nvfabric ctl gateway
+...`, and gateway/cli.py for `nvfabric gateway ...` (the daemon's own command, with --config).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Any
 
-from nvfabric.hostagent.ctl import Client, CtlError, file_body, show, table
 from nvfabric.gateway.config import DEFAULT_LISTEN
+from nvfabric.service import ctl as service
+from nvfabric.service.ctl import EXIT_USAGE, Client, CtlError, file_body, segment, show, table
 
-DEFAULT_API = f"http://{DEFAULT_LISTEN}"
+GATEWAY = service.Daemon("gateway", "nvfabric gateway", "NVFABRIC_GATEWAY_API", f"http://{DEFAULT_LISTEN}")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -45,24 +44,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def common_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--api", default=argparse.SUPPRESS, help=f"the gateway's API URL (env NVFABRIC_GATEWAY_API; "
-                                                           f"{DEFAULT_API})")
-    p.add_argument("--token", default=argparse.SUPPRESS, help="bearer token (env NVFABRIC_TOKEN)")
-    p.add_argument("-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS)
-    return p
+    return service.options(GATEWAY, defaults=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    api = getattr(args, "api", None) or os.environ.get("NVFABRIC_GATEWAY_API") or DEFAULT_API
-    if not hasattr(args, "output"):
-        args.output = "table"
-    try:
-        args.action(Client(api, getattr(args, "token", None) or os.environ.get("NVFABRIC_TOKEN")), args)
-    except CtlError as exc:
-        print(f"nvfabric ctl gateway: {exc}", file=sys.stderr)
-        return exc.status
-    return 0
+    return service.run(GATEWAY, "nvfabric ctl gateway", args.action, args)
 
 
 def _row(t: dict[str, Any]) -> list[str]:
@@ -85,7 +71,7 @@ def _tenants(client: Client, args: argparse.Namespace) -> None:
 
 
 def _get(client: Client, args: argparse.Namespace) -> None:
-    _, body = client.request("GET", f"/v1/tenants/{args.name}")
+    _, body = client.request("GET", f"/v1/tenants/{segment(args.name)}")
     show(args, body, lambda: table(f"tenant {args.name}", COLUMNS, [_row(body)]))
 
 
@@ -93,15 +79,18 @@ def _put(client: Client, args: argparse.Namespace) -> None:
     body = file_body(args.file)
     name = args.name or body.get("name")
     if not name:
-        raise CtlError("the tenant needs a name (argument or the file's `name`)", 2)
-    status, answer = client.request("PUT", f"/v1/tenants/{name}", body)
+        raise CtlError("the tenant needs a name (argument or the file's `name`)", EXIT_USAGE)
+    status, answer = client.request("PUT", f"/v1/tenants/{segment(name)}", body)
     show(args, answer, lambda: table(f"tenant {name} {'created' if status == 201 else 'replaced'}", COLUMNS,
                                        [_row(answer)]))
 
 
 def _delete(client: Client, args: argparse.Namespace) -> None:
-    client.request("DELETE", f"/v1/tenants/{args.name}")
-    print(f"tenant {args.name} deleted")
+    client.request("DELETE", f"/v1/tenants/{segment(args.name)}")
+    if args.output == "json":
+        service.print_json({"deleted": args.name})
+    else:
+        print(f"tenant {args.name} deleted")
 
 
 def _endpoint(text: str, where: str) -> tuple[str, int]:
@@ -113,14 +102,16 @@ def _endpoint(text: str, where: str) -> tuple[str, int]:
         try:
             return host, int(port)
         except ValueError:
-            raise CtlError(f"{where}: {text!r} is not ADDRESS[:PORT]", 2) from None
+            raise CtlError(f"{where}: {text!r} is not ADDRESS[:PORT]", EXIT_USAGE) from None
     return text, 0
 
 
 def _trace(client: Client, args: argparse.Namespace) -> None:
     (src, sport), (dst, dport) = _endpoint(args.src, "src"), _endpoint(args.dst, "dst")
-    _, body = client.request("POST", "/v1/trace", {"tenant": args.tenant, "proto": args.proto, "src": src,
-                                                   "sport": sport, "dst": dst, "dport": dport})
+    query = {"proto": args.proto, "src": src, "sport": str(sport), "dst": dst, "dport": str(dport)}
+    if args.tenant is not None:
+        query["tenant"] = args.tenant
+    _, body = client.request("GET", "/v1/trace", query=query)
     tr = body.get("translated") or {}
     rows = [["tenant", str(body["tenant"])], ["direction", body["direction"]], ["action", body["action"]],
             ["zone / mark", f"{body['zone']} / {body['mark']}"],

@@ -4,7 +4,8 @@ Every request body and query is parsed here into vnet.model values (their from_d
 error) before the agent sees it. Each refusal has its status: an invalid value 400, an unknown name 404, a
 conflict with existing state 409, a valid change the kernel refused (and the agent reverted) 422, a change
 while the agent is not running 503; the rest (401, 415, malformed JSON, unknown paths and methods, and a
-logged 500 for anything unexpected) is nvfabric/rest.py, shared with the gateway.
+logged 500 for anything unexpected) is service/rest.py, shared with the gateway and the reflector; vnet's
+errors are refused as vnet/refusals.py says.
 """
 
 from __future__ import annotations
@@ -19,43 +20,27 @@ from nvfabric.hostagent import views
 from nvfabric.hostagent.agent import Agent, AgentNotStarted, KernelError
 from nvfabric.hostagent.config import DEFAULT_LISTEN
 from nvfabric.hostagent.trace import trace
-from nvfabric.rest import (
-    MAX_BODY,
-    ApiError,
-    ApiServer,
-    Handler,
-    application,
-    auth,
-    errors,
-    json_body,
-    put_response,
-    query,
-    serve,
-    www_authenticate,
-)
+from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import Port, RoutingDomain, check_address, check_vsid
+from nvfabric.vnet.refusals import model_refusal
 
 log = logging.getLogger(__name__)
 
 AGENT = web.AppKey("agent", Agent)
 
-# gateway/api.py imported these from here before nvfabric/rest.py existed; kept until it imports them there
-_auth, _json_body, _put_response, _www_authenticate = auth, json_body, put_response, www_authenticate
-__all__ = ["AGENT", "MAX_BODY", "ApiError", "ApiServer", "errors", "make_app", "start_api"]
+__all__ = ["AGENT", "ApiError", "ApiServer", "agent_refusal", "make_app", "start_api"]
 
 
-@web.middleware
-async def agent_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The agent's own refusals, as ApiErrors for the shared middleware to answer."""
-    try:
-        return await handler(request)
-    except AgentNotStarted as exc:
-        raise ApiError(503, "not-running", str(exc)) from None
-    except KernelError as exc:
-        # Valid, but the kernel would not have it (lo as a port, say); the change was reverted. 422, not 500:
-        # 500 is reserved for our bugs, and a 5xx invites a blind retry that would be refused the same way.
-        raise ApiError(422, "kernel-refused", str(exc), messages=list(exc.messages)) from None
+def agent_refusal(exc: Exception) -> ApiError | None:
+    """The agent's own refusals: a change while it is not running 503; one the kernel would not have (lo as
+    a port, say; the change was reverted) 422, not 500: 500 is reserved for our bugs, and a 5xx invites a
+    blind retry that would be refused the same way."""
+    if isinstance(exc, AgentNotStarted):
+        return ApiError(503, "not-running", str(exc))
+    if isinstance(exc, KernelError):
+        return ApiError(422, "kernel-refused", str(exc), messages=list(exc.messages))
+    return None
 
 
 def _spec(body: Any) -> Any:
@@ -195,7 +180,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(agent: Agent, token: str, *, metrics_token: bool = False) -> web.Application:
     """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
-    app = application(token, frozenset() if metrics_token else frozenset({"/metrics"}), agent_errors)
+    app = application(token, public=frozenset() if metrics_token else frozenset({"/metrics"}),
+                      refusals=(model_refusal, agent_refusal))
     app[AGENT] = agent
     app.router.add_get("/v1/routing-domains", list_routing_domains)
     app.router.add_get("/v1/routing-domains/{name}", get_routing_domain)
@@ -217,9 +203,5 @@ def make_app(agent: Agent, token: str, *, metrics_token: bool = False) -> web.Ap
 async def start_api(agent: Agent, listen: str = DEFAULT_LISTEN, token: str | None = None, *,
                     metrics_token: bool = False) -> ApiServer | None:
     """Serve the API on `listen` ("127.0.0.1:8500", "[::1]:8500") in the running loop, which must be the
-    agent's: handlers call the agent directly. Without a token there is no API (None, logged): an open API
-    on 127.0.0.1 would still be open to every local user, and the agent can run from its configuration."""
-    if not token:
-        log.warning("api.token is not set: the REST API is disabled (the agent runs from its configuration)")
-        return None
-    return await serve(make_app(agent, token, metrics_token=metrics_token), listen)
+    agent's: handlers call the agent directly. No token, no API (None, logged)."""
+    return await serve_if_token(lambda t: make_app(agent, t, metrics_token=metrics_token), listen, token, "agent")

@@ -1,14 +1,11 @@
-"""`nvfabric agent --config agent.yaml`: the host agent daemon (docs/agent.md)."""
+"""`nvfabric agent --config agent.yaml`: the host agent daemon (docs/agent.md); service/daemon.py runs it."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
-import sys
 
-from nvfabric.hostagent.config import ConfigError, load
+from nvfabric.hostagent.config import AgentConfig, ConfigError, load
+from nvfabric.service import daemon
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,43 +15,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-async def _run(config) -> int:
+async def serve(config: AgentConfig) -> int:
     from nvfabric.hostagent.agent import Agent  # noqa: PLC0415 - keep `nvfabric --help` fast
+    from nvfabric.hostagent.api import start_api  # noqa: PLC0415
 
     agent = Agent(config)
     await agent.start()
-    server = None
-    try:
-        from nvfabric.hostagent.api import start_api  # noqa: PLC0415 - agent-api's module; the agent runs without it
-    except ImportError:
-        start_api = None
-    if start_api is not None:
-        server = await start_api(agent, config.api.listen, config.api.token)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    server = await start_api(agent, config.api.listen, config.api.token)
     print(f"nvfabric agent {config.router_id}: running", flush=True)
-    await stop.wait()
+    await daemon.until_stopped()
     if server is not None:
         await server.stop()
     await agent.stop()
-    return 0
+    return daemon.EXIT_OK
 
 
-def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        config = load(args.config)
-    except ConfigError as exc:
-        print(f"nvfabric agent: config error: {exc}", file=sys.stderr)
-        return 2
+def _enter_namespace(config: AgentConfig) -> None:
     if config.netns:
         from nvfabric.hostagent.thread import enter_namespace  # noqa: PLC0415
 
         enter_namespace(config.netns)  # before any socket (and thread) exists: all are created inside
-    try:
-        return asyncio.run(_run(config))
-    except Exception as exc:  # noqa: BLE001 - a clear one-line reason, not a traceback, for the operator
-        print(f"nvfabric agent: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+
+
+def main(args: argparse.Namespace) -> int:
+    return daemon.run("nvfabric agent", args.config, load, ConfigError, serve, log_level=args.log_level,
+                      before_loop=_enter_namespace)

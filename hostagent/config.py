@@ -18,38 +18,19 @@ netns: hv1          # optional: lab and tests only (netlink, BGP and API sockets
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from nvfabric.bgp.config import ConfigError, _Reader, read_yaml
+from nvfabric.bgp.config import ConfigError, Peer, Reader, read_api, read_peers, read_yaml
+from nvfabric.service.config import ApiConfig
+from nvfabric.vnet.config import DEFAULT_ROUTER_MAC, read_provider_addresses, read_router_mac
 from nvfabric.vnet.errors import ModelError
-from nvfabric.vnet.model import Address, RoutingDomain, check_mac
+from nvfabric.vnet.model import Address, RoutingDomain
 
 DEFAULT_LISTEN = "127.0.0.1:8500"
-DEFAULT_ROUTER_MAC = "02:00:5e:10:00:01"
 
-__all__ = ["AgentConfig", "ApiConfig", "ConfigError", "Reflector", "load", "DEFAULT_LISTEN"]
-
-
-@dataclass(frozen=True)
-class Reflector:
-    address: str
-    asn: int
-    md5_password: str | None = None
-
-
-@dataclass(frozen=True)
-class ApiConfig:
-    listen: str = DEFAULT_LISTEN
-    token: str | None = None
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+__all__ = ["AgentConfig", "ConfigError", "DEFAULT_LISTEN", "load"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +38,10 @@ class AgentConfig:
     asn: int
     router_id: str
     provider_addresses: tuple[Address, ...]
-    route_reflectors: tuple[Reflector, ...]
+    route_reflectors: tuple[Peer, ...]
     state_dir: Path
     router_mac: str = DEFAULT_ROUTER_MAC
-    api: ApiConfig = field(default_factory=ApiConfig)
+    api: ApiConfig = field(default_factory=lambda: ApiConfig(DEFAULT_LISTEN))
     underlay_mtu: int = 1500
     routing_domains: tuple[RoutingDomain, ...] = ()
     netns: str | None = None
@@ -78,52 +59,8 @@ class AgentConfig:
         return parse(data)
 
 
-def _listen(value: str, where: str) -> str:
-    host, sep, port = value.rpartition(":")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        ok = bool(sep) and 0 < int(port) < 65536
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(where, f"{value!r} is not 'address:port' (e.g. {DEFAULT_LISTEN} or [::1]:8500)")
-    return value
-
-
-
-def read_provider_addresses(top: _Reader) -> list[Address]:
-    """`provider_addresses`: at most one per family (one NVGRE device per family). Shared with the gateway."""
-    pas: list[Address] = []
-    for where, value in top.items("provider_addresses"):
-        try:
-            pas.append(ipaddress.ip_address(value))
-        except ValueError:
-            raise ConfigError(where, f"{value!r} is not an IPv4 or IPv6 address") from None
-    if len({pa.version for pa in pas}) != len(pas):
-        raise ConfigError("provider_addresses", "at most one IPv4 and one IPv6 address (one NVGRE device per family)")
-    return pas
-
-
-def read_router_mac(top: _Reader) -> str:
-    try:
-        return check_mac(top.get("router_mac", str, DEFAULT_ROUTER_MAC), "router_mac")
-    except ModelError as exc:
-        raise ConfigError("router_mac", exc.problem) from None
-
-
-def read_peers(top: _Reader, key: str, default_asn: int | None) -> tuple[Reflector, ...]:
-    """BGP peers (route reflectors, a gateway's upstream routers): address, asn (defaults to `default_asn`;
-    required when that is None), md5_password."""
-    out: list[Reflector] = []
-    for where, value in top.items(key):
-        r = _Reader(value, where)
-        asn = r.integer("asn", 1, 0xFFFFFFFF) if default_asn is None else r.integer("asn", 1, 0xFFFFFFFF, default_asn)
-        out.append(Reflector(address=r.address("address"), asn=asn, md5_password=r.get("md5_password", str, None)))
-        r.done()
-    return tuple(out)
-
 def parse(data: Any) -> AgentConfig:
-    top = _Reader(data, "")
+    top = Reader(data, "")
     asn = top.integer("asn", 1, 0xFFFFFFFF)
     router_id = top.address("router_id", version=4)
     pas = read_provider_addresses(top)
@@ -133,10 +70,7 @@ def parse(data: Any) -> AgentConfig:
     reflectors = read_peers(top, "route_reflectors", asn)
     if not reflectors:
         raise ConfigError("route_reflectors", "at least one route reflector is required")
-    api_data = top.get("api", dict, {})
-    a = _Reader(api_data, "api")
-    api = ApiConfig(listen=_listen(a.get("listen", str, DEFAULT_LISTEN), "api.listen"), token=a.get("token", str, None))
-    a.done()
+    api = read_api(top, DEFAULT_LISTEN)
     state_dir = Path(top.get("state_dir", str))
     mtu = top.integer("underlay_mtu", 1280, 65535, 1500)
     rds: list[RoutingDomain] = []

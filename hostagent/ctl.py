@@ -1,53 +1,43 @@
 """`nvfabric ctl`: the operator's client of the host agent's REST API (docs/agent.md#nvfabric-ctl).
 
-It sends what it is given and prints what the API answers: the API is the one place where bodies are
-validated, so a refusal reads the same here, in curl and in an orchestrator (field, problem, status).
-Tables by default, `-o json` for the API's JSON. Exit status: 0 done, 1 the API refused (its message on
-stderr), 2 a usage error (no token, unreadable file), 3 the API cannot be reached.
-
-Plain urllib, not aiohttp: one request per run, and a quick start (Python starts slowly in the VM).
+The client, its refusal messages, exit statuses and output are service/ctl.py's, shared with the gateway's
+and the reflector's; here are the agent's paths and tables. `nvfabric ctl gateway ...` is added beside
+these by the command shell (nvfabric/cli.py), from gateway/ctl.py: the agent knows no gateway.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from nvfabric.hostagent.config import DEFAULT_LISTEN
+from nvfabric.service import ctl as service
+from nvfabric.service.ctl import (
+    EXIT_USAGE,
+    Action,
+    Client,
+    CtlError,
+    file_body,
+    print_json,
+    segment,
+    show,
+    table,
+)
 
-DEFAULT_API = f"http://{DEFAULT_LISTEN}"
-TIMEOUT = 120.0  # seconds: a PUT returns only once the port is programmed and announced
-
-EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
-
-
-class CtlError(Exception):
-    """A failure to report on stderr, with the exit status it means."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+AGENT = service.Daemon("agent", "nvfabric agent", "NVFABRIC_API", f"http://{DEFAULT_LISTEN}")
 
 
 # ---------------------------------------------------------------------- the command line
 
-Action = Callable[["Client", argparse.Namespace], None]
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParsersAction, argparse.ArgumentParser]:
+    """Adds `ctl` and its commands; returns its subcommands and their common options, for more daemons'
+    clients to be added beside (`ctl gateway`)."""
     # Common options are accepted before and after the subcommand (`ctl -o json ports`, `ctl ports -o json`):
     # the leaves default to SUPPRESS so that a value given before is not overwritten by a default.
     ctl = subparsers.add_parser("ctl", help="talk to the host agent's API: ports, routing domains, lookup records, "
-                                            "trace", parents=[_common(defaults=True)])
-    common = _common(defaults=False)
+                                            "trace", parents=[service.options(AGENT, defaults=True)])
+    common = service.options(AGENT, defaults=False)
     sub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="WHAT")
 
     def leaf(name: str, help: str, action: Action, parent: Any = sub) -> argparse.ArgumentParser:
@@ -98,78 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", action="append", dest="addresses", metavar="CA", help="repeat for several")
     p.add_argument("--mtu")
     leaf("delete", "delete a port", _delete("ports"), port_sub).add_argument("name")
-
-    # `nvfabric ctl gateway ...`: the gateway's client reuses this one (imported here: gateway.ctl imports us)
-    from nvfabric.gateway import ctl as gateway_ctl  # noqa: PLC0415
-
-    gateway_ctl.register(sub, common)
-
-
-def _common(defaults: bool) -> argparse.ArgumentParser:
-    def default(value: Any) -> Any:
-        return value if defaults else argparse.SUPPRESS
-
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--api", default=default(None), help=f"the agent's API URL (env NVFABRIC_API; {DEFAULT_API})")
-    p.add_argument("--token", default=default(None), help="bearer token (env NVFABRIC_TOKEN)")
-    p.add_argument("-o", "--output", choices=("table", "json"), default=default("table"))
-    return p
+    return sub, common
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        client = Client(args.api or os.environ.get("NVFABRIC_API") or DEFAULT_API,
-                        args.token or os.environ.get("NVFABRIC_TOKEN"))
-        args.action(client, args)
-    except CtlError as exc:
-        print(f"nvfabric ctl: {exc}", file=sys.stderr)
-        return exc.status
-    return 0
-
-
-# ---------------------------------------------------------------------- HTTP
-
-
-class Client:
-    def __init__(self, api: str, token: str | None) -> None:
-        if not token:
-            raise CtlError("no API token: pass --token or set NVFABRIC_TOKEN (the agent's api.token)", EXIT_USAGE)
-        self.api, self.token = api.rstrip("/"), token
-
-    def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> tuple[int, Any]:
-        url = self.api + path
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(url, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
-                raw = response.read()
-                return response.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            raise CtlError(f"{method} {path}: {_refusal(exc.code, exc.read())}", EXIT_REFUSED) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise CtlError(f"cannot reach the agent API at {self.api}: {reason} (is `nvfabric agent` running? "
-                           f"--api or NVFABRIC_API)", EXIT_UNREACHABLE) from None
-
-
-def _refusal(status: int, raw: bytes) -> str:
-    """The API's JSON error as one line: `400 invalid: addresses[0]: is not ... (got '10.1.0.300')`."""
-    try:
-        body = json.loads(raw)
-        error, problem = body["error"], body["problem"]
-    except (ValueError, KeyError, TypeError):
-        return f"{status}: {raw.decode(errors='replace')[:200] or 'no body'}"
-    if "field" in body:
-        problem = f"{body['field']}: {problem}" + (f" (got {body['value']})" if "value" in body else "")
-    for message in body.get("messages", []):
-        problem += f"\n  kernel: {message}"
-    return f"{status} {error}: {problem}"
+    return service.run(AGENT, "nvfabric ctl", args.action, args)
 
 
 # ---------------------------------------------------------------------- actions
@@ -248,7 +171,7 @@ def _status(client: Client, args: argparse.Namespace) -> None:
 
 def _get(collection: str) -> Action:
     def get(client: Client, args: argparse.Namespace) -> None:
-        _, body = client.request("GET", f"/v1/{collection}/{_segment(args.name)}")
+        _, body = client.request("GET", f"/v1/{collection}/{segment(args.name)}")
         show(args, body, lambda: table(args.name, ["", ""], [[k, json.dumps(v)] for k, v in body.items()]))
 
     return get
@@ -256,9 +179,9 @@ def _get(collection: str) -> Action:
 
 def _delete(collection: str) -> Action:
     def delete(client: Client, args: argparse.Namespace) -> None:
-        client.request("DELETE", f"/v1/{collection}/{_segment(args.name)}")
+        client.request("DELETE", f"/v1/{collection}/{segment(args.name)}")
         if args.output == "json":
-            _print_json({"deleted": args.name})
+            print_json({"deleted": args.name})
         else:
             print(f"{collection.rstrip('s').replace('-', ' ')} {args.name} deleted")
 
@@ -289,9 +212,9 @@ def _put(client: Client, args: argparse.Namespace, collection: str, body: dict[s
     name = args.name or body.get("name")
     if not isinstance(name, str) or not name:
         raise CtlError("a name is needed: as an argument or as `name` in the file", EXIT_USAGE)
-    status, answer = client.request("PUT", f"/v1/{collection}/{_segment(name)}", body)
+    status, answer = client.request("PUT", f"/v1/{collection}/{segment(name)}", body)
     if args.output == "json":
-        _print_json(answer)
+        print_json(answer)
     else:
         print(f"{collection.rstrip('s').replace('-', ' ')} {name} {'created' if status == 201 else 'replaced'}")
 
@@ -310,62 +233,3 @@ def _number(text: str) -> int | str:
         return int(text, 10)
     except ValueError:
         return text
-
-
-def _segment(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
-
-
-def file_body(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    import yaml  # noqa: PLC0415 - only when a file is given
-
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as exc:
-        raise CtlError(f"{path}: cannot read: {exc.strerror}", EXIT_USAGE) from None
-    try:
-        # JSON is (nearly) YAML; parse .json strictly so that a JSON file gets JSON's error messages
-        body = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise CtlError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}", EXIT_USAGE) from None
-    if not isinstance(body, dict):
-        raise CtlError(f"{path}: must hold one object (a mapping), not {type(body).__name__}", EXIT_USAGE)
-    return body
-
-
-# ---------------------------------------------------------------------- output
-
-
-def show(args: argparse.Namespace, body: Any, tables: Callable[[], Any]) -> None:
-    if args.output == "json":
-        _print_json(body)
-        return
-    from rich.console import Console  # noqa: PLC0415 - tables only
-
-    made = tables()
-    # no emoji codes (":b:" in fd00:b::/64 is one), no markup or highlighting of the data
-    console = Console(width=None if sys.stdout.isatty() else 200, soft_wrap=False, emoji=False, markup=False,
-                      highlight=False)
-    for one in made if isinstance(made, list) else [made]:
-        console.print(one)
-
-
-def table(title: str, columns: list[str], rows: list[list[str]]) -> Any:
-    from rich.table import Table  # noqa: PLC0415
-
-    out = Table(title=title, show_header=any(columns), title_justify="left")
-    for column in columns:
-        out.add_column(column, overflow="fold")
-    for row in rows:
-        out.add_row(*row)
-    return out
-
-
-def _print_json(body: Any) -> None:
-    print(json.dumps(body, indent=2))
-
-
-# gateway/ctl.py imported these under their old names; kept until it uses the public ones
-_file_body, _show, _table = file_body, show, table

@@ -1,7 +1,8 @@
 """The `nvfabric` console script: one argparse tree, each component registers its own subcommand.
 
 A component exposes `register(subparsers)` in its `cli` module; the subcommand sets `func`, which takes
-the parsed namespace and returns the process exit status.
+the parsed namespace and returns the process exit status. `nvfabric ctl gateway ...` is wired here, the
+one place that imports both daemons: the gateway's client goes beside the agent's under `ctl`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import sys
 from nvfabric.bgp import cli as bgp_cli
 from nvfabric.bgp.reflector import cli as rr_cli
 from nvfabric.gateway import cli as gateway_cli
+from nvfabric.gateway import ctl as gateway_ctl
 from nvfabric.hostagent import cli as agent_cli
 from nvfabric.hostagent import ctl as ctl_cli
 from nvfabric.lab import cli as lab_cli
 
-COMPONENTS = (lab_cli, bgp_cli, agent_cli, rr_cli, ctl_cli, gateway_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nvfabric", description="Network virtualization (NVGRE, HNV semantics) with a BGP EVPN control plane."
     )
     sub = parser.add_subparsers(dest="component", required=True, metavar="COMMAND")
-    for component in COMPONENTS:
+    for component in (lab_cli, bgp_cli, agent_cli, rr_cli):
         component.register(sub)
+    ctl_sub, _ = ctl_cli.register(sub)
+    gateway_ctl.register(ctl_sub, gateway_ctl.common_options())  # `nvfabric ctl gateway ...`
+    gateway_cli.register(sub)
     return parser
 
 

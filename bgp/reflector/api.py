@@ -1,10 +1,11 @@
-"""The reflector's REST API (aiohttp) and Prometheus metrics.
+"""The reflector's REST API and Prometheus metrics, served by service/rest.py's app factory like the agent's
+and the gateway's: the same bearer token (`api.token`) and the same JSON error body.
 
 GET  /v1/summary                      identity, sessions by state, routes per family, counters
 GET  /v1/neighbors                    one object per peer (configured or dynamic, seen so far)
 GET  /v1/routes?family=&vsid=&rt=&mac=&ip=&limit=   best routes, decoded for display from their bytes
 POST /v1/reload                       re-read the configuration file (as SIGHUP); 400 names the bad field
-GET  /metrics                         Prometheus text format
+GET  /metrics                         Prometheus text format (without the token unless metrics_token)
 
 Everything is read at request time from the reflector (no copies kept up to date on the hot path); the
 metrics registry belongs to the app (no process-wide default registry).
@@ -28,6 +29,7 @@ from nvfabric.bgp.reflector.config import route_target_bytes
 from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
 from nvfabric.bgp.reflector.table import AttrSet
 from nvfabric.bgp.routes import Family, MacIpKey, PrefixKey, UnicastKey
+from nvfabric.service.rest import ApiError, application
 
 FAMILY_NAMES = {Family.L2VPN_EVPN: "l2vpn-evpn", Family.IPV4_UNICAST: "ipv4-unicast",
                 Family.IPV6_UNICAST: "ipv6-unicast"}
@@ -263,7 +265,16 @@ def metrics_registry(rr: Reflector) -> CollectorRegistry:
 # ---------------------------------------------------------------- the app
 
 
-def build_app(rr: Reflector, reload: Callable[[], Awaitable[ReloadResult]] | None = None) -> web.Application:
+def config_refusal(exc: Exception) -> ApiError | None:
+    """A bad filter or a refused reload names its field: 400."""
+    if isinstance(exc, ConfigError):
+        return ApiError(400, "invalid", exc.reason, field=exc.field)
+    return None
+
+
+def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadResult]] | None = None, *,
+              metrics_token: bool = False) -> web.Application:
+    """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
     registry = metrics_registry(rr)
 
     async def get_summary(request: web.Request) -> web.Response:
@@ -287,23 +298,23 @@ def build_app(rr: Reflector, reload: Callable[[], Awaitable[ReloadResult]] | Non
                 return {"routes": found, "truncated": False}
 
             return web.json_response(await rr.call(collect))
-        except (ValueError, ConfigError) as err:
-            return web.json_response({"error": str(err)}, status=400)
+        except ConfigError:
+            raise  # config_refusal names its field
+        except ValueError as err:
+            raise ApiError(400, "invalid", str(err)) from None
 
     async def post_reload(request: web.Request) -> web.Response:
         if reload is None:
-            return web.json_response({"error": "no configuration file to reload"}, status=409)
-        try:
-            result = await reload()
-        except ConfigError as err:
-            return web.json_response({"error": str(err), "field": err.field}, status=400)
+            raise ApiError(409, "no-configuration-file", "no configuration file to reload")
+        result = await reload()
         return web.json_response({"added": list(result.added), "removed": list(result.removed)})
 
     async def get_metrics(request: web.Request) -> web.Response:
         body = await rr.call(lambda: generate_latest(registry))
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
-    app = web.Application()
+    app = application(token, public=frozenset() if metrics_token else frozenset({"/metrics"}),
+                      refusals=(config_refusal,))
     app[REFLECTOR] = rr
     app.router.add_get("/v1/summary", get_summary)
     app.router.add_get("/v1/neighbors", get_neighbors)

@@ -1,6 +1,7 @@
 """`nvfabric rr --config FILE` runs the route reflector; `nvfabric rr status --api URL` shows its peers.
 
-Logs are JSON lines on stderr, one per event, with the peer when there is one:
+Run by service/daemon.py like the agent and the gateway. Logs are JSON lines on stderr, one per event,
+with the peer when there is one:
     {"ts": "...", "level": "INFO", "event": "established", "peer": "198.51.100.11", "msg": "..."}
 SIGHUP (or POST /v1/reload) re-reads the file; a bad file is refused, logged, and the running
 configuration stays. SIGTERM/SIGINT close every session with Cease / Administrative Shutdown.
@@ -9,23 +10,21 @@ configuration stays. SIGTERM/SIGINT close every session with Cease / Administrat
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import re
-import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
-
-from aiohttp import web
 
 from nvfabric.bgp.config import ConfigError
 from nvfabric.bgp.reflector import api
 from nvfabric.bgp.reflector import config as rr_config
 from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
+from nvfabric.service import ctl, daemon
+from nvfabric.service.rest import serve_if_token
+
+REFLECTOR = ctl.Daemon("reflector", "nvfabric rr", "NVFABRIC_RR_API", f"http://{rr_config.DEFAULT_API_LISTEN}")
 
 log = logging.getLogger("nvfabric.bgp.reflector")
 
@@ -36,9 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rr.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
     rr.set_defaults(func=_run)
     sub = rr.add_subparsers(dest="rr_command", metavar="RR_COMMAND")
-    status = sub.add_parser("status", help="print the reflector's neighbours as a table")
-    status.add_argument("--api", default="http://127.0.0.1:8179", help="the reflector's API base URL")
-    status.add_argument("--json", action="store_true", help="print the raw JSON instead of a table")
+    status = sub.add_parser("status", help="print the reflector's neighbors as a table (-o json: the API's JSON)",
+                            parents=[ctl.options(REFLECTOR, defaults=True)])
     status.set_defaults(func=_status)
 
 
@@ -73,24 +71,13 @@ class JsonLines(logging.Formatter):
 def _run(args: argparse.Namespace) -> int:
     if not args.config:
         print("nvfabric rr: --config FILE is required", file=sys.stderr)
-        return 2
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines())
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
-    try:
-        cfg = rr_config.load(args.config)
-    except ConfigError as err:
-        print(f"nvfabric rr: {args.config}: {err}", file=sys.stderr)
-        return 2
-    return asyncio.run(serve(cfg, args.config))
+        return daemon.EXIT_CONFIG
+    return daemon.run("nvfabric rr", args.config, rr_config.load, ConfigError, lambda cfg: serve(cfg, args.config),
+                      log_level=args.log_level, formatter=JsonLines())
 
 
 async def serve(cfg: rr_config.ReflectorConfig, path: str) -> int:
     reflector = Reflector(cfg)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
     async def reload() -> ReloadResult:
         try:
@@ -106,45 +93,28 @@ async def serve(cfg: rr_config.ReflectorConfig, path: str) -> int:
         except ConfigError:
             pass
 
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_quietly()))
     await reflector.start()
-    runner = None
-    if cfg.api is not None:
-        runner = web.AppRunner(api.build_app(reflector, reload), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, cfg.api.host, cfg.api.port).start()
+    server = await serve_if_token(lambda token: api.build_app(reflector, token, reload), cfg.api.listen,
+                                  cfg.api.token, "reflector")
     log.info("reflector %s (cluster %s) listening on %s port %d, API %s", cfg.router_id, cfg.cluster_id,
-             cfg.listen.address, reflector.listen_port or 0,
-             f"{cfg.api.host}:{cfg.api.port}" if cfg.api else "off", extra={"event": "started"})
-    await stop.wait()
-    if runner is not None:
-        await runner.cleanup()
+             cfg.listen.address, reflector.listen_port or 0, server.url if server else "off",
+             extra={"event": "started"})
+    await daemon.until_stopped(reload_quietly)
+    if server is not None:
+        await server.stop()
     await reflector.stop()
-    return 0
+    return daemon.EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:
-    url = args.api.rstrip("/") + "/v1/neighbors"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            data = json.load(response)
-    except (urllib.error.URLError, OSError) as err:
-        print(f"nvfabric rr status: {url}: {getattr(err, 'reason', err)}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
+    return ctl.run(REFLECTOR, "nvfabric rr status", _neighbors, args)
 
-    table = Table(title=f"route reflector {args.api}")
-    for column in ("neighbour", "state", "client", "router id", "routes in", "updates in", "updates out",
-                   "route targets"):
-        table.add_column(column)
-    for n in data:
-        rts = n.get("route_targets")
-        table.add_row(n["address"], n["state"], "yes" if n["client"] else "no", n.get("router_id") or "-",
-                      str(n["routes_received"]), str(n["updates_in"]), str(n["updates_out"]),
-                      ", ".join(rts) if rts is not None else "all")
-    Console(width=160, emoji=False).print(table)  # ':b:' in an IPv6 address is not an emoji
-    return 0
+
+def _neighbors(client: ctl.Client, args: argparse.Namespace) -> None:
+    _, data = client.request("GET", "/v1/neighbors")
+    ctl.show(args, data, lambda: ctl.table(
+        f"route reflector {client.api}",
+        ["neighbor", "state", "client", "router id", "routes in", "updates in", "updates out", "route targets"],
+        [[n["address"], n["state"], "yes" if n["client"] else "no", n.get("router_id") or "-",
+          str(n["routes_received"]), str(n["updates_in"]), str(n["updates_out"]),
+          ", ".join(n["route_targets"]) if n.get("route_targets") is not None else "all"] for n in data]))

@@ -1,8 +1,9 @@
 """Typed route reflector configuration from YAML (docs/rr.md); every error names its field.
 
-The reader is bgp/config.py's `_Reader` (one way to walk a mapping and name fields); this module adds
-what only a reflector has: the cluster, client flags, per-neighbour max-prefix and route-target
-filters, and the API address. `speaker_config()` derives the `SpeakerConfig` the sessions run with.
+The readers are bgp/config.py's (`Reader` walks a mapping and names fields, `read_api` the API section);
+this module adds what only a reflector has: the cluster, client flags, per-neighbor max-prefix and
+route-target filters. `neighbors` is the spelling, `neighbours` accepted as an alias.
+`speaker_config()` derives the `SpeakerConfig` the sessions run with.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ from nvfabric.bgp.config import (
     Listen,
     Neighbour,
     SpeakerConfig,
-    _password,
-    _Reader,
+    Reader,
+    read_api,
+    read_password,
     read_yaml,
 )
 from nvfabric.bgp.config import parse as parse_speaker
 from nvfabric.bgp.errors import RouteValueError
 from nvfabric.bgp.routes import Family, parse_admin_pair
+from nvfabric.service.config import ApiConfig
+
+DEFAULT_API_LISTEN = "127.0.0.1:8179"
 
 ALL_FAMILIES = (Family.L2VPN_EVPN, Family.IPV4_UNICAST, Family.IPV6_UNICAST)
 
@@ -67,12 +72,6 @@ class ReflectorNeighbour:
 
 
 @dataclass(frozen=True)
-class ApiConfig:
-    host: str = "127.0.0.1"
-    port: int = 8179
-
-
-@dataclass(frozen=True)
 class ReflectorConfig:
     asn: int
     router_id: str
@@ -82,7 +81,8 @@ class ReflectorConfig:
     families: tuple[Family, ...] = ALL_FAMILIES
     neighbours: tuple[ReflectorNeighbour, ...] = ()
     graceful_restart: GracefulRestartConfig = field(default_factory=GracefulRestartConfig)
-    api: ApiConfig | None = None
+    # no token, no API (as the agent's and the gateway's): the reflector runs from its configuration
+    api: ApiConfig = field(default_factory=lambda: ApiConfig(DEFAULT_API_LISTEN))
 
     def speaker_config(self) -> SpeakerConfig:
         return SpeakerConfig(
@@ -120,7 +120,7 @@ def route_target_bytes(text: str, field_name: str) -> bytes:
 
 
 def parse(data: object) -> ReflectorConfig:
-    top = _Reader(data, "")
+    top = Reader(data, "")
     asn = top.integer("asn", 1, 0xFFFFFFFF)
     router_id = top.address("router_id", version=4)
     cluster_id = top.address("cluster_id", router_id, version=4)
@@ -132,12 +132,11 @@ def parse(data: object) -> ReflectorConfig:
         if name not in FAMILY_NAMES:
             raise ConfigError(path, f"unknown family {name!r}; known: {', '.join(FAMILY_NAMES)}")
         families.append(FAMILY_NAMES[name])
-    r = _Reader(top.get("listen", dict), "listen")
+    r = Reader(top.get("listen", dict), "listen")
     listen = Listen(r.address("address"), r.integer("port", 0, 65535, 179))
     r.done()
-    # Both spellings: the issue's example says `neighbors`, bgp/config.py says `neighbours`.
-    key = "neighbors" if "neighbors" in top.data else "neighbours"
-    neighbours = tuple(_neighbour(_Reader(v, p), asn) for p, v in top.items(key))
+    key = top.spelling("neighbors", "neighbours")
+    neighbours = tuple(_neighbour(Reader(v, p), asn) for p, v in top.items(key))
     seen: set[str] = set()
     for i, n in enumerate(neighbours):
         if n.name in seen:
@@ -148,11 +147,7 @@ def parse(data: object) -> ReflectorConfig:
         # The speaker's own reader for the section (same fields, same errors, one definition).
         gr = parse_speaker({"asn": asn, "router_id": router_id,
                             "graceful_restart": top.data["graceful_restart"]}).graceful_restart
-    api = None
-    if top.get("api", dict, None) is not None:
-        r = _Reader(top.data["api"], "api")
-        api = _api(r.get("listen", str, "127.0.0.1:8179"), "api.listen")
-        r.done()
+    api = read_api(top, DEFAULT_API_LISTEN)
     top.done()
     return ReflectorConfig(
         asn=asn, router_id=router_id, cluster_id=cluster_id, listen=listen, hold_time=hold_time,
@@ -165,19 +160,7 @@ def load(path: str | Path) -> ReflectorConfig:
     return parse(read_yaml(path))
 
 
-def _api(text: str, field_name: str) -> ApiConfig:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(field_name, f"expected HOST:PORT, got {text!r}")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(field_name, f"{host!r} is not an IP address") from None
-    return ApiConfig(host, int(port))
-
-
-def _neighbour(r: _Reader, local_asn: int) -> ReflectorNeighbour:
+def _neighbour(r: Reader, local_asn: int) -> ReflectorNeighbour:
     if ("address" in r.data) == ("prefix" in r.data):
         raise ConfigError(r.path, "needs exactly one of `address` (a neighbour) or `prefix` (dynamic neighbours)")
     asn = r.integer("asn", 1, 0xFFFFFFFF)
@@ -191,14 +174,14 @@ def _neighbour(r: _Reader, local_asn: int) -> ReflectorNeighbour:
             prefix = ipaddress.ip_network(raw, strict=True)
         except ValueError as err:
             raise ConfigError(r.name("prefix"), str(err)) from None
-        session = DynamicNeighbours(prefix, asn, _password(r))
+        session = DynamicNeighbours(prefix, asn, read_password(r))
     else:
         session = Neighbour(
             address=r.address("address"),
             asn=asn,
             port=r.integer("port", 1, 65535, 179),
             passive=r.get("passive", bool, False),
-            md5_password=_password(r),
+            md5_password=read_password(r),
             local_address=r.address("local_address", None),
             description=r.get("description", str, ""),
         )
@@ -208,7 +191,7 @@ def _neighbour(r: _Reader, local_asn: int) -> ReflectorNeighbour:
         if isinstance(value, int) and not isinstance(value, bool):
             max_prefix = MaxPrefix(r.integer("max_prefix", 1, 2**32))
         else:
-            m = _Reader(value, r.name("max_prefix"))
+            m = Reader(value, r.name("max_prefix"))
             action = m.get("action", str, "warn")
             try:
                 parsed = MaxPrefixAction(action)

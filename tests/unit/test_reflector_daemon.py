@@ -21,6 +21,10 @@ from nvfabric.bgp.reflector import config as rr_config
 from nvfabric.bgp.reflector.daemon import Reflector
 from nvfabric.bgp.routes import MacIpRoute, Path, PathAttributes, UnicastRoute
 from nvfabric.bgp.speaker import Speaker
+from nvfabric.service.config import ApiConfig
+
+TOKEN = "rr-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 RR_ID = "198.51.100.100"
 
@@ -201,10 +205,10 @@ def test_the_issue_example_parses():
         "listen": {"address": "198.51.100.100", "port": 179},
         "neighbors": [{"prefix": "198.51.100.0/24", "asn": 65000, "client": True},
                       {"address": "198.51.100.101", "asn": 65000, "client": False, "md5_password": "s3cret"}],
-        "api": {"listen": "127.0.0.1:8179"}})
+        "api": {"listen": "127.0.0.1:8179", "token": "t"}})
     assert cfg.policy_for("198.51.100.101").client is False
     assert cfg.policy_for("198.51.100.7").client is True
-    assert cfg.api == rr_config.ApiConfig("127.0.0.1", 8179)
+    assert cfg.api == ApiConfig("127.0.0.1:8179", "t")
     assert len(cfg.speaker_config().dynamic_neighbours) == 1
 
 
@@ -214,7 +218,7 @@ async def test_api_summary_neighbors_routes_and_metrics(lab):
     b = await lab("speaker", "198.51.100.2", "127.0.1.2", rr.listen_port)
     await a.announce([route(i, vsid=5001 + i % 2) for i in range(10)])
     await until(lambda: len(held(b)) == 10, what="reflection")
-    async with TestClient(TestServer(api.build_app(rr))) as http:
+    async with TestClient(TestServer(api.build_app(rr, TOKEN)), headers=AUTH) as http:
         summary = await (await http.get("/v1/summary")).json()
         assert summary["routes"]["l2vpn-evpn"] == 10 and summary["sessions"] == {"established": 2}
         neighbors = await (await http.get("/v1/neighbors")).json()
@@ -229,7 +233,10 @@ async def test_api_summary_neighbors_routes_and_metrics(lab):
         assert dotted == one  # any common MAC notation filters the same
         assert (await http.get("/v1/routes", params={"mac": "02:00"})).status == 400
         assert len((await (await http.get("/v1/routes", params={"rt": "65000:5001"})).json())["routes"]) == 5
-        assert (await http.get("/v1/routes", params={"vsid": "x"})).status == 400
+        refused = await http.get("/v1/routes", params={"vsid": "x"})
+        assert refused.status == 400 and (await refused.json())["error"] == "invalid"
+        refused = await http.get("/v1/routes", params={"rt": "x"})
+        assert refused.status == 400 and (await refused.json())["field"] == "rt"
         metrics = await (await http.get("/metrics")).text()
         assert 'nvfabric_rr_sessions{state="established"} 2.0' in metrics
         assert 'nvfabric_rr_routes{family="l2vpn-evpn"} 10.0' in metrics
@@ -246,7 +253,7 @@ async def test_api_reload_answers_with_the_difference_or_the_bad_field(lab):
     async def reload():
         return await rr.reload(wanted[-1])
 
-    async with TestClient(TestServer(api.build_app(rr, reload))) as http:
+    async with TestClient(TestServer(api.build_app(rr, TOKEN, reload)), headers=AUTH) as http:
         wanted.append(rr_cfg([*first, {"address": "127.0.0.3", "asn": 65000, "passive": True}]))
         answer = await http.post("/v1/reload")
         assert answer.status == 200 and await answer.json() == {"added": ["127.0.0.3"], "removed": []}
@@ -254,3 +261,21 @@ async def test_api_reload_answers_with_the_difference_or_the_bad_field(lab):
         answer = await http.post("/v1/reload")
         assert answer.status == 400 and (await answer.json())["field"] == "router_id"
     assert set(rr.peers) == {"127.0.0.2", "127.0.0.3"}
+
+
+async def test_api_needs_the_token_but_metrics_do_not(lab):
+    """The reflector's API is served like the agent's and the gateway's: a bearer token on every path but
+    /metrics, and the same JSON error body."""
+    rr = await lab("rr", rr_cfg([]))
+    async with TestClient(TestServer(api.build_app(rr, TOKEN))) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            answer = await http.get("/v1/neighbors", headers=headers)
+            assert answer.status == 401 and answer.headers["WWW-Authenticate"].startswith("Bearer")
+            assert (await answer.json())["error"] == "unauthorized"
+        assert (await http.post("/v1/reload", headers=AUTH)).status == 409
+        assert (await http.get("/metrics")).status == 200
+        assert (await http.get("/v1/neighbors", headers=AUTH)).status == 200
+        unknown = await http.get("/v1/nothing", headers=AUTH)
+        assert unknown.status == 404 and set(await unknown.json()) >= {"error", "problem"}
+    async with TestClient(TestServer(api.build_app(rr, TOKEN, metrics_token=True))) as http:
+        assert (await http.get("/metrics")).status == 401

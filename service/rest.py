@@ -1,10 +1,12 @@
-"""The REST plumbing every nvfabric daemon shares (host agent: hostagent/api.py, gateway: gateway/api.py).
+"""The REST plumbing every nvfabric daemon shares: host agent (hostagent/api.py), gateway (gateway/api.py),
+route reflector (bgp/reflector/api.py).
 
 aiohttp, JSON, a bearer token. What is decided here is the same for every daemon, so an operator meets the
 same answers everywhere: JSON bodies only (415 otherwise), malformed JSON and duplicate keys 400, a
-refused token 401, aiohttp's own 404/405/413 as JSON, vnet's typed errors as 400/404/409, and any
-unexpected exception a logged 500 whose body names the log entry and nothing else (BaGPipe answered bad
-requests with HTTP 500: shared/notes/anchors.md). A daemon adds its own errors by raising ApiError.
+refused token 401, aiohttp's own 404/405/413 as JSON, and any unexpected exception a logged 500 whose body
+names the log entry and nothing else (a bad request answered with 500 invites blind retries). A handler
+refuses by raising ApiError; a daemon's typed errors (vnet's ModelError as 400, say) become ApiErrors
+through the `refusals` it gives `application`: this module knows no daemon's types.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from nvfabric.vnet.catalog import NotFound
-from nvfabric.vnet.errors import ConflictError, ModelError
+from nvfabric.service.config import split_listen
 
 log = logging.getLogger(__name__)
 
@@ -36,39 +37,50 @@ class ApiError(Exception):
         super().__init__(problem)
         self.status, self.body = status, {"error": error, "problem": problem, **extra}
 
+    @classmethod
+    def invalid(cls, field: str, value: Any, problem: str) -> ApiError:
+        """400 for one bad value, in the body vnet's ModelError has (field, problem, value)."""
+        return cls(400, "invalid", problem, field=field, value=repr(value))
+
+
+# A daemon's translation of its own typed errors: the ApiError an exception means, None when not its own.
+Refusal = Callable[[Exception], "ApiError | None"]
+
 
 def _json_error(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response(dict(body), status=status, headers=headers)
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The outermost middleware: typed errors -> their 4xx; aiohttp's own (404, 405, 413) -> JSON;
-    anything else -> a logged 500."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return _json_error(exc.status, exc.body)
-    except ConflictError as exc:  # before ModelError: a ConflictError is a ModelError
-        return _json_error(409, {**exc.as_dict(), "error": "conflict"})
-    except ModelError as exc:
-        return _json_error(400, exc.as_dict())
-    except NotFound as exc:
-        return _json_error(404, {"error": "not-found", "kind": exc.kind, "name": exc.name, "problem": str(exc)})
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        allow = exc.headers.get("Allow")
-        body: dict[str, Any] = {"error": exc.reason.lower().replace(" ", "-"),
-                                "problem": f"{request.method} {request.path}: {exc.reason}"}
-        if allow is not None:
-            body["allowed"] = sorted(m for m in allow.split(",") if m)
-        return _json_error(exc.status, body, {"Allow": allow} if allow is not None else None)
-    except Exception:
-        incident = uuid.uuid4().hex[:12]
-        log.exception("API %s %s failed (incident %s)", request.method, request.path, incident)
-        return _json_error(500, {"error": "internal", "problem": f"internal error, logged as incident {incident}",
-                                 "incident": incident})
+def error_middleware(refusals: Sequence[Refusal] = ()) -> Middleware:
+    """The outermost middleware: ApiError and the daemon's `refusals` -> their 4xx/5xx; aiohttp's own (404,
+    405, 413) -> JSON; anything else -> a logged 500."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _json_error(exc.status, exc.body)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            allow = exc.headers.get("Allow")
+            body: dict[str, Any] = {"error": exc.reason.lower().replace(" ", "-"),
+                                    "problem": f"{request.method} {request.path}: {exc.reason}"}
+            if allow is not None:
+                body["allowed"] = sorted(m for m in allow.split(",") if m)
+            return _json_error(exc.status, body, {"Allow": allow} if allow is not None else None)
+        except Exception as exc:
+            for refusal in refusals:
+                refused = refusal(exc)
+                if refused is not None:
+                    return _json_error(refused.status, refused.body)
+            incident = uuid.uuid4().hex[:12]
+            log.exception("API %s %s failed (incident %s)", request.method, request.path, incident)
+            return _json_error(500, {"error": "internal", "problem": f"internal error, logged as incident {incident}",
+                                     "incident": incident})
+
+    return errors
 
 
 def auth(token: str, public: frozenset[str] = frozenset()) -> Middleware:
@@ -98,9 +110,11 @@ async def www_authenticate(request: web.Request, response: web.StreamResponse) -
         response.headers["WWW-Authenticate"] = 'Bearer realm="nvfabric"'
 
 
-def application(token: str, public: frozenset[str] = frozenset(), *inner: Middleware) -> web.Application:
-    """An app with the shared middlewares (errors outermost, then the token, then the daemon's `inner`)."""
-    app = web.Application(middlewares=[errors, auth(token, public), *inner], client_max_size=MAX_BODY)
+def application(token: str, *, public: frozenset[str] = frozenset(),
+                refusals: Sequence[Refusal] = ()) -> web.Application:
+    """The app every daemon serves: errors outermost (with the daemon's `refusals`), then the token, which
+    every path but `public` needs."""
+    app = web.Application(middlewares=[error_middleware(refusals), auth(token, public)], client_max_size=MAX_BODY)
     app.on_response_prepare.append(www_authenticate)
     return app
 
@@ -133,9 +147,9 @@ def query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
     ignored would answer a different question)."""
     for key in request.query:
         if key not in allowed:
-            raise ModelError(key, request.query[key], f"unknown query parameter (known: {', '.join(allowed)})")
+            raise ApiError.invalid(key, request.query[key], f"unknown query parameter (known: {', '.join(allowed)})")
         if len(request.query.getall(key)) > 1:
-            raise ModelError(key, request.query.getall(key), "given more than once")
+            raise ApiError.invalid(key, request.query.getall(key), "given more than once")
     return {k: request.query[k] for k in allowed if k in request.query}
 
 
@@ -154,10 +168,14 @@ class ApiServer:
         await self.runner.cleanup()  # stops listening, then waits for requests in flight
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    """"127.0.0.1:8500" or "[::1]:8500" -> (host, port)."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
+async def serve_if_token(make_app: Callable[[str], web.Application], listen: str, token: str | None,
+                         daemon: str) -> ApiServer | None:
+    """Serve `make_app(token)` on `listen`; without a token there is no API (None, logged): an open API on
+    127.0.0.1 would still be open to every local user, and every daemon can run from its configuration."""
+    if not token:
+        log.warning("api.token is not set: the REST API is disabled (the %s runs from its configuration)", daemon)
+        return None
+    return await serve(make_app(token), listen)
 
 
 async def serve(app: web.Application, listen: str) -> ApiServer:

@@ -1,0 +1,32 @@
+"""The parts of the agent's and the gateway's configuration that describe this host in the virtual network:
+its provider addresses and the fabric's router MAC. Read with bgp/config.py's Reader, errors naming the field."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from nvfabric.bgp.config import ConfigError, Reader
+from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.model import Address, check_mac
+
+DEFAULT_ROUTER_MAC = "02:00:5e:10:00:01"  # fabric-wide: every inner frame is addressed to it
+
+
+def read_provider_addresses(top: Reader) -> list[Address]:
+    """`provider_addresses`: at most one per family (one NVGRE device per family)."""
+    pas: list[Address] = []
+    for where, value in top.items("provider_addresses"):
+        try:
+            pas.append(ipaddress.ip_address(value))
+        except ValueError:
+            raise ConfigError(where, f"{value!r} is not an IPv4 or IPv6 address") from None
+    if len({pa.version for pa in pas}) != len(pas):
+        raise ConfigError("provider_addresses", "at most one IPv4 and one IPv6 address (one NVGRE device per family)")
+    return pas
+
+
+def read_router_mac(top: Reader) -> str:
+    try:
+        return check_mac(top.get("router_mac", str, DEFAULT_ROUTER_MAC), "router_mac")
+    except ModelError as exc:
+        raise ConfigError("router_mac", exc.problem) from None
