@@ -81,6 +81,7 @@ VMS = (
 
 
 RR_API_PORT = 8179
+RR_API_TOKEN = "lab-reflector"  # the reflector's API wants a bearer token, as the agent's and the gateway's
 FABRIC_PREFIX = "198.51.100.0/24"  # the PAs of every host and gateway of the default topology
 
 
@@ -95,7 +96,7 @@ def rr_config(me: str, hold_time: int = 9) -> dict[str, object]:
         "listen": {"address": me, "port": 179},
         "neighbors": [{"prefix": FABRIC_PREFIX, "asn": ASN, "client": True}],
         "graceful_restart": {"enabled": True, "restart_time": 120},
-        "api": {"listen": f"127.0.0.1:{RR_API_PORT}"},  # inside the reflector's namespace
+        "api": {"listen": f"127.0.0.1:{RR_API_PORT}", "token": RR_API_TOKEN},  # inside the reflector's namespace
     }
 
 
@@ -162,7 +163,9 @@ class Fabric:
         it does not answer."""
         def get() -> Any:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{RR_API_PORT}{path}", timeout=10) as response:
+                request = urllib.request.Request(f"http://127.0.0.1:{RR_API_PORT}{path}",
+                                                 headers={"Authorization": f"Bearer {RR_API_TOKEN}"})
+                with urllib.request.urlopen(request, timeout=10) as response:
                     return json.load(response)
             except OSError:
                 return None

@@ -232,7 +232,8 @@ class RouteReflector:
         self.ns = ns
         self.config_path = lab.tmp / f"{name}.yaml"
         self.api = f"http://127.0.0.1:{api_port}"
-        self.write_config({**config, "api": {"listen": f"127.0.0.1:{api_port}"}})
+        self.token = f"{name}-token"
+        self.write_config({**config, "api": {"listen": f"127.0.0.1:{api_port}", "token": self.token}})
         self.log = lab.tmp / f"{name}.log"
         argv = [sys.executable, "-m", "nvfabric.cli", "rr", "--config", str(self.config_path)]
         self.proc = Process(ns, argv, self.log, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -252,7 +253,8 @@ class RouteReflector:
         import urllib.request
 
         try:
-            with inside(self.ns), urllib.request.urlopen(self.api + path, timeout=5) as response:
+            request = urllib.request.Request(self.api + path, headers={"Authorization": f"Bearer {self.token}"})
+            with inside(self.ns), urllib.request.urlopen(request, timeout=5) as response:
                 return json.load(response)
         except (urllib.error.URLError, OSError):
             return None

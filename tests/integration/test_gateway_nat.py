@@ -267,10 +267,14 @@ def test_rest_api_metrics_and_ctl(net: Net) -> None:
         assert _http(net.gw, "PUT", f"{url}/v1/tenants/green", got)[0] == 200
         assert _http(net.gw, "DELETE", f"{url}/v1/tenants/green")[0] == 204
         assert _http(net.gw, "GET", f"{url}/v1/tenants/green")[0] == 404
-        # trace
-        status, body = _http(net.gw, "POST", f"{url}/v1/trace", {"proto": "tcp", "src": "203.0.113.1", "sport": 5000,
-                                                                 "dst": "203.0.113.132", "dport": 22})
+        # trace: GET with query parameters, as the agent's; POST with a JSON body answers the same
+        query = "proto=tcp&src=203.0.113.1&sport=5000&dst=203.0.113.132&dport=22"
+        status, body = _http(net.gw, "GET", f"{url}/v1/trace?{query}")
         assert (body["tenant"], body["action"], body["translated"]["dst"]) == ("red", "dnat", "10.0.0.5")
+        assert _http(net.gw, "POST", f"{url}/v1/trace", {"proto": "tcp", "src": "203.0.113.1", "sport": 5000,
+                                                         "dst": "203.0.113.132", "dport": 22}) == (200, body)
+        status, refused = _http(net.gw, "GET", f"{url}/v1/trace?proto=tcp&src=203.0.113.1&dst=203.0.113.132&dport=x")
+        assert (status, refused["field"]) == (400, "dport")
         # metrics: per tenant, read from nftables and conntrack
         status, text = _http(net.gw, "GET", f"{url}/metrics", token="")
         assert status == 200
@@ -283,6 +287,9 @@ def test_rest_api_metrics_and_ctl(net: Net) -> None:
         out = run(["ip", "netns", "exec", net.gw, sys_nvfabric(), "ctl", "gateway", "tenants", "--api",
                    f"http://127.0.0.1:{port}", "--token", "t0ken"]).output
         assert "blue" in out and "203.0.113.140" in out and "203.0.113.131->10.0.0.5" in out
+        out = run(["ip", "netns", "exec", net.gw, sys_nvfabric(), "ctl", "gateway", "trace", "tcp", "203.0.113.1:5000",
+                   "203.0.113.132:22", "--api", f"http://127.0.0.1:{port}", "--token", "t0ken", "-o", "json"]).output
+        assert json.loads(out) == body
         s.close()
         server.close()
     finally:

@@ -89,7 +89,8 @@ def test_reflection_between_our_gobgp_and_frr_clients(lab: Lab):
     assert rr.established(H1, H2, GO, FR)
     routes = rr.get("/v1/routes?vsid=5002")["routes"]
     assert [(r["mac"], r["source"]) for r in routes] == [(GOBGP_MAC, GO)]
-    table = netns.run(netns.in_netns(rr_ns, [*rr.proc.argv[:3], "rr", "status", "--api", rr.api])).output
+    table = netns.run(netns.in_netns(rr_ns, [*rr.proc.argv[:3], "rr", "status", "--api", rr.api,
+                                                  "--token", rr.token])).output
     for address in (H1, H2, GO, FR):
         assert address in table
     assert "established" in table

@@ -356,7 +356,7 @@ async def test_an_unexpected_exception_is_a_logged_500_with_a_json_body(client, 
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(agent, "status", broken)
-    with caplog.at_level(logging.ERROR, logger="nvfabric.hostagent.api"):
+    with caplog.at_level(logging.ERROR, logger="nvfabric.service.rest"):
         body = await expect(await client.get("/v1/status", headers=AUTH), 500, "internal")
     assert body["incident"] in body["problem"]
     assert any(body["incident"] in rec.getMessage() and rec.exc_info for rec in caplog.records)
@@ -393,6 +393,6 @@ async def test_a_listen_address_in_use_is_an_error_and_leaves_nothing_behind(age
 
 
 async def test_without_a_token_there_is_no_api(agent, caplog):
-    with caplog.at_level(logging.WARNING, logger="nvfabric.hostagent.api"):
+    with caplog.at_level(logging.WARNING, logger="nvfabric.service.rest"):
         assert await start_api(agent, "127.0.0.1:0", None) is None
     assert "REST API is disabled" in caplog.text

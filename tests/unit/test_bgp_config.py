@@ -15,10 +15,10 @@ router_id: 198.51.100.1
 hold_time: 30
 families: [l2vpn-evpn, ipv6-unicast]
 listen: {address: 198.51.100.1}
-neighbours:
+neighbors:
   - {address: 198.51.100.254, asn: 65000, md5_password: s3cret}
   - {address: "2001:db8::254", asn: 65000, passive: true}
-dynamic_neighbours:
+dynamic_neighbors:
   - {prefix: 198.51.100.0/25, asn: 65000}
 graceful_restart: {restart_time: 60, forwarding_preserved: false}
 import_route_targets: ["65000:5001"]
@@ -59,6 +59,9 @@ def test_full_example_parses_into_typed_values(tmp_path):
         ({"dynamic_neighbours": [{"prefix": "198.51.100.1/24", "asn": 1}], "listen": {"address": "198.51.100.1"}},
          "dynamic_neighbours[0].prefix"),
         ({"dynamic_neighbours": [{"prefix": "198.51.100.0/24", "asn": 1}]}, "dynamic_neighbours"),
+        ({"neighbors": [{"address": "198.51.100.2"}]}, "neighbors[0].asn"),
+        ({"dynamic_neighbors": [{"prefix": "198.51.100.0/24", "asn": 1}]}, "dynamic_neighbors"),
+        ({"neighbors": [], "neighbours": []}, "neighbours"),
         ({"graceful_restart": {"restart_time": 5000}}, "graceful_restart.restart_time"),
         ({"import_route_targets": ["5001"]}, "import_route_targets[0]"),
         ({"routes": [{"type": "mac-ip", "rd": "1:1", "mac": "zz", "vsid": 1, "next_hop": "198.51.100.1"}]},
@@ -74,6 +77,15 @@ def test_errors_name_the_field(change, field):
         config.parse(data)
     assert err.value.field == field, err.value
     assert str(err.value).startswith(f"{field}: ")
+
+
+def test_neighbours_is_an_alias_of_neighbors():
+    """`neighbors` is the spelling (as the API's /v1/neighbors); the British one reads the same."""
+    peers = [{"address": "198.51.100.2", "asn": 1}]
+    dynamic = [{"prefix": "198.51.100.0/25", "asn": 1}]
+    base = {"asn": 65000, "router_id": "198.51.100.1", "listen": {"address": "198.51.100.1"}}
+    assert (config.parse({**base, "neighbors": peers, "dynamic_neighbors": dynamic})
+            == config.parse({**base, "neighbours": peers, "dynamic_neighbours": dynamic}))
 
 
 def test_unreadable_and_invalid_files_say_so(tmp_path):
