@@ -164,8 +164,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(gateway: Gateway, token: str, *, metrics_token: bool = False) -> web.Application:
     """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
-    app = application(token, public=frozenset() if metrics_token else frozenset({"/metrics"}),
-                      refusals=(model_refusal, gateway_refusal))
+    app = application(token, refusals=(model_refusal, gateway_refusal), metrics_token=metrics_token)
     app[GATEWAY] = gateway
     app.router.add_get("/v1/tenants", list_tenants)
     app.router.add_get("/v1/tenants/{name}", get_tenant)

@@ -28,15 +28,10 @@ async def serve(config: GatewayConfig) -> int:
     from nvfabric.gateway.gateway import Gateway  # noqa: PLC0415
 
     gateway = Gateway(config)
-    await gateway.start()
-    server = await start_api(gateway, config.api.listen, config.api.token)
-    print(f"nvfabric gateway {config.router_id}: running, {len(config.tenants)} tenants"
-          + (f", API {server.url}" if server else ""), flush=True)
-    await daemon.until_stopped()
-    if server is not None:
-        await server.stop()
-    await gateway.stop()
-    return daemon.EXIT_OK
+    return await daemon.serve(gateway, lambda: start_api(gateway, config.api.listen, config.api.token),
+                              lambda api: print(f"nvfabric gateway {config.router_id}: running, "
+                                                f"{len(config.tenants)} tenants" + (f", API {api.url}" if api else ""),
+                                                flush=True))
 
 
 def _enter_namespace(config: GatewayConfig) -> None:

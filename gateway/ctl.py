@@ -22,10 +22,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     gw = sub.add_parser("gateway", help="talk to the gateway's API: tenants, trace", parents=[common])
     gsub = gw.add_subparsers(dest="gateway_command", required=True, metavar="WHAT")
 
-    def leaf(name: str, help: str, action: Any, parent: Any = gsub) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=help, parents=[common])
-        p.set_defaults(func=run, action=action)
-        return p
+    def leaf(name: str, help: str, action: service.Action, parent: Any = gsub) -> argparse.ArgumentParser:
+        return service.command(parent, common, run, name, help, action)
 
     leaf("tenants", "list the tenants with their counters and NAT sessions", _tenants)
     tenant = gsub.add_parser("tenant", help="get, put or delete one tenant")

@@ -180,8 +180,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(agent: Agent, token: str, *, metrics_token: bool = False) -> web.Application:
     """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
-    app = application(token, public=frozenset() if metrics_token else frozenset({"/metrics"}),
-                      refusals=(model_refusal, agent_refusal))
+    app = application(token, refusals=(model_refusal, agent_refusal), metrics_token=metrics_token)
     app[AGENT] = agent
     app.router.add_get("/v1/routing-domains", list_routing_domains)
     app.router.add_get("/v1/routing-domains/{name}", get_routing_domain)

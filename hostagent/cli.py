@@ -20,14 +20,8 @@ async def serve(config: AgentConfig) -> int:
     from nvfabric.hostagent.api import start_api  # noqa: PLC0415
 
     agent = Agent(config)
-    await agent.start()
-    server = await start_api(agent, config.api.listen, config.api.token)
-    print(f"nvfabric agent {config.router_id}: running", flush=True)
-    await daemon.until_stopped()
-    if server is not None:
-        await server.stop()
-    await agent.stop()
-    return daemon.EXIT_OK
+    return await daemon.serve(agent, lambda: start_api(agent, config.api.listen, config.api.token),
+                              lambda api: print(f"nvfabric agent {config.router_id}: running", flush=True))
 
 
 def _enter_namespace(config: AgentConfig) -> None:

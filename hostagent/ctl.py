@@ -41,9 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParse
     sub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="WHAT")
 
     def leaf(name: str, help: str, action: Action, parent: Any = sub) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=help, parents=[common])
-        p.set_defaults(func=_run, action=action)
-        return p
+        return service.command(parent, common, _run, name, help, action)
 
     leaf("routing-domains", "list the routing domains", _list_routing_domains)
     leaf("ports", "list the local ports", _list_ports)

@@ -65,6 +65,14 @@ def options(daemon: Daemon, defaults: bool) -> argparse.ArgumentParser:
 Action = Callable[["Client", argparse.Namespace], None]
 
 
+def command(parent: argparse._SubParsersAction, common: argparse.ArgumentParser,
+            run: Callable[[argparse.Namespace], int], name: str, help: str, action: Action) -> argparse.ArgumentParser:
+    """A subcommand `name` with the common options, run as `run(args)` with `args.action` = `action`."""
+    p = parent.add_parser(name, help=help, parents=[common])
+    p.set_defaults(func=run, action=action)
+    return p
+
+
 def run(daemon: Daemon, prog: str, action: Action, args: argparse.Namespace) -> int:
     """Run `action` with a client of `daemon` made from the options (or their environment variables)."""
     api = getattr(args, "api", None) or os.environ.get(daemon.api_env) or daemon.default_api

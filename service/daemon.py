@@ -13,12 +13,22 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+from nvfabric.service.rest import ApiServer
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 C = TypeVar("C")
+
+
+class Service(Protocol):
+    """What a daemon runs: the agent, the gateway, the reflector."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 def setup_logging(level: str, formatter: logging.Formatter | None = None) -> None:
@@ -75,3 +85,23 @@ async def until_stopped(reload: Callable[[], Awaitable[object]] | None = None) -
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+async def serve(service: Service, start_api: Callable[[], Awaitable[ApiServer | None]],
+                started: Callable[[ApiServer | None], None],
+                reload: Callable[[], Awaitable[object]] | None = None) -> int:
+    """Start `service`, then its API (`start_api`: None when it has none), say so (`started`), run until
+    SIGTERM/SIGINT (SIGHUP: `reload`), then stop the API before the service: requests in flight finish
+    against a running service. The service is stopped also when its API fails to start."""
+    await service.start()
+    try:
+        api = await start_api()
+        try:
+            started(api)
+            await until_stopped(reload)
+        finally:
+            if api is not None:
+                await api.stop()
+    finally:
+        await service.stop()
+    return EXIT_OK

@@ -110,10 +110,10 @@ async def www_authenticate(request: web.Request, response: web.StreamResponse) -
         response.headers["WWW-Authenticate"] = 'Bearer realm="nvfabric"'
 
 
-def application(token: str, *, public: frozenset[str] = frozenset(),
-                refusals: Sequence[Refusal] = ()) -> web.Application:
+def application(token: str, *, refusals: Sequence[Refusal] = (), metrics_token: bool = False) -> web.Application:
     """The app every daemon serves: errors outermost (with the daemon's `refusals`), then the token, which
-    every path but `public` needs."""
+    every path needs but /metrics (Prometheus scrapes it without one, unless `metrics_token`)."""
+    public = frozenset() if metrics_token else frozenset({"/metrics"})
     app = web.Application(middlewares=[error_middleware(refusals), auth(token, public)], client_max_size=MAX_BODY)
     app.on_response_prepare.append(www_authenticate)
     return app

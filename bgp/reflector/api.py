@@ -313,8 +313,7 @@ def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadRe
         body = await rr.call(lambda: generate_latest(registry))
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
-    app = application(token, public=frozenset() if metrics_token else frozenset({"/metrics"}),
-                      refusals=(config_refusal,))
+    app = application(token, refusals=(config_refusal,), metrics_token=metrics_token)
     app[REFLECTOR] = rr
     app.router.add_get("/v1/summary", get_summary)
     app.router.add_get("/v1/neighbors", get_neighbors)

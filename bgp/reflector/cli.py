@@ -22,7 +22,7 @@ from nvfabric.bgp.reflector import api
 from nvfabric.bgp.reflector import config as rr_config
 from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
 from nvfabric.service import ctl, daemon
-from nvfabric.service.rest import serve_if_token
+from nvfabric.service.rest import ApiServer, serve_if_token
 
 REFLECTOR = ctl.Daemon("reflector", "nvfabric rr", "NVFABRIC_RR_API", f"http://{rr_config.DEFAULT_API_LISTEN}")
 
@@ -93,17 +93,14 @@ async def serve(cfg: rr_config.ReflectorConfig, path: str) -> int:
         except ConfigError:
             pass
 
-    await reflector.start()
-    server = await serve_if_token(lambda token: api.build_app(reflector, token, reload), cfg.api.listen,
-                                  cfg.api.token, "reflector")
-    log.info("reflector %s (cluster %s) listening on %s port %d, API %s", cfg.router_id, cfg.cluster_id,
-             cfg.listen.address, reflector.listen_port or 0, server.url if server else "off",
-             extra={"event": "started"})
-    await daemon.until_stopped(reload_quietly)
-    if server is not None:
-        await server.stop()
-    await reflector.stop()
-    return daemon.EXIT_OK
+    def started(server: ApiServer | None) -> None:
+        log.info("reflector %s (cluster %s) listening on %s port %d, API %s", cfg.router_id, cfg.cluster_id,
+                 cfg.listen.address, reflector.listen_port or 0, server.url if server else "off",
+                 extra={"event": "started"})
+
+    return await daemon.serve(reflector, lambda: serve_if_token(lambda token: api.build_app(reflector, token, reload),
+                                                                cfg.api.listen, cfg.api.token, "reflector"),
+                              started, reload_quietly)
 
 
 def _status(args: argparse.Namespace) -> int:
