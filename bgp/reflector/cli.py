@@ -98,9 +98,11 @@ async def serve(cfg: rr_config.ReflectorConfig, path: str) -> int:
                  cfg.listen.address, reflector.listen_port or 0, server.url if server else "off",
                  extra={"event": "started"})
 
-    return await daemon.serve(reflector, lambda: serve_if_token(lambda token: api.build_app(reflector, token, reload),
-                                                                cfg.api.listen, cfg.api.token, "reflector"),
-                              started, reload_quietly)
+    async def start_api() -> ApiServer | None:
+        return await serve_if_token(lambda token: api.build_app(reflector, token, reload), cfg.api.listen,
+                                    cfg.api.token, "reflector")
+
+    return await daemon.serve(reflector, start_api, started, reload_quietly)
 
 
 def _status(args: argparse.Namespace) -> int:
