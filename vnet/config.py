@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from nvfabric.bgp.config import ConfigError, Reader
+from nvfabric.bgp.mac import Mac
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import Address, check_mac
 
@@ -25,7 +26,7 @@ def read_provider_addresses(top: Reader) -> list[Address]:
     return pas
 
 
-def read_router_mac(top: Reader) -> str:
+def read_router_mac(top: Reader) -> Mac:
     try:
         return check_mac(top.get("router_mac", str, DEFAULT_ROUTER_MAC), "router_mac")
     except ModelError as exc:
