@@ -28,13 +28,13 @@ from nvfabric.vnet.kernel.objects import (
     LocalPortRoute,
     NvgreDevice,
     PermanentNeighbour,
-    Port,
     ProxyNeighbour,
     Sysctl,
     TunIdRule,
     UnreachableRoute,
     ViaRoute,
     Vrf,
+    VrfPort,
 )
 from nvfabric.vnet.kernel.objects import DEFAULT_METRIC, OVERHEAD
 from nvfabric.vnet.model import (
@@ -42,11 +42,11 @@ from nvfabric.vnet.model import (
     CustomerRoute,
     LookupRecord,
     Network,
+    Port,
     RemotePrefix,
     RoutingDomain,
     VirtualSubnet,
 )
-from nvfabric.vnet.model import Port as PortModel
 
 NVGRE_DEVICES = {4: "nvf-gre4", 6: "nvf-gre6"}
 ROUTER_NEXTHOPS = ("169.254.0.1", "fe80::1")
@@ -159,7 +159,7 @@ def desired_state(
     for prefix in prefixes:
         if prefix.routing_domain in wanted:
             prefixes_in.setdefault(prefix.routing_domain, []).append(prefix)
-    ports_in: dict[str, list[tuple[PortModel, VirtualSubnet]]] = {}
+    ports_in: dict[str, list[tuple[Port, VirtualSubnet]]] = {}
     for port in catalog.ports.values():
         found = catalog.subnet(port.vsid)
         if found is None or found[0].name not in wanted or port.name not in active_ports:
@@ -187,7 +187,7 @@ def desired_state(
 def _domain(
     rd: RoutingDomain,
     table: int,
-    ports: Iterable[tuple[PortModel, VirtualSubnet]],
+    ports: Iterable[tuple[Port, VirtualSubnet]],
     records: Iterable[LookupRecord],
     prefixes: Iterable[RemotePrefix],
     customer_routes: Iterable[CustomerRoute],
@@ -219,7 +219,7 @@ def _domain(
     ports_on: dict[tuple[Network, ...], list[str]] = {}
     for port, subnet in ports:
         ifname = port.interface
-        objects.add(Port(ifname, vrf, port_mtu(port.mtu, identity)))
+        objects.add(VrfPort(ifname, vrf, port_mtu(port.mtu, identity)))
         for path, value in (
             (f"net/ipv4/conf/{ifname}/proxy_arp", "1"),
             (f"net/ipv4/neigh/{ifname}/proxy_delay", "0"),  # answer at once, not after up to 0.8 s

@@ -25,13 +25,13 @@ from nvfabric.vnet.kernel.objects import (
     LocalPortRoute,
     NvgreDevice,
     PermanentNeighbour,
-    Port,
     ProxyNeighbour,
     Sysctl,
     TunIdRule,
     UnreachableRoute,
     ViaRoute,
     Vrf,
+    VrfPort,
 )
 from nvfabric.vnet.kernel.observe import observe
 
@@ -53,7 +53,7 @@ def host_state(i: int, pa_family_for: dict[int, int]) -> set[KernelObject]:
     peer, tap = 3 - i, f"tap{i}"
     state: set[KernelObject] = {
         Vrf("nvf-rd1", TABLE),
-        Port(tap, "nvf-rd1", 1438),  # 1500 - 62: fits the IPv6-outer encapsulation too
+        VrfPort(tap, "nvf-rd1", 1438),  # 1500 - 62: fits the IPv6-outer encapsulation too
         UnreachableRoute(TABLE, 4),
         UnreachableRoute(TABLE, 6),
         ProxyNeighbour(tap, CA[6][peer]),
@@ -314,7 +314,7 @@ def test_nvgre_mtu_counts_the_whole_encapsulation_so_df_packets_get_frag_needed_
     def underlay_ports(i: int) -> set[KernelObject]:
         # ports at the underlay MTU (as vnet.desired makes them): a 1438 port would drop the VM's 1458-byte
         # packets silently on the way in (ENOBUFS in the VM), before the NVGRE device could answer
-        return {Port(o.name, o.vrf, 1500) if isinstance(o, Port) else o for o in host_state(i, STRAIGHT)}
+        return {VrfPort(o.name, o.vrf, 1500) if isinstance(o, VrfPort) else o for o in host_state(i, STRAIGHT)}
 
     for i in (1, 2):
         hosts.reconcile(i, underlay_ports(i))

@@ -9,13 +9,13 @@ from nvfabric.vnet.kernel.objects import (
     LocalPortRoute,
     NvgreDevice,
     PermanentNeighbour,
-    Port,
     ProxyNeighbour,
     Sysctl,
     TunIdRule,
     UnreachableRoute,
     ViaRoute,
     Vrf,
+    VrfPort,
 )
 from nvfabric.vnet.model import CustomerRoute, LookupRecord, RemotePrefix
 from tests.unit.agent_fixtures import PA1, PA2, VM_B1, VM_R1, catalog, ip, net
@@ -57,7 +57,7 @@ def test_per_routing_domain_vrf_unreachable_defaults_and_tun_id_rules():
 
 def test_ports_are_routed_ports_with_proxy_arp_and_their_cas_routed_locally():
     objs = build().objects
-    assert Port("tap-b1", "nvf-blue", 1500) in objs and Port("tap-r1", "nvf-red", 1500) in objs
+    assert VrfPort("tap-b1", "nvf-blue", 1500) in objs and VrfPort("tap-r1", "nvf-red", 1500) in objs
     assert Sysctl("net/ipv4/conf/tap-b1/proxy_arp", "1") in objs
     assert Sysctl("net/ipv6/conf/tap-b1/proxy_ndp", "1") in objs
     assert LocalPortRoute(1000, "10.0.0.10/32", "tap-b1") in objs
@@ -119,7 +119,7 @@ def test_customer_route_metrics_next_hops_nobody_has_and_on_link_prefixes():
 def test_inactive_port_is_not_routed_here():
     records = local(VM_R1, "red") + REMOTE
     objs = build(records=records).objects
-    assert not [o for o in objs if isinstance(o, Port) and o.name == "tap-b1"]
+    assert not [o for o in objs if isinstance(o, VrfPort) and o.name == "tap-b1"]
 
 
 def test_desired_state_has_one_value_per_key_and_is_deterministic():
@@ -141,7 +141,7 @@ def test_partitions_are_the_global_part_and_one_per_routing_domain_and_add_up_to
     assert frozenset().union(*d.partitions.values()) == d.objects
     assert NvgreDevice("nvf-gre4", 4, RMAC) in d.partitions[GLOBAL]
     assert all(getattr(o, "table", 1000) == 1000 for o in d.partitions["blue"])
-    assert Port("tap-r1", "nvf-red", 1500) in d.partitions["red"]
+    assert VrfPort("tap-r1", "nvf-red", 1500) in d.partitions["red"]
 
 
 def test_building_one_domain_gives_the_same_partition_as_building_all():

@@ -8,11 +8,11 @@ from nvfabric.vnet.kernel.objects import (
     LocalPortRoute,
     NvgreDevice,
     PermanentNeighbour,
-    Port,
     Sysctl,
     TunIdRule,
     UnreachableRoute,
     Vrf,
+    VrfPort,
 )
 
 RMAC = "02:00:5e:10:00:01"
@@ -22,7 +22,7 @@ def state() -> set:
     return {
         Vrf("nvf-rd1", 100),
         NvgreDevice("nvf-gre4", 4, RMAC),
-        Port("tap1", "nvf-rd1", 1438),
+        VrfPort("tap1", "nvf-rd1", 1438),
         Sysctl("net/ipv4/ip_forward", "1"),
         TunIdRule(4, "nvf-gre4", 5001 << 8, 100, 900),
         PermanentNeighbour("nvf-gre4", "169.254.0.1", RMAC),

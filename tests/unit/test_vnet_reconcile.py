@@ -10,18 +10,18 @@ from nvfabric.vnet.kernel.objects import (
     EncapRoute,
     LocalPortRoute,
     NvgreDevice,
-    Port,
     ProxyNeighbour,
     Sysctl,
     UnreachableRoute,
     Vrf,
+    VrfPort,
 )
 from nvfabric.vnet.reconcile import PartitionError, Reconciler, inverse
 
 RMAC = "02:00:5e:10:00:01"
 DEV = NvgreDevice("nvf-gre4", 4, RMAC)
 BLUE = {Vrf("nvf-blue", 1000), UnreachableRoute(1000, 4), LocalPortRoute(1000, "10.0.0.10/32", "tap1"),
-        Port("tap1", "nvf-blue", 1500)}
+        VrfPort("tap1", "nvf-blue", 1500)}
 RED = {Vrf("nvf-red", 1001), UnreachableRoute(1001, 4), LocalPortRoute(1001, "10.0.0.10/32", "tap2")}
 OLD = EncapRoute(1000, "10.0.0.20/32", 5001, "198.51.100.12", "nvf-gre4")
 MOVED = EncapRoute(1000, "10.0.0.20/32", 5001, "198.51.100.13", "nvf-gre4")
@@ -78,15 +78,15 @@ def test_a_stray_is_left_by_partial_passes_and_removed_by_the_full_resync():
 
 def test_a_port_moving_between_domains_is_one_replace_not_a_delete():
     r = synced(blue=BLUE, red=RED)
-    port_red = Port("tap1", "nvf-red", 1500)
-    ops, _ = step(r, blue=BLUE - {Port("tap1", "nvf-blue", 1500)}, red=RED | {port_red})
+    port_red = VrfPort("tap1", "nvf-red", 1500)
+    ops, _ = step(r, blue=BLUE - {VrfPort("tap1", "nvf-blue", 1500)}, red=RED | {port_red})
     assert ops == {(Action.REPLACE, port_red)}
 
 
 def test_two_domains_wanting_one_key_differently_is_refused_and_changes_nothing():
     r = synced(blue=BLUE, red=RED)
     with pytest.raises(PartitionError):
-        r.update({"red": RED | {Port("tap1", "nvf-red", 1500)}})  # blue still has tap1
+        r.update({"red": RED | {VrfPort("tap1", "nvf-red", 1500)}})  # blue still has tap1
     assert r.desired["red"] == {o.key: o for o in RED}
 
 

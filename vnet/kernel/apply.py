@@ -27,13 +27,13 @@ from nvfabric.vnet.kernel.objects import (
     LocalPortRoute,
     NvgreDevice,
     PermanentNeighbour,
-    Port,
     ProxyNeighbour,
     Sysctl,
     TunIdRule,
     UnreachableRoute,
     ViaRoute,
     Vrf,
+    VrfPort,
 )
 
 CREATE_OR_REPLACE = m.NLM_F_CREATE | m.NLM_F_REPLACE | m.NLM_F_ACK
@@ -137,7 +137,7 @@ class _Encoder:
                 return [delete(), create()]  # the kind and collect_md cannot change in place
             body = m.link_body(ifindex=self._ifindex(obj.name), address=obj.router_mac, mtu=obj.mtu, up=True)
             return [self._msg(m.RTM_NEWLINK, m.NLM_F_ACK, body)]
-        if isinstance(obj, Port):
+        if isinstance(obj, VrfPort):
             if action is Action.DELETE:  # release the port from the routing domain; the device is not ours
                 body = m.link_body(ifindex=self._ifindex(obj.name), master=0)
             else:

@@ -83,7 +83,7 @@ class NvgreDevice:
 
 
 @dataclass(frozen=True)
-class Port:
+class VrfPort:
     """A local VM port (tap/veth created by the VM manager, not by us) as a routed port in the VRF,
     with an MTU that leaves room for the encapsulation (42 bytes IPv4 outer, 62 IPv6 outer)."""
 
@@ -314,5 +314,5 @@ class UnreachableRoute:
         return ("route", self.family, self.table, self.prefix, self.metric)
 
 
-KernelObject = Vrf | NvgreDevice | Port | Sysctl | TunIdRule | FwmarkRule | PermanentNeighbour | ProxyNeighbour | \
+KernelObject = Vrf | NvgreDevice | VrfPort | Sysctl | TunIdRule | FwmarkRule | PermanentNeighbour | ProxyNeighbour | \
     LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute

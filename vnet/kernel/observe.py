@@ -26,13 +26,13 @@ from nvfabric.vnet.kernel.objects import (
     LocalPortRoute,
     NvgreDevice,
     PermanentNeighbour,
-    Port,
     ProxyNeighbour,
     Sysctl,
     TunIdRule,
     UnreachableRoute,
     ViaRoute,
     Vrf,
+    VrfPort,
 )
 
 
@@ -80,7 +80,7 @@ async def devices(sock: RtnlSocket) -> tuple[list[KernelObject], dict[int, str]]
         elif link.kind in ("gretap", "ip6gretap"):
             out.append(NvgreDevice(link.name, 4 if link.kind == "gretap" else 6, link.address, link.collect_md,
                                    link.mtu))
-    out.extend(Port(link.name, our_vrfs[link.master], link.mtu) for link in all_links if link.master in our_vrfs)
+    out.extend(VrfPort(link.name, our_vrfs[link.master], link.mtu) for link in all_links if link.master in our_vrfs)
     return out, names
 
 
@@ -150,7 +150,7 @@ async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[KernelOb
     out: set[KernelObject] = set()
     devs, names = await devices(sock)
     out.update(devs)
-    ports = {d.name for d in devs if isinstance(d, Port)}
+    ports = {d.name for d in devs if isinstance(d, VrfPort)}
     out.update([r async for r in rules(sock)])
     out.update([n async for n in neighbours(sock, names, ports)])
     out.update([r async for r in routes(sock, names)])
