@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from nvfabric.vnet.kernel.apply import ApplyError, apply
-from nvfabric.vnet.kernel.diff import Action, Op, Plan
+from nvfabric.vnet.kernel.diff import Action, KeyConflict, Op, Plan, by_key, order, removable, upserts
 from nvfabric.vnet.kernel.netns import RtnlSocket, read_sysctls
 from nvfabric.vnet.kernel.objects import EncapRoute, KernelObject, ProxyNeighbour, Sysctl
 from nvfabric.vnet.kernel.observe import observe
@@ -37,12 +37,8 @@ from nvfabric.vnet.kernel.observe import observe
 LEARNED_KINDS = (EncapRoute, ProxyNeighbour)
 
 
-class PartitionError(ValueError):
+class PartitionError(KeyConflict):
     """Two partitions want different values under one key: the desired state is inconsistent."""
-
-    def __init__(self, key: tuple, first: str, second: str) -> None:
-        super().__init__(f"partitions {first!r} and {second!r} both want {key}")
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -64,14 +60,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return not self.errors
-
-
-def order(ops: Iterable[Op]) -> Plan:
-    """Creates and replaces by dependency order, then deletes in reverse; by key within a level (determinism)."""
-    ops = list(ops)
-    upserts = sorted((o for o in ops if o.action is not Action.DELETE), key=lambda o: (o.obj.order, o.obj.key))
-    deletes = sorted((o for o in ops if o.action is Action.DELETE), key=lambda o: (-o.obj.order, o.obj.key))
-    return Plan(tuple(upserts + deletes))
 
 
 @dataclass
@@ -103,7 +91,7 @@ class Reconciler:
 
     def update(self, parts: Mapping[str, Iterable[KernelObject]]) -> dict[str, dict[tuple, KernelObject]]:
         """Take the dirty partitions' new objects; return their previous objects (for the deletes)."""
-        new = {name: _by_key(objs, name) for name, objs in parts.items()}
+        new = {name: by_key(objs, name) for name, objs in parts.items()}
         # check everything before changing anything: a refused update leaves the cache as it was
         claimed: dict[tuple, str] = {}
         for name, objs in new.items():
@@ -142,18 +130,12 @@ class Reconciler:
             if not hold:
                 candidates |= {k for k in self.held if k not in self.owner}
         for name in names:
-            for key, obj in self.desired[name].items():
-                old = self.observed.get(key)
-                if old is None:
-                    ops.append(Op(Action.CREATE, obj))
-                elif old != obj:
-                    ops.append(Op(Action.REPLACE, obj, old))
+            ops += upserts(self.desired[name], self.observed)
         if full:
             self.held = {}
         for key in candidates:
             obj = self.observed.get(key)
-            # a sysctl has no "absent" state to go back to: we only ever set the ones we want
-            if obj is None or isinstance(obj, Sysctl):
+            if obj is None or not removable(obj):
                 continue
             if hold and isinstance(obj, LEARNED_KINDS):
                 self.held[key] = obj
@@ -232,11 +214,3 @@ def inverse(op: Op) -> Op | None:
         return Op(Action.REPLACE, op.old, op.obj) if op.old is not None else None
     return Op(Action.CREATE, op.obj)
 
-
-def _by_key(objects: Iterable[KernelObject], where: str) -> dict[tuple, KernelObject]:
-    out: dict[tuple, KernelObject] = {}
-    for obj in objects:
-        if obj.key in out and out[obj.key] != obj:
-            raise PartitionError(obj.key, where, where)
-        out[obj.key] = obj
-    return out

@@ -4,11 +4,14 @@ Like zebra's dplane contexts, every Op is self-contained (it carries the old val
 writer never consults live state. Order: creates and replaces by dependency order (devices, ports,
 sysctls, rules and neighbours, routes), then deletes in reverse dependency order. A changed value under
 the same key is one `replace`, never a delete and an add.
+
+The one planning algorithm: `diff` compares two whole states; vnet.reconcile's partitioned reconciler
+plans only its dirty partitions with the same pieces (`upserts`, `removable`, `order`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -45,29 +48,53 @@ class Plan:
         return out
 
 
-def _by_key(objects: Iterable[KernelObject], what: str) -> dict[tuple, KernelObject]:
+class KeyConflict(ValueError):
+    """Two different values under one key: the state (desired or observed) is inconsistent."""
+
+    def __init__(self, key: tuple, first: str, second: str, detail: str = "") -> None:
+        where = f"{first} state has" if first == second else f"partitions {first!r} and {second!r} both"
+        super().__init__(f"{where} two values for {key}{detail}")
+        self.key = key
+
+
+def by_key(objects: Iterable[KernelObject], where: str) -> dict[tuple, KernelObject]:
     out: dict[tuple, KernelObject] = {}
     for obj in objects:
         if obj.key in out and out[obj.key] != obj:
-            raise ValueError(f"{what} state has two values for {obj.key}: {out[obj.key]} and {obj}")
+            raise KeyConflict(obj.key, where, where, f": {out[obj.key]} and {obj}")
         out[obj.key] = obj
     return out
 
 
-def diff(desired: Iterable[KernelObject], actual: Iterable[KernelObject]) -> Plan:
-    want = _by_key(desired, "desired")
-    have = _by_key(actual, "actual")
-    upserts: list[Op] = []
+def upserts(want: Mapping[tuple, KernelObject], have: Mapping[tuple, KernelObject]) -> list[Op]:
+    """A create for each wanted key the kernel lacks, a replace (carrying the old value) for each that differs."""
+    ops: list[Op] = []
     for key, obj in want.items():
         old = have.get(key)
         if old is None:
-            upserts.append(Op(Action.CREATE, obj))
+            ops.append(Op(Action.CREATE, obj))
         elif old != obj:
-            upserts.append(Op(Action.REPLACE, obj, old))
+            ops.append(Op(Action.REPLACE, obj, old))
+    return ops
+
+
+def removable(obj: KernelObject) -> bool:
     # a sysctl has no "absent" state to go back to: we only ever set the ones we want
-    deletes = [Op(Action.DELETE, obj) for key, obj in have.items() if key not in want and not isinstance(obj, Sysctl)]
-    # sort within a dependency level by key too, so the plan (and every log of it) is deterministic;
-    # keys start with their kind's name, so keys of different kinds never compare element by element
-    upserts.sort(key=lambda op: (op.obj.order, op.obj.key))
-    deletes.sort(key=lambda op: (-op.obj.order, op.obj.key))
-    return Plan(tuple(upserts + deletes))
+    return not isinstance(obj, Sysctl)
+
+
+def order(ops: Iterable[Op]) -> Plan:
+    """Creates and replaces by dependency order, then deletes in reverse; by key within a level, so the plan
+    (and every log of it) is deterministic; keys start with their kind's name, so keys of different kinds
+    never compare element by element."""
+    ops = list(ops)
+    ups = sorted((o for o in ops if o.action is not Action.DELETE), key=lambda o: (o.obj.order, o.obj.key))
+    deletes = sorted((o for o in ops if o.action is Action.DELETE), key=lambda o: (-o.obj.order, o.obj.key))
+    return Plan(tuple(ups + deletes))
+
+
+def diff(desired: Iterable[KernelObject], actual: Iterable[KernelObject]) -> Plan:
+    want = by_key(desired, "desired")
+    have = by_key(actual, "actual")
+    return order(upserts(want, have) + [Op(Action.DELETE, obj) for key, obj in have.items()
+                                        if key not in want and removable(obj)])
