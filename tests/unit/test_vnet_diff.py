@@ -91,7 +91,7 @@ def test_objects_validate_and_normalise():
 
 def test_a_device_with_our_name_that_is_not_flow_based_is_replaced_by_delete_and_create():
     from nvfabric.vnet.kernel import messages as m
-    from nvfabric.vnet.kernel.apply import _Encoder
+    from nvfabric.vnet.kernel.encode import Wire, encoder
 
     class Seq:
         n = 0
@@ -103,9 +103,9 @@ def test_a_device_with_our_name_that_is_not_flow_based_is_replaced_by_delete_and
     by_hand = NvgreDevice("nvf-gre4", 4, RMAC, external=False)  # what observe reports for a keyed gretap
     plan = diff({NvgreDevice("nvf-gre4", 4, RMAC)}, {by_hand})
     assert [op.action for op in plan.ops] == [Action.REPLACE]
-    msgs = _Encoder(Seq(), {"nvf-gre4": 7}).encode(plan.ops[0])
+    msgs = encoder(plan.ops[0].obj).encode(plan.ops[0], Wire(Seq(), {"nvf-gre4": 7}))
     assert [int.from_bytes(raw[4:6], "little") for _, raw in msgs] == [m.RTM_DELLINK, m.RTM_NEWLINK]
     # only the MAC changed: modified in place, one request
     plan = diff({NvgreDevice("nvf-gre4", 4, RMAC)}, {NvgreDevice("nvf-gre4", 4, "02:00:5e:10:00:02")})
-    msgs = _Encoder(Seq(), {"nvf-gre4": 7}).encode(plan.ops[0])
+    msgs = encoder(plan.ops[0].obj).encode(plan.ops[0], Wire(Seq(), {"nvf-gre4": 7}))
     assert [int.from_bytes(raw[4:6], "little") for _, raw in msgs] == [m.RTM_NEWLINK]

@@ -4,14 +4,14 @@ Every write is idempotent: routes and neighbours use NLM_F_CREATE|NLM_F_REPLACE,
 rules treat EEXIST as done, deletes treat "already gone" as done. Nothing is flushed: an op touches only
 its own object. Requests of one dependency phase go out in large buffers and their acks are matched
 back to operations by sequence number; a failure is reported as an `ApplyError` carrying the op and the
-kernel's own message, and does not stop the other operations.
+kernel's own message, and does not stop the other operations. Each kind's requests come from its own
+encoder (vnet.kernel.encode).
 """
 
 from __future__ import annotations
 
 import errno as errno_mod
 import gc
-import ipaddress
 import socket
 import struct
 import time
@@ -19,25 +19,9 @@ from dataclasses import dataclass, field
 
 from nvfabric.vnet.kernel import messages as m
 from nvfabric.vnet.kernel.diff import Action, Op, Plan
+from nvfabric.vnet.kernel.encode import Wire, encoder
 from nvfabric.vnet.kernel.netns import GONE, RtnlSocket, write_sysctls
-from nvfabric.vnet.kernel.objects import (
-    PROTO,
-    EncapRoute,
-    FwmarkRule,
-    LocalPortRoute,
-    NvgreDevice,
-    PermanentNeighbour,
-    ProxyNeighbour,
-    Sysctl,
-    TunIdRule,
-    UnreachableRoute,
-    ViaRoute,
-    Vrf,
-    VrfPort,
-)
-
-CREATE_OR_REPLACE = m.NLM_F_CREATE | m.NLM_F_REPLACE | m.NLM_F_ACK
-CREATE_NEW = m.NLM_F_CREATE | m.NLM_F_EXCL | m.NLM_F_ACK
+from nvfabric.vnet.kernel.objects import Sysctl
 
 
 class ApplyError(Exception):
@@ -81,129 +65,6 @@ async def link_indexes(sock: RtnlSocket) -> dict[str, int]:
     return out
 
 
-class _Encoder:
-    """Turns one Op into its netlink request(s), given the current name -> ifindex map."""
-
-    def __init__(self, sock: RtnlSocket, index: dict[str, int]) -> None:
-        self.sock = sock
-        self.index = index
-
-    def _ifindex(self, name: str) -> int:
-        try:
-            return self.index[name]
-        except KeyError:
-            raise LookupError(f"device {name!r} does not exist") from None
-
-    def _msg(self, kind: int, flags: int, body: bytes) -> tuple[int, bytes]:
-        seq = self.sock.next_seq()
-        return seq, m.message(kind, flags, seq, body)
-
-    def encode(self, op: Op) -> list[tuple[int, bytes]]:
-        obj, action = op.obj, op.action
-        if type(obj) is EncapRoute and action is not Action.DELETE:  # the hot path: one pack per remote CA
-            seq = self.sock.next_seq()
-            address, _, length = obj.prefix.partition("/")
-            return [(seq, m.encap_route(
-                seq, CREATE_OR_REPLACE, obj.family, obj.table, address, int(length), PROTO, obj.metric,
-                self._ifindex(obj.dev), obj.via, obj.pa_family, obj.tun_id, obj.pa, obj.ttl,
-            ))]
-        if isinstance(obj, Vrf):
-            create = self._msg(
-                m.RTM_NEWLINK, CREATE_NEW,
-                m.link_body(name=obj.name, kind="vrf", info_data=m.vrf_info(obj.table), up=True),
-            )
-            if action is Action.CREATE:
-                return [create]
-            delete = self._msg(m.RTM_DELLINK, m.NLM_F_ACK, m.link_body(ifindex=self._ifindex(obj.name)))
-            # a VRF's table cannot change in place: replace is delete + create
-            return [delete] if action is Action.DELETE else [delete, create]
-        if isinstance(obj, NvgreDevice):
-            def create() -> tuple[int, bytes]:
-                body = m.link_body(
-                    name=obj.name, kind=obj.kind, info_data=m.collect_md_info(), address=obj.router_mac,
-                    mtu=obj.mtu, up=True,
-                )
-                return self._msg(m.RTM_NEWLINK, CREATE_NEW, body)
-
-            def delete() -> tuple[int, bytes]:
-                return self._msg(m.RTM_DELLINK, m.NLM_F_ACK, m.link_body(ifindex=self._ifindex(obj.name)))
-
-            if action is Action.CREATE:
-                return [create()]
-            if action is Action.DELETE:
-                return [delete()]
-            assert isinstance(op.old, NvgreDevice)
-            if (op.old.family, op.old.external) != (obj.family, obj.external):
-                return [delete(), create()]  # the kind and collect_md cannot change in place
-            body = m.link_body(ifindex=self._ifindex(obj.name), address=obj.router_mac, mtu=obj.mtu, up=True)
-            return [self._msg(m.RTM_NEWLINK, m.NLM_F_ACK, body)]
-        if isinstance(obj, VrfPort):
-            if action is Action.DELETE:  # release the port from the routing domain; the device is not ours
-                body = m.link_body(ifindex=self._ifindex(obj.name), master=0)
-            else:
-                body = m.link_body(
-                    ifindex=self._ifindex(obj.name), master=self._ifindex(obj.vrf), mtu=obj.mtu, up=True
-                )
-            return [self._msg(m.RTM_NEWLINK, m.NLM_F_ACK, body)]
-        if isinstance(obj, (TunIdRule, FwmarkRule)):
-            def rule(r: TunIdRule | FwmarkRule, kind: int, flags: int) -> tuple[int, bytes]:
-                if isinstance(r, TunIdRule):
-                    body = m.rule_body(r.family, r.iif, r.tun_id, r.table, r.priority, PROTO)
-                else:
-                    body = m.rule_body(r.family, r.iif, None, r.table, r.priority, PROTO, fwmark=r.fwmark,
-                                       ip_proto=r.ip_proto)
-                return self._msg(kind, flags, body)
-
-            if action is Action.CREATE:
-                return [rule(obj, m.RTM_NEWRULE, CREATE_NEW)]
-            if action is Action.DELETE:
-                return [rule(obj, m.RTM_DELRULE, m.NLM_F_ACK)]
-            # rules have no NLM_F_REPLACE: delete the old value, add the new one, back to back
-            assert isinstance(op.old, (TunIdRule, FwmarkRule))
-            return [rule(op.old, m.RTM_DELRULE, m.NLM_F_ACK), rule(obj, m.RTM_NEWRULE, CREATE_NEW)]
-        if isinstance(obj, (PermanentNeighbour, ProxyNeighbour)):
-            proxy = isinstance(obj, ProxyNeighbour)
-            body = m.neigh_body(
-                ipaddress.ip_address(obj.address).version, self._ifindex(obj.dev), obj.address,
-                lladdr=None if proxy or action is Action.DELETE else obj.lladdr, proxy=proxy, proto=PROTO,
-            )
-            if action is Action.DELETE:
-                return [self._msg(m.RTM_DELNEIGH, m.NLM_F_ACK, body)]
-            return [self._msg(m.RTM_NEWNEIGH, CREATE_OR_REPLACE, body)]
-        if isinstance(obj, (EncapRoute, LocalPortRoute, ViaRoute, UnreachableRoute)):
-            kind, flags = (
-                (m.RTM_DELROUTE, m.NLM_F_ACK) if action is Action.DELETE else (m.RTM_NEWROUTE, CREATE_OR_REPLACE)
-            )
-            return [self._msg(kind, flags, self.route_body(obj, action is Action.DELETE))]
-        raise TypeError(f"no encoder for {type(obj).__name__}")
-
-    def route_body(self, obj: EncapRoute | LocalPortRoute | ViaRoute | UnreachableRoute, delete: bool) -> bytes:
-        address, _, length = obj.prefix.partition("/")  # prefixes are normalised by the objects
-        plen = int(length)
-        # A delete is selected by its key (table, prefix, metric) and our protocol; the kernel also compares
-        # an IPv4 route's scope unless the request says RT_SCOPE_NOWHERE, and a scope-link local route
-        # would otherwise answer ESRCH, which reads as "already gone" and leaves the route in place.
-        scope = {"scope": m.RT_SCOPE_NOWHERE} if delete else {}
-        if isinstance(obj, UnreachableRoute):
-            return m.route_body(obj.family, obj.table, address, 0, PROTO, rtype=m.RTN_UNREACHABLE, metric=obj.metric,
-                                **scope)
-        if delete:
-            return m.route_body(obj.family, obj.table, address, plen, PROTO, metric=obj.metric, **scope)
-        if isinstance(obj, LocalPortRoute):
-            return m.route_body(obj.family, obj.table, address, plen, PROTO, scope=m.RT_SCOPE_LINK,
-                                oif=self._ifindex(obj.dev), metric=obj.metric)
-        if isinstance(obj, ViaRoute):
-            return m.route_body(obj.family, obj.table, address, plen, PROTO, oif=self._ifindex(obj.dev),
-                                gateway=obj.via, metric=obj.metric)
-        return m.route_body(
-            obj.family, obj.table, address, plen, PROTO, flags=m.RTNH_F_ONLINK, oif=self._ifindex(obj.dev),
-            gateway=obj.via, extra=m.tunnel_encap(obj.pa_family, obj.tun_id, obj.pa, obj.ttl), metric=obj.metric,
-        )
-
-
-_DEVICE_KINDS = (Vrf, NvgreDevice)  # the kinds whose ops create or delete devices
-
-
 def _phases(plan: Plan) -> list[list[Op]]:
     """Contiguous runs of one dependency level (the plan is already ordered)."""
     phases: list[list[Op]] = []
@@ -221,7 +82,7 @@ def _tolerated(op: Op, errno: int) -> bool:
     if op.action is Action.DELETE:
         return errno in GONE
     # an object created meanwhile (or by an earlier, interrupted run) is what we wanted
-    return errno == errno_mod.EEXIST and isinstance(op.obj, (Vrf, NvgreDevice, TunIdRule, FwmarkRule))
+    return errno == errno_mod.EEXIST and encoder(op.obj).exists_is_done
 
 
 async def apply(sock: RtnlSocket, plan: Plan) -> Report:
@@ -238,7 +99,7 @@ async def apply(sock: RtnlSocket, plan: Plan) -> Report:
                     report.errors.append(ApplyError(op, error.errno or 0, str(error)))
             continue
         t0 = time.perf_counter()
-        encoder = _Encoder(sock, index)
+        wire = Wire(sock, index)
         requests: list[tuple[int, bytes]] = []
         owners: list[tuple[Op, list[int]]] = []
         # Encoding 100k requests allocates millions of small objects and no cycles; the cyclic collector
@@ -248,7 +109,7 @@ async def apply(sock: RtnlSocket, plan: Plan) -> Report:
         try:
             for op in phase:
                 try:
-                    msgs = encoder.encode(op)
+                    msgs = encoder(op.obj).encode(op, wire)
                 except LookupError as e:
                     report.errors.append(ApplyError(op, errno_mod.ENODEV, str(e)))
                     continue
@@ -268,7 +129,7 @@ async def apply(sock: RtnlSocket, plan: Plan) -> Report:
                 report.errors.append(ApplyError(op, failed[0].errno, failed[0].message))
             else:
                 report.applied.append(op)
-        if any(isinstance(op.obj, _DEVICE_KINDS) for op in phase):
+        if any(encoder(op.obj).makes_devices for op in phase):
             # later phases refer to devices this one made or removed (a port's master or MTU changes no index:
             # a new port's attach re-read every link of the host for nothing)
             index = await link_indexes(sock)

@@ -44,6 +44,8 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
+RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 44, 45, 46
 
 # --- links (if_link.h, if_tunnel.h) -------------------------------------------------------------------
 IFLA_ADDRESS = 1
@@ -102,11 +104,31 @@ FRA_PROTOCOL = 21  # owner tag, since Linux 4.17
 FRA_IP_PROTO = 22  # since Linux 4.17
 FR_ACT_TO_TBL = 1
 
+# --- tc (rtnetlink.h, pkt_sched.h, pkt_cls.h, tc_act/tc_skbedit.h) ------------------------------------------
+TCA_KIND = 1
+TCA_OPTIONS = 2
+TCA_INGRESS_BLOCK = 13
+TC_H_CLSACT = 0xFFFFFFF1  # the parent of a clsact qdisc (TC_H_INGRESS)
+TC_H_CLSACT_HANDLE = 0xFFFF0000  # TC_H_MAKE(TC_H_CLSACT, 0): the handle `tc qdisc add ... clsact` gives it
+TCM_IFINDEX_MAGIC_BLOCK = 0xFFFFFFFF  # tcm_ifindex of a filter on a shared block (tcm_parent is the block)
+ETH_P_ALL = 0x0003
+TCA_FLOWER_ACT = 3
+TCA_FLOWER_FLAGS = 22
+TCA_FLOWER_KEY_ENC_KEY_ID = 26  # be32: the tunnel key (GRE key) of the packet's metadata
+TCA_ACT_KIND = 1
+TCA_ACT_OPTIONS = 2
+TCA_SKBEDIT_PARMS = 2
+TCA_SKBEDIT_MARK = 5
+TC_ACT_PIPE = 3  # skbedit's default control action: the packet goes on to the next action / the stack
+NLA_F_NESTED = 0x8000
+
 _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _NDMSG = struct.Struct("=BBHiHBB")
 _IFINFO = struct.Struct("=BBHiII")
 _FIBHDR = struct.Struct("=BBBBBBBBI")
+_TCMSG = struct.Struct("=BxxxIIII")  # family, ifindex (u32 here: the block magic is 0xffffffff), handle, parent, info
+_TC_GEN = struct.Struct("=IIiii")  # index, capab, action, refcnt, bindcnt
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 
@@ -251,6 +273,100 @@ def dump_request(kind: int, seq: int, family: int = socket.AF_UNSPEC, body: byte
     if body is None:
         body = struct.pack("=B3x", family)
     return message(kind, NLM_F_DUMP, seq, body)
+
+
+# --- tc: the clsact hook and flower filters (pyroute2 0.9.7 has no flower) ----------------------------------
+# The bytes are iproute2 6.1's (`tc qdisc add dev D ingress_block B clsact`, `tc filter replace block B pref P
+# handle H protocol all flower enc_key_id K action skbedit mark M`), attribute by attribute (tested).
+
+
+def _asciiz(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+def filter_info(pref: int) -> int:
+    """tcm_info of a filter: TC_H_MAKE(pref << 16, protocol), the protocol in network order (`protocol all`)."""
+    return (pref << 16) | socket.htons(ETH_P_ALL)
+
+
+def clsact_body(ifindex: int, block: int | None) -> bytes:
+    """A clsact qdisc on a device; `block`: its shared ingress block (None: the delete, which names only the
+    kind: handle 0, because a device that never had a clsact answers a named handle with EINVAL, and ENOENT
+    otherwise, which reads as "already gone")."""
+    handle = 0 if block is None else TC_H_CLSACT_HANDLE
+    attrs = nla_pack(TCA_KIND, _asciiz("clsact"))
+    if block:
+        attrs += nla_pack(TCA_INGRESS_BLOCK, _u32(block))
+    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, TC_H_CLSACT, 0) + attrs
+
+
+def flower_mark_body(block: int, pref: int, handle: int, key_id: int | None, mark: int | None) -> bytes:
+    """`flower enc_key_id KEY_ID action skbedit mark MARK` on a shared block; key_id None: the delete."""
+    head = _TCMSG.pack(socket.AF_UNSPEC, TCM_IFINDEX_MAGIC_BLOCK, handle, block, filter_info(pref))
+    flags = nla_pack(TCA_FLOWER_FLAGS, _u32(0))
+    if key_id is None or mark is None:
+        return head + nla_pack(TCA_KIND, _asciiz("flower")) + nla_pack(TCA_OPTIONS, flags)
+    skbedit = (nla_pack(TCA_SKBEDIT_PARMS, _TC_GEN.pack(0, 0, TC_ACT_PIPE, 0, 0))
+               + nla_pack(TCA_SKBEDIT_MARK, _u32(mark)))
+    action = nla_pack(TCA_ACT_KIND, _asciiz("skbedit")) + nla_pack(TCA_ACT_OPTIONS | NLA_F_NESTED, skbedit)
+    options = (nla_pack(TCA_FLOWER_KEY_ENC_KEY_ID, struct.pack(">I", key_id))
+               + nla_pack(TCA_FLOWER_ACT, nla_pack(1, action))  # actions are numbered from 1: their order
+               + flags)
+    return head + nla_pack(TCA_KIND, _asciiz("flower")) + nla_pack(TCA_OPTIONS, options)
+
+
+def tc_dump_body(ifindex: int = 0, parent: int = 0) -> bytes:
+    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, parent, 0)
+
+
+@dataclass(frozen=True)
+class QdiscFields:
+    ifindex: int
+    kind: str
+    ingress_block: int  # 0: none
+
+
+@dataclass(frozen=True)
+class FlowerFields:
+    """One flower filter of a dump (handle 0: the header message of a pref, which has no options)."""
+
+    block: int
+    pref: int
+    handle: int
+    key_id: int | None  # TCA_FLOWER_KEY_ENC_KEY_ID
+    mark: int | None  # the first skbedit action's mark
+
+
+def _tc_head(msg: bytes) -> tuple[int, int, int, int, dict[int, bytes]]:
+    _family, ifindex, handle, parent, info = _TCMSG.unpack_from(msg, 16)
+    return ifindex, handle, parent, info, _attrs(msg, 16 + _TCMSG.size, len(msg))
+
+
+def parse_qdisc(msg: bytes) -> QdiscFields:
+    ifindex, _handle, _parent, _info, a = _tc_head(msg)
+    block = struct.unpack("=I", a[TCA_INGRESS_BLOCK])[0] if TCA_INGRESS_BLOCK in a else 0
+    return QdiscFields(ifindex, a.get(TCA_KIND, b"").rstrip(b"\0").decode(), block)
+
+
+def parse_flower(msg: bytes) -> FlowerFields | None:
+    """A filter of a shared block's dump, or None when it is not a flower filter."""
+    ifindex, handle, parent, info, a = _tc_head(msg)
+    if a.get(TCA_KIND, b"").rstrip(b"\0") != b"flower":
+        return None
+    key_id = mark = None
+    options = _attrs(a[TCA_OPTIONS], 0, len(a[TCA_OPTIONS])) if TCA_OPTIONS in a else {}
+    if TCA_FLOWER_KEY_ENC_KEY_ID in options:
+        key_id = struct.unpack(">I", options[TCA_FLOWER_KEY_ENC_KEY_ID])[0]
+    acts = options.get(TCA_FLOWER_ACT, b"")
+    for _prio, act in sorted(_attrs(acts, 0, len(acts)).items()):
+        fields = _attrs(act, 0, len(act))
+        if fields.get(TCA_ACT_KIND, b"").rstrip(b"\0") == b"skbedit" and TCA_ACT_OPTIONS in fields:
+            opts = _attrs(fields[TCA_ACT_OPTIONS], 0, len(fields[TCA_ACT_OPTIONS]))
+            if TCA_SKBEDIT_MARK in opts:
+                mark = struct.unpack("=I", opts[TCA_SKBEDIT_MARK])[0]
+                break
+    block = parent if ifindex == TCM_IFINDEX_MAGIC_BLOCK else 0
+    return FlowerFields(block, info >> 16, handle, key_id, mark)
 
 
 # --- decoders: pyroute2 message classes with the missing pieces ----------------------------------------

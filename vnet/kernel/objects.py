@@ -5,7 +5,9 @@ plain value, so desired and observed states are sets that `diff` can compare. Ow
 restarted agent adopts its own objects and never touches anyone else's:
 - routes, neighbours and rules carry protocol `PROTO` (RTPROT / NDA_PROTOCOL / FRA_PROTOCOL);
 - devices we create are named with `DEVICE_PREFIX`; ports are ours while enslaved to one of our VRFs;
-- rules use priorities in `RULE_PRIORITIES`.
+- rules use priorities in `RULE_PRIORITIES`;
+- a clsact qdisc is ours on one of our devices, a flower filter on the ingress block of one of those
+  clsacts at preference `TC_PREF`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ UNREACHABLE_METRIC = 4278198272  # the VRF documentation's value: below every re
 # RFC 7637 over IPv4: outer IPv4 20 + GRE with key 8 + inner Ethernet 14 = 42; over IPv6: 40 + 8 + 14 = 62.
 OVERHEAD = {4: 42, 6: 62}
 UNDERLAY_MTU = 1500
+TC_PREF = 10  # the preference (priority) of our flower filters on a shared block
 
 
 def _owned_name(name: str) -> None:
@@ -186,6 +189,49 @@ class ProxyNeighbour:
         return ("proxy", self.dev, self.address)
 
 
+@dataclass(frozen=True)
+class Clsact:
+    """The tc hook on one of our devices, bound to a shared ingress block: `tc qdisc add dev <dev>
+    ingress_block <block> clsact`. Filters then name the block, not a device, so one filter serves every
+    device bound to it."""
+
+    dev: str
+    block: int  # observe reports 0 for a clsact without a shared block: replaced (a qdisc's block cannot change)
+    order: ClassVar[int] = 1  # after the devices
+
+    def __post_init__(self) -> None:
+        _owned_name(self.dev)
+
+    @property
+    def key(self) -> tuple:
+        return ("clsact", self.dev)
+
+
+@dataclass(frozen=True)
+class FlowerMark:
+    """Marks one VSID's packets on arrival, before netfilter: `tc filter replace block <block> pref TC_PREF
+    handle <VSID> protocol all flower enc_key_id VSID<<8 action skbedit mark <mark>` (the whole GRE key, so
+    FlowID 0, as the tun_id rules). The handle is the VSID: one filter per VSID, replaced in place."""
+
+    block: int
+    vsid: int
+    mark: int
+    key_id: int | None = None  # the matched tunnel key; None: VSID << 8 (observe reports what the kernel has)
+    order: ClassVar[int] = 3  # after the clsact that makes the block
+
+    def __post_init__(self) -> None:
+        if not 0 < self.vsid < 1 << 24:
+            raise ValueError(f"VSID {self.vsid} is not a 24-bit value")
+        if not 0 <= self.mark < 1 << 32:
+            raise ValueError(f"mark {self.mark} is not a 32-bit value")
+        if self.key_id is None:
+            object.__setattr__(self, "key_id", self.vsid << 8)
+
+    @property
+    def key(self) -> tuple:
+        return ("flower", self.block, self.vsid)
+
+
 def _address(text: str) -> tuple[bytes, int]:
     # inet_pton instead of ipaddress: building 100k routes is ~10x cheaper, which matters in the VM
     family = 6 if ":" in text else 4
@@ -315,4 +361,4 @@ class UnreachableRoute:
 
 
 KernelObject = Vrf | NvgreDevice | VrfPort | Sysctl | TunIdRule | FwmarkRule | PermanentNeighbour | ProxyNeighbour | \
-    LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute
+    LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute | Clsact | FlowerMark
