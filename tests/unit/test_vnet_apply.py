@@ -13,7 +13,14 @@ from nvfabric.lab import netns
 from nvfabric.vnet.kernel.apply import apply
 from nvfabric.vnet.kernel.diff import Action, Op, Plan, diff
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import LocalPortRoute, PermanentNeighbour, ProxyNeighbour, TunIdRule, UnreachableRoute
+from nvfabric.vnet.kernel.objects import (
+    Clsact,
+    LocalPortRoute,
+    PermanentNeighbour,
+    ProxyNeighbour,
+    TunIdRule,
+    UnreachableRoute,
+)
 from nvfabric.vnet.kernel.observe import observe
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
@@ -24,7 +31,7 @@ def ns():
     name = f"vnu-{uuid.uuid4().hex[:8]}"
     netns.create(name)
     netns.ip_batch(["link add up0 type veth peer name up1", "link set up0 up", "link set up1 up",
-                    "link add down0 type veth peer name down1"], name)
+                    "link add down0 type veth peer name down1", "link add nvf-v0 type veth peer name nvf-v1"], name)
     try:
         with RtnlSocket(name) as sock:
             yield sock
@@ -96,3 +103,24 @@ async def test_deleting_our_routes_removes_them_whatever_their_scope(ns):
     assert await observe(ns) == set()
     leftover = netns.run(["ip", "-n", ns.netns, "route", "show", "table", "100"]).output
     assert leftover.strip() == ""
+
+
+async def test_a_clsact_hook_with_a_shared_block_is_created_observed_replaced_and_deleted(ns):
+    # (this machine's kernel has clsact but no flower: the filters are tested in the VM)
+    hook = Clsact("nvf-v0", 7637)
+    assert (await apply(ns, diff({hook}, await observe(ns)))).ok
+    assert await observe(ns) == {hook}
+    assert "ingress_block 7637" in netns.run(["tc", "-n", ns.netns, "qdisc", "show", "dev", "nvf-v0"]).output
+    # one made by hand without the block is ours (our device) and replaced: a qdisc's block cannot change
+    netns.run(["tc", "-n", ns.netns, "qdisc", "add", "dev", "nvf-v1", "clsact"])
+    assert Clsact("nvf-v1", 0) in await observe(ns)
+    plan = diff({hook, Clsact("nvf-v1", 7637)}, await observe(ns))
+    assert [op.action for op in plan.ops] == [Action.REPLACE]
+    assert (await apply(ns, plan)).ok
+    assert await observe(ns) == {hook, Clsact("nvf-v1", 7637)}
+    # deleting, then deleting what is already gone (a device that had a clsact, and one that never had one)
+    assert (await apply(ns, diff(set(), await observe(ns)))).ok and await observe(ns) == set()
+    again = await apply(ns, Plan((Op(Action.DELETE, hook), Op(Action.DELETE, Clsact("nvf-v1", 7637)))))
+    assert again.ok, again.errors
+    netns.run(["ip", "-n", ns.netns, "link", "add", "nvf-v2", "type", "veth", "peer", "name", "nvf-v3"])
+    assert (await apply(ns, Plan((Op(Action.DELETE, Clsact("nvf-v2", 7637)),)))).ok

@@ -149,3 +149,67 @@ def test_fwmark_rule_and_via_route_decode_with_pyroute2_and_the_hand_parser():
     route = rtmsg(raw)
     route.decode()
     assert route.get_attr("RTA_GATEWAY") == fields.gateway and route.get_attr("RTA_TABLE") == fields.table == 1000
+
+
+# What iproute2 6.1 sends for `tc filter replace block 7637 pref 10 handle 5001 protocol all flower
+# enc_key_id 1280256 action skbedit mark 1000` (captured with strace): tcmsg and attributes after nlmsghdr.
+IPROUTE2_FLOWER_MARK = bytes.fromhex(
+    "00000000ffffffff89130000d51d000000030a00"
+    "0b000100666c6f7765720000"
+    "4c000200"
+    "08001a000013890038000300340001000c000100736b6265646974002400028018000200000000000000000003000000000000"
+    "000000000008000500e80300000800160000000000"
+)
+# `tc filter del block 7637 pref 10 handle 5001 protocol all flower`
+IPROUTE2_FLOWER_DEL = bytes.fromhex(
+    "00000000ffffffff89130000d51d000000030a00" "0b000100666c6f7765720000" "0c0002000800160000000000"
+)
+# `tc qdisc add dev <ifindex 3> ingress_block 7637 clsact`
+IPROUTE2_CLSACT = bytes.fromhex("0000000003000000" "0000ffff" "f1ffffff" "00000000"
+                                "0b000100636c736163740000" "08000d00d51d0000")
+
+
+def test_flower_mark_filter_is_byte_identical_to_iproute2s_and_decodes_with_pyroute2():
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+    from pyroute2.netlink.rtnl.tcmsg.common_act import tca_act_prio
+
+    body = m.flower_mark_body(7637, 10, 5001, 5001 << 8, 1000)
+    assert body == IPROUTE2_FLOWER_MARK
+    assert m.flower_mark_body(7637, 10, 5001, None, None) == IPROUTE2_FLOWER_DEL
+    msg = tcmsg(m.message(m.RTM_NEWTFILTER, 0, 1, body))
+    msg.decode()  # pyroute2 0.9.7 knows no flower: the header and the kind, the options stay raw
+    assert (msg["index"], msg["handle"], msg["parent"]) == (-1, 5001, 7637)  # the block magic, the VSID, the block
+    assert msg["info"] >> 16 == 10 and msg.get_attr("TCA_KIND") == "flower"
+    # the action list in pyroute2's own action decoder (the same nesting as every classifier's)
+    options = m._attrs(body, 20 + 12 + 4, len(body))
+    acts = options[m.TCA_FLOWER_ACT]
+    prio = tca_act_prio(struct.pack("=HH", 4 + len(acts), m.TCA_FLOWER_ACT) + acts)
+    prio.decode()
+    act = prio.get_attr("TCA_ACT_PRIO_1")
+    assert act.get_attr("TCA_ACT_KIND") == "skbedit"
+    assert act.get_attr("TCA_ACT_OPTIONS").get_attr("TCA_SKBEDIT_MARK") == 1000
+    assert act.get_attr("TCA_ACT_OPTIONS").get_attr("TCA_SKBEDIT_PARMS")["action"] == m.TC_ACT_PIPE
+    assert struct.unpack(">I", options[m.TCA_FLOWER_KEY_ENC_KEY_ID])[0] == 5001 << 8
+
+
+def test_the_flower_parser_reads_back_what_is_encoded_and_skips_other_filters():
+    raw = m.message(m.RTM_NEWTFILTER, 0, 1, m.flower_mark_body(7637, 10, 5001, 5001 << 8, 1000))
+    assert m.parse_flower(raw) == m.FlowerFields(7637, 10, 5001, 5001 << 8, 1000)
+    header = m.message(m.RTM_NEWTFILTER, 0, 1, m.flower_mark_body(7637, 10, 0, None, None)[:20]
+                       + m.nla_pack(m.TCA_KIND, b"flower\0"))
+    assert m.parse_flower(header) == m.FlowerFields(7637, 10, 0, None, None)  # a preference's header: no handle
+    other = m.message(m.RTM_NEWTFILTER, 0, 1, m.flower_mark_body(7637, 10, 1, None, None)[:20]
+                      + m.nla_pack(m.TCA_KIND, b"matchall\0"))
+    assert m.parse_flower(other) is None
+
+
+def test_clsact_with_a_shared_block_is_iproute2s_and_parses_back():
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    assert m.clsact_body(3, 7637) == IPROUTE2_CLSACT
+    msg = tcmsg(m.message(m.RTM_NEWQDISC, 0, 1, IPROUTE2_CLSACT))
+    msg.decode()
+    assert (msg["index"], msg["parent"], msg.get_attr("TCA_KIND")) == (3, m.TC_H_CLSACT, "clsact")
+    assert m.parse_qdisc(m.message(m.RTM_NEWQDISC, 0, 1, IPROUTE2_CLSACT)) == m.QdiscFields(3, "clsact", 7637)
+    # the delete names no handle and no kind (a device whose clsact is gone answers either with EINVAL)
+    assert m.parse_qdisc(m.message(m.RTM_DELQDISC, 0, 1, m.clsact_body(3, None))) == m.QdiscFields(3, "", 0)

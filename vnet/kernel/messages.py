@@ -290,14 +290,15 @@ def filter_info(pref: int) -> int:
 
 
 def clsact_body(ifindex: int, block: int | None) -> bytes:
-    """A clsact qdisc on a device; `block`: its shared ingress block (None: the delete, which names only the
-    kind: handle 0, because a device that never had a clsact answers a named handle with EINVAL, and ENOENT
-    otherwise, which reads as "already gone")."""
-    handle = 0 if block is None else TC_H_CLSACT_HANDLE
+    """A clsact qdisc on a device; `block`: its shared ingress block (None: the delete). The delete names
+    neither handle nor kind: a device whose clsact is gone keeps a placeholder ingress qdisc, which answers a
+    named handle or kind with EINVAL, and no name with ENOENT ("already gone")."""
+    if block is None:
+        return _TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, TC_H_CLSACT, 0)
     attrs = nla_pack(TCA_KIND, _asciiz("clsact"))
     if block:
         attrs += nla_pack(TCA_INGRESS_BLOCK, _u32(block))
-    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, TC_H_CLSACT, 0) + attrs
+    return _TCMSG.pack(socket.AF_UNSPEC, ifindex, TC_H_CLSACT_HANDLE, TC_H_CLSACT, 0) + attrs
 
 
 def flower_mark_body(block: int, pref: int, handle: int, key_id: int | None, mark: int | None) -> bytes:

@@ -20,7 +20,10 @@ from nvfabric.vnet.kernel.objects import (
     DEVICE_PREFIX,
     PROTO,
     RULE_PRIORITIES,
+    TC_PREF,
+    Clsact,
     EncapRoute,
+    FlowerMark,
     FwmarkRule,
     KernelObject,
     LocalPortRoute,
@@ -145,6 +148,25 @@ async def routes(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[Kerne
                 yield obj
 
 
+async def clsacts(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[Clsact]:
+    """The clsact qdiscs on our devices (by name), with their shared ingress block (0: none)."""
+    async for raw in sock.dump(m.RTM_GETQDISC, m.tc_dump_body()):
+        q = m.parse_qdisc(raw)
+        dev = names.get(q.ifindex)
+        if q.kind == "clsact" and dev is not None and dev.startswith(DEVICE_PREFIX):
+            yield Clsact(dev, q.ingress_block)
+
+
+async def flower_marks(sock: RtnlSocket, block: int) -> AsyncIterator[FlowerMark]:
+    """Our flower filters on one of our clsacts' shared blocks (preference TC_PREF)."""
+    async for raw in sock.dump(m.RTM_GETTFILTER, m.tc_dump_body(m.TCM_IFINDEX_MAGIC_BLOCK, block)):
+        f = m.parse_flower(raw)
+        # handle 0: the header of a preference's filter list; a VSID handle outside 24 bits is not one of ours
+        if f is None or f.pref != TC_PREF or not 0 < f.handle < 1 << 24:
+            continue
+        yield FlowerMark(block, f.handle, f.mark or 0, f.key_id or 0)
+
+
 async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[KernelObject]:
     """All our objects in the socket's namespace, plus the current values of the given sysctl paths."""
     out: set[KernelObject] = set()
@@ -154,6 +176,10 @@ async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[KernelOb
     out.update([r async for r in rules(sock)])
     out.update([n async for n in neighbours(sock, names, ports)])
     out.update([r async for r in routes(sock, names)])
+    hooks = [c async for c in clsacts(sock, names)]
+    out.update(hooks)
+    for block in sorted({c.block for c in hooks if c.block}):
+        out.update([f async for f in flower_marks(sock, block)])
     for path, value in read_sysctls(sock.netns, sysctls).items():
         if value is not None:
             out.add(Sysctl(path, value))
