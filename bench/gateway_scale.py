@@ -1,7 +1,7 @@
 """Gateway scale (issue 6): one gateway with N tenants (VRF, one VSID, SNAT, 2 floating IPs each).
 
 For each N: bring-up from config (Gateway.start: one nftables transaction with every tenant's table, vnet's
-VRFs, rules and routes through netlink (vnet), the tc filters through one tc batch),
+VRFs, rules, routes, tc hooks and filters through netlink (vnet)),
 then five one-tenant changes (a floating IP moved; the median is reported), then one tenant added.
 Reported: wall time of each, the Python part (building the documents and desired state) against the kernel
 part (the rest), ruleset size (rules, bytes of `nft list ruleset`), the process's RSS growth, and the
@@ -10,8 +10,8 @@ kernel's slab growth (Slab in /proc/meminfo) as the kernel side of memory.
     .venv/bin/nvfabric lab kernel -- .venv/bin/python bench/gateway_scale.py 10 100 1000      # in the VM (VRF)
     .venv/bin/python bench/gateway_scale.py --nat-only 10 100 1000                            # here: NAT only
 
-`--phases` also prints where the one-tenant change spends its time (vnet reconcile, ip/tc batches, the nft
-transaction, the rest) and `--profile` the change's cProfile (cumulative, top 25): Python against the
+`--phases` also prints where the one-tenant change spends its time (vnet reconcile, tc filters included; the
+nft transaction; the rest) and `--profile` the change's cProfile (cumulative, top 25): Python against the
 time spent waiting for processes and netlink.
 """
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nvfabric.gateway import nat  # noqa: E402
 from nvfabric.gateway.config import GatewayConfig  # noqa: E402
-from nvfabric.gateway.dataplane import tenant_extras, tenant_plumbing  # noqa: E402
+from nvfabric.gateway.dataplane import gateway_globals, tenant_extras  # noqa: E402
 from nvfabric.gateway.gateway import Gateway  # noqa: E402
 from nvfabric.gateway.tenants import Tenant  # noqa: E402
 from nvfabric.hostagent.thread import enter_namespace  # noqa: E402
@@ -104,10 +104,9 @@ async def one(n: int, ns: str, nat_only: bool, phases: bool = False, profile: bo
     if not nat_only:
         catalog = Catalog.build({n_: t.routing_domain for n_, t in tenants.items()}, {})
         objects = desired_state(catalog, [], [], {}, HostIdentity("02:00:5e:10:00:01",
-                                (ipaddress.ip_address("198.51.100.21"),)), ids).objects
+                                (ipaddress.ip_address("198.51.100.21"),)), ids).objects | gateway_globals(["nvf-gre4"])
         for n_, t in tenants.items():
-            tenant_plumbing(t, ids[n_])
-            objects |= tenant_extras(ids[n_], config.external)
+            objects |= tenant_extras(t, ids[n_], config.external)
     py_vnet = time.perf_counter() - t0
     rss0, slab0 = rss_kib(), slab_kib()
     gw = Gateway(config)
@@ -120,7 +119,7 @@ async def one(n: int, ns: str, nat_only: bool, phases: bool = False, profile: bo
         timer.wrap(gw, "_load", "nft transaction")
         if gw._dp is not None:
             for attr in vars(type(gw._dp)):
-                if attr in ("_reconcile", "plumb"):
+                if attr == "_reconcile":
                     timer.wrap(gw._dp, attr, f"dataplane.{attr}")
     prof = cProfile.Profile() if profile else None
     # CHANGES one-tenant changes (a floating IP moved, each on another tenant): the median is reported, the

@@ -1,11 +1,11 @@
 """The multi-tenant gateway (docs/gateway.md): tenants (gateway/tenants.py) served through NAT (gateway/nat.py),
-per-tenant VRFs behind NVGRE (gateway/dataplane.py, vnet's dataplane), EVPN towards the reflectors
+per-tenant VRFs and tc marks behind NVGRE (gateway/dataplane.py, vnet's dataplane), EVPN towards the reflectors
 (gateway/evpn.py: the tenants' CAs learned, type-5 default routes announced, the standby's decision), and
 eBGP upstream for the public addresses (gateway/upstream.py).
 
 One asyncio owner: every change runs under one lock and follows the same steps: validate the tenant as a
-value and against what the others hold (tenants.Claims) -> allocate its id -> the VRF side (vnet) and the
-tenant's plumbing -> ONE nftables transaction with only the changed tenant's chains and map elements ->
+value and against what the others hold (tenants.Claims) -> allocate its id -> the VRF side and the tc
+marks (vnet, over netlink) -> ONE nftables transaction with only the changed tenant's chains and map elements ->
 swap -> announce (upstream, fabric) only that tenant's routes. A refused change (invalid value, conflict,
 kernel or nft refusal) raises before the swap, the VRF side is reverted and nft transactions are atomic:
 nothing is half-applied. Each step's work follows the changed tenant, not the number of tenants.
@@ -24,7 +24,7 @@ from typing import Any
 
 from nvfabric.gateway import nat
 from nvfabric.gateway.config import GatewayConfig
-from nvfabric.gateway.dataplane import Dataplane, Plumbing, PlumbingError, tenant_plumbing
+from nvfabric.gateway.dataplane import Dataplane, PlumbingError
 from nvfabric.gateway.evpn import Fabric
 from nvfabric.gateway.tenants import Claims, Tenant
 from nvfabric.gateway.upstream import Upstream
@@ -111,12 +111,8 @@ class Gateway:
             await self._load("start", doc)
             if self._dp is not None:
                 await self._dp.start()
+                # every tenant's VRF side and tc filters, and the NVGRE devices' tc hooks: one netlink pass
                 await self._dp.reconcile(self._tenants, self._ids, self._records)
-                await self._dp.ensure_clsact()
-                # every tenant's filters in one tc batch: a process start costs ~0.3 s in the VM
-                await self._dp.plumb(Plumbing.join(
-                    tenant_plumbing(t, self._ids[name])
-                    for name, t in self._tenants.items()))
             if self._upstream is not None:
                 await self._upstream.start()
                 await self._upstream.sync(self._public())
@@ -188,7 +184,7 @@ class Gateway:
             ids = {**self._ids, name: tid}
             if self._dp is not None:
                 try:
-                    await self._dp.put_tenant(name, tenant, before, ids, self._records)
+                    await self._dp.put_tenant(name, tenant, ids, self._records)
                 except PlumbingError as exc:  # the dataplane reverted its side
                     raise KernelError(f"put tenant {name}", (str(exc),)) from None
             old = None if before is None else nat.TenantNat(before, tid)
@@ -197,7 +193,7 @@ class Gateway:
             except KernelError:
                 if self._dp is not None:  # nft refused: the VRF side goes back to what it was
                     try:
-                        await self._dp.put_tenant(name, before, tenant, ids, self._records)
+                        await self._dp.put_tenant(name, before, ids, self._records)
                     except PlumbingError as exc:  # logged: the refusal is what the caller must hear of
                         log.error("tenant %s: putting back the VRF side after nft refused failed: %s", name, exc)
                 raise
@@ -220,7 +216,7 @@ class Gateway:
             ids = {n: i for n, i in self._ids.items() if n != name}
             if self._dp is not None:
                 try:
-                    await self._dp.put_tenant(name, None, tenant, self._ids, self._records)
+                    await self._dp.put_tenant(name, None, self._ids, self._records)
                 except PlumbingError as exc:  # the dataplane put its side back: so does NAT
                     await self._load(f"restore tenant {name}",
                                      nat.transaction({name: (nat.TenantNat(tenant, tid), None)}))

@@ -10,7 +10,7 @@ import ipaddress
 import pytest
 
 from nvfabric.gateway.config import GatewayConfig
-from nvfabric.gateway.dataplane import Dataplane, tenant_extras
+from nvfabric.gateway.dataplane import Dataplane, gateway_globals, tenant_extras
 from nvfabric.gateway.evpn import Fabric, default_routes
 from nvfabric.gateway.tenants import Claims, Tenant, check_tenants
 from nvfabric.gateway.upstream import Upstream, public_routes
@@ -99,7 +99,8 @@ def test_the_per_tenant_partitions_make_vnets_whole_desired_state() -> None:
         {"asn": 65001, "router_id": "198.51.100.21", "external": {"interfaces": ["eth2"]}}).external)
     whole = desired_state(Catalog.build({n: t.routing_domain for n, t in tenants.items()}, {}),
                           [r for rs in records.values() for r in rs], (), {}, IDENTITY, ids).objects
-    whole |= frozenset().union(*(tenant_extras(ids[n], dp.external) for n in tenants))  # fwmark rules etc.
+    whole |= frozenset().union(*(tenant_extras(tenants[n], ids[n], dp.external) for n in tenants))  # fwmark rules etc.
+    whole |= gateway_globals(dp.devices)  # the tc hooks
     assert frozenset().union(*dp.parts(tenants, ids, records).values()) == whole
     # one tenant at a time: only its partition, and the partitions make the whole
     one = {n: dp.parts(tenants, ids, records, only=[n]) for n in tenants}

@@ -180,24 +180,22 @@ def test_an_upstream_needs_our_external_address() -> None:
         GatewayConfig.from_dict({**config(), "upstream": [{"address": "203.0.113.1", "asn": 64496}]})
 
 
-def test_plumbing_marks_each_vsid_and_routes_only_outside_arrivals_by_mark() -> None:
+def test_each_vsid_is_marked_and_only_outside_arrivals_are_routed_by_mark() -> None:
     from nvfabric.gateway.config import External
-    from nvfabric.gateway.dataplane import Plumbing, removal_plumbing, tenant_extras, tenant_plumbing
-    from nvfabric.vnet.kernel.objects import FwmarkRule, ViaRoute
+    from nvfabric.gateway.dataplane import TC_BLOCK, gateway_globals, tenant_extras
+    from nvfabric.vnet.kernel.objects import Clsact, FlowerMark, FwmarkRule, ViaRoute
 
     t = Tenant.from_dict(body(subnets=[{"vsid": 5001, "prefixes": ["10.0.0.0/24"]},
                                        {"vsid": 5002, "prefixes": ["10.0.1.0/24"]}]))
     ext = External(("eth2",), ipaddress.ip_address("203.0.113.1"), None)
-    extras = tenant_extras(1000, ext)
+    extras = tenant_extras(t, 1000, ext)
     assert FwmarkRule(4, 1000, 1000, 899, iif="eth2") in extras and FwmarkRule(6, 1000, 1000, 899, iif="eth2") in extras
     assert [o for o in extras if isinstance(o, ViaRoute)] == [ViaRoute(1000, "0.0.0.0/0", "203.0.113.1", "eth2", 1)]
-    p = tenant_plumbing(t, 1000)
-    assert [line.split(" enc_key_id ")[1] for line in p.tc] == [f"{5001 << 8} action skbedit mark 1000",
-                                                                 f"{5002 << 8} action skbedit mark 1000"]
-    assert all(line.startswith("filter replace block ") for line in p.tc)  # the NVGRE devices' shared block
-    gone = removal_plumbing(t)
-    assert all(line.startswith("filter del ") for line in gone.tc) and all(" handle 500" in line for line in gone.tc)
-    assert len(Plumbing.join([p, p]).tc) == 4
+    # one filter per VSID on the NVGRE devices' shared block, matching the whole key (FlowID 0)
+    marks = sorted((o for o in extras if isinstance(o, FlowerMark)), key=lambda o: o.vsid)
+    assert marks == [FlowerMark(TC_BLOCK, 5001, 1000), FlowerMark(TC_BLOCK, 5002, 1000)]
+    assert [o.key_id for o in marks] == [5001 << 8, 5002 << 8]
+    assert gateway_globals(["nvf-gre4", "nvf-gre6"]) == {Clsact("nvf-gre4", TC_BLOCK), Clsact("nvf-gre6", TC_BLOCK)}
 
 
 def test_default_routes_into_each_tenant() -> None:
