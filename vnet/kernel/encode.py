@@ -11,26 +11,9 @@ from __future__ import annotations
 import ipaddress
 
 from nvfabric.vnet.kernel import messages as m
+from nvfabric.vnet.kernel import objects as k
 from nvfabric.vnet.kernel.diff import Action, Op
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import (
-    PROTO,
-    TC_PREF,
-    Clsact,
-    EncapRoute,
-    FlowerMark,
-    FwmarkRule,
-    KernelObject,
-    LocalPortRoute,
-    NvgreDevice,
-    PermanentNeighbour,
-    ProxyNeighbour,
-    TunIdRule,
-    UnreachableRoute,
-    ViaRoute,
-    Vrf,
-    VrfPort,
-)
 
 CREATE_OR_REPLACE = m.NLM_F_CREATE | m.NLM_F_REPLACE | m.NLM_F_ACK
 CREATE_NEW = m.NLM_F_CREATE | m.NLM_F_EXCL | m.NLM_F_ACK
@@ -64,53 +47,57 @@ class Encoder:
         raise NotImplementedError
 
 
-class VrfEncoder(Encoder):
+class DeviceEncoder(Encoder):
+    """Devices we create: created new, deleted by ifindex, replaced in place where the kernel can change
+    the attribute, else by delete + create."""
+
     makes_devices = True
     exists_is_done = True
 
-    def encode(self, op: Op, wire: Wire) -> list[Request]:
-        obj = op.obj
-        assert isinstance(obj, Vrf)
-        create = wire.msg(m.RTM_NEWLINK, CREATE_NEW,
-                          m.link_body(name=obj.name, kind="vrf", info_data=m.vrf_info(obj.table), up=True))
-        if op.action is Action.CREATE:
-            return [create]
-        delete = wire.msg(m.RTM_DELLINK, m.NLM_F_ACK, m.link_body(ifindex=wire.ifindex(obj.name)))
-        # a VRF's table cannot change in place: replace is delete + create
-        return [delete] if op.action is Action.DELETE else [delete, create]
+    def create_body(self, obj: k.KernelObject) -> bytes:
+        raise NotImplementedError
 
-
-class NvgreDeviceEncoder(Encoder):
-    makes_devices = True
-    exists_is_done = True
+    def change_body(self, old: k.KernelObject, obj: k.KernelObject, wire: Wire) -> bytes | None:
+        """The in-place change from `old` to `obj`, or None when only a new device can have it."""
+        return None
 
     def encode(self, op: Op, wire: Wire) -> list[Request]:
-        obj = op.obj
-        assert isinstance(obj, NvgreDevice)
-
-        def create() -> Request:
-            body = m.link_body(name=obj.name, kind=obj.kind, info_data=m.collect_md_info(), address=obj.router_mac,
-                               mtu=obj.mtu, up=True)
-            return wire.msg(m.RTM_NEWLINK, CREATE_NEW, body)
-
-        def delete() -> Request:
-            return wire.msg(m.RTM_DELLINK, m.NLM_F_ACK, m.link_body(ifindex=wire.ifindex(obj.name)))
-
+        assert isinstance(op.obj, (k.Vrf, k.NvgreDevice))
+        name = op.obj.name
+        create = [wire.msg(m.RTM_NEWLINK, CREATE_NEW, self.create_body(op.obj))] \
+            if op.action is not Action.DELETE else []
+        change = self.change_body(op.old, op.obj, wire) if op.action is Action.REPLACE and op.old else None
+        if change is not None:
+            return [wire.msg(m.RTM_NEWLINK, m.NLM_F_ACK, change)]
         if op.action is Action.CREATE:
-            return [create()]
-        if op.action is Action.DELETE:
-            return [delete()]
-        assert isinstance(op.old, NvgreDevice)
-        if (op.old.family, op.old.external) != (obj.family, obj.external):
-            return [delete(), create()]  # the kind and collect_md cannot change in place
-        body = m.link_body(ifindex=wire.ifindex(obj.name), address=obj.router_mac, mtu=obj.mtu, up=True)
-        return [wire.msg(m.RTM_NEWLINK, m.NLM_F_ACK, body)]
+            return create
+        return [wire.msg(m.RTM_DELLINK, m.NLM_F_ACK, m.link_body(ifindex=wire.ifindex(name))), *create]
+
+
+class VrfEncoder(DeviceEncoder):
+    # a VRF's table cannot change in place: replace is delete + create
+    def create_body(self, obj: k.KernelObject) -> bytes:
+        assert isinstance(obj, k.Vrf)
+        return m.link_body(name=obj.name, kind="vrf", info_data=m.vrf_info(obj.table), up=True)
+
+
+class NvgreDeviceEncoder(DeviceEncoder):
+    def create_body(self, obj: k.KernelObject) -> bytes:
+        assert isinstance(obj, k.NvgreDevice)
+        return m.link_body(name=obj.name, kind=obj.kind, info_data=m.collect_md_info(), address=obj.router_mac,
+                           mtu=obj.mtu, up=True)
+
+    def change_body(self, old: k.KernelObject, obj: k.KernelObject, wire: Wire) -> bytes | None:
+        assert isinstance(old, k.NvgreDevice) and isinstance(obj, k.NvgreDevice)
+        if (old.family, old.external) != (obj.family, obj.external):
+            return None  # the kind and collect_md cannot change in place
+        return m.link_body(ifindex=wire.ifindex(obj.name), address=obj.router_mac, mtu=obj.mtu, up=True)
 
 
 class VrfPortEncoder(Encoder):
     def encode(self, op: Op, wire: Wire) -> list[Request]:
         obj = op.obj
-        assert isinstance(obj, VrfPort)
+        assert isinstance(obj, k.VrfPort)
         if op.action is Action.DELETE:  # release the port from the routing domain; the device is not ours
             body = m.link_body(ifindex=wire.ifindex(obj.name), master=0)
         else:
@@ -122,12 +109,13 @@ class RuleEncoder(Encoder):
     exists_is_done = True
 
     @staticmethod
-    def _rule(wire: Wire, r: KernelObject, kind: int, flags: int) -> Request:
-        if isinstance(r, TunIdRule):
-            body = m.rule_body(r.family, r.iif, r.tun_id, r.table, r.priority, PROTO)
+    def _rule(wire: Wire, r: k.KernelObject, kind: int, flags: int) -> Request:
+        if isinstance(r, k.TunIdRule):
+            body = m.rule_body(r.family, r.iif, r.tun_id, r.table, r.priority, k.PROTO)
         else:
-            assert isinstance(r, FwmarkRule)
-            body = m.rule_body(r.family, r.iif, None, r.table, r.priority, PROTO, fwmark=r.fwmark, ip_proto=r.ip_proto)
+            assert isinstance(r, k.FwmarkRule)
+            body = m.rule_body(r.family, r.iif, None, r.table, r.priority, k.PROTO, fwmark=r.fwmark,
+                               ip_proto=r.ip_proto)
         return wire.msg(kind, flags, body)
 
     def encode(self, op: Op, wire: Wire) -> list[Request]:
@@ -144,11 +132,11 @@ class RuleEncoder(Encoder):
 class NeighbourEncoder(Encoder):
     def encode(self, op: Op, wire: Wire) -> list[Request]:
         obj = op.obj
-        assert isinstance(obj, (PermanentNeighbour, ProxyNeighbour))
-        proxy = isinstance(obj, ProxyNeighbour)
-        lladdr = None if isinstance(obj, ProxyNeighbour) or op.action is Action.DELETE else obj.lladdr
+        assert isinstance(obj, (k.PermanentNeighbour, k.ProxyNeighbour))
+        proxy = isinstance(obj, k.ProxyNeighbour)
+        lladdr = None if isinstance(obj, k.ProxyNeighbour) or op.action is Action.DELETE else obj.lladdr
         body = m.neigh_body(ipaddress.ip_address(obj.address).version, wire.ifindex(obj.dev), obj.address,
-                            lladdr=lladdr, proxy=proxy, proto=PROTO)
+                            lladdr=lladdr, proxy=proxy, proto=k.PROTO)
         if op.action is Action.DELETE:
             return [wire.msg(m.RTM_DELNEIGH, m.NLM_F_ACK, body)]
         return [wire.msg(m.RTM_NEWNEIGH, CREATE_OR_REPLACE, body)]
@@ -159,45 +147,45 @@ class RouteEncoder(Encoder):
 
     def encode(self, op: Op, wire: Wire) -> list[Request]:
         obj = op.obj
-        assert isinstance(obj, (EncapRoute, LocalPortRoute, ViaRoute, UnreachableRoute))
+        assert isinstance(obj, (k.EncapRoute, k.LocalPortRoute, k.ViaRoute, k.UnreachableRoute))
         if op.action is Action.DELETE:
             return [wire.msg(m.RTM_DELROUTE, m.NLM_F_ACK, self._delete_body(obj))]
         return [wire.msg(m.RTM_NEWROUTE, CREATE_OR_REPLACE, self.body(obj, wire))]
 
     @staticmethod
-    def _delete_body(obj: EncapRoute | LocalPortRoute | ViaRoute | UnreachableRoute) -> bytes:
+    def _delete_body(obj: k.EncapRoute | k.LocalPortRoute | k.ViaRoute | k.UnreachableRoute) -> bytes:
         address, _, length = obj.prefix.partition("/")  # prefixes are normalised by the objects
         # A delete is selected by its key (table, prefix, metric) and our protocol; the kernel also compares
         # an IPv4 route's scope unless the request says RT_SCOPE_NOWHERE, and a scope-link local route
         # would otherwise answer ESRCH, which reads as "already gone" and leaves the route in place.
-        rtype = m.RTN_UNREACHABLE if isinstance(obj, UnreachableRoute) else m.RTN_UNICAST
-        return m.route_body(obj.family, obj.table, address, int(length), PROTO, rtype=rtype, metric=obj.metric,
+        rtype = m.RTN_UNREACHABLE if isinstance(obj, k.UnreachableRoute) else m.RTN_UNICAST
+        return m.route_body(obj.family, obj.table, address, int(length), k.PROTO, rtype=rtype, metric=obj.metric,
                             scope=m.RT_SCOPE_NOWHERE)
 
-    def body(self, obj: KernelObject, wire: Wire) -> bytes:
+    def body(self, obj: k.KernelObject, wire: Wire) -> bytes:
         raise NotImplementedError
 
 
 class UnreachableRouteEncoder(RouteEncoder):
-    def body(self, obj: KernelObject, wire: Wire) -> bytes:
-        assert isinstance(obj, UnreachableRoute)
+    def body(self, obj: k.KernelObject, wire: Wire) -> bytes:
+        assert isinstance(obj, k.UnreachableRoute)
         address = obj.prefix.partition("/")[0]
-        return m.route_body(obj.family, obj.table, address, 0, PROTO, rtype=m.RTN_UNREACHABLE, metric=obj.metric)
+        return m.route_body(obj.family, obj.table, address, 0, k.PROTO, rtype=m.RTN_UNREACHABLE, metric=obj.metric)
 
 
 class LocalPortRouteEncoder(RouteEncoder):
-    def body(self, obj: KernelObject, wire: Wire) -> bytes:
-        assert isinstance(obj, LocalPortRoute)
+    def body(self, obj: k.KernelObject, wire: Wire) -> bytes:
+        assert isinstance(obj, k.LocalPortRoute)
         address, _, length = obj.prefix.partition("/")
-        return m.route_body(obj.family, obj.table, address, int(length), PROTO, scope=m.RT_SCOPE_LINK,
+        return m.route_body(obj.family, obj.table, address, int(length), k.PROTO, scope=m.RT_SCOPE_LINK,
                             oif=wire.ifindex(obj.dev), metric=obj.metric)
 
 
 class ViaRouteEncoder(RouteEncoder):
-    def body(self, obj: KernelObject, wire: Wire) -> bytes:
-        assert isinstance(obj, ViaRoute)
+    def body(self, obj: k.KernelObject, wire: Wire) -> bytes:
+        assert isinstance(obj, k.ViaRoute)
         address, _, length = obj.prefix.partition("/")
-        return m.route_body(obj.family, obj.table, address, int(length), PROTO, oif=wire.ifindex(obj.dev),
+        return m.route_body(obj.family, obj.table, address, int(length), k.PROTO, oif=wire.ifindex(obj.dev),
                             gateway=obj.via, metric=obj.metric)
 
 
@@ -206,20 +194,20 @@ class EncapRouteEncoder(RouteEncoder):
         obj = op.obj
         if op.action is Action.DELETE:
             return super().encode(op, wire)
-        assert isinstance(obj, EncapRoute)
+        assert isinstance(obj, k.EncapRoute)
         # the hot path: one pack per remote CA
         seq = wire.sock.next_seq()
         address, _, length = obj.prefix.partition("/")
         return [(seq, m.encap_route(
-            seq, CREATE_OR_REPLACE, obj.family, obj.table, address, int(length), PROTO, obj.metric,
+            seq, CREATE_OR_REPLACE, obj.family, obj.table, address, int(length), k.PROTO, obj.metric,
             wire.ifindex(obj.dev), obj.via, obj.pa_family, obj.tun_id, obj.pa, obj.ttl,
         ))]
 
-    def body(self, obj: KernelObject, wire: Wire) -> bytes:  # the composed form (tests compare the two)
-        assert isinstance(obj, EncapRoute)
+    def body(self, obj: k.KernelObject, wire: Wire) -> bytes:  # the composed form (tests compare the two)
+        assert isinstance(obj, k.EncapRoute)
         address, _, length = obj.prefix.partition("/")
         return m.route_body(
-            obj.family, obj.table, address, int(length), PROTO, flags=m.RTNH_F_ONLINK, oif=wire.ifindex(obj.dev),
+            obj.family, obj.table, address, int(length), k.PROTO, flags=m.RTNH_F_ONLINK, oif=wire.ifindex(obj.dev),
             gateway=obj.via, extra=m.tunnel_encap(obj.pa_family, obj.tun_id, obj.pa, obj.ttl), metric=obj.metric,
         )
 
@@ -229,7 +217,7 @@ class ClsactEncoder(Encoder):
 
     def encode(self, op: Op, wire: Wire) -> list[Request]:
         obj = op.obj
-        assert isinstance(obj, Clsact)
+        assert isinstance(obj, k.Clsact)
         create = wire.msg(m.RTM_NEWQDISC, CREATE_NEW, m.clsact_body(wire.ifindex(obj.dev), obj.block))
         if op.action is Action.CREATE:
             return [create]
@@ -241,35 +229,35 @@ class ClsactEncoder(Encoder):
 class FlowerMarkEncoder(Encoder):
     def encode(self, op: Op, wire: Wire) -> list[Request]:
         obj = op.obj
-        assert isinstance(obj, FlowerMark)
+        assert isinstance(obj, k.FlowerMark)
         if op.action is Action.DELETE:
             return [wire.msg(m.RTM_DELTFILTER, m.NLM_F_ACK,
-                             m.flower_mark_body(obj.block, TC_PREF, obj.vsid, None, None))]
+                             m.flower_mark_body(obj.block, k.TC_PREF, obj.vsid, None, None))]
         # NLM_F_CREATE without NLM_F_EXCL (what `tc filter replace` sends): the handle's filter is replaced
         return [wire.msg(m.RTM_NEWTFILTER, m.NLM_F_CREATE | m.NLM_F_ACK,
-                         m.flower_mark_body(obj.block, TC_PREF, obj.vsid, obj.key_id, obj.mark))]
+                         m.flower_mark_body(obj.block, k.TC_PREF, obj.vsid, obj.key_id, obj.mark))]
 
 
 _RULES = RuleEncoder()
 _NEIGHBOURS = NeighbourEncoder()
 ENCODERS: dict[type, Encoder] = {
-    Vrf: VrfEncoder(),
-    NvgreDevice: NvgreDeviceEncoder(),
-    VrfPort: VrfPortEncoder(),
-    TunIdRule: _RULES,
-    FwmarkRule: _RULES,
-    PermanentNeighbour: _NEIGHBOURS,
-    ProxyNeighbour: _NEIGHBOURS,
-    EncapRoute: EncapRouteEncoder(),
-    LocalPortRoute: LocalPortRouteEncoder(),
-    ViaRoute: ViaRouteEncoder(),
-    UnreachableRoute: UnreachableRouteEncoder(),
-    Clsact: ClsactEncoder(),
-    FlowerMark: FlowerMarkEncoder(),
+    k.Vrf: VrfEncoder(),
+    k.NvgreDevice: NvgreDeviceEncoder(),
+    k.VrfPort: VrfPortEncoder(),
+    k.TunIdRule: _RULES,
+    k.FwmarkRule: _RULES,
+    k.PermanentNeighbour: _NEIGHBOURS,
+    k.ProxyNeighbour: _NEIGHBOURS,
+    k.EncapRoute: EncapRouteEncoder(),
+    k.LocalPortRoute: LocalPortRouteEncoder(),
+    k.ViaRoute: ViaRouteEncoder(),
+    k.UnreachableRoute: UnreachableRouteEncoder(),
+    k.Clsact: ClsactEncoder(),
+    k.FlowerMark: FlowerMarkEncoder(),
 }
 
 
-def encoder(obj: KernelObject) -> Encoder:
+def encoder(obj: k.KernelObject) -> Encoder:
     try:
         return ENCODERS[type(obj)]
     except KeyError:
