@@ -1,4 +1,4 @@
-"""Gateway scale (issue 6): one gateway with N tenants (VRF, one VSID, SNAT, 2 floating IPs each).
+"""Gateway scale: one gateway with N tenants (VRF, one VSID, SNAT, 2 floating IPs each).
 
 For each N: bring-up from config (Gateway.start: one nftables transaction with every tenant's table, vnet's
 VRFs, rules, routes, tc hooks and filters through netlink (vnet)),
