@@ -23,12 +23,15 @@ from dataclasses import dataclass
 import pytest
 
 from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.dataplane import TC_BLOCK
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns
 from tests.gateway_net import GatewayThread, Server, connect, echo
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import HostIdentity, desired_state
 from nvfabric.vnet.kernel.netns import RtnlSocket
+from nvfabric.vnet.kernel.objects import Clsact, FlowerMark
+from nvfabric.vnet.kernel.observe import observe
 from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix
 from nvfabric.vnet.reconcile import Reconciler
 
@@ -163,6 +166,14 @@ def test_gateway_over_nvgre_with_vrfs(lab: Lab) -> None:
 
 
 def _checks(lab: Lab, vms: list[Server]) -> None:
+    # 0. the tc hook and the filters read back from the kernel's dumps as they were wanted (vnet objects over
+    # netlink: a later full pass finds nothing to change)
+    ids = {n: lab.gateway.gateway.tenant_id(n) for n in ("blue", "red")}
+    with RtnlSocket(NS["gw"]) as sock:
+        seen = asyncio.run(observe(sock))
+    assert {o for o in seen if isinstance(o, (Clsact, FlowerMark))} == {
+        Clsact("nvf-gre4", TC_BLOCK), FlowerMark(TC_BLOCK, 5001, ids["blue"]), FlowerMark(TC_BLOCK, 6001, ids["red"]),
+        FlowerMark(TC_BLOCK, 6002, ids["red"])}
     # 1. both tenants (same private addresses, same source port) leave with their own SNAT address
     blue, line_b = _connect(NS["vb"], SERVER, ("10.0.0.6", 40000))
     red, line_r = _connect(NS["vr"], SERVER, ("10.0.0.6", 40000))
