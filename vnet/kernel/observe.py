@@ -15,28 +15,8 @@ from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 from nvfabric.vnet.kernel import messages as m
+from nvfabric.vnet.kernel import objects as k
 from nvfabric.vnet.kernel.netns import RtnlSocket, read_sysctls
-from nvfabric.vnet.kernel.objects import (
-    DEVICE_PREFIX,
-    PROTO,
-    RULE_PRIORITIES,
-    TC_PREF,
-    Clsact,
-    EncapRoute,
-    FlowerMark,
-    FwmarkRule,
-    KernelObject,
-    LocalPortRoute,
-    NvgreDevice,
-    PermanentNeighbour,
-    ProxyNeighbour,
-    Sysctl,
-    TunIdRule,
-    UnreachableRoute,
-    ViaRoute,
-    Vrf,
-    VrfPort,
-)
 
 
 @dataclass(frozen=True)
@@ -68,43 +48,43 @@ async def links(sock: RtnlSocket) -> AsyncIterator[Link]:
         )
 
 
-async def devices(sock: RtnlSocket) -> tuple[list[KernelObject], dict[int, str]]:
+async def devices(sock: RtnlSocket) -> tuple[list[k.KernelObject], dict[int, str]]:
     """Our VRFs and NVGRE devices, the ports enslaved to our VRFs, and every ifindex -> name."""
     all_links = [link async for link in links(sock)]
     names = {link.index: link.name for link in all_links}
-    out: list[KernelObject] = []
+    out: list[k.KernelObject] = []
     our_vrfs: dict[int, str] = {}
     for link in all_links:
-        if not link.name.startswith(DEVICE_PREFIX):
+        if not link.name.startswith(k.DEVICE_PREFIX):
             continue
         if link.kind == "vrf" and link.vrf_table is not None:
-            out.append(Vrf(link.name, link.vrf_table))
+            out.append(k.Vrf(link.name, link.vrf_table))
             our_vrfs[link.index] = link.name
         elif link.kind in ("gretap", "ip6gretap"):
-            out.append(NvgreDevice(link.name, 4 if link.kind == "gretap" else 6, link.address, link.collect_md,
-                                   link.mtu))
-    out.extend(VrfPort(link.name, our_vrfs[link.master], link.mtu) for link in all_links if link.master in our_vrfs)
+            out.append(k.NvgreDevice(link.name, 4 if link.kind == "gretap" else 6, link.address, link.collect_md,
+                                     link.mtu))
+    out.extend(k.VrfPort(link.name, our_vrfs[link.master], link.mtu) for link in all_links if link.master in our_vrfs)
     return out, names
 
 
-async def rules(sock: RtnlSocket) -> AsyncIterator[TunIdRule | FwmarkRule]:
+async def rules(sock: RtnlSocket) -> AsyncIterator[k.TunIdRule | k.FwmarkRule]:
     for family in (4, 6):
         async for raw in sock.dump(m.RTM_GETRULE, struct.pack("=BBBBBBBBI", m.FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)):
             msg = fibmsg(raw)
             msg.decode()
-            if msg.get_attr("FRA_PROTOCOL") != PROTO or msg.get_attr("FRA_PRIORITY") not in RULE_PRIORITIES:
+            if msg.get_attr("FRA_PROTOCOL") != k.PROTO or msg.get_attr("FRA_PRIORITY") not in k.RULE_PRIORITIES:
                 continue
             tun_id = msg.get_attr("FRA_TUN_ID")
             fwmark = msg.get_attr("FRA_FWMARK")
             if tun_id is not None:
-                yield TunIdRule(family, msg.get_attr("FRA_IIFNAME"), tun_id, msg.get_attr("FRA_TABLE"),
+                yield k.TunIdRule(family, msg.get_attr("FRA_IIFNAME"), tun_id, msg.get_attr("FRA_TABLE"),
                                 msg.get_attr("FRA_PRIORITY"))
             elif fwmark:
-                yield FwmarkRule(family, fwmark, msg.get_attr("FRA_TABLE"), msg.get_attr("FRA_PRIORITY"),
+                yield k.FwmarkRule(family, fwmark, msg.get_attr("FRA_TABLE"), msg.get_attr("FRA_PRIORITY"),
                                  msg.get_attr("FRA_IIFNAME"), msg.get_attr("FRA_IP_PROTO") or None)
 
 
-async def neighbours(sock: RtnlSocket, names: dict[int, str], ports: set[str]) -> AsyncIterator[KernelObject]:
+async def neighbours(sock: RtnlSocket, names: dict[int, str], ports: set[str]) -> AsyncIterator[k.KernelObject]:
     for flags in (0, m.NTF_PROXY):
         body = struct.pack("=BBHiHBB", socket.AF_UNSPEC, 0, 0, 0, 0, flags, 0)
         async for raw in sock.dump(m.RTM_GETNEIGH, body):
@@ -115,64 +95,64 @@ async def neighbours(sock: RtnlSocket, names: dict[int, str], ports: set[str]) -
             if msg["flags"] & m.NTF_PROXY:
                 # proxy entries carry NDA_PROTOCOL on kernels that keep it; otherwise a proxy entry on
                 # one of our ports is ours (the port belongs to our routing domain)
-                if proto == PROTO or (proto is None and dev in ports):
-                    yield ProxyNeighbour(dev, msg.get_attr("NDA_DST"))
-            elif proto == PROTO and msg["state"] & m.NUD_PERMANENT:
-                yield PermanentNeighbour(dev, msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR"))
+                if proto == k.PROTO or (proto is None and dev in ports):
+                    yield k.ProxyNeighbour(dev, msg.get_attr("NDA_DST"))
+            elif proto == k.PROTO and msg["state"] & m.NUD_PERMANENT:
+                yield k.PermanentNeighbour(dev, msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR"))
 
 
-def _route(r: m.RouteFields, names: dict[int, str]) -> KernelObject | None:
+def _route(r: m.RouteFields, names: dict[int, str]) -> k.KernelObject | None:
     prefix = f"{r.dst or ('0.0.0.0' if r.family == 4 else '::')}/{r.dst_len}"
     if r.rtype == m.RTN_UNREACHABLE and r.dst_len == 0:
-        return UnreachableRoute(r.table, r.family, r.metric)
+        return k.UnreachableRoute(r.table, r.family, r.metric)
     dev = names.get(r.oif) if r.oif is not None else None
     if r.encap_type in (m.LWTUNNEL_ENCAP_IP, m.LWTUNNEL_ENCAP_IP6) and r.tun_id is not None:
-        return EncapRoute(r.table, prefix, r.tun_id >> 8, r.tun_dst, dev, r.tun_ttl, r.metric)
+        return k.EncapRoute(r.table, prefix, r.tun_id >> 8, r.tun_dst, dev, r.tun_ttl, r.metric)
     if dev is not None and r.rtype == m.RTN_UNICAST and r.gateway is not None:
-        return ViaRoute(r.table, prefix, r.gateway, dev, r.metric)
+        return k.ViaRoute(r.table, prefix, r.gateway, dev, r.metric)
     if dev is not None and r.rtype == m.RTN_UNICAST:
-        return LocalPortRoute(r.table, prefix, dev, r.metric)
+        return k.LocalPortRoute(r.table, prefix, dev, r.metric)
     return None
 
 
-async def routes(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[KernelObject]:
+async def routes(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[k.KernelObject]:
     for family in (4, 6):
         # strict dump checking lets the kernel filter by protocol: others' routes never reach us
-        body = struct.pack("=BBBBBBBBI", m.FAMILY[family], 0, 0, 0, 0, PROTO, 0, 0, 0)
+        body = struct.pack("=BBBBBBBBI", m.FAMILY[family], 0, 0, 0, 0, k.PROTO, 0, 0, 0)
         async for raw in sock.dump(m.RTM_GETROUTE, body):
             fields = m.parse_route(raw)
-            if fields.proto != PROTO:
+            if fields.proto != k.PROTO:
                 continue
             obj = _route(fields, names)
             if obj is not None:
                 yield obj
 
 
-async def clsacts(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[Clsact]:
+async def clsacts(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[k.Clsact]:
     """The clsact qdiscs on our devices (by name), with their shared ingress block (0: none)."""
     async for raw in sock.dump(m.RTM_GETQDISC, m.tc_dump_body()):
         q = m.parse_qdisc(raw)
         dev = names.get(q.ifindex)
-        if q.kind == "clsact" and dev is not None and dev.startswith(DEVICE_PREFIX):
-            yield Clsact(dev, q.ingress_block)
+        if q.kind == "clsact" and dev is not None and dev.startswith(k.DEVICE_PREFIX):
+            yield k.Clsact(dev, q.ingress_block)
 
 
-async def flower_marks(sock: RtnlSocket, block: int) -> AsyncIterator[FlowerMark]:
-    """Our flower filters on one of our clsacts' shared blocks (preference TC_PREF)."""
+async def flower_marks(sock: RtnlSocket, block: int) -> AsyncIterator[k.FlowerMark]:
+    """Our flower filters on one of our clsacts' shared blocks (preference k.TC_PREF)."""
     async for raw in sock.dump(m.RTM_GETTFILTER, m.tc_dump_body(m.TCM_IFINDEX_MAGIC_BLOCK, block)):
         f = m.parse_flower(raw)
         # handle 0: the header of a preference's filter list; a VSID handle outside 24 bits is not one of ours
-        if f is None or f.pref != TC_PREF or not 0 < f.handle < 1 << 24:
+        if f is None or f.pref != k.TC_PREF or not 0 < f.handle < 1 << 24:
             continue
-        yield FlowerMark(block, f.handle, f.mark or 0, f.key_id or 0)
+        yield k.FlowerMark(block, f.handle, f.mark or 0, f.key_id or 0)
 
 
-async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[KernelObject]:
+async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[k.KernelObject]:
     """All our objects in the socket's namespace, plus the current values of the given sysctl paths."""
-    out: set[KernelObject] = set()
+    out: set[k.KernelObject] = set()
     devs, names = await devices(sock)
     out.update(devs)
-    ports = {d.name for d in devs if isinstance(d, VrfPort)}
+    ports = {d.name for d in devs if isinstance(d, k.VrfPort)}
     out.update([r async for r in rules(sock)])
     out.update([n async for n in neighbours(sock, names, ports)])
     out.update([r async for r in routes(sock, names)])
@@ -182,5 +162,5 @@ async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[KernelOb
         out.update([f async for f in flower_marks(sock, block)])
     for path, value in read_sysctls(sock.netns, sysctls).items():
         if value is not None:
-            out.add(Sysctl(path, value))
+            out.add(k.Sysctl(path, value))
     return out
