@@ -78,10 +78,10 @@ async def rules(sock: RtnlSocket) -> AsyncIterator[k.TunIdRule | k.FwmarkRule]:
             fwmark = msg.get_attr("FRA_FWMARK")
             if tun_id is not None:
                 yield k.TunIdRule(family, msg.get_attr("FRA_IIFNAME"), tun_id, msg.get_attr("FRA_TABLE"),
-                                msg.get_attr("FRA_PRIORITY"))
+                                  msg.get_attr("FRA_PRIORITY"))
             elif fwmark:
                 yield k.FwmarkRule(family, fwmark, msg.get_attr("FRA_TABLE"), msg.get_attr("FRA_PRIORITY"),
-                                 msg.get_attr("FRA_IIFNAME"), msg.get_attr("FRA_IP_PROTO") or None)
+                                   msg.get_attr("FRA_IIFNAME"), msg.get_attr("FRA_IP_PROTO") or None)
 
 
 async def neighbours(sock: RtnlSocket, names: dict[int, str], ports: set[str]) -> AsyncIterator[k.KernelObject]:
