@@ -74,8 +74,9 @@ def gateway_globals(devices: Iterable[str]) -> frozenset[KernelObject]:
 
 class Dataplane:
     """The gateway's VRF side on vnet's partitioned dataplane: one partition per tenant (its VRF, unreachable
-    defaults, tun_id rules, its CAs' encap routes) plus vnet's GLOBAL one (NVGRE devices, their neighbours,
-    sysctls). A one-tenant change computes and plans only that tenant's partition (vnet.reconcile)."""
+    defaults, tun_id rules, its CAs' encap routes, its tc filters) plus vnet's GLOBAL one (NVGRE devices,
+    their neighbours and tc hooks, sysctls). A one-tenant change computes and plans only that tenant's
+    partition (vnet.reconcile)."""
 
     def __init__(self, netns: str | None, identity: HostIdentity, external: External) -> None:
         self.netns = netns
