@@ -3,7 +3,7 @@
 Run inside the VM (the host kernel has no VRF/GRE):
     nvfabric lab kernel --vm always -- .venv/bin/python bench/agent_attach.py [--count 50]
 
-The default topology with the two tenants of hostagent/scenario.py (`nvfabric rr` reflectors on rr1/rr2, agents
+The default topology with the two tenants of lab/fabric.py (`nvfabric rr` reflectors on rr1/rr2, agents
 on hv1-hv3 in this process). Then, one at a time, a new port on hv1 (a fresh veth, CA 10.0.0.100+i in
 blue's VSID 5001): t0 before `put_port`, t1 when it returns (kernel programmed on hv1 and the route
 handed to BGP), t2 when `ip monitor route` in hv3 prints the CA's route (a reader thread stamps each
@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from nvfabric.hostagent.scenario import Fabric
+from nvfabric.lab.fabric import Fabric
 from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load

@@ -91,8 +91,8 @@ async def sink(count: int) -> None:
 
 
 def orchestrate(count: int) -> int:
-    from tests.integration.peers import GoBgp, Lab, segment, wait_for
-    from tests.integration.test_bgp_gobgp import gobgp_rr_toml
+    from nvfabric.lab.peers import GoBgp, Lab, segment, wait_for
+    from nvfabric.lab.peers import gobgp_rr_toml
 
     with tempfile.TemporaryDirectory(prefix="nvfabric-bench-") as tmp:
         lab = Lab(tmp=Path(tmp), prefix=f"nvbench{os.getpid() % 10000}-")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nvfabric.gateway.probe import Server  # noqa: E402
-from tests.kernel.test_gateway_failover import REACTION, SERVER, kill_gw1_during_a_ping, two_gateways  # noqa: E402
+from nvfabric.lab.probe import Server  # noqa: E402
+from nvfabric.lab.failover import REACTION, SERVER, kill_gw1_during_a_ping, two_gateways  # noqa: E402
 
 
 def main() -> int:

@@ -37,7 +37,7 @@ from nvfabric.gateway.config import GatewayConfig  # noqa: E402
 from nvfabric.gateway.dataplane import gateway_globals, tenant_extras  # noqa: E402
 from nvfabric.gateway.gateway import Gateway  # noqa: E402
 from nvfabric.gateway.tenants import Tenant  # noqa: E402
-from nvfabric.hostagent.thread import enter_namespace  # noqa: E402
+from nvfabric.vnet.kernel.netns import enter_namespace  # noqa: E402
 from nvfabric.vnet.catalog import Catalog  # noqa: E402
 from nvfabric.vnet.desired import HostIdentity, allocate_tables, desired_state  # noqa: E402
 

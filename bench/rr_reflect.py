@@ -263,11 +263,10 @@ def frr_config(clients: int, coalesce_ms: int | None = None) -> str:
 
 
 def gobgp_config(clients: int) -> str:
-    from tests.integration.test_bgp_gobgp import gobgp_rr_toml
+    from nvfabric.lab.peers import gobgp_rr_toml
 
-    toml = gobgp_rr_toml([INJECTOR] + [client_address(i) for i in range(clients)])
-    return toml.replace(f'"{"198.51.100.254"}"', f'"{RR}"').replace("hold-time = 9", "hold-time = 180").replace(
-        "keepalive-interval = 3", "keepalive-interval = 60")
+    toml = gobgp_rr_toml([INJECTOR] + [client_address(i) for i in range(clients)], rr=RR)
+    return toml.replace("hold-time = 9", "hold-time = 180").replace("keepalive-interval = 3", "keepalive-interval = 60")
 
 
 def proc_status(pid: int) -> dict[str, Any]:
@@ -281,7 +280,7 @@ def proc_status(pid: int) -> dict[str, Any]:
 
 def one_run(impl: str, count: int, clients: int, timeout: float, filtered: bool = False,
             frr_coalesce_ms: int | None = None) -> dict[str, Any]:
-    from tests.integration.peers import Frr, GoBgp, Lab, Process, segment
+    from nvfabric.lab.peers import Frr, GoBgp, Lab, Process, segment
 
     with tempfile.TemporaryDirectory(prefix="nvfabric-rrbench-") as tmp:
         lab = Lab(tmp=Path(tmp), prefix=f"nvrr{os.getpid() % 10000}-")

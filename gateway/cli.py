@@ -36,7 +36,7 @@ async def serve(config: GatewayConfig) -> int:
 
 def _enter_namespace(config: GatewayConfig) -> None:
     if config.netns:
-        from nvfabric.hostagent.thread import enter_namespace  # noqa: PLC0415
+        from nvfabric.vnet.kernel.netns import enter_namespace  # noqa: PLC0415
 
         enter_namespace(config.netns)  # before any socket exists: all are created inside
 

@@ -8,7 +8,7 @@ resync are full passes (every domain, the whole kernel read back). An API change
 fails is reverted (the previous desired state is reconciled again) and raised as KernelError carrying the
 kernel's message: nothing half-applied.
 
-The agent must run in a thread that is inside `config.netns` when one is set (hostagent/thread.py for
+The agent must run in a thread that is inside `config.netns` when one is set (lab/daemons.py for
 tests and the lab, hostagent/cli.py for the daemon): BGP and API sockets are created by that thread.
 """
 
@@ -171,7 +171,8 @@ class Agent:
         except FileNotFoundError:
             raise NamespaceError(f"netns: no network namespace named {ns!r}") from None
         if os.stat("/proc/thread-self/ns/net").st_ino != want:
-            raise NamespaceError(f"netns: the agent's thread is not inside {ns!r} (use hostagent.thread)")
+            raise NamespaceError(f"netns: the agent's thread is not inside {ns!r} "
+                                 "(vnet.kernel.netns.enter_namespace enters it)")
 
     async def start(self) -> None:
         self._check_namespace()

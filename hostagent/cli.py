@@ -26,7 +26,7 @@ async def serve(config: AgentConfig) -> int:
 
 def _enter_namespace(config: AgentConfig) -> None:
     if config.netns:
-        from nvfabric.hostagent.thread import enter_namespace  # noqa: PLC0415
+        from nvfabric.vnet.kernel.netns import enter_namespace  # noqa: PLC0415
 
         enter_namespace(config.netns)  # before any socket (and thread) exists: all are created inside
 

@@ -72,16 +72,17 @@ def run(topology: Topology, console: Console | None = None) -> int:
             f"{verdict}: {len(probes) - len(failed)}/{len(probes)} probes answered "
             f"between {len(hosts)} nodes over IPv4 and IPv6 ({time.monotonic() - started:.1f} s)"
         )
-        # issue 5: two tenants with overlapping addresses across hv1-hv3 (hostagent/scenario.py)
-        from nvfabric.hostagent.scenario import tenants_scene
+        # two tenants with overlapping addresses across hv1-hv3 (lab/fabric.py); imported here, where it is
+        # needed: it loads the agent and the gateway, which the lab's other commands do not
+        from nvfabric.lab.fabric import tenants_scene
 
         rows = tenants_scene(topology)
         console.print(tenants_table(rows))
         wrong = [r for r in rows if r[3] != r[4]]
         console.print(f"{'[green]PASS[/]' if not wrong else '[red]FAIL[/]'}: tenants: "
                       f"{len(rows) - len(wrong)}/{len(rows)} expectations hold ({time.monotonic() - started:.1f} s)")
-        # issue 6: the gateway on gw1, both tenants to the internet and a floating IP inbound (gateway/scene.py)
-        from nvfabric.gateway.scene import gateway_scene, scene_table
+        # the gateway on gw1, both tenants to the internet and a floating IP inbound (lab/gateway_scene.py)
+        from nvfabric.lab.gateway_scene import gateway_scene, scene_table
 
         gw_rows = gateway_scene(topology)
         console.print(scene_table(gw_rows))

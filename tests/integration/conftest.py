@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.peers import Lab
+from nvfabric.lab.peers import Lab
 
 
 def need(*tools: str) -> None:

@@ -6,7 +6,7 @@ import json
 import time
 
 from tests.integration.conftest import need
-from tests.integration.peers import Frr, Lab, Speaker, segment, wait_for
+from nvfabric.lab.peers import Frr, Lab, Speaker, segment, wait_for
 
 RR, RR6 = "198.51.100.254", "2001:db8::254"
 H1, H2 = "198.51.100.1", "198.51.100.2"

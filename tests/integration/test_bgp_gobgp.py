@@ -5,48 +5,15 @@ from __future__ import annotations
 import signal
 
 from tests.integration.conftest import need
-from tests.integration.peers import GoBgp, Lab, Speaker, segment, wait_for
+from nvfabric.lab.peers import GOBGP_RR, GoBgp, Lab, Speaker, gobgp_rr_toml, segment, wait_for
 
-RR = "198.51.100.254"
+RR = GOBGP_RR
 H1, H2 = "198.51.100.1", "198.51.100.2"
 
 ROUTE = {
     "type": "mac-ip", "rd": f"{H1}:1", "mac": "00:15:5d:01:02:03", "ip": "10.1.0.5", "vsid": 5001,
     "next_hop": H1, "route_targets": ["65000:5001"], "router_mac": "02:00:5e:10:00:01", "mobility_seq": 3,
 }
-
-
-def gobgp_rr_toml(clients: list[str], graceful: bool = False) -> str:
-    out = [f'[global.config]\n  as = 65000\n  router-id = "{RR}"\n  port = 179\n  local-address-list = ["{RR}"]\n']
-    for address in clients:
-        out.append(f"""
-[[neighbors]]
-  [neighbors.config]
-    neighbor-address = "{address}"
-    peer-as = 65000
-  [neighbors.transport.config]
-    passive-mode = true
-  [neighbors.route-reflector.config]
-    route-reflector-client = true
-    route-reflector-cluster-id = "{RR}"
-  [neighbors.timers.config]
-    hold-time = 9
-    keepalive-interval = 3
-""")
-        if graceful:
-            out.append("""  [neighbors.graceful-restart.config]
-    enabled = true
-    restart-time = 60
-""")
-        out.append("""  [[neighbors.afi-safis]]
-    [neighbors.afi-safis.config]
-      afi-safi-name = "l2vpn-evpn"
-""")
-        if graceful:
-            out.append("""    [neighbors.afi-safis.mp-graceful-restart.config]
-      enabled = true
-""")
-    return "".join(out)
 
 
 def speaker_config(router_id: str, routes: list[dict], rr: str = RR) -> dict:

@@ -12,8 +12,9 @@ import yaml
 from nvfabric.bgp import wire
 from nvfabric.bgp.routes import Family, MacIpRoute
 from tests.integration.conftest import need
-from tests.integration.peers import GoBgp, Lab, Speaker, inside, segment, wait_for
-from tests.integration.test_bgp_gobgp import ROUTE, gobgp_rr_toml
+from nvfabric.lab.peers import GoBgp, Lab, Speaker, gobgp_rr_toml, segment, wait_for
+from nvfabric.vnet.kernel.netns import inside
+from tests.integration.test_bgp_gobgp import ROUTE
 
 RR, H1, H2, RAW, OUTSIDER = "198.51.100.254", "198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.200"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from tests.integration.conftest import need
-from tests.integration.peers import Frr, GoBgp, Lab, Speaker, segment, wait_for
+from nvfabric.lab.peers import Frr, GoBgp, Lab, Speaker, gobgp_rr_toml, segment, wait_for
 from tests.integration.test_bgp_frr import FRR_BINARIES
-from tests.integration.test_bgp_gobgp import ROUTE, gobgp_rr_toml
+from tests.integration.test_bgp_gobgp import ROUTE
 
 GOBGP_RR, FRR_RR = "198.51.100.254", "198.51.100.253"
 H1, H2 = "198.51.100.1", "198.51.100.2"

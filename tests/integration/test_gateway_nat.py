@@ -21,7 +21,8 @@ import pytest
 
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.tenants import Tenant
-from tests.gateway_net import GatewayThread, Server, connect, echo, in_ns
+from nvfabric.lab.daemons import GatewayThread, in_ns
+from nvfabric.lab.probe import Server, connect, echo
 from nvfabric.lab.netns import run
 from nvfabric.vnet.errors import ConflictError, ModelError
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from nvfabric.gateway.config import GatewayConfig
-from nvfabric.gateway.scene import frr_upstream_conf
+from nvfabric.lab.gateway_scene import frr_upstream_conf
 from nvfabric.lab import netns
-from tests.gateway_net import GatewayThread
+from nvfabric.lab.daemons import GatewayThread
 from tests.integration.conftest import need
-from tests.integration.peers import Frr, Lab, wait_for
+from nvfabric.lab.peers import Frr, Lab, wait_for
 
 GW4, GW6, UP4, UP6 = "203.0.113.2", "2001:db8:113::2", "203.0.113.1", "2001:db8:113::1"
 

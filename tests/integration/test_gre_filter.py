@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from nvfabric.hostagent.thread import enter_namespace
+from nvfabric.vnet.kernel.netns import enter_namespace
 from nvfabric.lab import netns
 from nvfabric.vnet.nftables import FAMILY, TABLE, GreFilter, Nft, NftError
 

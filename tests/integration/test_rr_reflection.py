@@ -6,7 +6,7 @@ import yaml
 
 from nvfabric.lab import netns
 from tests.integration.conftest import need
-from tests.integration.peers import Frr, GoBgp, Lab, RouteReflector, Speaker, segment, wait_for
+from nvfabric.lab.peers import Frr, GoBgp, Lab, RouteReflector, Speaker, segment, wait_for
 from tests.integration.test_bgp_frr import FRR_BINARIES
 from tests.integration.test_bgp_gobgp import ROUTE
 

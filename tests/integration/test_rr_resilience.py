@@ -7,7 +7,7 @@ import yaml
 
 from nvfabric.bgp import wire
 from nvfabric.bgp.routes import MacIpRoute
-from tests.integration.peers import Lab, RouteReflector, Speaker, segment, wait_for
+from nvfabric.lab.peers import Lab, RouteReflector, Speaker, segment, wait_for
 from tests.integration.test_bgp_gobgp import ROUTE
 from tests.integration.test_bgp_sessions import (
     _try,

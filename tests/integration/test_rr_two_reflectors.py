@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.integration.peers import Lab, RouteReflector, Speaker, segment, wait_for
+from nvfabric.lab.peers import Lab, RouteReflector, Speaker, segment, wait_for
 from tests.integration.test_bgp_gobgp import ROUTE
 from tests.integration.test_rr_reflection import client_config, macs
 

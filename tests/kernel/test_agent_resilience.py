@@ -1,5 +1,5 @@
 """The host agent when the fabric misbehaves (VM phase): default topology, our reflectors (`nvfabric rr`) on rr1
-and rr2, agents on hv1-hv3 with the two tenants of hostagent/scenario.py.
+and rr2, agents on hv1-hv3 with the two tenants of lab/fabric.py.
 
 - Mobility flapping: a MAC claimed in turn by hv2 and hv3 (a duplicate MAC, or an orchestrator re-attaching
   a port on two hosts) moves back and forth five times, then is frozen (FRR's default, hostagent/mobility.py)
@@ -24,15 +24,15 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from nvfabric.hostagent import scenario, state
-from nvfabric.hostagent.scenario import HV, VMS, Fabric, Vm
+from nvfabric.hostagent import state
+from nvfabric.lab.fabric import Fabric, HV, RR, VMS, Vm, wait_for
 from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
 
 pytestmark = pytest.mark.kernel
 VM = {vm.name: vm for vm in VMS}
-# VMs of these tests only (not in scenario.VMS): a MAC on two hosts (b5 and its clone), one attached while headless
+# VMs of these tests only (not in VMS): a MAC on two hosts (b5 and its clone), one attached while headless
 FLAPPER = Vm("b5", "hv2", "blue", 5001, "02:00:00:00:0b:05", ("10.0.0.15/24",))
 CLONE = Vm("b5c", "hv3", "blue", 5001, FLAPPER.mac, FLAPPER.addresses)
 PING_THROUGH_OUTAGE: dict[str, Any] = {}  # the headless test's ping, judged by the test after it
@@ -131,16 +131,16 @@ def test_a_flapping_mac_is_frozen_reported_and_the_fabric_settles(fabric):
     fab.plug(FLAPPER)
     fab.plug(CLONE)
     fab.agents["hv2"].call(lambda a: a.put_port(port["hv2"]))
-    scenario.wait_for(lambda: record_pa(fab, "hv1", ca) == pa["hv2"], 60, "hv1 to learn b5 on hv2")
+    wait_for(lambda: record_pa(fab, "hv1", ca) == pa["hv2"], 60, "hv1 to learn b5 on hv2")
 
     # five moves, each one done (the other host gave way, hv1 follows) before the next claim
     here, there = "hv2", "hv3"
     for move in range(1, 6):
         here, there = there, here
         fab.agents[here].call(lambda a, h=here: a.put_port(port[h]))
-        scenario.wait_for(lambda old=there, new=here: record_pa(fab, old, ca) == pa[new], 60,
+        wait_for(lambda old=there, new=here: record_pa(fab, old, ca) == pa[new], 60,
                           f"move {move}: {there} gives way")
-        scenario.wait_for(lambda new=here: record_pa(fab, "hv1", ca) == pa[new], 60, f"move {move}: hv1 follows")
+        wait_for(lambda new=here: record_pa(fab, "hv1", ca) == pa[new], 60, f"move {move}: hv1 follows")
         assert fab.reaches("b1", ca), f"move {move}: b1 -> 10.0.0.15 on {here}"
     assert here == "hv3"
     seqs = {h: announced_seq(fab, h, FLAPPER) for h in ("hv2", "hv3")}
@@ -148,7 +148,7 @@ def test_a_flapping_mac_is_frozen_reported_and_the_fabric_settles(fabric):
 
     # the fifth move froze the MAC on both hosts, and both say so: status (GET /v1/status) and metrics
     for host in ("hv2", "hv3"):
-        freezes = scenario.wait_for(lambda h=host: fab.agents[h].read(lambda a: a.status()).mobility_freezes, 30,
+        freezes = wait_for(lambda h=host: fab.agents[h].read(lambda a: a.status()).mobility_freezes, 30,
                                     f"{host} to report the freeze")
         assert [(f["vsid"], f["mac"], f["moves"]) for f in freezes] == [(FLAPPER.vsid, FLAPPER.mac, 5)], freezes
         assert time.time() < freezes[0]["until"] <= time.time() + 180  # wall-clock: when the freeze ends
@@ -163,7 +163,7 @@ def test_a_flapping_mac_is_frozen_reported_and_the_fabric_settles(fabric):
     assert {h: announced_seq(fab, h, FLAPPER) for h in ("hv2", "hv3")} == seqs
     assert record_pa(fab, "hv1", ca) == pa["hv3"] and record_pa(fab, "hv3", ca) == "local"
     # on the reflectors: one route for the MAC, hv3's (hv2 announces nothing for it)
-    for node in scenario.RR:
+    for node in RR:
         routes = reflector_routes(fab, node, mac=FLAPPER.mac)
         assert routes is not None and {r["next_hop"] for r in routes} == {pa["hv3"]}, (node, routes)
     assert fab.reaches("b1", ca) and fab.reaches("b3", ca)
@@ -178,10 +178,10 @@ def test_changes_made_while_headless_apply_when_the_reflectors_return(fabric):
     fab.plug(LATE)  # b4's interface on hv1, not yet a port
     pinger = Pinger(fab, "b1", "10.0.1.13")  # existing forwarding, hv1 -> hv3, through all of it
     try:
-        for node in scenario.RR:
+        for node in RR:
             fab.kill_reflector(node)
         for host in HV:
-            scenario.wait_for(lambda h=host: fab.agents[h].read(lambda a: a.status()).headless, 30,
+            wait_for(lambda h=host: fab.agents[h].read(lambda a: a.status()).headless, 30,
                               f"{host} headless")
         killed = time.monotonic()
 
@@ -200,19 +200,19 @@ def test_changes_made_while_headless_apply_when_the_reflectors_return(fabric):
         # b4 is announced and installed everywhere; b2 is withdrawn and removed everywhere
         for host in ("hv2", "hv3"):
             for ca in LATE.cas:
-                scenario.wait_for(lambda h=host, ca=ca: "encap" in route_in_vrf(fab, h, "nvf-blue", ca), 90,
+                wait_for(lambda h=host, ca=ca: "encap" in route_in_vrf(fab, h, "nvf-blue", ca), 90,
                                   f"{ca} (b4, attached while headless) on {host}")
         learned = time.monotonic()
         for host in ("hv1", "hv3"):
             for ca in b2.cas:
-                scenario.wait_for(lambda h=host, ca=ca: not route_in_vrf(fab, h, "nvf-blue", ca), 150,
+                wait_for(lambda h=host, ca=ca: not route_in_vrf(fab, h, "nvf-blue", ca), 150,
                                   f"{ca} (b2, deleted while headless) gone from {host}")
         removed = time.monotonic()
         for host in HV:
-            scenario.wait_for(lambda h=host: fab.agents[h].read(lambda a: a.status()).synced, 150, f"{host} synced")
+            wait_for(lambda h=host: fab.agents[h].read(lambda a: a.status()).synced, 150, f"{host} synced")
         assert fab.reaches("b3", LATE.cas[0]) and fab.reaches("b1", "10.0.1.13")
         assert not fab.ping("b1", "10.0.0.12", count=2)  # b2's address is nobody's in blue now
-        for node in scenario.RR:
+        for node in RR:
             routes = reflector_routes(fab, node, mac=b2.mac)
             assert routes == [], (node, routes)
             assert {r["next_hop"] for r in reflector_routes(fab, node, mac=LATE.mac) or []} == {HV["hv1"]}

@@ -1,11 +1,12 @@
 """The host agent end to end (VM phase): default topology, our reflectors (`nvfabric rr`) on rr1/rr2, agents on hv1-hv3
 (in this process, each in its namespace; hv2's also as a separate `nvfabric agent` process), two tenants
-with overlapping addresses (hostagent/scenario.py). Everything is checked by pings, packets on the
+with overlapping addresses (lab/fabric.py). Everything is checked by pings, packets on the
 underlay and kernel state.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import dataclasses
 import re
 import signal
@@ -17,9 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nvfabric.hostagent import scenario
 from nvfabric.hostagent.agent import KernelError
-from nvfabric.hostagent.scenario import VMS, Fabric
+from nvfabric.lab.fabric import Fabric, HV, VMS, agent_config, check, wait_for
 from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
@@ -50,7 +50,7 @@ def fabric():
             for other in VMS:
                 if other.tenant == vm.tenant and other.host != vm.host:
                     for ca in vm.cas:
-                        scenario.wait_for(lambda h=other.host, ca=ca: fab.learned(h, ca), 60, f"{ca} on {other.host}")
+                        wait_for(lambda h=other.host, ca=ca: fab.learned(h, ca), 60, f"{ca} on {other.host}")
         report(f"fabric up and every CA learned in {time.monotonic() - started:.1f} s")
         yield fab
     finally:
@@ -85,7 +85,7 @@ def _frames(pcap: bytes) -> list[bytes]:
 
 def test_tenants_reach_their_own_and_never_each_other_and_the_wire_carries_only_unicast_gre(fabric):
     cap = Capture(fabric.ns("hv1"), "eth1", "/tmp/agent-hv1-eth1.pcap")
-    rows = scenario.check(fabric)
+    rows = check(fabric)
     # an ARP / ND for an unknown address gets no answer; a known one is answered with the port's MAC
     for _family, unknown in ((4, "10.0.0.99"), (6, "fd00:b::99")):
         assert not fabric.ping("b1", unknown, count=2, wait=1)
@@ -181,7 +181,7 @@ def test_bad_changes_are_refused_and_leave_nothing_half_applied(fabric):
     catalog = hv1.read(lambda a: a.catalog)
     with pytest.raises(ModelError) as err:
         hv1.call(lambda a: a.put_port(Port("ghost", "tap-none", "02:00:00:00:0f:01", 5001,
-                                           (scenario.ipaddress.ip_address("10.0.0.50"),))))
+                                           (ipaddress.ip_address("10.0.0.50"),))))
     assert err.value.field == "interface"
     assert hv1.read(lambda a: a.catalog) == catalog
     # a bad config file: a clear error naming the field, exit status 2, no kernel change
@@ -200,7 +200,7 @@ def test_a_kernel_refusal_is_reverted_completely(fabric):
     # the kernel refuses to enslave the loopback device: the whole change is reverted
     with pytest.raises(KernelError) as kerr:
         hv1.call(lambda a: a.put_port(Port("lo-port", "lo", "02:00:00:00:0f:02", 5001,
-                                           (scenario.ipaddress.ip_address("10.0.0.51"),))))
+                                           (ipaddress.ip_address("10.0.0.51"),))))
     report(f"kernel refusal reverted: {kerr.value}")
     assert hv1.read(lambda a: a.catalog) == catalog
     after = netns.run(["ip", "-n", fabric.ns("hv1"), "route", "show", "table", "all", "proto", "78"]).output
@@ -214,7 +214,7 @@ def test_customer_route_via_a_vm_on_another_host(fabric):
     netns.run(["ip", "-n", b3, "addr", "add", "192.168.50.1/32", "dev", "lo"])
     before = fabric.agents["hv1"].read(lambda a: a.catalog.routing_domains["blue"])
     with_route = dataclasses.replace(before, customer_routes=(
-        CustomerRoute(scenario.ipaddress.ip_network("192.168.50.0/24"), scenario.ipaddress.ip_address("10.0.1.13")),))
+        CustomerRoute(ipaddress.ip_network("192.168.50.0/24"), ipaddress.ip_address("10.0.1.13")),))
     try:
         assert not fabric.ping("b1", "192.168.50.1", count=1, wait=1)
         for host in ("hv1", "hv2", "hv3"):
@@ -250,7 +250,7 @@ def _loss_and_gap(output: str, interval: float) -> tuple[int, int, float]:
 def test_agent_sigkill_and_restart_during_a_ping_loses_nothing(fabric):
     """hv2's agent as a separate `nvfabric agent` process: SIGKILL it, start it again, mid-ping."""
     fabric.stop_agent("hv2")
-    config = scenario.agent_config(fabric.topology, "hv2", fabric.dir)
+    config = agent_config(fabric.topology, "hv2", fabric.dir)
     path = fabric.dir / "hv2.yaml"
     path.write_text(yaml.safe_dump({
         "asn": config.asn, "router_id": config.router_id,
@@ -319,7 +319,7 @@ def test_moving_a_vm_from_hv2_to_hv3_pings_resume(fabric):
     put_at = time.time()
     fabric.agents["hv3"].call(lambda a: a.put_port(b2.port()))
     # hv2 sees the higher sequence and stops announcing it, without being told (RFC 7432 section 15)
-    scenario.wait_for(lambda: not any(r.local and r.port == "b2" for r in fabric.agents["hv2"].read(
+    wait_for(lambda: not any(r.local and r.port == "b2" for r in fabric.agents["hv2"].read(
                           lambda a: a.lookup_records())), 30, "hv2 to give b2 up")
     out, _ = pinger.communicate(timeout=60)
     transmitted, received, gap = _loss_and_gap(out, 0.05)
@@ -330,7 +330,7 @@ def test_moving_a_vm_from_hv2_to_hv3_pings_resume(fabric):
            f"{received}/{transmitted}, longest gap {gap:.2f} s (from unplugging on hv2)")
     records = {str(r.ca): r for r in fabric.agents["hv1"].read(lambda a: a.lookup_records())
                if r.routing_domain == "blue"}
-    assert str(records["10.0.0.12"].pa) == scenario.HV["hv3"]
+    assert str(records["10.0.0.12"].pa) == HV["hv3"]
     assert fabric.reaches("b1", "fd00:b::12")
     fabric.agents["hv2"].call(lambda a: a.delete_port("b2"))  # the orchestrator cleans up the old host
 
@@ -341,7 +341,7 @@ def test_both_reflectors_down_forwarding_continues(fabric):
     time.sleep(2)
     fabric.kill_reflector("rr1")
     fabric.kill_reflector("rr2")
-    scenario.wait_for(lambda: fabric.agents["hv1"].read(lambda a: a.status()).headless, 30, "headless")
+    wait_for(lambda: fabric.agents["hv1"].read(lambda a: a.status()).headless, 30, "headless")
     out, _ = pinger.communicate(timeout=60)
     transmitted, received, gap = _loss_and_gap(out, 0.05)
     report(f"both reflectors killed during a ping b1 -> b3: {received}/{transmitted} replies")
@@ -350,5 +350,5 @@ def test_both_reflectors_down_forwarding_continues(fabric):
     # they come back: sessions re-establish, nothing was lost
     fabric.start_reflector("rr1")
     fabric.start_reflector("rr2")
-    scenario.wait_for(lambda: fabric.agents["hv1"].read(lambda a: a.status()).synced, 90, "End-of-RIB again")
+    wait_for(lambda: fabric.agents["hv1"].read(lambda a: a.status()).synced, 90, "End-of-RIB again")
     assert fabric.reaches("b1", "10.0.1.13")

@@ -1,6 +1,6 @@
 """The REST API and `nvfabric ctl` over real agents (VM phase): the default topology, our reflectors
 (`nvfabric rr`) on rr1 and rr2, started agents on hv1 and hv2 (each in a thread inside its namespace,
-hostagent/thread.py) with their API on 127.0.0.1 of that namespace. Everything is done through `nvfabric ctl`
+lab/daemons.py) with their API on 127.0.0.1 of that namespace. Everything is done through `nvfabric ctl`
 or HTTP, and checked against the kernel: a PUT returns once the kernel has the port's routes, a trace names
 the PA and device that `ip route get` in the VRF finds, and pings follow.
 """
@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 
-from nvfabric.hostagent import scenario
 from nvfabric.hostagent.api import start_api
-from nvfabric.hostagent.scenario import HV, VMS, Fabric
-from nvfabric.hostagent.thread import enter_namespace
+from nvfabric.lab.fabric import Fabric, HV, VMS, wait_for
+from nvfabric.vnet.kernel.netns import enter_namespace
 from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
@@ -104,7 +103,7 @@ def fabric():
 
 
 def _wait(probe: Callable[[], object], what: str, timeout: float = 60) -> object:
-    return scenario.wait_for(probe, timeout, what)
+    return wait_for(probe, timeout, what)
 
 
 def test_an_operator_builds_two_tenants_with_ctl_and_the_kernel_follows(fabric, capsys, tmp_path):

@@ -1,5 +1,5 @@
 """The gateway in the default topology (VM phase): `nvfabric rr` reflectors on rr1/rr2, host agents on hv1-hv3 with
-the two tenants of hostagent/scenario.py (blue and red overlap: b2 and r1 are both 10.0.0.12), and the
+the two tenants of lab/fabric.py (blue and red overlap: b2 and r1 are both 10.0.0.12), and the
 gateway on gw1, all in this process. The gateway learns the tenants' CAs from the reflectors and announces
 each tenant's default route (EVPN type 5); the hosts install it. `internet` routes the public pool
 203.0.113.128/25 to gw1, as the upstream router does after the gateway's announcements.
@@ -12,13 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from nvfabric.gateway.scene import PUBLIC_POOL, SERVER, default_via, gateway_config
-from nvfabric.hostagent import scenario
-from nvfabric.hostagent.scenario import HV, Fabric
+from nvfabric.lab.gateway_scene import PUBLIC_POOL, SERVER, default_via, gateway_config
+from nvfabric.lab.fabric import Fabric, HV, wait_for
 from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
-from tests.gateway_net import GatewayThread, Server, connect
+from nvfabric.lab.daemons import GatewayThread
+from nvfabric.lab.probe import Server, connect_retrying
 
 pytestmark = pytest.mark.kernel
 
@@ -37,8 +37,8 @@ def fabric() -> Iterator[tuple[Fabric, GatewayThread]]:
         gw.call(lambda g: g.start(), timeout=120)
         # the hosts have the gateway's default route, the gateway every CA
         for host in HV:
-            scenario.wait_for(lambda h=host: default_via(fab, h), 60, f"blue's default route on {host}")
-        scenario.wait_for(lambda: len(gw.gateway.records) >= 6, 60, "the gateway learns the CAs")
+            wait_for(lambda h=host: default_via(fab, h), 60, f"blue's default route on {host}")
+        wait_for(lambda: len(gw.gateway.records) >= 6, 60, "the gateway learns the CAs")
         print(f"[gateway-fabric] gateway up, defaults on every host, CAs learned in "
               f"{time.monotonic() - started:.1f} s", flush=True)
         yield fab, gw
@@ -47,16 +47,6 @@ def fabric() -> Iterator[tuple[Fabric, GatewayThread]]:
             gw.stop()
         fab.close()
         runner.down(topology.name)
-
-
-def _connect(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None, tries: int = 5):
-    errors = []
-    for _ in range(tries):
-        try:
-            return connect(ns, dst, src)
-        except OSError as exc:
-            errors.append(repr(exc))
-    raise AssertionError(f"{ns} cannot reach {dst}: {errors}")
 
 
 def test_tenants_reach_the_internet_through_the_gateway(fabric) -> None:
@@ -68,31 +58,31 @@ def test_tenants_reach_the_internet_through_the_gateway(fabric) -> None:
     try:
         # b2 (blue, hv2) and r1 (red, hv1) share 10.0.0.12 and the source port: b2 leaves with blue's SNAT
         # address, r1 with red's floating IP (it is the floating IP's CA); r3 with red's SNAT address
-        s, line = _connect(fab.vm_ns["b2"], SERVER, ("10.0.0.12", 41000))
+        s, line = connect_retrying(fab.vm_ns["b2"], SERVER, ("10.0.0.12", 41000))
         s.close()
         assert line == "203.0.113.140:41000"
-        s, line = _connect(fab.vm_ns["r1"], SERVER, ("10.0.0.12", 41000))
+        s, line = connect_retrying(fab.vm_ns["r1"], SERVER, ("10.0.0.12", 41000))
         s.close()
         assert line == "203.0.113.132:41000"
-        s, line = _connect(fab.vm_ns["r3"], SERVER, ("10.0.0.13", 41000))
+        s, line = connect_retrying(fab.vm_ns["r3"], SERVER, ("10.0.0.13", 41000))
         s.close()
         assert line == "203.0.113.141:41000"
         # b3 in blue's other subnet (VSID 5002, hv3)
-        s, line = _connect(fab.vm_ns["b3"], SERVER)
+        s, line = connect_retrying(fab.vm_ns["b3"], SERVER)
         s.close()
         assert line.startswith("203.0.113.140:")
         # floating IPs from outside reach the right tenant's VM
         for public, banner in (("203.0.113.131", "b1 "), ("203.0.113.132", "r1 ")):
-            s, line = _connect(fab.ns("internet"), (public, 9000))
+            s, line = connect_retrying(fab.ns("internet"), (public, 9000))
             s.close()
             assert line.startswith(banner + "203.0.113.1:"), line
         # b1 leaves with its floating IP
-        s, line = _connect(fab.vm_ns["b1"], SERVER, ("10.0.0.11", 0))
+        s, line = connect_retrying(fab.vm_ns["b1"], SERVER, ("10.0.0.11", 0))
         s.close()
         assert line.startswith("203.0.113.131:")
         # tenants cannot reach each other through the gateway: blue b1 -> red r3's 10.0.0.13
-        with pytest.raises(AssertionError, match="cannot reach"):
-            _connect(fab.vm_ns["b1"], ("10.0.0.13", 9000), tries=1)
+        with pytest.raises(ConnectionError, match="cannot reach"):
+            connect_retrying(fab.vm_ns["b1"], ("10.0.0.13", 9000), tries=1)
         assert vm_servers[2].seen == []
     finally:
         for v in (server, *vm_servers):

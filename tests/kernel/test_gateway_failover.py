@@ -1,5 +1,5 @@
 """Two gateways and their failover (VM phase): the default topology with gw1 (active) and gw2 (standby),
-scenario's reflectors, host agents on hv1-hv3 (hostagent/scenario.py's tenants), and FRR on `internet` as
+scenario's reflectors, host agents on hv1-hv3 (lab/fabric.py's tenants), and FRR on `internet` as
 the upstream router (eBGP with both gateways).
 
 gw1 is killed during a transfer (both its links go down: no BGP NOTIFICATION, its sessions time out as after
@@ -16,148 +16,17 @@ with every timer at its default.
 
 from __future__ import annotations
 
-import re
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from nvfabric.gateway.config import GatewayConfig
-from nvfabric.gateway.scene import frr_upstream_conf, tenant
-from nvfabric.hostagent import scenario
-from nvfabric.hostagent.scenario import BLUE, HV, RED, RR, Fabric
-from nvfabric.lab import netns, runner
-from nvfabric.lab.cli import DEFAULT_TOPOLOGY
-from nvfabric.lab.topology import load
-from tests.gateway_net import GatewayThread, Server
-from tests.integration.peers import Frr, Lab
-from tests.kernel.test_gateway_fabric import _connect
+from nvfabric.lab.failover import REACTION, SERVER, TwoGateways, kill_gw1_during_a_ping, two_gateways
+from nvfabric.lab.probe import Server, connect_retrying
 
 pytestmark = pytest.mark.kernel
 
-GW = {"gw1": ("198.51.100.21", "203.0.113.21"), "gw2": ("198.51.100.22", "203.0.113.22")}
-SERVER = ("203.0.113.1", 8080)
 GATEWAY_HOLD = 9  # the test's: only the gateways' hold time lowered
-REACTION = 21.0  # seconds after detection: the standby's decision, the reflectors, the agents, FRR (margin)
-
-# FRR's default timers (keepalive 60 s, hold 180 s): the gateways' lower hold time is what is used
-FRR_CONF = frr_upstream_conf("203.0.113.1", scenario.ASN, tuple(ext for _, ext in GW.values()))
-
-
-def frr_next_hops(frr: Frr, prefix: str) -> list[str]:
-    data = frr.json(f"show ip route {prefix}")
-    return sorted(h.get("ip", "") for r in data.get(prefix, []) if r.get("selected")
-                  for h in r.get("nexthops", []) if h.get("active"))
-
-
-def default_pa(fab: Fabric, host: str) -> str:
-    out = netns.run(["ip", "-n", fab.ns(host), "route", "show", "vrf", "nvf-blue", "default"], check=False).output
-    found = re.search(r"encap ip id \d+ src \S+ dst (\S+)|dst (\S+)", out)
-    return (found.group(1) or found.group(2)) if found else ""
-
-
-@dataclass
-class TwoGateways:
-    fab: Fabric
-    gws: dict[str, GatewayThread]
-    frr: Frr
-    hold_time: int | None  # the gateways' (None: the default, 90 s)
-
-
-@contextmanager
-def two_gateways(tmp: Path, hold_time: int | None, rr_hold_time: int | None = 90) -> Iterator[TwoGateways]:
-    """The default topology with gw1 active, gw2 standby, FRR upstream; both gateways serving blue and red.
-    `hold_time`: the gateways' BGP hold time (None: their default); `rr_hold_time`: the reflectors'."""
-    topology = load(DEFAULT_TOPOLOGY)
-    runner.up(topology)
-    fab = Fabric(topology)
-    lab = Lab(tmp=tmp, prefix="")
-    gws: dict[str, GatewayThread] = {}
-    try:
-        frr = Frr(lab, fab.ns("internet"), "upstream", FRR_CONF)  # first: while the VM is idle (zebra: 10 s)
-        fab.up(rr_hold_time)
-        for name, (pa, ext) in GW.items():
-            config = GatewayConfig.from_dict({
-                "asn": scenario.ASN, "router_id": pa, "provider_addresses": [pa], "standby": name == "gw2",
-                "route_reflectors": [{"address": a} for a in RR.values()],
-                "external": {"interfaces": ["eth2"], "next_hop4": "203.0.113.1", "address4": ext},
-                "upstream": [{"address": "203.0.113.1", "asn": 64496}], "netns": fab.ns(name),
-                **({} if hold_time is None else {"hold_time": hold_time}),
-                "tenants": [tenant(BLUE, "203.0.113.140", "203.0.113.131", "10.0.0.11").as_dict(),
-                            tenant(RED, "203.0.113.141", "203.0.113.132", "10.0.0.12").as_dict()]})
-            gws[name] = GatewayThread(config, fab.ns(name))
-            gws[name].call(lambda g: g.start(), timeout=120)
-        for host in HV:
-            scenario.wait_for(lambda h=host: default_pa(fab, h) == GW["gw1"][0], 90, f"default via gw1 on {host}")
-        scenario.wait_for(lambda: frr_next_hops(frr, "203.0.113.131/32") == [GW["gw1"][1]], 60,
-                          "the upstream routes the floating IP to gw1")
-        yield TwoGateways(fab, gws, frr, hold_time)
-    finally:
-        for gw in gws.values():
-            try:
-                gw.stop()
-            except Exception:  # noqa: BLE001 - teardown goes on
-                pass
-        lab.close()
-        fab.close()
-        runner.down(topology.name)
-
-
-@dataclass(frozen=True)
-class Failover:
-    takeover: float  # seconds from the cut until the standby started announcing
-    hosts: float  # ... until every host's default route pointed at gw2
-    upstream: float  # ... until the upstream routed the floating IP to gw2
-    gap: float  # the ping's longest silence (the outbound outage)
-    lost: int  # pings without a reply
-
-
-def kill_gw1_during_a_ping(two: TwoGateways, timeout: float) -> Failover:
-    """gw1's links cut during a 5 Hz ping from b2 to the internet server (SERVER, running) through the gateway;
-    polls (an `ip`/vtysh call each) until the hosts
-    and the upstream follow to gw2 (each within `timeout` s of the cut), then measures the ping's gap."""
-    fab, gws, frr = two.fab, two.gws, two.frr
-    s, line = _connect(fab.vm_ns["b2"], SERVER)
-    s.close()
-    assert line.startswith("203.0.113.140:")
-    assert not gws["gw2"].gateway.serving
-    ping = subprocess.Popen(netns.in_netns(fab.vm_ns["b2"], ["ping", "-D", "-i", "0.2", "-W", "1", "-c", "100000",
-                                                             "203.0.113.1"]),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        time.sleep(3)
-        killed = time.time()
-        for ifname in ("eth1", "eth2"):  # gw1 dies: no NOTIFICATION, its sessions time out
-            netns.run(["ip", "-n", fab.ns("gw1"), "link", "set", ifname, "down"])
-        for host in HV:
-            scenario.wait_for(lambda h=host: default_pa(fab, h) == GW["gw2"][0], timeout - (time.time() - killed),
-                              f"default via gw2 on {host}")
-        hosts = time.time() - killed
-        scenario.wait_for(lambda: frr_next_hops(frr, "203.0.113.131/32") == [GW["gw2"][1]],
-                          timeout - (time.time() - killed), "the upstream routes the floating IP to gw2")
-        upstream = time.time() - killed
-        time.sleep(4)  # replies again: a little after the switch
-    finally:
-        ping.send_signal(signal.SIGINT)  # ping prints its summary (transmitted, received) on SIGINT
-        out, _ = ping.communicate(timeout=10)
-    sent = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    replies = [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
-    before = [t for t in replies if t < killed]
-    after = [t for t in replies if t > killed]
-    assert before and after, out[-2000:]
-    # the outage: the longest silence from the last reply before the kill on (the `ip link set down`
-    # commands take a moment to run, so a few replies may still come after `killed`)
-    window = [before[-1], *after]
-    gap = max(b - a for a, b in zip(window, window[1:], strict=False))
-    takeover = gws["gw2"].gateway._fabric.takeovers
-    assert takeover, "the standby never took over"
-    lost = int(sent.group(1)) - int(sent.group(2)) if sent else -1
-    return Failover(takeover[-1] - killed, hosts, upstream, gap, lost)
 
 
 @pytest.fixture(scope="module")
@@ -179,10 +48,10 @@ def test_outbound_and_floating_ips_move_to_gw2_when_gw1_dies(two: TwoGateways) -
         assert gws["gw2"].gateway.serving
         assert f.gap < bound and f.hosts < bound and f.upstream < bound
         # new flows leave by gw2 with the tenant's SNAT address; the floating IP is reached through gw2
-        s, line = _connect(fab.vm_ns["b2"], SERVER)
+        s, line = connect_retrying(fab.vm_ns["b2"], SERVER)
         s.close()
         assert line.startswith("203.0.113.140:")
-        s, line = _connect(fab.ns("internet"), ("203.0.113.131", 9000))
+        s, line = connect_retrying(fab.ns("internet"), ("203.0.113.131", 9000))
         s.close()
         assert line.startswith("b1 203.0.113.1:")
     finally:

@@ -19,15 +19,14 @@ from pathlib import Path
 import pytest
 
 from nvfabric.gateway.config import GatewayConfig
-from nvfabric.gateway.scene import frr_upstream_conf, tenant
-from nvfabric.hostagent import scenario
-from nvfabric.hostagent.scenario import BLUE, RED, RR, Fabric
+from nvfabric.lab.gateway_scene import frr_upstream_conf, tenant
+from nvfabric.lab.fabric import ASN, BLUE, Fabric, RED, RR, wait_for
 from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
-from tests.gateway_net import GatewayThread, Server
-from tests.integration.peers import Frr, Lab
-from tests.kernel.test_gateway_fabric import _connect
+from nvfabric.lab.daemons import GatewayThread
+from nvfabric.lab.probe import Server, connect_retrying
+from nvfabric.lab.peers import Frr, Lab
 from nvfabric.vnet.model import Port, RoutingDomain
 
 pytestmark = pytest.mark.kernel
@@ -41,7 +40,7 @@ G1 = ("g1", "hv1", "02:00:00:00:0c:01", "2001:db8:b00::11")
 GREEN = RoutingDomain.from_dict({"name": "green", "route_targets": ["65000:3"],
                                  "subnets": [{"vsid": 7001, "prefixes": [GREEN_PREFIX]}]})
 
-FRR_CONF = frr_upstream_conf(UP4, scenario.ASN, (GW4,), (GW6,))
+FRR_CONF = frr_upstream_conf(UP4, ASN, (GW4,), (GW6,))
 
 
 def upstream_v6(frr: Frr) -> dict[str, list[str]]:
@@ -86,7 +85,7 @@ def six(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fabric, Gate
         green = {"name": "green", "route_targets": ["65000:3"],
                  "subnets": [{"vsid": 7001, "prefixes": [GREEN_PREFIX]}], "public_prefixes": [GREEN_PREFIX]}
         config = GatewayConfig.from_dict({
-            "asn": scenario.ASN, "router_id": GW_PA, "provider_addresses": [GW_PA],
+            "asn": ASN, "router_id": GW_PA, "provider_addresses": [GW_PA],
             "route_reflectors": [{"address": a} for a in RR.values()],
             "external": {"interfaces": ["eth2"], "next_hop4": UP4, "next_hop6": UP6, "address4": GW4,
                          "address6": GW6},
@@ -97,9 +96,9 @@ def six(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fabric, Gate
         gw.call(lambda g: g.start(), timeout=120)
         # the hosts' IPv6 default routes into blue and green, the gateway's return routes for b2 and g1
         for host, rd in (("hv2", "blue"), ("hv1", "green")):
-            scenario.wait_for(lambda h=host, rd=rd: _default6(fab, h, rd), 90, f"{rd}'s ::/0 on {host}")
+            wait_for(lambda h=host, rd=rd: _default6(fab, h, rd), 90, f"{rd}'s ::/0 on {host}")
         for ca in ("fd00:b::12", G1[3]):
-            scenario.wait_for(lambda ca=ca: any(str(r.ca) == ca for r in gw.gateway.records), 60,
+            wait_for(lambda ca=ca: any(str(r.ca) == ca for r in gw.gateway.records), 60,
                               f"the gateway learns {ca}")
         yield fab, gw, frr, g1
     finally:
@@ -130,22 +129,22 @@ def test_global_prefix_leaves_without_nat_and_nat66_with_its_address(six) -> Non
     vm = Server(g1, ("::", 9000), "g1 ")
     try:
         # the upstream learned green's prefix and blue's NAT66 address from gw1, and installed them
-        scenario.wait_for(lambda: upstream_v6(frr).get(GREEN_PREFIX) == [GW6]
+        wait_for(lambda: upstream_v6(frr).get(GREEN_PREFIX) == [GW6]
                           and upstream_v6(frr).get(f"{NAT66}/128") == [GW6], 60,
                           "the upstream learns green's prefix and blue's NAT66 address")
         kernel = json.loads(netns.run(["ip", "-6", "-j", "-n", fab.ns("internet"), "route", "show", "proto",
                                        "bgp"]).output)
         assert {(r["dst"], r.get("gateway")) for r in kernel} >= {(GREEN_PREFIX, GW6), (NAT66, GW6)}, kernel
         # g1 leaves with its own global address: no NAT
-        s, line = _connect(g1, SERVER6)
+        s, line = connect_retrying(g1, SERVER6)
         s.close()
         assert line.rsplit(":", 1)[0] == G1[3], line
         # the internet reaches g1 by its own address, and g1 sees the client's own address
-        s, line = _connect(fab.ns("internet"), (G1[3], 9000))
+        s, line = connect_retrying(fab.ns("internet"), (G1[3], 9000))
         s.close()
         assert line.startswith("g1 ") and line[3:].rsplit(":", 1)[0] == UP6, line
         # blue's b2 (unique local fd00:b::12) leaves by NAT66 as blue's IPv6 SNAT address
-        s, line = _connect(fab.vm_ns["b2"], SERVER6)
+        s, line = connect_retrying(fab.vm_ns["b2"], SERVER6)
         s.close()
         assert line.rsplit(":", 1)[0] == NAT66, line
         assert not [p for p in server.seen if p[0].startswith("fd00:")]

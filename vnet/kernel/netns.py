@@ -25,10 +25,21 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _HDR = struct.Struct("=IHHII")
 
 
-def _setns(fd: int) -> None:
+def _setns(fd: int, what: str) -> None:
+    """The one setns(2) of the tree."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+        raise OSError(err, f"setns into {what}: {os.strerror(err)}")
+
+
+def enter_namespace(netns: str) -> None:
+    """Move the calling thread into /run/netns/<netns> for good: a daemon (before it makes any socket or
+    thread, so all are created inside) or a lab thread running one."""
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        _setns(fd, netns)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -40,11 +51,11 @@ def inside(netns: str | None) -> Iterator[None]:
     back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     try:
-        _setns(target)
+        _setns(target, netns)
         try:
             yield
         finally:
-            _setns(back)
+            _setns(back, "the thread's own namespace")
     finally:
         os.close(target)
         os.close(back)

@@ -5,7 +5,7 @@ the attach benchmark.
   client in the fabric's PA prefix (hosts and gateways alike); graceful restart on, so an agent's restart
   withdraws nothing; hold time 9 s, so a dead session is noticed within seconds in the lab.
 - Host agents on hv1, hv2, hv3: in this Python process, each in a thread inside its node's namespace
-  (hostagent/thread.py); one Python start-up in the VM instead of three.
+  (lab/daemons.py); one Python start-up in the VM instead of three.
 - VMs: a namespace each, its eth0 a veth to a tap-like port on its hypervisor.
 - Tenants with overlapping address space:
   blue: VSID 5001 10.0.0.0/24 + fd00:b::/64, VSID 5002 10.0.1.0/24; red: VSID 6001 10.0.0.0/24.
@@ -32,9 +32,10 @@ from typing import Any
 import yaml
 
 from nvfabric.hostagent.config import AgentConfig
-from nvfabric.hostagent.thread import AgentThread, enter_namespace
 from nvfabric.lab import netns
+from nvfabric.lab.daemons import AgentThread
 from nvfabric.lab.topology import Topology
+from nvfabric.vnet.kernel.netns import enter_namespace
 from nvfabric.vnet.model import Port, RoutingDomain
 
 ASN = 65000

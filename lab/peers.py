@@ -1,12 +1,10 @@
-"""Real BGP peers for the interop tests: GoBGP, FRR and our own `nvfabric bgp speak`, each in a network
-namespace the test creates. Processes write to files under the test's tmp dir; tests poll what the peer
-reports (its RIB, our JSON lines) with a deadline instead of sleeping.
+"""Real BGP peers for the interop tests and the BGP benchmarks: GoBGP, FRR and our own `nvfabric bgp speak`
+and `nvfabric rr`, each in a network namespace the test creates. Processes write to files under the test's
+tmp dir; tests poll what the peer reports (its RIB, our JSON lines) with a deadline instead of sleeping.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -16,16 +14,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from collections.abc import Callable, Iterator
 
 import yaml
 
 from nvfabric.lab import netns
+from nvfabric.vnet.kernel.netns import inside
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 
@@ -300,6 +299,43 @@ class GoBgp:
         return self.SESSION_STATES.get(state, str(state))
 
 
+GOBGP_RR = "198.51.100.254"  # the reflector's address in the interop tests' segment
+
+
+def gobgp_rr_toml(clients: list[str], graceful: bool = False, rr: str = GOBGP_RR) -> str:
+    """gobgpd.toml: a route reflector at `rr` (AS 65000, passive) for `clients` (l2vpn-evpn, hold 9 s)."""
+    out = [f'[global.config]\n  as = 65000\n  router-id = "{rr}"\n  port = 179\n  local-address-list = ["{rr}"]\n']
+    for address in clients:
+        out.append(f"""
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "{address}"
+    peer-as = 65000
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.route-reflector.config]
+    route-reflector-client = true
+    route-reflector-cluster-id = "{rr}"
+  [neighbors.timers.config]
+    hold-time = 9
+    keepalive-interval = 3
+""")
+        if graceful:
+            out.append("""  [neighbors.graceful-restart.config]
+    enabled = true
+    restart-time = 60
+""")
+        out.append("""  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "l2vpn-evpn"
+""")
+        if graceful:
+            out.append("""    [neighbors.afi-safis.mp-graceful-restart.config]
+      enabled = true
+""")
+    return "".join(out)
+
+
 # -------------------------------------------------------------------------------------------- FRR
 
 
@@ -355,24 +391,8 @@ def segment(lab: Lab, hub: str, members: dict[str, list[str]], bridge: str = "br
             for addr in addrs:
                 netns.run(["ip", "-n", hub, "addr", "add", addr, "dev", bridge, *(["nodad"] if ":" in addr else [])])
             continue
-        port, inside = f"p{i}", "eth0"
-        add_veth(hub, port, ns, inside)
+        port, member_if = f"p{i}", "eth0"
+        add_veth(hub, port, ns, member_if)
         netns.run(["ip", "-n", hub, "link", "set", port, "master", bridge])
         for addr in addrs:
-            netns.run(["ip", "-n", ns, "addr", "add", addr, "dev", inside, *(["nodad"] if ":" in addr else [])])
-
-
-@contextlib.contextmanager
-def inside(namespace: str) -> Iterator[None]:
-    """Run the block with this thread in `namespace` (setns(2)); sockets made inside stay there."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{namespace}") as target:
-        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {namespace}")
-        try:
-            yield
-        finally:
-            libc.setns(home.fileno(), CLONE_NEWNET)
-
-
-CLONE_NEWNET = 0x40000000
+            netns.run(["ip", "-n", ns, "addr", "add", addr, "dev", member_if, *(["nodad"] if ":" in addr else [])])

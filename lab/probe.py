@@ -1,5 +1,5 @@
-"""Traffic probes between namespaces for the gateway's demo scene and tests: a TCP server that answers
-with the peer address it sees (so the NAT is visible), and connections from a namespace."""
+"""Traffic probes between namespaces for the gateway's demo scene, tests and benchmarks: a TCP server that
+answers with the peer address it sees (so the NAT is visible), and connections from a namespace."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from nvfabric.gateway.thread import in_ns
+from nvfabric.lab.daemons import in_ns
 
 
 class Server:
@@ -59,6 +59,19 @@ def connect(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None) -
     return s, _line(s)
 
 
+def connect_retrying(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None,
+                     tries: int = 5) -> tuple[socket.socket, str]:
+    """`connect`, tried up to `tries` times (a new flow's first packets may be lost while a path settles);
+    ConnectionError naming every attempt's error when none got through."""
+    errors = []
+    for _ in range(tries):
+        try:
+            return connect(ns, dst, src)
+        except OSError as exc:
+            errors.append(repr(exc))
+    raise ConnectionError(f"{ns} cannot reach {dst}: {errors}")
+
+
 def _family(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
@@ -77,5 +90,3 @@ def _line(s: socket.socket) -> str:
 def echo(s: socket.socket, text: str) -> str:
     s.sendall(text.encode() + b"\n")
     return _line(s)
-
-

@@ -1,7 +1,7 @@
-"""The gateway on the default topology, for the demo and the kernel tests: hostagent/scenario.py's fabric
+"""The gateway on the default topology, for the demo and the kernel tests: lab/fabric.py's fabric
 (reflectors, agents on hv1-hv3, tenants blue and red with overlapping addresses) plus the gateway on gw1.
 
-The reflectors are scenario's (`nvfabric rr`, which accepts any client of the fabric's PA prefix). In the
+The reflectors are the fabric's (`nvfabric rr`, which accepts any client of the fabric's PA prefix). In the
 demo, `internet` routes the public pool 203.0.113.128/25 to gw1 statically (what the upstream router does
 once the gateway announces it; the failover and IPv6 kernel tests run FRR for that instead).
 """
@@ -11,12 +11,11 @@ from __future__ import annotations
 from rich.table import Table
 
 from nvfabric.gateway.config import GatewayConfig
-from nvfabric.gateway.probe import Server, connect
 from nvfabric.gateway.tenants import Tenant
-from nvfabric.gateway.thread import GatewayThread
-from nvfabric.hostagent import scenario
-from nvfabric.hostagent.scenario import BLUE, HV, RED, RR, VMS, Fabric
 from nvfabric.lab import netns
+from nvfabric.lab.daemons import GatewayThread
+from nvfabric.lab.fabric import ASN, BLUE, HV, RED, RR, VMS, Fabric, wait_for
+from nvfabric.lab.probe import Server, connect_retrying
 from nvfabric.lab.topology import Topology
 from nvfabric.vnet.model import RoutingDomain
 
@@ -26,7 +25,7 @@ PUBLIC_POOL = "203.0.113.128/25"
 
 
 def tenant(rd: RoutingDomain, snat: str, fip: str, private: str) -> Tenant:
-    """A gateway tenant for one of scenario's routing domains: its SNAT address and one floating IP."""
+    """A gateway tenant for one of the fabric's routing domains: its SNAT address and one floating IP."""
     body = {"name": rd.name, "route_targets": list(rd.route_targets),
             "subnets": [{"vsid": s.vsid, "prefixes": [str(p) for p in s.prefixes]} for s in rd.subnets],
             "snat": [snat], "floating_ips": [{"public": fip, "private": private}]}
@@ -39,7 +38,7 @@ TENANTS = (tenant(BLUE, "203.0.113.140", "203.0.113.131", "10.0.0.11"),  # b1's 
 
 def gateway_config(fab: Fabric) -> GatewayConfig:
     return GatewayConfig.from_dict({
-        "asn": scenario.ASN, "router_id": GW1, "provider_addresses": [GW1, "2001:db8::21"],
+        "asn": ASN, "router_id": GW1, "provider_addresses": [GW1, "2001:db8::21"],
         "route_reflectors": [{"address": a} for a in RR.values()],
         "external": {"interfaces": ["eth2"], "next_hop4": "203.0.113.1"}, "netns": fab.ns("gw1"),
         "tenants": [t.as_dict() for t in TENANTS]})
@@ -67,16 +66,14 @@ def default_via(fab: Fabric, host: str, rd: str = "blue") -> bool:
     return any(line.startswith("default") and "encap" in line for line in out.splitlines())
 
 
-def _seen(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None, tries: int = 5) -> str:
+def _seen(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None) -> str:
     """The first line a server answers (the address it saw us as), or '' when it cannot be reached."""
-    for _ in range(tries):
-        try:
-            sock, line = connect(ns, dst, src)
-            sock.close()
-            return line
-        except OSError:
-            continue
-    return ""
+    try:
+        sock, line = connect_retrying(ns, dst, src)
+    except OSError:
+        return ""
+    sock.close()
+    return line
 
 
 def gateway_scene(topology: Topology) -> list[tuple[str, str, str, str, str]]:
@@ -91,8 +88,8 @@ def gateway_scene(topology: Topology) -> list[tuple[str, str, str, str, str]]:
         gw = GatewayThread(gateway_config(fab), fab.ns("gw1"))
         gw.call(lambda g: g.start(), timeout=120)
         for host in HV:
-            scenario.wait_for(lambda h=host: default_via(fab, h), 60, f"the gateway's default route on {host}")
-        scenario.wait_for(lambda: len(gw.gateway.records) >= len([ca for vm in VMS for ca in vm.cas if ":" not in ca]),
+            wait_for(lambda h=host: default_via(fab, h), 60, f"the gateway's default route on {host}")
+        wait_for(lambda: len(gw.gateway.records) >= len([ca for vm in VMS for ca in vm.cas if ":" not in ca]),
                           60, "the gateway learns the tenants' CAs")
         servers = [Server(fab.ns("internet"), SERVER), Server(fab.vm_ns["b1"], ("10.0.0.11", 9000), "b1 ")]
         rows = []
