@@ -8,8 +8,6 @@ once the gateway announces it; the failover and IPv6 kernel tests run FRR for th
 
 from __future__ import annotations
 
-from rich.table import Table
-
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns
@@ -113,12 +111,3 @@ def gateway_scene(topology: Topology) -> list[tuple[str, str, str, str, str]]:
         fab.close()
         netns.run(["ip", "-n", fab.ns("internet"), "route", "del", PUBLIC_POOL], check=False)
 
-
-def scene_table(rows: list[tuple[str, str, str, str, str]]) -> Table:
-    table = Table(title="Gateway gw1: tenants blue and red (same addresses) to the internet, floating IP inbound")
-    for column in ("from", "to", "what", "must be seen as", "seen as"):
-        table.add_column(column)
-    for src, dst, what, expected, observed in rows:
-        ok = "[green]" if expected == observed else "[red]"
-        table.add_row(src, dst, what, expected, f"{ok}{observed}[/]")
-    return table

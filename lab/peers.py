@@ -351,21 +351,18 @@ class Frr:
         (self.dir / "zebra.conf").write_text(f"hostname {name}-zebra\n")
         (self.dir / "bgpd.conf").write_text(bgpd_conf)
         common = ["-u", "frr", "-g", "frr", "-z", str(self.dir / "zserv.api"), "--vty_socket", str(self.dir)]
-        self.zebra = Process(
-            ns,
-            ["/usr/lib/frr/zebra", *common, "-i", str(self.dir / "zebra.pid"), "-f", str(self.dir / "zebra.conf")],
-            self.dir / "zebra.log",
-        )
-        lab.processes.append(self.zebra)
-        # 30 s: in a loaded TCG VM zebra once took longer than 10 s to make its socket
-        wait_for(lambda: (self.dir / "zserv.api").exists(), 30, what="zebra socket")
-        self.bgpd = Process(
-            ns,
-            ["/usr/lib/frr/bgpd", *common, "-i", str(self.dir / "bgpd.pid"), "-f", str(self.dir / "bgpd.conf")],
-            self.dir / "bgpd.log",
-        )
-        lab.processes.append(self.bgpd)
-        wait_for(lambda: (self.dir / "bgpd.vty").exists(), 30, what="bgpd vty")
+
+        def daemon(name: str, ready: str) -> Process:
+            """/usr/lib/frr/<name>, started, once it has made `ready` (its socket) in the directory."""
+            proc = Process(ns, [f"/usr/lib/frr/{name}", *common, "-i", str(self.dir / f"{name}.pid"),
+                                "-f", str(self.dir / f"{name}.conf")], self.dir / f"{name}.log")
+            lab.processes.append(proc)
+            # 30 s: in a loaded TCG VM zebra once took longer than 10 s to make its socket
+            wait_for(lambda: (self.dir / ready).exists(), 30, what=f"{name}'s {ready}")
+            return proc
+
+        self.zebra = daemon("zebra", "zserv.api")
+        self.bgpd = daemon("bgpd", "bgpd.vty")
 
     def vtysh(self, command: str) -> str:
         return netns.run(netns.in_netns(self.ns, ["vtysh", "--vty_socket", str(self.dir), "-c", command])).output
