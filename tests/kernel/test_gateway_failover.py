@@ -1,5 +1,5 @@
 """Two gateways and their failover (VM phase): the default topology with gw1 (active) and gw2 (standby),
-scenario's reflectors, host agents on hv1-hv3 (lab/fabric.py's tenants), and FRR on `internet` as
+the reflectors, host agents on hv1-hv3 and tenants of lab/fabric.py, and FRR on `internet` as
 the upstream router (eBGP with both gateways).
 
 gw1 is killed during a transfer (both its links go down: no BGP NOTIFICATION, its sessions time out as after

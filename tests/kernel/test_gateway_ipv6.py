@@ -1,7 +1,7 @@
 """IPv6 out of the tenants through the gateway (VM phase, default topology): without NAT for a tenant with a
 global prefix, NAT66 for a tenant configured with an IPv6 SNAT address.
 
-The default topology with scenario's reflectors, agents and tenants, gw1 as the gateway, FRR on `internet`
+The default topology with lab/fabric.py's reflectors, agents and tenants, gw1 as the gateway, FRR on `internet`
 as the upstream router (eBGP over IPv4 and over IPv6, nothing static), and one more tenant, green, whose VM
 g1 on hv1 has only a global address, 2001:db8:b00::11 in green's public prefix 2001:db8:b00::/64. Blue's
 b2 (fd00:b::12, unique local) leaves by NAT66 as 2001:db8:113::140. Checked: the upstream's BGP table and
@@ -52,7 +52,7 @@ def upstream_v6(frr: Frr) -> dict[str, list[str]]:
 
 
 def plug_green(fab: Fabric) -> str:
-    """g1: a VM of green on hv1 with only its global address (scenario's VMs are blue and red)."""
+    """g1: a VM of green on hv1 with only its global address (the fabric's VMs are blue and red)."""
     name, host, mac, ca = G1
     ns = f"{fab.topology.name}.vm-{name}"
     fab.vm_ns[name] = ns  # Fabric.close destroys it
