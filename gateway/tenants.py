@@ -25,10 +25,10 @@ from nvfabric.vnet.model import (
     Address,
     Network,
     RoutingDomain,
-    _at,
-    _list,
-    _mapping,
-    _reject_unknown,
+    field_path,
+    check_list,
+    check_object,
+    reject_unknown,
     check_address,
     check_name,
     check_network,
@@ -54,15 +54,15 @@ class Snat:
     def from_dict(cls, body: Any, where: str) -> Snat:
         if isinstance(body, str):  # the short form: just the address
             body = {"address": body}
-        body = _mapping(body, where)
-        _reject_unknown(body, {"address", "ports"}, where)
-        address = check_address(body.get("address"), _at(where, "address"))
+        body = check_object(body, where)
+        reject_unknown(body, {"address", "ports"}, where)
+        address = check_address(body.get("address"), field_path(where, "address"))
         ports = body.get("ports", f"{PORT_MIN}-{PORT_MAX}")
         lo_hi = str(ports).split("-")
         try:
             lo, hi = (int(lo_hi[0]), int(lo_hi[-1]))
         except ValueError:
-            raise ModelError(_at(where, "ports"), ports, "must be 'LOW-HIGH' or one port number") from None
+            raise ModelError(field_path(where, "ports"), ports, "must be 'LOW-HIGH' or one port number") from None
         try:
             return cls(address, (lo, hi))
         except ModelError as exc:
@@ -82,10 +82,10 @@ class FloatingIp:
 
     @classmethod
     def from_dict(cls, body: Any, where: str) -> FloatingIp:
-        body = _mapping(body, where)
-        _reject_unknown(body, {"public", "private"}, where)
-        public = check_address(body.get("public"), _at(where, "public"))
-        private = check_address(body.get("private"), _at(where, "private"))
+        body = check_object(body, where)
+        reject_unknown(body, {"public", "private"}, where)
+        public = check_address(body.get("public"), field_path(where, "public"))
+        private = check_address(body.get("private"), field_path(where, "private"))
         try:
             return cls(public, private)
         except ModelError as exc:
@@ -160,19 +160,20 @@ class Tenant:
 
     @classmethod
     def from_dict(cls, body: Any, name: str | None = None, where: str = "") -> Tenant:
-        body = _mapping(body, where)
+        body = check_object(body, where)
         known = {"name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces"}
-        _reject_unknown(body, known, where)
+        reject_unknown(body, known, where)
         rd = RoutingDomain.from_dict({k: body[k] for k in ("name", "route_targets", "subnets") if k in body},
                                      name=name, where=where)
-        snat = tuple(Snat.from_dict(s, f"{_at(where, 'snat')}[{i}]")
-                     for i, s in enumerate(_list(body.get("snat"), _at(where, "snat"))))
-        fips = tuple(FloatingIp.from_dict(f, f"{_at(where, 'floating_ips')}[{i}]")
-                     for i, f in enumerate(_list(body.get("floating_ips"), _at(where, "floating_ips"))))
-        public = tuple(check_network(p, f"{_at(where, 'public_prefixes')}[{i}]")
-                       for i, p in enumerate(_list(body.get("public_prefixes"), _at(where, "public_prefixes"))))
-        ifaces = tuple(check_name(x, f"{_at(where, 'interfaces')}[{i}]", IFNAME_RE)
-                       for i, x in enumerate(_list(body.get("interfaces"), _at(where, "interfaces"))))
+        snat = tuple(Snat.from_dict(s, f"{field_path(where, 'snat')}[{i}]")
+                     for i, s in enumerate(check_list(body.get("snat"), field_path(where, "snat"))))
+        fips = tuple(FloatingIp.from_dict(f, f"{field_path(where, 'floating_ips')}[{i}]")
+                     for i, f in enumerate(check_list(body.get("floating_ips"), field_path(where, "floating_ips"))))
+        public = tuple(check_network(p, f"{field_path(where, 'public_prefixes')}[{i}]")
+                       for i, p in enumerate(check_list(body.get("public_prefixes"),
+                                                        field_path(where, "public_prefixes"))))
+        ifaces = tuple(check_name(x, f"{field_path(where, 'interfaces')}[{i}]", IFNAME_RE)
+                       for i, x in enumerate(check_list(body.get("interfaces"), field_path(where, "interfaces"))))
         try:
             return cls(rd, snat, fips, public, ifaces)
         except ModelError as exc:

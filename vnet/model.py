@@ -72,7 +72,7 @@ def check_name(value: Any, where: str, pattern: re.Pattern[str] = NAME_RE) -> st
     return value
 
 
-def _list(value: Any, where: str) -> list[Any]:
+def check_list(value: Any, where: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -80,15 +80,15 @@ def _list(value: Any, where: str) -> list[Any]:
     return value
 
 
-def _reject_unknown(body: Mapping[str, Any], known: set[str], where: str) -> None:
+def reject_unknown(body: Mapping[str, Any], known: set[str], where: str) -> None:
     # A misspelt key silently ignored is a setting silently lost.
     unknown = sorted(set(body) - known)
     if unknown:
         first = unknown[0]
-        raise ModelError(_at(where, first), body[first], f"unknown field (known: {', '.join(sorted(known))})")
+        raise ModelError(field_path(where, first), body[first], f"unknown field (known: {', '.join(sorted(known))})")
 
 
-def _mapping(body: Any, where: str) -> Mapping[str, Any]:
+def check_object(body: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(body, Mapping):
         raise ModelError(where or "body", body, "must be an object")
     return body
@@ -104,7 +104,7 @@ def first_repeat(values: Iterable[Hashable]) -> tuple[int, int] | None:
     return None
 
 
-def _at(where: str, key: str) -> str:
+def field_path(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
@@ -130,15 +130,16 @@ class VirtualSubnet:
 
     @classmethod
     def from_dict(cls, body: Any, where: str = "") -> VirtualSubnet:
-        body = _mapping(body, where)
-        _reject_unknown(body, {"vsid", "prefixes", "gateways"}, where)
-        vsid = check_vsid(body.get("vsid"), _at(where, "vsid"))
+        body = check_object(body, where)
+        reject_unknown(body, {"vsid", "prefixes", "gateways"}, where)
+        vsid = check_vsid(body.get("vsid"), field_path(where, "vsid"))
         prefixes = tuple(
-            check_network(p, f"{_at(where, 'prefixes')}[{i}]") for i, p in enumerate(_list(body.get("prefixes"), where))
+            check_network(p, f"{field_path(where, 'prefixes')}[{i}]")
+            for i, p in enumerate(check_list(body.get("prefixes"), where))
         )
         given = {}
-        for i, g in enumerate(_list(body.get("gateways"), _at(where, "gateways"))):
-            address = check_address(g, f"{_at(where, 'gateways')}[{i}]")
+        for i, g in enumerate(check_list(body.get("gateways"), field_path(where, "gateways"))):
+            address = check_address(g, f"{field_path(where, 'gateways')}[{i}]")
             given[address.version] = address
         # HNV's default: the subnet's first host address is the gateway every host answers for.
         gateways = tuple(given.get(p.version, p.network_address + 1) for p in prefixes)
@@ -164,15 +165,15 @@ class CustomerRoute:
 
     @classmethod
     def from_dict(cls, body: Any, where: str = "") -> CustomerRoute:
-        body = _mapping(body, where)
-        _reject_unknown(body, {"prefix", "next_hop", "metric"}, where)
-        prefix = check_network(body.get("prefix"), _at(where, "prefix"))
+        body = check_object(body, where)
+        reject_unknown(body, {"prefix", "next_hop", "metric"}, where)
+        prefix = check_network(body.get("prefix"), field_path(where, "prefix"))
         # HNV writes an on-link route's next hop as 0.0.0.0 / ::; here it is "on-link" or absent
         raw = body.get("next_hop", "on-link")
-        next_hop = None if raw in ("on-link", None) else check_address(raw, _at(where, "next_hop"))
+        next_hop = None if raw in ("on-link", None) else check_address(raw, field_path(where, "next_hop"))
         metric = body.get("metric", 0)
         if isinstance(metric, bool) or not isinstance(metric, int):
-            raise ModelError(_at(where, "metric"), metric, "must be an integer")
+            raise ModelError(field_path(where, "metric"), metric, "must be an integer")
         try:
             return cls(prefix=prefix, next_hop=next_hop, metric=metric)
         except ModelError as exc:
@@ -227,21 +228,22 @@ class RoutingDomain:
 
     @classmethod
     def from_dict(cls, body: Any, name: str | None = None, where: str = "") -> RoutingDomain:
-        body = _mapping(body, where)
-        _reject_unknown(body, {"name", "route_targets", "subnets", "customer_routes"}, where)
+        body = check_object(body, where)
+        reject_unknown(body, {"name", "route_targets", "subnets", "customer_routes"}, where)
         if name is not None and body.get("name", name) != name:
-            raise ModelError(_at(where, "name"), body.get("name"), f"does not match the name in the path ({name})")
-        rd_name = check_name(body.get("name", name), _at(where, "name"))
-        rts = _list(body.get("route_targets"), _at(where, "route_targets"))
+            raise ModelError(field_path(where, "name"), body.get("name"),
+                             f"does not match the name in the path ({name})")
+        rd_name = check_name(body.get("name", name), field_path(where, "name"))
+        rts = check_list(body.get("route_targets"), field_path(where, "route_targets"))
         if not all(isinstance(rt, str) for rt in rts):
-            raise ModelError(_at(where, "route_targets"), rts, "must be a list of strings")
+            raise ModelError(field_path(where, "route_targets"), rts, "must be a list of strings")
         subnets = tuple(
-            VirtualSubnet.from_dict(s, f"{_at(where, 'subnets')}[{i}]")
-            for i, s in enumerate(_list(body.get("subnets"), _at(where, "subnets")))
+            VirtualSubnet.from_dict(s, f"{field_path(where, 'subnets')}[{i}]")
+            for i, s in enumerate(check_list(body.get("subnets"), field_path(where, "subnets")))
         )
         routes = tuple(
-            CustomerRoute.from_dict(r, f"{_at(where, 'customer_routes')}[{i}]")
-            for i, r in enumerate(_list(body.get("customer_routes", []), _at(where, "customer_routes")))
+            CustomerRoute.from_dict(r, f"{field_path(where, 'customer_routes')}[{i}]")
+            for i, r in enumerate(check_list(body.get("customer_routes", []), field_path(where, "customer_routes")))
         )
         try:
             return cls(name=rd_name, route_targets=tuple(rts), subnets=subnets, customer_routes=routes)
@@ -273,24 +275,25 @@ class Port:
 
     @classmethod
     def from_dict(cls, body: Any, name: str | None = None, where: str = "") -> Port:
-        body = _mapping(body, where)
-        _reject_unknown(body, {"name", "interface", "mac", "vsid", "addresses", "mtu"}, where)
+        body = check_object(body, where)
+        reject_unknown(body, {"name", "interface", "mac", "vsid", "addresses", "mtu"}, where)
         if name is not None and body.get("name", name) != name:
-            raise ModelError(_at(where, "name"), body.get("name"), f"does not match the name in the path ({name})")
-        port_name = check_name(body.get("name", name), _at(where, "name"), PORT_NAME_RE)
+            raise ModelError(field_path(where, "name"), body.get("name"),
+                             f"does not match the name in the path ({name})")
+        port_name = check_name(body.get("name", name), field_path(where, "name"), PORT_NAME_RE)
         addresses = tuple(
-            check_address(a, f"{_at(where, 'addresses')}[{i}]")
-            for i, a in enumerate(_list(body.get("addresses"), _at(where, "addresses")))
+            check_address(a, f"{field_path(where, 'addresses')}[{i}]")
+            for i, a in enumerate(check_list(body.get("addresses"), field_path(where, "addresses")))
         )
         mtu = body.get("mtu")
         if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)):
-            raise ModelError(_at(where, "mtu"), mtu, "must be an integer")
+            raise ModelError(field_path(where, "mtu"), mtu, "must be an integer")
         try:
             return cls(
                 name=port_name,
-                interface=check_name(body.get("interface"), _at(where, "interface"), IFNAME_RE),
-                mac=check_mac(body.get("mac"), _at(where, "mac")),
-                vsid=check_vsid(body.get("vsid"), _at(where, "vsid")),
+                interface=check_name(body.get("interface"), field_path(where, "interface"), IFNAME_RE),
+                mac=check_mac(body.get("mac"), field_path(where, "mac")),
+                vsid=check_vsid(body.get("vsid"), field_path(where, "vsid")),
                 addresses=addresses,
                 mtu=mtu,
             )
