@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from nvfabric.gateway.upstream import Upstream
 from nvfabric.hostagent.agent import AgentNotStarted, KernelError
 from nvfabric.vnet.catalog import NotFound
 from nvfabric.vnet.desired import HostIdentity, allocate_tables
-from nvfabric.vnet.kernel.netns import inside
+from nvfabric.vnet.kernel.conntrack import sessions_by_mark
 from nvfabric.vnet.model import LookupRecord
 from nvfabric.vnet.nftables import Nft, NftError
 
@@ -235,7 +234,7 @@ class Gateway:
 
     async def status(self) -> list[TenantStatus]:
         counters = await self.counters()
-        sessions = await _sessions_by_mark(self.config.netns)
+        sessions = await sessions_by_mark(self.config.netns)
         out = []
         for name, t in sorted(self._tenants.items()):
             tid = self._ids[name]
@@ -244,29 +243,3 @@ class Gateway:
                                     sessions.get(tid, 0)))
         return out
 
-
-async def _sessions_by_mark(netns: str | None) -> dict[int, int]:
-    """Conntrack entries per ct mark (= tenant id), in the gateway's network namespace.
-
-    pyroute2's Conntrack is synchronous and runs its own event loop, so it cannot run on ours: it runs in a
-    fresh thread (which starts in the namespace of the thread that creates it, ours) and enters the
-    configured namespace by name when there is one."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[dict[int, int]] = loop.create_future()
-
-    def count() -> None:
-        try:
-            from pyroute2 import Conntrack
-
-            counts: dict[int, int] = {}
-            with inside(netns), Conntrack() as ct:
-                for entry in ct.dump_entries():
-                    mark = entry.mark or 0
-                    if mark:
-                        counts[mark] = counts.get(mark, 0) + 1
-            loop.call_soon_threadsafe(done.set_result, counts)
-        except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(done.set_exception, exc)
-
-    threading.Thread(target=count, name="conntrack-count", daemon=True).start()
-    return await asyncio.wait_for(done, 10)
