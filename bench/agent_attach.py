@@ -1,4 +1,4 @@
-"""Attach latency (issue 5): `Agent.put_port` on hv1 until the CA's route is in hv3's kernel.
+"""Attach latency: `Agent.put_port` on hv1 until the CA's route is in hv3's kernel.
 
 Run inside the VM (the host kernel has no VRF/GRE):
     nvfabric lab kernel --vm always -- .venv/bin/python bench/agent_attach.py [--count 50]

@@ -1,4 +1,4 @@
-"""Benchmark of the BGP codec (issue 3): encode and decode rates of EVPN type-2 routes.
+"""Benchmark of the BGP codec: encode and decode rates of EVPN type-2 routes.
 
 Run:  .venv/bin/python bench/bgp_codec.py [--routes 100000] [--repeat 3]
 

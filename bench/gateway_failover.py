@@ -1,4 +1,4 @@
-"""Gateway failover time (issue 6): gw1 (active) loses both links during a 5 Hz ping from a blue VM through
+"""Gateway failover time: gw1 (active) loses both links during a 5 Hz ping from a blue VM through
 it; gw2 (standby) takes over. The same scene and measurement as tests/kernel/test_gateway_failover.py, with
 BGP's DEFAULT timers unless told otherwise: the gateways propose hold 90 s, the reflectors (`nvfabric rr`)
 hold 90 s, FRR (the upstream) its default keepalive 60 s / hold 180 s, so every session runs with 90 s.

@@ -2,7 +2,7 @@
 
 Everything that changes state runs in `_run()`, one item at a time: events from sessions (through the
 bounded `session.Inbox`) and commands from API callers (closures with a future, GoBGP's `mgmtCh` shape).
-No locks, no shared mutation. The route reflector (issue 4) reuses this class: it subscribes to RIB
+No locks, no shared mutation. The route reflector (bgp/reflector/) reuses this class: it subscribes to RIB
 changes and re-advertises them through the same update groups (`groups.broadcast(..., exclude=peer)`),
 overrides `_table_messages` (a peer's whole table) and `_group_policy` (its update group key), and gives
 sessions a raw decoder (`decoder=`, e.g. `wire.decode_raw_update`) so forwarded NLRI are not decoded into

@@ -1,7 +1,8 @@
 """Update groups: peers whose UPDATEs encode to the same bytes share one encoding (FRR's update groups).
 
 The group key is the peer's `wire.Negotiated` encoding parameters plus the outbound policy key: a frozen
-value, so hash, equality and repr come from one definition (see notes/style.md on FRR's hand-kept key).
+value, so hash, equality and repr come from one definition (FRR keeps its update-group key by hand in
+three places).
 An UPDATE is encoded once per group and the same bytes object is written to every member.
 """
 

@@ -1,1 +1,1 @@
-"""The multi-tenant gateway: NVGRE into per-tenant VRFs, NAT, upstream BGP (issue 6)."""
+"""The multi-tenant gateway: NVGRE into per-tenant VRFs, NAT, upstream BGP."""

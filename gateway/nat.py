@@ -20,7 +20,7 @@ Every tenant has one number `tid` (its routing table number, vnet.desired.alloca
   outside and floating-IP traffic are routed into the tenant's table.
 Marks MARK_MIN..ZONE_MAX are the gateway's; nothing else on the gateway may use them.
 SNAT and DNAT match the external interfaces (set `ext`): with VRFs, netfilter sees a packet once per
-device, and an unrestricted masquerade would NAT twice (shared/notes/dataplane.md).
+device, and an unrestricted masquerade would NAT twice.
 
 Hook priorities: raw (-300) zone and mark, mangle (-150) ct mark <-> meta mark, dstnat (-100) floating IPs,
 forward (0) counters and drops, srcnat (100) SNAT.

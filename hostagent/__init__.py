@@ -1,1 +1,1 @@
-"""The host agent: one per hypervisor; VM ports in, EVPN routes out, the kernel programmed (issue 5)."""
+"""The host agent: one per hypervisor; VM ports in, EVPN routes out, the kernel programmed."""

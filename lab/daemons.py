@@ -1,7 +1,7 @@
 """Run an Agent or a Gateway in its own thread, inside its node's network namespace, with its own event loop.
 
 For the lab, the demo, benchmarks and kernel tests: several daemons (agents on hv1, hv2, hv3, gateways)
-share one Python process (Python starts slowly in the VM, shared/notes/environment.md), each thread entered
+share one Python process (Python starts slowly in the VM, docs/lab.md), each thread entered
 into its namespace for good, so every socket the daemon makes (netlink, BGP, API) lives there. Calls from
 other threads go through `call()`, which runs a coroutine on the daemon's loop and waits for it. Also
 `in_ns`: one call in a fresh thread inside a namespace (setns is per thread).

@@ -1,6 +1,6 @@
 """The gateway's NAT on this machine's kernel: real nftables and conntrack in namespaces, no VRF.
 
-Like shared/recipes/tenant-nat-without-vrf.sh, per-tenant routing tables stand in for the VRFs: each
+Per-tenant routing tables stand in for the VRFs: each
 tenant is attached by a veth (`Tenant.interfaces`), `iif` and `fwmark` rules select its table. Two tenants,
 blue and red, use the SAME addresses (10.0.0.5 with a floating IP, 10.0.0.6 without). The gateway (the real
 gateway.Gateway, in a thread inside the gateway namespace) writes only its per-tenant nftables tables.

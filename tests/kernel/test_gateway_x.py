@@ -142,7 +142,7 @@ def diagnostics() -> str:
 
 
 def test_gateway_over_nvgre_with_vrfs(lab: Lab) -> None:
-    """One test, several checks: the VM run is slow, the setup is shared (shared/notes/environment.md)."""
+    """One test, several checks: the VM run is slow, the setup is shared (docs/lab.md)."""
     server = Server(NS["inet"], SERVER)
     vms = [Server(NS["vb"], ("10.0.0.5", 9000), "blue "), Server(NS["vr"], ("10.0.0.5", 9000), "red "),
            Server(NS["vr9"], ("10.0.9.9", 9000), "red9 ")]

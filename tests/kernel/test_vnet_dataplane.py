@@ -1,5 +1,5 @@
 """vnet's netlink layer on a real kernel (VM phase): two hosts h1, h2 joined by an underlay veth, a VM
-namespace behind a tap on each; the whole dataplane of recipes/nvgre-collect-md-dual-stack.sh is created
+namespace behind a tap on each; the whole dataplane (docs/dataplane.md) is created
 by observe -> diff -> apply only (no `ip` for anything we own), then checked by pings, bytes on the wire
 and read-back."""
 

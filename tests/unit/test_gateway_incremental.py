@@ -1,4 +1,4 @@
-"""A one-tenant change does the work of that tenant only (issue 6, "Gateway scale"), and what it computes is
+"""A one-tenant change does the work of that tenant only (docs/benchmarks.md "Gateway scale"), and what it computes is
 what the whole recomputation gives: the claims index against the full check, the per-tenant vnet partition
 against vnet's whole desired state, the per-tenant upstream and type-5 updates against the whole sets."""
 

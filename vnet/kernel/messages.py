@@ -3,7 +3,7 @@
 Two halves:
 - *Encoders* (`encode_*`): hand-packed rtnetlink requests. The writer sends tens of thousands of them
   per batch; building them with struct is ~50x cheaper than pyroute2's generic request machinery, which
-  matters in the emulated VM (notes/environment.md), and it lets `apply` pipeline them in one buffer.
+  matters in the emulated VM (docs/lab.md), and it lets `apply` pipeline them in one buffer.
 - *Decoders*: pyroute2 message classes with the additions 0.9.7 lacks, used by `observe` on dumps:
   `RouteMessage` decodes RTA_ENCAP of type LWTUNNEL_ENCAP_IP / LWTUNNEL_ENCAP_IP6 (0.9.7 leaves it
   undecoded and dies encoding it), `LinkMessage` decodes IFLA_GRE_COLLECT_METADATA on ip6gretap
