@@ -19,10 +19,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from nvfabric.gateway import nat
-from nvfabric.gateway.gateway import AgentNotStarted, Gateway, KernelError, TenantStatus
+from nvfabric.gateway.gateway import Gateway, TenantStatus
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
-from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.errors import KernelError, ModelError, NotStarted
 from nvfabric.vnet.model import check_address
 from nvfabric.vnet.refusals import model_refusal
 
@@ -35,7 +35,7 @@ TRACE_FIELDS = ("tenant", "proto", "src", "sport", "dst", "dport")
 def gateway_refusal(exc: Exception) -> ApiError | None:
     """A change while the gateway is not running 503; one the kernel or nftables refused (and the gateway
     reverted) 422: valid, but refused the same way on a blind retry."""
-    if isinstance(exc, AgentNotStarted):
+    if isinstance(exc, NotStarted):
         return ApiError(503, "not-running", str(exc))
     if isinstance(exc, KernelError):
         return ApiError(422, "kernel-refused", str(exc), messages=list(exc.messages))

@@ -3,8 +3,8 @@
 - Announces, for every tenant, an EVPN type-5 default route (0.0.0.0/0, and ::/0 when the tenant has IPv6
   subnets and a way out for them) with the gateway's PA as next hop, the fabric's router MAC and the VSID of
   the tenant's first subnet (RFC 9136 interface-less model): hosts install it as the tenant's default
-  route towards the gateway (hostagent/learn.py remote_prefixes).
-- Learns the tenants' CAs from the type-2 routes exactly as a host does (hostagent/learn.py lookup_records,
+  route towards the gateway (vnet/learn.py remote_prefixes).
+- Learns the tenants' CAs from the type-2 routes exactly as a host does (vnet/learn.py lookup_records,
   with a catalog of the tenants' routing domains and no ports) and hands them to the gateway, whose
   dataplane installs one encap route per CA: the return path of NAT and floating-IP traffic.
 - A standby gateway (config `standby`) announces nothing while another gateway's default route is in the
@@ -12,7 +12,7 @@
   decides only after End-of-RIB from a reflector (or STANDBY_WAIT), so it does not announce at start-up
   just because it has not heard of the active gateway yet; and not for STANDBY_WAIT after it had no
   reflector session at all (restarted reflectors answer End-of-RIB with an empty table), during which no
-  learned CA is removed either.
+  learned CA is removed either. When it may judge is the hold state machine the agent uses too (vnet/hold.py).
 """
 
 from __future__ import annotations
@@ -28,18 +28,21 @@ from nvfabric.bgp.client import Client
 from nvfabric.bgp.speaker import PeerStatus
 from nvfabric.bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
 from nvfabric.bgp.routes import Family, PrefixKey, PrefixRoute
-from nvfabric.gateway.announced import Announced
+from nvfabric.bgp.announced import Announced
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.tenants import Tenant
-from nvfabric.hostagent import learn
-from nvfabric.hostagent.announce import route_distinguisher
+from nvfabric.vnet import learn
+from nvfabric.vnet.announce import route_distinguisher
 from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.hold import Hold, Policy
 from nvfabric.vnet.model import LookupRecord
 
 log = logging.getLogger(__name__)
 
 COALESCE = 0.02  # seconds: a burst of learned routes becomes one reconcile
 STANDBY_WAIT = 15.0  # seconds a standby waits for End-of-RIB before judging that no gateway is active
+# End-of-RIB from one reflector is enough to judge; with no reflector session the last judgement stands
+HOLD = Policy(timeout=STANDBY_WAIT, every_session=False, headless_holds=False)
 DEFAULTS = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
@@ -85,7 +88,10 @@ class Fabric:
         self.on_records = on_records
         self.on_serving = on_serving
         self.serving = not config.standby
-        self._judged = not config.standby  # a standby judges after End-of-RIB or STANDBY_WAIT
+        # a standby judges after End-of-RIB or STANDBY_WAIT (`hold.synced`), and keeps learned CAs while
+        # recovering from a time without reflectors (`hold.recovering`)
+        self.hold = Hold.start(HOLD, [r.address for r in config.route_reflectors], time.monotonic())
+        self._timer: asyncio.TimerHandle | None = None
         self.takeovers: list[float] = []  # wall-clock times (time.time()) at which this standby started serving
         self.client = Client(SpeakerConfig(
             asn=config.asn, router_id=config.router_id, families=(Family.L2VPN_EVPN,),
@@ -98,26 +104,39 @@ class Fabric:
         self._announced = Announced()
         self._tenants: Mapping[str, Tenant] = {}
         self._dirty = asyncio.Event()
-        self._up: set[str] = set()  # reflector sessions established now
-        self._ever_up = False
-        self._recovering_until = 0.0  # time.monotonic(): see on_status
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, tenants: Mapping[str, Tenant]) -> None:
         self._tenants = tenants
+        self.hold = Hold.start(HOLD, self.hold.sessions, time.monotonic())
         await self.client.start()
         await self.sync(tenants)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._consume(), name="gateway-bgp"),
                        loop.create_task(self._learner(), name="gateway-learn")]
-        if not self._judged:
-            loop.call_later(STANDBY_WAIT, self._judge_now)
+        self._arm()
 
-    def _judge_now(self) -> None:
-        self._judged = True
+    @property
+    def judged(self) -> bool:
+        """A standby may judge whether another gateway is active (an active gateway always serves)."""
+        return not self.config.standby or self.hold.synced
+
+    def _arm(self) -> None:
+        """The hold's next deadline: then a standby judges and the kept CAs are learned again."""
+        at = self.hold.next_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None if at is None else asyncio.get_running_loop().call_later(
+            max(0.0, at - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.hold = self.hold.on_timer(time.monotonic())
+        self._arm()
         self._dirty.set()
 
     async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -127,7 +146,7 @@ class Fabric:
 
     async def sync(self, tenants: Mapping[str, Tenant]) -> None:
         """Announce/withdraw the default routes for this whole set of tenants (start, standby decisions)."""
-        await self.update({**{n: None for n in self._announced.tenants if n not in tenants}, **tenants}, tenants)
+        await self.update({**{n: None for n in self._announced.groups if n not in tenants}, **tenants}, tenants)
 
     async def update(self, changes: Mapping[str, Tenant | None], tenants: Mapping[str, Tenant]) -> None:
         """Only the changed tenants' default routes (None: withdrawn): the work follows the change. `tenants`
@@ -156,25 +175,16 @@ class Fabric:
         links), a reflector's table may be empty or partial: it answers End-of-RIB at once and fills up as
         the hosts and the other gateway reconnect. For STANDBY_WAIT from the first session back, a standby
         does not judge (it would take over from a live active gateway) and no learned CA is removed."""
-        if event.state == "established":
-            if not self._up and self._ever_up:
-                self._recovering_until = now + STANDBY_WAIT
-                if self.config.standby:
-                    self._judged = False
-                    asyncio.get_running_loop().call_later(STANDBY_WAIT, self._judge_now)
-                asyncio.get_running_loop().call_later(STANDBY_WAIT, self._dirty.set)
-            self._up.add(event.peer)
-            self._ever_up = True
-        elif event.state == "down":
-            self._up.discard(event.peer)
-        elif event.state == "end-of-rib" and now >= self._recovering_until:
-            self._judged = True
+        before = self.hold.next_timer()
+        self.hold = self.hold.on_session(event.peer, event.state, now)
+        if self.hold.next_timer() != before:
+            self._arm()
 
     def recovering(self, now: float) -> bool:
-        return now < self._recovering_until
+        return self.hold.recovering(now)
 
     async def _standby(self) -> None:
-        if not self.config.standby or not self._judged:
+        if not self.config.standby or not self.hold.synced:
             return
         serve = not other_gateway_active(self.client.routes().values(), self.config.provider_addresses)
         if serve != self.serving:

@@ -27,11 +27,10 @@ from nvfabric.gateway.dataplane import Dataplane, PlumbingError
 from nvfabric.gateway.evpn import Fabric
 from nvfabric.gateway.tenants import Claims, Tenant
 from nvfabric.gateway.upstream import Upstream
-
-# the host agent's error types: the REST layer (hostagent/api.py's middleware) maps them to 503 and 500
-from nvfabric.hostagent.agent import AgentNotStarted, KernelError
 from nvfabric.vnet.catalog import NotFound
 from nvfabric.vnet.desired import HostIdentity, allocate_tables
+# the agent's error types too: the REST layer maps them to 503 and 500
+from nvfabric.vnet.errors import KernelError, NotStarted
 from nvfabric.vnet.kernel.conntrack import sessions_by_mark
 from nvfabric.vnet.model import LookupRecord
 from nvfabric.vnet.nftables import Nft, NftError
@@ -173,7 +172,7 @@ class Gateway:
         async with self._lock:
             self._claims.check(tenant)  # raises ConflictError naming the field, before anything is applied
             if not self._started:
-                raise AgentNotStarted("the gateway is not running")
+                raise NotStarted("the gateway is not running")
             name = tenant.name
             before = self._tenants.get(name)
             if before == tenant:
@@ -208,7 +207,7 @@ class Gateway:
         async with self._lock:
             tenant = self.tenant(name)
             if not self._started:
-                raise AgentNotStarted("the gateway is not running")
+                raise NotStarted("the gateway is not running")
             tid = self._ids[name]
             await self._load(f"delete tenant {name}", nat.transaction({name: (None, nat.TenantNat(tenant, tid))}))
             remaining = {n: t for n, t in self._tenants.items() if n != name}

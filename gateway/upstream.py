@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from nvfabric.bgp.client import Client
 from nvfabric.bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
 from nvfabric.bgp.routes import Family, UnicastKey, UnicastRoute
-from nvfabric.gateway.announced import Announced
+from nvfabric.bgp.announced import Announced
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.tenants import Tenant
 
@@ -58,7 +58,7 @@ class Upstream:
     async def sync(self, tenants: Iterable[Tenant]) -> None:
         """Announce exactly these tenants' public addresses (start, and a standby taking over or giving
         back): every tenant is recomputed."""
-        wanted: dict[str, Tenant | None] = {n: None for n in self._announced.tenants}
+        wanted: dict[str, Tenant | None] = {n: None for n in self._announced.groups}
         wanted.update((t.name, t) for t in tenants)
         await self.update(wanted)
 

@@ -29,12 +29,13 @@ from nvfabric.bgp.client import Client, RouteUpdate
 from nvfabric.bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
 from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute
 from nvfabric.bgp.speaker import PeerStatus
-from nvfabric.hostagent import announce, learn, state
+from nvfabric.hostagent import state
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.hostagent.mobility import MacState, Mobility
+from nvfabric.vnet import announce, learn
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, desired_state, vrf_name
-from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.errors import KernelError, ModelError, NotStarted
 from nvfabric.vnet.kernel.netns import RtnlSocket, link_exists
 from nvfabric.vnet.kernel.objects import Vrf
 from nvfabric.vnet.model import Address, LookupRecord, Port, RemotePrefix, RoutingDomain
@@ -47,16 +48,7 @@ log = logging.getLogger(__name__)
 COALESCE = 0.02  # seconds to gather a burst of BGP changes into one reconcile
 
 
-class AgentNotStarted(RuntimeError):
-    """A valid change was requested before start() (or after stop())."""
-
-
-class KernelError(RuntimeError):
-    """The kernel refused the change; it was reverted. `messages` are the kernel's own."""
-
-    def __init__(self, what: str, messages: tuple[str, ...]) -> None:
-        super().__init__(f"{what}: kernel refused, change reverted: {'; '.join(messages[:3])}")
-        self.messages = messages
+AgentNotStarted = NotStarted  # the agent's name for it (hostagent.api, tests)
 
 
 class NamespaceError(RuntimeError):

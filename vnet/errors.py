@@ -26,3 +26,15 @@ class ModelError(ValueError):
 
 class ConflictError(ModelError):
     """The value is valid on its own but conflicts with existing state (a duplicate CA, a VSID in use)."""
+
+
+class NotStarted(RuntimeError):
+    """A valid change was requested before the daemon started (or after it stopped)."""
+
+
+class KernelError(RuntimeError):
+    """The kernel refused the change; it was reverted. `messages` are the kernel's own."""
+
+    def __init__(self, what: str, messages: tuple[str, ...]) -> None:
+        super().__init__(f"{what}: kernel refused, change reverted: {'; '.join(messages[:3])}")
+        self.messages = messages

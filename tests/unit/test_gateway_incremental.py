@@ -184,13 +184,13 @@ def test_a_standby_does_not_judge_on_the_end_of_rib_of_restarted_reflectors() ->
         fabric = Fabric(standby, on_records=lambda records: asyncio.sleep(0))
         fabric.on_status(PeerStatus("rr1", "established"), 100.0)  # start: nothing to recover from
         fabric.on_status(PeerStatus("rr1", "end-of-rib"), 101.0)
-        assert fabric._judged and not fabric.recovering(101.0)
+        assert fabric.judged and not fabric.recovering(101.0)
         fabric.on_status(PeerStatus("rr1", "down"), 200.0)  # no reflector session at all
         fabric.on_status(PeerStatus("rr1", "established"), 210.0)  # back, its table empty
         fabric.on_status(PeerStatus("rr1", "end-of-rib"), 210.5)
-        assert not fabric._judged and fabric.recovering(210.5)
+        assert not fabric.judged and fabric.recovering(210.5)
         fabric.on_status(PeerStatus("rr1", "end-of-rib"), 210.0 + STANDBY_WAIT)
-        assert fabric._judged and not fabric.recovering(210.0 + STANDBY_WAIT)
+        assert fabric.judged and not fabric.recovering(210.0 + STANDBY_WAIT)
         # one of two reflectors restarting is not a recovery: the other kept the table
         fabric.on_status(PeerStatus("rr2", "established"), 300.0)
         fabric.on_status(PeerStatus("rr1", "down"), 301.0)

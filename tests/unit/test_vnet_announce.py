@@ -1,8 +1,8 @@
-"""hostagent.announce: local ports -> the type-2 routes this host announces."""
+"""vnet.announce: local ports -> the type-2 routes this host announces."""
 
 from __future__ import annotations
 
-from nvfabric.hostagent.announce import Identity, local_routes, route_distinguisher
+from nvfabric.vnet.announce import Identity, local_routes, route_distinguisher
 from tests.unit.agent_fixtures import PA1, VM_B1, VM_R1, catalog, ip
 
 ME = Identity("198.51.100.11", (PA1,), "02:00:5e:10:00:01")

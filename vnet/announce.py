@@ -7,6 +7,9 @@ One MAC/IP route per customer address of every active port:
 - label = VSID (RFC 8365 section 5.1.3), next hop = the host's first provider address;
 - route targets of the port's routing domain, the fabric-wide Router's MAC, and the MAC mobility
   sequence (hostagent/mobility.py).
+
+Here `rd` is only ever the route distinguisher (the field of bgp.routes' routes); a routing domain is `domain`.
+The gateway's type-5 default routes use the same route distinguisher (gateway/evpn.py).
 """
 
 from __future__ import annotations
@@ -48,11 +51,11 @@ def local_routes(
         found = catalog.subnet(port.vsid)
         if found is None:
             continue
-        rd, _subnet = found
+        domain, _subnet = found
         for address in port.addresses:
             route = MacIpRoute(
                 rd=route_distinguisher(identity.router_id, port.vsid), mac=port.mac, ip=address, vsid=port.vsid,
-                next_hop=identity.next_hop, route_targets=rd.route_targets, router_mac=identity.router_mac,
+                next_hop=identity.next_hop, route_targets=domain.route_targets, router_mac=identity.router_mac,
                 mobility_seq=seqs.get(key, 0),
             )
             out[route.key] = route

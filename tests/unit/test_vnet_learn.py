@@ -1,9 +1,9 @@
-"""hostagent.learn: learned routes -> lookup records and remote prefixes."""
+"""vnet.learn: learned routes -> lookup records and remote prefixes."""
 
 from __future__ import annotations
 
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute
-from nvfabric.hostagent.learn import lookup_records, remote_macs, remote_prefixes
+from nvfabric.vnet.learn import lookup_records, remote_macs, remote_prefixes
 from tests.unit.agent_fixtures import PA1, PA2, PA3, VM_B1, catalog, ip, net
 
 MAC2 = "02:00:00:00:b2:01"

@@ -1,5 +1,7 @@
 """Pure: routes learned from the reflectors (plus the local catalog) -> lookup records and remote prefixes.
 
+Used by the host agent (its catalog) and by the gateway (a catalog of its tenants' routing domains, no ports).
+
 - A type-2 route (MAC/IP) with an IP in a VSID of one of our routing domains is a remote CA: a LookupRecord
   (HNV's lookup record: CA + VSID -> MAC, PA). Several hosts may announce the same CA during a move: the
   highest MAC mobility sequence wins, then the lower PA (RFC 7432 section 15.1's tie-break), so every host
@@ -61,8 +63,8 @@ def lookup_records(
             continue  # an active local port has it
         if key not in remote or _rank(route) < _rank(remote[key]):
             remote[key] = route
-    for (rd, ca), route in remote.items():
-        records[(rd, ca)] = LookupRecord(rd, route.vsid, ca, route.mac, route.next_hop)
+    for (domain, ca), route in remote.items():
+        records[(domain, ca)] = LookupRecord(domain, route.vsid, ca, route.mac, route.next_hop)
     return sorted(records.values(), key=lambda r: (r.routing_domain, r.ca.version, r.ca))
 
 
@@ -72,14 +74,14 @@ def remote_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Collecti
         if not isinstance(route, PrefixRoute) or route.next_hop in our_pas:
             continue
         found = catalog.subnet(route.vsid)
-        rd_name = found[0].name if found else next(
-            (rd.name for rd in catalog.routing_domains.values() if set(rd.route_targets) & set(route.route_targets)),
+        domain = found[0].name if found else next(
+            (d.name for d in catalog.routing_domains.values() if set(d.route_targets) & set(route.route_targets)),
             None)
-        if rd_name is None:
+        if domain is None:
             continue
-        prefix = RemotePrefix(rd_name, route.prefix, route.vsid, route.next_hop, route.router_mac,
+        prefix = RemotePrefix(domain, route.prefix, route.vsid, route.next_hop, route.router_mac,
                               route.gateway_ip if route.gateway_ip and not route.gateway_ip.is_unspecified else None)
-        key = (rd_name, route.prefix)
+        key = (domain, route.prefix)
         # deterministic when two hosts (two gateways) announce the same prefix: the lower PA
         if key not in out or (prefix.pa.version, prefix.pa.packed) < (out[key].pa.version, out[key].pa.packed):
             out[key] = prefix
