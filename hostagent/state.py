@@ -33,12 +33,12 @@ class SavedState:
     seqs: dict[tuple[int, Mac], int]
 
 
-def rd_to_dict(rd: RoutingDomain) -> dict[str, Any]:
-    body: dict[str, Any] = {"name": rd.name, "route_targets": list(rd.route_targets), "subnets": [
+def routing_domain_to_dict(domain: RoutingDomain) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": domain.name, "route_targets": list(domain.route_targets), "subnets": [
         {"vsid": s.vsid, "prefixes": [str(p) for p in s.prefixes], "gateways": [str(g) for g in s.gateways]}
-        for s in rd.subnets]}
-    if rd.customer_routes:
-        body["customer_routes"] = [r.to_dict() for r in rd.customer_routes]
+        for s in domain.subnets]}
+    if domain.customer_routes:
+        body["customer_routes"] = [r.to_dict() for r in domain.customer_routes]
     return body
 
 
@@ -53,7 +53,7 @@ def port_to_dict(port: Port) -> dict[str, Any]:
 def dumps(state: SavedState) -> str:
     return json.dumps({
         "version": VERSION,
-        "routing_domains": [rd_to_dict(rd) for _, rd in sorted(state.catalog.routing_domains.items())],
+        "routing_domains": [routing_domain_to_dict(d) for _, d in sorted(state.catalog.routing_domains.items())],
         "ports": [port_to_dict(p) for _, p in sorted(state.catalog.ports.items())],
         "tables": dict(sorted(state.tables.items())),
         "mobility": [[vsid, mac, seq] for (vsid, mac), seq in sorted(state.seqs.items())],
@@ -65,9 +65,9 @@ def loads(text: str, path: Path) -> SavedState:
         data = json.loads(text)
         if data.get("version") != VERSION:
             raise StateError(path, f"unknown version {data.get('version')!r}")
-        rds = {rd.name: rd for rd in (RoutingDomain.from_dict(b) for b in data["routing_domains"])}
+        domains = {d.name: d for d in (RoutingDomain.from_dict(b) for b in data["routing_domains"])}
         ports = {p.name: p for p in (Port.from_dict(b) for b in data["ports"])}
-        catalog = Catalog.build(rds, ports)
+        catalog = Catalog.build(domains, ports)
         tables = {str(k): int(v) for k, v in data["tables"].items()}
         seqs = {(int(v), Mac(m)): int(s) for v, m, s in data.get("mobility", [])}
     except (ValueError, KeyError, TypeError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nvfabric.hostagent.state import port_to_dict, rd_to_dict
+from nvfabric.hostagent.state import port_to_dict, routing_domain_to_dict
 from nvfabric.hostagent.trace import Trace
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import vrf_name
@@ -21,7 +21,7 @@ STATUS = "status"  # the read-only key of routing domain and port views
 def routing_domain(rd: RoutingDomain, catalog: Catalog) -> dict[str, Any]:
     vsids = {s.vsid for s in rd.subnets}
     ports = sorted(p.name for p in catalog.ports.values() if p.vsid in vsids)
-    return {**rd_to_dict(rd), STATUS: {"vrf": vrf_name(rd.name), "ports": ports}}
+    return {**routing_domain_to_dict(rd), STATUS: {"vrf": vrf_name(rd.name), "ports": ports}}
 
 
 def port(p: Port, catalog: Catalog, records: list[LookupRecord]) -> dict[str, Any]:

@@ -167,11 +167,11 @@ def test_bad_customer_routes_name_the_field(routes, field, words):
 
 
 def test_customer_routes_round_trip_through_the_saved_form():
-    from nvfabric.hostagent.state import rd_to_dict
+    from nvfabric.hostagent.state import routing_domain_to_dict
 
     rd = RoutingDomain.from_dict({"name": "blue", "route_targets": ["65000:1"],
                                   "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"]}],
                                   "customer_routes": [{"prefix": "0.0.0.0/0", "next_hop": "10.0.0.5", "metric": 5},
                                                       {"prefix": "10.0.0.128/25"}]})
     assert rd.customer_routes[1] == CustomerRoute(ipaddress.ip_network("10.0.0.128/25"))
-    assert RoutingDomain.from_dict(rd_to_dict(rd)) == rd
+    assert RoutingDomain.from_dict(routing_domain_to_dict(rd)) == rd

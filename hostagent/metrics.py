@@ -1,0 +1,45 @@
+"""The agent's Prometheus metrics (`GET /metrics`), in a registry of its own (several agents share a process
+in the tests and the lab)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from nvfabric.vnet.model import LookupRecord
+from nvfabric.vnet.reconcile import Outcome
+
+
+class AgentMetrics:
+    def __init__(self, frozen_macs: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        self._ports = Gauge("nvfabric_agent_ports", "local ports configured", registry=self.registry)
+        self._records = Gauge("nvfabric_agent_lookup_records", "lookup records", ["kind"], registry=self.registry)
+        self._ops = Counter("nvfabric_agent_kernel_ops", "kernel ops applied", ["action"], registry=self.registry)
+        self._errors = Counter("nvfabric_agent_kernel_errors", "kernel ops refused", registry=self.registry)
+        self._up = Gauge("nvfabric_agent_reflector_up", "BGP session established", ["reflector"],
+                         registry=self.registry)
+        self._held = Gauge("nvfabric_agent_held_deletes", "learned-state deletes held", registry=self.registry)
+        frozen = Gauge("nvfabric_agent_mobility_frozen_macs", "MACs frozen now (RFC 7432 15.1 duplicate detection)",
+                       registry=self.registry)
+        frozen.set_function(frozen_macs)
+
+    def reconciled(self, outcome: Outcome) -> None:
+        for action, n in outcome.counts.items():
+            if n:
+                self._ops.labels(action).inc(n)
+        if outcome.errors:
+            self._errors.inc(len(outcome.errors))
+        self._held.set(outcome.held)
+
+    def session(self, reflector: str, established: bool) -> None:
+        self._up.labels(reflector).set(1 if established else 0)
+
+    def announced(self, ports: int, records: Iterable[LookupRecord]) -> None:
+        local = remote = 0
+        for r in records:
+            local, remote = (local + 1, remote) if r.local else (local, remote + 1)
+        self._ports.set(ports)
+        self._records.labels("local").set(local)
+        self._records.labels("remote").set(remote)

@@ -1,0 +1,61 @@
+"""What the agent reports about itself (`GET /status`, `nvfabric ctl status`): values, built from its parts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nvfabric.vnet.hold import Hold
+from nvfabric.vnet.reconcile import Outcome
+
+
+@dataclass(frozen=True)
+class ReflectorStatus:
+    address: str
+    state: str  # "established" | "down" | "connecting"
+    end_of_rib: bool
+    since: float | None = None
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    router_id: str
+    reflectors: tuple[ReflectorStatus, ...]
+    synced: bool  # End-of-RIB seen (or timed out) since start: deletes of learned state are allowed
+    headless: bool  # no reflector up: forwarding kept as is
+    last_reconcile: dict[str, Any] | None
+    totals: dict[str, int]
+    held_deletes: int
+    mobility_freezes: tuple[dict[str, Any], ...]
+    skipped: tuple[str, ...]
+    local_routes: int
+    learned_routes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def wall(monotonic: float) -> float:
+    """A time.monotonic() value in wall-clock time (Unix seconds): a monotonic value means nothing to an
+    operator."""
+    return time.time() + (monotonic - time.monotonic())
+
+
+def reflectors(hold: Hold) -> tuple[ReflectorStatus, ...]:
+    return tuple(ReflectorStatus(address, s.state.value, s.end_of_rib, None if s.since is None else wall(s.since))
+                 for address, s in hold.sessions.items())
+
+
+def freeze(freeze: dict[str, Any]) -> dict[str, Any]:
+    """A mobility freeze with its end in wall-clock time."""
+    return {**freeze, "until": wall(freeze["until"])}
+
+
+def outcome(o: Outcome | None) -> dict[str, Any] | None:
+    if o is None:
+        return None
+    return {"at": o.at, "ops": o.counts, "errors": list(o.errors), "held": o.held, "seconds": round(o.seconds, 4),
+            "full_observe": o.full_observe, "partitions": list(o.partitions),
+            "plan_seconds": round(o.plan_seconds, 4), "apply_seconds": round(o.apply_seconds, 4),
+            "kernel_seconds": round(o.kernel_seconds, 4)}
