@@ -308,7 +308,7 @@ class Agent:
     def _on_peer(self, event: PeerStatus) -> None:
         self._hold = self._hold.on_session(event.peer, event.state, time.monotonic())
         session = self._hold.sessions[event.peer]
-        self.metrics.session(event.peer, session.state.value == "established")
+        self.metrics.session(event.peer, session.state == "established")
 
     async def _syncer(self) -> None:
         while True:

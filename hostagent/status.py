@@ -43,7 +43,7 @@ def wall(monotonic: float) -> float:
 
 
 def reflectors(hold: Hold) -> tuple[ReflectorStatus, ...]:
-    return tuple(ReflectorStatus(address, s.state.value, s.end_of_rib, None if s.since is None else wall(s.since))
+    return tuple(ReflectorStatus(address, s.state, s.end_of_rib, None if s.since is None else wall(s.since))
                  for address, s in hold.sessions.items())
 
 

@@ -20,21 +20,17 @@ reflector takes over) and counts its start deadline from its own start; it holds
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 
-class SessionState(enum.Enum):
-    CONNECTING = "connecting"
-    ESTABLISHED = "established"
-    DOWN = "down"
+ESTABLISHED = "established"
 
 
 @dataclass(frozen=True)
 class Session:
-    state: SessionState = SessionState.CONNECTING
+    state: str = "connecting"  # | ESTABLISHED | "down": bgp.speaker.PeerStatus's words
     end_of_rib: bool = False
     since: float | None = None  # the `now` of the last change of state
 
@@ -61,7 +57,7 @@ class Hold:
 
     @property
     def headless(self) -> bool:
-        return not any(s.state is SessionState.ESTABLISHED for s in self.sessions.values())
+        return not any(s.state == ESTABLISHED for s in self.sessions.values())
 
     @property
     def holding(self) -> bool:
@@ -86,20 +82,20 @@ class Hold:
         hold = self.on_timer(now)
         sessions = dict(hold.sessions)
         session = sessions.get(peer, Session())
-        if state == "established":
+        if state == ESTABLISHED:
             if hold.headless:
                 hold = hold._returned(now)
-            session = Session(SessionState.ESTABLISHED, False, now)
+            session = Session(ESTABLISHED, False, now)
             hold = replace(hold, ever_up=True)
         elif state == "down":
-            session = Session(SessionState.DOWN, False, now)
+            session = Session("down", False, now)
         elif state == "end-of-rib":
             session = replace(session, end_of_rib=True)
         sessions[peer] = session
         hold = replace(hold, sessions=MappingProxyType(sessions))
         if state == "down" and hold.headless and self.policy.headless_holds:
             hold = replace(hold, synced=False, after_headless=True)  # after the reflectors return, hold again
-        up = [s.end_of_rib for s in hold.sessions.values() if s.state is SessionState.ESTABLISHED]
+        up = [s.end_of_rib for s in hold.sessions.values() if s.state == ESTABLISHED]
         complete = all(up) if self.policy.every_session else any(up)
         if up and complete and not hold.after_headless:
             hold = replace(hold, synced=True)
