@@ -27,7 +27,8 @@ from nvfabric.bgp.client import Client, RouteUpdate
 from nvfabric.bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
 from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute
 from nvfabric.bgp.speaker import PeerStatus
-from nvfabric.hostagent import state, status
+from nvfabric.hostagent import state
+from nvfabric.hostagent import status as report
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.hostagent.filters import Filters
 from nvfabric.hostagent.metrics import AgentMetrics
@@ -198,13 +199,13 @@ class Agent:
         last = self._reconciler.last if self._reconciler else None
         return AgentStatus(
             router_id=self.config.router_id,
-            reflectors=status.reflectors(self._hold),
+            reflectors=report.reflectors(self._hold),
             synced=self._hold.synced,
             headless=self._headless(),
-            last_reconcile=status.outcome(last),
+            last_reconcile=report.outcome(last),
             totals=dict(self._reconciler.totals) if self._reconciler else {},
             held_deletes=last.held if last else 0,
-            mobility_freezes=tuple(status.freeze(asdict(f)) for f in self._view.mobility.freezes(time.monotonic())),
+            mobility_freezes=tuple(report.freeze(asdict(f)) for f in self._view.mobility.freezes(time.monotonic())),
             skipped=tuple(x for why in self._skipped.values() for x in why),
             local_routes=len(self._announced.routes),
             learned_routes=len(self._client.routes()) if self._client else 0,
