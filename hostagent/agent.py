@@ -33,7 +33,7 @@ from nvfabric.hostagent.config import AgentConfig
 from nvfabric.hostagent.filters import Filters
 from nvfabric.hostagent.metrics import AgentMetrics
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
-from nvfabric.hostagent.view import Learned, View, compute, domain_of, follow_remote
+from nvfabric.hostagent.compute import Learned, View, compute, domain_of, follow_remote
 from nvfabric.vnet import announce, learn
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, vrf_name
