@@ -22,24 +22,15 @@ from nvfabric.gateway import nat
 from nvfabric.gateway.gateway import Gateway, TenantStatus
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
-from nvfabric.vnet.errors import KernelError, ModelError, NotStarted
+from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import check_address
-from nvfabric.vnet.refusals import model_refusal
+from nvfabric.vnet.refusals import REFUSALS
 
 log = logging.getLogger(__name__)
 
 GATEWAY = web.AppKey("gateway", Gateway)
 TRACE_FIELDS = ("tenant", "proto", "src", "sport", "dst", "dport")
 
-
-def gateway_refusal(exc: Exception) -> ApiError | None:
-    """A change while the gateway is not running 503; one the kernel or nftables refused (and the gateway
-    reverted) 422: valid, but refused the same way on a blind retry."""
-    if isinstance(exc, NotStarted):
-        return ApiError(503, "not-running", str(exc))
-    if isinstance(exc, KernelError):
-        return ApiError(422, "kernel-refused", str(exc), messages=list(exc.messages))
-    return None
 
 
 def _gw(request: web.Request) -> Gateway:
@@ -164,7 +155,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(gateway: Gateway, token: str, *, metrics_token: bool = False) -> web.Application:
     """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
-    app = application(token, refusals=(model_refusal, gateway_refusal), metrics_token=metrics_token)
+    app = application(token, refusals=REFUSALS, metrics_token=metrics_token)
     app[GATEWAY] = gateway
     app.router.add_get("/v1/tenants", list_tenants)
     app.router.add_get("/v1/tenants/{name}", get_tenant)
@@ -181,4 +172,4 @@ async def start_api(gateway: Gateway, listen: str, token: str | None) -> ApiServ
     return await serve_if_token(lambda t: make_app(gateway, t), listen, token, "gateway")
 
 
-__all__ = ["ApiError", "gateway_refusal", "make_app", "start_api"]
+__all__ = ["ApiError", "make_app", "start_api"]

@@ -163,7 +163,7 @@ class Tenant:
         body = check_object(body, where)
         known = {"name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces"}
         reject_unknown(body, known, where)
-        rd = RoutingDomain.from_dict({k: body[k] for k in ("name", "route_targets", "subnets") if k in body},
+        domain = RoutingDomain.from_dict({k: body[k] for k in ("name", "route_targets", "subnets") if k in body},
                                      name=name, where=where)
         snat = tuple(Snat.from_dict(s, f"{field_path(where, 'snat')}[{i}]")
                      for i, s in enumerate(check_list(body.get("snat"), field_path(where, "snat"))))
@@ -175,18 +175,18 @@ class Tenant:
         ifaces = tuple(check_name(x, f"{field_path(where, 'interfaces')}[{i}]", IFNAME_RE)
                        for i, x in enumerate(check_list(body.get("interfaces"), field_path(where, "interfaces"))))
         try:
-            return cls(rd, snat, fips, public, ifaces)
+            return cls(domain, snat, fips, public, ifaces)
         except ModelError as exc:
             raise exc.within(where) from None
 
     def as_dict(self) -> dict[str, Any]:
         """The body a PUT takes: GET returns what PUT accepts."""
-        rd = self.routing_domain
+        domain = self.routing_domain
         return {
-            "name": rd.name,
-            "route_targets": list(rd.route_targets),
+            "name": domain.name,
+            "route_targets": list(domain.route_targets),
             "subnets": [{"vsid": s.vsid, "prefixes": [str(p) for p in s.prefixes],
-                         "gateways": [str(g) for g in s.gateways]} for s in rd.subnets],
+                         "gateways": [str(g) for g in s.gateways]} for s in domain.subnets],
             "snat": [{"address": str(s.address), "ports": f"{s.ports[0]}-{s.ports[1]}"} for s in self.snat],
             "floating_ips": [{"public": str(f.public), "private": str(f.private)} for f in self.floating_ips],
             "public_prefixes": [str(p) for p in self.public_prefixes],

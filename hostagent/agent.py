@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 COALESCE = 0.02  # seconds to gather a burst of BGP changes into one reconcile
 LOCAL = "ports"  # the one group of routes the agent announces (bgp.announced)
 
-AgentNotStarted = NotStarted  # the agent's name for it (hostagent.api, tests)
 
 
 class NamespaceError(RuntimeError):
@@ -245,7 +244,7 @@ class Agent:
     async def _commit(self, view: View, what: str, dirty: set[str]) -> None:
         """Program, persist, swap, announce; on a kernel refusal revert the kernel and raise."""
         if not self._started or self._reconciler is None:
-            raise AgentNotStarted(f"{what}: the agent is not running")
+            raise NotStarted(f"{what}: the agent is not running")
         desired, learned = self._compute(view, dirty)
         outcome = await self._reconcile(desired)
         if not outcome.ok:
@@ -345,4 +344,4 @@ class Agent:
                 self._dirty.set()
 
 
-__all__ = ["Agent", "AgentNotStarted", "AgentStatus", "KernelError", "ReflectorStatus", "vrf_name"]
+__all__ = ["Agent", "AgentStatus", "ReflectorStatus", "vrf_name"]

@@ -17,30 +17,20 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nvfabric.hostagent import views
-from nvfabric.hostagent.agent import Agent, AgentNotStarted, KernelError
+from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.config import DEFAULT_LISTEN
 from nvfabric.hostagent.trace import trace
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import Port, RoutingDomain, check_address, check_vsid
-from nvfabric.vnet.refusals import model_refusal
+from nvfabric.vnet.refusals import REFUSALS
 
 log = logging.getLogger(__name__)
 
 AGENT = web.AppKey("agent", Agent)
 
-__all__ = ["AGENT", "ApiError", "ApiServer", "agent_refusal", "make_app", "start_api"]
+__all__ = ["AGENT", "ApiError", "ApiServer", "make_app", "start_api"]
 
-
-def agent_refusal(exc: Exception) -> ApiError | None:
-    """The agent's own refusals: a change while it is not running 503; one the kernel would not have (lo as
-    a port, say; the change was reverted) 422, not 500: 500 is reserved for our bugs, and a 5xx invites a
-    blind retry that would be refused the same way."""
-    if isinstance(exc, AgentNotStarted):
-        return ApiError(503, "not-running", str(exc))
-    if isinstance(exc, KernelError):
-        return ApiError(422, "kernel-refused", str(exc), messages=list(exc.messages))
-    return None
 
 
 def _spec(body: Any) -> Any:
@@ -67,8 +57,8 @@ def _agent(request: web.Request) -> Agent:
 
 async def list_routing_domains(request: web.Request) -> web.Response:
     catalog = _agent(request).catalog
-    return web.json_response({"routing_domains": [views.routing_domain(rd, catalog)
-                                                  for _, rd in sorted(catalog.routing_domains.items())]})
+    return web.json_response({"routing_domains": [views.routing_domain(domain, catalog)
+                                                  for _, domain in sorted(catalog.routing_domains.items())]})
 
 
 async def get_routing_domain(request: web.Request) -> web.Response:
@@ -78,10 +68,10 @@ async def get_routing_domain(request: web.Request) -> web.Response:
 
 async def put_routing_domain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    rd = RoutingDomain.from_dict(_spec(await json_body(request)), name=name)
+    domain = RoutingDomain.from_dict(_spec(await json_body(request)), name=name)
     agent = _agent(request)
-    created = await agent.put_routing_domain(rd)
-    body = views.routing_domain(agent.catalog.routing_domain(rd.name), agent.catalog)
+    created = await agent.put_routing_domain(domain)
+    body = views.routing_domain(agent.catalog.routing_domain(domain.name), agent.catalog)
     return put_response(request, created, body)
 
 
@@ -139,10 +129,11 @@ async def customer_routes(request: web.Request) -> web.Response:
     agent = _agent(request)
     catalog, prefixes = agent.catalog, agent.remote_prefixes()
     if "routing_domain" in params:
-        rds = [catalog.routing_domain(params["routing_domain"])]
+        domains = [catalog.routing_domain(params["routing_domain"])]
     else:
-        rds = [rd for _, rd in sorted(catalog.routing_domains.items())]
-    return web.json_response({"customer_routes": [r for rd in rds for r in views.customer_routes(rd, prefixes)]})
+        domains = [d for _, d in sorted(catalog.routing_domains.items())]
+    return web.json_response({"customer_routes": [r for domain in domains
+                                                  for r in views.customer_routes(domain, prefixes)]})
 
 
 async def provider_addresses(request: web.Request) -> web.Response:
@@ -180,7 +171,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(agent: Agent, token: str, *, metrics_token: bool = False) -> web.Application:
     """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
-    app = application(token, refusals=(model_refusal, agent_refusal), metrics_token=metrics_token)
+    app = application(token, refusals=REFUSALS, metrics_token=metrics_token)
     app[AGENT] = agent
     app.router.add_get("/v1/routing-domains", list_routing_domains)
     app.router.add_get("/v1/routing-domains/{name}", get_routing_domain)

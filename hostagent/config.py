@@ -73,21 +73,21 @@ def parse(data: Any) -> AgentConfig:
     api = read_api(top, DEFAULT_LISTEN)
     state_dir = Path(top.get("state_dir", str))
     mtu = top.integer("underlay_mtu", 1280, 65535, 1500)
-    rds: list[RoutingDomain] = []
+    domains: list[RoutingDomain] = []
     for where, value in top.items("routing_domains"):
         try:
-            rds.append(RoutingDomain.from_dict(value, where=where))
+            domains.append(RoutingDomain.from_dict(value, where=where))
         except ModelError as exc:
             raise ConfigError(exc.within(where).field, f"{exc.problem} (got {exc.value!r})") from None
-        if rds[-1].name in {rd.name for rd in rds[:-1]}:
-            raise ConfigError(f"{where}.name", f"routing domain {rds[-1].name!r} is defined twice")
+        if domains[-1].name in {domain.name for domain in domains[:-1]}:
+            raise ConfigError(f"{where}.name", f"routing domain {domains[-1].name!r} is defined twice")
     netns = top.get("netns", str, None)
     eor_timeout = float(top.get("eor_timeout", (int, float), 60.0))
     resync = float(top.get("resync_interval", (int, float), 60.0))
     top.done()
     return AgentConfig(
         asn=asn, router_id=router_id, provider_addresses=tuple(pas), route_reflectors=tuple(reflectors),
-        state_dir=state_dir, router_mac=router_mac, api=api, underlay_mtu=mtu, routing_domains=tuple(rds),
+        state_dir=state_dir, router_mac=router_mac, api=api, underlay_mtu=mtu, routing_domains=tuple(domains),
         netns=netns, eor_timeout=eor_timeout, resync_interval=resync,
     )
 

@@ -60,10 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParse
     p.add_argument("dst")
     leaf("status", "the agent's status: BGP sessions, sync, last reconcile", _status)
 
-    rd = sub.add_parser("routing-domain", help="get, put or delete one routing domain")
-    rd_sub = rd.add_subparsers(dest="rd_command", required=True, metavar="ACTION")
-    leaf("get", "show one routing domain", _get("routing-domains"), rd_sub).add_argument("name")
-    p = leaf("put", "create or replace a routing domain from a file (-f) and/or flags", _put_routing_domain, rd_sub)
+    domain = sub.add_parser("routing-domain", help="get, put or delete one routing domain")
+    domain_sub = domain.add_subparsers(dest="domain_command", required=True, metavar="ACTION")
+    leaf("get", "show one routing domain", _get("routing-domains"), domain_sub).add_argument("name")
+    p = leaf("put", "create or replace a routing domain from a file (-f) and/or flags", _put_routing_domain, domain_sub)
     p.add_argument("name", nargs="?", help="default: the file's name")
     p.add_argument("-f", "--file", help="JSON or YAML body ('-' for stdin)")
     p.add_argument("--route-target", action="append", dest="route_targets", metavar="RT",
@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParse
     p.add_argument("--subnet", action="append", dest="subnets", metavar="VSID=PREFIX[,PREFIX]",
                    help="a virtual subnet, e.g. 5001=10.1.0.0/24,fd00:b::/64; repeat for several")
     leaf("delete", "delete a routing domain (it must have no ports)", _delete("routing-domains"),
-         rd_sub).add_argument("name")
+         domain_sub).add_argument("name")
 
     port = sub.add_parser("port", help="get, put or delete one port")
     port_sub = port.add_subparsers(dest="port_command", required=True, metavar="ACTION")
@@ -100,10 +100,10 @@ def _list_routing_domains(client: Client, args: argparse.Namespace) -> None:
     _, body = client.request("GET", "/v1/routing-domains")
     show(args, body, lambda: table(
         "routing domains", ["name", "route targets", "VSID", "prefixes", "gateways", "VRF", "ports"],
-        [[rd["name"] if i == 0 else "", " ".join(rd["route_targets"]) if i == 0 else "", str(s["vsid"]),
-          " ".join(s["prefixes"]), " ".join(s["gateways"]), rd["status"]["vrf"] if i == 0 else "",
-          " ".join(rd["status"]["ports"]) if i == 0 else ""]
-         for rd in body["routing_domains"] for i, s in enumerate(rd["subnets"] or [_NO_SUBNET])]))
+        [[domain["name"] if i == 0 else "", " ".join(domain["route_targets"]) if i == 0 else "", str(s["vsid"]),
+          " ".join(s["prefixes"]), " ".join(s["gateways"]), domain["status"]["vrf"] if i == 0 else "",
+          " ".join(domain["status"]["ports"]) if i == 0 else ""]
+         for domain in body["routing_domains"] for i, s in enumerate(domain["subnets"] or [_NO_SUBNET])]))
 
 
 _NO_SUBNET = {"vsid": "-", "prefixes": [], "gateways": []}

@@ -218,8 +218,8 @@ class Fabric:
         for host in HV:
             self.start_agent(host, **agent)
         for host, agent in self.agents.items():
-            for rd in (BLUE, RED):
-                agent.call(lambda a, rd=rd: a.put_routing_domain(rd))
+            for domain in (BLUE, RED):
+                agent.call(lambda a, domain=domain: a.put_routing_domain(domain))
             for vm in VMS:
                 if vm.host == host:
                     agent.call(lambda a, vm=vm: a.put_port(vm.port()))

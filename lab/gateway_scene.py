@@ -22,10 +22,10 @@ SERVER = ("203.0.113.1", 8080)
 PUBLIC_POOL = "203.0.113.128/25"
 
 
-def tenant(rd: RoutingDomain, snat: str, fip: str, private: str) -> Tenant:
+def tenant(domain: RoutingDomain, snat: str, fip: str, private: str) -> Tenant:
     """A gateway tenant for one of the fabric's routing domains: its SNAT address and one floating IP."""
-    body = {"name": rd.name, "route_targets": list(rd.route_targets),
-            "subnets": [{"vsid": s.vsid, "prefixes": [str(p) for p in s.prefixes]} for s in rd.subnets],
+    body = {"name": domain.name, "route_targets": list(domain.route_targets),
+            "subnets": [{"vsid": s.vsid, "prefixes": [str(p) for p in s.prefixes]} for s in domain.subnets],
             "snat": [snat], "floating_ips": [{"public": fip, "private": private}]}
     return Tenant.from_dict(body)
 
@@ -59,8 +59,8 @@ def frr_upstream_conf(router_id: str, gateway_asn: int, peers4: tuple[str, ...] 
     return "\n".join(lines) + "\n"
 
 
-def default_via(fab: Fabric, host: str, rd: str = "blue") -> bool:
-    out = netns.run(["ip", "-n", fab.ns(host), "route", "show", "vrf", f"nvf-{rd}"], check=False).output
+def default_via(fab: Fabric, host: str, domain: str = "blue") -> bool:
+    out = netns.run(["ip", "-n", fab.ns(host), "route", "show", "vrf", f"nvf-{domain}"], check=False).output
     return any(line.startswith("default") and "encap" in line for line in out.splitlines())
 
 

@@ -38,18 +38,18 @@ class Catalog:
     @classmethod
     def build(cls, routing_domains: Mapping[str, RoutingDomain], ports: Mapping[str, Port]) -> Catalog:
         vsids: dict[int, tuple[RoutingDomain, VirtualSubnet]] = {}
-        for rd in routing_domains.values():
-            for i, subnet in enumerate(rd.subnets):
+        for domain in routing_domains.values():
+            for i, subnet in enumerate(domain.subnets):
                 if subnet.vsid in vsids:
                     other = vsids[subnet.vsid][0].name
                     raise ConflictError(f"subnets[{i}].vsid", subnet.vsid, f"VSID already in routing domain {other}")
-                vsids[subnet.vsid] = (rd, subnet)
+                vsids[subnet.vsid] = (domain, subnet)
         cas: dict[tuple[str, Address], str] = {}
         interfaces: dict[str, str] = {}
         for port in ports.values():
             if port.vsid not in vsids:
                 raise ConflictError("vsid", port.vsid, f"port {port.name}: no routing domain has this VSID")
-            rd, subnet = vsids[port.vsid]
+            domain, subnet = vsids[port.vsid]
             if port.interface in interfaces:
                 raise ConflictError(
                     "interface", port.interface, f"port {port.name}: already used by port {interfaces[port.interface]}"
@@ -67,13 +67,13 @@ class Catalog:
                     raise ModelError(
                         f"addresses[{i}]", str(address), f"port {port.name}: the subnet's gateway or network address"
                     )
-                owner = cas.get((rd.name, address))
+                owner = cas.get((domain.name, address))
                 if owner is not None:
                     raise ConflictError(
                         f"addresses[{i}]", str(address),
-                        f"port {port.name}: CA already used by port {owner} in routing domain {rd.name}",
+                        f"port {port.name}: CA already used by port {owner} in routing domain {domain.name}",
                     )
-                cas[(rd.name, address)] = port.name
+                cas[(domain.name, address)] = port.name
         return cls(MappingProxyType(dict(routing_domains)), MappingProxyType(dict(ports)),
                    MappingProxyType(vsids), MappingProxyType(cas))
 
@@ -100,13 +100,13 @@ class Catalog:
 
     # ---------------------------------------------------------------- changes (each returns a new Catalog)
 
-    def with_routing_domain(self, rd: RoutingDomain) -> Catalog:
+    def with_routing_domain(self, domain: RoutingDomain) -> Catalog:
         """Add or replace a routing domain; refused if a port would lose its subnet or address."""
-        return Catalog.build({**self.routing_domains, rd.name: rd}, self.ports)
+        return Catalog.build({**self.routing_domains, domain.name: domain}, self.ports)
 
     def without_routing_domain(self, name: str) -> Catalog:
-        rd = self.routing_domain(name)
-        vsids = {s.vsid for s in rd.subnets}
+        domain = self.routing_domain(name)
+        vsids = {s.vsid for s in domain.subnets}
         users = sorted(p.name for p in self.ports.values() if p.vsid in vsids)
         if users:
             raise ConflictError("name", name, f"routing domain still has ports: {', '.join(users[:5])}")

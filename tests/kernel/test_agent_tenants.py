@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nvfabric.hostagent.agent import KernelError
+from nvfabric.vnet.errors import KernelError
 from nvfabric.lab.fabric import Fabric, HV, VMS, agent_config, check, wait_for
 from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY

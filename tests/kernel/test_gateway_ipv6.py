@@ -95,8 +95,8 @@ def six(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fabric, Gate
         gw = GatewayThread(config, fab.ns("gw1"))
         gw.call(lambda g: g.start(), timeout=120)
         # the hosts' IPv6 default routes into blue and green, the gateway's return routes for b2 and g1
-        for host, rd in (("hv2", "blue"), ("hv1", "green")):
-            wait_for(lambda h=host, rd=rd: _default6(fab, h, rd), 90, f"{rd}'s ::/0 on {host}")
+        for host, domain in (("hv2", "blue"), ("hv1", "green")):
+            wait_for(lambda h=host, domain=domain: _default6(fab, h, domain), 90, f"{domain}'s ::/0 on {host}")
         for ca in ("fd00:b::12", G1[3]):
             wait_for(lambda ca=ca: any(str(r.ca) == ca for r in gw.gateway.records), 60,
                               f"the gateway learns {ca}")
@@ -109,8 +109,8 @@ def six(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fabric, Gate
         runner.down(topology.name)
 
 
-def _default6(fab: Fabric, host: str, rd: str) -> bool:
-    out = netns.run(["ip", "-6", "-n", fab.ns(host), "route", "show", "vrf", f"nvf-{rd}"], check=False).output
+def _default6(fab: Fabric, host: str, domain: str) -> bool:
+    out = netns.run(["ip", "-6", "-n", fab.ns(host), "route", "show", "vrf", f"nvf-{domain}"], check=False).output
     return any(line.startswith("default") and "encap" in line for line in out.splitlines())
 
 

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 from nvfabric.hostagent import state
-from nvfabric.hostagent.agent import Agent, AgentNotStarted
+from nvfabric.hostagent.agent import Agent
+from nvfabric.vnet.errors import NotStarted
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.vnet.catalog import NotFound
 from nvfabric.vnet.errors import ConflictError, ModelError
@@ -38,7 +39,7 @@ async def test_refusals_before_start(tmp_path):
         await agent.delete_port("nope")
     with pytest.raises(NotFound):
         await agent.delete_routing_domain("nope")
-    with pytest.raises(AgentNotStarted):
+    with pytest.raises(NotStarted):
         await agent.put_routing_domain(RED)
     assert set(agent.catalog.routing_domains) == {"blue"} and not agent.catalog.ports
     assert not (tmp_path / state.FILE).exists()

@@ -15,7 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from nvfabric.hostagent import state
-from nvfabric.hostagent.agent import Agent, AgentNotStarted, KernelError
+from nvfabric.hostagent.agent import Agent
+from nvfabric.vnet.errors import KernelError, NotStarted
 from nvfabric.hostagent.api import make_app, start_api
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.vnet.catalog import Catalog
@@ -276,7 +277,7 @@ async def test_a_port_mac_in_any_common_notation_reaches_the_agent_canonical(cli
 
     async def put_port(port):
         received.append(port)
-        raise AgentNotStarted("not running")
+        raise NotStarted("not running")
 
     monkeypatch.setattr(agent, "put_port", put_port)
     await expect(await client.put("/v1/ports/vm2", headers=AUTH, json={**VM2, "mac": mac}), 503)
