@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nvfabric.vnet.errors import KernelError
 from nvfabric.lab.fabric import Fabric, HV, VMS, agent_config, check, wait_for
 from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
 from tests.kernel.test_vnet_dataplane import _gre_keys
-from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.errors import KernelError, ModelError
 from nvfabric.vnet.model import CustomerRoute, Port
 
 pytestmark = pytest.mark.kernel
