@@ -173,11 +173,11 @@ def desired_state(
         if rd is None or name not in tables:
             partitions[name] = frozenset()
             continue
-        why: list[str] = []
-        partitions[name] = frozenset(_domain(
+        objects, why = _domain(
             rd, tables[name], ports_in.get(name, ()), records_in.get(name, ()), prefixes_in.get(name, ()),
-            customer_routes.get(name, ()), catalog, identity, devices, why,
-        ))
+            customer_routes.get(name, ()), catalog, identity, devices,
+        )
+        partitions[name] = frozenset(objects)
         if why:
             skipped[name] = tuple(why)
     return Desired(frozenset().union(*partitions.values()), tuple(x for why in skipped.values() for x in why),
@@ -194,15 +194,26 @@ def _domain(
     catalog: Catalog,
     identity: HostIdentity,
     devices: Mapping[int, str],
-    skipped: list[str],
-) -> set[KernelObject]:
-    """One routing domain's objects: everything here lives in its table, its VRF or on its ports."""
-    objects: set[KernelObject] = set()
-    families = sorted(devices)
-    vrf = vrf_name(rd.name)
-    objects.add(Vrf(vrf, table))
-    objects.add(UnreachableRoute(table, 4))
-    objects.add(UnreachableRoute(table, 6))
+) -> tuple[set[KernelObject], list[str]]:
+    """One routing domain's objects (everything here lives in its table, its VRF or on its ports), and what
+    could not be realised, with the reason."""
+    records = list(records)
+    objects = _vrf(rd, table, devices)
+    port_objects, ports_on = _ports(vrf_name(rd.name), ports, identity)
+    objects |= port_objects
+    ca_objects, skipped = _cas(table, records, catalog, devices, ports_on)
+    objects |= ca_objects
+    prefix_routes, skipped_prefixes = _remote_prefixes(table, prefixes, devices)
+    objects |= prefix_routes
+    via, skipped_routes = _customer_routes(rd, table, customer_routes, records, catalog, devices)
+    objects |= via
+    return objects, [*skipped, *skipped_prefixes, *skipped_routes]
+
+
+def _vrf(rd: RoutingDomain, table: int, devices: Mapping[int, str]) -> set[KernelObject]:
+    """The VRF and what steers into its table: the unreachable defaults, the ICMPv6 error rule, the tun_id
+    rules of every VSID, the IPv4 gateways' routes (for proxy ARP)."""
+    objects: set[KernelObject] = {Vrf(vrf_name(rd.name), table), UnreachableRoute(table, 4), UnreachableRoute(table, 6)}
     # the host's own ICMPv6 errors about this domain's packets (Packet Too Big), marked with the table number
     # by vnet/vrfmark.py, are routed in this table, not the main one (docs/dataplane.md, "Packet Too Big")
     objects.add(FwmarkRule(6, table, table, ICMP6_RULE_PRIORITY, "lo", IPPROTO_ICMPV6))
@@ -212,11 +223,20 @@ def _domain(
                 objects.add(TunIdRule(family, dev, subnet.vsid << 8, table, RULE_PRIORITY))
         for gateway in subnet.gateways:
             if gateway.version == 4 and devices:
-                objects.add(LocalPortRoute(table, _host(gateway), devices.get(4) or devices[families[0]]))
+                objects.add(LocalPortRoute(table, _host(gateway), devices.get(4) or devices[min(devices)]))
+    return objects
 
-    # for proxy NDP entries: the ports by subnet (its IPv6 prefixes), so a CA is matched against each subnet
-    # once, not against every port of the domain
-    ports_on: dict[tuple[Network, ...], list[str]] = {}
+
+# the active local ports' interfaces by the IPv6 prefixes of their subnet (for proxy NDP entries), so that a
+# CA is matched against each subnet once, not against every port of the domain
+_PortsOn = dict[tuple[Network, ...], list[str]]
+
+
+def _ports(vrf: str, ports: Iterable[tuple[PortModel, VirtualSubnet]],
+           identity: HostIdentity) -> tuple[set[KernelObject], _PortsOn]:
+    """Each active local port: routed in the VRF, answering ARP/NDP (proxy), and its subnet's IPv6 gateways."""
+    objects: set[KernelObject] = set()
+    ports_on: _PortsOn = {}
     for port, subnet in ports:
         ifname = port.interface
         objects.add(VrfPort(ifname, vrf, port_mtu(port.mtu, identity)))
@@ -231,46 +251,67 @@ def _domain(
         for gateway in subnet.gateways:
             if gateway.version == 6:
                 objects.add(ProxyNeighbour(ifname, str(gateway)))
+    return objects, ports_on
 
-    def proxy_v6(ca: Address, except_if: str | None = None) -> None:
-        # only ports whose subnet contains the CA: a VM solicits on-link neighbours only
-        text = None
-        for nets, ifnames in ports_on.items():
-            if any(ca in p for p in nets):
-                text = text or str(ca)
-                objects.update(ProxyNeighbour(ifname, text) for ifname in ifnames if ifname != except_if)
 
-    by_ca: dict[Address, LookupRecord] = {}
+def _proxy_v6(ports_on: _PortsOn, ca: Address, except_if: str | None = None) -> list[ProxyNeighbour]:
+    """Proxy NDP entries for an IPv6 CA: only on ports whose subnet contains it (a VM solicits on-link
+    neighbours only)."""
+    text = str(ca)
+    return [ProxyNeighbour(ifname, text) for nets, ifnames in ports_on.items() if any(ca in p for p in nets)
+            for ifname in ifnames if ifname != except_if]
+
+
+def _cas(table: int, records: Iterable[LookupRecord], catalog: Catalog, devices: Mapping[int, str],
+         ports_on: _PortsOn) -> tuple[set[KernelObject], list[str]]:
+    """A host route per CA: to its port when local, encapsulated to its PA when remote (and proxy NDP)."""
+    objects: set[KernelObject] = set()
+    skipped: list[str] = []
     for record in records:
-        by_ca[record.ca] = record
         if record.local:
             port = catalog.ports.get(record.port or "")
             if port is None:
                 continue
             objects.add(LocalPortRoute(table, _host(record.ca), port.interface))
             if record.ca.version == 6:
-                proxy_v6(record.ca, except_if=port.interface)
+                objects.update(_proxy_v6(ports_on, record.ca, except_if=port.interface))
             continue
         if record.pa is None or record.pa.version not in devices:
             skipped.append(f"{record.routing_domain} {record.ca}: no NVGRE device for PA {record.pa}")
             continue
         objects.add(EncapRoute(table, _host(record.ca), record.vsid, str(record.pa), devices[record.pa.version]))
         if record.ca.version == 6:
-            proxy_v6(record.ca)
+            objects.update(_proxy_v6(ports_on, record.ca))
+    return objects, skipped
 
+
+def _remote_prefixes(table: int, prefixes: Iterable[RemotePrefix],
+                     devices: Mapping[int, str]) -> tuple[set[KernelObject], list[str]]:
+    """Prefixes learned from other hosts (type 5): one encap route each to its PA."""
+    objects: set[KernelObject] = set()
+    skipped: list[str] = []
     for prefix in prefixes:
         if prefix.pa.version not in devices:
             skipped.append(f"{prefix.routing_domain} {prefix.prefix}: no NVGRE device for PA {prefix.pa}")
             continue
         objects.add(EncapRoute(table, str(prefix.prefix), prefix.vsid, str(prefix.pa), devices[prefix.pa.version]))
+    return objects, skipped
 
-    for route in customer_routes:
+
+def _customer_routes(rd: RoutingDomain, table: int, routes: Iterable[CustomerRoute], records: Iterable[LookupRecord],
+                     catalog: Catalog, devices: Mapping[int, str]) -> tuple[set[KernelObject], list[str]]:
+    """The configured customer routes with a next hop: via a local appliance's port, or encapsulated to the
+    next hop's host; an on-link one needs nothing."""
+    objects: set[KernelObject] = set()
+    skipped: list[str] = []
+    by_ca = {record.ca: record for record in records}
+    for route in routes:
         metric = route.metric or DEFAULT_METRIC
         if route.next_hop is None:
             # On-link (HNV's next hop 0.0.0.0): the prefix's addresses are reached like any CA, each by its
-            # lookup record (its own /32 or /128 above), and an address without one hits the unreachable
-            # default, as HNV drops an unknown CA. Nothing to add; only a prefix outside every subnet of the
-            # domain cannot work: no lookup record can exist there.
+            # lookup record (its own /32 or /128), and an address without one hits the unreachable default,
+            # as HNV drops an unknown CA. Nothing to add; only a prefix outside every subnet of the domain
+            # cannot work: no lookup record can exist there.
             if not any(route.prefix.subnet_of(p) for sub in rd.subnets for p in sub.prefixes
                        if p.version == route.prefix.version):
                 skipped.append(f"{rd.name} {route.prefix}: on-link, but outside every subnet of the domain")
@@ -291,4 +332,4 @@ def _domain(
         # gateway through an encap /32, so the route carries the next hop's VSID and PA itself)
         objects.add(EncapRoute(table, str(route.prefix), target.vsid, str(target.pa),
                                devices[target.pa.version], metric=metric))
-    return objects
+    return objects, skipped
