@@ -40,7 +40,7 @@ from nvfabric.vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables
 from nvfabric.vnet.errors import KernelError, ModelError, NotStarted
 from nvfabric.vnet.hold import Hold, Policy
 from nvfabric.vnet.kernel.netns import RtnlSocket, link_exists
-from nvfabric.vnet.kernel.objects import Vrf
+from nvfabric.vnet.kernel.objects import KernelObject, Vrf
 from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
 from nvfabric.vnet.nftables import Nft
 from nvfabric.vnet.reconcile import Outcome, Reconciler
@@ -77,6 +77,7 @@ class Agent:
         self._announced = Announced()
         self._learned_state = Learned()
         self._skipped: dict[str, tuple[str, ...]] = {}  # by routing domain
+        self.desired: dict[str, frozenset[KernelObject]] = {}  # by partition, as last swapped in: what trace follows
         self._everything = True  # the next reconcile builds every routing domain (start, resync, error)
         self._filters = Filters(Nft(config.netns))
 
@@ -235,6 +236,7 @@ class Agent:
 
     def _swap_learned(self, desired: Desired, learned: Learned) -> None:
         self._learned_state = learned
+        self.desired.update(desired.partitions)
         for name, part in desired.partitions.items():
             if name != GLOBAL:
                 self._skipped.pop(name, None)

@@ -151,9 +151,7 @@ async def trace_packet(request: web.Request) -> web.Response:
             raise ModelError(required, None, "required query parameter")
     src, dst = check_address(params["src"], "src"), check_address(params["dst"], "dst")
     agent = _agent(request)
-    families = {pa.version for pa in agent.config.provider_addresses}
-    result = trace(agent.catalog, agent.lookup_records(), agent.remote_prefixes(), params["routing_domain"], src, dst,
-                   families)
+    result = trace(agent.catalog, agent.lookup_records(), agent.desired, params["routing_domain"], src, dst)
     return web.json_response(views.trace(result))
 
 

@@ -1,25 +1,39 @@
 """Where a packet from one CA to another goes on this host: HNV's Select-NetVirtualizationNextHop, OVN's
 ovn-trace for one routing domain.
 
-Pure: the catalog (routing domains, local ports), the lookup records and the remote prefixes the agent
-knows, in; a Trace value out. It follows the decision the kernel makes with the objects vnet/desired.py
-builds from the same inputs: longest-prefix match in the routing domain's VRF table over the local CA
-routes (/32, /128 to the port, for ports with an active local record), the remote CA routes (one encap
-route per lookup record), the subnet gateways' IPv4 routes, the configured customer routes (via a CA), the
-remote prefixes (customer routes learned from other hosts) and the unreachable default. A "forwarded" trace
-names the route, the VSID in the GRE key, the PA and the device the packet leaves by; a "dropped" one says
-which rule dropped it.
+Pure. The forwarding decision is the kernel's, made over the objects vnet/desired.py built for the routing
+domain (the ones the agent reconciled): a longest-prefix match, then the lowest metric, in its VRF table
+over the local CA routes (to the port), the encap routes (remote CAs, remote prefixes, customer routes via
+a remote CA), the via routes (customer routes via a local appliance), the IPv4 gateways' routes and the
+unreachable default. There is no second derivation of forwarding here, so trace and table cannot disagree.
+
+The model (catalog, lookup records) only explains what the objects cannot say: where the source enters,
+which port or VM a route leads to and in which VSID, why a more specific route is absent, and which other
+routing domain has an address. A "forwarded" trace names the route, the VSID in the GRE key, the PA and the
+device the packet leaves by; a "dropped" one says which route or rule dropped it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
 
 from nvfabric.vnet.catalog import Catalog
-from nvfabric.vnet.desired import NVGRE_DEVICES, ROUTER_NEXTHOPS, vrf_name
-from nvfabric.vnet.model import Address, LookupRecord, Port, RemotePrefix, RoutingDomain
+from nvfabric.vnet.desired import GLOBAL
+from nvfabric.vnet.kernel.objects import (
+    DEFAULT_METRIC,
+    EncapRoute,
+    KernelObject,
+    LocalPortRoute,
+    NvgreDevice,
+    ProxyNeighbour,
+    UnreachableRoute,
+    ViaRoute,
+    Vrf,
+)
+from nvfabric.vnet.model import Address, LookupRecord, Port, RoutingDomain
 
 
 class Verdict(enum.StrEnum):
@@ -44,31 +58,69 @@ class Trace:
     ingress: str | None = None  # where the packet enters: the source's port, or the NVGRE device
 
 
+Route = LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute
+
+
 @dataclass(frozen=True)
-class _Local:
-    record: LookupRecord
-    port: Port
+class Table:
+    """One routing domain's VRF table as vnet/desired.py built it, plus the host's NVGRE devices."""
+
+    vrf: str
+    routes: tuple[Route, ...]
+    proxied: frozenset[str]  # the addresses some port answers neighbour solicitations for (proxy NDP)
+    devices: Mapping[int, str]  # the NVGRE device by PA family
+
+    @classmethod
+    def of(cls, desired: Mapping[str, Iterable[KernelObject]], routing_domain: str) -> Table | None:
+        """From the desired objects by partition (vnet.desired: GLOBAL and one per routing domain); None
+        while the routing domain has no VRF (not built yet)."""
+        objects = list(desired.get(routing_domain, ()))
+        vrf = next((o for o in objects if isinstance(o, Vrf)), None)
+        if vrf is None:
+            return None
+        routes = tuple(o for o in objects if isinstance(o, Route) and o.table == vrf.table)
+        proxied = frozenset(o.address for o in objects if isinstance(o, ProxyNeighbour))
+        devices = {o.family: o.name for o in desired.get(GLOBAL, ()) if isinstance(o, NvgreDevice)}
+        return cls(vrf.name, routes, proxied, devices)
+
+    def lookup(self, dst: Address) -> Route | None:
+        """The kernel's choice: the longest prefix holding dst, then the lowest metric. (vnet.desired never
+        puts two routes under one key; were there two, the lower PA, as hostagent/learn.py picks.)"""
+        matches = [r for r in self.routes if r.family == dst.version and dst in ip_network(r.prefix)]
+        return min(matches, key=_rank, default=None)
+
+    def has(self, prefix: str, metric: int) -> bool:
+        return any(r.prefix == prefix and r.metric == metric for r in self.routes)
+
+
+def _rank(route: Route) -> tuple[int, int, int, bytes, str]:
+    pa = ip_address(route.pa) if isinstance(route, EncapRoute) else None
+    return (-_length(route), route.metric, pa.version if pa else 0, pa.packed if pa else b"", str(route))
+
+
+def _length(route: Route) -> int:
+    return ip_network(route.prefix).prefixlen
 
 
 def trace(
     catalog: Catalog,
     records: Iterable[LookupRecord],
-    remote_prefixes: Iterable[RemotePrefix],
+    desired: Mapping[str, Iterable[KernelObject]],
     routing_domain: str,
     src: Address,
     dst: Address,
-    pa_families: Collection[int] = (4, 6),
 ) -> Trace:
-    """`pa_families`: the underlay families this host has a provider address (so an NVGRE device) for.
+    """`desired`: the desired objects by partition (vnet.desired's `Desired.partitions`, or the agent's last
+    reconciled ones): GLOBAL and the routing domain's are read.
     Raises vnet.catalog.NotFound for an unknown routing domain; every other outcome is a Trace."""
     rd = catalog.routing_domain(routing_domain)
-    vrf = vrf_name(rd.name)
-    devices = {f: NVGRE_DEVICES[f] for f in pa_families}
+    table = Table.of(desired, rd.name)
+    devices = table.devices if table is not None else {}
     records = list(records)
     mine = [r for r in records if r.routing_domain == rd.name]
-    # Local routes exist only for ports with an active local record: a port whose MAC moved to another
-    # host (MAC mobility) stays in the catalog but is not routed here (vnet/desired.py).
-    local = {r.ca: _Local(r, catalog.ports[r.port]) for r in mine if r.local and r.port in catalog.ports}
+    # Ports with an active local record: a port whose MAC moved to another host (MAC mobility) stays in the
+    # catalog but is not routed here.
+    local = {r.ca: catalog.ports[r.port] for r in mine if r.local and r.port in catalog.ports}
     remote = {r.ca: r for r in mine if not r.local and r.pa is not None}
 
     def dropped(reason: str, *, route: str | None = None, src_vsid: int | None = None,
@@ -77,7 +129,7 @@ def trace(
 
     # Where the packet enters: a local port (the VM sends it) or the NVGRE device (another host sent it).
     if src in local:
-        src_vsid, ingress = local[src].port.vsid, local[src].port.interface
+        src_vsid, ingress = local[src].vsid, local[src].interface
     elif (configured := catalog.port_with(rd.name, src)) is not None:
         return dropped(f"source port {configured.name} is configured but not active on this host "
                        f"(its MAC is active elsewhere: MAC mobility)")
@@ -89,96 +141,102 @@ def trace(
     if src.version != dst.version:
         return dropped(f"source is IPv{src.version} and destination IPv{dst.version}", src_vsid=src_vsid,
                        ingress=ingress)
-    # A packet that came in by the NVGRE device is looked up in the same table (its tun_id rule steers it
-    # there), so a remote source towards a remote CA is relayed: only stale records cause that.
-    relayed = "" if src in local else f" (relayed: {src} is not on this host)"
-    host = f"{dst}/{dst.max_prefixlen}"
+    if table is None:
+        return dropped(f"routing domain {rd.name} has no VRF on this host yet (its objects are not built)",
+                       src_vsid=src_vsid, ingress=ingress)
+    route = table.lookup(dst)
+    note = _absent(rd, table, remote, dst, route)
+    vrf = table.vrf
 
-    if dst in local:
-        port = local[dst].port
-        return Trace(rd.name, src, dst, Verdict.DELIVERED_LOCALLY, f"local port {port.name} of VSID {port.vsid}",
-                     vsid=port.vsid, mac=port.mac, device=port.interface,
-                     route=f"{host} dev {port.interface} vrf {vrf}", src_vsid=src_vsid, ingress=ingress)
-    # A record behind a PA family this host has no device for is not installed (vnet/desired.py skips it):
-    # the packet falls through to the prefixes or the unreachable route, and the reason says why.
-    note = ""
-    if dst in remote:
-        record = remote[dst]
-        assert record.pa is not None
-        if record.pa.version in devices:
-            return _encap(rd.name, src, dst, host, record.vsid, record.pa, vrf, devices,
-                          f"lookup record: {dst} is {record.mac} in VSID {record.vsid} behind PA {record.pa}{relayed}",
-                          mac=record.mac, src_vsid=src_vsid, ingress=ingress)
-        note = (f" (its lookup record, behind PA {record.pa}, is not installed: this host has no "
-                f"IPv{record.pa.version} provider address)")
-    gateway_of = next((s.vsid for s in rd.subnets if dst in s.gateways), None)
-    if gateway_of is not None and dst.version == 4 and devices:
+    def delivered(reason: str, port: Port | None, dev: str, words: str) -> Trace:
+        return Trace(rd.name, src, dst, Verdict.DELIVERED_LOCALLY, reason, vsid=port.vsid if port else None,
+                     mac=port.mac if port else None, device=dev, route=f"{words} vrf {vrf}", src_vsid=src_vsid,
+                     ingress=ingress)
+
+    if isinstance(route, LocalPortRoute) and route.dev in devices.values():
         # vnet/desired.py: IPv4 gateways get a /32 to an NVGRE device so that proxy ARP answers for them;
         # no neighbour answers there, so packets to the gateway address itself go nowhere.
-        dev = devices.get(4) or devices[min(devices)]
-        return dropped(f"{dst} is the gateway of VSID {gateway_of}: this host answers ARP for it, but nothing on "
-                       f"this host is the gateway", route=f"{host} dev {dev} vrf {vrf}", src_vsid=src_vsid,
-                       ingress=ingress)
-    if gateway_of is not None:
-        note += f" ({dst} is the gateway of VSID {gateway_of}: answered for neighbour discovery only)"
-    best = _longest_match(rd.name, dst, remote_prefixes, devices)
-    # A configured customer route (vnet/desired.py: via the next hop's port, or encapsulated to its host's PA)
-    # wins over a learned prefix when it is longer or as long (the longest match, as in the table).
-    route = max((r for r in rd.customer_routes if r.next_hop is not None and dst in r.prefix),
-                key=lambda r: r.prefix.prefixlen, default=None)
-    if route is not None and (best is None or route.prefix.prefixlen >= best.prefix.prefixlen):
-        assert route.next_hop is not None
-        why = f"customer route {route.prefix} via {route.next_hop}"
-        if route.next_hop in local:
-            port = local[route.next_hop].port
-            return Trace(rd.name, src, dst, Verdict.DELIVERED_LOCALLY, f"{why} on local port {port.name}{note}",
-                         vsid=port.vsid, mac=port.mac, device=port.interface,
-                         route=f"{route.prefix} via {route.next_hop} dev {port.interface} vrf {vrf}",
-                         src_vsid=src_vsid, ingress=ingress)
-        hop = remote.get(route.next_hop)
-        if hop is not None and hop.pa is not None and hop.pa.version in devices:
-            return _encap(rd.name, src, dst, str(route.prefix), hop.vsid, hop.pa, vrf, devices,
-                          f"{why}: {hop.mac} in VSID {hop.vsid} behind PA {hop.pa}{relayed}{note}",
-                          mac=hop.mac, src_vsid=src_vsid, ingress=ingress)
-        note += f" (customer route {route.prefix}: its next hop {route.next_hop} is not a known CA)"
-    if best is not None:
-        return _encap(rd.name, src, dst, str(best.prefix), best.vsid, best.pa, vrf, devices,
-                      f"remote prefix {best.prefix} in VSID {best.vsid} behind PA {best.pa}{relayed}{note}",
-                      mac=None, src_vsid=src_vsid, ingress=ingress)
-    unreachable = "0.0.0.0/0" if dst.version == 4 else "::/0"
+        gateway_of = _gateway_of(rd, dst)
+        what = (f"{dst} is the gateway of VSID {gateway_of}: this host answers ARP for it, but nothing on this "
+                f"host is the gateway") if gateway_of is not None else f"no neighbour answers for {dst} on {route.dev}"
+        return dropped(what, route=f"{route.prefix} dev {route.dev} vrf {vrf}", src_vsid=src_vsid, ingress=ingress)
+    if isinstance(route, LocalPortRoute):
+        port = _port_on(catalog, route.dev)
+        why = f"local port {port.name} of VSID {port.vsid}" if port else f"local route to {route.dev}"
+        return delivered(f"{why}{note}", port, route.dev, f"{route.prefix} dev {route.dev}")
+    if isinstance(route, ViaRoute):
+        port = _port_on(catalog, route.dev)
+        return delivered(f"customer route {route.prefix} via {route.via} on local port "
+                         f"{port.name if port else route.dev}{note}", port, route.dev,
+                         f"{route.prefix} via {route.via} dev {route.dev}")
+    if isinstance(route, EncapRoute):
+        relayed = "" if src in local else f" (relayed: {src} is not on this host)"
+        why, mac = _encapsulated_because(rd, remote, dst, route)
+        encap = "ip" if route.pa_family == 4 else "ip6"
+        words = (f"{route.prefix} encap {encap} id {route.tun_id} dst {route.pa} key via {route.via} dev "
+                 f"{route.dev} onlink vrf {vrf}")
+        return Trace(rd.name, src, dst, Verdict.FORWARDED, f"{why}{relayed}{note}", vsid=route.vsid,
+                     pa=ip_address(route.pa), mac=mac, device=route.dev, route=words, src_vsid=src_vsid,
+                     ingress=ingress)
     what = "destination CA not routable here" if note else "unknown destination CA (no lookup record)"
+    where = f"the unreachable route of routing domain {rd.name}" if route is not None else "no route"
     return dropped(
-        f"{what}: the unreachable route of routing domain {rd.name}{note}"
-        f"{_inactive(catalog, rd, dst)}{_elsewhere(catalog, records, rd, dst)}",
-        route=f"unreachable {unreachable} vrf {vrf}", src_vsid=src_vsid, ingress=ingress,
+        f"{what}: {where}{note}{_inactive(catalog, rd, dst)}{_elsewhere(catalog, records, rd, dst)}",
+        route=f"unreachable {route.prefix} vrf {vrf}" if route is not None else None, src_vsid=src_vsid,
+        ingress=ingress,
     )
 
 
-def _encap(rd: str, src: Address, dst: Address, prefix: str, vsid: int, pa: Address, vrf: str,
-           devices: dict[int, str], reason: str, *, mac: str | None, src_vsid: int, ingress: str | None) -> Trace:
-    device = devices[pa.version]
-    encap = "ip" if pa.version == 4 else "ip6"
-    via = ROUTER_NEXTHOPS[0] if dst.version == 4 else ROUTER_NEXTHOPS[1]
-    route = f"{prefix} encap {encap} id {vsid << 8} dst {pa} key via {via} dev {device} onlink vrf {vrf}"
-    return Trace(rd, src, dst, Verdict.FORWARDED, reason, vsid=vsid, pa=pa, mac=mac, device=device, route=route,
-                 src_vsid=src_vsid, ingress=ingress)
+def _encapsulated_because(rd: RoutingDomain, remote: Mapping[Address, LookupRecord], dst: Address,
+                          route: EncapRoute) -> tuple[str, str | None]:
+    """What an encap route was built from (vnet/desired.py): the destination's lookup record, a configured
+    customer route via a remote CA, or a remote prefix; and the destination VM's MAC when it is one."""
+    record = remote.get(dst)
+    if record is not None and route.prefix == f"{dst}/{dst.max_prefixlen}":
+        return f"lookup record: {dst} is {record.mac} in VSID {route.vsid} behind PA {route.pa}", record.mac
+    configured = next((r for r in rd.customer_routes if r.next_hop is not None and str(r.prefix) == route.prefix
+                       and (r.metric or DEFAULT_METRIC) == route.metric), None)
+    if configured is not None:
+        hop = remote.get(configured.next_hop)  # type: ignore[arg-type]
+        mac = hop.mac if hop is not None else None
+        return (f"customer route {route.prefix} via {configured.next_hop}: {mac} in VSID {route.vsid} behind PA "
+                f"{route.pa}"), mac
+    return f"remote prefix {route.prefix} in VSID {route.vsid} behind PA {route.pa}", None
 
 
-def _longest_match(rd: str, dst: Address, prefixes: Iterable[RemotePrefix],
-                   devices: dict[int, str]) -> RemotePrefix | None:
-    best: RemotePrefix | None = None
-    for candidate in prefixes:
-        if (candidate.routing_domain != rd or candidate.prefix.version != dst.version or dst not in candidate.prefix
-                or candidate.pa.version not in devices):
-            continue
-        # Equal prefixes from two hosts: the lower PA, as hostagent/learn.py picks, whatever the order.
-        if best is None or _rank(candidate) < _rank(best):
-            best = candidate
-    return best
+def _absent(rd: RoutingDomain, table: Table, remote: Mapping[Address, LookupRecord], dst: Address,
+            route: Route | None) -> str:
+    """Why the table has nothing more specific for dst than `route`, in the model's words: a lookup record or
+    a configured customer route that was not installed, a gateway address that only neighbour discovery
+    answers for. Empty when nothing is missing."""
+    note = ""
+    length = _length(route) if route is not None else -1
+    record = remote.get(dst)
+    # (its host route, were it there, would be the longest match)
+    if record is not None and record.pa is not None and length < dst.max_prefixlen:
+        why = (f": this host has no IPv{record.pa.version} provider address"
+               if record.pa.version not in table.devices else "")
+        note += f" (its lookup record, behind PA {record.pa}, is not installed{why})"
+    gateway_of = _gateway_of(rd, dst)
+    if gateway_of is not None and length < dst.max_prefixlen:
+        answered = ": answered for neighbour discovery only" if str(dst) in table.proxied else ""
+        note += f" ({dst} is the gateway of VSID {gateway_of}{answered})"
+    # the longest configured customer route that would have won, had it been installed
+    missing = max((r for r in rd.customer_routes if r.next_hop is not None and r.prefix.version == dst.version
+                   and dst in r.prefix and r.prefix.prefixlen >= length
+                   and not table.has(str(r.prefix), r.metric or DEFAULT_METRIC)),
+                  key=lambda r: r.prefix.prefixlen, default=None)
+    if missing is not None:
+        note += f" (customer route {missing.prefix}: its next hop {missing.next_hop} is not a known CA)"
+    return note
 
 
-def _rank(prefix: RemotePrefix) -> tuple[int, int, bytes]:
-    return (-prefix.prefix.prefixlen, prefix.pa.version, prefix.pa.packed)
+def _gateway_of(rd: RoutingDomain, address: Address) -> int | None:
+    return next((s.vsid for s in rd.subnets if address in s.gateways), None)
+
+
+def _port_on(catalog: Catalog, interface: str) -> Port | None:
+    return next((p for p in catalog.ports.values() if p.interface == interface), None)
 
 
 def _inactive(catalog: Catalog, rd: RoutingDomain, address: Address) -> str:
