@@ -113,11 +113,11 @@ def trace(
     """`desired`: the desired objects by partition (vnet.desired's `Desired.partitions`, or the agent's last
     reconciled ones): GLOBAL and the routing domain's are read.
     Raises vnet.catalog.NotFound for an unknown routing domain; every other outcome is a Trace."""
-    rd = catalog.routing_domain(routing_domain)
-    table = Table.of(desired, rd.name)
+    domain = catalog.routing_domain(routing_domain)
+    table = Table.of(desired, domain.name)
     devices = table.devices if table is not None else {}
     records = list(records)
-    mine = [r for r in records if r.routing_domain == rd.name]
+    mine = [r for r in records if r.routing_domain == domain.name]
     # Ports with an active local record: a port whose MAC moved to another host (MAC mobility) stays in the
     # catalog but is not routed here.
     local = {r.ca: catalog.ports[r.port] for r in mine if r.local and r.port in catalog.ports}
@@ -125,38 +125,38 @@ def trace(
 
     def dropped(reason: str, *, route: str | None = None, src_vsid: int | None = None,
                 ingress: str | None = None) -> Trace:
-        return Trace(rd.name, src, dst, Verdict.DROPPED, reason, route=route, src_vsid=src_vsid, ingress=ingress)
+        return Trace(domain.name, src, dst, Verdict.DROPPED, reason, route=route, src_vsid=src_vsid, ingress=ingress)
 
     # Where the packet enters: a local port (the VM sends it) or the NVGRE device (another host sent it).
     if src in local:
         src_vsid, ingress = local[src].vsid, local[src].interface
-    elif (configured := catalog.port_with(rd.name, src)) is not None:
+    elif (configured := catalog.port_with(domain.name, src)) is not None:
         return dropped(f"source port {configured.name} is configured but not active on this host "
                        f"(its MAC is active elsewhere: MAC mobility)")
     elif src in remote:
         src_vsid, ingress = remote[src].vsid, devices.get(remote[src].pa.version)  # type: ignore[union-attr]
     else:
-        return dropped(f"source not a CA of routing domain {rd.name}: no local port and no lookup record has "
-                       f"{src}{_elsewhere(catalog, records, rd, src)}")
+        return dropped(f"source not a CA of routing domain {domain.name}: no local port and no lookup record has "
+                       f"{src}{_elsewhere(catalog, records, domain, src)}")
     if src.version != dst.version:
         return dropped(f"source is IPv{src.version} and destination IPv{dst.version}", src_vsid=src_vsid,
                        ingress=ingress)
     if table is None:
-        return dropped(f"routing domain {rd.name} has no VRF on this host yet (its objects are not built)",
+        return dropped(f"routing domain {domain.name} has no VRF on this host yet (its objects are not built)",
                        src_vsid=src_vsid, ingress=ingress)
     route = table.lookup(dst)
-    note = _absent(rd, table, remote, dst, route)
+    note = _absent(domain, table, remote, dst, route)
     vrf = table.vrf
 
     def delivered(reason: str, port: Port | None, dev: str, words: str) -> Trace:
-        return Trace(rd.name, src, dst, Verdict.DELIVERED_LOCALLY, reason, vsid=port.vsid if port else None,
+        return Trace(domain.name, src, dst, Verdict.DELIVERED_LOCALLY, reason, vsid=port.vsid if port else None,
                      mac=port.mac if port else None, device=dev, route=f"{words} vrf {vrf}", src_vsid=src_vsid,
                      ingress=ingress)
 
     if isinstance(route, LocalPortRoute) and route.dev in devices.values():
         # vnet/desired.py: IPv4 gateways get a /32 to an NVGRE device so that proxy ARP answers for them;
         # no neighbour answers there, so packets to the gateway address itself go nowhere.
-        gateway_of = _gateway_of(rd, dst)
+        gateway_of = _gateway_of(domain, dst)
         what = (f"{dst} is the gateway of VSID {gateway_of}: this host answers ARP for it, but nothing on this "
                 f"host is the gateway") if gateway_of is not None else f"no neighbour answers for {dst} on {route.dev}"
         return dropped(what, route=f"{route.prefix} dev {route.dev} vrf {vrf}", src_vsid=src_vsid, ingress=ingress)
@@ -171,30 +171,30 @@ def trace(
                          f"{route.prefix} via {route.via} dev {route.dev}")
     if isinstance(route, EncapRoute):
         relayed = "" if src in local else f" (relayed: {src} is not on this host)"
-        why, mac = _encapsulated_because(rd, remote, dst, route)
+        why, mac = _encapsulated_because(domain, remote, dst, route)
         encap = "ip" if route.pa_family == 4 else "ip6"
         words = (f"{route.prefix} encap {encap} id {route.tun_id} dst {route.pa} key via {route.via} dev "
                  f"{route.dev} onlink vrf {vrf}")
-        return Trace(rd.name, src, dst, Verdict.FORWARDED, f"{why}{relayed}{note}", vsid=route.vsid,
+        return Trace(domain.name, src, dst, Verdict.FORWARDED, f"{why}{relayed}{note}", vsid=route.vsid,
                      pa=ip_address(route.pa), mac=mac, device=route.dev, route=words, src_vsid=src_vsid,
                      ingress=ingress)
     what = "destination CA not routable here" if note else "unknown destination CA (no lookup record)"
-    where = f"the unreachable route of routing domain {rd.name}" if route is not None else "no route"
+    where = f"the unreachable route of routing domain {domain.name}" if route is not None else "no route"
     return dropped(
-        f"{what}: {where}{note}{_inactive(catalog, rd, dst)}{_elsewhere(catalog, records, rd, dst)}",
+        f"{what}: {where}{note}{_inactive(catalog, domain, dst)}{_elsewhere(catalog, records, domain, dst)}",
         route=f"unreachable {route.prefix} vrf {vrf}" if route is not None else None, src_vsid=src_vsid,
         ingress=ingress,
     )
 
 
-def _encapsulated_because(rd: RoutingDomain, remote: Mapping[Address, LookupRecord], dst: Address,
+def _encapsulated_because(domain: RoutingDomain, remote: Mapping[Address, LookupRecord], dst: Address,
                           route: EncapRoute) -> tuple[str, str | None]:
     """What an encap route was built from (vnet/desired.py): the destination's lookup record, a configured
     customer route via a remote CA, or a remote prefix; and the destination VM's MAC when it is one."""
     record = remote.get(dst)
     if record is not None and route.prefix == f"{dst}/{dst.max_prefixlen}":
         return f"lookup record: {dst} is {record.mac} in VSID {route.vsid} behind PA {route.pa}", record.mac
-    configured = next((r for r in rd.customer_routes if r.next_hop is not None and str(r.prefix) == route.prefix
+    configured = next((r for r in domain.customer_routes if r.next_hop is not None and str(r.prefix) == route.prefix
                        and (r.metric or DEFAULT_METRIC) == route.metric), None)
     if configured is not None:
         hop = remote.get(configured.next_hop)  # type: ignore[arg-type]
@@ -204,7 +204,7 @@ def _encapsulated_because(rd: RoutingDomain, remote: Mapping[Address, LookupReco
     return f"remote prefix {route.prefix} in VSID {route.vsid} behind PA {route.pa}", None
 
 
-def _absent(rd: RoutingDomain, table: Table, remote: Mapping[Address, LookupRecord], dst: Address,
+def _absent(domain: RoutingDomain, table: Table, remote: Mapping[Address, LookupRecord], dst: Address,
             route: Route | None) -> str:
     """Why the table has nothing more specific for dst than `route`, in the model's words: a lookup record or
     a configured customer route that was not installed, a gateway address that only neighbour discovery
@@ -217,12 +217,12 @@ def _absent(rd: RoutingDomain, table: Table, remote: Mapping[Address, LookupReco
         why = (f": this host has no IPv{record.pa.version} provider address"
                if record.pa.version not in table.devices else "")
         note += f" (its lookup record, behind PA {record.pa}, is not installed{why})"
-    gateway_of = _gateway_of(rd, dst)
+    gateway_of = _gateway_of(domain, dst)
     if gateway_of is not None and length < dst.max_prefixlen:
         answered = ": answered for neighbour discovery only" if str(dst) in table.proxied else ""
         note += f" ({dst} is the gateway of VSID {gateway_of}{answered})"
     # the longest configured customer route that would have won, had it been installed
-    missing = max((r for r in rd.customer_routes if r.next_hop is not None and r.prefix.version == dst.version
+    missing = max((r for r in domain.customer_routes if r.next_hop is not None and r.prefix.version == dst.version
                    and dst in r.prefix and r.prefix.prefixlen >= length
                    and not table.has(str(r.prefix), r.metric or DEFAULT_METRIC)),
                   key=lambda r: r.prefix.prefixlen, default=None)
@@ -231,23 +231,23 @@ def _absent(rd: RoutingDomain, table: Table, remote: Mapping[Address, LookupReco
     return note
 
 
-def _gateway_of(rd: RoutingDomain, address: Address) -> int | None:
-    return next((s.vsid for s in rd.subnets if address in s.gateways), None)
+def _gateway_of(domain: RoutingDomain, address: Address) -> int | None:
+    return next((s.vsid for s in domain.subnets if address in s.gateways), None)
 
 
 def _port_on(catalog: Catalog, interface: str) -> Port | None:
     return next((p for p in catalog.ports.values() if p.interface == interface), None)
 
 
-def _inactive(catalog: Catalog, rd: RoutingDomain, address: Address) -> str:
-    port = catalog.port_with(rd.name, address)
+def _inactive(catalog: Catalog, domain: RoutingDomain, address: Address) -> str:
+    port = catalog.port_with(domain.name, address)
     return f" (port {port.name} has it but is not active on this host)" if port is not None else ""
 
 
-def _elsewhere(catalog: Catalog, records: list[LookupRecord], rd: RoutingDomain, address: Address) -> str:
+def _elsewhere(catalog: Catalog, records: list[LookupRecord], domain: RoutingDomain, address: Address) -> str:
     """Name another routing domain holding the address (a local port or a record): the usual mistake."""
-    others = {name for name in catalog.routing_domains if name != rd.name and catalog.port_with(name, address)}
-    others |= {r.routing_domain for r in records if r.ca == address and r.routing_domain != rd.name}
+    others = {name for name in catalog.routing_domains if name != domain.name and catalog.port_with(name, address)}
+    others |= {r.routing_domain for r in records if r.ca == address and r.routing_domain != domain.name}
     if others:
         return f" ({address} is a CA of routing domain {min(others)}: crossing routing domains needs a gateway)"
     return ""

@@ -18,10 +18,10 @@ from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
 STATUS = "status"  # the read-only key of routing domain and port views
 
 
-def routing_domain(rd: RoutingDomain, catalog: Catalog) -> dict[str, Any]:
-    vsids = {s.vsid for s in rd.subnets}
+def routing_domain(domain: RoutingDomain, catalog: Catalog) -> dict[str, Any]:
+    vsids = {s.vsid for s in domain.subnets}
     ports = sorted(p.name for p in catalog.ports.values() if p.vsid in vsids)
-    return {**routing_domain_to_dict(rd), STATUS: {"vrf": vrf_name(rd.name), "ports": ports}}
+    return {**routing_domain_to_dict(domain), STATUS: {"vrf": vrf_name(domain.name), "ports": ports}}
 
 
 def port(p: Port, catalog: Catalog, records: list[LookupRecord]) -> dict[str, Any]:
@@ -36,23 +36,23 @@ def lookup_record(r: LookupRecord) -> dict[str, Any]:
             "pa": str(r.pa) if r.pa is not None else None, "local": r.local, "port": r.port}
 
 
-def customer_routes(rd: RoutingDomain, prefixes: list[RemotePrefix]) -> list[dict[str, Any]]:
+def customer_routes(domain: RoutingDomain, prefixes: list[RemotePrefix]) -> list[dict[str, Any]]:
     """HNV's customer routes of one routing domain: each subnet on-link, the configured ones, then the learned
     prefixes."""
     out: list[dict[str, Any]] = [
-        {"routing_domain": rd.name, "prefix": str(prefix), "vsid": s.vsid, "next_hop": "on-link", "pa": None,
+        {"routing_domain": domain.name, "prefix": str(prefix), "vsid": s.vsid, "next_hop": "on-link", "pa": None,
          "origin": "subnet"}
-        for s in rd.subnets for prefix in s.prefixes
+        for s in domain.subnets for prefix in s.prefixes
     ]
-    for r in rd.customer_routes:
-        found = next((s for s in rd.subnets if r.next_hop is not None and s.prefix_of(r.next_hop)), None)
-        out.append({"routing_domain": rd.name, **r.to_dict(), "vsid": found.vsid if found else None, "pa": None,
+    for r in domain.customer_routes:
+        found = next((s for s in domain.subnets if r.next_hop is not None and s.prefix_of(r.next_hop)), None)
+        out.append({"routing_domain": domain.name, **r.to_dict(), "vsid": found.vsid if found else None, "pa": None,
                     "origin": "config"})
     out += [
         {"routing_domain": p.routing_domain, "prefix": str(p.prefix), "vsid": p.vsid,
          "next_hop": str(p.gateway_ip) if p.gateway_ip else None, "pa": str(p.pa), "origin": "bgp",
          "router_mac": p.router_mac}
-        for p in prefixes if p.routing_domain == rd.name
+        for p in prefixes if p.routing_domain == domain.name
     ]
     return out
 

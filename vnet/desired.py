@@ -169,12 +169,12 @@ def desired_state(
     partitions: dict[str, frozenset[KernelObject]] = {GLOBAL: frozenset(glob)}
     skipped: dict[str, tuple[str, ...]] = {}
     for name in sorted(wanted):
-        rd = catalog.routing_domains.get(name)
-        if rd is None or name not in tables:
+        domain = catalog.routing_domains.get(name)
+        if domain is None or name not in tables:
             partitions[name] = frozenset()
             continue
         objects, why = _domain(
-            rd, tables[name], ports_in.get(name, ()), records_in.get(name, ()), prefixes_in.get(name, ()),
+            domain, tables[name], ports_in.get(name, ()), records_in.get(name, ()), prefixes_in.get(name, ()),
             customer_routes.get(name, ()), catalog, identity, devices,
         )
         partitions[name] = frozenset(objects)
@@ -185,7 +185,7 @@ def desired_state(
 
 
 def _domain(
-    rd: RoutingDomain,
+    domain: RoutingDomain,
     table: int,
     ports: Iterable[tuple[Port, VirtualSubnet]],
     records: Iterable[LookupRecord],
@@ -198,26 +198,27 @@ def _domain(
     """One routing domain's objects (everything here lives in its table, its VRF or on its ports), and what
     could not be realised, with the reason."""
     records = list(records)
-    objects = _vrf(rd, table, devices)
-    port_objects, ports_on = _ports(vrf_name(rd.name), ports, identity)
+    objects = _vrf(domain, table, devices)
+    port_objects, ports_on = _ports(vrf_name(domain.name), ports, identity)
     objects |= port_objects
     ca_objects, skipped = _cas(table, records, catalog, devices, ports_on)
     objects |= ca_objects
     prefix_routes, skipped_prefixes = _remote_prefixes(table, prefixes, devices)
     objects |= prefix_routes
-    via, skipped_routes = _customer_routes(rd, table, customer_routes, records, catalog, devices)
+    via, skipped_routes = _customer_routes(domain, table, customer_routes, records, catalog, devices)
     objects |= via
     return objects, [*skipped, *skipped_prefixes, *skipped_routes]
 
 
-def _vrf(rd: RoutingDomain, table: int, devices: Mapping[int, str]) -> set[KernelObject]:
+def _vrf(domain: RoutingDomain, table: int, devices: Mapping[int, str]) -> set[KernelObject]:
     """The VRF and what steers into its table: the unreachable defaults, the ICMPv6 error rule, the tun_id
     rules of every VSID, the IPv4 gateways' routes (for proxy ARP)."""
-    objects: set[KernelObject] = {Vrf(vrf_name(rd.name), table), UnreachableRoute(table, 4), UnreachableRoute(table, 6)}
+    objects: set[KernelObject] = {Vrf(vrf_name(domain.name), table),
+                                  UnreachableRoute(table, 4), UnreachableRoute(table, 6)}
     # the host's own ICMPv6 errors about this domain's packets (Packet Too Big), marked with the table number
     # by vnet/vrfmark.py, are routed in this table, not the main one (docs/dataplane.md, "Packet Too Big")
     objects.add(FwmarkRule(6, table, table, ICMP6_RULE_PRIORITY, "lo", IPPROTO_ICMPV6))
-    for subnet in rd.subnets:
+    for subnet in domain.subnets:
         for dev in devices.values():
             for family in (4, 6):
                 objects.add(TunIdRule(family, dev, subnet.vsid << 8, table, RULE_PRIORITY))
@@ -232,7 +233,7 @@ def _vrf(rd: RoutingDomain, table: int, devices: Mapping[int, str]) -> set[Kerne
 _PortsOn = dict[tuple[Network, ...], list[str]]
 
 
-def _ports(vrf: str, ports: Iterable[tuple[PortModel, VirtualSubnet]],
+def _ports(vrf: str, ports: Iterable[tuple[Port, VirtualSubnet]],
            identity: HostIdentity) -> tuple[set[KernelObject], _PortsOn]:
     """Each active local port: routed in the VRF, answering ARP/NDP (proxy), and its subnet's IPv6 gateways."""
     objects: set[KernelObject] = set()
@@ -298,8 +299,9 @@ def _remote_prefixes(table: int, prefixes: Iterable[RemotePrefix],
     return objects, skipped
 
 
-def _customer_routes(rd: RoutingDomain, table: int, routes: Iterable[CustomerRoute], records: Iterable[LookupRecord],
-                     catalog: Catalog, devices: Mapping[int, str]) -> tuple[set[KernelObject], list[str]]:
+def _customer_routes(domain: RoutingDomain, table: int, routes: Iterable[CustomerRoute],
+                     records: Iterable[LookupRecord], catalog: Catalog,
+                     devices: Mapping[int, str]) -> tuple[set[KernelObject], list[str]]:
     """The configured customer routes with a next hop: via a local appliance's port, or encapsulated to the
     next hop's host; an on-link one needs nothing."""
     objects: set[KernelObject] = set()
@@ -312,21 +314,21 @@ def _customer_routes(rd: RoutingDomain, table: int, routes: Iterable[CustomerRou
             # lookup record (its own /32 or /128), and an address without one hits the unreachable default,
             # as HNV drops an unknown CA. Nothing to add; only a prefix outside every subnet of the domain
             # cannot work: no lookup record can exist there.
-            if not any(route.prefix.subnet_of(p) for sub in rd.subnets for p in sub.prefixes
+            if not any(route.prefix.subnet_of(p) for sub in domain.subnets for p in sub.prefixes
                        if p.version == route.prefix.version):
-                skipped.append(f"{rd.name} {route.prefix}: on-link, but outside every subnet of the domain")
+                skipped.append(f"{domain.name} {route.prefix}: on-link, but outside every subnet of the domain")
             continue
         target = by_ca.get(route.next_hop)
         if target is not None and target.local:
             port = catalog.ports.get(target.port or "")
             if port is None:
-                skipped.append(f"{rd.name} {route.prefix}: next hop {route.next_hop} has no local port")
+                skipped.append(f"{domain.name} {route.prefix}: next hop {route.next_hop} has no local port")
                 continue
             # a VM on this host routes the prefix (an appliance): via its CA on its port, after its /32
             objects.add(ViaRoute(table, str(route.prefix), str(route.next_hop), port.interface, metric))
             continue
         if target is None or target.pa is None or target.pa.version not in devices:
-            skipped.append(f"{rd.name} {route.prefix}: next hop {route.next_hop} is not a known CA")
+            skipped.append(f"{domain.name} {route.prefix}: next hop {route.next_hop} is not a known CA")
             continue
         # a remote next hop: the prefix goes straight to the next hop's host (the kernel cannot resolve a
         # gateway through an encap /32, so the route carries the next hop's VSID and PA itself)
