@@ -85,7 +85,7 @@ class Table:
 
     def lookup(self, dst: Address) -> Route | None:
         """The kernel's choice: the longest prefix holding dst, then the lowest metric. (vnet.desired never
-        puts two routes under one key; were there two, the lower PA, as hostagent/learn.py picks.)"""
+        puts two routes under one key; were there two, the lower PA, as vnet/learn.py picks.)"""
         matches = [r for r in self.routes if r.family == dst.version and dst in ip_network(r.prefix)]
         return min(matches, key=_rank, default=None)
 

@@ -3,7 +3,7 @@
 Use it as `from bgp import wire` (wire.encode_update, wire.decode_update, ...): this module re-exports
 the public API of the package. One module per job:
 
-  exa.py         the only module of nvfabric that imports ExaBGP (tests/unit/test_wire_boundary.py
+  exa.py         the only module of nvfabric that imports ExaBGP (tests/unit/test_layers.py
                  enforces it): ExaBGP set-up and the EVPN NEXT-HOP FIX, the OPEN and path attributes
                  ExaBGP builds for us, and the reference encoder/decoder ours is tested against
   framing.py     the header, split_messages, KEEPALIVE, NOTIFICATION, ROUTE-REFRESH, End-of-RIB

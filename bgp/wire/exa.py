@@ -1,4 +1,4 @@
-"""ExaBGP, the one place nvfabric talks to it (tests/unit/test_wire_boundary.py enforces it).
+"""ExaBGP, the one place nvfabric talks to it (tests/unit/test_layers.py enforces it).
 
 ExaBGP builds the OPEN (open_message) and the path attributes we send (attributes_bytes) and holds
 the per-session state its classes need (negotiated_state). It is also the independent codec ours is
