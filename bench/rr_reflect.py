@@ -238,7 +238,7 @@ async def load(count: int, clients: int, timeout: float, filtered: bool) -> dict
 
 
 def ours_config(clients: int, filtered: bool) -> dict[str, Any]:
-    # Filtered: each client is a configured neighbour hosting one VSID (route target) of VSIDS.
+    # Filtered: each client is a configured neighbor hosting one VSID (route target) of VSIDS.
     hosts = [{"address": client_address(i), "asn": 65000, "passive": True,
               "route_targets": [f"65000:{5001 + i % VSIDS}"]} for i in range(clients)] if filtered else []
     return {"asn": 65000, "router_id": RR, "cluster_id": RR, "hold_time": 180,

@@ -51,7 +51,7 @@ class GracefulRestartConfig:
 
 
 @dataclass(frozen=True)
-class Neighbour:
+class Neighbor:
     address: str
     asn: int
     port: int = 179
@@ -62,7 +62,7 @@ class Neighbour:
 
 
 @dataclass(frozen=True)
-class DynamicNeighbours:
+class DynamicNeighbors:
     """Accept any peer inside `prefix` (passive only; RFC 4271 leaves who may connect to configuration)."""
 
     prefix: ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -83,8 +83,8 @@ class SpeakerConfig:
     hold_time: int = 90
     families: tuple[Family, ...] = (Family.L2VPN_EVPN,)
     listen: Listen | None = None
-    neighbours: tuple[Neighbour, ...] = ()
-    dynamic_neighbours: tuple[DynamicNeighbours, ...] = ()
+    neighbors: tuple[Neighbor, ...] = ()
+    dynamic_neighbors: tuple[DynamicNeighbors, ...] = ()
     graceful_restart: GracefulRestartConfig = field(default_factory=GracefulRestartConfig)
     # Route targets to import, as "ASN:NN" strings; empty imports everything.
     import_route_targets: frozenset[str] = frozenset()
@@ -171,9 +171,9 @@ def parse(data: object) -> SpeakerConfig:
         listen = Listen(r.address("address"), r.integer("port", 0, 65535, 179))
         r.done()
     key = top.spelling("neighbors", "neighbours")
-    neighbours = tuple(_neighbour(Reader(v, p)) for p, v in top.items(key))
+    neighbors = tuple(_neighbor(Reader(v, p)) for p, v in top.items(key))
     seen: set[str] = set()
-    for i, n in enumerate(neighbours):
+    for i, n in enumerate(neighbors):
         if n.address in seen:
             raise ConfigError(f"{key}[{i}].address", f"{n.address} is configured twice")
         seen.add(n.address)
@@ -205,8 +205,8 @@ def parse(data: object) -> SpeakerConfig:
         hold_time=hold_time,
         families=tuple(dict.fromkeys(families)),
         listen=listen,
-        neighbours=neighbours,
-        dynamic_neighbours=dynamic,
+        neighbors=neighbors,
+        dynamic_neighbors=dynamic,
         graceful_restart=gr,
         import_route_targets=frozenset(rts),
         routes=tuple(routes),
@@ -231,8 +231,8 @@ def load(path: str | Path) -> SpeakerConfig:
     return parse(read_yaml(path))
 
 
-def _neighbour(r: Reader) -> Neighbour:
-    n = Neighbour(
+def _neighbor(r: Reader) -> Neighbor:
+    n = Neighbor(
         address=r.address("address"),
         asn=r.integer("asn", 1, 0xFFFFFFFF),
         port=r.integer("port", 1, 65535, 179),
@@ -245,13 +245,13 @@ def _neighbour(r: Reader) -> Neighbour:
     return n
 
 
-def _dynamic(r: Reader) -> DynamicNeighbours:
+def _dynamic(r: Reader) -> DynamicNeighbors:
     raw = r.get("prefix", str)
     try:
         prefix = ipaddress.ip_network(raw, strict=True)
     except ValueError as err:
         raise ConfigError(r.name("prefix"), str(err)) from None
-    d = DynamicNeighbours(prefix, r.integer("asn", 1, 0xFFFFFFFF), read_password(r))
+    d = DynamicNeighbors(prefix, r.integer("asn", 1, 0xFFFFFFFF), read_password(r))
     r.done()
     return d
 

@@ -60,7 +60,7 @@ def _source_order(path: Path) -> tuple[int, int]:
 # ---------------------------------------------------------------- the decision steps
 # Each step is a preference: a value where higher is better. Selection keeps, step by step, the
 # candidates with the best value until one is left; the step that got there is the reason. MED is the
-# exception (compared only between routes from the same neighbour AS), handled by _med_survivors.
+# exception (compared only between routes from the same neighbor AS), handled by _med_survivors.
 
 
 def _sticky(p: Path, local_asn: int) -> object:
@@ -133,8 +133,8 @@ _STEPS: tuple[tuple[BestPathReason, Callable[[Path, int], object] | None], ...] 
 
 
 def _med_survivors(paths: list[Path]) -> list[Path]:
-    # RFC 4271 section 9.1.2.2 c: MED is compared only among routes from the same neighbouring AS;
-    # a route is removed if another from its neighbour AS has a lower MED. Missing MED counts as 0.
+    # RFC 4271 section 9.1.2.2 c: MED is compared only among routes from the same neighboring AS;
+    # a route is removed if another from its neighbor AS has a lower MED. Missing MED counts as 0.
     lowest: dict[int | None, int] = {}
     for p in paths:
         med = p.attrs.med or 0

@@ -27,7 +27,7 @@ from nvfabric.bgp import fsm, wire
 log = logging.getLogger(__name__)
 
 # <linux/tcp.h>: TCP_MD5SIG takes a struct tcp_md5sig (RFC 2385 keys are per remote address);
-# TCP_MD5SIG_EXT with TCP_MD5SIG_FLAG_PREFIX keys a whole prefix (dynamic neighbours on the listener).
+# TCP_MD5SIG_EXT with TCP_MD5SIG_FLAG_PREFIX keys a whole prefix (dynamic neighbors on the listener).
 TCP_MD5SIG = 14
 TCP_MD5SIG_EXT = 32
 TCP_MD5SIG_FLAG_PREFIX = 1

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nvfabric.bgp import fsm, rib, wire
-from nvfabric.bgp.config import Neighbour, SpeakerConfig
+from nvfabric.bgp.config import Neighbor, SpeakerConfig
 from nvfabric.bgp.routes import Family, MacIpRoute, Path, PeerRef, PrefixRoute, Route, RouteKey, UnicastRoute
 from nvfabric.bgp.session import Inbox, Listener, Peer, PeerEvent, PeerSettings, cancel
 from nvfabric.bgp.updgroup import UpdateGroups, encode_for
@@ -98,7 +98,7 @@ class Speaker:
         self._task: asyncio.Task[None] | None = None
         self._graceful: dict[str, _GracefulState] = {}
         self._started_sessions: set[str] = set()
-        self._dynamic = [(d.prefix, d) for d in config.dynamic_neighbours]
+        self._dynamic = [(d.prefix, d) for d in config.dynamic_neighbors]
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -106,18 +106,18 @@ class Speaker:
         if self.config.listen is not None:
             self.listener = Listener(self.config.listen.address, self.config.listen.port, self._lookup)
             self.listener.open()
-            for n in self.config.neighbours:
+            for n in self.config.neighbors:
                 if n.md5_password:
                     self.listener.set_md5(n.address, n.md5_password)
-            for d in self.config.dynamic_neighbours:
+            for d in self.config.dynamic_neighbors:
                 if d.md5_password:
                     self.listener.set_md5(str(d.prefix.network_address), d.md5_password, d.prefix.prefixlen)
             self.listener.start()
-        for n in self.config.neighbours:
-            self.add_neighbour(n)
+        for n in self.config.neighbors:
+            self.add_neighbor(n)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="bgp-speaker")
 
-    def add_neighbour(self, n: Neighbour) -> Peer:
+    def add_neighbor(self, n: Neighbor) -> Peer:
         """Create and start the session of one configured neighbour (at start, or on a reload)."""
         peer = Peer(
             PeerSettings(

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from nvfabric.bgp.client import Client
-from nvfabric.bgp.config import GracefulRestartConfig, Neighbour, SpeakerConfig
+from nvfabric.bgp.config import GracefulRestartConfig, Neighbor, SpeakerConfig
 from nvfabric.bgp.routes import Family, UnicastKey, UnicastRoute
 from nvfabric.bgp.announced import Announced
 from nvfabric.gateway.config import GatewayConfig
@@ -40,12 +40,12 @@ class Upstream:
         self.config = config
         ext = config.external
         self.next_hops = (ext.address4, ext.address6)
-        neighbours = tuple(Neighbour(str(u.address), u.asn, md5_password=u.md5_password,
+        neighbors = tuple(Neighbor(str(u.address), u.asn, md5_password=u.md5_password,
                                      description=f"upstream {u.address}") for u in config.upstream)
         # No graceful restart towards the upstream: after a gateway restart the upstream should send the
         # traffic elsewhere (the other gateway) rather than keep stale routes to a gateway without state.
         self.client = Client(SpeakerConfig(asn=config.asn, router_id=config.router_id, families=FAMILIES,
-                                           neighbours=neighbours, hold_time=config.hold_time,
+                                           neighbors=neighbors, hold_time=config.hold_time,
                                            graceful_restart=GracefulRestartConfig(enabled=False)))
         self._announced = Announced()
 

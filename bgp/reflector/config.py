@@ -16,10 +16,10 @@ from pathlib import Path
 from nvfabric.bgp.config import (
     FAMILY_NAMES,
     ConfigError,
-    DynamicNeighbours,
+    DynamicNeighbors,
     GracefulRestartConfig,
     Listen,
-    Neighbour,
+    Neighbor,
     SpeakerConfig,
     Reader,
     read_api,
@@ -59,16 +59,16 @@ class PeerPolicy:
 
 
 @dataclass(frozen=True)
-class ReflectorNeighbour:
+class ReflectorNeighbor:
     """A configured neighbour (`address`) or a dynamic prefix (`prefix`): exactly one of the two."""
 
-    session: Neighbour | DynamicNeighbours
+    session: Neighbor | DynamicNeighbors
     policy: PeerPolicy
 
     @property
     def name(self) -> str:
         s = self.session
-        return s.address if isinstance(s, Neighbour) else str(s.prefix)
+        return s.address if isinstance(s, Neighbor) else str(s.prefix)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class ReflectorConfig:
     listen: Listen
     hold_time: int = 90
     families: tuple[Family, ...] = ALL_FAMILIES
-    neighbours: tuple[ReflectorNeighbour, ...] = ()
+    neighbors: tuple[ReflectorNeighbor, ...] = ()
     graceful_restart: GracefulRestartConfig = field(default_factory=GracefulRestartConfig)
     # no token, no API (as the agent's and the gateway's): the reflector runs from its configuration
     api: ApiConfig = field(default_factory=lambda: ApiConfig(DEFAULT_API_LISTEN))
@@ -91,19 +91,19 @@ class ReflectorConfig:
             hold_time=self.hold_time,
             families=self.families,
             listen=self.listen,
-            neighbours=tuple(n.session for n in self.neighbours if isinstance(n.session, Neighbour)),
-            dynamic_neighbours=tuple(n.session for n in self.neighbours if isinstance(n.session, DynamicNeighbours)),
+            neighbors=tuple(n.session for n in self.neighbors if isinstance(n.session, Neighbor)),
+            dynamic_neighbors=tuple(n.session for n in self.neighbors if isinstance(n.session, DynamicNeighbors)),
             graceful_restart=self.graceful_restart,
         )
 
     def policy_for(self, address: str) -> PeerPolicy:
         """A configured address first, then the first dynamic prefix holding it (the listener's order)."""
         ip = ipaddress.ip_address(address)
-        for n in self.neighbours:
-            if isinstance(n.session, Neighbour) and n.session.address == str(ip):
+        for n in self.neighbors:
+            if isinstance(n.session, Neighbor) and n.session.address == str(ip):
                 return n.policy
-        for n in self.neighbours:
-            if isinstance(n.session, DynamicNeighbours) and ip in n.session.prefix:
+        for n in self.neighbors:
+            if isinstance(n.session, DynamicNeighbors) and ip in n.session.prefix:
                 return n.policy
         return PeerPolicy()
 
@@ -136,9 +136,9 @@ def parse(data: object) -> ReflectorConfig:
     listen = Listen(r.address("address"), r.integer("port", 0, 65535, 179))
     r.done()
     key = top.spelling("neighbors", "neighbours")
-    neighbours = tuple(_neighbour(Reader(v, p), asn) for p, v in top.items(key))
+    neighbors = tuple(_neighbor(Reader(v, p), asn) for p, v in top.items(key))
     seen: set[str] = set()
-    for i, n in enumerate(neighbours):
+    for i, n in enumerate(neighbors):
         if n.name in seen:
             raise ConfigError(f"{key}[{i}]", f"{n.name} is configured twice")
         seen.add(n.name)
@@ -151,7 +151,7 @@ def parse(data: object) -> ReflectorConfig:
     top.done()
     return ReflectorConfig(
         asn=asn, router_id=router_id, cluster_id=cluster_id, listen=listen, hold_time=hold_time,
-        families=tuple(dict.fromkeys(families)) or ALL_FAMILIES, neighbours=neighbours, graceful_restart=gr,
+        families=tuple(dict.fromkeys(families)) or ALL_FAMILIES, neighbors=neighbors, graceful_restart=gr,
         api=api,
     )
 
@@ -160,23 +160,23 @@ def load(path: str | Path) -> ReflectorConfig:
     return parse(read_yaml(path))
 
 
-def _neighbour(r: Reader, local_asn: int) -> ReflectorNeighbour:
+def _neighbor(r: Reader, local_asn: int) -> ReflectorNeighbor:
     if ("address" in r.data) == ("prefix" in r.data):
         raise ConfigError(r.path, "needs exactly one of `address` (a neighbour) or `prefix` (dynamic neighbours)")
     asn = r.integer("asn", 1, 0xFFFFFFFF)
     if asn != local_asn:
         # RFC 4456 reflects between iBGP peers; eBGP would need next-hop and AS_PATH rewriting.
         raise ConfigError(r.name("asn"), f"{asn} is not our AS {local_asn}: a route reflector has iBGP neighbours only")
-    session: Neighbour | DynamicNeighbours
+    session: Neighbor | DynamicNeighbors
     if "prefix" in r.data:
         raw = r.get("prefix", str)
         try:
             prefix = ipaddress.ip_network(raw, strict=True)
         except ValueError as err:
             raise ConfigError(r.name("prefix"), str(err)) from None
-        session = DynamicNeighbours(prefix, asn, read_password(r))
+        session = DynamicNeighbors(prefix, asn, read_password(r))
     else:
-        session = Neighbour(
+        session = Neighbor(
             address=r.address("address"),
             asn=asn,
             port=r.integer("port", 1, 65535, 179),
@@ -205,7 +205,7 @@ def _neighbour(r: Reader, local_asn: int) -> ReflectorNeighbour:
                         for p, v in r.items("route_targets"))
     policy = PeerPolicy(client=r.get("client", bool, True), max_prefix=max_prefix, route_targets=rts)
     r.done()
-    return ReflectorNeighbour(session, policy)
+    return ReflectorNeighbor(session, policy)
 
 
 def _bad_rt(path: str, value: object) -> bytes:

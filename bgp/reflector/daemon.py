@@ -20,7 +20,7 @@ from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 from nvfabric.bgp import fsm, wire
-from nvfabric.bgp.config import ConfigError, DynamicNeighbours, Neighbour
+from nvfabric.bgp.config import ConfigError, DynamicNeighbors, Neighbor
 from nvfabric.bgp.reflector import policy, rtc
 from nvfabric.bgp.reflector.config import MaxPrefixAction, PeerPolicy, ReflectorConfig
 from nvfabric.bgp.reflector.table import AttrSet, Changes, Kind, RawTable
@@ -336,8 +336,8 @@ class Reflector(Speaker):
         for name in ("asn", "router_id", "cluster_id", "listen", "families", "hold_time", "graceful_restart"):
             if getattr(old, name) != getattr(new, name):
                 raise ConfigError(name, "cannot change without a restart (reload refused, running configuration kept)")
-        before = {n.name: n for n in old.neighbours}
-        after = {n.name: n for n in new.neighbours}
+        before = {n.name: n for n in old.neighbors}
+        after = {n.name: n for n in new.neighbors}
         removed = [name for name, n in before.items() if after.get(name) != n]
         added = [name for name, n in after.items() if before.get(name) != n]
         return await self.call(lambda: self._reload(new, removed, added))
@@ -347,33 +347,33 @@ class Reflector(Speaker):
         self.rr_config = new
         self.config = new.speaker_config()
         self._policies.clear()
-        self._dynamic = [(d.prefix, d) for d in self.config.dynamic_neighbours]
+        self._dynamic = [(d.prefix, d) for d in self.config.dynamic_neighbors]
         loop = asyncio.get_running_loop()
-        old_by_name = {n.name: n for n in old.neighbours}
+        old_by_name = {n.name: n for n in old.neighbors}
         for name in removed:
             session = old_by_name[name].session
             for address, peer in list(self.peers.items()):
-                gone = address == name if isinstance(session, Neighbour) else (
-                    _in(address, session) and not any(n.name == address for n in new.neighbours))
+                gone = address == name if isinstance(session, Neighbor) else (
+                    _in(address, session) and not any(n.name == address for n in new.neighbors))
                 if gone:
                     del self.peers[address]
                     loop.create_task(peer.stop(fsm.CEASE_PEER_DECONFIGURED))
             if self.listener is not None and session.md5_password:
-                if isinstance(session, Neighbour):
+                if isinstance(session, Neighbor):
                     self.listener.set_md5(session.address, "")
                 else:
                     self.listener.set_md5(str(session.prefix.network_address), "", session.prefix.prefixlen)
-        new_by_name = {n.name: n for n in new.neighbours}
+        new_by_name = {n.name: n for n in new.neighbors}
         for name in added:
             session = new_by_name[name].session
             if self.listener is not None and session.md5_password:
-                if isinstance(session, Neighbour):
+                if isinstance(session, Neighbor):
                     self.listener.set_md5(session.address, session.md5_password)
                 else:
                     self.listener.set_md5(str(session.prefix.network_address), session.md5_password,
                                           session.prefix.prefixlen)
-            if isinstance(session, Neighbour):
-                self.add_neighbour(session)
+            if isinstance(session, Neighbor):
+                self.add_neighbor(session)
         self.stats.reloads += 1
         result = ReloadResult(tuple(added), tuple(removed))
         log.info("configuration reloaded: added %s, removed %s", ", ".join(added) or "none",
@@ -381,7 +381,7 @@ class Reflector(Speaker):
         return result
 
 
-def _in(address: str, dynamic: DynamicNeighbours) -> bool:
+def _in(address: str, dynamic: DynamicNeighbors) -> bool:
     ip = ip_address(address)
     return ip.version == dynamic.prefix.version and ip in dynamic.prefix
 

@@ -48,10 +48,10 @@ def frr_rr_conf(clients: dict[str, str | None]) -> str:
 
 def speaker_config(router_id: str, rr: str, routes: list[dict], password: str | None = None,
                    listen: bool = False, passive: bool = False) -> dict:
-    neighbour = {"address": rr, "asn": 65000, "passive": passive}
+    neighbor = {"address": rr, "asn": 65000, "passive": passive}
     if password:
-        neighbour["md5_password"] = password
-    cfg = {"asn": 65000, "router_id": router_id, "hold_time": 9, "neighbours": [neighbour], "routes": routes,
+        neighbor["md5_password"] = password
+    cfg = {"asn": 65000, "router_id": router_id, "hold_time": 9, "neighbours": [neighbor], "routes": routes,
            "graceful_restart": {"restart_time": 30}}
     if listen:
         # FRR dials us: the key must be on our listening socket too.

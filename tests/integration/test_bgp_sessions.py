@@ -19,8 +19,8 @@ from tests.integration.test_bgp_gobgp import ROUTE
 RR, H1, H2, RAW, OUTSIDER = "198.51.100.254", "198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.200"
 
 
-def gr_config(router_id: str, neighbours: list[dict], routes: list[dict], listen: str | None = None) -> dict:
-    cfg = {"asn": 65000, "router_id": router_id, "hold_time": 9, "neighbours": neighbours, "routes": routes,
+def gr_config(router_id: str, neighbors: list[dict], routes: list[dict], listen: str | None = None) -> dict:
+    cfg = {"asn": 65000, "router_id": router_id, "hold_time": 9, "neighbours": neighbors, "routes": routes,
            "graceful_restart": {"restart_time": 30, "forwarding_preserved": True}}
     if listen:
         cfg["listen"] = {"address": listen, "port": 179}
@@ -174,7 +174,7 @@ def _try(fn):
         return None
 
 
-def test_dynamic_neighbour_accepted_and_outsider_gets_notification(lab: Lab):
+def test_dynamic_neighbor_accepted_and_outsider_gets_notification(lab: Lab):
     h1_ns, h2_ns, out_ns = lab.namespace("h1"), lab.namespace("h2"), lab.namespace("out")
     segment(lab, h1_ns, {h1_ns: [f"{H1}/24"], h2_ns: [f"{H2}/24"], out_ns: [f"{OUTSIDER}/24"]})
     cfg = gr_config(H1, [], [], listen=H1)

@@ -36,8 +36,8 @@ def test_full_example_parses_into_typed_values(tmp_path):
     assert cfg.asn == 65000 and cfg.router_id == "198.51.100.1" and cfg.hold_time == 30
     assert cfg.families == (Family.L2VPN_EVPN, Family.IPV6_UNICAST)
     assert cfg.listen == config.Listen("198.51.100.1", 179)
-    assert cfg.neighbours[0].md5_password == "s3cret" and cfg.neighbours[1].passive
-    assert cfg.dynamic_neighbours[0].prefix == ipaddress.ip_network("198.51.100.0/25")
+    assert cfg.neighbors[0].md5_password == "s3cret" and cfg.neighbors[1].passive
+    assert cfg.dynamic_neighbors[0].prefix == ipaddress.ip_network("198.51.100.0/25")
     assert cfg.graceful_restart == config.GracefulRestartConfig(True, 60, False, 360)
     assert cfg.import_route_targets == frozenset({"65000:5001"})
     mac_ip, prefix = cfg.routes
@@ -79,7 +79,7 @@ def test_errors_name_the_field(change, field):
     assert str(err.value).startswith(f"{field}: ")
 
 
-def test_neighbours_is_an_alias_of_neighbors():
+def test_neighbors_is_an_alias_of_neighbors():
     """`neighbors` is the spelling (as the API's /v1/neighbors); the British one reads the same."""
     peers = [{"address": "198.51.100.2", "asn": 1}]
     dynamic = [{"prefix": "198.51.100.0/25", "asn": 1}]

@@ -161,7 +161,7 @@ async def test_max_prefix_warn_keeps_the_session(lab):
     assert rr.stats.max_prefix_events == 1 and a.peers["127.0.0.1"].establishments == 1
 
 
-async def test_reload_adds_and_removes_neighbours_and_refuses_bad_changes(lab):
+async def test_reload_adds_and_removes_neighbors_and_refuses_bad_changes(lab):
     first = [{"address": "127.0.0.2", "asn": 65000, "passive": True},
              {"address": "127.0.0.3", "asn": 65000, "passive": True}]
     rr = await lab("rr", rr_cfg(first))
@@ -209,7 +209,7 @@ def test_the_issue_example_parses():
     assert cfg.policy_for("198.51.100.101").client is False
     assert cfg.policy_for("198.51.100.7").client is True
     assert cfg.api == ApiConfig("127.0.0.1:8179", "t")
-    assert len(cfg.speaker_config().dynamic_neighbours) == 1
+    assert len(cfg.speaker_config().dynamic_neighbors) == 1
 
 
 async def test_api_summary_neighbors_routes_and_metrics(lab):

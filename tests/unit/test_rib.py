@@ -77,11 +77,11 @@ def test_as_path_length_then_origin():
     assert best(path(peer(1), origin=Origin.INCOMPLETE), igp) == (igp, BestPathReason.ORIGIN)
 
 
-def test_med_only_between_routes_from_the_same_neighbour_as():
+def test_med_only_between_routes_from_the_same_neighbor_as():
     a = path(peer(1), as_path=(AsSegment(2, (65010,)),), med=10)
     b = path(peer(2), as_path=(AsSegment(2, (65010,)),), med=5)
     assert best(a, b) == (b, BestPathReason.MED)
-    # Different neighbour AS: MED is not compared, the next steps decide (router id: peer 1).
+    # Different neighbor AS: MED is not compared, the next steps decide (router id: peer 1).
     c = path(peer(2), as_path=(AsSegment(2, (65020,)),), med=5)
     assert best(a, c) == (a, BestPathReason.ROUTER_ID)
 

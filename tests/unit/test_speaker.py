@@ -35,16 +35,16 @@ async def next_event(client: Client, it, want, timeout: float = 10.0):
 async def server():
     """A passive client on 127.0.0.1 accepting 127.0.0.2 and 127.0.0.3 (configured) and 127.0.1.0/24 (dynamic)."""
     c = Client(cfg("198.51.100.100", listen={"address": "127.0.0.1", "port": 0},
-                   neighbours=[{"address": "127.0.0.2", "asn": 65000, "passive": True},
+                   neighbors=[{"address": "127.0.0.2", "asn": 65000, "passive": True},
                                {"address": "127.0.0.3", "asn": 65000, "passive": True}],
-                   dynamic_neighbours=[{"prefix": "127.0.1.0/24", "asn": 65000}]))
+                   dynamic_neighbors=[{"prefix": "127.0.1.0/24", "asn": 65000}]))
     await c.start()
     yield c
     await c.stop()
 
 
 def active(router_id: str, local: str, port: int, **extra: Any) -> Client:
-    return Client(cfg(router_id, neighbours=[{"address": "127.0.0.1", "asn": 65000, "port": port,
+    return Client(cfg(router_id, neighbors=[{"address": "127.0.0.1", "asn": 65000, "port": port,
                                               "local_address": local}], **extra))
 
 
@@ -122,7 +122,7 @@ async def test_dedup_across_peers_delivers_one_update(server: Client):
 async def test_route_target_filter(server: Client):
     other = MacIpRoute(rd="198.51.100.1:2", mac="00:15:5d:09:09:09", ip="10.2.0.5", vsid=6001,
                        next_hop="198.51.100.1", route_targets=("65000:6001",))
-    c = Client(cfg("198.51.100.3", neighbours=[{"address": "127.0.0.1", "asn": 65000,
+    c = Client(cfg("198.51.100.3", neighbors=[{"address": "127.0.0.1", "asn": 65000,
                                                  "port": server.speaker.listen_port, "local_address": "127.0.0.2"}],
                    import_route_targets=["65000:5001"]))
     await c.start()
@@ -137,7 +137,7 @@ async def test_route_target_filter(server: Client):
         await c.stop()
 
 
-async def test_dynamic_neighbour_accepted(server: Client):
+async def test_dynamic_neighbor_accepted(server: Client):
     d = active("198.51.100.7", "127.0.1.7", server.speaker.listen_port)
     await d.start()
     try:
@@ -204,7 +204,7 @@ async def test_connection_collision_leaves_one_session():
         s.close()
     def both_ways(router_id: str, me: str, my_port: int, other: str, other_port: int) -> Client:
         return Client(cfg(router_id, listen={"address": me, "port": my_port},
-                          neighbours=[{"address": other, "asn": 65000, "port": other_port, "local_address": me}]))
+                          neighbors=[{"address": other, "asn": 65000, "port": other_port, "local_address": me}]))
 
     a = both_ways("198.51.100.1", "127.0.0.11", ports[0], "127.0.0.12", ports[1])
     b = both_ways("198.51.100.2", "127.0.0.12", ports[1], "127.0.0.11", ports[0])
