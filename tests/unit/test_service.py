@@ -46,8 +46,10 @@ async def test_sighup_reloads_and_sigterm_stops():
     async def reload() -> None:
         await reloads.put("reloaded")
 
+    default = signal.getsignal(signal.SIGHUP)
     waiting = asyncio.ensure_future(daemon.until_stopped(reload))
-    await asyncio.sleep(0)  # the handlers are installed once the task runs
+    while signal.getsignal(signal.SIGHUP) is default:  # yield until the task has installed its handlers
+        await asyncio.sleep(0)
     os.kill(os.getpid(), signal.SIGHUP)
     assert await asyncio.wait_for(reloads.get(), 5) == "reloaded"
     assert not waiting.done()
