@@ -43,11 +43,8 @@ def routing_domain_to_dict(domain: RoutingDomain) -> dict[str, Any]:
 
 
 def port_to_dict(port: Port) -> dict[str, Any]:
-    body: dict[str, Any] = {"name": port.name, "interface": port.interface, "mac": port.mac, "vsid": port.vsid,
-                            "addresses": [str(a) for a in port.addresses]}
-    if port.mtu is not None:
-        body["mtu"] = port.mtu
-    return body
+    # (a state file written before port security had neither field: from_dict's defaults apply)
+    return port.to_dict()
 
 
 def dumps(state: SavedState) -> str:

@@ -259,6 +259,13 @@ class Port:
     vsid: int
     addresses: tuple[Address, ...]  # the VM's customer addresses (CAs)
     mtu: int | None = None  # None: derived from the underlay MTU and the encapsulation overhead
+    # Port security (vnet/portsecurity.py): the VM may send only from its MAC and its CAs (and its IPv6
+    # link-local), ARP/ND only for them, no DHCP server replies and no router advertisements. False turns
+    # every check off for this port, as OVN's port_security does.
+    port_security: bool = True
+    # More sources the VM may send from (and answer ARP/ND for): e.g. an appliance behind a customer route,
+    # or a virtual IP moving between VMs (OVN's allowed-address pairs)
+    allowed_addresses: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name, "name", PORT_NAME_RE)
@@ -272,11 +279,21 @@ class Port:
             raise ModelError("addresses", [str(a) for a in self.addresses], "contains a duplicate")
         if self.mtu is not None and not 1280 <= self.mtu <= 9000:
             raise ModelError("mtu", self.mtu, "must be in 1280..9000 (1280: the IPv6 minimum)")
+        if not isinstance(self.port_security, bool):
+            raise ModelError("port_security", self.port_security, "must be true or false")
+        for i, prefix in enumerate(self.allowed_addresses):
+            if not isinstance(prefix, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                raise ModelError(f"allowed_addresses[{i}]", prefix, "is not a network prefix")
+        if (repeat := first_repeat(self.allowed_addresses)) is not None:
+            i, j = repeat
+            raise ModelError(f"allowed_addresses[{i}]", str(self.allowed_addresses[i]),
+                             f"duplicates allowed_addresses[{j}]")
 
     @classmethod
     def from_dict(cls, body: Any, name: str | None = None, where: str = "") -> Port:
         body = check_object(body, where)
-        reject_unknown(body, {"name", "interface", "mac", "vsid", "addresses", "mtu"}, where)
+        reject_unknown(body, {"name", "interface", "mac", "vsid", "addresses", "mtu", "port_security",
+                              "allowed_addresses"}, where)
         if name is not None and body.get("name", name) != name:
             raise ModelError(field_path(where, "name"), body.get("name"),
                              f"does not match the name in the path ({name})")
@@ -288,6 +305,13 @@ class Port:
         mtu = body.get("mtu")
         if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)):
             raise ModelError(field_path(where, "mtu"), mtu, "must be an integer")
+        port_security = body.get("port_security", True)
+        if not isinstance(port_security, bool):
+            raise ModelError(field_path(where, "port_security"), port_security, "must be true or false")
+        allowed = tuple(
+            check_network(a, f"{field_path(where, 'allowed_addresses')}[{i}]")
+            for i, a in enumerate(check_list(body.get("allowed_addresses"), field_path(where, "allowed_addresses")))
+        )
         try:
             return cls(
                 name=port_name,
@@ -296,9 +320,21 @@ class Port:
                 vsid=check_vsid(body.get("vsid"), field_path(where, "vsid")),
                 addresses=addresses,
                 mtu=mtu,
+                port_security=port_security,
+                allowed_addresses=allowed,
             )
         except ModelError as exc:
             raise exc.within(where) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The body from_dict accepts (the API's and the state file's encoding)."""
+        body: dict[str, Any] = {"name": self.name, "interface": self.interface, "mac": self.mac, "vsid": self.vsid,
+                                "addresses": [str(a) for a in self.addresses]}
+        if self.mtu is not None:
+            body["mtu"] = self.mtu
+        body["port_security"] = self.port_security
+        body["allowed_addresses"] = [str(p) for p in self.allowed_addresses]
+        return body
 
 
 @dataclass(frozen=True)

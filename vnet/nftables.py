@@ -137,6 +137,11 @@ class Nft:
         """One transaction (all or nothing); NftError with nft's message when refused."""
         await self._command(what, json.dumps(doc).encode(), "-j", "-f", "-")
 
+    async def script(self, what: str, text: str) -> None:
+        """One transaction in nft's own language (all or nothing). For what nft 1.0.6's JSON cannot say: a
+        `typeof` set key with a raw payload (vnet/portsecurity.py)."""
+        await self._command(what, text.encode(), "-f", "-")
+
     async def list_json(self, *args: str) -> dict:
         """`nft -j list ARGS...`, parsed."""
         return json.loads(await self._command("list", " ".join(("list", *args)).encode(), "-j", "list", *args))

@@ -84,6 +84,12 @@ def test_routing_domain_checks():
         ({"interface": "a-very-long-interface-name"}, "interface", "must match"),
         ({"mtu": 100}, "mtu", "1280"),
         ({"vlan": 7}, "vlan", "unknown field"),
+        ({"port_security": "no"}, "port_security", "true or false"),
+        ({"allowed_addresses": "10.9.0.0/24"}, "allowed_addresses", "must be a list"),
+        ({"allowed_addresses": ["10.9.0.1/24"]}, "allowed_addresses[0]", "host bits set"),
+        ({"allowed_addresses": ["10.9.0.0/24", "fd00::/64", "10.9.0.0/24"]}, "allowed_addresses[2]",
+         "duplicates allowed_addresses[0]"),
+        ({"allowed_addresses": ["nowhere"]}, "allowed_addresses[0]", "not a network prefix"),
     ],
 )
 def test_bad_ports_name_the_field(over, field, words):
@@ -175,3 +181,16 @@ def test_customer_routes_round_trip_through_the_saved_form():
                                                       {"prefix": "10.0.0.128/25"}]})
     assert rd.customer_routes[1] == CustomerRoute(ipaddress.ip_network("10.0.0.128/25"))
     assert RoutingDomain.from_dict(routing_domain_to_dict(rd)) == rd
+
+
+def test_port_security_is_on_by_default_and_round_trips_with_allowed_addresses():
+    plain = port()
+    assert plain.port_security is True and plain.allowed_addresses == ()
+    body = port(port_security=False, allowed_addresses=["192.168.50.0/24", "fd00:50::/64"]).to_dict()
+    assert body["port_security"] is False and body["allowed_addresses"] == ["192.168.50.0/24", "fd00:50::/64"]
+    again = Port.from_dict(body)
+    assert again.allowed_addresses == (ipaddress.ip_network("192.168.50.0/24"), ipaddress.ip_network("fd00:50::/64"))
+    assert again == Port.from_dict(again.to_dict())
+    # a body (or a state file) written before port security: the defaults
+    old = {k: v for k, v in plain.to_dict().items() if k not in ("port_security", "allowed_addresses")}
+    assert Port.from_dict(old) == plain

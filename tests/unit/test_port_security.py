@@ -1,0 +1,69 @@
+"""The port-security builder (vnet/portsecurity.py), pure: which elements a set of ports needs, and that a
+change writes only the changed port's elements, whatever the number of ports."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+from nvfabric.vnet import portsecurity as ps
+from nvfabric.vnet.model import Port
+
+
+def port(i: int, **over: object) -> Port:
+    cas = (ipaddress.ip_address(f"10.{i >> 8}.{i & 0xFF}.10"), ipaddress.ip_address(f"fd00:b::{i:x}:10"))
+    return Port(f"vm{i}", f"tap{i}", f"02:00:00:01:{i >> 8:02x}:{i & 0xFF:02x}", 5001, cas, **over)  # type: ignore[arg-type]
+
+
+def lines(text: str | None) -> list[str]:
+    return text.splitlines() if text else []
+
+
+def test_attaching_one_port_writes_the_same_few_elements_at_10_or_1000_ports() -> None:
+    sizes = {}
+    for n in (10, 1000):
+        ports = [port(i) for i in range(n)]
+        before, after = ps.elements(ports), ps.elements([*ports, port(n)])
+        text = ps.changes(before, after)
+        sizes[n] = (len(lines(text)), ps._delta(before, after), len(text or ""))
+        assert f'"tap{n}"' in (text or "") and f'"tap{n - 1}"' not in (text or "")
+    assert sizes[10][:2] == sizes[1000][:2], sizes  # constant: lines and elements
+    # one port's worth: guarded x2, mac, 1 IPv4 + 2 IPv6 (CA, link-local) x2 (src6 and nd6), 2 ARP, 5 counters
+    assert sizes[1000][1] == 2 + 1 + 1 + 2 + 2 + 2 + 5
+
+
+def test_detaching_and_readdressing_one_port_touch_only_its_elements() -> None:
+    ports = [port(i) for i in range(1000)]
+    base = ps.elements(ports)
+    gone = ps.changes(base, ps.elements(ports[:-1]))
+    assert all("tap999" in ln for ln in lines(gone))
+    # map elements leave before the counters they name
+    text = lines(gone)
+    assert max(i for i, ln in enumerate(text) if ln.startswith("delete element inet nvfabric-ports spoofed-source")) < \
+        min(i for i, ln in enumerate(text) if ln.startswith("delete counter"))
+    moved = dataclasses.replace(ports[5], addresses=(ipaddress.ip_address("10.0.5.99"),))
+    changed = lines(ps.changes(base, ps.elements([*ports[:5], moved, *ports[6:]])))
+    assert all("tap5" in ln for ln in changed) and not any("counter" in ln for ln in changed)  # counters kept
+    assert ps.changes(base, ps.elements(list(reversed(ports)))) is None
+
+
+def test_port_security_off_means_no_elements_and_allowed_prefixes_cover_their_cas() -> None:
+    assert ps.elements([port(1, port_security=False)]).size() == 0
+    net = ipaddress.ip_network("10.0.1.0/24")
+    wide = port(1, allowed_addresses=(net, ipaddress.ip_network("192.168.50.0/24")))
+    src4 = ps.elements([wide]).sets["inet", "src4"]
+    assert {k[2] for k in src4} == {net, ipaddress.ip_network("192.168.50.0/24")}  # 10.0.1.10 is inside
+    arp4 = ps.elements([wide]).sets["arp", "arp4"]
+    assert ipaddress.ip_network("0.0.0.0/32") in {k[2] for k in arp4}  # ARP probes
+    src6 = {k[2] for k in ps.elements([wide]).sets["inet", "src6"]}
+    assert ps.LINK_LOCAL in src6
+
+
+def test_the_whole_table_replaces_in_one_transaction_and_renders_the_na_target_as_raw_128_bits() -> None:
+    text = ps.ruleset(ps.elements([port(1)]))
+    first = lines(text)[:3]
+    assert first == ["add table inet nvfabric-ports", "delete table inet nvfabric-ports",
+                     "add table inet nvfabric-ports"]
+    assert '"tap1" . 02:00:00:01:00:01 . 0xfd00000b000000000000000000010010' in text
+    assert "0xfe800000000000000000000000000000-0xfe80000000000000ffffffffffffffff" in text
+    assert f'comment "{ps.LAYOUT}"' in text

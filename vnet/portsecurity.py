@@ -1,0 +1,413 @@
+"""Port security: what a VM may send into its port, enforced by nftables on the host (OVN's port_security,
+Hyper-V's MAC spoofing guard, DHCP guard and router guard).
+
+A guarded port's VM may send only
+- IPv4/IPv6 from its own MAC and its CAs, its `allowed_addresses`, and the IPv6 link-local prefix fe80::/64
+  (any interface identifier: guests such as Windows pick random ones, and a link-local address never leaves
+  the port's link, which here is the VM and this host alone);
+- ARP whose Ethernet source and sender MAC are its own MAC and whose sender IP is one of those addresses, or
+  0.0.0.0 (an ARP probe, RFC 5227);
+- neighbour solicitations from one of those addresses, or from :: from its own MAC (duplicate address
+  detection; router solicitations and MLD reports sent before an address is valid likewise); neighbour
+  advertisements only for a target that is one of its addresses;
+- DHCP client traffic (0.0.0.0:68 -> 255.255.255.255:67 from its own MAC);
+- never a DHCP server's or relay's reply (UDP source port 67, DHCPv6 547: DHCP guard), nor a router
+  advertisement or an ICMPv6 redirect (router guard).
+A port with `port_security: false` has no element here and is not checked at all.
+
+Where: two tables of our own, `inet nvfabric-ports` (a prerouting chain at priority raw, before conntrack
+and routing) and `arp nvfabric-ports` (ARP input, before proxy ARP answers). The prerouting hook runs a
+second time with the routing domain's VRF device as input device: only interfaces in `@guarded` jump to
+the checks. Every check is one lookup in a concatenated set keyed by the port's interface
+(`iifname . ether saddr . ip saddr`), with the interval flag so that an allowed prefix is one element. nft
+1.0.6 has no `icmpv6 taddr`: the NA target is the raw payload `@th,64,128`, in a set of its own (`nd6`,
+`typeof`, which nft's JSON cannot declare: the tables are written in nft's own language).
+
+Drops are counted per port and reason: one named counter per (port, reason), reached through one map per
+reason (`counter name iifname map @spoofed-source`). A port's counter is added in the same transaction as
+the port's interface in `@guarded`, so a guarded port never lacks one (a map miss would skip the drop).
+
+Changes: the first write (start) replaces both tables in one transaction (add, delete, add) unless what the
+kernel has is ours (same layout mark) -- then it is adopted and only the difference is written, so an agent
+restart never leaves the ports unguarded nor resets their counters. After that, attaching, detaching or
+readdressing a port writes that port's elements only (O(1) in the number of ports), in one transaction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from nvfabric.vnet.model import Network, Port
+from nvfabric.vnet.nftables import Nft, NftError
+
+TABLE = "nvfabric-ports"
+# The layout of the tables below, kept as the comment of each hooked chain's first rule (nft 1.0.6 lists a
+# rule's comment in JSON, not a table's): a kernel table without it (an older agent's) is replaced at start
+# rather than adopted
+LAYOUT = "nvfabric port security 1"
+
+SPOOFED_SOURCE = "spoofed-source"
+SPOOFED_ARP = "spoofed-arp"
+SPOOFED_ND = "spoofed-nd"
+DHCP_GUARD = "dhcp-guard"
+ROUTER_GUARD = "router-guard"
+REASONS = (SPOOFED_SOURCE, SPOOFED_ARP, SPOOFED_ND, DHCP_GUARD, ROUTER_GUARD)
+_FAMILY_OF = {SPOOFED_ARP: "arp"}  # the others are counted in the inet table
+
+LINK_LOCAL = ipaddress.ip_network("fe80::/64")
+UNSPECIFIED4 = ipaddress.ip_network("0.0.0.0/32")  # an ARP probe's sender IP
+
+# Set name -> (family, declaration). Keys all start with the port's interface name.
+_SETS = {
+    ("inet", "guarded"): "type ifname;",
+    ("inet", "macs"): "type ifname . ether_addr;",
+    ("inet", "src4"): "type ifname . ether_addr . ipv4_addr; flags interval;",
+    ("inet", "src6"): "type ifname . ether_addr . ipv6_addr; flags interval;",
+    ("inet", "nd6"): "typeof iifname . ether saddr . @th,64,128; flags interval;",  # the NA target (raw)
+    ("arp", "guarded"): "type ifname;",
+    ("arp", "arp4"): "type ifname . ether_addr . ether_addr . ipv4_addr; flags interval;",
+}
+
+_INET_GUARD = (
+    f"icmpv6 type {{ nd-router-advert, nd-redirect }} counter name iifname map @{ROUTER_GUARD} drop",
+    f"udp sport {{ 67, 547 }} counter name iifname map @{DHCP_GUARD} drop",
+    "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 iifname . ether saddr @macs accept",
+    "ip6 saddr :: icmpv6 type { nd-neighbor-solicit, nd-router-solicit, mld-listener-report, mld2-listener-report }"
+    " iifname . ether saddr @macs accept",
+    f"icmpv6 type nd-neighbor-advert iifname . ether saddr . @th,64,128 != @nd6 counter name iifname map "
+    f"@{SPOOFED_ND} drop",
+    f"icmpv6 type nd-neighbor-solicit iifname . ether saddr . ip6 saddr != @src6 counter name iifname map "
+    f"@{SPOOFED_ND} drop",
+    "iifname . ether saddr . ip saddr @src4 accept",
+    "iifname . ether saddr . ip6 saddr @src6 accept",
+    f"counter name iifname map @{SPOOFED_SOURCE} drop",
+)
+# (family, chain) -> (hook line or None for a regular chain, rules)
+CHAINS: dict[tuple[str, str], tuple[str | None, tuple[str, ...]]] = {
+    # raw: before conntrack (nothing spoofed gets a conntrack entry) and before the VRF marks (mangle)
+    ("inet", "prerouting"): ("type filter hook prerouting priority raw; policy accept;",
+                             ("iifname @guarded jump guard",)),
+    ("inet", "guard"): (None, _INET_GUARD),
+    ("arp", "input"): ("type filter hook input priority -300; policy accept;", (
+        f"iifname @guarded iifname . ether saddr . arp saddr ether . arp saddr ip != @arp4 counter name iifname "
+        f"map @{SPOOFED_ARP} drop",)),
+}
+
+Key = tuple  # an element: (interface, ...) as below
+
+
+@dataclass(frozen=True)
+class Elements:
+    """Every element of both tables, as plain keys: what a set of ports needs, or what the kernel has.
+    `sets[(family, name)]`: frozensets of keys, (interface,), (interface, mac) or (interface, mac, network);
+    `counters`: (interface, reason) pairs, each a named counter and its map element."""
+
+    sets: Mapping[tuple[str, str], frozenset[Key]]
+    counters: frozenset[tuple[str, str]]
+
+    def size(self) -> int:
+        return sum(len(v) for v in self.sets.values()) + len(self.counters)
+
+
+def networks(port: Port) -> tuple[tuple[Network, ...], tuple[Network, ...]]:
+    """The port's IPv4 and IPv6 sources, collapsed (nft refuses overlapping intervals in one set: a CA inside
+    an allowed prefix is covered by it)."""
+    nets = [ipaddress.ip_network(a) for a in port.addresses] + list(port.allowed_addresses) + [LINK_LOCAL]
+    v4 = tuple(ipaddress.collapse_addresses(n for n in nets if n.version == 4))
+    v6 = tuple(ipaddress.collapse_addresses(n for n in nets if n.version == 6))
+    return v4, v6
+
+
+def elements(ports: Iterable[Port]) -> Elements:
+    """Pure: the elements of the guarded ports (port_security true)."""
+    sets: dict[tuple[str, str], set[Key]] = {name: set() for name in _SETS}
+    counters: set[tuple[str, str]] = set()
+    for port in ports:
+        if not port.port_security:
+            continue
+        i, mac = port.interface, str(port.mac)
+        v4, v6 = networks(port)
+        sets["inet", "guarded"].add((i,))
+        sets["arp", "guarded"].add((i,))
+        sets["inet", "macs"].add((i, mac))
+        sets["inet", "src4"].update((i, mac, n) for n in v4)
+        sets["inet", "src6"].update((i, mac, n) for n in v6)
+        sets["inet", "nd6"].update((i, mac, n) for n in v6)
+        arp = ipaddress.collapse_addresses([*v4, UNSPECIFIED4])
+        sets["arp", "arp4"].update((i, mac, n) for n in arp)
+        counters.update((i, reason) for reason in REASONS)
+    return Elements({k: frozenset(v) for k, v in sets.items()}, frozenset(counters))
+
+
+# ------------------------------------------------------------------------------------------ nft's language
+
+
+def counter_name(interface: str, reason: str) -> str:
+    # the reason first: nft's language takes an object name only unquoted, starting with a letter (an
+    # interface name may start with a digit)
+    return f"{reason}.{interface}"
+
+
+def _counter_key(name: str) -> tuple[str, str]:
+    """(interface, reason) of a counter's name."""
+    reason, _, interface = name.partition(".")
+    return interface, reason
+
+
+def _family(reason: str) -> str:
+    return _FAMILY_OF.get(reason, "inet")
+
+
+def _net(n: Network) -> str:
+    return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+
+
+def _raw128(n: Network) -> str:
+    """An IPv6 network as the integer range a raw 128-bit payload is compared with."""
+    first, last = f"0x{int(n.network_address):032x}", f"0x{int(n.broadcast_address):032x}"
+    return first if first == last else f"{first}-{last}"
+
+
+def _element(name: tuple[str, str], key: Key) -> str:
+    interface = f'"{key[0]}"'
+    if len(key) == 1:
+        return interface
+    mac = key[1]
+    if len(key) == 2:
+        return f"{interface} . {mac}"
+    net = key[2]
+    if name == ("inet", "nd6"):
+        return f"{interface} . {mac} . {_raw128(net)}"
+    if name == ("arp", "arp4"):
+        return f"{interface} . {mac} . {mac} . {_net(net)}"
+    return f"{interface} . {mac} . {_net(net)}"
+
+
+def _set_lines(verb: str, name: tuple[str, str], keys: Iterable[Key]) -> list[str]:
+    items = sorted(keys, key=_order)
+    if not items:
+        return []
+    family, set_name = name
+    return [f"{verb} element {family} {TABLE} {set_name} {{ {', '.join(_element(name, k) for k in items)} }}"]
+
+
+def _counter_lines(verb: str, counters: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """(the counter objects, their map elements) added or deleted."""
+    objects, maps = [], []
+    for interface, reason in sorted(counters):
+        family, name = _family(reason), counter_name(interface, reason)
+        objects.append(f"{verb} counter {family} {TABLE} {name}")
+        maps.append(f'{verb} element {family} {TABLE} {reason} {{ "{interface}" : {name} }}')
+    return objects, maps
+
+
+def _order(key: Key) -> tuple:
+    return tuple((x.version, int(x.network_address), x.prefixlen) if isinstance(x, ipaddress.IPv4Network |
+                                                                             ipaddress.IPv6Network) else (0, x, 0)
+                 for x in key)
+
+
+def ruleset(want: Elements) -> str:
+    """Both tables, whole, replacing whatever is there, in one transaction (add, delete, add again)."""
+    lines: list[str] = []
+    for family in ("inet", "arp"):
+        lines += [f"add table {family} {TABLE}", f"delete table {family} {TABLE}",
+                  f"add table {family} {TABLE}"]
+        for (fam, name), decl in _SETS.items():
+            if fam == family:
+                lines.append(f"add set {family} {TABLE} {name} {{ {decl} }}")
+        for reason in REASONS:
+            if _family(reason) == family:
+                lines.append(f"add map {family} {TABLE} {reason} {{ type ifname : counter; }}")
+        for (fam, chain), (hook, _) in CHAINS.items():
+            if fam == family:
+                lines.append(f"add chain {family} {TABLE} {chain}" + (f" {{ {hook} }}" if hook else ""))
+    # the content: counters before the maps that name them, sets before the rules that use them
+    objects, maps = _counter_lines("add", want.counters)
+    lines += objects + maps
+    for name in _SETS:
+        lines += _set_lines("add", name, want.sets.get(name, ()))
+    for (family, chain), (hook, rules) in CHAINS.items():
+        marked = [f'{rule} comment "{LAYOUT}"' if hook and i == 0 else rule for i, rule in enumerate(rules)]
+        lines += [f"add rule {family} {TABLE} {chain} {rule}" for rule in marked]
+    return "\n".join(lines) + "\n"
+
+
+def changes(old: Elements, new: Elements) -> str | None:
+    """Elements only, in one transaction: what `old` has and `new` lacks is deleted (map elements before the
+    counters they name), then the new added (counters before their map elements); None when equal. Its size
+    follows the change: one port attached is one port's elements, whatever the number of ports."""
+    lines: list[str] = []
+    gone_objects, gone_maps = _counter_lines("delete", old.counters - new.counters)
+    lines += gone_maps
+    for name in _SETS:
+        lines += _set_lines("delete", name, old.sets.get(name, frozenset()) - new.sets.get(name, frozenset()))
+    lines += gone_objects
+    new_objects, new_maps = _counter_lines("add", new.counters - old.counters)
+    lines += new_objects
+    for name in _SETS:
+        lines += _set_lines("add", name, new.sets.get(name, frozenset()) - old.sets.get(name, frozenset()))
+    lines += new_maps
+    return "\n".join(lines) + "\n" if lines else None
+
+
+# ------------------------------------------------------------------------------------------ read back
+
+
+class NotOurs(ValueError):
+    """The kernel's table is not one this code wrote (another layout, or changed by hand): replace it."""
+
+
+def _network(value: object, version: int) -> Network:
+    if isinstance(value, dict) and "prefix" in value:
+        return ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}")
+    if isinstance(value, dict) and "range" in value:
+        first, last = (_address(v, version) for v in value["range"])
+        found = list(ipaddress.summarize_address_range(first, last))
+        if len(found) != 1:
+            raise NotOurs(f"range {value['range']} is not one prefix")
+        return found[0]
+    return ipaddress.ip_network(_address(value, version))
+
+
+def _address(value: object, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if isinstance(value, str) and value.startswith("0x"):
+        return ipaddress.IPv6Address(int(value, 16))
+    if isinstance(value, int):
+        return ipaddress.ip_address(value) if version == 4 else ipaddress.IPv6Address(value)
+    return ipaddress.ip_address(value)
+
+
+def _key(name: tuple[str, str], elem: object) -> Key:
+    if isinstance(elem, dict) and "elem" in elem:  # an element with its own state or comment
+        elem = elem["elem"]["val"]
+    if isinstance(elem, str):
+        return (elem,)
+    parts = elem["concat"] if isinstance(elem, dict) else None
+    if not parts:
+        raise NotOurs(f"element {elem!r} of set {name[1]}")
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    if name == ("arp", "arp4"):
+        if parts[1] != parts[2]:
+            raise NotOurs(f"arp4 element {elem!r}: two MACs")
+        return (parts[0], parts[1], _network(parts[3], 4))
+    return (parts[0], parts[1], _network(parts[2], 4 if name == ("inet", "src4") else 6))
+
+
+def parse(docs: Mapping[str, dict]) -> Elements:
+    """The elements of our two tables from `nft -j list table FAMILY nvfabric-ports`, by family. NotOurs
+    when a table lacks the layout mark, a chain has other rules than ours, or an element does not fit."""
+    sets: dict[tuple[str, str], set[Key]] = {name: set() for name in _SETS}
+    counters: set[tuple[str, str]] = set()
+    mapped: set[tuple[str, str]] = set()
+    rules: dict[tuple[str, str], int] = {}
+    for family, doc in docs.items():
+        marked = False
+        for item in doc.get("nftables", []):
+            if "set" in item and (family, item["set"]["name"]) in _SETS:
+                name = (family, item["set"]["name"])
+                sets[name].update(_key(name, e) for e in item["set"].get("elem", []))
+            elif "map" in item and item["map"]["name"] in REASONS:
+                reason = item["map"]["name"]
+                for interface, counter in item["map"].get("elem", []):
+                    if counter != counter_name(interface, reason):
+                        raise NotOurs(f"map {reason}: {interface} -> {counter}")
+                    mapped.add((interface, reason))
+            elif "counter" in item:
+                counters.add(_counter_key(item["counter"]["name"]))
+            elif "rule" in item:
+                chain = (family, item["rule"]["chain"])
+                rules[chain] = rules.get(chain, 0) + 1
+                marked = marked or item["rule"].get("comment") == LAYOUT
+        if not marked:
+            raise NotOurs(f"table {family} {TABLE} has no layout mark {LAYOUT!r}")
+    if rules != {chain: len(r) for chain, (_, r) in CHAINS.items()}:
+        raise NotOurs(f"rules per chain {rules}")
+    if mapped != counters:
+        raise NotOurs("counters and their map elements differ")
+    mirrored = (sets["inet", "src6"] == sets["inet", "nd6"] and sets["inet", "guarded"] == sets["arp", "guarded"])
+    if not mirrored:
+        raise NotOurs("the sets that mirror each other differ")
+    return Elements({k: frozenset(v) for k, v in sets.items()}, frozenset(counters))
+
+
+def parse_drops(docs: Mapping[str, dict]) -> dict[str, dict[str, int]]:
+    """Packets dropped, by interface and reason, from `nft -j list counters table FAMILY nvfabric-ports`."""
+    out: dict[str, dict[str, int]] = {}
+    for doc in docs.values():
+        for item in doc.get("nftables", []):
+            counter = item.get("counter")
+            if counter:
+                interface, reason = _counter_key(counter["name"])
+                if reason in REASONS:
+                    out.setdefault(interface, {})[reason] = int(counter.get("packets", 0))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the applier
+
+
+class PortSecurity:
+    """Keeps the kernel's two tables equal to the elements of the given ports. When what the kernel has is
+    not known (start, a refused transaction, a forced resync), it is read back first: adopted and changed
+    by the difference when it is ours, replaced in one transaction when not."""
+
+    def __init__(self, nft: Nft) -> None:
+        self.nft = nft
+        self.applied: Elements | None = None
+        self.last_size = 0  # elements (and counters) written by the last transaction: for tests and benchmarks
+
+    async def read(self) -> Elements | None:
+        """What the kernel has; None when a table is missing or not ours."""
+        docs = {}
+        for family in ("inet", "arp"):
+            try:
+                docs[family] = await self.nft.list_json("table", family, TABLE)
+            except NftError:
+                return None
+        try:
+            return parse(docs)
+        except (NotOurs, ValueError, KeyError, TypeError):
+            return None
+
+    def invalidate(self) -> None:
+        """Read the kernel back before the next write (a periodic resync repairs drift this way)."""
+        self.applied = None
+
+    async def apply(self, ports: Iterable[Port]) -> int:
+        """Make the kernel match `ports`; returns the number of elements written (0: nothing to do).
+        NftError when nft refuses (nothing was changed: one transaction); the next call reads back."""
+        want = elements(ports)
+        have = self.applied if self.applied is not None else await self.read()
+        if have is None:
+            text, size = ruleset(want), want.size()
+        else:
+            text, size = changes(have, want), _delta(have, want)
+        if text is not None:
+            try:
+                await self.nft.script("port security", text)
+            except NftError:
+                self.applied = None
+                raise
+        self.applied = want
+        self.last_size = size
+        return size
+
+    async def drops(self) -> dict[str, dict[str, int]]:
+        """Packets dropped so far by interface and reason ({} when the tables are not there)."""
+        docs = {}
+        for family in ("inet", "arp"):
+            try:
+                docs[family] = await self.nft.list_json("counters", "table", family, TABLE)
+            except NftError:
+                continue
+        return parse_drops(docs)
+
+
+def _delta(old: Elements, new: Elements) -> int:
+    names = set(old.sets) | set(new.sets)
+    return (sum(len(old.sets.get(n, frozenset()) ^ new.sets.get(n, frozenset())) for n in names)
+            + len(old.counters ^ new.counters))
