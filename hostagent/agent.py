@@ -42,7 +42,8 @@ from nvfabric.vnet.hold import Hold, Policy
 from nvfabric.vnet.kernel.netns import RtnlSocket, link_exists
 from nvfabric.vnet.kernel.objects import KernelObject, Vrf
 from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
-from nvfabric.vnet.nftables import Nft
+from nvfabric.vnet.nftables import Nft, NftError
+from nvfabric.vnet.portsecurity import PortSecurity
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class Agent:
         self.desired: dict[str, frozenset[KernelObject]] = {}  # by partition, as last swapped in: what trace follows
         self._everything = True  # the next reconcile builds every routing domain (start, resync, error)
         self._filters = Filters(Nft(config.netns))
+        # port security on the VM ports (vnet/portsecurity.py): written before a new port is routed, read
+        # back at start and adopted, so a restart never leaves a port unguarded
+        self._port_security = PortSecurity(Nft(config.netns))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,6 +193,15 @@ class Agent:
             await self._commit(View(catalog, self._view.tables, mobility), f"port {name}",
                                {domain_of(self._view.catalog, port.vsid)} - {None})
 
+    async def port_drops(self) -> dict[str, dict[str, int]]:
+        """Packets port security dropped so far, by port name and reason (vnet.portsecurity.REASONS); a
+        guarded port that dropped nothing has zeros, an unguarded one is absent."""
+        if not self._started:
+            return {}
+        by_interface = await self._port_security.drops()
+        return {p.name: by_interface[p.interface] for p in self._view.catalog.ports.values()
+                if p.port_security and p.interface in by_interface}
+
     def lookup_records(self) -> list[LookupRecord]:
         return list(self._learned_state.records)
 
@@ -247,9 +260,13 @@ class Agent:
         """Program, persist, swap, announce; on a kernel refusal revert the kernel and raise."""
         if not self._started or self._reconciler is None:
             raise NotStarted(f"{what}: the agent is not running")
+        if view.catalog.ports != self._view.catalog.ports:
+            await self._guard_ports(view, what)  # before the port is routed: never a moment unguarded
         desired, learned = self._compute(view, dirty)
         outcome = await self._reconcile(desired)
         if not outcome.ok:
+            with contextlib.suppress(NftError):  # (a refusal here is retried by the next sync)
+                await self._port_security.apply(self._view.catalog.ports.values())
             await self._reconciler.revert(outcome.applied)
             # the same partitions as they were (the revert makes this a full pass: the kernel is read back)
             back, _ = self._compute(self._view, set(desired.partitions) - {GLOBAL})
@@ -263,9 +280,22 @@ class Agent:
         await self._update_vrf_marks()
         await self._announce()
 
+    async def _guard_ports(self, view: View, what: str) -> None:
+        try:
+            await self._port_security.apply(view.catalog.ports.values())
+        except NftError as exc:
+            raise KernelError(what, (str(exc),)) from None
+
     async def _sync_locked(self) -> None:
         """Follow BGP: mobility decisions, then desired -> kernel, GRE filter, announcements."""
         view = self._view
+        if self._everything:
+            self._port_security.invalidate()  # start and resync: read the kernel back, repair any drift
+        try:
+            await self._port_security.apply(view.catalog.ports.values())
+        except NftError as exc:
+            log.warning("%s", exc)
+            self._dirty.set()
         remote = learn.remote_macs(self._learned(), self.config.provider_addresses)
         mobility = follow_remote(view.mobility, remote, self.config.next_hop, time.monotonic())
         if mobility is not view.mobility:

@@ -82,14 +82,17 @@ async def delete_routing_domain(request: web.Request) -> web.Response:
 
 async def list_ports(request: web.Request) -> web.Response:
     agent = _agent(request)
+    drops = await agent.port_drops()
     catalog, records = agent.catalog, agent.lookup_records()
-    return web.json_response({"ports": [views.port(p, catalog, records) for _, p in sorted(catalog.ports.items())]})
+    return web.json_response({"ports": [views.port(p, catalog, records, drops)
+                                        for _, p in sorted(catalog.ports.items())]})
 
 
 async def get_port(request: web.Request) -> web.Response:
     agent = _agent(request)
     port = agent.catalog.port(request.match_info["name"])
-    return web.json_response(views.port(port, agent.catalog, agent.lookup_records()))
+    drops = await agent.port_drops()
+    return web.json_response(views.port(port, agent.catalog, agent.lookup_records(), drops))
 
 
 async def put_port(request: web.Request) -> web.Response:
@@ -145,13 +148,17 @@ async def provider_addresses(request: web.Request) -> web.Response:
 
 async def trace_packet(request: web.Request) -> web.Response:
     """HNV's Select-NetVirtualizationNextHop, with the reason when the packet is dropped."""
-    params = query(request, ("routing_domain", "src", "dst"))
+    params = query(request, ("routing_domain", "src", "dst", "port"))
     for required in ("routing_domain", "src", "dst"):
         if required not in params:
             raise ModelError(required, None, "required query parameter")
     src, dst = check_address(params["src"], "src"), check_address(params["dst"], "dst")
     agent = _agent(request)
-    result = trace(agent.catalog, agent.lookup_records(), agent.desired, params["routing_domain"], src, dst)
+    # `port`: the packet enters by this local port (what its VM sends, whatever its source): port security
+    # decides first
+    drops = await agent.port_drops() if "port" in params else None
+    result = trace(agent.catalog, agent.lookup_records(), agent.desired, params["routing_domain"], src, dst,
+                   port=params.get("port"), drops=drops)
     return web.json_response(views.trace(result))
 
 
@@ -160,7 +167,9 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(_agent(request).registry)
+    agent = _agent(request)
+    agent.metrics.port_security(await agent.port_drops())  # the kernel's counters, read at scrape time
+    body = generate_latest(agent.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -58,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParse
     p.add_argument("routing_domain")
     p.add_argument("src")
     p.add_argument("dst")
+    p.add_argument("--port", help="the packet is sent by this local port's VM (port security decides first)")
     leaf("status", "the agent's status: BGP sessions, sync, last reconcile", _status)
 
     domain = sub.add_parser("routing-domain", help="get, put or delete one routing domain")
@@ -85,6 +86,10 @@ def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParse
     p.add_argument("--vsid")
     p.add_argument("--address", action="append", dest="addresses", metavar="CA", help="repeat for several")
     p.add_argument("--mtu")
+    p.add_argument("--no-port-security", dest="port_security", action="store_false", default=None,
+                   help="turn port security off for this port (on by default)")
+    p.add_argument("--allowed-address", action="append", dest="allowed_addresses", metavar="PREFIX",
+                   help="another source the VM may send from (e.g. an appliance's prefix); repeat for several")
     leaf("delete", "delete a port", _delete("ports"), port_sub).add_argument("name")
     return sub, common
 
@@ -112,10 +117,23 @@ _NO_SUBNET = {"vsid": "-", "prefixes": [], "gateways": []}
 def _list_ports(client: Client, args: argparse.Namespace) -> None:
     _, body = client.request("GET", "/v1/ports")
     show(args, body, lambda: table(
-        "ports", ["name", "interface", "MAC", "VSID", "routing domain", "addresses", "MTU", "active"],
+        "ports", ["name", "interface", "MAC", "VSID", "routing domain", "addresses", "MTU", "active",
+                  "port security", "dropped"],
         [[p["name"], p["interface"], p["mac"], str(p["vsid"]), p["status"]["routing_domain"] or "-",
-          " ".join(p["addresses"]), str(p.get("mtu") or "-"), "yes" if p["status"]["active"] else "no"]
+          " ".join(p["addresses"]), str(p.get("mtu") or "-"), "yes" if p["status"]["active"] else "no",
+          _port_security(p), _dropped(p["status"].get("port_security_drops"))]
          for p in body["ports"]]))
+
+
+def _port_security(p: dict[str, Any]) -> str:
+    if not p.get("port_security", True):
+        return "off"
+    return " ".join(["on", *(f"+{a}" for a in p.get("allowed_addresses", []))])
+
+
+def _dropped(drops: dict[str, int] | None) -> str:
+    """Only the reasons that dropped something: `spoofed-source=3 dhcp-guard=1`, or `-`."""
+    return " ".join(f"{reason}={n}" for reason, n in sorted((drops or {}).items()) if n) or "-"
 
 
 def _lookup_records(client: Client, args: argparse.Namespace) -> None:
@@ -145,11 +163,14 @@ def _provider_addresses(client: Client, args: argparse.Namespace) -> None:
 
 
 def _trace(client: Client, args: argparse.Namespace) -> None:
-    _, body = client.request("GET", "/v1/trace",
-                             query={"routing_domain": args.routing_domain, "src": args.src, "dst": args.dst})
+    query = {"routing_domain": args.routing_domain, "src": args.src, "dst": args.dst}
+    if args.port:
+        query["port"] = args.port
+    _, body = client.request("GET", "/v1/trace", query=query)
     fields = [("verdict", body["verdict"]), ("reason", body["reason"]), ("VSID", body["vsid"]),
               ("GRE key", body["gre_key"]), ("PA", body["pa"]), ("MAC", body["mac"]), ("device", body["device"]),
-              ("route", body["route"]), ("enters by", body["ingress"]), ("source VSID", body["src_vsid"])]
+              ("route", body["route"]), ("enters by", body["ingress"]), ("source VSID", body["src_vsid"]),
+              ("dropped so far", body.get("drops"))]
     show(args, body, lambda: table(f"trace {body['routing_domain']}: {body['src']} -> {body['dst']}",
                                      ["", ""], [[k, "-" if v is None else str(v)] for k, v in fields]))
 
@@ -197,7 +218,7 @@ def _put_routing_domain(client: Client, args: argparse.Namespace) -> None:
 
 def _put_port(client: Client, args: argparse.Namespace) -> None:
     body = file_body(args.file)
-    for key in ("interface", "mac", "addresses"):
+    for key in ("interface", "mac", "addresses", "port_security", "allowed_addresses"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     for key in ("vsid", "mtu"):

@@ -3,9 +3,11 @@ in the tests and the lab)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from nvfabric.vnet.model import LookupRecord
 from nvfabric.vnet.reconcile import Outcome
@@ -24,6 +26,8 @@ class AgentMetrics:
         frozen = Gauge("nvfabric_agent_mobility_frozen_macs", "MACs frozen now (RFC 7432 15.1 duplicate detection)",
                        registry=self.registry)
         frozen.set_function(frozen_macs)
+        self._port_drops = PortSecurityDrops()
+        self.registry.register(self._port_drops)
 
     def reconciled(self, outcome: Outcome) -> None:
         for action, n in outcome.counts.items():
@@ -32,6 +36,10 @@ class AgentMetrics:
         if outcome.errors:
             self._errors.inc(len(outcome.errors))
         self._held.set(outcome.held)
+
+    def port_security(self, drops: Mapping[str, Mapping[str, int]]) -> None:
+        """The kernel's per-port, per-reason drop counters (Agent.port_drops), as read now."""
+        self._port_drops.drops = {port: dict(reasons) for port, reasons in drops.items()}
 
     def session(self, reflector: str, established: bool) -> None:
         self._up.labels(reflector).set(1 if established else 0)
@@ -43,3 +51,19 @@ class AgentMetrics:
         self._ports.set(ports)
         self._records.labels("local").set(local)
         self._records.labels("remote").set(remote)
+
+
+class PortSecurityDrops(Collector):
+    """`nvfabric_port_security_drops_total{port,reason}`: the kernel counts (nftables named counters), the
+    agent only reports them; a port's counters restart from 0 when its table is rebuilt."""
+
+    def __init__(self) -> None:
+        self.drops: dict[str, dict[str, int]] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("nvfabric_port_security_drops", "packets port security dropped on a VM port",
+                                     labels=["port", "reason"])
+        for port, reasons in sorted(self.drops.items()):
+            for reason, packets in sorted(reasons.items()):
+                family.add_metric([port, reason], packets)
+        yield family

@@ -34,6 +34,7 @@ from nvfabric.vnet.kernel.objects import (
     Vrf,
 )
 from nvfabric.vnet.model import Address, LookupRecord, Port, RoutingDomain
+from nvfabric.vnet.portsecurity import SPOOFED_SOURCE, networks
 
 
 class Verdict(enum.StrEnum):
@@ -56,6 +57,7 @@ class Trace:
     route: str | None = None  # the route that decided, in `ip route` words
     src_vsid: int | None = None
     ingress: str | None = None  # where the packet enters: the source's port, or the NVGRE device
+    drops: int | None = None  # dropped by port security: the packets its port's counter for that reason has
 
 
 Route = LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute
@@ -109,11 +111,16 @@ def trace(
     routing_domain: str,
     src: Address,
     dst: Address,
+    port: str | None = None,
+    drops: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Trace:
     """`desired`: the desired objects by partition (vnet.desired's `Desired.partitions`, or the agent's last
-    reconciled ones): GLOBAL and the routing domain's are read.
-    Raises vnet.catalog.NotFound for an unknown routing domain; every other outcome is a Trace."""
+    reconciled ones): GLOBAL and the routing domain's are read. `port`: the packet is sent by that local
+    port's VM, whatever its source (else it enters where its source is); port security decides first, and
+    `drops` (packets dropped by port name and reason, Agent.port_drops) gives the counter it goes to.
+    Raises vnet.catalog.NotFound for an unknown routing domain or port; every other outcome is a Trace."""
     domain = catalog.routing_domain(routing_domain)
+    sender = catalog.port(port) if port is not None else None
     table = Table.of(desired, domain.name)
     devices = table.devices if table is not None else {}
     records = list(records)
@@ -128,7 +135,18 @@ def trace(
         return Trace(domain.name, src, dst, Verdict.DROPPED, reason, route=route, src_vsid=src_vsid, ingress=ingress)
 
     # Where the packet enters: a local port (the VM sends it) or the NVGRE device (another host sent it).
-    if src in local:
+    if sender is not None:
+        found = catalog.subnet(sender.vsid)
+        if found is None or found[0].name != domain.name:
+            return dropped(f"port {sender.name} is not in routing domain {domain.name}")
+        if sender.port_security and not _may_send(sender, src):
+            count = (drops or {}).get(sender.name, {}).get(SPOOFED_SOURCE)
+            return Trace(domain.name, src, dst, Verdict.DROPPED,
+                         f"port security, spoofed source: {src} is not an address of port {sender.name} (its CAs, "
+                         f"allowed_addresses and IPv6 link-local; nftables counter {SPOOFED_SOURCE} of "
+                         f"{sender.interface})", src_vsid=sender.vsid, ingress=sender.interface, drops=count)
+        src_vsid, ingress = sender.vsid, sender.interface
+    elif src in local:
         src_vsid, ingress = local[src].vsid, local[src].interface
     elif (configured := catalog.port_with(domain.name, src)) is not None:
         return dropped(f"source port {configured.name} is configured but not active on this host "
@@ -170,7 +188,7 @@ def trace(
                          f"{port.name if port else route.dev}{note}", port, route.dev,
                          f"{route.prefix} via {route.via} dev {route.dev}")
     if isinstance(route, EncapRoute):
-        relayed = "" if src in local else f" (relayed: {src} is not on this host)"
+        relayed = "" if src in local or sender is not None else f" (relayed: {src} is not on this host)"
         why, mac = _encapsulated_because(domain, remote, dst, route)
         encap = "ip" if route.pa_family == 4 else "ip6"
         words = (f"{route.prefix} encap {encap} id {route.tun_id} dst {route.pa} key via {route.via} dev "
@@ -229,6 +247,12 @@ def _absent(domain: RoutingDomain, table: Table, remote: Mapping[Address, Lookup
     if missing is not None:
         note += f" (customer route {missing.prefix}: its next hop {missing.next_hop} is not a known CA)"
     return note
+
+
+def _may_send(port: Port, src: Address) -> bool:
+    """vnet/portsecurity.py's rule for a source address (the MAC is the port's own in a trace)."""
+    v4, v6 = networks(port)
+    return any(src in n for n in (v4 if src.version == 4 else v6))
 
 
 def _gateway_of(domain: RoutingDomain, address: Address) -> int | None:

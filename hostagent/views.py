@@ -7,6 +7,7 @@ read-only `status` object that PUT ignores, as Kubernetes does with spec and sta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from nvfabric.hostagent.state import port_to_dict, routing_domain_to_dict
@@ -24,11 +25,16 @@ def routing_domain(domain: RoutingDomain, catalog: Catalog) -> dict[str, Any]:
     return {**routing_domain_to_dict(domain), STATUS: {"vrf": vrf_name(domain.name), "ports": ports}}
 
 
-def port(p: Port, catalog: Catalog, records: list[LookupRecord]) -> dict[str, Any]:
+def port(p: Port, catalog: Catalog, records: list[LookupRecord],
+         drops: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Any]:
+    """`drops`: packets port security dropped, by port name and reason (Agent.port_drops)."""
     found = catalog.subnet(p.vsid)
     # active: this host routes the port (it has a local record); inactive after its MAC moved elsewhere
     active = any(r.local and r.port == p.name for r in records)
-    return {**port_to_dict(p), STATUS: {"routing_domain": found[0].name if found else None, "active": active}}
+    # null when the port is not guarded (port_security false) or its counters are not there yet
+    dropped = dict((drops or {}).get(p.name, {})) or None
+    return {**port_to_dict(p), STATUS: {"routing_domain": found[0].name if found else None, "active": active,
+                                        "port_security_drops": dropped}}
 
 
 def lookup_record(r: LookupRecord) -> dict[str, Any]:
@@ -61,4 +67,4 @@ def trace(t: Trace) -> dict[str, Any]:
     return {"routing_domain": t.routing_domain, "src": str(t.src), "dst": str(t.dst), "verdict": str(t.verdict),
             "reason": t.reason, "vsid": t.vsid, "gre_key": t.vsid << 8 if t.vsid is not None else None,
             "pa": str(t.pa) if t.pa is not None else None, "mac": t.mac, "device": t.device, "route": t.route,
-            "src_vsid": t.src_vsid, "ingress": t.ingress}
+            "src_vsid": t.src_vsid, "ingress": t.ingress, "drops": t.drops}

@@ -39,7 +39,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from nvfabric.vnet.model import Network, Port
+from nvfabric.vnet.model import Address, Network, Port
 from nvfabric.vnet.nftables import Nft, NftError
 
 TABLE = "nvfabric-ports"
@@ -112,33 +112,54 @@ class Elements:
 
 
 def networks(port: Port) -> tuple[tuple[Network, ...], tuple[Network, ...]]:
-    """The port's IPv4 and IPv6 sources, collapsed (nft refuses overlapping intervals in one set: a CA inside
-    an allowed prefix is covered by it)."""
-    nets = [ipaddress.ip_network(a) for a in port.addresses] + list(port.allowed_addresses) + [LINK_LOCAL]
-    v4 = tuple(ipaddress.collapse_addresses(n for n in nets if n.version == 4))
-    v6 = tuple(ipaddress.collapse_addresses(n for n in nets if n.version == 6))
-    return v4, v6
+    """The port's IPv4 and IPv6 sources, without the ones another covers (nft refuses overlapping intervals
+    in one set: a CA inside an allowed prefix is covered by it). Two prefixes are nested or disjoint."""
+    nets = [*(_host(a) for a in port.addresses), *port.allowed_addresses, LINK_LOCAL]
+    kept: list[Network] = []
+    for net in sorted(set(nets), key=lambda n: n.prefixlen):
+        if not any(net.version == k.version and net.subnet_of(k) for k in kept):  # type: ignore[arg-type]
+            kept.append(net)
+    return tuple(n for n in kept if n.version == 4), tuple(n for n in kept if n.version == 6)
+
+
+def _host(address: Address) -> Network:
+    return ipaddress.IPv4Network(address) if address.version == 4 else ipaddress.IPv6Network(address)
+
+
+def port_elements(port: Port) -> Elements:
+    """Pure: one port's elements (none when its port security is off)."""
+    if not port.port_security:
+        return EMPTY
+    i, mac = port.interface, str(port.mac)
+    v4, v6 = networks(port)
+    arp = v4 if any(UNSPECIFIED4.subnet_of(n) for n in v4) else (UNSPECIFIED4, *v4)
+    return Elements({
+        ("inet", "guarded"): frozenset({(i,)}),
+        ("arp", "guarded"): frozenset({(i,)}),
+        ("inet", "macs"): frozenset({(i, mac)}),
+        ("inet", "src4"): frozenset((i, mac, n) for n in v4),
+        ("inet", "src6"): frozenset((i, mac, n) for n in v6),
+        ("inet", "nd6"): frozenset((i, mac, n) for n in v6),
+        ("arp", "arp4"): frozenset((i, mac, n) for n in arp),
+    }, frozenset((i, reason) for reason in REASONS))
+
+
+def union(parts: Iterable[Elements]) -> Elements:
+    sets: dict[tuple[str, str], set[Key]] = {name: set() for name in _SETS}
+    counters: set[tuple[str, str]] = set()
+    for part in parts:
+        for name, keys in part.sets.items():
+            sets[name].update(keys)
+        counters.update(part.counters)
+    return Elements({k: frozenset(v) for k, v in sets.items()}, frozenset(counters))
 
 
 def elements(ports: Iterable[Port]) -> Elements:
     """Pure: the elements of the guarded ports (port_security true)."""
-    sets: dict[tuple[str, str], set[Key]] = {name: set() for name in _SETS}
-    counters: set[tuple[str, str]] = set()
-    for port in ports:
-        if not port.port_security:
-            continue
-        i, mac = port.interface, str(port.mac)
-        v4, v6 = networks(port)
-        sets["inet", "guarded"].add((i,))
-        sets["arp", "guarded"].add((i,))
-        sets["inet", "macs"].add((i, mac))
-        sets["inet", "src4"].update((i, mac, n) for n in v4)
-        sets["inet", "src6"].update((i, mac, n) for n in v6)
-        sets["inet", "nd6"].update((i, mac, n) for n in v6)
-        arp = ipaddress.collapse_addresses([*v4, UNSPECIFIED4])
-        sets["arp", "arp4"].update((i, mac, n) for n in arp)
-        counters.update((i, reason) for reason in REASONS)
-    return Elements({k: frozenset(v) for k, v in sets.items()}, frozenset(counters))
+    return union(port_elements(p) for p in ports)
+
+
+EMPTY = Elements({}, frozenset())
 
 
 # ------------------------------------------------------------------------------------------ nft's language
@@ -357,7 +378,8 @@ class PortSecurity:
 
     def __init__(self, nft: Nft) -> None:
         self.nft = nft
-        self.applied: Elements | None = None
+        self._known = False  # False: what the kernel has is not known (read it back before writing)
+        self._ports: dict[str, Port] = {}  # the guarded ports last written, by interface
         self.last_size = 0  # elements (and counters) written by the last transaction: for tests and benchmarks
 
     async def read(self) -> Elements | None:
@@ -375,24 +397,33 @@ class PortSecurity:
 
     def invalidate(self) -> None:
         """Read the kernel back before the next write (a periodic resync repairs drift this way)."""
-        self.applied = None
+        self._known = False
 
     async def apply(self, ports: Iterable[Port]) -> int:
         """Make the kernel match `ports`; returns the number of elements written (0: nothing to do).
-        NftError when nft refuses (nothing was changed: one transaction); the next call reads back."""
-        want = elements(ports)
-        have = self.applied if self.applied is not None else await self.read()
-        if have is None:
-            text, size = ruleset(want), want.size()
+        NftError when nft refuses (nothing was changed: one transaction); the next call reads back.
+        Once the kernel is known, only the ports that differ from the last call are looked at beyond one
+        comparison each: a change costs that port's elements, in time and in the transaction."""
+        want = {p.interface: p for p in ports if p.port_security}
+        if not self._known:
+            have = await self.read()
+            new = elements(want.values())
+            text = ruleset(new) if have is None else changes(have, new)
+            size = new.size() if have is None else _delta(have, new)
         else:
-            text, size = changes(have, want), _delta(have, want)
+            touched = [i for i in self._ports.keys() | want.keys()
+                       if self._ports.get(i) is not want.get(i) and self._ports.get(i) != want.get(i)]
+            before = elements(self._ports[i] for i in touched if i in self._ports)
+            after = elements(want[i] for i in touched if i in want)
+            text, size = changes(before, after), _delta(before, after)
         if text is not None:
             try:
                 await self.nft.script("port security", text)
             except NftError:
-                self.applied = None
+                self._known = False
                 raise
-        self.applied = want
+        self._known = True
+        self._ports = want
         self.last_size = size
         return size
 

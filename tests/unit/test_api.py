@@ -306,8 +306,9 @@ async def test_reads(client):
                                 "gateways": ["10.1.0.1", "fd00:b::1"]}]
     assert blue["status"] == {"vrf": "nvf-blue", "ports": ["vm1"]}
     port = await expect(await client.get("/v1/ports/vm1", headers=AUTH), 200)
-    assert {k: v for k, v in port.items() if k != "status"} == VM1
-    assert port["status"] == {"routing_domain": "blue", "active": False}  # no local record before start()
+    assert {k: v for k, v in port.items() if k != "status"} == {**VM1, "port_security": True, "allowed_addresses": []}
+    # no local record before start(), nor port-security counters
+    assert port["status"] == {"routing_domain": "blue", "active": False, "port_security_drops": None}
     ports = await expect(await client.get("/v1/ports", headers=AUTH), 200)
     assert [p["name"] for p in ports["ports"]] == ["vm1"]
     records = await expect(await client.get("/v1/lookup-records?routing_domain=blue&vsid=5001&ca=10.1.0.10",
@@ -336,6 +337,23 @@ async def test_trace_answers_even_when_the_packet_is_dropped(client):
                                          headers=AUTH), 200)
     assert body["verdict"] == "dropped" and body["reason"].startswith("source not a CA of routing domain blue")
     assert set(body) >= {"vsid", "pa", "mac", "device", "route", "gre_key"}
+
+
+async def test_trace_from_a_port_with_a_source_not_its_own_is_dropped_by_port_security(client, agent, monkeypatch):
+    async def drops():
+        return {"vm1": {"spoofed-source": 6}}
+
+    monkeypatch.setattr(agent, "port_drops", drops)
+    body = await expect(await client.get("/v1/trace?routing_domain=blue&src=10.1.0.99&dst=10.1.0.10&port=vm1",
+                                         headers=AUTH), 200)
+    assert body["verdict"] == "dropped" and body["reason"].startswith("port security, spoofed source")
+    assert (body["ingress"], body["drops"]) == ("tap1", 6)
+    await expect(await client.get("/v1/trace?routing_domain=blue&src=10.1.0.99&dst=10.1.0.10&port=vm9",
+                                  headers=AUTH), 404, "not-found")
+    metrics = await (await client.get("/metrics")).text()
+    assert 'nvfabric_port_security_drops_total{port="vm1",reason="spoofed-source"} 6.0' in metrics
+    port = await expect(await client.get("/v1/ports/vm1", headers=AUTH), 200)
+    assert port["status"]["port_security_drops"] == {"spoofed-source": 6}
 
 
 async def test_a_change_the_kernel_refused_is_422_with_the_kernel_words(client, agent, monkeypatch):

@@ -37,6 +37,7 @@ async def test_tables_by_default(api, capsys):
     assert "blue" in out and "5001" in out and "10.1.0.0/24 fd00:b::/64" in out and "nvf-blue" in out
     status, out, _ = await ctl(capsys, "ports", "--api", api, "--token", TOKEN)  # options after the subcommand
     assert status == 0 and "vm1" in out and "02:00:00:00:01:01" in out and "tap1" in out
+    assert "port security" in out and " on " in out
 
 
 async def test_json_output_is_the_api_body(api, capsys, monkeypatch):
@@ -45,7 +46,7 @@ async def test_json_output_is_the_api_body(api, capsys, monkeypatch):
     status, out, _ = await ctl(capsys, "-o", "json", "port", "get", "vm1")
     assert status == 0
     body = json.loads(out)
-    assert {k: v for k, v in body.items() if k != "status"} == VM1
+    assert {k: v for k, v in body.items() if k != "status"} == {**VM1, "port_security": True, "allowed_addresses": []}
     status, out, _ = await ctl(capsys, "provider-addresses", "-o", "json")
     assert json.loads(out)["provider_addresses"][0] == {"address": "198.51.100.11", "next_hop": True}
 
@@ -56,6 +57,10 @@ async def test_a_refusal_prints_the_api_message_and_exits_1(api, capsys):
     assert status == 1 and out == ""
     assert err.strip() == ("nvfabric ctl: PUT /v1/ports/vm9: 400 invalid: addresses[0]: is not an IPv4 or IPv6 "
                            "address (got '10.1.0.300')")
+    status, _, err = await ctl(capsys, "--api", api, "--token", TOKEN, "port", "put", "vm9", "--interface", "tap9",
+                               "--mac", "02:00:00:00:09:09", "--vsid", "5001", "--address", "10.1.0.9",
+                               "--no-port-security", "--allowed-address", "10.9.0.1/24")
+    assert status == 1 and "400 invalid: allowed_addresses[0]: is not a network prefix" in err and "host bits" in err
     status, _, err = await ctl(capsys, "--api", api, "--token", TOKEN, "port", "delete", "nope")
     assert status == 1 and "404 not-found: no port named 'nope'" in err
     status, _, err = await ctl(capsys, "--api", api, "--token", TOKEN, "routing-domain", "delete", "blue")

@@ -3,6 +3,7 @@ change writes only the changed port's elements, whatever the number of ports."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 
@@ -67,3 +68,30 @@ def test_the_whole_table_replaces_in_one_transaction_and_renders_the_na_target_a
     assert '"tap1" . 02:00:00:01:00:01 . 0xfd00000b000000000000000000010010' in text
     assert "0xfe800000000000000000000000000000-0xfe80000000000000ffffffffffffffff" in text
     assert f'comment "{ps.LAYOUT}"' in text
+
+
+class FakeNft:
+    """Records the transactions; the kernel starts without our tables."""
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+
+    async def script(self, what: str, text: str) -> None:
+        self.scripts.append(text)
+
+    async def list_json(self, *args: str) -> dict:
+        raise ps.NftError("list", "No such file or directory")
+
+
+def test_the_applier_writes_the_whole_table_once_then_one_ports_elements_per_attach() -> None:
+    nft = FakeNft()
+    guard = ps.PortSecurity(nft)  # type: ignore[arg-type]
+    ports = [port(i) for i in range(1000)]
+    assert asyncio.run(guard.apply(ports)) == ps.elements(ports).size()
+    assert nft.scripts[0].startswith("add table inet nvfabric-ports\ndelete table")
+    one = ps.port_elements(port(1000)).size()
+    assert asyncio.run(guard.apply([*ports, port(1000)])) == one
+    assert "tap999" not in nft.scripts[1] and "tap1000" in nft.scripts[1]
+    assert asyncio.run(guard.apply([*ports, port(1000)])) == 0 and len(nft.scripts) == 2  # nothing to do
+    assert asyncio.run(guard.apply(ports)) == one  # detached
+    assert all("tap1000" in ln and ln.startswith("delete") for ln in lines(nft.scripts[2]))

@@ -344,3 +344,29 @@ def test_an_ipv6_gateway_is_answered_only_where_a_port_of_its_subnet_is():
     moved = [r for r in RECORDS if r.port != "vm1"]
     t = run("blue", "fd00:b::20", "fd00:b::1", moved)
     assert t.verdict is Verdict.DROPPED and t.reason.endswith("(fd00:b::1 is the gateway of VSID 5001)")
+
+
+def _sent_by(port: str, src: str, dst: str, catalog=CATALOG, drops=None):
+    return trace(catalog, RECORDS, desired(catalog).partitions, "blue", ip_address(src), ip_address(dst),
+                 port=port, drops=drops)
+
+
+def test_a_port_sending_from_an_address_not_its_own_is_dropped_by_port_security_with_its_counter():
+    drops = {"vm1": {"spoofed-source": 4, "dhcp-guard": 0}}
+    for spoofed in ("10.1.0.99", "10.2.0.10", "fd00:b::99"):  # nobody's, another local VM's, IPv6
+        t = _sent_by("vm1", spoofed, "10.1.0.20" if "." in spoofed else "fd00:b::20", drops=drops)
+        assert t.verdict is Verdict.DROPPED and t.reason.startswith("port security, spoofed source"), t
+        assert (t.ingress, t.drops) == ("tap1", 4)
+    # its own CA, its link-local: on as usual
+    assert _sent_by("vm1", "10.1.0.10", "10.1.0.20").verdict is Verdict.FORWARDED
+    assert _sent_by("vm1", "fe80::1234", "fd00:b::20").verdict is Verdict.FORWARDED
+    # an allowed address (an appliance's prefix), and any source when port security is off
+    appliance = Port.from_dict({**VM1.to_dict(), "allowed_addresses": ["192.168.50.0/24"]})
+    open_port = Port.from_dict({**VM1.to_dict(), "port_security": False})
+    for port, src in ((appliance, "192.168.50.7"), (open_port, "10.1.0.99")):
+        catalog = Catalog.build({"blue": BLUE, "red": RED}, {"vm1": port, "vm2": VM2, "vm3": VM3})
+        t = _sent_by("vm1", src, "10.1.0.20", catalog)
+        assert (t.verdict, t.ingress, t.src_vsid) == (Verdict.FORWARDED, "tap1", 5001), t
+    with pytest.raises(NotFound):
+        _sent_by("nope", "10.1.0.10", "10.1.0.20")
+    assert "not in routing domain blue" in _sent_by("vm3", "10.1.0.10", "10.1.0.20").reason
