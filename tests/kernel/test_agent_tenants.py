@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import dataclasses
+import json
 import re
 import signal
 import subprocess
@@ -19,12 +20,15 @@ import pytest
 import yaml
 
 from nvfabric.lab.fabric import Fabric, HV, VMS, agent_config, check, wait_for
-from nvfabric.lab import netns, runner
+from nvfabric.lab import netns, runner, spoof
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
 from tests.kernel.test_vnet_dataplane import _gre_keys
 from nvfabric.vnet.errors import KernelError, ModelError
 from nvfabric.vnet.model import CustomerRoute, Port
+from nvfabric.vnet import portsecurity
+from nvfabric.hostagent.trace import Verdict, trace
+from prometheus_client import generate_latest
 
 pytestmark = pytest.mark.kernel
 NVFABRIC = str(Path(sys.executable).parent / "nvfabric")
@@ -129,6 +133,141 @@ def test_gre_is_accepted_only_from_learned_provider_addresses(fabric):
     for pa in ("198.51.100.12", "198.51.100.13"):
         assert pa in rules, rules
     assert "198.51.100.100" not in rules and "198.51.100.21" not in rules
+
+
+class Attacker:
+    """b1 (on hv1) as a hostile VM: frames crafted in its namespace (lab/spoof.py) to hv1's port, receivers on
+    the victims b2 (hv2) and b3 (hv3). `settle` sends b1's own pings to both and waits for them: every frame
+    sent before was judged by then (no sleeps)."""
+
+    def __init__(self, fabric: Fabric) -> None:
+        self.fabric = fabric
+        self.mac = VM["b1"].mac
+        self.tap_mac = netns.run(["ip", "-n", fabric.ns("hv1"), "-br", "link", "show", "tap-b1"]).output.split()[2]
+        self.rx = {v: spoof.Receiver(fabric.vm_ns[v], "eth0") for v in ("b2", "b3")}
+        self.seq = 100
+
+    def send(self, *frames: bytes) -> None:
+        spoof.send(self.fabric.vm_ns["b1"], "eth0", *frames)
+
+    def settle(self) -> None:
+        for victim, ca in (("b2", "10.0.0.12"), ("b3", "10.0.1.13")):
+            self.seq += 1
+            self.send(spoof.ping4(self.mac, self.tap_mac, "10.0.0.11", ca, self.seq))
+            assert self.rx[victim].wait(_pair("10.0.0.11", ca), 30), f"b1's own ping did not reach {victim}"
+
+    def arrived(self, src: str, dst: str) -> list[str]:
+        """The victims that received a packet from `src` to `dst`."""
+        return [v for v, rx in self.rx.items() if rx.seen(_pair(src, dst))]
+
+    def drops(self) -> dict[str, int]:
+        return self.fabric.agents["hv1"].call(lambda a: a.port_drops()).get("b1", {})
+
+    def close(self) -> None:
+        for rx in self.rx.values():
+            rx.close()
+
+
+def _pair(src: str, dst: str) -> bytes:
+    return ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed
+
+
+@pytest.fixture
+def attacker(fabric):
+    a = Attacker(fabric)
+    try:
+        a.settle()
+        yield a
+    finally:
+        a.close()
+
+
+def test_port_security_drops_spoofed_sources_arp_na_dhcp_offers_and_router_advertisements(fabric, attacker):
+    a = attacker
+    before = a.drops()
+    assert set(before) == set(portsecurity.REASONS), before
+    a.send(spoof.ping4(a.mac, a.tap_mac, "10.0.0.99", "10.0.0.12"),  # nobody's address, to b2
+           spoof.ping4(a.mac, a.tap_mac, "10.0.0.12", "10.0.1.13"),  # b2's own CA, to b3
+           spoof.ping6(a.mac, a.tap_mac, "fd00:b::99", "fd00:b::12"),
+           spoof.arp(a.mac, "10.0.0.12", "10.0.0.1"),  # ARP claiming b2's address
+           spoof.neighbor_advert(a.mac, "fd00:b::11", "fd00:b::12"),  # NA for b2's address
+           spoof.dhcp_offer(a.mac, a.tap_mac, "10.0.0.11", "10.0.0.12", "10.0.0.77"),  # a rogue DHCP server
+           spoof.router_advert(a.mac, a.tap_mac, "fd00:b::11", "fd00:b::12"))  # a rogue router
+    a.settle()
+    arrived = {f"{src} -> {dst}": a.arrived(src, dst) for src, dst in (
+        ("10.0.0.99", "10.0.0.12"), ("10.0.0.12", "10.0.1.13"), ("fd00:b::99", "fd00:b::12"))}
+    offers = [f for f in a.rx["b2"].frames if f[12:14] == b"\x08\x00" and f[23] == 17 and f[34:36] == b"\x00\x43"]
+    adverts = [f for f in a.rx["b2"].frames if f[12:14] == b"\x86\xdd" and f[20] == 58 and f[54] == 134]
+    after = a.drops()
+    delta = {reason: after[reason] - before[reason] for reason in portsecurity.REASONS}
+    neighbours = netns.run(["ip", "-n", fabric.ns("hv1"), "neigh", "show", "dev", "tap-b1"]).output
+    report(f"port security on hv1's tap-b1, b1 attacking: arrived {arrived}, DHCP offers at b2 {len(offers)}, "
+           f"router advertisements at b2 {len(adverts)}; counters went up by {delta}")
+    assert not any(arrived.values()) and not offers and not adverts
+    assert delta == {"spoofed-source": 3, "spoofed-arp": 1, "spoofed-nd": 1, "dhcp-guard": 1, "router-guard": 1}
+    assert not re.search(r"^10\.0\.0\.12 .*02:00:00:00:0b:01", neighbours, re.M), neighbours
+    # the same counters in /metrics and in trace
+    metrics = fabric.agents["hv1"].call(_scrape)
+    assert f'nvfabric_port_security_drops_total{{port="b1",reason="spoofed-source"}} {after["spoofed-source"]}.0' \
+        in metrics
+    hv1 = fabric.agents["hv1"]
+    t = hv1.read(lambda ag: trace(ag.catalog, ag.lookup_records(), ag.desired, "blue", ipaddress.ip_address(
+        "10.0.0.99"), ipaddress.ip_address("10.0.0.12"), port="b1", drops={"b1": after}))
+    assert t.verdict is Verdict.DROPPED and t.reason.startswith("port security, spoofed source")
+    assert t.drops == after["spoofed-source"]
+
+
+async def _scrape(agent) -> str:
+    agent.metrics.port_security(await agent.port_drops())
+    return generate_latest(agent.registry).decode()
+
+
+def test_allowed_addresses_send_and_port_security_off_lets_anything_through(fabric, attacker):
+    a = attacker
+    hv1, b1 = fabric.agents["hv1"], VM["b1"].port()
+    try:
+        hv1.call(lambda ag: ag.put_port(dataclasses.replace(
+            b1, allowed_addresses=(ipaddress.ip_network("192.168.60.0/24"),))))
+        a.send(spoof.ping4(a.mac, a.tap_mac, "192.168.60.5", "10.0.0.12"),
+               spoof.ping4(a.mac, a.tap_mac, "192.168.61.5", "10.0.0.12"))
+        a.settle()
+        assert a.arrived("192.168.60.5", "10.0.0.12") == ["b2"] and not a.arrived("192.168.61.5", "10.0.0.12")
+        hv1.call(lambda ag: ag.put_port(dataclasses.replace(b1, port_security=False)))
+        assert "b1" not in hv1.call(lambda ag: ag.port_drops())
+        a.send(spoof.ping4(a.mac, a.tap_mac, "10.0.0.99", "10.0.0.12"))
+        a.settle()
+        assert a.arrived("10.0.0.99", "10.0.0.12") == ["b2"]
+        report("allowed_addresses 192.168.60.0/24 on b1: 192.168.60.5 reached b2, 192.168.61.5 did not; "
+               "port_security false: 10.0.0.99 reached b2")
+    finally:
+        hv1.call(lambda ag: ag.put_port(b1))
+    assert set(hv1.call(lambda ag: ag.port_drops())["b1"]) == set(portsecurity.REASONS)
+
+
+def test_an_agent_restart_keeps_port_security_throughout_and_adopts_the_table(fabric, attacker):
+    a = attacker
+
+    def table_handles() -> dict[str, int]:
+        out = netns.run(["ip", "netns", "exec", fabric.ns("hv1"), "nft", "-j", "-a", "list", "table", "inet",
+                         "nvfabric-ports"]).output
+        items = json.loads(out)["nftables"]
+        return {f"{k}:{i[k].get('name', '')}": i[k]["handle"] for i in items for k in ("table", "chain", "set")
+                if k in i}
+
+    handles = table_handles()
+    before = a.drops()["spoofed-source"]
+    fabric.stop_agent("hv1")
+    try:
+        a.send(spoof.ping4(a.mac, a.tap_mac, "10.0.0.99", "10.0.0.12"))  # while no agent runs
+        a.settle()
+        assert not a.arrived("10.0.0.99", "10.0.0.12")
+    finally:
+        fabric.start_agent("hv1")
+    after = a.drops()["spoofed-source"]
+    assert after == before + 1  # counted while the agent was away, and not reset by its start
+    assert table_handles() == handles  # adopted, not rebuilt
+    report(f"agent restart on hv1: the spoofed packet sent meanwhile dropped and counted ({before} -> {after}), "
+           "the table adopted (same handles)")
 
 
 def test_mtu_df_too_big_gets_frag_needed_and_tcp_moves_10_mb(fabric):
