@@ -347,8 +347,11 @@ def test_a_kernel_refusal_is_reverted_completely(fabric):
 
 def test_customer_route_via_a_vm_on_another_host(fabric):
     """HNV's customer route to an appliance: 192.168.50.0/24 via b3 (10.0.1.13, on hv3), given to every host
-    with the routing domain. hv1 encapsulates to hv3's PA; hv3 routes it to b3's port; red knows nothing."""
+    with the routing domain. hv1 encapsulates to hv3's PA; hv3 routes it to b3's port; red knows nothing.
+    The appliance answers from 192.168.50.1: port security drops that until the prefix is in b3's
+    `allowed_addresses`."""
     b3 = fabric.vm_ns["b3"]
+    hv3 = fabric.agents["hv3"]
     netns.run(["ip", "-n", b3, "addr", "add", "192.168.50.1/32", "dev", "lo"])
     before = fabric.agents["hv1"].read(lambda a: a.catalog.routing_domains["blue"])
     with_route = dataclasses.replace(before, customer_routes=(
@@ -357,6 +360,11 @@ def test_customer_route_via_a_vm_on_another_host(fabric):
         assert not fabric.ping("b1", "192.168.50.1", count=1, wait=1)
         for host in ("hv1", "hv2", "hv3"):
             fabric.agents[host].call(lambda a: a.put_routing_domain(with_route))
+        spoofed = hv3.call(lambda a: a.port_drops())["b3"]["spoofed-source"]
+        assert not fabric.ping("b1", "192.168.50.1", count=1, wait=2)  # the reply's source is not b3's CA
+        assert hv3.call(lambda a: a.port_drops())["b3"]["spoofed-source"] > spoofed
+        hv3.call(lambda a: a.put_port(dataclasses.replace(
+            VM["b3"].port(), allowed_addresses=(ipaddress.ip_network("192.168.50.0/24"),))))
         assert fabric.reaches("b1", "192.168.50.1") and fabric.reaches("b2", "192.168.50.1")
         route = netns.run(["ip", "-n", fabric.ns("hv3"), "route", "show", "vrf", "nvf-blue", "192.168.50.0/24"]).output
         assert "via 10.0.1.13 dev tap-b3" in route, route
@@ -365,6 +373,7 @@ def test_customer_route_via_a_vm_on_another_host(fabric):
     finally:
         for host in ("hv1", "hv2", "hv3"):
             fabric.agents[host].call(lambda a: a.put_routing_domain(before))
+        hv3.call(lambda a: a.put_port(VM["b3"].port()))
         netns.run(["ip", "-n", b3, "addr", "del", "192.168.50.1/32", "dev", "lo"], check=False)
     assert not fabric.ping("b1", "192.168.50.1", count=2, wait=1)  # removed with the route
 
