@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 # Debian packages: the dataplane tools, the BGP peers we interoperate with, and the VM for the kernel
 # phase (qemu, Debian's generic kernel with 9p, busybox for virtme-ng's initramfs, squashfs for Python).
-APT_PACKAGES := iproute2 iputils-ping nftables tcpdump procps kmod bc frr gobgpd \
+APT_PACKAGES := iproute2 iputils-ping nftables tcpdump procps kmod bc frr gobgpd iperf3 \
 	qemu-system-x86 linux-image-amd64 busybox-static squashfs-tools
 
 .PHONY: setup system venv demo test test-host test-kernel bench clean
