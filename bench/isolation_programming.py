@@ -30,9 +30,7 @@ import ipaddress
 import json
 import statistics
 import sys
-import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +43,9 @@ from nvfabric.bgp import wire  # noqa: E402
 from nvfabric.bgp.routes import MacIpRoute  # noqa: E402
 from nvfabric.lab import netns, runner  # noqa: E402
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY  # noqa: E402
+from nvfabric.lab.daemons import LoopThread  # noqa: E402
 from nvfabric.lab.fabric import HV, Fabric  # noqa: E402
 from nvfabric.lab.topology import load  # noqa: E402
-from nvfabric.vnet.kernel.netns import enter_namespace  # noqa: E402
 from nvfabric.vnet.model import Port, RoutingDomain  # noqa: E402
 
 VSID = 7001
@@ -80,25 +78,12 @@ def remote_routes(count: int, pas: int) -> list[MacIpRoute]:
     return out
 
 
-class Injector:
+class Injector(LoopThread):
     """One BGP session to rr1 from hv2's namespace (rr_reflect's counting session), on its own loop thread."""
 
     def __init__(self, ns: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        ready: Future[None] = Future()
-
-        def main() -> None:
-            enter_namespace(ns)
-            asyncio.set_event_loop(self.loop)
-            ready.set_result(None)
-            self.loop.run_forever()
-
-        threading.Thread(target=main, daemon=True).start()
-        ready.result(10)
-        self.peer = self._do(rr_reflect.connect(INJECTOR, INJECTOR, time.monotonic() + 60), 90)
-
-    def _do(self, coro: Any, timeout: float = 60) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        super().__init__(ns)
+        self.peer = self.run(rr_reflect.connect(INJECTOR, INJECTOR, time.monotonic() + 60), 90)
 
     def updates(self, announce: list[MacIpRoute], withdraw: list[MacIpRoute]) -> bytes:
         return b"".join(wire.encode_update(self.peer.negotiated, announce, [r.key for r in withdraw]))
@@ -109,7 +94,7 @@ class Injector:
     def close(self) -> None:
         if self.peer.transport is not None:
             self.loop.call_soon_threadsafe(self.peer.transport.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        super().close()
 
 
 def idle_with(fabric: Fabric, remote: int, timeout: float) -> float:

@@ -95,12 +95,12 @@ class AgentThread:
         self._thread.join(timeout)
 
 
-class GatewayThread:
-    """The gateway on its own loop in a thread inside the gateway namespace (as the daemon runs)."""
+class LoopThread:
+    """An event loop running in a thread inside namespace `ns` until `close()`: whatever runs on it (sockets,
+    netlink) lives in that namespace; coroutines are handed to it with `run`."""
 
-    def __init__(self, config: GatewayConfig, ns: str) -> None:
+    def __init__(self, ns: str) -> None:
         self.ns = ns
-        self.gateway = Gateway(config)
         self.loop = asyncio.new_event_loop()
         ready: Future[None] = Future()
 
@@ -114,14 +114,27 @@ class GatewayThread:
         self.thread.start()
         ready.result(5)
 
-    def call(self, fn: Callable[[Gateway], Any], timeout: float = 20.0) -> Any:
-        async def go() -> Any:
-            return await fn(self.gateway)
+    def run(self, coro: Awaitable[T], timeout: float = 20.0) -> T:
+        async def go() -> T:
+            return await coro
         return asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+class GatewayThread(LoopThread):
+    """The gateway on its own loop in a thread inside the gateway namespace (as the daemon runs)."""
+
+    def __init__(self, config: GatewayConfig, ns: str) -> None:
+        self.gateway = Gateway(config)
+        super().__init__(ns)
+
+    def call(self, fn: Callable[[Gateway], Any], timeout: float = 20.0) -> Any:
+        async def go() -> Any:
+            return await fn(self.gateway)  # fn itself runs on the gateway's loop
+        return self.run(go(), timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the gateway (its sessions closed; tables, VRFs and routes stay), then the thread."""
