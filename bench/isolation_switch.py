@@ -5,8 +5,10 @@ The switch points are here, each one small function, so they can follow the prod
   (through the agent's API, the product's own switch); a tree whose Port has no such field has no port
   security, and the port is returned unchanged;
 - `decap_bypass(ns, on)`: the baseline for decapsulation checks, which have no switch: a first rule
-  `accept` for GRE (and for what arrives on the NVGRE devices) in every base chain of the agent's table
-  `inet nvfabric`, so nothing after it in that table runs; removed again for "with";
+  `accept` for GRE and one for what arrives on the NVGRE devices in every base chain (prerouting, input,
+  forward) of the agent's table `inet nvfabric`, so nothing after them in that table runs for tunnel
+  traffic; removed again for "with" (an accept ends only its own base chain: other tables, and chains on
+  other hooks, e.g. `ingress`, still run);
 - `NftCount`: counts what every `vnet.nftables.Nft` in this process writes (set elements added and deleted,
   rules, whole tables), by wrapping `Nft._command` in the bench, not in product code.
 """
@@ -59,7 +61,7 @@ def _rules(doc: dict) -> list[dict]:
 
 def _base_chains(doc: dict) -> list[str]:
     return [item["chain"]["name"] for item in doc.get("nftables", [])
-            if "chain" in item and item["chain"].get("hook") in ("prerouting", "input")]
+            if "chain" in item and item["chain"].get("hook") in ("prerouting", "input", "forward")]
 
 
 async def _table(nft: Nft) -> dict | None:
