@@ -126,7 +126,8 @@ def attach_ports(fabric: Fabric, count: int, count_nft: NftCount) -> dict[str, A
     lines = [f"link add tap-p{i} type veth peer name vm-p{i}" for i in range(count)]
     netns.ip_batch(lines + [f"link set vm-p{i} up" for i in range(count)], hv1)
     per: dict[str, dict[str, list[float]]] = {m: {"put_s": [], "elements": [], "transactions": [], "rules": [],
-                                                  "tables": [], "kernel_ops": []} for m in ("with", "without")}
+                                                  "tables": [], "counters": [], "kernel_ops": []}
+                                              for m in ("with", "without")}
     started = time.monotonic()
     for i in range(count):
         mode = "with" if i % 2 == 0 else "without"
@@ -140,7 +141,7 @@ def attach_ports(fabric: Fabric, count: int, count_nft: NftCount) -> dict[str, A
         row = per[mode]
         row["put_s"].append(put)
         row["elements"].append(elements(d))
-        for key in ("transactions", "rules", "tables"):
+        for key in ("transactions", "rules", "tables", "counters"):
             row[key].append(d.get(key, 0))
         row["kernel_ops"].append(sum(v for k, v in (last.get("ops") or {}).items()))
         if (i + 1) % 100 == 0:
@@ -189,14 +190,15 @@ def main() -> int:
             print(f"\n{args.ports} ports x 2 CAs attached one by one on hv1 (alternating), "
                   f"{ports['wall_s']:.1f} s in all")
             print("| port_security | ports | attach total (s) | put_port p50 / p99 (ms) | nft elements per attach "
-                  "(mean / max) | nft transactions per attach | rules written | whole-table writes | "
-                  "kernel objects per attach (mean) |")
-            print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+                  "(mean / max) | named counters per attach | nft transactions per attach | rules written | "
+                  "whole-table writes | kernel objects per attach (mean) |")
+            print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             for mode, row in ports["per"].items():
                 put = row["put_s"]
                 print(f"| {mode} | {len(put)} | {sum(put):.1f} | {pct(put, 0.5) * 1000:.0f} / "
                       f"{pct(put, 0.99) * 1000:.0f} | {statistics.mean(row['elements']):.2f} / "
-                      f"{max(row['elements']):.0f} | {statistics.mean(row['transactions']):.2f} | "
+                      f"{max(row['elements']):.0f} | {statistics.mean(row['counters']):.2f} | "
+                      f"{statistics.mean(row['transactions']):.2f} | "
                       f"{sum(row['rules']):.0f} | {sum(row['tables']):.0f} | "
                       f"{statistics.mean(row['kernel_ops']):.1f} |", flush=True)
             print(f"set sizes after the ports: {json.dumps(result['sets_after_ports'])}")

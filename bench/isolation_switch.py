@@ -10,7 +10,8 @@ The switch points are here, each one small function, so they can follow the prod
   traffic; removed again for "with" (an accept ends only its own base chain: other tables, and chains on
   other hooks, e.g. `ingress`, still run);
 - `NftCount`: counts what every `vnet.nftables.Nft` in this process writes (set elements added and deleted,
-  rules, whole tables), by wrapping `Nft._command` in the bench, not in product code.
+  rules, whole tables), JSON or nft's own language, by wrapping `Nft._command` (the one path of both) in the
+  bench, not in product code.
 """
 
 from __future__ import annotations
@@ -98,14 +99,13 @@ async def decap_bypass(ns: str, on: bool) -> int:
     return len([r for r in _rules(after or {}) if r.get("comment") == BYPASS_COMMENT])
 
 
-async def bypassed_packets(ns: str) -> int:
-    """Packets the bypass rules accepted so far (their counters)."""
+async def bypass_state(ns: str) -> tuple[int, int]:
+    """(bypass rules in the kernel, packets they accepted so far): a rule that vanished during a run (its
+    table replaced by its owner) would make the baseline silently "with"."""
     doc = await _table(Nft(ns)) or {}
-    total = 0
-    for rule in _rules(doc):
-        if rule.get("comment") == BYPASS_COMMENT:
-            total += sum(e["counter"]["packets"] for e in rule["expr"] if isinstance(e.get("counter"), dict))
-    return total
+    rules = [r for r in _rules(doc) if r.get("comment") == BYPASS_COMMENT]
+    packets = sum(e["counter"]["packets"] for r in rules for e in r["expr"] if isinstance(e.get("counter"), dict))
+    return len(rules), packets
 
 
 # ---------------------------------------------------------------------------------- counting nft writes
@@ -137,13 +137,41 @@ def count_doc(doc: dict) -> Counter[str]:
     return out
 
 
+def count_script(text: str) -> Counter[str]:
+    """The same for a transaction in nft's own language (what vnet writes where nft's JSON cannot say
+    it): one command per line, `add element FAMILY TABLE SET { e1, e2 }` with no comma inside an element;
+    a table written as a block (`table F T { ... }`) counts as one whole-table write, its content not
+    itemised."""
+    out: Counter[str] = Counter()
+    tables: set[str] = set()
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 4 or words[0] not in ("add", "create", "delete", "destroy", "insert", "replace"):
+            continue
+        verb, kind, where = words[0], words[1], f"{words[2]} {words[3]}"
+        if kind == "element" and "{" in line:
+            body = line[line.index("{") + 1:line.rindex("}")].strip()
+            n = len(body.split(",")) if body else 0
+            key = "elements+" if verb in ("add", "create") else "elements-"
+            out[key] += n
+            out[f"{key} {where}"] += n
+        elif kind == "table" and verb in ("add", "create"):
+            tables.add(where)
+        elif kind in ("rule", "set", "map", "chain", "counter") and verb not in ("delete", "destroy"):
+            out[kind + "s"] += 1
+    for table in tables:
+        out["tables"] += 1
+        out[f"tables {table}"] += 1
+    return out
+
+
 class NftCount:
     """Counts every transaction any Nft of this process runs (the agents run as threads of it)."""
 
     def __init__(self) -> None:
         self.total: Counter[str] = Counter()
         self.transactions = 0
-        self.unparsed = 0  # nft commands in its text language that write (not `list`): counted, not parsed
+        self.scripts = 0  # of the transactions, those in nft's own language (parsed by count_script)
         self._lock = threading.Lock()
         self._original = Nft._command
 
@@ -169,18 +197,19 @@ class NftCount:
             if text.startswith(b"{"):
                 self.total.update(count_doc(json.loads(text)))
             else:
-                self.unparsed += 1
+                self.scripts += 1
+                self.total.update(count_script(text.decode()))
 
     def snapshot(self) -> tuple[Counter[str], int, int]:
         with self._lock:
-            return Counter(self.total), self.transactions, self.unparsed
+            return Counter(self.total), self.transactions, self.scripts
 
 
 def delta(before: tuple[Counter[str], int, int], after: tuple[Counter[str], int, int]) -> dict[str, int]:
-    """What was written between two snapshots: the counters, `transactions` and `text commands`."""
+    """What was written between two snapshots: the counters, `transactions` and of them `scripts`."""
     out = dict(after[0] - before[0])
     out["transactions"] = after[1] - before[1]
-    out["text commands"] = after[2] - before[2]
+    out["scripts"] = after[2] - before[2]
     return out
 
 

@@ -15,7 +15,8 @@ each mode and the ratio with/without (target >= 0.95).
 - decapsulation checks: no configuration switch exists, so the baseline is made explicitly: a first rule
   `accept` for GRE and for what arrives on the NVGRE devices in every base chain of the agent's table
   `inet nvfabric` on hv1 and hv2 (bench/isolation_switch.py), removed again before the next "with" run. Its
-  counter is read after each "without" run: packets it accepted prove the baseline path was taken.
+  counter is read after each "without" run: packets it accepted, and the rules still there, prove the
+  baseline path was taken.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from isolation_switch import (  # noqa: E402
-    bypassed_packets, decap_bypass, has_port_security, machine, port_with_security)
+    bypass_state, decap_bypass, has_port_security, machine, port_with_security)
 
 from nvfabric.lab import netns, runner  # noqa: E402
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY  # noqa: E402
@@ -60,8 +61,10 @@ def enforcement(fabric: Fabric, on: bool) -> str:
     return "; ".join(done)
 
 
-def bypassed(fabric: Fabric) -> int:
-    return sum(asyncio.run(bypassed_packets(fabric.ns(VM[n].host))) for n in (SENDER, RECEIVER))
+def bypassed(fabric: Fabric) -> tuple[int, int]:
+    """(baseline rules, packets they accepted) on the two hosts."""
+    states = [asyncio.run(bypass_state(fabric.ns(VM[n].host))) for n in (SENDER, RECEIVER)]
+    return sum(r for r, _ in states), sum(p for _, p in states)
 
 
 def iperf(fabric: Fabric, seconds: int) -> dict[str, float]:
@@ -108,12 +111,14 @@ def main() -> int:
         for i in range(args.runs):
             for mode in order:
                 what = enforcement(fabric, mode == "with")
-                before = bypassed(fabric)
+                rules, before = bypassed(fabric)
                 started = time.monotonic()
                 r = iperf(fabric, args.seconds)
-                through = bypassed(fabric) - before
-                if mode == "without" and through == 0:
-                    raise RuntimeError("the baseline rules accepted no packet: the baseline was not measured")
+                rules_after, after = bypassed(fabric)
+                through = after - before
+                if mode == "without" and (through <= 0 or rules_after != rules):
+                    raise RuntimeError(f"the baseline rules ({rules} before the run, {rules_after} after) accepted "
+                                       f"{through} packets: the baseline was not measured")
                 results[mode].append(r["mbit_s"])
                 print(json.dumps({"run": i + 1, "mode": mode, "mbit_s": round(r["mbit_s"], 1),
                                   "retransmits": r["retransmits"], "bypass_packets": through,
