@@ -106,7 +106,8 @@ def idle_with(fabric: Fabric, remote: int, timeout: float) -> float:
         return records == remote and not a._lock.locked() and not a._dirty.is_set()  # bench-only peek
 
     end = time.monotonic() + timeout
-    while not agent.read(probe, timeout=60):
+    # the probe runs on the agent's loop, which a large reconcile keeps busy for long stretches
+    while not agent.read(probe, timeout=max(1.0, end - time.monotonic())):
         if time.monotonic() > end:
             raise TimeoutError(f"hv1 did not settle on {remote} remote CAs within {timeout:.0f} s")
         time.sleep(0.2)
