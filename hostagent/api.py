@@ -163,12 +163,14 @@ async def trace_packet(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
+    await _agent(request).decap_counters()  # the kernel's counters, read now
     return web.json_response(_agent(request).status().as_dict())
 
 
 async def metrics(request: web.Request) -> web.Response:
     agent = _agent(request)
     agent.metrics.port_security(await agent.port_drops())  # the kernel's counters, read at scrape time
+    await agent.decap_counters()
     body = generate_latest(agent.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

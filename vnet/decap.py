@@ -40,9 +40,11 @@ source is one), and the same text serves the whole table and the element changes
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from prometheus_client.core import CounterMetricFamily
 
@@ -68,7 +70,43 @@ _OFFSETS = {
 _SADDR = {4: "ip saddr", 6: "ip6 saddr"}
 _BITS = {4: 32, 6: 128}
 
-Element = tuple[Address, int, Network]  # (sender's PA, routing domain's table number, inner source prefix)
+
+
+class Element(NamedTuple):
+    """One vouched (sender's PA, routing domain, inner source prefix), all integers: 100,000 of these are
+    built, hashed and compared on every change, and ipaddress objects hash and compare in Python, ten times
+    slower."""
+
+    pa_version: int
+    pa_int: int
+    mark: int  # the routing domain's table number
+    version: int  # of the inner source
+    first: int  # the prefix's first address
+    length: int  # its prefix length
+
+    @classmethod
+    def of(cls, pa: Address, mark: int, prefix: Network) -> Element:
+        return cls(pa.version, int(pa), mark, prefix.version, int(prefix.network_address), prefix.prefixlen)
+
+    @classmethod
+    def host(cls, pa: Address, mark: int, ca: Address) -> Element:
+        return cls(pa.version, int(pa), mark, ca.version, int(ca), _BITS[ca.version])
+
+    @property
+    def pa(self) -> Address:
+        return ipaddress.IPv4Address(self.pa_int) if self.pa_version == 4 else ipaddress.IPv6Address(self.pa_int)
+
+    @property
+    def last(self) -> int:
+        return self.first | ((1 << (_BITS[self.version] - self.length)) - 1)
+
+    @property
+    def prefix(self) -> Network:
+        cls = ipaddress.IPv4Network if self.version == 4 else ipaddress.IPv6Network
+        return cls((self.first, self.length))
+
+    def covers(self, address: Address) -> bool:
+        return address.version == self.version and self.first <= int(address) <= self.last
 
 
 def set_name(outer: int, inner: int) -> str:
@@ -98,8 +136,7 @@ class DecapFilter:
             return "unknown_vsid"
         if inner_ethertype not in (ETH_IPV4, ETH_IPV6) or source is None:
             return "not_ip"
-        if any(p == pa and m == mark and net.version == source.version and source in net
-               for p, m, net in self.vouched):
+        if any(e.pa == pa and e.mark == mark and e.covers(source) for e in self.vouched):
             return PASSED
         return "not_vouched"
 
@@ -109,38 +146,49 @@ def vouched(records: Iterable[LookupRecord], prefixes: Iterable[RemotePrefix],
     """Pure: every (PA, routing domain's table number, inner source prefix) the control plane vouches for
     (see the module docstring); only routing domains with a table number are served."""
     out: set[Element] = set()
-    remote: dict[tuple[str, Address], Address] = {}
+    records = list(records)
     for r in records:
         if not r.local and r.pa is not None and r.routing_domain in tables:
-            out.add((r.pa, tables[r.routing_domain], ipaddress.ip_network(r.ca)))
-            remote[(r.routing_domain, r.ca)] = r.pa
+            out.add(Element.host(r.pa, tables[r.routing_domain], r.ca))
+    hops = {(d, route.next_hop) for d, routes in customer_routes.items() for route in routes
+            if route.next_hop is not None}
+    remote = {(r.routing_domain, r.ca): r.pa for r in records if (r.routing_domain, r.ca) in hops} if hops else {}
     for p in prefixes:
         if p.routing_domain in tables:
-            out.add((p.pa, tables[p.routing_domain], p.prefix))
+            out.add(Element.of(p.pa, tables[p.routing_domain], p.prefix))
     for domain, routes in customer_routes.items():
         for route in routes:
-            pa = remote.get((domain, route.next_hop)) if route.next_hop is not None else None
+            pa = remote.get((domain, route.next_hop))
             if pa is not None and domain in tables:
-                out.add((pa, tables[domain], route.prefix))
+                out.add(Element.of(pa, tables[domain], route.prefix))
     return out
 
 
 def maximal(elements: Iterable[Element]) -> frozenset[Element]:
-    """Pure: the elements not inside another of the same PA and domain (CIDR prefixes nest or are disjoint,
-    so one sweep by start address, widest first, keeps exactly those)."""
-    groups: dict[tuple[Address, int, int], list[tuple[int, int, Network]]] = {}
-    for pa, mark, net in elements:
-        groups.setdefault((pa, mark, net.version), []).append(
-            (int(net.network_address), net.prefixlen, net))
-    out: set[Element] = set()
-    for (pa, mark, _), nets in groups.items():
-        nets.sort(key=lambda t: (t[0], t[1]))
-        end = -1
-        for start, _, net in nets:
-            if start <= end:
-                continue  # inside the last kept one
-            out.add((pa, mark, net))
-            end = int(net.broadcast_address)
+    """Pure: the elements not inside another of the same PA and domain. Only a prefix wider than a host can
+    cover another, and there are few (gateways' defaults, customer routes): the CAs are checked against
+    those of their group only. CIDR prefixes nest or are disjoint, so one sweep by first address, widest
+    first, keeps exactly the outermost ones."""
+    elements = elements if isinstance(elements, (set, frozenset)) else set(elements)
+    wide = sorted((e for e in elements if e.length < _BITS[e.version]), key=lambda e: (e[:4], e.first, e.length))
+    if not wide:
+        return frozenset(elements)
+    kept: dict[tuple, list[Element]] = {}
+    for e in wide:
+        group = kept.setdefault(e[:4], [])
+        if not group or e.first > group[-1].last:
+            group.append(e)
+    firsts = {group: [p.first for p in prefixes] for group, prefixes in kept.items()}
+
+    def covered(e: Element) -> bool:
+        group = e[:4]
+        if group not in kept:
+            return False
+        i = bisect.bisect_right(firsts[group], e.first) - 1
+        return i >= 0 and e.first <= kept[group][i].last
+
+    out = {e for e in elements if e.length == _BITS[e.version] and not covered(e)}
+    out.update(e for group in kept.values() for e in group)
     return frozenset(out)
 
 
@@ -159,19 +207,24 @@ def decap_filter(pas: Collection[Address], vsids: Mapping[int, int], elements: I
 # ------------------------------------------------------------------------------------------ nft's language
 
 
-def _inner(net: Network) -> str:
-    lo, hi = int(net.network_address), int(net.broadcast_address)
-    return f"0x{lo:x}" if lo == hi else f"0x{lo:x}-0x{hi:x}"
+def _inner(e: Element) -> str:
+    # always a range, a host too: nft 1.0.6 cannot delete a single value from a concatenated interval set
+    # ("No such file or directory": it sends no end key), but deletes first-first
+    return f"0x{e.first:x}-0x{e.last:x}"
 
 
 def _elements(what: str, name: str, items: list[str]) -> str:
     return f"{what} element {FAMILY} {TABLE} {name} {{ {', '.join(items)} }}\n" if items else ""
 
 
+def _sorted(addresses: Iterable[Address], version: int) -> list[str]:
+    return [str(a) for a in sorted(a for a in addresses if a.version == version)]
+
+
 def _vouched_by_set(elements: Iterable[Element]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for pa, mark, net in sorted(elements, key=lambda e: (e[0].version, e[0], e[1], e[2].version, e[2])):
-        out.setdefault(set_name(pa.version, net.version), []).append(f"{pa} . {mark} . {_inner(net)}")
+    for e in sorted(elements):
+        out.setdefault(set_name(e.pa.version, e.version), []).append(f"{e.pa} . {e.mark} . {_inner(e)}")
     return out
 
 
@@ -222,7 +275,7 @@ def ruleset(f: DecapFilter) -> str:
 def _add(pas: Iterable[Address], vsids: Mapping[int, int], elements: Iterable[Element]) -> str:
     text = ""
     for version, name in PA_SETS.items():
-        text += _elements("add", name, [str(a) for a in sorted(a for a in pas if a.version == version)])
+        text += _elements("add", name, _sorted(pas, version))
     text += _elements("add", VSID_MAP, [f"0x{v << 8:x} : {m}" for v, m in sorted(vsids.items())])
     for name, items in _vouched_by_set(elements).items():
         text += _elements("add", name, items)
@@ -234,7 +287,7 @@ def changes(old: DecapFilter, new: DecapFilter) -> str | None:
     to delete an element that is not there (someone changed our table): the caller then replaces it."""
     text = ""
     for version, name in PA_SETS.items():
-        text += _elements("delete", name, [str(a) for a in sorted(old.pas - new.pas) if a.version == version])
+        text += _elements("delete", name, _sorted(old.pas - new.pas, version))
     gone = {v: m for v, m in old.vsids.items() if new.vsids.get(v) != m}
     text += _elements("delete", VSID_MAP, [f"0x{v << 8:x}" for v in sorted(gone)])
     for name, items in _vouched_by_set(old.vouched - new.vouched).items():
@@ -281,7 +334,7 @@ def parse(doc: dict) -> DecapFilter | None:
                 vsids[_int(elem[0]) >> 8] = _int(elem[1])
             else:
                 pa, mark, inner = elem["concat"]
-                elements.add((ipaddress.ip_address(pa), _int(mark), _network(inner, int(name[2]))))
+                elements.add(Element.of(ipaddress.ip_address(pa), _int(mark), _network(inner, int(name[2]))))
     if seen != wanted:
         return None
     return DecapFilter(frozenset(pas), vsids, frozenset(elements))

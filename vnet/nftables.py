@@ -3,7 +3,8 @@ the JSON cannot say it), read back as JSON; through libnftables in this process 
 `nft -j -f -`.
 
 The tables are built by their owners: `inet nvfabric` (vnet/decap.py: the GRE source filter and the
-decapsulation checks), `inet nvfabric-vrf` (vnet/vrfmark.py), the gateway's NAT table (gateway/nat.py).
+decapsulation checks), `inet nvfabric-vrf` (vnet/vrfmark.py), port security's (vnet/portsecurity.py), the
+gateway's NAT table (gateway/nat.py).
 Never anyone else's tables.
 """
 
@@ -75,16 +76,13 @@ class Nft:
 
     async def script(self, what: str, text: str) -> None:
         """One transaction in nft's own language (all or nothing). For what nft 1.0.6's JSON cannot say: a
-        `typeof` set key with a raw payload (vnet/portsecurity.py)."""
+        `typeof` set key with a raw payload (vnet/portsecurity.py, vnet/decap.py)."""
         await self._command(what, text.encode(), "-f", "-")
 
     async def list_json(self, *args: str) -> dict:
         """`nft -j list ARGS...`, parsed."""
         return json.loads(await self._command("list", " ".join(("list", *args)).encode(), "-j", "list", *args))
 
-    async def script(self, what: str, text: str) -> None:
-        """A script in nft's own language, in one transaction (all or nothing)."""
-        await self._command(what, text.encode(), "-f", "-")
 
 
 # ---------------------------------------------------------------------------------------------- libnftables

@@ -1,0 +1,223 @@
+"""The decapsulation table (vnet/decap.py) on this machine's nftables: a receiving namespace (the hypervisor)
+and a sending one (other hosts, and a stranger), joined by a veth; crafted GRE sent with raw sockets. No
+GRE device is needed: the input hook judges the outer packet whoever receives it, and a raw GRE socket in
+the receiving namespace sees what the hook let through, as the GRE stack would (FlowID already zeroed).
+
+Each reason is provoked once per outer family and its counter read back; after the first write, changes
+add and delete elements only: same handles, and the counters survive (a replaced table would reset them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import socket
+import struct
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+
+from nvfabric.lab import netns
+from nvfabric.vnet.decap import PASSED, REASONS, TABLE, DecapFilter, DecapTable, Element
+from nvfabric.vnet.kernel.netns import enter_namespace
+from nvfabric.vnet.nftables import FAMILY, Nft, NftError
+
+RX4, RX6 = "192.0.2.1", "2001:db8:1::1"
+HV2_4, HV3_4, STRANGER4 = "192.0.2.2", "192.0.2.3", "192.0.2.4"
+HV2_6, STRANGER6 = "2001:db8:1::2", "2001:db8:1::3"
+VSID, TABLE_NO = 5001, 1000
+ETH_ARP = 0x0806
+ip, cidr = ipaddress.ip_address, ipaddress.ip_network
+
+
+def gre(key: int, flags: int = 0x2000, proto: int = 0x6558) -> bytes:
+    return struct.pack("!HHI", flags, proto, key)
+
+
+def inner(src: str, ethertype: int | None = None) -> bytes:
+    """An inner Ethernet frame from `src` (IPv4 or IPv6 header, then a few bytes)."""
+    six = ":" in src
+    ethertype = ethertype or (0x86DD if six else 0x0800)
+    eth = bytes.fromhex("020000000001" "020000000002") + struct.pack("!H", ethertype)
+    if six:
+        header = struct.pack("!IHBB", 6 << 28, 8, 17, 64) + socket.inet_pton(socket.AF_INET6, src) + \
+            socket.inet_pton(socket.AF_INET6, "fd00::99")
+    else:
+        header = struct.pack("!BBHHHBBH", 0x45, 0, 28, 0, 0, 64, 17, 0) + socket.inet_aton(src) + \
+            socket.inet_aton("10.0.0.99")
+    return eth + header + bytes(8)
+
+
+@dataclass
+class Net:
+    rx: str
+    tx: str
+
+    def table(self) -> list[dict]:
+        out = netns.run(["ip", "netns", "exec", self.rx, "nft", "-j", "-a", "list", "table", FAMILY, TABLE]).output
+        return json.loads(out)["nftables"]
+
+    def skeleton(self) -> list[tuple]:
+        """Everything in the table but set elements and counter values: kind, name, handle."""
+        out = []
+        for item in self.table():
+            for kind in ("table", "chain", "set", "map", "counter", "rule"):
+                if kind in item:
+                    obj = item[kind]
+                    out.append((kind, obj.get("name") or obj.get("chain"), obj["handle"]))
+        return out
+
+    def counters(self) -> dict[str, int]:
+        return asyncio.run(DecapTable(Nft(self.rx)).counters())
+
+    def send(self, src: str, payload: bytes, *, ip_options: bytes = b"", hop_by_hop: bool = False) -> None:
+        dst = RX6 if ":" in src else RX4
+
+        def send() -> None:
+            family = socket.AF_INET6 if ":" in src else socket.AF_INET
+            with socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_GRE) as s:
+                if ip_options:
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, ip_options)
+                if hop_by_hop:  # a PadN option: an IPv6 extension header before GRE
+                    s.setsockopt(socket.IPPROTO_IPV6, 54, bytes([0, 0, 1, 4, 0, 0, 0, 0]))  # IPV6_HOPOPTS
+                s.bind((src, 0))
+                s.sendto(payload, (dst, 0))
+
+        with ThreadPoolExecutor(1, initializer=enter_namespace, initargs=(self.tx,)) as pool:
+            pool.submit(send).result(10)
+
+
+@pytest.fixture
+def net(request: pytest.FixtureRequest) -> Iterator[Net]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    prefix = f"nvd{os.getpid() % 10000}{zlib.crc32(request.node.name.encode()) % 1000}-"
+    rx, tx = prefix + "rx", prefix + "tx"
+    for ns in (rx, tx):
+        netns.destroy(ns)
+        netns.create(ns)
+    try:
+        netns.run(["ip", "link", "add", "eth0", "netns", rx, "type", "veth", "peer", "name", "eth0", "netns", tx])
+        lines = {rx: [f"addr add {RX4}/24 dev eth0", f"addr add {RX6}/64 dev eth0 nodad"],
+                 tx: [f"addr add {a}/24 dev eth0" for a in (HV2_4, HV3_4, STRANGER4)]
+                 + [f"addr add {a}/64 dev eth0 nodad" for a in (HV2_6, STRANGER6)]}
+        for ns, batch in lines.items():
+            netns.ip_batch([*batch, "link set eth0 up", "link set lo up"], ns)
+        yield Net(rx, tx)
+    finally:
+        for ns in (rx, tx):
+            netns.destroy(ns)
+
+
+def fabric() -> DecapFilter:
+    """hv2 (IPv4 and IPv6 PA) has CA 10.0.0.12 and fd00::12; hv3 has 10.0.0.13; routing domain 1000 serves
+    VSIDs 5001 and 5002."""
+    return DecapFilter(frozenset({ip(HV2_4), ip(HV3_4), ip(HV2_6)}), {VSID: TABLE_NO, 5002: TABLE_NO}, frozenset({
+        Element.host(ip(HV2_4), TABLE_NO, ip("10.0.0.12")), Element.host(ip(HV2_4), TABLE_NO, ip("fd00::12")),
+        Element.host(ip(HV2_6), TABLE_NO, ip("10.0.0.12")), Element.of(ip(HV2_6), TABLE_NO, cidr("fd00::/120")),
+        Element.host(ip(HV3_4), TABLE_NO, ip("10.0.0.13")),
+    }))
+
+
+def test_every_reason_is_judged_on_the_outer_packet_and_counted(net: Net) -> None:
+    asyncio.run(DecapTable(Nft(net.rx)).apply(fabric()))
+    ok4, ok6 = gre(VSID << 8), gre(5002 << 8)
+    # unknown PA
+    net.send(STRANGER4, ok4 + inner("10.0.0.12"))
+    net.send(STRANGER6, ok4 + inner("10.0.0.12"))
+    # not NVGRE: checksum flag, another protocol, IPv4 options, an IPv6 extension header
+    net.send(HV2_4, gre(VSID << 8, flags=0xA000) + bytes(4) + inner("10.0.0.12"))
+    net.send(HV2_6, gre(VSID << 8, proto=0x0800) + inner("10.0.0.12"))
+    net.send(HV2_4, ok4 + inner("10.0.0.12"), ip_options=bytes([1, 1, 1, 0]))
+    net.send(HV2_6, ok4 + inner("10.0.0.12"), hop_by_hop=True)
+    # unknown VSID: 9999, key 0 (IPv4 and IPv6 outer)
+    net.send(HV2_4, gre(9999 << 8) + inner("10.0.0.12"))
+    net.send(HV2_4, gre(0) + inner("10.0.0.12"))
+    net.send(HV2_6, gre(9999 << 8) + inner("fd00::12"))
+    # not IP: ARP
+    net.send(HV2_4, ok4 + inner("10.0.0.12", ETH_ARP))
+    # not vouched: hv3's CA from hv2, a CA nobody has, hv2's IPv6 CA outside its prefix
+    net.send(HV2_4, ok4 + inner("10.0.0.13"))
+    net.send(HV2_4, ok6 + inner("10.0.0.99"))
+    net.send(HV2_6, ok4 + inner("fd00::1:12"))
+    assert net.counters() == {"unknown_pa": 2, "not_nvgre": 4, "unknown_vsid": 3, "not_ip": 1,
+                              "not_vouched": 3, PASSED: 0}
+
+    # vouched, in either VSID of the routing domain (the key carries the destination's VSID), every family
+    # pair, and with a FlowID: the receiver sees the key with FlowID 0
+    with _listening(net.rx, socket.AF_INET) as rx4, _listening(net.rx, socket.AF_INET6) as rx6:
+        net.send(HV2_4, gre(VSID << 8 | 7) + inner("10.0.0.12"))
+        assert struct.unpack_from("!I", rx4.recv(2048), 20 + 4)[0] == VSID << 8  # after the IPv4 header
+        net.send(HV2_6, gre(5002 << 8 | 0xFF) + inner("fd00::7"))
+        assert struct.unpack_from("!I", rx6.recv(2048), 4)[0] == 5002 << 8  # IPv6 raw: from the GRE header
+        net.send(HV2_4, ok6 + inner("fd00::12"))
+        net.send(HV2_6, ok4 + inner("10.0.0.12"))
+        net.send(HV3_4, ok4 + inner("10.0.0.13"))
+    counts = net.counters()
+    assert counts[PASSED] == 5 and sum(counts[r] for r in REASONS) == 13
+
+
+class _listening:
+    """A raw GRE socket in the receiving namespace: what the input hook let through."""
+
+    def __init__(self, ns: str, family: int) -> None:
+        def make() -> socket.socket:
+            s = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_GRE)
+            s.settimeout(5)
+            return s
+
+        with ThreadPoolExecutor(1, initializer=enter_namespace, initargs=(ns,)) as pool:
+            self.sock = pool.submit(make).result(10)
+
+    def __enter__(self) -> socket.socket:
+        return self.sock
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+# both ways to nftables: libnftables in this process, and the `nft` command (when the library is missing)
+WAYS = pytest.mark.parametrize("in_process", [True, False], ids=["libnftables", "nft-command"])
+
+
+@WAYS
+def test_changes_are_element_changes_and_leave_the_rest_of_the_table_alone(net: Net, in_process: bool) -> None:
+    table = DecapTable(Nft(net.rx, in_process=in_process))
+    first = fabric()
+    asyncio.run(table.apply(first))
+    skeleton = net.skeleton()
+    net.send(HV3_4, gre(VSID << 8) + inner("10.0.0.14"))
+    assert net.counters()["not_vouched"] == 1
+
+    # hv3 gets 10.0.0.14, hv2's IPv6 PA leaves: element changes only, the counters stay
+    second = DecapFilter(first.pas - {ip(HV2_6)}, first.vsids, frozenset(
+        {e for e in first.vouched if e.pa != ip(HV2_6)} | {Element.host(ip(HV3_4), TABLE_NO, ip("10.0.0.14"))}))
+    asyncio.run(table.apply(second))
+    assert asyncio.run(DecapTable(Nft(net.rx)).read()) == second
+    assert net.skeleton() == skeleton
+    net.send(HV3_4, gre(VSID << 8) + inner("10.0.0.14"))
+    net.send(HV2_6, gre(VSID << 8) + inner("fd00::12"))
+    counts = net.counters()
+    assert (counts["not_vouched"], counts[PASSED], counts["unknown_pa"]) == (1, 1, 1)
+
+    # a restarted owner reads the table back and writes only the difference: same handles, same counters
+    again = DecapTable(Nft(net.rx, in_process=in_process))
+    assert asyncio.run(again.read()) == second
+    asyncio.run(again.apply(first))
+    assert net.skeleton() == skeleton and net.counters()[PASSED] == 1
+
+
+def test_a_table_changed_behind_our_back_is_replaced_on_the_next_change(net: Net) -> None:
+    table = DecapTable(Nft(net.rx))
+    asyncio.run(table.apply(fabric()))
+    netns.run(["ip", "netns", "exec", net.rx, "nft", "delete", "element", FAMILY, TABLE, "pa4", "{ 192.0.2.3 }"])
+    with pytest.raises(NftError) as refused:
+        asyncio.run(table.apply(DecapFilter(frozenset({ip(HV2_4)}), fabric().vsids, fabric().vouched)))
+    assert "No such file or directory" in str(refused.value)  # nft's own words
+    asyncio.run(table.apply(DecapFilter(frozenset({ip(HV2_4)}), fabric().vsids, fabric().vouched)))
+    assert asyncio.run(DecapTable(Nft(net.rx)).read()).pas == {ip(HV2_4)}
