@@ -221,3 +221,56 @@ def test_a_table_changed_behind_our_back_is_replaced_on_the_next_change(net: Net
     assert "No such file or directory" in str(refused.value)  # nft's own words
     asyncio.run(table.apply(DecapFilter(frozenset({ip(HV2_4)}), fabric().vsids, fabric().vouched)))
     assert asyncio.run(DecapTable(Nft(net.rx)).read()).pas == {ip(HV2_4)}
+
+
+# ------------------------------------------------------------------ the rules around the tun_id rules
+
+
+def _rules(ns: str, family: str) -> list[str]:
+    return netns.run(["ip", family, "-n", ns, "rule", "show"]).output.splitlines()
+
+
+def test_decapsulated_packets_never_reach_the_main_or_local_table_rules_owned_and_reconciled(net: Net) -> None:
+    """The kernel objects of vnet.desired's GLOBAL partition that keep decapsulated packets in the routing
+    domains (`iif <nvgre dev> unreachable`, the local table after the l3mdev rule), on this kernel's rules."""
+    from nvfabric.vnet.kernel.netns import RtnlSocket
+    from nvfabric.vnet.kernel.objects import LocalTableRule, UnreachableIifRule
+    from nvfabric.vnet.kernel.observe import observe
+    from nvfabric.vnet.reconcile import Reconciler
+
+    want = {UnreachableIifRule(f, dev) for f in (4, 6) for dev in ("nvf-gre4", "nvf-gre6")} | \
+        {LocalTableRule(4), LocalTableRule(6)}
+
+    async def run() -> None:
+        sock = RtnlSocket(net.rx)
+        try:
+            outcome = await Reconciler(sock).reconcile({"": want}, hold=False)
+            assert outcome.ok and outcome.counts["create"] == 6, outcome
+            for family in ("-4", "-6"):
+                rules = _rules(net.rx, family)
+                assert not any(r.startswith("0:") for r in rules), rules
+                assert "1100:\tfrom all lookup local proto 78" in rules, rules
+                assert "999:\tfrom all iif nvf-gre4 [detached] unreachable proto 78" in rules, rules  # no device here
+            assert {o for o in await observe(sock) if o.key[0] in ("local-rule", "unreachable-rule")} == want
+            # the host still reaches its own addresses (through the local table at 1100)
+            netns.run(["ip", "netns", "exec", net.rx, "ping", "-c1", "-W2", RX4])
+            # a restart finds everything in place: nothing to do
+            again = await Reconciler(sock).reconcile({"": want}, hold=False)
+            assert again.ok and not any(again.counts.values()), again.counts
+            # preference 0 put back behind our back: the next full pass deletes it again, ours untouched
+            netns.run(["ip", "-n", net.rx, "rule", "add", "pref", "0", "lookup", "local", "proto", "kernel"])
+            fixed = await Reconciler(sock).reconcile({"": want}, hold=False)
+            assert fixed.ok and fixed.counts["replace"] == 1, fixed.counts
+            assert not any(r.startswith("0:") for r in _rules(net.rx, "-4"))
+            assert "1100:\tfrom all lookup local proto 78" in _rules(net.rx, "-4")
+            # not wanted any more: preference 0 back first, then ours removed
+            gone = await Reconciler(sock).reconcile({"": set()}, hold=False)
+            assert gone.ok and gone.counts["delete"] == 6, gone.counts
+            for family in ("-4", "-6"):
+                rules = _rules(net.rx, family)
+                assert rules[0].startswith("0:\tfrom all lookup local"), rules
+                assert not any("1100:" in r or "unreachable" in r for r in rules), rules
+        finally:
+            sock.close()
+
+    asyncio.run(run())
