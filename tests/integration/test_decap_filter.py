@@ -26,31 +26,13 @@ from nvfabric.lab import netns
 from nvfabric.vnet.decap import PASSED, REASONS, TABLE, DecapFilter, DecapTable, Element
 from nvfabric.vnet.kernel.netns import enter_namespace
 from nvfabric.vnet.nftables import FAMILY, Nft, NftError
+from tests.nvgre import ETH_ARP, gre, inner, send_gre
 
 RX4, RX6 = "192.0.2.1", "2001:db8:1::1"
 HV2_4, HV3_4, STRANGER4 = "192.0.2.2", "192.0.2.3", "192.0.2.4"
 HV2_6, STRANGER6 = "2001:db8:1::2", "2001:db8:1::3"
 VSID, TABLE_NO = 5001, 1000
-ETH_ARP = 0x0806
 ip, cidr = ipaddress.ip_address, ipaddress.ip_network
-
-
-def gre(key: int, flags: int = 0x2000, proto: int = 0x6558) -> bytes:
-    return struct.pack("!HHI", flags, proto, key)
-
-
-def inner(src: str, ethertype: int | None = None) -> bytes:
-    """An inner Ethernet frame from `src` (IPv4 or IPv6 header, then a few bytes)."""
-    six = ":" in src
-    ethertype = ethertype or (0x86DD if six else 0x0800)
-    eth = bytes.fromhex("020000000001" "020000000002") + struct.pack("!H", ethertype)
-    if six:
-        header = struct.pack("!IHBB", 6 << 28, 8, 17, 64) + socket.inet_pton(socket.AF_INET6, src) + \
-            socket.inet_pton(socket.AF_INET6, "fd00::99")
-    else:
-        header = struct.pack("!BBHHHBBH", 0x45, 0, 28, 0, 0, 64, 17, 0) + socket.inet_aton(src) + \
-            socket.inet_aton("10.0.0.99")
-    return eth + header + bytes(8)
 
 
 @dataclass
@@ -75,21 +57,8 @@ class Net:
     def counters(self) -> dict[str, int]:
         return asyncio.run(DecapTable(Nft(self.rx)).counters())
 
-    def send(self, src: str, payload: bytes, *, ip_options: bytes = b"", hop_by_hop: bool = False) -> None:
-        dst = RX6 if ":" in src else RX4
-
-        def send() -> None:
-            family = socket.AF_INET6 if ":" in src else socket.AF_INET
-            with socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_GRE) as s:
-                if ip_options:
-                    s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, ip_options)
-                if hop_by_hop:  # a PadN option: an IPv6 extension header before GRE
-                    s.setsockopt(socket.IPPROTO_IPV6, 54, bytes([0, 0, 1, 4, 0, 0, 0, 0]))  # IPV6_HOPOPTS
-                s.bind((src, 0))
-                s.sendto(payload, (dst, 0))
-
-        with ThreadPoolExecutor(1, initializer=enter_namespace, initargs=(self.tx,)) as pool:
-            pool.submit(send).result(10)
+    def send(self, src: str, payload: bytes, **options: object) -> None:
+        send_gre(self.tx, src, RX6 if ":" in src else RX4, payload, **options)
 
 
 @pytest.fixture
@@ -140,7 +109,7 @@ def test_every_reason_is_judged_on_the_outer_packet_and_counted(net: Net) -> Non
     net.send(HV2_4, gre(0) + inner("10.0.0.12"))
     net.send(HV2_6, gre(9999 << 8) + inner("fd00::12"))
     # not IP: ARP
-    net.send(HV2_4, ok4 + inner("10.0.0.12", ETH_ARP))
+    net.send(HV2_4, ok4 + inner("10.0.0.12", ethertype=ETH_ARP))
     # not vouched: hv3's CA from hv2, a CA nobody has, hv2's IPv6 CA outside its prefix
     net.send(HV2_4, ok4 + inner("10.0.0.13"))
     net.send(HV2_4, ok6 + inner("10.0.0.99"))
