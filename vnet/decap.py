@@ -49,7 +49,7 @@ from typing import NamedTuple
 from prometheus_client.core import CounterMetricFamily
 
 from nvfabric.vnet.model import Address, CustomerRoute, LookupRecord, Network, RemotePrefix
-from nvfabric.vnet.nftables import FAMILY, Nft, NftError
+from nvfabric.vnet.nftables import FAMILY, Nft, NftError, Owned
 
 TABLE = "nvfabric"
 VSID_MAP = "vsid"
@@ -356,7 +356,12 @@ class DecapTable:
 
     def __init__(self, nft: Nft) -> None:
         self.nft = nft
-        self.applied: DecapFilter | None = None  # None: not known, the next apply replaces the table
+        self._owned: Owned[DecapFilter] = Owned(ruleset, changes, lambda text: nft.script("decap", text))
+
+    @property
+    def applied(self) -> DecapFilter | None:
+        """What the kernel's table holds as far as we know (None: not known, the next apply replaces it)."""
+        return self._owned.applied
 
     async def read(self) -> DecapFilter | None:
         """The table as the kernel has it (None when absent or not ours); what is read is what the next
@@ -365,19 +370,11 @@ class DecapTable:
             found = parse(await self.nft.list_json("table", FAMILY, TABLE))
         except NftError:
             found = None
-        self.applied = found
+        self._owned.applied = found
         return found
 
     async def apply(self, f: DecapFilter) -> None:
-        text = ruleset(f) if self.applied is None else changes(self.applied, f)
-        if text is None:
-            return
-        try:
-            await self.nft.script("decap", text)
-        except NftError:
-            self.applied = None  # the table may not be what we think: replace it next time
-            raise
-        self.applied = f
+        await self._owned.apply(f)
 
     async def counters(self) -> dict[str, int]:
         """Packets by drop reason and PASSED; empty when the table is absent."""
@@ -387,7 +384,7 @@ class DecapTable:
             return {}
 
     async def delete(self) -> None:
-        self.applied = None
+        self._owned.applied = None
         try:
             await self.nft.script("delete", f"delete table {FAMILY} {TABLE}\n")
         except NftError:

@@ -14,10 +14,13 @@ import asyncio
 import ctypes
 import json
 import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 from nvfabric.vnet.kernel.netns import inside
 
 FAMILY = "inet"
+T = TypeVar("T")
 
 
 class NftError(RuntimeError):
@@ -26,6 +29,28 @@ class NftError(RuntimeError):
     def __init__(self, what: str, message: str) -> None:
         super().__init__(f"nft {what}: {message.strip()}")
         self.message = message
+
+
+class Owned(Generic[T]):
+    """One owned table kept equal to a wanted value: the whole table (`whole`) at the first write and after a
+    refused one, then only the difference (`change`, None when nothing differs), written by `write`. A
+    refusal forgets what was applied (the table may not be what we think) and is raised."""
+
+    def __init__(self, whole: Callable[[T], Any], change: Callable[[T, T], Any | None],
+                 write: Callable[[Any], Awaitable[None]]) -> None:
+        self._whole, self._change, self._write = whole, change, write
+        self.applied: T | None = None  # None: not known, the next apply replaces the table
+
+    async def apply(self, want: T) -> None:
+        doc = self._whole(want) if self.applied is None else self._change(self.applied, want)
+        if doc is None:
+            return
+        try:
+            await self._write(doc)
+        except NftError:
+            self.applied = None
+            raise
+        self.applied = want
 
 
 class Nft:

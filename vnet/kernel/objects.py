@@ -34,6 +34,11 @@ UNDERLAY_MTU = 1500
 TC_PREF = 10  # the preference (priority) of our flower filters on a shared block
 
 
+def _check_priority(priority: int) -> None:
+    if priority not in RULE_PRIORITIES:
+        raise ValueError(f"rule priority {priority} outside {RULE_PRIORITIES}")
+
+
 def _owned_name(name: str) -> None:
     if not name.startswith(DEVICE_PREFIX) or len(name) > 15:
         raise ValueError(f"device name {name!r} must start with {DEVICE_PREFIX!r} and fit 15 characters")
@@ -127,8 +132,7 @@ class TunIdRule:
     order: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
-        if self.priority not in RULE_PRIORITIES:
-            raise ValueError(f"rule priority {self.priority} outside {RULE_PRIORITIES}")
+        _check_priority(self.priority)
 
     @property
     def key(self) -> tuple:
@@ -151,8 +155,7 @@ class FwmarkRule:
     order: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
-        if self.priority not in RULE_PRIORITIES:
-            raise ValueError(f"rule priority {self.priority} outside {RULE_PRIORITIES}")
+        _check_priority(self.priority)
         if not 0 < self.fwmark < 1 << 32:
             raise ValueError(f"fwmark {self.fwmark} is not a non-zero 32-bit value")
 
@@ -172,8 +175,7 @@ class UnreachableIifRule:
     order: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
-        if self.priority not in RULE_PRIORITIES:
-            raise ValueError(f"rule priority {self.priority} outside {RULE_PRIORITIES}")
+        _check_priority(self.priority)
 
     @property
     def key(self) -> tuple:
