@@ -53,6 +53,9 @@ from nvfabric.vnet.nftables import FAMILY, Nft, NftError, Owned
 
 TABLE = "nvfabric"
 VSID_MAP = "vsid"
+# The served keys again, as a plain set: the kernel of Debian 12 (6.1) refuses a map used as a set ("is the
+# key in it?"), so the unknown-VSID check has a set of its own; a VSID change writes one element in each.
+VSID_SET = "vsids"
 PA_SETS = {4: "pa4", 6: "pa6"}
 # drop reasons in the order they are judged, then the counter of what passed
 REASONS = ("unknown_pa", "not_nvgre", "unknown_vsid", "not_ip", "not_vouched")
@@ -240,7 +243,7 @@ def _chain(outer: int) -> str:
         f"@nh,{o['flags']},16 & 0xb0ff != 0x2000 counter name not_nvgre drop",
         f"@nh,{o['proto']},16 != 0x6558 counter name not_nvgre drop",
         f"@nh,{o['flow']},8 set 0x0",
-        f"@nh,{o['key']},32 != @{VSID_MAP} counter name unknown_vsid drop",
+        f"@nh,{o['key']},32 != @{VSID_SET} counter name unknown_vsid drop",
         f"meta mark set @nh,{o['key']},32 map @{VSID_MAP}",
         *(f"@nh,{o['ethertype']},16 0x{eth:04x} {saddr} . meta mark . @nh,{o[inner]},{_BITS[inner]} "
           f"@{set_name(outer, inner)} counter name {PASSED} accept"
@@ -255,6 +258,7 @@ def _chain(outer: int) -> str:
 def ruleset(f: DecapFilter) -> str:
     """The whole table, replacing whatever is there, in one transaction (add, delete, then the content)."""
     sets = [f"  set {PA_SETS[4]} {{ type ipv4_addr; }}", f"  set {PA_SETS[6]} {{ type ipv6_addr; }}",
+            f"  set {VSID_SET} {{ typeof @nh,192,32; }}",
             f"  map {VSID_MAP} {{ typeof @nh,192,32 : meta mark; }}"]
     for outer in (4, 6):
         for inner in (4, 6):
@@ -276,6 +280,7 @@ def _add(pas: Iterable[Address], vsids: Mapping[int, int], elements: Iterable[El
     text = ""
     for version, name in PA_SETS.items():
         text += _elements("add", name, _sorted(pas, version))
+    text += _elements("add", VSID_SET, [f"0x{v << 8:x}" for v in sorted(vsids)])
     text += _elements("add", VSID_MAP, [f"0x{v << 8:x} : {m}" for v, m in sorted(vsids.items())])
     for name, items in _vouched_by_set(elements).items():
         text += _elements("add", name, items)
@@ -289,6 +294,7 @@ def changes(old: DecapFilter, new: DecapFilter) -> str | None:
     for version, name in PA_SETS.items():
         text += _elements("delete", name, _sorted(old.pas - new.pas, version))
     gone = {v: m for v, m in old.vsids.items() if new.vsids.get(v) != m}
+    text += _elements("delete", VSID_SET, [f"0x{v << 8:x}" for v in sorted(gone)])
     text += _elements("delete", VSID_MAP, [f"0x{v << 8:x}" for v in sorted(gone)])
     for name, items in _vouched_by_set(old.vouched - new.vouched).items():
         text += _elements("delete", name, items)
@@ -320,7 +326,8 @@ def parse(doc: dict) -> DecapFilter | None:
     vsids: dict[int, int] = {}
     elements: set[Element] = set()
     seen: set[str] = set()
-    wanted = {*PA_SETS.values(), VSID_MAP, *(set_name(o, i) for o in (4, 6) for i in (4, 6))}
+    keys: set[int] = set()
+    wanted = {*PA_SETS.values(), VSID_SET, VSID_MAP, *(set_name(o, i) for o in (4, 6) for i in (4, 6))}
     for item in doc.get("nftables", []):
         found = item.get("set") or item.get("map")
         if not found or found.get("table") != TABLE or found.get("name") not in wanted:
@@ -332,10 +339,12 @@ def parse(doc: dict) -> DecapFilter | None:
                 pas.add(ipaddress.ip_address(elem))
             elif name == VSID_MAP:
                 vsids[_int(elem[0]) >> 8] = _int(elem[1])
+            elif name == VSID_SET:
+                keys.add(_int(elem) >> 8)
             else:
                 pa, mark, inner = elem["concat"]
                 elements.add(Element.of(ipaddress.ip_address(pa), _int(mark), _network(inner, int(name[2]))))
-    if seen != wanted:
+    if seen != wanted or keys != set(vsids):
         return None
     return DecapFilter(frozenset(pas), vsids, frozenset(elements))
 

@@ -73,7 +73,9 @@ def test_a_remote_ca_arriving_or_leaving_is_one_element_with_100000_known() -> N
 def test_a_routing_domain_moving_table_and_a_vsid_leaving_are_map_element_changes() -> None:
     old = DecapFilter(frozenset(), {5001: 1000, 5002: 1000})
     text = changes(old, DecapFilter(frozenset(), {5001: 1002}))
-    assert text == ("delete element inet nvfabric vsid { 0x138900, 0x138a00 }\n"
+    assert text == ("delete element inet nvfabric vsids { 0x138900, 0x138a00 }\n"
+                    "delete element inet nvfabric vsid { 0x138900, 0x138a00 }\n"
+                    "add element inet nvfabric vsids { 0x138900 }\n"
                     "add element inet nvfabric vsid { 0x138900 : 1002 }\n")
 
 
