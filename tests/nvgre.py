@@ -8,9 +8,10 @@ import socket
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
+from nvfabric.lab import spoof
 from nvfabric.vnet.kernel.netns import enter_namespace
 
-ROUTER_MAC = bytes.fromhex("02005e100001")  # the fabric's router MAC: every inner frame is addressed to it
+ROUTER_MAC = "02:00:5e:10:00:01"  # the fabric's router MAC: every inner frame is addressed to it
 ETH_IPV4, ETH_IPV6, ETH_ARP = 0x0800, 0x86DD, 0x0806
 
 
@@ -18,35 +19,14 @@ def gre(key: int, flags: int = 0x2000, proto: int = 0x6558) -> bytes:
     return struct.pack("!HHI", flags, proto, key)
 
 
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def echo(marker: bytes) -> bytes:
-    """An ICMP echo request carrying `marker` (what a capture looks for)."""
-    head = struct.pack("!BBHHH", 8, 0, 0, 0x4E56, 1)
-    return head[:2] + struct.pack("!H", checksum(head + marker)) + head[4:] + marker
-
-
 def inner(src: str, dst: str | None = None, marker: bytes = b"", ethertype: int | None = None) -> bytes:
-    """An inner Ethernet frame to the router MAC from `src` to `dst` (IPv4: an ICMP echo with `marker`)."""
+    """An inner Ethernet frame to the router MAC from `src` to `dst` (IPv4: an ICMP echo with `marker`; IPv6:
+    the marker as a payload without next header), built with lab/spoof.py's pieces."""
     six = ":" in src
     dst = dst or ("fd00::99" if six else "10.0.0.99")
-    ethertype = ethertype or (ETH_IPV6 if six else ETH_IPV4)
-    eth = ROUTER_MAC + bytes.fromhex("020000000bad") + struct.pack("!H", ethertype)
-    if six:
-        body = marker or bytes(8)
-        return eth + struct.pack("!IHBB", 6 << 28, len(body), 59, 64) + socket.inet_pton(socket.AF_INET6, src) + \
-            socket.inet_pton(socket.AF_INET6, dst) + body
-    payload = echo(marker)
-    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x4E56, 0, 64, 1, 0, socket.inet_aton(src),
-                       socket.inet_aton(dst))
-    return eth + head[:10] + struct.pack("!H", checksum(head)) + head[12:] + payload
+    packet = spoof.ipv6(src, dst, 59, marker or bytes(8)) if six else \
+        spoof.ipv4(src, dst, 1, spoof.icmp4_echo(0x4E56, 1, marker))
+    return spoof.ethernet(ROUTER_MAC, "02:00:00:00:0b:ad", ethertype or (ETH_IPV6 if six else ETH_IPV4), packet)
 
 
 def send_gre(ns: str, src: str, dst: str, payload: bytes, count: int = 1, *, ip_options: bytes = b"",
