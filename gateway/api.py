@@ -22,6 +22,7 @@ from nvfabric.gateway import nat
 from nvfabric.gateway.gateway import Gateway, TenantStatus
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
+from nvfabric.vnet.decap import DecapCollector
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import check_address
 from nvfabric.vnet.refusals import REFUSALS
@@ -150,6 +151,9 @@ async def metrics(request: web.Request) -> web.Response:
     # read at scrape time from nftables and conntrack: no copy of the counters to drift
     registry = CollectorRegistry()
     registry.register(_TenantCollector(await _gw(request).status()))
+    decap = DecapCollector()
+    decap.counts = await _gw(request).decap_counters()
+    registry.register(decap)
     return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 
 from nvfabric.gateway.config import External
 from nvfabric.gateway.tenants import Tenant
+from nvfabric.vnet import decap
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, desired_state
 from nvfabric.vnet.kernel.netns import RtnlSocket
@@ -70,6 +71,22 @@ def tenant_extras(tenant: Tenant, tid: int, external: External) -> frozenset[Ker
 def gateway_globals(devices: Iterable[str]) -> frozenset[KernelObject]:
     """Pure: what the gateway adds to GLOBAL: the tc hook on each NVGRE device, bound to the shared block."""
     return frozenset(Clsact(dev, TC_BLOCK) for dev in devices)
+
+
+def decap_filter(tenants: Mapping[str, Tenant], ids: Mapping[str, int],
+                 records: Mapping[str, Iterable[LookupRecord]], holding: bool,
+                 before: decap.DecapFilter | None) -> decap.DecapFilter:
+    """Pure: the gateway's decapsulation table (vnet/decap.py, the hosts' own): GRE only from the PAs of the
+    hosts that have the tenants' CAs, only for the tenants' VSIDs (marked with the tenant's id, the mark its
+    flower filter gives the inner packet too), and only from the inner sources their lookup records and
+    customer routes vouch for. GRE from the external side or an unknown PA never enters a tenant."""
+    served = {n: t for n, t in tenants.items() if n in ids}
+    learned = [r for n in served for r in records.get(n, ())]
+    customer = {n: t.routing_domain.customer_routes for n, t in served.items()}
+    vsids = {vsid: ids[n] for n, t in served.items() for vsid in t.vsids}
+    pas = {r.pa for r in learned if r.pa is not None}
+    elements = decap.vouched(learned, (), customer, {n: ids[n] for n in served})
+    return decap.decap_filter(pas, vsids, elements, holding, before)
 
 
 class Dataplane:

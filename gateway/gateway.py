@@ -23,11 +23,12 @@ from typing import Any
 
 from nvfabric.gateway import nat
 from nvfabric.gateway.config import GatewayConfig
-from nvfabric.gateway.dataplane import Dataplane, PlumbingError
+from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
 from nvfabric.gateway.evpn import Fabric
 from nvfabric.gateway.tenants import Claims, Tenant
 from nvfabric.gateway.upstream import Upstream
 from nvfabric.vnet.catalog import NotFound
+from nvfabric.vnet.decap import DecapTable
 from nvfabric.vnet.desired import HostIdentity, allocate_tables
 # the agent's error types too: the REST layer maps them to 503 and 500
 from nvfabric.vnet.errors import KernelError, NotStarted
@@ -67,6 +68,10 @@ class Gateway:
         self._dp = None if not config.provider_addresses else Dataplane(
             config.netns, HostIdentity(config.router_mac, config.provider_addresses), config.external)
         self._records: dict[str, tuple[LookupRecord, ...]] = {}  # tenant -> its learned CAs
+        # the GRE source filter and decapsulation checks (vnet/decap.py), with the NVGRE side; until the
+        # fabric's first records, what a previous run vouched for is kept (a restart keeps enforcing)
+        self._decap = DecapTable(self._nft) if self._dp is not None else None
+        self._decap_learned = False
         self._upstream = Upstream(config) if config.upstream else None
         # the reflectors: learn tenant CAs, announce the tenants' default routes (needs the NVGRE side)
         self._fabric = Fabric(config, self.set_records, self._serving_changed) \
@@ -111,6 +116,9 @@ class Gateway:
                 await self._dp.start()
                 # every tenant's VRF side and tc filters, and the NVGRE devices' tc hooks: one netlink pass
                 await self._dp.reconcile(self._tenants, self._ids, self._records)
+            if self._decap is not None:
+                await self._decap.read()  # what is enforced now: changed by difference
+                await self._update_decap()
             if self._upstream is not None:
                 await self._upstream.start()
                 await self._upstream.sync(self._public())
@@ -154,6 +162,26 @@ class Gateway:
             if self._dp is not None and self._started and changed:
                 await self._dp.records_changed(changed & self._tenants.keys(), self._tenants, self._ids,
                                                self._records)
+            self._decap_learned = True
+            if self._started:
+                await self._update_decap()
+
+    async def _update_decap(self) -> None:
+        """The decapsulation table follows the tenants and their learned CAs (element changes only). A
+        refusal is logged; the next change replaces the table (DecapTable forgets what it applied)."""
+        if self._decap is None:
+            return
+        want = decap_filter(self._tenants, self._ids, self._records, not self._decap_learned, self._decap.applied)
+        if want == self._decap.applied:
+            return
+        try:
+            await self._decap.apply(want)
+        except NftError as exc:
+            log.warning("decapsulation table: %s", exc)
+
+    async def decap_counters(self) -> dict[str, int]:
+        """NVGRE packets judged before decapsulation, by drop reason (and vouched)."""
+        return await self._decap.counters() if self._decap is not None else {}
 
     async def _load(self, what: str, doc: dict) -> None:
         began = time.monotonic()
@@ -197,6 +225,7 @@ class Gateway:
                 raise
             self._tenants, self._ids = MappingProxyType(proposed), MappingProxyType(ids)
             self._claims.put(tenant)
+            await self._update_decap()
             if self._upstream is not None:
                 await self._upstream.update({name: tenant if self.serving else None})  # after NAT is in place
             if self._fabric is not None:
@@ -221,6 +250,7 @@ class Gateway:
                     raise KernelError(f"delete tenant {name}", (str(exc),)) from None
             self._tenants, self._ids = MappingProxyType(remaining), MappingProxyType(ids)
             self._claims.remove(name)
+            await self._update_decap()
             if self._upstream is not None:
                 await self._upstream.update({name: None})
             if self._fabric is not None:

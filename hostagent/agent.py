@@ -30,12 +30,13 @@ from nvfabric.bgp.speaker import PeerStatus
 from nvfabric.hostagent import state
 from nvfabric.hostagent import status as report
 from nvfabric.hostagent.config import AgentConfig
-from nvfabric.hostagent.filters import Filters
+from nvfabric.hostagent.filters import Filters, gre_allowed, served_vsids
 from nvfabric.hostagent.metrics import AgentMetrics
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
 from nvfabric.hostagent.compute import Learned, View, compute, domain_of, follow_remote
-from nvfabric.vnet import announce, learn
+from nvfabric.vnet import announce, decap, learn
 from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.decap import DecapCollector, DecapFilter
 from nvfabric.vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, vrf_name
 from nvfabric.vnet.errors import KernelError, ModelError, NotStarted
 from nvfabric.vnet.hold import Hold, Policy
@@ -65,6 +66,8 @@ class Agent:
         self._view = View.first(config.routing_domains, state.load(config.state_dir))
         self.metrics = AgentMetrics(lambda: len(self._view.mobility.freezes(time.monotonic())))
         self.registry = self.metrics.registry
+        self._decap_collector = DecapCollector()  # refreshed by decap_counters() before a scrape
+        self.registry.register(self._decap_collector)
         self._lock = asyncio.Lock()
         self._started = False
         self._sock: RtnlSocket | None = None
@@ -222,6 +225,7 @@ class Agent:
             skipped=tuple(x for why in self._skipped.values() for x in why),
             local_routes=len(self._announced.routes),
             learned_routes=len(self._client.routes()) if self._client else 0,
+            decap=dict(self._decap_collector.counts),
         )
 
     # ------------------------------------------------------------------ the one way state changes
@@ -278,6 +282,7 @@ class Agent:
         self._view = view
         self._swap_learned(desired, learned)
         await self._update_vrf_marks()
+        await self._update_decap()
         await self._announce()
 
     async def _guard_ports(self, view: View, what: str) -> None:
@@ -309,14 +314,36 @@ class Agent:
             self._dirty.set()  # retry (the reconciler observes the kernel again, a full pass)
         self._swap_learned(desired, learned)
         await self._update_vrf_marks()
-        next_hops = (r.next_hop for r in self._learned() if hasattr(r, "next_hop"))
-        if not await self._filters.gre(next_hops, self.config.provider_addresses, self._hold.holding):
-            self._dirty.set()
+        await self._update_decap()
         await self._announce()
 
     async def _update_vrf_marks(self) -> None:
         if not await self._filters.marks(self._view.tables, self._view.catalog.routing_domains):
             self._dirty.set()
+
+    async def _update_decap(self) -> None:
+        """The decapsulation table (vnet/decap.py): the fabric's PAs, the VSIDs served here, and the inner
+        sources vouched for by the lookup records, the announced prefixes and the customer routes."""
+        routes = self._learned()
+        catalog, tables, ours = self._view.catalog, self._view.tables, self.config.provider_addresses
+        pas = gre_allowed((r.next_hop for r in routes if hasattr(r, "next_hop")), ours)
+        customer = {name: d.customer_routes for name, d in catalog.routing_domains.items()}
+        elements = decap.vouched(self._learned_state.records, learn.announced_prefixes(catalog, routes, ours),
+                                 customer, tables)
+        if not await self._filters.decapsulation(pas, served_vsids(catalog, tables), elements,
+                                                 self._hold.holding):
+            self._dirty.set()
+
+    async def decap_counters(self) -> dict[str, int]:
+        """Packets judged by the decapsulation table, by drop reason (and vouched), as the kernel counts them."""
+        counts = await self._filters.decap_counters()
+        self._decap_collector.counts = counts
+        return counts
+
+    @property
+    def decap(self) -> DecapFilter | None:
+        """What the decapsulation table holds now (for trace)."""
+        return self._filters.decap
 
     async def _announce(self) -> None:
         if self._client is None:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from nvfabric.hostagent import views
 from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.config import DEFAULT_LISTEN
-from nvfabric.hostagent.trace import trace
+from nvfabric.hostagent.trace import arriving, trace
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import Port, RoutingDomain, check_address, check_vsid
@@ -162,13 +162,34 @@ async def trace_packet(request: web.Request) -> web.Response:
     return web.json_response(views.trace(result))
 
 
+async def trace_arrival(request: web.Request) -> web.Response:
+    """An NVGRE packet arriving from PA with VSID (and FlowID), inner SRC -> DST: delivered or dropped, why."""
+    params = request.query
+    for required in ("pa", "vsid", "src", "dst"):
+        if required not in params:
+            raise ModelError(required, None, "required query parameter")
+    pa, src, dst = (check_address(params[k], k) for k in ("pa", "src", "dst"))
+    try:
+        vsid, flow_id = int(params["vsid"]), int(params.get("flow_id", "0"))
+    except ValueError:
+        raise ModelError("vsid", params["vsid"], "must be an integer (and flow_id too)") from None
+    if not 0 <= vsid < 1 << 24 or not 0 <= flow_id < 256:
+        raise ModelError("vsid", vsid, "must fit 24 bits (and flow_id 8)")
+    agent = _agent(request)
+    result = arriving(agent.decap, agent.catalog, agent.lookup_records(), agent.desired, pa, vsid << 8 | flow_id,
+                      src, dst)
+    return web.json_response(views.arrival(result))
+
+
 async def status(request: web.Request) -> web.Response:
+    await _agent(request).decap_counters()  # the kernel's counters, read now
     return web.json_response(_agent(request).status().as_dict())
 
 
 async def metrics(request: web.Request) -> web.Response:
     agent = _agent(request)
     agent.metrics.port_security(await agent.port_drops())  # the kernel's counters, read at scrape time
+    await agent.decap_counters()
     body = generate_latest(agent.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -192,6 +213,7 @@ def make_app(agent: Agent, token: str, *, metrics_token: bool = False) -> web.Ap
     app.router.add_get("/v1/customer-routes", customer_routes)
     app.router.add_get("/v1/provider-addresses", provider_addresses)
     app.router.add_get("/v1/trace", trace_packet)
+    app.router.add_get("/v1/trace/arrival", trace_arrival)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/metrics", metrics)
     return app

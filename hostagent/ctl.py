@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParse
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--port", help="the packet is sent by this local port's VM (port security decides first)")
+    p = leaf("trace-arrival", "what this host does with NVGRE from PA with VSID, inner SRC -> DST", _trace_arrival)
+    p.add_argument("pa")
+    p.add_argument("vsid")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--flow-id", default="0")
     leaf("status", "the agent's status: BGP sessions, sync, last reconcile", _status)
 
     domain = sub.add_parser("routing-domain", help="get, put or delete one routing domain")
@@ -172,6 +178,15 @@ def _trace(client: Client, args: argparse.Namespace) -> None:
               ("route", body["route"]), ("enters by", body["ingress"]), ("source VSID", body["src_vsid"]),
               ("dropped so far", body.get("drops"))]
     show(args, body, lambda: table(f"trace {body['routing_domain']}: {body['src']} -> {body['dst']}",
+                                     ["", ""], [[k, "-" if v is None else str(v)] for k, v in fields]))
+
+
+def _trace_arrival(client: Client, args: argparse.Namespace) -> None:
+    _, body = client.request("GET", "/v1/trace/arrival", query={
+        "pa": args.pa, "vsid": args.vsid, "src": args.src, "dst": args.dst, "flow_id": args.flow_id})
+    fields = [("verdict", body["verdict"]), ("reason", body["reason"]), ("counted as", body["counter"]),
+              ("routing domain", body["routing_domain"]), ("GRE key", hex(body["gre_key"]))]
+    show(args, body, lambda: table(f"arrival from {body['pa']} VSID {body['vsid']}: {body['src']} -> {body['dst']}",
                                      ["", ""], [[k, "-" if v is None else str(v)] for k, v in fields]))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nvfabric.vnet.hold import Hold
@@ -31,6 +31,8 @@ class AgentStatus:
     skipped: tuple[str, ...]
     local_routes: int
     learned_routes: int
+    # NVGRE packets judged before decapsulation (vnet/decap.py): drops by reason, and `vouched` (delivered)
+    decap: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,6 +11,10 @@ The model (catalog, lookup records) only explains what the objects cannot say: w
 which port or VM a route leads to and in which VSID, why a more specific route is absent, and which other
 routing domain has an address. A "forwarded" trace names the route, the VSID in the GRE key, the PA and the
 device the packet leaves by; a "dropped" one says which route or rule dropped it.
+
+`arriving` traces the other direction: an NVGRE packet from another host's PA, judged first by the
+decapsulation table the agent wrote (vnet/decap.py: known PA, served VSID, vouched inner source), then
+routed in its routing domain.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 
 from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.decap import ETH_IPV4, ETH_IPV6, PASSED, DecapFilter
 from nvfabric.vnet.desired import GLOBAL
 from nvfabric.vnet.kernel.objects import (
     DEFAULT_METRIC,
@@ -275,3 +280,44 @@ def _elsewhere(catalog: Catalog, records: list[LookupRecord], domain: RoutingDom
     if others:
         return f" ({address} is a CA of routing domain {min(others)}: crossing routing domains needs a gateway)"
     return ""
+
+
+# ------------------------------------------------------------------ a packet arriving over NVGRE
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What this host does with an NVGRE packet from another host: judged by the decapsulation table
+    (vnet/decap.py), then, when delivered, routed in its routing domain like any packet (`inner`)."""
+
+    pa: Address  # the outer source
+    key: int  # the GRE key as sent (VSID << 8 | FlowID)
+    src: Address  # the inner source
+    dst: Address
+    verdict: str  # "delivered" (to a local port) | "forwarded" (encapsulated again) | "dropped"
+    reason: str
+    counter: str  # the decapsulation table's counter that counts it (a drop reason, or "vouched")
+    routing_domain: str | None = None
+    inner: Trace | None = None
+
+
+def arriving(decap: DecapFilter | None, catalog: Catalog, records: Iterable[LookupRecord],
+             desired: Mapping[str, Iterable[KernelObject]], pa: Address, key: int, src: Address,
+             dst: Address) -> Arrival:
+    """Pure: the decapsulation table's judgement (the same DecapFilter the agent wrote: `decap`, None before
+    its first write) and, for a packet it lets through, the trace of the inner packet in its routing domain."""
+    vsid = key >> 8
+    found = catalog.subnet(vsid)
+    domain = found[0].name if found is not None else None
+    ethertype = ETH_IPV6 if src.version == 6 else ETH_IPV4
+    counter = (decap or DecapFilter()).judge(pa, key, ethertype, src)
+    if counter != PASSED:
+        why = {"unknown_pa": f"GRE from {pa}: not a provider address the fabric taught this host",
+               "unknown_vsid": f"VSID {vsid} (key {key:#x}, FlowID ignored) is not served on this host",
+               "not_vouched": f"inner source {src} is not vouched for at {pa} in routing domain {domain}: no "
+                              f"lookup record, announced prefix or customer route through a CA there"}
+        return Arrival(pa, key, src, dst, "dropped", why.get(counter, counter), counter, domain)
+    assert domain is not None  # a served VSID is a configured subnet's
+    inner = trace(catalog, records, desired, domain, src, dst)
+    verdict = {Verdict.DELIVERED_LOCALLY: "delivered", Verdict.FORWARDED: "forwarded"}.get(inner.verdict, "dropped")
+    return Arrival(pa, key, src, dst, verdict, inner.reason, counter, domain, inner)

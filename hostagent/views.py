@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nvfabric.hostagent.state import port_to_dict, routing_domain_to_dict
-from nvfabric.hostagent.trace import Trace
+from nvfabric.hostagent.trace import Arrival, Trace
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import vrf_name
 from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
@@ -68,3 +68,9 @@ def trace(t: Trace) -> dict[str, Any]:
             "reason": t.reason, "vsid": t.vsid, "gre_key": t.vsid << 8 if t.vsid is not None else None,
             "pa": str(t.pa) if t.pa is not None else None, "mac": t.mac, "device": t.device, "route": t.route,
             "src_vsid": t.src_vsid, "ingress": t.ingress, "drops": t.drops}
+
+
+def arrival(a: Arrival) -> dict[str, Any]:
+    return {"pa": str(a.pa), "gre_key": a.key, "vsid": a.key >> 8, "flow_id": a.key & 0xFF, "src": str(a.src),
+            "dst": str(a.dst), "verdict": a.verdict, "reason": a.reason, "counter": a.counter,
+            "routing_domain": a.routing_domain, "inner": trace(a.inner) if a.inner is not None else None}

@@ -5,6 +5,9 @@ CAs), the remote prefixes (type-5 routes), customer routes, the host's identity 
 each routing domain. The output is compared with what the kernel has by vnet.kernel.diff; nothing here
 reads or writes the kernel.
 
+Globally, with the NVGRE devices: `iif <nvgre dev> unreachable` after every tun_id rule (a decapsulated
+packet no VSID claims goes nowhere) and the local table moved after the l3mdev rule (an inner packet is
+never delivered to the host's own addresses): both families, for the host and the gateway alike.
 Per routing domain: a VRF `nvf-<name>`, `unreachable default` for IPv4 and IPv6 (everything unknown is
 dropped), and for every VSID a `tun_id` rule on each NVGRE device steering decapsulated frames into its
 table. Per local port: a routed port in the VRF with proxy ARP / proxy NDP, and a /32 (/128) route per CA.
@@ -25,12 +28,14 @@ from nvfabric.vnet.kernel.objects import (
     EncapRoute,
     FwmarkRule,
     KernelObject,
+    LocalTableRule,
     LocalPortRoute,
     NvgreDevice,
     PermanentNeighbour,
     ProxyNeighbour,
     Sysctl,
     TunIdRule,
+    UnreachableIifRule,
     UnreachableRoute,
     ViaRoute,
     Vrf,
@@ -146,6 +151,11 @@ def desired_state(
         glob.add(NvgreDevice(dev, family, identity.router_mac, mtu=identity.underlay_mtu - OVERHEAD[family]))
         for nh in ROUTER_NEXTHOPS:
             glob.add(PermanentNeighbour(dev, nh, identity.router_mac))
+        # nothing decapsulated reaches the main table: what no tun_id rule claimed is unreachable
+        glob.update(UnreachableIifRule(ca_family, dev) for ca_family in (4, 6))
+    if devices:
+        # nor the host's own addresses: the local table after the tun_id rules and the l3mdev rule
+        glob.update(LocalTableRule(ca_family) for ca_family in (4, 6))
 
     # the inputs, grouped by routing domain in one pass each (only the wanted ones are kept)
     records_in: dict[str, list[LookupRecord]] = {}

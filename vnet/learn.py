@@ -68,8 +68,10 @@ def lookup_records(
     return sorted(records.values(), key=lambda r: (r.routing_domain, r.ca.version, r.ca))
 
 
-def remote_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Collection[Address]) -> list[RemotePrefix]:
-    out: dict[tuple[str, object], RemotePrefix] = {}
+def announced_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Collection[Address]) -> list[RemotePrefix]:
+    """Every type-5 route of our routing domains, one RemotePrefix per announcing host (two gateways may
+    announce the same prefix: both are vouched for as senders, vnet/decap.py)."""
+    out: list[RemotePrefix] = []
     for route in routes:
         if not isinstance(route, PrefixRoute) or route.next_hop in our_pas:
             continue
@@ -79,9 +81,16 @@ def remote_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Collecti
             None)
         if domain is None:
             continue
-        prefix = RemotePrefix(domain, route.prefix, route.vsid, route.next_hop, route.router_mac,
-                              route.gateway_ip if route.gateway_ip and not route.gateway_ip.is_unspecified else None)
-        key = (domain, route.prefix)
+        out.append(RemotePrefix(domain, route.prefix, route.vsid, route.next_hop, route.router_mac,
+                                route.gateway_ip if route.gateway_ip and not route.gateway_ip.is_unspecified
+                                else None))
+    return out
+
+
+def remote_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Collection[Address]) -> list[RemotePrefix]:
+    out: dict[tuple[str, object], RemotePrefix] = {}
+    for prefix in announced_prefixes(catalog, routes, our_pas):
+        key = (prefix.routing_domain, prefix.prefix)
         # deterministic when two hosts (two gateways) announce the same prefix: the lower PA
         if key not in out or (prefix.pa.version, prefix.pa.packed) < (out[key].pa.version, out[key].pa.packed):
             out[key] = prefix

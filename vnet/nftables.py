@@ -1,33 +1,26 @@
-"""The project's one nftables talker: nft's JSON, one atomic transaction per change, read back; through
-libnftables in this process when it loads, else through `nft -j -f -`.
+"""The project's one nftables talker: one atomic transaction per change (nft's JSON, or its own language where
+the JSON cannot say it), read back as JSON; through libnftables in this process when it loads, else through
+`nft -j -f -`.
 
-The host agent owns one table, `inet nvfabric`, and nothing else: GRE is accepted only from provider
-addresses that BGP taught us (sets `pa4`, `pa6`); GRE from anywhere else is dropped before the ip_gre
-handler sees it.
-
-The first write (at start, or after nft refused one) replaces the whole table in ONE transaction (add,
-delete, add again, then the content), so the ruleset is never seen half-built, whatever was there
-before. After that a change of the provider-address set only adds and deletes set elements, in one
-transaction: its size follows the change, not the fabric (a host of a fabric of thousands of hosts does
-not rewrite thousands of elements when one host comes or goes), and the chain, its rules and their
-counters are left alone. Never anyone else's tables.
+The tables are built by their owners: `inet nvfabric` (vnet/decap.py: the GRE source filter and the
+decapsulation checks), `inet nvfabric-vrf` (vnet/vrfmark.py), port security's (vnet/portsecurity.py), the
+gateway's NAT table (gateway/nat.py).
+Never anyone else's tables.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
-import ipaddress
 import json
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 from nvfabric.vnet.kernel.netns import inside
-from nvfabric.vnet.model import Address
 
-TABLE = "nvfabric"
 FAMILY = "inet"
+T = TypeVar("T")
 
 
 class NftError(RuntimeError):
@@ -38,54 +31,26 @@ class NftError(RuntimeError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class GreFilter:
-    """GRE allowed only from these provider addresses."""
+class Owned(Generic[T]):
+    """One owned table kept equal to a wanted value: the whole table (`whole`) at the first write and after a
+    refused one, then only the difference (`change`, None when nothing differs), written by `write`. A
+    refusal forgets what was applied (the table may not be what we think) and is raised."""
 
-    allowed: frozenset[Address]
+    def __init__(self, whole: Callable[[T], Any], change: Callable[[T, T], Any | None],
+                 write: Callable[[Any], Awaitable[None]]) -> None:
+        self._whole, self._change, self._write = whole, change, write
+        self.applied: T | None = None  # None: not known, the next apply replaces the table
 
-    def ruleset(self) -> dict:
-        table = {"family": FAMILY, "name": TABLE}
-        owned = {"family": FAMILY, "table": TABLE}
-        cmds: list[dict] = [
-            {"add": {"table": table}},
-            {"delete": {"table": table}},  # with the add before it: a replace, inside one transaction
-            {"add": {"table": table}},
-            {"add": {"set": {**owned, "name": "pa4", "type": "ipv4_addr"}}},
-            {"add": {"set": {**owned, "name": "pa6", "type": "ipv6_addr"}}},
-            # before the usual filter priority (0), so a user's accept-all input chain does not matter
-            {"add": {"chain": {**owned, "name": "input", "type": "filter", "hook": "input", "prio": -10,
-                               "policy": "accept"}}},
-        ]
-        for name, version in (("pa4", 4), ("pa6", 6)):
-            elems = sorted(str(a) for a in self.allowed if a.version == version)
-            if elems:
-                cmds.append({"add": {"element": {**owned, "name": name, "elem": elems}}})
-        for proto, name in (("ip", "pa4"), ("ip6", "pa6")):
-            cmds.append({"add": {"rule": {**owned, "chain": "input", "expr": [
-                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "gre"}},
-                {"match": {"op": "!=", "left": {"payload": {"protocol": proto, "field": "saddr"}},
-                           "right": f"@{name}"}},
-                {"counter": None},
-                {"drop": None},
-            ]}}})
-        return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
-
-    def changes(self, old: GreFilter) -> dict | None:
-        """The transaction from `old` (what the kernel has) to this one: set elements only, deletes first;
-        None when nothing differs. nft refuses to delete an element that is not there (someone else changed
-        our table): the caller then replaces the table."""
-        owned = {"family": FAMILY, "table": TABLE}
-        cmds: list[dict] = []
-        for name, version in (("pa4", 4), ("pa6", 6)):
-            gone = sorted(str(a) for a in old.allowed - self.allowed if a.version == version)
-            if gone:
-                cmds.append({"delete": {"element": {**owned, "name": name, "elem": gone}}})
-        for name, version in (("pa4", 4), ("pa6", 6)):
-            new = sorted(str(a) for a in self.allowed - old.allowed if a.version == version)
-            if new:
-                cmds.append({"add": {"element": {**owned, "name": name, "elem": new}}})
-        return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]} if cmds else None
+    async def apply(self, want: T) -> None:
+        doc = self._whole(want) if self.applied is None else self._change(self.applied, want)
+        if doc is None:
+            return
+        try:
+            await self._write(doc)
+        except NftError:
+            self.applied = None
+            raise
+        self.applied = want
 
 
 class Nft:
@@ -95,9 +60,6 @@ class Nft:
 
     def __init__(self, netns: str | None = None, *, in_process: bool = True) -> None:
         self.netns = netns
-        # what our last transaction left in the kernel; None: not known (start, or nft refused one), so the
-        # next apply replaces the table instead of changing it
-        self._applied: GreFilter | None = None
         lib = _libnftables() if in_process else None
         self._lib: _LibNft | None = _LibNft(lib, netns) if lib is not None else None
 
@@ -139,40 +101,13 @@ class Nft:
 
     async def script(self, what: str, text: str) -> None:
         """One transaction in nft's own language (all or nothing). For what nft 1.0.6's JSON cannot say: a
-        `typeof` set key with a raw payload (vnet/portsecurity.py)."""
+        `typeof` set key with a raw payload (vnet/portsecurity.py, vnet/decap.py)."""
         await self._command(what, text.encode(), "-f", "-")
 
     async def list_json(self, *args: str) -> dict:
         """`nft -j list ARGS...`, parsed."""
         return json.loads(await self._command("list", " ".join(("list", *args)).encode(), "-j", "list", *args))
 
-    async def apply(self, gre: GreFilter) -> None:
-        """Make the kernel's table `gre`: the whole table the first time, then only the set elements that
-        changed (GreFilter.changes), each in one transaction."""
-        doc = gre.ruleset() if self._applied is None else gre.changes(self._applied)
-        if doc is None:
-            return
-        try:
-            await self.transaction("apply", doc)
-        except NftError:
-            self._applied = None  # the table may not be what we think: replace it next time
-            raise
-        self._applied = gre
-
-    async def allowed(self) -> frozenset[Address] | None:
-        """Read back the provider addresses in our sets; None when the table does not exist."""
-        try:
-            return parse_allowed(await self.list_json("table", FAMILY, TABLE))
-        except NftError:
-            return None
-
-    async def delete(self) -> None:
-        self._applied = None
-        try:
-            await self._command("delete", f"delete table {FAMILY} {TABLE}".encode(), "delete", "table", FAMILY,
-                                TABLE)
-        except NftError:
-            pass  # already gone
 
 
 # ---------------------------------------------------------------------------------------------- libnftables
@@ -259,18 +194,3 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-
-
-def parse_allowed(doc: dict) -> frozenset[Address]:
-    found: set[Address] = set()
-    for item in doc.get("nftables", []):
-        s = item.get("set")
-        if s and s.get("table") == TABLE and s.get("name") in ("pa4", "pa6"):
-            for elem in s.get("elem", []):
-                if isinstance(elem, str):
-                    found.add(ipaddress.ip_address(elem))
-    return frozenset(found)
-
-
-def allowed_from(pas: Iterable[Address]) -> GreFilter:
-    return GreFilter(frozenset(pas))

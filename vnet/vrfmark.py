@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from nvfabric.vnet.nftables import FAMILY, Nft, NftError
+from nvfabric.vnet.nftables import FAMILY, Nft, NftError, Owned
 
 TABLE = "nvfabric-vrf"
 MAP = "vrf"
@@ -71,18 +71,14 @@ class VrfMarks:
 
     def __init__(self, nft: Nft) -> None:
         self.nft = nft
-        self.applied: dict[str, int] | None = None
+        self._owned: Owned[dict[str, int]] = Owned(ruleset, changes, lambda doc: nft.transaction("vrf marks", doc))
+
+    @property
+    def applied(self) -> dict[str, int] | None:
+        return self._owned.applied
 
     async def apply(self, marks: Mapping[str, int]) -> None:
-        doc = ruleset(marks) if self.applied is None else changes(self.applied, marks)
-        if doc is None:
-            return
-        try:
-            await self.nft.transaction("vrf marks", doc)
-        except NftError:
-            self.applied = None  # the table may not be what we think: replace it next time
-            raise
-        self.applied = dict(marks)
+        await self._owned.apply(dict(marks))
 
     async def read(self) -> dict[str, int] | None:
         """The map as the kernel has it; None when the table does not exist."""

@@ -24,6 +24,7 @@ from nvfabric.lab import netns, runner, spoof
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
 from tests.kernel.test_vnet_dataplane import _gre_keys
+from tests.nvgre import gre, inner, send_gre
 from nvfabric.vnet.errors import KernelError, ModelError
 from nvfabric.vnet.model import CustomerRoute, Port
 from nvfabric.vnet import portsecurity
@@ -268,6 +269,68 @@ def test_an_agent_restart_keeps_port_security_throughout_and_adopts_the_table(fa
     assert table_handles() == handles  # adopted, not rebuilt
     report(f"agent restart on hv1: the spoofed packet sent meanwhile dropped and counted ({before} -> {after}), "
            "the table adopted (same handles)")
+
+
+def _decap(fabric) -> dict[str, int]:
+    """hv1's decapsulation counters, as its agent reads them (and reports them in its status)."""
+    counts = fabric.agents["hv1"].call(lambda a: a.decap_counters())
+    assert fabric.agents["hv1"].read(lambda a: a.status()).decap == counts
+    return counts
+
+
+def _icmp_in_echos(ns: str) -> int:
+    lines = [ln.split() for ln in netns.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]).output.splitlines()
+             if ln.startswith("Icmp:")]
+    return int(lines[1][lines[0].index("InEchos")])
+
+
+def test_gre_nobody_vouches_for_never_arrives_anywhere(fabric):
+    """hv2 (a known PA) attacks hv1: an unknown VSID, key 0, a tenant hv2 does not host, an inner source that
+    is not hv2's, and an inner packet for hv1's own PA. Captured where each would arrive: nothing does, and
+    hv1 counts each by its reason."""
+    hv1, hv2 = fabric.ns("hv1"), fabric.ns("hv2")
+    before, echos = _decap(fabric), _icmp_in_echos(hv1)
+    caps = {"hv3": Capture(fabric.ns("hv3"), "eth1", "/tmp/decap-hv3.pcap"),
+            "b1": Capture(hv1, "tap-b1", "/tmp/decap-b1.pcap"),
+            "r1": Capture(hv1, "tap-r1", "/tmp/decap-r1.pcap")}
+    attacks = {  # marker -> (key, inner source, inner destination), each sent 5 times
+        b"unknown-vsid": (9999 << 8, "10.0.0.12", HV["hv3"]),
+        b"key-zero": (0, "10.0.0.12", HV["hv3"]),
+        b"not-hosted": (6001 << 8, "10.0.0.13", "10.0.0.12"),  # red's VSID, r3's CA, to r1
+        b"not-hv2s-ca": (5001 << 8, "10.0.1.13", "10.0.0.11"),  # b3's CA (at hv3), to b1
+        b"to-hv1-itself": (5001 << 8, "10.0.0.12", HV["hv1"]),  # b2's CA (vouched), to hv1's own PA
+    }
+    for marker, (key, src, dst) in attacks.items():
+        send_gre(hv2, HV["hv2"], HV["hv1"], gre(key) + inner(src, dst, b"nvf-attack-" + marker), count=5)
+    after = wait_for(lambda: (c := _decap(fabric))["not_vouched"] - before["not_vouched"] >= 10 and c, 10,
+                     "hv1 counts the attacks")
+    pcaps = {name: cap.stop() for name, cap in caps.items()}
+    for name, pcap in pcaps.items():
+        assert b"nvf-attack-" not in pcap, f"an attack reached {name}"
+    delta = {reason: after[reason] - before[reason] for reason in after}
+    report(f"hv1 decapsulation drops for 25 attack packets from hv2: {delta}")
+    assert delta["unknown_vsid"] == 10 and delta["not_vouched"] == 10, delta
+    assert delta["vouched"] >= 5  # the packets for hv1's own PA: vouched, then unreachable in blue's VRF
+    assert _icmp_in_echos(hv1) == echos, "hv1 answered an echo that came out of a tunnel"
+
+
+def test_a_legitimate_sender_may_set_the_flow_id(fabric):
+    """RFC 7637: the low byte of the key is the sender's entropy; b2's host sends to b1 with FlowID 7."""
+    before = _decap(fabric)
+    cap = Capture(fabric.ns("hv1"), "tap-b1", "/tmp/decap-flowid.pcap")
+    send_gre(fabric.ns("hv2"), HV["hv2"], HV["hv1"], gre(5001 << 8 | 7) + inner("10.0.0.12", "10.0.0.11",
+                                                                                 b"nvf-flow-id-7"), count=5)
+    wait_for(lambda: _decap(fabric)["vouched"] - before["vouched"] >= 5, 10, "hv1 counts them vouched")
+    assert cap.stop().count(b"nvf-flow-id-7") >= 5  # each request delivered to b1 (its reply carries it too)
+
+
+def test_the_local_table_sits_after_the_tun_id_rules_on_every_host(fabric):
+    for host in HV:
+        for family in ("-4", "-6"):
+            rules = netns.run(["ip", family, "-n", fabric.ns(host), "rule", "show"]).output.splitlines()
+            assert not any(r.startswith("0:") for r in rules), (host, rules)
+            assert any(r.startswith("999:\tfrom all iif nvf-gre4 unreachable") for r in rules), (host, rules)
+            assert any(r.startswith("1100:\tfrom all lookup local") for r in rules), (host, rules)
 
 
 def test_mtu_df_too_big_gets_frag_needed_and_tcp_moves_10_mb(fabric):

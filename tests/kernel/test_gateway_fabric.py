@@ -12,13 +12,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from nvfabric.lab.gateway_scene import PUBLIC_POOL, SERVER, default_via, gateway_config
+from nvfabric.lab.gateway_scene import GW1, PUBLIC_POOL, SERVER, default_via, gateway_config
 from nvfabric.lab.fabric import Fabric, HV, wait_for
 from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
 from nvfabric.lab.daemons import GatewayThread
 from nvfabric.lab.probe import Server, connect_retrying
+from tests.kernel.test_agent_tenants import Capture
+from tests.nvgre import gre, inner, send_gre
 
 pytestmark = pytest.mark.kernel
 
@@ -87,3 +89,21 @@ def test_tenants_reach_the_internet_through_the_gateway(fabric) -> None:
     finally:
         for v in (server, *vm_servers):
             v.close()
+
+
+def test_gre_to_the_gateway_from_the_internet_never_enters_a_tenant(fabric) -> None:
+    """The internet node sends NVGRE for blue's VSID to gw1 (its external address and its PA), inner packets
+    for b1: captured at b1, nothing arrives; gw1 counts them from an unknown PA. The tenants' own traffic
+    through gw1 (the test above) is what its decapsulation table lets through."""
+    fab, gw = fabric
+    before = gw.call(lambda g: g.decap_counters())
+    cap = Capture(fab.ns("hv1"), "tap-b1", "/tmp/decap-gw-b1.pcap")
+    for dst in ("203.0.113.21", GW1):
+        send_gre(fab.ns("internet"), SERVER[0], dst,
+                 gre(5001 << 8) + inner(SERVER[0], "10.0.0.11", b"nvf-attack-from-internet"), count=5)
+    after = wait_for(lambda: (c := gw.call(lambda g: g.decap_counters()))["unknown_pa"] - before["unknown_pa"] >= 10
+                     and c, 10, "gw1 counts GRE from the internet")
+    assert b"nvf-attack-from-internet" not in cap.stop()
+    assert after["vouched"] - before["vouched"] == 0
+    rules = netns.run(["ip", "netns", "exec", fab.ns("gw1"), "nft", "list", "table", "inet", "nvfabric"]).output
+    assert all(pa in rules for pa in HV.values()) and SERVER[0] not in rules, rules

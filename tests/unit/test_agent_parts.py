@@ -1,4 +1,4 @@
-"""The agent's pure parts: the GRE filter's and VRF marks' contents, the announced-routes diff."""
+"""The agent's pure parts: the decapsulation table's and VRF marks' contents, the announced-routes diff."""
 
 from __future__ import annotations
 
@@ -6,15 +6,20 @@ import asyncio
 import ipaddress
 
 from nvfabric.bgp.announced import Announced, diff
-from nvfabric.hostagent.filters import gre_allowed, vrf_marks
+from nvfabric.hostagent.filters import gre_allowed, served_vsids, vrf_marks
+from tests.unit.agent_fixtures import catalog
 
 PA1, PA2, PA3 = (ipaddress.ip_address(f"198.51.100.{n}") for n in (11, 12, 13))
 
 
-def test_gre_allowed_from_learned_next_hops_but_ours_and_nothing_forgotten_while_holding() -> None:
-    assert gre_allowed([PA1, PA2, PA2], [PA1], False, frozenset({PA3})) == {PA2}
-    assert gre_allowed([PA2], [PA1], True, frozenset({PA3})) == {PA2, PA3}
-    assert gre_allowed([PA2], [PA1], True, None) == {PA2}
+def test_gre_allowed_from_learned_next_hops_but_ours() -> None:
+    assert gre_allowed([PA1, PA2, PA2, PA3], [PA1]) == {PA2, PA3}
+
+
+def test_served_vsids_are_every_configured_subnet_with_its_routing_domains_table() -> None:
+    served = served_vsids(catalog(), {"blue": 1001, "red": 1002})
+    assert served and set(served.values()) <= {1001, 1002}
+    assert served_vsids(catalog(), {}) == {}
 
 
 def test_vrf_marks_only_for_configured_routing_domains() -> None:

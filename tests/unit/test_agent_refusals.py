@@ -16,7 +16,8 @@ from nvfabric.hostagent.config import AgentConfig
 from nvfabric.vnet.catalog import NotFound
 from nvfabric.vnet.errors import ConflictError, ModelError
 from nvfabric.vnet.model import Port
-from nvfabric.vnet.nftables import GreFilter, Nft
+from nvfabric.vnet.decap import DecapFilter, DecapTable
+from nvfabric.vnet.nftables import Nft
 from tests.unit.agent_fixtures import BLUE, RED, VM_B1, VM_R1, catalog
 
 
@@ -72,19 +73,19 @@ def namespace():
     subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-async def test_gre_filter_is_one_table_replaced_atomically_and_read_back(namespace):
-    nft = Nft(namespace)
-    assert await nft.allowed() is None
+async def test_decap_table_is_one_table_replaced_atomically_and_read_back(namespace):
+    table = DecapTable(Nft(namespace))
+    assert await table.read() is None
     pas = {ipaddress.ip_address("198.51.100.12"), ipaddress.ip_address("2001:db8::12")}
-    await nft.apply(GreFilter(frozenset(pas)))
-    assert await nft.allowed() == pas
-    await nft.apply(GreFilter(frozenset({ipaddress.ip_address("198.51.100.13")})))
-    assert await nft.allowed() == {ipaddress.ip_address("198.51.100.13")}
+    await table.apply(DecapFilter(frozenset(pas), {5001: 1000}))
+    assert (await table.read()).pas == pas
+    await table.apply(DecapFilter(frozenset({ipaddress.ip_address("198.51.100.13")})))
+    assert await table.read() == DecapFilter(frozenset({ipaddress.ip_address("198.51.100.13")}))
     rules = subprocess.run(["ip", "netns", "exec", namespace, "nft", "list", "ruleset"], capture_output=True,
                            text=True, check=True).stdout
-    assert rules.count("table ") == 1 and "meta l4proto gre ip saddr != @pa4" in rules
-    await nft.delete()
-    assert await nft.allowed() is None
+    assert rules.count("table ") == 1 and "ip saddr != @pa4" in rules
+    await table.delete()
+    assert await table.read() is None
 
 
 

@@ -415,3 +415,19 @@ async def test_without_a_token_there_is_no_api(agent, caplog):
     with caplog.at_level(logging.WARNING, logger="nvfabric.service.rest"):
         assert await start_api(agent, "127.0.0.1:0", None) is None
     assert "REST API is disabled" in caplog.text
+
+
+async def test_decapsulation_counters_and_the_trace_of_an_arriving_packet(client):
+    text = await (await client.get("/metrics")).text()
+    assert 'nvfabric_decap_drops_total{reason="not_vouched"}' in text and "nvfabric_decap_vouched_total" in text
+    status = await expect(await client.get("/v1/status", headers=AUTH), 200)
+    assert "decap" in status
+    # before its first write the agent vouches for nothing: dropped, and why
+    body = await expect(await client.get("/v1/trace/arrival?pa=198.51.100.12&vsid=5001&flow_id=7&src=10.1.0.20"
+                                         "&dst=10.1.0.10", headers=AUTH), 200)
+    assert (body["verdict"], body["counter"], body["vsid"], body["flow_id"]) == ("dropped", "unknown_pa", 5001, 7)
+    for query, field in (("pa=x&vsid=5001&src=10.1.0.20&dst=10.1.0.10", "pa"),
+                         ("pa=198.51.100.12&vsid=1&flow_id=256&src=10.1.0.20&dst=10.1.0.10", "vsid"),
+                         ("pa=198.51.100.12&src=10.1.0.20&dst=10.1.0.10", "vsid")):
+        body = await expect(await client.get(f"/v1/trace/arrival?{query}", headers=AUTH), 400, "invalid")
+        assert body["field"] == field, body

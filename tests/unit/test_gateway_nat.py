@@ -226,3 +226,22 @@ def test_a_standby_sees_another_gateways_default_route() -> None:
     assert not other_gateway_active([own, specific], [ours])
     with pytest.raises(ConfigError, match="^standby"):
         GatewayConfig.from_dict({**config(), "standby": True})
+
+
+def test_the_gateway_decapsulates_only_what_its_tenants_lookup_records_vouch_for() -> None:
+    from nvfabric.gateway.dataplane import decap_filter
+    from nvfabric.vnet.decap import Element
+    from nvfabric.vnet.model import LookupRecord
+
+    t = Tenant.from_dict(body(subnets=[{"vsid": 5001, "prefixes": ["10.0.0.0/24"]},
+                                       {"vsid": 5002, "prefixes": ["10.0.1.0/24"]}]))
+    hv2, hv3 = ipaddress.ip_address("198.51.100.12"), ipaddress.ip_address("198.51.100.13")
+    records = {"blue": [LookupRecord("blue", 5001, ipaddress.ip_address("10.0.0.12"), "02:00:00:00:00:01", hv2)],
+               "gone": [LookupRecord("gone", 7001, ipaddress.ip_address("10.7.0.1"), "02:00:00:00:00:02", hv3)]}
+    f = decap_filter({"blue": t}, {"blue": 1000}, records, False, None)
+    assert f.pas == {hv2} and f.vsids == {5001: 1000, 5002: 1000}
+    assert f.vouched == {Element.host(hv2, 1000, ipaddress.ip_address("10.0.0.12"))}
+    # the internet (or any unknown PA) never enters a tenant; a restart keeps what it had until it learns
+    assert f.judge(ipaddress.ip_address("203.0.113.9"), 5001 << 8, 0x0800, ipaddress.ip_address("10.0.0.12")) \
+        == "unknown_pa"
+    assert decap_filter({"blue": t}, {"blue": 1000}, {}, True, f).vouched == f.vouched

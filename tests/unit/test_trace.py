@@ -370,3 +370,31 @@ def test_a_port_sending_from_an_address_not_its_own_is_dropped_by_port_security_
     with pytest.raises(NotFound):
         _sent_by("nope", "10.1.0.10", "10.1.0.20")
     assert "not in routing domain blue" in _sent_by("vm3", "10.1.0.10", "10.1.0.20").reason
+
+
+def test_an_arriving_nvgre_packet_is_judged_by_the_decapsulation_table_then_routed() -> None:
+    from nvfabric.hostagent.filters import served_vsids
+    from nvfabric.hostagent.trace import arriving
+    from nvfabric.vnet.decap import decap_filter, vouched
+
+    parts = desired().partitions
+    decap = decap_filter({ip_address("198.51.100.12"), ip_address("2001:db8::13")}, served_vsids(CATALOG, TABLES),
+                         vouched(RECORDS, (), {}, TABLES), False, None)
+    hv2 = ip_address("198.51.100.12")
+
+    def arrive(pa, key, src, dst):
+        return arriving(decap, CATALOG, RECORDS, parts, pa, key, ip_address(src), ip_address(dst))
+
+    # from hv2, FlowID 7, to VM2 in the other subnet of the routing domain (the key is VM2's VSID)
+    ok = arrive(hv2, 5002 << 8 | 7, "10.1.0.20", "10.2.0.10")
+    assert (ok.verdict, ok.counter, ok.routing_domain, ok.inner.device) == ("delivered", "vouched", "blue", "tap2")
+    assert arrive(hv2, 9999 << 8, "10.1.0.20", "10.2.0.10").counter == "unknown_vsid"
+    assert arrive(hv2, 0, "10.1.0.20", "10.2.0.10").counter == "unknown_vsid"
+    assert arrive(ip_address("198.51.100.99"), 5001 << 8, "10.1.0.20", "10.1.0.10").counter == "unknown_pa"
+    # hv2 claiming hv3's CA, or a CA of a tenant hv2 does not host (red's VSID)
+    spoof = arrive(hv2, 5001 << 8, "10.2.0.30", "10.1.0.10")
+    assert (spoof.verdict, spoof.counter) == ("dropped", "not_vouched") and "10.2.0.30" in spoof.reason
+    assert arrive(hv2, 6001 << 8, "10.1.0.20", "10.1.0.10").counter == "not_vouched"
+    # vouched, but the inner packet is for this host's own PA: routed in the VRF, where it is unreachable
+    own = arrive(hv2, 5001 << 8, "10.1.0.20", "198.51.100.11")
+    assert own.verdict == "dropped" and own.counter == "vouched"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from nvfabric.vnet.kernel import messages as m
 from nvfabric.vnet.kernel.diff import Action, Op, Plan
 from nvfabric.vnet.kernel.encode import Wire, encoder
-from nvfabric.vnet.kernel.netns import GONE, RtnlSocket, write_sysctls
+from nvfabric.vnet.kernel.netns import RtnlSocket, write_sysctls
 from nvfabric.vnet.kernel.objects import Sysctl
 
 
@@ -79,10 +79,7 @@ def _phases(plan: Plan) -> list[list[Op]]:
 
 
 def _tolerated(op: Op, errno: int) -> bool:
-    if op.action is Action.DELETE:
-        return errno in GONE
-    # an object created meanwhile (or by an earlier, interrupted run) is what we wanted
-    return errno == errno_mod.EEXIST and encoder(op.obj).exists_is_done
+    return encoder(op.obj).tolerated(op, errno)
 
 
 async def apply(sock: RtnlSocket, plan: Plan) -> Report:

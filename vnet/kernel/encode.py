@@ -8,12 +8,13 @@ means "already there" (kinds that cannot be created with NLM_F_REPLACE).
 
 from __future__ import annotations
 
+import errno as errno_mod
 import ipaddress
 
 from nvfabric.vnet.kernel import messages as m
 from nvfabric.vnet.kernel import objects as k
 from nvfabric.vnet.kernel.diff import Action, Op
-from nvfabric.vnet.kernel.netns import RtnlSocket
+from nvfabric.vnet.kernel.netns import GONE, RtnlSocket
 
 CREATE_OR_REPLACE = m.NLM_F_CREATE | m.NLM_F_REPLACE | m.NLM_F_ACK
 CREATE_NEW = m.NLM_F_CREATE | m.NLM_F_EXCL | m.NLM_F_ACK
@@ -45,6 +46,13 @@ class Encoder:
 
     def encode(self, op: Op, wire: Wire) -> list[Request]:
         raise NotImplementedError
+
+    def tolerated(self, op: Op, errno: int) -> bool:
+        """An error that means the op's work is done."""
+        if op.action is Action.DELETE:
+            return errno in GONE
+        # an object created meanwhile (or by an earlier, interrupted run) is what we wanted
+        return errno == errno_mod.EEXIST and self.exists_is_done
 
 
 class DeviceEncoder(Encoder):
@@ -112,6 +120,8 @@ class RuleEncoder(Encoder):
     def _rule(wire: Wire, r: k.KernelObject, kind: int, flags: int) -> Request:
         if isinstance(r, k.TunIdRule):
             body = m.rule_body(r.family, r.iif, r.tun_id, r.table, r.priority, k.PROTO)
+        elif isinstance(r, k.UnreachableIifRule):
+            body = m.rule_body(r.family, r.iif, None, 0, r.priority, k.PROTO, action=m.FR_ACT_UNREACHABLE)
         else:
             assert isinstance(r, k.FwmarkRule)
             body = m.rule_body(r.family, r.iif, None, r.table, r.priority, k.PROTO, fwmark=r.fwmark,
@@ -127,6 +137,33 @@ class RuleEncoder(Encoder):
         assert op.old is not None
         return [self._rule(wire, op.old, m.RTM_DELRULE, m.NLM_F_ACK),
                 self._rule(wire, op.obj, m.RTM_NEWRULE, CREATE_NEW)]
+
+
+class LocalTableRuleEncoder(Encoder):
+    """Create (or replace an observed one that left preference 0 in place): ours at 1100, then the kernel's
+    preference 0 deleted. Delete: preference 0 back first, then ours. Each step is idempotent (a rule already
+    there or already gone is done), so an interrupted run is finished by the next."""
+
+    @staticmethod
+    def _ours(wire: Wire, r: k.LocalTableRule, kind: int, flags: int) -> Request:
+        return wire.msg(kind, flags, m.rule_body(r.family, None, None, m.RT_TABLE_LOCAL, r.priority, k.PROTO))
+
+    @staticmethod
+    def _zero(wire: Wire, r: k.LocalTableRule, kind: int, flags: int) -> Request:
+        # The kernel's own rule, as the kernel makes it (protocol kernel). The protocol is what selects it for
+        # a delete: the kernel does not compare a preference of 0, so a delete without it would take the first
+        # rule of the local table, ours when preference 0 is already gone.
+        return wire.msg(kind, flags, m.rule_body(r.family, None, None, m.RT_TABLE_LOCAL, 0, m.RTPROT_KERNEL))
+
+    def encode(self, op: Op, wire: Wire) -> list[Request]:
+        r = op.obj
+        assert isinstance(r, k.LocalTableRule)
+        if op.action is Action.DELETE:
+            return [self._zero(wire, r, m.RTM_NEWRULE, CREATE_NEW), self._ours(wire, r, m.RTM_DELRULE, m.NLM_F_ACK)]
+        return [self._ours(wire, r, m.RTM_NEWRULE, CREATE_NEW), self._zero(wire, r, m.RTM_DELRULE, m.NLM_F_ACK)]
+
+    def tolerated(self, op: Op, errno: int) -> bool:
+        return errno == errno_mod.EEXIST or errno in GONE
 
 
 class NeighbourEncoder(Encoder):
@@ -246,6 +283,8 @@ ENCODERS: dict[type, Encoder] = {
     k.VrfPort: VrfPortEncoder(),
     k.TunIdRule: _RULES,
     k.FwmarkRule: _RULES,
+    k.UnreachableIifRule: _RULES,
+    k.LocalTableRule: LocalTableRuleEncoder(),
     k.PermanentNeighbour: _NEIGHBOURS,
     k.ProxyNeighbour: _NEIGHBOURS,
     k.EncapRoute: EncapRouteEncoder(),

@@ -103,6 +103,9 @@ FRA_TABLE = 15
 FRA_PROTOCOL = 21  # owner tag, since Linux 4.17
 FRA_IP_PROTO = 22  # since Linux 4.17
 FR_ACT_TO_TBL = 1
+FR_ACT_UNREACHABLE = 7
+RT_TABLE_LOCAL = 255
+RTPROT_KERNEL = 2
 
 # --- tc (rtnetlink.h, pkt_sched.h, pkt_cls.h, tc_act/tc_skbedit.h) ------------------------------------------
 TCA_KIND = 1
@@ -210,8 +213,10 @@ def neigh_body(family: int, ifindex: int, dst: str, *, lladdr: str | None, proxy
 
 
 def rule_body(family: int, iifname: str | None, tun_id: int | None, table: int, priority: int, proto: int,
-              *, fwmark: int | None = None, ip_proto: int | None = None) -> bytes:
-    head = _FIBHDR.pack(FAMILY[family], 0, 0, 0, table if table < 256 else 0, proto, 0, FR_ACT_TO_TBL, 0)
+              *, fwmark: int | None = None, ip_proto: int | None = None, action: int = FR_ACT_TO_TBL) -> bytes:
+    """A rule; `table` 0 with another action (unreachable) carries no table, `proto` 0 no owner (a delete
+    then matches any owner's rule)."""
+    head = _FIBHDR.pack(FAMILY[family], 0, 0, 0, table if table < 256 else 0, proto, 0, action, 0)
     # (byte 5 of fib_rule_hdr is res1; the protocol goes in FRA_PROTOCOL, so zero it)
     head = head[:5] + b"\0" + head[6:]
     attrs = b""
@@ -224,9 +229,9 @@ def rule_body(family: int, iifname: str | None, tun_id: int | None, table: int, 
     if ip_proto is not None:
         attrs += nla_pack(FRA_IP_PROTO, _u8(ip_proto))
     return head + attrs + (
-        nla_pack(FRA_TABLE, _u32(table))
+        (nla_pack(FRA_TABLE, _u32(table)) if table else b"")
         + nla_pack(FRA_PRIORITY, _u32(priority))
-        + nla_pack(FRA_PROTOCOL, _u8(proto))
+        + (nla_pack(FRA_PROTOCOL, _u8(proto)) if proto else b"")
     )
 
 

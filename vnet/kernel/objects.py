@@ -23,6 +23,8 @@ from nvfabric.bgp.mac import Mac
 PROTO = 0x4E
 DEVICE_PREFIX = "nvf-"
 RULE_PRIORITIES = range(890, 1000)  # before the l3mdev rule (1000) so tun_id steering wins
+UNREACHABLE_RULE_PRIORITY = 999  # after every tun_id rule: what none claimed goes nowhere
+LOCAL_RULE_PRIORITY = 1100  # the local table, moved after the l3mdev rule (1000) from preference 0
 ROUTER_NEXTHOP = {4: "169.254.0.1", 6: "fe80::1"}  # the fixed on-link next hop of every encap route
 DEFAULT_METRIC = 1024  # IPv6 turns metric 0 into 1024; use it for both families so dumps read back equal
 UNREACHABLE_METRIC = 4278198272  # the VRF documentation's value: below every real default route
@@ -30,6 +32,11 @@ UNREACHABLE_METRIC = 4278198272  # the VRF documentation's value: below every re
 OVERHEAD = {4: 42, 6: 62}
 UNDERLAY_MTU = 1500
 TC_PREF = 10  # the preference (priority) of our flower filters on a shared block
+
+
+def _check_priority(priority: int) -> None:
+    if priority not in RULE_PRIORITIES:
+        raise ValueError(f"rule priority {priority} outside {RULE_PRIORITIES}")
 
 
 def _owned_name(name: str) -> None:
@@ -125,8 +132,7 @@ class TunIdRule:
     order: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
-        if self.priority not in RULE_PRIORITIES:
-            raise ValueError(f"rule priority {self.priority} outside {RULE_PRIORITIES}")
+        _check_priority(self.priority)
 
     @property
     def key(self) -> tuple:
@@ -149,14 +155,50 @@ class FwmarkRule:
     order: ClassVar[int] = 3
 
     def __post_init__(self) -> None:
-        if self.priority not in RULE_PRIORITIES:
-            raise ValueError(f"rule priority {self.priority} outside {RULE_PRIORITIES}")
+        _check_priority(self.priority)
         if not 0 < self.fwmark < 1 << 32:
             raise ValueError(f"fwmark {self.fwmark} is not a non-zero 32-bit value")
 
     @property
     def key(self) -> tuple:
         return ("fwmark-rule", self.family, self.priority, self.fwmark, self.iif or "", self.ip_proto or 0)
+
+
+@dataclass(frozen=True)
+class UnreachableIifRule:
+    """`ip rule add iif <nvgre dev> unreachable pref 999`: after the tun_id rules, so a decapsulated packet
+    that no VSID's rule claimed never reaches the main (or local) table."""
+
+    family: int
+    iif: str
+    priority: int = UNREACHABLE_RULE_PRIORITY
+    order: ClassVar[int] = 3
+
+    def __post_init__(self) -> None:
+        _check_priority(self.priority)
+
+    @property
+    def key(self) -> tuple:
+        return ("unreachable-rule", self.family, self.iif)
+
+
+@dataclass(frozen=True)
+class LocalTableRule:
+    """The local table after the tun_id rules and the l3mdev rule: `ip rule add pref 1100 lookup local` (ours),
+    then the kernel's `pref 0 lookup local` deleted (the usual VRF practice). Without it an inner packet for
+    one of the host's own addresses would be delivered to the host before any tun_id rule. Deleting it puts
+    `pref 0 lookup local` back FIRST: a host without a local rule receives nothing, itself included.
+    `zero`: the kernel still has the preference 0 rule (observe says; desired never), so diff plans a
+    replace that deletes it."""
+
+    family: int
+    zero: bool = False
+    priority: int = LOCAL_RULE_PRIORITY
+    order: ClassVar[int] = 3
+
+    @property
+    def key(self) -> tuple:
+        return ("local-rule", self.family)
 
 
 @dataclass(frozen=True)
@@ -361,4 +403,5 @@ class UnreachableRoute:
 
 
 KernelObject = Vrf | NvgreDevice | VrfPort | Sysctl | TunIdRule | FwmarkRule | PermanentNeighbour | ProxyNeighbour | \
-    LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute | Clsact | FlowerMark
+    LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute | Clsact | FlowerMark | UnreachableIifRule | \
+    LocalTableRule

@@ -67,21 +67,31 @@ async def devices(sock: RtnlSocket) -> tuple[list[k.KernelObject], dict[int, str
     return out, names
 
 
-async def rules(sock: RtnlSocket) -> AsyncIterator[k.TunIdRule | k.FwmarkRule]:
+async def rules(sock: RtnlSocket) -> AsyncIterator[k.KernelObject]:
     for family in (4, 6):
+        local_zero = local_ours = False
         async for raw in sock.dump(m.RTM_GETRULE, struct.pack("=BBBBBBBBI", m.FAMILY[family], 0, 0, 0, 0, 0, 0, 0, 0)):
             msg = fibmsg(raw)
             msg.decode()
-            if msg.get_attr("FRA_PROTOCOL") != k.PROTO or msg.get_attr("FRA_PRIORITY") not in k.RULE_PRIORITIES:
+            priority = msg.get_attr("FRA_PRIORITY") or 0
+            table = msg.get_attr("FRA_TABLE") or msg["table"]
+            if table == m.RT_TABLE_LOCAL and msg["action"] == m.FR_ACT_TO_TBL and not msg.get_attr("FRA_IIFNAME"):
+                local_zero |= priority == 0
+                local_ours |= priority == k.LOCAL_RULE_PRIORITY and msg.get_attr("FRA_PROTOCOL") == k.PROTO
+            if msg.get_attr("FRA_PROTOCOL") != k.PROTO or priority not in k.RULE_PRIORITIES:
                 continue
             tun_id = msg.get_attr("FRA_TUN_ID")
             fwmark = msg.get_attr("FRA_FWMARK")
-            if tun_id is not None:
+            if msg["action"] == m.FR_ACT_UNREACHABLE and msg.get_attr("FRA_IIFNAME"):
+                yield k.UnreachableIifRule(family, msg.get_attr("FRA_IIFNAME"), priority)
+            elif tun_id is not None:
                 yield k.TunIdRule(family, msg.get_attr("FRA_IIFNAME"), tun_id, msg.get_attr("FRA_TABLE"),
                                   msg.get_attr("FRA_PRIORITY"))
             elif fwmark:
                 yield k.FwmarkRule(family, fwmark, msg.get_attr("FRA_TABLE"), msg.get_attr("FRA_PRIORITY"),
                                    msg.get_attr("FRA_IIFNAME"), msg.get_attr("FRA_IP_PROTO") or None)
+        if local_ours:
+            yield k.LocalTableRule(family, zero=local_zero)
 
 
 async def neighbours(sock: RtnlSocket, names: dict[int, str], ports: set[str]) -> AsyncIterator[k.KernelObject]:

@@ -1,0 +1,103 @@
+"""vnet/decap.py's pure part: what the control plane vouches for, the table's content, and the size of a
+change (a remote CA arriving is one element, whatever the number already known)."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+from nvfabric.vnet import decap
+from nvfabric.vnet.decap import DecapFilter, Element, changes, decap_filter, maximal, ruleset, vouched
+from nvfabric.vnet.model import CustomerRoute, LookupRecord, RemotePrefix
+
+ip, net = ipaddress.ip_address, ipaddress.ip_network
+E = Element.of
+MAC = "02:00:00:00:00:01"
+HV2, HV3, GW = ip("198.51.100.12"), ip("198.51.100.13"), ip("2001:db8::99")
+TABLES = {"blue": 1000, "red": 1001}
+
+
+def record(ca: str, pa=HV2, domain: str = "blue", vsid: int = 5001) -> LookupRecord:
+    return LookupRecord(domain, vsid, ip(ca), MAC, pa)
+
+
+def test_what_is_vouched_for_lookup_records_prefixes_and_customer_routes_in_the_routing_domain() -> None:
+    records = [record("10.0.0.12"), record("fd00::12"), record("10.0.1.13", HV3, vsid=5002),
+               record("10.9.0.1", domain="gone"),  # a routing domain not served here
+               LookupRecord("blue", 5001, ip("10.0.0.11"), MAC, None, True, "b1")]  # local: never from GRE
+    prefixes = [RemotePrefix("blue", net("0.0.0.0/0"), 5001, GW), RemotePrefix("red", net("::/0"), 6001, GW)]
+    customer = {"blue": [CustomerRoute(net("172.16.0.0/16"), ip("10.0.1.13")),  # an appliance at hv3
+                         CustomerRoute(net("172.17.0.0/16"), ip("10.0.0.11")),  # a local appliance
+                         CustomerRoute(net("10.0.0.0/25"))]}  # on-link: its CAs have records of their own
+    assert vouched(records, prefixes, customer, TABLES) == {
+        E(HV2, 1000, net("10.0.0.12/32")), E(HV2, 1000, net("fd00::12/128")), E(HV3, 1000, net("10.0.1.13/32")),
+        E(GW, 1000, net("0.0.0.0/0")), E(GW, 1001, net("::/0")), E(HV3, 1000, net("172.16.0.0/16")),
+    }
+
+
+def test_elements_never_overlap_a_ca_inside_a_prefix_of_its_pa_and_domain_is_covered() -> None:
+    elements = {E(HV2, 1000, net("10.0.0.0/24")), E(HV2, 1000, net("10.0.0.12/32")),  # covered
+                E(HV2, 1001, net("10.0.0.12/32")),  # another routing domain
+                E(HV3, 1000, net("10.0.0.13/32")),  # another PA
+                E(HV2, 1000, net("fd00::/64")), E(HV2, 1000, net("fd00::1/128")), E(HV2, 1000, net("fd00:1::1/128"))}
+    assert maximal(elements) == {E(HV2, 1000, net("10.0.0.0/24")), E(HV2, 1001, net("10.0.0.12/32")),
+                                 E(HV3, 1000, net("10.0.0.13/32")), E(HV2, 1000, net("fd00::/64")),
+                                 E(HV2, 1000, net("fd00:1::1/128"))}
+
+
+def test_nothing_learned_is_forgotten_while_holding() -> None:
+    before = decap_filter({HV2, HV3}, {5001: 1000}, {E(HV3, 1000, net("10.0.0.13/32"))}, False, None)
+    held = decap_filter({HV2}, {5001: 1000}, {E(HV2, 1000, net("10.0.0.12/32"))}, True, before)
+    assert held.pas == {HV2, HV3} and held.vouched == {E(HV2, 1000, net("10.0.0.12/32")),
+                                                       E(HV3, 1000, net("10.0.0.13/32"))}
+    assert decap_filter({HV2}, {5001: 1000}, (), False, held).pas == {HV2}  # synced: forgotten
+
+
+def _many(n: int) -> frozenset:
+    base = int(ip("10.64.0.0"))
+    return frozenset(E(HV2 if i % 2 else HV3, 1000, net(f"{ipaddress.IPv4Address(base + i)}/32")) for i in range(n))
+
+
+def test_a_remote_ca_arriving_or_leaving_is_one_element_with_100000_known() -> None:
+    known = _many(100_000)
+    old = DecapFilter(frozenset({HV2, HV3}), {5001: 1000}, known)
+    started = time.perf_counter()
+    new = decap_filter({HV2, HV3}, {5001: 1000}, known | {E(HV2, 1000, net("10.0.0.77/32"))}, False, old)
+    text = changes(old, new)
+    assert time.perf_counter() - started < 5.0  # pure work in Python, no kernel: generous bound for the CI
+    assert text == "add element inet nvfabric v44 { 198.51.100.12 . 1000 . 0xa00004d-0xa00004d }\n"
+    assert changes(new, old) == "delete element inet nvfabric v44 { 198.51.100.12 . 1000 . 0xa00004d-0xa00004d }\n"
+    assert changes(old, old) is None
+
+
+def test_a_routing_domain_moving_table_and_a_vsid_leaving_are_map_element_changes() -> None:
+    old = DecapFilter(frozenset(), {5001: 1000, 5002: 1000})
+    text = changes(old, DecapFilter(frozenset(), {5001: 1002}))
+    assert text == ("delete element inet nvfabric vsids { 0x138900, 0x138a00 }\n"
+                    "delete element inet nvfabric vsid { 0x138900, 0x138a00 }\n"
+                    "add element inet nvfabric vsids { 0x138900 }\n"
+                    "add element inet nvfabric vsid { 0x138900 : 1002 }\n")
+
+
+def test_the_whole_table_replaces_in_one_script_with_ipv6_sources_as_128_bit_ranges() -> None:
+    f = DecapFilter(frozenset({HV2, GW}), {5001: 1000}, frozenset({E(GW, 1000, net("fd00::/120")),
+                                                                      E(HV2, 1000, net("10.0.0.0/30"))}))
+    text = ruleset(f)
+    assert text.startswith("add table inet nvfabric\ndelete table inet nvfabric\ntable inet nvfabric {")
+    assert "@nh,216,8 set 0x0" in text and "@nh,376,8 set 0x0" in text  # the FlowID, IPv4 and IPv6 outer
+    assert "add element inet nvfabric v44 { 198.51.100.12 . 1000 . 0xa000000-0xa000003 }" in text
+    assert ("add element inet nvfabric v66 { 2001:db8::99 . 1000 . "
+            "0xfd000000000000000000000000000000-0xfd0000000000000000000000000000ff }") in text
+
+
+def test_judge_says_what_the_table_does_with_an_arriving_packet() -> None:
+    f = DecapFilter(frozenset({HV2, GW}), {5001: 1000}, frozenset({E(HV2, 1000, net("10.0.0.12/32")),
+                                                                      E(GW, 1000, net("0.0.0.0/0"))}))
+    ipv4 = decap.ETH_IPV4
+    assert f.judge(ip("198.51.100.50"), 5001 << 8, ipv4, ip("10.0.0.12")) == "unknown_pa"
+    assert f.judge(HV2, 9999 << 8, ipv4, ip("10.0.0.12")) == "unknown_vsid"
+    assert f.judge(HV2, 0, ipv4, ip("10.0.0.12")) == "unknown_vsid"
+    assert f.judge(HV2, 5001 << 8 | 7, ipv4, ip("10.0.0.12")) == "vouched"  # the FlowID is ignored
+    assert f.judge(HV2, 5001 << 8, 0x0806, None) == "not_ip"
+    assert f.judge(HV2, 5001 << 8, ipv4, ip("10.0.0.13")) == "not_vouched"
+    assert f.judge(GW, 5001 << 8, ipv4, ip("203.0.113.9")) == "vouched"
