@@ -138,7 +138,7 @@ def _port_security(p: dict[str, Any]) -> str:
 
 
 def _dropped(drops: dict[str, int] | None) -> str:
-    """Only the reasons that dropped something: `spoofed-source=3 dhcp-guard=1`, or `-`."""
+    """Only the reasons that dropped something: `spoofed_source=3 dhcp_guard=1`, or `-`."""
     return " ".join(f"{reason}={n}" for reason, n in sorted((drops or {}).items()) if n) or "-"
 
 

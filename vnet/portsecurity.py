@@ -24,7 +24,7 @@ the checks. Every check is one lookup in a concatenated set keyed by the port's 
 `typeof`, which nft's JSON cannot declare: the tables are written in nft's own language).
 
 Drops are counted per port and reason: one named counter per (port, reason), reached through one map per
-reason (`counter name iifname map @spoofed-source`). A port's counter is added in the same transaction as
+reason (`counter name iifname map @spoofed_source`). A port's counter is added in the same transaction as
 the port's interface in `@guarded`, so a guarded port never lacks one (a map miss would skip the drop).
 
 Changes: the first write (start) replaces both tables in one transaction (add, delete, add) unless what the
@@ -46,13 +46,13 @@ TABLE = "nvfabric-ports"
 # The layout of the tables below, kept as the comment of each hooked chain's first rule (nft 1.0.6 lists a
 # rule's comment in JSON, not a table's): a kernel table without it (an older agent's) is replaced at start
 # rather than adopted
-LAYOUT = "nvfabric port security 1"
+LAYOUT = "nvfabric port security 2"
 
-SPOOFED_SOURCE = "spoofed-source"
-SPOOFED_ARP = "spoofed-arp"
-SPOOFED_ND = "spoofed-nd"
-DHCP_GUARD = "dhcp-guard"
-ROUTER_GUARD = "router-guard"
+SPOOFED_SOURCE = "spoofed_source"
+SPOOFED_ARP = "spoofed_arp"
+SPOOFED_ND = "spoofed_nd"
+DHCP_GUARD = "dhcp_guard"
+ROUTER_GUARD = "router_guard"
 REASONS = (SPOOFED_SOURCE, SPOOFED_ARP, SPOOFED_ND, DHCP_GUARD, ROUTER_GUARD)
 _FAMILY_OF = {SPOOFED_ARP: "arp"}  # the others are counted in the inet table
 

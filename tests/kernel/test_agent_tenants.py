@@ -205,17 +205,17 @@ def test_port_security_drops_spoofed_sources_arp_na_dhcp_offers_and_router_adver
     report(f"port security on hv1's tap-b1, b1 attacking: arrived {arrived}, DHCP offers at b2 {len(offers)}, "
            f"router advertisements at b2 {len(adverts)}; counters went up by {delta}")
     assert not any(arrived.values()) and not offers and not adverts
-    assert delta == {"spoofed-source": 3, "spoofed-arp": 1, "spoofed-nd": 1, "dhcp-guard": 1, "router-guard": 1}
+    assert delta == {"spoofed_source": 3, "spoofed_arp": 1, "spoofed_nd": 1, "dhcp_guard": 1, "router_guard": 1}
     assert not re.search(r"^10\.0\.0\.12 .*02:00:00:00:0b:01", neighbours, re.M), neighbours
     # the same counters in /metrics and in trace
     metrics = fabric.agents["hv1"].call(_scrape)
-    assert f'nvfabric_port_security_drops_total{{port="b1",reason="spoofed-source"}} {after["spoofed-source"]}.0' \
+    assert f'nvfabric_port_security_drops_total{{port="b1",reason="spoofed_source"}} {after["spoofed_source"]}.0' \
         in metrics
     hv1 = fabric.agents["hv1"]
     t = hv1.read(lambda ag: trace(ag.catalog, ag.lookup_records(), ag.desired, "blue", ipaddress.ip_address(
         "10.0.0.99"), ipaddress.ip_address("10.0.0.12"), port="b1", drops={"b1": after}))
     assert t.verdict is Verdict.DROPPED and t.reason.startswith("port security, spoofed source")
-    assert t.drops == after["spoofed-source"]
+    assert t.drops == after["spoofed_source"]
 
 
 async def _scrape(agent) -> str:
@@ -223,10 +223,19 @@ async def _scrape(agent) -> str:
     return generate_latest(agent.registry).decode()
 
 
-def test_allowed_addresses_send_and_port_security_off_lets_anything_through(fabric, attacker):
+def test_allowed_addresses_send_and_port_security_off_stops_at_the_receiver(fabric, attacker):
+    """An appliance's prefix: b1 may send from 192.168.60.0/24 once it is in its `allowed_addresses`, and the
+    other hosts deliver it once the routing domain has the customer route through b1 (what vouches for the
+    prefix at hv1's PA). Port security off lets b1 send anything out of its port, and the receiving host still
+    drops what no lookup record or route vouches for."""
     a = attacker
-    hv1, b1 = fabric.agents["hv1"], VM["b1"].port()
+    hv1, hv2, b1 = fabric.agents["hv1"], fabric.agents["hv2"], VM["b1"].port()
+    before = hv1.read(lambda ag: ag.catalog.routing_domains["blue"])
+    with_route = dataclasses.replace(before, customer_routes=(
+        CustomerRoute(ipaddress.ip_network("192.168.60.0/24"), ipaddress.ip_address("10.0.0.11")),))
     try:
+        for host in ("hv1", "hv2", "hv3"):
+            fabric.agents[host].call(lambda ag: ag.put_routing_domain(with_route))
         hv1.call(lambda ag: ag.put_port(dataclasses.replace(
             b1, allowed_addresses=(ipaddress.ip_network("192.168.60.0/24"),))))
         a.send(spoof.ping4(a.mac, a.tap_mac, "192.168.60.5", "10.0.0.12"),
@@ -235,13 +244,19 @@ def test_allowed_addresses_send_and_port_security_off_lets_anything_through(fabr
         assert a.arrived("192.168.60.5", "10.0.0.12") == ["b2"] and not a.arrived("192.168.61.5", "10.0.0.12")
         hv1.call(lambda ag: ag.put_port(dataclasses.replace(b1, port_security=False)))
         assert "b1" not in hv1.call(lambda ag: ag.port_drops())
+        not_vouched = hv2.call(lambda ag: ag.decap_counters())["not_vouched"]
         a.send(spoof.ping4(a.mac, a.tap_mac, "10.0.0.99", "10.0.0.12"))
         a.settle()
-        assert a.arrived("10.0.0.99", "10.0.0.12") == ["b2"]
-        report("allowed_addresses 192.168.60.0/24 on b1: 192.168.60.5 reached b2, 192.168.61.5 did not; "
-               "port_security false: 10.0.0.99 reached b2")
+        assert not a.arrived("10.0.0.99", "10.0.0.12")
+        after = hv2.call(lambda ag: ag.decap_counters())["not_vouched"]
+        assert after > not_vouched
+        report("allowed_addresses 192.168.60.0/24 on b1 + customer route via b1: 192.168.60.5 reached b2, "
+               f"192.168.61.5 did not; port_security false: 10.0.0.99 left hv1, hv2 dropped it (not_vouched "
+               f"{not_vouched} -> {after})")
     finally:
         hv1.call(lambda ag: ag.put_port(b1))
+        for host in ("hv1", "hv2", "hv3"):
+            fabric.agents[host].call(lambda ag: ag.put_routing_domain(before))
     assert set(hv1.call(lambda ag: ag.port_drops())["b1"]) == set(portsecurity.REASONS)
 
 
@@ -256,7 +271,7 @@ def test_an_agent_restart_keeps_port_security_throughout_and_adopts_the_table(fa
                 if k in i}
 
     handles = table_handles()
-    before = a.drops()["spoofed-source"]
+    before = a.drops()["spoofed_source"]
     fabric.stop_agent("hv1")
     try:
         a.send(spoof.ping4(a.mac, a.tap_mac, "10.0.0.99", "10.0.0.12"))  # while no agent runs
@@ -264,7 +279,7 @@ def test_an_agent_restart_keeps_port_security_throughout_and_adopts_the_table(fa
         assert not a.arrived("10.0.0.99", "10.0.0.12")
     finally:
         fabric.start_agent("hv1")
-    after = a.drops()["spoofed-source"]
+    after = a.drops()["spoofed_source"]
     assert after == before + 1  # counted while the agent was away, and not reset by its start
     assert table_handles() == handles  # adopted, not rebuilt
     report(f"agent restart on hv1: the spoofed packet sent meanwhile dropped and counted ({before} -> {after}), "
@@ -423,9 +438,9 @@ def test_customer_route_via_a_vm_on_another_host(fabric):
         assert not fabric.ping("b1", "192.168.50.1", count=1, wait=1)
         for host in ("hv1", "hv2", "hv3"):
             fabric.agents[host].call(lambda a: a.put_routing_domain(with_route))
-        spoofed = hv3.call(lambda a: a.port_drops())["b3"]["spoofed-source"]
+        spoofed = hv3.call(lambda a: a.port_drops())["b3"]["spoofed_source"]
         assert not fabric.ping("b1", "192.168.50.1", count=1, wait=2)  # the reply's source is not b3's CA
-        assert hv3.call(lambda a: a.port_drops())["b3"]["spoofed-source"] > spoofed
+        assert hv3.call(lambda a: a.port_drops())["b3"]["spoofed_source"] > spoofed
         hv3.call(lambda a: a.put_port(dataclasses.replace(
             VM["b3"].port(), allowed_addresses=(ipaddress.ip_network("192.168.50.0/24"),))))
         assert fabric.reaches("b1", "192.168.50.1") and fabric.reaches("b2", "192.168.50.1")

@@ -341,7 +341,7 @@ async def test_trace_answers_even_when_the_packet_is_dropped(client):
 
 async def test_trace_from_a_port_with_a_source_not_its_own_is_dropped_by_port_security(client, agent, monkeypatch):
     async def drops():
-        return {"vm1": {"spoofed-source": 6}}
+        return {"vm1": {"spoofed_source": 6}}
 
     monkeypatch.setattr(agent, "port_drops", drops)
     body = await expect(await client.get("/v1/trace?routing_domain=blue&src=10.1.0.99&dst=10.1.0.10&port=vm1",
@@ -351,9 +351,9 @@ async def test_trace_from_a_port_with_a_source_not_its_own_is_dropped_by_port_se
     await expect(await client.get("/v1/trace?routing_domain=blue&src=10.1.0.99&dst=10.1.0.10&port=vm9",
                                   headers=AUTH), 404, "not-found")
     metrics = await (await client.get("/metrics")).text()
-    assert 'nvfabric_port_security_drops_total{port="vm1",reason="spoofed-source"} 6.0' in metrics
+    assert 'nvfabric_port_security_drops_total{port="vm1",reason="spoofed_source"} 6.0' in metrics
     port = await expect(await client.get("/v1/ports/vm1", headers=AUTH), 200)
-    assert port["status"]["port_security_drops"] == {"spoofed-source": 6}
+    assert port["status"]["port_security_drops"] == {"spoofed_source": 6}
 
 
 async def test_a_change_the_kernel_refused_is_422_with_the_kernel_words(client, agent, monkeypatch):

@@ -40,7 +40,7 @@ def test_detaching_and_readdressing_one_port_touch_only_its_elements() -> None:
     assert all("tap999" in ln for ln in lines(gone))
     # map elements leave before the counters they name
     text = lines(gone)
-    assert max(i for i, ln in enumerate(text) if ln.startswith("delete element inet nvfabric-ports spoofed-source")) < \
+    assert max(i for i, ln in enumerate(text) if ln.startswith("delete element inet nvfabric-ports spoofed_source")) < \
         min(i for i, ln in enumerate(text) if ln.startswith("delete counter"))
     moved = dataclasses.replace(ports[5], addresses=(ipaddress.ip_address("10.0.5.99"),))
     changed = lines(ps.changes(base, ps.elements([*ports[:5], moved, *ports[6:]])))

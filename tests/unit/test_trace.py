@@ -352,7 +352,7 @@ def _sent_by(port: str, src: str, dst: str, catalog=CATALOG, drops=None):
 
 
 def test_a_port_sending_from_an_address_not_its_own_is_dropped_by_port_security_with_its_counter():
-    drops = {"vm1": {"spoofed-source": 4, "dhcp-guard": 0}}
+    drops = {"vm1": {"spoofed_source": 4, "dhcp_guard": 0}}
     for spoofed in ("10.1.0.99", "10.2.0.10", "fd00:b::99"):  # nobody's, another local VM's, IPv6
         t = _sent_by("vm1", spoofed, "10.1.0.20" if "." in spoofed else "fd00:b::20", drops=drops)
         assert t.verdict is Verdict.DROPPED and t.reason.startswith("port security, spoofed source"), t
