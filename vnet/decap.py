@@ -8,14 +8,19 @@ before the GRE stack reads it, in this order (each drop counted by its reason, a
 1. `unknown_pa`: its outer source is not a provider address the fabric taught us (sets `pa4`, `pa6`).
 2. `not_nvgre`: not RFC 7637 NVGRE as we parse it: IPv4 options or IPv6 extension headers (the fixed offsets
    below would read the wrong bytes), flags other than K (checksum, sequence, version), protocol not 0x6558.
-3. The FlowID (low byte of the key) is zeroed: a sender may set it (RFC 7637), the receiver must ignore it,
-   and the `tun_id VSID<<8` rules (and the gateway's flower `enc_key_id`) match the whole key.
+3. The FlowID (low byte of the key) is zeroed when it is not zero: a sender may set it (RFC 7637), the
+   receiver must ignore it, and the `tun_id VSID<<8` rules (and the gateway's flower `enc_key_id`) match
+   the whole key. Only then: ours send FlowID 0, and a write into the packet costs on every packet.
 4. `unknown_vsid`: the key is not one of the VSIDs this host or gateway serves (map `vsid`: key -> the
    routing domain's table number). The packet's mark is set to that number: the routing domain's identity
    for the next check (and the same mark vnet/vrfmark.py gives packets entering the domain from a port).
 5. `not_ip`: the inner frame is not IPv4 or IPv6 (ARP and the rest are never carried).
-6. `not_vouched`: ONE lookup of (outer source PA . routing domain . inner source) in an interval set per
-   outer/inner family pair (`v44`, `v46`, `v64`, `v66`). What is vouched for:
+6. `not_vouched`: a lookup of (outer source PA . routing domain . inner source) per outer/inner family
+   pair, first in a hash set of exact addresses (`h44`, `h46`, `h64`, `h66`), then in an interval set of
+   prefixes (`v44`, `v46`, `v64`, `v66`). Why two: nearly every element is one CA, and a concatenated
+   interval set (nft's pipapo) costs per packet with the number of its elements (bitmaps scanned per
+   field; without AVX2 the generic path), a hash set does not; the few prefixes stay in the interval set,
+   which a packet from a CA never reaches. What is vouched for:
    - a lookup record "CA Y of routing domain D is at PA X" -> (X, D, Y/32 or /128);
    - a prefix announced by X in D (a type-5 route, e.g. a gateway's default route) -> (X, D, prefix);
    - a customer route of D through a CA at X (an appliance behind it) -> (X, D, prefix).
@@ -26,7 +31,8 @@ before the GRE stack reads it, in this order (each drop counted by its reason, a
 
 Elements are kept non-overlapping (the kernel's concatenated interval sets refuse an element that
 overlaps another): a CA inside a prefix vouched at the same PA in the same domain is covered by the
-prefix and is not an element of its own (`maximal`).
+prefix and is not an element of its own (`maximal`). An element lives in exactly one set: a host (/32,
+/128) in the hash set, a wider prefix in the interval set.
 
 Written like vnet/vrfmark.py's table: the first write replaces the whole table in one transaction, then
 only set and map elements change, in one transaction per change (a remote CA arriving is one element);
@@ -113,7 +119,21 @@ class Element(NamedTuple):
 
 
 def set_name(outer: int, inner: int) -> str:
+    """The interval set of prefixes for an outer/inner family pair."""
     return f"v{outer}{inner}"
+
+
+def host_set_name(outer: int, inner: int) -> str:
+    """The hash set of exact addresses (one CA each) for an outer/inner family pair."""
+    return f"h{outer}{inner}"
+
+
+def _set_of(e: Element) -> str:
+    is_host = e.length == _BITS[e.version]
+    return (host_set_name if is_host else set_name)(e.pa_version, e.version)
+
+
+_VOUCHED_SETS = tuple(name(o, i) for o in (4, 6) for i in (4, 6) for name in (host_set_name, set_name))
 
 
 @dataclass(frozen=True)
@@ -211,8 +231,9 @@ def decap_filter(pas: Collection[Address], vsids: Mapping[int, int], elements: I
 
 
 def _inner(e: Element) -> str:
-    # always a range, a host too: nft 1.0.6 cannot delete a single value from a concatenated interval set
-    # ("No such file or directory": it sends no end key), but deletes first-first
+    if e.length == _BITS[e.version]:
+        return f"0x{e.first:x}"  # a host, in the hash set
+    # a prefix is a range: the interval set's own form
     return f"0x{e.first:x}-0x{e.last:x}"
 
 
@@ -227,7 +248,7 @@ def _sorted(addresses: Iterable[Address], version: int) -> list[str]:
 def _vouched_by_set(elements: Iterable[Element]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for e in sorted(elements):
-        out.setdefault(set_name(e.pa.version, e.version), []).append(f"{e.pa} . {e.mark} . {_inner(e)}")
+        out.setdefault(_set_of(e), []).append(f"{e.pa} . {e.mark} . {_inner(e)}")
     return out
 
 
@@ -242,12 +263,13 @@ def _chain(outer: int) -> str:
         header,
         f"@nh,{o['flags']},16 & 0xb0ff != 0x2000 counter name not_nvgre drop",
         f"@nh,{o['proto']},16 != 0x6558 counter name not_nvgre drop",
-        f"@nh,{o['flow']},8 set 0x0",
+        f"@nh,{o['flow']},8 != 0x0 @nh,{o['flow']},8 set 0x0",
         f"@nh,{o['key']},32 != @{VSID_SET} counter name unknown_vsid drop",
         f"meta mark set @nh,{o['key']},32 map @{VSID_MAP}",
+        # exact addresses first (a hash lookup), the prefixes only for what they miss
         *(f"@nh,{o['ethertype']},16 0x{eth:04x} {saddr} . meta mark . @nh,{o[inner]},{_BITS[inner]} "
-          f"@{set_name(outer, inner)} counter name {PASSED} accept"
-          for inner, eth in ((4, ETH_IPV4), (6, ETH_IPV6))),
+          f"@{name(outer, inner)} counter name {PASSED} accept"
+          for inner, eth in ((4, ETH_IPV4), (6, ETH_IPV6)) for name in (host_set_name, set_name)),
         f"@nh,{o['ethertype']},16 != {{ 0x{ETH_IPV4:04x}, 0x{ETH_IPV6:04x} }} counter name not_ip drop",
         "counter name not_vouched drop",
     ]
@@ -262,8 +284,9 @@ def ruleset(f: DecapFilter) -> str:
             f"  map {VSID_MAP} {{ typeof @nh,192,32 : meta mark; }}"]
     for outer in (4, 6):
         for inner in (4, 6):
-            sets.append(f"  set {set_name(outer, inner)} {{ typeof {_SADDR[outer]} . meta mark . "
-                        f"@nh,{_OFFSETS[4][inner]},{_BITS[inner]}; flags interval; }}")
+            key = f"typeof {_SADDR[outer]} . meta mark . @nh,{_OFFSETS[4][inner]},{_BITS[inner]};"
+            sets.append(f"  set {host_set_name(outer, inner)} {{ {key} }}")
+            sets.append(f"  set {set_name(outer, inner)} {{ {key} flags interval; }}")
     counters = [f"  counter {name} {{ }}" for name in (*REASONS, PASSED)]
     text = (f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
             f"table {FAMILY} {TABLE} {{\n" + "\n".join(sets + counters) + "\n"
@@ -327,7 +350,8 @@ def parse(doc: dict) -> DecapFilter | None:
     elements: set[Element] = set()
     seen: set[str] = set()
     keys: set[int] = set()
-    wanted = {*PA_SETS.values(), VSID_SET, VSID_MAP, *(set_name(o, i) for o in (4, 6) for i in (4, 6))}
+    # an older layout (no hash sets) lacks some: `seen != wanted` below, replaced once
+    wanted = {*PA_SETS.values(), VSID_SET, VSID_MAP, *_VOUCHED_SETS}
     for item in doc.get("nftables", []):
         found = item.get("set") or item.get("map")
         if not found or found.get("table") != TABLE or found.get("name") not in wanted:

@@ -84,12 +84,13 @@ def net(request: pytest.FixtureRequest) -> Iterator[Net]:
 
 
 def fabric() -> DecapFilter:
-    """hv2 (IPv4 and IPv6 PA) has CA 10.0.0.12 and fd00::12; hv3 has 10.0.0.13; routing domain 1000 serves
-    VSIDs 5001 and 5002."""
+    """hv2 (IPv4 and IPv6 PA) has CA 10.0.0.12 and fd00::12 (and fd00::/120 behind its IPv6 PA); hv3 has
+    10.0.0.13 and 172.16.0.0/16 behind it; routing domain 1000 serves VSIDs 5001 and 5002."""
     return DecapFilter(frozenset({ip(HV2_4), ip(HV3_4), ip(HV2_6)}), {VSID: TABLE_NO, 5002: TABLE_NO}, frozenset({
         Element.host(ip(HV2_4), TABLE_NO, ip("10.0.0.12")), Element.host(ip(HV2_4), TABLE_NO, ip("fd00::12")),
         Element.host(ip(HV2_6), TABLE_NO, ip("10.0.0.12")), Element.of(ip(HV2_6), TABLE_NO, cidr("fd00::/120")),
         Element.host(ip(HV3_4), TABLE_NO, ip("10.0.0.13")),
+        Element.of(ip(HV3_4), TABLE_NO, cidr("172.16.0.0/16")),  # a customer route through hv3's appliance
     }))
 
 
@@ -110,12 +111,19 @@ def test_every_reason_is_judged_on_the_outer_packet_and_counted(net: Net) -> Non
     net.send(HV2_6, gre(9999 << 8) + inner("fd00::12"))
     # not IP: ARP
     net.send(HV2_4, ok4 + inner("10.0.0.12", ethertype=ETH_ARP))
-    # not vouched: hv3's CA from hv2, a CA nobody has, hv2's IPv6 CA outside its prefix
+    # not vouched: hv3's CA from hv2, a CA nobody has, hv2's IPv6 CA outside its prefix, hv3's prefix from
+    # hv2, a source just outside hv3's prefix
     net.send(HV2_4, ok4 + inner("10.0.0.13"))
     net.send(HV2_4, ok6 + inner("10.0.0.99"))
     net.send(HV2_6, ok4 + inner("fd00::1:12"))
+    net.send(HV2_4, ok4 + inner("172.16.0.9"))
+    net.send(HV3_4, ok4 + inner("172.17.0.9"))
     assert net.counters() == {"unknown_pa": 2, "not_nvgre": 4, "unknown_vsid": 3, "not_ip": 1,
-                              "not_vouched": 3, PASSED: 0}
+                              "not_vouched": 5, PASSED: 0}
+    # exact addresses are in the hash sets, prefixes in the interval sets
+    elems = {s["set"]["name"]: s["set"].get("elem", []) for s in net.table() if "set" in s}
+    assert len(elems["h44"]) == 2 and len(elems["h46"]) == 1 and len(elems["h64"]) == 1, elems
+    assert len(elems["v44"]) == 1 and len(elems["v66"]) == 1 and not elems["v46"] and not elems["v64"], elems
 
     # vouched, in either VSID of the routing domain (the key carries the destination's VSID), every family
     # pair, and with a FlowID: the receiver sees the key with FlowID 0
@@ -127,8 +135,9 @@ def test_every_reason_is_judged_on_the_outer_packet_and_counted(net: Net) -> Non
         net.send(HV2_4, ok6 + inner("fd00::12"))
         net.send(HV2_6, ok4 + inner("10.0.0.12"))
         net.send(HV3_4, ok4 + inner("10.0.0.13"))
+        net.send(HV3_4, ok4 + inner("172.16.200.1"))  # a prefix: the interval set, after the hash set missed
     counts = net.counters()
-    assert counts[PASSED] == 5 and sum(counts[r] for r in REASONS) == 13
+    assert counts[PASSED] == 6 and sum(counts[r] for r in REASONS) == 15
 
 
 class _listening:

@@ -65,8 +65,8 @@ def test_a_remote_ca_arriving_or_leaving_is_one_element_with_100000_known() -> N
     new = decap_filter({HV2, HV3}, {5001: 1000}, known | {E(HV2, 1000, net("10.0.0.77/32"))}, False, old)
     text = changes(old, new)
     assert time.perf_counter() - started < 5.0  # pure work in Python, no kernel: generous bound for the CI
-    assert text == "add element inet nvfabric v44 { 198.51.100.12 . 1000 . 0xa00004d-0xa00004d }\n"
-    assert changes(new, old) == "delete element inet nvfabric v44 { 198.51.100.12 . 1000 . 0xa00004d-0xa00004d }\n"
+    assert text == "add element inet nvfabric h44 { 198.51.100.12 . 1000 . 0xa00004d }\n"  # the hash set
+    assert changes(new, old) == "delete element inet nvfabric h44 { 198.51.100.12 . 1000 . 0xa00004d }\n"
     assert changes(old, old) is None
 
 
@@ -79,15 +79,32 @@ def test_a_routing_domain_moving_table_and_a_vsid_leaving_are_map_element_change
                     "add element inet nvfabric vsid { 0x138900 : 1002 }\n")
 
 
-def test_the_whole_table_replaces_in_one_script_with_ipv6_sources_as_128_bit_ranges() -> None:
-    f = DecapFilter(frozenset({HV2, GW}), {5001: 1000}, frozenset({E(GW, 1000, net("fd00::/120")),
-                                                                      E(HV2, 1000, net("10.0.0.0/30"))}))
+def test_the_whole_table_replaces_in_one_script_exact_addresses_hashed_prefixes_as_ranges() -> None:
+    f = DecapFilter(frozenset({HV2, GW}), {5001: 1000}, frozenset({
+        E(GW, 1000, net("fd00::/120")), E(HV2, 1000, net("10.0.0.0/30")),
+        E(HV2, 1000, net("10.0.1.12/32")), E(GW, 1000, net("fd00:1::12/128"))}))
     text = ruleset(f)
     assert text.startswith("add table inet nvfabric\ndelete table inet nvfabric\ntable inet nvfabric {")
-    assert "@nh,216,8 set 0x0" in text and "@nh,376,8 set 0x0" in text  # the FlowID, IPv4 and IPv6 outer
+    # the FlowID, IPv4 and IPv6 outer: written only when it is not zero
+    assert "@nh,216,8 != 0x0 @nh,216,8 set 0x0" in text and "@nh,376,8 != 0x0 @nh,376,8 set 0x0" in text
+    assert "set h44 { typeof ip saddr . meta mark . @nh,432,32; }" in text  # a hash set: no interval flag
+    assert "set v44 { typeof ip saddr . meta mark . @nh,432,32; flags interval; }" in text
+    assert text.index("@h44 counter") < text.index("@v44 counter")  # exact addresses looked up first
+    assert text.index("@h66 counter") < text.index("@v66 counter")
+    assert "add element inet nvfabric h44 { 198.51.100.12 . 1000 . 0xa00010c }" in text
     assert "add element inet nvfabric v44 { 198.51.100.12 . 1000 . 0xa000000-0xa000003 }" in text
+    assert "add element inet nvfabric h66 { 2001:db8::99 . 1000 . 0xfd000001000000000000000000000012 }" in text
     assert ("add element inet nvfabric v66 { 2001:db8::99 . 1000 . "
             "0xfd000000000000000000000000000000-0xfd0000000000000000000000000000ff }") in text
+
+
+def test_a_table_of_the_older_layout_without_hash_sets_is_not_ours_and_is_replaced() -> None:
+    def doc(names: list[str]) -> dict:
+        return {"nftables": [{"set": {"table": "nvfabric", "name": n, "elem": []}} for n in names]}
+
+    old = ["pa4", "pa6", "vsids", "vsid", "v44", "v46", "v64", "v66"]
+    assert decap.parse(doc(old)) is None
+    assert decap.parse(doc(old + ["h44", "h46", "h64", "h66"])) == DecapFilter()
 
 
 def test_judge_says_what_the_table_does_with_an_arriving_packet() -> None:
