@@ -109,3 +109,22 @@ def test_the_applier_writes_the_whole_table_once_then_one_ports_elements_per_att
     assert asyncio.run(guard.apply([*ports, port(1000)])) == 0 and len(nft.scripts) == 2  # nothing to do
     assert asyncio.run(guard.apply(ports)) == one  # detached
     assert all("tap1000" in ln and ln.startswith("delete") for ln in lines(nft.scripts[2]))
+
+
+class OldNft(FakeNft):
+    """The kernel has both tables as an older agent (layout 2) left them: rules marked with the old layout."""
+
+    async def list_json(self, *args: str) -> dict:
+        chain = "prerouting" if args[1] == "inet" else "input"
+        return {"nftables": [{"rule": {"family": args[1], "table": ps.TABLE, "chain": chain,
+                                       "comment": "nvfabric port security 2"}}]}
+
+
+def test_an_older_layouts_tables_are_replaced_once_then_changed_by_elements() -> None:
+    nft = OldNft()
+    guard = ps.PortSecurity(nft)  # type: ignore[arg-type]
+    ports = [port(i) for i in range(3)]
+    asyncio.run(guard.apply(ports))
+    assert nft.scripts[0].startswith("add table inet nvfabric-ports\ndelete table") and "src4_exact" in nft.scripts[0]
+    asyncio.run(guard.apply([*ports, port(3)]))
+    assert "table" not in nft.scripts[1] and "src4_exact" in nft.scripts[1]
