@@ -18,10 +18,14 @@ A port with `port_security: false` has no element here and is not checked at all
 Where: two tables of our own, `inet nvfabric-ports` (a prerouting chain at priority raw, before conntrack
 and routing) and `arp nvfabric-ports` (ARP input, before proxy ARP answers). The prerouting hook runs a
 second time with the routing domain's VRF device as input device: only interfaces in `@guarded` jump to
-the checks. Every check is one lookup in a concatenated set keyed by the port's interface
-(`iifname . ether saddr . ip saddr`), with the interval flag so that an allowed prefix is one element. nft
-1.0.6 has no `icmpv6 taddr`: the NA target is the raw payload `@th,64,128`, in a set of its own (`nd6`,
-`typeof`, which nft's JSON cannot declare: the tables are written in nft's own language).
+the checks. Every check is a lookup in concatenated sets keyed by the port's interface
+(`iifname . ether saddr . ip saddr`), in two steps: exact addresses (the CAs, a /32 or /128
+`allowed_addresses` entry, ARP's 0.0.0.0) in a hash set (`src4_exact`, ...: one jhash lookup whatever the
+number of ports), checked first, so the common packet never reaches the second; real prefixes
+(`allowed_addresses`, fe80::/64) in a set with the interval flag (`src4`, ...: nft's pipapo backend, whose
+lookup cost grows with its elements and which has no AVX2 path on every host), checked only on a miss. nft
+1.0.6 has no `icmpv6 taddr`: the NA target is the raw payload `@th,64,128`, in sets of its own (`nd6_exact`,
+`nd6`, `typeof`, which nft's JSON cannot declare: the tables are written in nft's own language).
 
 Drops are counted per port and reason: one named counter per (port, reason), reached through one map per
 reason (`counter name iifname map @spoofed_source`). A port's counter is added in the same transaction as
@@ -46,7 +50,7 @@ TABLE = "nvfabric-ports"
 # The layout of the tables below, kept as the comment of each hooked chain's first rule (nft 1.0.6 lists a
 # rule's comment in JSON, not a table's): a kernel table without it (an older agent's) is replaced at start
 # rather than adopted
-LAYOUT = "nvfabric port security 2"
+LAYOUT = "nvfabric port security 3"
 
 SPOOFED_SOURCE = "spoofed_source"
 SPOOFED_ARP = "spoofed_arp"
@@ -59,16 +63,28 @@ _FAMILY_OF = {SPOOFED_ARP: "arp"}  # the others are counted in the inet table
 LINK_LOCAL = ipaddress.ip_network("fe80::/64")
 UNSPECIFIED4 = ipaddress.ip_network("0.0.0.0/32")  # an ARP probe's sender IP
 
-# Set name -> (family, declaration). Keys all start with the port's interface name.
+# Set name -> (family, declaration). Keys all start with the port's interface name. Each address check has
+# two sets: NAME_exact (a hash: exact addresses) and NAME (interval: prefixes)
 _SETS = {
     ("inet", "guarded"): "type ifname;",
     ("inet", "macs"): "type ifname . ether_addr;",
+    ("inet", "src4_exact"): "type ifname . ether_addr . ipv4_addr;",
+    ("inet", "src6_exact"): "type ifname . ether_addr . ipv6_addr;",
+    ("inet", "nd6_exact"): "typeof iifname . ether saddr . @th,64,128;",  # the NA target (raw)
     ("inet", "src4"): "type ifname . ether_addr . ipv4_addr; flags interval;",
     ("inet", "src6"): "type ifname . ether_addr . ipv6_addr; flags interval;",
-    ("inet", "nd6"): "typeof iifname . ether saddr . @th,64,128; flags interval;",  # the NA target (raw)
+    ("inet", "nd6"): "typeof iifname . ether saddr . @th,64,128; flags interval;",
     ("arp", "guarded"): "type ifname;",
+    ("arp", "arp4_exact"): "type ifname . ether_addr . ether_addr . ipv4_addr;",
     ("arp", "arp4"): "type ifname . ether_addr . ether_addr . ipv4_addr; flags interval;",
 }
+
+
+def _not_in(key: str, name: str) -> str:
+    """A match for `key` in neither the exact set nor the prefix set of `name`: the hash is looked up first
+    and a hit ends the rule there."""
+    return f"{key} != @{name}_exact {key} != @{name}"
+
 
 _INET_GUARD = (
     f"icmpv6 type {{ nd-router-advert, nd-redirect }} counter name iifname map @{ROUTER_GUARD} drop",
@@ -76,10 +92,13 @@ _INET_GUARD = (
     "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 iifname . ether saddr @macs accept",
     "ip6 saddr :: icmpv6 type { nd-neighbor-solicit, nd-router-solicit, mld-listener-report, mld2-listener-report }"
     " iifname . ether saddr @macs accept",
-    f"icmpv6 type nd-neighbor-advert iifname . ether saddr . @th,64,128 != @nd6 counter name iifname map "
-    f"@{SPOOFED_ND} drop",
-    f"icmpv6 type nd-neighbor-solicit iifname . ether saddr . ip6 saddr != @src6 counter name iifname map "
-    f"@{SPOOFED_ND} drop",
+    f"icmpv6 type nd-neighbor-advert {_not_in('iifname . ether saddr . @th,64,128', 'nd6')} counter name "
+    f"iifname map @{SPOOFED_ND} drop",
+    f"icmpv6 type nd-neighbor-solicit {_not_in('iifname . ether saddr . ip6 saddr', 'src6')} counter name "
+    f"iifname map @{SPOOFED_ND} drop",
+    # exact addresses first (the hash): nearly every packet is accepted by one of these two
+    "iifname . ether saddr . ip saddr @src4_exact accept",
+    "iifname . ether saddr . ip6 saddr @src6_exact accept",
     "iifname . ether saddr . ip saddr @src4 accept",
     "iifname . ether saddr . ip6 saddr @src6 accept",
     f"counter name iifname map @{SPOOFED_SOURCE} drop",
@@ -91,8 +110,8 @@ CHAINS: dict[tuple[str, str], tuple[str | None, tuple[str, ...]]] = {
                              ("iifname @guarded jump guard",)),
     ("inet", "guard"): (None, _INET_GUARD),
     ("arp", "input"): ("type filter hook input priority -300; policy accept;", (
-        f"iifname @guarded iifname . ether saddr . arp saddr ether . arp saddr ip != @arp4 counter name iifname "
-        f"map @{SPOOFED_ARP} drop",)),
+        f"iifname @guarded {_not_in('iifname . ether saddr . arp saddr ether . arp saddr ip', 'arp4')} "
+        f"counter name iifname map @{SPOOFED_ARP} drop",)),
 }
 
 Key = tuple  # an element: (interface, ...) as below
@@ -112,14 +131,30 @@ class Elements:
 
 
 def networks(port: Port) -> tuple[tuple[Network, ...], tuple[Network, ...]]:
-    """The port's IPv4 and IPv6 sources, without the ones another covers (nft refuses overlapping intervals
-    in one set: a CA inside an allowed prefix is covered by it). Two prefixes are nested or disjoint."""
-    nets = [*(_host(a) for a in port.addresses), *port.allowed_addresses, LINK_LOCAL]
+    """The port's IPv4 and IPv6 sources, without the ones another covers: what it may send from."""
+    kept = _outermost([*(_host(a) for a in port.addresses), *port.allowed_addresses, LINK_LOCAL])
+    return tuple(n for n in kept if n.version == 4), tuple(n for n in kept if n.version == 6)
+
+
+def sources(port: Port) -> tuple[tuple[Network, ...], tuple[Network, ...]]:
+    """The port's sources split for the two kinds of set: (exact addresses, prefixes), both versions in each.
+    Exact: its CAs and any /32 or /128 in `allowed_addresses`, kept even when a prefix covers them (the hash
+    set has no overlap rule, and a hit there is the cheap path). Prefixes: the other `allowed_addresses` and
+    fe80::/64, without the ones another covers."""
+    nets = sorted({*(_host(a) for a in port.addresses), *port.allowed_addresses, LINK_LOCAL},
+                  key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    exact = tuple(n for n in nets if n.prefixlen == n.max_prefixlen)
+    return exact, _outermost([n for n in nets if n.prefixlen < n.max_prefixlen])
+
+
+def _outermost(nets: Iterable[Network]) -> tuple[Network, ...]:
+    """The networks no other covers (nft refuses overlapping intervals in one set). Two prefixes are nested or
+    disjoint."""
     kept: list[Network] = []
-    for net in sorted(set(nets), key=lambda n: n.prefixlen):
+    for net in sorted(set(nets), key=lambda n: (n.prefixlen, n.version, int(n.network_address))):
         if not any(net.version == k.version and net.subnet_of(k) for k in kept):  # type: ignore[arg-type]
             kept.append(net)
-    return tuple(n for n in kept if n.version == 4), tuple(n for n in kept if n.version == 6)
+    return tuple(kept)
 
 
 def _host(address: Address) -> Network:
@@ -131,16 +166,23 @@ def port_elements(port: Port) -> Elements:
     if not port.port_security:
         return EMPTY
     i, mac = port.interface, str(port.mac)
-    v4, v6 = networks(port)
-    arp = v4 if any(UNSPECIFIED4.subnet_of(n) for n in v4) else (UNSPECIFIED4, *v4)
+    exact, prefixes = sources(port)
+
+    def keys(nets: Iterable[Network], version: int) -> frozenset[Key]:
+        return frozenset((i, mac, n) for n in nets if n.version == version)
+
     return Elements({
         ("inet", "guarded"): frozenset({(i,)}),
         ("arp", "guarded"): frozenset({(i,)}),
         ("inet", "macs"): frozenset({(i, mac)}),
-        ("inet", "src4"): frozenset((i, mac, n) for n in v4),
-        ("inet", "src6"): frozenset((i, mac, n) for n in v6),
-        ("inet", "nd6"): frozenset((i, mac, n) for n in v6),
-        ("arp", "arp4"): frozenset((i, mac, n) for n in arp),
+        ("inet", "src4_exact"): keys(exact, 4),
+        ("inet", "src6_exact"): keys(exact, 6),
+        ("inet", "nd6_exact"): keys(exact, 6),
+        ("inet", "src4"): keys(prefixes, 4),
+        ("inet", "src6"): keys(prefixes, 6),
+        ("inet", "nd6"): keys(prefixes, 6),
+        ("arp", "arp4_exact"): keys((*exact, UNSPECIFIED4), 4),  # 0.0.0.0: an ARP probe
+        ("arp", "arp4"): keys(prefixes, 4),
     }, frozenset((i, reason) for reason in REASONS))
 
 
@@ -199,9 +241,9 @@ def _element(name: tuple[str, str], key: Key) -> str:
     if len(key) == 2:
         return f"{interface} . {mac}"
     net = key[2]
-    if name == ("inet", "nd6"):
+    if name[1].startswith("nd6"):
         return f"{interface} . {mac} . {_raw128(net)}"
-    if name == ("arp", "arp4"):
+    if name[1].startswith("arp4"):
         return f"{interface} . {mac} . {mac} . {_net(net)}"
     return f"{interface} . {mac} . {_net(net)}"
 
@@ -311,11 +353,11 @@ def _key(name: tuple[str, str], elem: object) -> Key:
         raise NotOurs(f"element {elem!r} of set {name[1]}")
     if len(parts) == 2:
         return (parts[0], parts[1])
-    if name == ("arp", "arp4"):
+    if name[1].startswith("arp4"):
         if parts[1] != parts[2]:
-            raise NotOurs(f"arp4 element {elem!r}: two MACs")
+            raise NotOurs(f"{name[1]} element {elem!r}: two MACs")
         return (parts[0], parts[1], _network(parts[3], 4))
-    return (parts[0], parts[1], _network(parts[2], 4 if name == ("inet", "src4") else 6))
+    return (parts[0], parts[1], _network(parts[2], 4 if name[1].startswith("src4") else 6))
 
 
 def parse(docs: Mapping[str, dict]) -> Elements:
@@ -349,7 +391,8 @@ def parse(docs: Mapping[str, dict]) -> Elements:
         raise NotOurs(f"rules per chain {rules}")
     if mapped != counters:
         raise NotOurs("counters and their map elements differ")
-    mirrored = (sets["inet", "src6"] == sets["inet", "nd6"] and sets["inet", "guarded"] == sets["arp", "guarded"])
+    mirrored = (sets["inet", "src6"] == sets["inet", "nd6"] and sets["inet", "src6_exact"] == sets["inet", "nd6_exact"]
+                and sets["inet", "guarded"] == sets["arp", "guarded"])
     if not mirrored:
         raise NotOurs("the sets that mirror each other differ")
     return Elements({k: frozenset(v) for k, v in sets.items()}, frozenset(counters))

@@ -24,7 +24,7 @@ from nvfabric.vnet.nftables import Nft
 
 MAC = "02:00:00:00:0b:01"
 B1 = Port("b1", "tap-b1", MAC, 5001, (ipaddress.ip_address("10.0.0.11"), ipaddress.ip_address("fd00:b::11")),
-          allowed_addresses=(ipaddress.ip_network("192.168.50.0/24"),))
+          allowed_addresses=(ipaddress.ip_network("192.168.50.0/24"), ipaddress.ip_network("192.168.60.5/32")))
 VICTIM4, VICTIM6 = "10.0.9.2", "fd00:9::2"
 
 
@@ -99,10 +99,21 @@ def test_spoofed_ipv4_sources_are_dropped_and_counted_its_own_and_allowed_ones_a
     host.marker(2)
     assert not host.rx.seen(_pair("10.0.0.99", VICTIM4)) and not host.rx.seen(_pair("10.0.0.12", VICTIM4))
     assert host.drops()[ps.SPOOFED_SOURCE] == 3
-    # an allowed address (an appliance's prefix behind a customer route) arrives
-    host.send(spoof.ping4(MAC, host.tap_mac, "192.168.50.7", VICTIM4))
-    assert host.rx.wait(_pair("192.168.50.7", VICTIM4))
-    assert host.drops()[ps.SPOOFED_SOURCE] == 3
+    # allowed addresses arrive: a prefix (an appliance's, behind a customer route) and an exact one
+    host.send(spoof.ping4(MAC, host.tap_mac, "192.168.50.7", VICTIM4), spoof.ping4(MAC, host.tap_mac, "192.168.60.5",
+                                                                                    VICTIM4))
+    assert host.rx.wait(_pair("192.168.50.7", VICTIM4)) and host.rx.wait(_pair("192.168.60.5", VICTIM4))
+    # ... and one next to the exact one is still nobody's
+    host.send(spoof.ping4(MAC, host.tap_mac, "192.168.60.6", VICTIM4))
+    host.marker(3)
+    assert not host.rx.seen(_pair("192.168.60.6", VICTIM4))
+    assert host.drops()[ps.SPOOFED_SOURCE] == 4
+    # the exact addresses (the CA, the /32; the marker) were the hash set's, the prefix the interval set's
+    kernel = asyncio.run(ps.PortSecurity(Nft(host.hv)).read())
+    assert kernel is not None
+    assert {k[2] for k in kernel.sets["inet", "src4_exact"]} == {ipaddress.ip_network("10.0.0.11/32"),
+                                                                 ipaddress.ip_network("192.168.60.5/32")}
+    assert {k[2] for k in kernel.sets["inet", "src4"]} == {ipaddress.ip_network("192.168.50.0/24")}
 
 
 def test_spoofed_ipv6_sources_are_dropped_its_own_arrive(host: Host) -> None:
@@ -149,6 +160,7 @@ def test_port_security_off_lets_spoofing_through_and_a_restart_adopts_without_a_
     # a new agent on a kernel that has the tables: adopted, nothing written, counters kept
     host.send(spoof.ping4(MAC, host.tap_mac, "10.0.0.99", VICTIM4))
     host.marker(2)
+    assert asyncio.run(guard.read()) == ps.elements([B1])  # every set read back, the raw NA targets too
     assert asyncio.run(guard.apply([B1])) == 0
     assert host.drops()[ps.SPOOFED_SOURCE] == 1
     # off: the port leaves the guarded set, spoofing passes
