@@ -55,7 +55,7 @@ from typing import NamedTuple
 from prometheus_client.core import CounterMetricFamily
 
 from nvfabric.vnet.model import Address, CustomerRoute, LookupRecord, Network, RemotePrefix
-from nvfabric.vnet.nftables import FAMILY, Nft, NftError, Owned
+from nvfabric.vnet.nftables import FAMILY, Nft, NftError, Owned, element_network
 
 TABLE = "nvfabric"
 VSID_MAP = "vsid"
@@ -333,15 +333,6 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) else int(str(value), 0)
 
 
-def _network(value: object, version: int) -> Network:
-    lo, hi = (_int(value["range"][0]), _int(value["range"][1])) if isinstance(value, dict) else (_int(value),) * 2
-    cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-    size = hi - lo + 1
-    if size & (size - 1):
-        raise ValueError(f"{lo:#x}-{hi:#x} is not a prefix")
-    return cls((lo, _BITS[version] - size.bit_length() + 1))
-
-
 def parse(doc: dict) -> DecapFilter | None:
     """`nft -j list table inet nvfabric` -> the DecapFilter it holds; None when it is not our current table
     (an older layout, or made by someone else): then it is replaced."""
@@ -367,7 +358,7 @@ def parse(doc: dict) -> DecapFilter | None:
                 keys.add(_int(elem) >> 8)
             else:
                 pa, mark, inner = elem["concat"]
-                elements.add(Element.of(ipaddress.ip_address(pa), _int(mark), _network(inner, int(name[2]))))
+                elements.add(Element.of(ipaddress.ip_address(pa), _int(mark), element_network(inner, int(name[2]))))
     if seen != wanted or keys != set(vsids):
         return None
     return DecapFilter(frozenset(pas), vsids, frozenset(elements))

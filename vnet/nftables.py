@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import ipaddress
 import json
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from nvfabric.vnet.kernel.netns import inside
+from nvfabric.vnet.model import Network
 
 FAMILY = "inet"
 T = TypeVar("T")
@@ -29,6 +31,34 @@ class NftError(RuntimeError):
     def __init__(self, what: str, message: str) -> None:
         super().__init__(f"nft {what}: {message.strip()}")
         self.message = message
+
+
+def element_network(value: object, version: int) -> Network:
+    """One address field of a set element as nft's JSON lists it, as a prefix: a `{"prefix": ...}`, a
+    `{"range": [first, last]}` or a single value, each bound an address, an integer or a hex string (how
+    raw payloads and `typeof` keys come back). ValueError when a range is not exactly one prefix."""
+    if isinstance(value, dict) and "prefix" in value:
+        return ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}")
+    first, last = value["range"] if isinstance(value, dict) else (value, value)
+    lo, hi = _address_int(first, version), _address_int(last, version)
+    bits = 32 if version == 4 else 128
+    size = hi - lo + 1
+    if size <= 0 or size & (size - 1) or lo & (size - 1):
+        raise ValueError(f"{first}-{last} is not one prefix")
+    cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    return cls((lo, bits - size.bit_length() + 1))
+
+
+def _address_int(value: object, version: int) -> int:
+    if isinstance(value, int):
+        return value
+    text = str(value)
+    if text.startswith("0x"):
+        return int(text, 16)
+    address = ipaddress.ip_address(text)
+    if address.version != version:
+        raise ValueError(f"{text} is not an IPv{version} address")
+    return int(address)
 
 
 class Owned(Generic[T]):

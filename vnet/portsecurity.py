@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from nvfabric.vnet.model import Address, Network, Port
-from nvfabric.vnet.nftables import Nft, NftError
+from nvfabric.vnet.nftables import Nft, NftError, element_network
 
 TABLE = "nvfabric-ports"
 # The layout of the tables below, kept as the comment of each hooked chain's first rule (nft 1.0.6 lists a
@@ -323,26 +323,6 @@ class NotOurs(ValueError):
     """The kernel's table is not one this code wrote (another layout, or changed by hand): replace it."""
 
 
-def _network(value: object, version: int) -> Network:
-    if isinstance(value, dict) and "prefix" in value:
-        return ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}")
-    if isinstance(value, dict) and "range" in value:
-        first, last = (_address(v, version) for v in value["range"])
-        found = list(ipaddress.summarize_address_range(first, last))
-        if len(found) != 1:
-            raise NotOurs(f"range {value['range']} is not one prefix")
-        return found[0]
-    return ipaddress.ip_network(_address(value, version))
-
-
-def _address(value: object, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    if isinstance(value, str) and value.startswith("0x"):
-        return ipaddress.IPv6Address(int(value, 16))
-    if isinstance(value, int):
-        return ipaddress.ip_address(value) if version == 4 else ipaddress.IPv6Address(value)
-    return ipaddress.ip_address(value)
-
-
 def _key(name: tuple[str, str], elem: object) -> Key:
     if isinstance(elem, dict) and "elem" in elem:  # an element with its own state or comment
         elem = elem["elem"]["val"]
@@ -356,8 +336,8 @@ def _key(name: tuple[str, str], elem: object) -> Key:
     if name[1].startswith("arp4"):
         if parts[1] != parts[2]:
             raise NotOurs(f"{name[1]} element {elem!r}: two MACs")
-        return (parts[0], parts[1], _network(parts[3], 4))
-    return (parts[0], parts[1], _network(parts[2], 4 if name[1].startswith("src4") else 6))
+        return (parts[0], parts[1], element_network(parts[3], 4))
+    return (parts[0], parts[1], element_network(parts[2], 4 if name[1].startswith("src4") else 6))
 
 
 def parse(docs: Mapping[str, dict]) -> Elements:
