@@ -90,25 +90,40 @@ class ReloadResult:
 
 class Owed:
     """What one peer is owed while it is not written to directly: the rest of a table (per family, a
-    snapshot of the keys and a position) and then the changes since, latest per (family, NLRI) in the
-    order they last changed (None: withdraw). Nothing here is bytes."""
+    snapshot of the keys) and then the changes since, per family the latest per NLRI in the order they
+    last changed (None: withdraw). Nothing here is bytes of our own: the NLRI are the table's objects."""
 
-    __slots__ = ("tables", "eor", "changes")
+    __slots__ = ("tables", "eor", "changes", "count")
 
     def __init__(self) -> None:
         self.tables: list[tuple[Family, list[bytes]]] = []
         self.eor: list[Family] = []
-        self.changes: dict[tuple[Family, bytes], AttrSet | None] = {}
+        self.changes: dict[Family, dict[bytes, AttrSet | None]] = {}
+        self.count = 0  # routes in `changes`
 
     def __len__(self) -> int:
-        return sum(len(keys) for _, keys in self.tables) + len(self.changes)
+        return sum(len(keys) for _, keys in self.tables) + self.count
 
     def record(self, family: Family, raws: list[bytes], attrs: AttrSet | None) -> None:
-        changes = self.changes
+        changes = self.changes.get(family)
+        if changes is None:
+            changes = self.changes[family] = {}
+        before = len(changes)
         for raw in raws:
-            key = (family, raw)
-            changes.pop(key, None)  # re-inserted at the end: the order of last change
-            changes[key] = attrs
+            changes.pop(raw, None)  # re-inserted at the end: the order of last change
+            changes[raw] = attrs
+        self.count += len(changes) - before
+
+    def take(self, count: int) -> tuple[Family, list[tuple[bytes, AttrSet | None]]] | None:
+        """Up to `count` of the oldest changes of one family, removed."""
+        for family, changes in self.changes.items():
+            if changes:
+                items = list(itertools.islice(changes.items(), count))
+                for raw, _attrs in items:
+                    del changes[raw]
+                self.count -= len(items)
+                return family, items
+        return None
 
 
 def _raw_decoder(negotiated: wire.Negotiated, body: bytes, source: PeerRef | None) -> wire.RawUpdate:
@@ -219,13 +234,13 @@ class Reflector(Speaker):
             messages = [wire.encode_eor(f) for f in owed.eor]
             owed.eor.clear()
             return messages
-        elif owed.changes:
-            # Consecutive runs only: a route's announce/withdraw order across routes does not matter, but
-            # the latest entry per route is the one that counts, and each appears once.
-            items = list(itertools.islice(owed.changes.items(), FEED_ROUTES))
-            for key, attrs in items:
-                del owed.changes[key]
-                runs.setdefault((attrs, key[0]), []).append(key[1])
+        elif owed.count:
+            # Each route appears once, with its latest change: the order across routes does not matter.
+            taken = owed.take(FEED_ROUTES)
+            assert taken is not None
+            family, items = taken
+            for raw, attrs in items:
+                runs.setdefault((attrs, family), []).append(raw)
         else:
             return None
         messages: list[bytes] = []
