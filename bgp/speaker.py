@@ -313,22 +313,24 @@ class Speaker:
                 return "held down after a max-prefix teardown"
             del self._held_down[address]
         peers = self.peers.values()
-        if sum(p.opening() for p in peers) >= self.config.max_opening:
-            self.counters.refused_opening += 1
-            return f"{self.config.max_opening} connections already in OpenSent/OpenConfirm (max_opening)"
         peer = self.peers.get(address)
-        if peer is not None:
-            return peer
+        if peer is not None and not peer.settings.dynamic:
+            return peer  # configured neighbours are few and known: never crowded out by a flood
         dynamic = self._dynamic_for(address)
         if dynamic is None:
             self.counters.refused += 1
             return "not a configured or dynamic neighbour"
+        if sum(p.opening() for p in peers) >= self.config.max_opening:
+            self.counters.refused_opening += 1
+            return f"{self.config.max_opening} connections already in OpenSent/OpenConfirm (max_opening)"
         prefix = dynamic.prefix
         used = sum(len(p.connections) for p in peers if p.settings.dynamic and self._dynamic_for(p.settings.address)
                    is dynamic)
         if used >= dynamic.max_connections:
             self.counters.refused_prefix_full += 1
             return f"{used} connections from {prefix} already (max_connections)"
+        if peer is not None:
+            return peer
         peer = self._new_peer(
             PeerSettings(
                 address=address,
