@@ -43,8 +43,10 @@ TCP_MD5SIG_MAXKEYLEN = 80
 
 CONNECT_TIMEOUT = 5.0
 # How long a closing connection may take to flush its last bytes (a NOTIFICATION behind a full buffer)
-# before it is aborted, freeing the buffer.
+# and see the peer close, before it is aborted, freeing the buffer.
 CLOSE_GRACE = 10.0
+REFUSE_GRACE = 2.0  # the same for a refused connection
+REFUSE_READ = 65536  # bytes read (and dropped) from a refused connection at most
 COLLISION_WAIT = 2.0  # how long an Established connection waits for a colliding one's OPEN
 INBOX_SIZE = 4096  # events, not bytes: an UPDATE is at most 4096 bytes (RFC 4271 4.1)
 
@@ -242,10 +244,15 @@ class Connection:
             self._timer.cancel()
             self._timer = None
         if self.fsm.state is fsm.State.IDLE:
-            if not self.transport.is_closing():
-                self.transport.close()  # close() flushes the NOTIFICATION first
-                if self.transport.get_write_buffer_size() and self._abort_timer is None:
-                    self._abort_timer = self.loop.call_later(CLOSE_GRACE, self.transport.abort)
+            if not self.transport.is_closing() and self._abort_timer is None:
+                # FIN after the NOTIFICATION, and keep reading (discarding) until the peer closes too:
+                # closing with its bytes unread would send a RST, which can destroy the NOTIFICATION
+                # before the peer reads it. CLOSE_GRACE bounds both waits (our flush, its close).
+                try:
+                    self.transport.write_eof()
+                except OSError:  # the socket is already gone (ENOTCONN): nothing left to flush
+                    self.transport.abort()
+                self._abort_timer = self.loop.call_later(CLOSE_GRACE, self.transport.abort)
         else:
             when = self.fsm.next_timer()
             if when is not None:
@@ -572,9 +579,20 @@ class Listener:
 
 
 async def _refuse(conn: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
     try:
         notification = wire.encode_notification(fsm.ERR_CEASE, fsm.CEASE_CONNECTION_REJECTED, b"")
-        await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(conn, notification), 2.0)
+        await asyncio.wait_for(loop.sock_sendall(conn, notification), 2.0)
+        # As Connection does: FIN, then read until the peer closes (its OPEN unread would make our close a
+        # RST, which can destroy the NOTIFICATION), at most REFUSE_GRACE seconds and REFUSE_READ bytes.
+        conn.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(REFUSE_GRACE):
+            received = 0
+            while received < REFUSE_READ:
+                data = await loop.sock_recv(conn, 4096)
+                if not data:
+                    break
+                received += len(data)
     except (TimeoutError, OSError):
         pass
     finally:

@@ -130,7 +130,7 @@ async def test_a_peer_that_stops_reading_is_fed_at_its_pace_then_reset_after_its
 
     routes = [route(i) for i in range(30000)]
     await source.announce(routes)
-    await until(lambda: conn.writing_paused, what="the stalled peer's transport paused")
+    await until(lambda: conn.writing_paused, 60, what="the stalled peer's transport paused")
     await until(lambda: len(held(reader)) == len(routes), 60, what="the reading client gets every route")
     # Bounded: at the limit plus at most one chunk, however many routes are owed.
     assert conn.transport.get_write_buffer_size() <= limit + 256 * 1024
