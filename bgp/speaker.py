@@ -108,6 +108,7 @@ class Speaker:
         self._dynamic = [(d.prefix, d) for d in config.dynamic_neighbors]
         # Peers torn down for max-prefix: address -> loop time until which they are not accepted.
         self._held_down: dict[str, float] = {}
+        self._establishments: dict[str, int] = {}  # of dynamic neighbours whose Peer was forgotten
         self._over_limit: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -165,6 +166,8 @@ class Speaker:
         if self.peers.get(address) is peer:
             del self.peers[address]
             self.counters.dynamic_removed += 1
+            # An int per address ever seen (as `_refs`): the count of sessions survives the Peer object.
+            self._establishments[address] = peer.establishments
 
     def max_prefix(self, address: str) -> MaxPrefix:
         """The max-prefix setting of the peer at `address` (configured, then dynamic prefix)."""
@@ -346,6 +349,7 @@ class Speaker:
             ),
             name=f"{address} (dynamic {prefix})",
         )
+        peer.establishments = self._establishments.pop(address, 0)
         self.peers[address] = peer
         return peer
 
