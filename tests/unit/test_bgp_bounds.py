@@ -10,6 +10,7 @@ import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -282,7 +283,6 @@ async def test_max_prefix_warn_and_a_speaker_that_keeps_no_routes(started):
     # The gateway's upstream session only announces: what the peer sends is counted, never stored.
     config = bgp_config.parse({"asn": 65000, "router_id": "198.51.100.41", "listen": {"address": "127.0.0.1",
                                "port": 0}, "neighbours": [{"address": "127.0.1.31", "asn": 65000, "passive": True}]})
-    from dataclasses import replace
     upstream = await started(Speaker(replace(config, accept_routes=False)))
     peer = await RawPeer.connect("127.0.1.31", upstream.listen_port)
     negotiated = await peer.open("198.51.100.31")
@@ -335,3 +335,16 @@ async def test_a_client_may_announce_only_its_route_targets(started):
     # Other clients are not filtered.
     await b.announce([route(4, vsid=5002, rd="198.51.100.2:1")])
     await until(lambda: len(held(a)) == 1, what="b's route at a")
+
+
+def test_the_agent_and_gateway_peers_carry_max_prefix_to_their_sessions():
+    top = bgp_config.Reader({"route_reflectors": [
+        {"address": "192.0.2.1", "max_prefix": {"limit": 1000, "action": "warn"}}, {"address": "192.0.2.2"}]}, "")
+    first, second = bgp_config.read_peers(top, "route_reflectors", 65000)
+    assert first.neighbor().max_prefix == bgp_config.MaxPrefix(1000, bgp_config.MaxPrefixAction.WARN)
+    assert second.neighbor().max_prefix == bgp_config.DEFAULT_MAX_PREFIX
+    with pytest.raises(ConfigError) as err:
+        bgp_config.read_peers(bgp_config.Reader({"upstream": [{"address": "192.0.2.1", "asn": 64496,
+                                                             "max_prefix": {"limit": 5, "restart": -1}}]}, ""),
+                              "upstream", None)
+    assert err.value.field == "upstream[0].max_prefix.restart"
