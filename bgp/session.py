@@ -10,7 +10,7 @@ peer of an update group, encoded once.
 
 Write back-pressure: each transport's write buffer has a high-water mark (`write_buffer_limit`). Above it
 asyncio calls `pause_writing`; `Peer.writable` turns False and a sender that honours it (the reflector)
-keeps what it owes that peer as table keys instead of bytes, then feeds it from `on_writable` when the
+keeps what it owes that peer as routes instead of bytes, then feeds it from `on_writable` when the
 buffer drains. A connection that stays paused for longer than its hold time is reset with a NOTIFICATION
 (Cease / Out of Resources, RFC 4486), so a peer that keeps sending KEEPALIVEs but never reads cannot hold
 our memory.
@@ -47,6 +47,7 @@ CONNECT_TIMEOUT = 5.0
 CLOSE_GRACE = 10.0
 REFUSE_GRACE = 2.0  # the same for a refused connection
 REFUSE_READ = 65536  # bytes read (and dropped) from a refused connection at most
+REFUSING_MAX = 64  # refusals waiting for their peer to close at once; beyond, closed at once
 COLLISION_WAIT = 2.0  # how long an Established connection waits for a colliding one's OPEN
 INBOX_SIZE = 4096  # events, not bytes: an UPDATE is at most 4096 bytes (RFC 4271 4.1)
 
@@ -529,6 +530,7 @@ class Listener:
         self.sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self.rejected = 0
+        self._refusing: set[asyncio.Task[None]] = set()
 
     def open(self) -> None:
         family = socket.AF_INET6 if ipaddress.ip_address(self.address).version == 6 else socket.AF_INET
@@ -571,18 +573,23 @@ class Listener:
             if isinstance(peer, str):
                 self.rejected += 1
                 log.warning("refusing BGP connection from %s: %s", remote, peer)
-                # RFC 4486 Cease/Connection Rejected rather than a silent close, so the peer's log says why.
-                loop.create_task(_refuse(conn))
+                # RFC 4486 Cease/Connection Rejected rather than a silent close, so the peer's log says why;
+                # under a flood, without waiting for the peer to close (bounded sockets and tasks).
+                task = loop.create_task(_refuse(conn, wait=len(self._refusing) < REFUSING_MAX))
+                self._refusing.add(task)
+                task.add_done_callback(self._refusing.discard)
                 continue
             conn.setblocking(False)
             peer.accept(conn)
 
 
-async def _refuse(conn: socket.socket) -> None:
+async def _refuse(conn: socket.socket, wait: bool = True) -> None:
     loop = asyncio.get_running_loop()
     try:
         notification = wire.encode_notification(fsm.ERR_CEASE, fsm.CEASE_CONNECTION_REJECTED, b"")
         await asyncio.wait_for(loop.sock_sendall(conn, notification), 2.0)
+        if not wait:
+            return
         # As Connection does: FIN, then read until the peer closes (its OPEN unread would make our close a
         # RST, which can destroy the NOTIFICATION), at most REFUSE_GRACE seconds and REFUSE_READ bytes.
         conn.shutdown(socket.SHUT_WR)
