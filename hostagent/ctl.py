@@ -121,7 +121,7 @@ _NO_SUBNET = {"vsid": "-", "prefixes": [], "gateways": []}
 
 
 def _list_ports(client: Client, args: argparse.Namespace) -> None:
-    _, body = client.request("GET", "/v1/ports")
+    body = client.every_page("/v1/ports", "ports")
     show(args, body, lambda: table(
         "ports", ["name", "interface", "MAC", "VSID", "routing domain", "addresses", "MTU", "active",
                   "port security", "dropped"],

@@ -1,0 +1,107 @@
+"""REST fuzzing: schemathesis generates requests from each API's own OpenAPI document (/v1/openapi.json),
+valid ones and ones that break the schema, and every answer must be in the document (status, content type,
+body schema) and never a 500. Seeded and bounded: EXAMPLES per operation.
+
+The host agent runs here without a kernel (not started, as tests/unit/test_api.py's), so a valid change
+answers 503 not-running, which its document lists; 500 is never acceptable. The reflector runs started,
+with a table of reflected routes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, seed, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from nvfabric.hostagent import api as agent_api
+from nvfabric.service.rest import ApiServer, serve
+from tests.unit.test_api import TOKEN, make_agent
+
+EXAMPLES = 50
+SEED = 20261202
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SENT: Counter[str] = Counter()  # requests per API, reported at the end of the module
+
+
+def no_internal_error(ctx: Any, response: Any, case: Any) -> bool:
+    """A 500 is a bug; the 503 of a daemon that is not running is an answer its document lists."""
+    if response.status_code == 500 or response.status_code > 503:
+        raise AssertionError(f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}")
+    return True
+
+
+CHECKS = [no_internal_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          response_headers_conformance]
+
+
+class Served:
+    """An aiohttp app served from its own event loop in a thread (schemathesis's client is synchronous)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: ApiServer = self.run(make())
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def schema(self) -> Any:
+        doc = requests.get(f"{self.server.url}/v1/openapi.json", headers=AUTH, timeout=30).json()
+        return schemathesis.openapi.from_dict(doc)
+
+    def close(self, *cleanups: Any) -> None:
+        self.run(self.server.stop())
+        for cleanup in cleanups:
+            self.run(cleanup)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+def fuzz(served: Served, name: str, case: Any) -> None:
+    SENT[name] += 1
+    case.call_and_validate(base_url=served.server.url, headers=AUTH, checks=CHECKS, timeout=30)
+
+
+# ---------------------------------------------------------------- the host agent
+
+
+@pytest.fixture(scope="module")
+def agent_served(tmp_path_factory) -> Iterator[Served]:
+    directory = tmp_path_factory.mktemp("agent")
+
+    async def up() -> ApiServer:
+        return await serve(agent_api.make_app(make_agent(directory), TOKEN), "127.0.0.1:0")
+
+    served = Served(up)
+    yield served
+    served.close()
+    print(f"\nREST fuzzing, host agent: {SENT['agent']} requests")
+
+
+@pytest.fixture(scope="module")
+def agent_schema(agent_served: Served) -> Any:
+    return agent_served.schema()
+
+
+agent_schema_lazy = schemathesis.pytest.from_fixture("agent_schema")
+
+
+@agent_schema_lazy.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@seed(SEED)
+def test_agent_api_answers_as_documented(case, agent_served):
+    fuzz(agent_served, "agent", case)
