@@ -105,3 +105,45 @@ agent_schema_lazy = schemathesis.pytest.from_fixture("agent_schema")
 @seed(SEED)
 def test_agent_api_answers_as_documented(case, agent_served):
     fuzz(agent_served, "agent", case)
+
+
+# ---------------------------------------------------------------- the route reflector
+
+
+@pytest.fixture(scope="module")
+def rr_served() -> Iterator[Served]:
+    from nvfabric.bgp.reflector import api as rr_api
+    from nvfabric.bgp.reflector.daemon import Reflector
+    from tests.unit.test_reflector_daemon import DYNAMIC, route, rr_cfg, speaker, until
+
+    started: list[Any] = []
+
+    async def up() -> ApiServer:
+        rr = Reflector(rr_cfg(DYNAMIC))
+        await rr.start()
+        client = speaker("198.51.100.1", "127.0.1.1", rr.listen_port)
+        await client.start()
+        started.extend([client, rr])
+        await client.announce([route(i, vsid=5001 + i % 3) for i in range(40)])
+        await until(lambda: len(rr.rib) == 40, what="a table to page through and filter")
+        return await serve(rr_api.build_app(rr, TOKEN), "127.0.0.1:0")
+
+    served = Served(up)
+    yield served
+    served.close(*(s.stop() for s in started))
+    print(f"\nREST fuzzing, route reflector: {SENT['rr']} requests")
+
+
+@pytest.fixture(scope="module")
+def rr_schema(rr_served: Served) -> Any:
+    return rr_served.schema()
+
+
+rr_schema_lazy = schemathesis.pytest.from_fixture("rr_schema")
+
+
+@rr_schema_lazy.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@seed(SEED)
+def test_reflector_api_answers_as_documented(case, rr_served):
+    fuzz(rr_served, "rr", case)
