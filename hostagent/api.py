@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from nvfabric.hostagent import views
+from nvfabric.hostagent import state, views
 from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.config import DEFAULT_LISTEN
 from nvfabric.hostagent.trace import arriving, trace
@@ -34,6 +34,14 @@ AGENT = web.AppKey("agent", Agent)
 
 __all__ = ["AGENT", "ApiError", "ApiServer", "make_app", "start_api"]
 
+
+
+def state_refusal(exc: Exception) -> ApiError | None:
+    """The state could not be saved (a full disk, say): the kernel was put back, nothing applied; 503 as
+    the condition is the host's, and the same request succeeds once it is fixed."""
+    if isinstance(exc, state.SaveError):
+        return ApiError(503, "state-not-saved", f"{exc}; nothing was applied", path=str(exc.path))
+    return None
 
 
 def _spec(body: Any) -> Any:
@@ -274,7 +282,7 @@ def operations(metrics_token: bool = False) -> list[Operation]:
 
 def make_app(agent: Agent, token: str, *, metrics_token: bool = False) -> web.Application:
     """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
-    app = application(token, refusals=REFUSALS, metrics_token=metrics_token)
+    app = application(token, refusals=(*REFUSALS, state_refusal), metrics_token=metrics_token)
     app[AGENT] = agent
     register(app, "nvfabric host agent", "docs/agent.md#rest-api", operations(metrics_token))
     return app

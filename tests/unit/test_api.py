@@ -431,3 +431,14 @@ async def test_decapsulation_counters_and_the_trace_of_an_arriving_packet(client
                          ("pa=198.51.100.12&src=10.1.0.20&dst=10.1.0.10", "vsid")):
         body = await expect(await client.get(f"/v1/trace/arrival?{query}", headers=AUTH), 400, "invalid")
         assert body["field"] == field, body
+
+
+async def test_a_change_whose_state_cannot_be_saved_is_503_and_not_applied(client, agent, monkeypatch):
+    # the agent puts the kernel back before raising (tests/kernel/test_api_agent.py runs it on a kernel)
+    async def unsaved(port):
+        raise state.SaveError(agent.config.state_dir / state.FILE, "No space left on device")
+
+    monkeypatch.setattr(agent, "put_port", unsaved)
+    body = await expect(await client.put("/v1/ports/vm2", headers=AUTH, json=VM2), 503, "state-not-saved")
+    assert "No space left on device" in body["problem"] and "nothing was applied" in body["problem"]
+    assert "vm2" not in agent.catalog.ports
