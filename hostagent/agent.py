@@ -30,6 +30,7 @@ from nvfabric.bgp.speaker import PeerStatus
 from nvfabric.hostagent import state
 from nvfabric.hostagent import status as report
 from nvfabric.hostagent.config import AgentConfig
+from nvfabric.hostagent.eligible import check_port_interface
 from nvfabric.hostagent.filters import Filters, gre_allowed, served_vsids
 from nvfabric.hostagent.metrics import AgentMetrics
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
@@ -38,8 +39,9 @@ from nvfabric.vnet import announce, decap, learn
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.decap import DecapCollector, DecapFilter
 from nvfabric.vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, vrf_name
-from nvfabric.vnet.errors import KernelError, ModelError, NotStarted
+from nvfabric.vnet.errors import KernelError, NotStarted
 from nvfabric.vnet.hold import Hold, Policy
+from nvfabric.vnet.kernel.interfaces import read_interface
 from nvfabric.vnet.kernel.netns import RtnlSocket, link_exists
 from nvfabric.vnet.kernel.objects import KernelObject, Vrf
 from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
@@ -172,8 +174,11 @@ class Agent:
             netns = self.config.netns
             # one device looked up by name, not every link of the host dumped (O(ports) per attach)
             catalog = self._view.catalog.with_port(port, (lambda n: link_exists(netns, n)) if running else None)
-            if running and port.interface.startswith("nvf-"):
-                raise ModelError("interface", port.interface, "is a device of nvfabric, not a VM port")
+            if running:
+                # the device as the kernel has it: never the underlay, the loopback, a bridge member...
+                facts = await read_interface(netns, port.interface)
+                if facts is not None:  # (absent: with_port refused it; gone since: the kernel will refuse)
+                    check_port_interface(facts, self.config.provider_addresses)
             mobility = self._view.mobility
             if old is not None and (old.vsid, old.mac) != (port.vsid, port.mac):
                 mobility = mobility.detach((old.vsid, old.mac))
