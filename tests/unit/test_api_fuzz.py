@@ -1,6 +1,7 @@
 """REST fuzzing: schemathesis generates requests from each API's own OpenAPI document (/v1/openapi.json),
 valid ones and ones that break the schema, and every answer must be in the document (status, content type,
-body schema) and never a 500. Seeded and bounded: EXAMPLES per operation.
+body schema) and never a 500. Seeded and bounded: EXAMPLES per operation (and the explicit, boundary and
+negative cases schemathesis adds).
 
 The host agent runs here without a kernel (not started, as tests/unit/test_api.py's), so a valid change
 answers 503 not-running, which its document lists; 500 is never acceptable. The reflector runs started,
@@ -31,8 +32,9 @@ from nvfabric.hostagent import api as agent_api
 from nvfabric.service.rest import ApiServer, serve
 from tests.unit.test_api import TOKEN, make_agent
 
-EXAMPLES = 50
-SEED = 20261202
+# a short run in `make test`; NVFABRIC_FUZZ_EXAMPLES=1000 (and NVFABRIC_FUZZ_SEED) for a long one
+EXAMPLES = int(os.environ.get("NVFABRIC_FUZZ_EXAMPLES", "50"))
+SEED = int(os.environ.get("NVFABRIC_FUZZ_SEED", "20261202"))
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SENT: Counter[str] = Counter()  # requests per API, reported at the end of the module
 
