@@ -273,3 +273,19 @@ def test_a_change_whose_state_cannot_be_saved_is_503_and_the_kernel_put_back(fab
     assert hv1.http("PUT", "/v1/ports/s9", port)[0] == 201  # the same request, once the disk is fixed
     assert "10.0.0.59 dev tap-s9" in hv1.kernel_routes()
     assert hv1.http("DELETE", "/v1/ports/s9")[0] == 204
+
+
+def test_a_change_the_kernel_refuses_is_a_422_naming_it_and_is_reverted(fabric, capsys):
+    _, hosts = fabric
+    hv1 = hosts["hv1"]
+    netns.run(["ip", "-n", hv1.ns, "link", "add", "mv-lower", "type", "veth", "peer", "name", "mv-peer"])
+    netns.run(["ip", "-n", hv1.ns, "link", "add", "mv1", "link", "mv-lower", "type", "macvlan", "mode", "bridge"])
+    before = hv1.kernel_routes(), hv1.kernel_routes(6)
+    # a macvlan cannot take an MTU above its lower device's: the agent reverts, the API says so with the
+    # kernel's words
+    status, body = hv1.http("PUT", "/v1/ports/mv-port", {"interface": "mv1", "mac": "02:00:00:00:0f:02", "mtu": 9000,
+                                                         "vsid": 5001, "addresses": ["10.0.0.51"]})
+    assert (status, body["error"]) == (422, "kernel-refused") and body["messages"], body
+    status, _, err = hv1.ctl(capsys, "port", "get", "mv-port")
+    assert status == 1 and "404 not-found" in err
+    assert (hv1.kernel_routes(), hv1.kernel_routes(6)) == before

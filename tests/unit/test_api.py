@@ -357,7 +357,8 @@ async def test_trace_from_a_port_with_a_source_not_its_own_is_dropped_by_port_se
 
 
 async def test_a_change_the_kernel_refused_is_422_with_the_kernel_words(client, agent, monkeypatch):
-    # the real refusal (lo as a port) needs a kernel: tests/kernel/test_api_agent.py; here the error path
+    # a real refusal needs a kernel (tests/kernel/test_agent_tenants.py: an MTU a macvlan cannot take);
+    # here the error path
     async def refused(port):
         raise KernelError(f"port {port.name}", ("Device does not allow enslaving to a master device",))
 
