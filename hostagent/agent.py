@@ -326,8 +326,8 @@ class Agent:
                 state.save(self.config.state_dir, changed.saved())
                 view = self._view = changed
             except state.SaveError as exc:  # the sequences announced must be the ones a restart finds
+                # (retried by the next sync, at the latest the periodic resync: not in a tight loop)
                 log.error("%s: mobility changes wait until the state can be saved", exc)
-                self._dirty.set()
         desired, learned = self._compute(view, set())
         outcome = await self._reconcile(desired)
         if outcome.errors:
