@@ -25,7 +25,7 @@ from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, STRING, Oper
                                       register)
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.vnet.errors import ModelError
-from nvfabric.vnet.model import Port, RoutingDomain, check_address, check_vsid
+from nvfabric.vnet.model import LookupRecord, Port, RoutingDomain, check_address, check_vsid
 from nvfabric.vnet.refusals import REFUSALS
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ async def delete_port(request: web.Request) -> web.Response:
 
 async def lookup_records(request: web.Request) -> web.Response:
     """Every CA this host knows, local and learned: HNV's Get-NetVirtualizationLookupRecord."""
-    params = query(request, ("routing_domain", "vsid", "ca"))
+    params = query(request, ("routing_domain", "vsid", "ca", "limit", "after"))
+    wanted = pages.page_request(params)
     agent = _agent(request)
     records = agent.lookup_records()
     if "routing_domain" in params:
@@ -135,7 +136,13 @@ async def lookup_records(request: web.Request) -> web.Response:
     if "ca" in params:
         ca = check_address(params["ca"], "ca")
         records = [r for r in records if r.ca == ca]
-    return web.json_response({"lookup_records": [views.lookup_record(r) for r in records]})
+    found, after = pages.page(sorted((_record_key(r), r) for r in records), wanted)
+    return web.json_response({"lookup_records": [views.lookup_record(r) for r in found], "next": after})
+
+
+def _record_key(r: LookupRecord) -> str:
+    """A record's place in the pages: unique (a CA may be local and, for a moment, remote too)."""
+    return f"{r.routing_domain}/{r.vsid:08d}/{r.ca}/{'local' if r.local else r.pa}"
 
 
 async def customer_routes(request: web.Request) -> web.Response:
@@ -259,9 +266,9 @@ def operations(metrics_token: bool = False) -> list[Operation]:
         Operation("PUT", "/v1/ports/{name}", put_port, "create or replace a port (programmed and announced)",
                   {200: _PORT_VIEW, 201: _PORT_VIEW}, body=PORT, errors=write),
         Operation("DELETE", "/v1/ports/{name}", delete_port, "delete a port", {204: None}, errors=write),
-        Operation("GET", "/v1/lookup-records", lookup_records, "every CA this host knows, local and learned",
-                  {200: obj(["lookup_records"], lookup_records=array(_LOOKUP_RECORD))},
-                  query=(Param("routing_domain"), _VSID_PARAM, Param("ca", _ADDRESS)), errors=(404,)),
+        Operation("GET", "/v1/lookup-records", lookup_records, "every CA this host knows, a page at a time",
+                  {200: obj(["lookup_records", "next"], lookup_records=array(_LOOKUP_RECORD), next=pages.NEXT)},
+                  query=(Param("routing_domain"), _VSID_PARAM, Param("ca", _ADDRESS), *pages.PARAMS), errors=(404,)),
         Operation("GET", "/v1/customer-routes", customer_routes, "customer routes per routing domain",
                   {200: obj(["customer_routes"], customer_routes=array(ANY_OBJECT))},
                   query=(Param("routing_domain"),), errors=(404,)),

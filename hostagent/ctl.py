@@ -145,7 +145,7 @@ def _dropped(drops: dict[str, int] | None) -> str:
 def _lookup_records(client: Client, args: argparse.Namespace) -> None:
     query = {k: v for k, v in (("routing_domain", args.routing_domain), ("vsid", args.vsid), ("ca", args.ca))
              if v is not None}
-    _, body = client.request("GET", "/v1/lookup-records", query=query)
+    body = client.every_page("/v1/lookup-records", "lookup_records", query)
     show(args, body, lambda: table(
         "lookup records", ["routing domain", "VSID", "CA", "MAC", "PA", "where"],
         [[r["routing_domain"], str(r["vsid"]), r["ca"], r["mac"], r["pa"] or "-",
