@@ -121,7 +121,7 @@ async def trace(request: web.Request) -> web.Response:
 
 def _number(text: str, name: str) -> int | str:
     """A query parameter's port as an int; left as text (refused by _port naming it) when not a number."""
-    return int(text) if text.isdigit() else text
+    return int(text) if text.isascii() and text.isdigit() else text  # ('²' is a digit to isdigit, not to int)
 
 
 class _TenantCollector(Collector):

@@ -168,7 +168,7 @@ class RouteFilter:
         if "family" in query:
             wanted = {v: f for f, v in FAMILY_NAMES.items()}.get(query["family"])
             if wanted is None:
-                raise ValueError(f"family: expected one of {', '.join(FAMILY_NAMES.values())}")
+                raise ApiError.invalid("family", query["family"], f"expected one of {', '.join(FAMILY_NAMES.values())}")
             families = tuple(f for f in families if f is wanted)
         rt = route_target_bytes(query["rt"], "rt") if "rt" in query else None
         return cls(families, _int(query, "vsid"), rt, _mac(query.get("mac")), _ip(query.get("ip")))
@@ -242,8 +242,8 @@ def _prefix_holds(prefix: str | None, ip: str) -> bool:
 def _int(query: dict[str, str], name: str) -> int | None:
     if name not in query:
         return None
-    if not query[name].isdigit():
-        raise ValueError(f"{name}: expected a non-negative integer, got {query[name]!r}")
+    if not (query[name].isascii() and query[name].isdigit()):  # (str.isdigit alone takes '²', int() does not)
+        raise ApiError.invalid(name, query[name], "expected a non-negative integer")
     return int(query[name])
 
 
@@ -253,7 +253,7 @@ def _mac(text: str | None) -> Mac | None:
     try:
         return Mac(text)
     except MacError as exc:
-        raise ValueError(f"mac: {exc.problem}, got {text!r}") from None
+        raise ApiError.invalid("mac", text, exc.problem) from None
 
 
 def _ip(text: str | None) -> str | None:
@@ -262,7 +262,7 @@ def _ip(text: str | None) -> str | None:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise ValueError(f"ip: {text!r} is not an IP address") from None
+        raise ApiError.invalid("ip", text, "is not an IP address") from None
 
 
 # ---------------------------------------------------------------- Prometheus
@@ -347,13 +347,7 @@ def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadRe
     async def get_routes(request: web.Request) -> web.Response:
         params = query(request, ROUTE_FILTERS + ("limit", "after"))
         page_wanted = pages.page_request(params)
-        try:
-            wanted = RouteFilter.parse(params, rr.rib.best)
-        except ConfigError:
-            raise  # config_refusal names its field
-        except ValueError as err:
-            field, _, problem = str(err).partition(": ")
-            raise ApiError(400, "invalid", problem or str(err), field=field) from None
+        wanted = RouteFilter.parse(params, rr.rib.best)  # ApiError or ConfigError (`rt`) naming the field
         # the owner task only copies the tables' references (C speed); filtering and encoding happen here
         snapshot = await rr.call(lambda: {f: dict(rr.rib.best[f]) for f in wanted.families})
         found, after = await routes_page(snapshot, wanted, page_wanted.after, page_wanted.limit)
