@@ -306,7 +306,7 @@ async def test_routes_come_in_bounded_pages_with_a_cursor(lab):
         for params, field in [({"limit": "1001"}, "limit"), ({"limit": "0"}, "limit"), ({"limit": "x"}, "limit"),
                               ({"after": "nope/zz"}, "after"), ({"colour": "red"}, "colour"),
                               ({"family": "ipv5"}, "family"), ({"mac": "02:00"}, "mac"), ({"vsid": "²"}, "vsid"),
-                              ({"rt": "65000:²"}, "rt"),                              ({"ip": "10.0.0"}, "ip")]:
+                              ({"rt": "65000:²"}, "rt"), ({"ip": "10.0.0"}, "ip")]:
             refused = await http.get("/v1/routes", params=params)
             assert refused.status == 400, params
             assert (await refused.json())["field"] == field
