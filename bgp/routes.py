@@ -79,7 +79,7 @@ def parse_admin_pair(text: str, field_name: str) -> AdminPair:
     if not isinstance(text, str) or text.count(":") != 1:
         raise RouteValueError(field_name, text, "expected 'ASN:number' or 'IPv4:number'")
     admin_text, number_text = text.split(":")
-    if not number_text.isdigit():
+    if not (number_text.isascii() and number_text.isdigit()):  # (isdigit alone takes '²', which int() refuses)
         raise RouteValueError(field_name, text, "assigned number must be a decimal integer")
     number = int(number_text)
     if "." in admin_text:
@@ -88,7 +88,7 @@ def parse_admin_pair(text: str, field_name: str) -> AdminPair:
         except ValueError:
             raise RouteValueError(field_name, text, "administrator is not an IPv4 address") from None
         kind, number_max = 1, 0xFFFF
-    elif admin_text.isdigit():
+    elif admin_text.isascii() and admin_text.isdigit():
         admin = int(admin_text)
         if admin > 0xFFFFFFFF:
             raise RouteValueError(field_name, text, "AS number exceeds 32 bits")

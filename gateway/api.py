@@ -21,6 +21,9 @@ from prometheus_client.registry import Collector
 from nvfabric.gateway import nat
 from nvfabric.gateway.gateway import Gateway, TenantStatus
 from nvfabric.gateway.tenants import Tenant
+from nvfabric.service import pages
+from nvfabric.service.openapi import (ANY_OBJECT, INTEGER, STRING, Operation, Param, array, nullable, obj,
+                                      register)
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.vnet.decap import DecapCollector
 from nvfabric.vnet.errors import ModelError
@@ -50,9 +53,11 @@ async def _statuses(gw: Gateway) -> dict[str, TenantStatus]:
 
 
 async def list_tenants(request: web.Request) -> web.Response:
+    wanted = pages.page_request(query(request, ("limit", "after")))
     gw = _gw(request)
+    found, after = pages.page(sorted(gw.tenants.items()), wanted)
     statuses = await _statuses(gw)
-    return web.json_response({"tenants": [_view(t, statuses.get(n)) for n, t in sorted(gw.tenants.items())]})
+    return web.json_response({"tenants": [_view(t, statuses.get(t.name)) for t in found], "next": after})
 
 
 async def get_tenant(request: web.Request) -> web.Response:
@@ -101,6 +106,8 @@ async def trace(request: web.Request) -> web.Response:
     gw = _gw(request)
     tenant = fields.get("tenant")
     if tenant is not None:
+        if not isinstance(tenant, str):  # (a JSON object here once reached the tenant lookup: a 500)
+            raise ModelError("tenant", tenant, "must be a tenant's name (a string)")
         gw.tenant(tenant)  # 404 when unknown
     proto = fields.get("proto", "tcp")
     if proto not in ("tcp", "udp", "icmp", "icmpv6"):
@@ -114,7 +121,7 @@ async def trace(request: web.Request) -> web.Response:
 
 def _number(text: str, name: str) -> int | str:
     """A query parameter's port as an int; left as text (refused by _port naming it) when not a number."""
-    return int(text) if text.isdigit() else text
+    return int(text) if text.isascii() and text.isdigit() else text  # ('²' is a digit to isdigit, not to int)
 
 
 class _TenantCollector(Collector):
@@ -157,17 +164,52 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+_ADDRESS = {**STRING, "description": "an IPv4 or IPv6 address"}
+_SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(STRING), gateways=array(_ADDRESS))
+_SNAT = {"anyOf": [_ADDRESS, obj(["address"], True, address=_ADDRESS, ports={"anyOf": [STRING, INTEGER]})]}
+TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING), subnets=array(_SUBNET),
+             snat=array(_SNAT), floating_ips=array(obj(["public", "private"], True, public=_ADDRESS,
+                                                       private=_ADDRESS)),
+             public_prefixes=array(STRING), interfaces=array(STRING), status=ANY_OBJECT)
+_TENANT_VIEW = obj(["name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces"],
+                   name=STRING, route_targets=array(STRING), subnets=array(ANY_OBJECT), snat=array(ANY_OBJECT),
+                   floating_ips=array(ANY_OBJECT), public_prefixes=array(STRING), interfaces=array(STRING),
+                   status=obj(["name", "id"], name=STRING, id=INTEGER, vsids=array(INTEGER), nat_sessions=INTEGER))
+_PORT_PARAM = {**STRING, "pattern": "^[0-9]+$"}
+_TRACE_QUERY = (Param("tenant", description="from this tenant (absent: from outside)"),
+                Param("proto", {"type": "string", "enum": ["tcp", "udp", "icmp", "icmpv6"]}),
+                Param("src", _ADDRESS, required=True), Param("sport", _PORT_PARAM),
+                Param("dst", _ADDRESS, required=True), Param("dport", _PORT_PARAM))
+_TRACE_BODY = obj(["src", "dst"], True, tenant=STRING, proto=STRING, src=_ADDRESS, dst=_ADDRESS, sport=INTEGER,
+                  dport=INTEGER)
+_DECISION = obj(["tenant", "direction", "action", "reason", "translated"], tenant=nullable(STRING),
+                direction=STRING, action=STRING, zone=nullable(INTEGER), mark=nullable(INTEGER),
+                reason=STRING, translated=nullable(ANY_OBJECT))
+
+
+def operations(metrics_token: bool = False) -> list[Operation]:
+    """Every route of the API with its schemas: what make_app registers and /v1/openapi.json documents."""
+    write = (409, 422, 503)
+    return [
+        Operation("GET", "/v1/tenants", list_tenants, "the tenants, a page at a time",
+                  {200: obj(["tenants", "next"], tenants=array(_TENANT_VIEW), next=pages.NEXT)}, query=pages.PARAMS),
+        Operation("GET", "/v1/tenants/{name}", get_tenant, "one tenant with its counters", {200: _TENANT_VIEW}),
+        Operation("PUT", "/v1/tenants/{name}", put_tenant, "create or replace a tenant (atomic)",
+                  {200: _TENANT_VIEW, 201: _TENANT_VIEW}, body=TENANT, errors=write),
+        Operation("DELETE", "/v1/tenants/{name}", delete_tenant, "delete a tenant", {204: None}, errors=write),
+        Operation("GET", "/v1/trace", trace, "the NAT decision for a flow's first packet", {200: _DECISION},
+                  query=_TRACE_QUERY, errors=(404,)),
+        Operation("POST", "/v1/trace", trace, "the same, with the fields in a JSON body", {200: _DECISION},
+                  body=_TRACE_BODY, errors=(404,)),
+        Operation("GET", "/metrics", metrics, "Prometheus text", {200: STRING}, public=not metrics_token, text=True),
+    ]
+
+
 def make_app(gateway: Gateway, token: str, *, metrics_token: bool = False) -> web.Application:
     """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
     app = application(token, refusals=REFUSALS, metrics_token=metrics_token)
     app[GATEWAY] = gateway
-    app.router.add_get("/v1/tenants", list_tenants)
-    app.router.add_get("/v1/tenants/{name}", get_tenant)
-    app.router.add_put("/v1/tenants/{name}", put_tenant)
-    app.router.add_delete("/v1/tenants/{name}", delete_tenant)
-    app.router.add_get("/v1/trace", trace)
-    app.router.add_post("/v1/trace", trace)
-    app.router.add_get("/metrics", metrics)
+    register(app, "nvfabric gateway", "docs/gateway.md#rest-api", operations(metrics_token))
     return app
 
 

@@ -64,7 +64,7 @@ COLUMNS = ["tenant", "id", "VSIDs", "SNAT", "floating IPs", "sessions", "out pkt
 
 
 def _tenants(client: Client, args: argparse.Namespace) -> None:
-    _, body = client.request("GET", "/v1/tenants")
+    body = client.every_page("/v1/tenants", "tenants")
     show(args, body, lambda: table("tenants", COLUMNS, [_row(t) for t in body["tenants"]]))
 
 

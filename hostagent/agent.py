@@ -30,6 +30,7 @@ from nvfabric.bgp.speaker import PeerStatus
 from nvfabric.hostagent import state
 from nvfabric.hostagent import status as report
 from nvfabric.hostagent.config import AgentConfig
+from nvfabric.hostagent.eligible import check_port_interface
 from nvfabric.hostagent.filters import Filters, gre_allowed, served_vsids
 from nvfabric.hostagent.metrics import AgentMetrics
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
@@ -38,8 +39,9 @@ from nvfabric.vnet import announce, decap, learn
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.decap import DecapCollector, DecapFilter
 from nvfabric.vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, vrf_name
-from nvfabric.vnet.errors import KernelError, ModelError, NotStarted
+from nvfabric.vnet.errors import KernelError, NotStarted
 from nvfabric.vnet.hold import Hold, Policy
+from nvfabric.vnet.kernel.interfaces import read_interface
 from nvfabric.vnet.kernel.netns import RtnlSocket, link_exists
 from nvfabric.vnet.kernel.objects import KernelObject, Vrf
 from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
@@ -171,8 +173,11 @@ class Agent:
             netns = self.config.netns
             # one device looked up by name, not every link of the host dumped (O(ports) per attach)
             catalog = self._view.catalog.with_port(port, (lambda n: link_exists(netns, n)) if running else None)
-            if running and port.interface.startswith("nvf-"):
-                raise ModelError("interface", port.interface, "is a device of nvfabric, not a VM port")
+            if running:
+                # the device as the kernel has it: never the underlay, the loopback, a bridge member...
+                facts = await read_interface(netns, port.interface)
+                if facts is not None:  # (absent: with_port refused it; gone since: the kernel will refuse)
+                    check_port_interface(facts, self.config.provider_addresses)
             mobility = self._view.mobility
             if old is not None and (old.vsid, old.mac) != (port.vsid, port.mac):
                 mobility = mobility.detach((old.vsid, old.mac))
@@ -260,7 +265,8 @@ class Agent:
                     self._skipped[name] = desired.skipped_in[name]
 
     async def _commit(self, view: View, what: str, dirty: set[str]) -> None:
-        """Program, persist, swap, announce; on a kernel refusal revert the kernel and raise."""
+        """Program, persist, swap, announce; on a kernel refusal, or when the state cannot be saved, put the
+        kernel back and raise (KernelError, state.SaveError)."""
         if not self._started or self._reconciler is None:
             raise NotStarted(f"{what}: the agent is not running")
         if view.catalog.ports != self._view.catalog.ports:
@@ -268,21 +274,32 @@ class Agent:
         desired, learned = self._compute(view, dirty)
         outcome = await self._reconcile(desired)
         if not outcome.ok:
-            with contextlib.suppress(NftError):  # (a refusal here is retried by the next sync)
-                await self._port_security.apply(self._view.catalog.ports.values())
-            await self._reconciler.revert(outcome.applied)
-            # the same partitions as they were (the revert makes this a full pass: the kernel is read back)
-            back, _ = self._compute(self._view, set(desired.partitions) - {GLOBAL})
-            # (a routing domain the change added is not in the old view: its partition is emptied)
-            back_parts = {**{n: frozenset() for n in desired.partitions}, **back.partitions}
-            self.metrics.reconciled(await self._reconciler.reconcile(back_parts, self._hold.holding))
+            await self._put_back(desired, outcome)
             raise KernelError(what, outcome.errors)
-        state.save(self.config.state_dir, view.saved())
+        try:
+            state.save(self.config.state_dir, view.saved())
+        except state.SaveError:
+            # a change the agent cannot remember would be undone by its next restart: not made at all
+            log.error("%s: the state could not be saved, the kernel is put back", what)
+            await self._put_back(desired, outcome)
+            raise
         self._view = view
         self._swap_learned(desired, learned)
         await self._update_vrf_marks()
         await self._update_decap()
         await self._announce()
+
+    async def _put_back(self, desired: Desired, outcome: Outcome) -> None:
+        """The kernel as the current view wants it again, after a change that cannot stand."""
+        assert self._reconciler is not None
+        with contextlib.suppress(NftError):  # (a refusal here is retried by the next sync)
+            await self._port_security.apply(self._view.catalog.ports.values())
+        await self._reconciler.revert(outcome.applied)
+        # the same partitions as they were (the revert makes this a full pass: the kernel is read back)
+        back, _ = self._compute(self._view, set(desired.partitions) - {GLOBAL})
+        # (a routing domain the change added is not in the old view: its partition is emptied)
+        back_parts = {**{n: frozenset() for n in desired.partitions}, **back.partitions}
+        self.metrics.reconciled(await self._reconciler.reconcile(back_parts, self._hold.holding))
 
     async def _guard_ports(self, view: View, what: str) -> None:
         try:
@@ -303,9 +320,13 @@ class Agent:
         remote = learn.remote_macs(self._learned(), self.config.provider_addresses)
         mobility = follow_remote(view.mobility, remote, self.config.next_hop, time.monotonic())
         if mobility is not view.mobility:
-            view = View(view.catalog, view.tables, mobility)
-            state.save(self.config.state_dir, view.saved())
-            self._view = view
+            changed = View(view.catalog, view.tables, mobility)
+            try:
+                state.save(self.config.state_dir, changed.saved())
+                view = self._view = changed
+            except state.SaveError as exc:  # the sequences announced must be the ones a restart finds
+                # (retried by the next sync, at the latest the periodic resync: not in a tight loop)
+                log.error("%s: mobility changes wait until the state can be saved", exc)
         desired, learned = self._compute(view, set())
         outcome = await self._reconcile(desired)
         if outcome.errors:

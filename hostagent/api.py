@@ -16,13 +16,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from nvfabric.hostagent import views
+from nvfabric.hostagent import state, views
 from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.config import DEFAULT_LISTEN
 from nvfabric.hostagent.trace import arriving, trace
+from nvfabric.service import pages
+from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, STRING, Operation, Param, array, nullable, obj,
+                                      register)
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.vnet.errors import ModelError
-from nvfabric.vnet.model import Port, RoutingDomain, check_address, check_vsid
+from nvfabric.vnet.model import LookupRecord, Port, RoutingDomain, check_address, check_vsid
 from nvfabric.vnet.refusals import REFUSALS
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,14 @@ AGENT = web.AppKey("agent", Agent)
 
 __all__ = ["AGENT", "ApiError", "ApiServer", "make_app", "start_api"]
 
+
+
+def state_refusal(exc: Exception) -> ApiError | None:
+    """The state could not be saved (a full disk, say): the kernel was put back, nothing applied; 503 as
+    the condition is the host's, and the same request succeeds once it is fixed."""
+    if isinstance(exc, state.SaveError):
+        return ApiError(503, "state-not-saved", f"{exc}; nothing was applied", path=str(exc.path))
+    return None
 
 
 def _spec(body: Any) -> Any:
@@ -81,11 +92,12 @@ async def delete_routing_domain(request: web.Request) -> web.Response:
 
 
 async def list_ports(request: web.Request) -> web.Response:
+    wanted = pages.page_request(query(request, ("limit", "after")))
     agent = _agent(request)
     drops = await agent.port_drops()
     catalog, records = agent.catalog, agent.lookup_records()
-    return web.json_response({"ports": [views.port(p, catalog, records, drops)
-                                        for _, p in sorted(catalog.ports.items())]})
+    found, after = pages.page(sorted(catalog.ports.items()), wanted)
+    return web.json_response({"ports": [views.port(p, catalog, records, drops) for p in found], "next": after})
 
 
 async def get_port(request: web.Request) -> web.Response:
@@ -111,7 +123,8 @@ async def delete_port(request: web.Request) -> web.Response:
 
 async def lookup_records(request: web.Request) -> web.Response:
     """Every CA this host knows, local and learned: HNV's Get-NetVirtualizationLookupRecord."""
-    params = query(request, ("routing_domain", "vsid", "ca"))
+    params = query(request, ("routing_domain", "vsid", "ca", "limit", "after"))
+    wanted = pages.page_request(params)
     agent = _agent(request)
     records = agent.lookup_records()
     if "routing_domain" in params:
@@ -123,7 +136,13 @@ async def lookup_records(request: web.Request) -> web.Response:
     if "ca" in params:
         ca = check_address(params["ca"], "ca")
         records = [r for r in records if r.ca == ca]
-    return web.json_response({"lookup_records": [views.lookup_record(r) for r in records]})
+    found, after = pages.page(sorted((_record_key(r), r) for r in records), wanted)
+    return web.json_response({"lookup_records": [views.lookup_record(r) for r in found], "next": after})
+
+
+def _record_key(r: LookupRecord) -> str:
+    """A record's place in the pages: unique (a CA may be local and, for a moment, remote too)."""
+    return f"{r.routing_domain}/{r.vsid:08d}/{r.ca}/{'local' if r.local else r.pa}"
 
 
 async def customer_routes(request: web.Request) -> web.Response:
@@ -197,25 +216,82 @@ async def metrics(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- the app and its runner
 
 
+# ---------------------------------------------------------------------- schemas (the OpenAPI document's)
+
+_ADDRESS = {**STRING, "description": "an IPv4 or IPv6 address"}
+_PREFIX = {**STRING, "description": "an IPv4 or IPv6 prefix"}
+_SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(_PREFIX), gateways=array(_ADDRESS))
+_CUSTOMER_ROUTE = obj(["prefix"], True, prefix=_PREFIX, next_hop=STRING, metric=INTEGER)
+ROUTING_DOMAIN = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING),
+                     subnets=array(_SUBNET), customer_routes=array(_CUSTOMER_ROUTE), status=ANY_OBJECT)
+PORT = obj(["interface", "mac", "vsid", "addresses"], True, name=STRING, interface=STRING, mac=STRING,
+           vsid=INTEGER, addresses=array(_ADDRESS), mtu=nullable(INTEGER), port_security=BOOLEAN,
+           allowed_addresses=array(_PREFIX), status=ANY_OBJECT)
+_ROUTING_DOMAIN_VIEW = obj(["name", "route_targets", "subnets", "status"], name=STRING,
+                           route_targets=array(STRING), subnets=array(obj(["vsid", "prefixes", "gateways"])),
+                           status=obj(["vrf", "ports"], vrf=STRING, ports=array(STRING)))
+_PORT_VIEW = obj(["name", "interface", "mac", "vsid", "addresses", "status"], name=STRING, interface=STRING,
+                 mac=STRING, vsid=INTEGER, addresses=array(STRING),
+                 status=obj(["routing_domain", "active", "port_security_drops"], routing_domain=nullable(STRING),
+                            active=BOOLEAN, port_security_drops=nullable(ANY_OBJECT)))
+_LOOKUP_RECORD = obj(["routing_domain", "vsid", "ca", "mac", "pa", "local", "port"], routing_domain=STRING,
+                     vsid=INTEGER, ca=STRING, mac=STRING, pa=nullable(STRING), local=BOOLEAN,
+                     port=nullable(STRING))
+_TRACE = obj(["routing_domain", "src", "dst", "verdict", "reason"], routing_domain=STRING, src=STRING,
+             dst=STRING, verdict=STRING, reason=STRING, vsid=nullable(INTEGER), gre_key=nullable(INTEGER),
+             pa=nullable(STRING), mac=nullable(STRING), device=nullable(STRING), route=nullable(STRING))
+_ARRIVAL = obj(["pa", "gre_key", "vsid", "flow_id", "src", "dst", "verdict", "reason", "counter"], pa=STRING,
+               gre_key=INTEGER, vsid=INTEGER, flow_id=INTEGER, src=STRING, dst=STRING, verdict=STRING,
+               reason=STRING, counter=STRING, routing_domain=nullable(STRING), inner=nullable(_TRACE))
+_STATUS = obj(["router_id", "reflectors", "synced", "headless"], router_id=STRING, reflectors=array(ANY_OBJECT),
+              synced=BOOLEAN, headless=BOOLEAN, totals=ANY_OBJECT, decap=ANY_OBJECT)
+_VSID_PARAM = Param("vsid", {**STRING, "pattern": "^[0-9]+$"}, "a VSID")
+
+
+def operations(metrics_token: bool = False) -> list[Operation]:
+    """Every route of the API with its schemas: what make_app registers and /v1/openapi.json documents."""
+    write = (409, 422, 503)
+    return [
+        Operation("GET", "/v1/routing-domains", list_routing_domains, "every routing domain",
+                  {200: obj(["routing_domains"], routing_domains=array(_ROUTING_DOMAIN_VIEW))}),
+        Operation("GET", "/v1/routing-domains/{name}", get_routing_domain, "one routing domain",
+                  {200: _ROUTING_DOMAIN_VIEW}),
+        Operation("PUT", "/v1/routing-domains/{name}", put_routing_domain, "create or replace a routing domain",
+                  {200: _ROUTING_DOMAIN_VIEW, 201: _ROUTING_DOMAIN_VIEW}, body=ROUTING_DOMAIN, errors=write),
+        Operation("DELETE", "/v1/routing-domains/{name}", delete_routing_domain, "delete a routing domain",
+                  {204: None}, errors=write),
+        Operation("GET", "/v1/ports", list_ports, "the ports, a page at a time",
+                  {200: obj(["ports", "next"], ports=array(_PORT_VIEW), next=pages.NEXT)}, query=pages.PARAMS),
+        Operation("GET", "/v1/ports/{name}", get_port, "one port", {200: _PORT_VIEW}),
+        Operation("PUT", "/v1/ports/{name}", put_port, "create or replace a port (programmed and announced)",
+                  {200: _PORT_VIEW, 201: _PORT_VIEW}, body=PORT, errors=write),
+        Operation("DELETE", "/v1/ports/{name}", delete_port, "delete a port", {204: None}, errors=write),
+        Operation("GET", "/v1/lookup-records", lookup_records, "every CA this host knows, a page at a time",
+                  {200: obj(["lookup_records", "next"], lookup_records=array(_LOOKUP_RECORD), next=pages.NEXT)},
+                  query=(Param("routing_domain"), _VSID_PARAM, Param("ca", _ADDRESS), *pages.PARAMS), errors=(404,)),
+        Operation("GET", "/v1/customer-routes", customer_routes, "customer routes per routing domain",
+                  {200: obj(["customer_routes"], customer_routes=array(ANY_OBJECT))},
+                  query=(Param("routing_domain"),), errors=(404,)),
+        Operation("GET", "/v1/provider-addresses", provider_addresses, "this host's provider addresses",
+                  {200: obj(["provider_addresses"], provider_addresses=array(
+                      obj(["address", "next_hop"], address=STRING, next_hop=BOOLEAN)))}),
+        Operation("GET", "/v1/trace", trace_packet, "the path of a packet from a CA to a CA",
+                  {200: _TRACE}, query=(Param("routing_domain", required=True), Param("src", _ADDRESS, required=True),
+                                        Param("dst", _ADDRESS, required=True), Param("port")), errors=(404,)),
+        Operation("GET", "/v1/trace/arrival", trace_arrival, "an NVGRE packet arriving from another host",
+                  {200: _ARRIVAL}, query=(Param("pa", _ADDRESS, required=True), Param("vsid", required=True),
+                                          Param("src", _ADDRESS, required=True), Param("dst", _ADDRESS, required=True),
+                                          Param("flow_id"))),
+        Operation("GET", "/v1/status", status, "the agent's sessions, reconciles and counters", {200: _STATUS}),
+        Operation("GET", "/metrics", metrics, "Prometheus text", {200: STRING}, public=not metrics_token, text=True),
+    ]
+
+
 def make_app(agent: Agent, token: str, *, metrics_token: bool = False) -> web.Application:
     """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
-    app = application(token, refusals=REFUSALS, metrics_token=metrics_token)
+    app = application(token, refusals=(*REFUSALS, state_refusal), metrics_token=metrics_token)
     app[AGENT] = agent
-    app.router.add_get("/v1/routing-domains", list_routing_domains)
-    app.router.add_get("/v1/routing-domains/{name}", get_routing_domain)
-    app.router.add_put("/v1/routing-domains/{name}", put_routing_domain)
-    app.router.add_delete("/v1/routing-domains/{name}", delete_routing_domain)
-    app.router.add_get("/v1/ports", list_ports)
-    app.router.add_get("/v1/ports/{name}", get_port)
-    app.router.add_put("/v1/ports/{name}", put_port)
-    app.router.add_delete("/v1/ports/{name}", delete_port)
-    app.router.add_get("/v1/lookup-records", lookup_records)
-    app.router.add_get("/v1/customer-routes", customer_routes)
-    app.router.add_get("/v1/provider-addresses", provider_addresses)
-    app.router.add_get("/v1/trace", trace_packet)
-    app.router.add_get("/v1/trace/arrival", trace_arrival)
-    app.router.add_get("/v1/status", status)
-    app.router.add_get("/metrics", metrics)
+    register(app, "nvfabric host agent", "docs/agent.md#rest-api", operations(metrics_token))
     return app
 
 

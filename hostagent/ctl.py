@@ -121,7 +121,7 @@ _NO_SUBNET = {"vsid": "-", "prefixes": [], "gateways": []}
 
 
 def _list_ports(client: Client, args: argparse.Namespace) -> None:
-    _, body = client.request("GET", "/v1/ports")
+    body = client.every_page("/v1/ports", "ports")
     show(args, body, lambda: table(
         "ports", ["name", "interface", "MAC", "VSID", "routing domain", "addresses", "MTU", "active",
                   "port security", "dropped"],
@@ -145,7 +145,7 @@ def _dropped(drops: dict[str, int] | None) -> str:
 def _lookup_records(client: Client, args: argparse.Namespace) -> None:
     query = {k: v for k, v in (("routing_domain", args.routing_domain), ("vsid", args.vsid), ("ca", args.ca))
              if v is not None}
-    _, body = client.request("GET", "/v1/lookup-records", query=query)
+    body = client.every_page("/v1/lookup-records", "lookup_records", query)
     show(args, body, lambda: table(
         "lookup records", ["routing domain", "VSID", "CA", "MAC", "PA", "where"],
         [[r["routing_domain"], str(r["vsid"]), r["ca"], r["mac"], r["pa"] or "-",

@@ -1,10 +1,18 @@
 """The agent's state directory: what it was told (catalog), what it allocated (routing tables) and the MAC
 mobility sequences it announced, in one JSON file replaced atomically (write, fsync, rename), so a restart
-(even after SIGKILL) finds either the old or the new state, never half of one."""
+(even after SIGKILL) finds either the old or the new state, never half of one.
+
+Each save first keeps the file it replaces as PREV (a hard link: the current file is never absent, even
+for a moment). At start a state file that cannot be read (corrupted, hand-edited, not a file) is reported
+and PREV is used: the agent comes back one change behind rather than refusing to start or starting empty
+(which would remove every tenant's kernel state). A save that fails (a full disk, a read-only directory)
+raises SaveError and leaves both files as they were: the caller puts the kernel back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +23,10 @@ from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.model import Port, RoutingDomain
 
 FILE = "agent-state.json"
+PREV = FILE + ".prev"  # the state before the last save: the last good copy
 VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class StateError(RuntimeError):
@@ -24,6 +35,14 @@ class StateError(RuntimeError):
     def __init__(self, path: Path, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
         self.path = path
+
+
+class SaveError(RuntimeError):
+    """The state could not be written (the OS's reason in `problem`); nothing on disk changed."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"cannot save the state to {path}: {problem}")
+        self.path, self.problem = path, problem
 
 
 @dataclass(frozen=True)
@@ -67,31 +86,62 @@ def loads(text: str, path: Path) -> SavedState:
         catalog = Catalog.build(domains, ports)
         tables = {str(k): int(v) for k, v in data["tables"].items()}
         seqs = {(int(v), Mac(m)): int(s) for v, m, s in data.get("mobility", [])}
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StateError(path, f"unreadable ({exc})") from None
     return SavedState(catalog, tables, seqs)
 
 
-def load(directory: Path) -> SavedState | None:
-    path = directory / FILE
+def _read(path: Path) -> SavedState | None:
     try:
         text = path.read_text()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(path, f"unreadable ({exc})") from None
     return loads(text, path)
 
 
+def load(directory: Path) -> SavedState | None:
+    """The saved state; PREV when the file is unreadable (logged), or absent after a crash between the two
+    links of a save. StateError only when neither can be read."""
+    try:
+        found = _read(directory / FILE)
+    except StateError as exc:
+        try:
+            prev = _read(directory / PREV)
+        except StateError as prev_exc:
+            raise StateError(exc.path, f"{exc}; and the previous copy: {prev_exc}") from None
+        if prev is None:
+            raise
+        log.error("state: %s; using the previous good copy %s (the last change before the failure is lost)",
+                  exc, directory / PREV)
+        return prev
+    return found if found is not None else _read(directory / PREV)
+
+
 def save(directory: Path, state: SavedState) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write `state` crash-safely, keeping the file it replaces as PREV; SaveError when it cannot be written
+    (the previous state stays in place)."""
     path = directory / FILE
     tmp = directory / f".{FILE}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(dumps(state))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)  # the rename itself survives a crash
-    finally:
-        os.close(fd)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(dumps(state))
+            f.flush()
+            os.fsync(f.fileno())
+        if path.is_file():
+            keep = directory / f".{PREV}.{os.getpid()}.tmp"
+            keep.unlink(missing_ok=True)
+            os.link(path, keep)
+            os.replace(keep, directory / PREV)
+        os.replace(tmp, path)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the renames themselves survive a crash
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise SaveError(path, exc.strerror or str(exc)) from None

@@ -118,6 +118,17 @@ class Client:
                            f"`{self.daemon.command}` running? --api or {self.daemon.api_env})",
                            EXIT_UNREACHABLE) from None
 
+    def every_page(self, path: str, key: str, query: dict[str, str] | None = None) -> dict[str, Any]:
+        """A paged list (service/pages.py) read to its end, following `next`: {key: every item}."""
+        items: list[Any] = []
+        params = dict(query or {})
+        while True:
+            _, body = self.request("GET", path, query=params)
+            items += body[key]
+            if not body.get("next"):
+                return {key: items}
+            params["after"] = body["next"]
+
 
 def refusal(status: int, raw: bytes) -> str:
     """The API's JSON error as one line: `400 invalid: addresses[0]: is not ... (got '10.1.0.300')`."""

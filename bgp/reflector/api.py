@@ -3,19 +3,24 @@ and the gateway's: the same bearer token (`api.token`) and the same JSON error b
 
 GET  /v1/summary                      identity, sessions by state, routes per family, counters
 GET  /v1/neighbors                    one object per peer (configured or dynamic, seen so far)
-GET  /v1/routes?family=&vsid=&rt=&mac=&ip=&limit=   best routes, decoded for display from their bytes
+GET  /v1/routes?family=&vsid=&rt=&mac=&ip=&limit=&after=   best routes, a page at a time (service/pages.py)
 POST /v1/reload                       re-read the configuration file (as SIGHUP); 400 names the bad field
 GET  /metrics                         Prometheus text format (without the token unless metrics_token)
+GET  /v1/openapi.json                 the OpenAPI document of all of the above (service/openapi.py)
 
 Everything is read at request time from the reflector (no copies kept up to date on the hot path); the
-metrics registry belongs to the app (no process-wide default registry).
+metrics registry belongs to the app (no process-wide default registry). The owner task is asked only for
+what is O(peers) or a copy of the table's references; a page of routes is filtered outside it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -27,14 +32,18 @@ from nvfabric.bgp.config import ConfigError
 from nvfabric.bgp.mac import Mac, MacError
 from nvfabric.bgp.reflector.config import route_target_bytes
 from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
-from nvfabric.bgp.reflector.table import AttrSet
+from nvfabric.bgp.reflector.table import AttrSet, Entry
 from nvfabric.bgp.routes import Family, MacIpKey, PrefixKey, UnicastKey
-from nvfabric.service.rest import ApiError, application
+from nvfabric.service import pages
+from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, STRING, Operation, Param, array, nullable,
+                                      obj, register)
+from nvfabric.service.rest import ApiError, application, query
 
 FAMILY_NAMES = {Family.L2VPN_EVPN: "l2vpn-evpn", Family.IPV4_UNICAST: "ipv4-unicast",
                 Family.IPV6_UNICAST: "ipv6-unicast"}
 REFLECTOR = web.AppKey("reflector", Reflector)
-ROUTES_LIMIT = 1000
+ROUTE_FILTERS = ("family", "vsid", "rt", "mac", "ip")
+SLICE = 4096  # table entries filtered between two yields to the loop
 
 
 # ---------------------------------------------------------------- views (pure functions of the reflector)
@@ -150,35 +159,87 @@ def route_json(family: Family, attrs: AttrSet, raw: bytes) -> dict[str, Any]:
     return out
 
 
-def routes(rr: Reflector, query: dict[str, str]) -> Iterator[dict[str, Any]]:
-    """Best routes matching every given filter (vsid, rt, mac, ip, family)."""
-    families = list(rr.rib.best)
-    if "family" in query:
-        wanted = {v: f for f, v in FAMILY_NAMES.items()}.get(query["family"])
-        if wanted is None:
-            raise ValueError(f"family: expected one of {', '.join(FAMILY_NAMES.values())}")
-        families = [wanted] if wanted in rr.rib.best else []
-    vsid = _int(query, "vsid")
-    rt = route_target_bytes(query["rt"], "rt") if "rt" in query else None
-    mac = _mac(query.get("mac"))
-    ip = _ip(query.get("ip"))
-    for family in families:
-        for _key, (attrs, raw) in list(rr.rib.routes(family)):
-            if rt is not None and rt not in attrs.rts:
-                continue
-            if (vsid is not None or mac or ip) and family is not Family.L2VPN_EVPN and not ip:
-                continue
-            if vsid is not None and _vsid(raw) != vsid:
-                continue
-            if mac or ip:
-                route = route_json(family, attrs, raw)
-                if mac and route.get("mac") != mac:
-                    continue
-                if ip and route.get("ip") != ip and not _prefix_holds(route.get("prefix"), ip):
-                    continue
-                yield route
-            else:
-                yield route_json(family, attrs, raw)
+@dataclass(frozen=True)
+class RouteFilter:
+    """The filters of GET /v1/routes, parsed (each names its query parameter when refused)."""
+
+    families: tuple[Family, ...]
+    vsid: int | None = None
+    rt: bytes | None = None
+    mac: Mac | None = None
+    ip: str | None = None
+
+    @classmethod
+    def parse(cls, query: dict[str, str], available: Iterable[Family]) -> RouteFilter:
+        families = tuple(f for f in FAMILY_NAMES if f in set(available))  # one fixed order: the pages'
+        if "family" in query:
+            wanted = {v: f for f, v in FAMILY_NAMES.items()}.get(query["family"])
+            if wanted is None:
+                raise ApiError.invalid("family", query["family"], f"expected one of {', '.join(FAMILY_NAMES.values())}")
+            families = tuple(f for f in families if f is wanted)
+        rt = route_target_bytes(query["rt"], "rt") if "rt" in query else None
+        return cls(families, _int(query, "vsid"), rt, _mac(query.get("mac")), _ip(query.get("ip")))
+
+    def matches(self, family: Family, attrs: AttrSet, raw: bytes) -> bool:
+        if self.rt is not None and self.rt not in attrs.rts:
+            return False
+        if (self.vsid is not None or self.mac) and family is not Family.L2VPN_EVPN:
+            return False
+        if self.vsid is not None and _vsid(raw) != self.vsid:
+            return False
+        if self.mac or self.ip:
+            route = route_json(family, attrs, raw)
+            if self.mac and route.get("mac") != self.mac:
+                return False
+            if self.ip and route.get("ip") != self.ip and not _prefix_holds(route.get("prefix"), self.ip):
+                return False
+        return True
+
+
+def _cursor(family: Family, key: bytes) -> str:
+    return f"{FAMILY_NAMES[family]}/{key.hex()}"
+
+
+def _parse_cursor(text: str | None) -> tuple[int, bytes] | None:
+    """`after`: (the family's place in FAMILY_NAMES, the last key returned)."""
+    if text is None:
+        return None
+    name, _, key = text.partition("/")
+    order = list(FAMILY_NAMES.values())
+    try:
+        return order.index(name), bytes.fromhex(key)
+    except ValueError:
+        raise ApiError.invalid("after", text, "not a cursor of this API (the `next` of a previous page)") from None
+
+
+async def routes_page(snapshot: dict[Family, dict[bytes, Entry]], wanted: RouteFilter, after: str | None,
+                      limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The best routes matching `wanted`, in (family, key) order after the cursor: at most `limit`, and the
+    cursor of the next page (None on the last). Runs outside the owner task, on a snapshot it handed over,
+    SLICE entries at a time, giving the loop back between slices: a large table never stalls BGP."""
+    start = _parse_cursor(after)
+    order = list(FAMILY_NAMES)
+    chosen: list[tuple[Family, bytes, Entry]] = []
+    for family in wanted.families:
+        place = order.index(family)
+        if start is not None and place < start[0]:
+            continue
+        floor = start[1] if start is not None and place == start[0] else None
+        best: list[tuple[bytes, Entry]] = []  # the limit+1 smallest matching keys of this family so far
+        items = list(snapshot.get(family, {}).items())
+        for i in range(0, len(items), SLICE):
+            found = [(key, entry) for key, entry in items[i : i + SLICE]
+                     if (floor is None or key > floor) and wanted.matches(family, entry[0], entry[1])]
+            if found:
+                best = heapq.nsmallest(limit + 1 - len(chosen), best + found, key=lambda kv: kv[0])
+            await asyncio.sleep(0)
+        chosen += [(family, key, entry) for key, entry in best]
+        if len(chosen) > limit:
+            break
+    more = len(chosen) > limit
+    chosen = chosen[:limit]
+    page = [route_json(family, attrs, raw) for family, _key, (attrs, raw) in chosen]
+    return page, _cursor(chosen[-1][0], chosen[-1][1]) if more else None
 
 
 def _prefix_holds(prefix: str | None, ip: str) -> bool:
@@ -188,8 +249,8 @@ def _prefix_holds(prefix: str | None, ip: str) -> bool:
 def _int(query: dict[str, str], name: str) -> int | None:
     if name not in query:
         return None
-    if not query[name].isdigit():
-        raise ValueError(f"{name}: expected a non-negative integer, got {query[name]!r}")
+    if not (query[name].isascii() and query[name].isdigit()):  # (str.isdigit alone takes '²', int() does not)
+        raise ApiError.invalid(name, query[name], "expected a non-negative integer")
     return int(query[name])
 
 
@@ -199,7 +260,7 @@ def _mac(text: str | None) -> Mac | None:
     try:
         return Mac(text)
     except MacError as exc:
-        raise ValueError(f"mac: {exc.problem}, got {text!r}") from None
+        raise ApiError.invalid("mac", text, exc.problem) from None
 
 
 def _ip(text: str | None) -> str | None:
@@ -208,7 +269,7 @@ def _ip(text: str | None) -> str | None:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise ValueError(f"ip: {text!r} is not an IP address") from None
+        raise ApiError.invalid("ip", text, "is not an IP address") from None
 
 
 # ---------------------------------------------------------------- Prometheus
@@ -295,24 +356,13 @@ def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadRe
         return web.json_response(await rr.call(lambda: neighbors(rr)))
 
     async def get_routes(request: web.Request) -> web.Response:
-        query = dict(request.query)
-        try:
-            limit = _int(query, "limit")
-            query.pop("limit", None)
-
-            def collect() -> dict[str, Any]:
-                found = []
-                for route in routes(rr, query):
-                    if len(found) >= (ROUTES_LIMIT if limit is None else limit):
-                        return {"routes": found, "truncated": True}
-                    found.append(route)
-                return {"routes": found, "truncated": False}
-
-            return web.json_response(await rr.call(collect))
-        except ConfigError:
-            raise  # config_refusal names its field
-        except ValueError as err:
-            raise ApiError(400, "invalid", str(err)) from None
+        params = query(request, ROUTE_FILTERS + ("limit", "after"))
+        page_wanted = pages.page_request(params)
+        wanted = RouteFilter.parse(params, rr.rib.best)  # ApiError or ConfigError (`rt`) naming the field
+        # the owner task only copies the tables' references (C speed); filtering and encoding happen here
+        snapshot = await rr.call(lambda: {f: dict(rr.rib.best[f]) for f in wanted.families})
+        found, after = await routes_page(snapshot, wanted, page_wanted.after, page_wanted.limit)
+        return web.json_response({"routes": found, "next": after, "truncated": after is not None})
 
     async def post_reload(request: web.Request) -> web.Response:
         if reload is None:
@@ -326,9 +376,29 @@ def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadRe
 
     app = application(token, refusals=(config_refusal,), metrics_token=metrics_token)
     app[REFLECTOR] = rr
-    app.router.add_get("/v1/summary", get_summary)
-    app.router.add_get("/v1/neighbors", get_neighbors)
-    app.router.add_get("/v1/routes", get_routes)
-    app.router.add_post("/v1/reload", post_reload)
-    app.router.add_get("/metrics", get_metrics)
+    register(app, "nvfabric route reflector", "docs/rr.md#rest-api-and-metrics", [
+        Operation("GET", "/v1/summary", get_summary, "identity, sessions by state, routes per family, counters",
+                  {200: SUMMARY}),
+        Operation("GET", "/v1/neighbors", get_neighbors, "one object per peer", {200: array(NEIGHBOR)}),
+        Operation("GET", "/v1/routes", get_routes, "best routes, a page at a time",
+                  {200: obj(["routes", "next", "truncated"], routes=array(ROUTE), next=pages.NEXT,
+                            truncated=BOOLEAN)},
+                  query=(Param("family", {"type": "string", "enum": list(FAMILY_NAMES.values())}),
+                         Param("vsid", {**STRING, "pattern": "^[0-9]+$"}), Param("rt", description="ASN:NUMBER"),
+                         Param("mac"), Param("ip"), *pages.PARAMS)),
+        Operation("POST", "/v1/reload", post_reload, "re-read the configuration file (as SIGHUP)",
+                  {200: obj(["added", "removed"], added=array(STRING), removed=array(STRING))}, errors=(400, 409)),
+        Operation("GET", "/metrics", get_metrics, "Prometheus text", {200: STRING}, public=not metrics_token,
+                  text=True),
+    ])
     return app
+
+
+SUMMARY = obj(["asn", "router_id", "cluster_id", "uptime_seconds", "sessions", "routes"], asn=INTEGER,
+              router_id=STRING, cluster_id=STRING, uptime_seconds=NUMBER, sessions=ANY_OBJECT, routes=ANY_OBJECT)
+NEIGHBOR = obj(["address", "state", "client", "routes_received"], address=STRING, name=STRING, state=STRING,
+               client=BOOLEAN, asn=nullable(INTEGER), router_id=nullable(STRING), routes_received=INTEGER,
+               route_targets=nullable(array(STRING)), max_prefix=nullable(ANY_OBJECT))
+ROUTE = obj(["family", "type", "route_targets", "source"], family=STRING, type=STRING,
+            next_hop=nullable(STRING), route_targets=array(STRING), source=STRING, vsid=nullable(INTEGER),
+            mac=STRING, ip=nullable(STRING), prefix=STRING, local_pref=nullable(INTEGER))

@@ -413,10 +413,14 @@ def test_a_kernel_refusal_is_reverted_completely(fabric):
     hv1 = fabric.agents["hv1"]
     before = netns.run(["ip", "-n", fabric.ns("hv1"), "route", "show", "table", "all", "proto", "78"]).output
     catalog = hv1.read(lambda a: a.catalog)
-    # the kernel refuses to enslave the loopback device: the whole change is reverted
+    # a macvlan cannot take an MTU above its lower device's: the kernel refuses the port's MTU (the
+    # loopback, once the example here, is now refused before the kernel: hostagent/eligible.py)
+    ns = fabric.ns("hv1")
+    netns.run(["ip", "-n", ns, "link", "add", "mvl-lower", "type", "veth", "peer", "name", "mvl-peer"])
+    netns.run(["ip", "-n", ns, "link", "add", "mvl0", "link", "mvl-lower", "type", "macvlan", "mode", "bridge"])
     with pytest.raises(KernelError) as kerr:
-        hv1.call(lambda a: a.put_port(Port("lo-port", "lo", "02:00:00:00:0f:02", 5001,
-                                           (ipaddress.ip_address("10.0.0.51"),))))
+        hv1.call(lambda a: a.put_port(Port("mv-port", "mvl0", "02:00:00:00:0f:02", 5001,
+                                           (ipaddress.ip_address("10.0.0.51"),), mtu=9000)))
     report(f"kernel refusal reverted: {kerr.value}")
     assert hv1.read(lambda a: a.catalog) == catalog
     after = netns.run(["ip", "-n", fabric.ns("hv1"), "route", "show", "table", "all", "proto", "78"]).output

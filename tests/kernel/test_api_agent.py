@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from nvfabric.hostagent import state
 from nvfabric.hostagent.api import start_api
 from nvfabric.lab.fabric import Fabric, HV, VMS, wait_for
 from nvfabric.vnet.kernel.netns import enter_namespace
@@ -232,14 +233,59 @@ def _blue_record(host: Host, ca: str) -> bool:
     return bool(body["lookup_records"])
 
 
-def test_a_change_the_kernel_refuses_is_a_422_naming_it_and_is_reverted(fabric, capsys):
+def test_devices_that_are_not_ports_are_refused_before_anything_is_written(fabric, capsys):
     _, hosts = fabric
     hv1 = hosts["hv1"]
     before = hv1.kernel_routes(), hv1.kernel_routes(6)
-    # lo cannot join a VRF: the agent reverts, the API says so with the kernel's words
-    status, body = hv1.http("PUT", "/v1/ports/lo-port", {"interface": "lo", "mac": "02:00:00:00:0f:02",
+    links = netns.run(["ip", "-n", hv1.ns, "-br", "link"]).output
+    # lo cannot be a port; eth1 carries the provider address (moving it into a VRF would cut the underlay)
+    for device, status_error, words in [("lo", (400, "invalid"), "loopback"),
+                                        ("eth1", (409, "conflict"), "provider address 198.51.100.11")]:
+        status, body = hv1.http("PUT", "/v1/ports/not-a-port", {"interface": device, "mac": "02:00:00:00:0f:02",
+                                                                "vsid": 5001, "addresses": ["10.0.0.51"]})
+        assert (status, body["error"], body["field"]) == (*status_error, "interface"), body
+        assert words in body["problem"]
+    status, _, err = hv1.ctl(capsys, "port", "get", "not-a-port")
+    assert status == 1 and "404 not-found" in err
+    assert (hv1.kernel_routes(), hv1.kernel_routes(6)) == before
+    assert netns.run(["ip", "-n", hv1.ns, "-br", "link"]).output == links  # nothing enslaved
+
+
+def test_a_change_whose_state_cannot_be_saved_is_503_and_the_kernel_put_back(fabric, capsys):
+    _, hosts = fabric
+    hv1 = hosts["hv1"]
+    netns.run(["ip", "-n", hv1.ns, "link", "add", "tap-s9", "type", "veth", "peer", "name", "tap-s9-vm"])
+    state_file = hv1.thread.agent.config.state_dir / state.FILE
+    saved = state_file.read_bytes()
+    before = hv1.kernel_routes(), hv1.kernel_routes(6)
+    port = {"interface": "tap-s9", "mac": "02:00:00:00:0f:09", "vsid": 5001, "addresses": ["10.0.0.59"]}
+    state_file.unlink()
+    state_file.mkdir()  # the rename onto it fails, as on a full or read-only disk
+    try:
+        status, body = hv1.http("PUT", "/v1/ports/s9", port)
+        assert (status, body["error"]) == (503, "state-not-saved"), body
+        assert (hv1.kernel_routes(), hv1.kernel_routes(6)) == before  # programmed, then put back
+        assert "master" not in netns.run(["ip", "-n", hv1.ns, "-d", "link", "show", "tap-s9"]).output
+        assert hv1.http("GET", "/v1/ports/s9")[0] == 404
+    finally:
+        state_file.rmdir()
+        state_file.write_bytes(saved)
+    assert hv1.http("PUT", "/v1/ports/s9", port)[0] == 201  # the same request, once the disk is fixed
+    assert "10.0.0.59 dev tap-s9" in hv1.kernel_routes()
+    assert hv1.http("DELETE", "/v1/ports/s9")[0] == 204
+
+
+def test_a_change_the_kernel_refuses_is_a_422_naming_it_and_is_reverted(fabric, capsys):
+    _, hosts = fabric
+    hv1 = hosts["hv1"]
+    netns.run(["ip", "-n", hv1.ns, "link", "add", "mv-lower", "type", "veth", "peer", "name", "mv-peer"])
+    netns.run(["ip", "-n", hv1.ns, "link", "add", "mv1", "link", "mv-lower", "type", "macvlan", "mode", "bridge"])
+    before = hv1.kernel_routes(), hv1.kernel_routes(6)
+    # a macvlan cannot take an MTU above its lower device's: the agent reverts, the API says so with the
+    # kernel's words
+    status, body = hv1.http("PUT", "/v1/ports/mv-port", {"interface": "mv1", "mac": "02:00:00:00:0f:02", "mtu": 9000,
                                                          "vsid": 5001, "addresses": ["10.0.0.51"]})
     assert (status, body["error"]) == (422, "kernel-refused") and body["messages"], body
-    status, _, err = hv1.ctl(capsys, "port", "get", "lo-port")
+    status, _, err = hv1.ctl(capsys, "port", "get", "mv-port")
     assert status == 1 and "404 not-found" in err
     assert (hv1.kernel_routes(), hv1.kernel_routes(6)) == before

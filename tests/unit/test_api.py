@@ -313,7 +313,7 @@ async def test_reads(client):
     assert [p["name"] for p in ports["ports"]] == ["vm1"]
     records = await expect(await client.get("/v1/lookup-records?routing_domain=blue&vsid=5001&ca=10.1.0.10",
                                             headers=AUTH), 200)
-    assert records == {"lookup_records": []}
+    assert records == {"lookup_records": [], "next": None}
     routes = await expect(await client.get("/v1/customer-routes?routing_domain=blue", headers=AUTH), 200)
     assert [(r["prefix"], r["next_hop"]) for r in routes["customer_routes"]] == [("10.1.0.0/24", "on-link"),
                                                                                  ("fd00:b::/64", "on-link")]
@@ -357,7 +357,8 @@ async def test_trace_from_a_port_with_a_source_not_its_own_is_dropped_by_port_se
 
 
 async def test_a_change_the_kernel_refused_is_422_with_the_kernel_words(client, agent, monkeypatch):
-    # the real refusal (lo as a port) needs a kernel: tests/kernel/test_api_agent.py; here the error path
+    # a real refusal needs a kernel (tests/kernel/test_agent_tenants.py: an MTU a macvlan cannot take);
+    # here the error path
     async def refused(port):
         raise KernelError(f"port {port.name}", ("Device does not allow enslaving to a master device",))
 
@@ -431,3 +432,33 @@ async def test_decapsulation_counters_and_the_trace_of_an_arriving_packet(client
                          ("pa=198.51.100.12&src=10.1.0.20&dst=10.1.0.10", "vsid")):
         body = await expect(await client.get(f"/v1/trace/arrival?{query}", headers=AUTH), 400, "invalid")
         assert body["field"] == field, body
+
+
+async def test_a_change_whose_state_cannot_be_saved_is_503_and_not_applied(client, agent, monkeypatch):
+    # the agent puts the kernel back before raising (tests/kernel/test_api_agent.py runs it on a kernel)
+    async def unsaved(port):
+        raise state.SaveError(agent.config.state_dir / state.FILE, "No space left on device")
+
+    monkeypatch.setattr(agent, "put_port", unsaved)
+    body = await expect(await client.put("/v1/ports/vm2", headers=AUTH, json=VM2), 503, "state-not-saved")
+    assert "No space left on device" in body["problem"] and "nothing was applied" in body["problem"]
+    assert "vm2" not in agent.catalog.ports
+
+
+async def test_ports_come_in_bounded_pages(tmp_path):
+    ports = {f"vm{n}": Port.from_dict({**VM1, "name": f"vm{n}", "interface": f"tap{n}",
+                                       "mac": f"02:00:00:00:01:{n:02x}", "addresses": [f"10.1.0.{10 + n}"]})
+             for n in range(1, 6)}
+    state.save(tmp_path, state.SavedState(Catalog.build({"blue": RoutingDomain.from_dict(BLUE)}, ports), {"blue": 1000},
+                                          {}))
+    config = AgentConfig.from_dict({"asn": 65001, "router_id": "198.51.100.11", "provider_addresses": ["198.51.100.11"],
+                                    "route_reflectors": [{"address": "198.51.100.100"}], "state_dir": str(tmp_path)})
+    async with TestClient(TestServer(make_app(Agent(config), TOKEN))) as c:
+        first = await expect(await c.get("/v1/ports?limit=2", headers=AUTH), 200)
+        assert [p["name"] for p in first["ports"]] == ["vm1", "vm2"] and first["next"] == "vm2"
+        rest = await expect(await c.get(f"/v1/ports?after={first['next']}", headers=AUTH), 200)
+        assert [p["name"] for p in rest["ports"]] == ["vm3", "vm4", "vm5"] and rest["next"] is None
+        for bad, field in [("limit=0", "limit"), ("limit=1001", "limit"), ("limit=two", "limit"), ("after=", "after"),
+                           ("page=2", "page")]:
+            body = await expect(await c.get(f"/v1/ports?{bad}", headers=AUTH), 400, "invalid")
+            assert body["field"] == field

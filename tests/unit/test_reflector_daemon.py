@@ -279,3 +279,34 @@ async def test_api_needs_the_token_but_metrics_do_not(lab):
         assert unknown.status == 404 and set(await unknown.json()) >= {"error", "problem"}
     async with TestClient(TestServer(api.build_app(rr, TOKEN, metrics_token=True))) as http:
         assert (await http.get("/metrics")).status == 401
+
+
+async def test_routes_come_in_bounded_pages_with_a_cursor(lab):
+    rr = await lab("rr", rr_cfg(DYNAMIC))
+    a = await lab("speaker", "198.51.100.1", "127.0.1.1", rr.listen_port)
+    await a.announce([route(i, vsid=5001 + i % 2) for i in range(25)])
+    await until(lambda: len(rr.rib) == 25, what="routes in the reflector")
+    async with TestClient(TestServer(api.build_app(rr, TOKEN)), headers=AUTH) as http:
+        seen: list[str] = []
+        params = {"limit": "10"}
+        while True:
+            answer = await http.get("/v1/routes", params=params)
+            assert answer.status == 200
+            body = await answer.json()
+            assert len(body["routes"]) <= 10 and body["truncated"] == (body["next"] is not None)
+            seen += [r["mac"] for r in body["routes"]]
+            if body["next"] is None:
+                break
+            params["after"] = body["next"]
+        assert len(seen) == 25 == len(set(seen))  # every route once, none twice
+        odd = (await (await http.get("/v1/routes", params={"vsid": "5002", "limit": "3"})).json())
+        assert [r["vsid"] for r in odd["routes"]] == [5002] * 3 and odd["next"]
+        rest = (await (await http.get("/v1/routes", params={"vsid": "5002", "after": odd["next"]})).json())
+        assert len(rest["routes"]) == 9 and rest["next"] is None
+        for params, field in [({"limit": "1001"}, "limit"), ({"limit": "0"}, "limit"), ({"limit": "x"}, "limit"),
+                              ({"after": "nope/zz"}, "after"), ({"colour": "red"}, "colour"),
+                              ({"family": "ipv5"}, "family"), ({"mac": "02:00"}, "mac"), ({"vsid": "²"}, "vsid"),
+                              ({"rt": "65000:²"}, "rt"), ({"ip": "10.0.0"}, "ip")]:
+            refused = await http.get("/v1/routes", params=params)
+            assert refused.status == 400, params
+            assert (await refused.json())["field"] == field
