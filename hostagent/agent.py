@@ -302,7 +302,8 @@ class Agent:
             log.warning("%s", exc)
             self._dirty.set()
         remote = learn.remote_macs(self._learned(), self.config.provider_addresses)
-        mobility = follow_remote(view.mobility, remote, self.config.next_hop, time.monotonic())
+        mobility = follow_remote(view.mobility, remote, self.config.next_hop, time.monotonic(),
+                                 complete=not self._hold.holding)
         if mobility is not view.mobility:
             view = View(view.catalog, view.tables, mobility)
             state.save(self.config.state_dir, view.saved())

@@ -5,17 +5,21 @@ mobility sequences it announced, in one JSON file replaced atomically (write, fs
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nvfabric.bgp.mac import Mac
+from nvfabric.hostagent.mobility import SEQ_MAX
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.model import Port, RoutingDomain
 
 FILE = "agent-state.json"
 VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class StateError(RuntimeError):
@@ -66,10 +70,22 @@ def loads(text: str, path: Path) -> SavedState:
         ports = {p.name: p for p in (Port.from_dict(b) for b in data["ports"])}
         catalog = Catalog.build(domains, ports)
         tables = {str(k): int(v) for k, v in data["tables"].items()}
-        seqs = {(int(v), Mac(m)): int(s) for v, m, s in data.get("mobility", [])}
+        seqs = {(int(v), Mac(m)): repaired_seq(int(s), int(v), m, path) for v, m, s in data.get("mobility", [])}
     except (ValueError, KeyError, TypeError) as exc:
         raise StateError(path, f"unreadable ({exc})") from None
     return SavedState(catalog, tables, seqs)
+
+
+def repaired_seq(seq: int, vsid: int, mac: str, path: Path) -> int:
+    """A MAC mobility sequence the wire can carry (32 bits). An earlier run could persist 2^32 (a remote
+    0xFFFFFFFF plus one), which no announcement can carry: refusing the file would keep the agent from ever
+    starting again, so the value is clamped and the repair logged."""
+    if 0 <= seq <= SEQ_MAX:
+        return seq
+    fixed = min(max(seq, 0), SEQ_MAX)
+    log.warning("%s: mobility sequence %d of VSID %d MAC %s is not a 32-bit value: %d used", path, seq, vsid,
+                mac, fixed)
+    return fixed
 
 
 def load(directory: Path) -> SavedState | None:
