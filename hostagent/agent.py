@@ -37,13 +37,15 @@ from nvfabric.hostagent.compute import Learned, View, compute, domain_of, follow
 from nvfabric.vnet import announce, decap, learn
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.decap import DecapCollector, DecapFilter
-from nvfabric.vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, vrf_name
+from nvfabric.vnet.desired import GLOBAL, Conflict, Desired, HostIdentity, allocate_tables, vrf_name
 from nvfabric.vnet.errors import KernelError, ModelError, NotStarted
 from nvfabric.vnet.hold import Hold, Policy
 from nvfabric.vnet.kernel.netns import RtnlSocket, link_exists
 from nvfabric.vnet.kernel.objects import KernelObject, Vrf
-from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
+from nvfabric.vnet.kernel.observe import address_prefixes
+from nvfabric.vnet.model import LookupRecord, Network, Port, RemotePrefix, RoutingDomain
 from nvfabric.vnet.nftables import Nft, NftError
+from nvfabric.vnet.policy import Screened, pa_prefixes, screen
 from nvfabric.vnet.portsecurity import PortSecurity
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
@@ -81,6 +83,10 @@ class Agent:
         self._announced = Announced()
         self._learned_state = Learned()
         self._skipped: dict[str, tuple[str, ...]] = {}  # by routing domain
+        self._conflicts: dict[str, tuple[Conflict, ...]] = {}  # routes that lost their key, by routing domain
+        # the import policy's next-hop check (vnet/policy.py): configured, else read at start; None: unchecked
+        self._provider_prefixes: tuple[Network, ...] | None = config.provider_prefixes
+        self._screened = Screened()
         self.desired: dict[str, frozenset[KernelObject]] = {}  # by partition, as last swapped in: what trace follows
         self._everything = True  # the next reconcile builds every routing domain (start, resync, error)
         self._filters = Filters(Nft(config.netns))
@@ -114,6 +120,12 @@ class Agent:
         # adopt the tables of VRFs already in the kernel (a restart without, or with a stale, state dir)
         current = await self._reconciler.observe([])
         adopted = {o.name[len("nvf-"):]: o.table for o in current.values() if isinstance(o, Vrf)}
+        if self.config.provider_prefixes is None:
+            self._provider_prefixes = pa_prefixes(self.config.provider_addresses, await address_prefixes(self._sock))
+            if not self._provider_prefixes:
+                log.warning("provider_prefixes: not configured and no provider address is on an interface: "
+                            "learned next hops are not checked")
+                self._provider_prefixes = None
         self._view.tables = allocate_tables(self._view.catalog.routing_domains,
                                             {**adopted, **self._view.tables})
         await self._filters.start()
@@ -226,12 +238,21 @@ class Agent:
             local_routes=len(self._announced.routes),
             learned_routes=len(self._client.routes()) if self._client else 0,
             decap=dict(self._decap_collector.counts),
+            conflicts=tuple(c.as_dict() for name in sorted(self._conflicts) for c in self._conflicts[name]),
+            import_policy={"provider_prefixes": None if self._provider_prefixes is None
+                           else [str(p) for p in self._provider_prefixes], **self._screened.as_dict()},
         )
 
     # ------------------------------------------------------------------ the one way state changes
 
     def _learned(self) -> list[Any]:
-        return list(self._client.routes().values()) if self._client else []
+        """The learned routes the import policy accepts (vnet/policy.py); the refused ones are counted."""
+        if self._client is None:
+            return []
+        self._screened = screen(self._view.catalog, self._client.routes().values(), self.config.provider_addresses,
+                                self._provider_prefixes)
+        self.metrics.refused(self._screened.counts)
+        return list(self._screened.accepted)
 
     def _headless(self) -> bool:
         return self._started and self._hold.headless
@@ -257,8 +278,12 @@ class Agent:
         for name, part in desired.partitions.items():
             if name != GLOBAL:
                 self._skipped.pop(name, None)
+                self._conflicts.pop(name, None)
                 if part and name in desired.skipped_in:
                     self._skipped[name] = desired.skipped_in[name]
+                if part and name in desired.conflicts_in:
+                    self._conflicts[name] = desired.conflicts_in[name]
+        self.metrics.conflicts(c for found in self._conflicts.values() for c in found)
 
     async def _commit(self, view: View, what: str, dirty: set[str]) -> None:
         """Program, persist, swap, announce; on a kernel refusal revert the kernel and raise."""
@@ -329,8 +354,13 @@ class Agent:
         catalog, tables, ours = self._view.catalog, self._view.tables, self.config.provider_addresses
         pas = gre_allowed((r.next_hop for r in routes if hasattr(r, "next_hop")), ours)
         customer = {name: d.customer_routes for name, d in catalog.routing_domains.items()}
-        elements = decap.vouched(self._learned_state.records, learn.announced_prefixes(catalog, routes, ours),
-                                 customer, tables)
+        # a learned prefix that lost its key to a stronger route (a local CA, a customer route) is not
+        # routed to its sender: nor are packets from that sender with sources in it delivered
+        lost = {(c.domain, c.prefix, c.pa) for found in self._conflicts.values() for c in found
+                if c.loser == "remote_prefix"}
+        announced = [p for p in learn.announced_prefixes(catalog, routes, ours)
+                     if (p.routing_domain, str(p.prefix), str(p.pa)) not in lost]
+        elements = decap.vouched(self._learned_state.records, announced, customer, tables)
         if not await self._filters.decapsulation(pas, served_vsids(catalog, tables), elements,
                                                  self._hold.holding):
             self._dirty.set()

@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute, Route
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.model import Address, LookupRecord, RemotePrefix
-from nvfabric.vnet.policy import judge
+from nvfabric.vnet.policy import judge, target_index
 
 
 def _rank(route: MacIpRoute) -> tuple[int, int, bytes]:
@@ -56,10 +56,11 @@ def lookup_records(
         for ca in port.addresses:
             records[(found[0].name, ca)] = LookupRecord(found[0].name, port.vsid, ca, port.mac, None, True, port.name)
     remote: dict[tuple[str, Address], MacIpRoute] = {}
+    targets = target_index(catalog)
     for route in routes:
         if not isinstance(route, MacIpRoute) or route.ip is None or route.next_hop in our_pas:
             continue
-        domain, refused = judge(catalog, route, None)
+        domain, refused = judge(catalog, route, None, targets)
         found = catalog.subnet(route.vsid)
         if domain is None or refused is not None or found is None:
             continue  # not one of our routing domains, or refused by the import policy
@@ -77,10 +78,11 @@ def announced_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Colle
     """Every type-5 route of our routing domains, one RemotePrefix per announcing host (two gateways may
     announce the same prefix: both are vouched for as senders, vnet/decap.py)."""
     out: list[RemotePrefix] = []
+    targets = target_index(catalog)
     for route in routes:
         if not isinstance(route, PrefixRoute) or route.next_hop in our_pas:
             continue
-        domain, refused = judge(catalog, route, None)
+        domain, refused = judge(catalog, route, None, targets)
         if domain is None or refused is not None:
             continue  # not one of our routing domains, or refused by the import policy
         out.append(RemotePrefix(domain, route.prefix, route.vsid, route.next_hop, route.router_mac,

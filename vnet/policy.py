@@ -24,6 +24,7 @@ reason (metrics, status) with a few examples, so an operator sees a rogue speake
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
@@ -68,15 +69,41 @@ def within(address: Address, prefixes: Collection[Network]) -> bool:
     return any(address.version == p.version and address in p for p in prefixes)
 
 
-def judge(catalog: Catalog, route: Route, provider_prefixes: Collection[Network] | None) -> tuple[str | None, str | None]:
+def pa_prefixes(provider_addresses: Iterable[Address], interface_addresses: dict[str, int]) -> tuple[Network, ...]:
+    """The default `provider_prefixes`: the prefix of each provider address as configured on its interface
+    (interface address text -> prefix length, vnet.kernel.observe.address_prefixes). A PA on no interface
+    adds nothing."""
+    out: list[Network] = []
+    for pa in provider_addresses:
+        length = interface_addresses.get(str(pa))
+        if length is not None:
+            network = ipaddress.ip_network(f"{pa}/{length}", strict=False)
+            if network not in out:
+                out.append(network)
+    return tuple(out)
+
+
+def target_index(catalog: Catalog) -> dict[str, frozenset[str]]:
+    """Route target -> the routing domains that import it."""
+    index: dict[str, set[str]] = {}
+    for domain in catalog.routing_domains.values():
+        for target in domain.route_targets:
+            index.setdefault(target, set()).add(domain.name)
+    return {t: frozenset(names) for t, names in index.items()}
+
+
+def judge(catalog: Catalog, route: Route, provider_prefixes: Collection[Network] | None,
+          targets: dict[str, frozenset[str]] | None = None) -> tuple[str | None, str | None]:
     """(the routing domain the route claims or None, the reason it is refused or None). A route that claims
-    none of our routing domains is (None, None): not ours to judge."""
+    none of our routing domains is (None, None): not ours to judge. `targets`: target_index(catalog), when
+    many routes are judged."""
     if not isinstance(route, MacIpRoute | PrefixRoute):
         return None, None
+    if targets is None:
+        targets = target_index(catalog)
     found = catalog.subnet(route.vsid)
     by_vsid = found[0].name if found is not None else None
-    targets = set(route.route_targets)
-    by_target = sorted(d.name for d in catalog.routing_domains.values() if targets & set(d.route_targets))
+    by_target = sorted({name for t in route.route_targets for name in targets.get(t, ())})
     claimed = by_vsid or (by_target[0] if by_target else None)
     if claimed is None:
         return None, None
@@ -102,10 +129,11 @@ def screen(catalog: Catalog, routes: Iterable[Route], our_pas: Collection[Addres
     accepted: list[Route] = []
     counts: dict[str, int] = {}
     examples: list[Refused] = []
+    targets = target_index(catalog)
     for route in routes:
         if getattr(route, "next_hop", None) in our_pas:
             continue
-        domain, reason = judge(catalog, route, provider_prefixes)
+        domain, reason = judge(catalog, route, provider_prefixes, targets)
         if domain is None:
             continue
         if reason is None:
