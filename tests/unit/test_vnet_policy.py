@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import pytest
 
+from nvfabric.bgp.config import ConfigError
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute
+from nvfabric.hostagent.config import AgentConfig
 from nvfabric.vnet.desired import desired_state
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.kernel.diff import by_key
 from nvfabric.vnet.kernel.objects import EncapRoute, LocalPortRoute, ViaRoute
 from nvfabric.vnet.model import CustomerRoute, RemotePrefix, RoutingDomain
-from nvfabric.vnet.policy import screen
+from nvfabric.vnet.policy import pa_prefixes, screen
 from tests.unit.agent_fixtures import PA1, PA2, VM_B1, VM_R1, catalog, ip, net
+from tests.unit.test_api import AUTH, BLUE, agent, client, expect  # noqa: F401  (the API's fixtures)
 from tests.unit.test_desired import HOST, REMOTE, TABLES, local
 
 GW_PA = ip("198.51.100.21")
@@ -113,3 +116,40 @@ def test_route_targets_the_wire_cannot_carry_are_refused_naming_the_field(target
                                               ("192.0.2.1:65535", "192.0.2.1:65535"), ("065001:01", "65001:1")])
 def test_route_targets_in_range_are_kept_in_canonical_form(target, canonical):
     assert RoutingDomain("b", (target,)).route_targets == (canonical,)
+
+
+# ---------------------------------------------- route targets and provider prefixes at the API and in config
+
+AGENT = {"asn": 65001, "router_id": "198.51.100.11", "provider_addresses": ["198.51.100.11"],
+         "route_reflectors": [{"address": "198.51.100.100"}], "state_dir": "/tmp/x"}
+
+
+@pytest.mark.parametrize("target", ["70000:70000", "4294967296:1", "1.2.3.4:70000"])
+async def test_a_route_target_the_wire_cannot_carry_is_400_and_changes_nothing(client, agent, target):  # noqa: F811
+    before = dict(agent.catalog.routing_domains)
+    body = await expect(await client.put("/v1/routing-domains/blue", headers=AUTH,
+                                         json={**BLUE, "route_targets": [target]}), 400, "invalid")
+    assert body["field"] == "route_targets[0]"
+    assert dict(agent.catalog.routing_domains) == before
+
+
+def test_a_route_target_the_wire_cannot_carry_is_a_config_error_naming_the_field():
+    domain = {"name": "blue", "route_targets": ["65001:1", "70000:70000"], "subnets": [{"vsid": 5001,
+                                                                                      "prefixes": ["10.0.0.0/24"]}]}
+    with pytest.raises(ConfigError) as err:
+        AgentConfig.from_dict({**AGENT, "routing_domains": [domain]})
+    assert err.value.field == "routing_domains[0].route_targets[1]"
+
+
+def test_provider_prefixes_are_read_checked_and_default_to_the_pas_interface_prefixes():
+    assert AgentConfig.from_dict(AGENT).provider_prefixes is None
+    given = AgentConfig.from_dict({**AGENT, "provider_prefixes": ["198.51.100.0/24", "2001:db8::/64"]})
+    assert given.provider_prefixes == (net("198.51.100.0/24"), net("2001:db8::/64"))
+    for bad, field in ((["198.51.100.1/24"], "provider_prefixes[0]"), ([], "provider_prefixes"),
+                       ("198.51.100.0/24", "provider_prefixes")):
+        with pytest.raises(ConfigError) as err:
+            AgentConfig.from_dict({**AGENT, "provider_prefixes": bad})
+        assert err.value.field == field
+    interfaces = {"127.0.0.1": 8, "198.51.100.11": 24, "2001:db8::11": 64}
+    assert pa_prefixes([ip("198.51.100.11"), ip("2001:db8::11"), ip("192.0.2.9")], interfaces) == (
+        net("198.51.100.0/24"), net("2001:db8::/64"))
