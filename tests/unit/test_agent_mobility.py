@@ -127,3 +127,13 @@ def test_a_state_file_holding_an_out_of_range_sequence_loads_clamped(tmp_path, c
     loaded = state.load(tmp_path)
     assert loaded.seqs == {(5001, VM_B1.mac): SEQ_MAX}
     assert "not a 32-bit value" in caplog.text
+
+
+def test_a_state_file_holding_a_route_target_the_wire_cannot_carry_loads_without_it(tmp_path, caplog):
+    from nvfabric.hostagent import state
+    from tests.unit.agent_fixtures import VM_B1, catalog
+    state.save(tmp_path, state.SavedState(catalog(VM_B1), {"blue": 1000, "red": 1001}, {}))
+    path = tmp_path / state.FILE
+    path.write_text(path.read_text().replace('"65001:1"', '"65001:1", "70000:70000"'))
+    assert state.load(tmp_path).catalog.routing_domains["blue"].route_targets == ("65001:1",)
+    assert "70000:70000" in caplog.text
