@@ -97,7 +97,7 @@ def fabric():
 
 def routes(fab: Fabric, host: str, domain: str, family: str = "-4") -> str:
     table = fab.agents[host].read(lambda a: a._view.tables[domain])
-    return netns.run(["ip", "-n", fab.ns(host), family, "route", "show", "table", str(table)]).stdout
+    return netns.run(["ip", "-n", fab.ns(host), family, "route", "show", "table", str(table)]).output
 
 
 def status(fab: Fabric, host: str) -> Any:
