@@ -260,17 +260,24 @@ def _sort_key(obj: KernelObject) -> tuple[str, str]:
 
 def resolve(domain: str, by_kind: Mapping[str, Iterable[KernelObject]]) -> tuple[set[KernelObject], list[Conflict]]:
     """One route per key: the first kind of PRECEDENCE that wants the key keeps it (within a kind, the
-    first in a fixed order: deterministic on every host and at every run); the others are conflicts."""
+    lower in a fixed order: the same on every host and at every run); the others are conflicts. Linear:
+    only colliding routes are compared (a host has tens of thousands of remote CAs)."""
     kept: dict[tuple, tuple[str, KernelObject]] = {}
-    conflicts: list[Conflict] = []
+    lost: list[tuple[str, KernelObject, str]] = []  # (loser's kind, loser, winner's kind)
     for kind in PRECEDENCE:
-        for obj in sorted(by_kind.get(kind, ()), key=_sort_key):
+        for obj in by_kind.get(kind, ()):
             held = kept.get(obj.key)
             if held is None:
                 kept[obj.key] = (kind, obj)
             elif held[1] != obj:
-                conflicts.append(Conflict(domain, obj.prefix, held[0], kind, str(obj),
-                                          getattr(obj, "pa", None) if kind.startswith("remote") else None))
+                if held[0] == kind and _sort_key(obj) < _sort_key(held[1]):
+                    kept[obj.key] = (kind, obj)
+                    obj = held[1]
+                lost.append((kind, obj, held[0]))
+    conflicts = [Conflict(domain, obj.prefix, winner, kind, str(obj),
+                          getattr(obj, "pa", None) if kind.startswith("remote") else None)
+                 for kind, obj, winner in lost]
+    conflicts.sort(key=lambda c: (c.prefix, PRECEDENCE.index(c.loser), c.dropped))
     return {obj for _, obj in kept.values()}, conflicts
 
 

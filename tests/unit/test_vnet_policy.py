@@ -153,3 +153,12 @@ def test_provider_prefixes_are_read_checked_and_default_to_the_pas_interface_pre
     interfaces = {"127.0.0.1": 8, "198.51.100.11": 24, "2001:db8::11": 64}
     assert pa_prefixes([ip("198.51.100.11"), ip("2001:db8::11"), ip("192.0.2.9")], interfaces) == (
         net("198.51.100.0/24"), net("2001:db8::/64"))
+
+
+def test_two_routes_of_one_kind_on_one_key_keep_the_same_one_whatever_the_order():
+    from nvfabric.vnet.desired import resolve
+    a = EncapRoute(1000, "10.9.0.0/16", 5001, "198.51.100.21", "nvf-gre4")
+    b = EncapRoute(1000, "10.9.0.0/16", 5001, "198.51.100.22", "nvf-gre4")
+    for order in ([a, b], [b, a]):
+        kept, lost = resolve("blue", {"remote_prefix": order})
+        assert kept == {a} and [(c.loser, c.pa) for c in lost] == [("remote_prefix", "198.51.100.22")]
