@@ -189,7 +189,8 @@ class Agent:
             mobility = self._view.mobility
             if old is not None and (old.vsid, old.mac) != (port.vsid, port.mac):
                 mobility = mobility.detach((old.vsid, old.mac))
-            remote = learn.remote_macs(self._learned(), self.config.provider_addresses).get((port.vsid, port.mac))
+            remote = learn.remote_macs(self._learned(catalog), self.config.provider_addresses).get(
+                (port.vsid, port.mac))
             mobility = mobility.attach((port.vsid, port.mac), remote.mobility_seq if remote else None,
                                        time.monotonic())
             dirty = {domain_of(catalog, port.vsid)}
@@ -245,12 +246,13 @@ class Agent:
 
     # ------------------------------------------------------------------ the one way state changes
 
-    def _learned(self) -> list[Any]:
-        """The learned routes the import policy accepts (vnet/policy.py); the refused ones are counted."""
+    def _learned(self, catalog: Catalog | None = None) -> list[Any]:
+        """The learned routes the import policy accepts (vnet/policy.py) for `catalog` (default: the current
+        one; a change passes the catalog it computes); the refused ones are counted."""
         if self._client is None:
             return []
-        self._screened = screen(self._view.catalog, self._client.routes().values(), self.config.provider_addresses,
-                                self._provider_prefixes)
+        self._screened = screen(catalog or self._view.catalog, self._client.routes().values(),
+                                self.config.provider_addresses, self._provider_prefixes)
         self.metrics.refused(self._screened.counts)
         return list(self._screened.accepted)
 
@@ -262,8 +264,8 @@ class Agent:
         domain after a start, a resync or an error."""
         assert self._reconciler is not None
         everything = self._everything or self._reconciler.full_pending
-        return compute(view, self._learned(), self.config.provider_addresses, self.host, self._learned_state,
-                       None if everything else dirty)
+        return compute(view, self._learned(view.catalog), self.config.provider_addresses, self.host,
+                       self._learned_state, None if everything else dirty)
 
     async def _reconcile(self, desired: Desired) -> Outcome:
         assert self._reconciler is not None
@@ -350,7 +352,7 @@ class Agent:
     async def _update_decap(self) -> None:
         """The decapsulation table (vnet/decap.py): the fabric's PAs, the VSIDs served here, and the inner
         sources vouched for by the lookup records, the announced prefixes and the customer routes."""
-        routes = self._learned()
+        routes = list(self._screened.accepted)  # screened by the _compute just before, for this catalog
         catalog, tables, ours = self._view.catalog, self._view.tables, self.config.provider_addresses
         pas = gre_allowed((r.next_hop for r in routes if hasattr(r, "next_hop")), ours)
         customer = {name: d.customer_routes for name, d in catalog.routing_domains.items()}

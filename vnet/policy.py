@@ -117,7 +117,7 @@ def judge(catalog: Catalog, route: Route, provider_prefixes: Collection[Network]
         if prefix is None:
             return claimed, "outside_subnet"
         # the same addresses vnet/catalog.py refuses to a local port, and IPv4's broadcast
-        broadcast = route.ip.version == 4 and prefix.num_addresses > 2 and route.ip == prefix.broadcast_address
+        broadcast = route.ip.version == 4 and prefix.prefixlen < 31 and route.ip == prefix.broadcast_address
         if route.ip in subnet.gateways or route.ip == prefix.network_address or broadcast:
             return claimed, "reserved_address"
     return claimed, None
