@@ -38,14 +38,16 @@ from nvfabric.hostagent.compute import Learned, View, compute, domain_of, follow
 from nvfabric.vnet import announce, decap, learn
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.decap import DecapCollector, DecapFilter
-from nvfabric.vnet.desired import GLOBAL, Desired, HostIdentity, allocate_tables, vrf_name
+from nvfabric.vnet.desired import GLOBAL, Conflict, Desired, HostIdentity, allocate_tables, vrf_name
 from nvfabric.vnet.errors import KernelError, NotStarted
 from nvfabric.vnet.hold import Hold, Policy
 from nvfabric.vnet.kernel.interfaces import read_interface
 from nvfabric.vnet.kernel.netns import RtnlSocket, link_exists
 from nvfabric.vnet.kernel.objects import KernelObject, Vrf
-from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
+from nvfabric.vnet.kernel.observe import address_prefixes
+from nvfabric.vnet.model import LookupRecord, Network, Port, RemotePrefix, RoutingDomain
 from nvfabric.vnet.nftables import Nft, NftError
+from nvfabric.vnet.policy import Screened, pa_prefixes, screen
 from nvfabric.vnet.portsecurity import PortSecurity
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
@@ -83,6 +85,10 @@ class Agent:
         self._announced = Announced()
         self._learned_state = Learned()
         self._skipped: dict[str, tuple[str, ...]] = {}  # by routing domain
+        self._conflicts: dict[str, tuple[Conflict, ...]] = {}  # routes that lost their key, by routing domain
+        # the import policy's next-hop check (vnet/policy.py): configured, else read at start; None: unchecked
+        self._provider_prefixes: tuple[Network, ...] | None = config.provider_prefixes
+        self._screened = Screened()
         self.desired: dict[str, frozenset[KernelObject]] = {}  # by partition, as last swapped in: what trace follows
         self._everything = True  # the next reconcile builds every routing domain (start, resync, error)
         self._filters = Filters(Nft(config.netns))
@@ -116,6 +122,12 @@ class Agent:
         # adopt the tables of VRFs already in the kernel (a restart without, or with a stale, state dir)
         current = await self._reconciler.observe([])
         adopted = {o.name[len("nvf-"):]: o.table for o in current.values() if isinstance(o, Vrf)}
+        if self.config.provider_prefixes is None:
+            self._provider_prefixes = pa_prefixes(self.config.provider_addresses, await address_prefixes(self._sock))
+            if not self._provider_prefixes:
+                log.warning("provider_prefixes: not configured and no provider address is on an interface: "
+                            "learned next hops are not checked")
+                self._provider_prefixes = None
         self._view.tables = allocate_tables(self._view.catalog.routing_domains,
                                             {**adopted, **self._view.tables})
         await self._filters.start()
@@ -181,7 +193,8 @@ class Agent:
             mobility = self._view.mobility
             if old is not None and (old.vsid, old.mac) != (port.vsid, port.mac):
                 mobility = mobility.detach((old.vsid, old.mac))
-            remote = learn.remote_macs(self._learned(), self.config.provider_addresses).get((port.vsid, port.mac))
+            remote = learn.remote_macs(self._learned(catalog), self.config.provider_addresses).get(
+                (port.vsid, port.mac))
             mobility = mobility.attach((port.vsid, port.mac), remote.mobility_seq if remote else None,
                                        time.monotonic())
             dirty = {domain_of(catalog, port.vsid)}
@@ -230,12 +243,22 @@ class Agent:
             local_routes=len(self._announced.routes),
             learned_routes=len(self._client.routes()) if self._client else 0,
             decap=dict(self._decap_collector.counts),
+            conflicts=tuple(c.as_dict() for name in sorted(self._conflicts) for c in self._conflicts[name]),
+            import_policy={"provider_prefixes": None if self._provider_prefixes is None
+                           else [str(p) for p in self._provider_prefixes], **self._screened.as_dict()},
         )
 
     # ------------------------------------------------------------------ the one way state changes
 
-    def _learned(self) -> list[Any]:
-        return list(self._client.routes().values()) if self._client else []
+    def _learned(self, catalog: Catalog | None = None) -> list[Any]:
+        """The learned routes the import policy accepts (vnet/policy.py) for `catalog` (default: the current
+        one; a change passes the catalog it computes); the refused ones are counted."""
+        if self._client is None:
+            return []
+        self._screened = screen(catalog or self._view.catalog, self._client.routes().values(),
+                                self.config.provider_addresses, self._provider_prefixes)
+        self.metrics.refused(self._screened.counts)
+        return list(self._screened.accepted)
 
     def _headless(self) -> bool:
         return self._started and self._hold.headless
@@ -245,8 +268,8 @@ class Agent:
         domain after a start, a resync or an error."""
         assert self._reconciler is not None
         everything = self._everything or self._reconciler.full_pending
-        return compute(view, self._learned(), self.config.provider_addresses, self.host, self._learned_state,
-                       None if everything else dirty)
+        return compute(view, self._learned(view.catalog), self.config.provider_addresses, self.host,
+                       self._learned_state, None if everything else dirty)
 
     async def _reconcile(self, desired: Desired) -> Outcome:
         assert self._reconciler is not None
@@ -261,8 +284,12 @@ class Agent:
         for name, part in desired.partitions.items():
             if name != GLOBAL:
                 self._skipped.pop(name, None)
+                self._conflicts.pop(name, None)
                 if part and name in desired.skipped_in:
                     self._skipped[name] = desired.skipped_in[name]
+                if part and name in desired.conflicts_in:
+                    self._conflicts[name] = desired.conflicts_in[name]
+        self.metrics.conflicts(c for found in self._conflicts.values() for c in found)
 
     async def _commit(self, view: View, what: str, dirty: set[str]) -> None:
         """Program, persist, swap, announce; on a kernel refusal, or when the state cannot be saved, put the
@@ -318,7 +345,8 @@ class Agent:
             log.warning("%s", exc)
             self._dirty.set()
         remote = learn.remote_macs(self._learned(), self.config.provider_addresses)
-        mobility = follow_remote(view.mobility, remote, self.config.next_hop, time.monotonic())
+        mobility = follow_remote(view.mobility, remote, self.config.next_hop, time.monotonic(),
+                                 complete=not self._hold.holding)
         if mobility is not view.mobility:
             changed = View(view.catalog, view.tables, mobility)
             try:
@@ -344,12 +372,17 @@ class Agent:
     async def _update_decap(self) -> None:
         """The decapsulation table (vnet/decap.py): the fabric's PAs, the VSIDs served here, and the inner
         sources vouched for by the lookup records, the announced prefixes and the customer routes."""
-        routes = self._learned()
+        routes = list(self._screened.accepted)  # screened by the _compute just before, for this catalog
         catalog, tables, ours = self._view.catalog, self._view.tables, self.config.provider_addresses
         pas = gre_allowed((r.next_hop for r in routes if hasattr(r, "next_hop")), ours)
         customer = {name: d.customer_routes for name, d in catalog.routing_domains.items()}
-        elements = decap.vouched(self._learned_state.records, learn.announced_prefixes(catalog, routes, ours),
-                                 customer, tables)
+        # a learned prefix that lost its key to a stronger route (a local CA, a customer route) is not
+        # routed to its sender: nor are packets from that sender with sources in it delivered
+        lost = {(c.domain, c.prefix, c.pa) for found in self._conflicts.values() for c in found
+                if c.loser == "remote_prefix"}
+        announced = [p for p in learn.announced_prefixes(catalog, routes, ours)
+                     if (p.routing_domain, str(p.prefix), str(p.pa)) not in lost]
+        elements = decap.vouched(self._learned_state.records, announced, customer, tables)
         if not await self._filters.decapsulation(pas, served_vsids(catalog, tables), elements,
                                                  self._hold.holding):
             self._dirty.set()

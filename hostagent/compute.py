@@ -55,13 +55,18 @@ def domain_of(catalog: Catalog, vsid: int) -> str | None:
 
 
 def follow_remote(mobility: Mobility, remote: Mapping[tuple[int, str], MacIpRoute], ours: Address,
-                  now: float) -> Mobility:
+                  now: float, complete: bool = True) -> Mobility:
     """The MAC mobility decisions for our MACs that other hosts announce (RFC 7432 section 15: a higher
-    sequence elsewhere is a move; on a tie the lower PA keeps it)."""
+    sequence elsewhere is a move; on a tie the lower PA keeps it), and for those nobody else announces any
+    more: a port that gave way comes back. `complete`: the learned table is whole (End-of-RIB, not headless);
+    until then an absent claim may just not have arrived yet, and nothing comes back."""
     for key, route in remote.items():
         if key in mobility.macs:
             wins_tie = (route.next_hop.version, route.next_hop.packed) < (ours.version, ours.packed)
             mobility = mobility.remote(key, route.mobility_seq, wins_tie, now)
+    if complete:
+        for key in mobility.inactive() - remote.keys():
+            mobility = mobility.withdrawn(key)
     return mobility
 
 

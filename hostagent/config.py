@@ -4,6 +4,8 @@
 asn: 65001
 router_id: 198.51.100.11
 provider_addresses: [198.51.100.11, "2001:db8::11"]   # the first is the next hop we announce
+provider_prefixes: [198.51.100.0/24, "2001:db8::/64"] # optional: learned next hops must be inside (default:
+                                                      # the prefixes of the PAs' own interface addresses)
 router_mac: "02:00:5e:10:00:01"                       # fabric-wide: every inner frame is addressed to it
 route_reflectors:
   - {address: 198.51.100.100, asn: 65001, md5_password: s3cret}
@@ -24,9 +26,14 @@ from typing import Any
 
 from nvfabric.bgp.config import ConfigError, Peer, Reader, read_api, read_peers, read_yaml
 from nvfabric.service.config import ApiConfig
-from nvfabric.vnet.config import DEFAULT_ROUTER_MAC, read_provider_addresses, read_router_mac
+from nvfabric.vnet.config import (
+    DEFAULT_ROUTER_MAC,
+    read_provider_addresses,
+    read_provider_prefixes,
+    read_router_mac,
+)
 from nvfabric.vnet.errors import ModelError
-from nvfabric.vnet.model import Address, RoutingDomain
+from nvfabric.vnet.model import Address, Network, RoutingDomain
 
 DEFAULT_LISTEN = "127.0.0.1:8500"
 
@@ -49,6 +56,8 @@ class AgentConfig:
     eor_timeout: float = 60.0
     # Periodic full resync (observe the kernel again): level-triggered safety net.
     resync_interval: float = 60.0
+    # Learned next hops must be inside these (vnet/policy.py); None: the prefixes of the PAs' interfaces.
+    provider_prefixes: tuple[Network, ...] | None = None
 
     @property
     def next_hop(self) -> Address:
@@ -66,6 +75,7 @@ def parse(data: Any) -> AgentConfig:
     pas = read_provider_addresses(top)
     if not pas:
         raise ConfigError("provider_addresses", "at least one provider address is required (the first is the next hop)")
+    provider_prefixes = read_provider_prefixes(top)
     router_mac = read_router_mac(top)
     reflectors = read_peers(top, "route_reflectors", asn)
     if not reflectors:
@@ -88,7 +98,7 @@ def parse(data: Any) -> AgentConfig:
     return AgentConfig(
         asn=asn, router_id=router_id, provider_addresses=tuple(pas), route_reflectors=tuple(reflectors),
         state_dir=state_dir, router_mac=router_mac, api=api, underlay_mtu=mtu, routing_domains=tuple(domains),
-        netns=netns, eor_timeout=eor_timeout, resync_interval=resync,
+        netns=netns, eor_timeout=eor_timeout, resync_interval=resync, provider_prefixes=provider_prefixes,
     )
 
 

@@ -9,7 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from nvfabric.vnet.desired import Conflict
 from nvfabric.vnet.model import LookupRecord
+from nvfabric.vnet.policy import REASONS
 from nvfabric.vnet.reconcile import Outcome
 
 
@@ -26,6 +28,13 @@ class AgentMetrics:
         frozen = Gauge("nvfabric_agent_mobility_frozen_macs", "MACs frozen now (RFC 7432 15.1 duplicate detection)",
                        registry=self.registry)
         frozen.set_function(frozen_macs)
+        self._conflicts = Gauge("nvfabric_route_conflicts", "routes left out now: their key is held by a stronger "
+                                "source (kind: the loser's)", ["domain", "kind"], registry=self.registry)
+        self._conflict_labels: set[tuple[str, str]] = set()
+        self._refused = Gauge("nvfabric_agent_routes_refused", "learned routes the import policy refuses now",
+                              ["reason"], registry=self.registry)
+        for reason in REASONS:
+            self._refused.labels(reason).set(0)
         self._port_drops = PortSecurityDrops()
         self.registry.register(self._port_drops)
 
@@ -36,6 +45,20 @@ class AgentMetrics:
         if outcome.errors:
             self._errors.inc(len(outcome.errors))
         self._held.set(outcome.held)
+
+    def conflicts(self, conflicts: Iterable[Conflict]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for c in conflicts:
+            counts[(c.domain, c.loser)] = counts.get((c.domain, c.loser), 0) + 1
+        for gone in self._conflict_labels - counts.keys():
+            self._conflicts.labels(*gone).set(0)
+        for labels, n in counts.items():
+            self._conflicts.labels(*labels).set(n)
+        self._conflict_labels |= counts.keys()
+
+    def refused(self, counts: Mapping[str, int]) -> None:
+        for reason in REASONS:
+            self._refused.labels(reason).set(counts.get(reason, 0))
 
     def port_security(self, drops: Mapping[str, Mapping[str, int]]) -> None:
         """The kernel's per-port, per-reason drop counters (Agent.port_drops), as read now."""

@@ -7,7 +7,13 @@ Per local MAC (keyed by VSID and MAC, the EVPN broadcast domain):
   tie-break) means the VM moved away: the port stays configured but is no longer announced nor routed here;
 - duplicate detection (section 15.1, FRR's defaults): 5 moves within 180 s freeze the MAC where it is for
   180 s: no more sequence bumps and no more giving way, and the freeze is reported, instead of
-  oscillating forever between two hosts that both claim it.
+  oscillating forever between two hosts that both claim it;
+- a port that gave way comes back when the claim is withdrawn (no other host announces the MAC any more,
+  with the table complete): the VM never moved, or moved back, and must not stay blackholed;
+- the sequence is the 32-bit field of the MAC Mobility extended community (RFC 7432 section 7.7): it never
+  goes past SEQ_MAX. A remote sequence at SEQ_MAX cannot be outbid: attaching announces SEQ_MAX too and the
+  section 15.1 tie-break (the lower PA) decides, once, on every host alike; nothing bumps again, so two
+  hosts never loop. Peers compare sequences as plain integers, so wrapping to 0 would lose everywhere.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from types import MappingProxyType
 
 from nvfabric.bgp.mac import Mac
 
+SEQ_MAX = 0xFFFFFFFF
 MAX_MOVES = 5
 WINDOW = 180.0
 FREEZE = 180.0
@@ -76,7 +83,7 @@ class Mobility:
             return self._with(key, replace(state, active=True))
         if state.active and state.seq > remote_seq:
             return self  # we already won: a stale remote route, not a move
-        return self._with(key, _moved(replace(state, seq=remote_seq + 1, active=True), now))
+        return self._with(key, _moved(replace(state, seq=min(remote_seq + 1, SEQ_MAX), active=True), now))
 
     def remote(self, key: MacKey, remote_seq: int, remote_wins_tie: bool, now: float) -> Mobility:
         """Another host announces a local MAC; `remote_wins_tie`: its PA is lower than ours (RFC 7432 15.1)."""
@@ -84,8 +91,18 @@ class Mobility:
         if state is None or not state.active or state.frozen(now):
             return self
         if remote_seq > state.seq or (remote_seq == state.seq and remote_wins_tie):
-            return self._with(key, _moved(replace(state, active=False, seq=max(state.seq, remote_seq)), now))
+            seq = min(max(state.seq, remote_seq), SEQ_MAX)
+            return self._with(key, _moved(replace(state, active=False, seq=seq), now))
         return self
+
+    def withdrawn(self, key: MacKey) -> Mobility:
+        """No other host announces this local MAC any more (and the table is complete): a port that gave way
+        is routed and announced again, with the sequence it last saw (it outbids nobody; a claim that comes
+        back is judged as before). Not a move: duplicate detection does not count it."""
+        state = self.macs.get(key)
+        if state is None or state.active:
+            return self
+        return self._with(key, replace(state, active=True))
 
     def detach(self, key: MacKey) -> Mobility:
         return self._with(key, None)

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from nvfabric.bgp.mac import Mac
+from nvfabric.hostagent.mobility import SEQ_MAX
 from nvfabric.vnet.catalog import Catalog
-from nvfabric.vnet.model import Port, RoutingDomain
+from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.model import Port, RoutingDomain, check_route_target
 
 FILE = "agent-state.json"
 PREV = FILE + ".prev"  # the state before the last save: the last good copy
@@ -81,14 +83,44 @@ def loads(text: str, path: Path) -> SavedState:
         data = json.loads(text)
         if data.get("version") != VERSION:
             raise StateError(path, f"unknown version {data.get('version')!r}")
-        domains = {d.name: d for d in (RoutingDomain.from_dict(b) for b in data["routing_domains"])}
+        domains = {d.name: d for d in (RoutingDomain.from_dict(repaired_domain(b, path))
+                                       for b in data["routing_domains"])}
         ports = {p.name: p for p in (Port.from_dict(b) for b in data["ports"])}
         catalog = Catalog.build(domains, ports)
         tables = {str(k): int(v) for k, v in data["tables"].items()}
-        seqs = {(int(v), Mac(m)): int(s) for v, m, s in data.get("mobility", [])}
+        seqs = {(int(v), Mac(m)): repaired_seq(int(s), int(v), m, path) for v, m, s in data.get("mobility", [])}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StateError(path, f"unreadable ({exc})") from None
     return SavedState(catalog, tables, seqs)
+
+
+def repaired_domain(body: Any, path: Path) -> Any:
+    """A routing domain without the route targets the wire cannot carry. An earlier version accepted e.g.
+    `70000:70000` and then failed every announcement: the agent starts without them (logged) rather than
+    not at all. A domain left with none is refused, naming it: it never had a route target that worked."""
+    if not isinstance(body, dict) or not isinstance(body.get("route_targets"), list):
+        return body
+    kept = []
+    for i, target in enumerate(body["route_targets"]):
+        try:
+            kept.append(check_route_target(target, f"route_targets[{i}]"))
+        except ModelError as exc:
+            log.warning("%s: routing domain %s: %s: dropped", path, body.get("name"), exc)
+    if not kept:
+        return body  # from_dict names the field and the problem
+    return {**body, "route_targets": kept}
+
+
+def repaired_seq(seq: int, vsid: int, mac: str, path: Path) -> int:
+    """A MAC mobility sequence the wire can carry (32 bits). An earlier run could persist 2^32 (a remote
+    0xFFFFFFFF plus one), which no announcement can carry: refusing the file would keep the agent from ever
+    starting again, so the value is clamped and the repair logged."""
+    if 0 <= seq <= SEQ_MAX:
+        return seq
+    fixed = min(max(seq, 0), SEQ_MAX)
+    log.warning("%s: mobility sequence %d of VSID %d MAC %s is not a 32-bit value: %d used", path, seq, vsid,
+                mac, fixed)
+    return fixed
 
 
 def _read(path: Path) -> SavedState | None:

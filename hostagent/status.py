@@ -33,6 +33,10 @@ class AgentStatus:
     learned_routes: int
     # NVGRE packets judged before decapsulation (vnet/decap.py): drops by reason, and `vouched` (delivered)
     decap: dict[str, int] = field(default_factory=dict)
+    # routes that lost their key to a stronger source (vnet/desired.py PRECEDENCE), by routing domain
+    conflicts: tuple[dict[str, Any], ...] = ()
+    # the import policy (vnet/policy.py): the provider prefixes next hops must be in, routes refused by reason
+    import_policy: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

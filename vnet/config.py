@@ -8,7 +8,7 @@ import ipaddress
 from nvfabric.bgp.config import ConfigError, Reader
 from nvfabric.bgp.mac import Mac
 from nvfabric.vnet.errors import ModelError
-from nvfabric.vnet.model import Address, check_mac
+from nvfabric.vnet.model import Address, Network, check_mac
 
 DEFAULT_ROUTER_MAC = "02:00:5e:10:00:01"  # fabric-wide: every inner frame is addressed to it
 
@@ -31,3 +31,19 @@ def read_router_mac(top: Reader) -> Mac:
         return check_mac(top.get("router_mac", str, DEFAULT_ROUTER_MAC), "router_mac")
     except ModelError as exc:
         raise ConfigError("router_mac", exc.problem) from None
+
+
+def read_provider_prefixes(top: Reader) -> tuple[Network, ...] | None:
+    """`provider_prefixes`: where the fabric's provider addresses are; a learned route's next hop must be
+    inside one (vnet/policy.py). Absent: None, the daemon takes the prefixes of its own PAs' interfaces."""
+    if top.get("provider_prefixes", list, None) is None:
+        return None
+    out: list[Network] = []
+    for where, value in top.items("provider_prefixes"):
+        try:
+            out.append(ipaddress.ip_network(value, strict=True))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(where, f"{value!r} is not a network prefix ({exc})") from None
+    if not out:
+        raise ConfigError("provider_prefixes", "an empty list would refuse every route: omit it for the default")
+    return tuple(out)

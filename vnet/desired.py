@@ -15,6 +15,12 @@ Per remote CA or remote prefix: one LWT encap route to the PA. The subnet gatewa
 IPv4 proxy ARP answers only for a target with a unicast route leaving by another device, so the gateway
 gets a /32 towards the NVGRE device (a packet for the gateway address itself finds no neighbour there and
 is dropped: the gateway answers ARP, not ping); IPv6 gets a proxy NDP entry on each port of the subnet.
+
+Routes of one routing domain can want the same key (table, prefix, metric) from different sources: a type-5
+/32 equal to a local CA, a customer route 0.0.0.0/0 via an appliance next to the gateway's type-5 default.
+One key holds one route, chosen here by a fixed precedence (PRECEDENCE: local CA or subnet gateway >
+customer route > remote CA > remote prefix); the loser is left out and reported (`conflicts`), so a bad or
+unlucky route costs at most its own key, never the routing domain or the host.
 """
 
 from __future__ import annotations
@@ -84,6 +90,28 @@ class HostIdentity:
         return tuple(sorted({pa.version for pa in self.provider_addresses}))
 
 
+# the sources of a route, strongest first: what configuration and this host know beats what was learned,
+# and an exact address beats a prefix
+PRECEDENCE = ("local", "customer_route", "remote_ca", "remote_prefix")
+ROUTES = (LocalPortRoute, EncapRoute, ViaRoute)
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Two sources wanted one route key of a routing domain; `loser` was left out."""
+
+    domain: str
+    prefix: str
+    winner: str  # a PRECEDENCE kind
+    loser: str
+    dropped: str  # the route left out, as text
+    pa: str | None = None  # the loser's provider address (a remote route): not vouched for either
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"domain": self.domain, "prefix": self.prefix, "winner": self.winner, "loser": self.loser,
+                "dropped": self.dropped, "pa": self.pa}
+
+
 @dataclass(frozen=True)
 class Desired:
     objects: frozenset[KernelObject]
@@ -92,6 +120,7 @@ class Desired:
     # the same objects by partition (GLOBAL, then one per routing domain built): what vnet.reconcile takes
     partitions: Mapping[str, frozenset[KernelObject]] = field(default_factory=dict)
     skipped_in: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # `skipped` by routing domain
+    conflicts_in: Mapping[str, tuple[Conflict, ...]] = field(default_factory=dict)  # by routing domain
 
     @property
     def sysctl_paths(self) -> list[str]:
@@ -178,20 +207,23 @@ def desired_state(
 
     partitions: dict[str, frozenset[KernelObject]] = {GLOBAL: frozenset(glob)}
     skipped: dict[str, tuple[str, ...]] = {}
+    conflicts: dict[str, tuple[Conflict, ...]] = {}
     for name in sorted(wanted):
         domain = catalog.routing_domains.get(name)
         if domain is None or name not in tables:
             partitions[name] = frozenset()
             continue
-        objects, why = _domain(
+        objects, why, lost = _domain(
             domain, tables[name], ports_in.get(name, ()), records_in.get(name, ()), prefixes_in.get(name, ()),
             customer_routes.get(name, ()), catalog, identity, devices,
         )
         partitions[name] = frozenset(objects)
         if why:
             skipped[name] = tuple(why)
+        if lost:
+            conflicts[name] = tuple(lost)
     return Desired(frozenset().union(*partitions.values()), tuple(x for why in skipped.values() for x in why),
-                   partitions, skipped)
+                   partitions, skipped, conflicts)
 
 
 def _domain(
@@ -204,20 +236,49 @@ def _domain(
     catalog: Catalog,
     identity: HostIdentity,
     devices: Mapping[int, str],
-) -> tuple[set[KernelObject], list[str]]:
-    """One routing domain's objects (everything here lives in its table, its VRF or on its ports), and what
-    could not be realised, with the reason."""
+) -> tuple[set[KernelObject], list[str], list[Conflict]]:
+    """One routing domain's objects (everything here lives in its table, its VRF or on its ports), what
+    could not be realised, with the reason, and the routes that lost their key to a stronger source."""
     records = list(records)
     objects = _vrf(domain, table, devices)
     port_objects, ports_on = _ports(vrf_name(domain.name), ports, identity)
     objects |= port_objects
     ca_objects, skipped = _cas(table, records, catalog, devices, ports_on)
-    objects |= ca_objects
     prefix_routes, skipped_prefixes = _remote_prefixes(table, prefixes, devices)
-    objects |= prefix_routes
     via, skipped_routes = _customer_routes(domain, table, customer_routes, records, catalog, devices)
-    objects |= via
-    return objects, [*skipped, *skipped_prefixes, *skipped_routes]
+    local = {o for o in objects | ca_objects if isinstance(o, LocalPortRoute)}
+    remote_ca = {o for o in ca_objects if isinstance(o, EncapRoute)}
+    other = {o for o in objects | ca_objects if not isinstance(o, ROUTES)}
+    routes, conflicts = resolve(domain.name, {"local": local, "customer_route": via, "remote_ca": remote_ca,
+                                              "remote_prefix": prefix_routes})
+    return other | routes, [*skipped, *skipped_prefixes, *skipped_routes], conflicts
+
+
+def _sort_key(obj: KernelObject) -> tuple[str, str]:
+    return type(obj).__name__, repr(obj)
+
+
+def resolve(domain: str, by_kind: Mapping[str, Iterable[KernelObject]]) -> tuple[set[KernelObject], list[Conflict]]:
+    """One route per key: the first kind of PRECEDENCE that wants the key keeps it (within a kind, the
+    lower in a fixed order: the same on every host and at every run); the others are conflicts. Linear:
+    only colliding routes are compared (a host has tens of thousands of remote CAs)."""
+    kept: dict[tuple, tuple[str, KernelObject]] = {}
+    lost: list[tuple[str, KernelObject, str]] = []  # (loser's kind, loser, winner's kind)
+    for kind in PRECEDENCE:
+        for obj in by_kind.get(kind, ()):
+            held = kept.get(obj.key)
+            if held is None:
+                kept[obj.key] = (kind, obj)
+            elif held[1] != obj:
+                if held[0] == kind and _sort_key(obj) < _sort_key(held[1]):
+                    kept[obj.key] = (kind, obj)
+                    obj = held[1]
+                lost.append((kind, obj, held[0]))
+    conflicts = [Conflict(domain, obj.prefix, winner, kind, str(obj),
+                          getattr(obj, "pa", None) if kind.startswith("remote") else None)
+                 for kind, obj, winner in lost]
+    conflicts.sort(key=lambda c: (c.prefix, PRECEDENCE.index(c.loser), c.dropped))
+    return {obj for _, obj in kept.values()}, conflicts
 
 
 def _vrf(domain: RoutingDomain, table: int, devices: Mapping[int, str]) -> set[KernelObject]:

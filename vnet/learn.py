@@ -1,6 +1,9 @@
 """Pure: routes learned from the reflectors (plus the local catalog) -> lookup records and remote prefixes.
 
 Used by the host agent (its catalog) and by the gateway (a catalog of its tenants' routing domains, no ports).
+Only routes the import policy accepts are learned (vnet/policy.py: VSID and route target of one routing
+domain, no reserved address; the next-hop check against the provider prefixes is the caller's, by
+`policy.screen`).
 
 - A type-2 route (MAC/IP) with an IP in a VSID of one of our routing domains is a remote CA: a LookupRecord
   (HNV's lookup record: CA + VSID -> MAC, PA). Several hosts may announce the same CA during a move: the
@@ -8,8 +11,8 @@ Used by the host agent (its catalog) and by the gateway (a catalog of its tenant
   picks the same one.
 - A CA of an active local port is always local (a remote claim with a higher sequence first makes the port
   inactive, hostagent/mobility.py).
-- A type-5 route (IP prefix, RFC 9136) whose VSID, or else route target, belongs to one of our routing
-  domains is a RemotePrefix (e.g. the gateway's default route).
+- A type-5 route (IP prefix, RFC 9136) whose VSID belongs to one of our routing domains (and a route target
+  to the same one) is a RemotePrefix (e.g. the gateway's default route).
 - Our own routes (next hop = one of our PAs) are never learned.
 """
 
@@ -20,6 +23,7 @@ from collections.abc import Collection, Iterable
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute, Route
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.model import Address, LookupRecord, RemotePrefix
+from nvfabric.vnet.policy import judge, target_index
 
 
 def _rank(route: MacIpRoute) -> tuple[int, int, bytes]:
@@ -52,12 +56,14 @@ def lookup_records(
         for ca in port.addresses:
             records[(found[0].name, ca)] = LookupRecord(found[0].name, port.vsid, ca, port.mac, None, True, port.name)
     remote: dict[tuple[str, Address], MacIpRoute] = {}
+    targets = target_index(catalog)
     for route in routes:
         if not isinstance(route, MacIpRoute) or route.ip is None or route.next_hop in our_pas:
             continue
+        domain, refused = judge(catalog, route, None, targets)
         found = catalog.subnet(route.vsid)
-        if found is None or found[1].prefix_of(route.ip) is None:
-            continue  # not one of our routing domains, or outside the subnet: not routable here
+        if domain is None or refused is not None or found is None:
+            continue  # not one of our routing domains, or refused by the import policy
         key = (found[0].name, route.ip)
         if key in records:
             continue  # an active local port has it
@@ -72,15 +78,13 @@ def announced_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Colle
     """Every type-5 route of our routing domains, one RemotePrefix per announcing host (two gateways may
     announce the same prefix: both are vouched for as senders, vnet/decap.py)."""
     out: list[RemotePrefix] = []
+    targets = target_index(catalog)
     for route in routes:
         if not isinstance(route, PrefixRoute) or route.next_hop in our_pas:
             continue
-        found = catalog.subnet(route.vsid)
-        domain = found[0].name if found else next(
-            (d.name for d in catalog.routing_domains.values() if set(d.route_targets) & set(route.route_targets)),
-            None)
-        if domain is None:
-            continue
+        domain, refused = judge(catalog, route, None, targets)
+        if domain is None or refused is not None:
+            continue  # not one of our routing domains, or refused by the import policy
         out.append(RemotePrefix(domain, route.prefix, route.vsid, route.next_hop, route.router_mac,
                                 route.gateway_ip if route.gateway_ip and not route.gateway_ip.is_unspecified
                                 else None))

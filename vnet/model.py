@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nvfabric.bgp.mac import Mac, MacError
+from nvfabric.bgp.errors import RouteValueError
+from nvfabric.bgp.routes import format_admin_pair, parse_admin_pair
 from nvfabric.vnet.errors import ModelError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -33,7 +35,6 @@ VSID_MAX = 16_777_214
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,10}$")
 PORT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
-ROUTE_TARGET_RE = re.compile(r"^(\d{1,10}|\d{1,3}(\.\d{1,3}){3}):\d{1,10}$")
 
 
 def check_vsid(value: Any, where: str) -> int:
@@ -42,6 +43,16 @@ def check_vsid(value: Any, where: str) -> int:
     if not VSID_MIN <= value <= VSID_MAX:
         raise ModelError(where, value, f"a VSID must be in {VSID_MIN}..{VSID_MAX} (RFC 7637: 0-4095 reserved)")
     return value
+
+
+def check_route_target(value: Any, where: str) -> str:
+    """A route target the wire can carry (RFC 4360, RFC 5668): 2-byte ASN:4-byte number, 4-byte ASN (above
+    65535):2-byte number or IPv4:2-byte number, in its canonical text (what routes decoded from the wire carry,
+    so the import policy compares like with like)."""
+    try:
+        return format_admin_pair(*parse_admin_pair(value, where))
+    except RouteValueError as exc:
+        raise ModelError(where, value, exc.reason) from None
 
 
 def check_mac(value: Any, where: str) -> Mac:
@@ -199,9 +210,10 @@ class RoutingDomain:
         check_name(self.name, "name")
         if not self.route_targets:
             raise ModelError("route_targets", [], "a routing domain needs at least one route target")
-        for i, rt in enumerate(self.route_targets):
-            if not ROUTE_TARGET_RE.match(rt):
-                raise ModelError(f"route_targets[{i}]", rt, "must be 'ASN:number' or 'IPv4:number'")
+        # checked here, not when announced: a value the wire cannot carry must be refused before the kernel
+        # and the state file are written
+        object.__setattr__(self, "route_targets", tuple(
+            check_route_target(rt, f"route_targets[{i}]") for i, rt in enumerate(self.route_targets)))
         seen: dict[int, int] = {}
         for i, subnet in enumerate(self.subnets):
             if subnet.vsid in seen:

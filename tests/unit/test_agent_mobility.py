@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from nvfabric.hostagent.mobility import FREEZE, MAX_MOVES, Mobility
+from ipaddress import ip_address
+
+from nvfabric.hostagent.compute import follow_remote
+from nvfabric.hostagent.mobility import FREEZE, MAX_MOVES, SEQ_MAX, Mobility
+
+PA = "198.51.100.11"  # ours
 
 KEY = (5001, "02:00:00:00:b1:01")
 
@@ -76,3 +81,59 @@ def test_after_the_freeze_a_claim_is_a_move_again_and_counting_starts_over():
     back = m.attach(KEY, seq, later)  # the orchestrator attaches it here again once the freeze is over
     assert back.inactive() == set() and back.seqs() == {KEY: seq + 1}
     assert back.freezes(later) == [] and back.macs[KEY].moves == (later,)  # the old moves left the window
+
+
+# ------------------------------------------------------------------ the 32-bit sequence, a withdrawn claim
+
+def remote_route(seq, pa="198.51.100.12"):
+    from nvfabric.bgp.routes import MacIpRoute
+    return MacIpRoute(rd=f"{pa}:5001", mac=KEY[1], ip=None, vsid=5001, next_hop=ip_address(pa),
+                      route_targets=("65001:1",), mobility_seq=seq)
+
+
+def test_a_remote_sequence_at_the_32_bit_maximum_is_met_not_passed_and_the_lower_pa_decides_once():
+    m = Mobility().attach(KEY, SEQ_MAX, 0)
+    assert m.seqs() == {KEY: SEQ_MAX} and not m.inactive()
+    # the route we announce with it is valid (the wire's 32 bits)
+    assert remote_route(m.seqs()[KEY]).mobility_seq == SEQ_MAX
+    # the other host's PA is lower: it keeps the MAC, we give way, and nothing bumps again
+    gave_way = follow_remote(m, {KEY: remote_route(SEQ_MAX, "198.51.100.10")}, ip_address(PA), 1)
+    assert gave_way.inactive() == {KEY} and gave_way.seqs() == {KEY: SEQ_MAX}
+    assert follow_remote(gave_way, {KEY: remote_route(SEQ_MAX, "198.51.100.10")}, ip_address(PA), 2) is gave_way
+    # our PA is lower: ours, and the other host (same rules) gives way
+    assert follow_remote(m, {KEY: remote_route(SEQ_MAX, "198.51.100.12")}, ip_address(PA), 1) is m
+
+
+def test_a_port_that_gave_way_comes_back_when_the_claim_is_withdrawn():
+    m = Mobility().attach(KEY, None, 0)
+    claimed = follow_remote(m, {KEY: remote_route(7)}, ip_address(PA), 1)
+    assert claimed.inactive() == {KEY}
+    # while the table is incomplete (after a start, headless), an absent claim proves nothing
+    assert follow_remote(claimed, {}, ip_address(PA), 2, complete=False).inactive() == {KEY}
+    back = follow_remote(claimed, {}, ip_address(PA), 2)
+    assert back.inactive() == set() and back.seqs() == {KEY: 7}
+    # the claim again, with the same sequence from a higher PA: ours stays
+    assert follow_remote(back, {KEY: remote_route(7)}, ip_address(PA), 3) is back
+
+
+def test_a_state_file_holding_an_out_of_range_sequence_loads_clamped(tmp_path, caplog):
+    from nvfabric.hostagent import state
+    from tests.unit.agent_fixtures import VM_B1, catalog
+    state.save(tmp_path, state.SavedState(catalog(VM_B1), {"blue": 1000, "red": 1001},
+                                          {(5001, VM_B1.mac): 5}))
+    path = tmp_path / state.FILE
+    path.write_text(path.read_text().replace('"02:00:00:00:b1:01",\n   5', f'"02:00:00:00:b1:01",\n   {1 << 32}'))
+    assert str(1 << 32) in path.read_text()
+    loaded = state.load(tmp_path)
+    assert loaded.seqs == {(5001, VM_B1.mac): SEQ_MAX}
+    assert "not a 32-bit value" in caplog.text
+
+
+def test_a_state_file_holding_a_route_target_the_wire_cannot_carry_loads_without_it(tmp_path, caplog):
+    from nvfabric.hostagent import state
+    from tests.unit.agent_fixtures import VM_B1, catalog
+    state.save(tmp_path, state.SavedState(catalog(VM_B1), {"blue": 1000, "red": 1001}, {}))
+    path = tmp_path / state.FILE
+    path.write_text(path.read_text().replace('"65001:1"', '"65001:1", "70000:70000"'))
+    assert state.load(tmp_path).catalog.routing_domains["blue"].route_targets == ("65001:1",)
+    assert "70000:70000" in caplog.text

@@ -53,13 +53,22 @@ def test_a_local_active_port_wins_over_a_remote_claim_unless_inactive():
     assert [(str(r.ca), r.local, r.pa) for r in records] == [("10.0.0.10", False, PA2)]
 
 
-def test_type5_routes_become_remote_prefixes_by_vsid_or_route_target():
+def test_type5_routes_become_remote_prefixes_only_when_vsid_and_route_target_name_one_domain():
     gw = PrefixRoute(rd="198.51.100.21:1", prefix=net("0.0.0.0/0"), vsid=5001, next_hop=ip("198.51.100.21"),
                      route_targets=("65001:1",), router_mac="02:00:5e:10:00:01")
-    by_rt = PrefixRoute(rd="198.51.100.21:2", prefix=net("::/0"), vsid=9999, next_hop=ip("198.51.100.21"),
-                        route_targets=("65001:2",))
+    # red's route target with a VSID nobody here serves, or with blue's VSID: neither is red's nor blue's
+    unknown_vsid = PrefixRoute(rd="198.51.100.21:2", prefix=net("::/0"), vsid=9999, next_hop=ip("198.51.100.21"),
+                               route_targets=("65001:2",))
+    crossed = PrefixRoute(rd="198.51.100.21:4", prefix=net("10.7.0.0/16"), vsid=5001, next_hop=ip("198.51.100.21"),
+                          route_targets=("65001:2",))
     other = PrefixRoute(rd="198.51.100.21:3", prefix=net("0.0.0.0/0"), vsid=8888, next_hop=ip("198.51.100.21"),
                         route_targets=("65009:9",))
-    got = remote_prefixes(catalog(), [gw, by_rt, other], [PA1])
+    got = remote_prefixes(catalog(), [gw, unknown_vsid, crossed, other], [PA1])
     assert [(p.routing_domain, str(p.prefix), p.vsid, str(p.pa), p.gateway_ip) for p in got] == [
-        ("blue", "0.0.0.0/0", 5001, "198.51.100.21", None), ("red", "::/0", 9999, "198.51.100.21", None)]
+        ("blue", "0.0.0.0/0", 5001, "198.51.100.21", None)]
+
+
+def test_type2_routes_need_the_route_target_of_their_vsids_domain():
+    routes = [t2("10.0.0.20", 5001, PA2), t2("10.0.0.21", 5001, PA2, rt="65001:2"),
+              t2("10.0.0.22", 5001, PA2, rt="65009:9"), t2("10.0.0.1", 5001, PA2)]
+    assert [str(r.ca) for r in lookup_records(catalog(), routes, [PA1])] == ["10.0.0.20"]

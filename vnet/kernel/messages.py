@@ -41,6 +41,8 @@ NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
@@ -528,6 +530,14 @@ def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
         out[kind & 0x3FFF] = data[offset + 4 : offset + length]  # without NLA_F_NESTED / NET_BYTEORDER
         offset += (length + 3) & ~3
     return out
+
+
+def parse_address(msg: bytes) -> tuple[str, int] | None:
+    """An RTM_NEWADDR message -> (the interface's own address, its prefix length); None without one."""
+    _family, prefixlen, _flags, _scope, _index = struct.unpack_from("=BBBBI", msg, 16)
+    attrs = _attrs(msg, 24, len(msg))
+    raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)  # IPv4 point-to-point: IFA_LOCAL is ours
+    return (_ntop(raw), prefixlen) if raw and len(raw) in (4, 16) else None
 
 
 def _ntop(raw: bytes) -> str:

@@ -31,6 +31,16 @@ class Link:
     collect_md: bool
 
 
+async def address_prefixes(sock: RtnlSocket) -> dict[str, int]:
+    """Every interface address of the namespace (text) -> its prefix length (one dump, both families)."""
+    out: dict[str, int] = {}
+    async for raw in sock.dump(m.RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0)):
+        parsed = m.parse_address(raw)
+        if parsed is not None:
+            out[parsed[0]] = parsed[1]
+    return out
+
+
 async def links(sock: RtnlSocket) -> AsyncIterator[Link]:
     async for raw in sock.dump(m.RTM_GETLINK, struct.pack("=BBHiII", 0, 0, 0, 0, 0, 0)):
         msg = m.LinkMessage(raw)
