@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from nvfabric.gateway import nat
 from nvfabric.gateway.gateway import Gateway, TenantStatus
+from nvfabric.gateway.state import StateSaveError
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.vnet.decap import DecapCollector
@@ -148,7 +149,7 @@ class _TenantCollector(Collector):
 
 
 async def metrics(request: web.Request) -> web.Response:
-    # read at scrape time from nftables and conntrack: no copy of the counters to drift
+    # nftables' counters read at scrape time (no copy to drift); sessions from the conntrack sampler's last count
     registry = CollectorRegistry()
     registry.register(_TenantCollector(await _gw(request).status()))
     decap = DecapCollector()
@@ -157,9 +158,17 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def state_refusal(exc: Exception) -> ApiError | None:
+    """The state directory could not be written (a full disk): 503, the change was put back; a retry may work
+    once the operator has made room."""
+    if isinstance(exc, StateSaveError):
+        return ApiError(503, "state-not-saved", str(exc))
+    return None
+
+
 def make_app(gateway: Gateway, token: str, *, metrics_token: bool = False) -> web.Application:
     """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
-    app = application(token, refusals=REFUSALS, metrics_token=metrics_token)
+    app = application(token, refusals=(*REFUSALS, state_refusal), metrics_token=metrics_token)
     app[GATEWAY] = gateway
     app.router.add_get("/v1/tenants", list_tenants)
     app.router.add_get("/v1/tenants/{name}", get_tenant)
