@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -422,6 +423,8 @@ def test_a_change_whose_state_cannot_be_saved_is_refused_with_503_and_put_back(n
         gw.call(lambda g: api.stop())
     finally:
         gw.stop()
+    # the conntrack sampler's thread ended with the gateway (and the fixture's before it)
+    assert not [t for t in threading.enumerate() if t.name == "conntrack-sessions"]
 
 
 def test_a_tenant_may_not_claim_the_gateways_own_things(net: Net) -> None:
