@@ -235,7 +235,8 @@ def test_api_tenants_and_their_ids_survive_restarts_with_live_flows(lab: Lab, tm
     deleted, the gateway restarted: red keeps its id (from the sorted names it would get blue's lower one),
     so its flow's conntrack entries, whose zone and mark are red's id, still belong to red and the flow
     keeps working; created tenants survive the restart, a deleted one stays deleted."""
-    server = Server(NS["inet"], SERVER)
+    target = (SERVER[0], SERVER[1] + 1)  # the first test's server may still hold its port (a blocked accept)
+    server = Server(NS["inet"], target)
     config = GatewayConfig.from_dict({**lab.config, "tenants": [], "state_dir": str(tmp_path / "state")})
 
     def restart() -> GatewayThread:
@@ -252,9 +253,9 @@ def test_api_tenants_and_their_ids_survive_restarts_with_live_flows(lab: Lab, tm
             assert gw.call(lambda g, b=body: g.put_tenant(Tenant.from_dict(b)), timeout=60) is True
         ids = {n: gw.gateway.tenant_id(n) for n in ("blue", "red")}
         assert ids["blue"] < ids["red"]
-        red, line = connect_retrying(NS["vr"], SERVER, ("10.0.0.6", 0))
+        red, line = connect_retrying(NS["vr"], target, ("10.0.0.6", 0))
         assert line.startswith("203.0.113.141:")
-        blue, line = connect_retrying(NS["vb"], SERVER, ("10.0.0.6", 0))
+        blue, line = connect_retrying(NS["vb"], target, ("10.0.0.6", 0))
         assert line.startswith("203.0.113.140:")
         blue.close()
         wait_for(lambda: sessions(gw).get("red", 0) >= 1, 10, "red's flow counted under red's id")
@@ -270,7 +271,7 @@ def test_api_tenants_and_their_ids_survive_restarts_with_live_flows(lab: Lab, tm
         assert netns.run(["ip", "-n", NS["gw"], "link", "show", "nvf-blue"], check=False).returncode != 0
         assert echo(red, "r2") == "r2"  # zone and mark of the flow's entry are red's id: still red's
         wait_for(lambda: sessions(gw).get("red", 0) >= 1, 10, "red's flow still counted under red's id")
-        s, line = connect_retrying(NS["vr"], SERVER, ("10.0.0.5", 0))  # new flows too (floating IP)
+        s, line = connect_retrying(NS["vr"], target, ("10.0.0.5", 0))  # new flows too (floating IP)
         s.close()
         assert line.startswith("203.0.113.132:")
         red.close()
