@@ -157,7 +157,7 @@ class Gateway:
                           else "no usable copy: starting from the configuration and the kernel's ids")
                 self._state.set_aside()
             saved = loaded.state or saved
-        elif self.config.tenants:
+        else:
             log.warning("no state_dir: tenants created through the API will not survive a restart")
         tenants = dict(self._tenants)
         claims = Claims.of(tenants)
