@@ -435,3 +435,37 @@ def test_a_tenant_may_not_claim_the_gateways_own_things(net: Net) -> None:
             net.gateway.call(lambda g, c=change: g.put_tenant(Tenant.from_dict(c)))
         assert refused.value.field == field
         assert net.nft_table("violet") == []
+
+
+def test_the_configuration_file_wins_and_a_saved_tenant_that_no_longer_fits_is_kept_not_served(
+        net: Net, tmp_path, caplog) -> None:
+    """Precedence at start: a tenant the file defines is the file's, even after an API PUT changed it; an API
+    tenant whose address the file has taken since is not served, reported, and kept in the state file
+    until a DELETE of its name settles it."""
+    net.gateway.stop()
+    state = {**CONFIG, "state_dir": str(tmp_path)}
+    moved = {**BLUE, "floating_ips": [{"public": "203.0.113.133", "private": "10.0.0.5"}]}
+    gw = GatewayThread(GatewayConfig.from_dict({**state, "tenants": [BLUE, RED]}), net.gw)
+    try:
+        gw.call(lambda g: g.start())
+        gw.call(lambda g: g.put_tenant(Tenant.from_dict(moved)))  # a config tenant changed through the API
+        gw.call(lambda g: g.put_tenant(Tenant.from_dict(VIOLET)))
+        violet = gw.gateway.tenant_id("violet")
+        gw.stop()
+        # the file now gives violet's SNAT address to red
+        red = {**RED, "snat": [{"address": "203.0.113.142"}]}
+        gw = GatewayThread(GatewayConfig.from_dict({**state, "tenants": [BLUE, red]}), net.gw)
+        gw.call(lambda g: g.start())
+        assert gw.gateway.tenant("blue") == Tenant.from_dict(BLUE)  # the file's version
+        assert set(gw.gateway.tenants) == {"blue", "red"}
+        assert "tenant violet (created through the API) not served" in caplog.text
+        saved = json.loads((tmp_path / "gateway-state.json").read_text())
+        assert [t["name"] for t in saved["api_tenants"]] == ["violet"] and saved["ids"]["violet"] == violet
+        # a new tenant does not take the suspended one's id; a DELETE settles it
+        gw.call(lambda g: g.put_tenant(Tenant.from_dict({**VIOLET, "name": "teal", "snat": ["203.0.113.143"]})))
+        assert gw.gateway.tenant_id("teal") != violet
+        gw.call(lambda g: g.delete_tenant("violet"))
+        saved = json.loads((tmp_path / "gateway-state.json").read_text())
+        assert [t["name"] for t in saved["api_tenants"]] == ["teal"] and "violet" not in saved["ids"]
+    finally:
+        gw.stop()
