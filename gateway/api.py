@@ -119,8 +119,9 @@ def _number(text: str, name: str) -> int | str:
 
 
 class _TenantCollector(Collector):
-    def __init__(self, statuses: list[TenantStatus]) -> None:
+    def __init__(self, statuses: list[TenantStatus], gateway: Gateway) -> None:
         self.statuses = statuses
+        self.gateway = gateway
 
     def collect(self) -> Iterator[Any]:
         labels = ["tenant"]
@@ -145,13 +146,21 @@ class _TenantCollector(Collector):
         tenants = GaugeMetricFamily("nvfabric_gateway_tenants", "tenants configured")
         tenants.add_metric([], len(self.statuses))
         yield tenants
+        suspended = GaugeMetricFamily("nvfabric_gateway_tenants_suspended", "tenants created through the API, "
+                                      "kept in the state directory but not served (they no longer fit)")
+        suspended.add_metric([], len(self.gateway.suspended))
+        yield suspended
+        problems = GaugeMetricFamily("nvfabric_gateway_state_problems", "state files passed over at start "
+                                     "(corrupt or unreadable; the previous copy or none used)")
+        problems.add_metric([], len(self.gateway.state_problems))
+        yield problems
         yield from families.values()
 
 
 async def metrics(request: web.Request) -> web.Response:
     # nftables' counters read at scrape time (no copy to drift); sessions from the conntrack sampler's last count
     registry = CollectorRegistry()
-    registry.register(_TenantCollector(await _gw(request).status()))
+    registry.register(_TenantCollector(await _gw(request).status(), _gw(request)))
     decap = DecapCollector()
     decap.counts = await _gw(request).decap_counters()
     registry.register(decap)

@@ -76,6 +76,7 @@ class Gateway:
         # API tenants from the state directory that cannot be served now (the configuration took what they
         # hold): reported, kept in the state file, never silently dropped; a PUT or DELETE settles them
         self._suspended: dict[str, tuple[Tenant, int | None]] = {}
+        self.state_problems: tuple[str, ...] = ()  # what was wrong with the state files at start
         self._sessions = SessionSampler(config.netns, config.sessions_interval)
         self._nft = Nft(config.netns)
         # NVGRE-attached tenants need the vnet dataplane; a gateway without provider addresses serves only
@@ -150,6 +151,7 @@ class Gateway:
         saved = SavedState()
         if self._state is not None:
             loaded = self._state.load()
+            self.state_problems = loaded.problems
             for problem in loaded.problems:
                 log.error("state: %s", problem)
             if loaded.problems:
@@ -218,6 +220,11 @@ class Gateway:
             await self._upstream.stop()
         if self._dp is not None:
             self._dp.close()
+
+    @property
+    def suspended(self) -> list[str]:
+        """API tenants kept in the state but not served (they no longer fit: the start's log says why)."""
+        return sorted(self._suspended)
 
     def close(self) -> None:
         """Stop the conntrack sampler's thread (stop() does it; for an owner that drops a gateway without

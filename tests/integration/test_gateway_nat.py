@@ -286,6 +286,7 @@ def test_rest_api_metrics_and_ctl(net: Net) -> None:
         status, text = _http(net.gw, "GET", f"{url}/metrics", token="")
         assert status == 200
         assert 'nvfabric_gateway_tenant_nat_sessions{tenant="blue"} ' in text
+        assert "nvfabric_gateway_tenants_suspended 0.0" in text and "nvfabric_gateway_state_problems 0.0" in text
         line = next(x for x in text.splitlines()
                     if x.startswith('nvfabric_gateway_tenant_packets_total{direction="out",tenant="blue"}'))
         assert float(line.split()[-1]) > 0
@@ -459,6 +460,7 @@ def test_the_configuration_file_wins_and_a_saved_tenant_that_no_longer_fits_is_k
         assert gw.gateway.tenant("blue") == Tenant.from_dict(BLUE)  # the file's version
         assert set(gw.gateway.tenants) == {"blue", "red"}
         assert "tenant violet (created through the API) not served" in caplog.text
+        assert gw.gateway.suspended == ["violet"]
         saved = json.loads((tmp_path / "gateway-state.json").read_text())
         assert [t["name"] for t in saved["api_tenants"]] == ["violet"] and saved["ids"]["violet"] == violet
         # a new tenant does not take the suspended one's id; a DELETE settles it
