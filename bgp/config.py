@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,33 @@ class ConfigError(ValueError):
         self.reason = reason
 
 
+# Bounds every daemon applies to its sessions unless configured otherwise (documented in docs/bgp.md).
+DEFAULT_MAX_PREFIX_LIMIT = 500_000  # routes from one peer: a whole fabric's table, far below memory trouble
+DEFAULT_MAX_PREFIX_RESTART = 30  # seconds before a peer torn down for max-prefix may come back
+DEFAULT_WRITE_BUFFER_LIMIT = 1 << 20  # bytes queued for one peer before writing pauses
+DEFAULT_OPEN_HOLD_TIME = 30  # seconds a new connection may take to send its OPEN
+DEFAULT_MAX_OPENING = 64  # connections in OpenSent/OpenConfirm at once (accepted ones beyond are refused)
+DEFAULT_MAX_CONNECTIONS = 256  # connections from one dynamic-neighbour prefix
+
+
+class MaxPrefixAction(Enum):
+    WARN = "warn"  # log and count, keep the session
+    TEARDOWN = "teardown"  # NOTIFICATION Cease / Maximum Number of Prefixes Reached (RFC 4486 section 4)
+
+
+@dataclass(frozen=True)
+class MaxPrefix:
+    """How many routes one peer may send us. On TEARDOWN the peer is not dialled nor accepted again for
+    `restart` seconds (0: at once)."""
+
+    limit: int = DEFAULT_MAX_PREFIX_LIMIT
+    action: MaxPrefixAction = MaxPrefixAction.TEARDOWN
+    restart: int = DEFAULT_MAX_PREFIX_RESTART
+
+
+DEFAULT_MAX_PREFIX = MaxPrefix()
+
+
 @dataclass(frozen=True)
 class GracefulRestartConfig:
     """RFC 4724. `restart_time` is what we ask peers to wait for us; `forwarding_preserved` sets the F bit
@@ -59,15 +87,19 @@ class Neighbor:
     md5_password: str | None = None
     local_address: str | None = None
     description: str = ""
+    max_prefix: MaxPrefix = DEFAULT_MAX_PREFIX
 
 
 @dataclass(frozen=True)
 class DynamicNeighbors:
-    """Accept any peer inside `prefix` (passive only; RFC 4271 leaves who may connect to configuration)."""
+    """Accept any peer inside `prefix` (passive only; RFC 4271 leaves who may connect to configuration),
+    at most `max_connections` connections from the prefix at once."""
 
     prefix: ipaddress.IPv4Network | ipaddress.IPv6Network
     asn: int
     md5_password: str | None = None
+    max_prefix: MaxPrefix = DEFAULT_MAX_PREFIX
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 @dataclass(frozen=True)
@@ -90,6 +122,11 @@ class SpeakerConfig:
     import_route_targets: frozenset[str] = frozenset()
     # Locally originated routes (what `nvfabric bgp speak` announces).
     routes: tuple[Route, ...] = ()
+    # False: routes received are counted and dropped, never stored (a session we only announce on).
+    accept_routes: bool = True
+    write_buffer_limit: int = DEFAULT_WRITE_BUFFER_LIMIT
+    open_hold_time: int = DEFAULT_OPEN_HOLD_TIME
+    max_opening: int = DEFAULT_MAX_OPENING
 
 
 class Reader:
@@ -198,6 +235,7 @@ def parse(data: object) -> SpeakerConfig:
     routes = []
     for path, entry in top.items("routes"):
         routes.append(parse_route(Reader(entry, path)))
+    limits = read_limits(top)
     top.done()
     return SpeakerConfig(
         asn=asn,
@@ -210,6 +248,7 @@ def parse(data: object) -> SpeakerConfig:
         graceful_restart=gr,
         import_route_targets=frozenset(rts),
         routes=tuple(routes),
+        **limits,
     )
 
 
@@ -240,6 +279,7 @@ def _neighbor(r: Reader) -> Neighbor:
         md5_password=read_password(r),
         local_address=r.address("local_address", None),
         description=r.get("description", str, ""),
+        max_prefix=read_max_prefix(r),
     )
     r.done()
     return n
@@ -251,9 +291,43 @@ def _dynamic(r: Reader) -> DynamicNeighbors:
         prefix = ipaddress.ip_network(raw, strict=True)
     except ValueError as err:
         raise ConfigError(r.name("prefix"), str(err)) from None
-    d = DynamicNeighbors(prefix, r.integer("asn", 1, 0xFFFFFFFF), read_password(r))
+    d = DynamicNeighbors(prefix, r.integer("asn", 1, 0xFFFFFFFF), read_password(r), read_max_prefix(r),
+                         read_max_connections(r))
     r.done()
     return d
+
+
+def read_max_connections(r: Reader) -> int:
+    return r.integer("max_connections", 1, 65535, DEFAULT_MAX_CONNECTIONS)
+
+
+def read_limits(top: Reader) -> dict[str, int]:
+    """The session bounds a speaker's top level may set (as SpeakerConfig keyword arguments)."""
+    return {
+        "write_buffer_limit": top.integer("write_buffer_limit", 65536, 1 << 30, DEFAULT_WRITE_BUFFER_LIMIT),
+        "open_hold_time": top.integer("open_hold_time", 3, 240, DEFAULT_OPEN_HOLD_TIME),
+        "max_opening": top.integer("max_opening", 1, 65535, DEFAULT_MAX_OPENING),
+    }
+
+
+def read_max_prefix(r: Reader, default: MaxPrefix = DEFAULT_MAX_PREFIX) -> MaxPrefix:
+    """`max_prefix`: a number (a warning limit: log and count, keep the session) or {limit, action: warn |
+    teardown, restart: seconds}; absent, `default`."""
+    value = r.get("max_prefix", (int, dict), None)
+    if value is None:
+        return default
+    if isinstance(value, int):
+        return MaxPrefix(r.integer("max_prefix", 1, 2**32 - 1), MaxPrefixAction.WARN)
+    m = Reader(value, r.name("max_prefix"))
+    action = m.get("action", str, "teardown")
+    try:
+        parsed = MaxPrefixAction(action)
+    except ValueError:
+        raise ConfigError(m.name("action"), f"expected warn or teardown, got {action!r}") from None
+    out = MaxPrefix(m.integer("limit", 1, 2**32 - 1), parsed,
+                    m.integer("restart", 0, 86400, DEFAULT_MAX_PREFIX_RESTART))
+    m.done()
+    return out
 
 
 def read_password(r: Reader) -> str | None:
@@ -270,16 +344,23 @@ class Peer:
     address: str
     asn: int
     md5_password: str | None = None
+    max_prefix: MaxPrefix = DEFAULT_MAX_PREFIX
+
+    def neighbor(self, description: str = "") -> Neighbor:
+        """The speaker's neighbour for this peer (we dial it)."""
+        return Neighbor(address=self.address, asn=self.asn, md5_password=self.md5_password,
+                        description=description, max_prefix=self.max_prefix)
 
 
 def read_peers(top: Reader, key: str, default_asn: int | None) -> tuple[Peer, ...]:
     """The peers listed under `key`: address, asn (defaults to `default_asn`; required when that is None),
-    md5_password."""
+    md5_password, max_prefix."""
     out: list[Peer] = []
     for where, value in top.items(key):
         r = Reader(value, where)
         asn = r.integer("asn", 1, 0xFFFFFFFF) if default_asn is None else r.integer("asn", 1, 0xFFFFFFFF, default_asn)
-        out.append(Peer(address=r.address("address"), asn=asn, md5_password=read_password(r)))
+        out.append(Peer(address=r.address("address"), asn=asn, md5_password=read_password(r),
+                        max_prefix=read_max_prefix(r)))
         r.done()
     return tuple(out)
 

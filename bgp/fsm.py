@@ -36,14 +36,18 @@ FSM_UNEXPECTED_IN_OPENSENT = 1
 FSM_UNEXPECTED_IN_OPENCONFIRM = 2
 FSM_UNEXPECTED_IN_ESTABLISHED = 3
 # RFC 4486 Cease subcodes.
+CEASE_MAX_PREFIX = 1
 CEASE_ADMIN_SHUTDOWN = 2
 CEASE_PEER_DECONFIGURED = 3
 CEASE_ADMIN_RESET = 4
 CEASE_CONNECTION_REJECTED = 5
 CEASE_COLLISION = 7
+CEASE_OUT_OF_RESOURCES = 8
 
 # RFC 4271 section 8.2.2: "large value" for the hold timer while waiting for the OPEN; 4 minutes suggested.
-OPEN_HOLD_TIME = 240.0
+# Both sides send their OPEN as soon as TCP is up, so we wait less: a connection that sends nothing must
+# not hold a slot (the speaker bounds the connections in OpenSent/OpenConfirm) for four minutes.
+OPEN_HOLD_TIME = 30.0
 
 
 class State(enum.Enum):
@@ -127,6 +131,8 @@ class FsmConfig:
     # The peer's transport address, recorded as the source of every path it sends.
     peer_address: Address | None = None
     decoder: UpdateDecoder = typed_decoder
+    # How long to wait for the peer's OPEN (and, in OpenConfirm, for its KEEPALIVE when hold time is 0).
+    open_hold_time: float = OPEN_HOLD_TIME
 
 
 @dataclass
@@ -149,7 +155,7 @@ class Fsm:
         self._inbuf = b""
         self._out: list[bytes] = [wire.encode_open(config.local)]
         self.counters.messages_out += 1
-        self._hold_deadline: float | None = now + OPEN_HOLD_TIME
+        self._hold_deadline: float | None = now + config.open_hold_time
         self._keepalive_at: float | None = None
         self._hold_time = 0.0
         self.close_reason: CloseReason | None = None

@@ -7,6 +7,13 @@ when the owner falls behind, reading from the socket pauses, so TCP itself pushe
 
 Outgoing UPDATEs are written by the owner with `Peer.send(bytes)`: the same bytes object can go to every
 peer of an update group, encoded once.
+
+Write back-pressure: each transport's write buffer has a high-water mark (`write_buffer_limit`). Above it
+asyncio calls `pause_writing`; `Peer.writable` turns False and a sender that honours it (the reflector)
+keeps what it owes that peer as routes instead of bytes, then feeds it from `on_writable` when the
+buffer drains. A connection that stays paused for longer than its hold time is reset with a NOTIFICATION
+(Cease / Out of Resources, RFC 4486), so a peer that keeps sending KEEPALIVEs but never reads cannot hold
+our memory.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 from collections.abc import Callable
 
 from nvfabric.bgp import fsm, wire
+from nvfabric.bgp.config import DEFAULT_WRITE_BUFFER_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,12 @@ TCP_MD5SIG_FLAG_PREFIX = 1
 TCP_MD5SIG_MAXKEYLEN = 80
 
 CONNECT_TIMEOUT = 5.0
+# How long a closing connection may take to flush its last bytes (a NOTIFICATION behind a full buffer)
+# and see the peer close, before it is aborted, freeing the buffer.
+CLOSE_GRACE = 10.0
+REFUSE_GRACE = 2.0  # the same for a refused connection
+REFUSE_READ = 65536  # bytes read (and dropped) from a refused connection at most
+REFUSING_MAX = 64  # refusals waiting for their peer to close at once; beyond, closed at once
 COLLISION_WAIT = 2.0  # how long an Established connection waits for a colliding one's OPEN
 INBOX_SIZE = 4096  # events, not bytes: an UPDATE is at most 4096 bytes (RFC 4271 4.1)
 
@@ -90,6 +104,10 @@ class PeerSettings:
     connect_retry_initial: float = 1.0
     connect_retry_max: float = 30.0
     decoder: fsm.UpdateDecoder = fsm.typed_decoder
+    # Above this many bytes queued in user space, writing pauses (and the stall clock starts).
+    write_buffer_limit: int = DEFAULT_WRITE_BUFFER_LIMIT
+    open_hold_time: float = fsm.OPEN_HOLD_TIME
+    dynamic: bool = False  # created by the listener for a dynamic-neighbour prefix (removed when idle)
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,9 @@ class Connection:
         # Events of an Established connection the peer holds back during a possible collision.
         self.held: list[fsm.Event] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self.writing_paused = False
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
 
     @property
     def state(self) -> fsm.State:
@@ -139,8 +160,10 @@ class Connection:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         settings = self.peer.settings
+        limit = settings.write_buffer_limit
+        transport.set_write_buffer_limits(high=limit, low=limit // 4)
         config = fsm.FsmConfig(settings.local, settings.peer_asn, ipaddress.ip_address(settings.address),
-                               settings.decoder)
+                               settings.decoder, settings.open_hold_time)
         self.fsm = fsm.Fsm(config, self.loop.time())
         self._after(())
 
@@ -152,19 +175,49 @@ class Connection:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._stall_timer, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
+        self._stall_timer = self._abort_timer = None
         if self.fsm is not None:
             self._after(self.fsm.connection_lost(str(exc) if exc else "closed by peer"))
 
     def pause_writing(self) -> None:
-        pass
+        self.writing_paused = True
+        self.peer.write_pauses += 1
+        if self._stall_timer is None and self.fsm is not None and self.fsm.state is not fsm.State.IDLE:
+            self._stall_timer = self.loop.call_later(self._stall_limit(), self._write_stalled)
 
     def resume_writing(self) -> None:
-        pass
+        self.writing_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self is self.peer.established:
+            self.peer._on_writable()
+
+    def _stall_limit(self) -> float:
+        """The peer's hold time: as long as we would wait for a silent peer, we wait for one not reading."""
+        negotiated = self.fsm.negotiated if self.fsm is not None else None
+        if negotiated is not None and negotiated.hold_time:
+            return float(negotiated.hold_time)
+        return self.peer.settings.open_hold_time
+
+    def _write_stalled(self) -> None:
+        self._stall_timer = None
+        if not self.writing_paused or self.transport is None:
+            return
+        self.peer.write_stall_resets += 1
+        size = self.transport.get_write_buffer_size()
+        log.warning("peer %s: write buffer at %d bytes (limit %d) for %.0f s; resetting the session",
+                    self.peer.name, size, self.peer.settings.write_buffer_limit, self._stall_limit())
+        # The NOTIFICATION queues behind what the peer did not read; CLOSE_GRACE bounds the wait for it.
+        self.stop(fsm.ERR_CEASE, fsm.CEASE_OUT_OF_RESOURCES, "peer does not read: write buffer over its limit")
 
     # driven by the Peer / owner
-    def stop(self, code: int, subcode: int, text: str = "") -> None:
+    def stop(self, code: int, subcode: int, text: str = "", data: bytes = b"") -> None:
         if self.fsm is not None:
-            self._after(self.fsm.stop(code, subcode, b"", text))
+            self._after(self.fsm.stop(code, subcode, data, text))
 
     def abort(self, text: str) -> None:
         """Drop the connection without a NOTIFICATION (seen by the owner as a lost connection)."""
@@ -192,8 +245,15 @@ class Connection:
             self._timer.cancel()
             self._timer = None
         if self.fsm.state is fsm.State.IDLE:
-            if not self.transport.is_closing():
-                self.transport.close()  # close() flushes the NOTIFICATION first
+            if not self.transport.is_closing() and self._abort_timer is None:
+                # FIN after the NOTIFICATION, and keep reading (discarding) until the peer closes too:
+                # closing with its bytes unread would send a RST, which can destroy the NOTIFICATION
+                # before the peer reads it. CLOSE_GRACE bounds both waits (our flush, its close).
+                try:
+                    self.transport.write_eof()
+                except OSError:  # the socket is already gone (ENOTCONN): nothing left to flush
+                    self.transport.abort()
+                self._abort_timer = self.loop.call_later(CLOSE_GRACE, self.transport.abort)
         else:
             when = self.fsm.next_timer()
             if when is not None:
@@ -242,6 +302,14 @@ class Peer:
         self.backoff = fsm.Backoff(settings.connect_retry_initial, settings.connect_retry_max)
         self.connect_attempts = 0
         self.establishments = 0
+        self.write_pauses = 0
+        self.write_stall_resets = 0
+        # Called (from the event loop) when the established connection's write buffer has drained below
+        # its low-water mark, and when the peer has no connection left (`on_idle`); set by the speaker.
+        self.on_writable: Callable[[Peer], None] | None = None
+        self.on_idle: Callable[[Peer], None] | None = None
+        # Loop time before which we do not dial (a max-prefix teardown's restart timer).
+        self.down_until = 0.0
 
     def __repr__(self) -> str:
         return f"Peer({self.name})"
@@ -276,6 +344,24 @@ class Peer:
         self.established.write(data)
         return True
 
+    @property
+    def writable(self) -> bool:
+        """Established and under its write-buffer limit: a sender that honours back-pressure writes now."""
+        conn = self.established
+        return conn is not None and not conn.writing_paused
+
+    def _on_writable(self) -> None:
+        if self.on_writable is not None:
+            self.on_writable(self)
+
+    def hold_down(self, seconds: float) -> None:
+        """Do not dial this peer for `seconds` (the listener side is the speaker's business)."""
+        self.down_until = asyncio.get_running_loop().time() + seconds
+
+    def opening(self) -> int:
+        """Connections not yet Established (OpenSent, OpenConfirm, or accepted and not yet started)."""
+        return sum(1 for c in self.connections if c.state is not fsm.State.ESTABLISHED)
+
     def write_buffer_size(self) -> int:
         conn = self.established
         return conn.transport.get_write_buffer_size() if conn and conn.transport else 0
@@ -293,6 +379,10 @@ class Peer:
     async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopped:
+            wait = self.down_until - loop.time()
+            if wait > 0:
+                await self._sleep(wait)
+                continue
             if self.established is None and not any(c.side is fsm.Side.OUTGOING for c in self.connections):
                 self.connect_attempts += 1
                 conn = Connection(self, fsm.Side.OUTGOING, loop)
@@ -375,6 +465,8 @@ class Peer:
                     if other.held is not None:
                         self._promote(other)
             self._wake.set()
+            if not self.connections and self.established is None and self.on_idle is not None:
+                self.on_idle(self)
             return
         if conn.held is not None:
             conn.held.append(event)
@@ -423,13 +515,14 @@ class Peer:
 
 
 class Listener:
-    """A passive endpoint: accepts, finds the peer with `lookup`, and refuses the rest with a NOTIFICATION."""
+    """A passive endpoint: accepts, finds the peer with `lookup`, and refuses the rest with a NOTIFICATION
+    (`lookup` returns the reason as a string)."""
 
     def __init__(
         self,
         address: str,
         port: int,
-        lookup: Callable[[str], Peer | None],
+        lookup: Callable[[str], Peer | str],
     ) -> None:
         self.address = address
         self.port = port
@@ -437,6 +530,7 @@ class Listener:
         self.sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self.rejected = 0
+        self._refusing: set[asyncio.Task[None]] = set()
 
     def open(self) -> None:
         family = socket.AF_INET6 if ipaddress.ip_address(self.address).version == 6 else socket.AF_INET
@@ -476,20 +570,36 @@ class Listener:
             if remote.startswith("::ffff:"):
                 remote = remote[7:]
             peer = self.lookup(remote)
-            if peer is None:
+            if isinstance(peer, str):
                 self.rejected += 1
-                log.warning("refusing BGP connection from %s: not a configured or dynamic neighbour", remote)
-                # RFC 4486 Cease/Connection Rejected rather than a silent close, so the peer's log says why.
-                loop.create_task(_refuse(conn))
+                log.warning("refusing BGP connection from %s: %s", remote, peer)
+                # RFC 4486 Cease/Connection Rejected rather than a silent close, so the peer's log says why;
+                # under a flood, without waiting for the peer to close (bounded sockets and tasks).
+                task = loop.create_task(_refuse(conn, wait=len(self._refusing) < REFUSING_MAX))
+                self._refusing.add(task)
+                task.add_done_callback(self._refusing.discard)
                 continue
             conn.setblocking(False)
             peer.accept(conn)
 
 
-async def _refuse(conn: socket.socket) -> None:
+async def _refuse(conn: socket.socket, wait: bool = True) -> None:
+    loop = asyncio.get_running_loop()
     try:
         notification = wire.encode_notification(fsm.ERR_CEASE, fsm.CEASE_CONNECTION_REJECTED, b"")
-        await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(conn, notification), 2.0)
+        await asyncio.wait_for(loop.sock_sendall(conn, notification), 2.0)
+        if not wait:
+            return
+        # As Connection does: FIN, then read until the peer closes (its OPEN unread would make our close a
+        # RST, which can destroy the NOTIFICATION), at most REFUSE_GRACE seconds and REFUSE_READ bytes.
+        conn.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(REFUSE_GRACE):
+            received = 0
+            while received < REFUSE_READ:
+                data = await loop.sock_recv(conn, 4096)
+                if not data:
+                    break
+                received += len(data)
     except (TimeoutError, OSError):
         pass
     finally:

@@ -4,7 +4,7 @@ Everything that changes state runs in `_run()`, one item at a time: events from 
 bounded `session.Inbox`) and commands from API callers (closures with a future, GoBGP's `mgmtCh` shape).
 No locks, no shared mutation. The route reflector (bgp/reflector/) reuses this class: it subscribes to RIB
 changes and re-advertises them through the same update groups (`groups.broadcast(..., exclude=peer)`),
-overrides `_table_messages` (a peer's whole table) and `_group_policy` (its update group key), and gives
+overrides `_send_table` (a peer's whole table) and `_group_policy` (its update group key), and gives
 sessions a raw decoder (`decoder=`, e.g. `wire.decode_raw_update`) so forwarded NLRI are not decoded into
 objects.
 
@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import struct
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from nvfabric.bgp import fsm, rib, wire
-from nvfabric.bgp.config import Neighbor, SpeakerConfig
+from nvfabric.bgp.config import DynamicNeighbors, MaxPrefix, MaxPrefixAction, Neighbor, SpeakerConfig
 from nvfabric.bgp.routes import Family, MacIpRoute, Path, PeerRef, PrefixRoute, Route, RouteKey, UnicastRoute
 from nvfabric.bgp.session import Inbox, Listener, Peer, PeerEvent, PeerSettings, cancel
 from nvfabric.bgp.updgroup import UpdateGroups, encode_for
@@ -62,6 +63,12 @@ class Counters:
     withdrawals_in: int = 0
     update_errors: int = 0
     refused: int = 0
+    refused_opening: int = 0  # accepted connections refused: too many in OpenSent/OpenConfirm
+    refused_prefix_full: int = 0  # refused: the dynamic prefix has max_connections already
+    refused_held_down: int = 0  # refused: the peer's max-prefix restart timer is running
+    max_prefix_events: int = 0
+    routes_ignored: int = 0  # received on a speaker that does not accept routes (accept_routes false)
+    dynamic_removed: int = 0
 
 
 @dataclass
@@ -81,7 +88,7 @@ class Speaker:
         decoder: fsm.UpdateDecoder = fsm.typed_decoder,
     ) -> None:
         """`decoder` is given to every session (configured and dynamic); a subclass that passes a raw
-        decoder overrides `_on_update`, `_table_messages` and `_group_policy`, and broadcasts its RIB
+        decoder overrides `_on_update`, `_send_table` and `_group_policy`, and broadcasts its RIB
         changes through `groups` itself."""
         self.config = config
         self.decoder = decoder
@@ -99,6 +106,10 @@ class Speaker:
         self._graceful: dict[str, _GracefulState] = {}
         self._started_sessions: set[str] = set()
         self._dynamic = [(d.prefix, d) for d in config.dynamic_neighbors]
+        # Peers torn down for max-prefix: address -> loop time until which they are not accepted.
+        self._held_down: dict[str, float] = {}
+        self._establishments: dict[str, int] = {}  # of dynamic neighbours whose Peer was forgotten
+        self._over_limit: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -119,7 +130,7 @@ class Speaker:
 
     def add_neighbor(self, n: Neighbor) -> Peer:
         """Create and start the session of one configured neighbour (at start, or on a reload)."""
-        peer = Peer(
+        peer = self._new_peer(
             PeerSettings(
                 address=n.address,
                 port=n.port,
@@ -129,15 +140,74 @@ class Speaker:
                 local_address=n.local_address,
                 passive=n.passive,
                 decoder=self.decoder,
+                write_buffer_limit=self.config.write_buffer_limit,
+                open_hold_time=self.config.open_hold_time,
             ),
-            self.inbox,
         )
         self.peers[n.address] = peer
         peer.start()
         return peer
 
+    def _new_peer(self, settings: PeerSettings, name: str | None = None) -> Peer:
+        peer = Peer(settings, self.inbox, name=name)
+        peer.on_writable = self._on_writable
+        if settings.dynamic:
+            peer.on_idle = self._on_peer_idle
+        return peer
+
+    def _on_writable(self, peer: Peer) -> None:
+        """`peer`'s write buffer drained (called from the event loop). The reflector feeds it what it owes;
+        a plain speaker writes its (small) table at once and has nothing waiting."""
+
+    def _on_peer_idle(self, peer: Peer) -> None:
+        """A dynamic neighbour has no connection left: forget its Peer (its routes went, or wait stale under
+        graceful restart, through the owner task's own Closed handling, which keeps a reference)."""
+        address = peer.settings.address
+        if self.peers.get(address) is peer:
+            del self.peers[address]
+            self.counters.dynamic_removed += 1
+            # An int per address ever seen (as `_refs`): the count of sessions survives the Peer object.
+            self._establishments[address] = peer.establishments
+
+    def max_prefix(self, address: str) -> MaxPrefix:
+        """The max-prefix setting of the peer at `address` (configured, then dynamic prefix)."""
+        for n in self.config.neighbors:
+            if n.address == address:
+                return n.max_prefix
+        dynamic = self._dynamic_for(address)
+        return dynamic.max_prefix if dynamic is not None else MaxPrefix()
+
+    def _dynamic_for(self, address: str) -> DynamicNeighbors | None:
+        ip = ipaddress.ip_address(address)
+        for prefix, dynamic in self._dynamic:
+            if ip.version == prefix.version and ip in prefix:
+                return dynamic
+        return None
+
+    def check_max_prefix(self, peer: Peer, count: int, family: Family) -> None:
+        """RFC 4486 section 4: over its limit, a peer is warned about or torn down with Cease / Maximum
+        Number of Prefixes Reached (data: AFI, SAFI, the limit) and held down for the restart time."""
+        address = peer.settings.address
+        setting = self.max_prefix(address)
+        if count <= setting.limit:
+            self._over_limit.discard(address)
+            return
+        if address in self._over_limit:
+            return
+        self._over_limit.add(address)
+        self.counters.max_prefix_events += 1
+        log.warning("peer %s sent %d routes, over its limit of %d (action %s)", peer.name, count, setting.limit,
+                    setting.action.value, extra={"event": "max-prefix", "peer": peer.name})
+        if setting.action is MaxPrefixAction.TEARDOWN and peer.established is not None:
+            if setting.restart:
+                self._held_down[address] = asyncio.get_running_loop().time() + setting.restart
+                peer.hold_down(setting.restart)
+            data = struct.pack("!HBI", family.afi, family.safi, setting.limit)
+            peer.established.stop(fsm.ERR_CEASE, fsm.CEASE_MAX_PREFIX, f"maximum number of prefixes ({setting.limit})",
+                                  data)
+
     async def stop(self) -> None:
-        for peer in self.peers.values():
+        for peer in list(self.peers.values()):
             await peer.stop()
         if self.listener is not None:
             await self.listener.close()
@@ -235,31 +305,53 @@ class Speaker:
             graceful_restart=graceful,
         )
 
-    def _lookup(self, address: str) -> Peer | None:
-        """The listener's question: who is this? Configured first, then dynamic prefixes (first match)."""
+    def _lookup(self, address: str) -> Peer | str:
+        """The listener's question: who is this? Configured first, then dynamic prefixes (first match). A
+        string is the reason for refusing (the listener answers Cease / Connection Rejected)."""
+        loop = asyncio.get_running_loop()
+        until = self._held_down.get(address)
+        if until is not None:
+            if loop.time() < until:
+                self.counters.refused_held_down += 1
+                return "held down after a max-prefix teardown"
+            del self._held_down[address]
+        peers = self.peers.values()
         peer = self.peers.get(address)
+        if peer is not None and not peer.settings.dynamic:
+            return peer  # configured neighbours are few and known: never crowded out by a flood
+        dynamic = self._dynamic_for(address)
+        if dynamic is None:
+            self.counters.refused += 1
+            return "not a configured or dynamic neighbour"
+        if sum(p.opening() for p in peers) >= self.config.max_opening:
+            self.counters.refused_opening += 1
+            return f"{self.config.max_opening} connections already in OpenSent/OpenConfirm (max_opening)"
+        prefix = dynamic.prefix
+        used = sum(len(p.connections) for p in peers if p.settings.dynamic and self._dynamic_for(p.settings.address)
+                   is dynamic)
+        if used >= dynamic.max_connections:
+            self.counters.refused_prefix_full += 1
+            return f"{used} connections from {prefix} already (max_connections)"
         if peer is not None:
             return peer
-        ip = ipaddress.ip_address(address)
-        for prefix, dynamic in self._dynamic:
-            if ip in prefix:
-                peer = Peer(
-                    PeerSettings(
-                        address=address,
-                        port=0,
-                        peer_asn=dynamic.asn,
-                        local=self._capabilities(address),
-                        md5_password=dynamic.md5_password,
-                        passive=True,
-                        decoder=self.decoder,
-                    ),
-                    self.inbox,
-                    name=f"{address} (dynamic {prefix})",
-                )
-                self.peers[address] = peer
-                return peer
-        self.counters.refused += 1
-        return None
+        peer = self._new_peer(
+            PeerSettings(
+                address=address,
+                port=0,
+                peer_asn=dynamic.asn,
+                local=self._capabilities(address),
+                md5_password=dynamic.md5_password,
+                passive=True,
+                decoder=self.decoder,
+                write_buffer_limit=self.config.write_buffer_limit,
+                open_hold_time=self.config.open_hold_time,
+                dynamic=True,
+            ),
+            name=f"{address} (dynamic {prefix})",
+        )
+        peer.establishments = self._establishments.pop(address, 0)
+        self.peers[address] = peer
+        return peer
 
     def _on_established(self, peer: Peer, event: fsm.Established) -> None:
         negotiated = event.negotiated
@@ -280,11 +372,17 @@ class Speaker:
         notices += self._graceful_reconnect(peer, negotiated)
         # Initial table, then End-of-RIB per family (RFC 4724 2), encoded for this peer alone; from now on
         # changes reach it through its update group.
-        data = self._table_messages(peer, negotiated, None)
-        data += b"".join(wire.encode_eor(f) for f in sorted(negotiated.families, key=lambda f: f.value))
-        peer.send(data)
+        self._send_table(peer, negotiated, None)
         self.groups.join(peer, negotiated, self._group_policy(peer))
         self._publish(notices)
+
+    def _send_table(self, peer: Peer, negotiated: wire.Negotiated, family: Family | None) -> None:
+        """The table `peer` gets on Established (every family, then End-of-RIB per family) and on
+        ROUTE-REFRESH (one family)."""
+        data = self._table_messages(peer, negotiated, family)
+        if family is None:
+            data += b"".join(wire.encode_eor(f) for f in sorted(negotiated.families, key=lambda f: f.value))
+        peer.send(data)
 
     def _table_messages(self, peer: Peer, negotiated: wire.Negotiated, family: Family | None) -> bytes:
         """The UPDATEs carrying the table `peer` gets on Established and on ROUTE-REFRESH (one family)."""
@@ -297,6 +395,7 @@ class Speaker:
 
     def _on_closed(self, peer: Peer, event: fsm.Closed) -> None:
         self.groups.leave(peer)
+        self._over_limit.discard(peer.settings.address)
         log.warning("peer %s: session down: %s", peer.name, event.reason)
         notices: list[Notice] = [PeerStatus(peer.name, "down", reason=str(event.reason))]
         negotiated = peer.negotiated
@@ -353,7 +452,7 @@ class Speaker:
         family = wire.decode_route_refresh(event.body)
         if negotiated is None or family is None or family not in negotiated.families:
             return
-        peer.send(self._table_messages(peer, negotiated, family))
+        self._send_table(peer, negotiated, family)
 
     def _send_refresh(self, family: Family | None) -> None:
         for peer in self.peers.values():
@@ -376,10 +475,16 @@ class Speaker:
                 log.warning("peer %s: malformed UPDATE, %s: %s; raw %s; update %s",
                             peer.name, error.action, error.reason, error.raw, event.body.hex())
         notices: list[Notice] = []
-        if result.announced or result.withdrawn:
+        if not self.config.accept_routes:
+            # A session we only announce on: keep nothing of what the peer sends (not even keys).
+            self.counters.routes_ignored += len(result.announced)
+        elif result.announced or result.withdrawn:
             self.counters.routes_in += len(result.announced)
             self.counters.withdrawals_in += len(result.withdrawn)
             notices += self._rib_update(peer, result.announced, result.withdrawn)
+            ref = self._ref(peer)
+            if ref is not None and result.announced:
+                self.check_max_prefix(peer, len(self.rib.adj_in(ref)), result.announced[0].family)
         if result.eor is not None:
             notices += self._on_eor(peer, result.eor)
         self._publish(notices)

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from nvfabric.bgp.client import Client
 from nvfabric.bgp.speaker import PeerStatus
-from nvfabric.bgp.config import GracefulRestartConfig, Neighbor, SpeakerConfig
+from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
 from nvfabric.bgp.routes import Family, PrefixKey, PrefixRoute
 from nvfabric.bgp.announced import Announced
 from nvfabric.gateway.config import GatewayConfig
@@ -95,8 +95,7 @@ class Fabric:
         self.takeovers: list[float] = []  # wall-clock times (time.time()) at which this standby started serving
         self.client = Client(SpeakerConfig(
             asn=config.asn, router_id=config.router_id, families=(Family.L2VPN_EVPN,),
-            neighbors=tuple(Neighbor(address=r.address, asn=r.asn, md5_password=r.md5_password)
-                             for r in config.route_reflectors),
+            neighbors=tuple(r.neighbor() for r in config.route_reflectors),
             # No graceful restart towards the reflectors: a gateway that goes away must be replaced by the standby
             # at once, not kept as a stale next hop for the restart time (seen in the VM: GoBGP kept the dead
             # gateway's default routes for its 120 s restart time, so the standby never took over)

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 
 from nvfabric.bgp.client import Client
-from nvfabric.bgp.config import GracefulRestartConfig, Neighbor, SpeakerConfig
+from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
 from nvfabric.bgp.routes import Family, UnicastKey, UnicastRoute
 from nvfabric.bgp.announced import Announced
 from nvfabric.gateway.config import GatewayConfig
@@ -47,13 +47,15 @@ class Upstream:
         self.config = config
         ext = config.external
         self.next_hops = (ext.address4, ext.address6)
-        neighbors = tuple(Neighbor(str(u.address), u.asn, md5_password=u.md5_password,
-                                     description=f"upstream {u.address}") for u in config.upstream)
+        neighbors = tuple(u.neighbor(description=f"upstream {u.address}") for u in config.upstream)
         # No graceful restart towards the upstream: after a gateway restart the upstream should send the
         # traffic elsewhere (the other gateway) rather than keep stale routes to a gateway without state.
+        # The gateway only announces upstream: what the upstream sends (possibly a full Internet table) is
+        # counted and dropped, never stored (accept_routes false).
         self.client = Client(SpeakerConfig(asn=config.asn, router_id=config.router_id, families=FAMILIES,
                                            neighbors=neighbors, hold_time=config.hold_time,
-                                           graceful_restart=GracefulRestartConfig(enabled=False)))
+                                           graceful_restart=GracefulRestartConfig(enabled=False),
+                                           accept_routes=False))
         self._announced = Announced()
 
     async def start(self) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from nvfabric.bgp.announced import Announced
 from nvfabric.bgp.client import Client, RouteUpdate
-from nvfabric.bgp.config import GracefulRestartConfig, Neighbor, SpeakerConfig
+from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
 from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute
 from nvfabric.bgp.speaker import PeerStatus
 from nvfabric.hostagent import state
@@ -119,8 +119,7 @@ class Agent:
         await self._filters.start()
         self._client = Client(SpeakerConfig(
             asn=self.config.asn, router_id=self.config.router_id, families=(Family.L2VPN_EVPN,),
-            neighbors=tuple(Neighbor(address=r.address, asn=r.asn, md5_password=r.md5_password)
-                             for r in self.config.route_reflectors),
+            neighbors=tuple(r.neighbor() for r in self.config.route_reflectors),
             graceful_restart=GracefulRestartConfig(enabled=True, forwarding_preserved=True),
         ))
         self._started = True

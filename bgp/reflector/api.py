@@ -58,13 +58,17 @@ def neighbors(rr: Reflector) -> list[dict[str, Any]]:
             "updates_out": counters.updates_out if counters else 0,
             "bytes_out": counters.bytes_out if counters else 0,
             "loops_ignored": counters.loops if counters else 0,
+            "policy_dropped": counters.policy_dropped if counters else 0,
+            "write_stall_resets": peer.write_stall_resets,
             "established_count": peer.establishments,
             "families": sorted(FAMILY_NAMES[f] for f in peer.negotiated.families) if peer.established and
             peer.negotiated else [],
             "route_targets": sorted(rt_text(rt) for rt in pol.route_targets) if pol.route_targets is not None
             else None,
-            "max_prefix": {"limit": pol.max_prefix.limit, "action": pol.max_prefix.action.value}
-            if pol.max_prefix else None,
+            "announce_route_targets": sorted(rt_text(rt) for rt in pol.announce_route_targets)
+            if pol.announce_route_targets is not None else None,
+            "max_prefix": {"limit": pol.max_prefix.limit, "action": pol.max_prefix.action.value,
+                           "restart": pol.max_prefix.restart},
         })
     return out
 
@@ -88,6 +92,9 @@ def summary(rr: Reflector) -> dict[str, Any]:
         "update_errors": c.update_errors,
         "loops_ignored": rr.stats.loops,
         "max_prefix_events": rr.stats.max_prefix_events,
+        "policy_dropped": rr.stats.policy_dropped,
+        "refused": {"unknown": c.refused, "opening": c.refused_opening, "prefix_full": c.refused_prefix_full,
+                    "held_down": c.refused_held_down},
         "update_groups": len(rr.groups.groups),
         "reloads": rr.stats.reloads,
     }
@@ -244,6 +251,10 @@ class _Collector:
         loops = CounterMetricFamily("nvfabric_rr_loops_ignored", "routes ignored by RFC 4456 loop checks")
         loops.add_metric([], rr.stats.loops)
         yield loops
+        dropped = CounterMetricFamily("nvfabric_rr_policy_dropped",
+                                      "routes outside a neighbour's announce_route_targets (treated as withdrawn)")
+        dropped.add_metric([], rr.stats.policy_dropped)
+        yield dropped
         errors = CounterMetricFamily("nvfabric_rr_update_errors", "malformed UPDATEs (RFC 7606)")
         errors.add_metric([], rr.counters.update_errors)
         yield errors

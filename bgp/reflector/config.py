@@ -1,8 +1,10 @@
 """Typed route reflector configuration from YAML (docs/rr.md); every error names its field.
 
 The readers are bgp/config.py's (`Reader` walks a mapping and names fields, `read_api` the API section);
-this module adds what only a reflector has: the cluster, client flags, per-neighbor max-prefix and
-route-target filters. `neighbors` is the spelling, `neighbours` accepted as an alias.
+this module adds what only a reflector has: the cluster, client flags, and per-neighbor route-target
+filters, outbound (`route_targets`: what it is sent) and inbound (`announce_route_targets`: what it
+may announce). Max-prefix and the session bounds are the speaker's (bgp/config.py).
+`neighbors` is the spelling, `neighbours` accepted as an alias.
 `speaker_config()` derives the `SpeakerConfig` the sessions run with.
 """
 
@@ -10,19 +12,27 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 from nvfabric.bgp.config import (
+    DEFAULT_MAX_OPENING,
+    DEFAULT_MAX_PREFIX,
+    DEFAULT_OPEN_HOLD_TIME,
+    DEFAULT_WRITE_BUFFER_LIMIT,
     FAMILY_NAMES,
     ConfigError,
     DynamicNeighbors,
     GracefulRestartConfig,
     Listen,
+    MaxPrefix,
+    MaxPrefixAction,
     Neighbor,
     SpeakerConfig,
     Reader,
     read_api,
+    read_limits,
+    read_max_connections,
+    read_max_prefix,
     read_password,
     read_yaml,
 )
@@ -36,15 +46,7 @@ DEFAULT_API_LISTEN = "127.0.0.1:8179"
 ALL_FAMILIES = (Family.L2VPN_EVPN, Family.IPV4_UNICAST, Family.IPV6_UNICAST)
 
 
-class MaxPrefixAction(Enum):
-    WARN = "warn"
-    TEARDOWN = "teardown"  # NOTIFICATION Cease / Maximum Number of Prefixes Reached (RFC 4486 section 4)
-
-
-@dataclass(frozen=True)
-class MaxPrefix:
-    limit: int
-    action: MaxPrefixAction = MaxPrefixAction.WARN
+__all__ = ["MaxPrefix", "MaxPrefixAction", "PeerPolicy", "ReflectorConfig", "ReflectorNeighbor", "load", "parse"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,14 @@ class PeerPolicy:
     """What the reflector does with one neighbour (or every neighbour of a dynamic prefix)."""
 
     client: bool = True
-    max_prefix: MaxPrefix | None = None
+    max_prefix: MaxPrefix = DEFAULT_MAX_PREFIX
     # EVPN routes sent to this peer must carry one of these route targets (8-byte extended community
     # values, RFC 4360 section 4); None sends everything. Unicast routes are not filtered.
     route_targets: frozenset[bytes] | None = None
+    # EVPN routes this peer may announce: every route target they carry must be one of these (a route
+    # with one foreign target would reach that tenant); others are treated as withdrawn and counted.
+    # None accepts everything. Unicast routes are not filtered.
+    announce_route_targets: frozenset[bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,9 @@ class ReflectorConfig:
     graceful_restart: GracefulRestartConfig = field(default_factory=GracefulRestartConfig)
     # no token, no API (as the agent's and the gateway's): the reflector runs from its configuration
     api: ApiConfig = field(default_factory=lambda: ApiConfig(DEFAULT_API_LISTEN))
+    write_buffer_limit: int = DEFAULT_WRITE_BUFFER_LIMIT
+    open_hold_time: int = DEFAULT_OPEN_HOLD_TIME
+    max_opening: int = DEFAULT_MAX_OPENING
 
     def speaker_config(self) -> SpeakerConfig:
         return SpeakerConfig(
@@ -94,6 +103,9 @@ class ReflectorConfig:
             neighbors=tuple(n.session for n in self.neighbors if isinstance(n.session, Neighbor)),
             dynamic_neighbors=tuple(n.session for n in self.neighbors if isinstance(n.session, DynamicNeighbors)),
             graceful_restart=self.graceful_restart,
+            write_buffer_limit=self.write_buffer_limit,
+            open_hold_time=self.open_hold_time,
+            max_opening=self.max_opening,
         )
 
     def policy_for(self, address: str) -> PeerPolicy:
@@ -148,11 +160,12 @@ def parse(data: object) -> ReflectorConfig:
         gr = parse_speaker({"asn": asn, "router_id": router_id,
                             "graceful_restart": top.data["graceful_restart"]}).graceful_restart
     api = read_api(top, DEFAULT_API_LISTEN)
+    limits = read_limits(top)
     top.done()
     return ReflectorConfig(
         asn=asn, router_id=router_id, cluster_id=cluster_id, listen=listen, hold_time=hold_time,
         families=tuple(dict.fromkeys(families)) or ALL_FAMILIES, neighbors=neighbors, graceful_restart=gr,
-        api=api,
+        api=api, **limits,
     )
 
 
@@ -168,13 +181,14 @@ def _neighbor(r: Reader, local_asn: int) -> ReflectorNeighbor:
         # RFC 4456 reflects between iBGP peers; eBGP would need next-hop and AS_PATH rewriting.
         raise ConfigError(r.name("asn"), f"{asn} is not our AS {local_asn}: a route reflector has iBGP neighbours only")
     session: Neighbor | DynamicNeighbors
+    max_prefix = read_max_prefix(r)
     if "prefix" in r.data:
         raw = r.get("prefix", str)
         try:
             prefix = ipaddress.ip_network(raw, strict=True)
         except ValueError as err:
             raise ConfigError(r.name("prefix"), str(err)) from None
-        session = DynamicNeighbors(prefix, asn, read_password(r))
+        session = DynamicNeighbors(prefix, asn, read_password(r), max_prefix, read_max_connections(r))
     else:
         session = Neighbor(
             address=r.address("address"),
@@ -184,28 +198,19 @@ def _neighbor(r: Reader, local_asn: int) -> ReflectorNeighbor:
             md5_password=read_password(r),
             local_address=r.address("local_address", None),
             description=r.get("description", str, ""),
+            max_prefix=max_prefix,
         )
-    max_prefix = None
-    if r.get("max_prefix", (int, dict), None) is not None:
-        value = r.data["max_prefix"]
-        if isinstance(value, int) and not isinstance(value, bool):
-            max_prefix = MaxPrefix(r.integer("max_prefix", 1, 2**32))
-        else:
-            m = Reader(value, r.name("max_prefix"))
-            action = m.get("action", str, "warn")
-            try:
-                parsed = MaxPrefixAction(action)
-            except ValueError:
-                raise ConfigError(m.name("action"), f"expected warn or teardown, got {action!r}") from None
-            max_prefix = MaxPrefix(m.integer("limit", 1, 2**32), parsed)
-            m.done()
-    rts = None
-    if r.get("route_targets", list, None) is not None:
-        rts = frozenset(route_target_bytes(v, p) if isinstance(v, str) else _bad_rt(p, v)
-                        for p, v in r.items("route_targets"))
-    policy = PeerPolicy(client=r.get("client", bool, True), max_prefix=max_prefix, route_targets=rts)
+    policy = PeerPolicy(client=r.get("client", bool, True), max_prefix=max_prefix,
+                        route_targets=_route_targets(r, "route_targets"),
+                        announce_route_targets=_route_targets(r, "announce_route_targets"))
     r.done()
     return ReflectorNeighbor(session, policy)
+
+
+def _route_targets(r: Reader, key: str) -> frozenset[bytes] | None:
+    if r.get(key, list, None) is None:
+        return None
+    return frozenset(route_target_bytes(v, p) if isinstance(v, str) else _bad_rt(p, v) for p, v in r.items(key))
 
 
 def _bad_rt(path: str, value: object) -> bytes:

@@ -7,11 +7,21 @@ idle) are flushed together: each run of routes sharing attributes is encoded ONC
 (`wire.encode_raw_update`) and the same bytes object is written to every member of every update group
 allowed to see it (RFC 4456 section 6 rules, route-target filter), except the peer it came from.
 Nothing on that path logs or builds a per-route object.
+
+Back-pressure: a peer whose transport is paused (`Peer.writable` false, see bgp/session.py) gets no
+bytes; what it is owed is kept in an `Owed` as routes, the latest change per route in order, so memory
+follows the table, not the churn. The initial table (Established, ROUTE-REFRESH) is owed the same way:
+a cursor over a snapshot of the table's keys, encoded a chunk at a time as the peer reads
+(`_feed`), never one bytes object per peer.
+
+Inbound policy: a neighbour's `announce_route_targets` lists the route targets its EVPN routes may carry;
+an UPDATE carrying others is treated as withdrawn (RFC 7606 vocabulary) and counted, not reflected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Hashable
@@ -22,7 +32,7 @@ from typing import Any
 from nvfabric.bgp import fsm, wire
 from nvfabric.bgp.config import ConfigError, DynamicNeighbors, Neighbor
 from nvfabric.bgp.reflector import policy, rtc
-from nvfabric.bgp.reflector.config import MaxPrefixAction, PeerPolicy, ReflectorConfig
+from nvfabric.bgp.reflector.config import PeerPolicy, ReflectorConfig
 from nvfabric.bgp.reflector.table import AttrSet, Changes, Kind, RawTable
 from nvfabric.bgp.routes import Family, PeerRef
 from nvfabric.bgp.session import Peer
@@ -31,8 +41,9 @@ from nvfabric.bgp.speaker import Notice, PeerStatus, Speaker
 log = logging.getLogger(__name__)
 
 FLUSH_UPDATES = 64  # received UPDATEs per outgoing batch at most (latency bound under a burst)
-CEASE_MAX_PREFIX = 1  # RFC 4486 section 4: Maximum Number of Prefixes Reached
 ATTR_CACHE_MAX = 4096  # distinct attribute sets remembered per peer
+FEED_ROUTES = 1024  # routes per chunk fed to a peer that was owed them (about 64 KiB of UPDATEs)
+FEED_CHUNKS = 16  # chunks per turn of the event loop, so one peer's table does not starve the others
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class PeerCounters:
     bytes_out: int = 0
     updates_in: int = 0
     loops: int = 0
+    policy_dropped: int = 0  # routes outside its announce_route_targets
 
 
 @dataclass
@@ -59,6 +71,8 @@ class Stats:
     loops: int = 0
     max_prefix_events: int = 0
     reloads: int = 0
+    policy_dropped: int = 0
+    owed_peak: int = 0  # most routes owed to one peer at once (back-pressure)
     per_peer: dict[str, PeerCounters] = field(default_factory=dict)
 
     def peer(self, address: str) -> PeerCounters:
@@ -72,6 +86,44 @@ class Stats:
 class ReloadResult:
     added: tuple[str, ...]
     removed: tuple[str, ...]
+
+
+class Owed:
+    """What one peer is owed while it is not written to directly: the rest of a table (per family, a
+    snapshot of the keys) and then the changes since, per family the latest per NLRI in the order they
+    last changed (None: withdraw). Nothing here is bytes of our own: the NLRI are the table's objects."""
+
+    __slots__ = ("tables", "eor", "changes", "count")
+
+    def __init__(self) -> None:
+        self.tables: list[tuple[Family, list[bytes]]] = []
+        self.eor: list[Family] = []
+        self.changes: dict[Family, dict[bytes, AttrSet | None]] = {}
+        self.count = 0  # routes in `changes`
+
+    def __len__(self) -> int:
+        return sum(len(keys) for _, keys in self.tables) + self.count
+
+    def record(self, family: Family, raws: list[bytes], attrs: AttrSet | None) -> None:
+        changes = self.changes.get(family)
+        if changes is None:
+            changes = self.changes[family] = {}
+        before = len(changes)
+        for raw in raws:
+            changes.pop(raw, None)  # re-inserted at the end: the order of last change
+            changes[raw] = attrs
+        self.count += len(changes) - before
+
+    def take(self, count: int) -> tuple[Family, list[tuple[bytes, AttrSet | None]]] | None:
+        """Up to `count` of the oldest changes of one family, removed."""
+        for family, changes in self.changes.items():
+            if changes:
+                items = list(itertools.islice(changes.items(), count))
+                for raw, _attrs in items:
+                    del changes[raw]
+                self.count -= len(items)
+                return family, items
+        return None
 
 
 def _raw_decoder(negotiated: wire.Negotiated, body: bytes, source: PeerRef | None) -> wire.RawUpdate:
@@ -90,7 +142,7 @@ class Reflector(Speaker):
         self.latency_observer: Callable[[float], None] | None = None
         self._policies: dict[str, PeerPolicy] = {}
         self._attr_cache: dict[str, dict[tuple[Any, ...], AttrSet]] = {}
-        self._over_limit: set[str] = set()
+        self._owed: dict[Peer, Owed] = {}
         self._pending = Changes()
         self._pending_since: float | None = None
         self._since_flush = 0
@@ -116,37 +168,95 @@ class Reflector(Speaker):
     def _on_closed(self, peer: Peer, event: fsm.Closed) -> None:
         address = peer.settings.address
         self._attr_cache.pop(address, None)
-        self._over_limit.discard(address)
+        self._owed.pop(peer, None)
         super()._on_closed(peer, event)
         self._schedule_flush()
 
-    def _table_messages(self, peer: Peer, negotiated: wire.Negotiated, family: Family | None) -> bytes:
-        """The whole table for one peer (on Established / ROUTE-REFRESH): runs grouped by attribute set."""
+    def _on_peer_idle(self, peer: Peer) -> None:
+        super()._on_peer_idle(peer)
+        if peer.settings.address not in self.peers:
+            self._policies.pop(peer.settings.address, None)
+
+    def _send_table(self, peer: Peer, negotiated: wire.Negotiated, family: Family | None) -> None:
+        """The table for one peer (on Established / ROUTE-REFRESH) is owed, then fed as the peer reads."""
+        owed = self._owed.get(peer)
+        if owed is None:
+            owed = self._owed[peer] = Owed()
+        for f in sorted(negotiated.families, key=lambda f: f.value):
+            if (family is None or f is family) and f in self.rib.best:
+                owed.tables.append((f, list(self.rib.best[f])))
+            if family is None:
+                owed.eor.append(f)
+        self._feed(peer)
+
+    def _on_writable(self, peer: Peer) -> None:
+        if peer in self._owed:
+            asyncio.get_running_loop().call_soon(self._feed, peer)
+
+    def _feed(self, peer: Peer) -> None:
+        """Write what `peer` is owed, a chunk at a time, while its transport takes it."""
+        owed = self._owed.get(peer)
+        negotiated = peer.negotiated
+        if owed is None or negotiated is None:
+            return
+        for _ in range(FEED_CHUNKS):
+            if not peer.writable:
+                return  # resumed by _on_writable
+            messages = self._next_chunk(peer, negotiated, owed)
+            if messages is None:
+                del self._owed[peer]
+                return
+            if messages:
+                data = b"".join(messages)
+                peer.send(data)
+                self._count_out(peer, len(messages), len(data))
+        asyncio.get_running_loop().call_soon(self._feed, peer)
+
+    def _next_chunk(self, peer: Peer, negotiated: wire.Negotiated, owed: Owed) -> list[bytes] | None:
+        """The next UPDATEs owed to `peer` (possibly none), or None when nothing is left."""
         address = peer.settings.address
         group = self._group_policy(peer)
         assert isinstance(group, GroupPolicy)
-        out: list[bytes] = []
-        for f in sorted(negotiated.families, key=lambda f: f.value):
-            if (family is not None and f is not family) or f not in self.rib.best:
-                continue
-            runs: dict[AttrSet, list[bytes] | None] = {}
-            for attrs, raw in self.rib.best[f].values():
-                run = runs.get(attrs, ())
-                if run == ():
-                    ok = attrs.address != address and _eligible(group, negotiated.families, attrs)
-                    run = runs[attrs] = [] if ok else None
-                if run is not None:
-                    run.append(raw)
-            for attrs, raws in runs.items():
-                if raws:
-                    out += wire.encode_raw_update(f, attrs.out, attrs.next_hop, raws)
-        data = b"".join(out)
-        counters = self.stats.peer(address)
-        counters.updates_out += len(out)
-        counters.bytes_out += len(data)
-        self.stats.updates_out += len(out)
-        self.stats.bytes_out += len(data)
-        return data
+        runs: dict[tuple[AttrSet | None, Family], list[bytes]] = {}
+        if owed.tables:
+            family, keys = owed.tables[0]
+            best = self.rib.best[family]
+            for key in keys[-FEED_ROUTES:]:
+                entry = best.get(key)
+                if entry is not None:
+                    attrs, raw = entry
+                    if attrs.address != address and _eligible(group, negotiated.families, attrs):
+                        runs.setdefault((attrs, family), []).append(raw)
+            del keys[-FEED_ROUTES:]
+            if not keys:
+                owed.tables.pop(0)
+        elif owed.eor:
+            messages = [wire.encode_eor(f) for f in owed.eor]
+            owed.eor.clear()
+            return messages
+        elif owed.count:
+            # Each route appears once, with its latest change: the order across routes does not matter.
+            taken = owed.take(FEED_ROUTES)
+            assert taken is not None
+            family, items = taken
+            for raw, attrs in items:
+                runs.setdefault((attrs, family), []).append(raw)
+        else:
+            return None
+        messages: list[bytes] = []
+        for (attrs, family), raws in runs.items():
+            if attrs is None:
+                messages += wire.encode_raw_update(family, b"", b"", (), raws)
+            else:
+                messages += wire.encode_raw_update(family, attrs.out, attrs.next_hop, raws)
+        return messages
+
+    def _count_out(self, peer: Peer, messages: int, size: int) -> None:
+        counters = self.stats.peer(peer.settings.address)
+        counters.updates_out += messages
+        counters.bytes_out += size
+        self.stats.updates_out += messages
+        self.stats.bytes_out += size
 
     def _on_update(self, peer: Peer, event: fsm.UpdateReceived) -> None:
         result: wire.RawUpdate = event.result
@@ -182,8 +292,19 @@ class Reflector(Speaker):
                           extra={"event": "loop", "peer": peer.name})
                 self.rib.withdraw(address, result.family, result.announced, pending)
             else:
-                self.rib.receive(self._attrset(peer, ref, result), result.announced, pending)
-                self._check_max_prefix(peer, address)
+                attrs = self._attrset(peer, ref, result)
+                if not _may_announce(self.policy(address), attrs):
+                    # Not this client's to announce: treat-as-withdraw (what it sent before under these
+                    # keys goes too), counted; never reflected.
+                    self.stats.policy_dropped += len(result.announced)
+                    self.stats.peer(address).policy_dropped += len(result.announced)
+                    log.debug("dropping %d routes with route targets outside announce_route_targets",
+                              len(result.announced), extra={"event": "policy-drop", "peer": peer.name})
+                    self.rib.withdraw(address, result.family, result.announced, pending)
+                else:
+                    self.rib.receive(attrs, result.announced, pending)
+                    self.check_max_prefix(peer, self.rib.counts.get(address, 0), result.family)
+                    self.stats.max_prefix_events = self.counters.max_prefix_events
         if result.eor is not None:
             self._publish(self._on_eor(peer, result.eor))
         self._schedule_flush()
@@ -210,23 +331,6 @@ class Reflector(Speaker):
                 rtc.route_targets(result.attributes), rtc.mobility(result.attributes), generation,
             )
         return attrs
-
-    def _check_max_prefix(self, peer: Peer, address: str) -> None:
-        limit = self.policy(address).max_prefix
-        if limit is None:
-            return
-        count = self.rib.counts.get(address, 0)
-        if count <= limit.limit:
-            self._over_limit.discard(address)
-            return
-        if address in self._over_limit:
-            return
-        self._over_limit.add(address)
-        self.stats.max_prefix_events += 1
-        log.warning("peer sent %d routes, over its limit of %d (action %s)", count, limit.limit, limit.action.value,
-                    extra={"event": "max-prefix", "peer": peer.name})
-        if limit.action is MaxPrefixAction.TEARDOWN and peer.established is not None:
-            peer.established.stop(fsm.ERR_CEASE, CEASE_MAX_PREFIX, "maximum number of prefixes reached")
 
     # -- batching and sending -----------------------------------------------------------------------------
 
@@ -266,8 +370,8 @@ class Reflector(Speaker):
         groups = [(g, g.key[1], g.negotiated.families) for g in self.groups.groups.values()]
         if not groups:
             return
-        # Per group: (bytes, messages, excluded member, only member).
-        parts: list[list[tuple[bytes, int, Any, Any]]] = [[] for _ in groups]
+        # Per group: (bytes, messages, excluded member, only member, segment, is a withdrawal).
+        parts: list[list[tuple[bytes, int, Any, Any, Any, bool]]] = [[] for _ in groups]
         for seg in changes.segments:
             if not seg.raws:
                 continue
@@ -289,21 +393,21 @@ class Reflector(Speaker):
             for i, (_group, gpol, families) in enumerate(groups):
                 if seg.kind is Kind.ANNOUNCE:
                     if _eligible(gpol, families, attrs):
-                        parts[i].append((*announcement(), attrs.peer, None))
+                        parts[i].append((*announcement(), attrs.peer, None, seg, False))
                 elif seg.kind is Kind.WITHDRAW:
                     if _eligible(gpol, families, attrs):
-                        parts[i].append((*withdrawal(), attrs.peer, None))
+                        parts[i].append((*withdrawal(), attrs.peer, None, seg, True))
                 else:
                     old = seg.old
                     assert old is not None
                     was = _eligible(gpol, families, old)
                     if _eligible(gpol, families, attrs):
-                        parts[i].append((*announcement(), attrs.peer, None))
+                        parts[i].append((*announcement(), attrs.peer, None, seg, False))
                         if was and old.peer is not attrs.peer:
                             # The new best's own source held the old best from us: take it back.
-                            parts[i].append((*withdrawal(), None, attrs.peer))
+                            parts[i].append((*withdrawal(), None, attrs.peer, seg, True))
                     elif was:
-                        parts[i].append((*withdrawal(), old.peer, None))
+                        parts[i].append((*withdrawal(), old.peer, None, seg, True))
         stats = self.stats
         for (group, _gpol, _families), group_parts in zip(groups, parts, strict=True):
             if not group_parts:
@@ -311,6 +415,10 @@ class Reflector(Speaker):
             special = {p[2] for p in group_parts} | {p[3] for p in group_parts}
             common: tuple[bytes, int] | None = None
             for member in group.members:
+                owed = self._owed.get(member)
+                if owed is not None or not member.writable:
+                    self._owe(member, owed, group_parts)
+                    continue
                 if member in special:
                     chosen = [p for p in group_parts if p[2] is not member and (p[3] is None or p[3] is member)]
                     data, count = b"".join(p[0] for p in chosen), sum(p[1] for p in chosen)
@@ -326,6 +434,19 @@ class Reflector(Speaker):
                     stats.updates_out += count
                     stats.bytes_out += len(data)
                     group.messages_sent += count
+
+    def _owe(self, member: Peer, owed: Owed | None, group_parts: list[tuple[Any, ...]]) -> None:
+        """`member` is not taking bytes: keep what these parts would have sent it as routes."""
+        if member.established is None:
+            return
+        if owed is None:
+            owed = self._owed[member] = Owed()
+        for _data, _count, excluded, only, seg, is_withdrawal in group_parts:
+            if excluded is member or (only is not None and only is not member):
+                continue
+            owed.record(seg.attrs.family, seg.raws, None if is_withdrawal else seg.attrs)
+        if len(owed) > self.stats.owed_peak:
+            self.stats.owed_peak = len(owed)
 
     # -- reload -------------------------------------------------------------------------------------------
 
@@ -384,6 +505,13 @@ class Reflector(Speaker):
 def _in(address: str, dynamic: DynamicNeighbors) -> bool:
     ip = ip_address(address)
     return ip.version == dynamic.prefix.version and ip in dynamic.prefix
+
+
+def _may_announce(peer: PeerPolicy, attrs: AttrSet) -> bool:
+    """Inbound policy: every route target of an EVPN route must be one the peer may announce (and it
+    needs one); unicast routes and peers without `announce_route_targets` are not filtered."""
+    allowed = peer.announce_route_targets
+    return allowed is None or attrs.family is not Family.L2VPN_EVPN or bool(attrs.rts and attrs.rts <= allowed)
 
 
 def _eligible(group: GroupPolicy, families: frozenset[Family], attrs: AttrSet) -> bool:

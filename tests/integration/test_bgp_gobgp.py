@@ -69,3 +69,24 @@ def _without_routes(speaker: Speaker) -> str:
     data = yaml.safe_load(speaker.config_path.read_text())
     data["routes"] = []
     return yaml.safe_dump(data)
+
+
+def test_our_speaker_tears_down_gobgp_over_max_prefix(lab: Lab):
+    """GoBGP reflects three routes to h2, whose limit is two: h2 sends Cease / Maximum Number of Prefixes
+    Reached (RFC 4486: 6/1) with AFI, SAFI and the limit, and drops them."""
+    need("gobgpd", "gobgp")
+    rr_ns, h1_ns, h2_ns = rr_topology(lab)
+    gobgp = GoBgp(lab, rr_ns, "gobgp", gobgp_rr_toml([H1, H2]))
+    routes = [{**ROUTE, "mac": f"00:15:5d:01:02:{i:02x}", "ip": f"10.1.0.{i}"} for i in range(3)]
+    h1 = Speaker(lab, h1_ns, "h1", speaker_config(H1, routes)).start()
+    config = speaker_config(H2, [])
+    config["neighbours"][0]["max_prefix"] = {"limit": 2, "action": "teardown", "restart": 60}
+    h2 = Speaker(lab, h2_ns, "h2", config).start()
+    # GoBGP's own log: the NOTIFICATION it received, with AFI 25 / SAFI 70 and the limit 2 as data.
+    line = wait_for(lambda: next((x for x in gobgp.log.read_text().splitlines()
+                                  if "received notification" in x and f"Key={H2}" in x), None),
+                    30, what="GoBGP receives the NOTIFICATION")
+    assert "Code=6" in line and "Subcode=1" in line and 'Data="[0 25 70 0 0 0 2]"' in line, line
+    assert not h2.routes()
+    assert gobgp.neighbor_state(H1) == "established"
+    assert not any(x.get("event") == "down" for x in h1.lines)
