@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from nvfabric.gateway import nat
 from nvfabric.gateway.gateway import Gateway, TenantStatus
+from nvfabric.gateway.state import StateSaveError
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.service import pages
 from nvfabric.service.openapi import (ANY_OBJECT, INTEGER, STRING, Operation, Param, array, nullable, obj,
@@ -125,8 +126,9 @@ def _number(text: str, name: str) -> int | str:
 
 
 class _TenantCollector(Collector):
-    def __init__(self, statuses: list[TenantStatus]) -> None:
+    def __init__(self, statuses: list[TenantStatus], gateway: Gateway) -> None:
         self.statuses = statuses
+        self.gateway = gateway
 
     def collect(self) -> Iterator[Any]:
         labels = ["tenant"]
@@ -151,13 +153,21 @@ class _TenantCollector(Collector):
         tenants = GaugeMetricFamily("nvfabric_gateway_tenants", "tenants configured")
         tenants.add_metric([], len(self.statuses))
         yield tenants
+        suspended = GaugeMetricFamily("nvfabric_gateway_tenants_suspended", "tenants created through the API, "
+                                      "kept in the state directory but not served (they no longer fit)")
+        suspended.add_metric([], len(self.gateway.suspended))
+        yield suspended
+        problems = GaugeMetricFamily("nvfabric_gateway_state_problems", "state files passed over at start "
+                                     "(corrupt or unreadable; the previous copy or none used)")
+        problems.add_metric([], len(self.gateway.state_problems))
+        yield problems
         yield from families.values()
 
 
 async def metrics(request: web.Request) -> web.Response:
-    # read at scrape time from nftables and conntrack: no copy of the counters to drift
+    # nftables' counters read at scrape time (no copy to drift); sessions from the conntrack sampler's last count
     registry = CollectorRegistry()
-    registry.register(_TenantCollector(await _gw(request).status()))
+    registry.register(_TenantCollector(await _gw(request).status(), _gw(request)))
     decap = DecapCollector()
     decap.counts = await _gw(request).decap_counters()
     registry.register(decap)
@@ -205,9 +215,17 @@ def operations(metrics_token: bool = False) -> list[Operation]:
     ]
 
 
+def state_refusal(exc: Exception) -> ApiError | None:
+    """The state directory could not be written (a full disk): 503, the change was put back; a retry may work
+    once the operator has made room."""
+    if isinstance(exc, StateSaveError):
+        return ApiError(503, "state-not-saved", str(exc))
+    return None
+
+
 def make_app(gateway: Gateway, token: str, *, metrics_token: bool = False) -> web.Application:
     """`metrics_token`: /metrics needs the token too (by default Prometheus scrapes it without one)."""
-    app = application(token, refusals=REFUSALS, metrics_token=metrics_token)
+    app = application(token, refusals=(*REFUSALS, state_refusal), metrics_token=metrics_token)
     app[GATEWAY] = gateway
     register(app, "nvfabric gateway", "docs/gateway.md#rest-api", operations(metrics_token))
     return app

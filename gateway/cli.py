@@ -30,7 +30,7 @@ async def serve(config: GatewayConfig) -> int:
     gateway = Gateway(config)
     return await daemon.serve(gateway, lambda: start_api(gateway, config.api.listen, config.api.token),
                               lambda api: print(f"nvfabric gateway {config.router_id}: running, "
-                                                f"{len(config.tenants)} tenants" + (f", API {api.url}" if api else ""),
+                                                f"{len(gateway.tenants)} tenants" + (f", API {api.url}" if api else ""),
                                                 flush=True))
 
 

@@ -8,6 +8,8 @@ router_mac: "02:00:5e:10:00:01"
 route_reflectors: [{address: 198.51.100.100}, {address: 198.51.100.101}]
 external: {interfaces: [eth2], next_hop4: 203.0.113.1, address4: 203.0.113.21}
 upstream: [{address: 203.0.113.1, asn: 64496}]          # eBGP, IPv4 + IPv6 unicast
+public_prefixes: [203.0.113.0/24, "2001:db8:b00::/40"]   # the provider's ranges tenants may use and announce
+state_dir: /var/lib/nvfabric/gateway                    # API tenants and tenant ids survive a restart
 api: {listen: "127.0.0.1:8510", token: change-me}
 tenants:
   - name: blue
@@ -16,9 +18,12 @@ tenants:
     snat: [{address: 203.0.113.11, ports: 1024-65535}]
     floating_ips: [{public: 203.0.113.31, private: 10.0.0.5}]
 hold_time: 90       # BGP hold time proposed to reflectors and upstream (failover detection bound)
+sessions_interval: 15   # seconds between two counts of the conntrack table (nat_sessions)
 netns: gw1          # optional: lab and tests only
 ```
 The tenants' own fields are gateway/tenants.py's; a tenant error carries its path (`tenants[1].snat[0].address`).
+A tenant may not claim the gateway's own interfaces and addresses, nor public space outside `public_prefixes`
+(gateway/reserved.py).
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ from typing import Any
 
 
 from nvfabric.bgp.config import ConfigError, Peer, Reader, read_api, read_peers, read_yaml
+from nvfabric.gateway.reserved import Reserved
 from nvfabric.gateway.tenants import Tenant, check_tenants
 from nvfabric.service.config import ApiConfig
 from nvfabric.vnet.config import DEFAULT_ROUTER_MAC, read_provider_addresses, read_router_mac
 from nvfabric.vnet.errors import ModelError
-from nvfabric.vnet.model import IFNAME_RE, Address
+from nvfabric.vnet.model import IFNAME_RE, Address, Network
 
 DEFAULT_LISTEN = "127.0.0.1:8510"  # the host agent's is :8500; both may run on one machine in a lab
+DEFAULT_SESSIONS_INTERVAL = 15.0  # seconds: how stale nat_sessions may be, against one conntrack dump per period
 
 __all__ = ["ConfigError", "External", "GatewayConfig", "load", "parse"]
 
@@ -70,6 +77,27 @@ class GatewayConfig:
     # two sides' values (RFC 4271 4.2), keepalives every third of it. What bounds failover detection: a dead
     # gateway's sessions expire at most this long after its last keepalive (docs/gateway.md "Failover").
     hold_time: int = 90
+    # The provider's public ranges this gateway may use and announce: every tenant public address and prefix
+    # lies inside one of them (gateway/reserved.py: unset, single addresses only, no tenant prefixes).
+    public_prefixes: tuple[Network, ...] = ()
+    # Where the tenants created through the API and every tenant's id are kept (gateway/state.py). Unset:
+    # API tenants last until the daemon stops; ids are still adopted from the kernel's NAT table.
+    state_dir: Path | None = None
+    sessions_interval: float = DEFAULT_SESSIONS_INTERVAL
+
+    @property
+    def reserved(self) -> Reserved:
+        """What no tenant may claim: the gateway's interfaces and addresses; the public space it may announce."""
+        ext = self.external
+        addresses = [("router_id", ipaddress.ip_address(self.router_id)),
+                     *((f"provider_addresses[{i}]", a) for i, a in enumerate(self.provider_addresses)),
+                     ("external.address4", ext.address4), ("external.address6", ext.address6),
+                     ("external.next_hop4", ext.next_hop4), ("external.next_hop6", ext.next_hop6),
+                     *((f"upstream[{i}].address", ipaddress.ip_address(u.address))
+                       for i, u in enumerate(self.upstream)),
+                     *((f"route_reflectors[{i}].address", ipaddress.ip_address(r.address))
+                       for i, r in enumerate(self.route_reflectors))]
+        return Reserved.build(ext.interfaces, addresses, self.public_prefixes)
 
     @classmethod
     def from_dict(cls, data: Any) -> GatewayConfig:
@@ -117,6 +145,7 @@ def parse(data: Any) -> GatewayConfig:
             raise ConfigError(f"external.address{family}", f"required with an IPv{family} upstream (upstream[{i}]): "
                               "the next hop announced for the tenants' public addresses")
     api = read_api(top, DEFAULT_LISTEN)
+    public = _public_prefixes(top)
     tenants: list[Tenant] = []
     paths: dict[str, str] = {}
     for where, value in top.items("tenants"):
@@ -133,6 +162,10 @@ def parse(data: Any) -> GatewayConfig:
     except ModelError as exc:
         raise ConfigError(exc.field, f"{exc.problem} (got {exc.value!r})") from None
     netns = top.get("netns", str, None)
+    state_dir = top.get("state_dir", str, None)
+    sessions_interval = top.get("sessions_interval", (int, float), DEFAULT_SESSIONS_INTERVAL)
+    if isinstance(sessions_interval, bool) or not 1 <= sessions_interval <= 3600:
+        raise ConfigError("sessions_interval", f"must be 1..3600 seconds (got {sessions_interval!r})")
     standby = top.get("standby", bool, False)
     hold_time = top.integer("hold_time", 0, 0xFFFF, 90)
     if hold_time in (1, 2):
@@ -140,10 +173,32 @@ def parse(data: Any) -> GatewayConfig:
     if standby and not reflectors:
         raise ConfigError("standby", "a standby gateway needs route_reflectors (it watches the active one there)")
     top.done()
-    return GatewayConfig(asn=asn, router_id=router_id, external=external, provider_addresses=tuple(pas),
+    config = GatewayConfig(asn=asn, router_id=router_id, external=external, provider_addresses=tuple(pas),
                          router_mac=router_mac, route_reflectors=reflectors, upstream=upstream,
                          api=api, tenants=tuple(tenants), netns=netns, standby=standby,
-                         hold_time=hold_time)
+                         hold_time=hold_time, public_prefixes=public,
+                         state_dir=None if state_dir is None else Path(state_dir),
+                         sessions_interval=float(sessions_interval))
+    reserved = config.reserved
+    for i, tenant in enumerate(tenants):
+        try:
+            reserved.check(tenant, f"tenants[{i}]")
+        except ModelError as exc:
+            raise ConfigError(exc.field, f"{exc.problem} (got {exc.value!r})") from None
+    return config
+
+
+def _public_prefixes(top: Reader) -> tuple[Network, ...]:
+    out: list[Network] = []
+    for where, value in top.items("public_prefixes"):
+        try:
+            prefix = ipaddress.ip_network(value, strict=True)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(where, f"{value!r} is not a network prefix ({exc})") from None
+        if prefix.prefixlen == 0:
+            raise ConfigError(where, f"{value!r}: a default route is never announced upstream")
+        out.append(prefix)
+    return tuple(out)
 
 
 def load(path: str | Path) -> GatewayConfig:

@@ -8,7 +8,13 @@ value and against what the others hold (tenants.Claims) -> allocate its id -> th
 marks (vnet, over netlink) -> ONE nftables transaction with only the changed tenant's chains and map elements ->
 swap -> announce (upstream, fabric) only that tenant's routes. A refused change (invalid value, conflict,
 kernel or nft refusal) raises before the swap, the VRF side is reverted and nft transactions are atomic:
-nothing is half-applied. Each step's work follows the changed tenant, not the number of tenants.
+nothing is half-applied. Each step's work follows the changed tenant, not the number of tenants. Then the
+state directory is saved (gateway/state.py); when it cannot be, the kernel is put back as it was and the
+change refused (StateSaveError).
+
+Which tenants, with which ids, at start: the configuration file's tenants, then the API's from the state
+directory (the file wins for a name both hold); ids kept from the state, else adopted from the kernel's NAT
+table, else new (state.assign_ids): never reshuffled by a change in the set of tenants.
 """
 
 from __future__ import annotations
@@ -25,14 +31,15 @@ from nvfabric.gateway import nat
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
 from nvfabric.gateway.evpn import Fabric
+from nvfabric.gateway.state import SavedState, StateDir, StateSaveError, assign_ids
 from nvfabric.gateway.tenants import Claims, Tenant
 from nvfabric.gateway.upstream import Upstream
 from nvfabric.vnet.catalog import NotFound
 from nvfabric.vnet.decap import DecapTable
 from nvfabric.vnet.desired import HostIdentity, allocate_tables
 # the agent's error types too: the REST layer maps them to 503 and 500
-from nvfabric.vnet.errors import KernelError, NotStarted
-from nvfabric.vnet.kernel.conntrack import sessions_by_mark
+from nvfabric.vnet.errors import KernelError, ModelError, NotStarted
+from nvfabric.vnet.kernel.conntrack import SessionSampler
 from nvfabric.vnet.model import LookupRecord
 from nvfabric.vnet.nftables import Nft, NftError
 
@@ -60,8 +67,17 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self._tenants: Mapping[str, Tenant] = MappingProxyType({t.name: t for t in config.tenants})
+        # provisional until start() has read the state directory and the kernel
         self._ids: Mapping[str, int] = MappingProxyType(allocate_tables(self._tenants, {}))
         self._claims = Claims.of(self._tenants)  # config.parse checked them
+        self._reserved = config.reserved
+        self._state = StateDir(config.state_dir) if config.state_dir is not None else None
+        self._last_id = max(self._ids.values(), default=0)
+        # API tenants from the state directory that cannot be served now (the configuration took what they
+        # hold): reported, kept in the state file, never silently dropped; a PUT or DELETE settles them
+        self._suspended: dict[str, tuple[Tenant, int | None]] = {}
+        self.state_problems: tuple[str, ...] = ()  # what was wrong with the state files at start
+        self._sessions = SessionSampler(config.netns, config.sessions_interval)
         self._nft = Nft(config.netns)
         # NVGRE-attached tenants need the vnet dataplane; a gateway without provider addresses serves only
         # tenants attached by interface (and the host tests, which have no VRF or GRE)
@@ -110,6 +126,7 @@ class Gateway:
         """Replace the gateway's table with every configured tenant in one transaction (adopt, not flush:
         conntrack state, i.e. established flows and their NAT bindings, survives a restart)."""
         async with self._lock:
+            await self._restore()
             doc = nat.full_document(self.nat_view(), self.config.external.interfaces)
             await self._load("start", doc)
             if self._dp is not None:
@@ -123,18 +140,96 @@ class Gateway:
                 await self._upstream.start()
                 await self._upstream.sync(self._public())
             self._started = True
+            self._sessions.start()
         if self._fabric is not None:
             await self._fabric.start(self._tenants)  # outside the lock: learned records take it
+
+    async def _restore(self) -> None:
+        """The tenants and ids to serve: the configuration's tenants and the API's from the state directory,
+        the ids kept (state, else the kernel's NAT table, else new). Nothing here refuses to start: an
+        unusable state file or a saved tenant that no longer fits is logged and left for the operator."""
+        saved = SavedState()
+        if self._state is not None:
+            loaded = self._state.load()
+            self.state_problems = loaded.problems
+            for problem in loaded.problems:
+                log.error("state: %s", problem)
+            if loaded.problems:
+                log.error("state: %s", "using the previous copy" if loaded.state is not None
+                          else "no usable copy: starting from the configuration and the kernel's ids")
+                self._state.set_aside()
+            saved = loaded.state or saved
+        else:
+            log.warning("no state_dir: tenants created through the API will not survive a restart")
+        tenants = dict(self._tenants)
+        claims = Claims.of(tenants)
+        for t in saved.api_tenants:
+            if t.name in tenants:
+                if t != tenants[t.name]:
+                    log.warning("tenant %s: the configuration file defines it; its version from the API "
+                                "is replaced by the file's", t.name)
+                continue
+            try:
+                self._reserved.check(t)
+                claims.check(t)
+            except ModelError as exc:
+                log.error("tenant %s (created through the API) not served: %s", t.name, exc)
+                self._suspended[t.name] = (t, saved.ids.get(t.name))
+                continue
+            claims.put(t)
+            tenants[t.name] = t
+        adopted = await self._adopted_ids()
+        # a suspended tenant's id stays its own: avoided like the ids the kernel still has
+        avoid = {**adopted, **{n: i for n, (_, i) in self._suspended.items() if i is not None}}
+        ids, self._last_id = assign_ids(tenants, saved.ids, avoid, saved.last_id)
+        changed = sorted(n for n in ids if n in adopted and adopted[n] != ids[n])
+        if changed:
+            log.warning("tenants %s: the kernel had other ids than the state directory; the state's are "
+                        "applied", ", ".join(changed))
+        self._tenants, self._ids, self._claims = MappingProxyType(tenants), MappingProxyType(ids), claims
+        try:
+            self._save(tenants, ids)
+        except OSError as exc:  # reported; the next change tries again (and is refused if it still fails)
+            log.error("state: could not save %s: %s", self.config.state_dir, exc)
+
+    async def _adopted_ids(self) -> dict[str, int]:
+        """What a previous run gave each tenant, from the NAT table it left (none: {})."""
+        try:
+            return nat.adopted_ids(await self._nft.list_json("map", nat.FAMILY, nat.TABLE, "m_zone"))
+        except NftError:
+            return {}
+
+    def _save(self, tenants: Mapping[str, Tenant], ids: Mapping[str, int]) -> None:
+        """Write the state directory (OSError when it cannot be). The API tenants are those the
+        configuration file does not name, with the suspended ones kept as they were."""
+        if self._state is None:
+            return
+        config = {t.name for t in self.config.tenants}
+        api = [t for n, t in tenants.items() if n not in config]
+        api += [t for n, (t, _) in self._suspended.items() if n not in tenants]
+        all_ids = {**{n: i for n, (_, i) in self._suspended.items() if i is not None}, **ids}
+        self._state.save(SavedState(tuple(api), all_ids, self._last_id))
 
     async def stop(self) -> None:
         # The tables, VRFs and routes stay: forwarding and NAT keep working while the daemon restarts.
         self._started = False
+        await asyncio.to_thread(self.close)
         if self._fabric is not None:
             await self._fabric.stop()
         if self._upstream is not None:
             await self._upstream.stop()
         if self._dp is not None:
             self._dp.close()
+
+    @property
+    def suspended(self) -> list[str]:
+        """API tenants kept in the state but not served (they no longer fit: the start's log says why)."""
+        return sorted(self._suspended)
+
+    def close(self) -> None:
+        """Stop the conntrack sampler's thread (stop() does it; for an owner that drops a gateway without
+        stopping it). Blocks until the thread ends, at most a few seconds."""
+        self._sessions.stop()
 
     @property
     def serving(self) -> bool:
@@ -198,31 +293,35 @@ class Gateway:
         """Create or replace one tenant. True when it was created. The work follows this tenant: the
         others are neither rechecked, recomputed nor rewritten."""
         async with self._lock:
+            self._reserved.check(tenant)  # ModelError naming the field: the gateway's own, public space
             self._claims.check(tenant)  # raises ConflictError naming the field, before anything is applied
             if not self._started:
                 raise NotStarted("the gateway is not running")
             name = tenant.name
             before = self._tenants.get(name)
-            if before == tenant:
+            if before == tenant and name not in self._suspended:
                 return False
-            tid = self._ids[name] if before is not None else allocate_tables([name], self._ids)[name]
+            if before is not None:
+                tid, last = self._ids[name], self._last_id
+            else:
+                avoid = {**self._ids, **{n: i for n, (_, i) in self._suspended.items()
+                                         if i is not None and n != name}}
+                kept = self._suspended.get(name, (None, None))[1]
+                ids_, last = assign_ids([name], {name: kept} if kept is not None else {}, avoid, self._last_id)
+                tid = ids_[name]
             proposed = {**self._tenants, name: tenant}
             ids = {**self._ids, name: tid}
-            if self._dp is not None:
-                try:
-                    await self._dp.put_tenant(name, tenant, ids, self._records)
-                except PlumbingError as exc:  # the dataplane reverted its side
-                    raise KernelError(f"put tenant {name}", (str(exc),)) from None
-            old = None if before is None else nat.TenantNat(before, tid)
+            await self._apply(name, tenant, before, tid, ids)
+            suspended = self._suspended.pop(name, None)
+            previous_last, self._last_id = self._last_id, last
             try:
-                await self._load(f"put tenant {name}", nat.transaction({name: (nat.TenantNat(tenant, tid), old)}))
-            except KernelError:
-                if self._dp is not None:  # nft refused: the VRF side goes back to what it was
-                    try:
-                        await self._dp.put_tenant(name, before, ids, self._records)
-                    except PlumbingError as exc:  # logged: the refusal is what the caller must hear of
-                        log.error("tenant %s: putting back the VRF side after nft refused failed: %s", name, exc)
-                raise
+                self._save(proposed, ids)
+            except OSError as exc:
+                self._last_id = previous_last
+                if suspended is not None:
+                    self._suspended[name] = suspended
+                await self._put_back(name, before, tenant, tid, self._ids)
+                raise StateSaveError(f"put tenant {name}", exc) from None
             self._tenants, self._ids = MappingProxyType(proposed), MappingProxyType(ids)
             self._claims.put(tenant)
             await self._update_decap()
@@ -232,22 +331,55 @@ class Gateway:
                 await self._fabric.update({name: tenant}, self._tenants)
             return before is None
 
+    async def _apply(self, name: str, new: Tenant | None, old: Tenant | None, tid: int, ids: Mapping[str, int]) -> None:
+        """One tenant from `old` to `new` (None: absent) in the kernel: the VRF side, then its NAT in one
+        transaction. A refusal puts back what was applied and raises KernelError. `ids` holds `tid`."""
+        if self._dp is not None:
+            try:
+                await self._dp.put_tenant(name, new, ids, self._records)
+            except PlumbingError as exc:  # the dataplane reverted its side
+                raise KernelError(f"{'put' if new else 'delete'} tenant {name}", (str(exc),)) from None
+        change = (None if new is None else nat.TenantNat(new, tid), None if old is None else nat.TenantNat(old, tid))
+        try:
+            await self._load(f"{'put' if new else 'delete'} tenant {name}", nat.transaction({name: change}))
+        except KernelError:
+            if self._dp is not None:  # nft refused: the VRF side goes back to what it was
+                try:
+                    await self._dp.put_tenant(name, old, ids, self._records)
+                except PlumbingError as exc:  # logged: the refusal is what the caller must hear of
+                    log.error("tenant %s: putting back the VRF side after nft refused failed: %s", name, exc)
+            raise
+
+    async def _put_back(self, name: str, old: Tenant | None, new: Tenant | None, tid: int,
+                        ids: Mapping[str, int]) -> None:
+        """Undo an applied change (its state could not be saved): logged when the kernel refuses even that."""
+        try:
+            await self._apply(name, old, new, tid, {**ids, name: tid})
+        except KernelError as exc:
+            log.error("tenant %s: putting the kernel back after the state was not saved failed: %s", name, exc)
+
     async def delete_tenant(self, name: str) -> None:
         async with self._lock:
+            if name in self._suspended and name not in self._tenants:
+                suspended = self._suspended.pop(name)
+                try:
+                    self._save(self._tenants, self._ids)
+                except OSError as exc:
+                    self._suspended[name] = suspended
+                    raise StateSaveError(f"delete tenant {name}", exc) from None
+                return
             tenant = self.tenant(name)
             if not self._started:
                 raise NotStarted("the gateway is not running")
             tid = self._ids[name]
-            await self._load(f"delete tenant {name}", nat.transaction({name: (None, nat.TenantNat(tenant, tid))}))
+            await self._apply(name, None, tenant, tid, self._ids)
             remaining = {n: t for n, t in self._tenants.items() if n != name}
             ids = {n: i for n, i in self._ids.items() if n != name}
-            if self._dp is not None:
-                try:
-                    await self._dp.put_tenant(name, None, self._ids, self._records)
-                except PlumbingError as exc:  # the dataplane put its side back: so does NAT
-                    await self._load(f"restore tenant {name}",
-                                     nat.transaction({name: (nat.TenantNat(tenant, tid), None)}))
-                    raise KernelError(f"delete tenant {name}", (str(exc),)) from None
+            try:
+                self._save(remaining, ids)
+            except OSError as exc:
+                await self._put_back(name, tenant, None, tid, self._ids)
+                raise StateSaveError(f"delete tenant {name}", exc) from None
             self._tenants, self._ids = MappingProxyType(remaining), MappingProxyType(ids)
             self._claims.remove(name)
             await self._update_decap()
@@ -263,7 +395,7 @@ class Gateway:
 
     async def status(self) -> list[TenantStatus]:
         counters = await self.counters()
-        sessions = await sessions_by_mark(self.config.netns)
+        sessions = self._sessions.counts  # the sampler's last count: no table walk per call
         out = []
         for name, t in sorted(self._tenants.items()):
             tid = self._ids[name]

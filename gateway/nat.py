@@ -330,6 +330,26 @@ def parse_counters(doc: dict) -> dict[str, TenantCounters]:
     return out
 
 
+def adopted_ids(doc: dict) -> dict[str, int]:
+    """`nft -j list map inet nvfgw m_zone` -> tenant name -> id: what a previous run gave each tenant (the
+    map sends a tenant's mark to its `<tenant>_zone` chain). Elements of another shape are ignored."""
+    out: dict[str, int] = {}
+    for item in doc.get("nftables", []):
+        m = item.get("map")
+        if not m or m.get("name") != "m_zone" or m.get("table") != TABLE or m.get("family") != FAMILY:
+            continue
+        for elem in m.get("elem", []):
+            try:
+                key, verdict = elem
+                chain = verdict["jump"]["target"]
+            except (TypeError, ValueError, KeyError):
+                continue
+            tenant, _, kind = str(chain).rpartition("_")
+            if tenant and kind == "zone" and isinstance(key, int) and MARK_MIN <= key <= ZONE_MAX:
+                out[tenant] = key
+    return out
+
+
 # ---------------------------------------------------------------------- trace (ovn-trace for NAT)
 
 

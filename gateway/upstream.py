@@ -10,25 +10,32 @@ project's own BGP speaker (bgp/client.py), as for the reflectors, with the unica
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from nvfabric.bgp.client import Client
 from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
 from nvfabric.bgp.routes import Family, UnicastKey, UnicastRoute
 from nvfabric.bgp.announced import Announced
 from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.reserved import within
 from nvfabric.gateway.tenants import Tenant
+from nvfabric.vnet.model import Network
 
 FAMILIES = (Family.IPV4_UNICAST, Family.IPV6_UNICAST)
 
 
-def public_routes(tenants: Iterable[Tenant], next_hop4: object, next_hop6: object) -> dict[UnicastKey, UnicastRoute]:
-    """Pure: what the gateway announces upstream for these tenants (families without a next hop are left out)."""
+def public_routes(tenants: Iterable[Tenant], next_hop4: object, next_hop6: object,
+                  allowed: Sequence[Network] = ()) -> dict[UnicastKey, UnicastRoute]:
+    """Pure: what the gateway announces upstream for these tenants (families without a next hop are left out).
+    Never a default route, and with `allowed` (the gateway's public_prefixes) nothing outside it: the tenant
+    boundary (gateway/reserved.py) refuses such values already; this keeps the wire right whatever let one in."""
     out: dict[UnicastKey, UnicastRoute] = {}
     for t in tenants:
         prefixes = [ipaddress.ip_network(a) for a in t.public_addresses] + list(t.public_prefixes)
         for p in prefixes:
             nh = next_hop4 if p.version == 4 else next_hop6
+            if p.prefixlen == 0 or (allowed and not within(p, allowed)):
+                continue
             if nh is not None:
                 route = UnicastRoute(prefix=p, next_hop=nh)
                 out[route.key] = route
@@ -67,8 +74,9 @@ class Upstream:
     async def update(self, changes: Mapping[str, Tenant | None]) -> None:
         """Only these tenants (None: withdraw its addresses): the work follows the change, not the number of
         tenants."""
-        await self._announced.update(self.client, {n: public_routes([t], *self.next_hops) if t is not None else {}
-                                                   for n, t in changes.items()})
+        allowed = self.config.public_prefixes
+        await self._announced.update(self.client, {n: public_routes([t], *self.next_hops, allowed) if t is not None
+                                                   else {} for n, t in changes.items()})
 
     @property
     def announced(self) -> dict[UnicastKey, UnicastRoute]:

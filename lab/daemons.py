@@ -136,6 +136,10 @@ class GatewayThread(LoopThread):
             return await fn(self.gateway)  # fn itself runs on the gateway's loop
         return self.run(go(), timeout)
 
+    def close(self) -> None:
+        self.gateway.close()  # its conntrack sampler's thread, which does not end with the loop
+        super().close()
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the gateway (its sessions closed; tables, VRFs and routes stay), then the thread."""
         try:

@@ -24,7 +24,7 @@ from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.daemons import GatewayThread
 from nvfabric.lab.fabric import ASN, HV, RR, Fabric, wait_for
-from nvfabric.lab.gateway_scene import TENANTS, frr_upstream_conf
+from nvfabric.lab.gateway_scene import PUBLIC_POOL, TENANTS, frr_upstream_conf
 from nvfabric.lab.peers import Frr, Lab
 from nvfabric.lab.probe import connect_retrying
 from nvfabric.lab.topology import load
@@ -75,6 +75,7 @@ def two_gateways(tmp: Path, hold_time: int | None, rr_hold_time: int | None = 90
                 "route_reflectors": [{"address": a} for a in RR.values()],
                 "external": {"interfaces": ["eth2"], "next_hop4": "203.0.113.1", "address4": ext},
                 "upstream": [{"address": "203.0.113.1", "asn": 64496}], "netns": fab.ns(name),
+                "public_prefixes": [PUBLIC_POOL],
                 **({} if hold_time is None else {"hold_time": hold_time}),
                 "tenants": [t.as_dict() for t in TENANTS]})
             gws[name] = GatewayThread(config, fab.ns(name))

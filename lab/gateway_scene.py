@@ -39,6 +39,7 @@ def gateway_config(fab: Fabric) -> GatewayConfig:
         "asn": ASN, "router_id": GW1, "provider_addresses": [GW1, "2001:db8::21"],
         "route_reflectors": [{"address": a} for a in RR.values()],
         "external": {"interfaces": ["eth2"], "next_hop4": "203.0.113.1"}, "netns": fab.ns("gw1"),
+        "public_prefixes": [PUBLIC_POOL],
         "tenants": [t.as_dict() for t in TENANTS]})
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pytest
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab.daemons import GatewayThread, in_ns
+from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.probe import Server, connect, echo
 from nvfabric.lab.netns import run
 from nvfabric.vnet.errors import ConflictError, ModelError
@@ -37,6 +39,9 @@ def tenant_body(name: str, vsid: int, snat: str, fip_public: str) -> dict[str, A
 
 
 BLUE = tenant_body("blue", 5001, "203.0.113.140", "203.0.113.131")
+# the gateway's own configuration without tenants; the sampler counts conntrack entries every second
+CONFIG = {"asn": 65001, "router_id": "198.51.100.21", "external": {"interfaces": ["ext"], "address4": "203.0.113.2"},
+          "public_prefixes": ["203.0.113.128/25", "2001:db8:113::/64", "2001:db8:b00::/48"], "sessions_interval": 1}
 RED = tenant_body("red", 6001, "203.0.113.141", "203.0.113.132")
 
 
@@ -86,8 +91,7 @@ def net(request: pytest.FixtureRequest) -> Iterator[Net]:
         _batch(lines)
         run(["ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
              "net.ipv4.conf.default.rp_filter=0"])
-        config = GatewayConfig.from_dict({"asn": 65001, "router_id": "198.51.100.21",
-                                          "external": {"interfaces": ["ext"]}, "tenants": [BLUE, RED]})
+        config = GatewayConfig.from_dict({**CONFIG, "tenants": [BLUE, RED]})
         gateway = GatewayThread(config, gw)
         gateway.call(lambda g: g.start())
         # the VRF stand-in: per-tenant tables, chosen by the attachment or by the tenant's mark
@@ -246,10 +250,12 @@ def test_rest_api_metrics_and_ctl(net: Net) -> None:
         url = api.url
         server = Server(net.inet, SERVER)
         s, _ = connect(net.blue, SERVER, ("10.0.0.6", 0))
-        status, body = _http(net.gw, "GET", f"{url}/v1/tenants")
+        # sessions are the conntrack sampler's count (every second here): wait for the one that saw the flow
+        status, body = wait_for(lambda: (r := _http(net.gw, "GET", f"{url}/v1/tenants"))[1]["tenants"][0]["status"][
+            "nat_sessions"] >= 1 and r, 10, "blue's NAT session counted")
         assert status == 200 and [t["name"] for t in body["tenants"]] == ["blue", "red"]
         blue = body["tenants"][0]["status"]
-        assert blue["nat_sessions"] >= 1 and blue["packets_out"] > 0
+        assert blue["packets_out"] > 0
         assert blue["id"] == net.gateway.gateway.tenant_id("blue")
         # a bad body: 400 naming the field; a conflict: 409; nothing applied
         status, body = _http(net.gw, "PUT", f"{url}/v1/tenants/green", {**RED, "name": "green", "snat": ["bad"]})
@@ -280,6 +286,7 @@ def test_rest_api_metrics_and_ctl(net: Net) -> None:
         status, text = _http(net.gw, "GET", f"{url}/metrics", token="")
         assert status == 200
         assert 'nvfabric_gateway_tenant_nat_sessions{tenant="blue"} ' in text
+        assert "nvfabric_gateway_tenants_suspended 0.0" in text and "nvfabric_gateway_state_problems 0.0" in text
         line = next(x for x in text.splitlines()
                     if x.startswith('nvfabric_gateway_tenant_packets_total{direction="out",tenant="blue"}'))
         assert float(line.split()[-1]) > 0
@@ -313,8 +320,7 @@ def test_ipv6_tenants_load_at_start_and_change(net: Net) -> None:
     nat66 = {**tenant_body("violet", 8001, "203.0.113.142", "203.0.113.133"),
              "subnets": [{"vsid": 8001, "prefixes": ["10.0.0.0/24", "fd00:8::/64"]}], "interfaces": [],
              "snat": [{"address": "203.0.113.142"}, {"address": "2001:db8:113::142"}]}
-    config = GatewayConfig.from_dict({"asn": 65001, "router_id": "198.51.100.21", "external": {"interfaces": ["ext"]},
-                                      "tenants": [BLUE, RED, green, nat66]})
+    config = GatewayConfig.from_dict({**CONFIG, "tenants": [BLUE, RED, green, nat66]})
     restarted = GatewayThread(config, net.gw)  # a restart with more tenants: the whole table replaced
     try:
         restarted.call(lambda g: g.start())
@@ -332,3 +338,136 @@ def test_ipv6_tenants_load_at_start_and_change(net: Net) -> None:
         assert elements("p6_zone") == [] and elements("p6_mark") == []
     finally:
         restarted.close()
+
+
+# ---------------------------------------------------------------------- state across restarts
+
+
+VIOLET = {"name": "violet", "route_targets": ["65001:4"], "subnets": [{"vsid": 9001, "prefixes": ["10.9.0.0/24"]}],
+          "snat": ["203.0.113.142"]}
+
+
+def test_tenants_and_ids_survive_restarts_and_a_surviving_flow_keeps_its_tenant(net: Net, tmp_path) -> None:
+    """The fixture's gateway kept no state: a restart adopts blue's and red's ids from the kernel's NAT
+    table. A tenant created through the API survives the next restart; blue leaves the configuration, and
+    red keeps its id (from the sorted names it would now get blue's), so red's established flow, whose
+    conntrack entry carries red's id as zone and mark, keeps working. A tenant deleted through the API
+    stays deleted."""
+    ids = {n: net.gateway.gateway.tenant_id(n) for n in ("blue", "red")}
+    server = Server(net.inet, SERVER)
+    net.gateway.stop()
+    state = {**CONFIG, "state_dir": str(tmp_path / "state")}
+    gateways: list[GatewayThread] = []
+
+    def restart(tenants: list[dict]) -> GatewayThread:
+        if gateways:
+            gateways[-1].stop()
+        gw = GatewayThread(GatewayConfig.from_dict({**state, "tenants": tenants}), net.gw)
+        gateways.append(gw)
+        gw.call(lambda g: g.start())
+        return gw
+
+    try:
+        first = restart([BLUE, RED])
+        assert {n: first.gateway.tenant_id(n) for n in ids} == ids
+        red_flow, line = connect(net.red, SERVER, ("10.0.0.6", 0))
+        assert line.startswith("203.0.113.141:")
+        assert first.call(lambda g: g.put_tenant(Tenant.from_dict(VIOLET))) is True
+        violet = first.gateway.tenant_id("violet")
+        assert violet not in ids.values()
+
+        second = restart([RED])  # blue is no longer in the configuration file
+        assert set(second.gateway.tenants) == {"red", "violet"}
+        assert second.gateway.tenant("violet") == Tenant.from_dict(VIOLET)
+        assert (second.gateway.tenant_id("red"), second.gateway.tenant_id("violet")) == (ids["red"], violet)
+        assert echo(red_flow, "still-red") == "still-red"
+        assert net.nft_table("blue") == []
+        second.call(lambda g: g.delete_tenant("violet"))
+
+        third = restart([RED])
+        assert set(third.gateway.tenants) == {"red"} and third.gateway.tenant_id("red") == ids["red"]
+        assert echo(red_flow, "red-again") == "red-again"
+        # a tenant created now gets an id no tenant had: a leftover flow of violet cannot land in it
+        third.call(lambda g: g.put_tenant(Tenant.from_dict({**VIOLET, "name": "teal"})))
+        assert third.gateway.tenant_id("teal") not in (*ids.values(), violet)
+        red_flow.close()
+    finally:
+        if gateways:
+            gateways[-1].stop()
+        server.close()
+
+
+def test_a_change_whose_state_cannot_be_saved_is_refused_with_503_and_put_back(net: Net, tmp_path) -> None:
+    from nvfabric.gateway.api import start_api
+
+    net.gateway.stop()
+    gw = GatewayThread(GatewayConfig.from_dict({**CONFIG, "tenants": [BLUE, RED], "state_dir": str(tmp_path)}),
+                       net.gw)
+    try:
+        gw.call(lambda g: g.start())
+        api = gw.call(lambda g: start_api(g, "127.0.0.1:0", "t0ken"))
+        whole = run(["ip", "netns", "exec", net.gw, "nft", "-a", "list", "ruleset"]).output
+
+        def full(_state: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        gw.gateway._state.save = full  # type: ignore[union-attr,method-assign]  # the disk is full
+        status, body = _http(net.gw, "PUT", f"{api.url}/v1/tenants/violet", VIOLET)
+        assert (status, body["error"]) == (503, "state-not-saved") and "No space left" in body["problem"]
+        status, body = _http(net.gw, "DELETE", f"{api.url}/v1/tenants/red")
+        assert (status, body["error"]) == (503, "state-not-saved")
+        assert set(gw.gateway.tenants) == {"blue", "red"}
+        # the kernel as it was: red's chains back, no violet (rule handles change when a chain is re-created)
+        after = run(["ip", "netns", "exec", net.gw, "nft", "-a", "list", "ruleset"]).output
+        assert "violet" not in after and "red_snat" in after
+        assert len(after.splitlines()) == len(whole.splitlines())
+        gw.call(lambda g: api.stop())
+    finally:
+        gw.stop()
+    # the conntrack sampler's thread ended with the gateway (and the fixture's before it)
+    assert not [t for t in threading.enumerate() if t.name == "conntrack-sessions"]
+
+
+def test_a_tenant_may_not_claim_the_gateways_own_things(net: Net) -> None:
+    for change, field in (({**VIOLET, "snat": ["203.0.113.2"]}, "snat[0].address"),  # external.address4
+                          ({**VIOLET, "interfaces": ["ext"]}, "interfaces[0]"),
+                          ({**VIOLET, "snat": ["198.51.100.99"]}, "snat[0].address")):  # outside public_prefixes
+        with pytest.raises(ModelError) as refused:
+            net.gateway.call(lambda g, c=change: g.put_tenant(Tenant.from_dict(c)))
+        assert refused.value.field == field
+        assert net.nft_table("violet") == []
+
+
+def test_the_configuration_file_wins_and_a_saved_tenant_that_no_longer_fits_is_kept_not_served(
+        net: Net, tmp_path, caplog) -> None:
+    """Precedence at start: a tenant the file defines is the file's, even after an API PUT changed it; an API
+    tenant whose address the file has taken since is not served, reported, and kept in the state file
+    until a DELETE of its name settles it."""
+    net.gateway.stop()
+    state = {**CONFIG, "state_dir": str(tmp_path)}
+    moved = {**BLUE, "floating_ips": [{"public": "203.0.113.133", "private": "10.0.0.5"}]}
+    gw = GatewayThread(GatewayConfig.from_dict({**state, "tenants": [BLUE, RED]}), net.gw)
+    try:
+        gw.call(lambda g: g.start())
+        gw.call(lambda g: g.put_tenant(Tenant.from_dict(moved)))  # a config tenant changed through the API
+        gw.call(lambda g: g.put_tenant(Tenant.from_dict(VIOLET)))
+        violet = gw.gateway.tenant_id("violet")
+        gw.stop()
+        # the file now gives violet's SNAT address to red
+        red = {**RED, "snat": [{"address": "203.0.113.142"}]}
+        gw = GatewayThread(GatewayConfig.from_dict({**state, "tenants": [BLUE, red]}), net.gw)
+        gw.call(lambda g: g.start())
+        assert gw.gateway.tenant("blue") == Tenant.from_dict(BLUE)  # the file's version
+        assert set(gw.gateway.tenants) == {"blue", "red"}
+        assert "tenant violet (created through the API) not served" in caplog.text
+        assert gw.gateway.suspended == ["violet"]
+        saved = json.loads((tmp_path / "gateway-state.json").read_text())
+        assert [t["name"] for t in saved["api_tenants"]] == ["violet"] and saved["ids"]["violet"] == violet
+        # a new tenant does not take the suspended one's id; a DELETE settles it
+        gw.call(lambda g: g.put_tenant(Tenant.from_dict({**VIOLET, "name": "teal", "snat": ["203.0.113.143"]})))
+        assert gw.gateway.tenant_id("teal") != violet
+        gw.call(lambda g: g.delete_tenant("violet"))
+        saved = json.loads((tmp_path / "gateway-state.json").read_text())
+        assert [t["name"] for t in saved["api_tenants"]] == ["teal"] and "violet" not in saved["ids"]
+    finally:
+        gw.stop()

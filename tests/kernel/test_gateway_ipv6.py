@@ -90,6 +90,8 @@ def six(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fabric, Gate
             "external": {"interfaces": ["eth2"], "next_hop4": UP4, "next_hop6": UP6, "address4": GW4,
                          "address6": GW6},
             "upstream": [{"address": UP4, "asn": 64496}, {"address": UP6, "asn": 64496}],
+            # the provider's ranges: the tenants' public addresses and green's prefix lie inside
+            "public_prefixes": ["203.0.113.128/25", "2001:db8:113::/64", "2001:db8:b00::/48"],
             "netns": fab.ns("gw1"),
             "tenants": [blue, tenant(RED, "203.0.113.141", "203.0.113.132", "10.0.0.12").as_dict(), green]})
         gw = GatewayThread(config, fab.ns("gw1"))

@@ -27,6 +27,7 @@ from nvfabric.gateway.dataplane import TC_BLOCK
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns
 from nvfabric.lab.daemons import GatewayThread
+from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.probe import Server, connect_retrying, echo
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import HostIdentity, desired_state
@@ -73,7 +74,9 @@ def hv_state(tables: dict[str, int]):
 
 @dataclass
 class Lab:
-    gateway: GatewayThread
+    gateway: GatewayThread  # a test that restarts the gateway puts the new one here (the fixture stops it)
+    config: dict
+    records: tuple[LookupRecord, ...]
 
     def nft_rules(self, tenant: str) -> list[tuple]:
         out = netns.run(["ip", "netns", "exec", NS["gw"], "nft", "-j", "-a", "list", "table", "inet", "nvfgw"]).output
@@ -87,7 +90,7 @@ def lab() -> Iterator[Lab]:
         netns.run(["modprobe", m], check=False)
     for ns in NS.values():
         netns.create(ns)
-    gateway = None
+    gateway = lab = None
     try:
         netns.ip_batch([netns.veth_line(NS["hv"], "u0", NS["gw"], "u0"),
                         netns.veth_line(NS["gw"], "ext", NS["inet"], "e0"),
@@ -110,18 +113,20 @@ def lab() -> Iterator[Lab]:
         outcome = asyncio.run(Reconciler(sock).reconcile(hv_state({"blue": 100, "red": 101}), hold=False))
         sock.close()
         assert outcome.ok, outcome.errors
-        config = GatewayConfig.from_dict({
-            "asn": 65000, "router_id": GW_PA, "provider_addresses": [GW_PA], "router_mac": RMAC,
-            "external": {"interfaces": ["ext"], "next_hop4": "203.0.113.1"}, "tenants": [BLUE, RED],
-            "netns": NS["gw"]})
-        gateway = GatewayThread(config, NS["gw"])
+        config = {"asn": 65000, "router_id": GW_PA, "provider_addresses": [GW_PA], "router_mac": RMAC,
+                  "external": {"interfaces": ["ext"], "next_hop4": "203.0.113.1", "address4": "203.0.113.2"},
+                  "public_prefixes": ["203.0.113.128/25"], "netns": NS["gw"], "sessions_interval": 1}
+        gateway = GatewayThread(GatewayConfig.from_dict({**config, "tenants": [BLUE, RED]}), NS["gw"])
         gateway.call(lambda g: g.start(), timeout=120)
         records = tuple(LookupRecord(tenant, vsid, _ip(ca), mac, pa=_ip(HV_PA))
                         for _, tenant, vsid, _, mac, cas in VMS for ca in cas)
         gateway.call(lambda g: g.set_records(records), timeout=60)
-        yield Lab(gateway)
+        lab = Lab(gateway, config, records)
+        yield lab
     finally:
-        if gateway is not None:
+        if lab is not None:
+            lab.gateway.stop()
+        elif gateway is not None:
             gateway.stop()
         for ns in NS.values():
             netns.destroy(ns)
@@ -213,6 +218,65 @@ def _checks(lab: Lab, vms: list[Server]) -> None:
     # 6. per-tenant counters and sessions
     status = {st.name: st for st in lab.gateway.call(lambda g: g.status())}
     assert status["blue"].counters.packets_out > 0 and status["red"].counters.packets_in > 0
-    assert status["red"].sessions >= 1
+    # sessions: the conntrack sampler's count (every second here), not a dump per call
+    wait_for(lambda: sessions(lab.gateway).get("red", 0) >= 1, 10, "red's NAT sessions counted")
     blue.close()
     red.close()
+
+
+def sessions(gateway: GatewayThread) -> dict[str, int]:
+    """Conntrack entries per tenant, as the gateway's sampler last counted them (entries whose mark is the
+    tenant's id)."""
+    return {st.name: st.sessions for st in gateway.call(lambda g: g.status())}
+
+
+def test_api_tenants_and_their_ids_survive_restarts_with_live_flows(lab: Lab, tmp_path) -> None:
+    """Blue and red created through the API (the configuration names no tenant), a flow through red, blue
+    deleted, the gateway restarted: red keeps its id (from the sorted names it would get blue's lower one),
+    so its flow's conntrack entries, whose zone and mark are red's id, still belong to red and the flow
+    keeps working; created tenants survive the restart, a deleted one stays deleted."""
+    target = (SERVER[0], SERVER[1] + 1)  # the first test's server may still hold its port (a blocked accept)
+    server = Server(NS["inet"], target)
+    config = GatewayConfig.from_dict({**lab.config, "tenants": [], "state_dir": str(tmp_path / "state")})
+
+    def restart() -> GatewayThread:
+        lab.gateway.stop()
+        lab.gateway = GatewayThread(config, NS["gw"])
+        lab.gateway.call(lambda g: g.start(), timeout=120)
+        lab.gateway.call(lambda g: g.set_records(lab.records), timeout=60)  # the reflectors' part
+        return lab.gateway
+
+    try:
+        gw = restart()
+        assert gw.gateway.tenants == {}
+        for body in (BLUE, RED):
+            assert gw.call(lambda g, b=body: g.put_tenant(Tenant.from_dict(b)), timeout=60) is True
+        ids = {n: gw.gateway.tenant_id(n) for n in ("blue", "red")}
+        assert ids["blue"] < ids["red"]
+        red, line = connect_retrying(NS["vr"], target, ("10.0.0.6", 0))
+        assert line.startswith("203.0.113.141:")
+        blue, line = connect_retrying(NS["vb"], target, ("10.0.0.6", 0))
+        assert line.startswith("203.0.113.140:")
+        blue.close()
+        wait_for(lambda: sessions(gw).get("red", 0) >= 1, 10, "red's flow counted under red's id")
+
+        gw = restart()  # the API tenants come back with their ids
+        assert set(gw.gateway.tenants) == {"blue", "red"}
+        assert {n: gw.gateway.tenant_id(n) for n in ids} == ids
+        assert echo(red, "r1") == "r1"
+        gw.call(lambda g: g.delete_tenant("blue"), timeout=60)
+
+        gw = restart()  # blue deleted: red alone, still with its own id
+        assert set(gw.gateway.tenants) == {"red"} and gw.gateway.tenant_id("red") == ids["red"]
+        assert netns.run(["ip", "-n", NS["gw"], "link", "show", "nvf-blue"], check=False).returncode != 0
+        assert echo(red, "r2") == "r2"  # zone and mark of the flow's entry are red's id: still red's
+        wait_for(lambda: sessions(gw).get("red", 0) >= 1, 10, "red's flow still counted under red's id")
+        s, line = connect_retrying(NS["vr"], target, ("10.0.0.5", 0))  # new flows too (floating IP)
+        s.close()
+        assert line.startswith("203.0.113.132:")
+        red.close()
+    except AssertionError:
+        print(diagnostics())
+        raise
+    finally:
+        server.close()
