@@ -104,3 +104,32 @@ async def test_an_unrecognized_well_known_attribute_resets_only_its_session(refl
     assert sender.notification == (3, 2, bad)
     assert not other.closed and other.notification is None
     await other.close()
+
+
+async def test_ipv4_nlri_beside_evpn_are_reflected_in_their_own_family_and_nobody_is_reset(reflector):
+    # Found by fuzzing: the reflector put the IPv4 prefix of such an UPDATE into the EVPN MP_REACH_NLRI
+    # it sent every other client, which each answered with a session reset (RFC 7606 section 7.11).
+    port = reflector.listen_port
+    receiver = await RawSession.connect("127.0.0.1", port, "127.0.1.2", capabilities("198.51.100.2"))
+    sender = await RawSession.connect("127.0.0.1", port, "127.0.1.1", capabilities("198.51.100.1"))
+    assert sender.negotiated is not None and receiver.negotiated is not None
+    start = len(receiver.received)
+    message = with_attributes(wire.encode_update(sender.negotiated, [ROUTE])[0], attribute(0x40, 3, bytes([198, 51, 100, 1])))
+    prefix = bytes([24, 203, 0, 113])
+    message = message[:16] + struct.pack("!H", len(message) + 4) + message[18:] + prefix
+    sender.send(message)
+    got: dict[str, list] = {"evpn": [], "ipv4": []}
+
+    def both(kind: int, body: bytes) -> bool:
+        if kind == wire.MessageType.UPDATE:
+            result = wire.decode_update(receiver.negotiated, body)
+            assert result.errors == [], result.errors
+            for path in result.announced:
+                got["ipv4" if path.family.name == "IPV4_UNICAST" else "evpn"].append(path.route)
+        return bool(got["evpn"] and got["ipv4"])
+
+    await receiver.wait_for(both, 10, start)
+    assert got["evpn"] == [ROUTE] and [str(r.prefix) for r in got["ipv4"]] == ["203.0.113.0/24"]
+    assert not receiver.closed and not sender.closed
+    await receiver.close()
+    await sender.close()
