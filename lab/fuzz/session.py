@@ -4,7 +4,8 @@ It speaks just enough BGP to reach Established (our OPEN, the target's OPEN, KEE
 hold time of 0, so no timer runs on either side and a session only ends because somebody closed it.
 Everything it receives is kept in order, so a test can wait for a message and tell a NOTIFICATION (with
 its code) from a connection dropped without one. It dials out (`RawSession.connect`) or accepts a
-connection the target made (`RawSession.accepted`, for an agent or a gateway, which dial their route
+connection the target made (a listener hands over a fresh `RawSession(caps)`, then `start()`; an agent and
+the gateway dial their route
 reflectors).
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from nvfabric.bgp import wire
 from nvfabric.bgp.routes import Family
@@ -39,86 +39,101 @@ class SessionClosed(Exception):
         self.notification = notification
 
 
-@dataclass
-class RawSession:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    caps: wire.Capabilities
-    negotiated: wire.Negotiated | None = None
-    received: list[tuple[int, bytes]] = field(default_factory=list)
-    notification: wire.Notification | None = None
-    closed: bool = False
-    garbage: str = ""  # set when the target sent bytes that are not BGP (a finding)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _task: asyncio.Task[None] | None = None
+class RawSession(asyncio.Protocol):
+    """One connection as an asyncio Protocol: every byte received is parsed before the close is seen
+    (a StreamReader drops what it buffered when the peer resets the connection, and a target closing on
+    an error with our next message unread does reset it)."""
+
+    def __init__(self, caps: wire.Capabilities) -> None:
+        self.caps = caps
+        self.negotiated: wire.Negotiated | None = None
+        self.table: dict[Family, int] = {}  # UPDATEs per family in the target's initial table
+        self.matched = 0  # index in `received` of what wait_for returned last
+        self.received: list[tuple[int, bytes]] = []
+        self.notification: wire.Notification | None = None
+        self.closed = False
+        self.garbage = ""  # set when the target sent bytes that are not BGP (a finding)
+        self.transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._changed = asyncio.Event()
+        self._made = asyncio.Event()
 
     @classmethod
     async def connect(cls, host: str, port: int, local: str, caps: wire.Capabilities,
                       open_message: bytes | None = None) -> RawSession:
         """Dial the target from `local`; with `open_message` send those bytes instead of our OPEN and do
         not wait for Established (the caller is fuzzing the OPEN)."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, local_addr=(local, 0)), HANDSHAKE_TIMEOUT)
-        session = cls(reader, writer, caps)
-        session._start()
+        loop = asyncio.get_running_loop()
+        session = cls(caps)
+        await asyncio.wait_for(loop.create_connection(lambda: session, host, port, local_addr=(local, 0)),
+                               HANDSHAKE_TIMEOUT)
+        await session.start(open_message)
+        return session
+
+    async def start(self, open_message: bytes | None = None) -> None:
+        """Handshake, or with `open_message` just send it."""
+        await self._made.wait()
         if open_message is not None:
-            session.send(open_message)
+            self.send(open_message)
         else:
-            await session.handshake()
-        return session
+            await self.handshake()
 
-    @classmethod
-    def accepted(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 caps: wire.Capabilities) -> RawSession:
-        """A connection the target made to us; call handshake() or send a fuzzed OPEN."""
-        session = cls(reader, writer, caps)
-        session._start()
-        return session
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._made.set()
 
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._read())
+    def data_received(self, data: bytes) -> None:
+        if self.garbage:
+            return
+        try:
+            messages, self._buffer = wire.split_messages(self._buffer + data)
+        except wire.MessageHeaderError as err:
+            self.garbage = f"{err} in {(self._buffer + data)[:64].hex()}"
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        for kind, body in messages:
+            self.received.append((kind, body))
+            if kind == MessageType.NOTIFICATION and self.notification is None:
+                self.notification = wire.decode_notification(body) if len(body) >= 2 else \
+                    wire.Notification(0, 0, body)
+        self._changed.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._made.set()
+        self._changed.set()
 
     async def handshake(self) -> wire.Negotiated:
+        """OPEN and KEEPALIVE both ways, then the target's initial table up to its End-of-RIB for every
+        family (RFC 4724 section 2); `table` counts the UPDATEs of each family in it, which is also what
+        a ROUTE-REFRESH is answered with (RFC 2918 section 4)."""
         self.send(wire.encode_open(self.caps))
         _, body = await self.wait_for(lambda kind, _: kind == MessageType.OPEN, HANDSHAKE_TIMEOUT)
-        self.negotiated = wire.negotiate(self.caps, wire.decode_open(body))
+        negotiated = self.negotiated = wire.negotiate(self.caps, wire.decode_open(body))
         self.send(wire.encode_keepalive())
         await self.wait_for(lambda kind, _: kind == MessageType.KEEPALIVE, HANDSHAKE_TIMEOUT)
-        return self.negotiated
+        after_keepalive = self.matched + 1
+        self.table = {}
+        ended: set[Family] = set()
 
-    async def _read(self) -> None:
-        buffer = b""
-        try:
-            while True:
-                data = await self.reader.read(65536)
-                if not data:
-                    break
-                try:
-                    messages, buffer = wire.split_messages(buffer + data)
-                except wire.MessageHeaderError as err:
-                    self.garbage = f"{err} in {(buffer + data)[:64].hex()}"
-                    break
-                for kind, body in messages:
-                    self.received.append((kind, body))
-                    if kind == MessageType.NOTIFICATION and self.notification is None:
-                        self.notification = wire.decode_notification(body) if len(body) >= 2 else \
-                            wire.Notification(0, 0, body)
-                self._changed.set()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self.closed = True
-            self._changed.set()
+        def table_done(kind: int, body: bytes) -> bool:
+            if kind == MessageType.UPDATE:
+                family = update_family(negotiated, body)
+                if family is not None:
+                    self.table[family] = self.table.get(family, 0) + 1
+                else:
+                    ended.add(wire.decode_raw_update(negotiated, body).eor)  # type: ignore[arg-type]
+            return ended >= negotiated.families
+
+        await self.wait_for(table_done, HANDSHAKE_TIMEOUT, start=after_keepalive)
+        return negotiated
 
     def send(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
-
-    async def drain(self) -> None:
-        try:
-            await self.writer.drain()
-        except (ConnectionError, OSError):
-            pass
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     async def wait_for(self, match: Callable[[int, bytes], bool], timeout: float,
                        start: int = 0) -> tuple[int, bytes]:
@@ -126,8 +141,10 @@ class RawSession:
         TimeoutError if neither happened in time."""
         async with asyncio.timeout(timeout):
             while True:
-                for kind, body in self.received[start:]:
+                for i in range(start, len(self.received)):
+                    kind, body = self.received[i]
                     if match(kind, body):
+                        self.matched = i
                         return kind, body
                 start = len(self.received)
                 if self.closed:
@@ -143,20 +160,27 @@ class RawSession:
         return self.notification
 
     async def close(self) -> None:
-        """Leave politely (Cease) and wait until the reader has finished."""
+        """Leave politely (Cease, administrative shutdown) and wait until the connection is gone."""
+        if self.transport is None:
+            return
         if not self.closed:
             self.send(wire.encode_notification(CEASE, 2))
-        self.writer.close()
+            self.transport.close()
         try:
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
-        except (ConnectionError, OSError, TimeoutError):
-            pass
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await self.wait_closed(5)
+        except TimeoutError:
+            self.transport.abort()
+
+
+def update_family(negotiated: wire.Negotiated, body: bytes) -> Family | None:
+    """The family an UPDATE from the target announces or withdraws in; None for an End-of-RIB."""
+    result = wire.decode_raw_update(negotiated, body)
+    if result.eor is not None:
+        return None
+    if result.family is not None:
+        return result.family
+    runs = result.withdrawn_runs
+    return next((f for f, count in runs if count), Family.IPV4_UNICAST)
 
 
 def updates(session: RawSession, start: int = 0) -> list[bytes]:
