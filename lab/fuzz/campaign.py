@@ -91,8 +91,10 @@ class Dialer:
 class Acceptor:
     """A target that dials its route reflectors (an agent, the gateway): we listen where it dials."""
 
-    def __init__(self, address: str, caps: wire.Capabilities, port: int = 179, wait: float = 90.0) -> None:
-        self.address, self.caps, self.port, self.wait = address, caps, port, wait
+    def __init__(self, address: str, caps: wire.Capabilities, port: int = 179, wait: float = 90.0,
+                 only: frozenset[str] | None = None) -> None:
+        """`only`: the targets' addresses; a connection from any other is closed at once."""
+        self.address, self.caps, self.port, self.wait, self.only = address, caps, port, wait, only
         self._queue: asyncio.Queue[RawSession] = asyncio.Queue()
         self._server: asyncio.Server | None = None
 
@@ -116,6 +118,9 @@ class Acceptor:
         # connection it already closed again is skipped.
         while True:
             session = await asyncio.wait_for(self._queue.get(), self.wait)
+            if self.only is not None and await session.peer() not in self.only:
+                await session.close()
+                continue
             await session.start(open_message)
             if not session.closed:
                 return session
@@ -148,11 +153,11 @@ def session_health(session: RawSession, reflected: bool = False) -> Health:
 class Campaign:
     def __init__(self, target: str, endpoint: Endpoint, caps: wire.Capabilities, seed: int, *,
                  health: Health | None = None, health_every: int = 50, open_share: float = 0.05,
-                 log: Callable[[str], None] = lambda line: None) -> None:
+                 mutation_rate: float = 0.75, log: Callable[[str], None] = lambda line: None) -> None:
         self.endpoint = endpoint
         self.caps = caps
         self.rng = random.Random(seed)
-        self.generator = Generator(self.rng, caps)
+        self.generator = Generator(self.rng, caps, mutation_rate)
         self.health = health
         self.health_every = health_every
         self.open_share = open_share

@@ -182,9 +182,12 @@ def _prefixes(rng: random.Random, width: int, count: int) -> bytes:
 class Generator:
     """Fuzzed messages for one session; `negotiated` from its handshake (None before it)."""
 
-    def __init__(self, rng: random.Random, caps: wire.Capabilities) -> None:
+    def __init__(self, rng: random.Random, caps: wire.Capabilities, mutation_rate: float = 0.75) -> None:
         self.rng = rng
         self.caps = caps
+        # The share of UPDATEs mutated; the others stay well-formed, so routes with odd but valid values
+        # reach the RIB and what is downstream of it (an agent's kernel).
+        self.mutation_rate = mutation_rate
 
     # -- UPDATE ----------------------------------------------------------------------------------------
 
@@ -286,8 +289,7 @@ class Generator:
 
     def update(self, negotiated: wire.Negotiated) -> Fuzzed:
         parts = self.base_update(negotiated)
-        # A quarter stay well-formed: routes with odd but valid values reach the RIB and what is downstream.
-        if self.rng.random() < 0.75:
+        if self.rng.random() < self.mutation_rate:
             self.mutate_update(parts)
         body = parts.pack(self.rng)
         if len(body) + wire.HEADER_LENGTH > wire.MAX_MESSAGE_LENGTH:

@@ -70,6 +70,12 @@ class RawSession(asyncio.Protocol):
         await session.start(open_message)
         return session
 
+    async def peer(self) -> str:
+        """The target's address, once connected."""
+        await self._made.wait()
+        assert self.transport is not None
+        return self.transport.get_extra_info("peername")[0]
+
     async def start(self, open_message: bytes | None = None) -> None:
         """Handshake, or with `open_message` just send it."""
         await self._made.wait()
