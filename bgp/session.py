@@ -36,6 +36,7 @@ TCP_MD5SIG_MAXKEYLEN = 80
 CONNECT_TIMEOUT = 5.0
 COLLISION_WAIT = 2.0  # how long an Established connection waits for a colliding one's OPEN
 INBOX_SIZE = 4096  # events, not bytes: an UPDATE is at most 4096 bytes (RFC 4271 4.1)
+CLOSE_LINGER = 5.0  # seconds a closing connection waits for the peer to read our NOTIFICATION and close
 
 
 async def cancel(task: asyncio.Task[Any] | None) -> None:
@@ -129,6 +130,7 @@ class Connection:
         # Events of an Established connection the peer holds back during a possible collision.
         self.held: list[fsm.Event] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
 
     @property
     def state(self) -> fsm.State:
@@ -152,6 +154,8 @@ class Connection:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
         if self.fsm is not None:
             self._after(self.fsm.connection_lost(str(exc) if exc else "closed by peer"))
 
@@ -192,14 +196,31 @@ class Connection:
             self._timer.cancel()
             self._timer = None
         if self.fsm.state is fsm.State.IDLE:
-            if not self.transport.is_closing():
-                self.transport.close()  # close() flushes the NOTIFICATION first
+            if not self.transport.is_closing() and self._linger is None:
+                self._close_after_notification()
         else:
             when = self.fsm.next_timer()
             if when is not None:
                 self._timer = self.loop.call_at(when, self._on_timer)
         for event in events:
             self.peer._on_event(self, event)
+
+    def _close_after_notification(self) -> None:
+        """Send what is queued (the NOTIFICATION last), then FIN, and keep reading (into the Idle FSM, which
+        drops it) until the peer closes too, for at most CLOSE_LINGER. Not transport.close(): it stops
+        reading, and a socket closed with unread bytes (the peer's next message, already on its way) is
+        reset by the kernel, which drops what was still unsent: the NOTIFICATION never arrived when it
+        queued behind a table the peer was still reading."""
+        assert self.transport is not None
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        try:
+            self.transport.write_eof()
+        except OSError:  # the peer has reset the connection already
+            self.transport.abort()
+            return
+        self._linger = self.loop.call_later(CLOSE_LINGER, self.transport.abort)
 
     def deliver(self, event: fsm.Event) -> None:
         """Queue an event for the owner, in order; pause reading while the inbox is full."""
