@@ -354,6 +354,33 @@ def _check_discardable(negotiated: Negotiated, code: int, value: bytes, raw: byt
     return None
 
 
+_AS_TRANS = 23456  # RFC 6793 section 9
+
+
+def _four_octet_passthrough(passthrough: list[bytes], as_path: tuple[AsSegment, ...] | None) -> list[bytes]:
+    """Attributes received on a 2-octet AS session as a 4-octet speaker passes them on (RFC 6793 sections
+    4.2.2 and 4.2.3): AS_PATH rebuilt with 4-octet numbers from the path merged with AS4_PATH, AGGREGATOR
+    widened (its AS from AS4_AGGREGATOR when it says AS_TRANS), AS4_PATH and AS4_AGGREGATOR dropped. The
+    reflector's clients all speak 4-octet AS numbers; bytes passed as received would be malformed there."""
+    def value_of(raw: bytes) -> bytes:
+        return raw[4:] if raw[0] & 0x10 else raw[3:]
+
+    as4_aggregator = next((value_of(raw) for raw in passthrough if raw[1] == _AS4_AGGREGATOR), b"")
+    out = []
+    for raw in passthrough:
+        flags, code, value = raw[0], raw[1], value_of(raw)
+        if code == _AS_PATH and as_path is not None:
+            out.append(_attribute(flags, code, b"".join(
+                bytes([s.kind, len(s.asns)]) + struct.pack(f"!{len(s.asns)}I", *s.asns) for s in as_path)))
+        elif code == _AGGREGATOR and len(value) == 6:
+            asn = int.from_bytes(value[:2], "big")
+            as4 = asn == _AS_TRANS and len(as4_aggregator) == 8
+            out.append(_attribute(flags, code, as4_aggregator if as4 else struct.pack("!I", asn) + value[2:]))
+        elif code not in (_AS4_PATH, _AS4_AGGREGATOR):
+            out.append(raw)
+    return out
+
+
 def _attribute(flags: int, code: int, value: bytes) -> bytes:
     if len(value) > 255:
         return struct.pack("!BBH", flags | 0x10, code, len(value)) + value

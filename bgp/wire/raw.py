@@ -21,6 +21,7 @@ from nvfabric.bgp.wire.attributes import (
     _MP_UNREACH,
     _ORIGINATOR_ID,
     _attribute,
+    _four_octet_passthrough,
     _walk_attributes,
 )
 from nvfabric.bgp.wire.framing import HEADER_LENGTH, MAX_MESSAGE_LENGTH, MessageType, _frame, _update_sections
@@ -210,7 +211,8 @@ def _decode_raw_update(negotiated: Negotiated, body: bytes, result: RawUpdate) -
         originator_id=attrs.originator_id, cluster_list=attrs.cluster_list, communities=attrs.communities,
         tunnel_type=attrs.ext.tunnel_type,
     )
-    attributes = b"".join(attrs.passthrough)
+    passthrough = attrs.passthrough if negotiated.four_octet else _four_octet_passthrough(attrs.passthrough, attrs.as_path)
+    attributes = b"".join(passthrough)
     (family, nlri), *rest = parts
     result.family, result.announced, result.attributes, result.attrs = family, nlri, attributes, path_attrs
     if family is not Family.IPV4_UNICAST:

@@ -23,11 +23,14 @@ HANDSHAKE_TIMEOUT = 10.0
 CEASE = 6
 
 
-def capabilities(router_id: str, asn: int = 65000, families: frozenset[Family] | None = None) -> wire.Capabilities:
-    """Our OPEN: hold time 0 (RFC 4271 section 4.2: no KEEPALIVEs, no hold timer), every family we fuzz."""
+def capabilities(router_id: str, asn: int = 65000, families: frozenset[Family] | None = None,
+                 four_octet: bool = True) -> wire.Capabilities:
+    """Our OPEN: hold time 0 (RFC 4271 section 4.2: no KEEPALIVEs, no hold timer), every family we fuzz;
+    without `four_octet` a 2-octet AS speaker (RFC 6793: AS_PATH with 2-octet numbers, AS4_PATH)."""
     return wire.Capabilities(
         asn=asn, router_id=ipaddress.IPv4Address(router_id), hold_time=0,
         families=families or frozenset({Family.L2VPN_EVPN, Family.IPV4_UNICAST, Family.IPV6_UNICAST}),
+        four_octet=four_octet,
     )
 
 

@@ -29,14 +29,15 @@ def route(n: int, source: str) -> MacIpRoute:
 
 async def fuzz_listener(name: str, host: str, port: int, seed: int, messages: int, seconds: float, *,
                         reflects: bool, learned: Callable[[MacIpRoute], Awaitable[bool]] | None = None,
-                        log: Callable[[str], None] = lambda line: None) -> Report:
+                        four_octet: bool = True, log: Callable[[str], None] = lambda line: None) -> Report:
     """Fuzz the target at host:port. A reflector (`reflects`) must pass the final route to the well-behaved
-    session; otherwise `learned(route)` says whether the target holds it."""
+    session; otherwise `learned(route)` says whether the target holds it. Without `four_octet` the fuzzed
+    session is a 2-octet AS speaker (the well-behaved one never is)."""
     watcher = await RawSession.connect(host, port, WATCHER, capabilities("198.51.100.1"))
     assert watcher.negotiated is not None
     # A route of its own, so a reflector has a table to answer the fuzzer's ROUTE-REFRESH with.
     watcher.send(wire.encode_update(watcher.negotiated, [route(1, "198.51.100.1")])[0])
-    campaign = Campaign(name, Dialer(host, port, FUZZER), capabilities("198.51.100.2"), seed,
+    campaign = Campaign(name, Dialer(host, port, FUZZER), capabilities("198.51.100.2", four_octet=four_octet), seed,
                         health=session_health(watcher, reflected=reflects), log=log)
     try:
         report = await campaign.run(messages, seconds)

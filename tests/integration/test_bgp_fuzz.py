@@ -45,7 +45,8 @@ def assert_clean(report: Report, daemon: Speaker, loop_errors: list[dict[str, An
     assert loop_errors == []
 
 
-async def test_fuzzing_the_reflector_resets_only_the_fuzzed_session(loop_errors):
+@pytest.mark.parametrize("four_octet", [True, False], ids=["4-octet-as", "2-octet-as"])
+async def test_fuzzing_the_reflector_resets_only_the_fuzzed_session(loop_errors, four_octet):
     rr = Reflector(rr_config.parse({
         "asn": 65000, "router_id": "198.51.100.100", "cluster_id": "192.0.2.100", "hold_time": 9,
         "listen": {"address": "127.0.0.1", "port": 0},
@@ -53,7 +54,7 @@ async def test_fuzzing_the_reflector_resets_only_the_fuzzed_session(loop_errors)
     await rr.start()
     try:
         report = await fuzz_listener("nvfabric rr", "127.0.0.1", rr.listen_port, SEED, MESSAGES, SECONDS,
-                                     reflects=True)
+                                     reflects=True, four_octet=four_octet)
         assert_clean(report, rr, loop_errors)
     finally:
         await rr.stop()

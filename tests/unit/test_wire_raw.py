@@ -157,3 +157,18 @@ def test_ipv4_nlri_without_next_hop_is_treat_as_withdraw():
     assert raw.announced == [] and raw.also is None
     assert [e.action for e in raw.errors] == [wire.TREAT_AS_WITHDRAW]
     assert [(f, len(n)) for f, n in raw.withdrawn_by_family()] == [(Family.L2VPN_EVPN, 1), (Family.IPV4_UNICAST, 1)]
+
+
+def test_attributes_from_a_two_octet_session_are_passed_on_in_four_octet_form():
+    # Found by fuzzing with a 2-octet AS session: the reflector passed AS_PATH with 2-octet numbers,
+    # AS4_PATH and AS4_AGGREGATOR to its 4-octet clients, where AS_PATH is malformed (RFC 6793 4.2.3).
+    from tests.fixtures.bgp_samples import TWO_OCTET
+    as_path = bytes.fromhex("400206 0202 fde9 5ba0")  # AS_SEQUENCE 65001 AS_TRANS
+    as4_path = bytes.fromhex("c0110a 0202 0000fde9 00011170")  # AS_SEQUENCE 65001 70000
+    aggregator = bytes.fromhex("c00706 5ba0 c6336401")  # AS_TRANS 198.51.100.1
+    as4_aggregator = bytes.fromhex("c01208 00011170 c6336401")  # 70000 198.51.100.1
+    from tests.unit.test_wire_update import _evpn_reach, _type2
+    attributes = bytes.fromhex("40010100") + as_path + as4_path + aggregator + as4_aggregator + _evpn_reach(_type2(1))
+    raw = wire.decode_raw_update(TWO_OCTET, b"\x00\x00" + len(attributes).to_bytes(2, "big") + attributes)
+    assert raw.errors == [] and len(raw.announced) == 1
+    assert raw.attributes == bytes.fromhex("40010100" "40020a 0202 0000fde9 00011170" "c00708 00011170 c6336401")
