@@ -4,7 +4,7 @@ the same campaign briefly, in-process; tests/kernel/test_bgp_fuzz.py fuzzes an a
 their kernel).
 
     .venv/bin/python bench/bgp_fuzz.py --seed 7 --messages 20000
-    .venv/bin/python bench/bgp_fuzz.py --seed 7 --messages 5000 --target rr --json
+    .venv/bin/python bench/bgp_fuzz.py --seed 7 --messages 5000 --target rr-2octet --json
 
 Per target: messages sent (by kind), sessions opened, resets by NOTIFICATION code, fuzzed OPENs the
 target accepted, findings (an exception escaping, a connection dropped without NOTIFICATION, a code RFC
@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from nvfabric.bgp.routes import MacIpRoute  # noqa: E402
 from nvfabric.lab.fuzz.targets import DYNAMIC_PREFIX, fuzz_listener, route  # noqa: E402
 
+TARGETS = ("rr", "rr-2octet", "speaker")
 NVFABRIC = [str(Path(sys.executable).with_name("nvfabric"))]  # the console script of the same environment
 
 
@@ -88,7 +89,7 @@ class Daemon:
 
 async def run_target(target: str, seed: int, messages: int, seconds: float, tmp: Path) -> dict[str, Any]:
     port = free_port()
-    if target == "rr":
+    if target.startswith("rr"):
         config = {"asn": 65000, "router_id": "198.51.100.100", "cluster_id": "192.0.2.100", "hold_time": 9,
                   "listen": {"address": "127.0.0.1", "port": port}, "api": {"listen": f"127.0.0.1:{free_port()}"},
                   "neighbors": [{"prefix": DYNAMIC_PREFIX, "asn": 65000, "client": True}]}
@@ -108,8 +109,9 @@ async def run_target(target: str, seed: int, messages: int, seconds: float, tmp:
     try:
         await daemon.listening(port)
         rss_before = rss_kib(daemon.proc.pid)
-        report = await fuzz_listener(f"nvfabric {'rr' if target == 'rr' else 'bgp speak'}", "127.0.0.1", port, seed,
-                                     messages, seconds, reflects=target == "rr", learned=learned,
+        report = await fuzz_listener(f"nvfabric {'rr' if target.startswith('rr') else 'bgp speak'} ({target})",
+                                     "127.0.0.1", port, seed, messages, seconds, reflects=target.startswith("rr"),
+                                     learned=learned, four_octet=target != "rr-2octet",
                                      log=lambda line: print(f"  {target}: {line}", flush=True))
         alive = daemon.proc.poll() is None
         rss_after = rss_kib(daemon.proc.pid) if alive else 0
@@ -134,13 +136,14 @@ async def main() -> int:
     parser.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
     parser.add_argument("--messages", type=int, default=10000, help="per target")
     parser.add_argument("--seconds", type=float, default=1800.0, help="per target, at most")
-    parser.add_argument("--target", choices=("rr", "speaker", "all"), default="all")
+    parser.add_argument("--target", choices=(*TARGETS, "all"), default="all",
+                        help="rr-2octet: the reflector fuzzed from a 2-octet AS session")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON document at the end")
     args = parser.parse_args()
     print(f"seed {args.seed} (replay with --seed {args.seed})", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="nvfabric-fuzz-") as tmp:
-        for i, target in enumerate(("rr", "speaker") if args.target == "all" else (args.target,)):
+        for i, target in enumerate(TARGETS if args.target == "all" else (args.target,)):
             results.append(await run_target(target, args.seed + i, args.messages, args.seconds, Path(tmp)))
     if args.json:
         print(json.dumps(results, indent=2))
