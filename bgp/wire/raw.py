@@ -211,7 +211,9 @@ def _decode_raw_update(negotiated: Negotiated, body: bytes, result: RawUpdate) -
         originator_id=attrs.originator_id, cluster_list=attrs.cluster_list, communities=attrs.communities,
         tunnel_type=attrs.ext.tunnel_type,
     )
-    passthrough = attrs.passthrough if negotiated.four_octet else _four_octet_passthrough(attrs.passthrough, attrs.as_path)
+    passthrough = attrs.passthrough
+    if not negotiated.four_octet:
+        passthrough = _four_octet_passthrough(passthrough, attrs.as_path)
     attributes = b"".join(passthrough)
     (family, nlri), *rest = parts
     result.family, result.announced, result.attributes, result.attrs = family, nlri, attributes, path_attrs

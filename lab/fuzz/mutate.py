@@ -197,21 +197,22 @@ class Generator:
         rng = self.rng
         choice = rng.randrange(6)
         if choice == 0:
+            mac = f"02:00:00:00:{rng.randrange(256):02x}:{rng.randrange(256):02x}"
+            ip = rng.choice((None, f"10.1.0.{rng.randrange(1, 255)}", f"2001:db8::{rng.randrange(1, 9999):x}"))
             routes = [
-                MacIpRoute(rd="198.51.100.9:1", mac="02:00:00:00:%02x:%02x" % (rng.randrange(256), rng.randrange(256)),
-                           ip=rng.choice((None, "10.1.0.%d" % rng.randrange(1, 255), "2001:db8::%x" % rng.randrange(1, 9999))),
-                           vsid=rng.randrange(1, 1 << 24), next_hop="198.51.100.9",
-                           route_targets=("65000:%d" % rng.randrange(1, 9999),),
+                MacIpRoute(rd="198.51.100.9:1", mac=mac, ip=ip, vsid=rng.randrange(1, 1 << 24), next_hop="198.51.100.9",
+                           route_targets=(f"65000:{rng.randrange(1, 9999)}",),
                            router_mac=rng.choice((None, "02:00:5e:10:00:01")), mobility_seq=rng.choice((0, 1, 7))),
-                PrefixRoute(rd="198.51.100.9:2", prefix=rng.choice(("10.2.%d.0/24" % rng.randrange(256), "0.0.0.0/0",
-                                                                      "2001:db8:%x::/48" % rng.randrange(9999))),
+                PrefixRoute(rd="198.51.100.9:2",
+                            prefix=rng.choice((f"10.2.{rng.randrange(256)}.0/24", "0.0.0.0/0",
+                                               f"2001:db8:{rng.randrange(9999):x}::/48")),
                             vsid=rng.randrange(1, 1 << 24), next_hop="198.51.100.9", route_targets=("65000:1",)),
             ]
             route = rng.choice(routes)
             message = rng.choice(wire.encode_update(negotiated, [route], [route] if rng.random() < 0.3 else []))
             return UpdateParts.parse(message)
         if choice == 1 and Family.IPV4_UNICAST in negotiated.families:
-            route = UnicastRoute(prefix="203.0.113.%d/32" % rng.randrange(256), next_hop="198.51.100.9")
+            route = UnicastRoute(prefix=f"203.0.113.{rng.randrange(256)}/32", next_hop="198.51.100.9")
             return UpdateParts.parse(rng.choice(wire.encode_update(negotiated, [route], [route])))
         catalogue = attribute_catalogue(rng)
         mandatory = [list(a) for a in catalogue[:3]]
@@ -312,7 +313,8 @@ class Generator:
             body = body[: rng.randrange(len(body))]
         elif how == 3:
             # Extra capabilities, some unknown, some malformed (RFC 5492), in one optional parameter.
-            caps = b"".join(bytes([rng.choice((1, 2, 64, 65, 69, 70, 71, 73, rng.randrange(256))), n]) + rng.randbytes(n)
+            codes = (1, 2, 64, 65, 69, 70, 71, 73, rng.randrange(256))
+            caps = b"".join(bytes([rng.choice(codes), n]) + rng.randbytes(n)
                             for n in (rng.choice((0, 1, 2, 4, 6)) for _ in range(rng.randint(1, 4))))
             param = bytes([2, len(caps)]) + caps
             body = body[:9] + bytes([body[9] + len(param) & 0xFF]) + body[10:] + param

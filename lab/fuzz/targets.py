@@ -23,8 +23,8 @@ DYNAMIC_PREFIX = "127.0.1.0/24"
 
 def route(n: int, source: str) -> MacIpRoute:
     """A well-formed type-2 route (next hop and RD of `source`'s identifier)."""
-    return MacIpRoute(rd=f"{source}:1", mac=f"02:00:00:00:{n // 256:02x}:{n % 256:02x}", ip=f"10.1.{n // 256}.{n % 256}",
-                      vsid=5001, next_hop=source, route_targets=("65000:5001",))
+    return MacIpRoute(rd=f"{source}:1", mac=f"02:00:00:00:{n // 256:02x}:{n % 256:02x}",
+                      ip=f"10.1.{n // 256}.{n % 256}", vsid=5001, next_hop=source, route_targets=("65000:5001",))
 
 
 async def fuzz_listener(name: str, host: str, port: int, seed: int, messages: int, seconds: float, *,

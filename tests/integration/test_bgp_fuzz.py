@@ -64,7 +64,8 @@ async def test_fuzzing_a_speaker_resets_only_the_fuzzed_session(loop_errors):
     speaker = Speaker(bgp_config.parse({
         "asn": 65000, "router_id": "198.51.100.11", "hold_time": 9,
         "families": ["l2vpn-evpn", "ipv4-unicast", "ipv6-unicast"],
-        "listen": {"address": "127.0.0.1", "port": 0}, "dynamic_neighbors": [{"prefix": DYNAMIC_PREFIX, "asn": 65000}]}))
+        "listen": {"address": "127.0.0.1", "port": 0},
+        "dynamic_neighbors": [{"prefix": DYNAMIC_PREFIX, "asn": 65000}]}))
     await speaker.start()
     await speaker.announce([route(11, "198.51.100.11")])  # the table the fuzzer's ROUTE-REFRESH gets
 

@@ -114,7 +114,8 @@ async def test_ipv4_nlri_beside_evpn_are_reflected_in_their_own_family_and_nobod
     sender = await RawSession.connect("127.0.0.1", port, "127.0.1.1", capabilities("198.51.100.1"))
     assert sender.negotiated is not None and receiver.negotiated is not None
     start = len(receiver.received)
-    message = with_attributes(wire.encode_update(sender.negotiated, [ROUTE])[0], attribute(0x40, 3, bytes([198, 51, 100, 1])))
+    next_hop = attribute(0x40, 3, bytes([198, 51, 100, 1]))
+    message = with_attributes(wire.encode_update(sender.negotiated, [ROUTE])[0], next_hop)
     prefix = bytes([24, 203, 0, 113])
     message = message[:16] + struct.pack("!H", len(message) + 4) + message[18:] + prefix
     sender.send(message)

@@ -32,7 +32,8 @@ async def test_the_notification_arrives_after_the_table_when_the_peer_has_sent_m
     # so the kernel reset it and dropped the unsent NOTIFICATION; the peer saw a dropped connection.
     speaker = Speaker(bgp_config.parse({
         "asn": 65000, "router_id": "198.51.100.11", "hold_time": 9, "families": ["l2vpn-evpn"],
-        "listen": {"address": "127.0.0.1", "port": 0}, "dynamic_neighbors": [{"prefix": "127.0.1.0/24", "asn": 65000}]}))
+        "listen": {"address": "127.0.0.1", "port": 0},
+        "dynamic_neighbors": [{"prefix": "127.0.1.0/24", "asn": 65000}]}))
     await speaker.start()
     try:
         await speaker.announce([route(i, "198.51.100.11") for i in range(TABLE)])
