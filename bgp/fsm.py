@@ -35,6 +35,9 @@ ERR_CEASE = 6
 FSM_UNEXPECTED_IN_OPENSENT = 1
 FSM_UNEXPECTED_IN_OPENCONFIRM = 2
 FSM_UNEXPECTED_IN_ESTABLISHED = 3
+# RFC 4271 section 6.3: with these UPDATE Message Error subcodes (unrecognized well-known attribute,
+# optional attribute error) the NOTIFICATION's Data is the offending attribute.
+UPDATE_SUBCODES_WITH_ATTRIBUTE = frozenset({2, 9})
 # RFC 4486 Cease subcodes.
 CEASE_MAX_PREFIX = 1
 CEASE_ADMIN_SHUTDOWN = 2
@@ -261,7 +264,8 @@ class Fsm:
             fatal = next((e for e in result.errors if e.action == wire.SESSION_RESET), None)
             if fatal is not None:
                 # RFC 7606 keeps the session for everything else; these few errors still reset it.
-                return self._fail(ERR_UPDATE, fatal.subcode, b"", f"{fatal.reason} (bytes {fatal.raw})")
+                data = bytes.fromhex(fatal.raw) if fatal.subcode in UPDATE_SUBCODES_WITH_ATTRIBUTE else b""
+                return self._fail(ERR_UPDATE, fatal.subcode, data, f"{fatal.reason} (bytes {fatal.raw})")
             return [UpdateReceived(result, body)]
         if msg_type == MessageType.ROUTE_REFRESH:
             self._restart_hold(now)

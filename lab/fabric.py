@@ -209,10 +209,11 @@ class Fabric:
         if thread is not None:
             thread.stop()
 
-    def up(self, hold_time: int | None = None, **agent: object) -> None:
-        """Reflectors (`hold_time` as in start_reflector), VMs, agents (`agent`: more of their configuration)
-        with both tenants and their ports."""
-        self.start_reflectors(hold_time)
+    def up(self, hold_time: int | None = None, reflectors: Iterable[str] = tuple(RR), **agent: object) -> None:
+        """Reflectors (`hold_time` as in start_reflector; `reflectors`: the nodes that run one, the agents
+        dial every address of RR all the same), VMs, agents (`agent`: more of their configuration) with both
+        tenants and their ports."""
+        self.start_reflectors(hold_time, reflectors)
         for vm in VMS:
             self.plug(vm)
         for host in HV:

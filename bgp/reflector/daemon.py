@@ -281,29 +281,32 @@ class Reflector(Speaker):
             for family, nlri in result.withdrawn_by_family():
                 if family in best:
                     self.rib.withdraw(address, family, nlri, pending)
-        if result.announced and result.family in best:
-            counters.routes_in += len(result.announced)
-            reason = policy.loop_reason(result.attrs, self.router_id, self.cluster_id)
+        # One UPDATE may announce IPv4 prefixes beside another family's (result.also).
+        for part in (result, result.also):
+            if part is None or not part.announced or part.family not in best:
+                continue
+            counters.routes_in += len(part.announced)
+            reason = policy.loop_reason(part.attrs, self.router_id, self.cluster_id)
             if reason is not None:
                 # RFC 4456 section 8: ignore the routes (and so withdraw what the peer sent before under them).
-                self.stats.loops += len(result.announced)
-                self.stats.peer(address).loops += len(result.announced)
-                log.debug("ignoring %d looped routes: %s", len(result.announced), reason,
+                self.stats.loops += len(part.announced)
+                self.stats.peer(address).loops += len(part.announced)
+                log.debug("ignoring %d looped routes: %s", len(part.announced), reason,
                           extra={"event": "loop", "peer": peer.name})
-                self.rib.withdraw(address, result.family, result.announced, pending)
+                self.rib.withdraw(address, part.family, part.announced, pending)
             else:
-                attrs = self._attrset(peer, ref, result)
+                attrs = self._attrset(peer, ref, part)
                 if not _may_announce(self.policy(address), attrs):
                     # Not this client's to announce: treat-as-withdraw (what it sent before under these
                     # keys goes too), counted; never reflected.
-                    self.stats.policy_dropped += len(result.announced)
-                    self.stats.peer(address).policy_dropped += len(result.announced)
+                    self.stats.policy_dropped += len(part.announced)
+                    self.stats.peer(address).policy_dropped += len(part.announced)
                     log.debug("dropping %d routes with route targets outside announce_route_targets",
-                              len(result.announced), extra={"event": "policy-drop", "peer": peer.name})
-                    self.rib.withdraw(address, result.family, result.announced, pending)
+                              len(part.announced), extra={"event": "policy-drop", "peer": peer.name})
+                    self.rib.withdraw(address, part.family, part.announced, pending)
                 else:
-                    self.rib.receive(attrs, result.announced, pending)
-                    self.check_max_prefix(peer, self.rib.counts.get(address, 0), result.family)
+                    self.rib.receive(attrs, part.announced, pending)
+                    self.check_max_prefix(peer, self.rib.counts.get(address, 0), part.family)
                     self.stats.max_prefix_events = self.counters.max_prefix_events
         if result.eor is not None:
             self._publish(self._on_eor(peer, result.eor))

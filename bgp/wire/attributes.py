@@ -32,12 +32,25 @@ _ORIGIN, _AS_PATH, _NEXT_HOP, _MED, _LOCAL_PREF, _ATOMIC_AGGREGATE, _AGGREGATOR 
 _COMMUNITIES, _ORIGINATOR_ID, _CLUSTER_LIST, _MP_REACH, _MP_UNREACH, _EXT_COMMUNITIES = 8, 9, 10, 14, 15, 16
 _AS4_PATH = 17  # RFC 6793
 
-# RFC 7606 section 3 (c): the Optional bit must match the attribute's category, else treat-as-withdraw.
-_OPTIONAL_BIT = {
-    _ORIGIN: False, _AS_PATH: False, _NEXT_HOP: False, _LOCAL_PREF: False, _ATOMIC_AGGREGATE: False,
-    _MED: True, _AGGREGATOR: True, _COMMUNITIES: True, _ORIGINATOR_ID: True, _CLUSTER_LIST: True,
-    _MP_REACH: True, _MP_UNREACH: True, _EXT_COMMUNITIES: True, _AS4_PATH: True,
+_AS4_AGGREGATOR = 18  # RFC 6793
+
+# Attribute Flags (RFC 4271 section 4.3).
+_FLAG_OPTIONAL, _FLAG_TRANSITIVE, _FLAG_PARTIAL = 0x80, 0x40, 0x20
+_WELL_KNOWN, _OPTIONAL_TRANSITIVE, _OPTIONAL_NON_TRANSITIVE = 0x40, 0xC0, 0x80
+
+# The Optional and Transitive bits each attribute we recognise must carry (RFC 4271 section 5, RFC 4456,
+# RFC 4760, RFC 4360, RFC 6793). RFC 7606 section 3 (c): a conflict means treat-as-withdraw.
+_CATEGORY = {
+    _ORIGIN: _WELL_KNOWN, _AS_PATH: _WELL_KNOWN, _NEXT_HOP: _WELL_KNOWN, _LOCAL_PREF: _WELL_KNOWN,
+    _ATOMIC_AGGREGATE: _WELL_KNOWN,
+    _MED: _OPTIONAL_NON_TRANSITIVE, _ORIGINATOR_ID: _OPTIONAL_NON_TRANSITIVE, _CLUSTER_LIST: _OPTIONAL_NON_TRANSITIVE,
+    _MP_REACH: _OPTIONAL_NON_TRANSITIVE, _MP_UNREACH: _OPTIONAL_NON_TRANSITIVE,
+    _AGGREGATOR: _OPTIONAL_TRANSITIVE, _COMMUNITIES: _OPTIONAL_TRANSITIVE, _EXT_COMMUNITIES: _OPTIONAL_TRANSITIVE,
+    _AS4_PATH: _OPTIONAL_TRANSITIVE, _AS4_AGGREGATOR: _OPTIONAL_TRANSITIVE,
 }
+
+# RFC 4271 section 6.3 UPDATE Message Error subcode for a well-known attribute we do not recognise.
+SUBCODE_UNRECOGNIZED_WELL_KNOWN = 2
 
 # An EVPN next hop is the provider address, IPv4 or IPv6 (RFC 8365 section 5.1.3, RFC 7432 section 7),
 # and RFC 2545 section 3 allows 32 bytes (global + link-local). exa.py widens ExaBGP's table to these.
@@ -245,10 +258,13 @@ def _walk_attributes(negotiated: Negotiated, body: bytes, start: int, end: int, 
             errors.append(UpdateError(ATTRIBUTE_DISCARD, reason, raw.hex()))
             continue
         seen.add(code)
-        if code != _MP_REACH and code != _MP_UNREACH:
-            attrs.passthrough.append(raw)
-        optional = _OPTIONAL_BIT.get(code)
-        if optional is not None and bool(flags & 0x80) != optional:
+        category = _CATEGORY.get(code)
+        if category is None:
+            kept = _unrecognized(flags, code, raw)
+            if kept:
+                attrs.passthrough.append(kept)
+            continue
+        if flags & _OPTIONAL_TRANSITIVE != category:
             reason = f"attribute {code} has flags {flags:#04x} conflicting with its type (RFC 7606 section 3 c)"
             errors.append(UpdateError(TREAT_AS_WITHDRAW, reason, raw.hex()))
             attrs.withdraw_reason = reason
@@ -260,6 +276,8 @@ def _walk_attributes(negotiated: Negotiated, body: bytes, start: int, end: int, 
             error = _read_mp_unreach(negotiated, attrs, value, raw)
         elif code == _AS4_PATH:
             error = _read_as4_path(negotiated, attrs, value, raw)
+        elif code == _AS4_AGGREGATOR:
+            error = _as4_discarded(negotiated, code, raw)
         elif code == _ATOMIC_AGGREGATE or code == _AGGREGATOR:
             error = _check_discardable(negotiated, code, value, raw)
         else:
@@ -269,16 +287,40 @@ def _walk_attributes(negotiated: Negotiated, body: bytes, start: int, end: int, 
                 attrs.withdraw_reason = reason
         if error is not None:
             errors.append(error)
+        # What the reflector passes on: never what RFC 7606 told us to discard, never MP_REACH/MP_UNREACH
+        # (it packs its own).
+        if code != _MP_REACH and code != _MP_UNREACH and (error is None or error.action != ATTRIBUTE_DISCARD):
+            attrs.passthrough.append(raw)
     if attrs.as4_path is not None and attrs.as_path is not None:
         attrs.as_path = _merge_as4_path(attrs.as_path, attrs.as4_path)
     return attrs
 
 
+def _unrecognized(flags: int, code: int, raw: bytes) -> bytes | None:
+    """An attribute whose type code we do not recognise, as it may be passed on (RFC 4271 section 5):
+    well-known is a session reset (section 6.3, NOTIFICATION 3/2 carrying the attribute); optional
+    non-transitive is quietly ignored and not passed (None); optional transitive is passed with the
+    Partial bit set (section 5 and 9.1.3)."""
+    if not flags & _FLAG_OPTIONAL:
+        raise _Reset(SUBCODE_UNRECOGNIZED_WELL_KNOWN, f"unrecognized well-known attribute {code}", raw)
+    if not flags & _FLAG_TRANSITIVE:
+        return None
+    return bytes([flags | _FLAG_PARTIAL]) + raw[1:]
+
+
+def _as4_discarded(negotiated: Negotiated, code: int, raw: bytes) -> UpdateError | None:
+    # RFC 6793 section 3: AS4_PATH and AS4_AGGREGATOR from a 4-octet speaker are discarded.
+    if negotiated.four_octet:
+        return UpdateError(ATTRIBUTE_DISCARD, f"attribute {code} from a 4-octet AS speaker (RFC 6793 section 3)",
+                           raw.hex())
+    return None
+
+
 def _read_as4_path(negotiated: Negotiated, attrs: _Attrs, value: bytes, raw: bytes) -> UpdateError | None:
-    # RFC 6793 section 4.2.2: AS4_PATH matters only on a 2-octet session (a 4-octet speaker ignores
+    # RFC 6793 section 4.2.2: AS4_PATH matters only on a 2-octet session (a 4-octet speaker discards
     # it); a malformed one is discarded (section 6), the AS_PATH then stands alone.
     if negotiated.four_octet:
-        return None
+        return _as4_discarded(negotiated, _AS4_PATH, raw)
     attrs.as4_path = _as_path(value, 4)
     if attrs.as4_path is None:
         return UpdateError(ATTRIBUTE_DISCARD, "AS4_PATH malformed (RFC 6793 section 6)", raw.hex())
@@ -310,6 +352,33 @@ def _check_discardable(negotiated: Negotiated, code: int, value: bytes, raw: byt
     if len(value) != expected:
         return UpdateError(ATTRIBUTE_DISCARD, f"attribute {code} length {len(value)} != {expected}", raw.hex())
     return None
+
+
+_AS_TRANS = 23456  # RFC 6793 section 9
+
+
+def _four_octet_passthrough(passthrough: list[bytes], as_path: tuple[AsSegment, ...] | None) -> list[bytes]:
+    """Attributes received on a 2-octet AS session as a 4-octet speaker passes them on (RFC 6793 sections
+    4.2.2 and 4.2.3): AS_PATH rebuilt with 4-octet numbers from the path merged with AS4_PATH, AGGREGATOR
+    widened (its AS from AS4_AGGREGATOR when it says AS_TRANS), AS4_PATH and AS4_AGGREGATOR dropped. The
+    reflector's clients all speak 4-octet AS numbers; bytes passed as received would be malformed there."""
+    def value_of(raw: bytes) -> bytes:
+        return raw[4:] if raw[0] & 0x10 else raw[3:]
+
+    as4_aggregator = next((value_of(raw) for raw in passthrough if raw[1] == _AS4_AGGREGATOR), b"")
+    out = []
+    for raw in passthrough:
+        flags, code, value = raw[0], raw[1], value_of(raw)
+        if code == _AS_PATH and as_path is not None:
+            out.append(_attribute(flags, code, b"".join(
+                bytes([s.kind, len(s.asns)]) + struct.pack(f"!{len(s.asns)}I", *s.asns) for s in as_path)))
+        elif code == _AGGREGATOR and len(value) == 6:
+            asn = int.from_bytes(value[:2], "big")
+            as4 = asn == _AS_TRANS and len(as4_aggregator) == 8
+            out.append(_attribute(flags, code, as4_aggregator if as4 else struct.pack("!I", asn) + value[2:]))
+        elif code not in (_AS4_PATH, _AS4_AGGREGATOR):
+            out.append(raw)
+    return out
 
 
 def _attribute(flags: int, code: int, value: bytes) -> bytes:

@@ -21,6 +21,7 @@ from nvfabric.bgp.wire.attributes import (
     _MP_UNREACH,
     _ORIGINATOR_ID,
     _attribute,
+    _four_octet_passthrough,
     _walk_attributes,
 )
 from nvfabric.bgp.wire.framing import HEADER_LENGTH, MAX_MESSAGE_LENGTH, MessageType, _frame, _update_sections
@@ -70,6 +71,9 @@ class RawUpdate:
     # The family of each run of `withdrawn`, in order: (family, count). One UPDATE can withdraw IPv4
     # prefixes in its Withdrawn Routes field and another family's routes in MP_UNREACH_NLRI (RFC 4760).
     withdrawn_runs: list[tuple[Family, int]] = field(default_factory=list)
+    # Likewise it can announce IPv4 prefixes in its NLRI field beside another family's MP_REACH_NLRI:
+    # those come here, same attributes, family IPv4 unicast (never mixed into the other family's routes).
+    also: RawUpdate | None = None
 
     def withdrawn_by_family(self) -> list[tuple[Family, list[RawNlri]]]:
         out, start = [], 0
@@ -176,32 +180,47 @@ def _decode_raw_update(negotiated: Negotiated, body: bytes, result: RawUpdate) -
     if withdrawn_end == 2 and attributes_start == attributes_end == len(body):
         result.eor = Family.IPV4_UNICAST
         return
-    announced: list[RawNlri] = []
+    ipv4: list[RawNlri] = []
     if attributes_end < len(body) and Family.IPV4_UNICAST in negotiated.families:
-        result.family = Family.IPV4_UNICAST
-        announced = _raw_prefixes(body[attributes_end:], Family.IPV4_UNICAST)
+        ipv4 = _raw_prefixes(body[attributes_end:], Family.IPV4_UNICAST)
+        if ipv4 and attrs.next_hop is None and attrs.withdraw_reason is None:
+            # RFC 7606 section 3 (d): NEXT_HOP is mandatory when the NLRI field is not empty.
+            attrs.withdraw_reason = "missing NEXT_HOP (RFC 7606 section 3 d)"
+            result.errors.append(UpdateError(TREAT_AS_WITHDRAW, attrs.withdraw_reason, ""))
+    reach: list[RawNlri] = []
     if attrs.reach is not None:
-        result.family = attrs.reach[0]
-        result.next_hop = attrs.reach_next_hop
-        more, malformed = _raw_nlri(attrs.reach[0], attrs.reach[2], result.errors)
-        announced.extend(more)
+        reach, malformed = _raw_nlri(attrs.reach[0], attrs.reach[2], result.errors)
         if malformed:
             attrs.withdraw_reason = attrs.withdraw_reason or "malformed EVPN NLRI"
-    if not announced:
+        if attrs.reach[0] is Family.IPV4_UNICAST:
+            ipv4, reach = ipv4 + reach, []
+    parts: list[tuple[Family, list[RawNlri]]] = [(Family.IPV4_UNICAST, ipv4)] if ipv4 else []
+    if reach and attrs.reach is not None:
+        parts.insert(0, (attrs.reach[0], reach))
+    if not parts:
         return
     if attrs.origin is None or attrs.as_path is None:
         attrs.withdraw_reason = attrs.withdraw_reason or "missing ORIGIN or AS_PATH (RFC 7606 section 3 d)"
         result.errors.append(UpdateError(TREAT_AS_WITHDRAW, attrs.withdraw_reason, ""))
     if attrs.withdraw_reason is not None:
-        result._withdraw(result.family, announced)
+        for family, nlri in parts:
+            result._withdraw(family, nlri)
         return
-    result.announced = announced
-    result.attributes = b"".join(attrs.passthrough)
-    result.attrs = PathAttributes(
+    path_attrs = PathAttributes(
         origin=Origin(attrs.origin), as_path=attrs.as_path, med=attrs.med, local_pref=attrs.local_pref,
         originator_id=attrs.originator_id, cluster_list=attrs.cluster_list, communities=attrs.communities,
         tunnel_type=attrs.ext.tunnel_type,
     )
+    passthrough = attrs.passthrough
+    if not negotiated.four_octet:
+        passthrough = _four_octet_passthrough(passthrough, attrs.as_path)
+    attributes = b"".join(passthrough)
+    (family, nlri), *rest = parts
+    result.family, result.announced, result.attributes, result.attrs = family, nlri, attributes, path_attrs
+    if family is not Family.IPV4_UNICAST:
+        result.next_hop = attrs.reach_next_hop
+    if rest:
+        result.also = RawUpdate(Family.IPV4_UNICAST, attributes, b"", path_attrs, rest[0][1])
 
 
 def reflect_attributes(attributes: bytes, originator_id: IPv4Address | None, cluster_id: IPv4Address | None) -> bytes:

@@ -130,3 +130,45 @@ def test_short_evpn_routes_at_the_end_of_the_field_are_malformed_not_exceptions(
         for decode in (wire.decode_update, wire.decode_raw_update):
             result = decode(IBGP, payload)
             assert result.announced == [] and [e.action for e in result.errors] == [wire.TREAT_AS_WITHDRAW]
+
+
+def _with_ipv4_nlri(evpn_body: bytes, next_hop: bool = True) -> bytes:
+    """An EVPN UPDATE body that also announces 203.0.113.0/24 in its NLRI field (RFC 4760 allows both)."""
+    attributes_end = 4 + int.from_bytes(evpn_body[2:4], "big")
+    extra = bytes.fromhex("400304 c6336401") if next_hop else b""
+    attributes = evpn_body[4:attributes_end] + extra
+    return b"\x00\x00" + len(attributes).to_bytes(2, "big") + attributes + bytes([24, 203, 0, 113])
+
+
+def test_ipv4_nlri_beside_an_evpn_mp_reach_stay_ipv4_routes():
+    # Found by fuzzing: the IPv4 prefix was taken for an EVPN route and reflected inside MP_REACH_NLRI,
+    # which every other client had to answer with a session reset.
+    raw = wire.decode_raw_update(IBGP, _with_ipv4_nlri(body(wire.encode_update(IBGP, [mac_route()])[0])))
+    assert raw.errors == [] and raw.family is Family.L2VPN_EVPN
+    assert [wire.typed_key(Family.L2VPN_EVPN, n.raw) for n in raw.announced] == [mac_route().key]
+    assert raw.also is not None and raw.also.family is Family.IPV4_UNICAST and raw.also.next_hop == b""
+    assert [n.raw for n in raw.also.announced] == [bytes([24, 203, 0, 113])]
+    assert raw.also.attributes == raw.attributes and raw.also.attrs == raw.attrs
+
+
+def test_ipv4_nlri_without_next_hop_is_treat_as_withdraw():
+    # RFC 7606 section 3 (d): NEXT_HOP is mandatory with a non-empty NLRI field; everything is withdrawn.
+    raw = wire.decode_raw_update(IBGP, _with_ipv4_nlri(body(wire.encode_update(IBGP, [mac_route()])[0]), False))
+    assert raw.announced == [] and raw.also is None
+    assert [e.action for e in raw.errors] == [wire.TREAT_AS_WITHDRAW]
+    assert [(f, len(n)) for f, n in raw.withdrawn_by_family()] == [(Family.L2VPN_EVPN, 1), (Family.IPV4_UNICAST, 1)]
+
+
+def test_attributes_from_a_two_octet_session_are_passed_on_in_four_octet_form():
+    # Found by fuzzing with a 2-octet AS session: the reflector passed AS_PATH with 2-octet numbers,
+    # AS4_PATH and AS4_AGGREGATOR to its 4-octet clients, where AS_PATH is malformed (RFC 6793 4.2.3).
+    from tests.fixtures.bgp_samples import TWO_OCTET
+    as_path = bytes.fromhex("400206 0202 fde9 5ba0")  # AS_SEQUENCE 65001 AS_TRANS
+    as4_path = bytes.fromhex("c0110a 0202 0000fde9 00011170")  # AS_SEQUENCE 65001 70000
+    aggregator = bytes.fromhex("c00706 5ba0 c6336401")  # AS_TRANS 198.51.100.1
+    as4_aggregator = bytes.fromhex("c01208 00011170 c6336401")  # 70000 198.51.100.1
+    from tests.unit.test_wire_update import _evpn_reach, _type2
+    attributes = bytes.fromhex("40010100") + as_path + as4_path + aggregator + as4_aggregator + _evpn_reach(_type2(1))
+    raw = wire.decode_raw_update(TWO_OCTET, b"\x00\x00" + len(attributes).to_bytes(2, "big") + attributes)
+    assert raw.errors == [] and len(raw.announced) == 1
+    assert raw.attributes == bytes.fromhex("40010100" "40020a 0202 0000fde9 00011170" "c00708 00011170 c6336401")

@@ -349,13 +349,14 @@ def test_second_label_is_accepted_and_ignored():
 
 def test_extended_length_and_unknown_attributes():
     # PMSI tunnel (22, optional transitive) with the Extended Length bit: ignored by the typed
-    # decoder, carried as is by the raw one.
+    # decoder, carried by the raw one with the Partial bit set (RFC 4271 section 5: we do not
+    # recognise it).
     pmsi = bytes.fromhex("d016 0009 00 06 000000 c633640b")  # flags, ingress replication, label, IP
     reach = _evpn_reach(_type2(1))
     result = wire.decode_update(IBGP, _update_body(BASE + pmsi + reach))
     assert result.errors == [] and len(result.announced) == 1
     raw = wire.decode_raw_update(IBGP, _update_body(BASE + pmsi + reach))
-    assert raw.attributes == BASE + pmsi
+    assert raw.attributes == BASE + bytes([0xf0]) + pmsi[1:]
 
 
 def test_withdrawal_only_update_carries_no_attributes():
@@ -498,3 +499,19 @@ def test_random_routes_roundtrip_and_agree_with_exabgp():
         assert wire.reference_decode_update(IBGP, body(message)).announced[0].route == route
         theirs = wire.decode_raw_update(IBGP, body(wire.reference_encode_update(IBGP, [route])[0]))
         assert wire.decode_raw_update(IBGP, body(message)).announced == theirs.announced
+
+
+def test_a_transitive_flag_that_contradicts_the_type_is_treat_as_withdraw():
+    # RFC 7606 section 3 (c): MED is optional non-transitive; with the Transitive bit it is malformed.
+    med = bytes.fromhex("c004 04 00000001")
+    result = wire.decode_update(IBGP, _update_body(BASE + med + _evpn_reach(_type2(1))))
+    assert [e.action for e in result.errors] == [wire.TREAT_AS_WITHDRAW] and not result.announced
+    assert len(result.withdrawn) == 1
+
+
+def test_as4_path_from_a_four_octet_speaker_is_discarded_and_not_passed_on():
+    # RFC 6793 section 3: between 4-octet speakers AS4_PATH is discarded, the UPDATE is processed.
+    as4_path = bytes.fromhex("c011 06 0201 0000fde8")
+    raw = wire.decode_raw_update(IBGP, _update_body(BASE + as4_path + _evpn_reach(_type2(1))))
+    assert [e.action for e in raw.errors] == [wire.ATTRIBUTE_DISCARD] and len(raw.announced) == 1
+    assert raw.attributes == BASE

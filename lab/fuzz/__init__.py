@@ -1,0 +1,1 @@
+"""BGP fuzzing over real sessions (docs/lab.md): raw sessions, seeded mutations, campaigns, targets."""
