@@ -28,6 +28,7 @@ from nvfabric.service.openapi import (ANY_OBJECT, INTEGER, STRING, Operation, Pa
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.vnet.decap import DecapCollector
 from nvfabric.vnet.errors import ModelError
+from nvfabric.vnet.policy import REASONS
 from nvfabric.vnet.model import check_address
 from nvfabric.vnet.refusals import REFUSALS
 
@@ -161,6 +162,12 @@ class _TenantCollector(Collector):
                                      "(corrupt or unreadable; the previous copy or none used)")
         problems.add_metric([], len(self.gateway.state_problems))
         yield problems
+        refused = GaugeMetricFamily("nvfabric_gateway_routes_refused", "learned routes the import policy "
+                                    "refuses now (docs/agent.md, import policy)", labels=["reason"])
+        counts = self.gateway.refused_routes
+        for reason in REASONS:
+            refused.add_metric([reason], counts.get(reason, 0))
+        yield refused
         yield from families.values()
 
 

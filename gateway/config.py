@@ -4,6 +4,7 @@
 asn: 65001
 router_id: 198.51.100.21
 provider_addresses: [198.51.100.21, "2001:db8::21"]   # the PA announced with each tenant's default route
+provider_prefixes: [198.51.100.0/24, "2001:db8::/64"] # optional: learned next hops inside (default: PAs' interfaces)
 router_mac: "02:00:5e:10:00:01"
 route_reflectors: [{address: 198.51.100.100}, {address: 198.51.100.101}]
 external: {interfaces: [eth2], next_hop4: 203.0.113.1, address4: 203.0.113.21}
@@ -38,7 +39,7 @@ from nvfabric.bgp.config import ConfigError, Peer, Reader, read_api, read_peers,
 from nvfabric.gateway.reserved import Reserved
 from nvfabric.gateway.tenants import Tenant, check_tenants
 from nvfabric.service.config import ApiConfig
-from nvfabric.vnet.config import DEFAULT_ROUTER_MAC, read_provider_addresses, read_router_mac
+from nvfabric.vnet.config import DEFAULT_ROUTER_MAC, read_provider_addresses, read_provider_prefixes, read_router_mac
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import IFNAME_RE, Address, Network
 
@@ -80,6 +81,8 @@ class GatewayConfig:
     # The provider's public ranges this gateway may use and announce: every tenant public address and prefix
     # lies inside one of them (gateway/reserved.py: unset, single addresses only, no tenant prefixes).
     public_prefixes: tuple[Network, ...] = ()
+    # where the fabric's PAs are: a learned route's next hop must be inside (None: the PAs' own interfaces')
+    provider_prefixes: tuple[Network, ...] | None = None
     # Where the tenants created through the API and every tenant's id are kept (gateway/state.py). Unset:
     # API tenants last until the daemon stops; ids are still adopted from the kernel's NAT table.
     state_dir: Path | None = None
@@ -119,6 +122,7 @@ def parse(data: Any) -> GatewayConfig:
     asn = top.integer("asn", 1, 0xFFFFFFFF)
     router_id = top.address("router_id", version=4)
     pas = read_provider_addresses(top)  # none: a gateway of interface-attached tenants only
+    provider_prefixes = read_provider_prefixes(top)
     router_mac = read_router_mac(top)
     reflectors = read_peers(top, "route_reflectors", asn)
     ext = Reader(top.get("external", dict), "external")
@@ -176,7 +180,7 @@ def parse(data: Any) -> GatewayConfig:
     config = GatewayConfig(asn=asn, router_id=router_id, external=external, provider_addresses=tuple(pas),
                          router_mac=router_mac, route_reflectors=reflectors, upstream=upstream,
                          api=api, tenants=tuple(tenants), netns=netns, standby=standby,
-                         hold_time=hold_time, public_prefixes=public,
+                         hold_time=hold_time, public_prefixes=public, provider_prefixes=provider_prefixes,
                          state_dir=None if state_dir is None else Path(state_dir),
                          sessions_interval=float(sessions_interval))
     reserved = config.reserved

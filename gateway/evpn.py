@@ -34,8 +34,11 @@ from nvfabric.gateway.tenants import Tenant
 from nvfabric.vnet import learn
 from nvfabric.vnet.announce import route_distinguisher
 from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.kernel.netns import RtnlSocket
+from nvfabric.vnet.kernel.observe import address_prefixes
 from nvfabric.vnet.hold import Hold, Policy
 from nvfabric.vnet.model import LookupRecord
+from nvfabric.vnet.policy import Screened, pa_prefixes, screen, within
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +105,20 @@ class Fabric:
             hold_time=config.hold_time, graceful_restart=GracefulRestartConfig(enabled=False)))
         self._announced = Announced()
         self._tenants: Mapping[str, Tenant] = {}
+        self.provider_prefixes = config.provider_prefixes  # None until start reads the PAs' interfaces
+        self.screened = Screened()  # the import policy's last verdict (refused routes by reason)
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, tenants: Mapping[str, Tenant]) -> None:
         self._tenants = tenants
+        if self.provider_prefixes is None:
+            with RtnlSocket(self.config.netns) as sock:
+                self.provider_prefixes = pa_prefixes(self.config.provider_addresses, await address_prefixes(sock)) \
+                    or None
+            if self.provider_prefixes is None:
+                log.warning("provider_prefixes: not configured and no provider address is on an interface: "
+                            "learned next hops are not checked")
         self.hold = Hold.start(HOLD, self.hold.sessions, time.monotonic())
         await self.client.start()
         await self.sync(tenants)
@@ -161,7 +173,20 @@ class Fabric:
 
     def records(self) -> tuple[LookupRecord, ...]:
         catalog = Catalog.build({n: t.routing_domain for n, t in self._tenants.items()}, {})
-        return tuple(learn.lookup_records(catalog, self.client.routes().values(), self.config.provider_addresses))
+        # the hosts' import policy (vnet/policy.py): a rogue speaker's routes never become return routes
+        # or vouched senders of the decapsulation table
+        self.screened = screen(catalog, self.client.routes().values(), self.config.provider_addresses,
+                               self.provider_prefixes)
+        return tuple(learn.lookup_records(catalog, self.screened.accepted, self.config.provider_addresses))
+
+    def _fabric_routes(self) -> list[object]:
+        """The learned routes whose next hop is in the provider's space: only those may make a standby
+        stand aside (a speaker outside it must not switch the gateway off)."""
+        routes = self.client.routes().values()
+        if self.provider_prefixes is None:
+            return list(routes)
+        return [r for r in routes
+                if getattr(r, "next_hop", None) is not None and within(r.next_hop, self.provider_prefixes)]
 
     async def _consume(self) -> None:
         async for event in self.client.events():
@@ -185,7 +210,7 @@ class Fabric:
     async def _standby(self) -> None:
         if not self.config.standby or not self.hold.synced:
             return
-        serve = not other_gateway_active(self.client.routes().values(), self.config.provider_addresses)
+        serve = not other_gateway_active(self._fabric_routes(), self.config.provider_addresses)
         if serve != self.serving:
             log.warning("standby gateway %s: %s", self.config.router_id,
                         "no active gateway in the fabric: taking over" if serve else "an active gateway is back")

@@ -274,6 +274,11 @@ class Gateway:
         except NftError as exc:
             log.warning("decapsulation table: %s", exc)
 
+    @property
+    def refused_routes(self) -> dict[str, int]:
+        """Learned routes the import policy refuses now, by reason (none without reflectors)."""
+        return dict(self._fabric.screened.counts) if self._fabric is not None else {}
+
     async def decap_counters(self) -> dict[str, int]:
         """NVGRE packets judged before decapsulation, by drop reason (and vouched)."""
         return await self._decap.counters() if self._decap is not None else {}

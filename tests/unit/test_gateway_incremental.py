@@ -197,3 +197,44 @@ def test_a_standby_does_not_judge_on_the_end_of_rib_of_restarted_reflectors() ->
         fabric.on_status(PeerStatus("rr1", "established"), 302.0)
         assert not fabric.recovering(302.0)
     asyncio.run(go())
+
+
+class Learned:
+    """Stands for bgp.client.Client's delivered table: what the reflectors sent."""
+
+    def __init__(self, routes) -> None:
+        self._routes = {i: r for i, r in enumerate(routes)}
+
+    def routes(self):
+        return self._routes
+
+
+def test_the_gateway_imports_only_what_the_hosts_import() -> None:
+    from nvfabric.bgp.routes import MacIpRoute, PrefixRoute
+
+    config = GatewayConfig.from_dict({**CONFIG_BODY, "provider_prefixes": ["198.51.100.0/24"]})
+    fabric = Fabric(config, on_records=lambda records: asyncio.sleep(0))
+
+    def t2(ip: str, next_hop: str, rt: str = "65001:5001", vsid: int = 5001) -> MacIpRoute:
+        return MacIpRoute(rd=f"{next_hop}:1", mac="02:00:00:00:00:05", ip=ipaddress.ip_address(ip), vsid=vsid,
+                          next_hop=ipaddress.ip_address(next_hop), route_targets=(rt,))
+
+    fabric.client = Learned([  # type: ignore[assignment]
+        t2("10.0.0.5", "198.51.100.11"),  # a host of the fabric: learned
+        t2("10.0.0.6", "192.0.2.66"),  # a next hop outside the provider prefixes
+        t2("10.0.0.7", "198.51.100.12", rt="65001:6001"),  # blue's VSID with red's route target
+        t2("10.0.0.1", "198.51.100.12"),  # blue's subnet gateway
+    ])
+    fabric._tenants = {"blue": BLUE, "red": RED}
+    assert [(str(r.ca), str(r.pa)) for r in fabric.records()] == [("10.0.0.5", "198.51.100.11")]
+    assert fabric.screened.counts == {"next_hop": 1, "route_target": 1, "reserved_address": 1}
+
+    # a default route from outside the provider's space does not make a standby stand aside
+    rogue = PrefixRoute(rd="192.0.2.66:1", prefix=ipaddress.ip_network("0.0.0.0/0"), vsid=5001,
+                        next_hop=ipaddress.ip_address("192.0.2.66"), route_targets=("65001:5001",))
+    fabric.client = Learned([rogue])  # type: ignore[assignment]
+    assert fabric._fabric_routes() == []
+    other = PrefixRoute(rd="198.51.100.22:1", prefix=ipaddress.ip_network("0.0.0.0/0"), vsid=5001,
+                        next_hop=ipaddress.ip_address("198.51.100.22"), route_targets=("65001:5001",))
+    fabric.client = Learned([rogue, other])  # type: ignore[assignment]
+    assert fabric._fabric_routes() == [other]
