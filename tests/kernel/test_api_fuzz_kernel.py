@@ -102,11 +102,12 @@ def maybe(key: str, values: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[st
 # interfaces in several requests), with a few refused ones mixed in. Random strings almost never make a valid
 # write, so these are what drive the daemons' kernel paths: VRFs made and removed, ports moved between
 # routing domains, conflicts found after the kernel was touched.
-ROUTE_TARGETS = st.lists(st.sampled_from(["65000:1", "65000:2", "1.2.3.4:5", "4200000000:7", "65000:x"]),
-                         max_size=2)
-VSIDS = st.sampled_from([5001, 5002, 6001, 4096, 16777214, 4095])
-PREFIXES = st.lists(st.sampled_from(["10.0.0.0/24", "10.0.1.0/24", "10.0.0.0/16", "fd00:b::/64", "0.0.0.0/0",
-                                     "10.0.0.1/24"]), min_size=1, max_size=2)
+ROUTE_TARGETS = st.lists(st.sampled_from(["65000:1", "65000:1", "65000:2", "1.2.3.4:5", "4200000000:7", "65000:x"]),
+                         min_size=1, max_size=2)
+VSIDS = st.sampled_from([5001, 5001, 5002, 6001, 16777214, 4095])
+PREFIXES = st.tuples(st.sampled_from(["10.0.0.0/24", "10.0.0.0/24", "10.0.1.0/24", "10.0.0.0/16", "0.0.0.0/0",
+                                      "10.0.0.1/24"]),
+                     st.sampled_from([(), (), ("fd00:b::/64",)])).map(lambda x: [x[0], *x[1]])
 SUBNETS = st.lists(st.fixed_dictionaries({"vsid": VSIDS, "prefixes": PREFIXES}).flatmap(
     lambda s: maybe("gateways", st.lists(st.sampled_from(["10.0.0.1", "10.0.1.254", "fd00:b::1"]), max_size=1))
     .map(lambda g: {**s, **g})), max_size=2)
