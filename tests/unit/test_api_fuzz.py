@@ -75,9 +75,10 @@ class Served:
         self.loop.close()
 
 
-def fuzz(served: Served, name: str, case: Any) -> None:
+def fuzz(served: Served, name: str, case: Any, checks: list[Any] = CHECKS) -> Any:
+    """One generated request, checked; the response (its status, for a tally)."""
     SENT[name] += 1
-    case.call_and_validate(base_url=served.server.url, headers=AUTH, checks=CHECKS, timeout=30)
+    return case.call_and_validate(base_url=served.server.url, headers=AUTH, checks=checks, timeout=30)
 
 
 # ---------------------------------------------------------------- the host agent
