@@ -111,7 +111,8 @@ def test_tcp_md5_with_frr_and_a_wrong_password_never_establishes(lab: Lab):
     bad = Speaker(lab, h2_ns, "h2", speaker_config(H2, RR, [], password="wrong", listen=True)).start()
     wait_for(lambda: frr.neighbor_state(H1) == "Established", 30, what="MD5 session with the right key")
     wait_for(lambda: any(line.get("event") == "established" for line in good.lines), 10, what="h1 established")
-    assert frr.json("show bgp l2vpn evpn route")["numPrefix"] == 1  # h1's route arrived over the MD5 session
+    # h1's route arrives over the MD5 session (its UPDATE follows Established: waited for, not assumed)
+    wait_for(lambda: frr.json("show bgp l2vpn evpn route")["numPrefix"] == 1, 10, what="h1's route at FRR")
     # A negative needs a window: several connect retries of both sides (FRR retries every 2 s).
     deadline = time.monotonic() + 8
     while time.monotonic() < deadline:
