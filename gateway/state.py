@@ -23,6 +23,7 @@ from pathlib import Path
 
 from nvfabric.gateway.nat import MARK_MIN, ZONE_MAX
 from nvfabric.gateway.tenants import Tenant
+from nvfabric.service.statefile import replace_keeping_previous
 
 log = logging.getLogger(__name__)
 
@@ -130,29 +131,8 @@ class StateDir:
     def save(self, state: SavedState) -> None:
         """Atomically replace the current file; the current one, when good, becomes the previous copy.
         Raises OSError (nothing replaced) when the new file cannot be written whole."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{FILE}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w") as f:
-                f.write(dumps(state))
-                f.flush()
-                os.fsync(f.fileno())
-            if self._current_good:
-                # a hard link then a rename: at every moment both names hold a whole file
-                link = self.directory / f".{PREVIOUS}.{os.getpid()}.tmp"
-                link.unlink(missing_ok=True)
-                os.link(self.path, link)
-                os.replace(link, self.previous)
-            os.replace(tmp, self.path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
+        replace_keeping_previous(self.path, self.previous, dumps(state), keep=self._current_good)
         self._current_good = True
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the renames themselves survive a crash
-        finally:
-            os.close(fd)
 
 
 def assign_ids(names: Iterable[str], saved: Mapping[str, int], adopted: Mapping[str, int],

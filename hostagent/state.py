@@ -10,16 +10,15 @@ raises SaveError and leaves both files as they were: the caller puts the kernel 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nvfabric.bgp.mac import Mac
 from nvfabric.hostagent.mobility import SEQ_MAX
+from nvfabric.service.statefile import replace_keeping_previous
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import Port, RoutingDomain, check_route_target
@@ -155,25 +154,7 @@ def save(directory: Path, state: SavedState) -> None:
     """Write `state` crash-safely, keeping the file it replaces as PREV; SaveError when it cannot be written
     (the previous state stays in place)."""
     path = directory / FILE
-    tmp = directory / f".{FILE}.{os.getpid()}.tmp"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(dumps(state))
-            f.flush()
-            os.fsync(f.fileno())
-        if path.is_file():
-            keep = directory / f".{PREV}.{os.getpid()}.tmp"
-            keep.unlink(missing_ok=True)
-            os.link(path, keep)
-            os.replace(keep, directory / PREV)
-        os.replace(tmp, path)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the renames themselves survive a crash
-        finally:
-            os.close(fd)
+        replace_keeping_previous(path, directory / PREV, dumps(state))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise SaveError(path, exc.strerror or str(exc)) from None
