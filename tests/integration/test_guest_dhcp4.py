@@ -183,8 +183,9 @@ async def test_dhclient_gets_address_router_dns_mtu_and_classless_routes(vm: Vm)
     script, out = vm.hook("dhclient")
     conf = vm.tmp / "dhclient.conf"
     conf.write_text(DHCLIENT_CONF)
-    client = await Client.start(vm, "dhclient", "dhclient", "-4", "-d", "-1", "-v", "-cf", str(conf), "-sf", str(script),
-                          "-lf", str(vm.tmp / "dhclient.leases"), "-pf", str(vm.tmp / "dhclient.pid"), "eth0")
+    client = await Client.start(vm, "dhclient", "dhclient", "-4", "-d", "-1", "-v", "-cf", str(conf),
+                                "-sf", str(script), "-lf", str(vm.tmp / "dhclient.leases"),
+                                "-pf", str(vm.tmp / "dhclient.pid"), "eth0")
     try:
         env = await until(lambda: read_env(out), "dhclient's lease")
     finally:
@@ -206,8 +207,8 @@ async def test_dhcpcd_is_offered_address_router_dns_mtu_and_classless_routes(vm:
     conf = vm.tmp / "dhcpcd.conf"
     conf.write_text(DHCPCD_CONF)
     # -T: test mode, the offer's values go to the script and nothing is configured
-    client = await Client.start(vm, "dhcpcd", "dhcpcd", "-4", "-T", "-1", "-B", "-t", "20", "-f", str(conf), "-c", str(script),
-                          "eth0")
+    client = await Client.start(vm, "dhcpcd", "dhcpcd", "-4", "-T", "-1", "-B", "-t", "20", "-f", str(conf),
+                                "-c", str(script), "eth0")
     try:
         env = await until(lambda: read_env(out), "dhcpcd's offer")
     finally:

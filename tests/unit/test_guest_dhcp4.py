@@ -115,7 +115,8 @@ def test_discover_gets_an_offer_of_the_ports_address_with_every_option():
     assert struct.unpack("!H", o[dhcp4.MTU]) == (1458,)
     assert [struct.unpack("!I", o[c])[0] for c in (dhcp4.LEASE_TIME, dhcp4.RENEWAL, dhcp4.REBINDING)] == [
         3600, 1800, 3150]
-    assert o[dhcp4.CLASSLESS_ROUTES] == o[dhcp4.MS_CLASSLESS_ROUTES] == bytes([0, 10, 0, 0, 1, 12, 172, 16, 10, 0, 0, 1])
+    assert o[dhcp4.CLASSLESS_ROUTES] == o[dhcp4.MS_CLASSLESS_ROUTES] == bytes(
+        [0, 10, 0, 0, 1, 12, 172, 16, 10, 0, 0, 1])
     # no broadcast flag, no ciaddr: unicast to the offered address at the client's MAC, from the gateway
     assert (reply.eth_dst, reply.ip_dst, reply.ip_src) == (frames.mac_bytes(MAC), ip4("10.0.0.5"), ip4("10.0.0.1"))
 

@@ -59,7 +59,8 @@ def test_the_mtu_fits_the_worst_encapsulation_and_never_exceeds_the_ports():
 
 def test_disabled_subnets_and_ports_that_moved_away_are_not_served_ipv6_only_ones_are():
     ports = (port("a", 5001, "10.0.0.5"), port("off", 5002, "10.0.1.5", mac="02:00:00:00:00:02"),
-             port("v6", 5003, "fd00:c::5", mac="02:00:00:00:00:03"), port("gone", 5001, "10.0.0.9", mac="02:00:00:00:00:04"))
+             port("v6", 5003, "fd00:c::5", mac="02:00:00:00:00:03"),
+             port("gone", 5001, "10.0.0.9", mac="02:00:00:00:00:04"))
     services = offer.port_services(catalog(*ports), HOST4, inactive={(5001, "02:00:00:00:00:04")})
     assert set(services) == {"tap-a", "tap-v6"}
     v6 = services["tap-v6"]
