@@ -112,3 +112,21 @@ def test_the_filter_program_jumps_stay_inside_it_and_end_in_returns():
             assert i + 1 + jt < len(program) and i + 1 + jf < len(program)
     assert [c for c, *_ in program[-2:]] == [0x06, 0x06] and program[-1][3] == 0
     assert len(wire.bpf_bytes()) == 8 * len(program)
+
+
+async def test_a_flood_of_requests_from_one_port_is_answered_up_to_its_rate():
+    now = [0.0]
+    w = MemoryWire()
+    r = Responder(w, lambda *_: asyncio.sleep(0), rate=2.0, burst=5.0, clock=lambda: now[0])
+    r.start()
+    r.update({"tap1": PORT, "tap2": dataclasses.replace(PORT, port="vm2", interface="tap2")})
+    assert w.receive is not None
+    for _ in range(20):
+        w.receive("tap1", raw(request(1)))
+    w.receive("tap2", raw(request(1)))  # another port has its own budget
+    assert r.counters.get("dhcp4", "answered") == 6 and r.counters.get("dhcp4", "rate_limited") == 15
+    now[0] = 1.0  # two more a second
+    for _ in range(5):
+        w.receive("tap1", raw(request(1)))
+    assert r.counters.get("dhcp4", "answered") == 8 and len(w.sent) == 8
+    await r.close()
