@@ -393,6 +393,7 @@ class Agent:
             log.error("guest services off: %s", self._guest_error)
             return
         self._guest = responder
+        self._guest_inputs = None  # a new responder knows no port yet
         self.metrics.guest_frames.counters = responder.counters
         self._update_guest()
 
