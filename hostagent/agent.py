@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -100,6 +101,7 @@ class Agent:
         self._port_security = PortSecurity(Nft(config.netns))
         # what the VMs get from their host (DHCP, RA...): answered from a packet socket opened at start
         self._guest: Responder | None = None
+        self._new_wire: Callable[[], Any] = Wire  # (tests give an in-memory one)
         self._guest_error: str | None = None
         self._guest_inputs: tuple[Any, ...] | None = None  # what the services were last derived from
 
@@ -385,7 +387,7 @@ class Agent:
     def _start_guest(self) -> None:
         """The packet socket, opened by the agent's thread (so in its namespace). Without it (no
         CAP_NET_RAW) the agent runs on and reports the error in its status: VMs get no DHCP answers."""
-        responder = Responder(Wire(), self._on_claim)
+        responder = Responder(self._new_wire(), self._on_claim)
         try:
             responder.start()
         except OSError as exc:

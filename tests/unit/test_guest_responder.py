@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import ipaddress
 from collections.abc import Callable
+from types import MappingProxyType
 
 from nvfabric.hostagent.guest import frames, wire
 from nvfabric.hostagent.guest.offer import PortService
@@ -130,3 +131,33 @@ async def test_a_flood_of_requests_from_one_port_is_answered_up_to_its_rate():
         w.receive("tap1", raw(request(1)))
     assert r.counters.get("dhcp4", "answered") == 8 and len(w.sent) == 8
     await r.close()
+
+
+async def test_the_agent_serves_its_active_ports_and_reports_the_frames(tmp_path):
+    from prometheus_client import generate_latest
+
+    from nvfabric.hostagent.agent import Agent
+    from nvfabric.hostagent.compute import View
+    from nvfabric.hostagent.mobility import MacState, Mobility
+    from tests.unit.agent_fixtures import VM_B1, VM_R1, catalog
+    from tests.unit.test_agent_refusals import config
+
+    agent = Agent(config(tmp_path))
+    assert agent.status().guest_services == {"ports": 0, "frames": {}, "wire_errors": {}, "error": None}
+    w = MemoryWire()
+    agent._new_wire = lambda: w
+    agent._view = View(catalog(VM_B1, VM_R1), {"blue": 1000, "red": 1001})
+    agent._start_guest()
+    assert w.receive is not None
+    w.receive("tap-b1", raw(request(1, src=VM_B1.mac, chaddr=VM_B1.mac)))
+    assert agent.status().guest_services == {"ports": 2, "frames": {"dhcp4": {"answered": 1}}, "wire_errors": {}}
+    text = generate_latest(agent.registry).decode()
+    assert 'nvfabric_agent_guest_frames_total{outcome="answered",protocol="dhcp4"} 1.0' in text
+    # b1's VM moved to another host: its port is no longer served here
+    agent._view = View(agent._view.catalog, agent._view.tables,
+                       Mobility(MappingProxyType({(5001, VM_B1.mac): MacState(active=False)})))
+    agent._update_guest()
+    assert agent.status().guest_services["ports"] == 1
+    w.receive("tap-b1", raw(request(1, src=VM_B1.mac, chaddr=VM_B1.mac)))
+    assert agent.status().guest_services["frames"]["dhcp4"] == {"answered": 1, "unknown_port": 1}
+    await agent._guest.close()
