@@ -63,7 +63,7 @@ class Bucket:
         return True
 
 
-class Wire(Protocol):
+class PacketWire(Protocol):
     def start(self, receive: Callable[[str, bytes], None]) -> None: ...
     def close(self) -> None: ...
     def send(self, interface: str, frame: bytes) -> bool: ...
@@ -110,7 +110,7 @@ class Counters:
 
 
 class Responder:
-    def __init__(self, wire: Wire, on_claim: OnClaim, *, handlers: Mapping[str, Handler] | None = None,
+    def __init__(self, wire: PacketWire, on_claim: OnClaim, *, handlers: Mapping[str, Handler] | None = None,
                  claimers: Mapping[str, Claimer] | None = None,
                  advertisers: Mapping[str, Advertiser] | None = None,
                  interval: float = ADVERTISE_INTERVAL, rate: float = PORT_RATE, burst: float = PORT_BURST,
