@@ -106,3 +106,12 @@ def test_bad_dhcp_options_are_refused_naming_the_field(dhcp, field, words):
 def test_the_defaults():
     assert DhcpOptions() == DhcpOptions.from_dict({})
     assert DhcpOptions().lease_time == 86400 and DhcpOptions().enabled
+
+
+def test_a_gateway_tenant_keeps_the_subnets_dhcp_options_it_was_given():
+    from nvfabric.gateway.tenants import Tenant
+
+    body = {"route_targets": ["65000:100"], "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"], "dhcp": DHCP}]}
+    tenant = Tenant.from_dict(body, "blue")
+    assert tenant.as_dict()["subnets"][0]["dhcp"]["lease_time"] == 600
+    assert Tenant.from_dict(tenant.as_dict(), "blue") == tenant
