@@ -51,7 +51,11 @@ def router_address(port: PortService, host_mac: bytes) -> ipaddress.IPv6Address:
 
 def answer(eth: frames.Ethernet, packet: frames.Ip6, port: PortService, host_mac: bytes) -> list[bytes]:
     """The advertisement answering a valid router solicitation from the port's VM, or nothing."""
-    if port.ipv6 is None or eth.src != frames.mac_bytes(port.mac) or not _valid_solicitation(packet, eth.src):
+    if port.ipv6 is None or eth.src != frames.mac_bytes(port.mac):
+        return []
+    if packet.src not in (UNSPECIFIED, port.ipv6.ip) and not packet.src.is_link_local:
+        return []
+    if not _valid_solicitation(packet, eth.src):
         return []
     if packet.src == UNSPECIFIED:
         return [_advertisement(port, host_mac, ALL_NODES, frames.multicast_mac(ALL_NODES))]
@@ -69,9 +73,8 @@ def unsolicited(port: PortService, host_mac: bytes) -> bytes | None:
 
 def _valid_solicitation(packet: frames.Ip6, vm_mac: bytes) -> bool:
     """RFC 4861 6.1.1 (hop limit 255, checksum, code 0, length, options of non-zero length, no source
-    link-layer option from the unspecified address), and a source the VM may use: ::, link-local or its own
-    link-layer address in the option."""
-    if packet.hop_limit != 255 or not (packet.src == UNSPECIFIED or packet.src.is_link_local):
+    link-layer option from the unspecified address), and the VM's own link-layer address in that option."""
+    if packet.hop_limit != 255:
         return False
     parsed = frames.parse_icmp6(packet)
     if parsed is None:
