@@ -2,7 +2,7 @@
 machine's kernel: a hypervisor namespace whose port (tap-g1, a veth) leads to a VM namespace. Test equipment
 stands in for the agent's responder: an AF_PACKET socket on the port answering router solicitations with
 `ra.answer` and DHCPv6 with `dhcp6.answer`. `rdisc6` must show what the advertisement carries, `dhclient -6`
-must get the port's CA and the DNS configuration.
+and `dhcpcd -6` must get the port's CA and the DNS configuration, and the guest's kernel must take them.
 """
 
 from __future__ import annotations
@@ -116,15 +116,15 @@ def link(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Link]:
         netns.create(ns)
     responder = None
     try:
-        netns.ip_batch([netns.veth_line(hv, "tap-g1", vm, "eth0")])
+        netns.ip_batch([netns.veth_line(hv, "tap-g1", vm, "gst6")])
         netns.ip_batch(["link set tap-g1 up"], hv)
         # the guest as a host, not a router: it takes advertisements
-        for key in ("net.ipv6.conf.all.forwarding=0", "net.ipv6.conf.eth0.accept_ra=1"):
+        for key in ("net.ipv6.conf.all.forwarding=0", "net.ipv6.conf.gst6.accept_ra=1"):
             netns.run(["ip", "netns", "exec", vm, "sysctl", "-qw", key])
-        netns.ip_batch([f"link set eth0 address {VM_MAC}", "link set eth0 up"], vm)
+        netns.ip_batch([f"link set gst6 address {VM_MAC}", "link set gst6 up"], vm)
         responder = Responder(hv, "tap-g1", PORT)
         # both link-locals usable (DAD done): the client's to send from, the host's to be the router
-        for ns, dev in ((vm, "eth0"), (hv, "tap-g1")):
+        for ns, dev in ((vm, "gst6"), (hv, "tap-g1")):
             wait_for(lambda ns=ns, dev=dev: _link_local_ready(ns, dev), f"the link-local address of {dev}")
         yield Link(hv, vm, responder, tmp_path)
     finally:
@@ -157,7 +157,7 @@ def _fields(text: str) -> dict[str, str]:
 
 def test_rdisc6_sees_the_prefix_on_link_the_mtu_the_flags_and_the_dns_configuration(link: Link) -> None:
     _need("rdisc6")
-    result = link.vm_run(["rdisc6", "-1", "-w", "2000", "eth0"])
+    result = link.vm_run(["rdisc6", "-1", "-w", "2000", "gst6"])
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     got = _fields(out)
@@ -180,8 +180,8 @@ def test_rdisc6_sees_the_prefix_on_link_the_mtu_the_flags_and_the_dns_configurat
     # and no address of its own making (A=0)
     wait_for(lambda: f"default via {router}" in link.vm_run(["ip", "-6", "route"]).stdout, "the default route")
     routes = link.vm_run(["ip", "-6", "route"]).stdout
-    assert "fd00:c::/64 dev eth0" in routes, routes
-    assert "fd00:c:" not in link.vm_run(["ip", "-6", "addr", "show", "dev", "eth0"]).stdout
+    assert "fd00:c::/64 dev gst6" in routes, routes
+    assert "fd00:c:" not in link.vm_run(["ip", "-6", "addr", "show", "dev", "gst6"]).stdout
 
 
 DHCLIENT_SCRIPT = """#!/bin/sh
@@ -196,13 +196,13 @@ def test_dhclient_gets_the_ports_ca_and_the_dns_configuration(link: Link) -> Non
     script.write_text(DHCLIENT_SCRIPT)
     script.chmod(0o755)
     lease, pid = link.tmp / "dhclient6.leases", link.tmp / "dhclient6.pid"
-    cmd = ["dhclient", "-6", "-1", "-v", "-sf", str(script), "-lf", str(lease), "-pf", str(pid), "eth0"]
+    cmd = ["dhclient", "-6", "-1", "-v", "-sf", str(script), "-lf", str(lease), "-pf", str(pid), "gst6"]
     try:
         result = link.vm_run(cmd, timeout=90)
         assert result.returncode == 0, result.stdout + result.stderr
         bound = link.tmp / "env.BOUND6"
         wait_for(bound.exists, "dhclient's BOUND6")
-        env = dict(line.split("=", 1) for line in bound.read_text().splitlines() if "=" in line)
+        env = _env(bound)
         assert env["new_ip6_address"] == "fd00:c::11"
         assert env["new_ip6_prefixlen"] == "128"  # an IA_NA address; the prefix comes from the advertisement
         assert env["new_dhcp6_name_servers"].split() == ["fd00:53::53", "fd00:53::54"]
@@ -218,3 +218,45 @@ def test_dhclient_gets_the_ports_ca_and_the_dns_configuration(link: Link) -> Non
                 os.kill(int(pid.read_text().strip()), 15)
             except (ProcessLookupError, ValueError):
                 pass
+
+
+DHCPCD_CONFIG = """# nothing from /etc: IPv6 only, no resolv.conf hook, the DNS options asked for; the
+# configuration stays when the client exits (the test reads it from the kernel)
+ipv6only
+persistent
+nohook resolv.conf
+option dhcp6_name_servers, dhcp6_domain_search
+"""
+
+
+def test_dhcpcd_takes_the_advertisement_and_the_dhcpv6_lease_into_the_guests_kernel(link: Link) -> None:
+    _need("dhcpcd")
+    config, script = link.tmp / "dhcpcd.conf", link.tmp / "record.sh"
+    config.write_text(DHCPCD_CONFIG)
+    script.write_text(DHCLIENT_SCRIPT)
+    script.chmod(0o755)
+    try:
+        result = link.vm_run(["dhcpcd", "-6", "-1", "-B", "-f", str(config), "-c", str(script), "-t", "30", "gst6"],
+                             timeout=90)
+        assert result.returncode == 0, result.stdout + result.stderr
+        advert = _env(link.tmp / "env.ROUTERADVERT")
+        assert advert["nd1_flags"] == "MO" and advert["nd1_mtu"] == "1410"
+        assert advert["nd1_prefix_information1_flags"] == "L"  # on-link, no SLAAC
+        assert advert["nd1_rdnss1_servers"].split() == ["fd00:53::53", "fd00:53::54"]
+        assert advert["nd1_dnssl1_search"].split() == ["tenant.example", "corp.example"]
+        bound = _env(link.tmp / "env.BOUND6")
+        assert bound["new_dhcp6_ia_na1_ia_addr1"] == "fd00:c::11"
+        assert bound["new_dhcp6_name_servers"].split() == ["fd00:53::53", "fd00:53::54"]
+        assert bound["new_dhcp6_domain_search"].split() == ["tenant.example", "corp.example"]
+        # in the guest's kernel: the CA, the prefix on-link, the default route via the host's link-local
+        assert "inet6 fd00:c::11/128" in link.vm_run(["ip", "-6", "addr", "show", "dev", "gst6"]).stdout
+        routes = link.vm_run(["ip", "-6", "route"]).stdout
+        router = frames.link_local(frames.mac_text(link.responder.host_mac))
+        assert "fd00:c::/64 dev gst6" in routes and f"default via {router} dev gst6" in routes, routes
+    finally:
+        # dhcpcd keeps its lease file per interface name; the name is this test's own
+        Path("/var/lib/dhcpcd/gst6.lease6").unlink(missing_ok=True)
+
+
+def _env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
