@@ -10,9 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -23,8 +21,7 @@ import pytest
 
 from nvfabric.hostagent.guest import dhcp6, frames, ra
 from nvfabric.hostagent.guest.offer import PortService
-from nvfabric.lab import netns
-from nvfabric.lab.daemons import in_ns
+from nvfabric.lab import netns, spoof
 
 VM_MAC = "02:00:00:00:0c:01"
 PORT = PortService(
@@ -42,33 +39,23 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) ->
         time.sleep(0.05)
 
 
-class Responder:
-    """The port's answers: one AF_PACKET socket on the host side, replies sent back out of it."""
+class Responder(spoof.Receiver):
+    """The port's answers: a capture on the host side whose frames are answered, replies sent back out of it."""
 
     def __init__(self, ns: str, interface: str, port: PortService) -> None:
         self.port = port
         self.answered: dict[str, int] = {"ra": 0, "dhcp6": 0}
-        self._sock: socket.socket = in_ns(ns, lambda: _bound(interface))
-        self._sock.settimeout(0.2)
+        self.host_mac = b""
+        super().__init__(ns, interface)
         self.host_mac = self._sock.getsockname()[4]
         self.duid = dhcp6.duid_ll(self.host_mac)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, address = self._sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if address[2] == socket.PACKET_OUTGOING:
-                continue
-            for name, reply in self._answer(data):
-                self._sock.send(reply)
-                self.answered[name] += 1
+    def received(self, frame: bytes) -> None:
+        if not self.host_mac:
+            return
+        for name, reply in self._answer(frame):
+            self._sock.send(reply)
+            self.answered[name] += 1
 
     def _answer(self, data: bytes) -> list[tuple[str, bytes]]:
         eth = frames.parse_ethernet(data)
@@ -80,17 +67,6 @@ class Responder:
         if packet.next_header == frames.PROTO_ICMPV6:
             return [("ra", f) for f in ra.answer(eth, packet, self.port, self.host_mac)]
         return [("dhcp6", f) for f in dhcp6.answer(eth, packet, self.port, self.host_mac, self.duid)]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close()
-
-
-def _bound(interface: str) -> socket.socket:
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-    s.bind((interface, 0))
-    return s
 
 
 @dataclass
