@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
 import subprocess
 import time
 import zlib
@@ -22,6 +21,7 @@ import pytest
 from nvfabric.hostagent.guest import dhcp6, frames, ra
 from nvfabric.hostagent.guest.offer import PortService
 from nvfabric.lab import netns, spoof
+from tests.integration.conftest import need
 
 VM_MAC = "02:00:00:00:0c:01"
 PORT = PortService(
@@ -115,12 +115,6 @@ def _link_local_ready(ns: str, dev: str) -> bool:
     return "fe80::" in out and "tentative" not in out
 
 
-def _need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"not installed: {', '.join(missing)}")
-
-
 def _fields(text: str) -> dict[str, str]:
     """rdisc6's `Name : value` lines, the first of each name."""
     out: dict[str, str] = {}
@@ -132,7 +126,7 @@ def _fields(text: str) -> dict[str, str]:
 
 
 def test_rdisc6_sees_the_prefix_on_link_the_mtu_the_flags_and_the_dns_configuration(link: Link) -> None:
-    _need("rdisc6")
+    need("rdisc6")
     result = link.vm_run(["rdisc6", "-1", "-w", "2000", "gst6"])
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -167,7 +161,7 @@ env | sort > "$(dirname "$0")/env.$reason"
 
 
 def test_dhclient_gets_the_ports_ca_and_the_dns_configuration(link: Link) -> None:
-    _need("dhclient")
+    need("dhclient")
     script = link.tmp / "record.sh"
     script.write_text(DHCLIENT_SCRIPT)
     script.chmod(0o755)
@@ -206,7 +200,7 @@ option dhcp6_name_servers, dhcp6_domain_search
 
 
 def test_dhcpcd_takes_the_advertisement_and_the_dhcpv6_lease_into_the_guests_kernel(link: Link) -> None:
-    _need("dhcpcd")
+    need("dhcpcd")
     config, script = link.tmp / "dhcpcd.conf", link.tmp / "record.sh"
     config.write_text(DHCPCD_CONFIG)
     script.write_text(DHCLIENT_SCRIPT)
