@@ -116,18 +116,26 @@ def _advertisement(port: PortService, host_mac: bytes, dst: ipaddress.IPv6Addres
     network = port.ipv6.network
     body += _option(OPT_PREFIX_INFORMATION, struct.pack("!BBIIxxxx", network.prefixlen, ON_LINK, lifetime, lifetime)
                     + network.network_address.packed)
-    if port.dns6:
-        body += _option(OPT_RDNSS, struct.pack("!xxI", DNS_LIFETIME) + b"".join(a.packed for a in port.dns6[:127]))
-    room = min(MAX_OPTION, MAX_PACKET - 40 - 4 - len(body)) - 8  # IPv6 and ICMPv6 headers, the option's own
+    servers = port.dns6[:_room(body) // 16]
+    if servers:
+        body += _option(OPT_RDNSS, struct.pack("!xxI", DNS_LIFETIME) + b"".join(a.packed for a in servers))
     names = b""
     for domain in port.search:
         name = dns_name(domain)
-        if len(names) + len(name) <= room:
+        if len(names) + len(name) <= _room(body):
             names += name
     if names:
         body += _option(OPT_DNSSL, struct.pack("!xxI", DNS_LIFETIME) + names)
     ip = frames.icmp6(src, dst, ROUTER_ADVERTISEMENT, 0, body)
     return frames.ethernet(dst_mac, host_mac, frames.ETH_P_IPV6, ip)
+
+
+def _room(body: bytes) -> int:
+    """How many octets of addresses or names one more DNS option may carry after body: what is left of
+    MAX_PACKET after the IPv6 and ICMPv6 headers, in whole 8-octet units (the option is padded to them), less
+    the option's own 8 octets (type, length, reserved, lifetime)."""
+    left = min(MAX_OPTION, MAX_PACKET - 40 - 4 - len(body))
+    return max(0, left // 8 * 8 - 8)
 
 
 def _option(kind: int, value: bytes) -> bytes:

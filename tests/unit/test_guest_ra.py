@@ -102,12 +102,23 @@ def test_without_dns_configuration_there_are_no_dns_options_and_a_configured_rou
     assert packet.src == other and [kind for kind, _ in options] == [1, 5, 3]
 
 
-def test_search_domains_that_do_not_fit_the_minimum_mtu_are_left_out() -> None:
+def test_dns_servers_and_search_domains_that_do_not_fit_the_minimum_mtu_are_left_out() -> None:
     many = tuple(f"{'d' * 60}{n}.{'e' * 60}.example" for n in range(40))
     frame = ra.unsolicited(dataclasses.replace(PORT, search=many), HOST)
     assert frame is not None and len(frame) - 14 <= 1280
     dnssl = dict(decode(frame)[3])[31]
     assert b"d" * 60 + b"0" in dnssl and b"d" * 60 + b"39" not in dnssl
+    # 100 servers: 73 fit (16 octets each after the 60 octets of the rest: 1280 exactly), no room for names
+    servers = tuple(ipaddress.IPv6Address(f"fd00:53::{n + 1:x}") for n in range(100))
+    frame = ra.unsolicited(dataclasses.replace(PORT, dns6=servers, search=many), HOST)
+    assert frame is not None and len(frame) - 14 <= 1280
+    options = dict(decode(frame)[3])
+    assert options[25][1] == 1 + 2 * 73 and 31 not in options and len(frame) - 14 == 1280
+    # every padding case stays within the limit
+    for length in range(1, 64):
+        frame = ra.unsolicited(dataclasses.replace(PORT, search=tuple(f"{'x' * length}{n}.example"
+                                                                      for n in range(60))), HOST)
+        assert frame is not None and len(frame) - 14 <= 1280
 
 
 def test_invalid_or_foreign_solicitations_get_nothing() -> None:
