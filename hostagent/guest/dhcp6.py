@@ -36,6 +36,7 @@ SUCCESS, NO_ADDRS_AVAIL, NOT_ON_LINK, NO_PREFIX_AVAIL = 0, 2, 4, 6
 MAX_DUID = 130  # type (2) and at most 128 octets (RFC 8415 11.1)
 PREFERENCE = 255  # the client takes this server at once, without waiting for others (RFC 8415 18.2.1)
 DUID_LL, HW_ETHERNET = 3, 1
+MAX_ANSWERED = 8  # IAs per reply, and addresses returned with lifetime 0 in the first IA_NA
 
 
 def duid_ll(mac: bytes) -> bytes:
@@ -197,21 +198,22 @@ def respond(message: Message, port: PortService, server_duid: bytes) -> bytes | 
 def _bindings(message: Message, port: PortService) -> list[bytes]:
     """One IA_NA per IA the client asked for: the first gets the port's CA (and any other address it named,
     with lifetimes 0 so the client drops it, RFC 8415 18.3.4); the port has one address, so further IA_NAs
-    and every IA_TA / IA_PD get a status saying none is available."""
+    and every IA_TA / IA_PD get a status saying none is available. At most MAX_ANSWERED IAs and as many
+    dropped addresses are answered, so what a VM sends cannot make the reply outgrow a frame."""
     assert port.ipv6 is not None
     lease = min(port.lease_time, 0xFFFFFFFE)
     out = []
-    for n, ia in enumerate(message.ia_na):
+    for n, ia in enumerate(message.ia_na[:MAX_ANSWERED]):
         if n:
             out.append(_option(OPT_IA_NA, struct.pack("!III", ia.iaid, 0, 0) + _status(NO_ADDRS_AVAIL)))
             continue
         addresses = _address(port.ipv6.ip, lease)
-        for other in dict.fromkeys(ia.addresses):
-            if other != port.ipv6.ip:
-                addresses += _address(other, 0)
+        others = [a for a in dict.fromkeys(ia.addresses) if a != port.ipv6.ip]
+        for other in others[:MAX_ANSWERED]:
+            addresses += _address(other, 0)
         # T1 and T2 at 0.5 and 0.8 of the preferred lifetime (RFC 8415 21.4)
         out.append(_option(OPT_IA_NA, struct.pack("!III", ia.iaid, lease // 2, lease * 4 // 5) + addresses))
-    for code, iaid in message.other_ias:
+    for code, iaid in message.other_ias[:MAX_ANSWERED - len(message.ia_na[:MAX_ANSWERED])]:
         if code == OPT_IA_TA:
             out.append(_option(code, struct.pack("!I", iaid) + _status(NO_ADDRS_AVAIL)))
         else:

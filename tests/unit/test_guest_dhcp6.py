@@ -194,6 +194,17 @@ def test_one_address_per_port_further_ias_get_a_status_instead() -> None:
     assert dict(options)[4] == struct.pack("!I", 8) + option(13, struct.pack("!H", 2))
 
 
+def test_a_reply_stays_small_whatever_the_client_asks_for() -> None:
+    hints = [f"fd00:c::{n + 100:x}" for n in range(60)]
+    many = client(dhcp6.RENEW, ia_na(1, *hints), *(ia_na(n + 2) for n in range(40)),
+                  *(option(25, struct.pack("!III", n, 0, 0)) for n in range(40)), server=SERVER_DUID)
+    data = message_of(ask(many))
+    options = options_of(data[4:])
+    assert len([v for code, v in options if code in (3, 25)]) == dhcp6.MAX_ANSWERED
+    first = next(value for code, value in options if code == 3)
+    assert first.count(bytes([0, 5, 0, 24])) == 1 + dhcp6.MAX_ANSWERED and len(data) < 1000
+
+
 def test_no_dns_options_when_the_subnet_has_none() -> None:
     _, got = reply(ask(client(dhcp6.SOLICIT, ia_na()), port=dataclasses.replace(PORT, dns6=(), search=())))
     assert 23 not in got and 24 not in got
