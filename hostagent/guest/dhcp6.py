@@ -70,19 +70,16 @@ def parse(data: bytes) -> Message | None:
     options = _options(data[4:])
     if options is None:
         return None
-    client_id = server_id = link_layer = None
+    link_layer = None
+    duids: dict[int, bytes] = {}  # client and server id: each at most once, a DUID's length
     ia_na: list[IaNa] = []
     other: list[tuple[int, int]] = []
     rapid = False
     for code, value in options:
-        if code == OPT_CLIENTID:
-            if client_id is not None or not 2 < len(value) <= MAX_DUID:
+        if code in (OPT_CLIENTID, OPT_SERVERID):
+            if code in duids or not 2 < len(value) <= MAX_DUID:
                 return None
-            client_id = value
-        elif code == OPT_SERVERID:
-            if server_id is not None or not 2 < len(value) <= MAX_DUID:
-                return None
-            server_id = value
+            duids[code] = value
         elif code == OPT_IA_NA:
             ia = _ia_na(value)
             if ia is None:
@@ -100,7 +97,8 @@ def parse(data: bytes) -> Message | None:
             link_layer = value[2:]
     if len({ia.iaid for ia in ia_na}) != len(ia_na):
         return None
-    return Message(data[0], data[1:4], client_id, server_id, tuple(ia_na), tuple(other), rapid, link_layer)
+    return Message(data[0], data[1:4], duids.get(OPT_CLIENTID), duids.get(OPT_SERVERID), tuple(ia_na), tuple(other),
+                   rapid, link_layer)
 
 
 def _options(data: bytes) -> list[tuple[int, bytes]] | None:
