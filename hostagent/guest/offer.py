@@ -34,6 +34,9 @@ class PortService:
     # route via the gateway is among them): customer routes and the subnet's configured extra routes
     routes4: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...] = ()
     lease_time: int = 86400  # seconds; also the valid lifetime of advertised IPv6 prefixes
+    # the host side's IPv6 link-local address, when it is not the EUI-64 one of its MAC (a host whose ports
+    # use another addr_gen_mode): the source of router advertisements and DHCPv6 replies (ra.router_address)
+    router_address: ipaddress.IPv6Address | None = None
 
 
 def offered_mtu(port_mtu: int | None, host: HostIdentity) -> int:
