@@ -307,9 +307,10 @@ def _order(c: Conflict) -> tuple[str, int, str]:
 
 def _vrf(domain: RoutingDomain, table: int, devices: Mapping[int, str]) -> set[KernelObject]:
     """The VRF and what steers into its table: the unreachable defaults, the ICMPv6 error rule, the tun_id
-    rules of every VSID; the subnet gateways as the VRF's own addresses."""
+    rules of every VSID; the subnet gateways as the VRF's own addresses, and the VRF forwarding IPv6 (what
+    makes the kernel's NA for them carry the router flag, whatever `default/forwarding` was at its creation)."""
     vrf = vrf_name(domain.name)
-    objects: set[KernelObject] = {Vrf(vrf, table),
+    objects: set[KernelObject] = {Vrf(vrf, table), Sysctl(f"net/ipv6/conf/{vrf}/forwarding", "1"),
                                   UnreachableRoute(table, 4), UnreachableRoute(table, 6)}
     # the host's own ICMPv6 errors about this domain's packets (Packet Too Big), marked with the table number
     # by vnet/vrfmark.py, are routed in this table, not the main one (docs/dataplane.md, "Packet Too Big")
@@ -343,6 +344,10 @@ def _ports(vrf: str, ports: Iterable[tuple[Port, VirtualSubnet]],
         ):
             objects.add(Sysctl(path, value))
         ports_on.setdefault(tuple(p for p in subnet.prefixes if p.version == 6), []).append(ifname)
+        # The IPv6 gateway is the VRF's address, and the NA is that address's (router flag: the VRF's
+        # forwarding); but a VM's NS goes to the gateway's solicited-node group, which only the VRF device has
+        # joined: a proxy entry makes the port join it (the kernel then finds the address on the master).
+        objects.update(ProxyNeighbour(ifname, str(gateway)) for gateway in subnet.gateways if gateway.version == 6)
     return objects, ports_on
 
 

@@ -76,7 +76,7 @@ def test_remote_cas_are_encap_routes_via_the_device_of_the_pa_family():
     assert not [o for o in objs if isinstance(o, ProxyNeighbour) and o.dev == "tap-r1"]
 
 
-def test_the_subnet_gateways_are_addresses_of_the_vrf_and_need_no_route_nor_proxy_entry():
+def test_the_subnet_gateways_are_addresses_of_the_vrf_and_need_no_route():
     d = build()
     addresses = {o for o in d.objects if isinstance(o, VrfAddress)}
     assert addresses == {VrfAddress("nvf-blue", "10.0.0.1"), VrfAddress("nvf-blue", "10.0.1.1"),
@@ -85,7 +85,9 @@ def test_the_subnet_gateways_are_addresses_of_the_vrf_and_need_no_route_nor_prox
     assert addresses <= d.partitions["blue"] | d.partitions["red"]  # each in its routing domain's partition
     gateways = {"10.0.0.1/32", "10.0.1.1/32", "fd00:b::1/128"}
     assert not [o for o in d.objects if isinstance(o, LocalPortRoute | EncapRoute) and o.prefix in gateways]
-    assert not [o for o in d.objects if isinstance(o, ProxyNeighbour) and o.address == "fd00:b::1"]
+    # the port joins the IPv6 gateway's solicited-node group through a proxy entry; the VRF forwards (router flag)
+    assert {o.dev for o in d.objects if isinstance(o, ProxyNeighbour) and o.address == "fd00:b::1"} == {"tap-b1"}
+    assert Sysctl("net/ipv6/conf/nvf-blue/forwarding", "1") in d.partitions["blue"]
     # a routing domain without a local port still answers (a VM may arrive any moment): the VRF has them
     assert VrfAddress("nvf-red", "10.0.0.1") in build(records=local(VM_B1, "blue")).objects
 
