@@ -351,6 +351,12 @@ def _ports(vrf: str, ports: Iterable[tuple[Port, VirtualSubnet]],
     return objects, ports_on
 
 
+def _gateway(catalog: Catalog, port: Port, ca: Address) -> str | None:
+    """The gateway of the port's subnet in the CA's family (the source of the host's ICMP errors to the CA)."""
+    found = catalog.subnet(port.vsid)
+    return next((str(g) for g in found[1].gateways if g.version == ca.version), None) if found else None
+
+
 def _proxy_v6(ports_on: _PortsOn, ca: Address, except_if: str | None = None) -> list[ProxyNeighbour]:
     """Proxy NDP entries for an IPv6 CA: only on ports whose subnet contains it (a VM solicits on-link
     neighbours only)."""
@@ -369,7 +375,7 @@ def _cas(table: int, records: Iterable[LookupRecord], catalog: Catalog, devices:
             port = catalog.ports.get(record.port or "")
             if port is None:
                 continue
-            objects.add(LocalPortRoute(table, _host(record.ca), port.interface))
+            objects.add(LocalPortRoute(table, _host(record.ca), port.interface, src=_gateway(catalog, port, record.ca)))
             if record.ca.version == 6:
                 objects.update(_proxy_v6(ports_on, record.ca, except_if=port.interface))
             continue

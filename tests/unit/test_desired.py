@@ -61,9 +61,10 @@ def test_ports_are_routed_ports_with_proxy_arp_and_their_cas_routed_locally():
     assert VrfPort("tap-b1", "nvf-blue", 1500) in objs and VrfPort("tap-r1", "nvf-red", 1500) in objs
     assert Sysctl("net/ipv4/conf/tap-b1/proxy_arp", "1") in objs
     assert Sysctl("net/ipv6/conf/tap-b1/proxy_ndp", "1") in objs
-    assert LocalPortRoute(1000, "10.0.0.10/32", "tap-b1") in objs
-    assert LocalPortRoute(1001, "10.0.0.10/32", "tap-r1") in objs  # the same CA, the other tenant's table
-    assert LocalPortRoute(1000, "fd00:b::10/128", "tap-b1") in objs
+    # with the port's subnet gateway as the source of what the host sends the VM (its ICMP errors)
+    assert LocalPortRoute(1000, "10.0.0.10/32", "tap-b1", src="10.0.0.1") in objs
+    assert LocalPortRoute(1001, "10.0.0.10/32", "tap-r1", src="10.0.0.1") in objs  # the same CA, the other table
+    assert LocalPortRoute(1000, "fd00:b::10/128", "tap-b1", src="fd00:b::1") in objs
 
 
 def test_remote_cas_are_encap_routes_via_the_device_of_the_pa_family():

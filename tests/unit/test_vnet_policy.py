@@ -33,7 +33,7 @@ def kinds(desired, domain="blue"):
 
 def test_a_type5_host_route_equal_to_a_local_ca_loses_to_the_local_port():
     d = build(prefixes=[RemotePrefix("blue", net("10.0.0.10/32"), 5001, PA2)])
-    assert LocalPortRoute(1000, "10.0.0.10/32", "tap-b1") in d.objects
+    assert LocalPortRoute(1000, "10.0.0.10/32", "tap-b1", src="10.0.0.1") in d.objects
     assert EncapRoute(1000, "10.0.0.10/32", 5001, str(PA2), "nvf-gre4") not in d.objects
     assert kinds(d) == [("10.0.0.10/32", "local", "remote_prefix")]
     assert d.conflicts_in["blue"][0].pa == str(PA2)

@@ -15,8 +15,8 @@ from nvfabric.vnet.kernel import messages as m
 from nvfabric.vnet.kernel.apply import apply, link_indexes
 from nvfabric.vnet.kernel.diff import Action, Op, Plan, diff
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import VrfAddress
-from nvfabric.vnet.kernel.observe import vrf_addresses
+from nvfabric.vnet.kernel.objects import LocalPortRoute, VrfAddress
+from nvfabric.vnet.kernel.observe import observe, vrf_addresses
 
 
 def test_the_address_message_is_what_iproute2_sends_and_parses_back():
@@ -84,3 +84,19 @@ async def test_addresses_are_created_read_back_replaced_and_deleted(ns):
     assert await _observed(ns) == want - {gone}
     again = await apply(ns, Plan((Op(Action.DELETE, gone),)))
     assert again.ok, again.errors
+
+
+async def test_a_local_ports_route_takes_the_gateway_as_its_source_and_reads_back(ns):
+    # (what makes the host's ICMP errors to a VM come from the VM's own gateway, not from the VRF's first address)
+    route = LocalPortRoute(100, "10.1.0.10/32", "nvf-v0", src="10.1.0.1")
+    want = {VrfAddress("nvf-v0", "10.1.0.1"), VrfAddress("nvf-v0", "fd00:b::1"), route,
+            LocalPortRoute(100, "fd00:b::10/128", "nvf-v0", src="fd00:b::1")}
+    report = await apply(ns, diff(want, await _observed(ns)))
+    assert report.ok, report.errors
+    assert {o for o in await observe(ns) if isinstance(o, LocalPortRoute)} == {o for o in want
+                                                                               if isinstance(o, LocalPortRoute)}
+    shown = netns.run(["ip", "-n", ns.netns, "route", "show", "table", "100"]).output
+    assert "10.1.0.10 dev nvf-v0 proto 78 scope link src 10.1.0.1 metric 1024" in shown, shown
+    # a route made without one is replaced in place
+    plan = diff(want - {route} | {LocalPortRoute(100, "10.1.0.10/32", "nvf-v0")}, want)
+    assert [op.action for op in plan.ops] == [Action.REPLACE]

@@ -241,7 +241,7 @@ class LocalPortRouteEncoder(RouteEncoder):
         assert isinstance(obj, k.LocalPortRoute)
         address, _, length = obj.prefix.partition("/")
         return m.route_body(obj.family, obj.table, address, int(length), k.PROTO, scope=m.RT_SCOPE_LINK,
-                            oif=wire.ifindex(obj.dev), metric=obj.metric)
+                            oif=wire.ifindex(obj.dev), metric=obj.metric, prefsrc=obj.src)
 
 
 class ViaRouteEncoder(RouteEncoder):

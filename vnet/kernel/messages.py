@@ -69,6 +69,7 @@ IFF_UP = 0x1
 RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
+RTA_PREFSRC = 7
 RTA_PRIORITY = 6
 RTA_TABLE = 15
 RTA_ENCAP_TYPE = 21
@@ -194,6 +195,7 @@ def route_body(
     metric: int | None = None,
     oif: int | None = None,
     gateway: str | None = None,
+    prefsrc: str | None = None,
     extra: bytes = b"",
 ) -> bytes:
     head = _RTMSG.pack(
@@ -208,6 +210,8 @@ def route_body(
         attrs += nla_pack(RTA_OIF, _u32(oif))
     if gateway is not None:
         attrs += nla_pack(RTA_GATEWAY, _ip(gateway))
+    if prefsrc is not None:
+        attrs += nla_pack(RTA_PREFSRC, _ip(prefsrc))
     return head + attrs + extra
 
 
@@ -535,6 +539,7 @@ class RouteFields:
     tun_ttl: int | None
     tun_flags: int | None
     gateway: str | None = None
+    prefsrc: str | None = None
 
 
 def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
@@ -602,4 +607,5 @@ def parse_route(msg: bytes) -> RouteFields:
         oif=struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else None,
         encap_type=encap_type, tun_id=tun_id, tun_dst=tun_dst, tun_ttl=tun_ttl, tun_flags=tun_flags,
         gateway=_ntop(a[RTA_GATEWAY]) if RTA_GATEWAY in a else None,
+        prefsrc=_ntop(a[RTA_PREFSRC]) if RTA_PREFSRC in a else None,
     )

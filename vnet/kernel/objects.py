@@ -332,17 +332,25 @@ def _set_prefix(obj: LocalPortRoute | EncapRoute | ViaRoute) -> None:
 
 @dataclass(frozen=True)
 class LocalPortRoute:
-    """CA/32 (/128) -> the local port, in the routing domain's table."""
+    """CA/32 (/128) -> the local port, in the routing domain's table. `src`: the preferred source of what the
+    host itself sends the CA (`src <its subnet's gateway>`, a VrfAddress): its ICMP errors (TTL exceeded,
+    unreachable) come from the VM's own gateway, not from whichever address of the VRF comes first."""
 
     table: int
     prefix: str
     dev: str
     metric: int = DEFAULT_METRIC
+    src: str | None = None
     family: int = field(init=False, repr=False, compare=False)  # derived from the prefix
     order: ClassVar[int] = 4
 
     def __post_init__(self) -> None:
         _set_prefix(self)
+        if self.src is not None:
+            src, family = normal_address(self.src)
+            if family != self.family:
+                raise ValueError(f"source {self.src} is not of the family of {self.prefix}")
+            object.__setattr__(self, "src", src)
 
     @property
     def key(self) -> tuple:

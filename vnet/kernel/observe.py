@@ -143,7 +143,7 @@ def _route(r: m.RouteFields, names: dict[int, str]) -> k.KernelObject | None:
     if dev is not None and r.rtype == m.RTN_UNICAST and r.gateway is not None:
         return k.ViaRoute(r.table, prefix, r.gateway, dev, r.metric)
     if dev is not None and r.rtype == m.RTN_UNICAST:
-        return k.LocalPortRoute(r.table, prefix, dev, r.metric)
+        return k.LocalPortRoute(r.table, prefix, dev, r.metric, r.prefsrc)
     return None
 
 
