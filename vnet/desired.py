@@ -10,12 +10,14 @@ packet no VSID claims goes nowhere) and the local table moved after the l3mdev r
 never delivered to the host's own addresses): both families, for the host and the gateway alike.
 Per routing domain: a VRF `nvf-<name>`, `unreachable default` for IPv4 and IPv6 (everything unknown is
 dropped), and for every VSID a `tun_id` rule on each NVGRE device steering decapsulated frames into its
-table. Per local port: a routed port in the VRF with proxy ARP / proxy NDP, and a /32 (/128) route per CA.
+table. Per local port: a routed port in the VRF with proxy ARP / proxy NDP, and a /32 (/128) route per CA
+whose preferred source is its subnet's gateway (the host's ICMP errors to the VM come from its gateway).
 Per remote CA or remote prefix: one LWT encap route to the PA. Each subnet gateway is a local address of
 the VRF device (a /32 or /128, IPv6 `nodad`): its local route in the VRF's table makes every host answer
 for it on its own ports, ARP (the kernel's own reply for a local address, with the port's MAC), neighbour
-solicitations (NA with the router flag: the VRF forwards) and ICMP echo; the agent's input guard
-(vnet/vrfmark.py) lets only ICMP reach it.
+solicitations (NA with the router flag: the VRF forwards; the port's proxy entry for the IPv6 gateway only
+joins its solicited-node group) and ICMP echo; the agent's input guard (vnet/vrfmark.py) lets only ICMP
+reach it.
 
 Routes of one routing domain can want the same key (table, prefix, metric) from different sources: a type-5
 /32 equal to a local CA, a customer route 0.0.0.0/0 via an appliance next to the gateway's type-5 default.
