@@ -21,10 +21,10 @@ reach it.
 
 Routes of one routing domain can want the same key (table, prefix, metric) from different sources: a type-5
 /32 equal to a local CA, a customer route 0.0.0.0/0 via an appliance next to the gateway's type-5 default.
-One key holds one route, chosen here by a fixed precedence (PRECEDENCE: local CA >
-customer route > remote CA > remote prefix; the gateway's own local route, the kernel's, is at metric 0 and
-wins over any of them); the loser is left out and reported (`conflicts`), so a bad or
-unlucky route costs at most its own key, never the routing domain or the host.
+One key holds one route, chosen here by a fixed precedence (PRECEDENCE: local CA > customer route > remote
+CA > remote prefix; a route to a subnet gateway's address loses to the gateway's local route, the kernel's);
+the loser is left out and reported (`conflicts`), so a bad or unlucky route costs at most its own key,
+never the routing domain or the host.
 """
 
 from __future__ import annotations

@@ -169,8 +169,8 @@ class LocalTableRuleEncoder(Encoder):
 class VrfAddressEncoder(Encoder):
     """Created or replaced with NLM_F_REPLACE (the same address again is no error); a replace of another
     prefix length is a delete of the old one first (a length is part of an address's identity); deleted by
-    address and length on the VRF device. IPv6 `nodad`: the gateway answers at once, and a VM holding the
-    address by mistake must not make the host's own copy fail DAD (port security counts that VM instead)."""
+    address and length on the VRF device. IPv6 `nodad`: the gateway answers at once, and a VM probing for the
+    address (DAD) can never make the host's copy fail: the host answers, the VM's probe fails."""
 
     @staticmethod
     def _body(obj: k.VrfAddress, wire: Wire) -> bytes:
