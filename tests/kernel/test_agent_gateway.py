@@ -12,7 +12,7 @@ import json
 import re
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 
@@ -177,15 +177,29 @@ def test_a_restarted_agent_keeps_the_addresses_without_writing_them(fabric):
     ns = fabric.ns("hv2")
     shown = netns.run(["ip", "-n", ns, "addr", "show", "dev", "nvf-blue"]).output
     assert {"10.0.0.1/32", "10.0.1.1/32", "fd00:b::1/128"} <= set(re.findall(r"inet6? (\S+)", shown)), shown
-    monitor = subprocess.Popen(["ip", "-n", ns, "monitor", "address"], stdout=subprocess.PIPE, text=True)
+    monitor = subprocess.Popen(["stdbuf", "-oL", "ip", "-n", ns, "monitor", "address"], stdout=subprocess.PIPE,
+                               text=True)
+    events: list[str] = []
+
+    def read() -> None:
+        assert monitor.stdout is not None
+        for line in monitor.stdout:
+            events.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
     try:
-        time.sleep(0.5)  # (the monitor's socket must exist before the restart; nothing is asserted on time)
+        # a change the monitor must see first, so that its silence about ours means something
+        netns.run(["ip", "-n", ns, "addr", "add", "192.0.2.77/32", "dev", "lo"])
+        wait_for(lambda: any("192.0.2.77" in e for e in events), 10, "the monitor to see an address change")
         fabric.stop_agent("hv2")
         fabric.start_agent("hv2")
         wait_for(lambda: fabric.agents["hv2"].read(lambda a: a.status()).synced, 60, "hv2 synced after its restart")
         assert "bytes from 10.0.0.1" in _ping(fabric, "b2", "10.0.0.1")
+        # a last change: once the monitor has printed it, it has printed everything before it
+        netns.run(["ip", "-n", ns, "addr", "del", "192.0.2.77/32", "dev", "lo"])
+        wait_for(lambda: any(e.startswith("Deleted") and "192.0.2.77" in e for e in events), 10, "the monitor")
     finally:
         monitor.terminate()
-        events, _ = monitor.communicate(timeout=10)
-    report(f"hv2's agent restarted: address events meanwhile: {events.strip()!r}")
-    assert not [line for line in events.splitlines() if "nvf-" in line], events
+        monitor.wait(10)
+    report(f"hv2's agent restarted: address events meanwhile: {''.join(events).strip()!r}")
+    assert not [e for e in events if "nvf-" in e], events
