@@ -220,7 +220,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 _ADDRESS = {**STRING, "description": "an IPv4 or IPv6 address"}
 _PREFIX = {**STRING, "description": "an IPv4 or IPv6 prefix"}
-_SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(_PREFIX), gateways=array(_ADDRESS))
+_DHCP = obj([], True, enabled=BOOLEAN, dns_servers=array(_ADDRESS), search_domains=array(STRING),
+            lease_time=INTEGER, routes=array(obj(["prefix", "next_hop"], True, prefix=_PREFIX, next_hop=_ADDRESS)))
+_SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(_PREFIX), gateways=array(_ADDRESS),
+              dhcp=_DHCP)
 _CUSTOMER_ROUTE = obj(["prefix"], True, prefix=_PREFIX, next_hop=STRING, metric=INTEGER)
 ROUTING_DOMAIN = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING),
                      subnets=array(_SUBNET), customer_routes=array(_CUSTOMER_ROUTE), status=ANY_OBJECT)
@@ -244,7 +247,8 @@ _ARRIVAL = obj(["pa", "gre_key", "vsid", "flow_id", "src", "dst", "verdict", "re
                gre_key=INTEGER, vsid=INTEGER, flow_id=INTEGER, src=STRING, dst=STRING, verdict=STRING,
                reason=STRING, counter=STRING, routing_domain=nullable(STRING), inner=nullable(_TRACE))
 _STATUS = obj(["router_id", "reflectors", "synced", "headless"], router_id=STRING, reflectors=array(ANY_OBJECT),
-              synced=BOOLEAN, headless=BOOLEAN, totals=ANY_OBJECT, decap=ANY_OBJECT)
+              synced=BOOLEAN, headless=BOOLEAN, totals=ANY_OBJECT, decap=ANY_OBJECT,
+              guest_services=ANY_OBJECT)
 _VSID_PARAM = Param("vsid", {**STRING, "pattern": "^[0-9]+$"}, "a VSID")
 
 

@@ -37,6 +37,8 @@ class AgentStatus:
     conflicts: tuple[dict[str, Any], ...] = ()
     # the import policy (vnet/policy.py): the provider prefixes next hops must be in, routes refused by reason
     import_policy: dict[str, Any] = field(default_factory=dict)
+    # what the VMs get from their host: ports served, frames by protocol and outcome, packet socket errors
+    guest_services: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
