@@ -286,7 +286,7 @@ class DhcpClient:
             client = ["dhcpcd", "-4", "-B", "-t", "60", "--persistent", "-f", str(conf), "-c", rec, self.iface]
         mounts = [f"mount --bind {w}/resolv.conf /etc/resolv.conf"]
         if self.client == "dhcpcd":
-            mounts += [f"mkdir -p /run/dhcpcd /var/lib/dhcpcd", f"mount --bind {w}/run /run/dhcpcd",
+            mounts += ["mkdir -p /run/dhcpcd /var/lib/dhcpcd", f"mount --bind {w}/run /run/dhcpcd",
                        f"mount --bind {w}/lib /var/lib/dhcpcd"]
         shell = " && ".join([*mounts, "exec " + " ".join(client)])
         return netns.in_netns(self.ns, ["env", "-i", f"PATH={PATH}", f"RESOLV_CONF={w}/resolv.conf",
