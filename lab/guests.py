@@ -65,7 +65,7 @@ RECORDER = """#!/bin/sh
 rc=$?
 d={events}
 n=$(ls "$d" | wc -l)
-{{ echo "ARG1=$1"; echo "RC=$rc"; env; }} > "$d/.new" && mv "$d/.new" "$d/$(printf %04d "$n")"
+{{ echo "ARG1=$1"; echo "RC=$rc"; echo "T=$(date +%s.%N)"; env; }} > "$d/.new" && mv "$d/.new" "$d/$(printf %04d "$n")"
 exit $rc
 """
 
@@ -305,6 +305,11 @@ class DhcpClient:
         """The recorded events that carried a lease its script applied, oldest first."""
         return [e for e in self.recorded()
                 if e.get("RC") == "0" and (e.get("ARG1") in BOUND or e.get("reason") in BOUND)]
+
+    def applied_at(self, after: int = 0) -> float | None:
+        """When (time.time()) the client's script had applied the lease after the first `after` ones."""
+        got = self.leases()
+        return float(got[after]["T"]) if len(got) > after and got[after].get("T") else None
 
     def lease(self, timeout: float = 30.0, after: int = 0) -> Lease4 | Lease6:
         """The first lease recorded after the first `after` ones (GuestError when none comes)."""
