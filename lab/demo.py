@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nvfabric.lab import reach, runner
+from nvfabric.lab.guests import Lease4
 from nvfabric.lab.topology import Topology
 
 
@@ -54,6 +55,21 @@ def tenants_table(rows: list[tuple[str, str, str, bool, bool]]) -> Table:
           expected == observed) for src, dst, what, expected, observed in rows])
 
 
+def leases_table(leases: dict[str, Lease4 | Exception]) -> Table:
+    """What each VM's DHCP client got from its host (lab/guests.py), or why it got nothing."""
+    table = Table(title="DHCP: each VM's IPv4 leased from its host's agent by a Debian client")
+    for column in ("VM", "client", "address", "router", "MTU", "routes (option 121)", "lease"):
+        table.add_column(column)
+    for name, got in leases.items():
+        if isinstance(got, Lease4):
+            routes = ", ".join(f"{net} via {hop}" for net, hop in got.routes)
+            table.add_row(name, got.client, str(got.address), str(got.router), str(got.mtu), routes,
+                          f"[green]{got.lease_time} s[/]")
+        else:
+            table.add_row(name, "", "", "", "", "", f"[red]none: {got}[/]")
+    return table
+
+
 def gateway_table(rows: list[tuple[str, str, str, str, str]]) -> Table:
     return expectations_table(
         "Gateway gw1: tenants blue and red (same addresses) to the internet, floating IP inbound",
@@ -91,7 +107,11 @@ def run(topology: Topology, console: Console | None = None) -> int:
         # needed: it loads the agent and the gateway, which the lab's other commands do not
         from nvfabric.lab.fabric import tenants_scene
 
-        rows = tenants_scene(topology)
+        rows, leases = tenants_scene(topology)
+        console.print(leases_table(leases))
+        unleased = [name for name, got in leases.items() if not isinstance(got, Lease4)]
+        console.print(f"{'[green]PASS[/]' if not unleased else '[red]FAIL[/]'}: DHCP: "
+                      f"{len(leases) - len(unleased)}/{len(leases)} VMs leased their CA from their host")
         console.print(tenants_table(rows))
         wrong = [r for r in rows if r[3] != r[4]]
         console.print(f"{'[green]PASS[/]' if not wrong else '[red]FAIL[/]'}: tenants: "
@@ -105,7 +125,7 @@ def run(topology: Topology, console: Console | None = None) -> int:
         console.print(f"{'[green]PASS[/]' if not gw_wrong else '[red]FAIL[/]'}: gateway: "
                       f"{len(gw_rows) - len(gw_wrong)}/{len(gw_rows)} expectations hold "
                       f"({time.monotonic() - started:.1f} s)")
-        return 0 if not failed and not wrong and not gw_wrong else 1
+        return 0 if not failed and not wrong and not gw_wrong and not unleased else 1
     finally:
         runner.down(topology.name)
         console.print(f"lab {topology.name} torn down")

@@ -6,7 +6,9 @@ the attach benchmark.
   withdraws nothing; hold time 9 s, so a dead session is noticed within seconds in the lab.
 - Host agents on hv1, hv2, hv3: in this Python process, each in a thread inside its node's namespace
   (lab/daemons.py); one Python start-up in the VM instead of three.
-- VMs: a namespace each, its eth0 a veth to a tap-like port on its hypervisor.
+- VMs: a namespace each, its eth0 a veth to a tap-like port on its hypervisor. A VM's IPv4 address is either
+  configured statically (`ip addr add`, as an orchestrator injects it) or, with `dhcp` set to a client's name
+  (lab/guests.py: udhcpc, dhclient, dhcpcd), leased from its host's agent once its port is in place.
 - Tenants with overlapping address space:
   blue: VSID 5001 10.0.0.0/24 + fd00:b::/64, VSID 5002 10.0.1.0/24; red: VSID 6001 10.0.0.0/24.
   b1 (hv1), b2 (hv2) in 5001, b3 (hv3) in 5002; r1 (hv1) in 6001 with b2's address, r3 (hv3) in 6001.
@@ -14,6 +16,7 @@ the attach benchmark.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import shutil
@@ -32,7 +35,7 @@ from typing import Any
 import yaml
 
 from nvfabric.hostagent.config import AgentConfig
-from nvfabric.lab import netns
+from nvfabric.lab import guests, netns
 from nvfabric.lab.daemons import AgentThread
 from nvfabric.lab.topology import Topology
 from nvfabric.vnet.kernel.netns import enter_namespace
@@ -58,6 +61,8 @@ class Vm:
     vsid: int
     mac: str
     addresses: tuple[str, ...]  # CIDR
+    # None: IPv4 configured statically; else the DHCP client (lab/guests.py) that leases it from the host
+    dhcp: str | None = None
 
     @property
     def cas(self) -> tuple[str, ...]:
@@ -79,6 +84,10 @@ VMS = (
     Vm("r1", "hv1", "red", 6001, "02:00:00:00:0a:01", ("10.0.0.12/24",)),  # b2's address, other tenant
     Vm("r3", "hv3", "red", 6001, "02:00:00:00:0a:03", ("10.0.0.13/24",)),
 )
+
+# The same VMs configuring their IPv4 by DHCP, each with one of Debian's clients (the demo's VMs)
+DHCP_CLIENTS = {"b1": "udhcpc", "b2": "dhclient", "b3": "dhcpcd", "r1": "dhclient", "r3": "udhcpc"}
+DHCP_VMS = tuple(dataclasses.replace(vm, dhcp=DHCP_CLIENTS[vm.name]) for vm in VMS)
 
 
 RR_API_PORT = 8179
@@ -124,12 +133,14 @@ def wait_for(probe: Callable[[], object], timeout: float, what: str) -> object:
 class Fabric:
     """Reflectors, agents and VMs on an already running default topology; `close()` removes what it made."""
 
-    def __init__(self, topology: Topology, workdir: Path | None = None) -> None:
+    def __init__(self, topology: Topology, workdir: Path | None = None, vms: tuple[Vm, ...] = VMS) -> None:
         self.topology = topology
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="nvfabric-tenants-"))
         self.reflectors: dict[str, subprocess.Popen[bytes]] = {}
         self.agents: dict[str, AgentThread] = {}
-        self.vm_ns = {vm.name: f"{topology.name}.vm-{vm.name}" for vm in VMS}
+        self.vms = vms
+        self.vm_ns = {vm.name: f"{topology.name}.vm-{vm.name}" for vm in vms}
+        self.leases: dict[str, guests.Lease4] = {}  # what the VMs with `dhcp` got, by VM name
 
     def ns(self, node: str) -> str:
         return self.topology.namespace(node)
@@ -191,12 +202,35 @@ class Fabric:
         netns.ip_batch([netns.veth_line(self.ns(host), vm.tap, ns, "eth0")])
         gw4 = "10.0.1.1" if vm.vsid == 5002 else "10.0.0.1"
         lines = [f"link set eth0 address {vm.mac}", "link set lo up", "link set eth0 up"]
-        lines += [f"addr add {a} dev eth0" + (" nodad" if ":" in a else "") for a in vm.addresses]
-        lines += [f"route add default via {gw4}"]
+        static = [a for a in vm.addresses if vm.dhcp is None or ":" in a]  # DHCP leases the IPv4 address
+        lines += [f"addr add {a} dev eth0" + (" nodad" if ":" in a else "") for a in static]
+        if vm.dhcp is None:
+            lines += [f"route add default via {gw4}"]
         if any(":" in a for a in vm.addresses):
             lines += ["route add ::/0 via fd00:b::1"]
         netns.ip_batch(lines, ns)
         netns.run(["ip", "-n", self.ns(host), "link", "set", vm.tap, "up"])
+
+    def lease(self, vm: Vm, timeout: float = 60.0) -> guests.Lease4:
+        """Run the VM's DHCP client until its lease is applied (the client then stops; the address stays)."""
+        assert vm.dhcp is not None, f"{vm.name} is configured statically"
+        got = guests.lease(vm.dhcp, self.vm_ns[vm.name], "eth0", self.dir / "guests" / vm.name, timeout)
+        self.leases[vm.name] = got
+        return got
+
+    def lease_all(self, timeout: float = 60.0) -> dict[str, guests.Lease4 | Exception]:
+        """Every VM with `dhcp` leases its address, side by side (dhcpcd probes its address for seconds);
+        by VM name, the lease or why there is none."""
+        wanted = [vm for vm in self.vms if vm.dhcp is not None]
+        out: dict[str, guests.Lease4 | Exception] = {}
+        with ThreadPoolExecutor(max(1, len(wanted))) as pool:
+            futures = {vm.name: pool.submit(self.lease, vm, timeout) for vm in wanted}
+            for name, future in futures.items():
+                try:
+                    out[name] = future.result()
+                except (guests.GuestError, netns.CommandFailed) as exc:
+                    out[name] = exc
+        return out
 
     # -- agents --------------------------------------------------------------------------------------
     def start_agent(self, host: str, **extra: object) -> AgentThread:
@@ -212,16 +246,16 @@ class Fabric:
     def up(self, hold_time: int | None = None, reflectors: Iterable[str] = tuple(RR), **agent: object) -> None:
         """Reflectors (`hold_time` as in start_reflector; `reflectors`: the nodes that run one, the agents
         dial every address of RR all the same), VMs, agents (`agent`: more of their configuration) with both
-        tenants and their ports."""
+        tenants and their ports. VMs with `dhcp` have no IPv4 address yet: `lease_all()` gets them theirs."""
         self.start_reflectors(hold_time, reflectors)
-        for vm in VMS:
+        for vm in self.vms:
             self.plug(vm)
         for host in HV:
             self.start_agent(host, **agent)
         for host, agent in self.agents.items():
             for domain in (BLUE, RED):
                 agent.call(lambda a, domain=domain: a.put_routing_domain(domain))
-            for vm in VMS:
+            for vm in self.vms:
                 if vm.host == host:
                     agent.call(lambda a, vm=vm: a.put_port(vm.port()))
 
@@ -236,8 +270,8 @@ class Fabric:
 
     def wait_converged(self, timeout: float) -> None:
         """Until every VM's CAs are in the kernel of every other host of its tenant (TimeoutError)."""
-        for vm in VMS:
-            for other in VMS:
+        for vm in self.vms:
+            for other in self.vms:
                 if other.tenant == vm.tenant and other.host != vm.host:
                     for ca in vm.cas:
                         wait_for(lambda h=other.host, ca=ca: self.learned(h, ca), timeout, f"{ca} on {other.host}")
@@ -286,12 +320,15 @@ def check(fabric: Fabric) -> list[tuple[str, str, str, bool, bool]]:
     return rows
 
 
-def tenants_scene(topology: Topology) -> list[tuple[str, str, str, bool, bool]]:
-    """For lab/demo.py: run the two tenants on the (running) default topology; rows as in `check`."""
-    fabric = Fabric(topology)
+def tenants_scene(topology: Topology) -> tuple[list[tuple[str, str, str, bool, bool]],
+                                               dict[str, guests.Lease4 | Exception]]:
+    """For lab/demo.py: run the two tenants on the (running) default topology, their VMs leasing their IPv4
+    addresses by DHCP from their hosts; rows as in `check`, and each VM's lease (or why it has none)."""
+    fabric = Fabric(topology, vms=DHCP_VMS)
     try:
         fabric.up()
+        leases = fabric.lease_all()
         fabric.wait_converged(30)
-        return check(fabric)
+        return check(fabric), leases
     finally:
         fabric.close()

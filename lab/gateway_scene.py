@@ -12,7 +12,7 @@ from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns
 from nvfabric.lab.daemons import GatewayThread
-from nvfabric.lab.fabric import ASN, BLUE, HV, RED, RR, VMS, Fabric, wait_for
+from nvfabric.lab.fabric import ASN, BLUE, DHCP_VMS, HV, RED, RR, VMS, Fabric, wait_for
 from nvfabric.lab.probe import Server, connect_retrying
 from nvfabric.lab.topology import Topology
 from nvfabric.vnet.model import RoutingDomain
@@ -77,12 +77,14 @@ def _seen(ns: str, dst: tuple[str, int], src: tuple[str, int] | None = None) -> 
 
 def gateway_scene(topology: Topology) -> list[tuple[str, str, str, str, str]]:
     """For lab/demo.py: both tenants reach the internet server through gw1, which sees each tenant's public
-    address, and a floating IP is reached from outside. Rows: (from, to, what, expected, observed)."""
-    fab = Fabric(topology)
+    address, and a floating IP is reached from outside; the VMs lease their addresses by DHCP (a VM without a
+    lease shows as "no answer"). Rows: (from, to, what, expected, observed)."""
+    fab = Fabric(topology, vms=DHCP_VMS)
     gw: GatewayThread | None = None
     servers: list[Server] = []
     try:
         fab.up()
+        fab.lease_all()
         netns.run(["ip", "-n", fab.ns("internet"), "route", "add", PUBLIC_POOL, "via", "203.0.113.21"])
         gw = GatewayThread(gateway_config(fab), fab.ns("gw1"))
         gw.call(lambda g: g.start(), timeout=120)
