@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,6 @@ from nvfabric.lab.topology import load
 from nvfabric.vnet.model import RoutingDomain
 
 pytestmark = pytest.mark.kernel
-HAS_IPV6_SERVICES = (Path(offer.__file__).parent / "ra.py").exists()
 REPORT: list[str] = []
 
 DNS4, DNS6 = ipaddress.IPv4Address("10.0.0.53"), ipaddress.IPv6Address("fd00:b::53")
@@ -160,8 +158,6 @@ def test_a_renewal_across_an_agent_restart_keeps_the_address(fabric, tmp_path):
     report(f"agent on hv2 restarted: udhcpc renewed {renewed.address}, dhclient rebooted into {rebooted.address}")
 
 
-@pytest.mark.skipif(not HAS_IPV6_SERVICES, reason="router advertisements and DHCPv6 (hostagent/guest/ra.py, "
-                    "dhcp6.py) are not on this branch")
 def test_router_advertisement_and_dhcpv6(fabric, tmp_path):
     vm = V6
     ns = attach(fabric, vm)
