@@ -28,3 +28,6 @@ class PortService:
     # route via the gateway is among them): customer routes and the subnet's configured extra routes
     routes4: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...] = ()
     lease_time: int = 86400  # seconds; also the valid lifetime of advertised IPv6 prefixes
+    # the routing domain's virtual addresses: a frame from the port announcing one is a claim
+    # (hostagent/guest/vip.py), which the agent judges (hostagent/holders.py: may this port hold it?)
+    virtual_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
