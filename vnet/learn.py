@@ -11,6 +11,8 @@ domain, no reserved address; the next-hop check against the provider prefixes is
   picks the same one.
 - A CA of an active local port is always local (a remote claim with a higher sequence first makes the port
   inactive, hostagent/mobility.py).
+- A virtual address held by a local port (hostagent/holders.py) is local likewise; held elsewhere, it is a
+  remote CA like any other: per address, the highest sequence wins, whichever MAC announces it.
 - A type-5 route (IP prefix, RFC 9136) whose VSID belongs to one of our routing domains (and a route target
   to the same one) is a RemotePrefix (e.g. the gateway's default route).
 - Our own routes (next hop = one of our PAs) are never learned.
