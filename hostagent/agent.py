@@ -32,6 +32,9 @@ from nvfabric.hostagent import status as report
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.hostagent.eligible import check_port_interface
 from nvfabric.hostagent.filters import Filters, gre_allowed, served_vsids
+from nvfabric.hostagent.guest import offer
+from nvfabric.hostagent.guest.responder import Responder
+from nvfabric.hostagent.guest.wire import Wire
 from nvfabric.hostagent.metrics import AgentMetrics
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
 from nvfabric.hostagent.compute import Learned, View, compute, domain_of, follow_remote, follow_remote_holders
@@ -97,6 +100,10 @@ class Agent:
         # port security on the VM ports (vnet/portsecurity.py): written before a new port is routed, read
         # back at start and adopted, so a restart never leaves a port unguarded
         self._port_security = PortSecurity(Nft(config.netns))
+        # what the VMs get from their host (DHCP, RA...): answered from a packet socket opened at start
+        self._guest: Responder | None = None
+        self._guest_error: str | None = None
+        self._guest_inputs: tuple[Any, ...] | None = None  # what the services were last derived from
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -141,6 +148,7 @@ class Agent:
         self._started = True
         async with self._lock:
             await self._sync_locked()  # adopts what is there; learned routes held until End-of-RIB
+            self._start_guest()
         await self._client.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -159,6 +167,9 @@ class Agent:
         self._tasks = []
         if self._client is not None:
             await self._client.stop()
+        if self._guest is not None:
+            await self._guest.close()
+            self._guest = None
         if self._sock is not None:
             self._sock.close()
         # the kernel state stays: forwarding continues while the agent is away (graceful restart)
@@ -298,6 +309,8 @@ class Agent:
                            else [str(p) for p in self._provider_prefixes], **self._screened.as_dict()},
             virtual_addresses=tuple(self.virtual_addresses()),
             claims=dict(self._claims),
+            guest_services=self._guest.as_dict() if self._guest is not None
+            else {"ports": 0, "frames": {}, "wire_errors": {}, "error": self._guest_error},
         )
 
     # ------------------------------------------------------------------ the one way state changes
@@ -369,6 +382,7 @@ class Agent:
         await self._update_vrf_marks()
         await self._update_decap()
         await self._announce()
+        self._update_guest()
 
     async def _put_back(self, desired: Desired, outcome: Outcome) -> None:
         """The kernel as the current view wants it again, after a change that cannot stand."""
@@ -422,6 +436,37 @@ class Agent:
         await self._update_vrf_marks()
         await self._update_decap()
         await self._announce()
+        self._update_guest()
+
+    # ------------------------------------------------------------------ guest services
+
+    def _start_guest(self) -> None:
+        """The packet socket, opened by the agent's thread (so in its namespace). Without it (no
+        CAP_NET_RAW) the agent runs on and reports the error in its status: VMs get no DHCP answers."""
+        responder = Responder(Wire(), self._on_claim)
+        try:
+            responder.start()
+        except OSError as exc:
+            self._guest_error = f"packet socket: {exc}"
+            log.error("guest services off: %s", self._guest_error)
+            return
+        self._guest = responder
+        self.metrics.guest_frames.counters = responder.counters
+        self._update_guest()
+
+    def _update_guest(self) -> None:
+        """What each local port is offered, derived again when its inputs changed (the catalog, the ports
+        that moved away)."""
+        if self._guest is None:
+            return
+        inputs = (self._view.catalog, self._view.mobility.inactive())
+        last = self._guest_inputs
+        if last is None or inputs[0] is not last[0] or inputs[1] != last[1]:
+            self._guest_inputs = inputs
+            self._guest.update(offer.port_services(self._view.catalog, self.host, inputs[1]))
+
+    async def _on_claim(self, port: str, address: Address) -> None:
+        await self.claim_virtual_address(port, address)
 
     async def _update_vrf_marks(self) -> None:
         if not await self._filters.marks(self._view.tables, self._view.catalog.routing_domains):

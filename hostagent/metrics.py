@@ -4,6 +4,7 @@ in the tests and the lab)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
@@ -48,6 +49,8 @@ class AgentMetrics:
 
     def held_addresses(self, n: int) -> None:
         self._held_addresses.set(n)
+        self.guest_frames = GuestFrames()
+        self.registry.register(self.guest_frames)
 
     def reconciled(self, outcome: Outcome) -> None:
         for action, n in outcome.counts.items():
@@ -100,4 +103,20 @@ class PortSecurityDrops(Collector):
         for port, reasons in sorted(self.drops.items()):
             for reason, packets in sorted(reasons.items()):
                 family.add_metric([port, reason], packets)
+        yield family
+
+
+class GuestFrames(Collector):
+    """`nvfabric_agent_guest_frames_total{protocol,outcome}`: the frames VMs sent to their host's services
+    (DHCP, RA, ARP...), by what became of them (hostagent/guest/responder.py OUTCOMES)."""
+
+    def __init__(self) -> None:
+        self.counters: Any = None  # the responder's Counters, read at each scrape
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("nvfabric_agent_guest_frames", "frames from VMs to the host's guest services",
+                                     labels=["protocol", "outcome"])
+        counts = self.counters.counts if self.counters is not None else {}
+        for (protocol, outcome), n in sorted(counts.items()):
+            family.add_metric([protocol, outcome], n)
         yield family

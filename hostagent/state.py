@@ -58,9 +58,8 @@ class SavedState:
 
 
 def routing_domain_to_dict(domain: RoutingDomain) -> dict[str, Any]:
-    body: dict[str, Any] = {"name": domain.name, "route_targets": list(domain.route_targets), "subnets": [
-        {"vsid": s.vsid, "prefixes": [str(p) for p in s.prefixes], "gateways": [str(g) for g in s.gateways]}
-        for s in domain.subnets]}
+    body: dict[str, Any] = {"name": domain.name, "route_targets": list(domain.route_targets),
+                            "subnets": [s.to_dict() for s in domain.subnets]}
     if domain.customer_routes:
         body["customer_routes"] = [r.to_dict() for r in domain.customer_routes]
     if domain.virtual_addresses:

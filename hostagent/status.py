@@ -41,6 +41,8 @@ class AgentStatus:
     # sequence; and the claims judged since start, by outcome (hostagent/holders.py)
     virtual_addresses: tuple[dict[str, Any], ...] = ()
     claims: dict[str, int] = field(default_factory=dict)
+    # what the VMs get from their host: ports served, frames by protocol and outcome, packet socket errors
+    guest_services: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

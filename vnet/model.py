@@ -119,11 +119,107 @@ def field_path(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
+# RFC 1035 section 2.3.1 (with RFC 1123's leading digit): letters, digits, inner hyphens; 63 bytes a label.
+DNS_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+LEASE_MIN, LEASE_MAX = 60, 2**31 - 1  # 2^32-1 is "infinite" on the wire (RFC 2131): never offered
+DEFAULT_LEASE = 86400
+
+
+def check_dns_name(value: Any, where: str) -> str:
+    """A DNS domain name (RFC 1035: labels of 1..63 letters, digits and inner hyphens, 253 bytes at most),
+    lower-cased, without a trailing dot."""
+    if not isinstance(value, str) or not value.strip("."):
+        raise ModelError(where, value, "must be a DNS domain name")
+    name = value[:-1] if value.endswith(".") else value
+    if len(name) > 253:
+        raise ModelError(where, value, "is longer than 253 bytes (RFC 1035)")
+    for label in name.split("."):
+        if not DNS_LABEL_RE.match(label):
+            raise ModelError(where, value, f"label {label!r}: 1..63 letters, digits and inner hyphens (RFC 1035)")
+    return name.lower()
+
+
+@dataclass(frozen=True)
+class DhcpRoute:
+    """An extra route a guest is offered (DHCP option 121): prefix via a next hop inside the subnet."""
+
+    prefix: Network
+    next_hop: Address
+
+    @classmethod
+    def from_dict(cls, body: Any, where: str = "") -> DhcpRoute:
+        body = check_object(body, where)
+        reject_unknown(body, {"prefix", "next_hop"}, where)
+        prefix = check_network(body.get("prefix"), field_path(where, "prefix"))
+        next_hop = check_address(body.get("next_hop"), field_path(where, "next_hop"))
+        if prefix.version != 4 or next_hop.version != 4:
+            raise ModelError(where or "route", f"{prefix} via {next_hop}",
+                             "DHCPv4 routes are IPv4 (IPv6 guests learn routes from router advertisements)")
+        return cls(prefix, next_hop)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prefix": str(self.prefix), "next_hop": str(self.next_hop)}
+
+
+@dataclass(frozen=True)
+class DhcpOptions:
+    """What the hosts offer the guests of one virtual subnet (DHCPv4, and DNS in router advertisements and
+    DHCPv6): per subnet, like Neutron's subnet and OVN's DHCP_Options."""
+
+    enabled: bool = True
+    dns_servers: tuple[Address, ...] = ()
+    search_domains: tuple[str, ...] = ()
+    lease_time: int = DEFAULT_LEASE  # seconds
+    routes: tuple[DhcpRoute, ...] = ()  # besides the default route and the routing domain's customer routes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ModelError("enabled", self.enabled, "must be true or false")
+        if isinstance(self.lease_time, bool) or not isinstance(self.lease_time, int):
+            raise ModelError("lease_time", self.lease_time, "must be an integer")
+        if not LEASE_MIN <= self.lease_time <= LEASE_MAX:
+            raise ModelError("lease_time", self.lease_time, f"must be in {LEASE_MIN}..{LEASE_MAX} seconds")
+        if (repeat := first_repeat(self.dns_servers)) is not None:
+            raise ModelError(f"dns_servers[{repeat[0]}]", str(self.dns_servers[repeat[0]]), "is a duplicate")
+        if (repeat := first_repeat(r.prefix for r in self.routes)) is not None:
+            raise ModelError(f"routes[{repeat[0]}].prefix", str(self.routes[repeat[0]].prefix), "is a duplicate")
+        # what the wire carries: one DHCP option is at most 255 bytes (long options split, RFC 3396, which
+        # not every client reassembles): bounded here so that every offer fits
+        if len(self.dns_servers) > 8:
+            raise ModelError("dns_servers", len(self.dns_servers), "at most 8 DNS servers")
+        if len(self.search_domains) > 8:
+            raise ModelError("search_domains", len(self.search_domains), "at most 8 search domains")
+        if len(self.routes) > 16:
+            raise ModelError("routes", len(self.routes), "at most 16 routes")
+
+    @classmethod
+    def from_dict(cls, body: Any, where: str = "") -> DhcpOptions:
+        body = check_object(body, where)
+        reject_unknown(body, {"enabled", "dns_servers", "search_domains", "lease_time", "routes"}, where)
+        servers = tuple(check_address(a, f"{field_path(where, 'dns_servers')}[{i}]")
+                        for i, a in enumerate(check_list(body.get("dns_servers"), field_path(where, "dns_servers"))))
+        search = tuple(check_dns_name(d, f"{field_path(where, 'search_domains')}[{i}]") for i, d in
+                       enumerate(check_list(body.get("search_domains"), field_path(where, "search_domains"))))
+        routes = tuple(DhcpRoute.from_dict(r, f"{field_path(where, 'routes')}[{i}]")
+                       for i, r in enumerate(check_list(body.get("routes"), field_path(where, "routes"))))
+        try:
+            return cls(enabled=body.get("enabled", True), dns_servers=servers, search_domains=search,
+                       lease_time=body.get("lease_time", DEFAULT_LEASE), routes=routes)
+        except ModelError as exc:
+            raise exc.within(where) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "dns_servers": [str(a) for a in self.dns_servers],
+                "search_domains": list(self.search_domains), "lease_time": self.lease_time,
+                "routes": [r.to_dict() for r in self.routes]}
+
+
 @dataclass(frozen=True)
 class VirtualSubnet:
     vsid: int
     prefixes: tuple[Network, ...]  # at most one IPv4 and one IPv6
     gateways: tuple[Address, ...]  # one per prefix, in the same order
+    dhcp: DhcpOptions = DhcpOptions()
 
     def __post_init__(self) -> None:
         check_vsid(self.vsid, "vsid")
@@ -135,6 +231,11 @@ class VirtualSubnet:
         for i, (prefix, gateway) in enumerate(zip(self.prefixes, self.gateways, strict=True)):
             if gateway not in prefix or gateway in (prefix.network_address, prefix.broadcast_address):
                 raise ModelError(f"gateways[{i}]", str(gateway), f"is not a host address of {prefix}")
+        v4 = next((p for p in self.prefixes if p.version == 4), None)
+        for i, route in enumerate(self.dhcp.routes):
+            if v4 is None or route.next_hop not in v4:
+                raise ModelError(f"dhcp.routes[{i}].next_hop", str(route.next_hop),
+                                 f"is not inside the subnet's IPv4 prefix ({v4 or 'none'}): a guest reaches it on-link")
 
     def prefix_of(self, address: Address) -> Network | None:
         return next((p for p in self.prefixes if address in p), None)
@@ -142,7 +243,7 @@ class VirtualSubnet:
     @classmethod
     def from_dict(cls, body: Any, where: str = "") -> VirtualSubnet:
         body = check_object(body, where)
-        reject_unknown(body, {"vsid", "prefixes", "gateways"}, where)
+        reject_unknown(body, {"vsid", "prefixes", "gateways", "dhcp"}, where)
         vsid = check_vsid(body.get("vsid"), field_path(where, "vsid"))
         prefixes = tuple(
             check_network(p, f"{field_path(where, 'prefixes')}[{i}]")
@@ -154,10 +255,19 @@ class VirtualSubnet:
             given[address.version] = address
         # HNV's default: the subnet's first host address is the gateway every host answers for.
         gateways = tuple(given.get(p.version, p.network_address + 1) for p in prefixes)
+        dhcp = DhcpOptions.from_dict(body["dhcp"], field_path(where, "dhcp")) if "dhcp" in body else DhcpOptions()
         try:
-            return cls(vsid=vsid, prefixes=prefixes, gateways=gateways)
+            return cls(vsid=vsid, prefixes=prefixes, gateways=gateways, dhcp=dhcp)
         except ModelError as exc:
             raise exc.within(where) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The body from_dict accepts; `dhcp` only when it is not the default (older readers ignore nothing)."""
+        body: dict[str, Any] = {"vsid": self.vsid, "prefixes": [str(p) for p in self.prefixes],
+                                "gateways": [str(g) for g in self.gateways]}
+        if self.dhcp != DhcpOptions():
+            body["dhcp"] = self.dhcp.to_dict()
+        return body
 
 
 @dataclass(frozen=True)

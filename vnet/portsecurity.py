@@ -10,7 +10,9 @@ A guarded port's VM may send only
 - neighbour solicitations from one of those addresses, or from :: from its own MAC (duplicate address
   detection; router solicitations and MLD reports sent before an address is valid likewise); neighbour
   advertisements only for a target that is one of its addresses;
-- DHCP client traffic (0.0.0.0:68 -> 255.255.255.255:67 from its own MAC);
+- DHCP client traffic (0.0.0.0:68 -> 255.255.255.255:67 from its own MAC), which the host agent answers from
+  its packet socket: requests to UDP port 67 or 547 are then dropped before the stack sees
+  them;
 - never a DHCP server's or relay's reply (UDP source port 67, DHCPv6 547: DHCP guard), nor a router
   advertisement or an ICMPv6 redirect (router guard).
 A port with `port_security: false` has no element here and is not checked at all.
@@ -51,7 +53,7 @@ TABLE = "nvfabric-ports"
 # The layout of the tables below, kept as the comment of each hooked chain's first rule (nft 1.0.6 lists a
 # rule's comment in JSON, not a table's): a kernel table without it (an older agent's) is replaced at start
 # rather than adopted
-LAYOUT = "nvfabric port security 3"
+LAYOUT = "nvfabric port security 4"
 
 SPOOFED_SOURCE = "spoofed_source"
 SPOOFED_ARP = "spoofed_arp"
@@ -90,6 +92,9 @@ def _not_in(key: str, name: str) -> str:
 _INET_GUARD = (
     f"icmpv6 type {{ nd-router-advert, nd-redirect }} counter name iifname map @{ROUTER_GUARD} drop",
     f"udp sport {{ 67, 547 }} counter name iifname map @{DHCP_GUARD} drop",
+    # a request to the DHCP servers is answered by the agent, which takes its copy before netfilter: the
+    # stack must not see it too, or a unicast renewal to the gateway address draws a port unreachable
+    "udp dport { 67, 547 } drop",
     "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 iifname . ether saddr @macs accept",
     "ip6 saddr :: icmpv6 type { nd-neighbor-solicit, nd-router-solicit, mld-listener-report, mld2-listener-report }"
     " iifname . ether saddr @macs accept",

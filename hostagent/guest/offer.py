@@ -6,7 +6,13 @@ guest gets is decided here, in one pure place, and is the same after an agent re
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 from dataclasses import dataclass
+
+from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.desired import HostIdentity
+from nvfabric.vnet.kernel.objects import OVERHEAD
+from nvfabric.vnet.model import RoutingDomain, VirtualSubnet
 
 
 @dataclass(frozen=True)
@@ -31,3 +37,64 @@ class PortService:
     # the routing domain's virtual addresses: a frame from the port announcing one is a claim
     # (hostagent/guest/vip.py), which the agent judges (hostagent/holders.py: may this port hold it?)
     virtual_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+
+
+def offered_mtu(port_mtu: int | None, host: HostIdentity) -> int:
+    """The MTU a guest is told: its port's MTU if set, never more than fits the NVGRE encapsulation over the
+    underlay in every provider address family the host sends from (the smaller the worse header)."""
+    fits = min((host.underlay_mtu - OVERHEAD[family] for family in host.pa_families),
+               default=host.underlay_mtu - max(OVERHEAD.values()))
+    return min(port_mtu if port_mtu is not None else host.underlay_mtu, fits)
+
+
+def classless_routes(domain: RoutingDomain, subnet: VirtualSubnet,
+                     gateway: ipaddress.IPv4Address) -> tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...]:
+    """Option 121's routes: the default via the gateway (RFC 3442: a client that takes option 121 ignores the
+    router option), the routing domain's IPv4 customer routes via the gateway (the host routes them, whatever
+    their next hop), then the subnet's configured routes; one route per prefix, the first one kept."""
+    routes: dict[ipaddress.IPv4Network, ipaddress.IPv4Address] = {ipaddress.IPv4Network("0.0.0.0/0"): gateway}
+    for route in domain.customer_routes:
+        if isinstance(route.prefix, ipaddress.IPv4Network):
+            routes.setdefault(route.prefix, gateway)
+    for extra in subnet.dhcp.routes:
+        if isinstance(extra.prefix, ipaddress.IPv4Network) and isinstance(extra.next_hop, ipaddress.IPv4Address):
+            routes.setdefault(extra.prefix, extra.next_hop)
+    return tuple(routes.items())
+
+
+def port_services(catalog: Catalog, host: HostIdentity,
+                  inactive: Collection[tuple[int, str]] = ()) -> dict[str, PortService]:
+    """What every local port is offered, by its interface: the ports of subnets with DHCP enabled (or of a
+    routing domain with virtual addresses, whose claims are watched), except those whose VM moved to another
+    host (`inactive`: their (VSID, MAC), hostagent/mobility.py)."""
+    out: dict[str, PortService] = {}
+    for port in catalog.ports.values():
+        found = catalog.subnet(port.vsid)
+        if found is None or (port.vsid, port.mac) in inactive:
+            continue
+        domain, subnet = found
+        if not subnet.dhcp.enabled and not domain.virtual_addresses:
+            continue
+        # (DHCP off but virtual addresses declared: the port is watched for claims, offered no address)
+        offered = zip(subnet.prefixes, subnet.gateways, strict=True) if subnet.dhcp.enabled else ()
+        ipv4 = ipv6 = gateway4 = gateway6 = None
+        for prefix, gateway in offered:
+            ca = next((a for a in port.addresses if a in prefix), None)
+            if ca is None:
+                continue
+            if isinstance(prefix, ipaddress.IPv4Network) and isinstance(gateway, ipaddress.IPv4Address):
+                ipv4, gateway4 = ipaddress.IPv4Interface(f"{ca}/{prefix.prefixlen}"), gateway
+            elif isinstance(prefix, ipaddress.IPv6Network) and isinstance(gateway, ipaddress.IPv6Address):
+                ipv6, gateway6 = ipaddress.IPv6Interface(f"{ca}/{prefix.prefixlen}"), gateway
+        servers = subnet.dhcp.dns_servers
+        out[port.interface] = PortService(
+            port=port.name, interface=port.interface, routing_domain=domain.name, vsid=port.vsid, mac=str(port.mac),
+            ipv4=ipv4, ipv6=ipv6, gateway4=gateway4, gateway6=gateway6, mtu=offered_mtu(port.mtu, host),
+            dns4=tuple(a for a in servers if isinstance(a, ipaddress.IPv4Address)),
+            dns6=tuple(a for a in servers if isinstance(a, ipaddress.IPv6Address)),
+            search=subnet.dhcp.search_domains,
+            routes4=classless_routes(domain, subnet, gateway4) if gateway4 is not None else (),
+            lease_time=subnet.dhcp.lease_time,
+            virtual_addresses=tuple(v.address for v in domain.virtual_addresses),
+        )
+    return out

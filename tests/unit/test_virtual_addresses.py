@@ -3,6 +3,7 @@ what is learned, announced and guarded, the state file, and which frames claim o
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import replace
 
@@ -16,12 +17,14 @@ from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.compute import View, follow_remote_holders
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.hostagent.guest import frames, vip
-from nvfabric.hostagent.guest.offer import PortService
+from nvfabric.hostagent.guest.offer import PortService, port_services
+from nvfabric.hostagent.guest.responder import Responder
 from nvfabric.hostagent.holders import (INACTIVE, NOT_ALLOWED, NOT_VIRTUAL, OTHER_SUBNET, UNKNOWN_PORT, Holders,
                                         Holding, judge)
 from nvfabric.hostagent.mobility import SEQ_MAX
 from nvfabric.vnet import announce, portsecurity
 from nvfabric.vnet.catalog import Catalog
+from nvfabric.vnet.desired import HostIdentity
 from nvfabric.vnet.errors import ConflictError, ModelError
 from nvfabric.vnet.learn import lookup_records, remote_cas
 from nvfabric.vnet.model import Port, RoutingDomain
@@ -276,3 +279,58 @@ def test_unsolicited_or_override_neighbour_advertisements_claim_a_virtual_addres
 def test_hostile_frames_never_raise(payload, ethertype):
     eth = frames.Ethernet(frames.BROADCAST, SRC, ethertype, payload)
     assert vip.claimed(eth, SERVICE) in (None, VIP, VIP6)
+
+
+class FakeWire:
+    def __init__(self) -> None:
+        self.receive = None
+
+    def start(self, receive) -> None:
+        self.receive = receive
+
+    def close(self) -> None: ...
+
+    def send(self, interface: str, frame: bytes) -> bool:
+        return True
+
+    def host_mac(self, interface: str) -> bytes | None:
+        return HOST
+
+    def forget(self) -> None: ...
+
+
+def raw_arp(op, sender_ip, target_ip, src=SRC):
+    payload = struct.pack("!HHBBH", 1, frames.ETH_P_IP, 6, 4, op) + src + ip(sender_ip).packed + b"\0" * 6 + \
+        ip(target_ip).packed
+    return frames.ethernet(frames.BROADCAST, src, frames.ETH_P_ARP, payload)
+
+
+async def test_the_responder_hands_claims_from_a_port_to_the_agent():
+    claims: list[tuple[str, object]] = []
+    arrived = asyncio.Event()
+
+    async def on_claim(port, address):
+        claims.append((port, address))
+        arrived.set()
+
+    wire = FakeWire()
+    responder = Responder(wire, on_claim)
+    responder.start()
+    responder.update({"tap-ka": SERVICE})
+    wire.receive("tap-ka", raw_arp(1, "10.0.0.11", "10.0.0.12"))  # a plain request: no claim
+    wire.receive("tap-other", raw_arp(1, "10.0.0.100", "10.0.0.100"))  # not a port
+    wire.receive("tap-ka", raw_arp(1, "10.0.0.100", "10.0.0.100", src=bytes.fromhex("020000000099")))  # not its MAC
+    wire.receive("tap-ka", raw_arp(1, "10.0.0.100", "10.0.0.100"))
+    await asyncio.wait_for(arrived.wait(), 5)
+    await responder.close()
+    assert claims == [("ka", VIP)]
+    counts = responder.counters.as_dict()["arp"]
+    assert counts == {"claimed": 1, "ignored": 1, "unknown_port": 1, "wrong_mac": 1}
+
+
+def test_ports_of_a_domain_with_virtual_addresses_are_watched_even_without_dhcp():
+    host = HostIdentity("02:00:5e:10:00:01", (PA1,))
+    body = {**BODY, "subnets": [{**s, "dhcp": {"enabled": False}} for s in BODY["subnets"]]}
+    services = port_services(catalog(KA, KB, blue=RoutingDomain.from_dict(body)), host)
+    assert services["tap-ka"].virtual_addresses == (VIP, VIP6) and services["tap-ka"].ipv4 is None
+    assert port_services(catalog(KA), host)["tap-ka"].ipv4 is not None  # DHCP on: offered as before
