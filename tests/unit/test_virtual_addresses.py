@@ -8,12 +8,15 @@ import struct
 from dataclasses import replace
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nvfabric.bgp.routes import MacIpRoute
 from nvfabric.hostagent import state
+from nvfabric.cli import main
 from nvfabric.hostagent.agent import Agent
+from nvfabric.hostagent.api import make_app, start_api
 from nvfabric.hostagent.compute import View, follow_remote_holders
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.hostagent.guest import frames, vip
@@ -334,3 +337,44 @@ def test_ports_of_a_domain_with_virtual_addresses_are_watched_even_without_dhcp(
     services = port_services(catalog(KA, KB, blue=RoutingDomain.from_dict(body)), host)
     assert services["tap-ka"].virtual_addresses == (VIP, VIP6) and services["tap-ka"].ipv4 is None
     assert port_services(catalog(KA), host)["tap-ka"].ipv4 is not None  # DHCP on: offered as before
+
+
+# ------------------------------------------------------------------------------------------ API and ctl
+
+
+def agent_with_a_holder(tmp_path) -> Agent:
+    """An agent (not started: no kernel here) restarting from a state where ka holds 10.0.0.100."""
+    config = AgentConfig.from_dict({
+        "asn": 65001, "router_id": "198.51.100.11", "provider_addresses": ["198.51.100.11"],
+        "route_reflectors": [{"address": "198.51.100.100"}], "state_dir": str(tmp_path)})
+    state.save(tmp_path, state.SavedState(catalog(KA, KB), {"blue": 1000, "red": 1001}, {},
+                                          {KEY: Holding("ka", 4)}))
+    return Agent(config)
+
+
+async def test_the_api_shows_and_refuses_virtual_addresses_and_ctl_prints_the_holders(tmp_path, capsys,
+                                                                                       monkeypatch):
+    agent = agent_with_a_holder(tmp_path)
+    auth = {"Authorization": "Bearer t0ken"}
+    async with TestClient(TestServer(make_app(agent, "t0ken"))) as client:
+        body = await (await client.get("/v1/routing-domains/blue", headers=auth)).json()
+        assert body["virtual_addresses"] == BODY["virtual_addresses"]
+        bad = {**BODY, "virtual_addresses": [{"address": "10.0.0.1", "ports": ["ka"]}]}
+        response = await client.put("/v1/routing-domains/blue", json=bad, headers=auth)
+        assert response.status == 400
+        assert (await response.json())["field"] == "virtual_addresses[0].address"
+        status = await (await client.get("/v1/status", headers=auth)).json()
+        held = {v["address"]: v for v in status["virtual_addresses"]}
+        assert held["10.0.0.100"]["holder"] == "ka" and held["10.0.0.100"]["seq"] == 4
+        assert held["fd00:b::100"]["holder"] is None and held["fd00:b::100"]["seq"] is None
+    monkeypatch.delenv("NVFABRIC_TOKEN", raising=False)
+    monkeypatch.delenv("NVFABRIC_API", raising=False)
+    server = await start_api(agent, "127.0.0.1:0", "t0ken")
+    try:
+        code = await asyncio.to_thread(main, ["ctl", "--api", server.url, "--token", "t0ken", "status"])
+    finally:
+        await server.stop()
+    out = capsys.readouterr().out
+    assert code == 0 and "virtual addresses" in out
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines() if "│" in line]
+    assert ["blue", "10.0.0.100", "ka", "4"] in rows and ["blue", "fd00:b::100", "-", ""] in rows, out
