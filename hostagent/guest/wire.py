@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import errno
 import fcntl
 import logging
@@ -95,18 +96,22 @@ class Wire:
         self.errors: dict[str, int] = {}  # send/receive errors by errno name
 
     def start(self, receive: Callable[[str, bytes], None]) -> None:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: nothing received yet
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         try:
-            # struct sock_fprog {len; *filter}: the instructions' address is an array's buffer's
+            # struct sock_fprog {len; *filter}: the instructions' address is an array's buffer's (the
+            # kernel copies them)
             buf = array.array("B", bpf_bytes())
-            fprog = struct.pack("HL", len(BPF_PROGRAM), buf.buffer_info()[0])
-            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-            sock.bind(("", ETH_P_ALL))  # from here on frames arrive, already filtered
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                            struct.pack("HL", len(BPF_PROGRAM), buf.buffer_info()[0]))
             sock.setblocking(False)
+            # (Python cannot bind a packet socket to every interface, so it receives from its creation:
+            # what arrived before the filter was attached is dropped unread)
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                while True:
+                    sock.recv(1)
         except OSError:
             sock.close()
             raise
-        self._filter = buf  # the kernel copied the program; kept alive anyway until close
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable, receive)
