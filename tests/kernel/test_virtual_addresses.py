@@ -2,7 +2,9 @@
 reflectors, agents on hv1-hv3, the two tenants (lab/fabric.py), and two more blue VMs, ka on hv1 and kb on
 hv2, each running Debian's keepalived with unicast peers (VRRP through the fabric, no multicast) for the
 virtual address 10.0.0.100, which blue lets ka and kb hold. b3 (hv3, the other subnet) pings it every 50 ms
-while ka's keepalived is stopped; b2 (hv2), not allowed to hold it, then announces it itself.
+while ka's keepalived is stopped; b2 (hv2), not allowed to hold it, then announces it itself. And an IPv6
+virtual address, fd00:b::100, moved by hand: the VM that takes it sends an unsolicited neighbour
+advertisement (what keepalived does for an IPv6 address).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from nvfabric.vnet.model import VirtualAddress
 pytestmark = pytest.mark.kernel
 
 VIP = "10.0.0.100"
+VIP6 = "fd00:b::100"
 KA = Vm("ka", "hv1", "blue", 5001, "02:00:00:00:0c:01", ("10.0.0.21/24",))
 KB = Vm("kb", "hv2", "blue", 5001, "02:00:00:00:0c:02", ("10.0.0.22/24",))
 BLUE_VIP = dataclasses.replace(BLUE, virtual_addresses=(
-    VirtualAddress(ipaddress.ip_address(VIP), (KA.name, KB.name)),))
+    VirtualAddress(ipaddress.ip_address(VIP), (KA.name, KB.name)),
+    VirtualAddress(ipaddress.ip_address(VIP6), (KA.name, KB.name))))
 VM = {vm.name: vm for vm in VMS}
 PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
 
@@ -137,9 +141,9 @@ def record(fabric: Fabric, host: str, address: str):
                  if r.routing_domain == "blue" and str(r.ca) == address), None)
 
 
-def virtual(fabric: Fabric, host: str) -> dict:
+def virtual(fabric: Fabric, host: str, address: str = VIP) -> dict:
     status = fabric.agents[host].read(lambda a: a.status())
-    entry = next(v for v in status.virtual_addresses if v["address"] == VIP)
+    entry = next(v for v in status.virtual_addresses if v["address"] == address)
     return {**entry, "claims": dict(status.claims)}
 
 
@@ -205,3 +209,28 @@ def test_keepalived_moves_the_address_and_the_fabric_follows_and_a_port_not_allo
         kb.stop()
         for k in (ka, kb):
             print(f"--- keepalived {k.dir.name}\n{k.output()[-3000:]}", flush=True)
+
+
+def take(fabric: Fabric, vm: Vm, address: str) -> None:
+    """`vm` takes the IPv6 `address` over: on its interface, then an unsolicited NA (override) for it."""
+    netns.run(["ip", "-n", fabric.vm_ns[vm.name], "addr", "add", f"{address}/64", "dev", "eth0", "nodad"])
+    spoof.send(fabric.vm_ns[vm.name], "eth0", spoof.neighbor_advert(vm.mac, address, address))
+
+
+def test_an_unsolicited_neighbour_advertisement_moves_an_ipv6_virtual_address(fabric):
+    take(fabric, KA, VIP6)
+    wait_for(lambda: (r := record(fabric, "hv2", VIP6)) is not None and str(r.pa) == HV["hv1"], 60,
+             f"hv2's lookup record of {VIP6} pointing at hv1")
+    first = virtual(fabric, "hv1", VIP6)
+    assert first["holder"] == "ka"
+    assert fabric.reaches("b1", VIP6, deadline=20) and fabric.reaches("b2", VIP6, deadline=20)
+
+    netns.run(["ip", "-n", fabric.vm_ns["ka"], "addr", "del", f"{VIP6}/64", "dev", "eth0"])
+    take(fabric, KB, VIP6)
+    wait_for(lambda: (r := record(fabric, "hv1", VIP6)) is not None and str(r.pa) == HV["hv2"], 60,
+             f"hv1's lookup record of {VIP6} pointing at hv2")
+    moved = virtual(fabric, "hv2", VIP6)
+    report(f"{VIP6} moved by an unsolicited NA from kb: hv1 {virtual(fabric, 'hv1', VIP6)}; hv2 {moved}")
+    assert moved["holder"] == "kb" and moved["seq"] == first["seq"] + 1
+    assert virtual(fabric, "hv1", VIP6)["holder"] is None
+    assert fabric.reaches("b1", VIP6, deadline=20) and fabric.reaches("b2", VIP6, deadline=20)
