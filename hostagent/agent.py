@@ -38,7 +38,7 @@ from nvfabric.hostagent.guest.wire import Wire
 from nvfabric.hostagent.metrics import AgentMetrics
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
 from nvfabric.hostagent.compute import Learned, View, compute, domain_of, follow_remote, follow_remote_holders
-from nvfabric.hostagent.holders import HolderKey, judge
+from nvfabric.hostagent.holders import FROZEN, HolderKey, judge
 from nvfabric.vnet import announce, decap, learn
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.decap import DecapCollector, DecapFilter
@@ -239,11 +239,13 @@ class Agent:
             if refused is not None or domain is None:
                 return self._claimed(refused or "unknown_port", False)
             key: HolderKey = (domain, address)
-            held = view.holders.held.get(key)
+            held, now = view.holders.held.get(key), time.monotonic()
             if held is not None and held.port == port_name:
                 return self._claimed("repeated", True)  # keepalived repeats its announcements
+            if view.holders.frozen(key, now):
+                return self._claimed(FROZEN, False)
             remote = learn.remote_cas(view.catalog, self._learned(), self.config.provider_addresses).get(key)
-            holders = view.holders.claim(key, port_name, remote.mobility_seq if remote is not None else None)
+            holders = view.holders.claim(key, port_name, remote.mobility_seq if remote is not None else None, now)
             try:
                 await self._commit(replace(view, holders=holders), f"virtual address {address}", {domain})
             except (KernelError, NotStarted, state.SaveError) as exc:
@@ -270,6 +272,8 @@ class Agent:
                 out.append({"routing_domain": name, "address": str(virtual.address), "ports": list(virtual.ports),
                             "holder": held.port if local else None,
                             "seq": held.seq if held is not None else None,
+                            "frozen_until": report.wall(held.frozen_until) if held is not None and
+                            held.frozen(time.monotonic()) and held.frozen_until is not None else None,
                             "pa": str(record.pa) if record is not None and record.pa is not None else None,
                             "mac": record.mac if record is not None else None})
         return out
@@ -418,7 +422,8 @@ class Agent:
                                  complete=not self._hold.holding)
         holders = follow_remote_holders(view.holders, learn.remote_cas(view.catalog, routes,
                                                                        self.config.provider_addresses),
-                                        self.config.next_hop).prune(view.catalog, mobility.inactive())
+                                        self.config.next_hop, time.monotonic()).prune(view.catalog,
+                                                                                      mobility.inactive())
         if mobility is not view.mobility or holders != view.holders:
             changed = replace(view, mobility=mobility, holders=holders)
             try:

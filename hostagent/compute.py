@@ -83,13 +83,13 @@ def follow_remote(mobility: Mobility, remote: Mapping[tuple[int, str], MacIpRout
 
 
 def follow_remote_holders(holders: Holders, remote: Mapping[tuple[str, Address], MacIpRoute],
-                          ours: Address) -> Holders:
+                          ours: Address, now: float) -> Holders:
     """Virtual addresses we hold that another host announces with a higher sequence (or the same from a lower
     PA, vnet/learn.py's tie-break) are held there now: we stop holding."""
     for key in holders.holding():
         route = remote.get(key)
         if route is not None:
-            holders = holders.remote(key, route.mobility_seq, lower(route.next_hop, ours))
+            holders = holders.remote(key, route.mobility_seq, lower(route.next_hop, ours), now)
     return holders
 
 

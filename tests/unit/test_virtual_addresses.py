@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import replace
+from types import MappingProxyType
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -24,7 +25,7 @@ from nvfabric.hostagent.guest.offer import PortService, port_services
 from nvfabric.hostagent.guest.responder import Responder
 from nvfabric.hostagent.holders import (INACTIVE, NOT_ALLOWED, NOT_VIRTUAL, OTHER_SUBNET, UNKNOWN_PORT, Holders,
                                         Holding, judge)
-from nvfabric.hostagent.mobility import SEQ_MAX
+from nvfabric.hostagent.mobility import FREEZE, MAX_MOVES, SEQ_MAX
 from nvfabric.vnet import announce, portsecurity
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import HostIdentity
@@ -120,46 +121,46 @@ def test_which_ports_may_hold_which_address():
 
 
 def test_a_claim_outbids_the_fabric_and_repeats_do_not_bump():
-    h = Holders().claim(KEY, "ka", None)
+    h = Holders().claim(KEY, "ka", None, 0)
     assert h.holding() == {KEY: ("ka", 1)}
-    assert h.claim(KEY, "ka", 7) is h  # keepalived repeats its gratuitous ARPs: not a move
-    h = Holders().claim(KEY, "ka", 7)
+    assert h.claim(KEY, "ka", 7, 0) is h  # keepalived repeats its gratuitous ARPs: not a move
+    h = Holders().claim(KEY, "ka", 7, 0)
     assert h.holding() == {KEY: ("ka", 8)}
     # another local port takes it over (both VMs on this host): a move, one above what we announced
-    assert h.claim(KEY, "kb", 3).holding() == {KEY: ("kb", 9)}
+    assert h.claim(KEY, "kb", 3, 0).holding() == {KEY: ("kb", 9)}
 
 
 def test_a_higher_remote_sequence_or_a_tie_from_a_lower_pa_takes_the_address_away():
-    h = Holders().claim(KEY, "ka", 4)  # seq 5
-    assert h.remote(KEY, 4, remote_wins_tie=True) is h  # stale
-    assert h.remote(KEY, 5, remote_wins_tie=False) is h  # a tie: our PA is lower
-    gone = h.remote(KEY, 5, remote_wins_tie=True)
-    assert gone.holding() == {} and gone.held[KEY] == Holding(None, 5)
-    later = h.remote(KEY, 9, remote_wins_tie=False)
-    assert later.held[KEY] == Holding(None, 9)
+    h = Holders().claim(KEY, "ka", 4, 0)  # seq 5
+    assert h.remote(KEY, 4, remote_wins_tie=True, now=0) is h  # stale
+    assert h.remote(KEY, 5, remote_wins_tie=False, now=0) is h  # a tie: our PA is lower
+    gone = h.remote(KEY, 5, remote_wins_tie=True, now=0)
+    assert gone.holding() == {} and (gone.held[KEY].port, gone.held[KEY].seq) == (None, 5)
+    later = h.remote(KEY, 9, remote_wins_tie=False, now=0)
+    assert (later.held[KEY].port, later.held[KEY].seq) == (None, 9)
     # keepalived moves it back here: one above everything seen
-    assert later.claim(KEY, "ka", 9).holding() == {KEY: ("ka", 10)}
+    assert later.claim(KEY, "ka", 9, 0).holding() == {KEY: ("ka", 10)}
 
 
 def test_the_sequence_stops_at_the_32_bit_maximum():
-    h = Holders().claim(KEY, "ka", SEQ_MAX)
+    h = Holders().claim(KEY, "ka", SEQ_MAX, 0)
     assert h.holding() == {KEY: ("ka", SEQ_MAX)}
-    assert h.remote(KEY, SEQ_MAX, remote_wins_tie=True).holding() == {}
-    assert h.remote(KEY, SEQ_MAX, remote_wins_tie=False) is h
+    assert h.remote(KEY, SEQ_MAX, remote_wins_tie=True, now=0).holding() == {}
+    assert h.remote(KEY, SEQ_MAX, remote_wins_tie=False, now=0) is h
 
 
 def test_follow_remote_holders_uses_the_best_remote_route_for_the_address():
     c = catalog(KA, KB)
-    h = Holders().claim(KEY, "ka", None)  # seq 1
+    h = Holders().claim(KEY, "ka", None, 0)  # seq 1
     routes = [t2("10.0.0.100", PA2, mac=MAC_C, seq=1), t2("10.0.0.100", PA3, mac=MAC_C, seq=0)]
-    assert follow_remote_holders(h, remote_cas(c, routes, [PA1]), PA1) is h  # a tie, and PA1 is the lowest
+    assert follow_remote_holders(h, remote_cas(c, routes, [PA1]), PA1, 0) is h  # a tie, and PA1 is the lowest
     routes.append(t2("10.0.0.100", PA3, mac=MAC_C, seq=2))
-    assert follow_remote_holders(h, remote_cas(c, routes, [PA1]), PA1).holding() == {}
-    assert follow_remote_holders(h, remote_cas(c, routes[:1], [PA3]), PA3).holding() == {}  # PA2 < PA3
+    assert follow_remote_holders(h, remote_cas(c, routes, [PA1]), PA1, 0).holding() == {}
+    assert follow_remote_holders(h, remote_cas(c, routes[:1], [PA3]), PA3, 0).holding() == {}  # PA2 < PA3
 
 
 def test_prune_stops_holders_no_longer_allowed_and_forgets_undeclared_addresses():
-    h = Holders().claim(KEY, "kb", 2).claim(("blue", VIP6), "ka", None)
+    h = Holders().claim(KEY, "kb", 2, 0).claim(("blue", VIP6), "ka", None, 0)
     c = catalog(KA, KB)
     assert h.prune(c, ()) is h
     assert h.prune(c, {(KB.vsid, KB.mac)}).held[KEY] == Holding(None, 3)  # kb's VM moved to another host
@@ -167,6 +168,26 @@ def test_prune_stops_holders_no_longer_allowed_and_forgets_undeclared_addresses(
     fewer = RoutingDomain.from_dict({**BODY, "virtual_addresses": [{"address": "10.0.0.100", "ports": ["ka"]}]})
     pruned = h.prune(catalog(KA, KB, blue=fewer), ())
     assert pruned.held == {KEY: Holding(None, 3)}  # kb no longer listed; fd00:b::100 no longer declared
+
+
+def test_an_address_that_moves_too_often_is_frozen_where_it_is():
+    h, now, seq = Holders().claim(KEY, "ka", None, 0.0), 0.0, 1  # a first claim is not a move
+    for _ in range(MAX_MOVES // 2):
+        now += 10
+        seq += 1
+        h = h.remote(KEY, seq, remote_wins_tie=False, now=now)  # taken by another host: a move
+        now += 10
+        h = h.claim(KEY, "ka", seq, now)  # and back: a move
+        seq += 1
+    now += 10
+    h = h.remote(KEY, seq + 1, remote_wins_tie=False, now=now)  # the fifth move: frozen, held elsewhere
+    assert h.frozen(KEY, now) and h.holding() == {}
+    assert h.claim(KEY, "ka", seq + 1, now) is h  # a claim here changes nothing
+    assert not h.frozen(KEY, now + FREEZE) and h.claim(KEY, "ka", seq + 1, now + FREEZE).holding() == {
+        KEY: ("ka", seq + 2)}
+    # while frozen, a takeover elsewhere is still followed: never two holders
+    frozen_holder = Holders(MappingProxyType({KEY: Holding("ka", 5, (40.0,), frozen_until=100.0)}))
+    assert frozen_holder.remote(KEY, 6, remote_wins_tie=False, now=50.0).holding() == {}
 
 
 # ------------------------------------------------------------------------------------------ learned, announced
