@@ -182,7 +182,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 _ADDRESS = {**STRING, "description": "an IPv4 or IPv6 address"}
-_SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(STRING), gateways=array(_ADDRESS))
+_SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(STRING), gateways=array(_ADDRESS),
+              dhcp=ANY_OBJECT)
 _SNAT = {"anyOf": [_ADDRESS, obj(["address"], True, address=_ADDRESS, ports={"anyOf": [STRING, INTEGER]})]}
 TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING), subnets=array(_SUBNET),
              snat=array(_SNAT), floating_ips=array(obj(["public", "private"], True, public=_ADDRESS,

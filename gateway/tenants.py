@@ -185,8 +185,8 @@ class Tenant:
         return {
             "name": domain.name,
             "route_targets": list(domain.route_targets),
-            "subnets": [{"vsid": s.vsid, "prefixes": [str(p) for p in s.prefixes],
-                         "gateways": [str(g) for g in s.gateways]} for s in domain.subnets],
+            # (a subnet's `dhcp` options are the hosts' business, kept so that GET returns what PUT accepted)
+            "subnets": [s.to_dict() for s in domain.subnets],
             "snat": [{"address": str(s.address), "ports": f"{s.ports[0]}-{s.ports[1]}"} for s in self.snat],
             "floating_ips": [{"public": str(f.public), "private": str(f.private)} for f in self.floating_ips],
             "public_prefixes": [str(p) for p in self.public_prefixes],

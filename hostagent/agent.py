@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -33,7 +34,7 @@ from nvfabric.hostagent.config import AgentConfig
 from nvfabric.hostagent.eligible import check_port_interface
 from nvfabric.hostagent.filters import Filters, gre_allowed, served_vsids
 from nvfabric.hostagent.guest import offer
-from nvfabric.hostagent.guest.responder import Responder
+from nvfabric.hostagent.guest.responder import PacketWire, Responder
 from nvfabric.hostagent.guest.wire import Wire
 from nvfabric.hostagent.metrics import AgentMetrics
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
@@ -102,6 +103,7 @@ class Agent:
         self._port_security = PortSecurity(Nft(config.netns))
         # what the VMs get from their host (DHCP, RA...): answered from a packet socket opened at start
         self._guest: Responder | None = None
+        self._new_wire: Callable[[], PacketWire] = Wire  # (tests give an in-memory one)
         self._guest_error: str | None = None
         self._guest_inputs: tuple[Any, ...] | None = None  # what the services were last derived from
 
@@ -448,14 +450,15 @@ class Agent:
     def _start_guest(self) -> None:
         """The packet socket, opened by the agent's thread (so in its namespace). Without it (no
         CAP_NET_RAW) the agent runs on and reports the error in its status: VMs get no DHCP answers."""
-        responder = Responder(Wire(), self._on_claim)
+        responder = Responder(self._new_wire(), self._on_claim)
         try:
             responder.start()
         except OSError as exc:
             self._guest_error = f"packet socket: {exc}"
             log.error("guest services off: %s", self._guest_error)
             return
-        self._guest = responder
+        self._guest, self._guest_error = responder, None
+        self._guest_inputs = None  # a new responder knows no port yet
         self.metrics.guest_frames.counters = responder.counters
         self._update_guest()
 

@@ -43,14 +43,14 @@ class AgentMetrics:
                                registry=self.registry)
         self._held_addresses = Gauge("nvfabric_agent_virtual_addresses_held", "virtual addresses a local port "
                                      "holds now", registry=self.registry)
+        self.guest_frames = GuestFrames()
+        self.registry.register(self.guest_frames)
 
     def claimed(self, outcome: str) -> None:
         self._claims.labels(outcome).inc()
 
     def held_addresses(self, n: int) -> None:
         self._held_addresses.set(n)
-        self.guest_frames = GuestFrames()
-        self.registry.register(self.guest_frames)
 
     def reconciled(self, outcome: Outcome) -> None:
         for action, n in outcome.counts.items():

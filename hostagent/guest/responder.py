@@ -3,7 +3,9 @@
 A frame is first classified (ARP, DHCPv4, DHCPv6, router solicitation, neighbour advertisement), then
 judged: it must arrive on a port's interface (else `unknown_port`) from that port's MAC (else `wrong_mac`),
 then the protocol's pure function answers from the port's PortService. Every frame is counted by protocol
-and outcome (answered, ignored, malformed, unknown_port, wrong_mac, claimed), which the agent exports.
+and outcome (answered, ignored, malformed, unknown_port, wrong_mac, claimed, rate_limited), which the agent
+exports. The requests a port's VM may have answered are rate limited (PORT_RATE a second, PORT_BURST at
+once, all protocols together); what only claims an address (ARP, NA) is not: a failover must never wait.
 
 Protocols are entries of tables, so adding one is one line: `HANDLERS` answer a request with frames,
 `CLAIMERS` say which virtual address a frame announces (the agent's `on_claim` decides what that means),
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,7 +35,7 @@ Claimer = Callable[[frames.Ethernet, PortService], Address | None]
 Advertiser = Callable[[PortService, bytes], list[bytes]]
 OnClaim = Callable[[str, Address], Awaitable[None]]
 
-OUTCOMES = ("answered", "ignored", "malformed", "unknown_port", "wrong_mac", "claimed", "advertised")
+OUTCOMES = ("answered", "ignored", "malformed", "unknown_port", "wrong_mac", "claimed", "advertised", "rate_limited")
 PROTOCOLS = ("arp", "dhcp4", "dhcp6", "rs", "na", "other")
 
 HANDLERS: dict[str, Handler] = {
@@ -41,9 +44,26 @@ HANDLERS: dict[str, Handler] = {
 CLAIMERS: dict[str, Claimer] = {"arp": vip.claimed, "na": vip.claimed}
 ADVERTISERS: dict[str, Advertiser] = {}
 ADVERTISE_INTERVAL = 200.0  # seconds between unsolicited advertisements (RFC 4861 MaxRtrAdvInterval: 600)
+# Requests a port's VM may have answered per second (and in a burst): a guest's DHCP and RS need a few a
+# minute; a VM flooding its port costs the agent a parse and a count per frame, not an answer
+PORT_RATE, PORT_BURST = 20.0, 50.0
 
 
-class Wire(Protocol):
+@dataclass
+class Bucket:
+    tokens: float
+    at: float
+
+    def take(self, now: float, rate: float, burst: float) -> bool:
+        self.tokens = min(burst, self.tokens + (now - self.at) * rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class PacketWire(Protocol):
     def start(self, receive: Callable[[str, bytes], None]) -> None: ...
     def close(self) -> None: ...
     def send(self, interface: str, frame: bytes) -> bool: ...
@@ -90,16 +110,19 @@ class Counters:
 
 
 class Responder:
-    def __init__(self, wire: Wire, on_claim: OnClaim, *, handlers: Mapping[str, Handler] | None = None,
+    def __init__(self, wire: PacketWire, on_claim: OnClaim, *, handlers: Mapping[str, Handler] | None = None,
                  claimers: Mapping[str, Claimer] | None = None,
                  advertisers: Mapping[str, Advertiser] | None = None,
-                 interval: float = ADVERTISE_INTERVAL) -> None:
+                 interval: float = ADVERTISE_INTERVAL, rate: float = PORT_RATE, burst: float = PORT_BURST,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._wire = wire
         self._on_claim = on_claim
         self._handlers = dict(HANDLERS if handlers is None else handlers)
         self._claimers = dict(CLAIMERS if claimers is None else claimers)
         self._advertisers = dict(ADVERTISERS if advertisers is None else advertisers)
         self._interval = interval
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._buckets: dict[str, Bucket] = {}  # by interface
         self._services: dict[str, PortService] = {}  # by interface
         self.counters = Counters()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -127,6 +150,7 @@ class Responder:
         """What each port (by interface) is offered from now on; a port new or changed gets its
         advertisements at once."""
         old, self._services = self._services, dict(services)
+        self._buckets = {k: v for k, v in self._buckets.items() if k in self._services}
         self._wire.forget()  # an interface may have been recreated with another MAC
         for interface, service in self._services.items():
             if old.get(interface) != service:
@@ -161,6 +185,11 @@ class Responder:
                 self._claim(service.port, address)
         handler = self._handlers.get(protocol)
         if handler is not None:
+            now = self._clock()
+            bucket = self._buckets.setdefault(interface, Bucket(self._burst, now))
+            if not bucket.take(now, self._rate, self._burst):
+                self.counters.add(protocol, "rate_limited")
+                return
             host_mac = self._wire.host_mac(interface)
             if host_mac is None:
                 self.counters.add(protocol, "ignored")

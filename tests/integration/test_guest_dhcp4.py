@@ -1,7 +1,8 @@
 """DHCPv4 from the host with real clients: a Responder on the host side of a veth pair (its packet socket made
 in the hypervisor's namespace), Debian's busybox udhcpc, ISC dhclient and dhcpcd in the VM's namespace. Each
-client's hook script writes what it got; nothing is configured in the VM's namespace. An unknown MAC gets
-no offer: the responder counts its DISCOVER as wrong_mac and nothing reaches the client.
+client's hook script writes what it got. An unknown MAC gets no offer: the responder counts its DISCOVER as
+wrong_mac and nothing reaches the client. A renewal after the responder was replaced (an agent restart:
+nothing carried over) keeps the address; a port that vanished is a counted send error.
 """
 
 from __future__ import annotations
@@ -100,19 +101,19 @@ async def vm(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Vm
     for ns in (hv, guest):
         netns.destroy(ns)
         netns.create(ns)
-    responder = None
+    the_vm = None
     try:
         netns.ip_batch([netns.veth_line(hv, "tap-d1", guest, "eth0")])
         netns.ip_batch(["link set tap-d1 up"], hv)
         netns.ip_batch([f"link set eth0 address {MAC}", "link set eth0 up"], guest)
-        responder = Responder(Wire(), lambda *_: asyncio.sleep(0))
+        the_vm = Vm(hv, guest, Responder(Wire(), lambda *_: asyncio.sleep(0)), tmp_path)
         with inside(hv):  # the socket belongs to the namespace it is made in
-            responder.start()
-        responder.update({SERVICE.interface: SERVICE})
-        yield Vm(hv, guest, responder, tmp_path)
+            the_vm.responder.start()
+        the_vm.responder.update({SERVICE.interface: SERVICE})
+        yield the_vm
     finally:
-        if responder is not None:
-            await responder.close()
+        if the_vm is not None:
+            await the_vm.responder.close()  # (the one in place: a test may have replaced it)
         for ns in (hv, guest):
             netns.destroy(ns)
 
@@ -173,6 +174,9 @@ async def test_udhcpc_gets_address_router_dns_mtu_and_classless_routes(vm: Vm) -
     assert env["staticroutes"].split() == ["0.0.0.0/0", "10.7.0.1", "172.16.0.0/12", "10.7.0.1",
                                            "198.51.100.0/24", "10.7.0.254"]
     assert answered(vm.responder) == 2  # the offer and the ack
+    # the socket's filter kept only what the guest services handle (the VM's MLD reports, DAD solicitations
+    # and the like never reached the responder)
+    assert set(vm.responder.counters.as_dict()) <= {"dhcp4", "arp", "rs", "na", "dhcp6"}
 
 
 async def test_dhclient_gets_address_router_dns_mtu_and_classless_routes(vm: Vm) -> None:
@@ -180,8 +184,9 @@ async def test_dhclient_gets_address_router_dns_mtu_and_classless_routes(vm: Vm)
     script, out = vm.hook("dhclient")
     conf = vm.tmp / "dhclient.conf"
     conf.write_text(DHCLIENT_CONF)
-    client = await Client.start(vm, "dhclient", "dhclient", "-4", "-d", "-1", "-v", "-cf", str(conf), "-sf", str(script),
-                          "-lf", str(vm.tmp / "dhclient.leases"), "-pf", str(vm.tmp / "dhclient.pid"), "eth0")
+    client = await Client.start(vm, "dhclient", "dhclient", "-4", "-d", "-1", "-v", "-cf", str(conf),
+                                "-sf", str(script), "-lf", str(vm.tmp / "dhclient.leases"),
+                                "-pf", str(vm.tmp / "dhclient.pid"), "eth0")
     try:
         env = await until(lambda: read_env(out), "dhclient's lease")
     finally:
@@ -203,8 +208,8 @@ async def test_dhcpcd_is_offered_address_router_dns_mtu_and_classless_routes(vm:
     conf = vm.tmp / "dhcpcd.conf"
     conf.write_text(DHCPCD_CONF)
     # -T: test mode, the offer's values go to the script and nothing is configured
-    client = await Client.start(vm, "dhcpcd", "dhcpcd", "-4", "-T", "-1", "-B", "-t", "20", "-f", str(conf), "-c", str(script),
-                          "eth0")
+    client = await Client.start(vm, "dhcpcd", "dhcpcd", "-4", "-T", "-1", "-B", "-t", "20", "-f", str(conf),
+                                "-c", str(script), "eth0")
     try:
         env = await until(lambda: read_env(out), "dhcpcd's offer")
     finally:
@@ -230,3 +235,60 @@ async def test_an_unknown_mac_gets_no_offer(vm: Vm) -> None:
     assert answered(vm.responder) == 0
     assert read_env(out) is None, output
     assert "obtained" not in output
+
+
+async def test_a_port_that_vanished_is_a_counted_send_error_not_a_crash(vm: Vm) -> None:
+    wire = Wire()
+    with inside(vm.hv):
+        wire.start(lambda *_: None)
+    try:
+        assert wire.host_mac("tap-d1") is not None
+        netns.ip_batch(["link del tap-d1"], vm.hv)
+        assert not wire.send("tap-d1", b"\xff" * 6 + b"\x02" * 6 + b"\x08\x00" + bytes(46))
+        assert not wire.send("tap-d1", bytes(60))
+        assert wire.host_mac("tap-d1") is None
+        assert sum(wire.errors.values()) == 3 and set(wire.errors) <= {"ENODEV", "ENXIO", "ENETDOWN"}
+    finally:
+        wire.close()
+
+
+RENEW_HOOK = """#!/bin/sh
+# configures the lease (a renewal is sent from the leased address) and records each event
+case "$1" in
+  bound) ip addr add "$ip/$mask" dev "$interface" ;;
+esac
+case "$1" in
+  bound|renew) echo "$1 $ip $lease" >> "{out}" ;;
+esac
+exit 0
+"""
+
+
+async def test_a_renewal_after_the_responder_restarted_keeps_the_address(vm: Vm) -> None:
+    need("udhcpc")
+    events = vm.tmp / "events"
+    script = vm.tmp / "renew.sh"
+    script.write_text(RENEW_HOOK.format(out=events))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    # the gateway address on the host side, so that the guest resolves the server it renews with
+    netns.ip_batch(["addr add 10.7.0.1/24 dev tap-d1"], vm.hv)
+
+    def lines() -> list[str]:
+        return events.read_text().splitlines() if events.exists() else []
+
+    client = await Client.start(vm, "renewing", "udhcpc", "-i", "eth0", "-f", "-t", "5", "-T", "1", "-s", str(script))
+    try:
+        assert await until(lines, "the first lease") == ["bound 10.7.0.11 3600"]
+        # the agent restarts: a new responder, a new socket, nothing carried over
+        await vm.responder.close()
+        vm.responder = Responder(Wire(), lambda *_: asyncio.sleep(0))
+        with inside(vm.hv):
+            vm.responder.start()
+        vm.responder.update({SERVICE.interface: SERVICE})
+        client.process.send_signal(signal.SIGUSR1)  # udhcpc: renew now (a unicast REQUEST with ciaddr)
+        assert await until(lambda: len(lines()) > 1 and lines(), "the renewal") == [
+            "bound 10.7.0.11 3600", "renew 10.7.0.11 3600"]
+        assert answered(vm.responder) == 1
+    finally:
+        output = await client.stop()
+    assert "obtained" in output, output

@@ -169,3 +169,21 @@ def test_port_security_off_lets_spoofing_through_and_a_restart_adopts_without_a_
     host.send(spoof.ping4(MAC, host.tap_mac, "10.0.0.99", VICTIM4))
     assert host.rx.wait(_pair("10.0.0.99", VICTIM4))
     assert host.drops() == {}
+
+
+def test_a_renewal_to_the_hosts_address_is_dropped_before_it_draws_a_port_unreachable(host: Host) -> None:
+    # the agent answers DHCP from its packet socket (a copy taken before netfilter): the stack must not
+    # answer the same request with ICMP port unreachable. A datagram to another closed port does draw one:
+    # once it arrived, the renewal before it was judged.
+    vm_rx = spoof.Receiver(host.vm, "eth0")
+    try:
+        unreachable = _pair("10.0.0.1", "10.0.0.11") + bytes([3, 3])
+        host.send(spoof.ethernet(host.tap_mac, MAC, 0x0800, spoof.ipv4("10.0.0.11", "10.0.0.1", 17, spoof.udp4(
+            "10.0.0.11", "10.0.0.1", 68, 67, b"renew"))))
+        host.send(spoof.ethernet(host.tap_mac, MAC, 0x0800, spoof.ipv4("10.0.0.11", "10.0.0.1", 17, spoof.udp4(
+            "10.0.0.11", "10.0.0.1", 68, 9, b"marker"))))
+        assert vm_rx.wait(unreachable)
+        assert sum(unreachable in frame for frame in vm_rx.frames) == 1
+        assert sum(host.drops().values()) == 0  # not a spoof: not counted as one
+    finally:
+        vm_rx.close()

@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 from nvfabric.bgp.routes import MacIpRoute
 from nvfabric.hostagent import state
@@ -399,3 +400,16 @@ async def test_the_api_shows_and_refuses_virtual_addresses_and_ctl_prints_the_ho
     assert code == 0 and "virtual addresses" in out
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines() if "│" in line]
     assert ["blue", "10.0.0.100", "ka", "4"] in rows and ["blue", "fd00:b::100", "-", ""] in rows, out
+
+
+async def test_metrics_count_claims_by_outcome_and_the_addresses_held(tmp_path):
+    agent = agent_with_a_holder(tmp_path)
+    assert await agent.claim_virtual_address("kb", VIP6) is False  # fd00:b::100 lists ka only
+    assert await agent.claim_virtual_address("ka", VIP) is True  # the holder repeating itself
+    for _ in range(2):  # (every announcement sets the gauge: one series, however often)
+        agent.metrics.held_addresses(len(agent._view.holders.holding()))
+    text = generate_latest(agent.registry).decode()
+    assert 'nvfabric_agent_virtual_address_claims_total{outcome="not_allowed"} 1.0' in text
+    assert 'nvfabric_agent_virtual_address_claims_total{outcome="repeated"} 1.0' in text
+    assert text.count("nvfabric_agent_virtual_addresses_held 1.0") == 1
+    assert text.count("# TYPE nvfabric_agent_guest_frames") <= 1
