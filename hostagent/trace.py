@@ -4,8 +4,9 @@ ovn-trace for one routing domain.
 Pure. The forwarding decision is the kernel's, made over the objects vnet/desired.py built for the routing
 domain (the ones the agent reconciled): a longest-prefix match, then the lowest metric, in its VRF table
 over the local CA routes (to the port), the encap routes (remote CAs, remote prefixes, customer routes via
-a remote CA), the via routes (customer routes via a local appliance), the IPv4 gateways' routes and the
-unreachable default. There is no second derivation of forwarding here, so trace and table cannot disagree.
+a remote CA), the via routes (customer routes via a local appliance) and the unreachable default, after the
+local routes of the VRF's own addresses (the subnet gateways: answered by this host). There is no second
+derivation of forwarding here, so trace and table cannot disagree.
 
 The model (catalog, lookup records) only explains what the objects cannot say: where the source enters,
 which port or VM a route leads to and in which VSID, why a more specific route is absent, and which other
@@ -33,10 +34,10 @@ from nvfabric.vnet.kernel.objects import (
     KernelObject,
     LocalPortRoute,
     NvgreDevice,
-    ProxyNeighbour,
     UnreachableRoute,
     ViaRoute,
     Vrf,
+    VrfAddress,
 )
 from nvfabric.vnet.model import Address, LookupRecord, Port, RoutingDomain
 from nvfabric.vnet.portsecurity import SPOOFED_SOURCE, networks
@@ -45,6 +46,7 @@ from nvfabric.vnet.portsecurity import SPOOFED_SOURCE, networks
 class Verdict(enum.StrEnum):
     FORWARDED = "forwarded"  # encapsulated towards another host's PA
     DELIVERED_LOCALLY = "delivered-locally"  # to a port on this host
+    ANSWERED = "answered"  # by this host itself: a subnet gateway's address (ICMP only)
     DROPPED = "dropped"
 
 
@@ -73,8 +75,9 @@ class Table:
     """One routing domain's VRF table as vnet/desired.py built it, plus the host's NVGRE devices."""
 
     vrf: str
+    number: int  # the VRF's table
     routes: tuple[Route, ...]
-    proxied: frozenset[str]  # the addresses some port answers neighbour solicitations for (proxy NDP)
+    addresses: frozenset[Address]  # the VRF's own (the subnet gateways): local routes, before every other
     devices: Mapping[int, str]  # the NVGRE device by PA family
 
     @classmethod
@@ -86,9 +89,9 @@ class Table:
         if vrf is None:
             return None
         routes = tuple(o for o in objects if isinstance(o, Route) and o.table == vrf.table)
-        proxied = frozenset(o.address for o in objects if isinstance(o, ProxyNeighbour))
+        addresses = frozenset(ip_address(o.address) for o in objects if isinstance(o, VrfAddress) and o.vrf == vrf.name)
         devices = {o.family: o.name for o in desired.get(GLOBAL, ()) if isinstance(o, NvgreDevice)}
-        return cls(vrf.name, routes, proxied, devices)
+        return cls(vrf.name, vrf.table, routes, addresses, devices)
 
     def lookup(self, dst: Address) -> Route | None:
         """The kernel's choice: the longest prefix holding dst, then the lowest metric. (vnet.desired never
@@ -167,22 +170,23 @@ def trace(
     if table is None:
         return dropped(f"routing domain {domain.name} has no VRF on this host yet (its objects are not built)",
                        src_vsid=src_vsid, ingress=ingress)
+    vrf = table.vrf
+    if dst in table.addresses:
+        # the kernel's local route of the VRF's own address: metric 0, before any route vnet.desired adds
+        gateway_of = _gateway_of(domain, dst)
+        what = f"subnet gateway of VSID {gateway_of}" if gateway_of is not None else f"an address of {vrf}"
+        return Trace(domain.name, src, dst, Verdict.ANSWERED,
+                     f"answered by this host ({what}): ICMP and ICMPv6 only, anything else is dropped by the host's "
+                     f"input guard", vsid=gateway_of, device=vrf, route=f"local {dst} dev {vrf} table {table.number}",
+                     src_vsid=src_vsid, ingress=ingress)
     route = table.lookup(dst)
     note = _absent(domain, table, remote, dst, route)
-    vrf = table.vrf
 
     def delivered(reason: str, port: Port | None, dev: str, words: str) -> Trace:
         return Trace(domain.name, src, dst, Verdict.DELIVERED_LOCALLY, reason, vsid=port.vsid if port else None,
                      mac=port.mac if port else None, device=dev, route=f"{words} vrf {vrf}", src_vsid=src_vsid,
                      ingress=ingress)
 
-    if isinstance(route, LocalPortRoute) and route.dev in devices.values():
-        # vnet/desired.py: IPv4 gateways get a /32 to an NVGRE device so that proxy ARP answers for them;
-        # no neighbour answers there, so packets to the gateway address itself go nowhere.
-        gateway_of = _gateway_of(domain, dst)
-        what = (f"{dst} is the gateway of VSID {gateway_of}: this host answers ARP for it, but nothing on this "
-                f"host is the gateway") if gateway_of is not None else f"no neighbour answers for {dst} on {route.dev}"
-        return dropped(what, route=f"{route.prefix} dev {route.dev} vrf {vrf}", src_vsid=src_vsid, ingress=ingress)
     if isinstance(route, LocalPortRoute):
         port = _port_on(catalog, route.dev)
         why = f"local port {port.name} of VSID {port.vsid}" if port else f"local route to {route.dev}"
@@ -230,8 +234,7 @@ def _encapsulated_because(domain: RoutingDomain, remote: Mapping[Address, Lookup
 def _absent(domain: RoutingDomain, table: Table, remote: Mapping[Address, LookupRecord], dst: Address,
             route: Route | None) -> str:
     """Why the table has nothing more specific for dst than `route`, in the model's words: a lookup record or
-    a configured customer route that was not installed, a gateway address that only neighbour discovery
-    answers for. Empty when nothing is missing."""
+    a configured customer route that was not installed. Empty when nothing is missing."""
     note = ""
     length = _length(route) if route is not None else -1
     record = remote.get(dst)
@@ -240,10 +243,6 @@ def _absent(domain: RoutingDomain, table: Table, remote: Mapping[Address, Lookup
         why = (f": this host has no IPv{record.pa.version} provider address"
                if record.pa.version not in table.devices else "")
         note += f" (its lookup record, behind PA {record.pa}, is not installed{why})"
-    gateway_of = _gateway_of(domain, dst)
-    if gateway_of is not None and length < dst.max_prefixlen:
-        answered = ": answered for neighbour discovery only" if str(dst) in table.proxied else ""
-        note += f" ({dst} is the gateway of VSID {gateway_of}{answered})"
     # the longest configured customer route that would have won, had it been installed
     missing = max((r for r in domain.customer_routes if r.next_hop is not None and r.prefix.version == dst.version
                    and dst in r.prefix and r.prefix.prefixlen >= length
@@ -294,7 +293,7 @@ class Arrival:
     key: int  # the GRE key as sent (VSID << 8 | FlowID)
     src: Address  # the inner source
     dst: Address
-    verdict: str  # "delivered" (to a local port) | "forwarded" (encapsulated again) | "dropped"
+    verdict: str  # "delivered" (to a local port) | "forwarded" (encapsulated again) | "answered" | "dropped"
     reason: str
     counter: str  # the decapsulation table's counter that counts it (a drop reason, or "vouched")
     routing_domain: str | None = None
@@ -319,5 +318,6 @@ def arriving(decap: DecapFilter | None, catalog: Catalog, records: Iterable[Look
         return Arrival(pa, key, src, dst, "dropped", why.get(counter, counter), counter, domain)
     assert domain is not None  # a served VSID is a configured subnet's
     inner = trace(catalog, records, desired, domain, src, dst)
-    verdict = {Verdict.DELIVERED_LOCALLY: "delivered", Verdict.FORWARDED: "forwarded"}.get(inner.verdict, "dropped")
+    verdict = {Verdict.DELIVERED_LOCALLY: "delivered", Verdict.FORWARDED: "forwarded",
+               Verdict.ANSWERED: "answered"}.get(inner.verdict, "dropped")
     return Arrival(pa, key, src, dst, verdict, inner.reason, counter, domain, inner)

@@ -147,7 +147,11 @@ class Receiver:
             except OSError:
                 return
             if address[2] != socket.PACKET_OUTGOING:
-                self.frames.append(data)
+                self.received(data)
+
+    def received(self, frame: bytes) -> None:
+        """Called for each frame from the capture's thread; a subclass may answer it instead of keeping it."""
+        self.frames.append(frame)
 
     def seen(self, needle: bytes) -> bool:
         return any(needle in frame for frame in list(self.frames))

@@ -10,17 +10,21 @@ packet no VSID claims goes nowhere) and the local table moved after the l3mdev r
 never delivered to the host's own addresses): both families, for the host and the gateway alike.
 Per routing domain: a VRF `nvf-<name>`, `unreachable default` for IPv4 and IPv6 (everything unknown is
 dropped), and for every VSID a `tun_id` rule on each NVGRE device steering decapsulated frames into its
-table. Per local port: a routed port in the VRF with proxy ARP / proxy NDP, and a /32 (/128) route per CA.
-Per remote CA or remote prefix: one LWT encap route to the PA. The subnet gateway is answered too:
-IPv4 proxy ARP answers only for a target with a unicast route leaving by another device, so the gateway
-gets a /32 towards the NVGRE device (a packet for the gateway address itself finds no neighbour there and
-is dropped: the gateway answers ARP, not ping); IPv6 gets a proxy NDP entry on each port of the subnet.
+table. Per local port: a routed port in the VRF with proxy ARP / proxy NDP, and a /32 (/128) route per CA
+whose preferred source is its subnet's gateway (the host's ICMP errors to the VM come from its gateway).
+Per remote CA or remote prefix: one LWT encap route to the PA. Each subnet gateway is a local address of
+the VRF device (a /32 or /128, IPv6 `nodad`): its local route in the VRF's table makes every host answer
+for it on its own ports, ARP (the kernel's own reply for a local address, with the port's MAC), neighbour
+solicitations (NA with the router flag: the VRF forwards; the port's proxy entry for the IPv6 gateway only
+joins its solicited-node group) and ICMP echo; the agent's input guard (vnet/vrfmark.py) lets only ICMP
+reach it.
 
 Routes of one routing domain can want the same key (table, prefix, metric) from different sources: a type-5
 /32 equal to a local CA, a customer route 0.0.0.0/0 via an appliance next to the gateway's type-5 default.
-One key holds one route, chosen here by a fixed precedence (PRECEDENCE: local CA or subnet gateway >
-customer route > remote CA > remote prefix); the loser is left out and reported (`conflicts`), so a bad or
-unlucky route costs at most its own key, never the routing domain or the host.
+One key holds one route, chosen here by a fixed precedence (PRECEDENCE: local CA > customer route > remote
+CA > remote prefix; a route to a subnet gateway's address loses to the gateway's local route, the kernel's);
+the loser is left out and reported (`conflicts`), so a bad or unlucky route costs at most its own key,
+never the routing domain or the host.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from nvfabric.vnet.kernel.objects import (
     UnreachableRoute,
     ViaRoute,
     Vrf,
+    VrfAddress,
     VrfPort,
 )
 from nvfabric.vnet.kernel.objects import DEFAULT_METRIC, OVERHEAD
@@ -249,9 +254,24 @@ def _domain(
     local = {o for o in objects | ca_objects if isinstance(o, LocalPortRoute)}
     remote_ca = {o for o in ca_objects if isinstance(o, EncapRoute)}
     other = {o for o in objects | ca_objects if not isinstance(o, ROUTES)}
-    routes, conflicts = resolve(domain.name, {"local": local, "customer_route": via, "remote_ca": remote_ca,
-                                              "remote_prefix": prefix_routes})
-    return other | routes, [*skipped, *skipped_prefixes, *skipped_routes], conflicts
+    by_kind, shadowed = _behind_gateways(domain.name, {"local": local, "customer_route": via, "remote_ca": remote_ca,
+                                                       "remote_prefix": prefix_routes}, other)
+    routes, conflicts = resolve(domain.name, by_kind)
+    return other | routes, [*skipped, *skipped_prefixes, *skipped_routes], sorted(shadowed + conflicts, key=_order)
+
+
+def _behind_gateways(domain: str, by_kind: Mapping[str, set[KernelObject]], objects: Iterable[KernelObject]
+                     ) -> tuple[dict[str, set[KernelObject]], list[Conflict]]:
+    """A route to a subnet gateway's own address (a type-5 /32, a customer route) would never be taken: the
+    kernel's local route of the VRF's address comes first, whatever the metric. Left out, reported as lost to
+    `local`."""
+    gateways = {f"{o.address}/{o.prefixlen}" for o in objects if isinstance(o, VrfAddress)}
+    kept: dict[str, set[KernelObject]] = {}
+    lost: list[Conflict] = []
+    for kind, routes in by_kind.items():
+        kept[kind] = {r for r in routes if r.prefix not in gateways}
+        lost += [_conflict(domain, kind, r, "local") for r in routes if r.prefix in gateways]
+    return kept, lost
 
 
 def _sort_key(obj: KernelObject) -> tuple[str, str]:
@@ -274,17 +294,25 @@ def resolve(domain: str, by_kind: Mapping[str, Iterable[KernelObject]]) -> tuple
                     kept[obj.key] = (kind, obj)
                     obj = held[1]
                 lost.append((kind, obj, held[0]))
-    conflicts = [Conflict(domain, obj.prefix, winner, kind, str(obj),
-                          getattr(obj, "pa", None) if kind.startswith("remote") else None)
-                 for kind, obj, winner in lost]
-    conflicts.sort(key=lambda c: (c.prefix, PRECEDENCE.index(c.loser), c.dropped))
+    conflicts = sorted((_conflict(domain, kind, obj, winner) for kind, obj, winner in lost), key=_order)
     return {obj for _, obj in kept.values()}, conflicts
+
+
+def _conflict(domain: str, kind: str, obj: KernelObject, winner: str) -> Conflict:
+    return Conflict(domain, obj.prefix, winner, kind, str(obj),
+                    getattr(obj, "pa", None) if kind.startswith("remote") else None)
+
+
+def _order(c: Conflict) -> tuple[str, int, str]:
+    return c.prefix, PRECEDENCE.index(c.loser), c.dropped
 
 
 def _vrf(domain: RoutingDomain, table: int, devices: Mapping[int, str]) -> set[KernelObject]:
     """The VRF and what steers into its table: the unreachable defaults, the ICMPv6 error rule, the tun_id
-    rules of every VSID, the IPv4 gateways' routes (for proxy ARP)."""
-    objects: set[KernelObject] = {Vrf(vrf_name(domain.name), table),
+    rules of every VSID; the subnet gateways as the VRF's own addresses, and the VRF forwarding IPv6 (what
+    makes the kernel's NA for them carry the router flag, whatever `default/forwarding` was at its creation)."""
+    vrf = vrf_name(domain.name)
+    objects: set[KernelObject] = {Vrf(vrf, table), Sysctl(f"net/ipv6/conf/{vrf}/forwarding", "1"),
                                   UnreachableRoute(table, 4), UnreachableRoute(table, 6)}
     # the host's own ICMPv6 errors about this domain's packets (Packet Too Big), marked with the table number
     # by vnet/vrfmark.py, are routed in this table, not the main one (docs/dataplane.md, "Packet Too Big")
@@ -293,9 +321,7 @@ def _vrf(domain: RoutingDomain, table: int, devices: Mapping[int, str]) -> set[K
         for dev in devices.values():
             for family in (4, 6):
                 objects.add(TunIdRule(family, dev, subnet.vsid << 8, table, RULE_PRIORITY))
-        for gateway in subnet.gateways:
-            if gateway.version == 4 and devices:
-                objects.add(LocalPortRoute(table, _host(gateway), devices.get(4) or devices[min(devices)]))
+        objects.update(VrfAddress(vrf, str(gateway)) for gateway in subnet.gateways)
     return objects
 
 
@@ -306,7 +332,7 @@ _PortsOn = dict[tuple[Network, ...], list[str]]
 
 def _ports(vrf: str, ports: Iterable[tuple[Port, VirtualSubnet]],
            identity: HostIdentity) -> tuple[set[KernelObject], _PortsOn]:
-    """Each active local port: routed in the VRF, answering ARP/NDP (proxy), and its subnet's IPv6 gateways."""
+    """Each active local port: routed in the VRF, answering ARP/NDP (proxy)."""
     objects: set[KernelObject] = set()
     ports_on: _PortsOn = {}
     for port, subnet in ports:
@@ -320,10 +346,17 @@ def _ports(vrf: str, ports: Iterable[tuple[Port, VirtualSubnet]],
         ):
             objects.add(Sysctl(path, value))
         ports_on.setdefault(tuple(p for p in subnet.prefixes if p.version == 6), []).append(ifname)
-        for gateway in subnet.gateways:
-            if gateway.version == 6:
-                objects.add(ProxyNeighbour(ifname, str(gateway)))
+        # The IPv6 gateway is the VRF's address, and the NA is that address's (router flag: the VRF's
+        # forwarding); but a VM's NS goes to the gateway's solicited-node group, which only the VRF device has
+        # joined: a proxy entry makes the port join it (the kernel then finds the address on the master).
+        objects.update(ProxyNeighbour(ifname, str(gateway)) for gateway in subnet.gateways if gateway.version == 6)
     return objects, ports_on
+
+
+def _gateway(catalog: Catalog, port: Port, ca: Address) -> str | None:
+    """The gateway of the port's subnet in the CA's family (the source of the host's ICMP errors to the CA)."""
+    found = catalog.subnet(port.vsid)
+    return next((str(g) for g in found[1].gateways if g.version == ca.version), None) if found else None
 
 
 def _proxy_v6(ports_on: _PortsOn, ca: Address, except_if: str | None = None) -> list[ProxyNeighbour]:
@@ -344,7 +377,7 @@ def _cas(table: int, records: Iterable[LookupRecord], catalog: Catalog, devices:
             port = catalog.ports.get(record.port or "")
             if port is None:
                 continue
-            objects.add(LocalPortRoute(table, _host(record.ca), port.interface))
+            objects.add(LocalPortRoute(table, _host(record.ca), port.interface, src=_gateway(catalog, port, record.ca)))
             if record.ca.version == 6:
                 objects.update(_proxy_v6(ports_on, record.ca, except_if=port.interface))
             continue

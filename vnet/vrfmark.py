@@ -14,16 +14,27 @@ filter's `inet nvfabric` is vnet/nftables.py's), one prerouting rule `meta mark 
 on the VRF device's own prerouting pass (the kernel runs the hook once for the port, once for the VRF). A
 packet of a device not in the map is left as it is. A routing domain added or removed is one element
 change; the outer NVGRE packet inherits the mark, which only the ICMPv6 rule (ipproto 58, iif lo) looks at.
+
+The same table guards the host's addresses in the routing domains (vnet.desired: each subnet gateway is a
+local address of its VRF device): an input chain drops everything but ICMP and ICMPv6 that arrives through one
+of our devices, so a VM reaches its gateway's echo, ARP and neighbour discovery, and nothing else on the host
+(the API's port, BGP, any socket the host binds to all addresses, whatever `tcp_l3mdev_accept` says).
+"Through": the input device is one of ours (a VRF: where an IPv4 packet, or an IPv6 one to a global address,
+arrives after its port; an NVGRE device: a decapsulated packet) or the packet's VRF is (`sdifname`: IPv6 to a
+link-local or multicast address keeps its port as input device). DHCP needs no exception: the responder
+reads it from an AF_PACKET socket, before this hook. Counted in the rule's counter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from nvfabric.vnet.kernel.objects import DEVICE_PREFIX
 from nvfabric.vnet.nftables import FAMILY, Nft, NftError, Owned
 
 TABLE = "nvfabric-vrf"
 MAP = "vrf"
+GUARD = "only ICMP to the host through a routing domain"
 _OWNED = {"family": FAMILY, "table": TABLE}
 _HEAD = {"metainfo": {"json_schema_version": 1}}
 
@@ -43,6 +54,14 @@ def ruleset(marks: Mapping[str, int]) -> dict:
             {"mangle": {"key": {"meta": {"key": "mark"}},
                         "value": {"map": {"key": {"meta": {"key": "iifname"}}, "data": f"@{MAP}"}}}},
         ]}}},
+        {"add": {"chain": {**_OWNED, "name": "input", "type": "filter", "hook": "input", "prio": 0,
+                           "policy": "accept"}}},
+        *({"add": {"rule": {**_OWNED, "chain": "input", "comment": GUARD, "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": key}}, "right": f"{DEVICE_PREFIX}*"}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["icmp", "ipv6-icmp"]}}},
+            {"counter": None},
+            {"drop": None},
+        ]}}} for key in ("iifname", "sdifname")),
     ]
     if marks:
         cmds.append({"add": {"element": {**_OWNED, "name": MAP, "elem": _elems(marks)}}})

@@ -124,14 +124,8 @@ def option(code: int, value: bytes) -> bytes:
 
 
 def domain_search(names: tuple[str, ...]) -> bytes:
-    """RFC 3397: each name as DNS labels (RFC 1035 section 3.1), uncompressed, one after the other."""
-    out = b""
-    for name in names:
-        for label in name.rstrip(".").split("."):
-            raw = label.encode("ascii")
-            out += bytes((len(raw),)) + raw
-        out += b"\0"
-    return out
+    """RFC 3397: each name as DNS labels, uncompressed, one after the other."""
+    return b"".join(frames.dns_name(name) for name in names)
 
 
 def classless_routes(routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...]) -> bytes:

@@ -37,6 +37,9 @@ class PortService:
     # the routing domain's virtual addresses: a frame from the port announcing one is a claim
     # (hostagent/guest/vip.py), which the agent judges (hostagent/holders.py: may this port hold it?)
     virtual_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    # the host side's IPv6 link-local address, when it is not the EUI-64 one of its MAC (a host whose ports
+    # use another addr_gen_mode): the source of router advertisements and DHCPv6 replies (ra.router_address)
+    router_address: ipaddress.IPv6Address | None = None
 
 
 def offered_mtu(port_mtu: int | None, host: HostIdentity) -> int:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nvfabric.hostagent.guest import dhcp4, frames, vip
+from nvfabric.hostagent.guest import dhcp4, dhcp6, frames, ra, vip
 from nvfabric.hostagent.guest.offer import PortService
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,18 @@ Advertiser = Callable[[PortService, bytes], list[bytes]]
 OnClaim = Callable[[str, Address], Awaitable[None]]
 
 OUTCOMES = ("answered", "ignored", "malformed", "unknown_port", "wrong_mac", "claimed", "advertised", "rate_limited")
-PROTOCOLS = ("arp", "dhcp4", "dhcp6", "rs", "na", "other")
+PROTOCOLS = ("arp", "dhcp4", "dhcp6", "rs", "ra", "na", "other")
 
 HANDLERS: dict[str, Handler] = {
     "dhcp4": lambda eth, _packet, port, host_mac: dhcp4.answer(eth, port, host_mac),
+    "rs": ra.answer,
+    # the server's DUID is the host side's MAC (DUID-LL): the same after an agent restart
+    "dhcp6": lambda eth, packet, port, host_mac: dhcp6.answer(eth, packet, port, host_mac, dhcp6.duid_ll(host_mac)),
 }
 CLAIMERS: dict[str, Claimer] = {"arp": vip.claimed, "na": vip.claimed}
-ADVERTISERS: dict[str, Advertiser] = {}
+ADVERTISERS: dict[str, Advertiser] = {
+    "ra": lambda port, host_mac: [frame] if (frame := ra.unsolicited(port, host_mac)) is not None else [],
+}
 ADVERTISE_INTERVAL = 200.0  # seconds between unsolicited advertisements (RFC 4861 MaxRtrAdvInterval: 600)
 # Requests a port's VM may have answered per second (and in a burst): a guest's DHCP and RS need a few a
 # minute; a VM flooding its port costs the agent a parse and a count per frame, not an answer

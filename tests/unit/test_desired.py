@@ -15,6 +15,7 @@ from nvfabric.vnet.kernel.objects import (
     UnreachableRoute,
     ViaRoute,
     Vrf,
+    VrfAddress,
     VrfPort,
 )
 from nvfabric.vnet.model import CustomerRoute, LookupRecord, RemotePrefix
@@ -60,9 +61,10 @@ def test_ports_are_routed_ports_with_proxy_arp_and_their_cas_routed_locally():
     assert VrfPort("tap-b1", "nvf-blue", 1500) in objs and VrfPort("tap-r1", "nvf-red", 1500) in objs
     assert Sysctl("net/ipv4/conf/tap-b1/proxy_arp", "1") in objs
     assert Sysctl("net/ipv6/conf/tap-b1/proxy_ndp", "1") in objs
-    assert LocalPortRoute(1000, "10.0.0.10/32", "tap-b1") in objs
-    assert LocalPortRoute(1001, "10.0.0.10/32", "tap-r1") in objs  # the same CA, the other tenant's table
-    assert LocalPortRoute(1000, "fd00:b::10/128", "tap-b1") in objs
+    # with the port's subnet gateway as the source of what the host sends the VM (its ICMP errors)
+    assert LocalPortRoute(1000, "10.0.0.10/32", "tap-b1", src="10.0.0.1") in objs
+    assert LocalPortRoute(1001, "10.0.0.10/32", "tap-r1", src="10.0.0.1") in objs  # the same CA, the other table
+    assert LocalPortRoute(1000, "fd00:b::10/128", "tap-b1", src="fd00:b::1") in objs
 
 
 def test_remote_cas_are_encap_routes_via_the_device_of_the_pa_family():
@@ -75,11 +77,20 @@ def test_remote_cas_are_encap_routes_via_the_device_of_the_pa_family():
     assert not [o for o in objs if isinstance(o, ProxyNeighbour) and o.dev == "tap-r1"]
 
 
-def test_the_subnet_gateway_is_answered():
-    objs = build().objects
-    assert LocalPortRoute(1000, "10.0.0.1/32", "nvf-gre4") in objs  # proxy ARP needs a unicast route elsewhere
-    assert LocalPortRoute(1000, "10.0.1.1/32", "nvf-gre4") in objs
-    assert ProxyNeighbour("tap-b1", "fd00:b::1") in objs
+def test_the_subnet_gateways_are_addresses_of_the_vrf_and_need_no_route():
+    d = build()
+    addresses = {o for o in d.objects if isinstance(o, VrfAddress)}
+    assert addresses == {VrfAddress("nvf-blue", "10.0.0.1"), VrfAddress("nvf-blue", "10.0.1.1"),
+                         VrfAddress("nvf-blue", "fd00:b::1"), VrfAddress("nvf-red", "10.0.0.1")}
+    assert VrfAddress("nvf-blue", "fd00:b::1").prefixlen == 128 and VrfAddress("nvf-red", "10.0.0.1").prefixlen == 32
+    assert addresses <= d.partitions["blue"] | d.partitions["red"]  # each in its routing domain's partition
+    gateways = {"10.0.0.1/32", "10.0.1.1/32", "fd00:b::1/128"}
+    assert not [o for o in d.objects if isinstance(o, LocalPortRoute | EncapRoute) and o.prefix in gateways]
+    # the port joins the IPv6 gateway's solicited-node group through a proxy entry; the VRF forwards (router flag)
+    assert {o.dev for o in d.objects if isinstance(o, ProxyNeighbour) and o.address == "fd00:b::1"} == {"tap-b1"}
+    assert Sysctl("net/ipv6/conf/nvf-blue/forwarding", "1") in d.partitions["blue"]
+    # a routing domain without a local port still answers (a VM may arrive any moment): the VRF has them
+    assert VrfAddress("nvf-red", "10.0.0.1") in build(records=local(VM_B1, "blue")).objects
 
 
 def test_a_pa_family_without_device_is_skipped_and_reported():

@@ -11,7 +11,7 @@ import pytest
 from nvfabric.hostagent.trace import Verdict, trace
 from nvfabric.vnet.catalog import Catalog, NotFound
 from nvfabric.vnet.desired import NVGRE_DEVICES, HostIdentity, desired_state
-from nvfabric.vnet.kernel.objects import EncapRoute, LocalPortRoute, UnreachableRoute, ViaRoute
+from nvfabric.vnet.kernel.objects import EncapRoute, LocalPortRoute, UnreachableRoute, ViaRoute, VrfAddress
 from nvfabric.vnet.model import LookupRecord, Port, RemotePrefix, RoutingDomain
 
 BLUE = RoutingDomain.from_dict({
@@ -135,10 +135,12 @@ def test_families_must_match():
     assert t.verdict is Verdict.DROPPED and t.reason == "source is IPv4 and destination IPv6"
 
 
-def test_the_subnet_gateway_answers_arp_but_takes_no_packets():
+def test_the_subnet_gateway_is_answered_by_this_host():
     t = run("blue", "10.1.0.10", "10.1.0.1")
-    assert t.verdict is Verdict.DROPPED and t.reason.startswith("10.1.0.1 is the gateway of VSID 5001")
-    assert t.route == "10.1.0.1/32 dev nvf-gre4 vrf nvf-blue"  # vnet/desired.py's route for proxy ARP
+    assert t.verdict is Verdict.ANSWERED and t.reason.startswith("answered by this host (subnet gateway of VSID 5001)")
+    assert (t.route, t.device, t.vsid) == ("local 10.1.0.1 dev nvf-blue table 1000", "nvf-blue", 5001)
+    # another subnet's gateway in the same routing domain is the same VRF's address
+    assert run("blue", "10.1.0.10", "10.2.0.1").verdict is Verdict.ANSWERED
 
 
 def test_packet_from_a_remote_ca_enters_by_the_nvgre_device():
@@ -176,10 +178,9 @@ def test_a_record_behind_a_pa_family_this_host_lacks_is_not_installed():
     assert t.verdict is Verdict.FORWARDED and str(t.pa) == "198.51.100.21" and "not installed" in t.reason
 
 
-def test_an_ipv6_gateway_has_no_route_and_follows_the_table():
+def test_an_ipv6_gateway_is_answered_by_this_host_too():
     t = run("blue", "fd00:b::10", "fd00:b::1")
-    assert t.verdict is Verdict.DROPPED and t.route == "unreachable ::/0 vrf nvf-blue"
-    assert "gateway of VSID 5001: answered for neighbour discovery only" in t.reason
+    assert t.verdict is Verdict.ANSWERED and t.route == "local fd00:b::1 dev nvf-blue table 1000"
 
 
 def test_remote_prefixes_longest_match_wins_and_host_routes_win_over_prefixes():
@@ -311,10 +312,11 @@ def test_on_generated_hosts_every_trace_takes_the_route_the_table_takes(seed):
             elif t.verdict is Verdict.DELIVERED_LOCALLY:
                 assert isinstance(route, LocalPortRoute | ViaRoute) and route.dev not in devices, (t, route)
                 assert t.device == route.dev and t.route.startswith(f"{route.prefix} ")
+            elif t.verdict is Verdict.ANSWERED:  # the VRF's own address: the kernel's local route wins
+                assert t.route == f"local {dst} dev nvf-{name} table {TABLES[name]}"
+                assert VrfAddress(f"nvf-{name}", str(dst)) in built.objects
             elif t.route is not None and t.route.startswith("unreachable "):
                 assert isinstance(route, UnreachableRoute), (t, route)
-            elif t.route is not None:  # an IPv4 gateway's /32 to the NVGRE device: answers ARP, takes no packets
-                assert isinstance(route, LocalPortRoute) and route.dev in devices, (t, route)
             else:  # dropped before the table: the source, or the families
                 assert t.reason.startswith(("source ", "source is IPv")), t
     # and the table itself does what the model says: an active local CA goes to its port, a remote CA whose
@@ -339,11 +341,11 @@ def test_a_customer_route_that_is_not_installed_leaves_the_packet_to_the_shorter
     assert t.reason.endswith("(customer route 198.18.0.0/24: its next hop 10.1.0.66 is not a known CA)")
 
 
-def test_an_ipv6_gateway_is_answered_only_where_a_port_of_its_subnet_is():
-    # no port of VSID 5001 is active here once vm1 moved away: nothing answers neighbour discovery for it
+def test_a_gateway_is_answered_for_a_packet_that_arrived_over_nvgre_too():
+    # (every host has the address: a packet for it never needs to leave its sender's host)
     moved = [r for r in RECORDS if r.port != "vm1"]
     t = run("blue", "fd00:b::20", "fd00:b::1", moved)
-    assert t.verdict is Verdict.DROPPED and t.reason.endswith("(fd00:b::1 is the gateway of VSID 5001)")
+    assert (t.verdict, t.ingress) == (Verdict.ANSWERED, "nvf-gre4")
 
 
 def _sent_by(port: str, src: str, dst: str, catalog=CATALOG, drops=None):

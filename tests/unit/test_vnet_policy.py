@@ -11,7 +11,7 @@ from nvfabric.hostagent.config import AgentConfig
 from nvfabric.vnet.desired import desired_state
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.kernel.diff import by_key
-from nvfabric.vnet.kernel.objects import EncapRoute, LocalPortRoute, ViaRoute
+from nvfabric.vnet.kernel.objects import EncapRoute, LocalPortRoute, ViaRoute, VrfAddress
 from nvfabric.vnet.model import CustomerRoute, RemotePrefix, RoutingDomain
 from nvfabric.vnet.policy import pa_prefixes, screen
 from tests.unit.agent_fixtures import PA1, PA2, VM_B1, VM_R1, catalog, ip, net
@@ -33,7 +33,7 @@ def kinds(desired, domain="blue"):
 
 def test_a_type5_host_route_equal_to_a_local_ca_loses_to_the_local_port():
     d = build(prefixes=[RemotePrefix("blue", net("10.0.0.10/32"), 5001, PA2)])
-    assert LocalPortRoute(1000, "10.0.0.10/32", "tap-b1") in d.objects
+    assert LocalPortRoute(1000, "10.0.0.10/32", "tap-b1", src="10.0.0.1") in d.objects
     assert EncapRoute(1000, "10.0.0.10/32", 5001, str(PA2), "nvf-gre4") not in d.objects
     assert kinds(d) == [("10.0.0.10/32", "local", "remote_prefix")]
     assert d.conflicts_in["blue"][0].pa == str(PA2)
@@ -41,11 +41,13 @@ def test_a_type5_host_route_equal_to_a_local_ca_loses_to_the_local_port():
     assert not d.conflicts_in.get("red")
 
 
-def test_a_remote_ca_at_the_subnet_gateway_loses_to_the_gateway_route():
+def test_a_remote_ca_or_a_route_at_the_subnet_gateway_loses_to_the_gateways_own_address():
     claim = REMOTE + [REMOTE[0].__class__("blue", 5001, ip("10.0.0.1"), "02:00:00:00:66:66", PA2)]
-    d = build(records=local(VM_B1, "blue") + claim)
-    assert LocalPortRoute(1000, "10.0.0.1/32", "nvf-gre4") in d.objects
-    assert kinds(d) == [("10.0.0.1/32", "local", "remote_ca")]
+    d = build(records=local(VM_B1, "blue") + claim, routes={"blue": [CustomerRoute(net("10.0.1.1/32"),
+                                                                                   ip("10.0.0.10"), 10)]})
+    assert VrfAddress("nvf-blue", "10.0.0.1") in d.objects
+    assert not [o for o in d.objects if getattr(o, "prefix", None) in ("10.0.0.1/32", "10.0.1.1/32")]
+    assert kinds(d) == [("10.0.0.1/32", "local", "remote_ca"), ("10.0.1.1/32", "local", "customer_route")]
 
 
 def test_a_customer_default_via_an_appliance_beats_the_gateways_type5_default():

@@ -18,3 +18,15 @@ def test_changes_are_element_deletes_then_adds_and_nothing_when_equal():
     assert deletes == [["nvf-blue", 1000], ["nvf-red", 1001]]
     assert adds == [["nvf-blue", 1002], ["nvf-green", 1003]]
     assert changes({"nvf-blue": 1000}, {"nvf-blue": 1000}) is None
+
+
+def test_the_input_guard_lets_only_icmp_reach_the_host_through_our_devices():
+    rules = [c["add"]["rule"] for c in ruleset({})["nftables"][1:] if "rule" in c.get("add", {})
+             and c["add"]["rule"]["chain"] == "input"]
+    # through one of our devices as input device (a VRF, an NVGRE device), or as the packet's VRF
+    assert [r["expr"][0]["match"]["left"]["meta"]["key"] for r in rules] == ["iifname", "sdifname"]
+    for rule in rules:
+        assert rule["expr"][0]["match"]["right"] == "nvf-*"
+        assert rule["expr"][1]["match"] == {"op": "!=", "left": {"meta": {"key": "l4proto"}},
+                                            "right": {"set": ["icmp", "ipv6-icmp"]}}
+        assert rule["expr"][-1] == {"drop": None}

@@ -166,6 +166,32 @@ class LocalTableRuleEncoder(Encoder):
         return errno == errno_mod.EEXIST or errno in GONE
 
 
+class VrfAddressEncoder(Encoder):
+    """Created or replaced with NLM_F_REPLACE (the same address again is no error); a replace of another
+    prefix length is a delete of the old one first (a length is part of an address's identity); deleted by
+    address and length on the VRF device. IPv6 `nodad`: the gateway answers at once, and a VM probing for the
+    address (DAD) can never make the host's copy fail: the host answers, the VM's probe fails."""
+
+    @staticmethod
+    def _body(obj: k.VrfAddress, wire: Wire) -> bytes:
+        assert obj.prefixlen is not None
+        return m.addr_body(obj.family, wire.ifindex(obj.vrf), obj.address, obj.prefixlen, nodad=obj.family == 6)
+
+    def encode(self, op: Op, wire: Wire) -> list[Request]:
+        obj = op.obj
+        assert isinstance(obj, k.VrfAddress)
+        if op.action is Action.DELETE:
+            return [wire.msg(m.RTM_DELADDR, m.NLM_F_ACK, self._body(obj, wire))]
+        out = []
+        if op.action is Action.REPLACE and isinstance(op.old, k.VrfAddress) and op.old.prefixlen != obj.prefixlen:
+            out.append(wire.msg(m.RTM_DELADDR, m.NLM_F_ACK, self._body(op.old, wire)))
+        return [*out, wire.msg(m.RTM_NEWADDR, CREATE_OR_REPLACE, self._body(obj, wire))]
+
+    def tolerated(self, op: Op, errno: int) -> bool:
+        # a replace's delete of the old length when that is already gone (EADDRNOTAVAIL)
+        return errno == errno_mod.EADDRNOTAVAIL if op.action is Action.REPLACE else super().tolerated(op, errno)
+
+
 class NeighbourEncoder(Encoder):
     def encode(self, op: Op, wire: Wire) -> list[Request]:
         obj = op.obj
@@ -215,7 +241,7 @@ class LocalPortRouteEncoder(RouteEncoder):
         assert isinstance(obj, k.LocalPortRoute)
         address, _, length = obj.prefix.partition("/")
         return m.route_body(obj.family, obj.table, address, int(length), k.PROTO, scope=m.RT_SCOPE_LINK,
-                            oif=wire.ifindex(obj.dev), metric=obj.metric)
+                            oif=wire.ifindex(obj.dev), metric=obj.metric, prefsrc=obj.src)
 
 
 class ViaRouteEncoder(RouteEncoder):
@@ -293,6 +319,7 @@ ENCODERS: dict[type, Encoder] = {
     k.UnreachableRoute: UnreachableRouteEncoder(),
     k.Clsact: ClsactEncoder(),
     k.FlowerMark: FlowerMarkEncoder(),
+    k.VrfAddress: VrfAddressEncoder(),
 }
 
 

@@ -43,6 +43,8 @@ NETLINK_GET_STRICT_CHK = 12
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_FLAGS = 8  # u32, the flags beyond ifa_flags' 8 bits
+IFA_F_NODAD = 0x02
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
@@ -66,6 +68,7 @@ RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PRIORITY = 6
+RTA_PREFSRC = 7
 RTA_TABLE = 15
 RTA_ENCAP_TYPE = 21
 RTA_ENCAP = 22
@@ -131,6 +134,7 @@ _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _NDMSG = struct.Struct("=BBHiHBB")
 _IFINFO = struct.Struct("=BBHiII")
+_IFADDR = struct.Struct("=BBBBI")
 _FIBHDR = struct.Struct("=BBBBBBBBI")
 _TCMSG = struct.Struct("=BxxxIIII")  # family, ifindex (u32 here: the block magic is 0xffffffff), handle, parent, info
 _TC_GEN = struct.Struct("=IIiii")  # index, capab, action, refcnt, bindcnt
@@ -189,6 +193,7 @@ def route_body(
     metric: int | None = None,
     oif: int | None = None,
     gateway: str | None = None,
+    prefsrc: str | None = None,
     extra: bytes = b"",
 ) -> bytes:
     head = _RTMSG.pack(
@@ -203,6 +208,8 @@ def route_body(
         attrs += nla_pack(RTA_OIF, _u32(oif))
     if gateway is not None:
         attrs += nla_pack(RTA_GATEWAY, _ip(gateway))
+    if prefsrc is not None:
+        attrs += nla_pack(RTA_PREFSRC, _ip(prefsrc))
     return head + attrs + extra
 
 
@@ -212,6 +219,17 @@ def neigh_body(family: int, ifindex: int, dst: str, *, lladdr: str | None, proxy
     if lladdr is not None:
         attrs += nla_pack(NDA_LLADDR, Mac(lladdr).packed)
     return head + attrs
+
+
+def addr_body(family: int, ifindex: int, address: str, prefixlen: int, *, nodad: bool = False) -> bytes:
+    """An interface address (what `ip addr add|del ADDRESS/LEN dev D [nodad]` sends): IFA_LOCAL and
+    IFA_ADDRESS both the address (no peer), scope global."""
+    flags = IFA_F_NODAD if nodad else 0
+    raw = _ip(address)
+    attrs = nla_pack(IFA_LOCAL, raw) + nla_pack(IFA_ADDRESS, raw)
+    if flags:
+        attrs += nla_pack(IFA_FLAGS, _u32(flags))
+    return _IFADDR.pack(FAMILY[family], prefixlen, flags, RT_SCOPE_UNIVERSE, ifindex) + attrs
 
 
 def rule_body(family: int, iifname: str | None, tun_id: int | None, table: int, priority: int, proto: int,
@@ -519,6 +537,7 @@ class RouteFields:
     tun_ttl: int | None
     tun_flags: int | None
     gateway: str | None = None
+    prefsrc: str | None = None
 
 
 def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
@@ -532,12 +551,31 @@ def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
     return out
 
 
+@dataclass(frozen=True)
+class AddressFields:
+    """What `observe` needs of one RTM_NEWADDR message."""
+
+    family: int  # 4 or 6
+    ifindex: int
+    address: str
+    prefixlen: int
+    scope: int
+
+
+def parse_address_fields(msg: bytes) -> AddressFields | None:
+    """An RTM_NEWADDR message -> the interface's own address and what else observe needs; None without one."""
+    family, prefixlen, _flags, scope, index = _IFADDR.unpack_from(msg, 16)
+    attrs = _attrs(msg, 16 + _IFADDR.size, len(msg))
+    raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)  # IPv4 point-to-point: IFA_LOCAL is ours
+    if not raw or len(raw) not in (4, 16):
+        return None
+    return AddressFields(4 if family == socket.AF_INET else 6, index, _ntop(raw), prefixlen, scope)
+
+
 def parse_address(msg: bytes) -> tuple[str, int] | None:
     """An RTM_NEWADDR message -> (the interface's own address, its prefix length); None without one."""
-    _family, prefixlen, _flags, _scope, _index = struct.unpack_from("=BBBBI", msg, 16)
-    attrs = _attrs(msg, 24, len(msg))
-    raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)  # IPv4 point-to-point: IFA_LOCAL is ours
-    return (_ntop(raw), prefixlen) if raw and len(raw) in (4, 16) else None
+    fields = parse_address_fields(msg)
+    return (fields.address, fields.prefixlen) if fields is not None else None
 
 
 def _ntop(raw: bytes) -> str:
@@ -567,4 +605,5 @@ def parse_route(msg: bytes) -> RouteFields:
         oif=struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else None,
         encap_type=encap_type, tun_id=tun_id, tun_dst=tun_dst, tun_ttl=tun_ttl, tun_flags=tun_flags,
         gateway=_ntop(a[RTA_GATEWAY]) if RTA_GATEWAY in a else None,
+        prefsrc=_ntop(a[RTA_PREFSRC]) if RTA_PREFSRC in a else None,
     )

@@ -6,6 +6,7 @@ restarted agent adopts its own objects and never touches anyone else's:
 - routes, neighbours and rules carry protocol `PROTO` (RTPROT / NDA_PROTOCOL / FRA_PROTOCOL);
 - devices we create are named with `DEVICE_PREFIX`; ports are ours while enslaved to one of our VRFs;
 - rules use priorities in `RULE_PRIORITIES`;
+- an address is ours on one of our VRF devices (the subnet gateways);
 - a clsact qdisc is ours on one of our devices, a flower filter on the ingress block of one of those
   clsacts at preference `TC_PREF`.
 """
@@ -232,6 +233,34 @@ class ProxyNeighbour:
 
 
 @dataclass(frozen=True)
+class VrfAddress:
+    """A subnet gateway as a local address of its routing domain's VRF device: `ip addr add 10.1.0.1/32 dev
+    nvf-rd1` (IPv6: `fd00:b::1/128 nodad`). The kernel then puts a local route in the VRF's table, so the
+    gateway answers ARP and neighbour solicitations on every port of the VRF (NA with the router flag: the
+    VRF forwards) and ICMP echo, and is the source of the host's ICMP errors into the routing domain. A host
+    prefix: a shorter one would add a connected route beside the unreachable default. `prefixlen`: what
+    observe found (another length on our device is replaced)."""
+
+    vrf: str
+    address: str
+    prefixlen: int | None = None  # None: the host prefix (/32, /128)
+    family: int = field(init=False, repr=False, compare=False)
+    order: ClassVar[int] = 1  # after the VRF, before the routes that may name it as their source
+
+    def __post_init__(self) -> None:
+        _owned_name(self.vrf)
+        address, family = normal_address(self.address)
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "family", family)
+        if self.prefixlen is None:
+            object.__setattr__(self, "prefixlen", 32 if family == 4 else 128)
+
+    @property
+    def key(self) -> tuple:
+        return ("address", self.vrf, self.address)
+
+
+@dataclass(frozen=True)
 class Clsact:
     """The tc hook on one of our devices, bound to a shared ingress block: `tc qdisc add dev <dev>
     ingress_block <block> clsact`. Filters then name the block, not a device, so one filter serves every
@@ -303,17 +332,25 @@ def _set_prefix(obj: LocalPortRoute | EncapRoute | ViaRoute) -> None:
 
 @dataclass(frozen=True)
 class LocalPortRoute:
-    """CA/32 (/128) -> the local port, in the routing domain's table."""
+    """CA/32 (/128) -> the local port, in the routing domain's table. `src`: the preferred source of what the
+    host itself sends the CA (`src <its subnet's gateway>`, a VrfAddress): its ICMP errors (TTL exceeded,
+    unreachable) come from the VM's own gateway, not from whichever address of the VRF comes first."""
 
     table: int
     prefix: str
     dev: str
     metric: int = DEFAULT_METRIC
+    src: str | None = None
     family: int = field(init=False, repr=False, compare=False)  # derived from the prefix
     order: ClassVar[int] = 4
 
     def __post_init__(self) -> None:
         _set_prefix(self)
+        if self.src is not None:
+            src, family = normal_address(self.src)
+            if family != self.family:
+                raise ValueError(f"source {self.src} is not of the family of {self.prefix}")
+            object.__setattr__(self, "src", src)
 
     @property
     def key(self) -> tuple:
@@ -404,4 +441,4 @@ class UnreachableRoute:
 
 KernelObject = Vrf | NvgreDevice | VrfPort | Sysctl | TunIdRule | FwmarkRule | PermanentNeighbour | ProxyNeighbour | \
     LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute | Clsact | FlowerMark | UnreachableIifRule | \
-    LocalTableRule
+    LocalTableRule | VrfAddress

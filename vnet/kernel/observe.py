@@ -6,6 +6,7 @@ is invisible here, so `diff` can never plan to touch it.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 from collections.abc import AsyncIterator, Iterable
@@ -39,6 +40,17 @@ async def address_prefixes(sock: RtnlSocket) -> dict[str, int]:
         if parsed is not None:
             out[parsed[0]] = parsed[1]
     return out
+
+
+async def vrf_addresses(sock: RtnlSocket, vrfs: dict[int, str]) -> AsyncIterator[k.VrfAddress]:
+    """The addresses on our VRF devices (ifindex -> name), but IPv6 link-local ones (the kernel's own)."""
+    if not vrfs:
+        return
+    async for raw in sock.dump(m.RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0)):
+        a = m.parse_address_fields(raw)
+        if a is None or a.ifindex not in vrfs or ipaddress.ip_address(a.address).is_link_local:
+            continue
+        yield k.VrfAddress(vrfs[a.ifindex], a.address, a.prefixlen)
 
 
 async def links(sock: RtnlSocket) -> AsyncIterator[Link]:
@@ -131,7 +143,7 @@ def _route(r: m.RouteFields, names: dict[int, str]) -> k.KernelObject | None:
     if dev is not None and r.rtype == m.RTN_UNICAST and r.gateway is not None:
         return k.ViaRoute(r.table, prefix, r.gateway, dev, r.metric)
     if dev is not None and r.rtype == m.RTN_UNICAST:
-        return k.LocalPortRoute(r.table, prefix, dev, r.metric)
+        return k.LocalPortRoute(r.table, prefix, dev, r.metric, r.prefsrc)
     return None
 
 
@@ -172,6 +184,9 @@ async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[k.Kernel
     out: set[k.KernelObject] = set()
     devs, names = await devices(sock)
     out.update(devs)
+    our_vrfs = {d.name for d in devs if isinstance(d, k.Vrf)}
+    vrfs = {index: name for index, name in names.items() if name in our_vrfs}
+    out.update([a async for a in vrf_addresses(sock, vrfs)])
     ports = {d.name for d in devs if isinstance(d, k.VrfPort)}
     out.update([r async for r in rules(sock)])
     out.update([n async for n in neighbours(sock, names, ports)])
