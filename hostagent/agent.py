@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from nvfabric.bgp.announced import Announced
@@ -38,7 +38,8 @@ from nvfabric.hostagent.guest.responder import PacketWire, Responder
 from nvfabric.hostagent.guest.wire import Wire
 from nvfabric.hostagent.metrics import AgentMetrics
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
-from nvfabric.hostagent.compute import Learned, View, compute, domain_of, follow_remote
+from nvfabric.hostagent.compute import Learned, View, compute, domain_of, follow_remote, follow_remote_holders
+from nvfabric.hostagent.holders import FROZEN, HolderKey, judge
 from nvfabric.vnet import announce, decap, learn
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.decap import DecapCollector, DecapFilter
@@ -52,7 +53,7 @@ from nvfabric.vnet.kernel.observe import address_prefixes
 from nvfabric.vnet.model import Address, LookupRecord, Network, Port, RemotePrefix, RoutingDomain
 from nvfabric.vnet.nftables import Nft, NftError
 from nvfabric.vnet.policy import Screened, pa_prefixes, screen
-from nvfabric.vnet.portsecurity import PortSecurity
+from nvfabric.vnet.portsecurity import PortSecurity, guarded
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Agent:
         # the import policy's next-hop check (vnet/policy.py): configured, else read at start; None: unchecked
         self._provider_prefixes: tuple[Network, ...] | None = config.provider_prefixes
         self._screened = Screened()
+        self._claims: dict[str, int] = {}  # virtual address claims judged, by outcome
         self.desired: dict[str, frozenset[KernelObject]] = {}  # by partition, as last swapped in: what trace follows
         self._everything = True  # the next reconcile builds every routing domain (start, resync, error)
         self._filters = Filters(Nft(config.netns))
@@ -181,7 +183,7 @@ class Agent:
             created = domain.name not in self._view.catalog.routing_domains
             catalog = self._view.catalog.with_routing_domain(domain)
             tables = allocate_tables(catalog.routing_domains, self._view.tables)
-            await self._commit(View(catalog, tables, self._view.mobility), f"routing domain {domain.name}",
+            await self._commit(replace(self._view, catalog=catalog, tables=tables), f"routing domain {domain.name}",
                                {domain.name})
             return created
 
@@ -189,7 +191,7 @@ class Agent:
         async with self._lock:
             catalog = self._view.catalog.without_routing_domain(name)
             tables = {k: v for k, v in self._view.tables.items() if k != name}
-            await self._commit(View(catalog, tables, self._view.mobility), f"routing domain {name}", {name})
+            await self._commit(replace(self._view, catalog=catalog, tables=tables), f"routing domain {name}", {name})
 
     async def put_port(self, port: Port) -> bool:
         async with self._lock:
@@ -213,7 +215,8 @@ class Agent:
             dirty = {domain_of(catalog, port.vsid)}
             if old is not None:
                 dirty.add(domain_of(self._view.catalog, old.vsid))  # a port that changed routing domain
-            await self._commit(View(catalog, self._view.tables, mobility), f"port {port.name}", dirty - {None})
+            await self._commit(replace(self._view, catalog=catalog, mobility=mobility), f"port {port.name}",
+                               dirty - {None})
             return old is None
 
     async def delete_port(self, name: str) -> None:
@@ -223,8 +226,59 @@ class Agent:
             mobility = self._view.mobility
             if not any((p.vsid, p.mac) == (port.vsid, port.mac) for p in catalog.ports.values()):
                 mobility = mobility.detach((port.vsid, port.mac))
-            await self._commit(View(catalog, self._view.tables, mobility), f"port {name}",
+            await self._commit(replace(self._view, catalog=catalog, mobility=mobility), f"port {name}",
                                {domain_of(self._view.catalog, port.vsid)} - {None})
+
+    async def claim_virtual_address(self, port_name: str, address: Address) -> bool:
+        """A VM announced `address` on its port (gratuitous ARP, ARP reply, unsolicited NA: the responder's
+        `on_claim`). When the port may hold it (hostagent/holders.py `judge`), it becomes the holder
+        fabric-wide: routed to the port here, announced with a sequence above the fabric's. Returns whether
+        the port holds it now. A VM's frame never raises here: refusals and failures are counted and logged
+        (the VM's next announcement tries again)."""
+        async with self._lock:
+            view = self._view
+            domain, refused = judge(view.catalog, view.mobility.inactive(), port_name, address)
+            if refused is not None or domain is None:
+                return self._claimed(refused or "unknown_port", False)
+            key: HolderKey = (domain, address)
+            held, now = view.holders.held.get(key), time.monotonic()
+            if held is not None and held.port == port_name:
+                return self._claimed("repeated", True)  # keepalived repeats its announcements
+            if view.holders.frozen(key, now):
+                return self._claimed(FROZEN, False)
+            remote = learn.remote_cas(view.catalog, self._learned(), self.config.provider_addresses).get(key)
+            holders = view.holders.claim(key, port_name, remote.mobility_seq if remote is not None else None, now)
+            try:
+                await self._commit(replace(view, holders=holders), f"virtual address {address}", {domain})
+            except (KernelError, NotStarted, state.SaveError) as exc:
+                log.warning("virtual address %s claimed by port %s: not applied: %s", address, port_name, exc)
+                return self._claimed("failed", False)
+            log.info("virtual address %s (%s): held by port %s, sequence %d", address, domain, port_name,
+                     holders.held[key].seq)
+            return self._claimed("accepted", True)
+
+    def _claimed(self, outcome: str, held: bool) -> bool:
+        self._claims[outcome] = self._claims.get(outcome, 0) + 1
+        self.metrics.claimed(outcome)
+        return held
+
+    def virtual_addresses(self) -> list[dict[str, Any]]:
+        """Every declared virtual address and who holds it: a local port, another host (its PA), or nobody."""
+        records = {(r.routing_domain, r.ca): r for r in self._learned_state.records}
+        out = []
+        for name, domain in sorted(self._view.catalog.routing_domains.items()):
+            for virtual in domain.virtual_addresses:
+                held = self._view.holders.held.get((name, virtual.address))
+                record = records.get((name, virtual.address))
+                local = held is not None and held.port is not None
+                out.append({"routing_domain": name, "address": str(virtual.address), "ports": list(virtual.ports),
+                            "holder": held.port if local else None,
+                            "seq": held.seq if held is not None else None,
+                            "frozen_until": report.wall(held.frozen_until) if held is not None and
+                            held.frozen(time.monotonic()) and held.frozen_until is not None else None,
+                            "pa": str(record.pa) if record is not None and record.pa is not None else None,
+                            "mac": record.mac if record is not None else None})
+        return out
 
     async def port_drops(self) -> dict[str, dict[str, int]]:
         """Packets port security dropped so far, by port name and reason (vnet.portsecurity.REASONS); a
@@ -259,6 +313,8 @@ class Agent:
             conflicts=tuple(c.as_dict() for name in sorted(self._conflicts) for c in self._conflicts[name]),
             import_policy={"provider_prefixes": None if self._provider_prefixes is None
                            else [str(p) for p in self._provider_prefixes], **self._screened.as_dict()},
+            virtual_addresses=tuple(self.virtual_addresses()),
+            claims=dict(self._claims),
             guest_services=self._guest.as_dict() if self._guest is not None
             else {"ports": 0, "frames": {}, "wire_errors": {}, "error": self._guest_error},
         )
@@ -311,8 +367,10 @@ class Agent:
         kernel back and raise (KernelError, state.SaveError)."""
         if not self._started or self._reconciler is None:
             raise NotStarted(f"{what}: the agent is not running")
-        if view.catalog.ports != self._view.catalog.ports:
+        if guarded(view.catalog) != guarded(self._view.catalog):
             await self._guard_ports(view, what)  # before the port is routed: never a moment unguarded
+        # a holder the change disallows (or removes) stops holding its virtual address
+        view = replace(view, holders=view.holders.prune(view.catalog, view.mobility.inactive()))
         desired, learned = self._compute(view, dirty)
         outcome = await self._reconcile(desired)
         if not outcome.ok:
@@ -336,7 +394,7 @@ class Agent:
         """The kernel as the current view wants it again, after a change that cannot stand."""
         assert self._reconciler is not None
         with contextlib.suppress(NftError):  # (a refusal here is retried by the next sync)
-            await self._port_security.apply(self._view.catalog.ports.values())
+            await self._port_security.apply(guarded(self._view.catalog))
         await self._reconciler.revert(outcome.applied)
         # the same partitions as they were (the revert makes this a full pass: the kernel is read back)
         back, _ = self._compute(self._view, set(desired.partitions) - {GLOBAL})
@@ -346,7 +404,7 @@ class Agent:
 
     async def _guard_ports(self, view: View, what: str) -> None:
         try:
-            await self._port_security.apply(view.catalog.ports.values())
+            await self._port_security.apply(guarded(view.catalog))
         except NftError as exc:
             raise KernelError(what, (str(exc),)) from None
 
@@ -356,15 +414,20 @@ class Agent:
         if self._everything:
             self._port_security.invalidate()  # start and resync: read the kernel back, repair any drift
         try:
-            await self._port_security.apply(view.catalog.ports.values())
+            await self._port_security.apply(guarded(view.catalog))
         except NftError as exc:
             log.warning("%s", exc)
             self._dirty.set()
-        remote = learn.remote_macs(self._learned(), self.config.provider_addresses)
+        routes = self._learned()
+        remote = learn.remote_macs(routes, self.config.provider_addresses)
         mobility = follow_remote(view.mobility, remote, self.config.next_hop, time.monotonic(),
                                  complete=not self._hold.holding)
-        if mobility is not view.mobility:
-            changed = View(view.catalog, view.tables, mobility)
+        holders = follow_remote_holders(view.holders, learn.remote_cas(view.catalog, routes,
+                                                                       self.config.provider_addresses),
+                                        self.config.next_hop, time.monotonic()).prune(view.catalog,
+                                                                                      mobility.inactive())
+        if mobility is not view.mobility or holders != view.holders:
+            changed = replace(view, mobility=mobility, holders=holders)
             try:
                 state.save(self.config.state_dir, changed.saved())
                 view = self._view = changed
@@ -411,7 +474,7 @@ class Agent:
             self._guest.update(offer.port_services(self._view.catalog, self.host, inputs[1]))
 
     async def _on_claim(self, port: str, address: Address) -> None:
-        log.debug("port %s announces %s", port, address)
+        await self.claim_virtual_address(port, address)
 
     async def _update_vrf_marks(self) -> None:
         if not await self._filters.marks(self._view.tables, self._view.catalog.routing_domains):
@@ -450,9 +513,11 @@ class Agent:
         if self._client is None:
             return
         want: dict[MacIpKey, MacIpRoute] = announce.local_routes(
-            self._view.catalog, self.identity, self._view.mobility.seqs(), self._view.mobility.inactive())
+            self._view.catalog, self.identity, self._view.mobility.seqs(), self._view.mobility.inactive(),
+            self._view.holders.holding())
         await self._announced.update(self._client, {LOCAL: want})
         self.metrics.announced(len(self._view.catalog.ports), self._learned_state.records)
+        self.metrics.held_addresses(len(self._view.holders.holding()))
 
     # ------------------------------------------------------------------ tasks
 

@@ -225,8 +225,10 @@ _DHCP = obj([], True, enabled=BOOLEAN, dns_servers=array(_ADDRESS), search_domai
 _SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(_PREFIX), gateways=array(_ADDRESS),
               dhcp=_DHCP)
 _CUSTOMER_ROUTE = obj(["prefix"], True, prefix=_PREFIX, next_hop=STRING, metric=INTEGER)
+_VIRTUAL_ADDRESS = obj(["address", "ports"], True, address=_ADDRESS, ports=array(STRING))
 ROUTING_DOMAIN = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING),
-                     subnets=array(_SUBNET), customer_routes=array(_CUSTOMER_ROUTE), status=ANY_OBJECT)
+                     subnets=array(_SUBNET), customer_routes=array(_CUSTOMER_ROUTE),
+                     virtual_addresses=array(_VIRTUAL_ADDRESS), status=ANY_OBJECT)
 PORT = obj(["interface", "mac", "vsid", "addresses"], True, name=STRING, interface=STRING, mac=STRING,
            vsid=INTEGER, addresses=array(_ADDRESS), mtu=nullable(INTEGER), port_security=BOOLEAN,
            allowed_addresses=array(_PREFIX), status=ANY_OBJECT)
@@ -248,7 +250,7 @@ _ARRIVAL = obj(["pa", "gre_key", "vsid", "flow_id", "src", "dst", "verdict", "re
                reason=STRING, counter=STRING, routing_domain=nullable(STRING), inner=nullable(_TRACE))
 _STATUS = obj(["router_id", "reflectors", "synced", "headless"], router_id=STRING, reflectors=array(ANY_OBJECT),
               synced=BOOLEAN, headless=BOOLEAN, totals=ANY_OBJECT, decap=ANY_OBJECT,
-              guest_services=ANY_OBJECT)
+              virtual_addresses=array(ANY_OBJECT), claims=ANY_OBJECT, guest_services=ANY_OBJECT)
 _VSID_PARAM = Param("vsid", {**STRING, "pattern": "^[0-9]+$"}, "a VSID")
 
 

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nvfabric.bgp.routes import MacIpRoute, Route
+from nvfabric.hostagent.holders import Holders
 from nvfabric.hostagent.mobility import MacState, Mobility
 from nvfabric.hostagent.state import SavedState
 from nvfabric.vnet import learn
@@ -24,6 +25,7 @@ class View:
     catalog: Catalog
     tables: dict[str, int]
     mobility: Mobility = field(default_factory=Mobility)
+    holders: Holders = field(default_factory=Holders)  # virtual addresses held here (hostagent/holders.py)
 
     @classmethod
     def first(cls, domains: Iterable[RoutingDomain], saved: SavedState | None) -> View:
@@ -35,10 +37,16 @@ class View:
         # port's MAC is tracked, so a higher sequence elsewhere is noticed after a restart too
         seqs = {(p.vsid, p.mac): saved.seqs.get((p.vsid, p.mac), 0) for p in saved.catalog.ports.values()}
         mobility = Mobility(MappingProxyType({k: MacState(seq=s) for k, s in seqs.items()}))
-        return cls(saved.catalog, allocate_tables(saved.catalog.routing_domains, saved.tables), mobility)
+        # the virtual addresses held before the restart, with the sequences announced then
+        holders = Holders(MappingProxyType(dict(saved.holders))).prune(saved.catalog, ())
+        return cls(saved.catalog, allocate_tables(saved.catalog.routing_domains, saved.tables), mobility, holders)
 
     def saved(self) -> SavedState:
-        return SavedState(self.catalog, self.tables, self.mobility.seqs())
+        return SavedState(self.catalog, self.tables, self.mobility.seqs(), dict(self.holders.held))
+
+    def held(self) -> dict[tuple[str, Address], str]:
+        """The virtual addresses a local port holds: (routing domain, address) -> port name."""
+        return {key: port for key, (port, _seq) in self.holders.holding().items()}
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,11 @@ def domain_of(catalog: Catalog, vsid: int) -> str | None:
     return found[0].name if found is not None else None
 
 
+def lower(pa: Address, ours: Address) -> bool:
+    """`pa` wins a tie of sequences against ours (RFC 7432 section 15.1: the lower PA; IPv4 first)."""
+    return (pa.version, pa.packed) < (ours.version, ours.packed)
+
+
 def follow_remote(mobility: Mobility, remote: Mapping[tuple[int, str], MacIpRoute], ours: Address,
                   now: float, complete: bool = True) -> Mobility:
     """The MAC mobility decisions for our MACs that other hosts announce (RFC 7432 section 15: a higher
@@ -62,19 +75,29 @@ def follow_remote(mobility: Mobility, remote: Mapping[tuple[int, str], MacIpRout
     until then an absent claim may just not have arrived yet, and nothing comes back."""
     for key, route in remote.items():
         if key in mobility.macs:
-            wins_tie = (route.next_hop.version, route.next_hop.packed) < (ours.version, ours.packed)
-            mobility = mobility.remote(key, route.mobility_seq, wins_tie, now)
+            mobility = mobility.remote(key, route.mobility_seq, lower(route.next_hop, ours), now)
     if complete:
         for key in mobility.inactive() - remote.keys():
             mobility = mobility.withdrawn(key)
     return mobility
 
 
+def follow_remote_holders(holders: Holders, remote: Mapping[tuple[str, Address], MacIpRoute],
+                          ours: Address, now: float) -> Holders:
+    """Virtual addresses we hold that another host announces with a higher sequence (or the same from a lower
+    PA, vnet/learn.py's tie-break) are held there now: we stop holding."""
+    for key in holders.holding():
+        route = remote.get(key)
+        if route is not None:
+            holders = holders.remote(key, route.mobility_seq, lower(route.next_hop, ours), now)
+    return holders
+
+
 def compute(view: View, routes: list[Route], our_pas: Collection[Address], host: HostIdentity, before: Learned,
             dirty: Collection[str] | None) -> tuple[Desired, Learned]:
     """The desired objects of the `dirty` routing domains (None: every one), plus those whose learned inputs
     changed since `before` (a BGP batch marks the domains it touches: their records or prefixes differ)."""
-    records = learn.lookup_records(view.catalog, routes, our_pas, view.mobility.inactive())
+    records = learn.lookup_records(view.catalog, routes, our_pas, view.mobility.inactive(), view.held())
     prefixes = learn.remote_prefixes(view.catalog, routes, our_pas)
     domains = None if dirty is None else (
         set(dirty) | _changed(before.records, records) | _changed(before.prefixes, prefixes))

@@ -38,8 +38,19 @@ class AgentMetrics:
             self._refused.labels(reason).set(0)
         self._port_drops = PortSecurityDrops()
         self.registry.register(self._port_drops)
+        self._claims = Counter("nvfabric_agent_virtual_address_claims", "announcements of a virtual address by a "
+                               "VM (outcome: accepted, repeated, failed, or why refused)", ["outcome"],
+                               registry=self.registry)
+        self._held_addresses = Gauge("nvfabric_agent_virtual_addresses_held", "virtual addresses a local port "
+                                     "holds now", registry=self.registry)
         self.guest_frames = GuestFrames()
         self.registry.register(self.guest_frames)
+
+    def claimed(self, outcome: str) -> None:
+        self._claims.labels(outcome).inc()
+
+    def held_addresses(self, n: int) -> None:
+        self._held_addresses.set(n)
 
     def reconciled(self, outcome: Outcome) -> None:
         for action, n in outcome.counts.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Protocol, TypeVar
 
 from nvfabric.bgp.mac import Mac
 
@@ -83,7 +84,7 @@ class Mobility:
             return self._with(key, replace(state, active=True))
         if state.active and state.seq > remote_seq:
             return self  # we already won: a stale remote route, not a move
-        return self._with(key, _moved(replace(state, seq=min(remote_seq + 1, SEQ_MAX), active=True), now))
+        return self._with(key, moved(replace(state, seq=min(remote_seq + 1, SEQ_MAX), active=True), now))
 
     def remote(self, key: MacKey, remote_seq: int, remote_wins_tie: bool, now: float) -> Mobility:
         """Another host announces a local MAC; `remote_wins_tie`: its PA is lower than ours (RFC 7432 15.1)."""
@@ -92,7 +93,7 @@ class Mobility:
             return self
         if remote_seq > state.seq or (remote_seq == state.seq and remote_wins_tie):
             seq = min(max(state.seq, remote_seq), SEQ_MAX)
-            return self._with(key, _moved(replace(state, active=False, seq=seq), now))
+            return self._with(key, moved(replace(state, active=False, seq=seq), now))
         return self
 
     def withdrawn(self, key: MacKey) -> Mobility:
@@ -108,7 +109,21 @@ class Mobility:
         return self._with(key, None)
 
 
-def _moved(state: MacState, now: float) -> MacState:
+class Moving(Protocol):
+    """What duplicate detection counts moves of: a MAC here, a virtual address in hostagent/holders.py."""
+
+    @property
+    def moves(self) -> tuple[float, ...]: ...
+
+    @property
+    def frozen_until(self) -> float | None: ...
+
+
+S = TypeVar("S", bound=Moving)
+
+
+def moved(state: S, now: float) -> S:
+    """`state` after a move at `now`: frozen for FREEZE when it is the MAX_MOVES-th within WINDOW."""
     moves = tuple(t for t in state.moves if now - t < WINDOW) + (now,)
     if len(moves) >= MAX_MOVES:
         return replace(state, moves=moves, frozen_until=now + FREEZE)

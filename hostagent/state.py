@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nvfabric.bgp.mac import Mac
+from nvfabric.hostagent.holders import HolderKey, Holding
 from nvfabric.hostagent.mobility import SEQ_MAX
 from nvfabric.service.statefile import replace_keeping_previous
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.errors import ModelError
-from nvfabric.vnet.model import Port, RoutingDomain, check_route_target
+from nvfabric.vnet.model import Port, RoutingDomain, check_address, check_route_target
 
 FILE = "agent-state.json"
 PREV = FILE + ".prev"  # the state before the last save: the last good copy
@@ -51,6 +52,9 @@ class SavedState:
     catalog: Catalog
     tables: dict[str, int]
     seqs: dict[tuple[int, Mac], int]
+    # virtual addresses (hostagent/holders.py): who holds each here and the sequence announced, so a
+    # restart announces the same sequence rather than outbidding the fabric again
+    holders: dict[HolderKey, Holding] = field(default_factory=dict)
 
 
 def routing_domain_to_dict(domain: RoutingDomain) -> dict[str, Any]:
@@ -58,6 +62,8 @@ def routing_domain_to_dict(domain: RoutingDomain) -> dict[str, Any]:
                             "subnets": [s.to_dict() for s in domain.subnets]}
     if domain.customer_routes:
         body["customer_routes"] = [r.to_dict() for r in domain.customer_routes]
+    if domain.virtual_addresses:
+        body["virtual_addresses"] = [v.to_dict() for v in domain.virtual_addresses]
     return body
 
 
@@ -73,6 +79,8 @@ def dumps(state: SavedState) -> str:
         "ports": [port_to_dict(p) for _, p in sorted(state.catalog.ports.items())],
         "tables": dict(sorted(state.tables.items())),
         "mobility": [[vsid, mac, seq] for (vsid, mac), seq in sorted(state.seqs.items())],
+        "virtual_addresses": [[domain, str(address), h.port, h.seq] for (domain, address), h in
+                              sorted(state.holders.items(), key=lambda i: (i[0][0], i[0][1].version, i[0][1]))],
     }, indent=1)
 
 
@@ -87,9 +95,13 @@ def loads(text: str, path: Path) -> SavedState:
         catalog = Catalog.build(domains, ports)
         tables = {str(k): int(v) for k, v in data["tables"].items()}
         seqs = {(int(v), Mac(m)): repaired_seq(int(s), int(v), m, path) for v, m, s in data.get("mobility", [])}
+        # (a state file written before virtual addresses has none)
+        holders = {(str(d), check_address(a, "virtual_addresses")): Holding(None if p is None else str(p),
+                                                                              min(max(int(s), 0), SEQ_MAX))
+                   for d, a, p, s in data.get("virtual_addresses", [])}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StateError(path, f"unreadable ({exc})") from None
-    return SavedState(catalog, tables, seqs)
+    return SavedState(catalog, tables, seqs, holders)
 
 
 def repaired_domain(body: Any, path: Path) -> Any:

@@ -37,6 +37,10 @@ class AgentStatus:
     conflicts: tuple[dict[str, Any], ...] = ()
     # the import policy (vnet/policy.py): the provider prefixes next hops must be in, routes refused by reason
     import_policy: dict[str, Any] = field(default_factory=dict)
+    # every declared virtual address: who holds it (a local port, another host's PA, or nobody), with which
+    # sequence; and the claims judged since start, by outcome (hostagent/holders.py)
+    virtual_addresses: tuple[dict[str, Any], ...] = ()
+    claims: dict[str, int] = field(default_factory=dict)
     # what the VMs get from their host: ports served, frames by protocol and outcome, packet socket errors
     guest_services: dict[str, Any] = field(default_factory=dict)
 

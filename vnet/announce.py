@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from nvfabric.bgp.routes import MacIpKey, MacIpRoute
 from nvfabric.vnet.catalog import Catalog
-from nvfabric.vnet.model import Address
+from nvfabric.vnet.model import Address, Port
 
 
 @dataclass(frozen=True)
@@ -42,21 +42,33 @@ def local_routes(
     identity: Identity,
     seqs: Mapping[tuple[int, str], int],
     inactive: Collection[tuple[int, str]] = (),
+    held: Mapping[tuple[str, Address], tuple[str, int]] | None = None,
 ) -> dict[MacIpKey, MacIpRoute]:
+    """`held`: the virtual addresses a local port holds, (routing domain, address) -> (port name, sequence)
+    (hostagent/holders.py): each announced like a CA of that port, with its own sequence."""
     out: dict[MacIpKey, MacIpRoute] = {}
     for port in catalog.ports.values():
-        key = (port.vsid, port.mac)
-        if key in inactive:
-            continue  # moved to another host (higher sequence there): not ours to announce
-        found = catalog.subnet(port.vsid)
-        if found is None:
-            continue
-        domain, _subnet = found
         for address in port.addresses:
-            route = MacIpRoute(
-                rd=route_distinguisher(identity.router_id, port.vsid), mac=port.mac, ip=address, vsid=port.vsid,
-                next_hop=identity.next_hop, route_targets=domain.route_targets, router_mac=identity.router_mac,
-                mobility_seq=seqs.get(key, 0),
-            )
+            route = _route(catalog, identity, port, address, seqs.get((port.vsid, port.mac), 0), inactive)
+            if route is not None:
+                out[route.key] = route
+    for (_domain, address), (name, seq) in (held or {}).items():
+        port = catalog.ports.get(name)
+        route = _route(catalog, identity, port, address, seq, inactive) if port is not None else None
+        if route is not None:
             out[route.key] = route
     return out
+
+
+def _route(catalog: Catalog, identity: Identity, port: Port, address: Address, seq: int,
+           inactive: Collection[tuple[int, str]]) -> MacIpRoute | None:
+    if (port.vsid, port.mac) in inactive:
+        return None  # moved to another host (higher sequence there): not ours to announce
+    found = catalog.subnet(port.vsid)
+    if found is None:
+        return None
+    return MacIpRoute(
+        rd=route_distinguisher(identity.router_id, port.vsid), mac=port.mac, ip=address, vsid=port.vsid,
+        next_hop=identity.next_hop, route_targets=found[0].route_targets, router_mac=identity.router_mac,
+        mobility_seq=seq,
+    )

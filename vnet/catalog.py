@@ -67,6 +67,12 @@ class Catalog:
                     raise ModelError(
                         f"addresses[{i}]", str(address), f"port {port.name}: the subnet's gateway or network address"
                     )
+                if domain.virtual_address(address) is not None:
+                    raise ConflictError(
+                        f"addresses[{i}]", str(address),
+                        f"port {port.name}: a virtual address of routing domain {domain.name} (it moves between "
+                        "the ports listed there; it is nobody's CA)",
+                    )
                 owner = cas.get((domain.name, address))
                 if owner is not None:
                     raise ConflictError(
@@ -85,6 +91,16 @@ class Catalog:
     def port_with(self, routing_domain: str, ca: Address) -> Port | None:
         name = self._cas.get((routing_domain, ca))
         return self.ports[name] if name else None
+
+    def may_hold(self, port: Port) -> tuple[Address, ...]:
+        """The virtual addresses `port` may hold: those of its routing domain that list it, inside its virtual
+        subnet."""
+        found = self.subnet(port.vsid)
+        if found is None:
+            return ()
+        domain, subnet = found
+        return tuple(v.address for v in domain.virtual_addresses
+                     if port.name in v.ports and subnet.prefix_of(v.address) is not None)
 
     def routing_domain(self, name: str) -> RoutingDomain:
         try:

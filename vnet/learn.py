@@ -11,6 +11,8 @@ domain, no reserved address; the next-hop check against the provider prefixes is
   picks the same one.
 - A CA of an active local port is always local (a remote claim with a higher sequence first makes the port
   inactive, hostagent/mobility.py).
+- A virtual address held by a local port (hostagent/holders.py) is local likewise; held elsewhere, it is a
+  remote CA like any other: per address, the highest sequence wins, whichever MAC announces it.
 - A type-5 route (IP prefix, RFC 9136) whose VSID belongs to one of our routing domains (and a route target
   to the same one) is a RemotePrefix (e.g. the gateway's default route).
 - Our own routes (next hop = one of our PAs) are never learned.
@@ -18,7 +20,7 @@ domain, no reserved address; the next-hop check against the provider prefixes is
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute, Route
 from nvfabric.vnet.catalog import Catalog
@@ -42,19 +44,10 @@ def remote_macs(routes: Iterable[Route], our_pas: Collection[Address]) -> dict[t
     return best
 
 
-def lookup_records(
-    catalog: Catalog,
-    routes: Iterable[Route],
-    our_pas: Collection[Address],
-    inactive: Collection[tuple[int, str]] = (),
-) -> list[LookupRecord]:
-    records: dict[tuple[str, Address], LookupRecord] = {}
-    for port in catalog.ports.values():
-        found = catalog.subnet(port.vsid)
-        if found is None or (port.vsid, port.mac) in inactive:
-            continue
-        for ca in port.addresses:
-            records[(found[0].name, ca)] = LookupRecord(found[0].name, port.vsid, ca, port.mac, None, True, port.name)
+def remote_cas(catalog: Catalog, routes: Iterable[Route],
+               our_pas: Collection[Address]) -> dict[tuple[str, Address], MacIpRoute]:
+    """(routing domain, CA) -> the winning remote type-2 route for it (what a lookup record follows, and what
+    a virtual address's holder compares its sequence with)."""
     remote: dict[tuple[str, Address], MacIpRoute] = {}
     targets = target_index(catalog)
     for route in routes:
@@ -65,12 +58,34 @@ def lookup_records(
         if domain is None or refused is not None or found is None:
             continue  # not one of our routing domains, or refused by the import policy
         key = (found[0].name, route.ip)
-        if key in records:
-            continue  # an active local port has it
         if key not in remote or _rank(route) < _rank(remote[key]):
             remote[key] = route
-    for (domain, ca), route in remote.items():
-        records[(domain, ca)] = LookupRecord(domain, route.vsid, ca, route.mac, route.next_hop)
+    return remote
+
+
+def lookup_records(
+    catalog: Catalog,
+    routes: Iterable[Route],
+    our_pas: Collection[Address],
+    inactive: Collection[tuple[int, str]] = (),
+    held: Mapping[tuple[str, Address], str] | None = None,
+) -> list[LookupRecord]:
+    """`held`: the virtual addresses a local port holds, (routing domain, address) -> port name
+    (hostagent/holders.py): a CA of that port here, whatever other hosts announce."""
+    records: dict[tuple[str, Address], LookupRecord] = {}
+    for port in catalog.ports.values():
+        found = catalog.subnet(port.vsid)
+        if found is None or (port.vsid, port.mac) in inactive:
+            continue
+        for ca in port.addresses:
+            records[(found[0].name, ca)] = LookupRecord(found[0].name, port.vsid, ca, port.mac, None, True, port.name)
+    for (domain, address), name in (held or {}).items():
+        port = catalog.ports.get(name)
+        if port is not None and (port.vsid, port.mac) not in inactive:
+            records[(domain, address)] = LookupRecord(domain, port.vsid, address, port.mac, None, True, name)
+    for (domain, ca), route in remote_cas(catalog, routes, our_pas).items():
+        if (domain, ca) not in records:  # else an active local port has it
+            records[(domain, ca)] = LookupRecord(domain, route.vsid, ca, route.mac, route.next_hop)
     return sorted(records.values(), key=lambda r: (r.routing_domain, r.ca.version, r.ca))
 
 

@@ -309,12 +309,51 @@ class CustomerRoute:
 
 
 @dataclass(frozen=True)
+class VirtualAddress:
+    """An address that moves between VMs (a keepalived VIP): whichever of `ports` announces it (gratuitous
+    ARP, ARP reply, unsolicited NA) holds it fabric-wide (hostagent/holders.py). A port named here may not
+    exist yet (orchestrators create in any order); it may hold the address once it is in the subnet."""
+
+    address: Address
+    ports: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.address, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            raise ModelError("address", self.address, "is not an IPv4 or IPv6 address")
+        if not self.ports:
+            raise ModelError("ports", [], "a virtual address needs at least one port that may hold it")
+        for i, name in enumerate(self.ports):
+            check_name(name, f"ports[{i}]", PORT_NAME_RE)
+        if (repeat := first_repeat(self.ports)) is not None:
+            i, j = repeat
+            raise ModelError(f"ports[{i}]", self.ports[i], f"duplicates ports[{j}]")
+
+    @classmethod
+    def from_dict(cls, body: Any, where: str = "") -> VirtualAddress:
+        body = check_object(body, where)
+        reject_unknown(body, {"address", "ports"}, where)
+        address = check_address(body.get("address"), field_path(where, "address"))
+        names = check_list(body.get("ports"), field_path(where, "ports"))
+        for i, name in enumerate(names):
+            check_name(name, f"{field_path(where, 'ports')}[{i}]", PORT_NAME_RE)
+        try:
+            return cls(address=address, ports=tuple(names))
+        except ModelError as exc:
+            raise exc.within(where) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"address": str(self.address), "ports": list(self.ports)}
+
+
+@dataclass(frozen=True)
 class RoutingDomain:
     name: str
     route_targets: tuple[str, ...]
     subnets: tuple[VirtualSubnet, ...] = ()
     # HNV's New-NetVirtualizationCustomerRoute: e.g. a prefix behind a virtual appliance (next hop: its CA)
     customer_routes: tuple[CustomerRoute, ...] = ()
+    # addresses that move between the VMs of listed ports (OVN's virtual port with virtual-parents)
+    virtual_addresses: tuple[VirtualAddress, ...] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
@@ -344,6 +383,35 @@ class RoutingDomain:
                     route.next_hop in p for s in self.subnets for p in s.prefixes):
                 raise ModelError(f"customer_routes[{i}].next_hop", str(route.next_hop),
                                  "is not in any virtual subnet of the routing domain (the next hop is a CA)")
+        if (repeat := first_repeat(v.address for v in self.virtual_addresses)) is not None:
+            i, j = repeat
+            raise ModelError(f"virtual_addresses[{i}].address", str(self.virtual_addresses[i].address),
+                             f"duplicates virtual_addresses[{j}]")
+        for i, virtual in enumerate(self.virtual_addresses):
+            problem = self._reserved(virtual.address)
+            if problem is not None:
+                raise ModelError(f"virtual_addresses[{i}].address", str(virtual.address), problem)
+
+    def _reserved(self, address: Address) -> str | None:
+        """Why `address` cannot be a virtual address of this domain (None: it can)."""
+        found = next(((s, p) for s in self.subnets for p in s.prefixes if address in p), None)
+        if found is None:
+            return "is not in any virtual subnet of the routing domain"
+        subnet, prefix = found
+        if address in subnet.gateways:
+            return f"is the gateway of virtual subnet {subnet.vsid}"
+        if address == prefix.network_address:
+            return f"is the network address of {prefix}"
+        if address.version == 4 and prefix.prefixlen < 31 and address == prefix.broadcast_address:
+            return f"is the broadcast address of {prefix}"
+        return None
+
+    def subnet_of(self, address: Address) -> VirtualSubnet | None:
+        """The virtual subnet whose prefix contains `address`."""
+        return next((s for s in self.subnets if s.prefix_of(address) is not None), None)
+
+    def virtual_address(self, address: Address) -> VirtualAddress | None:
+        return next((v for v in self.virtual_addresses if v.address == address), None)
 
     def subnet(self, vsid: int) -> VirtualSubnet | None:
         return next((s for s in self.subnets if s.vsid == vsid), None)
@@ -351,7 +419,7 @@ class RoutingDomain:
     @classmethod
     def from_dict(cls, body: Any, name: str | None = None, where: str = "") -> RoutingDomain:
         body = check_object(body, where)
-        reject_unknown(body, {"name", "route_targets", "subnets", "customer_routes"}, where)
+        reject_unknown(body, {"name", "route_targets", "subnets", "customer_routes", "virtual_addresses"}, where)
         if name is not None and body.get("name", name) != name:
             raise ModelError(field_path(where, "name"), body.get("name"),
                              f"does not match the name in the path ({name})")
@@ -367,8 +435,14 @@ class RoutingDomain:
             CustomerRoute.from_dict(r, f"{field_path(where, 'customer_routes')}[{i}]")
             for i, r in enumerate(check_list(body.get("customer_routes", []), field_path(where, "customer_routes")))
         )
+        virtual = tuple(
+            VirtualAddress.from_dict(v, f"{field_path(where, 'virtual_addresses')}[{i}]")
+            for i, v in enumerate(check_list(body.get("virtual_addresses", []),
+                                             field_path(where, "virtual_addresses")))
+        )
         try:
-            return cls(name=rd_name, route_targets=tuple(rts), subnets=subnets, customer_routes=routes)
+            return cls(name=rd_name, route_targets=tuple(rts), subnets=subnets, customer_routes=routes,
+                       virtual_addresses=virtual)
         except ModelError as exc:
             raise exc.within(where) from None
 

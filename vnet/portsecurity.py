@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.model import Address, Network, Port
 from nvfabric.vnet.nftables import Nft, NftError, element_network
 
@@ -133,6 +134,19 @@ class Elements:
 
     def size(self) -> int:
         return sum(len(v) for v in self.sets.values()) + len(self.counters)
+
+
+def guarded(catalog: Catalog) -> list[Port]:
+    """The catalog's ports as port security sees them: a port that may hold virtual addresses may send from
+    them and ARP/NA for them, as if they were in its `allowed_addresses` (derived here, so the orchestrator
+    does not repeat them). Whether it holds one now does not matter: keepalived's backup must be able to
+    take the address over with its first gratuitous ARP."""
+    out = []
+    for port in catalog.ports.values():
+        extra = [_host(a) for a in catalog.may_hold(port)]
+        extra = [n for n in extra if n not in port.allowed_addresses]
+        out.append(replace(port, allowed_addresses=(*port.allowed_addresses, *extra)) if extra else port)
+    return out
 
 
 def networks(port: Port) -> tuple[tuple[Network, ...], tuple[Network, ...]]:

@@ -34,6 +34,9 @@ class PortService:
     # route via the gateway is among them): customer routes and the subnet's configured extra routes
     routes4: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...] = ()
     lease_time: int = 86400  # seconds; also the valid lifetime of advertised IPv6 prefixes
+    # the routing domain's virtual addresses: a frame from the port announcing one is a claim
+    # (hostagent/guest/vip.py), which the agent judges (hostagent/holders.py: may this port hold it?)
+    virtual_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     # the host side's IPv6 link-local address, when it is not the EUI-64 one of its MAC (a host whose ports
     # use another addr_gen_mode): the source of router advertisements and DHCPv6 replies (ra.router_address)
     router_address: ipaddress.IPv6Address | None = None
@@ -64,18 +67,21 @@ def classless_routes(domain: RoutingDomain, subnet: VirtualSubnet,
 
 def port_services(catalog: Catalog, host: HostIdentity,
                   inactive: Collection[tuple[int, str]] = ()) -> dict[str, PortService]:
-    """What every local port is offered, by its interface: the ports of subnets with DHCP enabled, except
-    those whose VM moved to another host (`inactive`: their (VSID, MAC), hostagent/mobility.py)."""
+    """What every local port is offered, by its interface: the ports of subnets with DHCP enabled (or of a
+    routing domain with virtual addresses, whose claims are watched), except those whose VM moved to another
+    host (`inactive`: their (VSID, MAC), hostagent/mobility.py)."""
     out: dict[str, PortService] = {}
     for port in catalog.ports.values():
         found = catalog.subnet(port.vsid)
         if found is None or (port.vsid, port.mac) in inactive:
             continue
         domain, subnet = found
-        if not subnet.dhcp.enabled:
+        if not subnet.dhcp.enabled and not domain.virtual_addresses:
             continue
+        # (DHCP off but virtual addresses declared: the port is watched for claims, offered no address)
+        offered = zip(subnet.prefixes, subnet.gateways, strict=True) if subnet.dhcp.enabled else ()
         ipv4 = ipv6 = gateway4 = gateway6 = None
-        for prefix, gateway in zip(subnet.prefixes, subnet.gateways, strict=True):
+        for prefix, gateway in offered:
             ca = next((a for a in port.addresses if a in prefix), None)
             if ca is None:
                 continue
@@ -92,5 +98,6 @@ def port_services(catalog: Catalog, host: HostIdentity,
             search=subnet.dhcp.search_domains,
             routes4=classless_routes(domain, subnet, gateway4) if gateway4 is not None else (),
             lease_time=subnet.dhcp.lease_time,
+            virtual_addresses=tuple(v.address for v in domain.virtual_addresses),
         )
     return out

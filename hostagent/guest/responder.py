@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nvfabric.hostagent.guest import dhcp4, dhcp6, frames, ra
+from nvfabric.hostagent.guest import dhcp4, dhcp6, frames, ra, vip
 from nvfabric.hostagent.guest.offer import PortService
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ HANDLERS: dict[str, Handler] = {
     # the server's DUID is the host side's MAC (DUID-LL): the same after an agent restart
     "dhcp6": lambda eth, packet, port, host_mac: dhcp6.answer(eth, packet, port, host_mac, dhcp6.duid_ll(host_mac)),
 }
-CLAIMERS: dict[str, Claimer] = {}
+CLAIMERS: dict[str, Claimer] = {"arp": vip.claimed, "na": vip.claimed}
 ADVERTISERS: dict[str, Advertiser] = {
     "ra": lambda port, host_mac: [frame] if (frame := ra.unsolicited(port, host_mac)) is not None else [],
 }
