@@ -7,12 +7,14 @@ The default topology and the two tenants of lab/fabric.py (agents in this proces
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import re
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -189,15 +191,28 @@ def test_a_restarted_agent_keeps_the_addresses_without_writing_them(fabric):
     threading.Thread(target=read, daemon=True).start()
     try:
         # a change the monitor must see first, so that its silence about ours means something
-        netns.run(["ip", "-n", ns, "addr", "add", "192.0.2.77/32", "dev", "lo"])
-        wait_for(lambda: any("192.0.2.77" in e for e in events), 10, "the monitor to see an address change")
+        # (the monitor subscribes some time after it starts: the change is made again until it is seen)
+        def seen() -> bool:
+            return any("192.0.2.77" in e for e in events)
+
+        end = time.monotonic() + 30
+        while not seen():
+            assert time.monotonic() < end, "the monitor never saw an address change"
+            netns.run(["ip", "-n", ns, "addr", "replace", "192.0.2.77/32", "dev", "lo"])
+            with contextlib.suppress(TimeoutError):
+                wait_for(seen, 1, "the monitor to see an address change")
+            if not seen():
+                netns.run(["ip", "-n", ns, "addr", "del", "192.0.2.77/32", "dev", "lo"], check=False)
+        netns.run(["ip", "-n", ns, "addr", "replace", "192.0.2.77/32", "dev", "lo"])  # (present, whatever was seen)
         fabric.stop_agent("hv2")
         fabric.start_agent("hv2")
         wait_for(lambda: fabric.agents["hv2"].read(lambda a: a.status()).synced, 60, "hv2 synced after its restart")
         assert "bytes from 10.0.0.1" in _ping(fabric, "b2", "10.0.0.1")
         # a last change: once the monitor has printed it, it has printed everything before it
+        before = len(events)
         netns.run(["ip", "-n", ns, "addr", "del", "192.0.2.77/32", "dev", "lo"])
-        wait_for(lambda: any(e.startswith("Deleted") and "192.0.2.77" in e for e in events), 10, "the monitor")
+        wait_for(lambda: any(e.startswith("Deleted") and "192.0.2.77" in e for e in events[before:]), 10,
+                 "the monitor")
     finally:
         monitor.terminate()
         monitor.wait(10)
