@@ -13,6 +13,7 @@ import struct
 import threading
 import time
 
+from nvfabric.hostagent.guest.frames import checksum
 from nvfabric.lab.daemons import in_ns
 
 ETH_P_ALL = 0x0003
@@ -27,22 +28,13 @@ def _ip(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
 
 
-def _sum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def ethernet(dst: str, src: str, ethertype: int, payload: bytes) -> bytes:
     return _mac(dst) + _mac(src) + struct.pack("!H", ethertype) + payload
 
 
 def ipv4(src: str, dst: str, proto: int, payload: bytes, ttl: int = 64) -> bytes:
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x1234, 0, ttl, proto, 0, _ip(src), _ip(dst))
-    return header[:10] + struct.pack("!H", _sum16(header)) + header[12:] + payload
+    return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + payload
 
 
 def ipv6(src: str, dst: str, next_header: int, payload: bytes, hop_limit: int = 64) -> bytes:
@@ -51,19 +43,19 @@ def ipv6(src: str, dst: str, next_header: int, payload: bytes, hop_limit: int = 
 
 def icmp4_echo(ident: int, seq: int, data: bytes = b"nvfabric-spoof") -> bytes:
     body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + data
-    return body[:2] + struct.pack("!H", _sum16(body)) + body[4:]
+    return body[:2] + struct.pack("!H", checksum(body)) + body[4:]
 
 
 def icmp6(src: str, dst: str, kind: int, code: int, rest: bytes) -> bytes:
     body = struct.pack("!BBH", kind, code, 0) + rest
     pseudo = _ip(src) + _ip(dst) + struct.pack("!I3xB", len(body), 58)
-    return body[:2] + struct.pack("!H", _sum16(pseudo + body)) + body[4:]
+    return body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
 
 
 def udp4(src: str, dst: str, sport: int, dport: int, data: bytes) -> bytes:
     body = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
     pseudo = _ip(src) + _ip(dst) + struct.pack("!BBH", 0, 17, len(body))
-    return body[:6] + struct.pack("!H", _sum16(pseudo + body) or 0xFFFF) + body[8:]
+    return body[:6] + struct.pack("!H", checksum(pseudo + body) or 0xFFFF) + body[8:]
 
 
 # ---------------------------------------------------------------------------------------------- frames

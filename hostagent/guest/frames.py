@@ -214,3 +214,35 @@ def dns_name(domain: str) -> bytes:
     labels = [label.encode("ascii") for label in domain.strip(".").split(".") if label]
     return b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
 
+
+ND_HOP_LIMIT = 255  # a neighbour discovery message with another hop limit did not come from the link
+
+
+def parse_nd(packet: Ip6, kind: int, min_body: int) -> bytes | None:
+    """The body (after type, code, checksum) of a neighbour discovery message of type `kind` (RFC 4861: hop
+    limit 255, code 0, checksum verified, at least `min_body` octets), None for anything else."""
+    if packet.hop_limit != ND_HOP_LIMIT:
+        return None
+    parsed = parse_icmp6(packet)
+    if parsed is None:
+        return None
+    got, code, body = parsed
+    if got != kind or code != 0 or len(body) < min_body:
+        return None
+    return body
+
+
+def nd_options(data: bytes) -> list[tuple[int, bytes]] | None:
+    """Neighbour discovery options (type, value) (RFC 4861 4.6: type, length in units of 8 octets); None when
+    one has length 0 or overruns the message."""
+    out = []
+    at = 0
+    while at < len(data):
+        if at + 2 > len(data):
+            return None
+        kind, units = data[at], data[at + 1]
+        if units == 0 or at + units * 8 > len(data):
+            return None
+        out.append((kind, data[at + 2:at + units * 8]))
+        at += units * 8
+    return out

@@ -74,36 +74,16 @@ def unsolicited(port: PortService, host_mac: bytes) -> bytes | None:
 def _valid_solicitation(packet: frames.Ip6, vm_mac: bytes) -> bool:
     """RFC 4861 6.1.1 (hop limit 255, checksum, code 0, length, options of non-zero length, no source
     link-layer option from the unspecified address), and the VM's own link-layer address in that option."""
-    if packet.hop_limit != 255:
+    body = frames.parse_nd(packet, ROUTER_SOLICITATION, 4)
+    if body is None:
         return False
-    parsed = frames.parse_icmp6(packet)
-    if parsed is None:
-        return False
-    kind, code, body = parsed
-    if kind != ROUTER_SOLICITATION or code != 0 or len(body) < 4:
-        return False
-    options = _options(body[4:])
+    options = frames.nd_options(body[4:])
     if options is None:
         return False
     for kind, value in options:
         if kind == OPT_SOURCE_LINK_LAYER and (packet.src == UNSPECIFIED or value[:6] != vm_mac):
             return False
     return True
-
-
-def _options(data: bytes) -> list[tuple[int, bytes]] | None:
-    """Neighbour discovery options (type, value); None when one has length 0 or overruns the message."""
-    out = []
-    at = 0
-    while at < len(data):
-        if at + 2 > len(data):
-            return None
-        kind, units = data[at], data[at + 1]
-        if units == 0 or at + units * 8 > len(data):
-            return None
-        out.append((kind, data[at + 2:at + units * 8]))
-        at += units * 8
-    return out
 
 
 def _advertisement(port: PortService, host_mac: bytes, dst: ipaddress.IPv6Address, dst_mac: bytes) -> bytes:

@@ -23,7 +23,6 @@ NEIGHBOUR_ADVERTISEMENT = 136
 SOLICITED = 0x40  # the S flag of a neighbour advertisement (RFC 4861 section 4.4)
 OVERRIDE = 0x20  # the O flag
 TARGET_LINK_LAYER = 2  # option type (RFC 4861 section 4.6.1)
-ND_HOP_LIMIT = 255  # a neighbour discovery message with another hop limit did not come from the link
 
 
 def claimed(eth: frames.Ethernet, port: PortService) -> Address | None:
@@ -50,14 +49,9 @@ def _arp(eth: frames.Ethernet) -> Address | None:
 
 def _advertisement(eth: frames.Ethernet) -> Address | None:
     packet = frames.parse_ip6(eth.payload)
-    if packet is None or packet.hop_limit != ND_HOP_LIMIT:
-        return None
-    icmp = frames.parse_icmp6(packet)
-    if icmp is None:
-        return None
-    kind, code, body = icmp
     # body: flags (1 byte), reserved (3), target (16), options
-    if kind != NEIGHBOUR_ADVERTISEMENT or code != 0 or len(body) < 20:
+    body = frames.parse_nd(packet, NEIGHBOUR_ADVERTISEMENT, 20) if packet is not None else None
+    if body is None:
         return None
     flags = body[0]
     if flags & SOLICITED and not flags & OVERRIDE:
@@ -65,20 +59,10 @@ def _advertisement(eth: frames.Ethernet) -> Address | None:
     target = ipaddress.IPv6Address(body[4:20])
     if target.is_multicast:
         return None
-    link_layer = _option(body[20:], TARGET_LINK_LAYER)
+    options = frames.nd_options(body[20:])
+    if options is None:
+        return None
+    link_layer = next((value for kind, value in options if kind == TARGET_LINK_LAYER), None)
     if link_layer is not None and link_layer[:6] != eth.src:
         return None
     return target
-
-
-def _option(options: bytes, wanted: int) -> bytes | None:
-    """The body of the first option of type `wanted` (RFC 4861 section 4.6: type, length in 8 octets); None
-    when absent or when the options are malformed."""
-    while len(options) >= 8:
-        kind, units = options[0], options[1]
-        if units == 0 or units * 8 > len(options):
-            return None
-        if kind == wanted:
-            return options[2:units * 8]
-        options = options[units * 8:]
-    return None
