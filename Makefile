@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 # Debian packages: the dataplane tools, the BGP peers we interoperate with, and the VM for the kernel
 # phase (qemu, Debian's generic kernel with 9p, busybox for virtme-ng's initramfs, squashfs for Python), and
 # the guests' own clients the tests run against the host's DHCP, RA and virtual addresses (udhcpc, dhclient,
-# dhcpcd, rdisc6, keepalived; dnsmasq as the reference the DHCP benchmark compares with).
+# dhcpcd, rdisc6, keepalived; dnsmasq as the reference the DHCP benchmark compares with), and conntrackd,
+# which replicates the gateways' connection state (conntrack to look at it).
 APT_PACKAGES := iproute2 iputils-ping nftables tcpdump procps kmod bc frr gobgpd iperf3 \
 	qemu-system-x86 linux-image-amd64 busybox-static squashfs-tools \
-	udhcpc isc-dhcp-client dhcpcd-base ndisc6 keepalived dnsmasq-base
+	udhcpc isc-dhcp-client dhcpcd-base ndisc6 keepalived dnsmasq-base conntrack conntrackd
 
 .PHONY: setup system venv demo test test-host test-kernel bench clean
 
