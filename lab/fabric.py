@@ -95,8 +95,9 @@ RR_API_TOKEN = "lab-reflector"  # the reflector's API wants a bearer token, as t
 FABRIC_PREFIX = "198.51.100.0/24"  # the PAs of every host and gateway of the default topology
 
 
-def rr_config(me: str, hold_time: int = 9) -> dict[str, object]:
-    """`nvfabric rr` configuration for a reflector of the default topology (docs/rr.md).
+def rr_config(me: str, hold_time: int = 9, bfd: dict[str, object] | None = None) -> dict[str, object]:
+    """`nvfabric rr` configuration for a reflector of the default topology (docs/rr.md); `bfd`: the
+    dynamic neighbours' `bfd` (passive on a reflector: it answers the clients that run BFD).
 
     One dynamic neighbour for the whole PA prefix: a host or gateway added to the lab needs no reflector
     change. The two reflectors do not peer with each other; every client peers with both (the design of
@@ -104,7 +105,7 @@ def rr_config(me: str, hold_time: int = 9) -> dict[str, object]:
     return {
         "asn": ASN, "router_id": me, "cluster_id": me, "hold_time": hold_time, "families": ["l2vpn-evpn"],
         "listen": {"address": me, "port": 179},
-        "neighbors": [{"prefix": FABRIC_PREFIX, "asn": ASN, "client": True}],
+        "neighbors": [{"prefix": FABRIC_PREFIX, "asn": ASN, "client": True, **({} if bfd is None else {"bfd": bfd})}],
         "graceful_restart": {"enabled": True, "restart_time": 120},
         "api": {"listen": f"127.0.0.1:{RR_API_PORT}", "token": RR_API_TOKEN},  # inside the reflector's namespace
     }
@@ -151,13 +152,14 @@ class Fabric:
         `hold_time`: None for the lab's 9 s (rr_config), e.g. 90 for BGP's default timers."""
         self.start_reflectors(hold_time, (node,))
 
-    def start_reflectors(self, hold_time: int | None = None, nodes: Iterable[str] = tuple(RR)) -> None:
+    def start_reflectors(self, hold_time: int | None = None, nodes: Iterable[str] = tuple(RR),
+                         bfd: dict[str, object] | None = None) -> None:
         """Start them all, then wait until each answers (its API comes up after its BGP listener): a client
         that dials a reflector still starting backs off for longer each time, up to a minute, and Python
         takes tens of seconds to start in a loaded TCG VM, so they start side by side."""
         for node in nodes:
             conf = self.dir / f"{node}.yaml"
-            config = rr_config(RR[node], **({} if hold_time is None else {"hold_time": hold_time}))
+            config = rr_config(RR[node], **({} if hold_time is None else {"hold_time": hold_time}), bfd=bfd)
             conf.write_text(yaml.safe_dump(config))
             with open(self.dir / f"{node}.log", "ab") as log:  # the child keeps its own descriptor
                 self.reflectors[node] = subprocess.Popen(
@@ -243,11 +245,13 @@ class Fabric:
         if thread is not None:
             thread.stop()
 
-    def up(self, hold_time: int | None = None, reflectors: Iterable[str] = tuple(RR), **agent: object) -> None:
-        """Reflectors (`hold_time` as in start_reflector; `reflectors`: the nodes that run one, the agents
-        dial every address of RR all the same), VMs, agents (`agent`: more of their configuration) with both
-        tenants and their ports. VMs with `dhcp` have no IPv4 address yet: `lease_all()` gets them theirs."""
-        self.start_reflectors(hold_time, reflectors)
+    def up(self, hold_time: int | None = None, reflectors: Iterable[str] = tuple(RR),
+           rr_bfd: dict[str, object] | None = None, **agent: object) -> None:
+        """Reflectors (`hold_time` as in start_reflector, `rr_bfd` the `bfd` of their dynamic neighbours;
+        `reflectors`: the nodes that run one, the agents dial every address of RR all the same), VMs, agents
+        (`agent`: more of their configuration) with both tenants and their ports. VMs with `dhcp` have no IPv4
+        address yet: `lease_all()` gets them theirs."""
+        self.start_reflectors(hold_time, reflectors, rr_bfd)
         for vm in self.vms:
             self.plug(vm)
         for host in HV:

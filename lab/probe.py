@@ -90,3 +90,72 @@ def _line(s: socket.socket) -> str:
 def echo(s: socket.socket, text: str) -> str:
     s.sendall(text.encode() + b"\n")
     return _line(s)
+
+
+class Exchange:
+    """A TCP connection kept open through a change (a gateway failing over): in its own thread, a numbered line
+    sent every `interval` s and its echo awaited (an echoing `Server` at the other end), on the SAME socket
+    all along: it never reconnects, so an exchange after the change proves the connection itself survived.
+
+    `times`: the wall clock (time.time()) of each completed exchange; `error`: why the socket failed (reset,
+    closed, a wrong echo), None while it works. A lost segment is TCP's business: the echo is awaited
+    however long retransmission takes (the gap shows as a stall)."""
+
+    def __init__(self, sock: socket.socket, interval: float = 0.1) -> None:
+        self.sock = sock
+        self.interval = interval
+        self.times: list[float] = []
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.2)  # wakes up to notice close(); the echo itself may take longer
+        pending = b""
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            sent = time.monotonic()
+            try:
+                self.sock.sendall(f"{n}\n".encode())
+                while b"\n" not in pending:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        chunk = self.sock.recv(100)
+                    except TimeoutError:
+                        continue
+                    if not chunk:
+                        self.error = "closed by the other end"
+                        return
+                    pending += chunk
+            except OSError as exc:
+                self.error = repr(exc)
+                return
+            line, pending = pending.split(b"\n", 1)
+            if line != str(n).encode():
+                self.error = f"echo {line!r} for {n}"
+                return
+            self.times.append(time.time())
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - sent)))
+
+    def since(self, t: float) -> int:
+        """How many exchanges completed after wall-clock time t."""
+        return sum(1 for x in list(self.times) if x > t)
+
+    def longest_stall(self, t: float) -> float:
+        """The longest time without a completed exchange from the last one before t on (until the last one;
+        inf when none completed after t)."""
+        times = list(self.times)
+        before = [x for x in times if x <= t]
+        after = [x for x in times if x > t]
+        if not after:
+            return float("inf")
+        window = [*(before[-1:] or [t]), *after]
+        return max(b - a for a, b in zip(window, window[1:], strict=False))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
