@@ -94,6 +94,7 @@ def main() -> int:
     p.add_argument("--cuts", default=",".join(CUTS), help="which kinds, comma-separated (default link,kill,stop)")
     p.add_argument("--only", choices=("bfd", "default"), help="run one scene only")
     p.add_argument("--no-sync", action="store_true", help="without conntrackd between the gateways")
+    p.add_argument("--hold", type=int, help="the gateways' hold_time in the scene without BFD (default: theirs, 90)")
     args = p.parse_args()
     kinds = tuple(k for k in args.cuts.split(",") if k)
     if unknown := [k for k in kinds if k not in CUTS]:
@@ -103,7 +104,8 @@ def main() -> int:
     if args.only in (None, "bfd"):
         results["BFD 300 ms x 3"] = scene(Options(bfd=True, sync=sync), args.runs, kinds)
     if args.only in (None, "default"):
-        results["default timers"] = scene(Options(bfd=False, sync=sync), args.default_runs, kinds)
+        name = "default timers" if args.hold is None else f"gateways' hold_time {args.hold}"
+        results[name] = scene(Options(bfd=False, sync=sync, hold_time=args.hold), args.default_runs, kinds)
     print("\n### Summary\n\n| timers | cut | cuts | median longest silence (s) | every silence (s) | both TCP "
           "connections survived | longest TCP stall per cut (s) | median pings lost | target |\n"
           "|---|---|---:|---:|---|---:|---|---:|---|")

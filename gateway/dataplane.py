@@ -146,6 +146,15 @@ class Dataplane:
         """Every tenant (start): a full pass, which also removes what no tenant wants any more."""
         return await self._reconcile(self.parts(tenants, ids, records))
 
+    async def repair(self, tenants: Mapping[str, Tenant], ids: Mapping[str, int],
+                     records: Mapping[str, Iterable[LookupRecord]]) -> Outcome:
+        """A full pass with the kernel read back first: what changed behind our back is put back (an
+        interface that went down took its routes with it: the tenants' default routes leaked to the
+        external side are gone when it comes back up)."""
+        assert self._reconciler is not None, "start() first"
+        self._reconciler.invalidate()
+        return await self.reconcile(tenants, ids, records)
+
     async def records_changed(self, names: Iterable[str], tenants: Mapping[str, Tenant], ids: Mapping[str, int],
                               records: Mapping[str, Iterable[LookupRecord]]) -> Outcome:
         """The learned CAs of these tenants changed: only their partitions."""

@@ -241,6 +241,10 @@ class Gateway:
 
     async def _serving_changed(self, serving: bool) -> None:
         async with self._lock:
+            if serving and self._dp is not None and self._started:
+                # a standby's kernel may have lost objects while it waited (its links went down and came
+                # back): complete before the traffic comes
+                await self._dp.repair(self._tenants, self._ids, self._records)
             if self._upstream is not None:
                 await self._upstream.sync(self._public())
 
