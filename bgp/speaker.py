@@ -103,8 +103,10 @@ class Speaker:
     ) -> None:
         """`decoder` is given to every session (configured and dynamic); a subclass that passes a raw
         decoder overrides `_on_update`, `_send_table` and `_group_policy`, and broadcasts its RIB
-        changes through `groups` itself. `bfd`: the BFD endpoint to use, started and stopped with the
-        speaker; by default one is made at start when a neighbour or a dynamic range has `bfd`."""
+        changes through `groups` itself. `bfd`: a BFD endpoint shared with other speakers (one UDP port
+        3784 per namespace: a second endpoint would take the first one's packets), started and stopped by
+        whoever made it; without one, the speaker makes, starts and stops its own when a neighbour or a
+        dynamic range has `bfd`."""
         self.config = config
         self.decoder = decoder
         self.inbox = Inbox(inbox_size)
@@ -126,7 +128,7 @@ class Speaker:
         self._establishments: dict[str, int] = {}  # of dynamic neighbours whose Peer was forgotten
         self._over_limit: set[str] = set()
         self.bfd = bfd
-        self._bfd_started = False
+        self._owns_bfd = False
         # What the endpoint was asked for, per peer address (configuration, local address), and which of
         # those sessions are Up now (an Up -> Down is what closes a BGP session).
         self._bfd_sessions: dict[str, tuple[BfdConfig, str | None]] = {}
@@ -155,10 +157,9 @@ class Speaker:
     async def start_bfd(self, config: SpeakerConfig) -> None:
         """Make and start the BFD endpoint if `config` has a neighbour or a dynamic range with `bfd` (at
         start, and before a reload that brings the first one)."""
-        if self.bfd is None and any(n.bfd is not None for n in (*config.neighbors, *config.dynamic_neighbors)):
+        if self.bfd is None and wants_bfd(config):
             self.bfd = Bfd()
-        if self.bfd is not None and not self._bfd_started:
-            self._bfd_started = True
+            self._owns_bfd = True
             await self.bfd.start()
 
     def add_neighbor(self, n: Neighbor) -> Peer:
@@ -246,9 +247,12 @@ class Speaker:
         self._stopping = True
         for peer in list(self.peers.values()):
             await peer.stop()
-        if self.bfd is not None and self._bfd_started:
-            # After the Cease: the peer's BFD then sees AdminDown, which it must not act on (RFC 5882 3.2).
+        # After the Cease: the peer's BFD then sees AdminDown, which it must not act on (RFC 5882 3.2).
+        if self.bfd is not None and self._owns_bfd:
             await self.bfd.stop()
+        else:
+            for address in list(self._bfd_sessions):
+                self._bfd_remove(address)
         if self.listener is not None:
             await self.listener.close()
         for task in list(self._bfd_calls):
@@ -256,8 +260,10 @@ class Speaker:
         await cancel(self._task)
 
     def bfd_status(self) -> list[BfdStatus]:
-        """Every BFD session of this speaker, sorted by peer (none without `bfd` anywhere)."""
-        return self.bfd.status() if self.bfd is not None else []
+        """This speaker's BFD sessions, sorted by peer (none without `bfd` anywhere)."""
+        if self.bfd is None:
+            return []
+        return [status for status in self.bfd.status() if status.peer in self._bfd_sessions]
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """`subscriber` is called from the owner task with each batch of changes; it must not block."""
@@ -665,6 +671,11 @@ class Speaker:
             return list(self.rib.peer_down(ref))
         self.rib.mark_stale(ref, families)
         return self._rib_sweep(peer, families)
+
+
+def wants_bfd(config: SpeakerConfig) -> bool:
+    """Does a neighbour or a dynamic range of `config` have `bfd`?"""
+    return any(n.bfd is not None for n in (*config.neighbors, *config.dynamic_neighbors))
 
 
 def _with_local(settings: PeerSettings, local: wire.Capabilities) -> PeerSettings:

@@ -111,6 +111,7 @@ async def pair():
                         neighbors=[{"address": "127.0.0.2", "asn": 65000, "passive": True, "bfd": True}]))
     server.speaker = Speaker(server.config, bfd=fake)
     server.speaker.subscribe(server._on_notices)
+    await fake.start()  # a given endpoint is its maker's to start and stop
     await server.start()
     client = Client(cfg("198.51.100.1", neighbors=[{"address": "127.0.0.1", "asn": 65000, "local_address": "127.0.0.2",
                                                     "port": server.speaker.listen_port}]))
@@ -125,12 +126,13 @@ async def pair():
         w.task.cancel()
 
 
-async def test_configured_neighbour_gets_an_active_bfd_session_at_start_and_it_stops_with_the_speaker(pair):
+async def test_configured_neighbour_gets_an_active_bfd_session_at_start_removed_at_stop(pair):
     fake, server, *_ = pair
-    assert fake.started and fake.added == [("127.0.0.2", BfdConfig(), None)]
+    assert fake.added == [("127.0.0.2", BfdConfig(), None)]
     assert [s.peer for s in server.speaker.bfd_status()] == ["127.0.0.2"]
     await server.stop()
-    assert fake.stopped
+    # The endpoint is shared (given): the speaker takes its own sessions away and leaves it running.
+    assert fake.removed == ["127.0.0.2"] and not fake.stopped
 
 
 async def test_bfd_down_closes_the_session_with_cease_bfd_down_and_its_routes_go_at_once(pair):
@@ -173,7 +175,7 @@ async def test_dynamic_neighbour_gets_a_passive_session_when_established_removed
                          dynamic_neighbors=[{"prefix": "127.0.1.0/24", "asn": 65000,
                                              "bfd": {"transmit_interval": 100, "receive_interval": 100}}]), bfd=fake)
     await server.start()
-    assert fake.started and not fake.added
+    assert not fake.added
     client = Speaker(cfg("198.51.100.1", neighbors=[{"address": "127.0.0.1", "asn": 65000, "local_address": "127.0.1.7",
                                                      "port": server.listen_port}]))
     await client.start()
@@ -201,7 +203,7 @@ async def test_reflector_reload_adds_changes_and_removes_bfd_without_resetting_b
                                 "neighbors": [neighbor if bfd is None else {**neighbor, "bfd": bfd}]})
 
     rr = Reflector(rr_cfg(None))
-    rr.bfd = fake  # as the speaker would make it on the first reload that brings `bfd`
+    rr.bfd = fake  # in place of the one it would make on the first reload that brings `bfd`
     await rr.start()
     client = Speaker(cfg("198.51.100.1", neighbors=[{"address": "127.0.0.1", "asn": 65000, "local_address": "127.0.0.2",
                                                      "port": rr.listen_port}]))
