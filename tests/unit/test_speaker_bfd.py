@@ -33,6 +33,7 @@ class FakeBfd:
         self.removed: list[str] = []
         self.started = self.stopped = False
         self.states: dict[str, BfdState] = {}
+        self.downs: dict[str, int] = {}
 
     async def start(self) -> None:
         self.started = True
@@ -54,13 +55,15 @@ class FakeBfd:
     def _status(self, peer: str, state: BfdState, diagnostic: Diagnostic = Diagnostic.NONE,
                 remote_state: BfdState | None = None) -> BfdStatus:
         return BfdStatus(peer, self.sessions[peer][2], state, remote_state or state, 1, 2, diagnostic,
-                         Diagnostic.NONE, 0.3, 0.9, None, 0, 0, 0, 0, 0)
+                         Diagnostic.NONE, 0.3, 0.9, None, 0, self.downs.get(peer, 0), 0, 0, 0)
 
     def status(self) -> list[BfdStatus]:
         return [self._status(p, self.states[p]) for p in sorted(self.sessions)]
 
     def change(self, peer: str, state: BfdState, diagnostic: Diagnostic = Diagnostic.NONE,
                remote_state: BfdState | None = None) -> None:
+        if self.states.get(peer) is BfdState.UP and state is not BfdState.UP:
+            self.downs[peer] = self.downs.get(peer, 0) + 1
         self.states[peer] = state
         self.sessions[peer][1](self._status(peer, state, diagnostic, remote_state))
 
@@ -222,4 +225,38 @@ async def test_reflector_reload_adds_changes_and_removes_bfd_without_resetting_b
         assert err.value.field == "neighbors[0].bfd.transmit_interval"
     finally:
         await client.stop()
+        await rr.stop()
+
+
+async def test_reflector_reports_bfd_in_its_summary_neighbors_and_metrics_until_removed():
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from nvfabric.bgp.reflector import api
+
+    fake = FakeBfd()
+
+    def rr_cfg(bfd: bool) -> rr_config.ReflectorConfig:
+        return rr_config.parse({"asn": 65000, "router_id": "198.51.100.100", "listen": {"address": "127.0.0.1", "port": 0},
+                                "neighbors": [{"address": "127.0.0.2", "asn": 65000, "passive": True, "bfd": bfd}]})
+
+    rr = Reflector(rr_cfg(True))
+    rr.bfd = fake
+    await rr.start()
+    try:
+        fake.change("127.0.0.2", BfdState.UP)
+        fake.change("127.0.0.2", BfdState.DOWN, Diagnostic.CONTROL_DETECTION_TIME_EXPIRED)
+        fake.change("127.0.0.2", BfdState.UP)
+        async with TestClient(TestServer(api.build_app(rr, "t")), headers={"Authorization": "Bearer t"}) as http:
+            summary = await (await http.get("/v1/summary")).json()
+            assert [(b["peer"], b["state"]) for b in summary["bfd"]] == [("127.0.0.2", "up")]
+            (neighbor,) = await (await http.get("/v1/neighbors")).json()
+            assert neighbor["bfd"] == "up"
+            metrics = await (await http.get("/metrics")).text()
+            assert 'nvfabric_bfd_session_up{peer="127.0.0.2"} 1.0' in metrics
+            assert 'nvfabric_bfd_session_downs_total{peer="127.0.0.2"} 1.0' in metrics
+            await rr.reload(rr_cfg(False))
+            assert (await (await http.get("/v1/summary")).json())["bfd"] == []
+            assert (await (await http.get("/v1/neighbors")).json())[0]["bfd"] is None
+            assert 'peer="127.0.0.2"' not in await (await http.get("/metrics")).text()
+    finally:
         await rr.stop()
