@@ -260,3 +260,31 @@ async def test_reflector_reports_bfd_in_its_summary_neighbors_and_metrics_until_
             assert 'peer="127.0.0.2"' not in await (await http.get("/metrics")).text()
     finally:
         await rr.stop()
+
+
+def test_the_agent_and_the_gateway_read_bfd_on_their_peers_and_the_gateway_shares_one_endpoint():
+    from nvfabric.gateway.config import GatewayConfig
+    from nvfabric.gateway.gateway import Gateway
+    from nvfabric.hostagent.config import AgentConfig
+
+    agent = {"asn": 65001, "router_id": "198.51.100.11", "provider_addresses": ["198.51.100.11"],
+             "route_reflectors": [{"address": "198.51.100.100", "bfd": True},
+                                  {"address": "198.51.100.101", "bfd": {"multiplier": 0}}],
+             "state_dir": "/tmp/x"}
+    with pytest.raises(config.ConfigError) as err:
+        AgentConfig.from_dict(agent)
+    assert err.value.field == "route_reflectors[1].bfd.multiplier"
+    agent["route_reflectors"] = agent["route_reflectors"][:1]
+    assert AgentConfig.from_dict(agent).route_reflectors[0].neighbor().bfd == BfdConfig()
+
+    gw = GatewayConfig.from_dict({
+        "asn": 65001, "router_id": "198.51.100.21", "provider_addresses": ["198.51.100.21"],
+        "external": {"interfaces": ["eth2"], "address4": "203.0.113.2"},
+        "route_reflectors": [{"address": "198.51.100.100", "bfd": True}],
+        "upstream": [{"address": "203.0.113.1", "asn": 64496, "bfd": {"transmit_interval": 100}}]})
+    assert gw.upstream[0].bfd == BfdConfig(transmit_interval=100)
+    gateway = Gateway(gw)
+    speakers = [gateway._upstream.client.speaker, gateway._fabric.client.speaker]  # type: ignore[union-attr]
+    # One UDP port 3784 per namespace: both speakers use the gateway's one endpoint.
+    assert speakers[0].bfd is speakers[1].bfd is not None
+    assert gateway.bfd_status() == []
