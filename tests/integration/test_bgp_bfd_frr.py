@@ -1,0 +1,110 @@
+"""BFD on a BGP session with FRR (bgpd + bfdd, `neighbor X bfd profile`): our reflector (`nvfabric rr`) in
+one namespace, FRR in another, one veth between them, BGP hold time 90 s. A silent neighbour must take the
+BGP session and its routes down in about the detection time (300 ms x 3), on both sides, far below the hold
+time: FRR frozen (SIGSTOP of bgpd and bfdd) is seen by us; our packets dropped (nft, our namespace) is seen
+by FRR."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+
+from tests.integration.conftest import need
+from nvfabric.lab import netns
+from nvfabric.lab.peers import Frr, Lab, RouteReflector, wait_for
+from nvfabric.vnet.kernel.netns import inside
+
+OURS, THEIRS = "10.78.0.1", "10.78.0.2"
+PREFIX = "192.0.2.0/24"  # announced by FRR
+FRR_BINARIES = ("/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "/usr/lib/frr/bfdd", "vtysh")
+HOLD = 90
+BOUND = 5.0  # seconds: ~0.9 s of detection plus scheduling; the hold time would be 90
+
+
+def frr_bgpd_conf() -> str:
+    return "\n".join([
+        "hostname frr", "router bgp 65000", f" bgp router-id {THEIRS}", " no bgp network import-check",
+        f" neighbor {OURS} remote-as 65000", f" neighbor {OURS} timers {HOLD // 3} {HOLD}",
+        f" neighbor {OURS} timers connect 2", f" neighbor {OURS} bfd profile fast",
+        " address-family ipv4 unicast", f"  network {PREFIX}", " exit-address-family", ""])
+
+
+FRR_BFDD_CONF = "\n".join(["bfd", " profile fast", "  transmit-interval 300", "  receive-interval 300",
+                           "  detect-multiplier 3", " !", "!", ""])
+
+
+def setup(lab: Lab) -> tuple[Frr, RouteReflector, str]:
+    """Both sides Established with BFD Up, FRR's route at our reflector; returns our namespace too."""
+    need(*FRR_BINARIES)
+    ours, theirs = lab.namespace("o"), lab.namespace("f")
+    lab.link(ours, [f"{OURS}/24"], theirs, [f"{THEIRS}/24"])
+    frr = Frr(lab, theirs, "bgpbfd", frr_bgpd_conf(), FRR_BFDD_CONF)
+    rr = RouteReflector(lab, ours, "rr", {
+        "asn": 65000, "router_id": OURS, "hold_time": HOLD, "listen": {"address": OURS},
+        "neighbors": [{"address": THEIRS, "asn": 65000, "bfd": True}]})
+    wait_for(lambda: frr.neighbor_state(OURS) == "Established" and rr.established(THEIRS), 30,
+             what="BGP established both ways")
+    wait_for(lambda: rr.neighbor(THEIRS).get("bfd") == "up", 15, what="our BFD session up")
+    wait_for(lambda: frr.json(f"show bgp neighbors {OURS}")[OURS].get("peerBfdInfo", {}).get("status") == "Up",
+             15, what="FRR's BFD session up")
+    wait_for(lambda: routes(rr) == [PREFIX], 15, what="FRR's route at our reflector")
+    return frr, rr, ours
+
+
+def scrape(rr: RouteReflector) -> str:
+    with inside(rr.ns), urllib.request.urlopen(rr.api + "/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def routes(rr: RouteReflector) -> list[str] | None:
+    page = rr.get("/v1/routes?family=ipv4-unicast")
+    return None if page is None else [r["prefix"] for r in page["routes"]]
+
+
+def test_frr_frozen_takes_our_bgp_session_and_its_routes_down_within_the_detection_time(lab: Lab):
+    frr, rr, _ = setup(lab)
+    daemons = [frr.bgpd.proc, frr.bfdd.proc]  # type: ignore[union-attr]
+    frozen = time.monotonic()
+    for proc in daemons:
+        os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: rr.neighbor(THEIRS).get("state") != "established" and routes(rr) == [], BOUND,
+                 interval=0.02, what="our session and FRR's route gone")
+        took = time.monotonic() - frozen
+        summary = rr.get("/v1/summary")
+        (bfd,) = summary["bfd"]
+        assert bfd["peer"] == THEIRS and bfd["state"] == "down" and bfd["diagnostic"] == "control_detection_time_expired"
+        assert bfd["downs"] == 1 and summary["bfd_teardowns"] == 1
+        metrics = scrape(rr)
+        assert f'nvfabric_bfd_session_up{{peer="{THEIRS}"}} 0.0' in metrics
+        assert f'nvfabric_bfd_session_downs_total{{peer="{THEIRS}"}} 1.0' in metrics
+        print(f"FRR frozen: our BGP session and its route gone after {took:.2f} s (hold time {HOLD} s)")
+    finally:
+        for proc in daemons:
+            os.killpg(proc.pid, signal.SIGCONT)
+    # Thawed, FRR reads our Cease / BFD Down (RFC 9384); both come back by themselves.
+    wait_for(lambda: rr.neighbor(THEIRS).get("bfd") == "up" and routes(rr) == [PREFIX], 60,
+             what="BFD, BGP and the route back")
+
+
+def test_our_packets_dropped_take_frrs_bgp_session_down_within_the_detection_time(lab: Lab):
+    frr, rr, ours = setup(lab)
+    # Everything we send on the link (BGP and BFD) is dropped; our API on loopback still answers.
+    nft = 'table inet cut { chain out { type filter hook output priority 0; oifname != "lo" drop; }; }'
+    cut = time.monotonic()
+    netns.run(netns.in_netns(ours, ["nft", nft]))
+    wait_for(lambda: frr.neighbor_state(OURS) != "Established", BOUND, interval=0.02, what="FRR's session down")
+    took = time.monotonic() - cut
+    neighbor = frr.json(f"show bgp neighbors {OURS}")[OURS]
+    # FRR closed it for BFD, with the NOTIFICATION of RFC 9384 (and not for the hold time: 90 s).
+    assert (neighbor["lastNotificationReason"], neighbor["lastErrorCodeSubcode"]) == ("Cease/BFD Down", "060A")
+    assert neighbor["peerBfdInfo"]["status"] == "Down"
+    print(f"our packets dropped: FRR's BGP session down after {took:.2f} s (hold time {HOLD} s)")
+    # FRR's bfdd signals Down to us (its packets still reach us): ours closes too, and drops the route.
+    wait_for(lambda: rr.neighbor(THEIRS).get("state") != "established" and routes(rr) == [], BOUND,
+             what="our session and FRR's route gone")
+    netns.run(netns.in_netns(ours, ["nft", "delete table inet cut"]))
+    wait_for(lambda: frr.neighbor_state(OURS) == "Established" and routes(rr) == [PREFIX], 60,
+             what="BGP and the route back")
