@@ -92,19 +92,6 @@ def frr_conf(bfd: bool) -> str:
     return conf
 
 
-def start_bfdd(lab: Lab, frr: Frr) -> Process:
-    """FRR's bfdd beside the Frr's zebra and bgpd (same directory and zebra socket): bgpd's `neighbor X bfd`
-    sessions are run by it."""
-    (frr.dir / "bfdd.conf").write_text("hostname upstream-bfdd\n")
-    proc = Process(frr.ns, ["/usr/lib/frr/bfdd", "-u", "frr", "-g", "frr", "-z", str(frr.dir / "zserv.api"),
-                            "--vty_socket", str(frr.dir), "--bfdctl", str(frr.dir / "bfdd.sock"),
-                            "-i", str(frr.dir / "bfdd.pid"), "-f", str(frr.dir / "bfdd.conf")],
-                   frr.dir / "bfdd.log")
-    lab.processes.append(proc)
-    wait_for(lambda: (frr.dir / "bfdd.vty").exists(), 30, "bfdd's vty socket")
-    return proc
-
-
 def gateway_config(name: str, options: Options, state_dir: Path) -> dict[str, Any]:
     pa, ext, sync = GW[name]
     bfd = {"bfd": dict(BFD)} if options.bfd else {}
@@ -284,9 +271,9 @@ def two_gateways(tmp: Path, options: Options) -> Iterator[TwoGateways]:
     gws: dict[str, GatewayProcess] = {}
     servers: list[Server] = []
     try:
-        frr = Frr(lab, fab.ns("internet"), "upstream", frr_conf(options.bfd))  # first: while the VM is idle
-        if options.bfd:
-            start_bfdd(lab, frr)
+        # first: while the VM is idle; bfdd runs bgpd's `neighbor X bfd` sessions
+        frr = Frr(lab, fab.ns("internet"), "upstream", frr_conf(options.bfd),
+                  bfdd_conf="hostname upstream-bfdd\n" if options.bfd else None)
         fab.up(options.rr_hold_time, rr_bfd=BFD if options.bfd else None)
         for name in GW:
             gws[name] = GatewayProcess(fab, tmp, name, gateway_config(name, options, tmp / f"{name}-state"))
