@@ -221,7 +221,7 @@ def _sync(top: Reader, external: External) -> SyncConfig | None:
         raise ConfigError("sync.interface", f"{interface!r} is not an interface name")
     if interface in external.interfaces:
         raise ConfigError("sync.interface", f"{interface!r} is an external interface: the sync link is a "
-                          "dedicated one (tenants' flows would be replicated by their own packets' link)")
+                          "dedicated one, apart from the tenants' traffic")
     local = _address(r.get("local_address", str), "sync.local_address")
     peer = _address(r.get("peer_address", str), "sync.peer_address")
     if peer.version != local.version:

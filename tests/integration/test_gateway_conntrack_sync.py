@@ -208,3 +208,40 @@ def test_established_tcp_through_snat_and_a_floating_ip_survives_the_takeover(pa
     finally:
         server.close()
         vm.close()
+
+
+def test_a_dead_conntrackd_is_restarted_and_a_gateway_back_as_standby_gets_the_active_ones_flows(pair: Pair) -> None:
+    tid = pair.gws["gw1"].gateway.tenant_id("blue")
+    server = Server(pair.ns["inet"], SERVER)
+    try:
+        first, _ = connect(pair.ns["blue"], SERVER, ("10.0.0.6", 0))
+        wait_for(lambda: pair.conntrack("gw2", tid), 10, "the flow on gw2")
+        pair.take_over()
+        second, line = connect(pair.ns["blue"], SERVER, ("10.0.0.6", 0))  # a flow gw1 never saw
+        assert line.startswith("203.0.113.140:")
+        # gw1's conntrackd dies (SIGKILL: its lock file stays behind) and comes back
+        old = pair.gws["gw1"].gateway.sync_status()
+        assert old is not None and old.pid is not None
+        os.kill(old.pid, 9)
+        wait_for(lambda: (s := pair.gws["gw1"].gateway.sync_status()) is not None and s.running
+                 and s.pid != old.pid, 15, "gw1's conntrackd restarted")
+        assert pair.gws["gw1"].gateway.sync_status().restarts == 1
+        # gw1 comes back with an empty table (as after a reboot) as the standby: it asks gw2 for everything
+        run(["ip", "netns", "exec", pair.ns["gw1"], "conntrack", "-F"])
+        for dev in ("ext", "t-blue", "t-red"):
+            run(["ip", "-n", pair.ns["gw1"], "link", "set", dev, "up"])
+        pair.gws["gw1"].call(lambda g: g._serving_changed(False))
+        wait_for(lambda: len([e for e in pair.conntrack("gw1", tid) if e["dport"] == "8080"]) >= 2, 15,
+                 "both flows back on gw1")
+        assert pair.gws["gw1"].gateway.sync_status().role == "standby"
+        assert echo(first, "still") == "still" and echo(second, "still") == "still"
+        first.close()
+        second.close()
+    finally:
+        server.close()
+    # stopping the gateway stops its conntrackd (and its lock and socket go with it)
+    pid = pair.gws["gw2"].gateway.sync_status().pid
+    pair.gws["gw2"].call(lambda g: g.stop())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not pair.gws["gw2"].gateway._sync.files.lock.exists()
