@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import re
@@ -74,6 +75,7 @@ RUN_ROOT = Path("/run/nvfabric")  # the runtime files (configuration, UNIX socke
 SAMPLE_INTERVAL = 5.0  # seconds between two samples of conntrackd's statistics
 BACKOFF = (1.0, 30.0)  # seconds: first and longest wait before a restart (doubling)
 STABLE = 60.0  # seconds a daemon must have run for the next restart to wait the shortest again
+UNIX_PATH_MAX = 107  # sun_path's 108 bytes, less the terminating NUL
 CTL_TIMEOUT = 10.0  # seconds for one `conntrackd -C ... -x` command
 KERNEL_SETTINGS = (("net/netfilter/nf_conntrack_tcp_be_liberal", "1"), ("net/netfilter/nf_conntrack_tcp_loose", "1"))
 PROTOCOLS = ("TCP", "UDP", "ICMP", "IPv6-ICMP", "SCTP")  # what a tenant's NAT tracks
@@ -98,8 +100,13 @@ class SyncFiles:
         return self.directory / "conntrackd.lock"
 
     @classmethod
-    def for_gateway(cls, netns: str | None) -> SyncFiles:
-        return cls(RUN_ROOT / f"conntrackd-{netns or 'gateway'}")
+    def for_gateway(cls, sync: SyncConfig, netns: str | None) -> SyncFiles:
+        """One directory per gateway on a host, also for gateways started inside their namespaces without
+        `netns` (a lab's): named by the sync link's local address, which is the gateway's alone."""
+        name = "-".join(["conntrackd", *([netns] if netns else []), str(sync.local_address)])
+        if len(str(cls(RUN_ROOT / name).socket)) > UNIX_PATH_MAX:  # a long namespace name: a digest of the same
+            name = "conntrackd-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+        return cls(RUN_ROOT / name)
 
 
 def own_addresses(config: GatewayConfig) -> tuple[Address, ...]:
@@ -282,7 +289,7 @@ class ConntrackSync:
                  role: str = "active") -> None:
         self.sync = sync
         self.netns = netns
-        self.files = files or SyncFiles.for_gateway(netns)
+        self.files = files or SyncFiles.for_gateway(sync, netns)
         self.ignore = tuple(ignore)
         self.interval = interval
         self.binary = binary
@@ -318,7 +325,7 @@ class ConntrackSync:
             proc.terminate()  # conntrackd's SIGTERM: a clean shutdown that removes its lock and socket
             try:
                 await asyncio.wait_for(proc.wait(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
         for task in self._tasks:
@@ -404,7 +411,7 @@ class ConntrackSync:
             return 127, "", str(exc)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), CTL_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             return 124, "", f"conntrackd {' '.join(args)}: no answer in {CTL_TIMEOUT:.0f} s"

@@ -146,7 +146,8 @@ def test_status_document_and_metrics() -> None:
     registry = CollectorRegistry()
     registry.register(_SyncCollector(status()))
     text = generate_latest(registry).decode()
-    for line in ('nvfabric_gateway_conntrack_sync_up 1.0', 'nvfabric_gateway_conntrack_sync_entries{cache="internal"} 3.0',
+    for line in ('nvfabric_gateway_conntrack_sync_up 1.0',
+                 'nvfabric_gateway_conntrack_sync_entries{cache="internal"} 3.0',
                  'nvfabric_gateway_conntrack_sync_entries{cache="external"} 7.0',
                  'nvfabric_gateway_conntrack_sync_messages_total{direction="sent"} 18.0',
                  'nvfabric_gateway_conntrack_sync_messages_total{direction="received"} 17.0',
@@ -157,3 +158,13 @@ def test_status_document_and_metrics() -> None:
     registry = CollectorRegistry()
     registry.register(_SyncCollector(status(running=False)))
     assert "nvfabric_gateway_conntrack_sync_up 0.0" in generate_latest(registry).decode().splitlines()
+
+
+def test_each_gateway_of_a_host_has_its_own_files() -> None:
+    v4 = SyncConfig("eth3", ipaddress.ip_address("192.0.2.21"), ipaddress.ip_address("192.0.2.22"))
+    v4b = SyncConfig("eth3", ipaddress.ip_address("192.0.2.22"), ipaddress.ip_address("192.0.2.21"))
+    assert SyncFiles.for_gateway(v4, None).directory == Path("/run/nvfabric/conntrackd-192.0.2.21")
+    assert SyncFiles.for_gateway(v4, "gw1").socket == Path("/run/nvfabric/conntrackd-gw1-192.0.2.21/conntrackd.ctl")
+    assert SyncFiles.for_gateway(v4, None) != SyncFiles.for_gateway(v4b, None)
+    long = SyncFiles.for_gateway(v4, "n" * 100)
+    assert len(str(long.socket)) <= 107 and long != SyncFiles.for_gateway(v4, "m" * 100)
