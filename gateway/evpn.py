@@ -227,21 +227,27 @@ class Fabric:
         if (role.serving, role.upstream) == (self.serving, self.upstream):
             return
         log.warning("gateway %s: %s", self.config.router_id, role.reason)
-        if role.serving != self.serving:
-            self.role_since = time.time()
-            self.role_change_count += 1
-            self.role_changes.append(RoleChange(self.role_since, role.serving, role.reason))
-            if role.serving:
-                self.takeovers.append(self.role_since)
-        if not role.serving:
-            self.serving = False
+        if not role.serving and self.serving:
+            self._flip(role)
             await self.sync(self._tenants)
-        self.upstream = role.upstream
+        previous, self.upstream = self.upstream, role.upstream
         if self.on_role is not None:
-            await self.on_role(role)
+            try:
+                await self.on_role(role)
+            except Exception:
+                self.upstream = previous  # not applied: the next pass tries again
+                raise
         if role.serving and not self.serving:
-            self.serving = True
+            self._flip(role)
             await self.sync(self._tenants)
+
+    def _flip(self, role: Role) -> None:
+        self.serving = role.serving
+        self.role_since = time.time()
+        self.role_change_count += 1
+        self.role_changes.append(RoleChange(self.role_since, role.serving, role.reason))
+        if role.serving:
+            self.takeovers.append(self.role_since)
 
     async def _learner(self) -> None:
         last: tuple[LookupRecord, ...] | None = None
@@ -253,8 +259,9 @@ class Fabric:
             self._arm()
             try:
                 await self._apply_role()
-            except Exception:  # noqa: BLE001 - logged; applied again on the next change
+            except Exception:  # noqa: BLE001 - logged; applied again on the next pass, which this asks for
                 log.exception("applying the role failed")
+                asyncio.get_running_loop().call_later(1.0, self._dirty.set)
             records = self.records()
             if last is not None and self.hold.holding:
                 records = keep_records(last, records)

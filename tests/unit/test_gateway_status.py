@@ -171,3 +171,25 @@ async def test_nvfabric_gateway_status(api, capsys) -> None:
     assert status == 0 and json.loads(out)["role"]["configured"] == "standby"
     status = await asyncio.to_thread(main, ["ctl", "gateway", "status", "--api", api, "--token", TOKEN])
     assert status == 0 and "BGP sessions" in capsys.readouterr().out
+
+
+async def test_a_role_change_that_failed_is_applied_again_and_counted_once() -> None:
+    gw, log = gateway()
+    f = gw._fabric
+    calls = []
+
+    async def flaky(role) -> None:
+        calls.append(role.serving)
+        if len(calls) == 1:
+            raise OSError("the upstream speaker is gone")
+    f.on_role = flaky
+    t0 = time.monotonic()
+    f.on_status(PeerStatus(RR, "established"), t0)
+    f.on_status(PeerStatus(RR, "end-of-rib"), t0)
+    f.role = f.role.on_timer(t0 + 10)  # the standby's start-up grace is over: nobody serves
+    with pytest.raises(OSError):
+        await settle(gw)
+    assert not gw.serving and gw.upstream_mode == "withdrawn" and [e[:2] for e in log] == []
+    await settle(gw)
+    assert gw.serving and gw.upstream_mode == "announce" and calls == [True, True]
+    assert gw.role_status().changes == 1 and len(f.takeovers) == 1
