@@ -1,5 +1,5 @@
 """The gateway's REST API (docs/gateway.md#rest-api): tenants PUT/GET/DELETE, each change atomic; a NAT trace;
-per-tenant Prometheus metrics.
+the gateway's status (role, BGP and BFD sessions, conntrack replication); Prometheus metrics.
 
 The request handling is service/rest.py's, shared with the host agent and the reflector: the same error
 middleware (a typed error -> its 4xx naming the field, a 500 only for bugs), bearer token, JSON bodies, PUT
@@ -24,8 +24,8 @@ from nvfabric.gateway.gateway import Gateway, TenantStatus
 from nvfabric.gateway.state import StateSaveError
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.service import pages
-from nvfabric.service.openapi import (ANY_OBJECT, INTEGER, STRING, Operation, Param, array, nullable, obj,
-                                      register)
+from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, STRING, Operation, Param, array,
+                                      nullable, obj, register)
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.bgp.bfd.metrics import BfdCollector
 from nvfabric.vnet.decap import DecapCollector
@@ -84,6 +84,24 @@ async def put_tenant(request: web.Request) -> web.Response:
 async def delete_tenant(request: web.Request) -> web.Response:
     await _gw(request).delete_tenant(request.match_info["name"])
     return web.Response(status=204)
+
+
+def _bfd(gw: Gateway) -> list[dict[str, Any]]:
+    """The BFD sessions of the reflectors' and the upstream's BGP sessions (none until the gateway's
+    speakers run BFD: then `gw.bfd_status()`)."""
+    return []
+
+
+def _conntrack_sync(gw: Gateway) -> dict[str, Any] | None:
+    """The conntrack replication's health (None: not configured; `gw.sync_status()` once it exists)."""
+    return None
+
+
+async def get_status(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    return web.json_response({"role": gw.role_status().as_dict(), "bfd": _bfd(gw),
+                              "conntrack_sync": _conntrack_sync(gw),
+                              "sessions": [s.as_dict() for s in gw.sessions()]})
 
 
 def _port(value: Any, name: str) -> int:
@@ -170,6 +188,15 @@ class _TenantCollector(Collector):
         for reason in REASONS:
             refused.add_metric([reason], counts.get(reason, 0))
         yield refused
+        role = self.gateway.role_status()
+        serving = GaugeMetricFamily("nvfabric_gateway_serving", "1 when this gateway announces its tenants' default "
+                                    "routes (docs/gateway.md, Failover)")
+        serving.add_metric([], 1 if role.serving else 0)
+        yield serving
+        changes = CounterMetricFamily("nvfabric_gateway_role_changes", "changes of the role (serving or not) since "
+                                      "the start")
+        changes.add_metric([], role.changes)
+        yield changes
         yield from families.values()
 
 
@@ -245,6 +272,17 @@ _DECISION = obj(["tenant", "direction", "action", "reason", "translated"], tenan
                 reason=STRING, translated=nullable(ANY_OBJECT))
 
 
+_ROLE = obj(["serving", "configured", "reason", "since", "changes", "upstream"], serving=BOOLEAN,
+            configured={"type": "string", "enum": ["active", "standby"]}, reason=STRING,
+            since={**NUMBER, "description": "wall clock (Unix seconds) of the last change of serving"},
+            changes=INTEGER, upstream={"type": "string", "enum": ["announce", "depreferred", "withdrawn"]})
+_SESSION = obj(["peer", "kind", "state", "uptime"], peer=STRING,
+               kind={"type": "string", "enum": ["reflector", "upstream"]}, state=STRING,
+               uptime=nullable({**NUMBER, "description": "seconds since established"}))
+_STATUS = obj(["role", "bfd", "conntrack_sync", "sessions"], role=_ROLE, bfd=array(ANY_OBJECT),
+              conntrack_sync=nullable(ANY_OBJECT), sessions=array(_SESSION))
+
+
 def operations(metrics_token: bool = False) -> list[Operation]:
     """Every route of the API with its schemas: what make_app registers and /v1/openapi.json documents."""
     write = (409, 422, 503)
@@ -259,6 +297,8 @@ def operations(metrics_token: bool = False) -> list[Operation]:
                   query=_TRACE_QUERY, errors=(404,)),
         Operation("POST", "/v1/trace", trace, "the same, with the fields in a JSON body", {200: _DECISION},
                   body=_TRACE_BODY, errors=(404,)),
+        Operation("GET", "/v1/status", get_status, "the gateway's role, BGP and BFD sessions, conntrack replication",
+                  {200: _STATUS}),
         Operation("GET", "/metrics", metrics, "Prometheus text", {200: STRING}, public=not metrics_token, text=True),
     ]
 

@@ -1,5 +1,5 @@
 """`nvfabric gateway --config gateway.yaml`: the multi-tenant gateway daemon (docs/gateway.md);
-`nvfabric gateway tenants|tenant|trace ...`: its operator client (gateway/ctl.py)."""
+`nvfabric gateway status|tenants|tenant|trace ...`: its operator client (gateway/ctl.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from nvfabric.service import daemon
 def register(sub: argparse._SubParsersAction) -> None:
     common = ctl.common_options()
     p = ctl.register(sub, common)
-    p.description = "Run the gateway (--config FILE), or talk to a running one (tenants, tenant, trace)."
+    p.description = "Run the gateway (--config FILE), or talk to a running one (status, tenants, tenant, trace)."
     p.add_argument("--config", help="gateway.yaml (docs/gateway.md#configuration): run the daemon")
     p.add_argument("--log-level", default="info")
     # the daemon is `nvfabric gateway --config FILE`: no subcommand then
@@ -45,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "gateway_command", None):
         return ctl.run(args)
     if not args.config:
-        print("nvfabric gateway: --config FILE (run the daemon) or a command: tenants, tenant, trace", file=sys.stderr)
+        print("nvfabric gateway: --config FILE (run the daemon) or a command: status, tenants, tenant, trace",
+              file=sys.stderr)
         return daemon.EXIT_CONFIG
     return daemon.run("nvfabric gateway", args.config, load, ConfigError, serve, log_level=args.log_level,
                       before_loop=_enter_namespace)

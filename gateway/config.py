@@ -84,9 +84,9 @@ class GatewayConfig:
     api: ApiConfig = field(default_factory=lambda: ApiConfig(listen=DEFAULT_LISTEN))
     tenants: tuple[Tenant, ...] = ()
     netns: str | None = None
-    # A standby gateway serves the same tenants (NAT, VRFs, learned CAs all ready) but announces nothing,
-    # neither the tenants' default routes nor the public addresses, while another gateway's default route
-    # is in the fabric; it announces as soon as there is none (docs/gateway.md "Failover").
+    # Every gateway carries the same tenants (NAT, VRFs, learned CAs all ready); which one announces is
+    # gateway/role.py's (non-preemptive). `standby` only says who goes first at a cold start when no gateway
+    # serves: not a standby (docs/gateway.md "Failover").
     standby: bool = False
     # BGP hold time proposed on every session (reflectors and upstream); the session uses the lower of the
     # two sides' values (RFC 4271 4.2), keepalives every third of it. What bounds failover detection: a dead

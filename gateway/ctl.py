@@ -9,6 +9,8 @@ agent's `nvfabric ctl`; here are the gateway's paths and tables. `register(subpa
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from typing import Any
 
 from nvfabric.gateway.config import DEFAULT_LISTEN
@@ -19,13 +21,14 @@ GATEWAY = service.Daemon("gateway", "nvfabric gateway", "NVFABRIC_GATEWAY_API", 
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    gw = sub.add_parser("gateway", help="talk to the gateway's API: tenants, trace", parents=[common])
+    gw = sub.add_parser("gateway", help="talk to the gateway's API: status, tenants, trace", parents=[common])
     gsub = gw.add_subparsers(dest="gateway_command", required=True, metavar="WHAT")
 
     def leaf(name: str, help: str, action: service.Action, parent: Any = gsub) -> argparse.ArgumentParser:
         return service.command(parent, common, run, name, help, action)
 
     leaf("tenants", "list the tenants with their counters and NAT sessions", _tenants)
+    leaf("status", "the role (serving or standing by, why), BGP and BFD sessions, conntrack replication", _status)
     tenant = gsub.add_parser("tenant", help="get, put or delete one tenant")
     tsub = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
     leaf("get", "show one tenant", _get, tsub).add_argument("name")
@@ -66,6 +69,32 @@ COLUMNS = ["tenant", "id", "VSIDs", "SNAT", "floating IPs", "sessions", "out pkt
 def _tenants(client: Client, args: argparse.Namespace) -> None:
     body = client.every_page("/v1/tenants", "tenants")
     show(args, body, lambda: table("tenants", COLUMNS, [_row(t) for t in body["tenants"]]))
+
+
+def _when(wall: float | None) -> str:
+    return "-" if wall is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
+
+
+def _status(client: Client, args: argparse.Namespace) -> None:
+    _, body = client.request("GET", "/v1/status")
+
+    def tables() -> list[Any]:
+        r = body["role"]
+        role = table("role", ["", ""], [
+            ["serving", "yes" if r["serving"] else "no"], ["configured", r["configured"]],
+            ["upstream", r["upstream"]], ["reason", r["reason"]], ["since", _when(r["since"])],
+            ["changes", str(r["changes"])]])
+        sessions = table("BGP sessions", ["peer", "kind", "state", "up for"],
+                         [[s["peer"], s["kind"], s["state"], "-" if s["uptime"] is None else f"{s['uptime']:.0f} s"]
+                          for s in body["sessions"]])
+        bfd = table("BFD sessions", ["peer", "state", "remote", "diagnostic", "detect", "up since", "downs"],
+                    [[b["peer"], b["state"], b["remote_state"], b["diagnostic"], f"{b['detect_time_ms']:g} ms",
+                      _when(b["up_since"]), str(b["downs"])] for b in body["bfd"]])
+        sync = body["conntrack_sync"]
+        rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)] for k, v in sync.items()] \
+            if sync is not None else [["", "not configured"]]
+        return [role, sessions, bfd, table("conntrack replication", ["", ""], rows)]
+    show(args, body, tables)
 
 
 def _get(client: Client, args: argparse.Namespace) -> None:

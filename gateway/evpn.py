@@ -7,12 +7,11 @@
 - Learns the tenants' CAs from the type-2 routes exactly as a host does (vnet/learn.py lookup_records,
   with a catalog of the tenants' routing domains and no ports) and hands them to the gateway, whose
   dataplane installs one encap route per CA: the return path of NAT and floating-IP traffic.
-- A standby gateway (config `standby`) announces nothing while another gateway's default route is in the
-  fabric, and takes over (announces, and tells the gateway to announce upstream) when there is none. It
-  decides only after End-of-RIB from a reflector (or STANDBY_WAIT), so it does not announce at start-up
-  just because it has not heard of the active gateway yet; and not for STANDBY_WAIT after it had no
-  reflector session at all (restarted reflectors answer End-of-RIB with an empty table), during which no
-  learned CA is removed either. When it may judge is the hold state machine the agent uses too (vnet/hold.py).
+- Which gateway serves (announces the default routes here, and the public addresses upstream) is
+  gateway/role.py's pure machine: this module feeds it the reflector sessions' news, the other gateways
+  whose default route is in the fabric and the time, and applies its answer (`on_role` tells the gateway,
+  for the upstream). Learned CAs are not removed while the fabric's table is not complete (start, no
+  reflector session, back from none: vnet/hold.py): a CA missing then is not yet a CA gone.
 """
 
 from __future__ import annotations
@@ -22,7 +21,9 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from nvfabric.bgp.client import Client
 from nvfabric.bgp.speaker import PeerStatus
@@ -30,22 +31,21 @@ from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
 from nvfabric.bgp.routes import Family, PrefixKey, PrefixRoute
 from nvfabric.bgp.announced import Announced
 from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.role import WITHDRAWN, Role
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.vnet import learn
 from nvfabric.vnet.announce import route_distinguisher
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.kernel.netns import RtnlSocket
 from nvfabric.vnet.kernel.observe import address_prefixes
-from nvfabric.vnet.hold import Hold, Policy
+from nvfabric.vnet.hold import Hold
 from nvfabric.vnet.model import LookupRecord
 from nvfabric.vnet.policy import Screened, pa_prefixes, screen, within
 
 log = logging.getLogger(__name__)
 
-COALESCE = 0.02  # seconds: a burst of learned routes becomes one reconcile
-STANDBY_WAIT = 15.0  # seconds a standby waits for End-of-RIB before judging that no gateway is active
-# End-of-RIB from one reflector is enough to judge; with no reflector session the last judgement stands
-HOLD = Policy(timeout=STANDBY_WAIT, every_session=False, headless_holds=False)
+COALESCE = 0.02  # seconds: a burst of learned routes becomes one reconcile (and one role judgement)
+ROLE_HISTORY = 32  # the last role changes kept for the status
 DEFAULTS = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
@@ -70,10 +70,18 @@ def default_routes(tenants: Iterable[Tenant], config: GatewayConfig) -> dict[Pre
     return out
 
 
-def other_gateway_active(routes: Iterable[object], our_pas: Iterable[object]) -> bool:
-    """Pure: is a default route of another gateway in the fabric?"""
+def other_gateways(routes: Iterable[object], our_pas: Iterable[object]) -> frozenset[object]:
+    """Pure: the PAs of the other gateways whose default route is in the fabric (the role's input)."""
     ours = set(our_pas)
-    return any(isinstance(r, PrefixRoute) and r.prefix.prefixlen == 0 and r.next_hop not in ours for r in routes)
+    return frozenset(r.next_hop for r in routes
+                     if isinstance(r, PrefixRoute) and r.prefix.prefixlen == 0 and r.next_hop not in ours)
+
+
+@dataclass(frozen=True)
+class RoleChange:
+    at: float  # wall clock (time.time())
+    serving: bool
+    reason: str
 
 
 def keep_records(previous: Iterable[LookupRecord], learned: Iterable[LookupRecord]) -> tuple[LookupRecord, ...]:
@@ -86,14 +94,19 @@ def keep_records(previous: Iterable[LookupRecord], learned: Iterable[LookupRecor
 
 class Fabric:
     def __init__(self, config: GatewayConfig, on_records: Callable[[tuple[LookupRecord, ...]], Awaitable[None]],
-                 on_serving: Callable[[bool], Awaitable[None]] | None = None):
+                 on_role: Callable[[Role], Awaitable[None]] | None = None):
         self.config = config
         self.on_records = on_records
-        self.on_serving = on_serving
-        self.serving = not config.standby
-        # a standby judges after End-of-RIB or STANDBY_WAIT (`hold.synced`), and keeps learned CAs while
-        # recovering from a time without reflectors (`hold.recovering`)
-        self.hold = Hold.start(HOLD, [r.address for r in config.route_reflectors], time.monotonic())
+        self.on_role = on_role
+        reflectors = [r.address for r in config.route_reflectors]
+        self.role = Role.start(config.standby, config.provider_addresses[0], reflectors, time.monotonic())
+        # what is applied: our default routes announced here; the public addresses' mode upstream (on_role)
+        self.serving = False
+        self.upstream = WITHDRAWN
+        self.role_since = time.time()  # wall clock of the last change of `serving`
+        self.takeovers: list[float] = []  # wall-clock times (time.time()) at which this gateway started serving
+        self.role_changes: deque[RoleChange] = deque(maxlen=ROLE_HISTORY)  # the last ones
+        self.role_change_count = 0
         self._timer: asyncio.TimerHandle | None = None
         self.takeovers: list[float] = []  # wall-clock times (time.time()) at which this standby started serving
         self.client = Client(SpeakerConfig(
@@ -119,7 +132,7 @@ class Fabric:
             if self.provider_prefixes is None:
                 log.warning("provider_prefixes: not configured and no provider address is on an interface: "
                             "learned next hops are not checked")
-        self.hold = Hold.start(HOLD, self.hold.sessions, time.monotonic())
+        self.role = Role.start(self.config.standby, self.role.pa, list(self.role.hold.sessions), time.monotonic())
         await self.client.start()
         await self.sync(tenants)
         loop = asyncio.get_running_loop()
@@ -128,20 +141,20 @@ class Fabric:
         self._arm()
 
     @property
-    def judged(self) -> bool:
-        """A standby may judge whether another gateway is active (an active gateway always serves)."""
-        return not self.config.standby or self.hold.synced
+    def hold(self) -> Hold:
+        """The reflector sessions' End-of-RIB hold (in the role): when learned CAs may be removed."""
+        return self.role.hold
 
     def _arm(self) -> None:
-        """The hold's next deadline: then a standby judges and the kept CAs are learned again."""
-        at = self.hold.next_timer()
+        """The role's next deadline (End-of-RIB waited for, a start-up grace, an isolation's end)."""
+        at = self.role.next_timer()
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None if at is None else asyncio.get_running_loop().call_later(
             max(0.0, at - time.monotonic()), self._on_timer)
 
     def _on_timer(self) -> None:
-        self.hold = self.hold.on_timer(time.monotonic())
+        self.role = self.role.on_timer(time.monotonic())
         self._arm()
         self._dirty.set()
 
@@ -194,32 +207,47 @@ class Fabric:
                 self.on_status(event, time.monotonic())
             self._dirty.set()  # the client's delivered table is what is read
 
+    def others(self) -> frozenset[object]:
+        return other_gateways(self._fabric_routes(), self.config.provider_addresses)
+
     def on_status(self, event: PeerStatus, now: float) -> None:
-        """A reflector session's news. After a time with no reflector session at all (both restarted, or our
-        links), a reflector's table may be empty or partial: it answers End-of-RIB at once and fills up as
-        the hosts and the other gateway reconnect. For STANDBY_WAIT from the first session back, a standby
-        does not judge (it would take over from a live active gateway) and no learned CA is removed."""
-        before = self.hold.next_timer()
-        self.hold = self.hold.on_session(event.peer, event.state, now)
-        if self.hold.next_timer() != before:
-            self._arm()
+        """A reflector session's news, judged with the table as delivered up to it (an End-of-RIB comes
+        after its routes: the role must not judge the table without them)."""
+        self.role = self.role.on_routes(self.others(), now).on_session(event.peer, event.state, now)
+        self._arm()
 
     def recovering(self, now: float) -> bool:
         return self.hold.recovering(now)
 
-    async def _standby(self) -> None:
-        if not self.config.standby or not self.hold.synced:
+    async def _apply_role(self) -> None:
+        """Make what is announced follow the role. Becoming active, the gateway goes first (conntrack state
+        committed, public addresses upstream) and the default routes, which bring the hosts' traffic, after;
+        standing by, the default routes go first."""
+        role = self.role
+        if (role.serving, role.upstream) == (self.serving, self.upstream):
             return
-        serve = not other_gateway_active(self._fabric_routes(), self.config.provider_addresses)
-        if serve != self.serving:
-            log.warning("standby gateway %s: %s", self.config.router_id,
-                        "no active gateway in the fabric: taking over" if serve else "an active gateway is back")
-            self.serving = serve
-            if serve:
-                self.takeovers.append(time.time())
+        log.warning("gateway %s: %s", self.config.router_id, role.reason)
+        if not role.serving and self.serving:
+            self._flip(role)
             await self.sync(self._tenants)
-            if self.on_serving is not None:
-                await self.on_serving(serve)
+        previous, self.upstream = self.upstream, role.upstream
+        if self.on_role is not None:
+            try:
+                await self.on_role(role)
+            except Exception:
+                self.upstream = previous  # not applied: the next pass tries again
+                raise
+        if role.serving and not self.serving:
+            self._flip(role)
+            await self.sync(self._tenants)
+
+    def _flip(self, role: Role) -> None:
+        self.serving = role.serving
+        self.role_since = time.time()
+        self.role_change_count += 1
+        self.role_changes.append(RoleChange(self.role_since, role.serving, role.reason))
+        if role.serving:
+            self.takeovers.append(self.role_since)
 
     async def _learner(self) -> None:
         last: tuple[LookupRecord, ...] | None = None
@@ -227,12 +255,15 @@ class Fabric:
             await self._dirty.wait()
             await asyncio.sleep(COALESCE)
             self._dirty.clear()
+            self.role = self.role.on_routes(self.others(), time.monotonic())
+            self._arm()
             try:
-                await self._standby()
-            except Exception:  # noqa: BLE001 - logged; judged again on the next change
-                log.exception("standby decision failed")
+                await self._apply_role()
+            except Exception:  # noqa: BLE001 - logged; applied again on the next pass, which this asks for
+                log.exception("applying the role failed")
+                asyncio.get_running_loop().call_later(1.0, self._dirty.set)
             records = self.records()
-            if last is not None and self.recovering(time.monotonic()):
+            if last is not None and self.hold.holding:
                 records = keep_records(last, records)
             if records != last:
                 try:

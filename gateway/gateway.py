@@ -1,7 +1,7 @@
 """The multi-tenant gateway (docs/gateway.md): tenants (gateway/tenants.py) served through NAT (gateway/nat.py),
 per-tenant VRFs and tc marks behind NVGRE (gateway/dataplane.py, vnet's dataplane), EVPN towards the reflectors
-(gateway/evpn.py: the tenants' CAs learned, type-5 default routes announced, the standby's decision), and
-eBGP upstream for the public addresses (gateway/upstream.py).
+(gateway/evpn.py: the tenants' CAs learned, type-5 default routes announced; gateway/role.py: whether this
+gateway serves), and eBGP upstream for the public addresses (gateway/upstream.py).
 
 One asyncio owner: every change runs under one lock and follows the same steps: validate the tenant as a
 value and against what the others hold (tenants.Claims) -> allocate its id -> the VRF side and the tc
@@ -35,7 +35,9 @@ from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.conntrackd import ConntrackSync, SyncStatus, own_addresses
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
 from nvfabric.gateway.evpn import Fabric
+from nvfabric.gateway.role import ANNOUNCE, DEPREFERRED, WITHDRAWN, Role
 from nvfabric.gateway.state import SavedState, StateDir, StateSaveError, assign_ids
+from nvfabric.gateway.status import RoleStatus, SessionClock, SessionStatus
 from nvfabric.gateway.tenants import Claims, Tenant
 from nvfabric.gateway.upstream import Upstream
 from nvfabric.vnet.catalog import NotFound
@@ -94,7 +96,7 @@ class Gateway:
         self._decap_learned = False
         self._upstream = Upstream(config) if config.upstream else None
         # the reflectors: learn tenant CAs, announce the tenants' default routes (needs the NVGRE side)
-        self._fabric = Fabric(config, self.set_records, self._serving_changed) \
+        self._fabric = Fabric(config, self.set_records, self._role_changed) \
             if config.route_reflectors and self._dp else None
         # One BFD endpoint for the reflectors' and the upstream's sessions: one UDP port 3784 per namespace
         # (a second endpoint would take the first one's packets).
@@ -102,9 +104,15 @@ class Gateway:
         self._bfd = Bfd() if any(wants_bfd(s.config) for s in speakers) else None
         for speaker in speakers:
             speaker.bfd = self._bfd
-        # conntrack entries replicated with the other gateway (gateway/conntrackd.py)
+        # conntrack entries replicated with the other gateway (gateway/conntrackd.py), told when this gateway
+        # becomes active or stands by
         self._sync = None if config.sync is None else ConntrackSync(
             config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active")
+        self._was_serving = False  # what the replication was last told
+        self._clocks = [SessionClock(part.client.speaker, kind, [p.address for p in peers])
+                        for part, kind, peers in ((self._fabric, "reflector", config.route_reflectors),
+                                                  (self._upstream, "upstream", config.upstream)) if part is not None]
+        self._created = time.time()
         self._lock = asyncio.Lock()
         self._started = False
         self.last_change: dict[str, Any] | None = None
@@ -261,22 +269,55 @@ class Gateway:
 
     @property
     def serving(self) -> bool:
-        """False while this is a standby gateway and another one is active: nothing is announced."""
+        """Whether this gateway announces its tenants' default routes (gateway/role.py); always without
+        reflectors (nothing to share the role with)."""
         return self._fabric is None or self._fabric.serving
 
-    def _public(self) -> list[Tenant]:
-        return list(self._tenants.values()) if self.serving else []
+    @property
+    def upstream_mode(self) -> str:
+        """How the public addresses are announced upstream: gateway/role.py ANNOUNCE, DEPREFERRED, WITHDRAWN."""
+        return ANNOUNCE if self._fabric is None else self._fabric.upstream
 
-    async def _serving_changed(self, serving: bool) -> None:
+    def role_status(self) -> RoleStatus:
+        """Whether this gateway serves, why, since when (docs/gateway.md "Failover")."""
+        f = self._fabric
+        if f is None:
+            return RoleStatus(True, "active", "no route reflectors: nothing to share the role with", self._created,
+                              0, ANNOUNCE)
+        return RoleStatus(f.serving, f.role.configured, f.role.reason, f.role_since, f.role_change_count,
+                          f.upstream)
+
+    def sessions(self) -> list[SessionStatus]:
+        """The BGP sessions: the reflectors', then the upstream's."""
+        return [s for clock in self._clocks for s in clock.sessions()]
+
+    def _public(self) -> list[Tenant]:
+        return list(self._tenants.values()) if self.upstream_mode != WITHDRAWN else []
+
+    async def _role_changed(self, role: Role) -> None:
+        """The role changed (evpn.Fabric applies it): the replication told first when becoming active (its
+        state in the kernel before the traffic comes), then the upstream; told last when standing by."""
+        flipped, self._was_serving = role.serving != self._was_serving, role.serving
+        if flipped and role.serving:
+            await self._tell_sync(True)
         async with self._lock:
-            if serving and self._dp is not None and self._started:
+            if flipped and role.serving and self._dp is not None and self._started:
                 # a standby's kernel may have lost objects while it waited (its links went down and came
                 # back): complete before the traffic comes
                 await self._dp.repair(self._tenants, self._ids, self._records)
             if self._upstream is not None:
-                await self._upstream.sync(self._public())
-        if self._sync is not None:  # after the announcements: the replicated entries are in the kernel already
-            await (self._sync.became_active() if serving else self._sync.became_standby())
+                await self._upstream.sync(self._public(), depreferred=self.upstream_mode == DEPREFERRED)
+        if flipped and not role.serving:
+            await self._tell_sync(False)
+
+    async def _tell_sync(self, active: bool) -> None:
+        if self._sync is None:
+            return
+        try:
+            await (self._sync.became_active() if active else self._sync.became_standby())
+        except Exception:  # noqa: BLE001 - the role is not held back by the replication; logged
+            log.exception("conntrack replication: telling it this gateway became %s failed",
+                          "active" if active else "standby")
 
     def sync_status(self) -> SyncStatus | None:
         """The connection state replication's last sample (None: no `sync` configured)."""
@@ -373,7 +414,7 @@ class Gateway:
             self._claims.put(tenant)
             await self._update_decap()
             if self._upstream is not None:
-                await self._upstream.update({name: tenant if self.serving else None})  # after NAT is in place
+                await self._upstream.update({name: tenant if self.upstream_mode != WITHDRAWN else None})  # after NAT
             if self._fabric is not None:
                 await self._fabric.update({name: tenant}, self._tenants)
             return before is None

@@ -14,10 +14,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from nvfabric.bgp.client import Client
 from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
-from nvfabric.bgp.routes import Family, UnicastKey, UnicastRoute
+from nvfabric.bgp.routes import AS_SEQUENCE, AsSegment, Family, Path, PathAttributes, UnicastKey, UnicastRoute
 from nvfabric.bgp.announced import Announced
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.reserved import within
+from nvfabric.gateway.role import PREPEND
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.vnet.model import Network
 
@@ -57,6 +58,10 @@ class Upstream:
                                            graceful_restart=GracefulRestartConfig(enabled=False),
                                            accept_routes=False))
         self._announced = Announced()
+        # an isolated gateway's announcement (gateway/role.py): our AS prepended, so that the upstream prefers
+        # a gateway that took over and uses this one only while nobody else announces the addresses
+        self.depreferred = False
+        self._worse = PathAttributes(as_path=(AsSegment(AS_SEQUENCE, (config.asn,) * (1 + PREPEND)),))
 
     async def start(self) -> None:
         await self.client.start()
@@ -64,9 +69,10 @@ class Upstream:
     async def stop(self) -> None:
         await self.client.stop()
 
-    async def sync(self, tenants: Iterable[Tenant]) -> None:
-        """Announce exactly these tenants' public addresses (start, and a standby taking over or giving
-        back): every tenant is recomputed."""
+    async def sync(self, tenants: Iterable[Tenant], depreferred: bool = False) -> None:
+        """Announce exactly these tenants' public addresses (start, and every change of the role: taking
+        over, standing by, isolated), depreferred or not: every tenant is recomputed."""
+        self.depreferred = depreferred
         wanted: dict[str, Tenant | None] = {n: None for n in self._announced.groups}
         wanted.update((t.name, t) for t in tenants)
         await self.update(wanted)
@@ -75,8 +81,10 @@ class Upstream:
         """Only these tenants (None: withdraw its addresses): the work follows the change, not the number of
         tenants."""
         allowed = self.config.public_prefixes
-        await self._announced.update(self.client, {n: public_routes([t], *self.next_hops, allowed) if t is not None
-                                                   else {} for n, t in changes.items()})
+        wanted = {n: public_routes([t], *self.next_hops, allowed) if t is not None else {} for n, t in changes.items()}
+        if self.depreferred:
+            wanted = {n: {k: Path(r, self._worse) for k, r in routes.items()} for n, routes in wanted.items()}
+        await self._announced.update(self.client, wanted)
 
     @property
     def announced(self) -> dict[UnicastKey, UnicastRoute]:

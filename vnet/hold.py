@@ -12,10 +12,11 @@ No sockets, no asyncio, no clock: the owner feeds the reflector sessions' news (
   restarted reflector answers End-of-RIB before the other hosts are back and have re-announced
   (docs/rr.md): its End-of-RIB does not end the hold, only `timeout` from the first session back does.
 
-The two daemons differ in one way, `Policy.headless_holds`. The agent (True) holds while headless and
-counts its start deadline from the first session: with no reflector it keeps forwarding as it is and
-removes nothing. The gateway (False) keeps its last judgement while headless (a standby that loses every
-reflector takes over) and counts its start deadline from its own start; it holds when a session returns.
+`Policy.headless_holds` True (the agent, and the gateway: gateway/role.py) holds while headless and counts
+the start deadline from the first session: with no reflector the agent keeps forwarding as it is and
+removes nothing, and a gateway judges nothing (it would take over because it sees no other gateway).
+False keeps the synced state while headless and counts the start deadline from the start; it holds when a
+session returns. The agent wants End-of-RIB from every session, the gateway from one (`every_session`).
 """
 
 from __future__ import annotations

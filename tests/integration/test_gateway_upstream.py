@@ -39,6 +39,11 @@ def frr_routes(frr: Frr, family: str) -> dict[str, list[str]]:
     return out
 
 
+def as_path(frr: Frr, prefix: str) -> str:
+    data = frr.json(f"show bgp ipv4 unicast {prefix}")
+    return next((p.get("aspath", {}).get("string", "") for p in data.get("paths", [])), "")
+
+
 def test_upstream_learns_and_forgets_the_tenants_public_addresses(lab: Lab) -> None:
     need("/usr/lib/frr/bgpd", "/usr/lib/frr/zebra")
     gw, inet = lab.namespace("gw"), lab.namespace("inet")
@@ -63,6 +68,14 @@ def test_upstream_learns_and_forgets_the_tenants_public_addresses(lab: Lab) -> N
         # installed in the upstream's kernel, towards the gateway
         out = netns.run(["ip", "-n", inet, "route", "show", "proto", "bgp"]).output
         assert "203.0.113.131 " in out and f"via {GW4}" in out
+        # isolated from the fabric (gateway/role.py): the same addresses, our AS prepended, so that FRR would
+        # prefer another gateway's; then back to normal
+        gateway.call(lambda g: g._upstream.sync(list(g.tenants.values()), depreferred=True))
+        wait_for(lambda: as_path(frr, "203.0.113.131/32") == "65001 65001 65001 65001", 30,
+                 what="the depreferred announcement's AS path")
+        assert frr_routes(frr, "ipv4") == want4
+        gateway.call(lambda g: g._upstream.sync(list(g.tenants.values())))
+        wait_for(lambda: as_path(frr, "203.0.113.131/32") == "65001", 30, what="the normal AS path again")
         # a tenant deleted: its addresses withdrawn, the other tenant's kept
         gateway.call(lambda g: g.delete_tenant("red"))
         wait_for(lambda: frr_routes(frr, "ipv4") == {f"203.0.113.{a}/32": [GW4] for a in (131, 140)}, 30,

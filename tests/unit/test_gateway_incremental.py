@@ -153,6 +153,7 @@ def test_fabric_update_announces_only_the_changed_tenants_default_routes() -> No
     async def go() -> None:
         fabric = Fabric(CONFIG, on_records=lambda records: asyncio.sleep(0))
         fabric.client = Recorder()  # type: ignore[assignment]
+        fabric.serving = True  # as applied once the role (gateway/role.py) says this gateway serves
         await fabric.sync({"blue": BLUE, "red": RED})
         assert fabric.announced == default_routes([BLUE, RED], CONFIG)
         green = tenant("green", 7001, "203.0.113.13")
@@ -174,28 +175,37 @@ def test_keep_records_while_the_reflectors_refill() -> None:
     assert keep_records((), moved) == moved
 
 
-def test_a_standby_does_not_judge_on_the_end_of_rib_of_restarted_reflectors() -> None:
-    from nvfabric.bgp.speaker import PeerStatus
-    from nvfabric.gateway.evpn import STANDBY_WAIT
+def test_the_role_judges_an_end_of_rib_with_the_routes_delivered_before_it() -> None:
+    """The table as delivered up to the End-of-RIB is the role's input (a route still on its way to the
+    learner must not make a gateway announce); and no learned CA is removed while the table is incomplete."""
+    import time
 
-    standby = GatewayConfig.from_dict({**CONFIG_BODY, "standby": True})
+    from nvfabric.bgp.routes import PrefixRoute
+    from nvfabric.bgp.speaker import PeerStatus
+    from nvfabric.gateway.role import HOLD_WAIT
+
+    other = PrefixRoute(rd="198.51.100.22:1", prefix=ipaddress.ip_network("0.0.0.0/0"), vsid=5001,
+                        next_hop=ipaddress.ip_address("198.51.100.22"), route_targets=("65001:5001",))
+    config = GatewayConfig.from_dict({**CONFIG_BODY, "provider_prefixes": ["198.51.100.0/24"]})
 
     async def go() -> None:
-        fabric = Fabric(standby, on_records=lambda records: asyncio.sleep(0))
-        fabric.on_status(PeerStatus("rr1", "established"), 100.0)  # start: nothing to recover from
-        fabric.on_status(PeerStatus("rr1", "end-of-rib"), 101.0)
-        assert fabric.judged and not fabric.recovering(101.0)
-        fabric.on_status(PeerStatus("rr1", "down"), 200.0)  # no reflector session at all
-        fabric.on_status(PeerStatus("rr1", "established"), 210.0)  # back, its table empty
-        fabric.on_status(PeerStatus("rr1", "end-of-rib"), 210.5)
-        assert not fabric.judged and fabric.recovering(210.5)
-        fabric.on_status(PeerStatus("rr1", "end-of-rib"), 210.0 + STANDBY_WAIT)
-        assert fabric.judged and not fabric.recovering(210.0 + STANDBY_WAIT)
-        # one of two reflectors restarting is not a recovery: the other kept the table
-        fabric.on_status(PeerStatus("rr2", "established"), 300.0)
-        fabric.on_status(PeerStatus("rr1", "down"), 301.0)
-        fabric.on_status(PeerStatus("rr1", "established"), 302.0)
-        assert not fabric.recovering(302.0)
+        fabric = Fabric(config, on_records=lambda records: asyncio.sleep(0))  # configured active
+        t0 = time.monotonic()
+        assert fabric.hold.holding
+        fabric.on_status(PeerStatus("198.51.100.100", "established"), t0)
+        fabric.client = Learned([other])  # type: ignore[assignment]
+        fabric.on_status(PeerStatus("198.51.100.100", "end-of-rib"), t0 + 0.1)
+        assert not fabric.role.serving and fabric.role.reason == "standing by: gateway 198.51.100.22 serves"
+        assert not fabric.hold.holding and not fabric.recovering(t0 + 0.1)
+        # no reflector session at all, then back with a table that may be empty: hold, judge nothing
+        fabric.client = Learned([])  # type: ignore[assignment]
+        fabric.on_status(PeerStatus("198.51.100.100", "down"), t0 + 10)
+        assert fabric.hold.holding and not fabric.role.serving
+        fabric.on_status(PeerStatus("198.51.100.100", "established"), t0 + 20)
+        fabric.on_status(PeerStatus("198.51.100.100", "end-of-rib"), t0 + 20.5)
+        assert fabric.hold.holding and fabric.recovering(t0 + 20.5) and not fabric.role.serving
+        fabric.role = fabric.role.on_timer(t0 + 20 + HOLD_WAIT)
+        assert not fabric.hold.holding and fabric.role.serving  # nobody serves: the configured active
     asyncio.run(go())
 
 

@@ -212,9 +212,9 @@ def test_default_routes_into_each_tenant() -> None:
     assert sorted(str(r.prefix) for r in default_routes(cfg6.tenants, cfg6).values()) == ["0.0.0.0/0", "::/0"]
 
 
-def test_a_standby_sees_another_gateways_default_route() -> None:
+def test_the_other_gateways_are_those_with_a_default_route() -> None:
     from nvfabric.bgp.routes import PrefixRoute
-    from nvfabric.gateway.evpn import other_gateway_active
+    from nvfabric.gateway.evpn import other_gateways
 
     ours, other = ipaddress.ip_address("198.51.100.22"), ipaddress.ip_address("198.51.100.21")
     default = PrefixRoute(rd="198.51.100.21:5001", prefix=ipaddress.ip_network("0.0.0.0/0"), vsid=5001,
@@ -222,8 +222,8 @@ def test_a_standby_sees_another_gateways_default_route() -> None:
     own = PrefixRoute(rd="198.51.100.22:5001", prefix=ipaddress.ip_network("0.0.0.0/0"), vsid=5001, next_hop=ours)
     specific = PrefixRoute(rd="198.51.100.21:5001", prefix=ipaddress.ip_network("10.9.0.0/16"), vsid=5001,
                            next_hop=other)
-    assert other_gateway_active([own, default], [ours])
-    assert not other_gateway_active([own, specific], [ours])
+    assert other_gateways([own, default], [ours]) == {other}
+    assert other_gateways([own, specific], [ours]) == frozenset()
     with pytest.raises(ConfigError, match="^standby"):
         GatewayConfig.from_dict({**config(), "standby": True})
 

@@ -1,0 +1,65 @@
+"""What the gateway reports about itself besides its tenants (`GET /v1/status`, `nvfabric gateway status`):
+its role (gateway/role.py) and its BGP sessions, as values."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nvfabric.bgp.speaker import PeerStatus, Speaker
+
+
+@dataclass(frozen=True)
+class RoleStatus:
+    serving: bool  # this gateway announces the tenants' default routes into the fabric
+    configured: str  # "active" | "standby": the preference, used only at a cold start
+    reason: str  # why, as the role machine says it
+    since: float  # wall clock (time.time()) of the last change of `serving` (or the start)
+    changes: int  # changes of `serving` since the start
+    upstream: str  # the public addresses upstream: "announce" | "depreferred" | "withdrawn"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    peer: str
+    kind: str  # "reflector" | "upstream"
+    state: str  # the BGP state: idle, connect, active, open_sent, open_confirm, established
+    uptime: float | None  # seconds since established (None: not established)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SessionClock:
+    """When each BGP session of a speaker was established (the speaker keeps no such time): a subscriber
+    to its notices, called in its owner task."""
+
+    def __init__(self, speaker: Speaker, kind: str, peers: Sequence[str]) -> None:
+        self.speaker = speaker
+        self.kind = kind
+        self.peers = tuple(peers)
+        self._up: dict[str, float] = {}
+        speaker.subscribe(self._on_notices)
+
+    def _on_notices(self, notices: Sequence[object]) -> None:
+        for n in notices:
+            if isinstance(n, PeerStatus):
+                if n.state == "established":
+                    self._up[n.peer] = time.monotonic()
+                elif n.state == "down":
+                    self._up.pop(n.peer, None)
+
+    def sessions(self) -> list[SessionStatus]:
+        now = time.monotonic()
+        out = []
+        for address in self.peers:
+            peer = self.speaker.peers.get(address)
+            state = peer.state.name.lower() if peer is not None else "idle"
+            since = self._up.get(address) if state == "established" else None
+            out.append(SessionStatus(address, self.kind, state, None if since is None else round(now - since, 1)))
+        return out
