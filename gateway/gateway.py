@@ -109,6 +109,7 @@ class Gateway:
         self._sync = None if config.sync is None else ConntrackSync(
             config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active")
         self._was_serving = False  # what the replication was last told
+        self._repair: asyncio.Future[None] | None = None  # the dataplane read back on becoming active
         self._clocks = [SessionClock(part.client.speaker, kind, [p.address for p in peers])
                         for part, kind, peers in ((self._fabric, "reflector", config.route_reflectors),
                                                   (self._upstream, "upstream", config.upstream)) if part is not None]
@@ -301,14 +302,23 @@ class Gateway:
         if flipped and role.serving:
             await self._tell_sync(True)
         async with self._lock:
-            if flipped and role.serving and self._dp is not None and self._started:
-                # a standby's kernel may have lost objects while it waited (its links went down and came
-                # back): complete before the traffic comes
-                await self._dp.repair(self._tenants, self._ids, self._records)
             if self._upstream is not None:
                 await self._upstream.sync(self._public(), depreferred=self.upstream_mode == DEPREFERRED)
         if flipped and not role.serving:
             await self._tell_sync(False)
+        if flipped and role.serving and self._dp is not None and self._started:
+            # a standby's kernel may have lost objects while it waited (a link that went down took the tenants'
+            # default routes leaked to the external side with it): read back and repaired beside the
+            # announcements, not before them (a full read of the kernel takes a while)
+            self._repair = asyncio.ensure_future(self._repair_dataplane())
+
+    async def _repair_dataplane(self) -> None:
+        assert self._dp is not None
+        try:
+            async with self._lock:
+                await self._dp.repair(self._tenants, self._ids, self._records)
+        except Exception:  # noqa: BLE001 - the next change reconciles again; logged
+            log.exception("repairing the dataplane on becoming active failed")
 
     async def _tell_sync(self, active: bool) -> None:
         if self._sync is None:
