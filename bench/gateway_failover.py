@@ -40,6 +40,7 @@ from nvfabric.lab.failover import (  # noqa: E402
     Failover,
     Options,
     cut_during_traffic,
+    recover,
     restore,
     row,
     two_gateways,
@@ -57,11 +58,20 @@ def scene(options: Options, runs: int, kinds: tuple[str, ...]) -> list[Failover]
         print(f"<!-- scene up in {time.time() - start:.0f} s -->", flush=True)
         for _ in range(runs):
             for kind in kinds:
-                f = cut_during_traffic(two, kind, timeout)
+                try:
+                    f = cut_during_traffic(two, kind, timeout)
+                except Exception as exc:  # noqa: BLE001 - reported; the scene goes on if it can
+                    print(f"| {kind} | ? | failed: {exc!r} |", flush=True)
+                    print(f"<!-- recovered: {recover(two)} serving -->", flush=True)
+                    continue
                 out.append(f)
                 print(row(f), flush=True)
-                took = restore(two, f.gateway, kind, timeout=timeout + 180)
-                print(f"<!-- {f.gateway} a healthy standby again {took:.0f} s after the restore -->", flush=True)
+                try:
+                    took = restore(two, f.gateway, kind, timeout=timeout + 180)
+                    print(f"<!-- {f.gateway} a healthy standby again {took:.0f} s after the restore -->", flush=True)
+                except (TimeoutError, RuntimeError) as exc:
+                    print(f"<!-- restoring {f.gateway} failed: {exc}; recovered: {recover(two)} serving -->",
+                          flush=True)
     return out
 
 

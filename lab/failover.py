@@ -391,6 +391,21 @@ def restore(two: TwoGateways, name: str, kind: str, timeout: float = 240) -> flo
     return time.time() - start
 
 
+def recover(two: TwoGateways, timeout: float = 240) -> str:
+    """After a measurement that failed half-way: every gateway's links up, a frozen one thawed, a dead one
+    started again; wait until one serves and the other is a healthy standby. The serving one."""
+    for gw in two.gws.values():
+        netns.ip_batch([f"link set {ifname} up" for ifname in ("eth1", "eth2", "eth3")], gw.ns)
+        if gw.frozen:
+            gw.thaw()
+        if not gw.alive():
+            gw.start()
+            gw.wait_api()
+    wait_for(lambda: two.serving() and two.healthy_standby(OTHER[two.serving()]), timeout,
+             "one gateway serving, the other a healthy standby")
+    return two.serving()
+
+
 def cut_during_traffic(two: TwoGateways, kind: str, timeout: float) -> Failover:
     """Cut the serving gateway (`kind`: link, kill, stop) during the ping and the two TCP connections; wait
     (each within `timeout` s of the cut) until the hosts and the upstream follow to the other gateway and
