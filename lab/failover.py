@@ -245,8 +245,9 @@ class TwoGateways:
         return next((name for name, (pa, _, _) in GW.items() if pas == {pa}), "")
 
     def healthy_standby(self, name: str) -> bool:
-        """`name` runs, announces nothing and has every BGP session up (by its status when it has one, else by
-        the upstream's view), and the other gateway still has everything routed to it."""
+        """`name` runs, has every BGP session up and stands by having judged the fabric's table (by its status
+        when it has one: a gateway back from no reflector session does not judge, so would not take over,
+        for a while; else by the upstream's view), and the other gateway still has everything routed to it."""
         gw = self.gws[name]
         if not gw.alive() or gw.frozen or not self.routed_to(OTHER[name]):
             return False
@@ -256,8 +257,9 @@ class TwoGateways:
         if status is None:
             return gw.api("/v1/tenants") is not None
         sessions = status.get("sessions") or []
-        return (not (status.get("role") or {}).get("serving", False)
-                and all(s.get("state") in ("established", "Established") for s in sessions))
+        role = status.get("role") or {}
+        return (not role.get("serving", False) and str(role.get("reason", "")).startswith("standing by")
+                and all(s.get("state") == "established" for s in sessions))
 
 
 @contextmanager
