@@ -11,6 +11,8 @@ import signal
 import time
 import urllib.request
 
+import pytest
+
 from tests.integration.conftest import need
 from nvfabric.lab import netns
 from nvfabric.lab.peers import Frr, Lab, RouteReflector, wait_for
@@ -35,15 +37,18 @@ FRR_BFDD_CONF = "\n".join(["bfd", " profile fast", "  transmit-interval 300", " 
                            "  detect-multiplier 3", " !", "!", ""])
 
 
-def setup(lab: Lab) -> tuple[Frr, RouteReflector, str]:
-    """Both sides Established with BFD Up, FRR's route at our reflector; returns our namespace too."""
+def setup(lab: Lab, dynamic: bool = False) -> tuple[Frr, RouteReflector, str]:
+    """Both sides Established with BFD Up, FRR's route at our reflector; returns our namespace too. FRR is
+    a configured neighbour of ours, or (`dynamic`) inside a dynamic-neighbour prefix: then FRR dials, and our
+    BFD session is passive and made when the BGP session is Established."""
     need(*FRR_BINARIES)
     ours, theirs = lab.namespace("o"), lab.namespace("f")
     lab.link(ours, [f"{OURS}/24"], theirs, [f"{THEIRS}/24"])
     frr = Frr(lab, theirs, "bgpbfd", frr_bgpd_conf(), FRR_BFDD_CONF)
+    neighbor = {"prefix": "10.78.0.0/24"} if dynamic else {"address": THEIRS}
     rr = RouteReflector(lab, ours, "rr", {
         "asn": 65000, "router_id": OURS, "hold_time": HOLD, "listen": {"address": OURS},
-        "neighbors": [{"address": THEIRS, "asn": 65000, "bfd": True}]})
+        "neighbors": [{**neighbor, "asn": 65000, "bfd": True}]})
     wait_for(lambda: frr.neighbor_state(OURS) == "Established" and rr.established(THEIRS), 30,
              what="BGP established both ways")
     wait_for(lambda: rr.neighbor(THEIRS).get("bfd") == "up", 15, what="our BFD session up")
@@ -63,8 +68,9 @@ def routes(rr: RouteReflector) -> list[str] | None:
     return None if page is None else [r["prefix"] for r in page["routes"]]
 
 
-def test_frr_frozen_takes_our_bgp_session_and_its_routes_down_within_the_detection_time(lab: Lab):
-    frr, rr, _ = setup(lab)
+@pytest.mark.parametrize("dynamic", [False, True], ids=["configured", "dynamic"])
+def test_frr_frozen_takes_our_bgp_session_and_its_routes_down_within_the_detection_time(lab: Lab, dynamic: bool):
+    frr, rr, _ = setup(lab, dynamic)
     daemons = [frr.bgpd.proc, frr.bfdd.proc]  # type: ignore[union-attr]
     frozen = time.monotonic()
     for proc in daemons:
@@ -74,13 +80,19 @@ def test_frr_frozen_takes_our_bgp_session_and_its_routes_down_within_the_detecti
                  interval=0.02, what="our session and FRR's route gone")
         took = time.monotonic() - frozen
         summary = rr.get("/v1/summary")
-        (bfd,) = summary["bfd"]
-        assert bfd["peer"] == THEIRS and bfd["state"] == "down" and bfd["diagnostic"] == "control_detection_time_expired"
-        assert bfd["downs"] == 1 and summary["bfd_teardowns"] == 1
+        assert summary["bfd_teardowns"] == 1
         metrics = scrape(rr)
-        assert f'nvfabric_bfd_session_up{{peer="{THEIRS}"}} 0.0' in metrics
-        assert f'nvfabric_bfd_session_downs_total{{peer="{THEIRS}"}} 1.0' in metrics
-        print(f"FRR frozen: our BGP session and its route gone after {took:.2f} s (hold time {HOLD} s)")
+        if dynamic:
+            # The dynamic peer is forgotten with its last connection, and its BFD session with it.
+            assert summary["bfd"] == [] and f'peer="{THEIRS}"' not in metrics
+        else:
+            (bfd,) = summary["bfd"]
+            assert (bfd["peer"], bfd["state"], bfd["diagnostic"], bfd["downs"]) == (
+                THEIRS, "down", "control_detection_time_expired", 1)
+            assert f'nvfabric_bfd_session_up{{peer="{THEIRS}"}} 0.0' in metrics
+            assert f'nvfabric_bfd_session_downs_total{{peer="{THEIRS}"}} 1.0' in metrics
+        print(f"FRR frozen ({'dynamic' if dynamic else 'configured'} neighbour): our BGP session and its route "
+              f"gone after {took:.2f} s (hold time {HOLD} s)")
     finally:
         for proc in daemons:
             os.killpg(proc.pid, signal.SIGCONT)

@@ -172,7 +172,7 @@ async def test_bfd_down_that_never_was_up_or_taken_down_by_the_peer_keeps_the_se
     assert server.speaker.counters.bfd_teardowns == 0
 
 
-async def test_dynamic_neighbour_gets_a_passive_session_when_established_removed_when_forgotten():
+async def test_dynamic_neighbour_gets_a_session_when_established_removed_when_forgotten():
     fake = FakeBfd()
     server = Speaker(cfg("198.51.100.100", listen={"address": "127.0.0.1", "port": 0},
                          dynamic_neighbors=[{"prefix": "127.0.1.0/24", "asn": 65000,
@@ -184,7 +184,7 @@ async def test_dynamic_neighbour_gets_a_passive_session_when_established_removed
     await client.start()
     try:
         await until(lambda: fake.added, what="a BFD session for the dynamic peer")
-        assert fake.added == [("127.0.1.7", BfdConfig(100, 100, 3, passive=True), "127.0.0.1")]
+        assert fake.added == [("127.0.1.7", BfdConfig(100, 100, 3), "127.0.0.1")]
         fake.change("127.0.1.7", BfdState.UP)
         fake.change("127.0.1.7", BfdState.DOWN, Diagnostic.CONTROL_DETECTION_TIME_EXPIRED)
         await until(lambda: fake.removed == ["127.0.1.7"], what="the session removed with the forgotten peer")
