@@ -305,7 +305,7 @@ class Bfd:
             peer=peer.name, local_address=peer.local_address, state=s.state, remote_state=s.remote_state,
             local_discriminator=s.local_discriminator, remote_discriminator=s.remote_discriminator,
             diagnostic=s.diag, remote_diagnostic=s.remote_diag,
-            transmit_interval=s.transmit_interval * machine.US, detect_time=s.detect_time * machine.US,
+            transmit_interval=s.transmit_interval / 1e6, detect_time=s.detect_time / 1e6,
             up_since=peer.up_since, transitions=s.counters.transitions, downs=s.counters.downs,
             packets_in=s.counters.packets_in, packets_out=s.counters.packets_out,
             dropped=s.counters.dropped + peer.dropped)

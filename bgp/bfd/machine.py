@@ -13,7 +13,7 @@ import random as _random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nvfabric.bgp.bfd import BfdAuth, BfdConfig, BfdState, Diagnostic
+from nvfabric.bgp.bfd import BfdConfig, BfdState, Diagnostic
 from nvfabric.bgp.bfd import packet as pkt
 from nvfabric.bgp.bfd.packet import ControlPacket
 

@@ -65,7 +65,10 @@ class Wire:
             self.run(self.now + 0.01)
 
 
-def pair(config_a: BfdConfig = BfdConfig(), config_b: BfdConfig = BfdConfig(), seed: int = 7) -> Wire:
+DEFAULT = BfdConfig()
+
+
+def pair(config_a: BfdConfig = DEFAULT, config_b: BfdConfig = DEFAULT, seed: int = 7) -> Wire:
     rng = random.Random(seed)
     return Wire(Session(config_a, 0xA, 0.0, rng.random), Session(config_b, 0xB, 0.0, rng.random))
 
@@ -126,7 +129,7 @@ def test_two_sessions_come_up_and_settle_on_the_configured_rate() -> None:
     start = w.now
     w.run(start + 30)
     times = [t for t, _ in w.sent["a"] if t > start]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert min(gaps) >= 0.225 - 1e-9 and max(gaps) <= 0.3 + 1e-9
     assert w.a.state is UP and w.b.state is UP and len(w.events["a"]) + len(w.events["b"]) == count
 
@@ -137,7 +140,7 @@ def test_not_up_advertises_and_uses_one_second() -> None:
     lonely.run(20)
     sent = lonely.sent["a"]
     assert all(p.desired_min_tx == 1_000_000 and p.state is DOWN and p.your_discriminator == 0 for _, p in sent)
-    gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:])]
+    gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:], strict=False)]
     assert gaps and min(gaps) >= 0.75 - 1e-9 and max(gaps) <= 1.0 + 1e-9
 
 
@@ -145,7 +148,7 @@ def test_detect_mult_one_jitters_at_most_ninety_percent() -> None:
     w = pair(BfdConfig(multiplier=1), BfdConfig(multiplier=1))
     w.cut = {"ab", "ba"}
     w.run(30)
-    gaps = [b[0] - a[0] for a, b in zip(w.sent["a"], w.sent["a"][1:])]
+    gaps = [b[0] - a[0] for a, b in zip(w.sent["a"], w.sent["a"][1:], strict=False)]
     assert max(gaps) <= 0.9 + 1e-9 and min(gaps) >= 0.75 - 1e-9
 
 
