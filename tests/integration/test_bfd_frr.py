@@ -182,6 +182,30 @@ def test_keyed_sha1_between_two_of_ours_and_a_wrong_key(pair: tuple[Lab, str, st
             side.thread.close()
 
 
+def test_local_address_configured_later(pair: tuple[Lab, str, str, str, str]) -> None:
+    """A session whose local address is not there yet waits for it (a daemon may start before the
+    interface is addressed), then comes up."""
+    lab, a_ns, b_ns, a_if, _ = pair
+    later = "10.77.0.9"
+    a, b = Ours(LoopThread(a_ns)), Ours(LoopThread(b_ns))
+    try:
+        a.start()
+        b.start()
+        a.add(THEIRS, local_address=later)
+        b.add(later)
+        wait_for(lambda: b.status()[later].packets_out >= 1, 5, what="b sending")
+        assert a.status()[THEIRS].packets_out == 0
+        netns.run(["ip", "-n", a_ns, "addr", "add", f"{later}/24", "dev", a_if])
+        wait_for(lambda: a.status()[THEIRS].state is BfdState.UP and b.status()[later].state is BfdState.UP,
+                 10, what="up from the new address")
+        with pytest.raises(ValueError, match="^local_address: "):
+            a.add(THEIRS6, local_address=OURS)
+    finally:
+        for side in (a, b):
+            side.stop()
+            side.thread.close()
+
+
 def test_auth_against_frr_without_auth_never_comes_up(pair: tuple[Lab, str, str, str, str]) -> None:
     lab, ours_ns, frr_ns, _, _ = pair
     frr = Frr(lab, frr_ns, "bfd", None, frr_conf(OURS))

@@ -231,6 +231,22 @@ def test_slower_transmit_waits_for_the_final() -> None:
     assert w.b.detect_time == 3_000_000 and w.b.state is UP
 
 
+def test_change_during_a_poll_waits_for_its_final_then_polls_again() -> None:
+    w = up_pair()
+    w.cut = {"ba"}
+    w.a.set_config(BfdConfig(transmit_interval=100), w.now)
+    w.run(w.now + 0.3)
+    w.a.set_config(BfdConfig(transmit_interval=50), w.now)
+    start = len(w.sent["a"])
+    w.run(w.now + 0.3)  # within the 900 ms detection time: only the Final is missing
+    assert {p.desired_min_tx for _, p in w.sent["a"][start:]} == {100_000}  # still the first poll's values
+    w.cut = set()
+    w.run_until(lambda: not w.a.polling)
+    assert w.a.desired_tx == 50_000 and w.a._tx_in_use == 50_000
+    assert [p.desired_min_tx for _, p in w.sent["a"][start:] if p.poll][-1] == 50_000
+    assert w.a.state is UP and w.b.state is UP
+
+
 def test_poll_is_answered_with_final_immediately() -> None:
     w = up_pair()
     poll = replace(w.sent["b"][-1][1], poll=True)
