@@ -324,7 +324,7 @@ class Bfd:
         return BfdStatus(
             peer=peer.name, local_address=peer.local_address, state=s.state, remote_state=s.remote_state,
             local_discriminator=s.local_discriminator, remote_discriminator=s.remote_discriminator,
-            diagnostic=s.diag, remote_diagnostic=s.remote_diag,
+            diagnostic=s.down_reason, remote_diagnostic=s.remote_diag,
             transmit_interval=s.transmit_interval / 1e6, detect_time=s.detect_time / 1e6,
             up_since=peer.up_since, transitions=s.counters.transitions, downs=s.counters.downs,
             packets_in=s.counters.packets_in, packets_out=s.counters.packets_out,

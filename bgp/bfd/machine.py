@@ -28,7 +28,7 @@ US = 1e-6
 class StateChanged:
     old: BfdState
     new: BfdState
-    diag: Diagnostic  # bfd.LocalDiag after the change: why we went down, NONE on the way up
+    diag: Diagnostic  # bfd.LocalDiag after the change: why we went down; NONE once Up
 
 
 Event = StateChanged
@@ -92,7 +92,8 @@ class Session:
         self.local_discriminator = local_discriminator
         self._random = random
         self.state = BfdState.DOWN
-        self.diag = Diagnostic.NONE
+        self.diag = Diagnostic.NONE  # bfd.LocalDiag, as sent: cleared when the session comes Up
+        self.down_reason = Diagnostic.NONE  # why it last went down, kept while Up (for status)
         self.remote_state = BfdState.DOWN
         self.remote_discriminator = 0
         self.remote_diag = Diagnostic.NONE
@@ -263,8 +264,10 @@ class Session:
     def _move(self, new: BfdState, diag: Diagnostic | None, now: float) -> list[Event]:
         old = self.state
         self.state = new
-        if diag is not None:
-            self.diag = diag
+        if new is BfdState.UP:
+            self.diag = Diagnostic.NONE
+        elif diag is not None:
+            self.diag = self.down_reason = diag
         self.counters.transitions += 1
         if old is BfdState.UP:
             self.counters.downs += 1

@@ -184,6 +184,11 @@ def test_silence_brings_the_session_down_after_the_detection_time() -> None:
     assert w.sent["a"][-1][1].desired_min_tx == 1_000_000  # back to the slow rate
     w.cut = set()
     w.run_until(lambda: w.a.state is UP and w.b.state is UP)
+    # Up again: the packets say nothing is wrong; the status still says why it last went down.
+    assert (w.events["a"][-1].new, w.events["a"][-1].diag) == (UP, Diagnostic.NONE)
+    w.run(w.now + 1)
+    assert w.sent["a"][-1][1].diag is Diagnostic.NONE
+    assert w.a.down_reason is Diagnostic.CONTROL_DETECTION_TIME_EXPIRED
 
 
 def test_admin_down_tells_the_peer_at_once_and_ignores_it_after() -> None:
