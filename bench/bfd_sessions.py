@@ -1,7 +1,7 @@
 """CPU cost of BFD sessions: N sessions at 300/300/3 in one `Bfd`, measured once they are all Up.
 
 Runs on the host (root, network namespaces; no VM needed):
-    .venv/bin/python bench/bfd_sessions.py [--sessions 100] [--seconds 20]
+    .venv/bin/python bench/bfd_sessions.py [--sessions 100] [--seconds 20] [--interval 300] [--auth keyed-sha1]
 
 Two namespaces joined by a veth, N addresses on each side; session i runs between a_i and b_i, so each
 side is one ordinary `Bfd` with N peers (sessions are keyed by peer address), each on its own event-loop
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nvfabric.bgp.bfd import BfdConfig, BfdState, BfdStatus
+from nvfabric.bgp.bfd import BfdAuth, BfdConfig, BfdState, BfdStatus
 from nvfabric.bgp.bfd.endpoint import Bfd
 from nvfabric.lab.daemons import LoopThread
 from nvfabric.lab.peers import Lab, wait_for
@@ -32,9 +32,11 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--interval", type=int, default=300, help="ms, transmit and receive")
+    parser.add_argument("--auth", choices=["simple", "keyed-sha1", "meticulous-keyed-sha1"])
     args = parser.parse_args()
     n = args.sessions
-    config = BfdConfig(transmit_interval=args.interval, receive_interval=args.interval, multiplier=3)
+    auth = BfdAuth(type=args.auth, key_id=1, password="bench") if args.auth else None
+    config = BfdConfig(transmit_interval=args.interval, receive_interval=args.interval, multiplier=3, auth=auth)
     lab = Lab(Path(tempfile.mkdtemp()), "bfdb-")
     try:
         a_ns, b_ns = lab.namespace("a"), lab.namespace("b")
@@ -77,7 +79,7 @@ def main() -> None:
         received = sum(s.packets_in for s in after) - sum(s.packets_in for s in before)
         downs = sum(s.downs for s in after) - sum(s.downs for s in before)
         busy = t1[0] - t0[0]
-        print(f"{n} sessions at {args.interval} ms, {wall:.1f} s measured")
+        print(f"{n} sessions at {args.interval} ms, auth {args.auth or 'none'}, {wall:.1f} s measured")
         print(f"  side A loop thread: {100 * busy / wall:.2f}% of one core "
               f"({busy / max(sent + received, 1) * 1e6:.1f} us per packet sent or received)")
         print(f"  side B loop thread: {100 * (t1[1] - t0[1]) / wall:.2f}% of one core")
