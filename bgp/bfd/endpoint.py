@@ -40,10 +40,13 @@ _MAX_DATAGRAM = 512  # a control packet is at most 24 + 28 bytes; anything longe
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _split(peer: str) -> tuple[Address, str | None]:
+def _split(peer: str, what: str = "peer") -> tuple[Address, str | None]:
     """"fe80::2%eth1" -> (address, "eth1"): a link-local peer names its interface."""
     text, _, scope = peer.partition("%")
-    return ipaddress.ip_address(text), scope or None
+    try:
+        return ipaddress.ip_address(text), scope or None
+    except ValueError:
+        raise ValueError(f"{what}: {peer!r} is not an IP address") from None
 
 
 @dataclass(eq=False)
@@ -127,13 +130,14 @@ class Bfd:
         if existing is not None and existing.local_address == local_address:
             existing.on_change = on_change
             if existing.config != config:
+                events = existing.session.set_config(config, self._now())  # ValueError: nothing changed
                 existing.config = config
-                self._after(existing, existing.session.set_config(config, self._now()))
+                self._after(existing, events)
             return
         if existing is not None:
             self.remove(peer)
         address, scope = _split(peer)
-        if local_address is not None and _split(local_address)[0].version != address.version:
+        if local_address is not None and _split(local_address, "local_address")[0].version != address.version:
             raise ValueError(f"local_address: {local_address} is not of the family of the peer {peer}")
         discriminator = self._new_discriminator()
         session = machine.Session(config, discriminator, self._now(), random=self._rng.random)
