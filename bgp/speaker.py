@@ -529,8 +529,8 @@ class Speaker:
             raise RuntimeError(f"peer {address}: bfd configured but the speaker has no BFD endpoint (start_bfd)")
         if self._bfd_sessions.get(address) == (config, local_address):
             return
-        self._bfd_sessions[address] = (config, local_address)
         self.bfd.add(address, config, self._bfd_listener(address), local_address)
+        self._bfd_sessions[address] = (config, local_address)
 
     def _bfd_remove(self, address: str) -> None:
         if self._bfd_sessions.pop(address, None) is not None and self.bfd is not None:
@@ -540,7 +540,10 @@ class Speaker:
     def _bfd_add_dynamic(self, peer: Peer) -> None:
         dynamic = self._dynamic_for(peer.settings.address)
         if dynamic is not None and dynamic.bfd is not None:
-            self._bfd_add(peer.settings.address, dynamic.bfd, _local_address(peer))
+            try:
+                self._bfd_add(peer.settings.address, dynamic.bfd, _local_address(peer))
+            except (OSError, ValueError) as err:  # e.g. out of sockets: the BGP session goes on without BFD
+                log.error("peer %s: no BFD session: %s", peer.name, err, extra={"event": "bfd-error", "peer": peer.name})
 
     def sync_bfd(self) -> None:
         """Make the BFD sessions what the configuration says (after a reload): a session per configured
