@@ -228,10 +228,11 @@ async def test_reflector_reload_adds_changes_and_removes_bfd_without_resetting_b
         await rr.stop()
 
 
-async def test_reflector_reports_bfd_in_its_summary_neighbors_and_metrics_until_removed():
+async def test_reflector_reports_bfd_in_its_summary_neighbors_status_and_metrics_until_removed(capsys):
     from aiohttp.test_utils import TestClient, TestServer
 
     from nvfabric.bgp.reflector import api
+    from nvfabric.cli import main
 
     fake = FakeBfd()
 
@@ -251,6 +252,11 @@ async def test_reflector_reports_bfd_in_its_summary_neighbors_and_metrics_until_
             assert [(b["peer"], b["state"]) for b in summary["bfd"]] == [("127.0.0.2", "up")]
             (neighbor,) = await (await http.get("/v1/neighbors")).json()
             assert neighbor["bfd"] == "up"
+            code = await asyncio.to_thread(main, ["rr", "status", "--api", str(http.make_url("")).rstrip("/"),
+                                                  "--token", "t"])
+            header, row = [line.split() for line in capsys.readouterr().out.splitlines() if "127.0.0.2" in line
+                           or "neighbor" in line][:2]
+            assert code == 0 and row[header.index("bfd")] == "up"
             metrics = await (await http.get("/metrics")).text()
             assert 'nvfabric_bfd_session_up{peer="127.0.0.2"} 1.0' in metrics
             assert 'nvfabric_bfd_session_downs_total{peer="127.0.0.2"} 1.0' in metrics
