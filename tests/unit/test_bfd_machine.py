@@ -191,6 +191,19 @@ def test_silence_brings_the_session_down_after_the_detection_time() -> None:
     assert w.a.down_reason is Diagnostic.CONTROL_DETECTION_TIME_EXPIRED
 
 
+def test_losing_one_packet_in_three_keeps_the_session_up() -> None:
+    """Two intervals (at most 600 ms) between the packets that arrive: inside the 900 ms detection time."""
+    w = up_pair()
+    deliver = w.a.receive
+    count = iter(range(10**9))
+
+    def lossy(packet: pkt.ControlPacket, now: float) -> list[StateChanged]:
+        return [] if next(count) % 3 == 2 else deliver(packet, now)
+    w.a.receive = lossy  # type: ignore[method-assign]
+    w.run(w.now + 60)
+    assert w.a.state is UP and w.b.state is UP and w.a.counters.downs == 0
+
+
 def test_admin_down_tells_the_peer_at_once_and_ignores_it_after() -> None:
     w = up_pair()
     before = len(w.sent["a"])
