@@ -543,7 +543,8 @@ class Speaker:
             try:
                 self._bfd_add(peer.settings.address, dynamic.bfd, _local_address(peer))
             except (OSError, ValueError) as err:  # e.g. out of sockets: the BGP session goes on without BFD
-                log.error("peer %s: no BFD session: %s", peer.name, err, extra={"event": "bfd-error", "peer": peer.name})
+                log.error("peer %s: no BFD session: %s", peer.name, err,
+                          extra={"event": "bfd-error", "peer": peer.name})
 
     def sync_bfd(self) -> None:
         """Make the BFD sessions what the configuration says (after a reload): a session per configured

@@ -237,7 +237,8 @@ async def test_reflector_reports_bfd_in_its_summary_neighbors_status_and_metrics
     fake = FakeBfd()
 
     def rr_cfg(bfd: bool) -> rr_config.ReflectorConfig:
-        return rr_config.parse({"asn": 65000, "router_id": "198.51.100.100", "listen": {"address": "127.0.0.1", "port": 0},
+        return rr_config.parse({"asn": 65000, "router_id": "198.51.100.100",
+                                "listen": {"address": "127.0.0.1", "port": 0},
                                 "neighbors": [{"address": "127.0.0.2", "asn": 65000, "passive": True, "bfd": bfd}]})
 
     rr = Reflector(rr_cfg(True))
