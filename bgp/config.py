@@ -102,7 +102,7 @@ class DynamicNeighbors:
     md5_password: str | None = None
     max_prefix: MaxPrefix = DEFAULT_MAX_PREFIX
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    # A session per peer once its BGP session is Established, always passive (the peer speaks first).
+    # A BFD session per peer of the prefix, from its first Established until the peer is forgotten.
     bfd: BfdConfig | None = None
 
 

@@ -16,15 +16,20 @@ Graceful restart (RFC 4724), both roles:
   for its Restart Time; after it comes back they stay until its End-of-RIB (or `stale_time`), then the
   ones it did not re-announce are swept. Re-announced identical routes change nothing downstream.
 
-BFD (bgp/bfd/): when a neighbour or dynamic range has `bfd`, the speaker owns one `Bfd` endpoint. A
-configured neighbour's BFD session exists as long as the neighbour (we send first unless `passive`); a
-dynamic neighbour's from its first Established until its Peer is forgotten, always passive (the peer we do
-not know in advance speaks first). When a BFD session goes from Up to Down while its BGP session is
-Established, the BGP session is closed at once with Cease / BFD Down (RFC 9384), so its routes go at once
-(a NOTIFICATION we send is never a graceful restart). A neighbour that takes BFD down administratively
-(remote AdminDown) keeps its BGP session (RFC 5882 3.2). The connect-retry loop is not held back while BFD
-is down: BGP may come back before BFD does (RFC 5882 4.3 allows both), and only a later Up -> Down
-tears it down again; a path that is really down does not carry TCP either.
+BFD (bgp/bfd/): when a neighbour or dynamic range has `bfd`, the speaker owns one `Bfd` endpoint (or uses
+one it is given, shared with the other speakers of its namespace). A configured neighbour's BFD session
+exists as long as the neighbour; a dynamic neighbour's from its first Established until its Peer is
+forgotten. Both send first unless `passive`: a dynamic peer is known once its BGP session is Established,
+and a passive session of ours could stay Down for good after a flap, because FRR's bfdd keeps addressing
+our previous session's discriminator, which a new session must drop (RFC 5880 6.8.6) and which only our
+first packet (Your Discriminator 0) replaces.
+
+When a BFD session goes from Up to Down while its BGP session is Established, the BGP session is closed at
+once with Cease / BFD Down (RFC 9384), so its routes go at once (a session we close with a NOTIFICATION is
+never a graceful restart). A neighbour that takes BFD down administratively (remote AdminDown) keeps its
+BGP session (RFC 5882 3.2). The connect-retry loop is not held back while BFD is down: BGP may come back
+before BFD does, and only a later Up -> Down closes it again; a path that is really down carries no TCP
+either.
 """
 
 from __future__ import annotations
@@ -524,8 +529,8 @@ class Speaker:
             raise RuntimeError(f"peer {address}: bfd configured but the speaker has no BFD endpoint (start_bfd)")
         if self._bfd_sessions.get(address) == (config, local_address):
             return
-        self._bfd_sessions[address] = (config, local_address)
         self.bfd.add(address, config, self._bfd_listener(address), local_address)
+        self._bfd_sessions[address] = (config, local_address)
 
     def _bfd_remove(self, address: str) -> None:
         if self._bfd_sessions.pop(address, None) is not None and self.bfd is not None:
@@ -535,7 +540,11 @@ class Speaker:
     def _bfd_add_dynamic(self, peer: Peer) -> None:
         dynamic = self._dynamic_for(peer.settings.address)
         if dynamic is not None and dynamic.bfd is not None:
-            self._bfd_add(peer.settings.address, replace(dynamic.bfd, passive=True), _local_address(peer))
+            try:
+                self._bfd_add(peer.settings.address, dynamic.bfd, _local_address(peer))
+            except (OSError, ValueError) as err:  # e.g. out of sockets: the BGP session goes on without BFD
+                log.error("peer %s: no BFD session: %s", peer.name, err,
+                          extra={"event": "bfd-error", "peer": peer.name})
 
     def sync_bfd(self) -> None:
         """Make the BFD sessions what the configuration says (after a reload): a session per configured
@@ -545,7 +554,7 @@ class Speaker:
         for address, peer in self.peers.items():
             dynamic = self._dynamic_for(address) if peer.settings.dynamic else None
             if dynamic is not None and dynamic.bfd is not None and peer.established is not None:
-                wanted[address] = (replace(dynamic.bfd, passive=True), _local_address(peer))
+                wanted[address] = (dynamic.bfd, _local_address(peer))
         for address in list(self._bfd_sessions):
             if address not in wanted:
                 self._bfd_remove(address)

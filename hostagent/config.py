@@ -9,7 +9,7 @@ provider_prefixes: [198.51.100.0/24, "2001:db8::/64"] # optional: learned next h
 router_mac: "02:00:5e:10:00:01"                       # fabric-wide: every inner frame is addressed to it
 route_reflectors:
   - {address: 198.51.100.100, asn: 65001, md5_password: s3cret}
-  - {address: 198.51.100.101}                         # asn defaults to ours (iBGP)
+  - {address: 198.51.100.101, bfd: true}              # asn defaults to ours (iBGP); BFD 300 ms x 3
 api: {listen: "127.0.0.1:8500", token: change-me}
 state_dir: /var/lib/nvfabric/agent
 underlay_mtu: 1500

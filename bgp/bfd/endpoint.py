@@ -34,15 +34,19 @@ TTL = 255
 # Linux values; Python does not name IP_RECVTTL.
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
 _ANCILLARY = socket.CMSG_SPACE(4) * 2
+OPEN_RETRY = 1.0  # seconds
 _MAX_DATAGRAM = 512  # a control packet is at most 24 + 28 bytes; anything longer is still read whole
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _split(peer: str) -> tuple[Address, str | None]:
+def _split(peer: str, what: str = "peer") -> tuple[Address, str | None]:
     """"fe80::2%eth1" -> (address, "eth1"): a link-local peer names its interface."""
     text, _, scope = peer.partition("%")
-    return ipaddress.ip_address(text), scope or None
+    try:
+        return ipaddress.ip_address(text), scope or None
+    except ValueError:
+        raise ValueError(f"{what}: {peer!r} is not an IP address") from None
 
 
 @dataclass(eq=False)
@@ -56,6 +60,8 @@ class _Peer:
     session: machine.Session
     sock: socket.socket | None = None
     timer: asyncio.TimerHandle | None = None
+    retry: asyncio.TimerHandle | None = None
+    open_failures: int = 0
     up_since: float | None = None
     dropped: int = 0  # refused here, before the machine: TTL, malformed
     send_errors: int = 0
@@ -87,7 +93,8 @@ class Bfd:
                 log.warning("bfd: no %s socket: %s", family.name, err)
                 continue
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # No SO_REUSEADDR: a second listener in this namespace (another daemon, FRR's bfdd) would
+                # silently take the packets; better to fail here.
                 if family is socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setsockopt(level, option, 1)
@@ -103,7 +110,6 @@ class Bfd:
             self._receivers.append(sock)
         for peer in self._peers.values():
             self._open(peer)
-            self._after(peer, [])
 
     async def stop(self) -> None:
         for peer in list(self._peers.values()):
@@ -124,12 +130,15 @@ class Bfd:
         if existing is not None and existing.local_address == local_address:
             existing.on_change = on_change
             if existing.config != config:
+                events = existing.session.set_config(config, self._now())  # ValueError: nothing changed
                 existing.config = config
-                self._after(existing, existing.session.set_config(config, self._now()))
+                self._after(existing, events)
             return
         if existing is not None:
             self.remove(peer)
         address, scope = _split(peer)
+        if local_address is not None and _split(local_address, "local_address")[0].version != address.version:
+            raise ValueError(f"local_address: {local_address} is not of the family of the peer {peer}")
         discriminator = self._new_discriminator()
         session = machine.Session(config, discriminator, self._now(), random=self._rng.random)
         entry = _Peer(peer, address, scope, config, on_change, local_address, session)
@@ -138,7 +147,6 @@ class Bfd:
         self._by_address[address] = entry
         if self._loop is not None:
             self._open(entry)
-            self._after(entry, [])
 
     def remove(self, peer: str) -> None:
         entry = self._peers.pop(peer, None)
@@ -155,6 +163,21 @@ class Bfd:
     # -- sockets ------------------------------------------------------------------------------------------
 
     def _open(self, peer: _Peer) -> None:
+        """The session's send socket; when it cannot be made yet (its local address not configured, or
+        still tentative), the session waits, trying again every OPEN_RETRY seconds."""
+        peer.retry = None
+        try:
+            self._make_socket(peer)
+        except OSError as err:
+            peer.open_failures += 1
+            log.log(logging.WARNING if peer.open_failures == 1 else logging.DEBUG,
+                    "bfd: %s: cannot send from %s yet, retrying: %s", peer.name, peer.local_address or "any", err)
+            assert self._loop is not None
+            peer.retry = self._loop.call_later(OPEN_RETRY, self._open, peer)
+            return
+        self._after(peer, [])
+
+    def _make_socket(self, peer: _Peer) -> None:
         family = socket.AF_INET6 if peer.address.version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -199,9 +222,10 @@ class Bfd:
                 self._notify(peer, event)
             peer.sock.close()
             peer.sock = None
-        if peer.timer is not None:
-            peer.timer.cancel()
-            peer.timer = None
+        for handle in (peer.timer, peer.retry):
+            if handle is not None:
+                handle.cancel()
+        peer.timer = peer.retry = None
 
     def _readable(self, sock: socket.socket) -> None:
         while True:
@@ -304,8 +328,8 @@ class Bfd:
         return BfdStatus(
             peer=peer.name, local_address=peer.local_address, state=s.state, remote_state=s.remote_state,
             local_discriminator=s.local_discriminator, remote_discriminator=s.remote_discriminator,
-            diagnostic=s.diag, remote_diagnostic=s.remote_diag,
-            transmit_interval=s.transmit_interval * machine.US, detect_time=s.detect_time * machine.US,
+            diagnostic=s.down_reason, remote_diagnostic=s.remote_diag,
+            transmit_interval=s.transmit_interval / 1e6, detect_time=s.detect_time / 1e6,
             up_since=peer.up_since, transitions=s.counters.transitions, downs=s.counters.downs,
             packets_in=s.counters.packets_in, packets_out=s.counters.packets_out,
             dropped=s.counters.dropped + peer.dropped)

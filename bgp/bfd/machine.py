@@ -13,7 +13,7 @@ import random as _random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nvfabric.bgp.bfd import BfdAuth, BfdConfig, BfdState, Diagnostic
+from nvfabric.bgp.bfd import BfdConfig, BfdState, Diagnostic
 from nvfabric.bgp.bfd import packet as pkt
 from nvfabric.bgp.bfd.packet import ControlPacket
 
@@ -28,7 +28,7 @@ US = 1e-6
 class StateChanged:
     old: BfdState
     new: BfdState
-    diag: Diagnostic  # bfd.LocalDiag after the change: why we went down, NONE on the way up
+    diag: Diagnostic  # bfd.LocalDiag after the change: why we went down; NONE once Up
 
 
 Event = StateChanged
@@ -92,7 +92,8 @@ class Session:
         self.local_discriminator = local_discriminator
         self._random = random
         self.state = BfdState.DOWN
-        self.diag = Diagnostic.NONE
+        self.diag = Diagnostic.NONE  # bfd.LocalDiag, as sent: cleared when the session comes Up
+        self.down_reason = Diagnostic.NONE  # why it last went down, kept while Up (for status)
         self.remote_state = BfdState.DOWN
         self.remote_discriminator = 0
         self.remote_diag = Diagnostic.NONE
@@ -108,6 +109,7 @@ class Session:
         self._tx_in_use = self.desired_tx
         self._rx_in_use = self.required_rx
         self.polling = False
+        self._poll_again = False
         self._next_tx: float | None = now  # the first packet goes at once (unless passive, see _may_send)
         self._detect_deadline: float | None = None
         self._last_rx: float | None = None
@@ -137,7 +139,7 @@ class Session:
         previous_min_rx = self.remote_min_rx
         self.remote_min_rx = packet.required_min_rx
         if packet.final and self.polling:
-            self._poll_done()
+            self._poll_done(now)
         if self.remote_min_rx != previous_min_rx:
             self._reschedule_tx(now)
         self._detect_deadline = now + self.detect_time * US
@@ -237,6 +239,10 @@ class Session:
         tx, rx = self._wanted_tx(), self.config.receive_interval * 1000
         if (tx, rx) == (self.desired_tx, self.required_rx):
             return
+        if self.state is BfdState.UP and self.polling:
+            # 6.5: one Poll Sequence at a time, so a Final always acknowledges the values it was polled for.
+            self._poll_again = True
+            return
         self.desired_tx, self.required_rx = tx, rx
         if self.state is not BfdState.UP:
             self._tx_in_use, self._rx_in_use = tx, rx
@@ -248,21 +254,26 @@ class Session:
         self._reschedule_tx(now)
         self.polling = True
 
-    def _poll_done(self) -> None:
+    def _poll_done(self, now: float) -> None:
         self.polling = False
         self._tx_in_use, self._rx_in_use = self.desired_tx, self.required_rx
+        if self._poll_again:
+            self._poll_again = False
+            self._set_intervals(now)
 
     def _move(self, new: BfdState, diag: Diagnostic | None, now: float) -> list[Event]:
         old = self.state
         self.state = new
-        if diag is not None:
-            self.diag = diag
+        if new is BfdState.UP:
+            self.diag = Diagnostic.NONE
+        elif diag is not None:
+            self.diag = self.down_reason = diag
         self.counters.transitions += 1
         if old is BfdState.UP:
             self.counters.downs += 1
         if new is not BfdState.UP:
             # A Poll Sequence is about the Up intervals; the slow rate applies at once outside Up.
-            self.polling = False
+            self.polling = self._poll_again = False
         self._set_intervals(now)
         return [StateChanged(old, new, self.diag)]
 

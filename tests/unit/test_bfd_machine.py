@@ -65,7 +65,10 @@ class Wire:
             self.run(self.now + 0.01)
 
 
-def pair(config_a: BfdConfig = BfdConfig(), config_b: BfdConfig = BfdConfig(), seed: int = 7) -> Wire:
+DEFAULT = BfdConfig()
+
+
+def pair(config_a: BfdConfig = DEFAULT, config_b: BfdConfig = DEFAULT, seed: int = 7) -> Wire:
     rng = random.Random(seed)
     return Wire(Session(config_a, 0xA, 0.0, rng.random), Session(config_b, 0xB, 0.0, rng.random))
 
@@ -126,7 +129,7 @@ def test_two_sessions_come_up_and_settle_on_the_configured_rate() -> None:
     start = w.now
     w.run(start + 30)
     times = [t for t, _ in w.sent["a"] if t > start]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert min(gaps) >= 0.225 - 1e-9 and max(gaps) <= 0.3 + 1e-9
     assert w.a.state is UP and w.b.state is UP and len(w.events["a"]) + len(w.events["b"]) == count
 
@@ -137,7 +140,7 @@ def test_not_up_advertises_and_uses_one_second() -> None:
     lonely.run(20)
     sent = lonely.sent["a"]
     assert all(p.desired_min_tx == 1_000_000 and p.state is DOWN and p.your_discriminator == 0 for _, p in sent)
-    gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:])]
+    gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:], strict=False)]
     assert gaps and min(gaps) >= 0.75 - 1e-9 and max(gaps) <= 1.0 + 1e-9
 
 
@@ -145,7 +148,7 @@ def test_detect_mult_one_jitters_at_most_ninety_percent() -> None:
     w = pair(BfdConfig(multiplier=1), BfdConfig(multiplier=1))
     w.cut = {"ab", "ba"}
     w.run(30)
-    gaps = [b[0] - a[0] for a, b in zip(w.sent["a"], w.sent["a"][1:])]
+    gaps = [b[0] - a[0] for a, b in zip(w.sent["a"], w.sent["a"][1:], strict=False)]
     assert max(gaps) <= 0.9 + 1e-9 and min(gaps) >= 0.75 - 1e-9
 
 
@@ -181,6 +184,24 @@ def test_silence_brings_the_session_down_after_the_detection_time() -> None:
     assert w.sent["a"][-1][1].desired_min_tx == 1_000_000  # back to the slow rate
     w.cut = set()
     w.run_until(lambda: w.a.state is UP and w.b.state is UP)
+    # Up again: the packets say nothing is wrong; the status still says why it last went down.
+    assert (w.events["a"][-1].new, w.events["a"][-1].diag) == (UP, Diagnostic.NONE)
+    w.run(w.now + 1)
+    assert w.sent["a"][-1][1].diag is Diagnostic.NONE
+    assert w.a.down_reason is Diagnostic.CONTROL_DETECTION_TIME_EXPIRED
+
+
+def test_losing_one_packet_in_three_keeps_the_session_up() -> None:
+    """Two intervals (at most 600 ms) between the packets that arrive: inside the 900 ms detection time."""
+    w = up_pair()
+    deliver = w.a.receive
+    count = iter(range(10**9))
+
+    def lossy(packet: pkt.ControlPacket, now: float) -> list[StateChanged]:
+        return [] if next(count) % 3 == 2 else deliver(packet, now)
+    w.a.receive = lossy  # type: ignore[method-assign]
+    w.run(w.now + 60)
+    assert w.a.state is UP and w.b.state is UP and w.a.counters.downs == 0
 
 
 def test_admin_down_tells_the_peer_at_once_and_ignores_it_after() -> None:
@@ -226,6 +247,22 @@ def test_slower_transmit_waits_for_the_final() -> None:
     w.run_until(lambda: not w.a.polling)
     assert w.a.transmit_interval == 1_000_000
     assert w.b.detect_time == 3_000_000 and w.b.state is UP
+
+
+def test_change_during_a_poll_waits_for_its_final_then_polls_again() -> None:
+    w = up_pair()
+    w.cut = {"ba"}
+    w.a.set_config(BfdConfig(transmit_interval=100), w.now)
+    w.run(w.now + 0.3)
+    w.a.set_config(BfdConfig(transmit_interval=50), w.now)
+    start = len(w.sent["a"])
+    w.run(w.now + 0.3)  # within the 900 ms detection time: only the Final is missing
+    assert {p.desired_min_tx for _, p in w.sent["a"][start:]} == {100_000}  # still the first poll's values
+    w.cut = set()
+    w.run_until(lambda: not w.a.polling)
+    assert w.a.desired_tx == 50_000 and w.a._tx_in_use == 50_000
+    assert [p.desired_min_tx for _, p in w.sent["a"][start:] if p.poll][-1] == 50_000
+    assert w.a.state is UP and w.b.state is UP
 
 
 def test_poll_is_answered_with_final_immediately() -> None:

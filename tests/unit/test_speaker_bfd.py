@@ -172,7 +172,7 @@ async def test_bfd_down_that_never_was_up_or_taken_down_by_the_peer_keeps_the_se
     assert server.speaker.counters.bfd_teardowns == 0
 
 
-async def test_dynamic_neighbour_gets_a_passive_session_when_established_removed_when_forgotten():
+async def test_dynamic_neighbour_gets_a_session_when_established_removed_when_forgotten():
     fake = FakeBfd()
     server = Speaker(cfg("198.51.100.100", listen={"address": "127.0.0.1", "port": 0},
                          dynamic_neighbors=[{"prefix": "127.0.1.0/24", "asn": 65000,
@@ -184,7 +184,7 @@ async def test_dynamic_neighbour_gets_a_passive_session_when_established_removed
     await client.start()
     try:
         await until(lambda: fake.added, what="a BFD session for the dynamic peer")
-        assert fake.added == [("127.0.1.7", BfdConfig(100, 100, 3, passive=True), "127.0.0.1")]
+        assert fake.added == [("127.0.1.7", BfdConfig(100, 100, 3), "127.0.0.1")]
         fake.change("127.0.1.7", BfdState.UP)
         fake.change("127.0.1.7", BfdState.DOWN, Diagnostic.CONTROL_DETECTION_TIME_EXPIRED)
         await until(lambda: fake.removed == ["127.0.1.7"], what="the session removed with the forgotten peer")
@@ -228,15 +228,17 @@ async def test_reflector_reload_adds_changes_and_removes_bfd_without_resetting_b
         await rr.stop()
 
 
-async def test_reflector_reports_bfd_in_its_summary_neighbors_and_metrics_until_removed():
+async def test_reflector_reports_bfd_in_its_summary_neighbors_status_and_metrics_until_removed(capsys):
     from aiohttp.test_utils import TestClient, TestServer
 
     from nvfabric.bgp.reflector import api
+    from nvfabric.cli import main
 
     fake = FakeBfd()
 
     def rr_cfg(bfd: bool) -> rr_config.ReflectorConfig:
-        return rr_config.parse({"asn": 65000, "router_id": "198.51.100.100", "listen": {"address": "127.0.0.1", "port": 0},
+        return rr_config.parse({"asn": 65000, "router_id": "198.51.100.100",
+                                "listen": {"address": "127.0.0.1", "port": 0},
                                 "neighbors": [{"address": "127.0.0.2", "asn": 65000, "passive": True, "bfd": bfd}]})
 
     rr = Reflector(rr_cfg(True))
@@ -251,6 +253,11 @@ async def test_reflector_reports_bfd_in_its_summary_neighbors_and_metrics_until_
             assert [(b["peer"], b["state"]) for b in summary["bfd"]] == [("127.0.0.2", "up")]
             (neighbor,) = await (await http.get("/v1/neighbors")).json()
             assert neighbor["bfd"] == "up"
+            code = await asyncio.to_thread(main, ["rr", "status", "--api", str(http.make_url("")).rstrip("/"),
+                                                  "--token", "t"])
+            header, row = [line.split() for line in capsys.readouterr().out.splitlines() if "127.0.0.2" in line
+                           or "neighbor" in line][:2]
+            assert code == 0 and row[header.index("bfd")] == "up"
             metrics = await (await http.get("/metrics")).text()
             assert 'nvfabric_bfd_session_up{peer="127.0.0.2"} 1.0' in metrics
             assert 'nvfabric_bfd_session_downs_total{peer="127.0.0.2"} 1.0' in metrics
