@@ -58,12 +58,13 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nvfabric.gateway.config import GatewayConfig, SyncConfig
+from nvfabric.gateway.peerids import IdExchange
 from nvfabric.service.config import split_listen
 from nvfabric.vnet.kernel.netns import write_sysctls
 from nvfabric.vnet.model import Address
@@ -247,6 +248,9 @@ class SyncStatus:
     last_error: str | None
     # the tenants' entries in this kernel (the gateway's session sampler), None: not counted yet
     kernel_entries: int | None = None
+    # tenants both gateways serve with different ids -> (ours, theirs) (gateway/peerids.py); None: the other
+    # gateway's ids not heard lately
+    tenant_ids_differ: dict[str, tuple[int, int]] | None = None
 
     @property
     def up(self) -> bool:
@@ -273,6 +277,8 @@ class SyncStatus:
                 "resend_queue": s.resend_queue,
                 "sampled_seconds_ago": None if self.sampled_at is None else round(now - self.sampled_at, 1),
                 "heard_seconds_ago": None if self.last_heard is None else round(now - self.last_heard, 1),
+                "tenant_ids_differ": None if self.tenant_ids_differ is None else
+                {n: {"ours": a, "theirs": b} for n, (a, b) in self.tenant_ids_differ.items()},
                 "last_error": self.last_error}
 
 
@@ -286,7 +292,7 @@ class ConntrackSync:
 
     def __init__(self, sync: SyncConfig, netns: str | None, ignore: Iterable[Address],
                  files: SyncFiles | None = None, *, interval: float = SAMPLE_INTERVAL, binary: str = BINARY,
-                 role: str = "active") -> None:
+                 role: str = "active", ids: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.sync = sync
         self.netns = netns
         self.files = files or SyncFiles.for_gateway(sync, netns)
@@ -303,6 +309,10 @@ class ConntrackSync:
         self._answered = False
         self._heard_at: float | None = None
         self._last_error: str | None = None
+        # the tenant ids compared with the other gateway's (ids: the gateway's current map)
+        self._ids = None if ids is None else IdExchange(sync.local_address, sync.peer_address, sync.port + 1, ids)
+        self._hooks: set[asyncio.Task[None]] = set()
+        self._hooks_lock = asyncio.Lock()
 
     # -------------------------------------------------------------- lifecycle
 
@@ -315,11 +325,16 @@ class ConntrackSync:
         self._stopping = False
         self._tasks = [asyncio.create_task(self._supervise(), name="conntrackd"),
                        asyncio.create_task(self._sample_forever(), name="conntrackd-sampler")]
+        if self._ids is not None:
+            await self._ids.start()
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks[1:]:
+        for task in [*self._tasks[1:], *self._hooks]:
             task.cancel()
+        await asyncio.gather(*self._hooks, return_exceptions=True)
+        if self._ids is not None:
+            await self._ids.stop()
         proc = self._proc
         if proc is not None and proc.returncode is None:
             proc.terminate()  # conntrackd's SIGTERM: a clean shutdown that removes its lock and socket
@@ -428,16 +443,32 @@ class ConntrackSync:
     # -------------------------------------------------------------- the role's hooks
 
     async def became_active(self) -> None:
-        """This gateway now forwards: the replicated entries become the ones it sends (module docstring)."""
+        """This gateway now forwards: the replicated entries become the ones it sends (module docstring).
+        Returns at once: the commands run in the background, in the order of the calls, so that the
+        announcements of a takeover are not held up by them (the entries are in the kernel already)."""
         self.role = "active"
-        if self.running and await self.command("-R"):
-            await self.command("-B")
+        self._in_order(("-R",), ("-B",))
 
     async def became_standby(self) -> None:
-        """The other gateway forwards: forget what we sent, ask it for everything (module docstring)."""
+        """The other gateway forwards: forget what we sent, ask it for everything (module docstring).
+        Returns at once, as became_active."""
         self.role = "standby"
-        if self.running and await self.command("-f", "internal"):
-            await self.command("-n")
+        self._in_order(("-f", "internal"), ("-n",))
+
+    def _in_order(self, *commands: tuple[str, ...]) -> None:
+        async def run() -> None:
+            async with self._hooks_lock:  # asyncio's lock is FIFO: the commands of two calls never interleave
+                for args in commands:
+                    if not self.running or not await self.command(*args):
+                        return
+        task = asyncio.create_task(run(), name="conntrackd-role")
+        self._hooks.add(task)
+        task.add_done_callback(self._hooks.discard)
+
+    async def settled(self) -> None:
+        """Wait for the hooks' commands (tests, and stop())."""
+        while self._hooks:
+            await asyncio.gather(*self._hooks, return_exceptions=True)
 
     # -------------------------------------------------------------- health
 
@@ -480,4 +511,11 @@ class ConntrackSync:
         return SyncStatus(s.interface, str(s.local_address), str(s.peer_address), s.port, self.running,
                           self.running and self._answered and heard, self.role,
                           self._proc.pid if self.running and self._proc is not None else None, self.restarts,
-                          self._stats, self._sampled_at, self._heard_at, self._last_error, kernel_entries)
+                          self._stats, self._sampled_at, self._heard_at, self._last_error, kernel_entries,
+                          self._tenant_ids_differ(now))
+
+    def _tenant_ids_differ(self, now: float) -> dict[str, tuple[int, int]] | None:
+        x = self._ids
+        if x is None or x.heard_at is None or now - x.heard_at > 3 * x.interval:
+            return None
+        return x.differ()

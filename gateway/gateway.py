@@ -95,7 +95,8 @@ class Gateway:
             if config.route_reflectors and self._dp else None
         # conntrack entries replicated with the other gateway (gateway/conntrackd.py)
         self._sync = None if config.sync is None else ConntrackSync(
-            config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active")
+            config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active",
+            ids=lambda: self._ids)
         self._lock = asyncio.Lock()
         self._started = False
         self.last_change: dict[str, Any] | None = None
@@ -254,7 +255,7 @@ class Gateway:
         async with self._lock:
             if self._upstream is not None:
                 await self._upstream.sync(self._public())
-        if self._sync is not None:  # after the announcements: the replicated entries are in the kernel already
+        if self._sync is not None:  # after the announcements (returns at once: its commands run in the background)
             await (self._sync.became_active() if serving else self._sync.became_standby())
 
     def sync_status(self) -> SyncStatus | None:

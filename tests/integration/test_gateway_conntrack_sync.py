@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.gateway import Gateway
 from nvfabric.lab.daemons import GatewayThread
 from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.netns import run
@@ -75,6 +76,7 @@ class Pair:
             run(["ip", "-n", self.ns[tenant], "link", "set", "v2", "up"])
         run(["ip", "-n", self.ns["inet"], "route", "replace", "203.0.113.128/25", "via", EXT["gw2"]])
         self.gws["gw2"].call(lambda g: g._serving_changed(True))
+        self.gws["gw2"].call(lambda g: g._sync.settled())
 
 
 def _batch(lines: list[str]) -> None:
@@ -145,6 +147,10 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
             run(["ip", "netns", "del", n], check=False)
 
 
+async def _send_ids(g: Gateway) -> None:
+    g._sync._ids.send()
+
+
 def _ids(pair: Pair, gw: str) -> dict[str, int]:
     return {t: pair.gws[gw].gateway.tenant_id(t) for t in TENANTS}
 
@@ -165,7 +171,11 @@ def test_a_natted_flow_is_replicated_with_its_zone_mark_and_mapping_and_its_dele
         for gw in ("gw1", "gw2"):
             pair.gws[gw].call(lambda g: g._sync.sample())
             status = pair.gws[gw].gateway.sync_status()
-            assert status is not None and status.running and status.stats.received > 0, status
+            assert status is not None and status.up and status.stats.received > 0, status
+            pair.gws[gw].call(_send_ids)
+        # each has the other's tenant ids, and they are the same
+        for gw in ("gw1", "gw2"):
+            wait_for(lambda g=gw: pair.gws[g].gateway.sync_status().tenant_ids_differ == {}, 10, f"{gw} heard ids")
         injected = pair.gws["gw2"].gateway.sync_status().stats
         assert injected.injected_created + injected.injected_updated >= 2 and injected.inject_failed == 0
         assert pair.gws["gw1"].gateway.sync_status().stats.internal >= 2
