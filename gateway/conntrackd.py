@@ -288,7 +288,8 @@ class SyncStatus:
 class ConntrackSync:
     """conntrackd for one gateway: `start()` writes its configuration, sets the kernel settings and starts it;
     it is restarted with backoff when it dies; `stop()` ends it (the kernel's entries stay). `status()` is
-    the last sample. The hooks are awaited by the gateway when its serving state changes."""
+    the last sample. The gateway calls the hooks when its serving state changes; `ids` (the gateway's
+    tenant ids, read when sent) turns on their comparison with the other gateway's (gateway/peerids.py)."""
 
     def __init__(self, sync: SyncConfig, netns: str | None, ignore: Iterable[Address],
                  files: SyncFiles | None = None, *, interval: float = SAMPLE_INTERVAL, binary: str = BINARY,
@@ -375,6 +376,7 @@ class ConntrackSync:
                 log.error("conntrack sync: %s", self._last_error)
             else:
                 log.info("conntrack sync: conntrackd started (pid %d)", self._proc.pid)
+                self._stats, self._answered = ConntrackdStats(), False  # a new daemon counts from zero
                 await self._relay(self._proc)
                 status = await self._proc.wait()
                 if self._stopping:
@@ -395,7 +397,7 @@ class ConntrackSync:
             line = raw.decode(errors="replace").rstrip()
             if not line:
                 continue
-            if "[ERROR]" in line or "[warning]" in line.lower():
+            if "[error]" in line.lower() or "[warning]" in line.lower():
                 self._last_error = line
                 log.warning("conntrackd: %s", line)
             else:
