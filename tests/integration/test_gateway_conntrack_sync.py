@@ -75,8 +75,12 @@ class Pair:
         for tenant in ("blue", "red"):
             run(["ip", "-n", self.ns[tenant], "link", "set", "v2", "up"])
         run(["ip", "-n", self.ns["inet"], "route", "replace", "203.0.113.128/25", "via", EXT["gw2"]])
-        self.gws["gw2"].call(lambda g: g._serving_changed(True))
-        self.gws["gw2"].call(lambda g: g._sync.settled())
+        self.tell("gw2", active=True)
+
+    def tell(self, gw: str, active: bool) -> None:
+        """What the gateway's role does when it changes (the role machine is not under test here)."""
+        self.gws[gw].call(lambda g: g._sync.became_active() if active else g._sync.became_standby())
+        self.gws[gw].call(lambda g: g._sync.settled())
 
 
 def _batch(lines: list[str]) -> None:
@@ -239,7 +243,7 @@ def test_a_dead_conntrackd_is_restarted_and_a_gateway_back_as_standby_gets_the_a
         # gw1 comes back with an empty table (as after a reboot) as the standby: it asks gw2 for everything (the
         # tenants' traffic stays with gw2, the serving one: gw1's legs into the tenants stay down)
         run(["ip", "netns", "exec", pair.ns["gw1"], "conntrack", "-F"])
-        pair.gws["gw1"].call(lambda g: g._serving_changed(False))
+        pair.tell("gw1", active=False)
         wait_for(lambda: len([e for e in pair.conntrack("gw1", tid) if e["dport"] == "8080"]) >= 2, 15,
                  "both flows back on gw1")
         assert pair.gws["gw1"].gateway.sync_status().role == "standby"
