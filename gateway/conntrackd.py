@@ -37,6 +37,11 @@ the kernel (`Filter From Kernelspace`). Tenants may not claim the gateway's addr
 so no tenant's public side is lost; a tenant whose private addresses overlap the gateway's own would have
 those flows left out (the tenants' private space is theirs: the operator avoids it).
 
+Events: not "reliable" (NetlinkEventsReliable Off): with reliable delivery the kernel keeps every ended
+entry until its destroy event has been read, so a stopped or wedged conntrackd would fill the gateway's
+conntrack table with dead entries; the gateway's forwarding must not depend on its replication. An overrun
+of the event socket (the buffer grows to 8 MB first) is repaired by a resync against the kernel 5 s later.
+
 Kernel settings (`KERNEL_SETTINGS`, set at start in the gateway's namespace):
 - nf_conntrack_tcp_be_liberal=1: an injected entry's TCP window is the one of its last event, long gone
   when the standby takes over; checking windows would mark the flow's packets INVALID (the gateway drops
@@ -158,8 +163,8 @@ General {{
   }}
   NetlinkBufferSize 2097152
   NetlinkBufferSizeMaxGrowth 8388608
-  NetlinkEventsReliable On
-  NetlinkOverrunResync Off
+  NetlinkEventsReliable Off
+  NetlinkOverrunResync 5
   Filter From Kernelspace {{
     Protocol Accept {{
       {" ".join(PROTOCOLS)}
