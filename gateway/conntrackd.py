@@ -6,7 +6,8 @@ over UDP unicast on a dedicated link (`sync:`). Each sends the conntrack events 
 applies the other's. conntrackd 1.4.7 keeps a replicated entry's conntrack zone and mark and its NAT
 mapping (checked in tests/integration/test_gateway_conntrack_sync.py), so an entry made by one gateway's
 SNAT or floating IP in tenant zone Z with mark Z is the same entry in the other's kernel: the tenant ids
-(zone = mark = routing table) must be equal on both gateways (docs/gateway.md says how they are).
+(zone = mark = routing table) must be equal on both gateways (docs/gateway.md says how they are kept
+equal; gateway/peerids.py checks it).
 
 No external cache (`DisableExternalCache On`): the other gateway's entries are injected into this kernel as
 they arrive, not kept in conntrackd's memory until a commit. Why:
@@ -43,9 +44,11 @@ conntrack table with dead entries; the gateway's forwarding must not depend on i
 of the event socket (the buffer grows to 8 MB first) is repaired by a resync against the kernel 5 s later.
 
 Kernel settings (`KERNEL_SETTINGS`, set at start in the gateway's namespace):
-- nf_conntrack_tcp_be_liberal=1: an injected entry's TCP window is the one of its last event, long gone
-  when the standby takes over; checking windows would mark the flow's packets INVALID (the gateway drops
-  INVALID);
+- nf_conntrack_tcp_be_liberal=1: no TCP window checks. conntrackd injects its entries without them
+  already (its TCPWindowTracking default: a replica's window is the one of its last event, long gone at
+  takeover); this extends it to the entries the standby picks up mid-stream, whose windows the kernel
+  learns only from the packets after the takeover: a segment outside them would be INVALID, which the
+  gateway drops;
 - nf_conntrack_tcp_loose=1 (the kernel's default, set in case it was changed): a flow whose entry did not
   arrive before the takeover is picked up mid-stream instead of dropped.
 
