@@ -255,7 +255,7 @@ class Gateway:
         async with self._lock:
             if self._upstream is not None:
                 await self._upstream.sync(self._public())
-        if self._sync is not None:  # after the announcements (returns at once: its commands run in the background)
+        if self._sync is not None:  # after the announcements: the replicated entries are in the kernel already
             await (self._sync.became_active() if serving else self._sync.became_standby())
 
     def sync_status(self) -> SyncStatus | None:
