@@ -296,12 +296,11 @@ class SyncStatus:
 class ConntrackSync:
     """conntrackd for one gateway: `start()` writes its configuration, sets the kernel settings and starts it;
     it is restarted with backoff when it dies; `stop()` ends it (the kernel's entries stay). `status()` is
-    the last sample. The gateway calls the hooks when its serving state changes; `ids` (the gateway's
-    tenant ids, read when sent) turns on their comparison with the other gateway's (gateway/peerids.py)."""
+    the last sample. The gateway calls the hooks when its serving state changes."""
 
     def __init__(self, sync: SyncConfig, netns: str | None, ignore: Iterable[Address],
                  files: SyncFiles | None = None, *, interval: float = SAMPLE_INTERVAL, binary: str = BINARY,
-                 role: str = "active", ids: Callable[[], Mapping[str, int]] | None = None) -> None:
+                 role: str = "active") -> None:
         self.sync = sync
         self.netns = netns
         self.files = files or SyncFiles.for_gateway(sync, netns)
@@ -318,14 +317,17 @@ class ConntrackSync:
         self._answered = False
         self._heard_at: float | None = None
         self._last_error: str | None = None
-        # the tenant ids compared with the other gateway's (ids: the gateway's current map)
-        self._ids = None if ids is None else IdExchange(sync.local_address, sync.peer_address, sync.port + 1, ids)
+        self._ids: IdExchange | None = None  # the tenant ids compared with the other gateway's (start)
         self._hooks: set[asyncio.Task[None]] = set()
         self._hooks_lock = asyncio.Lock()
 
     # -------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
+    async def start(self, ids: Callable[[], Mapping[str, int]] | None = None) -> None:
+        """`ids`: the gateway's tenant ids (read each time they are sent), compared with the other gateway's
+        (gateway/peerids.py); None: not compared."""
+        if ids is not None:
+            self._ids = IdExchange(self.sync.local_address, self.sync.peer_address, self.sync.port + 1, ids)
         self.files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.files.config.write_text(conntrackd_conf(self.sync, self.files, self.ignore))
         for (path, value), error in zip(KERNEL_SETTINGS, write_sysctls(self.netns, KERNEL_SETTINGS), strict=True):

@@ -95,8 +95,7 @@ class Gateway:
             if config.route_reflectors and self._dp else None
         # conntrack entries replicated with the other gateway (gateway/conntrackd.py)
         self._sync = None if config.sync is None else ConntrackSync(
-            config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active",
-            ids=lambda: self._ids)
+            config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active")
         self._lock = asyncio.Lock()
         self._started = False
         self.last_change: dict[str, Any] | None = None
@@ -147,7 +146,7 @@ class Gateway:
             self._started = True
             self._sessions.start()
             if self._sync is not None:  # after the NAT table: its kernel settings need nf_conntrack loaded
-                await self._sync.start()
+                await self._sync.start(ids=lambda: self._ids)
         if self._fabric is not None:
             await self._fabric.start(self._tenants)  # outside the lock: learned records take it
 
