@@ -109,11 +109,12 @@ async def measure(ns: dict[str, str], sizes: list[int]) -> None:
             # b restarted with an empty table: StartupResync asks a for everything
             await syncs["b"].stop()
             run(["ip", "netns", "exec", ns["b"], "conntrack", "-F"], check=False)
+            empty = count(ns["b"])
             began = time.monotonic()
             await syncs["b"].start()
             took = await asyncio.to_thread(wait_count, ns["b"], n, 120)
-            print(f"N={n}: b restarted empty, all back in {'-' if took is None else f'{took:.2f}'} s "
-                  "(daemon start included)", flush=True)
+            print(f"N={n}: b restarted with {empty} entries, all {n} back in "
+                  f"{'-' if took is None else f'{took:.2f}'} s (daemon start included)", flush=True)
             r = await timed(syncs["b"], "-R")
             b = await timed(syncs["b"], "-B")
             f = await timed(syncs["b"], "-f", "internal")
