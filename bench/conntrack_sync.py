@@ -167,7 +167,8 @@ def main() -> None:
         run(["ip", "netns", "exec", ns["a"], "nft", "-f", "/tmp/conntrack-sync-bench.nft"])
         run(["ip", "netns", "exec", ns["a"], "sysctl", "-qw", "net.netfilter.nf_conntrack_max=262144"], check=False)
         # the flows are one datagram each: they must not expire (30 s) while a slow machine still replicates them
-        run(["ip", "netns", "exec", ns["a"], "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3600"])
+        for n in ns.values():
+            run(["ip", "netns", "exec", n, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3600"])
         asyncio.run(measure(ns, args.sizes))
     finally:
         for n in ns.values():
