@@ -367,6 +367,11 @@ class ConntrackSync:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        # the configuration goes with the daemon (written again at each start; the daemon removed its socket
+        # and lock): no directory left behind per namespace a lab or a test used
+        with contextlib.suppress(OSError):
+            self.files.config.unlink()
+            self.files.directory.rmdir()
 
     def kill(self) -> None:
         """From any thread, for an owner dropping the gateway without stopping it: the daemon must not outlive it."""

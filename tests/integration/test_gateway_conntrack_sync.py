@@ -258,12 +258,12 @@ def test_a_dead_conntrackd_is_restarted_and_a_gateway_back_as_standby_gets_the_a
         second.close()
     finally:
         server.close()
-    # stopping the gateway stops its conntrackd (and its lock and socket go with it)
+    # stopping the gateway stops its conntrackd (its lock, socket and configuration go with it)
     pid = pair.gws["gw2"].gateway.sync_status().pid
     pair.gws["gw2"].call(lambda g: g.stop())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    assert not pair.gws["gw2"].gateway._sync.files.lock.exists()
+    assert not pair.gws["gw2"].gateway._sync.files.directory.exists()
 
 
 def test_our_requests_are_the_ones_conntrackds_own_client_sends(tmp_path: Path) -> None:
