@@ -231,7 +231,10 @@ class _SyncCollector(Collector):
         for op, value in (("created", s.stats.injected_created), ("updated", s.stats.injected_updated),
                           ("destroyed", s.stats.injected_destroyed), ("failed", s.stats.inject_failed)):
             injected.add_metric([op], value)
-        yield from (up, entries, messages, injected, restarts, resend)
+        differ = GaugeMetricFamily("nvfabric_gateway_conntrack_sync_tenant_ids_differ", "tenants both gateways "
+                                   "serve with different ids (their connections do not survive a failover)")
+        differ.add_metric([], len(s.tenant_ids_differ or {}))
+        yield from (up, entries, messages, injected, restarts, resend, differ)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -232,7 +232,7 @@ def _sync(top: Reader, external: External) -> SyncConfig | None:
     for where, address in (("sync.local_address", local), ("sync.peer_address", peer)):
         if address.is_multicast or address.is_unspecified:
             raise ConfigError(where, f"{address} is not a unicast address")
-    port = r.integer("port", 1, 65535, DEFAULT_SYNC_PORT)
+    port = r.integer("port", 1, 65534, DEFAULT_SYNC_PORT)  # and port + 1: the tenant ids (gateway/peerids.py)
     r.done()
     return SyncConfig(interface, local, peer, port)
 

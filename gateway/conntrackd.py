@@ -6,7 +6,8 @@ over UDP unicast on a dedicated link (`sync:`). Each sends the conntrack events 
 applies the other's. conntrackd 1.4.7 keeps a replicated entry's conntrack zone and mark and its NAT
 mapping (checked in tests/integration/test_gateway_conntrack_sync.py), so an entry made by one gateway's
 SNAT or floating IP in tenant zone Z with mark Z is the same entry in the other's kernel: the tenant ids
-(zone = mark = routing table) must be equal on both gateways (docs/gateway.md says how they are).
+(zone = mark = routing table) must be equal on both gateways (docs/gateway.md says how they are kept
+equal; gateway/peerids.py checks it).
 
 No external cache (`DisableExternalCache On`): the other gateway's entries are injected into this kernel as
 they arrive, not kept in conntrackd's memory until a commit. Why:
@@ -37,16 +38,25 @@ the kernel (`Filter From Kernelspace`). Tenants may not claim the gateway's addr
 so no tenant's public side is lost; a tenant whose private addresses overlap the gateway's own would have
 those flows left out (the tenants' private space is theirs: the operator avoids it).
 
+Events: not "reliable" (NetlinkEventsReliable Off): with reliable delivery the kernel keeps every ended
+entry until its destroy event has been read, so a stopped or wedged conntrackd would fill the gateway's
+conntrack table with dead entries; the gateway's forwarding must not depend on its replication. An overrun
+of the event socket (its buffer starts at 8 MB and grows to 64 MB first: 2 MB overran at a burst of 25,000
+new flows in 0.7 s, bench/conntrack_sync.py) is repaired by a resync against the kernel 5 s later.
+
 Kernel settings (`KERNEL_SETTINGS`, set at start in the gateway's namespace):
-- nf_conntrack_tcp_be_liberal=1: an injected entry's TCP window is the one of its last event, long gone
-  when the standby takes over; checking windows would mark the flow's packets INVALID (the gateway drops
-  INVALID);
+- nf_conntrack_tcp_be_liberal=1: no TCP window checks. conntrackd injects its entries without them
+  already (its TCPWindowTracking default: a replica's window is the one of its last event, long gone at
+  takeover); this extends it to the entries the standby picks up mid-stream, whose windows the kernel
+  learns only from the packets after the takeover: a segment outside them would be INVALID, which the
+  gateway drops;
 - nf_conntrack_tcp_loose=1 (the kernel's default, set in case it was changed): a flow whose entry did not
   arrive before the takeover is picked up mid-stream instead of dropped.
 
 `ConntrackSync` runs the daemon as a child (foreground, its output logged), in the gateway's namespace
 (`ip netns exec` when `netns` is set), restarts it with backoff when it dies, stops it with the gateway,
-and samples its statistics (`conntrackd -s`) every few seconds into `SyncStatus`.
+and samples its statistics (`conntrackd -s`) every few seconds into `SyncStatus`. The requests (statistics,
+the role's commands) go straight to the daemon's UNIX socket, as its own client sends them.
 """
 
 from __future__ import annotations
@@ -57,13 +67,15 @@ import hashlib
 import ipaddress
 import logging
 import re
+import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nvfabric.gateway.config import GatewayConfig, SyncConfig
+from nvfabric.gateway.peerids import IdExchange
 from nvfabric.service.config import split_listen
 from nvfabric.vnet.kernel.netns import write_sysctls
 from nvfabric.vnet.model import Address
@@ -76,7 +88,12 @@ SAMPLE_INTERVAL = 5.0  # seconds between two samples of conntrackd's statistics
 BACKOFF = (1.0, 30.0)  # seconds: first and longest wait before a restart (doubling)
 STABLE = 60.0  # seconds a daemon must have run for the next restart to wait the shortest again
 UNIX_PATH_MAX = 107  # sun_path's 108 bytes, less the terminating NUL
-CTL_TIMEOUT = 10.0  # seconds for one `conntrackd -C ... -x` command
+CTL_TIMEOUT = 10.0  # seconds for one request on the daemon's UNIX socket
+# The requests of conntrackd's client (`conntrackd -C FILE ARGS`): one native int on the UNIX socket, the
+# daemon answers text and closes. Read off Debian's conntrackd 1.4.7 (include/conntrackd.h); the host test
+# checks them against the installed client.
+REQUESTS = {("-s",): 21, ("-s", "queue"): 36, ("-R",): 44, ("-B",): 22, ("-f", "internal"): 33, ("-n",): 23,
+            ("-k",): 20}
 KERNEL_SETTINGS = (("net/netfilter/nf_conntrack_tcp_be_liberal", "1"), ("net/netfilter/nf_conntrack_tcp_loose", "1"))
 PROTOCOLS = ("TCP", "UDP", "ICMP", "IPv6-ICMP", "SCTP")  # what a tenant's NAT tracks
 
@@ -155,10 +172,10 @@ General {{
   UNIX {{
     Path {files.socket}
   }}
-  NetlinkBufferSize 2097152
-  NetlinkBufferSizeMaxGrowth 8388608
-  NetlinkEventsReliable On
-  NetlinkOverrunResync Off
+  NetlinkBufferSize 8388608
+  NetlinkBufferSizeMaxGrowth 67108864
+  NetlinkEventsReliable Off
+  NetlinkOverrunResync 5
   Filter From Kernelspace {{
     Protocol Accept {{
       {" ".join(PROTOCOLS)}
@@ -247,6 +264,9 @@ class SyncStatus:
     last_error: str | None
     # the tenants' entries in this kernel (the gateway's session sampler), None: not counted yet
     kernel_entries: int | None = None
+    # tenants both gateways serve with different ids -> (ours, theirs) (gateway/peerids.py); None: the other
+    # gateway's ids not heard lately
+    tenant_ids_differ: dict[str, tuple[int, int]] | None = None
 
     @property
     def up(self) -> bool:
@@ -273,6 +293,8 @@ class SyncStatus:
                 "resend_queue": s.resend_queue,
                 "sampled_seconds_ago": None if self.sampled_at is None else round(now - self.sampled_at, 1),
                 "heard_seconds_ago": None if self.last_heard is None else round(now - self.last_heard, 1),
+                "tenant_ids_differ": None if self.tenant_ids_differ is None else
+                {n: {"ours": a, "theirs": b} for n, (a, b) in self.tenant_ids_differ.items()},
                 "last_error": self.last_error}
 
 
@@ -282,7 +304,7 @@ class SyncStatus:
 class ConntrackSync:
     """conntrackd for one gateway: `start()` writes its configuration, sets the kernel settings and starts it;
     it is restarted with backoff when it dies; `stop()` ends it (the kernel's entries stay). `status()` is
-    the last sample. The hooks are awaited by the gateway when its serving state changes."""
+    the last sample. The gateway calls the hooks when its serving state changes."""
 
     def __init__(self, sync: SyncConfig, netns: str | None, ignore: Iterable[Address],
                  files: SyncFiles | None = None, *, interval: float = SAMPLE_INTERVAL, binary: str = BINARY,
@@ -303,10 +325,17 @@ class ConntrackSync:
         self._answered = False
         self._heard_at: float | None = None
         self._last_error: str | None = None
+        self._ids: IdExchange | None = None  # the tenant ids compared with the other gateway's (start)
+        self._hooks: set[asyncio.Task[None]] = set()
+        self._hooks_lock = asyncio.Lock()
 
     # -------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
+    async def start(self, ids: Callable[[], Mapping[str, int]] | None = None) -> None:
+        """`ids`: the gateway's tenant ids (read each time they are sent), compared with the other gateway's
+        (gateway/peerids.py); None: not compared."""
+        if ids is not None:
+            self._ids = IdExchange(self.sync.local_address, self.sync.peer_address, self.sync.port + 1, ids)
         self.files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.files.config.write_text(conntrackd_conf(self.sync, self.files, self.ignore))
         for (path, value), error in zip(KERNEL_SETTINGS, write_sysctls(self.netns, KERNEL_SETTINGS), strict=True):
@@ -315,11 +344,16 @@ class ConntrackSync:
         self._stopping = False
         self._tasks = [asyncio.create_task(self._supervise(), name="conntrackd"),
                        asyncio.create_task(self._sample_forever(), name="conntrackd-sampler")]
+        if self._ids is not None:
+            await self._ids.start()
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks[1:]:
+        for task in [*self._tasks[1:], *self._hooks]:
             task.cancel()
+        await asyncio.gather(*self._hooks, return_exceptions=True)
+        if self._ids is not None:
+            await self._ids.stop()
         proc = self._proc
         if proc is not None and proc.returncode is None:
             proc.terminate()  # conntrackd's SIGTERM: a clean shutdown that removes its lock and socket
@@ -333,6 +367,11 @@ class ConntrackSync:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        # the configuration goes with the daemon (written again at each start; the daemon removed its socket
+        # and lock): no directory left behind per namespace a lab or a test used
+        with contextlib.suppress(OSError):
+            self.files.config.unlink()
+            self.files.directory.rmdir()
 
     def kill(self) -> None:
         """From any thread, for an owner dropping the gateway without stopping it: the daemon must not outlive it."""
@@ -360,6 +399,7 @@ class ConntrackSync:
                 log.error("conntrack sync: %s", self._last_error)
             else:
                 log.info("conntrack sync: conntrackd started (pid %d)", self._proc.pid)
+                self._stats, self._answered = ConntrackdStats(), False  # a new daemon counts from zero
                 await self._relay(self._proc)
                 status = await self._proc.wait()
                 if self._stopping:
@@ -380,7 +420,7 @@ class ConntrackSync:
             line = raw.decode(errors="replace").rstrip()
             if not line:
                 continue
-            if "[ERROR]" in line or "[warning]" in line.lower():
+            if "[error]" in line.lower() or "[warning]" in line.lower():
                 self._last_error = line
                 log.warning("conntrackd: %s", line)
             else:
@@ -391,8 +431,8 @@ class ConntrackSync:
         asked to quit) or by one that died (removed), else conntrackd refuses to start."""
         if not self.files.lock.exists():
             return
-        code, _, _ = await self._ctl("-k")
-        if code == 0:
+        answered, _ = await self._ctl("-k")
+        if answered:
             log.warning("conntrack sync: a conntrackd left by an earlier run was asked to quit")
             for _ in range(50):
                 if not self.files.lock.exists():
@@ -401,43 +441,61 @@ class ConntrackSync:
         with contextlib.suppress(FileNotFoundError):
             self.files.lock.unlink()
 
-    async def _ctl(self, *args: str) -> tuple[int, str, str]:
-        """One client command to the running daemon (over its UNIX socket): (exit status, stdout, stderr)."""
+    async def _ctl(self, *args: str) -> tuple[bool, str]:
+        """One request to the running daemon over its UNIX socket, as `conntrackd -C FILE ARGS` would send it
+        (REQUESTS): (answered, its text). No process started: under TCG a client process costs ~0.2 s."""
+        code = REQUESTS[args]
         try:
-            proc = await asyncio.create_subprocess_exec(*self._argv(*args), stdin=asyncio.subprocess.DEVNULL,
-                                                        stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.PIPE)
-        except OSError as exc:
-            return 127, "", str(exc)
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.files.socket)), CTL_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            return False, f"{self.files.socket}: {exc or 'no answer'}"
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), CTL_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return 124, "", f"conntrackd {' '.join(args)}: no answer in {CTL_TIMEOUT:.0f} s"
-        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+            writer.write(struct.pack("=i", code))
+            await writer.drain()
+            text = await asyncio.wait_for(reader.read(), CTL_TIMEOUT)  # the daemon answers, then closes
+        except (OSError, TimeoutError) as exc:
+            return False, f"no answer in {CTL_TIMEOUT:.0f} s" if isinstance(exc, TimeoutError) else str(exc)
+        finally:
+            writer.close()
+        return True, text.decode(errors="replace")
 
     async def command(self, *args: str) -> bool:
-        """Run one conntrackd command; a failure is logged and reported (False), never raised."""
-        code, out, err = await self._ctl(*args)
-        if code != 0:
-            self._last_error = f"conntrackd {' '.join(args)}: exit status {code}: {(err or out).strip()[-300:]}"
+        """Run one conntrackd command (a key of REQUESTS); a failure is logged and reported (False), never raised."""
+        ok, text = await self._ctl(*args)
+        if not ok:
+            self._last_error = f"conntrackd {' '.join(args)}: {text.strip()[-300:]}"
             log.error("conntrack sync: %s", self._last_error)
-        return code == 0
+        return ok
 
     # -------------------------------------------------------------- the role's hooks
 
     async def became_active(self) -> None:
-        """This gateway now forwards: the replicated entries become the ones it sends (module docstring)."""
+        """This gateway now forwards: the replicated entries become the ones it sends (module docstring).
+        Returns at once: the commands run in the background, in the order of the calls, so that the
+        announcements of a takeover are not held up by them (the entries are in the kernel already)."""
         self.role = "active"
-        if self.running and await self.command("-R"):
-            await self.command("-B")
+        self._in_order(("-R",), ("-B",))
 
     async def became_standby(self) -> None:
-        """The other gateway forwards: forget what we sent, ask it for everything (module docstring)."""
+        """The other gateway forwards: forget what we sent, ask it for everything (module docstring).
+        Returns at once, as became_active."""
         self.role = "standby"
-        if self.running and await self.command("-f", "internal"):
-            await self.command("-n")
+        self._in_order(("-f", "internal"), ("-n",))
+
+    def _in_order(self, *commands: tuple[str, ...]) -> None:
+        async def run() -> None:
+            async with self._hooks_lock:  # asyncio's lock is FIFO: the commands of two calls never interleave
+                for args in commands:
+                    if not self.running or not await self.command(*args):
+                        return
+        task = asyncio.create_task(run(), name="conntrackd-role")
+        self._hooks.add(task)
+        task.add_done_callback(self._hooks.discard)
+
+    async def settled(self) -> None:
+        """Wait for the hooks' commands (tests, and stop())."""
+        while self._hooks:
+            await asyncio.gather(*self._hooks, return_exceptions=True)
 
     # -------------------------------------------------------------- health
 
@@ -450,12 +508,12 @@ class ConntrackSync:
         if not self.running:
             self._answered = False
             return
-        code, general, err = await self._ctl("-s")
-        if code != 0:
+        answered, general = await self._ctl("-s")
+        if not answered:
             self._answered = False
-            self._last_error = f"conntrackd -s: exit status {code}: {err.strip()[-300:]}"
+            self._last_error = f"conntrackd -s: {general.strip()[-300:]}"
             return
-        _, queue, _ = await self._ctl("-s", "queue")
+        _, queue = await self._ctl("-s", "queue")
         stats = parse_stats(general, queue)
         now = time.monotonic()
         # the other gateway's messages (its acknowledgements and keep-alives included) arrive every second
@@ -480,4 +538,11 @@ class ConntrackSync:
         return SyncStatus(s.interface, str(s.local_address), str(s.peer_address), s.port, self.running,
                           self.running and self._answered and heard, self.role,
                           self._proc.pid if self.running and self._proc is not None else None, self.restarts,
-                          self._stats, self._sampled_at, self._heard_at, self._last_error, kernel_entries)
+                          self._stats, self._sampled_at, self._heard_at, self._last_error, kernel_entries,
+                          self._tenant_ids_differ(now))
+
+    def _tenant_ids_differ(self, now: float) -> dict[str, tuple[int, int]] | None:
+        x = self._ids
+        if x is None or x.heard_at is None or now - x.heard_at > 3 * x.interval:
+            return None
+        return x.differ()

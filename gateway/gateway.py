@@ -166,7 +166,7 @@ class Gateway:
             self._started = True
             self._sessions.start()
             if self._sync is not None:  # after the NAT table: its kernel settings need nf_conntrack loaded
-                await self._sync.start()
+                await self._sync.start(ids=lambda: self._ids)
         if self._fabric is not None:
             await self._fabric.start(self._tenants)  # outside the lock: learned records take it
 

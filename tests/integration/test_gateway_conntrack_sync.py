@@ -15,16 +15,23 @@ floating IP go on through gw2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
+import struct
+import subprocess
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.config import GatewayConfig, SyncConfig
+from nvfabric.gateway.conntrackd import REQUESTS, SyncFiles, conntrackd_conf
+from nvfabric.gateway.gateway import Gateway
 from nvfabric.lab.daemons import GatewayThread
 from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.netns import run
@@ -74,7 +81,12 @@ class Pair:
         for tenant in ("blue", "red"):
             run(["ip", "-n", self.ns[tenant], "link", "set", "v2", "up"])
         run(["ip", "-n", self.ns["inet"], "route", "replace", "203.0.113.128/25", "via", EXT["gw2"]])
-        self.gws["gw2"].call(lambda g: g._serving_changed(True))
+        self.tell("gw2", active=True)
+
+    def tell(self, gw: str, active: bool) -> None:
+        """What the gateway's role does when it changes (the role machine is not under test here)."""
+        self.gws[gw].call(lambda g: g._sync.became_active() if active else g._sync.became_standby())
+        self.gws[gw].call(lambda g: g._sync.settled())
 
 
 def _batch(lines: list[str]) -> None:
@@ -145,6 +157,10 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
             run(["ip", "netns", "del", n], check=False)
 
 
+async def _send_ids(g: Gateway) -> None:
+    g._sync._ids.send()
+
+
 def _ids(pair: Pair, gw: str) -> dict[str, int]:
     return {t: pair.gws[gw].gateway.tenant_id(t) for t in TENANTS}
 
@@ -165,7 +181,11 @@ def test_a_natted_flow_is_replicated_with_its_zone_mark_and_mapping_and_its_dele
         for gw in ("gw1", "gw2"):
             pair.gws[gw].call(lambda g: g._sync.sample())
             status = pair.gws[gw].gateway.sync_status()
-            assert status is not None and status.running and status.stats.received > 0, status
+            assert status is not None and status.up and status.stats.received > 0, status
+            pair.gws[gw].call(_send_ids)
+        # each has the other's tenant ids, and they are the same
+        for gw in ("gw1", "gw2"):
+            wait_for(lambda g=gw: pair.gws[g].gateway.sync_status().tenant_ids_differ == {}, 10, f"{gw} heard ids")
         injected = pair.gws["gw2"].gateway.sync_status().stats
         assert injected.injected_created + injected.injected_updated >= 2 and injected.inject_failed == 0
         assert pair.gws["gw1"].gateway.sync_status().stats.internal >= 2
@@ -229,7 +249,7 @@ def test_a_dead_conntrackd_is_restarted_and_a_gateway_back_as_standby_gets_the_a
         # gw1 comes back with an empty table (as after a reboot) as the standby: it asks gw2 for everything (the
         # tenants' traffic stays with gw2, the serving one: gw1's legs into the tenants stay down)
         run(["ip", "netns", "exec", pair.ns["gw1"], "conntrack", "-F"])
-        pair.gws["gw1"].call(lambda g: g._serving_changed(False))
+        pair.tell("gw1", active=False)
         wait_for(lambda: len([e for e in pair.conntrack("gw1", tid) if e["dport"] == "8080"]) >= 2, 15,
                  "both flows back on gw1")
         assert pair.gws["gw1"].gateway.sync_status().role == "standby"
@@ -238,9 +258,34 @@ def test_a_dead_conntrackd_is_restarted_and_a_gateway_back_as_standby_gets_the_a
         second.close()
     finally:
         server.close()
-    # stopping the gateway stops its conntrackd (and its lock and socket go with it)
+    # stopping the gateway stops its conntrackd (its lock, socket and configuration go with it)
     pid = pair.gws["gw2"].gateway.sync_status().pid
     pair.gws["gw2"].call(lambda g: g.stop())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    assert not pair.gws["gw2"].gateway._sync.files.lock.exists()
+    assert not pair.gws["gw2"].gateway._sync.files.directory.exists()
+
+
+def test_our_requests_are_the_ones_conntrackds_own_client_sends(tmp_path: Path) -> None:
+    """The gateway talks to conntrackd's UNIX socket itself (no client process): each request must be the
+    int that `conntrackd -C FILE ARGS` sends. A fake daemon's socket records what the real client sends."""
+    need("conntrackd")
+    files = SyncFiles(tmp_path)
+    sync = SyncConfig("lo", ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("127.0.0.2"))
+    files.config.write_text(conntrackd_conf(sync, files, ()))
+    for args, code in REQUESTS.items():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            server.bind(str(files.socket))
+            server.listen(1)
+            server.settimeout(10)
+            client = subprocess.Popen(["conntrackd", "-C", str(files.config), *args], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(10)
+                sent = conn.recv(64)
+                conn.sendall(b"answer\n")
+            out, _ = client.communicate(timeout=10)
+        files.socket.unlink()
+        assert sent == struct.pack("=i", code), (args, sent)
+        assert b"answer" in out or args == ("-k",), (args, out)

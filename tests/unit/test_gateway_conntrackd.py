@@ -3,7 +3,10 @@ name the field), conntrackd's configuration, its statistics, the status document
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from nvfabric.gateway.api import _SyncCollector
 from nvfabric.gateway.config import GatewayConfig, SyncConfig
 from nvfabric.gateway.conntrackd import (ConntrackdStats, SyncFiles, SyncStatus, conntrackd_conf, own_addresses,
                                          parse_stats)
+from nvfabric.gateway.peerids import IdExchange, decode, differ, encode
 
 SYNC = {"interface": "eth3", "local_address": "192.0.2.21", "peer_address": "192.0.2.22"}
 TENANT = {"name": "blue", "route_targets": ["65001:1"], "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"]}],
@@ -168,3 +172,41 @@ def test_each_gateway_of_a_host_has_its_own_files() -> None:
     assert SyncFiles.for_gateway(v4, None) != SyncFiles.for_gateway(v4b, None)
     long = SyncFiles.for_gateway(v4, "n" * 100)
     assert len(str(long.socket)) <= 107 and long != SyncFiles.for_gateway(v4, "m" * 100)
+
+
+def test_tenant_id_maps_round_trip_and_differences_are_found() -> None:
+    ids = {"blue": 1000, "red": 1001}
+    assert decode(encode(ids)) == ids
+    for bad in (b"", b"[]", b'{"v": 2, "ids": {}}', b'{"v": 1, "ids": {"blue": "1000"}}',
+                b'{"v": 1, "ids": {"x": true}}'):
+        assert decode(bad) is None
+    assert differ(ids, {"blue": 1000, "red": 1002, "green": 1003}) == {"red": (1001, 1002)}
+    many = {f"tenant-{i:05d}-with-a-long-name": 1000 + i for i in range(5000)}
+    data = encode(many)
+    assert len(data) <= 65000 and json.loads(data)["partial"] is True
+    assert set(decode(data) or {}) < set(many)
+
+
+async def test_two_gateways_exchange_their_ids_over_the_sync_link() -> None:
+    a, b = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("127.0.0.2")
+    port = 40000 + os.getpid() % 20000
+    mine, theirs = {"blue": 1000, "red": 1001}, {"blue": 1000, "red": 1002}
+    one = IdExchange(a, b, port, lambda: mine, interval=0.05)
+    two = IdExchange(b, a, port, lambda: theirs, interval=0.05)
+    await one.start()
+    await two.start()
+    try:
+        for _ in range(200):
+            if one.theirs is not None and two.theirs is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert one.differ() == {"red": (1001, 1002)} and two.differ() == {"red": (1002, 1001)}
+        theirs["red"] = 1001
+        for _ in range(200):
+            if not one.differ():
+                break
+            await asyncio.sleep(0.05)
+        assert one.differ() == {}
+    finally:
+        await one.stop()
+        await two.stop()
