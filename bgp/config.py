@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from nvfabric.bgp.bfd import BfdAuth, BfdConfig
 from nvfabric.bgp.errors import RouteValueError
 from nvfabric.bgp.routes import Family, MacIpRoute, PrefixRoute, Route, UnicastRoute
 from nvfabric.service.config import ApiConfig, check_listen
@@ -88,6 +89,7 @@ class Neighbor:
     local_address: str | None = None
     description: str = ""
     max_prefix: MaxPrefix = DEFAULT_MAX_PREFIX
+    bfd: BfdConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class DynamicNeighbors:
     md5_password: str | None = None
     max_prefix: MaxPrefix = DEFAULT_MAX_PREFIX
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # A BFD session per peer of the prefix, from its first Established until the peer is forgotten.
+    bfd: BfdConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,7 @@ def _neighbor(r: Reader) -> Neighbor:
         local_address=r.address("local_address", None),
         description=r.get("description", str, ""),
         max_prefix=read_max_prefix(r),
+        bfd=read_bfd(r),
     )
     r.done()
     return n
@@ -292,7 +297,7 @@ def _dynamic(r: Reader) -> DynamicNeighbors:
     except ValueError as err:
         raise ConfigError(r.name("prefix"), str(err)) from None
     d = DynamicNeighbors(prefix, r.integer("asn", 1, 0xFFFFFFFF), read_password(r), read_max_prefix(r),
-                         read_max_connections(r))
+                         read_max_connections(r), read_bfd(r))
     r.done()
     return d
 
@@ -330,6 +335,45 @@ def read_max_prefix(r: Reader, default: MaxPrefix = DEFAULT_MAX_PREFIX) -> MaxPr
     return out
 
 
+# RFC 5880 6.7: the password lengths each authentication type carries.
+BFD_AUTH_PASSWORD = {"simple": 16, "keyed-sha1": 20, "meticulous-keyed-sha1": 20}
+BFD_INTERVAL = (10, 60000)  # ms: FRR's bounds for its transmit and receive intervals
+
+
+def read_bfd(r: Reader) -> BfdConfig | None:
+    """`bfd`: true (the defaults, 300 ms x 3), false or absent (none), or {transmit_interval,
+    receive_interval (ms), multiplier, passive, auth: {type, key_id, password}}."""
+    value = r.get("bfd", (bool, dict), None)
+    if value is None or value is False:
+        return None
+    if value is True:
+        return BfdConfig()
+    b = Reader(value, r.name("bfd"))
+    defaults = BfdConfig()
+    auth = None
+    if b.get("auth", dict, None) is not None:
+        a = Reader(b.data["auth"], b.name("auth"))
+        kind = a.get("type", str)
+        if kind not in BFD_AUTH_PASSWORD:
+            raise ConfigError(a.name("type"), f"expected one of {', '.join(BFD_AUTH_PASSWORD)}, got {kind!r}")
+        key_id = a.integer("key_id", 0, 255)
+        password = a.get("password", str)
+        longest = BFD_AUTH_PASSWORD[kind]
+        if not 1 <= len(password.encode()) <= longest:
+            raise ConfigError(a.name("password"), f"must be 1..{longest} bytes for {kind} (RFC 5880 4.2, 4.4)")
+        a.done()
+        auth = BfdAuth(kind, key_id, password)
+    out = BfdConfig(
+        transmit_interval=b.integer("transmit_interval", *BFD_INTERVAL, defaults.transmit_interval),
+        receive_interval=b.integer("receive_interval", *BFD_INTERVAL, defaults.receive_interval),
+        multiplier=b.integer("multiplier", 1, 255, defaults.multiplier),
+        passive=b.get("passive", bool, defaults.passive),
+        auth=auth,
+    )
+    b.done()
+    return out
+
+
 def read_password(r: Reader) -> str | None:
     value = r.get("md5_password", str, None)
     if value is not None and not 1 <= len(value.encode()) <= 80:
@@ -345,22 +389,23 @@ class Peer:
     asn: int
     md5_password: str | None = None
     max_prefix: MaxPrefix = DEFAULT_MAX_PREFIX
+    bfd: BfdConfig | None = None
 
     def neighbor(self, description: str = "") -> Neighbor:
         """The speaker's neighbour for this peer (we dial it)."""
         return Neighbor(address=self.address, asn=self.asn, md5_password=self.md5_password,
-                        description=description, max_prefix=self.max_prefix)
+                        description=description, max_prefix=self.max_prefix, bfd=self.bfd)
 
 
 def read_peers(top: Reader, key: str, default_asn: int | None) -> tuple[Peer, ...]:
     """The peers listed under `key`: address, asn (defaults to `default_asn`; required when that is None),
-    md5_password, max_prefix."""
+    md5_password, max_prefix, bfd."""
     out: list[Peer] = []
     for where, value in top.items(key):
         r = Reader(value, where)
         asn = r.integer("asn", 1, 0xFFFFFFFF) if default_asn is None else r.integer("asn", 1, 0xFFFFFFFF, default_asn)
         out.append(Peer(address=r.address("address"), asn=asn, md5_password=read_password(r),
-                        max_prefix=read_max_prefix(r)))
+                        max_prefix=read_max_prefix(r), bfd=read_bfd(r)))
         r.done()
     return tuple(out)
 

@@ -46,6 +46,7 @@ CEASE_ADMIN_RESET = 4
 CEASE_CONNECTION_REJECTED = 5
 CEASE_COLLISION = 7
 CEASE_OUT_OF_RESOURCES = 8
+CEASE_BFD_DOWN = 10  # RFC 9384
 
 # RFC 4271 section 8.2.2: "large value" for the hold timer while waiting for the OPEN; 4 minutes suggested.
 # Both sides send their OPEN as soon as TCP is up, so we wait less: a connection that sends nothing must

@@ -15,6 +15,21 @@ Graceful restart (RFC 4724), both roles:
 - helper: when a GR-capable peer's session drops without a NOTIFICATION, its routes stay, marked stale,
   for its Restart Time; after it comes back they stay until its End-of-RIB (or `stale_time`), then the
   ones it did not re-announce are swept. Re-announced identical routes change nothing downstream.
+
+BFD (bgp/bfd/): when a neighbour or dynamic range has `bfd`, the speaker owns one `Bfd` endpoint (or uses
+one it is given, shared with the other speakers of its namespace). A configured neighbour's BFD session
+exists as long as the neighbour; a dynamic neighbour's from its first Established until its Peer is
+forgotten. Both send first unless `passive`: a dynamic peer is known once its BGP session is Established,
+and a passive session of ours could stay Down for good after a flap, because FRR's bfdd keeps addressing
+our previous session's discriminator, which a new session must drop (RFC 5880 6.8.6) and which only our
+first packet (Your Discriminator 0) replaces.
+
+When a BFD session goes from Up to Down while its BGP session is Established, the BGP session is closed at
+once with Cease / BFD Down (RFC 9384), so its routes go at once (a session we close with a NOTIFICATION is
+never a graceful restart). A neighbour that takes BFD down administratively (remote AdminDown) keeps its
+BGP session (RFC 5882 3.2). The connect-retry loop is not held back while BFD is down: BGP may come back
+before BFD does, and only a later Up -> Down closes it again; a path that is really down carries no TCP
+either.
 """
 
 from __future__ import annotations
@@ -28,6 +43,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nvfabric.bgp import fsm, rib, wire
+from nvfabric.bgp.bfd import BfdConfig, BfdState, BfdStatus
+from nvfabric.bgp.bfd.endpoint import Bfd
 from nvfabric.bgp.config import DynamicNeighbors, MaxPrefix, MaxPrefixAction, Neighbor, SpeakerConfig
 from nvfabric.bgp.routes import Family, MacIpRoute, Path, PeerRef, PrefixRoute, Route, RouteKey, UnicastRoute
 from nvfabric.bgp.session import Inbox, Listener, Peer, PeerEvent, PeerSettings, cancel
@@ -69,6 +86,7 @@ class Counters:
     max_prefix_events: int = 0
     routes_ignored: int = 0  # received on a speaker that does not accept routes (accept_routes false)
     dynamic_removed: int = 0
+    bfd_teardowns: int = 0  # Established sessions closed because their BFD session went down
 
 
 @dataclass
@@ -86,10 +104,14 @@ class Speaker:
         *,
         inbox_size: int = 4096,
         decoder: fsm.UpdateDecoder = fsm.typed_decoder,
+        bfd: Bfd | None = None,
     ) -> None:
         """`decoder` is given to every session (configured and dynamic); a subclass that passes a raw
         decoder overrides `_on_update`, `_send_table` and `_group_policy`, and broadcasts its RIB
-        changes through `groups` itself."""
+        changes through `groups` itself. `bfd`: a BFD endpoint shared with other speakers (one UDP port
+        3784 per namespace: a second endpoint would take the first one's packets), started and stopped by
+        whoever made it; without one, the speaker makes, starts and stops its own when a neighbour or a
+        dynamic range has `bfd`."""
         self.config = config
         self.decoder = decoder
         self.inbox = Inbox(inbox_size)
@@ -110,10 +132,19 @@ class Speaker:
         self._held_down: dict[str, float] = {}
         self._establishments: dict[str, int] = {}  # of dynamic neighbours whose Peer was forgotten
         self._over_limit: set[str] = set()
+        self.bfd = bfd
+        self._owns_bfd = False
+        # What the endpoint was asked for, per peer address (configuration, local address), and which of
+        # those sessions are Up now (an Up -> Down is what closes a BGP session).
+        self._bfd_sessions: dict[str, tuple[BfdConfig, str | None]] = {}
+        self._bfd_up: set[str] = set()
+        self._bfd_calls: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.start_bfd(self.config)
         if self.config.listen is not None:
             self.listener = Listener(self.config.listen.address, self.config.listen.port, self._lookup)
             self.listener.open()
@@ -127,6 +158,14 @@ class Speaker:
         for n in self.config.neighbors:
             self.add_neighbor(n)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="bgp-speaker")
+
+    async def start_bfd(self, config: SpeakerConfig) -> None:
+        """Make and start the BFD endpoint if `config` has a neighbour or a dynamic range with `bfd` (at
+        start, and before a reload that brings the first one)."""
+        if self.bfd is None and wants_bfd(config):
+            self.bfd = Bfd()
+            self._owns_bfd = True
+            await self.bfd.start()
 
     def add_neighbor(self, n: Neighbor) -> Peer:
         """Create and start the session of one configured neighbour (at start, or on a reload)."""
@@ -146,6 +185,8 @@ class Speaker:
         )
         self.peers[n.address] = peer
         peer.start()
+        if n.bfd is not None:
+            self._bfd_add(n.address, n.bfd, n.local_address)
         return peer
 
     def _new_peer(self, settings: PeerSettings, name: str | None = None) -> Peer:
@@ -168,6 +209,7 @@ class Speaker:
             self.counters.dynamic_removed += 1
             # An int per address ever seen (as `_refs`): the count of sessions survives the Peer object.
             self._establishments[address] = peer.establishments
+            self._bfd_remove(address)
 
     def max_prefix(self, address: str) -> MaxPrefix:
         """The max-prefix setting of the peer at `address` (configured, then dynamic prefix)."""
@@ -207,11 +249,26 @@ class Speaker:
                                   data)
 
     async def stop(self) -> None:
+        self._stopping = True
         for peer in list(self.peers.values()):
             await peer.stop()
+        # After the Cease: the peer's BFD then sees AdminDown, which it must not act on (RFC 5882 3.2).
+        if self.bfd is not None and self._owns_bfd:
+            await self.bfd.stop()
+        else:
+            for address in list(self._bfd_sessions):
+                self._bfd_remove(address)
         if self.listener is not None:
             await self.listener.close()
+        for task in list(self._bfd_calls):
+            await cancel(task)
         await cancel(self._task)
+
+    def bfd_status(self) -> list[BfdStatus]:
+        """This speaker's BFD sessions, sorted by peer (none without `bfd` anywhere)."""
+        if self.bfd is None:
+            return []
+        return [status for status in self.bfd.status() if status.peer in self._bfd_sessions]
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """`subscriber` is called from the owner task with each batch of changes; it must not block."""
@@ -374,6 +431,8 @@ class Speaker:
         # changes reach it through its update group.
         self._send_table(peer, negotiated, None)
         self.groups.join(peer, negotiated, self._group_policy(peer))
+        if peer.settings.dynamic:
+            self._bfd_add_dynamic(peer)
         self._publish(notices)
 
     def _send_table(self, peer: Peer, negotiated: wire.Negotiated, family: Family | None) -> None:
@@ -463,6 +522,82 @@ class Speaker:
                 if family is None or f is family:
                     peer.send(wire.encode_route_refresh(f))
 
+    # -- BFD ----------------------------------------------------------------------------------------------
+
+    def _bfd_add(self, address: str, config: BfdConfig, local_address: str | None) -> None:
+        if self.bfd is None:
+            raise RuntimeError(f"peer {address}: bfd configured but the speaker has no BFD endpoint (start_bfd)")
+        if self._bfd_sessions.get(address) == (config, local_address):
+            return
+        self.bfd.add(address, config, self._bfd_listener(address), local_address)
+        self._bfd_sessions[address] = (config, local_address)
+
+    def _bfd_remove(self, address: str) -> None:
+        if self._bfd_sessions.pop(address, None) is not None and self.bfd is not None:
+            self._bfd_up.discard(address)
+            self.bfd.remove(address)
+
+    def _bfd_add_dynamic(self, peer: Peer) -> None:
+        dynamic = self._dynamic_for(peer.settings.address)
+        if dynamic is not None and dynamic.bfd is not None:
+            try:
+                self._bfd_add(peer.settings.address, dynamic.bfd, _local_address(peer))
+            except (OSError, ValueError) as err:  # e.g. out of sockets: the BGP session goes on without BFD
+                log.error("peer %s: no BFD session: %s", peer.name, err, extra={"event": "bfd-error", "peer": peer.name})
+
+    def sync_bfd(self) -> None:
+        """Make the BFD sessions what the configuration says (after a reload): a session per configured
+        neighbour with `bfd`, and per Established dynamic peer whose range has it; the rest removed."""
+        wanted: dict[str, tuple[BfdConfig, str | None]] = {
+            n.address: (n.bfd, n.local_address) for n in self.config.neighbors if n.bfd is not None}
+        for address, peer in self.peers.items():
+            dynamic = self._dynamic_for(address) if peer.settings.dynamic else None
+            if dynamic is not None and dynamic.bfd is not None and peer.established is not None:
+                wanted[address] = (dynamic.bfd, _local_address(peer))
+        for address in list(self._bfd_sessions):
+            if address not in wanted:
+                self._bfd_remove(address)
+        for address, (config, local_address) in wanted.items():
+            self._bfd_add(address, config, local_address)
+
+    def _bfd_listener(self, address: str) -> Callable[[BfdStatus], None]:
+        """The endpoint's `on_change` for one peer: called from the event loop, it hands the change to the
+        owner task, which alone touches sessions."""
+
+        def on_change(status: BfdStatus) -> None:
+            if self._stopping:
+                return
+            task = asyncio.get_running_loop().create_task(self._call(lambda: self._on_bfd(address, status)))
+            self._bfd_calls.add(task)
+            task.add_done_callback(self._bfd_calls.discard)
+
+        return on_change
+
+    def _on_bfd(self, address: str, status: BfdStatus) -> None:
+        if address not in self._bfd_sessions:
+            return  # removed since (a late change of a session we no longer have)
+        was_up = address in self._bfd_up
+        if status.state is BfdState.UP:
+            self._bfd_up.add(address)
+            log.info("peer %s: BFD up (detect time %.0f ms)", address, status.detect_time * 1000,
+                     extra={"event": "bfd-up", "peer": address})
+            return
+        self._bfd_up.discard(address)
+        if not was_up or status.state is BfdState.ADMIN_DOWN:
+            return  # never was a path to lose, or we took it down ourselves
+        reason = status.diagnostic.name.lower().replace("_", "-")
+        peer = self.peers.get(address)
+        if status.remote_state is BfdState.ADMIN_DOWN:
+            log.info("peer %s: BFD taken down by the peer (AdminDown); BGP session kept (RFC 5882 3.2)", address,
+                     extra={"event": "bfd-admin-down", "peer": address})
+            return
+        log.warning("peer %s: BFD down (%s)%s", address, reason,
+                    "; closing its BGP session" if peer is not None and peer.established is not None else "",
+                    extra={"event": "bfd-down", "peer": address})
+        if peer is not None and peer.established is not None:
+            self.counters.bfd_teardowns += 1
+            peer.established.stop(fsm.ERR_CEASE, fsm.CEASE_BFD_DOWN, "BFD down")
+
     # -- routes in ----------------------------------------------------------------------------------------
 
     def _on_update(self, peer: Peer, event: fsm.UpdateReceived) -> None:
@@ -546,5 +681,20 @@ class Speaker:
         return self._rib_sweep(peer, families)
 
 
+def wants_bfd(config: SpeakerConfig) -> bool:
+    """Does a neighbour or a dynamic range of `config` have `bfd`?"""
+    return any(n.bfd is not None for n in (*config.neighbors, *config.dynamic_neighbors))
+
+
 def _with_local(settings: PeerSettings, local: wire.Capabilities) -> PeerSettings:
     return replace(settings, local=local)
+
+
+def _local_address(peer: Peer) -> str | None:
+    """Our address on the peer's established connection (a v4-mapped IPv6 address as IPv4)."""
+    conn = peer.established
+    name = conn.transport.get_extra_info("sockname") if conn is not None and conn.transport is not None else None
+    if not name:
+        return None
+    address = str(name[0])
+    return address[7:] if address.startswith("::ffff:") else address

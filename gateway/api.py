@@ -26,6 +26,7 @@ from nvfabric.service import pages
 from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, STRING, Operation, Param, array,
                                       nullable, obj, register)
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
+from nvfabric.bgp.bfd.metrics import BfdCollector
 from nvfabric.vnet.decap import DecapCollector
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.policy import REASONS
@@ -202,6 +203,7 @@ async def metrics(request: web.Request) -> web.Response:
     # nftables' counters read at scrape time (no copy to drift); sessions from the conntrack sampler's last count
     registry = CollectorRegistry()
     registry.register(_TenantCollector(await _gw(request).status(), _gw(request)))
+    registry.register(BfdCollector(_gw(request).bfd_status))
     decap = DecapCollector()
     decap.counts = await _gw(request).decap_counters()
     registry.register(decap)

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from nvfabric.bgp.bfd import BfdStatus
+from nvfabric.bgp.bfd.endpoint import Bfd
+from nvfabric.bgp.speaker import wants_bfd
 from nvfabric.gateway import nat
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
@@ -94,6 +97,12 @@ class Gateway:
         # the reflectors: learn tenant CAs, announce the tenants' default routes (needs the NVGRE side)
         self._fabric = Fabric(config, self.set_records, self._role_changed) \
             if config.route_reflectors and self._dp else None
+        # One BFD endpoint for the reflectors' and the upstream's sessions: one UDP port 3784 per namespace
+        # (a second endpoint would take the first one's packets).
+        speakers = [part.client.speaker for part in (self._upstream, self._fabric) if part is not None]
+        self._bfd = Bfd() if any(wants_bfd(s.config) for s in speakers) else None
+        for speaker in speakers:
+            speaker.bfd = self._bfd
         # the conntrack replication, told when this gateway becomes active or stands by (None: not configured)
         self._sync: Any = None
         self._was_serving = False  # what the replication was last told
@@ -134,6 +143,8 @@ class Gateway:
     async def start(self) -> None:
         """Replace the gateway's table with every configured tenant in one transaction (adopt, not flush:
         conntrack state, i.e. established flows and their NAT bindings, survives a restart)."""
+        if self._bfd is not None:
+            await self._bfd.start()
         async with self._lock:
             await self._restore()
             doc = nat.full_document(self.nat_view(), self.config.external.interfaces)
@@ -227,8 +238,14 @@ class Gateway:
             await self._fabric.stop()
         if self._upstream is not None:
             await self._upstream.stop()
+        if self._bfd is not None:
+            await self._bfd.stop()
         if self._dp is not None:
             self._dp.close()
+
+    def bfd_status(self) -> list[BfdStatus]:
+        """The BFD sessions of the reflectors' and the upstream's BGP sessions, sorted by peer."""
+        return self._bfd.status() if self._bfd is not None else []
 
     @property
     def suspended(self) -> list[str]:

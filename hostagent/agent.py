@@ -24,6 +24,8 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from nvfabric.bgp.announced import Announced
+from nvfabric.bgp.bfd import BfdStatus
+from nvfabric.bgp.bfd.metrics import BfdCollector
 from nvfabric.bgp.client import Client, RouteUpdate
 from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
 from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute
@@ -77,6 +79,7 @@ class Agent:
         self.registry = self.metrics.registry
         self._decap_collector = DecapCollector()  # refreshed by decap_counters() before a scrape
         self.registry.register(self._decap_collector)
+        self.registry.register(BfdCollector(self._bfd_status))
         self._lock = asyncio.Lock()
         self._started = False
         self._sock: RtnlSocket | None = None
@@ -317,7 +320,11 @@ class Agent:
             claims=dict(self._claims),
             guest_services=self._guest.as_dict() if self._guest is not None
             else {"ports": 0, "frames": {}, "wire_errors": {}, "error": self._guest_error},
+            bfd=tuple(s.as_dict() for s in self._bfd_status()),
         )
+
+    def _bfd_status(self) -> list[BfdStatus]:
+        return self._client.speaker.bfd_status() if self._client is not None else []
 
     # ------------------------------------------------------------------ the one way state changes
 

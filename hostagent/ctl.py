@@ -195,13 +195,15 @@ def _status(client: Client, args: argparse.Namespace) -> None:
 
     def tables() -> list[Any]:
         scalars = [[k, json.dumps(v) if isinstance(v, dict | list) else str(v)] for k, v in body.items()
-                   if k not in ("reflectors", "virtual_addresses")]
-        peers = [[r["address"], r["state"], "yes" if r["end_of_rib"] else "no"] for r in body.get("reflectors", [])]
+                   if k not in ("reflectors", "virtual_addresses", "bfd")]
+        bfd = {b["peer"]: b["state"] for b in body.get("bfd", [])}
+        peers = [[r["address"], r["state"], "yes" if r["end_of_rib"] else "no", bfd.get(r["address"], "-")]
+                 for r in body.get("reflectors", [])]
         # who holds each virtual address: a local port, another host (its PA), or nobody ("-")
         held = [[v["routing_domain"], v["address"], v["holder"] or (f"PA {v['pa']}" if v["pa"] else "-"),
                  "" if v["seq"] is None else str(v["seq"])] for v in body.get("virtual_addresses", [])]
-        return [table("agent", ["", ""], scalars), table("route reflectors", ["address", "state", "End-of-RIB"],
-                                                          peers),
+        return [table("agent", ["", ""], scalars), table("route reflectors", ["address", "state", "End-of-RIB",
+                                                                               "bfd"], peers),
                 *([table("virtual addresses", ["routing domain", "address", "holder", "sequence"], held)]
                   if held else [])]
 

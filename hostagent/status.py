@@ -43,6 +43,8 @@ class AgentStatus:
     claims: dict[str, int] = field(default_factory=dict)
     # what the VMs get from their host: ports served, frames by protocol and outcome, packet socket errors
     guest_services: dict[str, Any] = field(default_factory=dict)
+    # the BFD sessions to the reflectors configured with `bfd` (BfdStatus.as_dict())
+    bfd: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

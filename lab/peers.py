@@ -340,29 +340,34 @@ def gobgp_rr_toml(clients: list[str], graceful: bool = False, rr: str = GOBGP_RR
 
 
 class Frr:
-    """zebra + bgpd, netns-local, with pid/vty/zserv paths under the test's tmp dir, as user frr."""
+    """zebra + bgpd (and bfdd when given its configuration; bgpd left out when `bgpd_conf` is None),
+    netns-local, with pid/vty/zserv/control paths under the test's tmp dir, as user frr."""
 
-    def __init__(self, lab: Lab, ns: str, name: str, bgpd_conf: str) -> None:
+    def __init__(self, lab: Lab, ns: str, name: str, bgpd_conf: str | None, bfdd_conf: str | None = None) -> None:
         self.ns = ns
         # Not under pytest's tmp dir: that is 0700 root and FRR runs as user frr.
         self.dir = Path(tempfile.mkdtemp(prefix=f"nvfabric-frr-{name}-"))
         self.dir.chmod(0o777)
         lab.cleanup_dirs.append(self.dir)
         (self.dir / "zebra.conf").write_text(f"hostname {name}-zebra\n")
-        (self.dir / "bgpd.conf").write_text(bgpd_conf)
+        (self.dir / "bgpd.conf").write_text(bgpd_conf or "")
+        (self.dir / "bfdd.conf").write_text(bfdd_conf or "")
         common = ["-u", "frr", "-g", "frr", "-z", str(self.dir / "zserv.api"), "--vty_socket", str(self.dir)]
 
-        def daemon(name: str, ready: str) -> Process:
+        def daemon(name: str, ready: str, *extra: str) -> Process:
             """/usr/lib/frr/<name>, started, once it has made `ready` (its socket) in the directory."""
             proc = Process(ns, [f"/usr/lib/frr/{name}", *common, "-i", str(self.dir / f"{name}.pid"),
-                                "-f", str(self.dir / f"{name}.conf")], self.dir / f"{name}.log")
+                                "-f", str(self.dir / f"{name}.conf"), *extra], self.dir / f"{name}.log")
             lab.processes.append(proc)
             # 30 s: in a loaded TCG VM zebra once took longer than 10 s to make its socket
             wait_for(lambda: (self.dir / ready).exists(), 30, what=f"{name}'s {ready}")
             return proc
 
         self.zebra = daemon("zebra", "zserv.api")
-        self.bgpd = daemon("bgpd", "bgpd.vty")
+        self.bgpd = daemon("bgpd", "bgpd.vty") if bgpd_conf is not None else None
+        # bfdd's control socket defaults to a path shared by every instance on the machine.
+        self.bfdd = (daemon("bfdd", "bfdd.vty", "--bfdctl", str(self.dir / "bfdd.sock"))
+                     if bfdd_conf is not None else None)
 
     def vtysh(self, command: str) -> str:
         return netns.run(netns.in_netns(self.ns, ["vtysh", "--vty_socket", str(self.dir), "-c", command])).output

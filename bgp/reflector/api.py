@@ -1,8 +1,8 @@
 """The reflector's REST API and Prometheus metrics, served by service/rest.py's app factory like the agent's
 and the gateway's: the same bearer token (`api.token`) and the same JSON error body.
 
-GET  /v1/summary                      identity, sessions by state, routes per family, counters
-GET  /v1/neighbors                    one object per peer (configured or dynamic, seen so far)
+GET  /v1/summary                      identity, sessions by state, routes per family, counters, BFD sessions
+GET  /v1/neighbors                    one object per peer (configured or dynamic, seen so far), its BFD state
 GET  /v1/routes?family=&vsid=&rt=&mac=&ip=&limit=&after=   best routes, a page at a time (service/pages.py)
 POST /v1/reload                       re-read the configuration file (as SIGHUP); 400 names the bad field
 GET  /metrics                         Prometheus text format (without the token unless metrics_token)
@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from nvfabric.bgp import fsm, wire
+from nvfabric.bgp.bfd.metrics import BfdCollector
 from nvfabric.bgp.config import ConfigError
 from nvfabric.bgp.mac import Mac, MacError
 from nvfabric.bgp.reflector.config import route_target_bytes
@@ -51,6 +52,7 @@ SLICE = 4096  # table entries filtered between two yields to the loop
 
 def neighbors(rr: Reflector) -> list[dict[str, Any]]:
     out = []
+    bfd = {status.peer: status for status in rr.bfd_status()}
     for address, peer in sorted(rr.peers.items()):
         pol = rr.policy(address)
         ref = rr._refs.get(address)
@@ -78,6 +80,7 @@ def neighbors(rr: Reflector) -> list[dict[str, Any]]:
             if pol.announce_route_targets is not None else None,
             "max_prefix": {"limit": pol.max_prefix.limit, "action": pol.max_prefix.action.value,
                            "restart": pol.max_prefix.restart},
+            "bfd": bfd[address].state.label if address in bfd else None,
         })
     return out
 
@@ -106,6 +109,8 @@ def summary(rr: Reflector) -> dict[str, Any]:
                     "held_down": c.refused_held_down},
         "update_groups": len(rr.groups.groups),
         "reloads": rr.stats.reloads,
+        "bfd_teardowns": c.bfd_teardowns,
+        "bfd": [status.as_dict() for status in rr.bfd_status()],
     }
 
 
@@ -324,6 +329,7 @@ class _Collector:
 def metrics_registry(rr: Reflector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(rr))  # type: ignore[arg-type]
+    registry.register(BfdCollector(rr.bfd_status))
     latency = Histogram(
         "nvfabric_rr_reflection_latency_seconds",
         "time from an UPDATE reaching the owner task to its reflection being written to every peer",
@@ -395,10 +401,11 @@ def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadRe
 
 
 SUMMARY = obj(["asn", "router_id", "cluster_id", "uptime_seconds", "sessions", "routes"], asn=INTEGER,
-              router_id=STRING, cluster_id=STRING, uptime_seconds=NUMBER, sessions=ANY_OBJECT, routes=ANY_OBJECT)
+              router_id=STRING, cluster_id=STRING, uptime_seconds=NUMBER, sessions=ANY_OBJECT, routes=ANY_OBJECT,
+              bfd=array(ANY_OBJECT))
 NEIGHBOR = obj(["address", "state", "client", "routes_received"], address=STRING, name=STRING, state=STRING,
                client=BOOLEAN, asn=nullable(INTEGER), router_id=nullable(STRING), routes_received=INTEGER,
-               route_targets=nullable(array(STRING)), max_prefix=nullable(ANY_OBJECT))
+               route_targets=nullable(array(STRING)), max_prefix=nullable(ANY_OBJECT), bfd=nullable(STRING))
 ROUTE = obj(["family", "type", "route_targets", "source"], family=STRING, type=STRING,
             next_hop=nullable(STRING), route_targets=array(STRING), source=STRING, vsid=nullable(INTEGER),
             mac=STRING, ip=nullable(STRING), prefix=STRING, local_pref=nullable(INTEGER))

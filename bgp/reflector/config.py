@@ -30,6 +30,7 @@ from nvfabric.bgp.config import (
     SpeakerConfig,
     Reader,
     read_api,
+    read_bfd,
     read_limits,
     read_max_connections,
     read_max_prefix,
@@ -188,7 +189,7 @@ def _neighbor(r: Reader, local_asn: int) -> ReflectorNeighbor:
             prefix = ipaddress.ip_network(raw, strict=True)
         except ValueError as err:
             raise ConfigError(r.name("prefix"), str(err)) from None
-        session = DynamicNeighbors(prefix, asn, read_password(r), max_prefix, read_max_connections(r))
+        session = DynamicNeighbors(prefix, asn, read_password(r), max_prefix, read_max_connections(r), read_bfd(r))
     else:
         session = Neighbor(
             address=r.address("address"),
@@ -199,6 +200,7 @@ def _neighbor(r: Reader, local_asn: int) -> ReflectorNeighbor:
             local_address=r.address("local_address", None),
             description=r.get("description", str, ""),
             max_prefix=max_prefix,
+            bfd=read_bfd(r),
         )
     policy = PeerPolicy(client=r.get("client", bool, True), max_prefix=max_prefix,
                         route_targets=_route_targets(r, "route_targets"),

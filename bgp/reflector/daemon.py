@@ -25,14 +25,14 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 from nvfabric.bgp import fsm, wire
 from nvfabric.bgp.config import ConfigError, DynamicNeighbors, Neighbor
 from nvfabric.bgp.reflector import policy, rtc
-from nvfabric.bgp.reflector.config import PeerPolicy, ReflectorConfig
+from nvfabric.bgp.reflector.config import PeerPolicy, ReflectorConfig, ReflectorNeighbor
 from nvfabric.bgp.reflector.table import AttrSet, Changes, Kind, RawTable
 from nvfabric.bgp.routes import Family, PeerRef
 from nvfabric.bgp.session import Peer
@@ -460,10 +460,12 @@ class Reflector(Speaker):
         for name in ("asn", "router_id", "cluster_id", "listen", "families", "hold_time", "graceful_restart"):
             if getattr(old, name) != getattr(new, name):
                 raise ConfigError(name, "cannot change without a restart (reload refused, running configuration kept)")
-        before = {n.name: n for n in old.neighbors}
-        after = {n.name: n for n in new.neighbors}
+        before = {n.name: _without_bfd(n) for n in old.neighbors}
+        after = {n.name: _without_bfd(n) for n in new.neighbors}
+        # A change of `bfd` alone changes the BFD session (sync_bfd), not the BGP session.
         removed = [name for name, n in before.items() if after.get(name) != n]
         added = [name for name, n in after.items() if before.get(name) != n]
+        await self.start_bfd(new.speaker_config())
         return await self.call(lambda: self._reload(new, removed, added))
 
     def _reload(self, new: ReflectorConfig, removed: list[str], added: list[str]) -> ReloadResult:
@@ -498,11 +500,16 @@ class Reflector(Speaker):
                                           session.prefix.prefixlen)
             if isinstance(session, Neighbor):
                 self.add_neighbor(session)
+        self.sync_bfd()
         self.stats.reloads += 1
         result = ReloadResult(tuple(added), tuple(removed))
         log.info("configuration reloaded: added %s, removed %s", ", ".join(added) or "none",
                  ", ".join(removed) or "none", extra={"event": "reload"})
         return result
+
+
+def _without_bfd(n: ReflectorNeighbor) -> ReflectorNeighbor:
+    return replace(n, session=replace(n.session, bfd=None))
 
 
 def _in(address: str, dynamic: DynamicNeighbors) -> bool:

@@ -95,3 +95,63 @@ def test_unreadable_and_invalid_files_say_so(tmp_path):
     bad.write_text("asn: [")
     with pytest.raises(config.ConfigError, match="not valid YAML"):
         config.load(bad)
+
+
+def test_bfd_true_false_or_a_mapping_on_every_kind_of_peer():
+    from nvfabric.bgp.bfd import BfdAuth, BfdConfig
+
+    cfg = config.parse({"asn": 65000, "router_id": "198.51.100.1", "listen": {"address": "198.51.100.1"},
+                        "neighbors": [{"address": "198.51.100.2", "asn": 65000, "bfd": True},
+                                      {"address": "198.51.100.3", "asn": 65000, "bfd": False},
+                                      {"address": "198.51.100.4", "asn": 65000},
+                                      {"address": "198.51.100.5", "asn": 65000, "bfd": {
+                                          "transmit_interval": 100, "receive_interval": 200, "multiplier": 5,
+                                          "passive": True, "auth": {"type": "keyed-sha1", "key_id": 7,
+                                                                    "password": "s3cret"}}}],
+                        "dynamic_neighbors": [{"prefix": "198.51.100.128/25", "asn": 65000, "bfd": True}]})
+    assert [n.bfd for n in cfg.neighbors] == [BfdConfig(), None, None, BfdConfig(
+        100, 200, 5, True, BfdAuth("keyed-sha1", 7, "s3cret"))]
+    assert BfdConfig() == BfdConfig(300, 300, 3, False, None)
+    assert cfg.dynamic_neighbors[0].bfd == BfdConfig()
+    top = config.Reader({"route_reflectors": [{"address": "198.51.100.9", "bfd": {"multiplier": 4}}]}, "")
+    (peer,) = config.read_peers(top, "route_reflectors", 65000)
+    assert peer.bfd == BfdConfig(multiplier=4) and peer.neighbor().bfd == peer.bfd
+
+
+@pytest.mark.parametrize(
+    "bfd, field",
+    [
+        ("yes", "route_reflectors[0].bfd"),
+        (1, "route_reflectors[0].bfd"),
+        ({"multiplier": 0}, "route_reflectors[0].bfd.multiplier"),
+        ({"multiplier": 256}, "route_reflectors[0].bfd.multiplier"),
+        ({"transmit_interval": 9}, "route_reflectors[0].bfd.transmit_interval"),
+        ({"receive_interval": 60001}, "route_reflectors[0].bfd.receive_interval"),
+        ({"receive_interval": True}, "route_reflectors[0].bfd.receive_interval"),
+        ({"passive": "no"}, "route_reflectors[0].bfd.passive"),
+        ({"echo": True}, "route_reflectors[0].bfd.echo"),
+        ({"auth": "s3cret"}, "route_reflectors[0].bfd.auth"),
+        ({"auth": {"type": "md5", "key_id": 1, "password": "x"}}, "route_reflectors[0].bfd.auth.type"),
+        ({"auth": {"type": "simple", "password": "x"}}, "route_reflectors[0].bfd.auth.key_id"),
+        ({"auth": {"type": "simple", "key_id": 256, "password": "x"}}, "route_reflectors[0].bfd.auth.key_id"),
+        ({"auth": {"type": "simple", "key_id": 1}}, "route_reflectors[0].bfd.auth.password"),
+        ({"auth": {"type": "simple", "key_id": 1, "password": "x" * 17}}, "route_reflectors[0].bfd.auth.password"),
+        ({"auth": {"type": "keyed-sha1", "key_id": 1, "password": ""}}, "route_reflectors[0].bfd.auth.password"),
+        ({"auth": {"type": "meticulous-keyed-sha1", "key_id": 1, "password": "x" * 21}},
+         "route_reflectors[0].bfd.auth.password"),
+        ({"auth": {"type": "simple", "key_id": 1, "password": "x", "salt": 1}}, "route_reflectors[0].bfd.auth.salt"),
+    ],
+)
+def test_bfd_errors_name_the_field(bfd, field):
+    top = config.Reader({"route_reflectors": [{"address": "198.51.100.9", "bfd": bfd}]}, "")
+    with pytest.raises(config.ConfigError) as err:
+        config.read_peers(top, "route_reflectors", 65000)
+    assert err.value.field == field, err.value
+
+
+def test_bfd_on_a_dynamic_range_and_its_errors():
+    base = {"asn": 65000, "router_id": "198.51.100.1", "listen": {"address": "198.51.100.1"}}
+    with pytest.raises(config.ConfigError) as err:
+        config.parse({**base, "dynamic_neighbors": [{"prefix": "198.51.100.0/24", "asn": 65000,
+                                                     "bfd": {"multiplier": 300}}]})
+    assert err.value.field == "dynamic_neighbors[0].bfd.multiplier"
