@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from nvfabric.gateway import nat
+from nvfabric.gateway.conntrackd import SyncStatus
 from nvfabric.gateway.gateway import Gateway, TenantStatus
 from nvfabric.gateway.state import StateSaveError
 from nvfabric.gateway.tenants import Tenant
@@ -85,21 +86,11 @@ async def delete_tenant(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _bfd(gw: Gateway) -> list[dict[str, Any]]:
-    """The BFD sessions of the reflectors' and the upstream's BGP sessions (none until the gateway's
-    speakers run BFD: then `gw.bfd_status()`)."""
-    return []
-
-
-def _conntrack_sync(gw: Gateway) -> dict[str, Any] | None:
-    """The conntrack replication's health (None: not configured; `gw.sync_status()` once it exists)."""
-    return None
-
-
 async def get_status(request: web.Request) -> web.Response:
     gw = _gw(request)
-    return web.json_response({"role": gw.role_status().as_dict(), "bfd": _bfd(gw),
-                              "conntrack_sync": _conntrack_sync(gw),
+    sync = gw.sync_status()
+    return web.json_response({"role": gw.role_status().as_dict(), "bfd": [s.as_dict() for s in gw.bfd_status()],
+                              "conntrack_sync": None if sync is None else sync.as_dict(),
                               "sessions": [s.as_dict() for s in gw.sessions()]})
 
 
@@ -199,6 +190,43 @@ class _TenantCollector(Collector):
         yield from families.values()
 
 
+class _SyncCollector(Collector):
+    """The connection state replication (gateway/conntrackd.py), when the gateway has `sync`."""
+
+    def __init__(self, status: SyncStatus) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Any]:
+        s = self.status
+        up = GaugeMetricFamily("nvfabric_gateway_conntrack_sync_up", "1 when conntrackd runs, answers and hears "
+                               "the other gateway")
+        up.add_metric([], 1 if s.up else 0)
+        entries = GaugeMetricFamily("nvfabric_gateway_conntrack_sync_entries", "conntrackd's entries: internal = "
+                                    "the flows this gateway sends, external = the other gateway's, held in this "
+                                    "kernel", labels=["cache"])
+        entries.add_metric(["internal"], s.stats.internal)
+        entries.add_metric(["external"], s.external)
+        messages = CounterMetricFamily("nvfabric_gateway_conntrack_sync_messages", "conntrackd's messages on the "
+                                       "sync link (lost: sequence gaps, recovered by retransmission)",
+                                       labels=["direction"])
+        for direction, value in (("sent", s.stats.sent), ("received", s.stats.received), ("lost", s.stats.lost)):
+            messages.add_metric([direction], value)
+        restarts = CounterMetricFamily("nvfabric_gateway_conntrack_sync_restarts", "conntrackd restarts after it died")
+        restarts.add_metric([], s.restarts)
+        resend = GaugeMetricFamily("nvfabric_gateway_conntrack_sync_resend_queue", "messages sent and not yet "
+                                   "acknowledged by the other gateway")
+        resend.add_metric([], s.stats.resend_queue)
+        injected = CounterMetricFamily("nvfabric_gateway_conntrack_sync_injected", "the other gateway's entries "
+                                       "applied to this kernel", labels=["op"])
+        for op, value in (("created", s.stats.injected_created), ("updated", s.stats.injected_updated),
+                          ("destroyed", s.stats.injected_destroyed), ("failed", s.stats.inject_failed)):
+            injected.add_metric([op], value)
+        differ = GaugeMetricFamily("nvfabric_gateway_conntrack_sync_tenant_ids_differ", "tenants both gateways "
+                                   "serve with different ids (their connections do not survive a failover)")
+        differ.add_metric([], len(s.tenant_ids_differ or {}))
+        yield from (up, entries, messages, injected, restarts, resend, differ)
+
+
 async def metrics(request: web.Request) -> web.Response:
     # nftables' counters read at scrape time (no copy to drift); sessions from the conntrack sampler's last count
     registry = CollectorRegistry()
@@ -207,6 +235,9 @@ async def metrics(request: web.Request) -> web.Response:
     decap = DecapCollector()
     decap.counts = await _gw(request).decap_counters()
     registry.register(decap)
+    sync = _gw(request).sync_status()
+    if sync is not None:
+        registry.register(_SyncCollector(sync))
     return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

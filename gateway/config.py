@@ -21,6 +21,7 @@ tenants:
 hold_time: 90       # BGP hold time proposed to reflectors and upstream (failover detection bound)
 sessions_interval: 15   # seconds between two counts of the conntrack table (nat_sessions)
 netns: gw1          # optional: lab and tests only
+sync: {interface: eth3, local_address: 192.0.2.21, peer_address: 192.0.2.22, port: 3780}  # optional: conntrackd
 ```
 The tenants' own fields are gateway/tenants.py's; a tenant error carries its path (`tenants[1].snat[0].address`).
 A tenant may not claim the gateway's own interfaces and addresses, nor public space outside `public_prefixes`
@@ -46,7 +47,9 @@ from nvfabric.vnet.model import IFNAME_RE, Address, Network
 DEFAULT_LISTEN = "127.0.0.1:8510"  # the host agent's is :8500; both may run on one machine in a lab
 DEFAULT_SESSIONS_INTERVAL = 15.0  # seconds: how stale nat_sessions may be, against one conntrack dump per period
 
-__all__ = ["ConfigError", "External", "GatewayConfig", "load", "parse"]
+DEFAULT_SYNC_PORT = 3780  # conntrackd's own default
+
+__all__ = ["ConfigError", "External", "GatewayConfig", "SyncConfig", "load", "parse"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,17 @@ class External:
     next_hop6: Address | None = None
     address4: Address | None = None  # ours on the external link: the next hop announced upstream
     address6: Address | None = None
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Connection state replication with the other gateway (gateway/conntrackd.py): conntrackd's messages
+    over UDP unicast on a dedicated link, from `local_address` (on `interface`) to `peer_address`."""
+
+    interface: str
+    local_address: Address
+    peer_address: Address
+    port: int = DEFAULT_SYNC_PORT
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,7 @@ class GatewayConfig:
     # API tenants last until the daemon stops; ids are still adopted from the kernel's NAT table.
     state_dir: Path | None = None
     sessions_interval: float = DEFAULT_SESSIONS_INTERVAL
+    sync: SyncConfig | None = None  # None: conntrack entries are not replicated
 
     @property
     def reserved(self) -> Reserved:
@@ -99,8 +114,11 @@ class GatewayConfig:
                      *((f"upstream[{i}].address", ipaddress.ip_address(u.address))
                        for i, u in enumerate(self.upstream)),
                      *((f"route_reflectors[{i}].address", ipaddress.ip_address(r.address))
-                       for i, r in enumerate(self.route_reflectors))]
-        return Reserved.build(ext.interfaces, addresses, self.public_prefixes)
+                       for i, r in enumerate(self.route_reflectors)),
+                     *(() if self.sync is None else (("sync.local_address", self.sync.local_address),
+                                                     ("sync.peer_address", self.sync.peer_address)))]
+        own = {} if self.sync is None else {self.sync.interface: "the gateway's sync link (sync.interface)"}
+        return Reserved.build(ext.interfaces, addresses, self.public_prefixes, own)
 
     @classmethod
     def from_dict(cls, data: Any) -> GatewayConfig:
@@ -170,6 +188,7 @@ def parse(data: Any) -> GatewayConfig:
     sessions_interval = top.get("sessions_interval", (int, float), DEFAULT_SESSIONS_INTERVAL)
     if isinstance(sessions_interval, bool) or not 1 <= sessions_interval <= 3600:
         raise ConfigError("sessions_interval", f"must be 1..3600 seconds (got {sessions_interval!r})")
+    sync = _sync(top, external)
     standby = top.get("standby", bool, False)
     hold_time = top.integer("hold_time", 0, 0xFFFF, 90)
     if hold_time in (1, 2):
@@ -182,7 +201,7 @@ def parse(data: Any) -> GatewayConfig:
                          api=api, tenants=tuple(tenants), netns=netns, standby=standby,
                          hold_time=hold_time, public_prefixes=public, provider_prefixes=provider_prefixes,
                          state_dir=None if state_dir is None else Path(state_dir),
-                         sessions_interval=float(sessions_interval))
+                         sessions_interval=float(sessions_interval), sync=sync)
     reserved = config.reserved
     for i, tenant in enumerate(tenants):
         try:
@@ -190,6 +209,32 @@ def parse(data: Any) -> GatewayConfig:
         except ModelError as exc:
             raise ConfigError(exc.field, f"{exc.problem} (got {exc.value!r})") from None
     return config
+
+
+def _sync(top: Reader, external: External) -> SyncConfig | None:
+    data = top.get("sync", dict, None)
+    if data is None:
+        return None
+    r = Reader(data, "sync")
+    interface = r.get("interface", str)
+    if not IFNAME_RE.match(interface):
+        raise ConfigError("sync.interface", f"{interface!r} is not an interface name")
+    if interface in external.interfaces:
+        raise ConfigError("sync.interface", f"{interface!r} is an external interface: the sync link is a "
+                          "dedicated one, apart from the tenants' traffic")
+    local = _address(r.get("local_address", str), "sync.local_address")
+    peer = _address(r.get("peer_address", str), "sync.peer_address")
+    if peer.version != local.version:
+        raise ConfigError("sync.peer_address", f"{peer} is IPv{peer.version}, sync.local_address {local} is "
+                          f"IPv{local.version}: one link, one family")
+    if peer == local:
+        raise ConfigError("sync.peer_address", f"{peer} is sync.local_address: the other gateway's address")
+    for where, address in (("sync.local_address", local), ("sync.peer_address", peer)):
+        if address.is_multicast or address.is_unspecified:
+            raise ConfigError(where, f"{address} is not a unicast address")
+    port = r.integer("port", 1, 65534, DEFAULT_SYNC_PORT)  # and port + 1: the tenant ids (gateway/peerids.py)
+    r.done()
+    return SyncConfig(interface, local, peer, port)
 
 
 def _public_prefixes(top: Reader) -> tuple[Network, ...]:

@@ -32,6 +32,7 @@ from nvfabric.bgp.bfd.endpoint import Bfd
 from nvfabric.bgp.speaker import wants_bfd
 from nvfabric.gateway import nat
 from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.conntrackd import ConntrackSync, SyncStatus, own_addresses
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
 from nvfabric.gateway.evpn import Fabric
 from nvfabric.gateway.role import ANNOUNCE, DEPREFERRED, WITHDRAWN, Role
@@ -103,8 +104,11 @@ class Gateway:
         self._bfd = Bfd() if any(wants_bfd(s.config) for s in speakers) else None
         for speaker in speakers:
             speaker.bfd = self._bfd
-        # the conntrack replication, told when this gateway becomes active or stands by (None: not configured)
-        self._sync: Any = None
+        # conntrack entries replicated with the other gateway (gateway/conntrackd.py), told when this gateway
+        # becomes active or stands by
+        self._sync = None if config.sync is None else ConntrackSync(
+            config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active",
+            ids=lambda: self._ids)
         self._was_serving = False  # what the replication was last told
         self._clocks = [SessionClock(part.client.speaker, kind, [p.address for p in peers])
                         for part, kind, peers in ((self._fabric, "reflector", config.route_reflectors),
@@ -161,6 +165,8 @@ class Gateway:
                 await self._upstream.sync(self._public())
             self._started = True
             self._sessions.start()
+            if self._sync is not None:  # after the NAT table: its kernel settings need nf_conntrack loaded
+                await self._sync.start()
         if self._fabric is not None:
             await self._fabric.start(self._tenants)  # outside the lock: learned records take it
 
@@ -233,6 +239,8 @@ class Gateway:
     async def stop(self) -> None:
         # The tables, VRFs and routes stay: forwarding and NAT keep working while the daemon restarts.
         self._started = False
+        if self._sync is not None:
+            await self._sync.stop()
         await asyncio.to_thread(self.close)
         if self._fabric is not None:
             await self._fabric.stop()
@@ -254,7 +262,10 @@ class Gateway:
 
     def close(self) -> None:
         """Stop the conntrack sampler's thread (stop() does it; for an owner that drops a gateway without
-        stopping it). Blocks until the thread ends, at most a few seconds."""
+        stopping it), and conntrackd, which must not outlive the gateway. Blocks until the thread ends, at most
+        a few seconds."""
+        if self._sync is not None:
+            self._sync.kill()
         self._sessions.stop()
 
     @property
@@ -304,6 +315,14 @@ class Gateway:
         except Exception:  # noqa: BLE001 - the role is not held back by the replication; logged
             log.exception("conntrack replication: telling it this gateway became %s failed",
                           "active" if active else "standby")
+
+    def sync_status(self) -> SyncStatus | None:
+        """The connection state replication's last sample (None: no `sync` configured)."""
+        if self._sync is None:
+            return None
+        counts = self._sessions.counts if self._sessions.sampled_at is not None else None
+        tenants = None if counts is None else sum(counts.get(i, 0) for i in self._ids.values())
+        return self._sync.status(tenants)
 
     async def set_records(self, records: tuple[LookupRecord, ...]) -> None:
         """The tenant CAs and the PAs of their hosts (from the reflectors, like a host learns them): the

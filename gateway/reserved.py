@@ -51,9 +51,10 @@ class Reserved:
 
     @classmethod
     def build(cls, external_interfaces: Iterable[str], addresses: Iterable[tuple[str, Address | None]],
-              public_prefixes: Iterable[Network]) -> Reserved:
-        """`addresses`: (configuration field, address) pairs; None values (unset fields) are skipped."""
-        ifaces = dict(ALWAYS_RESERVED)
+              public_prefixes: Iterable[Network], other_interfaces: Mapping[str, str] | None = None) -> Reserved:
+        """`addresses`: (configuration field, address) pairs; None values (unset fields) are skipped.
+        `other_interfaces`: the gateway's other own interfaces, name -> what it is."""
+        ifaces = {**ALWAYS_RESERVED, **(other_interfaces or {})}
         for i, name in enumerate(external_interfaces):
             ifaces[name] = f"the gateway's external interface (external.interfaces[{i}])"
         own: dict[Address, str] = {}

@@ -73,6 +73,12 @@ def gateway() -> tuple[Gateway, list[tuple]]:
         async def became_standby(self) -> None:
             log.append(("sync", "standby"))
 
+        def status(self, tenants):
+            class Status:
+                def as_dict(self):
+                    return {"up": True, "role": "standby", "entries": {"internal": 3, "external": 5}}
+            return Status()
+
     gw._sync = Sync()
     return gw, log
 
@@ -132,7 +138,8 @@ async def test_status_endpoint_and_role_metrics() -> None:
     assert abs(role["since"] - time.time()) < 60
     assert body["sessions"] == [{"peer": RR, "kind": "reflector", "state": "idle", "uptime": None},
                                 {"peer": "203.0.113.1", "kind": "upstream", "state": "idle", "uptime": None}]
-    assert body["bfd"] == [] and body["conntrack_sync"] is None
+    assert body["bfd"] == []  # no peer with `bfd`
+    assert body["conntrack_sync"] == {"up": True, "role": "standby", "entries": {"internal": 3, "external": 5}}
 
     registry = CollectorRegistry()
     registry.register(gw_api._TenantCollector([], gw))
@@ -164,7 +171,7 @@ async def test_nvfabric_gateway_status(api, capsys) -> None:
     assert (status, err) == (0, "")
     for words in ("serving", "no", "configured", "standby", "upstream", "withdrawn",
                   "starting: waiting for a reflector session", "BGP sessions", RR, "reflector", "idle",
-                  "203.0.113.1", "upstream", "BFD sessions", "conntrack replication", "not configured"):
+                  "203.0.113.1", "upstream", "BFD sessions", "conntrack replication", 'internal 3, external 5'):
         assert words in out, words
     status = await asyncio.to_thread(main, ["gateway", "status", "-o", "json", "--api", api, "--token", TOKEN])
     out, _ = capsys.readouterr()

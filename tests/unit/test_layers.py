@@ -47,7 +47,8 @@ EXTRA_FOLDERS = {"bench": "bench", "tests": "tests"}
 EQUIPMENT = ("lab/", "bench/", "tests/")
 KERNEL = ("vnet/kernel/", "vnet/nftables.py")
 SYSTEM_OWNERS: dict[str, tuple[str, ...]] = {
-    "subprocess": (*KERNEL, *EQUIPMENT),
+    # gateway/conntrackd.py: the gateway's conntrackd, a child daemon, and its client commands (-s, -R, -n)
+    "subprocess": (*KERNEL, *EQUIPMENT, "gateway/conntrackd.py"),
     "pyroute2": (*KERNEL, *EQUIPMENT),
     "ctypes": (*KERNEL, *EQUIPMENT),
     "exabgp": ("bgp/wire/exa.py",),
