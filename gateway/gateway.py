@@ -109,7 +109,7 @@ class Gateway:
         self._sync = None if config.sync is None else ConntrackSync(
             config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active",
             ids=lambda: self._ids)
-        self._was_serving = False  # what the replication was last told
+        self._was_serving: bool | None = None  # what the replication was last told (None: nothing yet)
         self._clocks = [SessionClock(part.client.speaker, kind, [p.address for p in peers])
                         for part, kind, peers in ((self._fabric, "reflector", config.route_reflectors),
                                                   (self._upstream, "upstream", config.upstream)) if part is not None]
@@ -296,8 +296,9 @@ class Gateway:
         return list(self._tenants.values()) if self.upstream_mode != WITHDRAWN else []
 
     async def _role_changed(self, role: Role) -> None:
-        """The role changed (evpn.Fabric applies it): the replication told first when becoming active (its
-        state in the kernel before the traffic comes), then the upstream; told last when standing by."""
+        """The role changed, or was judged for the first time (evpn.Fabric applies it): the replication told
+        first when becoming active (its state in the kernel before the traffic comes), then the upstream;
+        told last when standing by (at a start too: a restarted gateway asks the serving one for its state)."""
         flipped, self._was_serving = role.serving != self._was_serving, role.serving
         if flipped and role.serving:
             await self._tell_sync(True)

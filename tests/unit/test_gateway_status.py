@@ -98,7 +98,13 @@ async def test_the_role_is_applied_in_order_and_the_upstream_depreferred_while_i
     f.on_status(PeerStatus(RR, "established"), t0)
     f.on_status(PeerStatus(RR, "end-of-rib"), t0)
     await settle(gw)
-    assert not gw.serving and log == [] and gw.role_status().reason == "standing by: gateway 198.51.100.21 serves"
+    assert not gw.serving and gw.role_status().reason == "standing by: gateway 198.51.100.21 serves"
+    # the first judgement is told even though nothing is announced: a restarted gateway's replication asks
+    # the serving one for its state
+    assert log == [("sync", "standby")] and gw.role_status().changes == 0
+    log.clear()
+    await settle(gw)
+    assert log == []  # told once
 
     # the active one's routes leave the fabric: taking over; the replication first, then the upstream, then
     # the default routes that bring the hosts' traffic
