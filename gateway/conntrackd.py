@@ -6,7 +6,8 @@ over UDP unicast on a dedicated link (`sync:`). Each sends the conntrack events 
 applies the other's. conntrackd 1.4.7 keeps a replicated entry's conntrack zone and mark and its NAT
 mapping (checked in tests/integration/test_gateway_conntrack_sync.py), so an entry made by one gateway's
 SNAT or floating IP in tenant zone Z with mark Z is the same entry in the other's kernel: the tenant ids
-(zone = mark = routing table) must be equal on both gateways (docs/gateway.md says how they are).
+(zone = mark = routing table) must be equal on both gateways (docs/gateway.md says how they are kept
+equal; gateway/peerids.py checks it).
 
 No external cache (`DisableExternalCache On`): the other gateway's entries are injected into this kernel as
 they arrive, not kept in conntrackd's memory until a commit. Why:
@@ -37,16 +38,25 @@ the kernel (`Filter From Kernelspace`). Tenants may not claim the gateway's addr
 so no tenant's public side is lost; a tenant whose private addresses overlap the gateway's own would have
 those flows left out (the tenants' private space is theirs: the operator avoids it).
 
+Events: not "reliable" (NetlinkEventsReliable Off): with reliable delivery the kernel keeps every ended
+entry until its destroy event has been read, so a stopped or wedged conntrackd would fill the gateway's
+conntrack table with dead entries; the gateway's forwarding must not depend on its replication. An overrun
+of the event socket (its buffer starts at 8 MB and grows to 64 MB first: 2 MB overran at a burst of 25,000
+new flows in 0.7 s, bench/conntrack_sync.py) is repaired by a resync against the kernel 5 s later.
+
 Kernel settings (`KERNEL_SETTINGS`, set at start in the gateway's namespace):
-- nf_conntrack_tcp_be_liberal=1: an injected entry's TCP window is the one of its last event, long gone
-  when the standby takes over; checking windows would mark the flow's packets INVALID (the gateway drops
-  INVALID);
+- nf_conntrack_tcp_be_liberal=1: no TCP window checks. conntrackd injects its entries without them
+  already (its TCPWindowTracking default: a replica's window is the one of its last event, long gone at
+  takeover); this extends it to the entries the standby picks up mid-stream, whose windows the kernel
+  learns only from the packets after the takeover: a segment outside them would be INVALID, which the
+  gateway drops;
 - nf_conntrack_tcp_loose=1 (the kernel's default, set in case it was changed): a flow whose entry did not
   arrive before the takeover is picked up mid-stream instead of dropped.
 
 `ConntrackSync` runs the daemon as a child (foreground, its output logged), in the gateway's namespace
 (`ip netns exec` when `netns` is set), restarts it with backoff when it dies, stops it with the gateway,
-and samples its statistics (`conntrackd -s`) every few seconds into `SyncStatus`.
+and samples its statistics (`conntrackd -s`) every few seconds into `SyncStatus`. The requests (statistics,
+the role's commands) go straight to the daemon's UNIX socket, as its own client sends them.
 """
 
 from __future__ import annotations
@@ -57,6 +67,7 @@ import hashlib
 import ipaddress
 import logging
 import re
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -77,7 +88,12 @@ SAMPLE_INTERVAL = 5.0  # seconds between two samples of conntrackd's statistics
 BACKOFF = (1.0, 30.0)  # seconds: first and longest wait before a restart (doubling)
 STABLE = 60.0  # seconds a daemon must have run for the next restart to wait the shortest again
 UNIX_PATH_MAX = 107  # sun_path's 108 bytes, less the terminating NUL
-CTL_TIMEOUT = 10.0  # seconds for one `conntrackd -C ... -x` command
+CTL_TIMEOUT = 10.0  # seconds for one request on the daemon's UNIX socket
+# The requests of conntrackd's client (`conntrackd -C FILE ARGS`): one native int on the UNIX socket, the
+# daemon answers text and closes. Read off Debian's conntrackd 1.4.7 (include/conntrackd.h); the host test
+# checks them against the installed client.
+REQUESTS = {("-s",): 21, ("-s", "queue"): 36, ("-R",): 44, ("-B",): 22, ("-f", "internal"): 33, ("-n",): 23,
+            ("-k",): 20}
 KERNEL_SETTINGS = (("net/netfilter/nf_conntrack_tcp_be_liberal", "1"), ("net/netfilter/nf_conntrack_tcp_loose", "1"))
 PROTOCOLS = ("TCP", "UDP", "ICMP", "IPv6-ICMP", "SCTP")  # what a tenant's NAT tracks
 
@@ -156,10 +172,10 @@ General {{
   UNIX {{
     Path {files.socket}
   }}
-  NetlinkBufferSize 2097152
-  NetlinkBufferSizeMaxGrowth 8388608
-  NetlinkEventsReliable On
-  NetlinkOverrunResync Off
+  NetlinkBufferSize 8388608
+  NetlinkBufferSizeMaxGrowth 67108864
+  NetlinkEventsReliable Off
+  NetlinkOverrunResync 5
   Filter From Kernelspace {{
     Protocol Accept {{
       {" ".join(PROTOCOLS)}
@@ -288,12 +304,11 @@ class SyncStatus:
 class ConntrackSync:
     """conntrackd for one gateway: `start()` writes its configuration, sets the kernel settings and starts it;
     it is restarted with backoff when it dies; `stop()` ends it (the kernel's entries stay). `status()` is
-    the last sample. The gateway calls the hooks when its serving state changes; `ids` (the gateway's
-    tenant ids, read when sent) turns on their comparison with the other gateway's (gateway/peerids.py)."""
+    the last sample. The gateway calls the hooks when its serving state changes."""
 
     def __init__(self, sync: SyncConfig, netns: str | None, ignore: Iterable[Address],
                  files: SyncFiles | None = None, *, interval: float = SAMPLE_INTERVAL, binary: str = BINARY,
-                 role: str = "active", ids: Callable[[], Mapping[str, int]] | None = None) -> None:
+                 role: str = "active") -> None:
         self.sync = sync
         self.netns = netns
         self.files = files or SyncFiles.for_gateway(sync, netns)
@@ -310,14 +325,17 @@ class ConntrackSync:
         self._answered = False
         self._heard_at: float | None = None
         self._last_error: str | None = None
-        # the tenant ids compared with the other gateway's (ids: the gateway's current map)
-        self._ids = None if ids is None else IdExchange(sync.local_address, sync.peer_address, sync.port + 1, ids)
+        self._ids: IdExchange | None = None  # the tenant ids compared with the other gateway's (start)
         self._hooks: set[asyncio.Task[None]] = set()
         self._hooks_lock = asyncio.Lock()
 
     # -------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
+    async def start(self, ids: Callable[[], Mapping[str, int]] | None = None) -> None:
+        """`ids`: the gateway's tenant ids (read each time they are sent), compared with the other gateway's
+        (gateway/peerids.py); None: not compared."""
+        if ids is not None:
+            self._ids = IdExchange(self.sync.local_address, self.sync.peer_address, self.sync.port + 1, ids)
         self.files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.files.config.write_text(conntrackd_conf(self.sync, self.files, self.ignore))
         for (path, value), error in zip(KERNEL_SETTINGS, write_sysctls(self.netns, KERNEL_SETTINGS), strict=True):
@@ -408,8 +426,8 @@ class ConntrackSync:
         asked to quit) or by one that died (removed), else conntrackd refuses to start."""
         if not self.files.lock.exists():
             return
-        code, _, _ = await self._ctl("-k")
-        if code == 0:
+        answered, _ = await self._ctl("-k")
+        if answered:
             log.warning("conntrack sync: a conntrackd left by an earlier run was asked to quit")
             for _ in range(50):
                 if not self.files.lock.exists():
@@ -418,29 +436,31 @@ class ConntrackSync:
         with contextlib.suppress(FileNotFoundError):
             self.files.lock.unlink()
 
-    async def _ctl(self, *args: str) -> tuple[int, str, str]:
-        """One client command to the running daemon (over its UNIX socket): (exit status, stdout, stderr)."""
+    async def _ctl(self, *args: str) -> tuple[bool, str]:
+        """One request to the running daemon over its UNIX socket, as `conntrackd -C FILE ARGS` would send it
+        (REQUESTS): (answered, its text). No process started: under TCG a client process costs ~0.2 s."""
+        code = REQUESTS[args]
         try:
-            proc = await asyncio.create_subprocess_exec(*self._argv(*args), stdin=asyncio.subprocess.DEVNULL,
-                                                        stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.PIPE)
-        except OSError as exc:
-            return 127, "", str(exc)
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.files.socket)), CTL_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            return False, f"{self.files.socket}: {exc or 'no answer'}"
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), CTL_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return 124, "", f"conntrackd {' '.join(args)}: no answer in {CTL_TIMEOUT:.0f} s"
-        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+            writer.write(struct.pack("=i", code))
+            await writer.drain()
+            text = await asyncio.wait_for(reader.read(), CTL_TIMEOUT)  # the daemon answers, then closes
+        except (OSError, TimeoutError) as exc:
+            return False, f"no answer in {CTL_TIMEOUT:.0f} s" if isinstance(exc, TimeoutError) else str(exc)
+        finally:
+            writer.close()
+        return True, text.decode(errors="replace")
 
     async def command(self, *args: str) -> bool:
-        """Run one conntrackd command; a failure is logged and reported (False), never raised."""
-        code, out, err = await self._ctl(*args)
-        if code != 0:
-            self._last_error = f"conntrackd {' '.join(args)}: exit status {code}: {(err or out).strip()[-300:]}"
+        """Run one conntrackd command (a key of REQUESTS); a failure is logged and reported (False), never raised."""
+        ok, text = await self._ctl(*args)
+        if not ok:
+            self._last_error = f"conntrackd {' '.join(args)}: {text.strip()[-300:]}"
             log.error("conntrack sync: %s", self._last_error)
-        return code == 0
+        return ok
 
     # -------------------------------------------------------------- the role's hooks
 
@@ -483,12 +503,12 @@ class ConntrackSync:
         if not self.running:
             self._answered = False
             return
-        code, general, err = await self._ctl("-s")
-        if code != 0:
+        answered, general = await self._ctl("-s")
+        if not answered:
             self._answered = False
-            self._last_error = f"conntrackd -s: exit status {code}: {err.strip()[-300:]}"
+            self._last_error = f"conntrackd -s: {general.strip()[-300:]}"
             return
-        _, queue, _ = await self._ctl("-s", "queue")
+        _, queue = await self._ctl("-s", "queue")
         stats = parse_stats(general, queue)
         now = time.monotonic()
         # the other gateway's messages (its acknowledgements and keep-alives included) arrive every second

@@ -107,8 +107,7 @@ class Gateway:
         # conntrack entries replicated with the other gateway (gateway/conntrackd.py), told when this gateway
         # becomes active or stands by
         self._sync = None if config.sync is None else ConntrackSync(
-            config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active",
-            ids=lambda: self._ids)
+            config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active")
         self._was_serving: bool | None = None  # what the replication was last told (None: nothing yet)
         self._clocks = [SessionClock(part.client.speaker, kind, [p.address for p in peers])
                         for part, kind, peers in ((self._fabric, "reflector", config.route_reflectors),
@@ -166,7 +165,7 @@ class Gateway:
             self._started = True
             self._sessions.start()
             if self._sync is not None:  # after the NAT table: its kernel settings need nf_conntrack loaded
-                await self._sync.start()
+                await self._sync.start(ids=lambda: self._ids)
         if self._fabric is not None:
             await self._fabric.start(self._tenants)  # outside the lock: learned records take it
 

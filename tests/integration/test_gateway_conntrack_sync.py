@@ -15,16 +15,22 @@ floating IP go on through gw2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
+import struct
+import subprocess
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.config import GatewayConfig, SyncConfig
+from nvfabric.gateway.conntrackd import REQUESTS, SyncFiles, conntrackd_conf
 from nvfabric.gateway.gateway import Gateway
 from nvfabric.lab.daemons import GatewayThread
 from nvfabric.lab.fabric import wait_for
@@ -258,3 +264,28 @@ def test_a_dead_conntrackd_is_restarted_and_a_gateway_back_as_standby_gets_the_a
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not pair.gws["gw2"].gateway._sync.files.lock.exists()
+
+
+def test_our_requests_are_the_ones_conntrackds_own_client_sends(tmp_path: Path) -> None:
+    """The gateway talks to conntrackd's UNIX socket itself (no client process): each request must be the
+    int that `conntrackd -C FILE ARGS` sends. A fake daemon's socket records what the real client sends."""
+    need("conntrackd")
+    files = SyncFiles(tmp_path)
+    sync = SyncConfig("lo", ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("127.0.0.2"))
+    files.config.write_text(conntrackd_conf(sync, files, ()))
+    for args, code in REQUESTS.items():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            server.bind(str(files.socket))
+            server.listen(1)
+            server.settimeout(10)
+            client = subprocess.Popen(["conntrackd", "-C", str(files.config), *args], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(10)
+                sent = conn.recv(64)
+                conn.sendall(b"answer\n")
+            out, _ = client.communicate(timeout=10)
+        files.socket.unlink()
+        assert sent == struct.pack("=i", code), (args, sent)
+        assert b"answer" in out or args == ("-k",), (args, out)
