@@ -86,21 +86,11 @@ async def delete_tenant(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _bfd(gw: Gateway) -> list[dict[str, Any]]:
-    """The BFD sessions of the reflectors' and the upstream's BGP sessions (none until the gateway's
-    speakers run BFD: then `gw.bfd_status()`)."""
-    return []
-
-
-def _conntrack_sync(gw: Gateway) -> dict[str, Any] | None:
-    """The conntrack replication's health (None: not configured; `gw.sync_status()` once it exists)."""
-    return None
-
-
 async def get_status(request: web.Request) -> web.Response:
     gw = _gw(request)
-    return web.json_response({"role": gw.role_status().as_dict(), "bfd": _bfd(gw),
-                              "conntrack_sync": _conntrack_sync(gw),
+    sync = gw.sync_status()
+    return web.json_response({"role": gw.role_status().as_dict(), "bfd": [s.as_dict() for s in gw.bfd_status()],
+                              "conntrack_sync": None if sync is None else sync.as_dict(),
                               "sessions": [s.as_dict() for s in gw.sessions()]})
 
 

@@ -9,7 +9,6 @@ agent's `nvfabric ctl`; here are the gateway's paths and tables. `register(subpa
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
@@ -75,6 +74,13 @@ def _when(wall: float | None) -> str:
     return "-" if wall is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
 
 
+def _flat(value: Any) -> str:
+    """A status value on one line: {"sent": 3, "lost": 0} as "sent 3, lost 0"."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_flat(v)}" for k, v in value.items()) or "-"
+    return "-" if value is None else str(value)
+
+
 def _status(client: Client, args: argparse.Namespace) -> None:
     _, body = client.request("GET", "/v1/status")
 
@@ -91,8 +97,7 @@ def _status(client: Client, args: argparse.Namespace) -> None:
                     [[b["peer"], b["state"], b["remote_state"], b["diagnostic"], f"{b['detect_time_ms']:g} ms",
                       _when(b["up_since"]), str(b["downs"])] for b in body["bfd"]])
         sync = body["conntrack_sync"]
-        rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)] for k, v in sync.items()] \
-            if sync is not None else [["", "not configured"]]
+        rows = [[k, _flat(v)] for k, v in sync.items()] if sync is not None else [["", "not configured"]]
         return [role, sessions, bfd, table("conntrack replication", ["", ""], rows)]
     show(args, body, tables)
 

@@ -107,6 +107,7 @@ class Fabric:
         self.takeovers: list[float] = []  # wall-clock times (time.time()) at which this gateway started serving
         self.role_changes: deque[RoleChange] = deque(maxlen=ROLE_HISTORY)  # the last ones
         self.role_change_count = 0
+        self._told_judged = False  # on_role has heard the first judgement (standing by tells nothing else)
         self._timer: asyncio.TimerHandle | None = None
         self.takeovers: list[float] = []  # wall-clock times (time.time()) at which this standby started serving
         self.client = Client(SpeakerConfig(
@@ -224,7 +225,8 @@ class Fabric:
         committed, public addresses upstream) and the default routes, which bring the hosts' traffic, after;
         standing by, the default routes go first."""
         role = self.role
-        if (role.serving, role.upstream) == (self.serving, self.upstream):
+        first = role.ever_judged and not self._told_judged  # e.g. a restart that finds another gateway serving
+        if (role.serving, role.upstream) == (self.serving, self.upstream) and not first:
             return
         log.warning("gateway %s: %s", self.config.router_id, role.reason)
         if not role.serving and self.serving:
@@ -237,6 +239,7 @@ class Fabric:
             except Exception:
                 self.upstream = previous  # not applied: the next pass tries again
                 raise
+        self._told_judged = role.ever_judged
         if role.serving and not self.serving:
             self._flip(role)
             await self.sync(self._tenants)

@@ -108,7 +108,7 @@ class Gateway:
         # becomes active or stands by
         self._sync = None if config.sync is None else ConntrackSync(
             config.sync, config.netns, own_addresses(config), role="standby" if config.standby else "active")
-        self._was_serving = False  # what the replication was last told
+        self._was_serving: bool | None = None  # what the replication was last told (None: nothing yet)
         self._repair: asyncio.Future[None] | None = None  # the dataplane read back on becoming active
         self._clocks = [SessionClock(part.client.speaker, kind, [p.address for p in peers])
                         for part, kind, peers in ((self._fabric, "reflector", config.route_reflectors),
@@ -296,9 +296,11 @@ class Gateway:
         return list(self._tenants.values()) if self.upstream_mode != WITHDRAWN else []
 
     async def _role_changed(self, role: Role) -> None:
-        """The role changed (evpn.Fabric applies it): the replication told first when becoming active (its
-        state in the kernel before the traffic comes), then the upstream; told last when standing by."""
-        flipped, self._was_serving = role.serving != self._was_serving, role.serving
+        """The role changed, or was judged for the first time (evpn.Fabric applies it): the replication told
+        first when becoming active (its state in the kernel before the traffic comes), then the upstream;
+        told last when standing by (at a start too: a restarted gateway asks the serving one for its state)."""
+        was = self._was_serving
+        flipped, self._was_serving = role.serving != was, role.serving
         if flipped and role.serving:
             await self._tell_sync(True)
         async with self._lock:
@@ -306,7 +308,7 @@ class Gateway:
                 await self._upstream.sync(self._public(), depreferred=self.upstream_mode == DEPREFERRED)
         if flipped and not role.serving:
             await self._tell_sync(False)
-        if flipped and role.serving and self._dp is not None and self._started:
+        if was is False and role.serving and self._dp is not None and self._started:
             # a standby's kernel may have lost objects while it waited (a link that went down took the tenants'
             # default routes leaked to the external side with it): read back and repaired beside the
             # announcements, not before them (a full read of the kernel takes a while)

@@ -183,7 +183,8 @@ class Role:
 
     def _unjudged(self) -> Role:
         """A session is up but the table is not complete yet (start, or back from none)."""
-        what = ("back from no reflector session: judging after End-of-RIB is trusted" if self.hold.after_headless
+        what = (f"back from no reflector session: judging {HOLD_WAIT:g} s after the first one (a restarted "
+                "reflector's table fills up after its End-of-RIB)" if self.hold.after_headless
                 else "starting: waiting for End-of-RIB from a reflector")
         if self.upstream == DEPREFERRED:
             what += "; public addresses still announced depreferred"

@@ -298,6 +298,12 @@ def test_rest_api_metrics_and_ctl(net: Net) -> None:
         out = run(["ip", "netns", "exec", net.gw, sys_nvfabric(), "ctl", "gateway", "trace", "tcp", "203.0.113.1:5000",
                    "203.0.113.132:22", "--api", f"http://127.0.0.1:{port}", "--token", "t0ken", "-o", "json"]).output
         assert json.loads(out) == body
+        # its status: a gateway without reflectors always serves; /metrics says so too
+        out = run(["ip", "netns", "exec", net.gw, sys_nvfabric(), "gateway", "status", "--api",
+                   f"http://127.0.0.1:{port}", "--token", "t0ken", "-o", "json"]).output
+        role = json.loads(out)["role"]
+        assert (role["serving"], role["configured"], role["upstream"]) == (True, "active", "announce")
+        assert "nvfabric_gateway_serving 1.0" in text and "nvfabric_gateway_role_changes_total 0.0" in text
         s.close()
         server.close()
     finally:

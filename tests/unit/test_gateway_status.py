@@ -73,6 +73,12 @@ def gateway() -> tuple[Gateway, list[tuple]]:
         async def became_standby(self) -> None:
             log.append(("sync", "standby"))
 
+        def status(self, tenants):
+            class Status:
+                def as_dict(self):
+                    return {"up": True, "role": "standby", "entries": {"internal": 3, "external": 5}}
+            return Status()
+
     gw._sync = Sync()
     return gw, log
 
@@ -92,7 +98,13 @@ async def test_the_role_is_applied_in_order_and_the_upstream_depreferred_while_i
     f.on_status(PeerStatus(RR, "established"), t0)
     f.on_status(PeerStatus(RR, "end-of-rib"), t0)
     await settle(gw)
-    assert not gw.serving and log == [] and gw.role_status().reason == "standing by: gateway 198.51.100.21 serves"
+    assert not gw.serving and gw.role_status().reason == "standing by: gateway 198.51.100.21 serves"
+    # the first judgement is told even though nothing is announced: a restarted gateway's replication asks
+    # the serving one for its state
+    assert log == [("sync", "standby")] and gw.role_status().changes == 0
+    log.clear()
+    await settle(gw)
+    assert log == []  # told once
 
     # the active one's routes leave the fabric: taking over; the replication first, then the upstream, then
     # the default routes that bring the hosts' traffic
@@ -132,7 +144,8 @@ async def test_status_endpoint_and_role_metrics() -> None:
     assert abs(role["since"] - time.time()) < 60
     assert body["sessions"] == [{"peer": RR, "kind": "reflector", "state": "idle", "uptime": None},
                                 {"peer": "203.0.113.1", "kind": "upstream", "state": "idle", "uptime": None}]
-    assert body["bfd"] == [] and body["conntrack_sync"] is None
+    assert body["bfd"] == []  # no peer with `bfd`
+    assert body["conntrack_sync"] == {"up": True, "role": "standby", "entries": {"internal": 3, "external": 5}}
 
     registry = CollectorRegistry()
     registry.register(gw_api._TenantCollector([], gw))
@@ -164,7 +177,7 @@ async def test_nvfabric_gateway_status(api, capsys) -> None:
     assert (status, err) == (0, "")
     for words in ("serving", "no", "configured", "standby", "upstream", "withdrawn",
                   "starting: waiting for a reflector session", "BGP sessions", RR, "reflector", "idle",
-                  "203.0.113.1", "upstream", "BFD sessions", "conntrack replication", "not configured"):
+                  "203.0.113.1", "upstream", "BFD sessions", "conntrack replication", 'internal 3, external 5'):
         assert words in out, words
     status = await asyncio.to_thread(main, ["gateway", "status", "-o", "json", "--api", api, "--token", TOKEN])
     out, _ = capsys.readouterr()
