@@ -275,6 +275,11 @@ class Speaker:
         self._subscribers.append(subscriber)
 
     @property
+    def running(self) -> bool:
+        """The owner task runs: started, not stopped, and not ended by a failure."""
+        return self._task is not None and not self._task.done() and not self._stopping
+
+    @property
     def listen_port(self) -> int | None:
         return self.listener.port if self.listener else None
 

@@ -23,10 +23,11 @@ from nvfabric.gateway.conntrackd import SyncStatus
 from nvfabric.gateway.gateway import Gateway, TenantStatus
 from nvfabric.gateway.state import StateSaveError
 from nvfabric.gateway.tenants import Tenant
-from nvfabric.service import pages
+from nvfabric.service import conditional, health, pages
+from nvfabric.service.conditional import ETAG
 from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, STRING, Operation, Param, array,
                                       nullable, obj, register)
-from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
+from nvfabric.service.rest import ApiError, ApiServer, application, json_body, query, serve_if_token
 from nvfabric.bgp.bfd.metrics import BfdCollector
 from nvfabric.vnet.decap import DecapCollector
 from nvfabric.vnet.errors import ModelError
@@ -46,10 +47,17 @@ def _gw(request: web.Request) -> Gateway:
 
 
 def _view(tenant: Tenant, status: TenantStatus | None) -> dict[str, Any]:
+    """A tenant as PUT takes it, its ETag (of that, not of the counters), and its read-only status."""
     out = tenant.as_dict()
+    out[ETAG] = conditional.etag(tenant.as_dict())
     if status is not None:
         out["status"] = status.as_dict()  # read-only; a PUT of a GET body ignores it
     return out
+
+
+def _tag(gw: Gateway, name: str) -> str | None:
+    tenant = gw.tenants.get(name)
+    return None if tenant is None else conditional.etag(tenant.as_dict())
 
 
 async def _statuses(gw: Gateway) -> dict[str, TenantStatus]:
@@ -64,26 +72,31 @@ async def list_tenants(request: web.Request) -> web.Response:
     return web.json_response({"tenants": [_view(t, statuses.get(t.name)) for t in found], "next": after})
 
 
-async def get_tenant(request: web.Request) -> web.Response:
+async def get_tenant(request: web.Request) -> web.StreamResponse:
     gw = _gw(request)
     tenant = gw.tenant(request.match_info["name"])
-    return web.json_response(_view(tenant, (await _statuses(gw)).get(tenant.name)))
+    return conditional.read(request, _view(tenant, (await _statuses(gw)).get(tenant.name)))
 
 
 async def put_tenant(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    body = await json_body(request)
-    if isinstance(body, dict):
-        body = {k: v for k, v in body.items() if k != "status"}
-    tenant = Tenant.from_dict(body, name=name)
+    tenant = Tenant.from_dict(conditional.without_read_only(await json_body(request), "status"), name=name)
     gw = _gw(request)
-    created = await gw.put_tenant(tenant)
-    return put_response(request, created, _view(gw.tenant(name), None))
+    async with conditional.write(request, lambda: _tag(gw, name)):
+        created = await gw.put_tenant(tenant)
+        body = _view(gw.tenant(name), None)
+    return conditional.written(request, created, body)
 
 
 async def delete_tenant(request: web.Request) -> web.Response:
-    await _gw(request).delete_tenant(request.match_info["name"])
+    gw, name = _gw(request), request.match_info["name"]
+    async with conditional.write(request, lambda: _tag(gw, name)):
+        await gw.delete_tenant(name)
     return web.Response(status=204)
+
+
+def readiness(request: web.Request) -> tuple[str, ...]:
+    return _gw(request).readiness()
 
 
 async def get_status(request: web.Request) -> web.Response:
@@ -248,10 +261,12 @@ _SNAT = {"anyOf": [_ADDRESS, obj(["address"], True, address=_ADDRESS, ports={"an
 TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING), subnets=array(_SUBNET),
              snat=array(_SNAT), floating_ips=array(obj(["public", "private"], True, public=_ADDRESS,
                                                        private=_ADDRESS)),
-             public_prefixes=array(STRING), interfaces=array(STRING), status=ANY_OBJECT)
-_TENANT_VIEW = obj(["name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces"],
+             public_prefixes=array(STRING), interfaces=array(STRING), status=ANY_OBJECT, etag=STRING)
+_TENANT_VIEW = obj(["name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces",
+                    "etag"],
                    name=STRING, route_targets=array(STRING), subnets=array(ANY_OBJECT), snat=array(ANY_OBJECT),
                    floating_ips=array(ANY_OBJECT), public_prefixes=array(STRING), interfaces=array(STRING),
+                   etag={**STRING, "description": "the ETag (read-only; ignored in a PUT body: send it as If-Match)"},
                    status=obj(["name", "id"], name=STRING, id=INTEGER, vsids=array(INTEGER), nat_sessions=INTEGER))
 _PORT_PARAM = {**STRING, "pattern": "^[0-9]+$"}
 _TRACE_QUERY = (Param("tenant", description="from this tenant (absent: from outside)"),
@@ -282,10 +297,12 @@ def operations(metrics_token: bool = False) -> list[Operation]:
     return [
         Operation("GET", "/v1/tenants", list_tenants, "the tenants, a page at a time",
                   {200: obj(["tenants", "next"], tenants=array(_TENANT_VIEW), next=pages.NEXT)}, query=pages.PARAMS),
-        Operation("GET", "/v1/tenants/{name}", get_tenant, "one tenant with its counters", {200: _TENANT_VIEW}),
+        Operation("GET", "/v1/tenants/{name}", get_tenant, "one tenant with its counters", {200: _TENANT_VIEW},
+                  conditional=True),
         Operation("PUT", "/v1/tenants/{name}", put_tenant, "create or replace a tenant (atomic)",
-                  {200: _TENANT_VIEW, 201: _TENANT_VIEW}, body=TENANT, errors=write),
-        Operation("DELETE", "/v1/tenants/{name}", delete_tenant, "delete a tenant", {204: None}, errors=write),
+                  {200: _TENANT_VIEW, 201: _TENANT_VIEW}, body=TENANT, errors=write, conditional=True),
+        Operation("DELETE", "/v1/tenants/{name}", delete_tenant, "delete a tenant", {204: None}, errors=write,
+                  conditional=True),
         Operation("GET", "/v1/trace", trace, "the NAT decision for a flow's first packet", {200: _DECISION},
                   query=_TRACE_QUERY, errors=(404,)),
         Operation("POST", "/v1/trace", trace, "the same, with the fields in a JSON body", {200: _DECISION},
@@ -293,6 +310,7 @@ def operations(metrics_token: bool = False) -> list[Operation]:
         Operation("GET", "/v1/status", get_status, "the gateway's role, BGP and BFD sessions, conntrack replication",
                   {200: _STATUS}),
         Operation("GET", "/metrics", metrics, "Prometheus text", {200: STRING}, public=not metrics_token, text=True),
+        *health.operations(readiness),
     ]
 
 

@@ -37,7 +37,7 @@ from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
 from nvfabric.gateway.evpn import Fabric
 from nvfabric.gateway.role import ANNOUNCE, DEPREFERRED, WITHDRAWN, Role
 from nvfabric.gateway.state import SavedState, StateDir, StateSaveError, assign_ids
-from nvfabric.gateway.status import RoleStatus, SessionClock, SessionStatus
+from nvfabric.gateway.status import RoleStatus, SessionClock, SessionStatus, readiness as status_readiness
 from nvfabric.gateway.tenants import Claims, Tenant
 from nvfabric.gateway.upstream import Upstream
 from nvfabric.vnet.catalog import NotFound
@@ -287,6 +287,11 @@ class Gateway:
                               0, ANNOUNCE)
         return RoleStatus(f.serving, f.role.configured, f.role.reason, f.role_since, f.role_change_count,
                           f.upstream)
+
+    def readiness(self) -> tuple[str, ...]:
+        """Why the gateway is not ready (empty: ready): gateway/status.py readiness."""
+        repairing = self._repair is not None and not self._repair.done()
+        return status_readiness(self._started, None if self._fabric is None else self._fabric.role, repairing)
 
     def sessions(self) -> list[SessionStatus]:
         """The BGP sessions: the reflectors', then the upstream's."""

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nvfabric.bgp.speaker import PeerStatus, Speaker
+from nvfabric.gateway.role import Role
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,19 @@ class SessionClock:
             since = self._up.get(address) if state == "established" else None
             out.append(SessionStatus(address, self.kind, state, None if since is None else round(now - since, 1)))
         return out
+
+
+def readiness(started: bool, role: Role | None, repairing: bool) -> tuple[str, ...]:
+    """Why the gateway is not ready (GET /readyz; none: ready). Ready once its dataplane is programmed (the
+    NAT table and, with NVGRE, every tenant's VRF side) and its role decided (gateway/role.py: judged once
+    after End-of-RIB or HOLD_WAIT, `role` None without reflectors: nothing to decide), and not while the
+    dataplane of a gateway that just became active is being read back and repaired. Serving or standing by
+    are both ready: a standby does its job by waiting."""
+    if not started:
+        return ("starting: the dataplane is not programmed yet",)
+    reasons = []
+    if role is not None and not role.ever_judged:
+        reasons.append(f"role not decided yet: {role.reason}")
+    if repairing:
+        reasons.append("became active: the dataplane is being read back and repaired")
+    return tuple(reasons)

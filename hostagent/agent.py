@@ -323,6 +323,10 @@ class Agent:
             bfd=tuple(s.as_dict() for s in self._bfd_status()),
         )
 
+    def readiness(self) -> tuple[str, ...]:
+        """Why the agent is not ready (empty: ready): hostagent/status.py readiness."""
+        return report.readiness(self._started, self._hold, time.monotonic())
+
     def _bfd_status(self) -> list[BfdStatus]:
         return self._client.speaker.bfd_status() if self._client is not None else []
 

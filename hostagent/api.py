@@ -20,10 +20,11 @@ from nvfabric.hostagent import state, views
 from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.config import DEFAULT_LISTEN
 from nvfabric.hostagent.trace import arriving, trace
-from nvfabric.service import pages
+from nvfabric.service import conditional, health, pages
+from nvfabric.service.conditional import ETAG
 from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, STRING, Operation, Param, array, nullable, obj,
                                       register)
-from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
+from nvfabric.service.rest import ApiError, ApiServer, application, json_body, query, serve_if_token
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import LookupRecord, Port, RoutingDomain, check_address, check_vsid
 from nvfabric.vnet.refusals import REFUSALS
@@ -45,10 +46,24 @@ def state_refusal(exc: Exception) -> ApiError | None:
 
 
 def _spec(body: Any) -> Any:
-    """The body without its read-only status (a GET's view PUT back unchanged is accepted)."""
-    if isinstance(body, dict):
-        return {k: v for k, v in body.items() if k != views.STATUS}
-    return body
+    """The body without its read-only status and ETag (a GET's view PUT back unchanged is accepted)."""
+    return conditional.without_read_only(body, views.STATUS)
+
+
+def _tagged(view: dict[str, Any]) -> dict[str, Any]:
+    """A routing domain's or port's view with its ETag: of what PUT takes, not of the read-only status (a
+    port's drop counters must not fail a conditional update)."""
+    return {**view, ETAG: conditional.etag({k: v for k, v in view.items() if k != views.STATUS})}
+
+
+def _domain_tag(agent: Agent, name: str) -> str | None:
+    domain = agent.catalog.routing_domains.get(name)
+    return None if domain is None else conditional.etag(state.routing_domain_to_dict(domain))
+
+
+def _port_tag(agent: Agent, name: str) -> str | None:
+    port = agent.catalog.ports.get(name)
+    return None if port is None else conditional.etag(state.port_to_dict(port))
 
 
 def _vsid(text: str) -> int:
@@ -67,27 +82,33 @@ def _agent(request: web.Request) -> Agent:
 
 
 async def list_routing_domains(request: web.Request) -> web.Response:
+    wanted = pages.page_request(query(request, ("limit", "after")))
     catalog = _agent(request).catalog
-    return web.json_response({"routing_domains": [views.routing_domain(domain, catalog)
-                                                  for _, domain in sorted(catalog.routing_domains.items())]})
+    found, after = pages.page(sorted(catalog.routing_domains.items()), wanted)
+    return web.json_response({"routing_domains": [_tagged(views.routing_domain(d, catalog)) for d in found],
+                              "next": after})
 
 
-async def get_routing_domain(request: web.Request) -> web.Response:
+async def get_routing_domain(request: web.Request) -> web.StreamResponse:
     catalog = _agent(request).catalog
-    return web.json_response(views.routing_domain(catalog.routing_domain(request.match_info["name"]), catalog))
+    domain = catalog.routing_domain(request.match_info["name"])
+    return conditional.read(request, _tagged(views.routing_domain(domain, catalog)))
 
 
 async def put_routing_domain(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     domain = RoutingDomain.from_dict(_spec(await json_body(request)), name=name)
     agent = _agent(request)
-    created = await agent.put_routing_domain(domain)
-    body = views.routing_domain(agent.catalog.routing_domain(domain.name), agent.catalog)
-    return put_response(request, created, body)
+    async with conditional.write(request, lambda: _domain_tag(agent, name)):
+        created = await agent.put_routing_domain(domain)
+        body = _tagged(views.routing_domain(agent.catalog.routing_domain(domain.name), agent.catalog))
+    return conditional.written(request, created, body)
 
 
 async def delete_routing_domain(request: web.Request) -> web.Response:
-    await _agent(request).delete_routing_domain(request.match_info["name"])
+    agent, name = _agent(request), request.match_info["name"]
+    async with conditional.write(request, lambda: _domain_tag(agent, name)):
+        await agent.delete_routing_domain(name)
     return web.Response(status=204)
 
 
@@ -97,27 +118,31 @@ async def list_ports(request: web.Request) -> web.Response:
     drops = await agent.port_drops()
     catalog, records = agent.catalog, agent.lookup_records()
     found, after = pages.page(sorted(catalog.ports.items()), wanted)
-    return web.json_response({"ports": [views.port(p, catalog, records, drops) for p in found], "next": after})
+    return web.json_response({"ports": [_tagged(views.port(p, catalog, records, drops)) for p in found],
+                              "next": after})
 
 
-async def get_port(request: web.Request) -> web.Response:
+async def get_port(request: web.Request) -> web.StreamResponse:
     agent = _agent(request)
     port = agent.catalog.port(request.match_info["name"])
     drops = await agent.port_drops()
-    return web.json_response(views.port(port, agent.catalog, agent.lookup_records(), drops))
+    return conditional.read(request, _tagged(views.port(port, agent.catalog, agent.lookup_records(), drops)))
 
 
 async def put_port(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     port = Port.from_dict(_spec(await json_body(request)), name=name)
     agent = _agent(request)
-    created = await agent.put_port(port)  # returns once programmed and announced
-    return put_response(request, created, views.port(agent.catalog.port(port.name), agent.catalog,
-                                                      agent.lookup_records()))
+    async with conditional.write(request, lambda: _port_tag(agent, name)):
+        created = await agent.put_port(port)  # returns once programmed and announced
+        body = _tagged(views.port(agent.catalog.port(port.name), agent.catalog, agent.lookup_records()))
+    return conditional.written(request, created, body)
 
 
 async def delete_port(request: web.Request) -> web.Response:
-    await _agent(request).delete_port(request.match_info["name"])
+    agent, name = _agent(request), request.match_info["name"]
+    async with conditional.write(request, lambda: _port_tag(agent, name)):
+        await agent.delete_port(name)
     return web.Response(status=204)
 
 
@@ -146,23 +171,37 @@ def _record_key(r: LookupRecord) -> str:
 
 
 async def customer_routes(request: web.Request) -> web.Response:
-    """HNV's Get-NetVirtualizationCustomerRoute: each subnet on-link, and the prefixes learned by BGP."""
-    params = query(request, ("routing_domain",))
+    """HNV's Get-NetVirtualizationCustomerRoute: each subnet on-link, the configured routes, and the prefixes
+    learned by BGP, a page at a time."""
+    params = query(request, ("routing_domain", "limit", "after"))
+    wanted = pages.page_request(params)
     agent = _agent(request)
     catalog, prefixes = agent.catalog, agent.remote_prefixes()
     if "routing_domain" in params:
         domains = [catalog.routing_domain(params["routing_domain"])]
     else:
-        domains = [d for _, d in sorted(catalog.routing_domains.items())]
-    return web.json_response({"customer_routes": [r for domain in domains
-                                                  for r in views.customer_routes(domain, prefixes)]})
+        domains = list(catalog.routing_domains.values())
+    found, after = pages.page(sorted((_route_key(r), r) for domain in domains
+                                     for r in views.customer_routes(domain, prefixes)), wanted)
+    return web.json_response({"customer_routes": found, "next": after})
+
+
+_ORIGINS = {"subnet": 0, "config": 1, "bgp": 2}  # a routing domain's routes in the order HNV lists them
+
+
+def _route_key(route: dict[str, Any]) -> str:
+    """A customer route's place in the pages: unique (a prefix may be learned from two hosts, by PA)."""
+    return f"{route['routing_domain']}/{_ORIGINS[route['origin']]}/{route['prefix']}/{route['pa'] or ''}"
 
 
 async def provider_addresses(request: web.Request) -> web.Response:
-    """HNV's Get-NetVirtualizationProviderAddress: the underlay addresses this host sends and receives on."""
+    """HNV's Get-NetVirtualizationProviderAddress: the underlay addresses this host sends and receives on, in
+    the configuration's order (the first is the next hop it announces), a page at a time."""
+    wanted = pages.page_request(query(request, ("limit", "after")))
     config = _agent(request).config
-    return web.json_response({"provider_addresses": [
-        {"address": str(pa), "next_hop": i == 0} for i, pa in enumerate(config.provider_addresses)]})
+    found, after = pages.page(((f"{i:04d}", {"address": str(pa), "next_hop": i == 0})
+                               for i, pa in enumerate(config.provider_addresses)), wanted)
+    return web.json_response({"provider_addresses": found, "next": after})
 
 
 async def trace_packet(request: web.Request) -> web.Response:
@@ -200,6 +239,10 @@ async def trace_arrival(request: web.Request) -> web.Response:
     return web.json_response(views.arrival(result))
 
 
+def readiness(request: web.Request) -> tuple[str, ...]:
+    return _agent(request).readiness()
+
+
 async def status(request: web.Request) -> web.Response:
     await _agent(request).decap_counters()  # the kernel's counters, read now
     return web.json_response(_agent(request).status().as_dict())
@@ -211,9 +254,6 @@ async def metrics(request: web.Request) -> web.Response:
     await agent.decap_counters()
     body = generate_latest(agent.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-# ---------------------------------------------------------------------- the app and its runner
 
 
 # ---------------------------------------------------------------------- schemas (the OpenAPI document's)
@@ -228,17 +268,18 @@ _CUSTOMER_ROUTE = obj(["prefix"], True, prefix=_PREFIX, next_hop=STRING, metric=
 _VIRTUAL_ADDRESS = obj(["address", "ports"], True, address=_ADDRESS, ports=array(STRING))
 ROUTING_DOMAIN = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING),
                      subnets=array(_SUBNET), customer_routes=array(_CUSTOMER_ROUTE),
-                     virtual_addresses=array(_VIRTUAL_ADDRESS), status=ANY_OBJECT)
+                     virtual_addresses=array(_VIRTUAL_ADDRESS), status=ANY_OBJECT, etag=STRING)
 PORT = obj(["interface", "mac", "vsid", "addresses"], True, name=STRING, interface=STRING, mac=STRING,
            vsid=INTEGER, addresses=array(_ADDRESS), mtu=nullable(INTEGER), port_security=BOOLEAN,
-           allowed_addresses=array(_PREFIX), status=ANY_OBJECT)
-_ROUTING_DOMAIN_VIEW = obj(["name", "route_targets", "subnets", "status"], name=STRING,
+           allowed_addresses=array(_PREFIX), status=ANY_OBJECT, etag=STRING)
+_ETAG = {**STRING, "description": "the ETag (read-only; ignored in a PUT body: send it as If-Match)"}
+_ROUTING_DOMAIN_VIEW = obj(["name", "route_targets", "subnets", "status", "etag"], name=STRING,
                            route_targets=array(STRING), subnets=array(obj(["vsid", "prefixes", "gateways"])),
-                           status=obj(["vrf", "ports"], vrf=STRING, ports=array(STRING)))
-_PORT_VIEW = obj(["name", "interface", "mac", "vsid", "addresses", "status"], name=STRING, interface=STRING,
+                           status=obj(["vrf", "ports"], vrf=STRING, ports=array(STRING)), etag=_ETAG)
+_PORT_VIEW = obj(["name", "interface", "mac", "vsid", "addresses", "status", "etag"], name=STRING, interface=STRING,
                  mac=STRING, vsid=INTEGER, addresses=array(STRING),
                  status=obj(["routing_domain", "active", "port_security_drops"], routing_domain=nullable(STRING),
-                            active=BOOLEAN, port_security_drops=nullable(ANY_OBJECT)))
+                            active=BOOLEAN, port_security_drops=nullable(ANY_OBJECT)), etag=_ETAG)
 _LOOKUP_RECORD = obj(["routing_domain", "vsid", "ca", "mac", "pa", "local", "port"], routing_domain=STRING,
                      vsid=INTEGER, ca=STRING, mac=STRING, pa=nullable(STRING), local=BOOLEAN,
                      port=nullable(STRING))
@@ -259,29 +300,33 @@ def operations(metrics_token: bool = False) -> list[Operation]:
     """Every route of the API with its schemas: what make_app registers and /v1/openapi.json documents."""
     write = (409, 422, 503)
     return [
-        Operation("GET", "/v1/routing-domains", list_routing_domains, "every routing domain",
-                  {200: obj(["routing_domains"], routing_domains=array(_ROUTING_DOMAIN_VIEW))}),
+        Operation("GET", "/v1/routing-domains", list_routing_domains, "the routing domains, a page at a time",
+                  {200: obj(["routing_domains", "next"], routing_domains=array(_ROUTING_DOMAIN_VIEW),
+                            next=pages.NEXT)}, query=pages.PARAMS),
         Operation("GET", "/v1/routing-domains/{name}", get_routing_domain, "one routing domain",
-                  {200: _ROUTING_DOMAIN_VIEW}),
+                  {200: _ROUTING_DOMAIN_VIEW}, conditional=True),
         Operation("PUT", "/v1/routing-domains/{name}", put_routing_domain, "create or replace a routing domain",
-                  {200: _ROUTING_DOMAIN_VIEW, 201: _ROUTING_DOMAIN_VIEW}, body=ROUTING_DOMAIN, errors=write),
+                  {200: _ROUTING_DOMAIN_VIEW, 201: _ROUTING_DOMAIN_VIEW}, body=ROUTING_DOMAIN, errors=write,
+                  conditional=True),
         Operation("DELETE", "/v1/routing-domains/{name}", delete_routing_domain, "delete a routing domain",
-                  {204: None}, errors=write),
+                  {204: None}, errors=write, conditional=True),
         Operation("GET", "/v1/ports", list_ports, "the ports, a page at a time",
                   {200: obj(["ports", "next"], ports=array(_PORT_VIEW), next=pages.NEXT)}, query=pages.PARAMS),
-        Operation("GET", "/v1/ports/{name}", get_port, "one port", {200: _PORT_VIEW}),
+        Operation("GET", "/v1/ports/{name}", get_port, "one port", {200: _PORT_VIEW}, conditional=True),
         Operation("PUT", "/v1/ports/{name}", put_port, "create or replace a port (programmed and announced)",
-                  {200: _PORT_VIEW, 201: _PORT_VIEW}, body=PORT, errors=write),
-        Operation("DELETE", "/v1/ports/{name}", delete_port, "delete a port", {204: None}, errors=write),
+                  {200: _PORT_VIEW, 201: _PORT_VIEW}, body=PORT, errors=write, conditional=True),
+        Operation("DELETE", "/v1/ports/{name}", delete_port, "delete a port", {204: None}, errors=write,
+                  conditional=True),
         Operation("GET", "/v1/lookup-records", lookup_records, "every CA this host knows, a page at a time",
                   {200: obj(["lookup_records", "next"], lookup_records=array(_LOOKUP_RECORD), next=pages.NEXT)},
                   query=(Param("routing_domain"), _VSID_PARAM, Param("ca", _ADDRESS), *pages.PARAMS), errors=(404,)),
-        Operation("GET", "/v1/customer-routes", customer_routes, "customer routes per routing domain",
-                  {200: obj(["customer_routes"], customer_routes=array(ANY_OBJECT))},
-                  query=(Param("routing_domain"),), errors=(404,)),
-        Operation("GET", "/v1/provider-addresses", provider_addresses, "this host's provider addresses",
-                  {200: obj(["provider_addresses"], provider_addresses=array(
-                      obj(["address", "next_hop"], address=STRING, next_hop=BOOLEAN)))}),
+        Operation("GET", "/v1/customer-routes", customer_routes, "customer routes, a page at a time",
+                  {200: obj(["customer_routes", "next"], customer_routes=array(ANY_OBJECT), next=pages.NEXT)},
+                  query=(Param("routing_domain"), *pages.PARAMS), errors=(404,)),
+        Operation("GET", "/v1/provider-addresses", provider_addresses, "this host's provider addresses, a page at "
+                  "a time", {200: obj(["provider_addresses", "next"], provider_addresses=array(
+                      obj(["address", "next_hop"], address=STRING, next_hop=BOOLEAN)), next=pages.NEXT)},
+                  query=pages.PARAMS),
         Operation("GET", "/v1/trace", trace_packet, "the path of a packet from a CA to a CA",
                   {200: _TRACE}, query=(Param("routing_domain", required=True), Param("src", _ADDRESS, required=True),
                                         Param("dst", _ADDRESS, required=True), Param("port")), errors=(404,)),
@@ -291,6 +336,7 @@ def operations(metrics_token: bool = False) -> list[Operation]:
                                           Param("flow_id"))),
         Operation("GET", "/v1/status", status, "the agent's sessions, reconciles and counters", {200: _STATUS}),
         Operation("GET", "/metrics", metrics, "Prometheus text", {200: STRING}, public=not metrics_token, text=True),
+        *health.operations(readiness),
     ]
 
 

@@ -73,3 +73,19 @@ def outcome(o: Outcome | None) -> dict[str, Any] | None:
             "full_observe": o.full_observe, "partitions": list(o.partitions),
             "plan_seconds": round(o.plan_seconds, 4), "apply_seconds": round(o.apply_seconds, 4),
             "kernel_seconds": round(o.kernel_seconds, 4)}
+
+
+def readiness(started: bool, hold: Hold, now: float) -> tuple[str, ...]:
+    """Why the agent is not ready (GET /readyz; none: ready). Ready once its kernel is programmed and it has
+    the fabric's table: End-of-RIB from every established reflector (or `eor_timeout` after the first
+    session); or, when no reflector answered within `eor_timeout` of the start, running headless from its
+    saved state, which is what it will do until one does. An agent that had its table stays ready through a
+    reflector outage: it keeps forwarding and takes port changes (removals held, docs/agent.md)."""
+    if not started:
+        return ("starting: the kernel is not programmed yet",)
+    if hold.synced or hold.after_headless or (hold.headless and now >= hold.deadline):
+        return ()
+    waiting = sorted(peer for peer, s in hold.sessions.items() if s.state == "established" and not s.end_of_rib)
+    if waiting:
+        return (f"waiting for End-of-RIB from reflector {', '.join(waiting)} (at most eor_timeout)",)
+    return ("waiting for a reflector session (headless from the saved state after eor_timeout)",)

@@ -259,7 +259,7 @@ class RouteReflector:
             return None
 
     def neighbor(self, address: str) -> dict[str, Any]:
-        return next((n for n in self.get("/v1/neighbors") or [] if n["address"] == address), {})
+        return self.get(f"/v1/neighbors/{address}") or {}  # (a 404, a neighbour not seen yet: None)
 
     def established(self, *addresses: str) -> bool:
         return all(self.neighbor(a).get("state") == "established" for a in addresses)

@@ -27,10 +27,13 @@ ERROR: Schema = {
         "problem": {"type": "string", "description": "one sentence saying what is wrong"},
         "field": {"type": "string", "description": "the field (dotted path into the body or the query) at fault"},
         "value": {"type": "string", "description": "the refused value, as Python's repr"},
+        "etag": {"anyOf": [{"type": "string"}, {"type": "null"}],
+                 "description": "412: the object's current ETag (null: it does not exist)"},
     },
 }
 _ERROR_REASONS = {400: "invalid value, query or body (the field is named)", 401: "missing or wrong bearer token",
                   404: "no such name", 409: "conflicts with existing state", 413: "body too large",
+                  412: "a precondition (If-Match, If-None-Match) failed: the body names the current ETag",
                   415: "the body is not application/json", 422: "the kernel refused the change (reverted)",
                   500: "a bug: logged under the incident named in the body",
                   503: "the daemon is not running or cannot keep the change (nothing applied)"}
@@ -85,8 +88,9 @@ class Operation:
     query: tuple[Param, ...] = ()
     body: Schema | None = None
     errors: tuple[int, ...] = ()
-    public: bool = False  # served without the token (/metrics)
+    public: bool = False  # served without the token (/metrics, the health probes)
     text: bool = False  # the success body is text/plain (Prometheus)
+    conditional: bool = False  # one object with its ETag: If-Match / If-None-Match (service/conditional.py)
 
     @property
     def path_params(self) -> list[str]:
@@ -106,7 +110,25 @@ def _error_statuses(op: Operation) -> list[int]:
         statuses.add(404)
     if op.body is not None:
         statuses |= {413, 415}
+    if op.conditional:
+        statuses |= {400, 412}  # 400: an If-Match or If-None-Match that is not a list of entity tags
     return sorted(statuses - set(op.answers))
+
+
+_ETAG_HEADER: Schema = {"description": "the object's strong entity tag (a hash of its content)", "required": True,
+                        "schema": {"type": "string"}}
+
+
+def _conditional_params(op: Operation) -> list[Schema]:
+    """The request headers of a conditional operation: If-Match on every method, If-None-Match on reads and
+    replacements (a DELETE "unless it exists" means nothing)."""
+    out = [{"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": 'only if the object\'s ETag is one of these ("*": only if it exists), else 412'}]
+    if op.method in ("GET", "PUT"):
+        what = "304 Not Modified" if op.method == "GET" else "412 (`*`: create only)"
+        out.append({"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+                    "description": f"unless the object's ETag is one of these (\"*\": unless it exists), else {what}"})
+    return out
 
 
 def _operation(op: Operation) -> Schema:
@@ -115,6 +137,8 @@ def _operation(op: Operation) -> Schema:
               for p in op.path_params]
     params += [{"name": p.name, "in": "query", "required": p.required, "schema": p.schema,
                 **({"description": p.description} if p.description else {})} for p in op.query]
+    if op.conditional:
+        params += _conditional_params(op)
     if params:
         out["parameters"] = params
     if op.body is not None:
@@ -125,7 +149,12 @@ def _operation(op: Operation) -> Schema:
         if schema is not None:
             kind = "text/plain" if op.text and status < 300 else "application/json"
             answer["content"] = {kind: {"schema": schema}}
+            if op.conditional and status < 300:
+                answer["headers"] = {"ETag": _ETAG_HEADER}
         responses[str(status)] = answer
+    if op.conditional and op.method == "GET":
+        responses["304"] = {"description": "Not Modified: the client's copy (If-None-Match) is current",
+                            "headers": {"ETag": _ETAG_HEADER}}
     for status in _error_statuses(op):
         responses[str(status)] = {"description": _ERROR_REASONS.get(status, "refused"),
                                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}

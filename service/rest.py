@@ -11,6 +11,7 @@ through the `refusals` it gives `application`: this module knows no daemon's typ
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # a routing domain, port or tenant is a few hundred bytes; 1 MiB bounds memory
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+# served without the token: a load balancer's or orchestrator's probe holds none, and the answers tell only
+# "ok" or why not ready (service/health.py)
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+WRITES = web.AppKey("writes", asyncio.Lock)  # one PUT or DELETE at a time: service/conditional.py
 
 
 class ApiError(Exception):
@@ -112,10 +117,12 @@ async def www_authenticate(request: web.Request, response: web.StreamResponse) -
 
 def application(token: str, *, refusals: Sequence[Refusal] = (), metrics_token: bool = False) -> web.Application:
     """The app every daemon serves: errors outermost (with the daemon's `refusals`), then the token, which
-    every path needs but /metrics (Prometheus scrapes it without one, unless `metrics_token`)."""
-    public = frozenset() if metrics_token else frozenset({"/metrics"})
+    every path needs but the health probes and /metrics (Prometheus scrapes it without one, unless
+    `metrics_token`)."""
+    public = HEALTH_PATHS if metrics_token else HEALTH_PATHS | {"/metrics"}
     app = web.Application(middlewares=[error_middleware(refusals), auth(token, public)], client_max_size=MAX_BODY)
     app.on_response_prepare.append(www_authenticate)
+    app[WRITES] = asyncio.Lock()
     return app
 
 
@@ -151,12 +158,6 @@ def query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
         if len(request.query.getall(key)) > 1:
             raise ApiError.invalid(key, request.query.getall(key), "given more than once")
     return {k: request.query[k] for k in allowed if k in request.query}
-
-
-def put_response(request: web.Request, created: bool, body: dict[str, Any]) -> web.Response:
-    if created:
-        return web.json_response(body, status=201, headers={"Location": request.path})
-    return web.json_response(body, status=200)
 
 
 @dataclass

@@ -2,10 +2,12 @@
 and the gateway's: the same bearer token (`api.token`) and the same JSON error body.
 
 GET  /v1/summary                      identity, sessions by state, routes per family, counters, BFD sessions
-GET  /v1/neighbors                    one object per peer (configured or dynamic, seen so far), its BFD state
+GET  /v1/neighbors?limit=&after=      one object per peer (configured or dynamic, seen so far), its BFD state
+GET  /v1/neighbors/{address}          one of them, with its ETag (service/conditional.py)
 GET  /v1/routes?family=&vsid=&rt=&mac=&ip=&limit=&after=   best routes, a page at a time (service/pages.py)
 POST /v1/reload                       re-read the configuration file (as SIGHUP); 400 names the bad field
 GET  /metrics                         Prometheus text format (without the token unless metrics_token)
+GET  /healthz, /readyz               health probes, without the token (service/health.py)
 GET  /v1/openapi.json                 the OpenAPI document of all of the above (service/openapi.py)
 
 Everything is read at request time from the reflector (no copies kept up to date on the hot path); the
@@ -35,7 +37,7 @@ from nvfabric.bgp.reflector.config import route_target_bytes
 from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
 from nvfabric.bgp.reflector.table import AttrSet, Entry
 from nvfabric.bgp.routes import Family, MacIpKey, PrefixKey, UnicastKey
-from nvfabric.service import pages
+from nvfabric.service import conditional, health, pages
 from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, STRING, Operation, Param, array, nullable,
                                       obj, register)
 from nvfabric.service.rest import ApiError, application, query
@@ -50,10 +52,14 @@ SLICE = 4096  # table entries filtered between two yields to the loop
 # ---------------------------------------------------------------- views (pure functions of the reflector)
 
 
-def neighbors(rr: Reflector) -> list[dict[str, Any]]:
+def neighbors(rr: Reflector, only: str | None = None) -> list[dict[str, Any]]:
+    """Every neighbour (or the one at `only`), each with its ETag: of all of it, counters included (nothing
+    in it is written through the API, so nothing is left out)."""
     out = []
     bfd = {status.peer: status for status in rr.bfd_status()}
     for address, peer in sorted(rr.peers.items()):
+        if only is not None and address != only:
+            continue
         pol = rr.policy(address)
         ref = rr._refs.get(address)
         counters = rr.stats.per_peer.get(address)
@@ -82,7 +88,20 @@ def neighbors(rr: Reflector) -> list[dict[str, Any]]:
                            "restart": pol.max_prefix.restart},
             "bfd": bfd[address].state.label if address in bfd else None,
         })
+        out[-1][conditional.ETAG] = conditional.etag(out[-1])
     return out
+
+
+def readiness(rr: Reflector) -> tuple[str, ...]:
+    """Why the reflector is not ready (GET /readyz; none: ready): its configuration is loaded (it could not
+    run otherwise) and it listens for BGP, its owner task running."""
+    reasons = []
+    if not rr.running:
+        reasons.append("the BGP owner task is not running (starting, stopping, or it failed: see the log)")
+    if rr.rr_config.listen is not None and rr.listen_port is None:
+        listen = rr.rr_config.listen
+        reasons.append(f"not listening for BGP on listen.address {listen.address} port {listen.port}")
+    return tuple(reasons)
 
 
 def summary(rr: Reflector) -> dict[str, Any]:
@@ -359,7 +378,16 @@ def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadRe
         return web.json_response(await rr.call(lambda: summary(rr)))
 
     async def get_neighbors(request: web.Request) -> web.Response:
-        return web.json_response(await rr.call(lambda: neighbors(rr)))
+        wanted = pages.page_request(query(request, ("limit", "after")))
+        found, after = pages.page(((n["address"], n) for n in await rr.call(lambda: neighbors(rr))), wanted)
+        return web.json_response({"neighbors": found, "next": after})
+
+    async def get_neighbor(request: web.Request) -> web.StreamResponse:
+        address = request.match_info["address"]
+        found = await rr.call(lambda: neighbors(rr, address))
+        if not found:
+            raise ApiError(404, "not-found", f"no neighbor {address!r} (configured, or dynamic and seen)")
+        return conditional.read(request, found[0])
 
     async def get_routes(request: web.Request) -> web.Response:
         params = query(request, ROUTE_FILTERS + ("limit", "after"))
@@ -385,7 +413,9 @@ def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadRe
     register(app, "nvfabric route reflector", "docs/rr.md#rest-api-and-metrics", [
         Operation("GET", "/v1/summary", get_summary, "identity, sessions by state, routes per family, counters",
                   {200: SUMMARY}),
-        Operation("GET", "/v1/neighbors", get_neighbors, "one object per peer", {200: array(NEIGHBOR)}),
+        Operation("GET", "/v1/neighbors", get_neighbors, "one object per peer, a page at a time",
+                  {200: obj(["neighbors", "next"], neighbors=array(NEIGHBOR), next=pages.NEXT)}, query=pages.PARAMS),
+        Operation("GET", "/v1/neighbors/{address}", get_neighbor, "one peer", {200: NEIGHBOR}, conditional=True),
         Operation("GET", "/v1/routes", get_routes, "best routes, a page at a time",
                   {200: obj(["routes", "next", "truncated"], routes=array(ROUTE), next=pages.NEXT,
                             truncated=BOOLEAN)},
@@ -396,6 +426,7 @@ def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadRe
                   {200: obj(["added", "removed"], added=array(STRING), removed=array(STRING))}, errors=(400, 409)),
         Operation("GET", "/metrics", get_metrics, "Prometheus text", {200: STRING}, public=not metrics_token,
                   text=True),
+        *health.operations(lambda request: readiness(rr)),
     ])
     return app
 
@@ -403,7 +434,7 @@ def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadRe
 SUMMARY = obj(["asn", "router_id", "cluster_id", "uptime_seconds", "sessions", "routes"], asn=INTEGER,
               router_id=STRING, cluster_id=STRING, uptime_seconds=NUMBER, sessions=ANY_OBJECT, routes=ANY_OBJECT,
               bfd=array(ANY_OBJECT))
-NEIGHBOR = obj(["address", "state", "client", "routes_received"], address=STRING, name=STRING, state=STRING,
+NEIGHBOR = obj(["address", "state", "client", "routes_received", "etag"], address=STRING, name=STRING, state=STRING, etag=STRING,
                client=BOOLEAN, asn=nullable(INTEGER), router_id=nullable(STRING), routes_received=INTEGER,
                route_targets=nullable(array(STRING)), max_prefix=nullable(ANY_OBJECT), bfd=nullable(STRING))
 ROUTE = obj(["family", "type", "route_targets", "source"], family=STRING, type=STRING,

@@ -110,11 +110,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _neighbors(client: ctl.Client, args: argparse.Namespace) -> None:
-    _, data = client.request("GET", "/v1/neighbors")
+    data = client.every_page("/v1/neighbors", "neighbors")
     ctl.show(args, data, lambda: ctl.table(
         f"route reflector {client.api}",
         ["neighbor", "state", "bfd", "client", "router id", "routes in", "updates in", "updates out",
          "route targets"],
         [[n["address"], n["state"], n.get("bfd") or "-", "yes" if n["client"] else "no", n.get("router_id") or "-",
           str(n["routes_received"]), str(n["updates_in"]), str(n["updates_out"]),
-          ", ".join(n["route_targets"]) if n.get("route_targets") is not None else "all"] for n in data]))
+          ", ".join(n["route_targets"]) if n.get("route_targets") is not None else "all"] for n in data["neighbors"]]))

@@ -60,7 +60,7 @@ async def test_status_prints_the_neighbors(capsys):
         for as_json in (["-o", "json"], ["--json"]):  # --json kept as the alias it was
             assert await asyncio.to_thread(main, [*status_cmd, *as_json]) == 0
             listed = json.loads(capsys.readouterr().out)
-            assert {n["address"] for n in listed} == {"127.0.1.1", "127.0.1.2"}
+            assert {n["address"] for n in listed["neighbors"]} == {"127.0.1.1", "127.0.1.2"}
         # the reflector's API wants the token like the agent's: refused (1) without the right one
         assert await asyncio.to_thread(main, [*status_cmd[:-1], "wrong"]) == 1
         assert "401 unauthorized" in capsys.readouterr().err

@@ -222,7 +222,7 @@ async def test_api_summary_neighbors_routes_and_metrics(lab):
         summary = await (await http.get("/v1/summary")).json()
         assert summary["routes"]["l2vpn-evpn"] == 10 and summary["sessions"] == {"established": 2}
         neighbors = await (await http.get("/v1/neighbors")).json()
-        by_address = {n["address"]: n for n in neighbors}
+        by_address = {n["address"]: n for n in neighbors["neighbors"]}
         assert by_address["127.0.1.1"]["routes_received"] == 10 and by_address["127.0.1.2"]["updates_out"] >= 1
         found = (await (await http.get("/v1/routes", params={"vsid": "5002"})).json())["routes"]
         assert len(found) == 5 and {r["vsid"] for r in found} == {5002}

@@ -251,7 +251,7 @@ async def test_reflector_reports_bfd_in_its_summary_neighbors_status_and_metrics
         async with TestClient(TestServer(api.build_app(rr, "t")), headers={"Authorization": "Bearer t"}) as http:
             summary = await (await http.get("/v1/summary")).json()
             assert [(b["peer"], b["state"]) for b in summary["bfd"]] == [("127.0.0.2", "up")]
-            (neighbor,) = await (await http.get("/v1/neighbors")).json()
+            (neighbor,) = (await (await http.get("/v1/neighbors")).json())["neighbors"]
             assert neighbor["bfd"] == "up"
             code = await asyncio.to_thread(main, ["rr", "status", "--api", str(http.make_url("")).rstrip("/"),
                                                   "--token", "t"])
@@ -263,7 +263,7 @@ async def test_reflector_reports_bfd_in_its_summary_neighbors_status_and_metrics
             assert 'nvfabric_bfd_session_downs_total{peer="127.0.0.2"} 1.0' in metrics
             await rr.reload(rr_cfg(False))
             assert (await (await http.get("/v1/summary")).json())["bfd"] == []
-            assert (await (await http.get("/v1/neighbors")).json())[0]["bfd"] is None
+            assert (await (await http.get("/v1/neighbors")).json())["neighbors"][0]["bfd"] is None
             assert 'peer="127.0.0.2"' not in await (await http.get("/metrics")).text()
     finally:
         await rr.stop()
