@@ -434,7 +434,8 @@ def build_app(rr: Reflector, token: str, reload: Callable[[], Awaitable[ReloadRe
 SUMMARY = obj(["asn", "router_id", "cluster_id", "uptime_seconds", "sessions", "routes"], asn=INTEGER,
               router_id=STRING, cluster_id=STRING, uptime_seconds=NUMBER, sessions=ANY_OBJECT, routes=ANY_OBJECT,
               bfd=array(ANY_OBJECT))
-NEIGHBOR = obj(["address", "state", "client", "routes_received", "etag"], address=STRING, name=STRING, state=STRING, etag=STRING,
+NEIGHBOR = obj(["address", "state", "client", "routes_received", "etag"], address=STRING, name=STRING, state=STRING,
+               etag={**STRING, "description": "the ETag: of the whole object, counters included"},
                client=BOOLEAN, asn=nullable(INTEGER), router_id=nullable(STRING), routes_received=INTEGER,
                route_targets=nullable(array(STRING)), max_prefix=nullable(ANY_OBJECT), bfd=nullable(STRING))
 ROUTE = obj(["family", "type", "route_targets", "source"], family=STRING, type=STRING,

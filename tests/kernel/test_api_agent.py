@@ -289,3 +289,74 @@ def test_a_change_the_kernel_refuses_is_a_422_naming_it_and_is_reverted(fabric, 
     status, _, err = hv1.ctl(capsys, "port", "get", "mv-port")
     assert status == 1 and "404 not-found" in err
     assert (hv1.kernel_routes(), hv1.kernel_routes(6)) == before
+
+
+def _request(host: Host, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+             token: str | None = TOKEN) -> tuple[int, dict[str, str], Any]:
+    """(status, headers, JSON body) of one request from inside the host's namespace, in the calling thread."""
+    sent = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    sent.update(headers or {})
+    data = None
+    if body is not None:
+        data, sent["Content-Type"] = json.dumps(body).encode(), "application/json"
+    request = urllib.request.Request(host.url + path, data=data, method=method, headers=sent)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            raw = r.read()
+            return r.status, dict(r.headers), json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, dict(exc.headers), json.loads(raw) if raw else None
+
+
+def test_two_orchestrators_updating_one_port_the_stale_one_gets_412(fabric, capsys):
+    _, hosts = fabric
+    hv1 = hosts["hv1"]
+    netns.run(["ip", "-n", hv1.ns, "link", "add", "tap-c9", "type", "veth", "peer", "name", "tap-c9-vm"])
+    port = {"interface": "tap-c9", "mac": "02:00:00:00:0f:19", "vsid": 5001, "addresses": ["10.0.0.60"]}
+    # two orchestrators, each with its own connection, in the host's namespace
+    with ThreadPoolExecutor(2, initializer=enter_namespace, initargs=(hv1.ns,)) as clients:
+        def call(*args: Any, **kwargs: Any) -> tuple[int, dict[str, str], Any]:
+            return clients.submit(_request, hv1, *args, **kwargs).result(130)
+
+        status, headers, created = call("PUT", "/v1/ports/c9", port, {"If-None-Match": "*"})  # create only
+        assert status == 201 and headers["ETag"] == created["etag"], created
+        assert call("PUT", "/v1/ports/c9", port, {"If-None-Match": "*"})[0] == 412
+        first, second = call("GET", "/v1/ports/c9")[2], call("GET", "/v1/ports/c9")[2]
+        assert first["etag"] == second["etag"] == created["etag"]
+        status, _, written = call("PUT", "/v1/ports/c9", {**first, "addresses": ["10.0.0.61"]},
+                                  {"If-Match": first["etag"]})
+        assert status == 200 and written["etag"] != first["etag"]
+        status, _, refused = call("PUT", "/v1/ports/c9", {**second, "addresses": ["10.0.0.62"]},
+                                  {"If-Match": second["etag"]})
+        assert (status, refused["error"], refused["etag"]) == (412, "precondition-failed", written["etag"])
+        assert call("GET", "/v1/ports/c9")[2]["addresses"] == ["10.0.0.61"]
+        routes = hv1.kernel_routes()
+        assert "10.0.0.61 dev tap-c9" in routes and "10.0.0.62" not in routes, routes
+
+        # at once, with the same ETag: one wins, whatever the order; the kernel has the winner's address
+        bodies = [{**written, "addresses": [f"10.0.0.{63 + i}"]} for i in range(2)]
+        answers = list(clients.map(lambda b: _request(hv1, "PUT", "/v1/ports/c9", b,
+                                                      {"If-Match": written["etag"]}), bodies))
+        assert sorted(a[0] for a in answers) == [200, 412], answers
+        winner = bodies[[a[0] for a in answers].index(200)]["addresses"][0]
+        assert call("GET", "/v1/ports/c9")[2]["addresses"] == [winner]
+        assert f"{winner} dev tap-c9" in hv1.kernel_routes()
+
+        assert call("DELETE", "/v1/ports/c9", None, {"If-Match": written["etag"]})[0] == 412  # stale
+        assert call("DELETE", "/v1/ports/c9", None, {"If-Match": "*"})[0] == 204
+    netns.run(["ip", "-n", hv1.ns, "link", "del", "tap-c9"])
+
+
+def test_started_agents_answer_their_probes_without_a_token(fabric):
+    _, hosts = fabric
+    for host in hosts.values():
+        with ThreadPoolExecutor(1, initializer=enter_namespace, initargs=(host.ns,)) as client:
+            def probe(path: str, host: Host = host, client: ThreadPoolExecutor = client) -> tuple[int, Any]:
+                status, _, body = client.submit(_request, host, "GET", path, token=None).result(30)
+                return status, body
+
+            assert probe("/healthz") == (200, {"status": "ok"})
+            # the reflectors are up and have sent End-of-RIB: ready
+            assert _wait(lambda: probe("/readyz")[0] == 200, f"{host.name} ready")
+            assert probe("/readyz") == (200, {"status": "ready"})
