@@ -287,8 +287,21 @@ _ROLE = obj(["serving", "configured", "reason", "since", "changes", "upstream"],
 _SESSION = obj(["peer", "kind", "state", "uptime"], peer=STRING,
                kind={"type": "string", "enum": ["reflector", "upstream"]}, state=STRING,
                uptime=nullable({**NUMBER, "description": "seconds since established"}))
-_STATUS = obj(["role", "bfd", "conntrack_sync", "sessions"], role=_ROLE, bfd=array(ANY_OBJECT),
-              conntrack_sync=nullable(ANY_OBJECT), sessions=array(_SESSION))
+_BFD = obj(["peer", "state", "remote_state", "diagnostic", "transmit_interval_ms", "detect_time_ms", "up_since",
+            "transitions", "downs"], peer=STRING, local_address=nullable(STRING),
+           state={"type": "string", "enum": ["admin-down", "down", "init", "up"]},
+           remote_state={"type": "string", "enum": ["admin-down", "down", "init", "up"]},
+           local_discriminator=INTEGER, remote_discriminator=INTEGER, diagnostic=STRING, remote_diagnostic=STRING,
+           transmit_interval_ms=NUMBER, detect_time_ms=NUMBER,
+           up_since=nullable({**NUMBER, "description": "wall clock (Unix seconds) the session came up"}),
+           transitions=INTEGER, downs=INTEGER, packets_in=INTEGER, packets_out=INTEGER, dropped=INTEGER)
+_SYNC = obj(["up", "running", "talking", "role", "restarts", "entries", "messages"], up=BOOLEAN, running=BOOLEAN,
+            talking=BOOLEAN, role={"type": "string", "enum": ["active", "standby"]}, interface=nullable(STRING),
+            local_address=nullable(STRING), peer_address=nullable(STRING), port=nullable(INTEGER),
+            pid=nullable(INTEGER), restarts=INTEGER, entries=ANY_OBJECT, messages=ANY_OBJECT)
+_STATUS = obj(["role", "bfd", "conntrack_sync", "sessions"], role=_ROLE, bfd=array(_BFD),
+              conntrack_sync={**nullable(_SYNC), "description": "the conntrack replication (null without `sync`)"},
+              sessions=array(_SESSION))
 
 
 def operations(metrics_token: bool = False) -> list[Operation]:

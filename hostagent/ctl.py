@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _list_routing_domains(client: Client, args: argparse.Namespace) -> None:
-    _, body = client.request("GET", "/v1/routing-domains")
+    body = client.every_page("/v1/routing-domains", "routing_domains")
     show(args, body, lambda: table(
         "routing domains", ["name", "route targets", "VSID", "prefixes", "gateways", "VRF", "ports"],
         [[domain["name"] if i == 0 else "", " ".join(domain["route_targets"]) if i == 0 else "", str(s["vsid"]),
@@ -154,7 +154,7 @@ def _lookup_records(client: Client, args: argparse.Namespace) -> None:
 
 def _customer_routes(client: Client, args: argparse.Namespace) -> None:
     query = {"routing_domain": args.routing_domain} if args.routing_domain else None
-    _, body = client.request("GET", "/v1/customer-routes", query=query)
+    body = client.every_page("/v1/customer-routes", "customer_routes", query)
     show(args, body, lambda: table(
         "customer routes", ["routing domain", "prefix", "VSID", "next hop", "PA", "origin"],
         [[r["routing_domain"], r["prefix"], str(r["vsid"]), r["next_hop"] or "-", r["pa"] or "-", r["origin"]]
@@ -162,7 +162,7 @@ def _customer_routes(client: Client, args: argparse.Namespace) -> None:
 
 
 def _provider_addresses(client: Client, args: argparse.Namespace) -> None:
-    _, body = client.request("GET", "/v1/provider-addresses")
+    body = client.every_page("/v1/provider-addresses", "provider_addresses")
     show(args, body, lambda: table("provider addresses", ["address", "announced as next hop"],
                                      [[a["address"], "yes" if a["next_hop"] else "no"]
                                       for a in body["provider_addresses"]]))
