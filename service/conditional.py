@@ -8,10 +8,10 @@ spaces), so it is the same after a restart, on the other gateway of a pair, and 
 twice. For an object that is written (port, routing domain, tenant) the content is what PUT takes, without
 the read-only `status`: a counter going up must not fail every conditional update.
 
-The decision (`decide`) is pure; the lock that makes the check and the write of a PUT or DELETE one step
-(`write`) is here too, one per app: the daemons write one change at a time anyway (the agent's and the
-gateway's own locks), and a check outside that order could pass against a value another request is
-replacing.
+The decision (`decide`) is pure. `write` makes the check and the change of a PUT or DELETE one step, under
+the app's write lock (service/rest.py WRITES): the daemons apply one change at a time anyway (the agent's
+and the gateway's own locks), but a check made outside that order could pass against a value another
+request is replacing while the kernel is being programmed.
 """
 
 from __future__ import annotations

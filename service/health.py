@@ -40,5 +40,5 @@ def operations(readiness: Readiness) -> list[Operation]:
     return [
         Operation("GET", "/healthz", healthz, "the daemon's event loop answers (no token)", {200: OK}, public=True),
         Operation("GET", "/readyz", readyz, "ready, or why not (no token)", {200: READY, 503: NOT_READY},
-                  public=True),
+                  public=True, describe={200: "ready", 503: "not ready: the reasons are in the body"}),
     ]

@@ -91,6 +91,7 @@ class Operation:
     public: bool = False  # served without the token (/metrics, the health probes)
     text: bool = False  # the success body is text/plain (Prometheus)
     conditional: bool = False  # one object with its ETag: If-Match / If-None-Match (service/conditional.py)
+    describe: Mapping[int, str] = field(default_factory=dict)  # an answer's meaning, where not the common one
 
     @property
     def path_params(self) -> list[str]:
@@ -124,10 +125,13 @@ def _conditional_params(op: Operation) -> list[Schema]:
     replacements (a DELETE "unless it exists" means nothing)."""
     out = [{"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
             "description": 'only if the object\'s ETag is one of these ("*": only if it exists), else 412'}]
-    if op.method in ("GET", "PUT"):
-        what = "304 Not Modified" if op.method == "GET" else "412 (`*`: create only)"
+    if op.method == "GET":
         out.append({"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
-                    "description": f"unless the object's ETag is one of these (\"*\": unless it exists), else {what}"})
+                    "description": "unless the object's ETag is one of these, else 304 Not Modified"})
+    elif op.method == "PUT":
+        out.append({"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+                    "description": 'unless the object exists ("*": create only) or its ETag is one of these, '
+                                   'else 412'})
     return out
 
 
@@ -145,7 +149,8 @@ def _operation(op: Operation) -> Schema:
         out["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
     responses: Schema = {}
     for status, schema in op.answers.items():
-        answer: Schema = {"description": "OK" if status < 300 else _ERROR_REASONS.get(status, "refused")}
+        answer: Schema = {"description": op.describe.get(status) or
+                          ("OK" if status < 300 else _ERROR_REASONS.get(status, "refused"))}
         if schema is not None:
             kind = "text/plain" if op.text and status < 300 else "application/json"
             answer["content"] = {kind: {"schema": schema}}
