@@ -107,3 +107,33 @@ def test_gre_to_the_gateway_from_the_internet_never_enters_a_tenant(fabric) -> N
     assert after["vouched"] - before["vouched"] == 0
     rules = netns.run(["ip", "netns", "exec", fab.ns("gw1"), "nft", "list", "table", "inet", "nvfabric"]).output
     assert all(pa in rules for pa in HV.values()) and SERVER[0] not in rules, rules
+
+
+def test_the_gateway_with_its_fabric_is_ready_once_its_role_is_decided(fabric) -> None:
+    """GET /readyz of the gateway's API, without a token, from inside gw1: ready, as it serves (its role was
+    judged after End-of-RIB) and its dataplane is programmed; the role says so in GET /v1/status."""
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nvfabric.gateway.api import start_api
+    from nvfabric.vnet.kernel.netns import enter_namespace
+
+    fab, gw = fabric
+    assert gw.gateway.readiness() == ()
+    server = gw.run(start_api(gw.gateway, "127.0.0.1:0", "gw-token"))
+    assert server is not None
+
+    def get(path: str, token: str | None = None) -> tuple[int, object]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with urllib.request.urlopen(urllib.request.Request(server.url + path, headers=headers), timeout=30) as r:
+            return r.status, json.load(r)
+
+    try:
+        with ThreadPoolExecutor(1, initializer=enter_namespace, initargs=(fab.ns("gw1"),)) as client:
+            assert client.submit(get, "/readyz").result(60) == (200, {"status": "ready"})
+            assert client.submit(get, "/healthz").result(60) == (200, {"status": "ok"})
+            status = client.submit(get, "/v1/status", "gw-token").result(60)[1]
+            assert isinstance(status, dict) and status["role"]["serving"] is True, status
+    finally:
+        gw.run(server.stop())
