@@ -53,3 +53,39 @@ async def test_every_route_is_documented_and_every_documented_operation_routed(t
                 assert op.get("security") == [] and "401" not in op["responses"], (method, path)
             else:
                 assert "401" in op["responses"], (method, path)
+
+
+CONDITIONAL = {"agent": ["/v1/routing-domains/{name}", "/v1/ports/{name}"], "gateway": ["/v1/tenants/{name}"],
+               "reflector": ["/v1/neighbors/{address}"]}
+
+
+@pytest.mark.parametrize("daemon", ["agent", "gateway", "reflector"])
+async def test_the_documents_describe_preconditions_pages_and_probes(tmp_path, daemon):
+    app = apps(tmp_path)[daemon]
+    async with TestClient(TestServer(app)) as client:
+        doc = await (await client.get(DOCUMENT_PATH, headers={"Authorization": f"Bearer {TOKEN}"})).json()
+    for path in CONDITIONAL[daemon]:
+        for method, op in doc["paths"][path].items():
+            headers = {p["name"] for p in op["parameters"] if p["in"] == "header"}
+            assert "If-Match" in headers and "412" in op["responses"], (method, path)
+            assert ("If-None-Match" in headers) == (method in ("get", "put")), (method, path)
+            assert ("304" in op["responses"]) == (method == "get"), (method, path)
+            for status in ("200", "201"):
+                if status in op["responses"]:
+                    assert op["responses"][status]["headers"]["ETag"]["required"] is True, (method, path)
+    for path in ("/healthz", "/readyz"):
+        assert doc["paths"][path]["get"]["security"] == []
+    assert set(doc["paths"]["/readyz"]["get"]["responses"]) >= {"200", "503"}
+    # every list (a collection named by its path: /v1/ports -> "ports") answers a page: limit and after in,
+    # next out; and no answer is a bare array
+    lists = 0
+    for path, item in doc["paths"].items():
+        answer = item.get("get", {}).get("responses", {}).get("200", {}).get("content", {}).get("application/json")
+        schema = answer["schema"] if answer else {}
+        assert schema.get("type") != "array", path
+        items = schema.get("properties", {}).get(path.rsplit("/", 1)[-1].replace("-", "_"), {})
+        if items.get("type") == "array":
+            lists += 1
+            params = {p["name"] for p in item["get"].get("parameters", [])}
+            assert {"limit", "after"} <= params and "next" in schema["required"], path
+    assert lists == {"agent": 5, "gateway": 1, "reflector": 2}[daemon]
