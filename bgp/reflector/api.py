@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from nvfabric.bgp import fsm, wire
 from nvfabric.bgp.bfd.metrics import BfdCollector
+from nvfabric.bgp.metrics import SessionCollector, samples
 from nvfabric.bgp.config import ConfigError
 from nvfabric.bgp.mac import Mac, MacError
 from nvfabric.bgp.reflector.config import route_target_bytes
@@ -36,6 +37,7 @@ from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
 from nvfabric.bgp.reflector.table import AttrSet, Entry
 from nvfabric.bgp.routes import Family, MacIpKey, PrefixKey, UnicastKey
 from nvfabric.service import pages
+from nvfabric.service.build import register_process
 from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, STRING, Operation, Param, array, nullable,
                                       obj, register)
 from nvfabric.service.rest import ApiError, application, query
@@ -303,7 +305,7 @@ class _Collector:
                                      labels=["neighbor"])
         upd_in = CounterMetricFamily("nvfabric_rr_updates_in", "UPDATE messages received", labels=["neighbor"])
         upd_out = CounterMetricFamily("nvfabric_rr_updates_out", "UPDATE messages sent", labels=["neighbor"])
-        bytes_out = CounterMetricFamily("nvfabric_rr_bytes_out", "UPDATE bytes sent", labels=["neighbor"])
+        bytes_out = CounterMetricFamily("nvfabric_rr_updates_out_bytes", "UPDATE bytes sent", labels=["neighbor"])
         for address in sorted(rr.peers):
             counters = rr.stats.per_peer.get(address)
             received.add_metric([address], rr.rib.counts.get(address, 0))
@@ -330,6 +332,9 @@ def metrics_registry(rr: Reflector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(rr))  # type: ignore[arg-type]
     registry.register(BfdCollector(rr.bfd_status))
+    # read inside rr.call (below): the peers are the owner task's
+    registry.register(SessionCollector(lambda: samples(rr.peers.items())))
+    register_process(registry)
     latency = Histogram(
         "nvfabric_rr_reflection_latency_seconds",
         "time from an UPDATE reaching the owner task to its reflection being written to every peer",

@@ -1,0 +1,149 @@
+"""Every daemon's `/metrics` as Prometheus reads it: each scrape is piped to `promtool check metrics` (Debian's
+`prometheus` package), which refuses names against the conventions (a counter without `_total`, `_total` on
+a gauge, an abbreviated unit...). The daemons are the real ones behind their real apps: the reflector with
+two of our speakers as dynamic neighbours on loopback, an agent and a gateway not started (no kernel work in
+the host phase); tests/integration/test_gateway_nat.py checks a running gateway's scrape the same way.
+
+Also here: the per-neighbour BGP families (bgp/metrics.py) and the series of a neighbour that left, gone.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from importlib import metadata
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from nvfabric.bgp.reflector import api as rr_api
+from nvfabric.gateway import api as gw_api
+from nvfabric.gateway.conntrackd import ConntrackdStats, SyncStatus
+from nvfabric.hostagent.api import make_app
+from tests.unit.test_api import TOKEN, make_agent
+from tests.unit.test_gateway_status import RR, gateway
+from tests.unit.test_reflector_daemon import DYNAMIC, held, lab, route, rr_cfg, until  # noqa: F401 - lab: a fixture
+
+
+def promtool(text: str) -> tuple[int, str]:
+    """`promtool check metrics` of an exposition: its exit status and what it said."""
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool is not installed (Debian's `prometheus` package: `make system`)")
+    done = subprocess.run([found, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout + done.stderr
+
+
+def assert_conventional(text: str) -> None:
+    status, said = promtool(text)
+    assert status == 0 and said.strip() == "", said
+
+
+def value(text: str, series: str) -> float | None:
+    """The value of one series (`name{labels}` exactly as exposed), None when absent."""
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else None
+
+
+def test_promtool_refuses_a_bad_name() -> None:
+    """The check is real: a gauge ending in `_total` and an abbreviated unit are refused, by name."""
+    registry = CollectorRegistry()
+
+    class Bad:
+        def collect(self):
+            gauge = GaugeMetricFamily("nvfabric_things_total", "a gauge that looks like a counter")
+            gauge.add_metric([], 1)
+            latency = CounterMetricFamily("nvfabric_latency_ms", "an abbreviated unit")
+            latency.add_metric([], 1)
+            return [gauge, latency]
+
+    registry.register(Bad())  # type: ignore[arg-type]
+    status, said = promtool(generate_latest(registry).decode())
+    assert status != 0 and "nvfabric_things_total" in said and "nvfabric_latency_ms" in said, said
+
+
+def assert_build_info(text: str) -> None:
+    version = metadata.version("nvfabric")
+    assert re.search(rf'^nvfabric_build_info{{python="[0-9.]+",version="{re.escape(version)}"}} 1\.0$', text, re.M), \
+        text
+    assert value(text, "process_start_time_seconds") is not None
+
+
+async def test_the_reflectors_metrics_are_conventional_and_forget_a_neighbour_that_left(lab) -> None:  # noqa: F811
+    rr = await lab("rr", rr_cfg(DYNAMIC))
+    a = await lab("speaker", "198.51.100.1", "127.0.1.1", rr.listen_port)
+    b = await lab("speaker", "198.51.100.2", "127.0.1.2", rr.listen_port)
+    await a.announce([route(i) for i in range(3)])
+    await until(lambda: len(held(b)) == 3, what="reflection")
+    async with TestClient(TestServer(rr_api.build_app(rr, TOKEN))) as http:
+        async def scrape() -> str:
+            answer = await http.get("/metrics")
+            assert answer.status == 200
+            return await answer.text()
+
+        text = await scrape()
+        assert_conventional(text)
+        assert_build_info(text)
+        for peer in ("127.0.1.1", "127.0.1.2"):
+            assert value(text, f'nvfabric_bgp_session_state{{peer="{peer}",state="established"}}') == 1
+            assert value(text, f'nvfabric_bgp_session_state{{peer="{peer}",state="active"}}') == 0
+            assert value(text, f'nvfabric_bgp_session_flaps_total{{peer="{peer}"}}') == 0
+            since = value(text, f'nvfabric_bgp_session_established_timestamp_seconds{{peer="{peer}"}}')
+            assert since is not None and since > 1.7e9
+        assert value(text, 'nvfabric_rr_updates_out_bytes_total{neighbor="127.0.1.2"}') > 0
+
+        # b leaves: every series of it goes, none shows it `active` (a dynamic neighbour is not dialled)
+        await b.stop()
+        await until(lambda: "127.0.1.2" not in rr.peers, what="b forgotten")
+        text = await scrape()
+        assert 'peer="127.0.1.2"' not in text and 'neighbor="127.0.1.2"' not in text, text
+        assert value(text, 'nvfabric_rr_sessions{state="active"}') == 0
+        assert value(text, 'nvfabric_rr_sessions{state="established"}') == 1
+        assert_conventional(text)
+
+        # it comes back: its series again, and the session that went down counted as a flap
+        again = await lab("speaker", "198.51.100.2", "127.0.1.2", rr.listen_port)
+        await until(lambda: len(held(again)) == 3, what="b back")
+        text = await scrape()
+        assert value(text, 'nvfabric_bgp_session_state{peer="127.0.1.2",state="established"}') == 1
+        assert value(text, 'nvfabric_bgp_session_flaps_total{peer="127.0.1.2"}') == 1
+
+
+async def test_the_agents_metrics_are_conventional(tmp_path) -> None:
+    agent = make_agent(tmp_path)
+    async with TestClient(TestServer(make_app(agent, TOKEN))) as http:
+        answer = await http.get("/metrics")
+        assert answer.status == 200
+        text = await answer.text()
+    assert_conventional(text)
+    assert_build_info(text)
+    # not started: its reflector's session is idle, and says so
+    assert value(text, 'nvfabric_bgp_session_state{peer="198.51.100.100",state="idle"}') == 1
+    assert value(text, 'nvfabric_bgp_session_state{peer="198.51.100.100",state="established"}') == 0
+    assert "nvfabric_bgp_session_established_timestamp_seconds{" not in text
+
+
+async def test_the_gateways_metrics_are_conventional(monkeypatch) -> None:
+    gw, _ = gateway()
+
+    async def counters():  # the nftables table a started gateway reads its tenants' counters from
+        return {}
+    monkeypatch.setattr(gw, "counters", counters)
+    # the replication as a sample of a running conntrackd says it (gateway/conntrackd.py)
+    monkeypatch.setattr(gw._sync, "status", lambda tenants: SyncStatus(
+        "sync0", "192.0.2.1", "192.0.2.2", 3780, True, True, "standby", 42, 0, ConntrackdStats(internal=3, sent=7),
+        1.0, 1.0, None, kernel_entries=5, tenant_ids_differ={}))
+    async with TestClient(TestServer(gw_api.make_app(gw, TOKEN))) as http:
+        answer = await http.get("/metrics")
+        assert answer.status == 200
+        text = await answer.text()
+    assert_conventional(text)
+    assert_build_info(text)
+    for peer in (RR, "203.0.113.1"):  # the reflector and the upstream router
+        assert value(text, f'nvfabric_bgp_session_state{{peer="{peer}",state="idle"}}') == 1
+    assert value(text, "nvfabric_gateway_serving") == 0
+    assert value(text, "nvfabric_gateway_role_changes_total") == 0
+    assert value(text, "nvfabric_gateway_conntrack_sync_up") == 1
