@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from importlib import metadata
 
 import pytest
@@ -19,12 +20,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from nvfabric.bgp.bfd import BfdState
 from nvfabric.bgp.reflector import api as rr_api
+from nvfabric.bgp.reflector.daemon import Reflector
 from nvfabric.gateway import api as gw_api
 from nvfabric.gateway.conntrackd import ConntrackdStats, SyncStatus
 from nvfabric.hostagent.api import make_app
 from tests.unit.test_api import TOKEN, make_agent
 from tests.unit.test_gateway_status import RR, gateway
+from tests.unit.test_speaker_bfd import FakeBfd
 from tests.unit.test_reflector_daemon import DYNAMIC, held, lab, route, rr_cfg, until  # noqa: F401 - lab: a fixture
 
 
@@ -72,12 +76,26 @@ def assert_build_info(text: str) -> None:
     assert value(text, "process_start_time_seconds") is not None
 
 
-async def test_the_reflectors_metrics_are_conventional_and_forget_a_neighbour_that_left(lab) -> None:  # noqa: F811
-    rr = await lab("rr", rr_cfg(DYNAMIC))
+@pytest.fixture
+async def reflector_with_bfd() -> AsyncIterator[tuple[Reflector, FakeBfd]]:
+    """A reflector whose dynamic neighbours have BFD, its endpoint a stand-in the test drives."""
+    fake = FakeBfd()
+    rr = Reflector(rr_cfg([{**DYNAMIC[0], "bfd": {"transmit_interval": 100, "receive_interval": 100}}]))
+    rr.bfd = fake
+    await rr.start()
+    yield rr, fake
+    await rr.stop()
+
+
+async def test_the_reflectors_metrics_are_conventional_and_forget_a_neighbour_that_left(
+        lab, reflector_with_bfd) -> None:  # noqa: F811
+    rr, bfd = reflector_with_bfd
     a = await lab("speaker", "198.51.100.1", "127.0.1.1", rr.listen_port)
     b = await lab("speaker", "198.51.100.2", "127.0.1.2", rr.listen_port)
     await a.announce([route(i) for i in range(3)])
     await until(lambda: len(held(b)) == 3, what="reflection")
+    await until(lambda: "127.0.1.2" in bfd.sessions, what="b's BFD session")
+    bfd.change("127.0.1.2", BfdState.UP)
     async with TestClient(TestServer(rr_api.build_app(rr, TOKEN))) as http:
         async def scrape() -> str:
             answer = await http.get("/metrics")
@@ -94,8 +112,10 @@ async def test_the_reflectors_metrics_are_conventional_and_forget_a_neighbour_th
             since = value(text, f'nvfabric_bgp_session_established_timestamp_seconds{{peer="{peer}"}}')
             assert since is not None and since > 1.7e9
         assert value(text, 'nvfabric_rr_updates_out_bytes_total{neighbor="127.0.1.2"}') > 0
+        assert value(text, 'nvfabric_bfd_session_up{peer="127.0.1.2"}') == 1
 
-        # b leaves: every series of it goes, none shows it `active` (a dynamic neighbour is not dialled)
+        # b leaves: every series of it goes (BFD's too), none shows it `active` (a dynamic neighbour is not
+        # dialled)
         await b.stop()
         await until(lambda: "127.0.1.2" not in rr.peers, what="b forgotten")
         text = await scrape()
