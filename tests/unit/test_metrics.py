@@ -14,8 +14,11 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from importlib import metadata
+from pathlib import Path
 
 import pytest
+import yaml
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -25,6 +28,7 @@ from nvfabric.bgp.reflector import api as rr_api
 from nvfabric.bgp.reflector.daemon import Reflector
 from nvfabric.gateway import api as gw_api
 from nvfabric.gateway.conntrackd import ConntrackdStats, SyncStatus
+from nvfabric.gateway.gateway import Gateway
 from nvfabric.hostagent.api import make_app
 from tests.unit.test_api import TOKEN, make_agent
 from tests.unit.test_gateway_status import RR, gateway
@@ -132,12 +136,15 @@ async def test_the_reflectors_metrics_are_conventional_and_forget_a_neighbour_th
         assert value(text, 'nvfabric_bgp_session_flaps_total{peer="127.0.1.2"}') == 1
 
 
-async def test_the_agents_metrics_are_conventional(tmp_path) -> None:
-    agent = make_agent(tmp_path)
-    async with TestClient(TestServer(make_app(agent, TOKEN))) as http:
+async def scrape(app: web.Application) -> str:
+    async with TestClient(TestServer(app)) as http:
         answer = await http.get("/metrics")
         assert answer.status == 200
-        text = await answer.text()
+        return await answer.text()
+
+
+async def test_the_agents_metrics_are_conventional(tmp_path) -> None:
+    text = await scrape(make_app(make_agent(tmp_path), TOKEN))
     assert_conventional(text)
     assert_build_info(text)
     # not started: its reflector's session is idle, and says so
@@ -146,7 +153,7 @@ async def test_the_agents_metrics_are_conventional(tmp_path) -> None:
     assert "nvfabric_bgp_session_established_timestamp_seconds{" not in text
 
 
-async def test_the_gateways_metrics_are_conventional(monkeypatch) -> None:
+def unstarted_gateway(monkeypatch: pytest.MonkeyPatch) -> Gateway:
     gw, _ = gateway()
 
     async def counters():  # the nftables table a started gateway reads its tenants' counters from
@@ -156,10 +163,11 @@ async def test_the_gateways_metrics_are_conventional(monkeypatch) -> None:
     monkeypatch.setattr(gw._sync, "status", lambda tenants: SyncStatus(
         "sync0", "192.0.2.1", "192.0.2.2", 3780, True, True, "standby", 42, 0, ConntrackdStats(internal=3, sent=7),
         1.0, 1.0, None, kernel_entries=5, tenant_ids_differ={}))
-    async with TestClient(TestServer(gw_api.make_app(gw, TOKEN))) as http:
-        answer = await http.get("/metrics")
-        assert answer.status == 200
-        text = await answer.text()
+    return gw
+
+
+async def test_the_gateways_metrics_are_conventional(monkeypatch) -> None:
+    text = await scrape(gw_api.make_app(unstarted_gateway(monkeypatch), TOKEN))
     assert_conventional(text)
     assert_build_info(text)
     for peer in (RR, "203.0.113.1"):  # the reflector and the upstream router
@@ -167,3 +175,122 @@ async def test_the_gateways_metrics_are_conventional(monkeypatch) -> None:
     assert value(text, "nvfabric_gateway_serving") == 0
     assert value(text, "nvfabric_gateway_role_changes_total") == 0
     assert value(text, "nvfabric_gateway_conntrack_sync_up") == 1
+
+
+# ---------------------------------------------------------------------- the alert rules (deploy/prometheus)
+
+PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+RULES = PROMETHEUS / "nvfabric-alerts.yml"
+
+
+def run_promtool(*argv: str) -> tuple[int, str]:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool is not installed (Debian's `prometheus` package: `make system`)")
+    done = subprocess.run([found, *argv], capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_the_rules_and_the_example_configuration_are_valid() -> None:
+    status, said = run_promtool("check", "rules", str(RULES))
+    assert status == 0 and "SUCCESS" in said, said
+    status, said = run_promtool("check", "config", str(PROMETHEUS / "prometheus.yml"))
+    assert status == 0 and "SUCCESS" in said, said
+
+
+def exposed_names(text: str) -> set[str]:
+    """The metric names an exposition serves (a family without samples yet counts: its # TYPE line)."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names |= {name, f"{name}_total"} if kind == "counter" else {name}
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+async def test_every_metric_the_rules_name_is_served(tmp_path, monkeypatch) -> None:
+    """A rename that forgets the rules fails here: every nvfabric_* name in an expression is in a scrape of
+    the reflector, the agent or the gateway."""
+    rr = Reflector(rr_cfg(DYNAMIC))
+    texts = [await scrape(rr_api.build_app(rr, TOKEN)), await scrape(make_app(make_agent(tmp_path), TOKEN)),
+             await scrape(gw_api.make_app(unstarted_gateway(monkeypatch), TOKEN))]
+    served = set().union(*(exposed_names(t) for t in texts))
+    rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
+    named = {name for rule in rules for name in re.findall(r"\bnvfabric_[a-z_]+", rule["expr"])}
+    assert named and named <= served, sorted(named - served)
+
+
+ALERT_TESTS = """
+rule_files: [RULES]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'nvfabric_bgp_session_state{job="nvfabric-agent",instance="hv1",peer="192.0.2.1",state="established"}'
+        values: '1 1 0 0 0 0'
+      - series: 'nvfabric_bfd_session_up{job="nvfabric-agent",instance="hv1",peer="192.0.2.1"}'
+        values: '1 0 0 0'
+      - series: 'nvfabric_gateway_serving{job="nvfabric-gateway",instance="gw1"}'
+        values: '1 1 0 0 0'
+      - series: 'nvfabric_gateway_serving{job="nvfabric-gateway",instance="gw2"}'
+        values: '0 0 0 0 0'
+      - series: 'nvfabric_gateway_role_changes_total{job="nvfabric-gateway",instance="gw1"}'
+        values: '0 0 1 1 1'
+      - series: 'nvfabric_agent_routes_refused{job="nvfabric-agent",instance="hv1",reason="next_hop_not_pa"}'
+        values: '0 3x20'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: NvfabricBgpSessionDown
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: NvfabricBgpSessionDown
+        exp_alerts:
+          - exp_labels: {severity: critical, job: nvfabric-agent, instance: "hv1", peer: 192.0.2.1,
+                         state: established}
+            exp_annotations:
+              summary: "BGP session hv1 -> 192.0.2.1 is not Established"
+              description: "`nvfabric rr status`, `nvfabric ctl status` or `nvfabric gateway status` on hv1
+                shows its state."
+      - eval_time: 3m
+        alertname: NvfabricBfdSessionDown
+        exp_alerts:
+          - exp_labels: {severity: critical, job: nvfabric-agent, instance: "hv1", peer: 192.0.2.1}
+            exp_annotations:
+              summary: "BFD session hv1 -> 192.0.2.1 is not Up"
+              description: "Its BGP session is closed at once while BFD is down (RFC 9384): the path to the
+                peer is broken."
+      - eval_time: 1m
+        alertname: NvfabricNoGatewayServing
+        exp_alerts: []
+      - eval_time: 4m
+        alertname: NvfabricNoGatewayServing
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations:
+              summary: "No gateway serves: the tenants have no default route to the outside"
+      - eval_time: 4m
+        alertname: NvfabricGatewayRoleChanged
+        exp_alerts:
+          - exp_labels: {severity: warning, job: nvfabric-gateway, instance: "gw1"}
+            exp_annotations:
+              summary: "Gateway gw1 changed its role (serving or standing by) in the last 10 minutes"
+              description: "`nvfabric gateway status` says why."
+      - eval_time: 15m
+        alertname: NvfabricRoutesRefused
+        exp_alerts:
+          - exp_labels: {severity: warning, job: nvfabric-agent, instance: "hv1", reason: next_hop_not_pa}
+            exp_annotations:
+              summary: "hv1 refuses 3 learned routes (next_hop_not_pa)"
+              description: "The import policy leaves them out (docs/agent.md, import policy); `nvfabric ctl
+                status` lists them."
+"""
+
+
+def test_the_alerts_fire_on_what_they_are_about(tmp_path) -> None:
+    """`promtool test rules`: series as the daemons expose them, and the alerts they raise (or not yet)."""
+    tests = tmp_path / "alerts_test.yml"
+    tests.write_text(ALERT_TESTS.replace("RULES", str(RULES)))
+    status, said = run_promtool("test", "rules", str(tests))
+    assert status == 0 and "SUCCESS" in said, said
