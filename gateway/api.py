@@ -24,12 +24,12 @@ from nvfabric.gateway.gateway import Gateway, TenantStatus
 from nvfabric.gateway.state import StateSaveError
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.service import pages
-from nvfabric.service.build import register_process
 from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, STRING, Operation, Param, array,
                                       nullable, obj, register)
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, put_response, query, serve_if_token
 from nvfabric.bgp.bfd.metrics import BfdCollector
 from nvfabric.bgp.metrics import SessionCollector
+from nvfabric.service.build import register_process
 from nvfabric.vnet.decap import DecapCollector
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.policy import REASONS

@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from nvfabric.bgp import fsm, wire
 from nvfabric.bgp.bfd.metrics import BfdCollector
 from nvfabric.bgp.metrics import SessionCollector, samples
+from nvfabric.service.build import register_process
 from nvfabric.bgp.config import ConfigError
 from nvfabric.bgp.mac import Mac, MacError
 from nvfabric.bgp.reflector.config import route_target_bytes
@@ -37,7 +38,6 @@ from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
 from nvfabric.bgp.reflector.table import AttrSet, Entry
 from nvfabric.bgp.routes import Family, MacIpKey, PrefixKey, UnicastKey
 from nvfabric.service import pages
-from nvfabric.service.build import register_process
 from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, STRING, Operation, Param, array, nullable,
                                       obj, register)
 from nvfabric.service.rest import ApiError, application, query
