@@ -3,7 +3,7 @@
 It sends what it is given and prints what the API answers: the API is the one place where bodies are
 validated, so a refusal reads the same here, in curl and in an orchestrator (field, problem, status).
 Tables by default, `-o json` or `-o yaml` for the API's body (`--json`: the deprecated alias of `-o json`,
-kept for the scripts that use it). Exit status (EXIT_CODES, in every command's --help): 0 done, 1 the API
+kept for the scripts that use it). Exit status (`exit_codes`, in every command's --help): 0 done, 1 the API
 refused (its message on stderr), 2 a usage error (no token, unreadable file), 3 the API cannot be reached.
 
 Each daemon has its own pair of environment variables, NVFABRIC_{RR,AGENT,GATEWAY}_{API,TOKEN}: one shell
