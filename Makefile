@@ -9,10 +9,11 @@ BIN := $(VENV)/bin
 # phase (qemu, Debian's generic kernel with 9p, busybox for virtme-ng's initramfs, squashfs for Python), and
 # the guests' own clients the tests run against the host's DHCP, RA and virtual addresses (udhcpc, dhclient,
 # dhcpcd, rdisc6, keepalived; dnsmasq as the reference the DHCP benchmark compares with), and conntrackd,
-# which replicates the gateways' connection state (conntrack to look at it).
+# which replicates the gateways' connection state (conntrack to look at it), and prometheus for promtool,
+# which the tests run over every daemon's /metrics and the sample alert rules.
 APT_PACKAGES := iproute2 iputils-ping nftables tcpdump procps kmod bc frr gobgpd iperf3 \
 	qemu-system-x86 linux-image-amd64 busybox-static squashfs-tools \
-	udhcpc isc-dhcp-client dhcpcd-base ndisc6 keepalived dnsmasq-base conntrack conntrackd
+	udhcpc isc-dhcp-client dhcpcd-base ndisc6 keepalived dnsmasq-base conntrack conntrackd prometheus
 
 .PHONY: setup system venv demo test test-host test-kernel bench clean
 

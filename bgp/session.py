@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -302,6 +303,9 @@ class Peer:
         self.backoff = fsm.Backoff(settings.connect_retry_initial, settings.connect_retry_max)
         self.connect_attempts = 0
         self.establishments = 0
+        # Wall clock (time.time()) of the current session's Established; None while down. For metrics and
+        # status: the owner task keeps no clock of its own.
+        self.established_since: float | None = None
         self.write_pauses = 0
         self.write_stall_resets = 0
         # Called (from the event loop) when the established connection's write buffer has drained below
@@ -456,6 +460,7 @@ class Peer:
                 self.connections.remove(conn)
             if conn is self.established:
                 self.established = None
+                self.established_since = None
                 conn.deliver(event)
             else:
                 conn.held = None
@@ -488,6 +493,7 @@ class Peer:
         self.negotiated = first.negotiated
         self.remote = first.remote
         self.establishments += 1
+        self.established_since = time.time()
         self.backoff.reset()
         for event in events:
             conn.deliver(event)

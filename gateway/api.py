@@ -29,6 +29,8 @@ from nvfabric.service.openapi import (ANY_OBJECT, BOOLEAN, INTEGER, NUMBER, STRI
                                       nullable, obj, register)
 from nvfabric.service.rest import ApiError, ApiServer, application, json_body, query, serve_if_token
 from nvfabric.bgp.bfd.metrics import BfdCollector
+from nvfabric.bgp.metrics import SessionCollector
+from nvfabric.service.build import register_process
 from nvfabric.vnet.decap import DecapCollector
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.policy import REASONS
@@ -242,8 +244,9 @@ class _SyncCollector(Collector):
 
 async def metrics(request: web.Request) -> web.Response:
     # nftables' counters read at scrape time (no copy to drift); sessions from the conntrack sampler's last count
-    registry = CollectorRegistry()
+    registry = register_process(CollectorRegistry())
     registry.register(_TenantCollector(await _gw(request).status(), _gw(request)))
+    registry.register(SessionCollector(_gw(request).session_samples))
     registry.register(BfdCollector(_gw(request).bfd_status))
     decap = DecapCollector()
     decap.counts = await _gw(request).decap_counters()

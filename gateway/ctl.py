@@ -16,19 +16,21 @@ from nvfabric.gateway.config import DEFAULT_LISTEN
 from nvfabric.service import ctl as service
 from nvfabric.service.ctl import EXIT_USAGE, Client, CtlError, file_body, segment, show, table
 
-GATEWAY = service.Daemon("gateway", "nvfabric gateway", "NVFABRIC_GATEWAY_API", f"http://{DEFAULT_LISTEN}")
+GATEWAY = service.Daemon("gateway", "nvfabric gateway", "nvfabric-gateway", ("NVFABRIC_GATEWAY_API",),
+                         ("NVFABRIC_GATEWAY_TOKEN",), f"http://{DEFAULT_LISTEN}")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    # no exit statuses here: `nvfabric gateway` is the daemon too (its own); each command below has them
     gw = sub.add_parser("gateway", help="talk to the gateway's API: status, tenants, trace", parents=[common])
     gsub = gw.add_subparsers(dest="gateway_command", required=True, metavar="WHAT")
 
     def leaf(name: str, help: str, action: service.Action, parent: Any = gsub) -> argparse.ArgumentParser:
-        return service.command(parent, common, run, name, help, action)
+        return service.command(parent, common, run, name, help, action, GATEWAY)
 
     leaf("tenants", "list the tenants with their counters and NAT sessions", _tenants)
     leaf("status", "the role (serving or standing by, why), BGP and BFD sessions, conntrack replication", _status)
-    tenant = gsub.add_parser("tenant", help="get, put or delete one tenant")
+    tenant = service.parser(gsub, GATEWAY, "tenant", help="get, put or delete one tenant")
     tsub = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
     leaf("get", "show one tenant", _get, tsub).add_argument("name")
     p = leaf("put", "create or replace a tenant from a JSON or YAML file", _put, tsub)
@@ -119,10 +121,7 @@ def _put(client: Client, args: argparse.Namespace) -> None:
 
 def _delete(client: Client, args: argparse.Namespace) -> None:
     client.request("DELETE", f"/v1/tenants/{segment(args.name)}")
-    if args.output == "json":
-        service.print_json({"deleted": args.name})
-    else:
-        print(f"tenant {args.name} deleted")
+    service.done(args, {"deleted": args.name}, f"tenant {args.name} deleted")
 
 
 def _endpoint(text: str, where: str) -> tuple[str, int]:

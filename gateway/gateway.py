@@ -29,6 +29,7 @@ from typing import Any
 
 from nvfabric.bgp.bfd import BfdStatus
 from nvfabric.bgp.bfd.endpoint import Bfd
+from nvfabric.bgp.metrics import SessionSample
 from nvfabric.bgp.speaker import wants_bfd
 from nvfabric.gateway import nat
 from nvfabric.gateway.config import GatewayConfig
@@ -296,6 +297,10 @@ class Gateway:
     def sessions(self) -> list[SessionStatus]:
         """The BGP sessions: the reflectors', then the upstream's."""
         return [s for clock in self._clocks for s in clock.sessions()]
+
+    def session_samples(self) -> list[SessionSample]:
+        """The same sessions for /metrics."""
+        return [s for clock in self._clocks for s in clock.samples()]
 
     def _public(self) -> list[Tenant]:
         return list(self._tenants.values()) if self.upstream_mode != WITHDRAWN else []

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from nvfabric.bgp.metrics import SessionSample, samples
 from nvfabric.bgp.speaker import PeerStatus, Speaker
 from nvfabric.gateway.role import Role
 
@@ -54,6 +55,10 @@ class SessionClock:
                     self._up[n.peer] = time.monotonic()
                 elif n.state == "down":
                     self._up.pop(n.peer, None)
+
+    def samples(self) -> list[SessionSample]:
+        """The sessions for /metrics (bgp/metrics.py): state, flaps, since when."""
+        return samples((address, self.speaker.peers.get(address)) for address in self.peers)
 
     def sessions(self) -> list[SessionStatus]:
         now = time.monotonic()

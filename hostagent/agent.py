@@ -29,6 +29,7 @@ from nvfabric.bgp.bfd.metrics import BfdCollector
 from nvfabric.bgp.client import Client, RouteUpdate
 from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
 from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute
+from nvfabric.bgp.metrics import SessionCollector, SessionSample, samples
 from nvfabric.bgp.speaker import PeerStatus
 from nvfabric.hostagent import state
 from nvfabric.hostagent import status as report
@@ -80,6 +81,7 @@ class Agent:
         self._decap_collector = DecapCollector()  # refreshed by decap_counters() before a scrape
         self.registry.register(self._decap_collector)
         self.registry.register(BfdCollector(self._bfd_status))
+        self.registry.register(SessionCollector(self._sessions))
         self._lock = asyncio.Lock()
         self._started = False
         self._sock: RtnlSocket | None = None
@@ -330,6 +332,11 @@ class Agent:
     def _bfd_status(self) -> list[BfdStatus]:
         return self._client.speaker.bfd_status() if self._client is not None else []
 
+    def _sessions(self) -> list[SessionSample]:
+        """The sessions to the configured reflectors (idle before the start), for /metrics."""
+        peers = self._client.speaker.peers if self._client is not None else {}
+        return samples((r.address, peers.get(r.address)) for r in self.config.route_reflectors)
+
     # ------------------------------------------------------------------ the one way state changes
 
     def _learned(self, catalog: Catalog | None = None) -> list[Any]:
@@ -543,8 +550,6 @@ class Agent:
 
     def _on_peer(self, event: PeerStatus) -> None:
         self._hold = self._hold.on_session(event.peer, event.state, time.monotonic())
-        session = self._hold.sessions[event.peer]
-        self.metrics.session(event.peer, session.state == "established")
 
     async def _syncer(self) -> None:
         while True:

@@ -18,14 +18,16 @@ from nvfabric.service.ctl import (
     Action,
     Client,
     CtlError,
+    done,
     file_body,
-    print_json,
     segment,
     show,
     table,
 )
 
-AGENT = service.Daemon("agent", "nvfabric agent", "NVFABRIC_API", f"http://{DEFAULT_LISTEN}")
+# NVFABRIC_API and NVFABRIC_TOKEN: the agent's names before each daemon had its own, still read (second)
+AGENT = service.Daemon("agent", "nvfabric agent", "nvfabric-agent", ("NVFABRIC_AGENT_API", "NVFABRIC_API"),
+                       ("NVFABRIC_AGENT_TOKEN", "NVFABRIC_TOKEN"), f"http://{DEFAULT_LISTEN}")
 
 
 # ---------------------------------------------------------------------- the command line
@@ -35,13 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParse
     clients to be added beside (`ctl gateway`)."""
     # Common options are accepted before and after the subcommand (`ctl -o json ports`, `ctl ports -o json`):
     # the leaves default to SUPPRESS so that a value given before is not overwritten by a default.
-    ctl = subparsers.add_parser("ctl", help="talk to the host agent's API: ports, routing domains, lookup records, "
-                                            "trace", parents=[service.options(AGENT, defaults=True)])
+    ctl = service.parser(subparsers, AGENT, "ctl", help="talk to the host agent's API: ports, routing domains, "
+                         "lookup records, trace", parents=[service.options(AGENT, defaults=True)])
     common = service.options(AGENT, defaults=False)
     sub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="WHAT")
 
     def leaf(name: str, help: str, action: Action, parent: Any = sub) -> argparse.ArgumentParser:
-        return service.command(parent, common, _run, name, help, action)
+        return service.command(parent, common, _run, name, help, action, AGENT)
 
     leaf("routing-domains", "list the routing domains", _list_routing_domains)
     leaf("ports", "list the local ports", _list_ports)
@@ -67,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParse
     p.add_argument("--flow-id", default="0")
     leaf("status", "the agent's status: BGP sessions, sync, last reconcile", _status)
 
-    domain = sub.add_parser("routing-domain", help="get, put or delete one routing domain")
+    domain = service.parser(sub, AGENT, "routing-domain", help="get, put or delete one routing domain")
     domain_sub = domain.add_subparsers(dest="domain_command", required=True, metavar="ACTION")
     leaf("get", "show one routing domain", _get("routing-domains"), domain_sub).add_argument("name")
     p = leaf("put", "create or replace a routing domain from a file (-f) and/or flags", _put_routing_domain, domain_sub)
@@ -80,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParse
     leaf("delete", "delete a routing domain (it must have no ports)", _delete("routing-domains"),
          domain_sub).add_argument("name")
 
-    port = sub.add_parser("port", help="get, put or delete one port")
+    port = service.parser(sub, AGENT, "port", help="get, put or delete one port")
     port_sub = port.add_subparsers(dest="port_command", required=True, metavar="ACTION")
     leaf("get", "show one port", _get("ports"), port_sub).add_argument("name")
     p = leaf("put", "create or replace a port from a file (-f) and/or flags; returns once programmed", _put_port,
@@ -221,10 +223,7 @@ def _get(collection: str) -> Action:
 def _delete(collection: str) -> Action:
     def delete(client: Client, args: argparse.Namespace) -> None:
         client.request("DELETE", f"/v1/{collection}/{segment(args.name)}")
-        if args.output == "json":
-            print_json({"deleted": args.name})
-        else:
-            print(f"{collection.rstrip('s').replace('-', ' ')} {args.name} deleted")
+        done(args, {"deleted": args.name}, f"{collection.rstrip('s').replace('-', ' ')} {args.name} deleted")
 
     return delete
 
@@ -254,10 +253,8 @@ def _put(client: Client, args: argparse.Namespace, collection: str, body: dict[s
     if not isinstance(name, str) or not name:
         raise CtlError("a name is needed: as an argument or as `name` in the file", EXIT_USAGE)
     status, answer = client.request("PUT", f"/v1/{collection}/{segment(name)}", body)
-    if args.output == "json":
-        print_json(answer)
-    else:
-        print(f"{collection.rstrip('s').replace('-', ' ')} {name} {'created' if status == 201 else 'replaced'}")
+    what = collection.rstrip("s").replace("-", " ")
+    done(args, answer, f"{what} {name} {'created' if status == 201 else 'replaced'}")
 
 
 def _subnet(text: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from nvfabric.service.build import register_process
 from nvfabric.vnet.desired import Conflict
 from nvfabric.vnet.model import LookupRecord
 from nvfabric.vnet.policy import REASONS
@@ -18,13 +19,11 @@ from nvfabric.vnet.reconcile import Outcome
 
 class AgentMetrics:
     def __init__(self, frozen_macs: Callable[[], int]) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = register_process(CollectorRegistry())
         self._ports = Gauge("nvfabric_agent_ports", "local ports configured", registry=self.registry)
         self._records = Gauge("nvfabric_agent_lookup_records", "lookup records", ["kind"], registry=self.registry)
         self._ops = Counter("nvfabric_agent_kernel_ops", "kernel ops applied", ["action"], registry=self.registry)
         self._errors = Counter("nvfabric_agent_kernel_errors", "kernel ops refused", registry=self.registry)
-        self._up = Gauge("nvfabric_agent_reflector_up", "BGP session established", ["reflector"],
-                         registry=self.registry)
         self._held = Gauge("nvfabric_agent_held_deletes", "learned-state deletes held", registry=self.registry)
         frozen = Gauge("nvfabric_agent_mobility_frozen_macs", "MACs frozen now (RFC 7432 15.1 duplicate detection)",
                        registry=self.registry)
@@ -77,9 +76,6 @@ class AgentMetrics:
     def port_security(self, drops: Mapping[str, Mapping[str, int]]) -> None:
         """The kernel's per-port, per-reason drop counters (Agent.port_drops), as read now."""
         self._port_drops.drops = {port: dict(reasons) for port, reasons in drops.items()}
-
-    def session(self, reflector: str, established: bool) -> None:
-        self._up.labels(reflector).set(1 if established else 0)
 
     def announced(self, ports: int, records: Iterable[LookupRecord]) -> None:
         local = remote = 0

@@ -2,8 +2,13 @@
 
 It sends what it is given and prints what the API answers: the API is the one place where bodies are
 validated, so a refusal reads the same here, in curl and in an orchestrator (field, problem, status).
-Tables by default, `-o json` for the API's JSON. Exit status: 0 done, 1 the API refused (its message on
-stderr), 2 a usage error (no token, unreadable file), 3 the API cannot be reached.
+Tables by default, `-o json` or `-o yaml` for the API's body (`--json`: the deprecated alias of `-o json`,
+kept for the scripts that use it). Exit status (`exit_codes`, in every command's --help): 0 done, 1 the API
+refused (its message on stderr), 2 a usage error (no token, unreadable file), 3 the API cannot be reached.
+
+Each daemon has its own pair of environment variables, NVFABRIC_{RR,AGENT,GATEWAY}_{API,TOKEN}: one shell
+can drive the three with different tokens. The agent's client also reads the older NVFABRIC_API and
+NVFABRIC_TOKEN when its own are not set (they were the agent's before the other daemons had a client).
 
 Plain urllib, not aiohttp: one request per run, and a quick start (Python starts slowly in the VM).
 """
@@ -25,6 +30,14 @@ from typing import Any
 TIMEOUT = 120.0  # seconds: an agent's PUT returns only once the port is programmed and announced
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+OUTPUTS = ("table", "json", "yaml")
+
+
+def exit_codes(daemon: Daemon) -> str:
+    """The epilog of every client command's --help."""
+    return (f"exit status:\n  0  done\n  1  the {daemon.name} API refused the request (its message on stderr)\n"
+            f"  2  usage: a bad option, no token, an unreadable file\n"
+            f"  3  the {daemon.name} API cannot be reached (is `{daemon.command}` running?)")
 
 
 class CtlError(Exception):
@@ -37,12 +50,18 @@ class CtlError(Exception):
 
 @dataclass(frozen=True)
 class Daemon:
-    """Which daemon a client talks to, for its messages: `command` runs it, `api_env` overrides --api."""
+    """Which daemon a client talks to, for its messages: `command` runs it (`unit` as a service), the
+    environment variables stand for --api and --token (the first one set wins)."""
 
     name: str  # "agent"
     command: str  # "nvfabric agent"
-    api_env: str  # "NVFABRIC_API"
+    unit: str  # "nvfabric-agent"
+    api_env: tuple[str, ...]  # ("NVFABRIC_AGENT_API", "NVFABRIC_API")
+    token_env: tuple[str, ...]  # ("NVFABRIC_AGENT_TOKEN", "NVFABRIC_TOKEN")
     default_api: str  # "http://127.0.0.1:8500"
+
+    def env(self, names: tuple[str, ...]) -> str | None:
+        return next((os.environ[n] for n in names if os.environ.get(n)), None)
 
 
 def options(daemon: Daemon, defaults: bool) -> argparse.ArgumentParser:
@@ -54,32 +73,44 @@ def options(daemon: Daemon, defaults: bool) -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--api", default=default(None),
-                   help=f"the {daemon.name}'s API URL (env {daemon.api_env}; {daemon.default_api})")
-    p.add_argument("--token", default=default(None), help="bearer token (env NVFABRIC_TOKEN)")
-    p.add_argument("-o", "--output", choices=("table", "json"), default=default("table"))
+                   help=f"the {daemon.name}'s API URL (env {' or '.join(daemon.api_env)}; default "
+                        f"{daemon.default_api})")
+    p.add_argument("--token", default=default(None),
+                   help=f"the {daemon.name}'s api.token (env {' or '.join(daemon.token_env)})")
+    p.add_argument("-o", "--output", choices=OUTPUTS, default=default("table"),
+                   help="table (default), or the API's body as json or yaml")
     p.add_argument("--json", dest="output", action="store_const", const="json", default=default("table"),
-                   help="the same as -o json")
+                   help="deprecated: -o json")
     return p
+
+
+def parser(parent: argparse._SubParsersAction, daemon: Daemon, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A client command's parser, its exit statuses in its --help."""
+    return parent.add_parser(name, epilog=exit_codes(daemon), formatter_class=argparse.RawDescriptionHelpFormatter,
+                             **kwargs)
 
 
 Action = Callable[["Client", argparse.Namespace], None]
 
 
 def command(parent: argparse._SubParsersAction, common: argparse.ArgumentParser,
-            run: Callable[[argparse.Namespace], int], name: str, help: str, action: Action) -> argparse.ArgumentParser:
-    """A subcommand `name` with the common options, run as `run(args)` with `args.action` = `action`."""
-    p = parent.add_parser(name, help=help, parents=[common])
-    p.set_defaults(func=run, action=action)
+            run: Callable[[argparse.Namespace], int], name: str, help: str, action: Action,
+            daemon: Daemon) -> argparse.ArgumentParser:
+    """A subcommand `name` with the common options, run as `run(args)` with `args.action` = `action`; its
+    messages start with its own name (`nvfabric gateway tenants: ...`)."""
+    p = parser(parent, daemon, name, help=help, parents=[common])
+    p.set_defaults(func=run, action=action, prog=p.prog)
     return p
 
 
 def run(daemon: Daemon, prog: str, action: Action, args: argparse.Namespace) -> int:
     """Run `action` with a client of `daemon` made from the options (or their environment variables)."""
-    api = getattr(args, "api", None) or os.environ.get(daemon.api_env) or daemon.default_api
+    prog = getattr(args, "prog", None) or prog
+    api = getattr(args, "api", None) or daemon.env(daemon.api_env) or daemon.default_api
     if getattr(args, "output", None) is None:
         args.output = "table"
     try:
-        action(Client(daemon, api, getattr(args, "token", None) or os.environ.get("NVFABRIC_TOKEN")), args)
+        action(Client(daemon, api, getattr(args, "token", None) or daemon.env(daemon.token_env)), args)
     except CtlError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.status
@@ -92,8 +123,8 @@ def run(daemon: Daemon, prog: str, action: Action, args: argparse.Namespace) -> 
 class Client:
     def __init__(self, daemon: Daemon, api: str, token: str | None) -> None:
         if not token:
-            raise CtlError(f"no API token: pass --token or set NVFABRIC_TOKEN (the {daemon.name}'s api.token)",
-                           EXIT_USAGE)
+            raise CtlError(f"no API token: pass --token or set {daemon.token_env[0]} (the {daemon.name}'s "
+                           f"api.token)", EXIT_USAGE)
         self.daemon, self.api, self.token = daemon, api.rstrip("/"), token
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -114,9 +145,10 @@ class Client:
             raise CtlError(f"{method} {path}: {refusal(exc.code, exc.read())}", EXIT_REFUSED) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise CtlError(f"cannot reach the {self.daemon.name} API at {self.api}: {reason} (is "
-                           f"`{self.daemon.command}` running? --api or {self.daemon.api_env})",
-                           EXIT_UNREACHABLE) from None
+            d = self.daemon
+            raise CtlError(f"cannot reach the {d.name} API at {self.api}: {reason}\n  start the {d.name} "
+                           f"(`systemctl start {d.unit}`, or `{d.command}` in a terminal), or point --api or "
+                           f"{d.api_env[0]} at its api.listen", EXIT_UNREACHABLE) from None
 
     def every_page(self, path: str, key: str, query: dict[str, str] | None = None) -> dict[str, Any]:
         """A paged list (service/pages.py) read to its end, following `next`: {key: every item}."""
@@ -173,9 +205,9 @@ def file_body(path: str | None) -> dict[str, Any]:
 
 
 def show(args: argparse.Namespace, body: Any, tables: Callable[[], Any]) -> None:
-    """The API's JSON with -o json, else the tables `tables()` makes (one or a list)."""
-    if args.output == "json":
-        print_json(body)
+    """The API's body with -o json or -o yaml, else the tables `tables()` makes (one or a list)."""
+    if args.output in ("json", "yaml"):
+        print_body(args, body)
         return
     from rich.console import Console  # noqa: PLC0415 - tables only
 
@@ -200,3 +232,22 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> Any:
 
 def print_json(body: Any) -> None:
     print(json.dumps(body, indent=2))
+
+
+def print_body(args: argparse.Namespace, body: Any) -> None:
+    """`body` as -o asks: YAML (block style, the API's key order) or JSON (also for -o table: a command
+    whose answer has no table prints nothing else)."""
+    if args.output == "yaml":
+        import yaml  # noqa: PLC0415 - only for -o yaml
+
+        print(yaml.safe_dump(body, sort_keys=False, default_flow_style=False), end="")
+    else:
+        print_json(body)
+
+
+def done(args: argparse.Namespace, body: Any, text: str) -> None:
+    """The answer of a change: `text` as a table would say it, or `body` as -o json/yaml asks."""
+    if args.output in ("json", "yaml"):
+        print_body(args, body)
+    else:
+        print(text)

@@ -24,7 +24,8 @@ from nvfabric.bgp.reflector.daemon import Reflector, ReloadResult
 from nvfabric.service import ctl, daemon
 from nvfabric.service.rest import ApiServer, serve_if_token
 
-REFLECTOR = ctl.Daemon("reflector", "nvfabric rr", "NVFABRIC_RR_API", f"http://{rr_config.DEFAULT_API_LISTEN}")
+REFLECTOR = ctl.Daemon("reflector", "nvfabric rr", "nvfabric-rr", ("NVFABRIC_RR_API",), ("NVFABRIC_RR_TOKEN",),
+                       f"http://{rr_config.DEFAULT_API_LISTEN}")
 
 log = logging.getLogger("nvfabric.bgp.reflector")
 
@@ -35,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rr.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
     rr.set_defaults(func=_run)
     sub = rr.add_subparsers(dest="rr_command", metavar="RR_COMMAND")
-    status = sub.add_parser("status", help="print the reflector's neighbors as a table (-o json: the API's JSON)",
-                            parents=[ctl.options(REFLECTOR, defaults=True)])
+    status = ctl.parser(sub, REFLECTOR, "status", help="print the reflector's neighbors as a table (-o json|yaml: "
+                        "the API's body)", parents=[ctl.options(REFLECTOR, defaults=True)])
     status.set_defaults(func=_status)
 
 

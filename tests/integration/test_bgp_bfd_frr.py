@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 
 from tests.integration.conftest import need
+from tests.unit.test_metrics import assert_conventional
 from nvfabric.lab import netns
 from nvfabric.lab.peers import Frr, Lab, RouteReflector, Speaker, segment, wait_for
 from nvfabric.vnet.kernel.netns import inside
@@ -93,6 +94,7 @@ def test_frr_frozen_takes_our_bgp_session_and_its_routes_down_within_the_detecti
         summary = rr.get("/v1/summary")
         assert summary["bfd_teardowns"] == 1
         metrics = scrape(rr)
+        assert_conventional(metrics)  # promtool check metrics, of a running `nvfabric rr`'s scrape
         if dynamic:
             # The dynamic peer is forgotten with its last connection, and its BFD session with it.
             assert summary["bfd"] == [] and f'peer="{THEIRS}"' not in metrics

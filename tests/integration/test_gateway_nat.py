@@ -27,6 +27,7 @@ from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.probe import Server, connect, echo
 from nvfabric.lab.netns import run
 from nvfabric.vnet.errors import ConflictError, ModelError
+from tests.unit.test_metrics import assert_conventional
 
 T = TypeVar("T")
 SERVER = ("203.0.113.1", 8080)
@@ -290,6 +291,7 @@ def test_rest_api_metrics_and_ctl(net: Net) -> None:
         line = next(x for x in text.splitlines()
                     if x.startswith('nvfabric_gateway_tenant_packets_total{direction="out",tenant="blue"}'))
         assert float(line.split()[-1]) > 0
+        assert_conventional(text)  # promtool check metrics, of a running gateway's scrape
         # the operator's table
         port = url.rsplit(":", 1)[1]
         out = run(["ip", "netns", "exec", net.gw, sys_nvfabric(), "ctl", "gateway", "tenants", "--api",

@@ -28,6 +28,7 @@ from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
 from nvfabric.cli import main
+from tests.unit.test_metrics import assert_conventional, value
 
 pytestmark = pytest.mark.kernel
 TOKEN = "kernel-test-token"
@@ -208,6 +209,11 @@ def test_status_metrics_and_the_console_script(fabric, capsys):
     assert status == 200 and len(body["reflectors"]) == 2
     status, text = hv1.http("GET", "/metrics", token="")
     assert status == 200 and b"nvfabric_agent_ports 2.0" in text, text[:500]
+    # a started agent's scrape, its reflector sessions up, as Prometheus reads it
+    assert_conventional(text.decode())
+    for reflector in (r["address"] for r in body["reflectors"]):
+        assert value(text.decode(), f'nvfabric_bgp_session_state{{peer="{reflector}",state="established"}}') == 1
+        assert value(text.decode(), f'nvfabric_bgp_session_established_timestamp_seconds{{peer="{reflector}"}}')
     # the installed console script, as an operator runs it on the hypervisor
     out = subprocess.run(netns.in_netns(hv1.ns, [NVFABRIC, "ctl", "--api", hv1.url, "status"]), capture_output=True,
                          text=True, timeout=120, env={**os.environ, "NVFABRIC_TOKEN": TOKEN})

@@ -56,8 +56,8 @@ async def test_a_refusal_prints_the_api_message_and_exits_1(api, capsys):
     status, out, err = await ctl(capsys, "--api", api, "--token", TOKEN, "port", "put", "vm9", "--interface", "tap9",
                                  "--mac", "02:00:00:00:09:09", "--vsid", "5001", "--address", "10.1.0.300")
     assert status == 1 and out == ""
-    assert err.strip() == ("nvfabric ctl: PUT /v1/ports/vm9: 400 invalid: addresses[0]: is not an IPv4 or IPv6 "
-                           "address (got '10.1.0.300')")
+    assert err.strip() == ("nvfabric ctl port put: PUT /v1/ports/vm9: 400 invalid: addresses[0]: is not an IPv4 or "
+                           "IPv6 address (got '10.1.0.300')")
     status, _, err = await ctl(capsys, "--api", api, "--token", TOKEN, "port", "put", "vm9", "--interface", "tap9",
                                "--mac", "02:00:00:00:09:09", "--vsid", "5001", "--address", "10.1.0.9",
                                "--no-port-security", "--allowed-address", "10.9.0.1/24")

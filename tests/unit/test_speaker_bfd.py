@@ -264,7 +264,7 @@ async def test_reflector_reports_bfd_in_its_summary_neighbors_status_and_metrics
             await rr.reload(rr_cfg(False))
             assert (await (await http.get("/v1/summary")).json())["bfd"] == []
             assert (await (await http.get("/v1/neighbors")).json())["neighbors"][0]["bfd"] is None
-            assert 'peer="127.0.0.2"' not in await (await http.get("/metrics")).text()
+            assert 'nvfabric_bfd_session_up{peer="127.0.0.2"}' not in await (await http.get("/metrics")).text()
     finally:
         await rr.stop()
 
