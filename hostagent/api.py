@@ -181,8 +181,9 @@ async def customer_routes(request: web.Request) -> web.Response:
         domains = [catalog.routing_domain(params["routing_domain"])]
     else:
         domains = list(catalog.routing_domains.values())
-    found, after = pages.page(sorted((_route_key(r), r) for domain in domains
-                                     for r in views.customer_routes(domain, prefixes)), wanted)
+    # sorted by the key alone: two routes are never compared (dicts have no order)
+    found, after = pages.page(sorted(((_route_key(r), r) for domain in domains
+                                      for r in views.customer_routes(domain, prefixes)), key=lambda kv: kv[0]), wanted)
     return web.json_response({"customer_routes": found, "next": after})
 
 
@@ -190,8 +191,10 @@ _ORIGINS = {"subnet": 0, "config": 1, "bgp": 2}  # a routing domain's routes in 
 
 
 def _route_key(route: dict[str, Any]) -> str:
-    """A customer route's place in the pages: unique (a prefix may be learned from two hosts, by PA)."""
-    return f"{route['routing_domain']}/{_ORIGINS[route['origin']]}/{route['prefix']}/{route['pa'] or ''}"
+    """A customer route's place in the pages: unique (a prefix may be learned from two hosts, by PA, and in
+    two of a routing domain's VSIDs)."""
+    return (f"{route['routing_domain']}/{_ORIGINS[route['origin']]}/{route['prefix']}/{route['pa'] or ''}/"
+            f"{route['vsid'] if route['vsid'] is not None else ''}")
 
 
 async def provider_addresses(request: web.Request) -> web.Response:
