@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from nvfabric.lab import netns
 from nvfabric.lab.topology import Node, Topology, check_name, namespace_name
+
+
+NVFABRIC = str(Path(sys.executable).parent / "nvfabric")  # the console script of this environment
 
 
 class LabError(RuntimeError):
@@ -36,8 +42,13 @@ def nodes_of(lab: str) -> list[str]:
     return [ns.split(".", 1)[1] for ns in namespaces_of(lab)]
 
 
-def up(topology: Topology) -> None:
-    """Build every node, link and exec command; on any failure, remove what was built and raise."""
+def up(topology: Topology, daemons: bool = False) -> None:
+    """Build every node, link and exec command; on any failure, remove what was built and raise.
+
+    A node's daemon (topology.py: an exec command that starts `nvfabric ROLE`) is not run as written: it
+    needs the node image's filesystem. With `daemons`, the runner starts each from its bound configuration
+    file (start_daemons); without, the caller does (lab/fabric.py starts them in threads, from the same files).
+    """
     existing = namespaces_of(topology.name)
     if existing:
         raise LabError(
@@ -52,33 +63,113 @@ def up(topology: Topology) -> None:
         )
         for node in topology.nodes.values():
             _start_node(topology, node)
+        if daemons:
+            start_daemons(topology)
     except BaseException:
         down(topology.name)
         raise
 
 
-def _start_node(topology: Topology, node: Node) -> None:
-    """Bring the node's interfaces up, then run its exec commands in order.
+def _interface_lines(topology: Topology, node: Node) -> list[str]:
+    """The node's link ends as the link says (MAC, MTU, addresses), a bridge node's enslaved, all up."""
+    lines = ["link set lo up"]
+    if node.kind == "bridge":
+        lines += [f"link add {node.name} type bridge", f"link set {node.name} up"]
+    for link in topology.links:
+        for end in (link.a, link.b):
+            if end.node != node.name:
+                continue
+            if end.mac:
+                lines.append(f"link set {end.interface} address {end.mac}")
+            if link.mtu:
+                lines.append(f"link set {end.interface} mtu {link.mtu}")
+            if node.kind == "bridge":
+                lines.append(f"link set {end.interface} master {node.name}")
+            lines.append(f"link set {end.interface} up")
+            lines += [f"addr add {address} dev {end.interface}" for address in end.addresses]
+    return lines
 
-    Consecutive plain `ip` commands share one `ip -n NS -batch` process; anything else runs on its own.
+
+def _start_node(topology: Topology, node: Node) -> None:
+    """Bring the node's interfaces up, then run its exec commands in order (but its daemon's).
+
+    Consecutive plain `ip` commands share one `ip -n NS -batch` process; anything else runs on its own,
+    with the node's `env`.
     """
     ns = topology.namespace(node.name)
-    pending = ["link set lo up"] + [
-        f"link set {end.interface} up" for link in topology.links for end in (link.a, link.b) if end.node == node.name
-    ]
+    pending = _interface_lines(topology, node)
+    env = [f"{key}={value}" for key, value in node.env]
     try:
-        for argv in node.exec:
+        for argv in node.setup:
             if netns.batchable(argv):
                 pending.append(" ".join(argv[1:]))
                 continue
             netns.ip_batch(pending, ns, where=f"node {node.name}")
             pending = []
-            netns.run(netns.in_netns(ns, argv), where=f"node {node.name}")
+            netns.run(netns.in_netns(ns, ["env", *env, *argv] if env else argv), where=f"node {node.name}")
         netns.ip_batch(pending, ns, where=f"node {node.name}")
     except netns.CommandFailed as failure:
         argv = failure.argv[4:] if failure.argv[:3] == ("ip", "netns", "exec") else failure.argv
+        if env and argv[:1] == ("env",):
+            argv = argv[1 + len(env):]
         raise ExecFailed(topology.name, node.name,
                          netns.CommandFailed(argv, failure.returncode, failure.output, failure.where)) from None
+
+
+def log_dir(lab: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"nvfabric-lab-{lab}"
+
+
+# Run inside the node's namespace by `ip netns exec`, whose mount namespace is the daemon's own (mounts made
+# there do not reach the machine): the daemon's state folder becomes a private tmpfs, so daemons of several
+# nodes configured with one path (/var/lib/nvfabric/...) do not share it, as they would not in containers.
+_PRIVATE_STATE = ('if [ -n "$1" ]; then mkdir -p "$1" && mount -t tmpfs nvfabric-lab "$1" || exit 1; fi; '
+                  'shift; exec "$@"')
+
+
+def daemon_argv(topology: Topology, node: Node) -> list[str]:
+    """How the namespace runner starts a node's daemon: `nvfabric ROLE --config FILE`, FILE the bind's source
+    on this machine, in the node's namespace, its state folder private."""
+    assert node.daemon is not None and node.daemon_config is not None
+    state = _state_dir(node.daemon.role, node.daemon_config)
+    command = [NVFABRIC, node.daemon.role, "--config", str(node.daemon_config)]
+    return netns.in_netns(topology.namespace(node.name), ["sh", "-c", _PRIVATE_STATE, "sh", state, *command])
+
+
+def _state_dir(role: str, config: Path) -> str:
+    """The state folder the daemon's configuration names ('' for none), read by the daemon's own reader (so a
+    wrong file is reported here, naming its field, rather than in the daemon's log)."""
+    if role == "rr":
+        from nvfabric.bgp.reflector.config import load as load_reflector
+
+        load_reflector(config)
+        return ""
+    if role == "agent":
+        from nvfabric.hostagent.config import load as load_agent
+
+        return str(load_agent(config).state_dir)
+    if role == "gateway":
+        from nvfabric.gateway.config import load as load_gateway
+
+        state = load_gateway(config).state_dir
+        return "" if state is None else str(state)
+    return ""
+
+
+def start_daemons(topology: Topology) -> dict[str, subprocess.Popen[bytes]]:
+    """Start every node's daemon as its own process (in its own session: it outlives `nvfabric lab up`; `down`
+    stops it with its namespace); each logs to log_dir(lab)/NODE.log. Returns the processes by node."""
+    logs = log_dir(topology.name)
+    logs.mkdir(parents=True, exist_ok=True)
+    started = {}
+    for name, node in topology.daemons().items():
+        try:
+            argv = daemon_argv(topology, node)
+        except (OSError, ValueError) as exc:  # ValueError: the daemons' ConfigError, naming a field of the file
+            raise LabError(f"lab {topology.name}: node {name}: {node.daemon_config}: {exc}") from None
+        with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            started[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return started
 
 
 def down(lab: str) -> list[str]:
@@ -104,9 +195,10 @@ def exec_argv(lab: str, node: str, command: Sequence[str]) -> list[str]:
     return netns.in_netns(ns, command)
 
 
-def run(topology: Topology, command: Sequence[str]) -> int:
-    """Bring the lab up, run `command` on the host, bring it down; returns the command's exit status."""
-    up(topology)
+def run(topology: Topology, command: Sequence[str], daemons: bool = False) -> int:
+    """Bring the lab up (with its daemons if `daemons`), run `command` on the host, bring it down; returns the
+    command's exit status."""
+    up(topology, daemons)
     try:
         env = dict(os.environ, NVFABRIC_LAB=topology.name)
         return subprocess.run(list(command), env=env).returncode
