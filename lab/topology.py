@@ -264,8 +264,13 @@ def _parse_nodes(raw: Any, levels: _Levels, base: Path) -> dict[str, Node]:
                                     "commands (exec per stage); put them in `exec`")
         image = next((level["image"] for _, level in reversed(chain) if level.get("image")), None)
         argvs = [argv for key, level in chain for argv in _exec(level.get("exec"), f"{key}.exec")]
-        if kind == "bridge" and argvs:
-            raise TopologyError(f"{where}.exec", f"node {node_name}: a bridge node has no container to run exec in")
+        if kind == "bridge":
+            # no container to run them in: the defaults' commands are for the others, the node's own refused
+            for key, level in chain[1:]:
+                if level.get("exec"):
+                    raise TopologyError(f"{key}.exec", f"node {node_name}: a bridge node has no container to run "
+                                        "exec in")
+            argvs = []
         if kind == "bridge" and not IFNAME_RE.match(node_name):
             raise TopologyError(where, f"node {node_name}: a bridge is named after its node: at most 15 characters")
         binds: dict[PurePosixPath, Bind] = {}
@@ -325,6 +330,7 @@ _SCRIPT_END = re.compile(r"^(\d*>>?|\d*>&\d*|&>>?|<|;|&&|\|\|?|&)")
 def daemon_argv(argv: tuple[str, ...]) -> tuple[str, ...] | None:
     """The `nvfabric ROLE ...` words of an exec command that starts a daemon, else None.
 
+    The daemon is `nvfabric ROLE` with options only (a further word is a client command: `nvfabric rr status`).
     What is peeled: `setsid [-f|--fork|-w|--wait]`, `nohup`, `env [NAME=VALUE]...`, `sh|bash -c SCRIPT`
     (whose first command is read up to a redirection or separator), a leading `exec`."""
     words = list(argv)
@@ -349,9 +355,21 @@ def daemon_argv(argv: tuple[str, ...]) -> tuple[str, ...] | None:
             words = script[:end]
         else:
             break
-    if len(words) >= 2 and PurePosixPath(words[0]).name == "nvfabric" and words[1] in ROLES:
-        return tuple(words)
-    return None
+    if len(words) < 2 or PurePosixPath(words[0]).name != "nvfabric" or words[1] not in ROLES:
+        return None
+    # `nvfabric rr status`, `nvfabric gateway tenants`, `nvfabric agent --version`: clients, not the daemon
+    rest = words[2:]
+    for i, word in enumerate(rest):
+        if word in _NOT_DAEMON:
+            return None
+        if not word.startswith("-") and not (i and rest[i - 1] in _VALUED and "=" not in rest[i - 1]):
+            return None
+    return tuple(words)
+
+
+# Options of `nvfabric ROLE` that take a value, and those that make it print and exit.
+_VALUED = ("--config", "--log-level", "--log-format", "--api", "--token", "-o")
+_NOT_DAEMON = ("-h", "--help", "--version")
 
 
 def _with_daemon(node: Node, where: str) -> Node:

@@ -17,6 +17,7 @@ def two_nodes(name: str, extra_exec: str = "") -> str:
     return f"""
 name: {name}
 topology:
+  defaults: {{kind: linux}}
   nodes:
     a:
       exec:
@@ -121,7 +122,7 @@ def test_cli_run_returns_the_command_status_and_tears_down(lab_name, tmp_path):
 
 def test_cli_reports_a_malformed_file_with_the_key(tmp_path):
     path = tmp_path / "bad.clab.yml"
-    path.write_text("name: x\ntopology: {nodes: {a: {}}, links: [{endpoints: ['a:eth1', 'q:eth1']}]}")
+    path.write_text("name: x\ntopology: {nodes: {a: {kind: linux}}, links: [{endpoints: ['a:eth1', 'q:eth1']}]}")
     result = subprocess.run([NVFABRIC, "lab", "up", str(path)], capture_output=True, text=True)
     assert result.returncode != 0
     assert "topology.links[0].endpoints[1]: node 'q' is not defined" in result.stderr

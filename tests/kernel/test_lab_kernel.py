@@ -44,7 +44,7 @@ def test_exec_failure_is_reported_and_nothing_is_left():
 name: kfail
 topology:
   nodes:
-    a: {exec: ["ip link add v0 type vrf table 10", "ip link add g0 type gretap external", "ip link set nosuchdev up"]}
+    a: {kind: linux, exec: ["ip link add v0 type vrf table 10", "ip link add g0 type gretap external", "ip link set nosuchdev up"]}
 """)
     with pytest.raises(runner.ExecFailed) as info:
         runner.up(topo)
