@@ -7,11 +7,14 @@ cleans up after a crashed run without any state file, and is idempotent.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+import yaml
 
 from nvfabric.lab import netns
 from nvfabric.lab.topology import Node, Topology, check_name, namespace_name
@@ -120,40 +123,41 @@ def log_dir(lab: str) -> Path:
     return Path(tempfile.gettempdir()) / f"nvfabric-lab-{lab}"
 
 
-# Run inside the node's namespace by `ip netns exec`, whose mount namespace is the daemon's own (mounts made
-# there do not reach the machine): the daemon's state folder becomes a private tmpfs, so daemons of several
-# nodes configured with one path (/var/lib/nvfabric/...) do not share it, as they would not in containers.
-_PRIVATE_STATE = ('if [ -n "$1" ]; then mkdir -p "$1" && mount -t tmpfs nvfabric-lab "$1" || exit 1; fi; '
-                  'shift; exec "$@"')
-
-
-def daemon_argv(topology: Topology, node: Node) -> list[str]:
-    """How the namespace runner starts a node's daemon: `nvfabric ROLE --config FILE`, FILE the bind's source
-    on this machine, in the node's namespace, its state folder private."""
+def daemon_config(topology: Topology, node: Node) -> Path:
+    """The configuration file the runner gives a node's daemon: its bind's source, read by the daemon's own
+    reader first (a wrong file is reported here, naming its field, not in a log). Nodes in namespaces share
+    this machine's filesystem: where the file names a state folder, the daemon gets a copy of it with its own
+    folder (under log_dir) instead, so that two agents never share one."""
     assert node.daemon is not None and node.daemon_config is not None
-    state = _state_dir(node.daemon.role, node.daemon_config)
-    command = [NVFABRIC, node.daemon.role, "--config", str(node.daemon_config)]
-    return netns.in_netns(topology.namespace(node.name), ["sh", "-c", _PRIVATE_STATE, "sh", state, *command])
-
-
-def _state_dir(role: str, config: Path) -> str:
-    """The state folder the daemon's configuration names ('' for none), read by the daemon's own reader (so a
-    wrong file is reported here, naming its field, rather than in the daemon's log)."""
+    role, bound = node.daemon.role, node.daemon_config
     if role == "rr":
         from nvfabric.bgp.reflector.config import load as load_reflector
 
-        load_reflector(config)
-        return ""
+        load_reflector(bound)
+        return bound
     if role == "agent":
         from nvfabric.hostagent.config import load as load_agent
 
-        return str(load_agent(config).state_dir)
-    if role == "gateway":
+        load_agent(bound)
+    else:
         from nvfabric.gateway.config import load as load_gateway
 
-        state = load_gateway(config).state_dir
-        return "" if state is None else str(state)
-    return ""
+        load_gateway(bound)
+    data = yaml.safe_load(bound.read_text())
+    if not data.get("state_dir"):
+        return bound
+    state = log_dir(topology.name) / f"{node.name}-state"
+    shutil.rmtree(state, ignore_errors=True)  # a fresh node, as a new container is
+    data["state_dir"] = str(state)
+    own = log_dir(topology.name) / f"{node.name}.yaml"
+    own.write_text(f"# {bound} with this node's own state_dir (lab/runner.py)\n" + yaml.safe_dump(data))
+    return own
+
+
+def daemon_argv(topology: Topology, node: Node, config: Path) -> list[str]:
+    """How the namespace runner starts a node's daemon: `nvfabric ROLE --config FILE` in its namespace."""
+    assert node.daemon is not None
+    return netns.in_netns(topology.namespace(node.name), [NVFABRIC, node.daemon.role, "--config", str(config)])
 
 
 def start_daemons(topology: Topology) -> dict[str, subprocess.Popen[bytes]]:
@@ -164,7 +168,7 @@ def start_daemons(topology: Topology) -> dict[str, subprocess.Popen[bytes]]:
     started = {}
     for name, node in topology.daemons().items():
         try:
-            argv = daemon_argv(topology, node)
+            argv = daemon_argv(topology, node, daemon_config(topology, node))
         except (OSError, ValueError) as exc:  # ValueError: the daemons' ConfigError, naming a field of the file
             raise LabError(f"lab {topology.name}: node {name}: {node.daemon_config}: {exc}") from None
         with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
