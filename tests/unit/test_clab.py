@@ -103,25 +103,36 @@ def test_every_node_names_an_image_and_starts_its_daemon_or_says_it_has_none(pat
         assert getattr(config, "netns", None) is None, f"{name}: `netns` is for the lab's threads, not a node"
 
 
-def test_the_bound_configs_are_the_ones_the_lab_fabric_runs(tmp_path: Path):
-    """The demo and the kernel tests start the daemons from lab/fabric.py: the same configuration, but for
-    what only a shared machine needs (each agent's namespace and state folder, the gateway's namespace)."""
-    from nvfabric.hostagent.config import AgentConfig
-    from nvfabric.lab.fabric import HV, RR, Fabric, agent_config, rr_config
-    from nvfabric.lab.gateway_scene import gateway_config
+def test_the_lab_fabric_runs_the_bound_configs(tmp_path: Path):
+    """The demo and the kernel tests start the daemons from lab/fabric.py, as threads or processes of their
+    own: from the bound files, changed only where one machine is shared (an agent's namespace and state
+    folder, the scene's gateway's namespace and no state), and as the lab's constants say."""
+    from nvfabric.lab.fabric import HV, HV6, RR, RR_API_PORT, RR_API_TOKEN, Fabric, agent_config, rr_config
+    from nvfabric.lab.gateway_scene import GW1, PUBLIC_POOL, TENANTS, gateway_config
 
     topology = load(DEFAULT_TOPOLOGY)
-    for node in RR:
-        assert yaml.safe_load(topology.nodes[node].daemon_config.read_text()) == rr_config(RR[node])
+    for node, address in RR.items():
+        bound = yaml.safe_load(topology.nodes[node].daemon_config.read_text())
+        assert rr_config(topology, node) == bound
+        assert rr_config(topology, node, 90, {"multiplier": 3})["neighbors"][0]["bfd"] == {"multiplier": 3}
+        config = load_reflector(topology.nodes[node].daemon_config)
+        assert (config.router_id, config.api.listen, config.api.token) == (address, f"127.0.0.1:{RR_API_PORT}",
+                                                                           RR_API_TOKEN)
     for host in HV:
-        lab = agent_config(topology, host, tmp_path)
-        bound: AgentConfig = load_agent(topology.nodes[host].daemon_config)
-        assert dataclasses.replace(bound, netns=lab.netns, state_dir=lab.state_dir) == lab
+        lab = agent_config(topology, host, tmp_path, eor_timeout=60)
+        bound = load_agent(topology.nodes[host].daemon_config)
+        assert lab.eor_timeout == 60 and (lab.netns, lab.state_dir) == (f"hnv.{host}", tmp_path / host)
+        assert dataclasses.replace(bound, netns=lab.netns, state_dir=lab.state_dir, eor_timeout=60) == lab
+        assert [str(a) for a in bound.provider_addresses] == [HV[host], HV6[host]]
+        assert {p.address for p in bound.route_reflectors} == set(RR.values())
     lab_gw = gateway_config(Fabric(topology, tmp_path))
     bound_gw = load_gateway(topology.nodes["gw1"].daemon_config)
-    assert dataclasses.replace(bound_gw, netns=lab_gw.netns, state_dir=lab_gw.state_dir) == lab_gw
+    assert (lab_gw.netns, lab_gw.state_dir) == ("hnv.gw1", None)
+    assert dataclasses.replace(bound_gw, netns=lab_gw.netns, state_dir=None) == lab_gw
+    assert str(bound_gw.router_id) == GW1 and [str(p) for p in bound_gw.public_prefixes] == [PUBLIC_POOL]
+    assert bound_gw.tenants == TENANTS  # lab/failover.py's gateways run these
     gw2 = load_gateway(topology.nodes["gw2"].daemon_config)
-    assert gw2.standby and gw2.tenants == bound_gw.tenants
+    assert gw2.standby and gw2.tenants == TENANTS
 
 
 # -- the node image ---------------------------------------------------------------------------------------
