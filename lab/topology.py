@@ -1,6 +1,6 @@
 """containerlab topology files (`*.clab.yml`) parsed into typed, validated values.
 
-The file is containerlab's (docs/lab.md, "The topology format"): what a network-namespace lab can honour is
+The file is containerlab's (docs/lab.md, "Topology format"): what a network-namespace lab can honour is
 resolved as containerlab resolves it, and what it cannot is refused by name rather than read differently.
 
 - Node properties come from four levels: `topology.defaults`, `topology.kinds.<kind>`,
@@ -18,16 +18,16 @@ resolved as containerlab resolves it, and what it cannot is refused by name rath
   /etc/nvfabric/ROLE.yaml) as a path in the node, and the node's bind for that path names the file on this
   machine. The namespace runner does not run that command (it needs the node image's filesystem); it starts
   the daemon itself from the same file (lab/runner.py).
-- Kept but not interpreted: image, labels (except the runner's own, below), mgmt, and the rest of the
-  schema's node keys; they matter to containerlab only.
+- Kept but not interpreted: image, labels (but ROLE_LABEL, below), mgmt, and the rest of the schema's node
+  keys; they matter to containerlab only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
