@@ -3,12 +3,12 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from nvfabric.lab import netns, runner
+from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.topology import parse
 
 NVFABRIC = str(Path(sys.executable).parent / "nvfabric")
@@ -200,14 +200,12 @@ topology:
     ns = f"{lab_name}.rr1"
     curl = ["python3", "-c", "import sys, urllib.request as u; r = u.Request('http://127.0.0.1:8179/v1/summary', "
             "headers={'Authorization': 'Bearer t0ken'}); print(u.urlopen(r, timeout=5).read().decode())"]
-    end = time.monotonic() + 60
-    while True:
-        answer = netns.run(netns.in_netns(ns, curl), check=False)
-        if answer.returncode == 0 or time.monotonic() > end:
-            break
-        time.sleep(0.2)
     log = runner.log_dir(lab_name) / "rr1.log"
-    assert answer.returncode == 0, f"{answer.output}\n{log.read_text() if log.exists() else ''}"
+    try:
+        answer = wait_for(lambda: (r := netns.run(netns.in_netns(ns, curl), check=False)).returncode == 0 and r,
+                          60, "the reflector's API")
+    except TimeoutError:
+        pytest.fail(f"the reflector never answered:\n{log.read_text() if log.exists() else '(no log)'}")
     assert '"router_id": "192.0.2.100"' in answer.output
     # the BGP listener is the bound file's: on the node's address, in the node
     listening = netns.run(netns.in_netns(ns, ["ss", "-Htln", "sport", "=", "179"])).output

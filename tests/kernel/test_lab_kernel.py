@@ -4,7 +4,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from nvfabric.lab import netns, reach, runner
 from nvfabric.lab.daemons import in_ns
+from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load, parse
 from nvfabric.lab.vm import kernel_has_dataplane
@@ -90,15 +90,17 @@ def test_default_topology_with_its_daemons_comes_up_by_itself():
     try:
         processes = runner.start_daemons(topology)
         seen: dict[str, dict] = {}
-        end = time.monotonic() + 300  # seven Python daemons starting side by side under the emulated CPU
-        while time.monotonic() < end:
+
+        def all_established() -> bool:
             exited = {n: p.returncode for n, p in processes.items() if p.poll() is not None}
             assert not exited, f"daemons exited: {exited}; logs in {runner.log_dir(topology.name)}"
-            seen = {rr: in_ns(topology.namespace(rr), summary, timeout=30) for rr in ("rr1", "rr2")}
-            if all(s.get("sessions", {}).get("established") == 5 for s in seen.values()):
-                break
-            time.sleep(1)
-        assert all(s.get("sessions", {}).get("established") == 5 for s in seen.values()), seen
+            seen.update({rr: in_ns(topology.namespace(rr), summary, timeout=30) for rr in ("rr1", "rr2")})
+            return all(s.get("sessions", {}).get("established") == 5 for s in seen.values())
+
+        try:  # seven Python daemons starting side by side under the emulated CPU
+            wait_for(all_established, 300, "five established clients at each reflector")
+        except TimeoutError:
+            pytest.fail(f"not every client established: {seen}; logs in {runner.log_dir(topology.name)}")
     finally:
         runner.down(topology.name)
     assert all(p.wait(10) is not None for p in processes.values())
