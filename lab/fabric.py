@@ -96,7 +96,6 @@ DHCP_VMS = tuple(dataclasses.replace(vm, dhcp=DHCP_CLIENTS[vm.name]) for vm in V
 
 RR_API_PORT = 8179
 RR_API_TOKEN = "lab-reflector"  # the reflector's API wants a bearer token, as the agent's and the gateway's
-FABRIC_PREFIX = "198.51.100.0/24"  # the PAs of every host and gateway of the default topology
 
 
 def bound_config(topology: Topology, node: str) -> dict[str, Any]:
