@@ -20,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("up", help="bring a topology up (namespaces, veth links, exec commands)")
     p.add_argument("file", type=Path)
+    _add_daemons_flag(p)
     p.set_defaults(func=_up)
 
     p = sub.add_parser("down", help="tear a lab down (idempotent; also after a crashed run)")
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="bring a lab up, run CMD on the host, tear it down; exits with CMD's status")
     p.add_argument("file", type=Path)
     _add_vm_flag(p)
+    _add_daemons_flag(p)
     p.add_argument("command", nargs="*", help="after --: the command and its arguments")
     p.set_defaults(func=_run)
 
@@ -55,6 +57,14 @@ def _add_vm_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vm", choices=("auto", "always", "never"), default="auto",
         help="auto: use a VM only if this kernel cannot create a VRF and a gretap device",
+    )
+
+
+def _add_daemons_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--daemons", action="store_true",
+        help="also start each node's nvfabric daemon (the exec command that starts it) from its bound config file; "
+             "logs in /tmp/nvfabric-lab-LAB/NODE.log",
     )
 
 
@@ -89,10 +99,15 @@ def _self_argv() -> list[str]:
 def _up(args: argparse.Namespace) -> int:
     try:
         topology = load(args.file)
-        runner.up(topology)
+        runner.up(topology, args.daemons)
     except (TopologyError, runner.LabError) as exc:
         return _fail(str(exc))
     print(f"lab {topology.name} is up: {len(topology.nodes)} nodes, {len(topology.links)} links")
+    daemons = topology.daemons()
+    if daemons and args.daemons:
+        print(f"daemons started on {', '.join(daemons)}: logs in {runner.log_dir(topology.name)}")
+    elif daemons:
+        print(f"daemons not started (--daemons starts them): {', '.join(daemons)}")
     return 0
 
 
@@ -124,9 +139,10 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     try:
         if _needs_vm(args.vm):
-            inner = [*_self_argv(), "lab", "run", str(args.file.resolve()), "--vm", "never", "--", *command]
+            inner = [*_self_argv(), "lab", "run", str(args.file.resolve()), "--vm", "never",
+                     *(["--daemons"] if args.daemons else []), "--", *command]
             return vm.run(inner)
-        return runner.run(topology, command)
+        return runner.run(topology, command, args.daemons)
     except (runner.LabError, vm.VmError) as exc:
         return _fail(str(exc))
 

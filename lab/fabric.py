@@ -1,6 +1,10 @@
 """Two tenants on the default topology (lab/topologies/hnv.clab.yml), for the demo, the kernel tests and
 the attach benchmark.
 
+Every daemon runs the configuration the topology binds into its node (lab/topologies/hnv/NODE.yaml, what
+containerlab's nodes run: `bound_config`), with only what sharing one machine needs changed (an agent's
+namespace and state folder) and what a test asks for (`hold_time`, `bfd`, `eor_timeout`, ...).
+
 - Route reflectors: the product's own, `nvfabric rr` on rr1 and rr2 (bgp/reflector/), each accepting any
   client in the fabric's PA prefix (hosts and gateways alike); graceful restart on, so an agent's restart
   withdraws nothing; hold time 9 s, so a dead session is noticed within seconds in the lab.
@@ -92,31 +96,40 @@ DHCP_VMS = tuple(dataclasses.replace(vm, dhcp=DHCP_CLIENTS[vm.name]) for vm in V
 
 RR_API_PORT = 8179
 RR_API_TOKEN = "lab-reflector"  # the reflector's API wants a bearer token, as the agent's and the gateway's
-FABRIC_PREFIX = "198.51.100.0/24"  # the PAs of every host and gateway of the default topology
 
 
-def rr_config(me: str, hold_time: int = 9, bfd: dict[str, object] | None = None) -> dict[str, object]:
-    """`nvfabric rr` configuration for a reflector of the default topology (docs/rr.md); `bfd`: the
-    dynamic neighbours' `bfd` (passive on a reflector: it answers the clients that run BFD).
+def bound_config(topology: Topology, node: str) -> dict[str, Any]:
+    """The configuration the topology binds into `node` for its daemon (lab/topologies/hnv/NODE.yaml), as a
+    mapping: what containerlab's node reads at /etc/nvfabric/ROLE.yaml, the one source of the lab's daemons."""
+    path = topology.nodes[node].daemon_config
+    if path is None:
+        raise ValueError(f"lab {topology.name}: node {node} starts no nvfabric daemon (no exec command does)")
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def rr_config(topology: Topology, node: str, hold_time: int | None = None,
+              bfd: dict[str, object] | None = None) -> dict[str, object]:
+    """`nvfabric rr` configuration of a reflector node of the default topology (docs/rr.md): its bound file
+    (hold time 9 s), `hold_time` (e.g. 90 for BGP's default timers) and `bfd` (the dynamic neighbours' `bfd`,
+    passive on a reflector: it answers the clients that run BFD) as a test wants them.
 
     One dynamic neighbour for the whole PA prefix: a host or gateway added to the lab needs no reflector
     change. The two reflectors do not peer with each other; every client peers with both (the design of
     docs/rr.md), so each holds the whole table on its own."""
-    return {
-        "asn": ASN, "router_id": me, "cluster_id": me, "hold_time": hold_time, "families": ["l2vpn-evpn"],
-        "listen": {"address": me, "port": 179},
-        "neighbors": [{"prefix": FABRIC_PREFIX, "asn": ASN, "client": True, **({} if bfd is None else {"bfd": bfd})}],
-        "graceful_restart": {"enabled": True, "restart_time": 120},
-        "api": {"listen": f"127.0.0.1:{RR_API_PORT}", "token": RR_API_TOKEN},  # inside the reflector's namespace
-    }
+    config = bound_config(topology, node)
+    if hold_time is not None:
+        config["hold_time"] = hold_time
+    if bfd is not None:
+        config["neighbors"] = [{**n, "bfd": bfd} for n in config["neighbors"]]
+    return config
 
 
 def agent_config(topology: Topology, host: str, state_root: Path, **extra: object) -> AgentConfig:
+    """The host's bound agent configuration, run as a thread of this process: in the host's namespace, with a
+    state folder of its own under `state_root` (the threads share one filesystem); `extra`: a test's own."""
     return AgentConfig.from_dict({
-        "asn": ASN, "router_id": HV[host], "provider_addresses": [HV[host], HV6[host]],
-        "route_reflectors": [{"address": a} for a in RR.values()],
-        "state_dir": str(state_root / host), "netns": topology.namespace(host),
-        "routing_domains": [], "eor_timeout": 20, **extra,
+        **bound_config(topology, host), "state_dir": str(state_root / host), "netns": topology.namespace(host),
+        **extra,
     })
 
 
@@ -159,7 +172,7 @@ class Fabric:
         takes tens of seconds to start in a loaded TCG VM, so they start side by side."""
         for node in nodes:
             conf = self.dir / f"{node}.yaml"
-            config = rr_config(RR[node], **({} if hold_time is None else {"hold_time": hold_time}), bfd=bfd)
+            config = rr_config(self.topology, node, hold_time, bfd)
             conf.write_text(yaml.safe_dump(config))
             with open(self.dir / f"{node}.log", "ab") as log:  # the child keeps its own descriptor
                 self.reflectors[node] = subprocess.Popen(

@@ -12,7 +12,7 @@ from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns
 from nvfabric.lab.daemons import GatewayThread
-from nvfabric.lab.fabric import ASN, BLUE, DHCP_VMS, HV, RED, RR, VMS, Fabric, wait_for
+from nvfabric.lab.fabric import BLUE, DHCP_VMS, HV, RED, VMS, Fabric, bound_config, wait_for
 from nvfabric.lab.probe import Server, connect_retrying
 from nvfabric.lab.topology import Topology
 from nvfabric.vnet.model import RoutingDomain
@@ -35,12 +35,11 @@ TENANTS = (tenant(BLUE, "203.0.113.140", "203.0.113.131", "10.0.0.11"),  # b1's 
 
 
 def gateway_config(fab: Fabric) -> GatewayConfig:
-    return GatewayConfig.from_dict({
-        "asn": ASN, "router_id": GW1, "provider_addresses": [GW1, "2001:db8::21"],
-        "route_reflectors": [{"address": a} for a in RR.values()],
-        "external": {"interfaces": ["eth2"], "next_hop4": "203.0.113.1"}, "netns": fab.ns("gw1"),
-        "public_prefixes": [PUBLIC_POOL],
-        "tenants": [t.as_dict() for t in TENANTS]})
+    """gw1's bound configuration (lab/topologies/hnv/gw1.yaml: the tenants of TENANTS, the pool PUBLIC_POOL),
+    run as a thread of this process in gw1's namespace, keeping no state across runs."""
+    config = bound_config(fab.topology, "gw1")
+    config.pop("state_dir", None)
+    return GatewayConfig.from_dict({**config, "netns": fab.ns("gw1")})
 
 
 def frr_upstream_conf(router_id: str, gateway_asn: int, peers4: tuple[str, ...] = (), peers6: tuple[str, ...] = (),

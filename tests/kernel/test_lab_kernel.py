@@ -1,13 +1,17 @@
 """Kernel phase (inside the VM): the dataplane devices exist, and the default topology is fully reachable."""
 
 import asyncio
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from nvfabric.lab import netns, reach, runner
+from nvfabric.lab.daemons import in_ns
+from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load, parse
 from nvfabric.lab.vm import kernel_has_dataplane
@@ -43,6 +47,7 @@ def test_exec_failure_is_reported_and_nothing_is_left():
     topo = parse("""
 name: kfail
 topology:
+  defaults: {kind: linux}
   nodes:
     a: {exec: ["ip link add v0 type vrf table 10", "ip link add g0 type gretap external", "ip link set nosuchdev up"]}
 """)
@@ -62,3 +67,40 @@ def test_lab_run_exec_ping_and_unknown_node():
     assert bad.returncode != 0
     assert "lab hnv has no node 'hv9'" in bad.stderr
     assert not netns.exists("hnv.hv1")
+
+
+def test_default_topology_with_its_daemons_comes_up_by_itself():
+    """What `containerlab deploy -t hnv.clab.yml` does, in namespaces (`nvfabric lab up --daemons`): every
+    daemon node starts its daemon from its bound configuration, and each reflector sees the three agents and
+    the two gateways established, with nothing else started by the test."""
+    topology = load(DEFAULT_TOPOLOGY)
+    assert set(topology.daemons()) == {"rr1", "rr2", "hv1", "hv2", "hv3", "gw1", "gw2"}
+
+    def summary() -> dict:
+        try:
+            request = urllib.request.Request("http://127.0.0.1:8179/v1/summary",
+                                             headers={"Authorization": "Bearer lab-reflector"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.load(response)
+        except OSError:
+            return {}
+
+    processes = {}
+    runner.up(topology)
+    try:
+        processes = runner.start_daemons(topology)
+        seen: dict[str, dict] = {}
+
+        def all_established() -> bool:
+            exited = {n: p.returncode for n, p in processes.items() if p.poll() is not None}
+            assert not exited, f"daemons exited: {exited}; logs in {runner.log_dir(topology.name)}"
+            seen.update({rr: in_ns(topology.namespace(rr), summary, timeout=30) for rr in ("rr1", "rr2")})
+            return all(s.get("sessions", {}).get("established") == 5 for s in seen.values())
+
+        try:  # seven Python daemons starting side by side under the emulated CPU
+            wait_for(all_established, 300, "five established clients at each reflector")
+        except TimeoutError:
+            pytest.fail(f"not every client established: {seen}; logs in {runner.log_dir(topology.name)}")
+    finally:
+        runner.down(topology.name)
+    assert all(p.wait(10) is not None for p in processes.values())
