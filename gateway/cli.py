@@ -1,6 +1,9 @@
 """`nvfabric gateway [--config FILE]`: the multi-tenant gateway daemon (docs/gateway.md), configured by
 /etc/nvfabric/gateway.yaml unless --config says otherwise;
-`nvfabric gateway status|tenants|tenant|trace ...`: its operator client (gateway/ctl.py)."""
+`nvfabric gateway status|tenants|tenant|trace ...`: its operator client (gateway/ctl.py).
+
+SIGHUP re-reads the file: its tenants are applied as a difference (gateway/reload.py); a bad file, or a
+change that needs a restart, is refused and logged, and the running configuration stays."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import logging
 from nvfabric.gateway import ctl
 from nvfabric.gateway.config import ConfigError, GatewayConfig, load
 from nvfabric.service import daemon
+from nvfabric.vnet.errors import KernelError, ModelError
 
 log = logging.getLogger("nvfabric.gateway")
 
@@ -33,12 +37,32 @@ async def serve(config: GatewayConfig, path: str | None = None) -> int:
 
     gateway = Gateway(config)
 
+    async def reload() -> str:
+        from nvfabric.gateway.reload import plan  # noqa: PLC0415
+        from nvfabric.gateway.state import StateSaveError  # noqa: PLC0415
+
+        assert path is not None
+        try:
+            change = plan(gateway.config, load(path))
+            await gateway.reconfigure(change)
+        except (ConfigError, ModelError) as err:
+            log.error("reload of %s refused, the running configuration stays: %s", path, err,
+                      extra={"event": "reload-refused"})
+            return f"running; reload refused: {err}"
+        except (KernelError, StateSaveError) as err:  # that tenant was put back; those before it stand
+            log.error("reload of %s stopped at a tenant the gateway could not apply (the same reload again "
+                      "applies what is left): %s", path, err, extra={"event": "reload-failed"})
+            return f"running; reload partly applied: {err}"
+        log.info("reloaded %s: %s", path, change.summary, extra={"event": "reloaded"})
+        return f"running; reloaded: {change.summary}"
+
     def started(api: object) -> str:
         status = f"nvfabric gateway {config.router_id}: running, {len(gateway.tenants)} tenants"
         log.info(status + (f", API {api.url}" if api else ""), extra={"event": "started"})  # type: ignore[attr-defined]
         return status
 
-    return await daemon.serve(gateway, lambda: start_api(gateway, config.api.listen, config.api.token), started)
+    return await daemon.serve(gateway, lambda: start_api(gateway, config.api.listen, config.api.token), started,
+                              reload if path else None)
 
 
 def _enter_namespace(config: GatewayConfig) -> None:

@@ -1,5 +1,8 @@
 """`nvfabric agent [--config FILE]`: the host agent daemon (docs/agent.md), configured by
-/etc/nvfabric/agent.yaml unless --config says otherwise; service/daemon.py runs it."""
+/etc/nvfabric/agent.yaml unless --config says otherwise; service/daemon.py runs it.
+
+SIGHUP re-reads the file (hostagent/reload.py says what a running agent takes): a bad file, or a change
+that needs a restart, is refused and logged, and the running configuration stays."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import logging
 
 from nvfabric.hostagent.config import AgentConfig, ConfigError, load
 from nvfabric.service import daemon
+from nvfabric.vnet.errors import KernelError, ModelError
 
 log = logging.getLogger("nvfabric.hostagent")
 
@@ -24,12 +28,28 @@ async def serve(config: AgentConfig, path: str | None = None) -> int:
 
     agent = Agent(config)
 
+    async def reload() -> str:
+        from nvfabric.hostagent.reload import plan  # noqa: PLC0415
+        from nvfabric.hostagent.state import SaveError  # noqa: PLC0415
+
+        assert path is not None
+        try:
+            change = plan(agent.config, load(path))
+            await agent.reconfigure(change)
+        except (ConfigError, ModelError, KernelError, SaveError) as err:  # the kernel was put back: nothing changed
+            log.error("reload of %s refused, the running configuration stays: %s", path, err,
+                      extra={"event": "reload-refused"})
+            return f"running; reload refused: {err}"
+        log.info("reloaded %s: %s", path, change.summary, extra={"event": "reloaded"})
+        return f"running; reloaded: {change.summary}"
+
     def started(api: object) -> str:
         status = f"nvfabric agent {config.router_id}: running"
         log.info(status, extra={"event": "started"})
         return status
 
-    return await daemon.serve(agent, lambda: start_api(agent, config.api.listen, config.api.token), started)
+    return await daemon.serve(agent, lambda: start_api(agent, config.api.listen, config.api.token), started,
+                              reload if path else None)
 
 
 def _enter_namespace(config: AgentConfig) -> None:
