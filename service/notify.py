@@ -30,10 +30,13 @@ def monotonic_usec() -> int:
 
 
 class Notifier:
-    """Sends state lines to the service manager, if there is one."""
+    """Sends state lines to the service manager, if there is one.
+
+    Made from the environment, it takes $NOTIFY_SOCKET out of it (as sd_notify's unset_environment): the
+    daemon's children must not speak for it (conntrackd, the gateway's child, would say READY=1 itself)."""
 
     def __init__(self, socket_path: str | None = None) -> None:
-        self.path = os.environ.get(ENV) if socket_path is None else socket_path
+        self.path = os.environ.pop(ENV, None) if socket_path is None else socket_path
         self._warned = False
 
     @property
