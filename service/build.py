@@ -4,32 +4,25 @@
     process_*                                 prometheus_client's process collector (CPU, memory, open
                                               files, process_start_time_seconds), read from /proc
 
-`version()` is the installed distribution's version (pyproject.toml through importlib.metadata): the same
-text `--version` prints, so a dashboard and the operator's terminal agree.
+The version is `nvfabric.service.version()`, the text `--version` prints: a dashboard and the operator's
+terminal agree.
 """
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Iterator
-from importlib import metadata
 
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from nvfabric.service import version
+
 
 # A counter's `_created` twin (a gauge per series, the time it was first seen) doubles the series for what
 # process_start_time_seconds already says: every counter here starts with its daemon.
 disable_created_metrics()
-
-
-def version() -> str:
-    """The installed nvfabric's version ("0+unknown" when run from a tree that was never installed)."""
-    try:
-        return metadata.version("nvfabric")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 class BuildInfo(Collector):
