@@ -14,7 +14,7 @@ APT_PACKAGES := iproute2 iputils-ping nftables tcpdump procps kmod bc frr gobgpd
 	qemu-system-x86 linux-image-amd64 busybox-static squashfs-tools \
 	udhcpc isc-dhcp-client dhcpcd-base ndisc6 keepalived dnsmasq-base conntrack conntrackd
 
-.PHONY: setup system venv demo test test-host test-kernel bench clean
+.PHONY: setup system venv demo test test-host test-kernel bench clean install
 
 setup: system venv
 
@@ -49,5 +49,35 @@ test-host: setup
 test-kernel: setup
 	$(BIN)/nvfabric lab kernel -- $(BIN)/pytest -m kernel -p no:cacheprovider tests/kernel
 
+# `make install`: the daemons on this host as the units expect them (docs/deploy.md "Installing on a host"):
+# a venv in /opt/nvfabric with this checkout's wheel on Debian's python3 (its dependencies from PyPI),
+# /usr/bin/nvfabric pointing into it, the three units, and the sample configurations in /etc/nvfabric, each
+# only where no file is (an operator's configuration is never overwritten). Run again to upgrade in place.
+# DESTDIR=/some/root stages the same tree under that root (an image, a test); the venv's scripts are
+# rewritten to name /opt/nvfabric, where they will run.
+INSTALL_PYTHON ?= /usr/bin/python3
+UNIT_DIR := /usr/local/lib/systemd/system
+OPT := $(DESTDIR)/opt/nvfabric
+SAMPLES := rr.yaml agent.yaml gateway.yaml
+
+install: venv
+	rm -rf build/wheel && $(BIN)/pip wheel -q --no-deps --disable-pip-version-check -w build/wheel .
+	test -x $(OPT)/bin/python || $(INSTALL_PYTHON) -m venv $(OPT)
+	$(OPT)/bin/python -m pip install -q --disable-pip-version-check build/wheel/nvfabric-*.whl
+	$(OPT)/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps build/wheel/nvfabric-*.whl
+	@if [ -n "$(DESTDIR)" ]; then \
+		grep -rlI -- "$(OPT)" $(OPT)/bin $(OPT)/pyvenv.cfg | xargs -r sed -i "s|$(OPT)|/opt/nvfabric|g"; fi
+	install -d $(DESTDIR)/usr/bin $(DESTDIR)$(UNIT_DIR)
+	ln -sfn /opt/nvfabric/bin/nvfabric $(DESTDIR)/usr/bin/nvfabric
+	install -m 0644 deploy/systemd/nvfabric-rr.service deploy/systemd/nvfabric-agent.service \
+		deploy/systemd/nvfabric-gateway.service $(DESTDIR)$(UNIT_DIR)/
+	install -d -m 0755 $(DESTDIR)/etc/nvfabric
+	@for f in $(SAMPLES); do \
+		if [ -e $(DESTDIR)/etc/nvfabric/$$f ]; then echo "kept $(DESTDIR)/etc/nvfabric/$$f (the sample is deploy/etc/nvfabric/$$f)"; \
+		else install -m 0640 deploy/etc/nvfabric/$$f $(DESTDIR)/etc/nvfabric/$$f && echo "installed $(DESTDIR)/etc/nvfabric/$$f"; fi; \
+	done
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "$$(cd / && $(OPT)/bin/python -m nvfabric.cli --version) installed in $(OPT)"
+
 clean:
-	rm -rf $(VENV) .pytest_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache *.egg-info build

@@ -36,6 +36,7 @@ from nvfabric.gateway.conntrackd import ConntrackSync, SyncStatus, own_addresses
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
 from nvfabric.gateway.evpn import Fabric
 from nvfabric.gateway.role import ANNOUNCE, DEPREFERRED, WITHDRAWN, Role
+from nvfabric.gateway.reload import Reconfiguration
 from nvfabric.gateway.state import SavedState, StateDir, StateSaveError, assign_ids
 from nvfabric.gateway.status import RoleStatus, SessionClock, SessionStatus
 from nvfabric.gateway.tenants import Claims, Tenant
@@ -388,6 +389,32 @@ class Gateway:
                             "seconds": round(time.monotonic() - began, 4)}
 
     # ------------------------------------------------------------------ changes
+
+    async def reconfigure(self, change: Reconfiguration) -> None:
+        """A reload (gateway/reload.py `plan`): every tenant it puts is checked first against the gateway's
+        reserved space and the tenants that stay (ModelError naming the field, nothing applied); then the
+        deletes, then the puts, one tenant at a time through `delete_tenant` and `put_tenant`. The new
+        configuration is taken when all are applied: after a failure half-way (the kernel refused one
+        tenant), the same reload again applies what is left."""
+        if not self._started:
+            raise NotStarted("the gateway is not running")
+        async with self._lock:
+            claims = Claims.of({n: t for n, t in self._tenants.items() if n not in change.delete})
+            index = {t.name: i for i, t in enumerate(change.config.tenants)}
+            for tenant in change.put:
+                where = f"tenants[{index[tenant.name]}]"  # the field as the file spells it
+                try:
+                    self._reserved.check(tenant)
+                    claims.check(tenant)
+                except ModelError as exc:
+                    raise exc.within(where) from None
+                claims.put(tenant)
+        for name in change.delete:
+            if name in self._tenants or name in self._suspended:  # (the API may have deleted it already)
+                await self.delete_tenant(name)
+        for tenant in change.put:
+            await self.put_tenant(tenant)
+        self.config = change.config  # the file's tenants from now on: the state file keeps the others
 
     async def put_tenant(self, tenant: Tenant) -> bool:
         """Create or replace one tenant. True when it was created. The work follows this tenant: the

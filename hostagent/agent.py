@@ -39,6 +39,7 @@ from nvfabric.hostagent.guest import offer
 from nvfabric.hostagent.guest.responder import PacketWire, Responder
 from nvfabric.hostagent.guest.wire import Wire
 from nvfabric.hostagent.metrics import AgentMetrics
+from nvfabric.hostagent.reload import Reconfiguration
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
 from nvfabric.hostagent.compute import Learned, View, compute, domain_of, follow_remote, follow_remote_holders
 from nvfabric.hostagent.holders import FROZEN, HolderKey, judge
@@ -195,6 +196,23 @@ class Agent:
             catalog = self._view.catalog.without_routing_domain(name)
             tables = {k: v for k, v in self._view.tables.items() if k != name}
             await self._commit(replace(self._view, catalog=catalog, tables=tables), f"routing domain {name}", {name})
+
+    async def reconfigure(self, change: Reconfiguration) -> None:
+        """A reload (hostagent/reload.py `plan`): the routing domains it puts and deletes in ONE reconcile of
+        just those domains (the others' forwarding is not looked at), then the new configuration. A domain
+        that still has ports, or any model refusal, raises before the kernel is touched."""
+        async with self._lock:
+            catalog = self._view.catalog
+            for name in change.delete:
+                if name in catalog.routing_domains:  # (the API may have deleted it already)
+                    catalog = catalog.without_routing_domain(name)
+            for domain in change.put:
+                catalog = catalog.with_routing_domain(domain)
+            dirty = {d.name for d in change.put} | set(change.delete)
+            if dirty:
+                tables = allocate_tables(catalog.routing_domains, self._view.tables)
+                await self._commit(replace(self._view, catalog=catalog, tables=tables), "reload", dirty)
+            self.config = change.config
 
     async def put_port(self, port: Port) -> bool:
         async with self._lock:

@@ -17,6 +17,7 @@ from nvfabric.gateway import ctl as gateway_ctl
 from nvfabric.hostagent import cli as agent_cli
 from nvfabric.hostagent import ctl as ctl_cli
 from nvfabric.lab import cli as lab_cli
+from nvfabric.service import version
 
 
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nvfabric", description="Network virtualization (NVGRE, HNV semantics) with a BGP EVPN control plane."
     )
+    parser.add_argument("--version", action="version", version=f"nvfabric {version()}")
     sub = parser.add_subparsers(dest="component", required=True, metavar="COMMAND")
     for component in (lab_cli, bgp_cli, agent_cli, rr_cli):
         component.register(sub)

@@ -1,7 +1,8 @@
-"""`nvfabric rr --config FILE` runs the route reflector; `nvfabric rr status --api URL` shows its peers.
+"""`nvfabric rr [--config FILE]` runs the route reflector (default /etc/nvfabric/rr.yaml);
+`nvfabric rr status --api URL` shows its peers.
 
-Run by service/daemon.py like the agent and the gateway. Logs are JSON lines on stderr, one per event,
-with the peer when there is one:
+Run by service/daemon.py like the agent and the gateway. Logs are JSON lines on stderr (service/logs.py;
+text at a terminal), one per event, with the peer when there is one:
     {"ts": "...", "level": "INFO", "event": "established", "peer": "198.51.100.11", "msg": "..."}
 SIGHUP (or POST /v1/reload) re-reads the file; a bad file is refused, logged, and the running
 configuration stays. SIGTERM/SIGINT close every session with Cease / Administrative Shutdown.
@@ -10,12 +11,7 @@ configuration stays. SIGTERM/SIGINT close every session with Cease / Administrat
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import re
-import sys
-import time
-from typing import Any
 
 from nvfabric.bgp.config import ConfigError
 from nvfabric.bgp.reflector import api
@@ -31,8 +27,7 @@ log = logging.getLogger("nvfabric.bgp.reflector")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     rr = subparsers.add_parser("rr", help="BGP route reflector (RFC 4456) for l2vpn/evpn and unicast")
-    rr.add_argument("--config", help="reflector configuration (see docs/rr.md)")
-    rr.add_argument("--log-level", default="INFO", help="stderr log level (default INFO)")
+    daemon.add_options(rr, "rr", "reflector configuration (see docs/rr.md)")
     rr.set_defaults(func=_run)
     sub = rr.add_subparsers(dest="rr_command", metavar="RR_COMMAND")
     status = sub.add_parser("status", help="print the reflector's neighbors as a table (-o json: the API's JSON)",
@@ -40,40 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.set_defaults(func=_status)
 
 
-# bgp/speaker.py and bgp/session.py say "peer ADDRESS[ (dynamic PREFIX)]: what happened".
-_SPEAKER_PEER = re.compile(r"^peer (\S+?)(?: \([^)]*\))?: ")
-
-
-class JsonLines(logging.Formatter):
-    """One JSON object per log record: time, level, logger, message, and the `extra` event fields."""
-
-    FIELDS = ("event", "peer", "family")
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-        }
-        for name in self.FIELDS:
-            if hasattr(record, name):
-                out[name] = getattr(record, name)
-        message = record.getMessage()
-        found = _SPEAKER_PEER.match(message) if "peer" not in out else None
-        if found:
-            out["peer"] = found.group(1)
-        out["msg"] = message
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
 def _run(args: argparse.Namespace) -> int:
-    if not args.config:
-        print("nvfabric rr: --config FILE is required", file=sys.stderr)
-        return daemon.EXIT_CONFIG
-    return daemon.run("nvfabric rr", args.config, rr_config.load, ConfigError, lambda cfg: serve(cfg, args.config),
-                      log_level=args.log_level, formatter=JsonLines())
+    path = args.config or daemon.default_config("rr")
+    return daemon.run("nvfabric rr", path, rr_config.load, ConfigError, lambda cfg: serve(cfg, path),
+                      log_level=args.log_level, log_format=args.log_format)
 
 
 async def serve(cfg: rr_config.ReflectorConfig, path: str) -> int:
@@ -87,16 +52,18 @@ async def serve(cfg: rr_config.ReflectorConfig, path: str) -> int:
                       extra={"event": "reload-refused"})
             raise
 
-    async def reload_quietly() -> None:
+    async def reload_quietly() -> str:
         try:
-            await reload()
-        except ConfigError:
-            pass
+            result = await reload()
+        except ConfigError as err:
+            return f"running; reload refused: {err}"
+        return f"running; reloaded: {len(result.added)} neighbors added, {len(result.removed)} removed"
 
-    def started(server: ApiServer | None) -> None:
+    def started(server: ApiServer | None) -> str:
         log.info("reflector %s (cluster %s) listening on %s port %d, API %s", cfg.router_id, cfg.cluster_id,
                  cfg.listen.address, reflector.listen_port or 0, server.url if server else "off",
                  extra={"event": "started"})
+        return f"reflector {cfg.router_id}: listening on port {reflector.listen_port or 0}"
 
     async def start_api() -> ApiServer | None:
         return await serve_if_token(lambda token: api.build_app(reflector, token, reload), cfg.api.listen,

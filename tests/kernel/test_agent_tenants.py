@@ -501,7 +501,7 @@ def test_agent_sigkill_and_restart_during_a_ping_loses_nothing(fabric):
     }))
 
     def spawn() -> subprocess.Popen[str]:
-        return subprocess.Popen([NVFABRIC, "agent", "--config", str(path), "--log-level", "warning"],
+        return subprocess.Popen([NVFABRIC, "agent", "--config", str(path), "--log-level", "info"],
                                 stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
 
@@ -509,7 +509,7 @@ def test_agent_sigkill_and_restart_during_a_ping_loses_nothing(fabric):
         lines = []
         for line in proc.stdout or ():
             lines.append(line)
-            if "running" in line:
+            if '"event": "started"' in line:  # its JSON log line once the service and the API run
                 return
         raise AssertionError("agent did not start: " + "".join(lines[-20:]))
 

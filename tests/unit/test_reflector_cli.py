@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from nvfabric.bgp.reflector import api
-from nvfabric.bgp.reflector.cli import JsonLines
+from nvfabric.service.logs import JsonLines
 from nvfabric.bgp.reflector.daemon import Reflector
 from nvfabric.cli import main
 from tests.unit.test_reflector_daemon import DYNAMIC, TOKEN, held, route, rr_cfg, speaker, until
