@@ -125,7 +125,8 @@ say "installed: $version"
 
 say "files: unit, cloud-init, grub, fstab"
 cp -a "$HERE/rootfs/." "$ROOT/"
-install -m 0644 "$UNIT" "$ROOT/etc/systemd/system/nvfabric-gateway.service"
+# where `make install` puts it too; /etc/systemd/system stays the operator's (overrides, drop-ins)
+install -D -m 0644 "$UNIT" "$ROOT/usr/local/lib/systemd/system/nvfabric-gateway.service"
 for f in rr agent gateway; do
 	[ ! -f "$REPO/deploy/etc/nvfabric/$f.yaml" ] || install -D -m 0644 "$REPO/deploy/etc/nvfabric/$f.yaml" \
 		"$ROOT/usr/share/nvfabric/examples/$f.yaml"

@@ -50,8 +50,11 @@ def gateway_config() -> dict[str, Any]:
         "route_reflectors": [{"address": RR}],
         "external": {"interfaces": ["eth1"]},
         "api": {"listen": "0.0.0.0:8510", "token": TOKEN},
-        "state_dir": "/var/lib/nvfabric/gateway",
+        "state_dir": "/var/lib/nvfabric",
         "hold_time": 9,
+        # one tenant: its VRF and NVGRE device are made by the image's kernel (the cloud flavour has both)
+        "tenants": [{"name": "blue", "route_targets": ["65000:1"],
+                     "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"]}]}],
     }
 
 
@@ -168,11 +171,14 @@ def test_gateway_image_boots_with_a_config_drive_and_peers_with_the_reflector(im
             status = wait_for(lambda: [s for s in (get(ns, "/v1/status") or {}).get("sessions", [])
                                        if s["peer"] == RR and s["state"] == "established"],
                               60, interval=1.0, what="the gateway's own view of the session")
+            tenants = get(ns, "/v1/tenants")
         except AssertionError:
             print(f"==== serial console ({serial})\n{serial.read_text(errors='replace')[-20000:]}")
             raise
         finally:
             vm.stop(grace=10.0)
     assert status[0]["kind"] == "reflector"
+    assert [t["name"] for t in tenants["tenants"]] == ["blue"], tenants
+    print(f"tenant blue in the VM: {tenants['tenants'][0].get('status')}")
     print(f"gateway image {image.name}: boot to API {to_api:.1f} s, boot to Established {to_established:.1f} s "
           f"(qemu TCG, from the qemu start; {waited:.0f} s waiting for another VM's lock before)")
