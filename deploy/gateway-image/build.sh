@@ -99,7 +99,9 @@ fi
 
 # --- 2. our layer --------------------------------------------------------------------------------------
 say "wheels: the project and its dependencies"
-# Dependencies' wheels accumulate in the cache; the project's own wheel is built fresh every time.
+# Dependencies' wheels accumulate in the cache; the project's own wheel is built fresh every time, without
+# setuptools' in-tree build/lib of an earlier build (a module since deleted would ride along).
+rm -rf "$REPO/build/lib" "$REPO/build/bdist.linux-x86_64"
 "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps -w "$WORK/wheels" "$REPO" >"$WORK/pip.log" 2>&1 || {
 	cat "$WORK/pip.log"; die "building the nvfabric wheel failed"; }
 "$PYTHON" -m pip wheel -q --disable-pip-version-check -w "$CACHE/wheels" --find-links "$CACHE/wheels" \
