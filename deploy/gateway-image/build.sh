@@ -90,6 +90,8 @@ if [ ! -f "$BASE" ]; then
 	chroot "$ROOT" apt-get -qq clean
 	rm -rf "$ROOT/var/lib/apt/lists/"* "$ROOT/debootstrap"
 	tar --numeric-owner --xattrs --xattrs-include='*' -C "$ROOT" -cf "$BASE.tmp" . && mv "$BASE.tmp" "$BASE"
+	# one base is kept: an older package list's would only fill the disk
+	find "$CACHE" -maxdepth 1 -name 'base-*.tar' ! -name "$(basename "$BASE")" -delete
 	say "base root cached: $BASE ($(du -h "$BASE" | cut -f1))"
 else
 	say "base root: from the cache ($BASE)"
