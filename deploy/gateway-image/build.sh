@@ -101,6 +101,11 @@ fi
 
 # --- 2. our layer --------------------------------------------------------------------------------------
 say "wheels: the project and its dependencies"
+# The wheels are built by the host's Python for the image's: compiled ones (aiohttp, PyYAML) carry the
+# Python version in their tag, so both must be the same X.Y.
+ours=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+theirs=$(chroot "$ROOT" /usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[ "$ours" = "$theirs" ] || die "PYTHON=$PYTHON is Python $ours, the image's is $theirs: name a $theirs one in PYTHON"
 # Dependencies' wheels accumulate in the cache; the project's own wheel is built fresh every time, without
 # setuptools' in-tree build/lib of an earlier build (a module since deleted would ride along).
 rm -rf "$REPO/build/lib" "$REPO/build/bdist.linux-x86_64"
