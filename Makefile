@@ -55,7 +55,8 @@ test-kernel: setup
 
 # The gateway VM image (docs/deploy.md "The gateway VM image"): build/gateway.qcow2 from debootstrap and
 # this checkout's wheel, downloads cached in ~/.cache/nvfabric/image (about 2 min cold, 1 min warm).
-# test-image boots it under qemu with a config drive against a reflector (about 2 min under TCG).
+# test-image boots it under qemu against a reflector, with a NoCloud and with an OpenStack config drive
+# (about 70 s each under TCG, plus any wait for another VM's lock).
 gateway-image: setup
 	deploy/gateway-image/build.sh build/gateway.qcow2
 

@@ -1,10 +1,11 @@
 """The gateway VM image (deploy/gateway-image/, docs/deploy.md "The gateway VM image"), booted as a cloud
-would: a copy-on-write overlay of the image, a NoCloud config drive (volume id `cidata`) carrying
-/etc/nvfabric/gateway.yaml and the network configuration, qemu under TCG with its default firmware
-(SeaBIOS). Its first NIC is a tap in a network namespace where a real `nvfabric rr` listens on the tap's
-address. Everything is checked from outside the VM: the gateway's API answers with the drive's token, and
-the reflector sees the gateway's session Established. The image is built first if it is missing
-(`make gateway-image`; NVFABRIC_GATEWAY_IMAGE names another one).
+would: a copy-on-write overlay of the image, a config drive carrying /etc/nvfabric/gateway.yaml and the
+network configuration (NoCloud, volume id `cidata`; and OpenStack's ConfigDrive, `config-2`), qemu under
+TCG with its default firmware (SeaBIOS). Its first NIC is a tap in a network namespace where a real
+`nvfabric rr` listens on the tap's address. Everything is checked from outside the VM: the gateway's API
+answers with the drive's token, the reflector sees the gateway's session Established, the drive's tenant
+is served. The image is built first if it is missing (`make gateway-image`; NVFABRIC_GATEWAY_IMAGE names
+another one).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def network_config() -> str:
 def image() -> Path:
     if os.geteuid() != 0:
         pytest.skip("needs root: network namespaces, taps and the image build")
-    for tool in ("qemu-system-x86_64", "qemu-img", "cloud-localds"):
+    for tool in ("qemu-system-x86_64", "qemu-img", "cloud-localds", "genisoimage"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is missing: make system")
     if not IMAGE.exists():
@@ -119,17 +120,46 @@ def taps(ns: str) -> None:
     netns.run(["ip", "-n", ns, "addr", "add", f"{RR}/24", "dev", "tap0"])
 
 
-def boot(lab: Lab, ns: str, image: Path, serial: Path) -> Process:
+def nocloud_drive(tmp: Path) -> Path:
+    """A NoCloud drive (cloud-localds: an ISO with volume id `cidata`), as docs/deploy.md shows it."""
+    (tmp / "user-data").write_text(user_data())
+    (tmp / "meta-data").write_text("instance-id: gw-image-test\nlocal-hostname: gw1\n")
+    (tmp / "network-config").write_text(network_config())
+    seed = tmp / "cidata.iso"
+    subprocess.run(["cloud-localds", "-N", str(tmp / "network-config"), str(seed),
+                    str(tmp / "user-data"), str(tmp / "meta-data")], check=True)
+    return seed
+
+
+def configdrive(tmp: Path) -> Path:
+    """An OpenStack config drive (volume id `config-2`, openstack/latest/): the same user-data, the network
+    in OpenStack's network_data.json, as Nova writes it."""
+    top = tmp / "config-2"
+    latest = top / "openstack" / "latest"
+    latest.mkdir(parents=True)
+    (latest / "user_data").write_text(user_data())
+    (latest / "meta_data.json").write_text(json.dumps({"uuid": "gw-image-test", "hostname": "gw1", "name": "gw1"}))
+    (latest / "network_data.json").write_text(json.dumps({
+        "links": [{"id": f"tap{i}", "type": "phy", "ethernet_mac_address": mac, "mtu": 1500}
+                  for i, (_tap, mac) in enumerate(NICS)],
+        "networks": [{"id": "underlay", "type": "ipv4", "link": "tap0", "ip_address": GW,
+                      "netmask": "255.255.255.0"}],
+        "services": [],
+    }))
+    seed = tmp / "config-2.iso"
+    subprocess.run(["genisoimage", "-quiet", "-o", str(seed), "-V", "config-2", "-r", "-J", str(top)], check=True)
+    return seed
+
+
+DRIVES = {"nocloud": nocloud_drive, "configdrive": configdrive}
+
+
+def boot(lab: Lab, ns: str, image: Path, serial: Path, drive: str) -> Process:
     """qemu with the overlay and the config drive, its NICs on the taps in `ns`."""
     overlay = lab.tmp / "gateway.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(image), str(overlay)],
                    check=True)
-    (lab.tmp / "user-data").write_text(user_data())
-    (lab.tmp / "meta-data").write_text("instance-id: gw-image-test\nlocal-hostname: gw1\n")
-    (lab.tmp / "network-config").write_text(network_config())
-    seed = lab.tmp / "cidata.iso"
-    subprocess.run(["cloud-localds", "-N", str(lab.tmp / "network-config"), str(seed),
-                    str(lab.tmp / "user-data"), str(lab.tmp / "meta-data")], check=True)
+    seed = DRIVES[drive](lab.tmp)
     nics: list[str] = []
     for i, (tap, mac) in enumerate(NICS):
         nics += ["-netdev", f"tap,id=n{i},ifname={tap},script=no,downscript=no",
@@ -143,7 +173,9 @@ def boot(lab: Lab, ns: str, image: Path, serial: Path) -> Process:
     return proc
 
 
-def test_gateway_image_boots_with_a_config_drive_and_peers_with_the_reflector(image: Path, lab: Lab) -> None:
+@pytest.mark.parametrize("drive", sorted(DRIVES))
+def test_gateway_image_boots_with_a_config_drive_and_peers_with_the_reflector(image: Path, lab: Lab,
+                                                                              drive: str) -> None:
     ns = lab.namespace("fab")
     taps(ns)
     rr = RouteReflector(lab, ns, "rr", {
@@ -156,7 +188,7 @@ def test_gateway_image_boots_with_a_config_drive_and_peers_with_the_reflector(im
         fcntl.flock(lock, fcntl.LOCK_EX)
         start = time.monotonic()
         waited = start - waited
-        vm = boot(lab, ns, image, serial)
+        vm = boot(lab, ns, image, serial, drive)
 
         seen: dict[str, float] = {}  # what was first seen when, in seconds from the qemu start
 
@@ -186,6 +218,6 @@ def test_gateway_image_boots_with_a_config_drive_and_peers_with_the_reflector(im
     assert status[0]["kind"] == "reflector"
     assert [t["name"] for t in tenants["tenants"]] == ["blue"], tenants
     print(f"tenant blue in the VM: {tenants['tenants'][0].get('status')}")
-    print(f"gateway image {image.name}: boot to API {seen['api']:.1f} s, "
+    print(f"gateway image {image.name}, {drive} drive: boot to API {seen['api']:.1f} s, "
           f"boot to Established {seen['established']:.1f} s (qemu TCG, from the qemu start; "
           f"{waited:.0f} s waiting for another VM's lock before)")
