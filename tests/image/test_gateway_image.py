@@ -38,8 +38,8 @@ GW = "198.51.100.21"
 TOKEN = "image-test-token"
 API = f"http://{GW}:8510"
 NICS = (("tap0", "52:54:00:00:00:21"), ("tap1", "52:54:00:00:01:21"))  # eth0, eth1 in the VM
-# TCG emulates every instruction: a boot that takes seconds under KVM takes a minute or two here, more when
-# the other tests load the machine. Generous bounds; the test measures and prints what it took.
+# TCG emulates every instruction: a first boot takes about a minute here, more when other jobs load the
+# machine. A generous bound; the test measures and prints what it took.
 BOOT_TIMEOUT = 600.0
 
 
