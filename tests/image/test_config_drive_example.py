@@ -16,7 +16,7 @@ from nvfabric.lab.peers import REPO
 def blocks() -> list[str]:
     text = (REPO / "docs" / "deploy.md").read_text()
     section = text[text.index("## The gateway VM image"):]
-    section = section[:section.index("\n<!-- ", 1)]
+    section = section[:section.index("\n## ", 1)]
     return re.findall(r"```yaml\n(.*?)```", section, re.S)
 
 
