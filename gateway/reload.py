@@ -10,41 +10,22 @@ field, and the gateway keeps running as it was.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from nvfabric.bgp.config import ConfigError
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.tenants import Tenant
-from nvfabric.service.reload import RESTART, needs_restart
+from nvfabric.service import reload
 
 RUNTIME = ("tenants",)
 
 
-@dataclass(frozen=True)
-class Reconfiguration:
-    """A reload the running gateway can take: the new configuration, the tenants to put (added or changed
-    in the file, in its order) and to delete (removed from it)."""
-
-    config: GatewayConfig
-    put: tuple[Tenant, ...] = ()
-    delete: tuple[str, ...] = ()
-
-    @property
-    def summary(self) -> str:
-        if not (self.put or self.delete):
-            return "no tenant changed"
-        parts = [f"{verb} {', '.join(names)}" for verb, names in
-                 (("put", [t.name for t in self.put]), ("deleted", list(self.delete))) if names]
-        return "tenants " + "; ".join(parts)
+# A reload the running gateway can take: the new configuration, the tenants to put (added or
+# changed in the file, in its order) and to delete (removed from it).
+Reconfiguration = reload.Reconfiguration[GatewayConfig, Tenant]
 
 
 def plan(old: GatewayConfig, new: GatewayConfig) -> Reconfiguration:
     """What going from `old` to `new` means for a running gateway; ConfigError naming the first field that
     needs a restart."""
-    for name in needs_restart(old, new, RUNTIME):
-        raise ConfigError(name, RESTART)
-    before = {t.name: t for t in old.tenants}
-    after = {t.name: t for t in new.tenants}
-    put = tuple(t for name, t in after.items() if before.get(name) != t)
-    delete = tuple(name for name in before if name not in after)
-    return Reconfiguration(new, put, delete)
+    for name in reload.needs_restart(old, new, RUNTIME):
+        raise ConfigError(name, reload.RESTART)
+    return reload.difference(new, old.tenants, new.tenants, ("tenant", "tenants"))
