@@ -4,8 +4,6 @@ only when asked for by marker (`pytest -m image`, `make test-image`), never as p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 
@@ -17,9 +15,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("image"):
             item.add_marker(skip)
 
-
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, "rep_" + report.when, report)

@@ -18,7 +18,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +87,6 @@ def image() -> Path:
     if not IMAGE.exists():
         subprocess.run([str(REPO / "deploy" / "gateway-image" / "build.sh"), str(IMAGE)], check=True)
     return IMAGE
-
-
-@pytest.fixture
-def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
-    the_lab = Lab(tmp=tmp_path, prefix=f"nvi{os.getpid() % 10000}-")
-    try:
-        yield the_lab
-    finally:
-        failed = getattr(request.node, "rep_call", None)
-        if failed is not None and failed.failed:
-            print(the_lab.logs())
-        the_lab.close()
 
 
 def get(ns: str, path: str) -> Any:

@@ -5,6 +5,7 @@ JSON lines."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,17 +70,30 @@ def path_manager(tmp_path: Path):
     m.close()
 
 
-def start(command: list[str], manager: Manager) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def started(command: list[str], manager: Manager) -> Iterator[subprocess.Popen[str]]:
+    """The daemon with $NOTIFY_SOCKET at `manager`; killed on the way out if the test left it running."""
     env = {**os.environ, "NOTIFY_SOCKET": manager.address}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def stop(proc: subprocess.Popen[str], manager: Manager) -> str:
+    """SIGTERM: the daemon says STOPPING=1 and exits; what it wrote on stderr."""
+    proc.send_signal(signal.SIGTERM)
+    assert manager.next()["STOPPING"] == "1"
+    return proc.communicate(timeout=WAIT)[1]
 
 
 def test_rr_ready_reload_stopping(manager: Manager, tmp_path: Path):
     config = tmp_path / "rr.yaml"
     config.write_text(RR_YAML)
-    proc = start([NVFABRIC, "rr", "--config", str(config)], manager)
-    try:
+    with started([NVFABRIC, "rr", "--config", str(config)], manager) as proc:
         ready = manager.next()
         assert ready["READY"] == "1" and "192.0.2.1" in ready["STATUS"]
 
@@ -94,13 +109,7 @@ def test_rr_ready_reload_stopping(manager: Manager, tmp_path: Path):
         ready = manager.next()
         assert ready["READY"] == "1" and "refused" in ready["STATUS"] and "client" in ready["STATUS"]
 
-        proc.send_signal(signal.SIGTERM)
-        assert manager.next()["STOPPING"] == "1"
-        _, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        err = stop(proc, manager)
     assert proc.returncode == 0
     lines = [json.loads(line) for line in err.splitlines()]  # stderr is not a terminal: JSON lines only
     events = [line.get("event") for line in lines]
@@ -133,16 +142,9 @@ def test_rr_needs_only_cap_net_bind_service_even_with_tcp_md5(path_manager: Mana
     socket; without it the reflector cannot start (so the capability is not there for nothing)."""
     config = tmp_path / "rr.yaml"
     config.write_text(RR_179)
-    proc = start(bounded("rr", empty_ns, [NVFABRIC, "rr", "--config", str(config)]), path_manager)
-    try:
+    with started(bounded("rr", empty_ns, [NVFABRIC, "rr", "--config", str(config)]), path_manager) as proc:
         assert path_manager.next()["READY"] == "1"
-        proc.send_signal(signal.SIGTERM)
-        assert path_manager.next()["STOPPING"] == "1"
-        proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc, path_manager)
     assert proc.returncode == 0
     bare = subprocess.run(["ip", "netns", "exec", empty_ns, "setpriv", "--bounding-set=-all", "--inh-caps=-all",
                            NVFABRIC, "rr", "--config", str(config)], capture_output=True, text=True, timeout=WAIT)
@@ -227,8 +229,7 @@ def test_gateway_reload_applies_tenants_as_a_difference(path_manager: Manager, t
     config = tmp_path / "gateway.yaml"
     blue, red = tenant("blue", 5001, "203.0.113.140"), tenant("red", 6001, "203.0.113.141")
     config.write_text(gateway_yaml([blue]))
-    proc = start(bounded("gateway", gateway_ns, [NVFABRIC, "gateway", "--config", str(config)]), manager)
-    try:
+    with started(bounded("gateway", gateway_ns, [NVFABRIC, "gateway", "--config", str(config)]), manager) as proc:
         ready = manager.next()
         assert ready["READY"] == "1" and "1 tenants" in ready["STATUS"]
         # conntrackd, its child, runs with the same capabilities, answers on its socket, and has all it asked
@@ -263,13 +264,7 @@ def test_gateway_reload_applies_tenants_as_a_difference(path_manager: Manager, t
         assert "deleted red" in manager.next()["STATUS"]
         assert nft_rules(gateway_ns) == {"blue": before["blue"]} and api_tenants(gateway_ns) == ["blue"]
 
-        proc.send_signal(signal.SIGTERM)
-        assert manager.next()["STOPPING"] == "1"
-        _, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        err = stop(proc, manager)
     assert proc.returncode == 0, err[-2000:]
     events = [json.loads(line).get("event") for line in err.splitlines()]
     assert events.count("reloaded") == 2 and events.count("reload-refused") == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_service_notify import NVFABRIC, WAIT, Manager, bounded, start
+from tests.integration.test_service_notify import NVFABRIC, Manager, bounded, started, stop
 
 pytestmark = pytest.mark.kernel
 
@@ -58,10 +58,8 @@ def reload(proc: subprocess.Popen[str], manager: Manager) -> str:
     return ready["STATUS"]
 
 
-def stop(proc: subprocess.Popen[str], manager: Manager) -> list[dict]:
-    proc.send_signal(signal.SIGTERM)
-    assert manager.next()["STOPPING"] == "1"
-    _, err = proc.communicate(timeout=WAIT)
+def stopped(proc: subprocess.Popen[str], manager: Manager) -> list[dict]:
+    err = stop(proc, manager)
     assert proc.returncode == 0, err[-3000:]
     return [json.loads(line) for line in err.splitlines()]
 
@@ -69,8 +67,7 @@ def stop(proc: subprocess.Popen[str], manager: Manager) -> list[dict]:
 def run_reloads(name: str, ns: str, config: Path, write, manager: Manager) -> list[dict]:
     """The same story for both daemons; `write(domains, **changed)` writes the daemon's file."""
     write([BLUE])
-    proc = start(bounded(name, ns, [NVFABRIC, name, "--config", str(config)]), manager)
-    try:
+    with started(bounded(name, ns, [NVFABRIC, name, "--config", str(config)]), manager) as proc:
         assert manager.next()["READY"] == "1"
         first = vrfs(ns)
         assert "nvf-blue" in first
@@ -87,11 +84,7 @@ def run_reloads(name: str, ns: str, config: Path, write, manager: Manager) -> li
         write([BLUE])
         assert "deleted red" in reload(proc, manager)
         assert vrfs(ns) == {"nvf-blue": first["nvf-blue"]}
-        events = stop(proc, manager)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        events = stopped(proc, manager)
     assert vrfs(ns) == {"nvf-blue": first["nvf-blue"]}  # a stop leaves forwarding to the next start
     return events
 
