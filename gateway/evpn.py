@@ -40,7 +40,7 @@ from nvfabric.vnet.kernel.netns import RtnlSocket
 from nvfabric.vnet.kernel.observe import address_prefixes
 from nvfabric.vnet.hold import Hold
 from nvfabric.vnet.model import LookupRecord
-from nvfabric.vnet.policy import Screened, pa_prefixes, screen, within
+from nvfabric.vnet.policy import Screened, pa_prefixes, screen
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,11 @@ class Fabric:
     def announced(self) -> dict[PrefixKey, PrefixRoute]:
         return self._announced.routes
 
+    def _catalog(self) -> Catalog:
+        return Catalog.build({n: t.routing_domain for n, t in self._tenants.items()}, {})
+
     def records(self) -> tuple[LookupRecord, ...]:
-        catalog = Catalog.build({n: t.routing_domain for n, t in self._tenants.items()}, {})
+        catalog = self._catalog()
         # the hosts' import policy (vnet/policy.py): a rogue speaker's routes never become return routes
         # or vouched senders of the decapsulation table
         self.screened = screen(catalog, self.client.routes().values(), self.config.provider_addresses,
@@ -194,13 +197,12 @@ class Fabric:
         return tuple(learn.lookup_records(catalog, self.screened.accepted, self.config.provider_addresses))
 
     def _fabric_routes(self) -> list[object]:
-        """The learned routes whose next hop is in the provider's space: only those may make a standby
-        stand aside (a speaker outside it must not switch the gateway off)."""
-        routes = self.client.routes().values()
-        if self.provider_prefixes is None:
-            return list(routes)
-        return [r for r in routes
-                if getattr(r, "next_hop", None) is not None and within(r.next_hop, self.provider_prefixes)]
+        """The learned routes the hosts' import policy accepts for one of our tenants (next hop in the
+        provider's space, VSID and route target of one tenant): only those may make a standby stand aside.
+        A speaker outside the provider's space, or a default route of a VSID no tenant of ours has, must not
+        switch the gateway off (the hosts would not install such a route either)."""
+        return list(screen(self._catalog(), self.client.routes().values(), self.config.provider_addresses,
+                           self.provider_prefixes).accepted)
 
     async def _consume(self) -> None:
         async for event in self.client.events():

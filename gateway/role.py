@@ -2,8 +2,8 @@
 
 No sockets, no asyncio, no clock: the owner (gateway/evpn.py) feeds in the reflector sessions' news
 (`on_session`: established, down, end-of-rib), the other gateways whose type-5 default route is in the
-fabric (`on_routes`: their PAs, next hops inside the provider space) and the time (`on_timer`, at
-`next_timer()`), and reads `serving` (announce the tenants' default routes into the fabric), `upstream`
+fabric (`on_routes`: their PAs, of routes the import policy accepts for our tenants) and the time
+(`on_timer`, at `next_timer()`), and reads `serving` (announce the tenants' default routes into the fabric), `upstream`
 (the public addresses: announced, announced depreferred, withdrawn) and `reason` (logs, status).
 
 The fabric (the reflectors' table) is the one judge: two gateways that lose each other, over the sync link

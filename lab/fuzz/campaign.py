@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from nvfabric.bgp import wire
-from nvfabric.bgp.routes import Family
+from nvfabric.bgp.routes import Family, RouteKey
 from nvfabric.bgp.wire import MessageType
 from nvfabric.lab.fuzz.mutate import CEASE, Fuzzed, Generator
-from nvfabric.lab.fuzz.session import RawSession, SessionClosed, update_family
+from nvfabric.lab.fuzz.session import RawSession, SessionClosed, announced, update_family
 
 SYNC_TIMEOUT = 15.0  # generous: the machine may be busy; an answer normally takes milliseconds
 OPEN_TIMEOUT = 15.0
@@ -231,26 +231,34 @@ class Campaign:
                 self._find("no-answer", index, fuzzed, "the target kept the session after our NOTIFICATION")
             self._ended(session, expect_silence=True)
             return True
-        # The answer to our ROUTE-REFRESH is the table of the handshake again: that many UPDATEs of the
-        # family (twice that when the fuzzed message was itself a valid ROUTE-REFRESH for it).
+        # The answer to our ROUTE-REFRESH is the table of the handshake again: every route of the family
+        # (once more when the fuzzed message was itself a valid ROUTE-REFRESH for it: the first answer
+        # must not be taken for the second, so the keys are counted).
         family = self.sync_family
-        expected = session.table[family]
+        times = 1
         if fuzzed.kind == "route-refresh" and wire.decode_route_refresh(fuzzed.data[wire.HEADER_LENGTH:]) is family:
-            expected *= 2
+            times = 2
         session.send(wire.encode_route_refresh(family))
-        counted = [0]
+        seen: Counter[RouteKey] = Counter()
+
+        def missing() -> set[RouteKey]:
+            return {key for key in session.table[family] if seen[key] < times}
 
         def answered(kind: int, body: bytes) -> bool:
             if kind == MessageType.UPDATE and update_family(session.negotiated, body) is family:
-                counted[0] += 1
-            return counted[0] >= expected
+                seen.update(announced(session.negotiated, body))
+            return not missing()
 
         try:
             await session.wait_for(answered, SYNC_TIMEOUT, mark)
         except SessionClosed:
             self._ended(session)
         except TimeoutError:
-            self._find("no-answer", index, fuzzed, f"no answer to a ROUTE-REFRESH within {SYNC_TIMEOUT:.0f} s")
+            got = ", ".join(_seen(session.negotiated, kind, body) for kind, body in session.received[mark:])
+            absent = ", ".join(sorted(map(str, missing())))
+            self._find("no-answer", index, fuzzed, f"no answer to a ROUTE-REFRESH within {SYNC_TIMEOUT:.0f} s "
+                       f"(routes of the initial table not sent again: {absent}; received since: "
+                       f"{got or 'nothing'})")
             await session.close()
             self._session = None
         return True
@@ -295,3 +303,13 @@ class Campaign:
             self._find("no-answer", index, fuzzed, f"OPEN neither accepted nor refused in {OPEN_TIMEOUT:.0f} s")
         await session.close()
         self._last = None
+
+
+def _seen(negotiated: wire.Negotiated | None, kind: int, body: bytes) -> str:
+    """A received message as a finding names it: its type, and an UPDATE's routes."""
+    name = MessageType(kind).name if kind in MessageType._value2member_map_ else str(kind)
+    if kind != MessageType.UPDATE or negotiated is None:
+        return name
+    result = wire.decode_update(negotiated, body)
+    added = ", ".join(str(route.key) for route in result.announced)
+    return f"{name} +[{added}] -[{', '.join(map(str, result.withdrawn))}]"

@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Callable
 
 from nvfabric.bgp import wire
-from nvfabric.bgp.routes import Family
+from nvfabric.bgp.routes import Family, RouteKey
 from nvfabric.bgp.wire import MessageType
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -50,7 +50,7 @@ class RawSession(asyncio.Protocol):
     def __init__(self, caps: wire.Capabilities) -> None:
         self.caps = caps
         self.negotiated: wire.Negotiated | None = None
-        self.table: dict[Family, int] = {}  # UPDATEs per family in the target's initial table
+        self.table: dict[Family, frozenset[RouteKey]] = {}  # the routes of the target's initial table, by family
         self.matched = 0  # index in `received` of what wait_for returned last
         self.received: list[tuple[int, bytes]] = []
         self.notification: wire.Notification | None = None
@@ -117,27 +117,28 @@ class RawSession(asyncio.Protocol):
 
     async def handshake(self) -> wire.Negotiated:
         """OPEN and KEEPALIVE both ways, then the target's initial table up to its End-of-RIB for every
-        family (RFC 4724 section 2); `table` counts the UPDATEs of each family in it, which is also what
-        a ROUTE-REFRESH is answered with (RFC 2918 section 4)."""
+        family (RFC 4724 section 2); `table` holds the keys of the routes of each family in it, which is
+        also what a ROUTE-REFRESH is answered with (RFC 2918 section 4), however they are packed."""
         self.send(wire.encode_open(self.caps))
         _, body = await self.wait_for(lambda kind, _: kind == MessageType.OPEN, HANDSHAKE_TIMEOUT)
         negotiated = self.negotiated = wire.negotiate(self.caps, wire.decode_open(body))
         self.send(wire.encode_keepalive())
         await self.wait_for(lambda kind, _: kind == MessageType.KEEPALIVE, HANDSHAKE_TIMEOUT)
         after_keepalive = self.matched + 1
-        self.table = {}
+        table: dict[Family, set[RouteKey]] = {}
         ended: set[Family] = set()
 
         def table_done(kind: int, body: bytes) -> bool:
             if kind == MessageType.UPDATE:
                 family = update_family(negotiated, body)
                 if family is not None:
-                    self.table[family] = self.table.get(family, 0) + 1
+                    table.setdefault(family, set()).update(announced(negotiated, body))
                 else:
                     ended.add(wire.decode_raw_update(negotiated, body).eor)  # type: ignore[arg-type]
             return ended >= negotiated.families
 
         await self.wait_for(table_done, HANDSHAKE_TIMEOUT, start=after_keepalive)
+        self.table = {family: frozenset(keys) for family, keys in table.items()}
         return negotiated
 
     def send(self, data: bytes) -> None:
@@ -190,6 +191,11 @@ def update_family(negotiated: wire.Negotiated, body: bytes) -> Family | None:
         return result.family
     runs = result.withdrawn_runs
     return next((f for f, count in runs if count), Family.IPV4_UNICAST)
+
+
+def announced(negotiated: wire.Negotiated, body: bytes) -> list[RouteKey]:
+    """The keys of the routes an UPDATE from the target announces."""
+    return [route.key for route in wire.decode_update(negotiated, body).announced]
 
 
 def updates(session: RawSession, start: int = 0) -> list[bytes]:

@@ -190,6 +190,7 @@ def test_the_role_judges_an_end_of_rib_with_the_routes_delivered_before_it() -> 
 
     async def go() -> None:
         fabric = Fabric(config, on_records=lambda records: asyncio.sleep(0))  # configured active
+        fabric._tenants = {"blue": BLUE, "red": RED}  # (start's, with the default routes)
         t0 = time.monotonic()
         assert fabric.hold.holding
         fabric.on_status(PeerStatus("198.51.100.100", "established"), t0)
@@ -248,3 +249,12 @@ def test_the_gateway_imports_only_what_the_hosts_import() -> None:
                         next_hop=ipaddress.ip_address("198.51.100.22"), route_targets=("65001:5001",))
     fabric.client = Learned([rogue, other])  # type: ignore[assignment]
     assert fabric._fabric_routes() == [other]
+    # nor one inside it for a VSID no tenant has, or with another tenant's route target (a fuzzer's, a
+    # compromised host's: the hosts refuse them too)
+    stray = PrefixRoute(rd="198.51.100.9:1", prefix=ipaddress.ip_network("0.0.0.0/0"), vsid=4242,
+                        next_hop=ipaddress.ip_address("198.51.100.9"), route_targets=("65001:5001",))
+    crossed = PrefixRoute(rd="198.51.100.9:2", prefix=ipaddress.ip_network("0.0.0.0/0"), vsid=5001,
+                          next_hop=ipaddress.ip_address("198.51.100.9"), route_targets=("65001:6001",))
+    fabric.client = Learned([stray, crossed, other])  # type: ignore[assignment]
+    assert fabric._fabric_routes() == [other]
+    assert fabric.others() == {ipaddress.ip_address("198.51.100.22")}
