@@ -44,8 +44,8 @@ from nvfabric.vnet.desired import (
     remote_ca_partition,
 )
 from nvfabric.vnet.kernel.objects import KernelObject
-from nvfabric.vnet.learned import CaKey, Change, LearnedTable
-from nvfabric.vnet.model import Address, LookupRecord, Port, RoutingDomain, VirtualSubnet
+from nvfabric.vnet.learned import CaKey, Change, LearnedTable, PrefixKey
+from nvfabric.vnet.model import Address, LookupRecord, Port, RemotePrefix, RoutingDomain, VirtualSubnet
 
 
 @dataclass
@@ -82,11 +82,6 @@ class View:
 def domain_of(catalog: Catalog, vsid: int) -> str | None:
     found = catalog.subnet(vsid)
     return found[0].name if found is not None else None
-
-
-def lower(pa: Address, ours: Address) -> bool:
-    """`pa` wins a tie of sequences against ours (RFC 7432 section 15.1: the lower PA; IPv4 first)."""
-    return (pa.version, pa.packed) < (ours.version, ours.packed)
 
 
 def lower(pa: Address, ours: Address) -> bool:
@@ -150,6 +145,20 @@ class Step:
     records: Mapping[CaKey, tuple[LookupRecord | None, LookupRecord | None]]  # changed: (old, new)
     full: bool = False
     every_record: Mapping[str, Mapping[Address, LookupRecord]] | None = None  # a full pass: all of them
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one swap changed in what was learned, as data, for who follows by difference (the decapsulation
+    table): lookup records (local and remote), every announcer of a learned prefix, the next hops of the
+    accepted routes. `full`: a full pass (every record was computed again; the differences are still exact)."""
+
+    records: Mapping[CaKey, tuple[LookupRecord | None, LookupRecord | None]] = field(default_factory=dict)
+    announced: Mapping[PrefixKey, tuple[frozenset[RemotePrefix], frozenset[RemotePrefix]]] = field(
+        default_factory=dict)
+    next_hops_added: frozenset[Address] = frozenset()
+    next_hops_removed: frozenset[Address] = frozenset()
+    full: bool = False
 
 
 class Learned:

@@ -149,9 +149,10 @@ def _changed(old: dict, new: dict) -> dict:
 def test_changes_chain_into_one() -> None:
     catalog = CATALOGS[0]
     table = LearnedTable(catalog, OURS, PROVIDER)
-    route = MacIpRoute(rd="198.51.100.12:1", mac=MACS[0], ip=ip("10.0.0.5"), vsid=5001, next_hop=PA2, route_targets=("65001:1",))
-    moved = MacIpRoute(rd="198.51.100.13:1", mac=MACS[0], ip=ip("10.0.0.5"), vsid=5001, next_hop=PA3, route_targets=("65001:1",),
-                       mobility_seq=1)
+    route = MacIpRoute(rd="198.51.100.12:1", mac=MACS[0], ip=ip("10.0.0.5"), vsid=5001, next_hop=PA2,
+                       route_targets=("65001:1",))
+    moved = MacIpRoute(rd="198.51.100.13:1", mac=MACS[0], ip=ip("10.0.0.5"), vsid=5001, next_hop=PA3,
+                       route_targets=("65001:1",), mobility_seq=1)
     first = table.apply([(route.key, route)])
     second = table.apply([(moved.key, moved)])
     both = first.then(second)
