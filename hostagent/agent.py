@@ -110,6 +110,7 @@ class Agent:
         self._table: LearnedTable | None = None
         self._incoming: dict[RouteKey, Route | None] = {}
         self._change: Change = EMPTY
+        self._remote_macs: set[tuple[int, str]] = set()  # whose winner changed since mobility last followed them
         self._learned_state = Learned()  # lookup records and partitions, as last swapped in
         # what the last swap changed (lookup records, announced prefixes, next hops): for who follows by difference
         self.applied = Applied()
@@ -303,12 +304,11 @@ class Agent:
 
     def virtual_addresses(self) -> list[dict[str, Any]]:
         """Every declared virtual address and who holds it: a local port, another host (its PA), or nobody."""
-        records = {(r.routing_domain, r.ca): r for r in self._learned_state.records}
         out = []
         for name, domain in sorted(self._view.catalog.routing_domains.items()):
             for virtual in domain.virtual_addresses:
                 held = self._view.holders.held.get((name, virtual.address))
-                record = records.get((name, virtual.address))
+                record = self._learned_state.record((name, virtual.address))
                 local = held is not None and held.port is not None
                 out.append({"routing_domain": name, "address": str(virtual.address), "ports": list(virtual.ports),
                             "holder": held.port if local else None,
@@ -411,6 +411,7 @@ class Agent:
         self._table = table
         if change:
             self._change = self._change.then(change)
+            self._remote_macs |= change.macs.keys()
             if change.screened or change.rebuilt:
                 self._screened = table.screened()
                 self.metrics.refused(self._screened.counts)
@@ -510,7 +511,7 @@ class Agent:
         now, ours = time.monotonic(), self.config.next_hop
         # only the MACs whose remote winner changed are looked at (every local one on a full pass)
         mobility = follow_remote(view.mobility, table.macs(), ours, now, complete=not self._hold.holding,
-                                 keys=None if everything else self._change.macs.keys())
+                                 keys=None if everything else self._remote_macs)
         holders = follow_remote_holders(view.holders, table.cas(), ours, now).prune(view.catalog, mobility.inactive())
         dirty: set[str] = set()
         if mobility is not view.mobility or holders != view.holders:
@@ -523,9 +524,12 @@ class Agent:
                 dirty = {domain_of(view.catalog, vsid) for vsid, _ in moved} - {None}  # type: ignore[assignment]
                 dirty |= {domain for domain, _ in view.held().items() ^ changed.held().items()}
                 view = self._view = changed
+                self._remote_macs = set()
             except state.SaveError as exc:  # the sequences announced must be the ones a restart finds
                 # (retried by the next sync, at the latest the periodic resync: not in a tight loop)
                 log.error("%s: mobility changes wait until the state can be saved", exc)
+        else:
+            self._remote_macs = set()
         desired = self._compute(view, dirty, fresh=False)
         outcome = await self._reconcile(desired)
         if outcome.errors:
