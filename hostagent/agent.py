@@ -441,12 +441,14 @@ class Agent:
         return outcome
 
     def _swap_learned(self, step: Step) -> None:
+        # (before the swap: a partition that loses its conflicts is still listed)
+        conflicts = step.full or any(name in self._conflicts or step.conflicts_in.get(name) for name in step.partitions)
         self._learned_state.swap(step)
         self._skipped, self._conflicts = self._learned_state.skipped_in, self._learned_state.conflicts_in
         change, self._change = self._change, EMPTY
         self.applied = Applied(step.records, change.announced, change.next_hops_added, change.next_hops_removed,
                                step.full)
-        if step.full or any(name in self._conflicts or name in step.conflicts_in for name in step.partitions):
+        if conflicts:
             self.metrics.conflicts(c for found in self._conflicts.values() for c in found)
 
     async def _commit(self, view: View, what: str, dirty: set[str]) -> None:

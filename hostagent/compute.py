@@ -151,7 +151,8 @@ class Step:
 class Applied:
     """What one swap changed in what was learned, as data, for who follows by difference (the decapsulation
     table): lookup records (local and remote), every announcer of a learned prefix, the next hops of the
-    accepted routes. `full`: a full pass (every record was computed again; the differences are still exact)."""
+    accepted routes. `full`: a full pass: the records' differences are still exact, the announcers' and next
+    hops' are not given (the learned table was built again: read it whole)."""
 
     records: Mapping[CaKey, tuple[LookupRecord | None, LookupRecord | None]] = field(default_factory=dict)
     announced: Mapping[PrefixKey, tuple[frozenset[RemotePrefix], frozenset[RemotePrefix]]] = field(
