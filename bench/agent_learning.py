@@ -31,12 +31,11 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from nvfabric.bgp.routes import MacIpRoute
-from nvfabric.hostagent.compute import Learned, View, compute, follow_remote, follow_remote_holders
+from nvfabric.hostagent.compute import View, follow_remote, follow_remote_holders
 from nvfabric.vnet import learn
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import HostIdentity, allocate_tables, desired_state
 from nvfabric.vnet.kernel.diff import Action
-from nvfabric.vnet.learned import LearnedTable
 from nvfabric.vnet.model import Port, RoutingDomain, VirtualSubnet
 from nvfabric.vnet.policy import screen
 from nvfabric.vnet.reconcile import Reconciler
@@ -114,11 +113,14 @@ def acknowledge(reconciler: Reconciler, plan) -> None:
 
 
 def after(size: int, count: int) -> list[float]:
+    # (imported here: `--only before` also runs on main's tree, which has none of them)
+    from nvfabric.hostagent.compute import Learned, compute
+    from nvfabric.vnet.learned import EMPTY, LearnedTable
+
     view, routes, catalog = setup(size)
     table = LearnedTable(catalog, (OURS,), PROVIDER)
     table.apply(routes.items())
     learned = Learned()
-    from nvfabric.vnet.learned import EMPTY
     step = compute(view, table, HOST, learned, None, EMPTY)
     reconciler = Reconciler(None)  # type: ignore[arg-type]  (planning is pure)
     reconciler.update(step.partitions)
