@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
@@ -205,7 +206,7 @@ class LearnedTable:
         """The refused routes, counted by reason, with the first few of each (`accepted` left empty: see
         `accepted`)."""
         counts = {reason: len(found) for reason, found in self._refused.items() if found}
-        examples = tuple(r for found in self._refused.values() for r in list(found.values())[:EXAMPLES])
+        examples = tuple(r for found in self._refused.values() for r in islice(found.values(), EXAMPLES))
         return Screened((), counts, examples)
 
     # ------------------------------------------------------------------ changing
