@@ -125,6 +125,7 @@ class Agent:
         # port security on the VM ports (vnet/portsecurity.py): written before a new port is routed, read
         # back at start and adopted, so a restart never leaves a port unguarded
         self._port_security = PortSecurity(Nft(config.netns))
+        self._guarded: Catalog | None = None  # the catalog port security last applied by a sync
         # what the VMs get from their host (DHCP, RA...): answered from a packet socket opened at start
         self._guest: Responder | None = None
         self._new_wire: Callable[[], PacketWire] = Wire  # (tests give an in-memory one)
@@ -492,6 +493,7 @@ class Agent:
         self.metrics.reconciled(await self._reconciler.reconcile(back_parts, self._hold.holding))
 
     async def _guard_ports(self, view: View, what: str) -> None:
+        self._guarded = None  # (the next sync applies the catalog it has, whatever this change becomes)
         try:
             await self._port_security.apply(guarded(view.catalog))
         except NftError as exc:
@@ -502,11 +504,13 @@ class Agent:
         view = self._view
         if self._everything:
             self._port_security.invalidate()  # start and resync: read the kernel back, repair any drift
-        try:
-            await self._port_security.apply(guarded(view.catalog))
-        except NftError as exc:
-            log.warning("%s", exc)
-            self._dirty.set()
+        if self._everything or view.catalog is not self._guarded:  # (a BGP change: O(1), not O(ports))
+            try:
+                await self._port_security.apply(guarded(view.catalog))
+                self._guarded = view.catalog
+            except NftError as exc:
+                log.warning("%s", exc)
+                self._dirty.set()
         assert self._reconciler is not None
         everything = self._everything or self._reconciler.full_pending
         table = self._table_for(view.catalog, fresh=everything)
