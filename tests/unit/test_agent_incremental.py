@@ -12,11 +12,12 @@ import pytest
 
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute
 from nvfabric.hostagent.compute import Learned, View, compute, domain_of
+from nvfabric.hostagent.holders import Holders, Holding
 from nvfabric.hostagent.mobility import MacState, Mobility
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import HostIdentity, allocate_tables
 from nvfabric.vnet.learned import EMPTY, LearnedTable
-from nvfabric.vnet.model import CustomerRoute, Port
+from nvfabric.vnet.model import CustomerRoute, Port, VirtualAddress
 from nvfabric.vnet.reconcile import Reconciler
 from tests.unit.agent_fixtures import BLUE, PA1, PA2, PA3, RED, ip, net
 
@@ -34,7 +35,10 @@ ROUTES = (
     (CustomerRoute(net("192.168.0.0/16"), ip("10.0.0.20")), CustomerRoute(net("10.0.0.21/32"), ip("10.0.0.22"))),
     (CustomerRoute(net("10.0.0.20/32"), ip("10.0.0.10")), CustomerRoute(net("172.16.0.0/12"), ip("10.0.0.21"))),
 )
-CAS = {5001: ["10.0.0.10", "10.0.0.11", "10.0.0.20", "10.0.0.21", "10.0.0.22", "fd00:b::20", "fd00:b::10"],
+VIP = ip("10.0.0.50")  # a virtual address b1 or b2 may hold, else learned from another host
+BLUE_VIP = replace(BLUE, virtual_addresses=(VirtualAddress(VIP, ("b1", "b2")),))
+CAS = {5001: ["10.0.0.10", "10.0.0.11", "10.0.0.20", "10.0.0.21", "10.0.0.22", "10.0.0.50", "fd00:b::20",
+              "fd00:b::10"],
        5002: ["10.0.1.10", "10.0.1.20"], 6001: ["10.0.0.10", "10.0.0.20", "10.0.0.21"]}
 RT = {5001: "65001:1", 5002: "65001:1", 6001: "65001:2"}
 
@@ -63,11 +67,11 @@ def everything(view: View, routes: dict, host: HostIdentity) -> Learned:
     return learned
 
 
-@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("seed", range(40))
 def test_change_by_change_equals_a_full_pass(seed: int) -> None:
     rng = random.Random(seed)
     host = rng.choice((HOST, HOST, HOST4))
-    catalog = Catalog.build({"blue": BLUE, "red": RED}, {})
+    catalog = Catalog.build({"blue": BLUE_VIP, "red": RED}, {})
     view = View(catalog, allocate_tables(catalog.routing_domains, {}))
     table = LearnedTable(catalog, OURS, None)
     routes: dict = {}
@@ -106,6 +110,11 @@ def test_change_by_change_equals_a_full_pass(seed: int) -> None:
                     catalog = catalog.with_port(port)
                     view = replace(view, catalog=catalog)
                 dirty.add(domain_of(catalog, port.vsid))
+            elif what < 0.8:  # the virtual address is held by a local port, or elsewhere
+                holder = rng.choice(("b1", "b2", None))
+                held = {("blue", VIP): Holding(port=holder, seq=1)}
+                view = replace(view, holders=Holders(MappingProxyType(held)).prune(catalog, view.mobility.inactive()))
+                dirty.add("blue")
             elif what < 0.9:  # a local MAC moves away or comes back (MAC mobility)
                 port = rng.choice(PORTS)
                 key = (port.vsid, port.mac)
