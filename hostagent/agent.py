@@ -398,7 +398,7 @@ class Agent:
             if old is not None:
                 if not old.matches(catalog, ours, prefixes):
                     old, _ = old.rebuilt(catalog, ours, prefixes)
-                old.apply(delivered)
+                self._remote_macs |= old.apply(delivered).macs.keys()  # (mobility follows them at the next sync)
                 drift = old.diff(table)
                 if drift.cas or drift.macs or drift.prefixes or drift.announced:
                     log.warning("learned routes: the incremental table differed from the full pass (%d CAs, %d MACs,"
