@@ -135,11 +135,12 @@ class LearnedTable:
         self._routes: dict[Any, Route] = {}  # every delivered route by key (what a rebuild judges again)
         # per refusal reason: the refused routes by key, in the order they were refused (examples: the first)
         self._refused: dict[str, dict[Any, Refused]] = {r: {} for r in REASONS}
-        self._ca_candidates: dict[CaKey, dict[Any, MacIpRoute]] = {}
+        # candidates per key: (route key, value), or a dict of them when several (a move in progress)
+        self._ca_candidates: dict[CaKey, Any] = {}
         self._cas: dict[str, dict[Address, MacIpRoute]] = {}  # winners by domain, then CA
-        self._mac_candidates: dict[MacKey, dict[Any, MacIpRoute]] = {}
+        self._mac_candidates: dict[MacKey, Any] = {}
         self._macs: dict[MacKey, MacIpRoute] = {}
-        self._announcers: dict[str, dict[Network, dict[Any, RemotePrefix]]] = {}
+        self._announcers: dict[str, dict[Network, Any]] = {}
         self._prefixes: dict[str, dict[Network, RemotePrefix]] = {}  # winners by domain, then prefix
         self._next_hops: dict[Address, int] = {}  # accepted routes per next hop
 
@@ -186,7 +187,7 @@ class LearnedTable:
 
     def announced(self) -> Iterator[RemotePrefix]:
         """Every announcer of every prefix (vnet/learn.py announced_prefixes)."""
-        return (p for inner in self._announcers.values() for by_key in inner.values() for p in by_key.values())
+        return (p for inner in self._announcers.values() for held in inner.values() for p in _values(held))
 
     def next_hops(self) -> Collection[Address]:
         """The next hops of the accepted routes (the PAs GRE may come from)."""
@@ -299,7 +300,7 @@ class LearnedTable:
             by_prefix = self._announcers.setdefault(domain, {})
             if prefix_key not in before_prefixes:
                 before_prefixes[prefix_key] = (self._prefixes.get(domain, {}).get(route.prefix),
-                                               frozenset(by_prefix.get(route.prefix, {}).values()))
+                                               frozenset(_values(by_prefix.get(route.prefix))))
             _candidate(by_prefix, route.prefix, key, remote_prefix(domain, route), sign)
             _put(self._prefixes.setdefault(domain, {}), route.prefix, _best(by_prefix.get(route.prefix), prefix_rank))
             if not by_prefix:
@@ -319,7 +320,7 @@ class LearnedTable:
             new = self._prefixes.get(domain, {}).get(prefix)
             if new != old:
                 prefixes[(domain, prefix)] = (old, new)
-            new_all = frozenset(self._announcers.get(domain, {}).get(prefix, {}).values())
+            new_all = frozenset(_values(self._announcers.get(domain, {}).get(prefix)))
             if new_all != old_all:
                 announced[(domain, prefix)] = (old_all, new_all)
         added = frozenset(h for h, had in before_hops.items() if not had and h in self._next_hops)
@@ -332,23 +333,40 @@ def _inputs(catalog: Catalog, our_pas: Collection[Address], provider_prefixes: C
                    None if provider_prefixes is None else tuple(provider_prefixes))
 
 
-def _candidate(index: dict[Any, dict[Any, Any]], outer: Any, key: Any, value: Any, sign: int) -> None:
+def _candidate(index: dict[Any, Any], outer: Any, key: Any, value: Any, sign: int) -> None:
+    """Add (sign 1) or remove a candidate of `outer`: held as one (key, value) pair while it is the only one,
+    which it is for nearly every CA (a dict each would be most of the table's memory), else in a dict."""
+    held = index.get(outer)
     if sign > 0:
-        index.setdefault(outer, {})[key] = value
-        return
-    inner = index.get(outer)
-    if inner is not None:
-        inner.pop(key, None)
-        if not inner:
+        if held is None or (type(held) is tuple and held[0] == key):
+            index[outer] = (key, value)
+        elif type(held) is tuple:
+            index[outer] = {held[0]: held[1], key: value}
+        else:
+            held[key] = value
+    elif type(held) is tuple:
+        if held[0] == key:
+            del index[outer]
+    elif held is not None:
+        held.pop(key, None)
+        if len(held) == 1:
+            index[outer] = next(iter(held.items()))
+        elif not held:
             del index[outer]
 
 
-def _best(candidates: dict[Any, V] | None, key: Any) -> V | None:
-    if not candidates:
+def _values(held: Any) -> Iterable[Any]:
+    if held is None:
+        return ()
+    return (held[1],) if type(held) is tuple else held.values()
+
+
+def _best(held: Any, key: Any) -> Any:
+    if held is None:
         return None
-    if len(candidates) == 1:
-        return next(iter(candidates.values()))
-    return min(candidates.values(), key=key)
+    if type(held) is tuple:
+        return held[1]
+    return min(held.values(), key=key)
 
 
 def _put(index: dict[Any, Any], key: Any, value: Any) -> None:
@@ -363,5 +381,5 @@ def _diff(old: Mapping[K, V], new: Mapping[K, V]) -> dict[K, tuple[V | None, V |
 
 
 def _announcer_sets(table: LearnedTable) -> dict[PrefixKey, frozenset[RemotePrefix]]:
-    return {(domain, prefix): frozenset(by_key.values())
-            for domain, inner in table._announcers.items() for prefix, by_key in inner.items()}
+    return {(domain, prefix): frozenset(_values(held))
+            for domain, inner in table._announcers.items() for prefix, held in inner.items()}
