@@ -447,8 +447,8 @@ class Agent:
         self._learned_state.swap(step)
         self._skipped, self._conflicts = self._learned_state.skipped_in, self._learned_state.conflicts_in
         change, self._change = self._change, EMPTY
-        self.applied = Applied(step.records, change.announced, change.next_hops_added, change.next_hops_removed,
-                               step.full)
+        self.applied = Applied(full=True) if step.full else Applied(
+            step.records, change.announced, change.next_hops_added, change.next_hops_removed)
         if conflicts:
             self.metrics.conflicts(c for found in self._conflicts.values() for c in found)
 

@@ -142,7 +142,7 @@ class Step:
     conflicts_in: Mapping[str, tuple[Conflict, ...]]
     domains: Mapping[str, DomainState | None]  # the rebuilt bases (None: the domain is gone)
     ca_names: Mapping[str, CaKey]  # the remote CA partitions above: name -> (routing domain, CA)
-    records: Mapping[CaKey, tuple[LookupRecord | None, LookupRecord | None]]  # changed: (old, new)
+    records: Mapping[CaKey, tuple[LookupRecord | None, LookupRecord | None]]  # changed: (old, new); none if full
     full: bool = False
     every_record: Mapping[str, Mapping[Address, LookupRecord]] | None = None  # a full pass: all of them
 
@@ -151,8 +151,8 @@ class Step:
 class Applied:
     """What one swap changed in what was learned, as data, for who follows by difference (the decapsulation
     table): lookup records (local and remote), every announcer of a learned prefix, the next hops of the
-    accepted routes. `full`: a full pass: the records' differences are still exact, the announcers' and next
-    hops' are not given (the learned table was built again: read it whole)."""
+    accepted routes. `full`: a full pass, after which nothing is given: everything may have changed (the learned
+    table was built again, every record computed again): read them whole."""
 
     records: Mapping[CaKey, tuple[LookupRecord | None, LookupRecord | None]] = field(default_factory=dict)
     announced: Mapping[PrefixKey, tuple[frozenset[RemotePrefix], frozenset[RemotePrefix]]] = field(
@@ -419,8 +419,4 @@ def _everything(view: View, table: LearnedTable, host: HostIdentity, before: Lea
     every: dict[str, dict[Address, LookupRecord]] = {}
     for r in records:
         every.setdefault(r.routing_domain, {})[r.ca] = r
-    changed = {(r.routing_domain, r.ca): (before.record((r.routing_domain, r.ca)), r) for r in records
-               if before.record((r.routing_domain, r.ca)) != r}
-    changed |= {(d, ca): (r, None) for d, inner in before._records.items() for ca, r in inner.items()
-                if ca not in every.get(d, {})}
-    return Step(parts, desired.skipped_in, desired.conflicts_in, domains, ca_names, changed, True, every)
+    return Step(parts, desired.skipped_in, desired.conflicts_in, domains, ca_names, {}, True, every)
