@@ -108,7 +108,7 @@ def t2(rng: random.Random) -> MacIpRoute:
                       route_targets=(rng.choice(("65001:1", "65001:2")),), mobility_seq=rng.choice((0, 1, 2)))
 
 
-async def test_route_updates_are_followed_change_by_change_as_a_full_pass_would(tmp_path) -> None:
+async def test_route_updates_are_followed_change_by_change_as_a_full_pass_would(tmp_path, caplog) -> None:
     a = agent(tmp_path)
     rng = random.Random(7)
     client: Client = a._client  # type: ignore[assignment]
@@ -158,3 +158,19 @@ async def test_route_updates_are_followed_change_by_change_as_a_full_pass_would(
     async with a._lock:
         await a._sync_locked()
     assert a._learned_state.parts == before and a.applied.full
+    assert "differed from the full pass" not in caplog.text
+
+
+async def test_a_full_pass_takes_the_clients_table_and_says_when_the_incremental_one_differed(tmp_path, caplog):
+    a = agent(tmp_path)
+    async with a._lock:
+        await a._sync_locked()
+    stray = MacIpRoute(rd="198.51.100.12:5001", mac="02:00:00:00:c1:01", ip=ip("10.0.0.20"), vsid=5001,
+                       next_hop=ip("198.51.100.12"), route_targets=("65001:1",))
+    a._table.apply([(stray.key, stray)])  # type: ignore[union-attr]  (a route the client never delivered)
+    a._reconciler.invalidate()  # type: ignore[union-attr]
+    a._everything = True
+    async with a._lock:
+        await a._sync_locked()
+    assert "differed from the full pass (1 CAs, 1 MACs, 0 prefixes)" in caplog.text
+    assert a.lookup_records() == [] and "blue/10.0.0.20" not in a._learned_state.parts
