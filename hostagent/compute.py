@@ -354,7 +354,7 @@ def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned
         parts[name], skipped_in[name], conflicts_in[name] = frozenset(objects), tuple(why), tuple(lost)
         domains[name] = DomainState(domain, tables[name], local, ports, base)
         if old is not None and name not in rebuilt:
-            cas |= _affected(name, old.base, base, remote)
+            cas |= _affected(name, old.base, base, table.cas6_in(name))
 
     for name, ca in cas:
         state = domains.get(name) or before.domains.get(name)
@@ -378,7 +378,7 @@ def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned
     return Step(parts, skipped_in, conflicts_in, domains, ca_names, records)
 
 
-def _affected(name: str, old: Base, new: Base, remote: Mapping[Address, MacIpRoute]) -> set[CaKey]:
+def _affected(name: str, old: Base, new: Base, remote6: Collection[Address]) -> set[CaKey]:
     """The remote CAs whose partition a rebuilt base changes: a route key the base took or gave back (a
     customer route, a local CA: host prefixes), the IPv6 CAs of a subnet whose active ports changed."""
     out: set[CaKey] = set()
@@ -389,8 +389,8 @@ def _affected(name: str, old: Base, new: Base, remote: Mapping[Address, MacIpRou
                 out.add((name, prefix.network_address))
     nets = [n for n in old.ports_on.keys() | new.ports_on.keys()
             if n and old.ports_on.get(n) != new.ports_on.get(n)]
-    if nets:  # O(the domain's remote CAs): a port came or went in a subnet with IPv6 prefixes
-        out |= {(name, ca) for ca in remote if ca.version == 6 and any(ca in p for ns in nets for p in ns)}
+    if nets:  # O(the domain's remote IPv6 CAs): a port came or went in a subnet with IPv6 prefixes
+        out |= {(name, ca) for ca in remote6 if any(ca in p for ns in nets for p in ns)}
     return out
 
 

@@ -138,6 +138,7 @@ class LearnedTable:
         # candidates per key: (route key, value), or a dict of them when several (a move in progress)
         self._ca_candidates: dict[CaKey, Any] = {}
         self._cas: dict[str, dict[Address, MacIpRoute]] = {}  # winners by domain, then CA
+        self._cas6: dict[str, set[Address]] = {}  # the IPv6 ones among them (their proxy NDP entries follow ports)
         self._mac_candidates: dict[MacKey, Any] = {}
         self._macs: dict[MacKey, MacIpRoute] = {}
         self._announcers: dict[str, dict[Network, Any]] = {}
@@ -170,6 +171,10 @@ class LearnedTable:
 
     def cas_in(self, domain: str) -> Mapping[Address, MacIpRoute]:
         return MappingProxyType(self._cas.get(domain, {}))
+
+    def cas6_in(self, domain: str) -> Collection[Address]:
+        """The domain's remote IPv6 CAs (a port change in an IPv6 subnet touches their proxy NDP entries)."""
+        return self._cas6.get(domain, frozenset())
 
     def mac(self, key: MacKey) -> MacIpRoute | None:
         return self._macs.get(key)
@@ -292,9 +297,18 @@ class LearnedTable:
                 if ca_key not in before_cas:
                     before_cas[ca_key] = self.ca(ca_key)
                 _candidate(self._ca_candidates, ca_key, key, route, sign)
-                _put(self._cas.setdefault(domain, {}), route.ip, _best(self._ca_candidates.get(ca_key), rank))
+                best = _best(self._ca_candidates.get(ca_key), rank)
+                _put(self._cas.setdefault(domain, {}), route.ip, best)
                 if not self._cas[domain]:
                     del self._cas[domain]
+                if route.ip.version == 6:
+                    v6 = self._cas6.setdefault(domain, set())
+                    if best is None:
+                        v6.discard(route.ip)
+                    else:
+                        v6.add(route.ip)
+                    if not v6:
+                        del self._cas6[domain]
         elif isinstance(route, PrefixRoute):
             prefix_key: PrefixKey = (domain, route.prefix)
             by_prefix = self._announcers.setdefault(domain, {})

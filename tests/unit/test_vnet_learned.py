@@ -64,6 +64,7 @@ def reference(catalog: Catalog, routes: dict, provider) -> dict[str, object]:
         "announced": set(learn.announced_prefixes(catalog, accepted, OURS)),
         "counts": screened.counts,
         "hops": {r.next_hop for r in accepted},
+        "cas6": {(d, a) for d, a in learn.remote_cas(catalog, accepted, OURS) if a.version == 6},
     }
 
 
@@ -78,6 +79,7 @@ def incremental(table: LearnedTable) -> dict[str, object]:
         "announced": set(table.announced()),
         "counts": table.screened().counts,
         "hops": set(table.next_hops()),
+        "cas6": {(d, a) for d in ("blue", "red", "green") for a in table.cas6_in(d)},
     }
 
 
