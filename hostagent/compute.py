@@ -308,7 +308,8 @@ def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned
         if state is not None and ca in state.base.watch:
             bases.add(domain)
     rebuilt: set[str] = set()  # domains new or changed: every partition built again
-    fresh = _locals(catalog, [d for d in dirty if d in catalog.routing_domains and d in tables], inactive, held)
+    wanted = [d for d in dirty if d in catalog.routing_domains and d in tables]
+    fresh = _locals(catalog, wanted, inactive, held) if wanted else {}  # (a BGP change: no pass over the ports)
     for name in dirty:
         old = before.domains.get(name)
         if name not in fresh:  # gone: its base and every remote CA partition emptied, its records dropped
@@ -334,10 +335,11 @@ def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned
         if domain is None or name not in tables:
             continue
         old = before.domains.get(name)
+        local: Mapping[Address, LookupRecord]
         if name in fresh:
             local, ports = fresh[name]
         elif old is not None:
-            local, ports = dict(old.local), tuple(old.ports)
+            local, ports = old.local, old.ports
         else:  # (a learned change for a domain never built: built now)
             local, ports = _locals(catalog, [name], inactive, held)[name]
             rebuilt.add(name)
