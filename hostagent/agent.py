@@ -2,9 +2,10 @@
 
 One asyncio owner: every change, whether from the API or from BGP, runs under one lock and follows the same
 steps: compute the new state as values (catalog, mobility, learned routes) -> desired kernel objects of the
-routing domains the change touches (dirty) -> reconcile those partitions (vnet.reconcile) -> persist -> swap
--> announce. A change costs O(size of the dirty routing domains), not O(host); the start and the periodic
-resync are full passes (every domain, the whole kernel read back). An API change whose kernel programming
+partitions the change touches (a routing domain's base, a remote CA's own: hostagent/compute.py) -> reconcile
+those partitions (vnet.reconcile) -> persist -> swap -> announce. A learned change costs O(changed routes)
+(vnet/learned.py), a port change O(its routing domain's base); the start and the periodic resync are full
+passes (every partition from scratch, the whole kernel read back). An API change whose kernel programming
 fails is reverted (the previous desired state is reconciled again) and raised as KernelError carrying the
 kernel's message: nothing half-applied.
 
@@ -19,7 +20,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -28,7 +29,7 @@ from nvfabric.bgp.bfd import BfdStatus
 from nvfabric.bgp.bfd.metrics import BfdCollector
 from nvfabric.bgp.client import Client, RouteUpdate
 from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
-from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute
+from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute, Route, RouteKey
 from nvfabric.bgp.metrics import SessionCollector, SessionSample, samples
 from nvfabric.bgp.speaker import PeerStatus
 from nvfabric.hostagent import state
@@ -42,21 +43,31 @@ from nvfabric.hostagent.guest.wire import Wire
 from nvfabric.hostagent.metrics import AgentMetrics
 from nvfabric.hostagent.reload import Reconfiguration
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
-from nvfabric.hostagent.compute import Learned, View, compute, domain_of, follow_remote, follow_remote_holders
+from nvfabric.hostagent.compute import (
+    Applied,
+    Learned,
+    Step,
+    View,
+    compute,
+    domain_of,
+    follow_remote,
+    follow_remote_holders,
+)
 from nvfabric.hostagent.holders import FROZEN, HolderKey, judge
-from nvfabric.vnet import announce, decap, learn
+from nvfabric.vnet import announce, decap
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.decap import DecapCollector, DecapFilter
-from nvfabric.vnet.desired import GLOBAL, Conflict, Desired, HostIdentity, allocate_tables, vrf_name
+from nvfabric.vnet.desired import GLOBAL, Conflict, HostIdentity, allocate_tables, vrf_name
 from nvfabric.vnet.errors import KernelError, NotStarted
 from nvfabric.vnet.hold import Hold, Policy
 from nvfabric.vnet.kernel.interfaces import read_interface
 from nvfabric.vnet.kernel.netns import RtnlSocket, link_exists
 from nvfabric.vnet.kernel.objects import KernelObject, Vrf
+from nvfabric.vnet.learned import EMPTY, Change, LearnedTable
 from nvfabric.vnet.kernel.observe import address_prefixes
 from nvfabric.vnet.model import Address, LookupRecord, Network, Port, RemotePrefix, RoutingDomain
 from nvfabric.vnet.nftables import Nft, NftError
-from nvfabric.vnet.policy import Screened, pa_prefixes, screen
+from nvfabric.vnet.policy import Screened, pa_prefixes
 from nvfabric.vnet.portsecurity import PortSecurity, guarded
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
@@ -94,19 +105,28 @@ class Agent:
         self._policy = Policy(timeout=config.eor_timeout)
         self._hold = Hold.start(self._policy, [r.address for r in config.route_reflectors], 0.0)
         self._announced = Announced()
-        self._learned_state = Learned()
-        self._skipped: dict[str, tuple[str, ...]] = {}  # by routing domain
-        self._conflicts: dict[str, tuple[Conflict, ...]] = {}  # routes that lost their key, by routing domain
+        # the learned routes (vnet/learned.py): route changes the client delivered wait in `_incoming` until
+        # the syncer applies them to the table; what the table says changed waits in `_change` until a
+        # computation that covers it is swapped in (a change the kernel refused is computed again)
+        self._table: LearnedTable | None = None
+        self._incoming: dict[RouteKey, Route | None] = {}
+        self._change: Change = EMPTY
+        self._remote_macs: set[tuple[int, str]] = set()  # whose winner changed since mobility last followed them
+        self._learned_state = Learned()  # lookup records and partitions, as last swapped in
+        # what the last swap changed (lookup records, announced prefixes, next hops): for who follows by difference
+        self.applied = Applied()
+        self._skipped: dict[str, tuple[str, ...]] = {}  # by partition
+        self._conflicts: dict[str, tuple[Conflict, ...]] = {}  # routes that lost their key, by partition
         # the import policy's next-hop check (vnet/policy.py): configured, else read at start; None: unchecked
         self._provider_prefixes: tuple[Network, ...] | None = config.provider_prefixes
         self._screened = Screened()
         self._claims: dict[str, int] = {}  # virtual address claims judged, by outcome
-        self.desired: dict[str, frozenset[KernelObject]] = {}  # by partition, as last swapped in: what trace follows
         self._everything = True  # the next reconcile builds every routing domain (start, resync, error)
         self._filters = Filters(Nft(config.netns))
         # port security on the VM ports (vnet/portsecurity.py): written before a new port is routed, read
         # back at start and adopted, so a restart never leaves a port unguarded
         self._port_security = PortSecurity(Nft(config.netns))
+        self._guarded: Catalog | None = None  # the catalog port security last applied by a sync
         # what the VMs get from their host (DHCP, RA...): answered from a packet socket opened at start
         self._guest: Responder | None = None
         self._new_wire: Callable[[], PacketWire] = Wire  # (tests give an in-memory one)
@@ -231,8 +251,7 @@ class Agent:
             mobility = self._view.mobility
             if old is not None and (old.vsid, old.mac) != (port.vsid, port.mac):
                 mobility = mobility.detach((old.vsid, old.mac))
-            remote = learn.remote_macs(self._learned(catalog), self.config.provider_addresses).get(
-                (port.vsid, port.mac))
+            remote = self._table_for(catalog).mac((port.vsid, port.mac))
             mobility = mobility.attach((port.vsid, port.mac), remote.mobility_seq if remote else None,
                                        time.monotonic())
             dirty = {domain_of(catalog, port.vsid)}
@@ -269,7 +288,7 @@ class Agent:
                 return self._claimed("repeated", True)  # keepalived repeats its announcements
             if view.holders.frozen(key, now):
                 return self._claimed(FROZEN, False)
-            remote = learn.remote_cas(view.catalog, self._learned(), self.config.provider_addresses).get(key)
+            remote = self._table_for(view.catalog).ca(key)
             holders = view.holders.claim(key, port_name, remote.mobility_seq if remote is not None else None, now)
             try:
                 await self._commit(replace(view, holders=holders), f"virtual address {address}", {domain})
@@ -287,12 +306,11 @@ class Agent:
 
     def virtual_addresses(self) -> list[dict[str, Any]]:
         """Every declared virtual address and who holds it: a local port, another host (its PA), or nobody."""
-        records = {(r.routing_domain, r.ca): r for r in self._learned_state.records}
         out = []
         for name, domain in sorted(self._view.catalog.routing_domains.items()):
             for virtual in domain.virtual_addresses:
                 held = self._view.holders.held.get((name, virtual.address))
-                record = records.get((name, virtual.address))
+                record = self._learned_state.record((name, virtual.address))
                 local = held is not None and held.port is not None
                 out.append({"routing_domain": name, "address": str(virtual.address), "ports": list(virtual.ports),
                             "holder": held.port if local else None,
@@ -313,10 +331,17 @@ class Agent:
                 if p.port_security and p.interface in by_interface}
 
     def lookup_records(self) -> list[LookupRecord]:
-        return list(self._learned_state.records)
+        """Every lookup record, by routing domain, then CA (O(records log records): a read, not a change)."""
+        return sorted(self._learned_state.records, key=lambda r: (r.routing_domain, r.ca.version, r.ca))
 
     def remote_prefixes(self) -> list[RemotePrefix]:
-        return list(self._learned_state.prefixes)
+        prefixes = self._table.prefixes() if self._table is not None else ()
+        return sorted(prefixes, key=lambda p: (p.routing_domain, p.prefix.version, p.prefix))
+
+    @property
+    def desired(self) -> Mapping[str, frozenset[KernelObject]]:
+        """The desired objects by routing domain (and GLOBAL), as last swapped in: what trace follows."""
+        return self._learned_state.by_domain()
 
     def status(self) -> AgentStatus:
         last = self._reconciler.last if self._reconciler else None
@@ -331,7 +356,7 @@ class Agent:
             mobility_freezes=tuple(report.freeze(asdict(f)) for f in self._view.mobility.freezes(time.monotonic())),
             skipped=tuple(x for why in self._skipped.values() for x in why),
             local_routes=len(self._announced.routes),
-            learned_routes=len(self._client.routes()) if self._client else 0,
+            learned_routes=len(self._table) if self._table is not None else 0,
             decap=dict(self._decap_collector.counts),
             conflicts=tuple(c.as_dict() for name in sorted(self._conflicts) for c in self._conflicts[name]),
             import_policy={"provider_prefixes": None if self._provider_prefixes is None
@@ -357,46 +382,76 @@ class Agent:
 
     # ------------------------------------------------------------------ the one way state changes
 
-    def _learned(self, catalog: Catalog | None = None) -> list[Any]:
-        """The learned routes the import policy accepts (vnet/policy.py) for `catalog` (default: the current
-        one; a change passes the catalog it computes); the refused ones are counted."""
-        if self._client is None:
-            return []
-        self._screened = screen(catalog or self._view.catalog, self._client.routes().values(),
-                                self.config.provider_addresses, self._provider_prefixes)
-        self.metrics.refused(self._screened.counts)
-        return list(self._screened.accepted)
+    def _table_for(self, catalog: Catalog | None = None, fresh: bool = False) -> LearnedTable:
+        """The learned routes judged for `catalog` (default: the current one; a change passes the catalog it
+        computes), with what the client delivered since applied. A catalog whose routing domains differ (or
+        other provider prefixes) judges every route again, O(routes): a port never does. `fresh`: built again
+        from the client's table, the safety net of a full pass; a difference from the incremental table is
+        logged."""
+        catalog = catalog or self._view.catalog
+        ours, prefixes = self.config.provider_addresses, self._provider_prefixes
+        table, change = self._table, EMPTY
+        if fresh or table is None:
+            delivered = self._drain()  # (the client's table has them too)
+            table = LearnedTable(catalog, ours, prefixes)
+            table.apply(self._client.routes().items() if self._client is not None else ())
+            old = self._table
+            if old is not None:
+                if not old.matches(catalog, ours, prefixes):
+                    old, _ = old.rebuilt(catalog, ours, prefixes)
+                self._remote_macs |= old.apply(delivered).macs.keys()  # (mobility follows them at the next sync)
+                drift = old.diff(table)
+                if drift.cas or drift.macs or drift.prefixes or drift.announced:
+                    log.warning("learned routes: the incremental table differed from the full pass (%d CAs, %d MACs,"
+                                " %d prefixes): the full pass's is taken", len(drift.cas), len(drift.macs),
+                                len(drift.prefixes))
+            change = Change(rebuilt=True, screened=True)
+        elif not table.matches(catalog, ours, prefixes):
+            table, change = table.rebuilt(catalog, ours, prefixes)
+        if self._incoming:
+            change = change.then(table.apply(self._drain()))
+        self._table = table
+        if change:
+            self._change = self._change.then(change)
+            self._remote_macs |= change.macs.keys()
+            if change.screened or change.rebuilt:
+                self._screened = table.screened()
+                self.metrics.refused(self._screened.counts)
+        return table
+
+    def _drain(self) -> list[tuple[RouteKey, Route | None]]:
+        incoming, self._incoming = self._incoming, {}
+        return list(incoming.items())
 
     def _headless(self) -> bool:
         return self._started and self._hold.headless
 
-    def _compute(self, view: View, dirty: set[str]) -> tuple[Desired, Learned]:
-        """The desired objects of the dirty routing domains and of those whose learned inputs changed; every
-        domain after a start, a resync or an error."""
+    def _compute(self, view: View, dirty: set[str], fresh: bool | None = None) -> Step:
+        """The partitions of the dirty routing domains and those the learned changes touch (hostagent/compute.py);
+        every one after a start, a resync or an error (the learned table built again from the client's, unless
+        `fresh` is False: the caller just did)."""
         assert self._reconciler is not None
         everything = self._everything or self._reconciler.full_pending
-        return compute(view, self._learned(view.catalog), self.config.provider_addresses, self.host,
-                       self._learned_state, None if everything else dirty)
+        table = self._table_for(view.catalog, fresh=everything if fresh is None else fresh)
+        return compute(view, table, self.host, self._learned_state, None if everything else dirty, self._change)
 
-    async def _reconcile(self, desired: Desired) -> Outcome:
+    async def _reconcile(self, desired: Step) -> Outcome:
         assert self._reconciler is not None
         outcome = await self._reconciler.reconcile(desired.partitions, self._hold.holding)
         self.metrics.reconciled(outcome)
         self._everything = False
         return outcome
 
-    def _swap_learned(self, desired: Desired, learned: Learned) -> None:
-        self._learned_state = learned
-        self.desired.update(desired.partitions)
-        for name, part in desired.partitions.items():
-            if name != GLOBAL:
-                self._skipped.pop(name, None)
-                self._conflicts.pop(name, None)
-                if part and name in desired.skipped_in:
-                    self._skipped[name] = desired.skipped_in[name]
-                if part and name in desired.conflicts_in:
-                    self._conflicts[name] = desired.conflicts_in[name]
-        self.metrics.conflicts(c for found in self._conflicts.values() for c in found)
+    def _swap_learned(self, step: Step) -> None:
+        # (before the swap: a partition that loses its conflicts is still listed)
+        conflicts = step.full or any(name in self._conflicts or step.conflicts_in.get(name) for name in step.partitions)
+        self._learned_state.swap(step)
+        self._skipped, self._conflicts = self._learned_state.skipped_in, self._learned_state.conflicts_in
+        change, self._change = self._change, EMPTY
+        self.applied = Applied(full=True) if step.full else Applied(
+            step.records, change.announced, change.next_hops_added, change.next_hops_removed)
+        if conflicts:
+            self.metrics.conflicts(c for found in self._conflicts.values() for c in found)
 
     async def _commit(self, view: View, what: str, dirty: set[str]) -> None:
         """Program, persist, swap, announce; on a kernel refusal, or when the state cannot be saved, put the
@@ -407,7 +462,7 @@ class Agent:
             await self._guard_ports(view, what)  # before the port is routed: never a moment unguarded
         # a holder the change disallows (or removes) stops holding its virtual address
         view = replace(view, holders=view.holders.prune(view.catalog, view.mobility.inactive()))
-        desired, learned = self._compute(view, dirty)
+        desired = self._compute(view, dirty)
         outcome = await self._reconcile(desired)
         if not outcome.ok:
             await self._put_back(desired, outcome)
@@ -420,25 +475,26 @@ class Agent:
             await self._put_back(desired, outcome)
             raise
         self._view = view
-        self._swap_learned(desired, learned)
+        self._swap_learned(desired)
         await self._update_vrf_marks()
         await self._update_decap()
         await self._announce()
         self._update_guest()
 
-    async def _put_back(self, desired: Desired, outcome: Outcome) -> None:
+    async def _put_back(self, desired: Step, outcome: Outcome) -> None:
         """The kernel as the current view wants it again, after a change that cannot stand."""
         assert self._reconciler is not None
         with contextlib.suppress(NftError):  # (a refusal here is retried by the next sync)
             await self._port_security.apply(guarded(self._view.catalog))
         await self._reconciler.revert(outcome.applied)
         # the same partitions as they were (the revert makes this a full pass: the kernel is read back)
-        back, _ = self._compute(self._view, set(desired.partitions) - {GLOBAL})
+        back = self._compute(self._view, {name.partition("/")[0] for name in desired.partitions} - {GLOBAL})
         # (a routing domain the change added is not in the old view: its partition is emptied)
         back_parts = {**{n: frozenset() for n in desired.partitions}, **back.partitions}
         self.metrics.reconciled(await self._reconciler.reconcile(back_parts, self._hold.holding))
 
     async def _guard_ports(self, view: View, what: str) -> None:
+        self._guarded = None  # (the next sync applies the catalog it has, whatever this change becomes)
         try:
             await self._port_security.apply(guarded(view.catalog))
         except NftError as exc:
@@ -449,33 +505,44 @@ class Agent:
         view = self._view
         if self._everything:
             self._port_security.invalidate()  # start and resync: read the kernel back, repair any drift
-        try:
-            await self._port_security.apply(guarded(view.catalog))
-        except NftError as exc:
-            log.warning("%s", exc)
-            self._dirty.set()
-        routes = self._learned()
-        remote = learn.remote_macs(routes, self.config.provider_addresses)
-        mobility = follow_remote(view.mobility, remote, self.config.next_hop, time.monotonic(),
-                                 complete=not self._hold.holding)
-        holders = follow_remote_holders(view.holders, learn.remote_cas(view.catalog, routes,
-                                                                       self.config.provider_addresses),
-                                        self.config.next_hop, time.monotonic()).prune(view.catalog,
-                                                                                      mobility.inactive())
+        if self._everything or view.catalog is not self._guarded:  # (a BGP change: O(1), not O(ports))
+            try:
+                await self._port_security.apply(guarded(view.catalog))
+                self._guarded = view.catalog
+            except NftError as exc:
+                log.warning("%s", exc)
+                self._dirty.set()
+        assert self._reconciler is not None
+        everything = self._everything or self._reconciler.full_pending
+        table = self._table_for(view.catalog, fresh=everything)
+        now, ours = time.monotonic(), self.config.next_hop
+        # only the MACs whose remote winner changed are looked at (every local one on a full pass)
+        mobility = follow_remote(view.mobility, table.macs(), ours, now, complete=not self._hold.holding,
+                                 keys=None if everything else self._remote_macs)
+        holders = follow_remote_holders(view.holders, table.cas(), ours, now).prune(view.catalog, mobility.inactive())
+        dirty: set[str] = set()
         if mobility is not view.mobility or holders != view.holders:
             changed = replace(view, mobility=mobility, holders=holders)
             try:
                 state.save(self.config.state_dir, changed.saved())
+                # the routing domains where a port stopped or started being routed, or an address is held
+                # elsewhere now: their local records change
+                moved = view.mobility.inactive() ^ mobility.inactive()
+                dirty = {domain_of(view.catalog, vsid) for vsid, _ in moved} - {None}  # type: ignore[assignment]
+                dirty |= {domain for domain, _ in view.held().items() ^ changed.held().items()}
                 view = self._view = changed
+                self._remote_macs = set()
             except state.SaveError as exc:  # the sequences announced must be the ones a restart finds
                 # (retried by the next sync, at the latest the periodic resync: not in a tight loop)
                 log.error("%s: mobility changes wait until the state can be saved", exc)
-        desired, learned = self._compute(view, set())
+        else:
+            self._remote_macs = set()
+        desired = self._compute(view, dirty, fresh=False)
         outcome = await self._reconcile(desired)
         if outcome.errors:
             log.warning("reconcile: %d errors: %s", len(outcome.errors), outcome.errors[:3])
             self._dirty.set()  # retry (the reconciler observes the kernel again, a full pass)
-        self._swap_learned(desired, learned)
+        self._swap_learned(desired)
         await self._update_vrf_marks()
         await self._update_decap()
         await self._announce()
@@ -519,16 +586,16 @@ class Agent:
     async def _update_decap(self) -> None:
         """The decapsulation table (vnet/decap.py): the fabric's PAs, the VSIDs served here, and the inner
         sources vouched for by the lookup records, the announced prefixes and the customer routes."""
-        routes = list(self._screened.accepted)  # screened by the _compute just before, for this catalog
+        table = self._table  # (as the computation just before read it)
+        assert table is not None
         catalog, tables, ours = self._view.catalog, self._view.tables, self.config.provider_addresses
-        pas = gre_allowed((r.next_hop for r in routes if hasattr(r, "next_hop")), ours)
+        pas = gre_allowed(table.next_hops(), ours)
         customer = {name: d.customer_routes for name, d in catalog.routing_domains.items()}
         # a learned prefix that lost its key to a stronger route (a local CA, a customer route) is not
         # routed to its sender: nor are packets from that sender with sources in it delivered
         lost = {(c.domain, c.prefix, c.pa) for found in self._conflicts.values() for c in found
                 if c.loser == "remote_prefix"}
-        announced = [p for p in learn.announced_prefixes(catalog, routes, ours)
-                     if (p.routing_domain, str(p.prefix), str(p.pa)) not in lost]
+        announced = [p for p in table.announced() if (p.routing_domain, str(p.prefix), str(p.pa)) not in lost]
         elements = decap.vouched(self._learned_state.records, announced, customer, tables)
         if not await self._filters.decapsulation(pas, served_vsids(catalog, tables), elements,
                                                  self._hold.holding):
@@ -563,7 +630,8 @@ class Agent:
             if isinstance(event, PeerStatus):
                 self._on_peer(event)
             elif isinstance(event, RouteUpdate):
-                pass  # the client's delivered table is what we read; the event only marks us dirty
+                # kept for the syncer (the latest per key: a burst of changes to one key is one change)
+                self._incoming[event.key] = event.route
             self._dirty.set()
 
     def _on_peer(self, event: PeerStatus) -> None:

@@ -65,7 +65,12 @@ class Mobility:
         return Mobility(MappingProxyType(macs))
 
     def inactive(self) -> frozenset[MacKey]:
-        return frozenset(k for k, s in self.macs.items() if not s.active)
+        # asked several times per change (routing, announcing, holders): worked out once per Mobility value
+        found: frozenset[MacKey] | None = self.__dict__.get("_inactive")
+        if found is None:
+            found = frozenset(k for k, s in self.macs.items() if not s.active)
+            object.__setattr__(self, "_inactive", found)
+        return found
 
     def seqs(self) -> dict[MacKey, int]:
         return {k: s.seq for k, s in self.macs.items()}

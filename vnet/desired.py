@@ -29,7 +29,7 @@ never the routing domain or the host.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from nvfabric.bgp.mac import Mac
@@ -124,8 +124,9 @@ class Desired:
     skipped: tuple[str, ...] = ()
     # the same objects by partition (GLOBAL, then one per routing domain built): what vnet.reconcile takes
     partitions: Mapping[str, frozenset[KernelObject]] = field(default_factory=dict)
-    skipped_in: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # `skipped` by routing domain
-    conflicts_in: Mapping[str, tuple[Conflict, ...]] = field(default_factory=dict)  # by routing domain
+    skipped_in: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # `skipped` by partition
+    conflicts_in: Mapping[str, tuple[Conflict, ...]] = field(default_factory=dict)  # by partition
+    bases: Mapping[str, Base] = field(default_factory=dict)  # by routing domain, when built `by_ca`
 
     @property
     def sysctl_paths(self) -> list[str]:
@@ -170,14 +171,16 @@ def desired_state(
     identity: HostIdentity,
     tables: Mapping[str, int],
     domains: Collection[str] | None = None,
+    by_ca: bool = False,
 ) -> Desired:
     """The desired objects, partitioned: `GLOBAL` plus one partition per routing domain.
 
     `domains`: build only these routing domains' partitions (and GLOBAL, which is small): what an
     incremental change needs (vnet.reconcile applies only the partitions it is given). A named domain
-    that is not in the catalog gets an empty partition: its objects are to be removed."""
-    families = identity.pa_families
-    devices = {f: NVGRE_DEVICES[f] for f in families}
+    that is not in the catalog gets an empty partition: its objects are to be removed.
+    `by_ca`: each remote CA in a partition of its own (`ca_partition`), beside its domain's base partition
+    (`base_partition`): what the host agent reconciles, so that one changed CA costs its own partition."""
+    devices = devices_of(identity)
     wanted = set(catalog.routing_domains) if domains is None else set(domains)
 
     glob: set[KernelObject] = {Sysctl(path, value) for path, value in GLOBAL_SYSCTLS}
@@ -211,6 +214,7 @@ def desired_state(
         ports_in.setdefault(found[0].name, []).append((port, found[1]))
 
     partitions: dict[str, frozenset[KernelObject]] = {GLOBAL: frozenset(glob)}
+    bases: dict[str, Base] = {}
     skipped: dict[str, tuple[str, ...]] = {}
     conflicts: dict[str, tuple[Conflict, ...]] = {}
     for name in sorted(wanted):
@@ -218,17 +222,137 @@ def desired_state(
         if domain is None or name not in tables:
             partitions[name] = frozenset()
             continue
-        objects, why, lost = _domain(
-            domain, tables[name], ports_in.get(name, ()), records_in.get(name, ()), prefixes_in.get(name, ()),
-            customer_routes.get(name, ()), catalog, identity, devices,
-        )
+        if by_ca:
+            mine = records_in.get(name, [])
+            lookup = {r.ca: r for r in mine}
+            objects, why, lost, base = base_partition(
+                domain, tables[name], ports_in.get(name, ()), [r for r in mine if r.local], prefixes_in.get(name, ()),
+                customer_routes.get(name, ()), lookup.get, catalog, identity, devices)
+            bases[name] = base
+            for record in mine:
+                if not record.local:
+                    part = ca_partition(name, record.ca)
+                    partitions[part], ca_why, ca_lost = remote_ca_partition(record, base, devices)
+                    if ca_why:
+                        skipped[part] = tuple(ca_why)
+                    if ca_lost:
+                        conflicts[part] = tuple(ca_lost)
+        else:
+            objects, why, lost = _domain(
+                domain, tables[name], ports_in.get(name, ()), records_in.get(name, ()), prefixes_in.get(name, ()),
+                customer_routes.get(name, ()), catalog, identity, devices,
+            )
         partitions[name] = frozenset(objects)
         if why:
             skipped[name] = tuple(why)
         if lost:
             conflicts[name] = tuple(lost)
     return Desired(frozenset().union(*partitions.values()), tuple(x for why in skipped.values() for x in why),
-                   partitions, skipped, conflicts)
+                   partitions, skipped, conflicts, bases)
+
+
+def devices_of(identity: HostIdentity) -> dict[int, str]:
+    """The NVGRE device by underlay family: one per family of the host's PAs."""
+    return {f: NVGRE_DEVICES[f] for f in identity.pa_families}
+
+
+def global_partition(identity: HostIdentity) -> frozenset[KernelObject]:
+    """What belongs to no routing domain: the NVGRE devices, their neighbours, the global rules and sysctls."""
+    return desired_state(Catalog.build({}, {}), (), (), {}, identity, {}, ()).partitions[GLOBAL]
+
+
+def ca_partition(domain: str, ca: Address) -> str:
+    """The partition of one remote CA of a routing domain. A routing domain's name has no '/' (vnet/model.py
+    NAME_RE) and GLOBAL is empty: the names never collide."""
+    return f"{domain}/{ca}"
+
+
+@dataclass(frozen=True)
+class Base:
+    """What the remote CA partitions of a routing domain need from its base partition, and what the base
+    needs from them. The precedence (PRECEDENCE) crosses the partitions only through this: a remote CA's
+    route loses to a local CA or customer route with its key (`strong`) and to a subnet gateway's address;
+    the base must be built again when a CA in `watch` changes (a customer route's next hop; the address of a
+    host prefix learned by type 5, which a remote CA's route takes from the prefix)."""
+
+    table: int
+    strong: Mapping[tuple, tuple[str, KernelObject]]  # route key -> (kind, route) held by the base
+    gateways: frozenset[str]  # the subnet gateways' host prefixes
+    ports_on: Mapping[tuple[Network, ...], tuple[str, ...]]  # active ports' interfaces by their IPv6 prefixes
+    watch: frozenset[Address]
+
+
+def base_partition(
+    domain: RoutingDomain,
+    table: int,
+    ports: Iterable[tuple[Port, VirtualSubnet]],
+    local_records: Iterable[LookupRecord],
+    prefixes: Iterable[RemotePrefix],
+    customer_routes: Iterable[CustomerRoute],
+    lookup: Callable[[Address], LookupRecord | None],
+    catalog: Catalog,
+    identity: HostIdentity,
+    devices: Mapping[int, str],
+) -> tuple[set[KernelObject], list[str], list[Conflict], Base]:
+    """A routing domain's objects but its remote CAs' (VRF, rules, ports, local CAs, customer routes, remote
+    prefixes), what could not be realised, the routes that lost their key, and its `Base`. `lookup`: any
+    lookup record of the domain by CA, local or remote (a customer route's next hop). O(the domain's ports,
+    local CAs, customer routes and prefixes): never its remote CAs."""
+    customer_routes = list(customer_routes)
+    prefixes = list(prefixes)
+    objects = _vrf(domain, table, devices)
+    port_objects, ports_on = _ports(vrf_name(domain.name), ports, identity)
+    objects |= port_objects
+    ca_objects, skipped = _cas(table, local_records, catalog, devices, ports_on)
+    prefix_routes, skipped_prefixes = _remote_prefixes(table, prefixes, devices)
+    via, skipped_routes = _customer_routes(domain, table, customer_routes, lookup, catalog, devices)
+    watch = {r.next_hop for r in customer_routes if r.next_hop is not None}
+    # a remote CA's route with a learned host prefix's key takes it from the prefix: the prefix is judged
+    # against it here, and left to the CA's own partition
+    shadow: set[KernelObject] = set()
+    for prefix in prefixes:
+        if prefix.prefix.prefixlen == prefix.prefix.max_prefixlen:
+            ca = prefix.prefix.network_address
+            watch.add(ca)
+            record = lookup(ca)
+            if record is not None and not record.local and record.pa is not None and record.pa.version in devices:
+                shadow.add(EncapRoute(table, _host(ca), record.vsid, str(record.pa), devices[record.pa.version]))
+    local = {o for o in objects | ca_objects if isinstance(o, LocalPortRoute)}
+    other = {o for o in objects | ca_objects if not isinstance(o, ROUTES)}
+    by_kind, shadowed = _behind_gateways(domain.name, {"local": local, "customer_route": via, "remote_ca": shadow,
+                                                       "remote_prefix": prefix_routes}, other)
+    routes, conflicts = resolve(domain.name, by_kind)
+    strong: dict[tuple, tuple[str, KernelObject]] = {}
+    for kind in ("local", "customer_route"):
+        for obj in sorted(by_kind[kind], key=_sort_key):
+            strong.setdefault(obj.key, (kind, obj))
+    lost = sorted((c for c in shadowed + conflicts if c.loser != "remote_ca"), key=_order)
+    gateways = frozenset(f"{o.address}/{o.prefixlen}" for o in other if isinstance(o, VrfAddress))
+    base = Base(table, strong, gateways, {k: tuple(v) for k, v in ports_on.items()}, frozenset(watch))
+    # (a remote CA's route equal to a customer route's is the base's: its partition leaves it out)
+    theirs = shadow - {obj for _, obj in strong.values()}
+    return other | (routes - theirs), [*skipped, *skipped_prefixes, *skipped_routes], lost, base
+
+
+def remote_ca_partition(record: LookupRecord, base: Base,
+                        devices: Mapping[int, str]) -> tuple[frozenset[KernelObject], list[str], list[Conflict]]:
+    """One remote CA's objects (its encap route, its IPv6 proxy NDP entries), what could not be realised, and
+    its route when it lost its key to the base (PRECEDENCE: local CA and customer route before it; a subnet
+    gateway's address). O(1), plus one proxy entry per active port of an IPv6 subnet holding the CA."""
+    if record.pa is None or record.pa.version not in devices:
+        return frozenset(), [f"{record.routing_domain} {record.ca}: no NVGRE device for PA {record.pa}"], []
+    route = EncapRoute(base.table, _host(record.ca), record.vsid, str(record.pa), devices[record.pa.version])
+    objects: set[KernelObject] = set(_proxy_v6(base.ports_on, record.ca)) if record.ca.version == 6 else set()
+    lost: list[Conflict] = []
+    held = base.strong.get(route.key)
+    if route.prefix in base.gateways:
+        lost.append(_conflict(record.routing_domain, "remote_ca", route, "local"))
+    elif held is not None:
+        if held[1] != route:  # (the same route from a customer route: one object, the base's, no conflict)
+            lost.append(_conflict(record.routing_domain, "remote_ca", route, held[0]))
+    else:
+        objects.add(route)
+    return frozenset(objects), [], lost
 
 
 def _domain(
@@ -250,7 +374,8 @@ def _domain(
     objects |= port_objects
     ca_objects, skipped = _cas(table, records, catalog, devices, ports_on)
     prefix_routes, skipped_prefixes = _remote_prefixes(table, prefixes, devices)
-    via, skipped_routes = _customer_routes(domain, table, customer_routes, records, catalog, devices)
+    by_ca = {record.ca: record for record in records}
+    via, skipped_routes = _customer_routes(domain, table, customer_routes, by_ca.get, catalog, devices)
     local = {o for o in objects | ca_objects if isinstance(o, LocalPortRoute)}
     remote_ca = {o for o in ca_objects if isinstance(o, EncapRoute)}
     other = {o for o in objects | ca_objects if not isinstance(o, ROUTES)}
@@ -404,13 +529,12 @@ def _remote_prefixes(table: int, prefixes: Iterable[RemotePrefix],
 
 
 def _customer_routes(domain: RoutingDomain, table: int, routes: Iterable[CustomerRoute],
-                     records: Iterable[LookupRecord], catalog: Catalog,
+                     lookup: Callable[[Address], LookupRecord | None], catalog: Catalog,
                      devices: Mapping[int, str]) -> tuple[set[KernelObject], list[str]]:
     """The configured customer routes with a next hop: via a local appliance's port, or encapsulated to the
     next hop's host; an on-link one needs nothing."""
     objects: set[KernelObject] = set()
     skipped: list[str] = []
-    by_ca = {record.ca: record for record in records}
     for route in routes:
         metric = route.metric or DEFAULT_METRIC
         if route.next_hop is None:
@@ -422,7 +546,7 @@ def _customer_routes(domain: RoutingDomain, table: int, routes: Iterable[Custome
                        if p.version == route.prefix.version):
                 skipped.append(f"{domain.name} {route.prefix}: on-link, but outside every subnet of the domain")
             continue
-        target = by_ca.get(route.next_hop)
+        target = lookup(route.next_hop)
         if target is not None and target.local:
             port = catalog.ports.get(target.port or "")
             if port is None:

@@ -28,9 +28,20 @@ from nvfabric.vnet.model import Address, LookupRecord, RemotePrefix
 from nvfabric.vnet.policy import judge, target_index
 
 
-def _rank(route: MacIpRoute) -> tuple[int, int, bytes]:
-    # higher sequence first, then lower PA (IPv4 before IPv6, then numerically)
-    return (-route.mobility_seq, route.next_hop.version, route.next_hop.packed)
+def rank(route: MacIpRoute) -> tuple[int, int, bytes, int, str, int, bytes]:
+    """Higher sequence first, then lower PA (IPv4 before IPv6, then numerically); the rest only orders what
+    the RFC leaves tied (one host announcing one CA twice), so the winner never depends on arrival order."""
+    ip = route.ip
+    return (-route.mobility_seq, route.next_hop.version, route.next_hop.packed, route.vsid, route.mac,
+            ip.version if ip is not None else 0, ip.packed if ip is not None else b"")
+
+
+def prefix_rank(prefix: RemotePrefix) -> tuple[int, bytes, int, str, str]:
+    """The lower PA wins (two gateways announcing one prefix); the rest orders what one host announces twice."""
+    return (prefix.pa.version, prefix.pa.packed, prefix.vsid, str(prefix.router_mac), str(prefix.gateway_ip))
+
+
+
 
 
 def remote_macs(routes: Iterable[Route], our_pas: Collection[Address]) -> dict[tuple[int, str], MacIpRoute]:
@@ -39,7 +50,7 @@ def remote_macs(routes: Iterable[Route], our_pas: Collection[Address]) -> dict[t
     for route in routes:
         if isinstance(route, MacIpRoute) and route.next_hop not in our_pas:
             key = (route.vsid, route.mac)
-            if key not in best or _rank(route) < _rank(best[key]):
+            if key not in best or rank(route) < rank(best[key]):
                 best[key] = route
     return best
 
@@ -58,7 +69,7 @@ def remote_cas(catalog: Catalog, routes: Iterable[Route],
         if domain is None or refused is not None or found is None:
             continue  # not one of our routing domains, or refused by the import policy
         key = (found[0].name, route.ip)
-        if key not in remote or _rank(route) < _rank(remote[key]):
+        if key not in remote or rank(route) < rank(remote[key]):
             remote[key] = route
     return remote
 
@@ -100,10 +111,13 @@ def announced_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Colle
         domain, refused = judge(catalog, route, None, targets)
         if domain is None or refused is not None:
             continue  # not one of our routing domains, or refused by the import policy
-        out.append(RemotePrefix(domain, route.prefix, route.vsid, route.next_hop, route.router_mac,
-                                route.gateway_ip if route.gateway_ip and not route.gateway_ip.is_unspecified
-                                else None))
+        out.append(remote_prefix(domain, route))
     return out
+
+
+def remote_prefix(domain: str, route: PrefixRoute) -> RemotePrefix:
+    return RemotePrefix(domain, route.prefix, route.vsid, route.next_hop, route.router_mac,
+                        route.gateway_ip if route.gateway_ip and not route.gateway_ip.is_unspecified else None)
 
 
 def remote_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Collection[Address]) -> list[RemotePrefix]:
@@ -111,6 +125,6 @@ def remote_prefixes(catalog: Catalog, routes: Iterable[Route], our_pas: Collecti
     for prefix in announced_prefixes(catalog, routes, our_pas):
         key = (prefix.routing_domain, prefix.prefix)
         # deterministic when two hosts (two gateways) announce the same prefix: the lower PA
-        if key not in out or (prefix.pa.version, prefix.pa.packed) < (out[key].pa.version, out[key].pa.packed):
+        if key not in out or prefix_rank(prefix) < prefix_rank(out[key]):
             out[key] = prefix
     return sorted(out.values(), key=lambda p: (p.routing_domain, p.prefix.version, p.prefix))
