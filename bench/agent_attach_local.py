@@ -118,7 +118,9 @@ async def run(size: int, count: int) -> None:
         a = agent(Path(tmp))
         await a.put_port(port(size + count))  # (a first change: port security's tables written whole)
         saves: list[float] = []
+        computes: list[float] = []
         timed_save(a, saves)
+        timed(a, "_compute", computes)
         attach, detach = [], []
         for i in range(size, size + count):
             t0 = time.perf_counter()
@@ -131,22 +133,29 @@ async def run(size: int, count: int) -> None:
         print(f"{size:6d} ports  attach {summary(attach)}")
         print(f"{'':6s}        detach {summary(detach)}")
         print(f"{'':6s}        of which the state saved {summary(saves)}")
+        print(f"{'':6s}        of which the desired state {summary(computes)}  (learn + desired_state)")
+        rest = [t - c - v for t, c, v in zip(attach + detach, computes, saves, strict=True)]
+        print(f"{'':6s}        the rest       {summary(rest)}  (catalog, guard, announce, guest...)")
 
 
 def timed_save(a: Agent, out: list[float]) -> None:
     """Time every state save of `a` (the journal's when it has one, else the whole file's)."""
     store = getattr(a, "_store", None)
-    owner, name = (store, "save") if store is not None else (state, "save")
+    timed(store if store is not None else state, "save", out)
+
+
+def timed(owner: Any, name: str, out: list[float]) -> None:
+    """Time every call of `owner.name` (a save, the desired state's computation) into `out`."""
     real = getattr(owner, name)
 
-    def save(*args: Any, **kwargs: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return real(*args, **kwargs)
         finally:
             out.append(time.perf_counter() - t0)
 
-    setattr(owner, name, save)
+    setattr(owner, name, call)
 
 
 def main() -> None:

@@ -55,17 +55,28 @@ class Freeze:
 @dataclass(frozen=True)
 class Mobility:
     macs: Mapping[MacKey, MacState] = field(default_factory=lambda: MappingProxyType({}))
+    # the MACs that moved away, kept up to date by each change (asked on every change: never rebuilt from
+    # every MAC); derived from `macs` when not given
+    _inactive: frozenset[MacKey] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._inactive is None:
+            object.__setattr__(self, "_inactive", frozenset(k for k, s in self.macs.items() if not s.active))
 
     def _with(self, key: MacKey, state: MacState | None) -> Mobility:
-        macs = dict(self.macs)
+        # (the underlying dict's own copy: a proxy copied item by item is several times slower)
+        macs = self.macs.copy() if isinstance(self.macs, dict | MappingProxyType) else dict(self.macs)
         if state is None:
             macs.pop(key, None)
         else:
             macs[key] = state
-        return Mobility(MappingProxyType(macs))
+        inactive = self.inactive()
+        inactive = inactive - {key} if state is None or state.active else inactive | {key}
+        return Mobility(MappingProxyType(macs), inactive)
 
     def inactive(self) -> frozenset[MacKey]:
-        return frozenset(k for k, s in self.macs.items() if not s.active)
+        assert self._inactive is not None
+        return self._inactive
 
     def seqs(self) -> Mapping[MacKey, int]:
         """The sequence of every MAC, read through (a save per change must not copy every MAC's)."""
