@@ -461,8 +461,9 @@ class Agent:
             ports |= before.catalog.ports_with_mac(vsid, mac) | after.catalog.ports_with_mac(vsid, mac)
         if before.holders.held is not after.holders.held:
             had, has = before.holders.holding(), after.holders.holding()
-            ports.update(holder for key in had.keys() | has.keys() if had.get(key) != has.get(key)
-                         for holder, _seq in (had.get(key), has.get(key)) if holder is not None)
+            for key in had.keys() | has.keys():
+                if had.get(key) != has.get(key):
+                    ports.update(h[0] for h in (had.get(key), has.get(key)) if h is not None)
         return ports
 
     async def _put_back(self, desired: Desired, outcome: Outcome) -> None:
