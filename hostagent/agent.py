@@ -505,11 +505,12 @@ class Agent:
         view = self._view
         if self._everything:
             self._port_security.invalidate()  # start and resync: read the kernel back, repair any drift
-        try:
-            await self._port_security.apply(guarded(view.catalog))
-        except NftError as exc:
-            log.warning("%s", exc)
-            self._dirty.set()
+        if not self._port_security.known:  # (else every change of a port guarded it already)
+            try:
+                await self._port_security.apply(guarded(view.catalog))
+            except NftError as exc:
+                log.warning("%s", exc)
+                self._dirty.set()
         routes = self._learned()
         remote = learn.remote_macs(routes, self.config.provider_addresses)
         mobility = follow_remote(view.mobility, remote, self.config.next_hop, time.monotonic(),

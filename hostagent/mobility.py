@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import Protocol, TypeVar
 
@@ -79,7 +80,12 @@ class Mobility:
         return self._inactive
 
     def seqs(self) -> Mapping[MacKey, int]:
-        """The sequence of every MAC, read through (a save per change must not copy every MAC's)."""
+        """The sequence of every MAC, read through (a save per change must not copy every MAC's); the same
+        view while this value lives, so that an unchanged mobility is seen unchanged at once."""
+        return self._seqs
+
+    @cached_property
+    def _seqs(self) -> Seqs:
         return Seqs(self.macs)
 
     def freezes(self, now: float) -> list[Freeze]:
