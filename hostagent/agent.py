@@ -76,6 +76,17 @@ class Touched:
     macs: frozenset[tuple[int, Mac]] = frozenset()
 
 
+@dataclass(frozen=True)
+class Announcing:
+    """What one local port's announced routes are built from: they are built again when this changes."""
+
+    port: Port
+    route_targets: tuple[str, ...] | None  # its routing domain's (None: no routing domain has its VSID)
+    seq: int  # its MAC's mobility sequence
+    inactive: bool  # its MAC moved to another host
+    held: tuple[tuple[Address, int], ...]  # the virtual addresses it holds, with their sequences
+
+
 class NamespaceError(RuntimeError):
     pass
 
@@ -104,7 +115,7 @@ class Agent:
         self._policy = Policy(timeout=config.eor_timeout)
         self._hold = Hold.start(self._policy, [r.address for r in config.route_reflectors], 0.0)
         self._announced = Announced()  # one group of routes per local port (its name)
-        self._announcing: dict[str, tuple[Any, ...]] = {}  # by port: what its announced routes were built from
+        self._announcing: dict[str, Announcing] = {}  # by port: what its announced routes were built from
         self._announce_basis: tuple[Any, ...] | None = None  # the view last announced in full
         self._learned_state = Learned()
         self._skipped: dict[str, tuple[str, ...]] = {}  # by routing domain
@@ -634,7 +645,7 @@ class Agent:
         else:
             names = ports
         wanted: dict[str, dict[MacIpKey, MacIpRoute]] = {}
-        inputs: dict[str, tuple[Any, ...] | None] = {}
+        inputs: dict[str, Announcing | None] = {}
         for name in names:
             port = view.catalog.ports.get(name)
             now = None if port is None else self._inputs(view, port, held.get(name, ()))
@@ -642,7 +653,7 @@ class Agent:
                 continue
             inputs[name] = now
             wanted[name] = {} if port is None or now is None else announce.port_routes(
-                view.catalog, self.identity, port, now[2], now[3], now[4])
+                view.catalog, self.identity, port, now.seq, now.inactive, now.held)
         if wanted:
             await self._announced.update(self._client, wanted)
         for name, now in inputs.items():
@@ -658,13 +669,12 @@ class Agent:
         self.metrics.held_addresses(sum(len(h) for h in held.values()))
 
     @staticmethod
-    def _inputs(view: View, port: Port, held: Collection[tuple[Address, int]]) -> tuple[Any, ...]:
-        """What one port's routes are built from: the port, its routing domain's route targets, its MAC's
-        sequence and activity, the virtual addresses it holds with their sequences."""
+    def _inputs(view: View, port: Port, held: Collection[tuple[Address, int]]) -> Announcing:
         found = view.catalog.subnet(port.vsid)
         mac = view.mobility.macs.get((port.vsid, port.mac))
-        return (port, found[0].route_targets if found is not None else None, mac.seq if mac is not None else 0,
-                mac is not None and not mac.active, tuple(sorted(held, key=lambda h: (h[0].version, h[0]))))
+        return Announcing(port, found[0].route_targets if found is not None else None,
+                          mac.seq if mac is not None else 0, mac is not None and not mac.active,
+                          tuple(sorted(held, key=lambda h: (h[0].version, h[0]))))
 
     # ------------------------------------------------------------------ tasks
 

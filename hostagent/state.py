@@ -412,9 +412,9 @@ class Store:
     def save(self, new: SavedState, ports: Collection[str] | None = None,
              macs: Collection[MacKey] | None = None) -> None:
         """Make `new` what a load finds: its difference from the last save appended to the journal (then a
-        whole snapshot when the journal is full), or a whole snapshot when the journal is not usable. `ports`, `macs`: the only port names and
-        MAC keys the change may have touched (None: compare them all). SaveError when it cannot be written:
-        then a load finds the state of the last save."""
+        whole snapshot when the journal is full), or a whole snapshot when the journal is not usable.
+        `ports`, `macs`: the only port names and MAC keys the change may have touched (None: compare them
+        all). SaveError when it cannot be written: then a load finds the state of the last save."""
         old = self._saved
         if old is None or self._generation is None:
             self._snapshot(new)

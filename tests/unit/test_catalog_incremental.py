@@ -32,9 +32,9 @@ def indexes(c: Catalog) -> tuple:
     return (dict(c.ports), dict(c._vsids), dict(c._cas), dict(c._interfaces), dict(c._macs))
 
 
-def outcome(change):
+def outcome(change, *args):
     try:
-        return change(), None
+        return change(*args), None
     except ModelError as exc:
         return None, (type(exc), str(exc))
 
@@ -45,14 +45,14 @@ def test_changes_by_port_equal_a_whole_build(steps):
     current = Catalog.build(DOMAINS, {})
     for step in steps:
         if isinstance(step, Port):
-            by_port, refused = outcome(lambda: current.with_port(step))
-            whole, whole_refused = outcome(lambda: Catalog.build(DOMAINS, {**current.ports, step.name: step}))
+            by_port, refused = outcome(current.with_port, step)
+            whole, whole_refused = outcome(Catalog.build, DOMAINS, {**current.ports, step.name: step})
         else:
             if step not in current.ports:
                 continue
-            by_port, refused = outcome(lambda: current.without_port(step))
-            whole, whole_refused = outcome(
-                lambda: Catalog.build(DOMAINS, {k: v for k, v in current.ports.items() if k != step}))
+            by_port, refused = outcome(current.without_port, step)
+            whole, whole_refused = outcome(Catalog.build, DOMAINS,
+                                           {k: v for k, v in current.ports.items() if k != step})
         # refused alike (when two problems meet, `build` may name the other port of a pair first)
         assert (refused is None) == (whole_refused is None)
         if refused is not None and isinstance(step, Port):
