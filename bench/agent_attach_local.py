@@ -1,7 +1,7 @@
 """Attach and detach in the agent's Python, without a kernel: what `Agent.put_port` / `delete_port` cost
 beside the kernel, as the number of ports already on the host grows.
 
-    .venv/bin/python bench/agent_attach_local.py [--ports 100,1000,5000] [--count 50]
+    .venv/bin/python bench/agent_attach_local.py [--ports 100,1000,5000] [--count 50] [--saves 100,1000,10000]
 
 The real Agent with its kernel-facing parts replaced by stand-ins that do nothing (the reconciler answers
 "applied", nft accepts every script, the BGP client takes every route): what is left is the Python of a
@@ -9,7 +9,8 @@ change (catalog, desired state of the port's routing domain, port security's ele
 services) and the state directory in a temporary directory (a real fsync on this machine's disk). For each
 size: N ports in the state directory at start, one attach (not timed: the first write of port
 security's tables is whole), then `--count` attaches and `--count` detaches one at a time,
-each timed, and within them the state saves.
+each timed, and within them the state saves. `--saves`: the state save of one attach alone, the whole
+state (as every save was before the journal) against one journal line.
 """
 
 from __future__ import annotations
@@ -158,13 +159,37 @@ def timed(owner: Any, name: str, out: list[float]) -> None:
     setattr(owner, name, call)
 
 
+def saves(size: int, count: int) -> None:
+    """The state save of one attach alone, with `size` ports: the whole state written (a snapshot: what
+    every save was before the journal) against one journal line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        catalog = Catalog.build({DOMAIN.name: DOMAIN}, {p.name: p for p in map(port, range(size))})
+        store = state.Store(Path(tmp))
+        store.save(state.SavedState(catalog, {DOMAIN.name: 1000}, {}))
+        whole, line = [], []
+        for i in range(size, size + count):
+            catalog = catalog.with_port(port(i))
+            new = state.SavedState(catalog, {DOMAIN.name: 1000}, {})
+            t0 = time.perf_counter()
+            state.save(Path(tmp) / "whole", new)
+            whole.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            store.save(new, {f"vm{i}"}, ())
+            line.append(time.perf_counter() - t0)
+        print(f"{size:6d} ports  save whole  {summary(whole)}")
+        print(f"{'':6s}        save change {summary(line)}  ({store.snapshots - 1} compactions)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ports", default="100,1000,5000")
     parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--saves", default="", help="sizes to time the state save alone at (e.g. 100,1000,10000)")
     args = parser.parse_args()
-    for size in (int(s) for s in args.ports.split(",")):
+    for size in (int(s) for s in args.ports.split(",") if s):
         asyncio.run(run(size, args.count))
+    for size in (int(s) for s in args.saves.split(",") if s):
+        saves(size, args.count)
 
 
 if __name__ == "__main__":
