@@ -242,3 +242,15 @@ def test_any_sequence_of_changes_loads_back_as_it_was_saved(tmp_path_factory, st
             Catalog.build({"blue": BLUE, "red": RED}, ports), {"blue": 1000}, seqs))
     finally:
         state.bound = old_bound
+
+
+def test_a_state_dir_from_before_the_journal_is_read_and_its_next_save_is_whole(tmp_path):
+    old = state.dumps(FIRST).replace('"generation": "",\n', "")  # no generation, no journal
+    assert "generation" not in old
+    (tmp_path / state.FILE).write_text(old)
+    store = state.Store(tmp_path)
+    assert same(store.load(), FIRST)
+    store.save(SECOND, ports={"r1"})
+    assert store.snapshots == 1 and (tmp_path / state.JOURNAL).exists()
+    store.save(FIRST, ports={"r1"})
+    assert store.snapshots == 1 and same(state.load(tmp_path), FIRST)
