@@ -1,7 +1,8 @@
 """What one BGP client announces, kept by group, so that a change is announced in the time of that group's
-routes (not the number of groups). The one announced-routes diff of the tree: the host agent keeps its
-type-2 routes in one group; the gateway keeps one group per tenant for the upstream's public addresses
-(gateway/upstream.py) and for the fabric's type-5 default routes (gateway/evpn.py)."""
+routes (not the number of groups). The one announced-routes diff of the tree: the host agent keeps one
+group per local port (its type-2 routes and those of the virtual addresses it holds); the gateway keeps one
+group per tenant for the upstream's public addresses (gateway/upstream.py) and for the fabric's type-5
+default routes (gateway/evpn.py)."""
 
 from __future__ import annotations
 

@@ -20,14 +20,15 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, replace
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from nvfabric.bgp.announced import Announced
 from nvfabric.bgp.bfd import BfdStatus
 from nvfabric.bgp.bfd.metrics import BfdCollector
 from nvfabric.bgp.client import Client, RouteUpdate
+from nvfabric.bgp.mac import Mac
 from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
 from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute, Route, RouteKey
 from nvfabric.bgp.metrics import SessionCollector, SessionSample, samples
@@ -68,14 +69,33 @@ from nvfabric.vnet.kernel.observe import address_prefixes
 from nvfabric.vnet.model import Address, LookupRecord, Network, Port, RemotePrefix, RoutingDomain
 from nvfabric.vnet.nftables import Nft, NftError
 from nvfabric.vnet.policy import Screened, pa_prefixes
-from nvfabric.vnet.portsecurity import PortSecurity, guarded
+from nvfabric.vnet.portsecurity import PortSecurity, guarded, guarded_port
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
 log = logging.getLogger(__name__)
 
 COALESCE = 0.02  # seconds to gather a burst of BGP changes into one reconcile
-LOCAL = "ports"  # the one group of routes the agent announces (bgp.announced)
 
+
+@dataclass(frozen=True)
+class Touched:
+    """What a change may have changed beyond routing domains and virtual addresses (which are few, and
+    compared whole): the local ports by name and the MAC mobility keys. What depends on one port (its saved
+    state, announcements, port security, guest services) is looked at for these alone."""
+
+    ports: frozenset[str] = frozenset()
+    macs: frozenset[tuple[int, Mac]] = frozenset()
+
+
+@dataclass(frozen=True)
+class Announcing:
+    """What one local port's announced routes are built from: they are built again when this changes."""
+
+    port: Port
+    route_targets: tuple[str, ...] | None  # its routing domain's (None: no routing domain has its VSID)
+    seq: int  # its MAC's mobility sequence
+    inactive: bool  # its MAC moved to another host
+    held: tuple[tuple[Address, int], ...]  # the virtual addresses it holds, with their sequences
 
 
 class NamespaceError(RuntimeError):
@@ -87,7 +107,8 @@ class Agent:
         self.config = config
         self.identity = announce.Identity(config.router_id, config.provider_addresses, config.router_mac)
         self.host = HostIdentity(config.router_mac, config.provider_addresses, config.underlay_mtu)
-        self._view = View.first(config.routing_domains, state.load(config.state_dir))
+        self._store = state.Store(config.state_dir)
+        self._view = View.first(config.routing_domains, self._store.load())
         self.metrics = AgentMetrics(lambda: len(self._view.mobility.freezes(time.monotonic())))
         self.registry = self.metrics.registry
         self._decap_collector = DecapCollector()  # refreshed by decap_counters() before a scrape
@@ -104,7 +125,9 @@ class Agent:
         # removals of learned state held until End-of-RIB, and again after a time without reflectors
         self._policy = Policy(timeout=config.eor_timeout)
         self._hold = Hold.start(self._policy, [r.address for r in config.route_reflectors], 0.0)
-        self._announced = Announced()
+        self._announced = Announced()  # one group of routes per local port (its name)
+        self._announcing: dict[str, Announcing] = {}  # by port: what its announced routes were built from
+        self._announce_basis: tuple[Any, ...] | None = None  # the view last announced in full
         # the learned routes (vnet/learned.py): route changes the client delivered wait in `_incoming` until
         # the syncer applies them to the table; what the table says changed waits in `_change` until a
         # computation that covers it is swapped in (a change the kernel refused is computed again)
@@ -126,7 +149,6 @@ class Agent:
         # port security on the VM ports (vnet/portsecurity.py): written before a new port is routed, read
         # back at start and adopted, so a restart never leaves a port unguarded
         self._port_security = PortSecurity(Nft(config.netns))
-        self._guarded: Catalog | None = None  # the catalog port security last applied by a sync
         # what the VMs get from their host (DHCP, RA...): answered from a packet socket opened at start
         self._guest: Responder | None = None
         self._new_wire: Callable[[], PacketWire] = Wire  # (tests give an in-memory one)
@@ -255,10 +277,12 @@ class Agent:
             mobility = mobility.attach((port.vsid, port.mac), remote.mobility_seq if remote else None,
                                        time.monotonic())
             dirty = {domain_of(catalog, port.vsid)}
+            macs = {(port.vsid, port.mac)}
             if old is not None:
                 dirty.add(domain_of(self._view.catalog, old.vsid))  # a port that changed routing domain
+                macs.add((old.vsid, old.mac))
             await self._commit(replace(self._view, catalog=catalog, mobility=mobility), f"port {port.name}",
-                               dirty - {None})
+                               dirty - {None}, Touched(frozenset({port.name}), frozenset(macs)))
             return old is None
 
     async def delete_port(self, name: str) -> None:
@@ -266,10 +290,11 @@ class Agent:
             port = self._view.catalog.port(name)
             catalog = self._view.catalog.without_port(name)
             mobility = self._view.mobility
-            if not any((p.vsid, p.mac) == (port.vsid, port.mac) for p in catalog.ports.values()):
+            if not catalog.ports_with_mac(port.vsid, port.mac):
                 mobility = mobility.detach((port.vsid, port.mac))
             await self._commit(replace(self._view, catalog=catalog, mobility=mobility), f"port {name}",
-                               {domain_of(self._view.catalog, port.vsid)} - {None})
+                               {domain_of(self._view.catalog, port.vsid)} - {None},
+                               Touched(frozenset({name}), frozenset({(port.vsid, port.mac)})))
 
     async def claim_virtual_address(self, port_name: str, address: Address) -> bool:
         """A VM announced `address` on its port (gratuitous ARP, ARP reply, unsolicited NA: the responder's
@@ -291,7 +316,7 @@ class Agent:
             remote = self._table_for(view.catalog).ca(key)
             holders = view.holders.claim(key, port_name, remote.mobility_seq if remote is not None else None, now)
             try:
-                await self._commit(replace(view, holders=holders), f"virtual address {address}", {domain})
+                await self._commit(replace(view, holders=holders), f"virtual address {address}", {domain}, Touched())
             except (KernelError, NotStarted, state.SaveError) as exc:
                 log.warning("virtual address %s claimed by port %s: not applied: %s", address, port_name, exc)
                 return self._claimed("failed", False)
@@ -453,13 +478,20 @@ class Agent:
         if conflicts:
             self.metrics.conflicts(c for found in self._conflicts.values() for c in found)
 
-    async def _commit(self, view: View, what: str, dirty: set[str]) -> None:
+    async def _commit(self, view: View, what: str, dirty: set[str], touched: Touched | None = None) -> None:
         """Program, persist, swap, announce; on a kernel refusal, or when the state cannot be saved, put the
-        kernel back and raise (KernelError, state.SaveError)."""
+        kernel back and raise (KernelError, state.SaveError). `touched`: the ports and MACs the change may
+        have changed (None: any; a routing domain's change), so that only theirs is saved, announced,
+        guarded and offered again."""
         if not self._started or self._reconciler is None:
             raise NotStarted(f"{what}: the agent is not running")
-        if guarded(view.catalog) != guarded(self._view.catalog):
-            await self._guard_ports(view, what)  # before the port is routed: never a moment unguarded
+        before = self._view
+        # before the port is routed: never a moment unguarded
+        if touched is None or not self._port_security.known:
+            if guarded(view.catalog) != guarded(before.catalog):
+                await self._guard_ports(view, what)
+        elif touched.ports:
+            await self._guard_touched(view, touched.ports, what)
         # a holder the change disallows (or removes) stops holding its virtual address
         view = replace(view, holders=view.holders.prune(view.catalog, view.mobility.inactive()))
         desired = self._compute(view, dirty)
@@ -468,7 +500,10 @@ class Agent:
             await self._put_back(desired, outcome)
             raise KernelError(what, outcome.errors)
         try:
-            state.save(self.config.state_dir, view.saved())
+            if touched is None:
+                self._store.save(view.saved())
+            else:
+                self._store.save(view.saved(), touched.ports, touched.macs)
         except state.SaveError:
             # a change the agent cannot remember would be undone by its next restart: not made at all
             log.error("%s: the state could not be saved, the kernel is put back", what)
@@ -478,8 +513,23 @@ class Agent:
         self._swap_learned(desired)
         await self._update_vrf_marks()
         await self._update_decap()
-        await self._announce()
-        self._update_guest()
+        ports = None if touched is None else self._affected(before, view, touched)
+        await self._announce(ports, before)
+        self._update_guest(ports)
+
+    @staticmethod
+    def _affected(before: View, after: View, touched: Touched) -> set[str]:
+        """The local ports whose announcements or guest services a change may alter: the ports it names, those
+        sharing a MAC it touched (one mobility state), and the holders of virtual addresses that changed."""
+        ports = set(touched.ports)
+        for vsid, mac in touched.macs:
+            ports |= before.catalog.ports_with_mac(vsid, mac) | after.catalog.ports_with_mac(vsid, mac)
+        if before.holders.held is not after.holders.held:
+            had, has = before.holders.holding(), after.holders.holding()
+            for key in had.keys() | has.keys():
+                if had.get(key) != has.get(key):
+                    ports.update(h[0] for h in (had.get(key), has.get(key)) if h is not None)
+        return ports
 
     async def _put_back(self, desired: Step, outcome: Outcome) -> None:
         """The kernel as the current view wants it again, after a change that cannot stand."""
@@ -493,8 +543,23 @@ class Agent:
         back_parts = {**{n: frozenset() for n in desired.partitions}, **back.partitions}
         self.metrics.reconciled(await self._reconciler.reconcile(back_parts, self._hold.holding))
 
+    async def _guard_touched(self, view: View, names: frozenset[str], what: str) -> None:
+        """Port security for the named ports only (their interfaces before and after the change)."""
+        changed: dict[str, Port | None] = {}
+        for name in names:
+            old = self._view.catalog.ports.get(name)
+            if old is not None:
+                changed[old.interface] = None
+        for name in names:
+            new = view.catalog.ports.get(name)
+            if new is not None:
+                changed[new.interface] = guarded_port(view.catalog, new)
+        try:
+            await self._port_security.update(changed)
+        except NftError as exc:
+            raise KernelError(what, (str(exc),)) from None
+
     async def _guard_ports(self, view: View, what: str) -> None:
-        self._guarded = None  # (the next sync applies the catalog it has, whatever this change becomes)
         try:
             await self._port_security.apply(guarded(view.catalog))
         except NftError as exc:
@@ -505,10 +570,9 @@ class Agent:
         view = self._view
         if self._everything:
             self._port_security.invalidate()  # start and resync: read the kernel back, repair any drift
-        if self._everything or view.catalog is not self._guarded:  # (a BGP change: O(1), not O(ports))
+        if not self._port_security.known:  # (else every change of a port guarded it already)
             try:
                 await self._port_security.apply(guarded(view.catalog))
-                self._guarded = view.catalog
             except NftError as exc:
                 log.warning("%s", exc)
                 self._dirty.set()
@@ -524,7 +588,7 @@ class Agent:
         if mobility is not view.mobility or holders != view.holders:
             changed = replace(view, mobility=mobility, holders=holders)
             try:
-                state.save(self.config.state_dir, changed.saved())
+                self._store.save(changed.saved())
                 # the routing domains where a port stopped or started being routed, or an address is held
                 # elsewhere now: their local records change
                 moved = view.mobility.inactive() ^ mobility.inactive()
@@ -565,16 +629,27 @@ class Agent:
         self.metrics.guest_frames.counters = responder.counters
         self._update_guest()
 
-    def _update_guest(self) -> None:
+    def _update_guest(self, ports: Collection[str] | None = None) -> None:
         """What each local port is offered, derived again when its inputs changed (the catalog, the ports
-        that moved away)."""
+        that moved away); `ports`: only these changed (a port's change), the others are not looked at."""
         if self._guest is None:
             return
-        inputs = (self._view.catalog, self._view.mobility.inactive())
+        catalog, inactive = self._view.catalog, self._view.mobility.inactive()
         last = self._guest_inputs
-        if last is None or inputs[0] is not last[0] or inputs[1] != last[1]:
-            self._guest_inputs = inputs
-            self._guest.update(offer.port_services(self._view.catalog, self.host, inputs[1]))
+        if ports is not None and last is not None:
+            changed: dict[str, offer.PortService | None] = {}
+            for port in (last[0].ports.get(name) for name in ports):
+                if port is not None:
+                    changed[port.interface] = None
+            for port in (catalog.ports.get(name) for name in ports):
+                if port is not None:
+                    changed[port.interface] = offer.port_service(catalog, self.host, port,
+                                                                 (port.vsid, port.mac) in inactive)
+            self._guest_inputs = (catalog, inactive)
+            self._guest.update_ports(changed)
+        elif last is None or catalog is not last[0] or inactive != last[1]:
+            self._guest_inputs = (catalog, inactive)
+            self._guest.update(offer.port_services(catalog, self.host, inactive))
 
     async def _on_claim(self, port: str, address: Address) -> None:
         await self.claim_virtual_address(port, address)
@@ -612,15 +687,57 @@ class Agent:
         """What the decapsulation table holds now (for trace)."""
         return self._filters.decap
 
-    async def _announce(self) -> None:
+    async def _announce(self, ports: Collection[str] | None = None, before: View | None = None) -> None:
+        """Each local port's routes, one group per port (bgp/announced.py): a port's group is built again
+        only when what it is built from changed (`_inputs`). `ports`: the only ports that may have changed
+        from the view `before` (a port's change); None: every port is looked at, unless the view is the one
+        last announced."""
         if self._client is None:
             return
-        want: dict[MacIpKey, MacIpRoute] = announce.local_routes(
-            self._view.catalog, self.identity, self._view.mobility.seqs(), self._view.mobility.inactive(),
-            self._view.holders.holding())
-        await self._announced.update(self._client, {LOCAL: want})
-        self.metrics.announced(len(self._view.catalog.ports), self._learned_state.records)
-        self.metrics.held_addresses(len(self._view.holders.holding()))
+        view = self._view
+        held: dict[str, list[tuple[Address, int]]] = {}
+        for (_domain, address), (holder, seq) in view.holders.holding().items():
+            held.setdefault(holder, []).append((address, seq))
+        basis = (view.catalog, view.mobility, view.holders.held)
+        if ports is None:
+            last = self._announce_basis
+            if last is not None and all(a is b for a, b in zip(basis, last, strict=True)):
+                names: Collection[str] = ()
+            else:
+                names = self._announcing.keys() | view.catalog.ports.keys()
+        else:
+            names = ports
+        wanted: dict[str, dict[MacIpKey, MacIpRoute]] = {}
+        inputs: dict[str, Announcing | None] = {}
+        for name in names:
+            port = view.catalog.ports.get(name)
+            now = None if port is None else self._inputs(view, port, held.get(name, ()))
+            if now == self._announcing.get(name):
+                continue
+            inputs[name] = now
+            wanted[name] = {} if port is None or now is None else announce.port_routes(
+                view.catalog, self.identity, port, now.seq, now.inactive, now.held)
+        if wanted:
+            await self._announced.update(self._client, wanted)
+        for name, now in inputs.items():
+            if now is None:
+                self._announcing.pop(name, None)
+            else:
+                self._announcing[name] = now
+        last = self._announce_basis
+        if ports is None or (before is not None and last is not None and all(
+                a is b for a, b in zip((before.catalog, before.mobility, before.holders.held), last, strict=True))):
+            self._announce_basis = basis  # every port announced as this view wants
+        self.metrics.announced(len(view.catalog.ports), self._learned_state.records)
+        self.metrics.held_addresses(sum(len(h) for h in held.values()))
+
+    @staticmethod
+    def _inputs(view: View, port: Port, held: Collection[tuple[Address, int]]) -> Announcing:
+        found = view.catalog.subnet(port.vsid)
+        mac = view.mobility.macs.get((port.vsid, port.mac))
+        return Announcing(port, found[0].route_targets if found is not None else None,
+                          mac.seq if mac is not None else 0, mac is not None and not mac.active,
+                          tuple(sorted(held, key=lambda h: (h[0].version, h[0]))))
 
     # ------------------------------------------------------------------ tasks
 

@@ -18,8 +18,9 @@ Per local MAC (keyed by VSID and MAC, the EVPN broadcast domain):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import Protocol, TypeVar
 
@@ -55,25 +56,37 @@ class Freeze:
 @dataclass(frozen=True)
 class Mobility:
     macs: Mapping[MacKey, MacState] = field(default_factory=lambda: MappingProxyType({}))
+    # the MACs that moved away, kept up to date by each change (asked on every change: never rebuilt from
+    # every MAC); derived from `macs` when not given
+    _inactive: frozenset[MacKey] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._inactive is None:
+            object.__setattr__(self, "_inactive", frozenset(k for k, s in self.macs.items() if not s.active))
 
     def _with(self, key: MacKey, state: MacState | None) -> Mobility:
-        macs = dict(self.macs)
+        # (the underlying dict's own copy: a proxy copied item by item is several times slower)
+        macs = self.macs.copy() if isinstance(self.macs, dict | MappingProxyType) else dict(self.macs)
         if state is None:
             macs.pop(key, None)
         else:
             macs[key] = state
-        return Mobility(MappingProxyType(macs))
+        inactive = self.inactive()
+        inactive = inactive - {key} if state is None or state.active else inactive | {key}
+        return Mobility(MappingProxyType(macs), inactive)
 
     def inactive(self) -> frozenset[MacKey]:
-        # asked several times per change (routing, announcing, holders): worked out once per Mobility value
-        found: frozenset[MacKey] | None = self.__dict__.get("_inactive")
-        if found is None:
-            found = frozenset(k for k, s in self.macs.items() if not s.active)
-            object.__setattr__(self, "_inactive", found)
-        return found
+        assert self._inactive is not None
+        return self._inactive
 
-    def seqs(self) -> dict[MacKey, int]:
-        return {k: s.seq for k, s in self.macs.items()}
+    def seqs(self) -> Mapping[MacKey, int]:
+        """The sequence of every MAC, read through (a save per change must not copy every MAC's); the same
+        view while this value lives, so that an unchanged mobility is seen unchanged at once."""
+        return self._seqs
+
+    @cached_property
+    def _seqs(self) -> Seqs:
+        return Seqs(self.macs)
 
     def freezes(self, now: float) -> list[Freeze]:
         return [Freeze(k[0], k[1], len(s.moves), s.frozen_until) for k, s in sorted(self.macs.items())
@@ -112,6 +125,25 @@ class Mobility:
 
     def detach(self, key: MacKey) -> Mobility:
         return self._with(key, None)
+
+
+class Seqs(Mapping[MacKey, int]):
+    """A read-only view of the sequences of `macs`."""
+
+    def __init__(self, macs: Mapping[MacKey, MacState]) -> None:
+        self._macs = macs
+
+    def __getitem__(self, key: MacKey) -> int:
+        return self._macs[key].seq
+
+    def __iter__(self) -> Iterator[MacKey]:
+        return iter(self._macs)
+
+    def __len__(self) -> int:
+        return len(self._macs)
+
+    def __repr__(self) -> str:
+        return f"Seqs({dict(self)!r})"
 
 
 class Moving(Protocol):

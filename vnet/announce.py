@@ -14,7 +14,7 @@ The gateway's type-5 default routes use the same route distinguisher (gateway/ev
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from nvfabric.bgp.routes import MacIpKey, MacIpRoute
@@ -44,26 +44,31 @@ def local_routes(
     inactive: Collection[tuple[int, str]] = (),
     held: Mapping[tuple[str, Address], tuple[str, int]] | None = None,
 ) -> dict[MacIpKey, MacIpRoute]:
-    """`held`: the virtual addresses a local port holds, (routing domain, address) -> (port name, sequence)
-    (hostagent/holders.py): each announced like a CA of that port, with its own sequence."""
+    """Every local port's routes (`port_routes` of each). `held`: the virtual addresses a local port holds,
+    (routing domain, address) -> (port name, sequence) (hostagent/holders.py)."""
+    by_port: dict[str, list[tuple[Address, int]]] = {}
+    for (_domain, address), (name, seq) in (held or {}).items():
+        by_port.setdefault(name, []).append((address, seq))
     out: dict[MacIpKey, MacIpRoute] = {}
     for port in catalog.ports.values():
-        for address in port.addresses:
-            route = _route(catalog, identity, port, address, seqs.get((port.vsid, port.mac), 0), inactive)
-            if route is not None:
-                out[route.key] = route
-    for (_domain, address), (name, seq) in (held or {}).items():
-        port = catalog.ports.get(name)
-        route = _route(catalog, identity, port, address, seq, inactive) if port is not None else None
-        if route is not None:
-            out[route.key] = route
+        out.update(port_routes(catalog, identity, port, seqs.get((port.vsid, port.mac), 0),
+                               (port.vsid, port.mac) in inactive, by_port.get(port.name, ())))
     return out
 
 
-def _route(catalog: Catalog, identity: Identity, port: Port, address: Address, seq: int,
-           inactive: Collection[tuple[int, str]]) -> MacIpRoute | None:
-    if (port.vsid, port.mac) in inactive:
-        return None  # moved to another host (higher sequence there): not ours to announce
+def port_routes(catalog: Catalog, identity: Identity, port: Port, seq: int, inactive: bool,
+                held: Iterable[tuple[Address, int]] = ()) -> dict[MacIpKey, MacIpRoute]:
+    """The routes of one port: one per CA with its MAC's sequence `seq`, and one per virtual address it
+    holds (`held`: address, sequence) with that address's own sequence, announced like a CA of the port.
+    Nothing while its MAC moved to another host (`inactive`: a higher sequence there, not ours to announce)."""
+    if inactive:
+        return {}
+    routes = (_route(catalog, identity, port, address, s)
+              for address, s in (*((a, seq) for a in port.addresses), *held))
+    return {route.key: route for route in routes if route is not None}
+
+
+def _route(catalog: Catalog, identity: Identity, port: Port, address: Address, seq: int) -> MacIpRoute | None:
     found = catalog.subnet(port.vsid)
     if found is None:
         return None

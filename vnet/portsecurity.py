@@ -137,16 +137,18 @@ class Elements:
 
 
 def guarded(catalog: Catalog) -> list[Port]:
-    """The catalog's ports as port security sees them: a port that may hold virtual addresses may send from
-    them and ARP/NA for them, as if they were in its `allowed_addresses` (derived here, so the orchestrator
-    does not repeat them). Whether it holds one now does not matter: keepalived's backup must be able to
-    take the address over with its first gratuitous ARP."""
-    out = []
-    for port in catalog.ports.values():
-        extra = [_host(a) for a in catalog.may_hold(port)]
-        extra = [n for n in extra if n not in port.allowed_addresses]
-        out.append(replace(port, allowed_addresses=(*port.allowed_addresses, *extra)) if extra else port)
-    return out
+    """The catalog's ports as port security sees them (`guarded_port` of each)."""
+    return [guarded_port(catalog, port) for port in catalog.ports.values()]
+
+
+def guarded_port(catalog: Catalog, port: Port) -> Port:
+    """A port as port security sees it: a port that may hold virtual addresses may send from them and ARP/NA
+    for them, as if they were in its `allowed_addresses` (derived here, so the orchestrator does not repeat
+    them). Whether it holds one now does not matter: keepalived's backup must be able to take the address
+    over with its first gratuitous ARP."""
+    extra = [_host(a) for a in catalog.may_hold(port)]
+    extra = [n for n in extra if n not in port.allowed_addresses]
+    return replace(port, allowed_addresses=(*port.allowed_addresses, *extra)) if extra else port
 
 
 def networks(port: Port) -> tuple[tuple[Network, ...], tuple[Network, ...]]:
@@ -466,6 +468,35 @@ class PortSecurity:
                 raise
         self._known = True
         self._ports = want
+        self.last_size = size
+        return size
+
+    @property
+    def known(self) -> bool:
+        """What the kernel has is known: `update` may be used (else `apply`, which reads it back)."""
+        return self._known
+
+    async def update(self, changed: Mapping[str, Port | None]) -> int:
+        """Make the kernel match for the ports on these interfaces only (interface -> its port now, as
+        `guarded_port` gives it; None: no port there); the others are not looked at. The kernel must be
+        known. Returns the number of elements written; NftError as `apply`."""
+        assert self._known, "update needs the kernel known: apply first"
+        want = {i: p for i, p in changed.items() if p is not None and p.port_security}
+        touched = [i for i in changed if self._ports.get(i) != want.get(i)]
+        before = elements(self._ports[i] for i in touched if i in self._ports)
+        after = elements(want[i] for i in touched if i in want)
+        text, size = changes(before, after), _delta(before, after)
+        if text is not None:
+            try:
+                await self.nft.script("port security", text)
+            except NftError:
+                self._known = False
+                raise
+        for i in touched:
+            if i in want:
+                self._ports[i] = want[i]
+            else:
+                self._ports.pop(i, None)
         self.last_size = size
         return size
 

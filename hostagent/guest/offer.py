@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import HostIdentity
 from nvfabric.vnet.kernel.objects import OVERHEAD
-from nvfabric.vnet.model import RoutingDomain, VirtualSubnet
+from nvfabric.vnet.model import Port, RoutingDomain, VirtualSubnet
 
 
 @dataclass(frozen=True)
@@ -67,37 +67,44 @@ def classless_routes(domain: RoutingDomain, subnet: VirtualSubnet,
 
 def port_services(catalog: Catalog, host: HostIdentity,
                   inactive: Collection[tuple[int, str]] = ()) -> dict[str, PortService]:
-    """What every local port is offered, by its interface: the ports of subnets with DHCP enabled (or of a
-    routing domain with virtual addresses, whose claims are watched), except those whose VM moved to another
-    host (`inactive`: their (VSID, MAC), hostagent/mobility.py)."""
+    """What every local port is offered, by its interface (`port_service` of each)."""
     out: dict[str, PortService] = {}
     for port in catalog.ports.values():
-        found = catalog.subnet(port.vsid)
-        if found is None or (port.vsid, port.mac) in inactive:
-            continue
-        domain, subnet = found
-        if not subnet.dhcp.enabled and not domain.virtual_addresses:
-            continue
-        # (DHCP off but virtual addresses declared: the port is watched for claims, offered no address)
-        offered = zip(subnet.prefixes, subnet.gateways, strict=True) if subnet.dhcp.enabled else ()
-        ipv4 = ipv6 = gateway4 = gateway6 = None
-        for prefix, gateway in offered:
-            ca = next((a for a in port.addresses if a in prefix), None)
-            if ca is None:
-                continue
-            if isinstance(prefix, ipaddress.IPv4Network) and isinstance(gateway, ipaddress.IPv4Address):
-                ipv4, gateway4 = ipaddress.IPv4Interface(f"{ca}/{prefix.prefixlen}"), gateway
-            elif isinstance(prefix, ipaddress.IPv6Network) and isinstance(gateway, ipaddress.IPv6Address):
-                ipv6, gateway6 = ipaddress.IPv6Interface(f"{ca}/{prefix.prefixlen}"), gateway
-        servers = subnet.dhcp.dns_servers
-        out[port.interface] = PortService(
-            port=port.name, interface=port.interface, routing_domain=domain.name, vsid=port.vsid, mac=str(port.mac),
-            ipv4=ipv4, ipv6=ipv6, gateway4=gateway4, gateway6=gateway6, mtu=offered_mtu(port.mtu, host),
-            dns4=tuple(a for a in servers if isinstance(a, ipaddress.IPv4Address)),
-            dns6=tuple(a for a in servers if isinstance(a, ipaddress.IPv6Address)),
-            search=subnet.dhcp.search_domains,
-            routes4=classless_routes(domain, subnet, gateway4) if gateway4 is not None else (),
-            lease_time=subnet.dhcp.lease_time,
-            virtual_addresses=tuple(v.address for v in domain.virtual_addresses),
-        )
+        service = port_service(catalog, host, port, (port.vsid, port.mac) in inactive)
+        if service is not None:
+            out[port.interface] = service
     return out
+
+
+def port_service(catalog: Catalog, host: HostIdentity, port: Port, inactive: bool = False) -> PortService | None:
+    """What one local port is offered: None unless its subnet has DHCP enabled (or its routing domain virtual
+    addresses, whose claims are watched), and while its VM moved to another host (`inactive`: its (VSID,
+    MAC) is, hostagent/mobility.py)."""
+    found = catalog.subnet(port.vsid)
+    if found is None or inactive:
+        return None
+    domain, subnet = found
+    if not subnet.dhcp.enabled and not domain.virtual_addresses:
+        return None
+    # (DHCP off but virtual addresses declared: the port is watched for claims, offered no address)
+    offered = zip(subnet.prefixes, subnet.gateways, strict=True) if subnet.dhcp.enabled else ()
+    ipv4 = ipv6 = gateway4 = gateway6 = None
+    for prefix, gateway in offered:
+        ca = next((a for a in port.addresses if a in prefix), None)
+        if ca is None:
+            continue
+        if isinstance(prefix, ipaddress.IPv4Network) and isinstance(gateway, ipaddress.IPv4Address):
+            ipv4, gateway4 = ipaddress.IPv4Interface(f"{ca}/{prefix.prefixlen}"), gateway
+        elif isinstance(prefix, ipaddress.IPv6Network) and isinstance(gateway, ipaddress.IPv6Address):
+            ipv6, gateway6 = ipaddress.IPv6Interface(f"{ca}/{prefix.prefixlen}"), gateway
+    servers = subnet.dhcp.dns_servers
+    return PortService(
+        port=port.name, interface=port.interface, routing_domain=domain.name, vsid=port.vsid, mac=str(port.mac),
+        ipv4=ipv4, ipv6=ipv6, gateway4=gateway4, gateway6=gateway6, mtu=offered_mtu(port.mtu, host),
+        dns4=tuple(a for a in servers if isinstance(a, ipaddress.IPv4Address)),
+        dns6=tuple(a for a in servers if isinstance(a, ipaddress.IPv6Address)),
+        search=subnet.dhcp.search_domains,
+        routes4=classless_routes(domain, subnet, gateway4) if gateway4 is not None else (),
+        lease_time=subnet.dhcp.lease_time,
+        virtual_addresses=tuple(v.address for v in domain.virtual_addresses),
+    )

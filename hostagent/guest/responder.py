@@ -161,6 +161,20 @@ class Responder:
             if old.get(interface) != service:
                 self._advertise(service)
 
+    def update_ports(self, changed: Mapping[str, PortService | None]) -> None:
+        """What the ports on these interfaces are offered from now on (None: nothing, the port is gone or
+        not served); the other ports are not looked at. A port new or changed gets its advertisements at
+        once."""
+        self._wire.forget()  # an interface may have been recreated with another MAC
+        for interface, service in changed.items():
+            old = self._services.get(interface)
+            if service is None:
+                self._services.pop(interface, None)
+                self._buckets.pop(interface, None)
+            elif old != service:
+                self._services[interface] = service
+                self._advertise(service)
+
     def as_dict(self) -> dict[str, Any]:
         errors = getattr(self._wire, "errors", {})
         return {"ports": len(self._services), "frames": self.counters.as_dict(), "wire_errors": dict(errors)}

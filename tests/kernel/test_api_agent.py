@@ -261,12 +261,14 @@ def test_a_change_whose_state_cannot_be_saved_is_503_and_the_kernel_put_back(fab
     _, hosts = fabric
     hv1 = hosts["hv1"]
     netns.run(["ip", "-n", hv1.ns, "link", "add", "tap-s9", "type", "veth", "peer", "name", "tap-s9-vm"])
-    state_file = hv1.thread.agent.config.state_dir / state.FILE
-    saved = state_file.read_bytes()
+    state_dir = hv1.thread.agent.config.state_dir
+    files = [state_dir / state.FILE, state_dir / state.JOURNAL]  # the snapshot and the journal of changes
+    saved = [f.read_bytes() for f in files]
     before = hv1.kernel_routes(), hv1.kernel_routes(6)
     port = {"interface": "tap-s9", "mac": "02:00:00:00:0f:09", "vsid": 5001, "addresses": ["10.0.0.59"]}
-    state_file.unlink()
-    state_file.mkdir()  # the rename onto it fails, as on a full or read-only disk
+    for f in files:
+        f.unlink()
+        f.mkdir()  # neither an append nor a rename onto it works, as on a full or read-only disk
     try:
         status, body = hv1.http("PUT", "/v1/ports/s9", port)
         assert (status, body["error"]) == (503, "state-not-saved"), body
@@ -274,8 +276,9 @@ def test_a_change_whose_state_cannot_be_saved_is_503_and_the_kernel_put_back(fab
         assert "master" not in netns.run(["ip", "-n", hv1.ns, "-d", "link", "show", "tap-s9"]).output
         assert hv1.http("GET", "/v1/ports/s9")[0] == 404
     finally:
-        state_file.rmdir()
-        state_file.write_bytes(saved)
+        for f, content in zip(files, saved, strict=True):
+            f.rmdir()
+            f.write_bytes(content)
     assert hv1.http("PUT", "/v1/ports/s9", port)[0] == 201  # the same request, once the disk is fixed
     assert "10.0.0.59 dev tap-s9" in hv1.kernel_routes()
     assert hv1.http("DELETE", "/v1/ports/s9")[0] == 204
