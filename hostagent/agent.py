@@ -35,7 +35,7 @@ from nvfabric.hostagent import state
 from nvfabric.hostagent import status as report
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.hostagent.eligible import check_port_interface
-from nvfabric.hostagent.filters import Filters, gre_allowed, served_vsids
+from nvfabric.hostagent.filters import Filters, changed_records, gre_sources, served_vsids
 from nvfabric.hostagent.guest import offer
 from nvfabric.hostagent.guest.responder import PacketWire, Responder
 from nvfabric.hostagent.guest.wire import Wire
@@ -518,20 +518,30 @@ class Agent:
 
     async def _update_decap(self) -> None:
         """The decapsulation table (vnet/decap.py): the fabric's PAs, the VSIDs served here, and the inner
-        sources vouched for by the lookup records, the announced prefixes and the customer routes."""
-        routes = list(self._screened.accepted)  # screened by the _compute just before, for this catalog
+        sources vouched for by the lookup records, the announced prefixes and the customer routes; written by
+        difference (hostagent/filters.py), from scratch at the start and checked at each full pass."""
+        routes = self._screened.accepted  # screened by the _compute just before, for this catalog
         catalog, tables, ours = self._view.catalog, self._view.tables, self.config.provider_addresses
-        pas = gre_allowed((r.next_hop for r in routes if hasattr(r, "next_hop")), ours)
         customer = {name: d.customer_routes for name, d in catalog.routing_domains.items()}
         # a learned prefix that lost its key to a stronger route (a local CA, a customer route) is not
         # routed to its sender: nor are packets from that sender with sources in it delivered
         lost = {(c.domain, c.prefix, c.pa) for found in self._conflicts.values() for c in found
                 if c.loser == "remote_prefix"}
-        announced = [p for p in learn.announced_prefixes(catalog, routes, ours)
-                     if (p.routing_domain, str(p.prefix), str(p.pa)) not in lost]
-        elements = decap.vouched(self._learned_state.records, announced, customer, tables)
-        if not await self._filters.decapsulation(pas, served_vsids(catalog, tables), elements,
-                                                 self._hold.holding):
+        announced = tuple(p for p in learn.announced_prefixes(catalog, routes, ours)
+                          if (p.routing_domain, str(p.prefix), str(p.pa)) not in lost)
+        now = decap.DecapInputs(self._learned_state.records, announced, gre_sources(routes, ours), customer,
+                                dict(tables), served_vsids(catalog, tables))
+        was = self._filters.decap_fed
+        what = None
+        if was is not None:
+            # until the learned state says which records changed: one walk of the old and new (O(records));
+            # the rest is small, or counted per PA
+            what = decap.change(changed_records(was.records, now.records), (was.prefixes, now.prefixes), (was.next_hops, now.next_hops),
+                                (was.customer_routes, now.customer_routes), (was.tables, now.tables),
+                                (was.vsids, now.vsids))
+        last = self._reconciler.last if self._reconciler is not None else None
+        if not await self._filters.decapsulation(now, what, self._hold.holding,
+                                                 full=last is not None and last.full_observe):
             self._dirty.set()
 
     async def decap_counters(self) -> dict[str, int]:

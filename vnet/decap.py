@@ -363,8 +363,11 @@ class DecapIndex:
                 index._held.add(e)
                 index._present(e)
             index._held_pas.update(before.pas)
-        index.apply(change((( ), inputs.records), ((), inputs.prefixes), ((), inputs.next_hops),
-                           ({}, inputs.customer_routes), ({}, inputs.tables), ({}, inputs.vsids)), holding)
+        # everything comes, nothing goes: no difference to take (hashing 100,000 records would double the cost)
+        index.apply(DecapChange(((), tuple(inputs.records)), ((), tuple(inputs.prefixes)),
+                                ((), tuple(Counter(inputs.next_hops).elements())),
+                                {d: tuple(routes) for d, routes in inputs.customer_routes.items()},
+                                dict(inputs.tables), dict(inputs.vsids)), holding)
         return index
 
     # ---------------------------------------------------------------------------- the table it stands for
@@ -456,10 +459,12 @@ class DecapIndex:
         mark = self._tables.get(domain)
         if mark is None:
             return
-        self._step(_element(pa, mark, ca), step, holding)
-        for prefix, n in self._via.get(domain, {}).get(ca, Counter()).items():
-            for _ in range(n):
-                self._step(Element.of(pa, mark, prefix), step, holding)
+        self._step(Element(pa.version, int(pa), mark, ca.version, int(ca), _BITS[ca.version]), step, holding)
+        through = self._via.get(domain)
+        if through is not None and ca in through:
+            for prefix, n in through[ca].items():
+                for _ in range(n):
+                    self._step(Element.of(pa, mark, prefix), step, holding)
 
     def _prefix(self, domain: str, pa: Address, prefix: Network, step: int, holding: bool) -> None:
         counts = self._prefixes.setdefault(domain, Counter())
@@ -593,19 +598,24 @@ class DecapIndex:
                 self._written[group] = want
             else:
                 self._written.pop(group, None)
+        hosts, written, outer, regroup = self._hosts, self._written, self._outer, self._regroup
         for h in self._touched:
             group = h[:4]
-            if group in self._regroup:
+            if group in regroup:
                 continue
-            want = h in self._hosts.get(group, ()) and not self._covered(h)
-            have = self._written.get(group)
-            if want and (have is None or h not in have):
-                self._written.setdefault(group, set()).add(h)
-                added.add(h)
-            elif not want and have is not None and h in have:
+            want = h in hosts.get(group, ()) and (group not in outer or not self._covered(h))
+            have = written.get(group)
+            if want:
+                if have is None:
+                    written[group] = {h}
+                    added.add(h)
+                elif h not in have:
+                    have.add(h)
+                    added.add(h)
+            elif have is not None and h in have:
                 have.discard(h)
                 if not have:
-                    del self._written[group]
+                    del written[group]
                 removed.add(h)
         self._touched.clear()
         self._regroup.clear()

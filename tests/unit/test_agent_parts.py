@@ -6,14 +6,32 @@ import asyncio
 import ipaddress
 
 from nvfabric.bgp.announced import Announced, diff
-from nvfabric.hostagent.filters import gre_allowed, served_vsids, vrf_marks
+from nvfabric.hostagent.filters import changed_records, gre_sources, served_vsids, vrf_marks
 from tests.unit.agent_fixtures import catalog
 
 PA1, PA2, PA3 = (ipaddress.ip_address(f"198.51.100.{n}") for n in (11, 12, 13))
 
 
-def test_gre_allowed_from_learned_next_hops_but_ours() -> None:
-    assert gre_allowed([PA1, PA2, PA2, PA3], [PA1]) == {PA2, PA3}
+class Hop:
+    def __init__(self, next_hop) -> None:
+        self.next_hop = next_hop
+
+
+def test_gre_is_accepted_from_learned_next_hops_but_ours_counted_by_route() -> None:
+    assert gre_sources([Hop(PA1), Hop(PA2), Hop(PA2), Hop(PA3), object()], [PA1]) == {PA2: 2, PA3: 1}
+
+
+def test_the_records_that_changed_in_one_walk_of_two_sorted_tuples() -> None:
+    from nvfabric.vnet.model import LookupRecord
+
+    def r(domain: str, ca: str, pa=PA2) -> LookupRecord:
+        return LookupRecord(domain, 5001, ipaddress.ip_address(ca), "02:00:00:00:00:01", pa)
+
+    old = (r("blue", "10.0.0.1"), r("blue", "10.0.0.2"), r("blue", "fd00::1"), r("red", "10.0.0.1"))
+    new = (r("blue", "10.0.0.0"), r("blue", "10.0.0.2", PA3), r("blue", "fd00::1"), r("red", "10.0.0.1"),
+           r("red", "10.0.0.9"))
+    assert changed_records(old, new) == ([old[0], old[1]], [new[0], new[1], new[4]])
+    assert changed_records(old, old) == ([], [])
 
 
 def test_served_vsids_are_every_configured_subnet_with_its_routing_domains_table() -> None:
