@@ -36,7 +36,10 @@ prefix and is not an element of its own (`maximal`). An element lives in exactly
 
 Written like vnet/vrfmark.py's table: the first write replaces the whole table in one transaction, then
 only set and map elements change, in one transaction per change (a remote CA arriving is one element);
-the chains, their rules and counters are never rewritten. At start the agent reads the table back
+the chains, their rules and counters are never rewritten. The agent finds those elements by difference
+(`DecapIndex`: what each element is vouched by, counted), in O(the change) whatever the table's size; the
+whole table from its inputs (`decap_filter`) is the reference, used at the start and checked at each
+periodic resync. At start the agent reads the table back
 (`DecapTable.read`) and writes only the difference: the table stays while the agent is away, so a restart
 never leaves a window without it.
 
