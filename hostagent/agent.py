@@ -536,9 +536,9 @@ class Agent:
         if was is not None:
             # until the learned state says which records changed: one walk of the old and new (O(records));
             # the rest is small, or counted per PA
-            what = decap.change(changed_records(was.records, now.records), (was.prefixes, now.prefixes), (was.next_hops, now.next_hops),
-                                (was.customer_routes, now.customer_routes), (was.tables, now.tables),
-                                (was.vsids, now.vsids))
+            what = decap.change(changed_records(was.records, now.records), (was.prefixes, now.prefixes),
+                                (was.next_hops, now.next_hops), (was.customer_routes, now.customer_routes),
+                                (was.tables, now.tables), (was.vsids, now.vsids))
         last = self._reconciler.last if self._reconciler is not None else None
         if not await self._filters.decapsulation(now, what, self._hold.holding,
                                                  full=last is not None and last.full_observe):

@@ -307,7 +307,8 @@ def change(records: tuple[Iterable[LookupRecord], Iterable[LookupRecord]] = ((),
     return DecapChange(
         _gone_and_come(*records), _gone_and_come(*prefixes), _gone_and_come(*next_hops),
         {d: tuple(new_routes.get(d, ())) for d in old_routes.keys() | new_routes.keys()
-         if tuple(old_routes.get(d, ())) != tuple(new_routes.get(d, ()))},
+         if old_routes.get(d) is not new_routes.get(d)  # (a catalog keeps an unchanged domain's tuple)
+         and tuple(old_routes.get(d, ())) != tuple(new_routes.get(d, ()))},
         {d: new_tables.get(d) for d in old_tables.keys() | new_tables.keys() if old_tables.get(d) != new_tables.get(d)},
         dict(vsids[1]) if vsids[0] != vsids[1] else None)
 
