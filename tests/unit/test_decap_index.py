@@ -5,6 +5,7 @@ the previous table into the next one, element by element."""
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -62,7 +63,9 @@ def patched(f: DecapFilter, delta: DecapDelta) -> DecapFilter:
 
 
 def _whole_change(old: DecapInputs, new: DecapInputs) -> decap.DecapChange:
-    return change((old.records, new.records), (old.prefixes, new.prefixes), (old.next_hops, new.next_hops),
+    # (next hops as the agent gives them: accepted routes counted per PA)
+    return change((old.records, new.records), (old.prefixes, new.prefixes),
+                  (Counter(old.next_hops), Counter(new.next_hops)),
                   (old.customer_routes, new.customer_routes), (old.tables, new.tables), (old.vsids, new.vsids))
 
 
