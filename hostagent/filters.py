@@ -139,7 +139,10 @@ class Filters:
             log.error("decapsulation table: the index differs from the table computed from scratch: rebuilt")
             self._index = None
         if self._index is None:
-            self._index = decap.DecapIndex.build(now, holding, before)
+            try:
+                self._index = decap.DecapIndex.build(now, holding, before)
+            except ValueError as exc:  # (two records of one CA): the reference alone, every change from scratch
+                log.error("decapsulation table: %s: no index", exc)
         self._fed = now
         if want != before:
             await self._decap.apply(want)

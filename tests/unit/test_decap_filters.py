@@ -110,3 +110,14 @@ async def test_a_full_pass_finds_an_index_that_missed_a_change_and_rebuilds_it(n
     third = DecapInputs((record("10.0.0.2"),), (), (HV2,), {}, {"blue": 1000}, {5001: 1000})
     assert await filters.decapsulation(third, _change(second, third), holding=False)
     assert await _kernel(namespace) == third.filter(False, None)
+
+
+async def test_inputs_the_index_refuses_still_give_the_reference_table(namespace):
+    filters = Filters(Nft(namespace))
+    await filters.start()
+    twice = DecapInputs((record("10.0.0.1"), record("10.0.0.1", HV3)), (), (HV2, HV3), {}, {"blue": 1000})
+    assert await filters.decapsulation(twice, None, holding=False)
+    assert await _kernel(namespace) == twice.filter(False, None)
+    once = DecapInputs((record("10.0.0.1", HV3),), (), (HV3,), {}, {"blue": 1000})
+    assert await filters.decapsulation(once, _change(twice, once), holding=False)
+    assert await _kernel(namespace) == once.filter(False, None)
