@@ -35,7 +35,8 @@ def sorted_difference(old: Sequence[T], new: Sequence[T], key: Callable[[T], Any
     """Pure: (the items only in `old`, the items only in `new`) of two sequences sorted by `key`, unique by
     it, in one merge walk. Equal items cost one comparison each and no hashing: 100,000 lookup records
     (frozen dataclasses holding ipaddress objects, hashed in Python) would cost ten times more in a set or a
-    Counter."""
+    Counter. Out of order, it still reports every item only on one side; an item on both may then be
+    reported gone and come, which cancels out when the gone are taken away first."""
     gone: list[T] = []
     come: list[T] = []
     i = j = 0
