@@ -37,7 +37,7 @@ from nvfabric.hostagent import state
 from nvfabric.hostagent import status as report
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.hostagent.eligible import check_port_interface
-from nvfabric.hostagent.filters import Filters, gre_allowed, served_vsids
+from nvfabric.hostagent.filters import Filters, served_vsids
 from nvfabric.hostagent.guest import offer
 from nvfabric.hostagent.guest.responder import PacketWire, Responder
 from nvfabric.hostagent.guest.wire import Wire
@@ -660,20 +660,36 @@ class Agent:
 
     async def _update_decap(self) -> None:
         """The decapsulation table (vnet/decap.py): the fabric's PAs, the VSIDs served here, and the inner
-        sources vouched for by the lookup records, the announced prefixes and the customer routes."""
+        sources vouched for by the lookup records, the announced prefixes and the customer routes; written by
+        difference (hostagent/filters.py) from what the last swap changed (`self.applied`: lookup records,
+        next hops), from scratch at the start, after a full pass and after a refusal (the index is then
+        checked against the reference)."""
         table = self._table  # (as the computation just before read it)
         assert table is not None
-        catalog, tables, ours = self._view.catalog, self._view.tables, self.config.provider_addresses
-        pas = gre_allowed(table.next_hops(), ours)
+        catalog, tables = self._view.catalog, self._view.tables
         customer = {name: d.customer_routes for name, d in catalog.routing_domains.items()}
         # a learned prefix that lost its key to a stronger route (a local CA, a customer route) is not
-        # routed to its sender: nor are packets from that sender with sources in it delivered
+        # routed to its sender: nor are packets from that sender with sources in it delivered. The prefixes
+        # (type-5 routes: a few per routing domain) are compared whole, so a conflict that comes or goes
+        # without a route changing is followed too.
         lost = {(c.domain, c.prefix, c.pa) for found in self._conflicts.values() for c in found
                 if c.loser == "remote_prefix"}
-        announced = [p for p in table.announced() if (p.routing_domain, str(p.prefix), str(p.pa)) not in lost]
-        elements = decap.vouched(self._learned_state.records, announced, customer, tables)
-        if not await self._filters.decapsulation(pas, served_vsids(catalog, tables), elements,
-                                                 self._hold.holding):
+        announced = tuple(p for p in table.announced() if (p.routing_domain, str(p.prefix), str(p.pa)) not in lost)
+        now = decap.DecapInputs(self._learned_state.every_record(), announced, table.next_hops(), customer,
+                                dict(tables), served_vsids(catalog, tables))
+        was, applied = self._filters.decap_fed, self.applied
+        what = None
+        if was is not None and not applied.full:
+            changed = applied.records.values()
+            what = decap.change(([old for old, _ in changed if old is not None],
+                                 [new for _, new in changed if new is not None]),
+                                (was.prefixes, now.prefixes),
+                                (applied.next_hops_removed, applied.next_hops_added),
+                                (was.customer_routes, now.customer_routes), (was.tables, now.tables),
+                                (was.vsids, now.vsids))
+        last = self._reconciler.last if self._reconciler is not None else None
+        if not await self._filters.decapsulation(now, what, self._hold.holding,
+                                                 full=last is not None and last.full_observe):
             self._dirty.set()
 
     async def decap_counters(self) -> dict[str, int]:

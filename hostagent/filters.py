@@ -7,22 +7,66 @@ the right tenant). A refusal is logged and reported (False): the owner retries."
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from nvfabric.vnet import decap
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import vrf_name
-from nvfabric.vnet.model import Address
+from nvfabric.vnet.model import Address, LookupRecord
 from nvfabric.vnet.nftables import Nft, NftError
 from nvfabric.vnet.vrfmark import VrfMarks
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-def gre_allowed(next_hops: Iterable[Address], ours: Collection[Address]) -> frozenset[Address]:
-    """Pure: the PAs GRE is accepted from: every learned next hop but ours (what a hold keeps is
-    vnet.decap.decap_filter's)."""
-    return frozenset(set(next_hops) - set(ours))
+def gre_sources(routes: Iterable[Any], ours: Collection[Address]) -> Counter[Address]:
+    """Pure: the PAs GRE is accepted from, each with the number of accepted routes through it: every learned
+    next hop but ours (what a hold keeps is vnet.decap's)."""
+    counts = Counter(r.next_hop for r in routes if getattr(r, "next_hop", None) is not None)
+    for pa in ours:
+        counts.pop(pa, None)
+    return counts
+
+
+def sorted_difference(old: Sequence[T], new: Sequence[T], key: Callable[[T], Any]) -> tuple[list[T], list[T]]:
+    """Pure: (the items only in `old`, the items only in `new`) of two sequences sorted by `key`, unique by
+    it, in one merge walk. Equal items cost one comparison each and no hashing: 100,000 lookup records
+    (frozen dataclasses holding ipaddress objects, hashed in Python) would cost ten times more in a set or a
+    Counter. Out of order, it still reports every item only on one side; an item on both may then be
+    reported gone and come, which cancels out when the gone are taken away first."""
+    gone: list[T] = []
+    come: list[T] = []
+    i = j = 0
+    while i < len(old) and j < len(new):
+        o, n = old[i], new[j]
+        if o == n:
+            i += 1
+            j += 1
+            continue
+        ko, kn = key(o), key(n)
+        if ko < kn:
+            gone.append(o)
+            i += 1
+        elif kn < ko:
+            come.append(n)
+            j += 1
+        else:
+            gone.append(o)
+            come.append(n)
+            i += 1
+            j += 1
+    gone.extend(old[i:])
+    come.extend(new[j:])
+    return gone, come
+
+
+def changed_records(old: Sequence[LookupRecord], new: Sequence[LookupRecord]) \
+        -> tuple[list[LookupRecord], list[LookupRecord]]:
+    """Pure: (the records gone, the records come) between two tuples in vnet/learn.py lookup_records' order."""
+    return sorted_difference(old, new, lambda r: (r.routing_domain, r.ca.version, r.ca))
 
 
 def served_vsids(catalog: Catalog, tables: Mapping[str, int]) -> dict[int, int]:
@@ -42,6 +86,8 @@ class Filters:
         self._nft = nft
         self._vrf_marks = VrfMarks(nft)
         self._decap = decap.DecapTable(nft)
+        self._index: decap.DecapIndex | None = None  # the table by difference, in step with `_fed`
+        self._fed: decap.DecapInputs | None = None
 
     @property
     def decap(self) -> decap.DecapFilter | None:
@@ -52,17 +98,55 @@ class Filters:
         # what a previous run left is enforced meanwhile and kept until End-of-RIB; changed by difference
         await self._decap.read()
 
-    async def decapsulation(self, pas: Iterable[Address], vsids: Mapping[int, int],
-                            elements: Iterable[decap.Element], holding: bool) -> bool:
-        want = decap.decap_filter(frozenset(pas), vsids, elements, holding, self._decap.applied)
-        if want == self._decap.applied:
-            return True
+    @property
+    def decap_fed(self) -> decap.DecapInputs | None:
+        """What the decapsulation table was last derived from (None: nothing yet, or a refusal since: the next
+        `decapsulation` builds it from scratch)."""
+        return self._fed
+
+    async def decapsulation(self, now: decap.DecapInputs, what: decap.DecapChange | None, holding: bool,
+                            full: bool = False) -> bool:
+        """The decapsulation table for the inputs `now`, which `what` says how they differ from `decap_fed`:
+        only the elements that change are written (O(the change)). `what` None (the start, after a refusal):
+        from scratch, the reference (`DecapInputs.filter`), and the index built. `full` (the periodic resync):
+        the index is checked against the reference too, rebuilt if they differ (logged: a change was missed),
+        and what differs from the reference written (O(table))."""
+        if what is None or not self._decap.known:
+            self._index = None  # (not in step with the table: built again below)
         try:
-            await self._decap.apply(want)
+            if what is not None and self._index is not None:
+                try:
+                    delta = self._index.apply(what, holding)
+                except ValueError as exc:  # a change that does not fit what the index holds: from scratch
+                    log.error("decapsulation table: %s: rebuilt from scratch", exc)
+                    self._index = None
+                else:
+                    self._fed = now
+                    if not full:
+                        if delta:
+                            await self._decap.apply_delta(delta)
+                        return True
+            await self._from_scratch(now, holding)
         except NftError as exc:
             log.warning("%s", exc)
+            self._index, self._fed = None, None
             return False
         return True
+
+    async def _from_scratch(self, now: decap.DecapInputs, holding: bool) -> None:
+        before = self._decap.applied
+        want = now.filter(holding, before)
+        if self._index is not None and self._index.filter() != want:
+            log.error("decapsulation table: the index differs from the table computed from scratch: rebuilt")
+            self._index = None
+        if self._index is None:
+            try:
+                self._index = decap.DecapIndex.build(now, holding, before)
+            except ValueError as exc:  # (two records of one CA): the reference alone, every change from scratch
+                log.error("decapsulation table: %s: no index", exc)
+        self._fed = now
+        if want != before:
+            await self._decap.apply(want)
 
     async def decap_counters(self) -> dict[str, int]:
         return await self._decap.counters()

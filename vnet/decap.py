@@ -36,7 +36,10 @@ prefix and is not an element of its own (`maximal`). An element lives in exactly
 
 Written like vnet/vrfmark.py's table: the first write replaces the whole table in one transaction, then
 only set and map elements change, in one transaction per change (a remote CA arriving is one element);
-the chains, their rules and counters are never rewritten. At start the agent reads the table back
+the chains, their rules and counters are never rewritten. The agent finds those elements by difference
+(`DecapIndex`: what each element is vouched by, counted), in O(the change) whatever the table's size; the
+whole table from its inputs (`decap_filter`) is the reference, used at the start and checked at each
+periodic resync. At start the agent reads the table back
 (`DecapTable.read`) and writes only the difference: the table stays while the agent is away, so a restart
 never leaves a window without it.
 
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -55,7 +59,7 @@ from typing import NamedTuple
 from prometheus_client.core import CounterMetricFamily
 
 from nvfabric.vnet.model import Address, CustomerRoute, LookupRecord, Network, RemotePrefix
-from nvfabric.vnet.nftables import FAMILY, Nft, NftError, Owned, element_network
+from nvfabric.vnet.nftables import FAMILY, Nft, NftError, element_network
 
 TABLE = "nvfabric"
 VSID_MAP = "vsid"
@@ -227,6 +231,409 @@ def decap_filter(pas: Collection[Address], vsids: Mapping[int, int], elements: I
     return DecapFilter(frozenset(pas), dict(vsids), maximal(elements))
 
 
+# ------------------------------------------------------------------------------------------ by difference
+#
+# A change (a remote CA arriving, moving, leaving) must cost O(the elements it changes), not O(the table):
+# the index below keeps what every element is vouched by, and answers each change with the elements to add
+# and delete. `decap_filter` over all the inputs stays the reference (the start, the periodic resync, and
+# the property test that the two agree).
+
+
+@dataclass(frozen=True)
+class DecapDelta:
+    """What one change does to the table: set and map elements to delete and to add."""
+
+    pas_removed: frozenset[Address] = frozenset()
+    pas_added: frozenset[Address] = frozenset()
+    vsids_removed: frozenset[int] = frozenset()  # no longer served, or their table number changed
+    vsids_added: Mapping[int, int] = field(default_factory=dict)  # VSID -> table number: new or changed
+    vouched_removed: frozenset[Element] = frozenset()
+    vouched_added: frozenset[Element] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.pas_removed or self.pas_added or self.vsids_removed or self.vsids_added
+                    or self.vouched_removed or self.vouched_added)
+
+
+@dataclass(frozen=True)
+class DecapInputs:
+    """Everything the table is derived from. Collections are taken as given (not copied): 100,000 records
+    are passed by reference."""
+
+    records: Collection[LookupRecord] = ()  # one per (routing domain, CA); local ones vouch for nothing
+    prefixes: Collection[RemotePrefix] = ()  # announced prefixes, one per announcing PA
+    next_hops: Collection[Address] = ()  # the accepted routes' next hops (a Counter: routes per PA)
+    customer_routes: Mapping[str, Collection[CustomerRoute]] = field(default_factory=dict)  # by routing domain
+    tables: Mapping[str, int] = field(default_factory=dict)  # routing domain -> table number (its mark)
+    vsids: Mapping[int, int] = field(default_factory=dict)  # served VSID -> table number
+
+    def filter(self, holding: bool, before: DecapFilter | None) -> DecapFilter:
+        """The reference: the whole table from scratch, O(inputs)."""
+        elements = vouched(self.records, self.prefixes, self.customer_routes, self.tables)
+        return decap_filter(self.next_hops, self.vsids, elements, holding, before)
+
+
+@dataclass(frozen=True)
+class DecapChange:
+    """What changed in the inputs: for records, prefixes and next hops the ones gone and the ones come
+    (multisets: two routes through one PA are two); for the rest, each routing domain's customer routes and
+    table number as they are now (None: no table), and every served VSID, only where they changed."""
+
+    records: tuple[tuple[LookupRecord, ...], tuple[LookupRecord, ...]] = ((), ())
+    prefixes: tuple[tuple[RemotePrefix, ...], tuple[RemotePrefix, ...]] = ((), ())
+    next_hops: tuple[tuple[Address, ...], tuple[Address, ...]] = ((), ())
+    customer_routes: Mapping[str, tuple[CustomerRoute, ...]] = field(default_factory=dict)
+    tables: Mapping[str, int | None] = field(default_factory=dict)
+    vsids: Mapping[int, int] | None = None
+
+
+def _gone_and_come(old: Iterable, new: Iterable) -> tuple[tuple, tuple]:
+    before, after = Counter(old), Counter(new)
+    return tuple((before - after).elements()), tuple((after - before).elements())
+
+
+def change(records: tuple[Iterable[LookupRecord], Iterable[LookupRecord]] = ((), ()),
+           prefixes: tuple[Iterable[RemotePrefix], Iterable[RemotePrefix]] = ((), ()),
+           next_hops: tuple[Iterable[Address], Iterable[Address]] = ((), ()),
+           customer_routes: tuple[Mapping[str, Collection[CustomerRoute]],
+                                  Mapping[str, Collection[CustomerRoute]]] = ({}, {}),
+           tables: tuple[Mapping[str, int], Mapping[str, int]] = ({}, {}),
+           vsids: tuple[Mapping[int, int], Mapping[int, int]] = ({}, {})) -> DecapChange:
+    """Pure: a DecapChange from (old, new) pairs. For records, prefixes and next hops (an iterable or a
+    Counter) each side may be just the changed items (O(the change)) or the whole before and after (what both
+    hold cancels out: O(both)). The mappings are whole, compared per key (O(routing domains))."""
+    old_routes, new_routes = customer_routes
+    old_tables, new_tables = tables
+    return DecapChange(
+        _gone_and_come(*records), _gone_and_come(*prefixes), _gone_and_come(*next_hops),
+        {d: tuple(new_routes.get(d, ())) for d in old_routes.keys() | new_routes.keys()
+         if old_routes.get(d) is not new_routes.get(d)  # (a catalog keeps an unchanged domain's tuple)
+         and tuple(old_routes.get(d, ())) != tuple(new_routes.get(d, ()))},
+        {d: new_tables.get(d) for d in old_tables.keys() | new_tables.keys() if old_tables.get(d) != new_tables.get(d)},
+        dict(vsids[1]) if vsids[0] != vsids[1] else None)
+
+
+_Group = tuple[int, int, int, int]  # (PA version, PA, mark, inner version): elements that may cover each other
+_Inner = Address | Network  # a CA (a host element) or a prefix
+
+
+def _element(pa: Address, mark: int, inner: _Inner) -> Element:
+    if isinstance(inner, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return Element.of(pa, mark, inner)
+    return Element.host(pa, mark, inner)
+
+
+class DecapIndex:
+    """The decapsulation table kept by difference. Pure (no I/O), mutable: `apply` takes a DecapChange and
+    returns the DecapDelta to write; `filter()` is the table it stands for, equal to the reference
+    `DecapInputs.filter` of the same inputs (O(n): for tests and trace, not per change).
+
+    Each element is counted by its sources (a remote lookup record, a prefix announced by one PA, a customer
+    route through a remote CA); each PA by the accepted routes through it. Written is what `maximal` keeps:
+    per group (PA, domain, family) the outermost prefixes and the hosts none of them covers. A host change
+    costs a look at its group's prefixes (few); a prefix change recomputes its group (the CAs behind one PA
+    in one domain: bounded by a host's VMs, not by the fabric). While holding, an element or PA whose last
+    source goes stays (held) until a change that is not holding."""
+
+    def __init__(self) -> None:
+        # the inputs, indexed for a change: remote records by domain (CA -> PA), announced prefixes by domain,
+        # customer routes by domain and by the CA they go through
+        self._records: dict[str, dict[Address, Address]] = {}
+        self._prefixes: dict[str, Counter[tuple[Address, Network]]] = {}
+        self._customer: dict[str, tuple[CustomerRoute, ...]] = {}
+        self._via: dict[str, dict[Address, Counter[Network]]] = {}
+        self._tables: dict[str, int] = {}
+        self._vsids: dict[int, int] = {}
+        self._next_hops: Counter[Address] = Counter()
+        self._held_pas: set[Address] = set()
+        # the elements: sources per element, the held ones, the present ones by group, the written ones
+        self._count: dict[Element, int] = {}
+        self._held: set[Element] = set()
+        self._hosts: dict[_Group, set[Element]] = {}
+        self._wides: dict[_Group, set[Element]] = {}
+        self._outer: dict[_Group, tuple[list[int], list[Element]]] = {}  # outermost prefixes: firsts, elements
+        self._written: dict[_Group, set[Element]] = {}
+        # during one apply: the hosts whose presence changed, the groups whose prefixes did, the PAs touched
+        self._touched: set[Element] = set()
+        self._regroup: set[_Group] = set()
+        self._pas_touched: set[Address] = set()
+
+    @classmethod
+    def build(cls, inputs: DecapInputs, holding: bool = False, before: DecapFilter | None = None) -> DecapIndex:
+        """The index of these inputs from scratch (O(inputs)); while holding, what `before` holds stays."""
+        index = cls()
+        if holding and before is not None:
+            for e in before.vouched:
+                index._held.add(e)
+                index._present(e)
+            index._held_pas.update(before.pas)
+        # everything comes, nothing goes: no difference to take (hashing 100,000 records would double the cost)
+        index.apply(DecapChange(((), tuple(inputs.records)), ((), tuple(inputs.prefixes)),
+                                ((), tuple(Counter(inputs.next_hops).elements())),
+                                {d: tuple(routes) for d, routes in inputs.customer_routes.items()},
+                                dict(inputs.tables), dict(inputs.vsids)), holding)
+        return index
+
+    # ---------------------------------------------------------------------------- the table it stands for
+
+    def pas(self) -> frozenset[Address]:
+        return frozenset(self._next_hops.keys() | self._held_pas)
+
+    def filter(self) -> DecapFilter:
+        return DecapFilter(self.pas(), dict(self._vsids),
+                           frozenset(e for group in self._written.values() for e in group))
+
+    def __len__(self) -> int:
+        """The vouched elements written."""
+        return sum(len(group) for group in self._written.values())
+
+    # ---------------------------------------------------------------------------------------- one change
+
+    def apply(self, what: DecapChange, holding: bool) -> DecapDelta:
+        pas_before = {pa: self._pa_present(pa) for pa in (*what.next_hops[0], *what.next_hops[1])}
+        released = set() if holding else set(self._held_pas)  # the hold ends: what it kept may go
+        vsids_removed: frozenset[int] = frozenset()
+        vsids_added: dict[int, int] = {}
+        if what.vsids is not None:
+            old, new = self._vsids, what.vsids
+            vsids_removed = frozenset(v for v, m in old.items() if new.get(v) != m)
+            vsids_added = {v: m for v, m in new.items() if old.get(v) != m}
+            self._vsids = dict(new)
+        # what goes first, under the old table numbers, then the renumbering, then what comes: an element
+        # is never counted in and out within one change (while holding, that would keep it)
+        for r in what.records[0]:
+            if not r.local and r.pa is not None:
+                self._record(r.routing_domain, r.ca, r.pa, -1, holding)
+        for p in what.prefixes[0]:
+            self._prefix(p.routing_domain, p.pa, p.prefix, -1, holding)
+        for domain in what.customer_routes:
+            self._customer_routes(domain, self._customer.pop(domain, ()), -1, holding)
+        for pa in what.next_hops[0]:
+            left = self._next_hops[pa] - 1
+            if left < 0:
+                raise ValueError(f"next_hops: {pa} is not a next hop of any route")
+            if left:
+                self._next_hops[pa] = left
+            else:
+                del self._next_hops[pa]
+                if holding:
+                    self._held_pas.add(pa)
+        for domain, table in what.tables.items():
+            self._retable(domain, table, holding)
+        for r in what.records[1]:
+            if not r.local and r.pa is not None:
+                self._record(r.routing_domain, r.ca, r.pa, +1, holding)
+        for p in what.prefixes[1]:
+            self._prefix(p.routing_domain, p.pa, p.prefix, +1, holding)
+        for domain, routes in what.customer_routes.items():
+            if routes:
+                self._customer[domain] = tuple(routes)
+                self._customer_routes(domain, self._customer[domain], +1, holding)
+        for pa in what.next_hops[1]:
+            self._next_hops[pa] += 1
+            self._held_pas.discard(pa)
+        if not holding:
+            for e in self._held:
+                self._absent(e)
+            self._held.clear()
+            self._held_pas.clear()
+        pas_removed = {pa for pa, was in pas_before.items() if was and not self._pa_present(pa)}
+        pas_removed |= {pa for pa in released if not self._pa_present(pa)}
+        pas_added = frozenset(pa for pa, was in pas_before.items() if not was and self._pa_present(pa))
+        removed, added = self._rewrite()
+        return DecapDelta(frozenset(pas_removed), pas_added, vsids_removed, vsids_added, removed, added)
+
+    def _pa_present(self, pa: Address) -> bool:
+        return pa in self._next_hops or pa in self._held_pas
+
+    # ----------------------------------------------------------------------------------- the sources
+
+    def _record(self, domain: str, ca: Address, pa: Address, step: int, holding: bool) -> None:
+        cas = self._records.get(domain, {})
+        if step > 0:
+            if ca in cas:
+                raise ValueError(f"records: {ca} of {domain} has a record already (at {cas[ca]})")
+            self._records.setdefault(domain, cas)[ca] = pa
+        elif cas.get(ca) != pa:
+            raise ValueError(f"records: {ca} of {domain} has no record at {pa}")
+        else:
+            del cas[ca]
+            if not cas:
+                del self._records[domain]
+        mark = self._tables.get(domain)
+        if mark is None:
+            return
+        self._step(Element(pa.version, int(pa), mark, ca.version, int(ca), _BITS[ca.version]), step, holding)
+        through = self._via.get(domain)
+        if through is not None and ca in through:
+            for prefix, n in through[ca].items():
+                for _ in range(n):
+                    self._step(Element.of(pa, mark, prefix), step, holding)
+
+    def _prefix(self, domain: str, pa: Address, prefix: Network, step: int, holding: bool) -> None:
+        counts = self._prefixes.setdefault(domain, Counter())
+        if step < 0 and counts[(pa, prefix)] <= 0:
+            raise ValueError(f"prefixes: {prefix} of {domain} is not announced by {pa}")
+        counts[(pa, prefix)] += step
+        if not counts[(pa, prefix)]:
+            del counts[(pa, prefix)]
+        if not counts:
+            del self._prefixes[domain]
+        mark = self._tables.get(domain)
+        if mark is not None:
+            self._step(Element.of(pa, mark, prefix), step, holding)
+
+    def _customer_routes(self, domain: str, routes: Iterable[CustomerRoute], step: int, holding: bool) -> None:
+        """A domain's customer routes counted in (+1) or out (-1): each through a remote CA vouches for its
+        prefix at that CA's PA."""
+        mark = self._tables.get(domain)
+        cas = self._records.get(domain, {})
+        via = self._via.setdefault(domain, {})
+        for route in routes:
+            if route.next_hop is None:
+                continue
+            through = via.setdefault(route.next_hop, Counter())
+            through[route.prefix] += step
+            if not through[route.prefix]:
+                del through[route.prefix]
+                if not through:
+                    del via[route.next_hop]
+            pa = cas.get(route.next_hop)
+            if pa is not None and mark is not None:
+                self._step(Element.of(pa, mark, route.prefix), step, holding)
+        if not via:
+            del self._via[domain]
+
+    def _sources(self, domain: str) -> Iterable[tuple[Address, _Inner]]:
+        """Every (PA, CA or prefix) the domain's inputs vouch for, with multiplicity."""
+        cas = self._records.get(domain, {})
+        for ca, pa in cas.items():
+            yield pa, ca
+        for (pa, prefix), n in self._prefixes.get(domain, Counter()).items():
+            for _ in range(n):
+                yield pa, prefix
+        for ca, through in self._via.get(domain, {}).items():
+            pa = cas.get(ca)
+            if pa is not None:
+                for prefix, n in through.items():
+                    for _ in range(n):
+                        yield pa, prefix
+
+    def _retable(self, domain: str, table: int | None, holding: bool) -> None:
+        """A routing domain's table number changed (or it gained or lost one): every element of its sources
+        moves (O(the domain's elements))."""
+        old = self._tables.get(domain)
+        if old == table:
+            return
+        for pa, inner in self._sources(domain):
+            if old is not None:
+                self._step(_element(pa, old, inner), -1, holding)
+            if table is not None:
+                self._step(_element(pa, table, inner), +1, holding)
+        if table is None:
+            del self._tables[domain]
+        else:
+            self._tables[domain] = table
+
+    # ------------------------------------------------------------------------------------- the elements
+
+    def _step(self, e: Element, step: int, holding: bool) -> None:
+        n = self._count.get(e, 0) + step
+        if n < 0:
+            raise ValueError(f"vouched: {e.pa} {e.mark} {e.prefix} has no source left")
+        if n:
+            self._count[e] = n
+            if n == 1 and step > 0:
+                if e in self._held:
+                    self._held.discard(e)  # present already
+                else:
+                    self._present(e)
+            return
+        del self._count[e]
+        if holding:
+            self._held.add(e)  # stays until the hold ends
+        else:
+            self._absent(e)
+
+    def _present(self, e: Element) -> None:
+        group = e[:4]
+        if e.length == _BITS[e.version]:
+            self._hosts.setdefault(group, set()).add(e)
+            self._touched.add(e)
+        else:
+            self._wides.setdefault(group, set()).add(e)
+            self._regroup.add(group)
+
+    def _absent(self, e: Element) -> None:
+        group = e[:4]
+        if e.length == _BITS[e.version]:
+            hosts = self._hosts[group]
+            hosts.discard(e)
+            if not hosts:
+                del self._hosts[group]
+            self._touched.add(e)
+        else:
+            wides = self._wides[group]
+            wides.discard(e)
+            if not wides:
+                del self._wides[group]
+            self._regroup.add(group)
+
+    def _rewrite(self) -> tuple[frozenset[Element], frozenset[Element]]:
+        """What `maximal` keeps now, for the groups and hosts this change touched: (deleted, added)."""
+        removed: set[Element] = set()
+        added: set[Element] = set()
+        for group in self._regroup:
+            wides = sorted(self._wides.get(group, ()), key=lambda e: (e.first, e.length))
+            outer: list[Element] = []
+            for e in wides:
+                if not outer or e.first > outer[-1].last:
+                    outer.append(e)
+            if outer:
+                self._outer[group] = ([e.first for e in outer], outer)
+            else:
+                self._outer.pop(group, None)
+            want = set(outer)
+            want.update(h for h in self._hosts.get(group, ()) if not self._covered(h))
+            have = self._written.get(group, set())
+            removed |= have - want
+            added |= want - have
+            if want:
+                self._written[group] = want
+            else:
+                self._written.pop(group, None)
+        hosts, written, outer, regroup = self._hosts, self._written, self._outer, self._regroup
+        for h in self._touched:
+            group = h[:4]
+            if group in regroup:
+                continue
+            want = h in hosts.get(group, ()) and (group not in outer or not self._covered(h))
+            have = written.get(group)
+            if want:
+                if have is None:
+                    written[group] = {h}
+                    added.add(h)
+                elif h not in have:
+                    have.add(h)
+                    added.add(h)
+            elif have is not None and h in have:
+                have.discard(h)
+                if not have:
+                    del written[group]
+                removed.add(h)
+        self._touched.clear()
+        self._regroup.clear()
+        return frozenset(removed), frozenset(added)
+
+    def _covered(self, host: Element) -> bool:
+        found = self._outer.get(host[:4])
+        if found is None:
+            return False
+        firsts, outer = found
+        i = bisect.bisect_right(firsts, host.first) - 1
+        return i >= 0 and host.first <= outer[i].last
+
+
 # ------------------------------------------------------------------------------------------ nft's language
 
 
@@ -310,20 +717,36 @@ def _add(pas: Iterable[Address], vsids: Mapping[int, int], elements: Iterable[El
     return text
 
 
-def changes(old: DecapFilter, new: DecapFilter) -> str | None:
+def difference(old: DecapFilter, new: DecapFilter) -> DecapDelta:
+    """Pure: what turns the table `old` into `new` (a VSID whose table number changed is deleted and added)."""
+    return _difference(old.pas, old.vsids, old.vouched, new)
+
+
+def _difference(pas: Collection[Address], vsids: Mapping[int, int], vouched: Collection[Element],
+                new: DecapFilter) -> DecapDelta:
+    gone = frozenset(v for v, m in vsids.items() if new.vsids.get(v) != m)
+    return DecapDelta(frozenset(pas - new.pas), frozenset(new.pas - pas), gone,
+                      {v: m for v, m in new.vsids.items() if vsids.get(v) != m},
+                      frozenset(vouched - new.vouched), frozenset(new.vouched - vouched))
+
+
+def delta_text(delta: DecapDelta) -> str | None:
     """Set and map elements only, deletes first, in one transaction; None when nothing differs. nft refuses
     to delete an element that is not there (someone changed our table): the caller then replaces it."""
     text = ""
     for version, name in PA_SETS.items():
-        text += _elements("delete", name, _sorted(old.pas - new.pas, version))
-    gone = {v: m for v, m in old.vsids.items() if new.vsids.get(v) != m}
-    text += _elements("delete", VSID_SET, [f"0x{v << 8:x}" for v in sorted(gone)])
-    text += _elements("delete", VSID_MAP, [f"0x{v << 8:x}" for v in sorted(gone)])
-    for name, items in _vouched_by_set(old.vouched - new.vouched).items():
+        text += _elements("delete", name, _sorted(delta.pas_removed, version))
+    text += _elements("delete", VSID_SET, [f"0x{v << 8:x}" for v in sorted(delta.vsids_removed)])
+    text += _elements("delete", VSID_MAP, [f"0x{v << 8:x}" for v in sorted(delta.vsids_removed)])
+    for name, items in _vouched_by_set(delta.vouched_removed).items():
         text += _elements("delete", name, items)
-    added = {v: m for v, m in new.vsids.items() if old.vsids.get(v) != m}
-    text += _add(new.pas - old.pas, added, new.vouched - old.vouched)
+    text += _add(delta.pas_added, delta.vsids_added, delta.vouched_added)
     return text or None
+
+
+def changes(old: DecapFilter, new: DecapFilter) -> str | None:
+    """The transaction that turns the table `old` into `new` (delta_text); None when nothing differs."""
+    return delta_text(difference(old, new))
 
 
 # ---------------------------------------------------------------------------------------------- read back
@@ -375,17 +798,38 @@ def parse_counters(doc: dict) -> dict[str, int]:
 
 
 class DecapTable:
-    """Keeps the kernel's table equal to the given DecapFilter: the whole table at the first write (and
-    after a refused one), then only the elements that changed."""
+    """Keeps the kernel's table equal to what its owner wants: the whole table at the first write (and after
+    a refused one), then only the elements that changed. What was applied is mirrored in mutable sets, so a
+    delta costs O(its elements) here too; `applied` builds the DecapFilter from them (O(table), cached until
+    the next write)."""
 
     def __init__(self, nft: Nft) -> None:
         self.nft = nft
-        self._owned: Owned[DecapFilter] = Owned(ruleset, changes, lambda text: nft.script("decap", text))
+        self._known = False  # False: what the kernel holds is not known, the next apply replaces the table
+        self._pas: set[Address] = set()
+        self._vsids: dict[int, int] = {}
+        self._vouched: set[Element] = set()
+        self._snapshot: DecapFilter | None = None
+
+    @property
+    def known(self) -> bool:
+        """Whether what the kernel's table holds is known (else the next apply replaces it)."""
+        return self._known
 
     @property
     def applied(self) -> DecapFilter | None:
         """What the kernel's table holds as far as we know (None: not known, the next apply replaces it)."""
-        return self._owned.applied
+        if not self._known:
+            return None
+        if self._snapshot is None:
+            self._snapshot = DecapFilter(frozenset(self._pas), dict(self._vsids), frozenset(self._vouched))
+        return self._snapshot
+
+    def _mirror(self, f: DecapFilter | None) -> None:
+        self._known = f is not None
+        f = f or DecapFilter()
+        self._pas, self._vsids, self._vouched = set(f.pas), dict(f.vsids), set(f.vouched)
+        self._snapshot = f if self._known else None
 
     async def read(self) -> DecapFilter | None:
         """The table as the kernel has it (None when absent or not ours); what is read is what the next
@@ -394,11 +838,41 @@ class DecapTable:
             found = parse(await self.nft.list_json("table", FAMILY, TABLE))
         except NftError:
             found = None
-        self._owned.applied = found
+        self._mirror(found)
         return found
 
     async def apply(self, f: DecapFilter) -> None:
-        await self._owned.apply(f)
+        """The table made equal to `f`: replaced when not known, else by difference (O(table) to compare)."""
+        if not self._known:
+            await self._write(ruleset(f))
+            self._mirror(f)
+            return
+        await self.apply_delta(_difference(self._pas, self._vsids, self._vouched, f))
+
+    async def apply_delta(self, delta: DecapDelta) -> None:
+        """Element changes only, in one transaction; the table must be known (ValueError else: the owner
+        applies a whole DecapFilter first). A refusal forgets what was applied and is raised."""
+        if not self._known:
+            raise ValueError("decap: the table is not known: apply a whole filter first")
+        text = delta_text(delta)
+        if text is None:
+            return
+        await self._write(text)
+        self._pas -= delta.pas_removed
+        self._pas |= delta.pas_added
+        for v in delta.vsids_removed:
+            self._vsids.pop(v, None)
+        self._vsids.update(delta.vsids_added)
+        self._vouched -= delta.vouched_removed
+        self._vouched |= delta.vouched_added
+        self._snapshot = None
+
+    async def _write(self, text: str) -> None:
+        try:
+            await self.nft.script("decap", text)
+        except NftError:
+            self._mirror(None)
+            raise
 
     async def counters(self) -> dict[str, int]:
         """Packets by drop reason and PASSED; empty when the table is absent."""
@@ -408,7 +882,7 @@ class DecapTable:
             return {}
 
     async def delete(self) -> None:
-        self._owned.applied = None
+        self._mirror(None)
         try:
             await self.nft.script("delete", f"delete table {FAMILY} {TABLE}\n")
         except NftError:
