@@ -33,13 +33,14 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from nvfabric.bgp import fsm, wire
+from nvfabric.bgp.mac import Mac
 from nvfabric.bgp.routes import Family, MacIpKey, MacIpRoute
 
 KINDS = ("move", "add", "withdraw")
@@ -71,7 +72,7 @@ class Spec:
     provider_prefix: IPv4Network
     pas: int = 1000  # how many distinct next hops (hosts) the CAs are spread over
     rd_admin: str = "192.0.2.1"  # the RDs' administrator field (an IPv4 address)
-    router_mac: str = "02:00:5e:10:00:01"
+    router_mac: Mac = Mac("02:00:5e:10:00:01")
 
     def __post_init__(self) -> None:
         if not self.subnets:
@@ -85,21 +86,23 @@ class Spec:
         return sum(s.prefix.num_addresses - 3 for s in self.subnets)
 
     def pa(self, j: int) -> IPv4Address:
-        return self.provider_prefix[PA_OFFSET + j % self.pas]
+        return IPv4Address(int(self.provider_prefix.network_address) + PA_OFFSET + j % self.pas)
 
-    def ca(self, i: int) -> tuple[Subnet, IPv4Address, str]:
-        """CA number i: its subnet, address and MAC."""
+    def ca(self, i: int) -> tuple[Subnet, IPv4Address, Mac]:
+        """CA number i: its subnet, address and MAC (built from integers and bytes: a table of 100,000 is
+        made in seconds, where parsing text would take ten times as long)."""
         subnet = self.subnets[i % len(self.subnets)]
         host = 2 + i // len(self.subnets)
         if host >= subnet.prefix.num_addresses - 1:
             raise InjectError("count", i + 1, f"more CAs than the subnets hold ({self.capacity()})")
-        return subnet, subnet.prefix[host], "02:" + i.to_bytes(5, "big").hex(":")
+        ip = IPv4Address(int(subnet.prefix.network_address) + host)
+        return subnet, ip, Mac.from_packed(b"\x02" + i.to_bytes(5, "big"))
 
     def route(self, i: int, pa: int, seq: int) -> MacIpRoute:
         subnet, ip, mac = self.ca(i)
         return MacIpRoute(rd=f"{self.rd_admin}:{subnet.vsid}", mac=mac, ip=ip, vsid=subnet.vsid,
                           next_hop=self.pa(pa), route_targets=(subnet.route_target,),
-                          router_mac=self.router_mac, mobility_seq=seq)
+                          router_mac=Mac(self.router_mac), mobility_seq=seq)
 
 
 @dataclass(frozen=True)
@@ -343,10 +346,13 @@ async def announce_table(session: Session, churn: Churn) -> tuple[int, float]:
     return len(churn.table), time.monotonic() - start
 
 
-async def run_churn(session: Session, ticks: Iterable[Tick]) -> list[Change]:
-    """Write each tick's UPDATEs at its time (encoded before the clock starts); the changes, stamped."""
+async def run_churn(session: Session, ticks: Iterable[Tick], ready: Awaitable[object] | None = None) -> list[Change]:
+    """Write each tick's UPDATEs at its time; the changes, stamped. The UPDATEs are encoded first, then
+    `ready` is awaited (the consumer's go), then the clock starts."""
     assert session.negotiated is not None
     encoded = [(tick, encode(session.negotiated, tick.announce, tick.withdraw)) for tick in ticks]
+    if ready is not None:
+        await ready
     stamped: list[Change] = []
     start = time.monotonic()
     for tick, data in encoded:
@@ -379,6 +385,16 @@ def parse_subnets(texts: Sequence[str]) -> tuple[Subnet, ...]:
     return tuple(out)
 
 
+async def _go_line() -> None:
+    """A line on stdin: the consumer is ready for the next phase."""
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+async def _ready(rate: float) -> None:
+    print(json.dumps({"ready": rate}), flush=True)
+    await _go_line()
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     spec = Spec(parse_subnets(args.subnet), IPv4Network(args.provider_prefix), args.pas)
     churn = Churn.initial(spec, args.count, args.seed)
@@ -386,17 +402,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     routes, table_s = await announce_table(session, churn)
     out: dict[str, Any] = {"routes": routes, "table_written_s": round(table_s, 3)}
     print(json.dumps({"table": out}), flush=True)
-    if args.rate > 0 and args.seconds > 0:
-        if args.wait_line:
-            # the consumer says when it has the table (a line on stdin): the churn starts then
-            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        stamped = await run_churn(session, list(churn.schedule(args.rate, args.seconds)))
+    rates = [float(r) for r in str(args.rate).split(",") if float(r) > 0]
+    for rate in rates if args.seconds > 0 else []:
+        ticks = list(churn.schedule(rate, args.seconds))
+        stamped = await run_churn(session, ticks, _ready(rate) if args.wait_line else None)
         if args.stamps:
-            with Path(args.stamps).open("w") as f:
+            with Path(args.stamps.format(rate=int(rate))).open("w") as f:
                 for change in stamped:
                     f.write(json.dumps(change.as_dict()) + "\n")
-        out.update(changes=len(stamped), first_sent=stamped[0].sent if stamped else None,
-                   last_sent=stamped[-1].sent if stamped else None)
+        phase = {"rate": rate, "changes": len(stamped), "first_sent": stamped[0].sent if stamped else None,
+                 "last_sent": stamped[-1].sent if stamped else None, "table": len(churn.table)}
+        print(json.dumps({"phase": phase}), flush=True)
+        out.setdefault("phases", []).append(phase)
     if args.hold > 0:
         await asyncio.sleep(args.hold)
     session.close()
@@ -410,14 +427,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--asn", type=int, default=65000)
     parser.add_argument("--subnet", action="append", default=[],
                         help="VSID,ROUTE_TARGET,PREFIX (repeat); default 5001,65001:1,10.64.0.0/12")
-    parser.add_argument("--provider-prefix", default="198.51.96.0/20")
+    parser.add_argument("--provider-prefix", default="100.64.0.0/16")
     parser.add_argument("--pas", type=int, default=1000)
     parser.add_argument("--count", type=int, default=1000, help="CAs in the table")
-    parser.add_argument("--rate", type=float, default=0.0, help="changes per second after the table")
+    parser.add_argument("--rate", default="0", help="changes per second after the table; several, comma-separated: "
+                        "one phase each, in turn")
     parser.add_argument("--seconds", type=float, default=0.0, help="how long the churn lasts")
     parser.add_argument("--seed", type=int, default=16)
-    parser.add_argument("--stamps", help="write each change, with its send time, as JSON lines here")
-    parser.add_argument("--wait-line", action="store_true", help="start the churn on a line from stdin")
+    parser.add_argument("--stamps", help="write each change, with its send time, as JSON lines here ({rate}: "
+                        "the phase's rate)")
+    parser.add_argument("--wait-line", action="store_true",
+                        help="each phase: encode, print {\"ready\": rate}, start on a line from stdin")
     parser.add_argument("--hold", type=float, default=0.0, help="seconds to keep the session up at the end")
     args = parser.parse_args(argv)
     if not args.subnet:

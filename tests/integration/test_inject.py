@@ -31,7 +31,7 @@ def test_injector_table_and_churn_reach_a_receiver_through_the_reflector(lab: La
     lab.processes.append(injector)
 
     # The same seed gives the same table and changes: what the receiver must end with.
-    spec = inject.Spec(inject.parse_subnets(SUBNETS), IPv4Network("198.51.96.0/20"), 1000)
+    spec = inject.Spec(inject.parse_subnets(SUBNETS), IPv4Network("100.64.0.0/16"), 1000)
     churn = inject.Churn.initial(spec, COUNT)
     expected_changes = sum(len(t.changes) for t in churn.schedule(RATE, SECONDS))
     want = {(r.vsid, str(r.ip)): (str(r.next_hop), r.mobility_seq) for r in churn.routes()}
