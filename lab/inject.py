@@ -188,7 +188,11 @@ class Churn:
         announce: list[MacIpRoute] = []
         withdraw: list[MacIpKey] = []
         touched: set[int] = set()
-        for kind in self.rng.choices(KINDS, weights=mix, k=n):
+        kinds = iter(self.rng.choices(KINDS, weights=mix, k=n))
+        draws = 0
+        while len(changes) < n and draws < 10 * n:  # (a tick's worth of changes to a tiny table may not fit)
+            draws += 1
+            kind = next(kinds, None) or self.rng.choices(KINDS, weights=mix)[0]
             if kind == "add" or not self._alive:
                 if self.next_ca >= self.spec.capacity():
                     continue
@@ -197,7 +201,7 @@ class Churn:
             else:
                 i = self._alive[self.rng.randrange(len(self._alive))]
                 if i in touched:
-                    continue  # one change per CA per tick: a second would be coalesced on the way anyway
+                    continue  # one change per CA per tick (a second would be coalesced on the way): draw again
             touched.add(i)
             change, what = self._change(kind, i)
             changes.append(change)
