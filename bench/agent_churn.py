@@ -125,13 +125,16 @@ async def agent_role(config_path: str, sink: bool, ops_path: str) -> int:
     print(json.dumps({"started": True}), flush=True)
     while line := (await reader.readline()).decode().strip():
         if line == "status":
-            client = agent._client  # (the bench reads the agent's parts directly: status() is O(table))
+            # (O(1): the agent's parts read directly, status() copies tables; polled during the churn)
+            client = agent._client
             backlog = client.backlog().as_dict() if client is not None else {}
             rss, hwm = rss_mib()
             print(json.dumps({"cpu_s": rusage_cpu(), "rss_mib": rss, "hwm_mib": hwm, "backlog": backlog,
-                              "ops": recorder.total, "last_sync_s": agent._last_sync,
-                              "routes": len(client._delivered) if client is not None else 0,
-                              "records": len(agent._learned_state.records)}), flush=True)
+                              "ops": recorder.total, "last_sync_s": getattr(agent, "_last_sync", None)}),
+                  flush=True)
+        elif line == "records":
+            print(json.dumps({"records": len(agent.lookup_records()),
+                              "remote": sum(1 for r in agent.lookup_records() if not r.local)}), flush=True)
         elif line == "dump":
             with open(ops_path, "w") as f:
                 for t, action, prefix, pa in recorder.ops:
@@ -295,6 +298,27 @@ def wait_caught_up(agent: Pipe, delivered_at_least: int, timeout: float,
         time.sleep(0.1)
 
 
+def during(injector: Pipe, agent: Pipe, timeout: float, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Until the injector ends its phase (its line, read by a thread), the agent's status every 0.25 s."""
+    got: dict[str, Any] = {}
+
+    def wait() -> None:
+        try:
+            got.update(injector.read(timeout, want="phase")["phase"])
+        except Exception as exc:  # noqa: BLE001 - reported below, in the main thread
+            got["error"] = exc
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        agent.say("status")
+        samples.append(agent.read(want="cpu_s"))
+        thread.join(0.25)
+    if "error" in got:
+        raise got["error"]
+    return got
+
+
 def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     from nvfabric.lab.peers import Lab, RouteReflector, segment
 
@@ -333,9 +357,11 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
         if learned is None:
             results.append({"size": size, "learned": False, "learn_s": round(learn_s, 1)})
             return results
+        agent.say("records")
+        records = agent.read(want="records")
         learn = {"size": size, "learn_s": round(learn_s, 2), "table_written_s": table["table_written_s"],
                  "learn_cpu_s": round(learned["cpu_s"] - before.get("cpu_s", 0.0), 2),
-                 "records": learned["records"], "rss_mib": round(learned["rss_mib"], 1)}
+                 "remote_records": records["remote"], "rss_mib": round(learned["rss_mib"], 1)}
         print(json.dumps({"learned": learn}), flush=True)
         if watch is not None:
             watch.take()
@@ -347,7 +373,7 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
             start = agent.read(want="cpu_s")
             injector.say("go")
             samples: list[dict[str, Any]] = []
-            phase = injector.read(args.seconds + 600, want="phase")["phase"]
+            phase = during(injector, agent, args.seconds + 600, samples)
             done, drain_s = wait_caught_up(agent, start["backlog"]["delivered"] + 1, args.drain, samples)
             end = done or samples[-1]
             if watch is not None:
