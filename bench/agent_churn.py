@@ -427,7 +427,7 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
 
 
 def table_md(results: list[dict[str, Any]]) -> str:
-    lines = ["| CAs | changes/s | sent | applied | CPU per change | lag p50 | lag p99 | kept up | worst backlog "
+    lines = ["| CAs | changes/s | sent | applied | CPU per change | lag p50 | lag p99 | kept up | agent backlog "
              "| RSS |", "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in results:
         if "rate" not in r:
