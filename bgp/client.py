@@ -11,11 +11,17 @@ local routes, and delivers ONE stream of route changes:
   a route that leaves the set is delivered as withdrawn).
 Session events (`PeerStatus`: established, down, end-of-rib) travel in the same stream, in order, so a
 consumer can wait for End-of-RIB before deleting what it did not relearn.
+
+Falling behind shows in `backlog()`: the changes waiting in the queue (at most one per key: bounded by the
+table, however fast the fabric churns) and how long the oldest has waited, and, when the consumer applies
+what it was delivered in passes (`mark()` before reading, `applied(mark)` once it is in effect), the
+changes delivered but not in effect yet and the age of the oldest of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -36,6 +42,23 @@ class RouteUpdate:
 ClientEvent = RouteUpdate | PeerStatus
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """How far the consumer is behind the reflectors, now. Ages are seconds (0.0: nothing waits); a change
+    to a key that was pending already waits from its latest change (the older value will never be used)."""
+
+    pending: int  # changes queued, not yet delivered: at most one per key (and one per session event)
+    oldest_pending_s: float
+    delivered: int  # route changes handed to the consumer since the start
+    applied: int  # of those, the ones in effect (`applied`)
+    oldest_unapplied_s: float  # the oldest change not in effect yet: delivered or still queued
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"pending": self.pending, "oldest_pending_s": round(self.oldest_pending_s, 3),
+                "delivered": self.delivered, "applied": self.applied,
+                "oldest_unapplied_s": round(self.oldest_unapplied_s, 3)}
+
+
 class Client:
     def __init__(self, config: SpeakerConfig, *, speaker: Speaker | None = None) -> None:
         self.config = config
@@ -44,6 +67,13 @@ class Client:
         self._delivered: dict[RouteKey, Route] = {}
         # Insertion-ordered: key (or a status slot) -> latest pending value.
         self._pending: dict[object, ClientEvent] = {}
+        self._queued_at: dict[object, float] = {}  # slot -> when its pending value was queued (same order)
+        self._delivered_count = 0
+        self._applied_count = 0
+        # when the oldest change delivered since the last mark() was queued; and of those before it that
+        # are not in effect yet (the consumer's pass in progress, or one that failed)
+        self._unmarked_since: float | None = None
+        self._inflight_since: float | None = None
         self._wakeup = asyncio.Event()
         self._status_seq = 0
         self.speaker.subscribe(self._on_notices)
@@ -72,12 +102,40 @@ class Client:
                 await self._wakeup.wait()
             slot = next(iter(self._pending))
             event = self._pending.pop(slot)
+            queued_at = self._queued_at.pop(slot)
             if isinstance(event, RouteUpdate):
+                self._delivered_count += 1
+                if self._unmarked_since is None:
+                    self._unmarked_since = queued_at
                 if event.route is None:
                     self._delivered.pop(event.key, None)
                 else:
                     self._delivered[event.key] = event.route
             yield event
+
+    def mark(self) -> int:
+        """Before the consumer reads what it was delivered (`routes()`) to apply it: what it will have
+        applied when it passes the mark to `applied`."""
+        if self._unmarked_since is not None:
+            since = self._inflight_since
+            self._inflight_since = self._unmarked_since if since is None else min(since, self._unmarked_since)
+            self._unmarked_since = None
+        return self._delivered_count
+
+    def applied(self, mark: int) -> None:
+        """What was delivered up to `mark` is in effect (a pass that fails does not call this: its changes
+        stay unapplied, and age, until a later pass succeeds)."""
+        if mark >= self._applied_count:
+            self._applied_count = mark
+            self._inflight_since = None
+
+    def backlog(self, now: float | None = None) -> Backlog:
+        """O(1)."""
+        now = time.monotonic() if now is None else now
+        oldest_pending = self._queued_at[next(iter(self._queued_at))] if self._queued_at else None
+        starts = [t for t in (self._inflight_since, self._unmarked_since, oldest_pending) if t is not None]
+        return Backlog(len(self._pending), 0.0 if oldest_pending is None else now - oldest_pending,
+                       self._delivered_count, self._applied_count, now - min(starts) if starts else 0.0)
 
     # -- from the speaker's owner task: must not block ----------------------------------------------------
 
@@ -88,6 +146,7 @@ class Client:
             else:
                 self._status_seq += 1
                 self._pending[("status", self._status_seq)] = notice
+                self._queued_at[("status", self._status_seq)] = time.monotonic()
         if self._pending:
             self._wakeup.set()
 
@@ -95,12 +154,13 @@ class Client:
         best = change.new_best
         route = best.route if best is not None and self._imported(best.route) else None
         key = change.key
+        self._pending.pop(key, None)
+        self._queued_at.pop(key, None)
         if route == self._delivered.get(key):
-            # Back to (or still) what the consumer has: nothing to tell, drop a pending intermediate.
-            self._pending.pop(key, None)
-            return
-        self._pending.pop(key, None)  # re-queue at the end: order of last change
+            return  # back to (or still) what the consumer has: nothing to tell, a pending intermediate dropped
+        # (re-queued at the end: the order of last change)
         self._pending[key] = RouteUpdate(key, route)
+        self._queued_at[key] = time.monotonic()
 
     def _imported(self, route: Route) -> bool:
         if not self.import_targets or not isinstance(route, (MacIpRoute, PrefixRoute)):

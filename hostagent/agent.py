@@ -41,7 +41,7 @@ from nvfabric.hostagent.filters import Filters, served_vsids
 from nvfabric.hostagent.guest import offer
 from nvfabric.hostagent.guest.responder import PacketWire, Responder
 from nvfabric.hostagent.guest.wire import Wire
-from nvfabric.hostagent.metrics import AgentMetrics
+from nvfabric.hostagent.metrics import AgentMetrics, BacklogCollector
 from nvfabric.hostagent.reload import Reconfiguration
 from nvfabric.hostagent.status import AgentStatus, ReflectorStatus
 from nvfabric.hostagent.compute import (
@@ -115,6 +115,8 @@ class Agent:
         self.registry.register(self._decap_collector)
         self.registry.register(BfdCollector(self._bfd_status))
         self.registry.register(SessionCollector(self._sessions))
+        self.registry.register(BacklogCollector(lambda: self._client.backlog() if self._client else None))
+        self._last_sync: float | None = None  # seconds the last pass following BGP took
         self._lock = asyncio.Lock()
         self._started = False
         self._sock: RtnlSocket | None = None
@@ -391,6 +393,8 @@ class Agent:
             guest_services=self._guest.as_dict() if self._guest is not None
             else {"ports": 0, "frames": {}, "wire_errors": {}, "error": self._guest_error},
             bfd=tuple(s.as_dict() for s in self._bfd_status()),
+            backlog=self._client.backlog().as_dict() if self._client else {},
+            last_sync_s=None if self._last_sync is None else round(self._last_sync, 4),
         )
 
     def readiness(self) -> tuple[str, ...]:
@@ -777,7 +781,14 @@ class Agent:
             self._dirty.clear()
             async with self._lock:
                 try:
+                    # what the client delivered up to here is in effect once the pass ends (its backlog)
+                    mark = self._client.mark() if self._client is not None else 0
+                    began = time.monotonic()
                     await self._sync_locked()
+                    self._last_sync = time.monotonic() - began
+                    self.metrics.synced(self._last_sync)
+                    if self._client is not None:
+                        self._client.applied(mark)
                 except Exception:  # noqa: BLE001 - the loop must survive; the error is logged and retried
                     log.exception("sync failed")
                     assert self._reconciler is not None

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> tuple[argparse._SubParse
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--flow-id", default="0")
-    leaf("status", "the agent's status: BGP sessions, sync, last reconcile", _status)
+    leaf("status", "the agent's status: BGP sessions, sync, last reconcile, backlog", _status)
 
     domain = service.parser(sub, AGENT, "routing-domain", help="get, put or delete one routing domain")
     domain_sub = domain.add_subparsers(dest="domain_command", required=True, metavar="ACTION")

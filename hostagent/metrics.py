@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from nvfabric.bgp.client import Backlog
 from nvfabric.service.build import register_process
 from nvfabric.vnet.desired import Conflict
 from nvfabric.vnet.model import LookupRecord
@@ -44,6 +45,16 @@ class AgentMetrics:
                                      "holds now", registry=self.registry)
         self.guest_frames = GuestFrames()
         self.registry.register(self.guest_frames)
+        # a pass that follows BGP (learned routes -> kernel): how long it takes is how stale the kernel gets
+        self._sync_seconds = Histogram("nvfabric_agent_sync_duration_seconds", "passes following BGP changes "
+                                       "into the kernel, by duration", registry=self.registry,
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+        self._last_sync = Gauge("nvfabric_agent_last_sync_duration_seconds", "the last pass following BGP changes "
+                                "into the kernel", registry=self.registry)
+
+    def synced(self, seconds: float) -> None:
+        self._sync_seconds.observe(seconds)
+        self._last_sync.set(seconds)
 
     def claimed(self, outcome: str) -> None:
         self._claims.labels(outcome).inc()
@@ -116,3 +127,27 @@ class GuestFrames(Collector):
         for (protocol, outcome), n in sorted(counts.items()):
             family.add_metric([protocol, outcome], n)
         yield family
+
+
+class BacklogCollector(Collector):
+    """How far the agent is behind the reflectors (bgp/client.py Backlog), read at each scrape: changes
+    queued (coalesced per key, so bounded by the table) and the age of the oldest; route changes received
+    and applied (in the kernel); the age of the oldest change not applied yet, which grows while the agent
+    does not keep up."""
+
+    def __init__(self, read: Callable[[], Backlog | None]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        b = self.read() or Backlog(0, 0.0, 0, 0, 0.0)
+        yield GaugeMetricFamily("nvfabric_agent_bgp_pending_changes", "route changes (and session events) "
+                                "received from the reflectors and not yet taken by the agent, one per key",
+                                value=b.pending)
+        yield GaugeMetricFamily("nvfabric_agent_bgp_pending_oldest_seconds", "how long the oldest of the pending "
+                                "changes has waited", value=b.oldest_pending_s)
+        yield CounterMetricFamily("nvfabric_agent_route_changes_received", "route changes taken from the "
+                                  "reflectors' stream", value=b.delivered)
+        yield CounterMetricFamily("nvfabric_agent_route_changes_applied", "route changes in effect (the pass that "
+                                  "took them into the kernel finished)", value=b.applied)
+        yield GaugeMetricFamily("nvfabric_agent_route_changes_unapplied_oldest_seconds", "how long the oldest "
+                                "route change not in effect yet has waited (0: none)", value=b.oldest_unapplied_s)

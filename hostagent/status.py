@@ -45,6 +45,9 @@ class AgentStatus:
     guest_services: dict[str, Any] = field(default_factory=dict)
     # the BFD sessions to the reflectors configured with `bfd` (BfdStatus.as_dict())
     bfd: tuple[dict[str, Any], ...] = ()
+    # how far behind the reflectors (bgp/client.py Backlog.as_dict()) and the last pass following BGP, seconds
+    backlog: dict[str, Any] = field(default_factory=dict)
+    last_sync_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

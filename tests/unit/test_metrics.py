@@ -151,6 +151,10 @@ async def test_the_agents_metrics_are_conventional(tmp_path) -> None:
     assert value(text, 'nvfabric_bgp_session_state{peer="198.51.100.100",state="idle"}') == 1
     assert value(text, 'nvfabric_bgp_session_state{peer="198.51.100.100",state="established"}') == 0
     assert "nvfabric_bgp_session_established_timestamp_seconds{" not in text
+    # not behind: nothing received, nothing waits
+    assert value(text, "nvfabric_agent_bgp_pending_changes") == 0
+    assert value(text, "nvfabric_agent_route_changes_applied_total") == 0
+    assert value(text, "nvfabric_agent_route_changes_unapplied_oldest_seconds") == 0
 
 
 def unstarted_gateway(monkeypatch: pytest.MonkeyPatch) -> Gateway:
@@ -240,6 +244,8 @@ tests:
         values: '0 0 1 1 1'
       - series: 'nvfabric_agent_routes_refused{job="nvfabric-agent",instance="hv1",reason="next_hop_not_pa"}'
         values: '0 3x20'
+      - series: 'nvfabric_agent_route_changes_unapplied_oldest_seconds{job="nvfabric-agent",instance="hv1"}'
+        values: '0 0.5 90+60x10'
     alert_rule_test:
       - eval_time: 1m
         alertname: NvfabricBgpSessionDown
@@ -285,6 +291,17 @@ tests:
               summary: "hv1 refuses 3 learned routes (next_hop_not_pa)"
               description: "The import policy leaves them out (docs/agent.md, import policy); `nvfabric ctl
                 status` lists them."
+      - eval_time: 5m
+        alertname: NvfabricAgentBehind
+        exp_alerts: []
+      - eval_time: 8m
+        alertname: NvfabricAgentBehind
+        exp_alerts:
+          - exp_labels: {severity: warning, job: nvfabric-agent, instance: "hv1"}
+            exp_annotations:
+              summary: "The agent on hv1 has a route change waiting for 450 s"
+              description: "`nvfabric ctl status` shows its backlog and how long its last pass took
+                (last_sync_s)."
 """
 
 
