@@ -213,3 +213,22 @@ def test_clsact_with_a_shared_block_is_iproute2s_and_parses_back():
     assert m.parse_qdisc(m.message(m.RTM_NEWQDISC, 0, 1, IPROUTE2_CLSACT)) == m.QdiscFields(3, "clsact", 7637)
     # the delete names no handle and no kind (a device whose clsact is gone answers either with EINVAL)
     assert m.parse_qdisc(m.message(m.RTM_DELQDISC, 0, 1, m.clsact_body(3, None))) == m.QdiscFields(3, "", 0)
+
+
+def test_neighbour_parsed_by_hand_as_pyroute2_decodes_it():
+    """Permanent and proxy entries, both families, with and without NDA_PROTOCOL and the attributes a dump
+    adds (NDA_CACHEINFO, NDA_PROBES): the same fields as pyroute2's ndmsg."""
+    extra = m.nla_pack(3, struct.pack("=IIII", 1, 2, 3, 4)) + m.nla_pack(4, struct.pack("=I", 0))
+    bodies = [m.neigh_body(6, 7, "fe80::1", lladdr="02:00:5E:10:00:01", proxy=False, proto=78) + extra,
+              m.neigh_body(4, 9, "169.254.0.1", lladdr="02:00:5e:10:00:01", proxy=False, proto=78),
+              m.neigh_body(6, 12, "fd00:b::12", lladdr=None, proxy=True, proto=78),
+              m.neigh_body(4, 3, "10.0.0.7", lladdr=None, proxy=True, proto=78)[: -8]]  # no NDA_PROTOCOL
+    for body in bodies:
+        raw = m.message(m.RTM_NEWNEIGH, 0, 1, body)
+        theirs = ndmsg(raw)
+        theirs.decode()
+        ours = m.parse_neighbour(raw)
+        assert (ours.ifindex, ours.state, ours.flags) == (theirs["ifindex"], theirs["state"], theirs["flags"])
+        assert ours.dst == theirs.get_attr("NDA_DST")
+        assert ours.lladdr == theirs.get_attr("NDA_LLADDR")
+        assert ours.protocol == theirs.get_attr("NDA_PROTOCOL")

@@ -582,6 +582,30 @@ def _ntop(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
+@dataclass(frozen=True)
+class NeighbourFields:
+    """What `observe` needs of one RTM_NEWNEIGH message."""
+
+    ifindex: int
+    state: int
+    flags: int
+    dst: str | None
+    lladdr: str | None  # lower-case, colon-separated (pyroute2's text)
+    protocol: int | None  # NDA_PROTOCOL: absent on kernels that do not keep it
+
+
+def parse_neighbour(msg: bytes) -> NeighbourFields:
+    """A neighbour message parsed by hand: the same answers as pyroute2's `ndmsg` (tested against it), at a
+    fraction of the cost: a host's neighbour dump holds the kernel's own entries for every VM too."""
+    _family, _pad1, _pad2, ifindex, state, flags, _type = _NDMSG.unpack_from(msg, 16)
+    a = _attrs(msg, 16 + _NDMSG.size, len(msg))
+    dst = a.get(NDA_DST)
+    lladdr = a.get(NDA_LLADDR)
+    proto = a.get(NDA_PROTOCOL)
+    return NeighbourFields(ifindex, state, flags, _ntop(dst) if dst and len(dst) in (4, 16) else None,
+                           lladdr.hex(":") if lladdr else None, proto[0] if proto else None)
+
+
 def parse_route(msg: bytes) -> RouteFields:
     """A route message parsed by hand: the same answers as `RouteMessage` (tested on iproute2's bytes),
     but pyroute2's generic decoder costs ~5 ms per route in the emulated VM, i.e. minutes for the

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
-from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 from nvfabric.vnet.kernel import messages as m
 from nvfabric.vnet.kernel import objects as k
@@ -120,17 +119,15 @@ async def neighbours(sock: RtnlSocket, names: dict[int, str], ports: set[str]) -
     for flags in (0, m.NTF_PROXY):
         body = struct.pack("=BBHiHBB", socket.AF_UNSPEC, 0, 0, 0, 0, flags, 0)
         async for raw in sock.dump(m.RTM_GETNEIGH, body):
-            msg = ndmsg(raw)
-            msg.decode()
-            dev = names.get(msg["ifindex"])
-            proto = msg.get_attr("NDA_PROTOCOL")
-            if msg["flags"] & m.NTF_PROXY:
+            n = m.parse_neighbour(raw)
+            dev = names.get(n.ifindex)
+            if n.flags & m.NTF_PROXY:
                 # proxy entries carry NDA_PROTOCOL on kernels that keep it; otherwise a proxy entry on
                 # one of our ports is ours (the port belongs to our routing domain)
-                if proto == k.PROTO or (proto is None and dev in ports):
-                    yield k.ProxyNeighbour(dev, msg.get_attr("NDA_DST"))
-            elif proto == k.PROTO and msg["state"] & m.NUD_PERMANENT:
-                yield k.PermanentNeighbour(dev, msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR"))
+                if n.protocol == k.PROTO or (n.protocol is None and dev in ports):
+                    yield k.ProxyNeighbour(dev, n.dst)
+            elif n.protocol == k.PROTO and n.state & m.NUD_PERMANENT:
+                yield k.PermanentNeighbour(dev, n.dst, n.lladdr)
 
 
 def _route(r: m.RouteFields, names: dict[int, str]) -> k.KernelObject | None:
