@@ -26,6 +26,7 @@ full pass falls into the measurement.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import sys
@@ -71,14 +72,8 @@ class Timeline:
 
     def install(self) -> Timeline:
         timeline = self
-        observe, rec = reconcile.Reconciler.observe, reconcile.Reconciler.reconcile
+        rec = reconcile.Reconciler.reconcile
         on_peer = agent_module.Agent._on_peer
-
-        async def timed_observe(r: reconcile.Reconciler, sysctls: Any) -> Any:
-            started = time.monotonic()
-            out = await observe(r, sysctls)
-            timeline.mark("observe", seconds=time.monotonic() - started, objects=len(out))
-            return out
 
         async def timed_reconcile(r: reconcile.Reconciler, parts: Any, hold: bool = False) -> Any:
             outcome = await rec(r, parts, hold)
@@ -91,18 +86,37 @@ class Timeline:
             timeline.mark("peer", peer=event.peer, state=event.state)
             on_peer(a, event)
 
-        reconcile.Reconciler.observe = timed_observe  # type: ignore[method-assign]
         reconcile.Reconciler.reconcile = timed_reconcile  # type: ignore[method-assign]
         agent_module.Agent._on_peer = peer  # type: ignore[method-assign]
-        compute = getattr(agent_module, "compute", None)
-        if compute is not None:  # the desired state's computation, where the agent calls it
-            def timed_compute(*args: Any, **kwargs: Any) -> Any:
-                started = time.monotonic()
-                out = compute(*args, **kwargs)
-                timeline.mark("compute", seconds=time.monotonic() - started)
-                return out
-            agent_module.compute = timed_compute
+        # the steps of a sync, where they are (a tree without one of them just has no figure for it)
+        self.time(reconcile.Reconciler, "observe", "observe", count=len)
+        self.time(agent_module, "compute", "compute")
+        self.time(agent_module.Agent, "_learned", "learned")
+        self.time(agent_module.Agent, "_update_decap", "decap")
+        self.time(agent_module.Agent, "_announce", "announce")
+        self.time(agent_module.Filters, "start", "filters_start")
+        self.time(agent_module.PortSecurity, "apply", "port_security")
         return self
+
+    def time(self, owner: Any, name: str, label: str, count: Any = None) -> None:
+        original = getattr(owner, name, None)
+        if original is None:
+            return
+        timeline = self
+        if asyncio.iscoroutinefunction(original):
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                started = time.monotonic()
+                out = await original(*args, **kwargs)
+                timeline.mark(label, seconds=time.monotonic() - started, **({"objects": count(out)} if count else {}))
+                return out
+            setattr(owner, name, timed_async)
+        else:
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                started = time.monotonic()
+                out = original(*args, **kwargs)
+                timeline.mark(label, seconds=time.monotonic() - started)
+                return out
+            setattr(owner, name, timed)
 
     def summary(self) -> dict[str, Any]:
         def total(kind: str, key: str = "seconds") -> float:
@@ -118,6 +132,8 @@ class Timeline:
             "observe_s": [round(d["seconds"], 3) for d in observes],
             "observed_objects": [d["objects"] for d in observes],
             "computes": sum(1 for _, w, _ in self.events if w == "compute"), "compute_s": total("compute"),
+            **{f"{label}_s": total(label) for label in ("learned", "decap", "announce", "filters_start",
+                                                        "port_security")},
             "reconciles": len(reconciles), "reconcile_s": total("reconcile"),
             "plan_s": total("reconcile", "plan"), "apply_s": total("reconcile", "apply"),
             "established_rr1": first("peer", peer=RR1, state="established"),
@@ -140,16 +156,17 @@ def settled(fabric: Fabric, count: int, timeout: float) -> float:
     agent = fabric.agents["hv1"]
 
     def probe(a: Any) -> bool:
-        if not a.status().synced or a.readiness():
+        # cheap first: this runs on the agent's loop (status() is O(lookup records))
+        if a.readiness() or a._lock.locked() or a._dirty.is_set():  # bench-only peek
             return False
         records = sum(1 for r in a.lookup_records() if r.routing_domain == "scale" and not r.local)
-        return records == count and not a._lock.locked() and not a._dirty.is_set()  # bench-only peek
+        return records == count and a.status().synced
 
     end = time.monotonic() + timeout
     while not agent.read(probe, timeout=max(1.0, end - time.monotonic())):
         if time.monotonic() > end:
             raise TimeoutError(f"hv1 did not settle on {count} remote CAs within {timeout:.0f} s")
-        time.sleep(0.1)
+        time.sleep(0.2)
     return time.monotonic()
 
 
