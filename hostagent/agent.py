@@ -177,7 +177,9 @@ class Agent:
                 await task
         self._tasks = []
         if self._client is not None:
-            await self._client.stop()
+            # without a NOTIFICATION: the reflectors keep our routes, stale, until we are back (graceful
+            # restart); a Cease would withdraw every VM of this host from the fabric for the restart
+            await self._client.stop(notify=False)
         if self._guest is not None:
             await self._guest.close()
             self._guest = None
