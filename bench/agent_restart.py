@@ -163,9 +163,14 @@ def settled(fabric: Fabric, count: int, timeout: float) -> float:
         return records == count and a.status().synced
 
     end = time.monotonic() + timeout
+    said = time.monotonic()
     while not agent.read(probe, timeout=max(1.0, end - time.monotonic())):
         if time.monotonic() > end:
             raise TimeoutError(f"hv1 did not settle on {count} remote CAs within {timeout:.0f} s")
+        if time.monotonic() - said > 20:  # progress, so a run that cannot settle shows why
+            said = time.monotonic()
+            where = agent.read(lambda a: (len(a.lookup_records()), a.readiness()), timeout=max(1.0, end - said))
+            print(f"  ... {where[0]:,} lookup records, not ready: {where[1]}", flush=True)
         time.sleep(0.2)
     return time.monotonic()
 
@@ -203,7 +208,9 @@ def receiver_time(fabric: Fabric, count: int, timeout: float) -> dict[str, float
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--remote-cas", type=int, default=10000)
-    parser.add_argument("--pas", type=int, default=1000, help="provider addresses the remote CAs are spread over")
+    parser.add_argument("--pas", type=int, default=500,
+                        help="provider addresses the remote CAs are spread over (198.51.97.0 onwards: at most 768, "
+                             "below the lab's own 198.51.100.0/24)")
     parser.add_argument("--timeout", type=float, default=1800, help="per phase, seconds")
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
@@ -217,6 +224,9 @@ def main() -> int:
     try:
         fabric.start_reflectors(hold_time=90)
         spec = inject.Spec((inject.Subnet(VSID, RT, IPv4Network("10.64.0.0/12")),), IPv4Network(PROVIDER), args.pas)
+        lab = IPv4Network("198.51.100.0/24")  # the hosts, reflectors and gateways: a route there is not remote
+        if any(spec.pa(j) in lab for j in range(args.pas)):
+            raise SystemExit(f"--pas {args.pas}: the provider addresses would reach into {lab}")
         churn = inject.Churn.initial(spec, args.remote_cas)
         injector = LoopThread(fabric.ns("hv2"))
         session = injector.run(inject.connect(RR1, HV["hv2"]), 90)
