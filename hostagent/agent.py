@@ -569,9 +569,11 @@ class Agent:
         async for event in self._client.events():
             if isinstance(event, PeerStatus):
                 self._on_peer(event)
-            elif isinstance(event, RouteUpdate) and self._selection_deferred():
-                continue  # the table is programmed once it is all in (End-of-RIB), not batch by batch
-            self._dirty.set()  # the client's delivered table is what we read; the event only marks us dirty
+            elif isinstance(event, RouteUpdate):
+                pass  # the client's delivered table is what we read; the event only marks us dirty
+            if isinstance(event, RouteUpdate) and self._selection_deferred():
+                continue  # kept, and programmed once the table is all in (End-of-RIB), not batch by batch
+            self._dirty.set()
 
     def _selection_deferred(self) -> bool:
         """After a start, until End-of-RIB from the reflectors (or eor_timeout), the fabric's table is still
