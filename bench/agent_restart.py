@@ -7,7 +7,7 @@ The default topology, `nvfabric rr` on rr1 and rr2 (BGP's 90 s hold time), ONE a
 process) configured with one routing domain `scale` (VSID 7001, 10.64.0.0/12). An injector (lab/inject.py's
 session, from hv2's namespace; no agent runs there) announces `--remote-cas` EVPN type-2 routes spread over
 `--pas` provider addresses (198.51.97.0 onwards; the agent's provider prefixes are configured to 198.51.96.0/20)
-to rr1, then End-of-RIB.
+to rr1 and to rr2 (as every host announces to both), then End-of-RIB.
 
 1. First start, empty kernel: hv1's agent starts, learns the table and programs it (time to synced).
 2. The reflector's send time, measured at a plain receiver: a counting session (bench/rr_reflect.py, ~0.1 us
@@ -44,7 +44,7 @@ from nvfabric.hostagent import agent as agent_module  # noqa: E402
 from nvfabric.lab import inject, runner  # noqa: E402
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY  # noqa: E402
 from nvfabric.lab.daemons import LoopThread  # noqa: E402
-from nvfabric.lab.fabric import HV, Fabric  # noqa: E402
+from nvfabric.lab.fabric import HV, RR, Fabric  # noqa: E402
 from nvfabric.lab.monitor import Monitor  # noqa: E402
 from nvfabric.lab.topology import load  # noqa: E402
 from nvfabric.vnet import reconcile  # noqa: E402
@@ -229,10 +229,13 @@ def main() -> int:
             raise SystemExit(f"--pas {args.pas}: the provider addresses would reach into {lab}")
         churn = inject.Churn.initial(spec, args.remote_cas)
         injector = LoopThread(fabric.ns("hv2"))
-        session = injector.run(inject.connect(RR1, HV["hv2"]), 90)
-        written, seconds = injector.run(inject.announce_table(session, churn), args.timeout)
+        # to both reflectors, as every host of a fabric announces: whichever End-of-RIB the agent hears first
+        # comes with the whole table (a reflector without it would end the agent's hold early)
+        for reflector in RR.values():
+            session = injector.run(inject.connect(reflector, HV["hv2"]), 90)
+            written, seconds = injector.run(inject.announce_table(session, churn), args.timeout)
         result["injected"] = {"routes": written, "written_s": round(seconds, 3)}
-        print(f"injector: {written:,} routes written to rr1 in {seconds:.1f} s", flush=True)
+        print(f"injector: {written:,} routes written to each reflector ({seconds:.1f} s to the last)", flush=True)
 
         started = start_agent(fabric, timeline)
         done = settled(fabric, args.remote_cas, args.timeout) - timeline.t0
