@@ -81,8 +81,8 @@ class Client:
     async def start(self) -> None:
         await self.speaker.start()
 
-    async def stop(self) -> None:
-        await self.speaker.stop()
+    async def stop(self, notify: bool = True) -> None:
+        await self.speaker.stop(notify)
 
     async def announce(self, routes: Iterable[Route]) -> None:
         await self.speaker.announce(routes)

@@ -332,14 +332,19 @@ class Peer:
         if self._task is None and not self.settings.passive:
             self._task = asyncio.get_running_loop().create_task(self._connect_loop(), name=f"bgp-connect-{self.name}")
 
-    async def stop(self, subcode: int = fsm.CEASE_ADMIN_SHUTDOWN) -> None:
+    async def stop(self, subcode: int = fsm.CEASE_ADMIN_SHUTDOWN, notify: bool = True) -> None:
+        """`notify`: close with a NOTIFICATION Cease (the peer drops our routes at once), or without one, as a
+        crash would (a peer with graceful restart keeps them, stale, until we are back: RFC 4724)."""
         self._stopped = True
         self._wake.set()
         if self._hold_timer is not None:
             self._hold_timer.cancel()
         await cancel(self._task)
         for conn in list(self.connections):
-            conn.stop(fsm.ERR_CEASE, subcode, "administrative stop")
+            if notify:
+                conn.stop(fsm.ERR_CEASE, subcode, "administrative stop")
+            else:
+                conn.abort("stopped for a restart")
 
     def send(self, data: bytes) -> bool:
         """Write encoded messages to the established connection; False if there is none."""

@@ -248,10 +248,12 @@ class Speaker:
             peer.established.stop(fsm.ERR_CEASE, fsm.CEASE_MAX_PREFIX, f"maximum number of prefixes ({setting.limit})",
                                   data)
 
-    async def stop(self) -> None:
+    async def stop(self, notify: bool = True) -> None:
+        """`notify` False: the sessions close without a NOTIFICATION, so the peers keep our routes as a
+        graceful restart (bgp/session.py `Peer.stop`)."""
         self._stopping = True
         for peer in list(self.peers.values()):
-            await peer.stop()
+            await peer.stop(notify=notify)
         # After the Cease: the peer's BFD then sees AdminDown, which it must not act on (RFC 5882 3.2).
         if self.bfd is not None and self._owns_bfd:
             await self.bfd.stop()

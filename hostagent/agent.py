@@ -65,7 +65,7 @@ from nvfabric.vnet.kernel.interfaces import read_interface
 from nvfabric.vnet.kernel.netns import RtnlSocket, link_exists
 from nvfabric.vnet.kernel.objects import KernelObject, Vrf
 from nvfabric.vnet.learned import EMPTY, Change, LearnedTable
-from nvfabric.vnet.kernel.observe import address_prefixes
+from nvfabric.vnet.kernel.observe import address_prefixes, devices
 from nvfabric.vnet.model import Address, LookupRecord, Network, Port, RemotePrefix, RoutingDomain
 from nvfabric.vnet.nftables import Nft, NftError
 from nvfabric.vnet.policy import Screened, pa_prefixes
@@ -119,6 +119,9 @@ class Agent:
         self._last_sync: float | None = None  # seconds the last pass following BGP took
         self._lock = asyncio.Lock()
         self._started = False
+        # a reconcile without the hold has put the fabric's table into the kernel since the start: before
+        # that, End-of-RIB alone does not make the agent synced (ready)
+        self._programmed = False
         self._sock: RtnlSocket | None = None
         self._reconciler: Reconciler | None = None
         self._client: Client | None = None
@@ -180,9 +183,9 @@ class Agent:
         self._hold = Hold.start(self._policy, self._hold.sessions, time.monotonic())
         self._sock = RtnlSocket(self.config.netns)
         self._reconciler = Reconciler(self._sock)
-        # adopt the tables of VRFs already in the kernel (a restart without, or with a stale, state dir)
-        current = await self._reconciler.observe([])
-        adopted = {o.name[len("nvf-"):]: o.table for o in current.values() if isinstance(o, Vrf)}
+        # adopt the tables of VRFs already in the kernel (a restart without, or with a stale, state dir): the
+        # links are enough; the routes (one per remote CA) are read once, by the first reconcile below
+        adopted = {o.name[len("nvf-"):]: o.table for o in (await devices(self._sock))[0] if isinstance(o, Vrf)}
         if self.config.provider_prefixes is None:
             self._provider_prefixes = pa_prefixes(self.config.provider_addresses, await address_prefixes(self._sock))
             if not self._provider_prefixes:
@@ -218,7 +221,9 @@ class Agent:
                 await task
         self._tasks = []
         if self._client is not None:
-            await self._client.stop()
+            # without a NOTIFICATION: the reflectors keep our routes, stale, until we are back (graceful
+            # restart); a Cease would withdraw every VM of this host from the fabric for the restart
+            await self._client.stop(notify=False)
         if self._guest is not None:
             await self._guest.close()
             self._guest = None
@@ -375,7 +380,7 @@ class Agent:
         return AgentStatus(
             router_id=self.config.router_id,
             reflectors=report.reflectors(self._hold),
-            synced=self._hold.synced,
+            synced=self._hold.synced and self._programmed,
             headless=self._headless(),
             last_reconcile=report.outcome(last),
             totals=dict(self._reconciler.totals) if self._reconciler else {},
@@ -399,7 +404,7 @@ class Agent:
 
     def readiness(self) -> tuple[str, ...]:
         """Why the agent is not ready (empty: ready): hostagent/status.py readiness."""
-        return report.readiness(self._started, self._hold, time.monotonic())
+        return report.readiness(self._started, self._hold, time.monotonic(), self._programmed)
 
     def _bfd_status(self) -> list[BfdStatus]:
         return self._client.speaker.bfd_status() if self._client is not None else []
@@ -466,8 +471,10 @@ class Agent:
 
     async def _reconcile(self, desired: Step) -> Outcome:
         assert self._reconciler is not None
-        outcome = await self._reconciler.reconcile(desired.partitions, self._hold.holding)
+        holding = self._hold.holding  # (the hold may end while the kernel is written)
+        outcome = await self._reconciler.reconcile(desired.partitions, holding)
         self.metrics.reconciled(outcome)
+        self._programmed |= outcome.ok and not holding
         self._everything = False
         return outcome
 
@@ -769,7 +776,16 @@ class Agent:
             elif isinstance(event, RouteUpdate):
                 # kept for the syncer (the latest per key: a burst of changes to one key is one change)
                 self._incoming[event.key] = event.route
+                if self._selection_deferred():
+                    continue  # programmed once the table is all in (End-of-RIB), not batch by batch
             self._dirty.set()
+
+    def _selection_deferred(self) -> bool:
+        """After a start, until End-of-RIB from the reflectors (or eor_timeout), the fabric's table is still
+        arriving (RFC 4724 section 4.1 defers route selection likewise): the kernel keeps forwarding with
+        what the previous run left, and the table is computed and compared with it once, not for every
+        batch of a 100,000-route table. Not after a reflector outage: changes apply as they come then."""
+        return not self._hold.synced and not self._hold.after_headless
 
     def _on_peer(self, event: PeerStatus) -> None:
         self._hold = self._hold.on_session(event.peer, event.state, time.monotonic())

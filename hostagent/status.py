@@ -22,7 +22,7 @@ class ReflectorStatus:
 class AgentStatus:
     router_id: str
     reflectors: tuple[ReflectorStatus, ...]
-    synced: bool  # End-of-RIB seen (or timed out) since start: deletes of learned state are allowed
+    synced: bool  # End-of-RIB seen (or timed out) since start and the table in the kernel: deletes allowed
     headless: bool  # no reflector up: forwarding kept as is
     last_reconcile: dict[str, Any] | None
     totals: dict[str, int]
@@ -81,14 +81,18 @@ def outcome(o: Outcome | None) -> dict[str, Any] | None:
             "kernel_seconds": round(o.kernel_seconds, 4)}
 
 
-def readiness(started: bool, hold: Hold, now: float) -> tuple[str, ...]:
+def readiness(started: bool, hold: Hold, now: float, programmed: bool = True) -> tuple[str, ...]:
     """Why the agent is not ready (GET /readyz; none: ready). Ready once its kernel is programmed and it has
     the fabric's table: End-of-RIB from every established reflector (or `eor_timeout` after the first
     session); or, when no reflector answered within `eor_timeout` of the start, running headless from its
     saved state, which is what it will do until one does. An agent that had its table stays ready through a
-    reflector outage: it keeps forwarding and takes port changes (removals held, docs/agent.md)."""
+    reflector outage: it keeps forwarding and takes port changes (removals held, docs/agent.md).
+    `programmed`: the table has been put into the kernel since the start (End-of-RIB came, the kernel may
+    still be compared with a table of 100,000 routes)."""
     if not started:
         return ("starting: the kernel is not programmed yet",)
+    if hold.synced and not programmed:
+        return ("programming the fabric's table into the kernel (End-of-RIB received)",)
     if hold.synced or hold.after_headless or (hold.headless and now >= hold.deadline):
         return ()
     waiting = sorted(peer for peer, s in hold.sessions.items() if s.state == "established" and not s.end_of_rib)

@@ -8,6 +8,9 @@ and rr2, agents on hv1-hv3 with the two tenants of lab/fabric.py.
 - Headless: with both reflectors down, forwarding continues; a port attached on hv1 and a port deleted on
   hv2 meanwhile are announced / withdrawn and installed / removed on the other hosts once the reflectors
   return, while a ping across the fabric runs through the whole outage and the return.
+- Restart at scale: hv1 with a few thousand remote CAs from an injector, its agent stopped and started on
+  the same state: nothing written to the kernel (the new agent's reconcile totals, `ip monitor`), a ping
+  through it all, synced once End-of-RIB is in and the table compared with the kernel.
 
 Everything is checked by pings, kernel routes, the reflectors' tables (their REST API) and the agents'
 status; waits poll for a state, with a deadline.
@@ -15,6 +18,7 @@ status; waits poll for a state, with a deadline.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import signal
 import subprocess
@@ -24,11 +28,15 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from nvfabric.bgp.routes import MacIpRoute
 from nvfabric.hostagent import state
+from nvfabric.lab.daemons import LoopThread
 from nvfabric.lab.fabric import Fabric, HV, RR, VMS, Vm, wait_for
-from nvfabric.lab import netns, runner
+from nvfabric.lab import inject, netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
+from nvfabric.lab.monitor import Monitor
 from nvfabric.lab.topology import load
+from nvfabric.vnet.model import RoutingDomain
 
 pytestmark = pytest.mark.kernel
 VM = {vm.name: vm for vm in VMS}
@@ -233,3 +241,81 @@ def test_forwarding_survives_the_reflectors_return(fabric):
     the fabric's word (it holds removals for eor_timeout after a return from headless), so b3's route stays."""
     assert PING_THROUGH_OUTAGE, "the headless test did not run"
     assert not PING_THROUGH_OUTAGE["lost"], PING_THROUGH_OUTAGE["tail"]
+
+
+# ------------------------------------------------------------------------------------------------ restart
+
+SCALE = RoutingDomain.from_dict({"name": "scale", "route_targets": ["65000:9"], "subnets": [
+    {"vsid": 7001, "prefixes": ["10.64.0.0/16"]}]})
+INJECTOR = "198.51.100.22"  # gw2's address: no gateway runs in these tests
+RESTART_CAS = 2000
+
+
+def scale_routes(count: int) -> list[MacIpRoute]:
+    """Remote CAs of `scale` on 50 hosts that do not exist (198.51.100.150-199, inside hv1's PA prefix)."""
+    base = int(ipaddress.IPv4Address("10.64.0.2"))
+    return [MacIpRoute(rd=f"{INJECTOR}:7001", mac="02:01:" + j.to_bytes(4, "big").hex(":"),
+                       ip=str(ipaddress.IPv4Address(base + j)), vsid=7001, next_hop=f"198.51.100.{150 + j % 50}",
+                       route_targets=("65000:9",), router_mac="02:00:5e:10:00:01") for j in range(count)]
+
+
+def scale_in_kernel(fab: Fabric) -> int:
+    """hv1's encap routes of `scale` (its VRF's table), as the kernel lists them."""
+    out = netns.run(["ip", "-n", fab.ns("hv1"), "-4", "route", "show", "vrf", "nvf-scale", "proto", "78"]).output
+    return sum(1 for line in out.splitlines() if " encap ip " in line)
+
+
+def test_a_restart_with_thousands_of_remote_cas_writes_nothing_and_forwarding_goes_on(fabric):
+    """hv1 learns 2,000 remote CAs of a third routing domain from an injector, then its agent restarts over
+    its kernel and state directory: the new agent programs nothing (every object is already there), its
+    kernel sees no route or neighbour event of ours, b1 -> b3 (hv1 -> hv3) answers throughout, and it is
+    synced once both reflectors' End-of-RIB are in and the table was compared with the kernel."""
+    fab = fabric
+    hv1 = fab.agents["hv1"]
+    routes = scale_routes(RESTART_CAS)
+    hv1.call(lambda a: a.put_routing_domain(SCALE))
+    injector = LoopThread(fab.ns("gw2"))
+    session = injector.run(inject.connect(RR["rr1"], INJECTOR), 90)
+
+    async def send(data: bytes) -> None:
+        session.send(data)
+        await session.drained()
+
+    try:
+        assert session.negotiated is not None
+        injector.run(send(inject.encode(session.negotiated, routes)), 60)
+        wait_for(lambda: scale_in_kernel(fab) == RESTART_CAS, 180, f"{RESTART_CAS} remote CAs in hv1's kernel")
+        assert fab.reaches("b1", "10.0.1.13")
+
+        monitor = Monitor(fab.ns("hv1"))
+        pinger = Pinger(fab, "b1", "10.0.1.13")
+        try:
+            stopped = time.monotonic()
+            fab.stop_agent("hv1")
+            fab.start_agent("hv1", eor_timeout=60)
+            started = time.monotonic()
+            new = fab.agents["hv1"]
+            wait_for(lambda: new.read(lambda a: a.status().synced and not a.readiness()), 120,
+                     "hv1 synced after its restart")
+            synced = time.monotonic()
+            status = new.read(lambda a: a.status())
+            records = sum(1 for r in new.read(lambda a: a.lookup_records()) if r.routing_domain == "scale")
+        finally:
+            last, lost, out = pinger.stop()
+            events = monitor.stop()
+        report(f"hv1 restarted with {RESTART_CAS} remote CAs of scale: Agent.start {started - stopped:.1f} s, synced "
+               f"{synced - stopped:.1f} s after the stop; reconcile totals {status.totals}; ip monitor: "
+               f"{len(events)} route/neighbour events, {len(monitor.ours())} of ours; ping b1 -> b3 "
+               f"{last - len(lost)}/{last}")
+        assert all(r.end_of_rib for r in status.reflectors if r.state == "established"), status.reflectors
+        assert records == RESTART_CAS and scale_in_kernel(fab) == RESTART_CAS
+        assert status.totals == {"create": 0, "replace": 0, "delete": 0, "errors": 0}, status.totals
+        assert monitor.ours() == [], monitor.ours()[:10]
+        assert last > 0 and not lost, out[-600:]
+    finally:
+        # the injector withdraws its table, then hv1 forgets the domain (its VRF and routes go with it)
+        if session.negotiated is not None and not session.closed.is_set():
+            injector.run(send(inject.encode(session.negotiated, [], [r.key for r in routes])), 60)
+        session.close()
+        injector.close()
+        fab.agents["hv1"].call(lambda a: a.delete_routing_domain("scale"))

@@ -171,6 +171,9 @@ def test_the_agent_is_ready_with_the_fabric_table_or_headless_after_its_grace():
                                               "(at most eor_timeout)",)
     synced = up.on_session("198.51.100.100", "end-of-rib", 4.0)
     assert agent_readiness(True, synced, 5.0) == ()
+    # End-of-RIB in, the table not yet compared with the kernel (a restart with 100,000 remote CAs)
+    assert agent_readiness(True, synced, 5.0, programmed=False) == (
+        "programming the fabric's table into the kernel (End-of-RIB received)",)
     # a reflector outage later does not make it unready: it forwards and takes changes meanwhile
     assert agent_readiness(True, synced.on_session("198.51.100.100", "down", 9.0), 10.0) == ()
 

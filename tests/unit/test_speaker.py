@@ -280,3 +280,25 @@ async def test_a_notification_ends_the_session_without_graceful_restart(server: 
     gone = await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
     assert gone.route is None  # RFC 4724 4.2 applies only to sessions lost without a NOTIFICATION
     writer.close()
+
+
+@pytest.mark.parametrize("notify", [True, False])
+async def test_a_stop_without_notification_is_a_graceful_restart_for_the_peer(server: Client, notify: bool):
+    """A client stopped for a restart (the agent) closes without a NOTIFICATION: the peer keeps its routes,
+    stale, for the restart time; an administrative stop (a Cease) withdraws them at once."""
+    a = active("198.51.100.1", "127.0.0.2", server.speaker.listen_port,
+               graceful_restart={"enabled": True, "restart_time": 60})
+    await a.start()
+    it = server.events()
+    try:
+        await a.announce([ROUTE])
+        assert (await next_event(server, it, lambda e: isinstance(e, RouteUpdate))).route == ROUTE
+    finally:
+        await a.stop(notify=notify)
+    down = await next_event(server, it, lambda e: isinstance(e, PeerStatus) and e.state == "down")
+    if notify:
+        gone = await next_event(server, it, lambda e: isinstance(e, RouteUpdate))
+        assert gone.key == ROUTE.key and gone.route is None
+    else:
+        assert "notification" not in down.reason.lower(), down.reason
+        assert server.routes() == {ROUTE.key: ROUTE}

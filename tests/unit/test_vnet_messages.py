@@ -213,3 +213,56 @@ def test_clsact_with_a_shared_block_is_iproute2s_and_parses_back():
     assert m.parse_qdisc(m.message(m.RTM_NEWQDISC, 0, 1, IPROUTE2_CLSACT)) == m.QdiscFields(3, "clsact", 7637)
     # the delete names no handle and no kind (a device whose clsact is gone answers either with EINVAL)
     assert m.parse_qdisc(m.message(m.RTM_DELQDISC, 0, 1, m.clsact_body(3, None))) == m.QdiscFields(3, "", 0)
+
+
+def test_neighbour_parsed_by_hand_as_pyroute2_decodes_it():
+    """Permanent and proxy entries, both families, with and without NDA_PROTOCOL and the attributes a dump
+    adds (NDA_CACHEINFO, NDA_PROBES): the same fields as pyroute2's ndmsg."""
+    extra = m.nla_pack(3, struct.pack("=IIII", 1, 2, 3, 4)) + m.nla_pack(4, struct.pack("=I", 0))
+    bodies = [m.neigh_body(6, 7, "fe80::1", lladdr="02:00:5E:10:00:01", proxy=False, proto=78) + extra,
+              m.neigh_body(4, 9, "169.254.0.1", lladdr="02:00:5e:10:00:01", proxy=False, proto=78),
+              m.neigh_body(6, 12, "fd00:b::12", lladdr=None, proxy=True, proto=78),
+              m.neigh_body(4, 3, "10.0.0.7", lladdr=None, proxy=True, proto=78)[: -8]]  # no NDA_PROTOCOL
+    for body in bodies:
+        raw = m.message(m.RTM_NEWNEIGH, 0, 1, body)
+        theirs = ndmsg(raw)
+        theirs.decode()
+        ours = m.parse_neighbour(raw)
+        assert (ours.ifindex, ours.state, ours.flags) == (theirs["ifindex"], theirs["state"], theirs["flags"])
+        assert ours.dst == theirs.get_attr("NDA_DST")
+        assert ours.lladdr == theirs.get_attr("NDA_LLADDR")
+        assert ours.protocol == theirs.get_attr("NDA_PROTOCOL")
+
+
+def _as_pyroute2_reads_it(raw: bytes) -> tuple:
+    """A link's fields as observe read them through pyroute2 (LinkMessage) before it parsed them by hand."""
+    msg = m.LinkMessage(raw)
+    msg.decode()
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else None
+    data = info.get_attr("IFLA_INFO_DATA") if info else None
+    table = md = None
+    if data is not None and not isinstance(data, (str, bytes)):
+        table = data.get_attr("IFLA_VRF_TABLE") if kind == "vrf" else None
+        md = data.get_attr("IFLA_GRE_COLLECT_METADATA") or data.get_attr("IFLA_IP6GRE_COLLECT_METADATA")
+    return (msg["index"], msg.get_attr("IFLA_IFNAME"), kind, msg.get_attr("IFLA_MASTER") or 0,
+            msg.get_attr("IFLA_MTU"), msg.get_attr("IFLA_ADDRESS"), table, bool(md))
+
+
+def test_link_parsed_by_hand_as_pyroute2_decodes_it():
+    bodies = [
+        m.link_body(ifindex=4, name="nvf-rd1", kind="vrf", info_data=m.vrf_info(1000), address="02:AA:00:00:00:01",
+                    mtu=65575, up=True),
+        m.link_body(ifindex=5, name="nvf-gre4", kind="gretap", info_data=m.collect_md_info(), mtu=1476,
+                    address="02:00:5e:10:00:01"),
+        m.link_body(ifindex=6, name="nvf-gre6", kind="ip6gretap", info_data=m.collect_md_info(), mtu=1448),
+        m.link_body(ifindex=7, name="gre-plain", kind="ip6gretap", mtu=1448),
+        m.link_body(ifindex=8, name="tap-b1", kind="veth", master=4, mtu=1500, address="02:00:00:00:0b:01"),
+        m.link_body(ifindex=1, name="lo", mtu=65536, address="00:00:00:00:00:00"),
+        m.link_body(ifindex=9, name="nvf-other", kind="vrf"),  # a VRF without its table (not one of ours)
+    ]
+    for body in bodies:
+        raw = m.message(m.RTM_NEWLINK, 0, 1, body)
+        f = m.parse_link(raw)
+        assert (f.index, f.name, f.kind, f.master, f.mtu, f.address, f.vrf_table, f.collect_md) == \
+            _as_pyroute2_reads_it(raw), body

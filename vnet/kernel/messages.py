@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyroute2.netlink import nla
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -519,9 +520,9 @@ def encap_route(
     )
 
 
-@dataclass(frozen=True)
-class RouteFields:
-    """What `observe` needs of one route message."""
+class RouteFields(NamedTuple):
+    """What `observe` needs of one route message. Immutable like a frozen dataclass, but built ~8x cheaper
+    (no object.__setattr__ per field): a restart reads one per remote CA, 100,000 of them."""
 
     family: int  # 4 or 6
     table: int
@@ -582,28 +583,126 @@ def _ntop(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
+@dataclass(frozen=True)
+class LinkFields:
+    """What `observe` needs of one RTM_NEWLINK message."""
+
+    index: int
+    name: str
+    kind: str | None  # IFLA_INFO_KIND
+    master: int  # 0: none
+    mtu: int | None
+    address: str | None  # lower-case, colon-separated (pyroute2's text)
+    vrf_table: int | None  # a VRF's table
+    collect_md: bool  # a GRE device in external mode (`gretap external`)
+
+
+GRE_KINDS = ("gre", "gretap", "ip6gre", "ip6gretap")
+
+
+def parse_link(msg: bytes) -> LinkFields:
+    """A link message parsed by hand: the same answers as `LinkMessage` (tested against it), without
+    pyroute2 decoding every statistics block of every link: a host has a link per VM port."""
+    _family, _pad, _type, index, _flags, _change = _IFINFO.unpack_from(msg, 16)
+    a = _attrs(msg, 16 + _IFINFO.size, len(msg))
+    kind = table = None
+    md = False
+    if IFLA_LINKINFO in a:
+        info = _attrs(a[IFLA_LINKINFO], 0, len(a[IFLA_LINKINFO]))
+        if IFLA_INFO_KIND in info:
+            kind = info[IFLA_INFO_KIND].rstrip(b"\0").decode()
+        if IFLA_INFO_DATA in info:
+            data = _attrs(info[IFLA_INFO_DATA], 0, len(info[IFLA_INFO_DATA]))
+            if kind == "vrf" and IFLA_VRF_TABLE in data:
+                table = struct.unpack("=I", data[IFLA_VRF_TABLE])[0]
+            md = kind in GRE_KINDS and IFLA_GRE_COLLECT_METADATA in data
+    address = a.get(IFLA_ADDRESS)
+    return LinkFields(
+        index, a[IFLA_IFNAME].rstrip(b"\0").decode() if IFLA_IFNAME in a else "", kind,
+        struct.unpack("=I", a[IFLA_MASTER])[0] if IFLA_MASTER in a else 0,
+        struct.unpack("=I", a[IFLA_MTU])[0] if IFLA_MTU in a else None,
+        address.hex(":") if address else None, table, md)
+
+
+@dataclass(frozen=True)
+class NeighbourFields:
+    """What `observe` needs of one RTM_NEWNEIGH message."""
+
+    ifindex: int
+    state: int
+    flags: int
+    dst: str | None
+    lladdr: str | None  # lower-case, colon-separated (pyroute2's text)
+    protocol: int | None  # NDA_PROTOCOL: absent on kernels that do not keep it
+
+
+def parse_neighbour(msg: bytes) -> NeighbourFields:
+    """A neighbour message parsed by hand: the same answers as pyroute2's `ndmsg` (tested against it), at a
+    fraction of the cost: a host's neighbour dump holds the kernel's own entries for every VM too."""
+    _family, _pad1, _pad2, ifindex, state, flags, _type = _NDMSG.unpack_from(msg, 16)
+    a = _attrs(msg, 16 + _NDMSG.size, len(msg))
+    dst = a.get(NDA_DST)
+    lladdr = a.get(NDA_LLADDR)
+    proto = a.get(NDA_PROTOCOL)
+    return NeighbourFields(ifindex, state, flags, _ntop(dst) if dst and len(dst) in (4, 16) else None,
+                           lladdr.hex(":") if lladdr else None, proto[0] if proto else None)
+
+
+_HH = struct.Struct("=HH")
+_U16 = struct.Struct("=H")
+_U32 = struct.Struct("=I")
+_BE16 = struct.Struct(">H")
+_BE64 = struct.Struct(">Q")
+
+
 def parse_route(msg: bytes) -> RouteFields:
     """A route message parsed by hand: the same answers as `RouteMessage` (tested on iproute2's bytes),
     but pyroute2's generic decoder costs ~5 ms per route in the emulated VM, i.e. minutes for the
-    100k routes an agent must read back on restart."""
-    family, dst_len, _src, _tos, table8, proto, _scope, rtype, _flags = _RTMSG.unpack_from(msg, 16)
-    a = _attrs(msg, 16 + _RTMSG.size, len(msg))
-    encap_type = struct.unpack("=H", a[RTA_ENCAP_TYPE])[0] if RTA_ENCAP_TYPE in a else None
-    tun_id = tun_dst = tun_ttl = tun_flags = None
-    if encap_type in (LWTUNNEL_ENCAP_IP, LWTUNNEL_ENCAP_IP6) and RTA_ENCAP in a:
-        e = _attrs(a[RTA_ENCAP], 0, len(a[RTA_ENCAP]))
-        tun_id = struct.unpack(">Q", e[LWTUNNEL_IP_ID])[0] if LWTUNNEL_IP_ID in e else None
-        tun_dst = _ntop(e[LWTUNNEL_IP_DST]) if LWTUNNEL_IP_DST in e else None
-        tun_ttl = e[LWTUNNEL_IP_TTL][0] if LWTUNNEL_IP_TTL in e else None
-        tun_flags = struct.unpack(">H", e[LWTUNNEL_IP_FLAGS])[0] if LWTUNNEL_IP_FLAGS in e else None
-    return RouteFields(
-        family=4 if family == socket.AF_INET else 6,
-        table=struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else table8,
-        dst=_ntop(a[RTA_DST]) if RTA_DST in a else None,
-        dst_len=dst_len, proto=proto, rtype=rtype,
-        metric=struct.unpack("=I", a[RTA_PRIORITY])[0] if RTA_PRIORITY in a else 0,
-        oif=struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else None,
-        encap_type=encap_type, tun_id=tun_id, tun_dst=tun_dst, tun_ttl=tun_ttl, tun_flags=tun_flags,
-        gateway=_ntop(a[RTA_GATEWAY]) if RTA_GATEWAY in a else None,
-        prefsrc=_ntop(a[RTA_PREFSRC]) if RTA_PREFSRC in a else None,
-    )
+    100k routes an agent must read back on restart. One pass over the attributes, each read in place."""
+    family, dst_len, _src, _tos, table, proto, _scope, rtype, _flags = _RTMSG.unpack_from(msg, 16)
+    dst = gateway = prefsrc = oif = encap_type = tun_id = tun_dst = tun_ttl = tun_flags = None
+    metric = 0
+    encap = (0, 0)
+    offset, end = 16 + _RTMSG.size, len(msg)
+    while offset + 4 <= end:
+        length, kind = _HH.unpack_from(msg, offset)
+        if length < 4:
+            break
+        kind &= 0x3FFF  # without NLA_F_NESTED / NET_BYTEORDER
+        at, stop = offset + 4, offset + length
+        if kind == RTA_TABLE:
+            table = _U32.unpack_from(msg, at)[0]
+        elif kind == RTA_DST:
+            dst = _ntop(msg[at:stop])
+        elif kind == RTA_PRIORITY:
+            metric = _U32.unpack_from(msg, at)[0]
+        elif kind == RTA_OIF:
+            oif = _U32.unpack_from(msg, at)[0]
+        elif kind == RTA_ENCAP_TYPE:
+            encap_type = _U16.unpack_from(msg, at)[0]
+        elif kind == RTA_ENCAP:
+            encap = (at, stop)
+        elif kind == RTA_GATEWAY:
+            gateway = _ntop(msg[at:stop])
+        elif kind == RTA_PREFSRC:
+            prefsrc = _ntop(msg[at:stop])
+        offset += (length + 3) & ~3
+    if encap_type in (LWTUNNEL_ENCAP_IP, LWTUNNEL_ENCAP_IP6) and encap[1]:
+        offset, end = encap
+        while offset + 4 <= end:
+            length, kind = _HH.unpack_from(msg, offset)
+            if length < 4:
+                break
+            kind &= 0x3FFF
+            at = offset + 4
+            if kind == LWTUNNEL_IP_ID:
+                tun_id = _BE64.unpack_from(msg, at)[0]
+            elif kind == LWTUNNEL_IP_DST:
+                tun_dst = _ntop(msg[at : offset + length])
+            elif kind == LWTUNNEL_IP_TTL:
+                tun_ttl = msg[at]
+            elif kind == LWTUNNEL_IP_FLAGS:
+                tun_flags = _BE16.unpack_from(msg, at)[0]
+            offset += (length + 3) & ~3
+    return RouteFields(4 if family == socket.AF_INET else 6, table, dst, dst_len, proto, rtype, metric, oif,
+                       encap_type, tun_id, tun_dst, tun_ttl, tun_flags, gateway, prefsrc)

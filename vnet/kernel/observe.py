@@ -10,26 +10,12 @@ import ipaddress
 import socket
 import struct
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
-from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 from nvfabric.vnet.kernel import messages as m
 from nvfabric.vnet.kernel import objects as k
 from nvfabric.vnet.kernel.netns import RtnlSocket, read_sysctls
-
-
-@dataclass(frozen=True)
-class Link:
-    index: int
-    name: str
-    kind: str | None
-    master: int
-    mtu: int
-    address: str | None
-    vrf_table: int | None
-    collect_md: bool
 
 
 async def address_prefixes(sock: RtnlSocket) -> dict[str, int]:
@@ -53,21 +39,9 @@ async def vrf_addresses(sock: RtnlSocket, vrfs: dict[int, str]) -> AsyncIterator
         yield k.VrfAddress(vrfs[a.ifindex], a.address, a.prefixlen)
 
 
-async def links(sock: RtnlSocket) -> AsyncIterator[Link]:
+async def links(sock: RtnlSocket) -> AsyncIterator[m.LinkFields]:
     async for raw in sock.dump(m.RTM_GETLINK, struct.pack("=BBHiII", 0, 0, 0, 0, 0, 0)):
-        msg = m.LinkMessage(raw)
-        msg.decode()
-        info = msg.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info else None
-        data = info.get_attr("IFLA_INFO_DATA") if info else None
-        table = md = None
-        if data is not None and not isinstance(data, (str, bytes)):
-            table = data.get_attr("IFLA_VRF_TABLE") if kind == "vrf" else None
-            md = data.get_attr("IFLA_GRE_COLLECT_METADATA") or data.get_attr("IFLA_IP6GRE_COLLECT_METADATA")
-        yield Link(
-            index=msg["index"], name=msg.get_attr("IFLA_IFNAME"), kind=kind, master=msg.get_attr("IFLA_MASTER") or 0,
-            mtu=msg.get_attr("IFLA_MTU"), address=msg.get_attr("IFLA_ADDRESS"), vrf_table=table, collect_md=bool(md),
-        )
+        yield m.parse_link(raw)
 
 
 async def devices(sock: RtnlSocket) -> tuple[list[k.KernelObject], dict[int, str]]:
@@ -120,17 +94,15 @@ async def neighbours(sock: RtnlSocket, names: dict[int, str], ports: set[str]) -
     for flags in (0, m.NTF_PROXY):
         body = struct.pack("=BBHiHBB", socket.AF_UNSPEC, 0, 0, 0, 0, flags, 0)
         async for raw in sock.dump(m.RTM_GETNEIGH, body):
-            msg = ndmsg(raw)
-            msg.decode()
-            dev = names.get(msg["ifindex"])
-            proto = msg.get_attr("NDA_PROTOCOL")
-            if msg["flags"] & m.NTF_PROXY:
+            n = m.parse_neighbour(raw)
+            dev = names.get(n.ifindex)
+            if n.flags & m.NTF_PROXY:
                 # proxy entries carry NDA_PROTOCOL on kernels that keep it; otherwise a proxy entry on
                 # one of our ports is ours (the port belongs to our routing domain)
-                if proto == k.PROTO or (proto is None and dev in ports):
-                    yield k.ProxyNeighbour(dev, msg.get_attr("NDA_DST"))
-            elif proto == k.PROTO and msg["state"] & m.NUD_PERMANENT:
-                yield k.PermanentNeighbour(dev, msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR"))
+                if n.protocol == k.PROTO or (n.protocol is None and dev in ports):
+                    yield k.ProxyNeighbour(dev, n.dst)
+            elif n.protocol == k.PROTO and n.state & m.NUD_PERMANENT:
+                yield k.PermanentNeighbour(dev, n.dst, n.lladdr)
 
 
 def _route(r: m.RouteFields, names: dict[int, str]) -> k.KernelObject | None:

@@ -1,0 +1,290 @@
+"""An agent restarting with many remote CAs in its kernel: how long until it is synced, and what it writes.
+
+Run inside the VM (the host kernel has no VRF/GRE):
+    nvfabric lab kernel --vm always -- .venv/bin/python bench/agent_restart.py --remote-cas 10000
+
+The default topology, `nvfabric rr` on rr1 and rr2 (BGP's 90 s hold time), ONE agent (hv1, a thread of this
+process) configured with one routing domain `scale` (VSID 7001, 10.64.0.0/12). An injector (lab/inject.py's
+session, from hv2's namespace; no agent runs there) announces `--remote-cas` EVPN type-2 routes spread over
+`--pas` provider addresses (198.51.97.0 onwards; the agent's provider prefixes are configured to 198.51.96.0/20)
+to rr1 and to rr2 (as every host announces to both), then End-of-RIB.
+
+1. First start, empty kernel: hv1's agent starts, learns the table and programs it (time to synced).
+2. The reflector's send time, measured at a plain receiver: a counting session (bench/rr_reflect.py, ~0.1 us
+   per route) from hv3's namespace to rr1; time from its connect until it has counted every route. This is
+   what the issue's target compares with: the restart must be synced within twice that.
+3. The restart: hv1's agent thread is stopped (its kernel state stays) and a new one started on the same
+   state directory. Time from the start until `status().synced` with every remote CA as a lookup record and
+   the agent idle; where it went (the full kernel read, the desired-state computations, the reconciles,
+   sessions and End-of-RIB, from hooks on those functions in this process); the kernel writes: the new
+   agent's reconcile totals, the route and neighbour events `ip monitor` sees in hv1 (ours: proto 78,
+   permanent and proxy entries), the nftables write transactions; the process's RSS.
+Both agents run with `eor_timeout` and `resync_interval` of 900 s, so neither a timeout nor the periodic
+full pass falls into the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import time
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import rr_reflect  # noqa: E402  (its counting BGP session)
+from isolation_switch import NftCount, delta, machine  # noqa: E402
+
+from nvfabric.hostagent import agent as agent_module  # noqa: E402
+from nvfabric.lab import inject, runner  # noqa: E402
+from nvfabric.lab.cli import DEFAULT_TOPOLOGY  # noqa: E402
+from nvfabric.lab.daemons import LoopThread  # noqa: E402
+from nvfabric.lab.fabric import HV, RR, Fabric  # noqa: E402
+from nvfabric.lab.monitor import Monitor  # noqa: E402
+from nvfabric.lab.topology import load  # noqa: E402
+from nvfabric.vnet import reconcile  # noqa: E402
+
+VSID = 7001
+RT = "65000:9"
+SCALE = {"name": "scale", "route_targets": [RT], "subnets": [{"vsid": VSID, "prefixes": ["10.64.0.0/12"]}]}
+PROVIDER = "198.51.96.0/20"
+RR1 = "198.51.100.100"
+LONG = 900.0  # eor_timeout and resync_interval: out of the measurement
+
+
+class Timeline:
+    """Hooks on the agent's steps (this process only): when each ran and for how long."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, dict[str, Any]]] = []
+        self.t0 = time.monotonic()
+
+    def mark(self, what: str, **data: Any) -> None:
+        self.events.append((time.monotonic() - self.t0, what, data))
+
+    def reset(self) -> None:
+        self.events, self.t0 = [], time.monotonic()
+
+    def install(self) -> Timeline:
+        timeline = self
+        rec = reconcile.Reconciler.reconcile
+        on_peer = agent_module.Agent._on_peer
+
+        async def timed_reconcile(r: reconcile.Reconciler, parts: Any, hold: bool = False) -> Any:
+            outcome = await rec(r, parts, hold)
+            timeline.mark("reconcile", seconds=outcome.seconds, plan=outcome.plan_seconds,
+                          apply=outcome.apply_seconds, counts=outcome.counts, full=outcome.full_observe,
+                          held=outcome.held, hold=hold)
+            return outcome
+
+        def peer(a: Any, event: Any) -> None:
+            timeline.mark("peer", peer=event.peer, state=event.state)
+            on_peer(a, event)
+
+        reconcile.Reconciler.reconcile = timed_reconcile  # type: ignore[method-assign]
+        agent_module.Agent._on_peer = peer  # type: ignore[method-assign]
+        # the steps of a sync, where they are (a tree without one of them just has no figure for it)
+        self.time(reconcile.Reconciler, "observe", "observe", count=len)
+        self.time(agent_module, "compute", "compute")
+        self.time(agent_module.Agent, "_learned", "learned")
+        self.time(agent_module.Agent, "_update_decap", "decap")
+        self.time(agent_module.Agent, "_announce", "announce")
+        self.time(agent_module.Filters, "start", "filters_start")
+        self.time(agent_module.PortSecurity, "apply", "port_security")
+        return self
+
+    def time(self, owner: Any, name: str, label: str, count: Any = None) -> None:
+        original = getattr(owner, name, None)
+        if original is None:
+            return
+        timeline = self
+        if asyncio.iscoroutinefunction(original):
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                started = time.monotonic()
+                out = await original(*args, **kwargs)
+                timeline.mark(label, seconds=time.monotonic() - started, **({"objects": count(out)} if count else {}))
+                return out
+            setattr(owner, name, timed_async)
+        else:
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                started = time.monotonic()
+                out = original(*args, **kwargs)
+                timeline.mark(label, seconds=time.monotonic() - started)
+                return out
+            setattr(owner, name, timed)
+
+    def summary(self) -> dict[str, Any]:
+        def total(kind: str, key: str = "seconds") -> float:
+            return round(sum(d[key] for _, w, d in self.events if w == kind), 3)
+
+        def first(kind: str, **match: Any) -> float | None:
+            return next((round(t, 3) for t, w, d in self.events if w == kind
+                         and all(d.get(k) == v for k, v in match.items())), None)
+
+        observes = [d for _, w, d in self.events if w == "observe"]
+        reconciles = [d for _, w, d in self.events if w == "reconcile"]
+        return {
+            "observe_s": [round(d["seconds"], 3) for d in observes],
+            "observed_objects": [d["objects"] for d in observes],
+            "computes": sum(1 for _, w, _ in self.events if w == "compute"), "compute_s": total("compute"),
+            **{f"{label}_s": total(label) for label in ("learned", "decap", "announce", "filters_start",
+                                                        "port_security")},
+            "reconciles": len(reconciles), "reconcile_s": total("reconcile"),
+            "plan_s": total("reconcile", "plan"), "apply_s": total("reconcile", "apply"),
+            "established_rr1": first("peer", peer=RR1, state="established"),
+            "end_of_rib_rr1": first("peer", peer=RR1, state="end-of-rib"),
+        }
+
+
+def rss() -> dict[str, int]:
+    """This process's resident set and its peak, in MiB."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            out[line.split(":")[0]] = int(line.split()[1]) // 1024
+    return out
+
+
+def settled(fabric: Fabric, count: int, timeout: float) -> float:
+    """Until hv1's agent is synced (status and readiness), holds `count` remote lookup records of `scale`,
+    and is idle; returns when."""
+    agent = fabric.agents["hv1"]
+
+    def probe(a: Any) -> bool:
+        # cheap first: this runs on the agent's loop (status() is O(lookup records))
+        if a.readiness() or a._lock.locked() or a._dirty.is_set():  # bench-only peek
+            return False
+        records = sum(1 for r in a.lookup_records() if r.routing_domain == "scale" and not r.local)
+        return records == count and a.status().synced
+
+    end = time.monotonic() + timeout
+    said = time.monotonic()
+    while not agent.read(probe, timeout=max(1.0, end - time.monotonic())):
+        if time.monotonic() > end:
+            raise TimeoutError(f"hv1 did not settle on {count} remote CAs within {timeout:.0f} s")
+        if time.monotonic() - said > 20:  # progress, so a run that cannot settle shows why
+            said = time.monotonic()
+            where = agent.read(lambda a: (len(a.lookup_records()), a.readiness()), timeout=max(1.0, end - said))
+            print(f"  ... {where[0]:,} lookup records, not ready: {where[1]}", flush=True)
+        time.sleep(0.2)
+    return time.monotonic()
+
+
+def start_agent(fabric: Fabric, timeline: Timeline) -> float:
+    timeline.reset()
+    fabric.start_agent("hv1", routing_domains=[SCALE], provider_prefixes=[PROVIDER, "2001:db8::/64"],
+                       eor_timeout=LONG, resync_interval=LONG)
+    return time.monotonic() - timeline.t0
+
+
+def receiver_time(fabric: Fabric, count: int, timeout: float) -> dict[str, float]:
+    """A plain counting session from hv3 to rr1: seconds to established, and from established to the
+    last route counted."""
+    thread = LoopThread(fabric.ns("hv3"))
+
+    async def receive() -> dict[str, float]:
+        t0 = time.monotonic()
+        peer = await rr_reflect.connect(HV["hv3"], HV["hv3"], t0 + 60)
+        up = time.monotonic()
+        took, counts = await rr_reflect.wait_all([peer], "announced", count, timeout)
+        done = time.monotonic()
+        assert peer.transport is not None
+        peer.transport.close()
+        if took is None:
+            raise TimeoutError(f"the receiver counted {counts} of {count} routes")
+        return {"connect_s": round(up - t0, 3), "table_s": round(done - up, 3), "total_s": round(done - t0, 3)}
+
+    try:
+        return thread.run(receive(), timeout + 90)
+    finally:
+        thread.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--remote-cas", type=int, default=10000)
+    parser.add_argument("--pas", type=int, default=500,
+                        help="provider addresses the remote CAs are spread over (198.51.97.0 onwards: at most 768, "
+                             "below the lab's own 198.51.100.0/24)")
+    parser.add_argument("--timeout", type=float, default=1800, help="per phase, seconds")
+    args = parser.parse_args()
+    print(f"machine: {machine()}", flush=True)
+    count_nft = NftCount().install()
+    timeline = Timeline().install()
+    topology = load(DEFAULT_TOPOLOGY)
+    runner.up(topology)
+    fabric = Fabric(topology)
+    injector: LoopThread | None = None
+    result: dict[str, Any] = {"remote_cas": args.remote_cas, "pas": args.pas}
+    try:
+        fabric.start_reflectors(hold_time=90)
+        spec = inject.Spec((inject.Subnet(VSID, RT, IPv4Network("10.64.0.0/12")),), IPv4Network(PROVIDER), args.pas)
+        lab = IPv4Network("198.51.100.0/24")  # the hosts, reflectors and gateways: a route there is not remote
+        if any(spec.pa(j) in lab for j in range(args.pas)):
+            raise SystemExit(f"--pas {args.pas}: the provider addresses would reach into {lab}")
+        churn = inject.Churn.initial(spec, args.remote_cas)
+        injector = LoopThread(fabric.ns("hv2"))
+        # to both reflectors, as every host of a fabric announces: whichever End-of-RIB the agent hears first
+        # comes with the whole table (a reflector without it would end the agent's hold early)
+        for reflector in RR.values():
+            session = injector.run(inject.connect(reflector, HV["hv2"]), 90)
+            written, seconds = injector.run(inject.announce_table(session, churn), args.timeout)
+        result["injected"] = {"routes": written, "written_s": round(seconds, 3)}
+        print(f"injector: {written:,} routes written to each reflector ({seconds:.1f} s to the last)", flush=True)
+
+        started = start_agent(fabric, timeline)
+        done = settled(fabric, args.remote_cas, args.timeout) - timeline.t0
+        first = fabric.agents["hv1"].read(lambda a: a.status())
+        result["first_start"] = {"start_returned_s": round(started, 3), "synced_s": round(done, 3),
+                                 "totals": first.totals, **timeline.summary()}
+        print(f"first start (empty kernel): synced in {done:.1f} s, {json.dumps(result['first_start'])}", flush=True)
+
+        result["receiver"] = receiver_time(fabric, args.remote_cas, args.timeout)
+        print(f"plain receiver from hv3: {json.dumps(result['receiver'])}", flush=True)
+
+        fabric.stop_agent("hv1")
+        gc.collect()
+        rss_before = rss()
+        monitor = Monitor(fabric.ns("hv1"))
+        nft_before = count_nft.snapshot()
+        started = start_agent(fabric, timeline)
+        done = settled(fabric, args.remote_cas, args.timeout) - timeline.t0
+        status = fabric.agents["hv1"].read(lambda a: a.status())
+        events = monitor.stop()
+        restart = {"start_returned_s": round(started, 3), "synced_s": round(done, 3), "totals": status.totals,
+                   "route_neigh_events": len(events), "ours": monitor.ours()[:10],
+                   "nft": delta(nft_before, count_nft.snapshot()), "rss_mib_before": rss_before,
+                   "rss_mib_after": rss(), **timeline.summary()}
+        result["restart"] = restart
+        print(f"restart: {json.dumps(restart)}", flush=True)
+
+        table = result["receiver"]["total_s"]
+        writes = sum(status.totals.get(k, 0) for k in ("create", "replace", "delete"))
+        print("\n| remote CAs | reflector -> plain receiver (s) | restart: Agent.start returns (s) | "
+              "End-of-RIB from rr1 (s) | synced (s) | synced / receiver | full kernel read (s) | computes "
+              "(s) | reconciles (s) | kernel writes | our route/neigh events | nft writes | RSS before -> "
+              "after (MiB) |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        print(f"| {args.remote_cas:,} | {table:.1f} | {restart['start_returned_s']:.1f} | "
+              f"{restart['end_of_rib_rr1'] or float('nan'):.1f} | {done:.1f} | {done / table:.2f} | "
+              f"{' + '.join(f'{s:.1f}' for s in restart['observe_s'])} | {restart['computes']}: "
+              f"{restart['compute_s']:.1f} | {restart['reconciles']}: {restart['reconcile_s']:.1f} | {writes} | "
+              f"{len(monitor.ours())} | {restart['nft'].get('transactions', 0)} | "
+              f"{rss_before.get('VmRSS')} -> {restart['rss_mib_after'].get('VmRSS')} |", flush=True)
+        print("\nraw: " + json.dumps(result))
+        return 0
+    finally:
+        count_nft.uninstall()
+        if injector is not None:
+            injector.close()
+        fabric.close()
+        runner.down(topology.name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
