@@ -8,6 +8,7 @@ import ipaddress
 import random
 from typing import Any
 
+from nvfabric.bgp.client import Backlog
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute
 from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.config import AgentConfig
@@ -61,6 +62,9 @@ class Client:
     def routes(self) -> dict:
         return dict(self.table)
 
+    def backlog(self) -> Backlog:
+        return Backlog(0, 0.0, 0, 0, 0.0)
+
     async def announce(self, routes: Any) -> None:
         pass
 
@@ -68,7 +72,7 @@ class Client:
         pass
 
 
-async def _true(*_: Any) -> bool:
+async def _true(*_: Any, **__: Any) -> bool:
     return True
 
 

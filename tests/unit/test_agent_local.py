@@ -40,6 +40,7 @@ DOMAINS = [
 
 class Reconciler:
     full_pending = False
+    last = None
 
     async def reconcile(self, parts: Any, hold: bool = False) -> Outcome:
         return Outcome(time.time(), {}, (), 0, 0.0, False)
@@ -64,11 +65,12 @@ class Nft:
 
 class Filters:
     decap = None
+    decap_fed = None
 
     async def marks(self, *args: Any) -> bool:
         return True
 
-    async def decapsulation(self, *args: Any) -> bool:
+    async def decapsulation(self, *args: Any, **kwargs: Any) -> bool:
         return True
 
 
