@@ -755,7 +755,7 @@ class Agent:
         if ports is None or (before is not None and last is not None and all(
                 a is b for a, b in zip((before.catalog, before.mobility, before.holders.held), last, strict=True))):
             self._announce_basis = basis  # every port announced as this view wants
-        self.metrics.announced(len(view.catalog.ports), self._learned_state.records)
+        self.metrics.announced(len(view.catalog.ports), *self._learned_state.counts())
         self.metrics.held_addresses(sum(len(h) for h in held.values()))
 
     @staticmethod
