@@ -457,19 +457,27 @@ class PortSecurity:
         else:
             touched = [i for i in self._ports.keys() | want.keys()
                        if self._ports.get(i) is not want.get(i) and self._ports.get(i) != want.get(i)]
-            before = elements(self._ports[i] for i in touched if i in self._ports)
-            after = elements(want[i] for i in touched if i in want)
-            text, size = changes(before, after), _delta(before, after)
-        if text is not None:
-            try:
-                await self.nft.script("port security", text)
-            except NftError:
-                self._known = False
-                raise
+            text, size = self._difference(touched, want)
+        await self._write(text)
         self._known = True
         self._ports = want
         self.last_size = size
         return size
+
+    def _difference(self, touched: list[str], want: Mapping[str, Port]) -> tuple[str | None, int]:
+        """The nft text and element count that take the `touched` interfaces from what was written to `want`."""
+        before = elements(self._ports[i] for i in touched if i in self._ports)
+        after = elements(want[i] for i in touched if i in want)
+        return changes(before, after), _delta(before, after)
+
+    async def _write(self, text: str | None) -> None:
+        if text is None:
+            return
+        try:
+            await self.nft.script("port security", text)
+        except NftError:
+            self._known = False  # (one transaction: nothing changed, but read back before the next write)
+            raise
 
     @property
     def known(self) -> bool:
@@ -483,15 +491,8 @@ class PortSecurity:
         assert self._known, "update needs the kernel known: apply first"
         want = {i: p for i, p in changed.items() if p is not None and p.port_security}
         touched = [i for i in changed if self._ports.get(i) != want.get(i)]
-        before = elements(self._ports[i] for i in touched if i in self._ports)
-        after = elements(want[i] for i in touched if i in want)
-        text, size = changes(before, after), _delta(before, after)
-        if text is not None:
-            try:
-                await self.nft.script("port security", text)
-            except NftError:
-                self._known = False
-                raise
+        text, size = self._difference(touched, want)
+        await self._write(text)
         for i in touched:
             if i in want:
                 self._ports[i] = want[i]
