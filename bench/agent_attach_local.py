@@ -48,6 +48,7 @@ def port(i: int) -> Port:
 class Reconciler:
     """Every partition applied at once; nothing read back."""
     full_pending = False
+    last = None
 
     async def reconcile(self, parts: Any, hold: bool = False) -> Outcome:
         return Outcome(time.time(), {}, (), 0, 0.0, False)
@@ -69,11 +70,12 @@ class Nft:
 
 class Filters:
     decap = None
+    decap_fed = None
 
-    async def marks(self, *args: Any) -> bool:
+    async def marks(self, *args: Any, **kwargs: Any) -> bool:
         return True
 
-    async def decapsulation(self, *args: Any) -> bool:
+    async def decapsulation(self, *args: Any, **kwargs: Any) -> bool:
         return True
 
 
