@@ -50,7 +50,6 @@ from nvfabric.hostagent.compute import (
     Step,
     View,
     compute,
-    domain_of,
     follow_remote,
     follow_remote_holders,
 )
@@ -283,13 +282,11 @@ class Agent:
             remote = self._table_for(catalog).mac((port.vsid, port.mac))
             mobility = mobility.attach((port.vsid, port.mac), remote.mobility_seq if remote else None,
                                        time.monotonic())
-            dirty = {domain_of(catalog, port.vsid)}
             macs = {(port.vsid, port.mac)}
             if old is not None:
-                dirty.add(domain_of(self._view.catalog, old.vsid))  # a port that changed routing domain
                 macs.add((old.vsid, old.mac))
             await self._commit(replace(self._view, catalog=catalog, mobility=mobility), f"port {port.name}",
-                               dirty - {None}, Touched(frozenset({port.name}), frozenset(macs)))
+                               set(), Touched(frozenset({port.name}), frozenset(macs)))
             return old is None
 
     async def delete_port(self, name: str) -> None:
@@ -299,8 +296,7 @@ class Agent:
             mobility = self._view.mobility
             if not catalog.ports_with_mac(port.vsid, port.mac):
                 mobility = mobility.detach((port.vsid, port.mac))
-            await self._commit(replace(self._view, catalog=catalog, mobility=mobility), f"port {name}",
-                               {domain_of(self._view.catalog, port.vsid)} - {None},
+            await self._commit(replace(self._view, catalog=catalog, mobility=mobility), f"port {name}", set(),
                                Touched(frozenset({name}), frozenset({(port.vsid, port.mac)})))
 
     async def claim_virtual_address(self, port_name: str, address: Address) -> bool:
@@ -323,7 +319,7 @@ class Agent:
             remote = self._table_for(view.catalog).ca(key)
             holders = view.holders.claim(key, port_name, remote.mobility_seq if remote is not None else None, now)
             try:
-                await self._commit(replace(view, holders=holders), f"virtual address {address}", {domain}, Touched())
+                await self._commit(replace(view, holders=holders), f"virtual address {address}", set(), Touched())
             except (KernelError, NotStarted, state.SaveError) as exc:
                 log.warning("virtual address %s claimed by port %s: not applied: %s", address, port_name, exc)
                 return self._claimed("failed", False)
@@ -460,14 +456,15 @@ class Agent:
     def _headless(self) -> bool:
         return self._started and self._hold.headless
 
-    def _compute(self, view: View, dirty: set[str], fresh: bool | None = None) -> Step:
-        """The partitions of the dirty routing domains and those the learned changes touch (hostagent/compute.py);
+    def _compute(self, view: View, dirty: set[str], fresh: bool | None = None, ports: Collection[str] = ()) -> Step:
+        """The partitions of the dirty routing domains and local ports and those the learned changes touch
+        (hostagent/compute.py);
         every one after a start, a resync or an error (the learned table built again from the client's, unless
         `fresh` is False: the caller just did)."""
         assert self._reconciler is not None
         everything = self._everything or self._reconciler.full_pending
         table = self._table_for(view.catalog, fresh=everything if fresh is None else fresh)
-        return compute(view, table, self.host, self._learned_state, None if everything else dirty, self._change)
+        return compute(view, table, self.host, self._learned_state, None if everything else dirty, self._change, ports)
 
     async def _reconcile(self, desired: Step) -> Outcome:
         assert self._reconciler is not None
@@ -505,7 +502,8 @@ class Agent:
             await self._guard_touched(view, touched.ports, what)
         # a holder the change disallows (or removes) stops holding its virtual address
         view = replace(view, holders=view.holders.prune(view.catalog, view.mobility.inactive()))
-        desired = self._compute(view, dirty)
+        ports = None if touched is None else self._affected(before, view, touched)
+        desired = self._compute(view, dirty, ports=ports or ())
         outcome = await self._reconcile(desired)
         if not outcome.ok:
             await self._put_back(desired, outcome)
@@ -524,7 +522,6 @@ class Agent:
         self._swap_learned(desired)
         await self._update_vrf_marks()
         await self._update_decap()
-        ports = None if touched is None else self._affected(before, view, touched)
         await self._announce(ports, before)
         self._update_guest(ports)
 
@@ -595,16 +592,15 @@ class Agent:
         mobility = follow_remote(view.mobility, table.macs(), ours, now, complete=not self._hold.holding,
                                  keys=None if everything else self._remote_macs)
         holders = follow_remote_holders(view.holders, table.cas(), ours, now).prune(view.catalog, mobility.inactive())
-        dirty: set[str] = set()
+        ports: set[str] = set()
         if mobility is not view.mobility or holders != view.holders:
             changed = replace(view, mobility=mobility, holders=holders)
             try:
                 self._store.save(changed.saved())
-                # the routing domains where a port stopped or started being routed, or an address is held
-                # elsewhere now: their local records change
+                # the ports that stopped or started being routed, or hold an address or not any more: their
+                # local records change
                 moved = view.mobility.inactive() ^ mobility.inactive()
-                dirty = {domain_of(view.catalog, vsid) for vsid, _ in moved} - {None}  # type: ignore[assignment]
-                dirty |= {domain for domain, _ in view.held().items() ^ changed.held().items()}
+                ports = self._affected(view, changed, Touched(macs=frozenset(moved)))
                 view = self._view = changed
                 self._remote_macs = set()
             except state.SaveError as exc:  # the sequences announced must be the ones a restart finds
@@ -612,7 +608,7 @@ class Agent:
                 log.error("%s: mobility changes wait until the state can be saved", exc)
         else:
             self._remote_macs = set()
-        desired = self._compute(view, dirty, fresh=False)
+        desired = self._compute(view, set(), fresh=False, ports=ports)
         outcome = await self._reconcile(desired)
         if outcome.errors:
             log.warning("reconcile: %d errors: %s", len(outcome.errors), outcome.errors[:3])

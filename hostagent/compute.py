@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from nvfabric.bgp.routes import MacIpRoute
@@ -35,17 +35,21 @@ from nvfabric.vnet.desired import (
     Base,
     Conflict,
     HostIdentity,
+    PortsOn,
     allocate_tables,
     base_partition,
     ca_partition,
     desired_state,
     devices_of,
     global_partition,
+    local_port_partition,
+    port_partition,
     remote_ca_partition,
+    v6_prefixes,
 )
 from nvfabric.vnet.kernel.objects import KernelObject
 from nvfabric.vnet.learned import CaKey, Change, LearnedTable, PrefixKey
-from nvfabric.vnet.model import Address, LookupRecord, Port, RemotePrefix, RoutingDomain, VirtualSubnet
+from nvfabric.vnet.model import Address, LookupRecord, Network, Port, RemotePrefix, RoutingDomain, VirtualSubnet
 
 
 @dataclass
@@ -123,26 +127,38 @@ def follow_remote_holders(holders: Holders, remote: Mapping[tuple[str, Address],
 
 @dataclass(frozen=True)
 class DomainState:
-    """A routing domain as its partitions were last built: what its remote CA partitions are judged against."""
+    """A routing domain as its partitions were last built: what its port and remote CA partitions are judged
+    against."""
 
     domain: RoutingDomain
     table: int
-    local: Mapping[Address, LookupRecord]  # its local CAs: active ports' and held addresses
-    ports: tuple[tuple[Port, VirtualSubnet], ...]  # its active ports
     base: Base
+    ports_on: PortsOn  # its active ports in IPv6 subnets (where a CA of the subnet gets a proxy NDP entry)
+
+
+@dataclass(frozen=True)
+class PortState:
+    """An active local port (routed here: not moved away, with at least one CA) as its partition was built."""
+
+    domain: str
+    port: Port
+    subnet: VirtualSubnet
+    records: tuple[LookupRecord, ...]  # its local CAs: its addresses and the virtual addresses it holds
 
 
 @dataclass(frozen=True)
 class Step:
     """One computation: the partitions to reconcile (only those that may have changed, or all of them on a
-    full pass) and what the lookup records became, taken in by `Learned.swap` once the kernel has them."""
+    full pass) and what the lookup records and local ports became, taken in by `Learned.swap` once the kernel
+    has them."""
 
     partitions: Mapping[str, frozenset[KernelObject]]
     skipped_in: Mapping[str, tuple[str, ...]]  # of the partitions above, by partition
     conflicts_in: Mapping[str, tuple[Conflict, ...]]
-    domains: Mapping[str, DomainState | None]  # the rebuilt bases (None: the domain is gone)
+    domains: Mapping[str, DomainState | None]  # the changed routing domains' states (None: the domain is gone)
     ca_names: Mapping[str, CaKey]  # the remote CA partitions above: name -> (routing domain, CA)
     records: Mapping[CaKey, tuple[LookupRecord | None, LookupRecord | None]]  # changed: (old, new); none if full
+    ports: Mapping[str, PortState | None] = field(default_factory=dict)  # changed local ports (None: not routed)
     full: bool = False
     every_record: Mapping[str, Mapping[Address, LookupRecord]] | None = None  # a full pass: all of them
 
@@ -173,6 +189,9 @@ class Learned:
         self.conflicts_in: dict[str, tuple[Conflict, ...]] = {}
         self.domains: dict[str, DomainState] = {}
         self.ca_parts: dict[str, set[Address]] = {}  # routing domain -> CAs with a partition
+        self.ports: dict[str, PortState] = {}  # the active local ports by name, each with a partition
+        self.port_parts: dict[str, set[str]] = {}  # routing domain -> its active local ports
+        self._local = 0  # local lookup records
 
     @property
     def records(self) -> list[LookupRecord]:
@@ -189,9 +208,8 @@ class Learned:
         return inner.get(key[1]) if inner is not None else None
 
     def counts(self) -> tuple[int, int]:
-        """(local, remote) lookup records (O(routing domains + local CAs))."""
-        local = sum(len(s.local) for s in self.domains.values())
-        return local, sum(len(inner) for inner in self._records.values()) - local
+        """(local, remote) lookup records (O(routing domains))."""
+        return self._local, sum(len(inner) for inner in self._records.values()) - self._local
 
     def swap(self, step: Step) -> None:
         if step.full:
@@ -211,6 +229,18 @@ class Learned:
                         del self.ca_parts[key[0]]
         for name, state in step.domains.items():
             _put(self.domains, name, state)
+        for name, port in step.ports.items():
+            old = self.ports.pop(name, None)
+            if old is not None:
+                self._local -= len(old.records)
+                names = self.port_parts[old.domain]
+                names.discard(name)
+                if not names:
+                    del self.port_parts[old.domain]
+            if port is not None:
+                self.ports[name] = port
+                self._local += len(port.records)
+                self.port_parts.setdefault(port.domain, set()).add(name)
         if step.every_record is not None:
             self._records = {d: dict(inner) for d, inner in step.every_record.items() if inner}
             return
@@ -221,7 +251,7 @@ class Learned:
                 del self._records[domain]
 
     def by_domain(self) -> Mapping[str, frozenset[KernelObject]]:
-        """The desired objects by routing domain (its base and remote CA partitions together) and GLOBAL:
+        """The desired objects by routing domain (its base, port and remote CA partitions together) and GLOBAL:
         what trace (hostagent/trace.py) reads."""
         return ByDomain(self)
 
@@ -252,13 +282,16 @@ class ByDomain(Mapping[str, frozenset[KernelObject]]):
         self._learned = learned
 
     def __getitem__(self, name: str) -> frozenset[KernelObject]:
-        parts = self._learned.parts
-        if name not in parts and name not in self._learned.ca_parts:
+        learned = self._learned
+        parts = learned.parts
+        if name not in parts and name not in learned.ca_parts and name not in learned.port_parts:
             raise KeyError(name)
         if name == GLOBAL:
             return parts[GLOBAL]
-        cas = self._learned.ca_parts.get(name, ())
-        return parts.get(name, frozenset()).union(*(parts.get(ca_partition(name, ca), ()) for ca in cas))
+        cas = learned.ca_parts.get(name, ())
+        ports = learned.port_parts.get(name, ())
+        return parts.get(name, frozenset()).union(*(parts.get(ca_partition(name, ca), ()) for ca in cas),
+                                                  *(parts.get(port_partition(name, p), ()) for p in ports))
 
     def __iter__(self) -> Iterator[str]:
         return iter(n for n in self._learned.parts if "/" not in n)
@@ -274,50 +307,45 @@ def _put(index: dict, key: object, value: object) -> None:
         index.pop(key, None)
 
 
-def _locals(catalog: Catalog, names: Collection[str], inactive: Collection[MacKey],
-            held: Mapping[tuple[str, Address], str]
-            ) -> dict[str, tuple[dict[Address, LookupRecord], tuple[tuple[Port, VirtualSubnet], ...]]]:
-    """The local lookup records and active ports of these routing domains (vnet/learn.py lookup_records'
-    local part): one pass over the catalog's ports."""
-    records: dict[str, dict[Address, LookupRecord]] = {name: {} for name in names}
-    subnets: dict[str, VirtualSubnet] = {}
-    for port in catalog.ports.values():
-        found = catalog.subnet(port.vsid)
-        if found is None or found[0].name not in records or (port.vsid, port.mac) in inactive:
-            continue
-        subnets[port.name] = found[1]
-        for ca in port.addresses:
-            records[found[0].name][ca] = LookupRecord(found[0].name, port.vsid, ca, port.mac, None, True, port.name)
-    for (domain, address), name in held.items():
-        port = catalog.ports.get(name)
-        if domain in records and port is not None and (port.vsid, port.mac) not in inactive:
-            records[domain][address] = LookupRecord(domain, port.vsid, address, port.mac, None, True, name)
-            found = catalog.subnet(port.vsid)
-            if found is not None:
-                subnets.setdefault(name, found[1])
-    active = {r.port for local in records.values() for r in local.values()}  # a port with no CA is not routed
-    ports: dict[str, list[tuple[Port, VirtualSubnet]]] = {name: [] for name in names}
-    for port in catalog.ports.values():
-        if port.name in active and port.name in subnets:
-            found = catalog.subnet(port.vsid)
-            if found is not None and found[0].name in ports:
-                ports[found[0].name].append((port, subnets[port.name]))
-    return {name: (local, tuple(ports[name])) for name, local in records.items()}
-
-
 def _remote(domain: str, ca: Address, route: MacIpRoute | None) -> LookupRecord | None:
     return None if route is None else LookupRecord(domain, route.vsid, ca, route.mac, route.next_hop)
 
 
+def _port_state(catalog: Catalog, tables: Mapping[str, int], name: str, inactive: Collection[MacKey],
+                held_by: Mapping[str, list[tuple[str, Address]]]) -> PortState | None:
+    """A local port as it is routed now (vnet/learn.py lookup_records' local part, for this port): None when
+    it is not (gone, moved away, no CA). O(its CAs)."""
+    port = catalog.ports.get(name)
+    found = catalog.subnet(port.vsid) if port is not None else None
+    if port is None or found is None or found[0].name not in tables or (port.vsid, port.mac) in inactive:
+        return None
+    domain = found[0].name
+    # (a virtual address is never a port's CA: the catalog refuses it)
+    addresses = [*port.addresses, *(a for d, a in held_by.get(name, ()) if d == domain)]
+    if not addresses:
+        return None  # a port with no CA is not routed
+    return PortState(domain, port, found[1], tuple(
+        LookupRecord(domain, port.vsid, ca, port.mac, None, True, name) for ca in addresses))
+
+
+def _held_by(view: View) -> dict[str, list[tuple[str, Address]]]:
+    """The held virtual addresses by holder (O(held addresses): a few per routing domain)."""
+    out: dict[str, list[tuple[str, Address]]] = {}
+    for key, name in view.held().items():
+        out.setdefault(name, []).append(key)
+    return out
+
+
 def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned,
-            dirty: Collection[str] | None, change: Change) -> Step:
-    """The partitions that `change` (the learned winners that changed since the last swap) and the `dirty`
-    routing domains (the catalog, MAC mobility or held addresses changed there) touch; None: a full pass,
+            dirty: Collection[str] | None, change: Change, ports: Collection[str] = ()) -> Step:
+    """The partitions that `change` (the learned winners that changed since the last swap), the `ports` (local
+    ports whose routing may have changed: attached, detached, moved, holding a virtual address or not) and
+    the `dirty` routing domains (put or deleted: every partition of theirs) touch; `dirty` None: a full pass,
     every partition from scratch (and those that are no more, emptied)."""
     if dirty is None:
         return _everything(view, table, host, before)
     catalog, tables, devices = view.catalog, view.tables, devices_of(host)
-    inactive, held = view.mobility.inactive(), view.held()
+    inactive, held_by = view.mobility.inactive(), _held_by(view)
     parts: dict[str, frozenset[KernelObject]] = {}
     skipped_in: dict[str, tuple[str, ...]] = {}
     conflicts_in: dict[str, tuple[Conflict, ...]] = {}
@@ -326,112 +354,185 @@ def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned
     records: dict[CaKey, tuple[LookupRecord | None, LookupRecord | None]] = {}
 
     cas: set[CaKey] = set(change.cas)
-    bases = set(dirty) | {d for d, _ in change.prefixes}
+    bases = {d for d, _ in change.prefixes}
     for domain, ca in change.cas:
         state = before.domains.get(domain)
         if state is not None and ca in state.base.watch:
             bases.add(domain)
-    rebuilt: set[str] = set()  # domains new or changed: every partition built again
-    wanted = [d for d in dirty if d in catalog.routing_domains and d in tables]
-    fresh = _locals(catalog, wanted, inactive, held) if wanted else {}  # (a BGP change: no pass over the ports)
+    # (a change in a routing domain never built: built now, whole)
+    named = bases | {d for d, _ in change.cas} | {
+        domain_of(catalog, p.vsid) for p in (catalog.ports.get(name) for name in ports) if p is not None}
+    dirty = set(dirty) | {d for d in named if d not in before.domains and d in catalog.routing_domains and d in tables}
+
+    # routing domains gone, added or changed (subnets, route targets, table): every partition of theirs
+    rebuilt: set[str] = set()
+    touched = set(ports)
     for name in dirty:
-        old = before.domains.get(name)
-        if name not in fresh:  # gone: its base and every remote CA partition emptied, its records dropped
+        old, domain = before.domains.get(name), catalog.routing_domains.get(name)
+        touched |= before.port_parts.get(name, set())
+        if domain is None or name not in tables:  # gone: its base and every remote CA partition emptied
             parts[name] = frozenset()
             domains[name] = None
             for ca in before.ca_parts.get(name, ()):
                 parts[ca_partition(name, ca)] = frozenset()
                 ca_names[ca_partition(name, ca)] = (name, ca)
             for ca, record in before._records.get(name, {}).items():
-                records[(name, ca)] = (record, None)
+                if not record.local:
+                    records[(name, ca)] = (record, None)
             bases.discard(name)
             continue
-        local = fresh[name][0]
-        if old is None or old.domain != catalog.routing_domains[name] or old.table != tables[name]:
+        bases.add(name)
+        if old is None or old.domain != domain or old.table != tables[name]:
             rebuilt.add(name)
             cas |= {(name, ca) for ca in table.cas_in(name)} | {(name, ca) for ca in before.ca_parts.get(name, ())}
-            cas |= {(name, ca) for ca in local.keys() | (old.local.keys() if old is not None else ())}
-        else:
-            cas |= {(name, ca) for ca in old.local.keys() | local.keys() if old.local.get(ca) != local.get(ca)}
+        vsids = {s.vsid for s in domain.subnets}  # (one pass over the host's ports: a configuration change)
+        touched |= {p.name for p in catalog.ports.values() if p.vsid in vsids}
+
+    # the local ports: their new state, the local CAs that changed, the active ports of IPv6 subnets
+    changed: dict[str, tuple[PortState | None, PortState | None]] = {}
+    for name in touched:
+        old_port, new_port = before.ports.get(name), _port_state(catalog, tables, name, inactive, held_by)
+        if old_port != new_port or (new_port is not None and new_port.domain in rebuilt):
+            changed[name] = (old_port, new_port)
+    local: dict[CaKey, LookupRecord | None] = {}  # (routing domain, CA) -> its local record now (None: not local)
+    for old_port, _ in changed.values():
+        for r in old_port.records if old_port is not None else ():
+            local[(r.routing_domain, r.ca)] = None
+    for _, new_port in changed.values():
+        for r in new_port.records if new_port is not None else ():
+            local[(r.routing_domain, r.ca)] = r
+    cas |= local.keys()
+    for domain, ca in local:
+        state = before.domains.get(domain)
+        if state is not None and ca in state.base.watch:
+            bases.add(domain)  # (a customer route via it, a host prefix it takes: judged again)
+    ports_on: dict[str, dict[tuple[Network, ...], tuple[tuple[str, str], ...]]] = {}
+    nets_changed: dict[str, set[tuple[Network, ...]]] = {}
+    for name, (old_port, new_port) in changed.items():
+        entries = [(p, -1) for p in (old_port,) if p is not None] + [(p, 1) for p in (new_port,) if p is not None]
+        if len(entries) == 2 and old_port is not None and new_port is not None and (
+                old_port.domain, old_port.subnet, old_port.port.interface) == (
+                new_port.domain, new_port.subnet, new_port.port.interface):
+            continue
+        for state_of, sign in entries:
+            nets = v6_prefixes(state_of.subnet)
+            if not nets:
+                continue
+            if state_of.domain not in ports_on:
+                was = before.domains.get(state_of.domain)
+                ports_on[state_of.domain] = dict(was.ports_on) if was is not None else {}
+            on = ports_on[state_of.domain]
+            entry = (name, state_of.port.interface)
+            found = tuple(e for e in on.get(nets, ()) if e != entry) + ((entry,) if sign > 0 else ())
+            _put(on, nets, found)
+            nets_changed.setdefault(state_of.domain, set()).add(nets)
+    # a port that came or went in an IPv6 subnet: a proxy NDP entry on it for every other IPv6 CA of the
+    # subnet, local and remote (one kernel object per pair: inherent to proxy NDP)
+    build = {name for name, (_, new_port) in changed.items() if new_port is not None}
+    for domain, nets_set in nets_changed.items():
+        was = before.domains.get(domain)
+        for nets in nets_set:
+            for peer, _ in {*ports_on[domain].get(nets, ()), *(was.ports_on.get(nets, ()) if was else ())}:
+                state = changed[peer][1] if peer in changed else before.ports.get(peer)
+                if state is not None and any(r.ca.version == 6 for r in state.records):
+                    build.add(peer)
+        cas |= {(domain, ca) for ca in table.cas6_in(domain) if any(ca in p for ns in nets_set for p in ns)}
+
+    def record_of(key: CaKey) -> LookupRecord | None:
+        """The CA's local record now, else None."""
+        if key in local:
+            return local[key]
+        record = before.record(key)
+        return record if record is not None and record.local else None
 
     for name in bases:
         domain = catalog.routing_domains.get(name)
         if domain is None or name not in tables:
             continue
         old = before.domains.get(name)
-        local: Mapping[Address, LookupRecord]
-        if name in fresh:
-            local, ports = fresh[name]
-        elif old is not None:
-            local, ports = old.local, old.ports
-        else:  # (a learned change for a domain never built: built now)
-            local, ports = _locals(catalog, [name], inactive, held)[name]
-            rebuilt.add(name)
-            cas |= {(name, ca) for ca in table.cas_in(name)} | {(name, ca) for ca in local}
         remote = table.cas_in(name)
 
-        def lookup(ca: Address, local: Mapping[Address, LookupRecord] = local, name: str = name,
-                   remote: Mapping[Address, MacIpRoute] = remote) -> LookupRecord | None:
-            return local.get(ca) or _remote(name, ca, remote.get(ca))
+        def lookup(ca: Address, name: str = name, remote: Mapping[Address, MacIpRoute] = remote) -> LookupRecord | None:
+            return record_of((name, ca)) or _remote(name, ca, remote.get(ca))
 
         objects, why, lost, base = base_partition(
-            domain, tables[name], ports, local.values(), table.prefixes_in(name).values(), domain.customer_routes,
-            lookup, catalog, host, devices)
+            domain, tables[name], table.prefixes_in(name).values(), domain.customer_routes, lookup, catalog, devices)
         parts[name], skipped_in[name], conflicts_in[name] = frozenset(objects), tuple(why), tuple(lost)
-        domains[name] = DomainState(domain, tables[name], local, ports, base)
+        on = ports_on.get(name, old.ports_on if old is not None else {})
+        domains[name] = DomainState(domain, tables[name], base, MappingProxyType(on))
         if old is not None and name not in rebuilt:
-            cas |= _affected(name, old.base, base, table.cas6_in(name))
+            cas |= _affected(name, old.base, base)
+    for name, on in ports_on.items():
+        if name not in domains and name in before.domains:
+            domains[name] = replace(before.domains[name], ports_on=MappingProxyType(on))
+
+    port_states: dict[str, PortState | None] = {name: new for name, (_, new) in changed.items()}
+    for name, (old_port, new_port) in changed.items():
+        if old_port is not None and (new_port is None or new_port.domain != old_port.domain):
+            parts[port_partition(old_port.domain, name)] = frozenset()
+    for name in build:
+        port = port_states[name] if name in port_states else before.ports[name]
+        state = domains.get(port.domain) or before.domains[port.domain]
+        part = port_partition(port.domain, name)
+        parts[part], lost = local_port_partition(state.domain, state.table, port.port, port.subnet, port.records,
+                                                 state.ports_on, host)
+        conflicts_in[part] = tuple(lost)
 
     for name, ca in cas:
         state = domains.get(name) or before.domains.get(name)
         if state is None or name not in tables or catalog.routing_domains.get(name) is None:
             continue
         part = ca_partition(name, ca)
-        ca_names[part] = (name, ca)
-        record = state.local.get(ca)
+        record = record_of((name, ca))
         if record is None:
             record = _remote(name, ca, table.ca((name, ca)))
-            if record is not None:
-                parts[part], why, lost = remote_ca_partition(record, state.base, devices)
-                skipped_in[part], conflicts_in[part] = tuple(why), tuple(lost)
-            else:
-                parts[part] = frozenset()
-        else:
+        if record is not None and not record.local:
+            ca_names[part] = (name, ca)
+            parts[part], why, lost = remote_ca_partition(record, state.base, state.ports_on, devices)
+            skipped_in[part], conflicts_in[part] = tuple(why), tuple(lost)
+        elif ca in before.ca_parts.get(name, ()):  # (a local CA, or none: its remote partition, if any, emptied)
+            ca_names[part] = (name, ca)
             parts[part] = frozenset()
         old_record = before.record((name, ca))
         if old_record != record:
             records[(name, ca)] = (old_record, record)
-    return Step(parts, skipped_in, conflicts_in, domains, ca_names, records)
+    # a gone routing domain's local records (its ports' states above are None)
+    for (name, ca), now in local.items():
+        if now is None and (name, ca) not in records and name not in tables:
+            old_record = before.record((name, ca))
+            if old_record is not None:
+                records[(name, ca)] = (old_record, None)
+    return Step(parts, skipped_in, conflicts_in, domains, ca_names, records, port_states)
 
 
-def _affected(name: str, old: Base, new: Base, remote6: Collection[Address]) -> set[CaKey]:
+def _affected(name: str, old: Base, new: Base) -> set[CaKey]:
     """The remote CAs whose partition a rebuilt base changes: a route key the base took or gave back (a
-    customer route, a local CA: host prefixes), the IPv6 CAs of a subnet whose active ports changed."""
+    customer route: host prefixes)."""
     out: set[CaKey] = set()
     for key in old.strong.keys() | new.strong.keys():
         if old.strong.get(key) != new.strong.get(key):
             prefix = ipaddress.ip_network(key[3])
             if prefix.prefixlen == prefix.max_prefixlen:
                 out.add((name, prefix.network_address))
-    nets = [n for n in old.ports_on.keys() | new.ports_on.keys()
-            if n and old.ports_on.get(n) != new.ports_on.get(n)]
-    if nets:  # O(the domain's remote IPv6 CAs): a port came or went in a subnet with IPv6 prefixes
-        out |= {(name, ca) for ca in remote6 if any(ca in p for ns in nets for p in ns)}
     return out
 
 
 def _everything(view: View, table: LearnedTable, host: HostIdentity, before: Learned) -> Step:
-    """Every partition from scratch (vnet/desired.py desired_state, by remote CA), and those of the last
-    swap that are no more, emptied."""
+    """Every partition from scratch (vnet/desired.py desired_state, by remote CA and local port), and those of
+    the last swap that are no more, emptied."""
     catalog, tables = view.catalog, view.tables
     names = [n for n in catalog.routing_domains if n in tables]
-    fresh = _locals(catalog, names, view.mobility.inactive(), view.held())
+    inactive, held_by = view.mobility.inactive(), _held_by(view)
+    ports = {name: state for name in catalog.ports
+             if (state := _port_state(catalog, tables, name, inactive, held_by)) is not None}
+    local: dict[str, dict[Address, LookupRecord]] = {name: {} for name in names}
+    for state in ports.values():
+        local[state.domain].update((r.ca, r) for r in state.records)
     records: list[LookupRecord] = []
     for name in names:
-        local = fresh[name][0]
-        records += local.values()
+        records += local[name].values()
         records += [LookupRecord(name, r.vsid, ca, r.mac, r.next_hop)
-                    for ca, r in table.cas_in(name).items() if ca not in local]
+                    for ca, r in table.cas_in(name).items() if ca not in local[name]]
     customer = {name: d.customer_routes for name, d in catalog.routing_domains.items()}
     desired = desired_state(catalog, records, table.prefixes(), customer, host, tables, names, by_ca=True)
     parts = dict(desired.partitions)
@@ -440,9 +541,9 @@ def _everything(view: View, table: LearnedTable, host: HostIdentity, before: Lea
         parts[name] = frozenset()
     ca_names = {ca_partition(r.routing_domain, r.ca): (r.routing_domain, r.ca) for r in records if not r.local}
     domains: dict[str, DomainState | None] = {
-        name: DomainState(catalog.routing_domains[name], tables[name], fresh[name][0], fresh[name][1],
-                          desired.bases[name]) for name in names}
+        name: DomainState(catalog.routing_domains[name], tables[name], desired.bases[name],
+                          MappingProxyType(dict(desired.ports_on[name]))) for name in names}
     every: dict[str, dict[Address, LookupRecord]] = {}
     for r in records:
         every.setdefault(r.routing_domain, {})[r.ca] = r
-    return Step(parts, desired.skipped_in, desired.conflicts_in, domains, ca_names, {}, True, every)
+    return Step(parts, desired.skipped_in, desired.conflicts_in, domains, ca_names, {}, dict(ports), True, every)

@@ -127,6 +127,7 @@ class Desired:
     skipped_in: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # `skipped` by partition
     conflicts_in: Mapping[str, tuple[Conflict, ...]] = field(default_factory=dict)  # by partition
     bases: Mapping[str, Base] = field(default_factory=dict)  # by routing domain, when built `by_ca`
+    ports_on: Mapping[str, PortsOn] = field(default_factory=dict)  # by routing domain, when built `by_ca`
 
     @property
     def sysctl_paths(self) -> list[str]:
@@ -178,8 +179,9 @@ def desired_state(
     `domains`: build only these routing domains' partitions (and GLOBAL, which is small): what an
     incremental change needs (vnet.reconcile applies only the partitions it is given). A named domain
     that is not in the catalog gets an empty partition: its objects are to be removed.
-    `by_ca`: each remote CA in a partition of its own (`ca_partition`), beside its domain's base partition
-    (`base_partition`): what the host agent reconciles, so that one changed CA costs its own partition."""
+    `by_ca`: each remote CA in a partition of its own (`ca_partition`), each active local port in one of its
+    own (`port_partition`), beside its domain's base partition (`base_partition`): what the host agent
+    reconciles, so that one changed CA or port costs its own partition."""
     devices = devices_of(identity)
     wanted = set(catalog.routing_domains) if domains is None else set(domains)
 
@@ -215,6 +217,7 @@ def desired_state(
 
     partitions: dict[str, frozenset[KernelObject]] = {GLOBAL: frozenset(glob)}
     bases: dict[str, Base] = {}
+    ports_on: dict[str, PortsOn] = {}
     skipped: dict[str, tuple[str, ...]] = {}
     conflicts: dict[str, tuple[Conflict, ...]] = {}
     for name in sorted(wanted):
@@ -226,17 +229,27 @@ def desired_state(
             mine = records_in.get(name, [])
             lookup = {r.ca: r for r in mine}
             objects, why, lost, base = base_partition(
-                domain, tables[name], ports_in.get(name, ()), [r for r in mine if r.local], prefixes_in.get(name, ()),
-                customer_routes.get(name, ()), lookup.get, catalog, identity, devices)
+                domain, tables[name], prefixes_in.get(name, ()), customer_routes.get(name, ()), lookup.get, catalog,
+                devices)
             bases[name] = base
+            ports_on[name] = on = ports_by_prefixes(ports_in.get(name, ()))
+            by_port: dict[str, list[LookupRecord]] = {}
             for record in mine:
-                if not record.local:
+                if record.local:
+                    by_port.setdefault(record.port or "", []).append(record)
+                else:
                     part = ca_partition(name, record.ca)
-                    partitions[part], ca_why, ca_lost = remote_ca_partition(record, base, devices)
+                    partitions[part], ca_why, ca_lost = remote_ca_partition(record, base, on, devices)
                     if ca_why:
                         skipped[part] = tuple(ca_why)
                     if ca_lost:
                         conflicts[part] = tuple(ca_lost)
+            for port, subnet in ports_in.get(name, ()):
+                part = port_partition(name, port.name)
+                partitions[part], port_lost = local_port_partition(
+                    domain, tables[name], port, subnet, by_port.get(port.name, ()), on, identity)
+                if port_lost:
+                    conflicts[part] = tuple(port_lost)
         else:
             objects, why, lost = _domain(
                 domain, tables[name], ports_in.get(name, ()), records_in.get(name, ()), prefixes_in.get(name, ()),
@@ -248,7 +261,7 @@ def desired_state(
         if lost:
             conflicts[name] = tuple(lost)
     return Desired(frozenset().union(*partitions.values()), tuple(x for why in skipped.values() for x in why),
-                   partitions, skipped, conflicts, bases)
+                   partitions, skipped, conflicts, bases, ports_on)
 
 
 def devices_of(identity: HostIdentity) -> dict[int, str]:
@@ -267,82 +280,131 @@ def ca_partition(domain: str, ca: Address) -> str:
     return f"{domain}/{ca}"
 
 
+def port_partition(domain: str, port: str) -> str:
+    """The partition of one active local port of a routing domain (a CA's text has no '/': never a CA's)."""
+    return f"{domain}/port/{port}"
+
+
+# the active local ports by the IPv6 prefixes of their subnet, as (port name, interface): the ports a CA of
+# the subnet gets a proxy NDP entry on, matched per subnet and not per port (a VM solicits on-link
+# neighbours only); subnets without an IPv6 prefix are left out (no proxy NDP there)
+PortsOn = Mapping[tuple[Network, ...], tuple[tuple[str, str], ...]]
+
+
+def ports_by_prefixes(ports: Iterable[tuple[Port, VirtualSubnet]]) -> PortsOn:
+    on: dict[tuple[Network, ...], list[tuple[str, str]]] = {}
+    for port, subnet in ports:
+        nets = v6_prefixes(subnet)
+        if nets:
+            on.setdefault(nets, []).append((port.name, port.interface))
+    return {nets: tuple(found) for nets, found in on.items()}
+
+
+def v6_prefixes(subnet: VirtualSubnet) -> tuple[Network, ...]:
+    return tuple(p for p in subnet.prefixes if p.version == 6)
+
+
 @dataclass(frozen=True)
 class Base:
     """What the remote CA partitions of a routing domain need from its base partition, and what the base
     needs from them. The precedence (PRECEDENCE) crosses the partitions only through this: a remote CA's
-    route loses to a local CA or customer route with its key (`strong`) and to a subnet gateway's address;
-    the base must be built again when a CA in `watch` changes (a customer route's next hop; the address of a
-    host prefix learned by type 5, which a remote CA's route takes from the prefix)."""
+    route loses to a customer route with its key (`strong`) and to a subnet gateway's address (a local CA's
+    route has its CA's key: a CA is local or remote, never both); the base must be built again when a CA in
+    `watch` changes, local or remote (a customer route's next hop; the address of a customer route or a
+    learned prefix that is a host prefix, whose key a local CA's route takes, as a remote CA's takes a
+    learned prefix's)."""
 
     table: int
     strong: Mapping[tuple, tuple[str, KernelObject]]  # route key -> (kind, route) held by the base
     gateways: frozenset[str]  # the subnet gateways' host prefixes
-    ports_on: Mapping[tuple[Network, ...], tuple[str, ...]]  # active ports' interfaces by their IPv6 prefixes
     watch: frozenset[Address]
 
 
 def base_partition(
     domain: RoutingDomain,
     table: int,
-    ports: Iterable[tuple[Port, VirtualSubnet]],
-    local_records: Iterable[LookupRecord],
     prefixes: Iterable[RemotePrefix],
     customer_routes: Iterable[CustomerRoute],
     lookup: Callable[[Address], LookupRecord | None],
     catalog: Catalog,
-    identity: HostIdentity,
     devices: Mapping[int, str],
 ) -> tuple[set[KernelObject], list[str], list[Conflict], Base]:
-    """A routing domain's objects but its remote CAs' (VRF, rules, ports, local CAs, customer routes, remote
-    prefixes), what could not be realised, the routes that lost their key, and its `Base`. `lookup`: any
-    lookup record of the domain by CA, local or remote (a customer route's next hop). O(the domain's ports,
-    local CAs, customer routes and prefixes): never its remote CAs."""
+    """A routing domain's own objects (VRF, rules, gateways, customer routes, remote prefixes), what could not
+    be realised, the routes that lost their key, and its `Base`. `lookup`: any lookup record of the domain by
+    CA, local or remote (a customer route's next hop; a host prefix's CA). O(the domain's customer routes
+    and prefixes): never its ports or remote CAs."""
     customer_routes = list(customer_routes)
     prefixes = list(prefixes)
     objects = _vrf(domain, table, devices)
-    port_objects, ports_on = _ports(vrf_name(domain.name), ports, identity)
-    objects |= port_objects
-    ca_objects, skipped = _cas(table, local_records, catalog, devices, ports_on)
     prefix_routes, skipped_prefixes = _remote_prefixes(table, prefixes, devices)
     via, skipped_routes = _customer_routes(domain, table, customer_routes, lookup, catalog, devices)
     watch = {r.next_hop for r in customer_routes if r.next_hop is not None}
-    # a remote CA's route with a learned host prefix's key takes it from the prefix: the prefix is judged
-    # against it here, and left to the CA's own partition
+    # a CA's route with the key of a host prefix takes it: a local CA's from a customer route or a learned
+    # prefix, a remote CA's from a learned prefix. They are judged against it here, and left to the port's
+    # or the CA's own partition
+    local: set[KernelObject] = set()
     shadow: set[KernelObject] = set()
-    for prefix in prefixes:
-        if prefix.prefix.prefixlen == prefix.prefix.max_prefixlen:
-            ca = prefix.prefix.network_address
-            watch.add(ca)
-            record = lookup(ca)
-            if record is not None and not record.local and record.pa is not None and record.pa.version in devices:
-                shadow.add(EncapRoute(table, _host(ca), record.vsid, str(record.pa), devices[record.pa.version]))
-    local = {o for o in objects | ca_objects if isinstance(o, LocalPortRoute)}
-    other = {o for o in objects | ca_objects if not isinstance(o, ROUTES)}
+    for kind, prefix in [*(("customer_route", r.prefix) for r in customer_routes),
+                         *(("remote_prefix", p.prefix) for p in prefixes)]:
+        if prefix.prefixlen != prefix.max_prefixlen:
+            continue
+        ca = prefix.network_address
+        watch.add(ca)
+        record = lookup(ca)
+        if record is None:
+            continue
+        if record.local:
+            port = catalog.ports.get(record.port or "")
+            if port is not None:
+                local.add(LocalPortRoute(table, _host(ca), port.interface, src=_gateway(catalog, port, ca)))
+        elif kind == "remote_prefix" and record.pa is not None and record.pa.version in devices:
+            shadow.add(EncapRoute(table, _host(ca), record.vsid, str(record.pa), devices[record.pa.version]))
     by_kind, shadowed = _behind_gateways(domain.name, {"local": local, "customer_route": via, "remote_ca": shadow,
-                                                       "remote_prefix": prefix_routes}, other)
+                                                       "remote_prefix": prefix_routes}, objects)
     routes, conflicts = resolve(domain.name, by_kind)
     strong: dict[tuple, tuple[str, KernelObject]] = {}
-    for kind in ("local", "customer_route"):
-        for obj in sorted(by_kind[kind], key=_sort_key):
-            strong.setdefault(obj.key, (kind, obj))
-    lost = sorted((c for c in shadowed + conflicts if c.loser != "remote_ca"), key=_order)
-    gateways = frozenset(f"{o.address}/{o.prefixlen}" for o in other if isinstance(o, VrfAddress))
-    base = Base(table, strong, gateways, {k: tuple(v) for k, v in ports_on.items()}, frozenset(watch))
+    for obj in sorted(by_kind["customer_route"], key=_sort_key):
+        strong.setdefault(obj.key, ("customer_route", obj))
+    lost = sorted((c for c in shadowed + conflicts if c.loser not in ("remote_ca", "local")), key=_order)
+    gateways = frozenset(f"{o.address}/{o.prefixlen}" for o in objects if isinstance(o, VrfAddress))
+    base = Base(table, strong, gateways, frozenset(watch))
     # (a remote CA's route equal to a customer route's is the base's: its partition leaves it out)
-    theirs = shadow - {obj for _, obj in strong.values()}
-    return other | (routes - theirs), [*skipped, *skipped_prefixes, *skipped_routes], lost, base
+    theirs = (shadow - {obj for _, obj in strong.values()}) | local
+    return objects | (routes - theirs), [*skipped_prefixes, *skipped_routes], lost, base
 
 
-def remote_ca_partition(record: LookupRecord, base: Base,
+def local_port_partition(domain: RoutingDomain, table: int, port: Port, subnet: VirtualSubnet,
+                         records: Iterable[LookupRecord], ports_on: PortsOn,
+                         identity: HostIdentity) -> tuple[frozenset[KernelObject], list[Conflict]]:
+    """One active local port's objects: routed in its VRF, answering ARP/NDP (proxy), a route per local CA
+    it has (its addresses, the virtual addresses it holds), and its IPv6 CAs' proxy NDP entries on the other
+    active ports of its subnet; and its CA routes that lost to a subnet gateway's address. A local CA's route
+    wins its key over every other source (PRECEDENCE), so nothing else is looked at: O(its CAs), plus one
+    proxy entry per other active port of an IPv6 subnet for each of its IPv6 CAs."""
+    objects, _ = _ports(vrf_name(domain.name), [(port, subnet)], identity)
+    gateways = {_host(g) for s in domain.subnets for g in s.gateways}
+    lost: list[Conflict] = []
+    src = {g.version: str(g) for g in subnet.gateways}
+    for record in records:
+        route = LocalPortRoute(table, _host(record.ca), port.interface, src=src.get(record.ca.version))
+        if route.prefix in gateways:
+            lost.append(_conflict(domain.name, "local", route, "local"))
+            continue
+        objects.add(route)
+        if record.ca.version == 6:
+            objects.update(_proxy_v6(ports_on, record.ca, except_if=port.interface))
+    return frozenset(objects), lost
+
+
+def remote_ca_partition(record: LookupRecord, base: Base, ports_on: PortsOn,
                         devices: Mapping[int, str]) -> tuple[frozenset[KernelObject], list[str], list[Conflict]]:
     """One remote CA's objects (its encap route, its IPv6 proxy NDP entries), what could not be realised, and
-    its route when it lost its key to the base (PRECEDENCE: local CA and customer route before it; a subnet
-    gateway's address). O(1), plus one proxy entry per active port of an IPv6 subnet holding the CA."""
+    its route when it lost its key to the base (PRECEDENCE: a customer route before it; a subnet gateway's
+    address). O(1), plus one proxy entry per active port of an IPv6 subnet holding the CA."""
     if record.pa is None or record.pa.version not in devices:
         return frozenset(), [f"{record.routing_domain} {record.ca}: no NVGRE device for PA {record.pa}"], []
     route = EncapRoute(base.table, _host(record.ca), record.vsid, str(record.pa), devices[record.pa.version])
-    objects: set[KernelObject] = set(_proxy_v6(base.ports_on, record.ca)) if record.ca.version == 6 else set()
+    objects: set[KernelObject] = set(_proxy_v6(ports_on, record.ca)) if record.ca.version == 6 else set()
     lost: list[Conflict] = []
     held = base.strong.get(route.key)
     if route.prefix in base.gateways:
@@ -450,16 +512,11 @@ def _vrf(domain: RoutingDomain, table: int, devices: Mapping[int, str]) -> set[K
     return objects
 
 
-# the active local ports' interfaces by the IPv6 prefixes of their subnet (for proxy NDP entries), so that a
-# CA is matched against each subnet once, not against every port of the domain
-_PortsOn = dict[tuple[Network, ...], list[str]]
-
-
 def _ports(vrf: str, ports: Iterable[tuple[Port, VirtualSubnet]],
-           identity: HostIdentity) -> tuple[set[KernelObject], _PortsOn]:
+           identity: HostIdentity) -> tuple[set[KernelObject], PortsOn]:
     """Each active local port: routed in the VRF, answering ARP/NDP (proxy)."""
     objects: set[KernelObject] = set()
-    ports_on: _PortsOn = {}
+    ports = list(ports)
     for port, subnet in ports:
         ifname = port.interface
         objects.add(VrfPort(ifname, vrf, port_mtu(port.mtu, identity)))
@@ -470,12 +527,11 @@ def _ports(vrf: str, ports: Iterable[tuple[Port, VirtualSubnet]],
             (f"net/ipv4/conf/{ifname}/rp_filter", "0"),
         ):
             objects.add(Sysctl(path, value))
-        ports_on.setdefault(tuple(p for p in subnet.prefixes if p.version == 6), []).append(ifname)
         # The IPv6 gateway is the VRF's address, and the NA is that address's (router flag: the VRF's
         # forwarding); but a VM's NS goes to the gateway's solicited-node group, which only the VRF device has
         # joined: a proxy entry makes the port join it (the kernel then finds the address on the master).
         objects.update(ProxyNeighbour(ifname, str(gateway)) for gateway in subnet.gateways if gateway.version == 6)
-    return objects, ports_on
+    return objects, ports_by_prefixes(ports)
 
 
 def _gateway(catalog: Catalog, port: Port, ca: Address) -> str | None:
@@ -484,16 +540,16 @@ def _gateway(catalog: Catalog, port: Port, ca: Address) -> str | None:
     return next((str(g) for g in found[1].gateways if g.version == ca.version), None) if found else None
 
 
-def _proxy_v6(ports_on: _PortsOn, ca: Address, except_if: str | None = None) -> list[ProxyNeighbour]:
+def _proxy_v6(ports_on: PortsOn, ca: Address, except_if: str | None = None) -> list[ProxyNeighbour]:
     """Proxy NDP entries for an IPv6 CA: only on ports whose subnet contains it (a VM solicits on-link
     neighbours only)."""
     text = str(ca)
-    return [ProxyNeighbour(ifname, text) for nets, ifnames in ports_on.items() if any(ca in p for p in nets)
-            for ifname in ifnames if ifname != except_if]
+    return [ProxyNeighbour(ifname, text) for nets, found in ports_on.items() if any(ca in p for p in nets)
+            for _, ifname in found if ifname != except_if]
 
 
 def _cas(table: int, records: Iterable[LookupRecord], catalog: Catalog, devices: Mapping[int, str],
-         ports_on: _PortsOn) -> tuple[set[KernelObject], list[str]]:
+         ports_on: PortsOn) -> tuple[set[KernelObject], list[str]]:
     """A host route per CA: to its port when local, encapsulated to its PA when remote (and proxy NDP)."""
     objects: set[KernelObject] = set()
     skipped: list[str] = []

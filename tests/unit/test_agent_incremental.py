@@ -29,6 +29,7 @@ PORTS = (
     Port("b2", "tap-b2", "02:00:00:00:b2:01", 5001, (ip("10.0.0.11"),)),
     Port("b3", "tap-b3", "02:00:00:00:b3:01", 5002, (ip("10.0.1.10"),)),
     Port("r1", "tap-r1", "02:00:00:00:a1:01", 6001, (ip("10.0.0.10"),)),
+    Port("b4", "tap-b4", "02:00:00:00:b4:01", 5001, (ip("fd00:b::11"),)),  # (IPv6 only: proxy entries both ways)
 )
 ROUTES = (
     (),
@@ -67,8 +68,11 @@ def everything(view: View, routes: dict, host: HostIdentity) -> Learned:
     return learned
 
 
+@pytest.mark.parametrize("by_port", [True, False], ids=["ports", "domains"])
 @pytest.mark.parametrize("seed", range(40))
-def test_change_by_change_equals_a_full_pass(seed: int) -> None:
+def test_change_by_change_equals_a_full_pass(seed: int, by_port: bool) -> None:
+    """`by_port`: a port's change names the ports it touches (as the agent does: the port, the ports sharing
+    a MAC that moved, the holders of a virtual address), else its routing domain (every partition of it)."""
     rng = random.Random(seed)
     host = rng.choice((HOST, HOST, HOST4))
     catalog = Catalog.build({"blue": BLUE_VIP, "red": RED}, {})
@@ -81,7 +85,7 @@ def test_change_by_change_equals_a_full_pass(seed: int) -> None:
     reconciler.update(step.partitions)
     learned.swap(step)
     for _ in range(60):
-        pending, dirty = EMPTY, set()
+        pending, dirty, ports = EMPTY, set(), set()
         for _ in range(rng.choice((1, 1, 2, 4))):
             what = rng.random()
             catalog = view.catalog
@@ -109,19 +113,21 @@ def test_change_by_change_equals_a_full_pass(seed: int) -> None:
                 elif not clash:
                     catalog = catalog.with_port(port)
                     view = replace(view, catalog=catalog)
-                dirty.add(domain_of(catalog, port.vsid))
+                (ports.update(catalog.ports_with_mac(port.vsid, port.mac) | {port.name}) if by_port
+                 else dirty.add(domain_of(catalog, port.vsid)))
             elif what < 0.8:  # the virtual address is held by a local port, or elsewhere
                 holder = rng.choice(("b1", "b2", None))
                 held = {("blue", VIP): Holding(port=holder, seq=1)}
+                was = view.held()
                 view = replace(view, holders=Holders(MappingProxyType(held)).prune(catalog, view.mobility.inactive()))
-                dirty.add("blue")
+                (ports.update(was.values(), view.held().values()) if by_port else dirty.add("blue"))
             elif what < 0.9:  # a local MAC moves away or comes back (MAC mobility)
                 port = rng.choice(PORTS)
                 key = (port.vsid, port.mac)
                 macs = dict(view.mobility.macs)
                 macs[key] = MacState(active=not macs.get(key, MacState()).active)
                 view = replace(view, mobility=Mobility(MappingProxyType(macs)))
-                dirty.add(domain_of(catalog, port.vsid))
+                (ports.update(catalog.ports_with_mac(*key)) if by_port else dirty.add(domain_of(catalog, port.vsid)))
             else:  # a routing domain's customer routes change
                 name = rng.choice(("blue", "red"))
                 domain = replace(catalog.routing_domains[name], customer_routes=rng.choice(ROUTES))
@@ -131,7 +137,7 @@ def test_change_by_change_equals_a_full_pass(seed: int) -> None:
                     table, change = table.rebuilt(catalog, OURS, None)
                     pending = pending.then(change)
                 dirty.add(name)
-        step = compute(view, table, host, learned, dirty - {None}, pending)
+        step = compute(view, table, host, learned, dirty - {None}, pending, ports)
         reconciler.update(step.partitions)  # raises when two partitions want one key differently
         learned.swap(step)
         want = everything(view, routes, host)
@@ -142,3 +148,6 @@ def test_change_by_change_equals_a_full_pass(seed: int) -> None:
         assert {n: frozenset(v.values()) for n, v in reconciler.desired.items()} == learned.parts
         assert learned.by_domain()["blue"] == want.by_domain()["blue"]
         assert learned.counts() == want.counts()
+        assert learned.ports == want.ports and learned.port_parts == want.port_parts
+        assert {n: (s.base, {k: set(v) for k, v in s.ports_on.items()}) for n, s in learned.domains.items()} == {
+            n: (s.base, {k: set(v) for k, v in s.ports_on.items()}) for n, s in want.domains.items()}

@@ -1,5 +1,6 @@
-"""vnet.desired by remote CA: one partition per remote CA beside each routing domain's base partition holds
-exactly the objects, conflicts and skips of the routing domain built whole."""
+"""vnet.desired by remote CA and local port: one partition per remote CA and one per active local port beside
+each routing domain's base partition hold exactly the objects, conflicts and skips of the routing domain built
+whole."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from nvfabric.vnet.desired import GLOBAL, HostIdentity, ca_partition, desired_state
+from nvfabric.vnet.desired import GLOBAL, HostIdentity, ca_partition, desired_state, port_partition
 from nvfabric.vnet.kernel.objects import DEFAULT_METRIC
 from nvfabric.vnet.model import CustomerRoute, LookupRecord, Port, RemotePrefix
 from tests.unit.agent_fixtures import PA1, PA2, PA3, catalog, ip, net
@@ -78,4 +79,5 @@ def test_remote_cas_in_their_own_partitions_equal_the_domain_built_whole(seed: i
             assert part in split.partitions and not ({o.key for o in split.partitions[part]} & {
                 o.key for o in split.partitions[record.routing_domain]})
     assert set(split.partitions) - {GLOBAL, "blue", "red"} == {
-        ca_partition(r.routing_domain, r.ca) for r in records if not r.local}
+        ca_partition(r.routing_domain, r.ca) for r in records if not r.local} | {
+        port_partition(r.routing_domain, r.port) for r in records if r.local and r.port in cat.ports}
