@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
+from nvfabric.hostagent.compute import Learned, View, compute
+from nvfabric.vnet import learn
+from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import GLOBAL, HostIdentity, ca_partition, desired_state, port_partition
+from nvfabric.vnet.desired import allocate_tables
 from nvfabric.vnet.kernel.objects import DEFAULT_METRIC
+from nvfabric.vnet.learned import EMPTY, LearnedTable
 from nvfabric.vnet.model import CustomerRoute, LookupRecord, Port, RemotePrefix
-from tests.unit.agent_fixtures import PA1, PA2, PA3, catalog, ip, net
+from nvfabric.vnet.policy import screen
+from tests.unit.agent_fixtures import PA1, PA2, PA3, RED, catalog, ip, net
+from tests.unit.test_agent_incremental import BLUE_VIP, PORTS, t2, t5
 
 HOST = HostIdentity("02:00:5e:10:00:01", (PA1, ip("2001:db8::11")))
 HOST4 = HostIdentity("02:00:5e:10:00:01", (PA1,))  # no IPv6 device: remote CAs behind an IPv6 PA are skipped
@@ -81,3 +89,51 @@ def test_remote_cas_in_their_own_partitions_equal_the_domain_built_whole(seed: i
     assert set(split.partitions) - {GLOBAL, "blue", "red"} == {
         ca_partition(r.routing_domain, r.ca) for r in records if not r.local} | {
         port_partition(r.routing_domain, r.port) for r in records if r.local and r.port in cat.ports}
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_split_by_change_equals_the_whole_after_attaches_detaches_and_remote_changes(seed: int) -> None:
+    """The partitions the agent keeps (hostagent/compute.py: a port's change computes that port's partition,
+    a remote change its CA's), after each step of a random sequence, hold the objects, skips and conflicts of
+    the routing domains built whole from scratch (vnet/learn.py, desired_state without partitions)."""
+    rng = random.Random(seed)
+    host = rng.choice((HOST, HOST4))
+    catalog = Catalog.build({"blue": BLUE_VIP, "red": RED}, {})
+    view = View(catalog, allocate_tables(catalog.routing_domains, {}))
+    table = LearnedTable(catalog, (PA1,), None)
+    routes: dict = {}
+    learned = Learned()
+    learned.swap(compute(view, table, host, learned, None, EMPTY))
+    for _ in range(50):
+        pending, ports = EMPTY, set()
+        if rng.random() < 0.5:  # a remote change: a type-2 or type-5 route added, moved or withdrawn
+            if routes and rng.random() < 0.35:
+                key, route = rng.choice(list(routes)), None
+                del routes[key]
+            else:
+                route = t2(rng) if rng.random() < 0.85 else t5(rng)
+                key = route.key
+                routes[key] = route
+            pending = table.apply([(key, route)])
+        else:  # a port attaches or detaches
+            port = rng.choice(PORTS)
+            catalog = view.catalog
+            if port.name in catalog.ports:
+                view = replace(view, catalog=catalog.without_port(port.name),
+                               mobility=view.mobility.detach((port.vsid, port.mac)))
+            elif not any(p.vsid == port.vsid and set(p.addresses) & set(port.addresses)
+                         for p in catalog.ports.values()):
+                view = replace(view, catalog=catalog.with_port(port))
+            ports = {port.name}
+        learned.swap(compute(view, table, host, learned, set(), pending, ports))
+        accepted = list(screen(view.catalog, routes.values(), (PA1,), None).accepted)
+        records = learn.lookup_records(view.catalog, accepted, (PA1,), view.mobility.inactive(), view.held())
+        customer = {n: d.customer_routes for n, d in view.catalog.routing_domains.items()}
+        whole = desired_state(view.catalog, records, learn.remote_prefixes(view.catalog, accepted, (PA1,)), customer,
+                              host, view.tables)
+        assert frozenset().union(*learned.parts.values()) == whole.objects
+        assert sorted(x for why in learned.skipped_in.values() for x in why) == sorted(whole.skipped)
+        assert Counter(c for found in learned.conflicts_in.values() for c in found) == Counter(
+            c for found in whole.conflicts_in.values() for c in found)
+        keys = Counter(o.key for part in learned.parts.values() for o in part)
+        assert not keys or max(keys.values()) == 1
