@@ -2,9 +2,9 @@
 
 One asyncio owner: every change, whether from the API or from BGP, runs under one lock and follows the same
 steps: compute the new state as values (catalog, mobility, learned routes) -> desired kernel objects of the
-partitions the change touches (a routing domain's base, a remote CA's own: hostagent/compute.py) -> reconcile
-those partitions (vnet.reconcile) -> persist -> swap -> announce. A learned change costs O(changed routes)
-(vnet/learned.py), a port change O(its routing domain's base); the start and the periodic resync are full
+partitions the change touches (a routing domain's base, a port's or a remote CA's own: hostagent/compute.py)
+-> reconcile those partitions (vnet.reconcile) -> persist -> swap -> announce. A learned change costs O(changed routes)
+(vnet/learned.py), a port change O(that port: its own partition); the start and the periodic resync are full
 passes (every partition from scratch, the whole kernel read back). An API change whose kernel programming
 fails is reverted (the previous desired state is reconciled again) and raised as KernelError carrying the
 kernel's message: nothing half-applied.

@@ -2,19 +2,20 @@
 mobility; the learned routes, vnet/learned.py), and the computation, restricted to what a change touches.
 
 The desired state is partitioned (vnet/desired.py `by_ca`): per routing domain a base partition (VRF, rules,
-ports, local CAs, customer routes, remote prefixes) and one partition per remote CA. A computation takes the
-changed keys and returns a `Step` (the new partitions and lookup records, as data); `Learned.swap` takes it
-in once the kernel did. What one change costs:
+gateways, customer routes, remote prefixes), one partition per active local port and one per remote CA. A
+computation takes the changed keys and returns a `Step` (the new partitions, lookup records and local ports,
+as data); `Learned.swap` takes it in once the kernel did. What one change costs:
 - a remote CA whose winning route changed: its own partition, O(1) (plus its IPv6 proxy entries, one per
   active port of its subnet); its domain's base only when the CA is one the base watches (a customer route's
-  next hop, the address of a learned host prefix), then O(the base);
+  next hop, the address of a host prefix), then O(the base: customer routes and prefixes);
 - a learned prefix: its domain's base;
-- a routing domain the catalog, MAC mobility or a held address changed (dirty): its local records and base,
-  O(ports of the host: the catalog has no index by domain), and the remote CAs whose partition depends on
-  what changed: a CA that became (or stopped being) local, a key a customer route or local CA took or gave
-  back, the IPv6 remote CAs of a subnet whose active ports changed (one proxy entry per port and CA is one
-  kernel object each: inherent); a routing domain added or changed (its subnets, route targets...) rebuilds
-  all its partitions;
+- a local port touched (attached, detached, moved away or back, holding a virtual address or not): its own
+  partition, O(its CAs); its CAs' remote partitions when a CA became (or stopped being) local; the base when
+  it watches one of its CAs; in an IPv6 subnet, when the port came or went, the partitions of the subnet's
+  other IPv6 CAs, local and remote (a proxy entry on the port for each: one kernel object per port and CA,
+  inherent);
+- a routing domain put or deleted (dirty): all its partitions, O(ports of the host: the catalog has no
+  index by domain); put with other subnets or route targets, every learned route judged again;
 - a full pass (start, resync, after an error) computes everything from scratch.
 """
 

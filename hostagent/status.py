@@ -74,9 +74,11 @@ def outcome(o: Outcome | None) -> dict[str, Any] | None:
         return None
     return {"at": o.at, "ops": o.counts, "errors": list(o.errors), "held": o.held, "seconds": round(o.seconds, 4),
             "full_observe": o.full_observe,
-            # by routing domain: a remote CA's partition ("<domain>/<CA>") counts, its name is not listed
+            # by routing domain: a remote CA's partition ("<domain>/<CA>") and a local port's
+            # ("<domain>/port/<name>") count, their names are not listed
             "partitions": sorted({p.partition("/")[0] for p in o.partitions}),
-            "remote_ca_partitions": sum(1 for p in o.partitions if "/" in p),
+            "remote_ca_partitions": sum(1 for p in o.partitions if "/" in p and "/port/" not in p),
+            "port_partitions": sum(1 for p in o.partitions if "/port/" in p),
             "plan_seconds": round(o.plan_seconds, 4), "apply_seconds": round(o.apply_seconds, 4),
             "kernel_seconds": round(o.kernel_seconds, 4)}
 
