@@ -178,3 +178,29 @@ async def test_a_full_pass_takes_the_clients_table_and_says_when_the_incremental
         await a._sync_locked()
     assert "differed from the full pass (1 CAs, 1 MACs, 0 prefixes)" in caplog.text
     assert a.lookup_records() == [] and "blue/10.0.0.20" not in a._learned_state.parts
+
+
+async def test_an_attach_or_detach_plans_that_ports_partition_alone(tmp_path) -> None:
+    """Whatever the routing domain's ports, one attach or detach plans the port's own partition; in a subnet
+    with an IPv6 prefix, also the partitions of the other IPv6 CAs (a proxy NDP entry each on the new port)."""
+    a = agent(tmp_path)
+    async with a._lock:
+        await a._sync_locked()
+    kernel: Kernel = a._reconciler  # type: ignore[assignment]
+    for i in range(20):
+        await a.put_port(Port(f"v{i}", f"tap-v{i}", f"02:00:00:00:0a:{i:02x}", 5001, (ip(f"10.0.0.{100 + i}"),)))
+    await a.put_port(PORT)  # (an IPv6 CA: a proxy entry on every other port of the subnet)
+    assert kernel.planned[-1] == ("blue/port/b1",)
+    new = Port("v99", "tap-v99", "02:00:00:00:0a:99", 5001, (ip("10.0.0.199"),))
+    await a.put_port(new)
+    assert kernel.planned[-1] == ("blue/port/b1", "blue/port/v99")  # b1's fd00:b::10 answered on tap-v99 now
+    assert ("proxy", "tap-v99", "fd00:b::10") in kernel.desired["blue/port/b1"]
+    await a.delete_port("v99")
+    assert kernel.planned[-1] == ("blue/port/b1", "blue/port/v99")
+    assert ("proxy", "tap-v99", "fd00:b::10") not in kernel.desired["blue/port/b1"]
+    await a.delete_port("b1")
+    await a.put_port(new)
+    assert kernel.planned[-1] == ("blue/port/v99",)
+    await a.delete_port("v99")
+    assert kernel.planned[-1] == ("blue/port/v99",)
+    assert "blue/port/v99" not in kernel.desired and "blue" in kernel.desired
