@@ -141,10 +141,40 @@ async def agent_role(config_path: str, sink: bool, ops_path: str) -> int:
                     f.write(json.dumps([t, action, prefix, pa]) + "\n")
             recorder.ops.clear()
             print(json.dumps({"dumped": ops_path}), flush=True)
+        elif line == "memory":
+            print(json.dumps({"memory": memory(agent, recorder)}), flush=True)
         elif line == "quit":
             break
     await agent.stop()
     return 0
+
+
+def memory(agent: Any, recorder: Sink) -> dict[str, Any]:
+    """Where the agent's memory is (bench/memwalk.py): each part reaches its objects first in this order
+    (the route values the speaker decoded are the RIB's; what the client, the learned table... add to them
+    is theirs), with RSS before and after."""
+    from bench.memwalk import breakdown
+
+    client = agent._client
+    reconciler = agent._reconciler
+    rss_before = rss_mib()[0]
+    parts = breakdown([
+        ("speaker RIB", client.speaker.rib if client else None),
+        ("speaker (rest)", client.speaker if client else None),
+        ("client delivered table", client._delivered if client else None),
+        ("client (rest)", client),
+        ("learned table", agent._table),
+        ("lookup records, partitions", agent._learned_state),
+        ("reconciler desired, owner", (reconciler.desired, reconciler.owner) if reconciler else None),
+        ("reconciler observed", reconciler.observed if reconciler else None),
+        ("reconciler (rest)", reconciler),
+        ("decapsulation table", agent._filters),
+        ("view, announced", (agent._view, agent._announced, agent._announcing)),
+        ("agent (rest)", agent),
+        ("bench sink", recorder),
+    ])
+    return {"parts": parts, "total_mib": round(sum(p["mib"] for p in parts), 1),
+            "rss_mib_before": round(rss_before, 1), "rss_mib_after": round(rss_mib()[0], 1)}
 
 
 # ------------------------------------------------------------------------------------------ kernel watch
@@ -368,6 +398,8 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
                  "learn_cpu_s": round(learned["cpu_s"] - before.get("cpu_s", 0.0), 2),
                  "remote_records": records["remote"], "rss_mib": round(learned["rss_mib"], 1)}
         print(json.dumps({"learned": learn}), flush=True)
+        if args.memory:
+            report_memory(agent, f"{size:,} CAs learned")
         if watch is not None:
             watch.take()
         agent.say("dump")
@@ -411,6 +443,8 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
             results.append(result)
             if not done:
                 break  # it did not catch up: a higher rate would only start further behind
+        if args.memory:
+            report_memory(agent, f"{size:,} CAs after the churn")
         return results
     finally:
         for p in (injector, agent):
@@ -424,6 +458,16 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
         if watch is not None:
             watch.close()
         lab.close()
+
+
+def report_memory(agent: Pipe, when: str) -> None:
+    from bench.memwalk import table
+
+    agent.say("memory")
+    found = agent.read(600, want="memory")["memory"]
+    print(json.dumps({"memory": when, **found}), flush=True)
+    print(f"memory, {when}: {found['total_mib']} MiB reached, RSS {found['rss_mib_before']} MiB "
+          f"({found['rss_mib_after']} after the walk)\n{table(found['parts'])}", file=sys.stderr, flush=True)
 
 
 def table_md(results: list[dict[str, Any]]) -> str:
@@ -453,6 +497,9 @@ def main() -> int:
     parser.add_argument("--pas", type=int, default=1000, help="hosts the CAs are spread over")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds after a phase to catch up")
     parser.add_argument("--learn-timeout", type=float, default=900.0)
+    parser.add_argument("--memory", action="store_true",
+                        help="where the agent's memory is (bench/memwalk.py), after learning and after the churn "
+                        "(the walk's own memory then stays in the RSS of the rows)")
     args = parser.parse_args()
     if args.role == "agent":
         return asyncio.run(agent_role(args.config, args.sink, args.ops))

@@ -272,14 +272,45 @@ class AdjRibIn:
 
 
 class _Entry:
-    """One key in the Loc-RIB: its candidate paths by source and the current best."""
+    """One key in the Loc-RIB: its candidate paths by source and the current best. The candidates are held as
+    the one path itself while there is one (one reflector: every key of an agent's table), else as a dict by
+    source: a dict per key would be most of a 100,000-route RIB's memory."""
 
-    __slots__ = ("paths", "best", "reason")
+    __slots__ = ("held", "best", "reason")
 
     def __init__(self) -> None:
-        self.paths: dict[PeerRef | None, Path] = {}
+        self.held: Path | dict[PeerRef | None, Path] | None = None
         self.best: Path | None = None
         self.reason: BestPathReason | None = None
+
+    def paths(self) -> list[Path]:
+        held = self.held
+        if held is None:
+            return []
+        return [held] if type(held) is not dict else list(held.values())
+
+    def put(self, path: Path) -> None:
+        held = self.held
+        if held is None or (type(held) is not dict and held.source == path.source):
+            self.held = path
+        elif type(held) is not dict:
+            self.held = {held.source: held, path.source: path}
+        else:
+            held[path.source] = path
+
+    def pop(self, source: PeerRef | None) -> Path | None:
+        held = self.held
+        if held is None:
+            return None
+        if type(held) is not dict:
+            if held.source != source:
+                return None
+            self.held = None
+            return held
+        path = held.pop(source, None)
+        if len(held) == 1:
+            self.held = next(iter(held.values()))
+        return path
 
 
 class LocRib:
@@ -288,18 +319,18 @@ class LocRib:
     def __init__(self, local_asn: int) -> None:
         self.local_asn = local_asn
         self._entries: dict[RouteKey, _Entry] = {}
-        # (vsid, ethernet tag, MAC) -> type-2 keys whose best path carries them, for mac_owner().
-        self._macs: dict[tuple[int, int, Mac], set[MacIpKey]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def mac_owner(self, vsid: int, mac: str, ethernet_tag: int = 0) -> tuple[Path, BestPathReason] | None:
-        """The type-2 path that owns MAC (any notation) in VSID across all hosts (RDs), per select_mac_owner."""
-        keys = self._macs.get((vsid, ethernet_tag, Mac(mac)))
-        if not keys:
-            return None
-        owner, reason = select_mac_owner([self._entries[k].best for k in keys])
+        """The type-2 path that owns MAC (any notation) in VSID across all hosts (RDs), per select_mac_owner.
+        O(routes): a diagnostic read. No index is kept for it: one entry per MAC would cost a host agent's
+        RIB a third more memory, for a question only tests and an operator ask."""
+        wanted = Mac(mac)
+        found = [e.best for k, e in self._entries.items() if isinstance(k, MacIpKey) and k.mac == wanted
+                 and k.ethernet_tag == ethernet_tag and e.best is not None and e.best.route.vsid == vsid]
+        owner, reason = select_mac_owner(found)
         return (owner, reason) if owner is not None else None
 
     def best(self, key: RouteKey) -> Path | None:
@@ -315,7 +346,7 @@ class LocRib:
 
     def candidates(self, key: RouteKey) -> list[Path]:
         entry = self._entries.get(key)
-        return sorted(entry.paths.values(), key=_source_order) if entry else []
+        return sorted(entry.paths(), key=_source_order) if entry else []
 
     def add(self, path: Path, key: RouteKey | None = None) -> RibChange | None:
         """Add or replace the path from path.source for its key; the change of best path, if any.
@@ -323,39 +354,30 @@ class LocRib:
         if key is None:
             key = path.route.key
         entry = self._entries.setdefault(key, _Entry())  # one hash of the key, new or not
-        entry.paths[path.source] = path
+        entry.put(path)
         return self._reselect(key, entry)
 
     def remove(self, key: RouteKey, source: PeerRef | None) -> RibChange | None:
         """Remove the path from source for key; the change of best path, if any."""
         entry = self._entries.get(key)
-        if entry is None or entry.paths.pop(source, None) is None:
+        if entry is None or entry.pop(source) is None:
             return None
-        if not entry.paths:
+        if entry.held is None:
             del self._entries[key]
         return self._reselect(key, entry)
 
     def _reselect(self, key: RouteKey, entry: _Entry) -> RibChange | None:
         old_best = entry.best
-        entry.best, entry.reason = select_best(list(entry.paths.values()), self.local_asn)
+        held = entry.held
+        if held is None:
+            entry.best, entry.reason = None, None
+        elif type(held) is not dict:
+            entry.best, entry.reason = held, BestPathReason.ONLY_PATH
+        else:
+            entry.best, entry.reason = select_best(list(held.values()), self.local_asn)
         if old_best is entry.best or old_best == entry.best:
             return None
-        if isinstance(key, MacIpKey):
-            self._index_mac(key, old_best, entry.best)
         return RibChange(key, old_best, entry.best, entry.reason)
-
-    def _index_mac(self, key: MacIpKey, old: Path | None, new: Path | None) -> None:
-        if old is not None and new is not None and old.route.vsid == new.route.vsid:
-            return
-        if old is not None:
-            slot = (old.route.vsid, key.ethernet_tag, key.mac)
-            keys = self._macs.get(slot)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._macs[slot]
-        if new is not None:
-            self._macs.setdefault((new.route.vsid, key.ethernet_tag, key.mac), set()).add(key)
 
 
 # ---------------------------------------------------------------- the whole RIB
