@@ -14,6 +14,7 @@ restarted agent adopts its own objects and never touches anyone else's:
 from __future__ import annotations
 
 import socket
+import sys
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -372,15 +373,19 @@ class EncapRoute:
     metric: int = DEFAULT_METRIC
     family: int = field(init=False, repr=False, compare=False)  # of the CA prefix
     pa_family: int = field(init=False, repr=False, compare=False)  # of the underlay
+    # one per remote CA, held by the desired and the observed state alike: the key is built once, so that
+    # every index of it holds the same tuple, and the PA's text is one string per PA, not per route
+    _key: tuple = field(init=False, repr=False, compare=False)
     order: ClassVar[int] = 4
 
     def __post_init__(self) -> None:
         _set_prefix(self)
         pa, pa_family = normal_address(self.pa)
-        object.__setattr__(self, "pa", pa)
+        object.__setattr__(self, "pa", sys.intern(pa))
         object.__setattr__(self, "pa_family", pa_family)
         if not 0 < self.vsid < 1 << 24:
             raise ValueError(f"VSID {self.vsid} is not a 24-bit value")
+        object.__setattr__(self, "_key", ("route", self.family, self.table, self.prefix, self.metric))
 
     @property
     def tun_id(self) -> int:
@@ -392,7 +397,7 @@ class EncapRoute:
 
     @property
     def key(self) -> tuple:
-        return ("route", self.family, self.table, self.prefix, self.metric)
+        return self._key
 
 
 @dataclass(frozen=True, slots=True)
