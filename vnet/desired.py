@@ -29,6 +29,7 @@ never the routing domain or the host.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -263,8 +264,9 @@ def global_partition(identity: HostIdentity) -> frozenset[KernelObject]:
 
 def ca_partition(domain: str, ca: Address) -> str:
     """The partition of one remote CA of a routing domain. A routing domain's name has no '/' (vnet/model.py
-    NAME_RE) and GLOBAL is empty: the names never collide."""
-    return f"{domain}/{ca}"
+    NAME_RE) and GLOBAL is empty: the names never collide. Interned: every holder of the name (the agent's
+    partitions, the reconciler's, its owner index) holds one string per remote CA, not one per computation."""
+    return sys.intern(f"{domain}/{ca}")
 
 
 @dataclass(frozen=True)
