@@ -25,7 +25,7 @@ applied as a difference. Shared by the host agent and the gateway (docs/dataplan
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Set as AbstractSet
 from dataclasses import dataclass, field
 
 from nvfabric.vnet.kernel.apply import ApplyError, apply
@@ -71,7 +71,7 @@ class Reconciler:
     # partition -> its desired objects as last given (the caller's frozenset itself: not copied, so one
     # that the caller keeps too, as the host agent does, is held once); owner: key -> the partition that
     # wants it
-    desired: dict[str, frozenset[KernelObject]] = field(default_factory=dict)
+    desired: dict[str, AbstractSet[KernelObject]] = field(default_factory=dict)
     owner: dict[tuple, str] = field(default_factory=dict)
     held: dict[tuple, KernelObject] = field(default_factory=dict)  # in the kernel, unwanted, kept by hold
 
@@ -91,9 +91,9 @@ class Reconciler:
 
     # ------------------------------------------------------------------ pure planning
 
-    def update(self, parts: Mapping[str, Iterable[KernelObject]]) -> dict[str, frozenset[KernelObject]]:
+    def update(self, parts: Mapping[str, Iterable[KernelObject]]) -> dict[str, AbstractSet[KernelObject]]:
         """Take the dirty partitions' new objects; return their previous objects (for the deletes)."""
-        new = {name: objs if type(objs) is frozenset else frozenset(objs) for name, objs in parts.items()}
+        new = {name: objs if _immutable(objs) else frozenset(objs) for name, objs in parts.items()}
         keyed = {name: by_key(objs, name) for name, objs in new.items()}
         # check everything before changing anything: a refused update leaves the cache as it was
         claimed: dict[tuple, str] = {}
@@ -208,6 +208,11 @@ class Reconciler:
         report = await apply(self.sock, order(undo))
         self.observed = None
         return report.errors
+
+
+def _immutable(objects: Iterable[KernelObject]) -> bool:
+    """A frozenset, or another hashable set (vnet/desired.py `One`): held as given, never copied."""
+    return type(objects) is frozenset or (isinstance(objects, AbstractSet) and isinstance(objects, Hashable))
 
 
 def _find(objects: Iterable[KernelObject], key: tuple) -> KernelObject | None:
