@@ -155,9 +155,13 @@ def memory(agent: Any, recorder: Sink) -> dict[str, Any]:
     is theirs), with RSS before and after."""
     from bench.memwalk import breakdown
 
+    import ctypes
+
     client = agent._client
     reconciler = agent._reconciler
     rss_before = rss_mib()[0]
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the C heap keeps freed is not the agent's
+    rss_trimmed = rss_mib()[0]
     parts = breakdown([
         ("speaker RIB", client.speaker.rib if client else None),
         ("speaker (rest)", client.speaker if client else None),
@@ -174,7 +178,8 @@ def memory(agent: Any, recorder: Sink) -> dict[str, Any]:
         ("bench sink", recorder),
     ])
     return {"parts": parts, "total_mib": round(sum(p["mib"] for p in parts), 1),
-            "rss_mib_before": round(rss_before, 1), "rss_mib_after": round(rss_mib()[0], 1)}
+            "rss_mib_before": round(rss_before, 1), "rss_mib_trimmed": round(rss_trimmed, 1),
+            "rss_mib_after": round(rss_mib()[0], 1)}
 
 
 # ------------------------------------------------------------------------------------------ kernel watch
@@ -467,7 +472,7 @@ def report_memory(agent: Pipe, when: str) -> None:
     found = agent.read(600, want="memory")["memory"]
     print(json.dumps({"memory": when, **found}), flush=True)
     print(f"memory, {when}: {found['total_mib']} MiB reached, RSS {found['rss_mib_before']} MiB "
-          f"({found['rss_mib_after']} after the walk)\n{table(found['parts'])}", file=sys.stderr, flush=True)
+          f"({found['rss_mib_trimmed']} after malloc_trim, {found['rss_mib_after']} after the walk)\n{table(found['parts'])}", file=sys.stderr, flush=True)
 
 
 def table_md(results: list[dict[str, Any]]) -> str:

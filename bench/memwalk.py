@@ -41,6 +41,8 @@ def walk(root: Any, seen: set[int]) -> tuple[int, Counter[str], Counter[str]]:
         by_type[name] += size
         count[name] += 1
         stack.extend(gc.get_referents(obj))
+        if type(obj) is dict:
+            stack.extend(obj)  # (a dict of str keys does not report its keys to the collector)
     return total, by_type, count
 
 

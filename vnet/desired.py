@@ -32,6 +32,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from nvfabric.bgp.mac import Mac
 from nvfabric.vnet.catalog import Catalog
@@ -120,14 +121,19 @@ class Conflict:
 
 @dataclass(frozen=True)
 class Desired:
-    objects: frozenset[KernelObject]
     # what could not be realised, with the reason (e.g. a remote PA of a family we have no device for)
     skipped: tuple[str, ...] = ()
-    # the same objects by partition (GLOBAL, then one per routing domain built): what vnet.reconcile takes
+    # the objects by partition (GLOBAL, then one per routing domain built): what vnet.reconcile takes
     partitions: Mapping[str, frozenset[KernelObject]] = field(default_factory=dict)
     skipped_in: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # `skipped` by partition
     conflicts_in: Mapping[str, tuple[Conflict, ...]] = field(default_factory=dict)  # by partition
     bases: Mapping[str, Base] = field(default_factory=dict)  # by routing domain, when built `by_ca`
+
+    @cached_property
+    def objects(self) -> frozenset[KernelObject]:
+        """Every partition's objects in one set (built when asked: the host agent never does, and at fabric
+        scale it is 100,000 objects more at the start's peak)."""
+        return frozenset().union(*self.partitions.values())
 
     @property
     def sysctl_paths(self) -> list[str]:
@@ -248,7 +254,7 @@ def desired_state(
             skipped[name] = tuple(why)
         if lost:
             conflicts[name] = tuple(lost)
-    return Desired(frozenset().union(*partitions.values()), tuple(x for why in skipped.values() for x in why),
+    return Desired(tuple(x for why in skipped.values() for x in why),
                    partitions, skipped, conflicts, bases)
 
 

@@ -24,7 +24,7 @@ class Action(Enum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Op:
     action: Action
     obj: KernelObject  # the new value; for DELETE the value to delete
