@@ -170,7 +170,9 @@ class LearnedTable:
         # read (`_winner`). One entry per CA and per MAC, each holding the route the table holds already.
         self._cas: dict[str, dict[Address, Any]] = {}
         self._cas6: dict[str, set[Address]] = {}  # the IPv6 ones among them (their proxy NDP entries follow ports)
-        self._macs: dict[MacKey, Any] = {}
+        # by MAC alone (a VSID per MAC is the rule: a (VSID, MAC) tuple per route would cost more than the
+        # entry), the VSID picked when read
+        self._macs: dict[Mac, Any] = {}
         self._announcers: dict[str, dict[Network, Any]] = {}
         self._prefixes: dict[str, dict[Network, RemotePrefix]] = {}  # winners by domain, then prefix
         self._next_hops: dict[Address, int] = {}  # accepted routes per next hop
@@ -207,11 +209,11 @@ class LearnedTable:
         return self._cas6.get(domain, frozenset())
 
     def mac(self, key: MacKey) -> MacIpRoute | None:
-        return _winner(self._macs.get(key))
+        return _winner(self._macs.get(key[1]), key[0])
 
     def macs(self) -> Mapping[MacKey, MacIpRoute]:
         """(VSID, MAC) -> the winning remote route (vnet/learn.py remote_macs)."""
-        return Best(self._macs)
+        return _ByVsid(self._macs)
 
     def prefixes_in(self, domain: str) -> Mapping[Network, RemotePrefix]:
         """The domain's type-5 winners (vnet/learn.py remote_prefixes): one per prefix, the lower PA."""
@@ -319,7 +321,7 @@ class LearnedTable:
             mac_key: MacKey = (route.vsid, route.mac)
             if mac_key not in before_macs:
                 before_macs[mac_key] = self.mac(mac_key)
-            _route_candidate(self._macs, mac_key, key, route, sign)
+            _route_candidate(self._macs, route.mac, key, route, sign)
             if route.ip is not None:
                 ca_key: CaKey = (domain, route.ip)
                 if ca_key not in before_cas:
@@ -418,11 +420,43 @@ def _route_candidate(index: dict[Any, Any], outer: Any, key: Any, route: MacIpRo
             del index[outer]
 
 
-def _winner(held: Any) -> MacIpRoute | None:
-    """The winning route of a type-2 index entry (vnet/learn.py's rank)."""
-    if held is None or type(held) is not dict:
-        return held
-    return min(held.values(), key=rank)
+def _winner(held: Any, vsid: int | None = None) -> MacIpRoute | None:
+    """The winning route of a type-2 index entry (vnet/learn.py's rank), among those of `vsid` if given."""
+    if held is None:
+        return None
+    if type(held) is not dict:
+        return held if vsid is None or held.vsid == vsid else None
+    return min((r for r in held.values() if vsid is None or r.vsid == vsid), key=rank, default=None)
+
+
+class _ByVsid(Mapping[MacKey, MacIpRoute]):
+    """The MAC index (MAC -> its candidates, of any VSID) as (VSID, MAC) -> the winning route."""
+
+    def __init__(self, index: dict[Mac, Any]) -> None:
+        self._index = index
+
+    def __getitem__(self, key: MacKey) -> MacIpRoute:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def get(self, key: MacKey, default: Any = None) -> Any:  # type: ignore[override]
+        found = _winner(self._index.get(key[1]), key[0])
+        return default if found is None else found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 2 and self.get(key) is not None  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[MacKey]:
+        for mac, held in self._index.items():
+            if type(held) is not dict:
+                yield held.vsid, mac
+            else:
+                yield from ((vsid, mac) for vsid in dict.fromkeys(r.vsid for r in held.values()))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _values(held: Any) -> Iterable[Any]:
