@@ -268,11 +268,21 @@ class LearnedTable:
                 screened |= self._index(key, route, 1, before_cas, before_macs, before_prefixes, before_hops)
         return self._change(before_cas, before_macs, before_prefixes, before_hops, screened)
 
+    def load(self, routes: Iterable[tuple[Any, Route]]) -> LearnedTable:
+        """An empty table filled with these routes (key, route), as `apply` would, without noting what changed
+        (everything did): at 100,000 routes that note is a winner and a key per CA and per MAC, only to be
+        dropped by a caller that takes the table whole."""
+        assert not self._routes, "load: the table is not empty (apply changes it)"
+        for key, route in routes:  # (distinct keys: a dict's items)
+            if route is not None:
+                self._routes[key] = route
+                self._index(key, route, 1, {}, {}, {}, {}, notes=False)
+        return self
+
     def rebuilt(self, catalog: Catalog, our_pas: Collection[Address],
                 provider_prefixes: Collection[Network] | None) -> tuple[LearnedTable, Change]:
         """A table for new policy inputs, every route judged again (O(routes)), and what that changed."""
-        new = LearnedTable(catalog, our_pas, provider_prefixes)
-        new.apply(self._routes.items())
+        new = LearnedTable(catalog, our_pas, provider_prefixes).load(self._routes.items())
         return new, self.diff(new)
 
     def diff(self, new: LearnedTable) -> Change:
@@ -293,9 +303,9 @@ class LearnedTable:
     def _index(self, key: Any, route: Route, sign: int, before_cas: dict[CaKey, MacIpRoute | None],
                before_macs: dict[MacKey, MacIpRoute | None],
                before_prefixes: dict[PrefixKey, tuple[RemotePrefix | None, frozenset[RemotePrefix]]],
-               before_hops: dict[Address, bool]) -> bool:
+               before_hops: dict[Address, bool], notes: bool = True) -> bool:
         """Add (sign 1) or remove (sign -1) one route from the indexes, noting each touched key's winner
-        before its first touch. Returns whether the refused routes changed."""
+        before its first touch (unless not `notes`). Returns whether the refused routes changed."""
         next_hop = getattr(route, "next_hop", None)
         if next_hop in self._inputs.our_pas:
             return False  # our own routes: neither learned nor counted
@@ -310,7 +320,7 @@ class LearnedTable:
                 refused.pop(key, None)
             return True
         assert next_hop is not None  # (an accepted route is a type-2 or type-5 route)
-        if next_hop not in before_hops:
+        if notes and next_hop not in before_hops:
             before_hops[next_hop] = next_hop in self._next_hops
         count = self._next_hops.get(next_hop, 0) + sign
         if count:
@@ -319,12 +329,12 @@ class LearnedTable:
             del self._next_hops[next_hop]
         if isinstance(route, MacIpRoute):
             mac_key: MacKey = (route.vsid, route.mac)
-            if mac_key not in before_macs:
+            if notes and mac_key not in before_macs:
                 before_macs[mac_key] = self.mac(mac_key)
             _route_candidate(self._macs, route.mac, key, route, sign)
             if route.ip is not None:
                 ca_key: CaKey = (domain, route.ip)
-                if ca_key not in before_cas:
+                if notes and ca_key not in before_cas:
                     before_cas[ca_key] = self.ca(ca_key)
                 cas = self._cas.setdefault(domain, {})
                 _route_candidate(cas, route.ip, key, route, sign)
@@ -341,7 +351,7 @@ class LearnedTable:
         elif isinstance(route, PrefixRoute):
             prefix_key: PrefixKey = (domain, route.prefix)
             by_prefix = self._announcers.setdefault(domain, {})
-            if prefix_key not in before_prefixes:
+            if notes and prefix_key not in before_prefixes:
                 before_prefixes[prefix_key] = (self._prefixes.get(domain, {}).get(route.prefix),
                                                frozenset(_values(by_prefix.get(route.prefix))))
             _candidate(by_prefix, route.prefix, key, remote_prefix(domain, route), sign)
