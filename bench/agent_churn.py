@@ -166,6 +166,25 @@ async def agent_role(config_path: str, sink: bool, ops_path: str) -> int:
     return 0
 
 
+def _pymalloc() -> dict[str, float]:
+    """Python's small-object allocator, MiB: in its arenas, in live blocks, free in them (fragments)."""
+    import re
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out:
+        saved = os.dup(2)
+        os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read()
+    found = {k: int(v.replace(",", "")) for k, v in re.findall(r"# (bytes in [a-z ]+?|arenas [a-z ]+?)\s+=\s+([\d,]+)", text)}
+    return {k: round(v / 2**20, 1) if k.startswith("bytes") else v for k, v in found.items()}
+
+
 def memory(agent: Any, recorder: Sink) -> dict[str, Any]:
     """Where the agent's memory is (bench/memwalk.py): each part reaches its objects first in this order
     (the route values the speaker decoded are the RIB's; what the client, the learned table... add to them
@@ -179,6 +198,7 @@ def memory(agent: Any, recorder: Sink) -> dict[str, Any]:
     rss_before = rss_mib()[0]
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the C heap keeps freed is not the agent's
     rss_trimmed = rss_mib()[0]
+    pymalloc = _pymalloc()
     parts = breakdown([
         ("speaker RIB", client.speaker.rib if client else None),
         ("speaker (rest)", client.speaker if client else None),
@@ -195,7 +215,7 @@ def memory(agent: Any, recorder: Sink) -> dict[str, Any]:
         ("bench sink", recorder),
     ])
     return {"parts": parts, "total_mib": round(sum(p["mib"] for p in parts), 1),
-            "rss_mib_before": round(rss_before, 1), "rss_mib_trimmed": round(rss_trimmed, 1),
+            "rss_mib_before": round(rss_before, 1), "rss_mib_trimmed": round(rss_trimmed, 1), "pymalloc": pymalloc,
             "rss_mib_after": round(rss_mib()[0], 1)}
 
 
