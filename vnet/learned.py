@@ -408,18 +408,30 @@ def _candidate(index: dict[Any, Any], outer: Any, key: Any, value: Any, sign: in
             del index[outer]
 
 
+class _Several(dict):  # type: ignore[type-arg]
+    """Several type-2 candidates of one index entry (a move in progress), by route key, with the best of them
+    (found once per change, not at every read)."""
+
+    __slots__ = ("best",)
+
+    def __init__(self, routes: dict[Any, MacIpRoute]) -> None:
+        super().__init__(routes)
+        self.best = min(self.values(), key=rank)
+
+
 def _route_candidate(index: dict[Any, Any], outer: Any, key: Any, route: MacIpRoute, sign: int) -> None:
     """Add (sign 1) or remove a type-2 candidate of `outer`: held as the route itself while it is the only
-    one, else in a dict by route key."""
+    one, else in a `_Several` by route key."""
     held = index.get(outer)
     if sign > 0:
-        if held is None or (type(held) is not dict and held.key == key):
+        if held is None or (type(held) is not _Several and held.key == key):
             index[outer] = route
-        elif type(held) is not dict:
-            index[outer] = {held.key: held, key: route}
+        elif type(held) is not _Several:
+            index[outer] = _Several({held.key: held, key: route})
         else:
             held[key] = route
-    elif type(held) is not dict:
+            held.best = min(held.values(), key=rank)
+    elif type(held) is not _Several:
         if held is not None and held.key == key:
             del index[outer]
     else:
@@ -428,15 +440,19 @@ def _route_candidate(index: dict[Any, Any], outer: Any, key: Any, route: MacIpRo
             index[outer] = next(iter(held.values()))
         elif not held:
             del index[outer]
+        else:
+            held.best = min(held.values(), key=rank)
 
 
 def _winner(held: Any, vsid: int | None = None) -> MacIpRoute | None:
     """The winning route of a type-2 index entry (vnet/learn.py's rank), among those of `vsid` if given."""
     if held is None:
         return None
-    if type(held) is not dict:
+    if type(held) is not _Several:
         return held if vsid is None or held.vsid == vsid else None
-    return min((r for r in held.values() if vsid is None or r.vsid == vsid), key=rank, default=None)
+    if vsid is None or held.best.vsid == vsid:
+        return held.best
+    return min((r for r in held.values() if r.vsid == vsid), key=rank, default=None)
 
 
 class _ByVsid(Mapping[MacKey, MacIpRoute]):
@@ -460,7 +476,7 @@ class _ByVsid(Mapping[MacKey, MacIpRoute]):
 
     def __iter__(self) -> Iterator[MacKey]:
         for mac, held in self._index.items():
-            if type(held) is not dict:
+            if type(held) is not _Several:
                 yield held.vsid, mac
             else:
                 yield from ((vsid, mac) for vsid in dict.fromkeys(r.vsid for r in held.values()))
