@@ -82,7 +82,7 @@ class Sink:
 
     @property
     def ops(self) -> Iterator[tuple[float, str, str, str | None]]:
-        return zip(self.times, self.actions, self.prefixes, self.pas)
+        return zip(self.times, self.actions, self.prefixes, self.pas, strict=True)
 
     def clear(self) -> None:
         self.times = array.array("d")
@@ -181,7 +181,8 @@ def _pymalloc() -> dict[str, float]:
             os.close(saved)
         out.seek(0)
         text = out.read()
-    found = {k: int(v.replace(",", "")) for k, v in re.findall(r"# (bytes in [a-z ]+?|arenas [a-z ]+?)\s+=\s+([\d,]+)", text)}
+    pattern = r"# (bytes in [a-z ]+?|arenas [a-z ]+?)\s+=\s+([\d,]+)"
+    found = {k: int(v.replace(",", "")) for k, v in re.findall(pattern, text)}
     return {k: round(v / 2**20, 1) if k.startswith("bytes") else v for k, v in found.items()}
 
 
@@ -509,7 +510,8 @@ def report_memory(agent: Pipe, when: str) -> None:
     found = agent.read(600, want="memory")["memory"]
     print(json.dumps({"memory": when, **found}), flush=True)
     print(f"memory, {when}: {found['total_mib']} MiB reached, RSS {found['rss_mib_before']} MiB "
-          f"({found['rss_mib_trimmed']} after malloc_trim, {found['rss_mib_after']} after the walk)\n{table(found['parts'])}", file=sys.stderr, flush=True)
+          f"({found['rss_mib_trimmed']} after malloc_trim, {found['rss_mib_after']} after the walk)\n"
+          f"{table(found['parts'])}", file=sys.stderr, flush=True)
 
 
 def table_md(results: list[dict[str, Any]]) -> str:

@@ -122,7 +122,7 @@ class Winners(Mapping[tuple[K, V], Any], Generic[K, V]):
 
 class Best(Mapping[K, MacIpRoute], Generic[K]):
     """A read-only view of a type-2 index (key -> its candidates) as key -> the winning route: O(1) per
-    lookup (O(candidates) during a move)."""
+    lookup."""
 
     def __init__(self, index: dict[K, Any]) -> None:
         self._index = index
@@ -165,9 +165,9 @@ class LearnedTable:
         self._routes: dict[Any, Route] = {}  # every delivered route by key (what a rebuild judges again)
         # per refusal reason: the refused routes by key, in the order they were refused (examples: the first)
         self._refused: dict[str, dict[Any, Refused]] = {r: {} for r in REASONS}
-        # type-2 candidates by domain then CA, and by (VSID, MAC): the route itself while it is the only one
-        # (nearly always), else a dict of them by route key (a move in progress); the winner is found when
-        # read (`_winner`). One entry per CA and per MAC, each holding the route the table holds already.
+        # type-2 candidates by domain then CA, and by MAC: the route itself while it is the only one (nearly
+        # always), else a `_Several` by route key (a move in progress); the winner is found when read
+        # (`_winner`). One entry per CA and per MAC, each holding the route the table holds already.
         self._cas: dict[str, dict[Address, Any]] = {}
         self._cas6: dict[str, set[Address]] = {}  # the IPv6 ones among them (their proxy NDP entries follow ports)
         # by MAC alone (a VSID per MAC is the rule: a (VSID, MAC) tuple per route would cost more than the
