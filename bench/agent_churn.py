@@ -130,7 +130,9 @@ async def agent_role(config_path: str, sink: bool, ops_path: str) -> int:
     from nvfabric.hostagent.agent import Agent
     from nvfabric.hostagent.config import parse
     from nvfabric.vnet import reconcile
+    from nvfabric.vnet.kernel.malloc import map_big_blocks
 
+    map_big_blocks()  # (as `nvfabric agent` does, hostagent/cli.py)
     recorder = Sink()
     if sink:
         reconcile.apply = recorder.apply  # type: ignore[assignment]
