@@ -2,7 +2,7 @@
 
 By default glibc raises its mmap threshold (from 128 KiB up to 32 MiB) each time a block above it is freed,
 so later big blocks (a dict's table at 100,000 routes is megabytes; a full pass resizes several) come from
-the heap, which keeps what is freed inside it: 15 to 20 MiB of tables the agent no longer had stayed in its
+the heap, which keeps what is freed inside it: 10 to 20 MiB of tables the agent no longer had stayed in its
 RSS after its first full pass at 100,000 remote CAs (docs/benchmarks.md "Agent under churn", "Memory").
 Setting the threshold (mallopt(3)) stops the raising: every block of 128 KiB or more is mapped on its own
 and unmapped when freed.
