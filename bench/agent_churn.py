@@ -33,6 +33,7 @@ table is reported too (seconds from the first byte to the agent having it, CPU, 
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import bisect
 import ipaddress
@@ -47,6 +48,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -70,8 +72,21 @@ class Sink:
     made-up ifindex for each device), acknowledges it, and records when each encap route was done."""
 
     def __init__(self) -> None:
-        self.ops: list[tuple[float, str, str, str | None]] = []  # (time, action, CA prefix, PA or None)
+        # (time, action, CA prefix, PA or None) per encap route op, in columns: the table's 100,000 ops as
+        # tuples would be the bench's memory in the agent's RSS (and its fragments after `dump`)
+        self.times = array.array("d")
+        self.actions: list[str] = []
+        self.prefixes: list[str] = []
+        self.pas: list[str | None] = []
         self.total = 0
+
+    @property
+    def ops(self) -> Iterator[tuple[float, str, str, str | None]]:
+        return zip(self.times, self.actions, self.prefixes, self.pas, strict=True)
+
+    def clear(self) -> None:
+        self.times = array.array("d")
+        self.actions, self.prefixes, self.pas = [], [], []
 
     async def apply(self, sock: Any, plan: Any) -> Any:
         from nvfabric.vnet.kernel.apply import Report
@@ -91,8 +106,10 @@ class Sink:
                 encoder(op.obj).encode(op, wire)
             report.applied.append(op)
             if isinstance(op.obj, EncapRoute):
-                pa = None if op.action is Action.DELETE else op.obj.pa
-                self.ops.append((time.monotonic(), op.action.value, op.obj.prefix, pa))
+                self.times.append(time.monotonic())
+                self.actions.append(op.action.value)
+                self.prefixes.append(op.obj.prefix)
+                self.pas.append(None if op.action is Action.DELETE else op.obj.pa)
         self.total += len(plan.ops)
         report.encode_seconds = report.seconds = time.perf_counter() - t0
         return report
@@ -113,7 +130,9 @@ async def agent_role(config_path: str, sink: bool, ops_path: str) -> int:
     from nvfabric.hostagent.agent import Agent
     from nvfabric.hostagent.config import parse
     from nvfabric.vnet import reconcile
+    from nvfabric.vnet.kernel.malloc import map_big_blocks
 
+    map_big_blocks()  # (as `nvfabric agent` does, hostagent/cli.py)
     recorder = Sink()
     if sink:
         reconcile.apply = recorder.apply  # type: ignore[assignment]
@@ -139,12 +158,68 @@ async def agent_role(config_path: str, sink: bool, ops_path: str) -> int:
             with open(ops_path, "w") as f:
                 for t, action, prefix, pa in recorder.ops:
                     f.write(json.dumps([t, action, prefix, pa]) + "\n")
-            recorder.ops.clear()
+            recorder.clear()
             print(json.dumps({"dumped": ops_path}), flush=True)
+        elif line == "memory":
+            print(json.dumps({"memory": memory(agent, recorder)}), flush=True)
         elif line == "quit":
             break
     await agent.stop()
     return 0
+
+
+def _pymalloc() -> dict[str, float]:
+    """Python's small-object allocator, MiB: in its arenas, in live blocks, free in them (fragments)."""
+    import re
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out:
+        saved = os.dup(2)
+        os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read()
+    pattern = r"# (bytes in [a-z ]+?|arenas [a-z ]+?)\s+=\s+([\d,]+)"
+    found = {k: int(v.replace(",", "")) for k, v in re.findall(pattern, text)}
+    return {k: round(v / 2**20, 1) if k.startswith("bytes") else v for k, v in found.items()}
+
+
+def memory(agent: Any, recorder: Sink) -> dict[str, Any]:
+    """Where the agent's memory is (bench/memwalk.py): each part reaches its objects first in this order
+    (the route values the speaker decoded are the RIB's; what the client, the learned table... add to them
+    is theirs), with RSS before and after."""
+    from bench.memwalk import breakdown
+
+    import ctypes
+
+    client = agent._client
+    reconciler = agent._reconciler
+    rss_before = rss_mib()[0]
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the C heap keeps freed is not the agent's
+    rss_trimmed = rss_mib()[0]
+    pymalloc = _pymalloc()
+    parts = breakdown([
+        ("speaker RIB", client.speaker.rib if client else None),
+        ("speaker (rest)", client.speaker if client else None),
+        ("client delivered table", client._delivered if client else None),
+        ("client (rest)", client),
+        ("learned table", agent._table),
+        ("lookup records, partitions", agent._learned_state),
+        ("reconciler desired, owner", (reconciler.desired, reconciler.owner) if reconciler else None),
+        ("reconciler observed", reconciler.observed if reconciler else None),
+        ("reconciler (rest)", reconciler),
+        ("decapsulation table", agent._filters),
+        ("view, announced", (agent._view, agent._announced, agent._announcing)),
+        ("agent (rest)", agent),
+        ("bench sink", recorder),
+    ])
+    return {"parts": parts, "total_mib": round(sum(p["mib"] for p in parts), 1),
+            "rss_mib_before": round(rss_before, 1), "rss_mib_trimmed": round(rss_trimmed, 1), "pymalloc": pymalloc,
+            "rss_mib_after": round(rss_mib()[0], 1)}
 
 
 # ------------------------------------------------------------------------------------------ kernel watch
@@ -368,6 +443,8 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
                  "learn_cpu_s": round(learned["cpu_s"] - before.get("cpu_s", 0.0), 2),
                  "remote_records": records["remote"], "rss_mib": round(learned["rss_mib"], 1)}
         print(json.dumps({"learned": learn}), flush=True)
+        if args.memory:
+            report_memory(agent, f"{size:,} CAs learned")
         if watch is not None:
             watch.take()
         agent.say("dump")
@@ -411,6 +488,8 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
             results.append(result)
             if not done:
                 break  # it did not catch up: a higher rate would only start further behind
+        if args.memory:
+            report_memory(agent, f"{size:,} CAs after the churn")
         return results
     finally:
         for p in (injector, agent):
@@ -424,6 +503,17 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
         if watch is not None:
             watch.close()
         lab.close()
+
+
+def report_memory(agent: Pipe, when: str) -> None:
+    from bench.memwalk import table
+
+    agent.say("memory")
+    found = agent.read(600, want="memory")["memory"]
+    print(json.dumps({"memory": when, **found}), flush=True)
+    print(f"memory, {when}: {found['total_mib']} MiB reached, RSS {found['rss_mib_before']} MiB "
+          f"({found['rss_mib_trimmed']} after malloc_trim, {found['rss_mib_after']} after the walk)\n"
+          f"{table(found['parts'])}", file=sys.stderr, flush=True)
 
 
 def table_md(results: list[dict[str, Any]]) -> str:
@@ -453,6 +543,9 @@ def main() -> int:
     parser.add_argument("--pas", type=int, default=1000, help="hosts the CAs are spread over")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds after a phase to catch up")
     parser.add_argument("--learn-timeout", type=float, default=900.0)
+    parser.add_argument("--memory", action="store_true",
+                        help="where the agent's memory is (bench/memwalk.py), after learning and after the churn "
+                        "(the walk's own memory then stays in the RSS of the rows)")
     args = parser.parse_args()
     if args.role == "agent":
         return asyncio.run(agent_role(args.config, args.sink, args.ops))

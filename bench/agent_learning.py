@@ -124,7 +124,7 @@ def after(size: int, count: int) -> list[float]:
     step = compute(view, table, HOST, learned, None, EMPTY)
     reconciler = Reconciler(None)  # type: ignore[arg-type]  (planning is pure)
     reconciler.update(step.partitions)
-    reconciler.observed = {k: o for part in reconciler.desired.values() for k, o in part.items()}
+    reconciler.observed = {o.key: o for part in reconciler.desired.values() for o in part}
     learned.swap(step)
     times = []
     gc.collect()
@@ -164,7 +164,7 @@ def before(size: int, count: int) -> list[float]:
 
     parts, _ = desired(routes)
     reconciler.update(parts)
-    reconciler.observed = {k: o for part in reconciler.desired.values() for k, o in part.items()}
+    reconciler.observed = {o.key: o for part in reconciler.desired.values() for o in part}
     times = []
     gc.collect()
     for batch in changes(size, count):

@@ -31,7 +31,7 @@ from nvfabric.bgp.routes import MacIpRoute, PrefixRoute, Route, RouteKey
 from nvfabric.bgp.speaker import Notice, PeerStatus, Speaker
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteUpdate:
     """`route` is the route now known for `key`; None means it is gone."""
 

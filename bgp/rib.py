@@ -272,14 +272,15 @@ class AdjRibIn:
 
 
 class _Entry:
-    """One key in the Loc-RIB: its candidate paths by source and the current best."""
+    """A key of the Loc-RIB with several candidate paths (by source) and the best of them. A key with one
+    path (one reflector: every key of an agent's table) is held as that path itself: an entry and a dict
+    per key would be most of a 100,000-route RIB's memory."""
 
     __slots__ = ("paths", "best", "reason")
 
-    def __init__(self) -> None:
-        self.paths: dict[PeerRef | None, Path] = {}
-        self.best: Path | None = None
-        self.reason: BestPathReason | None = None
+    def __init__(self, paths: dict[PeerRef | None, Path], local_asn: int) -> None:
+        self.paths = paths
+        self.best, self.reason = select_best(list(paths.values()), local_asn)
 
 
 class LocRib:
@@ -287,75 +288,91 @@ class LocRib:
 
     def __init__(self, local_asn: int) -> None:
         self.local_asn = local_asn
-        self._entries: dict[RouteKey, _Entry] = {}
-        # (vsid, ethernet tag, MAC) -> type-2 keys whose best path carries them, for mac_owner().
-        self._macs: dict[tuple[int, int, Mac], set[MacIpKey]] = {}
+        self._entries: dict[RouteKey, Path | _Entry] = {}  # the path itself while it is the only one
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def mac_owner(self, vsid: int, mac: str, ethernet_tag: int = 0) -> tuple[Path, BestPathReason] | None:
-        """The type-2 path that owns MAC (any notation) in VSID across all hosts (RDs), per select_mac_owner."""
-        keys = self._macs.get((vsid, ethernet_tag, Mac(mac)))
-        if not keys:
-            return None
-        owner, reason = select_mac_owner([self._entries[k].best for k in keys])
+        """The type-2 path that owns MAC (any notation) in VSID across all hosts (RDs), per select_mac_owner.
+        O(routes): a diagnostic read. No index is kept for it: one entry per MAC would cost a host agent's
+        RIB a third more memory, for a question only tests and an operator ask."""
+        wanted = Mac(mac)
+        found = [best for k, e in self._entries.items() if isinstance(k, MacIpKey) and k.mac == wanted
+                 and k.ethernet_tag == ethernet_tag and (best := _best(e)).route.vsid == vsid]
+        owner, reason = select_mac_owner(found)
         return (owner, reason) if owner is not None else None
 
     def best(self, key: RouteKey) -> Path | None:
         entry = self._entries.get(key)
-        return entry.best if entry else None
+        return None if entry is None else _best(entry)
 
     def best_with_reason(self, key: RouteKey) -> tuple[Path, BestPathReason] | None:
         entry = self._entries.get(key)
-        return (entry.best, entry.reason) if entry else None
+        if entry is None:
+            return None
+        if type(entry) is not _Entry:
+            return entry, BestPathReason.ONLY_PATH
+        return entry.best, entry.reason
 
     def best_paths(self) -> list[Path]:
-        return [entry.best for entry in self._entries.values()]
+        return [_best(entry) for entry in self._entries.values()]
 
     def candidates(self, key: RouteKey) -> list[Path]:
         entry = self._entries.get(key)
-        return sorted(entry.paths.values(), key=_source_order) if entry else []
+        if entry is None:
+            return []
+        return [entry] if type(entry) is not _Entry else sorted(entry.paths.values(), key=_source_order)
 
     def add(self, path: Path, key: RouteKey | None = None) -> RibChange | None:
         """Add or replace the path from path.source for its key; the change of best path, if any.
         key, if given, is path.route.key (computed once by the caller)."""
         if key is None:
             key = path.route.key
-        entry = self._entries.setdefault(key, _Entry())  # one hash of the key, new or not
+        entries = self._entries
+        entry = entries.setdefault(key, path)  # one hash of the key, new or not
+        if entry is path:
+            return RibChange(key, None, path, BestPathReason.ONLY_PATH)
+        if type(entry) is not _Entry:
+            if entry.source == path.source:  # (a new path from the same source replaces it)
+                entries[key] = path
+                return None if entry == path else RibChange(key, entry, path, BestPathReason.ONLY_PATH)
+            entries[key] = new = _Entry({entry.source: entry, path.source: path}, self.local_asn)
+            return _changed(key, entry, new.best, new.reason)
+        old = entry.best
         entry.paths[path.source] = path
-        return self._reselect(key, entry)
+        entry.best, entry.reason = select_best(list(entry.paths.values()), self.local_asn)
+        return _changed(key, old, entry.best, entry.reason)
 
     def remove(self, key: RouteKey, source: PeerRef | None) -> RibChange | None:
         """Remove the path from source for key; the change of best path, if any."""
         entry = self._entries.get(key)
-        if entry is None or entry.paths.pop(source, None) is None:
+        if entry is None:
             return None
-        if not entry.paths:
+        if type(entry) is not _Entry:
+            if entry.source != source:
+                return None
             del self._entries[key]
-        return self._reselect(key, entry)
-
-    def _reselect(self, key: RouteKey, entry: _Entry) -> RibChange | None:
-        old_best = entry.best
-        entry.best, entry.reason = select_best(list(entry.paths.values()), self.local_asn)
-        if old_best is entry.best or old_best == entry.best:
+            return RibChange(key, entry, None, None)
+        if entry.paths.pop(source, None) is None:
             return None
-        if isinstance(key, MacIpKey):
-            self._index_mac(key, old_best, entry.best)
-        return RibChange(key, old_best, entry.best, entry.reason)
+        old = entry.best
+        if len(entry.paths) == 1:
+            (left,) = entry.paths.values()
+            self._entries[key] = left
+            return _changed(key, old, left, BestPathReason.ONLY_PATH)
+        entry.best, entry.reason = select_best(list(entry.paths.values()), self.local_asn)
+        return _changed(key, old, entry.best, entry.reason)
 
-    def _index_mac(self, key: MacIpKey, old: Path | None, new: Path | None) -> None:
-        if old is not None and new is not None and old.route.vsid == new.route.vsid:
-            return
-        if old is not None:
-            slot = (old.route.vsid, key.ethernet_tag, key.mac)
-            keys = self._macs.get(slot)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._macs[slot]
-        if new is not None:
-            self._macs.setdefault((new.route.vsid, key.ethernet_tag, key.mac), set()).add(key)
+
+def _best(entry: Path | _Entry) -> Path:
+    return entry if type(entry) is not _Entry else entry.best  # type: ignore[return-value,union-attr]
+
+
+def _changed(key: RouteKey, old: Path | None, new: Path | None, reason: BestPathReason | None) -> RibChange | None:
+    if old is new or old == new:
+        return None
+    return RibChange(key, old, new, reason)
 
 
 # ---------------------------------------------------------------- the whole RIB

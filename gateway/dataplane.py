@@ -131,7 +131,7 @@ class Dataplane:
         """Apply these partitions; a refusal is undone (acknowledged ops reverted, the partitions' previous
         objects reconciled again) and raised as PlumbingError."""
         assert self._reconciler is not None, "start() first"
-        previous = {n: tuple(self._reconciler.desired.get(n, {}).values()) for n in parts}
+        previous = {n: self._reconciler.desired.get(n, frozenset()) for n in parts}
         outcome = await self._reconciler.reconcile(parts, hold=False)
         if not outcome.ok:
             errors = await self._reconciler.revert(outcome.applied)

@@ -423,8 +423,8 @@ class Agent:
         table, change = self._table, EMPTY
         if fresh or table is None:
             delivered = self._drain()  # (the client's table has them too)
-            table = LearnedTable(catalog, ours, prefixes)
-            table.apply(self._client.routes().items() if self._client is not None else ())
+            table = LearnedTable(catalog, ours, prefixes).load(
+                self._client.routes().items() if self._client is not None else ())
             old = self._table
             if old is not None:
                 if not old.matches(catalog, ours, prefixes):

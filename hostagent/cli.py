@@ -52,7 +52,10 @@ async def serve(config: AgentConfig, path: str | None = None) -> int:
                               reload if path else None)
 
 
-def _enter_namespace(config: AgentConfig) -> None:
+def _before_loop(config: AgentConfig) -> None:
+    from nvfabric.vnet.kernel.malloc import map_big_blocks  # noqa: PLC0415
+
+    map_big_blocks()  # (big tables freed are given back: the agent's RSS at fabric scale)
     if config.netns:
         from nvfabric.vnet.kernel.netns import enter_namespace  # noqa: PLC0415
 
@@ -62,4 +65,4 @@ def _enter_namespace(config: AgentConfig) -> None:
 def main(args: argparse.Namespace) -> int:
     path = args.config or daemon.default_config("agent")
     return daemon.run("nvfabric agent", path, load, ConfigError, lambda config: serve(config, path),
-                      log_level=args.log_level, log_format=args.log_format, before_loop=_enter_namespace)
+                      log_level=args.log_level, log_format=args.log_format, before_loop=_before_loop)

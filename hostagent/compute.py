@@ -161,7 +161,10 @@ class Step:
     records: Mapping[CaKey, tuple[LookupRecord | None, LookupRecord | None]]  # changed: (old, new); none if full
     ports: Mapping[str, PortState | None] = field(default_factory=dict)  # changed local ports (None: not routed)
     full: bool = False
-    every_record: Mapping[str, Mapping[Address, LookupRecord]] | None = None  # a full pass: all of them
+    # a full pass: every record (a remote one as the route it is made from, `Learned`'s form)
+    every_record: Mapping[str, Mapping[Address, LookupRecord | MacIpRoute]] | None = None
+    # the routes the changed remote records above are made from (what `Learned` holds of them)
+    remote: Mapping[CaKey, MacIpRoute] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -181,10 +184,12 @@ class Applied:
 
 class Learned:
     """What the learned routes and the view became at the last swap: the lookup records, the partitions as
-    reconciled, each routing domain's base. Mutated only by `swap`."""
+    reconciled, each routing domain's base. Mutated only by `swap`. A remote lookup record is held as the
+    route it is made from (the learned table's, held there anyway) and made when read: a host at fabric
+    scale has 100,000 of them, read one at a time per change or all at once by a full pass."""
 
     def __init__(self) -> None:
-        self._records: dict[str, dict[Address, LookupRecord]] = {}
+        self._records: dict[str, dict[Address, LookupRecord | MacIpRoute]] = {}
         self.parts: dict[str, frozenset[KernelObject]] = {}  # non-empty partitions by name
         self.skipped_in: dict[str, tuple[str, ...]] = {}
         self.conflicts_in: dict[str, tuple[Conflict, ...]] = {}
@@ -197,7 +202,7 @@ class Learned:
     @property
     def records(self) -> list[LookupRecord]:
         """Every lookup record (O(records): for a full pass or an API read)."""
-        return [r for inner in self._records.values() for r in inner.values()]
+        return list(_Records(self._records))
 
     def every_record(self) -> Collection[LookupRecord]:
         """Every lookup record as a view (O(1) to take, O(records) to read): the decapsulation table reads
@@ -206,7 +211,8 @@ class Learned:
 
     def record(self, key: CaKey) -> LookupRecord | None:
         inner = self._records.get(key[0])
-        return inner.get(key[1]) if inner is not None else None
+        held = inner.get(key[1]) if inner is not None else None
+        return held if held is None or type(held) is LookupRecord else _remote(key[0], key[1], held)
 
     def counts(self) -> tuple[int, int]:
         """(local, remote) lookup records (O(routing domains))."""
@@ -247,7 +253,7 @@ class Learned:
             return
         for (domain, ca), (_, record) in step.records.items():
             inner = self._records.setdefault(domain, {})
-            _put(inner, ca, record)
+            _put(inner, ca, record if record is None or record.local else step.remote[(domain, ca)])
             if not inner:
                 del self._records[domain]
 
@@ -260,11 +266,12 @@ class Learned:
 class _Records(Collection[LookupRecord]):
     """`Learned`'s lookup records, read through."""
 
-    def __init__(self, records: Mapping[str, Mapping[Address, LookupRecord]]) -> None:
+    def __init__(self, records: Mapping[str, Mapping[Address, LookupRecord | MacIpRoute]]) -> None:
         self._records = records
 
     def __iter__(self) -> Iterator[LookupRecord]:
-        return (r for inner in self._records.values() for r in inner.values())
+        return (r if type(r) is LookupRecord else _remote(domain, ca, r)  # type: ignore[misc]
+                for domain, inner in self._records.items() for ca, r in inner.items())
 
     def __len__(self) -> int:
         return sum(len(inner) for inner in self._records.values())
@@ -273,7 +280,10 @@ class _Records(Collection[LookupRecord]):
         if not isinstance(item, LookupRecord):
             return False
         inner = self._records.get(item.routing_domain)
-        return inner is not None and inner.get(item.ca) == item
+        held = inner.get(item.ca) if inner is not None else None
+        if held is None or type(held) is LookupRecord:
+            return held == item
+        return _remote(item.routing_domain, item.ca, held) == item
 
 
 class ByDomain(Mapping[str, frozenset[KernelObject]]):
@@ -353,6 +363,7 @@ def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned
     domains: dict[str, DomainState | None] = {}
     ca_names: dict[str, CaKey] = {}
     records: dict[CaKey, tuple[LookupRecord | None, LookupRecord | None]] = {}
+    winners: dict[CaKey, MacIpRoute] = {}
 
     cas: set[CaKey] = set(change.cas)
     bases = {d for d, _ in change.prefixes}
@@ -377,9 +388,9 @@ def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned
             for ca in before.ca_parts.get(name, ()):
                 parts[ca_partition(name, ca)] = frozenset()
                 ca_names[ca_partition(name, ca)] = (name, ca)
-            for ca, record in before._records.get(name, {}).items():
-                if not record.local:
-                    records[(name, ca)] = (record, None)
+            for ca, held in before._records.get(name, {}).items():
+                if type(held) is not LookupRecord or not held.local:
+                    records[(name, ca)] = (before.record((name, ca)), None)
             bases.discard(name)
             continue
         bases.add(name)
@@ -486,7 +497,10 @@ def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned
         part = ca_partition(name, ca)
         record = record_of((name, ca))
         if record is None:
-            record = _remote(name, ca, table.ca((name, ca)))
+            route = table.ca((name, ca))
+            record = _remote(name, ca, route)
+            if route is not None:
+                winners[(name, ca)] = route
         if record is not None and not record.local:
             ca_names[part] = (name, ca)
             parts[part], why, lost = remote_ca_partition(record, state.base, state.ports_on, devices)
@@ -503,7 +517,7 @@ def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned
             old_record = before.record((name, ca))
             if old_record is not None:
                 records[(name, ca)] = (old_record, None)
-    return Step(parts, skipped_in, conflicts_in, domains, ca_names, records, port_states)
+    return Step(parts, skipped_in, conflicts_in, domains, ca_names, records, port_states, remote=winners)
 
 
 def _affected(name: str, old: Base, new: Base) -> set[CaKey]:
@@ -530,10 +544,16 @@ def _everything(view: View, table: LearnedTable, host: HostIdentity, before: Lea
     for state in ports.values():
         local[state.domain].update((r.ca, r) for r in state.records)
     records: list[LookupRecord] = []
+    every: dict[str, dict[Address, LookupRecord | MacIpRoute]] = {}
     for name in names:
         records += local[name].values()
-        records += [LookupRecord(name, r.vsid, ca, r.mac, r.next_hop)
-                    for ca, r in table.cas_in(name).items() if ca not in local[name]]
+        mine: dict[Address, LookupRecord | MacIpRoute] = dict(local[name])
+        for ca, r in table.cas_in(name).items():
+            if ca not in local[name]:
+                records.append(LookupRecord(name, r.vsid, ca, r.mac, r.next_hop))
+                mine[ca] = r
+        if mine:
+            every[name] = mine
     customer = {name: d.customer_routes for name, d in catalog.routing_domains.items()}
     desired = desired_state(catalog, records, table.prefixes(), customer, host, tables, names, by_ca=True)
     parts = dict(desired.partitions)
@@ -544,7 +564,4 @@ def _everything(view: View, table: LearnedTable, host: HostIdentity, before: Lea
     domains: dict[str, DomainState | None] = {
         name: DomainState(catalog.routing_domains[name], tables[name], desired.bases[name],
                           MappingProxyType(dict(desired.ports_on[name]))) for name in names}
-    every: dict[str, dict[Address, LookupRecord]] = {}
-    for r in records:
-        every.setdefault(r.routing_domain, {})[r.ca] = r
     return Step(parts, desired.skipped_in, desired.conflicts_in, domains, ca_names, {}, dict(ports), True, every)

@@ -92,17 +92,23 @@ def _then(first: Mapping[K, tuple[Any, Any]], later: Mapping[K, tuple[Any, Any]]
 
 class Winners(Mapping[tuple[K, V], Any], Generic[K, V]):
     """A read-only view of a two-level index (outer -> inner -> value) as one mapping of (outer, inner): a
-    lookup is O(1); iterating walks the whole index (a full pass only)."""
+    lookup is O(1); iterating walks the whole index (a full pass only). `best`: the value of what the index
+    holds (a type-2 index holds its candidates, the winner is found on reading)."""
 
-    def __init__(self, nested: dict[Any, dict[Any, Any]]) -> None:
+    def __init__(self, nested: dict[Any, dict[Any, Any]], best: Any = None) -> None:
         self._nested = nested
+        self._best = best
 
     def __getitem__(self, key: tuple[Any, Any]) -> Any:
-        return self._nested[key[0]][key[1]]
+        held = self._nested[key[0]][key[1]]
+        return held if self._best is None else self._best(held)
 
     def get(self, key: tuple[Any, Any], default: Any = None) -> Any:  # type: ignore[override]
         inner = self._nested.get(key[0])
-        return default if inner is None else inner.get(key[1], default)
+        held = None if inner is None else inner.get(key[1])
+        if held is None:
+            return default
+        return held if self._best is None else self._best(held)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, tuple) and len(key) == 2 and key[1] in self._nested.get(key[0], {})
@@ -112,6 +118,30 @@ class Winners(Mapping[tuple[K, V], Any], Generic[K, V]):
 
     def __len__(self) -> int:
         return sum(len(d) for d in self._nested.values())
+
+
+class Best(Mapping[K, MacIpRoute], Generic[K]):
+    """A read-only view of a type-2 index (key -> its candidates) as key -> the winning route: O(1) per
+    lookup."""
+
+    def __init__(self, index: dict[K, Any]) -> None:
+        self._index = index
+
+    def __getitem__(self, key: K) -> MacIpRoute:
+        return _winner(self._index[key])
+
+    def get(self, key: K, default: Any = None) -> Any:  # type: ignore[override]
+        held = self._index.get(key)
+        return default if held is None else _winner(held)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 @dataclass(frozen=True)
@@ -135,12 +165,14 @@ class LearnedTable:
         self._routes: dict[Any, Route] = {}  # every delivered route by key (what a rebuild judges again)
         # per refusal reason: the refused routes by key, in the order they were refused (examples: the first)
         self._refused: dict[str, dict[Any, Refused]] = {r: {} for r in REASONS}
-        # candidates per key: (route key, value), or a dict of them when several (a move in progress)
-        self._ca_candidates: dict[CaKey, Any] = {}
-        self._cas: dict[str, dict[Address, MacIpRoute]] = {}  # winners by domain, then CA
+        # type-2 candidates by domain then CA, and by MAC: the route itself while it is the only one (nearly
+        # always), else a `_Several` by route key (a move in progress); the winner is found when read
+        # (`_winner`). One entry per CA and per MAC, each holding the route the table holds already.
+        self._cas: dict[str, dict[Address, Any]] = {}
         self._cas6: dict[str, set[Address]] = {}  # the IPv6 ones among them (their proxy NDP entries follow ports)
-        self._mac_candidates: dict[MacKey, Any] = {}
-        self._macs: dict[MacKey, MacIpRoute] = {}
+        # by MAC alone (a VSID per MAC is the rule: a (VSID, MAC) tuple per route would cost more than the
+        # entry), the VSID picked when read
+        self._macs: dict[Mac, Any] = {}
         self._announcers: dict[str, dict[Network, Any]] = {}
         self._prefixes: dict[str, dict[Network, RemotePrefix]] = {}  # winners by domain, then prefix
         self._next_hops: dict[Address, int] = {}  # accepted routes per next hop
@@ -163,25 +195,25 @@ class LearnedTable:
 
     def ca(self, key: CaKey) -> MacIpRoute | None:
         inner = self._cas.get(key[0])
-        return inner.get(key[1]) if inner is not None else None
+        return _winner(inner.get(key[1])) if inner is not None else None
 
     def cas(self) -> Winners[str, Address]:
         """(routing domain, CA) -> the winning remote type-2 route (vnet/learn.py remote_cas)."""
-        return Winners(self._cas)
+        return Winners(self._cas, _winner)
 
     def cas_in(self, domain: str) -> Mapping[Address, MacIpRoute]:
-        return MappingProxyType(self._cas.get(domain, {}))
+        return Best(self._cas.get(domain, {}))
 
     def cas6_in(self, domain: str) -> Collection[Address]:
         """The domain's remote IPv6 CAs (a port change in an IPv6 subnet touches their proxy NDP entries)."""
         return self._cas6.get(domain, frozenset())
 
     def mac(self, key: MacKey) -> MacIpRoute | None:
-        return self._macs.get(key)
+        return _winner(self._macs.get(key[1]), key[0])
 
     def macs(self) -> Mapping[MacKey, MacIpRoute]:
         """(VSID, MAC) -> the winning remote route (vnet/learn.py remote_macs)."""
-        return MappingProxyType(self._macs)
+        return _ByVsid(self._macs)
 
     def prefixes_in(self, domain: str) -> Mapping[Network, RemotePrefix]:
         """The domain's type-5 winners (vnet/learn.py remote_prefixes): one per prefix, the lower PA."""
@@ -236,17 +268,27 @@ class LearnedTable:
                 screened |= self._index(key, route, 1, before_cas, before_macs, before_prefixes, before_hops)
         return self._change(before_cas, before_macs, before_prefixes, before_hops, screened)
 
+    def load(self, routes: Iterable[tuple[Any, Route]]) -> LearnedTable:
+        """An empty table filled with these routes (key, route), as `apply` would, without noting what changed
+        (everything did): at 100,000 routes that note is a winner and a key per CA and per MAC, only to be
+        dropped by a caller that takes the table whole."""
+        assert not self._routes, "load: the table is not empty (apply changes it)"
+        for key, route in routes:  # (distinct keys: a dict's items)
+            if route is not None:
+                self._routes[key] = route
+                self._index(key, route, 1, {}, {}, {}, {}, notes=False)
+        return self
+
     def rebuilt(self, catalog: Catalog, our_pas: Collection[Address],
                 provider_prefixes: Collection[Network] | None) -> tuple[LearnedTable, Change]:
         """A table for new policy inputs, every route judged again (O(routes)), and what that changed."""
-        new = LearnedTable(catalog, our_pas, provider_prefixes)
-        new.apply(self._routes.items())
+        new = LearnedTable(catalog, our_pas, provider_prefixes).load(self._routes.items())
         return new, self.diff(new)
 
     def diff(self, new: LearnedTable) -> Change:
         """What differs between this table's winners and `new`'s, as a Change (O(routes))."""
         cas = _diff(dict(self.cas().items()), dict(new.cas().items()))
-        macs = _diff(self._macs, new._macs)
+        macs = _diff(self.macs(), new.macs())
         prefixes = _diff(dict(Winners(self._prefixes).items()), dict(Winners(new._prefixes).items()))
         old_ann, new_ann = _announcer_sets(self), _announcer_sets(new)
         announced = {k: (old_ann.get(k, frozenset()), new_ann.get(k, frozenset()))
@@ -261,9 +303,9 @@ class LearnedTable:
     def _index(self, key: Any, route: Route, sign: int, before_cas: dict[CaKey, MacIpRoute | None],
                before_macs: dict[MacKey, MacIpRoute | None],
                before_prefixes: dict[PrefixKey, tuple[RemotePrefix | None, frozenset[RemotePrefix]]],
-               before_hops: dict[Address, bool]) -> bool:
+               before_hops: dict[Address, bool], notes: bool = True) -> bool:
         """Add (sign 1) or remove (sign -1) one route from the indexes, noting each touched key's winner
-        before its first touch. Returns whether the refused routes changed."""
+        before its first touch (unless not `notes`). Returns whether the refused routes changed."""
         next_hop = getattr(route, "next_hop", None)
         if next_hop in self._inputs.our_pas:
             return False  # our own routes: neither learned nor counted
@@ -278,7 +320,7 @@ class LearnedTable:
                 refused.pop(key, None)
             return True
         assert next_hop is not None  # (an accepted route is a type-2 or type-5 route)
-        if next_hop not in before_hops:
+        if notes and next_hop not in before_hops:
             before_hops[next_hop] = next_hop in self._next_hops
         count = self._next_hops.get(next_hop, 0) + sign
         if count:
@@ -287,23 +329,20 @@ class LearnedTable:
             del self._next_hops[next_hop]
         if isinstance(route, MacIpRoute):
             mac_key: MacKey = (route.vsid, route.mac)
-            if mac_key not in before_macs:
-                before_macs[mac_key] = self._macs.get(mac_key)
-            _candidate(self._mac_candidates, mac_key, key, route, sign)
-            best = _best(self._mac_candidates.get(mac_key), rank)
-            _put(self._macs, mac_key, best)
+            if notes and mac_key not in before_macs:
+                before_macs[mac_key] = self.mac(mac_key)
+            _route_candidate(self._macs, route.mac, key, route, sign)
             if route.ip is not None:
                 ca_key: CaKey = (domain, route.ip)
-                if ca_key not in before_cas:
+                if notes and ca_key not in before_cas:
                     before_cas[ca_key] = self.ca(ca_key)
-                _candidate(self._ca_candidates, ca_key, key, route, sign)
-                best = _best(self._ca_candidates.get(ca_key), rank)
-                _put(self._cas.setdefault(domain, {}), route.ip, best)
-                if not self._cas[domain]:
+                cas = self._cas.setdefault(domain, {})
+                _route_candidate(cas, route.ip, key, route, sign)
+                if not cas:
                     del self._cas[domain]
                 if route.ip.version == 6:
                     v6 = self._cas6.setdefault(domain, set())
-                    if best is None:
+                    if route.ip not in cas:
                         v6.discard(route.ip)
                     else:
                         v6.add(route.ip)
@@ -312,7 +351,7 @@ class LearnedTable:
         elif isinstance(route, PrefixRoute):
             prefix_key: PrefixKey = (domain, route.prefix)
             by_prefix = self._announcers.setdefault(domain, {})
-            if prefix_key not in before_prefixes:
+            if notes and prefix_key not in before_prefixes:
                 before_prefixes[prefix_key] = (self._prefixes.get(domain, {}).get(route.prefix),
                                                frozenset(_values(by_prefix.get(route.prefix))))
             _candidate(by_prefix, route.prefix, key, remote_prefix(domain, route), sign)
@@ -327,7 +366,7 @@ class LearnedTable:
                 before_prefixes: dict[PrefixKey, tuple[RemotePrefix | None, frozenset[RemotePrefix]]],
                 before_hops: dict[Address, bool], screened: bool) -> Change:
         cas = {k: (old, new) for k, old in before_cas.items() if (new := self.ca(k)) != old}
-        macs = {k: (old, new) for k, old in before_macs.items() if (new := self._macs.get(k)) != old}
+        macs = {k: (old, new) for k, old in before_macs.items() if (new := self.mac(k)) != old}
         prefixes: dict[PrefixKey, tuple[RemotePrefix | None, RemotePrefix | None]] = {}
         announced: dict[PrefixKey, tuple[frozenset[RemotePrefix], frozenset[RemotePrefix]]] = {}
         for (domain, prefix), (old, old_all) in before_prefixes.items():
@@ -367,6 +406,83 @@ def _candidate(index: dict[Any, Any], outer: Any, key: Any, value: Any, sign: in
             index[outer] = next(iter(held.items()))
         elif not held:
             del index[outer]
+
+
+class _Several(dict):  # type: ignore[type-arg]
+    """Several type-2 candidates of one index entry (a move in progress), by route key, with the best of them
+    (found once per change, not at every read)."""
+
+    __slots__ = ("best",)
+
+    def __init__(self, routes: dict[Any, MacIpRoute]) -> None:
+        super().__init__(routes)
+        self.best = min(self.values(), key=rank)
+
+
+def _route_candidate(index: dict[Any, Any], outer: Any, key: Any, route: MacIpRoute, sign: int) -> None:
+    """Add (sign 1) or remove a type-2 candidate of `outer`: held as the route itself while it is the only
+    one, else in a `_Several` by route key."""
+    held = index.get(outer)
+    if sign > 0:
+        if held is None or (type(held) is not _Several and held.key == key):
+            index[outer] = route
+        elif type(held) is not _Several:
+            index[outer] = _Several({held.key: held, key: route})
+        else:
+            held[key] = route
+            held.best = min(held.values(), key=rank)
+    elif type(held) is not _Several:
+        if held is not None and held.key == key:
+            del index[outer]
+    else:
+        held.pop(key, None)
+        if len(held) == 1:
+            index[outer] = next(iter(held.values()))
+        elif not held:
+            del index[outer]
+        else:
+            held.best = min(held.values(), key=rank)
+
+
+def _winner(held: Any, vsid: int | None = None) -> MacIpRoute | None:
+    """The winning route of a type-2 index entry (vnet/learn.py's rank), among those of `vsid` if given."""
+    if held is None:
+        return None
+    if type(held) is not _Several:
+        return held if vsid is None or held.vsid == vsid else None
+    if vsid is None or held.best.vsid == vsid:
+        return held.best
+    return min((r for r in held.values() if r.vsid == vsid), key=rank, default=None)
+
+
+class _ByVsid(Mapping[MacKey, MacIpRoute]):
+    """The MAC index (MAC -> its candidates, of any VSID) as (VSID, MAC) -> the winning route."""
+
+    def __init__(self, index: dict[Mac, Any]) -> None:
+        self._index = index
+
+    def __getitem__(self, key: MacKey) -> MacIpRoute:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def get(self, key: MacKey, default: Any = None) -> Any:  # type: ignore[override]
+        found = _winner(self._index.get(key[1]), key[0])
+        return default if found is None else found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 2 and self.get(key) is not None  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[MacKey]:
+        for mac, held in self._index.items():
+            if type(held) is not _Several:
+                yield held.vsid, mac
+            else:
+                yield from ((vsid, mac) for vsid in dict.fromkeys(r.vsid for r in held.values()))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _values(held: Any) -> Iterable[Any]:

@@ -533,7 +533,7 @@ class Port:
         return body
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LookupRecord:
     """What a host knows about one customer address: HNV's Get-NetVirtualizationLookupRecord row."""
 
@@ -546,7 +546,7 @@ class LookupRecord:
     port: str | None = None  # the local port's name, for local records
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemotePrefix:
     """A prefix learned from another host or gateway (EVPN type 5, RFC 9136), e.g. the gateway's default
     route: routed inside `routing_domain` to the host with provider address `pa`, in virtual subnet `vsid`."""

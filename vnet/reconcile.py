@@ -25,11 +25,11 @@ applied as a difference. Shared by the host agent and the gateway (docs/dataplan
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Set as AbstractSet
 from dataclasses import dataclass, field
 
 from nvfabric.vnet.kernel.apply import ApplyError, apply
-from nvfabric.vnet.kernel.diff import Action, KeyConflict, Op, Plan, by_key, order, removable, upserts
+from nvfabric.vnet.kernel.diff import Action, KeyConflict, Op, Plan, order, removable, upserts
 from nvfabric.vnet.kernel.netns import RtnlSocket, read_sysctls
 from nvfabric.vnet.kernel.objects import EncapRoute, KernelObject, ProxyNeighbour, Sysctl
 from nvfabric.vnet.kernel.observe import observe
@@ -68,8 +68,10 @@ class Reconciler:
     observed: dict[tuple, KernelObject] | None = None  # None: read the kernel in full before the next plan
     last: Outcome | None = None
     totals: dict[str, int] = field(default_factory=lambda: {"create": 0, "replace": 0, "delete": 0, "errors": 0})
-    # partition -> its desired objects by key, as last given; owner: key -> the partition that wants it
-    desired: dict[str, dict[tuple, KernelObject]] = field(default_factory=dict)
+    # partition -> its desired objects as last given (the caller's frozenset itself: not copied, so one
+    # that the caller keeps too, as the host agent does, is held once); owner: key -> the partition that
+    # wants it
+    desired: dict[str, AbstractSet[KernelObject]] = field(default_factory=dict)
     owner: dict[tuple, str] = field(default_factory=dict)
     held: dict[tuple, KernelObject] = field(default_factory=dict)  # in the kernel, unwanted, kept by hold
 
@@ -85,38 +87,48 @@ class Reconciler:
 
     def wanted(self) -> frozenset[KernelObject]:
         """Every partition's desired objects (what a full pass compares the kernel with)."""
-        return frozenset(o for part in self.desired.values() for o in part.values())
+        return frozenset(o for part in self.desired.values() for o in part)
 
     # ------------------------------------------------------------------ pure planning
 
-    def update(self, parts: Mapping[str, Iterable[KernelObject]]) -> dict[str, dict[tuple, KernelObject]]:
+    def update(self, parts: Mapping[str, Iterable[KernelObject]]) -> dict[str, AbstractSet[KernelObject]]:
         """Take the dirty partitions' new objects; return their previous objects (for the deletes)."""
-        new = {name: by_key(objs, name) for name, objs in parts.items()}
-        # check everything before changing anything: a refused update leaves the cache as it was
+        new = {name: objs if _immutable(objs) else frozenset(objs) for name, objs in parts.items()}
+        # check everything before changing anything: a refused update leaves the cache as it was. (Two flat
+        # indexes of the new objects, not a dict per partition: at the start that is 100,000 partitions.)
         claimed: dict[tuple, str] = {}
+        claimed_obj: dict[tuple, KernelObject] = {}
         for name, objs in new.items():
-            for key, obj in objs.items():
-                other = claimed.get(key) or self.owner.get(key)
-                if other is not None and other != name:
-                    value = new[other].get(key) if other in new else self.desired[other].get(key)
-                    if value is not None and value != obj:
-                        raise PartitionError(key, other, name)
+            for obj in objs:
+                key = obj.key
+                other = claimed.get(key)
+                if other is not None and claimed_obj[key] != obj:
+                    if other == name:
+                        raise KeyConflict(key, name, name, f": {claimed_obj[key]} and {obj}")
+                    raise PartitionError(key, other, name)
                 claimed[key] = name
-        previous = {name: self.desired.get(name, {}) for name in new}
-        for name in new:
-            for key in previous[name]:
-                if self.owner.get(key) == name:
-                    del self.owner[key]
+                claimed_obj[key] = obj
+        for key, name in claimed.items():
+            other = self.owner.get(key)
+            if other is not None and other != name and other not in new:
+                # (a key that changes partition: rare, so the other's object is looked for, not indexed)
+                value = _find(self.desired[other], key)
+                if value is not None and value != claimed_obj[key]:
+                    raise PartitionError(key, other, name)
+        previous = {name: self.desired.get(name, frozenset()) for name in new}
+        for name, objs in previous.items():
+            for obj in objs:
+                if self.owner.get(obj.key) == name:
+                    del self.owner[obj.key]
+        self.owner.update(claimed)
         for name, objs in new.items():
-            for key in objs:
-                self.owner[key] = name
             if objs:
                 self.desired[name] = objs
             else:
                 self.desired.pop(name, None)
         return previous
 
-    def plan(self, dirty: Mapping[str, dict[tuple, KernelObject]], hold: bool, full: bool) -> tuple[Plan, int]:
+    def plan(self, dirty: Mapping[str, Iterable[KernelObject]], hold: bool, full: bool) -> tuple[Plan, int]:
         """Ops for the dirty partitions (`dirty`: their PREVIOUS objects), or for all of them on a full
         pass. Pure: reads only the cached desired and observed state."""
         assert self.observed is not None
@@ -126,7 +138,7 @@ class Reconciler:
             candidates: Iterable[tuple] = [k for k in self.observed if k not in self.owner]
         else:
             names = [n for n in dirty if n in self.desired]
-            candidates = {k for prev in dirty.values() for k in prev if k not in self.owner}
+            candidates = {o.key for prev in dirty.values() for o in prev if o.key not in self.owner}
             if not hold:
                 candidates |= {k for k in self.held if k not in self.owner}
         for name in names:
@@ -160,8 +172,8 @@ class Reconciler:
             self.observed = await self.observe(sorted(k[1] for k in self.owner if k[0] == "sysctl"))
         else:
             # a sysctl we did not read yet (a new port): read it before planning
-            missing = [key[1] for name in previous for key in self.desired.get(name, {})
-                       if key[0] == "sysctl" and key not in self.observed]
+            missing = [o.path for name in previous for o in self.desired.get(name, ())
+                       if isinstance(o, Sysctl) and o.key not in self.observed]
             for path, value in (read_sysctls(self.sock.netns, missing) if missing else {}).items():
                 if value is not None:
                     self.observed[("sysctl", path)] = Sysctl(path, value)
@@ -204,6 +216,15 @@ class Reconciler:
         report = await apply(self.sock, order(undo))
         self.observed = None
         return report.errors
+
+
+def _immutable(objects: Iterable[KernelObject]) -> bool:
+    """A frozenset, or another hashable set (vnet/desired.py `One`): held as given, never copied."""
+    return type(objects) is frozenset or (isinstance(objects, AbstractSet) and isinstance(objects, Hashable))
+
+
+def _find(objects: Iterable[KernelObject], key: tuple) -> KernelObject | None:
+    return next((o for o in objects if o.key == key), None)
 
 
 def inverse(op: Op) -> Op | None:

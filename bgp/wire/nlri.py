@@ -94,6 +94,19 @@ def _rd_text(raw: bytes) -> str | None:
     return text
 
 
+_vsids: dict[int, int] = {}
+
+
+def _vsid(value: int) -> int:
+    """One int object per VSID (a fabric has a few thousand): not one per route."""
+    found = _vsids.get(value)
+    if found is None:
+        if len(_vsids) >= 65536:
+            _vsids.clear()
+        found = _vsids[value] = value
+    return found
+
+
 # A parsed EVPN NLRI before it becomes a route or a key:
 # (2, rd, esi, ethernet_tag, mac, ip, vsid) or (5, rd, esi, ethernet_tag, prefix, gateway, vsid).
 _EvpnItem = tuple
@@ -127,7 +140,7 @@ def _evpn_type2(data: bytes, s: int, length: int) -> _EvpnItem | None:
         Mac.from_packed(data[s + 23 : s + 29]),
         ip,
         # RFC 8365 section 5.1.3: the 24-bit VSID is the whole label field (no shift).
-        int.from_bytes(data[label_at : label_at + 3], "big"),
+        _vsid(int.from_bytes(data[label_at : label_at + 3], "big")),
     )
 
 

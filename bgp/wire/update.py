@@ -153,6 +153,11 @@ def _decode_update(negotiated: Negotiated, body: bytes, source: PeerRef | None, 
         communities=attrs.communities,
         tunnel_type=attrs.ext.tunnel_type,
     )
+    # one object per distinct set of attributes (a table sent route by route, or churn, would otherwise give
+    # each route its own)
+    path_attrs = _path_attributes.setdefault(path_attrs, path_attrs)
+    if len(_path_attributes) > 4096:
+        _path_attributes.clear()
     announced = result.announced
     announced.extend(_new_path(UnicastRoute.unchecked(p, attrs.next_hop), path_attrs, source) for p in nlri)
     if not reaches:
@@ -170,6 +175,9 @@ def _decode_update(negotiated: Negotiated, body: bytes, source: PeerRef | None, 
     else:
         prefixes = _parse_prefixes(data, 4 if family is Family.IPV4_UNICAST else 6)
         announced.extend(_new_path(UnicastRoute.unchecked(p, next_hop), path_attrs, source) for p in prefixes)
+
+
+_path_attributes: dict[PathAttributes, PathAttributes] = {}
 
 
 def _treat_as_withdraw(attrs: _Attrs, nlri: list, result: UpdateResult) -> None:

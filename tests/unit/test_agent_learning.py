@@ -15,6 +15,7 @@ from nvfabric.hostagent.config import AgentConfig
 from nvfabric.vnet import learn
 from nvfabric.vnet.desired import GLOBAL, desired_state
 from nvfabric.vnet.kernel.diff import Action
+from nvfabric.vnet.kernel.objects import ProxyNeighbour
 from nvfabric.vnet.model import Port
 from nvfabric.vnet.policy import screen
 from nvfabric.vnet.reconcile import Outcome, Reconciler
@@ -194,10 +195,10 @@ async def test_an_attach_or_detach_plans_that_ports_partition_alone(tmp_path) ->
     new = Port("v99", "tap-v99", "02:00:00:00:0a:99", 5001, (ip("10.0.0.199"),))
     await a.put_port(new)
     assert kernel.planned[-1] == ("blue/port/b1", "blue/port/v99")  # b1's fd00:b::10 answered on tap-v99 now
-    assert ("proxy", "tap-v99", "fd00:b::10") in kernel.desired["blue/port/b1"]
+    assert ProxyNeighbour("tap-v99", "fd00:b::10") in kernel.desired["blue/port/b1"]
     await a.delete_port("v99")
     assert kernel.planned[-1] == ("blue/port/b1", "blue/port/v99")
-    assert ("proxy", "tap-v99", "fd00:b::10") not in kernel.desired["blue/port/b1"]
+    assert ProxyNeighbour("tap-v99", "fd00:b::10") not in kernel.desired["blue/port/b1"]
     await a.delete_port("b1")
     await a.put_port(new)
     assert kernel.planned[-1] == ("blue/port/v99",)

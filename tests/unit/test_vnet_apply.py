@@ -124,3 +124,11 @@ async def test_a_clsact_hook_with_a_shared_block_is_created_observed_replaced_an
     assert again.ok, again.errors
     netns.run(["ip", "-n", ns.netns, "link", "add", "nvf-v2", "type", "veth", "peer", "name", "nvf-v3"])
     assert (await apply(ns, Plan((Op(Action.DELETE, Clsact("nvf-v2", 7637)),)))).ok
+
+
+def test_big_blocks_are_mapped_on_their_own_on_glibc():
+    import platform
+
+    from nvfabric.vnet.kernel.malloc import map_big_blocks
+
+    assert map_big_blocks() is (platform.libc_ver()[0] == "glibc")

@@ -128,6 +128,7 @@ def test_random_changes_keep_the_table_equal_to_the_from_scratch_functions(seed:
         after = reference(catalog, routes, provider)
         got = incremental(table)
         assert got == after
+        assert incremental(LearnedTable(catalog, OURS, provider).load(routes.items())) == after  # (taken whole)
         assert change.rebuilt == rebuilt
         # the change says exactly which winners changed, old and new
         assert dict(change.cas) == _changed(before["cas"], after["cas"])

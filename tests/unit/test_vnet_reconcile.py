@@ -87,7 +87,7 @@ def test_two_domains_wanting_one_key_differently_is_refused_and_changes_nothing(
     r = synced(blue=BLUE, red=RED)
     with pytest.raises(PartitionError):
         r.update({"red": RED | {VrfPort("tap1", "nvf-red", 1500)}})  # blue still has tap1
-    assert r.desired["red"] == {o.key: o for o in RED}
+    assert r.desired["red"] == frozenset(RED)
 
 
 def test_without_hold_learned_state_absent_from_desired_is_deleted():
@@ -120,3 +120,32 @@ def test_inverse_undoes_each_kind_of_op():
     assert inverse(Op(Action.DELETE, OLD)) == Op(Action.CREATE, OLD)
     assert inverse(Op(Action.REPLACE, MOVED, OLD)) == Op(Action.REPLACE, OLD, MOVED)
     assert inverse(Op(Action.CREATE, Sysctl("net/ipv4/conf/tap1/proxy_arp", "1"))) is None
+
+
+def test_a_partition_of_one_object_is_held_as_given_and_planned_like_a_set():
+    from nvfabric.vnet.desired import One
+
+    one = One(OLD)
+    assert one == frozenset({OLD}) and frozenset({OLD}) == one and hash(one) == hash(frozenset({OLD}))
+    assert one | {MOVED} == frozenset({OLD, MOVED}) and type(one | {MOVED}) is frozenset
+    assert OLD in one and MOVED not in one and list(one) == [OLD] and len(one) == 1
+    r = synced(blue=BLUE)
+    r.update({"blue/10.0.0.20": one})
+    assert r.desired["blue/10.0.0.20"] is one  # not copied
+    plan, _ = r.plan({"blue/10.0.0.20": frozenset()}, hold=False, full=False)
+    assert {(op.action, op.obj) for op in plan.ops} == {(Action.CREATE, OLD)}
+    r.observed[OLD.key] = OLD
+    previous = r.update({"blue/10.0.0.20": One(MOVED)})
+    plan, _ = r.plan(previous, hold=False, full=False)
+    assert {(op.action, op.obj) for op in plan.ops} == {(Action.REPLACE, MOVED)}
+    previous = r.update({"blue/10.0.0.20": frozenset()})
+    r.observed[MOVED.key] = MOVED
+    plan, _ = r.plan(previous, hold=False, full=False)
+    assert {(op.action, op.obj) for op in plan.ops} == {(Action.DELETE, MOVED)}
+
+
+def test_one_key_wanted_twice_in_one_partition_with_two_values_is_refused():
+    r = synced(blue=BLUE)
+    with pytest.raises(ValueError, match="two values"):
+        r.update({"blue/10.0.0.20": [OLD, MOVED]})
+    assert "blue/10.0.0.20" not in r.desired and OLD.key not in r.owner

@@ -24,7 +24,7 @@ class Action(Enum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Op:
     action: Action
     obj: KernelObject  # the new value; for DELETE the value to delete
@@ -66,11 +66,12 @@ def by_key(objects: Iterable[KernelObject], where: str) -> dict[tuple, KernelObj
     return out
 
 
-def upserts(want: Mapping[tuple, KernelObject], have: Mapping[tuple, KernelObject]) -> list[Op]:
-    """A create for each wanted key the kernel lacks, a replace (carrying the old value) for each that differs."""
+def upserts(want: Iterable[KernelObject], have: Mapping[tuple, KernelObject]) -> list[Op]:
+    """A create for each wanted object whose key the kernel lacks, a replace (carrying the old value) for each
+    that differs. `want`: unique by key (by_key checked it)."""
     ops: list[Op] = []
-    for key, obj in want.items():
-        old = have.get(key)
+    for obj in want:
+        old = have.get(obj.key)
         if old is None:
             ops.append(Op(Action.CREATE, obj))
         elif old != obj:
@@ -96,5 +97,5 @@ def order(ops: Iterable[Op]) -> Plan:
 def diff(desired: Iterable[KernelObject], actual: Iterable[KernelObject]) -> Plan:
     want = by_key(desired, "desired")
     have = by_key(actual, "actual")
-    return order(upserts(want, have) + [Op(Action.DELETE, obj) for key, obj in have.items()
+    return order(upserts(want.values(), have) + [Op(Action.DELETE, obj) for key, obj in have.items()
                                         if key not in want and removable(obj)])

@@ -14,6 +14,7 @@ restarted agent adopts its own objects and never touches anyone else's:
 from __future__ import annotations
 
 import socket
+import sys
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -45,7 +46,7 @@ def _owned_name(name: str) -> None:
         raise ValueError(f"device name {name!r} must start with {DEVICE_PREFIX!r} and fit 15 characters")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Vrf:
     """One routing domain: a VRF device bound to its table."""
 
@@ -61,7 +62,7 @@ class Vrf:
         return ("vrf", self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NvgreDevice:
     """The host's flow-based NVGRE device for one underlay family: `gretap|ip6gretap external`,
     outside every VRF, its MAC the fabric-wide router MAC (every inner frame is addressed to it)."""
@@ -93,7 +94,7 @@ class NvgreDevice:
         return "gretap" if self.family == 4 else "ip6gretap"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VrfPort:
     """A local VM port (tap/veth created by the VM manager, not by us) as a routed port in the VRF,
     with an MTU that leaves room for the encapsulation (42 bytes IPv4 outer, 62 IPv6 outer)."""
@@ -108,7 +109,7 @@ class VrfPort:
         return ("port", self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sysctl:
     """A sysctl under /proc/sys/net in the namespace: forwarding, proxy_arp, proxy_ndp, proxy_delay."""
 
@@ -121,7 +122,7 @@ class Sysctl:
         return ("sysctl", self.path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TunIdRule:
     """Receive steering: `ip rule iif <nvgre dev> tun_id VSID<<8 lookup <routing domain table>`."""
 
@@ -140,7 +141,7 @@ class TunIdRule:
         return ("rule", self.family, self.iif, self.tun_id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FwmarkRule:
     """Marked traffic into a routing domain's table: `ip rule fwmark <mark> [iif <dev>] [ipproto <n>] lookup
     <table> pref <priority>`. Host: the ICMPv6 errors the host itself sends about a VM's packet (iif lo,
@@ -165,7 +166,7 @@ class FwmarkRule:
         return ("fwmark-rule", self.family, self.priority, self.fwmark, self.iif or "", self.ip_proto or 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UnreachableIifRule:
     """`ip rule add iif <nvgre dev> unreachable pref 999`: after the tun_id rules, so a decapsulated packet
     that no VSID's rule claimed never reaches the main (or local) table."""
@@ -183,7 +184,7 @@ class UnreachableIifRule:
         return ("unreachable-rule", self.family, self.iif)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalTableRule:
     """The local table after the tun_id rules and the l3mdev rule: `ip rule add pref 1100 lookup local` (ours),
     then the kernel's `pref 0 lookup local` deleted (the usual VRF practice). Without it an inner packet for
@@ -202,7 +203,7 @@ class LocalTableRule:
         return ("local-rule", self.family)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PermanentNeighbour:
     """The fixed on-link next hop (169.254.0.1 / fe80::1) -> router MAC on an NVGRE device."""
 
@@ -219,7 +220,7 @@ class PermanentNeighbour:
         return ("neigh", self.dev, self.address)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProxyNeighbour:
     """An IPv6 proxy NDP entry: the port answers neighbour solicitations for this (remote or gateway) CA."""
 
@@ -232,7 +233,7 @@ class ProxyNeighbour:
         return ("proxy", self.dev, self.address)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VrfAddress:
     """A subnet gateway as a local address of its routing domain's VRF device: `ip addr add 10.1.0.1/32 dev
     nvf-rd1` (IPv6: `fd00:b::1/128 nodad`). The kernel then puts a local route in the VRF's table, so the
@@ -260,7 +261,7 @@ class VrfAddress:
         return ("address", self.vrf, self.address)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Clsact:
     """The tc hook on one of our devices, bound to a shared ingress block: `tc qdisc add dev <dev>
     ingress_block <block> clsact`. Filters then name the block, not a device, so one filter serves every
@@ -278,7 +279,7 @@ class Clsact:
         return ("clsact", self.dev)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlowerMark:
     """Marks one VSID's packets on arrival, before netfilter: `tc filter replace block <block> pref TC_PREF
     handle <VSID> protocol all flower enc_key_id VSID<<8 action skbedit mark <mark>` (the whole GRE key, so
@@ -330,7 +331,7 @@ def _set_prefix(obj: LocalPortRoute | EncapRoute | ViaRoute) -> None:
     object.__setattr__(obj, "family", family)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalPortRoute:
     """CA/32 (/128) -> the local port, in the routing domain's table. `src`: the preferred source of what the
     host itself sends the CA (`src <its subnet's gateway>`, a VrfAddress): its ICMP errors (TTL exceeded,
@@ -357,7 +358,7 @@ class LocalPortRoute:
         return ("route", self.family, self.table, self.prefix, self.metric)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EncapRoute:
     """A remote CA: `CA/32 encap ip|ip6 id VSID<<8 dst PA ttl 64 key via <fixed next hop> dev <nvgre of
     the PA's family> onlink` in the routing domain's table. No per-CA neighbour: the next hop's
@@ -372,15 +373,19 @@ class EncapRoute:
     metric: int = DEFAULT_METRIC
     family: int = field(init=False, repr=False, compare=False)  # of the CA prefix
     pa_family: int = field(init=False, repr=False, compare=False)  # of the underlay
+    # one per remote CA, held by the desired and the observed state alike: the key is built once, so that
+    # every index of it holds the same tuple, and the PA's text is one string per PA, not per route
+    _key: tuple = field(init=False, repr=False, compare=False)
     order: ClassVar[int] = 4
 
     def __post_init__(self) -> None:
         _set_prefix(self)
         pa, pa_family = normal_address(self.pa)
-        object.__setattr__(self, "pa", pa)
+        object.__setattr__(self, "pa", sys.intern(pa))
         object.__setattr__(self, "pa_family", pa_family)
         if not 0 < self.vsid < 1 << 24:
             raise ValueError(f"VSID {self.vsid} is not a 24-bit value")
+        object.__setattr__(self, "_key", ("route", self.family, self.table, self.prefix, self.metric))
 
     @property
     def tun_id(self) -> int:
@@ -392,10 +397,10 @@ class EncapRoute:
 
     @property
     def key(self) -> tuple:
-        return ("route", self.family, self.table, self.prefix, self.metric)
+        return self._key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ViaRoute:
     """A prefix via a next hop on a device, in a table: `prefix via <address> dev <dev> table T metric M`.
     Host: a customer route whose next hop is a VM on this host (`via CA dev <its port>`). Gateway: the
@@ -421,7 +426,7 @@ class ViaRoute:
         return ("route", self.family, self.table, self.prefix, self.metric)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UnreachableRoute:
     """Everything else in the routing domain is dropped with an ICMP unreachable: `unreachable default`."""
 
