@@ -325,7 +325,8 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
         RouteReflector(lab, rr_ns, "rr", {"asn": 65000, "router_id": RR, "cluster_id": RR, "hold_time": 180,
                                           "listen": {"address": RR, "port": 179},
                                           "neighbors": [{"prefix": "198.51.100.0/24", "asn": 65000,
-                                                         "client": True}]})
+                                                         "client": True}]},
+                       start_timeout=120)  # (under TCG on a busy machine its start alone took over 15 s)
         config = tmp / "agent.yaml"
         config.write_text(yaml.safe_dump(agent_config(tmp)))
         ops_path = tmp / "ops.jsonl"
