@@ -78,9 +78,7 @@ def main() -> int:
             print(f"hv1 reconcile {key}: {ms(values)}")
         return 0
     finally:
-        if watch is not None:
-            watch.close()
-        fabric_down(fabric)
+        fabric_down(fabric, watch)
 
 
 if __name__ == "__main__":

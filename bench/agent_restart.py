@@ -277,9 +277,7 @@ def main() -> int:
         return 0
     finally:
         count_nft.uninstall()
-        if injector is not None:
-            injector.close()
-        fabric_down(fabric)
+        fabric_down(fabric, injector)
 
 
 if __name__ == "__main__":

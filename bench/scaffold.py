@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from nvfabric.lab import runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
@@ -19,6 +19,10 @@ from nvfabric.lab.topology import load
 Op = tuple[float, str, str, str | None]  # (when read, "create" or "delete", CA prefix, PA or None)
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
 def fabric_up(**kwargs: Any) -> Fabric:
     """The lab's default topology up, and a Fabric on it (`kwargs`: Fabric's); `fabric_down` undoes both."""
     topology = load(DEFAULT_TOPOLOGY)
@@ -26,7 +30,12 @@ def fabric_up(**kwargs: Any) -> Fabric:
     return Fabric(topology, **kwargs)
 
 
-def fabric_down(fabric: Fabric) -> None:
+def fabric_down(fabric: Fabric, *first: Closable | None) -> None:
+    """`fabric` closed and its topology taken down; before them, each of `first` that is there (what runs
+    on the fabric: an injector's loop, a watch), in order."""
+    for thing in first:
+        if thing is not None:
+            thing.close()
     fabric.close()
     runner.down(fabric.topology.name)
 
