@@ -66,7 +66,10 @@ def fabric():
 class Capture:
     def __init__(self, ns: str, iface: str, path: str) -> None:
         self.path = path
-        self.proc = subprocess.Popen(netns.in_netns(ns, ["tcpdump", "-i", iface, "-w", path, "-U", "-n"]),
+        # --immediate-mode: each packet reaches tcpdump as it comes (else libpcap holds it in the ring's block
+        # for up to a second, and what it holds at SIGINT is lost)
+        self.proc = subprocess.Popen(netns.in_netns(ns, ["tcpdump", "-i", iface, "-w", path, "-U", "-n",
+                                                         "--immediate-mode"]),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         said = []
@@ -78,7 +81,7 @@ class Capture:
             raise AssertionError(f"tcpdump on {iface} did not start: {''.join(said)}")
 
     def stop(self) -> bytes:
-        time.sleep(0.5)  # what is still on the way lands: at SIGINT tcpdump drops what it has not read yet
+        time.sleep(0.5)  # what is still on the way lands (a negative, nothing arriving, needs this window too)
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(10)
         with open(self.path, "rb") as f:
