@@ -18,15 +18,11 @@ import io
 import pstats
 import ipaddress
 import statistics
-import subprocess
-import threading
 import time
 
-from nvfabric.lab.fabric import Fabric
-from nvfabric.lab import netns, runner
-from nvfabric.lab.cli import DEFAULT_TOPOLOGY
-from nvfabric.lab.topology import load
+from nvfabric.lab import netns
 from nvfabric.vnet.model import Port
+from scaffold import RouteWatch, fabric_down, fabric_up
 
 
 def ms(xs: list[float]) -> str:
@@ -35,45 +31,13 @@ def ms(xs: list[float]) -> str:
             f"min {min(xs) * 1000:.0f} ms, max {max(xs) * 1000:.0f} ms")
 
 
-class RouteWatch:
-    """`ip monitor route` in a namespace; remembers when each /32 first appeared."""
-
-    def __init__(self, ns: str) -> None:
-        self.seen: dict[str, float] = {}
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen(["ip", "-n", ns, "-4", "monitor", "route"], stdout=subprocess.PIPE, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            now = time.monotonic()
-            if line.startswith("Deleted"):
-                continue
-            ca = line.split(" ", 1)[0]
-            with self.cond:
-                self.seen.setdefault(ca, now)
-                self.cond.notify_all()
-
-    def wait(self, ca: str, timeout: float) -> float:
-        with self.cond:
-            if not self.cond.wait_for(lambda: ca in self.seen, timeout):
-                raise TimeoutError(f"{ca} did not reach hv3's kernel within {timeout} s")
-            return self.seen[ca]
-
-    def close(self) -> None:
-        self.proc.terminate()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--profile", action="store_true",
                         help="cProfile hv1's agent thread during the attaches (slows it: timings are not comparable)")
     args = parser.parse_args()
-    topology = load(DEFAULT_TOPOLOGY)
-    runner.up(topology)
-    fabric = Fabric(topology)
+    fabric = fabric_up()
     watch = None
     try:
         fabric.up()
@@ -114,10 +78,7 @@ def main() -> int:
             print(f"hv1 reconcile {key}: {ms(values)}")
         return 0
     finally:
-        if watch is not None:
-            watch.close()
-        fabric.close()
-        runner.down(topology.name)
+        fabric_down(fabric, watch)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,9 @@ from typing import Any
 
 from nvfabric.hostagent import state
 from nvfabric.hostagent.agent import Agent
-from nvfabric.hostagent.config import AgentConfig
+from nvfabric.lab import standins
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.model import Port, RoutingDomain, VirtualSubnet
-from nvfabric.vnet.nftables import NftError
-from nvfabric.vnet.reconcile import Outcome
 
 # IPv4 only: an IPv6 CA adds a proxy NDP entry on every other port of its subnet (vnet/desired.py), which
 # at thousands of ports in one subnet is the desired state's cost, not the attach path's measured here
@@ -45,66 +43,10 @@ def port(i: int) -> Port:
                 port_security=True)
 
 
-class Reconciler:
-    """Every partition applied at once; nothing read back."""
-    full_pending = False
-    last = None
-
-    async def reconcile(self, parts: Any, hold: bool = False) -> Outcome:
-        return Outcome(time.time(), {}, (), 0, 0.0, False)
-
-    async def revert(self, applied: Any) -> list[Any]:
-        return []
-
-    def invalidate(self) -> None:
-        pass
-
-
-class Nft:
-    async def script(self, what: str, text: str) -> None:
-        pass
-
-    async def list_json(self, *args: str) -> dict[str, Any]:
-        raise NftError("list", "no table")  # a first write replaces the tables
-
-
-class Filters:
-    decap = None
-    decap_fed = None
-
-    async def marks(self, *args: Any, **kwargs: Any) -> bool:
-        return True
-
-    async def decapsulation(self, *args: Any, **kwargs: Any) -> bool:
-        return True
-
-
-class Client:
-    async def announce(self, routes: list[Any]) -> None:
-        pass
-
-    async def withdraw(self, keys: list[Any]) -> None:
-        pass
-
-    def routes(self) -> dict[Any, Any]:
-        return {}
-
-
 def agent(directory: Path) -> Agent:
-    config = AgentConfig.from_dict({
-        "asn": 65001, "router_id": "198.51.100.11", "provider_addresses": ["198.51.100.11"],
-        "route_reflectors": [{"address": "198.51.100.100"}], "state_dir": str(directory),
-        "routing_domains": [{"name": "blue", "route_targets": ["65001:1"],
-                             "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/8"]}]}],
-    })
-    a = Agent(config)
-    a._started = True
-    a._reconciler = Reconciler()  # type: ignore[assignment]
-    a._port_security.nft = Nft()  # type: ignore[assignment]
-    a._filters = Filters()  # type: ignore[assignment]
-    a._client = Client()  # type: ignore[assignment]
-    a._everything = False
-    return a
+    """The real agent, its kernel, nft and BGP client stand-ins (lab/standins.py): the Python measured."""
+    return standins.agent(directory, [{"name": "blue", "route_targets": ["65001:1"],
+                                       "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/8"]}]}])[0]
 
 
 def summary(xs: list[float]) -> str:

@@ -19,7 +19,9 @@ Where the agent's kernel is:
   Python, not the kernel (bench/netlink_install.py measures that). nftables are real (the decapsulation
   table: in-process libnftables, as in production). Lag = injector's send -> the op recorded.
 - `--kernel` (in the VM): the real kernel; lag = injector's send -> the route seen by `ip monitor route`
-  in the agent's namespace (a reader thread in this process stamps each line as it arrives).
+  in the agent's namespace (bench/scaffold.py: a reader thread in this process stamps each line as it
+  arrives; its netlink buffer enlarged, net.core.rmem_max raised for the run; `watch_overflows` counts
+  the times it overflowed anyway, each losing lines: then fewer changes count as applied).
 
 Per (size, rate): changes sent; applied (a change counts when its CA's route reached the kernel or the sink
 at or after its send: a later change to the same CA before the agent got to it is coalesced, by the client
@@ -225,34 +227,18 @@ def memory(agent: Any, recorder: Sink) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ kernel watch
 
 
-class RouteWatch:
-    """`ip monitor route` in the agent's namespace: (time, action, CA prefix, PA or None) per line."""
+WATCH_RCVBUF = 64 << 20  # bytes: under TCG at 1,000 changes/s the monitor's default buffer overflows
 
-    def __init__(self, ns: str) -> None:
-        self.ops: list[tuple[float, str, str, str | None]] = []
-        self.proc = subprocess.Popen(["ip", "-n", ns, "-4", "monitor", "route"], stdout=subprocess.PIPE, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            now = time.monotonic()
-            words = line.split()
-            if not words or "encap" not in words:
-                continue
-            deleted = words[0] == "Deleted"
-            if deleted:
-                words = words[1:]
-            pa = words[words.index("dst") + 1] if "dst" in words and not deleted else None
-            prefix = words[0] if "/" in words[0] else words[0] + "/32"
-            self.ops.append((now, "delete" if deleted else "create", prefix, pa))
-
-    def take(self) -> list[tuple[float, str, str, str | None]]:
-        ops, self.ops = self.ops, []
-        return ops
-
-    def close(self) -> None:
-        self.proc.terminate()
+def rmem_max(at_least: int) -> int | None:
+    """net.core.rmem_max (what caps a socket's receive buffer) raised to `at_least` if lower: the old value
+    (to put back), or None when it was high enough."""
+    path = Path("/proc/sys/net/core/rmem_max")
+    old = int(path.read_text())
+    if old >= at_least:
+        return None
+    path.write_text(str(at_least))
+    return old
 
 
 # ------------------------------------------------------------------------------------------ orchestration
@@ -401,6 +387,7 @@ def during(injector: Pipe, agent: Pipe, timeout: float, samples: list[dict[str, 
 
 def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     from nvfabric.lab.peers import Lab, RouteReflector, segment
+    from scaffold import RouteWatch  # (here: the agent's process, which runs this file too, does not load it)
 
     results: list[dict[str, Any]] = []
     lab = Lab(tmp=tmp, prefix=f"nvch{os.getpid() % 10000}-")
@@ -413,12 +400,13 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
         RouteReflector(lab, rr_ns, "rr", {"asn": 65000, "router_id": RR, "cluster_id": RR, "hold_time": 180,
                                           "listen": {"address": RR, "port": 179},
                                           "neighbors": [{"prefix": "198.51.100.0/24", "asn": 65000,
-                                                         "client": True}]})
+                                                         "client": True}]},
+                       start_timeout=120)  # (under TCG on a busy machine its start alone took over 15 s)
         config = tmp / "agent.yaml"
         config.write_text(yaml.safe_dump(agent_config(tmp)))
         ops_path = tmp / "ops.jsonl"
         if args.kernel:
-            watch = RouteWatch(hv_ns)
+            watch = RouteWatch(hv_ns, WATCH_RCVBUF)
         agent = Pipe(["ip", "netns", "exec", hv_ns, sys.executable, str(Path(__file__).resolve()), "--role", "agent",
                       "--config", str(config), "--ops", str(ops_path), *([] if args.kernel else ["--sink"])],
                      tmp / "agent.log")
@@ -453,6 +441,7 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
             injector.read(600, want="ready")
             agent.say("status")
             start = agent.read(want="cpu_s")
+            overflows = watch.overflows if watch is not None else 0
             injector.say("go")
             samples: list[dict[str, Any]] = []
             phase = during(injector, agent, args.seconds + 600, samples)
@@ -483,6 +472,7 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
                 "last_sync_s": end.get("last_sync_s"),
                 "rss_mib": round(end["rss_mib"], 1), "peak_rss_mib": round(end["hwm_mib"], 1),
                 "table": phase["table"],
+                **({"watch_overflows": watch.overflows - overflows} if watch is not None else {}),
             }
             print(json.dumps(result), flush=True)
             results.append(result)
@@ -554,9 +544,14 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     print(json.dumps({"commit": commit.stdout.strip(), "mode": "kernel" if args.kernel else
                       "sink (the agent's Python; netlink writes encoded, not sent)"}), flush=True)
-    for size in [int(s) for s in args.sizes.split(",")]:
-        with tempfile.TemporaryDirectory(prefix="nvfabric-churn-") as tmp:
-            results += one_size(size, rates, args, Path(tmp))
+    old_rmem = rmem_max(WATCH_RCVBUF) if args.kernel else None  # (in the VM: the machine is the bench's)
+    try:
+        for size in [int(s) for s in args.sizes.split(",")]:
+            with tempfile.TemporaryDirectory(prefix="nvfabric-churn-") as tmp:
+                results += one_size(size, rates, args, Path(tmp))
+    finally:
+        if old_rmem is not None:
+            Path("/proc/sys/net/core/rmem_max").write_text(str(old_rmem))
     print(table_md(results), flush=True)
     return 0
 

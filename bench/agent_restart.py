@@ -39,14 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import rr_reflect  # noqa: E402  (its counting BGP session)
 from isolation_switch import NftCount, delta, machine  # noqa: E402
+from scaffold import fabric_down, fabric_up  # noqa: E402
 
 from nvfabric.hostagent import agent as agent_module  # noqa: E402
-from nvfabric.lab import inject, runner  # noqa: E402
-from nvfabric.lab.cli import DEFAULT_TOPOLOGY  # noqa: E402
+from nvfabric.lab import inject  # noqa: E402
 from nvfabric.lab.daemons import LoopThread  # noqa: E402
 from nvfabric.lab.fabric import HV, RR, Fabric  # noqa: E402
 from nvfabric.lab.monitor import Monitor  # noqa: E402
-from nvfabric.lab.topology import load  # noqa: E402
 from nvfabric.vnet import reconcile  # noqa: E402
 
 VSID = 7001
@@ -216,9 +215,7 @@ def main() -> int:
     print(f"machine: {machine()}", flush=True)
     count_nft = NftCount().install()
     timeline = Timeline().install()
-    topology = load(DEFAULT_TOPOLOGY)
-    runner.up(topology)
-    fabric = Fabric(topology)
+    fabric = fabric_up()
     injector: LoopThread | None = None
     result: dict[str, Any] = {"remote_cas": args.remote_cas, "pas": args.pas}
     try:
@@ -280,10 +277,7 @@ def main() -> int:
         return 0
     finally:
         count_nft.uninstall()
-        if injector is not None:
-            injector.close()
-        fabric.close()
-        runner.down(topology.name)
+        fabric_down(fabric, injector)
 
 
 if __name__ == "__main__":

@@ -38,14 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import rr_reflect  # noqa: E402  (its counting BGP session and connect())
 from isolation_switch import NftCount, delta, has_port_security, machine, port_with_security, set_sizes  # noqa: E402
+from scaffold import fabric_down, fabric_up  # noqa: E402
 
 from nvfabric.bgp import wire  # noqa: E402
 from nvfabric.bgp.routes import MacIpRoute  # noqa: E402
-from nvfabric.lab import netns, runner  # noqa: E402
-from nvfabric.lab.cli import DEFAULT_TOPOLOGY  # noqa: E402
+from nvfabric.lab import netns  # noqa: E402
 from nvfabric.lab.daemons import LoopThread  # noqa: E402
 from nvfabric.lab.fabric import HV, Fabric  # noqa: E402
-from nvfabric.lab.topology import load  # noqa: E402
 from nvfabric.vnet.model import Port, RoutingDomain  # noqa: E402
 
 VSID = 7001
@@ -172,9 +171,7 @@ def main() -> int:
     print(f"machine: {machine()}", flush=True)
     print(f"port security in this tree: {'yes' if has_port_security() else 'no (Port has no port_security)'}")
     count_nft = NftCount().install()
-    topology = load(DEFAULT_TOPOLOGY)
-    runner.up(topology)
-    fabric = Fabric(topology)
+    fabric = fabric_up()
     injector = None
     try:
         # BGP's usual hold time, not the lab's 9 s: under TCG, one process holding the agent, the injector and
@@ -225,10 +222,7 @@ def main() -> int:
         return 0
     finally:
         count_nft.uninstall()
-        if injector is not None:
-            injector.close()
-        fabric.close()
-        runner.down(topology.name)
+        fabric_down(fabric, injector)
 
 
 if __name__ == "__main__":

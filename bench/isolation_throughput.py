@@ -34,11 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from isolation_switch import (  # noqa: E402
     bypass_state, decap_bypass, has_port_security, machine, port_with_security)
+from scaffold import fabric_down, fabric_up  # noqa: E402
 
-from nvfabric.lab import netns, runner  # noqa: E402
-from nvfabric.lab.cli import DEFAULT_TOPOLOGY  # noqa: E402
+from nvfabric.lab import netns  # noqa: E402
 from nvfabric.lab.fabric import VMS, Fabric, wait_for  # noqa: E402
-from nvfabric.lab.topology import load  # noqa: E402
 
 SENDER, RECEIVER = "b1", "b2"
 VM = {vm.name: vm for vm in VMS}
@@ -90,9 +89,7 @@ def main() -> int:
     parser.add_argument("--first", choices=["with", "without"], default="with")
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
-    topology = load(DEFAULT_TOPOLOGY)
-    runner.up(topology)
-    fabric = Fabric(topology)
+    fabric = fabric_up()
     server = None
     try:
         fabric.up()
@@ -140,8 +137,7 @@ def main() -> int:
         if server is not None:
             server.terminate()
             server.wait(10)
-        fabric.close()
-        runner.down(topology.name)
+        fabric_down(fabric)
 
 
 if __name__ == "__main__":

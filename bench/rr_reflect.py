@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,8 +35,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nvfabric.bgp import fsm, wire  # noqa: E402
-from nvfabric.bgp.routes import Family, MacIpRoute  # noqa: E402
+from nvfabric.bgp import wire  # noqa: E402
+from nvfabric.bgp.routes import MacIpRoute  # noqa: E402
+from nvfabric.lab import inject  # noqa: E402
 
 RR = "198.51.100.100"
 INJECTOR = "198.51.100.1"
@@ -65,36 +64,20 @@ def routes(count: int) -> list[MacIpRoute]:
 # ------------------------------------------------------------------------------------------ load process
 
 
-class Counted:
-    """What the counting decoder returns to the FSM (it needs `.errors`)."""
+class BenchPeer(inject.Session):
+    """The injector's session (lab/inject.py) that counts the NLRI in the UPDATEs it receives."""
 
-    errors: list[Any] = []
-
-
-COUNTED = Counted()
-
-
-class BenchPeer(asyncio.Protocol):
-    """One BGP session driven by bgp/fsm.py; counts NLRI in the UPDATEs it receives."""
-
-    def __init__(self, local: str, router_id: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.local = local
-        self.loop = loop
-        self.caps = wire.Capabilities(asn=65000, router_id=ipaddress.IPv4Address(router_id), hold_time=180,
-                                      families=frozenset({Family.L2VPN_EVPN}))
-        self.fsm: fsm.Fsm | None = None
-        self.transport: asyncio.Transport | None = None
-        self.established = asyncio.Event()
-        self.negotiated: wire.Negotiated | None = None
+    def __init__(self, router_id: str, asn: int, peer: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(router_id, asn, peer, loop)
+        self.local = router_id
         self.announced = 0
         self.withdrawn = 0
         self.update_bytes = 0
         self.want_announced = -1
         self.want_withdrawn = -1
         self.reached = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
 
-    def decode(self, negotiated: wire.Negotiated, body: bytes, source: Any) -> Counted:
+    def _decode(self, negotiated: wire.Negotiated, body: bytes, source: Any) -> Any:
         self.update_bytes += len(body) + wire.HEADER_LENGTH
         attr_start = 4 + int.from_bytes(body[0:2], "big")
         end = attr_start + int.from_bytes(body[attr_start - 2 : attr_start], "big")
@@ -122,71 +105,17 @@ class BenchPeer(asyncio.Protocol):
         if (self.want_announced >= 0 and self.announced >= self.want_announced) or (
                 self.want_withdrawn >= 0 and self.withdrawn >= self.want_withdrawn):
             self.reached.set()
-        return COUNTED
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        config = fsm.FsmConfig(self.caps, 65000, ipaddress.ip_address(RR), self.decode)
-        self.fsm = fsm.Fsm(config, self.loop.time())
-        self._after([])
-
-    def data_received(self, data: bytes) -> None:
-        assert self.fsm is not None
-        self._after(self.fsm.receive(data, self.loop.time()))
+        return super()._decode(negotiated, body, source)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.fsm is not None:
-            self.fsm.connection_lost(str(exc))
+        super().connection_lost(exc)
         print(json.dumps({"lost": self.local, "error": str(exc)}), file=sys.stderr, flush=True)
-
-    def _on_timer(self) -> None:
-        assert self.fsm is not None
-        self._after(self.fsm.handle_timer(self.loop.time()))
-
-    def _after(self, events: list[Any]) -> None:
-        assert self.fsm is not None and self.transport is not None
-        out = self.fsm.data_to_send()
-        if out:
-            self.transport.write(out)
-        if self._timer is not None:
-            self._timer.cancel()
-        when = self.fsm.next_timer()
-        self._timer = self.loop.call_at(when, self._on_timer) if when is not None else None
-        for event in events:
-            if isinstance(event, fsm.Established):
-                self.negotiated = event.negotiated
-                self.established.set()
-
-    def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
 
 
 async def connect(local: str, router_id: str, deadline: float) -> BenchPeer:
-    loop = asyncio.get_running_loop()
-    while True:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.bind((local, 0))
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, (RR, 179)), 2)
-        except (OSError, TimeoutError):
-            sock.close()
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-            continue
-        peer = BenchPeer(local, router_id, loop)
-        await loop.connect_accepted_socket(lambda peer=peer: peer, sock)
-        try:
-            await asyncio.wait_for(peer.established.wait(), max(1.0, deadline - time.monotonic()))
-        except TimeoutError:
-            peer.transport.close()  # type: ignore[union-attr]
-            if time.monotonic() > deadline:
-                raise
-            continue
-        return peer
+    """A counting session to the reflector from `local` (also its router ID: `router_id` must equal it)."""
+    assert local == router_id, (local, router_id)
+    return await inject.connect(RR, local, timeout=max(1.0, deadline - time.monotonic()), session_type=BenchPeer)
 
 
 async def wait_all(peers: list[BenchPeer], attribute: str, count: int,

@@ -7,66 +7,15 @@ the right tenant). A refusal is logged and reported (False): the owner retries."
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Collection, Mapping
 
 from nvfabric.vnet import decap
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import vrf_name
-from nvfabric.vnet.model import Address, LookupRecord
 from nvfabric.vnet.nftables import Nft, NftError
 from nvfabric.vnet.vrfmark import VrfMarks
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-def gre_sources(routes: Iterable[Any], ours: Collection[Address]) -> Counter[Address]:
-    """Pure: the PAs GRE is accepted from, each with the number of accepted routes through it: every learned
-    next hop but ours (what a hold keeps is vnet.decap's)."""
-    counts = Counter(r.next_hop for r in routes if getattr(r, "next_hop", None) is not None)
-    for pa in ours:
-        counts.pop(pa, None)
-    return counts
-
-
-def sorted_difference(old: Sequence[T], new: Sequence[T], key: Callable[[T], Any]) -> tuple[list[T], list[T]]:
-    """Pure: (the items only in `old`, the items only in `new`) of two sequences sorted by `key`, unique by
-    it, in one merge walk. Equal items cost one comparison each and no hashing: 100,000 lookup records
-    (frozen dataclasses holding ipaddress objects, hashed in Python) would cost ten times more in a set or a
-    Counter. Out of order, it still reports every item only on one side; an item on both may then be
-    reported gone and come, which cancels out when the gone are taken away first."""
-    gone: list[T] = []
-    come: list[T] = []
-    i = j = 0
-    while i < len(old) and j < len(new):
-        o, n = old[i], new[j]
-        if o == n:
-            i += 1
-            j += 1
-            continue
-        ko, kn = key(o), key(n)
-        if ko < kn:
-            gone.append(o)
-            i += 1
-        elif kn < ko:
-            come.append(n)
-            j += 1
-        else:
-            gone.append(o)
-            come.append(n)
-            i += 1
-            j += 1
-    gone.extend(old[i:])
-    come.extend(new[j:])
-    return gone, come
-
-
-def changed_records(old: Sequence[LookupRecord], new: Sequence[LookupRecord]) \
-        -> tuple[list[LookupRecord], list[LookupRecord]]:
-    """Pure: (the records gone, the records come) between two tuples in vnet/learn.py lookup_records' order."""
-    return sorted_difference(old, new, lambda r: (r.routing_domain, r.ca.version, r.ca))
 
 
 def served_vsids(catalog: Catalog, tables: Mapping[str, int]) -> dict[int, int]:

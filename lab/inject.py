@@ -33,11 +33,11 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nvfabric.bgp import fsm, wire
 from nvfabric.bgp.mac import Mac
@@ -308,8 +308,13 @@ class Session(asyncio.Protocol):
             self.transport.close()
 
 
-async def connect(reflector: str, local: str, asn: int = 65000, timeout: float = 60.0, port: int = 179) -> Session:
-    """A session to `reflector` from `local` (also our router ID), retried until established or `timeout`."""
+S = TypeVar("S", bound=Session)
+
+
+async def connect(reflector: str, local: str, asn: int = 65000, timeout: float = 60.0, port: int = 179,
+                  session_type: Callable[[str, int, str, asyncio.AbstractEventLoop], S] = Session) -> S:
+    """A session to `reflector` from `local` (also our router ID), retried until established or `timeout`.
+    `session_type`: a Session that decodes what it receives (a benchmark's counting one)."""
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + timeout
     while True:
@@ -324,7 +329,7 @@ async def connect(reflector: str, local: str, asn: int = 65000, timeout: float =
                 raise
             await asyncio.sleep(0.2)
             continue
-        session = Session(local, asn, reflector, loop)
+        session = session_type(local, asn, reflector, loop)
         await loop.connect_accepted_socket(lambda session=session: session, sock)
         try:
             await asyncio.wait_for(session.established.wait(), max(1.0, deadline - time.monotonic()))

@@ -227,7 +227,8 @@ class Speaker:
 class RouteReflector:
     """`nvfabric rr --config` in a namespace, its REST API read from inside the namespace."""
 
-    def __init__(self, lab: Lab, ns: str, name: str, config: dict[str, Any], api_port: int = 8179) -> None:
+    def __init__(self, lab: Lab, ns: str, name: str, config: dict[str, Any], api_port: int = 8179,
+                 start_timeout: float = 15.0) -> None:
         self.ns = ns
         self.config_path = lab.tmp / f"{name}.yaml"
         self.api = f"http://127.0.0.1:{api_port}"
@@ -237,7 +238,7 @@ class RouteReflector:
         argv = [sys.executable, "-m", "nvfabric.cli", "rr", "--config", str(self.config_path)]
         self.proc = Process(ns, argv, self.log, env={**os.environ, "PYTHONPATH": str(REPO)})
         lab.processes.append(self.proc)
-        wait_for(lambda: self.get("/v1/summary"), 15, what=f"{name} API")
+        wait_for(lambda: self.get("/v1/summary"), start_timeout, what=f"{name} API")
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.config = config

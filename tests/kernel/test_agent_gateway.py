@@ -126,7 +126,7 @@ for port in (8500, 179):
     except OSError:
         pass  # already listened to (the agent's API): all the better
 print("listening", flush=True)
-time.sleep(120)
+time.sleep(120)  # holds the ports until the test kills it
 """
 
 

@@ -66,12 +66,22 @@ def fabric():
 class Capture:
     def __init__(self, ns: str, iface: str, path: str) -> None:
         self.path = path
-        self.proc = subprocess.Popen(netns.in_netns(ns, ["tcpdump", "-i", iface, "-w", path, "-U", "-n"]),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
+        # --immediate-mode: each packet reaches tcpdump as it comes (else libpcap holds it in the ring's block
+        # for up to a second, and what it holds at SIGINT is lost)
+        self.proc = subprocess.Popen(netns.in_netns(ns, ["tcpdump", "-i", iface, "-w", path, "-U", "-n",
+                                                         "--immediate-mode"]),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        said = []
+        for line in self.proc.stderr:  # "listening on IFACE, ...": capturing from here on
+            said.append(line)
+            if "listening on" in line:
+                break
+        else:
+            raise AssertionError(f"tcpdump on {iface} did not start: {''.join(said)}")
 
     def stop(self) -> bytes:
-        time.sleep(0.5)
+        time.sleep(0.5)  # what is still on the way lands (a negative, nothing arriving, needs this window too)
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(10)
         with open(self.path, "rb") as f:
@@ -356,10 +366,11 @@ def test_mtu_df_too_big_gets_frag_needed_and_tcp_moves_10_mb(fabric):
     server = subprocess.Popen(netns.in_netns(fabric.vm_ns["b2"], [sys.executable, "-c", SINK]),
                               stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
         started = time.monotonic()
         sent = netns.run(netns.in_netns(fabric.vm_ns["b1"], [sys.executable, "-c", SOURCE]), timeout=120).output
-        got = server.communicate(timeout=60)[0]
+        server.wait(60)
+        got = server.stdout.read()
     finally:
         if server.poll() is None:
             server.kill()
@@ -388,6 +399,7 @@ def test_ipv6_too_big_gets_packet_too_big(fabric):
 SINK = """
 import socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("10.0.0.12", 5555)); s.listen(1)
+print("listening", flush=True)
 c, _ = s.accept(); n = 0
 while True:
     b = c.recv(65536)
@@ -527,10 +539,10 @@ def _restart_during_ping(fabric, first, spawn, wait_running) -> None:
     wait_running(first)
     assert fabric.reaches("b1", "10.0.0.12")
     pinger = _continuous_ping(fabric, "b1", "10.0.0.12", 25)
-    time.sleep(3)
+    time.sleep(3)  # pacing: the event falls inside the ping's fixed window, with replies before it
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    time.sleep(2)
+    time.sleep(2)  # the subject: forwarding while no agent runs on hv2
     second = spawn()
     try:
         try:
@@ -554,7 +566,7 @@ def test_moving_a_vm_from_hv2_to_hv3_pings_resume(fabric):
     b2 = VM["b2"]
     assert fabric.reaches("b1", "10.0.0.12")
     pinger = _continuous_ping(fabric, "b1", "10.0.0.12", 20)
-    time.sleep(2)
+    time.sleep(2)  # pacing: the move falls inside the ping's fixed window, with replies before it
     fabric.plug(b2, host="hv3")  # the VM's interface now lives on hv3 (live migration)
     put_at = time.time()
     fabric.agents["hv3"].call(lambda a: a.put_port(b2.port()))
@@ -578,7 +590,7 @@ def test_moving_a_vm_from_hv2_to_hv3_pings_resume(fabric):
 def test_both_reflectors_down_forwarding_continues(fabric):
     assert fabric.reaches("b1", "10.0.1.13")
     pinger = _continuous_ping(fabric, "b1", "10.0.1.13", 15)
-    time.sleep(2)
+    time.sleep(2)  # pacing: the kill falls inside the ping's fixed window, with replies before it
     fabric.kill_reflector("rr1")
     fabric.kill_reflector("rr2")
     wait_for(lambda: fabric.agents["hv1"].read(lambda a: a.status()).headless, 30, "headless")

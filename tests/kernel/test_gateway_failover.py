@@ -63,7 +63,7 @@ def stays_with(two: TwoGateways, name: str, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         assert two.routed_to(name), f"the role left {name}"
-        time.sleep(0.5)
+        time.sleep(0.5)  # a negative needs a window: checked every half second of it
 
 
 def test_link_cut_of_gw1_then_sigkill_of_gw2_keep_connections(two: TwoGateways) -> None:

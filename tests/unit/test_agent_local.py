@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
 from types import MappingProxyType
-from typing import Any
 
 from hypothesis import given, settings, strategies as st
 
 from nvfabric.hostagent import state
 from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.compute import View
-from nvfabric.hostagent.config import AgentConfig
 from nvfabric.hostagent.guest import offer
 from nvfabric.hostagent.guest.responder import Responder
 from nvfabric.hostagent.mobility import MacState, Mobility
+from nvfabric.lab import standins
+from nvfabric.lab.standins import Client, Nft
 from nvfabric.vnet import announce
 from nvfabric.vnet.model import Port
-from nvfabric.vnet.nftables import NftError
 from nvfabric.vnet.portsecurity import guarded
-from nvfabric.vnet.reconcile import Outcome
 from tests.unit.test_guest_responder import MemoryWire
 
 ip = ipaddress.ip_address
@@ -38,76 +35,8 @@ DOMAINS = [
 ]
 
 
-class Reconciler:
-    full_pending = False
-    last = None
-
-    async def reconcile(self, parts: Any, hold: bool = False) -> Outcome:
-        return Outcome(time.time(), {}, (), 0, 0.0, False)
-
-    async def revert(self, applied: Any) -> list[Any]:
-        return []
-
-    def invalidate(self) -> None:
-        pass
-
-
-class Nft:
-    def __init__(self) -> None:
-        self.scripts: list[str] = []
-
-    async def script(self, what: str, text: str) -> None:
-        self.scripts.append(text)
-
-    async def list_json(self, *args: str) -> dict[str, Any]:
-        raise NftError("list", "no table")
-
-
-class Filters:
-    decap = None
-    decap_fed = None
-
-    async def marks(self, *args: Any) -> bool:
-        return True
-
-    async def decapsulation(self, *args: Any, **kwargs: Any) -> bool:
-        return True
-
-
-class Client:
-    """What a BGP client announces now, and each call."""
-
-    def __init__(self) -> None:
-        self.routes_out: dict[Any, Any] = {}
-        self.calls: list[tuple[str, int]] = []
-
-    async def announce(self, routes: list[Any]) -> None:
-        self.calls.append(("announce", len(routes)))
-        self.routes_out.update((r.key, r) for r in routes)
-
-    async def withdraw(self, keys: list[Any]) -> None:
-        self.calls.append(("withdraw", len(keys)))
-        for k in keys:
-            del self.routes_out[k]
-
-    def routes(self) -> dict[Any, Any]:
-        return {}
-
-
 def make(tmp_path) -> tuple[Agent, Client, Nft]:
-    config = AgentConfig.from_dict({
-        "asn": 65001, "router_id": "198.51.100.11", "provider_addresses": ["198.51.100.11"],
-        "route_reflectors": [{"address": "198.51.100.100"}], "state_dir": str(tmp_path), "routing_domains": DOMAINS,
-    })
-    agent = Agent(config)
-    agent._started = True
-    agent._everything = False
-    agent._reconciler = Reconciler()  # type: ignore[assignment]
-    nft = Nft()
-    agent._port_security.nft = nft  # type: ignore[assignment]
-    agent._filters = Filters()  # type: ignore[assignment]
-    client = Client()
-    agent._client = client  # type: ignore[assignment]
+    agent, client, nft = standins.agent(tmp_path, DOMAINS)
     agent._guest = Responder(MemoryWire(), agent._on_claim, advertisers={})
     return agent, client, nft
 

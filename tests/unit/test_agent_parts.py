@@ -1,44 +1,12 @@
-"""The agent's pure parts: the decapsulation table's and VRF marks' contents, the announced-routes diff."""
+"""The agent's pure parts: the served VSIDs, the VRF marks, the announced-routes diff."""
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-
-from hypothesis import given
-from hypothesis import strategies as st
 
 from nvfabric.bgp.announced import Announced, diff
-from nvfabric.hostagent.filters import changed_records, gre_sources, served_vsids, sorted_difference, vrf_marks
+from nvfabric.hostagent.filters import served_vsids, vrf_marks
 from tests.unit.agent_fixtures import catalog
-
-PA1, PA2, PA3 = (ipaddress.ip_address(f"198.51.100.{n}") for n in (11, 12, 13))
-
-
-class Hop:
-    def __init__(self, next_hop) -> None:
-        self.next_hop = next_hop
-
-
-def test_gre_is_accepted_from_learned_next_hops_but_ours_counted_by_route() -> None:
-    assert gre_sources([Hop(PA1), Hop(PA2), Hop(PA2), Hop(PA3), object()], [PA1]) == {PA2: 2, PA3: 1}
-
-
-def test_the_records_that_changed_in_one_walk_of_two_sorted_tuples() -> None:
-    from nvfabric.vnet.model import LookupRecord
-
-    def r(domain: str, ca: str, pa=PA2) -> LookupRecord:
-        return LookupRecord(domain, 5001, ipaddress.ip_address(ca), "02:00:00:00:00:01", pa)
-
-    old = (r("blue", "10.0.0.1"), r("blue", "10.0.0.2"), r("blue", "fd00::1"), r("red", "10.0.0.1"))
-    new = (r("blue", "10.0.0.0"), r("blue", "10.0.0.2", PA3), r("blue", "fd00::1"), r("red", "10.0.0.1"),
-           r("red", "10.0.0.9"))
-    assert changed_records(old, new) == ([old[0], old[1]], [new[0], new[1], new[4]])
-    assert changed_records(old, old) == ([], [])
-    # out of order: every record of one side only is there; one on both sides, if any, is gone and come
-    gone, come = changed_records(old[::-1], new[::-1])
-    assert {old[0], old[1]} <= set(gone) and {new[0], new[1], new[4]} <= set(come)
-    assert set(gone) - {old[0], old[1]} == set(come) - {new[0], new[1], new[4]}
 
 
 def test_served_vsids_are_every_configured_subnet_with_its_routing_domains_table() -> None:
@@ -83,17 +51,3 @@ def test_announced_by_group_touches_only_the_named_groups() -> None:
     asyncio.run(announced.update(client, {"blue": {}}))
     assert client.calls == [("withdraw", ["a"])]
     assert announced.groups == ["red"] and list(announced.routes) == ["b"]
-
-
-@given(old=st.dictionaries(st.integers(0, 20), st.integers(0, 2)),
-       new=st.dictionaries(st.integers(0, 20), st.integers(0, 2)), shuffle=st.randoms())
-def test_the_walk_reports_every_change_in_any_order_and_only_cancelling_extras(old, new, shuffle) -> None:
-    a, b = sorted(old.items()), sorted(new.items())
-    gone, come = sorted_difference(a, b, lambda kv: kv[0])
-    assert set(gone) == set(a) - set(b) and set(come) == set(b) - set(a)
-    shuffle.shuffle(a)
-    shuffle.shuffle(b)
-    gone, come = sorted_difference(a, b, lambda kv: kv[0])
-    assert len(gone) == len(set(gone)) and len(come) == len(set(come))
-    assert set(gone) - (set(a) - set(b)) == set(come) - (set(b) - set(a)) <= set(a) & set(b)
-    assert set(a) - set(b) <= set(gone) and set(b) - set(a) <= set(come)

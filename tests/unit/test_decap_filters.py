@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from nvfabric.hostagent.filters import Filters, changed_records
+from nvfabric.hostagent.filters import Filters
 from nvfabric.vnet import decap
 from nvfabric.vnet.decap import DecapInputs, DecapTable
 from nvfabric.vnet.model import LookupRecord, RemotePrefix
@@ -46,7 +46,7 @@ class Recording(Nft):
 
 
 def _change(was: DecapInputs, now: DecapInputs) -> decap.DecapChange:
-    return decap.change(changed_records(was.records, now.records), (was.prefixes, now.prefixes),
+    return decap.change((was.records, now.records), (was.prefixes, now.prefixes),
                         (was.next_hops, now.next_hops), (was.customer_routes, now.customer_routes),
                         (was.tables, now.tables), (was.vsids, now.vsids))
 

@@ -3,7 +3,6 @@ name the field), conntrackd's configuration, its statistics, the status document
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import os
@@ -18,6 +17,7 @@ from nvfabric.gateway.config import GatewayConfig, SyncConfig
 from nvfabric.gateway.conntrackd import (ConntrackdStats, SyncFiles, SyncStatus, conntrackd_conf, own_addresses,
                                          parse_stats)
 from nvfabric.gateway.peerids import IdExchange, decode, differ, encode
+from tests.waits import until
 
 SYNC = {"interface": "eth3", "local_address": "192.0.2.21", "peer_address": "192.0.2.22"}
 TENANT = {"name": "blue", "route_targets": ["65001:1"], "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"]}],
@@ -196,17 +196,10 @@ async def test_two_gateways_exchange_their_ids_over_the_sync_link() -> None:
     await one.start()
     await two.start()
     try:
-        for _ in range(200):
-            if one.theirs is not None and two.theirs is not None:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: one.theirs is not None and two.theirs is not None, what="both have the other's ids")
         assert one.differ() == {"red": (1001, 1002)} and two.differ() == {"red": (1002, 1001)}
         theirs["red"] = 1001
-        for _ in range(200):
-            if not one.differ():
-                break
-            await asyncio.sleep(0.05)
-        assert one.differ() == {}
+        await until(lambda: not one.differ(), what="the ids agree")
     finally:
         await one.stop()
         await two.stop()

@@ -4,8 +4,6 @@ tests/integration/test_rr_*.py."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address
 from typing import Any
@@ -22,6 +20,7 @@ from nvfabric.bgp.reflector.daemon import Reflector
 from nvfabric.bgp.routes import MacIpRoute, Path, PathAttributes, UnicastRoute
 from nvfabric.bgp.speaker import Speaker
 from nvfabric.service.config import ApiConfig
+from tests.waits import until
 
 TOKEN = "rr-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,17 +42,6 @@ def speaker(router_id: str, local: str, port: int) -> Speaker:
     return Speaker(bgp_config.parse({
         "asn": 65000, "router_id": router_id, "hold_time": 9, "families": ["l2vpn-evpn", "ipv4-unicast"],
         "neighbours": [{"address": "127.0.0.1", "asn": 65000, "port": port, "local_address": local}]}))
-
-
-async def until(probe: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or probe}: last={value!r}")
-        await asyncio.sleep(0.02)
 
 
 def held(s: Speaker) -> dict:

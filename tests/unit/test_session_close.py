@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
-from collections.abc import Callable
-from typing import Any
 
 from nvfabric.bgp import config as bgp_config
 from nvfabric.bgp import wire
@@ -15,16 +12,9 @@ from nvfabric.bgp.routes import Family
 from nvfabric.bgp.speaker import Speaker
 from nvfabric.lab.fuzz.session import RawSession, capabilities
 from nvfabric.lab.fuzz.targets import route
+from tests.waits import until
 
 TABLE = 5000  # routes: far more than our small receive buffer holds, so the NOTIFICATION queues behind them
-
-
-async def until(probe: Callable[[], Any], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_the_notification_arrives_after_the_table_when_the_peer_has_sent_more():

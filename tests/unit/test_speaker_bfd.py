@@ -6,7 +6,6 @@ FRR's bfdd are in tests/integration/test_bgp_bfd_frr.py."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from nvfabric.bgp.reflector import config as rr_config
 from nvfabric.bgp.reflector.daemon import Reflector
 from nvfabric.bgp.routes import MacIpRoute
 from nvfabric.bgp.speaker import PeerStatus, Speaker
+from tests.waits import until
 
 ROUTE = MacIpRoute(rd="198.51.100.1:1", mac="00:15:5d:01:02:03", ip="10.1.0.5", vsid=5001,
                    next_hop="198.51.100.1", route_targets=("65000:5001",))
@@ -70,17 +70,6 @@ class FakeBfd:
 
 def cfg(router_id: str, **extra: Any) -> config.SpeakerConfig:
     return config.parse({"asn": 65000, "router_id": router_id, "hold_time": 9, **extra})
-
-
-async def until(probe: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or probe}: last={value!r}")
-        await asyncio.sleep(0.01)
 
 
 class Watcher:
