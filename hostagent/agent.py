@@ -194,17 +194,22 @@ class Agent:
                 self._provider_prefixes = None
         self._view.tables = allocate_tables(self._view.catalog.routing_domains,
                                             {**adopted, **self._view.tables})
-        await self._filters.start()
+        self._filters.begin()  # (nft lists them on its own thread while the kernel's routes are read here)
         self._client = Client(SpeakerConfig(
             asn=self.config.asn, router_id=self.config.router_id, families=(Family.L2VPN_EVPN,),
             neighbors=tuple(r.neighbor() for r in self.config.route_reflectors),
             graceful_restart=GracefulRestartConfig(enabled=True, forwarding_preserved=True),
         ))
         self._started = True
+        # The sessions start before the kernel is read: the fabric's table arrives (decoded and queued by the
+        # client, not consumed: the hold does not move) while the first reconcile reads the kernel, instead
+        # of after it. Our own routes are in the speaker first: a session that comes up sends them before our
+        # End-of-RIB, so the reflectors, which keep them as stale meanwhile, never withdraw them.
+        await self._announce()
+        await self._client.start()
         async with self._lock:
             await self._sync_locked()  # adopts what is there; learned routes held until End-of-RIB
             self._start_guest()
-        await self._client.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._consume(), name="agent-bgp"),
@@ -227,6 +232,7 @@ class Agent:
         if self._guest is not None:
             await self._guest.close()
             self._guest = None
+        await self._filters.close()
         if self._sock is not None:
             self._sock.close()
         # the kernel state stays: forwarding continues while the agent is away (graceful restart)
