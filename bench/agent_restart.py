@@ -79,11 +79,11 @@ class Timeline:
         rec = reconcile.Reconciler.reconcile
         on_peer = agent_module.Agent._on_peer
 
-        async def timed_reconcile(r: reconcile.Reconciler, parts: Any, hold: bool = False) -> Any:
-            outcome = await rec(r, parts, hold)
+        async def timed_reconcile(r: reconcile.Reconciler, parts: Any, hold: bool = False, *more: Any) -> Any:
+            outcome = await rec(r, parts, hold, *more)
             timeline.mark("reconcile", seconds=outcome.seconds, plan=outcome.plan_seconds,
                           apply=outcome.apply_seconds, counts=outcome.counts, full=outcome.full_observe,
-                          held=outcome.held, hold=hold)
+                          held=outcome.held, hold=hold, deferred=getattr(outcome, "deferred", 0))
             return outcome
 
         def peer(a: Any, event: Any) -> None:

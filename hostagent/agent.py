@@ -475,10 +475,10 @@ class Agent:
         table = self._table_for(view.catalog, fresh=everything if fresh is None else fresh)
         return compute(view, table, self.host, self._learned_state, None if everything else dirty, self._change)
 
-    async def _reconcile(self, desired: Step) -> Outcome:
+    async def _reconcile(self, desired: Step, defer: bool = False) -> Outcome:
         assert self._reconciler is not None
         holding = self._hold.holding  # (the hold may end while the kernel is written)
-        outcome = await self._reconciler.reconcile(desired.partitions, holding)
+        outcome = await self._reconciler.reconcile(desired.partitions, holding, defer and holding)
         self.metrics.reconciled(outcome)
         self._programmed |= outcome.ok and not holding
         self._everything = False
@@ -619,7 +619,7 @@ class Agent:
         else:
             self._remote_macs = set()
         desired = self._compute(view, dirty, fresh=False)
-        outcome = await self._reconcile(desired)
+        outcome = await self._reconcile(desired, defer=self._selection_deferred())
         if outcome.errors:
             log.warning("reconcile: %d errors: %s", len(outcome.errors), outcome.errors[:3])
             self._dirty.set()  # retry (the reconciler observes the kernel again, a full pass)
@@ -782,15 +782,15 @@ class Agent:
             elif isinstance(event, RouteUpdate):
                 # kept for the syncer (the latest per key: a burst of changes to one key is one change)
                 self._incoming[event.key] = event.route
-                if self._selection_deferred():
-                    continue  # programmed once the table is all in (End-of-RIB), not batch by batch
             self._dirty.set()
 
     def _selection_deferred(self) -> bool:
         """After a start, until End-of-RIB from the reflectors (or eor_timeout), the fabric's table is still
         arriving (RFC 4724 section 4.1 defers route selection likewise): the kernel keeps forwarding with
-        what the previous run left, and the table is computed and compared with it once, not for every
-        batch of a 100,000-route table. Not after a reflector outage: changes apply as they come then."""
+        what the previous run left. The table is learned and compared with the kernel as it arrives, batch
+        by batch (O(each batch)), but nothing is written (`Reconciler.reconcile`'s `defer`): what differs
+        waits, and is written by the pass after End-of-RIB, which then has only the rest to plan. Not after
+        a reflector outage: changes apply as they come then."""
         return not self._hold.synced and not self._hold.after_headless
 
     def _on_peer(self, event: PeerStatus) -> None:
