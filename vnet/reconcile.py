@@ -150,8 +150,12 @@ class Reconciler:
                 continue
             self.held.pop(key, None)
             ops.append(Op(Action.DELETE, obj))
-        for key in [k for k in self.held if k in self.owner or k not in self.observed]:
-            del self.held[key]  # wanted again, or gone
+        if self.held:
+            # wanted again (by a partition planned now: O(the change), not O(what is held), which a restart's
+            # table arriving batch by batch would pay at every batch), or gone
+            wanted = (key for name in names for key in self.desired[name]) if not full else list(self.held)
+            for key in [k for k in wanted if k in self.held and (k in self.owner or k not in self.observed)]:
+                del self.held[key]
         held = len(self.held)
         return order(ops), held
 
