@@ -96,6 +96,17 @@ class Timeline:
 
         reconcile.Reconciler.reconcile = timed_reconcile  # type: ignore[method-assign]
         agent_module.Agent._on_peer = peer  # type: ignore[method-assign]
+        # when the speaker told the client (the agent consumes the news later: after its first reconcile)
+        on_notices = Client._on_notices
+
+        def notices(client: Any, found: Any) -> None:
+            found = list(found)
+            for notice in found:
+                if isinstance(notice, PeerStatus):
+                    timeline.mark("session", peer=notice.peer, state=notice.state)
+            on_notices(client, found)
+
+        Client._on_notices = notices  # type: ignore[method-assign]
         # the steps of a sync, where they are (a tree without one of them just has no figure for it)
         self.time(reconcile.Reconciler, "observe", "observe", count=len)
         self.time(agent_module, "compute", "compute")
@@ -147,9 +158,11 @@ class Timeline:
             "established_rr1": first("peer", peer=RR1, state="established"),
             "end_of_rib_rr1": first("peer", peer=RR1, state="end-of-rib"),
             "established_first": min(up) if (up := [t for t, w, d in self.events
-                                                    if w == "peer" and d["state"] == "established"]) else None,
+                                                    if w == "session" and d["state"] == "established"]) else None,
             "end_of_rib_last": max(eor) if (eor := [t for t, w, d in self.events
-                                                    if w == "peer" and d["state"] == "end-of-rib"]) else None,
+                                                    if w == "session" and d["state"] == "end-of-rib"]) else None,
+            "end_of_rib_consumed": max(eor) if (eor := [t for t, w, d in self.events
+                                                        if w == "peer" and d["state"] == "end-of-rib"]) else None,
         }
 
 

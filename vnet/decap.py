@@ -288,6 +288,9 @@ class DecapChange:
 
 
 def _gone_and_come(old: Iterable, new: Iterable) -> tuple[tuple, tuple]:
+    old, new = tuple(old), tuple(new)
+    if not old or not new:  # (a restart's batches only come: 100,000 records not hashed for nothing)
+        return old, new
     before, after = Counter(old), Counter(new)
     return tuple((before - after).elements()), tuple((after - before).elements())
 
