@@ -288,7 +288,9 @@ class DecapChange:
 
 
 def _gone_and_come(old: Iterable, new: Iterable) -> tuple[tuple, tuple]:
-    old, new = tuple(old), tuple(new)
+    # (a Counter is a multiset: its elements, each as often as counted)
+    old = tuple(old.elements() if isinstance(old, Counter) else old)
+    new = tuple(new.elements() if isinstance(new, Counter) else new)
     if not old or not new:  # (a restart's batches only come: 100,000 records not hashed for nothing)
         return old, new
     before, after = Counter(old), Counter(new)
