@@ -193,17 +193,22 @@ class Agent:
                 self._provider_prefixes = None
         self._view.tables = allocate_tables(self._view.catalog.routing_domains,
                                             {**adopted, **self._view.tables})
-        await self._filters.start()
+        self._filters.begin()  # (nft lists them on its own thread while the kernel's routes are read here)
         self._client = Client(SpeakerConfig(
             asn=self.config.asn, router_id=self.config.router_id, families=(Family.L2VPN_EVPN,),
             neighbors=tuple(r.neighbor() for r in self.config.route_reflectors),
             graceful_restart=GracefulRestartConfig(enabled=True, forwarding_preserved=True),
         ))
         self._started = True
+        # The sessions start before the kernel is read: the fabric's table arrives (decoded and queued by the
+        # client, not consumed: the hold does not move) while the first reconcile reads the kernel, instead
+        # of after it. Our own routes are in the speaker first: a session that comes up sends them before our
+        # End-of-RIB, so the reflectors, which keep them as stale meanwhile, never withdraw them.
+        await self._announce()
+        await self._client.start()
         async with self._lock:
             await self._sync_locked()  # adopts what is there; learned routes held until End-of-RIB
             self._start_guest()
-        await self._client.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._consume(), name="agent-bgp"),
@@ -226,6 +231,7 @@ class Agent:
         if self._guest is not None:
             await self._guest.close()
             self._guest = None
+        await self._filters.close()
         if self._sock is not None:
             self._sock.close()
         # the kernel state stays: forwarding continues while the agent is away (graceful restart)
@@ -466,10 +472,10 @@ class Agent:
         table = self._table_for(view.catalog, fresh=everything if fresh is None else fresh)
         return compute(view, table, self.host, self._learned_state, None if everything else dirty, self._change, ports)
 
-    async def _reconcile(self, desired: Step) -> Outcome:
+    async def _reconcile(self, desired: Step, defer: bool = False) -> Outcome:
         assert self._reconciler is not None
         holding = self._hold.holding  # (the hold may end while the kernel is written)
-        outcome = await self._reconciler.reconcile(desired.partitions, holding)
+        outcome = await self._reconciler.reconcile(desired.partitions, holding, defer and holding)
         self.metrics.reconciled(outcome)
         self._programmed |= outcome.ok and not holding
         self._everything = False
@@ -609,7 +615,7 @@ class Agent:
         else:
             self._remote_macs = set()
         desired = self._compute(view, set(), fresh=False, ports=ports)
-        outcome = await self._reconcile(desired)
+        outcome = await self._reconcile(desired, defer=self._selection_deferred())
         if outcome.errors:
             log.warning("reconcile: %d errors: %s", len(outcome.errors), outcome.errors[:3])
             self._dirty.set()  # retry (the reconciler observes the kernel again, a full pass)
@@ -772,15 +778,15 @@ class Agent:
             elif isinstance(event, RouteUpdate):
                 # kept for the syncer (the latest per key: a burst of changes to one key is one change)
                 self._incoming[event.key] = event.route
-                if self._selection_deferred():
-                    continue  # programmed once the table is all in (End-of-RIB), not batch by batch
             self._dirty.set()
 
     def _selection_deferred(self) -> bool:
         """After a start, until End-of-RIB from the reflectors (or eor_timeout), the fabric's table is still
         arriving (RFC 4724 section 4.1 defers route selection likewise): the kernel keeps forwarding with
-        what the previous run left, and the table is computed and compared with it once, not for every
-        batch of a 100,000-route table. Not after a reflector outage: changes apply as they come then."""
+        what the previous run left. The table is learned and compared with the kernel as it arrives, batch
+        by batch (O(each batch)), but nothing is written (`Reconciler.reconcile`'s `defer`): what differs
+        waits, and is written by the pass after End-of-RIB, which then has only the rest to plan. Not after
+        a reflector outage: changes apply as they come then."""
         return not self._hold.synced and not self._hold.after_headless
 
     def _on_peer(self, event: PeerStatus) -> None:

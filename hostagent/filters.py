@@ -6,6 +6,8 @@ the right tenant). A refusal is logged and reported (False): the owner retries."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Collection, Mapping
 
@@ -37,15 +39,36 @@ class Filters:
         self._decap = decap.DecapTable(nft)
         self._index: decap.DecapIndex | None = None  # the table by difference, in step with `_fed`
         self._fed: decap.DecapInputs | None = None
+        self._reading: asyncio.Future[None] | None = None  # the read back at start (`begin`), until awaited
 
     @property
     def decap(self) -> decap.DecapFilter | None:
         """What the decapsulation table holds (None before the first write: the table is absent or foreign)."""
         return self._decap.applied
 
+    def begin(self) -> None:
+        """Read back what a previous run left: the decapsulation table (enforced meanwhile, kept until
+        End-of-RIB, changed by difference) and the VRF marks (written only where they differ). nft lists
+        them on libnftables' thread: the caller goes on (the kernel's routes, the BGP sessions) meanwhile;
+        the first write waits for the read."""
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self.start())
+
     async def start(self) -> None:
-        # what a previous run left is enforced meanwhile and kept until End-of-RIB; changed by difference
         await self._decap.read()
+        await self._vrf_marks.adopt()
+
+    async def _read(self) -> None:
+        if self._reading is not None:
+            reading, self._reading = self._reading, None
+            await reading
+
+    async def close(self) -> None:
+        """A read still under way is waited for (libnftables' call cannot be stopped)."""
+        if self._reading is not None:
+            with contextlib.suppress(Exception):
+                await self._reading
+            self._reading = None
 
     @property
     def decap_fed(self) -> decap.DecapInputs | None:
@@ -60,6 +83,7 @@ class Filters:
         from scratch, the reference (`DecapInputs.filter`), and the index built. `full` (the periodic resync):
         the index is checked against the reference too, rebuilt if they differ (logged: a change was missed),
         and what differs from the reference written (O(table))."""
+        await self._read()
         if what is None or not self._decap.known:
             self._index = None  # (not in step with the table: built again below)
         try:
@@ -101,6 +125,7 @@ class Filters:
         return await self._decap.counters()
 
     async def marks(self, tables: Mapping[str, int], domains: Collection[str]) -> bool:
+        await self._read()
         try:
             await self._vrf_marks.apply(vrf_marks(tables, domains))
         except NftError as exc:

@@ -20,7 +20,7 @@ class Reconciler:
     full_pending = False
     last = None
 
-    async def reconcile(self, parts: Any, hold: bool = False) -> Outcome:
+    async def reconcile(self, parts: Any, hold: bool = False, defer: bool = False) -> Outcome:
         return Outcome(time.time(), {}, (), 0, 0.0, False)
 
     async def revert(self, applied: Any) -> list[Any]:

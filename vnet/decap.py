@@ -59,7 +59,7 @@ from typing import NamedTuple
 from prometheus_client.core import CounterMetricFamily
 
 from nvfabric.vnet.model import Address, CustomerRoute, LookupRecord, Network, RemotePrefix
-from nvfabric.vnet.nftables import FAMILY, Nft, NftError, element_network
+from nvfabric.vnet.nftables import FAMILY, Nft, NftError, element_address, element_network
 
 TABLE = "nvfabric"
 VSID_MAP = "vsid"
@@ -288,6 +288,11 @@ class DecapChange:
 
 
 def _gone_and_come(old: Iterable, new: Iterable) -> tuple[tuple, tuple]:
+    # (a Counter is a multiset: its elements, each as often as counted)
+    old = tuple(old.elements() if isinstance(old, Counter) else old)
+    new = tuple(new.elements() if isinstance(new, Counter) else new)
+    if not old or not new:  # (a restart's batches only come: 100,000 records not hashed for nothing)
+        return old, new
     before, after = Counter(old), Counter(new)
     return tuple((before - after).elements()), tuple((after - before).elements())
 
@@ -764,6 +769,7 @@ def parse(doc: dict) -> DecapFilter | None:
     elements: set[Element] = set()
     seen: set[str] = set()
     keys: set[int] = set()
+    outers: dict[str, tuple[int, int]] = {}  # a PA as listed -> (version, integer)
     # an older layout (no hash sets) lacks some: `seen != wanted` below, replaced once
     wanted = {*PA_SETS.values(), VSID_SET, VSID_MAP, *_VOUCHED_SETS}
     for item in doc.get("nftables", []):
@@ -781,7 +787,17 @@ def parse(doc: dict) -> DecapFilter | None:
                 keys.add(_int(elem) >> 8)
             else:
                 pa, mark, inner = elem["concat"]
-                elements.add(Element.of(ipaddress.ip_address(pa), _int(mark), element_network(inner, int(name[2]))))
+                outer = outers.get(pa)
+                if outer is None:  # (a few hundred PAs behind 100,000 elements: each parsed once)
+                    address = ipaddress.ip_address(pa)
+                    outer = outers[pa] = (address.version, int(address))
+                version = int(name[2])
+                if name[0] == "h" and not isinstance(inner, dict):  # a host: an address, no prefix to build
+                    first, length = element_address(inner, version), _BITS[version]
+                else:
+                    prefix = element_network(inner, version)
+                    first, length = int(prefix.network_address), prefix.prefixlen
+                elements.add(Element(outer[0], outer[1], _int(mark), version, first, length))
     if seen != wanted or keys != set(vsids):
         return None
     return DecapFilter(frozenset(pas), vsids, frozenset(elements))

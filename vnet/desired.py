@@ -54,7 +54,7 @@ from nvfabric.vnet.kernel.objects import (
     VrfAddress,
     VrfPort,
 )
-from nvfabric.vnet.kernel.objects import DEFAULT_METRIC, OVERHEAD
+from nvfabric.vnet.kernel.objects import DEFAULT_METRIC, OVERHEAD, encap_route
 from nvfabric.vnet.model import (
     Address,
     CustomerRoute,
@@ -411,7 +411,7 @@ def remote_ca_partition(record: LookupRecord, base: Base, ports_on: PortsOn,
     address). O(1), plus one proxy entry per active port of an IPv6 subnet holding the CA."""
     if record.pa is None or record.pa.version not in devices:
         return frozenset(), [f"{record.routing_domain} {record.ca}: no NVGRE device for PA {record.pa}"], []
-    route = EncapRoute(base.table, _host(record.ca), record.vsid, str(record.pa), devices[record.pa.version])
+    route = encap_route(base.table, record.ca, record.vsid, record.pa, devices[record.pa.version])
     objects: set[KernelObject] = set(_proxy_v6(ports_on, record.ca)) if record.ca.version == 6 else set()
     lost: list[Conflict] = []
     held = base.strong.get(route.key)

@@ -40,7 +40,7 @@ def element_network(value: object, version: int) -> Network:
     if isinstance(value, dict) and "prefix" in value:
         return ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}")
     first, last = value["range"] if isinstance(value, dict) else (value, value)
-    lo, hi = _address_int(first, version), _address_int(last, version)
+    lo, hi = element_address(first, version), element_address(last, version)
     bits = 32 if version == 4 else 128
     size = hi - lo + 1
     if size <= 0 or size & (size - 1) or lo & (size - 1):
@@ -49,7 +49,9 @@ def element_network(value: object, version: int) -> Network:
     return cls((lo, bits - size.bit_length() + 1))
 
 
-def _address_int(value: object, version: int) -> int:
+def element_address(value: object, version: int) -> int:
+    """One address field of a set element as nft's JSON lists it (an integer, a hex string or an address),
+    as an integer."""
     if isinstance(value, int):
         return value
     text = str(value)

@@ -20,6 +20,10 @@ applied as a difference. Shared by the host agent and the gateway (docs/dataplan
   still happens, because that is not a removal. The first call without hold deletes every held object
   that is still unwanted.
 - A failed op makes the next call a full pass (the cached view may be wrong), so nothing is lost.
+- `defer`: plan, but write nothing: what a planned call would change waits, by partition, and the next
+  call that does not defer plans those partitions again with its own (the host agent while a restart's
+  table arrives, RFC 4724's deferral of route selection: the table is taken in as it comes, O(each batch),
+  and the kernel is written once it is whole, only where it differs; nothing at all when it is right).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Outcome:
     plan_seconds: float = 0.0
     apply_seconds: float = 0.0
     kernel_seconds: float = 0.0
+    deferred: int = 0  # ops planned and not written (`defer`): the partitions wait for a call that writes
 
     @property
     def ok(self) -> bool:
@@ -74,6 +79,9 @@ class Reconciler:
     desired: dict[str, AbstractSet[KernelObject]] = field(default_factory=dict)
     owner: dict[tuple, str] = field(default_factory=dict)
     held: dict[tuple, KernelObject] = field(default_factory=dict)  # in the kernel, unwanted, kept by hold
+    # partitions whose ops a deferring call planned and did not write, with their objects before that call
+    # (what a delete is found from): planned again by the next call that writes
+    deferred: dict[str, AbstractSet[KernelObject]] = field(default_factory=dict)
 
     def invalidate(self) -> None:
         self.observed = None
@@ -154,20 +162,31 @@ class Reconciler:
                 continue
             self.held.pop(key, None)
             ops.append(Op(Action.DELETE, obj))
-        for key in [k for k in self.held if k in self.owner or k not in self.observed]:
-            del self.held[key]  # wanted again, or gone
+        if self.held:
+            # wanted again (by a partition planned now: O(the change), not O(what is held), which a restart's
+            # table arriving batch by batch would pay at every batch), or gone
+            wanted = (o.key for name in names for o in self.desired[name]) if not full else list(self.held)
+            for key in [k for k in wanted if k in self.held and (k in self.owner or k not in self.observed)]:
+                del self.held[key]
         held = len(self.held)
         return order(ops), held
 
     # ------------------------------------------------------------------ doing
 
-    async def reconcile(self, parts: Mapping[str, Iterable[KernelObject]], hold: bool = False) -> Outcome:
+    async def reconcile(self, parts: Mapping[str, Iterable[KernelObject]], hold: bool = False,
+                        defer: bool = False) -> Outcome:
         """Apply the dirty partitions' new desired objects (partition -> objects; an empty collection
         removes the partition). Partitions not named keep their previous objects and are not planned,
-        except on a full pass, which plans them all."""
+        except on a full pass, which plans them all. `defer`: plan only (see the module docstring)."""
         started = time.monotonic()
         full = self.observed is None
         previous = self.update(parts)
+        if full:
+            self.deferred = {}  # (a full pass plans every partition)
+        elif not defer and self.deferred:
+            for name, before in self.deferred.items():  # planned again, from what they were before
+                previous[name] = frozenset(previous.get(name, ())) | before
+            self.deferred = {}
         if full:
             self.observed = await self.observe(sorted(k[1] for k in self.owner if k[0] == "sysctl"))
         else:
@@ -179,6 +198,15 @@ class Reconciler:
                     self.observed[("sysctl", path)] = Sysctl(path, value)
         plan, held = self.plan(previous, hold, full)
         planned = time.monotonic()
+        if defer and plan and not full:
+            keys = {op.obj.key for op in plan.ops}
+            waiting = {self.owner[k] for k in keys if k in self.owner}
+            waiting |= {name for name, before in previous.items() if any(o.key in keys for o in before)}
+            for name in waiting:  # (their objects before the first deferred call: what a delete is found from)
+                self.deferred[name] = frozenset(previous.get(name, ())) | self.deferred.get(name, frozenset())
+            self.last = Outcome(time.time(), {"create": 0, "replace": 0, "delete": 0}, (), held, planned - started,
+                                False, (), tuple(sorted(previous)), planned - started, deferred=len(plan.ops))
+            return self.last
         errors: list[ApplyError] = []
         applied: tuple[Op, ...] = ()
         kernel = 0.0

@@ -35,6 +35,11 @@ from nvfabric.vnet.nftables import FAMILY, Nft, NftError, Owned
 TABLE = "nvfabric-vrf"
 MAP = "vrf"
 GUARD = "only ICMP to the host through a routing domain"
+# The table's layout, kept as the comment of the prerouting rule: a table read back at start with this mark
+# and these rules per chain is this code's, and only its map elements are compared (a restart writes
+# nothing when they are right); any other is replaced whole.
+LAYOUT = "nvfabric vrf marks 2"
+RULES = {"prerouting": 1, "input": 2}
 _OWNED = {"family": FAMILY, "table": TABLE}
 _HEAD = {"metainfo": {"json_schema_version": 1}}
 
@@ -50,7 +55,7 @@ def ruleset(marks: Mapping[str, int]) -> dict:
         # mangle priority: before conntrack and routing, like any mark that routing should see
         {"add": {"chain": {**_OWNED, "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -150,
                            "policy": "accept"}}},
-        {"add": {"rule": {**_OWNED, "chain": "prerouting", "expr": [
+        {"add": {"rule": {**_OWNED, "chain": "prerouting", "comment": LAYOUT, "expr": [
             {"mangle": {"key": {"meta": {"key": "mark"}},
                         "value": {"map": {"key": {"meta": {"key": "iifname"}}, "data": f"@{MAP}"}}}},
         ]}}},
@@ -80,6 +85,22 @@ def changes(old: Mapping[str, int], new: Mapping[str, int]) -> dict | None:
     return {"nftables": [_HEAD, *cmds]} if cmds else None
 
 
+def parse(doc: dict) -> dict[str, int] | None:
+    """`nft -j list table inet nvfabric-vrf` -> its map (VRF device -> mark); None when the table is not one
+    this code wrote (no layout mark, other rules): then it is replaced."""
+    marks: dict[str, int] = {}
+    rules: dict[str, int] = {}
+    marked = False
+    for item in doc.get("nftables", []):
+        if "map" in item and item["map"].get("name") == MAP:
+            marks = {str(k): int(v) for k, v in item["map"].get("elem", [])}
+        elif "rule" in item:
+            rule = item["rule"]
+            rules[rule.get("chain")] = rules.get(rule.get("chain"), 0) + 1
+            marked = marked or rule.get("comment") == LAYOUT
+    return marks if marked and rules == RULES else None
+
+
 def _elems(marks: Mapping[str, int]) -> list:
     return [[name, mark] for name, mark in sorted(marks.items())]
 
@@ -98,6 +119,17 @@ class VrfMarks:
 
     async def apply(self, marks: Mapping[str, int]) -> None:
         await self._owned.apply(dict(marks))
+
+    async def adopt(self) -> dict[str, int] | None:
+        """Read the table back (a restart): when it is ours, what it maps is taken as applied, so the next
+        `apply` writes only the elements that differ (nothing when they are right); else (absent, another
+        layout) the next `apply` replaces it. Returns the map adopted."""
+        try:
+            found = parse(await self.nft.list_json("table", FAMILY, TABLE))
+        except (NftError, ValueError, TypeError):
+            found = None
+        self._owned.applied = found
+        return found
 
     async def read(self) -> dict[str, int] | None:
         """The map as the kernel has it; None when the table does not exist."""

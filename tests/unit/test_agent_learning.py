@@ -10,12 +10,13 @@ from typing import Any
 
 from nvfabric.bgp.client import Backlog
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute
+from nvfabric.bgp.speaker import PeerStatus
 from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.vnet import learn
 from nvfabric.vnet.desired import GLOBAL, desired_state
 from nvfabric.vnet.kernel.diff import Action
-from nvfabric.vnet.kernel.objects import ProxyNeighbour
+from nvfabric.vnet.kernel.objects import EncapRoute, ProxyNeighbour
 from nvfabric.vnet.model import Port
 from nvfabric.vnet.policy import screen
 from nvfabric.vnet.reconcile import Outcome, Reconciler
@@ -31,13 +32,26 @@ class Kernel(Reconciler):
     def __init__(self) -> None:
         super().__init__(None)  # type: ignore[arg-type]
         self.planned: list[tuple[str, ...]] = []
+        self.defers: list[bool] = []  # each call's `defer`
 
-    async def reconcile(self, parts: Any, hold: bool = False) -> Outcome:
+    async def reconcile(self, parts: Any, hold: bool = False, defer: bool = False) -> Outcome:
         full = self.observed is None
         previous = self.update(parts)
         if full:
             self.observed = {}
+        elif not defer:  # (as Reconciler.reconcile: what a deferring call planned is planned again)
+            for name, before in self.deferred.items():
+                previous[name] = frozenset(previous.get(name, ())) | before
+            self.deferred = {}
         plan, held = self.plan(previous, hold, full)
+        self.defers.append(defer)
+        if defer and plan and not full:
+            for name, before in previous.items():
+                self.deferred[name] = frozenset(before) | self.deferred.get(name, frozenset())
+            self.planned.append(tuple(sorted(previous)))
+            self.last = Outcome(0.0, {"create": 0, "replace": 0, "delete": 0}, (), held, 0.0, False, (),
+                                self.planned[-1], deferred=len(plan.ops))
+            return self.last
         for op in plan.ops:
             if op.action is Action.DELETE:
                 self.observed.pop(op.obj.key, None)
@@ -205,3 +219,43 @@ async def test_an_attach_or_detach_plans_that_ports_partition_alone(tmp_path) ->
     await a.delete_port("v99")
     assert kernel.planned[-1] == ("blue/port/v99",)
     assert "blue/port/v99" not in kernel.desired and "blue" in kernel.desired
+
+
+async def test_a_restart_learns_the_table_as_it_arrives_and_writes_only_after_end_of_rib(tmp_path) -> None:
+    a = agent(tmp_path)
+    kernel: Kernel = a._reconciler  # type: ignore[assignment]
+    client: Client = a._client  # type: ignore[assignment]
+    async with a._lock:
+        await a._sync_locked()  # the start: a full pass, the hold on
+
+    def encap(ca: str, pa: str) -> EncapRoute:
+        return EncapRoute(a._view.tables["blue"], f"{ca}/32", 5001, pa, "nvf-gre4")
+
+    def t2(ca: str, pa: str) -> MacIpRoute:
+        return MacIpRoute(rd=f"{pa}:5001", mac=f"02:00:00:00:c1:{ca.rsplit('.', 1)[1]}", ip=ip(ca), vsid=5001,
+                          next_hop=ip(pa), route_targets=("65001:1",))
+
+    # what the previous run left in the kernel: the first pass found it unwanted yet, and held it
+    left = [encap(f"10.0.0.{i}", "198.51.100.12") for i in (20, 21, 22)]
+    for route in left:
+        kernel.observed[route.key] = kernel.held[route.key] = route  # type: ignore[index]
+    before = dict(kernel.observed)  # type: ignore[arg-type]
+    a._on_peer(PeerStatus("198.51.100.100", "established"))
+    # the table arrives in batches: .20 as the kernel has it, .21 moved to another host meanwhile (.22 is gone)
+    for batch in ([t2("10.0.0.20", "198.51.100.12")], [t2("10.0.0.21", "198.51.100.13")]):
+        for route in batch:
+            client.table[route.key] = a._incoming[route.key] = route
+        async with a._lock:
+            await a._sync_locked()
+        assert kernel.defers[-1] is True and kernel.observed == before  # learned, nothing written
+    assert {str(r.ca): str(r.pa) for r in a.lookup_records()} == {"10.0.0.20": "198.51.100.12",
+                                                                  "10.0.0.21": "198.51.100.13"}
+    assert set(kernel.deferred) == {"blue/10.0.0.21"} and not a.status().synced
+    # End-of-RIB: one pass writes what differs and removes what nobody announced, nothing else
+    a._on_peer(PeerStatus("198.51.100.100", "end-of-rib"))
+    async with a._lock:
+        await a._sync_locked()
+    assert kernel.defers[-1] is False and not kernel.deferred and a.status().synced
+    assert kernel.last.counts == {"create": 0, "replace": 1, "delete": 1}  # type: ignore[union-attr]
+    after = {k: v for k, v in kernel.observed.items() if isinstance(v, EncapRoute)}  # type: ignore[union-attr]
+    assert set(after.values()) == {left[0], encap("10.0.0.21", "198.51.100.13")}

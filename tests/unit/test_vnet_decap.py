@@ -107,6 +107,26 @@ def test_a_table_of_the_older_layout_without_hash_sets_is_not_ours_and_is_replac
     assert decap.parse(doc(old + ["h44", "h46", "h64", "h66"])) == DecapFilter()
 
 
+def test_a_table_read_back_gives_the_elements_written_whatever_form_nft_lists_them_in() -> None:
+    def listed(name: str, elems: list) -> dict:
+        return {"set": {"table": "nvfabric", "name": name, "elem": elems}}
+
+    doc = {"nftables": [
+        listed("pa4", ["198.51.100.12"]), listed("pa6", ["2001:db8::99"]), listed("vsids", ["0x138900"]),
+        {"map": {"table": "nvfabric", "name": "vsid", "elem": [["0x138900", 1000]]}},
+        # a host as a hex string, an integer or an address; a prefix as a range or a prefix
+        listed("h44", [{"concat": ["198.51.100.12", 1000, "0xa00010c"]}, {"concat": ["198.51.100.12", 1000, 167772429]},
+                       {"concat": ["198.51.100.13", "1000", "10.0.1.14"]}]),
+        listed("h66", [{"concat": ["2001:db8::99", 1000, "0xfd000001000000000000000000000012"]}]),
+        listed("v44", [{"concat": ["198.51.100.12", 1000, {"range": ["0xa000000", "0xa000003"]}]},
+                       {"concat": ["198.51.100.13", 1000, {"prefix": {"addr": "10.0.2.0", "len": 24}}]}]),
+        *(listed(name, []) for name in ("h46", "h64", "v46", "v64", "v66")),
+    ]}
+    assert decap.parse(doc) == DecapFilter(frozenset({HV2, GW}), {5001: 1000}, frozenset({
+        E(HV2, 1000, net("10.0.1.12/32")), E(HV2, 1000, net("10.0.1.13/32")), E(HV3, 1000, net("10.0.1.14/32")),
+        E(GW, 1000, net("fd00:1::12/128")), E(HV2, 1000, net("10.0.0.0/30")), E(HV3, 1000, net("10.0.2.0/24"))}))
+
+
 def test_judge_says_what_the_table_does_with_an_arriving_packet() -> None:
     f = DecapFilter(frozenset({HV2, GW}), {5001: 1000}, frozenset({E(HV2, 1000, net("10.0.0.12/32")),
                                                                       E(GW, 1000, net("0.0.0.0/0"))}))

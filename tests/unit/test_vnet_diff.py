@@ -1,9 +1,12 @@
 """diff: pure planning over keyed values."""
 
+from ipaddress import ip_address
+
 import pytest
 
 from nvfabric.vnet.kernel.diff import Action, Plan, diff
 from nvfabric.vnet.kernel.objects import (
+    encap_route,
     EncapRoute,
     LocalPortRoute,
     NvgreDevice,
@@ -109,3 +112,18 @@ def test_a_device_with_our_name_that_is_not_flow_based_is_replaced_by_delete_and
     plan = diff({NvgreDevice("nvf-gre4", 4, RMAC)}, {NvgreDevice("nvf-gre4", 4, "02:00:5e:10:00:02")})
     msgs = encoder(plan.ops[0].obj).encode(plan.ops[0], Wire(Seq(), {"nvf-gre4": 7}))
     assert [int.from_bytes(raw[4:6], "little") for _, raw in msgs] == [m.RTM_NEWLINK]
+
+
+@pytest.mark.parametrize(("ca", "pa"), [
+    ("10.64.0.1", "198.51.97.1"), ("0.0.0.0", "255.255.255.255"), ("fd00:b::10", "2001:db8::99"),
+    ("::ffff:10.0.0.1", "198.51.97.1"), ("fd00::", "::1"), ("10.0.0.7", "2001:db8:0:0:1:0:0:1"),
+])
+def test_an_encap_route_built_from_addresses_equals_the_one_parsed_from_text(ca: str, pa: str) -> None:
+    a, p = ip_address(ca), ip_address(pa)
+    fast = encap_route(1000, a, 5001, p, "nvf-gre4")
+    parsed = EncapRoute(1000, f"{a}/{a.max_prefixlen}", 5001, str(p), "nvf-gre4")
+    assert fast == parsed and hash(fast) == hash(parsed) and fast.key == parsed.key
+    assert (fast.family, fast.pa_family, fast.prefix, fast.pa) == (parsed.family, parsed.pa_family, parsed.prefix,
+                                                                    parsed.pa)
+    with pytest.raises(ValueError, match="VSID"):
+        encap_route(1000, a, 1 << 24, p, "nvf-gre4")

@@ -2,12 +2,16 @@
 
 import struct
 
+import pytest
+
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from nvfabric.vnet.kernel import messages as m
+from nvfabric.vnet.kernel import observe
+from nvfabric.vnet.kernel.objects import EncapRoute
 
 # `ip route add 10.1.0.20/32 encap ip id 1280256 dst 198.51.100.2 ttl 64 key via 169.254.0.1 dev d0 onlink
 #  table 100 proto 78` as the 6.1 kernel dumped it back (captured in the VM): the attribute numbers and
@@ -266,3 +270,17 @@ def test_link_parsed_by_hand_as_pyroute2_decodes_it():
         f = m.parse_link(raw)
         assert (f.index, f.name, f.kind, f.master, f.mtu, f.address, f.vrf_table, f.collect_md) == \
             _as_pyroute2_reads_it(raw), body
+
+
+@pytest.mark.parametrize(("family", "dst", "plen", "pa"), [
+    (4, "10.64.0.1", 32, "198.51.97.1"), (6, "fd00::20", 128, "2001:db8::2"), (4, "10.0.0.7", 32, "2001:db8::1:0:0:1"),
+])
+def test_an_encap_route_read_back_equals_the_one_built_from_its_text(family, dst, plen, pa):
+    raw = m.message(m.RTM_NEWROUTE, 0, 1, m.route_body(
+        family, 1000, dst, plen, 78, flags=m.RTNH_F_ONLINK, metric=1024, oif=5,
+        gateway="169.254.0.1" if family == 4 else "fe80::1",
+        extra=m.tunnel_encap(6 if ":" in pa else 4, 5001 << 8, pa, 64)))
+    read = observe._route(m.parse_route(raw), {5: "nvf-gre4"})
+    built = EncapRoute(1000, f"{dst}/{plen}", 5001, pa, "nvf-gre4", 64, 1024)
+    assert read == built and hash(read) == hash(built) and read.key == built.key
+    assert (read.family, read.pa_family) == (built.family, built.pa_family)

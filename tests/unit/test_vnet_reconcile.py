@@ -149,3 +149,33 @@ def test_one_key_wanted_twice_in_one_partition_with_two_values_is_refused():
     with pytest.raises(ValueError, match="two values"):
         r.update({"blue/10.0.0.20": [OLD, MOVED]})
     assert "blue/10.0.0.20" not in r.desired and OLD.key not in r.owner
+
+
+async def test_a_deferring_call_writes_nothing_and_the_next_call_that_writes_plans_what_waited(monkeypatch):
+    written: list[list[tuple[Action, object]]] = []
+
+    async def fake_apply(sock, plan):
+        from nvfabric.vnet.kernel.apply import Report
+
+        written.append([(op.action, op.obj) for op in plan.ops])
+        return Report(applied=list(plan.ops))
+
+    monkeypatch.setattr("nvfabric.vnet.reconcile.apply", fake_apply)
+    r = synced(**{GLOBAL: {DEV}, "blue": BLUE})
+    r.observed[OLD.key] = r.held[OLD.key] = OLD  # a remote CA the previous run left: held by the first pass
+    outcome = await r.reconcile({"blue": BLUE}, hold=True, defer=True)
+    assert outcome.deferred == 0 and outcome.held == 1 and not r.deferred
+    # the CA arrives as the kernel has it: nothing to write, nothing waits, no longer held
+    outcome = await r.reconcile({"blue/10.0.0.20": {OLD}}, hold=True, defer=True)
+    assert (outcome.deferred, outcome.held, r.deferred) == (0, 0, {})
+    # it moved while we were away: planned, not written; the kernel keeps the old route meanwhile
+    new = EncapRoute(1000, "10.0.0.30/32", 5001, "198.51.100.13", "nvf-gre4")
+    outcome = await r.reconcile({"blue/10.0.0.20": {MOVED}, "blue/10.0.0.30": {new}}, hold=True, defer=True)
+    assert outcome.deferred == 2 and outcome.counts == {"create": 0, "replace": 0, "delete": 0}
+    assert written == [] and r.observed[OLD.key] == OLD and set(r.deferred) == {"blue/10.0.0.20", "blue/10.0.0.30"}
+    # and gone again before the end: what waits is planned against what it was before the first deferral
+    await r.reconcile({"blue/10.0.0.30": set()}, hold=True, defer=True)
+    assert written == []
+    # the table is whole (End-of-RIB): one call writes what differs, nothing else (GLOBAL is not planned)
+    outcome = await r.reconcile({}, hold=False)
+    assert written == [[(Action.REPLACE, MOVED)]] and not r.deferred and outcome.deferred == 0

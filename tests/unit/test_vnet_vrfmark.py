@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nvfabric.vnet.vrfmark import MAP, TABLE, changes, ruleset
+from nvfabric.vnet.vrfmark import LAYOUT, MAP, RULES, TABLE, changes, parse, ruleset
 
 
 def test_the_whole_table_replaces_itself_in_one_transaction_and_maps_vrfs_to_marks():
@@ -30,3 +30,24 @@ def test_the_input_guard_lets_only_icmp_reach_the_host_through_our_devices():
         assert rule["expr"][1]["match"] == {"op": "!=", "left": {"meta": {"key": "l4proto"}},
                                             "right": {"set": ["icmp", "ipv6-icmp"]}}
         assert rule["expr"][-1] == {"drop": None}
+
+
+def test_a_table_read_back_with_our_layout_is_adopted_and_another_is_replaced():
+    def listed(marks: dict[str, int], comment: str | None = LAYOUT, input_rules: int = 2) -> dict:
+        rules = [{"rule": {"family": "inet", "table": TABLE, "chain": "prerouting", "handle": 3,
+                           **({"comment": comment} if comment else {}), "expr": []}}]
+        rules += [{"rule": {"family": "inet", "table": TABLE, "chain": "input", "handle": 5 + i, "expr": []}}
+                  for i in range(input_rules)]
+        return {"nftables": [{"metainfo": {}}, {"table": {"family": "inet", "name": TABLE}},
+                             {"map": {"family": "inet", "table": TABLE, "name": MAP, "type": "ifname", "map": "mark",
+                                      **({"elem": [[k, v] for k, v in marks.items()]} if marks else {})}},
+                             *rules]}
+
+    assert parse(listed({"nvf-blue": 1000})) == {"nvf-blue": 1000}
+    assert parse(listed({})) == {}
+    assert parse(listed({"nvf-blue": 1000}, comment=None)) is None  # an older layout: replaced once
+    assert parse(listed({"nvf-blue": 1000}, input_rules=3)) is None  # a rule added by hand
+    # what is written carries the mark that makes it adoptable
+    written = [c["add"]["rule"] for c in ruleset({})["nftables"][1:] if "rule" in c.get("add", {})]
+    assert [r.get("comment") for r in written if r["chain"] == "prerouting"] == [LAYOUT]
+    assert {chain: sum(r["chain"] == chain for r in written) for chain in RULES} == RULES

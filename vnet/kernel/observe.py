@@ -111,7 +111,7 @@ def _route(r: m.RouteFields, names: dict[int, str]) -> k.KernelObject | None:
         return k.UnreachableRoute(r.table, r.family, r.metric)
     dev = names.get(r.oif) if r.oif is not None else None
     if r.encap_type in (m.LWTUNNEL_ENCAP_IP, m.LWTUNNEL_ENCAP_IP6) and r.tun_id is not None:
-        return k.EncapRoute(r.table, prefix, r.tun_id >> 8, r.tun_dst, dev, r.tun_ttl, r.metric)
+        return k.encap_route_read(r.table, prefix, r.family, r.tun_id >> 8, r.tun_dst, dev, r.tun_ttl, r.metric)
     if dev is not None and r.rtype == m.RTN_UNICAST and r.gateway is not None:
         return k.ViaRoute(r.table, prefix, r.gateway, dev, r.metric)
     if dev is not None and r.rtype == m.RTN_UNICAST:
