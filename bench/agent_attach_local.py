@@ -78,7 +78,7 @@ async def run(size: int, count: int) -> None:
         print(f"{size:6d} ports  attach {summary(attach)}")
         print(f"{'':6s}        detach {summary(detach)}")
         print(f"{'':6s}        of which the state saved {summary(saves)}")
-        print(f"{'':6s}        of which the desired state {summary(computes)}  (Agent._compute: the partitions touched)")
+        print(f"{'':6s}        of which the desired state {summary(computes)}  (Agent._compute)")
         rest = [t - c - v for t, c, v in zip(attach + detach, computes, saves, strict=True)]
         print(f"{'':6s}        the rest       {summary(rest)}  (catalog, guard, announce, guest...)")
 

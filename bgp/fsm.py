@@ -194,6 +194,13 @@ class Fsm:
             self._keepalive_at = now + self._hold_time / 3
         return []
 
+    def unread_input(self, now: float) -> None:
+        """The transport holds bytes from the peer that we have not read yet, because we stopped reading (our
+        owner is behind): the peer is not silent, so its hold timer starts again, as on a message received.
+        It expires a hold time after we read again if the peer really went silent."""
+        if self.state is not State.IDLE and self._hold_deadline is not None:
+            self._restart_hold(now)
+
     def connection_lost(self, text: str = "") -> list[Event]:
         if self.state is State.IDLE:
             return []

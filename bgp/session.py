@@ -11,7 +11,9 @@ peer of an update group, encoded once.
 Write back-pressure: each transport's write buffer has a high-water mark (`write_buffer_limit`). Above it
 asyncio calls `pause_writing`; `Peer.writable` turns False and a sender that honours it (the reflector)
 keeps what it owes that peer as routes instead of bytes, then feeds it from `on_writable` when the
-buffer drains. A connection that stays paused for longer than its hold time is reset with a NOTIFICATION
+buffer drains. The other way, a connection whose reading we paused does not expire the peer's hold timer
+while the peer's bytes wait unread in the socket (RFC 4271's hold timer is for a silent peer, not a slow
+owner: FRR's bgpd does the same with its input queue). A connection that stays paused for longer than its hold time is reset with a NOTIFICATION
 (Cease / Out of Resources, RFC 4486), so a peer that keeps sending KEEPALIVEs but never reads cannot hold
 our memory.
 """
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import ipaddress
 import logging
 import socket
 import struct
+import termios
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -234,7 +238,22 @@ class Connection:
     def _on_timer(self) -> None:
         self._timer = None
         if self.fsm is not None:
-            self._after(self.fsm.handle_timer(self.loop.time()))
+            now = self.loop.time()
+            if self._flusher is not None and self._unread():
+                # Reading is paused by our own back-pressure (the owner is behind), not the peer's silence:
+                # a host taking in a large table on a busy CPU must not drop the session it is learning from.
+                self.fsm.unread_input(now)
+            self._after(self.fsm.handle_timer(now))
+
+    def _unread(self) -> bool:
+        """Bytes from the peer wait in the socket's receive queue (FIONREAD)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+        except OSError:
+            return False
 
     def _after(self, events: list[fsm.Event] | tuple[()]) -> None:
         """Flush what the FSM wants sent, re-arm its timer, hand its events on (aioquic's `transmit()`)."""

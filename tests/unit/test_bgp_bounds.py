@@ -195,6 +195,48 @@ async def test_the_initial_table_is_streamed_and_a_slow_reader_still_gets_all_of
     await slow.close()
 
 
+# -- read back-pressure -----------------------------------------------------------------------------------
+
+
+def hold3(router_id: str, **extra: Any) -> Speaker:
+    return Speaker(bgp_config.parse({"asn": 65000, "router_id": router_id, "hold_time": 3,
+                                     "families": ["l2vpn-evpn"], **extra}), inbox_size=2)
+
+
+async def test_an_owner_that_falls_behind_pauses_reading_but_keeps_the_session(started):
+    """The receiving speaker's owner stops taking events, as a host busy learning a large table on a loaded
+    CPU: its inbox fills, its socket is no longer read, the sender's UPDATEs and KEEPALIVEs wait unread. The
+    session outlives three hold times (the peer is not silent: we are slow), and every route arrives once
+    the owner goes on."""
+    loop = asyncio.get_running_loop()
+    receiver = await started(hold3("198.51.100.2", listen={"address": "127.0.0.1", "port": 0},
+                                   neighbours=[{"address": "127.0.1.40", "asn": 65000, "passive": True}]))
+    sender = await started(hold3("198.51.100.1", neighbours=[{"address": "127.0.0.1", "asn": 65000,
+                                                              "port": receiver.listen_port,
+                                                              "local_address": "127.0.1.40"}]))
+    await until(lambda: sender.peers["127.0.0.1"].established and receiver.peers["127.0.1.40"].established,
+                what="the session up")
+    peer = receiver.peers["127.0.1.40"]
+    gate = asyncio.Event()
+    take = receiver.inbox.get
+
+    async def stalled() -> Any:
+        await gate.wait()
+        return await take()
+
+    receiver.inbox.get = stalled  # type: ignore[method-assign]
+    for i in range(40):  # (one UPDATE each: more events than the inbox holds)
+        await sender.announce([route(i)])
+    await until(lambda: receiver.inbox.producer_pauses > 0, what="the receiver pausing its reading")
+    paused_at = loop.time()
+    # (the subject is time passing with reading paused: three hold times, each long enough to expire it)
+    await until(lambda: loop.time() - paused_at > 9 or peer.established is None, 15, what="three hold times")
+    assert peer.established is not None and sender.peers["127.0.0.1"].established is not None
+    gate.set()
+    await until(lambda: len(held(receiver)) == 40, what="every route taken in")
+    assert peer.establishments == 1 and sender.peers["127.0.0.1"].establishments == 1
+
+
 # -- dynamic neighbours -----------------------------------------------------------------------------------
 
 
