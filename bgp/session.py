@@ -11,11 +11,13 @@ peer of an update group, encoded once.
 Write back-pressure: each transport's write buffer has a high-water mark (`write_buffer_limit`). Above it
 asyncio calls `pause_writing`; `Peer.writable` turns False and a sender that honours it (the reflector)
 keeps what it owes that peer as routes instead of bytes, then feeds it from `on_writable` when the
-buffer drains. The other way, a connection whose reading we paused does not expire the peer's hold timer
-while the peer's bytes wait unread in the socket (RFC 4271's hold timer is for a silent peer, not a slow
-owner: FRR's bgpd does the same with its input queue). A connection that stays paused for longer than its hold time is reset with a NOTIFICATION
+buffer drains. A connection that stays paused for longer than its hold time is reset with a NOTIFICATION
 (Cease / Out of Resources, RFC 4486), so a peer that keeps sending KEEPALIVEs but never reads cannot hold
 our memory.
+
+Read back-pressure does not cost the peer its session: while we keep its bytes unread in the socket (our
+owner is behind), its hold timer starts again at each tick, as on a message received. The hold timer is for
+a silent peer, not a slow owner (FRR's bgpd does the same with its input queue).
 """
 
 from __future__ import annotations
