@@ -43,9 +43,11 @@ def main() -> None:
     observed = {o.key: o for part in everything.partitions.values() for o in part}
     tables = dict(view.tables)
     vsids = served_vsids(catalog, tables)
-    kernel_decap = decap.DecapInputs(everything.every_record["blue"].values(), (), whole.next_hops(), {}, tables,
+    before = Learned()
+    before.swap(everything)
+    kernel_decap = decap.DecapInputs(before.every_record(), (), whole.next_hops(), {}, tables,
                                      vsids).filter(False, None)
-    del whole, everything
+    del whole, everything, before
     # the start: a full pass with nothing learned yet, the hold on
     table = LearnedTable(catalog, (al.OURS,), al.PROVIDER)
     learned = Learned()
