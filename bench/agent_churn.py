@@ -127,7 +127,7 @@ def rss_mib() -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-async def agent_role(config_path: str, sink: bool, ops_path: str) -> int:
+async def agent_role(config_path: str, sink: bool, ops_path: str, coalesce: float | None = None) -> int:
     """The agent, and a line protocol on stdin/stdout: `status`, `dump` (the sink's ops to ops_path), `quit`."""
     from nvfabric.hostagent.agent import Agent
     from nvfabric.hostagent.config import parse
@@ -135,6 +135,9 @@ async def agent_role(config_path: str, sink: bool, ops_path: str) -> int:
     from nvfabric.vnet.kernel.malloc import map_big_blocks
 
     map_big_blocks()  # (as `nvfabric agent` does, hostagent/cli.py)
+    if coalesce is not None:  # the window's trade (CPU per change against lag), measured with --coalesce
+        import nvfabric.hostagent.agent as agent_module
+        agent_module.COALESCE = coalesce
     recorder = Sink()
     if sink:
         reconcile.apply = recorder.apply  # type: ignore[assignment]
@@ -408,7 +411,8 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
         if args.kernel:
             watch = RouteWatch(hv_ns, WATCH_RCVBUF)
         agent = Pipe(["ip", "netns", "exec", hv_ns, sys.executable, str(Path(__file__).resolve()), "--role", "agent",
-                      "--config", str(config), "--ops", str(ops_path), *([] if args.kernel else ["--sink"])],
+                      "--config", str(config), "--ops", str(ops_path), *([] if args.kernel else ["--sink"]),
+                      *([] if args.coalesce is None else ["--coalesce", str(args.coalesce)])],
                      tmp / "agent.log")
         agent.read(120, want="started")
         before = wait_caught_up(agent, 0, 5)[0] or {}
@@ -527,6 +531,8 @@ def main() -> int:
     parser.add_argument("--ops", help="(agent role) where `dump` writes the sink's ops")
     parser.add_argument("--sink", action="store_true", help="(agent role) netlink writes to the sink")
     parser.add_argument("--kernel", action="store_true", help="the real kernel (in the VM): no sink")
+    parser.add_argument("--coalesce", type=float, help="the agent's coalescing window in seconds (default: the "
+                        "agent's own, hostagent/agent.py COALESCE)")
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--rates", default="100,1000,5000")
     parser.add_argument("--seconds", type=float, default=20.0, help="churn per rate")
@@ -538,12 +544,15 @@ def main() -> int:
                         "(the walk's own memory then stays in the RSS of the rows)")
     args = parser.parse_args()
     if args.role == "agent":
-        return asyncio.run(agent_role(args.config, args.sink, args.ops))
+        return asyncio.run(agent_role(args.config, args.sink, args.ops, args.coalesce))
     results: list[dict[str, Any]] = []
     rates = [int(r) for r in args.rates.split(",")]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    from nvfabric.hostagent.agent import COALESCE
+
     print(json.dumps({"commit": commit.stdout.strip(), "mode": "kernel" if args.kernel else
-                      "sink (the agent's Python; netlink writes encoded, not sent)"}), flush=True)
+                      "sink (the agent's Python; netlink writes encoded, not sent)",
+                      "coalesce_s": COALESCE if args.coalesce is None else args.coalesce}), flush=True)
     old_rmem = rmem_max(WATCH_RCVBUF) if args.kernel else None  # (in the VM: the machine is the bench's)
     try:
         for size in [int(s) for s in args.sizes.split(",")]:

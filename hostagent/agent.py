@@ -73,7 +73,11 @@ from nvfabric.vnet.reconcile import Outcome, Reconciler
 
 log = logging.getLogger(__name__)
 
-COALESCE = 0.02  # seconds to gather a burst of BGP changes into one reconcile
+# Seconds to gather BGP changes into one reconcile. A pass costs a few milliseconds whatever it carries (its
+# nft transaction alone ~0.5-2 ms of CPU, and ~12 ms of the kernel's wall time when it deletes elements),
+# so under churn the window sets how many changes share that cost: at 20 ms and 1,000 changes/s it was a
+# third of the CPU per change. 50 ms keeps a change's lag far under a second and halves that share.
+COALESCE = 0.05
 
 
 @dataclass(frozen=True)
