@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from nvfabric.bgp.client import Backlog
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute
@@ -15,10 +18,12 @@ from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.vnet import learn
 from nvfabric.vnet.desired import GLOBAL, desired_state
-from nvfabric.vnet.kernel.diff import Action
 from nvfabric.vnet.kernel.objects import EncapRoute, ProxyNeighbour
 from nvfabric.vnet.model import Port
 from nvfabric.vnet.policy import screen
+from nvfabric.vnet import reconcile as reconcile_module
+from nvfabric.vnet.kernel.apply import Report
+from nvfabric.vnet.kernel.diff import Plan
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
 ip = ipaddress.ip_address
@@ -27,39 +32,31 @@ PORT = Port("b1", "tap-b1", "02:00:00:00:b1:01", 5001, (ip("10.0.0.10"), ip("fd0
 
 
 class Kernel(Reconciler):
-    """The reconciler's planning against an observed state that takes every op (no netlink)."""
+    """The real reconciler (planning, deferral, what it keeps as observed) over a kernel that starts empty and
+    takes every op: only netlink is left out (`observe`, and `apply` and `read_sysctls` by `no_netlink`)."""
 
     def __init__(self) -> None:
-        super().__init__(None)  # type: ignore[arg-type]
+        super().__init__(SimpleNamespace(netns=None))  # type: ignore[arg-type]
         self.planned: list[tuple[str, ...]] = []
         self.defers: list[bool] = []  # each call's `defer`
 
+    async def observe(self, sysctls: Any) -> dict:
+        return {}
+
     async def reconcile(self, parts: Any, hold: bool = False, defer: bool = False) -> Outcome:
-        full = self.observed is None
-        previous = self.update(parts)
-        if full:
-            self.observed = {}
-        elif not defer:  # (as Reconciler.reconcile: what a deferring call planned is planned again)
-            for name, before in self.deferred.items():
-                previous[name] = frozenset(previous.get(name, ())) | before
-            self.deferred = {}
-        plan, held = self.plan(previous, hold, full)
         self.defers.append(defer)
-        if defer and plan and not full:
-            for name, before in previous.items():
-                self.deferred[name] = frozenset(before) | self.deferred.get(name, frozenset())
-            self.planned.append(tuple(sorted(previous)))
-            self.last = Outcome(0.0, {"create": 0, "replace": 0, "delete": 0}, (), held, 0.0, False, (),
-                                self.planned[-1], deferred=len(plan.ops))
-            return self.last
-        for op in plan.ops:
-            if op.action is Action.DELETE:
-                self.observed.pop(op.obj.key, None)
-            else:
-                self.observed[op.obj.key] = op.obj
-        self.planned.append(tuple(sorted(self.desired if full else previous)))
-        self.last = Outcome(0.0, plan.counts(), (), held, 0.0, full, (), self.planned[-1])
-        return self.last
+        outcome = await super().reconcile(parts, hold, defer)
+        self.planned.append(outcome.partitions)
+        return outcome
+
+
+@pytest.fixture(autouse=True)
+def no_netlink(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def apply(sock: Any, plan: Plan) -> Report:
+        return Report(applied=list(plan.ops), requests=len(plan.ops))
+
+    monkeypatch.setattr(reconcile_module, "apply", apply)
+    monkeypatch.setattr(reconcile_module, "read_sysctls", lambda netns, paths: {})
 
 
 class Speaker:
