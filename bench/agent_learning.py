@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from nvfabric.bgp.routes import MacIpRoute
+from nvfabric.bgp.routes import HashedIPv4Address, MacIpRoute
 from nvfabric.hostagent.compute import View, follow_remote, follow_remote_holders
 from nvfabric.vnet import learn
 from nvfabric.vnet.catalog import Catalog
@@ -42,14 +42,15 @@ from nvfabric.vnet.reconcile import Reconciler
 
 OURS = ipaddress.ip_address("198.51.0.1")
 PROVIDER = (ipaddress.ip_network("198.51.0.0/16"),)
-PAS = [ipaddress.ip_address(f"198.51.1.{i}") for i in range(1, 101)]
+PAS = [HashedIPv4Address(f"198.51.1.{i}") for i in range(1, 101)]
 HOST = HostIdentity("02:00:5e:10:00:01", (OURS,))
 DOMAIN = RoutingDomain("blue", ("65001:1",), (
     VirtualSubnet(5001, (ipaddress.ip_network("10.0.0.0/8"),), (ipaddress.ip_address("10.0.0.1"),)),))
 
 
 def ca(i: int) -> ipaddress.IPv4Address:
-    return ipaddress.ip_address(0x0A010000 + i)  # 10.1.0.0 onwards, away from the local ports
+    # 10.1.0.0 onwards, away from the local ports; of the kind the BGP decoder makes
+    return HashedIPv4Address(0x0A010000 + i)
 
 
 def route(i: int, pa: ipaddress.IPv4Address, seq: int = 0) -> MacIpRoute:

@@ -27,6 +27,40 @@ IPV4_ANY = IPv4Address(0)
 IPV6_ANY = IPv6Address(0)
 
 
+class HashedIPv4Address(IPv4Address):
+    """An IPv4Address that computes its hash once. ipaddress hashes the hex text of the integer at every call,
+    and a received route's addresses are looked up many times on their way to the kernel (in the agent, some 60
+    hashes per remote change); equal to and hashed as the plain kind, so either finds the other in a dict."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, address: object) -> None:
+        super().__init__(address)  # type: ignore[arg-type]
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:  # (what it is for everyone else: an IPv4Address)
+        return f"IPv4Address('{self}')"
+
+
+class HashedIPv6Address(IPv6Address):
+    """As HashedIPv4Address, for IPv6."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, address: object) -> None:
+        super().__init__(address)  # type: ignore[arg-type]
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"IPv6Address('{self}')"
+
+
 class Family(enum.Enum):
     """Address families we speak (RFC 4760 AFI/SAFI numbers)."""
 
@@ -120,9 +154,12 @@ def _address(value: object, field_name: str, allow_none: bool = False) -> Addres
     if isinstance(value, (IPv4Address, IPv6Address)):
         return value
     try:
-        return ipaddress.ip_address(value)  # type: ignore[arg-type]
+        address = ipaddress.ip_address(value)  # type: ignore[arg-type]
     except ValueError:
         raise RouteValueError(field_name, value, "expected an IPv4 or IPv6 address") from None
+    if address.version == 4:
+        return HashedIPv4Address(address._ip)
+    return address if address.scope_id else HashedIPv6Address(address._ip)
 
 
 def _network(value: object) -> Network:

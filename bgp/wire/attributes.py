@@ -8,11 +8,20 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
 from nvfabric.bgp.mac import Mac
-from nvfabric.bgp.routes import AS_SEQUENCE, AS_SET, Address, AsSegment, Family, canonical_route_targets
+from nvfabric.bgp.routes import (
+    AS_SEQUENCE,
+    AS_SET,
+    Address,
+    AsSegment,
+    Family,
+    HashedIPv4Address,
+    HashedIPv6Address,
+    canonical_route_targets,
+)
 from nvfabric.bgp.wire.result import (
     ATTRIBUTE_DISCARD,
     SUBCODE_MALFORMED_ATTRIBUTE_LIST,
@@ -166,7 +175,7 @@ def _read_attribute(negotiated: Negotiated, attrs: _Attrs, code: int, value: byt
     elif code == _NEXT_HOP:
         if length != 4:
             return "NEXT_HOP length is not 4 (RFC 7606 section 7.3)"
-        attrs.next_hop = IPv4Address(value)
+        attrs.next_hop = HashedIPv4Address(value)
     elif code == _MED:
         if length != 4:
             return "MULTI_EXIT_DISC length is not 4 (RFC 7606 section 7.4)"
@@ -215,7 +224,7 @@ def _read_mp_reach(negotiated: Negotiated, attrs: _Attrs, value: bytes, raw: byt
     address = _next_hops.get(next_hop)
     if address is None:
         # With 32 bytes (RFC 2545 section 3) the first 16 are the global address we tunnel to.
-        address = IPv4Address(next_hop) if nh_length == 4 else IPv6Address(next_hop[:16])
+        address = HashedIPv4Address(next_hop) if nh_length == 4 else HashedIPv6Address(next_hop[:16])
         if len(_next_hops) >= 65536:
             _next_hops.clear()
         _next_hops[next_hop] = address

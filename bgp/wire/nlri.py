@@ -15,6 +15,8 @@ from nvfabric.bgp.routes import (
     ZERO_ESI,
     Address,
     Family,
+    HashedIPv4Address,
+    HashedIPv6Address,
     MacIpKey,
     MacIpRoute,
     OpaqueEvpnKey,
@@ -129,9 +131,9 @@ def _evpn_type2(data: bytes, s: int, length: int) -> _EvpnItem | None:
     if ip_bits == 0:
         ip = None
     elif ip_bits == 32:
-        ip = IPv4Address(data[s + 30 : label_at])
+        ip = HashedIPv4Address(data[s + 30 : label_at])
     else:
-        ip = IPv6Address(data[s + 30 : label_at])
+        ip = HashedIPv6Address(data[s + 30 : label_at])
     return (
         2,
         rd,
