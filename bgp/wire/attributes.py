@@ -115,8 +115,10 @@ class _ExtInfo:
 _NO_EXT = _ExtInfo()
 
 
+@lru_cache(maxsize=4096)
 def _as_path(value: bytes, width: int) -> tuple[AsSegment, ...] | None:
-    """AS_PATH segments (RFC 4271 section 4.3), or None if malformed (RFC 7606 section 7.2)."""
+    """AS_PATH segments (RFC 4271 section 4.3), or None if malformed (RFC 7606 section 7.2). Cached, as the
+    attributes below: a fabric's UPDATEs carry a few distinct values each, one UPDATE per route under churn."""
     segments = []
     pos = 0
     fmt = "!{}" + ("I" if width == 4 else "H")
@@ -192,16 +194,26 @@ def _read_attribute(negotiated: Negotiated, attrs: _Attrs, code: int, value: byt
     elif code == _ORIGINATOR_ID:
         if length != 4:
             return "ORIGINATOR_ID length is not 4 (RFC 7606 section 7.9)"
-        attrs.originator_id = IPv4Address(value)
+        attrs.originator_id = _router_id(value)
     elif code == _CLUSTER_LIST:
         if length == 0 or length % 4:
             return "CLUSTER_LIST length is not a non-zero multiple of 4 (RFC 7606 section 7.10)"
-        attrs.cluster_list = tuple(IPv4Address(value[p : p + 4]) for p in range(0, length, 4))
+        attrs.cluster_list = _cluster_list(value)
     elif code == _EXT_COMMUNITIES:
         if length % 8:
             return "EXTENDED_COMMUNITIES length is not a multiple of 8 (RFC 7606 section 7.14)"
         attrs.ext = _ext_info(value)
     return None
+
+
+@lru_cache(maxsize=4096)
+def _router_id(value: bytes) -> IPv4Address:
+    return HashedIPv4Address(value)
+
+
+@lru_cache(maxsize=4096)
+def _cluster_list(value: bytes) -> tuple[IPv4Address, ...]:
+    return tuple(HashedIPv4Address(value[p : p + 4]) for p in range(0, len(value), 4))
 
 
 # next hop bytes -> the address: a fabric has a host's worth of PAs, and every route of a PA holds the
