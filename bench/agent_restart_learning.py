@@ -11,7 +11,10 @@ awaited: the learned table applies it (vnet/learned.py), MAC mobility follows it
 computed (hostagent/compute.py), `Reconciler.update` + `plan` (deferring: nothing may be written; nothing is
 planned, as the kernel is right), `Learned.swap`, the decapsulation index takes the new records
 (vnet/decap.py: nothing to write). Then End-of-RIB's plan. CPU time of the thread (`time.thread_time`), by step.
-`--no-gc`: the same with Python's cyclic garbage collector off.
+`--no-gc`: the same with Python's cyclic garbage collector off. `--settle`: the heap settled as the agent does
+(service/heap.py, after the batches that changed hostagent/agent.py's SETTLE_RECORDS lookup records), its
+own time a step of its own. Printed too: Python's full collections meanwhile, their count, total and longest
+(wall time: every thread waits for one).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import time
 
 import agent_learning as al
 
+from nvfabric.hostagent.agent import SETTLE_RECORDS
 from nvfabric.hostagent.compute import Learned, compute, follow_remote
+from nvfabric.service.heap import Heap
 from nvfabric.hostagent.filters import served_vsids
 from nvfabric.vnet import decap
 from nvfabric.vnet.learned import EMPTY, LearnedTable
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("--cas", type=int, default=100000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--no-gc", action="store_true")
+    parser.add_argument("--settle", action="store_true", help="settle the heap as the agent does")
     args = parser.parse_args()
     view, routes, catalog = al.setup(args.cas)
     # the kernel as the previous run left it
@@ -62,7 +68,20 @@ def main() -> None:
     gc.collect()
     if args.no_gc:
         gc.disable()
-    spent = dict.fromkeys(("learned table", "compute", "update + plan", "swap", "decapsulation index"), 0.0)
+    spent = dict.fromkeys(("learned table", "compute", "update + plan", "swap", "decapsulation index", "settle"),
+                          0.0)
+    full: list[float] = []  # the full collections' wall times
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                full.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
+    heap, unsettled = Heap(), 0
     began = time.thread_time()
     for i in range(0, len(items), args.batch):
         t0 = time.thread_time()
@@ -80,16 +99,24 @@ def main() -> None:
                             next_hops=((), tuple(change.next_hops_added)))
         delta = index.apply(what, True)
         t5 = time.thread_time()
+        unsettled += len(step.records)
+        if args.settle and unsettled >= SETTLE_RECORDS:
+            heap.settle()
+            unsettled = 0
+        t6 = time.thread_time()
         assert not plan and not delta, "the kernel holds the table: nothing to write"
-        for name, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+        for name, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
             spent[name] += seconds
     arrived = time.thread_time() - began
     t0 = time.thread_time()
     plan, held = reconciler.plan(reconciler.update({}), False, False)
     eor = time.thread_time() - t0
+    gc.callbacks.remove(on_gc)
     print(f"{args.cas:,} remote CAs held at start ({len(items):,} routes, batches of {args.batch}, gc "
-          f"{'off' if args.no_gc else 'on'}): learned in {arrived:.3f} s, {arrived / args.cas * 1e6:.1f} us per CA; "
+          f"{'off' if args.no_gc else 'on'}{', settled' if args.settle else ''}): "
+          f"learned in {arrived:.3f} s, {arrived / args.cas * 1e6:.1f} us per CA; "
           + ", ".join(f"{k} {v:.3f} s" for k, v in spent.items()))
+    print(f"full collections meanwhile: {len(full)}, {sum(full):.3f} s, the longest {max(full, default=0):.3f} s")
     print(f"End-of-RIB: plan {eor:.3f} s, {len(plan.ops)} ops, {held} still held")
 
 

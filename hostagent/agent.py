@@ -70,10 +70,14 @@ from nvfabric.vnet.nftables import Nft, NftError
 from nvfabric.vnet.policy import Screened, pa_prefixes
 from nvfabric.vnet.portsecurity import PortSecurity, guarded, guarded_port
 from nvfabric.vnet.reconcile import Outcome, Reconciler
+from nvfabric.service.heap import Heap
 
 log = logging.getLogger(__name__)
 
 COALESCE = 0.02  # seconds to gather a burst of BGP changes into one reconcile
+# after passes that changed this many lookup records since the last settle (or a full pass) the heap is
+# settled (service/heap.py): what a table's arrival learns is then not walked again by full collections
+SETTLE_RECORDS = 1000
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,8 @@ class Agent:
         self._new_wire: Callable[[], PacketWire] = Wire  # (tests give an in-memory one)
         self._guest_error: str | None = None
         self._guest_inputs: tuple[Any, ...] | None = None  # what the services were last derived from
+        self._heap = Heap()
+        self._unsettled = 0  # lookup records changed since the heap was last settled
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -624,6 +630,10 @@ class Agent:
         await self._update_decap()
         await self._announce()
         self._update_guest()
+        self._unsettled += len(self.applied.records)
+        if self.applied.full or self._unsettled >= SETTLE_RECORDS:
+            self._heap.settle()
+            self._unsettled = 0
 
     # ------------------------------------------------------------------ guest services
 
