@@ -72,7 +72,10 @@ class Timeline:
         self.t0 = time.monotonic()
 
     def mark(self, what: str, **data: Any) -> None:
-        self.events.append((time.monotonic() - self.t0, what, data))
+        at = time.monotonic() - self.t0
+        self.events.append((at, what, data))
+        if data.get("seconds", 0) >= Stalls.SAY:  # a long step, as it ends (a stall's culprit)
+            print(f"  [{at:7.1f} s] {what}: {data['seconds']:.1f} s", flush=True)
 
     def reset(self) -> None:
         self.events, self.t0 = [], time.monotonic()
