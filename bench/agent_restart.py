@@ -251,8 +251,13 @@ def settled(fabric: Fabric, count: int, timeout: float) -> float:
             raise TimeoutError(f"hv1 did not settle on {count} remote CAs within {timeout:.0f} s")
         if time.monotonic() - said > 20:  # progress, so a run that cannot settle shows why
             said = time.monotonic()
-            where = agent.read(lambda a: (len(a.lookup_records()), a.readiness()), timeout=max(1.0, end - said))
-            print(f"  ... {where[0]:,} lookup records, not ready: {where[1]}", flush=True)
+            where = agent.read(lambda a: (len(a.lookup_records()), a.readiness(), a.status()),
+                               timeout=max(1.0, end - said))
+            status = where[2]
+            print(f"  ... {where[0]:,} lookup records, not ready: {where[1]}; learned routes {status.learned_routes:,}"
+                  f", waiting {len(agent.agent._incoming) if agent.agent else '?':,}, sessions "  # bench-only peek
+                  f"{[(r.address, r.state, r.end_of_rib) for r in status.reflectors]}, backlog {status.backlog}",
+                  flush=True)
         time.sleep(0.2)
     return time.monotonic()
 
@@ -371,6 +376,9 @@ def main() -> int:
             written, seconds = injector.run(inject.announce_table(session, churn), args.timeout)
         result["injected"] = {"routes": written, "written_s": round(seconds, 3)}
         print(f"injector: {written:,} routes written to each reflector ({seconds:.1f} s to the last)", flush=True)
+        for node in RR:  # what each reflector holds before the agent starts
+            summary = fabric.reflector_api(node, "/v1/summary") or {}
+            print(f"{node}: {json.dumps(summary)[:600]}", flush=True)
 
         started = start_agent(fabric, timeline, stalls)
         try:
