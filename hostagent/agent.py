@@ -803,6 +803,7 @@ class Agent:
 
     async def _consume(self) -> None:
         assert self._client is not None
+        taken = 0
         async for event in self._client.events():
             if isinstance(event, PeerStatus):
                 self._on_peer(event)
@@ -810,6 +811,9 @@ class Agent:
                 # kept for the syncer (the latest per key: a burst of changes to one key is one change)
                 self._incoming[event.key] = event.route
             self._dirty.set()
+            taken += 1
+            if taken % LEARN_SLICE == 0:
+                await asyncio.sleep(0)  # (the stream does not wait while it has more: a table's backlog)
 
     def _selection_deferred(self) -> bool:
         """After a start, until End-of-RIB from the reflectors (or eor_timeout), the fabric's table is still
