@@ -77,9 +77,8 @@ log = logging.getLogger(__name__)
 
 COALESCE = 0.02  # seconds to gather a burst of BGP changes into one reconcile
 # At most this many delivered route changes are learned by one pass; the rest wait for the next ones. A pass
-# runs on the loop without yielding, and one that learned a whole table (100,000 routes queued while the
-# first pass read the kernel) kept the loop from sending KEEPALIVEs for over a minute under TCG: the
-# reflectors ended the sessions with "hold timer expired". A slice is about a second there.
+# runs on the loop without yielding: one that learns a whole table's backlog holds the loop for minutes
+# under TCG at 100,000 routes (timers, KEEPALIVEs and the API wait). A slice is about a second there.
 LEARN_SLICE = 2000
 # after passes that changed this many lookup records since the last settle (or a full pass) the heap is
 # settled (service/heap.py): what a table's arrival learns is then not walked again by full collections
