@@ -72,7 +72,10 @@ class Timeline:
         self.t0 = time.monotonic()
 
     def mark(self, what: str, **data: Any) -> None:
-        self.events.append((time.monotonic() - self.t0, what, data))
+        at = time.monotonic() - self.t0
+        self.events.append((at, what, data))
+        if data.get("seconds", 0) >= Stalls.SAY:  # a long step, as it ends (a stall's culprit)
+            print(f"  [{at:7.1f} s] {what}: {data['seconds']:.1f} s", flush=True)
 
     def reset(self) -> None:
         self.events, self.t0 = [], time.monotonic()
@@ -103,6 +106,9 @@ class Timeline:
             for notice in found:
                 if isinstance(notice, PeerStatus):
                     timeline.mark("session", peer=notice.peer, state=notice.state)
+                    if notice.state == "down":
+                        print(f"  [{time.monotonic() - timeline.t0:7.1f} s] session to {notice.peer} down: "
+                              f"{notice.reason}", flush=True)
             on_notices(client, found)
 
         Client._on_notices = notices  # type: ignore[method-assign]
@@ -165,6 +171,58 @@ class Timeline:
         }
 
 
+class Stalls:
+    """Where the agent's loop stood still: Python's full (generation 2) collections in this process, timed by
+    `gc.callbacks` (they stop every thread: the GIL is held), and the agent loop's lag, a sampler on it
+    that wakes every `TICK` s and notes how late it woke. Either above `SAY` s is printed as it happens, so a
+    run whose sessions expire shows what the loop did meanwhile."""
+
+    TICK = 0.25
+    SAY = 2.0
+
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+        self.full: list[tuple[float, float, int]] = []  # (timeline time at the end, seconds, collected)
+        self.lags: list[tuple[float, float]] = []  # (timeline time, seconds late)
+        self._began = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def reset(self) -> None:
+        self.full, self.lags = [], []
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._began
+        at = time.monotonic() - self.timeline.t0
+        self.full.append((at, seconds, info["collected"]))
+        if seconds >= self.SAY:
+            print(f"  [{at:7.1f} s] full garbage collection: {seconds:.1f} s ({info['collected']:,} collected, "
+                  f"{gc.get_freeze_count():,} frozen)", flush=True)
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        async def sample() -> None:
+            while True:
+                due = time.monotonic() + self.TICK
+                await asyncio.sleep(self.TICK)
+                late = time.monotonic() - due
+                if late >= self.SAY:
+                    at = time.monotonic() - self.timeline.t0
+                    self.lags.append((at, late))
+                    print(f"  [{at:7.1f} s] the agent's loop stood still for {late:.1f} s", flush=True)
+
+        asyncio.run_coroutine_threadsafe(sample(), loop)
+
+    def summary(self) -> dict[str, Any]:
+        return {"full_gcs": len(self.full), "full_gc_s": round(sum(s for _, s, _ in self.full), 2),
+                "full_gc_max_s": round(max((s for _, s, _ in self.full), default=0.0), 2),
+                "loop_stalls": [(round(t, 1), round(s, 1)) for t, s in self.lags],
+                "frozen": gc.get_freeze_count()}
+
+
 def rss() -> dict[str, int]:
     """This process's resident set and its peak, in MiB."""
     out = {}
@@ -193,17 +251,27 @@ def settled(fabric: Fabric, count: int, timeout: float) -> float:
             raise TimeoutError(f"hv1 did not settle on {count} remote CAs within {timeout:.0f} s")
         if time.monotonic() - said > 20:  # progress, so a run that cannot settle shows why
             said = time.monotonic()
-            where = agent.read(lambda a: (len(a.lookup_records()), a.readiness()), timeout=max(1.0, end - said))
-            print(f"  ... {where[0]:,} lookup records, not ready: {where[1]}", flush=True)
+            where = agent.read(lambda a: (len(a.lookup_records()), a.readiness(), a.status()),
+                               timeout=max(1.0, end - said))
+            status = where[2]
+            print(f"  ... {where[0]:,} lookup records, not ready: {where[1]}; learned routes {status.learned_routes:,}"
+                  f", waiting {len(agent.agent._incoming) if agent.agent else '?':,}, sessions "  # bench-only peek
+                  f"{[(r.address, r.state, r.end_of_rib) for r in status.reflectors]}, backlog {status.backlog}",
+                  flush=True)
         time.sleep(0.2)
     return time.monotonic()
 
 
-def start_agent(fabric: Fabric, timeline: Timeline) -> float:
+def start_agent(fabric: Fabric, timeline: Timeline, stalls: Stalls) -> float:
     timeline.reset()
+    stalls.reset()
     fabric.start_agent("hv1", routing_domains=[SCALE], provider_prefixes=[PROVIDER, "2001:db8::/64"],
                        eor_timeout=LONG, resync_interval=LONG)
-    return time.monotonic() - timeline.t0
+    returned = time.monotonic() - timeline.t0
+    loop = fabric.agents["hv1"].loop
+    assert loop is not None
+    stalls.watch(loop)
+    return returned
 
 
 def receiver_time(fabric: Fabric, count: int, timeout: float) -> dict[str, float]:
@@ -289,6 +357,7 @@ def main() -> int:
     print(f"machine: {machine()}", flush=True)
     count_nft = NftCount().install()
     timeline = Timeline().install()
+    stalls = Stalls(timeline)
     fabric = fabric_up()
     injector: LoopThread | None = None
     result: dict[str, Any] = {"remote_cas": args.remote_cas, "pas": args.pas}
@@ -307,12 +376,18 @@ def main() -> int:
             written, seconds = injector.run(inject.announce_table(session, churn), args.timeout)
         result["injected"] = {"routes": written, "written_s": round(seconds, 3)}
         print(f"injector: {written:,} routes written to each reflector ({seconds:.1f} s to the last)", flush=True)
+        for node in RR:  # what each reflector holds before the agent starts
+            summary = fabric.reflector_api(node, "/v1/summary") or {}
+            print(f"{node}: {json.dumps(summary)[:600]}", flush=True)
 
-        started = start_agent(fabric, timeline)
-        done = settled(fabric, args.remote_cas, args.timeout) - timeline.t0
+        started = start_agent(fabric, timeline, stalls)
+        try:
+            done = settled(fabric, args.remote_cas, args.timeout) - timeline.t0
+        finally:
+            print(f"first start: {json.dumps(stalls.summary())}", flush=True)
         first = fabric.agents["hv1"].read(lambda a: a.status())
         result["first_start"] = {"start_returned_s": round(started, 3), "synced_s": round(done, 3),
-                                 "totals": first.totals, **timeline.summary()}
+                                 "totals": first.totals, **timeline.summary(), **stalls.summary()}
         print(f"first start (empty kernel): synced in {done:.1f} s, {json.dumps(result['first_start'])}", flush=True)
 
         result["receiver"] = receiver_time(fabric, args.remote_cas, args.timeout)
@@ -327,14 +402,14 @@ def main() -> int:
         rss_before = rss()
         monitor = Monitor(fabric.ns("hv1"))
         nft_before = count_nft.snapshot()
-        started = start_agent(fabric, timeline)
+        started = start_agent(fabric, timeline, stalls)
         done = settled(fabric, args.remote_cas, args.timeout) - timeline.t0
         status = fabric.agents["hv1"].read(lambda a: a.status())
         events = monitor.stop()
         restart = {"start_returned_s": round(started, 3), "synced_s": round(done, 3), "totals": status.totals,
                    "route_neigh_events": len(events), "ours": monitor.ours()[:10],
                    "nft": delta(nft_before, count_nft.snapshot()), "rss_mib_before": rss_before,
-                   "rss_mib_after": rss(), **timeline.summary()}
+                   "rss_mib_after": rss(), **timeline.summary(), **stalls.summary()}
         result["restart"] = restart
         print(f"restart: {json.dumps(restart)}", flush=True)
 
@@ -358,6 +433,11 @@ def main() -> int:
         return 0
     finally:
         count_nft.uninstall()
+        for node in RR:  # the reflectors' own account of their sessions (a lost one says why there)
+            log = fabric.dir / f"{node}.log"
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            said = [line for line in lines if "session" in line or "hold" in line or "NOTIFICATION" in line]
+            print(f"{node}.log: {len(lines)} lines; about sessions:", *said[-12:], sep="\n  ", flush=True)
         fabric_down(fabric, injector)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -76,8 +77,12 @@ log = logging.getLogger(__name__)
 # Seconds to gather BGP changes into one reconcile. A pass costs a few milliseconds whatever it carries (its
 # nft transaction alone ~0.5-2 ms of CPU, and ~12 ms of the kernel's wall time when it deletes elements),
 # so under churn the window sets how many changes share that cost: at 20 ms and 1,000 changes/s it was a
-# third of the CPU per change. 50 ms keeps a change's lag far under a second and halves that share.
+# third of the CPU per change. 50 ms keeps a change's lag far under a second and cuts that share.
 COALESCE = 0.05
+# At most this many delivered route changes are learned by one pass; the rest wait for the next ones. A pass
+# runs on the loop without yielding: one that learns a whole table's backlog holds the loop for minutes
+# under TCG at 100,000 routes (timers, KEEPALIVEs and the API wait). A slice is about a second there.
+LEARN_SLICE = 2000
 
 
 @dataclass(frozen=True)
@@ -422,12 +427,13 @@ class Agent:
 
     # ------------------------------------------------------------------ the one way state changes
 
-    def _table_for(self, catalog: Catalog | None = None, fresh: bool = False) -> LearnedTable:
+    def _table_for(self, catalog: Catalog | None = None, fresh: bool = False, learn: bool = True) -> LearnedTable:
         """The learned routes judged for `catalog` (default: the current one; a change passes the catalog it
         computes), with what the client delivered since applied. A catalog whose routing domains differ (or
         other provider prefixes) judges every route again, O(routes): a port never does. `fresh`: built again
         from the client's table, the safety net of a full pass; a difference from the incremental table is
-        logged."""
+        logged. What the client delivered is learned a slice (LEARN_SLICE) at a time; `learn` False: none now
+        (the pass took its slice already)."""
         catalog = catalog or self._view.catalog
         ours, prefixes = self.config.provider_addresses, self._provider_prefixes
         table, change = self._table, EMPTY
@@ -448,8 +454,8 @@ class Agent:
             change = Change(rebuilt=True, screened=True)
         elif not table.matches(catalog, ours, prefixes):
             table, change = table.rebuilt(catalog, ours, prefixes)
-        if self._incoming:
-            change = change.then(table.apply(self._drain()))
+        if self._incoming and learn:
+            change = change.then(table.apply(self._drain(LEARN_SLICE)))
         self._table = table
         if change:
             self._change = self._change.then(change)
@@ -459,26 +465,40 @@ class Agent:
                 self.metrics.refused(self._screened.counts)
         return table
 
-    def _drain(self) -> list[tuple[RouteKey, Route | None]]:
-        incoming, self._incoming = self._incoming, {}
-        return list(incoming.items())
+    def _drain(self, limit: int | None = None) -> list[tuple[RouteKey, Route | None]]:
+        """The delivered route changes, the latest per key; `limit`: the first that many, the rest for a later
+        pass (which is asked for)."""
+        if limit is None or len(self._incoming) <= limit:
+            incoming, self._incoming = self._incoming, {}
+            return list(incoming.items())
+        taken = list(itertools.islice(self._incoming.items(), limit))
+        for key, _ in taken:
+            del self._incoming[key]
+        self._dirty.set()
+        return taken
+
+    def _holding(self) -> bool:
+        """Learned state may not be removed: End-of-RIB is awaited (vnet/hold.py), or delivered routes still
+        wait for a pass to learn them (the learned table is not the fabric's yet)."""
+        return self._hold.holding or bool(self._incoming)
 
     def _headless(self) -> bool:
         return self._started and self._hold.headless
 
-    def _compute(self, view: View, dirty: set[str], fresh: bool | None = None, ports: Collection[str] = ()) -> Step:
+    def _compute(self, view: View, dirty: set[str], fresh: bool | None = None, ports: Collection[str] = (),
+                 learn: bool = True) -> Step:
         """The partitions of the dirty routing domains and local ports and those the learned changes touch
         (hostagent/compute.py);
         every one after a start, a resync or an error (the learned table built again from the client's, unless
         `fresh` is False: the caller just did)."""
         assert self._reconciler is not None
         everything = self._everything or self._reconciler.full_pending
-        table = self._table_for(view.catalog, fresh=everything if fresh is None else fresh)
+        table = self._table_for(view.catalog, fresh=everything if fresh is None else fresh, learn=learn)
         return compute(view, table, self.host, self._learned_state, None if everything else dirty, self._change, ports)
 
     async def _reconcile(self, desired: Step, defer: bool = False) -> Outcome:
         assert self._reconciler is not None
-        holding = self._hold.holding  # (the hold may end while the kernel is written)
+        holding = self._holding()  # (the hold may end while the kernel is written)
         outcome = await self._reconciler.reconcile(desired.partitions, holding, defer and holding)
         self.metrics.reconciled(outcome)
         self._programmed |= outcome.ok and not holding
@@ -559,7 +579,7 @@ class Agent:
         back = self._compute(self._view, {name.partition("/")[0] for name in desired.partitions} - {GLOBAL})
         # (a routing domain the change added is not in the old view: its partition is emptied)
         back_parts = {**{n: frozenset() for n in desired.partitions}, **back.partitions}
-        self.metrics.reconciled(await self._reconciler.reconcile(back_parts, self._hold.holding))
+        self.metrics.reconciled(await self._reconciler.reconcile(back_parts, self._holding()))
 
     async def _guard_touched(self, view: View, names: frozenset[str], what: str) -> None:
         """Port security for the named ports only (their interfaces before and after the change)."""
@@ -599,7 +619,7 @@ class Agent:
         table = self._table_for(view.catalog, fresh=everything)
         now, ours = time.monotonic(), self.config.next_hop
         # only the MACs whose remote winner changed are looked at (every local one on a full pass)
-        mobility = follow_remote(view.mobility, table.macs(), ours, now, complete=not self._hold.holding,
+        mobility = follow_remote(view.mobility, table.macs(), ours, now, complete=not self._holding(),
                                  keys=None if everything else self._remote_macs)
         holders = follow_remote_holders(view.holders, table.cas(), ours, now).prune(view.catalog, mobility.inactive())
         ports: set[str] = set()
@@ -618,7 +638,7 @@ class Agent:
                 log.error("%s: mobility changes wait until the state can be saved", exc)
         else:
             self._remote_macs = set()
-        desired = self._compute(view, set(), fresh=False, ports=ports)
+        desired = self._compute(view, set(), fresh=False, ports=ports, learn=False)  # (its slice: above)
         outcome = await self._reconcile(desired, defer=self._selection_deferred())
         if outcome.errors:
             log.warning("reconcile: %d errors: %s", len(outcome.errors), outcome.errors[:3])
@@ -705,7 +725,7 @@ class Agent:
                                 (was.customer_routes, now.customer_routes), (was.tables, now.tables),
                                 (was.vsids, now.vsids))
         last = self._reconciler.last if self._reconciler is not None else None
-        if not await self._filters.decapsulation(now, what, self._hold.holding,
+        if not await self._filters.decapsulation(now, what, self._holding(),
                                                  full=last is not None and last.full_observe):
             self._dirty.set()
 
@@ -776,6 +796,7 @@ class Agent:
 
     async def _consume(self) -> None:
         assert self._client is not None
+        taken = 0
         async for event in self._client.events():
             if isinstance(event, PeerStatus):
                 self._on_peer(event)
@@ -783,6 +804,9 @@ class Agent:
                 # kept for the syncer (the latest per key: a burst of changes to one key is one change)
                 self._incoming[event.key] = event.route
             self._dirty.set()
+            taken += 1
+            if taken % LEARN_SLICE == 0:
+                await asyncio.sleep(0)  # (the stream does not wait while it has more: a table's backlog)
 
     def _selection_deferred(self) -> bool:
         """After a start, until End-of-RIB from the reflectors (or eor_timeout), the fabric's table is still
@@ -809,7 +833,7 @@ class Agent:
                     await self._sync_locked()
                     self._last_sync = time.monotonic() - began
                     self.metrics.synced(self._last_sync)
-                    if self._client is not None:
+                    if self._client is not None and not self._incoming:  # (else a slice of it)
                         self._client.applied(mark)
                 except Exception:  # noqa: BLE001 - the loop must survive; the error is logged and retried
                     log.exception("sync failed")

@@ -14,6 +14,7 @@ import pytest
 from nvfabric.bgp.client import Backlog
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute
 from nvfabric.bgp.speaker import PeerStatus
+from nvfabric.hostagent import agent as agent_module
 from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.vnet import learn
@@ -256,3 +257,40 @@ async def test_a_restart_learns_the_table_as_it_arrives_and_writes_only_after_en
     assert kernel.last.counts == {"create": 0, "replace": 1, "delete": 1}  # type: ignore[union-attr]
     after = {k: v for k, v in kernel.observed.items() if isinstance(v, EncapRoute)}  # type: ignore[union-attr]
     assert set(after.values()) == {left[0], encap("10.0.0.21", "198.51.100.13")}
+
+
+async def test_a_table_delivered_at_once_is_learned_a_slice_per_pass_removing_nothing_meanwhile(tmp_path,
+                                                                                               monkeypatch) -> None:
+    # (each pass runs on the loop without yielding: a whole table in one kept the loop from its KEEPALIVEs)
+    monkeypatch.setattr(agent_module, "LEARN_SLICE", 10)
+    a = agent(tmp_path)
+    kernel: Kernel = a._reconciler  # type: ignore[assignment]
+    client: Client = a._client  # type: ignore[assignment]
+    async with a._lock:
+        await a._sync_locked()  # the start: a full pass, the hold on
+    table = a._view.tables["blue"]
+    cas = [f"10.0.0.{i}" for i in range(20, 45)]  # 25 remote CAs: three slices
+    routes = [MacIpRoute(rd="198.51.100.12:5001", mac=f"02:00:00:00:c1:{i:02x}", ip=ip(ca), vsid=5001,
+                         next_hop=ip("198.51.100.12"), route_targets=("65001:1",)) for i, ca in enumerate(cas)]
+    # the previous run left the last CA's route in the kernel, and one nobody announces any more
+    last = EncapRoute(table, f"{cas[-1]}/32", 5001, "198.51.100.12", "nvf-gre4")
+    gone = EncapRoute(table, "10.0.0.99/32", 5001, "198.51.100.12", "nvf-gre4")
+    for route in (last, gone):
+        kernel.observed[route.key] = kernel.held[route.key] = route  # type: ignore[index]
+    a._on_peer(PeerStatus("198.51.100.100", "established"))
+    for route in routes:  # the whole table delivered, then End-of-RIB, before any pass
+        client.table[route.key] = a._incoming[route.key] = route
+    a._on_peer(PeerStatus("198.51.100.100", "end-of-rib"))
+    learned = []
+    while True:
+        async with a._lock:
+            await a._sync_locked()
+        learned.append(len(a.lookup_records()))
+        if not a._incoming:
+            break
+        # a slice learned: the kernel keeps what the rest may still want, and the agent is not synced yet
+        assert last.key in kernel.observed and gone.key in kernel.observed  # type: ignore[operator]
+        assert not a.status().synced
+    assert learned == [10, 20, 25]
+    assert last.key in kernel.observed and gone.key not in kernel.observed  # type: ignore[operator]
+    assert a.status().synced
