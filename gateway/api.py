@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from nvfabric.gateway import nat
 from nvfabric.gateway.conntrackd import SyncStatus
 from nvfabric.gateway.gateway import Gateway, TenantStatus
+from nvfabric.gateway.sites import HIDDEN
 from nvfabric.gateway.state import StateSaveError
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.service import conditional, health, pages
@@ -50,7 +51,7 @@ def _gw(request: web.Request) -> Gateway:
 
 def _view(tenant: Tenant, status: TenantStatus | None) -> dict[str, Any]:
     """A tenant as PUT takes it, its ETag (of that, not of the counters), and its read-only status."""
-    out = tenant.as_dict()
+    out = tenant.as_dict(secrets=False)  # the sites' keys are never shown; a PUT of `<secret>` keeps them
     out[ETAG] = conditional.etag(tenant.as_dict())
     if status is not None:
         out["status"] = status.as_dict()  # read-only; a PUT of a GET body ignores it
@@ -80,10 +81,21 @@ async def get_tenant(request: web.Request) -> web.StreamResponse:
     return conditional.read(request, _view(tenant, (await _statuses(gw)).get(tenant.name)))
 
 
+def keep_secrets(body: Any, current: Tenant | None) -> Any:
+    """A site whose `psk` is the hidden value GET shows keeps the key it has (same tenant, same site name)."""
+    if not isinstance(body, dict) or not isinstance(body.get("sites"), list):
+        return body
+    keys = {s.name: s.psk for s in current.sites} if current is not None else {}
+    sites = [{**s, "psk": keys[s["name"]]} if isinstance(s, dict) and s.get("psk") == HIDDEN
+             and s.get("name") in keys else s for s in body["sites"]]
+    return {**body, "sites": sites}
+
+
 async def put_tenant(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    tenant = Tenant.from_dict(conditional.without_read_only(await json_body(request), "status"), name=name)
     gw = _gw(request)
+    body = keep_secrets(conditional.without_read_only(await json_body(request), "status"), gw.tenants.get(name))
+    tenant = Tenant.from_dict(body, name=name)
     async with conditional.write(request, lambda: _tag(gw, name)):
         created = await gw.put_tenant(tenant)
         body = _view(gw.tenant(name), None)
