@@ -272,9 +272,10 @@ class SiteSa:
     state: str  # ESTABLISHED, CONNECTING, ...
     remote: str
     children: tuple[ChildSa, ...]
+    spis: tuple[str, str] = ("", "")  # the IKE SA's (initiator, responder): the same SA while they are
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "remote": self.remote,
+        return {"name": self.name, "state": self.state, "remote": self.remote, "spis": list(self.spis),
                 "children": [c.__dict__ for c in self.children]}
 
 
@@ -288,7 +289,8 @@ def parse_sas(events: Iterable[Mapping[str, Any]], now: float) -> dict[str, Site
                         child.get("spi-out", ""), int(child.get("bytes-in", 0)), int(child.get("bytes-out", 0)),
                         now - int(child["install-time"]) if "install-time" in child else None)
                 for key, child in (ike.get("child-sas") or {}).items())
-            sa = SiteSa(name, ike.get("state", ""), ike.get("remote-host", ""), children)
+            sa = SiteSa(name, ike.get("state", ""), ike.get("remote-host", ""), children,
+                        (ike.get("initiator-spi", ""), ike.get("responder-spi", "")))
             if name not in out or (sa.state == "ESTABLISHED" and out[name].state != "ESTABLISHED"):
                 out[name] = sa
     return out
@@ -438,10 +440,16 @@ class Charon:
             await self._vici.request("terminate", {"ike": name, "force": "yes", "timeout": "-1"})
         await self._vici.request("unload-shared", {"id": name})
 
+    async def _restart(self, name: str) -> None:
+        assert self._vici is not None
+        with contextlib.suppress(CharonError):  # no SA (never established): nothing to end
+            await self._vici.request("terminate", {"ike": name, "force": "yes", "timeout": "-1"})
+        await self._vici.request("initiate", {"child": name, "ike": name, "timeout": "-1"})
+
     async def put(self, tenant: str, new: Mapping[str, Connection]) -> None:
         """One tenant's connections to `new`: what changed is loaded (charon replaces a connection of the same
-        name), what is gone unloaded and its SAs ended. A refusal puts back what this call changed and raises
-        KernelError (charon's message)."""
+        name) and its SAs made again, what is gone unloaded and its SAs ended. A refusal puts back what this
+        call changed and raises KernelError (charon's message)."""
         if self._vici is None:
             raise KernelError(f"sites of tenant {tenant}", ("charon is not running",))
         old = {n: self._loaded[n] for n in self._by_tenant.get(tenant, ())}
@@ -455,6 +463,8 @@ class Charon:
                     continue
                 done.append((name, old.get(name)))
                 await self._load(new[name])
+                if name in old:  # a changed site (its key, proposals, selectors): new SAs by the new settings
+                    await self._restart(name)
         except CharonError as exc:
             for name, before in reversed(done):
                 with contextlib.suppress(CharonError):
