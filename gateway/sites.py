@@ -3,7 +3,8 @@
 ```yaml
 tenants:
   - name: blue
-    ...
+    route_targets: ["65001:1"]
+    subnets: [{vsid: 5001, prefixes: [10.0.0.0/24]}]
     sites:
       - name: paris
         kind: ipsec                 # IKEv2 by strongSwan, route-based (an XFRM interface in the tenant's VRF)

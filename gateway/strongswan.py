@@ -147,8 +147,8 @@ def connection(tenant: str, tid: int, site: Site, external: External) -> Connect
         "esp_proposals": list(site.esp_proposals),
         "if_id_in": if_id,
         "if_id_out": if_id,
-        # the tenant's packets carry its mark (its id, set by tc); the ESP packets must not, or the tenant's SNAT
-        # (nat.py, matched on the conntrack mark) would rewrite their source
+        # the ESP packets are the gateway's own, not the tenant's: they leave without the tenant's mark (its id,
+        # set by tc, which selects the tenant's routing table and NAT elsewhere)
         "set_mark_out": "0/0xffffffff",
         "start_action": "start",
         "close_action": "start",
