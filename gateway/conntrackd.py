@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import re
@@ -72,22 +71,21 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from nvfabric.gateway.config import GatewayConfig, SyncConfig
 from nvfabric.gateway.peerids import IdExchange
 from nvfabric.service.config import split_listen
+from nvfabric.gateway.rundir import DaemonFiles
 from nvfabric.vnet.kernel.netns import write_sysctls
 from nvfabric.vnet.model import Address
 
 log = logging.getLogger(__name__)
 
 BINARY = "conntrackd"
-RUN_ROOT = Path("/run/nvfabric")  # the runtime files (configuration, UNIX socket, lock) of each gateway's daemon
 SAMPLE_INTERVAL = 5.0  # seconds between two samples of conntrackd's statistics
 BACKOFF = (1.0, 30.0)  # seconds: first and longest wait before a restart (doubling)
 STABLE = 60.0  # seconds a daemon must have run for the next restart to wait the shortest again
-UNIX_PATH_MAX = 107  # sun_path's 108 bytes, less the terminating NUL
 CTL_TIMEOUT = 10.0  # seconds for one request on the daemon's UNIX socket
 # The requests of conntrackd's client (`conntrackd -C FILE ARGS`): one native int on the UNIX socket, the
 # daemon answers text and closes. Read off Debian's conntrackd 1.4.7 (include/conntrackd.h); the host test
@@ -99,18 +97,11 @@ PROTOCOLS = ("TCP", "UDP", "ICMP", "IPv6-ICMP", "SCTP")  # what a tenant's NAT t
 
 
 @dataclass(frozen=True)
-class SyncFiles:
+class SyncFiles(DaemonFiles):
     """The daemon's files, in one directory of its own (one per gateway: two gateways of a lab share a host)."""
 
-    directory: Path
-
-    @property
-    def config(self) -> Path:
-        return self.directory / "conntrackd.conf"
-
-    @property
-    def socket(self) -> Path:
-        return self.directory / "conntrackd.ctl"
+    CONFIG: ClassVar[str] = "conntrackd.conf"
+    SOCKET: ClassVar[str] = "conntrackd.ctl"
 
     @property
     def lock(self) -> Path:
@@ -120,10 +111,7 @@ class SyncFiles:
     def for_gateway(cls, sync: SyncConfig, netns: str | None) -> SyncFiles:
         """One directory per gateway on a host, also for gateways started inside their namespaces without
         `netns` (a lab's): named by the sync link's local address, which is the gateway's alone."""
-        name = "-".join(["conntrackd", *([netns] if netns else []), str(sync.local_address)])
-        if len(str(cls(RUN_ROOT / name).socket)) > UNIX_PATH_MAX:  # a long namespace name: a digest of the same
-            name = "conntrackd-" + hashlib.sha256(name.encode()).hexdigest()[:16]
-        return cls(RUN_ROOT / name)
+        return cls.under("conntrackd", [*([netns] if netns else []), str(sync.local_address)])
 
 
 def own_addresses(config: GatewayConfig) -> tuple[Address, ...]:

@@ -22,19 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import struct
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from vici.protocol import Message, Packet
 
 from nvfabric.gateway import sites as sitemodel
 from nvfabric.gateway.config import External
+from nvfabric.gateway.rundir import DaemonFiles
 from nvfabric.gateway.sites import Site
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.vnet.errors import KernelError
@@ -42,8 +42,6 @@ from nvfabric.vnet.errors import KernelError
 log = logging.getLogger(__name__)
 
 BINARY = "/usr/sbin/charon-systemd"
-RUN_ROOT = Path("/run/nvfabric")
-UNIX_PATH_MAX = 107
 START_TIMEOUT = 30.0  # seconds for a started charon to open its vici socket (TCG: a slow start)
 REQUEST_TIMEOUT = 30.0
 BACKOFF = (1.0, 30.0)
@@ -60,29 +58,20 @@ class CharonError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class CharonFiles:
+class CharonFiles(DaemonFiles):
     """charon's configuration and vici socket, in one directory of their own per daemon."""
 
-    directory: Path
-
-    @property
-    def config(self) -> Path:
-        return self.directory / "strongswan.conf"
-
-    @property
-    def socket(self) -> Path:
-        return self.directory / "charon.vici"
+    CONFIG: ClassVar[str] = "strongswan.conf"
+    SOCKET: ClassVar[str] = "charon.vici"
 
     @classmethod
     def named(cls, name: str) -> CharonFiles:
-        if len(str(RUN_ROOT / name / "charon.vici")) > UNIX_PATH_MAX:
-            name = "charon-" + hashlib.sha256(name.encode()).hexdigest()[:16]
-        return cls(RUN_ROOT / name)
+        return cls.under("charon", [name])
 
     @classmethod
     def for_gateway(cls, netns: str | None, router_id: str) -> CharonFiles:
         """One directory per gateway on a host: named by the namespace, else the router id (the gateway's own)."""
-        return cls.named("-".join(["charon", netns or router_id]))
+        return cls.named(netns or router_id)
 
 
 def charon_conf(files: CharonFiles, log_level: int = 1) -> str:

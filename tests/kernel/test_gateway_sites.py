@@ -120,8 +120,8 @@ def sites(lab: Lab) -> Iterator[Sites]:  # noqa: F811 - the imported fixture
             netns.ip_batch([f"link set {short} up", f"route add {address}/32 dev {short}"], NS["inet"])
             rules = f"/tmp/{TAG}-{short}.nft"
             with open(rules, "w") as f:
-                f.write("table inet site { chain input { type filter hook input priority 0; "
-                        f"meta l4proto esp ip saddr != {GW_EXT} counter drop; }} }}\n")
+                f.write("table inet site {\n chain input {\n  type filter hook input priority 0;\n"
+                        f"  meta l4proto esp ip saddr != {GW_EXT} counter drop\n }}\n}}\n")
             netns.run(["ip", "netns", "exec", ns, "nft", "-f", rules])
             threads[tenant] = LoopThread(ns)
             charons[tenant] = Charon(ns, CharonFiles.named(f"{TAG}-{short}"))
