@@ -76,6 +76,7 @@ from typing import Any, ClassVar
 from nvfabric.gateway.config import GatewayConfig, SyncConfig
 from nvfabric.gateway.peerids import IdExchange
 from nvfabric.service.config import split_listen
+from nvfabric.gateway import rundir
 from nvfabric.gateway.rundir import DaemonFiles
 from nvfabric.vnet.kernel.netns import write_sysctls
 from nvfabric.vnet.model import Address
@@ -355,19 +356,12 @@ class ConntrackSync:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        # the configuration goes with the daemon (written again at each start; the daemon removed its socket
-        # and lock): no directory left behind per namespace a lab or a test used
-        with contextlib.suppress(OSError):
-            self.files.config.unlink()
-            self.files.directory.rmdir()
+        self.files.remove()  # (the daemon removed its socket and lock)
 
     def kill(self) -> None:
         """From any thread, for an owner dropping the gateway without stopping it: the daemon must not outlive it."""
         self._stopping = True
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        rundir.kill(self._proc)
 
     def _argv(self, *args: str) -> list[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []

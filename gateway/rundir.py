@@ -1,9 +1,11 @@
-"""Where each child daemon of a gateway (conntrackd, charon) keeps its runtime files: a directory of its own
+"""A gateway's child daemons (conntrackd, charon): where each keeps its runtime files, a directory of its own
 under RUN_ROOT, one per gateway, so two gateways of a lab (or a gateway and a test's sites) on one machine
-never share a socket or a lock."""
+never share a socket or a lock; and how an owner that drops the gateway ends them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,3 +44,18 @@ class DaemonFiles:
     @classmethod
     def under(cls, prefix: str, parts: Iterable[str]) -> Self:
         return cls(daemon_directory(prefix, parts, cls.SOCKET))
+
+    def remove(self) -> None:
+        """The files and the directory, once the daemon has stopped: nothing left behind per namespace a lab or a
+        test used (the configuration is written again at each start)."""
+        for path in (self.config, self.socket):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
+
+
+def kill(proc: asyncio.subprocess.Process | None) -> None:
+    """From any thread: the child must not outlive an owner that drops the gateway without stopping it."""
+    if proc is not None and proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()

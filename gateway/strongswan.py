@@ -34,6 +34,7 @@ from vici.protocol import Message, Packet
 
 from nvfabric.gateway import sites as sitemodel
 from nvfabric.gateway.config import External
+from nvfabric.gateway import rundir
 from nvfabric.gateway.rundir import DaemonFiles
 from nvfabric.gateway.sites import Site
 from nvfabric.gateway.tenants import Tenant
@@ -338,18 +339,12 @@ class Charon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        with contextlib.suppress(OSError):
-            self.files.config.unlink()
-            self.files.socket.unlink()
-            self.files.directory.rmdir()
+        self.files.remove()
 
     def kill(self) -> None:
         """From any thread, for an owner dropping the gateway without stopping it."""
         self._stopping = True
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        rundir.kill(self._proc)
 
     def _argv(self) -> list[str]:
         return [*(["ip", "netns", "exec", self.netns] if self.netns else []), self.binary]
