@@ -273,14 +273,22 @@ _ADDRESS = {**STRING, "description": "an IPv4 or IPv6 address"}
 _SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(STRING), gateways=array(_ADDRESS),
               dhcp=ANY_OBJECT)
 _SNAT = {"anyOf": [_ADDRESS, obj(["address"], True, address=_ADDRESS, ports={"anyOf": [STRING, INTEGER]})]}
+_SITE = obj(["name", "remote_address", "psk", "prefixes"], True, name=STRING,
+            kind={"type": "string", "enum": ["ipsec", "gre", "wireguard"]}, remote_address=_ADDRESS,
+            auth={"type": "string", "enum": ["psk", "certificate"]},
+            psk={**STRING, "description": "the pre-shared key (shown as <secret>; a PUT of <secret> keeps it)"},
+            prefixes=array(STRING), local_ts=array(STRING), remote_ts=array(STRING), ike_proposals=array(STRING),
+            esp_proposals=array(STRING), slot=INTEGER)
 TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING), subnets=array(_SUBNET),
              snat=array(_SNAT), floating_ips=array(obj(["public", "private"], True, public=_ADDRESS,
                                                        private=_ADDRESS)),
-             public_prefixes=array(STRING), interfaces=array(STRING), status=ANY_OBJECT, etag=STRING)
+             public_prefixes=array(STRING), interfaces=array(STRING), sites=array(_SITE), status=ANY_OBJECT,
+             etag=STRING)
 _TENANT_VIEW = obj(["name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces",
                     "etag"],
                    name=STRING, route_targets=array(STRING), subnets=array(ANY_OBJECT), snat=array(ANY_OBJECT),
                    floating_ips=array(ANY_OBJECT), public_prefixes=array(STRING), interfaces=array(STRING),
+                   sites=array(ANY_OBJECT),
                    etag={**STRING, "description": "the ETag (read-only; ignored in a PUT body: send it as If-Match)"},
                    status=obj(["name", "id"], name=STRING, id=INTEGER, vsids=array(INTEGER), nat_sessions=INTEGER))
 _PORT_PARAM = {**STRING, "pattern": "^[0-9]+$"}
