@@ -78,7 +78,10 @@ async def list_tenants(request: web.Request) -> web.Response:
 async def get_tenant(request: web.Request) -> web.StreamResponse:
     gw = _gw(request)
     tenant = gw.tenant(request.match_info["name"])
-    return conditional.read(request, _view(tenant, (await _statuses(gw)).get(tenant.name)))
+    view = _view(tenant, (await _statuses(gw)).get(tenant.name))
+    if tenant.sites and "status" in view:  # charon asked once per tenant read, not per page of tenants
+        view["status"]["sites"] = await gw.site_status(tenant.name)
+    return conditional.read(request, view)
 
 
 def keep_secrets(body: Any, current: Tenant | None) -> Any:
@@ -284,13 +287,18 @@ TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=arra
                                                        private=_ADDRESS)),
              public_prefixes=array(STRING), interfaces=array(STRING), sites=array(_SITE), status=ANY_OBJECT,
              etag=STRING)
+_SITE_STATUS = obj(["name", "kind", "remote_address", "if_id", "device", "prefixes", "sa"], name=STRING, kind=STRING,
+                   remote_address=_ADDRESS, if_id=INTEGER, device=STRING, prefixes=array(STRING),
+                   sa={**nullable(ANY_OBJECT), "description": "the IKE SA (state, spis, children with spi_in, "
+                       "spi_out, bytes_in, bytes_out, installed_at); null: none"})
 _TENANT_VIEW = obj(["name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces",
                     "etag"],
                    name=STRING, route_targets=array(STRING), subnets=array(ANY_OBJECT), snat=array(ANY_OBJECT),
                    floating_ips=array(ANY_OBJECT), public_prefixes=array(STRING), interfaces=array(STRING),
                    sites=array(ANY_OBJECT),
                    etag={**STRING, "description": "the ETag (read-only; ignored in a PUT body: send it as If-Match)"},
-                   status=obj(["name", "id"], name=STRING, id=INTEGER, vsids=array(INTEGER), nat_sessions=INTEGER))
+                   status=obj(["name", "id"], name=STRING, id=INTEGER, vsids=array(INTEGER), nat_sessions=INTEGER,
+                              sites=array(_SITE_STATUS)))
 _PORT_PARAM = {**STRING, "pattern": "^[0-9]+$"}
 _TRACE_QUERY = (Param("tenant", description="from this tenant (absent: from outside)"),
                 Param("proto", {"type": "string", "enum": ["tcp", "udp", "icmp", "icmpv6"]}),

@@ -32,6 +32,7 @@ from nvfabric.bgp.bfd.endpoint import Bfd
 from nvfabric.bgp.metrics import SessionSample
 from nvfabric.bgp.speaker import wants_bfd
 from nvfabric.gateway import nat
+from nvfabric.gateway import sites as sitemodel
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.conntrackd import ConntrackSync, SyncStatus, own_addresses
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
@@ -530,6 +531,19 @@ class Gateway:
     async def site_sas(self) -> dict[str, SiteSa]:
         """The sites' IKE SAs as charon lists them, by connection (`<tenant>.<site>`)."""
         return await self._charon.sas() if self._charon is not None else {}
+
+    async def site_status(self, name: str) -> list[dict[str, Any]]:
+        """One tenant's sites: what each is in the kernel (its tunnel device and if_id) and in charon (the IKE
+        SA's state and SPIs, the child SAs' SPIs, bytes and install time; `sa` None: no SA)."""
+        tenant, tid = self.tenant(name), self._ids[name]
+        sas = await self.site_sas()
+        out = []
+        for site in tenant.sites:
+            sa = sas.get(sitemodel.connection_name(name, site))
+            out.append({"name": site.name, "kind": site.kind, "remote_address": str(site.remote_address),
+                        "if_id": sitemodel.if_id(tid, site), "device": sitemodel.device_name(tid, site),
+                        "prefixes": [str(p) for p in site.prefixes], "sa": None if sa is None else sa.as_dict()})
+        return out
 
     async def _put_back(self, name: str, old: Tenant | None, new: Tenant | None, tid: int,
                         ids: Mapping[str, int]) -> None:

@@ -176,6 +176,9 @@ def _checks(sites: Sites) -> None:
     s, line = connect_retrying(NS["vb"], SITE_HOST, ("10.0.0.5", 0))
     s.close()
     assert line.startswith("site-blue 10.0.0.5:"), line
+    (status,) = sites.lab.gateway.call(lambda g: g.site_status("blue"))
+    assert (status["device"], status["sa"]["state"], status["sa"]["remote"]) == (dev, "ESTABLISHED", SITE["blue"][1])
+    assert any(c["bytes_out"] > 0 and c["bytes_in"] > 0 for c in status["sa"]["children"]), status
     assert established(sites.gateway_sas(), "red.office") is None
     assert established(sites.site_sas("red"), "gateway") is None
     with pytest.raises(ConnectionError):
