@@ -21,6 +21,7 @@ from nvfabric.lab import netns
 from nvfabric.lab.daemons import LoopThread
 from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.probe import Server, connect_retrying
+from nvfabric.vnet.errors import KernelError
 from nvfabric.vnet.kernel.netns import RtnlSocket
 from nvfabric.vnet.kernel.objects import LocalPortRoute, XfrmInterface
 from nvfabric.vnet.kernel.observe import observe
@@ -192,9 +193,16 @@ def _checks(sites: Sites) -> None:
     s, line = connect_retrying(NS["vb"], SITE_HOST, ("10.0.0.6", 0))
     s.close()
     assert line.startswith("site-blue 10.0.0.6:"), line
-    # red's site removed: blue's child SA is the same one (its SPIs unchanged), and still carries blue's traffic
+    # a proposal charon refuses (the model checks only its syntax): refused like a kernel refusal, blue as it was;
+    # then red's site removed: blue's child SA is the same one throughout (its SPIs unchanged), and still carries
+    # blue's traffic
     before = established(sites.gateway_sas(), "blue.office")
     assert before is not None
+    good = with_site(BLUE, "blue", PSK["blue"])
+    bad = Tenant.from_dict({**good.as_dict(), "sites": [{**good.sites[0].as_dict(), "ike_proposals": ["aes999-x"]}]})
+    with pytest.raises(KernelError, match="load-conn"):
+        sites.put(bad)
+    assert gw.tenants["blue"] == good
     sites.put(Tenant.from_dict(RED))
     wait_for(lambda: "red.office" not in sites.gateway_sas(), 60, "red's SA ended")
     after = established(sites.gateway_sas(), "blue.office")
