@@ -195,14 +195,23 @@ class Vici:
         return Packet.parse(await self._reader.readexactly(length))
 
     async def request(self, command: str, message: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """A command's answer; CharonError when charon says it failed."""
-        async with self._lock:
-            await self._send(Packet.request(command, None if message is None else Message.serialize(message)))
-            answer = await asyncio.wait_for(self._receive(), REQUEST_TIMEOUT)
+        """A command's answer; CharonError when charon says it failed or does not answer."""
+        try:
+            async with self._lock:
+                await self._send(Packet.request(command, None if message is None else Message.serialize(message)))
+                answer = await asyncio.wait_for(self._receive(), REQUEST_TIMEOUT)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            raise CharonError(f"{command}: charon does not answer ({exc!r})") from None
         return _checked(command, answer)
 
     async def stream(self, command: str, event: str, message: Mapping[str, Any] | None = None) -> list[dict]:
         """A command that answers with events (list-sas): the events, then the answer."""
+        try:
+            return await self._stream(command, event, message)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            raise CharonError(f"{command}: charon does not answer ({exc!r})") from None
+
+    async def _stream(self, command: str, event: str, message: Mapping[str, Any] | None) -> list[dict]:
         async with self._lock:
             await self._send(Packet.register_event(event))
             if (await self._receive()).response_type != Packet.EVENT_CONFIRM:
@@ -463,7 +472,11 @@ class Charon:
             self._by_tenant.pop(tenant, None)
 
     async def sas(self) -> dict[str, SiteSa]:
-        """The IKE SAs by connection name (empty when charon is not running)."""
+        """The IKE SAs by connection name (empty when charon is not running or not answering: none are known)."""
         if self._vici is None:
             return {}
-        return parse_sas(await self._vici.stream("list-sas", "list-sa"), time.time())
+        try:
+            return parse_sas(await self._vici.stream("list-sas", "list-sa"), time.time())
+        except CharonError as exc:
+            log.warning("ipsec: %s", exc)
+            return {}

@@ -2,14 +2,16 @@
 swanctl.conf as a site's administrator would, on this machine's kernel: IKEv2 with pre-shared keys. This
 kernel installs no child SA (no ESP here: charon says so and keeps the IKE SA), so what is checked is the
 IKE side; the tunnels themselves are tests/kernel/test_gateway_sites.py's. Two tenants, one site each:
-a wrong key never establishes, the right one does, and removing one tenant's site leaves the other's IKE SA
-as it was (the same SPIs)."""
+a wrong key never establishes, the right one does, a proposal charon refuses changes nothing, removing one
+tenant's site leaves the other's IKE SA as it was (the same SPIs), and a killed charon is started again with
+the connections it had."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -103,6 +105,12 @@ def test_one_tenants_site_changes_leave_the_others_ike_sa(namespaces: None, tmp_
             sas = await until_sas(gw, lambda s: "red.office" not in s, "red's IKE SA ended")
             assert established(sas, "blue.office") == blue  # the same SA: SPIs, state, peer
             assert established(await sites["blue"].sas(), "gateway").spis == blue.spis
+            # charon killed: started again, given blue's connection, which comes up again (a new SA)
+            assert gw._proc is not None
+            os.kill(gw._proc.pid, signal.SIGKILL)
+            sas = await until_sas(gw, lambda s: (sa := established(s, "blue.office")) and sa.spis != blue.spis,
+                                  "blue's IKE SA again after charon was killed")
+            assert gw.restarts == 1 and "red.office" not in sas
         finally:
             await gw.stop()
             for charon in sites.values():
