@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from nvfabric.gateway import nat
 from nvfabric.gateway.conntrackd import SyncStatus
 from nvfabric.gateway.gateway import Gateway, TenantStatus
+from nvfabric.gateway.sites import HIDDEN
 from nvfabric.gateway.state import StateSaveError
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.service import conditional, health, pages
@@ -50,7 +51,7 @@ def _gw(request: web.Request) -> Gateway:
 
 def _view(tenant: Tenant, status: TenantStatus | None) -> dict[str, Any]:
     """A tenant as PUT takes it, its ETag (of that, not of the counters), and its read-only status."""
-    out = tenant.as_dict()
+    out = tenant.as_dict(secrets=False)  # the sites' keys are never shown; a PUT of `<secret>` keeps them
     out[ETAG] = conditional.etag(tenant.as_dict())
     if status is not None:
         out["status"] = status.as_dict()  # read-only; a PUT of a GET body ignores it
@@ -77,13 +78,27 @@ async def list_tenants(request: web.Request) -> web.Response:
 async def get_tenant(request: web.Request) -> web.StreamResponse:
     gw = _gw(request)
     tenant = gw.tenant(request.match_info["name"])
-    return conditional.read(request, _view(tenant, (await _statuses(gw)).get(tenant.name)))
+    view = _view(tenant, (await _statuses(gw)).get(tenant.name))
+    if tenant.sites and "status" in view:  # charon asked once per tenant read, not per page of tenants
+        view["status"]["sites"] = await gw.site_status(tenant.name)
+    return conditional.read(request, view)
+
+
+def keep_secrets(body: Any, current: Tenant | None) -> Any:
+    """A site whose `psk` is the hidden value GET shows keeps the key it has (same tenant, same site name)."""
+    if not isinstance(body, dict) or not isinstance(body.get("sites"), list):
+        return body
+    keys = {s.name: s.psk for s in current.sites} if current is not None else {}
+    sites = [{**s, "psk": keys[s["name"]]} if isinstance(s, dict) and s.get("psk") == HIDDEN
+             and s.get("name") in keys else s for s in body["sites"]]
+    return {**body, "sites": sites}
 
 
 async def put_tenant(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    tenant = Tenant.from_dict(conditional.without_read_only(await json_body(request), "status"), name=name)
     gw = _gw(request)
+    body = keep_secrets(conditional.without_read_only(await json_body(request), "status"), gw.tenants.get(name))
+    tenant = Tenant.from_dict(body, name=name)
     async with conditional.write(request, lambda: _tag(gw, name)):
         created = await gw.put_tenant(tenant)
         body = _view(gw.tenant(name), None)
@@ -261,16 +276,29 @@ _ADDRESS = {**STRING, "description": "an IPv4 or IPv6 address"}
 _SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(STRING), gateways=array(_ADDRESS),
               dhcp=ANY_OBJECT)
 _SNAT = {"anyOf": [_ADDRESS, obj(["address"], True, address=_ADDRESS, ports={"anyOf": [STRING, INTEGER]})]}
+_SITE = obj(["name", "remote_address", "psk", "prefixes"], True, name=STRING,
+            kind={"type": "string", "enum": ["ipsec", "gre", "wireguard"]}, remote_address=_ADDRESS,
+            auth={"type": "string", "enum": ["psk", "certificate"]},
+            psk={**STRING, "description": "the pre-shared key (shown as <secret>; a PUT of <secret> keeps it)"},
+            prefixes=array(STRING), local_ts=array(STRING), remote_ts=array(STRING), ike_proposals=array(STRING),
+            esp_proposals=array(STRING), slot=INTEGER)
 TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING), subnets=array(_SUBNET),
              snat=array(_SNAT), floating_ips=array(obj(["public", "private"], True, public=_ADDRESS,
                                                        private=_ADDRESS)),
-             public_prefixes=array(STRING), interfaces=array(STRING), status=ANY_OBJECT, etag=STRING)
+             public_prefixes=array(STRING), interfaces=array(STRING), sites=array(_SITE), status=ANY_OBJECT,
+             etag=STRING)
+_SITE_STATUS = obj(["name", "kind", "remote_address", "if_id", "device", "prefixes", "sa"], name=STRING, kind=STRING,
+                   remote_address=_ADDRESS, if_id=INTEGER, device=STRING, prefixes=array(STRING),
+                   sa={**nullable(ANY_OBJECT), "description": "the IKE SA (state, spis, children with spi_in, "
+                       "spi_out, bytes_in, bytes_out, installed_at); null: none"})
 _TENANT_VIEW = obj(["name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces",
                     "etag"],
                    name=STRING, route_targets=array(STRING), subnets=array(ANY_OBJECT), snat=array(ANY_OBJECT),
                    floating_ips=array(ANY_OBJECT), public_prefixes=array(STRING), interfaces=array(STRING),
+                   sites=array(ANY_OBJECT),
                    etag={**STRING, "description": "the ETag (read-only; ignored in a PUT body: send it as If-Match)"},
-                   status=obj(["name", "id"], name=STRING, id=INTEGER, vsids=array(INTEGER), nat_sessions=INTEGER))
+                   status=obj(["name", "id"], name=STRING, id=INTEGER, vsids=array(INTEGER), nat_sessions=INTEGER,
+                              sites=array(_SITE_STATUS)))
 _PORT_PARAM = {**STRING, "pattern": "^[0-9]+$"}
 _TRACE_QUERY = (Param("tenant", description="from this tenant (absent: from outside)"),
                 Param("proto", {"type": "string", "enum": ["tcp", "udp", "icmp", "icmpv6"]}),

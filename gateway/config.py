@@ -118,7 +118,8 @@ class GatewayConfig:
                      *(() if self.sync is None else (("sync.local_address", self.sync.local_address),
                                                      ("sync.peer_address", self.sync.peer_address)))]
         own = {} if self.sync is None else {self.sync.interface: "the gateway's sync link (sync.interface)"}
-        return Reserved.build(ext.interfaces, addresses, self.public_prefixes, own)
+        return Reserved.build(ext.interfaces, addresses, self.public_prefixes, own, (ext.address4, ext.address6),
+                              None if self.provider_addresses else "without provider_addresses it has no VRFs")
 
     @classmethod
     def from_dict(cls, data: Any) -> GatewayConfig:

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import re
@@ -72,22 +71,22 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from nvfabric.gateway.config import GatewayConfig, SyncConfig
 from nvfabric.gateway.peerids import IdExchange
 from nvfabric.service.config import split_listen
+from nvfabric.gateway import rundir
+from nvfabric.gateway.rundir import DaemonFiles
 from nvfabric.vnet.kernel.netns import write_sysctls
 from nvfabric.vnet.model import Address
 
 log = logging.getLogger(__name__)
 
 BINARY = "conntrackd"
-RUN_ROOT = Path("/run/nvfabric")  # the runtime files (configuration, UNIX socket, lock) of each gateway's daemon
 SAMPLE_INTERVAL = 5.0  # seconds between two samples of conntrackd's statistics
 BACKOFF = (1.0, 30.0)  # seconds: first and longest wait before a restart (doubling)
 STABLE = 60.0  # seconds a daemon must have run for the next restart to wait the shortest again
-UNIX_PATH_MAX = 107  # sun_path's 108 bytes, less the terminating NUL
 CTL_TIMEOUT = 10.0  # seconds for one request on the daemon's UNIX socket
 # The requests of conntrackd's client (`conntrackd -C FILE ARGS`): one native int on the UNIX socket, the
 # daemon answers text and closes. Read off Debian's conntrackd 1.4.7 (include/conntrackd.h); the host test
@@ -99,18 +98,11 @@ PROTOCOLS = ("TCP", "UDP", "ICMP", "IPv6-ICMP", "SCTP")  # what a tenant's NAT t
 
 
 @dataclass(frozen=True)
-class SyncFiles:
+class SyncFiles(DaemonFiles):
     """The daemon's files, in one directory of its own (one per gateway: two gateways of a lab share a host)."""
 
-    directory: Path
-
-    @property
-    def config(self) -> Path:
-        return self.directory / "conntrackd.conf"
-
-    @property
-    def socket(self) -> Path:
-        return self.directory / "conntrackd.ctl"
+    CONFIG: ClassVar[str] = "conntrackd.conf"
+    SOCKET: ClassVar[str] = "conntrackd.ctl"
 
     @property
     def lock(self) -> Path:
@@ -120,10 +112,7 @@ class SyncFiles:
     def for_gateway(cls, sync: SyncConfig, netns: str | None) -> SyncFiles:
         """One directory per gateway on a host, also for gateways started inside their namespaces without
         `netns` (a lab's): named by the sync link's local address, which is the gateway's alone."""
-        name = "-".join(["conntrackd", *([netns] if netns else []), str(sync.local_address)])
-        if len(str(cls(RUN_ROOT / name).socket)) > UNIX_PATH_MAX:  # a long namespace name: a digest of the same
-            name = "conntrackd-" + hashlib.sha256(name.encode()).hexdigest()[:16]
-        return cls(RUN_ROOT / name)
+        return cls.under("conntrackd", [*([netns] if netns else []), str(sync.local_address)])
 
 
 def own_addresses(config: GatewayConfig) -> tuple[Address, ...]:
@@ -367,19 +356,12 @@ class ConntrackSync:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        # the configuration goes with the daemon (written again at each start; the daemon removed its socket
-        # and lock): no directory left behind per namespace a lab or a test used
-        with contextlib.suppress(OSError):
-            self.files.config.unlink()
-            self.files.directory.rmdir()
+        self.files.remove()  # (the daemon removed its socket and lock)
 
     def kill(self) -> None:
         """From any thread, for an owner dropping the gateway without stopping it: the daemon must not outlive it."""
         self._stopping = True
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        rundir.kill(self._proc)
 
     def _argv(self, *args: str) -> list[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []

@@ -13,7 +13,8 @@ from the reflectors like a host does, gateway/evpn.py), and the gateway's own (`
 - on the NVGRE devices' shared ingress block (TC_BLOCK), `flower enc_key_id VSID<<8 action skbedit mark <id>`,
   one filter per VSID with handle = VSID (vnet's FlowerMark), so a tenant change replaces only its own
   filters. Every tenant's traffic arrives on the same flow-based device; the mark is what tells tenants
-  apart in nftables (zones) before routing.
+  apart in nftables (zones) before routing;
+- each site's tunnel (an XFRM interface in the VRF) and its prefixes routed to it (`site_objects`).
 And in GLOBAL, the tc hook on each NVGRE device: clsact bound to that shared block (vnet's Clsact).
 All of it is vnet kernel objects, applied over netlink: no process is started for a change.
 """
@@ -23,13 +24,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
+from nvfabric.gateway import sites
 from nvfabric.gateway.config import External
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.vnet import decap
 from nvfabric.vnet.catalog import Catalog
-from nvfabric.vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, desired_state
+from nvfabric.vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, desired_state, vrf_name
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import Clsact, FlowerMark, FwmarkRule, KernelObject, ViaRoute
+from nvfabric.vnet.kernel.objects import (Clsact, FlowerMark, FwmarkRule, KernelObject, LocalPortRoute, ViaRoute,
+                                          XfrmInterface)
 from nvfabric.vnet.model import LookupRecord
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
@@ -62,9 +65,22 @@ def tenant_extras(tenant: Tenant, tid: int, external: External) -> frozenset[Ker
     out: set[KernelObject] = {FwmarkRule(family, tid, tid, FWMARK_PRIORITY, iif=iif)
                               for family in (4, 6) for iif in external.interfaces}
     out.update(FlowerMark(TC_BLOCK, vsid, tid) for vsid in tenant.vsids)
+    out.update(site_objects(tenant, tid))
     for prefix, nh in (("0.0.0.0/0", external.next_hop4), ("::/0", external.next_hop6)):
         if nh is not None:
             out.add(ViaRoute(tid, prefix, str(nh), external.interfaces[0], LEAK_METRIC))
+    return frozenset(out)
+
+
+def site_objects(tenant: Tenant, tid: int) -> frozenset[KernelObject]:
+    """Pure: each site's tunnel, an XFRM interface in the tenant's VRF with the site's if_id (charon's SAs for the
+    site carry the same, gateway/strongswan.py), and the site's prefixes routed to it in the tenant's table. It is
+    no external interface: nothing to a site is NATed."""
+    out: set[KernelObject] = set()
+    for site in tenant.sites:
+        dev = sites.device_name(tid, site)
+        out.add(XfrmInterface(dev, sites.if_id(tid, site), vrf_name(tenant.name)))
+        out.update(LocalPortRoute(tid, str(p), dev) for p in site.prefixes)
     return frozenset(out)
 
 

@@ -32,12 +32,14 @@ from nvfabric.bgp.bfd.endpoint import Bfd
 from nvfabric.bgp.metrics import SessionSample
 from nvfabric.bgp.speaker import wants_bfd
 from nvfabric.gateway import nat
+from nvfabric.gateway import sites as sitemodel
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.conntrackd import ConntrackSync, SyncStatus, own_addresses
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
 from nvfabric.gateway.evpn import Fabric
 from nvfabric.gateway.role import ANNOUNCE, DEPREFERRED, WITHDRAWN, Role
 from nvfabric.gateway.reload import Reconfiguration
+from nvfabric.gateway.strongswan import Charon, CharonError, CharonFiles, SiteSa, connections
 from nvfabric.gateway.state import SavedState, StateDir, StateSaveError, assign_ids
 from nvfabric.gateway.status import RoleStatus, SessionClock, SessionStatus, readiness as status_readiness
 from nvfabric.gateway.tenants import Claims, Tenant
@@ -96,6 +98,10 @@ class Gateway:
         # fabric's first records, what a previous run vouched for is kept (a restart keeps enforcing)
         self._decap = DecapTable(self._nft) if self._dp is not None else None
         self._decap_learned = False
+        # the tenants' IPsec sites (gateway/strongswan.py): charon started with the first site, in the gateway's
+        # namespace; the tunnels are the dataplane's XFRM interfaces, so a gateway without VRFs has no sites
+        self._charon = Charon(config.netns, CharonFiles.for_gateway(config.netns, config.router_id)) \
+            if self._dp is not None else None
         self._upstream = Upstream(config) if config.upstream else None
         # the reflectors: learn tenant CAs, announce the tenants' default routes (needs the NVGRE side)
         self._fabric = Fabric(config, self.set_records, self._role_changed) \
@@ -159,6 +165,9 @@ class Gateway:
                 await self._dp.start()
                 # every tenant's VRF side and tc filters, and the NVGRE devices' tc hooks: one netlink pass
                 await self._dp.reconcile(self._tenants, self._ids, self._records)
+            for name, tenant in self._tenants.items():
+                if tenant.sites:
+                    await self._put_sites(name, tenant, self._ids[name])
             if self._decap is not None:
                 await self._decap.read()  # what is enforced now: changed by difference
                 await self._update_decap()
@@ -239,10 +248,13 @@ class Gateway:
         self._state.save(SavedState(tuple(api), all_ids, self._last_id))
 
     async def stop(self) -> None:
-        # The tables, VRFs and routes stay: forwarding and NAT keep working while the daemon restarts.
+        # The tables, VRFs and routes stay: forwarding and NAT keep working while the daemon restarts (but for
+        # the sites: their SAs end with charon).
         self._started = False
         if self._sync is not None:
             await self._sync.stop()
+        if self._charon is not None and self._charon.running:
+            await self._charon.stop()
         await asyncio.to_thread(self.close)
         if self._fabric is not None:
             await self._fabric.stop()
@@ -268,6 +280,8 @@ class Gateway:
         a few seconds."""
         if self._sync is not None:
             self._sync.kill()
+        if self._charon is not None:
+            self._charon.kill()
         self._sessions.stop()
 
     @property
@@ -476,16 +490,60 @@ class Gateway:
                 await self._dp.put_tenant(name, new, ids, self._records)
             except PlumbingError as exc:  # the dataplane reverted its side
                 raise KernelError(f"{'put' if new else 'delete'} tenant {name}", (str(exc),)) from None
-        change = (None if new is None else nat.TenantNat(new, tid), None if old is None else nat.TenantNat(old, tid))
+        def pair(a: Tenant | None, b: Tenant | None) -> tuple[nat.TenantNat | None, nat.TenantNat | None]:
+            return (None if a is None else nat.TenantNat(a, tid), None if b is None else nat.TenantNat(b, tid))
+
+        change = pair(new, old)
+        what = f"{'put' if new else 'delete'} tenant {name}"
         try:
-            await self._load(f"{'put' if new else 'delete'} tenant {name}", nat.transaction({name: change}))
+            await self._load(what, nat.transaction({name: change}))
         except KernelError:
-            if self._dp is not None:  # nft refused: the VRF side goes back to what it was
-                try:
-                    await self._dp.put_tenant(name, old, ids, self._records)
-                except PlumbingError as exc:  # logged: the refusal is what the caller must hear of
-                    log.error("tenant %s: putting back the VRF side after nft refused failed: %s", name, exc)
+            await self._put_back_vrf(name, old, ids, "nft")
             raise
+        if (new is not None and new.sites) or (old is not None and old.sites):
+            try:
+                await self._put_sites(name, new, tid)
+            except KernelError:  # charon put back its side; the NAT and the VRF side go back too
+                try:
+                    await self._load(f"{what}: put back", nat.transaction({name: pair(old, new)}))
+                except KernelError as exc:
+                    log.error("tenant %s: putting back its NAT after charon refused failed: %s", name, exc)
+                await self._put_back_vrf(name, old, ids, "charon")
+                raise
+
+    async def _put_back_vrf(self, name: str, old: Tenant | None, ids: Mapping[str, int], who: str) -> None:
+        if self._dp is not None:
+            try:
+                await self._dp.put_tenant(name, old, ids, self._records)
+            except PlumbingError as exc:  # logged: the refusal is what the caller must hear of
+                log.error("tenant %s: putting back the VRF side after %s refused failed: %s", name, who, exc)
+
+    async def _put_sites(self, name: str, tenant: Tenant | None, tid: int) -> None:
+        """One tenant's IPsec connections in charon (started with the first site). KernelError when refused."""
+        assert self._charon is not None, "Reserved.check refuses sites without the VRF dataplane"
+        if not self._charon.running:
+            try:
+                await self._charon.start()
+            except CharonError as exc:
+                raise KernelError(f"sites of tenant {name}", (str(exc),)) from None
+        await self._charon.put(name, connections(name, tenant, tid, self.config.external))
+
+    async def site_sas(self) -> dict[str, SiteSa]:
+        """The sites' IKE SAs as charon lists them, by connection (`<tenant>.<site>`)."""
+        return await self._charon.sas() if self._charon is not None else {}
+
+    async def site_status(self, name: str) -> list[dict[str, Any]]:
+        """One tenant's sites: what each is in the kernel (its tunnel device and if_id) and in charon (the IKE
+        SA's state and SPIs, the child SAs' SPIs, bytes and install time; `sa` None: no SA)."""
+        tenant, tid = self.tenant(name), self._ids[name]
+        sas = await self.site_sas()
+        out = []
+        for site in tenant.sites:
+            sa = sas.get(sitemodel.connection_name(name, site))
+            out.append({"name": site.name, "kind": site.kind, "remote_address": str(site.remote_address),
+                        "if_id": sitemodel.if_id(tid, site), "device": sitemodel.device_name(tid, site),
+                        "prefixes": [str(p) for p in site.prefixes], "sa": None if sa is None else sa.as_dict()})
+        return out
 
     async def _put_back(self, name: str, old: Tenant | None, new: Tenant | None, tid: int,
                         ids: Mapping[str, int]) -> None:

@@ -11,7 +11,8 @@ packet would have run through every tenant's base chains.
 
 Every tenant has one number `tid` (its routing table number, vnet.desired.allocate_tables) used as
 - the packet mark: set before netfilter for NVGRE traffic (gateway/dataplane.py, tc per VSID), or by the
-  tenant's `_in` chain for directly attached interfaces; `ip rule fwmark tid lookup tid` routes by it,
+  tenant's `_in` chain for directly attached interfaces and its sites' tunnels; `ip rule fwmark tid lookup
+  tid` routes by it,
 - the conntrack zone, in BOTH directions: the tenant's own traffic by its mark, traffic from outside by
   the destination (its SNAT addresses, floating IPs, public prefixes are its alone, tenants.check_tenants).
   Overlapping private addresses therefore never meet in one zone, not even in reply tuples (two tenants'
@@ -33,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nvfabric.gateway import sites
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.vnet.model import Address, Network
 
@@ -167,7 +169,8 @@ def _elements(nat: TenantNat) -> dict[str, list[tuple[Any, str]]]:
         pubs[a.version].append(str(a))
     out: dict[str, list[tuple[Any, str]]] = {
         "m_zone": [(nat.tid, _chain(name, "zone"))],
-        "i_in": [(i, _chain(name, "in")) for i in t.interfaces],
+        # a site's tunnel attaches the tenant as an interface does: what arrives from the site is the tenant's
+        "i_in": [(i, _chain(name, "in")) for i in (*t.interfaces, *(sites.device_name(nat.tid, s) for s in t.sites))],
         "a4_zone": [(a, _chain(name, "zone")) for a in pubs[4]],
         "a6_zone": [(a, _chain(name, "zone")) for a in pubs[6]],
         "p6_zone": [(_interval(p), _chain(name, "zone")) for p in t.public_prefixes],

@@ -48,12 +48,17 @@ class Reserved:
     interfaces: Mapping[str, str] = field(default_factory=dict)  # name -> what it is
     addresses: Mapping[Address, str] = field(default_factory=dict)  # address -> configuration field
     public_prefixes: tuple[Network, ...] = ()  # empty: single public addresses only (module docstring)
+    # the gateway's end of a site's tunnel by family (external.address4/6); None: no sites at all (why)
+    tunnel_ends: Mapping[int, Address] = field(default_factory=dict)
+    no_sites: str | None = None
 
     @classmethod
     def build(cls, external_interfaces: Iterable[str], addresses: Iterable[tuple[str, Address | None]],
-              public_prefixes: Iterable[Network], other_interfaces: Mapping[str, str] | None = None) -> Reserved:
+              public_prefixes: Iterable[Network], other_interfaces: Mapping[str, str] | None = None,
+              tunnel_ends: Iterable[Address | None] = (), no_sites: str | None = None) -> Reserved:
         """`addresses`: (configuration field, address) pairs; None values (unset fields) are skipped.
-        `other_interfaces`: the gateway's other own interfaces, name -> what it is."""
+        `other_interfaces`: the gateway's other own interfaces, name -> what it is. `tunnel_ends`: the external
+        addresses sites' tunnels may start from; `no_sites`: why this gateway can have no sites (None: it can)."""
         ifaces = {**ALWAYS_RESERVED, **(other_interfaces or {})}
         for i, name in enumerate(external_interfaces):
             ifaces[name] = f"the gateway's external interface (external.interfaces[{i}])"
@@ -61,7 +66,7 @@ class Reserved:
         for where, address in addresses:
             if address is not None:
                 own.setdefault(address, where)
-        return cls(ifaces, own, tuple(public_prefixes))
+        return cls(ifaces, own, tuple(public_prefixes), {a.version: a for a in tunnel_ends if a is not None}, no_sites)
 
     def check(self, tenant: Tenant, where: str = "") -> None:
         """Raise ModelError naming the tenant's field (prefixed with `where`) for the first thing it claims
@@ -72,6 +77,16 @@ class Reserved:
             raise exc.within(where) from None
 
     def _check(self, tenant: Tenant) -> None:
+        for i, site in enumerate(tenant.sites):
+            if self.no_sites is not None:
+                raise ModelError(f"sites[{i}]", site.name, f"this gateway can have no sites: {self.no_sites}")
+            remote = site.remote_address
+            if remote in self.addresses:
+                raise ModelError(f"sites[{i}].remote_address", str(remote),
+                                 f"is the gateway's own address ({self.addresses[remote]})")
+            if remote.version not in self.tunnel_ends:
+                raise ModelError(f"sites[{i}].remote_address", str(remote), f"needs the gateway's "
+                                 f"external.address{remote.version}: its end of the tunnel")
         for i, ifname in enumerate(tenant.interfaces):
             if ifname in self.interfaces:
                 raise ModelError(f"interfaces[{i}]", ifname, f"is {self.interfaces[ifname]}: not a tenant's")

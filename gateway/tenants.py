@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nvfabric.gateway.sites import Site, check_sites
 from nvfabric.vnet.errors import ConflictError, ModelError
 from nvfabric.vnet.model import (
     IFNAME_RE,
@@ -101,6 +102,7 @@ class Tenant:
     # Interfaces that attach the tenant directly (a VLAN, a veth in tests) instead of NVGRE: traffic from
     # them is the tenant's. NVGRE-attached traffic is marked per VSID before netfilter (tc, gateway/dataplane.py).
     interfaces: tuple[str, ...] = ()
+    sites: tuple[Site, ...] = ()  # the tenant's own sites, reached by tunnels (gateway/sites.py)
 
     @property
     def name(self) -> str:
@@ -157,11 +159,12 @@ class Tenant:
                              "NAT66 and public IPv6 prefixes exclude each other: choose one")
         if len(set(self.interfaces)) != len(self.interfaces):
             raise ModelError("interfaces", list(self.interfaces), "contains a duplicate")
+        check_sites(self.sites, own)
 
     @classmethod
     def from_dict(cls, body: Any, name: str | None = None, where: str = "") -> Tenant:
         body = check_object(body, where)
-        known = {"name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces"}
+        known = {"name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces", "sites"}
         reject_unknown(body, known, where)
         domain = RoutingDomain.from_dict({k: body[k] for k in ("name", "route_targets", "subnets") if k in body},
                                      name=name, where=where)
@@ -174,13 +177,15 @@ class Tenant:
                                                         field_path(where, "public_prefixes"))))
         ifaces = tuple(check_name(x, f"{field_path(where, 'interfaces')}[{i}]", IFNAME_RE)
                        for i, x in enumerate(check_list(body.get("interfaces"), field_path(where, "interfaces"))))
+        sites = tuple(Site.from_dict(x, f"{field_path(where, 'sites')}[{i}]", i)
+                      for i, x in enumerate(check_list(body.get("sites"), field_path(where, "sites"))))
         try:
-            return cls(domain, snat, fips, public, ifaces)
+            return cls(domain, snat, fips, public, ifaces, sites)
         except ModelError as exc:
             raise exc.within(where) from None
 
-    def as_dict(self) -> dict[str, Any]:
-        """The body a PUT takes: GET returns what PUT accepts."""
+    def as_dict(self, secrets: bool = True) -> dict[str, Any]:
+        """The body a PUT takes: GET returns what PUT accepts (`secrets=False`: the sites' keys hidden)."""
         domain = self.routing_domain
         return {
             "name": domain.name,
@@ -191,12 +196,14 @@ class Tenant:
             "floating_ips": [{"public": str(f.public), "private": str(f.private)} for f in self.floating_ips],
             "public_prefixes": [str(p) for p in self.public_prefixes],
             "interfaces": list(self.interfaces),
+            "sites": [s.as_dict(secrets) for s in self.sites],
         }
 
 
 class Claims:
     """What each tenant holds that no other tenant may: its public addresses (SNAT and floating), its VSIDs,
-    its attaching interfaces, its public IPv6 prefixes (which may not overlap another tenant's).
+    its attaching interfaces, its sites' remote addresses, its public IPv6 prefixes (which may not overlap
+    another tenant's).
 
     An index, so that checking one tenant costs what that tenant holds, not the number of tenants (a
     one-tenant change at 1,000 tenants must not rescan the others). Prefix overlap: prefixes are nested or
@@ -226,6 +233,8 @@ class Claims:
             out.append((("vsid", subnet.vsid), f"subnets[{i}].vsid", subnet.vsid))
         for i, ifname in enumerate(t.interfaces):
             out.append((("if", ifname), f"interfaces[{i}]", ifname))
+        for i, site in enumerate(t.sites):  # one IKE peer, one tenant: charon tells connections by the peer
+            out.append((("site", site.remote_address), f"sites[{i}].remote_address", site.remote_address))
         return out
 
     @staticmethod

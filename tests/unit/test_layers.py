@@ -47,8 +47,10 @@ EXTRA_FOLDERS = {"bench": "bench", "tests": "tests"}
 EQUIPMENT = ("lab/", "bench/", "tests/")
 KERNEL = ("vnet/kernel/", "vnet/nftables.py")
 SYSTEM_OWNERS: dict[str, tuple[str, ...]] = {
-    # gateway/conntrackd.py: the gateway's conntrackd, a child daemon, and its client commands (-s, -R, -n)
-    "subprocess": (*KERNEL, *EQUIPMENT, "gateway/conntrackd.py"),
+    # gateway/conntrackd.py: the gateway's conntrackd, a child daemon, and its client commands (-s, -R, -n);
+    # gateway/strongswan.py: the gateway's charon, a child daemon driven over vici
+    "subprocess": (*KERNEL, *EQUIPMENT, "gateway/conntrackd.py", "gateway/strongswan.py"),
+    "vici": ("gateway/strongswan.py",),
     "pyroute2": (*KERNEL, *EQUIPMENT),
     "ctypes": (*KERNEL, *EQUIPMENT),
     "exabgp": ("bgp/wire/exa.py",),

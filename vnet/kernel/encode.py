@@ -70,7 +70,7 @@ class DeviceEncoder(Encoder):
         return None
 
     def encode(self, op: Op, wire: Wire) -> list[Request]:
-        assert isinstance(op.obj, (k.Vrf, k.NvgreDevice))
+        assert isinstance(op.obj, (k.Vrf, k.NvgreDevice, k.XfrmInterface))
         name = op.obj.name
         create = [wire.msg(m.RTM_NEWLINK, CREATE_NEW, self.create_body(op.obj))] \
             if op.action is not Action.DELETE else []
@@ -87,6 +87,28 @@ class VrfEncoder(DeviceEncoder):
     def create_body(self, obj: k.KernelObject) -> bytes:
         assert isinstance(obj, k.Vrf)
         return m.link_body(name=obj.name, kind="vrf", info_data=m.vrf_info(obj.table), up=True)
+
+
+class XfrmInterfaceEncoder(DeviceEncoder):
+    """Created in its VRF; a new VRF is a new master in place, a new if_id a new device (the kernel cannot
+    change it)."""
+
+    def create_body(self, obj: k.KernelObject) -> bytes:
+        raise AssertionError("an XFRM interface needs its VRF's index: encode() builds it")
+
+    def encode(self, op: Op, wire: Wire) -> list[Request]:
+        obj = op.obj
+        assert isinstance(obj, k.XfrmInterface)
+        if op.action is Action.REPLACE and isinstance(op.old, k.XfrmInterface) and op.old.if_id == obj.if_id:
+            return [wire.msg(m.RTM_NEWLINK, m.NLM_F_ACK,
+                             m.link_body(ifindex=wire.ifindex(obj.name), master=wire.ifindex(obj.vrf), up=True))]
+        out = [] if op.action is Action.CREATE else \
+            [wire.msg(m.RTM_DELLINK, m.NLM_F_ACK, m.link_body(ifindex=wire.ifindex(obj.name)))]
+        if op.action is not Action.DELETE:
+            out.append(wire.msg(m.RTM_NEWLINK, CREATE_NEW, m.link_body(
+                name=obj.name, kind="xfrm", info_data=m.xfrm_info(obj.if_id), master=wire.ifindex(obj.vrf),
+                up=True)))
+        return out
 
 
 class NvgreDeviceEncoder(DeviceEncoder):
@@ -306,6 +328,7 @@ _NEIGHBOURS = NeighbourEncoder()
 ENCODERS: dict[type, Encoder] = {
     k.Vrf: VrfEncoder(),
     k.NvgreDevice: NvgreDeviceEncoder(),
+    k.XfrmInterface: XfrmInterfaceEncoder(),
     k.VrfPort: VrfPortEncoder(),
     k.TunIdRule: _RULES,
     k.FwmarkRule: _RULES,

@@ -62,6 +62,7 @@ IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 IFLA_VRF_TABLE = 1
 IFLA_GRE_COLLECT_METADATA = 18  # if_tunnel.h: shared by gretap and ip6gretap
+IFLA_XFRM_IF_ID = 2  # if_link.h: IFLA_XFRM_LINK 1, IFLA_XFRM_IF_ID 2
 IFF_UP = 0x1
 
 # --- routes (rtnetlink.h, lwtunnel.h) -----------------------------------------------------------------
@@ -288,6 +289,10 @@ def link_body(
 
 def vrf_info(table: int) -> bytes:
     return nla_pack(IFLA_VRF_TABLE, _u32(table))
+
+
+def xfrm_info(if_id: int) -> bytes:
+    return nla_pack(IFLA_XFRM_IF_ID, _u32(if_id))
 
 
 def collect_md_info() -> bytes:
@@ -595,6 +600,7 @@ class LinkFields:
     address: str | None  # lower-case, colon-separated (pyroute2's text)
     vrf_table: int | None  # a VRF's table
     collect_md: bool  # a GRE device in external mode (`gretap external`)
+    if_id: int | None = None  # an XFRM interface's
 
 
 GRE_KINDS = ("gre", "gretap", "ip6gre", "ip6gretap")
@@ -605,7 +611,7 @@ def parse_link(msg: bytes) -> LinkFields:
     pyroute2 decoding every statistics block of every link: a host has a link per VM port."""
     _family, _pad, _type, index, _flags, _change = _IFINFO.unpack_from(msg, 16)
     a = _attrs(msg, 16 + _IFINFO.size, len(msg))
-    kind = table = None
+    kind = table = if_id = None
     md = False
     if IFLA_LINKINFO in a:
         info = _attrs(a[IFLA_LINKINFO], 0, len(a[IFLA_LINKINFO]))
@@ -616,12 +622,14 @@ def parse_link(msg: bytes) -> LinkFields:
             if kind == "vrf" and IFLA_VRF_TABLE in data:
                 table = struct.unpack("=I", data[IFLA_VRF_TABLE])[0]
             md = kind in GRE_KINDS and IFLA_GRE_COLLECT_METADATA in data
+            if kind == "xfrm" and IFLA_XFRM_IF_ID in data:
+                if_id = struct.unpack("=I", data[IFLA_XFRM_IF_ID])[0]
     address = a.get(IFLA_ADDRESS)
     return LinkFields(
         index, a[IFLA_IFNAME].rstrip(b"\0").decode() if IFLA_IFNAME in a else "", kind,
         struct.unpack("=I", a[IFLA_MASTER])[0] if IFLA_MASTER in a else 0,
         struct.unpack("=I", a[IFLA_MTU])[0] if IFLA_MTU in a else None,
-        address.hex(":") if address else None, table, md)
+        address.hex(":") if address else None, table, md, if_id)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,28 @@ class Vrf:
 
 
 @dataclass(frozen=True, slots=True)
+class XfrmInterface:
+    """A route-based IPsec tunnel of a tenant's site: `ip link add <name> type xfrm if_id <if_id>`, enslaved to
+    the tenant's VRF. Packets routed to it are encrypted by the SAs and policies with the same if_id (made by
+    charon, gateway/strongswan.py); what those SAs decrypt arrives on it, in the VRF. No underlying device:
+    the outer packets are routed by the main table."""
+
+    name: str
+    if_id: int
+    vrf: str
+    order: ClassVar[int] = 1  # after the VRF it is enslaved to
+
+    def __post_init__(self) -> None:
+        _owned_name(self.name)
+        if not 0 < self.if_id < 1 << 32:
+            raise ValueError(f"if_id {self.if_id} is not a non-zero 32-bit value")
+
+    @property
+    def key(self) -> tuple:
+        return ("xfrm", self.name)
+
+
+@dataclass(frozen=True, slots=True)
 class NvgreDevice:
     """The host's flow-based NVGRE device for one underlay family: `gretap|ip6gretap external`,
     outside every VRF, its MAC the fabric-wide router MAC (every inner frame is addressed to it)."""
@@ -488,5 +510,5 @@ class UnreachableRoute:
 
 
 KernelObject = Vrf | NvgreDevice | VrfPort | Sysctl | TunIdRule | FwmarkRule | PermanentNeighbour | ProxyNeighbour | \
-    LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute | Clsact | FlowerMark | UnreachableIifRule | \
-    LocalTableRule | VrfAddress
+    XfrmInterface | LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute | Clsact | FlowerMark | \
+    UnreachableIifRule | LocalTableRule | VrfAddress

@@ -45,7 +45,7 @@ async def links(sock: RtnlSocket) -> AsyncIterator[m.LinkFields]:
 
 
 async def devices(sock: RtnlSocket) -> tuple[list[k.KernelObject], dict[int, str]]:
-    """Our VRFs and NVGRE devices, the ports enslaved to our VRFs, and every ifindex -> name."""
+    """Our VRFs, NVGRE devices and XFRM interfaces, the ports enslaved to our VRFs, and every ifindex -> name."""
     all_links = [link async for link in links(sock)]
     names = {link.index: link.name for link in all_links}
     out: list[k.KernelObject] = []
@@ -59,7 +59,12 @@ async def devices(sock: RtnlSocket) -> tuple[list[k.KernelObject], dict[int, str
         elif link.kind in ("gretap", "ip6gretap"):
             out.append(k.NvgreDevice(link.name, 4 if link.kind == "gretap" else 6, link.address, link.collect_md,
                                      link.mtu))
-    out.extend(k.VrfPort(link.name, our_vrfs[link.master], link.mtu) for link in all_links if link.master in our_vrfs)
+    for link in all_links:
+        if link.kind == "xfrm" and link.name.startswith(k.DEVICE_PREFIX) and link.if_id:
+            # ours wherever it is: one out of its VRF ("") is put back in, or deleted
+            out.append(k.XfrmInterface(link.name, link.if_id, our_vrfs.get(link.master, "")))
+        elif link.master in our_vrfs:
+            out.append(k.VrfPort(link.name, our_vrfs[link.master], link.mtu))
     return out, names
 
 

@@ -1,0 +1,130 @@
+"""The gateway's charon (gateway/strongswan.py) against sites running their own charon, configured with
+swanctl.conf as a site's administrator would, on this machine's kernel: IKEv2 with pre-shared keys. This
+kernel installs no child SA (no ESP here: charon says so and keeps the IKE SA), so what is checked is the
+IKE side; the tunnels themselves are tests/kernel/test_gateway_sites.py's. Two tenants, one site each:
+a wrong key never establishes, the right one does, a proposal charon refuses changes nothing, removing one
+tenant's site leaves the other's IKE SA as it was (the same SPIs), and a killed charon is started again with
+the connections it had."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from nvfabric.gateway.config import External
+from nvfabric.gateway.strongswan import BINARY, Charon, CharonFiles, SiteSa, connections
+from nvfabric.gateway.tenants import Tenant
+from nvfabric.lab import netns
+from nvfabric.vnet.errors import KernelError
+from tests.integration.conftest import need
+
+TAG = f"ss{os.getpid() % 100000}"
+NS = {n: f"{TAG}-{n}" for n in ("gw", "sa", "sb")}
+GW = "203.0.113.2"
+SITES = {"blue": ("sa", "203.0.113.50", "blue-site-key-0123456789"),
+         "red": ("sb", "203.0.113.51", "red-site-key-9876543210")}
+EXTERNAL = External(("lo",), address4=ipaddress.ip_address(GW))
+
+
+def tenant(name: str, vsid: int, psk: str | None, **extra: object) -> Tenant:
+    short, address, _ = SITES[name]
+    sites = [] if psk is None else [{"name": "office", "remote_address": address, "psk": psk,
+                                     "prefixes": ["10.20.0.0/24"], **extra}]
+    return Tenant.from_dict({"name": name, "route_targets": ["65000:1"], "sites": sites,
+                             "subnets": [{"vsid": vsid, "prefixes": ["10.0.0.0/24"]}]})
+
+
+def swanctl_conf(address: str, psk: str) -> str:
+    return (f"connections {{ gateway {{ version = 2\n local_addrs = {address}\n remote_addrs = {GW}\n"
+            f" local {{ auth = psk\n id = {address} }}\n remote {{ auth = psk\n id = {GW} }}\n"
+            " children { gateway { local_ts = 10.20.0.0/24\n remote_ts = 10.0.0.0/24 } } } }\n"
+            f"secrets {{ ike-gateway {{ id = {GW}\n secret = {psk} }} }}\n")
+
+
+@pytest.fixture
+def namespaces() -> Iterator[None]:
+    need(BINARY, "swanctl")
+    for ns in NS.values():
+        netns.create(ns)
+    try:
+        netns.ip_batch(["link set lo up", f"addr add {GW}/32 dev lo"], NS["gw"])
+        for short, address, _ in SITES.values():
+            netns.ip_batch([netns.veth_line(NS["gw"], f"v{short}", NS[short], "e0")])
+            netns.ip_batch([f"link set v{short} up", f"route add {address}/32 dev v{short} src {GW}"], NS["gw"])
+            netns.ip_batch(["link set lo up", f"addr add {address}/32 dev e0", "link set e0 up",
+                            f"route add {GW}/32 dev e0"], NS[short])
+        yield
+    finally:
+        for ns in NS.values():
+            netns.destroy(ns)
+
+
+def established(sas: dict[str, SiteSa], name: str) -> SiteSa | None:
+    sa = sas.get(name)
+    return sa if sa is not None and sa.state == "ESTABLISHED" else None
+
+
+def test_one_tenants_site_changes_leave_the_others_ike_sa(namespaces: None, tmp_path) -> None:
+    async def run() -> None:
+        sites = {t: Charon(NS[short], CharonFiles.named(f"{TAG}-{short}")) for t, (short, _, _) in SITES.items()}
+        gw = Charon(NS["gw"], CharonFiles.named(f"{TAG}-gw"))
+        try:
+            for t, charon in sites.items():
+                short, address, psk = SITES[t]
+                await charon.start()
+                conf = tmp_path / f"{short}.conf"
+                conf.write_text(swanctl_conf(address, psk))
+                netns.run(["ip", "netns", "exec", NS[short], "swanctl", "--load-all", "--noprompt",
+                           "--file", str(conf), "--uri", f"unix://{charon.files.socket}"])
+            await gw.start()
+            await gw.put("blue", connections("blue", tenant("blue", 5001, SITES["blue"][2]), 1000, EXTERNAL))
+            await gw.put("red", connections("red", tenant("red", 6001, "not-the-site-key-at-all"), 1001, EXTERNAL))
+            # red's key is wrong: loaded at the same time as blue's, its attempt ends (the site refused it) and it
+            # is established at neither end
+            sas = await until_sas(gw, lambda s: established(s, "blue.office") and "red.office" not in s,
+                                  "blue's IKE SA, and red's attempt over")
+            assert established(await sites["red"].sas(), "gateway") is None
+            await gw.put("red", connections("red", tenant("red", 6001, SITES["red"][2]), 1001, EXTERNAL))
+            sas = await until_sas(gw, lambda s: established(s, "red.office"), "red's IKE SA with the right key")
+            blue = established(sas, "blue.office")
+            assert blue is not None and blue.spis[0] and blue.remote == SITES["blue"][1]
+            # a proposal charon does not know (the model checks only its syntax): refused by charon, and red's
+            # site stays as it was, its SA too
+            red = established(sas, "red.office")
+            with pytest.raises(KernelError, match="red"):
+                await gw.put("red", connections("red", tenant("red", 6001, SITES["red"][2],
+                                                              ike_proposals=["aes999-sha0-nothing"]), 1001, EXTERNAL))
+            sas = await gw.sas()
+            assert established(sas, "red.office") == red and established(sas, "blue.office") == blue
+            await gw.put("red", connections("red", tenant("red", 6001, None), 1001, EXTERNAL))
+            sas = await until_sas(gw, lambda s: "red.office" not in s, "red's IKE SA ended")
+            assert established(sas, "blue.office") == blue  # the same SA: SPIs, state, peer
+            assert established(await sites["blue"].sas(), "gateway").spis == blue.spis
+            # charon killed: started again, given blue's connection, which comes up again (a new SA)
+            assert gw._proc is not None
+            os.kill(gw._proc.pid, signal.SIGKILL)
+            sas = await until_sas(gw, lambda s: (sa := established(s, "blue.office")) and sa.spis != blue.spis,
+                                  "blue's IKE SA again after charon was killed")
+            assert gw.restarts == 1 and "red.office" not in sas
+        finally:
+            await gw.stop()
+            for charon in sites.values():
+                await charon.stop()
+
+    asyncio.run(run())
+
+
+async def until_sas(gw: Charon, ok, what: str) -> dict[str, SiteSa]:
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        sas = await gw.sas()
+        if ok(sas):
+            return sas
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {sas}")
+        await asyncio.sleep(0.1)
