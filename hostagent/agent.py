@@ -146,6 +146,9 @@ class Agent:
         # computation that covers it is swapped in (a change the kernel refused is computed again)
         self._table: LearnedTable | None = None
         self._incoming: dict[RouteKey, Route | None] = {}
+        # the last drain left delivered changes for a later pass: what the client delivered is not all in
+        # effect yet (changes delivered while a pass awaits the kernel are not that: they came after its mark)
+        self._left_behind = False
         self._change: Change = EMPTY
         self._remote_macs: set[tuple[int, str]] = set()  # whose winner changed since mobility last followed them
         self._learned_state = Learned()  # lookup records and partitions, as last swapped in
@@ -470,10 +473,12 @@ class Agent:
         pass (which is asked for)."""
         if limit is None or len(self._incoming) <= limit:
             incoming, self._incoming = self._incoming, {}
+            self._left_behind = False
             return list(incoming.items())
         taken = list(itertools.islice(self._incoming.items(), limit))
         for key, _ in taken:
             del self._incoming[key]
+        self._left_behind = True
         self._dirty.set()
         return taken
 
@@ -833,7 +838,7 @@ class Agent:
                     await self._sync_locked()
                     self._last_sync = time.monotonic() - began
                     self.metrics.synced(self._last_sync)
-                    if self._client is not None and not self._incoming:  # (else a slice of it)
+                    if self._client is not None and not self._left_behind:  # (else a slice of it)
                         self._client.applied(mark)
                 except Exception:  # noqa: BLE001 - the loop must survive; the error is logged and retried
                     log.exception("sync failed")
