@@ -263,7 +263,8 @@ class Connection:
         out = self.fsm.data_to_send()
         if out:
             self.write(out)
-        if self._timer is not None:
+        when = self.fsm.next_timer()
+        if self._timer is not None and self._timer.when() != when:
             self._timer.cancel()
             self._timer = None
         if self.fsm.state is fsm.State.IDLE:
@@ -276,10 +277,12 @@ class Connection:
                 except OSError:  # the socket is already gone (ENOTCONN): nothing left to flush
                     self.transport.abort()
                 self._abort_timer = self.loop.call_later(CLOSE_GRACE, self.transport.abort)
-        else:
-            when = self.fsm.next_timer()
-            if when is not None:
-                self._timer = self.loop.call_at(when, self._on_timer)
+        elif when is not None and self._timer is None:
+            # A timer already armed for that time is kept, not armed again: asyncio runs a turn's I/O before
+            # its due timers, so re-arming on every read would let a socket that is readable at every turn
+            # (a large table coming in on a busy CPU) put off the KEEPALIVE for as long as the table lasts,
+            # and the peer would expire us a hold time after our last message.
+            self._timer = self.loop.call_at(when, self._on_timer)
         for event in events:
             self.peer._on_event(self, event)
 
