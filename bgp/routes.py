@@ -27,38 +27,31 @@ IPV4_ANY = IPv4Address(0)
 IPV6_ANY = IPv6Address(0)
 
 
-class HashedIPv4Address(IPv4Address):
-    """An IPv4Address that computes its hash once. ipaddress hashes the hex text of the integer at every call,
+class _KeepsHash:
+    """An address that computes its hash once. ipaddress hashes the hex text of the integer at every call,
     and a received route's addresses are looked up many times on their way to the kernel (in the agent, some 60
-    hashes per remote change); equal to and hashed as the plain kind, so either finds the other in a dict."""
+    hashes per remote change); equal to and hashed as the plain kind, so either finds the other in a dict, and
+    shown as the plain kind."""
 
-    __slots__ = ("_hash",)
-
-    def __init__(self, address: object) -> None:
-        super().__init__(address)  # type: ignore[arg-type]
-        self._hash = super().__hash__()
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __repr__(self) -> str:  # (what it is for everyone else: an IPv4Address)
-        return f"IPv4Address('{self}')"
-
-
-class HashedIPv6Address(IPv6Address):
-    """As HashedIPv4Address, for IPv6."""
-
-    __slots__ = ("_hash",)
+    __slots__ = ()
 
     def __init__(self, address: object) -> None:
-        super().__init__(address)  # type: ignore[arg-type]
-        self._hash = super().__hash__()
+        super().__init__(address)  # type: ignore[call-arg]
+        self._hash = super().__hash__()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return self._hash
+        return self._hash  # type: ignore[attr-defined, no-any-return]
 
     def __repr__(self) -> str:
-        return f"IPv6Address('{self}')"
+        return f"{type(self).__mro__[2].__name__}('{self}')"
+
+
+class HashedIPv4Address(_KeepsHash, IPv4Address):
+    __slots__ = ("_hash",)
+
+
+class HashedIPv6Address(_KeepsHash, IPv6Address):
+    __slots__ = ("_hash",)
 
 
 class Family(enum.Enum):
