@@ -45,17 +45,19 @@ demo: setup
 	$(BIN)/nvfabric lab demo
 
 # Host phase: everything that does not need VRF/GRE. Kernel phase: the tests marked `kernel`, all in one
-# VM boot when this kernel lacks VRF/GRE (`nvfabric lab kernel` decides).
+# VM boot when this kernel lacks VRF/GRE (`nvfabric lab kernel` decides). Both phases print their slowest
+# tests: the suite has a time budget, and the log of every run says where it goes.
+DURATIONS = --durations=15 --durations-min=10
 test: setup
-	$(BIN)/pytest -m "not kernel" tests
-	$(BIN)/nvfabric lab kernel -- $(BIN)/pytest -m kernel -p no:cacheprovider tests/kernel
+	$(BIN)/pytest -m "not kernel" $(DURATIONS) tests
+	$(BIN)/nvfabric lab kernel -- $(BIN)/pytest -m kernel -p no:cacheprovider $(DURATIONS) tests/kernel
 	$(MAKE) --no-print-directory test-image
 
 test-host: setup
-	$(BIN)/pytest -m "not kernel" tests
+	$(BIN)/pytest -m "not kernel" $(DURATIONS) tests
 
 test-kernel: setup
-	$(BIN)/nvfabric lab kernel -- $(BIN)/pytest -m kernel -p no:cacheprovider tests/kernel
+	$(BIN)/nvfabric lab kernel -- $(BIN)/pytest -m kernel -p no:cacheprovider $(DURATIONS) tests/kernel
 
 # The gateway VM image (docs/deploy.md "The gateway VM image"): build/gateway.qcow2 from debootstrap and
 # this checkout's wheel, downloads cached in ~/.cache/nvfabric/image (about 2 min cold, 1 min warm).
