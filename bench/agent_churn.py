@@ -83,6 +83,9 @@ class Sink:
         self.prefixes: list[str] = []
         self.pas: list[str | None] = []
         self.total = 0
+        # what the sink holds, as the kernel would: what the agent's read-back of the kernel (its periodic
+        # resync) finds (a dict copy here, without the parsing of a real read: bench/agent_restart.py has that)
+        self.state: dict[tuple, Any] = {}
 
     @property
     def ops(self) -> Iterator[tuple[float, str, str, str | None]]:
@@ -109,6 +112,10 @@ class Sink:
             if not isinstance(op.obj, Sysctl):  # (written to /proc, not netlink: a sysctl is recorded only)
                 encoder(op.obj).encode(op, wire)
             report.applied.append(op)
+            if op.action is Action.DELETE:
+                self.state.pop(op.obj.key, None)
+            else:
+                self.state[op.obj.key] = op.obj
             if isinstance(op.obj, EncapRoute):
                 self.times.append(time.monotonic())
                 self.actions.append(op.action.value)
@@ -143,6 +150,12 @@ async def agent_role(config_path: str, sink: bool, ops_path: str, coalesce: floa
     recorder = Sink()
     if sink:
         reconcile.apply = recorder.apply  # type: ignore[assignment]
+        read = reconcile.Reconciler.observe
+
+        async def observe(self: reconcile.Reconciler, sysctls: Any, sock: Any = None) -> dict[tuple, Any]:
+            return {**(await read(self, sysctls, sock)), **recorder.state}
+
+        reconcile.Reconciler.observe = observe  # type: ignore[method-assign]
     agent = Agent(parse(yaml.safe_load(Path(config_path).read_text())))
     await agent.start()
     loop = asyncio.get_running_loop()
@@ -251,7 +264,7 @@ def rmem_max(at_least: int) -> int | None:
 # ------------------------------------------------------------------------------------------ orchestration
 
 
-def agent_config(tmp: Path) -> dict[str, Any]:
+def agent_config(tmp: Path, resync: float, verify: float) -> dict[str, Any]:
     subnets = [s.split(",") for s in SUBNETS]
     return {
         "asn": 65000, "router_id": HV, "provider_addresses": [HV],
@@ -259,8 +272,9 @@ def agent_config(tmp: Path) -> dict[str, Any]:
         "route_reflectors": [{"address": RR, "asn": 65000}],
         "api": {"listen": "127.0.0.1:8500", "token": "bench"},
         "state_dir": str(tmp / "agent-state"),
-        # a full pass (every domain, the kernel read back) is the periodic safety net: not part of the churn
-        "resync_interval": 3600,
+        # the periodic safety nets (the kernel read back; everything computed again): out of the churn by
+        # default (--resync, --verify put them in, to measure what they cost the changes that arrive meanwhile)
+        "resync_interval": resync, "verify_interval": verify,
         "routing_domains": [{"name": "blue", "route_targets": [ROUTE_TARGET],
                              "subnets": [{"vsid": int(v), "prefixes": [p]} for v, _, p in subnets]}],
     }
@@ -410,7 +424,7 @@ def one_size(size: int, rates: list[int], args: argparse.Namespace, tmp: Path) -
                                                          "client": True}]},
                        start_timeout=120)  # (under TCG on a busy machine its start alone took over 15 s)
         config = tmp / "agent.yaml"
-        config.write_text(yaml.safe_dump(agent_config(tmp)))
+        config.write_text(yaml.safe_dump(agent_config(tmp, args.resync, args.verify)))
         ops_path = tmp / "ops.jsonl"
         if args.kernel:
             watch = RouteWatch(hv_ns, WATCH_RCVBUF)
@@ -544,6 +558,10 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--rates", default="100,1000,5000")
     parser.add_argument("--seconds", type=float, default=20.0, help="churn per rate")
+    parser.add_argument("--resync", type=float, default=3600.0,
+                        help="the agent's resync_interval (the kernel read back); the agent's default is 60 s")
+    parser.add_argument("--verify", type=float, default=7 * 86400.0,
+                        help="the agent's verify_interval (everything computed again); the agent's default is 1800 s")
     parser.add_argument("--pas", type=int, default=1000, help="hosts the CAs are spread over")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds after a phase to catch up")
     parser.add_argument("--learn-timeout", type=float, default=900.0)

@@ -23,8 +23,8 @@ to rr1 and to rr2 (as every host announces to both), then End-of-RIB.
    sessions and End-of-RIB, from hooks on those functions in this process); the kernel writes: the new
    agent's reconcile totals, the route and neighbour events `ip monitor` sees in hv1 (ours: proto 78,
    permanent and proxy entries), the nftables write transactions; the process's RSS.
-Both agents run with `eor_timeout` and `resync_interval` of 900 s, so neither a timeout nor the periodic
-full pass falls into the measurement.
+Both agents run with `eor_timeout`, `resync_interval` and `verify_interval` of 900 s, so neither a timeout
+nor a periodic safety net falls into the measurement.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ RT = "65000:9"
 SCALE = {"name": "scale", "route_targets": [RT], "subnets": [{"vsid": VSID, "prefixes": ["10.64.0.0/12"]}]}
 PROVIDER = "198.51.96.0/20"
 RR1 = "198.51.100.100"
-LONG = 900.0  # eor_timeout and resync_interval: out of the measurement
+LONG = 900.0  # eor_timeout, resync_interval and verify_interval: out of the measurement
 
 
 class Timeline:
@@ -262,11 +262,12 @@ def settled(fabric: Fabric, count: int, timeout: float) -> float:
     return time.monotonic()
 
 
-def start_agent(fabric: Fabric, timeline: Timeline, stalls: Stalls) -> float:
+def start_agent(fabric: Fabric, timeline: Timeline, stalls: Stalls, timeout: float) -> float:
     timeline.reset()
     stalls.reset()
-    fabric.start_agent("hv1", routing_domains=[SCALE], provider_prefixes=[PROVIDER, "2001:db8::/64"],
-                       eor_timeout=LONG, resync_interval=LONG)
+    fabric.start_agent("hv1", start_timeout=timeout, routing_domains=[SCALE],
+                       provider_prefixes=[PROVIDER, "2001:db8::/64"], eor_timeout=LONG, resync_interval=LONG,
+                       verify_interval=LONG)
     returned = time.monotonic() - timeline.t0
     loop = fabric.agents["hv1"].loop
     assert loop is not None
@@ -380,7 +381,7 @@ def main() -> int:
             summary = fabric.reflector_api(node, "/v1/summary") or {}
             print(f"{node}: {json.dumps(summary)[:600]}", flush=True)
 
-        started = start_agent(fabric, timeline, stalls)
+        started = start_agent(fabric, timeline, stalls, args.timeout)
         try:
             done = settled(fabric, args.remote_cas, args.timeout) - timeline.t0
         finally:
@@ -402,7 +403,7 @@ def main() -> int:
         rss_before = rss()
         monitor = Monitor(fabric.ns("hv1"))
         nft_before = count_nft.snapshot()
-        started = start_agent(fabric, timeline, stalls)
+        started = start_agent(fabric, timeline, stalls, args.timeout)
         done = settled(fabric, args.remote_cas, args.timeout) - timeline.t0
         status = fabric.agents["hv1"].read(lambda a: a.status())
         events = monitor.stop()

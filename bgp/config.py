@@ -166,6 +166,13 @@ class Reader:
             raise ConfigError(self.name(key), f"{value} is outside {low}..{high}")
         return value
 
+    def seconds(self, key: str, low: float, high: float, default: Any = ...) -> float:
+        """A duration in seconds (an integer or a decimal number) within low..high."""
+        value = self.get(key, (int, float), default)
+        if isinstance(value, bool) or not low <= value <= high:  # (NaN fails the comparison too)
+            raise ConfigError(self.name(key), f"{value!r} is outside {low:g}..{high:g} seconds")
+        return float(value)
+
     def address(self, key: str, default: Any = ..., version: int | None = None) -> Any:
         value = self.get(key, str, default)
         if value is None or value is default:

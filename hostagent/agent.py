@@ -160,7 +160,9 @@ class Agent:
         self._provider_prefixes: tuple[Network, ...] | None = config.provider_prefixes
         self._screened = Screened()
         self._claims: dict[str, int] = {}  # virtual address claims judged, by outcome
-        self._everything = True  # the next reconcile builds every routing domain (start, resync, error)
+        self._everything = True  # the next reconcile builds every routing domain (start, verify, error)
+        self._reread_ports = False  # the next pass reads the ports' guards back (the periodic resync)
+        self._resync_task: asyncio.Task[None] | None = None
         self._filters = Filters(Nft(config.netns))
         # port security on the VM ports (vnet/portsecurity.py): written before a new port is routed, read
         # back at start and adopted, so a restart never leaves a port unguarded
@@ -414,6 +416,7 @@ class Agent:
             bfd=tuple(s.as_dict() for s in self._bfd_status()),
             backlog=self._client.backlog().as_dict() if self._client else {},
             last_sync_s=None if self._last_sync is None else round(self._last_sync, 4),
+            last_resync=None if self._reconciler is None else report.audit(self._reconciler.last_audit),
         )
 
     def readiness(self) -> tuple[str, ...]:
@@ -611,8 +614,9 @@ class Agent:
     async def _sync_locked(self) -> None:
         """Follow BGP: mobility decisions, then desired -> kernel, GRE filter, announcements."""
         view = self._view
-        if self._everything:
-            self._port_security.invalidate()  # start and resync: read the kernel back, repair any drift
+        if self._everything or self._reread_ports:
+            self._port_security.invalidate()  # start, resync, verify: read the kernel back, repair any drift
+            self._reread_ports = False
         if not self._port_security.known:  # (else every change of a port guarded it already)
             try:
                 await self._port_security.apply(guarded(view.catalog))
@@ -729,9 +733,7 @@ class Agent:
                                 (applied.next_hops_removed, applied.next_hops_added),
                                 (was.customer_routes, now.customer_routes), (was.tables, now.tables),
                                 (was.vsids, now.vsids))
-        last = self._reconciler.last if self._reconciler is not None else None
-        if not await self._filters.decapsulation(now, what, self._holding(),
-                                                 full=last is not None and last.full_observe):
+        if not await self._filters.decapsulation(now, what, self._holding(), full=applied.full):
             self._dirty.set()
 
     async def decap_counters(self) -> dict[str, int]:
@@ -849,7 +851,7 @@ class Agent:
                     self._dirty.set()
 
     async def _timers(self) -> None:
-        last_resync = time.monotonic()
+        last_resync = last_verify = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
@@ -858,12 +860,38 @@ class Agent:
                 # End-of-RIB did not come (or, back from headless, cannot be trusted): stop holding
                 self._hold = hold
                 self._dirty.set()
-            if now - last_resync > self.config.resync_interval:
-                last_resync = now
+            if now - last_verify > self.config.verify_interval:
+                # the desired state computed again from scratch and compared (a change the incremental
+                # computation missed), and the kernel read back: O(the fabric), one long pass
+                last_verify = last_resync = now
                 assert self._reconciler is not None
-                self._reconciler.invalidate()  # a full pass: what removes strays and repairs drift
-                self._everything = True  # and every routing domain's desired state recomputed
+                self._reconciler.invalidate()
+                self._everything = True
                 self._dirty.set()
+            elif now - last_resync > self.config.resync_interval and (
+                    self._resync_task is None or self._resync_task.done()):
+                last_resync = now
+                self._resync_task = asyncio.create_task(self._resync(), name="agent-resync")
+                self._tasks = [t for t in self._tasks if not t.done()] + [self._resync_task]
+
+    async def _resync(self) -> None:
+        """The kernel read back and compared with the desired state held (vnet/reconcile.py `audit`), beside
+        the passes, which go on meanwhile: what removes strays and repairs what someone else changed; nothing
+        is computed again. What differs is written by the next pass."""
+        assert self._reconciler is not None
+        try:
+            with RtnlSocket(self.config.netns, cooperative=True) as sock:
+                found, suspects = await self._reconciler.audit(sock)
+        except OSError as exc:
+            log.warning("resync: reading the kernel back: %s (again at the next resync)", exc)
+            return
+        async with self._lock:
+            audit = self._reconciler.adopt(found, suspects)
+            self._reread_ports = True
+            self._dirty.set()
+        if any(audit.drift.values()):
+            log.warning("resync: the kernel differed from what the agent wrote (%s): repaired",
+                        ", ".join(f"{n} {kind}" for kind, n in audit.drift.items() if n))
 
 
 __all__ = ["Agent", "AgentStatus", "ReflectorStatus", "vrf_name"]

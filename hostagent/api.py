@@ -295,7 +295,7 @@ _ARRIVAL = obj(["pa", "gre_key", "vsid", "flow_id", "src", "dst", "verdict", "re
 _STATUS = obj(["router_id", "reflectors", "synced", "headless"], router_id=STRING, reflectors=array(ANY_OBJECT),
               synced=BOOLEAN, headless=BOOLEAN, totals=ANY_OBJECT, decap=ANY_OBJECT,
               virtual_addresses=array(ANY_OBJECT), claims=ANY_OBJECT, guest_services=ANY_OBJECT,
-              bfd=array(ANY_OBJECT))
+              bfd=array(ANY_OBJECT), last_resync=nullable(ANY_OBJECT))
 _VSID_PARAM = Param("vsid", {**STRING, "pattern": "^[0-9]+$"}, "a VSID")
 
 

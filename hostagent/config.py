@@ -54,8 +54,12 @@ class AgentConfig:
     netns: str | None = None
     # Seconds to hold deletes of learned state after a (re)start when no End-of-RIB arrives.
     eor_timeout: float = 60.0
-    # Periodic full resync (observe the kernel again): level-triggered safety net.
+    # Level-triggered safety nets, both periodic. Resync: the kernel read back in full and compared with the
+    # desired state held (strays removed, drift repaired): O(kernel objects). Verify: the desired state
+    # computed again from scratch (the learned table from the client's, every partition, the decapsulation
+    # table) and compared with the incremental one: O(the fabric), so much rarer.
     resync_interval: float = 60.0
+    verify_interval: float = 1800.0
     # Learned next hops must be inside these (vnet/policy.py); None: the prefixes of the PAs' interfaces.
     provider_prefixes: tuple[Network, ...] | None = None
 
@@ -92,13 +96,15 @@ def parse(data: Any) -> AgentConfig:
         if domains[-1].name in {domain.name for domain in domains[:-1]}:
             raise ConfigError(f"{where}.name", f"routing domain {domains[-1].name!r} is defined twice")
     netns = top.get("netns", str, None)
-    eor_timeout = float(top.get("eor_timeout", (int, float), 60.0))
-    resync = float(top.get("resync_interval", (int, float), 60.0))
+    eor_timeout = top.seconds("eor_timeout", 1, 3600, 60.0)
+    resync = top.seconds("resync_interval", 1, 86400, 60.0)
+    verify = top.seconds("verify_interval", 1, 7 * 86400, 1800.0)
     top.done()
     return AgentConfig(
         asn=asn, router_id=router_id, provider_addresses=tuple(pas), route_reflectors=tuple(reflectors),
         state_dir=state_dir, router_mac=router_mac, api=api, underlay_mtu=mtu, routing_domains=tuple(domains),
-        netns=netns, eor_timeout=eor_timeout, resync_interval=resync, provider_prefixes=provider_prefixes,
+        netns=netns, eor_timeout=eor_timeout, resync_interval=resync, verify_interval=verify,
+        provider_prefixes=provider_prefixes,
     )
 
 

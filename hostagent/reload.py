@@ -2,9 +2,10 @@
 
 The file's routing domains are applied as the difference between the file the agent runs with and the new
 one: a domain added or changed there is put, one removed there is deleted, one the file did not change is
-left as it is (the API may have changed it since: the API's version stands). `resync_interval` is taken
-as is. Every other field is read once at start (sessions, identity, state, namespace, API): a change of
-one refuses the whole reload, naming the field, and the agent keeps running as it was.
+left as it is (the API may have changed it since: the API's version stands). `resync_interval` and
+`verify_interval` are taken as they are. Every other field is read once at start (sessions, identity,
+state, namespace, API): a change of one refuses the whole reload, naming the field, and the agent keeps
+running as it was.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from nvfabric.hostagent.config import AgentConfig
 from nvfabric.service import reload
 from nvfabric.vnet.model import RoutingDomain
 
-RUNTIME = ("routing_domains", "resync_interval")
+RUNTIME = ("routing_domains", "resync_interval", "verify_interval")
 
 
 # A reload the running agent can take: the new configuration, the routing domains to put (added or

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nvfabric.vnet.hold import Hold
-from nvfabric.vnet.reconcile import Outcome
+from nvfabric.vnet.reconcile import Audit, Outcome
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class AgentStatus:
     # how far behind the reflectors (bgp/client.py Backlog.as_dict()) and the last pass following BGP, seconds
     backlog: dict[str, Any] = field(default_factory=dict)
     last_sync_s: float | None = None
+    # the last periodic resync (the kernel read back beside the passes): when, how long, what differed
+    last_resync: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +83,12 @@ def outcome(o: Outcome | None) -> dict[str, Any] | None:
             "port_partitions": sum(1 for p in o.partitions if "/port/" in p),
             "plan_seconds": round(o.plan_seconds, 4), "apply_seconds": round(o.apply_seconds, 4),
             "kernel_seconds": round(o.kernel_seconds, 4)}
+
+
+def audit(a: Audit | None) -> dict[str, Any] | None:
+    if a is None or a.void:
+        return None
+    return {"at": a.at, "seconds": round(a.seconds, 4), "drift": dict(a.drift)}
 
 
 def readiness(started: bool, hold: Hold, now: float, programmed: bool = True) -> tuple[str, ...]:

@@ -248,8 +248,8 @@ class Fabric:
         return out
 
     # -- agents --------------------------------------------------------------------------------------
-    def start_agent(self, host: str, **extra: object) -> AgentThread:
-        thread = AgentThread(agent_config(self.topology, host, self.dir, **extra)).start()
+    def start_agent(self, host: str, start_timeout: float = 60.0, **extra: object) -> AgentThread:
+        thread = AgentThread(agent_config(self.topology, host, self.dir, **extra)).start(start_timeout)
         self.agents[host] = thread
         return thread
 

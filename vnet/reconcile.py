@@ -10,10 +10,14 @@ applied as a difference. Shared by the host agent and the gateway (docs/dataplan
   earlier that nobody wants any more. Nothing else can be in the kernel under that partition: after a
   full pass the kernel holds exactly the desired objects plus the held ones, and in between it changes
   only by our own acknowledged ops.
-- Full pass: at the first call, after `invalidate()` (the periodic resync, a failed op) the kernel is
-  read in full (vnet.kernel.observe) and every cached partition is diffed against it; that is what
-  removes strays (objects with our tags that nobody wants, e.g. left by a crashed earlier run or made
-  by hand). What is there and still right is never touched.
+- Full pass: at the first call and after `invalidate()` (a failed op: the cache may be wrong) the kernel is
+  read in full (vnet.kernel.observe) and every cached partition is diffed against it; that is what removes
+  strays (objects with our tags that nobody wants, e.g. left by a crashed earlier run or made by hand). What
+  is there and still right is never touched.
+- Audit (the periodic resync: the desired state held is right, the kernel may have been changed by someone
+  else): the kernel is read back on a socket of its own while calls go on, compared with the cache a slice at
+  a time, and only what differs and was not written since the read began is taken in (`adopt`): the next
+  call plans the partitions that own it again, and deletes the strays. No call waits for the read.
 - Deletes of learned state (encap routes, proxy NDP entries) are HELD while `hold` is set: after a
   (re)start until End-of-RIB from the reflectors (or a timeout), and while no reflector is reachable
   (headless). A held object stays in the kernel exactly as it is; replacing it by a newer value (a move)
@@ -28,6 +32,7 @@ applied as a difference. Shared by the host agent and the gateway (docs/dataplan
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Hashable, Iterable, Mapping, Set as AbstractSet
 from dataclasses import dataclass, field
@@ -67,6 +72,19 @@ class Outcome:
         return not self.errors
 
 
+AUDIT_SLICE = 5000  # cache entries compared per step of the loop
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What the last audit found in the kernel that the cache did not say (and was not written meanwhile)."""
+
+    at: float  # time.time()
+    seconds: float  # from the read's start to the adoption
+    drift: dict[str, int]  # replaced (another value), missing (desired, gone), strays (ours, nobody's)
+    void: bool = False  # a full pass came first (it read everything itself)
+
+
 @dataclass
 class Reconciler:
     sock: RtnlSocket
@@ -83,15 +101,75 @@ class Reconciler:
     # (what a delete is found from): planned again by the next call that writes
     deferred: dict[str, AbstractSet[KernelObject]] = field(default_factory=dict)
 
+    # an audit under way: the keys written since its read began (what the read cannot tell about)
+    written_since: set[tuple] | None = None
+    audit_started: float = 0.0
+    # found by an audit: partitions to plan again, and strays (ours, nobody's) to delete, at the next call
+    replan: set[str] = field(default_factory=set)
+    strays: set[tuple] = field(default_factory=set)
+    last_audit: Audit | None = None
+
     def invalidate(self) -> None:
+        """The cached kernel state may be wrong (a failed op): the caller gives every partition again."""
         self.observed = None
+        self.written_since = None  # (an audit under way is void: the next call reads everything)
+
+    async def audit(self, sock: RtnlSocket) -> tuple[dict[tuple, KernelObject], list[tuple]]:
+        """Read the kernel back (on `sock`, a socket of its own, while calls go on) and compare it with the
+        cache a slice at a time: what the read found, and the keys that differ (suspects, for `adopt`)."""
+        if self.observed is None:  # (the next call reads everything anyway)
+            return {}, []
+        self.written_since = set()
+        self.audit_started = time.monotonic()
+        try:
+            found = await self.observe(sorted(k[1] for k in self.owner if k[0] == "sysctl"), sock)
+        except BaseException:
+            self.written_since = None
+            raise
+        suspects: list[tuple] = []
+        observed = self.observed
+        if observed is None or self.written_since is None:
+            return found, suspects
+        for keys, other, mine in ((list(observed), found, observed), (list(found), observed, found)):
+            for i in range(0, len(keys), AUDIT_SLICE):
+                # (the cache may change between slices: adopt judges the suspects again)
+                suspects += [key for key in keys[i:i + AUDIT_SLICE] if other.get(key) != mine.get(key)]
+                await asyncio.sleep(0)
+        return found, suspects
+
+    def adopt(self, found: Mapping[tuple, KernelObject], suspects: Iterable[tuple]) -> Audit:
+        """Pure, at a moment no call is under way: take in what the audit's read found for the suspects not
+        written since it began; their owners are planned again by the next call, the strays deleted."""
+        written, observed = self.written_since, self.observed
+        self.written_since = None
+        drift = {"replaced": 0, "missing": 0, "strays": 0}
+        if written is None or observed is None:  # (a full pass since: it read everything)
+            return Audit(time.time(), 0.0, drift, void=True)
+        for key in suspects:
+            now = found.get(key)
+            if key in written or now == observed.get(key):
+                continue
+            if now is None:
+                del observed[key]
+                self.held.pop(key, None)
+            else:
+                observed[key] = now
+            owner = self.owner.get(key)
+            if owner is not None:
+                self.replan.add(owner)
+                drift["missing" if now is None else "replaced"] += 1
+            elif now is not None:
+                self.strays.add(key)
+                drift["strays"] += 1
+        self.last_audit = Audit(time.time(), time.monotonic() - self.audit_started, drift)
+        return self.last_audit
 
     @property
     def full_pending(self) -> bool:
         return self.observed is None
 
-    async def observe(self, sysctls: Iterable[str]) -> dict[tuple, KernelObject]:
-        return {o.key: o for o in await observe(self.sock, sysctls)}
+    async def observe(self, sysctls: Iterable[str], sock: RtnlSocket | None = None) -> dict[tuple, KernelObject]:
+        return {o.key: o for o in await observe(sock or self.sock, sysctls)}
 
     def wanted(self) -> frozenset[KernelObject]:
         """Every partition's desired objects (what a full pass compares the kernel with)."""
@@ -147,10 +225,12 @@ class Reconciler:
         else:
             names = [n for n in dirty if n in self.desired]
             candidates = {o.key for prev in dirty.values() for o in prev if o.key not in self.owner}
+            candidates |= {k for k in self.strays if k not in self.owner}
             if not hold:
                 candidates |= {k for k in self.held if k not in self.owner}
         for name in names:
             ops += upserts(self.desired[name], self.observed)
+        self.strays = set()
         if full:
             self.held = {}
         for key in candidates:
@@ -181,6 +261,10 @@ class Reconciler:
         started = time.monotonic()
         full = self.observed is None
         previous = self.update(parts)
+        if not full:
+            for name in self.replan:  # (an audit found their objects changed in the kernel)
+                previous.setdefault(name, self.desired.get(name, frozenset()))
+        self.replan = set()
         if full:
             self.deferred = {}  # (a full pass plans every partition)
         elif not defer and self.deferred:
@@ -217,6 +301,8 @@ class Reconciler:
             applied = tuple(report.applied)
             failed = {id(e.op) for e in errors}
             assert self.observed is not None
+            if self.written_since is not None:
+                self.written_since.update(op.obj.key for op in plan.ops)
             for op in plan.ops:
                 if id(op) in failed:
                     continue

@@ -19,6 +19,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from nvfabric.gateway import api as gw_api
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.gateway import Gateway
 from nvfabric.hostagent import api as agent_api
+from nvfabric.hostagent import reload as agent_reload
 from nvfabric.hostagent.agent import Agent
 from nvfabric.hostagent.config import AgentConfig
 from nvfabric.lab import netns
@@ -162,7 +164,8 @@ HEALTHY_PORT = {"interface": "tap-h", "mac": "02:00:00:00:99:01", "vsid": 7001, 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory) -> Iterator[tuple[Served, Agent, str]]:
     """A started agent in a scratch namespace: its PA on a dummy underlay, a reflector that cannot be reached
-    (no route: the agent runs headless, as after losing both reflectors), a resync every 3 s."""
+    (no route: the agent runs headless, as after losing both reflectors), a resync every 3 s (the kernel read
+    back) and a verification every 5 s (everything computed again)."""
     for module in ("vrf", "ip_gre", "ip6_gre"):
         netns.run(["modprobe", module], check=False)
     ns, listen = scratch("agent", 4)
@@ -172,7 +175,7 @@ def agent(tmp_path_factory) -> Iterator[tuple[Served, Agent, str]]:
     config = AgentConfig.from_dict({
         "asn": 65000, "router_id": "198.51.100.11", "provider_addresses": ["198.51.100.11"],
         "route_reflectors": [{"address": "192.0.2.100"}], "state_dir": str(tmp_path_factory.mktemp("agent")),
-        "netns": ns, "eor_timeout": 1, "resync_interval": 3})
+        "netns": ns, "eor_timeout": 1, "resync_interval": 3, "verify_interval": 5})
     daemon = Agent(config)
 
     async def up() -> ApiServer:
@@ -224,7 +227,7 @@ def test_the_fuzzed_agent_still_programs_its_kernel_and_agrees_with_it(agent):
     assert answer.status_code in (200, 201), answer.text
     routes = in_ns(ns, "ip", "route", "show", "vrf", "nvf-healthy")
     assert "10.99.0.5 dev tap-h" in routes and "192.168.99.0/24 via 10.99.0.5" in routes, routes
-    # a full resync (every 3 s) that starts after the change: the kernel already is what the agent wants
+    # a resync or a verification that starts after the change: the kernel already is what the agent wants
     since = time.time()
 
     def resynced() -> Any:
@@ -233,6 +236,38 @@ def test_the_fuzzed_agent_still_programs_its_kernel_and_agrees_with_it(agent):
 
     last = wait_for(resynced, 60, "a full resync after the fuzzing")
     assert not last["errors"] and not any(last["ops"].values()), last
+
+
+def test_the_resync_repairs_what_someone_else_changed_in_the_kernel_and_says_what_it_found(agent):
+    """The periodic resync alone (the verification, which computes everything again, put off by a reload):
+    the kernel read back beside the passes, and only what differs written."""
+    served, daemon, ns = agent
+    served.run(daemon.reconfigure(agent_reload.plan(daemon.config, replace(daemon.config, verify_interval=3600))))
+    for path, body in (("routing-domains/healthy", HEALTHY_DOMAIN), ("ports/healthy-p", HEALTHY_PORT)):
+        answer = requests.put(f"{served.server.url}/v1/{path}", json=body, headers=AUTH, timeout=60)
+        assert answer.status_code in (200, 201), answer.text
+    wait_for(lambda: "10.99.0.5 dev tap-h" in in_ns(ns, "ip", "route", "show", "vrf", "nvf-healthy"), 30,
+             "the port's route")
+    since = time.time()
+    # by hand: the agent's route to its VM deleted, and a route with the agent's protocol that nobody wants
+    in_ns(ns, "ip", "route", "del", "10.99.0.5", "vrf", "nvf-healthy")
+    in_ns(ns, "ip", "route", "add", "10.99.0.77/32", "dev", "tap-h", "vrf", "nvf-healthy", "proto", "78",
+          "metric", "1024")
+
+    def repaired() -> Any:
+        last = requests.get(f"{served.server.url}/v1/status", headers=AUTH, timeout=60).json()["last_resync"]
+        routes = in_ns(ns, "ip", "route", "show", "vrf", "nvf-healthy")
+        if last and last["at"] > since and "10.99.0.5 dev tap-h" in routes and "10.99.0.77" not in routes:
+            return last
+        return None
+
+    last = wait_for(repaired, 60, "the resync's repair")
+    assert last["drift"]["missing"] >= 1 and last["drift"]["strays"] >= 1, last
+    # and the next resync finds the kernel as the agent wants it
+    since = time.time()
+    last = wait_for(lambda: (r := requests.get(f"{served.server.url}/v1/status", headers=AUTH, timeout=60).json()[
+        "last_resync"]) and r["at"] > since and r, 60, "the next resync")
+    assert not any(last["drift"].values()), last
 
 
 # ---------------------------------------------------------------- the gateway

@@ -55,6 +55,13 @@ def test_load_reads_yaml(tmp_path):
      "routing_domains[0].subnets[0].vsid"),
     ({"routing_domains": [GOOD["routing_domains"][0], GOOD["routing_domains"][0]]}, "routing_domains[1].name"),
     ({"state_dirr": "/x"}, "state_dirr"),
+    ({"resync_interval": 0}, "resync_interval"),
+    ({"resync_interval": -60}, "resync_interval"),
+    ({"resync_interval": float("nan")}, "resync_interval"),
+    ({"resync_interval": True}, "resync_interval"),
+    ({"verify_interval": "1h"}, "verify_interval"),
+    ({"verify_interval": 1e9}, "verify_interval"),
+    ({"eor_timeout": 0}, "eor_timeout"),
 ])
 def test_errors_name_the_field(change, field):
     with pytest.raises(ConfigError) as err:
@@ -71,3 +78,10 @@ def test_missing_state_dir_and_unreadable_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("asn: [")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(tmp_path / "bad.yaml")
+
+
+def test_the_safety_nets_default_to_a_cheap_frequent_one_and_a_rare_full_one():
+    c = AgentConfig.from_dict(GOOD)
+    assert (c.resync_interval, c.verify_interval) == (60.0, 1800.0)
+    c = AgentConfig.from_dict({**GOOD, "resync_interval": 30, "verify_interval": 600.5})
+    assert (c.resync_interval, c.verify_interval) == (30.0, 600.5)

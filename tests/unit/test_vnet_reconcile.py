@@ -179,3 +179,68 @@ async def test_a_deferring_call_writes_nothing_and_the_next_call_that_writes_pla
     # the table is whole (End-of-RIB): one call writes what differs, nothing else (GLOBAL is not planned)
     outcome = await r.reconcile({}, hold=False)
     assert written == [[(Action.REPLACE, MOVED)]] and not r.deferred and outcome.deferred == 0
+
+
+
+async def test_an_audit_reads_the_kernel_beside_the_calls_and_the_next_call_repairs_only_what_drifted(monkeypatch):
+    """The periodic resync: the desired state held is trusted (nothing is computed again), the kernel is not;
+    what the agent itself wrote while the kernel was read is not mistaken for drift."""
+    written: list[set[tuple[Action, object]]] = []
+    kernel: dict[tuple, object] = {}
+
+    async def fake_apply(sock, plan):
+        from nvfabric.vnet.kernel.apply import Report
+
+        written.append({(op.action, op.obj) for op in plan.ops})
+        return Report(applied=list(plan.ops))
+
+    r = synced(**{GLOBAL: {DEV}, "blue": BLUE, "red": RED, "blue/10.0.0.20": {OLD}})
+    new = EncapRoute(1000, "10.0.0.30/32", 5001, "198.51.100.13", "nvf-gre4")
+
+    async def read_back(self, sysctls, sock=None):
+        snapshot = dict(kernel)
+        # a call that writes while the kernel is read: the read saw the kernel before it
+        await r.reconcile({"blue/10.0.0.30": {new}})
+        return snapshot
+
+    monkeypatch.setattr("nvfabric.vnet.reconcile.apply", fake_apply)
+    monkeypatch.setattr(Reconciler, "observe", read_back)
+    # someone else changed the kernel: red's unreachable route deleted, the CA's route moved, a stray added
+    stray = EncapRoute(1000, "10.9.9.9/32", 5001, "198.51.100.99", "nvf-gre4")
+    kernel.update(r.observed)
+    del kernel[UnreachableRoute(1001, 4).key]
+    kernel[OLD.key] = MOVED
+    kernel[stray.key] = stray
+    # a call of another partition sees none of it (the cache says the kernel is right)
+    await r.reconcile({"blue": BLUE})
+    assert written == []
+    found, suspects = await r.audit(sock=None)
+    assert written == [{(Action.CREATE, new)}]
+    audit = r.adopt(found, suspects)
+    assert audit.drift == {"replaced": 1, "missing": 1, "strays": 1} and not audit.void
+    assert r.written_since is None
+    outcome = await r.reconcile({})
+    assert not outcome.full_observe
+    assert written[1] == {(Action.CREATE, UnreachableRoute(1001, 4)), (Action.REPLACE, OLD), (Action.DELETE, stray)}
+    # and then nothing is left to do
+    await r.reconcile({"blue": BLUE})
+    assert len(written) == 2
+
+
+async def test_an_audit_overtaken_by_a_full_pass_or_a_failed_read_takes_nothing_in(monkeypatch):
+    async def failing(self, sysctls, sock=None):
+        raise OSError(105, "No buffer space available")
+
+    r = synced(**{GLOBAL: {DEV}, "blue": BLUE})
+    monkeypatch.setattr(Reconciler, "observe", failing)
+    with pytest.raises(OSError):
+        await r.audit(sock=None)
+    assert r.written_since is None  # (nothing keeps counting writes for an audit that ended)
+
+    async def empty(self, sysctls, sock=None):
+        return {}
+
+    monkeypatch.setattr(Reconciler, "observe", empty)
+    found, suspects = await r.audit(sock=None)
+    r.invalidate()  # a failed op meanwhile: the next call reads everything
+    assert r.adopt(found, suspects).void and not r.replan and not r.strays

@@ -123,8 +123,10 @@ class NetlinkError(OSError):
 class RtnlSocket:
     """A NETLINK_ROUTE socket in one namespace, with extended acks, capped acks and strict dump checks."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, cooperative: bool = False) -> None:
+        """`cooperative`: a dump lets the event loop run between datagrams (a long read beside other work)."""
         self.netns = netns
+        self.cooperative = cooperative
         with inside(netns):
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         try:
@@ -160,7 +162,9 @@ class RtnlSocket:
         """(type, flags, seq, whole message) for every message of the next datagrams, forever."""
         loop = asyncio.get_running_loop()
         while True:
-            data = await loop.sock_recv(self.sock, 1 << 20)
+            data = await loop.sock_recv(self.sock, 1 << 20)  # (returns at once when data is waiting)
+            if self.cooperative:
+                await asyncio.sleep(0)
             offset = 0
             while offset + 16 <= len(data):
                 length, kind, flags, seq, _pid = _HDR.unpack_from(data, offset)
