@@ -33,6 +33,7 @@ applied as a difference. Shared by the host agent and the gateway (docs/dataplan
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Hashable, Iterable, Mapping, Set as AbstractSet
 from dataclasses import dataclass, field
@@ -334,7 +335,13 @@ class Reconciler:
 
 def _immutable(objects: Iterable[KernelObject]) -> bool:
     """A frozenset, or another hashable set (vnet/desired.py `One`): held as given, never copied."""
-    return type(objects) is frozenset or (isinstance(objects, AbstractSet) and isinstance(objects, Hashable))
+    return _immutable_kind(type(objects))
+
+
+@functools.cache
+def _immutable_kind(kind: type) -> bool:
+    # (by type, once: the ABC checks cost more than the rest of a remote CA's update at a restart)
+    return issubclass(kind, AbstractSet) and issubclass(kind, Hashable)
 
 
 def _find(objects: Iterable[KernelObject], key: tuple) -> KernelObject | None:
