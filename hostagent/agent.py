@@ -889,9 +889,17 @@ class Agent:
             audit = self._reconciler.adopt(found, suspects)
             self._reread_ports = True
             self._dirty.set()
-        if any(audit.drift.values()):
-            log.warning("resync: the kernel differed from what the agent wrote (%s): repaired",
-                        ", ".join(f"{n} {kind}" for kind, n in audit.drift.items() if n))
+            if not any(audit.drift.values()):
+                return
+            found_text = ", ".join(f"{n} {kind}" for kind, n in audit.drift.items() if n)
+            # written now, as a full pass would, even before End-of-RIB or while headless
+            outcome = await self._reconciler.repair(self._holding())
+            self.metrics.reconciled(outcome)
+        if outcome.errors:
+            log.warning("resync: the kernel differed from what the agent wrote (%s); the repair failed: %s",
+                        found_text, outcome.errors[:3])
+        else:
+            log.warning("resync: the kernel differed from what the agent wrote (%s): repaired", found_text)
 
 
 __all__ = ["Agent", "AgentStatus", "ReflectorStatus", "vrf_name"]

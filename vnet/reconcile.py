@@ -16,8 +16,9 @@ applied as a difference. Shared by the host agent and the gateway (docs/dataplan
   is there and still right is never touched.
 - Audit (the periodic resync: the desired state held is right, the kernel may have been changed by someone
   else): the kernel is read back on a socket of its own while calls go on, compared with the cache a slice at
-  a time, and only what differs and was not written since the read began is taken in (`adopt`): the next
-  call plans the partitions that own it again, and deletes the strays. No call waits for the read.
+  a time, and only what differs and was not written since the read began is taken in (`adopt`); `repair`
+  then plans the partitions that own it again and deletes the strays, even while other ops are deferred
+  (as a full pass would). No call waits for the read.
 - Deletes of learned state (encap routes, proxy NDP entries) are HELD while `hold` is set: after a
   (re)start until End-of-RIB from the reflectors (or a timeout), and while no reflector is reachable
   (headless). A held object stays in the kernel exactly as it is; replacing it by a newer value (a move)
@@ -137,6 +138,16 @@ class Reconciler:
                 suspects += [key for key in keys[i:i + AUDIT_SLICE] if other.get(key) != mine.get(key)]
                 await asyncio.sleep(0)
         return found, suspects
+
+    async def repair(self, hold: bool = False) -> Outcome:
+        """Write what `adopt` took in now (the partitions that own it planned again, the strays deleted), even
+        while other partitions' ops wait for a call that writes (`defer`): they keep waiting."""
+        waiting, self.deferred = self.deferred, {}
+        try:
+            return await self.reconcile({}, hold)
+        finally:
+            for name, before in waiting.items():
+                self.deferred[name] = before | self.deferred.get(name, frozenset())
 
     def adopt(self, found: Mapping[tuple, KernelObject], suspects: Iterable[tuple]) -> Audit:
         """Pure, at a moment no call is under way: take in what the audit's read found for the suspects not

@@ -238,7 +238,7 @@ def test_the_fuzzed_agent_still_programs_its_kernel_and_agrees_with_it(agent):
     assert not last["errors"] and not any(last["ops"].values()), last
 
 
-def test_the_resync_repairs_what_someone_else_changed_in_the_kernel_and_says_what_it_found(agent):
+def test_the_agents_resync_repairs_what_someone_else_changed_in_the_kernel_and_says_what_it_found(agent):
     """The periodic resync alone (the verification, which computes everything again, put off by a reload):
     the kernel read back beside the passes, and only what differs written."""
     served, daemon, ns = agent

@@ -244,3 +244,34 @@ async def test_an_audit_overtaken_by_a_full_pass_or_a_failed_read_takes_nothing_
     found, suspects = await r.audit(sock=None)
     r.invalidate()  # a failed op meanwhile: the next call reads everything
     assert r.adopt(found, suspects).void and not r.replan and not r.strays
+
+
+async def test_an_audits_repair_is_written_while_other_changes_wait_for_end_of_rib(monkeypatch):
+    written: list[set[tuple[Action, object]]] = []
+
+    async def fake_apply(sock, plan):
+        from nvfabric.vnet.kernel.apply import Report
+
+        written.append({(op.action, op.obj) for op in plan.ops})
+        return Report(applied=list(plan.ops))
+
+    r = synced(**{GLOBAL: {DEV}, "blue": BLUE, "blue/10.0.0.20": {OLD}})
+    kernel = dict(r.observed)
+
+    async def read_back(self, sysctls, sock=None):
+        return dict(kernel)
+
+    monkeypatch.setattr("nvfabric.vnet.reconcile.apply", fake_apply)
+    monkeypatch.setattr(Reconciler, "observe", read_back)
+    # a restart's table arriving: the CA moved, planned and not written (deferred)
+    await r.reconcile({"blue/10.0.0.20": {MOVED}}, hold=True, defer=True)
+    assert written == [] and set(r.deferred) == {"blue/10.0.0.20"}
+    # meanwhile someone deletes the port's route: the audit finds it, the repair writes it, and only it
+    del kernel[LOCAL.key]
+    found, suspects = await r.audit(sock=None)
+    assert r.adopt(found, suspects).drift == {"replaced": 0, "missing": 1, "strays": 0}
+    await r.repair(hold=True)
+    assert written == [{(Action.CREATE, LOCAL)}] and set(r.deferred) == {"blue/10.0.0.20"}
+    # End-of-RIB: what waited is written
+    await r.reconcile({}, hold=False)
+    assert written[1] == {(Action.REPLACE, MOVED)} and not r.deferred
