@@ -5,6 +5,10 @@ received NVGRE packet must prove").
 Every GRE packet addressed to this host is judged on its OUTER packet, in the input hook at priority raw,
 before the GRE stack reads it, in this order (each drop counted by its reason, a named counter):
 
+0. A gateway's GRE sites: IP in GRE (protocol 0x0800 or 0x86dd, never 0x6558) from a site's remote address
+   (sets `site4`, `site6`) is accepted here and left to the kernel's GRE tunnels (a tunnel takes only packets
+   from its remote with its key; nothing else takes IP in GRE). Empty on hosts.
+
 1. `unknown_pa`: its outer source is not a provider address the fabric taught us (sets `pa4`, `pa6`).
 2. `not_nvgre`: not RFC 7637 NVGRE as we parse it: IPv4 options or IPv6 extension headers (the fixed offsets
    below would read the wrong bytes), flags other than K (checksum, sequence, version), protocol not 0x6558.
@@ -67,6 +71,11 @@ VSID_MAP = "vsid"
 # key in it?"), so the unknown-VSID check has a set of its own; a VSID change writes one element in each.
 VSID_SET = "vsids"
 PA_SETS = {4: "pa4", 6: "pa6"}
+# The remote addresses of a gateway's GRE sites (gateway/dataplane.py): IP in GRE (protocol IPv4 or IPv6, never
+# 0x6558) from them is let through to the kernel's GRE tunnels, which deliver it only to the tunnel of that
+# remote and key; hosts have none.
+SITE_SETS = {4: "site4", 6: "site6"}
+SITE_PROTOCOLS = "{ 0x0800, 0x86dd }"
 # drop reasons in the order they are judged, then the counter of what passed
 REASONS = ("unknown_pa", "not_nvgre", "unknown_vsid", "not_ip", "not_vouched")
 PASSED = "vouched"
@@ -149,9 +158,10 @@ class DecapFilter:
     pas: frozenset[Address] = frozenset()
     vsids: Mapping[int, int] = field(default_factory=dict)
     vouched: frozenset[Element] = frozenset()
+    sites: frozenset[Address] = frozenset()  # SITE_SETS: the GRE sites' remote addresses
 
     def __hash__(self) -> int:
-        return hash((self.pas, tuple(sorted(self.vsids.items())), self.vouched))
+        return hash((self.pas, tuple(sorted(self.vsids.items())), self.vouched, self.sites))
 
     def judge(self, pa: Address, key: int, inner_ethertype: int, source: Address | None) -> str:
         """Pure: what the table does with an arriving NVGRE packet (the agent's trace): a reason from
@@ -220,7 +230,7 @@ def maximal(elements: Iterable[Element]) -> frozenset[Element]:
 
 
 def decap_filter(pas: Collection[Address], vsids: Mapping[int, int], elements: Iterable[Element],
-                 holding: bool, before: DecapFilter | None) -> DecapFilter:
+                 holding: bool, before: DecapFilter | None, sites: Collection[Address] = ()) -> DecapFilter:
     """Pure: the table's content. While learned state is held (before End-of-RIB, headless) no PA and no
     vouched element is forgotten, like the routes of the lost hosts (vnet/hold.py)."""
     pas = set(pas)
@@ -228,7 +238,7 @@ def decap_filter(pas: Collection[Address], vsids: Mapping[int, int], elements: I
     if holding and before is not None:
         pas |= before.pas
         elements |= before.vouched
-    return DecapFilter(frozenset(pas), dict(vsids), maximal(elements))
+    return DecapFilter(frozenset(pas), dict(vsids), maximal(elements), frozenset(sites))
 
 
 # ------------------------------------------------------------------------------------------ by difference
@@ -249,10 +259,12 @@ class DecapDelta:
     vsids_added: Mapping[int, int] = field(default_factory=dict)  # VSID -> table number: new or changed
     vouched_removed: frozenset[Element] = frozenset()
     vouched_added: frozenset[Element] = frozenset()
+    sites_removed: frozenset[Address] = frozenset()
+    sites_added: frozenset[Address] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(self.pas_removed or self.pas_added or self.vsids_removed or self.vsids_added
-                    or self.vouched_removed or self.vouched_added)
+                    or self.vouched_removed or self.vouched_added or self.sites_removed or self.sites_added)
 
 
 @dataclass(frozen=True)
@@ -692,6 +704,7 @@ def _chain(outer: int) -> str:
 def ruleset(f: DecapFilter) -> str:
     """The whole table, replacing whatever is there, in one transaction (add, delete, then the content)."""
     sets = [f"  set {PA_SETS[4]} {{ type ipv4_addr; }}", f"  set {PA_SETS[6]} {{ type ipv6_addr; }}",
+            f"  set {SITE_SETS[4]} {{ type ipv4_addr; }}", f"  set {SITE_SETS[6]} {{ type ipv6_addr; }}",
             f"  set {VSID_SET} {{ typeof @nh,192,32; }}",
             f"  map {VSID_MAP} {{ typeof @nh,192,32 : meta mark; }}"]
     for outer in (4, 6):
@@ -705,16 +718,24 @@ def ruleset(f: DecapFilter) -> str:
             # priority raw: before conntrack and before anyone's filter chain; the GRE stack runs after the
             # whole input hook, so it reads the key this chain has cleaned
             "  chain input {\n    type filter hook input priority raw; policy accept;\n"
+            # (@th after `l4proto gre` aborts nft 1.0.6's listing: the fixed offsets, as in the chains below)
+            f"    meta nfproto ipv4 meta l4proto gre ip hdrlength 5 ip saddr @{SITE_SETS[4]} "
+            f"@nh,{_OFFSETS[4]['proto']},16 {SITE_PROTOCOLS} accept\n"
+            f"    meta nfproto ipv6 ip6 nexthdr gre ip6 saddr @{SITE_SETS[6]} "
+            f"@nh,{_OFFSETS[6]['proto']},16 {SITE_PROTOCOLS} accept\n"
             "    meta nfproto ipv4 meta l4proto gre jump gre4\n"
             "    meta nfproto ipv6 meta l4proto gre jump gre6\n  }\n"
             + _chain(4) + _chain(6) + "}\n")
-    return text + _add(f.pas, f.vsids, f.vouched)
+    return text + _add(f.pas, f.vsids, f.vouched, f.sites)
 
 
-def _add(pas: Iterable[Address], vsids: Mapping[int, int], elements: Iterable[Element]) -> str:
+def _add(pas: Iterable[Address], vsids: Mapping[int, int], elements: Iterable[Element],
+         sites: Iterable[Address] = ()) -> str:
     text = ""
     for version, name in PA_SETS.items():
         text += _elements("add", name, _sorted(pas, version))
+    for version, name in SITE_SETS.items():
+        text += _elements("add", name, _sorted(sites, version))
     text += _elements("add", VSID_SET, [f"0x{v << 8:x}" for v in sorted(vsids)])
     text += _elements("add", VSID_MAP, [f"0x{v << 8:x} : {m}" for v, m in sorted(vsids.items())])
     for name, items in _vouched_by_set(elements).items():
@@ -724,15 +745,16 @@ def _add(pas: Iterable[Address], vsids: Mapping[int, int], elements: Iterable[El
 
 def difference(old: DecapFilter, new: DecapFilter) -> DecapDelta:
     """Pure: what turns the table `old` into `new` (a VSID whose table number changed is deleted and added)."""
-    return _difference(old.pas, old.vsids, old.vouched, new)
+    return _difference(old.pas, old.vsids, old.vouched, new, old.sites)
 
 
 def _difference(pas: Collection[Address], vsids: Mapping[int, int], vouched: Collection[Element],
-                new: DecapFilter) -> DecapDelta:
+                new: DecapFilter, sites: Collection[Address] = frozenset()) -> DecapDelta:
     gone = frozenset(v for v, m in vsids.items() if new.vsids.get(v) != m)
     return DecapDelta(frozenset(pas - new.pas), frozenset(new.pas - pas), gone,
                       {v: m for v, m in new.vsids.items() if vsids.get(v) != m},
-                      frozenset(vouched - new.vouched), frozenset(new.vouched - vouched))
+                      frozenset(vouched - new.vouched), frozenset(new.vouched - vouched),
+                      frozenset(sites - new.sites), frozenset(new.sites - sites))
 
 
 def delta_text(delta: DecapDelta) -> str | None:
@@ -741,11 +763,13 @@ def delta_text(delta: DecapDelta) -> str | None:
     text = ""
     for version, name in PA_SETS.items():
         text += _elements("delete", name, _sorted(delta.pas_removed, version))
+    for version, name in SITE_SETS.items():
+        text += _elements("delete", name, _sorted(delta.sites_removed, version))
     text += _elements("delete", VSID_SET, [f"0x{v << 8:x}" for v in sorted(delta.vsids_removed)])
     text += _elements("delete", VSID_MAP, [f"0x{v << 8:x}" for v in sorted(delta.vsids_removed)])
     for name, items in _vouched_by_set(delta.vouched_removed).items():
         text += _elements("delete", name, items)
-    text += _add(delta.pas_added, delta.vsids_added, delta.vouched_added)
+    text += _add(delta.pas_added, delta.vsids_added, delta.vouched_added, delta.sites_added)
     return text or None
 
 
@@ -765,13 +789,14 @@ def parse(doc: dict) -> DecapFilter | None:
     """`nft -j list table inet nvfabric` -> the DecapFilter it holds; None when it is not our current table
     (an older layout, or made by someone else): then it is replaced."""
     pas: set[Address] = set()
+    sites: set[Address] = set()
     vsids: dict[int, int] = {}
     elements: set[Element] = set()
     seen: set[str] = set()
     keys: set[int] = set()
     outers: dict[str, tuple[int, int]] = {}  # a PA as listed -> (version, integer)
     # an older layout (no hash sets) lacks some: `seen != wanted` below, replaced once
-    wanted = {*PA_SETS.values(), VSID_SET, VSID_MAP, *_VOUCHED_SETS}
+    wanted = {*PA_SETS.values(), *SITE_SETS.values(), VSID_SET, VSID_MAP, *_VOUCHED_SETS}
     for item in doc.get("nftables", []):
         found = item.get("set") or item.get("map")
         if not found or found.get("table") != TABLE or found.get("name") not in wanted:
@@ -781,6 +806,8 @@ def parse(doc: dict) -> DecapFilter | None:
         for elem in found.get("elem", []):
             if name in PA_SETS.values():
                 pas.add(ipaddress.ip_address(elem))
+            elif name in SITE_SETS.values():
+                sites.add(ipaddress.ip_address(elem))
             elif name == VSID_MAP:
                 vsids[_int(elem[0]) >> 8] = _int(elem[1])
             elif name == VSID_SET:
@@ -800,7 +827,7 @@ def parse(doc: dict) -> DecapFilter | None:
                 elements.add(Element(outer[0], outer[1], _int(mark), version, first, length))
     if seen != wanted or keys != set(vsids):
         return None
-    return DecapFilter(frozenset(pas), vsids, frozenset(elements))
+    return DecapFilter(frozenset(pas), vsids, frozenset(elements), frozenset(sites))
 
 
 def parse_counters(doc: dict) -> dict[str, int]:
@@ -825,6 +852,7 @@ class DecapTable:
         self._pas: set[Address] = set()
         self._vsids: dict[int, int] = {}
         self._vouched: set[Element] = set()
+        self._sites: set[Address] = set()
         self._snapshot: DecapFilter | None = None
 
     @property
@@ -838,13 +866,14 @@ class DecapTable:
         if not self._known:
             return None
         if self._snapshot is None:
-            self._snapshot = DecapFilter(frozenset(self._pas), dict(self._vsids), frozenset(self._vouched))
+            self._snapshot = DecapFilter(frozenset(self._pas), dict(self._vsids), frozenset(self._vouched),
+                                         frozenset(self._sites))
         return self._snapshot
 
     def _mirror(self, f: DecapFilter | None) -> None:
         self._known = f is not None
         f = f or DecapFilter()
-        self._pas, self._vsids, self._vouched = set(f.pas), dict(f.vsids), set(f.vouched)
+        self._pas, self._vsids, self._vouched, self._sites = set(f.pas), dict(f.vsids), set(f.vouched), set(f.sites)
         self._snapshot = f if self._known else None
 
     async def read(self) -> DecapFilter | None:
@@ -863,7 +892,7 @@ class DecapTable:
             await self._write(ruleset(f))
             self._mirror(f)
             return
-        await self.apply_delta(_difference(self._pas, self._vsids, self._vouched, f))
+        await self.apply_delta(_difference(self._pas, self._vsids, self._vouched, f, self._sites))
 
     async def apply_delta(self, delta: DecapDelta) -> None:
         """Element changes only, in one transaction; the table must be known (ValueError else: the owner
@@ -881,6 +910,8 @@ class DecapTable:
         self._vsids.update(delta.vsids_added)
         self._vouched -= delta.vouched_removed
         self._vouched |= delta.vouched_added
+        self._sites -= delta.sites_removed
+        self._sites |= delta.sites_added
         self._snapshot = None
 
     async def _write(self, text: str) -> None:

@@ -104,7 +104,9 @@ def test_a_table_of_the_older_layout_without_hash_sets_is_not_ours_and_is_replac
 
     old = ["pa4", "pa6", "vsids", "vsid", "v44", "v46", "v64", "v66"]
     assert decap.parse(doc(old)) is None
-    assert decap.parse(doc(old + ["h44", "h46", "h64", "h66"])) == DecapFilter()
+    hashed = old + ["h44", "h46", "h64", "h66"]
+    assert decap.parse(doc(hashed)) is None  # without the GRE sites' sets: replaced once
+    assert decap.parse(doc(hashed + ["site4", "site6"])) == DecapFilter()
 
 
 def test_a_table_read_back_gives_the_elements_written_whatever_form_nft_lists_them_in() -> None:
@@ -120,11 +122,27 @@ def test_a_table_read_back_gives_the_elements_written_whatever_form_nft_lists_th
         listed("h66", [{"concat": ["2001:db8::99", 1000, "0xfd000001000000000000000000000012"]}]),
         listed("v44", [{"concat": ["198.51.100.12", 1000, {"range": ["0xa000000", "0xa000003"]}]},
                        {"concat": ["198.51.100.13", 1000, {"prefix": {"addr": "10.0.2.0", "len": 24}}]}]),
-        *(listed(name, []) for name in ("h46", "h64", "v46", "v64", "v66")),
+        listed("site4", ["203.0.113.52"]),
+        *(listed(name, []) for name in ("h46", "h64", "v46", "v64", "v66", "site6")),
     ]}
     assert decap.parse(doc) == DecapFilter(frozenset({HV2, GW}), {5001: 1000}, frozenset({
         E(HV2, 1000, net("10.0.1.12/32")), E(HV2, 1000, net("10.0.1.13/32")), E(HV3, 1000, net("10.0.1.14/32")),
-        E(GW, 1000, net("fd00:1::12/128")), E(HV2, 1000, net("10.0.0.0/30")), E(HV3, 1000, net("10.0.2.0/24"))}))
+        E(GW, 1000, net("fd00:1::12/128")), E(HV2, 1000, net("10.0.0.0/30")), E(HV3, 1000, net("10.0.2.0/24"))}),
+        frozenset({ip("203.0.113.52")}))
+
+
+def test_a_gre_sites_address_is_let_through_for_ip_in_gre_only_and_changes_by_difference() -> None:
+    site, other = ip("203.0.113.52"), ip("2001:db8:9::9")
+    f = DecapFilter(frozenset({HV2}), {5001: 1000}, frozenset(), frozenset({site}))
+    text = decap.ruleset(f)
+    # before the NVGRE chains, and never for protocol 0x6558 (a site cannot reach the NVGRE devices)
+    assert text.index("@site4 @nh,176,16 { 0x0800, 0x86dd } accept") < text.index("jump gre4")
+    assert "@site6 @nh,336,16 { 0x0800, 0x86dd } accept" in text
+    assert "add element inet nvfabric site4 { 203.0.113.52 }" in text
+    g = DecapFilter(f.pas, f.vsids, f.vouched, frozenset({other}))
+    assert decap.changes(f, g) == ("delete element inet nvfabric site4 { 203.0.113.52 }\n"
+                                   "add element inet nvfabric site6 { 2001:db8:9::9 }\n")
+    assert decap.changes(g, g) is None
 
 
 def test_judge_says_what_the_table_does_with_an_arriving_packet() -> None:
