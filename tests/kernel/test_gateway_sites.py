@@ -8,7 +8,10 @@ accepts ESP from the gateway's external address only, so an ESP packet the tenan
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,14 +21,14 @@ from nvfabric.gateway import sites as sitemodel
 from nvfabric.gateway.strongswan import Charon, CharonFiles, SiteSa
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns
-from nvfabric.lab.daemons import LoopThread
+from nvfabric.lab.daemons import LoopThread, in_ns
 from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.probe import Server, connect_retrying
 from nvfabric.vnet.errors import KernelError
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import LocalPortRoute, XfrmInterface
+from nvfabric.vnet.kernel.objects import GreTunnel, LocalPortRoute, XfrmInterface
 from nvfabric.vnet.kernel.observe import observe
-from tests.kernel.test_gateway_x import BLUE, NS, RED, Lab, diagnostics, lab  # noqa: F401 - the fixture
+from tests.kernel.test_gateway_x import BLUE, NS, RED, RMAC, Lab, diagnostics, lab  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.kernel
 
@@ -218,3 +221,156 @@ def _checks(sites: Sites) -> None:
     s, line = connect_retrying(NS["vb"], SITE_HOST, ("10.0.0.5", 0))
     s.close()
     assert line.startswith("site-blue 10.0.0.5:"), line
+
+
+# ---------------------------------------------------------------------------------------------- a GRE site
+# Blue's second site, `depot`: plain GRE, as a provider's router would have it (`ip link add type gre`), in one
+# more namespace on the internet side; its host 10.30.0.10. The same namespace holds a stranger's address (.53)
+# to forge packets from.
+GRE_NS = f"{TAG}-sg"
+GRE_SITE, STRANGER = "203.0.113.52", "203.0.113.53"
+GRE_HOST = ("10.30.0.10", 9000)
+GRE_KEY = 77
+VM_PORT = ("10.0.0.5", 7777)  # a UDP socket of blue's VM, for the forged packets
+
+
+def with_gre_site(current: Tenant, key: int | None) -> Tenant:
+    """Blue as it is (its IPsec site kept: untouched by a GRE site's coming and going), with `depot` or not."""
+    body = current.as_dict()
+    others = [s for s in body["sites"] if s["name"] != "depot"]
+    depot = [] if key is None else [{"name": "depot", "kind": "gre", "remote_address": GRE_SITE, "key": key,
+                                     "prefixes": ["10.30.0.0/24"], "slot": 2}]
+    return Tenant.from_dict({**body, "sites": others + depot})
+
+
+def _checksum(data: bytes) -> int:
+    data += b"\0" * (len(data) & 1)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+
+
+def _ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0, socket.inet_aton(src),
+                       socket.inet_aton(dst))
+    return head[:10] + struct.pack("!H", _checksum(head)) + head[12:] + payload
+
+
+def forged(src: str, key: int, text: str, nvgre: bool = False) -> bytes:
+    """An IPv4 GRE packet to the gateway carrying a UDP datagram from the site's host to blue's VM; `nvgre`:
+    as NVGRE (protocol 0x6558, the inner frame addressed to the router MAC) instead of IP in GRE."""
+    data = text.encode()
+    inner = _ipv4(GRE_HOST[0], VM_PORT[0], socket.IPPROTO_UDP,
+                  struct.pack("!HHHH", 5555, VM_PORT[1], 8 + len(data), 0) + data)
+    if nvgre:
+        inner = bytes.fromhex(RMAC.replace(":", "")) + bytes.fromhex("02000000cc01") + b"\x08\x00" + inner
+    return _ipv4(src, GW_EXT, socket.IPPROTO_GRE, struct.pack("!HHI", 0x2000, 0x6558 if nvgre else 0x0800, key) + inner)
+
+
+def gre_tunnels() -> list[GreTunnel]:
+    with RtnlSocket(NS["gw"]) as sock:
+        return [o for o in asyncio.run(observe(sock)) if isinstance(o, GreTunnel)]
+
+
+def site4() -> str:
+    """The GRE sites' addresses the gateway's decapsulation table lets through, as nft lists them."""
+    return netns.run(["ip", "netns", "exec", NS["gw"], "nft", "list", "set", "inet", "nvfabric", "site4"]).output
+
+
+def ifindex(ns: str, dev: str) -> int:
+    return json.loads(netns.run(["ip", "-n", ns, "-j", "link", "show", "dev", dev]).output)[0]["ifindex"]
+
+
+@pytest.fixture(scope="module")
+def gre_site(sites: Sites) -> Iterator[str]:
+    netns.create(GRE_NS)
+    try:
+        netns.ip_batch([netns.veth_line(NS["inet"], "sg", GRE_NS, "e0")])
+        netns.ip_batch(["link set lo up", f"addr add {GRE_HOST[0]}/32 dev lo", f"addr add {GRE_SITE}/32 dev e0",
+                        f"addr add {STRANGER}/32 dev e0", "link set e0 up", "route add 203.0.113.1/32 dev e0",
+                        "route add default via 203.0.113.1",
+                        f"link add gs type gre local {GRE_SITE} remote {GW_EXT} key {GRE_KEY} ttl 64",
+                        "link set gs up", "route add 10.0.0.0/24 dev gs"], GRE_NS)
+        netns.ip_batch(["link set sg up", f"route add {GRE_SITE}/32 dev sg", f"route add {STRANGER}/32 dev sg"],
+                       NS["inet"])
+        yield GRE_NS
+    finally:
+        netns.destroy(GRE_NS)
+
+
+def test_a_gre_site_reaches_its_tenant_only_and_a_strangers_gre_goes_nowhere(sites: Sites, gre_site: str) -> None:
+    server = Server(gre_site, GRE_HOST, "gre-site ")
+    try:
+        _gre_checks(sites, gre_site)
+    except AssertionError:
+        print(diagnostics())
+        print(netns.run(["ip", "netns", "exec", gre_site, "ip", "-s", "-d", "link", "show", "gs"], check=False).output)
+        raise
+    finally:
+        server.close()
+
+
+def _gre_checks(sites: Sites, ns: str) -> None:
+    gw = sites.lab.gateway.gateway
+    tid = gw.tenant_id("blue")
+    ipsec_before = established(sites.gateway_sas(), "blue.office")  # None when run alone
+    sites.put(with_gre_site(gw.tenants["blue"], GRE_KEY))
+    dev = sitemodel.device_name(tid, gw.tenants["blue"].sites[-1])
+    assert gre_tunnels() == [GreTunnel(dev, "nvf-blue", GW_EXT, GRE_SITE, GRE_KEY)]
+    assert GRE_SITE in site4()
+    # blue's VM reaches the site's host through the tunnel, unNATed; red's same address does not
+    s, line = connect_retrying(NS["vb"], GRE_HOST, ("10.0.0.5", 0))
+    s.close()
+    assert line.startswith("gre-site 10.0.0.5:"), line
+    with pytest.raises(ConnectionError):
+        connect_retrying(NS["vr"], GRE_HOST, ("10.0.0.5", 0), tries=1)
+    # forged GRE to the gateway: a wrong key, a stranger's source, NVGRE from the site's address; then one with the
+    # site's address and key, which plain GRE cannot tell from the site's own (docs/gateway.md): it arrives, and
+    # what was sent before it did not
+    counters = sites.lab.gateway.call(lambda g: g.decap_counters())
+    vm = in_ns(NS["vb"], lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    raw = in_ns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
+    try:
+        vm.bind(VM_PORT)
+        vm.settimeout(0.5)
+        for packet in (forged(GRE_SITE, GRE_KEY + 1, "wrong key"), forged(STRANGER, GRE_KEY, "stranger"),
+                       forged(GRE_SITE, 5001 << 8, "nvgre from the site", nvgre=True)):
+            raw.sendto(packet, (GW_EXT, 0))
+        got: list[str] = []
+
+        def control() -> bool:
+            raw.sendto(forged(GRE_SITE, GRE_KEY, "site address and key"), (GW_EXT, 0))
+            try:
+                got.append(vm.recv(200).decode())
+            except TimeoutError:
+                pass
+            return "site address and key" in got
+
+        wait_for(control, 30, "the forged packet with the site's address and key")
+        assert set(got) == {"site address and key"}, got
+    finally:
+        vm.close()
+        raw.close()
+    after = sites.lab.gateway.call(lambda g: g.decap_counters())
+    # the stranger's IP in GRE and the site's NVGRE: judged by the NVGRE checks, from no provider address
+    assert after["unknown_pa"] - counters["unknown_pa"] >= 2, (counters, after)
+    # a new key at both ends: the tunnel changed in place (same device), traffic flows again
+    before = ifindex(NS["gw"], dev)
+    sites.put(with_gre_site(gw.tenants["blue"], GRE_KEY + 1))
+    netns.run(["ip", "-n", ns, "link", "set", "gs", "type", "gre", "local", GRE_SITE, "remote", GW_EXT,
+               "key", str(GRE_KEY + 1), "ttl", "64"])
+    assert gre_tunnels() == [GreTunnel(dev, "nvf-blue", GW_EXT, GRE_SITE, GRE_KEY + 1)]
+    assert ifindex(NS["gw"], dev) == before
+    s, line = connect_retrying(NS["vb"], GRE_HOST, ("10.0.0.6", 0))
+    s.close()
+    assert line.startswith("gre-site 10.0.0.6:"), line
+    # the site removed: no tunnel, its address no longer let through; blue's IPsec site kept its SA throughout
+    sites.put(with_gre_site(gw.tenants["blue"], None))
+    assert gre_tunnels() == []
+    assert GRE_SITE not in site4()
+    with pytest.raises(ConnectionError):
+        connect_retrying(NS["vb"], GRE_HOST, ("10.0.0.5", 0), tries=1)
+    if ipsec_before is not None:
+        ipsec_after = established(sites.gateway_sas(), "blue.office")
+        assert ipsec_after is not None and [(c.spi_in, c.spi_out) for c in ipsec_after.children] == \
+            [(c.spi_in, c.spi_out) for c in ipsec_before.children]
