@@ -225,8 +225,8 @@ def _checks(sites: Sites) -> None:
 
 # ---------------------------------------------------------------------------------------------- a GRE site
 # Blue's second site, `depot`: plain GRE, as a provider's router would have it (`ip link add type gre`), in one
-# more namespace on the internet side; its host 10.30.0.10. The same namespace holds a stranger's address (.53)
-# to forge packets from.
+# more namespace on the internet side; its host 10.30.0.10. Forged GRE comes from the internet namespace, with
+# the site's address or a stranger's (.53, routed to the site's namespace) as source.
 GRE_NS = f"{TAG}-sg"
 GRE_SITE, STRANGER = "203.0.113.52", "203.0.113.53"
 GRE_HOST = ("10.30.0.10", 9000)
@@ -329,7 +329,8 @@ def _gre_checks(sites: Sites, ns: str) -> None:
     # what was sent before it did not
     counters = sites.lab.gateway.call(lambda g: g.decap_counters())
     vm = in_ns(NS["vb"], lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    raw = in_ns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
+    # sent from the internet's router, not the site: whoever can send there with the site's address as source
+    raw = in_ns(NS["inet"], lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
     try:
         vm.bind(VM_PORT)
         vm.settimeout(0.5)
