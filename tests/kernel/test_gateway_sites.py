@@ -11,16 +11,14 @@ import asyncio
 import json
 import os
 import socket
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-
 from nvfabric.gateway import sites as sitemodel
 from nvfabric.gateway.strongswan import Charon, CharonFiles, SiteSa
 from nvfabric.gateway.tenants import Tenant
-from nvfabric.lab import netns
+from nvfabric.lab import netns, spoof
 from nvfabric.lab.daemons import LoopThread, in_ns
 from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.probe import Server, connect_retrying
@@ -28,7 +26,9 @@ from nvfabric.vnet.errors import KernelError
 from nvfabric.vnet.kernel.netns import RtnlSocket
 from nvfabric.vnet.kernel.objects import GreTunnel, LocalPortRoute, XfrmInterface
 from nvfabric.vnet.kernel.observe import observe
-from tests.kernel.test_gateway_x import BLUE, NS, RED, RMAC, Lab, diagnostics, lab  # noqa: F401 - the fixture
+
+from tests.kernel.test_gateway_x import BLUE, NS, RED, Lab, diagnostics, lab  # noqa: F401 - the fixture
+from tests.nvgre import ETH_IPV4, ROUTER_MAC, gre, send_gre
 
 pytestmark = pytest.mark.kernel
 
@@ -243,28 +243,14 @@ def with_gre_site(current: Tenant, key: int | None) -> Tenant:
     return Tenant.from_dict({**body, "sites": others + depot})
 
 
-def _checksum(data: bytes) -> int:
-    data += b"\0" * (len(data) & 1)
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
-
-
-def _ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
-    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0, socket.inet_aton(src),
-                       socket.inet_aton(dst))
-    return head[:10] + struct.pack("!H", _checksum(head)) + head[12:] + payload
-
-
-def forged(src: str, key: int, text: str, nvgre: bool = False) -> bytes:
-    """An IPv4 GRE packet to the gateway carrying a UDP datagram from the site's host to blue's VM; `nvgre`:
-    as NVGRE (protocol 0x6558, the inner frame addressed to the router MAC) instead of IP in GRE."""
-    data = text.encode()
-    inner = _ipv4(GRE_HOST[0], VM_PORT[0], socket.IPPROTO_UDP,
-                  struct.pack("!HHHH", 5555, VM_PORT[1], 8 + len(data), 0) + data)
+def forged(key: int, text: str, nvgre: bool = False) -> bytes:
+    """GRE (from its header on) carrying a UDP datagram from the site's host to blue's VM; `nvgre`: as NVGRE
+    (protocol 0x6558, an inner frame to the router MAC) instead of IP in GRE."""
+    packet = spoof.ipv4(GRE_HOST[0], VM_PORT[0], socket.IPPROTO_UDP,
+                        spoof.udp4(GRE_HOST[0], VM_PORT[0], 5555, VM_PORT[1], text.encode()))
     if nvgre:
-        inner = bytes.fromhex(RMAC.replace(":", "")) + bytes.fromhex("02000000cc01") + b"\x08\x00" + inner
-    return _ipv4(src, GW_EXT, socket.IPPROTO_GRE, struct.pack("!HHI", 0x2000, 0x6558 if nvgre else 0x0800, key) + inner)
+        return gre(key) + spoof.ethernet(ROUTER_MAC, "02:00:00:00:cc:01", ETH_IPV4, packet)
+    return gre(key, proto=ETH_IPV4) + packet
 
 
 def gre_tunnels() -> list[GreTunnel]:
@@ -329,18 +315,18 @@ def _gre_checks(sites: Sites, ns: str) -> None:
     # what was sent before it did not
     counters = sites.lab.gateway.call(lambda g: g.decap_counters())
     vm = in_ns(NS["vb"], lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    # sent from the internet's router, not the site: whoever can send there with the site's address as source
-    raw = in_ns(NS["inet"], lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
     try:
         vm.bind(VM_PORT)
         vm.settimeout(0.5)
-        for packet in (forged(GRE_SITE, GRE_KEY + 1, "wrong key"), forged(STRANGER, GRE_KEY, "stranger"),
-                       forged(GRE_SITE, 5001 << 8, "nvgre from the site", nvgre=True)):
-            raw.sendto(packet, (GW_EXT, 0))
+        # sent from the internet's router, not the site: whoever can send there with the site's address as source
+        netns.run(["ip", "netns", "exec", NS["inet"], "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"])
+        send_gre(NS["inet"], GRE_SITE, GW_EXT, forged(GRE_KEY + 1, "wrong key"))
+        send_gre(NS["inet"], STRANGER, GW_EXT, forged(GRE_KEY, "stranger"))
+        send_gre(NS["inet"], GRE_SITE, GW_EXT, forged(5001 << 8, "nvgre from the site", nvgre=True))
         got: list[str] = []
 
         def control() -> bool:
-            raw.sendto(forged(GRE_SITE, GRE_KEY, "site address and key"), (GW_EXT, 0))
+            send_gre(NS["inet"], GRE_SITE, GW_EXT, forged(GRE_KEY, "site address and key"))
             try:
                 got.append(vm.recv(200).decode())
             except TimeoutError:
@@ -351,7 +337,6 @@ def _gre_checks(sites: Sites, ns: str) -> None:
         assert set(got) == {"site address and key"}, got
     finally:
         vm.close()
-        raw.close()
     after = sites.lab.gateway.call(lambda g: g.decap_counters())
     # the stranger's IP in GRE and the site's NVGRE: judged by the NVGRE checks, from no provider address
     assert after["unknown_pa"] - counters["unknown_pa"] >= 2, (counters, after)
