@@ -28,7 +28,7 @@ from nvfabric.vnet.kernel.objects import GreTunnel, LocalPortRoute, XfrmInterfac
 from nvfabric.vnet.kernel.observe import observe
 
 from tests.kernel.test_gateway_x import BLUE, NS, RED, Lab, diagnostics, lab  # noqa: F401 - the fixture
-from tests.nvgre import ETH_IPV4, ROUTER_MAC, gre, send_gre
+from tests.nvgre import ETH_IPV4, ROUTER_MAC, gre
 
 pytestmark = pytest.mark.kernel
 
@@ -315,18 +315,23 @@ def _gre_checks(sites: Sites, ns: str) -> None:
     # what was sent before it did not
     counters = sites.lab.gateway.call(lambda g: g.decap_counters())
     vm = in_ns(NS["vb"], lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    # sent from the internet's router, not the site: whoever can send there with the site's address as source
+    # (IPPROTO_RAW: the outer header is ours, any source)
+    raw = in_ns(NS["inet"], lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
+
+    def send(src: str, gre_packet: bytes) -> None:
+        raw.sendto(spoof.ipv4(src, GW_EXT, socket.IPPROTO_GRE, gre_packet), (GW_EXT, 0))
+
     try:
         vm.bind(VM_PORT)
         vm.settimeout(0.5)
-        # sent from the internet's router, not the site: whoever can send there with the site's address as source
-        netns.run(["ip", "netns", "exec", NS["inet"], "sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"])
-        send_gre(NS["inet"], GRE_SITE, GW_EXT, forged(GRE_KEY + 1, "wrong key"))
-        send_gre(NS["inet"], STRANGER, GW_EXT, forged(GRE_KEY, "stranger"))
-        send_gre(NS["inet"], GRE_SITE, GW_EXT, forged(5001 << 8, "nvgre from the site", nvgre=True))
+        send(GRE_SITE, forged(GRE_KEY + 1, "wrong key"))
+        send(STRANGER, forged(GRE_KEY, "stranger"))
+        send(GRE_SITE, forged(5001 << 8, "nvgre from the site", nvgre=True))
         got: list[str] = []
 
         def control() -> bool:
-            send_gre(NS["inet"], GRE_SITE, GW_EXT, forged(GRE_KEY, "site address and key"))
+            send(GRE_SITE, forged(GRE_KEY, "site address and key"))
             try:
                 got.append(vm.recv(200).decode())
             except TimeoutError:
@@ -337,6 +342,7 @@ def _gre_checks(sites: Sites, ns: str) -> None:
         assert set(got) == {"site address and key"}, got
     finally:
         vm.close()
+        raw.close()
     after = sites.lab.gateway.call(lambda g: g.decap_counters())
     # the stranger's IP in GRE and the site's NVGRE: judged by the NVGRE checks, from no provider address
     assert after["unknown_pa"] - counters["unknown_pa"] >= 2, (counters, after)
