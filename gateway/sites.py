@@ -31,7 +31,8 @@ by the key, as in HNV). Plain GRE proves nothing about its sender: anyone who ca
 source address (and the key, which travels in the clear) can put packets into the tenant's routing domain. Use it
 only where the path to the site is the provider's own (docs/gateway.md, "GRE sites").
 
-Each site's tunnel is `if_id = tid << 4 | slot`, its device `nvf-s<if_id in hex>` (vnet objects, gateway/dataplane.py):
+Each site's tunnel is `if_id = tid << 4 | slot`, its device `nvf-s<if_id in hex>` (`nvf-g...` for GRE; vnet objects,
+gateway/dataplane.py):
 derived from the tenant's id and the site's slot only, so a site keeps its SAs and device while other sites and
 tenants come and go. Give `slot` explicitly to remove a site other than the last without renumbering the later
 ones. Tenant-to-site traffic is never NATed (the tunnel is not an external interface).
@@ -270,7 +271,10 @@ def if_id(tid: int, site: Site) -> int:
 
 
 def device_name(tid: int, site: Site) -> str:
-    return f"nvf-s{if_id(tid, site):x}"
+    """`nvf-s<if_id in hex>` for an IPsec site, `nvf-g...` for a GRE site: a site whose kind changes gets a new
+    device (made before its routes move to it, the old one deleted after), never a device of another kind under
+    the same name (the writer would take the old one for the new: EEXIST is "already there")."""
+    return f"nvf-{'g' if site.kind == 'gre' else 's'}{if_id(tid, site):x}"
 
 
 def connection_name(tenant: str, site: Site) -> str:

@@ -241,13 +241,16 @@ def test_a_gre_site_is_a_gre_tunnel_from_the_external_address_in_the_tenants_vrf
                         address6=ipaddress.ip_address("2001:db8::2"))
     assert site_objects(both, 1000, external) == {
         XfrmInterface("nvf-s3e81", 16001, "nvf-blue"), LocalPortRoute(1000, "10.20.0.0/24", "nvf-s3e81"),
-        GreTunnel("nvf-s3e82", "nvf-blue", "203.0.113.2", "198.18.0.9", 4711),
-        LocalPortRoute(1000, "10.30.0.0/24", "nvf-s3e82"), LocalPortRoute(1000, "fd30::/64", "nvf-s3e82")}
+        GreTunnel("nvf-g3e82", "nvf-blue", "203.0.113.2", "198.18.0.9", 4711),
+        LocalPortRoute(1000, "10.30.0.0/24", "nvf-g3e82"), LocalPortRoute(1000, "fd30::/64", "nvf-g3e82")}
     v6 = tenant({**GRE, "remote_address": "2001:db8:9::9", "key": None})
     (tunnel,) = [o for o in site_objects(v6, 1000, external) if isinstance(o, GreTunnel)]
     assert (tunnel.kind, tunnel.local, tunnel.gre_key) == ("ip6gre", "2001:db8::2", None)
     # the tunnel attaches the tenant in nftables as the XFRM interface does: what comes from it is the tenant's
-    assert ("nvf-s3e82", "blue_in") in nat._elements(nat.TenantNat(both, 1000))["i_in"]
+    assert ("nvf-g3e82", "blue_in") in nat._elements(nat.TenantNat(both, 1000))["i_in"]
+    # a site that changes kind on the same slot changes device name: the routes move to a new device
+    as_gre = tenant({**GRE, "prefixes": ["10.20.0.0/24"]})
+    assert {o.dev for o in site_objects(as_gre, 1000, external) if isinstance(o, LocalPortRoute)} == {"nvf-g3e81"}
 
 
 def test_charon_has_no_connection_for_a_gre_site() -> None:
