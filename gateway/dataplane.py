@@ -97,23 +97,34 @@ def gateway_globals(devices: Iterable[str]) -> frozenset[KernelObject]:
     return frozenset(Clsact(dev, TC_BLOCK) for dev in devices)
 
 
+def site_tunnels(tenants: Iterable[Tenant], external: External) -> set[decap.SiteTunnel]:
+    """Pure: the GRE sites' tunnels as the decapsulation table lets their packets through (remote, local, key)."""
+    out = set()
+    for t in tenants:
+        for s in t.sites:
+            local = external.address4 if s.remote_address.version == 4 else external.address6
+            if s.kind == "gre" and local is not None:
+                out.add(decap.SiteTunnel(s.remote_address, local, s.key))
+    return out
+
+
 def decap_filter(tenants: Mapping[str, Tenant], ids: Mapping[str, int],
                  records: Mapping[str, Iterable[LookupRecord]], holding: bool,
-                 before: decap.DecapFilter | None) -> decap.DecapFilter:
+                 before: decap.DecapFilter | None, external: External | None = None) -> decap.DecapFilter:
     """Pure: the gateway's decapsulation table (vnet/decap.py, the hosts' own): GRE only from the PAs of the
     hosts that have the tenants' CAs, only for the tenants' VSIDs (marked with the tenant's id, the mark its
     flower filter gives the inner packet too), and only from the inner sources their lookup records and
     customer routes vouch for. GRE from the external side or an unknown PA never enters a tenant by the NVGRE
-    devices; IP in GRE from a GRE site's remote address is let through to the kernel's GRE tunnels, which take
-    only their own remote's packets with their own key."""
+    devices; IP in GRE is let through only as exactly one GRE site's tunnel takes it (from its remote, to its
+    local address, with its key)."""
     served = {n: t for n, t in tenants.items() if n in ids}
     learned = [r for n in served for r in records.get(n, ())]
     customer = {n: t.routing_domain.customer_routes for n, t in served.items()}
     vsids = {vsid: ids[n] for n, t in served.items() for vsid in t.vsids}
     pas = {r.pa for r in learned if r.pa is not None}
     elements = decap.vouched(learned, (), customer, {n: ids[n] for n in served})
-    gre = {s.remote_address for t in served.values() for s in t.sites if s.kind == "gre"}
-    return decap.decap_filter(pas, vsids, elements, holding, before, gre)
+    sites = site_tunnels(served.values(), external) if external is not None else ()
+    return decap.decap_filter(pas, vsids, elements, holding, before, sites)
 
 
 class Dataplane:

@@ -386,7 +386,8 @@ class Gateway:
         refusal is logged; the next change replaces the table (DecapTable forgets what it applied)."""
         if self._decap is None:
             return
-        want = decap_filter(self._tenants, self._ids, self._records, not self._decap_learned, self._decap.applied)
+        want = decap_filter(self._tenants, self._ids, self._records, not self._decap_learned, self._decap.applied,
+                            self.config.external)
         if want == self._decap.applied:
             return
         try:

@@ -5,9 +5,12 @@ received NVGRE packet must prove").
 Every GRE packet addressed to this host is judged on its OUTER packet, in the input hook at priority raw,
 before the GRE stack reads it, in this order (each drop counted by its reason, a named counter):
 
-0. A gateway's GRE sites: IP in GRE (protocol 0x0800 or 0x86dd, never 0x6558) from a site's remote address
-   (sets `site4`, `site6`) is accepted here and left to the kernel's GRE tunnels (a tunnel takes only packets
-   from its remote with its key; nothing else takes IP in GRE). Empty on hosts.
+0. A gateway's GRE sites: IP in GRE (protocol 0x0800 or 0x86dd, never 0x6558, no flags but K) that is exactly
+   what one site's tunnel takes, (outer source, outer destination, key) = the tunnel's (remote, local, key)
+   (sets `site4`, `site6`; without a key `site4nk`, `site6nk`), is accepted here and left to that tunnel. Any
+   other GRE goes on to the NVGRE checks below and is dropped there: the kernel gives IPv6 GRE that no tunnel
+   matches to the flow-based ip6gretap device whatever its protocol, which would read an attacker's payload as
+   an Ethernet frame into a tenant. Empty on hosts.
 
 1. `unknown_pa`: its outer source is not a provider address the fabric taught us (sets `pa4`, `pa6`).
 2. `not_nvgre`: not RFC 7637 NVGRE as we parse it: IPv4 options or IPv6 extension headers (the fixed offsets
@@ -71,11 +74,19 @@ VSID_MAP = "vsid"
 # key in it?"), so the unknown-VSID check has a set of its own; a VSID change writes one element in each.
 VSID_SET = "vsids"
 PA_SETS = {4: "pa4", 6: "pa6"}
-# The remote addresses of a gateway's GRE sites (gateway/dataplane.py): IP in GRE (protocol IPv4 or IPv6, never
-# 0x6558) from them is let through to the kernel's GRE tunnels, which deliver it only to the tunnel of that
-# remote and key; hosts have none.
+# A gateway's GRE sites' tunnels (gateway/dataplane.py), step 0 above: keyed ones by (remote . local . key),
+# keyless ones by (remote . local); hosts have none.
 SITE_SETS = {4: "site4", 6: "site6"}
+SITE_KEYLESS_SETS = {4: "site4nk", 6: "site6nk"}
 SITE_PROTOCOLS = "{ 0x0800, 0x86dd }"
+
+
+class SiteTunnel(NamedTuple):
+    """A GRE site's tunnel as the kernel tells it apart: the site's address, the gateway's, the key (None: none)."""
+
+    remote: Address
+    local: Address
+    key: int | None
 # drop reasons in the order they are judged, then the counter of what passed
 REASONS = ("unknown_pa", "not_nvgre", "unknown_vsid", "not_ip", "not_vouched")
 PASSED = "vouched"
@@ -90,6 +101,7 @@ _OFFSETS = {
     6: {"flags": 320, "proto": 336, "key": 352, "flow": 376, "ethertype": 480, 4: 592, 6: 560},
 }
 _SADDR = {4: "ip saddr", 6: "ip6 saddr"}
+_DADDR = {4: "ip daddr", 6: "ip6 daddr"}
 _BITS = {4: 32, 6: 128}
 
 
@@ -158,7 +170,7 @@ class DecapFilter:
     pas: frozenset[Address] = frozenset()
     vsids: Mapping[int, int] = field(default_factory=dict)
     vouched: frozenset[Element] = frozenset()
-    sites: frozenset[Address] = frozenset()  # SITE_SETS: the GRE sites' remote addresses
+    sites: frozenset[SiteTunnel] = frozenset()  # the GRE sites' tunnels
 
     def __hash__(self) -> int:
         return hash((self.pas, tuple(sorted(self.vsids.items())), self.vouched, self.sites))
@@ -230,7 +242,7 @@ def maximal(elements: Iterable[Element]) -> frozenset[Element]:
 
 
 def decap_filter(pas: Collection[Address], vsids: Mapping[int, int], elements: Iterable[Element],
-                 holding: bool, before: DecapFilter | None, sites: Collection[Address] = ()) -> DecapFilter:
+                 holding: bool, before: DecapFilter | None, sites: Collection[SiteTunnel] = ()) -> DecapFilter:
     """Pure: the table's content. While learned state is held (before End-of-RIB, headless) no PA and no
     vouched element is forgotten, like the routes of the lost hosts (vnet/hold.py)."""
     pas = set(pas)
@@ -259,8 +271,8 @@ class DecapDelta:
     vsids_added: Mapping[int, int] = field(default_factory=dict)  # VSID -> table number: new or changed
     vouched_removed: frozenset[Element] = frozenset()
     vouched_added: frozenset[Element] = frozenset()
-    sites_removed: frozenset[Address] = frozenset()
-    sites_added: frozenset[Address] = frozenset()
+    sites_removed: frozenset[SiteTunnel] = frozenset()
+    sites_added: frozenset[SiteTunnel] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(self.pas_removed or self.pas_added or self.vsids_removed or self.vsids_added
@@ -704,7 +716,9 @@ def _chain(outer: int) -> str:
 def ruleset(f: DecapFilter) -> str:
     """The whole table, replacing whatever is there, in one transaction (add, delete, then the content)."""
     sets = [f"  set {PA_SETS[4]} {{ type ipv4_addr; }}", f"  set {PA_SETS[6]} {{ type ipv6_addr; }}",
-            f"  set {SITE_SETS[4]} {{ type ipv4_addr; }}", f"  set {SITE_SETS[6]} {{ type ipv6_addr; }}",
+            *(f"  set {SITE_SETS[v]} {{ typeof {_SADDR[v]} . {_DADDR[v]} . @nh,{_OFFSETS[v]['key']},32; }}"
+              for v in (4, 6)),
+            *(f"  set {SITE_KEYLESS_SETS[v]} {{ typeof {_SADDR[v]} . {_DADDR[v]}; }}" for v in (4, 6)),
             f"  set {VSID_SET} {{ typeof @nh,192,32; }}",
             f"  map {VSID_MAP} {{ typeof @nh,192,32 : meta mark; }}"]
     for outer in (4, 6):
@@ -718,24 +732,43 @@ def ruleset(f: DecapFilter) -> str:
             # priority raw: before conntrack and before anyone's filter chain; the GRE stack runs after the
             # whole input hook, so it reads the key this chain has cleaned
             "  chain input {\n    type filter hook input priority raw; policy accept;\n"
-            # (@th after `l4proto gre` aborts nft 1.0.6's listing: the fixed offsets, as in the chains below)
-            f"    meta nfproto ipv4 meta l4proto gre ip hdrlength 5 ip saddr @{SITE_SETS[4]} "
-            f"@nh,{_OFFSETS[4]['proto']},16 {SITE_PROTOCOLS} accept\n"
-            f"    meta nfproto ipv6 ip6 nexthdr gre ip6 saddr @{SITE_SETS[6]} "
-            f"@nh,{_OFFSETS[6]['proto']},16 {SITE_PROTOCOLS} accept\n"
+            + _site_rules() +
             "    meta nfproto ipv4 meta l4proto gre jump gre4\n"
             "    meta nfproto ipv6 meta l4proto gre jump gre6\n  }\n"
             + _chain(4) + _chain(6) + "}\n")
     return text + _add(f.pas, f.vsids, f.vouched, f.sites)
 
 
+def _site_rules() -> str:
+    """Step 0: IP in GRE that one site's tunnel takes, accepted before the NVGRE checks. (`@th` after `l4proto
+    gre` aborts nft 1.0.6's listing: the fixed offsets of the chains below, IPv4 without options.)"""
+    out = ""
+    for v, head in ((4, "meta l4proto gre ip hdrlength 5"), (6, "ip6 nexthdr gre")):
+        o = _OFFSETS[v]
+        ends = f"{_SADDR[v]} . {_DADDR[v]}"
+        proto = f"@nh,{o['proto']},16 {SITE_PROTOCOLS}"
+        out += (f"    {head} @nh,{o['flags']},16 0x2000 {ends} . @nh,{o['key']},32 @{SITE_SETS[v]} {proto} accept\n"
+                f"    {head} @nh,{o['flags']},16 0x0 {ends} @{SITE_KEYLESS_SETS[v]} {proto} accept\n")
+    return out
+
+
+def _site_elements(what: str, sites: Iterable[SiteTunnel]) -> str:
+    text = ""
+    for v in (4, 6):
+        ours = sorted((t for t in sites if t.remote.version == v),
+                      key=lambda t: (int(t.remote), int(t.local), t.key or 0))
+        keyed = [f"{t.remote} . {t.local} . 0x{t.key:x}" for t in ours if t.key is not None]
+        text += _elements(what, SITE_SETS[v], keyed)
+        text += _elements(what, SITE_KEYLESS_SETS[v], [f"{t.remote} . {t.local}" for t in ours if t.key is None])
+    return text
+
+
 def _add(pas: Iterable[Address], vsids: Mapping[int, int], elements: Iterable[Element],
-         sites: Iterable[Address] = ()) -> str:
+         sites: Iterable[SiteTunnel] = ()) -> str:
     text = ""
     for version, name in PA_SETS.items():
         text += _elements("add", name, _sorted(pas, version))
-    for version, name in SITE_SETS.items():
-        text += _elements("add", name, _sorted(sites, version))
+    text += _site_elements("add", sites)
     text += _elements("add", VSID_SET, [f"0x{v << 8:x}" for v in sorted(vsids)])
     text += _elements("add", VSID_MAP, [f"0x{v << 8:x} : {m}" for v, m in sorted(vsids.items())])
     for name, items in _vouched_by_set(elements).items():
@@ -749,7 +782,7 @@ def difference(old: DecapFilter, new: DecapFilter) -> DecapDelta:
 
 
 def _difference(pas: Collection[Address], vsids: Mapping[int, int], vouched: Collection[Element],
-                new: DecapFilter, sites: Collection[Address] = frozenset()) -> DecapDelta:
+                new: DecapFilter, sites: Collection[SiteTunnel] = frozenset()) -> DecapDelta:
     gone = frozenset(v for v, m in vsids.items() if new.vsids.get(v) != m)
     return DecapDelta(frozenset(pas - new.pas), frozenset(new.pas - pas), gone,
                       {v: m for v, m in new.vsids.items() if vsids.get(v) != m},
@@ -763,8 +796,7 @@ def delta_text(delta: DecapDelta) -> str | None:
     text = ""
     for version, name in PA_SETS.items():
         text += _elements("delete", name, _sorted(delta.pas_removed, version))
-    for version, name in SITE_SETS.items():
-        text += _elements("delete", name, _sorted(delta.sites_removed, version))
+    text += _site_elements("delete", delta.sites_removed)
     text += _elements("delete", VSID_SET, [f"0x{v << 8:x}" for v in sorted(delta.vsids_removed)])
     text += _elements("delete", VSID_MAP, [f"0x{v << 8:x}" for v in sorted(delta.vsids_removed)])
     for name, items in _vouched_by_set(delta.vouched_removed).items():
@@ -789,14 +821,14 @@ def parse(doc: dict) -> DecapFilter | None:
     """`nft -j list table inet nvfabric` -> the DecapFilter it holds; None when it is not our current table
     (an older layout, or made by someone else): then it is replaced."""
     pas: set[Address] = set()
-    sites: set[Address] = set()
+    sites: set[SiteTunnel] = set()
     vsids: dict[int, int] = {}
     elements: set[Element] = set()
     seen: set[str] = set()
     keys: set[int] = set()
     outers: dict[str, tuple[int, int]] = {}  # a PA as listed -> (version, integer)
     # an older layout (no hash sets) lacks some: `seen != wanted` below, replaced once
-    wanted = {*PA_SETS.values(), *SITE_SETS.values(), VSID_SET, VSID_MAP, *_VOUCHED_SETS}
+    wanted = {*PA_SETS.values(), *SITE_SETS.values(), *SITE_KEYLESS_SETS.values(), VSID_SET, VSID_MAP, *_VOUCHED_SETS}
     for item in doc.get("nftables", []):
         found = item.get("set") or item.get("map")
         if not found or found.get("table") != TABLE or found.get("name") not in wanted:
@@ -807,7 +839,11 @@ def parse(doc: dict) -> DecapFilter | None:
             if name in PA_SETS.values():
                 pas.add(ipaddress.ip_address(elem))
             elif name in SITE_SETS.values():
-                sites.add(ipaddress.ip_address(elem))
+                remote, local, key = elem["concat"]
+                sites.add(SiteTunnel(ipaddress.ip_address(remote), ipaddress.ip_address(local), _int(key)))
+            elif name in SITE_KEYLESS_SETS.values():
+                remote, local = elem["concat"]
+                sites.add(SiteTunnel(ipaddress.ip_address(remote), ipaddress.ip_address(local), None))
             elif name == VSID_MAP:
                 vsids[_int(elem[0]) >> 8] = _int(elem[1])
             elif name == VSID_SET:
@@ -852,7 +888,7 @@ class DecapTable:
         self._pas: set[Address] = set()
         self._vsids: dict[int, int] = {}
         self._vouched: set[Element] = set()
-        self._sites: set[Address] = set()
+        self._sites: set[SiteTunnel] = set()
         self._snapshot: DecapFilter | None = None
 
     @property
