@@ -276,12 +276,14 @@ _ADDRESS = {**STRING, "description": "an IPv4 or IPv6 address"}
 _SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(STRING), gateways=array(_ADDRESS),
               dhcp=ANY_OBJECT)
 _SNAT = {"anyOf": [_ADDRESS, obj(["address"], True, address=_ADDRESS, ports={"anyOf": [STRING, INTEGER]})]}
-_SITE = obj(["name", "remote_address", "psk", "prefixes"], True, name=STRING,
+_SITE = obj(["name", "remote_address", "prefixes"], True, name=STRING,
             kind={"type": "string", "enum": ["ipsec", "gre", "wireguard"]}, remote_address=_ADDRESS,
             auth={"type": "string", "enum": ["psk", "certificate"]},
-            psk={**STRING, "description": "the pre-shared key (shown as <secret>; a PUT of <secret> keeps it)"},
+            psk={**STRING, "description": "the pre-shared key, required for kind ipsec (shown as <secret>; a PUT of "
+                 "<secret> keeps it)"},
             prefixes=array(STRING), local_ts=array(STRING), remote_ts=array(STRING), ike_proposals=array(STRING),
-            esp_proposals=array(STRING), slot=INTEGER)
+            esp_proposals=array(STRING), slot=INTEGER,
+            key={**INTEGER, "description": "a GRE site's key (kind gre only; 32 bits)"})
 TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING), subnets=array(_SUBNET),
              snat=array(_SNAT), floating_ips=array(obj(["public", "private"], True, public=_ADDRESS,
                                                        private=_ADDRESS)),

@@ -14,7 +14,8 @@ from the reflectors like a host does, gateway/evpn.py), and the gateway's own (`
   one filter per VSID with handle = VSID (vnet's FlowerMark), so a tenant change replaces only its own
   filters. Every tenant's traffic arrives on the same flow-based device; the mark is what tells tenants
   apart in nftables (zones) before routing;
-- each site's tunnel (an XFRM interface in the VRF) and its prefixes routed to it (`site_objects`).
+- each site's tunnel (an XFRM interface or a GRE tunnel in the VRF) and its prefixes routed to it
+  (`site_objects`).
 And in GLOBAL, the tc hook on each NVGRE device: clsact bound to that shared block (vnet's Clsact).
 All of it is vnet kernel objects, applied over netlink: no process is started for a change.
 """
@@ -31,8 +32,8 @@ from nvfabric.vnet import decap
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, desired_state, vrf_name
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import (Clsact, FlowerMark, FwmarkRule, KernelObject, LocalPortRoute, ViaRoute,
-                                          XfrmInterface)
+from nvfabric.vnet.kernel.objects import (Clsact, FlowerMark, FwmarkRule, GreTunnel, KernelObject, LocalPortRoute,
+                                          ViaRoute, XfrmInterface)
 from nvfabric.vnet.model import LookupRecord
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
@@ -65,21 +66,28 @@ def tenant_extras(tenant: Tenant, tid: int, external: External) -> frozenset[Ker
     out: set[KernelObject] = {FwmarkRule(family, tid, tid, FWMARK_PRIORITY, iif=iif)
                               for family in (4, 6) for iif in external.interfaces}
     out.update(FlowerMark(TC_BLOCK, vsid, tid) for vsid in tenant.vsids)
-    out.update(site_objects(tenant, tid))
+    out.update(site_objects(tenant, tid, external))
     for prefix, nh in (("0.0.0.0/0", external.next_hop4), ("::/0", external.next_hop6)):
         if nh is not None:
             out.add(ViaRoute(tid, prefix, str(nh), external.interfaces[0], LEAK_METRIC))
     return frozenset(out)
 
 
-def site_objects(tenant: Tenant, tid: int) -> frozenset[KernelObject]:
-    """Pure: each site's tunnel, an XFRM interface in the tenant's VRF with the site's if_id (charon's SAs for the
-    site carry the same, gateway/strongswan.py), and the site's prefixes routed to it in the tenant's table. It is
-    no external interface: nothing to a site is NATed."""
+def site_objects(tenant: Tenant, tid: int, external: External) -> frozenset[KernelObject]:
+    """Pure: each site's tunnel in the tenant's VRF, and the site's prefixes routed to it in the tenant's table:
+    an IPsec site's is an XFRM interface with the site's if_id (charon's SAs for the site carry the same,
+    gateway/strongswan.py), a GRE site's a GRE tunnel from the gateway's external address to the site's, with
+    the site's key. It is no external interface: nothing to a site is NATed."""
     out: set[KernelObject] = set()
     for site in tenant.sites:
         dev = sites.device_name(tid, site)
-        out.add(XfrmInterface(dev, sites.if_id(tid, site), vrf_name(tenant.name)))
+        if site.kind == "gre":
+            local = external.address4 if site.remote_address.version == 4 else external.address6
+            # (gateway/reserved.py refused a site whose family has no external address before it came here)
+            assert local is not None, "a GRE site without the gateway's end: Reserved.check first"
+            out.add(GreTunnel(dev, vrf_name(tenant.name), str(local), str(site.remote_address), site.key))
+        else:
+            out.add(XfrmInterface(dev, sites.if_id(tid, site), vrf_name(tenant.name)))
         out.update(LocalPortRoute(tid, str(p), dev) for p in site.prefixes)
     return frozenset(out)
 
@@ -89,20 +97,34 @@ def gateway_globals(devices: Iterable[str]) -> frozenset[KernelObject]:
     return frozenset(Clsact(dev, TC_BLOCK) for dev in devices)
 
 
+def site_tunnels(tenants: Iterable[Tenant], external: External) -> set[decap.SiteTunnel]:
+    """Pure: the GRE sites' tunnels as the decapsulation table lets their packets through (remote, local, key)."""
+    out = set()
+    for t in tenants:
+        for s in t.sites:
+            local = external.address4 if s.remote_address.version == 4 else external.address6
+            if s.kind == "gre" and local is not None:
+                out.add(decap.SiteTunnel(s.remote_address, local, s.key))
+    return out
+
+
 def decap_filter(tenants: Mapping[str, Tenant], ids: Mapping[str, int],
                  records: Mapping[str, Iterable[LookupRecord]], holding: bool,
-                 before: decap.DecapFilter | None) -> decap.DecapFilter:
+                 before: decap.DecapFilter | None, external: External | None = None) -> decap.DecapFilter:
     """Pure: the gateway's decapsulation table (vnet/decap.py, the hosts' own): GRE only from the PAs of the
     hosts that have the tenants' CAs, only for the tenants' VSIDs (marked with the tenant's id, the mark its
     flower filter gives the inner packet too), and only from the inner sources their lookup records and
-    customer routes vouch for. GRE from the external side or an unknown PA never enters a tenant."""
+    customer routes vouch for. GRE from the external side or an unknown PA never enters a tenant by the NVGRE
+    devices; IP in GRE is let through only as exactly one GRE site's tunnel takes it (from its remote, to its
+    local address, with its key)."""
     served = {n: t for n, t in tenants.items() if n in ids}
     learned = [r for n in served for r in records.get(n, ())]
     customer = {n: t.routing_domain.customer_routes for n, t in served.items()}
     vsids = {vsid: ids[n] for n, t in served.items() for vsid in t.vsids}
     pas = {r.pa for r in learned if r.pa is not None}
     elements = decap.vouched(learned, (), customer, {n: ids[n] for n in served})
-    return decap.decap_filter(pas, vsids, elements, holding, before)
+    sites = site_tunnels(served.values(), external) if external is not None else ()
+    return decap.decap_filter(pas, vsids, elements, holding, before, sites)
 
 
 class Dataplane:

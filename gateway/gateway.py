@@ -166,7 +166,7 @@ class Gateway:
                 # every tenant's VRF side and tc filters, and the NVGRE devices' tc hooks: one netlink pass
                 await self._dp.reconcile(self._tenants, self._ids, self._records)
             for name, tenant in self._tenants.items():
-                if tenant.sites:
+                if sitemodel.ipsec_sites(tenant.sites):
                     await self._put_sites(name, tenant, self._ids[name])
             if self._decap is not None:
                 await self._decap.read()  # what is enforced now: changed by difference
@@ -386,7 +386,8 @@ class Gateway:
         refusal is logged; the next change replaces the table (DecapTable forgets what it applied)."""
         if self._decap is None:
             return
-        want = decap_filter(self._tenants, self._ids, self._records, not self._decap_learned, self._decap.applied)
+        want = decap_filter(self._tenants, self._ids, self._records, not self._decap_learned, self._decap.applied,
+                            self.config.external)
         if want == self._decap.applied:
             return
         try:
@@ -500,7 +501,7 @@ class Gateway:
         except KernelError:
             await self._put_back_vrf(name, old, ids, "nft")
             raise
-        if (new is not None and new.sites) or (old is not None and old.sites):
+        if any(t is not None and sitemodel.ipsec_sites(t.sites) for t in (new, old)):
             try:
                 await self._put_sites(name, new, tid)
             except KernelError:  # charon put back its side; the NAT and the VRF side go back too

@@ -17,9 +17,22 @@ tenants:
         ike_proposals: [aes256gcm16-prfsha384-ecp384]
         esp_proposals: [aes256gcm16]
         slot: 1                     # 1..15, default the site's position + 1: the tunnel's if_id and device
+      - name: depot
+        kind: gre                   # plain GRE (HNV's "GRE tunnel" mode): NOT encrypted, NOT authenticated
+        remote_address: 198.18.0.9  # the provider's router at the other end
+        key: 4711                   # optional GRE key (32 bits), the same at both ends
+        prefixes: [10.30.0.0/24]
 ```
 
-Each site's tunnel is `if_id = tid << 4 | slot`, its device `nvf-s<if_id in hex>` (vnet objects, gateway/dataplane.py):
+A GRE site is a `gre` (`ip6gre` for an IPv6 remote) device in the tenant's VRF from the gateway's external address
+to the site's, with the key if given; it takes no psk, traffic selectors or proposals (refused by name). Several
+GRE sites may share a remote address with different keys (one provider router for several tenants, told apart
+by the key, as in HNV). Plain GRE proves nothing about its sender: anyone who can send packets with the site's
+source address (and the key, which travels in the clear) can put packets into the tenant's routing domain. Use it
+only where the path to the site is the provider's own (docs/gateway.md, "GRE sites").
+
+Each site's tunnel is `if_id = tid << 4 | slot`, its device `nvf-s<if_id in hex>` (`nvf-g...` for GRE; vnet objects,
+gateway/dataplane.py):
 derived from the tenant's id and the site's slot only, so a site keeps its SAs and device while other sites and
 tenants come and go. Give `slot` explicitly to remove a site other than the last without renumbering the later
 ones. Tenant-to-site traffic is never NATed (the tunnel is not an external interface).
@@ -50,8 +63,10 @@ from nvfabric.vnet.model import (
     reject_unknown,
 )
 
-KINDS = ("ipsec",)  # GRE site tunnels: not yet (refused by name)
-PLANNED_KINDS = ("gre", "wireguard")
+KINDS = ("ipsec", "gre")
+PLANNED_KINDS = ("wireguard",)
+IPSEC_ONLY = ("auth", "psk", "local_ts", "remote_ts", "ike_proposals", "esp_proposals")
+KEY_MAX = (1 << 32) - 1  # the GRE key field
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha384-ecp384",)
 DEFAULT_ESP_PROPOSALS = ("aes256gcm16",)
 ROUTE_BASED = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
@@ -60,6 +75,8 @@ SLOT_MAX = 15  # 4 bits of the if_id beside the tenant's 28-bit id (vnet.desired
 # strongSwan's proposal syntax: algorithm keywords joined by '-' (charon judges the keywords at load time)
 PROPOSAL_RE = re.compile(r"^[a-z0-9_]+(-[a-z0-9_]+)*!?$")
 HIDDEN = "<secret>"
+GRE_NO_PSK = ("a GRE site has no key exchange and no encryption (plain GRE carries the traffic in the clear): "
+              "no psk; use kind ipsec for a pre-shared key")
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,7 @@ class Site:
     remote_ts: tuple[Network, ...] = ROUTE_BASED
     ike_proposals: tuple[str, ...] = DEFAULT_IKE_PROPOSALS
     esp_proposals: tuple[str, ...] = DEFAULT_ESP_PROPOSALS
+    key: int | None = None  # a GRE site's key (None: no key)
 
     def __post_init__(self) -> None:
         check_name(self.name, "name", NAME_RE)
@@ -84,11 +102,11 @@ class Site:
         a = self.remote_address
         if a.is_multicast or a.is_unspecified or a.is_loopback or a.is_link_local:
             raise ModelError("remote_address", str(a), "is not a unicast address a site can have")
-        if not isinstance(self.psk, str) or not PSK_MIN <= len(self.psk) <= PSK_MAX:
-            raise ModelError("psk", HIDDEN, f"must be a string of {PSK_MIN} to {PSK_MAX} characters")
-        if not self.psk.isprintable():
-            raise ModelError("psk", HIDDEN, "must be printable characters")
-        if not 1 <= self.slot <= SLOT_MAX:
+        if self.kind == "gre":
+            self._check_gre()
+        else:
+            self._check_ipsec()
+        if isinstance(self.slot, bool) or not isinstance(self.slot, int) or not 1 <= self.slot <= SLOT_MAX:
             raise ModelError("slot", self.slot, f"must be 1..{SLOT_MAX}")
         if not self.prefixes:
             raise ModelError("prefixes", [], "at least one site prefix (routed into the tunnel) is required")
@@ -98,6 +116,25 @@ class Site:
                                  "tenant's default route leaves by the gateway's NAT")
         if (repeat := first_repeat(self.prefixes)) is not None:
             raise ModelError(f"prefixes[{repeat[0]}]", str(self.prefixes[repeat[0]]), f"repeats prefixes[{repeat[1]}]")
+        if self.kind == "ipsec":
+            self._check_selectors()
+
+    def _check_ipsec(self) -> None:
+        if not isinstance(self.psk, str) or not PSK_MIN <= len(self.psk) <= PSK_MAX:
+            raise ModelError("psk", HIDDEN, f"must be a string of {PSK_MIN} to {PSK_MAX} characters")
+        if not self.psk.isprintable():
+            raise ModelError("psk", HIDDEN, "must be printable characters")
+        if self.key is not None:
+            raise ModelError("key", self.key, "a GRE key is for kind gre only")
+
+    def _check_gre(self) -> None:
+        if self.psk:
+            raise ModelError("psk", HIDDEN, GRE_NO_PSK)
+        if self.key is not None and (isinstance(self.key, bool) or not isinstance(self.key, int)
+                                     or not 0 <= self.key <= KEY_MAX):
+            raise ModelError("key", self.key, f"must be an integer 0..{KEY_MAX} (the 32-bit GRE key)")
+
+    def _check_selectors(self) -> None:
         for name in ("local_ts", "remote_ts"):
             if not getattr(self, name):
                 raise ModelError(name, [], "at least one traffic selector")
@@ -115,6 +152,14 @@ class Site:
                                  "carry it")
 
     @property
+    def claim(self) -> tuple:
+        """What no other site may have: an IPsec peer is one site (charon tells connections by the peer); a GRE
+        tunnel is its remote address and key (the kernel tells tunnels by them)."""
+        if self.kind == "gre":
+            return ("gre", self.remote_address, self.key)
+        return ("site", self.remote_address)
+
+    @property
     def families(self) -> tuple[int, ...]:
         return tuple(sorted({p.version for p in self.prefixes}))
 
@@ -122,12 +167,14 @@ class Site:
     def from_dict(cls, body: Any, where: str, position: int) -> Site:
         body = check_object(body, where)
         known = {"name", "kind", "remote_address", "auth", "psk", "prefixes", "local_ts", "remote_ts",
-                 "ike_proposals", "esp_proposals", "slot"}
+                 "ike_proposals", "esp_proposals", "slot", "key"}
         reject_unknown(body, known, where)
 
         def path(key: str) -> str:
             return field_path(where, key)
 
+        if body.get("kind") == "gre":
+            return cls._gre_from_dict(body, where, position)
         auth = body.get("auth", "psk")
         if auth == "certificate":
             raise ModelError(path("auth"), auth, "not supported yet (supported: psk)")
@@ -154,12 +201,30 @@ class Site:
                        psk=body["psk"], prefixes=networks("prefixes", ()), slot=slot,
                        local_ts=networks("local_ts", ROUTE_BASED), remote_ts=networks("remote_ts", ROUTE_BASED),
                        ike_proposals=strings("ike_proposals", DEFAULT_IKE_PROPOSALS),
-                       esp_proposals=strings("esp_proposals", DEFAULT_ESP_PROPOSALS))
+                       esp_proposals=strings("esp_proposals", DEFAULT_ESP_PROPOSALS), key=body.get("key"))
+        except ModelError as exc:
+            raise exc.within(where) from None
+
+    @classmethod
+    def _gre_from_dict(cls, body: dict, where: str, position: int) -> Site:
+        for key in IPSEC_ONLY:
+            if key in body:
+                raise ModelError(field_path(where, key), HIDDEN if key == "psk" else body[key],
+                                 GRE_NO_PSK if key == "psk" else "only for kind ipsec (a GRE site has no IKE)")
+        try:
+            return cls(name=body.get("name"), kind="gre",
+                       remote_address=check_address(body.get("remote_address"), "remote_address"), psk="",
+                       prefixes=_networks(body, "prefixes"), slot=body.get("slot", position + 1),
+                       key=body.get("key"))
         except ModelError as exc:
             raise exc.within(where) from None
 
     def as_dict(self, secrets: bool = True) -> dict[str, Any]:
         """The body a PUT takes; `secrets=False` for what is shown (the API's GET), the key hidden."""
+        if self.kind == "gre":
+            gre = {"name": self.name, "kind": "gre", "remote_address": str(self.remote_address),
+                   "prefixes": [str(p) for p in self.prefixes], "slot": self.slot}
+            return gre if self.key is None else {**gre, "key": self.key}
         return {"name": self.name, "kind": self.kind, "remote_address": str(self.remote_address), "auth": "psk",
                 "psk": self.psk if secrets else HIDDEN, "prefixes": [str(p) for p in self.prefixes],
                 "local_ts": [str(p) for p in self.local_ts], "remote_ts": [str(p) for p in self.remote_ts],
@@ -167,12 +232,25 @@ class Site:
                 "slot": self.slot}
 
 
+def _networks(body: dict, key: str) -> tuple[Network, ...]:
+    return tuple(check_network(v, f"{key}[{i}]") for i, v in enumerate(check_list(body.get(key, []), key)))
+
+
+def ipsec_sites(sites: tuple[Site, ...]) -> tuple[Site, ...]:
+    """The sites charon makes tunnels for (gateway/strongswan.py); the rest are kernel devices only."""
+    return tuple(s for s in sites if s.kind == "ipsec")
+
+
 def check_sites(sites: tuple[Site, ...], own: tuple[Network, ...]) -> None:
     """A tenant's sites together: names and slots unique, no site prefix overlapping the tenant's own subnets
     (the tunnel route would shadow them) or another site's."""
-    for attr in ("name", "slot", "remote_address"):
+    for attr in ("name", "slot", "claim"):
         if (repeat := first_repeat(getattr(s, attr) for s in sites)) is not None:
             i, j = repeat
+            if attr == "claim":
+                same = " with the same key" if sites[i].kind == "gre" else ""
+                raise ModelError(f"sites[{i}].remote_address", str(sites[i].remote_address),
+                                 f"already used by sites[{j}]{same}")
             raise ModelError(f"sites[{i}].{attr}", str(getattr(sites[i], attr)), f"already used by sites[{j}]")
     seen: list[tuple[Network, str]] = []
     for i, site in enumerate(sites):
@@ -193,7 +271,10 @@ def if_id(tid: int, site: Site) -> int:
 
 
 def device_name(tid: int, site: Site) -> str:
-    return f"nvf-s{if_id(tid, site):x}"
+    """`nvf-s<if_id in hex>` for an IPsec site, `nvf-g...` for a GRE site: a site whose kind changes gets a new
+    device (made before its routes move to it, the old one deleted after), never a device of another kind under
+    the same name (the writer would take the old one for the new: EEXIST is "already there")."""
+    return f"nvf-{'g' if site.kind == 'gre' else 's'}{if_id(tid, site):x}"
 
 
 def connection_name(tenant: str, site: Site) -> str:

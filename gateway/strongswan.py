@@ -164,7 +164,7 @@ def connections(name: str, tenant: Tenant | None, tid: int, external: External) 
     """Pure: one tenant's connections by name (none for an absent tenant)."""
     if tenant is None:
         return {}
-    return {c.name: c for c in (connection(name, tid, s, external) for s in tenant.sites)}
+    return {c.name: c for c in (connection(name, tid, s, external) for s in sitemodel.ipsec_sites(tenant.sites))}
 
 
 # ---------------------------------------------------------------------- vici over asyncio

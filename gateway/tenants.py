@@ -233,8 +233,8 @@ class Claims:
             out.append((("vsid", subnet.vsid), f"subnets[{i}].vsid", subnet.vsid))
         for i, ifname in enumerate(t.interfaces):
             out.append((("if", ifname), f"interfaces[{i}]", ifname))
-        for i, site in enumerate(t.sites):  # one IKE peer, one tenant: charon tells connections by the peer
-            out.append((("site", site.remote_address), f"sites[{i}].remote_address", site.remote_address))
+        for i, site in enumerate(t.sites):  # one IKE peer (one GRE remote and key), one tenant
+            out.append((site.claim, f"sites[{i}].remote_address", site.remote_address))
         return out
 
     @staticmethod

@@ -5,6 +5,13 @@ received NVGRE packet must prove").
 Every GRE packet addressed to this host is judged on its OUTER packet, in the input hook at priority raw,
 before the GRE stack reads it, in this order (each drop counted by its reason, a named counter):
 
+0. A gateway's GRE sites: IP in GRE (protocol 0x0800 or 0x86dd, never 0x6558, no flags but K) that is exactly
+   what one site's tunnel takes, (outer source, outer destination, key) = the tunnel's (remote, local, key)
+   (sets `site4`, `site6`; without a key `site4nk`, `site6nk`), is accepted here and left to that tunnel. Any
+   other GRE goes on to the NVGRE checks below and is dropped there: the kernel gives IPv6 GRE that no tunnel
+   matches to the flow-based ip6gretap device whatever its protocol, which would read an attacker's payload as
+   an Ethernet frame into a tenant. Empty on hosts.
+
 1. `unknown_pa`: its outer source is not a provider address the fabric taught us (sets `pa4`, `pa6`).
 2. `not_nvgre`: not RFC 7637 NVGRE as we parse it: IPv4 options or IPv6 extension headers (the fixed offsets
    below would read the wrong bytes), flags other than K (checksum, sequence, version), protocol not 0x6558.
@@ -67,6 +74,19 @@ VSID_MAP = "vsid"
 # key in it?"), so the unknown-VSID check has a set of its own; a VSID change writes one element in each.
 VSID_SET = "vsids"
 PA_SETS = {4: "pa4", 6: "pa6"}
+# A gateway's GRE sites' tunnels (gateway/dataplane.py), step 0 above: keyed ones by (remote . local . key),
+# keyless ones by (remote . local); hosts have none.
+SITE_SETS = {4: "site4", 6: "site6"}
+SITE_KEYLESS_SETS = {4: "site4nk", 6: "site6nk"}
+SITE_PROTOCOLS = "{ 0x0800, 0x86dd }"
+
+
+class SiteTunnel(NamedTuple):
+    """A GRE site's tunnel as the kernel tells it apart: the site's address, the gateway's, the key (None: none)."""
+
+    remote: Address
+    local: Address
+    key: int | None
 # drop reasons in the order they are judged, then the counter of what passed
 REASONS = ("unknown_pa", "not_nvgre", "unknown_vsid", "not_ip", "not_vouched")
 PASSED = "vouched"
@@ -81,6 +101,7 @@ _OFFSETS = {
     6: {"flags": 320, "proto": 336, "key": 352, "flow": 376, "ethertype": 480, 4: 592, 6: 560},
 }
 _SADDR = {4: "ip saddr", 6: "ip6 saddr"}
+_DADDR = {4: "ip daddr", 6: "ip6 daddr"}
 _BITS = {4: 32, 6: 128}
 
 
@@ -149,9 +170,10 @@ class DecapFilter:
     pas: frozenset[Address] = frozenset()
     vsids: Mapping[int, int] = field(default_factory=dict)
     vouched: frozenset[Element] = frozenset()
+    sites: frozenset[SiteTunnel] = frozenset()  # the GRE sites' tunnels
 
     def __hash__(self) -> int:
-        return hash((self.pas, tuple(sorted(self.vsids.items())), self.vouched))
+        return hash((self.pas, tuple(sorted(self.vsids.items())), self.vouched, self.sites))
 
     def judge(self, pa: Address, key: int, inner_ethertype: int, source: Address | None) -> str:
         """Pure: what the table does with an arriving NVGRE packet (the agent's trace): a reason from
@@ -220,7 +242,7 @@ def maximal(elements: Iterable[Element]) -> frozenset[Element]:
 
 
 def decap_filter(pas: Collection[Address], vsids: Mapping[int, int], elements: Iterable[Element],
-                 holding: bool, before: DecapFilter | None) -> DecapFilter:
+                 holding: bool, before: DecapFilter | None, sites: Collection[SiteTunnel] = ()) -> DecapFilter:
     """Pure: the table's content. While learned state is held (before End-of-RIB, headless) no PA and no
     vouched element is forgotten, like the routes of the lost hosts (vnet/hold.py)."""
     pas = set(pas)
@@ -228,7 +250,7 @@ def decap_filter(pas: Collection[Address], vsids: Mapping[int, int], elements: I
     if holding and before is not None:
         pas |= before.pas
         elements |= before.vouched
-    return DecapFilter(frozenset(pas), dict(vsids), maximal(elements))
+    return DecapFilter(frozenset(pas), dict(vsids), maximal(elements), frozenset(sites))
 
 
 # ------------------------------------------------------------------------------------------ by difference
@@ -249,10 +271,12 @@ class DecapDelta:
     vsids_added: Mapping[int, int] = field(default_factory=dict)  # VSID -> table number: new or changed
     vouched_removed: frozenset[Element] = frozenset()
     vouched_added: frozenset[Element] = frozenset()
+    sites_removed: frozenset[SiteTunnel] = frozenset()
+    sites_added: frozenset[SiteTunnel] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(self.pas_removed or self.pas_added or self.vsids_removed or self.vsids_added
-                    or self.vouched_removed or self.vouched_added)
+                    or self.vouched_removed or self.vouched_added or self.sites_removed or self.sites_added)
 
 
 @dataclass(frozen=True)
@@ -692,6 +716,9 @@ def _chain(outer: int) -> str:
 def ruleset(f: DecapFilter) -> str:
     """The whole table, replacing whatever is there, in one transaction (add, delete, then the content)."""
     sets = [f"  set {PA_SETS[4]} {{ type ipv4_addr; }}", f"  set {PA_SETS[6]} {{ type ipv6_addr; }}",
+            *(f"  set {SITE_SETS[v]} {{ typeof {_SADDR[v]} . {_DADDR[v]} . @nh,{_OFFSETS[v]['key']},32; }}"
+              for v in (4, 6)),
+            *(f"  set {SITE_KEYLESS_SETS[v]} {{ typeof {_SADDR[v]} . {_DADDR[v]}; }}" for v in (4, 6)),
             f"  set {VSID_SET} {{ typeof @nh,192,32; }}",
             f"  map {VSID_MAP} {{ typeof @nh,192,32 : meta mark; }}"]
     for outer in (4, 6):
@@ -705,16 +732,43 @@ def ruleset(f: DecapFilter) -> str:
             # priority raw: before conntrack and before anyone's filter chain; the GRE stack runs after the
             # whole input hook, so it reads the key this chain has cleaned
             "  chain input {\n    type filter hook input priority raw; policy accept;\n"
+            + _site_rules() +
             "    meta nfproto ipv4 meta l4proto gre jump gre4\n"
             "    meta nfproto ipv6 meta l4proto gre jump gre6\n  }\n"
             + _chain(4) + _chain(6) + "}\n")
-    return text + _add(f.pas, f.vsids, f.vouched)
+    return text + _add(f.pas, f.vsids, f.vouched, f.sites)
 
 
-def _add(pas: Iterable[Address], vsids: Mapping[int, int], elements: Iterable[Element]) -> str:
+def _site_rules() -> str:
+    """Step 0: IP in GRE that one site's tunnel takes, accepted before the NVGRE checks. (`@th` after `l4proto
+    gre` aborts nft 1.0.6's listing: the fixed offsets of the chains below, IPv4 without options.)"""
+    out = ""
+    for v, head in ((4, "meta l4proto gre ip hdrlength 5"), (6, "ip6 nexthdr gre")):
+        o = _OFFSETS[v]
+        ends = f"{_SADDR[v]} . {_DADDR[v]}"
+        proto = f"@nh,{o['proto']},16 {SITE_PROTOCOLS}"
+        out += (f"    {head} @nh,{o['flags']},16 0x2000 {ends} . @nh,{o['key']},32 @{SITE_SETS[v]} {proto} accept\n"
+                f"    {head} @nh,{o['flags']},16 0x0 {ends} @{SITE_KEYLESS_SETS[v]} {proto} accept\n")
+    return out
+
+
+def _site_elements(what: str, sites: Iterable[SiteTunnel]) -> str:
+    text = ""
+    for v in (4, 6):
+        ours = sorted((t for t in sites if t.remote.version == v),
+                      key=lambda t: (int(t.remote), int(t.local), t.key or 0))
+        keyed = [f"{t.remote} . {t.local} . 0x{t.key:x}" for t in ours if t.key is not None]
+        text += _elements(what, SITE_SETS[v], keyed)
+        text += _elements(what, SITE_KEYLESS_SETS[v], [f"{t.remote} . {t.local}" for t in ours if t.key is None])
+    return text
+
+
+def _add(pas: Iterable[Address], vsids: Mapping[int, int], elements: Iterable[Element],
+         sites: Iterable[SiteTunnel] = ()) -> str:
     text = ""
     for version, name in PA_SETS.items():
         text += _elements("add", name, _sorted(pas, version))
+    text += _site_elements("add", sites)
     text += _elements("add", VSID_SET, [f"0x{v << 8:x}" for v in sorted(vsids)])
     text += _elements("add", VSID_MAP, [f"0x{v << 8:x} : {m}" for v, m in sorted(vsids.items())])
     for name, items in _vouched_by_set(elements).items():
@@ -724,15 +778,16 @@ def _add(pas: Iterable[Address], vsids: Mapping[int, int], elements: Iterable[El
 
 def difference(old: DecapFilter, new: DecapFilter) -> DecapDelta:
     """Pure: what turns the table `old` into `new` (a VSID whose table number changed is deleted and added)."""
-    return _difference(old.pas, old.vsids, old.vouched, new)
+    return _difference(old.pas, old.vsids, old.vouched, new, old.sites)
 
 
 def _difference(pas: Collection[Address], vsids: Mapping[int, int], vouched: Collection[Element],
-                new: DecapFilter) -> DecapDelta:
+                new: DecapFilter, sites: Collection[SiteTunnel] = frozenset()) -> DecapDelta:
     gone = frozenset(v for v, m in vsids.items() if new.vsids.get(v) != m)
     return DecapDelta(frozenset(pas - new.pas), frozenset(new.pas - pas), gone,
                       {v: m for v, m in new.vsids.items() if vsids.get(v) != m},
-                      frozenset(vouched - new.vouched), frozenset(new.vouched - vouched))
+                      frozenset(vouched - new.vouched), frozenset(new.vouched - vouched),
+                      frozenset(sites - new.sites), frozenset(new.sites - sites))
 
 
 def delta_text(delta: DecapDelta) -> str | None:
@@ -741,11 +796,12 @@ def delta_text(delta: DecapDelta) -> str | None:
     text = ""
     for version, name in PA_SETS.items():
         text += _elements("delete", name, _sorted(delta.pas_removed, version))
+    text += _site_elements("delete", delta.sites_removed)
     text += _elements("delete", VSID_SET, [f"0x{v << 8:x}" for v in sorted(delta.vsids_removed)])
     text += _elements("delete", VSID_MAP, [f"0x{v << 8:x}" for v in sorted(delta.vsids_removed)])
     for name, items in _vouched_by_set(delta.vouched_removed).items():
         text += _elements("delete", name, items)
-    text += _add(delta.pas_added, delta.vsids_added, delta.vouched_added)
+    text += _add(delta.pas_added, delta.vsids_added, delta.vouched_added, delta.sites_added)
     return text or None
 
 
@@ -765,13 +821,14 @@ def parse(doc: dict) -> DecapFilter | None:
     """`nft -j list table inet nvfabric` -> the DecapFilter it holds; None when it is not our current table
     (an older layout, or made by someone else): then it is replaced."""
     pas: set[Address] = set()
+    sites: set[SiteTunnel] = set()
     vsids: dict[int, int] = {}
     elements: set[Element] = set()
     seen: set[str] = set()
     keys: set[int] = set()
     outers: dict[str, tuple[int, int]] = {}  # a PA as listed -> (version, integer)
     # an older layout (no hash sets) lacks some: `seen != wanted` below, replaced once
-    wanted = {*PA_SETS.values(), VSID_SET, VSID_MAP, *_VOUCHED_SETS}
+    wanted = {*PA_SETS.values(), *SITE_SETS.values(), *SITE_KEYLESS_SETS.values(), VSID_SET, VSID_MAP, *_VOUCHED_SETS}
     for item in doc.get("nftables", []):
         found = item.get("set") or item.get("map")
         if not found or found.get("table") != TABLE or found.get("name") not in wanted:
@@ -781,6 +838,12 @@ def parse(doc: dict) -> DecapFilter | None:
         for elem in found.get("elem", []):
             if name in PA_SETS.values():
                 pas.add(ipaddress.ip_address(elem))
+            elif name in SITE_SETS.values():
+                remote, local, key = elem["concat"]
+                sites.add(SiteTunnel(ipaddress.ip_address(remote), ipaddress.ip_address(local), _int(key)))
+            elif name in SITE_KEYLESS_SETS.values():
+                remote, local = elem["concat"]
+                sites.add(SiteTunnel(ipaddress.ip_address(remote), ipaddress.ip_address(local), None))
             elif name == VSID_MAP:
                 vsids[_int(elem[0]) >> 8] = _int(elem[1])
             elif name == VSID_SET:
@@ -800,7 +863,7 @@ def parse(doc: dict) -> DecapFilter | None:
                 elements.add(Element(outer[0], outer[1], _int(mark), version, first, length))
     if seen != wanted or keys != set(vsids):
         return None
-    return DecapFilter(frozenset(pas), vsids, frozenset(elements))
+    return DecapFilter(frozenset(pas), vsids, frozenset(elements), frozenset(sites))
 
 
 def parse_counters(doc: dict) -> dict[str, int]:
@@ -825,6 +888,7 @@ class DecapTable:
         self._pas: set[Address] = set()
         self._vsids: dict[int, int] = {}
         self._vouched: set[Element] = set()
+        self._sites: set[SiteTunnel] = set()
         self._snapshot: DecapFilter | None = None
 
     @property
@@ -838,13 +902,14 @@ class DecapTable:
         if not self._known:
             return None
         if self._snapshot is None:
-            self._snapshot = DecapFilter(frozenset(self._pas), dict(self._vsids), frozenset(self._vouched))
+            self._snapshot = DecapFilter(frozenset(self._pas), dict(self._vsids), frozenset(self._vouched),
+                                         frozenset(self._sites))
         return self._snapshot
 
     def _mirror(self, f: DecapFilter | None) -> None:
         self._known = f is not None
         f = f or DecapFilter()
-        self._pas, self._vsids, self._vouched = set(f.pas), dict(f.vsids), set(f.vouched)
+        self._pas, self._vsids, self._vouched, self._sites = set(f.pas), dict(f.vsids), set(f.vouched), set(f.sites)
         self._snapshot = f if self._known else None
 
     async def read(self) -> DecapFilter | None:
@@ -863,7 +928,7 @@ class DecapTable:
             await self._write(ruleset(f))
             self._mirror(f)
             return
-        await self.apply_delta(_difference(self._pas, self._vsids, self._vouched, f))
+        await self.apply_delta(_difference(self._pas, self._vsids, self._vouched, f, self._sites))
 
     async def apply_delta(self, delta: DecapDelta) -> None:
         """Element changes only, in one transaction; the table must be known (ValueError else: the owner
@@ -881,6 +946,8 @@ class DecapTable:
         self._vsids.update(delta.vsids_added)
         self._vouched -= delta.vouched_removed
         self._vouched |= delta.vouched_added
+        self._sites -= delta.sites_removed
+        self._sites |= delta.sites_added
         self._snapshot = None
 
     async def _write(self, text: str) -> None:

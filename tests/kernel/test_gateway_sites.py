@@ -8,24 +8,27 @@ accepts ESP from the gateway's external address only, so an ESP packet the tenan
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-
 from nvfabric.gateway import sites as sitemodel
 from nvfabric.gateway.strongswan import Charon, CharonFiles, SiteSa
 from nvfabric.gateway.tenants import Tenant
-from nvfabric.lab import netns
-from nvfabric.lab.daemons import LoopThread
+from nvfabric.lab import netns, spoof
+from nvfabric.lab.daemons import LoopThread, in_ns
 from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.probe import Server, connect_retrying
 from nvfabric.vnet.errors import KernelError
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import LocalPortRoute, XfrmInterface
+from nvfabric.vnet.kernel.objects import GreTunnel, LocalPortRoute, XfrmInterface
 from nvfabric.vnet.kernel.observe import observe
+
 from tests.kernel.test_gateway_x import BLUE, NS, RED, Lab, diagnostics, lab  # noqa: F401 - the fixture
+from tests.nvgre import ETH_IPV4, ROUTER_MAC, gre
 
 pytestmark = pytest.mark.kernel
 
@@ -218,3 +221,149 @@ def _checks(sites: Sites) -> None:
     s, line = connect_retrying(NS["vb"], SITE_HOST, ("10.0.0.5", 0))
     s.close()
     assert line.startswith("site-blue 10.0.0.5:"), line
+
+
+# ---------------------------------------------------------------------------------------------- a GRE site
+# Blue's second site, `depot`: plain GRE, as a provider's router would have it (`ip link add type gre`), in one
+# more namespace on the internet side; its host 10.30.0.10. Forged GRE comes from the internet namespace, with
+# the site's address or a stranger's (.53, routed to the site's namespace) as source.
+GRE_NS = f"{TAG}-sg"
+GRE_SITE, STRANGER = "203.0.113.52", "203.0.113.53"
+GRE_HOST = ("10.30.0.10", 9000)
+GRE_KEY = 77
+VM_PORT = ("10.0.0.5", 7777)  # a UDP socket of blue's VM, for the forged packets
+
+
+def with_gre_site(current: Tenant, key: int | None) -> Tenant:
+    """Blue as it is (its IPsec site kept: untouched by a GRE site's coming and going), with `depot` or not."""
+    body = current.as_dict()
+    others = [s for s in body["sites"] if s["name"] != "depot"]
+    depot = [] if key is None else [{"name": "depot", "kind": "gre", "remote_address": GRE_SITE, "key": key,
+                                     "prefixes": ["10.30.0.0/24"], "slot": 2}]
+    return Tenant.from_dict({**body, "sites": others + depot})
+
+
+def forged(key: int, text: str, nvgre: bool = False) -> bytes:
+    """GRE (from its header on) carrying a UDP datagram from the site's host to blue's VM; `nvgre`: as NVGRE
+    (protocol 0x6558, an inner frame to the router MAC) instead of IP in GRE."""
+    packet = spoof.ipv4(GRE_HOST[0], VM_PORT[0], socket.IPPROTO_UDP,
+                        spoof.udp4(GRE_HOST[0], VM_PORT[0], 5555, VM_PORT[1], text.encode()))
+    if nvgre:
+        return gre(key) + spoof.ethernet(ROUTER_MAC, "02:00:00:00:cc:01", ETH_IPV4, packet)
+    return gre(key, proto=ETH_IPV4) + packet
+
+
+def gre_tunnels() -> list[GreTunnel]:
+    with RtnlSocket(NS["gw"]) as sock:
+        return [o for o in asyncio.run(observe(sock)) if isinstance(o, GreTunnel)]
+
+
+def site4() -> str:
+    """The GRE sites' addresses the gateway's decapsulation table lets through, as nft lists them."""
+    return netns.run(["ip", "netns", "exec", NS["gw"], "nft", "list", "set", "inet", "nvfabric", "site4"]).output
+
+
+def ifindex(ns: str, dev: str) -> int:
+    return json.loads(netns.run(["ip", "-n", ns, "-j", "link", "show", "dev", dev]).output)[0]["ifindex"]
+
+
+@pytest.fixture(scope="module")
+def gre_site(sites: Sites) -> Iterator[str]:
+    netns.create(GRE_NS)
+    try:
+        netns.ip_batch([netns.veth_line(NS["inet"], "sg", GRE_NS, "e0")])
+        netns.ip_batch(["link set lo up", f"addr add {GRE_HOST[0]}/32 dev lo", f"addr add {GRE_SITE}/32 dev e0",
+                        f"addr add {STRANGER}/32 dev e0", "link set e0 up", "route add 203.0.113.1/32 dev e0",
+                        "route add default via 203.0.113.1",
+                        f"link add gs type gre local {GRE_SITE} remote {GW_EXT} key {GRE_KEY} ttl 64",
+                        "link set gs up", "route add 10.0.0.0/24 dev gs"], GRE_NS)
+        netns.ip_batch(["link set sg up", f"route add {GRE_SITE}/32 dev sg", f"route add {STRANGER}/32 dev sg"],
+                       NS["inet"])
+        yield GRE_NS
+    finally:
+        netns.destroy(GRE_NS)
+
+
+def test_a_gre_site_reaches_its_tenant_only_and_a_strangers_gre_goes_nowhere(sites: Sites, gre_site: str) -> None:
+    server = Server(gre_site, GRE_HOST, "gre-site ")
+    try:
+        _gre_checks(sites, gre_site)
+    except AssertionError:
+        print(diagnostics())
+        print(netns.run(["ip", "netns", "exec", gre_site, "ip", "-s", "-d", "link", "show", "gs"], check=False).output)
+        raise
+    finally:
+        server.close()
+
+
+def _gre_checks(sites: Sites, ns: str) -> None:
+    gw = sites.lab.gateway.gateway
+    tid = gw.tenant_id("blue")
+    ipsec_before = established(sites.gateway_sas(), "blue.office")  # None when run alone
+    sites.put(with_gre_site(gw.tenants["blue"], GRE_KEY))
+    dev = sitemodel.device_name(tid, gw.tenants["blue"].sites[-1])
+    assert gre_tunnels() == [GreTunnel(dev, "nvf-blue", GW_EXT, GRE_SITE, GRE_KEY)]
+    assert GRE_SITE in site4()
+    # blue's VM reaches the site's host through the tunnel, unNATed; red's same address does not
+    s, line = connect_retrying(NS["vb"], GRE_HOST, ("10.0.0.5", 0))
+    s.close()
+    assert line.startswith("gre-site 10.0.0.5:"), line
+    with pytest.raises(ConnectionError):
+        connect_retrying(NS["vr"], GRE_HOST, ("10.0.0.5", 0), tries=1)
+    # forged GRE to the gateway: a wrong key, a stranger's source, NVGRE from the site's address; then one with the
+    # site's address and key, which plain GRE cannot tell from the site's own (docs/gateway.md): it arrives, and
+    # what was sent before it did not
+    counters = sites.lab.gateway.call(lambda g: g.decap_counters())
+    vm = in_ns(NS["vb"], lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    # sent from the internet's router, not the site: whoever can send there with the site's address as source
+    # (IPPROTO_RAW: the outer header is ours, any source)
+    raw = in_ns(NS["inet"], lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
+
+    def send(src: str, gre_packet: bytes) -> None:
+        raw.sendto(spoof.ipv4(src, GW_EXT, socket.IPPROTO_GRE, gre_packet), (GW_EXT, 0))
+
+    try:
+        vm.bind(VM_PORT)
+        vm.settimeout(0.5)
+        send(GRE_SITE, forged(GRE_KEY + 1, "wrong key"))
+        send(STRANGER, forged(GRE_KEY, "stranger"))
+        send(GRE_SITE, forged(5001 << 8, "nvgre from the site", nvgre=True))
+        got: list[str] = []
+
+        def control() -> bool:
+            send(GRE_SITE, forged(GRE_KEY, "site address and key"))
+            try:
+                got.append(vm.recv(200).decode())
+            except TimeoutError:
+                pass
+            return "site address and key" in got
+
+        wait_for(control, 30, "the forged packet with the site's address and key")
+        assert set(got) == {"site address and key"}, got
+    finally:
+        vm.close()
+        raw.close()
+    after = sites.lab.gateway.call(lambda g: g.decap_counters())
+    # what no site's tunnel takes (a wrong key, a stranger's source, NVGRE): judged by the NVGRE checks, from no
+    # provider address
+    assert after["unknown_pa"] - counters["unknown_pa"] >= 3, (counters, after)
+    # a new key at both ends: the tunnel changed in place (same device), traffic flows again
+    before = ifindex(NS["gw"], dev)
+    sites.put(with_gre_site(gw.tenants["blue"], GRE_KEY + 1))
+    netns.run(["ip", "-n", ns, "link", "set", "gs", "type", "gre", "local", GRE_SITE, "remote", GW_EXT,
+               "key", str(GRE_KEY + 1), "ttl", "64"])
+    assert gre_tunnels() == [GreTunnel(dev, "nvf-blue", GW_EXT, GRE_SITE, GRE_KEY + 1)]
+    assert ifindex(NS["gw"], dev) == before
+    s, line = connect_retrying(NS["vb"], GRE_HOST, ("10.0.0.6", 0))
+    s.close()
+    assert line.startswith("gre-site 10.0.0.6:"), line
+    # the site removed: no tunnel, its address no longer let through; blue's IPsec site kept its SA throughout
+    sites.put(with_gre_site(gw.tenants["blue"], None))
+    assert gre_tunnels() == []
+    assert GRE_SITE not in site4()
+    with pytest.raises(ConnectionError):
+        connect_retrying(NS["vb"], GRE_HOST, ("10.0.0.5", 0), tries=1)
+    if ipsec_before is not None:
+        ipsec_after = established(sites.gateway_sas(), "blue.office")
+        assert ipsec_after is not None and [(c.spi_in, c.spi_out) for c in ipsec_after.children] == \
+            [(c.spi_in, c.spi_out) for c in ipsec_before.children]

@@ -17,7 +17,7 @@ from nvfabric.gateway.strongswan import CharonFiles, charon_conf, connections, p
 from nvfabric.gateway.tenants import Claims, Tenant
 from nvfabric.vnet.errors import ConflictError, ModelError
 from nvfabric.vnet.kernel import messages as m
-from nvfabric.vnet.kernel.objects import LocalPortRoute, XfrmInterface
+from nvfabric.vnet.kernel.objects import GreTunnel, LocalPortRoute, XfrmInterface
 
 KEY = "a-site-key-of-24-chars!!"
 SITE = {"name": "paris", "remote_address": "203.0.113.50", "psk": KEY, "prefixes": ["10.20.0.0/24"]}
@@ -52,7 +52,9 @@ def test_a_site_defaults_to_route_based_ipsec_with_modern_proposals() -> None:
     ({"psk": None}, "sites[0].psk", "20 to 256"),
     ({"auth": "certificate"}, "sites[0].auth", "not supported yet"),
     ({"auth": "rsa"}, "sites[0].auth", "psk or certificate"),
-    ({"kind": "gre"}, "sites[0].kind", "not supported yet"),
+    ({"kind": "gre"}, "sites[0].psk", "no psk"),
+    ({"kind": "wireguard"}, "sites[0].kind", "not supported yet"),
+    ({"key": 5}, "sites[0].key", "kind gre only"),
     ({"kind": "l2tp"}, "sites[0].kind", "must be one of"),
     ({"remote_address": "224.0.0.5"}, "sites[0].remote_address", "unicast"),
     ({"remote_address": "nowhere"}, "sites[0].remote_address", "not an IPv4"),
@@ -101,12 +103,12 @@ def test_two_tenants_may_share_site_prefixes_but_not_a_site_address() -> None:
 def test_the_tunnel_is_an_xfrm_interface_in_the_tenants_vrf_with_the_site_prefixes_routed_to_it() -> None:
     site = tenant(SITE).sites[0]
     assert (if_id(1000, site), device_name(1000, site)) == (16001, "nvf-s3e81")
-    assert site_objects(tenant(SITE), 1000) == {XfrmInterface("nvf-s3e81", 16001, "nvf-blue"),
+    assert site_objects(tenant(SITE), 1000, EXTERNAL) == {XfrmInterface("nvf-s3e81", 16001, "nvf-blue"),
                                                 LocalPortRoute(1000, "10.20.0.0/24", "nvf-s3e81")}
     # another site of the tenant, and the tenant's id, give other if_ids
     other = tenant(SITE, {**SITE, "name": "lyon", "remote_address": "203.0.113.51", "prefixes": ["10.21.0.0/24"]})
-    assert len({o.if_id for o in site_objects(other, 1000) if isinstance(o, XfrmInterface)} |
-               {o.if_id for o in site_objects(other, 1001) if isinstance(o, XfrmInterface)}) == 4
+    assert len({o.if_id for o in site_objects(other, 1000, EXTERNAL) if isinstance(o, XfrmInterface)} |
+               {o.if_id for o in site_objects(other, 1001, EXTERNAL) if isinstance(o, XfrmInterface)}) == 4
 
 
 def test_the_tunnel_attaches_the_tenant_in_nftables_and_is_never_natted() -> None:
@@ -184,3 +186,73 @@ def test_an_xfrm_interface_is_encoded_and_read_back() -> None:
     msg = struct.pack("=IHHII", 16 + len(body), m.RTM_NEWLINK, 0, 0, 0) + body
     fields = m.parse_link(msg)
     assert (fields.name, fields.kind, fields.if_id, fields.master) == ("nvf-s3e81", "xfrm", 16001, 7)
+
+
+GRE = {"name": "depot", "kind": "gre", "remote_address": "198.18.0.9", "key": 4711, "prefixes": ["10.30.0.0/24"]}
+
+
+def test_a_gre_site_has_a_key_and_prefixes_and_nothing_of_ipsec() -> None:
+    site = tenant(GRE).sites[0]
+    assert (site.kind, site.key, site.slot, site.psk) == ("gre", 4711, 1, "")
+    assert tenant(GRE).as_dict()["sites"] == [{**GRE, "slot": 1}]  # GET gives what PUT takes, no psk
+    assert Tenant.from_dict(tenant(GRE).as_dict()) == tenant(GRE)
+    keyless = tenant({k: v for k, v in GRE.items() if k != "key"}).sites[0]
+    assert keyless.key is None and "key" not in keyless.as_dict()
+
+
+@pytest.mark.parametrize(("change", "field", "match"), [
+    ({"psk": KEY}, "sites[0].psk", "no key exchange and no encryption"),
+    ({"auth": "psk"}, "sites[0].auth", "only for kind ipsec"),
+    ({"esp_proposals": ["aes256gcm16"]}, "sites[0].esp_proposals", "only for kind ipsec"),
+    ({"remote_ts": ["10.30.0.0/24"]}, "sites[0].remote_ts", "only for kind ipsec"),
+    ({"key": -1}, "sites[0].key", "0..4294967295"),
+    ({"key": 1 << 32}, "sites[0].key", "0..4294967295"),
+    ({"key": "4711"}, "sites[0].key", "integer"),
+    ({"key": True}, "sites[0].key", "integer"),
+    ({"remote_address": "127.0.0.1"}, "sites[0].remote_address", "unicast"),
+    ({"prefixes": []}, "sites[0].prefixes", "at least one"),
+    ({"prefixes": ["10.0.0.0/25"]}, "sites[0].prefixes[0]", "overlaps the tenant's subnet"),
+    ({"slot": 0}, "sites[0].slot", "1..15"),
+    ({"slot": "2"}, "sites[0].slot", "1..15"),
+])
+def test_a_wrong_gre_site_is_refused_naming_its_field(change: dict, field: str, match: str) -> None:
+    refused({**GRE, **change}, field, match)
+
+
+def test_gre_sites_may_share_a_remote_address_with_different_keys() -> None:
+    """One provider router for several tunnels (HNV: told apart by the key); the same remote and key twice is
+    one tunnel to the kernel, refused within a tenant and across tenants."""
+    other = {**GRE, "name": "annex", "key": 4712, "prefixes": ["10.31.0.0/24"]}
+    assert len(tenant(GRE, other).sites) == 2
+    with pytest.raises(ModelError, match="same key") as info:
+        tenant(GRE, {**other, "key": 4711})
+    assert info.value.field == "sites[1].remote_address"
+    red = {"name": "red", "route_targets": ["65000:2"], "subnets": [{"vsid": 6001, "prefixes": ["10.0.0.0/24"]}]}
+    claims = Claims.of({"blue": tenant(GRE)})
+    with pytest.raises(ConflictError, match="tenant 'blue'"):
+        claims.check(Tenant.from_dict({**red, "sites": [GRE]}))
+    claims.check(Tenant.from_dict({**red, "sites": [{**GRE, "key": 4712}]}))
+    claims.check(Tenant.from_dict({**red, "sites": [{**SITE, "remote_address": "198.18.0.9"}]}))  # IPsec: its own
+
+
+def test_a_gre_site_is_a_gre_tunnel_from_the_external_address_in_the_tenants_vrf() -> None:
+    both = tenant(SITE, GRE | {"prefixes": ["10.30.0.0/24", "fd30::/64"]})
+    external = External(("ext",), address4=ipaddress.ip_address("203.0.113.2"),
+                        address6=ipaddress.ip_address("2001:db8::2"))
+    assert site_objects(both, 1000, external) == {
+        XfrmInterface("nvf-s3e81", 16001, "nvf-blue"), LocalPortRoute(1000, "10.20.0.0/24", "nvf-s3e81"),
+        GreTunnel("nvf-g3e82", "nvf-blue", "203.0.113.2", "198.18.0.9", 4711),
+        LocalPortRoute(1000, "10.30.0.0/24", "nvf-g3e82"), LocalPortRoute(1000, "fd30::/64", "nvf-g3e82")}
+    v6 = tenant({**GRE, "remote_address": "2001:db8:9::9", "key": None})
+    (tunnel,) = [o for o in site_objects(v6, 1000, external) if isinstance(o, GreTunnel)]
+    assert (tunnel.kind, tunnel.local, tunnel.gre_key) == ("ip6gre", "2001:db8::2", None)
+    # the tunnel attaches the tenant in nftables as the XFRM interface does: what comes from it is the tenant's
+    assert ("nvf-g3e82", "blue_in") in nat._elements(nat.TenantNat(both, 1000))["i_in"]
+    # a site that changes kind on the same slot changes device name: the routes move to a new device
+    as_gre = tenant({**GRE, "prefixes": ["10.20.0.0/24"]})
+    assert {o.dev for o in site_objects(as_gre, 1000, external) if isinstance(o, LocalPortRoute)} == {"nvf-g3e81"}
+
+
+def test_charon_has_no_connection_for_a_gre_site() -> None:
+    assert list(connections("blue", tenant(SITE, GRE), 1000, EXTERNAL)) == ["blue.paris"]
+    assert connections("blue", tenant(GRE), 1000, EXTERNAL) == {}

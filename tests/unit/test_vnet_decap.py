@@ -7,7 +7,7 @@ import ipaddress
 import time
 
 from nvfabric.vnet import decap
-from nvfabric.vnet.decap import DecapFilter, Element, changes, decap_filter, maximal, ruleset, vouched
+from nvfabric.vnet.decap import DecapFilter, Element, SiteTunnel, changes, decap_filter, maximal, ruleset, vouched
 from nvfabric.vnet.model import CustomerRoute, LookupRecord, RemotePrefix
 
 ip, net = ipaddress.ip_address, ipaddress.ip_network
@@ -104,7 +104,9 @@ def test_a_table_of_the_older_layout_without_hash_sets_is_not_ours_and_is_replac
 
     old = ["pa4", "pa6", "vsids", "vsid", "v44", "v46", "v64", "v66"]
     assert decap.parse(doc(old)) is None
-    assert decap.parse(doc(old + ["h44", "h46", "h64", "h66"])) == DecapFilter()
+    hashed = old + ["h44", "h46", "h64", "h66"]
+    assert decap.parse(doc(hashed)) is None  # without the GRE sites' sets: replaced once
+    assert decap.parse(doc(hashed + ["site4", "site6", "site4nk", "site6nk"])) == DecapFilter()
 
 
 def test_a_table_read_back_gives_the_elements_written_whatever_form_nft_lists_them_in() -> None:
@@ -120,11 +122,31 @@ def test_a_table_read_back_gives_the_elements_written_whatever_form_nft_lists_th
         listed("h66", [{"concat": ["2001:db8::99", 1000, "0xfd000001000000000000000000000012"]}]),
         listed("v44", [{"concat": ["198.51.100.12", 1000, {"range": ["0xa000000", "0xa000003"]}]},
                        {"concat": ["198.51.100.13", 1000, {"prefix": {"addr": "10.0.2.0", "len": 24}}]}]),
-        *(listed(name, []) for name in ("h46", "h64", "v46", "v64", "v66")),
+        listed("site4", [{"concat": ["203.0.113.52", "203.0.113.2", "0x4d"]}]),
+        listed("site6nk", [{"concat": ["2001:db8:9::9", "2001:db8::2"]}]),
+        *(listed(name, []) for name in ("h46", "h64", "v46", "v64", "v66", "site6", "site4nk")),
     ]}
     assert decap.parse(doc) == DecapFilter(frozenset({HV2, GW}), {5001: 1000}, frozenset({
         E(HV2, 1000, net("10.0.1.12/32")), E(HV2, 1000, net("10.0.1.13/32")), E(HV3, 1000, net("10.0.1.14/32")),
-        E(GW, 1000, net("fd00:1::12/128")), E(HV2, 1000, net("10.0.0.0/30")), E(HV3, 1000, net("10.0.2.0/24"))}))
+        E(GW, 1000, net("fd00:1::12/128")), E(HV2, 1000, net("10.0.0.0/30")), E(HV3, 1000, net("10.0.2.0/24"))}),
+        frozenset({SiteTunnel(ip("203.0.113.52"), ip("203.0.113.2"), 77),
+                   SiteTunnel(ip("2001:db8:9::9"), ip("2001:db8::2"), None)}))
+
+
+def test_ip_in_gre_is_let_through_only_as_one_gre_sites_tunnel_takes_it_and_changes_by_difference() -> None:
+    keyed = SiteTunnel(ip("203.0.113.52"), ip("203.0.113.2"), 77)
+    keyless = SiteTunnel(ip("2001:db8:9::9"), ip("2001:db8::2"), None)
+    f = DecapFilter(frozenset({HV2}), {5001: 1000}, frozenset(), frozenset({keyed}))
+    text = decap.ruleset(f)
+    # before the NVGRE chains; K and nothing else, the tunnel's ends and key, IP (never 0x6558)
+    rule = ("@nh,160,16 0x2000 ip saddr . ip daddr . @nh,192,32 @site4 @nh,176,16 { 0x0800, 0x86dd } accept")
+    assert text.index(rule) < text.index("jump gre4")
+    assert "@nh,320,16 0x0 ip6 saddr . ip6 daddr @site6nk @nh,336,16 { 0x0800, 0x86dd } accept" in text
+    assert "add element inet nvfabric site4 { 203.0.113.52 . 203.0.113.2 . 0x4d }" in text
+    g = DecapFilter(f.pas, f.vsids, f.vouched, frozenset({keyless}))
+    assert decap.changes(f, g) == ("delete element inet nvfabric site4 { 203.0.113.52 . 203.0.113.2 . 0x4d }\n"
+                                   "add element inet nvfabric site6nk { 2001:db8:9::9 . 2001:db8::2 }\n")
+    assert decap.changes(g, g) is None
 
 
 def test_judge_says_what_the_table_does_with_an_arriving_packet() -> None:

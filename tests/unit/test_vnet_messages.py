@@ -284,3 +284,31 @@ def test_an_encap_route_read_back_equals_the_one_built_from_its_text(family, dst
     built = EncapRoute(1000, f"{dst}/{plen}", 5001, pa, "nvf-gre4", 64, 1024)
     assert read == built and hash(read) == hash(built) and read.key == built.key
     assert (read.family, read.pa_family) == (built.family, built.pa_family)
+
+
+@pytest.mark.parametrize(("kind", "local", "remote", "key"), [
+    ("gre", "203.0.113.2", "198.18.0.9", 4711), ("gre", "203.0.113.2", "198.18.0.9", None),
+    ("ip6gre", "2001:db8::2", "2001:db8:9::9", 0xFFFFFFFF),
+])
+def test_a_gre_sites_tunnel_encodes_as_pyroute2_decodes_it_and_reads_back(kind, local, remote, key):
+    raw = m.message(m.RTM_NEWLINK, 0, 1, m.link_body(ifindex=12, name="nvf-s3e82", kind=kind, master=4,
+                                                      info_data=m.gre_info(local, remote, key)))
+    msg = ifinfmsg(raw)
+    msg.decode()
+    data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    prefix = "IFLA_GRE" if kind == "gre" else "IFLA_IP6GRE"
+    assert (data.get_attr(f"{prefix}_LOCAL"), data.get_attr(f"{prefix}_REMOTE")) == (local, remote)
+    assert data.get_attr(f"{prefix}_IKEY") == data.get_attr(f"{prefix}_OKEY") == (key or 0)
+    flags = data.get_attr(f"{prefix}_IFLAGS")
+    want = m.GRE_KEY if key is not None else 0
+    if kind == "ip6gre":  # pyroute2 0.9.7 reads ip6gre's flags in host order; the kernel's are big-endian
+        want = struct.unpack("=H", struct.pack("!H", want))[0]
+    assert flags == data.get_attr(f"{prefix}_OFLAGS") == want
+    assert data.get_attr(f"{prefix}_TTL") == 64
+    if kind == "ip6gre":  # no Destination Options header with an encapsulation limit
+        assert data.get_attr("IFLA_IP6GRE_FLAGS") == m.IP6_TNL_F_IGN_ENCAP_LIMIT
+    f = m.parse_link(raw)
+    assert (f.kind, f.master, f.gre, f.collect_md) == (kind, 4, (local, remote, key), False)
+    # the NVGRE devices are flow-based: no ends, never taken for a site's tunnel
+    assert m.parse_link(m.message(m.RTM_NEWLINK, 0, 1, m.link_body(
+        ifindex=5, name="nvf-gre4", kind="gretap", info_data=m.collect_md_info()))).gre is None

@@ -70,7 +70,7 @@ class DeviceEncoder(Encoder):
         return None
 
     def encode(self, op: Op, wire: Wire) -> list[Request]:
-        assert isinstance(op.obj, (k.Vrf, k.NvgreDevice, k.XfrmInterface))
+        assert isinstance(op.obj, (k.Vrf, k.NvgreDevice, k.XfrmInterface, k.GreTunnel))
         name = op.obj.name
         create = [wire.msg(m.RTM_NEWLINK, CREATE_NEW, self.create_body(op.obj))] \
             if op.action is not Action.DELETE else []
@@ -108,6 +108,30 @@ class XfrmInterfaceEncoder(DeviceEncoder):
             out.append(wire.msg(m.RTM_NEWLINK, CREATE_NEW, m.link_body(
                 name=obj.name, kind="xfrm", info_data=m.xfrm_info(obj.if_id), master=wire.ifindex(obj.vrf),
                 up=True)))
+        return out
+
+
+class GreTunnelEncoder(DeviceEncoder):
+    """Created in its VRF; changed in place (new ends or key, another VRF): the device and the routes through it
+    stay. Only a change of family (gre <-> ip6gre) is a new device."""
+
+    def create_body(self, obj: k.KernelObject) -> bytes:
+        raise AssertionError("a GRE tunnel needs its VRF's index: encode() builds it")
+
+    def encode(self, op: Op, wire: Wire) -> list[Request]:
+        obj = op.obj
+        assert isinstance(obj, k.GreTunnel)
+        old = op.old if isinstance(op.old, k.GreTunnel) else None
+        if op.action is Action.REPLACE and old is not None and old.kind == obj.kind:
+            return [wire.msg(m.RTM_NEWLINK, m.NLM_F_ACK, m.link_body(
+                ifindex=wire.ifindex(obj.name), kind=obj.kind, info_data=m.gre_info(obj.local, obj.remote, obj.gre_key),
+                master=wire.ifindex(obj.vrf), up=True))]
+        out = [] if op.action is Action.CREATE else \
+            [wire.msg(m.RTM_DELLINK, m.NLM_F_ACK, m.link_body(ifindex=wire.ifindex(obj.name)))]
+        if op.action is not Action.DELETE:
+            out.append(wire.msg(m.RTM_NEWLINK, CREATE_NEW, m.link_body(
+                name=obj.name, kind=obj.kind, info_data=m.gre_info(obj.local, obj.remote, obj.gre_key),
+                master=wire.ifindex(obj.vrf), up=True)))
         return out
 
 
@@ -329,6 +353,7 @@ ENCODERS: dict[type, Encoder] = {
     k.Vrf: VrfEncoder(),
     k.NvgreDevice: NvgreDeviceEncoder(),
     k.XfrmInterface: XfrmInterfaceEncoder(),
+    k.GreTunnel: GreTunnelEncoder(),
     k.VrfPort: VrfPortEncoder(),
     k.TunIdRule: _RULES,
     k.FwmarkRule: _RULES,

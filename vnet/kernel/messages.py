@@ -63,6 +63,13 @@ IFLA_INFO_DATA = 2
 IFLA_VRF_TABLE = 1
 IFLA_GRE_COLLECT_METADATA = 18  # if_tunnel.h: shared by gretap and ip6gretap
 IFLA_XFRM_IF_ID = 2  # if_link.h: IFLA_XFRM_LINK 1, IFLA_XFRM_IF_ID 2
+# if_tunnel.h, a plain (IP in) GRE tunnel's: flags and keys are big-endian, addresses 4 or 16 bytes
+IFLA_GRE_IFLAGS, IFLA_GRE_OFLAGS, IFLA_GRE_IKEY, IFLA_GRE_OKEY, IFLA_GRE_LOCAL, IFLA_GRE_REMOTE = 2, 3, 4, 5, 6, 7
+IFLA_GRE_TTL = 8
+IFLA_GRE_FLAGS = 13  # ip6gre's u32 flags
+GRE_KEY = 0x2000  # the K bit of GRE_FLAGS (as in the header: network order on the wire)
+IP6_TNL_F_IGN_ENCAP_LIMIT = 0x1  # no Destination Options header (RFC 2473 encapsulation limit) on ip6gre
+TUNNEL_TTL = 64
 IFF_UP = 0x1
 
 # --- routes (rtnetlink.h, lwtunnel.h) -----------------------------------------------------------------
@@ -293,6 +300,26 @@ def vrf_info(table: int) -> bytes:
 
 def xfrm_info(if_id: int) -> bytes:
     return nla_pack(IFLA_XFRM_IF_ID, _u32(if_id))
+
+
+def gre_info(local: str, remote: str, key: int | None) -> bytes:
+    """A point-to-point IP-in-GRE tunnel (`gre`, `ip6gre` for IPv6 ends): `local`, `remote`, the key both ways
+    when given (else keyless packets only), TTL 64 (not inherited from the inner packet), and on ip6gre no
+    encapsulation limit option (`encaplimit none`): a site's router need not parse a Destination Options
+    header. Every attribute every time: a change (RTM_NEWLINK on the device) resets what it leaves out."""
+    a, b = socket.inet_pton(_af(local), local), socket.inet_pton(_af(remote), remote)
+    flags = struct.pack("!H", GRE_KEY if key is not None else 0)
+    keys = struct.pack("!I", key or 0)
+    out = (nla_pack(IFLA_GRE_LOCAL, a) + nla_pack(IFLA_GRE_REMOTE, b) + nla_pack(IFLA_GRE_IFLAGS, flags)
+           + nla_pack(IFLA_GRE_OFLAGS, flags) + nla_pack(IFLA_GRE_IKEY, keys) + nla_pack(IFLA_GRE_OKEY, keys)
+           + nla_pack(IFLA_GRE_TTL, _u8(TUNNEL_TTL)))
+    if len(a) == 16:
+        out += nla_pack(IFLA_GRE_FLAGS, _u32(IP6_TNL_F_IGN_ENCAP_LIMIT))
+    return out
+
+
+def _af(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 def collect_md_info() -> bytes:
@@ -601,9 +628,11 @@ class LinkFields:
     vrf_table: int | None  # a VRF's table
     collect_md: bool  # a GRE device in external mode (`gretap external`)
     if_id: int | None = None  # an XFRM interface's
+    gre: tuple[str, str, int | None] | None = None  # a plain GRE tunnel's (local, remote, key or None)
 
 
 GRE_KINDS = ("gre", "gretap", "ip6gre", "ip6gretap")
+PLAIN_GRE_KINDS = ("gre", "ip6gre")
 
 
 def parse_link(msg: bytes) -> LinkFields:
@@ -611,7 +640,7 @@ def parse_link(msg: bytes) -> LinkFields:
     pyroute2 decoding every statistics block of every link: a host has a link per VM port."""
     _family, _pad, _type, index, _flags, _change = _IFINFO.unpack_from(msg, 16)
     a = _attrs(msg, 16 + _IFINFO.size, len(msg))
-    kind = table = if_id = None
+    kind = table = if_id = gre = None
     md = False
     if IFLA_LINKINFO in a:
         info = _attrs(a[IFLA_LINKINFO], 0, len(a[IFLA_LINKINFO]))
@@ -624,12 +653,24 @@ def parse_link(msg: bytes) -> LinkFields:
             md = kind in GRE_KINDS and IFLA_GRE_COLLECT_METADATA in data
             if kind == "xfrm" and IFLA_XFRM_IF_ID in data:
                 if_id = struct.unpack("=I", data[IFLA_XFRM_IF_ID])[0]
+            if kind in PLAIN_GRE_KINDS and not md:
+                gre = _gre_ends(data)
     address = a.get(IFLA_ADDRESS)
     return LinkFields(
         index, a[IFLA_IFNAME].rstrip(b"\0").decode() if IFLA_IFNAME in a else "", kind,
         struct.unpack("=I", a[IFLA_MASTER])[0] if IFLA_MASTER in a else 0,
         struct.unpack("=I", a[IFLA_MTU])[0] if IFLA_MTU in a else None,
-        address.hex(":") if address else None, table, md, if_id)
+        address.hex(":") if address else None, table, md, if_id, gre)
+
+
+def _gre_ends(data: dict[int, bytes]) -> tuple[str, str, int | None] | None:
+    local, remote = data.get(IFLA_GRE_LOCAL), data.get(IFLA_GRE_REMOTE)
+    if local is None or remote is None or len(local) != len(remote) or len(local) not in (4, 16):
+        return None
+    af = socket.AF_INET if len(local) == 4 else socket.AF_INET6
+    keyed = struct.unpack("!H", data.get(IFLA_GRE_IFLAGS, b"\0\0"))[0] & GRE_KEY
+    key = struct.unpack("!I", data[IFLA_GRE_IKEY])[0] if keyed and IFLA_GRE_IKEY in data else None
+    return socket.inet_ntop(af, local), socket.inet_ntop(af, remote), key
 
 
 @dataclass(frozen=True)

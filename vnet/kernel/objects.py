@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 import sys
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import ClassVar
 
 from nvfabric.bgp.mac import Mac
@@ -83,6 +83,37 @@ class XfrmInterface:
     @property
     def key(self) -> tuple:
         return ("xfrm", self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class GreTunnel:
+    """A plain GRE tunnel of a tenant's site: `ip link add <name> type gre|ip6gre local <local> remote <remote>
+    [key <gre_key>] ttl 64`, enslaved to the tenant's VRF. IP in GRE (not Ethernet: the NVGRE devices keep
+    protocol 0x6558): the kernel delivers on it the GRE packets from `remote` to `local` with its key (no key:
+    keyless ones only), in the VRF; what the VRF routes to it leaves encapsulated, the outer packet routed by
+    the main table (no underlying device)."""
+
+    name: str
+    vrf: str
+    local: str
+    remote: str
+    gre_key: int | None = None
+    order: ClassVar[int] = 1  # after the VRF it is enslaved to
+
+    def __post_init__(self) -> None:
+        _owned_name(self.name)
+        if ip_address(self.local).version != ip_address(self.remote).version:
+            raise ValueError(f"GRE tunnel {self.name}: local {self.local} and remote {self.remote} differ in family")
+        if self.gre_key is not None and not 0 <= self.gre_key < 1 << 32:
+            raise ValueError(f"GRE key {self.gre_key} is not a 32-bit value")
+
+    @property
+    def key(self) -> tuple:
+        return ("gre", self.name)
+
+    @property
+    def kind(self) -> str:
+        return "gre" if ip_address(self.local).version == 4 else "ip6gre"
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,5 +541,5 @@ class UnreachableRoute:
 
 
 KernelObject = Vrf | NvgreDevice | VrfPort | Sysctl | TunIdRule | FwmarkRule | PermanentNeighbour | ProxyNeighbour | \
-    XfrmInterface | LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute | Clsact | FlowerMark | \
+    XfrmInterface | GreTunnel | LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute | Clsact | FlowerMark | \
     UnreachableIifRule | LocalTableRule | VrfAddress

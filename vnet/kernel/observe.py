@@ -45,7 +45,8 @@ async def links(sock: RtnlSocket) -> AsyncIterator[m.LinkFields]:
 
 
 async def devices(sock: RtnlSocket) -> tuple[list[k.KernelObject], dict[int, str]]:
-    """Our VRFs, NVGRE devices and XFRM interfaces, the ports enslaved to our VRFs, and every ifindex -> name."""
+    """Our VRFs, NVGRE devices, XFRM interfaces and GRE tunnels, the ports enslaved to our VRFs, and every
+    ifindex -> name."""
     all_links = [link async for link in links(sock)]
     names = {link.index: link.name for link in all_links}
     out: list[k.KernelObject] = []
@@ -63,6 +64,8 @@ async def devices(sock: RtnlSocket) -> tuple[list[k.KernelObject], dict[int, str
         if link.kind == "xfrm" and link.name.startswith(k.DEVICE_PREFIX) and link.if_id:
             # ours wherever it is: one out of its VRF ("") is put back in, or deleted
             out.append(k.XfrmInterface(link.name, link.if_id, our_vrfs.get(link.master, "")))
+        elif link.kind in m.PLAIN_GRE_KINDS and link.name.startswith(k.DEVICE_PREFIX) and link.gre is not None:
+            out.append(k.GreTunnel(link.name, our_vrfs.get(link.master, ""), *link.gre))
         elif link.master in our_vrfs:
             out.append(k.VrfPort(link.name, our_vrfs[link.master], link.mtu))
     return out, names
