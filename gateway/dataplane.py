@@ -22,9 +22,9 @@ All of it is vnet kernel objects, applied over netlink: no process is started fo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from nvfabric.gateway import sites
+from nvfabric.gateway import sitebgp, sites
 from nvfabric.gateway.config import External
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.vnet import decap
@@ -33,7 +33,7 @@ from nvfabric.vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, desired_s
 from nvfabric.vnet.kernel.netns import RtnlSocket
 from nvfabric.vnet.kernel.objects import (Clsact, FlowerMark, FwmarkRule, KernelObject, LocalPortRoute, ViaRoute,
                                           XfrmInterface)
-from nvfabric.vnet.model import LookupRecord
+from nvfabric.vnet.model import LookupRecord, Network
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,15 @@ def site_objects(tenant: Tenant, tid: int) -> frozenset[KernelObject]:
         dev = sites.device_name(tid, site)
         out.add(XfrmInterface(dev, sites.if_id(tid, site), vrf_name(tenant.name)))
         out.update(LocalPortRoute(tid, str(p), dev) for p in site.prefixes)
+        if (address := sitebgp.tunnel_address(site, dev)) is not None:
+            out.add(address)
     return frozenset(out)
+
+
+def learned_routes(tenant: Tenant, tid: int, learned: Mapping[str, Iterable[Network]]) -> frozenset[KernelObject]:
+    """Pure: what the tenant's sites announced over BGP (site name -> prefixes), judged (sitebgp.judge), as
+    routes to their tunnels in the tenant's table."""
+    return sitebgp.vrf_routes(tenant, tid, sitebgp.judge(tenant, learned), lambda s: sites.device_name(tid, s))
 
 
 def gateway_globals(devices: Iterable[str]) -> frozenset[KernelObject]:
@@ -118,6 +126,8 @@ class Dataplane:
         self.devices = tuple(NVGRE_DEVICES[f] for f in identity.pa_families)
         self._sock: RtnlSocket | None = None
         self._reconciler: Reconciler | None = None
+        # what each tenant's sites announce over BGP now (tenant -> site -> prefixes: gateway/sitepeers.py)
+        self.site_learned: Callable[[str], Mapping[str, Iterable[Network]]] = lambda name: {}
 
     async def start(self) -> None:
         self._sock = RtnlSocket(self.netns)
@@ -137,7 +147,8 @@ class Dataplane:
         catalog = Catalog.build({n: t.routing_domain for n, t in present.items()}, {})
         desired = desired_state(catalog, (r for n in present for r in records.get(n, ())), (), {}, self.identity,
                                 {n: ids[n] for n in present}, domains=None if only is None else names)
-        parts = {n: desired.partitions[n] | tenant_extras(present[n], ids[n], self.external) if n in present
+        parts = {n: desired.partitions[n] | tenant_extras(present[n], ids[n], self.external)
+                 | learned_routes(present[n], ids[n], self.site_learned(n)) if n in present
                  else desired.partitions[n] for n in (desired.partitions if only is None else names)}
         if only is None:
             parts[GLOBAL] = parts[GLOBAL] | gateway_globals(self.devices)
