@@ -14,18 +14,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from nvfabric.gateway import sites as sitemodel
+from nvfabric.gateway import sitebgp, sites as sitemodel
 from nvfabric.gateway.strongswan import Charon, CharonFiles, SiteSa
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns
 from nvfabric.lab.daemons import LoopThread
 from nvfabric.lab.fabric import wait_for
+from nvfabric.lab.peers import Frr, Lab as PeerLab
 from nvfabric.lab.probe import Server, connect_retrying
 from nvfabric.vnet.errors import KernelError
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import LocalPortRoute, XfrmInterface
+from nvfabric.vnet.kernel.objects import LocalPortRoute, TunnelAddress, XfrmInterface
 from nvfabric.vnet.kernel.observe import observe
-from tests.kernel.test_gateway_x import BLUE, NS, RED, Lab, diagnostics, lab  # noqa: F401 - the fixture
+from tests.kernel.test_gateway_x import BLUE, GW_PA, NS, RED, RMAC, Lab, diagnostics, lab  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.kernel
 
@@ -34,6 +35,10 @@ SITE_HOST = ("10.20.0.10", 9000)
 TAG = f"gs{os.getpid() % 100000}"
 PSK = {"blue": "blue-site-key-0123456789", "red": "red-site-key-9876543210"}
 SITE = {"blue": ("sa", "203.0.113.50"), "red": ("sb", "203.0.113.51")}  # tenant -> (namespace, address)
+# eBGP across the tunnel: the gateway's and the site router's addresses inside it, and a site network that is
+# announced over BGP only (not in the site's static prefixes)
+BGP_LOCAL, BGP_PEER, BGP_AS = "10.255.0.1", "10.255.0.2", 65020
+BGP_LAN, BGP_HOST = "10.30.0.0/24", ("10.30.0.10", 9000)
 
 
 def site_ns(tenant: str) -> str:
@@ -41,7 +46,8 @@ def site_ns(tenant: str) -> str:
 
 
 def swanctl_conf(tenant: str) -> str:
-    """What the site's own administrator writes: policy-based, its prefix to the tenant's subnet."""
+    """What the site's own administrator writes: policy-based, its prefixes to the tenant's subnet, and its BGP
+    router's address to the gateway's inside the tunnel (test_a_site_routes_over_ebgp)."""
     address = SITE[tenant][1]
     return f"""connections {{
     gateway {{
@@ -59,8 +65,8 @@ def swanctl_conf(tenant: str) -> str:
         }}
         children {{
             gateway {{
-                local_ts = 10.20.0.0/24
-                remote_ts = 10.0.0.0/24
+                local_ts = 10.20.0.0/24, {BGP_LAN}, {BGP_PEER}/32
+                remote_ts = 10.0.0.0/24, {BGP_LOCAL}/32
                 esp_proposals = aes256gcm16
             }}
         }}
@@ -218,3 +224,90 @@ def _checks(sites: Sites) -> None:
     s, line = connect_retrying(NS["vb"], SITE_HOST, ("10.0.0.5", 0))
     s.close()
     assert line.startswith("site-blue 10.0.0.5:"), line
+
+
+def frr_site_conf() -> str:
+    """bgpd.conf of blue's on-premises router: eBGP with the gateway inside the tunnel, announcing its own network
+    (10.30.0.0/24) and two hostile prefixes, blue's own subnet and a default route, which the gateway must refuse."""
+    return "\n".join([
+        "hostname site", f"router bgp {BGP_AS}", f" bgp router-id {BGP_PEER}", " no bgp ebgp-requires-policy",
+        " no bgp network import-check", f" neighbor {BGP_LOCAL} remote-as 65000",
+        f" neighbor {BGP_LOCAL} update-source {BGP_PEER}", f" neighbor {BGP_LOCAL} disable-connected-check",
+        f" neighbor {BGP_LOCAL} timers 3 9", f" neighbor {BGP_LOCAL} timers connect 5",
+        " address-family ipv4 unicast", f"  network {BGP_LAN}", "  network 10.0.0.0/24", "  network 0.0.0.0/0",
+        " exit-address-family", ""])
+
+
+def with_bgp_site(psk: str) -> Tenant:
+    site = {"name": "office", "remote_address": SITE["blue"][1], "psk": psk, "prefixes": ["10.20.0.0/24"],
+            "bgp": {"peer_address": BGP_PEER, "peer_as": BGP_AS, "local_address": f"{BGP_LOCAL}/30", "hold_time": 9}}
+    return Tenant.from_dict({**BLUE, "sites": [site]})
+
+
+def learned_from_gateway(frr: Frr) -> set[str]:
+    routes = frr.json("show bgp ipv4 unicast").get("routes", {})
+    return {p for p, paths in routes.items() if any(h.get("peerId") == BGP_LOCAL for h in paths)}
+
+
+def test_a_site_routes_over_ebgp(sites: Sites, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Blue's site router (FRR) peers with the gateway across the tunnel: what it announces within reason is
+    routed to the tunnel in blue's VRF only; what it must not announce (blue's subnet, a default route) is
+    refused; it learns blue's subnet."""
+    gw = sites.lab.gateway.gateway
+    ns = site_ns("blue")
+    netns.ip_batch([f"addr add {BGP_PEER}/32 dev lo", f"addr add {BGP_HOST[0]}/32 dev lo"], ns)
+    peers = PeerLab(tmp=tmp_path_factory.mktemp("site-frr"), prefix="")
+    server = Server(ns, BGP_HOST, "site-bgp ")
+    try:
+        frr = Frr(peers, ns, "site", frr_site_conf())
+        sites.put(with_bgp_site(PSK["blue"]))
+        tid = gw.tenant_id("blue")
+        site = with_bgp_site(PSK["blue"]).sites[0]
+        dev = sitemodel.device_name(tid, site)
+        wait_for(lambda: established(sites.gateway_sas(), "blue.office"), 90, "blue's site SA")
+
+        def bgp() -> dict:
+            (status,) = sites.lab.gateway.call(lambda g: g.site_status("blue"))
+            return status["bgp"] or {}
+
+        wait_for(lambda: bgp().get("accepted") == [BGP_LAN] and len(bgp().get("refused", [])) == 2, 90,
+                 "the site's routes learned and judged")
+        status = bgp()
+        assert (status["state"], status["peer"], status["peer_as"], status["learned"]) == \
+            ("established", BGP_PEER, BGP_AS, 1), status
+        assert {r["prefix"]: r["reason"].split(" ")[0] for r in status["refused"]} == \
+            {"0.0.0.0/0": "a", "10.0.0.0/24": "overlaps"}, status
+        # in blue's VRF: the learned network to the tunnel; neither hostile prefix; red's table untouched
+        with RtnlSocket(NS["gw"]) as sock:
+            seen = asyncio.run(observe(sock))
+        assert LocalPortRoute(tid, BGP_LAN, dev) in seen
+        assert TunnelAddress(dev, BGP_LOCAL, 30) in seen
+        to_tunnel = {o.prefix for o in seen if isinstance(o, LocalPortRoute) and o.dev == dev}
+        assert to_tunnel == {"10.20.0.0/24", BGP_LAN}, to_tunnel
+        red = netns.run(["ip", "-n", NS["gw"], "route", "show", "vrf", "nvf-red"]).output
+        assert "10.30.0.0" not in red, red
+        # what the fabric is given for blue: type-5 routes of the site's prefixes, nothing hostile
+        routes = sitebgp.prefix_routes(gw.tenant("blue"), gw.site_verdicts("blue"), GW_PA, GW_PA, RMAC)
+        assert sorted(str(r.prefix) for r in routes.values()) == ["10.20.0.0/24", BGP_LAN]
+        # the site learned blue's subnet from the gateway
+        wait_for(lambda: "10.0.0.0/24" in learned_from_gateway(frr), 60, "FRR learns blue's subnet")
+        # blue's VM reaches the network known by BGP only, unNATed; red's same address does not
+        s, line = connect_retrying(NS["vb"], BGP_HOST, ("10.0.0.5", 0))
+        s.close()
+        assert line.startswith("site-bgp 10.0.0.5:"), line
+        with pytest.raises(ConnectionError):
+            connect_retrying(NS["vr"], BGP_HOST, ("10.0.0.5", 0), tries=1)
+        # bgp taken off the site: the session ends, its routes go; the site's tunnel stays
+        sites.put(with_site(BLUE, "blue", PSK["blue"]))
+        with RtnlSocket(NS["gw"]) as sock:
+            seen = asyncio.run(observe(sock))
+        assert LocalPortRoute(tid, BGP_LAN, dev) not in seen and TunnelAddress(dev, BGP_LOCAL, 30) not in seen
+        assert LocalPortRoute(tid, "10.20.0.0/24", dev) in seen
+        wait_for(lambda: "10.0.0.0/24" not in learned_from_gateway(frr), 60, "FRR forgets blue's subnet")
+    except AssertionError:
+        print(diagnostics())
+        print(peers.logs())
+        raise
+    finally:
+        server.close()
+        peers.close()
