@@ -7,8 +7,6 @@ speaker (gateway/sitepeers.py); and the tunnel's address on its device, on this 
 from __future__ import annotations
 
 import ipaddress
-import os
-import uuid
 
 import pytest
 
@@ -27,6 +25,7 @@ from nvfabric.vnet.kernel.diff import Action, Op, Plan, diff
 from nvfabric.vnet.kernel.netns import RtnlSocket
 from nvfabric.vnet.kernel.objects import LocalPortRoute, TunnelAddress, XfrmInterface
 from nvfabric.vnet.kernel.observe import vrf_addresses
+from tests.unit.test_vnet_vrf_address import ns  # noqa: F401 - the fixture (a namespace with our veths)
 
 KEY = "a-site-key-of-24-chars!!"
 BGP = {"peer_address": "10.255.0.2", "peer_as": 65020, "local_address": "10.255.0.1/30"}
@@ -207,26 +206,12 @@ def test_the_session_is_dialled_from_the_tunnel_address_in_the_tenants_vrf() -> 
     assert (config.asn, config.hold_time, config.neighbors[0].max_prefix.limit) == (64999, 9, 5)
 
 
-@pytest.fixture
-def ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    name = f"vtb-{uuid.uuid4().hex[:8]}"
-    netns.create(name)
-    netns.ip_batch(["link add nvf-v0 type veth peer name nvf-v1", "link set nvf-v0 up", "link set nvf-v1 up"], name)
-    try:
-        with RtnlSocket(name) as sock:
-            yield sock
-    finally:
-        netns.destroy(name)
-
-
 async def _observed(sock: RtnlSocket) -> set:
     index = await link_indexes(sock)
     return {a async for a in vrf_addresses(sock, {}, {index["nvf-v0"]: "nvf-v0"})}
 
 
-async def test_a_tunnel_address_is_created_read_back_replaced_and_deleted(ns):
+async def test_a_tunnel_address_is_created_read_back_replaced_and_deleted(ns):  # noqa: F811 - the fixture
     # (this kernel has no XFRM interface: the address goes on one of our veths, read back as a tunnel's)
     want = {TunnelAddress("nvf-v0", "10.255.0.1", 30), TunnelAddress("nvf-v0", "fd00:ff::1", 127)}
     report = await apply(ns, diff(want, await _observed(ns)))
