@@ -230,7 +230,10 @@ def frr_site_conf() -> str:
     """bgpd.conf of blue's on-premises router: eBGP with the gateway inside the tunnel, announcing its own network
     (10.30.0.0/24) and two hostile prefixes, blue's own subnet and a default route, which the gateway must refuse."""
     return "\n".join([
-        "hostname site", f"router bgp {BGP_AS}", f" bgp router-id {BGP_PEER}", " no bgp ebgp-requires-policy",
+        # the gateway is not on a connected prefix here (the site is policy-based): its next hop resolves over
+        # the default route, into the tunnel's policy
+        "hostname site", "ip nht resolve-via-default", f"router bgp {BGP_AS}", f" bgp router-id {BGP_PEER}",
+        " no bgp ebgp-requires-policy",
         " no bgp network import-check", f" neighbor {BGP_LOCAL} remote-as 65000",
         f" neighbor {BGP_LOCAL} update-source {BGP_PEER}", f" neighbor {BGP_LOCAL} disable-connected-check",
         f" neighbor {BGP_LOCAL} timers 3 9", f" neighbor {BGP_LOCAL} timers connect 5",
@@ -286,7 +289,8 @@ def test_a_site_routes_over_ebgp(sites: Sites, tmp_path_factory: pytest.TempPath
         assert to_tunnel == {"10.20.0.0/24", BGP_LAN}, to_tunnel
         red = netns.run(["ip", "-n", NS["gw"], "route", "show", "vrf", "nvf-red"]).output
         assert "10.30.0.0" not in red, red
-        # what the fabric is given for blue: type-5 routes of the site's prefixes, nothing hostile
+        # the type-5 routes the gateway's fabric side makes of that (tests/integration/test_gateway_sitebgp.py has
+        # them on the wire): the site's prefixes, nothing hostile
         routes = sitebgp.prefix_routes(gw.tenant("blue"), gw.site_verdicts("blue"), GW_PA, GW_PA, RMAC)
         assert sorted(str(r.prefix) for r in routes.values()) == ["10.20.0.0/24", BGP_LAN]
         # the site learned blue's subnet from the gateway
