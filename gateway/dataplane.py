@@ -31,8 +31,9 @@ from nvfabric.vnet import decap
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, desired_state, vrf_name
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import (Clsact, FlowerMark, FwmarkRule, KernelObject, LocalPortRoute, ViaRoute,
-                                          XfrmInterface)
+from nvfabric.vnet.kernel.diff import Action
+from nvfabric.vnet.kernel.objects import (Clsact, FlowerMark, FwmarkRule, KernelObject, LocalPortRoute, TunnelAddress,
+                                          ViaRoute, XfrmInterface)
 from nvfabric.vnet.model import LookupRecord, Network
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
@@ -166,6 +167,15 @@ class Dataplane:
             if errors or not back.ok:
                 log.error("putting back %s failed: %s", ", ".join(parts), [*map(str, errors), *back.errors][:3])
             raise PlumbingError("vnet reconcile", "; ".join(outcome.errors[:3]))
+        if any(isinstance(op.obj, TunnelAddress) and op.obj.family == 4 and op.action is not Action.CREATE
+               for op in outcome.applied):
+            # the kernel deletes a device's IPv4 routes with its last IPv4 address (a tunnel address deleted, or
+            # replaced by another length: a delete first): the site's prefixes routed to the tunnel went with
+            # it. Read the kernel back and put them back (rare: a site's bgp removed or readdressed).
+            self._reconciler.invalidate()
+            again = await self._reconciler.reconcile({}, hold=False)
+            if not again.ok:  # the change itself is in effect: logged, the next pass puts back what is missing
+                log.error("putting back routes after a tunnel address went: %s", "; ".join(again.errors[:3]))
         return outcome
 
     async def reconcile(self, tenants: Mapping[str, Tenant], ids: Mapping[str, int],

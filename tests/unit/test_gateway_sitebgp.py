@@ -12,13 +12,14 @@ import pytest
 
 from nvfabric.bgp.config import MaxPrefixAction
 from nvfabric.bgp.routes import PrefixRoute, UnicastRoute
-from nvfabric.gateway.config import ConfigError, GatewayConfig, parse
-from nvfabric.gateway.dataplane import learned_routes, site_objects
+from nvfabric.gateway.config import ConfigError, External, GatewayConfig, parse
+from nvfabric.gateway.dataplane import Dataplane, learned_routes, site_objects
 from nvfabric.gateway.evpn import Fabric
 from nvfabric.gateway.sitebgp import Verdict, judge, prefix_routes, to_site
 from nvfabric.gateway.sitepeers import speaker_config
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns
+from nvfabric.vnet.desired import HostIdentity
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.kernel.apply import apply, link_indexes
 from nvfabric.vnet.kernel.diff import Action, Op, Plan, diff
@@ -227,3 +228,20 @@ async def test_a_tunnel_address_is_created_read_back_replaced_and_deleted(ns):  
     assert (await apply(ns, diff(set(), await _observed(ns)))).ok and await _observed(ns) == set()
     again = await apply(ns, Plan((Op(Action.DELETE, TunnelAddress("nvf-v0", "10.255.0.1", 29)),)))
     assert again.ok, again.errors
+
+
+async def test_the_routes_a_tunnel_address_took_with_it_are_put_back(ns):  # noqa: F811 - the fixture
+    # the kernel deletes a device's IPv4 routes with its last IPv4 address: the site's static prefix routed to the
+    # tunnel must survive its bgp being removed (seen in the VM before the dataplane read the kernel back)
+    dp = Dataplane(ns.netns, HostIdentity("02:00:5e:10:00:01", ()), External(("ext",)))
+    await dp.start()
+    try:
+        route = LocalPortRoute(100, "10.20.0.0/24", "nvf-v0")
+        await dp._reconcile({"blue": {TunnelAddress("nvf-v0", "10.255.0.1", 30), route}})
+        table = ["ip", "-n", ns.netns, "route", "show", "table", "100"]
+        assert "10.20.0.0/24 dev nvf-v0" in netns.run(table).output
+        await dp._reconcile({"blue": {route}})
+        assert "10.20.0.0/24 dev nvf-v0" in netns.run(table).output
+        assert await _observed(ns) == set()
+    finally:
+        dp.close()
