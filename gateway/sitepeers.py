@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +112,3 @@ class SitePeers:
         state = peer.state.name.lower() if peer is not None else "idle"
         return {"peer": neighbor.address, "peer_as": neighbor.asn, "local_as": session.config.asn, "state": state,
                 "announced": len(session.announced.routes)}
-
-    def all_learned(self) -> Mapping[str, dict[str, tuple[Network, ...]]]:
-        return {t: self.learned(t) for t in {t for t, _ in self._sessions}}
