@@ -90,6 +90,8 @@ class Neighbor:
     description: str = ""
     max_prefix: MaxPrefix = DEFAULT_MAX_PREFIX
     bfd: BfdConfig | None = None
+    # the device the session's socket is bound to (SO_BINDTODEVICE): a VRF's, for a peer in its routing table
+    bind_device: str | None = None
 
 
 @dataclass(frozen=True)

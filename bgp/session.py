@@ -107,6 +107,7 @@ class PeerSettings:
     local: wire.Capabilities
     md5_password: str | None = None
     local_address: str | None = None
+    bind_device: str | None = None  # SO_BINDTODEVICE before connecting (a VRF's device: its routing table)
     passive: bool = False  # never connect, only accept
     connect_retry_initial: float = 1.0
     connect_retry_max: float = 30.0
@@ -453,6 +454,9 @@ class Peer:
             sock.setblocking(False)
             if s.md5_password:
                 set_md5(sock, s.address, s.md5_password)
+            if s.bind_device:
+                # before bind: an address in a VRF is only known to sockets bound to the VRF's device
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, s.bind_device.encode())
             if s.local_address:
                 sock.bind((s.local_address, 0))
             await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (s.address, s.port)), CONNECT_TIMEOUT)

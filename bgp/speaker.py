@@ -177,6 +177,7 @@ class Speaker:
                 local=self._capabilities(n.address),
                 md5_password=n.md5_password,
                 local_address=n.local_address,
+                bind_device=n.bind_device,
                 passive=n.passive,
                 decoder=self.decoder,
                 write_buffer_limit=self.config.write_buffer_limit,

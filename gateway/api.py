@@ -276,14 +276,17 @@ _ADDRESS = {**STRING, "description": "an IPv4 or IPv6 address"}
 _SUBNET = obj(["vsid", "prefixes"], True, vsid=INTEGER, prefixes=array(STRING), gateways=array(_ADDRESS),
               dhcp=ANY_OBJECT)
 _SNAT = {"anyOf": [_ADDRESS, obj(["address"], True, address=_ADDRESS, ports={"anyOf": [STRING, INTEGER]})]}
-_SITE = obj(["name", "remote_address", "prefixes"], True, name=STRING,
+_SITE_BGP = obj(["peer_address", "peer_as", "local_address"], True, peer_address=_ADDRESS, peer_as=INTEGER,
+                local_address={**STRING, "description": "the gateway's address in the tunnel, with its prefix length"},
+                local_as=INTEGER, hold_time=INTEGER, max_prefixes=INTEGER, accept=array(STRING))
+_SITE = obj(["name", "remote_address"], True, name=STRING,
             kind={"type": "string", "enum": ["ipsec", "gre", "wireguard"]}, remote_address=_ADDRESS,
             auth={"type": "string", "enum": ["psk", "certificate"]},
             psk={**STRING, "description": "the pre-shared key, required for kind ipsec (shown as <secret>; a PUT of "
                  "<secret> keeps it)"},
             prefixes=array(STRING), local_ts=array(STRING), remote_ts=array(STRING), ike_proposals=array(STRING),
             esp_proposals=array(STRING), slot=INTEGER,
-            key={**INTEGER, "description": "a GRE site's key (kind gre only; 32 bits)"})
+            key={**INTEGER, "description": "a GRE site's key (kind gre only; 32 bits)"}, bgp=_SITE_BGP)
 TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING), subnets=array(_SUBNET),
              snat=array(_SNAT), floating_ips=array(obj(["public", "private"], True, public=_ADDRESS,
                                                        private=_ADDRESS)),
@@ -292,7 +295,9 @@ TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=arra
 _SITE_STATUS = obj(["name", "kind", "remote_address", "if_id", "device", "prefixes", "sa"], name=STRING, kind=STRING,
                    remote_address=_ADDRESS, if_id=INTEGER, device=STRING, prefixes=array(STRING),
                    sa={**nullable(ANY_OBJECT), "description": "the IKE SA (state, spis, children with spi_in, "
-                       "spi_out, bytes_in, bytes_out, installed_at); null: none"})
+                       "spi_out, bytes_in, bytes_out, installed_at); null: none"},
+                   bgp={**nullable(ANY_OBJECT), "description": "the eBGP session with the site (peer, state, "
+                        "learned: count, prefixes: accepted, refused: with reasons); null: no bgp"})
 _TENANT_VIEW = obj(["name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces",
                     "etag"],
                    name=STRING, route_targets=array(STRING), subnets=array(ANY_OBJECT), snat=array(ANY_OBJECT),

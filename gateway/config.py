@@ -38,6 +38,7 @@ from typing import Any
 
 from nvfabric.bgp.config import ConfigError, Peer, Reader, read_api, read_peers, read_yaml
 from nvfabric.gateway.reserved import Reserved
+from nvfabric.gateway.sitebgp import check_asn
 from nvfabric.gateway.tenants import Tenant, check_tenants
 from nvfabric.service.config import ApiConfig
 from nvfabric.vnet.config import DEFAULT_ROUTER_MAC, read_provider_addresses, read_provider_prefixes, read_router_mac
@@ -207,6 +208,7 @@ def parse(data: Any) -> GatewayConfig:
     for i, tenant in enumerate(tenants):
         try:
             reserved.check(tenant, f"tenants[{i}]")
+            check_asn(tenant.sites, asn, f"tenants[{i}]")
         except ModelError as exc:
             raise ConfigError(exc.field, f"{exc.problem} (got {exc.value!r})") from None
     return config

@@ -23,18 +23,19 @@ All of it is vnet kernel objects, applied over netlink: no process is started fo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from nvfabric.gateway import sites
+from nvfabric.gateway import sitebgp, sites
 from nvfabric.gateway.config import External
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.vnet import decap
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, desired_state, vrf_name
 from nvfabric.vnet.kernel.netns import RtnlSocket
+from nvfabric.vnet.kernel.diff import Action
 from nvfabric.vnet.kernel.objects import (Clsact, FlowerMark, FwmarkRule, GreTunnel, KernelObject, LocalPortRoute,
-                                          ViaRoute, XfrmInterface)
-from nvfabric.vnet.model import LookupRecord
+                                          TunnelAddress, ViaRoute, XfrmInterface)
+from nvfabric.vnet.model import LookupRecord, Network
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,15 @@ def site_objects(tenant: Tenant, tid: int, external: External) -> frozenset[Kern
         else:
             out.add(XfrmInterface(dev, sites.if_id(tid, site), vrf_name(tenant.name)))
         out.update(LocalPortRoute(tid, str(p), dev) for p in site.prefixes)
+        if (address := sitebgp.tunnel_address(site, dev)) is not None:
+            out.add(address)
     return frozenset(out)
+
+
+def learned_routes(tenant: Tenant, tid: int, learned: Mapping[str, Iterable[Network]]) -> frozenset[KernelObject]:
+    """Pure: what the tenant's sites announced over BGP (site name -> prefixes), judged (sitebgp.judge), as
+    routes to their tunnels in the tenant's table."""
+    return sitebgp.vrf_routes(tenant, tid, sitebgp.judge(tenant, learned), lambda s: sites.device_name(tid, s))
 
 
 def gateway_globals(devices: Iterable[str]) -> frozenset[KernelObject]:
@@ -140,6 +149,8 @@ class Dataplane:
         self.devices = tuple(NVGRE_DEVICES[f] for f in identity.pa_families)
         self._sock: RtnlSocket | None = None
         self._reconciler: Reconciler | None = None
+        # what each tenant's sites announce over BGP now (tenant -> site -> prefixes: gateway/sitepeers.py)
+        self.site_learned: Callable[[str], Mapping[str, Iterable[Network]]] = lambda name: {}
 
     async def start(self) -> None:
         self._sock = RtnlSocket(self.netns)
@@ -159,7 +170,8 @@ class Dataplane:
         catalog = Catalog.build({n: t.routing_domain for n, t in present.items()}, {})
         desired = desired_state(catalog, (r for n in present for r in records.get(n, ())), (), {}, self.identity,
                                 {n: ids[n] for n in present}, domains=None if only is None else names)
-        parts = {n: desired.partitions[n] | tenant_extras(present[n], ids[n], self.external) if n in present
+        parts = {n: desired.partitions[n] | tenant_extras(present[n], ids[n], self.external)
+                 | learned_routes(present[n], ids[n], self.site_learned(n)) if n in present
                  else desired.partitions[n] for n in (desired.partitions if only is None else names)}
         if only is None:
             parts[GLOBAL] = parts[GLOBAL] | gateway_globals(self.devices)
@@ -177,6 +189,15 @@ class Dataplane:
             if errors or not back.ok:
                 log.error("putting back %s failed: %s", ", ".join(parts), [*map(str, errors), *back.errors][:3])
             raise PlumbingError("vnet reconcile", "; ".join(outcome.errors[:3]))
+        if any(isinstance(op.obj, TunnelAddress) and op.obj.family == 4 and op.action is not Action.CREATE
+               for op in outcome.applied):
+            # the kernel deletes a device's IPv4 routes with its last IPv4 address (a tunnel address deleted, or
+            # replaced by another length: a delete first): the site's prefixes routed to the tunnel went with
+            # it. Read the kernel back and put them back (rare: a site's bgp removed or readdressed).
+            self._reconciler.invalidate()
+            again = await self._reconciler.reconcile({}, hold=False)
+            if not again.ok:  # the change itself is in effect: logged, the next pass puts back what is missing
+                log.error("putting back routes after a tunnel address went: %s", "; ".join(again.errors[:3]))
         return outcome
 
     async def reconcile(self, tenants: Mapping[str, Tenant], ids: Mapping[str, int],

@@ -30,6 +30,7 @@ from nvfabric.bgp.speaker import PeerStatus
 from nvfabric.bgp.config import GracefulRestartConfig, SpeakerConfig
 from nvfabric.bgp.routes import Family, PrefixKey, PrefixRoute
 from nvfabric.bgp.announced import Announced
+from nvfabric.gateway import sitebgp
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.role import WITHDRAWN, Role
 from nvfabric.gateway.tenants import Tenant
@@ -118,6 +119,8 @@ class Fabric:
             # gateway's default routes for its 120 s restart time, so the standby never took over)
             hold_time=config.hold_time, graceful_restart=GracefulRestartConfig(enabled=False)))
         self._announced = Announced()
+        # what each tenant's sites announce over BGP now (tenant -> site -> prefixes: gateway/sitepeers.py)
+        self.site_learned: Callable[[str], Mapping[str, Iterable[object]]] = lambda name: {}
         self._tenants: Mapping[str, Tenant] = {}
         self.provider_prefixes = config.provider_prefixes  # None until start reads the PAs' interfaces
         self.screened = Screened()  # the import policy's last verdict (refused routes by reason)
@@ -178,8 +181,17 @@ class Fabric:
         is the whole new set, kept for relearning the CAs."""
         self._tenants = tenants
         await self._announced.update(self.client, {
-            n: default_routes([t], self.config) if t is not None and self.serving else {} for n, t in changes.items()})
+            n: {**default_routes([t], self.config), **self.site_routes(t)} if t is not None and self.serving else {}
+            for n, t in changes.items()})
         self._dirty.set()
+
+    def site_routes(self, tenant: Tenant) -> dict[PrefixKey, PrefixRoute]:
+        """The tenant's sites' prefixes (static, and learned over BGP as judged) as type-5 routes to us."""
+        if not tenant.sites:
+            return {}
+        verdicts = sitebgp.judge(tenant, self.site_learned(tenant.name))  # type: ignore[arg-type]
+        return sitebgp.prefix_routes(tenant, verdicts, self.config.router_id, self.config.provider_addresses[0],
+                                     self.config.router_mac)
 
     @property
     def announced(self) -> dict[PrefixKey, PrefixRoute]:

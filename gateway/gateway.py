@@ -32,7 +32,7 @@ from nvfabric.bgp.bfd.endpoint import Bfd
 from nvfabric.bgp.metrics import SessionSample
 from nvfabric.bgp.speaker import wants_bfd
 from nvfabric.gateway import nat
-from nvfabric.gateway import sites as sitemodel
+from nvfabric.gateway import sitebgp, sites as sitemodel
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.conntrackd import ConntrackSync, SyncStatus, own_addresses
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
@@ -40,6 +40,7 @@ from nvfabric.gateway.evpn import Fabric
 from nvfabric.gateway.role import ANNOUNCE, DEPREFERRED, WITHDRAWN, Role
 from nvfabric.gateway.reload import Reconfiguration
 from nvfabric.gateway.strongswan import Charon, CharonError, CharonFiles, SiteSa, connections
+from nvfabric.gateway.sitepeers import SitePeers
 from nvfabric.gateway.state import SavedState, StateDir, StateSaveError, assign_ids
 from nvfabric.gateway.status import RoleStatus, SessionClock, SessionStatus, readiness as status_readiness
 from nvfabric.gateway.tenants import Claims, Tenant
@@ -54,6 +55,8 @@ from nvfabric.vnet.model import LookupRecord
 from nvfabric.vnet.nftables import Nft, NftError
 
 log = logging.getLogger(__name__)
+
+COALESCE = 0.02  # seconds: a burst of a site's route changes becomes one pass of its tenant
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,17 @@ class Gateway:
         # the reflectors: learn tenant CAs, announce the tenants' default routes (needs the NVGRE side)
         self._fabric = Fabric(config, self.set_records, self._role_changed) \
             if config.route_reflectors and self._dp else None
+        # eBGP with the sites that have `bgp` (gateway/sitepeers.py): what they announce is routed in the
+        # tenant's VRF and announced into the tenant (both read it from here, judged: gateway/sitebgp.py)
+        self._site_peers = SitePeers(config.asn, config.router_id, config.hold_time, self._site_learned_changed) \
+            if self._dp is not None else None
+        self._site_dirty: set[str] = set()
+        self._site_wakeup = asyncio.Event()
+        self._site_task: asyncio.Task[None] | None = None
+        if self._site_peers is not None:
+            for part in (self._dp, self._fabric):
+                if part is not None:
+                    part.site_learned = self._site_peers.learned
         # One BFD endpoint for the reflectors' and the upstream's sessions: one UDP port 3784 per namespace
         # (a second endpoint would take the first one's packets).
         speakers = [part.client.speaker for part in (self._upstream, self._fabric) if part is not None]
@@ -175,6 +189,8 @@ class Gateway:
                 await self._upstream.start()
                 await self._upstream.sync(self._public())
             self._started = True
+            if self._site_peers is not None:
+                self._site_task = asyncio.get_running_loop().create_task(self._site_routes(), name="site-routes")
             self._sessions.start()
             if self._sync is not None:  # after the NAT table: its kernel settings need nf_conntrack loaded
                 await self._sync.start(ids=lambda: self._ids)
@@ -253,6 +269,11 @@ class Gateway:
         self._started = False
         if self._sync is not None:
             await self._sync.stop()
+        if self._site_task is not None:
+            self._site_task.cancel()
+            self._site_task = None
+        if self._site_peers is not None:
+            await self._site_peers.stop()
         if self._charon is not None and self._charon.running:
             await self._charon.stop()
         await asyncio.to_thread(self.close)
@@ -446,6 +467,7 @@ class Gateway:
         others are neither rechecked, recomputed nor rewritten."""
         async with self._lock:
             self._reserved.check(tenant)  # ModelError naming the field: the gateway's own, public space
+            sitebgp.check_asn(tenant.sites, self.config.asn)
             self._claims.check(tenant)  # raises ConflictError naming the field, before anything is applied
             if not self._started:
                 raise NotStarted("the gateway is not running")
@@ -528,6 +550,39 @@ class Gateway:
             except CharonError as exc:
                 raise KernelError(f"sites of tenant {name}", (str(exc),)) from None
         await self._charon.put(name, connections(name, tenant, tid, self.config.external))
+        if self._site_peers is not None:
+            await self._site_peers.put(name, tenant)
+
+    def _site_learned_changed(self, name: str) -> None:
+        """What a site of this tenant announces changed (gateway/sitepeers.py): routed again, coalesced."""
+        self._site_dirty.add(name)
+        self._site_wakeup.set()
+
+    async def _site_routes(self) -> None:
+        """The tenants whose sites' learned prefixes changed: their VRF partition (the routes to the tunnels)
+        and their type-5 routes, one tenant at a time; the others are not touched."""
+        while True:
+            await self._site_wakeup.wait()
+            await asyncio.sleep(COALESCE)
+            self._site_wakeup.clear()
+            names, self._site_dirty = self._site_dirty, set()
+            for name in sorted(names):
+                try:
+                    async with self._lock:
+                        tenant = self._tenants.get(name)
+                        if tenant is None or self._dp is None:
+                            continue
+                        await self._dp.put_tenant(name, tenant, self._ids, self._records)
+                        if self._fabric is not None:
+                            await self._fabric.update({name: tenant}, self._tenants)
+                except Exception:  # noqa: BLE001 - logged; tried again on the next change, which this asks for
+                    log.exception("tenant %s: routing what its sites announce failed", name)
+                    asyncio.get_running_loop().call_later(1.0, self._site_learned_changed, name)
+
+    def site_verdicts(self, name: str) -> dict[str, sitebgp.Verdict]:
+        """What the tenant's BGP sites announce, judged (accepted: routed in; refused: with why)."""
+        learned = self._site_peers.learned(name) if self._site_peers is not None else {}
+        return sitebgp.judge(self.tenant(name), learned)
 
     async def site_sas(self) -> dict[str, SiteSa]:
         """The sites' IKE SAs as charon lists them, by connection (`<tenant>.<site>`)."""
@@ -538,13 +593,22 @@ class Gateway:
         SA's state and SPIs, the child SAs' SPIs, bytes and install time; `sa` None: no SA)."""
         tenant, tid = self.tenant(name), self._ids[name]
         sas = await self.site_sas()
+        verdicts = self.site_verdicts(name)
         out = []
         for site in tenant.sites:
             sa = sas.get(sitemodel.connection_name(name, site))
             out.append({"name": site.name, "kind": site.kind, "remote_address": str(site.remote_address),
                         "if_id": sitemodel.if_id(tid, site), "device": sitemodel.device_name(tid, site),
-                        "prefixes": [str(p) for p in site.prefixes], "sa": None if sa is None else sa.as_dict()})
+                        "prefixes": [str(p) for p in site.prefixes], "sa": None if sa is None else sa.as_dict(),
+                        "bgp": self._site_bgp_status(name, site.name, verdicts)})
         return out
+
+    def _site_bgp_status(self, name: str, site: str, verdicts: Mapping[str, sitebgp.Verdict]) -> dict[str, Any] | None:
+        session = self._site_peers.status(name, site) if self._site_peers is not None else None
+        if session is None:
+            return None
+        verdict = verdicts.get(site, sitebgp.Verdict())
+        return {**session, "learned": len(verdict.accepted), **verdict.as_dict()}
 
     async def _put_back(self, name: str, old: Tenant | None, new: Tenant | None, tid: int,
                         ids: Mapping[str, int]) -> None:

@@ -17,6 +17,7 @@ tenants:
         ike_proposals: [aes256gcm16-prfsha384-ecp384]
         esp_proposals: [aes256gcm16]
         slot: 1                     # 1..15, default the site's position + 1: the tunnel's if_id and device
+        bgp: {peer_address: 10.255.0.2, peer_as: 65020, local_address: 10.255.0.1/30}  # gateway/sitebgp.py
       - name: depot
         kind: gre                   # plain GRE (HNV's "GRE tunnel" mode): NOT encrypted, NOT authenticated
         remote_address: 198.18.0.9  # the provider's router at the other end
@@ -48,6 +49,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from nvfabric.gateway.sitebgp import SiteBgp, check_tenant as check_bgp
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import (
     Address,
@@ -92,6 +94,7 @@ class Site:
     ike_proposals: tuple[str, ...] = DEFAULT_IKE_PROPOSALS
     esp_proposals: tuple[str, ...] = DEFAULT_ESP_PROPOSALS
     key: int | None = None  # a GRE site's key (None: no key)
+    bgp: SiteBgp | None = None  # eBGP with the site's router across the tunnel (gateway/sitebgp.py)
 
     def __post_init__(self) -> None:
         check_name(self.name, "name", NAME_RE)
@@ -108,8 +111,9 @@ class Site:
             self._check_ipsec()
         if isinstance(self.slot, bool) or not isinstance(self.slot, int) or not 1 <= self.slot <= SLOT_MAX:
             raise ModelError("slot", self.slot, f"must be 1..{SLOT_MAX}")
-        if not self.prefixes:
-            raise ModelError("prefixes", [], "at least one site prefix (routed into the tunnel) is required")
+        if not self.prefixes and self.bgp is None:
+            raise ModelError("prefixes", [], "at least one site prefix (routed into the tunnel) is required "
+                             "without bgp")
         for i, p in enumerate(self.prefixes):
             if p.prefixlen == 0:
                 raise ModelError(f"prefixes[{i}]", str(p), "a default route by a site is not supported: the "
@@ -130,6 +134,8 @@ class Site:
     def _check_gre(self) -> None:
         if self.psk:
             raise ModelError("psk", HIDDEN, GRE_NO_PSK)
+        if self.bgp is not None:
+            raise ModelError("bgp", "...", "not supported yet for kind gre (eBGP runs over an IPsec site's tunnel)")
         if self.key is not None and (isinstance(self.key, bool) or not isinstance(self.key, int)
                                      or not 0 <= self.key <= KEY_MAX):
             raise ModelError("key", self.key, f"must be an integer 0..{KEY_MAX} (the 32-bit GRE key)")
@@ -150,6 +156,8 @@ class Site:
             if not any(p.version == ts.version and p.subnet_of(ts) for ts in self.remote_ts):  # type: ignore[arg-type]
                 raise ModelError(f"prefixes[{i}]", str(p), "is outside every remote_ts: the tunnel would not "
                                  "carry it")
+        if self.bgp is not None:
+            self.bgp.check_selectors(self.local_ts, self.remote_ts)
 
     @property
     def claim(self) -> tuple:
@@ -167,7 +175,7 @@ class Site:
     def from_dict(cls, body: Any, where: str, position: int) -> Site:
         body = check_object(body, where)
         known = {"name", "kind", "remote_address", "auth", "psk", "prefixes", "local_ts", "remote_ts",
-                 "ike_proposals", "esp_proposals", "slot", "key"}
+                 "ike_proposals", "esp_proposals", "slot", "key", "bgp"}
         reject_unknown(body, known, where)
 
         def path(key: str) -> str:
@@ -195,13 +203,15 @@ class Site:
         if isinstance(slot, bool) or not isinstance(slot, int):
             raise ModelError(path("slot"), slot, f"must be an integer 1..{SLOT_MAX}")
         kind = body.get("kind", "ipsec")
+        bgp = SiteBgp.from_dict(body["bgp"], path("bgp")) if body.get("bgp") is not None else None
         try:
             return cls(name=body.get("name"), kind=kind, remote_address=check_address(body.get("remote_address"),
                                                                                         path("remote_address")),
                        psk=body["psk"], prefixes=networks("prefixes", ()), slot=slot,
                        local_ts=networks("local_ts", ROUTE_BASED), remote_ts=networks("remote_ts", ROUTE_BASED),
                        ike_proposals=strings("ike_proposals", DEFAULT_IKE_PROPOSALS),
-                       esp_proposals=strings("esp_proposals", DEFAULT_ESP_PROPOSALS), key=body.get("key"))
+                       esp_proposals=strings("esp_proposals", DEFAULT_ESP_PROPOSALS), key=body.get("key"),
+                       bgp=bgp)
         except ModelError as exc:
             raise exc.within(where) from None
 
@@ -211,6 +221,9 @@ class Site:
             if key in body:
                 raise ModelError(field_path(where, key), HIDDEN if key == "psk" else body[key],
                                  GRE_NO_PSK if key == "psk" else "only for kind ipsec (a GRE site has no IKE)")
+        if body.get("bgp") is not None:
+            raise ModelError(field_path(where, "bgp"), "...", "not supported yet for kind gre (eBGP runs over an "
+                             "IPsec site's tunnel)")
         try:
             return cls(name=body.get("name"), kind="gre",
                        remote_address=check_address(body.get("remote_address"), "remote_address"), psk="",
@@ -229,7 +242,7 @@ class Site:
                 "psk": self.psk if secrets else HIDDEN, "prefixes": [str(p) for p in self.prefixes],
                 "local_ts": [str(p) for p in self.local_ts], "remote_ts": [str(p) for p in self.remote_ts],
                 "ike_proposals": list(self.ike_proposals), "esp_proposals": list(self.esp_proposals),
-                "slot": self.slot}
+                "slot": self.slot, **({"bgp": self.bgp.as_dict()} if self.bgp is not None else {})}
 
 
 def _networks(body: dict, key: str) -> tuple[Network, ...]:
@@ -263,6 +276,7 @@ def check_sites(sites: tuple[Site, ...], own: tuple[Network, ...]) -> None:
                 if q.version == p.version and q.overlaps(p):  # type: ignore[arg-type]
                     raise ModelError(where, str(p), f"overlaps {other} ({q})")
         seen.extend((p, f"sites[{i}].prefixes[{k}]") for k, p in enumerate(site.prefixes))
+    check_bgp(sites, own)
 
 
 def if_id(tid: int, site: Site) -> int:

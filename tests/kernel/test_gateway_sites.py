@@ -15,19 +15,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from nvfabric.gateway import sites as sitemodel
+from nvfabric.gateway import sitebgp, sites as sitemodel
 from nvfabric.gateway.strongswan import Charon, CharonFiles, SiteSa
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns, spoof
 from nvfabric.lab.daemons import LoopThread, in_ns
 from nvfabric.lab.fabric import wait_for
+from nvfabric.lab.peers import Frr, Lab as PeerLab
 from nvfabric.lab.probe import Server, connect_retrying
 from nvfabric.vnet.errors import KernelError
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import GreTunnel, LocalPortRoute, XfrmInterface
+from nvfabric.vnet.kernel.objects import GreTunnel, LocalPortRoute, TunnelAddress, XfrmInterface
 from nvfabric.vnet.kernel.observe import observe
-
-from tests.kernel.test_gateway_x import BLUE, NS, RED, Lab, diagnostics, lab  # noqa: F401 - the fixture
+from tests.kernel.test_gateway_x import BLUE, GW_PA, NS, RED, RMAC, Lab, diagnostics, lab  # noqa: F401 - the fixture
 from tests.nvgre import ETH_IPV4, ROUTER_MAC, gre
 
 pytestmark = pytest.mark.kernel
@@ -37,6 +37,10 @@ SITE_HOST = ("10.20.0.10", 9000)
 TAG = f"gs{os.getpid() % 100000}"
 PSK = {"blue": "blue-site-key-0123456789", "red": "red-site-key-9876543210"}
 SITE = {"blue": ("sa", "203.0.113.50"), "red": ("sb", "203.0.113.51")}  # tenant -> (namespace, address)
+# eBGP across the tunnel: the gateway's and the site router's addresses inside it, and a site network that is
+# announced over BGP only (not in the site's static prefixes)
+BGP_LOCAL, BGP_PEER, BGP_AS = "10.255.0.1", "10.255.0.2", 65020
+BGP_LAN, BGP_HOST = "10.30.0.0/24", ("10.30.0.10", 9000)
 
 
 def site_ns(tenant: str) -> str:
@@ -44,7 +48,8 @@ def site_ns(tenant: str) -> str:
 
 
 def swanctl_conf(tenant: str) -> str:
-    """What the site's own administrator writes: policy-based, its prefix to the tenant's subnet."""
+    """What the site's own administrator writes: policy-based, its prefixes to the tenant's subnet, and its BGP
+    router's address to the gateway's inside the tunnel (test_a_site_routes_over_ebgp)."""
     address = SITE[tenant][1]
     return f"""connections {{
     gateway {{
@@ -62,8 +67,8 @@ def swanctl_conf(tenant: str) -> str:
         }}
         children {{
             gateway {{
-                local_ts = 10.20.0.0/24
-                remote_ts = 10.0.0.0/24
+                local_ts = 10.20.0.0/24, {BGP_LAN}, {BGP_PEER}/32
+                remote_ts = 10.0.0.0/24, {BGP_LOCAL}/32
                 esp_proposals = aes256gcm16
             }}
         }}
@@ -225,11 +230,11 @@ def _checks(sites: Sites) -> None:
 
 # ---------------------------------------------------------------------------------------------- a GRE site
 # Blue's second site, `depot`: plain GRE, as a provider's router would have it (`ip link add type gre`), in one
-# more namespace on the internet side; its host 10.30.0.10. Forged GRE comes from the internet namespace, with
+# more namespace on the internet side; its host 10.40.0.10. Forged GRE comes from the internet namespace, with
 # the site's address or a stranger's (.53, routed to the site's namespace) as source.
 GRE_NS = f"{TAG}-sg"
 GRE_SITE, STRANGER = "203.0.113.52", "203.0.113.53"
-GRE_HOST = ("10.30.0.10", 9000)
+GRE_HOST = ("10.40.0.10", 9000)
 GRE_KEY = 77
 VM_PORT = ("10.0.0.5", 7777)  # a UDP socket of blue's VM, for the forged packets
 
@@ -239,7 +244,7 @@ def with_gre_site(current: Tenant, key: int | None) -> Tenant:
     body = current.as_dict()
     others = [s for s in body["sites"] if s["name"] != "depot"]
     depot = [] if key is None else [{"name": "depot", "kind": "gre", "remote_address": GRE_SITE, "key": key,
-                                     "prefixes": ["10.30.0.0/24"], "slot": 2}]
+                                     "prefixes": ["10.40.0.0/24"], "slot": 2}]
     return Tenant.from_dict({**body, "sites": others + depot})
 
 
@@ -367,3 +372,92 @@ def _gre_checks(sites: Sites, ns: str) -> None:
         ipsec_after = established(sites.gateway_sas(), "blue.office")
         assert ipsec_after is not None and [(c.spi_in, c.spi_out) for c in ipsec_after.children] == \
             [(c.spi_in, c.spi_out) for c in ipsec_before.children]
+def frr_site_conf() -> str:
+    """bgpd.conf of blue's on-premises router: eBGP with the gateway inside the tunnel, announcing its own network
+    (10.30.0.0/24) and two hostile prefixes, blue's own subnet and a default route, which the gateway must refuse."""
+    return "\n".join([
+        # the gateway is not on a connected prefix here (the site is policy-based): its next hop resolves over
+        # the default route, into the tunnel's policy
+        "hostname site", "ip nht resolve-via-default", f"router bgp {BGP_AS}", f" bgp router-id {BGP_PEER}",
+        " no bgp ebgp-requires-policy",
+        " no bgp network import-check", f" neighbor {BGP_LOCAL} remote-as 65000",
+        f" neighbor {BGP_LOCAL} update-source {BGP_PEER}", f" neighbor {BGP_LOCAL} disable-connected-check",
+        f" neighbor {BGP_LOCAL} timers 3 9", f" neighbor {BGP_LOCAL} timers connect 5",
+        " address-family ipv4 unicast", f"  network {BGP_LAN}", "  network 10.0.0.0/24", "  network 0.0.0.0/0",
+        " exit-address-family", ""])
+
+
+def with_bgp_site(psk: str) -> Tenant:
+    site = {"name": "office", "remote_address": SITE["blue"][1], "psk": psk, "prefixes": ["10.20.0.0/24"],
+            "bgp": {"peer_address": BGP_PEER, "peer_as": BGP_AS, "local_address": f"{BGP_LOCAL}/30", "hold_time": 9}}
+    return Tenant.from_dict({**BLUE, "sites": [site]})
+
+
+def learned_from_gateway(frr: Frr) -> set[str]:
+    routes = frr.json("show bgp ipv4 unicast").get("routes", {})
+    return {p for p, paths in routes.items() if any(h.get("peerId") == BGP_LOCAL for h in paths)}
+
+
+def test_a_site_routes_over_ebgp(sites: Sites, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Blue's site router (FRR) peers with the gateway across the tunnel: what it announces within reason is
+    routed to the tunnel in blue's VRF only; what it must not announce (blue's subnet, a default route) is
+    refused; it learns blue's subnet."""
+    gw = sites.lab.gateway.gateway
+    ns = site_ns("blue")
+    netns.ip_batch([f"addr add {BGP_PEER}/32 dev lo", f"addr add {BGP_HOST[0]}/32 dev lo"], ns)
+    peers = PeerLab(tmp=tmp_path_factory.mktemp("site-frr"), prefix="")
+    server = Server(ns, BGP_HOST, "site-bgp ")
+    try:
+        frr = Frr(peers, ns, "site", frr_site_conf())
+        sites.put(with_bgp_site(PSK["blue"]))
+        tid = gw.tenant_id("blue")
+        site = with_bgp_site(PSK["blue"]).sites[0]
+        dev = sitemodel.device_name(tid, site)
+        wait_for(lambda: established(sites.gateway_sas(), "blue.office"), 90, "blue's site SA")
+
+        def bgp() -> dict:
+            (status,) = sites.lab.gateway.call(lambda g: g.site_status("blue"))
+            return status["bgp"] or {}
+
+        wait_for(lambda: bgp().get("accepted") == [BGP_LAN] and len(bgp().get("refused", [])) == 2, 90,
+                 "the site's routes learned and judged")
+        status = bgp()
+        assert (status["state"], status["peer"], status["peer_as"], status["learned"]) == \
+            ("established", BGP_PEER, BGP_AS, 1), status
+        assert {r["prefix"]: r["reason"].split(" ")[0] for r in status["refused"]} == \
+            {"0.0.0.0/0": "a", "10.0.0.0/24": "overlaps"}, status
+        # in blue's VRF: the learned network to the tunnel; neither hostile prefix; red's table untouched
+        with RtnlSocket(NS["gw"]) as sock:
+            seen = asyncio.run(observe(sock))
+        assert LocalPortRoute(tid, BGP_LAN, dev) in seen
+        assert TunnelAddress(dev, BGP_LOCAL, 30) in seen
+        to_tunnel = {o.prefix for o in seen if isinstance(o, LocalPortRoute) and o.dev == dev}
+        assert to_tunnel == {"10.20.0.0/24", BGP_LAN}, to_tunnel
+        red = netns.run(["ip", "-n", NS["gw"], "route", "show", "vrf", "nvf-red"]).output
+        assert "10.30.0.0" not in red, red
+        # the type-5 routes the gateway's fabric side makes of that (tests/integration/test_gateway_sitebgp.py has
+        # them on the wire): the site's prefixes, nothing hostile
+        routes = sitebgp.prefix_routes(gw.tenant("blue"), gw.site_verdicts("blue"), GW_PA, GW_PA, RMAC)
+        assert sorted(str(r.prefix) for r in routes.values()) == ["10.20.0.0/24", BGP_LAN]
+        # the site learned blue's subnet from the gateway
+        wait_for(lambda: "10.0.0.0/24" in learned_from_gateway(frr), 60, "FRR learns blue's subnet")
+        # blue's VM reaches the network known by BGP only, unNATed; red's same address does not
+        s, line = connect_retrying(NS["vb"], BGP_HOST, ("10.0.0.5", 0))
+        s.close()
+        assert line.startswith("site-bgp 10.0.0.5:"), line
+        with pytest.raises(ConnectionError):
+            connect_retrying(NS["vr"], BGP_HOST, ("10.0.0.5", 0), tries=1)
+        # bgp taken off the site: the session ends, its routes go; the site's tunnel stays
+        sites.put(with_site(BLUE, "blue", PSK["blue"]))
+        with RtnlSocket(NS["gw"]) as sock:
+            seen = asyncio.run(observe(sock))
+        assert LocalPortRoute(tid, BGP_LAN, dev) not in seen and TunnelAddress(dev, BGP_LOCAL, 30) not in seen
+        assert LocalPortRoute(tid, "10.20.0.0/24", dev) in seen
+        wait_for(lambda: "10.0.0.0/24" not in learned_from_gateway(frr), 60, "FRR forgets blue's subnet")
+    except AssertionError:
+        print(diagnostics())
+        print(peers.logs())
+        raise
+    finally:
+        server.close()
+        peers.close()

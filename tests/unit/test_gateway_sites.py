@@ -205,6 +205,8 @@ def test_a_gre_site_has_a_key_and_prefixes_and_nothing_of_ipsec() -> None:
     ({"auth": "psk"}, "sites[0].auth", "only for kind ipsec"),
     ({"esp_proposals": ["aes256gcm16"]}, "sites[0].esp_proposals", "only for kind ipsec"),
     ({"remote_ts": ["10.30.0.0/24"]}, "sites[0].remote_ts", "only for kind ipsec"),
+    ({"bgp": {"peer_address": "10.255.0.2", "peer_as": 65020, "local_address": "10.255.0.1/30"}}, "sites[0].bgp",
+     "not supported yet for kind gre"),
     ({"key": -1}, "sites[0].key", "0..4294967295"),
     ({"key": 1 << 32}, "sites[0].key", "0..4294967295"),
     ({"key": "4711"}, "sites[0].key", "integer"),

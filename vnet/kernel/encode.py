@@ -215,21 +215,23 @@ class LocalTableRuleEncoder(Encoder):
 class VrfAddressEncoder(Encoder):
     """Created or replaced with NLM_F_REPLACE (the same address again is no error); a replace of another
     prefix length is a delete of the old one first (a length is part of an address's identity); deleted by
-    address and length on the VRF device. IPv6 `nodad`: the gateway answers at once, and a VM probing for the
-    address (DAD) can never make the host's copy fail: the host answers, the VM's probe fails."""
+    address and length on its device (the VRF's; a TunnelAddress: the tunnel's). IPv6 `nodad`: the gateway
+    answers at once, and a VM probing for the address (DAD) can never make the host's copy fail: the host
+    answers, the VM's probe fails."""
 
     @staticmethod
-    def _body(obj: k.VrfAddress, wire: Wire) -> bytes:
+    def _body(obj: k.VrfAddress | k.TunnelAddress, wire: Wire) -> bytes:
         assert obj.prefixlen is not None
-        return m.addr_body(obj.family, wire.ifindex(obj.vrf), obj.address, obj.prefixlen, nodad=obj.family == 6)
+        dev = obj.vrf if isinstance(obj, k.VrfAddress) else obj.dev
+        return m.addr_body(obj.family, wire.ifindex(dev), obj.address, obj.prefixlen, nodad=obj.family == 6)
 
     def encode(self, op: Op, wire: Wire) -> list[Request]:
         obj = op.obj
-        assert isinstance(obj, k.VrfAddress)
+        assert isinstance(obj, (k.VrfAddress, k.TunnelAddress))
         if op.action is Action.DELETE:
             return [wire.msg(m.RTM_DELADDR, m.NLM_F_ACK, self._body(obj, wire))]
         out = []
-        if op.action is Action.REPLACE and isinstance(op.old, k.VrfAddress) and op.old.prefixlen != obj.prefixlen:
+        if op.action is Action.REPLACE and isinstance(op.old, type(obj)) and op.old.prefixlen != obj.prefixlen:
             out.append(wire.msg(m.RTM_DELADDR, m.NLM_F_ACK, self._body(op.old, wire)))
         return [*out, wire.msg(m.RTM_NEWADDR, CREATE_OR_REPLACE, self._body(obj, wire))]
 
@@ -368,6 +370,7 @@ ENCODERS: dict[type, Encoder] = {
     k.Clsact: ClsactEncoder(),
     k.FlowerMark: FlowerMarkEncoder(),
     k.VrfAddress: VrfAddressEncoder(),
+    k.TunnelAddress: VrfAddressEncoder(),
 }
 
 

@@ -316,6 +316,32 @@ class VrfAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class TunnelAddress:
+    """The gateway's own address inside a site's tunnel, on the tunnel's device (an XfrmInterface):
+    `ip addr add 10.255.0.1/30 dev nvf-s11`. The kernel adds the connected route of its prefix to the table of
+    the VRF the device is enslaved to, so the site's router (the BGP peer) is reached through the tunnel. A
+    replace of another prefix length deletes the old one first (as VrfAddress)."""
+
+    dev: str
+    address: str
+    prefixlen: int
+    family: int = field(init=False, repr=False, compare=False)
+    order: ClassVar[int] = 2  # after the tunnel device it is on
+
+    def __post_init__(self) -> None:
+        _owned_name(self.dev)
+        address, family = normal_address(self.address)
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "family", family)
+        if not 0 < self.prefixlen <= (32 if family == 4 else 128):
+            raise ValueError(f"prefix length {self.prefixlen} of {address}")
+
+    @property
+    def key(self) -> tuple:
+        return ("tunnel-address", self.dev, self.address)
+
+
+@dataclass(frozen=True, slots=True)
 class Clsact:
     """The tc hook on one of our devices, bound to a shared ingress block: `tc qdisc add dev <dev>
     ingress_block <block> clsact`. Filters then name the block, not a device, so one filter serves every
@@ -542,4 +568,4 @@ class UnreachableRoute:
 
 KernelObject = Vrf | NvgreDevice | VrfPort | Sysctl | TunIdRule | FwmarkRule | PermanentNeighbour | ProxyNeighbour | \
     XfrmInterface | GreTunnel | LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute | Clsact | FlowerMark | \
-    UnreachableIifRule | LocalTableRule | VrfAddress
+    UnreachableIifRule | LocalTableRule | VrfAddress | TunnelAddress

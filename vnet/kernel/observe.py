@@ -28,15 +28,21 @@ async def address_prefixes(sock: RtnlSocket) -> dict[str, int]:
     return out
 
 
-async def vrf_addresses(sock: RtnlSocket, vrfs: dict[int, str]) -> AsyncIterator[k.VrfAddress]:
-    """The addresses on our VRF devices (ifindex -> name), but IPv6 link-local ones (the kernel's own)."""
-    if not vrfs:
+async def vrf_addresses(sock: RtnlSocket, vrfs: dict[int, str],
+                        tunnels: dict[int, str] | None = None) -> AsyncIterator[k.VrfAddress | k.TunnelAddress]:
+    """The addresses on our VRF devices and tunnel devices (ifindex -> name), but IPv6 link-local ones (the
+    kernel's own)."""
+    tunnels = tunnels or {}
+    if not vrfs and not tunnels:
         return
     async for raw in sock.dump(m.RTM_GETADDR, struct.pack("=BBBBI", 0, 0, 0, 0, 0)):
         a = m.parse_address_fields(raw)
-        if a is None or a.ifindex not in vrfs or ipaddress.ip_address(a.address).is_link_local:
+        if a is None or ipaddress.ip_address(a.address).is_link_local:
             continue
-        yield k.VrfAddress(vrfs[a.ifindex], a.address, a.prefixlen)
+        if a.ifindex in vrfs:
+            yield k.VrfAddress(vrfs[a.ifindex], a.address, a.prefixlen)
+        elif a.ifindex in tunnels:
+            yield k.TunnelAddress(tunnels[a.ifindex], a.address, a.prefixlen)
 
 
 async def links(sock: RtnlSocket) -> AsyncIterator[m.LinkFields]:
@@ -166,7 +172,9 @@ async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[k.Kernel
     out.update(devs)
     our_vrfs = {d.name for d in devs if isinstance(d, k.Vrf)}
     vrfs = {index: name for index, name in names.items() if name in our_vrfs}
-    out.update([a async for a in vrf_addresses(sock, vrfs)])
+    our_tunnels = {d.name for d in devs if isinstance(d, k.XfrmInterface)}
+    tunnels = {index: name for index, name in names.items() if name in our_tunnels}
+    out.update([a async for a in vrf_addresses(sock, vrfs, tunnels)])
     ports = {d.name for d in devs if isinstance(d, k.VrfPort)}
     out.update([r async for r in rules(sock)])
     out.update([n async for n in neighbours(sock, names, ports)])
