@@ -44,9 +44,10 @@ from tests.unit.test_api_fuzz import AUTH, CHECKS, SEED, SENT, Served, fuzz
 
 pytestmark = pytest.mark.kernel
 
-# generated requests per operation (and 3x as many near-valid writes per daemon): the file stays well under
-# 3 minutes in the TCG VM; NVFABRIC_FUZZ_EXAMPLES (and NVFABRIC_FUZZ_SEED) for a longer run
-EXAMPLES = int(os.environ.get("NVFABRIC_FUZZ_EXAMPLES", "20"))
+# generated requests per operation (and 3x as many near-valid writes per daemon): about 1.5 minutes in the TCG
+# VM, as the suite's time budget allows (the host phase fuzzes the same APIs with 50 per operation);
+# NVFABRIC_FUZZ_EXAMPLES (and NVFABRIC_FUZZ_SEED) for a longer run
+EXAMPLES = int(os.environ.get("NVFABRIC_FUZZ_EXAMPLES", "10"))
 TAG = f"fz{os.getpid() % 10000}"
 STATUSES: Counter[tuple[str, int]] = Counter()  # (API, status) -> answers, reported with SENT
 
