@@ -260,7 +260,12 @@ class ChildSa:
     spi_out: str
     bytes_in: int
     bytes_out: int
-    installed_at: float | None  # seconds since the epoch, as far as charon's age tells
+    installed_at: float | None  # seconds since the epoch, as far as charon's age tells: its last rekey
+    packets_in: int = 0
+    packets_out: int = 0
+    local_ts: tuple[str, ...] = ()  # the selectors negotiated with the site
+    remote_ts: tuple[str, ...] = ()
+    rekey_at: float | None = None  # seconds since the epoch of the next rekey (charon's countdown)
 
 
 @dataclass(frozen=True)
@@ -272,24 +277,39 @@ class SiteSa:
     remote: str
     children: tuple[ChildSa, ...]
     spis: tuple[str, str] = ("", "")  # the IKE SA's (initiator, responder): the same SA while they are
+    local: str = ""
+    established_at: float | None = None  # seconds since the epoch: its last rekey or reauthentication
+    rekey_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "remote": self.remote, "spis": list(self.spis),
-                "children": [c.__dict__ for c in self.children]}
+        return {"name": self.name, "state": self.state, "local": self.local, "remote": self.remote,
+                "spis": list(self.spis), "established_at": self.established_at, "rekey_at": self.rekey_at,
+                "children": [{**c.__dict__, "local_ts": list(c.local_ts), "remote_ts": list(c.remote_ts)}
+                             for c in self.children]}
 
 
 def parse_sas(events: Iterable[Mapping[str, Any]], now: float) -> dict[str, SiteSa]:
-    """Pure: list-sas events -> connection name -> its IKE SA (an established one before others)."""
+    """Pure: list-sas events -> connection name -> its IKE SA (an established one before others). charon gives
+    ages and countdowns in seconds; they become wall clock times here (`now`)."""
+    def ago(body: Mapping[str, Any], key: str) -> float | None:
+        return now - int(body[key]) if key in body else None
+
+    def ahead(body: Mapping[str, Any], key: str) -> float | None:
+        return now + int(body[key]) if key in body else None
+
     out: dict[str, SiteSa] = {}
     for event in events:
         for name, ike in event.items():
             children = tuple(
                 ChildSa(child.get("name", key), child.get("state", ""), child.get("spi-in", ""),
                         child.get("spi-out", ""), int(child.get("bytes-in", 0)), int(child.get("bytes-out", 0)),
-                        now - int(child["install-time"]) if "install-time" in child else None)
+                        ago(child, "install-time"), int(child.get("packets-in", 0)), int(child.get("packets-out", 0)),
+                        tuple(child.get("local-ts") or ()), tuple(child.get("remote-ts") or ()),
+                        ahead(child, "rekey-time"))
                 for key, child in (ike.get("child-sas") or {}).items())
             sa = SiteSa(name, ike.get("state", ""), ike.get("remote-host", ""), children,
-                        (ike.get("initiator-spi", ""), ike.get("responder-spi", "")))
+                        (ike.get("initiator-spi", ""), ike.get("responder-spi", "")), ike.get("local-host", ""),
+                        ago(ike, "established"), ahead(ike, "rekey-time"))
             if name not in out or (sa.state == "ESTABLISHED" and out[name].state != "ESTABLISHED"):
                 out[name] = sa
     return out
