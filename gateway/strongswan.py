@@ -26,7 +26,7 @@ import logging
 import struct
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -265,7 +265,7 @@ class ChildSa:
     packets_out: int = 0
     local_ts: tuple[str, ...] = ()  # the selectors negotiated with the site
     remote_ts: tuple[str, ...] = ()
-    rekey_at: float | None = None  # seconds since the epoch of the next rekey (charon's countdown)
+    rekey_at: float | None = field(default=None, compare=False)  # Unix seconds of the next rekey (a countdown)
 
 
 @dataclass(frozen=True)
@@ -278,8 +278,9 @@ class SiteSa:
     children: tuple[ChildSa, ...]
     spis: tuple[str, str] = ("", "")  # the IKE SA's (initiator, responder): the same SA while they are
     local: str = ""
-    established_at: float | None = None  # seconds since the epoch: its last rekey or reauthentication
-    rekey_at: float | None = None
+    # Unix seconds (from charon's ages at the time of reading: not part of what makes the SA the same)
+    established_at: float | None = field(default=None, compare=False)  # its last rekey or reauthentication
+    rekey_at: float | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "state": self.state, "local": self.local, "remote": self.remote,
@@ -320,10 +321,12 @@ class Charon:
     dies, then given every connection again); `put()` changes one tenant's connections by difference;
     `stop()` ends it (its SAs go with it: the tunnels stop until it runs again)."""
 
-    def __init__(self, netns: str | None, files: CharonFiles, binary: str = BINARY) -> None:
+    def __init__(self, netns: str | None, files: CharonFiles, binary: str = BINARY, serving: bool = True) -> None:
         self.netns = netns
         self.files = files
         self.binary = binary
+        # whether this charon holds the sites' SAs (`serve`): a standby gateway's does not, see serve()
+        self.serving = serving
         self.restarts = 0
         self.last_error: str | None = None
         self._loaded: dict[str, Connection] = {}  # what this charon has, by connection name
@@ -437,9 +440,28 @@ class Charon:
                 log.info("charon: %s", line)
 
     async def _reload_all(self) -> None:
-        """A new charon: every connection this gateway has."""
+        """A new charon: every connection this gateway has (none while it stands by)."""
+        if not self.serving:
+            return
         for conn in self._loaded.values():
             await self._load(conn)
+
+    async def serve(self, on: bool) -> None:
+        """The gateway became serving (on) or stands by. A site's SA is with one gateway's external address and
+        ESP to that address always reaches that gateway, so only the serving gateway, which the tenants' traffic
+        comes to, holds SAs: becoming serving loads every connection (charon initiates each at once, the site
+        replaces its SA to the other gateway), standing by unloads them (their SAs ended, so a restored gateway
+        never draws the site's traffic back). A connection charon refuses here is logged; the others go on."""
+        if on == self.serving:
+            return
+        self.serving = on
+        if self._vici is None:  # not running: a (re)started charon loads them when serving
+            return
+        for name, conn in sorted(self._loaded.items()):
+            try:
+                await (self._load(conn) if on else self._unload(name))
+            except CharonError as exc:
+                log.error("ipsec: %s %s: %s", "loading" if on else "unloading", name, exc)
 
     async def _load(self, conn: Connection) -> None:
         assert self._vici is not None
@@ -469,17 +491,20 @@ class Charon:
         done: list[tuple[str, Connection | None]] = []  # (name, what it was before) for a put back
         try:
             for name in sorted(old.keys() - new.keys()):
-                await self._unload(name)
+                if self.serving:
+                    await self._unload(name)
                 done.append((name, old[name]))
             for name in sorted(new):
                 if old.get(name) == new[name]:
                     continue
                 done.append((name, old.get(name)))
                 await self._load(new[name])
-                if name in old:  # a changed site (its key, proposals, selectors): new SAs by the new settings
+                if not self.serving:  # charon judged it (a standby refuses what the serving one would); no SA
+                    await self._unload(name)
+                elif name in old:  # a changed site (its key, proposals, selectors): new SAs by the new settings
                     await self._restart(name)
         except CharonError as exc:
-            for name, before in reversed(done):
+            for name, before in reversed(done if self.serving else ()):
                 with contextlib.suppress(CharonError):
                     await (self._load(before) if before is not None else self._unload(name))
             raise KernelError(f"sites of tenant {tenant}", (str(exc),)) from None
