@@ -15,6 +15,7 @@ from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.gateway import Gateway
 from nvfabric.gateway.strongswan import parse_sas
 from tests.unit.test_api import TOKEN
+from tests.unit.test_cli_clients import outputs
 from tests.unit.test_gateway_sites import EXTERNAL, SITE, tenant
 from tests.unit.test_gateway_status import BODY
 from tests.unit.test_metrics import assert_conventional, value
@@ -92,7 +93,7 @@ def test_trace_follows_the_packet_into_the_tunnel_and_says_when_the_sa_is_down()
     assert sitestatus.trace(blue, 7, ADDR("10.0.0.5"), ADDR("10.30.0.1"), sas, EXTERNAL) is None
 
 
-async def test_the_api_traces_to_a_site_without_nat_and_scrapes_its_series(monkeypatch) -> None:
+async def test_the_api_traces_to_a_site_without_nat_and_scrapes_its_series(monkeypatch, capsys) -> None:
     site = {**SITE, "remote_address": "203.0.113.50"}
     body = {**BODY, "tenants": [{**BODY["tenants"][0], "sites": [site]}]}
     gw = Gateway(GatewayConfig.from_dict(body))  # not started: charon has no SA
@@ -117,3 +118,15 @@ async def test_the_api_traces_to_a_site_without_nat_and_scrapes_its_series(monke
     assert "site" not in internet and internet["action"] == "snat"
     assert value(text, 'nvfabric_gateway_site_tunnel_up{site="paris",tenant="blue"}') == 0
     assert_conventional(text)
+    # the operator's command prints the path and says the SA is down
+    server = await gw_api.start_api(gw, "127.0.0.1:0", TOKEN)
+    assert server is not None
+    try:
+        monkeypatch.setenv("NVFABRIC_GATEWAY_API", server.url)
+        monkeypatch.setenv("NVFABRIC_GATEWAY_TOKEN", TOKEN)
+        found = await outputs(capsys, "gateway", "trace", "--tenant", "blue", "tcp", "10.0.0.5", "10.20.0.10:22")
+    finally:
+        await server.stop()
+    table = found["table"]
+    assert "to the site" in table and "nvf-blue (table" in table and "NO: the SA is down" in table, table
+    assert "203.0.113.22 -> 203.0.113.50" in table, table
