@@ -12,7 +12,8 @@ routes to the site's XFRM interface and delivers what they decrypt on it. Connec
 loaded and unloaded over vici by difference (`put`): a change of one tenant's sites loads, replaces or unloads
 that tenant's connections only, and never touches another's SAs. charon starts each connection as it is
 loaded (start_action start) and again when it is closed or its peer stops answering (close_action start,
-dpd_action restart). A charon that died is started again and given every connection.
+dpd_action restart). A charon that died is started again and given every connection. Only a serving gateway's
+charon holds connections (`serve`: a standby's judges each change, then drops it), so the SAs follow the role.
 
 The vici messages are encoded by the `vici` package (strongSwan's own Python binding, its 5.9 line), over an
 asyncio UNIX stream.
