@@ -137,9 +137,10 @@ def site(two: TwoGateways, tmp: Path) -> Iterator[Site]:
                         "link set e0 up", "route add 203.0.113.1/32 dev e0", "route add default via 203.0.113.1"],
                        SITE_NS)
         netns.ip_batch(["link set site0 up", f"route add {SITE_ADDRESS}/32 dev site0"], internet)
-        netns.run(["ip", "netns", "exec", internet, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        for name in GW:  # the site is not on the gateways' external link: routed by the internet router
-            netns.run(["ip", "-n", two.gws[name].ns, "route", "replace", f"{SITE_ADDRESS}/32", "via", "203.0.113.1"])
+        # the site's address is in the external link's prefix but not on it: the internet router answers ARP for
+        # it (a route on the gateways instead would go with a link cut's flap)
+        netns.run(["ip", "netns", "exec", internet, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+                   "net.ipv4.conf.br0.proxy_arp=1"])
         thread = LoopThread(SITE_NS)
         thread.run(charon.start(), timeout=60)
         conf = tmp / "site-swanctl.conf"
@@ -163,8 +164,7 @@ def site(two: TwoGateways, tmp: Path) -> Iterator[Site]:
                 thread.run(charon.stop(), timeout=30)
             finally:
                 thread.close()
-        for name in GW:
-            netns.run(["ip", "-n", two.gws[name].ns, "route", "del", f"{SITE_ADDRESS}/32"], check=False)
+        netns.run(["ip", "netns", "exec", internet, "sysctl", "-qw", "net.ipv4.conf.br0.proxy_arp=0"], check=False)
         netns.destroy(SITE_NS)
 
 
