@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nvfabric.lab.failover import REACTION, Options, restore, two_gateways  # noqa: E402
-from nvfabric.lab.site_failover import site, site_failover  # noqa: E402
+from nvfabric.lab.site_failover import put_blue, site, site_failover  # noqa: E402
 
 
 def main() -> int:
@@ -45,6 +45,9 @@ def main() -> int:
                 gaps[kind].append(f.gap)
                 print(f"| {f.cut} | {f.gateway} | {f.gap:.2f} | {f.lost} | {f.hosts:.1f} | {f.sa:.1f} |", flush=True)
                 restore(two, f.gateway, kind, timeout=timeout + 180)
+                # a restarted gateway has blue as its configuration file says (the file wins over what the API
+                # put): blue's site again, as an operator would put it back
+                put_blue(two, with_site=True)
     for kind, values in gaps.items():
         print(f"{kind}: median longest silence {statistics.median(values):.2f} s of "
               f"{', '.join(f'{v:.2f}' for v in values)}", flush=True)
