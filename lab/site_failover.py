@@ -149,6 +149,7 @@ def site(two: TwoGateways, tmp: Path) -> Iterator[Site]:
                    "--uri", f"unix://{charon.files.socket}"])
         server = Server(SITE_NS, SITE_HOST, "site ")
         put_blue(two, with_site=True)
+        wait_for(two.serving, 60, "one gateway serving every host")  # ('' while the hosts' routes disagree)
         serving = two.serving()
         wait_for(lambda: site_sa(two, serving) is not None, 120, f"{serving}'s SA with the site")
         yield Site(two, charon, thread, server)
