@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from nvfabric.gateway import nat
 from nvfabric.gateway.conntrackd import SyncStatus
 from nvfabric.gateway.gateway import Gateway, TenantStatus
+from nvfabric.gateway import sitestatus
 from nvfabric.gateway.sites import HIDDEN
 from nvfabric.gateway.state import StateSaveError
 from nvfabric.gateway.tenants import Tenant
@@ -158,7 +159,22 @@ async def trace(request: web.Request) -> web.Response:
                          check_address(fields.get("dst"), "dst"), _port(fields.get("dport", 0), "dport"))
     if flow.src.version != flow.dst.version:
         raise ModelError("dst", str(flow.dst), f"is not of the same family as src {flow.src}")
+    if tenant is not None and (path := await _site_trace(gw, tenant, flow)) is not None:
+        return web.json_response(path)
     return web.json_response(nat.trace(gw.nat_view(), flow, tenant).as_dict())
+
+
+async def _site_trace(gw: Gateway, name: str, flow: nat.FiveTuple) -> dict[str, Any] | None:
+    """From a tenant to one of its sites' prefixes: no NAT, the tunnel's path (None: no site routes `dst`)."""
+    tenant, tid = gw.tenant(name), gw.tenant_id(name)
+    if sitestatus.site_route(tenant, flow.dst) is None:
+        return None
+    hop = sitestatus.trace(tenant, tid, flow.src, flow.dst, await gw.site_sas(), gw.config.external)
+    assert hop is not None
+    decision = nat.trace(gw.nat_view(), flow, name)
+    if decision.action != "drop":  # a spoofed source is dropped before any route
+        decision = nat.NatDecision(name, "outbound", "route", flow, tid, tid, f"site {hop.site}: {hop.reason}")
+    return {**decision.as_dict(), "site": hop.as_dict()}
 
 
 def _number(text: str, name: str) -> int | str:
@@ -266,6 +282,9 @@ async def metrics(request: web.Request) -> web.Response:
     decap = DecapCollector()
     decap.counts = await _gw(request).decap_counters()
     registry.register(decap)
+    gw = _gw(request)
+    if any(t.sites for t in gw.tenants.values()):  # charon asked only when there are sites
+        registry.register(sitestatus.SiteCollector(sitestatus.samples(gw.tenants.values(), await gw.site_sas())))
     sync = _gw(request).sync_status()
     if sync is not None:
         registry.register(_SyncCollector(sync))
@@ -294,8 +313,10 @@ TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=arra
              etag=STRING)
 _SITE_STATUS = obj(["name", "kind", "remote_address", "if_id", "device", "prefixes", "sa"], name=STRING, kind=STRING,
                    remote_address=_ADDRESS, if_id=INTEGER, device=STRING, prefixes=array(STRING),
-                   sa={**nullable(ANY_OBJECT), "description": "the IKE SA (state, spis, children with spi_in, "
-                       "spi_out, bytes_in, bytes_out, installed_at); null: none"},
+                   sa={**nullable(ANY_OBJECT), "description": "the IKE SA (state, local, remote, spis, "
+                       "established_at, rekey_at, children with state, spi_in, spi_out, bytes_in, bytes_out, "
+                       "packets_in, packets_out, local_ts, remote_ts, installed_at: the last rekey, rekey_at); "
+                       "null: none"},
                    bgp={**nullable(ANY_OBJECT), "description": "the eBGP session with the site (peer, state, "
                         "learned: count, prefixes: accepted, refused: with reasons); null: no bgp"})
 _TENANT_VIEW = obj(["name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces",
@@ -313,9 +334,15 @@ _TRACE_QUERY = (Param("tenant", description="from this tenant (absent: from outs
                 Param("dst", _ADDRESS, required=True), Param("dport", _PORT_PARAM))
 _TRACE_BODY = obj(["src", "dst"], True, tenant=STRING, proto=STRING, src=_ADDRESS, dst=_ADDRESS, sport=INTEGER,
                   dport=INTEGER)
+_SITE_HOP = obj(["site", "vrf", "table", "prefix", "device", "if_id", "ike_state", "spi_out", "outer", "up", "reason"],
+                site=STRING, vrf=STRING, table=INTEGER, prefix=STRING, device=STRING, if_id=INTEGER,
+                ike_state=nullable(STRING), spi_out=nullable(STRING), spi_in=nullable(STRING),
+                local_ts=array(STRING), remote_ts=array(STRING),
+                outer=obj(["src", "dst"], src=nullable(_ADDRESS), dst=_ADDRESS), up=BOOLEAN, reason=STRING)
 _DECISION = obj(["tenant", "direction", "action", "reason", "translated"], tenant=nullable(STRING),
                 direction=STRING, action=STRING, zone=nullable(INTEGER), mark=nullable(INTEGER),
-                reason=STRING, translated=nullable(ANY_OBJECT))
+                reason=STRING, translated=nullable(ANY_OBJECT),
+                site={**_SITE_HOP, "description": "from a tenant to a site's prefix: the tunnel's path and SA"})
 
 
 _ROLE = obj(["serving", "configured", "reason", "since", "changes", "upstream"], serving=BOOLEAN,

@@ -148,4 +148,15 @@ def _trace(client: Client, args: argparse.Namespace) -> None:
             ["zone / mark", f"{body['zone']} / {body['mark']}"],
             ["translated", f"{tr.get('src')}:{tr.get('sport')} -> {tr.get('dst')}:{tr.get('dport')}" if tr else "-"],
             ["reason", body["reason"]]]
-    show(args, body, lambda: table("NAT decision", ["", ""], rows))
+    site = body.get("site")
+    if site is None:
+        show(args, body, lambda: table("NAT decision", ["", ""], rows))
+        return
+    path = [["site", site["site"]], ["VRF lookup", f"{site['vrf']} (table {site['table']}): {site['prefix']}"],
+            ["tunnel", f"{site['device']} (if_id {site['if_id']})"], ["IKE SA", site["ike_state"] or "none"],
+            ["selectors", f"{', '.join(site.get('local_ts') or []) or '-'} <-> "
+                          f"{', '.join(site.get('remote_ts') or []) or '-'}"],
+            ["SPI out / in", f"{site['spi_out'] or '-'} / {site.get('spi_in') or '-'}"],
+            ["outer", f"{site['outer']['src'] or '-'} -> {site['outer']['dst']}"],
+            ["up", "yes" if site["up"] else "NO: the SA is down"], ["reason", site["reason"]]]
+    show(args, body, lambda: [table("NAT decision", ["", ""], rows), table("to the site", ["", ""], path)])

@@ -102,9 +102,10 @@ class Gateway:
         self._decap = DecapTable(self._nft) if self._dp is not None else None
         self._decap_learned = False
         # the tenants' IPsec sites (gateway/strongswan.py): charon started with the first site, in the gateway's
-        # namespace; the tunnels are the dataplane's XFRM interfaces, so a gateway without VRFs has no sites
-        self._charon = Charon(config.netns, CharonFiles.for_gateway(config.netns, config.router_id)) \
-            if self._dp is not None else None
+        # namespace (the tunnels are the dataplane's XFRM interfaces, so a gateway without VRFs has no sites); with
+        # reflectors it holds the sites' SAs only while this gateway serves (Charon.serve)
+        self._charon = Charon(config.netns, CharonFiles.for_gateway(config.netns, config.router_id),
+                              serving=not config.route_reflectors) if self._dp is not None else None
         self._upstream = Upstream(config) if config.upstream else None
         # the reflectors: learn tenant CAs, announce the tenants' default routes (needs the NVGRE side)
         self._fabric = Fabric(config, self.set_records, self._role_changed) \
@@ -352,6 +353,8 @@ class Gateway:
         async with self._lock:
             if self._upstream is not None:
                 await self._upstream.sync(self._public(), depreferred=self.upstream_mode == DEPREFERRED)
+            if self._charon is not None:
+                await self._charon.serve(role.serving)
         if flipped and not role.serving:
             await self._tell_sync(False)
         if was is False and role.serving and self._dp is not None and self._started:

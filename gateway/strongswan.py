@@ -12,7 +12,8 @@ routes to the site's XFRM interface and delivers what they decrypt on it. Connec
 loaded and unloaded over vici by difference (`put`): a change of one tenant's sites loads, replaces or unloads
 that tenant's connections only, and never touches another's SAs. charon starts each connection as it is
 loaded (start_action start) and again when it is closed or its peer stops answering (close_action start,
-dpd_action restart). A charon that died is started again and given every connection.
+dpd_action restart). A charon that died is started again and given every connection. Only a serving gateway's
+charon holds connections (`serve`: a standby's judges each change, then drops it), so the SAs follow the role.
 
 The vici messages are encoded by the `vici` package (strongSwan's own Python binding, its 5.9 line), over an
 asyncio UNIX stream.
@@ -26,7 +27,7 @@ import logging
 import struct
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -260,7 +261,12 @@ class ChildSa:
     spi_out: str
     bytes_in: int
     bytes_out: int
-    installed_at: float | None  # seconds since the epoch, as far as charon's age tells
+    installed_at: float | None  # seconds since the epoch, as far as charon's age tells: its last rekey
+    packets_in: int = 0
+    packets_out: int = 0
+    local_ts: tuple[str, ...] = ()  # the selectors negotiated with the site
+    remote_ts: tuple[str, ...] = ()
+    rekey_at: float | None = field(default=None, compare=False)  # Unix seconds of the next rekey (a countdown)
 
 
 @dataclass(frozen=True)
@@ -272,24 +278,40 @@ class SiteSa:
     remote: str
     children: tuple[ChildSa, ...]
     spis: tuple[str, str] = ("", "")  # the IKE SA's (initiator, responder): the same SA while they are
+    local: str = ""
+    # Unix seconds (from charon's ages at the time of reading: not part of what makes the SA the same)
+    established_at: float | None = field(default=None, compare=False)  # its last rekey or reauthentication
+    rekey_at: float | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "remote": self.remote, "spis": list(self.spis),
-                "children": [c.__dict__ for c in self.children]}
+        return {"name": self.name, "state": self.state, "local": self.local, "remote": self.remote,
+                "spis": list(self.spis), "established_at": self.established_at, "rekey_at": self.rekey_at,
+                "children": [{**c.__dict__, "local_ts": list(c.local_ts), "remote_ts": list(c.remote_ts)}
+                             for c in self.children]}
 
 
 def parse_sas(events: Iterable[Mapping[str, Any]], now: float) -> dict[str, SiteSa]:
-    """Pure: list-sas events -> connection name -> its IKE SA (an established one before others)."""
+    """Pure: list-sas events -> connection name -> its IKE SA (an established one before others). charon gives
+    ages and countdowns in seconds; they become wall clock times here (`now`)."""
+    def ago(body: Mapping[str, Any], key: str) -> float | None:
+        return now - int(body[key]) if key in body else None
+
+    def ahead(body: Mapping[str, Any], key: str) -> float | None:
+        return now + int(body[key]) if key in body else None
+
     out: dict[str, SiteSa] = {}
     for event in events:
         for name, ike in event.items():
             children = tuple(
                 ChildSa(child.get("name", key), child.get("state", ""), child.get("spi-in", ""),
                         child.get("spi-out", ""), int(child.get("bytes-in", 0)), int(child.get("bytes-out", 0)),
-                        now - int(child["install-time"]) if "install-time" in child else None)
+                        ago(child, "install-time"), int(child.get("packets-in", 0)), int(child.get("packets-out", 0)),
+                        tuple(child.get("local-ts") or ()), tuple(child.get("remote-ts") or ()),
+                        ahead(child, "rekey-time"))
                 for key, child in (ike.get("child-sas") or {}).items())
             sa = SiteSa(name, ike.get("state", ""), ike.get("remote-host", ""), children,
-                        (ike.get("initiator-spi", ""), ike.get("responder-spi", "")))
+                        (ike.get("initiator-spi", ""), ike.get("responder-spi", "")), ike.get("local-host", ""),
+                        ago(ike, "established"), ahead(ike, "rekey-time"))
             if name not in out or (sa.state == "ESTABLISHED" and out[name].state != "ESTABLISHED"):
                 out[name] = sa
     return out
@@ -300,10 +322,12 @@ class Charon:
     dies, then given every connection again); `put()` changes one tenant's connections by difference;
     `stop()` ends it (its SAs go with it: the tunnels stop until it runs again)."""
 
-    def __init__(self, netns: str | None, files: CharonFiles, binary: str = BINARY) -> None:
+    def __init__(self, netns: str | None, files: CharonFiles, binary: str = BINARY, serving: bool = True) -> None:
         self.netns = netns
         self.files = files
         self.binary = binary
+        # whether this charon holds the sites' SAs (`serve`): a standby gateway's does not, see serve()
+        self.serving = serving
         self.restarts = 0
         self.last_error: str | None = None
         self._loaded: dict[str, Connection] = {}  # what this charon has, by connection name
@@ -417,9 +441,28 @@ class Charon:
                 log.info("charon: %s", line)
 
     async def _reload_all(self) -> None:
-        """A new charon: every connection this gateway has."""
+        """A new charon: every connection this gateway has (none while it stands by)."""
+        if not self.serving:
+            return
         for conn in self._loaded.values():
             await self._load(conn)
+
+    async def serve(self, on: bool) -> None:
+        """The gateway became serving (on) or stands by. A site's SA is with one gateway's external address and
+        ESP to that address always reaches that gateway, so only the serving gateway, which the tenants' traffic
+        comes to, holds SAs: becoming serving loads every connection (charon initiates each at once, the site
+        replaces its SA to the other gateway), standing by unloads them (their SAs ended, so a restored gateway
+        never draws the site's traffic back). A connection charon refuses here is logged; the others go on."""
+        if on == self.serving:
+            return
+        self.serving = on
+        if self._vici is None:  # not running: a (re)started charon loads them when serving
+            return
+        for name, conn in sorted(self._loaded.items()):
+            try:
+                await (self._load(conn) if on else self._unload(name))
+            except CharonError as exc:
+                log.error("ipsec: %s %s: %s", "loading" if on else "unloading", name, exc)
 
     async def _load(self, conn: Connection) -> None:
         assert self._vici is not None
@@ -449,17 +492,20 @@ class Charon:
         done: list[tuple[str, Connection | None]] = []  # (name, what it was before) for a put back
         try:
             for name in sorted(old.keys() - new.keys()):
-                await self._unload(name)
+                if self.serving:
+                    await self._unload(name)
                 done.append((name, old[name]))
             for name in sorted(new):
                 if old.get(name) == new[name]:
                     continue
                 done.append((name, old.get(name)))
                 await self._load(new[name])
-                if name in old:  # a changed site (its key, proposals, selectors): new SAs by the new settings
+                if not self.serving:  # charon judged it (a standby refuses what the serving one would); no SA
+                    await self._unload(name)
+                elif name in old:  # a changed site (its key, proposals, selectors): new SAs by the new settings
                     await self._restart(name)
         except CharonError as exc:
-            for name, before in reversed(done):
+            for name, before in reversed(done if self.serving else ()):
                 with contextlib.suppress(CharonError):
                     await (self._load(before) if before is not None else self._unload(name))
             raise KernelError(f"sites of tenant {tenant}", (str(exc),)) from None

@@ -162,10 +162,11 @@ class GatewayProcess:
         return found
 
     def kill(self) -> None:
-        """SIGKILL of the gateway and of its conntrackd: a crash, nothing said to anybody."""
+        """SIGKILL of the gateway and of its conntrackd and charon: a crash, nothing said to anybody."""
         assert self.proc is not None
         os.kill(self.proc.proc.pid, signal.SIGKILL)
-        for pid in self.pids("conntrackd"):
+        # its children die with it, as systemd ends a unit's processes (charon would keep the sites' SAs)
+        for pid in self.pids("conntrackd") + self.pids("charon-systemd"):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -206,7 +207,8 @@ class GatewayProcess:
             if self.frozen:
                 self.thaw()
             self.proc.stop()
-        for pid in self.pids("conntrackd"):  # one the gateway left behind (killed before it could stop it)
+        # one the gateway left behind (killed before it could stop it)
+        for pid in self.pids("conntrackd") + self.pids("charon-systemd"):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:

@@ -4,7 +4,7 @@ kernel installs no child SA (no ESP here: charon says so and keeps the IKE SA), 
 IKE side; the tunnels themselves are tests/kernel/test_gateway_sites.py's. Two tenants, one site each:
 a wrong key never establishes, the right one does, a proposal charon refuses changes nothing, removing one
 tenant's site leaves the other's IKE SA as it was (the same SPIs), and a killed charon is started again with
-the connections it had."""
+the connections it had. Two gateways' charons and one site: only the serving one holds the site's SA."""
 
 from __future__ import annotations
 
@@ -128,3 +128,87 @@ async def until_sas(gw: Charon, ok, what: str) -> dict[str, SiteSa]:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}: {sas}")
         await asyncio.sleep(0.1)
+
+
+HA = {"g1": "203.0.113.21", "g2": "203.0.113.22"}  # two gateways' external addresses
+HA_SITE = "203.0.113.50"
+HA_KEY = "blue-site-key-0123456789"
+
+
+def ha_site_conf() -> str:
+    """A site that accepts either gateway: both addresses, both identities with the tenant's one key."""
+    return (f"connections {{ gateway {{ version = 2\n local_addrs = {HA_SITE}\n"
+            f" remote_addrs = {HA['g1']},{HA['g2']}\n local {{ auth = psk\n id = {HA_SITE} }}\n"
+            " remote { auth = psk\n id = %any }\n"
+            " children { gateway { local_ts = 10.20.0.0/24\n remote_ts = 10.0.0.0/24 } } } }\n"
+            f"secrets {{ ike-gateway {{ id-1 = {HA['g1']}\n id-2 = {HA['g2']}\n secret = {HA_KEY} }} }}\n")
+
+
+@pytest.fixture
+def ha_namespaces() -> Iterator[dict[str, str]]:
+    need(BINARY, "swanctl")
+    names = {n: f"{TAG}-{n}" for n in ("g1", "g2", "s")}
+    for ns in names.values():
+        netns.create(ns)
+    try:
+        netns.ip_batch(["link set lo up", f"addr add {HA_SITE}/32 dev lo"], names["s"])
+        for g, address in HA.items():
+            netns.ip_batch([netns.veth_line(names[g], "e0", names["s"], f"v{g}")])
+            netns.ip_batch(["link set lo up", f"addr add {address}/32 dev lo", "link set e0 up",
+                            f"route add {HA_SITE}/32 dev e0 src {address}"], names[g])
+            netns.ip_batch([f"link set v{g} up", f"route add {address}/32 dev v{g} src {HA_SITE}"], names["s"])
+        yield names
+    finally:
+        for ns in names.values():
+            netns.destroy(ns)
+
+
+def test_only_the_serving_gateway_holds_the_sites_sa(ha_namespaces: dict[str, str], tmp_path) -> None:
+    """Two gateways with the same tenant and site (each its own external address): the standby's charon checks
+    each change as the serving one does but holds no SA; when the role moves, the new serving gateway initiates
+    and the site has its SA with it, and the old one's is ended."""
+    names = ha_namespaces
+
+    async def run() -> None:
+        site = Charon(names["s"], CharonFiles.named(f"{TAG}-s"))
+        gws = {g: Charon(names[g], CharonFiles.named(f"{TAG}-{g}"), serving=g == "g1") for g in HA}
+        ext = {g: External(("lo",), address4=ipaddress.ip_address(a)) for g, a in HA.items()}
+        blue = tenant("blue", 5001, HA_KEY)
+        blue = Tenant.from_dict({**blue.as_dict(), "sites": [{**blue.sites[0].as_dict(), "remote_address": HA_SITE}]})
+        try:
+            await site.start()
+            conf = tmp_path / "site.conf"
+            conf.write_text(ha_site_conf())
+            netns.run(["ip", "netns", "exec", names["s"], "swanctl", "--load-all", "--noprompt", "--file", str(conf),
+                       "--uri", f"unix://{site.files.socket}"])
+            for g, charon in gws.items():
+                await charon.start()
+                await charon.put("blue", connections("blue", blue, 1000, ext[g]))
+            sas = await until_sas(gws["g1"], lambda s: established(s, "blue.office"), "g1's SA with the site")
+            first = established(sas, "blue.office")
+            assert first is not None and first.local == HA["g1"]
+            # the standby refuses what charon refuses, like the serving one, and has no SA
+            bad = Tenant.from_dict({**blue.as_dict(), "sites": [{**blue.sites[0].as_dict(),
+                                                                 "ike_proposals": ["aes999-sha0-nothing"]}]})
+            with pytest.raises(KernelError, match="blue"):
+                await gws["g2"].put("blue", connections("blue", bad, 1000, ext["g2"]))
+            assert await gws["g2"].sas() == {}
+            # the role moves to g2: it initiates, the site takes its SA; g1's is ended
+            await gws["g1"].serve(False)
+            await gws["g2"].serve(True)
+            sas = await until_sas(gws["g2"], lambda s: established(s, "blue.office"), "g2's SA with the site")
+            assert established(sas, "blue.office").local == HA["g2"]
+            await until_sas(gws["g1"], lambda s: "blue.office" not in s, "g1's SA ended")
+            await until_sas(site, lambda s: (sa := established(s, "gateway")) is not None and sa.remote == HA["g2"],
+                            "the site's SA with g2")
+            # a standby's charon restarted stays without SAs; the serving one's comes back with its SA
+            assert gws["g1"]._proc is not None
+            os.kill(gws["g1"]._proc.pid, signal.SIGKILL)
+            await until_sas(gws["g1"], lambda s: gws["g1"].restarts == 1 and gws["g1"]._vici is not None,
+                            "g1's charon started again and answering")
+            assert await gws["g1"].sas() == {}
+        finally:
+            for charon in (*gws.values(), site):
+                await charon.stop()
+
+    asyncio.run(run())

@@ -1,0 +1,164 @@
+"""What the gateway says about its tenants' sites, from charon's SAs (gateway/strongswan.py `SiteSa`): their
+Prometheus series and the trace of a packet from a tenant's CA to a site's prefix. Pure: the SAs are read by the
+caller (one list-sas per scrape or trace).
+
+Series carry the labels `tenant` and `site` only: at most 15 sites per tenant (sites.SLOT_MAX), so as many
+series as the tenants' sites, whatever the SAs do. SPIs and addresses change at every rekey and failover: they
+are in the API's status and the trace, never labels. Bytes and packets are the sum over the site's child SAs
+that charon lists; a rekey starts a new child SA from zero, which Prometheus reads as a counter reset.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from nvfabric.gateway import sites as sitemodel
+from nvfabric.gateway.config import External
+from nvfabric.gateway.sites import Site
+from nvfabric.gateway.strongswan import ChildSa, SiteSa
+from nvfabric.gateway.tenants import Tenant
+from nvfabric.vnet.desired import vrf_name
+from nvfabric.vnet.model import Address
+
+UP_CHILD = "INSTALLED"
+UP_IKE = "ESTABLISHED"
+
+
+def installed(sa: SiteSa | None) -> tuple[ChildSa, ...]:
+    """The child SAs that carry traffic (installed in the kernel), newest first."""
+    if sa is None or sa.state != UP_IKE:
+        return ()
+    return tuple(sorted((c for c in sa.children if c.state == UP_CHILD), key=lambda c: -(c.installed_at or 0)))
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class SiteSample:
+    tenant: str
+    site: str
+    sa: SiteSa | None
+
+
+def samples(tenants: Iterable[Tenant], sas: Mapping[str, SiteSa]) -> list[SiteSample]:
+    """Every configured IPsec site with its IKE SA (None: charon has none), in tenant and site order (a GRE site
+    has no SA to report)."""
+    return [SiteSample(t.name, s.name, sas.get(sitemodel.connection_name(t.name, s)))
+            for t in sorted(tenants, key=lambda t: t.name) for s in sitemodel.ipsec_sites(t.sites)]
+
+
+class SiteCollector:
+    """The sites' series for /metrics, from one list-sas read at scrape time."""
+
+    def __init__(self, found: list[SiteSample]) -> None:
+        self.found = found
+
+    def collect(self) -> Iterable[Any]:
+        labels = ["tenant", "site"]
+        ike = GaugeMetricFamily("nvfabric_gateway_site_ike_up", "1 when the site's IKE SA is established",
+                                labels=labels)
+        child = GaugeMetricFamily("nvfabric_gateway_site_tunnel_up", "1 when the site has a child SA installed "
+                                  "(traffic passes the tunnel)", labels=labels)
+        established = GaugeMetricFamily("nvfabric_gateway_site_ike_established_time_seconds", "wall clock (Unix "
+                                        "seconds) the IKE SA was established, rekeyed or reauthenticated last",
+                                        labels=labels)
+        rekeyed = GaugeMetricFamily("nvfabric_gateway_site_child_installed_time_seconds", "wall clock (Unix "
+                                    "seconds) the newest child SA was installed (its last rekey)", labels=labels)
+        counters = {(d, unit): CounterMetricFamily(f"nvfabric_gateway_site_{d}_{unit}", f"{unit} {d} through "
+                                                   "the site's child SAs (reset by a rekey)", labels=labels)
+                    for d in ("received", "sent") for unit in ("bytes", "packets")}
+        for s in self.found:
+            key = [s.tenant, s.site]
+            children = installed(s.sa)
+            ike.add_metric(key, int(s.sa is not None and s.sa.state == UP_IKE))
+            child.add_metric(key, int(bool(children)))
+            if s.sa is not None and s.sa.established_at is not None and s.sa.state == UP_IKE:
+                established.add_metric(key, round(s.sa.established_at))
+            if children and children[0].installed_at is not None:
+                rekeyed.add_metric(key, round(children[0].installed_at))
+            every = s.sa.children if s.sa is not None else ()
+            for (d, unit), family in counters.items():
+                attr = f"{unit}_{'in' if d == 'received' else 'out'}"
+                family.add_metric(key, sum(getattr(c, attr) for c in every))
+        yield from (ike, child, established, rekeyed, *counters.values())
+
+
+# ---------------------------------------------------------------------- trace
+
+
+@dataclass(frozen=True)
+class SiteHop:
+    """Where a tenant's packet to a site prefix goes: the tenant's VRF, the route to the site's tunnel, the child
+    SA that encrypts it (its selectors and outbound SPI) and the outer addresses; `up` False says why not."""
+
+    site: str
+    vrf: str
+    table: int
+    prefix: str
+    device: str
+    if_id: int
+    ike_state: str | None
+    spi_out: str | None
+    spi_in: str | None
+    local_ts: tuple[str, ...]
+    remote_ts: tuple[str, ...]
+    outer_src: str | None
+    outer_dst: str
+    up: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"site": self.site, "vrf": self.vrf, "table": self.table, "prefix": self.prefix,
+                "device": self.device, "if_id": self.if_id, "ike_state": self.ike_state, "spi_out": self.spi_out,
+                "spi_in": self.spi_in, "local_ts": list(self.local_ts), "remote_ts": list(self.remote_ts),
+                "outer": {"src": self.outer_src, "dst": self.outer_dst}, "up": self.up, "reason": self.reason}
+
+
+def site_route(tenant: Tenant, dst: Address) -> tuple[Site, ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+    """The IPsec site whose prefix the tenant's VRF routes `dst` to (sites' prefixes never overlap), None when
+    none (a GRE site's prefixes are not traced through an SA)."""
+    return next(((s, p) for s in sitemodel.ipsec_sites(tenant.sites) for p in s.prefixes
+                 if p.version == dst.version and dst in p), None)
+
+
+def _covers(selectors: tuple[str, ...], address: Address) -> bool:
+    for text in selectors:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:  # a range (a-b) or a port-qualified selector: charon's syntax, not a prefix
+            continue
+        if net.version == address.version and address in net:
+            return True
+    return False
+
+
+def trace(tenant: Tenant, tid: int, src: Address, dst: Address, sas: Mapping[str, SiteSa],
+          external: External) -> SiteHop | None:
+    """The path of a packet from the tenant's `src` to `dst` when `dst` is a site's (None: no site routes it)."""
+    found = site_route(tenant, dst)
+    if found is None:
+        return None
+    site, prefix = found
+    sa = sas.get(sitemodel.connection_name(tenant.name, site))
+    children = installed(sa)
+    local = external.address4 if dst.version == 4 else external.address6
+    hop = SiteHop(site.name, vrf_name(tenant.name), tid, str(prefix), sitemodel.device_name(tid, site),
+                  sitemodel.if_id(tid, site), None if sa is None else sa.state, None, None, (), (),
+                  sa.local if sa is not None and sa.local else None if local is None else str(local),
+                  str(site.remote_address), False, "")
+    if not children:
+        why = "no IKE SA with the site" if sa is None else f"the IKE SA is {sa.state} with no child SA installed"
+        return replace(hop, reason=f"the SA is down ({why}): the tunnel drops the packet")
+    child = children[0]
+    hop = replace(hop, spi_out=child.spi_out, spi_in=child.spi_in, local_ts=child.local_ts, remote_ts=child.remote_ts)
+    if child.local_ts and child.remote_ts and not (_covers(child.local_ts, src) and _covers(child.remote_ts, dst)):
+        return replace(hop, reason=f"the child SA's selectors ({', '.join(child.local_ts)} <-> "
+                       f"{', '.join(child.remote_ts)}) do not carry {src} -> {dst}: the tunnel drops it")
+    return replace(hop, up=True, reason=f"routed by table {tid} to {hop.device}, encrypted with SPI 0x{child.spi_out} "
+                   f"to {site.remote_address}; tenant-to-site traffic is never NATed")
