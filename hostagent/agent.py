@@ -877,7 +877,7 @@ class Agent:
     async def _resync(self) -> None:
         """The kernel read back and compared with the desired state held (vnet/reconcile.py `audit`), beside
         the passes, which go on meanwhile: what removes strays and repairs what someone else changed; nothing
-        is computed again. What differs is written by the next pass."""
+        is computed again. What differs is written at once (`Reconciler.repair`)."""
         assert self._reconciler is not None
         try:
             with RtnlSocket(self.config.netns, cooperative=True) as sock:

@@ -132,10 +132,11 @@ class Reconciler:
         observed = self.observed
         if observed is None or self.written_since is None:
             return found, suspects
-        for keys, other, mine in ((list(observed), found, observed), (list(found), observed, found)):
+        # what the cache has (changed or gone in the kernel), then what only the kernel has (strays)
+        for keys in (list(observed), [k for k in found if k not in observed]):
             for i in range(0, len(keys), AUDIT_SLICE):
                 # (the cache may change between slices: adopt judges the suspects again)
-                suspects += [key for key in keys[i:i + AUDIT_SLICE] if other.get(key) != mine.get(key)]
+                suspects += [key for key in keys[i:i + AUDIT_SLICE] if found.get(key) != observed.get(key)]
                 await asyncio.sleep(0)
         return found, suspects
 
@@ -151,7 +152,8 @@ class Reconciler:
 
     def adopt(self, found: Mapping[tuple, KernelObject], suspects: Iterable[tuple]) -> Audit:
         """Pure, at a moment no call is under way: take in what the audit's read found for the suspects not
-        written since it began; their owners are planned again by the next call, the strays deleted."""
+        written since it began; their owners are planned again, and the strays deleted, by `repair` (or the next
+        call)."""
         written, observed = self.written_since, self.observed
         self.written_since = None
         drift = {"replaced": 0, "missing": 0, "strays": 0}
