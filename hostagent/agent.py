@@ -55,6 +55,7 @@ from nvfabric.hostagent.compute import (
     follow_remote_holders,
 )
 from nvfabric.hostagent.holders import FROZEN, HolderKey, judge
+from nvfabric.service.heap import Growth
 from nvfabric.vnet import announce, decap
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.decap import DecapCollector, DecapFilter
@@ -83,6 +84,9 @@ COALESCE = 0.05
 # runs on the loop without yielding: one that learns a whole table's backlog holds the loop for minutes
 # under TCG at 100,000 routes (timers, KEEPALIVEs and the API wait). A slice is about a second there.
 LEARN_SLICE = 2000
+# Seconds past eor_timeout after which an agent still not synced lets the collector walk the whole heap again
+# (a start whose passes keep failing must not keep its old garbage for ever).
+GROWTH_LIMIT = 600.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,10 @@ class Agent:
         self._new_wire: Callable[[], PacketWire] = Wire  # (tests give an in-memory one)
         self._guest_error: str | None = None
         self._guest_inputs: tuple[Any, ...] | None = None  # what the services were last derived from
+        # from the start until synced, the heap grows by the fabric's table: the collector's full walks wait
+        # (service/heap.py)
+        self._growth = Growth()
+        self._started_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -193,7 +201,9 @@ class Agent:
 
     async def start(self) -> None:
         self._check_namespace()
-        self._hold = Hold.start(self._policy, self._hold.sessions, time.monotonic())
+        self._started_at = time.monotonic()
+        self._hold = Hold.start(self._policy, self._hold.sessions, self._started_at)
+        self._growth.open()
         self._sock = RtnlSocket(self.config.netns)
         self._reconciler = Reconciler(self._sock)
         # adopt the tables of VRFs already in the kernel (a restart without, or with a stale, state dir): the
@@ -232,6 +242,7 @@ class Agent:
 
     async def stop(self) -> None:
         self._started = False
+        self._growth.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -657,6 +668,8 @@ class Agent:
         await self._update_decap()
         await self._announce()
         self._update_guest()
+        if self._growth.is_open and self._hold.synced and self._programmed and not self._left_behind:
+            self._growth.close()  # the table is in: the heap holds what it will keep
 
     # ------------------------------------------------------------------ guest services
 
@@ -855,6 +868,10 @@ class Agent:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            if self._growth.is_open and now - self._started_at > self.config.eor_timeout + GROWTH_LIMIT:
+                log.warning("not synced %.0f s after the start: the collector's full walks resume",
+                            now - self._started_at)
+                self._growth.close()
             hold = self._hold.on_timer(now)
             if hold is not self._hold:
                 # End-of-RIB did not come (or, back from headless, cannot be trusted): stop holding

@@ -5,6 +5,7 @@ state by routing domain for trace, refused routes, `applied`) equal to the from-
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import random
 from types import SimpleNamespace
@@ -283,6 +284,8 @@ async def test_a_table_delivered_at_once_is_learned_a_slice_per_pass_removing_no
     for route in routes:  # the whole table delivered, then End-of-RIB, before any pass
         client.table[route.key] = a._incoming[route.key] = route
     a._on_peer(PeerStatus("198.51.100.100", "end-of-rib"))
+    a._growth.open()  # (as `start` does)
+    usual = gc.get_threshold()[:2]
     learned = []
     while True:
         async with a._lock:
@@ -293,9 +296,12 @@ async def test_a_table_delivered_at_once_is_learned_a_slice_per_pass_removing_no
         # a slice learned: the kernel keeps what the rest may still want, and the agent is not synced yet
         assert last.key in kernel.observed and gone.key in kernel.observed  # type: ignore[operator]
         assert not a.status().synced
+        # while the table arrives the collector leaves the old generation alone (service/heap.py)
+        assert gc.get_threshold() == (*usual, 2**31 - 1)
     assert learned == [10, 20, 25]
     assert last.key in kernel.observed and gone.key not in kernel.observed  # type: ignore[operator]
     assert a.status().synced
+    assert gc.get_threshold() == (*usual, 10)  # synced: the collector's usual rule again
 
 
 async def test_a_pass_counts_what_it_took_as_applied_though_more_came_while_it_wrote(tmp_path, monkeypatch) -> None:
