@@ -54,7 +54,7 @@ from nvfabric.vnet.kernel.objects import (
     VrfAddress,
     VrfPort,
 )
-from nvfabric.vnet.kernel.objects import DEFAULT_METRIC, OVERHEAD, encap_route
+from nvfabric.vnet.kernel.objects import DEFAULT_METRIC, OVERHEAD, address_text, encap_route
 from nvfabric.vnet.model import (
     Address,
     CustomerRoute,
@@ -285,7 +285,7 @@ def ca_partition(domain: str, ca: Address) -> str:
     """The partition of one remote CA of a routing domain. A routing domain's name has no '/' (vnet/model.py
     NAME_RE) and GLOBAL is empty: the names never collide. Interned: every holder of the name (the agent's
     partitions, the reconciler's, its owner index) holds one string per remote CA, not one per computation."""
-    return sys.intern(f"{domain}/{ca}")
+    return sys.intern(f"{domain}/{address_text(ca)}")
 
 
 def port_partition(domain: str, port: str) -> str:
