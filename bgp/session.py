@@ -339,6 +339,7 @@ class Peer:
         self.on_idle: Callable[[Peer], None] | None = None
         # Loop time before which we do not dial (a max-prefix teardown's restart timer).
         self.down_until = 0.0
+        self._dial_now = False  # `dial_now`: the next connect-retry wait ends at once
 
     def __repr__(self) -> str:
         return f"Peer({self.name})"
@@ -387,6 +388,14 @@ class Peer:
     def _on_writable(self) -> None:
         if self.on_writable is not None:
             self.on_writable(self)
+
+    def dial_now(self) -> None:
+        """The path to the peer just came up (a tunnel's SA): dial at once rather than when the connect-retry
+        delay runs out, and start the backoff again. A max-prefix hold-down still holds; a connection that is
+        Established or being dialled stays."""
+        self.backoff.reset()
+        self._dial_now = True
+        self._wake.set()
 
     def hold_down(self, seconds: float) -> None:
         """Do not dial this peer for `seconds` (the listener side is the speaker's business)."""
@@ -442,7 +451,11 @@ class Peer:
             pass
 
     async def _stop_event(self) -> None:
+        """Until stopped, or until `dial_now` (which it consumes)."""
         while not self._stopped:
+            if self._dial_now:
+                self._dial_now = False
+                return
             self._wake.clear()
             await self._wake.wait()
 

@@ -112,8 +112,10 @@ class Gateway:
             if config.route_reflectors and self._dp else None
         # eBGP with the sites that have `bgp` (gateway/sitepeers.py): what they announce is routed in the
         # tenant's VRF and announced into the tenant (both read it from here, judged: gateway/sitebgp.py)
-        self._site_peers = SitePeers(config.asn, config.router_id, config.hold_time, self._site_learned_changed) \
-            if self._dp is not None else None
+        self._site_peers = SitePeers(config.asn, config.router_id, config.hold_time, self._site_learned_changed,
+                                     serving=not config.route_reflectors) if self._dp is not None else None
+        if self._charon is not None and self._site_peers is not None:
+            self._charon.on_child_up = self._site_peers.sa_up  # a site's SA up: its session dials at once
         self._site_dirty: set[str] = set()
         self._site_wakeup = asyncio.Event()
         self._site_task: asyncio.Task[None] | None = None
@@ -355,6 +357,8 @@ class Gateway:
                 await self._upstream.sync(self._public(), depreferred=self.upstream_mode == DEPREFERRED)
             if self._charon is not None:
                 await self._charon.serve(role.serving)
+            if self._site_peers is not None:  # the sites' sessions follow their SAs to the serving gateway
+                await self._site_peers.serve(role.serving)
         if flipped and not role.serving:
             await self._tell_sync(False)
         if was is False and role.serving and self._dp is not None and self._started:

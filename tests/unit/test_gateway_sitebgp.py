@@ -201,7 +201,7 @@ def test_the_session_is_dialled_from_the_tunnel_address_in_the_tenants_vrf() -> 
     site = tenant(SITE).sites[0]
     config = speaker_config("blue", site, 65000, "198.51.100.21", 90)
     (n,) = config.neighbors
-    assert (config.asn, config.hold_time, config.graceful_restart.enabled) == (65000, 90, False)
+    assert (config.asn, config.hold_time, config.graceful_restart.enabled) == (65000, 90, True)
     assert (n.address, n.asn, n.local_address, n.bind_device) == ("10.255.0.2", 65020, "10.255.0.1", "nvf-blue")
     assert (n.max_prefix.limit, n.max_prefix.action) == (1000, MaxPrefixAction.TEARDOWN)
     own = tenant({**SITE, "bgp": {**BGP, "local_as": 64999, "hold_time": 9, "max_prefixes": 5}}).sites[0]
