@@ -13,7 +13,7 @@ from nvfabric.gateway import api as gw_api
 from nvfabric.gateway import sitestatus
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.gateway import Gateway
-from nvfabric.gateway.strongswan import parse_sas
+from nvfabric.gateway.strongswan import children_up, parse_sas
 from tests.unit.test_api import TOKEN
 from tests.unit.test_cli_clients import outputs
 from tests.unit.test_gateway_sites import EXTERNAL, SITE, tenant
@@ -130,3 +130,11 @@ async def test_the_api_traces_to_a_site_without_nat_and_scrapes_its_series(monke
     table = found["table"]
     assert "to the site" in table and "nvf-blue (table" in table and "NO: the SA is down" in table, table
     assert "203.0.113.22 -> 203.0.113.50" in table, table
+
+
+def test_a_child_sa_up_event_names_its_connection_and_a_down_event_nothing() -> None:
+    # charon's child-updown event: `up = yes` beside the IKE SA (named by its connection) when the child came up;
+    # no `up` when it went down
+    ike = {"uniqueid": "3", "state": "ESTABLISHED", "child-sas": {"blue.paris-4": {"name": "blue.paris"}}}
+    assert children_up({"up": "yes", "blue.paris": ike}) == ["blue.paris"]
+    assert children_up({"blue.paris": ike}) == []
