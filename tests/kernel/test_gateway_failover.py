@@ -119,9 +119,18 @@ def test_a_site_follows_the_failover(two: TwoGateways, tmp_path: Path) -> None:
             s.close()
             assert line.startswith(f"{banner} 10.0.0.12:"), line
         # the site's router has blue's subnet from the new serving gateway (its router id), no longer stale
-        wait_for(lambda: office.learned_from_gateway() == {"state": "Established", "router_id": GW[other][0],
-                                                            "prefixes": {"10.0.0.0/24": False}}, 30,
-                 f"the site's router learns blue's subnet from {other}")
+        seen: list[dict] = []
+
+        def from_other() -> bool:
+            seen.append(office.learned_from_gateway())
+            return (seen[-1]["state"], seen[-1]["router_id"], seen[-1]["prefixes"].get("10.0.0.0/24")) == \
+                ("Established", GW[other][0], False)
+
+        try:
+            wait_for(from_other, 30, f"the site's router learns blue's subnet from {other}")
+        except TimeoutError:
+            print(f"[gateway-failover] the site's router: {seen[-1]}", flush=True)
+            raise
         # the new serving gateway's trace follows b2's packet into its tunnel, by the SPI the kernel has; its
         # metrics count the site's traffic
         sa = site_sa(two, other)
