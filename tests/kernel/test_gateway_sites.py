@@ -509,6 +509,14 @@ def test_a_gre_site_routes_over_ebgp(sites: Sites, gre_site: str, tmp_path_facto
         routes = lambda: frr.json("show bgp ipv4 unicast").get("routes", {})  # noqa: E731
         wait_for(lambda: any(h.get("peerId") == GRE_BGP_LOCAL for h in routes().get("10.0.0.0/24", [])), 60,
                  "the GRE site's router learns blue's subnet")
+        # bgp taken off the GRE site: the session, its route and the tunnel's inside address go, the tunnel stays
+        static = {**{k: v for k, v in depot.items() if k != "bgp"}, "prefixes": ["10.40.0.0/24"]}
+        sites.put(Tenant.from_dict({**body, "sites": [s for s in body["sites"] if s["name"] != "depot"] + [static]}))
+        with RtnlSocket(NS["gw"]) as sock:
+            seen = asyncio.run(observe(sock))
+        assert TunnelAddress(dev, GRE_BGP_LOCAL, 30) not in seen and any(isinstance(o, GreTunnel) and o.name == dev
+                                                                         for o in seen)
+        assert LocalPortRoute(gw.tenant_id("blue"), GRE_BGP_LAN, dev) not in seen
     except AssertionError:
         print(diagnostics())
         print(peers.logs())
