@@ -23,14 +23,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nvfabric.lab.failover import REACTION, Options, restore, two_gateways  # noqa: E402
-from nvfabric.lab.site_failover import put_blue, site, site_failover  # noqa: E402
+from nvfabric.lab.failover import OTHER, REACTION, Options, restore, two_gateways  # noqa: E402
+from nvfabric.lab.site_failover import put_blue, session_log, site, site_failover  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=2, help="cuts of each kind (default 2)")
     p.add_argument("--cuts", default="link,kill", help="which kinds, comma-separated (default link,kill)")
+    p.add_argument("--log", action="store_true", help="after each cut, the new serving gateway's log lines on its way "
+                   "to the site's session, in seconds after the cut")
     args = p.parse_args()
     kinds = tuple(args.cuts.split(","))
     timeout = 10.0 + REACTION + 60
@@ -50,6 +52,9 @@ def main() -> int:
                 bgp_gaps[kind].append(f.bgp_gap)
                 print(f"| {f.cut} | {f.gateway} | {f.gap:.2f} | {f.lost} | {f.hosts:.1f} | {f.sa:.1f} | "
                       f"{f.bgp_gap:.2f} | {f.bgp_lost} | {f.bgp:.1f} |", flush=True)
+                if args.log:
+                    for after, message in session_log(two, OTHER[f.gateway], f.at):
+                        print(f"<!-- {OTHER[f.gateway]} +{after:.2f} s: {message} -->", flush=True)
                 restore(two, f.gateway, kind, timeout=timeout + 180)
                 # a restarted gateway has blue as its configuration file says (the file wins over what the API
                 # put): blue's site again, as an operator would put it back

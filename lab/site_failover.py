@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,7 @@ class SiteFailover:
     bgp_gap: float  # the longest silence of the ping to the host of the network learned over BGP
     bgp_lost: int
     bgp: float  # s from the cut until the other gateway's session had the site's network accepted (its API)
+    at: float = 0.0  # wall clock of the cut
 
     def describe(self) -> str:
         return (f"{self.cut} of {self.gateway}: hosts switched {self.hosts:.1f} s, the other's site SA up "
@@ -278,4 +280,24 @@ def site_failover(two: TwoGateways, kind: str, timeout: float, bgp_timeout: floa
         lost = ping.stop()
         bgp_lost = bgp_ping.stop()
     return SiteFailover(kind, name, ping.longest_silence(t0), lost, hosts, sa, bgp_ping.longest_silence(t0),
-                        bgp_lost, bgp)
+                        bgp_lost, bgp, t0)
+
+
+# what a gateway logs on the way to its session with the site (gateway/sitepeers.py, bgp/session.py, bgp/speaker.py)
+SESSION_EVENTS = ("took over", "its SA is up", f"peer {BGP_PEER}")
+
+
+def session_log(two: TwoGateways, name: str, since: float) -> list[tuple[float, str]]:
+    """Gateway `name`'s log lines about its session with the site from `since` (wall clock) on: (seconds after
+    `since`, message). The gateways log JSON lines (not a terminal)."""
+    out = []
+    for line in two.gws[name].log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            stamp = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        except (ValueError, KeyError, TypeError):
+            continue
+        message = str(entry.get("msg", ""))
+        if stamp >= since and any(e in message for e in SESSION_EVENTS):
+            out.append((stamp - since, message))
+    return out
