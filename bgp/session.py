@@ -339,6 +339,8 @@ class Peer:
         self.on_idle: Callable[[Peer], None] | None = None
         # Loop time before which we do not dial (a max-prefix teardown's restart timer).
         self.down_until = 0.0
+        self._dial_now = False  # `dial_now`: the next connect-retry wait ends at once
+        self._redial = asyncio.Event()  # `dial_now` during a connect: that attempt is given up for a new one
 
     def __repr__(self) -> str:
         return f"Peer({self.name})"
@@ -388,6 +390,16 @@ class Peer:
         if self.on_writable is not None:
             self.on_writable(self)
 
+    def dial_now(self) -> None:
+        """The path to the peer just came up (a tunnel's SA): dial at once rather than when the connect-retry
+        delay runs out, and start the backoff again. An attempt in progress is given up for a new one (its SYN,
+        sent before the path was up, was lost, and TCP would send it again only a second or more later). A
+        max-prefix hold-down still holds; an Established connection stays."""
+        self.backoff.reset()
+        self._dial_now = True
+        self._redial.set()
+        self._wake.set()
+
     def hold_down(self, seconds: float) -> None:
         """Do not dial this peer for `seconds` (the listener side is the speaker's business)."""
         self.down_until = asyncio.get_running_loop().time() + seconds
@@ -421,11 +433,15 @@ class Peer:
                 self.connect_attempts += 1
                 conn = Connection(self, fsm.Side.OUTGOING, loop)
                 try:
-                    sock = await self._connect_socket()
+                    sock = await self._connect_or_redial()
                 except OSError as err:
                     delay = self.backoff.next_delay()
                     log.info("peer %s: connect failed (%s); retry in %.1f s", self.name, err, delay)
                     await self._sleep(delay)
+                    continue
+                if sock is None:
+                    log.info("peer %s: the path came up while connecting: dialling again", self.name)
+                    self._dial_now = False
                     continue
                 self.connections.append(conn)
                 await loop.connect_accepted_socket(lambda conn=conn: conn, sock)
@@ -442,9 +458,29 @@ class Peer:
             pass
 
     async def _stop_event(self) -> None:
+        """Until stopped, or until `dial_now` (which it consumes)."""
         while not self._stopped:
+            if self._dial_now:
+                self._dial_now = False
+                return
             self._wake.clear()
             await self._wake.wait()
+
+    async def _connect_or_redial(self) -> socket.socket | None:
+        """`_connect_socket`, or None when `dial_now` came first (the attempt given up)."""
+        self._redial.clear()
+        connect = asyncio.ensure_future(self._connect_socket())
+        redial = asyncio.ensure_future(self._redial.wait())
+        try:
+            await asyncio.wait((connect, redial), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            redial.cancel()
+            if not connect.done():  # given up: `dial_now`, or this loop is stopped (its socket closed)
+                connect.cancel()
+        if not connect.done() or connect.cancelled():
+            await cancel(connect)
+            return None
+        return connect.result()
 
     async def _connect_socket(self) -> socket.socket:
         s = self.settings
@@ -464,6 +500,9 @@ class Peer:
             sock.close()
             if isinstance(err, asyncio.TimeoutError):
                 raise OSError(errno.ETIMEDOUT, "connect timed out") from None
+            raise
+        except asyncio.CancelledError:  # given up (`dial_now`, `stop`)
+            sock.close()
             raise
         return sock
 

@@ -32,7 +32,7 @@ from nvfabric.bgp.bfd.endpoint import Bfd
 from nvfabric.bgp.metrics import SessionSample
 from nvfabric.bgp.speaker import wants_bfd
 from nvfabric.gateway import nat
-from nvfabric.gateway import sitebgp, sites as sitemodel
+from nvfabric.gateway import sitebgp, sites as sitemodel, sitestatus
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.conntrackd import ConntrackSync, SyncStatus, own_addresses
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
@@ -112,8 +112,10 @@ class Gateway:
             if config.route_reflectors and self._dp else None
         # eBGP with the sites that have `bgp` (gateway/sitepeers.py): what they announce is routed in the
         # tenant's VRF and announced into the tenant (both read it from here, judged: gateway/sitebgp.py)
-        self._site_peers = SitePeers(config.asn, config.router_id, config.hold_time, self._site_learned_changed) \
-            if self._dp is not None else None
+        self._site_peers = SitePeers(config.asn, config.router_id, config.hold_time, self._site_learned_changed,
+                                     serving=not config.route_reflectors) if self._dp is not None else None
+        if self._charon is not None and self._site_peers is not None:
+            self._charon.on_child_up = self._site_peers.sa_up  # a site's SA up: its session dials at once
         self._site_dirty: set[str] = set()
         self._site_wakeup = asyncio.Event()
         self._site_task: asyncio.Task[None] | None = None
@@ -183,6 +185,8 @@ class Gateway:
             for name, tenant in self._tenants.items():
                 if sitemodel.ipsec_sites(tenant.sites):
                     await self._put_sites(name, tenant, self._ids[name])
+                elif self._site_peers is not None and sitemodel.bgp_sites(tenant.sites):
+                    await self._site_peers.put(name, tenant)  # BGP over GRE sites only: nothing for charon
             if self._decap is not None:
                 await self._decap.read()  # what is enforced now: changed by difference
                 await self._update_decap()
@@ -355,6 +359,8 @@ class Gateway:
                 await self._upstream.sync(self._public(), depreferred=self.upstream_mode == DEPREFERRED)
             if self._charon is not None:
                 await self._charon.serve(role.serving)
+            if self._site_peers is not None:  # the sites' sessions follow their SAs to the serving gateway
+                await self._site_peers.serve(role.serving)
         if flipped and not role.serving:
             await self._tell_sync(False)
         if was is False and role.serving and self._dp is not None and self._started:
@@ -536,6 +542,8 @@ class Gateway:
                     log.error("tenant %s: putting back its NAT after charon refused failed: %s", name, exc)
                 await self._put_back_vrf(name, old, ids, "charon")
                 raise
+        elif self._site_peers is not None and any(t is not None and sitemodel.bgp_sites(t.sites) for t in (new, old)):
+            await self._site_peers.put(name, new)  # BGP over GRE sites only: nothing for charon
 
     async def _put_back_vrf(self, name: str, old: Tenant | None, ids: Mapping[str, int], who: str) -> None:
         if self._dp is not None:
@@ -605,6 +613,12 @@ class Gateway:
                         "prefixes": [str(p) for p in site.prefixes], "sa": None if sa is None else sa.as_dict(),
                         "bgp": self._site_bgp_status(name, site.name, verdicts)})
         return out
+
+    def site_bgp_samples(self) -> list[sitestatus.SiteBgpSample]:
+        """Every BGP site's session and what it announces, judged, for /metrics (no session: standing by)."""
+        peers = self._site_peers
+        return sitestatus.bgp_samples(self._tenants.values(), peers.learned if peers is not None else lambda _: {},
+                                      peers.status if peers is not None else lambda _, __: None)
 
     def _site_bgp_status(self, name: str, site: str, verdicts: Mapping[str, sitebgp.Verdict]) -> dict[str, Any] | None:
         session = self._site_peers.status(name, site) if self._site_peers is not None else None

@@ -134,8 +134,6 @@ class Site:
     def _check_gre(self) -> None:
         if self.psk:
             raise ModelError("psk", HIDDEN, GRE_NO_PSK)
-        if self.bgp is not None:
-            raise ModelError("bgp", "...", "not supported yet for kind gre (eBGP runs over an IPsec site's tunnel)")
         if self.key is not None and (isinstance(self.key, bool) or not isinstance(self.key, int)
                                      or not 0 <= self.key <= KEY_MAX):
             raise ModelError("key", self.key, f"must be an integer 0..{KEY_MAX} (the 32-bit GRE key)")
@@ -221,14 +219,12 @@ class Site:
             if key in body:
                 raise ModelError(field_path(where, key), HIDDEN if key == "psk" else body[key],
                                  GRE_NO_PSK if key == "psk" else "only for kind ipsec (a GRE site has no IKE)")
-        if body.get("bgp") is not None:
-            raise ModelError(field_path(where, "bgp"), "...", "not supported yet for kind gre (eBGP runs over an "
-                             "IPsec site's tunnel)")
+        bgp = SiteBgp.from_dict(body["bgp"], field_path(where, "bgp")) if body.get("bgp") is not None else None
         try:
             return cls(name=body.get("name"), kind="gre",
                        remote_address=check_address(body.get("remote_address"), "remote_address"), psk="",
                        prefixes=_networks(body, "prefixes"), slot=body.get("slot", position + 1),
-                       key=body.get("key"))
+                       key=body.get("key"), bgp=bgp)
         except ModelError as exc:
             raise exc.within(where) from None
 
@@ -237,6 +233,8 @@ class Site:
         if self.kind == "gre":
             gre = {"name": self.name, "kind": "gre", "remote_address": str(self.remote_address),
                    "prefixes": [str(p) for p in self.prefixes], "slot": self.slot}
+            if self.bgp is not None:
+                gre["bgp"] = self.bgp.as_dict()
             return gre if self.key is None else {**gre, "key": self.key}
         return {"name": self.name, "kind": self.kind, "remote_address": str(self.remote_address), "auth": "psk",
                 "psk": self.psk if secrets else HIDDEN, "prefixes": [str(p) for p in self.prefixes],
@@ -252,6 +250,11 @@ def _networks(body: dict, key: str) -> tuple[Network, ...]:
 def ipsec_sites(sites: tuple[Site, ...]) -> tuple[Site, ...]:
     """The sites charon makes tunnels for (gateway/strongswan.py); the rest are kernel devices only."""
     return tuple(s for s in sites if s.kind == "ipsec")
+
+
+def bgp_sites(sites: tuple[Site, ...]) -> tuple[Site, ...]:
+    """The sites with eBGP across their tunnel (gateway/sitepeers.py), of either kind."""
+    return tuple(s for s in sites if s.bgp is not None)
 
 
 def check_sites(sites: tuple[Site, ...], own: tuple[Network, ...]) -> None:

@@ -1,6 +1,7 @@
 """What the gateway says about its tenants' sites, from charon's SAs (gateway/strongswan.py `SiteSa`): their
-Prometheus series and the trace of a packet from a tenant's CA to a site's prefix. Pure: the SAs are read by the
-caller (one list-sas per scrape or trace).
+Prometheus series and the trace of a packet from a tenant's CA to a site's prefix; and the series of the sites'
+BGP sessions (gateway/sitepeers.py), what they learned judged (gateway/sitebgp.py). Pure: the SAs and the sessions
+are read by the caller (one list-sas per scrape or trace).
 
 Series carry the labels `tenant` and `site` only: at most 15 sites per tenant (sites.SLOT_MAX), so as many
 series as the tenants' sites, whatever the SAs do. SPIs and addresses change at every rekey and failover: they
@@ -11,19 +12,20 @@ that charon lists; a rekey starts a new child SA from zero, which Prometheus rea
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from nvfabric.gateway import sites as sitemodel
+from nvfabric.bgp.metrics import STATES
+from nvfabric.gateway import sitebgp, sites as sitemodel
 from nvfabric.gateway.config import External
 from nvfabric.gateway.sites import Site
 from nvfabric.gateway.strongswan import ChildSa, SiteSa
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.vnet.desired import vrf_name
-from nvfabric.vnet.model import Address
+from nvfabric.vnet.model import Address, Network
 
 UP_CHILD = "INSTALLED"
 UP_IKE = "ESTABLISHED"
@@ -87,6 +89,71 @@ class SiteCollector:
                 attr = f"{unit}_{'in' if d == 'received' else 'out'}"
                 family.add_metric(key, sum(getattr(c, attr) for c in every))
         yield from (ike, child, established, rekeyed, *counters.values())
+
+
+# ---------------------------------------------------------------------- metrics of the sites' BGP
+
+
+@dataclass(frozen=True)
+class SiteBgpSample:
+    """One site's BGP session as a scrape sees it: `state` None when this gateway runs none (it stands by)."""
+
+    tenant: str
+    site: str
+    state: str | None
+    announced: int = 0  # routes the gateway announces to the site (the tenant's subnets)
+    received: int = 0  # prefixes the site announces, accepted or not
+    accepted: int = 0
+    refused: int = 0
+
+
+class SiteBgpCollector:
+    """The BGP sites' series for /metrics. Every site with `bgp` has them whatever the role: on a standby (no
+    session) the state is idle and the counts 0, so `nvfabric_gateway_site_bgp_session_state{state="established"}
+    == 0 and on() nvfabric_gateway_serving == 1` is an alert without `absent()`."""
+
+    def __init__(self, found: list[SiteBgpSample]) -> None:
+        self.found = found
+
+    def collect(self) -> Iterable[Any]:
+        labels = ["tenant", "site"]
+        state = GaugeMetricFamily("nvfabric_gateway_site_bgp_session_state", "the site's BGP session state: 1 for "
+                                  "the state it is in, 0 for the others", labels=[*labels, "state"])
+        gauges = {what: GaugeMetricFamily(f"nvfabric_gateway_site_bgp_{what}_prefixes", help_, labels=labels)
+                  for what, help_ in (("announced", "routes announced to the site (the tenant's subnets)"),
+                                      ("received", "prefixes the site announces now, accepted or not"),
+                                      ("accepted", "prefixes the site announces that are routed into the tenant"),
+                                      ("refused", "prefixes the site announces that are refused (the status says "
+                                                  "why)"))}
+        for s in self.found:
+            key = [s.tenant, s.site]
+            for name in STATES:
+                state.add_metric([*key, name], 1 if name == (s.state or "idle") else 0)
+            for what, family in gauges.items():
+                family.add_metric(key, getattr(s, what))
+        yield state
+        yield from gauges.values()
+
+
+def bgp_samples(tenants: Iterable[Tenant], learned: Callable[[str], Mapping[str, Iterable[Network]]],
+                session: Callable[[str, str], Mapping[str, Any] | None]) -> list[SiteBgpSample]:
+    """Every site with `bgp`, in tenant and site order: its session (`session(tenant, site)`: the state and the
+    routes announced to it, None when there is none) and what it announces (`learned(tenant)`), judged."""
+    out = []
+    for t in sorted(tenants, key=lambda t: t.name):
+        if not any(s.bgp is not None for s in t.sites):
+            continue
+        heard = {site: set(prefixes) for site, prefixes in learned(t.name).items()}
+        verdicts = sitebgp.judge(t, heard)
+        for site in t.sites:
+            if site.bgp is None:
+                continue
+            found = session(t.name, site.name)
+            verdict = verdicts.get(site.name, sitebgp.Verdict())
+            out.append(SiteBgpSample(t.name, site.name, None if found is None else str(found["state"]),
+                                     0 if found is None else int(found["announced"]), len(heard.get(site.name, ())),
+                                     len(verdict.accepted), len(verdict.refused)))
+    return out
 
 
 # ---------------------------------------------------------------------- trace

@@ -8,11 +8,14 @@ session; and the fabric side announces what is accepted as type-5 routes to a re
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from ipaddress import ip_network
+from typing import Any
 
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.evpn import Fabric
-from nvfabric.gateway.sitebgp import judge
+from nvfabric.gateway.sitebgp import Verdict, judge
 from nvfabric.gateway.sitepeers import SitePeers
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns
@@ -127,3 +130,81 @@ def test_the_accepted_prefixes_reach_the_fabric_as_type5_routes_to_the_gateway(l
     finally:
         thread.run(fabric.stop())
         thread.close()
+
+
+# ------------------------------------------------------------------------------------- across a failover
+# Two gateways with the same tunnel address, each a SitePeers on its own veth to the site (standing in for its
+# tunnel); the site's router (FRR as shipped: default timers, graceful restart helper) has one neighbour, routed
+# to gw1 first, then to gw2, as a site's SA moves to the gateway that serves.
+GW_ROUTER_ID = {"gw1": "198.51.100.21", "gw2": "198.51.100.22"}
+FRR_FAILOVER_CONF = "\n".join([
+    "hostname site", "router bgp 65020", f" bgp router-id {PEER}", " no bgp ebgp-requires-policy",
+    " no bgp network import-check", f" neighbor {LOCAL} remote-as 65000", f" neighbor {LOCAL} update-source {PEER}",
+    f" neighbor {LOCAL} disable-connected-check",
+    " address-family ipv4 unicast", "  network 10.30.0.0/24", " exit-address-family", ""])
+
+
+def frr_session(frr: Frr) -> tuple[str, str, dict[str, bool]]:
+    """The site router's session with the gateway address: its state, the router id on the other end, and the
+    prefixes it has from it (prefix -> stale)."""
+    neighbor = frr.json(f"show bgp neighbors {LOCAL}").get(LOCAL, {})
+    routes = frr.json("show bgp ipv4 unicast").get("routes", {})
+    learned = {p: any(h.get("stale", False) for h in paths) for p, paths in routes.items()
+               if any(h.get("peerId") == LOCAL for h in paths)}
+    return neighbor.get("bgpState", ""), neighbor.get("remoteRouterId", ""), learned
+
+
+def test_the_sites_router_takes_the_new_serving_gateways_session_at_once(lab: Lab) -> None:
+    """Only the serving gateway runs the site's session. gw1's link is cut (no FIN, no NOTIFICATION: the site's
+    router still holds its session Established) and gw2 starts serving: the site's router takes gw2's connection
+    as gw1 restarting (graceful restart), long before its hold timer (90 s) would have let it, and keeps the
+    tenant's prefix meanwhile; gw2 learns the site's network."""
+    site = lab.namespace("site")
+    gws = {name: lab.namespace(name) for name in GW_ROUTER_ID}
+    netns.run(["ip", "-n", site, "addr", "add", f"{PEER}/32", "dev", "lo"])
+    for i, ns in enumerate(gws.values(), 1):
+        add_veth(ns, "nvf-blue", site, f"e{i}")
+        netns.run(["ip", "-n", ns, "addr", "add", f"{LOCAL}/30", "dev", "nvf-blue"])
+    netns.run(["ip", "-n", site, "route", "add", f"{LOCAL}/32", "dev", "e1"])
+    frr = Frr(lab, site, "site", FRR_FAILOVER_CONF)
+    tenant = Tenant.from_dict({**BLUE, "sites": [{**SITE, "bgp": {**SITE["bgp"], "hold_time": None,
+                                                                  "max_prefixes": 10}}]})
+    threads = {name: LoopThread(ns) for name, ns in gws.items()}
+    peers = {name: SitePeers(65000, rid, 90, lambda _: None, serving=name == "gw1")
+             for name, rid in GW_ROUTER_ID.items()}
+
+    def on(name: str, fn: Callable[[SitePeers], Any]) -> Any:
+        """fn(gateway's SitePeers) on its loop; awaited when it is a coroutine."""
+        async def call() -> Any:
+            result = fn(peers[name])
+            return await result if asyncio.iscoroutine(result) else result
+        return threads[name].run(call())
+
+    def accepted(name: str) -> list:
+        """What gateway `name` learned from the site, judged (the site's router also sends back what it learned)."""
+        return list(judge(tenant, on(name, lambda p: p.learned("blue"))).get("office", Verdict()).accepted)
+
+    try:
+        for name in gws:
+            on(name, lambda p: p.put("blue", tenant))
+        assert on("gw2", lambda p: p.status("blue", "office")) is None, "the standby runs no session"
+        wait_for(lambda: frr_session(frr) == ("Established", GW_ROUTER_ID["gw1"], {"10.0.0.0/24": False}), 60,
+                 what="the site's router learns blue's subnet from gw1")
+        wait_for(lambda: accepted("gw1") == [ip_network("10.30.0.0/24")], 30, what="gw1 learns the site's network")
+        # gw1 cut: its link goes (the site's router notices nothing), the site's route moves to gw2, gw2 serves and
+        # its SA comes up
+        netns.run(["ip", "-n", gws["gw1"], "link", "set", "nvf-blue", "down"])
+        netns.run(["ip", "-n", site, "route", "replace", f"{LOCAL}/32", "dev", "e2"])
+        assert frr_session(frr)[:2] == ("Established", GW_ROUTER_ID["gw1"])
+        on("gw2", lambda p: p.serve(True))
+        on("gw2", lambda p: p.sa_up("blue.office"))
+        wait_for(lambda: frr_session(frr) == ("Established", GW_ROUTER_ID["gw2"], {"10.0.0.0/24": False}), 30,
+                 what="the site's router takes gw2's session and blue's subnet from it")
+        wait_for(lambda: accepted("gw2") == [ip_network("10.30.0.0/24")], 30, what="gw2 learns the site's network")
+        # gw1, restored, stands by: no session
+        on("gw1", lambda p: p.serve(False))
+        assert on("gw1", lambda p: p.status("blue", "office")) is None and on("gw1", lambda p: p.learned("blue")) == {}
+    finally:
+        for name in gws:
+            on(name, lambda p: p.stop())
+            threads[name].close()

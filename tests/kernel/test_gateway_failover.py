@@ -13,9 +13,12 @@ work through the new gateway; the restored gateway does not take the role back.
 `bench/gateway_failover.py` measures the same cuts (and SIGSTOP) against BGP's default timers.
 
 Then blue's site (lab/site_failover.py: a namespace with its own charon on the internet side, accepting either
-gateway): only the serving gateway holds its SA; its links are cut during a 20 Hz ping from b2 to the site's host,
-and the other gateway initiates the site's SA and carries the site's traffic (unNATed); its trace and metrics show
-the real tunnel, and the restored gateway holds no SA.
+gateway, and its router, FRR, announcing a network over eBGP across the tunnel): only the serving gateway holds
+its SA and its BGP session; its links are cut during 20 Hz pings from b2 to the site's host and to the host of the
+network learned over BGP, and the other gateway initiates the site's SA, learns the network on its own session
+(the site's router takes it as the same neighbour restarting) and carries the site's traffic (unNATed); the site's
+router learns blue's subnet from it; its trace and metrics show the real tunnel, and the restored gateway holds
+neither SA nor session.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from nvfabric.lab.failover import FLOATING, GW, OTHER, SERVER, SNAT_BLUE, Failov
     cut_during_traffic, restore, two_gateways
 from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.probe import connect_retrying
-from nvfabric.lab.site_failover import SITE_ADDRESS, SITE_HOST, request, site, site_failover, site_sa
+from nvfabric.lab.site_failover import BGP_HOST, SITE_ADDRESS, SITE_HOST, request, site, site_bgp, site_failover, \
+    site_sa
 
 pytestmark = pytest.mark.kernel
 
@@ -97,20 +101,36 @@ def value(text: str, series: str) -> float | None:
 
 def test_a_site_follows_the_failover(two: TwoGateways, tmp_path: Path) -> None:
     b2 = two.fab.vm_ns["b2"]
-    with site(two, tmp_path):
+    with site(two, tmp_path) as office:
         first = two.serving()
         other = OTHER[first]
         assert site_sa(two, other) is None, "the standby holds no SA"
-        s, line = connect_retrying(b2, SITE_HOST)
-        s.close()
-        assert line.startswith("site 10.0.0.12:"), line  # never NATed
+        assert site_bgp(two, other) == {}, "the standby runs no session with the site"
+        for host, banner in ((SITE_HOST, "site"), (BGP_HOST, "site-bgp")):
+            s, line = connect_retrying(b2, host)
+            s.close()
+            assert line.startswith(f"{banner} 10.0.0.12:"), line  # never NATed
         f = site_failover(two, "link", TIMEOUT)
         print(f"[gateway-failover] site: {f.describe()}", flush=True)
-        assert f.sa < SITE_OUTAGE and f.gap < SITE_OUTAGE
+        assert f.sa < SITE_OUTAGE and f.gap < SITE_OUTAGE and f.bgp_gap < SITE_OUTAGE
         assert two.serving() == other
-        s, line = connect_retrying(b2, SITE_HOST)
-        s.close()
-        assert line.startswith("site 10.0.0.12:"), line
+        for host, banner in ((SITE_HOST, "site"), (BGP_HOST, "site-bgp")):
+            s, line = connect_retrying(b2, host)
+            s.close()
+            assert line.startswith(f"{banner} 10.0.0.12:"), line
+        # the site's router has blue's subnet from the new serving gateway (its router id), no longer stale
+        seen: list[dict] = []
+
+        def from_other() -> bool:
+            seen.append(office.learned_from_gateway())
+            return (seen[-1]["state"], seen[-1]["router_id"], seen[-1]["prefixes"].get("10.0.0.0/24")) == \
+                ("Established", GW[other][0], False)
+
+        try:
+            wait_for(from_other, 30, f"the site's router learns blue's subnet from {other}")
+        except TimeoutError:
+            print(f"[gateway-failover] the site's router: {seen[-1]}", flush=True)
+            raise
         # the new serving gateway's trace follows b2's packet into its tunnel, by the SPI the kernel has; its
         # metrics count the site's traffic
         sa = site_sa(two, other)
@@ -127,7 +147,8 @@ def test_a_site_follows_the_failover(two: TwoGateways, tmp_path: Path) -> None:
         assert (value(text.decode(), f"nvfabric_gateway_site_sent_packets_total{labels}") or 0) > 0
         # the cut gateway back: a standby, without an SA; the site still reached through the serving one
         restore(two, first, "link")
-        wait_for(lambda: site_sa(two, first) is None, 30, f"{first} without a site SA")
+        wait_for(lambda: site_sa(two, first) is None and site_bgp(two, first) == {}, 30,
+                 f"{first} without a site SA or session")
         s, line = connect_retrying(b2, SITE_HOST)
         s.close()
         assert line.startswith("site 10.0.0.12:"), line

@@ -461,3 +461,67 @@ def test_a_site_routes_over_ebgp(sites: Sites, tmp_path_factory: pytest.TempPath
     finally:
         server.close()
         peers.close()
+
+
+# eBGP across the GRE site's tunnel: the site's router (FRR) on the tunnel's inside prefix, announcing a network of
+# its own that the gateway knows only by BGP
+GRE_BGP_LOCAL, GRE_BGP_PEER, GRE_BGP_AS = "10.255.1.1", "10.255.1.2", 65040
+GRE_BGP_LAN, GRE_BGP_HOST = "10.41.0.0/24", ("10.41.0.10", 9000)
+
+
+def frr_gre_site_conf() -> str:
+    return "\n".join([
+        "hostname gre-site", f"router bgp {GRE_BGP_AS}", f" bgp router-id {GRE_BGP_PEER}",
+        " no bgp ebgp-requires-policy", " no bgp network import-check", f" neighbor {GRE_BGP_LOCAL} remote-as 65000",
+        " address-family ipv4 unicast", f"  network {GRE_BGP_LAN}", " exit-address-family", ""])
+
+
+def test_a_gre_site_routes_over_ebgp(sites: Sites, gre_site: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Blue's GRE site with `bgp`: the session runs across the GRE tunnel (the gateway's inside address on its GRE
+    device), what the site's router announces is routed to the tunnel in blue's VRF, and it learns blue's subnet."""
+    gw = sites.lab.gateway.gateway
+    netns.ip_batch([f"link set gs type gre local {GRE_SITE} remote {GW_EXT} key {GRE_KEY} ttl 64",
+                    f"addr add {GRE_BGP_PEER}/30 dev gs", f"addr add {GRE_BGP_HOST[0]}/32 dev lo"], gre_site)
+    peers = PeerLab(tmp=tmp_path_factory.mktemp("gre-site-frr"), prefix="")
+    server = Server(gre_site, GRE_BGP_HOST, "gre-bgp ")
+    depot = {"name": "depot", "kind": "gre", "remote_address": GRE_SITE, "key": GRE_KEY, "prefixes": [], "slot": 2,
+             "bgp": {"peer_address": GRE_BGP_PEER, "peer_as": GRE_BGP_AS, "local_address": f"{GRE_BGP_LOCAL}/30"}}
+    before = gw.tenants["blue"]
+    try:
+        frr = Frr(peers, gre_site, "gre-site", frr_gre_site_conf())
+        body = before.as_dict()
+        sites.put(Tenant.from_dict({**body, "sites": [s for s in body["sites"] if s["name"] != "depot"] + [depot]}))
+        dev = sitemodel.device_name(gw.tenant_id("blue"), gw.tenants["blue"].sites[-1])
+
+        def bgp() -> dict:
+            found = [s for s in sites.lab.gateway.call(lambda g: g.site_status("blue")) if s["name"] == "depot"]
+            return (found[0]["bgp"] or {}) if found else {}
+
+        wait_for(lambda: bgp().get("state") == "established" and bgp().get("accepted") == [GRE_BGP_LAN], 90,
+                 "the GRE site's network learned over BGP")
+        with RtnlSocket(NS["gw"]) as sock:
+            seen = asyncio.run(observe(sock))
+        assert TunnelAddress(dev, GRE_BGP_LOCAL, 30) in seen and LocalPortRoute(gw.tenant_id("blue"), GRE_BGP_LAN,
+                                                                                 dev) in seen
+        s, line = connect_retrying(NS["vb"], GRE_BGP_HOST, ("10.0.0.5", 0))
+        s.close()
+        assert line.startswith("gre-bgp 10.0.0.5:"), line  # through the GRE tunnel, never NATed
+        routes = lambda: frr.json("show bgp ipv4 unicast").get("routes", {})  # noqa: E731
+        wait_for(lambda: any(h.get("peerId") == GRE_BGP_LOCAL for h in routes().get("10.0.0.0/24", [])), 60,
+                 "the GRE site's router learns blue's subnet")
+        # bgp taken off the GRE site: the session, its route and the tunnel's inside address go, the tunnel stays
+        static = {**{k: v for k, v in depot.items() if k != "bgp"}, "prefixes": ["10.40.0.0/24"]}
+        sites.put(Tenant.from_dict({**body, "sites": [s for s in body["sites"] if s["name"] != "depot"] + [static]}))
+        with RtnlSocket(NS["gw"]) as sock:
+            seen = asyncio.run(observe(sock))
+        assert TunnelAddress(dev, GRE_BGP_LOCAL, 30) not in seen and any(isinstance(o, GreTunnel) and o.name == dev
+                                                                         for o in seen)
+        assert LocalPortRoute(gw.tenant_id("blue"), GRE_BGP_LAN, dev) not in seen
+    except AssertionError:
+        print(diagnostics())
+        print(peers.logs())
+        raise
+    finally:
+        server.close()
+        sites.put(before)
+        peers.close()

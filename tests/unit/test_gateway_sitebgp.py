@@ -24,7 +24,7 @@ from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.kernel.apply import apply, link_indexes
 from nvfabric.vnet.kernel.diff import Action, Op, Plan, diff
 from nvfabric.vnet.kernel.netns import RtnlSocket
-from nvfabric.vnet.kernel.objects import LocalPortRoute, TunnelAddress, XfrmInterface
+from nvfabric.vnet.kernel.objects import GreTunnel, LocalPortRoute, TunnelAddress, XfrmInterface
 from nvfabric.vnet.kernel.observe import vrf_addresses
 from tests.unit.test_vnet_vrf_address import ns  # noqa: F401 - the fixture (a namespace with our veths)
 
@@ -167,6 +167,24 @@ def test_accepted_prefixes_are_routed_to_the_tunnel_in_the_tenants_vrf() -> None
                                                TunnelAddress(DEV, "10.255.0.1", 30)}
 
 
+def test_a_gre_site_runs_bgp_across_its_tunnel_as_an_ipsec_site_does() -> None:
+    gre = {"name": "depot", "kind": "gre", "remote_address": "198.18.0.9", "key": 4711, "prefixes": [], "bgp": BGP}
+    t = tenant(gre)
+    site = t.sites[0]
+    assert Tenant.from_dict(t.as_dict()) == t and t.as_dict()["sites"][0]["bgp"] == site.bgp.as_dict()
+    # its GRE device carries the gateway's inside address; the session is dialled from it, in the tenant's VRF
+    external = External(("ext",), address4=ipaddress.ip_address("203.0.113.2"))
+    assert site_objects(t, 1000, external) == {GreTunnel("nvf-g3e81", "nvf-blue", "203.0.113.2", "198.18.0.9", 4711),
+                                               TunnelAddress("nvf-g3e81", "10.255.0.1", 30)}
+    (n,) = speaker_config("blue", site, 65000, "198.51.100.21", 90).neighbors
+    assert (n.address, n.local_address, n.bind_device) == ("10.255.0.2", "10.255.0.1", "nvf-blue")
+    # what it announces is judged alike (a GRE site has no selectors: accept, else anything but the refusals)
+    verdict = judge(t, {"depot": net("10.30.0.0/24", "10.0.0.0/24")})["depot"]
+    assert verdict.accepted == net("10.30.0.0/24") and [str(p) for p, _ in verdict.refused] == ["10.0.0.0/24"]
+    assert learned_routes(t, 1000, {"depot": net("10.30.0.0/24")}) == {LocalPortRoute(1000, "10.30.0.0/24",
+                                                                                        "nvf-g3e81")}
+
+
 def test_the_sites_prefixes_become_type5_routes_into_the_tenant_with_the_gateway_as_next_hop() -> None:
     t = tenant(SITE)
     pa = ipaddress.ip_address("198.51.100.21")
@@ -201,7 +219,7 @@ def test_the_session_is_dialled_from_the_tunnel_address_in_the_tenants_vrf() -> 
     site = tenant(SITE).sites[0]
     config = speaker_config("blue", site, 65000, "198.51.100.21", 90)
     (n,) = config.neighbors
-    assert (config.asn, config.hold_time, config.graceful_restart.enabled) == (65000, 90, False)
+    assert (config.asn, config.hold_time, config.graceful_restart.enabled) == (65000, 90, True)
     assert (n.address, n.asn, n.local_address, n.bind_device) == ("10.255.0.2", 65020, "10.255.0.1", "nvf-blue")
     assert (n.max_prefix.limit, n.max_prefix.action) == (1000, MaxPrefixAction.TEARDOWN)
     own = tenant({**SITE, "bgp": {**BGP, "local_as": 64999, "hold_time": 9, "max_prefixes": 5}}).sites[0]

@@ -13,7 +13,7 @@ from nvfabric.gateway import api as gw_api
 from nvfabric.gateway import sitestatus
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.gateway import Gateway
-from nvfabric.gateway.strongswan import parse_sas
+from nvfabric.gateway.strongswan import children_up, parse_sas
 from tests.unit.test_api import TOKEN
 from tests.unit.test_cli_clients import outputs
 from tests.unit.test_gateway_sites import EXTERNAL, SITE, tenant
@@ -130,3 +130,60 @@ async def test_the_api_traces_to_a_site_without_nat_and_scrapes_its_series(monke
     table = found["table"]
     assert "to the site" in table and "nvf-blue (table" in table and "NO: the SA is down" in table, table
     assert "203.0.113.22 -> 203.0.113.50" in table, table
+
+
+def test_a_child_sa_up_event_names_its_connection_and_a_down_event_nothing() -> None:
+    # charon's child-updown event: `up = yes` beside the IKE SA (named by its connection) when the child came up;
+    # no `up` when it went down
+    ike = {"uniqueid": "3", "state": "ESTABLISHED", "child-sas": {"blue.paris-4": {"name": "blue.paris"}}}
+    assert children_up({"up": "yes", "blue.paris": ike}) == ["blue.paris"]
+    assert children_up({"blue.paris": ike}) == []
+
+
+def test_bgp_site_series_say_the_sessions_state_and_what_the_site_announces_judged() -> None:
+    bgp = {"peer_address": "10.255.0.2", "peer_as": 65020, "local_address": "10.255.0.1/30"}
+    blue = tenant({**SITE, "bgp": bgp}, {**SITE, "name": "lyon", "remote_address": "203.0.113.51",
+                                          "prefixes": ["10.21.0.0/24"]})
+    # paris announces its network, the tenant's own subnet and a default route: one accepted, two refused
+    heard = {"paris": tuple(ipaddress.ip_network(p) for p in ("10.30.0.0/24", "10.0.0.0/24", "0.0.0.0/0"))}
+
+    def scrape_bgp(session: dict | None, learned: dict) -> str:
+        registry = CollectorRegistry()
+        registry.register(sitestatus.SiteBgpCollector(sitestatus.bgp_samples(  # type: ignore[arg-type]
+            [blue], lambda name: learned if name == "blue" else {},
+            lambda name, site: session if (name, site) == ("blue", "paris") else None)))
+        return generate_latest(registry).decode()
+
+    text = scrape_bgp({"state": "established", "announced": 1}, heard)
+    assert_conventional(text)
+    paris = 'site="paris",tenant="blue"'
+
+    def state(name: str) -> str:  # (labels in the exposition's order)
+        return f'nvfabric_gateway_site_bgp_session_state{{site="paris",state="{name}",tenant="blue"}}'
+
+    assert value(text, state("established")) == 1
+    assert value(text, state("idle")) == 0
+    assert [value(text, f"nvfabric_gateway_site_bgp_{what}_prefixes{{{paris}}}")
+            for what in ("announced", "received", "accepted", "refused")] == [1, 3, 1, 2]
+    assert 'site="lyon"' not in text  # no bgp: no session to report
+    # standing by (no session here): idle, nothing announced nor learned
+    text = scrape_bgp(None, {})
+    assert value(text, state("idle")) == 1
+    assert value(text, state("established")) == 0
+    assert [value(text, f"nvfabric_gateway_site_bgp_{what}_prefixes{{{paris}}}")
+            for what in ("announced", "received", "accepted", "refused")] == [0, 0, 0, 0]
+
+
+async def test_the_api_scrapes_a_bgp_sites_session(monkeypatch) -> None:
+    bgp = {"peer_address": "10.255.0.2", "peer_as": 65020, "local_address": "10.255.0.1/30"}
+    body = {**BODY, "tenants": [{**BODY["tenants"][0], "sites": [{**SITE, "bgp": bgp}]}]}
+    gw = Gateway(GatewayConfig.from_dict(body))  # not started: no session
+
+    async def counters():
+        return {}
+    monkeypatch.setattr(gw, "counters", counters)
+    async with TestClient(TestServer(gw_api.make_app(gw, TOKEN))) as client:
+        text = await (await client.get("/metrics")).text()
+    assert_conventional(text)
+    assert value(text, 'nvfabric_gateway_site_bgp_session_state{site="paris",state="idle",tenant="blue"}') == 1
+    assert value(text, 'nvfabric_gateway_site_bgp_accepted_prefixes{site="paris",tenant="blue"}') == 0

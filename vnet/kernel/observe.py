@@ -172,7 +172,8 @@ async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[k.Kernel
     out.update(devs)
     our_vrfs = {d.name for d in devs if isinstance(d, k.Vrf)}
     vrfs = {index: name for index, name in names.items() if name in our_vrfs}
-    our_tunnels = {d.name for d in devs if isinstance(d, k.XfrmInterface)}
+    # a site's tunnel of either kind carries the gateway's inside address of a BGP session
+    our_tunnels = {d.name for d in devs if isinstance(d, (k.XfrmInterface, k.GreTunnel))}
     tunnels = {index: name for index, name in names.items() if name in our_tunnels}
     out.update([a async for a in vrf_addresses(sock, vrfs, tunnels)])
     ports = {d.name for d in devs if isinstance(d, k.VrfPort)}
