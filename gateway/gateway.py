@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -32,7 +33,7 @@ from nvfabric.bgp.bfd.endpoint import Bfd
 from nvfabric.bgp.metrics import SessionSample
 from nvfabric.bgp.speaker import wants_bfd
 from nvfabric.gateway import nat
-from nvfabric.gateway import sitebgp, sites as sitemodel
+from nvfabric.gateway import sitebgp, sitecerts, sites as sitemodel
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.conntrackd import ConntrackSync, SyncStatus, own_addresses
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
@@ -471,6 +472,8 @@ class Gateway:
         async with self._lock:
             self._reserved.check(tenant)  # ModelError naming the field: the gateway's own, public space
             sitebgp.check_asn(tenant.sites, self.config.asn)
+            before_sites = self._tenants[tenant.name].sites if tenant.name in self._tenants else ()
+            sitecerts.check_new(tenant.sites, before_sites, datetime.now(UTC))  # a certificate given must be valid
             self._claims.check(tenant)  # raises ConflictError naming the field, before anything is applied
             if not self._started:
                 raise NotStarted("the gateway is not running")
@@ -603,7 +606,8 @@ class Gateway:
             out.append({"name": site.name, "kind": site.kind, "remote_address": str(site.remote_address),
                         "if_id": sitemodel.if_id(tid, site), "device": sitemodel.device_name(tid, site),
                         "prefixes": [str(p) for p in site.prefixes], "sa": None if sa is None else sa.as_dict(),
-                        "bgp": self._site_bgp_status(name, site.name, verdicts)})
+                        "bgp": self._site_bgp_status(name, site.name, verdicts),
+                        **({"certificates": site.certs.status()} if site.certs is not None else {})})
         return out
 
     def _site_bgp_status(self, name: str, site: str, verdicts: Mapping[str, sitebgp.Verdict]) -> dict[str, Any] | None:

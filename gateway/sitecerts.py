@@ -147,8 +147,13 @@ def check_identity(value: Any, where: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
+        pass
+    try:
         check_dns_name(value, where)
-        return value
+    except ModelError:
+        raise ModelError(where, value, "is not an identity: a distinguished name, an IP address, an email address "
+                         "or a DNS name") from None
+    return value
 
 
 @dataclass(frozen=True)
@@ -243,10 +248,11 @@ class SiteCertificates:
                             f"is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"))
         return out
 
-    @property
-    def not_after(self) -> datetime:
-        """When the first of these certificates expires."""
-        return min(c.not_valid_after_utc for c in (self._cert, *self._cas))
+    def status(self) -> dict[str, Any]:
+        """What the site's status shows: both identities and when the first of these certificates expires."""
+        first = min((self._cert, *self._cas), key=lambda c: c.not_valid_after_utc)
+        return {"local_id": self.local_id or self.subject, "remote_id": self.remote_id,
+                "not_after": first.not_valid_after_utc.isoformat(), "first_to_expire": first.subject.rfc4514_string()}
 
 
 def check_new(sites: Iterable[Any], old: Iterable[Any], now: datetime) -> None:
