@@ -15,6 +15,7 @@ from nvfabric.gateway.config import External
 from nvfabric.gateway.sitecerts import HIDDEN, check_new
 from nvfabric.gateway.strongswan import connections
 from nvfabric.gateway.tenants import Tenant
+from nvfabric.service.statefile import replace_keeping_previous
 from nvfabric.vnet.errors import ModelError
 from tests.certs import build, cert_pem, ec_key, key_pem
 
@@ -158,3 +159,10 @@ def test_charon_gets_the_certificates_in_the_connection_and_the_key_by_itself() 
     (conn,) = connections("blue", tenant({**SITE, "certificate": rsa_cert, "private_key": rsa_key}), 1000,
                           EXTERNAL).values()
     assert conn.key["type"] == "rsa" and conn.key["data"].startswith("-----BEGIN RSA PRIVATE KEY-----")
+
+
+def test_the_state_file_that_holds_the_keys_is_the_daemons_alone(tmp_path) -> None:
+    path, previous = tmp_path / "state.json", tmp_path / "state.previous.json"
+    replace_keeping_previous(path, previous, tenant(SITE).as_dict()["sites"][0]["private_key"])
+    replace_keeping_previous(path, previous, "the next")
+    assert [p.stat().st_mode & 0o777 for p in (path, previous)] == [0o600, 0o600]
