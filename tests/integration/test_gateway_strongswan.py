@@ -317,6 +317,12 @@ def test_sites_with_certificates_establish_only_through_their_own_ca_and_identit
             await gw.put("red", connections("red", cert_tenant("red", 6001), 1001, EXTERNAL))
             assert await gateway_keys(gw) == [blue_key]
             assert established(await gw.sas(), "blue.office") == first
+            # charon killed: started again and given blue's key and connection again, which comes up (a new SA)
+            assert gw._proc is not None
+            os.kill(gw._proc.pid, signal.SIGKILL)
+            await until_sas(gw, lambda s: (sa := established(s, "blue.office")) and sa.spis != first.spis,
+                            "blue's IKE SA again after charon was killed")
+            assert await gateway_keys(gw) == [blue_key]
         finally:
             await gw.stop()
             for charon in sites.values():
