@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import signal
 from collections.abc import Iterator
@@ -263,11 +264,13 @@ async def gateway_keys(gw: Charon) -> list[str]:
     return list((await gw._vici.request("get-keys"))["keys"])
 
 
-def test_sites_with_certificates_establish_only_through_their_own_ca_and_identity(namespaces: None, tmp_path) -> None:
+def test_sites_with_certificates_establish_only_through_their_own_ca_and_identity(namespaces: None, tmp_path,
+                                                                                  caplog) -> None:
     """Blue's site establishes with certificates; red's site never does while it shows a certificate of blue's CA
     (trusted by the same charon for blue's site) or one of red's CA with another identity, and does with the right
     one; blue's IKE SA stays the same throughout, and a site's removal unloads its key, unless another site of the
-    gateway uses the same key."""
+    gateway uses the same key. No line of the gateway's keys is ever logged (ours and charon's)."""
+    caplog.set_level(logging.DEBUG)
     pki = Pki(tmp_path)
     ca = {t: pki.ca(t, f"C=CH, O={t}, CN={t} CA") for t in ("blue", "red")}
     gw_cert = {t: pki.issue(ca[t], f"gw-{t}", GW_DN[t], GW) for t in ca}
@@ -323,6 +326,8 @@ def test_sites_with_certificates_establish_only_through_their_own_ca_and_identit
             await until_sas(gw, lambda s: (sa := established(s, "blue.office")) and sa.spis != first.spis,
                             "blue's IKE SA again after charon was killed")
             assert await gateway_keys(gw) == [blue_key]
+            secrets = {line for t in gw_cert for line in gw_cert[t].key_pem.splitlines()[1:-1]}
+            assert "loaded ECDSA private key" in caplog.text and not any(s in caplog.text for s in secrets)
         finally:
             await gw.stop()
             for charon in sites.values():
