@@ -495,11 +495,13 @@ class Charon:
 
     async def _unload(self, name: str) -> None:
         assert self._vici is not None
-        await self._vici.request("unload-conn", {"name": name})
-        with contextlib.suppress(CharonError):  # no SA (never established): nothing to end
-            await self._vici.request("terminate", {"ike": name, "force": "yes", "timeout": "-1"})
-        if name in self._held:
-            await self._let_go(name, self._held.pop(name))
+        try:
+            await self._vici.request("unload-conn", {"name": name})
+            with contextlib.suppress(CharonError):  # no SA (never established): nothing to end
+                await self._vici.request("terminate", {"ike": name, "force": "yes", "timeout": "-1"})
+        finally:  # a connection charon refused to load still had its secret loaded: never left behind
+            if name in self._held:
+                await self._let_go(name, self._held.pop(name))
 
     async def _hold(self, conn: Connection) -> None:
         """The connection's secret into charon (before the connection that needs it); the one it had before, if

@@ -312,6 +312,11 @@ def test_sites_with_certificates_establish_only_through_their_own_ca_and_identit
             sas = await until_sas(gw, lambda s: "red.office" not in s, "red's IKE SA ended")
             assert established(sas, "blue.office") == first
             (blue_key,) = await gateway_keys(gw)
+            # a new site charon refuses (a proposal it does not know): its key is not left in charon
+            bad = {**cert_site("red", gw_cert["red"], (ca["red"],)), "ike_proposals": ["aes999-sha0-nothing"]}
+            with pytest.raises(KernelError, match="red"):
+                await gw.put("red", connections("red", cert_tenant("red", 6001, bad), 1001, EXTERNAL))
+            assert await gateway_keys(gw) == [blue_key]
             # red again, with the gateway's certificate and key blue's site has (an operator's one certificate
             # for several sites): charon holds the key once; red's removal leaves it to blue
             shared = cert_tenant("red", 6001, cert_site("red", gw_cert["blue"], (ca["red"],)))
