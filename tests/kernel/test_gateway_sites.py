@@ -470,6 +470,7 @@ def test_a_site_routes_over_ebgp(sites: Sites, tmp_path_factory: pytest.TempPath
 # administrator's swanctl directory holds its key, its certificate and red's CA; the gateway's red site holds the
 # gateway's certificate for red, its key and red's CA.
 GW_RED_DN, SITE_RED_DN = "C=CH, O=red, CN=gateway", "C=CH, O=red, CN=office"
+CERT_HOST = (SITE_HOST[0], 9001)  # the site's host, a port of its own (a closed Server may still hold 9000)
 
 
 def cert_swanctl_conf(gateway_dn: str) -> str:
@@ -499,11 +500,11 @@ def test_a_site_with_certificates_carries_its_tenants_traffic(sites: Sites, tmp_
     body = {"name": "office", "remote_address": SITE["red"][1], "auth": "certificate", "prefixes": ["10.20.0.0/24"],
             "certificate": gateway.cert_pem, "private_key": gateway.key_pem, "ca_certificates": [ca.cert_pem],
             "remote_id": SITE_RED_DN}
-    server = Server(site_ns("red"), SITE_HOST, "site-red ")
+    server = Server(site_ns("red"), CERT_HOST, "site-red ")
     try:
         sites.put(Tenant.from_dict({**RED, "sites": [body]}))
         wait_for(lambda: established(sites.gateway_sas(), "red.office"), 90, "red's site SA by certificates")
-        s, line = connect_retrying(NS["vr"], SITE_HOST, ("10.0.0.5", 0))
+        s, line = connect_retrying(NS["vr"], CERT_HOST, ("10.0.0.5", 0))
         s.close()
         assert line.startswith("site-red 10.0.0.5:"), line
         (status,) = [s for s in sites.lab.gateway.call(lambda g: g.site_status("red")) if s["name"] == "office"]
