@@ -248,9 +248,17 @@ class SiteCertificates:
                             f"is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"))
         return out
 
+    def _first_to_expire(self) -> x509.Certificate:
+        return min((self._cert, *self._cas), key=lambda c: c.not_valid_after_utc)
+
+    @property
+    def first_expiry(self) -> datetime:
+        """When the first of these certificates (the gateway's, the site's CAs) expires."""
+        return self._first_to_expire().not_valid_after_utc
+
     def status(self) -> dict[str, Any]:
         """What the site's status shows: both identities and when the first of these certificates expires."""
-        first = min((self._cert, *self._cas), key=lambda c: c.not_valid_after_utc)
+        first = self._first_to_expire()
         return {"local_id": self.local_id or self.subject, "remote_id": self.remote_id,
                 "not_after": first.not_valid_after_utc.isoformat(), "first_to_expire": first.subject.rfc4514_string()}
 

@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
+from prometheus_client import CollectorRegistry, generate_latest
 
 from nvfabric.gateway.api import keep_secrets
 from nvfabric.gateway.config import External
 from nvfabric.gateway.sitecerts import HIDDEN, check_new
+from nvfabric.gateway.sitestatus import CertificateCollector
 from nvfabric.gateway.strongswan import connections
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.service.statefile import replace_keeping_previous
@@ -166,3 +168,14 @@ def test_the_state_file_that_holds_the_keys_is_the_daemons_alone(tmp_path) -> No
     replace_keeping_previous(path, previous, tenant(SITE).as_dict()["sites"][0]["private_key"])
     replace_keeping_previous(path, previous, "the next")
     assert [p.stat().st_mode & 0o777 for p in (path, previous)] == [0o600, 0o600]
+
+
+def test_metrics_say_when_a_sites_certificates_expire() -> None:
+    psk = {"name": "lyon", "remote_address": "203.0.113.51", "psk": "a-site-key-of-24-chars!!",
+           "prefixes": ["10.21.0.0/24"], "slot": 2}
+    registry = CollectorRegistry()
+    registry.register(CertificateCollector([tenant(SITE, psk)]))
+    name = "nvfabric_gateway_site_certificate_expiry_time_seconds"
+    expiry = round(min(GW.not_valid_after_utc, CA.not_valid_after_utc).timestamp())
+    assert registry.get_sample_value(name, {"tenant": "blue", "site": "paris"}) == expiry
+    assert 'site="lyon"' not in generate_latest(registry).decode()  # a site with a psk has no certificate
