@@ -11,8 +11,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client import CollectorRegistry, generate_latest
 
+from aiohttp.test_utils import TestClient, TestServer
+
+from nvfabric.gateway import api as gw_api
 from nvfabric.gateway.api import keep_secrets
-from nvfabric.gateway.config import External
+from nvfabric.gateway.config import External, GatewayConfig
+from nvfabric.gateway.gateway import Gateway
 from nvfabric.gateway.sitecerts import HIDDEN, check_new
 from nvfabric.gateway.sitestatus import CertificateCollector
 from nvfabric.gateway.strongswan import connections
@@ -20,6 +24,9 @@ from nvfabric.gateway.tenants import Tenant
 from nvfabric.service.statefile import replace_keeping_previous
 from nvfabric.vnet.errors import ModelError
 from tests.certs import build, cert_pem, ec_key, key_pem
+from tests.unit.test_api import TOKEN
+from tests.unit.test_gateway_status import BODY
+from tests.unit.test_metrics import value
 
 BLUE = {"name": "blue", "route_targets": ["65000:1"], "subnets": [{"vsid": 5001, "prefixes": ["10.0.0.0/24"]}]}
 EXTERNAL = External(("ext",), address4=ipaddress.ip_address("203.0.113.2"))
@@ -179,3 +186,31 @@ def test_metrics_say_when_a_sites_certificates_expire() -> None:
     expiry = round(min(GW.not_valid_after_utc, CA.not_valid_after_utc).timestamp())
     assert registry.get_sample_value(name, {"tenant": "blue", "site": "paris"}) == expiry
     assert 'site="lyon"' not in generate_latest(registry).decode()  # a site with a psk has no certificate
+
+
+async def test_the_api_hides_the_key_refuses_an_expired_certificate_and_serves_the_expiry(monkeypatch) -> None:
+    body = {**BODY, "tenants": [{**BODY["tenants"][0], "sites": [SITE]}]}
+    gw = Gateway(GatewayConfig.from_dict(body))  # not started: what is refused is refused before it matters
+
+    async def counters():  # (as tests/unit/test_metrics.py: the nftables table of a started gateway)
+        return {}
+    monkeypatch.setattr(gw, "counters", counters)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    expired_key = ec_key()
+    expired = {**SITE, "certificate": cert_pem(build("gw", expired_key, (CA, CA_KEY), days=(-30, -1))),
+               "private_key": key_pem(expired_key)}
+    async with TestClient(TestServer(gw_api.make_app(gw, TOKEN))) as client:
+        answer = await client.get("/v1/tenants/blue", headers=auth)
+        text = await answer.text()
+        shown = (await answer.json())["sites"][0]
+        put = await client.put("/v1/tenants/blue", headers=auth,
+                               json={**BODY["tenants"][0], "sites": [expired]})
+        refusal = await put.json()
+        metrics = await (await client.get("/metrics")).text()
+    assert shown["private_key"] == HIDDEN and KEY.splitlines()[1] not in text
+    assert shown["certificate"] == SITE["certificate"] and shown["remote_id"] == SITE["remote_id"]
+    assert put.status == 400 and refusal["field"] == "sites[0].certificate" and "expired on" in refusal["problem"]
+    assert gw.tenants["blue"].sites[0].certs.certificate == SITE["certificate"]  # nothing changed
+    expiry = round(min(GW.not_valid_after_utc, CA.not_valid_after_utc).timestamp())
+    assert value(metrics, 'nvfabric_gateway_site_certificate_expiry_time_seconds{site="paris",tenant="blue"}') \
+        == expiry
