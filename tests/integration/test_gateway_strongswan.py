@@ -234,19 +234,21 @@ def cert_tenant(name: str, vsid: int, *sites: dict) -> Tenant:
                              "subnets": [{"vsid": vsid, "prefixes": ["10.0.0.0/24"]}]})
 
 
-def load_site(short: str, charon: Charon, own: Issued, gateway_ca: Issued, gateway_dn: str, directory) -> None:
+def load_site(short: str, charon: Charon, own: Issued, gateway_ca: Issued, gateway_dn: str, directory,
+              ns: str | None = None, addresses: tuple[str, str] | None = None) -> None:
     """The site's swanctl directory as its administrator keeps it (its key in ecdsa/, its certificate in x509/,
-    the CA of the gateway's certificate in x509ca/), the gateway known by its DN; loaded with swanctl."""
+    the CA of the gateway's certificate in x509ca/), the gateway known by its DN; loaded with swanctl. The site
+    at SITES' address of `short` and the gateway at GW, or `addresses` (the site's, the gateways')."""
     for sub, source in (("ecdsa", own.key), ("x509", own.cert), ("x509ca", gateway_ca.cert)):
         (directory / sub).mkdir(parents=True, exist_ok=True)
         (directory / sub / source.name).write_bytes(source.read_bytes())
-    address = SITES["blue" if short == "sa" else "red"][1]
+    address, gateways = addresses or (SITES["blue" if short == "sa" else "red"][1], GW)
     conf = directory / "swanctl.conf"
-    conf.write_text(f"connections {{ gateway {{ version = 2\n local_addrs = {address}\n remote_addrs = {GW}\n"
+    conf.write_text(f"connections {{ gateway {{ version = 2\n local_addrs = {address}\n remote_addrs = {gateways}\n"
                     f" local {{ auth = pubkey\n certs = {own.cert.name} }}\n"
                     f" remote {{ auth = pubkey\n id = \"{gateway_dn}\"\n cacerts = {gateway_ca.cert.name} }}\n"
                     " children { gateway { local_ts = 10.20.0.0/24\n remote_ts = 10.0.0.0/24 } } } }\n")
-    netns.run(["ip", "netns", "exec", NS[short], "swanctl", "--load-all", "--noprompt", "--file", str(conf),
+    netns.run(["ip", "netns", "exec", ns or NS[short], "swanctl", "--load-all", "--noprompt", "--file", str(conf),
                "--uri", f"unix://{charon.files.socket}"])
 
 
@@ -336,6 +338,45 @@ def test_sites_with_certificates_establish_only_through_their_own_ca_and_identit
         finally:
             await gw.stop()
             for charon in sites.values():
+                await charon.stop()
+
+    asyncio.run(run())
+
+
+def test_a_site_with_certificates_follows_the_serving_gateway(ha_namespaces: dict[str, str], tmp_path) -> None:
+    """Both gateways have the same site with the same certificate and key; the site names one identity and both
+    addresses. Only the serving gateway holds the key in its charon (a standby's unloads it with the connection)
+    and the SA; when the role moves, the other loads the key again and has the SA."""
+    names = ha_namespaces
+    pki = Pki(tmp_path)
+    ca = pki.ca("blue", "C=CH, O=blue, CN=blue CA")
+    gateway, site_cert = pki.issue(ca, "gw", GW_DN["blue"]), pki.issue(ca, "site", SITE_DN["blue"])
+
+    async def run() -> None:
+        site = Charon(names["s"], CharonFiles.named(f"{TAG}-s"))
+        gws = {g: Charon(names[g], CharonFiles.named(f"{TAG}-{g}"), serving=g == "g1") for g in HA}
+        ext = {g: External(("lo",), address4=ipaddress.ip_address(a)) for g, a in HA.items()}
+        body = {**cert_site("blue", gateway, (ca,)), "remote_address": HA_SITE}
+        blue = cert_tenant("blue", 5001, body)
+        try:
+            await site.start()
+            load_site("s", site, site_cert, ca, GW_DN["blue"], tmp_path / "site", names["s"],
+                      (HA_SITE, f"{HA['g1']},{HA['g2']}"))
+            for g, charon in gws.items():
+                await charon.start()
+                await charon.put("blue", connections("blue", blue, 1000, ext[g]))
+            sas = await until_sas(gws["g1"], lambda s: established(s, "blue.office"), "g1's SA with the site")
+            assert established(sas, "blue.office").local == HA["g1"]
+            keys = await gateway_keys(gws["g1"])
+            assert len(keys) == 1 and await gateway_keys(gws["g2"]) == []
+            await gws["g1"].serve(False)
+            await gws["g2"].serve(True)
+            sas = await until_sas(gws["g2"], lambda s: established(s, "blue.office"), "g2's SA with the site")
+            assert established(sas, "blue.office").local == HA["g2"]
+            await until_sas(gws["g1"], lambda s: "blue.office" not in s, "g1's SA ended")
+            assert await gateway_keys(gws["g1"]) == [] and await gateway_keys(gws["g2"]) == keys
+        finally:
+            for charon in (*gws.values(), site):
                 await charon.stop()
 
     asyncio.run(run())
