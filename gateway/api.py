@@ -294,9 +294,9 @@ async def metrics(request: web.Request) -> web.Response:
     decap.counts = await _gw(request).decap_counters()
     registry.register(decap)
     gw = _gw(request)
+    registry.register(sitestatus.CertificateCollector(gw.tenants.values()))  # the configuration's: no charon read
     if any(t.sites for t in gw.tenants.values()):  # charon asked only when there are sites
         registry.register(sitestatus.SiteCollector(sitestatus.samples(gw.tenants.values(), await gw.site_sas())))
-    registry.register(sitestatus.CertificateCollector(gw.tenants.values()))  # the configuration's: no charon read
     sync = _gw(request).sync_status()
     if sync is not None:
         registry.register(_SyncCollector(sync))

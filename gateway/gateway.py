@@ -33,7 +33,7 @@ from nvfabric.bgp.bfd.endpoint import Bfd
 from nvfabric.bgp.metrics import SessionSample
 from nvfabric.bgp.speaker import wants_bfd
 from nvfabric.gateway import nat
-from nvfabric.gateway import sitebgp, sitecerts, sites as sitemodel
+from nvfabric.gateway import sitebgp, sites as sitemodel
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.conntrackd import ConntrackSync, SyncStatus, own_addresses
 from nvfabric.gateway.dataplane import Dataplane, PlumbingError, decap_filter
@@ -42,6 +42,7 @@ from nvfabric.gateway.role import ANNOUNCE, DEPREFERRED, WITHDRAWN, Role
 from nvfabric.gateway.reload import Reconfiguration
 from nvfabric.gateway.strongswan import Charon, CharonError, CharonFiles, SiteSa, connections
 from nvfabric.gateway.sitepeers import SitePeers
+from nvfabric.gateway.sitecerts import check_new as check_new_certificates
 from nvfabric.gateway.state import SavedState, StateDir, StateSaveError, assign_ids
 from nvfabric.gateway.status import RoleStatus, SessionClock, SessionStatus, readiness as status_readiness
 from nvfabric.gateway.tenants import Claims, Tenant
@@ -473,7 +474,7 @@ class Gateway:
             self._reserved.check(tenant)  # ModelError naming the field: the gateway's own, public space
             sitebgp.check_asn(tenant.sites, self.config.asn)
             before_sites = self._tenants[tenant.name].sites if tenant.name in self._tenants else ()
-            sitecerts.check_new(tenant.sites, before_sites, datetime.now(UTC))  # a certificate given must be valid
+            check_new_certificates(tenant.sites, before_sites, datetime.now(UTC))  # those given must be valid now
             self._claims.check(tenant)  # raises ConflictError naming the field, before anything is applied
             if not self._started:
                 raise NotStarted("the gateway is not running")

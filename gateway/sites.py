@@ -150,10 +150,10 @@ class Site:
             raise ModelError("key", self.key, "a GRE key is for kind gre only")
 
     def _check_gre(self) -> None:
-        if self.psk:
-            raise ModelError("psk", HIDDEN, GRE_NO_PSK)
         if self.auth != "psk" or self.certs is not None:
             raise ModelError("auth", self.auth, "only for kind ipsec (a GRE site has no IKE)")
+        if self.psk:
+            raise ModelError("psk", HIDDEN, GRE_NO_PSK)
         if self.bgp is not None:
             raise ModelError("bgp", "...", "not supported yet for kind gre (eBGP runs over an IPsec site's tunnel)")
         if self.key is not None and (isinstance(self.key, bool) or not isinstance(self.key, int)
