@@ -14,12 +14,12 @@ BIN := $(VENV)/bin
 # debootstrap for its root, fdisk (sfdisk), grub-pc-bin and qemu-utils to make the disk without loop
 # devices, cloud-image-utils (cloud-localds) for the test's config drive. strongSwan for the tenants' IPsec
 # sites: charon-systemd (one charon per gateway, no pid file), swanctl for the test's sites, the standard
-# plugins for ECP and GCM (openssl, gcm).
+# plugins for ECP and GCM (openssl, gcm), pki for the certificates the tests of sites with certificates make.
 APT_PACKAGES := iproute2 iputils-ping nftables tcpdump procps kmod bc frr gobgpd iperf3 \
 	qemu-system-x86 linux-image-amd64 busybox-static squashfs-tools \
 	udhcpc isc-dhcp-client dhcpcd-base ndisc6 keepalived dnsmasq-base conntrack conntrackd prometheus \
 	debootstrap fdisk grub-pc-bin qemu-utils cloud-image-utils \
-	charon-systemd strongswan-swanctl libstrongswan-standard-plugins
+	charon-systemd strongswan-swanctl libstrongswan-standard-plugins strongswan-pki
 
 .PHONY: setup system venv demo test test-host test-kernel gateway-image test-image bench clean install
 

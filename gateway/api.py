@@ -86,13 +86,24 @@ async def get_tenant(request: web.Request) -> web.StreamResponse:
 
 
 def keep_secrets(body: Any, current: Tenant | None) -> Any:
-    """A site whose `psk` is the hidden value GET shows keeps the key it has (same tenant, same site name)."""
+    """A site whose `psk` (or `private_key`) is the hidden value GET shows keeps the secret it has (same tenant,
+    same site name)."""
     if not isinstance(body, dict) or not isinstance(body.get("sites"), list):
         return body
-    keys = {s.name: s.psk for s in current.sites} if current is not None else {}
-    sites = [{**s, "psk": keys[s["name"]]} if isinstance(s, dict) and s.get("psk") == HIDDEN
-             and s.get("name") in keys else s for s in body["sites"]]
-    return {**body, "sites": sites}
+    held = {s.name: s for s in current.sites} if current is not None else {}
+
+    def kept(site: Any) -> Any:
+        name = site.get("name") if isinstance(site, dict) else None
+        old = held.get(name) if isinstance(name, str) else None
+        if old is None:
+            return site
+        if site.get("psk") == HIDDEN:
+            site = {**site, "psk": old.psk}
+        if site.get("private_key") == HIDDEN and old.certs is not None:
+            site = {**site, "private_key": old.certs.private_key}
+        return site
+
+    return {**body, "sites": [kept(s) for s in body["sites"]]}
 
 
 async def put_tenant(request: web.Request) -> web.Response:
@@ -283,6 +294,7 @@ async def metrics(request: web.Request) -> web.Response:
     decap.counts = await _gw(request).decap_counters()
     registry.register(decap)
     gw = _gw(request)
+    registry.register(sitestatus.CertificateCollector(gw.tenants.values()))  # the configuration's: no charon read
     if any(t.sites for t in gw.tenants.values()):  # charon asked only when there are sites
         registry.register(sitestatus.SiteCollector(sitestatus.samples(gw.tenants.values(), await gw.site_sas())))
         registry.register(sitestatus.SiteBgpCollector(gw.site_bgp_samples()))
@@ -306,7 +318,15 @@ _SITE = obj(["name", "remote_address"], True, name=STRING,
                  "<secret> keeps it)"},
             prefixes=array(STRING), local_ts=array(STRING), remote_ts=array(STRING), ike_proposals=array(STRING),
             esp_proposals=array(STRING), slot=INTEGER,
-            key={**INTEGER, "description": "a GRE site's key (kind gre only; 32 bits)"}, bgp=_SITE_BGP)
+            key={**INTEGER, "description": "a GRE site's key (kind gre only; 32 bits)"}, bgp=_SITE_BGP,
+            certificate={**STRING, "description": "auth certificate: the gateway's certificate for this site (PEM)"},
+            private_key={**STRING, "description": "auth certificate: its private key (PEM, unencrypted; shown as "
+                         "<secret>; a PUT of <secret> keeps it)"},
+            ca_certificates={**array(STRING), "description": "auth certificate: the CAs that sign the site's "
+                             "certificate (PEM each)"},
+            remote_id={**STRING, "description": "auth certificate: the identity the site's certificate carries"},
+            local_id={**STRING, "description": "auth certificate: the gateway's identity, one of its certificate's "
+                      "subjectAltNames (default: its subject)"})
 TENANT = obj(["route_targets", "subnets"], True, name=STRING, route_targets=array(STRING), subnets=array(_SUBNET),
              snat=array(_SNAT), floating_ips=array(obj(["public", "private"], True, public=_ADDRESS,
                                                        private=_ADDRESS)),
@@ -319,7 +339,9 @@ _SITE_STATUS = obj(["name", "kind", "remote_address", "if_id", "device", "prefix
                        "packets_in, packets_out, local_ts, remote_ts, installed_at: the last rekey, rekey_at); "
                        "null: none"},
                    bgp={**nullable(ANY_OBJECT), "description": "the eBGP session with the site (peer, state, "
-                        "learned: count, prefixes: accepted, refused: with reasons); null: no bgp"})
+                        "learned: count, prefixes: accepted, refused: with reasons); null: no bgp"},
+                   certificates={**ANY_OBJECT, "description": "auth certificate: local_id, remote_id, not_after "
+                                 "(when the first of its certificates expires) and first_to_expire (its subject)"})
 _TENANT_VIEW = obj(["name", "route_targets", "subnets", "snat", "floating_ips", "public_prefixes", "interfaces",
                     "etag"],
                    name=STRING, route_targets=array(STRING), subnets=array(ANY_OBJECT), snat=array(ANY_OBJECT),

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -41,6 +42,7 @@ from nvfabric.gateway.role import ANNOUNCE, DEPREFERRED, WITHDRAWN, Role
 from nvfabric.gateway.reload import Reconfiguration
 from nvfabric.gateway.strongswan import Charon, CharonError, CharonFiles, SiteSa, connections
 from nvfabric.gateway.sitepeers import SitePeers
+from nvfabric.gateway.sitecerts import check_new as check_new_certificates
 from nvfabric.gateway.state import SavedState, StateDir, StateSaveError, assign_ids
 from nvfabric.gateway.status import RoleStatus, SessionClock, SessionStatus, readiness as status_readiness
 from nvfabric.gateway.tenants import Claims, Tenant
@@ -477,6 +479,8 @@ class Gateway:
         async with self._lock:
             self._reserved.check(tenant)  # ModelError naming the field: the gateway's own, public space
             sitebgp.check_asn(tenant.sites, self.config.asn)
+            before_sites = self._tenants[tenant.name].sites if tenant.name in self._tenants else ()
+            check_new_certificates(tenant.sites, before_sites, datetime.now(UTC))  # those given must be valid now
             self._claims.check(tenant)  # raises ConflictError naming the field, before anything is applied
             if not self._started:
                 raise NotStarted("the gateway is not running")
@@ -611,7 +615,8 @@ class Gateway:
             out.append({"name": site.name, "kind": site.kind, "remote_address": str(site.remote_address),
                         "if_id": sitemodel.if_id(tid, site), "device": sitemodel.device_name(tid, site),
                         "prefixes": [str(p) for p in site.prefixes], "sa": None if sa is None else sa.as_dict(),
-                        "bgp": self._site_bgp_status(name, site.name, verdicts)})
+                        "bgp": self._site_bgp_status(name, site.name, verdicts),
+                        **({"certificates": site.certs.status()} if site.certs is not None else {})})
         return out
 
     def site_bgp_samples(self) -> list[sitestatus.SiteBgpSample]:

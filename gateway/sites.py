@@ -9,7 +9,7 @@ tenants:
       - name: paris
         kind: ipsec                 # IKEv2 by strongSwan, route-based (an XFRM interface in the tenant's VRF)
         remote_address: 203.0.113.50
-        auth: psk                   # certificate: not yet
+        auth: psk                   # or certificate (gateway/sitecerts.py: certificate, private_key, ...)
         psk: "at least 20 characters of secret"
         prefixes: [10.20.0.0/24]    # the site's networks, routed into the tunnel
         local_ts: [0.0.0.0/0]       # traffic selectors; default 0.0.0.0/0 and ::/0 (route-based)
@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nvfabric.gateway.sitebgp import SiteBgp, check_tenant as check_bgp
+from nvfabric.gateway.sitecerts import FIELDS as CERT_FIELDS, HIDDEN, SiteCertificates
 from nvfabric.vnet.errors import ModelError
 from nvfabric.vnet.model import (
     Address,
@@ -67,7 +68,8 @@ from nvfabric.vnet.model import (
 
 KINDS = ("ipsec", "gre")
 PLANNED_KINDS = ("wireguard",)
-IPSEC_ONLY = ("auth", "psk", "local_ts", "remote_ts", "ike_proposals", "esp_proposals")
+IPSEC_ONLY = ("auth", "psk", "local_ts", "remote_ts", "ike_proposals", "esp_proposals", *CERT_FIELDS)
+AUTHS = ("psk", "certificate")
 KEY_MAX = (1 << 32) - 1  # the GRE key field
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha384-ecp384",)
 DEFAULT_ESP_PROPOSALS = ("aes256gcm16",)
@@ -76,7 +78,6 @@ PSK_MIN, PSK_MAX = 20, 256  # a pre-shared key is only as strong as it is long: 
 SLOT_MAX = 15  # 4 bits of the if_id beside the tenant's 28-bit id (vnet.desired.TABLE_MAX)
 # strongSwan's proposal syntax: algorithm keywords joined by '-' (charon judges the keywords at load time)
 PROPOSAL_RE = re.compile(r"^[a-z0-9_]+(-[a-z0-9_]+)*!?$")
-HIDDEN = "<secret>"
 GRE_NO_PSK = ("a GRE site has no key exchange and no encryption (plain GRE carries the traffic in the clear): "
               "no psk; use kind ipsec for a pre-shared key")
 
@@ -95,6 +96,8 @@ class Site:
     esp_proposals: tuple[str, ...] = DEFAULT_ESP_PROPOSALS
     key: int | None = None  # a GRE site's key (None: no key)
     bgp: SiteBgp | None = None  # eBGP with the site's router across the tunnel (gateway/sitebgp.py)
+    auth: str = "psk"  # or "certificate": then `certs` and no psk
+    certs: SiteCertificates | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "name", NAME_RE)
@@ -124,6 +127,13 @@ class Site:
             self._check_selectors()
 
     def _check_ipsec(self) -> None:
+        if self.auth not in AUTHS:
+            raise ModelError("auth", self.auth, f"must be {' or '.join(AUTHS)}")
+        if self.auth == "certificate":
+            self._check_certificate()
+            return
+        if self.certs is not None:
+            raise ModelError("certificate", "...", "only with auth certificate")
         if not isinstance(self.psk, str) or not PSK_MIN <= len(self.psk) <= PSK_MAX:
             raise ModelError("psk", HIDDEN, f"must be a string of {PSK_MIN} to {PSK_MAX} characters")
         if not self.psk.isprintable():
@@ -131,7 +141,17 @@ class Site:
         if self.key is not None:
             raise ModelError("key", self.key, "a GRE key is for kind gre only")
 
+    def _check_certificate(self) -> None:
+        if self.psk:
+            raise ModelError("psk", HIDDEN, "not with auth certificate (the site proves itself by its certificate)")
+        if not isinstance(self.certs, SiteCertificates):
+            raise ModelError("certificate", None, "required with auth certificate")
+        if self.key is not None:
+            raise ModelError("key", self.key, "a GRE key is for kind gre only")
+
     def _check_gre(self) -> None:
+        if self.auth != "psk" or self.certs is not None:
+            raise ModelError("auth", self.auth, "only for kind ipsec (a GRE site has no IKE)")
         if self.psk:
             raise ModelError("psk", HIDDEN, GRE_NO_PSK)
         if self.key is not None and (isinstance(self.key, bool) or not isinstance(self.key, int)
@@ -173,7 +193,7 @@ class Site:
     def from_dict(cls, body: Any, where: str, position: int) -> Site:
         body = check_object(body, where)
         known = {"name", "kind", "remote_address", "auth", "psk", "prefixes", "local_ts", "remote_ts",
-                 "ike_proposals", "esp_proposals", "slot", "key", "bgp"}
+                 "ike_proposals", "esp_proposals", "slot", "key", "bgp", *CERT_FIELDS}
         reject_unknown(body, known, where)
 
         def path(key: str) -> str:
@@ -182,12 +202,21 @@ class Site:
         if body.get("kind") == "gre":
             return cls._gre_from_dict(body, where, position)
         auth = body.get("auth", "psk")
+        if auth not in AUTHS:
+            raise ModelError(path("auth"), auth, f"must be {' or '.join(AUTHS)}")
+        certs = None
         if auth == "certificate":
-            raise ModelError(path("auth"), auth, "not supported yet (supported: psk)")
-        if auth != "psk":
-            raise ModelError(path("auth"), auth, "must be psk or certificate")
-        if "psk" not in body:
-            raise ModelError(path("psk"), None, "required with auth psk")
+            if "psk" in body:
+                raise ModelError(path("psk"), HIDDEN, "not with auth certificate (the site proves itself by its "
+                                 "certificate)")
+            certs = SiteCertificates.from_dict(body, where)
+        else:
+            for key in CERT_FIELDS:
+                if key in body:
+                    raise ModelError(path(key), HIDDEN if key == "private_key" else "...",
+                                     "only with auth certificate (this site's auth is psk)")
+            if "psk" not in body:
+                raise ModelError(path("psk"), None, "required with auth psk")
 
         def networks(key: str, default: tuple[Network, ...]) -> tuple[Network, ...]:
             if key not in body:
@@ -205,11 +234,11 @@ class Site:
         try:
             return cls(name=body.get("name"), kind=kind, remote_address=check_address(body.get("remote_address"),
                                                                                         path("remote_address")),
-                       psk=body["psk"], prefixes=networks("prefixes", ()), slot=slot,
+                       psk=body.get("psk", ""), prefixes=networks("prefixes", ()), slot=slot,
                        local_ts=networks("local_ts", ROUTE_BASED), remote_ts=networks("remote_ts", ROUTE_BASED),
                        ike_proposals=strings("ike_proposals", DEFAULT_IKE_PROPOSALS),
                        esp_proposals=strings("esp_proposals", DEFAULT_ESP_PROPOSALS), key=body.get("key"),
-                       bgp=bgp)
+                       bgp=bgp, auth=auth, certs=certs)
         except ModelError as exc:
             raise exc.within(where) from None
 
@@ -236,8 +265,10 @@ class Site:
             if self.bgp is not None:
                 gre["bgp"] = self.bgp.as_dict()
             return gre if self.key is None else {**gre, "key": self.key}
-        return {"name": self.name, "kind": self.kind, "remote_address": str(self.remote_address), "auth": "psk",
-                "psk": self.psk if secrets else HIDDEN, "prefixes": [str(p) for p in self.prefixes],
+        auth = ({"auth": "psk", "psk": self.psk if secrets else HIDDEN} if self.certs is None
+                else {"auth": "certificate", **self.certs.as_dict(secrets)})
+        return {"name": self.name, "kind": self.kind, "remote_address": str(self.remote_address), **auth,
+                "prefixes": [str(p) for p in self.prefixes],
                 "local_ts": [str(p) for p in self.local_ts], "remote_ts": [str(p) for p in self.remote_ts],
                 "ike_proposals": list(self.ike_proposals), "esp_proposals": list(self.esp_proposals),
                 "slot": self.slot, **({"bgp": self.bgp.as_dict()} if self.bgp is not None else {})}

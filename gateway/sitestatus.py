@@ -229,3 +229,25 @@ def trace(tenant: Tenant, tid: int, src: Address, dst: Address, sas: Mapping[str
                        f"{', '.join(child.remote_ts)}) do not carry {src} -> {dst}: the tunnel drops it")
     return replace(hop, up=True, reason=f"routed by table {tid} to {hop.device}, encrypted with SPI 0x{child.spi_out} "
                    f"to {site.remote_address}; tenant-to-site traffic is never NATed")
+
+
+# ---------------------------------------------------------------------- certificates
+
+
+class CertificateCollector:
+    """When each site's certificates expire (the first of the gateway's and the site's CAs), for an alert ahead
+    of it: `nvfabric_gateway_site_certificate_expiry_time_seconds - time() < 14 * 86400`. From the configuration
+    alone: no charon read."""
+
+    def __init__(self, tenants: Iterable[Tenant]) -> None:
+        self.tenants = sorted(tenants, key=lambda t: t.name)
+
+    def collect(self) -> Iterable[Any]:
+        expiry = GaugeMetricFamily("nvfabric_gateway_site_certificate_expiry_time_seconds", "wall clock (Unix "
+                                   "seconds) the first of a site's certificates expires (auth certificate)",
+                                   labels=["tenant", "site"])
+        for t in self.tenants:
+            for s in t.sites:
+                if s.certs is not None:
+                    expiry.add_metric([t.name, s.name], round(s.certs.first_expiry.timestamp()))
+        yield expiry

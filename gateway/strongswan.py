@@ -117,11 +117,13 @@ def _local_address(site: Site, external: External) -> str:
 
 @dataclass(frozen=True)
 class Connection:
-    """One site as charon loads it: the vici bodies of `load-conn` and `load-shared` (the key kept out of repr)."""
+    """One site as charon loads it: the vici bodies of `load-conn` and of `load-shared` (a site with a psk) or
+    `load-key` (a site with certificates), the secrets kept out of repr."""
 
     name: str
     conn: Mapping[str, Any]
-    secret: Mapping[str, Any]
+    secret: Mapping[str, Any] | None
+    key: Mapping[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"Connection({self.name!r})"
@@ -159,8 +161,22 @@ def connection(tenant: str, tid: int, site: Site, external: External) -> Connect
         "remote-1": {"auth": "psk", "id": remote},
         "children": {name: child},
     }
+    if site.certs is not None:
+        return _with_certificates(conn, name, site)
     secret = {"id": name, "type": "IKE", "data": site.psk, "owners": [remote]}
     return Connection(name, {name: conn}, secret)
+
+
+def _with_certificates(conn: dict[str, Any], name: str, site: Site) -> Connection:
+    """The connection authenticated by certificates both ways: the gateway's certificate (sent always: the site
+    may hold only its CA) and identity; the site's identity, accepted through the site's own CAs only (a
+    certificate another tenant's CA signed fails that constraint, whatever else charon trusts)."""
+    certs = site.certs
+    assert certs is not None
+    conn = {**conn, "send_cert": "always",
+            "local-1": {"auth": "pubkey", "certs": [certs.certificate], "id": certs.local_identity},
+            "remote-1": {"auth": "pubkey", "id": certs.remote_id, "cacerts": list(certs.ca_certificates)}}
+    return Connection(name, {name: conn}, None, certs.charon_key())
 
 
 def connections(name: str, tenant: Tenant | None, tid: int, external: External) -> dict[str, Connection]:
@@ -353,6 +369,12 @@ class Charon:
         self.restarts = 0
         self.last_error: str | None = None
         self._loaded: dict[str, Connection] = {}  # what this charon has, by connection name
+        # the secrets charon holds for the loaded connections: by name, the PEM of its private key (a site with
+        # certificates) or None (its psk, `load-shared` under the connection's name); and each private key once,
+        # by its PEM: charon's id for it and the connections using it (charon keeps one copy of a key however
+        # often it is loaded, and `unload-key` drops it for all of them)
+        self._held: dict[str, str | None] = {}
+        self._keys: dict[str, tuple[str, set[str]]] = {}
         self._by_tenant: dict[str, set[str]] = {}
         self._proc: asyncio.subprocess.Process | None = None
         self._vici: Vici | None = None
@@ -488,6 +510,8 @@ class Charon:
 
     async def _reload_all(self) -> None:
         """A new charon: every connection this gateway has (none while it stands by)."""
+        self._held.clear()
+        self._keys.clear()
         if not self.serving:
             return
         for conn in self._loaded.values():
@@ -512,15 +536,48 @@ class Charon:
 
     async def _load(self, conn: Connection) -> None:
         assert self._vici is not None
-        await self._vici.request("load-shared", conn.secret)
+        await self._hold(conn)
         await self._vici.request("load-conn", conn.conn)
 
     async def _unload(self, name: str) -> None:
         assert self._vici is not None
-        await self._vici.request("unload-conn", {"name": name})
-        with contextlib.suppress(CharonError):  # no SA (never established): nothing to end
-            await self._vici.request("terminate", {"ike": name, "force": "yes", "timeout": "-1"})
-        await self._vici.request("unload-shared", {"id": name})
+        try:
+            await self._vici.request("unload-conn", {"name": name})
+            with contextlib.suppress(CharonError):  # no SA (never established): nothing to end
+                await self._vici.request("terminate", {"ike": name, "force": "yes", "timeout": "-1"})
+        finally:  # a connection charon refused to load still had its secret loaded: never left behind
+            if name in self._held:
+                await self._let_go(name, self._held.pop(name))
+
+    async def _hold(self, conn: Connection) -> None:
+        """The connection's secret into charon (before the connection that needs it); the one it had before, if
+        another, let go."""
+        assert self._vici is not None
+        if conn.key is None:
+            await self._vici.request("load-shared", conn.secret)
+            pem = None
+        else:
+            pem = conn.key["data"]
+            if pem not in self._keys:
+                answer = await self._vici.request("load-key", conn.key)
+                self._keys[pem] = (answer["id"], set())
+            self._keys[pem][1].add(conn.name)
+        had = self._held.get(conn.name, pem)
+        self._held[conn.name] = pem
+        if had != pem:
+            await self._let_go(conn.name, had)
+
+    async def _let_go(self, name: str, held: str | None) -> None:
+        """`name` no longer needs the secret it held: its psk unloaded, its key unloaded if no other uses it."""
+        assert self._vici is not None
+        if held is None:
+            await self._vici.request("unload-shared", {"id": name})
+            return
+        key_id, users = self._keys[held]
+        users.discard(name)
+        if not users:
+            del self._keys[held]
+            await self._vici.request("unload-key", {"id": key_id})
 
     async def _restart(self, name: str) -> None:
         assert self._vici is not None

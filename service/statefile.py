@@ -3,7 +3,8 @@ come back from an unreadable file with their previous good copy instead of refus
 
 Write the new text to a temporary file and fsync it; hard-link the current file to the previous copy's name
 (link, then rename: at every moment both names hold a whole file); rename the new file over the current one;
-fsync the directory so the renames survive a crash.
+fsync the directory so the renames survive a crash. The files are the daemon's alone (0600): the gateway's
+holds its sites' pre-shared keys and private keys.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def replace_keeping_previous(path: Path, previous: Path, text: str, keep: bool =
     tmp = directory / f".{path.name}.{os.getpid()}.tmp"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import signal
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from nvfabric.gateway.strongswan import BINARY, Charon, CharonFiles, SiteSa, con
 from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab import netns
 from nvfabric.vnet.errors import KernelError
+from tests.certs import Issued, Pki
 from tests.integration.conftest import need
 
 TAG = f"ss{os.getpid() % 100000}"
@@ -207,6 +209,172 @@ def test_only_the_serving_gateway_holds_the_sites_sa(ha_namespaces: dict[str, st
             await until_sas(gws["g1"], lambda s: gws["g1"].restarts == 1 and gws["g1"]._vici is not None,
                             "g1's charon started again and answering")
             assert await gws["g1"].sas() == {}
+        finally:
+            for charon in (*gws.values(), site):
+                await charon.stop()
+
+    asyncio.run(run())
+
+
+# ---------------------------------------------------------------------------------------------- certificates
+# Each tenant has its own CA (made with pki at test time), which signs the gateway's certificate for the tenant's
+# site and the site's own. The sites are configured with swanctl.conf as their administrators would.
+GW_DN = {"blue": "C=CH, O=blue, CN=gateway", "red": "C=CH, O=red, CN=gateway"}
+SITE_DN = {"blue": "C=CH, O=blue, CN=office", "red": "C=CH, O=red, CN=office"}
+
+
+def cert_site(name: str, gateway: Issued, cas: tuple[Issued, ...]) -> dict:
+    return {"name": "office", "remote_address": SITES[name][1], "auth": "certificate", "prefixes": ["10.20.0.0/24"],
+            "certificate": gateway.cert_pem, "private_key": gateway.key_pem,
+            "ca_certificates": [ca.cert_pem for ca in cas], "remote_id": SITE_DN[name]}
+
+
+def cert_tenant(name: str, vsid: int, *sites: dict) -> Tenant:
+    return Tenant.from_dict({"name": name, "route_targets": ["65000:1"], "sites": list(sites),
+                             "subnets": [{"vsid": vsid, "prefixes": ["10.0.0.0/24"]}]})
+
+
+def load_site(short: str, charon: Charon, own: Issued, gateway_ca: Issued, gateway_dn: str, directory,
+              ns: str | None = None, addresses: tuple[str, str] | None = None) -> None:
+    """The site's swanctl directory as its administrator keeps it (its key in ecdsa/, its certificate in x509/,
+    the CA of the gateway's certificate in x509ca/), the gateway known by its DN; loaded with swanctl. The site
+    at SITES' address of `short` and the gateway at GW, or `addresses` (the site's, the gateways')."""
+    for sub, source in (("ecdsa", own.key), ("x509", own.cert), ("x509ca", gateway_ca.cert)):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+        (directory / sub / source.name).write_bytes(source.read_bytes())
+    address, gateways = addresses or (SITES["blue" if short == "sa" else "red"][1], GW)
+    conf = directory / "swanctl.conf"
+    conf.write_text(f"connections {{ gateway {{ version = 2\n local_addrs = {address}\n remote_addrs = {gateways}\n"
+                    f" local {{ auth = pubkey\n certs = {own.cert.name} }}\n"
+                    f" remote {{ auth = pubkey\n id = \"{gateway_dn}\"\n cacerts = {gateway_ca.cert.name} }}\n"
+                    " children { gateway { local_ts = 10.20.0.0/24\n remote_ts = 10.0.0.0/24 } } } }\n")
+    netns.run(["ip", "netns", "exec", ns or NS[short], "swanctl", "--load-all", "--noprompt", "--file", str(conf),
+               "--uri", f"unix://{charon.files.socket}"])
+
+
+async def site_initiates(short: str, charon: Charon) -> SiteSa | None:
+    """The site starts an IKE SA with the gateway and waits for the outcome: its IKE SA if established (this
+    kernel has no ESP: the child SA always fails here, swanctl says so, and the IKE SA is kept)."""
+    await asyncio.to_thread(netns.run, ["ip", "netns", "exec", NS[short], "swanctl", "--initiate", "--child",
+                                        "gateway", "--timeout", "30", "--uri", f"unix://{charon.files.socket}"],
+                            check=False)
+    return established(await charon.sas(), "gateway")
+
+
+async def gateway_keys(gw: Charon) -> list[str]:
+    assert gw._vici is not None
+    return list((await gw._vici.request("get-keys"))["keys"])
+
+
+def test_sites_with_certificates_establish_only_through_their_own_ca_and_identity(namespaces: None, tmp_path,
+                                                                                  caplog) -> None:
+    """Blue's site establishes with certificates; red's site never does while it shows a certificate of blue's CA
+    (trusted by the same charon for blue's site) or one of red's CA with another identity, and does with the right
+    one; blue's IKE SA stays the same throughout, and a site's removal unloads its key, unless another site of the
+    gateway uses the same key. No line of the gateway's keys is ever logged (ours and charon's)."""
+    caplog.set_level(logging.DEBUG)
+    pki = Pki(tmp_path)
+    ca = {t: pki.ca(t, f"C=CH, O={t}, CN={t} CA") for t in ("blue", "red")}
+    gw_cert = {t: pki.issue(ca[t], f"gw-{t}", GW_DN[t], GW) for t in ca}
+    site_cert = {t: pki.issue(ca[t], f"site-{t}", SITE_DN[t]) for t in ca}
+    forged = pki.issue(ca["blue"], "red-by-blue", SITE_DN["red"])  # red's identity, blue's CA
+    stranger = pki.issue(ca["red"], "red-stranger", "C=CH, O=red, CN=intruder")  # red's CA, another identity
+    shorts = {"blue": "sa", "red": "sb"}
+
+    async def run() -> None:
+        sites = {t: Charon(NS[short], CharonFiles.named(f"{TAG}-{short}")) for t, short in shorts.items()}
+        gw = Charon(NS["gw"], CharonFiles.named(f"{TAG}-gw"))
+        try:
+            for charon in sites.values():
+                await charon.start()
+            load_site("sa", sites["blue"], site_cert["blue"], ca["blue"], GW_DN["blue"], tmp_path / "site-blue")
+            load_site("sb", sites["red"], forged, ca["red"], GW_DN["red"], tmp_path / "site-red-1")
+            await gw.start()
+            blue = cert_tenant("blue", 5001, cert_site("blue", gw_cert["blue"], (ca["blue"],)))
+            red = cert_tenant("red", 6001, cert_site("red", gw_cert["red"], (ca["red"],)))
+            await gw.put("blue", connections("blue", blue, 1000, EXTERNAL))
+            await gw.put("red", connections("red", red, 1001, EXTERNAL))
+            sas = await until_sas(gw, lambda s: established(s, "blue.office"), "blue's IKE SA by certificates")
+            first = established(sas, "blue.office")
+            assert established(await sites["blue"].sas(), "gateway").spis == first.spis
+            # red's site with a certificate of blue's CA carrying red's identity, then one of red's CA carrying
+            # another identity: the site's own attempts fail, and the gateway has no SA with it
+            assert await site_initiates("sb", sites["red"]) is None
+            load_site("sb", sites["red"], stranger, ca["red"], GW_DN["red"], tmp_path / "site-red-2")
+            assert await site_initiates("sb", sites["red"]) is None
+            assert established(await gw.sas(), "red.office") is None
+            # the right certificate: established (so what failed before was the certificate, nothing else)
+            load_site("sb", sites["red"], site_cert["red"], ca["red"], GW_DN["red"], tmp_path / "site-red-3")
+            assert await site_initiates("sb", sites["red"]) is not None
+            sas = await until_sas(gw, lambda s: established(s, "red.office"), "red's IKE SA by certificates")
+            assert established(sas, "blue.office") == first
+            assert len(await gateway_keys(gw)) == 2
+            # red's site removed: its SA ends and its key is unloaded; blue's SA and key stay
+            await gw.put("red", connections("red", cert_tenant("red", 6001), 1001, EXTERNAL))
+            sas = await until_sas(gw, lambda s: "red.office" not in s, "red's IKE SA ended")
+            assert established(sas, "blue.office") == first
+            (blue_key,) = await gateway_keys(gw)
+            # a new site charon refuses (a proposal it does not know): its key is not left in charon
+            bad = {**cert_site("red", gw_cert["red"], (ca["red"],)), "ike_proposals": ["aes999-sha0-nothing"]}
+            with pytest.raises(KernelError, match="red"):
+                await gw.put("red", connections("red", cert_tenant("red", 6001, bad), 1001, EXTERNAL))
+            assert await gateway_keys(gw) == [blue_key]
+            # red again, with the gateway's certificate and key blue's site has (an operator's one certificate
+            # for several sites): charon holds the key once; red's removal leaves it to blue
+            shared = cert_tenant("red", 6001, cert_site("red", gw_cert["blue"], (ca["red"],)))
+            await gw.put("red", connections("red", shared, 1001, EXTERNAL))
+            assert await gateway_keys(gw) == [blue_key]
+            await gw.put("red", connections("red", cert_tenant("red", 6001), 1001, EXTERNAL))
+            assert await gateway_keys(gw) == [blue_key]
+            assert established(await gw.sas(), "blue.office") == first
+            # charon killed: started again and given blue's key and connection again, which comes up (a new SA)
+            assert gw._proc is not None
+            os.kill(gw._proc.pid, signal.SIGKILL)
+            await until_sas(gw, lambda s: (sa := established(s, "blue.office")) and sa.spis != first.spis,
+                            "blue's IKE SA again after charon was killed")
+            assert await gateway_keys(gw) == [blue_key]
+            secrets = {line for t in gw_cert for line in gw_cert[t].key_pem.splitlines()[1:-1]}
+            assert "loaded ECDSA private key" in caplog.text and not any(s in caplog.text for s in secrets)
+        finally:
+            await gw.stop()
+            for charon in sites.values():
+                await charon.stop()
+
+    asyncio.run(run())
+
+
+def test_a_site_with_certificates_follows_the_serving_gateway(ha_namespaces: dict[str, str], tmp_path) -> None:
+    """Both gateways have the same site with the same certificate and key; the site names one identity and both
+    addresses. Only the serving gateway holds the key in its charon (a standby's unloads it with the connection)
+    and the SA; when the role moves, the other loads the key again and has the SA."""
+    names = ha_namespaces
+    pki = Pki(tmp_path)
+    ca = pki.ca("blue", "C=CH, O=blue, CN=blue CA")
+    gateway, site_cert = pki.issue(ca, "gw", GW_DN["blue"]), pki.issue(ca, "site", SITE_DN["blue"])
+
+    async def run() -> None:
+        site = Charon(names["s"], CharonFiles.named(f"{TAG}-s"))
+        gws = {g: Charon(names[g], CharonFiles.named(f"{TAG}-{g}"), serving=g == "g1") for g in HA}
+        ext = {g: External(("lo",), address4=ipaddress.ip_address(a)) for g, a in HA.items()}
+        body = {**cert_site("blue", gateway, (ca,)), "remote_address": HA_SITE}
+        blue = cert_tenant("blue", 5001, body)
+        try:
+            await site.start()
+            load_site("s", site, site_cert, ca, GW_DN["blue"], tmp_path / "site", names["s"],
+                      (HA_SITE, f"{HA['g1']},{HA['g2']}"))
+            for g, charon in gws.items():
+                await charon.start()
+                await charon.put("blue", connections("blue", blue, 1000, ext[g]))
+            sas = await until_sas(gws["g1"], lambda s: established(s, "blue.office"), "g1's SA with the site")
+            assert established(sas, "blue.office").local == HA["g1"]
+            keys = await gateway_keys(gws["g1"])
+            assert len(keys) == 1 and await gateway_keys(gws["g2"]) == []
+            await gws["g1"].serve(False)
+            await gws["g2"].serve(True)
+            sas = await until_sas(gws["g2"], lambda s: established(s, "blue.office"), "g2's SA with the site")
+            assert established(sas, "blue.office").local == HA["g2"]
+            await until_sas(gws["g1"], lambda s: "blue.office" not in s, "g1's SA ended")
+            assert await gateway_keys(gws["g1"]) == [] and await gateway_keys(gws["g2"]) == keys
         finally:
             for charon in (*gws.values(), site):
                 await charon.stop()

@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from nvfabric.gateway import sitebgp, sites as sitemodel
@@ -28,6 +29,7 @@ from nvfabric.vnet.kernel.netns import RtnlSocket
 from nvfabric.vnet.kernel.objects import GreTunnel, LocalPortRoute, TunnelAddress, XfrmInterface
 from nvfabric.vnet.kernel.observe import observe
 from tests.kernel.test_gateway_x import BLUE, GW_PA, NS, RED, RMAC, Lab, diagnostics, lab  # noqa: F401 - the fixture
+from tests.certs import Pki
 from tests.nvgre import ETH_IPV4, ROUTER_MAC, gre
 
 pytestmark = pytest.mark.kernel
@@ -226,6 +228,65 @@ def _checks(sites: Sites) -> None:
     s, line = connect_retrying(NS["vb"], SITE_HOST, ("10.0.0.5", 0))
     s.close()
     assert line.startswith("site-blue 10.0.0.5:"), line
+
+
+# ---------------------------------------------------------------------------------------------- certificates
+# Red's site again, now authenticated by certificates of red's own CA (made with pki at test time): its
+# administrator's swanctl directory holds its key, its certificate and red's CA; the gateway's red site holds the
+# gateway's certificate for red, its key and red's CA.
+GW_RED_DN, SITE_RED_DN = "C=CH, O=red, CN=gateway", "C=CH, O=red, CN=office"
+CERT_HOST = (SITE_HOST[0], 9001)  # the site's host, a port of its own (a closed Server may still hold 9000)
+
+
+def cert_swanctl_conf(gateway_dn: str) -> str:
+    """Red's site's swanctl.conf (the same selectors as with its psk), authenticated by certificates."""
+    address = SITE["red"][1]
+    conf = swanctl_conf("red")
+    conf = conf.replace(f"auth = psk\n            id = {address}", "auth = pubkey\n            certs = site.crt")
+    conf = conf.replace(f"auth = psk\n            id = {GW_EXT}",
+                        f"auth = pubkey\n            id = \"{gateway_dn}\"\n            cacerts = ca.crt")
+    conf = conf[:conf.index("secrets {")]
+    assert "psk" not in conf, conf
+    return conf
+
+
+def test_a_site_with_certificates_carries_its_tenants_traffic(sites: Sites, tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    ca = pki.ca("red-ca", "C=CH, O=red, CN=red CA")
+    gateway, site = pki.issue(ca, "gateway", GW_RED_DN), pki.issue(ca, "site", SITE_RED_DN)
+    swanctl = tmp_path / "site"
+    for sub, source in (("ecdsa", site.key), ("x509", site.cert), ("x509ca", ca.cert)):
+        (swanctl / sub).mkdir(parents=True)
+        (swanctl / sub / f"{'ca' if sub == 'x509ca' else 'site'}{source.suffix}").write_bytes(source.read_bytes())
+    (swanctl / "swanctl.conf").write_text(cert_swanctl_conf(GW_RED_DN))
+    netns.run(["ip", "netns", "exec", site_ns("red"), "swanctl", "--load-all", "--noprompt", "--file",
+               str(swanctl / "swanctl.conf"), "--uri", f"unix://{sites.charons['red'].files.socket}"])
+    blue_before = established(sites.gateway_sas(), "blue.office")
+    body = {"name": "office", "remote_address": SITE["red"][1], "auth": "certificate", "prefixes": ["10.20.0.0/24"],
+            "certificate": gateway.cert_pem, "private_key": gateway.key_pem, "ca_certificates": [ca.cert_pem],
+            "remote_id": SITE_RED_DN}
+    server = Server(site_ns("red"), CERT_HOST, "site-red ")
+    try:
+        sites.put(Tenant.from_dict({**RED, "sites": [body]}))
+        wait_for(lambda: established(sites.gateway_sas(), "red.office"), 90, "red's site SA by certificates")
+        s, line = connect_retrying(NS["vr"], CERT_HOST, ("10.0.0.5", 0))
+        s.close()
+        assert line.startswith("site-red 10.0.0.5:"), line
+        (status,) = [s for s in sites.lab.gateway.call(lambda g: g.site_status("red")) if s["name"] == "office"]
+        assert status["certificates"]["remote_id"] == SITE_RED_DN and status["sa"]["state"] == "ESTABLISHED"
+        sites.put(Tenant.from_dict(RED))
+        wait_for(lambda: "red.office" not in sites.gateway_sas(), 60, "red's SA ended")
+        if blue_before is not None:  # blue's SA untouched by red's coming and going
+            after = established(sites.gateway_sas(), "blue.office")
+            assert after is not None and [(c.spi_in, c.spi_out) for c in after.children] == \
+                [(c.spi_in, c.spi_out) for c in blue_before.children]
+    except AssertionError:
+        print(diagnostics())
+        print(netns.run(["ip", "netns", "exec", site_ns("red"), "swanctl", "--list-sas", "--uri",
+                         f"unix://{sites.charons['red'].files.socket}"], check=False).output[-3000:])
+        raise
+    finally:
+        server.close()
 
 
 # ---------------------------------------------------------------------------------------------- a GRE site

@@ -50,7 +50,7 @@ def test_a_site_defaults_to_route_based_ipsec_with_modern_proposals() -> None:
 @pytest.mark.parametrize(("change", "field", "match"), [
     ({"psk": "short"}, "sites[0].psk", "20 to 256"),
     ({"psk": None}, "sites[0].psk", "20 to 256"),
-    ({"auth": "certificate"}, "sites[0].auth", "not supported yet"),
+    ({"auth": "certificate"}, "sites[0].psk", "not with auth certificate"),
     ({"auth": "rsa"}, "sites[0].auth", "psk or certificate"),
     ({"kind": "gre"}, "sites[0].psk", "no psk"),
     ({"kind": "wireguard"}, "sites[0].kind", "not supported yet"),

@@ -246,6 +246,9 @@ tests:
         values: '0 3x20'
       - series: 'nvfabric_agent_route_changes_unapplied_oldest_seconds{job="nvfabric-agent",instance="hv1"}'
         values: '0 0.5 90+60x10'
+      - series: 'nvfabric_gateway_site_certificate_expiry_time_seconds{job="nvfabric-gateway",instance="gw1",
+          tenant="blue",site="paris"}'
+        values: '1210200x20'
     alert_rule_test:
       - eval_time: 1m
         alertname: NvfabricBgpSessionDown
@@ -302,6 +305,17 @@ tests:
               summary: "The agent on hv1 has a route change waiting for 450 s"
               description: "`nvfabric ctl status` shows its backlog and how long its last pass took
                 (last_sync_s)."
+      - eval_time: 5m
+        alertname: NvfabricSiteCertificateExpiresSoon
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: NvfabricSiteCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels: {severity: warning, job: nvfabric-gateway, instance: "gw1", tenant: blue, site: paris}
+            exp_annotations:
+              summary: "Site paris of tenant blue on gw1: a certificate expires in 13d 23h 55m 0s"
+              description: "`nvfabric gateway tenant get blue` names it (status.sites[].certificates.first_to_expire);
+                put the site's new certificates before then."
 """
 
 
