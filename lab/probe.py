@@ -37,6 +37,12 @@ class Server:
                 conn.sendall(data)
 
     def close(self) -> None:
+        # close() alone leaves the thread blocked in accept() holding the listening socket (the port still
+        # taken); shutdown wakes it
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
 
