@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 
 from nvfabric.gateway.config import GatewayConfig
+from nvfabric.gateway.strongswan import Charon, CharonFiles, SiteSa
+from nvfabric.gateway.tenants import Tenant
 from nvfabric.lab.gateway_scene import frr_upstream_conf, tenant
 from nvfabric.lab.fabric import ASN, BLUE, Fabric, RED, RR, wait_for
 from nvfabric.lab import netns, runner
 from nvfabric.lab.cli import DEFAULT_TOPOLOGY
 from nvfabric.lab.topology import load
-from nvfabric.lab.daemons import GatewayThread
+from nvfabric.lab.daemons import GatewayThread, LoopThread
 from nvfabric.lab.probe import Server, connect_retrying
 from nvfabric.lab.peers import Frr, Lab
 from nvfabric.vnet.model import Port, RoutingDomain
@@ -156,3 +158,124 @@ def test_global_prefix_leaves_without_nat_and_nat66_with_its_address(six) -> Non
     finally:
         server.close()
         vm.close()
+
+
+# Sites over an IPv6 underlay, in one namespace behind the internet router: green's IPsec site (IPv6 inside
+# too: green's prefix to the site's 2001:db8:5e::/64) and blue's GRE site (ip6gre, IPv4 inside)
+SITE_LINK, SITE_ROUTER = "2001:db8:5::/64", "2001:db8:5::1"
+IPSEC6, GRE6, GRE6_KEY = "2001:db8:5::50", "2001:db8:5::60", 77
+IPSEC6_HOST, GRE6_HOST = ("2001:db8:5e::10", 9000), ("10.60.0.10", 9000)
+PSK6 = "green-site-key-0123456789"
+
+
+def site6_swanctl(site: str) -> str:
+    """What the site's administrator writes: policy-based, its prefix to green's."""
+    return f"""connections {{
+    gateway {{
+        version = 2
+        local_addrs = {IPSEC6}
+        remote_addrs = {GW6}
+        proposals = aes256gcm16-prfsha384-ecp384
+        local {{
+            auth = psk
+            id = {IPSEC6}
+        }}
+        remote {{
+            auth = psk
+            id = {GW6}
+        }}
+        children {{
+            gateway {{
+                local_ts = 2001:db8:5e::/64
+                remote_ts = {GREEN_PREFIX}
+                esp_proposals = aes256gcm16
+            }}
+        }}
+    }}
+}}
+secrets {{
+    ike-gateway {{
+        id = {GW6}
+        secret = {PSK6}
+    }}
+}}
+"""
+
+
+def _established(sa: SiteSa | None) -> bool:
+    return sa is not None and sa.state == "ESTABLISHED" and any(c.state == "INSTALLED" for c in sa.children)
+
+
+def with_sites(gw: GatewayThread, name: str, sites: list[dict]) -> Tenant:
+    return Tenant.from_dict({**gw.gateway.tenants[name].as_dict(), "sites": sites})
+
+
+def test_sites_over_an_ipv6_underlay(six) -> None:
+    fab, gw, frr, g1 = six
+    for module in ("xfrm_interface", "ip6_gre"):
+        netns.run(["modprobe", module], check=False)
+    site = f"{fab.topology.name}.site6"
+    inet = fab.ns("internet")
+    netns.create(site)
+    thread = charon = None
+    servers: list[Server] = []
+    try:
+        netns.ip_batch([netns.veth_line(inet, "s6", site, "e0")])
+        netns.ip_batch(["link set s6 up", f"addr add {SITE_ROUTER}/64 dev s6 nodad"], inet)
+        netns.run(["ip", "netns", "exec", inet, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        netns.ip_batch(["link set lo up", f"addr add {IPSEC6_HOST[0]}/128 dev lo", f"addr add {GRE6_HOST[0]}/32 dev lo",
+                        "link set e0 up", f"addr add {IPSEC6}/64 dev e0 nodad", f"addr add {GRE6}/64 dev e0 nodad",
+                        f"route add ::/0 via {SITE_ROUTER}",
+                        f"link add gs6 type ip6gre local {GRE6} remote {GW6} key {GRE6_KEY} hoplimit 64",
+                        "link set gs6 up", "route add 10.0.0.0/24 dev gs6"], site)
+        # the gateway reaches the sites' link through the internet router
+        netns.run(["ip", "-6", "-n", fab.ns("gw1"), "route", "add", SITE_LINK, "via", UP6])
+        thread = LoopThread(site)
+        charon = Charon(site, CharonFiles.named(f"{fab.topology.name}-site6"))
+        thread.run(charon.start(), timeout=60)
+        conf = charon.files.directory / "swanctl.conf"
+        conf.write_text(site6_swanctl(site))
+        netns.run(["ip", "netns", "exec", site, "swanctl", "--load-all", "--noprompt", "--file", str(conf),
+                   "--uri", f"unix://{charon.files.socket}"])
+        servers = [Server(site, IPSEC6_HOST, "ipsec6 "), Server(site, GRE6_HOST, "gre6 ")]
+        # green's IPsec site over IPv6: g1 reaches the site's host with its own address, through the SA
+        gw.call(lambda g: g.put_tenant(with_sites(gw, "green", [
+            {"name": "office6", "remote_address": IPSEC6, "psk": PSK6, "prefixes": ["2001:db8:5e::/64"]}])),
+            timeout=120)
+        wait_for(lambda: _established(gw.call(lambda g: g.site_sas()).get("green.office6")), 90, "green's site SA")
+        s, line = connect_retrying(g1, IPSEC6_HOST)
+        s.close()
+        assert line.startswith("ipsec6 ") and line[7:].rsplit(":", 1)[0] == G1[3], line
+        (status,) = gw.call(lambda g: g.site_status("green"))
+        assert (status["sa"]["state"], status["sa"]["remote"]) == ("ESTABLISHED", IPSEC6), status
+        assert any(c["bytes_out"] > 0 and c["bytes_in"] > 0 for c in status["sa"]["children"]), status
+        # blue's GRE site over IPv6 (ip6gre): b2 reaches it unNATed; red's r1, with b2's very address, does not
+        gw.call(lambda g: g.put_tenant(with_sites(gw, "blue", [
+            {"name": "depot6", "kind": "gre", "remote_address": GRE6, "key": GRE6_KEY,
+             "prefixes": ["10.60.0.0/24"]}])), timeout=120)
+        s, line = connect_retrying(fab.vm_ns["b2"], GRE6_HOST)
+        s.close()
+        assert line.startswith("gre6 10.0.0.12:"), line
+        with pytest.raises(ConnectionError):
+            connect_retrying(fab.vm_ns["r1"], GRE6_HOST, tries=1)
+        # both sites removed: neither host is reached any more
+        for name in ("green", "blue"):
+            gw.call(lambda g, name=name: g.put_tenant(with_sites(gw, name, [])), timeout=120)
+        with pytest.raises(ConnectionError):
+            connect_retrying(fab.vm_ns["b2"], GRE6_HOST, tries=1)
+        with pytest.raises(ConnectionError):
+            connect_retrying(g1, IPSEC6_HOST, tries=1)
+    except AssertionError:
+        print(_diagnostics(fab, frr))
+        for cmd in ("ip -s xfrm state", "ip -6 route", "ip -d link show gs6"):
+            print(f"== site: {cmd}\n", netns.run(["ip", "netns", "exec", site, *cmd.split()], check=False).output)
+        raise
+    finally:
+        for server in servers:
+            server.close()
+        if charon is not None and thread is not None:
+            thread.run(charon.stop(), timeout=30)
+        if thread is not None:
+            thread.close()
+        netns.run(["ip", "-6", "-n", fab.ns("gw1"), "route", "del", SITE_LINK], check=False)
+        netns.destroy(site)
