@@ -79,6 +79,9 @@ PA_SETS = {4: "pa4", 6: "pa6"}
 SITE_SETS = {4: "site4", 6: "site6"}
 SITE_KEYLESS_SETS = {4: "site4nk", 6: "site6nk"}
 SITE_PROTOCOLS = "{ 0x0800, 0x86dd }"
+# The table's layout, kept as the comment of the input chain's first rule: a table read back without it was
+# written by an older agent or gateway (other rules) and is replaced, not adopted
+LAYOUT = "nvfabric decapsulation 2"
 
 
 class SiteTunnel(NamedTuple):
@@ -739,15 +742,25 @@ def ruleset(f: DecapFilter) -> str:
     return text + _add(f.pas, f.vsids, f.vouched, f.sites)
 
 
+# The ways a site's GRE packet may begin: (family, what precedes the GRE header, its length in bits). IPv6 with
+# one Destination Options header of 8 bytes whose next header is GRE: the tunnel encapsulation limit option
+# (RFC 2473) that Linux's ip6gre sends by default (`encaplimit 4`), as a site's router will.
+_SITE_HEADS = ((4, "meta l4proto gre ip hdrlength 5", 0), (6, "ip6 nexthdr gre", 0),
+               (6, "ip6 nexthdr 60 @nh,320,8 47 @nh,328,8 0", 64))
+
+
 def _site_rules() -> str:
     """Step 0: IP in GRE that one site's tunnel takes, accepted before the NVGRE checks. (`@th` after `l4proto
-    gre` aborts nft 1.0.6's listing: the fixed offsets of the chains below, IPv4 without options.)"""
+    gre` aborts nft 1.0.6's listing: fixed offsets, IPv4 without options, IPv6 with no extension header or
+    with the encapsulation limit's.) The first rule carries the layout mark."""
     out = ""
-    for v, head in ((4, "meta l4proto gre ip hdrlength 5"), (6, "ip6 nexthdr gre")):
-        o = _OFFSETS[v]
+    for v, head, shift in _SITE_HEADS:
+        o = {field: offset + shift for field, offset in _OFFSETS[v].items() if isinstance(field, str)}
         ends = f"{_SADDR[v]} . {_DADDR[v]}"
         proto = f"@nh,{o['proto']},16 {SITE_PROTOCOLS}"
-        out += (f"    {head} @nh,{o['flags']},16 0x2000 {ends} . @nh,{o['key']},32 @{SITE_SETS[v]} {proto} accept\n"
+        mark = "" if out else f' comment "{LAYOUT}"'
+        out += (f"    {head} @nh,{o['flags']},16 0x2000 {ends} . @nh,{o['key']},32 @{SITE_SETS[v]} {proto} "
+                f"accept{mark}\n"
                 f"    {head} @nh,{o['flags']},16 0x0 {ends} @{SITE_KEYLESS_SETS[v]} {proto} accept\n")
     return out
 
@@ -827,9 +840,14 @@ def parse(doc: dict) -> DecapFilter | None:
     seen: set[str] = set()
     keys: set[int] = set()
     outers: dict[str, tuple[int, int]] = {}  # a PA as listed -> (version, integer)
+    marked = False
     # an older layout (no hash sets) lacks some: `seen != wanted` below, replaced once
     wanted = {*PA_SETS.values(), *SITE_SETS.values(), *SITE_KEYLESS_SETS.values(), VSID_SET, VSID_MAP, *_VOUCHED_SETS}
     for item in doc.get("nftables", []):
+        rule = item.get("rule")
+        if rule is not None:
+            marked = marked or (rule.get("table") == TABLE and rule.get("comment") == LAYOUT)
+            continue
         found = item.get("set") or item.get("map")
         if not found or found.get("table") != TABLE or found.get("name") not in wanted:
             continue
@@ -861,7 +879,7 @@ def parse(doc: dict) -> DecapFilter | None:
                     prefix = element_network(inner, version)
                     first, length = int(prefix.network_address), prefix.prefixlen
                 elements.add(Element(outer[0], outer[1], _int(mark), version, first, length))
-    if seen != wanted or keys != set(vsids):
+    if seen != wanted or keys != set(vsids) or not marked:
         return None
     return DecapFilter(frozenset(pas), vsids, frozenset(elements), frozenset(sites))
 

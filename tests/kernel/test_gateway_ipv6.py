@@ -265,10 +265,13 @@ def test_sites_over_an_ipv6_underlay(six) -> None:
             connect_retrying(fab.vm_ns["b2"], GRE6_HOST, tries=1)
         with pytest.raises(ConnectionError):
             connect_retrying(g1, IPSEC6_HOST, tries=1)
-    except AssertionError:
+    except (AssertionError, ConnectionError):
         print(_diagnostics(fab, frr))
-        for cmd in ("ip -s xfrm state", "ip -6 route", "ip -d link show gs6"):
-            print(f"== site: {cmd}\n", netns.run(["ip", "netns", "exec", site, *cmd.split()], check=False).output)
+        for node, cmd in ((site, "ip -s xfrm state"), (site, "ip -6 route"), (site, "ip -s -d link show gs6"),
+                          (fab.ns("gw1"), "ip -s -d link show"), (fab.ns("gw1"), "ip route show vrf nvf-blue"),
+                          (fab.ns("gw1"), "ip -6 route"), (fab.ns("gw1"), "nft list table inet nvfabric"),
+                          (fab.ns("internet"), "ip -6 neigh")):
+            print(f"== {node}: {cmd}\n", netns.run(["ip", "netns", "exec", node, *cmd.split()], check=False).output)
         raise
     finally:
         for server in servers:

@@ -98,15 +98,32 @@ def test_the_whole_table_replaces_in_one_script_exact_addresses_hashed_prefixes_
             "0xfd000000000000000000000000000000-0xfd0000000000000000000000000000ff }") in text
 
 
-def test_a_table_of_the_older_layout_without_hash_sets_is_not_ours_and_is_replaced() -> None:
-    def doc(names: list[str]) -> dict:
-        return {"nftables": [{"set": {"table": "nvfabric", "name": n, "elem": []}} for n in names]}
+def test_a_table_of_an_older_layout_is_not_ours_and_is_replaced() -> None:
+    def doc(names: list[str], comment: str | None = decap.LAYOUT) -> dict:
+        rule = {"rule": {"table": "nvfabric", "chain": "input", **({"comment": comment} if comment else {})}}
+        return {"nftables": [rule, *({"set": {"table": "nvfabric", "name": n, "elem": []}} for n in names)]}
 
     old = ["pa4", "pa6", "vsids", "vsid", "v44", "v46", "v64", "v66"]
     assert decap.parse(doc(old)) is None
     hashed = old + ["h44", "h46", "h64", "h66"]
     assert decap.parse(doc(hashed)) is None  # without the GRE sites' sets: replaced once
-    assert decap.parse(doc(hashed + ["site4", "site6", "site4nk", "site6nk"])) == DecapFilter()
+    every = hashed + ["site4", "site6", "site4nk", "site6nk"]
+    assert decap.parse(doc(every)) == DecapFilter()
+    # the same sets with the rules of before the layout mark (no IPv6 site rule for the encapsulation limit)
+    assert decap.parse(doc(every, None)) is None
+    assert decap.parse(doc(every, "nvfabric decapsulation 1")) is None
+
+
+def test_a_sites_ipv6_gre_is_let_through_with_or_without_the_encapsulation_limit_option() -> None:
+    # Linux's ip6gre sends RFC 2473's option in a Destination Options header of 8 bytes by default: the GRE
+    # header then starts 64 bits later
+    text = decap.ruleset(DecapFilter())
+    assert ("ip6 nexthdr gre @nh,320,16 0x2000 ip6 saddr . ip6 daddr . @nh,352,32 @site6 @nh,336,16 "
+            "{ 0x0800, 0x86dd } accept") in text
+    assert ("ip6 nexthdr 60 @nh,320,8 47 @nh,328,8 0 @nh,384,16 0x2000 ip6 saddr . ip6 daddr . @nh,416,32 @site6 "
+            "@nh,400,16 { 0x0800, 0x86dd } accept") in text
+    assert ("ip6 nexthdr 60 @nh,320,8 47 @nh,328,8 0 @nh,384,16 0x0 ip6 saddr . ip6 daddr @site6nk "
+            "@nh,400,16 { 0x0800, 0x86dd } accept") in text
 
 
 def test_a_table_read_back_gives_the_elements_written_whatever_form_nft_lists_them_in() -> None:
@@ -114,6 +131,7 @@ def test_a_table_read_back_gives_the_elements_written_whatever_form_nft_lists_th
         return {"set": {"table": "nvfabric", "name": name, "elem": elems}}
 
     doc = {"nftables": [
+        {"rule": {"table": "nvfabric", "chain": "input", "comment": decap.LAYOUT}},
         listed("pa4", ["198.51.100.12"]), listed("pa6", ["2001:db8::99"]), listed("vsids", ["0x138900"]),
         {"map": {"table": "nvfabric", "name": "vsid", "elem": [["0x138900", 1000]]}},
         # a host as a hex string, an integer or an address; a prefix as a range or a prefix
