@@ -119,6 +119,17 @@ def reaches_gre_site_through(two: TwoGateways, serving: str) -> None:
     assert after[OTHER[serving]][0] == before[OTHER[serving]][0], "the site's packets reached the other gateway"
 
 
+def no_arp_answer_for_the_sites_address(two: TwoGateways) -> None:
+    """Both gateways hold the sites address, but neither answers ARP for it on the external link (it is on a dummy
+    device, arp_ignore=1 on the link): the upstream asking on the link itself (`ping -r`: no route, straight to
+    the link) gets no answer, so only its BGP route can send the sites' packets, to the serving gateway."""
+    internet = two.fab.ns("internet")
+    netns.run(["ip", "-n", internet, "neigh", "flush", "to", SITES_ADDRESS], check=False)
+    netns.run(netns.in_netns(internet, ["ping", "-r", "-I", "br0", "-c", "1", "-W", "4", SITES_ADDRESS]), check=False)
+    neigh = netns.run(["ip", "-n", internet, "neigh", "show", "to", SITES_ADDRESS]).output
+    assert "lladdr" not in neigh, neigh
+
+
 def test_a_site_follows_the_failover(two: TwoGateways, tmp_path: Path) -> None:
     b2 = two.fab.vm_ns["b2"]
     with site(two, tmp_path) as office:
@@ -131,6 +142,7 @@ def test_a_site_follows_the_failover(two: TwoGateways, tmp_path: Path) -> None:
             s.close()
             assert line.startswith(f"{banner} 10.0.0.12:"), line  # never NATed
         reaches_gre_site_through(two, first)
+        no_arp_answer_for_the_sites_address(two)
         f = site_failover(two, "link", TIMEOUT)
         print(f"[gateway-failover] site: {f.describe()}", flush=True)
         assert f.sa < SITE_OUTAGE and f.gap < SITE_OUTAGE and f.bgp_gap < SITE_OUTAGE and f.gre_gap < SITE_OUTAGE
