@@ -214,8 +214,7 @@ def trace(tenant: Tenant, tid: int, src: Address, dst: Address, sas: Mapping[str
     site, prefix = found
     sa = sas.get(sitemodel.connection_name(tenant.name, site))
     children = installed(sa)
-    local = external.gre_local(site.remote_address.version) if site.kind == "gre" else \
-        external.address4 if dst.version == 4 else external.address6
+    local = external.address4 if dst.version == 4 else external.address6
     hop = SiteHop(site.name, vrf_name(tenant.name), tid, str(prefix), sitemodel.device_name(tid, site),
                   sitemodel.if_id(tid, site), None if sa is None else sa.state, None, None, (), (),
                   sa.local if sa is not None and sa.local else None if local is None else str(local),
