@@ -21,7 +21,8 @@ from nvfabric.gateway.upstream import own_routes
 from nvfabric.vnet import decap
 from nvfabric.vnet.desired import GLOBAL
 from nvfabric.vnet.kernel import messages as m
-from nvfabric.vnet.kernel.diff import Action, Op
+from nvfabric.vnet.kernel.apply import _phases
+from nvfabric.vnet.kernel.diff import Action, Op, order
 from nvfabric.vnet.kernel.encode import encoder
 from nvfabric.vnet.kernel.objects import Clsact, DummyDevice, GreTunnel, Sysctl, TunnelAddress
 from tests.unit.test_gateway_status import RR, Client, other_gateway, settle
@@ -155,3 +156,12 @@ async def test_the_sites_address_is_held_by_both_roles_and_announced_by_the_serv
     await settle(gw)
     assert ("203.0.113.140/32" in {str(k.prefix) for k in gw._upstream.announced}) == bool(sites_routes(gw))
     assert holds()
+
+
+def test_sysctls_are_applied_apart_from_the_netlink_objects_of_their_level() -> None:
+    """The sites address (a TunnelAddress) and the external links' ARP sysctls share a dependency level: the
+    writer must send the one over netlink and write the others to /proc, never take one for the other."""
+    ext = parse(BODY).external
+    plan = order([Op(Action.CREATE, o) for o in gateway_globals([], ext)])
+    phases = [{type(op.obj) for op in phase} for phase in _phases(plan)]
+    assert phases == [{DummyDevice}, {Sysctl}, {TunnelAddress}]
