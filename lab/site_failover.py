@@ -221,8 +221,10 @@ def site(two: TwoGateways, tmp: Path) -> Iterator[Site]:
         netns.ip_batch(["link set site1 up", f"route add {GRE_ADDRESS}/32 dev site1"], internet)
         # the site's address is in the external link's prefix but not on it: the internet router answers ARP for
         # it (a route on the gateways instead would go with a link cut's flap)
+        # (answered at once: the kernel's default delays a proxy answer by up to 0.8 s, which a real upstream, routing
+        # the sites itself, does not add to a gateway's first packet towards a site)
         netns.run(["ip", "netns", "exec", internet, "sysctl", "-qw", "net.ipv4.ip_forward=1",
-                   "net.ipv4.conf.br0.proxy_arp=1"])
+                   "net.ipv4.conf.br0.proxy_arp=1", "net.ipv4.neigh.br0.proxy_delay=0"])
         thread = LoopThread(SITE_NS)
         thread.run(charon.start(), timeout=60)
         conf = tmp / "site-swanctl.conf"
@@ -253,7 +255,8 @@ def site(two: TwoGateways, tmp: Path) -> Iterator[Site]:
                 thread.run(charon.stop(), timeout=30)
             finally:
                 thread.close()
-        netns.run(["ip", "netns", "exec", internet, "sysctl", "-qw", "net.ipv4.conf.br0.proxy_arp=0"], check=False)
+        netns.run(["ip", "netns", "exec", internet, "sysctl", "-qw", "net.ipv4.conf.br0.proxy_arp=0",
+                   "net.ipv4.neigh.br0.proxy_delay=80"], check=False)
         netns.destroy(SITE_NS)
         netns.destroy(GRE_NS)
 
