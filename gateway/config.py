@@ -7,7 +7,8 @@ provider_addresses: [198.51.100.21, "2001:db8::21"]   # the PA announced with ea
 provider_prefixes: [198.51.100.0/24, "2001:db8::/64"] # optional: learned next hops inside (default: PAs' interfaces)
 router_mac: "02:00:5e:10:00:01"
 route_reflectors: [{address: 198.51.100.100}, {address: 198.51.100.101}]
-external: {interfaces: [eth2], next_hop4: 203.0.113.1, address4: 203.0.113.21}
+external: {interfaces: [eth2], next_hop4: 203.0.113.1, address4: 203.0.113.21,
+           sites_address4: 203.0.113.250}              # optional: GRE sites' end, moves with the serving role
 upstream: [{address: 203.0.113.1, asn: 64496}]          # eBGP, IPv4 + IPv6 unicast
 public_prefixes: [203.0.113.0/24, "2001:db8:b00::/40"]   # the provider's ranges tenants may use and announce
 state_dir: /var/lib/nvfabric/gateway                    # API tenants and tenant ids survive a restart
@@ -37,7 +38,7 @@ from typing import Any
 
 
 from nvfabric.bgp.config import ConfigError, Peer, Reader, read_api, read_peers, read_yaml
-from nvfabric.gateway.reserved import Reserved
+from nvfabric.gateway.reserved import Reserved, within
 from nvfabric.gateway.sitebgp import check_asn
 from nvfabric.gateway.tenants import Tenant, check_tenants
 from nvfabric.service.config import ApiConfig
@@ -60,6 +61,21 @@ class External:
     next_hop6: Address | None = None
     address4: Address | None = None  # ours on the external link: the next hop announced upstream
     address6: Address | None = None
+    # The GRE sites' tunnel end that follows the serving role: the same in both gateways' files, inside
+    # public_prefixes, held by both (on a dummy device) and announced upstream like the public addresses.
+    sites_address4: Address | None = None
+    sites_address6: Address | None = None
+
+    def gre_local(self, version: int) -> Address | None:
+        """The gateway's end of a GRE site's tunnel of this family: the sites address if set, else the external
+        address (then the site reaches this gateway only)."""
+        if version == 4:
+            return self.sites_address4 or self.address4
+        return self.sites_address6 or self.address6
+
+    @property
+    def sites_addresses(self) -> tuple[Address, ...]:
+        return tuple(a for a in (self.sites_address4, self.sites_address6) if a is not None)
 
 
 @dataclass(frozen=True)
@@ -104,20 +120,25 @@ class GatewayConfig:
     sessions_interval: float = DEFAULT_SESSIONS_INTERVAL
     sync: SyncConfig | None = None  # None: conntrack entries are not replicated
 
+    def own_addresses(self) -> list[tuple[str, Address | None]]:
+        """The gateway's own addresses but the sites addresses, each with the field that names it."""
+        ext = self.external
+        return [("router_id", ipaddress.ip_address(self.router_id)),
+                *((f"provider_addresses[{i}]", a) for i, a in enumerate(self.provider_addresses)),
+                ("external.address4", ext.address4), ("external.address6", ext.address6),
+                ("external.next_hop4", ext.next_hop4), ("external.next_hop6", ext.next_hop6),
+                *((f"upstream[{i}].address", ipaddress.ip_address(u.address)) for i, u in enumerate(self.upstream)),
+                *((f"route_reflectors[{i}].address", ipaddress.ip_address(r.address))
+                  for i, r in enumerate(self.route_reflectors)),
+                *(() if self.sync is None else (("sync.local_address", self.sync.local_address),
+                                                ("sync.peer_address", self.sync.peer_address)))]
+
     @property
     def reserved(self) -> Reserved:
         """What no tenant may claim: the gateway's interfaces and addresses; the public space it may announce."""
         ext = self.external
-        addresses = [("router_id", ipaddress.ip_address(self.router_id)),
-                     *((f"provider_addresses[{i}]", a) for i, a in enumerate(self.provider_addresses)),
-                     ("external.address4", ext.address4), ("external.address6", ext.address6),
-                     ("external.next_hop4", ext.next_hop4), ("external.next_hop6", ext.next_hop6),
-                     *((f"upstream[{i}].address", ipaddress.ip_address(u.address))
-                       for i, u in enumerate(self.upstream)),
-                     *((f"route_reflectors[{i}].address", ipaddress.ip_address(r.address))
-                       for i, r in enumerate(self.route_reflectors)),
-                     *(() if self.sync is None else (("sync.local_address", self.sync.local_address),
-                                                     ("sync.peer_address", self.sync.peer_address)))]
+        addresses = [*self.own_addresses(), ("external.sites_address4", ext.sites_address4),
+                     ("external.sites_address6", ext.sites_address6)]
         own = {} if self.sync is None else {self.sync.interface: "the gateway's sync link (sync.interface)"}
         return Reserved.build(ext.interfaces, addresses, self.public_prefixes, own, (ext.address4, ext.address6),
                               None if self.provider_addresses else "without provider_addresses it has no VRFs")
@@ -157,10 +178,14 @@ def parse(data: Any) -> GatewayConfig:
     nh6 = ext.get("next_hop6", str, None)
     a4 = ext.get("address4", str, None)
     a6 = ext.get("address6", str, None)
+    s4 = ext.get("sites_address4", str, None)
+    s6 = ext.get("sites_address6", str, None)
     external = External(tuple(ifaces), None if nh4 is None else _address(nh4, "external.next_hop4", 4),
                         None if nh6 is None else _address(nh6, "external.next_hop6", 6),
                         None if a4 is None else _address(a4, "external.address4", 4),
-                        None if a6 is None else _address(a6, "external.address6", 6))
+                        None if a6 is None else _address(a6, "external.address6", 6),
+                        None if s4 is None else _address(s4, "external.sites_address4", 4),
+                        None if s6 is None else _address(s6, "external.sites_address6", 6))
     ext.done()
     upstream = read_peers(top, "upstream", None)
     for i, peer in enumerate(upstream):
@@ -204,6 +229,7 @@ def parse(data: Any) -> GatewayConfig:
                          hold_time=hold_time, public_prefixes=public, provider_prefixes=provider_prefixes,
                          state_dir=None if state_dir is None else Path(state_dir),
                          sessions_interval=float(sessions_interval), sync=sync)
+    _check_sites_addresses(config)
     reserved = config.reserved
     for i, tenant in enumerate(tenants):
         try:
@@ -212,6 +238,35 @@ def parse(data: Any) -> GatewayConfig:
         except ModelError as exc:
             raise ConfigError(exc.field, f"{exc.problem} (got {exc.value!r})") from None
     return config
+
+
+def _check_sites_addresses(config: GatewayConfig) -> None:
+    """The GRE sites' moving tunnel end: what cannot work is refused by its field. It moves only by being
+    announced upstream (gateway/upstream.py) with the family's external address as next hop, inside the public
+    space the gateway may announce, and it is the gateway's alone (no other own address; tenants are refused it
+    by Reserved)."""
+    ext = config.external
+    own = {a: where for where, a in reversed(config.own_addresses()) if a is not None}
+    for version, address in ((4, ext.sites_address4), (6, ext.sites_address6)):
+        if address is None:
+            continue
+        where = f"external.sites_address{version}"
+        if address.is_multicast or address.is_unspecified or address.is_loopback or address.is_link_local:
+            raise ConfigError(where, f"{address} is not a unicast address the upstream can route")
+        if not config.provider_addresses:
+            raise ConfigError(where, "a gateway without provider_addresses has no VRFs, so no sites")
+        if (ext.address4 if version == 4 else ext.address6) is None:
+            raise ConfigError(where, f"needs external.address{version}: the next hop it is announced upstream with")
+        if not config.upstream:
+            raise ConfigError(where, "needs an upstream: the address follows the serving gateway by being "
+                              "announced to it")
+        if address in own:
+            raise ConfigError(where, f"{address} is {own[address]}: the sites address is one of its own, the same "
+                              "on both gateways")
+        if not within(address, config.public_prefixes):
+            raise ConfigError(where, f"{address} is outside public_prefixes "
+                              f"({', '.join(map(str, config.public_prefixes)) or 'none set'}): it is announced "
+                              "upstream")
 
 
 def _sync(top: Reader, external: External) -> SyncConfig | None:

@@ -120,7 +120,7 @@ def own_addresses(config: GatewayConfig) -> tuple[Address, ...]:
     ext = config.external
     found: list[Address | None] = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"),
                                    ipaddress.ip_address(config.router_id), *config.provider_addresses,
-                                   ext.address4, ext.address6]
+                                   ext.address4, ext.address6, *ext.sites_addresses]
     if config.sync is not None:
         found += [config.sync.local_address, config.sync.peer_address]
     try:

@@ -33,8 +33,8 @@ from nvfabric.vnet.catalog import Catalog
 from nvfabric.vnet.desired import GLOBAL, NVGRE_DEVICES, HostIdentity, desired_state, vrf_name
 from nvfabric.vnet.kernel.netns import RtnlSocket
 from nvfabric.vnet.kernel.diff import Action
-from nvfabric.vnet.kernel.objects import (Clsact, FlowerMark, FwmarkRule, GreTunnel, KernelObject, LocalPortRoute,
-                                          TunnelAddress, ViaRoute, XfrmInterface)
+from nvfabric.vnet.kernel.objects import (Clsact, DummyDevice, FlowerMark, FwmarkRule, GreTunnel, KernelObject,
+                                          LocalPortRoute, Sysctl, TunnelAddress, ViaRoute, XfrmInterface)
 from nvfabric.vnet.model import LookupRecord, Network
 from nvfabric.vnet.reconcile import Outcome, Reconciler
 
@@ -45,6 +45,7 @@ LEAK_METRIC = 1
 # One shared tc block for the NVGRE devices' ingress: one filter per VSID serves both devices, and a filter
 # names the block, not a device (no ifindex to look up).
 TC_BLOCK = 7637
+SITES_DEVICE = "nvf-sites"  # the dummy device of the GRE sites' moving tunnel end (sites_objects)
 
 
 class PlumbingError(RuntimeError):
@@ -83,7 +84,7 @@ def site_objects(tenant: Tenant, tid: int, external: External) -> frozenset[Kern
     for site in tenant.sites:
         dev = sites.device_name(tid, site)
         if site.kind == "gre":
-            local = external.address4 if site.remote_address.version == 4 else external.address6
+            local = external.gre_local(site.remote_address.version)
             # (gateway/reserved.py refused a site whose family has no external address before it came here)
             assert local is not None, "a GRE site without the gateway's end: Reserved.check first"
             out.add(GreTunnel(dev, vrf_name(tenant.name), str(local), str(site.remote_address), site.key))
@@ -101,9 +102,31 @@ def learned_routes(tenant: Tenant, tid: int, learned: Mapping[str, Iterable[Netw
     return sitebgp.vrf_routes(tenant, tid, sitebgp.judge(tenant, learned), lambda s: sites.device_name(tid, s))
 
 
-def gateway_globals(devices: Iterable[str]) -> frozenset[KernelObject]:
-    """Pure: what the gateway adds to GLOBAL: the tc hook on each NVGRE device, bound to the shared block."""
-    return frozenset(Clsact(dev, TC_BLOCK) for dev in devices)
+def gateway_globals(devices: Iterable[str], external: External | None = None) -> frozenset[KernelObject]:
+    """Pure: what the gateway adds to GLOBAL: the tc hook on each NVGRE device, bound to the shared block; and
+    the GRE sites' moving tunnel end (`sites_objects`)."""
+    out: set[KernelObject] = {Clsact(dev, TC_BLOCK) for dev in devices}
+    if external is not None:
+        out.update(sites_objects(external))
+    return frozenset(out)
+
+
+def sites_objects(external: External) -> frozenset[KernelObject]:
+    """Pure: the sites addresses (external.sites_address4/6) on a dummy device of their own, held by every gateway
+    whatever its role: the upstream routes them to the serving one only (gateway/upstream.py), so a standby's
+    kernel is ready without drawing the sites' packets. IPv4: the external interfaces answer ARP only for their
+    own addresses (`arp_ignore=1`) and name their own address in their requests (`arp_announce=2`), so no ARP on
+    the external link can tie the sites address to a standby (IPv6 answers neighbour solicitations for the
+    receiving device's own addresses only)."""
+    if not external.sites_addresses:
+        return frozenset()
+    out: set[KernelObject] = {DummyDevice(SITES_DEVICE)}
+    out.update(TunnelAddress(SITES_DEVICE, str(a), a.max_prefixlen) for a in external.sites_addresses)
+    if external.sites_address4 is not None:
+        for dev in external.interfaces:
+            out.add(Sysctl(f"net/ipv4/conf/{dev}/arp_ignore", "1"))
+            out.add(Sysctl(f"net/ipv4/conf/{dev}/arp_announce", "2"))
+    return frozenset(out)
 
 
 def site_tunnels(tenants: Iterable[Tenant], external: External) -> set[decap.SiteTunnel]:
@@ -111,7 +134,7 @@ def site_tunnels(tenants: Iterable[Tenant], external: External) -> set[decap.Sit
     out = set()
     for t in tenants:
         for s in t.sites:
-            local = external.address4 if s.remote_address.version == 4 else external.address6
+            local = external.gre_local(s.remote_address.version)
             if s.kind == "gre" and local is not None:
                 out.add(decap.SiteTunnel(s.remote_address, local, s.key))
     return out
@@ -174,7 +197,7 @@ class Dataplane:
                  | learned_routes(present[n], ids[n], self.site_learned(n)) if n in present
                  else desired.partitions[n] for n in (desired.partitions if only is None else names)}
         if only is None:
-            parts[GLOBAL] = parts[GLOBAL] | gateway_globals(self.devices)
+            parts[GLOBAL] = parts[GLOBAL] | gateway_globals(self.devices, self.external)
         return parts
 
     async def _reconcile(self, parts: Mapping[str, Iterable[KernelObject]]) -> Outcome:

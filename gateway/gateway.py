@@ -194,7 +194,7 @@ class Gateway:
                 await self._update_decap()
             if self._upstream is not None:
                 await self._upstream.start()
-                await self._upstream.sync(self._public())
+                await self._upstream.sync(self._public(), own=self.upstream_mode != WITHDRAWN)
             self._started = True
             if self._site_peers is not None:
                 self._site_task = asyncio.get_running_loop().create_task(self._site_routes(), name="site-routes")
@@ -358,7 +358,8 @@ class Gateway:
             await self._tell_sync(True)
         async with self._lock:
             if self._upstream is not None:
-                await self._upstream.sync(self._public(), depreferred=self.upstream_mode == DEPREFERRED)
+                await self._upstream.sync(self._public(), depreferred=self.upstream_mode == DEPREFERRED,
+                                          own=self.upstream_mode != WITHDRAWN)
             if self._charon is not None:
                 await self._charon.serve(role.serving)
             if self._site_peers is not None:  # the sites' sessions follow their SAs to the serving gateway

@@ -56,6 +56,8 @@ SERVER = ("203.0.113.1", 8080)  # on `internet`
 FLOATING = ("203.0.113.131", 9000)  # b1's floating IP (lab/gateway_scene.py), b1's server behind it
 B1_SERVER = ("10.0.0.11", 9000)
 SNAT_BLUE = "203.0.113.140"
+# the GRE sites' tunnel end on both gateways (external.sites_address4), announced upstream by the serving one
+SITES_ADDRESS = "203.0.113.250"
 REACTION = 21.0  # seconds after detection: the standby's decision, the reflectors, the agents, FRR (margin)
 BFD = {"transmit_interval": 300, "receive_interval": 300, "multiplier": 3}
 API = ("127.0.0.1", 8510)  # each gateway's, inside its own namespace
@@ -98,7 +100,8 @@ def gateway_config(name: str, options: Options, state_dir: Path) -> dict[str, An
     return {
         "asn": ASN, "router_id": pa, "provider_addresses": [pa], "standby": name == "gw2",
         "route_reflectors": [{"address": a, **bfd} for a in RR.values()],
-        "external": {"interfaces": ["eth2"], "next_hop4": "203.0.113.1", "address4": ext},
+        "external": {"interfaces": ["eth2"], "next_hop4": "203.0.113.1", "address4": ext,
+                     "sites_address4": SITES_ADDRESS},
         "upstream": [{"address": "203.0.113.1", "asn": 64496, **bfd}],
         "public_prefixes": [PUBLIC_POOL], "state_dir": str(state_dir),
         "api": {"listen": f"{API[0]}:{API[1]}", "token": API_TOKEN},

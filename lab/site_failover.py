@@ -9,9 +9,14 @@ runs eBGP with the gateway across the tunnel and announces a second network, `BG
 over BGP only. Blue gets the site on both gateways over their REST APIs; only the serving one holds the SA
 (gateway/strongswan.py `Charon.serve`).
 
+Beside it blue has a GRE site (`GRE_NS`, the provider's router as a plain `ip link add type gre` with the GRE
+site's network `GRE_LAN` behind it) whose tunnel's remote end is the gateways' shared `SITES_ADDRESS`: the site
+knows one address, which the upstream (FRR on `internet`) routes to whichever gateway announces it.
+
 Measured during a cut of the serving gateway (`site_failover`): the longest silence of a 20 Hz ping from b2 to
-the site's host (the site's outage as the tenant sees it) and of another to the host of the network learned over
-BGP, when the other gateway had its SA with the site and when its session had the site's network accepted.
+the site's host (the site's outage as the tenant sees it), of another to the host of the network learned over
+BGP and of a third to the GRE site's host, when the other gateway had its SA with the site and when its session
+had the site's network accepted.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 from nvfabric.gateway.strongswan import Charon, CharonFiles
 from nvfabric.lab import netns
 from nvfabric.lab.daemons import LoopThread, in_ns
-from nvfabric.lab.failover import API, API_TOKEN, GW, HV, OTHER, Ping, TwoGateways, cut, default_pa
+from nvfabric.lab.failover import API, API_TOKEN, GW, HV, OTHER, SITES_ADDRESS, Ping, TwoGateways, cut, default_pa
 from nvfabric.lab.fabric import ASN, wait_for
 from nvfabric.lab.gateway_scene import TENANTS
 from nvfabric.lab.peers import Frr, Lab
@@ -45,6 +50,10 @@ TENANT = TENANTS[0]  # blue; b2 (10.0.0.12) probes
 # has one neighbour), and the site's network known by BGP only
 BGP_LOCAL, BGP_PEER, BGP_AS = "10.255.0.1", "10.255.0.2", 65020
 BGP_LAN, BGP_HOST = "10.30.0.0/24", ("10.30.0.10", 9000)
+# the GRE site: its router's address, the tunnel's key, its network and a host on it
+GRE_NS = "nvf-ha-gre"
+GRE_ADDRESS, GRE_KEY = "203.0.113.60", 4711
+GRE_LAN, GRE_HOST = "10.40.0.0/24", ("10.40.0.10", 9000)
 
 
 def swanctl_conf() -> str:
@@ -117,7 +126,9 @@ def put_blue(two: TwoGateways, with_site: bool) -> None:
     if with_site:
         body["sites"] = [{"name": "office", "remote_address": SITE_ADDRESS, "psk": SITE_KEY,
                           "prefixes": [SITE_PREFIX],
-                          "bgp": {"peer_address": BGP_PEER, "peer_as": BGP_AS, "local_address": f"{BGP_LOCAL}/30"}}]
+                          "bgp": {"peer_address": BGP_PEER, "peer_as": BGP_AS, "local_address": f"{BGP_LOCAL}/30"}},
+                         {"name": "depot", "kind": "gre", "remote_address": GRE_ADDRESS, "key": GRE_KEY,
+                          "prefixes": [GRE_LAN]}]
     for name in GW:
         status, said = request(two, name, "PUT", f"/v1/tenants/{TENANT.name}", body)
         if status not in (200, 201):
@@ -140,6 +151,17 @@ def site_bgp(two: TwoGateways, name: str) -> dict[str, Any]:
     for site in (tenant.get("status") or {}).get("sites") or []:
         return site.get("bgp") or {}
     return {}
+
+
+def gre_packets(two: TwoGateways, name: str) -> tuple[int, int]:
+    """(received, sent) packets of blue's GRE site's tunnel device on gateway `name` (`nvf-g...`, its only one)."""
+    out = netns.run(["ip", "-n", two.gws[name].ns, "-s", "-j", "link", "show"]).output
+    rx = tx = 0
+    for link in json.loads(out):
+        if link["ifname"].startswith("nvf-g"):
+            rx += link["stats64"]["rx"]["packets"]
+            tx += link["stats64"]["tx"]["packets"]
+    return rx, tx
 
 
 def bgp_learned(two: TwoGateways, name: str) -> bool:
@@ -178,8 +200,10 @@ def site(two: TwoGateways, tmp: Path) -> Iterator[Site]:
     charon = Charon(SITE_NS, CharonFiles.named(SITE_NS))
     server: Server | None = None
     bgp_server: Server | None = None
+    gre_server: Server | None = None
     peers = Lab(tmp=tmp, prefix="")
     netns.create(SITE_NS)
+    netns.create(GRE_NS)
     try:
         netns.ip_batch([netns.veth_line(internet, "site0", SITE_NS, "e0")])
         netns.ip_batch(["link set lo up", f"addr add {SITE_HOST[0]}/32 dev lo", f"addr add {BGP_HOST[0]}/32 dev lo",
@@ -187,10 +211,20 @@ def site(two: TwoGateways, tmp: Path) -> Iterator[Site]:
                         "link set e0 up", "route add 203.0.113.1/32 dev e0", "route add default via 203.0.113.1"],
                        SITE_NS)
         netns.ip_batch(["link set site0 up", f"route add {SITE_ADDRESS}/32 dev site0"], internet)
+        # the GRE site: a plain GRE tunnel to the gateways' shared address (no `gre0` veth name: that is the GRE
+        # module's fallback device in every namespace)
+        netns.ip_batch([netns.veth_line(internet, "site1", GRE_NS, "e0")])
+        netns.ip_batch(["link set lo up", f"addr add {GRE_HOST[0]}/32 dev lo", f"addr add {GRE_ADDRESS}/32 dev e0",
+                        "link set e0 up", "route add 203.0.113.1/32 dev e0", "route add default via 203.0.113.1",
+                        f"link add gt type gre local {GRE_ADDRESS} remote {SITES_ADDRESS} key {GRE_KEY} ttl 64",
+                        "link set gt up", "route add 10.0.0.0/24 dev gt"], GRE_NS)
+        netns.ip_batch(["link set site1 up", f"route add {GRE_ADDRESS}/32 dev site1"], internet)
         # the site's address is in the external link's prefix but not on it: the internet router answers ARP for
         # it (a route on the gateways instead would go with a link cut's flap)
+        # (answered at once: the kernel's default delays a proxy answer by up to 0.8 s, which a real upstream, routing
+        # the sites itself, does not add to a gateway's first packet towards a site)
         netns.run(["ip", "netns", "exec", internet, "sysctl", "-qw", "net.ipv4.ip_forward=1",
-                   "net.ipv4.conf.br0.proxy_arp=1"])
+                   "net.ipv4.conf.br0.proxy_arp=1", "net.ipv4.neigh.br0.proxy_delay=0"])
         thread = LoopThread(SITE_NS)
         thread.run(charon.start(), timeout=60)
         conf = tmp / "site-swanctl.conf"
@@ -199,6 +233,7 @@ def site(two: TwoGateways, tmp: Path) -> Iterator[Site]:
                    "--uri", f"unix://{charon.files.socket}"])
         server = Server(SITE_NS, SITE_HOST, "site ")
         bgp_server = Server(SITE_NS, BGP_HOST, "site-bgp ")
+        gre_server = Server(GRE_NS, GRE_HOST, "gre ")
         frr = Frr(peers, SITE_NS, "site", frr_site_conf())
         put_blue(two, with_site=True)
         wait_for(two.serving, 60, "one gateway serving every host")  # ('' while the hosts' routes disagree)
@@ -211,7 +246,7 @@ def site(two: TwoGateways, tmp: Path) -> Iterator[Site]:
             put_blue(two, with_site=False)
         except Exception:  # noqa: BLE001 - teardown goes on (a gateway may be the failure)
             pass
-        for s in (server, bgp_server):
+        for s in (server, bgp_server, gre_server):
             if s is not None:
                 s.close()
         peers.close()
@@ -220,8 +255,10 @@ def site(two: TwoGateways, tmp: Path) -> Iterator[Site]:
                 thread.run(charon.stop(), timeout=30)
             finally:
                 thread.close()
-        netns.run(["ip", "netns", "exec", internet, "sysctl", "-qw", "net.ipv4.conf.br0.proxy_arp=0"], check=False)
+        netns.run(["ip", "netns", "exec", internet, "sysctl", "-qw", "net.ipv4.conf.br0.proxy_arp=0",
+                   "net.ipv4.neigh.br0.proxy_delay=80"], check=False)
         netns.destroy(SITE_NS)
+        netns.destroy(GRE_NS)
 
 
 @dataclass(frozen=True)
@@ -236,12 +273,15 @@ class SiteFailover:
     bgp_lost: int
     bgp: float  # s from the cut until the other gateway's session had the site's network accepted (its API)
     at: float = 0.0  # wall clock of the cut
+    gre_gap: float = 0.0  # the longest silence of the ping to the GRE site's host
+    gre_lost: int = 0
 
     def describe(self) -> str:
         return (f"{self.cut} of {self.gateway}: hosts switched {self.hosts:.1f} s, the other's site SA up "
                 f"{self.sa:.1f} s and its BGP session with the site's network {self.bgp:.1f} s after the cut; "
                 f"longest ping silence to the site's static prefix {self.gap:.2f} s ({self.lost} pings lost), to "
-                f"its prefix learned over BGP {self.bgp_gap:.2f} s ({self.bgp_lost} lost)")
+                f"its prefix learned over BGP {self.bgp_gap:.2f} s ({self.bgp_lost} lost), to the GRE site's host "
+                f"{self.gre_gap:.2f} s ({self.gre_lost} lost)")
 
 
 def site_failover(two: TwoGateways, kind: str, timeout: float, bgp_timeout: float = 240.0) -> SiteFailover:
@@ -255,9 +295,11 @@ def site_failover(two: TwoGateways, kind: str, timeout: float, bgp_timeout: floa
     other = OTHER[name]
     ping = Ping(two.fab.vm_ns["b2"], SITE_HOST[0])
     bgp_ping = Ping(two.fab.vm_ns["b2"], BGP_HOST[0])
+    gre_ping = Ping(two.fab.vm_ns["b2"], GRE_HOST[0])
     try:
         wait_for(lambda: len(ping.replies) >= 20, 30, "the ping to the site answered")
         wait_for(lambda: len(bgp_ping.replies) >= 20, 30, "the ping to the site's network known by BGP answered")
+        wait_for(lambda: len(gre_ping.replies) >= 20, 30, "the ping to the GRE site answered")
         t0 = time.time()
         cut(two, name, kind)
         pa = GW[other][0]
@@ -270,6 +312,8 @@ def site_failover(two: TwoGateways, kind: str, timeout: float, bgp_timeout: floa
         switched = time.time()
         wait_for(lambda: sum(1 for r in ping.replies if r > switched) >= 20, max(30.0, timeout - (time.time() - t0)),
                  "the ping to the site answered again")
+        wait_for(lambda: sum(1 for r in gre_ping.replies if r > switched) >= 20,
+                 max(30.0, timeout - (time.time() - t0)), "the ping to the GRE site answered again")
         wait_for(lambda: bgp_learned(two, other), bgp_timeout - (time.time() - t0),
                  f"{other}'s session with the site's network")
         bgp = time.time() - t0
@@ -279,8 +323,9 @@ def site_failover(two: TwoGateways, kind: str, timeout: float, bgp_timeout: floa
     finally:
         lost = ping.stop()
         bgp_lost = bgp_ping.stop()
+        gre_lost = gre_ping.stop()
     return SiteFailover(kind, name, ping.longest_silence(t0), lost, hosts, sa, bgp_ping.longest_silence(t0),
-                        bgp_lost, bgp, t0)
+                        bgp_lost, bgp, t0, gre_ping.longest_silence(t0), gre_lost)
 
 
 # what a gateway logs on the way to its session with the site (gateway/sitepeers.py, bgp/session.py, bgp/speaker.py)

@@ -18,7 +18,9 @@ its SA and its BGP session; its links are cut during 20 Hz pings from b2 to the 
 network learned over BGP, and the other gateway initiates the site's SA, learns the network on its own session
 (the site's router takes it as the same neighbour restarting) and carries the site's traffic (unNATed); the site's
 router learns blue's subnet from it; its trace and metrics show the real tunnel, and the restored gateway holds
-neither SA nor session.
+neither SA nor session. In the same cut, blue's GRE site (a plain `ip link add type gre` whose remote is the
+gateways' shared sites address, routed by the upstream to the serving gateway): reached unNATed through the
+serving gateway's tunnel before, through the other's after, and never through the restored one.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from pathlib import Path
 import pytest
 
 from nvfabric.lab import netns
-from nvfabric.lab.failover import FLOATING, GW, OTHER, SERVER, SNAT_BLUE, Failover, Options, TwoGateways, \
-    cut_during_traffic, restore, two_gateways
+from nvfabric.lab.failover import FLOATING, GW, OTHER, SERVER, SITES_ADDRESS, SNAT_BLUE, Failover, Options, \
+    TwoGateways, cut_during_traffic, restore, two_gateways
 from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.probe import connect_retrying
-from nvfabric.lab.site_failover import BGP_HOST, SITE_ADDRESS, SITE_HOST, request, site, site_bgp, site_failover, \
-    site_sa
+from nvfabric.lab.site_failover import BGP_HOST, GRE_HOST, SITE_ADDRESS, SITE_HOST, gre_packets, request, site, \
+    site_bgp, site_failover, site_sa
 
 pytestmark = pytest.mark.kernel
 
@@ -99,6 +101,35 @@ def value(text: str, series: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+def reaches_gre_site_through(two: TwoGateways, serving: str) -> None:
+    """b2 reaches the GRE site's host unNATed, its packets through `serving`'s tunnel and not the other's; the
+    upstream routes the sites address to `serving`."""
+    def routed() -> bool:
+        route = netns.run(["ip", "-n", two.fab.ns("internet"), "route", "get", SITES_ADDRESS]).output
+        return f"via {GW[serving][1]} " in route
+
+    wait_for(routed, 30, f"the upstream's route to the sites address via {serving}")
+    before = {name: gre_packets(two, name) for name in GW}
+    s, line = connect_retrying(two.fab.vm_ns["b2"], GRE_HOST)
+    s.close()
+    assert line.startswith("gre 10.0.0.12:"), line  # never NATed
+    after = {name: gre_packets(two, name) for name in GW}
+    rx, tx = (a - b for a, b in zip(after[serving], before[serving], strict=True))
+    assert rx > 0 and tx > 0, (before, after)
+    assert after[OTHER[serving]][0] == before[OTHER[serving]][0], "the site's packets reached the other gateway"
+
+
+def no_arp_answer_for_the_sites_address(two: TwoGateways) -> None:
+    """Both gateways hold the sites address, but neither answers ARP for it on the external link (it is on a dummy
+    device, arp_ignore=1 on the link): the upstream asking on the link itself (`ping -r`: no route, straight to
+    the link) gets no answer, so only its BGP route can send the sites' packets, to the serving gateway."""
+    internet = two.fab.ns("internet")
+    netns.run(["ip", "-n", internet, "neigh", "flush", "to", SITES_ADDRESS], check=False)
+    netns.run(netns.in_netns(internet, ["ping", "-r", "-I", "br0", "-c", "1", "-W", "4", SITES_ADDRESS]), check=False)
+    neigh = netns.run(["ip", "-n", internet, "neigh", "show", "to", SITES_ADDRESS]).output
+    assert "lladdr" not in neigh, neigh
+
+
 def test_a_site_follows_the_failover(two: TwoGateways, tmp_path: Path) -> None:
     b2 = two.fab.vm_ns["b2"]
     with site(two, tmp_path) as office:
@@ -110,14 +141,17 @@ def test_a_site_follows_the_failover(two: TwoGateways, tmp_path: Path) -> None:
             s, line = connect_retrying(b2, host)
             s.close()
             assert line.startswith(f"{banner} 10.0.0.12:"), line  # never NATed
+        reaches_gre_site_through(two, first)
+        no_arp_answer_for_the_sites_address(two)
         f = site_failover(two, "link", TIMEOUT)
         print(f"[gateway-failover] site: {f.describe()}", flush=True)
-        assert f.sa < SITE_OUTAGE and f.gap < SITE_OUTAGE and f.bgp_gap < SITE_OUTAGE
+        assert f.sa < SITE_OUTAGE and f.gap < SITE_OUTAGE and f.bgp_gap < SITE_OUTAGE and f.gre_gap < SITE_OUTAGE
         assert two.serving() == other
         for host, banner in ((SITE_HOST, "site"), (BGP_HOST, "site-bgp")):
             s, line = connect_retrying(b2, host)
             s.close()
             assert line.startswith(f"{banner} 10.0.0.12:"), line
+        reaches_gre_site_through(two, other)
         # the site's router has blue's subnet from the new serving gateway (its router id), no longer stale
         seen: list[dict] = []
 
@@ -152,3 +186,4 @@ def test_a_site_follows_the_failover(two: TwoGateways, tmp_path: Path) -> None:
         s, line = connect_retrying(b2, SITE_HOST)
         s.close()
         assert line.startswith("site 10.0.0.12:"), line
+        reaches_gre_site_through(two, other)  # the restored gateway holds the sites address but gets no packet

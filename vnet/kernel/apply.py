@@ -66,11 +66,12 @@ async def link_indexes(sock: RtnlSocket) -> dict[str, int]:
 
 
 def _phases(plan: Plan) -> list[list[Op]]:
-    """Contiguous runs of one dependency level (the plan is already ordered)."""
+    """Contiguous runs of one dependency level (the plan is already ordered), sysctls apart: they are written to
+    files, not sent over netlink, and share their level with netlink objects (a tunnel's address)."""
     phases: list[list[Op]] = []
     last = None
     for op in plan.ops:
-        level = (op.action is Action.DELETE, op.obj.order)
+        level = (op.action is Action.DELETE, op.obj.order, isinstance(op.obj, Sysctl))
         if level != last:
             phases.append([])
             last = level

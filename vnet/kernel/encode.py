@@ -70,7 +70,7 @@ class DeviceEncoder(Encoder):
         return None
 
     def encode(self, op: Op, wire: Wire) -> list[Request]:
-        assert isinstance(op.obj, (k.Vrf, k.NvgreDevice, k.XfrmInterface, k.GreTunnel))
+        assert isinstance(op.obj, (k.Vrf, k.NvgreDevice, k.XfrmInterface, k.GreTunnel, k.DummyDevice))
         name = op.obj.name
         create = [wire.msg(m.RTM_NEWLINK, CREATE_NEW, self.create_body(op.obj))] \
             if op.action is not Action.DELETE else []
@@ -87,6 +87,12 @@ class VrfEncoder(DeviceEncoder):
     def create_body(self, obj: k.KernelObject) -> bytes:
         assert isinstance(obj, k.Vrf)
         return m.link_body(name=obj.name, kind="vrf", info_data=m.vrf_info(obj.table), up=True)
+
+
+class DummyDeviceEncoder(DeviceEncoder):
+    def create_body(self, obj: k.KernelObject) -> bytes:
+        assert isinstance(obj, k.DummyDevice)
+        return m.link_body(name=obj.name, kind="dummy", up=True)
 
 
 class XfrmInterfaceEncoder(DeviceEncoder):
@@ -371,6 +377,7 @@ ENCODERS: dict[type, Encoder] = {
     k.FlowerMark: FlowerMarkEncoder(),
     k.VrfAddress: VrfAddressEncoder(),
     k.TunnelAddress: VrfAddressEncoder(),
+    k.DummyDevice: DummyDeviceEncoder(),
 }
 
 

@@ -117,6 +117,25 @@ class GreTunnel:
 
 
 @dataclass(frozen=True, slots=True)
+class DummyDevice:
+    """A device for the gateway's own addresses that belong to no link: `ip link add <name> type dummy`, up,
+    outside every VRF. An address on it (a TunnelAddress) is local in the main table, so the kernel takes
+    packets to it (GRE to a site's tunnel end) from any interface; no link is the address's own, so with
+    `arp_ignore=1` on the external interfaces no ARP for it is answered there (IPv6 answers neighbour
+    solicitations only for the receiving device's own addresses)."""
+
+    name: str
+    order: ClassVar[int] = 0
+
+    def __post_init__(self) -> None:
+        _owned_name(self.name)
+
+    @property
+    def key(self) -> tuple:
+        return ("dummy", self.name)
+
+
+@dataclass(frozen=True, slots=True)
 class NvgreDevice:
     """The host's flow-based NVGRE device for one underlay family: `gretap|ip6gretap external`,
     outside every VRF, its MAC the fabric-wide router MAC (every inner frame is addressed to it)."""
@@ -317,9 +336,10 @@ class VrfAddress:
 
 @dataclass(frozen=True, slots=True)
 class TunnelAddress:
-    """The gateway's own address inside a site's tunnel, on the tunnel's device (an XfrmInterface):
+    """The gateway's own address inside a site's tunnel, on the tunnel's device (an XfrmInterface or GreTunnel):
     `ip addr add 10.255.0.1/30 dev nvf-s11`. The kernel adds the connected route of its prefix to the table of
-    the VRF the device is enslaved to, so the site's router (the BGP peer) is reached through the tunnel. A
+    the VRF the device is enslaved to, so the site's router (the BGP peer) is reached through the tunnel. Or the
+    GRE sites' tunnel end, a host address on the gateway's DummyDevice (in no VRF: local in the main table). A
     replace of another prefix length deletes the old one first (as VrfAddress)."""
 
     dev: str
@@ -569,4 +589,4 @@ class UnreachableRoute:
 
 KernelObject = Vrf | NvgreDevice | VrfPort | Sysctl | TunIdRule | FwmarkRule | PermanentNeighbour | ProxyNeighbour | \
     XfrmInterface | GreTunnel | LocalPortRoute | EncapRoute | ViaRoute | UnreachableRoute | Clsact | FlowerMark | \
-    UnreachableIifRule | LocalTableRule | VrfAddress | TunnelAddress
+    UnreachableIifRule | LocalTableRule | VrfAddress | TunnelAddress | DummyDevice

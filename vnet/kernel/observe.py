@@ -66,6 +66,8 @@ async def devices(sock: RtnlSocket) -> tuple[list[k.KernelObject], dict[int, str
         elif link.kind in ("gretap", "ip6gretap"):
             out.append(k.NvgreDevice(link.name, 4 if link.kind == "gretap" else 6, link.address, link.collect_md,
                                      link.mtu))
+        elif link.kind == "dummy":
+            out.append(k.DummyDevice(link.name))
     for link in all_links:
         if link.kind == "xfrm" and link.name.startswith(k.DEVICE_PREFIX) and link.if_id:
             # ours wherever it is: one out of its VRF ("") is put back in, or deleted
@@ -172,8 +174,9 @@ async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[k.Kernel
     out.update(devs)
     our_vrfs = {d.name for d in devs if isinstance(d, k.Vrf)}
     vrfs = {index: name for index, name in names.items() if name in our_vrfs}
-    # a site's tunnel of either kind carries the gateway's inside address of a BGP session
-    our_tunnels = {d.name for d in devs if isinstance(d, (k.XfrmInterface, k.GreTunnel))}
+    # a site's tunnel of either kind carries the gateway's inside address of a BGP session; the dummy device the
+    # GRE sites' tunnel end
+    our_tunnels = {d.name for d in devs if isinstance(d, (k.XfrmInterface, k.GreTunnel, k.DummyDevice))}
     tunnels = {index: name for index, name in names.items() if name in our_tunnels}
     out.update([a async for a in vrf_addresses(sock, vrfs, tunnels)])
     ports = {d.name for d in devs if isinstance(d, k.VrfPort)}
