@@ -178,9 +178,10 @@ async def trace(request: web.Request) -> web.Response:
 async def _site_trace(gw: Gateway, name: str, flow: nat.FiveTuple) -> dict[str, Any] | None:
     """From a tenant to one of its sites' prefixes: no NAT, the tunnel's path (None: no site routes `dst`)."""
     tenant, tid = gw.tenant(name), gw.tenant_id(name)
-    if sitestatus.site_route(tenant, flow.dst) is None:
+    learned = gw.site_verdicts(name)
+    if sitestatus.site_route(tenant, flow.dst, learned) is None:
         return None
-    hop = sitestatus.trace(tenant, tid, flow.src, flow.dst, await gw.site_sas(), gw.config.external)
+    hop = sitestatus.trace(tenant, tid, flow.src, flow.dst, await gw.site_sas(), gw.config.external, learned)
     assert hop is not None
     decision = nat.trace(gw.nat_view(), flow, name)
     if decision.action != "drop":  # a spoofed source is dropped before any route
@@ -358,14 +359,16 @@ _TRACE_QUERY = (Param("tenant", description="from this tenant (absent: from outs
 _TRACE_BODY = obj(["src", "dst"], True, tenant=STRING, proto=STRING, src=_ADDRESS, dst=_ADDRESS, sport=INTEGER,
                   dport=INTEGER)
 _SITE_HOP = obj(["site", "vrf", "table", "prefix", "device", "if_id", "ike_state", "spi_out", "outer", "up", "reason"],
-                site=STRING, vrf=STRING, table=INTEGER, prefix=STRING, device=STRING, if_id=INTEGER,
+                site=STRING, kind={"type": "string", "enum": ["ipsec", "gre"]}, key=nullable(INTEGER),
+                vrf=STRING, table=INTEGER, prefix=STRING, device=STRING, if_id=INTEGER,
                 ike_state=nullable(STRING), spi_out=nullable(STRING), spi_in=nullable(STRING),
                 local_ts=array(STRING), remote_ts=array(STRING),
                 outer=obj(["src", "dst"], src=nullable(_ADDRESS), dst=_ADDRESS), up=BOOLEAN, reason=STRING)
 _DECISION = obj(["tenant", "direction", "action", "reason", "translated"], tenant=nullable(STRING),
                 direction=STRING, action=STRING, zone=nullable(INTEGER), mark=nullable(INTEGER),
                 reason=STRING, translated=nullable(ANY_OBJECT),
-                site={**_SITE_HOP, "description": "from a tenant to a site's prefix: the tunnel's path and SA"})
+                site={**_SITE_HOP, "description": "from a tenant to a site's prefix (static or learned over BGP): the "
+                                   "tunnel's path and, for an IPsec site, its SA"})
 
 
 _ROLE = obj(["serving", "configured", "reason", "since", "changes", "upstream"], serving=BOOLEAN,

@@ -152,11 +152,15 @@ def _trace(client: Client, args: argparse.Namespace) -> None:
     if site is None:
         show(args, body, lambda: table("NAT decision", ["", ""], rows))
         return
-    path = [["site", site["site"]], ["VRF lookup", f"{site['vrf']} (table {site['table']}): {site['prefix']}"],
-            ["tunnel", f"{site['device']} (if_id {site['if_id']})"], ["IKE SA", site["ike_state"] or "none"],
-            ["selectors", f"{', '.join(site.get('local_ts') or []) or '-'} <-> "
-                          f"{', '.join(site.get('remote_ts') or []) or '-'}"],
-            ["SPI out / in", f"{site['spi_out'] or '-'} / {site.get('spi_in') or '-'}"],
-            ["outer", f"{site['outer']['src'] or '-'} -> {site['outer']['dst']}"],
-            ["up", "yes" if site["up"] else "NO: the SA is down"], ["reason", site["reason"]]]
+    path = [["site", site["site"]], ["VRF lookup", f"{site['vrf']} (table {site['table']}): {site['prefix']}"]]
+    if site.get("kind") == "gre":
+        key = site.get("key")
+        path += [["tunnel", f"{site['device']} (GRE, {'no key' if key is None else f'key {key}'})"]]
+    else:
+        path += [["tunnel", f"{site['device']} (if_id {site['if_id']})"], ["IKE SA", site["ike_state"] or "none"],
+                 ["selectors", f"{', '.join(site.get('local_ts') or []) or '-'} <-> "
+                               f"{', '.join(site.get('remote_ts') or []) or '-'}"],
+                 ["SPI out / in", f"{site['spi_out'] or '-'} / {site.get('spi_in') or '-'}"]]
+    path += [["outer", f"{site['outer']['src'] or '-'} -> {site['outer']['dst']}"],
+             ["up", "yes" if site["up"] else "NO: the SA is down"], ["reason", site["reason"]]]
     show(args, body, lambda: [table("NAT decision", ["", ""], rows), table("to the site", ["", ""], path)])

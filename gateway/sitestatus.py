@@ -179,19 +179,28 @@ class SiteHop:
     outer_dst: str
     up: bool
     reason: str
+    kind: str = "ipsec"
+    gre_key: int | None = None  # a GRE site's key (None: keyless, or an IPsec site)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "vrf": self.vrf, "table": self.table, "prefix": self.prefix,
+        return {"site": self.site, "kind": self.kind, "vrf": self.vrf, "table": self.table, "prefix": self.prefix,
                 "device": self.device, "if_id": self.if_id, "ike_state": self.ike_state, "spi_out": self.spi_out,
                 "spi_in": self.spi_in, "local_ts": list(self.local_ts), "remote_ts": list(self.remote_ts),
-                "outer": {"src": self.outer_src, "dst": self.outer_dst}, "up": self.up, "reason": self.reason}
+                "outer": {"src": self.outer_src, "dst": self.outer_dst}, "key": self.gre_key, "up": self.up,
+                "reason": self.reason}
 
 
-def site_route(tenant: Tenant, dst: Address) -> tuple[Site, ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
-    """The IPsec site whose prefix the tenant's VRF routes `dst` to (sites' prefixes never overlap), None when
-    none (a GRE site's prefixes are not traced through an SA)."""
-    return next(((s, p) for s in sitemodel.ipsec_sites(tenant.sites) for p in s.prefixes
-                 if p.version == dst.version and dst in p), None)
+def site_route(tenant: Tenant, dst: Address, learned: Mapping[str, sitebgp.Verdict] | None = None
+               ) -> tuple[Site, Network] | None:
+    """The site whose prefix the tenant's VRF routes `dst` to, None when none: its static prefixes, and what it
+    announced over BGP that was accepted (`learned`: site name -> verdict, gateway/sitebgp.py `judge`); the most
+    specific when several cover `dst` (a learned prefix inside another site's is refused, but one site may hold
+    both a network and a part of it)."""
+    learned = learned or {}
+    found = [(s, p) for s in tenant.sites
+             for p in (*s.prefixes, *(learned[s.name].accepted if s.name in learned else ()))
+             if p.version == dst.version and dst in p]
+    return max(found, key=lambda sp: sp[1].prefixlen, default=None)
 
 
 def _covers(selectors: tuple[str, ...], address: Address) -> bool:
@@ -206,12 +215,14 @@ def _covers(selectors: tuple[str, ...], address: Address) -> bool:
 
 
 def trace(tenant: Tenant, tid: int, src: Address, dst: Address, sas: Mapping[str, SiteSa],
-          external: External) -> SiteHop | None:
+          external: External, learned: Mapping[str, sitebgp.Verdict] | None = None) -> SiteHop | None:
     """The path of a packet from the tenant's `src` to `dst` when `dst` is a site's (None: no site routes it)."""
-    found = site_route(tenant, dst)
+    found = site_route(tenant, dst, learned)
     if found is None:
         return None
     site, prefix = found
+    if site.kind == "gre":
+        return _gre_hop(tenant, tid, site, prefix, external)
     sa = sas.get(sitemodel.connection_name(tenant.name, site))
     children = installed(sa)
     local = external.address4 if dst.version == 4 else external.address6
@@ -229,6 +240,17 @@ def trace(tenant: Tenant, tid: int, src: Address, dst: Address, sas: Mapping[str
                        f"{', '.join(child.remote_ts)}) do not carry {src} -> {dst}: the tunnel drops it")
     return replace(hop, up=True, reason=f"routed by table {tid} to {hop.device}, encrypted with SPI 0x{child.spi_out} "
                    f"to {site.remote_address}; tenant-to-site traffic is never NATed")
+
+
+def _gre_hop(tenant: Tenant, tid: int, site: Site, prefix: Network, external: External) -> SiteHop:
+    """A GRE site's path: no SA to be down, no selectors (the tunnel carries whatever the VRF routes to it)."""
+    local = external.gre_local(site.remote_address.version)
+    key = "no key" if site.key is None else f"key {site.key}"
+    return SiteHop(site.name, vrf_name(tenant.name), tid, str(prefix), sitemodel.device_name(tid, site),
+                   sitemodel.if_id(tid, site), None, None, None, (), (), None if local is None else str(local),
+                   str(site.remote_address), True,
+                   f"routed by table {tid} to {sitemodel.device_name(tid, site)}, in GRE ({key}, not encrypted) from "
+                   f"{local} to {site.remote_address}; tenant-to-site traffic is never NATed", "gre", site.key)
 
 
 # ---------------------------------------------------------------------- certificates

@@ -37,8 +37,8 @@ from nvfabric.lab.failover import FLOATING, GW, OTHER, SERVER, SITES_ADDRESS, SN
     TwoGateways, cut_during_traffic, restore, two_gateways
 from nvfabric.lab.fabric import wait_for
 from nvfabric.lab.probe import connect_retrying
-from nvfabric.lab.site_failover import BGP_HOST, GRE_HOST, SITE_ADDRESS, SITE_HOST, gre_packets, request, site, \
-    site_bgp, site_failover, site_sa
+from nvfabric.lab.site_failover import BGP_HOST, GRE_ADDRESS, GRE_HOST, GRE_KEY, SITE_ADDRESS, SITE_HOST, \
+    gre_packets, request, site, site_bgp, site_failover, site_sa
 
 pytestmark = pytest.mark.kernel
 
@@ -175,6 +175,14 @@ def test_a_site_follows_the_failover(two: TwoGateways, tmp_path: Path) -> None:
         assert hop["outer"] == {"src": GW[other][1], "dst": SITE_ADDRESS}
         assert hop["spi_out"] in [c["spi_out"] for c in sa["children"]], (hop, sa)
         assert f"spi 0x{hop['spi_out']}" in netns.run(["ip", "-n", two.gws[other].ns, "xfrm", "state"]).output
+        # the network the site announced over BGP is traced into the same SA; the GRE site's into its tunnel from
+        # the sites address
+        traced = two.gws[other].api(f"/v1/trace?tenant=blue&proto=tcp&src=10.0.0.12&dst={BGP_HOST[0]}&dport=9000")
+        assert (traced["action"], traced["site"]["site"], traced["site"]["up"]) == ("route", "office", True), traced
+        traced = two.gws[other].api(f"/v1/trace?tenant=blue&proto=tcp&src=10.0.0.12&dst={GRE_HOST[0]}&dport=9000")
+        hop = traced["site"]
+        assert (traced["action"], hop["kind"], hop["key"], hop["up"]) == ("route", "gre", GRE_KEY, True), traced
+        assert hop["outer"] == {"src": SITES_ADDRESS, "dst": GRE_ADDRESS}, hop
         _, text = request(two, other, "GET", "/metrics")
         labels = '{site="office",tenant="blue"}'
         assert value(text.decode(), f"nvfabric_gateway_site_tunnel_up{labels}") == 1

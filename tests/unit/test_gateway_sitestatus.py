@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 
 from nvfabric.gateway import api as gw_api
-from nvfabric.gateway import sitestatus
+from nvfabric.gateway import sitebgp, sitestatus
 from nvfabric.gateway.config import GatewayConfig
 from nvfabric.gateway.gateway import Gateway
 from nvfabric.gateway.strongswan import children_up, parse_sas
@@ -91,6 +91,31 @@ def test_trace_follows_the_packet_into_the_tunnel_and_says_when_the_sa_is_down()
     hop = sitestatus.trace(blue, 7, ADDR("10.0.0.200"), ADDR("10.20.0.10"), narrow, EXTERNAL)
     assert hop is not None and not hop.up and "do not carry 10.0.0.200 -> 10.20.0.10" in hop.reason
     assert sitestatus.trace(blue, 7, ADDR("10.0.0.5"), ADDR("10.30.0.1"), sas, EXTERNAL) is None
+
+
+def test_trace_follows_a_gre_site_and_the_prefixes_a_site_announced_over_bgp() -> None:
+    gre = {"name": "depot", "kind": "gre", "remote_address": "198.18.0.9", "key": 4711, "prefixes": ["10.30.0.0/24"],
+           "slot": 2}
+    blue = tenant(SITE, gre)
+    sas = parse_sas(EVENTS, NOW)
+    hop = sitestatus.trace(blue, 7, ADDR("10.0.0.5"), ADDR("10.30.0.9"), sas, EXTERNAL)
+    assert hop is not None and hop.up, hop
+    assert (hop.kind, hop.site, hop.device, hop.gre_key, hop.spi_out) == ("gre", "depot", "nvf-g72", 4711, None)
+    assert (hop.outer_src, hop.outer_dst) == ("203.0.113.2", "198.18.0.9")
+    assert "in GRE (key 4711, not encrypted)" in hop.reason and "never NATed" in hop.reason
+    assert hop.as_dict()["kind"] == "gre" and hop.as_dict()["key"] == 4711
+    # the gateway's moving GRE end, when it has one
+    moving = EXTERNAL.__class__(EXTERNAL.interfaces, address4=EXTERNAL.address4,
+                                sites_address4=ADDR("203.0.113.9"))
+    assert sitestatus.trace(blue, 7, ADDR("10.0.0.5"), ADDR("10.30.0.9"), sas, moving).outer_src == "203.0.113.9"
+    # what paris announced over BGP and was accepted is traced into its SA; what was refused is no site's
+    learned = {"paris": sitebgp.Verdict((ipaddress.ip_network("10.40.0.0/24"),),
+                                        ((ipaddress.ip_network("0.0.0.0/0"), "a default route"),))}
+    assert sitestatus.trace(blue, 7, ADDR("10.0.0.5"), ADDR("10.40.0.1"), sas, EXTERNAL) is None
+    hop = sitestatus.trace(blue, 7, ADDR("10.0.0.5"), ADDR("10.40.0.1"), sas, EXTERNAL, learned)
+    assert hop is not None and (hop.site, hop.kind, hop.prefix, hop.spi_out) == ("paris", "ipsec", "10.40.0.0/24",
+                                                                                  "c0ffee02")
+    assert sitestatus.trace(blue, 7, ADDR("10.0.0.5"), ADDR("192.0.2.1"), sas, EXTERNAL, learned) is None
 
 
 async def test_the_api_traces_to_a_site_without_nat_and_scrapes_its_series(monkeypatch, capsys) -> None:
