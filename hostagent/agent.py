@@ -205,7 +205,7 @@ class Agent:
         self._hold = Hold.start(self._policy, self._hold.sessions, self._started_at)
         self._growth.open()
         self._sock = RtnlSocket(self.config.netns)
-        self._reconciler = Reconciler(self._sock)
+        self._reconciler = Reconciler(self._sock, routes_in_child=True)
         # adopt the tables of VRFs already in the kernel (a restart without, or with a stale, state dir): the
         # links are enough; the routes (one per remote CA) are read once, by the first reconcile below
         adopted = {o.name[len("nvf-"):]: o.table for o in (await devices(self._sock))[0] if isinstance(o, Vrf)}

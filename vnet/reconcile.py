@@ -91,6 +91,9 @@ class Audit:
 class Reconciler:
     sock: RtnlSocket
     observed: dict[tuple, KernelObject] | None = None  # None: read the kernel in full before the next plan
+    # a full read's routes dumped and parsed by a child process (vnet/kernel/apart.py): a host agent's route
+    # per remote CA, read beside the loop
+    routes_in_child: bool = False
     last: Outcome | None = None
     totals: dict[str, int] = field(default_factory=lambda: {"create": 0, "replace": 0, "delete": 0, "errors": 0})
     # partition -> its desired objects as last given (the caller's frozenset itself: not copied, so one
@@ -183,7 +186,7 @@ class Reconciler:
         return self.observed is None
 
     async def observe(self, sysctls: Iterable[str], sock: RtnlSocket | None = None) -> dict[tuple, KernelObject]:
-        return {o.key: o for o in await observe(sock or self.sock, sysctls)}
+        return {o.key: o for o in await observe(sock or self.sock, sysctls, self.routes_in_child)}
 
     def wanted(self) -> frozenset[KernelObject]:
         """Every partition's desired objects (what a full pass compares the kernel with)."""

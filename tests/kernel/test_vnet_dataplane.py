@@ -248,6 +248,10 @@ def test_restart_adopts_existing_objects_and_a_ping_meanwhile_loses_nothing(host
             finally:
                 fresh.sockets[i].close()
             assert len(plan) == 0 and report.requests == 0
+        # a host agent reads its routes through a child process: the same objects as read here
+        in_loop = asyncio.run(observe(hosts.sockets[1]))
+        assert asyncio.run(observe(hosts.sockets[1], (), True)) == in_loop
+        assert [o for o in in_loop if isinstance(o, EncapRoute)]
         out, _ = pinger.communicate(timeout=60)
     finally:
         if pinger.poll() is None:
@@ -265,10 +269,14 @@ def test_objects_that_are_not_ours_are_left_alone(hosts):
         "route add 10.8.0.0/24 dev blue table 200",
         "rule add iif nvf-gre4 tun_id 77 lookup 200 pref 950",  # a rule in our range without our protocol
         "neigh add 169.254.0.9 lladdr 02:00:00:00:00:09 dev nvf-gre4 nud permanent",
+        # our protocol number on an encap route no VSID makes (id 5: VSID 0): someone else's, not a crash
+        f"route add 10.9.0.9/32 encap ip id 5 dst 198.51.100.9 dev nvf-gre4 table {TABLE} proto 78",
     ], H[1])
     try:
         ours = asyncio.run(observe(hosts.sockets[1]))
-        assert not [o for o in ours if "blue" in repr(o) or "10.7.0.0" in repr(o) or "169.254.0.9" in repr(o)]
+        assert asyncio.run(observe(hosts.sockets[1], (), True)) == ours
+        assert not [o for o in ours if "blue" in repr(o) or "10.7.0.0" in repr(o) or "169.254.0.9" in repr(o)
+                    or "10.9.0.9" in repr(o)]
         # dropping our local IPv4 port route deletes exactly that route and nothing of the others
         smaller = {o for o in state if not (isinstance(o, LocalPortRoute) and o.family == 4)}
         plan, _ = hosts.reconcile(1, smaller)
@@ -278,8 +286,8 @@ def test_objects_that_are_not_ours_are_left_alone(hosts):
         assert "tun_id 77" in netns.run(["ip", "-n", H[1], "rule"]).output
         assert "169.254.0.9" in netns.run(["ip", "-n", H[1], "neigh", "show", "dev", "nvf-gre4"]).output
     finally:
-        netns.ip_batch(["route del 10.7.0.0/24 table 100", "link del blue", "rule del pref 950",
-                        "neigh del 169.254.0.9 dev nvf-gre4"], H[1])
+        netns.ip_batch(["route del 10.7.0.0/24 table 100", "route del 10.9.0.9/32 table 100", "link del blue",
+                        "rule del pref 950", "neigh del 169.254.0.9 dev nvf-gre4"], H[1])
         hosts.reconcile(1, state)
 
 

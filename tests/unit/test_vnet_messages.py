@@ -312,3 +312,52 @@ def test_a_gre_sites_tunnel_encodes_as_pyroute2_decodes_it_and_reads_back(kind, 
     # the NVGRE devices are flow-based: no ends, never taken for a site's tunnel
     assert m.parse_link(m.message(m.RTM_NEWLINK, 0, 1, m.link_body(
         ifindex=5, name="nvf-gre4", kind="gretap", info_data=m.collect_md_info()))).gre is None
+
+
+def _encap_route_message(dst: str, pa: str, vsid: int, encap_type: int | None = None, metric: int = 1024,
+                         ttl: int = 64) -> bytes:
+    raw = m.message(m.RTM_NEWROUTE, 0, 1, m.route_body(
+        4, 1000, dst, 32, 78, flags=m.RTNH_F_ONLINK, metric=metric, oif=5, gateway="169.254.0.1",
+        extra=m.tunnel_encap(4, vsid << 8, pa, ttl)))
+    if encap_type is not None:  # the same bytes with another RTA_ENCAP_TYPE value
+        at = raw.rindex(struct.pack("=HH", 6, m.RTA_ENCAP_TYPE))
+        raw = raw[:at + 4] + struct.pack("=H", encap_type) + raw[at + 6:]
+    return raw
+
+
+def _walked(raw: bytes) -> m.RouteFields:
+    return m._walk_route(raw)[0]
+
+
+def test_routes_of_one_shape_read_by_its_layout_give_what_the_walk_gives():
+    first = _encap_route_message("10.1.0.1", "198.51.100.1", 5001)
+    assert m.parse_route(first) == _walked(first)
+    # the layout learned from the first: every field of the next ones of its shape is theirs, not the first's
+    for dst, pa, vsid, metric, ttl in [("10.1.0.2", "198.51.100.7", 77, 1024, 64),
+                                       ("10.200.3.4", "203.0.113.250", (1 << 24) - 1, 7, 3)]:
+        raw = _encap_route_message(dst, pa, vsid, metric=metric, ttl=ttl)
+        assert len(raw) == len(first)
+        fields = m.parse_route(raw)
+        assert fields == _walked(raw)
+        assert (fields.dst, fields.tun_dst, fields.tun_id, fields.metric, fields.tun_ttl) == (
+            dst, pa, vsid << 8, metric, ttl)
+
+
+def test_a_message_of_the_same_length_with_other_headers_or_encapsulation_is_walked():
+    m.parse_route(_encap_route_message("10.1.0.1", "198.51.100.1", 5001))
+    # not an IP encapsulation (MPLS's number): its nested attributes are not read, as the walk does not
+    other_type = _encap_route_message("10.1.0.3", "198.51.100.3", 5001, encap_type=1)
+    assert m.parse_route(other_type) == _walked(other_type)
+    assert m.parse_route(other_type).tun_id is None
+    # the same length, an attribute of another type in the gateway's place (RTA_PREFSRC)
+    plain = _encap_route_message("10.1.0.4", "198.51.100.4", 5001)
+    at = plain.index(struct.pack("=HH", 8, m.RTA_GATEWAY))
+    other_headers = plain[:at] + struct.pack("=HH", 8, m.RTA_PREFSRC) + plain[at + 4:]
+    fields = m.parse_route(other_headers)
+    assert fields == _walked(other_headers)
+    assert (fields.gateway, fields.prefsrc) == (None, "169.254.0.1")
+
+
+def test_an_encap_route_of_our_protocol_without_a_vsid_is_not_ours_to_read():
+    raw = _encap_route_message("10.1.0.9", "198.51.100.9", 0)
+    assert observe._route(m.parse_route(raw), {5: "nvf-gre4"}) is None

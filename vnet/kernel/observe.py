@@ -6,16 +6,21 @@ is invisible here, so `diff` can never plan to touch it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
 import socket
 import struct
 from collections.abc import AsyncIterator, Iterable
 
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
 
+from nvfabric.vnet.kernel import apart
 from nvfabric.vnet.kernel import messages as m
 from nvfabric.vnet.kernel import objects as k
 from nvfabric.vnet.kernel.netns import RtnlSocket, read_sysctls
+
+log = logging.getLogger(__name__)
 
 
 async def address_prefixes(sock: RtnlSocket) -> dict[str, int]:
@@ -127,6 +132,8 @@ def _route(r: m.RouteFields, names: dict[int, str]) -> k.KernelObject | None:
         return k.UnreachableRoute(r.table, r.family, r.metric)
     dev = names.get(r.oif) if r.oif is not None else None
     if r.encap_type in (m.LWTUNNEL_ENCAP_IP, m.LWTUNNEL_ENCAP_IP6) and r.tun_id is not None:
+        if not 0 < r.tun_id >> 8 < 1 << 24 or r.tun_dst is None:
+            return None  # (not one we write: someone else's with our protocol number; never ours to touch)
         return k.encap_route_read(r.table, prefix, r.family, r.tun_id >> 8, r.tun_dst, dev, r.tun_ttl, r.metric)
     if dev is not None and r.rtype == m.RTN_UNICAST and r.gateway is not None:
         return k.ViaRoute(r.table, prefix, r.gateway, dev, r.metric)
@@ -148,6 +155,24 @@ async def routes(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[k.Ker
                 yield obj
 
 
+async def routes_apart(sock: RtnlSocket, names: dict[int, str]) -> list[k.KernelObject]:
+    """`routes`, with the dump and its parsing in a child process (vnet/kernel/apart.py): the loop builds the
+    objects only. If the child fails, the routes are read here instead."""
+    out: list[k.KernelObject] = []
+    try:
+        async for batch in apart.route_fields(sock.netns):
+            for fields in batch:
+                obj = _route(fields, names)
+                if obj is not None:
+                    out.append(obj)
+            if sock.cooperative:
+                await asyncio.sleep(0)
+        return out
+    except apart.ApartError as exc:
+        log.warning("reading the routes in a child process: %s (read here instead)", exc)
+    return [r async for r in routes(sock, names)]
+
+
 async def clsacts(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[k.Clsact]:
     """The clsact qdiscs on our devices (by name), with their shared ingress block (0: none)."""
     async for raw in sock.dump(m.RTM_GETQDISC, m.tc_dump_body()):
@@ -167,8 +192,9 @@ async def flower_marks(sock: RtnlSocket, block: int) -> AsyncIterator[k.FlowerMa
         yield k.FlowerMark(block, f.handle, f.mark or 0, f.key_id or 0)
 
 
-async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[k.KernelObject]:
-    """All our objects in the socket's namespace, plus the current values of the given sysctl paths."""
+async def observe(sock: RtnlSocket, sysctls: Iterable[str] = (), routes_in_child: bool = False) -> set[k.KernelObject]:
+    """All our objects in the socket's namespace, plus the current values of the given sysctl paths.
+    `routes_in_child`: the routes are read by a child process (`routes_apart`: a table of a route per remote CA)."""
     out: set[k.KernelObject] = set()
     devs, names = await devices(sock)
     out.update(devs)
@@ -182,7 +208,7 @@ async def observe(sock: RtnlSocket, sysctls: Iterable[str] = ()) -> set[k.Kernel
     ports = {d.name for d in devs if isinstance(d, k.VrfPort)}
     out.update([r async for r in rules(sock)])
     out.update([n async for n in neighbours(sock, names, ports)])
-    out.update([r async for r in routes(sock, names)])
+    out.update(await routes_apart(sock, names) if routes_in_child else [r async for r in routes(sock, names)])
     hooks = [c async for c in clsacts(sock, names)]
     out.update(hooks)
     for block in sorted({c.block for c in hooks if c.block}):
