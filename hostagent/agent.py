@@ -217,7 +217,9 @@ class Agent:
                 self._provider_prefixes = None
         self._view.tables = allocate_tables(self._view.catalog.routing_domains,
                                             {**adopted, **self._view.tables})
-        self._filters.begin()  # (nft lists them on its own thread while the kernel's routes are read here)
+        # (nft lists them on its own thread while the kernel's routes are read and the table arrives; a pass
+        # after the read takes them)
+        self._filters.begin(self._dirty.set)
         self._client = Client(SpeakerConfig(
             asn=self.config.asn, router_id=self.config.router_id, families=(Family.L2VPN_EVPN,),
             neighbors=tuple(r.neighbor() for r in self.config.route_reflectors),
@@ -713,7 +715,16 @@ class Agent:
     async def _on_claim(self, port: str, address: Address) -> None:
         await self.claim_virtual_address(port, address)
 
+    def _filters_pending(self) -> bool:
+        """The previous run's nftables are still being read back (libnftables' thread: a minute of a table of
+        100,000 elements under emulation) while nothing may be written (`_selection_deferred`): the passes
+        learn the arriving table without them, the first pass after the read takes them (the decapsulation
+        table from scratch, O(its elements) once). Before, every pass waited for the read."""
+        return self._filters.reading and self._selection_deferred()
+
     async def _update_vrf_marks(self) -> None:
+        if self._filters_pending():
+            return
         if not await self._filters.marks(self._view.tables, self._view.catalog.routing_domains):
             self._dirty.set()
 
@@ -723,6 +734,8 @@ class Agent:
         difference (hostagent/filters.py) from what the last swap changed (`self.applied`: lookup records,
         next hops), from scratch at the start, after a full pass and after a refusal (the index is then
         checked against the reference)."""
+        if self._filters_pending():
+            return
         table = self._table  # (as the computation just before read it)
         assert table is not None
         catalog, tables = self._view.catalog, self._view.tables

@@ -494,23 +494,25 @@ def compute(view: View, table: LearnedTable, host: HostIdentity, before: Learned
         state = domains.get(name) or before.domains.get(name)
         if state is None or name not in tables or catalog.routing_domains.get(name) is None:
             continue
+        key = (name, ca)
         part = ca_partition(name, ca)
-        record = record_of((name, ca))
+        old_record = before.record(key)
+        # (record_of's answer, from the one lookup of the record before)
+        record = local[key] if key in local else old_record if old_record is not None and old_record.local else None
         if record is None:
-            route = table.ca((name, ca))
+            route = table.ca(key)
             record = _remote(name, ca, route)
             if route is not None:
-                winners[(name, ca)] = route
+                winners[key] = route
         if record is not None and not record.local:
-            ca_names[part] = (name, ca)
+            ca_names[part] = key
             parts[part], why, lost = remote_ca_partition(record, state.base, state.ports_on, devices)
             skipped_in[part], conflicts_in[part] = tuple(why), tuple(lost)
         elif ca in before.ca_parts.get(name, ()):  # (a local CA, or none: its remote partition, if any, emptied)
-            ca_names[part] = (name, ca)
+            ca_names[part] = key
             parts[part] = frozenset()
-        old_record = before.record((name, ca))
         if old_record != record:
-            records[(name, ca)] = (old_record, record)
+            records[key] = (old_record, record)
     # a gone routing domain's local records (its ports' states above are None)
     for (name, ca), now in local.items():
         if now is None and (name, ca) not in records and name not in tables:

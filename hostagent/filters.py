@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from nvfabric.vnet import decap
 from nvfabric.vnet.catalog import Catalog
@@ -46,13 +46,20 @@ class Filters:
         """What the decapsulation table holds (None before the first write: the table is absent or foreign)."""
         return self._decap.applied
 
-    def begin(self) -> None:
+    def begin(self, done: Callable[[], None] | None = None) -> None:
         """Read back what a previous run left: the decapsulation table (enforced meanwhile, kept until
         End-of-RIB, changed by difference) and the VRF marks (written only where they differ). nft lists
         them on libnftables' thread: the caller goes on (the kernel's routes, the BGP sessions) meanwhile;
-        the first write waits for the read."""
+        the first write waits for the read. `done`: called when the read is over."""
         if self._reading is None:
             self._reading = asyncio.ensure_future(self.start())
+            if done is not None:
+                self._reading.add_done_callback(lambda _: done())
+
+    @property
+    def reading(self) -> bool:
+        """The read back of `begin` is still under way."""
+        return self._reading is not None and not self._reading.done()
 
     async def start(self) -> None:
         await self._decap.read()

@@ -46,6 +46,7 @@ class Nft:
 class Filters:
     decap = None
     decap_fed = None
+    reading = False
 
     async def marks(self, *args: Any, **kwargs: Any) -> bool:
         return True

@@ -412,7 +412,6 @@ def remote_ca_partition(record: LookupRecord, base: Base, ports_on: PortsOn,
     if record.pa is None or record.pa.version not in devices:
         return frozenset(), [f"{record.routing_domain} {record.ca}: no NVGRE device for PA {record.pa}"], []
     route = encap_route(base.table, record.ca, record.vsid, record.pa, devices[record.pa.version])
-    objects: set[KernelObject] = set(_proxy_v6(ports_on, record.ca)) if record.ca.version == 6 else set()
     lost: list[Conflict] = []
     held = base.strong.get(route.key)
     if route.prefix in base.gateways:
@@ -420,7 +419,10 @@ def remote_ca_partition(record: LookupRecord, base: Base, ports_on: PortsOn,
     elif held is not None:
         if held[1] != route:  # (the same route from a customer route: one object, the base's, no conflict)
             lost.append(_conflict(record.routing_domain, "remote_ca", route, held[0]))
-    else:
+    elif record.ca.version == 4:  # (the common case, one object: no set built and hashed for it)
+        return One(route), [], lost
+    objects: set[KernelObject] = set(_proxy_v6(ports_on, record.ca)) if record.ca.version == 6 else set()
+    if not lost and held is None:
         objects.add(route)
     return (One(route) if len(objects) == 1 and route in objects else frozenset(objects)), [], lost
 

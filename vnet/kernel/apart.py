@@ -3,15 +3,16 @@
 A host agent's kernel holds a route per remote CA (100,000 of them at fabric scale). Dumping and parsing them
 is Python on the daemon's event loop, the loop that also decodes the fabric's table and learns it: at a
 restart the two compete for one CPU. Here a forked child (no asyncio, no threads: it only dumps, parses and
-writes) does the netlink part on another CPU and hands the parsed fields over a pipe, in batches, as plain
-tuples (marshal); the parent only builds its objects from them. Anything that goes wrong in the child (a
-failed fork, a dump error, a short or garbled stream, a non-zero exit) is an `ApartError`: the caller reads in
-its own loop instead, as before.
+writes) does the netlink part on another CPU and hands the parsed fields over, in batches of plain tuples
+(marshal) in an anonymous file; the parent waits for the child's exit without a thread (a pidfd) and only
+builds its objects from them. Anything that goes wrong in the child (a failed fork, a dump error, a short or
+garbled output, a non-zero exit) is an `ApartError`: the caller reads in its own loop instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import marshal
 import os
 import signal
@@ -70,13 +71,12 @@ def _child(netns: str | None, fd: int) -> None:
             found = _dump(rtnl.sock, _route_request(family))
             for i in range(0, len(found), _BATCH):
                 frame = marshal.dumps(found[i : i + _BATCH])
-                os.write(fd, _FRAME.pack(len(frame)))
-                view = memoryview(frame)
+                view = memoryview(_FRAME.pack(len(frame)) + frame)
                 while view:
                     view = view[os.write(fd, view) :]
 
 
-def _fork(netns: str | None, fd_read: int, fd_write: int) -> int:
+def _fork(netns: str | None, fd: int) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -84,12 +84,12 @@ def _fork(netns: str | None, fd_read: int, fd_write: int) -> int:
     status = 1
     try:
         # the parent's descriptors (its sessions, its event loop's) are not the child's to hold open
-        os.closerange(3, fd_write)
-        os.closerange(fd_write + 1, os.sysconf("SC_OPEN_MAX"))
+        os.closerange(3, fd)
+        os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)  # (the parent's loop listens on it)
-        _child(netns, fd_write)
+        _child(netns, fd)
         status = 0
     except BaseException:  # noqa: BLE001  (the status says it; the parent reads in its own loop)
         traceback.print_exc()
@@ -97,46 +97,72 @@ def _fork(netns: str | None, fd_read: int, fd_write: int) -> int:
         os._exit(status)
 
 
-async def route_fields(netns: str | None) -> AsyncIterator[list[m.RouteFields]]:
-    """Our routes in `netns` (both families), a batch at a time, read by a child process. Raises ApartError
-    (before or after some batches: the caller drops what it took)."""
+async def _exit_status(pid: int) -> int:
+    """The child's exit code, awaited without a thread: its pidfd is readable once it has exited."""
     loop = asyncio.get_running_loop()
-    fd_read, fd_write = os.pipe()
+    pidfd = os.pidfd_open(pid)
     try:
-        pid = _fork(netns, fd_read, fd_write)
-    except OSError as exc:
-        os.close(fd_read)
-        os.close(fd_write)
-        raise ApartError(f"fork: {exc}") from exc
-    os.close(fd_write)
-    reader = asyncio.StreamReader(limit=1 << 24)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                os.fdopen(fd_read, "rb", buffering=0))
-    reaped = False
-    try:
-        while True:
-            head = await reader.read(_FRAME.size)
-            if not head:
-                break
-            if len(head) < _FRAME.size:
-                head += await reader.readexactly(_FRAME.size - len(head))
-            frame = await reader.readexactly(_FRAME.unpack(head)[0])
-            try:
-                batch = [m.RouteFields._make(t) for t in marshal.loads(frame)]
-            except (ValueError, TypeError, EOFError) as exc:
-                raise ApartError(f"a garbled batch from the child: {exc}") from exc
-            yield batch
-        status = await loop.run_in_executor(None, os.waitpid, pid, 0)
-        reaped = True
-        if os.waitstatus_to_exitcode(status[1]) != 0:
-            raise ApartError(f"the child's read failed (exit {os.waitstatus_to_exitcode(status[1])})")
-    except asyncio.IncompleteReadError as exc:
-        raise ApartError("the child's stream ended in a batch") from exc
+        exited = loop.create_future()
+        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
     finally:
-        transport.close()
-        if not reaped:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            await loop.run_in_executor(None, os.waitpid, pid, 0)
+        os.close(pidfd)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _frames(data: bytes) -> list[bytes]:
+    out, offset = [], 0
+    while offset < len(data):
+        if offset + _FRAME.size > len(data):
+            raise ApartError("the child's output ends in a frame's length")
+        (length,) = _FRAME.unpack_from(data, offset)
+        offset += _FRAME.size
+        if offset + length > len(data):
+            raise ApartError("the child's output ends in a batch")
+        out.append(data[offset : offset + length])
+        offset += length
+    return out
+
+
+async def route_fields(netns: str | None) -> AsyncIterator[list[m.RouteFields]]:
+    """Our routes in `netns` (both families), a batch at a time, read by a child process. The child writes
+    into an anonymous file, not a pipe: a pipe would hold it back to the pace at which a busy loop reads.
+    Raises ApartError (before any batch: the child's whole output is checked first)."""
+    fd = os.memfd_create("nvfabric-routes", os.MFD_CLOEXEC)
+    try:
+        try:
+            pid = _fork(netns, fd)
+        except OSError as exc:
+            raise ApartError(f"fork: {exc}") from exc
+        reaped = False
+        try:
+            code = await _exit_status(pid)
+            reaped = True
+        finally:
+            if not reaped:  # (cancelled: the child is not left running, nor unreaped)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+        if code != 0:
+            raise ApartError(f"the child's read failed (exit {code})")
+        size = os.fstat(fd).st_size
+        chunks, offset = [], 0
+        while offset < size:
+            chunk = os.pread(fd, size - offset, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        frames = _frames(b"".join(chunks))
+    finally:
+        os.close(fd)
+    for frame in frames:
+        try:
+            batch = [m.RouteFields._make(t) for t in marshal.loads(frame)]
+        except (ValueError, TypeError, EOFError) as exc:
+            raise ApartError(f"a garbled batch from the child: {exc}") from exc
+        yield batch
