@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import json
+import pstats
 import sys
 import time
 from ipaddress import IPv4Network
@@ -262,6 +264,31 @@ def settled(fabric: Fabric, count: int, timeout: float) -> float:
     return time.monotonic()
 
 
+class Profile:
+    """cProfile on the agent's loop thread: enabled as `Agent.start` begins (on that thread: a profiler hooks the
+    thread that enables it), disabled on that thread once synced."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.profiler = cProfile.Profile()
+
+    def install(self) -> Profile:
+        start, profiler = agent_module.Agent.start, self.profiler
+
+        async def profiled_start(a: Any) -> None:
+            agent_module.Agent.start = start  # type: ignore[method-assign]  (this start only)
+            profiler.enable()
+            await start(a)
+
+        agent_module.Agent.start = profiled_start  # type: ignore[method-assign]
+        return self
+
+    def finish(self, handle: Any) -> None:
+        handle.read(lambda a: self.profiler.disable())
+        self.profiler.dump_stats(self.path)
+        pstats.Stats(self.path).sort_stats("tottime").print_stats(40)
+
+
 def start_agent(fabric: Fabric, timeline: Timeline, stalls: Stalls, timeout: float) -> float:
     timeline.reset()
     stalls.reset()
@@ -354,6 +381,9 @@ def main() -> int:
                         help="provider addresses the remote CAs are spread over (198.51.97.0 onwards: at most 768, "
                              "below the lab's own 198.51.100.0/24)")
     parser.add_argument("--timeout", type=float, default=1800, help="per phase, seconds")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="profile the restarted agent's loop thread (cProfile, from its start until synced: "
+                             "it runs slower) and write the statistics to FILE (pstats; the top 40 printed)")
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
     count_nft = NftCount().install()
@@ -403,8 +433,11 @@ def main() -> int:
         rss_before = rss()
         monitor = Monitor(fabric.ns("hv1"))
         nft_before = count_nft.snapshot()
+        profile = Profile(args.profile).install() if args.profile else None
         started = start_agent(fabric, timeline, stalls, args.timeout)
         done = settled(fabric, args.remote_cas, args.timeout) - timeline.t0
+        if profile is not None:
+            profile.finish(fabric.agents["hv1"])
         status = fabric.agents["hv1"].read(lambda a: a.status())
         events = monitor.stop()
         restart = {"start_returned_s": round(started, 3), "synced_s": round(done, 3), "totals": status.totals,

@@ -329,3 +329,34 @@ async def test_a_pass_counts_what_it_took_as_applied_though_more_came_while_it_w
     finally:
         syncer.cancel()
     assert applied[0] == 7
+
+
+async def test_passes_before_end_of_rib_learn_while_the_previous_runs_nftables_are_still_read_back(tmp_path):
+    a = agent(tmp_path)
+    client: Client = a._client  # type: ignore[assignment]
+    fed: list[Any] = []
+
+    async def decapsulation(now: Any, what: Any, holding: bool, full: bool = False) -> bool:
+        fed.append(what)
+        return True
+
+    a._filters.decapsulation = decapsulation  # type: ignore[method-assign]
+    read: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    a._filters._reading = read  # (`begin`'s read back of what the previous run left, under way)
+    read.add_done_callback(lambda _: a._dirty.set())
+    async with a._lock:
+        await a._sync_locked()  # the start
+    a._on_peer(PeerStatus("198.51.100.100", "established"))
+    route = MacIpRoute(rd="198.51.100.12:5001", mac="02:00:00:00:c1:20", ip=ip("10.0.0.20"), vsid=5001,
+                       next_hop=ip("198.51.100.12"), route_targets=("65001:1",))
+    client.table[route.key] = a._incoming[route.key] = route
+    async with a._lock:
+        await a._sync_locked()
+    # learned without waiting for the read; the decapsulation table not fed meanwhile
+    assert [str(r.ca) for r in a.lookup_records() if not r.local] == ["10.0.0.20"] and fed == []
+    a._dirty.clear()
+    read.set_result(None)
+    await until(a._dirty.is_set)  # the read's end asks for a pass
+    async with a._lock:
+        await a._sync_locked()
+    assert fed == [None]  # the first pass after the read: the table from scratch, with what was learned
