@@ -165,8 +165,7 @@ async def routes_apart(sock: RtnlSocket, names: dict[int, str]) -> list[k.Kernel
                 obj = _route(fields, names)
                 if obj is not None:
                     out.append(obj)
-            if sock.cooperative:
-                await asyncio.sleep(0)
+            await asyncio.sleep(0)  # (a batch at a time: the loop's other work goes on between them)
         return out
     except apart.ApartError as exc:
         log.warning("reading the routes in a child process: %s (read here instead)", exc)
