@@ -260,7 +260,8 @@ def settled(fabric: Fabric, count: int, timeout: float) -> float:
             where = agent.read(lambda a: (remote_records(a), a.readiness(), a.status()),
                                timeout=max(1.0, end - said))
             status = where[2]
-            print(f"  ... {where[0]:,} remote lookup records, not ready: {where[1]}; learned routes {status.learned_routes:,}"
+            print(f"  ... {where[0]:,} remote lookup records, not ready: {where[1]}; learned routes "
+                  f"{status.learned_routes:,}"
                   f", waiting {len(agent.agent._incoming) if agent.agent else '?':,}, sessions "  # bench-only peek
                   f"{[(r.address, r.state, r.end_of_rib) for r in status.reflectors]}, backlog {status.backlog}",
                   flush=True)
