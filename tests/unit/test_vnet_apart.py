@@ -4,6 +4,7 @@ as read in the loop, and a failed child is an error the caller can fall back fro
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -25,6 +26,20 @@ async def test_a_child_that_cannot_enter_its_namespace_is_an_error_and_is_reaped
         async for _ in apart.route_fields("nvfabric-no-such-namespace"):
             pass
     try:  # no zombie of ours left behind (a living child of another test's is not one)
+        assert os.waitpid(-1, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        pass
+
+
+async def test_a_child_that_hangs_is_killed_and_reaped(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(apart, "_child", lambda netns, fd: time.sleep(60))  # (the forked child runs it)
+    monkeypatch.setattr(apart, "CHILD_TIMEOUT", 0.5)
+    started = time.monotonic()
+    with pytest.raises(apart.ApartError, match="did not finish"):
+        async for _ in apart.route_fields(None):
+            pass
+    assert time.monotonic() - started < 30
+    try:
         assert os.waitpid(-1, os.WNOHANG) == (0, 0)
     except ChildProcessError:
         pass

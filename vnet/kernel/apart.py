@@ -28,6 +28,9 @@ from nvfabric.vnet.kernel.netns import RtnlSocket
 _FRAME = struct.Struct("=I")
 _NLMSG = struct.Struct("=IHHII")
 _BATCH = 4096  # routes per frame: a frame is ~0.5 MB and one loop step to build its objects
+# (a child that hangs, say in a dump that never ends, is killed: the routes are then read in the loop; 100,000
+# routes take under a minute under emulation)
+CHILD_TIMEOUT = 600.0
 
 
 class ApartError(RuntimeError):
@@ -92,15 +95,21 @@ def _fork(netns: str | None, fd: int) -> int:
         _child(netns, fd)
         status = 0
     except BaseException:  # noqa: BLE001  (the status says it; the parent reads in its own loop)
-        traceback.print_exc()
+        # straight to the descriptor: sys.stderr's lock may have been held by another thread at the fork
+        with contextlib.suppress(Exception):
+            os.write(2, f"nvfabric: reading routes in a child process:\n{traceback.format_exc()}".encode())
     finally:
         os._exit(status)
 
 
 async def _exit_status(pid: int) -> int:
-    """The child's exit code, awaited without a thread: its pidfd is readable once it has exited."""
+    """The child's exit code, awaited without a thread: its pidfd is readable once it has exited (a kernel
+    without pidfds: waited for on an executor thread)."""
     loop = asyncio.get_running_loop()
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return os.waitstatus_to_exitcode((await loop.run_in_executor(None, os.waitpid, pid, 0))[1])
     try:
         exited = loop.create_future()
         loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
@@ -139,8 +148,10 @@ async def route_fields(netns: str | None) -> AsyncIterator[list[m.RouteFields]]:
             raise ApartError(f"fork: {exc}") from exc
         reaped = False
         try:
-            code = await _exit_status(pid)
+            code = await asyncio.wait_for(_exit_status(pid), CHILD_TIMEOUT)
             reaped = True
+        except TimeoutError as exc:
+            raise ApartError(f"the child did not finish within {CHILD_TIMEOUT:.0f} s") from exc
         finally:
             if not reaped:  # (cancelled: the child is not left running, nor unreaped)
                 with contextlib.suppress(ProcessLookupError):
