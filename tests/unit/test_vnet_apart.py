@@ -4,6 +4,7 @@ as read in the loop, and a failed child is an error the caller can fall back fro
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -32,7 +33,7 @@ async def test_a_child_that_cannot_enter_its_namespace_is_an_error_and_is_reaped
 
 
 async def test_a_child_that_hangs_is_killed_and_reaped(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(apart, "_child", lambda netns, fd: time.sleep(60))  # (the forked child runs it)
+    monkeypatch.setattr(apart, "_child", lambda netns, fd: signal.pause())  # (the forked child blocks in it)
     monkeypatch.setattr(apart, "CHILD_TIMEOUT", 0.5)
     started = time.monotonic()
     with pytest.raises(apart.ApartError, match="did not finish"):

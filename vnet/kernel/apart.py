@@ -38,9 +38,7 @@ class ApartError(RuntimeError):
 
 
 def _route_request(family: int) -> bytes:
-    # strict dump checking lets the kernel filter by protocol: others' routes never reach us
-    return m.message(m.RTM_GETROUTE, m.NLM_F_DUMP, 1,
-                     struct.pack("=BBBBBBBBI", m.FAMILY[family], 0, 0, 0, 0, k.PROTO, 0, 0, 0))
+    return m.message(m.RTM_GETROUTE, m.NLM_F_DUMP, 1, m.route_dump_body(family, k.PROTO))
 
 
 def _dump(sock: socket.socket, request: bytes) -> list[tuple]:

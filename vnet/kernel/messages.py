@@ -170,6 +170,12 @@ def _ip(address: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
 
 
+def route_dump_body(family: int, proto: int) -> bytes:
+    """An RTM_GETROUTE dump request's rtmsg for one family and protocol: with strict dump checking the kernel
+    filters by protocol, so others' routes never reach us."""
+    return _RTMSG.pack(FAMILY[family], 0, 0, 0, 0, proto, 0, 0, 0)
+
+
 def message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
     return _HDR.pack(16 + len(body), kind, flags | NLM_F_REQUEST, seq, 0) + body
 
@@ -810,8 +816,8 @@ _U32_ATTRS = {RTA_TABLE: "table", RTA_PRIORITY: "metric", RTA_OIF: "oif"}
 def _walk_route(msg: bytes) -> tuple[RouteFields, RouteLayout | None]:
     """One pass over the attributes, each read in place, noting where each was (the message's layout)."""
     family, dst_len, _src, _tos, table, proto, _scope, rtype, _flags = _RTMSG.unpack_from(msg, 16)
-    dst = gateway = prefsrc = oif = encap_type = tun_id = tun_dst = tun_ttl = tun_flags = None
-    metric = 0
+    encap_type = tun_id = tun_dst = tun_ttl = tun_flags = None
+    found: dict[str, object] = {"table": table, "metric": 0}  # (RTA_TABLE, when there, over the header's table)
     headers: list[tuple[int, int, int]] = []
     values: dict[str, tuple[int, str, object]] = {
         "family": (16, "B", _family_field), "dst_len": (17, "B", None), "table": (20, "B", None),
@@ -826,25 +832,11 @@ def _walk_route(msg: bytes) -> tuple[RouteFields, RouteLayout | None]:
         kind = raw_kind & 0x3FFF  # without NLA_F_NESTED / NET_BYTEORDER
         at, stop = offset + 4, offset + length
         if kind in _U32_ATTRS and length >= 8:
-            value = _U32.unpack_from(msg, at)[0]
-            name = _U32_ATTRS[kind]
-            if name == "table":
-                table = value
-            elif name == "metric":
-                metric = value
-            else:
-                oif = value
-            values[name] = (at, "I", None)
+            found[_U32_ATTRS[kind]] = _U32.unpack_from(msg, at)[0]
+            values[_U32_ATTRS[kind]] = (at, "I", None)
         elif kind in _ADDRESS_ATTRS:
-            value = _ntop(msg[at:stop])
-            name = _ADDRESS_ATTRS[kind]
-            if name == "dst":
-                dst = value
-            elif name == "gateway":
-                gateway = value
-            else:
-                prefsrc = value
-            values[name] = (at, f"{stop - at}s", _address_field)
+            found[_ADDRESS_ATTRS[kind]] = _ntop(msg[at:stop])
+            values[_ADDRESS_ATTRS[kind]] = (at, f"{stop - at}s", _address_field)
         elif kind == RTA_ENCAP_TYPE and length >= 6:
             encap_type = _U16.unpack_from(msg, at)[0]
             values["encap_type"] = (at, "H", None)
@@ -873,8 +865,9 @@ def _walk_route(msg: bytes) -> tuple[RouteFields, RouteLayout | None]:
                 tun_flags = _BE16.unpack_from(msg, at)[0]
                 values["tun_flags"] = (at, "2s", _be_field)
             offset += (length + 3) & ~3
-    fields = RouteFields(4 if family == socket.AF_INET else 6, table, dst, dst_len, proto, rtype, metric, oif,
-                         encap_type, tun_id, tun_dst, tun_ttl, tun_flags, gateway, prefsrc)
+    fields = RouteFields(4 if family == socket.AF_INET else 6, found["table"], found.get("dst"), dst_len, proto,
+                         rtype, found["metric"], found.get("oif"), encap_type, tun_id, tun_dst, tun_ttl, tun_flags,
+                         found.get("gateway"), found.get("prefsrc"))  # type: ignore[arg-type]
     try:
         layout: RouteLayout | None = RouteLayout(len(msg), headers, values, encap_type)
     except (ValueError, struct.error):

@@ -144,9 +144,7 @@ def _route(r: m.RouteFields, names: dict[int, str]) -> k.KernelObject | None:
 
 async def routes(sock: RtnlSocket, names: dict[int, str]) -> AsyncIterator[k.KernelObject]:
     for family in (4, 6):
-        # strict dump checking lets the kernel filter by protocol: others' routes never reach us
-        body = struct.pack("=BBBBBBBBI", m.FAMILY[family], 0, 0, 0, 0, k.PROTO, 0, 0, 0)
-        async for raw in sock.dump(m.RTM_GETROUTE, body):
+        async for raw in sock.dump(m.RTM_GETROUTE, m.route_dump_body(family, k.PROTO)):
             fields = m.parse_route(raw)
             if fields.proto != k.PROTO:
                 continue
